@@ -1,0 +1,30 @@
+// Definitions shared by the CPU (host compiler) and CUDA (nvcc) translation units.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FG_HD __host__ __device__ __forceinline__
+#else
+#define FG_HD inline
+#endif
+
+namespace fastgan {
+
+// Dtype codes passed from Python (fastgan/_ext.py keeps the same table).
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+FG_HD float fg_exp(float x) { return expf(x); }
+FG_HD double fg_exp(double x) { return exp(x); }
+
+// Overflow-free logistic: never evaluates exp of a large positive number.
+template <typename A>
+FG_HD A sigmoid(A x) {
+  if (x >= A(0)) {
+    A e = fg_exp(-x);
+    return A(1) / (A(1) + e);
+  }
+  A e = fg_exp(x);
+  return e / (A(1) + e);
+}
+
+}  // namespace fastgan

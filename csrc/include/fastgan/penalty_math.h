@@ -1,0 +1,46 @@
+// Per-sample math of the weighted gradient-norm penalty p_n = w(psi_n) * ||g_n||^2.
+// The CPU kernels (csrc/cpu/penalty.cpp) and the CUDA kernels (csrc/cuda/penalty.cu) both call these,
+// so the CPU tests exercise the exact formulas the GPU runs.
+#pragma once
+#include <cmath>
+#include "fastgan/common.h"
+
+namespace fastgan {
+namespace penalty {
+
+// Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table).
+enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
+
+// w(psi) and dw/dpsi. 1 - sigmoid(psi) is computed as sigmoid(-psi): no cancellation for large psi.
+template <typename A>
+FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
+  if (code == kJsReal) {
+    A s = sigmoid(psi), q = sigmoid(-psi);
+    *w = q * q;                 // (1 - s)^2
+    *dw = A(-2) * s * q * q;    // -2 s (1 - s)^2
+  } else if (code == kJsFake) {
+    A s = sigmoid(psi), q = sigmoid(-psi);
+    *w = s * s;
+    *dw = A(2) * s * s * q;     // 2 s^2 (1 - s)
+  } else {
+    *w = A(1);
+    *dw = A(0);
+  }
+}
+
+template <typename A>
+FG_HD A weight(int code, A psi) {
+  A w, dw;
+  weight_and_slope(code, psi, &w, &dw);
+  return w;
+}
+
+// Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * ||g||^2 * go.
+template <typename A>
+FG_HD A grad_scale(A w, A go) { return A(2) * w * go; }
+
+template <typename A>
+FG_HD A logit_grad(A dw, A sq_norm, A go) { return dw * sq_norm * go; }
+
+}  // namespace penalty
+}  // namespace fastgan

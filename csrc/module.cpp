@@ -1,0 +1,31 @@
+#include <pybind11/pybind11.h>
+#include "fastgan/registry.h"
+
+#ifdef FASTGAN_WITH_CUDA
+#include "fastgan/cuda_api.h"
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastgan native kernels: CPU C++ always, CUDA when built with nvcc";
+#ifdef FASTGAN_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+  m.attr("cuda_archs") = FASTGAN_CUDA_ARCHS;
+  // Called only on request (fastgan.info, backend checks), never at import: importing must not touch CUDA.
+  m.def("cuda_device_count", []() {
+    int n = 0;
+    int err = fastgan::cuda::device_count(&n);
+    return py::make_tuple(n, err == 0 ? std::string() : std::string(fastgan::cuda::error_string(err)));
+  });
+#else
+  m.attr("cuda_compiled") = false;
+  m.attr("cuda_archs") = "";
+#endif
+#ifdef FASTGAN_WITH_OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  for (auto reg : fastgan::registrars()) reg(m);
+}

@@ -1,0 +1,7 @@
+"""fastgan: GAN training with the stabilizers of Goodfellow 2014, Roth 2017, NTGAN and DFM, on fused
+Triton / CUDA C++ kernels. Importing fastgan neither initialises CUDA nor imports triton nor compiles."""
+from . import ops
+from .info import info
+
+__version__ = "0.1.0"
+__all__ = ["ops", "info", "__version__"]

@@ -1,0 +1,38 @@
+"""Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_info(args) -> int:
+    from .info import format_report, info
+
+    report = info()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastgan", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    pi = sub.add_parser("info", help="versions, built kernels and usable backends")
+    pi.add_argument("--json", action="store_true", help="print the report as JSON")
+    pi.set_defaults(func=_cmd_info)
+    try:
+        from .train import add_cli  # the trainer registers its own sub-command
+    except ImportError:
+        add_cli = None
+    if add_cli is not None:
+        add_cli(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`fastgan.info()` / `python -m fastgan info`: what is built, what can run here, and why not."""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+
+import torch
+
+from . import _ext
+from .ops import _dispatch
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info(print_report: bool = False) -> dict:
+    """A dict describing versions, the extension and, per device type, which backends are usable.
+
+    Checking CUDA availability here is deliberate (the user asked); importing fastgan never does.
+    """
+    loaded, why = _ext.available()
+    C = _ext.C() if loaded else None
+    report = {
+        "fastgan": _version("fastgan"),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton") if importlib.util.find_spec("triton") else None,
+        "triton_interpret": _dispatch.triton_interpret(),
+        "extension": {"loaded": loaded, "error": why or None,
+                      "cuda_compiled": bool(C and C.cuda_compiled),
+                      "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
+                      "openmp": bool(C and C.openmp)},
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "backends": {},
+    }
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for dev in devices:
+        report["backends"][dev.type] = {
+            b: {"usable": ok, "reason": reason or None}
+            for b in _dispatch.BACKENDS for ok, reason in [_dispatch.status(b, dev)]
+        }
+    if not torch.cuda.is_available():
+        report["backends"]["cuda"] = {b: {"usable": False, "reason": "no CUDA device visible to torch"}
+                                      for b in ("cuda", "triton")}
+    if print_report:
+        print(format_report(report))
+    return report
+
+
+def format_report(r: dict) -> str:
+    ext = r["extension"]
+    lines = [
+        f"fastgan {r['fastgan']}",
+        f"torch {r['torch']} (CUDA {r['torch_cuda'] or 'none'})",
+        f"triton {r['triton'] or 'not installed'}" + (" [TRITON_INTERPRET=1]" if r["triton_interpret"] else ""),
+        "fastgan._C: " + ("loaded" if ext["loaded"] else f"NOT loaded: {ext['error']}"),
+    ]
+    if ext["loaded"]:
+        lines.append(f"  CUDA kernels: {'sm_' + ', sm_'.join(ext['cuda_archs']) if ext['cuda_compiled'] else 'not built'}"
+                     f"; OpenMP: {'yes' if ext['openmp'] else 'no'}")
+    lines.append(f"CUDA device: {r['cuda_device'] or 'none'}")
+    for dev, backends in r["backends"].items():
+        lines.append(f"backends for {dev} tensors:")
+        for name, st in backends.items():
+            lines.append(f"  {name:<10} {'usable' if st['usable'] else 'unusable: ' + st['reason']}")
+    return "\n".join(lines)

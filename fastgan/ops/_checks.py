@@ -1,0 +1,35 @@
+"""Argument validation shared by the ops: one clear error naming the offending argument."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16), got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def same_device(**tensors: torch.Tensor) -> None:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             "move them to the same device")
+
+
+def choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 if any input is float64, else float32 (also for half inputs)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32

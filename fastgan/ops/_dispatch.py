@@ -1,0 +1,98 @@
+"""Backend selection shared by every fused op.
+
+Backends: "reference" (plain torch, fastgan/reference), "cpu" (C++ in _C), "cuda" (CUDA C++ in _C),
+"triton" (kernels/, on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1).
+An explicitly requested backend that cannot run raises BackendUnavailable; it never falls back.
+Automatic selection picks the fastest usable backend and records what it chose in ``counts``, so tests
+(and users) can assert which kernel actually ran.
+"""
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from .. import _ext
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+# (op name, backend) -> number of calls that reached that backend's kernel.
+counts: collections.Counter = collections.Counter()
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+class FallbackWarning(UserWarning):
+    """Automatic selection found no fused kernel for this device and ran the reference."""
+
+
+def record(op: str, backend: str) -> None:
+    counts[(op, backend)] += 1
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_status(device: torch.device) -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu" and triton_interpret():
+        return True, ""
+    if device.type == "cpu":
+        return False, "triton runs on CPU tensors only under TRITON_INTERPRET=1"
+    return False, f"triton does not support device type {device.type!r}"
+
+
+def status(backend: str, device: torch.device) -> tuple[bool, str]:
+    """Whether `backend` can run on tensors of `device`, and the reason when it cannot."""
+    if backend == "reference":
+        return True, ""
+    if backend == "cpu":
+        if device.type != "cpu":
+            return False, f"the cpu backend needs CPU tensors, got {device.type}"
+        return _ext.available()
+    if backend == "cuda":
+        if device.type != "cuda":
+            return False, f"the cuda backend needs CUDA tensors, got {device.type}"
+        return _ext.cuda_status()
+    if backend == "triton":
+        return triton_status(device)
+    raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
+_warned: set = set()
+
+
+def resolve(op: str, device: torch.device, backend: str | None) -> str:
+    """The backend to run `op` with on `device`: `backend` if given (checked), else the best usable one.
+
+    FASTGAN_BACKEND=<name> in the environment forces a backend for every op (still checked).
+    """
+    if backend is None:
+        backend = os.environ.get("FASTGAN_BACKEND") or None
+    if backend is not None:
+        ok, why = status(backend, device)
+        if not ok:
+            raise BackendUnavailable(f"{op}: backend {backend!r} cannot run here: {why}")
+        return backend
+    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+    reasons = []
+    for cand in order:
+        ok, why = status(cand, device)
+        if ok:
+            return cand
+        reasons.append(f"{cand}: {why}")
+    key = (op, device.type)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"{op}: no fused backend for {device.type} tensors ({'; '.join(reasons)}); "
+                      "running the reference implementation", FallbackWarning, stacklevel=3)
+    return "reference"

@@ -1,0 +1,277 @@
+"""Per-sample weighted gradient-norm penalty w(psi_n) * ||g_n||^2 (Roth et al. 2017) and the drop-in
+discriminator penalties built on it (js_penalty, r1_penalty, r2_penalty, gradient_penalty).
+
+The fused op is ``torch.ops.fastgan.grad_norm_penalty`` (custom_op with fake and autograd); its backward is
+``torch.ops.fastgan.grad_norm_penalty_backward``, whose own backward is written in torch ops, so the op is
+differentiable to any order. Accumulation is float32 (float64 for float64 inputs); the per-sample values
+and the reduced penalty come back in that accumulation dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+
+from .. import _ext
+from ..reference import penalty as ref
+from . import _checks, _dispatch
+
+OP = "grad_norm_penalty"
+# Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
+WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2}
+_WEIGHT_NAMES = {v: k for k, v in WEIGHTS.items()}
+REDUCTIONS = ("mean", "sum", "none")
+
+WeightArg = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+# ---------------------------------------------------------------- backend implementations (no autograd)
+
+def _weight_derivatives(code: int, psi: torch.Tensor):
+    """w, w', w'' in torch ops (differentiable), for the backward of the backward."""
+    s = torch.sigmoid(psi)
+    q = torch.sigmoid(-psi)
+    if code == WEIGHTS["js_real"]:
+        return q * q, -2 * s * q * q, -2 * s * q * q * (1 - 3 * s)
+    if code == WEIGHTS["js_fake"]:
+        return s * s, 2 * s * s * q, 2 * s * s * q * (2 - 3 * s)
+    zero = torch.zeros_like(psi)
+    return torch.ones_like(psi), zero, zero
+
+
+def _fwd_reference(g, l, w, out):
+    out.copy_(ref.grad_norm_penalty(g.to(out.dtype), l.to(out.dtype), _WEIGHT_NAMES[w], "none"))
+
+
+def _bwd_reference(go, g, l, w, dg, dl):
+    # Autograd is off inside a custom op's implementation, so the reference backward is written out.
+    acc = dl.dtype
+    wt, dw, _ = _weight_derivatives(w, l.to(acc))
+    ga = g.to(acc)
+    dg.copy_((2 * wt * go)[:, None] * ga)
+    dl.copy_(dw * ga.pow(2).sum(1) * go)
+
+
+def _fwd_cpu(g, l, w, out):
+    B, F = g.shape
+    _ext.C().penalty_forward_cpu(g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(), out.data_ptr(),
+                                 B, F, g.stride(0), g.stride(1), l.stride(0), w)
+
+
+def _bwd_cpu(go, g, l, w, dg, dl):
+    B, F = g.shape
+    _ext.C().penalty_backward_cpu(go.data_ptr(), g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(),
+                                  dg.data_ptr(), dl.data_ptr(), B, F, g.stride(0), g.stride(1), l.stride(0), w)
+
+
+def _fwd_cuda(g, l, w, out):
+    B, F = g.shape
+    with torch.cuda.device(g.device):
+        _ext.C().penalty_forward_cuda(g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(), out.data_ptr(),
+                                      B, F, g.stride(0), g.stride(1), l.stride(0), w,
+                                      _ext.stream_handle(g.device))
+
+
+def _bwd_cuda(go, g, l, w, dg, dl):
+    B, F = g.shape
+    with torch.cuda.device(g.device):
+        _ext.C().penalty_backward_cuda(go.data_ptr(), g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(),
+                                       dg.data_ptr(), dl.data_ptr(), B, F, g.stride(0), g.stride(1),
+                                       l.stride(0), w, _ext.stream_handle(g.device))
+
+
+def _fwd_triton(g, l, w, out):
+    from ..kernels import penalty as k
+
+    k.forward(g, l, out, w)
+
+
+def _bwd_triton(go, g, l, w, dg, dl):
+    from ..kernels import penalty as k
+
+    k.backward(go, g, l, dg, dl, w)
+
+
+_FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
+_BACKWARD = {"reference": _bwd_reference, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
+
+
+# ---------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("fastgan::grad_norm_penalty", mutates_args=())
+def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
+    """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
+    out = torch.empty(grad.shape[0], dtype=logits.dtype, device=grad.device)
+    _FORWARD[backend](grad, logits, weight, out)
+    _dispatch.record(OP, backend)
+    return out
+
+
+@_penalty.register_fake
+def _penalty_fake(grad, logits, weight, backend):
+    return grad.new_empty(grad.shape[0], dtype=logits.dtype)
+
+
+@torch.library.custom_op("fastgan::grad_norm_penalty_backward", mutates_args=())
+def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""
+    dgrad = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+    dlogits = torch.empty_like(go)
+    _BACKWARD[backend](go, grad, logits, weight, dgrad, dlogits)
+    _dispatch.record(OP + "_backward", backend)
+    return dgrad, dlogits
+
+
+@_penalty_backward.register_fake
+def _penalty_backward_fake(go, grad, logits, weight, backend):
+    return grad.new_empty(grad.shape), go.new_empty(go.shape)
+
+
+def _setup(ctx, inputs, output):
+    grad, logits, weight, backend = inputs
+    ctx.save_for_backward(grad, logits)
+    ctx.weight, ctx.backend = weight, backend
+
+
+def _backward(ctx, go):
+    grad, logits = ctx.saved_tensors
+    dgrad, dlogits = _penalty_backward(go.contiguous(), grad, logits, ctx.weight, ctx.backend)
+    return dgrad, dlogits, None, None
+
+
+_penalty.register_autograd(_backward, setup_context=_setup)
+
+
+def _setup_backward(ctx, inputs, output):
+    go, grad, logits, weight, backend = inputs
+    ctx.save_for_backward(go, grad, logits)
+    ctx.weight = weight
+
+
+def _backward_backward(ctx, g_dgrad, g_dlogits):
+    go, grad, logits = ctx.saved_tensors
+    acc = logits.dtype
+    w, dw, d2w = _weight_derivatives(ctx.weight, logits)
+    g = grad.to(acc)
+    s = (g * g).sum(1)
+    if g_dgrad is None:
+        g_dgrad = torch.zeros_like(g)
+    if g_dlogits is None:
+        g_dlogits = torch.zeros_like(go)
+    G = g_dgrad.to(acc)
+    dot = (G * g).sum(1)
+    d_go = 2 * w * dot + g_dlogits * dw * s
+    d_grad = (2 * w * go)[:, None] * G + (2 * g_dlogits * dw * go)[:, None] * g
+    d_logits = 2 * dw * go * dot + g_dlogits * d2w * go * s
+    return d_go, d_grad.to(grad.dtype), d_logits, None, None
+
+
+_penalty_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
+
+
+# ---------------------------------------------------------------- public API
+
+def _check_weight(weight) -> None:
+    if callable(weight):
+        return
+    if not isinstance(weight, str) or weight not in WEIGHTS:
+        raise ValueError(f"weight must be one of {tuple(WEIGHTS)} or a callable psi -> w(psi), got {weight!r}")
+
+
+def _check_inputs(grad, logits, weight, reduction):
+    _checks.tensor("grad", grad, min_dim=1)
+    _checks.tensor("logits", logits)
+    _checks.same_device(grad=grad, logits=logits)
+    B = grad.shape[0]
+    if not (logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)):
+        raise ValueError(f"logits must have shape (B,) or (B, 1), got {tuple(logits.shape)}")
+    if logits.shape[0] != B:
+        raise ValueError(f"logits has batch size {logits.shape[0]} but grad has batch size {B}")
+    _check_weight(weight)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+
+
+def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightArg = "one",
+                      reduction: str = "mean", backend: str | None = None) -> torch.Tensor:
+    """Per-sample w(psi_n) * ||grad_n||^2 over all non-batch dims, reduced with `reduction`.
+
+    grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1).
+    weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), or a callable psi -> w(psi)
+    (runs on the reference path; the general f-GAN weighting). Differentiable w.r.t. grad and logits, to
+    any order. Returns float32 (float64 when an input is float64).
+    backend: None (best available), "reference", "cpu", "cuda" or "triton"; a named backend that cannot
+    run raises ``BackendUnavailable``.
+    """
+    _check_inputs(grad, logits, weight, reduction)
+    acc = _checks.acc_dtype(grad.dtype, logits.dtype)
+    B = grad.shape[0]
+    g2 = grad.reshape(B, -1)  # a view whenever the strides allow; the kernels take any 2-D strides
+    if g2.dtype != acc and acc == torch.float64:
+        g2 = g2.to(acc)
+    psi = logits.reshape(B).to(acc)
+    if callable(weight):
+        if backend not in (None, "reference"):
+            raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
+                                               f"got backend={backend!r}")
+        _dispatch.record(OP, "reference")
+        return ref.grad_norm_penalty(g2.to(acc), psi, weight, reduction)
+    chosen = _dispatch.resolve(OP, grad.device, backend)
+    per_sample = torch.ops.fastgan.grad_norm_penalty(g2, psi, WEIGHTS[weight], chosen)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
+    logits = D(x)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"D must return a tensor of logits, got {type(logits).__name__}")
+    B = x.shape[0]
+    if logits.shape not in ((B,), (B, 1)):
+        raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1), got {tuple(logits.shape)}")
+    return logits.reshape(B)
+
+
+def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",
+                     backend: str | None = None):
+    """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1).
+
+    penalty = reduction over n of w(psi_n) * ||d psi_n / d x_n||^2, differentiable w.r.t. D's parameters:
+    backpropagating it gives exactly the gradients of the straightforward double-backward implementation.
+    x is detached (the penalty is a discriminator term). The logits come from the same forward pass and
+    can be used for D's loss.
+    """
+    _checks.tensor("x", x, min_dim=1)
+    _check_weight(weight)
+    x = x.detach().requires_grad_(True)
+    logits = _logits_of(D, x)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return grad_norm_penalty(grad, logits, weight, reduction, backend), logits
+
+
+def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | None = None):
+    """Roth et al.'s JS regularizer Omega = E_P[(1-sigma(psi))^2 ||grad psi||^2] + E_Q[sigma(psi)^2 ||grad psi||^2].
+
+    Returns (Omega, logits_real, logits_fake); add ``gamma / 2 * Omega`` to the discriminator loss.
+    """
+    _checks.tensor("x_real", x_real, min_dim=1)
+    _checks.tensor("x_fake", x_fake, min_dim=1)
+    _checks.same_device(x_real=x_real, x_fake=x_fake)
+    if x_real.shape[1:] != x_fake.shape[1:]:
+        raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}")
+    pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend)
+    pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend)
+    return pen_real + pen_fake, logits_real, logits_fake
+
+
+def r1_penalty(D, x_real: torch.Tensor, *, backend: str | None = None):
+    """E_P[||grad psi||^2] on real data; returns (penalty, logits_real)."""
+    return gradient_penalty(D, x_real, "one", backend=backend)
+
+
+def r2_penalty(D, x_fake: torch.Tensor, *, backend: str | None = None):
+    """E_Q[||grad psi||^2] on generated data; returns (penalty, logits_fake)."""
+    return gradient_penalty(D, x_fake, "one", backend=backend)

@@ -1,0 +1,61 @@
+"""Reference gradient-norm penalties (Roth et al. 2017), written the obvious way with double backward."""
+from __future__ import annotations
+
+import torch
+
+
+def weight_one(logits: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(logits)
+
+
+def weight_js_real(logits: torch.Tensor) -> torch.Tensor:
+    """(1 - sigma(psi))^2: the JS regularizer's weight on real samples (Roth et al. eq. 20)."""
+    return (1 - torch.sigmoid(logits)) ** 2
+
+
+def weight_js_fake(logits: torch.Tensor) -> torch.Tensor:
+    """sigma(psi)^2: the JS regularizer's weight on generated samples."""
+    return torch.sigmoid(logits) ** 2
+
+
+WEIGHT_FNS = {"one": weight_one, "js_real": weight_js_real, "js_fake": weight_js_fake}
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def grad_norm_penalty(grad, logits, weight="one", reduction="mean"):
+    """w(psi_n) * ||grad_n||^2 per sample, reduced over the batch."""
+    w_fn = WEIGHT_FNS[weight] if isinstance(weight, str) else weight
+    per_sample = w_fn(logits.reshape(-1)) * grad.reshape(grad.shape[0], -1).pow(2).sum(1)
+    return _reduce(per_sample, reduction)
+
+
+def gradient_penalty(D, x, weight="one", reduction="mean"):
+    """(penalty, logits) with penalty differentiable w.r.t. D's parameters through torch's double backward."""
+    x = x.detach().requires_grad_(True)
+    logits = D(x).reshape(x.shape[0])
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return grad_norm_penalty(grad, logits, weight, reduction), logits
+
+
+def js_penalty(D, x_real, x_fake):
+    """Omega = E_P[(1 - sigma(psi))^2 ||grad psi||^2] + E_Q[sigma(psi)^2 ||grad psi||^2]; returns (Omega, logits_real, logits_fake)."""
+    pen_real, logits_real = gradient_penalty(D, x_real, "js_real")
+    pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake")
+    return pen_real + pen_fake, logits_real, logits_fake
+
+
+def r1_penalty(D, x_real):
+    """E_P[||grad psi||^2] (Mescheder et al. R1); returns (penalty, logits_real)."""
+    return gradient_penalty(D, x_real, "one")
+
+
+def r2_penalty(D, x_fake):
+    """E_Q[||grad psi||^2] (R2); returns (penalty, logits_fake)."""
+    return gradient_penalty(D, x_fake, "one")

@@ -1,0 +1,100 @@
+"""Triton kernels of the weighted gradient-norm penalty p_n = w(psi_n) * ||g_n||^2 and its backward.
+
+A program owns BLOCK_B rows and walks the features in BLOCK_F chunks; the weight math mirrors
+csrc/include/fastgan/penalty_math.h (1 - sigmoid(psi) computed as sigmoid(-psi)).
+"""
+import torch
+import triton
+import triton.language as tl
+
+ONE, JS_REAL, JS_FAKE = 0, 1, 2
+
+
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _weight_and_slope(psi, WEIGHT: tl.constexpr):
+    s = _sigmoid(psi)
+    q = _sigmoid(-psi)
+    if WEIGHT == 1:
+        w = q * q
+        dw = -2.0 * s * q * q
+    elif WEIGHT == 2:
+        w = s * s
+        dw = 2.0 * s * s * q
+    else:
+        w = psi * 0.0 + 1.0
+        dw = psi * 0.0
+    return w, dw
+
+
+@triton.jit
+def _forward_kernel(g_ptr, l_ptr, out_ptr, B, F, sb, sf, sl,
+                    WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    acc = tl.zeros([BLOCK_B], dtype=ACC)
+    for f0 in range(0, F, BLOCK_F):
+        cols = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < F)
+        x = tl.load(g_ptr + rows[:, None] * sb + cols[None, :] * sf, mask=m, other=0.0).to(ACC)
+        acc += tl.sum(x * x, axis=1)
+    psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
+    w, dw = _weight_and_slope(psi, WEIGHT)
+    tl.store(out_ptr + rows, w * acc, mask=rmask)
+
+
+@triton.jit
+def _backward_kernel(go_ptr, g_ptr, l_ptr, dg_ptr, dl_ptr, B, F, sb, sf, sl,
+                     WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
+    go = tl.load(go_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    w, dw = _weight_and_slope(psi, WEIGHT)
+    scale = 2.0 * w * go
+    acc = tl.zeros([BLOCK_B], dtype=ACC)
+    for f0 in range(0, F, BLOCK_F):
+        cols = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < F)
+        x = tl.load(g_ptr + rows[:, None] * sb + cols[None, :] * sf, mask=m, other=0.0).to(ACC)
+        acc += tl.sum(x * x, axis=1)
+        tl.store(dg_ptr + rows[:, None] * F + cols[None, :], (scale[:, None] * x).to(dg_ptr.dtype.element_ty), mask=m)
+    tl.store(dl_ptr + rows, dw * acc * go, mask=rmask)
+
+
+def _blocks(F: int):
+    block_f = min(max(triton.next_power_of_2(max(F, 1)), 16), 1024)
+    # keep a program's tile near 4K elements: many short rows per program, or one long row in chunks
+    block_b = max(1, min(128, 4096 // block_f))
+    return block_b, block_f
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def forward(grad: torch.Tensor, logits: torch.Tensor, out: torch.Tensor, weight: int) -> None:
+    B, F = grad.shape
+    if B == 0:
+        return
+    block_b, block_f = _blocks(F)
+    grid = (triton.cdiv(B, block_b),)
+    _forward_kernel[grid](grad, logits, out, B, F, grad.stride(0), grad.stride(1), logits.stride(0),
+                          WEIGHT=weight, ACC=_acc(grad.dtype), BLOCK_B=block_b, BLOCK_F=block_f)
+
+
+def backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, dgrad: torch.Tensor,
+             dlogits: torch.Tensor, weight: int) -> None:
+    B, F = grad.shape
+    if B == 0:
+        return
+    block_b, block_f = _blocks(F)
+    grid = (triton.cdiv(B, block_b),)
+    _backward_kernel[grid](go, grad, logits, dgrad, dlogits, B, F, grad.stride(0), grad.stride(1),
+                           logits.stride(0), WEIGHT=weight, ACC=_acc(grad.dtype), BLOCK_B=block_b,
+                           BLOCK_F=block_f)

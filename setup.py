@@ -1,0 +1,97 @@
+"""Builds fastgan._C with CMake. No torch needed at build time.
+
+Switches (environment variables):
+  FASTGAN_CUDA=auto|0|1   build CUDA kernels when nvcc is found (auto), never (0), or fail without nvcc (1)
+  FASTGAN_CUDA_ARCH       ';'-separated SM list, default "80;90"; TORCH_CUDA_ARCH_LIST is respected when set
+  FASTGAN_BUILD_TYPE      CMake build type, default Release
+  CMAKE_BUILD_PARALLEL_LEVEL  parallel compile jobs
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def find_nvcc():
+    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc")):
+        if cand and Path(cand).exists():
+            return cand
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
+
+
+def cuda_archs():
+    torch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if torch_list and not os.environ.get("FASTGAN_CUDA_ARCH"):
+        archs = []
+        for item in re.split(r"[;\s,]+", torch_list.strip()):
+            m = re.fullmatch(r"(\d+)\.(\d+)(a?)(\+PTX)?", item)
+            if not m:
+                raise RuntimeError(f"TORCH_CUDA_ARCH_LIST: cannot parse {item!r}")
+            archs.append(f"{m.group(1)}{m.group(2)}{m.group(3)}")
+        return ";".join(archs)
+    return os.environ.get("FASTGAN_CUDA_ARCH", "80;90")
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            raise RuntimeError("fastgan needs cmake >= 3.18 on PATH to build fastgan._C (apt-get install cmake, or pip install cmake)")
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_temp = Path(self.build_temp).resolve() / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+
+        mode = os.environ.get("FASTGAN_CUDA", "auto").lower()
+        if mode not in ("auto", "0", "1"):
+            raise RuntimeError(f"FASTGAN_CUDA must be auto, 0 or 1, got {mode!r}")
+        nvcc = find_nvcc() if mode != "0" else None
+        if mode == "1" and nvcc is None:
+            raise RuntimeError("FASTGAN_CUDA=1 but nvcc was not found (set CUDACXX or CUDA_HOME)")
+        with_cuda = nvcc is not None
+
+        cfg = os.environ.get("FASTGAN_BUILD_TYPE", "Release")
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={cfg}",
+            f"-DFASTGAN_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+        ]
+        if with_cuda:
+            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DFASTGAN_CUDA_ARCH={cuda_archs()}"]
+        if shutil.which("ninja"):
+            args += ["-G", "Ninja"]
+        # A cache from another generator or CUDA setting would make cmake refuse or build the wrong thing.
+        cache = build_temp / "CMakeCache.txt"
+        if cache.exists():
+            cache.unlink()
+        print(f"fastgan: building _C (CUDA: {'yes, ' + cuda_archs() if with_cuda else 'no'})", flush=True)
+        subprocess.run([cmake, str(ROOT), *args], cwd=build_temp, check=True)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        subprocess.run([cmake, "--build", ".", "--config", cfg, "-j", jobs], cwd=build_temp, check=True)
+
+
+setup(
+    packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels"],
+    package_dir={"fastgan.kernels": "kernels"},
+    ext_modules=[CMakeExtension("fastgan._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
