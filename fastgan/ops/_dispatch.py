@@ -71,6 +71,14 @@ def status(backend: str, device: torch.device) -> tuple[bool, str]:
 _warned: set = set()
 
 
+def _constant_under_compile(fn):
+    """What torch.compiler.assume_constant_result does (Dynamo runs `fn` at trace time and bakes the answer
+    into the graph), without importing torch._dynamo, which would import triton when fastgan is imported."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_under_compile
 def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend to run `op` with on `device`: `backend` if given (checked), else the best usable one.
 

@@ -8,6 +8,7 @@ and the reduced penalty come back in that accumulation dtype.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Union
 
 import torch
@@ -206,7 +207,7 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
     _check_inputs(grad, logits, weight, reduction)
     acc = _checks.acc_dtype(grad.dtype, logits.dtype)
     B = grad.shape[0]
-    g2 = grad.reshape(B, -1)  # a view whenever the strides allow; the kernels take any 2-D strides
+    g2 = grad.reshape(B, math.prod(grad.shape[1:]))  # a view whenever the strides allow; the kernels take any 2-D strides
     if g2.dtype != acc and acc == torch.float64:
         g2 = g2.to(acc)
     psi = logits.reshape(B).to(acc)
@@ -235,43 +236,65 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
     return logits.reshape(B)
 
 
+PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
+
+
 def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",
-                     backend: str | None = None):
+                     backend: str | None = None, mode: str = "double_backward"):
     """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1).
 
     penalty = reduction over n of w(psi_n) * ||d psi_n / d x_n||^2, differentiable w.r.t. D's parameters:
     backpropagating it gives exactly the gradients of the straightforward double-backward implementation.
     x is detached (the penalty is a discriminator term). The logits come from the same forward pass and
     can be used for D's loss.
+    mode: how the parameter gradient is formed (see fastgan/ops/penalty_jvp.py and mlp_penalty.py):
+    "double_backward" (torch's generic double backward; the default), "jvp" (reverse over forward-mode;
+    reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs of Linear/ReLU/LeakyReLU/eval
+    BatchNorm1d), "auto" ("mlp" where supported, else "jvp" once it has matched the double backward on D's
+    first batch, else "double_backward"). _dispatch.counts[("gradient_penalty", mode)] records what ran.
     """
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("mode", mode, PENALTY_MODES)
+    if mode != "double_backward":
+        from . import penalty_jvp
+
+        return penalty_jvp.gradient_penalty(D, x, weight, reduction, backend, mode)
+    return _double_backward(D, x, weight, reduction, backend)
+
+
+def _double_backward(D, x, weight, reduction, backend, record=True):
     x = x.detach().requires_grad_(True)
     logits = _logits_of(D, x)
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    if record:
+        _dispatch.record("gradient_penalty", "double_backward")
     return grad_norm_penalty(grad, logits, weight, reduction, backend), logits
 
 
-def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | None = None):
+def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | None = None,
+               mode: str = "double_backward"):
     """Roth et al.'s JS regularizer Omega = E_P[(1-sigma(psi))^2 ||grad psi||^2] + E_Q[sigma(psi)^2 ||grad psi||^2].
 
     Returns (Omega, logits_real, logits_fake); add ``gamma / 2 * Omega`` to the discriminator loss.
+    mode: as in gradient_penalty.
     """
     _checks.tensor("x_real", x_real, min_dim=1)
     _checks.tensor("x_fake", x_fake, min_dim=1)
     _checks.same_device(x_real=x_real, x_fake=x_fake)
     if x_real.shape[1:] != x_fake.shape[1:]:
         raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}")
-    pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend)
-    pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend)
+    pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend, mode=mode)
+    pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend, mode=mode)
     return pen_real + pen_fake, logits_real, logits_fake
 
 
-def r1_penalty(D, x_real: torch.Tensor, *, backend: str | None = None):
-    """E_P[||grad psi||^2] on real data; returns (penalty, logits_real)."""
-    return gradient_penalty(D, x_real, "one", backend=backend)
+def r1_penalty(D, x_real: torch.Tensor, *, backend: str | None = None, mode: str = "double_backward"):
+    """E_P[||grad psi||^2] on real data; returns (penalty, logits_real). mode: as in gradient_penalty."""
+    return gradient_penalty(D, x_real, "one", backend=backend, mode=mode)
 
 
-def r2_penalty(D, x_fake: torch.Tensor, *, backend: str | None = None):
-    """E_Q[||grad psi||^2] on generated data; returns (penalty, logits_fake)."""
-    return gradient_penalty(D, x_fake, "one", backend=backend)
+def r2_penalty(D, x_fake: torch.Tensor, *, backend: str | None = None, mode: str = "double_backward"):
+    """E_Q[||grad psi||^2] on generated data; returns (penalty, logits_fake). mode: as in gradient_penalty."""
+    return gradient_penalty(D, x_fake, "one", backend=backend, mode=mode)

@@ -1,6 +1,8 @@
 """Reference gradient-norm penalties (Roth et al. 2017), written the obvious way with double backward."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -32,7 +34,7 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 def grad_norm_penalty(grad, logits, weight="one", reduction="mean"):
     """w(psi_n) * ||grad_n||^2 per sample, reduced over the batch."""
     w_fn = WEIGHT_FNS[weight] if isinstance(weight, str) else weight
-    per_sample = w_fn(logits.reshape(-1)) * grad.reshape(grad.shape[0], -1).pow(2).sum(1)
+    per_sample = w_fn(logits.reshape(-1)) * grad.reshape(grad.shape[0], math.prod(grad.shape[1:])).pow(2).sum(1)
     return _reduce(per_sample, reduction)
 
 

@@ -1,0 +1,100 @@
+"""ms per discriminator update with Roth et al.'s JS penalty, per gradient mode, against the unregularized update.
+
+    pytest bench/bench_penalty_modes.py                       # measure (CPU, and CUDA when present)
+    pytest bench/bench_penalty_modes.py --benchmark-disable   # smoke run, each case once
+
+One D update: zero_grad, logits (and the penalty) on a real and a fake batch, loss_D + gamma/2 * Omega, backward,
+Adam step. Cases: Roth's MLP D (3-d data, B=512: Linear 128 tanh Linear 128 tanh Linear 1, and the same with
+LeakyReLU) and a DCGAN32-like D with BatchNorm (NTGAN Table 1 layout, B=64; width 64 on CUDA, 16 on CPU so the
+CPU run stays short). extra_info holds the ratios to the unregularized update and to the double backward of the
+same case (filled when those ran earlier in the session with timing on).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.ops import _dispatch, js_penalty
+
+GAMMA = 2.0
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+_means: dict = {}
+
+
+def mlp_d(act: str) -> nn.Module:
+    a = nn.Tanh if act == "tanh" else (lambda: nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Linear(3, 128), a(), nn.Linear(128, 128), a(), nn.Linear(128, 1))
+
+
+class DCGAN32D(nn.Module):
+    """conv3 s1 lReLU w -> [conv4 s2 BN lReLU] w, 2w, 4w, 8w (32 -> 2) -> FC 1."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        layers, ch = [nn.Conv2d(3, width, 3, 1, 1), nn.LeakyReLU(0.2)], width
+        for i in range(4):
+            out = width * 2 ** i
+            layers += [nn.Conv2d(ch, out, 4, 2, 1), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            ch = out
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(ch * 2 * 2, 1)
+
+    def forward(self, x):
+        return self.fc(self.net(x).flatten(1))
+
+
+def _case(model: str, device: str):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if model.startswith("mlp"):
+        D, B, shape = mlp_d(model.split("_")[1]), 512, (3,)
+    else:
+        D, B, shape = DCGAN32D(64 if device == "cuda" else 16), 64, (3, 32, 32)
+    x_real = torch.randn(B, *shape, generator=g).to(device)
+    x_fake = torch.randn(B, *shape, generator=g).to(device)
+    return D.to(device), x_real, x_fake
+
+
+CASES = [(m, mode) for m in ("mlp_tanh", "mlp_leaky") for mode in ("unregularized", "double_backward", "jvp", "mlp")]
+CASES += [("dcgan32", mode) for mode in ("unregularized", "double_backward", "jvp")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model,mode", CASES, ids=[f"{m}-{mode}" for m, mode in CASES])
+def test_d_update(benchmark, model, mode, device):
+    D, x_real, x_fake = _case(model, device)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if mode == "unregularized":
+            lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
+            pen = 0.0
+        else:
+            pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode)
+        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        step()
+    before = _dispatch.counts[("gradient_penalty", mode)]
+    benchmark.extra_info.update(model=model, mode=mode, device=device, batch=x_real.shape[0],
+                                torch=torch.__version__, threads=torch.get_num_threads())
+    benchmark(step)
+    if mode != "unregularized":
+        assert _dispatch.counts[("gradient_penalty", mode)] > before, f"mode {mode} did not run"
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or getattr(stats, "stats", None) is None:
+        return
+    mean = stats.stats.mean
+    _means[(model, device, mode)] = mean
+    benchmark.extra_info["ms"] = mean * 1e3
+    for base in ("unregularized", "double_backward"):
+        ref = _means.get((model, device, base))
+        if ref and base != mode:
+            benchmark.extra_info[f"ratio_vs_{base}"] = mean / ref

@@ -1,0 +1,325 @@
+// CPU kernels and Python bindings of the fused DFM denoiser layers (fastgan/ops/denoiser.py):
+// BatchNorm(+ReLU) after a GEMM with the Linear bias folded in, its backward, the reconstruction loss
+// and the Gaussian corruption. The GEMMs stay on torch. Math: fastgan/bn_math.h (shared with CUDA).
+//
+// All 2-D tensors are contiguous (B, N) row-major. Per-feature work is split into column chunks, one
+// per thread, each walking every row: no synchronisation and unit-stride inner loops.
+#include <pybind11/pybind11.h>
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "fastgan/bn_math.h"
+#include "fastgan/registry.h"
+#ifdef FASTGAN_WITH_CUDA
+#include "fastgan/cuda_api.h"
+#include "fastgan/cuda_api_denoiser.h"
+#endif
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace fastgan {
+namespace {
+
+constexpr int64_t kParallelWork = 1 << 15;
+constexpr int64_t kChunk = 64;
+
+int64_t n_chunks(int64_t N) { return (N + kChunk - 1) / kChunk; }
+
+// Statistics and normalisation accumulate in double whatever the storage dtype, so the fp32 path is at
+// least as accurate as torch's float reductions it is tested against.
+template <typename T>
+void bn_forward(const T* y, const T* bias, const T* gamma, const T* beta, const T* rm_in, const T* rv_in, T* out,
+                T* shift, T* invstd, T* rm_out, T* rv_out, int64_t B, int64_t N, bool training, bool track,
+                double momentum, double eps, bool relu) {
+  const int64_t chunks = n_chunks(N);
+#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+    double sh[kChunk], sc[kChunk], be[kChunk];
+    if (training) {
+      // Two passes (mean, then centred squares): no cancellation when |mean| >> std.
+      double sum[kChunk] = {0}, mean[kChunk], sq[kChunk] = {0};
+      for (int64_t n = 0; n < B; ++n) {
+        const T* row = y + n * N + f0;
+        for (int64_t j = 0; j < nf; ++j) sum[j] += double(row[j]);
+      }
+      for (int64_t j = 0; j < nf; ++j) mean[j] = sum[j] / double(B);
+      for (int64_t n = 0; n < B; ++n) {
+        const T* row = y + n * N + f0;
+        for (int64_t j = 0; j < nf; ++j) {
+          double d = double(row[j]) - mean[j];
+          sq[j] += d * d;
+        }
+      }
+      for (int64_t j = 0; j < nf; ++j) {
+        const int64_t f = f0 + j;
+        double s, is;
+        bn::train_stats<double>(sum[j], sq[j], B, eps, &s, &is);
+        sh[j] = s;
+        shift[f] = T(s);
+        invstd[f] = T(is);
+        sc[j] = double(gamma[f]) * is;
+        if (track) {
+          double rm = double(rm_in[f]), rv = double(rv_in[f]);
+          bn::running_update<double>(s, sq[j], B, bias ? double(bias[f]) : 0.0, momentum, &rm, &rv);
+          rm_out[f] = T(rm);
+          rv_out[f] = T(rv);
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < nf; ++j) {
+        const int64_t f = f0 + j;
+        double s, is;
+        bn::eval_stats<double>(double(rm_in[f]), double(rv_in[f]), bias ? double(bias[f]) : 0.0, eps, &s, &is);
+        sh[j] = s;
+        shift[f] = T(s);
+        invstd[f] = T(is);
+        sc[j] = double(gamma[f]) * is;
+      }
+    }
+    for (int64_t j = 0; j < nf; ++j) be[j] = double(beta[f0 + j]);
+    for (int64_t n = 0; n < B; ++n) {
+      const T* row = y + n * N + f0;
+      T* orow = out + n * N + f0;
+      for (int64_t j = 0; j < nf; ++j) orow[j] = T(bn::normalize<double>(double(row[j]), sh[j], sc[j], be[j], relu));
+    }
+  }
+}
+
+template <typename T>
+void bn_backward(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd, T* dy,
+                 T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N, bool training, bool relu) {
+  const int64_t chunks = n_chunks(N);
+#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+    double sh[kChunk], is[kChunk], sc[kChunk], s1[kChunk] = {0}, s2[kChunk] = {0};
+    for (int64_t j = 0; j < nf; ++j) {
+      sh[j] = double(shift[f0 + j]);
+      is[j] = double(invstd[f0 + j]);
+      sc[j] = double(gamma[f0 + j]) * is[j];
+    }
+    for (int64_t n = 0; n < B; ++n) {
+      const int64_t o = n * N + f0;
+      for (int64_t j = 0; j < nf; ++j) {
+        double dz = bn::relu_grad<double>(double(dout[o + j]), relu ? double(out[o + j]) : 1.0, relu);
+        s1[j] += dz;
+        s2[j] += dz * (double(y[o + j]) - sh[j]) * is[j];
+      }
+    }
+    double m1[kChunk], m2[kChunk];
+    for (int64_t j = 0; j < nf; ++j) {
+      const int64_t f = f0 + j;
+      dbeta[f] = T(s1[j]);
+      dgamma[f] = T(s2[j]);
+      dbias[f] = T(bn::bias_grad<double>(sc[j], s1[j], training));
+      m1[j] = s1[j] / double(B);
+      m2[j] = s2[j] / double(B);
+    }
+    for (int64_t n = 0; n < B; ++n) {
+      const int64_t o = n * N + f0;
+      for (int64_t j = 0; j < nf; ++j) {
+        double dz = bn::relu_grad<double>(double(dout[o + j]), relu ? double(out[o + j]) : 1.0, relu);
+        double xhat = (double(y[o + j]) - sh[j]) * is[j];
+        dy[o + j] = T(bn::input_grad<double>(dz, xhat, sc[j], m1[j], m2[j], training));
+      }
+    }
+  }
+}
+
+template <typename T>
+void recon_forward(const T* y, const T* bias, const T* t, T* out, int64_t B, int64_t N) {
+#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
+  for (int64_t n = 0; n < B; ++n) {
+    const T* yr = y + n * N;
+    const T* tr = t + n * N;
+    double s = 0.0;
+    for (int64_t f = 0; f < N; ++f) {
+      double d = recon::diff<double>(double(yr[f]), bias ? double(bias[f]) : 0.0, double(tr[f]));
+      s += d * d;
+    }
+    out[n] = T(s);
+  }
+}
+
+template <typename T>
+void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T* dbias, int64_t B, int64_t N) {
+  const int64_t chunks = n_chunks(N);
+#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+    double b[kChunk], db[kChunk] = {0};
+    for (int64_t j = 0; j < nf; ++j) b[j] = bias ? double(bias[f0 + j]) : 0.0;
+    for (int64_t n = 0; n < B; ++n) {
+      const int64_t o = n * N + f0;
+      const double g = double(go[n]);
+      for (int64_t j = 0; j < nf; ++j) {
+        double v = recon::grad<double>(g, recon::diff<double>(double(y[o + j]), b[j], double(t[o + j])));
+        dy[o + j] = T(v);
+        db[j] += v;
+      }
+    }
+    if (dbias != nullptr)
+      for (int64_t j = 0; j < nf; ++j) dbias[f0 + j] = T(db[j]);
+  }
+}
+
+template <typename T>
+void corrupt(const T* h, const T* noise, T* out, double sigma, int64_t numel) {
+  const T s = T(sigma);
+#pragma omp parallel for schedule(static) if (numel > 4 * kParallelWork)
+  for (int64_t i = 0; i < numel; ++i) out[i] = h[i] + s * noise[i];
+}
+
+template <typename T>
+const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
+template <typename T>
+T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void check(int64_t B, int64_t N, int dtype) {
+  if (B < 0 || N < 0) throw std::invalid_argument("denoiser: negative size");
+  if (dtype != kFloat32 && dtype != kFloat64)
+    throw std::invalid_argument("denoiser: the CPU kernels take float32 or float64, got dtype code " +
+                                std::to_string(dtype));
+}
+
+template <typename T>
+void bn_forward_t(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta, std::uintptr_t rm,
+                  std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift, std::uintptr_t invstd,
+                  std::uintptr_t rm_out, std::uintptr_t rv_out, int64_t B, int64_t N, bool training, bool track,
+                  double momentum, double eps, bool relu) {
+  bn_forward<T>(cptr<T>(y), cptr<T>(bias), cptr<T>(gamma), cptr<T>(beta), cptr<T>(rm), cptr<T>(rv), mptr<T>(out),
+                mptr<T>(shift), mptr<T>(invstd), mptr<T>(rm_out), mptr<T>(rv_out), B, N, training, track, momentum,
+                eps, relu);
+}
+
+void bn_relu_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
+                         std::uintptr_t rm, std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift,
+                         std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, int dtype, int64_t B,
+                         int64_t N, bool training, bool track, double momentum, double eps, bool relu) {
+  check(B, N, dtype);
+  if (training && B < 1) throw std::invalid_argument("bn_relu: training mode needs a non-empty batch");
+  if ((!training || track) && (rm == 0 || rv == 0)) throw std::invalid_argument("bn_relu: running stats missing");
+  py::gil_scoped_release nogil;
+  if (dtype == kFloat32)
+    bn_forward_t<float>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, B, N, training, track,
+                        momentum, eps, relu);
+  else
+    bn_forward_t<double>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, B, N, training, track,
+                         momentum, eps, relu);
+}
+
+void bn_relu_backward_cpu(std::uintptr_t dout, std::uintptr_t out, std::uintptr_t y, std::uintptr_t gamma,
+                          std::uintptr_t shift, std::uintptr_t invstd, std::uintptr_t dy, std::uintptr_t dgamma,
+                          std::uintptr_t dbeta, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, bool training,
+                          bool relu) {
+  check(B, N, dtype);
+  if (relu && out == 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
+  py::gil_scoped_release nogil;
+  if (dtype == kFloat32)
+    bn_backward<float>(cptr<float>(dout), cptr<float>(out), cptr<float>(y), cptr<float>(gamma), cptr<float>(shift),
+                       cptr<float>(invstd), mptr<float>(dy), mptr<float>(dgamma), mptr<float>(dbeta),
+                       mptr<float>(dbias), B, N, training, relu);
+  else
+    bn_backward<double>(cptr<double>(dout), cptr<double>(out), cptr<double>(y), cptr<double>(gamma),
+                        cptr<double>(shift), cptr<double>(invstd), mptr<double>(dy), mptr<double>(dgamma),
+                        mptr<double>(dbeta), mptr<double>(dbias), B, N, training, relu);
+}
+
+void recon_loss_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t, std::uintptr_t out, int dtype,
+                            int64_t B, int64_t N) {
+  check(B, N, dtype);
+  py::gil_scoped_release nogil;
+  if (dtype == kFloat32)
+    recon_forward<float>(cptr<float>(y), cptr<float>(bias), cptr<float>(t), mptr<float>(out), B, N);
+  else
+    recon_forward<double>(cptr<double>(y), cptr<double>(bias), cptr<double>(t), mptr<double>(out), B, N);
+}
+
+void recon_loss_backward_cpu(std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t,
+                             std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N) {
+  check(B, N, dtype);
+  py::gil_scoped_release nogil;
+  if (dtype == kFloat32)
+    recon_backward<float>(cptr<float>(go), cptr<float>(y), cptr<float>(bias), cptr<float>(t), mptr<float>(dy),
+                          mptr<float>(dbias), B, N);
+  else
+    recon_backward<double>(cptr<double>(go), cptr<double>(y), cptr<double>(bias), cptr<double>(t), mptr<double>(dy),
+                           mptr<double>(dbias), B, N);
+}
+
+void corrupt_cpu(std::uintptr_t h, std::uintptr_t noise, std::uintptr_t out, double sigma, int dtype, int64_t numel) {
+  check(numel, 0, dtype);
+  py::gil_scoped_release nogil;
+  if (dtype == kFloat32)
+    corrupt<float>(cptr<float>(h), cptr<float>(noise), mptr<float>(out), sigma, numel);
+  else
+    corrupt<double>(cptr<double>(h), cptr<double>(noise), mptr<double>(out), sigma, numel);
+}
+
+#ifdef FASTGAN_WITH_CUDA
+void raise_cuda(int err, const char* what) {
+  if (err != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(err));
+}
+#endif
+
+void bind(py::module_& m) {
+  m.def("bn_relu_forward_cpu", &bn_relu_forward_cpu, "y"_a, "bias"_a, "gamma"_a, "beta"_a, "running_mean"_a,
+        "running_var"_a, "out"_a, "shift"_a, "invstd"_a, "running_mean_out"_a, "running_var_out"_a, "dtype"_a, "B"_a,
+        "N"_a, "training"_a, "track"_a, "momentum"_a, "eps"_a, "relu"_a);
+  m.def("bn_relu_backward_cpu", &bn_relu_backward_cpu, "dout"_a, "out"_a, "y"_a, "gamma"_a, "shift"_a, "invstd"_a,
+        "dy"_a, "dgamma"_a, "dbeta"_a, "dbias"_a, "dtype"_a, "B"_a, "N"_a, "training"_a, "relu"_a);
+  m.def("recon_loss_forward_cpu", &recon_loss_forward_cpu, "y"_a, "bias"_a, "target"_a, "out"_a, "dtype"_a, "B"_a,
+        "N"_a);
+  m.def("recon_loss_backward_cpu", &recon_loss_backward_cpu, "go"_a, "y"_a, "bias"_a, "target"_a, "dy"_a, "dbias"_a,
+        "dtype"_a, "B"_a, "N"_a);
+  m.def("corrupt_cpu", &corrupt_cpu, "h"_a, "noise"_a, "out"_a, "sigma"_a, "dtype"_a, "numel"_a);
+#ifdef FASTGAN_WITH_CUDA
+  m.def("bn_relu_forward_cuda",
+        [](std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta, std::uintptr_t rm,
+           std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift, std::uintptr_t invstd, std::uintptr_t rm_out,
+           std::uintptr_t rv_out, int dtype, int64_t B, int64_t N, bool training, bool track, double momentum,
+           double eps, bool relu, std::uintptr_t stream) {
+          check(B, N, dtype);
+          raise_cuda(cuda::bn_relu_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, dtype, B,
+                                           N, training, track, momentum, eps, relu, stream),
+                     "bn_relu_forward_cuda");
+        });
+  m.def("bn_relu_backward_cuda",
+        [](std::uintptr_t dout, std::uintptr_t out, std::uintptr_t y, std::uintptr_t gamma, std::uintptr_t shift,
+           std::uintptr_t invstd, std::uintptr_t dy, std::uintptr_t dgamma, std::uintptr_t dbeta, std::uintptr_t dbias,
+           int dtype, int64_t B, int64_t N, bool training, bool relu, std::uintptr_t stream) {
+          check(B, N, dtype);
+          raise_cuda(cuda::bn_relu_backward(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, dtype, B, N,
+                                            training, relu, stream),
+                     "bn_relu_backward_cuda");
+        });
+  m.def("recon_loss_forward_cuda",
+        [](std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t, std::uintptr_t out, int dtype, int64_t B, int64_t N,
+           std::uintptr_t stream) {
+          check(B, N, dtype);
+          raise_cuda(cuda::recon_loss_forward(y, bias, t, out, dtype, B, N, stream), "recon_loss_forward_cuda");
+        });
+  m.def("recon_loss_backward_cuda",
+        [](std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t, std::uintptr_t dy,
+           std::uintptr_t dbias, int dtype, int64_t B, int64_t N, std::uintptr_t stream) {
+          check(B, N, dtype);
+          raise_cuda(cuda::recon_loss_backward(go, y, bias, t, dy, dbias, dtype, B, N, stream),
+                     "recon_loss_backward_cuda");
+        });
+  m.def("corrupt_cuda",
+        [](std::uintptr_t h, std::uintptr_t noise, std::uintptr_t out, double sigma, int dtype, int64_t numel,
+           std::uintptr_t stream) {
+          check(numel, 0, dtype);
+          raise_cuda(cuda::corrupt(h, noise, out, sigma, dtype, numel, stream), "corrupt_cuda");
+        });
+#endif
+}
+
+}  // namespace
+}  // namespace fastgan
+
+FASTGAN_REGISTER_BINDINGS(denoiser, fastgan::bind);

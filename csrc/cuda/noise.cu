@@ -1,0 +1,248 @@
+// CUDA kernels of the NTGAN noisy/clean batch. Noise: fastgan/philox.h (the same stream as the CPU kernels).
+// Forward: one thread per Philox counter (4 noise elements), writing the clean and noisy rows of both
+// batches, so eps is drawn once for real and fake. The (seed, offset) is read from a device tensor and,
+// when advancing, the last block to finish moves the offset on (a ticket counter in the state), so the
+// kernel can be captured in a CUDA graph and every replay draws new noise.
+// Backward: a group of TPR threads per (noisy row, channel) plane, reducing deps * z for dsigma.
+#include <algorithm>
+#include "fastgan/cuda_api_noise.h"
+#include "fastgan/cuda_types.cuh"
+#include "fastgan/philox.h"
+
+namespace fastgan {
+namespace cuda {
+namespace {
+
+struct Layout {
+  int64_t n_clean, n_noisy, src0, dst0;
+};
+
+__host__ __device__ inline Layout layout(int64_t m, bool half) {
+  if (half) return {m / 2, m - m / 2, m / 2, m / 2};
+  return {m, m, 0, m};
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ void write_side(const T* __restrict__ x, int64_t sb, int64_t sf, T* __restrict__ out,
+                                           const Layout& L, int64_t F, int64_t i, int64_t f, A eps, bool copy_clean) {
+  const T v = x[(L.src0 + i) * sb + f * sf];
+  out[(L.dst0 + i) * F + f] = FromAcc<T>::cvt(to_acc<A>(v) + eps);
+  if (copy_clean) out[i * F + f] = v;
+}
+
+template <typename T, typename A, bool GAUSS>
+__global__ void __launch_bounds__(kThreads) forward_kernel(NoisyForwardArgs a) {
+  const T* xr = reinterpret_cast<const T*>(a.x_real);
+  const T* xf = reinterpret_cast<const T*>(a.x_fake);
+  const T* eps = reinterpret_cast<const T*>(a.eps);
+  const A* sig = reinterpret_cast<const A*>(a.sigma);
+  T* outr = reinterpret_cast<T*>(a.out_real);
+  T* outf = reinterpret_cast<T*>(a.out_fake);
+  long long* rng = reinterpret_cast<long long*>(a.rng);
+  const int64_t F = a.F, C = a.C, inner = F / C;
+  const Layout L = layout(a.m, a.half);
+  const int64_t N = L.n_noisy * F, G = philox::counters_for(N);
+
+  __shared__ unsigned long long s_seed, s_off;
+  uint64_t seed = 0, off = 0;
+  if constexpr (GAUSS) {
+    if (threadIdx.x == 0) {
+      s_seed = static_cast<unsigned long long>(rng[0]);
+      s_off = static_cast<unsigned long long>(rng[1]);
+      if (a.advance && blockIdx.x == 0) {
+        long long* used = reinterpret_cast<long long*>(a.used);
+        used[0] = static_cast<long long>(s_seed);
+        used[1] = static_cast<long long>(s_off);
+      }
+    }
+    __syncthreads();
+    seed = s_seed;
+    off = s_off;
+  }
+
+  const A sigma_value = A(a.sigma_value);
+  const bool copy_clean = !a.half;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < G; g += stride) {
+    philox::Normals z{};
+    if constexpr (GAUSS) z = philox::normals4(seed, off + uint64_t(g));
+    int64_t e = g * philox::kPerCounter;
+    int64_t i = e / F, f = e - i * F;
+#pragma unroll
+    for (int k = 0; k < philox::kPerCounter; ++k, ++e) {
+      if (e >= N) break;
+      A ev;
+      if constexpr (GAUSS) {
+        const A s = sig != nullptr ? sig[C == 1 ? 0 : f / inner] : sigma_value;
+        ev = s * A(z.v[k]);
+      } else {
+        ev = to_acc<A>(eps[i * a.se_b + f * a.se_f]);
+      }
+      if (xr != nullptr) write_side<T, A>(xr, a.sr_b, a.sr_f, outr, L, F, i, f, ev, copy_clean);
+      if (xf != nullptr) write_side<T, A>(xf, a.sf_b, a.sf_f, outf, L, F, i, f, ev, copy_clean);
+      if (++f == F) {
+        f = 0;
+        ++i;
+      }
+    }
+  }
+  if (a.half) {
+    const int64_t n = L.n_clean * F;
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
+      const int64_t i = e / F, f = e - i * F;
+      if (xr != nullptr) outr[e] = xr[i * a.sr_b + f * a.sr_f];
+      if (xf != nullptr) outf[e] = xf[i * a.sf_b + f * a.sf_f];
+    }
+  }
+  if constexpr (GAUSS) {
+    if (a.advance && threadIdx.x == 0) {
+      // This thread read the state before; the fence orders that read before the ticket, so the last
+      // ticket proves every block has read the state and it may move on.
+      __threadfence();
+      unsigned long long* ticket = reinterpret_cast<unsigned long long*>(rng + 2);
+      if (atomicAdd(ticket, 1ull) == gridDim.x - 1) {
+        rng[1] = static_cast<long long>(off + uint64_t(G));
+        *ticket = 0ull;
+        __threadfence();
+      }
+    }
+  }
+}
+
+template <typename T, typename A, int TPR, bool DSIG>
+__global__ void __launch_bounds__(kThreads) backward_kernel(NoisyBackwardArgs a) {
+  constexpr int RPB = kThreads / TPR;
+  __shared__ A smem[kThreads / 32];
+  const T* gr = reinterpret_cast<const T*>(a.g_real);
+  const T* gf = reinterpret_cast<const T*>(a.g_fake);
+  T* dxr = reinterpret_cast<T*>(a.dx_real);
+  T* dxf = reinterpret_cast<T*>(a.dx_fake);
+  T* deps = reinterpret_cast<T*>(a.deps);
+  A* dsig = reinterpret_cast<A*>(a.dsigma);
+  const int64_t F = a.F, C = a.C, inner = F / C;
+  const Layout L = layout(a.m, a.half);
+  const int64_t planes = L.n_noisy * C;
+  uint64_t seed = 0, off = 0;
+  if constexpr (DSIG) {
+    const long long* rng = reinterpret_cast<const long long*>(a.rng);
+    seed = static_cast<uint64_t>(rng[0]);
+    off = static_cast<uint64_t>(rng[1]);
+  }
+  const int lane = threadIdx.x % TPR;
+  const int sub = threadIdx.x / TPR;
+
+  auto element = [&](int64_t i, int64_t f) -> A {
+    A vr = A(0), vf = A(0);
+    if (gr != nullptr) vr = to_acc<A>(gr[(L.dst0 + i) * a.gr_b + f * a.gr_f]);
+    if (gf != nullptr) vf = to_acc<A>(gf[(L.dst0 + i) * a.gf_b + f * a.gf_f]);
+    const A ge = vr + vf;
+    if (deps != nullptr) deps[i * F + f] = FromAcc<T>::cvt(ge);
+    if (!a.half) {
+      if (dxr != nullptr) dxr[i * F + f] = FromAcc<T>::cvt(to_acc<A>(gr[i * a.gr_b + f * a.gr_f]) + vr);
+      if (dxf != nullptr) dxf[i * F + f] = FromAcc<T>::cvt(to_acc<A>(gf[i * a.gf_b + f * a.gf_f]) + vf);
+    }
+    return ge;
+  };
+
+  for (int64_t p0 = int64_t(blockIdx.x) * RPB; p0 < planes; p0 += int64_t(gridDim.x) * RPB) {
+    const int64_t p = p0 + sub;
+    A acc = A(0);
+    if (p < planes) {
+      const int64_t i = p / C, c = p - i * C;
+      const int64_t start = i * F + c * inner, end = start + inner;
+      if constexpr (DSIG) {
+        // Threads walk the Philox counters overlapping the plane; a counter at a plane edge is also
+        // drawn by the neighbouring plane, each using its own elements.
+        const int64_t g_first = start / philox::kPerCounter, g_last = (end - 1) / philox::kPerCounter;
+        for (int64_t g = g_first + lane; g <= g_last; g += TPR) {
+          const philox::Normals z = philox::normals4(seed, off + uint64_t(g));
+#pragma unroll
+          for (int k = 0; k < philox::kPerCounter; ++k) {
+            const int64_t e = g * philox::kPerCounter + k;
+            if (e < start || e >= end) continue;
+            acc += element(i, e - i * F) * A(z.v[k]);
+          }
+        }
+      } else {
+        for (int64_t e = start + lane; e < end; e += TPR) element(i, e - i * F);
+      }
+    }
+    if constexpr (DSIG) {
+      acc = group_sum<A, TPR>(acc, smem);
+      if (p < planes && lane == 0) dsig[p] = acc;
+    }
+  }
+}
+
+int64_t blocks_for(int64_t work) {
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 8192));
+}
+
+template <typename T, typename A>
+void launch_forward(const NoisyForwardArgs& a, cudaStream_t st) {
+  const Layout L = layout(a.m, a.half);
+  const int64_t work = std::max<int64_t>(philox::counters_for(L.n_noisy * a.F), L.n_clean * a.F);
+  const dim3 grid(blocks_for(work));
+  if (a.eps != 0)
+    forward_kernel<T, A, false><<<grid, kThreads, 0, st>>>(a);
+  else
+    forward_kernel<T, A, true><<<grid, kThreads, 0, st>>>(a);
+}
+
+int pick_tpr(int64_t inner) {
+  if (inner <= 8) return 1;
+  if (inner <= 128) return 8;
+  if (inner <= 4096) return 32;
+  return kThreads;
+}
+
+template <typename T, typename A, int TPR>
+void launch_backward_tpr(const NoisyBackwardArgs& a, cudaStream_t st) {
+  const Layout L = layout(a.m, a.half);
+  const int64_t planes = L.n_noisy * a.C;
+  const int64_t rpb = kThreads / TPR;
+  const dim3 grid(std::max<int64_t>(1, std::min<int64_t>((planes + rpb - 1) / rpb, int64_t(1) << 20)));
+  if (a.dsigma != 0)
+    backward_kernel<T, A, TPR, true><<<grid, kThreads, 0, st>>>(a);
+  else
+    backward_kernel<T, A, TPR, false><<<grid, kThreads, 0, st>>>(a);
+}
+
+template <typename T, typename A>
+void launch_backward(const NoisyBackwardArgs& a, cudaStream_t st) {
+  switch (pick_tpr(a.F / a.C)) {
+    case 1: return launch_backward_tpr<T, A, 1>(a, st);
+    case 8: return launch_backward_tpr<T, A, 8>(a, st);
+    case 32: return launch_backward_tpr<T, A, 32>(a, st);
+    default: return launch_backward_tpr<T, A, kThreads>(a, st);
+  }
+}
+
+}  // namespace
+
+int noisy_forward(const NoisyForwardArgs& a, std::uintptr_t stream) {
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (a.dtype) {
+    case kFloat32: launch_forward<float, float>(a, st); break;
+    case kFloat64: launch_forward<double, double>(a, st); break;
+    case kFloat16: launch_forward<__half, float>(a, st); break;
+    case kBFloat16: launch_forward<__nv_bfloat16, float>(a, st); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+int noisy_backward(const NoisyBackwardArgs& a, std::uintptr_t stream) {
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (a.dtype) {
+    case kFloat32: launch_backward<float, float>(a, st); break;
+    case kFloat64: launch_backward<double, double>(a, st); break;
+    case kFloat16: launch_backward<__half, float>(a, st); break;
+    case kBFloat16: launch_backward<__nv_bfloat16, float>(a, st); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace cuda
+}  // namespace fastgan

@@ -1,0 +1,47 @@
+// Per-sample math of the NTGAN mu-weighted clean/noisy losses (fastgan/reference/nt_losses.py), shared by
+// csrc/cpu/nt_losses.cpp and csrc/cuda/nt_losses.cu. A batch of N logits is clean in [0, N/2), noisy after.
+#pragma once
+#include <cmath>
+#include "fastgan/common.h"
+#include "fastgan/penalty_math.h"
+
+namespace fastgan {
+namespace nt {
+
+// Same tables as fastgan/ops/nt_losses.py.
+enum Kind : int { kDiscriminator = 0, kGenerator = 1 };
+enum Reduction : int { kMean = 0, kSum = 1 };
+
+FG_HD float fg_log1p(float x) { return log1pf(x); }
+FG_HD double fg_log1p(double x) { return log1p(x); }
+
+// softplus(x) = ln(1 + e^x) = -ln sigmoid(-x), without overflow.
+template <typename A>
+FG_HD A softplus(A x) {
+  const A ax = x < A(0) ? -x : x;
+  return (x > A(0) ? x : A(0)) + fg_log1p(fg_exp(-ax));
+}
+
+// Loss term of one logit: softplus(sign * psi), sign = -1 for "labelled real" (-ln D),
+// +1 for "labelled fake" (-ln(1 - D)); its slope is sign * sigmoid(sign * psi).
+template <typename A>
+FG_HD A term(A psi, A sign) { return softplus(sign * psi); }
+
+template <typename A>
+FG_HD A slope(A psi, A sign) { return sign * sigmoid(sign * psi); }
+
+// Sign of the real and fake parts: D pushes real up and fake down; G pushes fake up.
+FG_HD int real_sign(int kind) { return kind == kDiscriminator ? -1 : 0; }
+FG_HD int fake_sign(int kind) { return kind == kDiscriminator ? 1 : -1; }
+
+// Weight of sample n of N: mu on the clean half, 1 - mu on the noisy half, divided by the part's size
+// for a mean. Parts are never empty where a sample lies, so no division by zero.
+template <typename A>
+FG_HD A coef(int64_t n, int64_t N, A mu, int reduction) {
+  const int64_t n_clean = N / 2;
+  if (n < n_clean) return reduction == kMean ? mu / A(n_clean) : mu;
+  return reduction == kMean ? (A(1) - mu) / A(N - n_clean) : A(1) - mu;
+}
+
+}  // namespace nt
+}  // namespace fastgan

@@ -1,0 +1,515 @@
+"""Training configuration: frozen dataclasses (model, data, method, optim, run), YAML in and out, and one
+validator that names the offending field and the allowed values.
+
+Field metadata drives validation: ``choices`` (allowed values), ``min`` / ``max`` (inclusive bounds) and
+``gt`` (exclusive lower bound); types come from the annotations (int, float, bool, str, Optional[...],
+tuple[...], nested dataclasses). ``TrainConfig()`` is the embedded default job: Roth et al.'s regularized
+GAN on their 3-D submanifold mixture, a short run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from .data.config import DataConfig
+from .models.config import ModelConfig
+
+UNITS = ("gan", "roth", "nt", "dfm")
+LOSSES = ("minimax", "least_squares", "wgan_gp", "fgan")
+G_LOSSES = ("nonsaturating", "saturating")
+F_DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger")
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid; the message names the field."""
+
+
+# ------------------------------------------------------------------------------------------ dataclasses
+
+@dataclass(frozen=True)
+class RothConfig:
+    """Roth et al. 2017: D loss + gamma/2 * Omega (Algorithm 1); G loss unregularized."""
+    # js: Omega_JS on real and fake (eq. 20, with D = sigmoid(logit)); f: Omega_f = E_Q[f*''(T)||grad T||^2]
+    # (eq. 19, needs method.loss=fgan); r1 / r2: E_P / E_Q [||grad logit||^2].
+    penalty: str = field(default="js", metadata={"choices": ("js", "f", "r1", "r2")})
+    # fixed: gamma; anneal: gamma(t) = gamma0 * alpha^(t/T), t = 1..T the generator iteration.
+    schedule: str = field(default="fixed", metadata={"choices": ("fixed", "anneal")})
+    gamma: float = field(default=0.1, metadata={"min": 0.0})
+    gamma0: float = field(default=2.0, metadata={"min": 0.0})
+    alpha: float = field(default=0.01, metadata={"gt": 0.0, "max": 1.0})
+    # T of the annealing; None: run.steps. Past T, gamma stays at gamma0 * alpha.
+    anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class NTConfig:
+    """NTGAN (noise-tempered GAN): D sees clean and noisy samples, mu ~ U(0,1) weights them (Algorithm 1)."""
+    # fixed: eps ~ N(0, sigma^2 I); learned_sigma: sigma is learned with penalty lam * sigma^2 (eq. 5);
+    # generator: eps = N(w), a noise network, penalty lam * ||eps||^2 (eq. 6).
+    noise: str = field(default="generator", metadata={"choices": ("fixed", "learned_sigma", "generator")})
+    # Standard deviation of fixed noise, or the initial value of the learned sigma.
+    sigma: float = field(default=1.0, metadata={"min": 0.0})
+    # linear: fixed sigma annealed to 0 over anneal_steps (ablation row (c)).
+    sigma_anneal: str = field(default="none", metadata={"choices": ("none", "linear")})
+    anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
+    # lambda, the weight of the noise penalty.
+    lam: float = field(default=1.0, metadata={"min": 0.0})
+    # full: {x, x + eps}; half: {x_1..x_{m/2}, x_{m/2+1} + eps_1, ...} (section 2.3, ablation row (i)).
+    batch: str = field(default="full", metadata={"choices": ("full", "half")})
+    # False: only noisy samples reach D (ablation rows (a)-(c)).
+    clean: bool = True
+
+
+@dataclass(frozen=True)
+class DFMConfig:
+    """Denoising feature matching (Warde-Farley & Bengio 2017): a denoiser r on D's penultimate features."""
+    # Std of the Gaussian corruption of real features when training r (section 5: sigma = 1).
+    sigma: float = field(default=1.0, metadata={"min": 0.0})
+    # None: 0.03 / n_h, n_h = the feature size (section 5).
+    lambda_denoise: Optional[float] = field(default=None, metadata={"min": 0.0})
+    lambda_adv: float = field(default=1.0, metadata={"min": 0.0})
+    # The denoiser's width and depth are model.denoiser_hidden / model.denoiser_depth.
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    # '+'-joined units: gan (plain), roth, nt, dfm, e.g. "roth+nt+dfm".
+    name: str = "roth"
+    loss: str = field(default="minimax", metadata={"choices": LOSSES})
+    g_loss: str = field(default="nonsaturating", metadata={"choices": G_LOSSES})
+    # The f-divergence of method.loss=fgan (Nowozin et al. 2016, Table 2).
+    f_divergence: str = field(default="gan", metadata={"choices": F_DIVERGENCES})
+    # k discriminator steps per generator step (Goodfellow et al. Algorithm 1).
+    d_steps: int = field(default=1, metadata={"min": 1})
+    # alternating: k D steps then one G step; simultaneous: all updates from the same parameters (DFM);
+    # auto: simultaneous when dfm is on, else alternating.
+    update: str = field(default="auto", metadata={"choices": ("auto", "alternating", "simultaneous")})
+    # lambda of WGAN-GP's (||grad|| - 1)^2 penalty.
+    gp_weight: float = field(default=10.0, metadata={"min": 0.0})
+    roth: RothConfig = RothConfig()
+    nt: NTConfig = NTConfig()
+    dfm: DFMConfig = DFMConfig()
+
+    @property
+    def units(self) -> frozenset:
+        return frozenset(u for u in self.name.split("+") if u != "gan")
+
+    @property
+    def resolved_update(self) -> str:
+        if self.update != "auto":
+            return self.update
+        return "simultaneous" if "dfm" in self.units else "alternating"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = field(default="adam", metadata={"choices": ("adam", "sgd")})
+    batch_size: int = field(default=512, metadata={"min": 1})
+    lr_g: float = field(default=1e-3, metadata={"gt": 0.0})
+    lr_d: float = field(default=1e-3, metadata={"gt": 0.0})
+    # NTGAN's noise model and DFM's denoiser; None: lr_d.
+    lr_noise: Optional[float] = field(default=None, metadata={"gt": 0.0})
+    lr_denoiser: Optional[float] = field(default=None, metadata={"gt": 0.0})
+    beta1: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    beta2: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    # SGD only.
+    momentum: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "roth-mixture"
+    # Generator iterations.
+    steps: int = field(default=1500, metadata={"min": 1})
+    seed: int = 0
+    # cpu, cuda, cuda:N or auto (cuda when available).
+    device: str = "cpu"
+    # The run folder is <out_dir>/<name>-<timestamp> unless dir is given.
+    out_dir: str = "runs"
+    dir: Optional[str] = None
+    log_every: int = field(default=50, metadata={"min": 1})
+    # 0: only at the end of the run.
+    sample_every: int = field(default=500, metadata={"min": 0})
+    checkpoint_every: int = field(default=500, metadata={"min": 0})
+    # Samples in a grid / scatter plot (None: 64 images or 2560 points); mixtures also get mode metrics.
+    num_samples: Optional[int] = field(default=None, metadata={"min": 1})
+    tensorboard: bool = True
+    # auto: a tqdm bar only when stderr is a terminal.
+    progress: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "optim": OptimConfig,
+            "run": RunConfig}
+
+# Fields a resumed run may change; everything else must match the checkpoint.
+RESUMABLE_FIELDS = ("run.steps", "run.device", "run.log_every", "run.sample_every", "run.checkpoint_every",
+                    "run.num_samples", "run.tensorboard", "run.progress", "run.out_dir", "run.dir")
+
+
+# ------------------------------------------------------------------------------------------ type checks
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin is Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType") or \
+            type(tp).__name__ == "UnionType":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _type_name(tp) -> str:
+    opt, inner = _is_optional(tp)
+    if opt:
+        return f"{_type_name(inner)} or null"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(tp, value, path: str):
+    """value converted to type tp (YAML and --set give ints for floats, strings for 1e-4, lists for tuples)."""
+    opt, inner = _is_optional(tp)
+    if value is None:
+        if opt:
+            return None
+        raise ConfigError(f"{path}: must be {_type_name(tp)}, got null")
+    tp = inner
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {len(value)} values {list(value)!r}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        num = _number(value)
+        if num is not None and float(num).is_integer():
+            return int(num)
+        raise ConfigError(f"{path}: must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        num = _number(value)
+        if num is None:
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        return float(num)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: must be a string, got {value!r}")
+    return value
+
+
+def _number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            return None
+    return None
+
+
+def _from_dict(cls, data, path: str):
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: must be a mapping of keys to values, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(_unknown_key(full, key, fields))
+        kwargs[key] = _coerce(hints[key], value, full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise ConfigError(msg if path and msg.startswith(path) else f"{path or 'config'}: {msg}") from None
+
+
+def _unknown_key(full: str, key, fields) -> str:
+    msg = f"{full}: unknown key; allowed keys: {', '.join(fields)}"
+    close = difflib.get_close_matches(str(key), list(fields), n=1)
+    return msg + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _check_value(tp, value, path: str, meta: Mapping) -> None:
+    opt, inner = _is_optional(tp)
+    if value is None:
+        if not opt:
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got None")
+        return
+    tp = inner
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{path}: must be a {tp.__name__}, got {type(value).__name__}")
+        _check_tree(value, path)
+        return
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        for i, (a, v) in enumerate(zip(args, value)):
+            _check_value(a, v, f"{path}[{i}]", meta)
+        return
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(tp, lambda v: True)
+    if not ok(value):
+        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path}: must be one of {tuple(choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{path}: must be >= {meta['min']}, got {value!r}")
+        if "gt" in meta and not value > meta["gt"]:
+            raise ConfigError(f"{path}: must be > {meta['gt']}, got {value!r}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{path}: must be <= {meta['max']}, got {value!r}")
+
+
+def _check_tree(obj, path: str = "") -> None:
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        _check_value(hints[f.name], getattr(obj, f.name), f"{path}.{f.name}" if path else f.name, f.metadata)
+
+
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Field types, choices and ranges, then the rules that tie fields together. Returns cfg."""
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"config: must be a TrainConfig, got {type(cfg).__name__}")
+    _check_tree(cfg)
+    m, o, r = cfg.method, cfg.optim, cfg.run
+    parts = m.name.split("+")
+    for u in parts:
+        if u not in UNITS:
+            raise ConfigError(f"method.name: units must be '+'-joined names from {UNITS}, got {u!r} in {m.name!r}")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"method.name: a unit appears twice in {m.name!r}")
+    units = m.units
+    if "roth" in units:
+        if m.roth.penalty == "js" and m.loss != "minimax":
+            raise ConfigError("method.roth.penalty: 'js' is the regularizer of the minimax (JS) GAN and needs "
+                              f"method.loss='minimax', got method.loss={m.loss!r} (use 'f' with method.loss='fgan', "
+                              "or 'r1' / 'r2')")
+        if m.roth.penalty == "f" and m.loss != "fgan":
+            raise ConfigError(f"method.roth.penalty: 'f' needs method.loss='fgan', got method.loss={m.loss!r}")
+    if m.resolved_update == "simultaneous" and m.d_steps != 1:
+        raise ConfigError(f"method.d_steps: simultaneous updates (method.update={m.update!r}"
+                          f"{', dfm on' if m.update == 'auto' else ''}) need d_steps=1, got {m.d_steps}")
+    if "nt" in units:
+        if m.nt.batch == "half" and not m.nt.clean:
+            raise ConfigError("method.nt.batch: 'half' mixes clean and noisy samples and needs method.nt.clean=true")
+        if m.nt.batch == "half" and o.batch_size < 2:
+            raise ConfigError(f"optim.batch_size: the half-batch construction needs >= 2, got {o.batch_size}")
+        if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
+            raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got method.nt.noise={m.nt.noise!r}")
+    if not _DEVICE.match(r.device):
+        raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
+    if not r.name or "/" in r.name or r.name.strip() != r.name:
+        raise ConfigError(f"run.name: must be a non-empty name without '/' or surrounding spaces, got {r.name!r}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+def from_dict(data: Mapping) -> TrainConfig:
+    """A validated TrainConfig from a (possibly partial) nested mapping; missing keys take their defaults."""
+    if data is None:
+        data = {}
+    return validate(_from_dict(TrainConfig, data, ""))
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (tuples become lists) suitable for YAML."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [conv(x) for x in v]
+        return v
+    return conv(cfg)
+
+
+def load_config(path) -> TrainConfig:
+    """Read and validate a YAML config file."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(f"config: {p} is a folder; give a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+    try:
+        return from_dict(data or {})
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def save_config(cfg: TrainConfig, path) -> Path:
+    """Write cfg as YAML (atomically) and return the path."""
+    import os
+
+    import yaml
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)
+    return p
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b.c=value' -> ('a.b.c', value parsed as YAML)."""
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. method.roth.gamma=0.5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: Mapping, overrides) -> dict:
+    """A copy of the nested mapping with each 'a.b=value' (or (key, value) pair) applied; unknown keys raise."""
+    import copy
+
+    out = copy.deepcopy(dict(data or {}))
+    for item in overrides or ():
+        key, value = parse_override(item) if isinstance(item, str) else item
+        parts = key.split(".")
+        cls, node, path = TrainConfig, out, ""
+        for i, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            full = f"{path}.{part}" if path else part
+            if part not in fields:
+                raise ConfigError(_unknown_key(full, part, fields))
+            tp = _is_optional(_hints(cls)[part])[1]
+            last = i == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                if not dataclasses.is_dataclass(tp):
+                    raise ConfigError(f"{full}: is a value, not a section; cannot set {key!r}")
+                child = node.get(part)
+                if isinstance(child, tp):
+                    child = to_dict(child)
+                if child is None:
+                    child = {}
+                if not isinstance(child, dict):
+                    raise ConfigError(f"{full}: must be a mapping, got {child!r}")
+                node[part] = child
+                node, cls = child, tp
+            path = full
+    return out
+
+
+def coerce(cfg, overrides=None) -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a nested dict, a YAML path, or None (the embedded default),
+    with '--set'-style overrides applied; validated."""
+    if cfg is None:
+        data = {}
+    elif isinstance(cfg, TrainConfig):
+        if not overrides:
+            return validate(cfg)
+        data = to_dict(cfg)
+    elif isinstance(cfg, Mapping):
+        data = cfg
+    elif isinstance(cfg, (str, Path)):
+        if not overrides:
+            return load_config(cfg)
+        import yaml
+
+        p = Path(cfg)
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+    else:
+        raise ConfigError(f"config: must be a TrainConfig, a dict, a YAML path or None, got {type(cfg).__name__}")
+    return from_dict(apply_overrides(data, overrides))
+
+
+def diff(a: TrainConfig, b: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """[(dotted field, value in a, value in b)] for every leaf that differs."""
+    out = []
+
+    def walk(x, y, path):
+        if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name), getattr(y, f.name), f"{path}.{f.name}" if path else f.name)
+        elif x != y:
+            out.append((path, x, y))
+    walk(a, b, "")
+    return out
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace with dotted keys: replace(cfg, **{"run.steps": 10})."""
+    return from_dict(apply_overrides(to_dict(cfg), list(changes.items())))

@@ -1,0 +1,74 @@
+"""Training data: built-in Gaussian mixtures and image files (IDX, CIFAR-10 pickles, image folders, npz).
+
+``build_dataset(cfg, device)`` returns an object with ``.shape``, ``.kind`` ("points" | "images"),
+``.device``, ``len()`` and ``.sample(batch_size, generator=None)``; images are scaled to [-1, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import mixtures
+from .config import DATASETS, DataConfig
+from .dataset import MixtureDataset, TensorDataset
+
+__all__ = ["DataConfig", "DATASETS", "build_dataset", "load_arrays", "mixtures", "MixtureDataset", "TensorDataset"]
+
+
+def _value_map(a: np.ndarray, cfg: DataConfig, source: str) -> tuple[float, float]:
+    """(scale, offset) mapping the stored values to [-1, 1]."""
+    if cfg.value_range is not None:
+        lo, hi = map(float, cfg.value_range)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = 0.0, 255.0
+    else:
+        lo, hi = (0.0, 1.0) if float(a.min()) >= 0.0 else (-1.0, 1.0)
+    amin, amax = float(a.min()), float(a.max())
+    if amin < lo or amax > hi:
+        raise ValueError(f"{source}: values span [{amin:g}, {amax:g}], outside the range ({lo:g}, {hi:g}) "
+                         f"mapped to [-1, 1]; set data.value_range")
+    return 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo)
+
+
+def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, str, str]:
+    """(array in (N, C, H, W) or (N, D) layout, kind, source path) for a file-backed data set."""
+    from . import cifar, folder, idx, npz
+
+    name = cfg.name
+    if name in ("mnist", "fashion_mnist"):
+        path = cfg.path or idx.FASHION_MNIST_DIR
+        return idx.load_idx_images(path, cfg.split, fashion=name == "fashion_mnist"), "images", path
+    if name == "cifar10":
+        return cifar.load_cifar10(cfg.path, cfg.split), "images", cfg.path
+    if name == "image_folder":
+        return folder.load_image_folder(cfg.path, cfg.image_size, cfg.channels, cfg.max_samples), "images", cfg.path
+    if name == "npz":
+        a, kind = npz.to_layout(npz.load_array(cfg.path, cfg.npz_key), cfg.path)
+        return a, kind, cfg.path
+    raise ValueError(f"data.name: {name!r} is not a file-backed data set")
+
+
+def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
+    if not isinstance(cfg, DataConfig):
+        raise TypeError(f"cfg: expected a DataConfig, got {type(cfg).__name__}")
+    device = torch.device(device)
+    if cfg.name in mixtures.MIXTURES:
+        return MixtureDataset(cfg.name, device, std=cfg.mixture_std, nominal_size=cfg.nominal_size)
+    a, kind, source = load_arrays(cfg)
+    if cfg.max_samples is not None:
+        a = a[:cfg.max_samples]
+    if a.shape[0] == 0:
+        raise ValueError(f"{source}: holds no samples")
+    if kind == "images":
+        scale, offset = _value_map(a, cfg, source)
+        if a.dtype != np.uint8:
+            a = a.astype(np.float32)
+    else:
+        if not np.issubdtype(a.dtype, np.number):
+            raise ValueError(f"{source}: points must be numeric, got {a.dtype}")
+        a, scale, offset = a.astype(np.float32), 1.0, 0.0
+        if not np.isfinite(a).all():
+            raise ValueError(f"{source}: points contain NaN or infinite values")
+    data = torch.from_numpy(np.ascontiguousarray(a))
+    return TensorDataset(data, kind, device, scale=scale, offset=offset, keep_on_device=cfg.keep_on_device,
+                         source=source)

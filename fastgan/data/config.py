@@ -1,0 +1,43 @@
+"""DataConfig: which data set to train on and how to hold it. Nested as `data:` in the training config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # roth3d / ring8 / grid25 are drawn fresh from the distribution; the rest are read from files.
+    name: str = field(default="roth3d", metadata={"choices": DATASETS})
+    # File or folder to read; fashion_mnist defaults to /usr/share/datasets/fashion-mnist/.
+    path: Optional[str] = None
+    # IDX and CIFAR-10 only: which part of the data set.
+    split: str = field(default="train", metadata={"choices": ("train", "test", "all")})
+    # Keep only the first N stored samples (smoke runs, quick checks).
+    max_samples: Optional[int] = field(default=None, metadata={"min": 1})
+    # len() of a built-in mixture (it has no stored samples; epochs are counted in these).
+    nominal_size: int = field(default=100_000, metadata={"min": 1})
+    # Override the mixture's literature std (roth3d 0.01, ring8 0.02, grid25 0.05).
+    mixture_std: Optional[float] = field(default=None, metadata={"min": 0.0})
+    # image_folder: resize the short side to this and centre-crop; without it all images must share a size.
+    image_size: Optional[int] = field(default=None, metadata={"min": 1})
+    # image_folder: 1 (grayscale), 3 (RGB) or 0 (decided by the first image).
+    channels: int = field(default=0, metadata={"choices": (0, 1, 3)})
+    # npz: name of the array to use (default: the only one, else x / images / data / arr_0).
+    npz_key: Optional[str] = None
+    # npz images: the range (lo, hi) the stored values span, mapped to [-1, 1]. Default: (0, 255) for
+    # integers; for floats (0, 1) when no value is negative, else (-1, 1).
+    value_range: Optional[tuple[float, float]] = None
+    # Hold the whole data set in the training device's memory: "auto" when it takes at most half of the
+    # free memory, "yes" (error if it cannot), "no" (host memory, batches copied per step).
+    keep_on_device: str = field(default="auto", metadata={"choices": ("auto", "yes", "no")})
+
+    def __post_init__(self):
+        if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
+            raise ValueError(f"data.path: required for data.name={self.name!r}")
+        if self.value_range is not None:
+            if len(self.value_range) != 2 or not float(self.value_range[0]) < float(self.value_range[1]):
+                raise ValueError(f"data.value_range: must be (lo, hi) with lo < hi, got {self.value_range!r}")

@@ -1,0 +1,71 @@
+"""A folder of image files (searched recursively), read with Pillow."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._io import require_exists
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def list_images(path) -> list[str]:
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(EXTENSIONS))
+    return files
+
+
+def _resize_center_crop(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def load_image_folder(path, image_size: int | None = None, channels: int = 0,
+                      max_samples: int | None = None) -> np.ndarray:
+    """uint8 images (N, C, H, W).
+
+    channels: 1 (grayscale), 3 (RGB) or 0 (from the first image: grayscale modes give 1, anything else 3).
+    image_size: resize the short side to this and centre-crop to a square; without it every image must
+    already have the first image's size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = require_exists(path, "image folder")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: image_folder data.path must be a folder")
+    files = list_images(path)
+    if not files:
+        raise ValueError(f"{path}: no image files found (extensions {', '.join(EXTENSIONS)})")
+    if max_samples is not None:
+        files = files[:max_samples]
+    out, first_size = [], None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                if channels == 0:
+                    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+                im = im.convert("L" if channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{f}: cannot read image ({type(e).__name__}: {e})") from None
+        if image_size is not None:
+            im = _resize_center_crop(im, image_size)
+        elif first_size is None:
+            first_size = im.size
+        elif im.size != first_size:
+            raise ValueError(f"{f}: image size {im.size} differs from the first image's {first_size} "
+                             f"(set data.image_size to resize)")
+        a = np.asarray(im, dtype=np.uint8)
+        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    return np.stack(out)

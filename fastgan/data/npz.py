@@ -1,0 +1,59 @@
+"""A numpy .npz (or .npy) array: images (N, H, W), (N, C, H, W), (N, H, W, C) or points (N, D)."""
+from __future__ import annotations
+
+import zipfile
+import zlib
+
+import numpy as np
+
+from ._io import require_exists
+
+_PREFERRED_KEYS = ("x", "images", "data", "arr_0")
+
+
+def _pick_key(npz, path, key):
+    keys = list(npz.files)
+    if key is not None:
+        if key not in keys:
+            raise ValueError(f"{path}: no array named {key!r} (arrays: {keys})")
+        return key
+    if len(keys) == 1:
+        return keys[0]
+    for k in _PREFERRED_KEYS:
+        if k in keys:
+            return k
+    raise ValueError(f"{path}: holds several arrays {keys}; set data.npz_key to choose one")
+
+
+def load_array(path, key: str | None = None) -> np.ndarray:
+    path = require_exists(path, "npz file")
+    bad = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except bad as e:
+        raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None
+    if isinstance(obj, np.ndarray):  # a plain .npy
+        return obj
+    with obj:
+        name = _pick_key(obj, path, key)
+        try:
+            return np.array(obj[name])
+        except bad as e:
+            raise ValueError(f"{path}: array {name!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
+
+
+def to_layout(a: np.ndarray, path) -> tuple[np.ndarray, str]:
+    """(array in (N, D) or (N, C, H, W) layout, kind)."""
+    if a.ndim == 2:
+        return a, "points"
+    if a.ndim == 3:
+        return a[:, None], "images"
+    if a.ndim == 4:
+        if a.shape[1] in (1, 3):
+            return a, "images"
+        if a.shape[3] in (1, 3):
+            return np.ascontiguousarray(a.transpose(0, 3, 1, 2)), "images"
+        raise ValueError(f"{path}: 4-d array {a.shape} has neither 1 or 3 channels first (N, C, H, W) "
+                         f"nor last (N, H, W, C)")
+    raise ValueError(f"{path}: expected points (N, D) or images (N, H, W) / (N, C, H, W) / (N, H, W, C), "
+                     f"got shape {a.shape}")

@@ -1,0 +1,78 @@
+"""f-divergences for the f-GAN objective and Roth et al.'s general regularizer (Roth et al. 2017, eq. 19).
+
+The discriminator network outputs v; the variational function is T = g_f(v) with the output activation g_f of
+Nowozin et al. (2016, Table 2), and D maximises E_P[T] - E_Q[f*(T)] (f* the Fenchel conjugate).
+Roth's regularizer is Omega_f = E_Q[f*''(T) ||grad_x T||^2]. Since grad_x T = g_f'(v) grad_x v, it equals
+E_Q[w(v) ||grad_x v||^2] with w(v) = f*''(g_f(v)) g_f'(v)^2, which is what `penalty_weight` returns, so the
+fused gradient-norm op (which takes the gradient of v) computes it. All forms below are written in v so
+they stay finite where the textbook forms overflow (for example f*(T) of the GAN divergence = softplus(v)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger")
+
+
+def _check(f: str) -> None:
+    if f not in DIVERGENCES:
+        raise ValueError(f"method.f_divergence: must be one of {DIVERGENCES}, got {f!r}")
+
+
+def activation(f: str, v: torch.Tensor) -> torch.Tensor:
+    """T = g_f(v)."""
+    _check(f)
+    if f == "gan":
+        return -F.softplus(-v)
+    if f == "js":
+        return math.log(2.0) - F.softplus(-v)
+    if f in ("kl", "pearson"):
+        return v
+    if f == "reverse_kl":
+        return -torch.exp(-v)
+    return 1 - torch.exp(-v)  # squared_hellinger
+
+
+def conjugate_of_activation(f: str, v: torch.Tensor) -> torch.Tensor:
+    """f*(g_f(v))."""
+    _check(f)
+    if f == "gan":
+        return F.softplus(v)  # -log(1 - exp(T)) with exp(T) = sigmoid(v)
+    if f == "js":
+        return F.softplus(v) - math.log(2.0)  # -log(2 - exp(T)) with exp(T) = 2 sigmoid(v)
+    if f == "kl":
+        return torch.exp(v - 1)
+    if f == "reverse_kl":
+        return v - 1  # -1 - log(-T) with T = -exp(-v)
+    if f == "pearson":
+        return 0.25 * v * v + v
+    return torch.expm1(v)  # squared_hellinger: T / (1 - T) with 1 - T = exp(-v)
+
+
+def penalty_weight(f: str):
+    """(weight, scale) with scale * weight(v) = f*''(g_f(v)) g_f'(v)^2, for fastgan.ops.grad_norm_penalty.
+
+    Constant weights come back as the op's built-in "one" (which runs on the fused kernels); the others as a
+    callable (which the op runs on its reference path).
+    """
+    _check(f)
+    return _WEIGHTS[f]
+
+
+def _w_sigmoid(v):
+    return torch.sigmoid(v)
+
+
+def _w_kl(v):
+    return torch.exp(v - 1)
+
+
+def _w_hellinger(v):
+    return 2 * torch.exp(v)
+
+
+_WEIGHTS = {"gan": (_w_sigmoid, 1.0), "js": (_w_sigmoid, 1.0), "kl": (_w_kl, 1.0), "reverse_kl": ("one", 1.0),
+            "pearson": ("one", 0.5), "squared_hellinger": (_w_hellinger, 1.0)}

@@ -1,0 +1,87 @@
+"""Roth, Lucchi, Nowozin, Hofmann (2017), "Stabilizing Training of GANs through Regularization".
+
+The discriminator minimises  -F(P, Q; psi) + gamma/2 * Omega  (Algorithm 1 writes it as ascent on
+F - gamma/2 Omega); the generator's objective stays unregularized (section 4.1). Omega is one of
+- "js": Omega_JS = E_P[(1 - D(x))^2 ||grad psi||^2] + E_Q[D(x)^2 ||grad psi||^2], D = sigmoid(psi), the
+  gradient taken of the logit psi (eq. 20);
+- "f": Omega_f = E_Q[f*''(T) ||grad T||^2] for the f-GAN with T = g_f(psi) (eq. 19, fastgan.methods.fdiv);
+- "r1" / "r2": E_P / E_Q [||grad psi||^2].
+All of them run through fastgan.ops (the fused gradient-norm op), and the D loss uses the logits of the same
+forward pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import ops
+from . import fdiv
+from .losses import reduce
+
+PENALTIES = ("js", "f", "r1", "r2")
+
+
+class GammaSchedule:
+    """gamma as a 0-d device tensor, updated in place (so a captured CUDA graph sees new values).
+
+    fixed: gamma. anneal: gamma(t) = gamma0 * alpha^(t/T) for generator iteration t = 1..T (Algorithm 1,
+    "gamma <- gamma0 * alpha^(t/T)"; section 4.2), held at gamma0 * alpha after T.
+    """
+
+    def __init__(self, schedule: str, gamma: float, gamma0: float, alpha: float, total: int, device=None):
+        if schedule not in ("fixed", "anneal"):
+            raise ValueError(f"method.roth.schedule: must be one of ('fixed', 'anneal'), got {schedule!r}")
+        if schedule == "anneal" and not (alpha > 0 and total >= 1):
+            raise ValueError(f"annealing needs alpha > 0 and T >= 1, got alpha={alpha!r}, T={total!r}")
+        self.schedule, self.gamma0, self.total = schedule, float(gamma0), int(total)
+        self._log_alpha = math.log(alpha) if schedule == "anneal" else 0.0
+        start = gamma if schedule == "fixed" else gamma0
+        self.value = torch.tensor(float(start), dtype=torch.float32, device=device)
+
+    def update(self, t) -> torch.Tensor:
+        """Set gamma for iteration t (an int or a device tensor) and return the tensor."""
+        if self.schedule == "anneal":
+            t = torch.as_tensor(t, device=self.value.device).to(torch.float64).clamp(max=self.total)
+            self.value.copy_(torch.exp(t * (self._log_alpha / self.total)) * self.gamma0)
+        return self.value
+
+
+def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0):
+    """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D.
+
+    Unlike fastgan.ops.gradient_penalty, an x that carries a graph (NTGAN's learned noise) keeps it, so the
+    logits stay differentiable with respect to whatever produced x.
+    """
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    logits = D(x).reshape(x.shape[0])
+    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    pen = ops.grad_norm_penalty(g, logits, weight, reduction="none")
+    return (pen * scale if scale != 1.0 else pen), logits
+
+
+def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
+                w_real: Optional[torch.Tensor] = None, w_fake: Optional[torch.Tensor] = None, f: str = "gan"):
+    """(Omega, logits_real, logits_fake), with weighted expectations when per-sample weights are given."""
+    plain = w_real is None and w_fake is None and not x_real.requires_grad and not x_fake.requires_grad
+    if penalty == "js":
+        if plain:
+            return ops.js_penalty(D, x_real, x_fake)
+        pr, lr = penalty_and_logits(D, x_real, "js_real")
+        pf, lf = penalty_and_logits(D, x_fake, "js_fake")
+        return reduce(pr, w_real) + reduce(pf, w_fake), lr, lf
+    if penalty == "r1":
+        pr, lr = penalty_and_logits(D, x_real, "one")
+        return reduce(pr, w_real), lr, D(x_fake).reshape(x_fake.shape[0])
+    if penalty == "r2":
+        lr = D(x_real).reshape(x_real.shape[0])
+        pf, lf = penalty_and_logits(D, x_fake, "one")
+        return reduce(pf, w_fake), lr, lf
+    if penalty == "f":
+        weight, scale = fdiv.penalty_weight(f)
+        lr = D(x_real).reshape(x_real.shape[0])
+        pf, lf = penalty_and_logits(D, x_fake, weight, scale)
+        return reduce(pf, w_fake), lr, lf
+    raise ValueError(f"method.roth.penalty: must be one of {PENALTIES}, got {penalty!r}")

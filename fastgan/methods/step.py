@@ -1,0 +1,331 @@
+"""One training iteration composed from the method units (gan, roth, nt, dfm) of a TrainConfig.
+
+Alternating updates (Goodfellow et al. 2014, Algorithm 1; Roth Algorithm 1; NTGAN Algorithm 1): k times
+{fresh real batch and z; D (and NT's noise model, and DFM's denoiser) update}, then one G update with fresh
+z. Simultaneous updates (DFM section 5: "We calculate updates with respect to all losses with the parameters
+of all three networks fixed, and update all parameters simultaneously"): one batch, every gradient taken at
+the same parameters, then every optimizer steps.
+
+Every random number an update consumes is drawn in `draws` (from one torch.Generator), so tests can hand in
+the same draws to the reference and the schedules (gamma, sigma) are device tensors updated in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import dfm as dfm_mod
+from . import losses
+from . import nt as nt_mod
+from . import roth as roth_mod
+
+
+@dataclass
+class Draws:
+    """The random inputs of one D or G update."""
+    z: torch.Tensor                            # (m, latent_dim)
+    eps_draws: Optional[torch.Tensor] = None   # NT: N(0, I) draws the noise model maps to eps
+    mu: Optional[torch.Tensor] = None          # NT: 0-d, U(0, 1)
+    gp_u: Optional[torch.Tensor] = None        # WGAN-GP: (batch of D,) U(0, 1) interpolation weights
+    dn_noise: Optional[torch.Tensor] = None    # DFM: (clean rows, n_h) N(0, I) feature corruption
+
+
+@dataclass
+class DOut:
+    d_loss: torch.Tensor
+    adv: torch.Tensor
+    stats: dict
+    noise_loss: Optional[torch.Tensor] = None
+    denoiser_loss: Optional[torch.Tensor] = None
+
+
+class _FeatureTap:
+    """Calls D.forward_features and keeps the features, so penalties that call D(x) also yield Phi(x) from
+    the same forward pass (DFM reads them)."""
+
+    def __init__(self, D):
+        self.D, self.features = D, []
+
+    def __call__(self, x):
+        logits, feats = self.D.forward_features(x)
+        self.features.append(feats)
+        return logits
+
+
+def _params(module) -> list:
+    return [p for p in module.parameters() if p.requires_grad] if module is not None else []
+
+
+class Method:
+    """The losses and updates of cfg.method for generator G and discriminator D.
+
+    noise_net / denoiser: optional modules to use instead of building them from cfg.model (tests).
+    """
+
+    def __init__(self, cfg, G: nn.Module, D: nn.Module, *, device=None, generator: torch.Generator = None,
+                 noise_net: nn.Module = None, denoiser: nn.Module = None, data_shape=None):
+        m = cfg.method
+        self.cfg, self.G, self.D = cfg, G, D
+        self.device = torch.device(device) if device is not None else next(G.parameters()).device
+        self.generator = generator
+        self.units = m.units
+        self.loss, self.g_loss_kind, self.f = m.loss, m.g_loss, m.f_divergence
+        self.update_kind = m.resolved_update
+        self.d_steps = m.d_steps
+        self.batch_size = cfg.optim.batch_size
+        self.data_shape = tuple(data_shape if data_shape is not None else D.data_shape)
+        self.gamma = None
+        if "roth" in self.units:
+            r = m.roth
+            T = r.anneal_steps or cfg.run.steps
+            self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
+        self.noise = None
+        if "nt" in self.units:
+            n = m.nt
+            if n.noise == "fixed":
+                self.noise = nt_mod.FixedNoise(n.sigma, n.sigma_anneal, n.anneal_steps or cfg.run.steps,
+                                               device=self.device)
+            elif n.noise == "learned_sigma":
+                self.noise = nt_mod.LearnedSigma(n.sigma)
+            else:
+                if noise_net is None:
+                    from ..models import build_noise_generator
+
+                    noise_net = build_noise_generator(cfg.model, self.data_shape)
+                self.noise = nt_mod.GeneratedNoise(noise_net)
+            self.noise.to(self.device)
+        self.denoiser, self.lambda_dn = None, 0.0
+        if "dfm" in self.units:
+            if denoiser is None:
+                from ..models import build_denoiser_from_config
+
+                denoiser = build_denoiser_from_config(cfg.model, D.feature_dim)
+            self.denoiser = denoiser.to(self.device)
+            self.lambda_dn = dfm_mod.default_lambda_denoise(D.feature_dim, m.dfm.lambda_denoise)
+        o = cfg.optim
+        self.optimizers = {"G": self._optimizer(G, o.lr_g), "D": self._optimizer(D, o.lr_d)}
+        if self.noise is not None and self.noise.learnable:
+            self.optimizers["noise"] = self._optimizer(self.noise, o.lr_noise or o.lr_d)
+        if self.denoiser is not None:
+            self.optimizers["denoiser"] = self._optimizer(self.denoiser, o.lr_denoiser or o.lr_d)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _optimizer(self, module, lr):
+        o = self.cfg.optim
+        params = _params(module)
+        if o.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2))
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum)
+
+    @property
+    def modules(self) -> dict:
+        out = {"G": self.G, "D": self.D}
+        if self.noise is not None and self.noise.learnable:
+            out["noise"] = self.noise
+        if self.denoiser is not None:
+            out["denoiser"] = self.denoiser
+        return out
+
+    def state_dict(self) -> dict:
+        return {"modules": {k: v.state_dict() for k, v in self.modules.items()},
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        mods, opts = state["modules"], state["optimizers"]
+        if set(mods) != set(self.modules) or set(opts) != set(self.optimizers):
+            raise ValueError(f"the checkpoint holds modules {sorted(mods)} and optimizers {sorted(opts)}, this "
+                             f"method has {sorted(self.modules)} and {sorted(self.optimizers)}")
+        for k, mod in self.modules.items():
+            mod.load_state_dict(mods[k])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(opts[k])
+
+    def update_schedules(self, t) -> None:
+        """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based)."""
+        if self.gamma is not None:
+            self.gamma.update(t)
+        if self.noise is not None:
+            self.noise.update(t)
+
+    # ------------------------------------------------------------------ random inputs
+
+    def _rand(self, shape):
+        g = self.generator
+        gdev = g.device if g is not None else self.device
+        return torch.rand(shape, generator=g, device=gdev).to(self.device)
+
+    def _randn(self, shape):
+        g = self.generator
+        gdev = g.device if g is not None else self.device
+        return torch.randn(shape, generator=g, device=gdev).to(self.device)
+
+    def sample_z(self, m: int) -> torch.Tensor:
+        if hasattr(self.G, "sample_latent"):
+            return self.G.sample_latent(m, generator=self.generator, device=self.device)
+        return self._randn((m, self.G.latent_dim))
+
+    def draws(self, m: int, for_d: bool = True) -> Draws:
+        d = Draws(z=self.sample_z(m))
+        nt = self.cfg.method.nt
+        d_batch, clean_rows = m, m
+        if self.noise is not None:
+            n_eps = nt_mod.noise_count(m, nt.batch, nt.clean)
+            d.eps_draws = self.noise.draw(n_eps, self.data_shape, self.generator, self.device)
+            if nt.clean:
+                d.mu = self._rand(())
+                d_batch = 2 * m if nt.batch == "full" else m
+                clean_rows = m if nt.batch == "full" else m // 2
+        if for_d and self.loss == "wgan_gp":
+            d.gp_u = self._rand((d_batch,))
+        if for_d and self.denoiser is not None:
+            d.dn_noise = self._randn((clean_rows, self.D.feature_dim))
+        return d
+
+    # ------------------------------------------------------------------ objectives
+
+    def _nt_batches(self, x_real, x_fake, draws, eps):
+        nt = self.cfg.method.nt
+        xr, wr, clean = nt_mod.build(x_real, eps, draws.mu, nt.batch, nt.clean)
+        xf, wf, _ = nt_mod.build(x_fake, eps, draws.mu, nt.batch, nt.clean)
+        return xr, xf, wr, wf, clean
+
+    def d_objective(self, x_real: torch.Tensor, x_fake: torch.Tensor, draws: Draws) -> DOut:
+        """The discriminator's loss (and NT's noise loss, DFM's denoiser loss) on one batch.
+
+        x_fake must not carry a graph to G (the D update does not touch G).
+        """
+        m = self.cfg.method
+        stats = {}
+        wr = wf = None
+        clean = slice(None)
+        eps = None
+        if self.noise is not None:
+            eps = self.noise(draws.eps_draws)
+            xr, xf, wr, wf, clean = self._nt_batches(x_real, x_fake, draws, eps)
+            stats["noise_norm" if m.nt.noise == "generator" else "sigma"] = self.noise.magnitude(eps)
+        else:
+            xr, xf = x_real, x_fake
+        D = _FeatureTap(self.D) if self.denoiser is not None else self.D
+        if self.gamma is not None:
+            omega, lr, lf = roth_mod.regularizer(D, m.roth.penalty, xr, xf, wr, wf, self.f)
+        else:
+            lr = D(xr).reshape(xr.shape[0])
+            lf = D(xf).reshape(xf.shape[0])
+        tr, tf = losses.d_terms(self.loss, lr, lf, self.f)
+        adv = losses.reduce(tr, wr) + losses.reduce(tf, wf)
+        d_loss = adv
+        if self.gamma is not None:
+            d_loss = d_loss + 0.5 * self.gamma.value * omega
+            stats["penalty"] = omega.detach()
+            stats["gamma"] = self.gamma.value.detach().clone()
+        if self.loss == "wgan_gp":
+            gp = losses.reduce(losses.gp_per_sample(self.D, xr, xf, draws.gp_u), wr)
+            d_loss = d_loss + m.gp_weight * gp
+            stats["gp"] = gp.detach()
+        out = DOut(d_loss=d_loss, adv=adv, stats=stats)
+        if self.noise is not None and self.noise.learnable:
+            # Eq. 5 / 6: the noise minimises the D objective (the adversarial value D maximises) + lambda * penalty.
+            out.noise_loss = -adv + m.nt.lam * self.noise.penalty(eps)
+        if self.denoiser is not None:
+            if clean is None:  # noise-only batches hold no clean real sample: a separate pass for Phi(x)
+                with torch.no_grad():
+                    phi = self.D.features(x_real)
+            else:
+                phi = D.features[0][clean]
+            out.denoiser_loss = dfm_mod.denoiser_loss(self.denoiser, phi, draws.dn_noise, m.dfm.sigma)
+        stats["d_loss"] = d_loss.detach()
+        if out.noise_loss is not None:
+            stats["noise_loss"] = out.noise_loss.detach()
+        if out.denoiser_loss is not None:
+            stats["denoiser_loss"] = out.denoiser_loss.detach()
+        return out
+
+    def g_objective(self, fake: torch.Tensor, draws: Draws):
+        """(generator loss, stats) for generated samples `fake` (carrying G's graph)."""
+        m = self.cfg.method
+        wg, clean = None, slice(None)
+        xg = fake
+        if self.noise is not None:
+            with torch.no_grad():  # the G update does not move the noise model
+                eps = self.noise(draws.eps_draws)
+            xg, wg, clean = nt_mod.build(fake, eps, draws.mu, m.nt.batch, m.nt.clean)
+        stats = {}
+        if self.denoiser is not None:
+            logits, phi = self.D.forward_features(xg)
+            adv = losses.reduce(losses.g_terms(self.loss, self.g_loss_kind, logits.reshape(-1), self.f), wg)
+            phi_fake = self.D.features(fake) if clean is None else phi[clean]
+            term = dfm_mod.generator_term(self.denoiser, phi_fake)
+            g_loss = m.dfm.lambda_adv * adv + self.lambda_dn * term
+            stats["dfm_term"] = term.detach()
+        else:
+            logits = self.D(xg).reshape(xg.shape[0])
+            g_loss = adv = losses.reduce(losses.g_terms(self.loss, self.g_loss_kind, logits, self.f), wg)
+        stats["g_loss"] = g_loss.detach()
+        return g_loss, stats
+
+    # ------------------------------------------------------------------ updates
+
+    def _zero(self, *names):
+        for n in names:
+            if n in self.optimizers:
+                self.optimizers[n].zero_grad(set_to_none=True)
+
+    def _backward_d(self, out: DOut) -> None:
+        """Gradients of the D loss into D, of the noise loss into the noise model, of the denoiser loss into r."""
+        if out.noise_loss is not None:
+            params = _params(self.noise)
+            grads = torch.autograd.grad(out.noise_loss, params, retain_graph=True, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = torch.zeros_like(p) if g is None else g
+        out.d_loss.backward(inputs=_params(self.D))
+        if out.denoiser_loss is not None:
+            out.denoiser_loss.backward(inputs=_params(self.denoiser))
+
+    def _step(self, *names):
+        for n in names:
+            if n in self.optimizers:
+                self.optimizers[n].step()
+
+    def d_update(self, x_real: torch.Tensor, draws: Draws) -> dict:
+        with torch.no_grad():
+            fake = self.G(draws.z)
+        out = self.d_objective(x_real, fake, draws)
+        self._zero("D", "noise", "denoiser")
+        self._backward_d(out)
+        self._step("D", "noise", "denoiser")
+        return out.stats
+
+    def g_update(self, draws: Draws) -> dict:
+        fake = self.G(draws.z)
+        g_loss, stats = self.g_objective(fake, draws)
+        self._zero("G")
+        g_loss.backward(inputs=_params(self.G))
+        self._step("G")
+        return stats
+
+    def simultaneous_update(self, x_real: torch.Tensor, draws: Draws) -> dict:
+        fake = self.G(draws.z)
+        out = self.d_objective(x_real, fake.detach(), draws)
+        g_loss, gstats = self.g_objective(fake, draws)
+        self._zero(*self.optimizers)
+        g_loss.backward(inputs=_params(self.G))
+        self._backward_d(out)
+        self._step(*self.optimizers)
+        return {**out.stats, **gstats}
+
+    def train_step(self, t, sample_real: Callable[[int], torch.Tensor]) -> dict:
+        """Generator iteration t (1-based); returns detached statistics (device tensors)."""
+        self.update_schedules(t)
+        m = self.batch_size
+        if self.update_kind == "simultaneous":
+            return self.simultaneous_update(sample_real(m), self.draws(m, for_d=True))
+        stats = {}
+        for _ in range(self.d_steps):
+            x = sample_real(m)
+            stats.update(self.d_update(x, self.draws(m, for_d=True)))
+        stats.update(self.g_update(self.draws(m, for_d=False)))
+        return stats

@@ -1,0 +1,77 @@
+"""ModelConfig: generator / discriminator / NTGAN noise net / DFM denoiser. Nested as `model:` in the
+training config. Fields left at None take the paper default of the chosen architecture (ARCH_DEFAULTS)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+ARCHS = ("mlp", "goodfellow", "dcgan")
+
+# Paper defaults per architecture (see the modules for the sources).
+ARCH_DEFAULTS = {
+    # Roth et al. 2017, authors' 3DGAN code: z in R^2, G and D with two tanh layers of 128.
+    "mlp": {"latent_dim": 2, "g_hidden": (128, 128), "d_hidden": (128, 128), "g_batchnorm": False,
+            "d_batchnorm": False},
+    # Goodfellow et al. 2014, MNIST (goodfeli/adversarial mnist.yaml): z in R^100, G: ReLU 1200-1200,
+    # D: maxout 240x5 - 240x5 with dropout.
+    "goodfellow": {"latent_dim": 100, "g_hidden": (1200, 1200), "d_hidden": (240, 240), "g_batchnorm": False,
+                   "d_batchnorm": False},
+    # NTGAN Table 1 (DCGAN-like): z in R^128, BatchNorm in G and in D after its first layer.
+    "dcgan": {"latent_dim": 128, "g_hidden": None, "d_hidden": None, "g_batchnorm": True, "d_batchnorm": True},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = field(default="mlp", metadata={"choices": ARCHS})
+    # Latent size; None: mlp 2, goodfellow 100, dcgan 128.
+    latent_dim: Optional[int] = field(default=None, metadata={"min": 1})
+    # Latent prior: standard normal, or uniform on [-1, 1] (Roth's --uniform_prior).
+    latent_dist: str = field(default="normal", metadata={"choices": ("normal", "uniform")})
+    # mlp / goodfellow hidden widths (G in order from z, D in order from x); None: the arch default.
+    g_hidden: Optional[tuple[int, ...]] = None
+    d_hidden: Optional[tuple[int, ...]] = None
+    # mlp hidden activation (Roth's code: tanh).
+    mlp_activation: str = field(default="tanh", metadata={"choices": ("tanh", "relu", "leaky_relu")})
+    # Negative slope of every leaky ReLU (DCGAN D, mlp with leaky_relu).
+    leaky_slope: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
+    # BatchNorm in G's hidden layers / in D's hidden layers except the first; None: the arch default.
+    g_batchnorm: Optional[bool] = None
+    d_batchnorm: Optional[bool] = None
+    # goodfellow D: pieces per maxout unit (1 turns maxout into plain linear + ReLU).
+    maxout_pieces: int = field(default=5, metadata={"min": 1})
+    # goodfellow D dropout: rate on D's input and on its hidden layers (mnist.yaml: 0.2 and 0.5).
+    d_input_dropout: float = field(default=0.2, metadata={"min": 0.0, "max": 0.99})
+    d_dropout: float = field(default=0.5, metadata={"min": 0.0, "max": 0.99})
+    # dcgan: channels of G's last hidden layer and D's first layers; M = width * 2**(number of upsamplings),
+    # i.e. 512 for 32x32 with 64.
+    dcgan_width: int = field(default=64, metadata={"min": 1})
+    # Spectral normalization (Miyato et al. 2018) on every linear / conv layer of D.
+    spectral_norm: bool = False
+    # Weight init: "paper" (each architecture's published init) or "torch" (PyTorch's defaults).
+    init: str = field(default="paper", metadata={"choices": ("paper", "torch")})
+    # NTGAN noise generator: G's architecture with widths divided by this, output scale * tanh.
+    noise_width_divisor: int = field(default=8, metadata={"min": 1})
+    noise_output_scale: float = field(default=2.0, metadata={"min": 0.0})
+    # DFM denoiser on D's penultimate features: hidden width (None: = feature width; must be >= it) and
+    # number of hidden layers.
+    denoiser_hidden: Optional[int] = field(default=None, metadata={"min": 1})
+    denoiser_depth: int = field(default=3, metadata={"min": 1})
+
+    def __post_init__(self):
+        for name in ("g_hidden", "d_hidden"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, (tuple, list)) or not v or not all(
+                    isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
+                raise ValueError(f"model.{name}: must be a non-empty list of positive ints, got {v!r}")
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(v))
+            if self.arch == "dcgan":
+                raise ValueError(f"model.{name}: not used by arch 'dcgan' (set model.dcgan_width instead)")
+
+    def resolved(self, key: str):
+        """The field's value, or the architecture's default when the field is None."""
+        v = getattr(self, key)
+        return ARCH_DEFAULTS[self.arch][key] if v is None else v

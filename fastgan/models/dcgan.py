@@ -1,0 +1,79 @@
+"""DCGAN-style G and D of NTGAN Table 1, for any (C, H, W) image shape.
+
+Table 1 (32x32 CIFAR-10, M = 512):
+  G: z (128, N(0, I)) -> FC BN ReLU 4x4xM -> deconv4 s2 BN ReLU 256 -> 128 -> 64 -> deconv3 s1 tanh 3
+  D: conv3 s1 lReLU 64 -> conv4 s2 BN lReLU 64 -> 128 -> 256 -> 512 -> FC 1
+(STL-10 at 64x64 adds one layer to each with M = 1024.) The rule that yields both: G starts at the smallest
+size reachable by halving H and W while they stay even and >= 4, with M = width * 2**(number of doublings);
+D halves while the size stays even and >= 2, doubling channels from `width` after the first stride-2 conv.
+For 28x28 this gives G: FC 7x7x256 -> 128 -> 64 -> out, D: 64 -> 64 -> 128 (7x7) -> FC.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Discriminator, Generator, output_activation
+
+
+def _halvings(h: int, w: int, smallest: int) -> int:
+    n = 0
+    while h % 2 == 0 and w % 2 == 0 and h // 2 >= smallest and w // 2 >= smallest:
+        h, w, n = h // 2, w // 2, n + 1
+    return n
+
+
+def plan(data_shape: tuple) -> dict:
+    """Layer plan for an image shape: G's start size and upsamplings, D's downsamplings and feature size."""
+    c, h, w = data_shape
+    n_up, n_down = _halvings(h, w, 4), _halvings(h, w, 2)
+    return {"channels": c, "n_up": n_up, "g_start": (h >> n_up, w >> n_up), "n_down": n_down,
+            "d_end": (h >> n_down, w >> n_down)}
+
+
+class DCGANGenerator(Generator):
+    def __init__(self, latent_dim: int, data_shape: tuple, width: int = 64, batchnorm: bool = True,
+                 out: str = "tanh", out_scale: float = 1.0, latent_dist: str = "normal"):
+        super().__init__()
+        self.latent_dim, self.data_shape, self.latent_dist = int(latent_dim), tuple(data_shape), latent_dist
+        p = plan(self.data_shape)
+        self.start = p["g_start"]
+        self.m = width * 2 ** p["n_up"]
+        self.fc = nn.Linear(self.latent_dim, self.m * self.start[0] * self.start[1])
+        norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+        layers, ch = [norm(self.m), nn.ReLU()], self.m
+        for _ in range(p["n_up"]):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1), norm(ch // 2), nn.ReLU()]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, p["channels"], 3, stride=1, padding=1), output_activation(out, out_scale)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.check_z(z)
+        return self.net(self.fc(z).view(z.shape[0], self.m, *self.start))
+
+
+class DCGANDiscriminator(Discriminator):
+    """Features: the last conv block's output, flattened (the input of the final FC)."""
+
+    def __init__(self, data_shape: tuple, width: int = 64, batchnorm: bool = True, slope: float = 0.2):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        p = plan(self.data_shape)
+        layers, ch = [nn.Conv2d(p["channels"], width, 3, stride=1, padding=1), nn.LeakyReLU(slope)], width
+        for i in range(p["n_down"]):
+            out = width * 2 ** i
+            layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1)]
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(slope))
+            ch = out
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = ch * p["d_end"][0] * p["d_end"][1]
+        self.out = nn.Linear(self.feature_dim, 1)
+
+    def body(self, x):
+        return self.net(x).flatten(1)
+
+    def head(self, h):
+        return self.out(h)

@@ -1,0 +1,938 @@
+"""Fused DFM denoiser (Warde-Farley & Bengio 2017): (Linear -> BatchNorm1d -> ReLU) x depth -> Linear,
+its training loss on Gaussian-corrupted features, and the generator's denoising-feature-matching term.
+
+The GEMMs run on torch (cuBLAS / MKL); everything around them is fused into our kernels:
+  * after each hidden GEMM y = x W^T: bias, batch statistics, running-statistics update, normalise, ReLU
+    (one kernel; the Linear bias cancels in training mode and is folded into the shift in eval mode);
+  * its backward: ReLU mask, BatchNorm backward, gamma/beta/bias gradients (one kernel);
+  * the corruption h + sigma * eps, and after the output GEMM the bias, the loss and, in the backward,
+    its gradient and the output bias gradient.
+
+Custom ops (``torch.ops.fastgan.*``, each with a fake kernel):
+  * ``bn_relu``: one fused layer, with autograd (used by ``Denoiser.forward`` when gradients are needed);
+  * ``recon_loss``: l_n = sum_f (y + b - t)^2, with autograd;
+  * ``denoiser_loss``: the whole training loss in one op, with a hand-written backward
+    (``denoiser_loss_backward``) that walks the layers once;
+  * ``denoiser_forward``: r(h) without autograd (targets, inference).
+First-order backwards run the fused kernels; a backward taken with ``create_graph=True`` (second order)
+recomputes through plain torch formulas, so every op is differentiable twice and more.
+Running statistics are returned by the ops (custom ops must be functional) and copied into the buffers.
+
+Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fastgan/ops/_dispatch.py.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _ext
+from ..reference import denoiser as ref
+from . import _checks, _dispatch
+
+OP_LAYER = "bn_relu"
+OP_RECON = "recon_loss"
+OP_LOSS = "denoiser_loss"
+OP_FORWARD = "denoiser_forward"
+REDUCTIONS = ("mean", "sum", "none")
+PARAM_DTYPES = (torch.float32, torch.float64)
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- backend kernels (no autograd)
+# bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps, relu)
+# bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu)
+# recon_fwd(y, bias, target, out); recon_bwd(go, y, bias, target, dy, dbias); corrupt(h, noise, sigma, out)
+# Optional tensors are None. Every 2-D tensor is contiguous (B, N).
+
+class _Reference:
+    @staticmethod
+    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+        if training:
+            B = y.shape[0]
+            mean = y.mean(0)
+            var = (y - mean).pow(2).sum(0)
+            shift.copy_(mean)
+            invstd.copy_(torch.rsqrt(var / B + eps))
+            if track:
+                b = bias if bias is not None else 0.0
+                rm_out.copy_((1 - momentum) * rm + momentum * (mean + b))
+                rv_out.copy_((1 - momentum) * rv + momentum * var / max(B - 1, 1))
+        else:
+            shift.copy_(rm - bias if bias is not None else rm)
+            invstd.copy_(torch.rsqrt(rv + eps))
+        z = (y - shift) * (gamma * invstd) + beta
+        out.copy_(torch.relu(z) if relu else z)
+
+    @staticmethod
+    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        dz = dout * (out > 0) if relu else dout
+        xhat = (y - shift) * invstd
+        scale = gamma * invstd
+        dbeta.copy_(dz.sum(0))
+        dgamma.copy_((dz * xhat).sum(0))
+        if training:
+            B = y.shape[0]
+            dy.copy_(scale * (dz - dbeta / B - xhat * (dgamma / B)))
+            dbias.zero_()
+        else:
+            dy.copy_(scale * dz)
+            dbias.copy_(scale * dbeta)
+
+    @staticmethod
+    def recon_fwd(y, bias, target, out):
+        d = y - target if bias is None else y + bias - target
+        out.copy_(d.pow(2).sum(1))
+
+    @staticmethod
+    def recon_bwd(go, y, bias, target, dy, dbias):
+        d = y - target if bias is None else y + bias - target
+        dy.copy_(2 * go[:, None] * d)
+        if dbias is not None:
+            dbias.copy_(dy.sum(0))
+
+    @staticmethod
+    def corrupt(h, noise, sigma, out):
+        torch.add(h, noise, alpha=sigma, out=out)
+
+
+def _p(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _code(t: Tensor) -> int:
+    return _ext.DTYPE_CODES[t.dtype]
+
+
+class _Cpu:
+    @staticmethod
+    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+        B, N = y.shape
+        _ext.C().bn_relu_forward_cpu(_p(y), _p(bias), _p(gamma), _p(beta), _p(rm), _p(rv), _p(out), _p(shift),
+                                     _p(invstd), _p(rm_out), _p(rv_out), _code(y), B, N, training, track,
+                                     momentum, eps, relu)
+
+    @staticmethod
+    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        B, N = y.shape
+        _ext.C().bn_relu_backward_cpu(_p(dout), _p(out), _p(y), _p(gamma), _p(shift), _p(invstd), _p(dy),
+                                      _p(dgamma), _p(dbeta), _p(dbias), _code(y), B, N, training, relu)
+
+    @staticmethod
+    def recon_fwd(y, bias, target, out):
+        B, N = y.shape
+        _ext.C().recon_loss_forward_cpu(_p(y), _p(bias), _p(target), _p(out), _code(y), B, N)
+
+    @staticmethod
+    def recon_bwd(go, y, bias, target, dy, dbias):
+        B, N = y.shape
+        _ext.C().recon_loss_backward_cpu(_p(go), _p(y), _p(bias), _p(target), _p(dy), _p(dbias), _code(y), B, N)
+
+    @staticmethod
+    def corrupt(h, noise, sigma, out):
+        _ext.C().corrupt_cpu(_p(h), _p(noise), _p(out), sigma, _code(h), h.numel())
+
+
+class _Cuda:
+    @staticmethod
+    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+        B, N = y.shape
+        with torch.cuda.device(y.device):
+            _ext.C().bn_relu_forward_cuda(_p(y), _p(bias), _p(gamma), _p(beta), _p(rm), _p(rv), _p(out),
+                                          _p(shift), _p(invstd), _p(rm_out), _p(rv_out), _code(y), B, N, training,
+                                          track, momentum, eps, relu, _ext.stream_handle(y.device))
+
+    @staticmethod
+    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        B, N = y.shape
+        with torch.cuda.device(y.device):
+            _ext.C().bn_relu_backward_cuda(_p(dout), _p(out), _p(y), _p(gamma), _p(shift), _p(invstd), _p(dy),
+                                           _p(dgamma), _p(dbeta), _p(dbias), _code(y), B, N, training, relu,
+                                           _ext.stream_handle(y.device))
+
+    @staticmethod
+    def recon_fwd(y, bias, target, out):
+        B, N = y.shape
+        with torch.cuda.device(y.device):
+            _ext.C().recon_loss_forward_cuda(_p(y), _p(bias), _p(target), _p(out), _code(y), B, N,
+                                             _ext.stream_handle(y.device))
+
+    @staticmethod
+    def recon_bwd(go, y, bias, target, dy, dbias):
+        B, N = y.shape
+        with torch.cuda.device(y.device):
+            _ext.C().recon_loss_backward_cuda(_p(go), _p(y), _p(bias), _p(target), _p(dy), _p(dbias), _code(y), B,
+                                              N, _ext.stream_handle(y.device))
+
+    @staticmethod
+    def corrupt(h, noise, sigma, out):
+        with torch.cuda.device(h.device):
+            _ext.C().corrupt_cuda(_p(h), _p(noise), _p(out), sigma, _code(h), h.numel(),
+                                  _ext.stream_handle(h.device))
+
+
+class _Triton:
+    @staticmethod
+    def _k():
+        from ..kernels import denoiser as k
+
+        return k
+
+    @classmethod
+    def bn_fwd(cls, *args):
+        cls._k().bn_forward(*args)
+
+    @classmethod
+    def bn_bwd(cls, *args):
+        cls._k().bn_backward(*args)
+
+    @classmethod
+    def recon_fwd(cls, *args):
+        cls._k().recon_forward(*args)
+
+    @classmethod
+    def recon_bwd(cls, *args):
+        cls._k().recon_backward(*args)
+
+    @classmethod
+    def corrupt(cls, *args):
+        cls._k().corrupt(*args)
+
+
+_KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}
+
+
+# ---------------------------------------------------------------- kernel-level building blocks
+
+def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum, eps, relu):
+    """(out, shift, invstd, rm_new, rv_new); rm_new/rv_new are None unless training and tracking."""
+    N = y.shape[1]
+    out = torch.empty_like(y)
+    shift = y.new_empty(N)
+    invstd = y.new_empty(N)
+    rm_out = y.new_empty(N) if track else None
+    rv_out = y.new_empty(N) if track else None
+    kern.bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+                relu)
+    return out, shift, invstd, rm_out, rv_out
+
+
+def _layer_backward(kern, dout, out, y, gamma, shift, invstd, training, relu):
+    N = y.shape[1]
+    dy = torch.empty_like(y)
+    dgamma, dbeta, dbias = y.new_empty(N), y.new_empty(N), y.new_empty(N)
+    kern.bn_bwd(dout, out if relu else None, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu)
+    return dy, dgamma, dbeta, dbias
+
+
+def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, saved,
+                   new_running):
+    """Runs the hidden layers from x; appends (y, out, shift, invstd) per layer to `saved` when it is a list."""
+    for i in range(len(weights) - 1):
+        y = torch.mm(x, weights[i].t())
+        rm = rms[i] if rms else None
+        rv = rvs[i] if rvs else None
+        out, shift, invstd, rm_new, rv_new = _layer_forward(kern, y, biases[i], gammas[i], betas[i], rm, rv,
+                                                            training, track, momentum, eps, True)
+        if saved is not None:
+            saved += [y, out, shift, invstd]
+        if track:
+            new_running += [rm_new, rv_new]
+        x = out
+    return x
+
+
+# ---------------------------------------------------------------- differentiable torch recomputation
+# Used for backwards taken with create_graph=True (second order and up): same math, plain torch ops.
+
+def _torch_bn(y, bias, gamma, beta, training, eps, shift, invstd, relu):
+    if bias is not None:
+        y = y + bias
+    if training:
+        mean = y.mean(0)
+        xhat = (y - mean) * torch.rsqrt((y - mean).pow(2).mean(0) + eps)
+    else:
+        rm = shift.detach() if bias is None else (shift + bias).detach()  # the running mean, a constant
+        xhat = (y - rm) * invstd.detach()
+    z = gamma * xhat + beta
+    return torch.relu(z) if relu else z
+
+
+def _torch_net(x, weights, biases, gammas, betas, training, eps, shifts, invstds):
+    for i in range(len(weights) - 1):
+        x = _torch_bn(x @ weights[i].t(), biases[i], gammas[i], betas[i], training, eps,
+                      shifts[i] if shifts else None, invstds[i] if invstds else None, True)
+    return F.linear(x, weights[-1], biases[-1])
+
+
+def _grads_through(fn, inputs: list, grad_out: Tensor):
+    """Gradients of fn(*inputs) against grad_out w.r.t. the inputs that require grad (None elsewhere),
+    recorded for higher-order differentiation."""
+    with torch.enable_grad():
+        out = fn(*inputs)
+        wanted = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
+        got = torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True) if wanted else ()
+    it = iter(got)
+    return [next(it) if isinstance(t, Tensor) and t.requires_grad else None for t in inputs]
+
+
+# ---------------------------------------------------------------- custom op: one fused layer
+
+@torch.library.custom_op("fastgan::bn_relu", mutates_args=())
+def _bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], training: bool, momentum: float, eps: float, relu: bool,
+             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(out, shift, invstd, new_running_mean, new_running_var); the last two are empty unless training with
+    running statistics."""
+    track = training and running_mean is not None
+    out, shift, invstd, rm, rv = _layer_forward(_KERNELS[backend], y, bias, gamma, beta, running_mean, running_var,
+                                                training, track, momentum, eps, relu)
+    _dispatch.record(OP_LAYER, backend)
+    empty = y.new_empty(0)
+    return out, shift, invstd, rm if track else empty, rv if track else empty.clone()
+
+
+@_bn_relu.register_fake
+def _bn_relu_fake(y, bias, gamma, beta, running_mean, running_var, training, momentum, eps, relu, backend):
+    N = y.shape[1]
+    n_run = N if (training and running_mean is not None) else 0
+    return (torch.empty_like(y), y.new_empty(N), y.new_empty(N), y.new_empty(n_run), y.new_empty(n_run))
+
+
+def _bn_relu_setup(ctx, inputs, output):
+    y, bias, gamma, beta, _, _, training, _, eps, relu, backend = inputs
+    out, shift, invstd, rm, rv = output
+    ctx.mark_non_differentiable(shift, invstd, rm, rv)
+    ctx.save_for_backward(y, bias, gamma, beta, out, shift, invstd)
+    ctx.training, ctx.eps, ctx.relu, ctx.backend = training, eps, relu, backend
+
+
+def _bn_relu_backward(ctx, g_out, *_):
+    y, bias, gamma, beta, out, shift, invstd = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+        fn = lambda y_, b_, g_, be_: _torch_bn(y_, b_, g_, be_, ctx.training, ctx.eps, shift, invstd, ctx.relu)
+        dy, dbias, dgamma, dbeta = _grads_through(fn, [y, bias, gamma, beta], g_out)
+        _dispatch.record(OP_LAYER + "_backward", "reference")
+    else:
+        dy, dgamma, dbeta, dbias = torch.ops.fastgan.bn_relu_backward(g_out.contiguous(), out, y, gamma, shift,
+                                                                      invstd, ctx.training, ctx.relu, ctx.backend)
+        if bias is None:
+            dbias = None
+    return dy, dbias, dgamma, dbeta, None, None, None, None, None, None, None
+
+
+_bn_relu.register_autograd(_bn_relu_backward, setup_context=_bn_relu_setup)
+
+
+@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
+def _bn_relu_backward_op(dout: Tensor, out: Tensor, y: Tensor, gamma: Tensor, shift: Tensor, invstd: Tensor,
+                         training: bool, relu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dy, dgamma, dbeta, dbias) of bn_relu; first order only (second order goes through _torch_bn)."""
+    res = _layer_backward(_KERNELS[backend], dout, out, y, gamma, shift, invstd, training, relu)
+    _dispatch.record(OP_LAYER + "_backward", backend)
+    return res
+
+
+@_bn_relu_backward_op.register_fake
+def _bn_relu_backward_fake(dout, out, y, gamma, shift, invstd, training, relu, backend):
+    N = y.shape[1]
+    return torch.empty_like(y), y.new_empty(N), y.new_empty(N), y.new_empty(N)
+
+
+# ---------------------------------------------------------------- custom op: reconstruction loss
+
+@torch.library.custom_op("fastgan::recon_loss", mutates_args=())
+def _recon_loss(y: Tensor, bias: Optional[Tensor], target: Tensor, backend: str) -> Tensor:
+    """l_n = sum_f (y + bias - target)^2, shape (B,)."""
+    out = y.new_empty(y.shape[0])
+    _KERNELS[backend].recon_fwd(y, bias, target, out)
+    _dispatch.record(OP_RECON, backend)
+    return out
+
+
+@_recon_loss.register_fake
+def _recon_loss_fake(y, bias, target, backend):
+    return y.new_empty(y.shape[0])
+
+
+def _recon_setup(ctx, inputs, output):
+    y, bias, target, backend = inputs
+    ctx.save_for_backward(y, bias, target)
+    ctx.backend = backend
+
+
+def _recon_backward(ctx, go):
+    y, bias, target = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        fn = lambda y_, b_, t_: (y_ - t_ if b_ is None else y_ + b_ - t_).pow(2).sum(1)
+        dy, dbias, dtarget = _grads_through(fn, [y, bias, target], go)
+        _dispatch.record(OP_RECON + "_backward", "reference")
+        return dy, dbias, dtarget, None
+    want_dbias = bias is not None and bias.requires_grad
+    dy, dbias = torch.ops.fastgan.recon_loss_backward(go.contiguous(), y, bias, target, want_dbias, ctx.backend)
+    dtarget = -dy if target.requires_grad else None
+    return dy, dbias if want_dbias else None, dtarget, None
+
+
+_recon_loss.register_autograd(_recon_backward, setup_context=_recon_setup)
+
+
+@torch.library.custom_op("fastgan::recon_loss_backward", mutates_args=())
+def _recon_loss_backward_op(go: Tensor, y: Tensor, bias: Optional[Tensor], target: Tensor, want_dbias: bool,
+                            backend: str) -> tuple[Tensor, Tensor]:
+    """(dy, dbias) with dy = 2 go_n (y + bias - target); dbias is empty unless want_dbias."""
+    dy = torch.empty_like(y)
+    dbias = y.new_empty(y.shape[1] if want_dbias else 0)
+    _KERNELS[backend].recon_bwd(go, y, bias, target, dy, dbias if want_dbias else None)
+    _dispatch.record(OP_RECON + "_backward", backend)
+    return dy, dbias
+
+
+@_recon_loss_backward_op.register_fake
+def _recon_loss_backward_fake(go, y, bias, target, want_dbias, backend):
+    return torch.empty_like(y), y.new_empty(y.shape[1] if want_dbias else 0)
+
+
+# ---------------------------------------------------------------- custom ops: the whole denoiser loss
+# saved = [x0, (y, out, shift, invstd) per hidden layer, z]: x0 = h + sigma * noise, z = last GEMM (no bias).
+
+@torch.library.custom_op("fastgan::denoiser_loss", mutates_args=())
+def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
+                   gammas: list[Tensor], betas: list[Tensor], running_means: list[Tensor],
+                   running_vars: list[Tensor], training: bool, momentum: float, eps: float,
+                   backend: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
+    kern = _KERNELS[backend]
+    x0 = torch.empty_like(h)
+    kern.corrupt(h, noise, sigma, x0)
+    saved: list = [x0]
+    new_running: list = []
+    track = training and len(running_means) > 0
+    x = _hidden_layers(kern, x0, weights, biases, gammas, betas, running_means, running_vars, training, track,
+                       momentum, eps, saved, new_running)
+    z = torch.mm(x, weights[-1].t())
+    saved.append(z)
+    per_sample = h.new_empty(h.shape[0])
+    kern.recon_fwd(z, biases[-1], h, per_sample)
+    _dispatch.record(OP_LOSS, backend)
+    return per_sample, saved, new_running
+
+
+@_denoiser_loss.register_fake
+def _denoiser_loss_fake(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
+                        momentum, eps, backend):
+    B = h.shape[0]
+    saved = [torch.empty_like(h)]
+    for w in weights[:-1]:
+        H = w.shape[0]
+        saved += [h.new_empty(B, H), h.new_empty(B, H), h.new_empty(H), h.new_empty(H)]
+    saved.append(torch.empty_like(h))
+    track = training and len(running_means) > 0
+    new_running = [h.new_empty(w.shape[0]) for w in weights[:-1] for _ in range(2)] if track else []
+    return h.new_empty(B), saved, new_running
+
+
+@torch.library.custom_op("fastgan::denoiser_loss_backward", mutates_args=())
+def _denoiser_loss_backward(go: Tensor, h: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
+                            gammas: list[Tensor], saved: list[Tensor], training: bool, need_h: bool,
+                            need_noise: bool, backend: str) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor],
+                                                                     list[Tensor], list[Tensor]]:
+    """(dh, dnoise, dweights, dbiases, dgammas, dbetas); dh / dnoise are empty unless asked for."""
+    kern = _KERNELS[backend]
+    depth = len(weights) - 1
+    z = saved[-1]
+    F_ = z.shape[1]
+    dz = torch.empty_like(z)
+    db_out = z.new_empty(F_)
+    kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
+    x_last = saved[-4] if depth else saved[0]  # the last hidden layer's output
+    dweights = [None] * (depth + 1)
+    dbiases = [None] * (depth + 1)
+    dgammas, dbetas = [None] * depth, [None] * depth
+    dweights[depth] = torch.mm(dz.t(), x_last)
+    dbiases[depth] = db_out
+    g = dz
+    for i in reversed(range(depth)):
+        y, out, shift, invstd = saved[1 + 4 * i: 5 + 4 * i]
+        dout = torch.mm(g, weights[i + 1])
+        g, dgammas[i], dbetas[i], dbiases[i] = _layer_backward(kern, dout, out, y, gammas[i], shift, invstd,
+                                                               training, True)
+        x_in = saved[0] if i == 0 else saved[4 * i - 2]
+        dweights[i] = torch.mm(g.t(), x_in)
+    empty = h.new_empty(0)
+    dh, dnoise = empty, empty.clone()
+    if need_h or need_noise:
+        dx0 = torch.mm(g, weights[0])  # gradient w.r.t. the corrupted input
+        if need_h:
+            dh = dx0 - dz  # h is also the target: l = ||z + b - h||^2
+        if need_noise:
+            dnoise = dx0 * sigma
+    _dispatch.record(OP_LOSS + "_backward", backend)
+    return dh, dnoise, dweights, dbiases, dgammas, dbetas
+
+
+@_denoiser_loss_backward.register_fake
+def _denoiser_loss_backward_fake(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise,
+                                 backend):
+    return (h.new_empty(h.shape if need_h else (0,)), h.new_empty(h.shape if need_noise else (0,)),
+            [torch.empty_like(w) for w in weights], [torch.empty_like(b) for b in biases],
+            [torch.empty_like(g) for g in gammas], [torch.empty_like(g) for g in gammas])
+
+
+def _loss_setup(ctx, inputs, output):
+    h, noise, sigma, weights, biases, gammas, betas, _, _, training, _, eps, backend = inputs
+    _, saved, new_running = output
+    ctx.mark_non_differentiable(*saved, *new_running)
+    d = len(weights)
+    ctx.sizes = (d, len(gammas))
+    ctx.n_running = len(inputs[7])
+    ctx.save_for_backward(h, noise, *weights, *biases, *gammas, *betas, *saved)
+    ctx.sigma, ctx.training, ctx.eps, ctx.backend = sigma, training, eps, backend
+
+
+def _loss_backward(ctx, go, *_):
+    d, nb = ctx.sizes
+    t = list(ctx.saved_tensors)
+    h, noise = t[0], t[1]
+    weights, biases = t[2:2 + d], t[2 + d:2 + 2 * d]
+    gammas, betas = t[2 + 2 * d:2 + 2 * d + nb], t[2 + 2 * d + nb:2 + 2 * d + 2 * nb]
+    saved = t[2 + 2 * d + 2 * nb:]
+    if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+        shifts, invstds = saved[3:-1:4], saved[4:-1:4]
+        n = [d, d, nb, nb]
+
+        def fn(h_, noise_, *params):
+            w, b = list(params[:d]), list(params[d:2 * d])
+            g, be = list(params[2 * d:2 * d + nb]), list(params[2 * d + nb:])
+            r = _torch_net(h_ + ctx.sigma * noise_, w, b, g, be, ctx.training, ctx.eps, shifts, invstds)
+            return (h_ - r).pow(2).sum(1)
+
+        grads = _grads_through(fn, [h, noise, *weights, *biases, *gammas, *betas], go)
+        _dispatch.record(OP_LOSS + "_backward", "reference")
+        dh, dnoise, rest = grads[0], grads[1], grads[2:]
+        out, k = [], 0
+        for m in n:
+            out.append(rest[k:k + m])
+            k += m
+        dweights, dbiases, dgammas, dbetas = out
+    else:
+        need_h, need_noise = h.requires_grad, noise.requires_grad
+        dh, dnoise, dweights, dbiases, dgammas, dbetas = torch.ops.fastgan.denoiser_loss_backward(
+            go.contiguous(), h, ctx.sigma, weights, biases, gammas, saved, ctx.training, need_h, need_noise,
+            ctx.backend)
+        dh = dh if need_h else None
+        dnoise = dnoise if need_noise else None
+    no_grad = [None] * ctx.n_running  # running statistics are buffers
+    return dh, dnoise, None, dweights, dbiases, dgammas, dbetas, no_grad, list(no_grad), None, None, None, None
+
+
+_denoiser_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+
+@torch.library.custom_op("fastgan::denoiser_forward", mutates_args=())
+def _denoiser_forward(h: Tensor, weights: list[Tensor], biases: list[Tensor], gammas: list[Tensor],
+                      betas: list[Tensor], running_means: list[Tensor], running_vars: list[Tensor], training: bool,
+                      track: bool, momentum: float, eps: float, backend: str) -> tuple[Tensor, list[Tensor]]:
+    """(r(h), new running stats or []). Not differentiable: for targets and inference."""
+    new_running: list = []
+    track = track and training and len(running_means) > 0
+    x = _hidden_layers(_KERNELS[backend], h, weights, biases, gammas, betas, running_means, running_vars, training,
+                       track, momentum, eps, None, new_running)
+    _dispatch.record(OP_FORWARD, backend)
+    return torch.addmm(biases[-1], x, weights[-1].t()), new_running
+
+
+@_denoiser_forward.register_fake
+def _denoiser_forward_fake(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
+                           momentum, eps, backend):
+    track = track and training and len(running_means) > 0
+    return torch.empty_like(h), ([h.new_empty(w.shape[0]) for w in weights[:-1] for _ in range(2)] if track else [])
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _check_number(name: str, value, *, low: float | None = None, high: float | None = None, open_low=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or (low is not None and (v < low or (open_low and v == low))) or (high is not None and v > high):
+        lo = "" if low is None else (f"> {low}" if open_low else f">= {low}")
+        hi = "" if high is None else f"<= {high}"
+        raise ValueError(f"{name} must be {' and '.join(p for p in (lo, hi) if p)}, got {value!r}")
+    return v
+
+
+def _check_params(weights, biases, gammas, betas, running_means, running_vars):
+    """Validates the parameter lists; returns (n_features, dtype, device)."""
+    for name, seq in (("weights", weights), ("biases", biases), ("gammas", gammas), ("betas", betas)):
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, got {type(seq).__name__}")
+    if len(weights) < 1:
+        raise ValueError("weights must hold depth + 1 >= 1 matrices, got an empty list")
+    depth = len(weights) - 1
+    for name, seq, n in (("biases", biases, depth + 1), ("gammas", gammas, depth), ("betas", betas, depth)):
+        if len(seq) != n:
+            raise ValueError(f"{name} must have {n} entries for {depth} hidden layers, got {len(seq)}")
+    for name, seq in (("running_means", running_means), ("running_vars", running_vars)):
+        if seq is not None and (not isinstance(seq, (list, tuple)) or len(seq) != depth):
+            raise ValueError(f"{name} must be None or a list of {depth} tensors")
+    if (running_means is None) != (running_vars is None):
+        raise ValueError("running_means and running_vars must be given together")
+    w0 = _checks.tensor("weights[0]", weights[0], min_dim=2)
+    dtype, device = w0.dtype, w0.device
+    if dtype not in PARAM_DTYPES:
+        raise TypeError(f"weights[0] must be float32 or float64, got {dtype}")
+    n_features = w0.shape[1]
+    width = n_features
+    for i in range(depth + 1):
+        _checks.tensor(f"weights[{i}]", weights[i], min_dim=2)
+        out_dim = n_features if i == depth else weights[i].shape[0]
+        named = [(f"weights[{i}]", weights[i], (out_dim, width)), (f"biases[{i}]", biases[i], (out_dim,))]
+        if i < depth:
+            named += [(f"gammas[{i}]", gammas[i], (out_dim,)), (f"betas[{i}]", betas[i], (out_dim,))]
+            if running_means is not None:
+                named += [(f"running_means[{i}]", running_means[i], (out_dim,)),
+                          (f"running_vars[{i}]", running_vars[i], (out_dim,))]
+        for name, t, shape in named:
+            _checks.tensor(name, t)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but weights[0] has {dtype}; use one dtype")
+            if t.device != device:
+                raise ValueError(f"{name} is on {t.device} but weights[0] is on {device}; move them to one device")
+        width = out_dim
+    return n_features, dtype, device
+
+
+def _check_features(name: str, h, n_features: int, dtype, device, training: bool) -> Tensor:
+    _checks.tensor(name, h)
+    if h.dim() != 2 or h.shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (B, {n_features}), got {tuple(h.shape)}")
+    if h.device != device:
+        raise ValueError(f"{name} is on {h.device} but the denoiser's parameters are on {device}")
+    if training and h.shape[0] < 2:
+        raise ValueError(f"{name}: training-mode BatchNorm needs a batch of at least 2 samples, got {h.shape[0]}")
+    return h.to(dtype).contiguous()
+
+
+def _contig(seq):
+    return [t.contiguous() for t in seq]
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def _copy_running(running_means, running_vars, new_running) -> None:
+    if not new_running:
+        return
+    dst = [t for pair in zip(running_means, running_vars) for t in pair]
+    with torch.no_grad():
+        torch._foreach_copy_(dst, new_running)
+
+
+# ---------------------------------------------------------------- functional API
+
+def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, running_mean: Optional[Tensor] = None,
+            running_var: Optional[Tensor] = None, *, training: bool = True, momentum: float = 0.1,
+            eps: float = 1e-5, relu: bool = True, backend: str | None = None) -> Tensor:
+    """relu(batch_norm(y + bias)) as one fused op: ``F.relu(F.batch_norm(y + bias, running_mean, running_var,
+    gamma, beta, training, momentum, eps))``, running stats updated in place in training mode.
+
+    y: (B, N) output of a GEMM without its bias; bias, gamma, beta, running stats: (N,). Differentiable
+    w.r.t. y, bias, gamma and beta. relu=False gives the plain BatchNorm.
+    """
+    _checks.tensor("y", y, min_dim=2)
+    if y.dim() != 2:
+        raise ValueError(f"y must have shape (B, N), got {tuple(y.shape)}")
+    if y.dtype not in PARAM_DTYPES:
+        raise TypeError(f"y must be float32 or float64, got {y.dtype}")
+    N = y.shape[1]
+    named = [("bias", bias), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+             ("running_var", running_var)]
+    for name, t in named:
+        if t is None and name in ("gamma", "beta"):
+            raise TypeError(f"{name} must be a tensor (the fused op is affine)")
+        if t is None:
+            continue
+        _checks.tensor(name, t)
+        if tuple(t.shape) != (N,):
+            raise ValueError(f"{name} must have shape ({N},), got {tuple(t.shape)}")
+        if t.dtype != y.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but y has {y.dtype}")
+        _checks.same_device(y=y, **{name: t})
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required in eval mode (training=False)")
+    if training and y.shape[0] < 2:
+        raise ValueError(f"y: training-mode BatchNorm needs a batch of at least 2 samples, got {y.shape[0]}")
+    momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
+    eps = _check_number("eps", eps, low=0.0, open_low=True)
+    chosen = _dispatch.resolve(OP_LAYER, y.device, backend)
+    c = lambda t: None if t is None else t.contiguous()
+    out, _, _, rm, rv = torch.ops.fastgan.bn_relu(y.contiguous(), c(bias), c(gamma), c(beta), c(running_mean),
+                                                  c(running_var), bool(training), momentum, eps, bool(relu), chosen)
+    if training and running_mean is not None:
+        _copy_running([running_mean], [running_var], [rm, rv])
+    return out
+
+
+def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], gammas: Sequence[Tensor],
+                  betas: Sequence[Tensor], running_means: Sequence[Tensor] | None = None,
+                  running_vars: Sequence[Tensor] | None = None, *, sigma: float = 1.0, noise: Tensor | None = None,
+                  training: bool = True, momentum: float = 0.1, eps: float = 1e-5, reduction: str = "mean",
+                  backend: str | None = None) -> Tensor:
+    """DFM denoiser training loss ||h - r(h + sigma * noise)||^2, summed over features, reduced over the batch.
+
+    r = (Linear(weights[i], biases[i]) -> BatchNorm(gammas[i], betas[i]) -> ReLU) for i < depth, then
+    Linear(weights[depth], biases[depth]). noise: the standard-normal eps (B, F); drawn with torch.randn
+    when None. Running stats (lists of depth tensors) are updated in place in training mode, as
+    nn.BatchNorm1d does; they are required in eval mode. Differentiable w.r.t. h (both as the corrupted
+    input and as the target), noise and all parameters.
+    """
+    n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
+    h = _check_features("h", h, n_features, dtype, device, training)
+    sigma = _check_number("sigma", sigma, low=0.0)
+    momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
+    eps = _check_number("eps", eps, low=0.0, open_low=True)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+    if not training and running_means is None:
+        raise ValueError("running_means and running_vars are required in eval mode (training=False)")
+    if noise is None:
+        noise = torch.randn_like(h)
+    else:
+        _checks.tensor("noise", noise)
+        if noise.shape != h.shape:
+            raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
+        _checks.same_device(h=h, noise=noise)
+        noise = noise.to(dtype).contiguous()
+    chosen = _dispatch.resolve(OP_LOSS, device, backend)
+    rms = list(running_means) if running_means is not None else []
+    rvs = list(running_vars) if running_vars is not None else []
+    per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
+        h, noise, sigma, _contig(weights), _contig(biases), _contig(gammas), _contig(betas), _contig(rms),
+        _contig(rvs), bool(training), momentum, eps, chosen)
+    _copy_running(rms, rvs, new_running)
+    return _reduce(per_sample, reduction)
+
+
+def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor],
+                            gammas: Sequence[Tensor], betas: Sequence[Tensor],
+                            running_means: Sequence[Tensor] | None = None,
+                            running_vars: Sequence[Tensor] | None = None, *, training: bool = True,
+                            eps: float = 1e-5, reduction: str = "mean", backend: str | None = None) -> Tensor:
+    """DFM generator term ||h_fake - r(h_fake)||^2 (sum over features, reduced over the batch) with r(h_fake)
+    a constant target: the gradient reaches h_fake only, never r's parameters.
+
+    In training mode r normalises with h_fake's own batch statistics (the paper batch-normalises real and
+    generated batches separately) and leaves the running statistics untouched; in eval mode it uses them.
+    Multiply by lambda_denoise = 0.03 / n_features (the paper's setting) when adding it to G's loss.
+    """
+    n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
+    h_fake = _check_features("h_fake", h_fake, n_features, dtype, device, training)
+    eps = _check_number("eps", eps, low=0.0, open_low=True)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+    if not training and running_means is None:
+        raise ValueError("running_means and running_vars are required in eval mode (training=False)")
+    chosen = _dispatch.resolve(OP_LOSS, device, backend)
+    rms = list(running_means) if running_means is not None else []
+    rvs = list(running_vars) if running_vars is not None else []
+    with torch.no_grad():
+        target, _ = torch.ops.fastgan.denoiser_forward(
+            h_fake.detach(), _contig(weights), _contig(biases), _contig(gammas), _contig(betas), _contig(rms),
+            _contig(rvs), bool(training), False, 0.0, eps, chosen)
+    return _reduce(torch.ops.fastgan.recon_loss(target, None, h_fake, chosen), reduction)
+
+
+# ---------------------------------------------------------------- module
+
+class Denoiser(nn.Module):
+    """DFM denoising auto-encoder r over discriminator features, with fused kernels.
+
+    The layers are an ordinary ``self.net = nn.Sequential((Linear, BatchNorm1d, ReLU) x depth, Linear)`` (the
+    reference architecture, so state_dicts are interchangeable with it); the fused ops read its
+    parameters and update its BatchNorm buffers (running_mean, running_var, num_batches_tracked) exactly
+    as nn.BatchNorm1d does.
+
+    * ``forward(h)``: r(h).
+    * ``loss(h, noise=None)``: the denoiser's training loss ||h - r(h + sigma * eps)||^2, summed over
+      features, mean over the batch. h is detached by default (the loss trains r only).
+    * ``generator_loss(h_fake)``: ||h_fake - r(h_fake)||^2 with r(h_fake) constant; gradient into h_fake only.
+      Scale by ``lambda_denoise = 0.03 / n_features`` (Warde-Farley & Bengio) in the generator's loss.
+
+    hidden defaults to n_features (the paper: hidden width >= input width); sigma is the corruption's
+    standard deviation (the paper: 1) and may be changed between steps for annealing.
+    """
+
+    def __init__(self, n_features: int, hidden: int | None = None, depth: int = 3, *, sigma: float = 1.0,
+                 momentum: float | None = 0.1, eps: float = 1e-5, backend: str | None = None, device=None,
+                 dtype=None):
+        super().__init__()
+        for name, v, low in (("n_features", n_features, 1), ("depth", depth, 0)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+            if v < low:
+                raise ValueError(f"{name} must be >= {low}, got {v}")
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
+            raise ValueError(f"hidden must be a positive int or None, got {hidden!r}")
+        if momentum is not None:
+            _check_number("momentum", momentum, low=0.0, high=1.0)
+        _check_number("eps", eps, low=0.0, open_low=True)
+        net = ref.make_denoiser(n_features, hidden, depth, momentum, eps)
+        self._init(net.to(device=device, dtype=dtype), sigma, backend)
+
+    def _init(self, net: nn.Sequential, sigma: float, backend: str | None) -> None:
+        self.net = net
+        self.sigma = _check_number("sigma", sigma, low=0.0)
+        if backend is not None and backend not in _dispatch.BACKENDS:
+            raise ValueError(f"backend must be one of {_dispatch.BACKENDS} or None, got {backend!r}")
+        self.backend = backend
+
+    @classmethod
+    def from_sequential(cls, net: nn.Sequential, *, sigma: float = 1.0, backend: str | None = None) -> "Denoiser":
+        """Wraps an existing ``nn.Sequential((Linear, BatchNorm1d, ReLU) x depth, Linear)`` (sharing its
+        parameters and buffers). BatchNorm layers must be affine, track running stats and share eps and
+        momentum; the output width must equal the input width."""
+        if not isinstance(net, nn.Sequential):
+            raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
+        mods = list(net)
+        if len(mods) % 3 != 1:
+            raise ValueError("net must be (Linear, BatchNorm1d, ReLU) x depth followed by a Linear")
+        for i, m in enumerate(mods):
+            kind = (nn.Linear, nn.BatchNorm1d, nn.ReLU)[i % 3]
+            if not isinstance(m, kind):
+                raise ValueError(f"net[{i}] must be {kind.__name__}, got {type(m).__name__}")
+            if isinstance(m, nn.Linear) and m.bias is None:
+                raise ValueError(f"net[{i}]: Linear layers must have a bias")
+            if isinstance(m, nn.BatchNorm1d) and not (m.affine and m.track_running_stats):
+                raise ValueError(f"net[{i}]: BatchNorm1d must have affine=True and track_running_stats=True")
+        bns = mods[1::3]
+        if len({(m.eps, m.momentum) for m in bns}) > 1:
+            raise ValueError("net: all BatchNorm1d layers must share eps and momentum")
+        if mods[0].in_features != mods[-1].out_features:
+            raise ValueError(f"net maps {mods[0].in_features} features to {mods[-1].out_features}; a denoiser "
+                             "reconstructs its input")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._init(net, sigma, backend)
+        return self
+
+    # -- structure
+    @property
+    def linears(self) -> list:
+        return list(self.net)[0::3]
+
+    @property
+    def norms(self) -> list:
+        return list(self.net)[1::3]
+
+    @property
+    def n_features(self) -> int:
+        return self.net[0].in_features
+
+    @property
+    def depth(self) -> int:
+        return len(self.norms)
+
+    @property
+    def momentum(self) -> float | None:
+        return self.norms[0].momentum if self.norms else 0.1
+
+    @property
+    def eps(self) -> float:
+        return self.norms[0].eps if self.norms else 1e-5
+
+    def _params(self):
+        lin, bns = self.linears, self.norms
+        return ([m.weight for m in lin], [m.bias for m in lin], [m.weight for m in bns], [m.bias for m in bns],
+                [m.running_mean for m in bns], [m.running_var for m in bns])
+
+    def _factor(self) -> float:
+        """nn.BatchNorm1d's exponential_average_factor; counts the batch like it does."""
+        bns = self.norms
+        if not (self.training and bns):
+            return 0.0
+        with torch.no_grad():
+            torch._foreach_add_([m.num_batches_tracked for m in bns], 1)
+        if self.momentum is None:  # cumulative average (a host read, as in nn.BatchNorm1d)
+            return 1.0 / float(bns[0].num_batches_tracked)
+        return float(self.momentum)
+
+    def _input(self, name: str, h) -> Tensor:
+        w = self.net[0].weight
+        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
+
+    # -- API
+    def forward(self, h: Tensor) -> Tensor:
+        """r(h) (no corruption). Training mode normalises with batch statistics and updates the running ones."""
+        h = self._input("h", h)
+        weights, biases, gammas, betas, rms, rvs = self._params()
+        chosen = _dispatch.resolve(OP_LAYER, h.device, self.backend)
+        factor = self._factor()
+        needs_grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if not needs_grad:
+            r, new_running = torch.ops.fastgan.denoiser_forward(h, _contig(weights), biases, gammas, betas, rms, rvs,
+                                                                self.training, True, factor, self.eps, chosen)
+            _copy_running(rms, rvs, new_running)
+            return r
+        x, new_running = h, []
+        for i in range(self.depth):
+            y = torch.mm(x, weights[i].t())
+            x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],
+                                                        self.training, factor, self.eps, True, chosen)
+            if self.training:
+                new_running += [rm, rv]
+        _copy_running(rms, rvs, new_running)
+        return F.linear(x, weights[-1], biases[-1])
+
+    def loss(self, h: Tensor, noise: Tensor | None = None, *, detach: bool = True, reduction: str = "mean") -> Tensor:
+        """||h - r(h + sigma * noise)||^2 summed over features, reduced over the batch (mean by default).
+
+        noise: standard-normal eps of h's shape (drawn with torch.randn when None). detach=True (default)
+        stops the gradient into h, so the loss trains r only (DFM trains the discriminator's features with
+        its own loss); detach=False also differentiates w.r.t. h. Training mode updates the running stats.
+        """
+        h = self._input("h", h)
+        if detach:
+            h = h.detach()
+        weights, biases, gammas, betas, rms, rvs = self._params()
+        _checks.choice("reduction", reduction, REDUCTIONS)
+        if noise is None:
+            noise = torch.randn_like(h)
+        else:
+            _checks.tensor("noise", noise)
+            if noise.shape != h.shape:
+                raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
+            _checks.same_device(h=h, noise=noise)
+            noise = noise.to(h.dtype).contiguous()
+        chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
+        factor = self._factor()
+        per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
+            h, noise, float(self.sigma), _contig(weights), biases, gammas, betas, rms, rvs, self.training, factor,
+            self.eps, chosen)
+        _copy_running(rms, rvs, new_running)
+        return _reduce(per_sample, reduction)
+
+    def generator_loss(self, h_fake: Tensor, *, reduction: str = "mean") -> Tensor:
+        """||h_fake - r(h_fake)||^2 summed over features, reduced over the batch, with r(h_fake) a constant
+        target (no gradient into r). Uses h_fake's own batch statistics in training mode and does not
+        update the running statistics."""
+        weights, biases, gammas, betas, rms, rvs = self._params()
+        return denoiser_generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training=self.training,
+                                       eps=self.eps, reduction=reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, backend={self.backend!r}"

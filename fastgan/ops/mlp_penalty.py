@@ -1,0 +1,237 @@
+"""Closed-form penalty gradients for MLP discriminators (gradient_penalty(..., mode="mlp")).
+
+D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d in eval mode, Dropout in eval mode (or
+p=0), Identity, a leading Flatten, ending in width 1. Every non-Linear layer acts elementwise with a slope: the
+activation's derivative, or eval BatchNorm's per-feature gamma / sqrt(var + eps). With delta_l = d psi / d(output
+of layer l) (one row per sample) the input gradient is g = delta_1 W_1, a product of masked weight matrices. For
+Omega = sum_n P_n with upstream gradients (gP, gpsi) and a = gP * u + gpsi, u_n = w'(psi_n) ||g_n||^2:
+
+    dL/dW_l = rho_l^T h_{l-1} + delta_l^T (gP * t_{l-1}),   dL/db_l = rho_l^T 1,
+
+where h_{l-1} is the layer's input, t the tangent of the forward pass in the direction v_n = 2 w(psi_n) g_n
+(t_0 = v, through each layer's linear part), and rho the adjoint of the primal activations: rho = a * delta when
+every activation is piecewise linear (their masks' derivatives vanish a.e., as in torch's double backward), so
+the D loss's gradient (through gpsi) and the penalty's share ONE GEMM per Linear; a smooth activation adds
+gP * delta * t * sigma''(z) to rho, which then needs its own backward GEMM chain. Samples are independent here,
+so reduction="none" works too.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _checks
+
+_LEAF_TYPES = (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.BatchNorm1d, nn.Identity, nn.Flatten,
+               nn.Dropout)
+_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+
+
+def _hooked(m: nn.Module) -> bool:
+    return any(getattr(m, a, None) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                              "_backward_pre_hooks"))
+
+
+def _global_hooks() -> bool:
+    import torch.nn.modules.module as mm
+
+    return any(getattr(mm, a, None) for a in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                               "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def plan(D, x: torch.Tensor | None = None):
+    """(steps, "") when D is an MLP this module can differentiate in closed form (for input x, if given),
+    else (None, why not). steps: list of (kind, module), kind in linear/bn/relu/leaky/tanh/sigmoid.
+
+    D is an nn.Sequential, or any module with a method ``as_sequential()`` returning an nn.Sequential that
+    computes exactly D's forward from D's own submodules (the opt-in for MLP discriminators with a custom class).
+    """
+    if not isinstance(D, nn.Module):
+        return None, "D is not an nn.Module"
+    if _hooked(D) or _global_hooks():
+        return None, "D has forward/backward hooks"
+    if not isinstance(D, nn.Sequential) and callable(getattr(D, "as_sequential", None)):
+        D = D.as_sequential()
+    if not isinstance(D, nn.Sequential) or type(D).forward is not nn.Sequential.forward:
+        return None, "D is not an nn.Sequential (and has no as_sequential())"
+    steps = []
+    width = None if x is None else (math.prod(x.shape[1:]) if x.dim() >= 2 else None)
+    if x is not None and x.dim() != 2 and not (len(D) and isinstance(D[0], nn.Flatten)):
+        return None, f"x must be (B, features) (or D must start with nn.Flatten), got shape {tuple(x.shape)}"
+    for i, m in enumerate(D):
+        kind = next((t for t in _LEAF_TYPES if isinstance(m, t)), None)
+        # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out
+        if kind is None or type(m).forward is not kind.forward or _hooked(m):
+            return None, f"layer {i} ({type(m).__name__}) is not a supported MLP layer"
+        if kind is nn.Linear:
+            if width is not None and m.in_features != width:
+                return None, f"layer {i} expects {m.in_features} features, gets {width}"
+            width = m.out_features
+            steps.append(("linear", m))
+        elif kind in _ACTIVATIONS:
+            steps.append((_ACTIVATIONS[kind], m))
+        elif kind is nn.BatchNorm1d:
+            if m.training or m.running_mean is None:
+                return None, f"layer {i}: BatchNorm1d with batch statistics (training mode) is not supported"
+            if width is not None and m.num_features != width:
+                return None, f"layer {i} expects {m.num_features} features, gets {width}"
+            steps.append(("bn", m))
+        elif kind is nn.Dropout:
+            if m.training and m.p > 0:
+                return None, f"layer {i}: active Dropout is not supported"
+        elif kind is nn.Flatten:
+            if i != 0 or (m.start_dim, m.end_dim) != (1, -1):
+                return None, f"layer {i}: only a leading nn.Flatten() is supported"
+    if not any(k == "linear" for k, _ in steps):
+        return None, "D has no Linear layer"
+    if width != 1:
+        return None, f"D's output width is {width}, not 1"
+    return steps, ""
+
+
+def _activation(kind, m, z):
+    """(output, slope, curvature) for an elementwise activation; curvature None where it is 0 a.e."""
+    if kind == "relu":
+        return torch.relu(z), (z > 0).to(z.dtype), None  # torch's relu backward: slope 0 at z == 0
+    if kind == "leaky":
+        one = torch.ones((), dtype=z.dtype, device=z.device)
+        slope = torch.where(z > 0, one, one * m.negative_slope)  # leaky_relu backward: negative slope at 0
+        return z * slope, slope, None
+    if kind == "tanh":
+        y = torch.tanh(z)
+        slope = 1 - y * y
+        return y, slope, -2 * y * slope
+    y = torch.sigmoid(z)
+    slope = y * (1 - y)
+    return y, slope, slope * (1 - 2 * y)
+
+
+class _MLPPenalty(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, spec, *tensors):
+        from .penalty_jvp import penalty_terms
+
+        steps, weight, backend = spec
+        B = x.shape[0]
+        h = x.reshape(B, math.prod(x.shape[1:]))
+        layers = []  # per step: what its backward needs
+        it = iter(tensors)
+        for kind, m in steps:
+            if kind == "linear":
+                W, b = next(it), next(it)
+                layers.append({"kind": kind, "W": W, "b": b, "h": h})
+                h = torch.nn.functional.linear(h, W, b)
+            elif kind == "bn":
+                gamma, beta = next(it), next(it)
+                rstd = torch.rsqrt(m.running_var + m.eps)
+                zhat = (h - m.running_mean) * rstd
+                layers.append({"kind": kind, "gamma": gamma, "beta": beta, "zhat": zhat, "rstd": rstd,
+                               "slope": rstd if gamma is None else gamma * rstd})
+                h = zhat if gamma is None else zhat * gamma
+                h = h if beta is None else h + beta
+            else:
+                h, slope, curv = _activation(kind, m, h)
+                layers.append({"kind": kind, "slope": slope, "curv": curv})
+        psi = h.reshape(B)
+        # delta: d psi_n / d (the layer's output), one row per sample; the last one is the input gradient
+        delta = torch.ones(B, 1, dtype=h.dtype, device=h.device)
+        for L in reversed(layers):
+            L["delta"] = delta
+            delta = delta @ L["W"] if L["kind"] == "linear" else delta * L["slope"]
+        acc = _checks.acc_dtype(delta.dtype)
+        g2 = delta.to(acc) if acc == torch.float64 else delta
+        psi_acc = psi.to(acc)
+        per, u, v = penalty_terms(g2, psi_acc, weight, 1.0, backend)
+        t = v.to(h.dtype)
+        for L in layers:
+            L["t"] = t  # the tangent (direction v) at the layer's input
+            t = t @ L["W"].t() if L["kind"] == "linear" else t * L["slope"]
+        # through save_for_backward, so an in-place edit of a weight before backward raises as usual
+        keys, saved = [], []
+        for i, L in enumerate(layers):
+            for k, val in L.items():
+                if isinstance(val, torch.Tensor):
+                    keys.append((i, k))
+                    saved.append(val)
+        if callable(weight):
+            # a callable weight may couple samples: its VJP is redone in backward with the real upstream
+            ga = g2.to(acc)
+            keys += [(-1, "psi"), (-1, "s")]
+            saved += [psi_acc, (ga * ga).sum(1)]
+        else:
+            keys.append((-1, "u"))
+            saved.append(u)
+        ctx.save_for_backward(*saved)
+        ctx.keys, ctx.kinds, ctx.weight = keys, [L["kind"] for L in layers], weight
+        return per, psi
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_per, g_psi):
+        layers = [{"kind": k} for k in ctx.kinds]
+        extra = {}
+        for (i, k), val in zip(ctx.keys, ctx.saved_tensors):
+            (extra if i < 0 else layers[i])[k] = val
+        dt = g_psi.dtype
+        if callable(ctx.weight):
+            with torch.enable_grad():
+                p = extra["psi"].detach().requires_grad_(True)
+                (du,) = torch.autograd.grad(ctx.weight(p), p, grad_outputs=g_per.to(p.dtype) * extra["s"],
+                                            allow_unused=True)
+            a = g_psi if du is None else du.to(dt) + g_psi
+        else:
+            a = (g_per * extra["u"]).to(dt) + g_psi
+        gp = g_per.to(dt)[:, None]
+        # rho: the adjoint of the primal activations (D loss + u term + the curvature of smooth activations);
+        # without curvature it is a * delta, and the weight gradient is a single GEMM per Linear
+        smooth = any(L.get("curv") is not None for L in layers)
+        first = min(i for i, L in enumerate(layers) if L["kind"] in ("linear", "bn"))
+        rho = a[:, None]
+        grads = []
+        for i in range(len(layers) - 1, first - 1, -1):
+            L = layers[i]
+            d = L["delta"]
+            if not smooth:
+                rho = a[:, None] * d
+            if L["kind"] == "linear":
+                if smooth:
+                    dW = torch.addmm(rho.t() @ L["h"], d.t(), gp * L["t"])
+                else:
+                    dW = d.t() @ (a[:, None] * L["h"] + gp * L["t"])
+                grads.append((None if "b" not in L else rho.sum(0), dW))
+                if smooth and i > first:
+                    rho = rho @ L["W"]
+            elif L["kind"] == "bn":
+                dgamma = None if "gamma" not in L else (rho * L["zhat"] + gp * d * L["t"] * L["rstd"]).sum(0)
+                grads.append((None if "beta" not in L else rho.sum(0), dgamma))
+                if smooth:
+                    rho = rho * L["slope"]
+            elif smooth:
+                rho = rho * L["slope"]
+                if L.get("curv") is not None:
+                    rho = rho + gp * d * L["t"] * L["curv"]
+        out = []
+        for pair in reversed(grads):
+            out += [pair[1], pair[0]]
+        return (None, None, *out)
+
+
+def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
+    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not a supported MLP."""
+    steps, why = plan(D, x)
+    if steps is None:
+        raise ValueError(f"mode='mlp' cannot run this D: {why}; use mode='jvp', 'double_backward' or 'auto'")
+    tensors = []
+    for kind, m in steps:
+        if kind == "linear":
+            tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
+        elif kind == "bn":
+            tensors += [m.weight, m.bias]
+    per, psi = _MLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
+    if reduction == "mean":
+        per = per.mean()
+    elif reduction == "sum":
+        per = per.sum()
+    return per, psi

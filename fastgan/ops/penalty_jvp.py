@@ -1,0 +1,358 @@
+"""The penalty's parameter gradient by reverse-over-forward instead of the generic double backward.
+
+Omega = c * sum_n w(psi_n) ||g_n||^2 with g = d(sum psi)/dx (c = 1/B for "mean", 1 for "sum"). Its parameter gradient
+is sum_n u_n dpsi_n/dtheta + d/dtheta <g, v> with u_n = c w'(psi_n) ||g_n||^2 and v_n = 2 c w(psi_n) g_n held
+constant, and <g, v> is the forward-mode directional derivative of sum psi along v. So:
+
+1. forward psi = D(x) (kept: D's loss uses it, and it carries the u term), one backward for g without a graph;
+2. w, w', the per-sample values, u and v from the fused op (no graph);
+3. a second forward of D on the dual input (x, v) gives the JVP <g, v> as a function of theta;
+4. return Omega + (s - s.detach()) with s = <u, psi> + JVP: its value is Omega, its gradient is dOmega/dtheta.
+
+The second forward must see D exactly as the first did: it runs on clones of D's buffers as they were before the
+first forward (BatchNorm running statistics and spectral-norm power iterations therefore advance once per call, as
+with the double backward) and replays the random-number state (dropout draws the same masks).
+
+torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
+mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
+PR #81293 describes why); softmax / log_softmax / logsumexp JVPs fail in reverse mode with an in-place error. The
+dual forward therefore runs those functions as composites of elementary ops, whose JVPs differentiate correctly.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import forward_ad as fwAD
+from torch.overrides import TorchFunctionMode
+
+from . import _checks, _dispatch
+from . import mlp_penalty
+from . import penalty as _pen
+
+MODES = ("double_backward", "jvp", "mlp", "auto")
+# _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
+MODE_OP = "gradient_penalty"
+
+
+# ---------------------------------------------------------------- composites used inside the dual forward
+
+def _affine(y, weight, bias, shape):
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _normalize(x, dims, eps):
+    mean = x.mean(dims, keepdim=True)
+    xc = x - mean
+    var = (xc * xc).mean(dims, keepdim=True)
+    return xc * torch.rsqrt(var + eps)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                eps=1e-5):
+    if not training and running_mean is not None and running_var is not None:
+        # running statistics are constants: the native JVP is right here
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    # running-stat updates are skipped: the dual forward works on throwaway buffer clones
+    y = _normalize(input, [0] + list(range(2, input.dim())), eps)
+    return _affine(y, weight, bias, [1, -1] + [1] * (input.dim() - 2))
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                   momentum=0.1, eps=1e-5):
+    if not use_input_stats:
+        return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    y = _normalize(input, list(range(2, input.dim())), eps)
+    return _affine(y, weight, bias, [1, -1] + [1] * (input.dim() - 2))
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    k = len(normalized_shape) if not isinstance(normalized_shape, int) else 1
+    y = _normalize(input, list(range(input.dim() - k, input.dim())), eps)
+    return _affine(y, weight, bias, [1] * (input.dim() - k) + list(y.shape[input.dim() - k:]))
+
+
+def _shifted(input, dim, dtype):
+    x = input if dtype is None else input.to(dtype)
+    # the shift is a constant: softmax is invariant to it, so no tangent has to flow through it
+    m = x.detach().amax(dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return x - m, m
+
+
+def _softmax(input, dim=None, _stacklevel=3, dtype=None):
+    s, _ = _shifted(input, dim, dtype)
+    e = s.exp()
+    return e / e.sum(dim, keepdim=True)
+
+
+def _log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    s, _ = _shifted(input, dim, dtype)
+    return s - s.exp().sum(dim, keepdim=True).log()
+
+
+def _logsumexp(input, dim, keepdim=False):
+    s, m = _shifted(input, dim, None)
+    out = s.exp().sum(dim, keepdim=True).log() + m
+    return out if keepdim else out.squeeze(dim)
+
+
+def _method_softmax(self, dim, dtype=None):
+    return _softmax(self, dim, dtype=dtype)
+
+
+def _method_log_softmax(self, dim, dtype=None):
+    return _log_softmax(self, dim, dtype=dtype)
+
+
+_COMPOSITES = {
+    F.batch_norm: _batch_norm,
+    F.instance_norm: _instance_norm,
+    F.layer_norm: _layer_norm,
+    F.softmax: _softmax,
+    F.log_softmax: _log_softmax,
+    torch.softmax: _method_softmax,
+    torch.log_softmax: _method_log_softmax,
+    torch.Tensor.softmax: _method_softmax,
+    torch.Tensor.log_softmax: _method_log_softmax,
+    torch.logsumexp: _logsumexp,
+    torch.Tensor.logsumexp: _logsumexp,
+}
+# Called directly (not through the functionals above), these would bypass the composites.
+_UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.native_batch_norm,
+                torch.native_layer_norm)
+
+
+class _CompositeForwardAD(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _UNSUPPORTED:
+            raise NotImplementedError(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
+                                      "that reverse mode differentiates wrongly; call torch.nn.functional's "
+                                      "version or use mode='double_backward'")
+        sub = _COMPOSITES.get(func)
+        if sub is not None:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if func in (F.softmax, F.log_softmax) and dim is None:
+                return func(*args, **kwargs)  # legacy implicit dim: leave it to torch
+            return sub(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- state the second forward must reproduce
+
+def _buffer_clones(D) -> dict:
+    if not isinstance(D, nn.Module):
+        return {}
+    return {name: b.detach().clone() for name, b in D.named_buffers()}
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _active_dropout(D) -> bool:
+    return isinstance(D, nn.Module) and any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in D.modules())
+
+
+class _Rng:
+    """Snapshots of the generators D may draw from (CPU, and x's CUDA device), so a forward can be replayed."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda" and not _capturing(device)
+        self.index = (device.index if device.index is not None else torch.cuda.current_device()) if self.cuda else None
+
+    def save(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.index) if self.cuda else None)
+
+    def restore(self, snap):
+        torch.set_rng_state(snap[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(snap[1], self.index)
+
+
+# ---------------------------------------------------------------- shared per-sample terms
+
+def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, scale: float, backend):
+    """(per, u, v), all without graph: per_n = w(psi_n)||g_n||^2 (acc dtype), u = scale * d(sum per)/dpsi
+    (acc dtype, g held fixed), v = 2 * scale * w(psi) * g (g2's dtype, the JVP direction).
+
+    g2: (B, F) input gradients; psi: (B,) logits in the accumulation dtype.
+    """
+    B = psi.shape[0]
+    if callable(weight):
+        if backend not in (None, "reference"):
+            raise _dispatch.BackendUnavailable(f"{_pen.OP}: a callable weight runs on the reference backend only, "
+                                               f"got backend={backend!r}")
+        _dispatch.record(_pen.OP, "reference")
+        ga = g2.to(psi.dtype)
+        s = (ga * ga).sum(1)
+        with torch.enable_grad():
+            p = psi.detach().requires_grad_(True)
+            w = weight(p)
+            if not isinstance(w, torch.Tensor) or w.shape != (B,):
+                raise ValueError(f"weight(psi) must return a tensor of shape ({B},), got "
+                                 f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+            # a vector-Jacobian product, so weights that couple samples are handled too
+            (u,) = torch.autograd.grad(w, p, grad_outputs=scale * s, allow_unused=True)
+        w = w.detach().to(psi.dtype)
+        u = torch.zeros_like(psi) if u is None else u
+        return w * s, u, ((2 * scale) * w)[:, None] * ga
+    code = _pen.WEIGHTS[weight]
+    chosen = _dispatch.resolve(_pen.OP, g2.device, backend)
+    with torch.no_grad():
+        per = torch.ops.fastgan.grad_norm_penalty(g2, psi, code, chosen)
+        go = torch.full_like(psi, scale)
+        v, u = torch.ops.fastgan.grad_norm_penalty_backward(go, g2, psi, code, chosen)
+    return per, u, v
+
+
+def _scale(reduction: str, B: int) -> float:
+    return 1.0 / B if reduction == "mean" else 1.0
+
+
+# ---------------------------------------------------------------- the jvp penalty
+
+def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
+    """(penalty, logits) as gradient_penalty(..., mode="jvp"); reduction "mean" or "sum"."""
+    if reduction == "none":
+        raise ValueError("mode='jvp' needs reduction 'mean' or 'sum' (a per-sample penalty has no single JVP "
+                         "direction); use mode='double_backward' or 'mlp' for reduction='none'")
+    if _capturing(x.device) and _active_dropout(D):
+        raise ValueError("mode='jvp' replays D's forward, which cannot replay dropout masks under CUDA graph "
+                         "capture; use mode='double_backward'")
+    B = x.shape[0]
+    scale = _scale(reduction, B)
+    buffers = _buffer_clones(D)
+    rng = _Rng(x.device)
+    start = rng.save()
+    x = x.detach().requires_grad_(True)
+    logits = _pen._logits_of(D, x)
+    after = rng.save()
+    (g,) = torch.autograd.grad(logits.sum(), x, retain_graph=True)
+    acc = _checks.acc_dtype(g.dtype, logits.dtype)
+    g2 = g.reshape(B, -1)
+    if acc == torch.float64 and g2.dtype != acc:
+        g2 = g2.to(acc)
+    psi = logits.detach().to(acc)
+    per, u, v = penalty_terms(g2, psi, weight, scale, backend)
+    value = per.mean() if reduction == "mean" else per.sum()
+
+    rng.restore(start)
+    try:
+        with fwAD.dual_level(), _CompositeForwardAD():
+            xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
+            out = torch.func.functional_call(D, buffers, (xd,)) if buffers else D(xd)
+            jv = fwAD.unpack_dual(out).tangent
+    finally:
+        rng.restore(after)
+    surrogate = None
+    if jv is not None:
+        surrogate = jv.sum().to(acc)
+    if weight != "one":
+        term = (u * logits.to(acc)).sum()
+        surrogate = term if surrogate is None else surrogate + term
+    if surrogate is None or not surrogate.requires_grad:
+        return value, logits
+    # s - s.detach() is exactly zero, so the value stays Omega bit for bit
+    return value + (surrogate - surrogate.detach()), logits
+
+
+# ---------------------------------------------------------------- auto: pick, and check jvp once per D
+
+_verdicts: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
+
+
+def _key(D, x):
+    return (x.device.type, x.dtype, tuple(x.shape[1:]), tuple(m.training for m in D.modules()))
+
+
+def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
+    """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified)."""
+    if mlp_penalty.plan(D, x)[0] is not None:
+        return "mlp"
+    if not isinstance(D, nn.Module) or reduction == "none":
+        return "double_backward"
+    verdict = _verdicts.get(D, {}).get(_key(D, x))
+    if verdict is not None:
+        return "jvp" if verdict else "double_backward"
+    if _capturing(x.device) or x.dtype not in _RTOL:
+        return "double_backward"  # the check needs host syncs and a meaningful tolerance
+    return "check"
+
+
+def _flat(grads, params):
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(grads, params)])
+
+
+def _checked_jvp(D, x, weight, reduction, backend):
+    """jvp_penalty, verified once against the double backward on the same batch (gradients of the penalty
+    alone, side-effect free); on a mismatch or an error, D is marked and the double backward runs instead."""
+    key = _key(D, x)
+    start_buffers = _buffer_clones(D)
+    rng = _Rng(x.device)
+    start = rng.save()
+    params = [p for p in D.parameters() if p.requires_grad]
+    reason = None
+    try:
+        pen, logits = jvp_penalty(D, x, weight, reduction, backend)
+        got = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True) if pen.requires_grad \
+            else [None] * len(params)
+        after = rng.save()
+        rng.restore(start)
+        clones = {k: b.clone() for k, b in start_buffers.items()}
+
+        def D_ref(inp):
+            return torch.func.functional_call(D, clones, (inp,))
+
+        try:
+            ref_pen, _ = _pen._double_backward(D_ref, x, weight, reduction, backend, record=False)
+            want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
+                else [None] * len(params)
+        finally:
+            rng.restore(after)
+        a, b = _flat(got, params), _flat(want, params)
+        err, size = (a - b).norm().item(), max(a.norm().item(), b.norm().item())
+        value_err = abs(pen.item() - ref_pen.item())
+        tol = _RTOL[x.dtype]
+        if not (math.isfinite(err) and err <= tol * size + 1e-30 and value_err <= tol * abs(ref_pen.item()) + 1e-30):
+            reason = f"gradients differ from the double backward (relative error {err / max(size, 1e-30):.2e})"
+    except (RuntimeError, NotImplementedError) as e:
+        reason = f"{type(e).__name__}: {e}"
+    _verdicts.setdefault(D, {})[key] = reason is None
+    if reason is None:
+        _dispatch.record(MODE_OP, "jvp")
+        return pen, logits
+    warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
+                  "using the double backward for it from now on", _dispatch.FallbackWarning, stacklevel=4)
+    with torch.no_grad():
+        for name, b in D.named_buffers():
+            b.copy_(start_buffers[name])
+    rng.restore(start)
+    return _pen._double_backward(D, x, weight, reduction, backend)
+
+
+def gradient_penalty(D, x, weight, reduction, backend, mode):
+    """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
+    if mode == "auto":
+        mode = auto_mode(D, x, reduction)
+        if mode == "check":
+            return _checked_jvp(D, x, weight, reduction, backend)
+    if mode == "double_backward":
+        return _pen._double_backward(D, x, weight, reduction, backend)
+    if mode == "mlp":
+        out = mlp_penalty.mlp_penalty(D, x, weight, reduction, backend)
+    else:
+        out = jvp_penalty(D, x, weight, reduction, backend)
+    _dispatch.record(MODE_OP, mode)
+    return out

@@ -1,0 +1,223 @@
+"""Triton kernels of the fused DFM denoiser layers (fastgan/ops/denoiser.py); the formulas mirror
+csrc/include/fastgan/bn_math.h.
+
+Per-feature kernels give each program BLOCK_N contiguous features and walk all B rows in BLOCK_B tiles
+(coalesced along the features): BatchNorm forward = mean pass, centred-variance pass, normalise pass;
+backward = one pass for the two sums, one pass for dy. The GEMMs stay on torch.
+All 2-D tensors are contiguous (B, N).
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out_ptr, shift_ptr, invstd_ptr,
+                       rmo_ptr, rvo_ptr, B, N, momentum, eps,
+                       HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr, TRACK: tl.constexpr, RELU: tl.constexpr,
+                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    zero = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
+    else:
+        bias = zero
+    if TRAINING:
+        s = zero
+        for r0 in range(0, B, BLOCK_B):
+            rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+            m = (rows[:, None] < B) & cmask[None, :]
+            s += tl.sum(tl.load(y_ptr + rows[:, None] * N + cols[None, :], mask=m, other=0.0), axis=0)
+        mean = s / B
+        q = zero
+        for r0 in range(0, B, BLOCK_B):
+            rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+            m = (rows[:, None] < B) & cmask[None, :]
+            d = tl.load(y_ptr + rows[:, None] * N + cols[None, :], mask=m, other=0.0) - mean[None, :]
+            d = tl.where(m, d, 0.0)
+            q += tl.sum(d * d, axis=0)
+        shift = mean
+        invstd = 1.0 / tl.sqrt(q / B + eps)
+        if TRACK:
+            rm = tl.load(rm_ptr + cols, mask=cmask, other=0.0)
+            rv = tl.load(rv_ptr + cols, mask=cmask, other=0.0)
+            unbiased = q / tl.maximum(B - 1, 1)
+            tl.store(rmo_ptr + cols, (1.0 - momentum) * rm + momentum * (mean + bias), mask=cmask)
+            tl.store(rvo_ptr + cols, (1.0 - momentum) * rv + momentum * unbiased, mask=cmask)
+    else:
+        rm = tl.load(rm_ptr + cols, mask=cmask, other=0.0)
+        rv = tl.load(rv_ptr + cols, mask=cmask, other=1.0)
+        shift = rm - bias
+        invstd = 1.0 / tl.sqrt(rv + eps)
+    tl.store(shift_ptr + cols, shift, mask=cmask)
+    tl.store(invstd_ptr + cols, invstd, mask=cmask)
+    scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0) * invstd
+    beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0)
+    for r0 in range(0, B, BLOCK_B):
+        rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+        m = (rows[:, None] < B) & cmask[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        z = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * scale[None, :] + beta[None, :]
+        if RELU:
+            z = tl.where(z <= 0.0, 0.0, z)  # NaN propagates, as in torch.relu
+        tl.store(out_ptr + offs, z, mask=m)
+
+
+@triton.jit
+def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, dy_ptr, dgamma_ptr, dbeta_ptr,
+                        dbias_ptr, B, N, TRAINING: tl.constexpr, RELU: tl.constexpr, BLOCK_B: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + cols, mask=cmask, other=0.0)
+    scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0) * invstd
+    s1 = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    s2 = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    for r0 in range(0, B, BLOCK_B):
+        rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+        m = (rows[:, None] < B) & cmask[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        dz = tl.load(dout_ptr + offs, mask=m, other=0.0)
+        if RELU:
+            dz = tl.where(tl.load(out_ptr + offs, mask=m, other=0.0) <= 0.0, 0.0, dz)
+        xhat = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * invstd[None, :]
+        s1 += tl.sum(dz, axis=0)
+        s2 += tl.sum(tl.where(m, dz * xhat, 0.0), axis=0)
+    tl.store(dbeta_ptr + cols, s1, mask=cmask)
+    tl.store(dgamma_ptr + cols, s2, mask=cmask)
+    if TRAINING:
+        tl.store(dbias_ptr + cols, s1 * 0.0, mask=cmask)
+    else:
+        tl.store(dbias_ptr + cols, scale * s1, mask=cmask)
+    m1 = s1 / B
+    m2 = s2 / B
+    for r0 in range(0, B, BLOCK_B):
+        rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+        m = (rows[:, None] < B) & cmask[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        dz = tl.load(dout_ptr + offs, mask=m, other=0.0)
+        if RELU:
+            dz = tl.where(tl.load(out_ptr + offs, mask=m, other=0.0) <= 0.0, 0.0, dz)
+        if TRAINING:
+            xhat = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * invstd[None, :]
+            dy = scale[None, :] * (dz - m1[None, :] - xhat * m2[None, :])
+        else:
+            dy = scale[None, :] * dz
+        tl.store(dy_ptr + offs, dy, mask=m)
+
+
+@triton.jit
+def _recon_forward_kernel(y_ptr, bias_ptr, t_ptr, out_ptr, B, N, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    rmask = rows < B
+    acc = tl.zeros([BLOCK_B], dtype=y_ptr.dtype.element_ty)
+    for c0 in range(0, N, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        m = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        d = tl.load(y_ptr + offs, mask=m, other=0.0) - tl.load(t_ptr + offs, mask=m, other=0.0)
+        if HAS_BIAS:
+            d += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
+        d = tl.where(m, d, 0.0)
+        acc += tl.sum(d * d, axis=1)
+    tl.store(out_ptr + rows, acc, mask=rmask)
+
+
+@triton.jit
+def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B, N, HAS_BIAS: tl.constexpr,
+                           WANT_DBIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
+    else:
+        bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    acc = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    for r0 in range(0, B, BLOCK_B):
+        rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
+        rmask = rows < B
+        m = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        go = tl.load(go_ptr + rows, mask=rmask, other=0.0)
+        d = tl.load(y_ptr + offs, mask=m, other=0.0) + bias[None, :] - tl.load(t_ptr + offs, mask=m, other=0.0)
+        g = tl.where(m, 2.0 * go[:, None] * d, 0.0)
+        tl.store(dy_ptr + offs, g, mask=m)
+        acc += tl.sum(g, axis=0)
+    if WANT_DBIAS:
+        tl.store(dbias_ptr + cols, acc, mask=cmask)
+
+
+@triton.jit
+def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    h = tl.load(h_ptr + offs, mask=m)
+    e = tl.load(noise_ptr + offs, mask=m)
+    tl.store(out_ptr + offs, h + sigma * e, mask=m)
+
+
+def _col_blocks(B: int, N: int):
+    block_n = min(max(triton.next_power_of_2(max(N, 1)), 16), 64)
+    block_b = max(1, min(triton.next_power_of_2(max(B, 1)), 4096 // block_n))
+    return block_b, block_n
+
+
+def _dummy(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    return other if t is None else t
+
+
+def bn_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+    B, N = y.shape
+    if N == 0:
+        return
+    block_b, block_n = _col_blocks(B, N)
+    grid = (triton.cdiv(N, block_n),)
+    _bn_forward_kernel[grid](y, _dummy(bias, gamma), gamma, beta, _dummy(rm, gamma), _dummy(rv, gamma), out, shift,
+                             invstd, _dummy(rm_out, shift), _dummy(rv_out, invstd), B, N, float(momentum),
+                             float(eps), HAS_BIAS=bias is not None, TRAINING=bool(training), TRACK=bool(track),
+                             RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n)
+
+
+def bn_backward(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+    B, N = y.shape
+    if N == 0:
+        return
+    block_b, block_n = _col_blocks(B, N)
+    grid = (triton.cdiv(N, block_n),)
+    _bn_backward_kernel[grid](dout, _dummy(out, dout), y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, B, N,
+                              TRAINING=bool(training), RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n)
+
+
+def recon_forward(y, bias, target, out):
+    B, N = y.shape
+    if B == 0:
+        return
+    block_n = min(max(triton.next_power_of_2(max(N, 1)), 16), 1024)
+    block_b = max(1, min(64, 4096 // block_n))
+    grid = (triton.cdiv(B, block_b),)
+    _recon_forward_kernel[grid](y, _dummy(bias, y), target, out, B, N, HAS_BIAS=bias is not None,
+                                BLOCK_B=block_b, BLOCK_N=block_n)
+
+
+def recon_backward(go, y, bias, target, dy, dbias):
+    B, N = y.shape
+    if N == 0:
+        return
+    block_b, block_n = _col_blocks(B, N)
+    grid = (triton.cdiv(N, block_n),)
+    _recon_backward_kernel[grid](go, y, _dummy(bias, y), target, dy, _dummy(dbias, dy), B, N,
+                                 HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, BLOCK_B=block_b,
+                                 BLOCK_N=block_n)
+
+
+def corrupt(h, noise, sigma, out):
+    numel = h.numel()
+    if numel == 0:
+        return
+    block = 1024
+    _corrupt_kernel[(triton.cdiv(numel, block),)](h, noise, out, float(sigma), numel, BLOCK=block)

@@ -1,0 +1,135 @@
+"""Triton kernels of the NTGAN mu-weighted clean/noisy losses (fastgan/ops/nt_losses.py); the math mirrors
+csrc/include/fastgan/nt_losses_math.h. The forward is one program (a batch of logits is small), so the
+sum is deterministic and needs no second pass.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _coef(k, N, mu, MEAN: tl.constexpr):
+    n_clean = N // 2
+    clean = k < n_clean
+    if MEAN:
+        c = tl.where(clean, mu / tl.maximum(n_clean, 1), (1.0 - mu) / tl.maximum(N - n_clean, 1))
+    else:
+        c = tl.where(clean, mu, 1.0 - mu)
+    return c
+
+
+@triton.jit
+def _js(psi, REAL: tl.constexpr):
+    s = _sigmoid(psi)
+    q = _sigmoid(-psi)
+    if REAL:
+        w = q * q
+        dw = -2.0 * s * q * q
+    else:
+        w = s * s
+        dw = 2.0 * s * s * q
+    return w, dw
+
+
+@triton.jit
+def _side_forward(l_ptr, w_ptr, N, stride, mu, SIGN: tl.constexpr, REAL: tl.constexpr, MEAN: tl.constexpr,
+                  JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for k0 in range(0, N, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        m = k < N
+        psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
+        if SIGN != 0:
+            total += tl.where(m, _coef(k, N, mu, MEAN) * _softplus(SIGN * psi), 0.0)
+        if JS:
+            w, dw = _js(psi, REAL)
+            tl.store(w_ptr + k, w, mask=m)
+    return total
+
+
+@triton.jit
+def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value, loss_ptr, wr_ptr, wf_ptr, NR, NF, sr, sf,
+                    GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK: tl.constexpr):
+    if HAS_MU:
+        mu = tl.load(mu_ptr).to(ACC)
+    else:
+        mu = mu_value
+    if GEN:
+        total = _side_forward(lf_ptr, wf_ptr, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+    else:
+        total = _side_forward(lr_ptr, wr_ptr, NR, sr, mu, -1, True, MEAN, JS, ACC, BLOCK)
+        total += _side_forward(lf_ptr, wf_ptr, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+    tl.store(loss_ptr, tl.sum(total, axis=0))
+
+
+@triton.jit
+def _side_backward(l_ptr, gw_ptr, d_ptr, k, N, stride, mu, go, SIGN: tl.constexpr, REAL: tl.constexpr,
+                   MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr):
+    m = k < N
+    psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
+    v = go * _coef(k, N, mu, MEAN) * (SIGN * _sigmoid(SIGN * psi))
+    if JS:
+        w, dw = _js(psi, REAL)
+        v += tl.load(gw_ptr + k, mask=m, other=0.0).to(ACC) * dw
+    tl.store(d_ptr + k, v, mask=m)
+
+
+@triton.jit
+def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value, go_ptr, gwr_ptr, gwf_ptr, dr_ptr, df_ptr, NR, NF, sr, sf,
+                     GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS_R: tl.constexpr,
+                     JS_F: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    if HAS_MU:
+        mu = tl.load(mu_ptr).to(ACC)
+    else:
+        mu = mu_value
+    go = tl.load(go_ptr).to(ACC)
+    real_programs = tl.cdiv(NR, BLOCK)
+    if pid < real_programs:
+        k = pid * BLOCK + tl.arange(0, BLOCK)
+        _side_backward(lr_ptr, gwr_ptr, dr_ptr, k, NR, sr, mu, go, -1, True, MEAN, JS_R, ACC)
+    else:
+        k = (pid - real_programs) * BLOCK + tl.arange(0, BLOCK)
+        if GEN:
+            _side_backward(lf_ptr, gwf_ptr, df_ptr, k, NF, sf, mu, go, -1, False, MEAN, JS_F, ACC)
+        else:
+            _side_backward(lf_ptr, gwf_ptr, df_ptr, k, NF, sf, mu, go, 1, False, MEAN, JS_F, ACC)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_real, w_fake):
+    block = min(max(triton.next_power_of_2(max(logits_real.numel(), logits_fake.numel(), 1)), 16), 1024)
+    _forward_kernel[(1,)](
+        logits_real, logits_fake, mu if mu is not None else loss, float(mu_value), loss,
+        w_real if w_real is not None else loss, w_fake if w_fake is not None else loss,
+        logits_real.numel(), logits_fake.numel(), logits_real.stride(0) if logits_real.numel() else 1,
+        logits_fake.stride(0) if logits_fake.numel() else 1,
+        GEN=bool(generator), MEAN=bool(mean), HAS_MU=mu is not None, JS=w_real is not None,
+        ACC=_acc(loss.dtype), BLOCK=block)
+
+
+def backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, generator, mean, d_real, d_fake):
+    block = 256
+    NR, NF = logits_real.numel(), logits_fake.numel()
+    grid = (max(triton.cdiv(NR, block) + triton.cdiv(NF, block), 1),)
+    _backward_kernel[grid](
+        logits_real, logits_fake, mu if mu is not None else go, float(mu_value), go,
+        gw_real if gw_real is not None else go, gw_fake if gw_fake is not None else go, d_real, d_fake,
+        NR, NF, logits_real.stride(0) if NR else 1, logits_fake.stride(0) if NF else 1,
+        GEN=bool(generator), MEAN=bool(mean), HAS_MU=mu is not None, JS_R=gw_real is not None,
+        JS_F=gw_fake is not None, ACC=_acc(go.dtype), BLOCK=block)

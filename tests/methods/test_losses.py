@@ -1,0 +1,149 @@
+"""Each loss and regularizer against a small hand-computed example (values worked out in the comments)."""
+import math
+
+import pytest
+import torch
+
+from fastgan.methods import fdiv, losses
+from fastgan.methods.roth import GammaSchedule
+from fastgan.reference import methods as ref
+
+T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+
+
+def test_minimax_d_loss_hand_values():
+    # D(x) = sigmoid(2), D(G(z)) = sigmoid(-1): -log sigmoid(2) - log(1 - sigmoid(-1)) = log(1+e^-2) + log(1+e^-1)
+    tr, tf = losses.d_terms("minimax", T(2.0), T(-1.0))
+    assert tr.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-12)
+    assert tf.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-12)
+    # at logits 0 both terms are log 2: the loss of a discriminator that cannot tell (Goodfellow, -log 4)
+    tr, tf = losses.d_terms("minimax", T(0.0), T(0.0))
+    assert (tr + tf).item() == pytest.approx(math.log(4), abs=1e-12)
+
+
+def test_generator_losses_hand_values():
+    # saturating: log(1 - sigmoid(-1)) = -log(1 + e^-1); non-saturating: -log sigmoid(-1) = log(1 + e)
+    assert losses.g_terms("minimax", "saturating", T(-1.0)).item() == pytest.approx(-math.log(1 + math.exp(-1)))
+    assert losses.g_terms("minimax", "nonsaturating", T(-1.0)).item() == pytest.approx(math.log(1 + math.e))
+    # least squares: (2 - 1)^2 / 2; WGAN: -psi
+    assert losses.g_terms("least_squares", "nonsaturating", T(2.0)).item() == pytest.approx(0.5)
+    assert losses.g_terms("wgan_gp", "nonsaturating", T(2.5)).item() == pytest.approx(-2.5)
+
+
+def test_least_squares_and_wgan_d_terms():
+    tr, tf = losses.d_terms("least_squares", T(3.0), T(2.0))
+    assert (tr.item(), tf.item()) == (pytest.approx(2.0), pytest.approx(2.0))  # (3-1)^2/2, 2^2/2
+    tr, tf = losses.d_terms("wgan_gp", T(3.0), T(2.0))
+    assert (tr.item(), tf.item()) == (pytest.approx(-3.0), pytest.approx(2.0))
+
+
+def test_softplus_form_is_finite_where_the_naive_form_is_not():
+    v = torch.tensor([-200.0, 200.0])  # float32
+    tr, tf = losses.d_terms("minimax", v, -v)
+    assert torch.isfinite(tr).all() and torch.isfinite(tf).all()
+    assert tr[0].item() == pytest.approx(200.0) and tf[1].item() == pytest.approx(0.0, abs=1e-30)
+    assert not torch.isfinite(-torch.log(torch.sigmoid(v[:1]))).all()  # what the softplus form avoids
+    g = losses.g_terms("minimax", "nonsaturating", v)
+    assert torch.isfinite(g).all() and g[0].item() == pytest.approx(200.0)
+
+
+def test_weighted_reduce():
+    t = T(1.0, 2.0, 3.0, 4.0)
+    assert losses.reduce(t).item() == pytest.approx(2.5)
+    w = T(0.1, 0.1, 0.4, 0.4)
+    assert losses.reduce(t, w).item() == pytest.approx(0.1 + 0.2 + 1.2 + 1.6)
+
+
+class Linear(torch.nn.Module):
+    """psi(x) = a . x: the input gradient is a everywhere."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ self.a
+
+
+def test_wgan_gp_hand_value():
+    D = Linear([3.0, 4.0])  # ||grad|| = 5 everywhere: (5 - 1)^2 = 16 per sample
+    x = torch.randn(4, 2, dtype=torch.float64)
+    gp = losses.gp_per_sample(D, x, -x, torch.rand(4, dtype=torch.float64))
+    assert torch.allclose(gp, torch.full((4,), 16.0, dtype=torch.float64))
+
+
+def test_roth_js_hand_value():
+    from fastgan.methods.roth import regularizer
+
+    # At x = 0, psi = 0 and sigmoid = 1/2, so Omega = 1/4 ||a||^2 (real) + 1/4 ||a||^2 (fake) = 12.5 for a = (3, 4)
+    D = Linear([3.0, 4.0])
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    omega, lr, lf = regularizer(D, "js", x, x)
+    assert omega.item() == pytest.approx(12.5)
+    assert torch.equal(lr, torch.zeros(3, dtype=torch.float64))
+    # per-sample weights give the weighted expectations: half the weight on the real side halves its term
+    w = torch.full((3,), 1 / 6, dtype=torch.float64)
+    omega_w, _, _ = regularizer(D, "js", x, x, w, torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert omega_w.item() == pytest.approx(6.25 / 2 + 6.25)
+    # R1 / R2: ||a||^2 = 25
+    assert regularizer(D, "r1", x, x)[0].item() == pytest.approx(25.0)
+    assert regularizer(D, "r2", x, x)[0].item() == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("f", fdiv.DIVERGENCES)
+def test_fgan_stable_forms_match_the_table(f):
+    v = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    g, fstar = ref.F_GAN[f]
+    assert torch.allclose(fdiv.activation(f, v), g(v), atol=1e-12)
+    assert torch.allclose(fdiv.conjugate_of_activation(f, v), fstar(g(v)), atol=1e-10)
+
+
+@pytest.mark.parametrize("f", fdiv.DIVERGENCES)
+def test_f_penalty_weight_is_conjugate_curvature_times_activation_slope(f):
+    # w(v) = f*''(g_f(v)) g_f'(v)^2, derived by hand in fdiv.py; checked here by autograd of the table.
+    g, fstar = ref.F_GAN[f]
+    v = torch.linspace(-2, 2, 9, dtype=torch.float64, requires_grad=True)
+    t = g(v)
+    (dg,) = torch.autograd.grad(t.sum(), v, create_graph=True)
+    (d1,) = torch.autograd.grad(fstar(t).sum(), t, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), t)
+    weight, scale = fdiv.penalty_weight(f)
+    w = scale * (torch.ones_like(v) if weight == "one" else weight(v.detach()))
+    assert torch.allclose(w, (d2 * dg ** 2).detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_fgan_gan_divergence_is_the_minimax_loss():
+    v_r, v_f = T(0.3, -1.2), T(2.0, -0.5)
+    a = losses.d_terms("fgan", v_r, v_f, "gan")
+    b = losses.d_terms("minimax", v_r, v_f)
+    assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
+    assert torch.allclose(losses.g_terms("fgan", "nonsaturating", v_f, "gan"),
+                          losses.g_terms("minimax", "nonsaturating", v_f))
+
+
+def test_gamma_annealing_schedule_values():
+    # Roth Algorithm 1: gamma = gamma0 * alpha^(t/T); gamma0 = 2, alpha = 0.01, T = 100
+    s = GammaSchedule("anneal", 0.1, 2.0, 0.01, 100)
+    expect = {0: 2.0, 1: 2.0 * 0.01 ** 0.01, 50: 0.2, 100: 0.02, 150: 0.02}
+    for t, want in expect.items():
+        assert s.update(t).item() == pytest.approx(want, rel=1e-6), t
+        assert s.update(t).item() == pytest.approx(ref.gamma_schedule(min(t, 100), 2.0, 0.01, 100), rel=1e-6)
+    before = s.value
+    s.update(torch.tensor(25))  # a device-tensor step works and updates the same tensor in place
+    assert s.value is before and s.value.item() == pytest.approx(2.0 * 0.01 ** 0.25, rel=1e-6)
+    fixed = GammaSchedule("fixed", 0.1, 2.0, 0.01, 100)
+    assert fixed.update(77).item() == pytest.approx(0.1)
+
+
+def test_fixed_noise_linear_annealing():
+    from fastgan.methods.nt import FixedNoise
+
+    n = FixedNoise(1.5, "linear", total=10)
+    n.update(0)
+    assert n.sigma.item() == pytest.approx(1.5)
+    n.update(4)
+    assert n.sigma.item() == pytest.approx(1.5 * 0.6)
+    n.update(10)
+    assert n.sigma.item() == 0.0
+    n.update(12)
+    assert n.sigma.item() == 0.0

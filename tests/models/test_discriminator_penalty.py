@@ -1,0 +1,75 @@
+"""Discriminators must support gradient penalties: autograd.grad(logits, x, create_graph=True) and a backward
+through it, and their mixed second derivatives (d/dθ of ∇x D) must be right."""
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from fastgan.models import ModelConfig, build_discriminator
+
+SMALL = [
+    ("mlp", (3,), dict(d_hidden=(6, 5))),
+    ("mlp", (2,), dict(d_hidden=(6, 5), mlp_activation="leaky_relu", d_batchnorm=True)),
+    ("goodfellow", (4,), dict(d_hidden=(5, 4), maxout_pieces=3)),
+    ("dcgan", (2, 8, 8), dict(dcgan_width=2)),
+]
+
+
+def penalty_step(D, x):
+    x = x.detach().requires_grad_()
+    g, = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    loss = g.pow(2).flatten(1).sum(1).mean()
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("sn", [False, True])
+@pytest.mark.parametrize("arch,shape,kw", SMALL)
+def test_double_backward_reaches_parameters(arch, shape, kw, sn):
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(arch=arch, spectral_norm=sn, **kw), shape)
+    D.train()
+    for _ in range(2):  # twice: spectral norm's in-place power iteration must not break the second pass
+        D.zero_grad()
+        loss = penalty_step(D, torch.randn(6, *shape))
+    assert torch.isfinite(loss) and loss > 0
+    first = next(m for m in D.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    w = first.parametrizations.weight.original if sn else first.weight
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch,shape,kw", SMALL)
+def test_mixed_second_derivatives_gradgradcheck(arch, shape, kw):
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(arch=arch, **kw), shape).double()
+    if arch == "goodfellow":
+        D.eval()  # dropout off: deterministic
+    names = [n for n, _ in D.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in D.parameters())
+    x = torch.randn(4, *shape, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        return functional_call(D, dict(zip(names, ps)), (x,))
+
+    # checks ∂²D/∂x∂θ (what the penalty's parameter gradient needs) against finite differences;
+    # BatchNorm stays in train mode (batch statistics), which is deterministic given the batch
+    # fast_mode: random projections instead of full Jacobians (the full check of the conv D takes minutes)
+    assert torch.autograd.gradgradcheck(f, (x, *params), eps=1e-6, atol=1e-4, fast_mode=True)
+
+
+def test_spectral_norm_option():
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(spectral_norm=True, d_hidden=(16, 16)), (3,))
+    layers = [m for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 3 and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    plain = build_discriminator(ModelConfig(d_hidden=(16, 16)), (3,))
+    assert not any(parametrize.is_parametrized(m, "weight") for m in plain.modules() if isinstance(m, torch.nn.Linear))
+    D.train()
+    for _ in range(30):  # power iteration converges over forward passes
+        D(torch.randn(2, 3))
+    for m in layers:
+        sigma = torch.linalg.matrix_norm(m.weight.detach(), ord=2)
+        assert abs(sigma.item() - 1.0) < 0.05
+    convD = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, spectral_norm=True), (1, 8, 8))
+    convs = [m for m in convD.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(parametrize.is_parametrized(m, "weight") for m in convs)

@@ -1,0 +1,74 @@
+"""Importing fastgan is lean, the extension loads on a CPU-only machine, and `fastgan info` tells the truth."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fastgan
+
+
+def _run(code: str, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+
+
+def test_import_does_not_import_triton_or_initialise_cuda():
+    r = _run("import sys, torch, fastgan, fastgan.ops\n"
+             "assert 'triton' not in sys.modules, 'triton imported'\n"
+             "assert 'fastgan.kernels' not in sys.modules\n"
+             "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
+             "print('ok')")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_extension_loads_and_reports_build():
+    import fastgan._C as C
+
+    assert isinstance(C.cuda_compiled, bool)
+    assert hasattr(C, "penalty_forward_cpu") and hasattr(C, "penalty_backward_cpu")
+    if C.cuda_compiled:
+        assert C.cuda_archs  # e.g. "80,90"
+        n, err = C.cuda_device_count()  # statically linked cudart: an error string, never a crash
+        assert isinstance(n, int) and isinstance(err, str)
+        assert hasattr(C, "penalty_forward_cuda")
+
+
+@pytest.mark.skipif(os.environ.get("FASTGAN_CUDA") == "0", reason="CUDA build disabled with FASTGAN_CUDA=0")
+def test_cuda_sources_were_compiled_when_nvcc_is_present():
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc is None:
+        pytest.skip("no nvcc on this machine: the CUDA kernels are not built here")
+    import fastgan._C as C
+
+    assert C.cuda_compiled, "nvcc is present but fastgan._C was built without CUDA kernels"
+
+
+def test_info_reports_backends_and_reasons():
+    r = fastgan.info()
+    assert r["extension"]["loaded"] is True
+    cpu = r["backends"]["cpu"]
+    assert cpu["cpu"]["usable"] and cpu["reference"]["usable"]
+    assert not cpu["cuda"]["usable"] and "CUDA tensors" in cpu["cuda"]["reason"]
+    for name, st in r["backends"]["cuda"].items():
+        assert st["usable"] or st["reason"], name
+
+
+def test_cli_info_text_and_json():
+    r = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "fastgan._C: loaded" in r.stdout and "backends for cpu tensors" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fastgan", "info", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["extension"]["loaded"] is True
+
+
+def test_triton_backend_reason_without_interpreter():
+    r = _run("import torch, fastgan\n"
+             "from fastgan.ops import _dispatch\n"
+             "ok, why = _dispatch.status('triton', torch.device('cpu'))\n"
+             "print(ok, why)", TRITON_INTERPRET="0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("False") and "TRITON_INTERPRET=1" in r.stdout
