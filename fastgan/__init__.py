@@ -2,6 +2,7 @@
 Triton / CUDA C++ kernels. Importing fastgan neither initialises CUDA nor imports triton nor compiles."""
 from . import ops
 from .info import info
+from .train import train  # the function; it shadows the submodule fastgan.train on purpose
 
 __version__ = "0.1.0"
-__all__ = ["ops", "info", "__version__"]
+__all__ = ["ops", "info", "train", "__version__"]

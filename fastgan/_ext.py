@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from pathlib import Path
 
 import torch
 
@@ -15,7 +16,12 @@ def _load():
     try:
         return importlib.import_module("fastgan._C"), None
     except ImportError as e:  # not built (source checkout without `pip install -e .`) or broken build
-        return None, f"fastgan._C failed to import: {e}"
+        msg = f"fastgan._C failed to import: {e}"
+        src_root = Path(__file__).resolve().parent.parent
+        if (src_root / "setup.py").exists() and (src_root / "csrc").is_dir():
+            msg += (f" (fastgan was imported from the source tree {src_root}, which holds no built extension: "
+                    "run `pip install -e .` there, or run from another directory so the installed package is used)")
+        return None, msg
 
 
 def C():

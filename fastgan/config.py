@@ -115,7 +115,8 @@ class OptimConfig:
     # NTGAN's noise model and DFM's denoiser; None: lr_d.
     lr_noise: Optional[float] = field(default=None, metadata={"gt": 0.0})
     lr_denoiser: Optional[float] = field(default=None, metadata={"gt": 0.0})
-    beta1: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    # 0.5: Roth et al.'s 3-D mixture code (AdamOptimizer(lr, beta1=0.5)), DCGAN, NTGAN, DFM.
+    beta1: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     beta2: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
     # SGD only.
     momentum: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
@@ -125,22 +126,29 @@ class OptimConfig:
 class RunConfig:
     name: str = "roth-mixture"
     # Generator iterations.
-    steps: int = field(default=1500, metadata={"min": 1})
+    steps: int = field(default=3000, metadata={"min": 1})
     seed: int = 0
     # cpu, cuda, cuda:N or auto (cuda when available).
     device: str = "cpu"
     # The run folder is <out_dir>/<name>-<timestamp> unless dir is given.
     out_dir: str = "runs"
     dir: Optional[str] = None
-    log_every: int = field(default=50, metadata={"min": 1})
+    log_every: int = field(default=100, metadata={"min": 1})
     # 0: only at the end of the run.
-    sample_every: int = field(default=500, metadata={"min": 0})
-    checkpoint_every: int = field(default=500, metadata={"min": 0})
+    sample_every: int = field(default=1000, metadata={"min": 0})
+    checkpoint_every: int = field(default=1000, metadata={"min": 0})
     # Samples in a grid / scatter plot (None: 64 images or 2560 points); mixtures also get mode metrics.
     num_samples: Optional[int] = field(default=None, metadata={"min": 1})
     tensorboard: bool = True
     # auto: a tqdm bar only when stderr is a terminal.
     progress: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
+    # Goodfellow et al.'s Parzen-window log-likelihood at the end of the run: parzen_samples generated
+    # samples, sigma cross-validated on parzen_validation held-out samples (the end of the training split),
+    # mean log-likelihood of parzen_test test samples.
+    parzen: bool = False
+    parzen_samples: int = field(default=10000, metadata={"min": 1})
+    parzen_validation: int = field(default=1000, metadata={"min": 1})
+    parzen_test: int = field(default=10000, metadata={"min": 1})
 
 
 @dataclass(frozen=True)
@@ -152,12 +160,10 @@ class TrainConfig:
     run: RunConfig = RunConfig()
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "optim": OptimConfig,
-            "run": RunConfig}
-
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_FIELDS = ("run.steps", "run.device", "run.log_every", "run.sample_every", "run.checkpoint_every",
-                    "run.num_samples", "run.tensorboard", "run.progress", "run.out_dir", "run.dir")
+                    "run.num_samples", "run.tensorboard", "run.progress", "run.out_dir", "run.dir", "run.parzen",
+                    "run.parzen_samples", "run.parzen_validation", "run.parzen_test")
 
 
 # ------------------------------------------------------------------------------------------ type checks
@@ -365,6 +371,30 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+# ------------------------------------------------------------------------------------------ YAML
+
+_LOADER = None
+
+
+def yaml_load(text: str):
+    """yaml.safe_load with YAML 1.2 booleans: only true/false are booleans, so `progress: off` or
+    `--set run.progress=off` stay strings (YAML 1.1 would read on/off/yes/no as booleans)."""
+    global _LOADER
+    import yaml
+
+    if _LOADER is None:
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.yaml_implicit_resolvers = {
+            k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+            for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                     list("tTfF"))
+        _LOADER = Loader
+    return yaml.load(text, Loader=_LOADER)
+
+
 # ------------------------------------------------------------------------------------------ public API
 
 def from_dict(data: Mapping) -> TrainConfig:
@@ -395,7 +425,7 @@ def load_config(path) -> TrainConfig:
     if p.is_dir():
         raise ConfigError(f"config: {p} is a folder; give a YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
     try:
@@ -428,7 +458,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -488,7 +518,7 @@ def coerce(cfg, overrides=None) -> TrainConfig:
         if not p.exists():
             raise FileNotFoundError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
     else:

@@ -9,10 +9,14 @@ import pytest
 
 import fastgan
 
+_NEUTRAL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))  # where the package is installed
+
 
 def _run(code: str, **env):
     e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path, and the source tree has no _C
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120,
+                          cwd=_NEUTRAL_DIR)
 
 
 def test_import_does_not_import_triton_or_initialise_cuda():
@@ -56,11 +60,13 @@ def test_info_reports_backends_and_reasons():
         assert st["usable"] or st["reason"], name
 
 
-def test_cli_info_text_and_json():
-    r = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120)
+def test_cli_info_text_and_json(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "fastgan._C: loaded" in r.stdout and "backends for cpu tensors" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "fastgan", "info", "--json"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "fastgan", "info", "--json"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["extension"]["loaded"] is True
 

@@ -28,8 +28,54 @@ constexpr int64_t kChunk = 64;
 
 int64_t n_chunks(int64_t N) { return (N + kChunk - 1) / kChunk; }
 
-// Statistics and normalisation accumulate in double whatever the storage dtype, so the fp32 path is at
-// least as accurate as torch's float reductions it is tested against.
+// Reductions (batch statistics, gradient sums, the loss) accumulate in double whatever the storage dtype,
+// so the fp32 path is at least as accurate as torch's float reductions it is tested against; the
+// element-wise passes run in the storage dtype (a double round trip per element costs ~7x on SSE2).
+// Column sums add kRowBlock rows in T, then flush into double: the inner loops stay vectorised
+// (per-element conversions to double stop GCC's vectoriser), and the T partial sums are only 8 long.
+constexpr int64_t kRowBlock = 8;
+
+// acc[j] += sum over rows n of term(n, j) for the nf columns of a chunk.
+template <typename T, typename Term>
+inline void column_sums(int64_t B, int64_t nf, double* acc, Term term) {
+  for (int64_t n0 = 0; n0 < B; n0 += kRowBlock) {
+    T part[kChunk] = {0};
+    const int64_t n1 = std::min(B, n0 + kRowBlock);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < nf; ++j) part[j] += term(n, j);
+    for (int64_t j = 0; j < nf; ++j) acc[j] += double(part[j]);
+  }
+}
+
+template <typename T, typename Term>
+inline void column_sums2(int64_t B, int64_t nf, double* acc1, double* acc2, Term term) {
+  for (int64_t n0 = 0; n0 < B; n0 += kRowBlock) {
+    T p1[kChunk] = {0}, p2[kChunk] = {0};
+    const int64_t n1 = std::min(B, n0 + kRowBlock);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < nf; ++j) {
+        T a, b;
+        term(n, j, &a, &b);
+        p1[j] += a;
+        p2[j] += b;
+      }
+    for (int64_t j = 0; j < nf; ++j) {
+      acc1[j] += double(p1[j]);
+      acc2[j] += double(p2[j]);
+    }
+  }
+}
+
+// out = relu?((y - shift) * scale + beta) over one column chunk, in T.
+template <typename T, bool RELU>
+void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const T* sh, const T* sc, const T* be) {
+  for (int64_t n = 0; n < B; ++n) {
+    const T* row = y + n * N;
+    T* orow = out + n * N;
+    for (int64_t j = 0; j < nf; ++j) orow[j] = bn::normalize<T>(row[j], sh[j], sc[j], be[j], RELU);
+  }
+}
+
 template <typename T>
 void bn_forward(const T* y, const T* bias, const T* gamma, const T* beta, const T* rm_in, const T* rv_in, T* out,
                 T* shift, T* invstd, T* rm_out, T* rv_out, int64_t B, int64_t N, bool training, bool track,
@@ -38,30 +84,25 @@ void bn_forward(const T* y, const T* bias, const T* gamma, const T* beta, const 
 #pragma omp parallel for schedule(static) if (B * N > kParallelWork)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    double sh[kChunk], sc[kChunk], be[kChunk];
+    T sh[kChunk], sc[kChunk], be[kChunk];
     if (training) {
       // Two passes (mean, then centred squares): no cancellation when |mean| >> std.
-      double sum[kChunk] = {0}, mean[kChunk], sq[kChunk] = {0};
-      for (int64_t n = 0; n < B; ++n) {
-        const T* row = y + n * N + f0;
-        for (int64_t j = 0; j < nf; ++j) sum[j] += double(row[j]);
-      }
-      for (int64_t j = 0; j < nf; ++j) mean[j] = sum[j] / double(B);
-      for (int64_t n = 0; n < B; ++n) {
-        const T* row = y + n * N + f0;
-        for (int64_t j = 0; j < nf; ++j) {
-          double d = double(row[j]) - mean[j];
-          sq[j] += d * d;
-        }
-      }
+      double sum[kChunk] = {0}, sq[kChunk] = {0};
+      T mean[kChunk];
+      const T* yc = y + f0;
+      column_sums<T>(B, nf, sum, [&](int64_t n, int64_t j) { return yc[n * N + j]; });
+      for (int64_t j = 0; j < nf; ++j) mean[j] = T(sum[j] / double(B));
+      column_sums<T>(B, nf, sq, [&](int64_t n, int64_t j) {
+        T d = yc[n * N + j] - mean[j];
+        return d * d;
+      });
       for (int64_t j = 0; j < nf; ++j) {
         const int64_t f = f0 + j;
         double s, is;
-        bn::train_stats<double>(sum[j], sq[j], B, eps, &s, &is);
-        sh[j] = s;
-        shift[f] = T(s);
+        bn::train_stats<double>(sum[j], sq[j], B, eps, &s, &is);  // centred on the T-rounded mean: exact enough
+        shift[f] = sh[j] = T(s);
         invstd[f] = T(is);
-        sc[j] = double(gamma[f]) * is;
+        sc[j] = T(double(gamma[f]) * is);
         if (track) {
           double rm = double(rm_in[f]), rv = double(rv_in[f]);
           bn::running_update<double>(s, sq[j], B, bias ? double(bias[f]) : 0.0, momentum, &rm, &rv);
@@ -74,17 +115,49 @@ void bn_forward(const T* y, const T* bias, const T* gamma, const T* beta, const 
         const int64_t f = f0 + j;
         double s, is;
         bn::eval_stats<double>(double(rm_in[f]), double(rv_in[f]), bias ? double(bias[f]) : 0.0, eps, &s, &is);
-        sh[j] = s;
-        shift[f] = T(s);
+        shift[f] = sh[j] = T(s);
         invstd[f] = T(is);
-        sc[j] = double(gamma[f]) * is;
+        sc[j] = T(double(gamma[f]) * is);
       }
     }
-    for (int64_t j = 0; j < nf; ++j) be[j] = double(beta[f0 + j]);
-    for (int64_t n = 0; n < B; ++n) {
-      const T* row = y + n * N + f0;
-      T* orow = out + n * N + f0;
-      for (int64_t j = 0; j < nf; ++j) orow[j] = T(bn::normalize<double>(double(row[j]), sh[j], sc[j], be[j], relu));
+    for (int64_t j = 0; j < nf; ++j) be[j] = beta[f0 + j];
+    if (relu)
+      normalize_chunk<T, true>(y + f0, out + f0, B, N, nf, sh, sc, be);
+    else
+      normalize_chunk<T, false>(y + f0, out + f0, B, N, nf, sh, sc, be);
+  }
+}
+
+template <typename T, bool RELU>
+void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd,
+                       T* dy, T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N, int64_t nf, bool training) {
+  T sh[kChunk], is[kChunk], sc[kChunk], m1[kChunk], m2[kChunk];
+  double s1[kChunk] = {0}, s2[kChunk] = {0};
+  for (int64_t j = 0; j < nf; ++j) {
+    sh[j] = shift[j];
+    is[j] = invstd[j];
+    sc[j] = gamma[j] * is[j];
+  }
+  column_sums2<T>(B, nf, s1, s2, [&](int64_t n, int64_t j, T* a, T* b) {
+    const int64_t i = n * N + j;
+    const T d = dout[i], o = RELU ? out[i] : T(1), v = y[i];  // unconditional loads keep the loop branch-free
+    const T dz = bn::relu_grad<T>(d, o, RELU);
+    *a = dz;
+    *b = dz * ((v - sh[j]) * is[j]);
+  });
+  for (int64_t j = 0; j < nf; ++j) {
+    dbeta[j] = T(s1[j]);
+    dgamma[j] = T(s2[j]);
+    dbias[j] = T(bn::bias_grad<double>(double(sc[j]), s1[j], training));
+    m1[j] = T(s1[j] / double(B));
+    m2[j] = T(s2[j] / double(B));
+  }
+  for (int64_t n = 0; n < B; ++n) {
+    const int64_t o = n * N;
+    for (int64_t j = 0; j < nf; ++j) {
+      const T d = dout[o + j], ov = RELU ? out[o + j] : T(1), v = y[o + j];
+      dy[o + j] = bn::input_grad<T>(bn::relu_grad<T>(d, ov, RELU), (v - sh[j]) * is[j], sc[j], m1[j], m2[j],
+                                    training);
     }
   }
 }
@@ -96,37 +169,12 @@ void bn_backward(const T* dout, const T* out, const T* y, const T* gamma, const 
 #pragma omp parallel for schedule(static) if (B * N > kParallelWork)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    double sh[kChunk], is[kChunk], sc[kChunk], s1[kChunk] = {0}, s2[kChunk] = {0};
-    for (int64_t j = 0; j < nf; ++j) {
-      sh[j] = double(shift[f0 + j]);
-      is[j] = double(invstd[f0 + j]);
-      sc[j] = double(gamma[f0 + j]) * is[j];
-    }
-    for (int64_t n = 0; n < B; ++n) {
-      const int64_t o = n * N + f0;
-      for (int64_t j = 0; j < nf; ++j) {
-        double dz = bn::relu_grad<double>(double(dout[o + j]), relu ? double(out[o + j]) : 1.0, relu);
-        s1[j] += dz;
-        s2[j] += dz * (double(y[o + j]) - sh[j]) * is[j];
-      }
-    }
-    double m1[kChunk], m2[kChunk];
-    for (int64_t j = 0; j < nf; ++j) {
-      const int64_t f = f0 + j;
-      dbeta[f] = T(s1[j]);
-      dgamma[f] = T(s2[j]);
-      dbias[f] = T(bn::bias_grad<double>(sc[j], s1[j], training));
-      m1[j] = s1[j] / double(B);
-      m2[j] = s2[j] / double(B);
-    }
-    for (int64_t n = 0; n < B; ++n) {
-      const int64_t o = n * N + f0;
-      for (int64_t j = 0; j < nf; ++j) {
-        double dz = bn::relu_grad<double>(double(dout[o + j]), relu ? double(out[o + j]) : 1.0, relu);
-        double xhat = (double(y[o + j]) - sh[j]) * is[j];
-        dy[o + j] = T(bn::input_grad<double>(dz, xhat, sc[j], m1[j], m2[j], training));
-      }
-    }
+    if (relu)
+      bn_backward_chunk<T, true>(dout + f0, out + f0, y + f0, gamma + f0, shift + f0, invstd + f0, dy + f0,
+                                 dgamma + f0, dbeta + f0, dbias + f0, B, N, nf, training);
+    else
+      bn_backward_chunk<T, false>(dout + f0, nullptr, y + f0, gamma + f0, shift + f0, invstd + f0, dy + f0,
+                                  dgamma + f0, dbeta + f0, dbias + f0, B, N, nf, training);
   }
 }
 
@@ -137,9 +185,18 @@ void recon_forward(const T* y, const T* bias, const T* t, T* out, int64_t B, int
     const T* yr = y + n * N;
     const T* tr = t + n * N;
     double s = 0.0;
-    for (int64_t f = 0; f < N; ++f) {
-      double d = recon::diff<double>(double(yr[f]), bias ? double(bias[f]) : 0.0, double(tr[f]));
-      s += d * d;
+    // kChunk lanes of T partial sums, each over at most kRowBlock elements, flushed into double
+    for (int64_t f0 = 0; f0 < N; f0 += kChunk * kRowBlock) {
+      T part[kChunk] = {0};
+      const int64_t f_end = std::min(N, f0 + kChunk * kRowBlock);
+      for (int64_t f1 = f0; f1 < f_end; f1 += kChunk) {
+        const int64_t nf = std::min(kChunk, f_end - f1);
+        for (int64_t j = 0; j < nf; ++j) {
+          T d = recon::diff<T>(yr[f1 + j], bias ? bias[f1 + j] : T(0), tr[f1 + j]);
+          part[j] += d * d;
+        }
+      }
+      for (int64_t j = 0; j < kChunk; ++j) s += double(part[j]);
     }
     out[n] = T(s);
   }
@@ -151,17 +208,15 @@ void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T
 #pragma omp parallel for schedule(static) if (B * N > kParallelWork)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    double b[kChunk], db[kChunk] = {0};
-    for (int64_t j = 0; j < nf; ++j) b[j] = bias ? double(bias[f0 + j]) : 0.0;
-    for (int64_t n = 0; n < B; ++n) {
-      const int64_t o = n * N + f0;
-      const double g = double(go[n]);
-      for (int64_t j = 0; j < nf; ++j) {
-        double v = recon::grad<double>(g, recon::diff<double>(double(y[o + j]), b[j], double(t[o + j])));
-        dy[o + j] = T(v);
-        db[j] += v;
-      }
-    }
+    T b[kChunk];
+    double db[kChunk] = {0};
+    for (int64_t j = 0; j < nf; ++j) b[j] = bias ? bias[f0 + j] : T(0);
+    column_sums<T>(B, nf, db, [&](int64_t n, int64_t j) {
+      const int64_t i = n * N + f0 + j;
+      T v = recon::grad<T>(go[n], recon::diff<T>(y[i], b[j], t[i]));
+      dy[i] = v;
+      return v;
+    });
     if (dbias != nullptr)
       for (int64_t j = 0; j < nf; ++j) dbias[f0 + j] = T(db[j]);
   }

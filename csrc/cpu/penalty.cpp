@@ -18,7 +18,7 @@ namespace fastgan {
 namespace {
 
 // Rows are independent; parallelise over them only when there is enough work to pay for the threads.
-constexpr int64_t kParallelWork = 1 << 15;
+constexpr int64_t kParallelWork = 1 << 18;
 
 // Sums in double whatever the storage dtype: the CPU path is then at least as accurate as torch's
 // pairwise float32 reduction it is tested against.

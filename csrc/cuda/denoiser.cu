@@ -1,6 +1,8 @@
 // CUDA kernels of the fused DFM denoiser layers; math in fastgan/bn_math.h (shared with the CPU kernels).
 // Per-feature kernels use a (32 features) x (16 row lanes) block: loads along a row are coalesced, each
-// thread strides over rows, and the 16 partial sums meet in shared memory. The GEMMs stay on cuBLAS
+// thread strides over rows, and the 16 partial sums meet in shared memory. Reductions accumulate in double
+// (as the CPU kernels do; these kernels are memory-bound, so the FP64 adds cost nothing measurable on
+// data-centre GPUs), element-wise math runs in the storage dtype. The GEMMs stay on cuBLAS
 // (torch); these kernels are the epilogue (bias, statistics, normalise, ReLU, running stats) and its
 // backward, the loss and the corruption.
 #include <cuda_runtime.h>
@@ -37,49 +39,48 @@ template <typename T>
 __global__ void __launch_bounds__(TX * TY) bn_forward_kernel(
     const T* __restrict__ y, const T* __restrict__ bias, const T* __restrict__ gamma, const T* __restrict__ beta,
     const T* rm, const T* rv, T* __restrict__ out, T* __restrict__ shift, T* __restrict__ invstd, T* rm_out, T* rv_out,
-    int64_t B, int64_t N, bool training, bool track, T momentum, T eps, bool relu) {
-  __shared__ T red[TY][TX + 1];
+    int64_t B, int64_t N, bool training, bool track, double momentum, double eps, bool relu) {
+  __shared__ double red[TY][TX + 1];
+  __shared__ double s_mean[TX];
   __shared__ T s_shift[TX], s_scale[TX], s_beta[TX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   if (training) {
-    T s = T(0);
+    double s = 0.0;
     if (ok)
-      for (int64_t r = ty; r < B; r += TY) s += y[r * N + f];
-    const T sum = column_sum(s, red);
-    if (ty == 0) s_shift[tx] = sum / T(B);
+      for (int64_t r = ty; r < B; r += TY) s += double(y[r * N + f]);
+    const double sum = column_sum(s, red);
+    if (ty == 0) s_mean[tx] = sum / double(B);
     __syncthreads();
-    const T mean = s_shift[tx];
-    T q = T(0);
+    const double mean = s_mean[tx];
+    double q = 0.0;
     if (ok)
       for (int64_t r = ty; r < B; r += TY) {
-        T d = y[r * N + f] - mean;
+        double d = double(y[r * N + f]) - mean;
         q += d * d;
       }
-    const T sq = column_sum(q, red);
+    const double sq = column_sum(q, red);
     if (ty == 0 && ok) {
-      T sh, is;
-      bn::train_stats<T>(sum, sq, B, eps, &sh, &is);
-      shift[f] = sh;
-      invstd[f] = is;
-      s_shift[tx] = sh;
-      s_scale[tx] = gamma[f] * is;
+      double sh, is;
+      bn::train_stats<double>(sum, sq, B, eps, &sh, &is);
+      shift[f] = s_shift[tx] = T(sh);
+      invstd[f] = T(is);
+      s_scale[tx] = T(double(gamma[f]) * is);
       s_beta[tx] = beta[f];
       if (track) {
-        T m = rm[f], v = rv[f];
-        bn::running_update<T>(sh, sq, B, load_or(bias, f, T(0)), momentum, &m, &v);
-        rm_out[f] = m;
-        rv_out[f] = v;
+        double m = double(rm[f]), v = double(rv[f]);
+        bn::running_update<double>(sh, sq, B, double(load_or(bias, f, T(0))), momentum, &m, &v);
+        rm_out[f] = T(m);
+        rv_out[f] = T(v);
       }
     }
   } else if (ty == 0 && ok) {
-    T sh, is;
-    bn::eval_stats<T>(rm[f], rv[f], load_or(bias, f, T(0)), eps, &sh, &is);
-    shift[f] = sh;
-    invstd[f] = is;
-    s_shift[tx] = sh;
-    s_scale[tx] = gamma[f] * is;
+    double sh, is;
+    bn::eval_stats<double>(double(rm[f]), double(rv[f]), double(load_or(bias, f, T(0))), eps, &sh, &is);
+    shift[f] = s_shift[tx] = T(sh);
+    invstd[f] = T(is);
+    s_scale[tx] = T(double(gamma[f]) * is);
     s_beta[tx] = beta[f];
   }
   __syncthreads();
@@ -93,29 +94,29 @@ __global__ void __launch_bounds__(TX * TY) bn_backward_kernel(
     const T* __restrict__ dout, const T* __restrict__ out, const T* __restrict__ y, const T* __restrict__ gamma,
     const T* __restrict__ shift, const T* __restrict__ invstd, T* __restrict__ dy, T* __restrict__ dgamma,
     T* __restrict__ dbeta, T* __restrict__ dbias, int64_t B, int64_t N, bool training, bool relu) {
-  __shared__ T red[TY][TX + 1];
+  __shared__ double red[TY][TX + 1];
   __shared__ T s_m1[TX], s_m2[TX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   const T sh = ok ? shift[f] : T(0), is = ok ? invstd[f] : T(0);
   const T sc = ok ? gamma[f] * is : T(0);
-  T a = T(0), b = T(0);
+  double a = 0.0, b = 0.0;
   if (ok)
     for (int64_t r = ty; r < B; r += TY) {
       const int64_t i = r * N + f;
       T dz = bn::relu_grad<T>(dout[i], relu ? out[i] : T(1), relu);
-      a += dz;
-      b += dz * ((y[i] - sh) * is);
+      a += double(dz);
+      b += double(dz * ((y[i] - sh) * is));
     }
-  const T s1 = column_sum(a, red);
-  const T s2 = column_sum(b, red);
+  const double s1 = column_sum(a, red);
+  const double s2 = column_sum(b, red);
   if (ty == 0 && ok) {
-    dbeta[f] = s1;
-    dgamma[f] = s2;
-    dbias[f] = bn::bias_grad<T>(sc, s1, training);
-    s_m1[tx] = s1 / T(B);
-    s_m2[tx] = s2 / T(B);
+    dbeta[f] = T(s1);
+    dgamma[f] = T(s2);
+    dbias[f] = T(bn::bias_grad<double>(double(sc), s1, training));
+    s_m1[tx] = T(s1 / double(B));
+    s_m2[tx] = T(s2 / double(B));
   }
   __syncthreads();
   if (!ok) return;
@@ -135,14 +136,14 @@ __global__ void __launch_bounds__(256) recon_forward_kernel(const T* __restrict_
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (n >= B) return;  // whole warps exit together: the shuffles below stay full-warp
-  T s = T(0);
+  double s = 0.0;
   for (int64_t f = lane; f < N; f += 32) {
     T d = recon::diff<T>(y[n * N + f], load_or(bias, f, T(0)), t[n * N + f]);
-    s += d * d;
+    s += double(d * d);
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (lane == 0) out[n] = s;
+  if (lane == 0) out[n] = T(s);
 }
 
 template <typename T>
@@ -150,22 +151,22 @@ __global__ void __launch_bounds__(TX * TY) recon_backward_kernel(const T* __rest
                                                                  const T* __restrict__ bias, const T* __restrict__ t,
                                                                  T* __restrict__ dy, T* __restrict__ dbias, int64_t B,
                                                                  int64_t N) {
-  __shared__ T red[TY][TX + 1];
+  __shared__ double red[TY][TX + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   const T b = ok ? load_or(bias, f, T(0)) : T(0);
-  T acc = T(0);
+  double acc = 0.0;
   if (ok)
     for (int64_t r = ty; r < B; r += TY) {
       const int64_t i = r * N + f;
       T v = recon::grad<T>(go[r], recon::diff<T>(y[i], b, t[i]));
       dy[i] = v;
-      acc += v;
+      acc += double(v);
     }
   if (dbias == nullptr) return;  // uniform across the block: no thread is left at the barrier
-  const T db = column_sum(acc, red);
-  if (ty == 0 && ok) dbias[f] = db;
+  const double db = column_sum(acc, red);
+  if (ty == 0 && ok) dbias[f] = T(db);
 }
 
 template <typename T>
@@ -189,7 +190,7 @@ void launch_bn_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gam
                        bool training, bool track, double momentum, double eps, bool relu, cudaStream_t st) {
   bn_forward_kernel<T><<<column_blocks(N), dim3(TX, TY), 0, st>>>(
       cp<T>(y), cp<T>(bias), cp<T>(gamma), cp<T>(beta), cp<T>(rm), cp<T>(rv), mp<T>(out), mp<T>(shift),
-      mp<T>(invstd), mp<T>(rm_out), mp<T>(rv_out), B, N, training, track, T(momentum), T(eps), relu);
+      mp<T>(invstd), mp<T>(rm_out), mp<T>(rv_out), B, N, training, track, momentum, eps, relu);
 }
 
 template <typename T>

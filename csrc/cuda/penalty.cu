@@ -10,9 +10,9 @@ namespace fastgan {
 namespace cuda {
 namespace {
 
-// Partial sum of squares of one row over the columns owned by `lane`; when DGRAD is given, also writes
-// dgrad = scale * g for those columns (the backward pass reads g once).
-template <typename T, typename A, int TPR, bool VEC>
+// Partial sum of squares of one row over the columns owned by `lane`; with WRITE (the backward pass) it also
+// writes dgrad = scale * g for those columns, so g is read once.
+template <typename T, typename A, int TPR, bool VEC, bool WRITE>
 __device__ __forceinline__ A row_pass(const T* __restrict__ row, int64_t F, int64_t sf, int lane, T* __restrict__ drow,
                                       A scale) {
   A s = A(0);
@@ -28,15 +28,15 @@ __device__ __forceinline__ A row_pass(const T* __restrict__ row, int64_t F, int6
       for (int k = 0; k < P::N; ++k) {
         A v = to_acc<A>(p.v[k]);
         s += v * v;
-        q.v[k] = FromAcc<T>::cvt(scale * v);
+        if constexpr (WRITE) q.v[k] = FromAcc<T>::cvt(scale * v);
       }
-      if (drow != nullptr) pd[i] = q;
+      if constexpr (WRITE) pd[i] = q;
     }
   } else {
     for (int64_t f = lane; f < F; f += TPR) {
       A v = to_acc<A>(row[f * sf]);
       s += v * v;
-      if (drow != nullptr) drow[f] = FromAcc<T>::cvt(scale * v);
+      if constexpr (WRITE) drow[f] = FromAcc<T>::cvt(scale * v);
     }
   }
   return s;
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   const int sub = threadIdx.x / TPR;
   for (int64_t row0 = int64_t(blockIdx.x) * RPB; row0 < B; row0 += int64_t(gridDim.x) * RPB) {
     const int64_t n = row0 + sub;
-    A s = n < B ? row_pass<T, A, TPR, VEC>(g + n * sb, F, sf, lane, static_cast<T*>(nullptr), A(0)) : A(0);
+    A s = n < B ? row_pass<T, A, TPR, VEC, false>(g + n * sb, F, sf, lane, static_cast<T*>(nullptr), A(0)) : A(0);
     s = group_sum<A, TPR>(s, smem);
     if (n < B && lane == 0) out[n] = penalty::weight<A>(weight, logits[n * sl]) * s;
   }
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const A* __restrict_
     if (n < B) {
       penalty::weight_and_slope<A>(weight, logits[n * sl], &w, &dw);
       gon = go[n];
-      s = row_pass<T, A, TPR, VEC>(g + n * sb, F, sf, lane, dgrad + n * F, penalty::grad_scale(w, gon));
+      s = row_pass<T, A, TPR, VEC, true>(g + n * sb, F, sf, lane, dgrad + n * F, penalty::grad_scale(w, gon));
     }
     s = group_sum<A, TPR>(s, smem);
     if (n < B && lane == 0) dlogits[n] = penalty::logit_grad(dw, s, gon);

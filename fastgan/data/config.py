@@ -1,5 +1,4 @@
 """DataConfig: which data set to train on and how to hold it. Nested as `data:` in the training config."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional

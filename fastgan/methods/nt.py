@@ -27,9 +27,9 @@ class NoiseModel(nn.Module):
 
     learnable = False
 
-    def draw(self, n: int, data_shape, generator=None, device=None) -> torch.Tensor:
+    def draw(self, n: int, data_shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
         gdev = generator.device if generator is not None else device
-        return torch.randn((n, *data_shape), generator=generator, device=gdev).to(device)
+        return torch.randn((n, *data_shape), generator=generator, device=gdev, dtype=dtype).to(device)
 
     def magnitude(self, eps: torch.Tensor) -> torch.Tensor:
         """What the logs show: sigma for Gaussian noise, the mean per-sample ||eps|| for the generator."""
@@ -95,11 +95,11 @@ class GeneratedNoise(NoiseModel):
     def update(self, t) -> None:
         pass
 
-    def draw(self, n, data_shape, generator=None, device=None):
+    def draw(self, n, data_shape, generator=None, device=None, dtype=torch.float32):
         if hasattr(self.net, "sample_latent"):
-            return self.net.sample_latent(n, generator=generator, device=device)
+            return self.net.sample_latent(n, generator=generator, device=device, dtype=dtype)
         gdev = generator.device if generator is not None else device
-        return torch.randn((n, self.net.latent_dim), generator=generator, device=gdev).to(device)
+        return torch.randn((n, self.net.latent_dim), generator=generator, device=gdev, dtype=dtype).to(device)
 
     def forward(self, draws):
         return self.net(draws)

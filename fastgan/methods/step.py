@@ -71,6 +71,8 @@ class Method:
         self.cfg, self.G, self.D = cfg, G, D
         self.device = torch.device(device) if device is not None else next(G.parameters()).device
         self.generator = generator
+        # draws come in the models' dtype (float64 models in tests, float32 in training)
+        self.dtype = next(G.parameters()).dtype
         self.units = m.units
         self.loss, self.g_loss_kind, self.f = m.loss, m.g_loss, m.f_divergence
         self.update_kind = m.resolved_update
@@ -156,16 +158,16 @@ class Method:
     def _rand(self, shape):
         g = self.generator
         gdev = g.device if g is not None else self.device
-        return torch.rand(shape, generator=g, device=gdev).to(self.device)
+        return torch.rand(shape, generator=g, device=gdev, dtype=self.dtype).to(self.device)
 
     def _randn(self, shape):
         g = self.generator
         gdev = g.device if g is not None else self.device
-        return torch.randn(shape, generator=g, device=gdev).to(self.device)
+        return torch.randn(shape, generator=g, device=gdev, dtype=self.dtype).to(self.device)
 
     def sample_z(self, m: int) -> torch.Tensor:
         if hasattr(self.G, "sample_latent"):
-            return self.G.sample_latent(m, generator=self.generator, device=self.device)
+            return self.G.sample_latent(m, generator=self.generator, device=self.device, dtype=self.dtype)
         return self._randn((m, self.G.latent_dim))
 
     def draws(self, m: int, for_d: bool = True) -> Draws:
@@ -174,7 +176,7 @@ class Method:
         d_batch, clean_rows = m, m
         if self.noise is not None:
             n_eps = nt_mod.noise_count(m, nt.batch, nt.clean)
-            d.eps_draws = self.noise.draw(n_eps, self.data_shape, self.generator, self.device)
+            d.eps_draws = self.noise.draw(n_eps, self.data_shape, self.generator, self.device, self.dtype)
             if nt.clean:
                 d.mu = self._rand(())
                 d_batch = 2 * m if nt.batch == "full" else m

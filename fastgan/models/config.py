@@ -1,6 +1,5 @@
 """ModelConfig: generator / discriminator / NTGAN noise net / DFM denoiser. Nested as `model:` in the
 training config. Fields left at None take the paper default of the chosen architecture (ARCH_DEFAULTS)."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional

@@ -1,6 +1,8 @@
 """Fused ops, each usable on any user's nn.Module. See README "Ops"."""
 from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning
 from .denoiser import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
+from .noise import NoiseState, default_noise_state, noisy_clean_batch
+from .nt_losses import nt_losses
 from .penalty import grad_norm_penalty, gradient_penalty, js_penalty, r1_penalty, r2_penalty
 
 __all__ = [
@@ -8,12 +10,16 @@ __all__ = [
     "BackendUnavailable",
     "Denoiser",
     "FallbackWarning",
+    "NoiseState",
     "bn_relu",
+    "default_noise_state",
     "denoiser_generator_loss",
     "denoiser_loss",
     "grad_norm_penalty",
     "gradient_penalty",
     "js_penalty",
+    "noisy_clean_batch",
+    "nt_losses",
     "r1_penalty",
     "r2_penalty",
 ]

@@ -8,20 +8,25 @@ The GEMMs run on torch (cuBLAS / MKL); everything around them is fused into our 
   * the corruption h + sigma * eps, and after the output GEMM the bias, the loss and, in the backward,
     its gradient and the output bias gradient.
 
-Custom ops (``torch.ops.fastgan.*``, each with a fake kernel):
+Custom ops (``torch.ops.fastgan.*``, each with a fake kernel; used under torch.compile / export, and eagerly
+for the single-layer op):
   * ``bn_relu``: one fused layer, with autograd (used by ``Denoiser.forward`` when gradients are needed);
   * ``recon_loss``: l_n = sum_f (y + b - t)^2, with autograd;
   * ``denoiser_loss``: the whole training loss in one op, with a hand-written backward
     (``denoiser_loss_backward``) that walks the layers once;
   * ``denoiser_forward``: r(h) without autograd (targets, inference).
+Eagerly, the whole-network loss and forward run the same implementations through a plain
+autograd.Function (torch.library's wrapper costs ~0.5 ms a call with list arguments; see "eager path").
 First-order backwards run the fused kernels; a backward taken with ``create_graph=True`` (second order)
 recomputes through plain torch formulas, so every op is differentiable twice and more.
 Running statistics are returned by the ops (custom ops must be functional) and copied into the buffers.
+Compute dtype: the parameters' (float32 or float64); under autocast the denoiser still runs in it.
 
 Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fastgan/ops/_dispatch.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -310,11 +315,14 @@ def _bn_relu_setup(ctx, inputs, output):
     y, bias, gamma, beta, _, _, training, _, eps, relu, backend = inputs
     out, shift, invstd, rm, rv = output
     ctx.mark_non_differentiable(shift, invstd, rm, rv)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(y, bias, gamma, beta, out, shift, invstd)
     ctx.training, ctx.eps, ctx.relu, ctx.backend = training, eps, relu, backend
 
 
 def _bn_relu_backward(ctx, g_out, *_):
+    if g_out is None:
+        return (None,) * 11
     y, bias, gamma, beta, out, shift, invstd = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
         fn = lambda y_, b_, g_, be_: _torch_bn(y_, b_, g_, be_, ctx.training, ctx.eps, shift, invstd, ctx.relu)
@@ -400,14 +408,11 @@ def _recon_loss_backward_fake(go, y, bias, target, want_dbias, backend):
     return torch.empty_like(y), y.new_empty(y.shape[1] if want_dbias else 0)
 
 
-# ---------------------------------------------------------------- custom ops: the whole denoiser loss
+# ---------------------------------------------------------------- the whole denoiser loss
 # saved = [x0, (y, out, shift, invstd) per hidden layer, z]: x0 = h + sigma * noise, z = last GEMM (no bias).
 
-@torch.library.custom_op("fastgan::denoiser_loss", mutates_args=())
-def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
-                   gammas: list[Tensor], betas: list[Tensor], running_means: list[Tensor],
-                   running_vars: list[Tensor], training: bool, momentum: float, eps: float,
-                   backend: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
+                       momentum, eps, backend):
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
     kern = _KERNELS[backend]
     x0 = torch.empty_like(h)
@@ -423,6 +428,78 @@ def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor]
     kern.recon_fwd(z, biases[-1], h, per_sample)
     _dispatch.record(OP_LOSS, backend)
     return per_sample, saved, new_running
+
+
+def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend):
+    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers."""
+    kern = _KERNELS[backend]
+    depth = len(weights) - 1
+    z = saved[-1]
+    dz = torch.empty_like(z)
+    db_out = z.new_empty(z.shape[1])
+    kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
+    x_last = saved[-4] if depth else saved[0]  # the last hidden layer's output
+    dweights = [None] * (depth + 1)
+    dbiases = [None] * (depth + 1)
+    dgammas, dbetas = [None] * depth, [None] * depth
+    dweights[depth] = torch.mm(dz.t(), x_last)
+    dbiases[depth] = db_out
+    g = dz
+    for i in reversed(range(depth)):
+        y, out, shift, invstd = saved[1 + 4 * i: 5 + 4 * i]
+        dout = torch.mm(g, weights[i + 1])
+        g, dgammas[i], dbetas[i], dbiases[i] = _layer_backward(kern, dout, out, y, gammas[i], shift, invstd,
+                                                               training, True)
+        x_in = saved[0] if i == 0 else saved[4 * i - 2]
+        dweights[i] = torch.mm(g.t(), x_in)
+    dh = dnoise = None
+    if need_h or need_noise:
+        dx0 = torch.mm(g, weights[0])  # gradient w.r.t. the corrupted input
+        if need_h:
+            dh = dx0 - dz  # h is also the target: l = ||z + b - h||^2
+        if need_noise:
+            dnoise = dx0 * sigma
+    _dispatch.record(OP_LOSS + "_backward", backend)
+    return dh, dnoise, dweights, dbiases, dgammas, dbetas
+
+
+def _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, saved, training, eps):
+    """Same gradients as _loss_backward_impl through plain torch ops, recorded for higher orders."""
+    d, nb = len(weights), len(gammas)
+    shifts, invstds = saved[3:-1:4], saved[4:-1:4]
+
+    def fn(h_, noise_, *params):
+        w, b = list(params[:d]), list(params[d:2 * d])
+        g, be = list(params[2 * d:2 * d + nb]), list(params[2 * d + nb:])
+        r = _torch_net(h_ + sigma * noise_, w, b, g, be, training, eps, shifts, invstds)
+        return (h_ - r).pow(2).sum(1)
+
+    grads = _grads_through(fn, [h, noise, *weights, *biases, *gammas, *betas], go)
+    _dispatch.record(OP_LOSS + "_backward", "reference")
+    return (grads[0], grads[1], grads[2:2 + d], grads[2 + d:2 + 2 * d], grads[2 + 2 * d:2 + 2 * d + nb],
+            grads[2 + 2 * d + nb:])
+
+
+def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum, eps,
+                  backend):
+    new_running: list = []
+    track = track and training and len(running_means) > 0
+    x = _hidden_layers(_KERNELS[backend], h, weights, biases, gammas, betas, running_means, running_vars, training,
+                       track, momentum, eps, None, new_running)
+    _dispatch.record(OP_FORWARD, backend)
+    return torch.addmm(biases[-1], x, weights[-1].t()), new_running
+
+
+# ---------------------------------------------------------------- custom ops (torch.compile / export path)
+
+@torch.library.custom_op("fastgan::denoiser_loss", mutates_args=())
+def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
+                   gammas: list[Tensor], betas: list[Tensor], running_means: list[Tensor],
+                   running_vars: list[Tensor], training: bool, momentum: float, eps: float,
+                   backend: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
+    return _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars,
+                              training, momentum, eps, backend)
 
 
 @_denoiser_loss.register_fake
@@ -445,37 +522,10 @@ def _denoiser_loss_backward(go: Tensor, h: Tensor, sigma: float, weights: list[T
                             need_noise: bool, backend: str) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor],
                                                                      list[Tensor], list[Tensor]]:
     """(dh, dnoise, dweights, dbiases, dgammas, dbetas); dh / dnoise are empty unless asked for."""
-    kern = _KERNELS[backend]
-    depth = len(weights) - 1
-    z = saved[-1]
-    F_ = z.shape[1]
-    dz = torch.empty_like(z)
-    db_out = z.new_empty(F_)
-    kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
-    x_last = saved[-4] if depth else saved[0]  # the last hidden layer's output
-    dweights = [None] * (depth + 1)
-    dbiases = [None] * (depth + 1)
-    dgammas, dbetas = [None] * depth, [None] * depth
-    dweights[depth] = torch.mm(dz.t(), x_last)
-    dbiases[depth] = db_out
-    g = dz
-    for i in reversed(range(depth)):
-        y, out, shift, invstd = saved[1 + 4 * i: 5 + 4 * i]
-        dout = torch.mm(g, weights[i + 1])
-        g, dgammas[i], dbetas[i], dbiases[i] = _layer_backward(kern, dout, out, y, gammas[i], shift, invstd,
-                                                               training, True)
-        x_in = saved[0] if i == 0 else saved[4 * i - 2]
-        dweights[i] = torch.mm(g.t(), x_in)
+    dh, dnoise, *rest = _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h,
+                                            need_noise, backend)
     empty = h.new_empty(0)
-    dh, dnoise = empty, empty.clone()
-    if need_h or need_noise:
-        dx0 = torch.mm(g, weights[0])  # gradient w.r.t. the corrupted input
-        if need_h:
-            dh = dx0 - dz  # h is also the target: l = ||z + b - h||^2
-        if need_noise:
-            dnoise = dx0 * sigma
-    _dispatch.record(OP_LOSS + "_backward", backend)
-    return dh, dnoise, dweights, dbiases, dgammas, dbetas
+    return (dh if need_h else empty, dnoise if need_noise else empty.clone(), *rest)
 
 
 @_denoiser_loss_backward.register_fake
@@ -487,49 +537,34 @@ def _denoiser_loss_backward_fake(go, h, sigma, weights, biases, gammas, saved, t
 
 
 def _loss_setup(ctx, inputs, output):
-    h, noise, sigma, weights, biases, gammas, betas, _, _, training, _, eps, backend = inputs
+    h, noise, sigma, weights, biases, gammas, betas, running_means, _, training, _, eps, backend = inputs
     _, saved, new_running = output
     ctx.mark_non_differentiable(*saved, *new_running)
-    d = len(weights)
-    ctx.sizes = (d, len(gammas))
-    ctx.n_running = len(inputs[7])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved activations
+    ctx.sizes = (len(weights), len(gammas), len(running_means))
     ctx.save_for_backward(h, noise, *weights, *biases, *gammas, *betas, *saved)
     ctx.sigma, ctx.training, ctx.eps, ctx.backend = sigma, training, eps, backend
 
 
 def _loss_backward(ctx, go, *_):
-    d, nb = ctx.sizes
+    d, nb, n_running = ctx.sizes
+    if go is None:
+        return (None,) * 13
     t = list(ctx.saved_tensors)
     h, noise = t[0], t[1]
     weights, biases = t[2:2 + d], t[2 + d:2 + 2 * d]
     gammas, betas = t[2 + 2 * d:2 + 2 * d + nb], t[2 + 2 * d + nb:2 + 2 * d + 2 * nb]
     saved = t[2 + 2 * d + 2 * nb:]
     if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
-        shifts, invstds = saved[3:-1:4], saved[4:-1:4]
-        n = [d, d, nb, nb]
-
-        def fn(h_, noise_, *params):
-            w, b = list(params[:d]), list(params[d:2 * d])
-            g, be = list(params[2 * d:2 * d + nb]), list(params[2 * d + nb:])
-            r = _torch_net(h_ + ctx.sigma * noise_, w, b, g, be, ctx.training, ctx.eps, shifts, invstds)
-            return (h_ - r).pow(2).sum(1)
-
-        grads = _grads_through(fn, [h, noise, *weights, *biases, *gammas, *betas], go)
-        _dispatch.record(OP_LOSS + "_backward", "reference")
-        dh, dnoise, rest = grads[0], grads[1], grads[2:]
-        out, k = [], 0
-        for m in n:
-            out.append(rest[k:k + m])
-            k += m
-        dweights, dbiases, dgammas, dbetas = out
+        grads = _loss_double_backward(go, h, noise, ctx.sigma, weights, biases, gammas, betas, saved, ctx.training,
+                                      ctx.eps)
     else:
         need_h, need_noise = h.requires_grad, noise.requires_grad
-        dh, dnoise, dweights, dbiases, dgammas, dbetas = torch.ops.fastgan.denoiser_loss_backward(
-            go.contiguous(), h, ctx.sigma, weights, biases, gammas, saved, ctx.training, need_h, need_noise,
-            ctx.backend)
-        dh = dh if need_h else None
-        dnoise = dnoise if need_noise else None
-    no_grad = [None] * ctx.n_running  # running statistics are buffers
+        grads = torch.ops.fastgan.denoiser_loss_backward(go.contiguous(), h, ctx.sigma, weights, biases, gammas,
+                                                         saved, ctx.training, need_h, need_noise, ctx.backend)
+        grads = (grads[0] if need_h else None, grads[1] if need_noise else None, *grads[2:])
+    dh, dnoise, dweights, dbiases, dgammas, dbetas = grads
+    no_grad = [None] * n_running  # running statistics are buffers
     return dh, dnoise, None, dweights, dbiases, dgammas, dbetas, no_grad, list(no_grad), None, None, None, None
 
 
@@ -541,12 +576,8 @@ def _denoiser_forward(h: Tensor, weights: list[Tensor], biases: list[Tensor], ga
                       betas: list[Tensor], running_means: list[Tensor], running_vars: list[Tensor], training: bool,
                       track: bool, momentum: float, eps: float, backend: str) -> tuple[Tensor, list[Tensor]]:
     """(r(h), new running stats or []). Not differentiable: for targets and inference."""
-    new_running: list = []
-    track = track and training and len(running_means) > 0
-    x = _hidden_layers(_KERNELS[backend], h, weights, biases, gammas, betas, running_means, running_vars, training,
-                       track, momentum, eps, None, new_running)
-    _dispatch.record(OP_FORWARD, backend)
-    return torch.addmm(biases[-1], x, weights[-1].t()), new_running
+    return _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum,
+                         eps, backend)
 
 
 @_denoiser_forward.register_fake
@@ -554,6 +585,113 @@ def _denoiser_forward_fake(h, weights, biases, gammas, betas, running_means, run
                            momentum, eps, backend):
     track = track and training and len(running_means) > 0
     return torch.empty_like(h), ([h.new_empty(w.shape[0]) for w in weights[:-1] for _ in range(2)] if track else [])
+
+
+# ---------------------------------------------------------------- eager path
+# torch.library's autograd wrapper flattens list arguments with pytree on every call (~0.5 ms per call on
+# the 2-core CI machine, more than the whole reference step at small sizes). Eagerly, a plain
+# autograd.Function calls the same implementations; under torch.compile the custom ops above are used.
+
+class _EagerLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, meta, h, noise, *params):
+        sigma, training, momentum, eps, backend, depth, rms, rvs = meta
+        d = depth + 1
+        weights, biases = params[:d], params[d:2 * d]
+        gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
+        per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
+                                                            rvs, training, momentum, eps, backend)
+        _copy_running(rms, rvs, new_running)
+        ctx.save_for_backward(h, noise, *params)
+        ctx.saved = saved
+        ctx.meta = (sigma, training, eps, backend, depth)
+        return per_sample
+
+    @staticmethod
+    def backward(ctx, go):
+        sigma, training, eps, backend, depth = ctx.meta
+        h, noise, *params = ctx.saved_tensors
+        d = depth + 1
+        weights, biases = params[:d], params[d:2 * d]
+        gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            grads = _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, ctx.saved, training,
+                                          eps)
+        else:
+            grads = _loss_backward_impl(go.contiguous(), h, sigma, weights, biases, gammas, ctx.saved, training,
+                                        ctx.needs_input_grad[1], ctx.needs_input_grad[2], backend)
+        dh, dnoise, dweights, dbiases, dgammas, dbetas = grads
+        return (None, dh, dnoise, *dweights, *dbiases, *dgammas, *dbetas)
+
+
+class _EagerRecon(torch.autograd.Function):
+    """l_n = ||y_n - target_n||^2 with y a constant (the generator's term): gradient into target only."""
+
+    @staticmethod
+    def forward(ctx, y, target, backend):
+        out = y.new_empty(y.shape[0])
+        _KERNELS[backend].recon_fwd(y, None, target, out)
+        _dispatch.record(OP_RECON, backend)
+        ctx.save_for_backward(y, target)
+        ctx.backend = backend
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        y, target = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return None, _grads_through(lambda t_: (y - t_).pow(2).sum(1), [target], go)[0], None
+        dy = torch.empty_like(y)
+        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), y, None, target, dy, None)
+        _dispatch.record(OP_RECON + "_backward", ctx.backend)
+        return None, -dy, None
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _no_autocast(device: torch.device):
+    """The kernels take the parameters' dtype: GEMMs must not be autocast to half inside the fused path."""
+    try:
+        on = torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 spelling
+        on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+
+
+def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
+    """Per-sample loss; updates rms / rvs in place in training mode."""
+    with _no_autocast(h.device):
+        if _compiling():
+            per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
+                h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
+            _copy_running(rms, rvs, new_running)
+            return per_sample
+        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs)
+        return _EagerLoss.apply(meta, h, noise, *weights, *biases, *gammas, *betas)
+
+
+def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
+    """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
+    with _no_autocast(h.device):
+        if _compiling():
+            r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
+                                                                training, track, momentum, eps, backend)
+        else:
+            with torch.no_grad():
+                r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track,
+                                               momentum, eps, backend)
+    _copy_running(rms, rvs, new_running)
+    return r
+
+
+def _run_target_loss(target, h_fake, backend):
+    """||h_fake - target||^2 per sample, gradient into h_fake only."""
+    with _no_autocast(target.device):
+        if _compiling():
+            return torch.ops.fastgan.recon_loss(target, None, h_fake, backend)
+        return _EagerRecon.apply(target, h_fake, backend)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -600,6 +738,10 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
             if running_means is not None:
                 named += [(f"running_means[{i}]", running_means[i], (out_dim,)),
                           (f"running_vars[{i}]", running_vars[i], (out_dim,))]
+                for name in (f"running_means[{i}]", f"running_vars[{i}]"):
+                    t = running_means[i] if name.startswith("running_means") else running_vars[i]
+                    if isinstance(t, Tensor) and not t.is_contiguous():
+                        raise ValueError(f"{name} must be contiguous (it is updated in place)")
         for name, t, shape in named:
             _checks.tensor(name, t)
             if tuple(t.shape) != shape:
@@ -722,10 +864,8 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     chosen = _dispatch.resolve(OP_LOSS, device, backend)
     rms = list(running_means) if running_means is not None else []
     rvs = list(running_vars) if running_vars is not None else []
-    per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
-        h, noise, sigma, _contig(weights), _contig(biases), _contig(gammas), _contig(betas), _contig(rms),
-        _contig(rvs), bool(training), momentum, eps, chosen)
-    _copy_running(rms, rvs, new_running)
+    per_sample = _run_loss(h, noise, sigma, _contig(weights), _contig(biases), _contig(gammas), _contig(betas), rms,
+                           rvs, bool(training), momentum, eps, chosen)
     return _reduce(per_sample, reduction)
 
 
@@ -750,11 +890,14 @@ def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: S
     chosen = _dispatch.resolve(OP_LOSS, device, backend)
     rms = list(running_means) if running_means is not None else []
     rvs = list(running_vars) if running_vars is not None else []
-    with torch.no_grad():
-        target, _ = torch.ops.fastgan.denoiser_forward(
-            h_fake.detach(), _contig(weights), _contig(biases), _contig(gammas), _contig(betas), _contig(rms),
-            _contig(rvs), bool(training), False, 0.0, eps, chosen)
-    return _reduce(torch.ops.fastgan.recon_loss(target, None, h_fake, chosen), reduction)
+    return _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, bool(training), eps, reduction, chosen)
+
+
+def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, eps, reduction, backend):
+    detached = lambda seq: [t.detach().contiguous() for t in seq]
+    target = _run_forward(h_fake.detach(), detached(weights), detached(biases), detached(gammas), detached(betas),
+                          detached(rms), detached(rvs), training, False, 0.0, eps, backend)
+    return _reduce(_run_target_loss(target, h_fake, backend), reduction)
 
 
 # ---------------------------------------------------------------- module
@@ -796,6 +939,9 @@ class Denoiser(nn.Module):
 
     def _init(self, net: nn.Sequential, sigma: float, backend: str | None) -> None:
         self.net = net
+        mods = list(net)
+        # plain tuples (not registered): the layers are the Sequential's; looked up once, not per call
+        self._linears, self._norms = tuple(mods[0::3]), tuple(mods[1::3])
         self.sigma = _check_number("sigma", sigma, low=0.0)
         if backend is not None and backend not in _dispatch.BACKENDS:
             raise ValueError(f"backend must be one of {_dispatch.BACKENDS} or None, got {backend!r}")
@@ -832,12 +978,12 @@ class Denoiser(nn.Module):
 
     # -- structure
     @property
-    def linears(self) -> list:
-        return list(self.net)[0::3]
+    def linears(self) -> tuple:
+        return self._linears
 
     @property
-    def norms(self) -> list:
-        return list(self.net)[1::3]
+    def norms(self) -> tuple:
+        return self._norms
 
     @property
     def n_features(self) -> int:
@@ -873,6 +1019,9 @@ class Denoiser(nn.Module):
 
     def _input(self, name: str, h) -> Tensor:
         w = self.net[0].weight
+        if w.dtype not in PARAM_DTYPES:
+            raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
+                            "fp32 (under autocast it runs in fp32 by itself)")
         return _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
 
     # -- API
@@ -884,19 +1033,18 @@ class Denoiser(nn.Module):
         factor = self._factor()
         needs_grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
         if not needs_grad:
-            r, new_running = torch.ops.fastgan.denoiser_forward(h, _contig(weights), biases, gammas, betas, rms, rvs,
-                                                                self.training, True, factor, self.eps, chosen)
-            _copy_running(rms, rvs, new_running)
-            return r
+            return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
+                                chosen)
         x, new_running = h, []
-        for i in range(self.depth):
-            y = torch.mm(x, weights[i].t())
-            x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],
-                                                        self.training, factor, self.eps, True, chosen)
-            if self.training:
-                new_running += [rm, rv]
-        _copy_running(rms, rvs, new_running)
-        return F.linear(x, weights[-1], biases[-1])
+        with _no_autocast(h.device):
+            for i in range(self.depth):
+                y = torch.mm(x, weights[i].t())
+                x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],
+                                                            self.training, factor, self.eps, True, chosen)
+                if self.training:
+                    new_running += [rm, rv]
+            _copy_running(rms, rvs, new_running)
+            return F.linear(x, weights[-1], biases[-1])
 
     def loss(self, h: Tensor, noise: Tensor | None = None, *, detach: bool = True, reduction: str = "mean") -> Tensor:
         """||h - r(h + sigma * noise)||^2 summed over features, reduced over the batch (mean by default).
@@ -920,19 +1068,18 @@ class Denoiser(nn.Module):
             noise = noise.to(h.dtype).contiguous()
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
         factor = self._factor()
-        per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
-            h, noise, float(self.sigma), _contig(weights), biases, gammas, betas, rms, rvs, self.training, factor,
-            self.eps, chosen)
-        _copy_running(rms, rvs, new_running)
+        per_sample = _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,
+                               factor, self.eps, chosen)
         return _reduce(per_sample, reduction)
 
     def generator_loss(self, h_fake: Tensor, *, reduction: str = "mean") -> Tensor:
         """||h_fake - r(h_fake)||^2 summed over features, reduced over the batch, with r(h_fake) a constant
         target (no gradient into r). Uses h_fake's own batch statistics in training mode and does not
         update the running statistics."""
-        weights, biases, gammas, betas, rms, rvs = self._params()
-        return denoiser_generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training=self.training,
-                                       eps=self.eps, reduction=reduction, backend=self.backend)
+        h_fake = self._input("h_fake", h_fake)
+        _checks.choice("reduction", reduction, REDUCTIONS)
+        chosen = _dispatch.resolve(OP_LOSS, h_fake.device, self.backend)
+        return _generator_loss(h_fake, *self._params(), self.training, self.eps, reduction, chosen)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, backend={self.backend!r}"

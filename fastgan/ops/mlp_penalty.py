@@ -91,21 +91,44 @@ def plan(D, x: torch.Tensor | None = None):
     return steps, ""
 
 
-def _activation(kind, m, z):
-    """(output, slope, curvature) for an elementwise activation; curvature None where it is 0 a.e."""
-    if kind == "relu":
-        return torch.relu(z), (z > 0).to(z.dtype), None  # torch's relu backward: slope 0 at z == 0
-    if kind == "leaky":
-        one = torch.ones((), dtype=z.dtype, device=z.device)
-        slope = torch.where(z > 0, one, one * m.negative_slope)  # leaky_relu backward: negative slope at 0
-        return z * slope, slope, None
-    if kind == "tanh":
-        y = torch.tanh(z)
-        slope = 1 - y * y
-        return y, slope, -2 * y * slope
-    y = torch.sigmoid(z)
-    slope = y * (1 - y)
-    return y, slope, slope * (1 - 2 * y)
+_aten = torch.ops.aten
+
+
+class _Act:
+    """An elementwise activation as torch's own backward kernels see it: `key` is the tensor its derivative is
+    read from (the input for LeakyReLU, the output otherwise), so masks at 0 match the double backward."""
+
+    def __init__(self, kind, m):
+        self.kind, self.slope = kind, getattr(m, "negative_slope", 0.0)
+
+    def forward(self, z):
+        if self.kind == "leaky":
+            return torch.nn.functional.leaky_relu(z, self.slope), z
+        y = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[self.kind](z)
+        return y, y
+
+    def apply_slope(self, d, key):
+        """d * sigma'(z)."""
+        if self.kind == "leaky":
+            return _aten.leaky_relu_backward(d, key, self.slope, False)
+        if self.kind == "relu":
+            return _aten.threshold_backward(d, key, 0)
+        if self.kind == "tanh":
+            return _aten.tanh_backward(d, key)
+        return _aten.sigmoid_backward(d, key)
+
+    @property
+    def smooth(self):
+        return self.kind in ("tanh", "sigmoid")
+
+    def adjoint(self, rho, c, key):
+        """rho * sigma'(z) + c * sigma''(z), with sigma'' written through sigma' (y = sigma(z)):
+        tanh'' = -2 y tanh', sigmoid'' = (1 - 2 y) sigmoid'."""
+        if self.kind == "tanh":
+            return _aten.tanh_backward(torch.addcmul(rho, c, key, value=-2), key)
+        if self.kind == "sigmoid":
+            return _aten.sigmoid_backward(rho + c * (1 - 2 * key), key)
+        return self.apply_slope(rho, key)
 
 
 class _MLPPenalty(torch.autograd.Function):
@@ -126,31 +149,41 @@ class _MLPPenalty(torch.autograd.Function):
             elif kind == "bn":
                 gamma, beta = next(it), next(it)
                 rstd = torch.rsqrt(m.running_var + m.eps)
-                zhat = (h - m.running_mean) * rstd
-                layers.append({"kind": kind, "gamma": gamma, "beta": beta, "zhat": zhat, "rstd": rstd,
-                               "slope": rstd if gamma is None else gamma * rstd})
-                h = zhat if gamma is None else zhat * gamma
-                h = h if beta is None else h + beta
+                layers.append({"kind": kind, "gamma": gamma, "beta": beta, "rstd": rstd, "h": h,
+                               "mean": m.running_mean, "slope": rstd if gamma is None else gamma * rstd})
+                h = torch.nn.functional.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
             else:
-                h, slope, curv = _activation(kind, m, h)
-                layers.append({"kind": kind, "slope": slope, "curv": curv})
+                act = _Act(kind, m)
+                h, key = act.forward(h)
+                layers.append({"kind": kind, "act": act, "key": key})
         psi = h.reshape(B)
         # delta: d psi_n / d (the layer's output), one row per sample; the last one is the input gradient
-        delta = torch.ones(B, 1, dtype=h.dtype, device=h.device)
+        delta = None  # None: a column of ones
         for L in reversed(layers):
             L["delta"] = delta
-            delta = delta @ L["W"] if L["kind"] == "linear" else delta * L["slope"]
+            if L["kind"] == "linear":
+                delta = L["W"].expand(B, -1) if delta is None else delta @ L["W"]
+            else:
+                delta = torch.ones_like(h) if delta is None else delta
+                delta = delta * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(delta, L["key"])
         acc = _checks.acc_dtype(delta.dtype)
         g2 = delta.to(acc) if acc == torch.float64 else delta
         psi_acc = psi.to(acc)
         per, u, v = penalty_terms(g2, psi_acc, weight, 1.0, backend)
         t = v.to(h.dtype)
-        for L in layers:
-            L["t"] = t  # the tangent (direction v) at the layer's input
-            t = t @ L["W"].t() if L["kind"] == "linear" else t * L["slope"]
-        # through save_for_backward, so an in-place edit of a weight before backward raises as usual
-        keys, saved = [], []
+        last = len(layers) - 1
         for i, L in enumerate(layers):
+            L["t"] = t  # the tangent (direction v) at the layer's input
+            if i == last:
+                break
+            if L["kind"] == "linear":
+                t = t @ L["W"].t()
+            else:
+                t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
+        # through save_for_backward, so an in-place edit of a weight before backward raises as usual
+        keys, saved, others = [], [], []
+        for i, L in enumerate(layers):
+            others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
             for k, val in L.items():
                 if isinstance(val, torch.Tensor):
                     keys.append((i, k))
@@ -164,13 +197,13 @@ class _MLPPenalty(torch.autograd.Function):
             keys.append((-1, "u"))
             saved.append(u)
         ctx.save_for_backward(*saved)
-        ctx.keys, ctx.kinds, ctx.weight = keys, [L["kind"] for L in layers], weight
+        ctx.keys, ctx.others, ctx.weight, ctx.last = keys, others, weight, last
         return per, psi
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_per, g_psi):
-        layers = [{"kind": k} for k in ctx.kinds]
+        layers = [dict(o) for o in ctx.others]
         extra = {}
         for (i, k), val in zip(ctx.keys, ctx.saved_tensors):
             (extra if i < 0 else layers[i])[k] = val
@@ -182,39 +215,51 @@ class _MLPPenalty(torch.autograd.Function):
                                             allow_unused=True)
             a = g_psi if du is None else du.to(dt) + g_psi
         else:
-            a = (g_per * extra["u"]).to(dt) + g_psi
-        gp = g_per.to(dt)[:, None]
-        # rho: the adjoint of the primal activations (D loss + u term + the curvature of smooth activations);
-        # without curvature it is a * delta, and the weight gradient is a single GEMM per Linear
-        smooth = any(L.get("curv") is not None for L in layers)
+            a = torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
+        a, gp = a[:, None], g_per.to(dt)[:, None]
+        # rho: the adjoint of the primal activations (D loss + u term + the curvature of smooth activations).
+        # With piecewise-linear activations only it is a * delta, and each Linear costs ONE weight GEMM.
+        smooth = any(L["kind"] not in ("linear", "bn") and L["act"].smooth for L in layers)
         first = min(i for i, L in enumerate(layers) if L["kind"] in ("linear", "bn"))
-        rho = a[:, None]
+        rho = a
         grads = []
-        for i in range(len(layers) - 1, first - 1, -1):
+        for i in range(ctx.last, first - 1, -1):
             L = layers[i]
             d = L["delta"]
-            if not smooth:
-                rho = a[:, None] * d
             if L["kind"] == "linear":
-                if smooth:
-                    dW = torch.addmm(rho.t() @ L["h"], d.t(), gp * L["t"])
+                gt = gp * L["t"]
+                if d is None:  # the output layer: delta is a column of ones
+                    dW = torch.addcmul(gt, rho, L["h"]).sum(0, keepdim=True)
+                elif smooth:
+                    dW = torch.addmm(rho.t() @ L["h"], d.t(), gt)
                 else:
-                    dW = d.t() @ (a[:, None] * L["h"] + gp * L["t"])
-                grads.append((None if "b" not in L else rho.sum(0), dW))
+                    dW = d.t() @ torch.addcmul(gt, a, L["h"])
+                if "b" in L:
+                    db = rho.sum(0) if (smooth or d is None) else d.t() @ a[:, 0]
+                else:
+                    db = None
+                grads.append((db, dW))
                 if smooth and i > first:
                     rho = rho @ L["W"]
             elif L["kind"] == "bn":
-                dgamma = None if "gamma" not in L else (rho * L["zhat"] + gp * d * L["t"] * L["rstd"]).sum(0)
-                grads.append((None if "beta" not in L else rho.sum(0), dgamma))
+                dd = torch.ones_like(L["h"]) if d is None else d
+                r = rho if (smooth or d is None) else a * dd
+                zhat = (L["h"] - L["mean"]) * L["rstd"]
+                dgamma = None if "gamma" not in L else \
+                    (r * zhat + gp * dd * L["t"] * L["rstd"]).sum(0)
+                grads.append((None if "beta" not in L else r.sum(0), dgamma))
                 if smooth:
                     rho = rho * L["slope"]
             elif smooth:
-                rho = rho * L["slope"]
-                if L.get("curv") is not None:
-                    rho = rho + gp * d * L["t"] * L["curv"]
+                act = L["act"]
+                if act.smooth:
+                    dd = torch.ones_like(rho) if d is None else d
+                    rho = act.adjoint(rho, gp * dd * L["t"], L["key"])
+                else:
+                    rho = act.apply_slope(rho, L["key"])
         out = []
-        for pair in reversed(grads):
-            out += [pair[1], pair[0]]
+        for db, dW in reversed(grads):
+            out += [dW, db]
         return (None, None, *out)
 
 

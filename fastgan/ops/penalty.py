@@ -102,10 +102,7 @@ _BACKWARD = {"reference": _bwd_reference, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "t
 @torch.library.custom_op("fastgan::grad_norm_penalty", mutates_args=())
 def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
     """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
-    out = torch.empty(grad.shape[0], dtype=logits.dtype, device=grad.device)
-    _FORWARD[backend](grad, logits, weight, out)
-    _dispatch.record(OP, backend)
-    return out
+    return _run_forward(grad, logits, weight, backend)
 
 
 @_penalty.register_fake
@@ -117,11 +114,7 @@ def _penalty_fake(grad, logits, weight, backend):
 def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""
-    dgrad = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
-    dlogits = torch.empty_like(go)
-    _BACKWARD[backend](go, grad, logits, weight, dgrad, dlogits)
-    _dispatch.record(OP + "_backward", backend)
-    return dgrad, dlogits
+    return _run_backward(go, grad, logits, weight, backend)
 
 
 @_penalty_backward.register_fake
@@ -171,6 +164,62 @@ def _backward_backward(ctx, g_dgrad, g_dlogits):
 _penalty_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
 
 
+# ---------------------------------------------------------------- eager path
+# The custom-op dispatcher costs ~100 us a call in Python, more than the kernel at the mixtures' sizes.
+# Outside torch.compile/tracing the same kernels and the same backward formulas run through plain
+# autograd.Functions; under compile (or on fake/subclass tensors) the custom ops above are used.
+
+def _run_forward(grad, logits, weight, backend):
+    out = torch.empty(grad.shape[0], dtype=logits.dtype, device=grad.device)
+    _FORWARD[backend](grad, logits, weight, out)
+    _dispatch.record(OP, backend)
+    return out
+
+
+def _run_backward(go, grad, logits, weight, backend):
+    dgrad = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+    dlogits = torch.empty_like(go)
+    _BACKWARD[backend](go, grad, logits, weight, dgrad, dlogits)
+    _dispatch.record(OP + "_backward", backend)
+    return dgrad, dlogits
+
+
+class _EagerPenalty(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, logits, weight, backend):
+        ctx.save_for_backward(grad, logits)
+        ctx.weight, ctx.backend = weight, backend
+        return _run_forward(grad, logits, weight, backend)
+
+    @staticmethod
+    def backward(ctx, go):
+        grad, logits = ctx.saved_tensors
+        dgrad, dlogits = _EagerPenaltyBackward.apply(go.contiguous(), grad, logits, ctx.weight, ctx.backend)
+        return dgrad, dlogits, None, None
+
+
+class _EagerPenaltyBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, go, grad, logits, weight, backend):
+        ctx.save_for_backward(go, grad, logits)
+        ctx.weight = weight
+        return _run_backward(go, grad, logits, weight, backend)
+
+    @staticmethod
+    def backward(ctx, g_dgrad, g_dlogits):
+        return _backward_backward(ctx, g_dgrad, g_dlogits)
+
+
+def _eager_ok(*tensors) -> bool:
+    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
+
+
+def _per_sample(grad, logits, weight: int, backend: str):
+    if _eager_ok(grad, logits):
+        return _EagerPenalty.apply(grad, logits, weight, backend)
+    return torch.ops.fastgan.grad_norm_penalty(grad, logits, weight, backend)
+
+
 # ---------------------------------------------------------------- public API
 
 def _check_weight(weight) -> None:
@@ -218,7 +267,7 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
         _dispatch.record(OP, "reference")
         return ref.grad_norm_penalty(g2.to(acc), psi, weight, reduction)
     chosen = _dispatch.resolve(OP, grad.device, backend)
-    per_sample = torch.ops.fastgan.grad_norm_penalty(g2, psi, WEIGHTS[weight], chosen)
+    per_sample = _per_sample(g2, psi, WEIGHTS[weight], chosen)
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":

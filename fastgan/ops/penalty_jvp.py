@@ -4,9 +4,10 @@ Omega = c * sum_n w(psi_n) ||g_n||^2 with g = d(sum psi)/dx (c = 1/B for "mean",
 is sum_n u_n dpsi_n/dtheta + d/dtheta <g, v> with u_n = c w'(psi_n) ||g_n||^2 and v_n = 2 c w(psi_n) g_n held
 constant, and <g, v> is the forward-mode directional derivative of sum psi along v. So:
 
-1. forward psi = D(x) (kept: D's loss uses it, and it carries the u term), one backward for g without a graph;
+1. forward psi = D(x) and one backward for g (w.r.t. x only, without a graph);
 2. w, w', the per-sample values, u and v from the fused op (no graph);
-3. a second forward of D on the dual input (x, v) gives the JVP <g, v> as a function of theta;
+3. a second forward of D on the dual input (x, v): its primal is psi again, as a function of theta (returned as
+   the logits, for D's loss), its tangent the JVP <g, v> as a function of theta;
 4. return Omega + (s - s.detach()) with s = <u, psi> + JVP: its value is Omega, its gradient is dOmega/dtheta.
 
 The second forward must see D exactly as the first did: it runs on clones of D's buffers as they were before the
@@ -16,7 +17,8 @@ with the double backward) and replays the random-number state (dropout draws the
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
 PR #81293 describes why); softmax / log_softmax / logsumexp JVPs fail in reverse mode with an in-place error. The
-dual forward therefore runs those functions as composites of elementary ops, whose JVPs differentiate correctly.
+dual forward therefore runs those functions, and the parameterized linear ops, through rules (_DualRules) that
+write primal and tangent in ordinary ops, which reverse mode differentiates correctly (and faster).
 """
 from __future__ import annotations
 
@@ -34,12 +36,37 @@ from . import _checks, _dispatch
 from . import mlp_penalty
 from . import penalty as _pen
 
-MODES = ("double_backward", "jvp", "mlp", "auto")
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
 MODE_OP = "gradient_penalty"
 
 
-# ---------------------------------------------------------------- composites used inside the dual forward
+# ---------------------------------------------------------------- rules used inside the dual forward
+#
+# Each rule computes the primal and the tangent itself with ordinary ops (which reverse mode records and
+# differentiates exactly) and pairs them with make_dual. Besides fixing the norms, this is much cheaper than
+# torch's own forward AD for ops with a parameter operand: torch pairs the parameter with a zero tangent
+# (a ZeroTensor) that goes through a slow fallback and, for convolutions, even runs a convolution of zeros.
+
+def _dual(t):
+    p, d = fwAD.unpack_dual(t) if isinstance(t, torch.Tensor) else (t, None)
+    return p, d
+
+
+def _plain(*ts) -> bool:
+    return all(t is None or _dual(t)[1] is None for t in ts)
+
+
+def _linear_in_input(func):
+    """Rule for ops linear in their input with (weight, bias) parameters: linear, conv*, conv_transpose*."""
+
+    def rule(input, weight, bias=None, *rest, **kw):
+        p, t = _dual(input)
+        if t is None or not _plain(weight, bias):
+            return NotImplemented
+        return fwAD.make_dual(func(p, weight, bias, *rest, **kw), func(t, weight, None, *rest, **kw))
+
+    return rule
+
 
 def _affine(y, weight, bias, shape):
     if weight is not None:
@@ -49,35 +76,64 @@ def _affine(y, weight, bias, shape):
     return y
 
 
-def _normalize(x, dims, eps):
-    mean = x.mean(dims, keepdim=True)
-    xc = x - mean
-    var = (xc * xc).mean(dims, keepdim=True)
-    return xc * torch.rsqrt(var + eps)
+def _normalized(input, dims, eps, weight, bias, shape):
+    """Normalization over dims with batch statistics, then the affine map; the tangent is written out:
+    d xhat = rstd * (dx - mean(dx) - xhat * mean(xhat * dx)), all through ordinary (differentiable) ops."""
+    p, t = _dual(input)
+    if not _plain(weight, bias):
+        p, t = input, None  # parameters with tangents: plain composite ops under forward AD
+    mean = p.mean(dims, keepdim=True)
+    xc = p - mean
+    rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+    xhat = xc * rstd
+    y = _affine(xhat, weight, bias, shape)
+    if t is None:
+        return y
+    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True))
+    return fwAD.make_dual(y, _affine(dxhat, weight, None, shape))
+
+
+def _channel_shape(x):
+    return [1, -1] + [1] * (x.dim() - 2)
 
 
 def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                 eps=1e-5):
     if not training and running_mean is not None and running_var is not None:
-        # running statistics are constants: the native JVP is right here
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        p, t = _dual(input)
+        if t is None or not _plain(weight, bias, running_mean, running_var):
+            return NotImplemented
+        y = F.batch_norm(p, running_mean, running_var, weight, bias, False, momentum, eps)
+        scale = torch.rsqrt(running_var + eps)
+        scale = scale if weight is None else scale * weight
+        return fwAD.make_dual(y, t * scale.reshape(_channel_shape(t)))
     # running-stat updates are skipped: the dual forward works on throwaway buffer clones
-    y = _normalize(input, [0] + list(range(2, input.dim())), eps)
-    return _affine(y, weight, bias, [1, -1] + [1] * (input.dim() - 2))
+    return _normalized(input, [0] + list(range(2, input.dim())), eps, weight, bias, _channel_shape(input))
 
 
 def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                    momentum=0.1, eps=1e-5):
     if not use_input_stats:
-        return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
-    y = _normalize(input, list(range(2, input.dim())), eps)
-    return _affine(y, weight, bias, [1, -1] + [1] * (input.dim() - 2))
+        return _batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    return _normalized(input, list(range(2, input.dim())), eps, weight, bias, _channel_shape(input))
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    k = len(normalized_shape) if not isinstance(normalized_shape, int) else 1
-    y = _normalize(input, list(range(input.dim() - k, input.dim())), eps)
-    return _affine(y, weight, bias, [1] * (input.dim() - k) + list(y.shape[input.dim() - k:]))
+    k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return _normalized(input, list(range(input.dim() - k, input.dim())), eps, weight, bias,
+                       list(input.shape[input.dim() - k:]))
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    N, C = input.shape[:2]
+    y = _normalized(input.reshape(N, num_groups, -1), [2], eps, None, None, None).reshape(input.shape)
+    if weight is None and bias is None:
+        return y
+    if not _plain(weight, bias):
+        return _affine(y, weight, bias, _channel_shape(input))
+    p, t = _dual(y)
+    out = _affine(p, weight, bias, _channel_shape(input))
+    return out if t is None else fwAD.make_dual(out, _affine(t, weight, None, _channel_shape(input)))
 
 
 def _shifted(input, dim, dtype):
@@ -89,12 +145,16 @@ def _shifted(input, dim, dtype):
 
 
 def _softmax(input, dim=None, _stacklevel=3, dtype=None):
+    if dim is None:
+        return NotImplemented  # legacy implicit dim: left to torch
     s, _ = _shifted(input, dim, dtype)
     e = s.exp()
     return e / e.sum(dim, keepdim=True)
 
 
 def _log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    if dim is None:
+        return NotImplemented
     s, _ = _shifted(input, dim, dtype)
     return s - s.exp().sum(dim, keepdim=True).log()
 
@@ -113,10 +173,11 @@ def _method_log_softmax(self, dim, dtype=None):
     return _log_softmax(self, dim, dtype=dtype)
 
 
-_COMPOSITES = {
+_RULES = {
     F.batch_norm: _batch_norm,
     F.instance_norm: _instance_norm,
     F.layer_norm: _layer_norm,
+    F.group_norm: _group_norm,
     F.softmax: _softmax,
     F.log_softmax: _log_softmax,
     torch.softmax: _method_softmax,
@@ -126,24 +187,25 @@ _COMPOSITES = {
     torch.logsumexp: _logsumexp,
     torch.Tensor.logsumexp: _logsumexp,
 }
-# Called directly (not through the functionals above), these would bypass the composites.
+for _f in (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+    _RULES[_f] = _linear_in_input(_f)
+# Called directly (not through the functionals above), these would bypass the rules.
 _UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.native_batch_norm,
                 torch.native_layer_norm)
 
 
-class _CompositeForwardAD(TorchFunctionMode):
+class _DualRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _UNSUPPORTED:
             raise NotImplementedError(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
                                       "that reverse mode differentiates wrongly; call torch.nn.functional's "
                                       "version or use mode='double_backward'")
-        sub = _COMPOSITES.get(func)
-        if sub is not None:
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if func in (F.softmax, F.log_softmax) and dim is None:
-                return func(*args, **kwargs)  # legacy implicit dim: leave it to torch
-            return sub(*args, **kwargs)
+        rule = _RULES.get(func)
+        if rule is not None:
+            out = rule(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         return func(*args, **kwargs)
 
 
@@ -236,25 +298,30 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     rng = _Rng(x.device)
     start = rng.save()
     x = x.detach().requires_grad_(True)
-    logits = _pen._logits_of(D, x)
+    # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
+    psi0 = _pen._logits_of(D, x)
     after = rng.save()
-    (g,) = torch.autograd.grad(logits.sum(), x, retain_graph=True)
-    acc = _checks.acc_dtype(g.dtype, logits.dtype)
-    g2 = g.reshape(B, -1)
+    (g,) = torch.autograd.grad(psi0.sum(), x)
+    acc = _checks.acc_dtype(g.dtype, psi0.dtype)
+    g2 = g.reshape(B, math.prod(g.shape[1:]))
     if acc == torch.float64 and g2.dtype != acc:
         g2 = g2.to(acc)
-    psi = logits.detach().to(acc)
+    psi = psi0.detach().to(acc)
     per, u, v = penalty_terms(g2, psi, weight, scale, backend)
     value = per.mean() if reduction == "mean" else per.sum()
 
     rng.restore(start)
     try:
-        with fwAD.dual_level(), _CompositeForwardAD():
+        with fwAD.dual_level(), _DualRules():
             xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
             out = torch.func.functional_call(D, buffers, (xd,)) if buffers else D(xd)
             jv = fwAD.unpack_dual(out).tangent
     finally:
         rng.restore(after)
+    # The dual forward's primal is psi again (same buffers, same random draws). Its graph is needed anyway (the
+    # tangent's backward reads it), so the returned logits come from it: D's loss, the u term and the JVP then
+    # share one backward through one graph.
+    logits = out.reshape(B)
     surrogate = None
     if jv is not None:
         surrogate = jv.sum().to(acc)
@@ -277,11 +344,17 @@ def _key(D, x):
     return (x.device.type, x.dtype, tuple(x.shape[1:]), tuple(m.training for m in D.modules()))
 
 
+# Device types on which "auto" uses the jvp path for non-MLP discriminators. Not "cpu": there the extra forward of
+# the jvp path costs more than the double backward it replaces (bench/bench_penalty_modes.py, DCGAN32-like D:
+# jvp ~1.2x the double backward on a 2-core CPU).
+AUTO_JVP_DEVICES = {"cuda"}
+
+
 def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified)."""
     if mlp_penalty.plan(D, x)[0] is not None:
         return "mlp"
-    if not isinstance(D, nn.Module) or reduction == "none":
+    if not isinstance(D, nn.Module) or reduction == "none" or x.device.type not in AUTO_JVP_DEVICES:
         return "double_backward"
     verdict = _verdicts.get(D, {}).get(_key(D, x))
     if verdict is not None:

@@ -67,3 +67,17 @@ def test_file_data_kept_on_cuda_and_sampled_there(tmp_path):
     host = build_dataset(DataConfig(name="npz", path=str(tmp_path / "a.npz"), keep_on_device="no"), device="cuda")
     assert not host.on_device and host.storage_device.type == "cpu"
     assert host.sample(8, torch.Generator().manual_seed(0)).is_cuda
+
+
+def test_import_is_lean():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, fastgan.data, fastgan.models\n"
+            "from fastgan.data import DataConfig, build_dataset\n"
+            "build_dataset(DataConfig()).sample(4)\n"
+            "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
+            "assert 'triton' not in sys.modules and 'PIL' not in sys.modules, 'heavy import'\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

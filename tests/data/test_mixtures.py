@@ -108,3 +108,16 @@ def test_mixture_samples_on_cuda_with_cuda_generator():
     # a CPU generator still works (drawn on its device, moved)
     y = ds.sample(16, torch.Generator().manual_seed(0))
     assert y.is_cuda
+
+
+@pytest.mark.cuda
+def test_roth_samples_stay_on_plane_under_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        ds = build_dataset(DataConfig(name="roth3d"), device="cuda")
+        x = ds.sample(4096, torch.Generator(device="cuda").manual_seed(0)).double().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    centre, normal = mixtures.roth_plane()
+    assert ((x - centre) @ normal).abs().max() < 1e-5

@@ -1,6 +1,5 @@
 """Every method's gradients (D, G, NT's noise model, DFM's denoiser) against fastgan.reference.methods, on
 tiny float64 models with the same random draws handed to both sides."""
-import copy
 
 import pytest
 import torch
@@ -284,3 +283,21 @@ def test_roth_nt_dfm_composite_matches_reference():
     want_g = adv + M.lambda_dn * ((phi_g[:m] - target) ** 2).sum(1).mean()
     PG = list(M.G.parameters())
     assert_close(grads(M.g_objective(M.G(d.z), d)[0], PG), grads(want_g, PG), "G")
+
+
+def test_roth_runs_the_fused_penalty_kernel():
+    from fastgan import _ext
+    from fastgan.ops import _dispatch
+
+    backend = "cpu" if _ext.available()[0] else "reference"
+    for penalty, extra in [("js", []), ("r1", []), ("js", ["method.name=roth+nt", "method.nt.noise=fixed"])]:
+        cfg, M = make("roth", f"method.roth.penalty={penalty}", *extra)
+        M.G.float(), M.D.float()
+        x = torch.randn(M_BATCH, *SHAPE)
+        d = M.draws(M_BATCH)
+        d = Draws(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
+        before = _dispatch.counts[("grad_norm_penalty", backend)]
+        out = M.d_objective(x, M.G(d.z).detach(), d)
+        out.d_loss.backward()
+        assert _dispatch.counts[("grad_norm_penalty", backend)] > before, (penalty, extra)
+        assert _dispatch.counts[("grad_norm_penalty_backward", backend)] > 0

@@ -125,9 +125,14 @@ def _tiny_nt(*overrides):
                         "optim.optimizer=sgd", "optim.lr_noise=0.01", "optim.lr_d=0.01", "method.nt.noise=generator",
                         *overrides])
     torch.manual_seed(0)
-    G, D = build_generator(cfg.model, (3,)), build_discriminator(cfg.model, (3,))
-    net = build_noise_generator(cfg.model, (3,))
+    G, D = build_generator(cfg.model, (3,)).double(), build_discriminator(cfg.model, (3,)).double()
+    net = build_noise_generator(cfg.model, (3,)).double()
     return Method(cfg, G, D, device="cpu", generator=torch.Generator().manual_seed(1), noise_net=net)
+
+
+def _draws64(M, m):
+    d = M.draws(m)
+    return Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
 
 
 def _value(M, x, fake, d, eps):
@@ -142,8 +147,8 @@ def test_noise_generator_descends_the_d_objective():
     # Eq. 6 / Algorithm 1: the noise network minimises the D objective (+ lambda ||eps||^2). With lambda = 0, one
     # small step of the noise network lowers the objective D maximises (for D held at its old parameters).
     M = _tiny_nt("method.nt.lam=0.0")
-    x = torch.randn(16, 3)
-    d = M.draws(16)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    d = _draws64(M, 16)
     with torch.no_grad():
         fake = M.G(d.z)
         eps0 = M.noise(d.eps_draws)
@@ -163,9 +168,9 @@ def test_noise_generator_descends_the_d_objective():
 
 
 def test_noise_penalty_shrinks_the_noise():
-    M = _tiny_nt("method.nt.lam=100.0")
-    x = torch.randn(16, 3)
-    d = M.draws(16)
+    M = _tiny_nt("method.nt.lam=10.0", "optim.lr_noise=0.001")
+    x = torch.randn(16, 3, dtype=torch.float64)
+    d = _draws64(M, 16)
     with torch.no_grad():
         n0 = M.noise(d.eps_draws).pow(2).sum(1).mean()
     M.d_update(x, d)
@@ -182,7 +187,7 @@ def test_learned_sigma_gradient_includes_penalty():
     d = Draws(z=torch.zeros(4, 2, dtype=torch.float64), eps_draws=torch.randn(4, 3, dtype=torch.float64),
               mu=torch.tensor(0.4, dtype=torch.float64))
     out = M.d_objective(zero, zero, d)
-    (g,) = torch.autograd.grad(out.noise_loss, [M.noise.sigma])
+    (g,) = torch.autograd.grad(out.noise_loss, [M.noise.sigma], retain_graph=True)
     (g_adv,) = torch.autograd.grad(-out.adv, [M.noise.sigma])
-    assert g.item() == pytest.approx(g_adv.item() + 2 * 0.5 * 0.7, rel=1e-10)
+    assert g.item() == pytest.approx(g_adv.item() + 2 * 0.5 * M.noise.sigma.item(), rel=1e-10)
     assert g_adv.item() != 0

@@ -11,20 +11,25 @@ namespace penalty {
 // Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table).
 enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
 
-// w(psi) and dw/dpsi. 1 - sigmoid(psi) is computed as sigmoid(-psi): no cancellation for large psi.
+// w(psi) and dw/dpsi. sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) come from one exp(-|psi|):
+// no overflow, and no cancellation in 1 - sigmoid for large psi.
 template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
-  if (code == kJsReal) {
-    A s = sigmoid(psi), q = sigmoid(-psi);
-    *w = q * q;                 // (1 - s)^2
-    *dw = A(-2) * s * q * q;    // -2 s (1 - s)^2
-  } else if (code == kJsFake) {
-    A s = sigmoid(psi), q = sigmoid(-psi);
-    *w = s * s;
-    *dw = A(2) * s * s * q;     // 2 s^2 (1 - s)
-  } else {
+  if (code != kJsReal && code != kJsFake) {
     *w = A(1);
     *dw = A(0);
+    return;
+  }
+  A e = fg_exp(psi >= A(0) ? -psi : psi);
+  A r = A(1) / (A(1) + e);
+  A s = psi >= A(0) ? r : e * r;  // sigmoid(psi)
+  A q = psi >= A(0) ? e * r : r;  // sigmoid(-psi)
+  if (code == kJsReal) {
+    *w = q * q;                 // (1 - s)^2
+    *dw = A(-2) * s * q * q;    // -2 s (1 - s)^2
+  } else {
+    *w = s * s;
+    *dw = A(2) * s * s * q;     // 2 s^2 (1 - s)
   }
 }
 

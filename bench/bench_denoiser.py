@@ -1,0 +1,80 @@
+"""The DFM denoiser: forward + backward of its training loss and of the generator's term, fused
+(fastgan.ops.Denoiser) vs the nn.Sequential reference (fastgan/reference/denoiser.py), same run.
+
+Run: pytest bench/bench_denoiser.py --benchmark-only [--benchmark-json out.json]
+CPU keeps the small end (n_h = 512, depth 3, B = 64 / 256); the n_h = 2048, depth 6, B = 512 grid runs
+only where a GPU is visible.
+"""
+import copy
+
+import pytest
+import torch
+
+from fastgan.ops import Denoiser
+from fastgan.reference import denoiser as ref
+
+from benchutil import DEVICES, device_label, fused_backends, sync
+
+# (n_h, depth, B)
+SIZES = {"cpu": [(512, 3, 64), (512, 3, 256)],
+         "cuda": [(n_h, depth, B) for n_h in (512, 2048) for depth in (3, 6) for B in (64, 512)]}
+
+
+def _cases(sizes=SIZES):
+    for dev in DEVICES:
+        for n_h, depth, B in sizes[dev]:
+            for impl in ["reference"] + fused_backends(dev):
+                yield pytest.param(dev, impl, n_h, depth, B, id=f"{dev}-{impl}-nh{n_h}-d{depth}-B{B}")
+
+
+def _setup(device, impl, n_h, depth, B):
+    torch.manual_seed(0)
+    den = Denoiser(n_h, depth=depth, backend=None if impl == "reference" else impl).to(device)
+    net = copy.deepcopy(den.net)
+    h = torch.randn(B, n_h, device=device)
+    noise = torch.randn(B, n_h, device=device)
+    return den, net, h, noise
+
+
+def _info(benchmark, device, n_h, depth, B):
+    benchmark.extra_info.update(device=device_label(device), n_h=n_h, depth=depth, B=B,
+                                torch_threads=torch.get_num_threads())
+
+
+@pytest.mark.parametrize("device,impl,n_h,depth,B", list(_cases()))
+def test_denoiser_loss_forward_backward(benchmark, device, impl, n_h, depth, B):
+    """loss(h) = ||h - r(h + sigma eps)||^2 and its backward to every parameter of r (ms per step)."""
+    den, net, h, noise = _setup(device, impl, n_h, depth, B)
+
+    def step():
+        if impl == "reference":
+            net.zero_grad(set_to_none=True)
+            ref.denoiser_loss(net, h, noise).backward()
+        else:
+            den.zero_grad(set_to_none=True)
+            den.loss(h, noise).backward()
+        sync(device)
+
+    benchmark(step)
+    _info(benchmark, device, n_h, depth, B)
+
+
+GEN_SIZES = {"cpu": [(512, 3, 64)], "cuda": [(512, 3, 512), (2048, 6, 512)]}
+
+
+@pytest.mark.parametrize("device,impl,n_h,depth,B", list(_cases(GEN_SIZES)))
+def test_generator_term_forward_backward(benchmark, device, impl, n_h, depth, B):
+    """||h_fake - r(h_fake)||^2 with r(h_fake) constant, and its gradient w.r.t. h_fake."""
+    den, net, h, _ = _setup(device, impl, n_h, depth, B)
+    h_fake = h.clone().requires_grad_()
+
+    def step():
+        h_fake.grad = None
+        if impl == "reference":
+            ref.generator_loss(net, h_fake).backward()
+        else:
+            den.generator_loss(h_fake).backward()
+        sync(device)
+
+    benchmark(step)
+    _info(benchmark, device, n_h, depth, B)

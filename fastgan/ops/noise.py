@@ -1,0 +1,538 @@
+"""NTGAN noisy/clean batches (Noise-Tempered GAN, Algorithm 1 and Sec. 2.3) built in one kernel:
+``noisy_clean_batch(x_real, x_fake, noise, mode)`` returns the discriminator's real and fake batches
+[x; x + eps] ("double") or [x[:m//2]; x[m//2:] + eps] ("half"), with the same eps for real and fake.
+
+Noise: a fixed sigma (float), a learned sigma (tensor, shared or per-channel) with eps = sigma * z, or the
+noise generator's output eps. z comes from a counter-based Philox4x32-10 stream whose (seed, offset) live in
+a device tensor (``NoiseState``): the kernel reads them and advances the offset on the device, so results
+are reproducible from a seed and a captured CUDA graph draws new noise on each replay. The CPU and CUDA
+kernels draw the same z (csrc/include/fastgan/philox.h); Triton draws the same stream up to float rounding.
+
+Custom ops: ``fastgan::noisy_batch_draw`` (mutates the state; autograd through ``_Draw``),
+``fastgan::noisy_batch`` (eps, or a replay of a recorded draw; functional, with register_autograd) and
+``fastgan::noisy_batch_backward`` (differentiable: its backward is noisy_batch on the cotangents).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+
+from .. import _ext
+from ..reference import noise as ref
+from . import _checks, _dispatch
+
+OP = "noisy_clean_batch"
+MODES = ("double", "half")
+
+NoiseArg = Union[float, torch.Tensor]
+
+
+# ---------------------------------------------------------------- RNG state
+
+class NoiseState:
+    """(seed, offset) of the Philox noise stream, kept on `device` as one int64 tensor [seed, offset, ticket].
+
+    The kernels read it and advance the offset on the device (no host sync), so the same NoiseState can be
+    used inside a captured CUDA graph. Reading ``seed``/``offset`` copies to the host (a sync).
+    """
+
+    def __init__(self, seed: int = 0, device: Union[str, torch.device] = "cpu"):
+        seed = _check_seed(seed)
+        self.tensor = torch.tensor([seed, 0, 0], dtype=torch.int64, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    @property
+    def seed(self) -> int:
+        return int(self.tensor[0])
+
+    @property
+    def offset(self) -> int:
+        return int(self.tensor[1])
+
+    def manual_seed(self, seed: int) -> "NoiseState":
+        """Restart the stream at `seed` (offset 0), in place."""
+        self.tensor.copy_(torch.tensor([_check_seed(seed), 0, 0], dtype=torch.int64))
+        return self
+
+    def get_state(self) -> torch.Tensor:
+        """CPU copy of [seed, offset, ticket], for checkpoints."""
+        return self.tensor.detach().cpu().clone()
+
+    def set_state(self, state: torch.Tensor) -> "NoiseState":
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
+            raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
+        self.tensor.copy_(state)
+        return self
+
+    def clone(self) -> "NoiseState":
+        other = NoiseState.__new__(NoiseState)
+        other.tensor = self.tensor.clone()
+        return other
+
+    def __repr__(self) -> str:
+        return f"NoiseState(device={self.device})"
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+_default_states: dict = {}
+
+
+def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
+    """The state used when none is given: one per device, seeded on first use from torch's default CPU
+    generator (so torch.manual_seed makes it reproducible)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _default_states:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        _default_states[device] = NoiseState(seed, device)
+    return _default_states[device]
+
+
+# ---------------------------------------------------------------- backend implementations (no autograd)
+# Tensors here are 2-D: x (m, F), eps (n_noisy, F), outputs (rows_out, F) contiguous; sigma (C,) in the
+# accumulation dtype; rng int64 [seed, offset, ticket] (or the 2-element `used` of a recorded draw).
+
+def _fwd_reference(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half):
+    x0 = xr if xr is not None else xf
+    m, F = x0.shape
+    mode = "half" if half else "double"
+    if eps is None:
+        _, n_noisy = ref.split(m, mode)
+        if advance:
+            used.copy_(rng[:2])
+        s = sigma.view(C, 1) if sigma is not None else sigma_value
+        if sigma is None and x0.dtype == torch.float64:
+            s = torch.tensor(sigma_value, dtype=torch.float64, device=x0.device)
+        eps = ref.gaussian_noise(s, (C, F // C), n_noisy, rng, advance).reshape(n_noisy, F)
+    r, f = ref.add_noise(xr, xf, eps, mode)
+    if r is not None:
+        out_r.copy_(r)
+    if f is not None:
+        out_f.copy_(f)
+
+
+def _bwd_reference(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
+    g0 = gr if gr is not None else gf
+    F = g0.shape[1]
+    acc = _checks.acc_dtype(g0.dtype)
+    n_clean, n_noisy = ref.split(m, "half" if half else "double")
+    dst0 = n_clean if half else m
+    ge = torch.zeros(n_noisy, F, dtype=acc, device=g0.device)
+    if gr is not None:
+        ge += gr[dst0:].to(acc)
+    if gf is not None:
+        ge += gf[dst0:].to(acc)
+    if deps is not None:
+        deps.copy_(ge)
+    if dsig is not None:
+        z = ref.philox_normal(int(rng[0]), int(rng[1]), n_noisy * F, g0.device).to(acc)
+        dsig.copy_((ge * z.view(n_noisy, F)).view(n_noisy, C, F // C).sum(2))
+    if dxr is not None:
+        dxr.copy_(gr[:m].to(acc) + gr[m:].to(acc))
+    if dxf is not None:
+        dxf.copy_(gf[:m].to(acc) + gf[m:].to(acc))
+
+
+def _ptr(t) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
+def _st(t, k) -> int:
+    return t.stride(k) if t is not None else 0
+
+
+def _forward_args(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half):
+    x0 = xr if xr is not None else xf
+    return dict(x_real=_ptr(xr), x_fake=_ptr(xf), sr_b=_st(xr, 0), sr_f=_st(xr, 1), sf_b=_st(xf, 0),
+                sf_f=_st(xf, 1), eps=_ptr(eps), se_b=_st(eps, 0), se_f=_st(eps, 1), sigma=_ptr(sigma),
+                sigma_value=float(sigma_value), C=C, rng=_ptr(rng), advance=bool(advance), used=_ptr(used),
+                out_real=_ptr(out_r), out_fake=_ptr(out_f), dtype=_ext.DTYPE_CODES[x0.dtype], m=x0.shape[0],
+                F=x0.shape[1], half=bool(half))
+
+
+def _backward_args(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
+    g0 = gr if gr is not None else gf
+    return dict(g_real=_ptr(gr), g_fake=_ptr(gf), gr_b=_st(gr, 0), gr_f=_st(gr, 1), gf_b=_st(gf, 0),
+                gf_f=_st(gf, 1), dx_real=_ptr(dxr), dx_fake=_ptr(dxf), deps=_ptr(deps), dsigma=_ptr(dsig),
+                rng=_ptr(rng), C=C, dtype=_ext.DTYPE_CODES[g0.dtype], m=m, F=g0.shape[1], half=bool(half))
+
+
+def _fwd_cpu(*args):
+    _ext.C().noisy_forward_cpu(_forward_args(*args))
+
+
+def _bwd_cpu(*args):
+    _ext.C().noisy_backward_cpu(_backward_args(*args))
+
+
+def _fwd_cuda(*args):
+    d = _forward_args(*args)
+    dev = (args[0] if args[0] is not None else args[1]).device
+    with torch.cuda.device(dev):
+        _ext.C().noisy_forward_cuda(d, _ext.stream_handle(dev))
+
+
+def _bwd_cuda(*args):
+    d = _backward_args(*args)
+    dev = (args[0] if args[0] is not None else args[1]).device
+    with torch.cuda.device(dev):
+        _ext.C().noisy_backward_cuda(d, _ext.stream_handle(dev))
+
+
+def _fwd_triton(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half):
+    from ..kernels import noise as k
+
+    x0 = xr if xr is not None else xf
+    if eps is None and sigma is None and x0.dtype == torch.float64:
+        # triton passes float arguments as float32
+        sigma = torch.full((1,), sigma_value, dtype=torch.float64, device=x0.device)
+    k.forward(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half)
+
+
+def _bwd_triton(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
+    from ..kernels import noise as k
+
+    k.backward(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half)
+
+
+_FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
+_BACKWARD = {"reference": _bwd_reference, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
+
+
+# ---------------------------------------------------------------- custom ops
+
+def _rows_out(m: int, half: bool) -> int:
+    return m if half else 2 * m
+
+
+def _empty_outputs(xr, xf, half):
+    x0 = xr if xr is not None else xf
+    m, F = x0.shape
+    shape = (_rows_out(m, half), F)
+    out_r = x0.new_empty(shape) if xr is not None else x0.new_empty(0)
+    out_f = x0.new_empty(shape) if xf is not None else x0.new_empty(0)
+    return out_r, out_f
+
+
+def _present(t: torch.Tensor, flag) -> Optional[torch.Tensor]:
+    return t if flag is not None else None
+
+
+def _channels(sigma) -> int:
+    return sigma.shape[0] if sigma is not None else 1
+
+
+@torch.library.custom_op("fastgan::noisy_batch_draw", mutates_args=("state",))
+def _draw(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma: Optional[torch.Tensor],
+          sigma_value: float, state: torch.Tensor, half: bool,
+          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian draw: reads (seed, offset) from `state`, advances its offset; returns (real, fake, used)
+    with used = the [seed, offset] the draw read (for the backward). A missing side gives an empty tensor."""
+    out_r, out_f = _empty_outputs(x_real, x_fake, half)
+    used = torch.empty(2, dtype=torch.int64, device=state.device)
+    _FORWARD[backend](x_real, x_fake, None, sigma, sigma_value, state, True, used, _present(out_r, x_real),
+                      _present(out_f, x_fake), _channels(sigma), half)
+    _dispatch.record(OP, backend)
+    return out_r, out_f, used
+
+
+@_draw.register_fake
+def _draw_fake(x_real, x_fake, sigma, sigma_value, state, half, backend):
+    out_r, out_f = _empty_outputs(x_real, x_fake, half)
+    return out_r, out_f, state.new_empty(2)
+
+
+@torch.library.custom_op("fastgan::noisy_batch", mutates_args=())
+def _apply(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma: Optional[torch.Tensor],
+           sigma_value: float, eps: Optional[torch.Tensor], used: Optional[torch.Tensor], half: bool,
+           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """eps given: add it; else replay the Gaussian draw recorded in `used` ([seed, offset]) with sigma."""
+    out_r, out_f = _empty_outputs(x_real, x_fake, half)
+    _FORWARD[backend](x_real, x_fake, eps, sigma, sigma_value, used, False, None, _present(out_r, x_real),
+                      _present(out_f, x_fake), _channels(sigma), half)
+    _dispatch.record(OP, backend)
+    return out_r, out_f
+
+
+@_apply.register_fake
+def _apply_fake(x_real, x_fake, sigma, sigma_value, eps, used, half, backend):
+    return _empty_outputs(x_real, x_fake, half)
+
+
+@torch.library.custom_op("fastgan::noisy_batch_backward", mutates_args=())
+def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor], used: Optional[torch.Tensor],
+                 m: int, C: int, want_dx_real: bool, want_dx_fake: bool, want_deps: bool, want_dsigma: bool,
+                 half: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx_real (m, F), dx_fake (m, F), dnoise) for upstream (rows_out, F) gradients; dx only in double mode
+    (in half mode dx = g); dnoise = deps (n_noisy, F) or dsigma (C,) in the accumulation dtype. Outputs not
+    wanted are empty."""
+    g0 = g_real if g_real is not None else g_fake
+    F = g0.shape[1]
+    acc = _checks.acc_dtype(g0.dtype)
+    _, n_noisy = ref.split(m, "half" if half else "double")
+    dxr = g0.new_empty(m, F) if want_dx_real else None
+    dxf = g0.new_empty(m, F) if want_dx_fake else None
+    deps = g0.new_empty(n_noisy, F) if want_deps else None
+    part = g0.new_empty(n_noisy, C, dtype=acc) if want_dsigma else None
+    if any(t is not None for t in (dxr, dxf, deps, part)):
+        _BACKWARD[backend](g_real, g_fake, used, dxr, dxf, deps, part, m, C, half)
+        _dispatch.record(OP + "_backward", backend)
+    # per-row partial sums, reduced here so the result does not depend on the kernel's thread layout
+    dnoise = deps if want_deps else part.sum(0) if want_dsigma else g0.new_empty(0)
+    return (dxr if want_dx_real else g0.new_empty(0), dxf if want_dx_fake else g0.new_empty(0), dnoise)
+
+
+@_backward_op.register_fake
+def _backward_op_fake(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma, half,
+                      backend):
+    g0 = g_real if g_real is not None else g_fake
+    F = g0.shape[1]
+    _, n_noisy = ref.split(m, "half" if half else "double")
+    dxr = g0.new_empty(m, F) if want_dx_real else g0.new_empty(0)
+    dxf = g0.new_empty(m, F) if want_dx_fake else g0.new_empty(0)
+    if want_deps:
+        dnoise = g0.new_empty(n_noisy, F)
+    elif want_dsigma:
+        dnoise = g0.new_empty(C, dtype=_checks.acc_dtype(g0.dtype))
+    else:
+        dnoise = g0.new_empty(0)
+    return dxr, dxf, dnoise
+
+
+def _noise_grads(g_r, g_f, used, has_r, has_f, need_r, need_f, need_eps, need_sigma, m, C, half, backend):
+    """Gradients (dx_real, dx_fake, dnoise) of a noisy batch for upstream (g_real, g_fake) (None = zero)."""
+    g_r = g_r if has_r else None
+    g_f = g_f if has_f else None
+    if g_r is None and g_f is None:
+        return None, None, None
+    want_r = need_r and g_r is not None
+    want_f = need_f and g_f is not None
+    dx_r, dx_f, dnoise = torch.ops.fastgan.noisy_batch_backward(
+        g_r, g_f, used, m, C, want_r and not half, want_f and not half, need_eps, need_sigma, half, backend)
+    if half:
+        dx_r, dx_f = (g_r if want_r else None), (g_f if want_f else None)
+    else:
+        dx_r, dx_f = (dx_r if want_r else None), (dx_f if want_f else None)
+    return dx_r, dx_f, (dnoise if need_eps or need_sigma else None)
+
+
+def _setup_apply(ctx, inputs, output):
+    x_real, x_fake, sigma, sigma_value, eps, used, half, backend = inputs
+    x0 = x_real if x_real is not None else x_fake
+    ctx.save_for_backward(used)
+    ctx.has_r, ctx.has_f = x_real is not None, x_fake is not None
+    ctx.m, ctx.C, ctx.half, ctx.backend = x0.shape[0], _channels(sigma), half, backend
+
+
+def _backward_apply(ctx, g_r, g_f):
+    (used,) = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx_r, dx_f, dnoise = _noise_grads(g_r, g_f, used, ctx.has_r, ctx.has_f, need[0], need[1], need[4], need[2],
+                                      ctx.m, ctx.C, ctx.half, ctx.backend)
+    d_sigma = dnoise if need[2] else None
+    d_eps = dnoise if need[4] else None
+    return dx_r, dx_f, d_sigma, None, d_eps, None, None, None
+
+
+_apply.register_autograd(_backward_apply, setup_context=_setup_apply)
+
+
+def _setup_backward_op(ctx, inputs, output):
+    g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma, half, backend = inputs
+    ctx.save_for_backward(used)
+    g0 = g_real if g_real is not None else g_fake
+    ctx.shape, ctx.has_r, ctx.has_f = (m, g0.shape[1]), g_real is not None, g_fake is not None
+    ctx.wants = (want_dx_real, want_dx_fake, want_deps, want_dsigma)
+    ctx.C, ctx.half, ctx.backend = C, half, backend
+    ctx.dtype, ctx.device = g0.dtype, g0.device
+
+
+def _backward_backward(ctx, a_dxr, a_dxf, a_noise):
+    # The backward is linear in (g_real, g_fake): its adjoint is the forward map applied to the cotangents
+    # (x <- a_dx, noise <- a_noise), with the same recorded z.
+    (used,) = ctx.saved_tensors
+    want_dxr, want_dxf, want_deps, want_dsig = ctx.wants
+
+    def zeros(*shape):
+        return torch.zeros(shape, dtype=ctx.dtype, device=ctx.device)
+
+    def x_of(a, want):
+        return a if (want and a is not None) else zeros(*ctx.shape)
+
+    xr = x_of(a_dxr, want_dxr) if ctx.has_r else None
+    xf = x_of(a_dxf, want_dxf) if ctx.has_f else None
+    if want_dsig and a_noise is not None:
+        out_r, out_f = _apply(xr, xf, a_noise, 0.0, None, used, ctx.half, ctx.backend)
+    else:
+        eps = a_noise if (want_deps and a_noise is not None) else None
+        if eps is None:
+            _, n_noisy = ref.split(ctx.shape[0], "half" if ctx.half else "double")
+            eps = zeros(n_noisy, ctx.shape[1])
+        out_r, out_f = _apply(xr, xf, None, 0.0, eps, None, ctx.half, ctx.backend)
+    return (out_r if ctx.has_r else None, out_f if ctx.has_f else None, None, None, None, None, None, None,
+            None, None, None)
+
+
+_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward_op)
+
+
+class _Draw(torch.autograd.Function):
+    """Autograd for the state-mutating draw (torch.library refuses register_autograd on mutating ops)."""
+
+    @staticmethod
+    def forward(ctx, x_real, x_fake, sigma, sigma_value, state, half, backend):
+        out_r, out_f, used = torch.ops.fastgan.noisy_batch_draw(x_real, x_fake, sigma, sigma_value, state, half,
+                                                                backend)
+        x0 = x_real if x_real is not None else x_fake
+        ctx.save_for_backward(used)
+        ctx.has_r, ctx.has_f = x_real is not None, x_fake is not None
+        ctx.m, ctx.C, ctx.half, ctx.backend = x0.shape[0], _channels(sigma), half, backend
+        return out_r, out_f
+
+    @staticmethod
+    def backward(ctx, g_r, g_f):
+        (used,) = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx_r, dx_f, d_sigma = _noise_grads(g_r, g_f, used, ctx.has_r, ctx.has_f, need[0], need[1], False,
+                                           need[2], ctx.m, ctx.C, ctx.half, ctx.backend)
+        return dx_r, dx_f, d_sigma, None, None, None, None
+
+
+# ---------------------------------------------------------------- public API
+
+def _sample_info(x_real, x_fake):
+    if x_real is None and x_fake is None:
+        raise ValueError("x_real and x_fake are both None; give at least one batch")
+    if x_real is not None:
+        _checks.tensor("x_real", x_real, min_dim=1)
+    if x_fake is not None:
+        _checks.tensor("x_fake", x_fake, min_dim=1)
+    if x_real is not None and x_fake is not None:
+        _checks.same_device(x_real=x_real, x_fake=x_fake)
+        if x_real.dtype != x_fake.dtype:
+            raise TypeError(f"x_fake has dtype {x_fake.dtype} but x_real has {x_real.dtype}; they must match")
+        if x_real.shape != x_fake.shape:
+            raise ValueError(f"x_fake has shape {tuple(x_fake.shape)} but x_real has {tuple(x_real.shape)}: the "
+                             "same eps is added to both, so their batch size and sample shape must match")
+    x0 = x_real if x_real is not None else x_fake
+    name = "x_real" if x_real is not None else "x_fake"
+    if x0.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch")
+    F = x0[0].numel()
+    if F == 0:
+        raise ValueError(f"{name} has an empty sample shape {tuple(x0.shape[1:])}")
+    return x0, F
+
+
+def _parse_noise(noise, x0, n_noisy, mode):
+    """('sigma', value | tensor (C,), C) or ('eps', tensor (n_noisy, F), 1)."""
+    S = tuple(x0.shape[1:])
+    if isinstance(noise, bool) or not isinstance(noise, (numbers.Real, torch.Tensor)):
+        raise TypeError("noise must be a float sigma, a sigma tensor or the noise generator's output eps, "
+                        f"got {type(noise).__name__}")
+    if not isinstance(noise, torch.Tensor):
+        value = float(noise)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"noise (sigma) must be finite, got {value}")
+        return "sigma", value, 1
+    _checks.tensor("noise", noise)
+    _checks.same_device(x=x0, noise=noise)
+    if noise.dim() == x0.dim():
+        want = (n_noisy, *S)
+        if tuple(noise.shape) != want:
+            raise ValueError(f"noise (eps) must have shape {want} (the noisy rows of mode {mode!r}), got "
+                             f"{tuple(noise.shape)}")
+        return "eps", noise, 1
+    if noise.dim() < x0.dim():
+        if noise.numel() == 1:
+            return "sigma", noise, 1
+        per_channel = (S[0],) + (1,) * (len(S) - 1)
+        if len(S) >= 1 and tuple(noise.shape) == per_channel:
+            return "sigma", noise, S[0]
+        raise ValueError(f"noise (sigma) must have one element or the per-channel shape {per_channel}, got "
+                         f"{tuple(noise.shape)}")
+    raise ValueError(f"noise has {noise.dim()} dimensions but the batches have {x0.dim()}: give sigma "
+                     f"(fewer dimensions) or eps of shape {(n_noisy, *S)}")
+
+
+def _state_tensor(state, device) -> torch.Tensor:
+    if state is None:
+        return default_noise_state(device).tensor
+    t = state.tensor if isinstance(state, NoiseState) else state
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"state must be a NoiseState or an int64 tensor, got {type(state).__name__}")
+    if t.dtype != torch.int64 or tuple(t.shape) != (3,) or not t.is_contiguous():
+        raise ValueError(f"state must be a contiguous int64 tensor of shape (3,) [seed, offset, 0], got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"state is on {t.device} but the batches are on {device}; create the NoiseState there")
+    return t
+
+
+def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], noise: NoiseArg,
+                      mode: str = "double", *, state: Union[NoiseState, torch.Tensor, None] = None,
+                      backend: Optional[str] = None):
+    """NTGAN's discriminator batches, built in one kernel: returns (real_batch, fake_batch).
+
+    mode="double": [x_1..x_m, x_1 + eps_1, .., x_m + eps_m] (2m rows each).
+    mode="half":   [x_1..x_h, x_{h+1} + eps_1, .., x_m + eps_{m-h}] with h = m // 2 (m rows each).
+    The same eps is added to real and fake. x_real and x_fake: (m, ...) with equal shape and dtype; either
+    may be None (its batch is then None), e.g. x_real=None for the generator step.
+
+    noise:
+      - float sigma: eps = sigma * z, z ~ N(0, 1) from the Philox stream of `state`;
+      - sigma tensor with one element, or per-channel of shape (C, 1, .., 1) with C = x.shape[1]: the same,
+        differentiable w.r.t. sigma (NTGAN's learned sigma);
+      - eps tensor (n_noisy, ...) = the noise generator's output (n_noisy = m, or m - m // 2 for "half"),
+        cast to x's dtype, differentiable w.r.t. eps.
+    state: NoiseState (or its int64 tensor) on the batches' device; read and advanced on the device. None uses
+    ``default_noise_state(device)``. The noisy rows are computed in float32 (float64 for float64 inputs)
+    and rounded once; gradients flow to x_real, x_fake and the noise, to any order.
+    backend: None (best available), "reference", "cpu", "cuda" or "triton".
+    """
+    x0, F = _sample_info(x_real, x_fake)
+    _checks.choice("mode", mode, MODES)
+    half = mode == "half"
+    m = x0.shape[0]
+    _, n_noisy = ref.split(m, mode)
+    kind, value, C = _parse_noise(noise, x0, n_noisy, mode)
+    chosen = _dispatch.resolve(OP, x0.device, backend)
+    xr2 = x_real.reshape(m, F) if x_real is not None else None
+    xf2 = x_fake.reshape(m, F) if x_fake is not None else None
+    if kind == "eps":
+        eps2 = value.to(x0.dtype).reshape(n_noisy, F)
+        out_r, out_f = torch.ops.fastgan.noisy_batch(xr2, xf2, None, 0.0, eps2, None, half, chosen)
+    else:
+        st = _state_tensor(state, x0.device)
+        acc = _checks.acc_dtype(x0.dtype)
+        if isinstance(value, torch.Tensor):
+            sigma, sigma_value = value.to(acc).reshape(C), 0.0
+        else:
+            sigma, sigma_value = None, value
+        out_r, out_f = _Draw.apply(xr2, xf2, sigma, sigma_value, st, half, chosen)
+    rows = _rows_out(m, half)
+    shape = (rows, *x0.shape[1:])
+    return (out_r.view(shape) if x_real is not None else None,
+            out_f.view(shape) if x_fake is not None else None)
+
+
+def philox_normal(state: Union[NoiseState, torch.Tensor], n: int) -> torch.Tensor:
+    """The next n float32 standard normals of the stream (reference implementation; advances the offset the
+    way a draw of n noise elements does). For inspecting the stream, not for speed."""
+    t = _state_tensor(state, state.device if isinstance(state, torch.Tensor) else state.tensor.device)
+    z = ref.philox_normal(int(t[0]), int(t[1]), n, t.device)
+    t[1] += ref.counters_for(n)
+    return z

@@ -1,0 +1,439 @@
+"""`fastgan.train(cfg)` and the `fastgan train` command: run a training job from a config, writing the
+resolved config, CSV and TensorBoard scalars, sample pictures and checkpoints into one run folder.
+
+Kept light to import (``import fastgan`` imports this module): data, models, tqdm and PIL load inside
+`train`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import checkpoint as ckpt
+from . import config as C
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+# Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
+RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method.dfm.lambda_denoise")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    losses: dict
+    generator: torch.nn.Module
+    config: TrainConfig
+    models: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {name!r} requested but torch sees no CUDA device; use run.device=cpu")
+    return torch.device(name)
+
+
+def _resolve(cfg: TrainConfig, feature_dim: int) -> TrainConfig:
+    m, changes = cfg.method, {}
+    if "roth" in m.units and m.roth.schedule == "anneal" and m.roth.anneal_steps is None:
+        changes["method.roth.anneal_steps"] = cfg.run.steps
+    if "nt" in m.units and m.nt.sigma_anneal != "none" and m.nt.anneal_steps is None:
+        changes["method.nt.anneal_steps"] = cfg.run.steps
+    if "dfm" in m.units and m.dfm.lambda_denoise is None:
+        changes["method.dfm.lambda_denoise"] = 0.03 / feature_dim
+    return C.replace(cfg, **changes) if changes else cfg
+
+
+_STAMP = r"\d{8}-\d{6}(-\d+)?"
+
+
+def _find_run(cfg: TrainConfig) -> Path:
+    if cfg.run.dir:
+        d = Path(cfg.run.dir)
+        if not (d / CHECKPOINT).exists():
+            raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
+        return d
+    root = Path(cfg.run.out_dir)
+    pat = re.compile(rf"^{re.escape(cfg.run.name)}-{_STAMP}$")
+    runs = [p for p in root.glob(f"{cfg.run.name}-*") if pat.match(p.name) and (p / CHECKPOINT).exists()]
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run named {cfg.run.name!r} to continue "
+                                f"(no {root}/{cfg.run.name}-<timestamp>/{CHECKPOINT})")
+    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+
+
+def _new_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.run.dir:
+        d = Path(cfg.run.dir)
+        if (d / CHECKPOINT).exists():
+            raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                                  "or choose another run.dir")
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    root = Path(cfg.run.out_dir)
+    base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, n = root / base, 1
+    while True:
+        try:
+            d.mkdir(parents=True, exist_ok=False)
+            return d
+        except FileExistsError:
+            n += 1
+            d = root / f"{base}-{n}"
+
+
+def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> TrainConfig:
+    """The checkpoint's config with the run.* fields a resumed run may change; other differences raise."""
+    bad = []
+    for key, old, value in C.diff(saved, new):
+        if key in C.RESUMABLE_FIELDS or (key in RESOLVED_FIELDS and value is None):
+            continue
+        bad.append(f"{key}: checkpoint {old!r}, config {value!r}")
+    if bad:
+        raise CheckpointError(f"checkpoint {path} was written by a different config; resuming would not continue "
+                              "the same run. Differences: " + "; ".join(bad) +
+                              f". Only {', '.join(C.RESUMABLE_FIELDS)} may change on resume.")
+    changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS}
+    return C.replace(saved, **changes) if changes else saved
+
+
+class _FiniteMonitor:
+    """Finds the first step at which a logged loss is NaN/inf. On CPU it checks every step; on CUDA it keeps
+    the step's device tensors and checks them at log time (no host sync per step)."""
+
+    def __init__(self, every_step: bool):
+        self.every_step = every_step
+        self.pending: list = []
+
+    def update(self, step: int, stats: dict) -> None:
+        self.pending.append((step, stats))
+        if self.every_step:
+            self.check()
+
+    def check(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        flags = torch.stack([torch.stack([torch.isfinite(v).all() for v in s.values()]).all() for _, s in pending])
+        if bool(flags.all()):
+            return
+        step, stats = pending[int((~flags).nonzero()[0])]
+        for k, v in stats.items():
+            if not bool(torch.isfinite(v).all()):
+                raise NonFiniteLossError(f"{k} is {float(v)} at step {step}")
+
+
+# ------------------------------------------------------------------------------------------ the trainer
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
+        import numpy as np
+
+        from .data import build_dataset
+        from .methods.step import Method
+        from .models import build_discriminator, build_generator
+
+        self.device = _device(cfg.run.device)
+        state, run_dir = None, None
+        if resume:
+            run_dir = _find_run(cfg)
+            state = ckpt.load(run_dir / CHECKPOINT)
+            try:
+                saved = C.from_dict(state["config"])
+            except ConfigError as e:
+                raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} holds an invalid config: {e}") from None
+            cfg = _merge_for_resume(saved, cfg, run_dir / CHECKPOINT)
+        seed = cfg.run.seed
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        self.dataset = build_dataset(cfg.data, self.device)
+        shape = tuple(self.dataset.shape)
+        self.G = build_generator(cfg.model, shape).to(self.device)
+        self.D = build_discriminator(cfg.model, shape).to(self.device)
+        if not resume:
+            cfg = _resolve(cfg, self.D.feature_dim)
+        self.cfg = cfg
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
+        self.start = 0
+        if state is not None:
+            try:
+                self.method.load_state_dict(state["method"])
+                ckpt.set_rng_state(state["rng"], {"train": self.gen})
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                if isinstance(e, CheckpointError):
+                    raise
+                raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} does not fit this config's models: "
+                                      f"{str(e).splitlines()[0]}") from None
+            self.start = int(state["step"])
+        self._check_parzen()
+        self.out = run_dir if run_dir is not None else _new_run_dir(cfg)
+        self.ckpt_path = self.out / CHECKPOINT
+        self.last_ckpt_step = self.start if state is not None else None
+        C.save_config(cfg, self.out / "config.yaml")
+        self._write_info(shape)
+        self._open_logs(resume_step=self.start if state is not None else None, progress=progress)
+
+    # ---------------------------------------------------------------- setup
+
+    def _check_parzen(self):
+        r, d = self.cfg.run, self.cfg.data
+        if r.parzen and self.dataset.kind == "images" and d.name not in ("mnist", "fashion_mnist", "cifar10"):
+            raise ConfigError(f"run.parzen: needs a data set with a test split (mnist, fashion_mnist, cifar10) or a "
+                              f"mixture, got data.name={d.name!r}")
+
+    def _write_info(self, shape):
+        info = {
+            "device": str(self.device), "data_shape": list(shape), "data_kind": self.dataset.kind,
+            "latent_dim": int(self.G.latent_dim), "feature_dim": int(self.D.feature_dim),
+            "units": sorted(self.method.units), "update": self.method.update_kind,
+            "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()},
+            "torch": str(torch.__version__),
+        }
+        if self.method.denoiser is not None:
+            info["lambda_denoise"] = self.method.lambda_dn
+        tmp = self.out / "run_info.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, self.out / "run_info.json")
+
+    def _open_logs(self, resume_step, progress):
+        from .logging_utils import CSVLogger, TensorBoardWriter
+
+        r = self.cfg.run
+        self.csv = CSVLogger(self.out / "metrics.csv", resume_step=resume_step)
+        self.tb = TensorBoardWriter(self.out / "tb", resume_step=resume_step) if r.tensorboard else None
+        if progress is None:
+            progress = r.progress == "on" or (r.progress == "auto" and sys.stderr.isatty())
+        self.show_progress = bool(progress)
+        seed = r.seed
+        eval_gen = torch.Generator(device=self.device).manual_seed(seed + 7919)
+        points = self.dataset.kind == "points"
+        n = r.num_samples or (2560 if points else 64)
+        self.fixed_z = self._latent(n, eval_gen)
+        self.real_view = self.dataset.sample(n, eval_gen) if points else None
+        self.means = self.mix_std = None
+        from .data import mixtures
+
+        if self.cfg.data.name in mixtures.MIXTURES:
+            self.means = mixtures.means(self.cfg.data.name, device=self.device)
+            self.mix_std = self.cfg.data.mixture_std or mixtures.default_std(self.cfg.data.name)
+
+    def _latent(self, n, generator):
+        if hasattr(self.G, "sample_latent"):
+            return self.G.sample_latent(n, generator=generator, device=self.device)
+        return torch.randn(n, self.G.latent_dim, generator=generator, device=self.device)
+
+    # ---------------------------------------------------------------- outputs
+
+    def _log(self, step, values):
+        self.csv.log(step, values)
+        if self.tb is not None:
+            self.tb.scalars(step, values)
+            self.tb.flush()
+
+    def _generate(self, z):
+        """Samples from G in eval mode (BatchNorm running statistics, no state change), restoring train mode."""
+        was = self.G.training
+        self.G.eval()
+        try:
+            with torch.no_grad():
+                return self.G(z)
+        finally:
+            self.G.train(was)
+
+    def _samples(self, step) -> dict:
+        from .logging_utils import save_image_grid, save_scatter
+        from .metrics import mode_metrics
+
+        x = self._generate(self.fixed_z)
+        path = self.out / "samples" / f"step_{step:07d}.png"
+        metrics = {}
+        if self.dataset.kind == "images":
+            save_image_grid(x, path)
+        else:
+            save_scatter(x, path, real=self.real_view, means=self.means,
+                         title=f"{self.cfg.run.name} step {step}")
+            if self.means is not None:
+                mm = mode_metrics(x, self.means, self.mix_std)
+                metrics = {"eval/modes": float(mm["modes"]), "eval/high_quality": mm["high_quality"],
+                           "eval/kl_modes": mm["kl_modes"]}
+                self._log(step, metrics)
+        return metrics
+
+    def _parzen(self, step) -> dict:
+        from .data import build_dataset
+        from .metrics import parzen_score
+
+        r, d = self.cfg.run, self.cfg.data
+        g = torch.Generator(device=self.device).manual_seed(r.seed + 104729)
+        samples = torch.cat([self._generate(self._latent(min(1000, r.parzen_samples - i), g))
+                             for i in range(0, r.parzen_samples, 1000)])
+        if self.dataset.kind == "points":
+            validation = self.dataset.sample(r.parzen_validation, g)
+            test = self.dataset.sample(r.parzen_test, g)
+        else:
+            train = torch.cat(list(self.dataset.batches(4096)))
+            validation = train[-r.parzen_validation:]
+            test_ds = build_dataset(dataclasses.replace(d, split="test", max_samples=None), self.device)
+            test = torch.cat(list(test_ds.batches(4096)))[:r.parzen_test]
+            # Goodfellow et al. evaluate pixels in [0, 1]; our images live in [-1, 1]
+            samples, validation, test = [(t + 1) / 2 for t in (samples, validation, test)]
+        res = parzen_score(samples, validation, test)
+        out = {"eval/parzen_ll": res["log_likelihood"], "eval/parzen_stderr": res["stderr"],
+               "eval/parzen_sigma": res["sigma"]}
+        self._log(step, out)
+        return out
+
+    def _checkpoint(self, step):
+        ckpt.save(self.ckpt_path, {
+            "step": step, "config": C.to_dict(self.cfg), "method": self.method.state_dict(),
+            "rng": ckpt.rng_state({"train": self.gen}, cuda=self.device.type == "cuda"),
+            "torch_version": str(torch.__version__),
+        })
+        self.last_ckpt_step = step
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        r = self.cfg.run
+        monitor = _FiniteMonitor(every_step=self.device.type != "cuda")
+        sample_real = lambda m: self.dataset.sample(m, self.gen)  # noqa: E731
+        bar = tqdm(total=r.steps, initial=self.start, disable=not self.show_progress, dynamic_ncols=True,
+                   desc=r.name, file=sys.stderr)
+        last = {}
+        metrics = {}
+        t_last, s_last = time.perf_counter(), self.start
+        step = self.start
+        try:
+            for step in range(self.start + 1, r.steps + 1):
+                stats = self.method.train_step(step, sample_real)
+                monitor.update(step, stats)
+                bar.update(1)
+                final = step == r.steps
+                if step % r.log_every == 0 or final:
+                    monitor.check()
+                    now = time.perf_counter()
+                    last = {k: float(v) for k, v in stats.items()}
+                    self._log(step, {**last, "steps_per_s": (step - s_last) / max(now - t_last, 1e-9)})
+                    t_last, s_last = now, step
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()
+                                     if k in ("d_loss", "g_loss", "gamma", "sigma", "noise_norm", "denoiser_loss")})
+                if (r.sample_every and step % r.sample_every == 0) or final:
+                    monitor.check()
+                    metrics.update(self._samples(step))
+                if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
+                    monitor.check()
+                    self._checkpoint(step)
+            monitor.check()
+            if r.parzen:
+                metrics.update(self._parzen(step))
+        except NonFiniteLossError as e:
+            where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
+                     if self.last_ckpt_step is not None else "no checkpoint had been written yet")
+            raise NonFiniteLossError(f"training stopped: {e}; {where}") from None
+        finally:
+            bar.close()
+            if self.tb is not None:
+                self.tb.close()
+        if step == self.start and self.start >= r.steps:
+            metrics.update(self._samples(step))
+        models = dict(self.method.modules)
+        return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
+                           models=models, metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[bool] = None) -> TrainResult:
+    """Train from a TrainConfig, a nested dict, a YAML path, a run folder (with resume=True) or None (the
+    embedded default: Roth's regularized GAN on the 3-D mixture). `overrides`: ["key=value", ...] as with
+    --set. resume: continue the latest run of this config's run.name (or run.dir) from its checkpoint.
+    Returns a TrainResult (out_dir, step, last losses, generator, config, models, metrics)."""
+    if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
+        run_dir = Path(cfg)
+        if not resume:
+            raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
+        state = ckpt.load(run_dir / CHECKPOINT)
+        cfg = C.coerce(state["config"], list(overrides or []) + [("run.dir", str(run_dir))])
+    else:
+        cfg = C.coerce(cfg, overrides)
+    return _Run(cfg, resume, progress).run()
+
+
+def _cmd_train(args) -> int:
+    overrides, config = [], args.config
+    for item in args.overrides:
+        if "=" not in item and config is None and Path(item).exists():
+            config = item  # `fastgan train --set a=1 CONFIG`: the config was swallowed by --set
+        else:
+            overrides.append(item)
+    try:
+        if args.print_config:
+            cfg = C.coerce(config if not (config and Path(config).is_dir()) else Path(config) / "config.yaml",
+                           overrides)
+            import yaml
+
+            print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
+            return 0
+        result = train(config, overrides=overrides, resume=args.resume)
+    except ConfigError as e:
+        return _fail(e, 2)
+    except (CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError) as e:
+        return _fail(e, 1)
+    except KeyboardInterrupt:
+        print("fastgan train: interrupted", file=sys.stderr)
+        return 130
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss"))
+    extra = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
+    print(f"fastgan train: {result.step} steps done ({losses}{'; ' + extra if extra else ''}); "
+          f"output in {result.out_dir}")
+    return 0
+
+
+def _fail(e, code: int) -> int:
+    if os.environ.get("FASTGAN_DEBUG"):
+        raise e
+    print(f"fastgan train: error: {e}", file=sys.stderr)
+    return code
+
+
+def add_cli(subparsers) -> None:
+    """Register `fastgan train CONFIG [--set key=value ...] [--resume]`."""
+    p = subparsers.add_parser(
+        "train", help="train a GAN from a YAML config (default: Roth's regularized GAN on the 3-D mixture)",
+        description="Train a GAN. Without CONFIG: the embedded default job (Roth et al.'s regularized GAN on "
+                    "their 3-D submanifold mixture, a short run). Output: <run.out_dir>/<run.name>-<timestamp>/ "
+                    "with config.yaml, metrics.csv, tb/, samples/, checkpoints/last.pt.")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file (see configs/), or a run folder to continue with --resume")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override a config field, e.g. --set method.roth.gamma=0.5 run.steps=200 (values are YAML)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest run of this config (run.dir, or <out_dir>/<name>-*) from its checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the full config and exit")
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,548 @@
+"""NTGAN noisy/clean batches (issue 5): the Philox stream, every backend against the reference, gradients,
+noise statistics, reproducibility, layouts, bad inputs and backend selection."""
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import fastgan
+from fastgan.ops import BackendUnavailable, NoiseState, noisy_clean_batch
+from fastgan.ops import noise as N
+from fastgan.reference import noise as ref
+from helpers import assert_close_to_oracle, backend_calls
+
+CPU_BACKENDS = ["reference", "cpu", "triton"]
+OP = "noisy_clean_batch"
+MODES = ["double", "half"]
+
+
+def _x(m, shape, dtype=torch.float32, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    xr = torch.randn(m, *shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+    xf = torch.randn(m, *shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+    return xr, xf
+
+
+def _n_noisy(m, mode):
+    return m if mode == "double" else m - m // 2
+
+
+# ------------------------------------------------------------------ the Philox stream
+
+@pytest.mark.parametrize("counter,key,expected", [
+    # Random123 known-answer vectors for philox4x32_10
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_reference_philox_known_answers(counter, key, expected):
+    c = [torch.tensor([v], dtype=torch.int64) for v in counter]
+    out = ref.philox4x32(*c, *key)
+    assert tuple(int(w) for w in out) == expected
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 5), (2**62 + 977, 2**32 - 3), (2**33 + 1, 2**40 + 7)])
+def test_cpu_philox_words_bit_exact(seed, offset):
+    """csrc/include/fastgan/philox.h (also compiled into the CUDA kernels) against the torch re-implementation;
+    the offsets cross the 32-bit boundary of the counter."""
+    n = 257
+    out = torch.empty(n, 4, dtype=torch.int64)
+    fastgan._ext.C().philox_words_cpu(seed, offset, n, out.data_ptr())
+    assert torch.equal(out, ref.philox_words(seed, offset, n))
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (987654321, 2**32 - 2)])
+def test_cpu_normals_match_reference_to_float_rounding(seed, offset):
+    n = 4001
+    out = torch.empty(n, dtype=torch.float32)
+    fastgan._ext.C().philox_normal_cpu(seed, offset, n, out.data_ptr())
+    r = ref.philox_normal(seed, offset, n)
+    # same words and uniforms; log/sqrt/cos/sin of libm vs torch differ by an ulp or two
+    torch.testing.assert_close(out, r, rtol=4e-6, atol=4e-6)
+    assert (out == r).float().mean() > 0.3
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_every_backend_draws_the_reference_stream(backend):
+    """x = 0 and sigma = 1: the noisy rows are the stream itself (Triton's tl.randn4x included)."""
+    m, F = 37, 5
+    z = torch.zeros(m, F)
+    state = NoiseState(2024)
+    state.tensor[1] = 11
+    r, f = noisy_clean_batch(z, z, 1.0, state=state, backend=backend)
+    expected = ref.philox_normal(2024, 11, m * F).view(m, F)
+    torch.testing.assert_close(r[m:], expected, rtol=4e-6, atol=4e-6)
+    assert torch.equal(r[:m], z)
+    assert state.offset == 11 + math.ceil(m * F / 4)
+
+
+def test_philox_normal_helper_advances_like_a_draw():
+    s1, s2 = NoiseState(5), NoiseState(5)
+    z = N.philox_normal(s1, 10)
+    r, _ = noisy_clean_batch(torch.zeros(2, 5), None, 1.0, state=s2, backend="reference")
+    torch.testing.assert_close(z.view(2, 5), r[2:])
+    assert s1.offset == s2.offset == 3
+
+
+# ------------------------------------------------------------------ every backend vs the reference (fp32)
+
+def _noise_arg(kind, m, shape, mode, dtype=torch.float32, requires_grad=False):
+    g = torch.Generator().manual_seed(7)
+    if kind == "float":
+        return 0.8
+    if kind == "sigma":
+        return torch.tensor(0.6, dtype=dtype).requires_grad_(requires_grad)
+    if kind == "channel":
+        return (0.5 + torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=g, dtype=torch.float64)).to(
+            dtype).requires_grad_(requires_grad)
+    return torch.randn(_n_noisy(m, mode), *shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(
+        requires_grad)
+
+
+def _run(backend, xr, xf, noise, mode, seed=99):
+    state = NoiseState(seed) if not (isinstance(noise, torch.Tensor) and noise.dim() == xr.dim()) else None
+    if backend == "oracle":
+        return ref.noisy_clean_batch(xr, xf, noise, mode, state.tensor if state is not None else None)
+    return noisy_clean_batch(xr, xf, noise, mode, state=state, backend=backend)
+
+
+def _to64(t):
+    return t.detach().double().requires_grad_(True) if isinstance(t, torch.Tensor) else t
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["float", "sigma", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_fp32_matches_reference_values_and_grads(backend, kind, mode):
+    m, shape = 9, (3, 4, 2)
+    xr, xf = _x(m, shape, requires_grad=True)
+    noise = _noise_arg(kind, m, shape, mode, requires_grad=True)
+    rows = 2 * m if mode == "double" else m
+    gen = torch.Generator().manual_seed(3)
+    gr, gf = torch.randn(rows, *shape, generator=gen), torch.randn(rows, *shape, generator=gen)
+    leaves = [xr, xf] + ([noise] if isinstance(noise, torch.Tensor) else [])
+
+    def outputs(which, tensors):
+        r, f = _run(which, tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else noise, mode)
+        grads = torch.autograd.grad((r * gr.to(r.dtype)).sum() + (f * gf.to(f.dtype)).sum(), tensors)
+        return [r, f, *grads]
+
+    impl = outputs(backend, leaves)
+    r32 = outputs("oracle", leaves)
+    r64 = outputs("oracle", [_to64(t) for t in leaves])
+    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
+        assert_close_to_oracle(a, b, c, name=f"{backend}-{kind}-{mode}-{name}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes_match_reference(backend, dtype):
+    m, shape = 6, (5,)
+    xr, xf = _x(m, shape, dtype)
+    sigma = torch.tensor(0.3)
+    r, f = _run(backend, xr, xf, sigma, "double")
+    rr, ff = _run("oracle", xr, xf, sigma, "double")
+    assert r.dtype == dtype
+    tol = dict(rtol=0, atol=0) if dtype != torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    if dtype != torch.float64:
+        # one rounding of the float32 sum; the stream may differ by an ulp of float32, i.e. at most one step
+        tol = dict(rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).eps)
+    torch.testing.assert_close(r, rr, **tol)
+    torch.testing.assert_close(f, ff, **tol)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_inputs(backend):
+    m = 5
+    base_r, base_f = _x(8, (m,))
+    xr, xf = base_r.t(), base_f.t()  # (5, 8) views with strides (1, 5)
+    eps = torch.randn(16, m).t()[:, ::2]  # (5, 8), strided
+    for noise in (0.5, eps):
+        r, f = _run(backend, xr, xf, noise, "double")
+        rr, ff = _run("oracle", xr.contiguous(), xf.contiguous(),
+                      noise.contiguous() if isinstance(noise, torch.Tensor) else noise, "double")
+        torch.testing.assert_close(r, rr, rtol=4e-6, atol=4e-6)
+        torch.testing.assert_close(f, ff, rtol=4e-6, atol=4e-6)
+
+
+# ------------------------------------------------------------------ gradcheck / gradgradcheck (float64)
+
+def _fixed_noise_fn(kind, mode, backend):
+    def f(a, b, n):
+        # a fresh state each evaluation: the same z, so the function is fixed
+        state = NoiseState(31) if kind != "eps" else None
+        return noisy_clean_batch(a, b, n, mode, state=state, backend=backend)
+    return f
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("kind", ["sigma", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_and_gradgradcheck(backend, kind, mode):
+    m, shape = 3, (2, 2)
+    xr, xf = _x(m, shape, torch.float64, requires_grad=True)
+    noise = _noise_arg(kind, m, shape, mode, torch.float64, requires_grad=True)
+    f = _fixed_noise_fn(kind, mode, backend)
+    assert gradcheck(f, (xr, xf, noise))
+    assert gradgradcheck(f, (xr, xf, noise))
+
+
+def test_gradcheck_triton():
+    """The Triton interpreter costs ~0.1 s a call: random-projection checks (fast_mode) on the two gradient
+    paths (dsigma's reduction of eps * z; the backward's backward, which is the forward on the cotangents)."""
+    m, shape = 3, (2, 2)
+    xr, xf = _x(m, shape, torch.float64, requires_grad=True)
+    sigma = _noise_arg("channel", m, shape, "double", torch.float64, requires_grad=True)
+    assert gradcheck(_fixed_noise_fn("channel", "double", "triton"), (xr, xf, sigma), fast_mode=True)
+    eps = _noise_arg("eps", m, shape, "half", torch.float64, requires_grad=True)
+    assert gradgradcheck(_fixed_noise_fn("eps", "half", "triton"), (xr, xf, eps), fast_mode=True)
+
+
+def test_gradcheck_one_side_and_fixed_sigma():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for mode in MODES:
+        assert gradcheck(lambda a: noisy_clean_batch(None, a, 0.7, mode, state=NoiseState(1), backend="cpu")[1], (x,))
+        assert gradgradcheck(lambda a: noisy_clean_batch(a, None, 0.7, mode, state=NoiseState(1), backend="cpu")[0],
+                             (x,))
+
+
+def test_third_order_through_the_backward_of_the_backward():
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.4], dtype=torch.float64, requires_grad=True)
+
+    def first(a, s):
+        r, f = noisy_clean_batch(a, a * 2, s, state=NoiseState(4), backend="cpu")
+        y = (r.pow(3).sum() + f.sin().sum())
+        return torch.autograd.grad(y, (a, s), create_graph=True)
+
+    assert gradgradcheck(lambda a, s: first(a, s)[1], (x, sigma))
+
+
+# ------------------------------------------------------------------ noise statistics and the RNG state
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noise_statistics_and_independence(backend):
+    m, F, sigma = 2048, 8, 2.0
+    n = m * F
+    state = NoiseState(77)
+    zeros = torch.zeros(m, F)
+    draws = []
+    for _ in range(2):
+        before = state.offset
+        r, _ = noisy_clean_batch(zeros, None, sigma, state=state, backend=backend)
+        assert state.offset == before + n // 4  # the offset advances on each call
+        draws.append(r[m:].reshape(-1).double())
+    a, b = draws
+    tol = 5 / math.sqrt(n)
+    assert abs(a.mean().item()) < sigma * tol
+    assert abs(a.std().item() / sigma - 1) < 0.03
+    assert abs(((a / sigma).abs() < 1).double().mean().item() - 0.6827) < 0.02
+    corr = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+    assert abs(corr.item()) < tol
+    # neighbours within one draw (words of one counter and adjacent counters) are uncorrelated too
+    lag1 = ((a[1:] - a.mean()) * (a[:-1] - a.mean())).mean() / a.var()
+    assert abs(lag1.item()) < tol
+
+
+def test_per_channel_sigma_scales_each_channel():
+    m, shape = 512, (3, 4, 4)
+    sigma = torch.tensor([0.5, 1.0, 3.0]).view(3, 1, 1)
+    r, _ = noisy_clean_batch(torch.zeros(m, *shape), None, sigma, state=NoiseState(8), backend="cpu")
+    std = r[m:].transpose(0, 1).reshape(3, -1).std(1)
+    torch.testing.assert_close(std, sigma.view(3), rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_real_and_fake_share_eps(backend, mode):
+    m = 7
+    xr, xf = _x(m, (4,), torch.float64)
+    r, f = noisy_clean_batch(xr, xf, torch.tensor(1.5, dtype=torch.float64), mode, state=NoiseState(3),
+                             backend=backend)
+    h = 0 if mode == "double" else m // 2
+    src = slice(h, m)
+    dst = slice(m, 2 * m) if mode == "double" else slice(h, m)
+    eps_r, eps_f = r[dst] - xr[src], f[dst] - xf[src]
+    torch.testing.assert_close(eps_r, eps_f, rtol=0, atol=1e-12)
+    assert eps_r.abs().min() > 0
+    z = torch.zeros(m, 4)
+    r0, f0 = noisy_clean_batch(z, z, 0.9, mode, state=NoiseState(3), backend=backend)
+    assert torch.equal(r0, f0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_reproducible_from_a_seed(backend):
+    xr, xf = _x(6, (2, 3))
+    out = [noisy_clean_batch(xr, xf, 0.5, state=NoiseState(seed), backend=backend)[0] for seed in (10, 10, 11)]
+    assert torch.equal(out[0], out[1])
+    assert not torch.allclose(out[0][6:], out[2][6:])
+    state = NoiseState(10)
+    saved = state.get_state()
+    first = noisy_clean_batch(xr, xf, 0.5, state=state, backend=backend)[0]
+    second = noisy_clean_batch(xr, xf, 0.5, state=state, backend=backend)[0]
+    assert not torch.allclose(first[6:], second[6:])
+    state.set_state(saved)
+    assert torch.equal(noisy_clean_batch(xr, xf, 0.5, state=state, backend=backend)[0], first)
+    state.manual_seed(10)
+    assert torch.equal(noisy_clean_batch(xr, xf, 0.5, state=state, backend=backend)[0], first)
+
+
+def test_cpu_and_reference_backends_draw_the_same_eps():
+    xr, xf = _x(10, (3, 3))
+    a = noisy_clean_batch(xr, xf, 1.0, state=NoiseState(42), backend="cpu")[0]
+    b = noisy_clean_batch(xr, xf, 1.0, state=NoiseState(42), backend="reference")[0]
+    torch.testing.assert_close(a, b, rtol=4e-6, atol=4e-6)
+
+
+def test_default_state_is_seeded_by_torch_manual_seed(monkeypatch):
+    monkeypatch.setattr(N, "_default_states", {})
+    x = torch.zeros(4, 3)
+    torch.manual_seed(123)
+    a = noisy_clean_batch(x, x, 1.0)[0]
+    b = noisy_clean_batch(x, x, 1.0)[0]
+    monkeypatch.setattr(N, "_default_states", {})
+    torch.manual_seed(123)
+    assert torch.equal(noisy_clean_batch(x, x, 1.0)[0], a)
+    assert not torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ layouts
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("m", [1, 2, 7, 8])
+def test_half_mode_layout(backend, m):
+    """NTGAN Sec. 2.3: {x_1..x_{m/2}, x_{m/2+1} + eps_1, .., x_m + eps_{m/2}}; eps_1 goes with x_{h+1}."""
+    xr, xf = _x(m, (3,), torch.float64)
+    h = m // 2
+    eps = torch.randn(m - h, 3, dtype=torch.float64)
+    r, f = noisy_clean_batch(xr, xf, eps, "half", backend=backend)
+    assert r.shape == f.shape == (m, 3)
+    assert torch.equal(r[:h], xr[:h]) and torch.equal(f[:h], xf[:h])
+    torch.testing.assert_close(r[h:], xr[h:] + eps, rtol=0, atol=0)
+    torch.testing.assert_close(f[h:], xf[h:] + eps, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_double_mode_layout_and_eps_gradient(backend):
+    m = 4
+    xr, xf = _x(m, (2, 3), torch.float64, requires_grad=True)
+    eps = torch.randn(m, 2, 3, dtype=torch.float64, requires_grad=True)
+    r, f = noisy_clean_batch(xr, xf, eps, "double", backend=backend)
+    assert torch.equal(r[:m], xr) and torch.equal(f[:m], xf)
+    torch.testing.assert_close(r[m:], xr + eps, rtol=0, atol=0)
+    gr, gf = torch.randn_like(r), torch.randn_like(f)
+    dxr, dxf, deps = torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (xr, xf, eps))
+    torch.testing.assert_close(dxr, gr[:m] + gr[m:])
+    torch.testing.assert_close(deps, gr[m:] + gf[m:])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_one_side_only(backend):
+    x = torch.randn(5, 2, requires_grad=True)
+    r, f = noisy_clean_batch(None, x, 0.5, "half", state=NoiseState(0), backend=backend)
+    assert r is None and f.shape == (5, 2)
+    (g,) = torch.autograd.grad(f.sum(), x)
+    torch.testing.assert_close(g, torch.ones_like(x))
+    r, f = noisy_clean_batch(x, None, 0.5, state=NoiseState(0), backend=backend)
+    assert f is None and r.shape == (10, 2)
+
+
+def test_x_real_without_grad_still_gives_sigma_its_real_part():
+    xr = torch.randn(4, 3)
+    xf = torch.randn(4, 3, requires_grad=True)
+    sigma = torch.tensor(0.5, requires_grad=True)
+    r, f = noisy_clean_batch(xr, xf, sigma, state=NoiseState(9), backend="cpu")
+    (ds,) = torch.autograd.grad(r.sum(), sigma)
+    z = ref.philox_normal(9, 0, 12)
+    torch.testing.assert_close(ds, z.sum(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ backend selection
+
+def test_auto_selects_cpu_kernel_and_records_forward_and_backward(monkeypatch):
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    x = torch.randn(4, 3, requires_grad=True)
+    fwd, bwd = backend_calls(OP, "cpu"), backend_calls(OP + "_backward", "cpu")
+    r, f = noisy_clean_batch(x, x, torch.tensor(0.3, requires_grad=True), state=NoiseState(0))
+    (r.sum() + f.sum()).backward()
+    assert backend_calls(OP, "cpu") == fwd + 1
+    assert backend_calls(OP + "_backward", "cpu") == bwd + 1
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_requested_backend_is_the_one_that_runs(backend):
+    before = {b: backend_calls(OP, b) for b in CPU_BACKENDS}
+    noisy_clean_batch(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 2), backend=backend)
+    after = {b: backend_calls(OP, b) for b in CPU_BACKENDS}
+    assert {b: after[b] - before[b] for b in CPU_BACKENDS} == {b: int(b == backend) for b in CPU_BACKENDS}
+
+
+def test_unavailable_backends_raise(monkeypatch):
+    x = torch.zeros(2, 2)
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        noisy_clean_batch(x, x, 0.1, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET"):
+        noisy_clean_batch(x, x, 0.1, backend="triton")
+
+
+def test_opcheck_functional_op():
+    xr, xf = _x(4, (3,))
+    eps = torch.randn(4, 3)
+    torch.library.opcheck(torch.ops.fastgan.noisy_batch.default,
+                          (xr.requires_grad_(True), xf, None, 0.0, eps.requires_grad_(True), None, False, "cpu"))
+    used = torch.tensor([5, 2], dtype=torch.int64)
+    sigma = torch.tensor([0.5], requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.noisy_batch.default, (xr, xf, sigma, 0.0, None, used, True, "cpu"))
+
+
+def test_inside_torch_compile_eps_mode():
+    torch._dynamo.reset()
+    xr, xf = _x(4, (3,))
+    eps = torch.randn(4, 3)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(a, b, e):
+        r, f_ = noisy_clean_batch(a, b, e, backend="cpu")
+        return (r ** 2).sum() + f_.sum()
+
+    e = eps.clone().requires_grad_(True)
+    out = f(xr, xf, e)
+    out.backward()
+    e2 = eps.clone().requires_grad_(True)
+    r, f_ = ref.noisy_clean_batch(xr, xf, e2, "double")
+    expected = (r ** 2).sum() + f_.sum()
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(e.grad, e2.grad)
+
+
+def test_inside_torch_compile_gaussian_draw_advances_state():
+    """The state-mutating draw (autograd through _Draw) traces into one graph; each call draws new noise."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 3)
+    state = NoiseState(3)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(a, sig, st):
+        r, f_ = noisy_clean_batch(a, a, sig, state=st, backend="cpu")
+        return (r ** 2).sum() + f_.sum()
+
+    s = torch.tensor(0.5, requires_grad=True)
+    out = f(x, s, state.tensor)
+    out.backward()
+    assert state.offset == 3
+    s2 = torch.tensor(0.5, requires_grad=True)
+    r, f_ = ref.noisy_clean_batch(x, x, s2, "double", NoiseState(3).tensor)
+    expected = (r ** 2).sum() + f_.sum()
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(s.grad, s2.grad)
+    assert f(x, s, state.tensor) != out and state.offset == 6
+
+
+# ------------------------------------------------------------------ bad inputs
+
+_Z = torch.zeros(4, 3)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: noisy_clean_batch(None, None, 0.1), ValueError, "both None"),
+    (lambda: noisy_clean_batch([1.0], _Z, 0.1), TypeError, "x_real must be a torch.Tensor"),
+    (lambda: noisy_clean_batch(_Z.long(), _Z.long(), 0.1), TypeError, "x_real must be a floating"),
+    (lambda: noisy_clean_batch(_Z, _Z.double(), 0.1), TypeError, "x_fake has dtype torch.float64 but x_real has"),
+    (lambda: noisy_clean_batch(_Z, torch.zeros(5, 3), 0.1), ValueError, r"x_fake has shape \(5, 3\) but x_real"),
+    (lambda: noisy_clean_batch(_Z, torch.zeros(4, 2), 0.1), ValueError, r"x_fake has shape \(4, 2\)"),
+    (lambda: noisy_clean_batch(_Z, torch.zeros(4, 3, device="meta"), 0.1), ValueError, "x_fake is on meta"),
+    (lambda: noisy_clean_batch(torch.zeros(0, 3), None, 0.1), ValueError, "x_real has an empty batch"),
+    (lambda: noisy_clean_batch(torch.zeros(()), None, 0.1), ValueError, "x_real must have at least 1"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, "triple"), ValueError, "mode must be one of"),
+    (lambda: noisy_clean_batch(_Z, _Z, "0.1"), TypeError, "noise must be a float sigma"),
+    (lambda: noisy_clean_batch(_Z, _Z, True), TypeError, "noise must be a float sigma"),
+    (lambda: noisy_clean_batch(_Z, _Z, float("nan")), ValueError, "noise .sigma. must be finite"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 2)), ValueError, r"noise \(eps\) must have shape \(4, 3\)"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3), "half"), ValueError,
+     r"noise \(eps\) must have shape \(2, 3\) \(the noisy rows of mode 'half'\)"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(2)), ValueError, r"noise \(sigma\) must have one element or"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, 4, 3)), ValueError, "noise has 3 dimensions"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3, dtype=torch.int32)), TypeError, "noise must be a floating"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, device="meta")), ValueError, "noise is on meta"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, state=5), TypeError, "state must be a NoiseState"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, state=torch.zeros(3)), ValueError, "state must be a contiguous int64"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, state=torch.zeros(2, dtype=torch.int64)), ValueError,
+     r"state must be a contiguous int64 tensor of shape \(3,\)"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, state=NoiseState(0, "meta")), ValueError, "state is on meta"),
+    (lambda: noisy_clean_batch(_Z, _Z, 0.1, backend="tpu"), ValueError, "backend must be one of"),
+    (lambda: NoiseState(-1), ValueError, "seed must be in"),
+    (lambda: NoiseState(1.5), TypeError, "seed must be an int"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------ CUDA (runs where a GPU is present)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("kind", ["float", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_reference(backend, kind, mode):
+    m, shape = 33, (3, 5, 5)
+    xr, xf = (t.cuda().requires_grad_(True) for t in _x(m, shape))
+    noise = _noise_arg(kind, m, shape, mode)
+    noise = noise.cuda().requires_grad_(True) if isinstance(noise, torch.Tensor) else noise
+    rows = 2 * m if mode == "double" else m
+    gr, gf = torch.randn(rows, *shape, device="cuda"), torch.randn(rows, *shape, device="cuda")
+    leaves = [xr, xf] + ([noise] if isinstance(noise, torch.Tensor) else [])
+
+    def outputs(which, tensors):
+        r, f = _run(which, tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else noise, mode)
+        return [r, f, *torch.autograd.grad((r * gr.to(r.dtype)).sum() + (f * gf.to(f.dtype)).sum(), tensors)]
+
+    before = backend_calls(OP, backend)
+    impl = outputs(backend, leaves)
+    assert backend_calls(OP, backend) == before + 1
+    r32 = outputs("oracle", leaves)
+    r64 = outputs("oracle", [_to64(t) for t in leaves])
+    for a, b, c in zip(impl, r32, r64):
+        assert_close_to_oracle(a, b, c, name=f"{backend}-{kind}-{mode}")
+
+
+@pytest.mark.cuda
+def test_cuda_and_cpu_kernels_draw_the_same_eps():
+    x = torch.zeros(300, 7)
+    a = noisy_clean_batch(x, None, 1.0, state=NoiseState(17), backend="cpu")[0]
+    b = noisy_clean_batch(x.cuda(), None, 1.0, state=NoiseState(17, "cuda"), backend="cuda")[0]
+    torch.testing.assert_close(b.cpu(), a, rtol=4e-6, atol=4e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_graph_replays_draw_new_noise_and_advance_the_offset(backend):
+    m, F = 4096, 64  # enough blocks that the ticket counter matters
+    x = torch.zeros(m, F, device="cuda")
+    state = NoiseState(5, "cuda")
+    out = torch.empty(2 * m, F, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up (compiles triton) outside the capture
+            out.copy_(noisy_clean_batch(x, None, 1.0, state=state, backend=backend)[0])
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out.copy_(noisy_clean_batch(x, None, 1.0, state=state, backend=backend)[0])
+    state.manual_seed(5)
+    seen = []
+    for k in range(3):
+        g.replay()
+        torch.cuda.synchronize()
+        seen.append(out[m:].clone())
+        assert state.offset == (k + 1) * m * F // 4
+        assert int(state.tensor[2]) == 0
+    assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
+    expected = ref.philox_normal(5, m * F // 4, m * F, "cuda").view(m, F)
+    torch.testing.assert_close(seen[1], expected, rtol=4e-6, atol=4e-6)

@@ -1,0 +1,375 @@
+"""NTGAN's mu-weighted clean/noisy losses (issue 5): every backend against the reference, gradients to
+third order, the formulas of Algorithm 1, the JS weights, bad inputs, backend selection, and both NTGAN ops
+in a small training loop written the way a user would."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+
+from fastgan.ops import BackendUnavailable, NoiseState, noisy_clean_batch, nt_losses
+from fastgan.reference import nt_losses as ref
+from fastgan.reference import penalty as ref_penalty
+from helpers import assert_close_to_oracle, backend_calls
+
+CPU_BACKENDS = ["reference", "cpu", "triton"]
+OP = "nt_losses"
+
+
+def _logits(n_real, n_fake, dtype=torch.float32, seed=0, scale=3.0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    lr = (scale * torch.randn(n_real, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+    lf = (scale * torch.randn(n_fake, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+    return lr, lf
+
+
+def _oracle(lr, lf, mu, loss, reduction, js):
+    return ref.nt_losses(lr, lf, mu, loss, reduction, js)
+
+
+def _to64(t):
+    return t.detach().double().requires_grad_(True)
+
+
+# ------------------------------------------------------------------ every backend vs the reference (fp32)
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("loss,js", [("d", False), ("d", True), ("g", False)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n", [2, 64, 1030])
+def test_fp32_matches_reference(backend, loss, js, reduction, n):
+    lr, lf = _logits(n, n, requires_grad=True)
+    mu = 0.37
+    gen = torch.Generator().manual_seed(1)
+    up = [torch.tensor(1.3)] + ([torch.randn(n, generator=gen), torch.randn(n, generator=gen)] if js else [])
+
+    def run(which, a, b):
+        out = (_oracle(a, b, mu, loss, reduction, js) if which == "oracle"
+               else nt_losses(a, b, mu, loss=loss, reduction=reduction, js_weights=js, backend=which))
+        outs = list(out) if js else [out]
+        total = sum((o * u.to(o.dtype)).sum() for o, u in zip(outs, up))
+        leaves = (a, b) if loss == "d" else (b,)
+        return outs + list(torch.autograd.grad(total, leaves))
+
+    impl = run(backend, lr, lf)
+    r32 = run("oracle", lr, lf)
+    r64 = run("oracle", _to64(lr), _to64(lf))
+    for k, (a, b, c) in enumerate(zip(impl, r32, r64)):
+        assert a.dtype == torch.float32
+        assert_close_to_oracle(a, b, c, name=f"{backend}-{loss}-{reduction}-output{k}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_half_mode_with_odd_batches_and_tensor_mu(backend):
+    lr, lf = _logits(7, 5, requires_grad=True)
+    mu = torch.tensor([0.8])
+    out = nt_losses(lr, lf, mu, mode="half", backend=backend)
+    expected = ref.d_loss(lr, lf, mu.reshape(()))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out, (lr, lf)), torch.autograd.grad(expected, (lr, lf)))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes(backend, dtype):
+    lr, lf = _logits(16, 16, dtype)
+    out = nt_losses(lr, lf, 0.5, backend=backend)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(out, ref.d_loss(lr.to(out.dtype), lf.to(out.dtype), 0.5))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_extreme_logits_stay_finite(backend):
+    lr = torch.tensor([-200.0, 200.0, -90.0, 90.0], requires_grad=True)
+    lf = torch.tensor([200.0, -200.0, 90.0, -90.0], requires_grad=True)
+    out, wr, wf = nt_losses(lr, lf, 0.5, js_weights=True, backend=backend)
+    grads = torch.autograd.grad(out + wr.sum() + wf.sum(), (lr, lf))
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+    # -ln D(-200) = 200: the softplus form does not saturate
+    torch.testing.assert_close(out, ref.d_loss(lr.double(), lf.double(), 0.5).float())
+
+
+# ------------------------------------------------------------------ gradients (float64)
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("loss,js", [("d", False), ("d", True), ("g", False)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_and_gradgradcheck(backend, loss, js, reduction):
+    lr, lf = _logits(6, 4, torch.float64, requires_grad=True)
+
+    def f(a, b):
+        return nt_losses(a, b, 0.3, loss=loss, reduction=reduction, js_weights=js, mode="half", backend=backend)
+
+    assert gradcheck(f, (lr, lf))
+    assert gradgradcheck(f, (lr, lf))
+
+
+def test_gradcheck_triton():
+    """Random-projection checks keep the interpreted Triton kernels to a few calls."""
+    lr, lf = _logits(6, 6, torch.float64, requires_grad=True)
+
+    def f(a, b):
+        return nt_losses(a, b, torch.tensor(0.6, dtype=torch.float64), js_weights=True, backend="triton")
+
+    assert gradcheck(f, (lr, lf), fast_mode=True)
+    assert gradgradcheck(f, (lr, lf), fast_mode=True)
+
+
+def test_third_order():
+    lr, lf = _logits(4, 4, torch.float64, requires_grad=True)
+
+    def first(a, b):
+        loss, wr, wf = nt_losses(a, b, 0.2, js_weights=True, backend="cpu")
+        return torch.autograd.grad(loss + (wr * a).sum() + wf.pow(2).sum(), (a, b), create_graph=True)
+
+    assert gradgradcheck(lambda a, b: first(a, b)[0], (lr, lf))
+
+
+# ------------------------------------------------------------------ the formulas of Algorithm 1
+
+def test_sum_reduction_is_algorithm_1():
+    """reduction='sum' is -(L_D^r + L_D^f) and -L_G^f of NTGAN Algorithm 1, with D = sigmoid(psi)."""
+    lr, lf = _logits(8, 8, torch.float64, scale=1.0)
+    mu = 0.65
+    D_r, D_f = torch.sigmoid(lr), torch.sigmoid(lf)
+    L_r = (mu * torch.log(D_r[:4]) + (1 - mu) * torch.log(D_r[4:])).sum()
+    L_f = (mu * torch.log(1 - D_f[:4]) + (1 - mu) * torch.log(1 - D_f[4:])).sum()
+    L_g = (mu * torch.log(D_f[:4]) + (1 - mu) * torch.log(D_f[4:])).sum()
+    torch.testing.assert_close(nt_losses(lr, lf, mu, reduction="sum", backend="cpu"), -(L_r + L_f))
+    torch.testing.assert_close(nt_losses(None, lf, mu, loss="g", reduction="sum", backend="cpu"), -L_g)
+    # the mean is the same with each part divided by its size (4 here)
+    torch.testing.assert_close(nt_losses(lr, lf, mu, backend="cpu"), -(L_r + L_f) / 4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_mu_selects_clean_or_noisy(backend):
+    lr, lf = _logits(6, 6)
+    clean_only = F.softplus(-lr[:3]).mean() + F.softplus(lf[:3]).mean()
+    noisy_only = F.softplus(-lr[3:]).mean() + F.softplus(lf[3:]).mean()
+    torch.testing.assert_close(nt_losses(lr, lf, 1.0, backend=backend), clean_only)
+    torch.testing.assert_close(nt_losses(lr, lf, torch.tensor(0.0), backend=backend), noisy_only)
+
+
+def test_single_sample_half_batch_has_no_clean_part():
+    lr, lf = torch.tensor([0.5]), torch.tensor([-1.0])
+    out = nt_losses(lr, lf, 0.9, mode="half", backend="cpu")
+    torch.testing.assert_close(out, 0.1 * (F.softplus(-lr) + F.softplus(lf)).sum())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_js_weights_are_roth_weights(backend):
+    lr, lf = _logits(10, 10, requires_grad=True)
+    _, wr, wf = nt_losses(lr, lf, 0.5, js_weights=True, backend=backend)
+    torch.testing.assert_close(wr, ref_penalty.weight_js_real(lr))
+    torch.testing.assert_close(wf, ref_penalty.weight_js_fake(lf))
+    got = torch.autograd.grad(wr.sum() + 2 * wf.sum(), (lr, lf))
+    want = torch.autograd.grad(ref_penalty.weight_js_real(lr).sum() + 2 * ref_penalty.weight_js_fake(lf).sum(), (lr, lf))
+    torch.testing.assert_close(got, want)
+
+
+def test_b1_logits_accepted():
+    lr, lf = _logits(4, 4)
+    torch.testing.assert_close(nt_losses(lr[:, None], lf[:, None], 0.5, backend="cpu"),
+                               nt_losses(lr, lf, 0.5, backend="cpu"))
+
+
+# ------------------------------------------------------------------ backend selection, compile
+
+def test_auto_selects_cpu_kernel_and_records_forward_and_backward(monkeypatch):
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    lr, lf = _logits(4, 4, requires_grad=True)
+    fwd, bwd = backend_calls(OP, "cpu"), backend_calls(OP + "_backward", "cpu")
+    nt_losses(lr, lf, 0.5).backward()
+    assert backend_calls(OP, "cpu") == fwd + 1
+    assert backend_calls(OP + "_backward", "cpu") == bwd + 1
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_requested_backend_is_the_one_that_runs(backend):
+    before = {b: backend_calls(OP, b) for b in CPU_BACKENDS}
+    nt_losses(*_logits(4, 4), 0.5, backend=backend)
+    after = {b: backend_calls(OP, b) for b in CPU_BACKENDS}
+    assert {b: after[b] - before[b] for b in CPU_BACKENDS} == {b: int(b == backend) for b in CPU_BACKENDS}
+
+
+def test_unavailable_backends_raise(monkeypatch):
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        nt_losses(*_logits(4, 4), 0.5, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET"):
+        nt_losses(*_logits(4, 4), 0.5, backend="triton")
+
+
+def test_opcheck():
+    lr, lf = _logits(6, 6, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.nt_losses.default, (lr, lf, None, 0.4, 0, 0, True, "cpu"))
+
+
+def test_inside_torch_compile():
+    torch._dynamo.reset()
+    lr, lf = _logits(8, 8)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(a, b, mu):
+        loss, wr, wf = nt_losses(a, b, mu, js_weights=True, backend="cpu")
+        return loss + wr.mean()
+
+    a, b = lr.clone().requires_grad_(True), lf.clone().requires_grad_(True)
+    out = f(a, b, torch.tensor(0.4))
+    out.backward()
+    a2, b2 = lr.clone().requires_grad_(True), lf.clone().requires_grad_(True)
+    expected = ref.d_loss(a2, b2, 0.4) + ref.js_weights(a2, b2)[0].mean()
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close((a.grad, b.grad), (a2.grad, b2.grad))
+
+
+# ------------------------------------------------------------------ bad inputs
+
+_L = torch.zeros(4)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: nt_losses(_L, [0.0], 0.5), TypeError, "logits_fake must be a torch.Tensor"),
+    (lambda: nt_losses(_L, _L.long(), 0.5), TypeError, "logits_fake must be a floating"),
+    (lambda: nt_losses(_L.int(), _L, 0.5), TypeError, "logits_real must be a floating"),
+    (lambda: nt_losses(_L, torch.zeros(4, 2), 0.5), ValueError, r"logits_fake must have shape \(N,\) or \(N, 1\)"),
+    (lambda: nt_losses(torch.zeros(3), _L, 0.5), ValueError, "logits_real has 3 logits, but mode='double'"),
+    (lambda: nt_losses(_L, torch.zeros(0), 0.5, mode="half"), ValueError, "logits_fake is empty"),
+    (lambda: nt_losses(None, _L, 0.5), ValueError, "logits_real is None but loss='d'"),
+    (lambda: nt_losses(_L, torch.zeros(4, device="meta"), 0.5), ValueError, "logits_real is on cpu but logits_fake"),
+    (lambda: nt_losses(_L, _L, "0.5"), TypeError, "mu must be a float or a one-element tensor"),
+    (lambda: nt_losses(_L, _L, torch.zeros(2)), ValueError, "mu must have one element"),
+    (lambda: nt_losses(_L, _L, torch.tensor(0.5, requires_grad=True)), ValueError, "mu must not require grad"),
+    (lambda: nt_losses(_L, _L, torch.tensor(0.5, device="meta")), ValueError, "mu is on meta"),
+    (lambda: nt_losses(_L, _L, 0.5, loss="w"), ValueError, "loss must be one of"),
+    (lambda: nt_losses(_L, _L, 0.5, mode="x"), ValueError, "mode must be one of"),
+    (lambda: nt_losses(_L, _L, 0.5, reduction="none"), ValueError, "reduction must be one of"),
+    (lambda: nt_losses(None, _L, 0.5, loss="g", js_weights=True), ValueError, "js_weights=True needs loss='d'"),
+    (lambda: nt_losses(_L, _L, 0.5, backend="tpu"), ValueError, "backend must be one of"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------ CUDA
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+@pytest.mark.parametrize("n", [64, 5000])
+def test_cuda_matches_reference(backend, loss, js, n):
+    lr, lf = (t.cuda().requires_grad_(True) for t in _logits(n, n))
+    up = [torch.tensor(0.7, device="cuda")] + ([torch.randn(n, device="cuda"), torch.randn(n, device="cuda")] if js else [])
+
+    def run(which, a, b):
+        out = (_oracle(a, b, 0.4, loss, "mean", js) if which == "oracle"
+               else nt_losses(a, b, torch.tensor(0.4, device="cuda"), loss=loss, js_weights=js, backend=which))
+        outs = list(out) if js else [out]
+        total = sum((o * u.to(o.dtype)).sum() for o, u in zip(outs, up))
+        return outs + list(torch.autograd.grad(total, (a, b) if loss == "d" else (b,)))
+
+    before = backend_calls(OP, backend)
+    impl = run(backend, lr, lf)
+    assert backend_calls(OP, backend) == before + 1
+    for a, b, c in zip(impl, run("oracle", lr, lf), run("oracle", _to64(lr), _to64(lf))):
+        assert_close_to_oracle(a, b, c, name=f"{backend}-{loss}")
+
+
+# ------------------------------------------------------------------ a user's training loop
+
+class Gen(nn.Module):
+    def __init__(self, z_dim=4, out=2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(z_dim, 32), nn.ReLU(), nn.Linear(32, out))
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class NoiseNet(nn.Module):
+    """NTGAN's noise generator: 2 * tanh output."""
+
+    def __init__(self, z_dim=4, out=2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(z_dim, 8), nn.ReLU(), nn.Linear(8, out))
+
+    def forward(self, z):
+        return 2 * torch.tanh(self.net(z))
+
+
+@pytest.mark.parametrize("noise_kind", ["learned_sigma", "noise_net"])
+@pytest.mark.parametrize("mode", ["double", "half"])
+def test_ntgan_training_loop_like_a_user(noise_kind, mode):
+    torch.manual_seed(0)
+    G, D = Gen(), nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+    noise_net = NoiseNet()
+    log_sigma = torch.zeros((), requires_grad=True)
+    noise_params = [log_sigma] if noise_kind == "learned_sigma" else list(noise_net.parameters())
+    opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999))
+    opt_n = torch.optim.Adam(noise_params, 1e-2)
+    state = NoiseState(seed=1234)
+    lam, gamma, m = 0.1, 1.0, 32
+    start = {name: [p.detach().clone() for p in mod] for name, mod in
+             (("G", G.parameters()), ("D", D.parameters()), ("N", noise_params))}
+    n_noisy = m if mode == "double" else m - m // 2
+
+    def noise_and_reg(z):
+        if noise_kind == "learned_sigma":
+            sigma = log_sigma.exp()
+            return sigma, sigma ** 2
+        eps = noise_net(z[:n_noisy])  # same z as G, as the public NTGAN code does
+        return eps, eps.pow(2).sum(1).mean()
+
+    for _ in range(3):
+        x_real = torch.randn(m, 2) * 0.1 + torch.tensor([1.0, -1.0])
+        z = torch.randn(m, 4)
+        mu = torch.rand(())
+        # discriminator + noise step (same iteration, Algorithm 1)
+        noise, reg = noise_and_reg(z)
+        real_b, fake_b = noisy_clean_batch(x_real, G(z).detach(), noise, mode, state=state)
+        logits_r, logits_f = D(real_b).squeeze(1), D(fake_b).squeeze(1)
+        loss_d, w_r, w_f = nt_losses(logits_r, logits_f, mu, mode=mode, js_weights=True)
+        opt_d.zero_grad()
+        opt_n.zero_grad()
+        d_params = list(D.parameters())
+        grads_d = torch.autograd.grad(loss_d, d_params, retain_graph=True)
+        (-loss_d + lam * reg).backward()  # the noise minimises D's objective, i.e. maximises loss_d
+        for p, g in zip(d_params, grads_d):
+            p.grad = g
+        opt_d.step()
+        opt_n.step()
+        # generator step
+        noise, _ = noise_and_reg(z)
+        noise = noise.detach()
+        _, fake_b = noisy_clean_batch(None, G(z), noise, mode, state=state)
+        loss_g = nt_losses(None, D(fake_b), torch.rand(()), loss="g", mode=mode)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        assert torch.isfinite(loss_d) and torch.isfinite(loss_g)
+        assert torch.isfinite(w_r).all() and torch.isfinite(w_f).all() and w_r.shape == logits_r.shape
+
+    for name, params in (("G", G.parameters()), ("D", D.parameters()), ("N", noise_params)):
+        moved = [not torch.equal(a, b) for a, b in zip(start[name], params)]
+        assert any(moved), f"{name}'s parameters did not change"
+    assert state.offset > 0 or noise_kind == "noise_net"
+
+
+def test_roth_penalty_with_nt_weights_matches_js_penalty():
+    """The JS weights from nt_losses, used with per-sample gradient norms, give Roth's regularizer."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    x_real, x_fake = torch.randn(6, 3), torch.randn(6, 3)
+    xr, xf = x_real.clone().requires_grad_(True), x_fake.clone().requires_grad_(True)
+    lr, lf = D(xr).squeeze(1), D(xf).squeeze(1)
+    _, w_r, w_f = nt_losses(lr, lf, 0.5, js_weights=True, backend="cpu")
+    (gr,) = torch.autograd.grad(lr.sum(), xr, create_graph=True)
+    (gf,) = torch.autograd.grad(lf.sum(), xf, create_graph=True)
+    omega = (w_r * gr.pow(2).sum(1)).mean() + (w_f * gf.pow(2).sum(1)).mean()
+    expected, _, _ = ref_penalty.js_penalty(copy.deepcopy(D), x_real, x_fake)
+    torch.testing.assert_close(omega, expected)

@@ -1,0 +1,494 @@
+"""gradient_penalty / js_penalty / r1_penalty / r2_penalty with mode="jvp" | "mlp" | "auto" against the
+straightforward double backward of fastgan.reference.penalty (the oracle): penalty value, logits, D's parameter
+gradients of (loss_D + gamma/2 * penalty) in one backward, and D's buffers after the call."""
+import copy
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.ops import FallbackWarning, _dispatch
+from fastgan.ops import gradient_penalty, js_penalty, r1_penalty, r2_penalty
+from fastgan.ops import mlp_penalty, penalty_jvp
+from fastgan.reference import penalty as ref
+
+_spec = importlib.util.spec_from_file_location("models_for_tests",
+                                               pathlib.Path(__file__).with_name("models_for_tests.py"))
+models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(models)
+
+GAMMA = 2.0
+MODE_OP = "gradient_penalty"
+
+
+# ------------------------------------------------------------------ discriminators
+
+def mlp_leaky():
+    return nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def mlp_bn_eval():
+    D = nn.Sequential(nn.Flatten(), nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 12),
+                      nn.Sigmoid(), nn.Dropout(0.5), nn.Linear(12, 8), nn.LeakyReLU(0.1), nn.Linear(8, 1))
+    with torch.no_grad():
+        D[2].running_mean.uniform_(-0.5, 0.5)
+        D[2].running_var.uniform_(0.5, 2.0)
+        D[2].weight.uniform_(0.5, 1.5)
+        D[2].bias.uniform_(-0.3, 0.3)
+    return D.eval()
+
+
+def mlp_spectral():
+    sn = nn.utils.parametrizations.spectral_norm
+    return nn.Sequential(sn(nn.Linear(3, 16)), nn.LeakyReLU(0.2), sn(nn.Linear(16, 1)))
+
+
+def conv_spectral_bn():
+    D = models.ConvBND(3, 8, 8)
+    sn = nn.utils.parametrizations.spectral_norm
+    D.net[0] = sn(D.net[0])
+    D.net[2] = sn(D.net[2])
+    D.head = sn(D.head)
+    return D
+
+
+class NormZoo(nn.Module):
+    """LayerNorm, InstanceNorm with running stats, BatchNorm and a softmax: the functions whose forward-mode
+    formulas torch's reverse mode gets wrong (or cannot differentiate), so the jvp path must replace them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 1, 1)
+        self.inorm = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+        self.bn = nn.BatchNorm2d(4)
+        self.ln = nn.LayerNorm([4, 8, 8])
+        self.q = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.bn(self.inorm(self.conv(x))), 0.2)
+        h = self.ln(h).flatten(2).transpose(1, 2)                      # (B, 64, 4)
+        att = torch.softmax(self.q(h) @ h.transpose(1, 2) / 2, dim=-1)  # (B, 64, 64)
+        h = F.log_softmax(att @ h, dim=-1) + torch.logsumexp(h, dim=1, keepdim=True)
+        return self.head(h.mean(1))
+
+
+class DropoutConvD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(0.3), nn.Flatten(),
+                                 nn.Linear(8 * 4 * 4, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class WithSequential(nn.Module):
+    """A custom MLP class that opts into the closed form through as_sequential()."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(self.body(x.flatten(1))).reshape(-1)
+
+    def as_sequential(self):
+        return nn.Sequential(nn.Flatten(), *self.body, self.out)
+
+
+IMG = lambda B: torch.randn(B, 3, 8, 8)  # noqa: E731
+VEC = lambda B: torch.randn(B, 3)  # noqa: E731
+DS = {
+    # name: (factory, input maker, the mode "auto" must pick)
+    "mlp_leaky": (mlp_leaky, VEC, "mlp"),
+    "mlp_tanh": (lambda: models.mlp_d(3), VEC, "mlp"),
+    "mlp_bn_eval": (mlp_bn_eval, VEC, "mlp"),
+    "mlp_spectral": (mlp_spectral, VEC, "mlp"),
+    "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
+    "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
+    "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
+}
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"]
+
+
+# ------------------------------------------------------------------ comparison helpers
+
+def _make(name, dtype, seed=0):
+    factory, make_x, _ = DS[name]
+    torch.manual_seed(seed)
+    D = factory().to(dtype)
+    return D, make_x(6).to(dtype), make_x(6).to(dtype) * 0.5 + 0.3
+
+
+def _d_loss(lr, lf):
+    return F.softplus(-lr).mean() + F.softplus(lf).mean()
+
+
+def _run_js(D, xr, xf, mode, seed=123):
+    torch.manual_seed(seed)
+    if mode == "reference":
+        pen, lr, lf = ref.js_penalty(D, xr, xf)
+    else:
+        pen, lr, lf = js_penalty(D, xr, xf, mode=mode)
+    (_d_loss(lr, lf) + GAMMA / 2 * pen).backward()
+    return pen.detach(), lr.detach(), lf.detach()
+
+
+def _assert_grads_close(D_got, D_want, rtol):
+    want = [p.grad for p in D_want.parameters()]
+    got = [p.grad for p in D_got.parameters()]
+    total = torch.cat([w.reshape(-1) for w in want if w is not None]).norm()
+    assert total > 0, "the oracle's gradient is zero: the comparison would prove nothing"
+    for (name, _), g, w in zip(D_want.named_parameters(), got, want):
+        assert (g is None) == (w is None), name
+        if w is None:
+            continue
+        err = (g - w).norm()
+        assert err <= rtol * (w.norm() + 1e-3 * total), f"{name}: |diff| {err:.3e}, |want| {w.norm():.3e}"
+
+
+def _assert_buffers_equal(D_got, D_want):
+    for (name, b), c in zip(D_want.named_buffers(), D_got.buffers()):
+        assert torch.equal(b, c), f"buffer {name} differs after one call"
+
+
+RTOL = {torch.float64: 1e-9, torch.float32: 2e-4}
+
+
+def _check_mode_against_reference(name, mode, dtype):
+    D, xr, xf = _make(name, dtype)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    pen_r, lr_r, lf_r = _run_js(D_ref, xr, xf, "reference")
+    expected_mode = DS[name][2] if mode == "auto" else mode
+    before = _dispatch.counts[(MODE_OP, expected_mode)]
+    pen, lr, lf = _run_js(D_new, xr, xf, mode)
+    assert _dispatch.counts[(MODE_OP, expected_mode)] == before + 2, f"{expected_mode} did not run twice"
+    tol = RTOL[dtype]
+    torch.testing.assert_close(pen, pen_r.to(pen.dtype), rtol=tol, atol=0)
+    torch.testing.assert_close(lr, lr_r, rtol=tol, atol=tol)
+    torch.testing.assert_close(lf, lf_r, rtol=tol, atol=tol)
+    _assert_grads_close(D_new, D_ref, tol)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+# ------------------------------------------------------------------ every mode on every D, float64 and float32
+
+@pytest.fixture
+def auto_jvp_on_cpu(monkeypatch):
+    """"auto" uses jvp on CUDA only (on CPU the double backward is faster); tests on CPU opt in to reach it."""
+    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
+
+
+@pytest.mark.parametrize("name", list(DS))
+@pytest.mark.parametrize("mode", ["jvp", "auto"])
+def test_js_penalty_mode_matches_double_backward_f64(mode, name, auto_jvp_on_cpu):
+    _check_mode_against_reference(name, mode, torch.float64)
+
+
+@pytest.mark.parametrize("name", list(DS))
+def test_js_penalty_auto_matches_double_backward_f32(name, auto_jvp_on_cpu):
+    _check_mode_against_reference(name, "auto", torch.float32)
+
+
+def test_auto_on_cpu_without_opt_in():
+    for name, (_, _, picked) in DS.items():
+        D, x, _ = _make(name, torch.float32)
+        assert penalty_jvp.auto_mode(D, x, "mean") == ("mlp" if picked == "mlp" else "double_backward"), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", MLPS)
+def test_js_penalty_mlp_mode_matches_double_backward(name, dtype):
+    _check_mode_against_reference(name, "mlp", dtype)
+
+
+def test_auto_keeps_using_jvp_after_its_check(auto_jvp_on_cpu):
+    D, xr, xf = _make("conv_bn", torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    for step in range(3):  # three D updates: the later ones run without the check
+        before = _dispatch.counts[(MODE_OP, "jvp")]
+        _run_js(D_new, xr + step, xf, "auto", seed=step)
+        _run_js(D_ref, xr + step, xf, "reference", seed=step)
+        assert _dispatch.counts[(MODE_OP, "jvp")] == before + 2
+        _assert_grads_close(D_new, D_ref, 1e-9)
+        _assert_buffers_equal(D_new, D_ref)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "auto"])
+def test_norms_and_softmax_whose_forward_ad_reverse_is_wrong(mode, auto_jvp_on_cpu):
+    torch.manual_seed(0)
+    D = NormZoo().double()
+    xr, xf = IMG(5).double(), IMG(5).double()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "jvp")]
+    with _no_fallback():
+        _run_js(D_new, xr, xf, mode)
+    assert _dispatch.counts[(MODE_OP, "jvp")] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+def test_dropout_masks_replayed_and_rng_advanced_once():
+    torch.manual_seed(0)
+    D = DropoutConvD().double()
+    xr, xf = IMG(6).double(), IMG(6).double()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference", seed=7)
+    state_ref = torch.get_rng_state()
+    _run_js(D_new, xr, xf, "jvp", seed=7)
+    assert torch.equal(torch.get_rng_state(), state_ref), "the jvp path consumed a different amount of randomness"
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
+@pytest.mark.parametrize("fn", [r1_penalty, r2_penalty], ids=["r1", "r2"])
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_leaky", "mlp"), ("mlp_tanh", "auto"),
+                                       ("groupnorm_residual", "auto")])
+def test_r1_r2(fn, name, mode, auto_jvp_on_cpu):
+    D, x, _ = _make(name, torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    pen_r, l_r = ref.r1_penalty(D_ref, x)
+    (F.softplus(-l_r).mean() + GAMMA / 2 * pen_r).backward()
+    pen, l = fn(D_new, x, mode=mode)
+    (F.softplus(-l).mean() + GAMMA / 2 * pen).backward()
+    torch.testing.assert_close(pen, pen_r, rtol=1e-12, atol=0)
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+WEIGHT_FNS = {
+    "elementwise": lambda p: torch.exp(-0.3 * p) * torch.sigmoid(p),
+    # a weight that couples samples: the w' term must be a vector-Jacobian product, not w'(psi_n) alone
+    "coupled": lambda p: torch.softmax(p, 0) * p.shape[0] + 0.1 * p.mean(),
+}
+
+
+@pytest.mark.parametrize("wname", list(WEIGHT_FNS))
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_bn_eval", "mlp"), ("mlp_leaky", "jvp")])
+def test_general_callable_weight(wname, reduction, name, mode):
+    weight = WEIGHT_FNS[wname]
+    D, x, _ = _make(name, torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    pen_r, l_r = ref.gradient_penalty(D_ref, x, weight, reduction)
+    (l_r.sum() * 0.1 + pen_r).backward()
+    pen, l = gradient_penalty(D_new, x, weight, reduction=reduction, mode=mode)
+    (l.sum() * 0.1 + pen).backward()
+    torch.testing.assert_close(pen, pen_r, rtol=1e-12, atol=0)
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
+@pytest.mark.parametrize("weight", ["js_fake", "coupled"])
+def test_mlp_reduction_none_with_any_upstream(weight):
+    weight = WEIGHT_FNS.get(weight, weight)
+    D, x, _ = _make("mlp_bn_eval", torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    up = torch.linspace(-1, 2, x.shape[0], dtype=torch.float64)
+    pen_r, l_r = ref.gradient_penalty(D_ref, x, weight, "none")
+    ((pen_r * up).sum() + l_r.pow(2).sum()).backward()
+    pen, l = gradient_penalty(D_new, x, weight, reduction="none", mode="mlp")
+    ((pen * up).sum() + l.pow(2).sum()).backward()
+    torch.testing.assert_close(pen, pen_r, rtol=1e-12, atol=0)
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
+def test_custom_class_with_as_sequential_uses_closed_form(auto_jvp_on_cpu):
+    torch.manual_seed(0)
+    D = WithSequential().double()
+    xr, xf = VEC(6).double(), VEC(6).double()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "mlp")]
+    _run_js(D_new, xr, xf, "auto")
+    assert _dispatch.counts[(MODE_OP, "mlp")] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
+def test_functional_discriminator():
+    torch.manual_seed(0)
+    W1, W2 = torch.randn(16, 3, dtype=torch.float64), torch.randn(1, 16, dtype=torch.float64)
+    W1.requires_grad_(True)
+    W2.requires_grad_(True)
+
+    def D(x):
+        return F.silu(x @ W1.t()) @ W2.t()
+
+    x = VEC(6).double()
+    pen_r, l_r = ref.gradient_penalty(D, x, "js_real")
+    want = torch.autograd.grad(pen_r + l_r.sum(), (W1, W2))
+    for mode, ran in (("jvp", "jvp"), ("auto", "double_backward")):  # auto: D is not a module
+        before = _dispatch.counts[(MODE_OP, ran)]
+        pen, l = gradient_penalty(D, x, "js_real", mode=mode)
+        got = torch.autograd.grad(pen + l.sum(), (W1, W2))
+        assert _dispatch.counts[(MODE_OP, ran)] == before + 1
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_tanh", "mlp")])
+def test_bfloat16_close_to_float64(name, mode):
+    D, xr, xf = _make(name, torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D).to(torch.bfloat16)
+    _run_js(D_ref, xr, xf, "reference")
+    pen, _, _ = _run_js(D_new, xr.bfloat16(), xf.bfloat16(), mode)
+    assert pen.dtype == torch.float32
+    got = torch.cat([p.grad.double().reshape(-1) for p in D_new.parameters()])
+    want = torch.cat([p.grad.reshape(-1) for p in D_ref.parameters()])
+    assert (got - want).norm() <= 0.1 * want.norm()
+
+
+# ------------------------------------------------------------------ auto's choices and its fallback
+
+class _no_fallback:
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error", FallbackWarning)
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+
+
+class DirectBatchNorm(nn.Module):
+    """Calls torch.batch_norm directly: the jvp path refuses it, so "auto" must fall back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(64, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = torch.batch_norm(h, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var,
+                             True, 0.1, 1e-5, False)
+        return self.head(F.leaky_relu(h, 0.2).flatten(1))
+
+
+class GluD(nn.Module):
+    """F.glu's forward-mode formula has no derivative: the jvp path fails in backward, which auto's check catches."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(3, 16)
+        self.l2 = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.l2(F.glu(self.l1(x), -1))
+
+
+@pytest.mark.parametrize("cls,make_x", [(DirectBatchNorm, IMG), (GluD, VEC)], ids=["direct_batch_norm", "glu"])
+def test_auto_falls_back_loudly_and_correctly(cls, make_x, auto_jvp_on_cpu):
+    torch.manual_seed(0)
+    D = cls().double()
+    xr, xf = make_x(6).double(), make_x(6).double()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "double_backward")]
+    with pytest.warns(FallbackWarning, match="jvp path does not support"):
+        _run_js(D_new, xr, xf, "auto")
+    assert _dispatch.counts[(MODE_OP, "double_backward")] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+    # the verdict is remembered for this D: no second check, no second warning
+    before = _dispatch.counts[(MODE_OP, "double_backward")]
+    with _no_fallback():
+        _run_js(D_new, xr, xf, "auto")
+    assert _dispatch.counts[(MODE_OP, "double_backward")] == before + 2
+
+
+def test_auto_choices(auto_jvp_on_cpu):
+    D, x, _ = _make("conv_bn", torch.float32)
+    assert penalty_jvp.auto_mode(D, x, "none") == "double_backward"
+    assert penalty_jvp.auto_mode(D, x, "mean") in ("check", "jvp")
+    M, v, _ = _make("mlp_leaky", torch.float32)
+    assert penalty_jvp.auto_mode(M, v, "none") == "mlp"
+    M_train_bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    assert mlp_penalty.plan(M_train_bn, v)[0] is None
+    assert penalty_jvp.auto_mode(M_train_bn, v, "mean") in ("check", "jvp")
+    before = _dispatch.counts[(MODE_OP, "double_backward")]
+    gradient_penalty(D, x, "one", reduction="none", mode="auto")
+    assert _dispatch.counts[(MODE_OP, "double_backward")] == before + 1
+
+
+# ------------------------------------------------------------------ errors
+
+def test_bad_mode_and_unsupported_combinations():
+    D, x, _ = _make("conv_bn", torch.float32)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        js_penalty(D, x, x, mode="fast")
+    with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
+        gradient_penalty(D, x, reduction="none", mode="jvp")
+    with pytest.raises(ValueError, match="mode='mlp' cannot run this D: D is not an nn.Sequential"):
+        r1_penalty(D, x, mode="mlp")
+    M_train_bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(ValueError, match="BatchNorm1d with batch statistics"):
+        r2_penalty(M_train_bn, torch.randn(4, 3), mode="mlp")
+    with pytest.raises(ValueError, match="expects 3 features, gets 5"):
+        r1_penalty(mlp_leaky(), torch.randn(4, 5), mode="mlp")
+    with pytest.raises(ValueError, match="output width is 2"):
+        r1_penalty(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3), mode="mlp")
+    with pytest.raises(ValueError, match=r"weight\(psi\) must return a tensor of shape \(4,\)"):
+        gradient_penalty(mlp_leaky(), torch.randn(4, 3), lambda p: p.sum(), mode="jvp")
+    D2 = DirectBatchNorm()
+    with pytest.raises(NotImplementedError, match="batch_norm called directly"):
+        r1_penalty(D2, IMG(4), mode="jvp")
+
+
+def test_mlp_hooks_disable_the_closed_form():
+    M = mlp_leaky()
+    M[1].register_forward_hook(lambda m, i, o: o * 2)
+    assert mlp_penalty.plan(M)[0] is None
+    with pytest.raises(ValueError, match="not a supported MLP layer"):
+        r1_penalty(M, torch.randn(4, 3), mode="mlp")
+
+
+# ------------------------------------------------------------------ CUDA
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(DS))
+@pytest.mark.parametrize("mode", ["jvp", "auto"])
+def test_cuda_modes_match_double_backward(name, mode):
+    """On CUDA "auto" picks jvp for non-MLP discriminators without any opt-in."""
+    D, xr, xf = _make(name, torch.float32)
+    D, xr, xf = D.cuda(), xr.cuda(), xf.cuda()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    expected = DS[name][2] if mode == "auto" else mode
+    before = _dispatch.counts[(MODE_OP, expected)]
+    _run_js(D_new, xr, xf, mode)
+    assert _dispatch.counts[(MODE_OP, expected)] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-3)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", MLPS)
+def test_cuda_mlp_mode(name):
+    D, xr, xf = _make(name, torch.float64)
+    D, xr, xf = D.cuda(), xr.cuda(), xf.cuda()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    _run_js(D_new, xr, xf, "mlp")
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+@pytest.mark.cuda
+def test_cuda_dropout_replayed():
+    torch.manual_seed(0)
+    D = DropoutConvD().double().cuda()
+    xr, xf = IMG(6).double().cuda(), IMG(6).double().cuda()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference", seed=7)
+    state_ref = torch.cuda.get_rng_state()
+    _run_js(D_new, xr, xf, "jvp", seed=7)
+    assert torch.equal(torch.cuda.get_rng_state(), state_ref)
+    _assert_grads_close(D_new, D_ref, 1e-9)

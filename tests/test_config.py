@@ -1,0 +1,118 @@
+"""Config: defaults, YAML round trip, --set overrides, and one clear error per bad key or value."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fastgan import config as C
+from fastgan.config import ConfigError, TrainConfig, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_default_is_roth_on_the_3d_mixture():
+    cfg = C.validate(TrainConfig())
+    assert cfg.method.units == {"roth"} and cfg.method.roth.penalty == "js"
+    assert cfg.data.name == "roth3d" and cfg.model.arch == "mlp"
+    assert cfg.optim.batch_size == 512 and cfg.optim.lr_d == 1e-3  # Roth appendix 7.3
+    assert cfg.method.roth.gamma0 == 2.0 and cfg.method.roth.alpha == 0.01  # Algorithm 1 defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.steps = 3
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = C.coerce(None, ["method.name=roth+nt+dfm", "method.nt.lam=0.1", "model.g_hidden=[16, 8]",
+                          "data.value_range=[0, 1]", "optim.lr_g=2e-4", "run.name=x"])
+    p = save_config(cfg, tmp_path / "c.yaml")
+    back = load_config(p)
+    assert back == cfg
+    assert back.model.g_hidden == (16, 8) and back.data.value_range == (0.0, 1.0)
+    assert C.diff(back, TrainConfig()) and not C.diff(back, cfg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.run.name == path.stem  # one run name per file, so runs do not mix in runs/
+
+
+def test_shipped_configs_cover_the_paper_experiments():
+    names = {p.stem for p in CONFIGS}
+    for required in ["roth-mixture-unregularized", "roth-mixture-gamma-fixed", "roth-mixture-gamma-annealed",
+                     "dfm-fmnist", "dfm-fmnist-baseline", "goodfellow-mlp-fmnist", "ntgan-fmnist-standard"]:
+        assert required in names
+    rows = {n.split("-")[2] for n in names if n.startswith("ntgan-fmnist-") and len(n.split("-")[2]) == 1}
+    assert rows == set("abcdefghi")
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"model": {"arch": "foo"}}, r"model\.arch: must be one of \('mlp', 'goodfellow', 'dcgan'\), got 'foo'"),
+    ({"method": {"loss": "hinge"}}, r"method\.loss: must be one of \('minimax', 'least_squares', 'wgan_gp', 'fgan'\)"),
+    ({"method": {"rothh": {}}}, r"method\.rothh: unknown key; allowed keys: .*did you mean 'roth'"),
+    ({"optimm": {}}, r"optimm: unknown key; allowed keys: model, data, method, optim, run"),
+    ({"method": {"roth": {"gamma": -1}}}, r"method\.roth\.gamma: must be >= 0\.0, got -1"),
+    ({"method": {"roth": {"alpha": 0}}}, r"method\.roth\.alpha: must be > 0\.0, got 0"),
+    ({"optim": {"batch_size": "big"}}, r"optim\.batch_size: must be an integer, got 'big'"),
+    ({"optim": {"batch_size": 2.5}}, r"optim\.batch_size: must be an integer, got 2\.5"),
+    ({"optim": {"batch_size": True}}, r"optim\.batch_size: must be an integer, got True"),
+    ({"run": {"tensorboard": "yes"}}, r"run\.tensorboard: must be true or false, got 'yes'"),
+    ({"run": {"steps": None}}, r"run\.steps: must be an integer, got null"),
+    ({"run": {"device": "tpu"}}, r"run\.device: must be one of \('cpu', 'cuda', 'cuda:N', 'auto'\), got 'tpu'"),
+    ({"method": {"name": "roth+wgan"}}, r"method\.name: units must be '\+'-joined names from .*got 'wgan'"),
+    ({"method": {"name": "roth+roth"}}, r"method\.name: a unit appears twice"),
+    ({"method": {"name": "roth", "loss": "least_squares"}}, r"method\.roth\.penalty: 'js' .* needs method\.loss='minimax'"),
+    ({"method": {"name": "roth", "roth": {"penalty": "f"}}}, r"method\.roth\.penalty: 'f' needs method\.loss='fgan'"),
+    ({"method": {"name": "dfm", "d_steps": 2}}, r"method\.d_steps: simultaneous updates"),
+    ({"method": {"name": "nt", "nt": {"batch": "half", "clean": False}}}, r"method\.nt\.batch: 'half'"),
+    ({"method": {"name": "nt", "nt": {"noise": "generator", "sigma_anneal": "linear"}}}, r"method\.nt\.sigma_anneal"),
+    ({"data": {"name": "npz"}}, r"data\.path: required for data\.name='npz'"),
+    ({"model": {"g_hidden": [4, "x"]}}, r"model\.g_hidden\[1\]: must be an integer, got 'x'"),
+    ({"method": []}, r"method: must be a mapping"),
+])
+def test_bad_values_name_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        C.from_dict(data)
+
+
+def test_numbers_from_yaml_strings_and_ints():
+    cfg = C.from_dict({"optim": {"lr_d": "1e-4", "lr_g": 1}, "run": {"steps": "2e3"}})
+    assert cfg.optim.lr_d == 1e-4 and isinstance(cfg.optim.lr_g, float) and cfg.run.steps == 2000
+
+
+def test_overrides():
+    cfg = C.coerce(None, ["method.roth.gamma=0.5", "method.name=roth+nt", "run.dir=null", "model.d_hidden=[3]"])
+    assert cfg.method.roth.gamma == 0.5 and cfg.method.units == {"roth", "nt"} and cfg.model.d_hidden == (3,)
+    with pytest.raises(ConfigError, match=r"method\.roth\.gama: unknown key.*did you mean 'gamma'"):
+        C.coerce(None, ["method.roth.gama=1"])
+    with pytest.raises(ConfigError, match=r"run\.steps: is a value, not a section"):
+        C.coerce(None, ["run.steps.x=1"])
+    with pytest.raises(ConfigError, match=r"expected key=value"):
+        C.coerce(None, ["run.steps"])
+    # overrides apply on top of a config object, a dict and a file alike
+    base = C.coerce(None, ["run.steps=7"])
+    assert C.coerce(base, ["run.seed=3"]).run.steps == 7
+    assert C.coerce({"run": {"steps": 9}}, ["run.seed=3"]).run.steps == 9
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+    bad.write_text("run:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: run\.stepz: unknown key"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == TrainConfig()
+
+
+def test_directly_built_config_is_validated():
+    cfg = TrainConfig(method=C.MethodConfig(name="nt", nt=C.NTConfig(noise="gaussian")))
+    with pytest.raises(ConfigError, match=r"method\.nt\.noise: must be one of \('fixed', 'learned_sigma', 'generator'\)"):
+        C.validate(cfg)

@@ -1,0 +1,68 @@
+"""Parzen-window log-likelihood (Goodfellow et al. Table 1) and mixture mode metrics, on hand-checkable data."""
+import math
+
+import pytest
+import torch
+
+from fastgan.data import mixtures
+from fastgan.metrics import mode_metrics, parzen_log_likelihood, parzen_score, select_sigma
+
+
+def test_parzen_single_kernel_is_a_gaussian_density():
+    s = torch.tensor([[0.0, 0.0]])
+    x = torch.tensor([[1.0, 2.0]])
+    sigma = 0.5
+    # log N(x; s, sigma^2 I) = -||x - s||^2 / (2 sigma^2) - log(2 pi sigma^2) in 2-D
+    want = -5.0 / (2 * 0.25) - math.log(2 * math.pi * 0.25)
+    assert parzen_log_likelihood(s, x, sigma).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_parzen_mixture_of_two_kernels():
+    s = torch.tensor([[0.0], [2.0]])
+    x = torch.tensor([[1.0], [0.0]])
+    sg = 1.0
+    dens = lambda v: sum(math.exp(-(v - m) ** 2 / 2) / math.sqrt(2 * math.pi) for m in (0.0, 2.0)) / 2  # noqa: E731
+    got = parzen_log_likelihood(s, x, sg, batch_size=1)
+    assert got.tolist() == pytest.approx([math.log(dens(1.0)), math.log(dens(0.0))], rel=1e-12)
+
+
+def test_sigma_cross_validation_finds_the_data_scale():
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(2000, 2, generator=g) * 0.3
+    val = torch.randn(500, 2, generator=g) * 0.3
+    test = torch.randn(500, 2, generator=g) * 0.3
+    best, scores = select_sigma(samples, val, [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    assert best in (0.03, 0.1)  # KDE bandwidth below the data std, far from both ends of the grid
+    assert scores[best] == max(scores.values()) and scores[0.01] < scores[best] > scores[3.0]
+    res = parzen_score(samples, val, test, [0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    ll = parzen_log_likelihood(samples, test, res["sigma"])
+    assert res["log_likelihood"] == pytest.approx(float(ll.mean()))
+    assert res["stderr"] == pytest.approx(float(ll.std() / math.sqrt(500)))
+
+
+def test_parzen_argument_errors():
+    with pytest.raises(ValueError, match="sigma"):
+        parzen_log_likelihood(torch.zeros(2, 3), torch.zeros(1, 3), 0.0)
+    with pytest.raises(ValueError, match="x: has 2 values per point"):
+        parzen_log_likelihood(torch.zeros(2, 3), torch.zeros(1, 2), 1.0)
+
+
+def test_mode_metrics_on_the_true_mixture():
+    g = torch.Generator().manual_seed(0)
+    x = mixtures.sample("roth3d", 7000, g)
+    m = mode_metrics(x, mixtures.means("roth3d"), 0.01)
+    assert m["modes"] == 7 and m["num_modes"] == 7
+    # a 2-D Gaussian puts 1 - exp(-9/2) = 98.9% of its mass within 3 std
+    assert m["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.01)
+    assert 0 <= m["kl_modes"] < 0.01
+
+
+def test_mode_metrics_on_a_collapsed_and_a_broken_generator():
+    means = mixtures.means("ring8")
+    x = means[3].repeat(100, 1) + 0.001
+    m = mode_metrics(x, means, 0.02)
+    assert m["modes"] == 1 and m["high_quality"] == 1.0 and m["kl_modes"] == pytest.approx(math.log(8))
+    far = torch.full((50, 2), 100.0)
+    far[0] = float("nan")
+    m = mode_metrics(far, means, 0.02)
+    assert m["modes"] == 0 and m["high_quality"] == 0.0 and math.isnan(m["kl_modes"])

@@ -1,0 +1,279 @@
+"""The trainer and the `fastgan train` command: smoke runs of every method, outputs, resume equivalence,
+non-finite losses, and one clear error for bad configs, data and checkpoints."""
+import importlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastgan
+from fastgan import checkpoint as ckpt
+from fastgan.checkpoint import CheckpointError
+from fastgan.cli import main
+from fastgan.logging_utils import read_events
+
+train_mod = importlib.import_module("fastgan.train")
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=2",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off"]
+
+
+def run(tmp_path, *overrides, steps=3, name="t", resume=False):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={tmp_path / name}", *overrides],
+                         resume=resume)
+
+
+@pytest.mark.parametrize("method", ["gan", "roth", "nt", "dfm", "roth+nt+dfm"])
+def test_every_method_trains(tmp_path, method):
+    r = run(tmp_path, f"method.name={method}")
+    assert r.step == 3 and r.out_dir == tmp_path / "t"
+    assert {"d_loss", "g_loss"} <= set(r.losses) and all(map(torch.isfinite, map(torch.tensor, r.losses.values())))
+    if "roth" in method:
+        assert {"gamma", "penalty"} <= set(r.losses)
+    if "nt" in method:
+        assert "noise_norm" in r.losses and "noise" in r.models
+    if "dfm" in method:
+        assert "denoiser_loss" in r.losses and "denoiser" in r.models
+    out = r.out_dir
+    for f in ["config.yaml", "metrics.csv", "run_info.json", "checkpoints/last.pt", "samples/step_0000003.png"]:
+        assert (out / f).is_file(), f
+    assert fastgan.config.load_config(out / "config.yaml") == r.config
+    assert isinstance(r.generator, torch.nn.Module) and r.generator.latent_dim == 2
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.loss=least_squares", "method.name=nt", "method.nt.noise=learned_sigma"],
+    ["method.loss=wgan_gp", "method.name=nt", "method.d_steps=2"],
+    ["method.loss=fgan", "method.f_divergence=kl", "method.name=roth", "method.roth.penalty=f"],
+    ["method.name=roth", "method.roth.penalty=r1", "method.roth.schedule=anneal"],
+    ["method.name=nt", "method.nt.batch=half", "model.spectral_norm=true", "method.g_loss=saturating"],
+    ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear", "method.nt.clean=false"],
+], ids=["ls-nt-sigma", "wgangp-nt-k2", "fgan-kl", "r1-anneal", "half-sn-sat", "noise-only-annealed"])
+def test_method_variants_train(tmp_path, overrides):
+    r = run(tmp_path, *overrides)
+    assert r.step == 3 and "d_loss" in r.losses
+
+
+def test_outputs_logs_and_annealing(tmp_path):
+    r = run(tmp_path, "method.roth.schedule=anneal", steps=4, name="a")
+    cfg = r.config
+    assert cfg.method.roth.anneal_steps == 4  # resolved into the saved config
+    rows = (r.out_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"step", "d_loss", "g_loss", "gamma", "penalty", "steps_per_s", "eval/modes",
+            "eval/high_quality"} <= set(header)
+    gammas = {int(row.split(",")[0]): float(row.split(",")[header.index("gamma")])
+              for row in rows[1:] if row.split(",")[header.index("gamma")]}
+    assert gammas[2] == pytest.approx(2.0 * 0.01 ** (2 / 4), rel=1e-5)
+    assert gammas[4] == pytest.approx(0.02, rel=1e-5)
+    events = [e for f in (r.out_dir / "tb").iterdir() for e in read_events(f)]
+    assert events[0]["file_version"] == "brain.Event:2"
+    tb_gamma = {e["step"]: e["scalars"]["gamma"] for e in events if "gamma" in e["scalars"]}
+    assert tb_gamma[4] == pytest.approx(0.02, rel=1e-5)
+    assert any("eval/modes" in e["scalars"] for e in events)
+    assert set(r.metrics) == {"eval/modes", "eval/high_quality", "eval/kl_modes"}
+
+
+def test_crc32c_test_vector():
+    from fastgan.logging_utils import crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
+
+
+def _same_state(a: dict, b: dict) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+def test_resume_10_plus_10_equals_20(tmp_path):
+    common = ["method.name=roth+nt+dfm", "method.nt.noise=generator", "method.roth.schedule=anneal",
+              "method.roth.anneal_steps=20", "model.d_batchnorm=true", "run.checkpoint_every=4"]
+    full = run(tmp_path, *common, steps=20, name="full")
+    half = run(tmp_path, *common, steps=10, name="half")
+    assert ckpt.load(half.out_dir / "checkpoints/last.pt")["step"] == 10
+    resumed = run(tmp_path, *common, steps=20, name="half", resume=True)
+    assert resumed.step == 20 and resumed.out_dir == half.out_dir
+    a = ckpt.load(full.out_dir / "checkpoints/last.pt")
+    b = ckpt.load(resumed.out_dir / "checkpoints/last.pt")
+    _same_state(a["method"], b["method"])  # bitwise: every model and optimizer
+    _same_state(a["rng"], b["rng"])
+    assert resumed.losses == full.losses
+    steps = [int(r.split(",")[0]) for r in (half.out_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and steps.count(10) == 2  # loss row + eval row at 10, none duplicated
+
+
+def test_resume_finds_the_latest_run_by_name(tmp_path):
+    base = [*TINY, "run.steps=2", f"run.out_dir={tmp_path}", "run.name=rn"]
+    first = fastgan.train(None, overrides=base)
+    assert first.out_dir.parent == tmp_path and first.out_dir.name.startswith("rn-")
+    again = fastgan.train(None, overrides=[*base[:-2], "run.steps=4", f"run.out_dir={tmp_path}", "run.name=rn"],
+                          resume=True)
+    assert again.out_dir == first.out_dir and again.step == 4
+    # the run folder itself can be given instead of a config
+    third = fastgan.train(first.out_dir, overrides=["run.steps=5"], resume=True)
+    assert third.out_dir == first.out_dir and third.step == 5
+    with pytest.raises(FileNotFoundError, match="no run named 'other'"):
+        fastgan.train(None, overrides=[*TINY, f"run.out_dir={tmp_path}", "run.name=other"], resume=True)
+
+
+def test_resume_with_a_different_config_is_an_error(tmp_path):
+    run(tmp_path, "method.roth.gamma=0.1", steps=2)
+    ck = tmp_path / "t" / "checkpoints" / "last.pt"
+    before = ck.read_bytes()
+    with pytest.raises(CheckpointError, match=r"method\.roth\.gamma: checkpoint 0\.1, config 0\.5"):
+        run(tmp_path, "method.roth.gamma=0.5", steps=4, resume=True)
+    assert ck.read_bytes() == before
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
+    run(tmp_path, steps=2)
+    ck = tmp_path / "t" / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    csv_before = (tmp_path / "t" / "metrics.csv").read_text()
+    with pytest.raises(CheckpointError, match=r"corrupt"):
+        run(tmp_path, steps=4, resume=True)
+    assert (tmp_path / "t" / "metrics.csv").read_text() == csv_before
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    run(tmp_path, steps=2)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run(tmp_path, steps=2)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    orig = Method.train_step
+
+    def poisoned(self, t, sample_real):
+        stats = orig(self, t, sample_real)
+        if t == 7:
+            stats["g_loss"] = torch.tensor(float("nan"))
+        return stats
+
+    monkeypatch.setattr(Method, "train_step", poisoned)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"g_loss is nan at step 7.*last good checkpoint.*step 4"):
+        run(tmp_path, "run.checkpoint_every=4", steps=10)
+    assert ckpt.load(tmp_path / "t" / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_diverging_run_reports_the_loss(tmp_path):
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"(d_loss|g_loss|penalty) is (nan|inf|-inf) at step \d+"):
+        run(tmp_path, "optim.optimizer=sgd", "optim.lr_d=1e30", "optim.lr_g=1e30", "model.mlp_activation=relu",
+            steps=20)
+
+
+def test_progress_bar_is_quiet_when_not_a_terminal(tmp_path, capsys):
+    fastgan.train(None, overrides=[*TINY[:-1], "run.steps=2", f"run.dir={tmp_path / 'p'}"])
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def _write_idx(path: Path, n: int, seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + pixels.tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_mnist(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fmnist")
+    _write_idx(d / "train-images-idx3-ubyte", 48, 0)
+    _write_idx(d / "t10k-images-idx3-ubyte", 24, 1)
+    return d
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
+    cfg = fastgan.config.load_config(path)
+    shrink = ["run.steps=2", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0",
+              "run.checkpoint_every=0", "run.num_samples=16", "optim.batch_size=8", "run.progress=off"]
+    if cfg.data.name == "fashion_mnist":
+        shrink.append(f"data.path={tiny_fashion_mnist}")
+    if cfg.model.arch == "dcgan":
+        shrink += ["model.dcgan_width=4", "model.latent_dim=8"]
+    if cfg.model.arch == "goodfellow":
+        shrink += ["model.g_hidden=[16,16]", "model.d_hidden=[8,8]", "model.latent_dim=8"]
+    if cfg.run.parzen:
+        shrink += ["run.parzen_samples=20", "run.parzen_validation=8", "run.parzen_test=16"]
+    r = fastgan.train(path, overrides=shrink)
+    assert r.step == 2
+    changed = {k for k, _, _ in fastgan.config.diff(cfg, r.config)}
+    assert changed <= {o.split("=")[0] for o in shrink} | set(train_mod.RESOLVED_FIELDS)
+    assert (r.out_dir / "samples" / "step_0000002.png").exists()
+    if cfg.run.parzen:
+        assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def test_cli_default_job(tmp_path, capsys):
+    rc = main(["train", "--set", *TINY, "run.steps=3", f"run.out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "3 steps done" in out and "modes" in out
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("roth-mixture-") and (run_dir / "samples" / "step_0000003.png").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--set", "method.loss=hinge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train: error: method.loss: must be one of") and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "--set", "data.name=fashion_mnist", f"data.path={tmp_path / 'nodata'}",
+                 f"run.out_dir={tmp_path / 'runs'}"]) == 1
+    err = capsys.readouterr().err
+    assert "nodata" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing written for a bad data set
+
+
+def test_cli_resume_and_corrupt_checkpoint(tmp_path, capsys):
+    args = ["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"]
+    assert main(args) == 0
+    (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 1
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_cli_print_config(capsys):
+    assert main(["train", "--print-config", "--set", "method.name=nt"]) == 0
+    assert "name: nt" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastgan", "train", "--set", "run.steps=0"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == "fastgan train: error: run.steps: must be >= 1, got 0"
+
+
+def test_corrupt_data_file_is_one_clear_error(tmp_path, capsys):
+    d = tmp_path / "fm"
+    d.mkdir()
+    (d / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + b"\x00\x00\x00\x05")  # truncated header
+    rc = main(["train", "--set", "data.name=fashion_mnist", f"data.path={d}", "model.arch=dcgan",
+               f"run.out_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "train-images-idx3-ubyte" in err and "truncated" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
