@@ -3,6 +3,8 @@
 "torch" is what a user writes without fastgan (torch.randn_like, torch.cat, F.logsigmoid); "reference" is
 fastgan/reference (the same Philox stream in torch integer ops: the oracle, slow by design).
 Run: pytest bench/bench_noise.py --benchmark-only [--benchmark-json out.json]
+CPU A/B (interleaved, CPU time of this thread, robust on a shared machine):
+    OMP_NUM_THREADS=1 python bench/bench_noise.py [--reps 40] [--calls 20]
 """
 import pytest
 import torch
@@ -94,3 +96,115 @@ def test_nt_losses_forward_backward(benchmark, device, impl, size):
     benchmark(step)
     # forward reads 2n logits, writes 2n weights; backward reads 2n logits + 2n weight grads, writes 2n
     _report(benchmark, device, 10 * n * lr.element_size())
+
+
+# ---------------------------------------------------------------- interleaved A/B on CPU (python bench/bench_noise.py)
+
+def _noise_step(impl, m, shape, mode, noise_kind):
+    torch.manual_seed(0)
+    xr = torch.randn(m, *shape, requires_grad=True)
+    xf = torch.randn(m, *shape, requires_grad=True)
+    h = 0 if mode == "double" else m // 2
+    if noise_kind == "sigma":
+        noise = torch.tensor(0.5, requires_grad=True)
+    else:  # the noise generator's output eps
+        noise = torch.randn(m - h, *shape, requires_grad=True)
+    state = NoiseState(0)
+    wrt = (xr, xf, noise)
+
+    def step():
+        if impl == "torch":
+            eps = noise * torch.randn_like(xr[h:]) if noise_kind == "sigma" else noise
+            if mode == "double":
+                r, f = torch.cat([xr, xr + eps]), torch.cat([xf, xf + eps])
+            else:
+                r, f = torch.cat([xr[:h], xr[h:] + eps]), torch.cat([xf[:h], xf[h:] + eps])
+        elif impl == "reference":
+            r, f = ref_noise.noisy_clean_batch(xr, xf, noise, mode, state.tensor)
+        else:
+            r, f = noisy_clean_batch(xr, xf, noise, mode, state=state, backend=impl)
+        torch.autograd.grad((r.sum(), f.sum()), wrt)
+
+    return step
+
+
+def _loss_step(impl, n, js):
+    torch.manual_seed(0)
+    lr = torch.randn(n, requires_grad=True)
+    lf = torch.randn(n, requires_grad=True)
+    mu = torch.rand(())
+    h = n // 2
+
+    def step():
+        w_r = w_f = None
+        if impl == "torch":
+            loss = (mu * (-F.logsigmoid(lr[:h])).mean() + (1 - mu) * (-F.logsigmoid(lr[h:])).mean()
+                    + mu * (-F.logsigmoid(-lf[:h])).mean() + (1 - mu) * (-F.logsigmoid(-lf[h:])).mean())
+            if js:
+                w_r, w_f = (1 - torch.sigmoid(lr)) ** 2, torch.sigmoid(lf) ** 2
+        elif impl == "reference":
+            out = ref_nt.nt_losses(lr, lf, mu, js=js)
+            loss, w_r, w_f = out if js else (out, None, None)
+        else:
+            out = nt_losses(lr, lf, mu, js_weights=js, backend=impl)
+            loss, w_r, w_f = out if js else (out, None, None)
+        outs = (loss,) if not js else (loss, w_r.sum(), w_f.sum())
+        torch.autograd.grad(outs, (lr, lf))
+
+    return step
+
+
+def ab(steps, reps, calls):
+    """Interleaved A/B: each rep times `calls` calls of every impl back to back (order rotated), with
+    time.thread_time (CPU time of this thread: other processes on a shared machine do not count).
+    Returns {impl: (median us/call, min us/call)} and the median over reps of the paired ratio to "torch"."""
+    import statistics
+    import time
+
+    names = list(steps)
+    for fn in steps.values():  # warm-up
+        for _ in range(max(3, calls)):
+            fn()
+    per = {k: [] for k in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for k in order:
+            fn = steps[k]
+            t0 = time.thread_time()
+            for _ in range(calls):
+                fn()
+            per[k].append((time.thread_time() - t0) / calls * 1e6)
+    stats = {k: (statistics.median(v), min(v)) for k, v in per.items()}
+    ratios = {k: statistics.median(a / b for a, b in zip(per[k], per["torch"])) for k in names}
+    return stats, ratios
+
+
+def main():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--calls", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} x {args.calls} calls; "
+          "us per forward+backward call: median (min); ratio = median of paired per-rep ratios to torch")
+    cases = []
+    for (m, shape) in [(512, (3,)), (64, (3, 32, 32))]:
+        for mode in ("double", "half"):
+            for kind in ("sigma", "eps"):
+                label = f"noisy_clean_batch m={m} S={shape} {mode} {kind}"
+                cases.append((label, {impl: _noise_step(impl, m, shape, mode, kind)
+                                      for impl in ("torch", "reference", "cpu")}))
+    for n in (1024, 8192):
+        for js in (False, True):
+            cases.append((f"nt_losses N={n} js={js}", {impl: _loss_step(impl, n, js)
+                                                          for impl in ("torch", "reference", "cpu")}))
+    for label, steps in cases:
+        stats, ratios = ab(steps, args.reps, args.calls)
+        cells = "  ".join(f"{k} {stats[k][0]:8.1f} ({stats[k][1]:7.1f}) x{ratios[k]:.2f}" for k in steps)
+        print(f"{label:55s} {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

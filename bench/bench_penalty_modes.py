@@ -1,6 +1,6 @@
 """ms per discriminator update with Roth et al.'s JS penalty, per gradient mode, against the unregularized update.
 
-    pytest bench/bench_penalty_modes.py                       # measure (CPU, and CUDA when present)
+    pytest bench/bench_penalty_modes.py --benchmark-only      # measure (CPU, and CUDA when present)
     pytest bench/bench_penalty_modes.py --benchmark-disable   # smoke run, each case once
 
 One D update: zero_grad, logits (and the penalty) on a real and a fake batch, loss_D + gamma/2 * Omega, backward,
@@ -19,8 +19,9 @@ from torch import nn
 
 from fastgan.ops import _dispatch, js_penalty
 
+from benchutil import DEVICES, device_label, sync
+
 GAMMA = 2.0
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 _means: dict = {}
 
 
@@ -78,13 +79,12 @@ def test_d_update(benchmark, model, mode, device):
         loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
         loss.backward()
         opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
 
     for _ in range(0 if getattr(benchmark, "disabled", False) else 2):
         step()
     before = _dispatch.counts[("gradient_penalty", mode)]
-    benchmark.extra_info.update(model=model, mode=mode, device=device, batch=x_real.shape[0],
+    benchmark.extra_info.update(model=model, mode=mode, device=device_label(device), batch=x_real.shape[0],
                                 torch=torch.__version__, threads=torch.get_num_threads())
     benchmark(step)
     if mode != "unregularized":

@@ -44,6 +44,10 @@ class RothConfig:
     alpha: float = field(default=0.01, metadata={"gt": 0.0, "max": 1.0})
     # T of the annealing; None: run.steps. Past T, gamma stays at gamma0 * alpha.
     anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
+    # How the penalty's parameter gradient is formed (fastgan.ops.gradient_penalty's mode): double_backward
+    # (torch's double backward), jvp (reverse over forward mode), mlp (closed form for MLP discriminators), auto
+    # (mlp where D is a supported MLP, else jvp once verified on CUDA, else double_backward).
+    mode: str = field(default="double_backward", metadata={"choices": ("double_backward", "jvp", "mlp", "auto")})
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class NTConfig:
     batch: str = field(default="full", metadata={"choices": ("full", "half")})
     # False: only noisy samples reach D (ablation rows (a)-(c)).
     clean: bool = True
+    # True: build {x, x + eps} with fastgan.ops.noisy_clean_batch (fixed / learned sigma: Philox noise from a
+    # NoiseState seeded with run.seed, not the torch generator's stream) and, for method.loss=minimax, the
+    # mu-weighted losses with fastgan.ops.nt_losses (G's too when g_loss=nonsaturating). Needs clean=true.
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,9 @@ class DFMConfig:
     # None: 0.03 / n_h, n_h = the feature size (section 5).
     lambda_denoise: Optional[float] = field(default=None, metadata={"min": 0.0})
     lambda_adv: float = field(default=1.0, metadata={"min": 0.0})
+    # True: the denoiser's loss and the generator's denoising term run through fastgan.ops.Denoiser (same
+    # values and gradients; the generator term leaves the denoiser's BatchNorm running statistics untouched).
+    fused: bool = True
     # The denoiser's width and depth are model.denoiser_hidden / model.denoiser_depth.
 
 
@@ -354,6 +365,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               "or 'r1' / 'r2')")
         if m.roth.penalty == "f" and m.loss != "fgan":
             raise ConfigError(f"method.roth.penalty: 'f' needs method.loss='fgan', got method.loss={m.loss!r}")
+        if m.roth.mode in ("jvp", "mlp") and "nt" in units and m.nt.noise != "fixed":
+            raise ConfigError(f"method.roth.mode: {m.roth.mode!r} differentiates the penalty w.r.t. D only, but "
+                              f"NTGAN's learned noise (method.nt.noise={m.nt.noise!r}) needs D's logits "
+                              "differentiable w.r.t. the noisy inputs; use 'double_backward' or 'auto' (which "
+                              "runs the double backward there)")
     if m.resolved_update == "simultaneous" and m.d_steps != 1:
         raise ConfigError(f"method.d_steps: simultaneous updates (method.update={m.update!r}"
                           f"{', dfm on' if m.update == 'auto' else ''}) need d_steps=1, got {m.d_steps}")
@@ -362,6 +378,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError("method.nt.batch: 'half' mixes clean and noisy samples and needs method.nt.clean=true")
         if m.nt.batch == "half" and o.batch_size < 2:
             raise ConfigError(f"optim.batch_size: the half-batch construction needs >= 2, got {o.batch_size}")
+        if m.nt.fused and not m.nt.clean:
+            raise ConfigError("method.nt.fused: noisy_clean_batch builds {x, x + eps} batches and needs "
+                              "method.nt.clean=true (noise-only batches run the plain path: set fused=false)")
         if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
             raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got method.nt.noise={m.nt.noise!r}")
     if not _DEVICE.match(r.device):

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "fastgan/bn_math.h"
+#include "fastgan/binding_utils.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -229,11 +230,6 @@ void corrupt(const T* h, const T* noise, T* out, double sigma, int64_t numel) {
   for (int64_t i = 0; i < numel; ++i) out[i] = h[i] + s * noise[i];
 }
 
-template <typename T>
-const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
-template <typename T>
-T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 void check(int64_t B, int64_t N, int dtype) {
   if (B < 0 || N < 0) throw std::invalid_argument("denoiser: negative size");
   if (dtype != kFloat32 && dtype != kFloat64)
@@ -314,12 +310,6 @@ void corrupt_cpu(std::uintptr_t h, std::uintptr_t noise, std::uintptr_t out, dou
   else
     corrupt<double>(cptr<double>(h), cptr<double>(noise), mptr<double>(out), sigma, numel);
 }
-
-#ifdef FASTGAN_WITH_CUDA
-void raise_cuda(int err, const char* what) {
-  if (err != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(err));
-}
-#endif
 
 void bind(py::module_& m) {
   m.def("bn_relu_forward_cpu", &bn_relu_forward_cpu, "y"_a, "bias"_a, "gamma"_a, "beta"_a, "running_mean"_a,

@@ -8,6 +8,7 @@
 #include "fastgan/half_cpu.h"
 #include "fastgan/noise_args.h"
 #include "fastgan/philox.h"
+#include "fastgan/binding_utils.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -21,11 +22,6 @@ namespace fastgan {
 namespace {
 
 constexpr int64_t kParallelWork = 1 << 15;
-
-template <typename T>
-const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
-template <typename T>
-T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 struct Layout {
   int64_t n_clean, n_noisy, src0, dst0;
@@ -246,12 +242,6 @@ void philox_normal_cpu(uint64_t seed, uint64_t offset, int64_t n, std::uintptr_t
     for (int k = 0; k < 4 && g * 4 + k < n; ++k) o[g * 4 + k] = z.v[k];
   }
 }
-
-#ifdef FASTGAN_WITH_CUDA
-void raise_cuda(int err, const char* what) {
-  if (err != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(err));
-}
-#endif
 
 void bind(py::module_& m) {
   m.def("noisy_forward_cpu", [](py::dict d) {

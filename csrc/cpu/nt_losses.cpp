@@ -7,6 +7,7 @@
 
 #include "fastgan/noise_args.h"
 #include "fastgan/nt_losses_math.h"
+#include "fastgan/binding_utils.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -106,12 +107,6 @@ NtLossArgs args_from(py::dict d, bool backward_pass) {
   }
   return a;
 }
-
-#ifdef FASTGAN_WITH_CUDA
-void raise_cuda(int err, const char* what) {
-  if (err != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(err));
-}
-#endif
 
 void bind(py::module_& m) {
   m.def("nt_losses_forward_cpu", [](py::dict d) {

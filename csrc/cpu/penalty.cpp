@@ -6,6 +6,7 @@
 
 #include "fastgan/half_cpu.h"
 #include "fastgan/penalty_math.h"
+#include "fastgan/binding_utils.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -64,11 +65,6 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
   }
 }
 
-template <typename T>
-const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
-template <typename T>
-T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 void check_sizes(int64_t B, int64_t F, int weight) {
   if (B < 0 || F < 0) throw std::invalid_argument("penalty: negative size");
   if (weight < penalty::kOne || weight > penalty::kJsFake) throw std::invalid_argument("penalty: unknown weight code");
@@ -100,12 +96,6 @@ void penalty_backward_cpu(std::uintptr_t go, std::uintptr_t grad, int dtype, std
   }
   throw std::invalid_argument("penalty: unsupported dtype code " + std::to_string(dtype));
 }
-
-#ifdef FASTGAN_WITH_CUDA
-void raise_cuda(int err, const char* what) {
-  if (err != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(err));
-}
-#endif
 
 void bind(py::module_& m) {
   m.def("penalty_forward_cpu", &penalty_forward_cpu, "grad"_a, "dtype"_a, "logits"_a, "out"_a, "B"_a, "F"_a,

@@ -125,11 +125,38 @@ def build(x: torch.Tensor, eps: torch.Tensor, mu: Optional[torch.Tensor], batch:
     m = x.shape[0]
     if not clean:
         return x + eps, None, None
+    w, rows = weights(m, mu, batch)
     if batch == "full":
-        xb = torch.cat([x, x + eps], 0)
-        w = torch.cat([(mu / m).expand(m), ((1 - mu) / m).expand(m)])
-        return xb, w, slice(0, m)
+        return torch.cat([x, x + eps], 0), w, rows
     h = m // 2
-    xb = torch.cat([x[:h], x[h:] + eps], 0)
-    w = torch.cat([(mu / h).expand(h), ((1 - mu) / (m - h)).expand(m - h)])
-    return xb, w, slice(0, h)
+    return torch.cat([x[:h], x[h:] + eps], 0), w, rows
+
+
+def weights(m: int, mu: torch.Tensor, batch: str):
+    """(per-sample weights of a clean + noisy batch built from m samples, slice of its clean rows)."""
+    if batch == "full":
+        return torch.cat([(mu / m).expand(m), ((1 - mu) / m).expand(m)]), slice(0, m)
+    h = m // 2
+    return torch.cat([(mu / h).expand(h), ((1 - mu) / (m - h)).expand(m - h)]), slice(0, h)
+
+
+FUSED_MODES = {"full": "double", "half": "half"}
+
+
+def fused_build(x_real, x_fake, noise: "NoiseModel", eps, mu, batch: str, state, *, grad_noise: bool = True):
+    """(real batch, fake batch, weights, clean rows) as `build` gives them, from fastgan.ops.noisy_clean_batch.
+
+    Fixed and learned sigma draw eps = sigma * z inside the op from the Philox stream of `state` (eps is not
+    given); the noise generator's output eps is added as given. grad_noise=False: no gradient to sigma.
+    Either batch may be None (the generator step builds the fake batch only).
+    """
+    from .. import ops
+
+    if isinstance(noise, GeneratedNoise):
+        arg = eps
+    else:
+        arg = noise.sigma if grad_noise else noise.sigma.detach()
+    xr, xf = ops.noisy_clean_batch(x_real, x_fake, arg, FUSED_MODES[batch], state=state)
+    m = (x_real if x_real is not None else x_fake).shape[0]
+    w, rows = weights(m, mu, batch)
+    return xr, xf, w, rows

@@ -62,10 +62,76 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0):
     return (pen * scale if scale != 1.0 else pen), logits
 
 
+MODES = ops.penalty.PENALTY_MODES
+
+_BASE_WEIGHTS = {"one": lambda psi: torch.ones_like(psi),
+                 "js_real": lambda psi: torch.sigmoid(-psi).pow(2),
+                 "js_fake": lambda psi: torch.sigmoid(psi).pow(2)}
+
+
+def _weighted(weight, coef: torch.Tensor, scale: float):
+    """psi -> coef_n * scale * w(psi_n): a per-sample weighted expectation as one penalty weight, so the
+    "jvp" mode (which needs a scalar reduction) forms the weighted sum with reduction="sum"."""
+    base = _BASE_WEIGHTS[weight] if isinstance(weight, str) else weight
+    coef = coef.detach()
+
+    def w(psi):
+        return coef.to(psi.dtype) * (scale * base(psi))
+    return w
+
+
+def penalty_by_mode(D, x: torch.Tensor, weight, mode: str, coef: Optional[torch.Tensor] = None,
+                    scale: float = 1.0):
+    """(Omega part, logits) through fastgan.ops.gradient_penalty(mode=...): the batch mean of
+    scale * w(psi) ||grad psi||^2, or the coef-weighted sum when per-sample weights coef are given.
+    x must not carry a graph (these modes differentiate the penalty w.r.t. D only)."""
+    if coef is None:
+        pen, logits = ops.gradient_penalty(D, x, weight, mode=mode)
+        return (pen * scale if scale != 1.0 else pen), logits.reshape(x.shape[0])
+    if mode == "mlp" and isinstance(weight, str):
+        # the closed form works per sample: the fused weight kernel, then the weighted sum
+        pen, logits = ops.gradient_penalty(D, x, weight, reduction="none", mode=mode)
+        return reduce(pen * scale if scale != 1.0 else pen, coef), logits.reshape(x.shape[0])
+    pen, logits = ops.gradient_penalty(D, x, _weighted(weight, coef, scale), reduction="sum", mode=mode)
+    return pen, logits.reshape(x.shape[0])
+
+
+def _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode):
+    if penalty == "js":
+        if w_real is None and w_fake is None:
+            omega, lr, lf = ops.js_penalty(D, x_real, x_fake, mode=mode)
+            return omega, lr.reshape(x_real.shape[0]), lf.reshape(x_fake.shape[0])
+        pr, lr = penalty_by_mode(D, x_real, "js_real", mode, w_real)
+        pf, lf = penalty_by_mode(D, x_fake, "js_fake", mode, w_fake)
+        return pr + pf, lr, lf
+    if penalty == "r1":
+        pr, lr = penalty_by_mode(D, x_real, "one", mode, w_real)
+        return pr, lr, D(x_fake).reshape(x_fake.shape[0])
+    lr = D(x_real).reshape(x_real.shape[0])
+    weight, scale = ("one", 1.0) if penalty == "r2" else fdiv.penalty_weight(f)
+    pf, lf = penalty_by_mode(D, x_fake, weight, mode, w_fake, scale)
+    return pf, lr, lf
+
+
 def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
-                w_real: Optional[torch.Tensor] = None, w_fake: Optional[torch.Tensor] = None, f: str = "gan"):
-    """(Omega, logits_real, logits_fake), with weighted expectations when per-sample weights are given."""
-    plain = w_real is None and w_fake is None and not x_real.requires_grad and not x_fake.requires_grad
+                w_real: Optional[torch.Tensor] = None, w_fake: Optional[torch.Tensor] = None, f: str = "gan",
+                mode: str = "double_backward"):
+    """(Omega, logits_real, logits_fake), with weighted expectations when per-sample weights are given.
+
+    mode: fastgan.ops.gradient_penalty's mode (method.roth.mode). Inputs that carry a graph (NTGAN's learned
+    noise) need the double backward: "auto" runs it for them, "jvp" / "mlp" raise.
+    """
+    if penalty not in PENALTIES:
+        raise ValueError(f"method.roth.penalty: must be one of {PENALTIES}, got {penalty!r}")
+    if mode not in MODES:
+        raise ValueError(f"method.roth.mode: must be one of {MODES}, got {mode!r}")
+    graph = x_real.requires_grad or x_fake.requires_grad
+    if mode in ("jvp", "mlp") and graph:
+        raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
+                         "graph (NTGAN's learned noise); use 'double_backward' or 'auto'")
+    if mode != "double_backward" and not graph:
+        return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)
+    plain = w_real is None and w_fake is None and not graph
     if penalty == "js":
         if plain:
             return ops.js_penalty(D, x_real, x_fake)

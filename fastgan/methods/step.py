@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .. import ops
 from . import dfm as dfm_mod
 from . import losses
 from . import nt as nt_mod
@@ -55,6 +56,23 @@ class _FeatureTap:
         return logits
 
 
+def _features_without_side_effects(D, x):
+    """Phi(x) from a forward of D that leaves D's buffers (BatchNorm running statistics, spectral-norm
+    vectors) and the global RNG (dropout) as they were: the features of the penalty's own forward on x,
+    for penalty modes that do not run D's forward_features."""
+    buffers = [(b, b.detach().clone()) for b in D.buffers()]
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    with torch.no_grad():
+        phi = D.features(x)
+        for b, saved in buffers:
+            b.copy_(saved)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, x.device)
+    return phi
+
+
 def _params(module) -> list:
     return [p for p in module.parameters() if p.requires_grad] if module is not None else []
 
@@ -80,13 +98,28 @@ class Method:
         self.batch_size = cfg.optim.batch_size
         self.data_shape = tuple(data_shape if data_shape is not None else D.data_shape)
         self.gamma = None
+        self.penalty_mode = m.roth.mode
         if "roth" in self.units:
             r = m.roth
+            if r.mode == "mlp":
+                from ..ops import mlp_penalty
+
+                steps, why = mlp_penalty.plan(D)
+                if steps is None:
+                    raise ValueError(f"method.roth.mode: 'mlp' needs an MLP discriminator without training-mode "
+                                     f"BatchNorm or active dropout ({why}); use 'auto', 'jvp' or 'double_backward'")
             T = r.anneal_steps or cfg.run.steps
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
         self.noise = None
+        self.nt_fused, self.noise_state = False, None
         if "nt" in self.units:
             n = m.nt
+            if n.fused:
+                if not n.clean:
+                    raise ValueError("method.nt.fused: needs method.nt.clean=true")
+                # Philox noise for fixed / learned sigma, reproducible from the run's seed and checkpointed
+                self.nt_fused = True
+                self.noise_state = ops.NoiseState(int(cfg.run.seed) % 2 ** 63, self.device)
             if n.noise == "fixed":
                 self.noise = nt_mod.FixedNoise(n.sigma, n.sigma_anneal, n.anneal_steps or cfg.run.steps,
                                                device=self.device)
@@ -107,6 +140,15 @@ class Method:
                 denoiser = build_denoiser_from_config(cfg.model, D.feature_dim)
             self.denoiser = denoiser.to(self.device)
             self.lambda_dn = dfm_mod.default_lambda_denoise(D.feature_dim, m.dfm.lambda_denoise)
+        # the fused denoiser shares self.denoiser's layers (parameters, buffers, state_dict keys)
+        self.fused_denoiser = None
+        if self.denoiser is not None and m.dfm.fused:
+            net = getattr(self.denoiser, "net", None)
+            try:
+                self.fused_denoiser = ops.Denoiser.from_sequential(net, sigma=m.dfm.sigma)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"method.dfm.fused: the denoiser cannot run on fastgan.ops.Denoiser ({e}); "
+                                 "set method.dfm.fused=false") from None
         o = cfg.optim
         self.optimizers = {"G": self._optimizer(G, o.lr_g), "D": self._optimizer(D, o.lr_d)}
         if self.noise is not None and self.noise.learnable:
@@ -133,8 +175,11 @@ class Method:
         return out
 
     def state_dict(self) -> dict:
-        return {"modules": {k: v.state_dict() for k, v in self.modules.items()},
-                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()}}
+        out = {"modules": {k: v.state_dict() for k, v in self.modules.items()},
+               "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()}}
+        if self.noise_state is not None:
+            out["noise_state"] = self.noise_state.get_state()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         mods, opts = state["modules"], state["optimizers"]
@@ -145,6 +190,10 @@ class Method:
             mod.load_state_dict(mods[k])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(opts[k])
+        if self.noise_state is not None:
+            if "noise_state" not in state:
+                raise ValueError("the checkpoint holds no NoiseState, but method.nt.fused draws its noise from one")
+            self.noise_state.set_state(state["noise_state"])
 
     def update_schedules(self, t) -> None:
         """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based)."""
@@ -176,7 +225,9 @@ class Method:
         d_batch, clean_rows = m, m
         if self.noise is not None:
             n_eps = nt_mod.noise_count(m, nt.batch, nt.clean)
-            d.eps_draws = self.noise.draw(n_eps, self.data_shape, self.generator, self.device, self.dtype)
+            if not (self.nt_fused and not isinstance(self.noise, nt_mod.GeneratedNoise)):
+                # (fused fixed / learned sigma: the op draws eps from the Philox stream of noise_state)
+                d.eps_draws = self.noise.draw(n_eps, self.data_shape, self.generator, self.device, self.dtype)
             if nt.clean:
                 d.mu = self._rand(())
                 d_batch = 2 * m if nt.batch == "full" else m
@@ -189,8 +240,18 @@ class Method:
 
     # ------------------------------------------------------------------ objectives
 
+    def _noise_eps(self, draws):
+        """eps from the noise model (with a graph to its parameters), or None where the fused op draws it."""
+        if draws.eps_draws is None:
+            return None
+        return self.noise(draws.eps_draws)
+
     def _nt_batches(self, x_real, x_fake, draws, eps):
         nt = self.cfg.method.nt
+        if self.nt_fused:
+            xr, xf, w, clean = nt_mod.fused_build(x_real, x_fake, self.noise, eps, draws.mu, nt.batch,
+                                                  self.noise_state)
+            return xr, xf, w, w, clean
         xr, wr, clean = nt_mod.build(x_real, eps, draws.mu, nt.batch, nt.clean)
         xf, wf, _ = nt_mod.build(x_fake, eps, draws.mu, nt.batch, nt.clean)
         return xr, xf, wr, wf, clean
@@ -206,19 +267,27 @@ class Method:
         clean = slice(None)
         eps = None
         if self.noise is not None:
-            eps = self.noise(draws.eps_draws)
+            eps = self._noise_eps(draws)
             xr, xf, wr, wf, clean = self._nt_batches(x_real, x_fake, draws, eps)
             stats["noise_norm" if m.nt.noise == "generator" else "sigma"] = self.noise.magnitude(eps)
         else:
             xr, xf = x_real, x_fake
-        D = _FeatureTap(self.D) if self.denoiser is not None else self.D
+        tap = self.denoiser is not None and not (self.gamma is not None and self.penalty_mode != "double_backward")
+        D = _FeatureTap(self.D) if tap else self.D
+        phi = None
+        if self.denoiser is not None and not tap and clean is not None:
+            # the fused penalty modes do not call D.forward_features: Phi of the same batch, taken beforehand
+            phi = _features_without_side_effects(self.D, xr)[clean]
         if self.gamma is not None:
-            omega, lr, lf = roth_mod.regularizer(D, m.roth.penalty, xr, xf, wr, wf, self.f)
+            omega, lr, lf = roth_mod.regularizer(D, m.roth.penalty, xr, xf, wr, wf, self.f, self.penalty_mode)
         else:
             lr = D(xr).reshape(xr.shape[0])
             lf = D(xf).reshape(xf.shape[0])
-        tr, tf = losses.d_terms(self.loss, lr, lf, self.f)
-        adv = losses.reduce(tr, wr) + losses.reduce(tf, wf)
+        if self.nt_fused and self.loss == "minimax":
+            adv = ops.nt_losses(lr, lf, draws.mu, loss="d", mode=nt_mod.FUSED_MODES[m.nt.batch])
+        else:
+            tr, tf = losses.d_terms(self.loss, lr, lf, self.f)
+            adv = losses.reduce(tr, wr) + losses.reduce(tf, wf)
         d_loss = adv
         if self.gamma is not None:
             d_loss = d_loss + 0.5 * self.gamma.value * omega
@@ -236,15 +305,27 @@ class Method:
             if clean is None:  # noise-only batches hold no clean real sample: a separate pass for Phi(x)
                 with torch.no_grad():
                     phi = self.D.features(x_real)
-            else:
+            elif tap:
                 phi = D.features[0][clean]
-            out.denoiser_loss = dfm_mod.denoiser_loss(self.denoiser, phi, draws.dn_noise, m.dfm.sigma)
+            out.denoiser_loss = self._denoiser_loss(phi, draws.dn_noise)
         stats["d_loss"] = d_loss.detach()
         if out.noise_loss is not None:
             stats["noise_loss"] = out.noise_loss.detach()
         if out.denoiser_loss is not None:
             stats["denoiser_loss"] = out.denoiser_loss.detach()
         return out
+
+    def _denoiser_loss(self, phi, noise):
+        if self.fused_denoiser is None:
+            return dfm_mod.denoiser_loss(self.denoiser, phi, noise, self.cfg.method.dfm.sigma)
+        self.fused_denoiser.train(self.denoiser.training)
+        return self.fused_denoiser.loss(phi, noise)  # phi detached inside: the loss trains r only
+
+    def _denoiser_term(self, phi_fake):
+        if self.fused_denoiser is None:
+            return dfm_mod.generator_term(self.denoiser, phi_fake)
+        self.fused_denoiser.train(self.denoiser.training)
+        return self.fused_denoiser.generator_loss(phi_fake)
 
     def g_objective(self, fake: torch.Tensor, draws: Draws):
         """(generator loss, stats) for generated samples `fake` (carrying G's graph)."""
@@ -253,19 +334,29 @@ class Method:
         xg = fake
         if self.noise is not None:
             with torch.no_grad():  # the G update does not move the noise model
-                eps = self.noise(draws.eps_draws)
-            xg, wg, clean = nt_mod.build(fake, eps, draws.mu, m.nt.batch, m.nt.clean)
+                eps = self._noise_eps(draws)
+            if self.nt_fused:
+                _, xg, wg, clean = nt_mod.fused_build(None, fake, self.noise, eps, draws.mu, m.nt.batch,
+                                                     self.noise_state, grad_noise=False)
+            else:
+                xg, wg, clean = nt_mod.build(fake, eps, draws.mu, m.nt.batch, m.nt.clean)
+        fused_g = self.nt_fused and self.loss == "minimax" and self.g_loss_kind == "nonsaturating"
+
+        def adversarial(logits):
+            if fused_g:
+                return ops.nt_losses(None, logits, draws.mu, loss="g", mode=nt_mod.FUSED_MODES[m.nt.batch])
+            return losses.reduce(losses.g_terms(self.loss, self.g_loss_kind, logits, self.f), wg)
         stats = {}
         if self.denoiser is not None:
             logits, phi = self.D.forward_features(xg)
-            adv = losses.reduce(losses.g_terms(self.loss, self.g_loss_kind, logits.reshape(-1), self.f), wg)
+            adv = adversarial(logits.reshape(-1))
             phi_fake = self.D.features(fake) if clean is None else phi[clean]
-            term = dfm_mod.generator_term(self.denoiser, phi_fake)
+            term = self._denoiser_term(phi_fake)
             g_loss = m.dfm.lambda_adv * adv + self.lambda_dn * term
             stats["dfm_term"] = term.detach()
         else:
             logits = self.D(xg).reshape(xg.shape[0])
-            g_loss = adv = losses.reduce(losses.g_terms(self.loss, self.g_loss_kind, logits, self.f), wg)
+            g_loss = adv = adversarial(logits)
         stats["g_loss"] = g_loss.detach()
         return g_loss, stats
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Discriminator, Generator, numel, output_activation
+from .base import Discriminator, numel
+from .mlp import MLPGenerator
 
 
 class Maxout(nn.Module):
@@ -34,24 +35,13 @@ class Maxout(nn.Module):
         return f"units={self.units}, pieces={self.pieces}"
 
 
-class GoodfellowGenerator(Generator):
+class GoodfellowGenerator(MLPGenerator):
+    """ReLU 1200-1200: the fully connected generator with rectifier hidden units."""
+
     def __init__(self, latent_dim: int, data_shape: tuple, hidden=(1200, 1200), batchnorm: bool = False,
                  out: str = "tanh", out_scale: float = 1.0, latent_dist: str = "normal"):
-        super().__init__()
-        self.latent_dim, self.data_shape, self.latent_dist = int(latent_dim), tuple(data_shape), latent_dist
-        layers, width = [], self.latent_dim
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(nn.ReLU())
-            width = h
-        layers += [nn.Linear(width, numel(self.data_shape)), output_activation(out, out_scale)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        self.check_z(z)
-        return self.net(z).view(z.shape[0], *self.data_shape)
+        super().__init__(latent_dim, data_shape, hidden, act="relu", batchnorm=batchnorm, out=out,
+                         out_scale=out_scale, latent_dist=latent_dist)
 
 
 class MaxoutDiscriminator(Discriminator):

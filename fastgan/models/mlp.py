@@ -57,3 +57,8 @@ class MLPDiscriminator(Discriminator):
 
     def head(self, h):
         return self.out(h)
+
+    def as_sequential(self) -> nn.Sequential:
+        """This D's forward as one nn.Sequential of its own layers (the same parameters): the opt-in of
+        fastgan.ops.gradient_penalty(mode="mlp"/"auto") to the closed-form penalty gradient. Logits (B, 1)."""
+        return nn.Sequential(nn.Flatten(), *self.net, self.out)

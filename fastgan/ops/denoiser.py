@@ -37,6 +37,7 @@ from torch import nn
 from .. import _ext
 from ..reference import denoiser as ref
 from . import _checks, _dispatch
+from ..reference._reduce import reduce_batch as _reduce
 
 OP_LAYER = "bn_relu"
 OP_RECON = "recon_loss"
@@ -106,8 +107,9 @@ class _Reference:
         torch.add(h, noise, alpha=sigma, out=out)
 
 
-def _p(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
+def _ptrs(*ts) -> list:
+    """Raw pointers (0 for None); one call per kernel launch, the eager path is overhead-bound at small sizes."""
+    return [0 if t is None else t.data_ptr() for t in ts]
 
 
 def _code(t: Tensor) -> int:
@@ -119,29 +121,28 @@ class _Cpu:
     def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
                relu):
         B, N = y.shape
-        _ext.C().bn_relu_forward_cpu(_p(y), _p(bias), _p(gamma), _p(beta), _p(rm), _p(rv), _p(out), _p(shift),
-                                     _p(invstd), _p(rm_out), _p(rv_out), _code(y), B, N, training, track,
-                                     momentum, eps, relu)
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
+        _ext.C().bn_relu_forward_cpu(*ptrs, _code(y), B, N, training, track, momentum, eps, relu)
 
     @staticmethod
     def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
         B, N = y.shape
-        _ext.C().bn_relu_backward_cpu(_p(dout), _p(out), _p(y), _p(gamma), _p(shift), _p(invstd), _p(dy),
-                                      _p(dgamma), _p(dbeta), _p(dbias), _code(y), B, N, training, relu)
+        ptrs = _ptrs(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias)
+        _ext.C().bn_relu_backward_cpu(*ptrs, _code(y), B, N, training, relu)
 
     @staticmethod
     def recon_fwd(y, bias, target, out):
         B, N = y.shape
-        _ext.C().recon_loss_forward_cpu(_p(y), _p(bias), _p(target), _p(out), _code(y), B, N)
+        _ext.C().recon_loss_forward_cpu(*_ptrs(y, bias, target, out), _code(y), B, N)
 
     @staticmethod
     def recon_bwd(go, y, bias, target, dy, dbias):
         B, N = y.shape
-        _ext.C().recon_loss_backward_cpu(_p(go), _p(y), _p(bias), _p(target), _p(dy), _p(dbias), _code(y), B, N)
+        _ext.C().recon_loss_backward_cpu(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N)
 
     @staticmethod
     def corrupt(h, noise, sigma, out):
-        _ext.C().corrupt_cpu(_p(h), _p(noise), _p(out), sigma, _code(h), h.numel())
+        _ext.C().corrupt_cpu(*_ptrs(h, noise, out), sigma, _code(h), h.numel())
 
 
 class _Cuda:
@@ -149,38 +150,36 @@ class _Cuda:
     def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
                relu):
         B, N = y.shape
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
         with torch.cuda.device(y.device):
-            _ext.C().bn_relu_forward_cuda(_p(y), _p(bias), _p(gamma), _p(beta), _p(rm), _p(rv), _p(out),
-                                          _p(shift), _p(invstd), _p(rm_out), _p(rv_out), _code(y), B, N, training,
-                                          track, momentum, eps, relu, _ext.stream_handle(y.device))
+            _ext.C().bn_relu_forward_cuda(*ptrs, _code(y), B, N, training, track, momentum, eps, relu,
+                                          _ext.stream_handle(y.device))
 
     @staticmethod
     def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
         B, N = y.shape
+        ptrs = _ptrs(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias)
         with torch.cuda.device(y.device):
-            _ext.C().bn_relu_backward_cuda(_p(dout), _p(out), _p(y), _p(gamma), _p(shift), _p(invstd), _p(dy),
-                                           _p(dgamma), _p(dbeta), _p(dbias), _code(y), B, N, training, relu,
-                                           _ext.stream_handle(y.device))
+            _ext.C().bn_relu_backward_cuda(*ptrs, _code(y), B, N, training, relu, _ext.stream_handle(y.device))
 
     @staticmethod
     def recon_fwd(y, bias, target, out):
         B, N = y.shape
         with torch.cuda.device(y.device):
-            _ext.C().recon_loss_forward_cuda(_p(y), _p(bias), _p(target), _p(out), _code(y), B, N,
+            _ext.C().recon_loss_forward_cuda(*_ptrs(y, bias, target, out), _code(y), B, N,
                                              _ext.stream_handle(y.device))
 
     @staticmethod
     def recon_bwd(go, y, bias, target, dy, dbias):
         B, N = y.shape
         with torch.cuda.device(y.device):
-            _ext.C().recon_loss_backward_cuda(_p(go), _p(y), _p(bias), _p(target), _p(dy), _p(dbias), _code(y), B,
-                                              N, _ext.stream_handle(y.device))
+            _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N,
+                                              _ext.stream_handle(y.device))
 
     @staticmethod
     def corrupt(h, noise, sigma, out):
         with torch.cuda.device(h.device):
-            _ext.C().corrupt_cuda(_p(h), _p(noise), _p(out), sigma, _code(h), h.numel(),
-                                  _ext.stream_handle(h.device))
+            _ext.C().corrupt_cuda(*_ptrs(h, noise, out), sigma, _code(h), h.numel(), _ext.stream_handle(h.device))
 
 
 class _Triton:
@@ -625,26 +624,27 @@ class _EagerLoss(torch.autograd.Function):
 
 
 class _EagerRecon(torch.autograd.Function):
-    """l_n = ||y_n - target_n||^2 with y a constant (the generator's term): gradient into target only."""
+    """l_n = ||h_n - target_n||^2 with target a constant (the generator's term): gradient into h only.
+    The kernels' first operand is h, so their dy is dl/dh as it stands."""
 
     @staticmethod
-    def forward(ctx, y, target, backend):
-        out = y.new_empty(y.shape[0])
-        _KERNELS[backend].recon_fwd(y, None, target, out)
+    def forward(ctx, target, h, backend):
+        out = h.new_empty(h.shape[0])
+        _KERNELS[backend].recon_fwd(h, None, target, out)
         _dispatch.record(OP_RECON, backend)
-        ctx.save_for_backward(y, target)
+        ctx.save_for_backward(target, h)
         ctx.backend = backend
         return out
 
     @staticmethod
     def backward(ctx, go):
-        y, target = ctx.saved_tensors
+        target, h = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return None, _grads_through(lambda t_: (y - t_).pow(2).sum(1), [target], go)[0], None
-        dy = torch.empty_like(y)
-        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), y, None, target, dy, None)
+            return None, _grads_through(lambda h_: (h_ - target).pow(2).sum(1), [h], go)[0], None
+        dh = torch.empty_like(h)
+        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), h, None, target, dh, None)
         _dispatch.record(OP_RECON + "_backward", ctx.backend)
-        return None, -dy, None
+        return None, dh, None
 
 
 def _compiling() -> bool:
@@ -674,14 +674,13 @@ def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, trainin
 
 def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
     """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
-    with _no_autocast(h.device):
+    with _no_autocast(h.device), torch.no_grad():
         if _compiling():
             r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
                                                                 training, track, momentum, eps, backend)
         else:
-            with torch.no_grad():
-                r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track,
-                                               momentum, eps, backend)
+            r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
+                                           eps, backend)
     _copy_running(rms, rvs, new_running)
     return r
 
@@ -690,7 +689,7 @@ def _run_target_loss(target, h_fake, backend):
     """||h_fake - target||^2 per sample, gradient into h_fake only."""
     with _no_autocast(target.device):
         if _compiling():
-            return torch.ops.fastgan.recon_loss(target, None, h_fake, backend)
+            return torch.ops.fastgan.recon_loss(h_fake, None, target, backend)
         return _EagerRecon.apply(target, h_fake, backend)
 
 
@@ -767,14 +766,6 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
 
 def _contig(seq):
     return [t.contiguous() for t in seq]
-
-
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
 
 
 def _copy_running(running_means, running_vars, new_running) -> None:
@@ -894,9 +885,9 @@ def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: S
 
 
 def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, eps, reduction, backend):
-    detached = lambda seq: [t.detach().contiguous() for t in seq]
-    target = _run_forward(h_fake.detach(), detached(weights), detached(biases), detached(gammas), detached(betas),
-                          detached(rms), detached(rvs), training, False, 0.0, eps, backend)
+    # _run_forward runs without autograd: r(h_fake) is a constant target
+    target = _run_forward(h_fake.detach(), _contig(weights), _contig(biases), _contig(gammas), _contig(betas),
+                          _contig(rms), _contig(rvs), training, False, 0.0, eps, backend)
     return _reduce(_run_target_loss(target, h_fake, backend), reduction)
 
 
@@ -998,13 +989,21 @@ class Denoiser(nn.Module):
         return self.norms[0].momentum if self.norms else 0.1
 
     @property
+    def lambda_denoise(self) -> float:
+        """The paper's weight of the generator term, 0.03 / n_h (Warde-Farley & Bengio, sec. 5)."""
+        return 0.03 / self.n_features
+
+    @property
     def eps(self) -> float:
         return self.norms[0].eps if self.norms else 1e-5
 
     def _params(self):
-        lin, bns = self.linears, self.norms
-        return ([m.weight for m in lin], [m.bias for m in lin], [m.weight for m in bns], [m.bias for m in bns],
-                [m.running_mean for m in bns], [m.running_var for m in bns])
+        # the modules' own dicts: nn.Module.__getattr__ costs ~1 us a lookup, 24 of them per call
+        lin = [m._parameters for m in self._linears]
+        bn_p = [m._parameters for m in self._norms]
+        bn_b = [m._buffers for m in self._norms]
+        return ([d["weight"] for d in lin], [d["bias"] for d in lin], [d["weight"] for d in bn_p],
+                [d["bias"] for d in bn_p], [d["running_mean"] for d in bn_b], [d["running_var"] for d in bn_b])
 
     def _factor(self) -> float:
         """nn.BatchNorm1d's exponential_average_factor; counts the batch like it does."""

@@ -15,7 +15,7 @@ import torch
 
 from .. import _ext
 from ..reference import penalty as ref
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _eager
 
 OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
@@ -166,8 +166,8 @@ _penalty_backward.register_autograd(_backward_backward, setup_context=_setup_bac
 
 # ---------------------------------------------------------------- eager path
 # The custom-op dispatcher costs ~100 us a call in Python, more than the kernel at the mixtures' sizes.
-# Outside torch.compile/tracing the same kernels and the same backward formulas run through plain
-# autograd.Functions; under compile (or on fake/subclass tensors) the custom ops above are used.
+# Outside torch.compile/tracing (fastgan/ops/_eager.py decides) the same kernels and the same backward formulas
+# run through plain autograd.Functions; otherwise the custom ops above are used.
 
 def _run_forward(grad, logits, weight, backend):
     out = torch.empty(grad.shape[0], dtype=logits.dtype, device=grad.device)
@@ -210,13 +210,12 @@ class _EagerPenaltyBackward(torch.autograd.Function):
         return _backward_backward(ctx, g_dgrad, g_dlogits)
 
 
-def _eager_ok(*tensors) -> bool:
-    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
+_eager_penalty = _eager.apply_of(_EagerPenalty)
 
 
 def _per_sample(grad, logits, weight: int, backend: str):
-    if _eager_ok(grad, logits):
-        return _EagerPenalty.apply(grad, logits, weight, backend)
+    if _eager.ok(grad, logits):
+        return _eager_penalty(grad, logits, weight, backend)
     return torch.ops.fastgan.grad_norm_penalty(grad, logits, weight, backend)
 
 

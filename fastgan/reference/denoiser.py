@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ._reduce import reduce_batch as _reduce
 
 
 def make_denoiser(n_features: int, hidden: int | None = None, depth: int = 3, momentum: float | None = 0.1,
@@ -23,14 +24,6 @@ def make_denoiser(n_features: int, hidden: int | None = None, depth: int = 3, mo
         width = hidden
     layers.append(nn.Linear(width, n_features))
     return nn.Sequential(*layers)
-
-
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
 
 
 def denoiser_loss(net: nn.Module, h: torch.Tensor, noise: torch.Tensor, sigma: float = 1.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from ._reduce import reduce_batch as _reduce
 
 
 def weight_one(logits: torch.Tensor) -> torch.Tensor:
@@ -21,14 +22,6 @@ def weight_js_fake(logits: torch.Tensor) -> torch.Tensor:
 
 
 WEIGHT_FNS = {"one": weight_one, "js_real": weight_js_real, "js_fake": weight_js_fake}
-
-
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
 
 
 def grad_norm_penalty(grad, logits, weight="one", reduction="mean"):

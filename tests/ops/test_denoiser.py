@@ -522,7 +522,7 @@ def test_training_loop_like_a_user():
 
         opt_g.zero_grad()
         opt_r.zero_grad(set_to_none=True)
-        g_loss = 0.03 / n_h * den.generator_loss(phi(G(torch.randn(64, 4))))
+        g_loss = den.lambda_denoise * den.generator_loss(phi(G(torch.randn(64, 4))))
         g_loss.backward()
         assert all(p.grad is None for p in den.parameters())  # r gets nothing from G's loss
         opt_g.step()
@@ -536,6 +536,7 @@ def test_training_loop_like_a_user():
         assert torch.equal(a, p) == hidden_bias, name
     assert any(not torch.equal(a, p) for a, p in zip(g_start, G.parameters()))
     assert all(m.num_batches_tracked.item() == 30 for m in den.norms)
+    assert den.lambda_denoise == 0.03 / n_h
 
 
 # ---------------------------------------------------------------- CUDA

@@ -546,3 +546,112 @@ def test_cuda_graph_replays_draw_new_noise_and_advance_the_offset(backend):
     assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
     expected = ref.philox_normal(5, m * F // 4, m * F, "cuda").view(m, F)
     torch.testing.assert_close(seen[1], expected, rtol=4e-6, atol=4e-6)
+
+
+# ------------------------------------------------------------------ eager path vs custom ops
+
+def _grads_to_second_order(out_r, out_f, inputs):
+    """Values, first-order gradients and a second-order gradient through the backward's backward."""
+    w = torch.linspace(-1, 1, out_r.numel(), dtype=out_r.dtype).view_as(out_r)
+    loss = (w * out_r).sum() + (w * out_f ** 2).sum()
+    g = torch.autograd.grad(loss, inputs, create_graph=True)
+    gg = torch.autograd.grad(sum((t * t).sum() for t in g), inputs, allow_unused=True)
+    return out_r, out_f, g, gg
+
+
+@pytest.mark.parametrize("kind", ["sigma_tensor", "sigma_channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_eager_path_matches_custom_op_path(monkeypatch, kind, mode):
+    """Outside compile the kernels run through plain autograd.Functions (fastgan/ops/_eager.py); forcing the
+    torch.library ops instead must give bit-identical values and gradients, to second order."""
+    m, shape = 6, (2, 3)
+
+    def run():
+        xr, xf = _x(m, shape, requires_grad=True)
+        if kind == "eps":
+            noise = torch.randn(_n_noisy(m, mode), *shape, generator=torch.Generator().manual_seed(1),
+                                requires_grad=True)
+        elif kind == "sigma_channel":
+            noise = torch.tensor([0.3, 0.7]).view(2, 1).requires_grad_(True)
+        else:
+            noise = torch.tensor(0.4, requires_grad=True)
+        r, f = noisy_clean_batch(xr, xf, noise, mode, state=NoiseState(5), backend="cpu")
+        return r, _grads_to_second_order(r, f, (xr, xf, noise))
+
+    def node(r):  # the op's autograd node, under the view back to (rows, *shape)
+        return r.grad_fn.next_functions[0][0]
+
+    r_eager, eager = run()
+    expected = "_EagerApplyBackward" if kind == "eps" else "_DrawBackward"
+    assert type(node(r_eager)).__name__ == expected
+    if kind != "eps":
+        assert node(r_eager).eager is True
+    monkeypatch.setattr(N._eager, "ok", lambda *tensors: False)
+    r_op, op = run()
+    if kind == "eps":
+        assert "noisy_batch" in type(node(r_op)).__name__
+    else:
+        assert node(r_op).eager is False
+    for a, b in zip(torch.utils._pytree.tree_leaves(eager), torch.utils._pytree.tree_leaves(op)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+def test_eager_path_records_the_same_dispatch_counts(monkeypatch):
+    def calls():
+        return backend_calls(OP, "cpu"), backend_calls(OP + "_backward", "cpu")
+
+    def step():
+        x = torch.randn(4, 3, requires_grad=True)
+        r, f = noisy_clean_batch(x, x, torch.tensor(0.3, requires_grad=True), state=NoiseState(0), backend="cpu")
+        (r.sum() + f.sum()).backward()
+
+    before = calls()
+    step()
+    eager = tuple(a - b for a, b in zip(calls(), before))
+    monkeypatch.setattr(N._eager, "ok", lambda *tensors: False)
+    before = calls()
+    step()
+    assert eager == tuple(a - b for a, b in zip(calls(), before)) == (1, 1)
+
+
+def test_fake_tensors_take_the_custom_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(4, 3)
+        r, f = noisy_clean_batch(x, x, torch.empty(2, 3), "half", backend="cpu")
+    assert r.shape == f.shape == (4, 3) and type(r).__name__ == "FakeTensor"
+
+
+def test_under_compile_the_custom_ops_run_not_the_eager_path(monkeypatch):
+    torch._dynamo.reset()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("eager path used under torch.compile")
+
+    for name in ("_eager_apply", "_eager_draw", "_eager_backward"):
+        monkeypatch.setattr(N, name, refuse)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    @torch.compile(fullgraph=True, backend=backend)
+    def f(a, sig, e, st):
+        r, f_ = noisy_clean_batch(a, a, sig, state=st, backend="cpu")
+        r2, _ = noisy_clean_batch(a, None, e, backend="cpu")
+        return (r ** 2).sum() + f_.sum() + r2.sum()
+
+    x = torch.randn(4, 3, requires_grad=True)
+    s = torch.tensor(0.5, requires_grad=True)
+    e = torch.randn(4, 3, requires_grad=True)
+    before = backend_calls(OP, "cpu")
+    f(x, s, e, NoiseState(0).tensor).backward()
+    assert backend_calls(OP, "cpu") == before + 2
+    targets = {str(n.target) for gm in graphs for mod in gm.modules() if hasattr(mod, "graph")
+               for n in mod.graph.nodes}
+    assert any("fastgan.noisy_batch_draw" in t for t in targets) and "fastgan.noisy_batch" in targets
+    assert x.grad is not None and s.grad is not None and e.grad is not None

@@ -2,6 +2,7 @@
 third order, the formulas of Algorithm 1, the JS weights, bad inputs, backend selection, and both NTGAN ops
 in a small training loop written the way a user would."""
 import copy
+import importlib
 
 import pytest
 import torch
@@ -373,3 +374,86 @@ def test_roth_penalty_with_nt_weights_matches_js_penalty():
     omega = (w_r * gr.pow(2).sum(1)).mean() + (w_f * gf.pow(2).sum(1)).mean()
     expected, _, _ = ref_penalty.js_penalty(copy.deepcopy(D), x_real, x_fake)
     torch.testing.assert_close(omega, expected)
+
+
+# ------------------------------------------------------------------ eager path vs custom ops
+
+NT = importlib.import_module("fastgan.ops.nt_losses")  # the module (fastgan.ops.nt_losses is also the function)
+
+@pytest.mark.parametrize("loss,js", [("d", False), ("d", True), ("g", False)])
+@pytest.mark.parametrize("mu_kind", ["float", "tensor"])
+def test_eager_path_matches_custom_op_path(monkeypatch, loss, js, mu_kind):
+    """Outside compile the kernels run through plain autograd.Functions (fastgan/ops/_eager.py); forcing the
+    torch.library ops instead must give bit-identical values and gradients, to third order."""
+    def run():
+        lr, lf = _logits(8, 8, requires_grad=True)
+        mu = 0.3 if mu_kind == "float" else torch.tensor(0.3)
+        out = nt_losses(lr, lf, mu, loss=loss, js_weights=js, backend="cpu")
+        value, w_r, w_f = out if js else (out, None, None)
+        total = value + ((w_r * lr).sum() + (w_f ** 2).sum() if js else 0)
+        g = torch.autograd.grad(total, (lr, lf), create_graph=True, allow_unused=True)
+        g = tuple(t if t is not None else torch.zeros(8) for t in g)
+        gg = torch.autograd.grad((g[0] ** 2).sum() + (g[1] ** 2).sum(), (lr, lf), create_graph=True,
+                                 allow_unused=True)
+        gg = tuple(t if t is not None else torch.zeros(8) for t in gg)
+        ggg = torch.autograd.grad(sum(t.sum() for t in gg if t.requires_grad) + lr.sum(), (lr, lf),
+                                  allow_unused=True)
+        return value, (value, w_r, w_f, g, gg, ggg)
+
+    value, eager = run()
+    assert type(value.grad_fn).__name__ == "_EagerNTBackward"
+    monkeypatch.setattr(NT._eager, "ok", lambda *tensors: False)
+    value, op = run()
+    assert "nt_losses" in type(value.grad_fn).__name__
+    for a, b in zip(torch.utils._pytree.tree_leaves(eager), torch.utils._pytree.tree_leaves(op)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+def test_eager_path_records_the_same_dispatch_counts(monkeypatch):
+    def step():
+        before = backend_calls(OP, "cpu"), backend_calls(OP + "_backward", "cpu")
+        nt_losses(*_logits(4, 4, requires_grad=True), 0.5, backend="cpu").backward()
+        return backend_calls(OP, "cpu") - before[0], backend_calls(OP + "_backward", "cpu") - before[1]
+
+    eager = step()
+    monkeypatch.setattr(NT._eager, "ok", lambda *tensors: False)
+    assert eager == step() == (1, 1)
+
+
+def test_fake_tensors_take_the_custom_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        lr = torch.empty(6)
+        loss, w_r, w_f = nt_losses(lr, lr, 0.2, js_weights=True, backend="cpu")
+    assert loss.shape == () and w_r.shape == (6,) and type(loss).__name__ == "FakeTensor"
+
+
+def test_under_compile_the_custom_ops_run_not_the_eager_path(monkeypatch):
+    torch._dynamo.reset()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("eager path used under torch.compile")
+
+    monkeypatch.setattr(NT, "_eager_forward", refuse)
+    monkeypatch.setattr(NT, "_eager_backward", refuse)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    @torch.compile(fullgraph=True, backend=backend)
+    def f(a, b, mu):
+        loss, wr, wf = nt_losses(a, b, mu, js_weights=True, backend="cpu")
+        return loss + wr.mean() + wf.sum()
+
+    a, b = _logits(8, 8, requires_grad=True)
+    before = backend_calls(OP + "_backward", "cpu")
+    f(a, b, torch.tensor(0.4)).backward()
+    assert backend_calls(OP + "_backward", "cpu") == before + 1
+    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes}
+    assert "fastgan.nt_losses" in targets
+    assert a.grad is not None and b.grad is not None

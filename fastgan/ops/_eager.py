@@ -1,0 +1,44 @@
+"""When a fused op may skip the torch.library dispatcher, and how it then runs.
+
+A custom op call costs ~100 us of Python in the dispatcher (schema parsing, default filling, the generated
+autograd.Function), more than the kernels at small sizes. Outside tracing, each op runs the same kernel runners
+and the same backward formulas through plain torch.autograd.Functions instead; the custom ops stay the path for
+torch.compile / export, fake and meta tensors, tensor subclasses, Python dispatch modes (FakeTensorMode,
+make_fx, FlopCounterMode, ...) and functorch transforms, which all need an op they can see or re-dispatch.
+"""
+from __future__ import annotations
+
+import torch
+
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_grad_enabled = torch.is_grad_enabled
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter keeps torch's dispatch (no __torch_function__)
+
+
+def ok(*tensors) -> bool:
+    """True when plain autograd.Functions may run the kernels on `tensors` (None entries are skipped)."""
+    if _is_compiling() or _dispatch_modes() or _functorch_active():
+        return False
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or t.is_meta or _is_wrapped(t)):
+            return False
+    return True
+
+
+def needs_graph(*tensors) -> bool:
+    """Whether autograd would record a node for an op on `tensors`; when not, the runner is called directly."""
+    if not _grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def apply_of(cls):
+    """cls.apply without autograd.Function.apply's Python prologue (functorch checks, setup_context binding),
+    which `ok` has made moot: only for Functions without setup_context, on tensors that passed `ok`."""
+    return super(torch.autograd.Function, cls).apply

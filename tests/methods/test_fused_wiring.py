@@ -1,0 +1,304 @@
+"""The trainer's fused-op options: method.roth.mode (the penalty's gradient mode), method.dfm.fused
+(fastgan.ops.Denoiser) and method.nt.fused (noisy_clean_batch + nt_losses). Each: the fused op ran
+(_dispatch.counts), gradients equal the plain path given the same randomness, training and resume work."""
+import pytest
+import torch
+
+import fastgan
+from fastgan import _ext
+from fastgan import checkpoint as ckpt
+from fastgan.config import ConfigError, coerce
+from fastgan.methods.step import Draws, Method
+from fastgan.models import build_denoiser, build_discriminator, build_generator, build_noise_generator
+from fastgan.ops import _dispatch, gradient_penalty
+from fastgan.ops.noise import philox_normal
+
+SHAPE = (3,)
+M_BATCH = 6
+BACKEND = "cpu" if _ext.available()[0] else "reference"
+
+
+def make(name, *overrides, seed=0):
+    cfg = coerce(None, [f"method.name={name}", f"optim.batch_size={M_BATCH}", "model.g_hidden=[7]",
+                        "model.d_hidden=[6,5]", "run.steps=50", *overrides])
+    torch.manual_seed(seed)
+    G = build_generator(cfg.model, SHAPE).double()
+    D = build_discriminator(cfg.model, SHAPE).double()
+    noise_net = build_noise_generator(cfg.model, SHAPE).double() if "nt" in cfg.method.units else None
+    denoiser = build_denoiser(D.feature_dim, 8, 2).double() if "dfm" in cfg.method.units else None
+    gen = torch.Generator().manual_seed(seed + 1)
+    M = Method(cfg, G, D, device="cpu", generator=gen, noise_net=noise_net, denoiser=denoiser)
+    if M.noise is not None:
+        M.noise.double()
+    return cfg, M
+
+
+def draws(M, for_d=True):
+    d = M.draws(M_BATCH, for_d)
+    return Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
+
+
+def grads(loss, params):
+    gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+
+
+def assert_close(a, b, what, rtol=1e-7, atol=1e-10):
+    assert len(a) == len(b)
+    assert sum(float(x.abs().sum()) for x in a) > 0, f"{what}: all gradients are zero; the test would prove nothing"
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert torch.allclose(x, y, rtol=rtol, atol=atol), f"{what}: parameter {i} differs by {(x - y).abs().max()}"
+
+
+def d_setup(M):
+    torch.manual_seed(5)
+    x = torch.randn(M_BATCH, *SHAPE, dtype=torch.float64)
+    d = draws(M)
+    with torch.no_grad():
+        fake = M.G(d.z)
+    return x, fake, d
+
+
+def counted(*keys):
+    return {k: _dispatch.counts[k] for k in keys}
+
+
+# ---------------------------------------------------------------- config
+
+def test_new_keys_defaults_and_validation():
+    m = coerce(None).method
+    assert (m.roth.mode, m.nt.fused, m.dfm.fused) == ("double_backward", False, True)
+    with pytest.raises(ConfigError, match=r"method\.roth\.mode: must be one of"):
+        coerce(None, ["method.roth.mode=fast"])
+    with pytest.raises(ConfigError, match=r"method\.nt\.fused: must be true or false"):
+        coerce(None, ["method.name=nt", "method.nt.fused=1"])
+    with pytest.raises(ConfigError, match=r"method\.dfm\.fused: must be true or false"):
+        coerce(None, ["method.dfm.fused=yes"])
+    with pytest.raises(ConfigError, match=r"method\.nt\.fused: .*clean=true"):
+        coerce(None, ["method.name=nt", "method.nt.fused=true", "method.nt.clean=false", "method.nt.noise=fixed"])
+    for mode in ("jvp", "mlp"):
+        with pytest.raises(ConfigError, match=r"method\.roth\.mode: .*learned noise"):
+            coerce(None, ["method.name=roth+nt", f"method.roth.mode={mode}", "method.nt.noise=learned_sigma"])
+    coerce(None, ["method.name=roth+nt", "method.roth.mode=auto", "method.nt.noise=generator"])  # auto is fine
+    # mlp needs a D the closed form supports: with training-mode BatchNorm it is a clear error at build time
+    with pytest.raises(ValueError, match=r"method\.roth\.mode: 'mlp' needs an MLP"):
+        make("roth", "method.roth.mode=mlp", "model.d_batchnorm=true")
+
+
+# ---------------------------------------------------------------- Roth: penalty modes
+
+def test_mlp_discriminator_as_sequential_is_its_forward():
+    _, M = make("roth")
+    x = torch.randn(5, *SHAPE, dtype=torch.float64)
+    assert torch.equal(M.D.as_sequential()(x).reshape(-1), M.D(x))
+    P = list(M.D.parameters())
+    assert [id(p) for p in M.D.as_sequential().parameters()] == [id(p) for p in P]
+    for weight in ("js_real", "js_fake", "one"):
+        a, _ = gradient_penalty(M.D, x, weight, mode="double_backward")
+        b, _ = gradient_penalty(M.D, x, weight, mode="mlp")
+        assert_close(grads(b, P), grads(a, P), weight, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode,ran", [("mlp", "mlp"), ("jvp", "jvp"), ("auto", "mlp")])
+@pytest.mark.parametrize("case", [
+    ["method.name=roth"],
+    ["method.name=roth", "method.roth.penalty=r1"],
+    ["method.name=roth", "method.roth.penalty=r2", "method.loss=least_squares"],
+    ["method.name=roth", "method.roth.penalty=f", "method.loss=fgan", "method.f_divergence=kl"],
+    ["method.name=roth+nt", "method.nt.noise=fixed"],
+    ["method.name=roth+nt", "method.nt.noise=fixed", "method.nt.batch=half"],
+], ids=["js", "r1", "r2", "f-kl", "js-nt", "js-nt-half"])
+def test_penalty_mode_matches_double_backward(case, mode, ran):
+    _, M = make(case[0].split("=")[1], *case[1:], f"method.roth.mode={mode}")
+    assert M.penalty_mode == mode
+    x, fake, d = d_setup(M)
+    P = list(M.D.parameters())
+    before = counted(("gradient_penalty", ran))
+    out = M.d_objective(x, fake, d)
+    assert _dispatch.counts[("gradient_penalty", ran)] > before[("gradient_penalty", ran)]
+    got = grads(out.d_loss, P)
+    M.penalty_mode = "double_backward"
+    want_out = M.d_objective(x, fake, d)
+    assert torch.allclose(out.d_loss, want_out.d_loss, rtol=1e-10)
+    assert_close(got, grads(want_out.d_loss, P), f"{case} {mode}")
+
+
+def test_auto_mode_keeps_the_double_backward_for_learned_noise():
+    _, M = make("roth+nt", "method.roth.mode=auto", "method.nt.noise=learned_sigma")
+    x, fake, d = d_setup(M)
+    out = M.d_objective(x, fake, d)
+    PN = list(M.noise.parameters())
+    got = grads(out.noise_loss, PN)
+    M.penalty_mode = "double_backward"
+    assert_close(got, grads(M.d_objective(x, fake, d).noise_loss, PN), "noise")
+
+
+def test_dfm_features_with_a_fused_penalty_mode():
+    _, M = make("roth+dfm", "method.roth.mode=mlp")
+    x, fake, d = d_setup(M)
+    PR = list(M.denoiser.parameters())
+    buffers = [b.clone() for b in M.D.buffers()]
+    got = grads(M.d_objective(x, fake, d).denoiser_loss, PR)
+    M.penalty_mode = "double_backward"
+    assert_close(got, grads(M.d_objective(x, fake, d).denoiser_loss, PR), "r")
+    assert all(torch.equal(a, b) for a, b in zip(buffers, M.D.buffers()))
+
+
+# ---------------------------------------------------------------- DFM: fastgan.ops.Denoiser
+
+@pytest.mark.parametrize("name,extra", [("dfm", []), ("roth+nt+dfm", ["method.nt.noise=fixed"])])
+def test_fused_denoiser_matches_the_plain_one(name, extra):
+    _, M = make(name, "method.dfm.lambda_adv=0.7", *extra)
+    assert M.fused_denoiser is not None and M.fused_denoiser.net is M.denoiser.net
+    x, fake, d = d_setup(M)
+    PR = list(M.denoiser.parameters())
+    keys = (("denoiser_loss", BACKEND), ("recon_loss", BACKEND))
+    before = counted(*keys)
+    out = M.d_objective(x, fake, d)
+    got_r = grads(out.denoiser_loss, PR)
+    dg = draws(M, for_d=False)
+    PG = list(M.G.parameters())
+    got_g = grads(M.g_objective(M.G(dg.z), dg)[0], PG)
+    assert all(_dispatch.counts[k] > before[k] for k in keys), (before, counted(*keys))
+    # the hidden layers' Linear bias cancels in training-mode BatchNorm: the fused gradient is exactly 0
+    for lin in M.denoiser.net[:-1:3]:
+        assert torch.count_nonzero(grads(out.denoiser_loss, [lin.bias])[0]) == 0
+    fused, M.fused_denoiser = M.fused_denoiser, None
+    want = M.d_objective(x, fake, d).denoiser_loss
+    assert torch.allclose(out.denoiser_loss, want, rtol=1e-12)
+    assert_close(got_r, grads(want, PR), "r")
+    assert_close(got_g, grads(M.g_objective(M.G(dg.z), dg)[0], PG), "G")
+    # the fused generator term leaves the denoiser's running statistics alone
+    M.fused_denoiser = fused
+    stats = [b.clone() for b in M.denoiser.buffers()]
+    M.g_objective(M.G(dg.z), dg)
+    assert all(torch.equal(a, b) for a, b in zip(stats, M.denoiser.buffers()))
+
+
+# ---------------------------------------------------------------- NT: noisy_clean_batch + nt_losses
+
+def _same_eps_draws(M, d):
+    """The draws the plain path needs to see the fused path's eps: the next Philox normals of noise_state."""
+    n = M.batch_size - M.batch_size // 2 if M.cfg.method.nt.batch == "half" else M.batch_size
+    z = philox_normal(M.noise_state.clone(), n * SHAPE[0]).reshape(n, *SHAPE).double()
+    return Draws(**{**vars(d), "eps_draws": z})
+
+
+@pytest.mark.parametrize("noise", ["fixed", "learned_sigma", "generator"])
+@pytest.mark.parametrize("batch", ["full", "half"])
+def test_fused_nt_matches_plain_given_the_same_eps(noise, batch):
+    cfg, M = make("nt", f"method.nt.noise={noise}", f"method.nt.batch={batch}", "method.nt.fused=true",
+                  "method.nt.sigma=0.7")
+    assert M.nt_fused and M.noise_state.seed == cfg.run.seed
+    x, fake, d = d_setup(M)
+    assert (d.eps_draws is None) == (noise != "generator")
+    plain_d = _same_eps_draws(M, d) if noise != "generator" else d
+    keys = (("noisy_clean_batch", BACKEND), ("nt_losses", BACKEND))
+    before = counted(*keys)
+    P, PN = list(M.D.parameters()), list(M.noise.parameters())
+    out = M.d_objective(x, fake, d)
+    got_d = grads(out.d_loss, P)
+    got_n = grads(out.noise_loss, PN) if out.noise_loss is not None else None
+    assert all(_dispatch.counts[k] > before[k] for k in keys)
+    M.nt_fused = False
+    want = M.d_objective(x, fake, plain_d)
+    assert torch.allclose(out.d_loss, want.d_loss, rtol=1e-6)
+    assert_close(got_d, grads(want.d_loss, P), "D", rtol=1e-6, atol=1e-9)
+    if got_n is not None:
+        assert_close(got_n, grads(want.noise_loss, PN), "noise", rtol=1e-6, atol=1e-9)
+    # G step: the noise state moved on, so the generator's batch gets fresh eps
+    M.nt_fused = True
+    dg = draws(M, for_d=False)
+    plain_g = _same_eps_draws(M, dg) if noise != "generator" else dg
+    PG = list(M.G.parameters())
+    got_g = grads(M.g_objective(M.G(dg.z), dg)[0], PG)
+    M.nt_fused = False
+    assert_close(got_g, grads(M.g_objective(M.G(dg.z), plain_g)[0], PG), "G", rtol=1e-6, atol=1e-9)
+
+
+def test_fused_nt_keeps_the_plain_losses_for_other_loss_types():
+    _, M = make("nt", "method.nt.noise=fixed", "method.nt.fused=true", "method.loss=least_squares")
+    x, fake, d = d_setup(M)
+    plain_d = _same_eps_draws(M, d)
+    before = counted(("noisy_clean_batch", BACKEND), ("nt_losses", BACKEND))
+    out = M.d_objective(x, fake, d)
+    assert _dispatch.counts[("noisy_clean_batch", BACKEND)] > before[("noisy_clean_batch", BACKEND)]
+    assert _dispatch.counts[("nt_losses", BACKEND)] == before[("nt_losses", BACKEND)]
+    M.nt_fused = False
+    assert torch.allclose(out.d_loss, M.d_objective(x, fake, plain_d).d_loss, rtol=1e-6)
+
+
+def test_noise_state_is_saved_and_restored():
+    _, M = make("nt", "method.nt.noise=fixed", "method.nt.fused=true")
+    x, fake, d = d_setup(M)
+    M.d_objective(x, fake, d)
+    state = M.state_dict()
+    assert state["noise_state"][1] > 0
+    _, M2 = make("nt", "method.nt.noise=fixed", "method.nt.fused=true")
+    M2.load_state_dict(state)
+    assert torch.equal(M2.noise_state.get_state(), M.noise_state.get_state())
+    del state["noise_state"]
+    with pytest.raises(ValueError, match="NoiseState"):
+        M2.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- training
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off",
+        "run.tensorboard=false"]
+FUSED = ["method.name=roth+nt+dfm", "method.nt.noise=fixed", "method.nt.fused=true", "method.roth.mode=mlp",
+         "method.dfm.fused=true", "method.roth.schedule=anneal", "method.nt.sigma_anneal=linear",
+         "method.roth.anneal_steps=10", "method.nt.anneal_steps=12"]
+
+
+def run(tmp_path, *overrides, steps=3, name="t", resume=False):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={tmp_path / name}", *overrides],
+                         resume=resume)
+
+
+@pytest.mark.parametrize("overrides,ops", [
+    (FUSED, [("gradient_penalty", "mlp"), ("noisy_clean_batch", BACKEND), ("nt_losses", BACKEND),
+             ("denoiser_loss", BACKEND), ("recon_loss", BACKEND)]),
+    (["method.name=roth+nt", "method.nt.noise=learned_sigma", "method.nt.fused=true", "method.roth.mode=auto"],
+     [("noisy_clean_batch", BACKEND), ("noisy_clean_batch_backward", BACKEND), ("nt_losses", BACKEND)]),
+    (["method.name=roth", "method.roth.mode=jvp", "method.roth.penalty=r1"], [("gradient_penalty", "jvp")]),
+    (["method.name=nt", "method.nt.noise=generator", "method.nt.fused=true", "method.nt.batch=half"],
+     [("noisy_clean_batch", BACKEND), ("nt_losses", BACKEND)]),
+], ids=["roth-nt-dfm-fused", "nt-learned-sigma", "roth-jvp", "nt-generator-half"])
+def test_fused_options_train(tmp_path, overrides, ops):
+    before = counted(*ops)
+    r = run(tmp_path, *overrides)
+    assert r.step == 3 and all(torch.isfinite(torch.tensor(v)) for v in r.losses.values())
+    for k in ops:
+        assert _dispatch.counts[k] > before[k], k
+
+
+def test_resume_5_plus_5_equals_10_with_fused_options(tmp_path):
+    full = run(tmp_path, *FUSED, steps=10, name="full")
+    half = run(tmp_path, *FUSED, steps=5, name="half")
+    resumed = run(tmp_path, *FUSED, steps=10, name="half", resume=True)
+    assert resumed.step == 10
+    a = ckpt.load(full.out_dir / "checkpoints/last.pt")
+    b = ckpt.load(resumed.out_dir / "checkpoints/last.pt")
+    assert int(a["method"]["noise_state"][1]) > 0
+    assert torch.equal(a["method"]["noise_state"], b["method"]["noise_state"])
+    for part in ("modules", "optimizers"):
+        fa, fb = _flat(a["method"][part]), _flat(b["method"][part])
+        assert fa.keys() == fb.keys()
+        for k in fa:
+            assert (torch.equal(fa[k], fb[k]) if torch.is_tensor(fa[k]) else fa[k] == fb[k]), k
+    assert resumed.losses == full.losses
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}/{k}"))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(_flat(v, f"{prefix}/{i}"))
+    else:
+        out[prefix] = tree
+    return out
