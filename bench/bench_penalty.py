@@ -2,7 +2,6 @@
 
 Run: pytest bench/bench_penalty.py --benchmark-only [--benchmark-json out.json]
 """
-import copy
 
 import pytest
 import torch

@@ -8,29 +8,12 @@ import fastgan
 from fastgan import _ext
 from fastgan import checkpoint as ckpt
 from fastgan.config import ConfigError, coerce
-from fastgan.methods.step import Draws, Method
-from fastgan.models import build_denoiser, build_discriminator, build_generator, build_noise_generator
+from fastgan.methods.step import Draws
 from fastgan.ops import _dispatch, gradient_penalty
 from fastgan.ops.noise import philox_normal
 
-SHAPE = (3,)
-M_BATCH = 6
+from method_helpers import M_BATCH, SHAPE, make  # noqa: E402
 BACKEND = "cpu" if _ext.available()[0] else "reference"
-
-
-def make(name, *overrides, seed=0):
-    cfg = coerce(None, [f"method.name={name}", f"optim.batch_size={M_BATCH}", "model.g_hidden=[7]",
-                        "model.d_hidden=[6,5]", "run.steps=50", *overrides])
-    torch.manual_seed(seed)
-    G = build_generator(cfg.model, SHAPE).double()
-    D = build_discriminator(cfg.model, SHAPE).double()
-    noise_net = build_noise_generator(cfg.model, SHAPE).double() if "nt" in cfg.method.units else None
-    denoiser = build_denoiser(D.feature_dim, 8, 2).double() if "dfm" in cfg.method.units else None
-    gen = torch.Generator().manual_seed(seed + 1)
-    M = Method(cfg, G, D, device="cpu", generator=gen, noise_net=noise_net, denoiser=denoiser)
-    if M.noise is not None:
-        M.noise.double()
-    return cfg, M
 
 
 def draws(M, for_d=True):
@@ -276,7 +259,7 @@ def test_fused_options_train(tmp_path, overrides, ops):
 
 def test_resume_5_plus_5_equals_10_with_fused_options(tmp_path):
     full = run(tmp_path, *FUSED, steps=10, name="full")
-    half = run(tmp_path, *FUSED, steps=5, name="half")
+    run(tmp_path, *FUSED, steps=5, name="half")
     resumed = run(tmp_path, *FUSED, steps=10, name="half", resume=True)
     assert resumed.step == 10
     a = ckpt.load(full.out_dir / "checkpoints/last.pt")

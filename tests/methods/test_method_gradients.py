@@ -4,29 +4,11 @@ tiny float64 models with the same random draws handed to both sides."""
 import pytest
 import torch
 
-from fastgan.config import coerce
-from fastgan.methods.step import Draws, Method
-from fastgan.models import build_denoiser, build_discriminator, build_generator, build_noise_generator
+from fastgan.methods.step import Draws
 from fastgan.reference import methods as ref
 from fastgan.reference import penalty as ref_pen
 
-SHAPE = (3,)
-M_BATCH = 6
-
-
-def make(name, *overrides, seed=0):
-    cfg = coerce(None, [f"method.name={name}", f"optim.batch_size={M_BATCH}", "model.g_hidden=[7]",
-                        "model.d_hidden=[6,5]", "run.steps=50", *overrides])
-    torch.manual_seed(seed)
-    G = build_generator(cfg.model, SHAPE).double()
-    D = build_discriminator(cfg.model, SHAPE).double()
-    noise_net = build_noise_generator(cfg.model, SHAPE).double() if "nt" in cfg.method.units else None
-    denoiser = build_denoiser(D.feature_dim, 8, 2).double() if "dfm" in cfg.method.units else None
-    gen = torch.Generator().manual_seed(seed + 1)
-    M = Method(cfg, G, D, device="cpu", generator=gen, noise_net=noise_net, denoiser=denoiser)
-    if M.noise is not None:
-        M.noise.double()
-    return cfg, M
+from method_helpers import M_BATCH, SHAPE, make  # noqa: E402
 
 
 def draws(M, m=M_BATCH, for_d=True):

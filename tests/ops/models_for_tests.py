@@ -1,5 +1,4 @@
 """Small discriminators of the kinds users bring: MLP, conv + BatchNorm, GroupNorm + residual."""
-import torch
 from torch import nn
 
 

@@ -314,7 +314,7 @@ def test_ntgan_training_loop_like_a_user(noise_kind, mode):
     opt_g = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999))
     opt_n = torch.optim.Adam(noise_params, 1e-2)
     state = NoiseState(seed=1234)
-    lam, gamma, m = 0.1, 1.0, 32
+    lam, m = 0.1, 32
     start = {name: [p.detach().clone() for p in mod] for name, mod in
              (("G", G.parameters()), ("D", D.parameters()), ("N", noise_params))}
     n_noisy = m if mode == "double" else m - m // 2

@@ -1,6 +1,5 @@
 """The weighted gradient-norm penalty op (issue: Foundation) in every backend runnable on this machine."""
 import copy
-import importlib
 
 import pytest
 import torch
