@@ -12,34 +12,8 @@ from fastgan.methods.step import Draws
 from fastgan.ops import _dispatch, gradient_penalty
 from fastgan.ops.noise import philox_normal
 
-from method_helpers import M_BATCH, SHAPE, make  # noqa: E402
+from method_helpers import SHAPE, assert_close, d_setup, draws, grads, make  # noqa: E402
 BACKEND = "cpu" if _ext.available()[0] else "reference"
-
-
-def draws(M, for_d=True):
-    d = M.draws(M_BATCH, for_d)
-    return Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
-
-
-def grads(loss, params):
-    gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
-
-
-def assert_close(a, b, what, rtol=1e-7, atol=1e-10):
-    assert len(a) == len(b)
-    assert sum(float(x.abs().sum()) for x in a) > 0, f"{what}: all gradients are zero; the test would prove nothing"
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert torch.allclose(x, y, rtol=rtol, atol=atol), f"{what}: parameter {i} differs by {(x - y).abs().max()}"
-
-
-def d_setup(M):
-    torch.manual_seed(5)
-    x = torch.randn(M_BATCH, *SHAPE, dtype=torch.float64)
-    d = draws(M)
-    with torch.no_grad():
-        fake = M.G(d.z)
-    return x, fake, d
 
 
 def counted(*keys):

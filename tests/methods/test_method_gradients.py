@@ -8,34 +8,7 @@ from fastgan.methods.step import Draws
 from fastgan.reference import methods as ref
 from fastgan.reference import penalty as ref_pen
 
-from method_helpers import M_BATCH, SHAPE, make  # noqa: E402
-
-
-def draws(M, m=M_BATCH, for_d=True):
-    d = M.draws(m, for_d)
-    return Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
-
-
-def grads(loss, params):
-    gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
-
-
-def assert_close(a, b, what):
-    assert len(a) == len(b)
-    total = sum(float(x.abs().sum()) for x in a)
-    assert total > 0, f"{what}: all gradients are zero; the test would prove nothing"
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert torch.allclose(x, y, rtol=1e-7, atol=1e-10), f"{what}: parameter {i} differs by {(x - y).abs().max()}"
-
-
-def d_setup(M):
-    torch.manual_seed(5)
-    x = torch.randn(M_BATCH, *SHAPE, dtype=torch.float64)
-    d = draws(M)
-    with torch.no_grad():
-        fake = M.G(d.z)
-    return x, fake, d
+from method_helpers import M_BATCH, SHAPE, assert_close, d_setup, draws, grads, make  # noqa: E402
 
 
 def noise_of(M, d):
