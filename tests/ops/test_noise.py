@@ -44,13 +44,25 @@ def test_reference_philox_known_answers(counter, key, expected):
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 5), (2**62 + 977, 2**32 - 3), (2**33 + 1, 2**40 + 7)])
-def test_cpu_philox_words_bit_exact(seed, offset):
-    """csrc/include/fastgan/philox.h (also compiled into the CUDA kernels) against the torch re-implementation;
-    the offsets cross the 32-bit boundary of the counter."""
+@pytest.mark.parametrize("portable", [False, True])
+def test_cpu_philox_words_bit_exact(seed, offset, portable):
+    """The CPU batched Philox (the AVX2 path where the CPU has it, and the portable loop) against the torch
+    re-implementation; the offsets cross the 32-bit boundary of the counter."""
     n = 257
     out = torch.empty(n, 4, dtype=torch.int64)
-    fastgan._ext.C().philox_words_cpu(seed, offset, n, out.data_ptr())
+    fastgan._ext.C().philox_words_cpu(seed, offset, n, out.data_ptr(), portable)
     assert torch.equal(out, ref.philox_words(seed, offset, n))
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (2**62 + 977, 2**32 - 3)])
+def test_shared_philox_header_matches_reference(seed, offset):
+    """philox.h's scalar block/normals4, which the CUDA kernels call, compiled for the host."""
+    counters = 300
+    words = torch.empty(counters, 4, dtype=torch.int64)
+    normals = torch.empty(counters * 4, dtype=torch.float32)
+    fastgan._ext.C().philox_header_cpu(seed, offset, counters, words.data_ptr(), normals.data_ptr())
+    assert torch.equal(words, ref.philox_words(seed, offset, counters))
+    torch.testing.assert_close(normals, ref.philox_normal(seed, offset, counters * 4), rtol=4e-6, atol=4e-6)
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (987654321, 2**32 - 2)])
