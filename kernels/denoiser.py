@@ -68,6 +68,15 @@ def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out
 
 
 @triton.jit
+def _masked_grad(dout_ptr, out_ptr, offs, m, RELU: tl.constexpr):
+    """The upstream gradient through the ReLU (zero where the output was clamped); both backward passes use it."""
+    dz = tl.load(dout_ptr + offs, mask=m, other=0.0)
+    if RELU:
+        dz = tl.where(tl.load(out_ptr + offs, mask=m, other=0.0) <= 0.0, 0.0, dz)
+    return dz
+
+
+@triton.jit
 def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, dy_ptr, dgamma_ptr, dbeta_ptr,
                         dbias_ptr, B, N, TRAINING: tl.constexpr, RELU: tl.constexpr, BLOCK_B: tl.constexpr,
                         BLOCK_N: tl.constexpr):
@@ -83,9 +92,7 @@ def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_p
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         m = (rows[:, None] < B) & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
-        dz = tl.load(dout_ptr + offs, mask=m, other=0.0)
-        if RELU:
-            dz = tl.where(tl.load(out_ptr + offs, mask=m, other=0.0) <= 0.0, 0.0, dz)
+        dz = _masked_grad(dout_ptr, out_ptr, offs, m, RELU)
         xhat = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * invstd[None, :]
         s1 += tl.sum(dz.to(tl.float64), axis=0)
         s2 += tl.sum(tl.where(m, dz * xhat, 0.0).to(tl.float64), axis=0)
@@ -101,9 +108,7 @@ def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_p
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         m = (rows[:, None] < B) & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
-        dz = tl.load(dout_ptr + offs, mask=m, other=0.0)
-        if RELU:
-            dz = tl.where(tl.load(out_ptr + offs, mask=m, other=0.0) <= 0.0, 0.0, dz)
+        dz = _masked_grad(dout_ptr, out_ptr, offs, m, RELU)
         if TRAINING:
             xhat = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * invstd[None, :]
             dy = scale[None, :] * (dz - m1[None, :] - xhat * m2[None, :])

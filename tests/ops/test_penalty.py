@@ -9,25 +9,13 @@ import fastgan
 from fastgan.ops import BackendUnavailable, FallbackWarning, _dispatch
 from fastgan.ops import penalty as P
 from fastgan.reference import penalty as ref
+import models_for_tests as models
 from helpers import assert_close_to_oracle, backend_calls
 
 
 CPU_BACKENDS = ["reference", "cpu", "triton"]
 WEIGHTS = ["one", "js_real", "js_fake"]
 OP = "grad_norm_penalty"
-
-
-def _load_models():
-    import importlib.util
-    import pathlib
-
-    spec = importlib.util.spec_from_file_location("models_for_tests", pathlib.Path(__file__).with_name("models_for_tests.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-models = _load_models()
 
 
 def _inputs(B, shape, dtype=torch.float32, seed=0, scale=3.0):

@@ -2,8 +2,6 @@
 straightforward double backward of fastgan.reference.penalty (the oracle): penalty value, logits, D's parameter
 gradients of (loss_D + gamma/2 * penalty) in one backward, and D's buffers after the call."""
 import copy
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -15,10 +13,8 @@ from fastgan.ops import gradient_penalty, js_penalty, r1_penalty, r2_penalty
 from fastgan.ops import mlp_penalty, penalty_jvp
 from fastgan.reference import penalty as ref
 
-_spec = importlib.util.spec_from_file_location("models_for_tests",
-                                               pathlib.Path(__file__).with_name("models_for_tests.py"))
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
+import models_for_tests as models  # tests/ is on sys.path (conftest)
+
 
 GAMMA = 2.0
 MODE_OP = "gradient_penalty"
