@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
+from .graph import GraphCaptureError, GraphedStep
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -123,11 +124,13 @@ class _FiniteMonitor:
     """Finds the first step at which a logged loss is NaN/inf. On CPU it checks every step; on CUDA it keeps
     the step's device tensors and checks them at log time (no host sync per step)."""
 
-    def __init__(self, every_step: bool):
-        self.every_step = every_step
+    def __init__(self, every_step: bool, latest_only: bool = False):
+        self.every_step, self.latest_only = every_step, latest_only
         self.pending: list = []
 
     def update(self, step: int, stats: dict) -> None:
+        if self.latest_only:  # a CUDA graph overwrites the same stats tensors every step
+            self.pending = []
         self.pending.append((step, stats))
         if self.every_step:
             self.check()
@@ -142,7 +145,9 @@ class _FiniteMonitor:
         step, stats = pending[int((~flags).nonzero()[0])]
         for k, v in stats.items():
             if not bool(torch.isfinite(v).all()):
-                raise NonFiniteLossError(f"{k} is {float(v)} at step {step}")
+                when = f"by step {step} (checked at log steps under run.cuda_graph)" if self.latest_only else \
+                    f"at step {step}"
+                raise NonFiniteLossError(f"{k} is {float(v)} {when}")
 
 
 # ------------------------------------------------------------------------------------------ the trainer
@@ -176,6 +181,9 @@ class _Run:
         if not resume:
             cfg = _resolve(cfg, self.D.feature_dim)
         self.cfg = cfg
+        if cfg.run.cuda_graph and self.device.type != "cuda":
+            raise ConfigError(f"run.cuda_graph: needs a CUDA device, run.device={cfg.run.device!r} resolved "
+                              f"to {self.device}")
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
         self.start = 0
@@ -317,12 +325,21 @@ class _Run:
 
     # ---------------------------------------------------------------- loop
 
+    def _graphed_step(self, sample_real):
+        graphed = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,))
+
+        def step(t, _sample_real):
+            self.method.update_schedules(t)  # device tensors written outside the graph, read inside it
+            return graphed()
+        return step
+
     def run(self) -> TrainResult:
         from tqdm import tqdm
 
         r = self.cfg.run
-        monitor = _FiniteMonitor(every_step=self.device.type != "cuda")
+        monitor = _FiniteMonitor(every_step=self.device.type != "cuda", latest_only=r.cuda_graph)
         sample_real = lambda m: self.dataset.sample(m, self.gen)  # noqa: E731
+        train_step = self._graphed_step(sample_real) if r.cuda_graph else self.method.train_step
         bar = tqdm(total=r.steps, initial=self.start, disable=not self.show_progress, dynamic_ncols=True,
                    desc=r.name, file=sys.stderr)
         last = {}
@@ -331,7 +348,7 @@ class _Run:
         step = self.start
         try:
             for step in range(self.start + 1, r.steps + 1):
-                stats = self.method.train_step(step, sample_real)
+                stats = train_step(step, sample_real)
                 monitor.update(step, stats)
                 bar.update(1)
                 final = step == r.steps
@@ -403,7 +420,8 @@ def _cmd_train(args) -> int:
         result = train(config, overrides=overrides, resume=args.resume)
     except ConfigError as e:
         return _fail(e, 2)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError,
+            GraphCaptureError) as e:
         return _fail(e, 1)
     except KeyboardInterrupt:
         print("fastgan train: interrupted", file=sys.stderr)

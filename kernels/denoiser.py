@@ -12,9 +12,11 @@ import triton
 import triton.language as tl
 
 
+# Float scalars are annotated tl.float64: Triton passes an unannotated Python float as fp32, which is
+# too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
 @triton.jit
 def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out_ptr, shift_ptr, invstd_ptr,
-                       rmo_ptr, rvo_ptr, B, N, momentum, eps,
+                       rmo_ptr, rvo_ptr, B, N, momentum: tl.float64, eps: tl.float64,
                        HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr, TRACK: tl.constexpr, RELU: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     T = y_ptr.dtype.element_ty
@@ -161,12 +163,17 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
 
 
 @triton.jit
-def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma, numel, BLOCK: tl.constexpr):
+def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma: tl.float64, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
     h = tl.load(h_ptr + offs, mask=m)
     e = tl.load(noise_ptr + offs, mask=m)
-    tl.store(out_ptr + offs, h + sigma * e, mask=m)
+    T = h_ptr.dtype.element_ty
+    if T == tl.float64:
+        out = h + sigma * e
+    else:  # torch's opmath: fp32 arithmetic for fp32/fp16/bf16 tensors
+        out = (h.to(tl.float32) + tl.cast(sigma, tl.float32) * e.to(tl.float32)).to(T)
+    tl.store(out_ptr + offs, out, mask=m)
 
 
 def _col_blocks(B: int, N: int, device: torch.device):

@@ -22,7 +22,7 @@ def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma
         if HAS_SIG:
             s = tl.load(sig_ptr + f // INNER, mask=mask, other=0.0).to(ACC)
         else:
-            s = sigma_value
+            s = tl.cast(sigma_value, ACC)
         ev = s * z.to(ACC)
     else:
         ev = tl.load(eps_ptr + i * se_b + f * se_f, mask=mask, other=0.0).to(ACC)
@@ -38,8 +38,10 @@ def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma
             tl.store(outf_ptr + i * F + f, v, mask=mask)
 
 
+# Float scalars are annotated tl.float64: Triton passes an unannotated Python float as fp32, which is
+# too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
 @triton.jit
-def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, rng_ptr, used_ptr, outr_ptr, outf_ptr,
+def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, rng_ptr, used_ptr, outr_ptr, outf_ptr,
                     M, F, INNER, sr_b, sr_f, sf_b, sf_f, se_b, se_f,
                     HAS_R: tl.constexpr, HAS_F: tl.constexpr, GAUSS: tl.constexpr, HAS_SIG: tl.constexpr,
                     ADVANCE: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):

@@ -58,14 +58,16 @@ def _side_forward(l_ptr, w_ptr, N, stride, mu, SIGN: tl.constexpr, REAL: tl.cons
     return total
 
 
+# Float scalars are annotated tl.float64: Triton passes an unannotated Python float as fp32, which is
+# too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
 @triton.jit
-def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value, loss_ptr, wr_ptr, wf_ptr, NR, NF, sr, sf,
+def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, wr_ptr, wf_ptr, NR, NF, sr, sf,
                     GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,
                     ACC: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_MU:
         mu = tl.load(mu_ptr).to(ACC)
     else:
-        mu = mu_value
+        mu = tl.cast(mu_value, ACC)
     if GEN:
         total = _side_forward(lf_ptr, wf_ptr, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
     else:
@@ -87,14 +89,14 @@ def _side_backward(l_ptr, gw_ptr, d_ptr, k, N, stride, mu, go, SIGN: tl.constexp
 
 
 @triton.jit
-def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value, go_ptr, gwr_ptr, gwf_ptr, dr_ptr, df_ptr, NR, NF, sr, sf,
+def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, go_ptr, gwr_ptr, gwf_ptr, dr_ptr, df_ptr, NR, NF, sr, sf,
                      GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS_R: tl.constexpr,
                      JS_F: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     if HAS_MU:
         mu = tl.load(mu_ptr).to(ACC)
     else:
-        mu = mu_value
+        mu = tl.cast(mu_value, ACC)
     go = tl.load(go_ptr).to(ACC)
     real_programs = tl.cdiv(NR, BLOCK)
     if pid < real_programs:

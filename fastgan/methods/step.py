@@ -73,6 +73,19 @@ def _features_without_side_effects(D, x):
     return phi
 
 
+def _set_capturable(opt, flag: bool) -> None:
+    """load_state_dict restores the saved run's `capturable`; a run may switch run.cuda_graph on resume, and a
+    capturable Adam needs its step counts on the parameters' device."""
+    if not isinstance(opt, torch.optim.Adam):
+        return
+    for group in opt.param_groups:
+        group["capturable"] = flag
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if flag and st and "step" in st:
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
+
+
 def _params(module) -> list:
     return [p for p in module.parameters() if p.requires_grad] if module is not None else []
 
@@ -162,7 +175,9 @@ class Method:
         o = self.cfg.optim
         params = _params(module)
         if o.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2))
+            # capturable: Adam's step count stays on the device, so a CUDA graph can replay the update
+            return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2),
+                                    capturable=bool(self.cfg.run.cuda_graph))
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum)
 
     @property
@@ -190,6 +205,7 @@ class Method:
             mod.load_state_dict(mods[k])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(opts[k])
+            _set_capturable(opt, bool(self.cfg.run.cuda_graph))
         if self.noise_state is not None:
             if "noise_state" not in state:
                 raise ValueError("the checkpoint holds no NoiseState, but method.nt.fused draws its noise from one")
@@ -413,6 +429,10 @@ class Method:
     def train_step(self, t, sample_real: Callable[[int], torch.Tensor]) -> dict:
         """Generator iteration t (1-based); returns detached statistics (device tensors)."""
         self.update_schedules(t)
+        return self.updates(sample_real)
+
+    def updates(self, sample_real: Callable[[int], torch.Tensor]) -> dict:
+        """The updates of one generator iteration at the current schedules: what a CUDA graph captures."""
         m = self.batch_size
         if self.update_kind == "simultaneous":
             return self.simultaneous_update(sample_real(m), self.draws(m, for_d=True))

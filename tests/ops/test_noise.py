@@ -114,7 +114,8 @@ def _noise_arg(kind, m, shape, mode, dtype=torch.float32, requires_grad=False):
 
 
 def _run(backend, xr, xf, noise, mode, seed=99):
-    state = NoiseState(seed) if not (isinstance(noise, torch.Tensor) and noise.dim() == xr.dim()) else None
+    state = (NoiseState(seed, xr.device) if not (isinstance(noise, torch.Tensor) and noise.dim() == xr.dim())
+             else None)
     if backend == "oracle":
         return ref.noisy_clean_batch(xr, xf, noise, mode, state.tensor if state is not None else None)
     return noisy_clean_batch(xr, xf, noise, mode, state=state, backend=backend)

@@ -1,0 +1,106 @@
+"""Memory bandwidth of the fused elementwise/reduction kernels on a GPU, against a device-to-device copy of
+the same device (the achievable ceiling), at sizes large enough that launch and host costs vanish.
+
+    pytest bench/bench_bandwidth.py --benchmark-only [--benchmark-json out.json]
+
+Times come from triton.testing.do_bench (CUDA events, L2 flushed, median) and go to extra_info with the
+minimal traffic of each pass (each input read once, each output written once) as GB_per_s and as
+fraction_of_copy. The pytest-benchmark timing of the same call (with a synchronisation) is kept beside it.
+Forward and backward are timed apart: the backward alone is torch.autograd.grad on a retained graph.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgan.ops import NoiseState, noisy_clean_batch, nt_losses
+from fastgan.ops import penalty as P
+from fastgan.reference import penalty as ref_penalty
+
+from benchutil import device_label
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="bandwidth is measured on a CUDA device")
+_copy_gbs: dict = {}
+
+
+def _do_bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e-3  # seconds
+
+
+def _record(benchmark, fn, nbytes, **info):
+    sec = _do_bench(fn)
+
+    def synced():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark(synced)
+    gbs = nbytes / sec / 1e9
+    benchmark.extra_info.update(device=device_label("cuda"), bytes_moved=nbytes, event_ms=sec * 1e3,
+                                GB_per_s=gbs, **info)
+    if "copy" in _copy_gbs:
+        benchmark.extra_info["fraction_of_copy"] = gbs / _copy_gbs["copy"]
+    return gbs
+
+
+def test_00_device_copy(benchmark):
+    x = torch.randn(1 << 28, device="cuda")  # 1 GiB
+    y = torch.empty_like(x)
+    _copy_gbs["copy"] = _record(benchmark, lambda: y.copy_(x), 2 * x.numel() * 4, op="copy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+@pytest.mark.parametrize("shape", [(1 << 24, 3), (65536, 3 * 32 * 32)], ids=["B16M-F3", "B64k-F3072"])
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_penalty(benchmark, pass_, shape, backend, dtype):
+    B, F_ = shape
+    g = torch.randn(B, F_, device="cuda", dtype=dtype, requires_grad=True)
+    l = torch.randn(B, device="cuda", requires_grad=True)
+    run = (lambda: P.grad_norm_penalty(g, l, "js_real", "none", backend=backend)) if backend != "reference" else \
+        (lambda: ref_penalty.grad_norm_penalty(g, l, "js_real", "none"))
+    gsz, lsz = g.element_size(), 4
+    if pass_ == "forward":
+        with torch.no_grad():
+            nbytes = B * F_ * gsz + 2 * B * lsz  # read g and the logits, write one value per row
+            _record(benchmark, run, nbytes, op="grad_norm_penalty", backend=backend, dtype=str(dtype))
+        return
+    out = run()
+    up = torch.randn_like(out)
+    nbytes = 2 * B * F_ * gsz + 4 * B * lsz  # read g, write dg; read logits and the upstream, write dlogits
+    _record(benchmark, lambda: torch.autograd.grad(out, (g, l), up, retain_graph=True), nbytes,
+            op="grad_norm_penalty_backward", backend=backend, dtype=str(dtype))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_noisy_clean_batch(benchmark, pass_, backend):
+    m, F_ = 16384, 3 * 32 * 32
+    xr = torch.randn(m, F_, device="cuda", requires_grad=True)
+    xf = torch.randn(m, F_, device="cuda", requires_grad=True)
+    state = NoiseState(0, "cuda")
+    run = lambda: noisy_clean_batch(xr, xf, 0.5, "double", state=state, backend=backend)  # noqa: E731
+    if pass_ == "forward":
+        with torch.no_grad():
+            # read x_real, x_fake (2 m F); write [x; x+eps] twice (4 m F); eps is drawn in the kernel
+            _record(benchmark, run, 6 * m * F_ * 4, op="noisy_clean_batch", backend=backend)
+        return
+    r, f = run()
+    gr, gf = torch.randn_like(r), torch.randn_like(f)
+    # read both upstream gradients (4 m F), write dx_real, dx_fake (2 m F)
+    _record(benchmark, lambda: torch.autograd.grad((r, f), (xr, xf), (gr, gf), retain_graph=True),
+            6 * m * F_ * 4, op="noisy_clean_batch_backward", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_nt_losses(benchmark, backend):
+    n = 1 << 24
+    lr = torch.randn(n, device="cuda", requires_grad=True)
+    lf = torch.randn(n, device="cuda", requires_grad=True)
+    mu = torch.rand((), device="cuda")
+    with torch.no_grad():
+        # read 2 n logits, write 2 n JS weights (the loss is one scalar)
+        _record(benchmark, lambda: nt_losses(lr, lf, mu, js_weights=True, backend=backend), 4 * n * 4,
+                op="nt_losses", backend=backend)

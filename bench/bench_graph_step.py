@@ -1,0 +1,104 @@
+"""One discriminator update captured in a CUDA graph, per penalty mode and backend, against the unregularized
+update captured the same way (GPU only). Eager updates on a small D are bound by the host (kernel launches,
+Python, autograd bookkeeping); replaying a graph removes that, so these ratios are the GPU work of the penalty.
+
+    pytest bench/bench_graph_step.py --benchmark-only [--benchmark-json out.json]
+
+Each round replays the graph REPLAYS times and synchronises once; extra_info holds ms per update (median) and
+the ratio to the unregularized update of the same model from the same session. A probe of the host's cost of
+one tiny eager op (launch + dispatch) is recorded too, to say how host-bound the eager numbers are.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan.ops import _dispatch, js_penalty
+
+from bench_penalty_modes import GAMMA, _case
+from benchutil import device_label
+
+REPLAYS = 20
+_ms: dict = {}
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+CASES = [(m, mode, backend) for m in ("mlp_tanh", "mlp_leaky", "dcgan32")
+         for mode, backend in (("unregularized", None), ("double_backward", "reference"),
+                               ("double_backward", "cuda"), ("double_backward", "triton"), ("jvp", "cuda"),
+                               ("mlp", "cuda"))
+         if not (m == "dcgan32" and mode == "mlp")]
+
+
+def _capture(step):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up: Triton compiles, autograd and the allocator settle, Adam makes its state
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    return g
+
+
+@pytest.mark.parametrize("model,mode,backend", CASES, ids=[f"{m}-{mode}-{b}" for m, mode, b in CASES])
+def test_graphed_d_update(benchmark, model, mode, backend):
+    D, x_real, x_fake = _case(model, "cuda")
+    opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999), capturable=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if mode == "unregularized":
+            lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
+            pen = 0.0
+        else:
+            pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode, backend=backend)
+        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
+        loss.backward()
+        opt.step()
+
+    before = _dispatch.counts[("gradient_penalty", mode)]
+    g = _capture(step)
+    if mode != "unregularized":
+        assert _dispatch.counts[("gradient_penalty", mode)] > before, f"mode {mode} did not run"
+    p0 = [p.detach().clone() for p in D.parameters()]
+
+    def replays():
+        for _ in range(REPLAYS):
+            g.replay()
+        torch.cuda.synchronize()
+
+    benchmark(replays)
+    # the replays trained D: every parameter moved and stayed finite
+    assert all(torch.isfinite(p).all() for p in D.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(p0, D.parameters()))
+    benchmark.extra_info.update(model=model, mode=mode, backend=backend, device=device_label("cuda"),
+                                batch=x_real.shape[0], replays_per_round=REPLAYS)
+    st = getattr(benchmark, "stats", None)
+    if st is None or getattr(st, "stats", None) is None:
+        return
+    ms = st.stats.median / REPLAYS * 1e3
+    _ms[(model, mode, backend)] = ms
+    benchmark.extra_info["ms_per_update"] = ms
+    base = _ms.get((model, "unregularized", None))
+    if base and mode != "unregularized":
+        benchmark.extra_info["ratio_vs_unregularized"] = ms / base
+
+
+def test_host_cost_of_one_tiny_op(benchmark):
+    """us of host time per tiny eager CUDA op (the floor under every eager number in bench/)."""
+    x = torch.zeros(16, device="cuda")
+    n = 200
+
+    def ops():
+        for _ in range(n):
+            x.add_(1.0)
+        torch.cuda.synchronize()
+
+    benchmark(ops)
+    st = getattr(benchmark, "stats", None)
+    if st is not None and getattr(st, "stats", None) is not None:
+        benchmark.extra_info.update(device=device_label("cuda"), us_per_op=st.stats.median / n * 1e6)

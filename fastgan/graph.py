@@ -1,0 +1,82 @@
+"""A whole training step replayed from one CUDA graph.
+
+A small GAN step is bound by the host: hundreds of kernel launches, each with Python, dispatcher and autograd
+bookkeeping around it, while the GPU idles (bench/bench_graph_step.py measures both). Capturing the step once
+and replaying it leaves only the GPU's own work. What makes a step capturable: every tensor it reads or writes
+lives at a fixed address (parameters, optimizer state, buffers; the step's own temporaries come from the
+graph's private pool), every random number comes from a generator registered with the graph or from a device
+counter (fastgan.ops.NoiseState), nothing reads a value back to the host, and schedules (gamma(t), sigma(t))
+are device tensors written between replays. fastgan's methods are written that way; `GraphedStep` is the
+capture/replay mechanics, usable around any such function.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+class GraphCaptureError(RuntimeError):
+    """The step could not be captured; the message names the cause (e.g. a host read inside the step)."""
+
+
+class GraphedStep:
+    """Calls `fn()` eagerly `warmup` times (on a side stream, as CUDA graph capture requires), captures the
+    next call into a CUDA graph, and from then on replays it.
+
+    fn returns a pytree of tensors (e.g. a dict of detached losses); after capture each call returns the same
+    static tensors, overwritten by every replay. `generators`: torch.Generators on the GPU that fn draws from
+    (besides the default one); each replay advances them like an eager call would.
+    """
+
+    def __init__(self, fn: Callable[[], object], *, warmup: int = 3, generators: Iterable[torch.Generator] = ()):
+        if warmup < 1:
+            raise ValueError(f"warmup must be at least 1 (the eager calls settle the allocator, autograd and "
+                             f"lazily built state such as optimizer moments), got {warmup}")
+        self.fn, self.warmup = fn, int(warmup)
+        self.generators = tuple(generators)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_calls = 0
+        self.replays = 0
+        self._out = None
+        self._stream = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def _side_stream(self):
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        return self._stream
+
+    def _capture(self) -> None:
+        g = torch.cuda.CUDAGraph()
+        for gen in self.generators:
+            if not hasattr(g, "register_generator_state"):
+                raise GraphCaptureError(f"this torch ({torch.__version__}) cannot replay draws from a torch.Generator "
+                                        "in a CUDA graph (CUDAGraph.register_generator_state is missing)")
+            g.register_generator_state(gen)
+        torch.cuda.synchronize()
+        try:
+            with torch.cuda.graph(g, stream=self._side_stream()):
+                out = self.fn()
+        except Exception as e:  # the capture is invalidated: say what broke it, keep the traceback
+            raise GraphCaptureError(f"the step could not be captured in a CUDA graph: "
+                                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        self.graph, self._out = g, out
+
+    def __call__(self):
+        if self.graph is None and self.eager_calls < self.warmup:
+            self.eager_calls += 1
+            s = self._side_stream()
+            with torch.cuda.stream(s):
+                out = self.fn()
+            torch.cuda.current_stream().wait_stream(s)
+            return out
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        self.replays += 1
+        return self._out

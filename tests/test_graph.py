@@ -1,0 +1,110 @@
+"""Whole training steps in one CUDA graph: fastgan.graph.GraphedStep and run.cuda_graph.
+
+CPU: the config and argument errors. GPU (`cuda` marker): replays follow the eager trajectory (parameters and
+random draws), every penalty mode and fused NT / DFM op captures, and the trainer's graphed runs match eager ones.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan.config import ConfigError
+from fastgan.graph import GraphedStep
+
+from test_train import TINY
+
+
+def test_cuda_graph_needs_a_cuda_device(tmp_path):
+    with pytest.raises(ConfigError, match="run.cuda_graph: CUDA graphs need run.device='cuda'"):
+        fastgan.train(None, overrides=[*TINY, "run.steps=2", f"run.dir={tmp_path / 'x'}", "run.cuda_graph=true"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_warmup_must_be_positive():
+    with pytest.raises(ValueError, match="warmup must be at least 1"):
+        GraphedStep(lambda: None, warmup=0)
+
+
+def test_cuda_graph_may_change_on_resume():
+    assert "run.cuda_graph" in fastgan.config.RESUMABLE_FIELDS
+
+
+# ------------------------------------------------------------------ GPU
+
+def _d_and_step(mode, gen):
+    torch.manual_seed(0)
+    D = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.LeakyReLU(0.2), torch.nn.Linear(64, 64),
+                            torch.nn.LeakyReLU(0.2), torch.nn.Linear(64, 1)).cuda()
+    opt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999), capturable=True)
+
+    def step():
+        x_real = torch.randn(256, 3, device="cuda", generator=gen) * 0.5 + 1.0
+        x_fake = torch.randn(256, 3, device="cuda", generator=gen)
+        opt.zero_grad(set_to_none=True)
+        pen, lr, lf = fastgan.ops.js_penalty(D, x_real, x_fake, mode=mode)
+        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + pen
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "penalty": pen.detach()}
+    return D, step
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp"])
+def test_replays_follow_the_eager_trajectory(mode):
+    gen_e = torch.Generator(device="cuda").manual_seed(3)
+    D_e, step_e = _d_and_step(mode, gen_e)
+    eager = [step_e()["loss"].item() for _ in range(12)]
+    gen_g = torch.Generator(device="cuda").manual_seed(3)
+    D_g, step_g = _d_and_step(mode, gen_g)
+    graphed = GraphedStep(step_g, warmup=3, generators=(gen_g,))
+    got = [graphed()["loss"].item() for _ in range(12)]
+    assert graphed.captured and graphed.eager_calls == 3 and graphed.replays == 9
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(eager), rtol=1e-4, atol=1e-6)
+    for a, b in zip(D_g.parameters(), D_e.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the registered generator advanced as the eager one did
+    assert torch.equal(torch.randn(5, device="cuda", generator=gen_g), torch.randn(5, device="cuda", generator=gen_e))
+
+
+GRAPH_RUNS = {
+    "roth-double_backward": ["method.name=roth"],
+    "roth-jvp": ["method.name=roth", "method.roth.mode=jvp", "method.roth.schedule=anneal"],
+    "roth-mlp": ["method.name=roth", "method.roth.mode=mlp"],
+    "nt-fused-sigma": ["method.name=nt", "method.nt.noise=learned_sigma", "method.nt.fused=true"],
+    "nt-generator-k2": ["method.name=nt", "method.d_steps=2"],
+    "dfm-fused": ["method.name=dfm", "method.dfm.fused=true"],
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(GRAPH_RUNS))
+def test_graphed_training_matches_eager_training(tmp_path, name):
+    over = [*TINY, "run.steps=12", "run.device=cuda", *GRAPH_RUNS[name]]
+    eager = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'e'}"])
+    graphed = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'g'}", "run.cuda_graph=true"])
+    assert graphed.step == eager.step == 12
+    for k, v in eager.losses.items():
+        assert graphed.losses[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+    for k in eager.models:
+        for a, b in zip(graphed.models[k].parameters(), eager.models[k].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_graphed_run_resumes_eagerly(tmp_path):
+    over = [*TINY, "run.device=cuda", "method.name=roth", f"run.dir={tmp_path / 'r'}"]
+    first = fastgan.train(None, overrides=[*over, "run.steps=8", "run.cuda_graph=true"])
+    second = fastgan.train(None, overrides=[*over, "run.steps=12"], resume=True)
+    assert first.step == 8 and second.step == 12
+    assert all(torch.isfinite(p).all() for p in second.generator.parameters())
+
+
+# last: a failed capture leaves the CUDA context usable, but nothing after it in this file depends on that
+@pytest.mark.cuda
+def test_a_host_read_inside_the_step_is_a_clear_error():
+    x = torch.ones(4, device="cuda")
+    graphed = GraphedStep(lambda: x * float(x.sum()), warmup=1)
+    graphed()
+    with pytest.raises(fastgan.graph.GraphCaptureError, match="could not be captured in a CUDA graph"):
+        graphed()

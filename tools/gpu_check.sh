@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Everything a lent GPU should check, in one call (the machine starts bare and keeps nothing):
+# build _C with CUDA, the `cuda`-marked tests, short CUDA trainings, and the GPU benchmarks.
+# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [tests|bench|all]
+# Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time.
+set -u
+what=${1:-all}
+OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+start=$(date +%s)
+FASTGAN_CUDA=1 FASTGAN_CUDA_ARCH=${FASTGAN_CUDA_ARCH:-90} CMAKE_BUILD_PARALLEL_LEVEL=16 \
+  python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+fastgan info | tee "$OUT/info.txt"
+
+if [[ $what == tests || $what == all ]]; then
+  timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=120 \
+    --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -60
+  for graph in false true; do  # the default job on the GPU, eager and graphed: wall seconds for 2000 steps
+    t0=$SECONDS
+    timeout 150 fastgan train --set run.device=cuda run.steps=2000 run.log_every=500 run.out_dir=/tmp/runs \
+      run.name=graph-$graph run.cuda_graph=$graph run.progress=off 2>&1 | tail -2
+    echo "run.cuda_graph=$graph: $(( SECONDS - t0 )) s wall"
+  done 2>&1 | tee "$OUT/train.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  timeout ${BENCH_LIMIT:-300} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost}" --benchmark-only -q -p no:cacheprovider \
+    --benchmark-min-rounds=20 --benchmark-max-time=0.3 --benchmark-warmup=on \
+    --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds \
+    --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
+fi
+echo "total: $(( $(date +%s) - start )) s"
