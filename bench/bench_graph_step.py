@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from fastgan.ops import _dispatch, js_penalty
+from fastgan.ops import _dispatch
 
-from bench_penalty_modes import GAMMA, _case
+from bench_penalty_modes import _case, d_update_fn
 from benchutil import device_label
 
 REPLAYS = 20
@@ -49,17 +48,7 @@ def test_graphed_d_update(benchmark, model, mode, backend):
     D, x_real, x_fake = _case(model, "cuda")
     opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999), capturable=True)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        if mode == "unregularized":
-            lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
-            pen = 0.0
-        else:
-            pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode, backend=backend)
-        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
-        loss.backward()
-        opt.step()
-
+    step = d_update_fn(D, opt, x_real, x_fake, mode, backend)
     before = _dispatch.counts[("gradient_penalty", mode)]
     g = _capture(step)
     if mode != "unregularized":

@@ -59,6 +59,21 @@ def _case(model: str, device: str):
     return D.to(device), x_real, x_fake
 
 
+def d_update_fn(D, opt, x_real, x_fake, mode, backend=None):
+    """One D update: zero_grad, logits (and the JS penalty unless unregularized), backward, optimizer step."""
+    def update():
+        opt.zero_grad(set_to_none=True)
+        if mode == "unregularized":
+            lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
+            pen = 0.0
+        else:
+            pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode, backend=backend)
+        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
+        loss.backward()
+        opt.step()
+    return update
+
+
 CASES = [(m, mode) for m in ("mlp_tanh", "mlp_leaky") for mode in ("unregularized", "double_backward", "jvp", "mlp")]
 CASES += [("dcgan32", mode) for mode in ("unregularized", "double_backward", "jvp")]
 
@@ -68,17 +83,10 @@ CASES += [("dcgan32", mode) for mode in ("unregularized", "double_backward", "jv
 def test_d_update(benchmark, model, mode, device):
     D, x_real, x_fake = _case(model, device)
     opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    update = d_update_fn(D, opt, x_real, x_fake, mode)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        if mode == "unregularized":
-            lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
-            pen = 0.0
-        else:
-            pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode)
-        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
-        loss.backward()
-        opt.step()
+        update()
         sync(device)
 
     for _ in range(0 if getattr(benchmark, "disabled", False) else 2):
