@@ -328,7 +328,7 @@ class _Run:
     def _graphed_step(self, sample_real):
         graphed = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,))
 
-        def step(t, _sample_real):
+        def step(t):
             self.method.update_schedules(t)  # device tensors written outside the graph, read inside it
             return graphed()
         return step
@@ -339,7 +339,8 @@ class _Run:
         r = self.cfg.run
         monitor = _FiniteMonitor(every_step=self.device.type != "cuda", latest_only=r.cuda_graph)
         sample_real = lambda m: self.dataset.sample(m, self.gen)  # noqa: E731
-        train_step = self._graphed_step(sample_real) if r.cuda_graph else self.method.train_step
+        train_step = (self._graphed_step(sample_real) if r.cuda_graph
+                      else lambda t: self.method.train_step(t, sample_real))
         bar = tqdm(total=r.steps, initial=self.start, disable=not self.show_progress, dynamic_ncols=True,
                    desc=r.name, file=sys.stderr)
         last = {}
@@ -348,7 +349,7 @@ class _Run:
         step = self.start
         try:
             for step in range(self.start + 1, r.steps + 1):
-                stats = train_step(step, sample_real)
+                stats = train_step(step)
                 monitor.update(step, stats)
                 bar.update(1)
                 final = step == r.steps

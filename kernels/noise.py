@@ -38,8 +38,7 @@ def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma
             tl.store(outf_ptr + i * F + f, v, mask=mask)
 
 
-# Float scalars are annotated tl.float64: Triton passes an unannotated Python float as fp32, which is
-# too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
+# Float scalars are annotated tl.float64 (an unannotated Python float arrives as fp32): see kernels/denoiser.py.
 @triton.jit
 def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, rng_ptr, used_ptr, outr_ptr, outf_ptr,
                     M, F, INNER, sr_b, sr_f, sf_b, sf_f, se_b, se_f,

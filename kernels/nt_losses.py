@@ -58,8 +58,7 @@ def _side_forward(l_ptr, w_ptr, N, stride, mu, SIGN: tl.constexpr, REAL: tl.cons
     return total
 
 
-# Float scalars are annotated tl.float64: Triton passes an unannotated Python float as fp32, which is
-# too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
+# Float scalars are annotated tl.float64 (an unannotated Python float arrives as fp32): see kernels/denoiser.py.
 @triton.jit
 def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, wr_ptr, wf_ptr, NR, NF, sr, sf,
                     GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,

@@ -20,7 +20,8 @@ def pytest_collection_modifyitems(config, items):
             skip = pytest.mark.skip(reason="Triton on CPU tensors runs under TRITON_INTERPRET=1, without a GPU")
             for item in items:
                 params = getattr(getattr(item, "callspec", None), "params", {})
-                cpu_triton = params.get("backend") == "triton" or getattr(item, "originalname", item.name).endswith("_triton")
+                name = getattr(item, "originalname", item.name)
+                cpu_triton = params.get("backend") == "triton" or name.endswith("_triton")
                 if "cuda" not in item.keywords and cpu_triton:
                     item.add_marker(skip)
         return

@@ -29,6 +29,29 @@ def test_cuda_graph_may_change_on_resume():
     assert "run.cuda_graph" in fastgan.config.RESUMABLE_FIELDS
 
 
+def _adam_with_state(device, capturable):
+    p = torch.nn.Parameter(torch.randn(3, device=device))
+    opt = torch.optim.Adam([p], capturable=capturable)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_resume_switches_adam_between_capturable_and_eager(device):
+    from fastgan.methods.step import _set_capturable
+
+    p, saved = _adam_with_state(device, capturable=False)
+    _, opt = _adam_with_state(device, capturable=False)
+    opt.load_state_dict(saved.state_dict())
+    _set_capturable(opt, True)
+    assert opt.param_groups[0]["capturable"] is True
+    assert opt.state[opt.param_groups[0]["params"][0]]["step"].device == p.device
+    _set_capturable(opt, False)
+    st = opt.state[opt.param_groups[0]["params"][0]]["step"]
+    assert opt.param_groups[0]["capturable"] is False and st.device.type == "cpu" and float(st) == 1.0
+
+
 # ------------------------------------------------------------------ GPU
 
 def _d_and_step(mode, gen):

@@ -74,16 +74,17 @@ def _features_without_side_effects(D, x):
 
 
 def _set_capturable(opt, flag: bool) -> None:
-    """load_state_dict restores the saved run's `capturable`; a run may switch run.cuda_graph on resume, and a
-    capturable Adam needs its step counts on the parameters' device."""
+    """load_state_dict restores the saved run's `capturable`; a run may switch run.cuda_graph on resume. A
+    capturable Adam needs its step counts on the parameters' device; an eager one keeps them on the CPU (on the
+    GPU, every step would read each count back to the host)."""
     if not isinstance(opt, torch.optim.Adam):
         return
     for group in opt.param_groups:
         group["capturable"] = flag
         for p in group["params"]:
             st = opt.state.get(p)
-            if flag and st and "step" in st:
-                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
+            if st and "step" in st:
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device if flag else "cpu")
 
 
 def _params(module) -> list:
