@@ -1,5 +1,5 @@
 """One discriminator update captured in a CUDA graph, per penalty mode and backend, against the unregularized
-update captured the same way (GPU only). Eager updates on a small D are bound by the host (kernel launches,
+update captured the same way (GPU only); likewise the DFM denoiser's loss, fused vs its nn.Sequential reference. Eager updates on a small D are bound by the host (kernel launches,
 Python, autograd bookkeeping); replaying a graph removes that, so these ratios are the GPU work of the penalty.
 
     pytest bench/bench_graph_step.py --benchmark-only [--benchmark-json out.json]
@@ -15,8 +15,10 @@ import torch
 
 from fastgan.ops import _dispatch
 
+from bench_denoiser import _setup as denoiser_setup
 from bench_penalty_modes import _case, d_update_fn
 from benchutil import device_label
+from fastgan.reference import denoiser as ref_denoiser
 
 REPLAYS = 20
 _ms: dict = {}
@@ -43,6 +45,19 @@ def _capture(step):
     return g
 
 
+def _replay_ms(benchmark, g):
+    def replays():
+        for _ in range(REPLAYS):
+            g.replay()
+        torch.cuda.synchronize()
+
+    benchmark(replays)
+    st = getattr(benchmark, "stats", None)
+    if st is None or getattr(st, "stats", None) is None:
+        return None
+    return st.stats.median / REPLAYS * 1e3
+
+
 @pytest.mark.parametrize("model,mode,backend", CASES, ids=[f"{m}-{mode}-{b}" for m, mode, b in CASES])
 def test_graphed_d_update(benchmark, model, mode, backend):
     D, x_real, x_fake = _case(model, "cuda")
@@ -54,27 +69,53 @@ def test_graphed_d_update(benchmark, model, mode, backend):
     if mode != "unregularized":
         assert _dispatch.counts[("gradient_penalty", mode)] > before, f"mode {mode} did not run"
     p0 = [p.detach().clone() for p in D.parameters()]
-
-    def replays():
-        for _ in range(REPLAYS):
-            g.replay()
-        torch.cuda.synchronize()
-
-    benchmark(replays)
+    ms = _replay_ms(benchmark, g)
     # the replays trained D: every parameter moved and stayed finite
     assert all(torch.isfinite(p).all() for p in D.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(p0, D.parameters()))
     benchmark.extra_info.update(model=model, mode=mode, backend=backend, device=device_label("cuda"),
                                 batch=x_real.shape[0], replays_per_round=REPLAYS)
-    st = getattr(benchmark, "stats", None)
-    if st is None or getattr(st, "stats", None) is None:
+    if ms is None:
         return
-    ms = st.stats.median / REPLAYS * 1e3
     _ms[(model, mode, backend)] = ms
     benchmark.extra_info["ms_per_update"] = ms
     base = _ms.get((model, "unregularized", None))
     if base and mode != "unregularized":
         benchmark.extra_info["ratio_vs_unregularized"] = ms / base
+
+
+DENOISER_CASES = [(n_h, depth, B, impl) for n_h in (512, 2048) for depth in (3, 6) for B in (64, 512)
+                  for impl in ("reference", "cuda", "triton")]
+
+
+@pytest.mark.parametrize("n_h,depth,B,impl", DENOISER_CASES,
+                         ids=[f"nh{n}-d{d}-B{b}-{i}" for n, d, b, i in DENOISER_CASES])
+def test_graphed_denoiser_loss(benchmark, n_h, depth, B, impl):
+    """Denoiser loss forward + backward + Adam step replayed from a graph: its GPU work, without the host."""
+    den, net, h, noise = denoiser_setup("cuda", impl, n_h, depth, B)
+    module = net if impl == "reference" else den
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4, capturable=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = ref_denoiser.denoiser_loss(net, h, noise) if impl == "reference" else den.loss(h, noise)
+        loss.backward()
+        opt.step()
+
+    before = _dispatch.counts[("bn_relu", impl)]
+    g = _capture(step)
+    if impl != "reference":
+        assert _dispatch.counts[("bn_relu", impl)] > before, f"the {impl} denoiser kernels did not run"
+    ms = _replay_ms(benchmark, g)
+    benchmark.extra_info.update(n_h=n_h, depth=depth, B=B, impl=impl, device=device_label("cuda"),
+                                replays_per_round=REPLAYS)
+    if ms is None:
+        return
+    _ms[("denoiser", n_h, depth, B, impl)] = ms
+    benchmark.extra_info["ms_per_step"] = ms
+    base = _ms.get(("denoiser", n_h, depth, B, "reference"))
+    if base and impl != "reference":
+        benchmark.extra_info["speedup_vs_reference"] = base / ms
 
 
 def test_host_cost_of_one_tiny_op(benchmark):

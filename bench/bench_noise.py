@@ -4,7 +4,8 @@
 fastgan/reference (the same Philox stream in torch integer ops: the oracle, slow by design).
 Run: pytest bench/bench_noise.py --benchmark-only [--benchmark-json out.json]
 CPU A/B (interleaved, CPU time of this thread, robust on a shared machine):
-    OMP_NUM_THREADS=1 python bench/bench_noise.py [--reps 40] [--calls 20]
+    OMP_NUM_THREADS=1 python bench/bench_noise.py [--reps 40] [--calls 20] [--warm 0] [--impls torch,reference,cpu]
+        [-k LABEL_SUBSTRING]
 """
 import pytest
 import torch
@@ -154,9 +155,11 @@ def _loss_step(impl, n, js):
     return step
 
 
-def ab(steps, reps, calls):
+def ab(steps, reps, calls, warm=0):
     """Interleaved A/B: each rep times `calls` calls of every impl back to back (order rotated), with
     time.thread_time (CPU time of this thread: other processes on a shared machine do not count).
+    `warm` untimed calls precede each timed block: without them a block's first calls pay for the caches the
+    previous impl evicted (the reference's 20 calls take ~12 ms), which weighs on an impl by its predecessor.
     Returns {impl: (median us/call, min us/call)} and the median over reps of the paired ratio to "torch"."""
     import statistics
     import time
@@ -170,6 +173,8 @@ def ab(steps, reps, calls):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for k in order:
             fn = steps[k]
+            for _ in range(warm):
+                fn()
             t0 = time.thread_time()
             for _ in range(calls):
                 fn()
@@ -185,23 +190,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--warm", type=int, default=0, help="untimed calls before each timed block (see ab)")
+    ap.add_argument("--impls", default="torch,reference,cpu", help="comma-separated, from torch,reference,cpu")
+    ap.add_argument("-k", "--filter", default="", help="run only the cases whose label contains this substring")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} x {args.calls} calls; "
-          "us per forward+backward call: median (min); ratio = median of paired per-rep ratios to torch")
+    impls = args.impls.split(",")
+    if "torch" not in impls:
+        ap.error("--impls must include torch (the ratios are to it)")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} x {args.calls} calls, "
+          f"warm {args.warm}; us per forward+backward call: median (min); ratio = median of paired per-rep ratios "
+          "to torch")
     cases = []
-    for (m, shape) in [(512, (3,)), (64, (3, 32, 32))]:
+    for (m, shape) in NOISE_SIZES["cpu"]:
         for mode in ("double", "half"):
             for kind in ("sigma", "eps"):
                 label = f"noisy_clean_batch m={m} S={shape} {mode} {kind}"
-                cases.append((label, {impl: _noise_step(impl, m, shape, mode, kind)
-                                      for impl in ("torch", "reference", "cpu")}))
+                cases.append((label, {impl: _noise_step(impl, m, shape, mode, kind) for impl in impls}))
     for n in (1024, 8192):
         for js in (False, True):
-            cases.append((f"nt_losses N={n} js={js}", {impl: _loss_step(impl, n, js)
-                                                          for impl in ("torch", "reference", "cpu")}))
+            cases.append((f"nt_losses N={n} js={js}", {impl: _loss_step(impl, n, js) for impl in impls}))
     for label, steps in cases:
-        stats, ratios = ab(steps, args.reps, args.calls)
+        if args.filter not in label:
+            continue
+        stats, ratios = ab(steps, args.reps, args.calls, args.warm)
         cells = "  ".join(f"{k} {stats[k][0]:8.1f} ({stats[k][1]:7.1f}) x{ratios[k]:.2f}" for k in steps)
         print(f"{label:55s} {cells}", flush=True)
 

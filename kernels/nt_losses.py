@@ -1,6 +1,7 @@
 """Triton kernels of the NTGAN mu-weighted clean/noisy losses (fastgan/ops/nt_losses.py); the math mirrors
-csrc/include/fastgan/nt_losses_math.h. The forward is one program (a batch of logits is small), so the
-sum is deterministic and needs no second pass.
+csrc/include/fastgan/nt_losses_math.h. The forward runs one program per chunk of a side; with one chunk (a
+batch of logits) it writes the loss, otherwise each program writes a partial sum to a scratch buffer and a
+one-program second pass adds them in order, so the loss is deterministic (csrc/cuda/nt_losses.cu likewise).
 """
 import torch
 import triton
@@ -43,35 +44,62 @@ def _js(psi, REAL: tl.constexpr):
 
 
 @triton.jit
-def _side_forward(l_ptr, w_ptr, N, stride, mu, SIGN: tl.constexpr, REAL: tl.constexpr, MEAN: tl.constexpr,
-                  JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexpr, REAL: tl.constexpr,
+                  MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Loss terms of logits [k_start, k_end) of a side of N, summed; its JS weights stored when JS."""
     total = tl.zeros([BLOCK], dtype=ACC)
-    for k0 in range(0, N, BLOCK):
+    for k0 in range(k_start, k_end, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
-        m = k < N
+        m = k < k_end
         psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
         if SIGN != 0:
             total += tl.where(m, _coef(k, N, mu, MEAN) * _softplus(SIGN * psi), 0.0)
         if JS:
             w, dw = _js(psi, REAL)
             tl.store(w_ptr + k, w, mask=m)
-    return total
+    return tl.sum(total, axis=0)
 
 
 # Float scalars are annotated tl.float64 (an unannotated Python float arrives as fp32): see kernels/denoiser.py.
 @triton.jit
-def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, wr_ptr, wf_ptr, NR, NF, sr, sf,
-                    GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,
-                    ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, part_ptr, wr_ptr, wf_ptr, NR, NF,
+                    sr, sf, CHUNK, GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,
+                    PARTIAL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
     if HAS_MU:
         mu = tl.load(mu_ptr).to(ACC)
     else:
         mu = tl.cast(mu_value, ACC)
-    if GEN:
-        total = _side_forward(lf_ptr, wf_ptr, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+    if PARTIAL:
+        # programs [0, real_programs) cover the real logits, the rest the fake ones
+        real_programs = tl.cdiv(NR, CHUNK)
+        if pid < real_programs:
+            k0 = pid * CHUNK
+            total = _side_forward(lr_ptr, wr_ptr, k0, tl.minimum(k0 + CHUNK, NR), NR, sr, mu, -1, True, MEAN, JS,
+                                  ACC, BLOCK)
+        else:
+            k0 = (pid - real_programs) * CHUNK
+            k1 = tl.minimum(k0 + CHUNK, NF)
+            if GEN:
+                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+            else:
+                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+        tl.store(part_ptr + pid, total)
     else:
-        total = _side_forward(lr_ptr, wr_ptr, NR, sr, mu, -1, True, MEAN, JS, ACC, BLOCK)
-        total += _side_forward(lf_ptr, wf_ptr, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+        if GEN:
+            total = _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+        else:
+            total = _side_forward(lr_ptr, wr_ptr, 0, NR, NR, sr, mu, -1, True, MEAN, JS, ACC, BLOCK)
+            total += _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+        tl.store(loss_ptr, total)
+
+
+@triton.jit
+def _sum_partials_kernel(part_ptr, n, loss_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        total += tl.load(part_ptr + i, mask=i < n, other=0.0)
     tl.store(loss_ptr, tl.sum(total, axis=0))
 
 
@@ -113,15 +141,22 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_real, w_fake):
-    block = min(max(triton.next_power_of_2(max(logits_real.numel(), logits_fake.numel(), 1)), 16), 1024)
-    _forward_kernel[(1,)](
+def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_real, w_fake, partials, chunk):
+    """partials: None (one program does everything) or scratch of one element per chunk of each side."""
+    NR, NF = logits_real.numel(), logits_fake.numel()
+    span = chunk if partials is not None else max(NR, NF, 1)
+    block = min(max(triton.next_power_of_2(span), 16), 1024)
+    grid = (partials.numel() if partials is not None else 1,)
+    _forward_kernel[grid](
         logits_real, logits_fake, mu if mu is not None else loss, float(mu_value), loss,
+        partials if partials is not None else loss,
         w_real if w_real is not None else loss, w_fake if w_fake is not None else loss,
-        logits_real.numel(), logits_fake.numel(), logits_real.stride(0) if logits_real.numel() else 1,
-        logits_fake.stride(0) if logits_fake.numel() else 1,
+        NR, NF, logits_real.stride(0) if NR else 1, logits_fake.stride(0) if NF else 1, chunk,
         GEN=bool(generator), MEAN=bool(mean), HAS_MU=mu is not None, JS=w_real is not None,
-        ACC=_acc(loss.dtype), BLOCK=block)
+        PARTIAL=partials is not None, ACC=_acc(loss.dtype), BLOCK=block)
+    if partials is not None:
+        _sum_partials_kernel[(1,)](partials, partials.numel(), loss, ACC=_acc(loss.dtype),
+                                   BLOCK=min(triton.next_power_of_2(partials.numel()), 1024))
 
 
 def backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, generator, mean, d_real, d_fake):

@@ -1,7 +1,7 @@
 """Triton kernels of the weighted gradient-norm penalty p_n = w(psi_n) * ||g_n||^2 and its backward.
 
-A program owns BLOCK_B rows and walks the features in BLOCK_F chunks; the weight math mirrors
-csrc/include/fastgan/penalty_math.h (1 - sigmoid(psi) computed as sigmoid(-psi)).
+A program owns BLOCK_B rows and walks the features in BLOCK_F chunks, or loads them as one tile when a row fits;
+the weight math mirrors csrc/include/fastgan/penalty_math.h (1 - sigmoid(psi) computed as sigmoid(-psi)).
 """
 import torch
 import triton
@@ -33,16 +33,40 @@ def _weight_and_slope(psi, WEIGHT: tl.constexpr):
 
 
 @triton.jit
+def _tile(g_ptr, rows, rmask, f0, F, sb, sf, ACC: tl.constexpr, BLOCK_F: tl.constexpr):
+    cols = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+    m = rmask[:, None] & (cols[None, :] < F)
+    x = tl.load(g_ptr + rows[:, None] * sb + cols[None, :] * sf, mask=m, other=0.0).to(ACC)
+    return x, cols, m
+
+
+@triton.jit
+def _sum_sq(g_ptr, rows, rmask, f0, F, sb, sf, ACC: tl.constexpr, BLOCK_F: tl.constexpr):
+    x, cols, m = _tile(g_ptr, rows, rmask, f0, F, sb, sf, ACC, BLOCK_F)
+    return tl.sum(x * x, axis=1)
+
+
+@triton.jit
+def _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, f0, F, sb, sf, scale, ACC: tl.constexpr, BLOCK_F: tl.constexpr):
+    x, cols, m = _tile(g_ptr, rows, rmask, f0, F, sb, sf, ACC, BLOCK_F)
+    tl.store(dg_ptr + rows[:, None] * F + cols[None, :], (scale[:, None] * x).to(dg_ptr.dtype.element_ty), mask=m)
+    return tl.sum(x * x, axis=1)
+
+
+# ONE_TILE (the row fits in BLOCK_F): no loop, so no row pointers or per-row values stay live across iterations;
+# ptxas (sm_90) then needs about half the registers.
+@triton.jit
 def _forward_kernel(g_ptr, l_ptr, out_ptr, B, F, sb, sf, sl,
-                    WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr):
+                    WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+                    ONE_TILE: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    acc = tl.zeros([BLOCK_B], dtype=ACC)
-    for f0 in range(0, F, BLOCK_F):
-        cols = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < F)
-        x = tl.load(g_ptr + rows[:, None] * sb + cols[None, :] * sf, mask=m, other=0.0).to(ACC)
-        acc += tl.sum(x * x, axis=1)
+    if ONE_TILE:
+        acc = _sum_sq(g_ptr, rows, rmask, 0, F, sb, sf, ACC, BLOCK_F)
+    else:
+        acc = tl.zeros([BLOCK_B], dtype=ACC)
+        for f0 in range(0, F, BLOCK_F):
+            acc += _sum_sq(g_ptr, rows, rmask, f0, F, sb, sf, ACC, BLOCK_F)
     psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
     w, dw = _weight_and_slope(psi, WEIGHT)
     tl.store(out_ptr + rows, w * acc, mask=rmask)
@@ -50,28 +74,38 @@ def _forward_kernel(g_ptr, l_ptr, out_ptr, B, F, sb, sf, sl,
 
 @triton.jit
 def _backward_kernel(go_ptr, g_ptr, l_ptr, dg_ptr, dl_ptr, B, F, sb, sf, sl,
-                     WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr):
+                     WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+                     ONE_TILE: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
     go = tl.load(go_ptr + rows, mask=rmask, other=0.0).to(ACC)
     w, dw = _weight_and_slope(psi, WEIGHT)
     scale = 2.0 * w * go
-    acc = tl.zeros([BLOCK_B], dtype=ACC)
-    for f0 in range(0, F, BLOCK_F):
-        cols = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < F)
-        x = tl.load(g_ptr + rows[:, None] * sb + cols[None, :] * sf, mask=m, other=0.0).to(ACC)
-        acc += tl.sum(x * x, axis=1)
-        tl.store(dg_ptr + rows[:, None] * F + cols[None, :], (scale[:, None] * x).to(dg_ptr.dtype.element_ty), mask=m)
+    if ONE_TILE:
+        acc = _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, 0, F, sb, sf, scale, ACC, BLOCK_F)
+    else:
+        acc = tl.zeros([BLOCK_B], dtype=ACC)
+        for f0 in range(0, F, BLOCK_F):
+            acc += _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, f0, F, sb, sf, scale, ACC, BLOCK_F)
     tl.store(dl_ptr + rows, dw * acc * go, mask=rmask)
 
 
 def _blocks(F: int):
-    block_f = min(max(triton.next_power_of_2(max(F, 1)), 16), 1024)
+    # no 16-column minimum: a short row padded to 16 leaves most lanes of every load masked off
+    block_f = min(triton.next_power_of_2(max(F, 1)), 1024)
     # keep a program's tile near 4K elements: many short rows per program, or one long row in chunks
-    block_b = max(1, min(128, 4096 // block_f))
+    block_b = max(1, min(1024, 4096 // block_f))
     return block_b, block_f
+
+
+def _launch(F: int):
+    """(grid rows per program, kernel meta-parameters) for rows of F features."""
+    block_b, block_f = _blocks(F)
+    one_tile = F <= block_f
+    # 8 warps: 16 elements a thread keeps a one-tile backward near 100 registers (about 200 at 4 warps, ptxas sm_90);
+    # rows in chunks keep the 4 warps they measured well with
+    return block_b, dict(BLOCK_B=block_b, BLOCK_F=block_f, ONE_TILE=one_tile, num_warps=8 if one_tile else 4)
 
 
 def _acc(dtype: torch.dtype):
@@ -82,10 +116,10 @@ def forward(grad: torch.Tensor, logits: torch.Tensor, out: torch.Tensor, weight:
     B, F = grad.shape
     if B == 0:
         return
-    block_b, block_f = _blocks(F)
+    block_b, meta = _launch(F)
     grid = (triton.cdiv(B, block_b),)
     _forward_kernel[grid](grad, logits, out, B, F, grad.stride(0), grad.stride(1), logits.stride(0),
-                          WEIGHT=weight, ACC=_acc(grad.dtype), BLOCK_B=block_b, BLOCK_F=block_f)
+                          WEIGHT=weight, ACC=_acc(grad.dtype), **meta)
 
 
 def backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, dgrad: torch.Tensor,
@@ -93,8 +127,7 @@ def backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, dgrad: 
     B, F = grad.shape
     if B == 0:
         return
-    block_b, block_f = _blocks(F)
+    block_b, meta = _launch(F)
     grid = (triton.cdiv(B, block_b),)
     _backward_kernel[grid](go, grad, logits, dgrad, dlogits, B, F, grad.stride(0), grad.stride(1),
-                           logits.stride(0), WEIGHT=weight, ACC=_acc(grad.dtype), BLOCK_B=block_b,
-                           BLOCK_F=block_f)
+                           logits.stride(0), WEIGHT=weight, ACC=_acc(grad.dtype), **meta)

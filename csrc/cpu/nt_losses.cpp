@@ -1,13 +1,18 @@
 // CPU kernels and Python bindings of the NTGAN mu-weighted clean/noisy losses (fastgan/ops/nt_losses.py).
-// Per-sample math: fastgan/nt_losses_math.h (shared with csrc/cuda/nt_losses.cu).
+// Per-sample math: fastgan/nt_losses_math.h (shared with csrc/cuda/nt_losses.cu) for the coefficients, and
+// its double-precision, branch-free form in fastgan/poly_math.h, so the loops over samples vectorise.
 #include <pybind11/pybind11.h>
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "fastgan/binding_utils.h"
+#include "fastgan/cpu_clones.h"
 #include "fastgan/noise_args.h"
 #include "fastgan/nt_losses_math.h"
-#include "fastgan/binding_utils.h"
+#include "fastgan/poly_math.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -24,55 +29,152 @@ A read_mu(const NtLossArgs& a) {
   return a.mu != 0 ? *reinterpret_cast<const A*>(a.mu) : A(a.mu_value);
 }
 
-// Sums in double: the batch of logits is small, and the result is then at least as accurate as the
-// float32 reference it is tested against.
+// Samples per partial sum. Fixed, not per thread, so the loss is the same for any number of threads: the
+// partial sums are added in chunk order. Everything is computed in double, whatever the storage dtype.
+constexpr int64_t kChunk = 512;
+// Below this many samples, starting threads costs more than it saves.
+constexpr int64_t kParallelSamples = 1 << 14;
+
+// One side (real or fake logits) with its sign (0: not in the loss), its JS weight and the two values
+// of nt::coef, precomputed so the loops below are branch-free.
+struct Side {
+  const void* logits;
+  int64_t n, stride;
+  double sign;  // 0 (and zero coefficients) when the side is not in the loss
+  bool real;    // JS weight (1 - s)^2 for real logits, s^2 for fake
+  int64_t n_clean;
+  double c_clean, c_noisy;
+};
+
 template <typename A>
-double side_forward(const A* logits, int64_t n, int64_t stride, int sign, A mu, int reduction, int weight_code,
-                    A* w) {
-  double s = 0.0;
-  for (int64_t k = 0; k < n; ++k) {
-    const double psi = double(logits[k * stride]);
-    if (sign != 0) s += double(nt::coef<A>(k, n, mu, reduction)) * nt::term<double>(psi, double(sign));
-    if (w != nullptr) w[k] = A(penalty::weight<double>(weight_code, psi));
-  }
-  return s;
+Side side_of(std::uintptr_t logits, int64_t n, int64_t stride, int sign, bool real, A mu, int reduction) {
+  const int64_t n_clean = n / 2;
+  const bool in_loss = sign != 0;
+  return {reinterpret_cast<const void*>(logits), n, stride, double(sign), real, n_clean,
+          in_loss && n_clean > 0 ? double(nt::coef<A>(0, n, mu, reduction)) : 0.0,
+          in_loss && n > n_clean ? double(nt::coef<A>(n_clean, n, mu, reduction)) : 0.0};
 }
 
 template <typename A>
-void side_backward(const A* logits, int64_t n, int64_t stride, int sign, A mu, int reduction, int weight_code,
-                   A go, const A* gw, A* d) {
-  for (int64_t k = 0; k < n; ++k) {
-    const double psi = double(logits[k * stride]);
-    double v = sign != 0 ? double(go) * double(nt::coef<A>(k, n, mu, reduction)) * nt::slope<double>(psi, double(sign)) : 0.0;
-    if (gw != nullptr) {
-      double w, dw;
-      penalty::weight_and_slope<double>(weight_code, psi, &w, &dw);
-      v += double(gw[k]) * dw;
-    }
-    d[k] = A(v);
+void load_chunk(const Side& s, int64_t k0, int64_t cnt, double* psi) {
+  const A* l = static_cast<const A*>(s.logits);
+  for (int64_t i = 0; i < cnt; ++i) psi[i] = double(l[(k0 + i) * s.stride]);
+}
+
+// Loss terms coef * softplus(sign * psi) of a chunk into v, and its JS weights into w. The side's fields
+// are locals and its two switches template arguments: GCC does not vectorise a loop that selects on a
+// loop-invariant bool, nor one whose stores could alias the fields it reads.
+template <bool REAL>
+__attribute__((always_inline)) inline void chunk_forward_impl(const Side& s, int64_t k0, int64_t cnt,
+                                                              const double* __restrict psi, double* __restrict v,
+                                                              double* __restrict w) {
+  const double sign = s.sign, c_clean = s.c_clean, c_noisy = s.c_noisy;
+  const int64_t clean_end = s.n_clean - k0;
+  for (int64_t i = 0; i < cnt; ++i) {
+    const poly::Logistic l = poly::logistic(psi[i]);
+    const double c = i < clean_end ? c_clean : c_noisy;
+    v[i] = c * poly::softplus_signed(psi[i], sign, l.e);  // c = 0 when the side is not in the loss
+    w[i] = REAL ? l.q * l.q : l.s * l.s;
+  }
+}
+
+FG_CPU_CLONES void chunk_forward(const Side& s, int64_t k0, int64_t cnt, const double* psi, double* v, double* w) {
+  if (s.real)
+    chunk_forward_impl<true>(s, k0, cnt, psi, v, w);
+  else
+    chunk_forward_impl<false>(s, k0, cnt, psi, v, w);
+}
+
+// d = go * coef * sign * sigmoid(sign * psi) + gw * w'(psi) of a chunk (gw zero: no weight gradient).
+template <bool REAL, bool POSITIVE>
+__attribute__((always_inline)) inline void chunk_backward_impl(const Side& s, int64_t k0, int64_t cnt,
+                                                               const double* __restrict psi, double go,
+                                                               const double* __restrict gw, double* __restrict d) {
+  const double c_clean = s.c_clean * go * s.sign, c_noisy = s.c_noisy * go * s.sign;
+  const int64_t clean_end = s.n_clean - k0;
+  for (int64_t i = 0; i < cnt; ++i) {
+    const poly::Logistic l = poly::logistic(psi[i]);
+    const double c = i < clean_end ? c_clean : c_noisy;
+    const double sig = POSITIVE ? l.s : l.q;  // sigmoid(sign * psi)
+    const double dw = REAL ? -2.0 * l.s * l.q * l.q : 2.0 * l.s * l.s * l.q;
+    d[i] = c * sig + gw[i] * dw;
+  }
+}
+
+FG_CPU_CLONES void chunk_backward(const Side& s, int64_t k0, int64_t cnt, const double* psi, double go,
+                                  const double* gw, double* d) {
+  const bool pos = s.sign > 0.0;
+  if (s.real && pos)
+    chunk_backward_impl<true, true>(s, k0, cnt, psi, go, gw, d);
+  else if (s.real)
+    chunk_backward_impl<true, false>(s, k0, cnt, psi, go, gw, d);
+  else if (pos)
+    chunk_backward_impl<false, true>(s, k0, cnt, psi, go, gw, d);
+  else
+    chunk_backward_impl<false, false>(s, k0, cnt, psi, go, gw, d);
+}
+
+// Four independent lanes: vectorises without reassociating, and the order of additions is fixed.
+double lane_sum(const double* v, int64_t cnt) {
+  double lanes[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= cnt; i += 4)
+    for (int j = 0; j < 4; ++j) lanes[j] += v[i + j];
+  for (; i < cnt; ++i) lanes[i % 4] += v[i];
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+int64_t chunks_of(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+// Runs body(side, k0, cnt, chunk index) over the chunks of both sides, in parallel when worth it.
+template <typename Body>
+void for_each_chunk(const Side& r, const Side& f, Body&& body) {
+  const int64_t cr = chunks_of(r.n), total = cr + chunks_of(f.n);
+#pragma omp parallel for schedule(static) if (r.n + f.n > kParallelSamples)
+  for (int64_t c = 0; c < total; ++c) {
+    const Side& s = c < cr ? r : f;
+    const int64_t k0 = (c < cr ? c : c - cr) * kChunk;
+    body(s, k0, std::min(kChunk, s.n - k0), c);
   }
 }
 
 template <typename A>
 void forward(const NtLossArgs& a) {
   const A mu = read_mu<A>(a);
-  double s = side_forward<A>(reinterpret_cast<const A*>(a.logits_real), a.n_real, a.s_real, nt::real_sign(a.kind),
-                             mu, a.reduction, penalty::kJsReal, reinterpret_cast<A*>(a.w_real));
-  s += side_forward<A>(reinterpret_cast<const A*>(a.logits_fake), a.n_fake, a.s_fake, nt::fake_sign(a.kind), mu,
-                       a.reduction, penalty::kJsFake, reinterpret_cast<A*>(a.w_fake));
-  *reinterpret_cast<A*>(a.loss) = A(s);
+  const Side r = side_of<A>(a.logits_real, a.n_real, a.s_real, nt::real_sign(a.kind), true, mu, a.reduction);
+  const Side f = side_of<A>(a.logits_fake, a.n_fake, a.s_fake, nt::fake_sign(a.kind), false, mu, a.reduction);
+  std::vector<double> partial(size_t(chunks_of(r.n) + chunks_of(f.n)));
+  A* wr = reinterpret_cast<A*>(a.w_real);
+  A* wf = reinterpret_cast<A*>(a.w_fake);
+  for_each_chunk(r, f, [&](const Side& s, int64_t k0, int64_t cnt, int64_t c) {
+    double psi[kChunk], v[kChunk], w[kChunk];
+    load_chunk<A>(s, k0, cnt, psi);
+    chunk_forward(s, k0, cnt, psi, v, w);
+    partial[size_t(c)] = lane_sum(v, cnt);
+    A* out = s.real ? wr : wf;
+    if (out != nullptr)
+      for (int64_t i = 0; i < cnt; ++i) out[k0 + i] = A(w[i]);
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  *reinterpret_cast<A*>(a.loss) = A(total);
 }
 
 template <typename A>
 void backward(const NtLossArgs& a) {
   const A mu = read_mu<A>(a);
-  const A go = *reinterpret_cast<const A*>(a.go);
-  side_backward<A>(reinterpret_cast<const A*>(a.logits_real), a.n_real, a.s_real, nt::real_sign(a.kind), mu,
-                   a.reduction, penalty::kJsReal, go, reinterpret_cast<const A*>(a.gw_real),
-                   reinterpret_cast<A*>(a.d_real));
-  side_backward<A>(reinterpret_cast<const A*>(a.logits_fake), a.n_fake, a.s_fake, nt::fake_sign(a.kind), mu,
-                   a.reduction, penalty::kJsFake, go, reinterpret_cast<const A*>(a.gw_fake),
-                   reinterpret_cast<A*>(a.d_fake));
+  const double go = double(*reinterpret_cast<const A*>(a.go));
+  const Side r = side_of<A>(a.logits_real, a.n_real, a.s_real, nt::real_sign(a.kind), true, mu, a.reduction);
+  const Side f = side_of<A>(a.logits_fake, a.n_fake, a.s_fake, nt::fake_sign(a.kind), false, mu, a.reduction);
+  for_each_chunk(r, f, [&](const Side& s, int64_t k0, int64_t cnt, int64_t) {
+    double psi[kChunk], gw[kChunk], d[kChunk];
+    load_chunk<A>(s, k0, cnt, psi);
+    const A* g = reinterpret_cast<const A*>(s.real ? a.gw_real : a.gw_fake);
+    for (int64_t i = 0; i < cnt; ++i) gw[i] = g != nullptr ? double(g[k0 + i]) : 0.0;
+    chunk_backward(s, k0, cnt, psi, go, gw, d);
+    A* out = reinterpret_cast<A*>(s.real ? a.d_real : a.d_fake);
+    for (int64_t i = 0; i < cnt; ++i) out[k0 + i] = A(d[i]);
+  });
 }
 
 NtLossArgs args_from(py::dict d, bool backward_pass) {
@@ -101,6 +203,9 @@ NtLossArgs args_from(py::dict d, bool backward_pass) {
     if (a.go == 0) throw std::invalid_argument("nt_losses_backward: missing go");
   } else {
     a.loss = d["loss"].cast<std::uintptr_t>();
+    a.partials = d["partials"].cast<std::uintptr_t>();
+    a.chunk = d["chunk"].cast<int64_t>();
+    if (a.partials != 0 && a.chunk <= 0) throw std::invalid_argument("nt_losses: partials need a positive chunk");
     a.w_real = d["w_real"].cast<std::uintptr_t>();
     a.w_fake = d["w_fake"].cast<std::uintptr_t>();
     if (a.loss == 0) throw std::invalid_argument("nt_losses: missing loss output");

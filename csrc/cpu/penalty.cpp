@@ -1,12 +1,15 @@
 // CPU kernels and Python bindings of the weighted gradient-norm penalty (fastgan/ops/penalty.py).
 #include <pybind11/pybind11.h>
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
+#include "fastgan/cpu_clones.h"
 #include "fastgan/half_cpu.h"
 #include "fastgan/penalty_math.h"
+#include "fastgan/poly_math.h"
 #include "fastgan/binding_utils.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
@@ -62,42 +65,149 @@ double any_row_sq_norm(const T* row, int64_t F, int64_t sf) {
   return row_sq_norm(row, F, sf);
 }
 
+// Rows per block: the weights of a block are computed in one vectorised loop (poly_math.h) rather than
+// one scalar exp per row, which dominated short rows (the 3-D mixture's F = 3).
+constexpr int64_t kRows = 256;
+
+template <int CODE>
+__attribute__((always_inline)) inline void weights_impl(const double* __restrict psi, int64_t cnt,
+                                                        double* __restrict w, double* __restrict dw) {
+  for (int64_t i = 0; i < cnt; ++i) {
+    if constexpr (CODE == penalty::kOne) {
+      w[i] = 1.0;
+      dw[i] = 0.0;
+    } else {
+      poly::js_weight(CODE == penalty::kJsReal, poly::logistic(psi[i]), &w[i], &dw[i]);
+    }
+  }
+}
+
+// w(psi) and w'(psi) of penalty_math.h in double, for a block of logits.
+FG_CPU_CLONES void block_weights(int code, const double* psi, int64_t cnt, double* w, double* dw) {
+  if (code == penalty::kJsReal)
+    weights_impl<penalty::kJsReal>(psi, cnt, w, dw);
+  else if (code == penalty::kJsFake)
+    weights_impl<penalty::kJsFake>(psi, cnt, w, dw);
+  else
+    weights_impl<penalty::kOne>(psi, cnt, w, dw);
+}
+
+// Squared norms of a block of rows. Short contiguous float rows get loops with the row length known at
+// compile time, which the compiler vectorises across rows; others take the per-row loop.
+template <int FC>
+__attribute__((always_inline)) inline void short_sq_norms_impl(const float* __restrict g, int64_t cnt,
+                                                               double* __restrict s) {
+  for (int64_t i = 0; i < cnt; ++i) {
+    double acc = 0.0;
+    for (int f = 0; f < FC; ++f) acc += double(g[i * FC + f]) * double(g[i * FC + f]);
+    s[i] = acc;
+  }
+}
+
+FG_CPU_CLONES void short_sq_norms(const float* g, int64_t cnt, int64_t F, double* s) {
+  switch (F) {
+    case 1: return short_sq_norms_impl<1>(g, cnt, s);
+    case 2: return short_sq_norms_impl<2>(g, cnt, s);
+    case 3: return short_sq_norms_impl<3>(g, cnt, s);
+    default: return short_sq_norms_impl<4>(g, cnt, s);
+  }
+}
+
+template <int FC>
+__attribute__((always_inline)) inline void short_scale_rows_impl(const float* __restrict g, int64_t cnt,
+                                                                 const float* __restrict scale, float* __restrict d) {
+  for (int64_t i = 0; i < cnt; ++i)
+    for (int f = 0; f < FC; ++f) d[i * FC + f] = scale[i] * g[i * FC + f];
+}
+
+// d[i, :] = scale[i] * g[i, :] for short contiguous float rows.
+FG_CPU_CLONES void short_scale_rows(const float* g, int64_t cnt, int64_t F, const float* scale, float* d) {
+  switch (F) {
+    case 1: return short_scale_rows_impl<1>(g, cnt, scale, d);
+    case 2: return short_scale_rows_impl<2>(g, cnt, scale, d);
+    case 3: return short_scale_rows_impl<3>(g, cnt, scale, d);
+    default: return short_scale_rows_impl<4>(g, cnt, scale, d);
+  }
+}
+
+template <typename T>
+bool short_rows(int64_t F, int64_t sb, int64_t sf) {
+  return std::is_same_v<T, float> && F >= 1 && F <= 4 && sf == 1 && sb == F;
+}
+
+template <typename T>
+void block_sq_norms(const T* g, int64_t n0, int64_t cnt, int64_t F, int64_t sb, int64_t sf, double* s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (short_rows<T>(F, sb, sf)) return short_sq_norms(g + n0 * F, cnt, F, s);
+  }
+  for (int64_t i = 0; i < cnt; ++i) s[i] = any_row_sq_norm(g + (n0 + i) * sb, F, sf);
+}
+
+template <typename A>
+void load_logits(const A* logits, int64_t n0, int64_t cnt, int64_t sl, double* psi) {
+  for (int64_t i = 0; i < cnt; ++i) psi[i] = double(logits[(n0 + i) * sl]);
+}
+
 template <typename T, typename A>
 void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int64_t sb, int64_t sf,
                  int64_t sl, int weight) {
+  const int64_t blocks = (B + kRows - 1) / kRows;
 #pragma omp parallel for schedule(static) if (parallel_worth_it(B, F))
-  for (int64_t n = 0; n < B; ++n) {
-    double s = any_row_sq_norm(g + n * sb, F, sf);
-    A w = penalty::weight<A>(weight, logits[n * sl]);
-    out[n] = A(double(w) * s);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * kRows, cnt = std::min(kRows, B - n0);
+    double psi[kRows], w[kRows], dw[kRows], sq[kRows];
+    load_logits(logits, n0, cnt, sl, psi);
+    block_weights(weight, psi, cnt, w, dw);
+    block_sq_norms(g, n0, cnt, F, sb, sf, sq);
+    for (int64_t i = 0; i < cnt; ++i) out[n0 + i] = A(w[i] * sq[i]);
   }
 }
 
 template <typename T, typename A>
 void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits, int64_t B, int64_t F,
                   int64_t sb, int64_t sf, int64_t sl, int weight) {
+  const int64_t blocks = (B + kRows - 1) / kRows;
 #pragma omp parallel for schedule(static) if (parallel_worth_it(B, F))
-  for (int64_t n = 0; n < B; ++n) {
-    A w, dw;
-    penalty::weight_and_slope<A>(weight, logits[n * sl], &w, &dw);
-    A gon = go[n];
-    A scale = penalty::grad_scale(w, gon);
-    const T* row = g + n * sb;
-    T* drow = dgrad + n * F;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * kRows, cnt = std::min(kRows, B - n0);
+    double psi[kRows], w[kRows], dw[kRows];
+    load_logits(logits, n0, cnt, sl, psi);
+    block_weights(weight, psi, cnt, w, dw);
     if constexpr (std::is_same_v<T, float>) {
-      if (sf == 1) {
-        for (int64_t f = 0; f < F; ++f) drow[f] = scale * row[f];
-        dlogits[n] = A(double(dw) * row_sq_norm(row, F) * double(gon));
+      if (short_rows<T>(F, sb, sf)) {
+        double sq[kRows];
+        float scale[kRows];
+        block_sq_norms(g, n0, cnt, F, sb, sf, sq);
+        for (int64_t i = 0; i < cnt; ++i) {
+          const double gon = double(go[n0 + i]);
+          scale[i] = float(A(2.0 * w[i] * gon));
+          dlogits[n0 + i] = A(dw[i] * sq[i] * gon);
+        }
+        short_scale_rows(g + n0 * F, cnt, F, scale, dgrad + n0 * F);
         continue;
       }
     }
-    double s = 0.0;
-    for (int64_t f = 0; f < F; ++f) {
-      double v = Storage<T>::load(row[f * sf]);
-      s += v * v;
-      drow[f] = Storage<T>::store(double(scale) * v);
+    for (int64_t i = 0; i < cnt; ++i) {
+      const int64_t n = n0 + i;
+      const double gon = double(go[n]);
+      const A scale = A(2.0 * w[i] * gon);  // penalty::grad_scale, rounded to A as before
+      const T* row = g + n * sb;
+      T* drow = dgrad + n * F;
+      if constexpr (std::is_same_v<T, float>) {
+        if (sf == 1) {
+          for (int64_t f = 0; f < F; ++f) drow[f] = scale * row[f];
+          dlogits[n] = A(dw[i] * row_sq_norm(row, F) * gon);
+          continue;
+        }
+      }
+      double s = 0.0;
+      for (int64_t f = 0; f < F; ++f) {
+        double v = Storage<T>::load(row[f * sf]);
+        s += v * v;
+        drow[f] = Storage<T>::store(double(scale) * v);
+      }
+      dlogits[n] = A(dw[i] * s * gon);
     }
-    dlogits[n] = A(double(dw) * s * double(gon));
   }
 }
 

@@ -1,6 +1,8 @@
 // CUDA kernels of the NTGAN mu-weighted clean/noisy losses. Per-sample math: fastgan/nt_losses_math.h.
-// The forward is one block: the inputs are a batch of logits (hundreds to a few thousand), so one launch
-// with a block reduction beats a multi-block reduction plus a second pass, and the sum is deterministic.
+// Forward: a batch of logits (hundreds to thousands) is one block, reduced in one launch. Larger inputs run
+// one block per chunk of a side, each writing its partial sum to a scratch buffer the caller allocates, and a
+// one-block second pass adds the partials in block order: deterministic, and no atomics or memset, so it is
+// safe to capture in a CUDA graph.
 #include <algorithm>
 #include "fastgan/cuda_api_noise.h"
 #include "fastgan/cuda_types.cuh"
@@ -15,11 +17,12 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
   return a.mu != 0 ? *reinterpret_cast<const A*>(a.mu) : A(a.mu_value);
 }
 
+// Loss terms of logits [k0, k1) of one side (n logits), and its JS weights when w != nullptr.
 template <typename A>
-__device__ A side_forward(const A* __restrict__ logits, int64_t n, int64_t stride, int sign, A mu, int reduction,
-                          int weight_code, A* __restrict__ w) {
+__device__ A side_forward(const A* __restrict__ logits, int64_t k0, int64_t k1, int64_t n, int64_t stride, int sign,
+                          A mu, int reduction, int weight_code, A* __restrict__ w) {
   A s = A(0);
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+  for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
     const A psi = logits[k * stride];
     if (sign != 0) s += nt::coef<A>(k, n, mu, reduction) * nt::term<A>(psi, A(sign));
     if (w != nullptr) w[k] = penalty::weight<A>(weight_code, psi);
@@ -31,12 +34,44 @@ template <typename A>
 __global__ void __launch_bounds__(kThreads) forward_kernel(NtLossArgs a) {
   __shared__ A smem[kThreads / 32];
   const A mu = read_mu<A>(a);
-  A s = side_forward<A>(reinterpret_cast<const A*>(a.logits_real), a.n_real, a.s_real, nt::real_sign(a.kind), mu,
-                        a.reduction, penalty::kJsReal, reinterpret_cast<A*>(a.w_real));
-  s += side_forward<A>(reinterpret_cast<const A*>(a.logits_fake), a.n_fake, a.s_fake, nt::fake_sign(a.kind), mu,
-                       a.reduction, penalty::kJsFake, reinterpret_cast<A*>(a.w_fake));
+  const A* lr = reinterpret_cast<const A*>(a.logits_real);
+  const A* lf = reinterpret_cast<const A*>(a.logits_fake);
+  A* wr = reinterpret_cast<A*>(a.w_real);
+  A* wf = reinterpret_cast<A*>(a.w_fake);
+  A s;
+  if (a.partials == 0) {
+    s = side_forward<A>(lr, 0, a.n_real, a.n_real, a.s_real, nt::real_sign(a.kind), mu, a.reduction,
+                        penalty::kJsReal, wr);
+    s += side_forward<A>(lf, 0, a.n_fake, a.n_fake, a.s_fake, nt::fake_sign(a.kind), mu, a.reduction,
+                         penalty::kJsFake, wf);
+  } else {
+    // blocks [0, real_blocks) cover the real logits, the rest the fake ones
+    const int64_t real_blocks = (a.n_real + a.chunk - 1) / a.chunk;
+    const bool real = int64_t(blockIdx.x) < real_blocks;
+    const int64_t k0 = (real ? int64_t(blockIdx.x) : int64_t(blockIdx.x) - real_blocks) * a.chunk;
+    const int64_t n = real ? a.n_real : a.n_fake;
+    s = side_forward<A>(real ? lr : lf, k0, k0 + a.chunk < n ? k0 + a.chunk : n, n, real ? a.s_real : a.s_fake,
+                        real ? nt::real_sign(a.kind) : nt::fake_sign(a.kind), mu, a.reduction,
+                        real ? penalty::kJsReal : penalty::kJsFake, real ? wr : wf);
+  }
   s = group_sum<A, kThreads>(s, smem);
-  if (threadIdx.x == 0) *reinterpret_cast<A*>(a.loss) = s;
+  if (threadIdx.x == 0) {
+    if (a.partials != 0)
+      reinterpret_cast<A*>(a.partials)[blockIdx.x] = s;
+    else
+      *reinterpret_cast<A*>(a.loss) = s;
+  }
+}
+
+// Second pass: the partial sums in a fixed order (each thread a fixed stride, then group_sum's fixed tree).
+template <typename A>
+__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const A* __restrict__ partials, int64_t n,
+                                                                A* __restrict__ loss) {
+  __shared__ A smem[kThreads / 32];
+  A s = A(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partials[i];
+  s = group_sum<A, kThreads>(s, smem);
+  if (threadIdx.x == 0) *loss = s;
 }
 
 template <typename A>
@@ -63,17 +98,30 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(NtLossArgs a) {
   }
 }
 
+int64_t forward_blocks(const NtLossArgs& a) {
+  if (a.partials == 0) return 1;
+  return (a.n_real + a.chunk - 1) / a.chunk + (a.n_fake + a.chunk - 1) / a.chunk;
+}
+
+template <typename A>
+int launch_forward(const NtLossArgs& a, cudaStream_t st) {
+  const int64_t blocks = forward_blocks(a);
+  if (blocks < 1 || blocks > int64_t(0x7fffffff)) return static_cast<int>(cudaErrorInvalidValue);
+  forward_kernel<A><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);
+  if (a.partials != 0)
+    sum_partials_kernel<A><<<1, kThreads, 0, st>>>(reinterpret_cast<const A*>(a.partials), blocks,
+                                                   reinterpret_cast<A*>(a.loss));
+  return static_cast<int>(cudaGetLastError());
+}
+
 }  // namespace
 
 int nt_losses_forward(const NtLossArgs& a, std::uintptr_t stream) {
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  if (a.dtype == kFloat64)
-    forward_kernel<double><<<1, kThreads, 0, st>>>(a);
-  else if (a.dtype == kFloat32)
-    forward_kernel<float><<<1, kThreads, 0, st>>>(a);
-  else
-    return static_cast<int>(cudaErrorInvalidValue);
-  return static_cast<int>(cudaGetLastError());
+  if (a.partials != 0 && a.chunk <= 0) return static_cast<int>(cudaErrorInvalidValue);
+  if (a.dtype == kFloat64) return launch_forward<double>(a, st);
+  if (a.dtype == kFloat32) return launch_forward<float>(a, st);
+  return static_cast<int>(cudaErrorInvalidValue);
 }
 
 int nt_losses_backward(const NtLossArgs& a, std::uintptr_t stream) {

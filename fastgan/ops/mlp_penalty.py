@@ -131,11 +131,23 @@ class _Act:
         return self.apply_slope(rho, key)
 
 
+def _terms(g2, psi, weight, backend):
+    """penalty_terms for one weight, or for consecutive row blocks with their own weights: weight =
+    ((weight, rows), ...), as js_penalty's real rows then fake rows in one batch."""
+    from .penalty_jvp import penalty_terms
+
+    if not isinstance(weight, tuple):
+        return penalty_terms(g2, psi, weight, 1.0, backend)
+    parts, start = [], 0
+    for w, rows in weight:
+        parts.append(penalty_terms(g2[start:start + rows], psi[start:start + rows], w, 1.0, backend))
+        start += rows
+    return tuple(torch.cat(z) for z in zip(*parts))
+
+
 class _MLPPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
-        from .penalty_jvp import penalty_terms
-
         steps, weight, backend = spec
         B = x.shape[0]
         h = x.reshape(B, math.prod(x.shape[1:]))
@@ -169,7 +181,7 @@ class _MLPPenalty(torch.autograd.Function):
         acc = _checks.acc_dtype(delta.dtype)
         g2 = delta.to(acc) if acc == torch.float64 else delta
         psi_acc = psi.to(acc)
-        per, u, v = penalty_terms(g2, psi_acc, weight, 1.0, backend)
+        per, u, v = _terms(g2, psi_acc, weight, backend)
         t = v.to(h.dtype)
         last = len(layers) - 1
         for i, L in enumerate(layers):
@@ -263,20 +275,32 @@ class _MLPPenalty(torch.autograd.Function):
         return (None, None, *out)
 
 
-def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
-    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not a supported MLP."""
+def _run(D, x, weight, backend):
     steps, why = plan(D, x)
     if steps is None:
         raise ValueError(f"mode='mlp' cannot run this D: {why}; use mode='jvp', 'double_backward' or 'auto'")
     tensors = []
     for kind, m in steps:
-        if kind == "linear":
+        if kind in ("linear", "bn"):
             tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
-        elif kind == "bn":
-            tensors += [m.weight, m.bias]
-    per, psi = _MLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
+    return _MLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
+
+
+def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
+    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not a supported MLP."""
+    per, psi = _run(D, x, weight, backend)
     if reduction == "mean":
         per = per.mean()
     elif reduction == "sum":
         per = per.sum()
     return per, psi
+
+
+def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None):
+    """(Omega, logits_real, logits_fake) as js_penalty(..., mode="mlp"), with the real and fake batches in one
+    pass: samples are independent in a supported MLP, so this is the two penalties' math in half the kernel
+    launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph)."""
+    B_r = x_real.shape[0]
+    x = torch.cat([x_real.detach(), x_fake.detach()])
+    per, psi = _run(D, x, (("js_real", B_r), ("js_fake", x_fake.shape[0])), backend)
+    return per[:B_r].mean() + per[B_r:].mean(), psi[:B_r], psi[B_r:]

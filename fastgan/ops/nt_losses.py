@@ -26,6 +26,9 @@ OP = "nt_losses"
 KINDS = {"d": 0, "g": 1}
 REDUCTIONS = {"mean": 0, "sum": 1}
 MODES = ("double", "half")
+# Logits per block (CUDA) or program (Triton) in the GPU forward. A batch of logits fits in one and is reduced
+# in one launch; larger inputs reduce in two passes through a scratch buffer of partial sums (deterministic).
+FWD_CHUNK = 4096
 
 
 # ---------------------------------------------------------------- backend implementations (no autograd)
@@ -90,10 +93,17 @@ def _p(t) -> int:
     return t.data_ptr() if t is not None and t.numel() else 0
 
 
-def _fwd_args(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf):
+def _fwd_args(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf, partials=None):
     d = _args(lr, lf, mu, mu_value, kind, reduction)
-    d.update(loss=loss.data_ptr(), w_real=_p(wr), w_fake=_p(wf))
+    d.update(loss=loss.data_ptr(), w_real=_p(wr), w_fake=_p(wf), partials=_p(partials),
+             chunk=FWD_CHUNK if partials is not None else 0)
     return d
+
+
+def _partials(lr, lf, like):
+    """Scratch for the GPU forward's partial sums (one per chunk of a side), or None for a one-pass forward."""
+    blocks = -(-lr.numel() // FWD_CHUNK) + -(-lf.numel() // FWD_CHUNK)
+    return like.new_empty(blocks) if blocks > 1 else None
 
 
 def _bwd_args(go, gwr, gwf, lr, lf, mu, mu_value, kind, reduction, dr, df):
@@ -110,10 +120,12 @@ def _bwd_cpu(*args):
     _ext.C().nt_losses_backward_cpu(_bwd_args(*args))
 
 
-def _fwd_cuda(*args):
-    dev = args[1].device
-    with torch.cuda.device(dev):
-        _ext.C().nt_losses_forward_cuda(_fwd_args(*args), _ext.stream_handle(dev))
+def _fwd_cuda(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf):
+    # the scratch is freed when this returns: the caching allocator only reuses it in stream order
+    partials = _partials(lr, lf, loss)
+    with torch.cuda.device(lf.device):
+        _ext.C().nt_losses_forward_cuda(_fwd_args(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf, partials),
+                                        _ext.stream_handle(lf.device))
 
 
 def _bwd_cuda(*args):
@@ -132,7 +144,8 @@ def _triton_mu(mu, mu_value, like):
 def _fwd_triton(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf):
     from ..kernels import nt_losses as k
 
-    k.forward(lr, lf, _triton_mu(mu, mu_value, loss), mu_value, kind == 1, reduction == 0, loss, wr, wf)
+    k.forward(lr, lf, _triton_mu(mu, mu_value, loss), mu_value, kind == 1, reduction == 0, loss, wr, wf,
+              _partials(lr, lf, loss), FWD_CHUNK)
 
 
 def _bwd_triton(go, gwr, gwf, lr, lf, mu, mu_value, kind, reduction, dr, df):

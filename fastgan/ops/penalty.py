@@ -333,6 +333,13 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.same_device(x_real=x_real, x_fake=x_fake)
     if x_real.shape[1:] != x_fake.shape[1:]:
         raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}")
+    _checks.choice("mode", mode, PENALTY_MODES)
+    if mode in ("mlp", "auto") and x_real.dtype == x_fake.dtype and x_real.shape[0] and x_fake.shape[0]:
+        from . import penalty_jvp
+
+        joint = penalty_jvp.js_penalty_mlp(D, x_real, x_fake, backend, mode)
+        if joint is not None:
+            return joint
     pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend, mode=mode)
     pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend, mode=mode)
     return pen_real + pen_fake, logits_real, logits_fake

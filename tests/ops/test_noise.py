@@ -44,13 +44,16 @@ def test_reference_philox_known_answers(counter, key, expected):
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (123456789, 5), (2**62 + 977, 2**32 - 3), (2**33 + 1, 2**40 + 7)])
-@pytest.mark.parametrize("portable", [False, True])
-def test_cpu_philox_words_bit_exact(seed, offset, portable):
-    """The CPU batched Philox (the AVX2 path where the CPU has it, and the portable loop) against the torch
-    re-implementation; the offsets cross the 32-bit boundary of the counter."""
+@pytest.mark.parametrize("path", ["best", "portable", "avx2", "avx512f"])
+def test_cpu_philox_words_bit_exact(seed, offset, path):
+    """Each CPU batched Philox this machine runs (the kernels' choice, the portable loop, the AVX2 and AVX-512
+    paths) against the torch re-implementation; the offsets cross the 32-bit boundary of the counter."""
     n = 257
     out = torch.empty(n, 4, dtype=torch.int64)
-    fastgan._ext.C().philox_words_cpu(seed, offset, n, out.data_ptr(), portable)
+    try:
+        fastgan._ext.C().philox_words_cpu(seed, offset, n, out.data_ptr(), path)
+    except ValueError as e:
+        pytest.skip(str(e))
     assert torch.equal(out, ref.philox_words(seed, offset, n))
 
 
@@ -178,6 +181,67 @@ def test_non_contiguous_inputs(backend):
                       noise.contiguous() if isinstance(noise, torch.Tensor) else noise, "double")
         torch.testing.assert_close(r, rr, rtol=4e-6, atol=4e-6)
         torch.testing.assert_close(f, ff, rtol=4e-6, atol=4e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_per_channel_sigma(backend):
+    """The kernels read sigma as C contiguous values: a strided per-channel sigma gives the values and the
+    gradient of a contiguous copy."""
+    m, shape = 4, (3, 2)
+    xr, xf = _x(m, shape)
+    base = torch.tensor([[0.5, 9.0], [1.0, 9.0], [1.5, 9.0]], requires_grad=True)
+    strided = base[:, :1]  # (3, 1), strides (2, 1)
+    assert not strided.is_contiguous()
+    r, f = _run(backend, xr, xf, strided, "double")
+    (g_base,) = torch.autograd.grad(r.sum() + 2 * f.sum(), base)
+    dense = strided.detach().contiguous().requires_grad_(True)
+    rr, ff = _run("oracle", xr, xf, dense, "double")
+    (g_dense,) = torch.autograd.grad(rr.sum() + 2 * ff.sum(), dense)
+    torch.testing.assert_close(r, rr, rtol=4e-6, atol=4e-6)
+    torch.testing.assert_close(f, ff, rtol=4e-6, atol=4e-6)
+    torch.testing.assert_close(g_base[:, :1], g_dense, rtol=1e-5, atol=1e-5)
+    assert torch.all(g_base[:, 1:] == 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_large_batch_matches_reference(mode):
+    """Past the kernels' OpenMP threshold (2**15 noisy elements): values and gradients against the oracle."""
+    m, shape = 24, (3, 32, 32)
+    xr, xf = _x(m, shape, requires_grad=True)
+    sigma = _noise_arg("channel", m, shape, mode, requires_grad=True)
+    rows = 2 * m if mode == "double" else m
+    gen = torch.Generator().manual_seed(5)
+    gr, gf = torch.randn(rows, *shape, generator=gen), torch.randn(rows, *shape, generator=gen)
+
+    def outputs(which):
+        r, f = _run(which, xr, xf, sigma, mode)
+        return [r, f, *torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (xr, xf, sigma))]
+
+    for a, b in zip(outputs("cpu"), outputs("oracle")):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_keeps_the_normals_only_for_a_sigma_gradient():
+    """The eager cpu draw stores z (n_noisy * F floats, as torch's own sigma * randn would) when sigma needs a
+    gradient, so the backward does not draw it again; otherwise it stores nothing more than [seed, offset]."""
+    m, shape = 5, (3, 2)
+    xr, xf = _x(m, shape, requires_grad=True)
+    for needs, mode in ((True, "double"), (True, "half"), (False, "double")):
+        sigma = torch.tensor(0.4, requires_grad=needs)
+        r, _ = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(3), backend="cpu")
+        used, z = r.grad_fn.next_functions[0][0].saved_tensors
+        assert used.shape == (2,)
+        if needs:
+            assert z.shape == (_n_noisy(m, mode) * 6,) and z.dtype == torch.float32
+        else:
+            assert z is None
+
+
+def test_cpu_binding_checks_its_argument_tuple():
+    with pytest.raises(ValueError, match="expected 21 fields, got 2"):
+        fastgan._ext.C().noisy_forward_cpu((1, 2))
+    with pytest.raises(ValueError, match="expected 16 fields, got 0"):
+        fastgan._ext.C().noisy_backward_cpu(())
 
 
 # ------------------------------------------------------------------ gradcheck / gradgradcheck (float64)
@@ -502,8 +566,10 @@ def test_bad_inputs(call, exc, match):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("kind", ["float", "channel", "eps"])
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_matches_reference(backend, kind, mode):
-    m, shape = 33, (3, 5, 5)
+@pytest.mark.parametrize("shape", [(3, 5, 5), (3, 4, 4)], ids=["F75", "F48-vector-path"])
+def test_cuda_matches_reference(backend, kind, mode, shape):
+    # F % 4 == 0 with contiguous rows takes the CUDA forward's four-element vector path, F = 75 the generic one
+    m = 33
     xr, xf = (t.cuda().requires_grad_(True) for t in _x(m, shape))
     noise = _noise_arg(kind, m, shape, mode)
     noise = noise.cuda().requires_grad_(True) if isinstance(noise, torch.Tensor) else noise
@@ -595,7 +661,7 @@ def test_eager_path_matches_custom_op_path(monkeypatch, kind, mode):
         return r.grad_fn.next_functions[0][0]
 
     r_eager, eager = run()
-    expected = "_EagerApplyBackward" if kind == "eps" else "_DrawBackward"
+    expected = "_EagerApplyBackward" if kind == "eps" else "_EagerDrawBackward"
     assert type(node(r_eager)).__name__ == expected
     if kind != "eps":
         assert node(r_eager).eager is True

@@ -62,6 +62,46 @@ def test_fp32_matches_reference(backend, loss, js, reduction, n):
         assert_close_to_oracle(a, b, c, name=f"{backend}-{loss}-{reduction}-output{k}")
 
 
+@pytest.mark.parametrize("backend,n,chunk", [("cpu", 20000, None), ("triton", 1030, 64), ("triton", 300, 512)])
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+def test_chunked_forward_matches_reference_and_is_deterministic(monkeypatch, backend, n, chunk, loss, js):
+    """Inputs larger than one chunk: the CPU's fixed 512-logit partial sums (threaded above 16384 logits),
+    Triton's two-pass reduction through a scratch buffer (the GPU path; its chunk lowered to reach it here)."""
+    nt_mod = importlib.import_module("fastgan.ops.nt_losses")
+
+    if chunk is not None:
+        monkeypatch.setattr(nt_mod, "FWD_CHUNK", chunk)
+    lr, lf = _logits(n, n + 2, requires_grad=True)
+    mu = torch.tensor(0.61)
+
+    def run(which, a, b):
+        out = (_oracle(a, b, mu.to(a.dtype), loss, "mean", js) if which == "oracle"
+               else nt_losses(a, b, mu, loss=loss, js_weights=js, backend=which))
+        outs = list(out) if js else [out]
+        total = sum(o.sum() * (k + 1) for k, o in enumerate(outs))
+        return [o.detach() for o in outs] + list(torch.autograd.grad(total, (a, b) if loss == "d" else (b,)))
+
+    impl = run(backend, lr, lf)
+    for k, (a, b, c) in enumerate(zip(impl, run("oracle", lr, lf), run("oracle", _to64(lr), _to64(lf)))):
+        assert_close_to_oracle(a, b, c, name=f"{backend}-{loss}-output{k}")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        again = run(backend, lr, lf)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(impl, again)), "the loss must not depend on the thread count"
+
+
+def test_triton_chunked_forward_uses_one_partial_per_chunk(monkeypatch):
+    nt_mod = importlib.import_module("fastgan.ops.nt_losses")
+
+    monkeypatch.setattr(nt_mod, "FWD_CHUNK", 100)
+    lr, lf = torch.zeros(250), torch.zeros(101)
+    assert nt_mod._partials(lr, lf, lf).shape == (3 + 2,)
+    assert nt_mod._partials(torch.zeros(0), torch.zeros(100), lf) is None  # one chunk: one pass
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_half_mode_with_odd_batches_and_tensor_mu(backend):
     lr, lf = _logits(7, 5, requires_grad=True)
@@ -261,7 +301,7 @@ def test_bad_inputs(call, exc, match):
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
-@pytest.mark.parametrize("n", [64, 5000])
+@pytest.mark.parametrize("n", [64, 5000, 300000])
 def test_cuda_matches_reference(backend, loss, js, n):
     lr, lf = (t.cuda().requires_grad_(True) for t in _logits(n, n))
     up = [torch.tensor(0.7, device="cuda")] + ([torch.randn(n, device="cuda"), torch.randn(n, device="cuda")] if js else [])

@@ -182,6 +182,70 @@ def test_large_batch_triton():
                            ref.grad_norm_penalty(grad.double(), logits.double(), "js_fake", "none"))
 
 
+def _grad_layout(B, F, layout, dtype, seed):
+    """(grad (B, F) in the given memory layout, logits (B,) maybe strided), values independent of the layout."""
+    grad, logits = _inputs(B, (F,), dtype, seed=seed)
+    if layout == "column_slice":  # rows F+3 apart, the features a slice of them
+        wide = torch.zeros(B, F + 3, dtype=dtype)
+        wide[:, 1:F + 1] = grad
+        grad = wide[:, 1:F + 1]
+        logits = torch.stack([logits, logits], 1)[:, 0]
+    elif layout == "transposed":  # feature-major: stride (1, B)
+        grad = grad.t().contiguous().t()
+    return grad, logits
+
+
+@pytest.mark.parametrize("F", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "column_slice", "transposed"])
+def test_short_rows_match_reference_triton(F, dtype, layout):
+    """Short rows take the one-tile path with many rows a program; B=1031 leaves a partial last program."""
+    B = 1031
+    grad, logits = _grad_layout(B, F, layout, dtype, seed=F)
+    assert grad.is_contiguous() == (layout == "contiguous" or (layout == "transposed" and F == 1))
+    up = torch.randn(B, generator=torch.Generator().manual_seed(100 + F), dtype=torch.float64)
+
+    def check(impl, low, r64, name):
+        if dtype == torch.float64:
+            torch.testing.assert_close(impl, r64, rtol=1e-12, atol=1e-12 * r64.abs().max().item(), msg=name)
+        else:
+            assert_close_to_oracle(impl, low, r64, name=name)
+
+    for weight in WEIGHTS:
+        g, l = grad.detach().requires_grad_(True), logits.detach().requires_grad_(True)
+        gl, ll = grad.detach().requires_grad_(True), logits.detach().requires_grad_(True)
+        g64, l64 = grad.double().requires_grad_(True), logits.double().requires_grad_(True)
+        out = P.grad_norm_penalty(g, l, weight, "none", backend="triton")
+        r_low = ref.grad_norm_penalty(gl, ll, weight, "none")
+        r64 = ref.grad_norm_penalty(g64, l64, weight, "none")
+        assert out.dtype == dtype
+        check(out, r_low, r64, f"{weight} forward")
+        dg, dl = torch.autograd.grad(out, (g, l), up.to(dtype), allow_unused=True)
+        dgl, dll = torch.autograd.grad(r_low, (gl, ll), up.to(dtype), allow_unused=True)
+        dg64, dl64 = torch.autograd.grad(r64, (g64, l64), up, allow_unused=True)
+        assert dg.shape == grad.shape
+        check(dg, dgl, dg64, f"{weight} dgrad")
+        if weight != "one":
+            check(dl, dll, dl64, f"{weight} dlogits")
+        else:
+            assert dl is None or torch.all(dl == 0)
+
+
+def test_triton_blocks_fit_rows():
+    """No padding to 16 columns, a tile near 4K elements, and one tile (no loop) whenever a row fits."""
+    from fastgan.kernels import penalty as k
+
+    for F in range(1, 5001):
+        block_b, block_f = k._blocks(F)
+        assert block_f & (block_f - 1) == 0, (F, block_f)
+        assert block_f >= min(F, 1024) and (F > 1024 or block_f < 2 * F), (F, block_f)
+        assert 1 <= block_b and 1024 <= block_b * block_f <= 4096, (F, block_b, block_f)
+        grid_rows, meta = k._launch(F)
+        assert grid_rows == meta["BLOCK_B"] == block_b and meta["BLOCK_F"] == block_f
+        assert meta["ONE_TILE"] == (F <= block_f)
+    assert k._blocks(3) == (1024, 4) and k._blocks(3072) == (4, 1024)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_feature_and_batch(backend):
     out = P.grad_norm_penalty(torch.zeros(3, 0), torch.zeros(3), "js_real", "none", backend=backend)

@@ -191,6 +191,39 @@ def test_js_penalty_auto_matches_double_backward_f32(name, auto_jvp_on_cpu):
     _check_mode_against_reference(name, "auto", torch.float32)
 
 
+def test_js_penalty_mlp_keeps_two_passes_on_cpu(monkeypatch):
+    runs = []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    D, xr, xf = _make("mlp_leaky", torch.float32)
+    js_penalty(D, xr, xf, mode="mlp")
+    assert runs == [6, 6]
+
+
+@pytest.mark.parametrize("name,passes", [("mlp_leaky", 1), ("mlp_bn_eval", 1), ("mlp_spectral", 2)])
+def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes):
+    """Both batches (of different sizes) in one closed-form pass, equal to the double backward; a spectral-norm
+    D keeps two passes, since its power iteration steps once per forward, as in the reference."""
+    monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})  # on by default on CUDA only
+    runs = []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    factory, make_x, _ = DS[name]
+    torch.manual_seed(3)
+    D = factory().double()
+    xr, xf = make_x(5).double(), make_x(9).double() * 0.5 + 0.3
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    pen_r, lr_r, lf_r = _run_js(D_ref, xr, xf, "reference")
+    pen, lr, lf = _run_js(D_new, xr, xf, "mlp")
+    assert runs == ([14] if passes == 1 else [5, 9])
+    assert lr.shape == (5,) and lf.shape == (9,)
+    torch.testing.assert_close(pen, pen_r, rtol=1e-9, atol=0)
+    torch.testing.assert_close(lr, lr_r, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lf, lf_r, rtol=1e-9, atol=1e-9)
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
 def test_auto_on_cpu_without_opt_in():
     for name, (_, _, picked) in DS.items():
         D, x, _ = _make(name, torch.float32)

@@ -1,5 +1,6 @@
 // Definitions shared by the CPU (host compiler) and CUDA (nvcc) translation units.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)

@@ -49,6 +49,11 @@ struct NtLossArgs {
   int kind = 0, reduction = 0;
   int dtype = 0;                              // kFloat32 or kFloat64
   std::uintptr_t loss = 0;                    // forward: 0-d output
+  // forward, CUDA: one block per `chunk` logits of a side; with more than one block each writes its sum to
+  // partials[block] (scratch of n_blocks, accumulation dtype, from the caller) and a second pass adds them
+  // in block order, so the loss is deterministic. 0 = one block for everything.
+  std::uintptr_t partials = 0;
+  int64_t chunk = 0;
   std::uintptr_t w_real = 0, w_fake = 0;      // forward: JS weights (n,), 0 = not wanted
   std::uintptr_t go = 0;                      // backward: 0-d upstream gradient of the loss
   std::uintptr_t gw_real = 0, gw_fake = 0;    // backward: upstream gradients of the weights, 0 = zero
