@@ -151,7 +151,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(NoisyForwardArgs a) {
   }
 }
 
-template <typename T, typename A, int TPR, bool DSIG>
+// VEC (the host checked: F and the plane width are multiples of 4, unit feature strides, rows and pointers
+// aligned to four elements): a lane moves four consecutive elements per tensor as one vector, which is also
+// exactly one Philox counter, so dsigma sums the same products in the same order as the scalar path.
+template <typename T, typename A, int TPR, bool DSIG, bool VEC>
 __global__ void __launch_bounds__(kThreads) backward_kernel(NoisyBackwardArgs a) {
   constexpr int RPB = kThreads / TPR;
   __shared__ A smem[kThreads / 32];
@@ -186,13 +189,59 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(NoisyBackwardArgs a)
     return ge;
   };
 
+  // element()'s work on elements f..f+3 of noisy row i, their deps values into ge
+  auto quad = [&](int64_t i, int64_t f, A* ge) {
+    A vr[4] = {A(0), A(0), A(0), A(0)}, vf[4] = {A(0), A(0), A(0), A(0)};
+    if (gr != nullptr) {
+      const Quad<T> q = load4(gr + (L.dst0 + i) * a.gr_b + f);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) vr[k] = to_acc<A>(q.v[k]);
+    }
+    if (gf != nullptr) {
+      const Quad<T> q = load4(gf + (L.dst0 + i) * a.gf_b + f);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) vf[k] = to_acc<A>(q.v[k]);
+    }
+    Quad<T> o;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      ge[k] = vr[k] + vf[k];
+      o.v[k] = FromAcc<T>::cvt(ge[k]);
+    }
+    if (deps != nullptr) store4(deps + i * F + f, o);
+    if (!a.half) {
+      if (dxr != nullptr) {
+        const Quad<T> q = load4(gr + i * a.gr_b + f);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) o.v[k] = FromAcc<T>::cvt(to_acc<A>(q.v[k]) + vr[k]);
+        store4(dxr + i * F + f, o);
+      }
+      if (dxf != nullptr) {
+        const Quad<T> q = load4(gf + i * a.gf_b + f);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) o.v[k] = FromAcc<T>::cvt(to_acc<A>(q.v[k]) + vf[k]);
+        store4(dxf + i * F + f, o);
+      }
+    }
+  };
+
   for (int64_t p0 = int64_t(blockIdx.x) * RPB; p0 < planes; p0 += int64_t(gridDim.x) * RPB) {
     const int64_t p = p0 + sub;
     A acc = A(0);
     if (p < planes) {
       const int64_t i = p / C, c = p - i * C;
       const int64_t start = i * F + c * inner, end = start + inner;
-      if constexpr (DSIG) {
+      if constexpr (VEC) {
+        for (int64_t g = start / 4 + lane; g < end / 4; g += TPR) {
+          A ge[4];
+          quad(i, g * 4 - i * F, ge);
+          if constexpr (DSIG) {
+            const philox::Normals z = philox::normals4(seed, off + uint64_t(g));
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc += ge[k] * A(z.v[k]);
+          }
+        }
+      } else if constexpr (DSIG) {
         // Threads walk the Philox counters overlapping the plane; a counter at a plane edge is also
         // drawn by the neighbouring plane, each using its own elements.
         const int64_t g_first = start / philox::kPerCounter, g_last = (end - 1) / philox::kPerCounter;
@@ -255,6 +304,23 @@ int pick_tpr(int64_t inner) {
   return kThreads;
 }
 
+// Whether backward_kernel's VEC path applies.
+bool vec_ok(const NoisyBackwardArgs& a, std::uintptr_t elem) {
+  if (a.F % 4 != 0 || (a.F / a.C) % 4 != 0) return false;
+  const std::uintptr_t align = 4 * elem;
+  auto ok = [&](std::uintptr_t p, int64_t sb, int64_t sf) { return p == 0 || (sf == 1 && sb % 4 == 0 && p % align == 0); };
+  return ok(a.g_real, a.gr_b, a.gr_f) && ok(a.g_fake, a.gf_b, a.gf_f) && a.dx_real % align == 0 &&
+         a.dx_fake % align == 0 && a.deps % align == 0;
+}
+
+template <typename T, typename A, int TPR, bool DSIG>
+void launch_backward_dsig(const NoisyBackwardArgs& a, const dim3& grid, cudaStream_t st) {
+  if (vec_ok(a, sizeof(T)))
+    backward_kernel<T, A, TPR, DSIG, true><<<grid, kThreads, 0, st>>>(a);
+  else
+    backward_kernel<T, A, TPR, DSIG, false><<<grid, kThreads, 0, st>>>(a);
+}
+
 template <typename T, typename A, int TPR>
 void launch_backward_tpr(const NoisyBackwardArgs& a, cudaStream_t st) {
   const Layout L = layout(a.m, a.half);
@@ -262,9 +328,9 @@ void launch_backward_tpr(const NoisyBackwardArgs& a, cudaStream_t st) {
   const int64_t rpb = kThreads / TPR;
   const dim3 grid(std::max<int64_t>(1, std::min<int64_t>((planes + rpb - 1) / rpb, int64_t(1) << 20)));
   if (a.dsigma != 0)
-    backward_kernel<T, A, TPR, true><<<grid, kThreads, 0, st>>>(a);
+    launch_backward_dsig<T, A, TPR, true>(a, grid, st);
   else
-    backward_kernel<T, A, TPR, false><<<grid, kThreads, 0, st>>>(a);
+    launch_backward_dsig<T, A, TPR, false>(a, grid, st);
 }
 
 template <typename T, typename A>
