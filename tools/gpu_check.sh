@@ -26,9 +26,10 @@ if [[ $what == tests || $what == all ]]; then
   done 2>&1 | tee "$OUT/train.log"
 fi
 if [[ $what == bench || $what == all ]]; then
-  timeout ${BENCH_LIMIT:-300} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost}" --benchmark-only -q -p no:cacheprovider \
+  timeout ${BENCH_LIMIT:-420} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost or bandwidth}" --benchmark-only -q -p no:cacheprovider \
     --benchmark-min-rounds=20 --benchmark-max-time=0.3 --benchmark-warmup=on \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
+  python3 bench/goals.py "$OUT/bench.json" | tee "$OUT/goals.md"  # which of issue 5's goals this GPU meets
 fi
 echo "total: $(( $(date +%s) - start )) s"

@@ -1,0 +1,146 @@
+"""Issue 5's goals, read off pytest-benchmark JSON: which are met on the device that ran them.
+
+    python bench/goals.py bench/results/h100-2026-11-24.json [more.json ...]
+
+Accepts plain ``--benchmark-json`` files and the composite files of bench/results/ (a dict whose values hold
+pytest-benchmark runs). Prints one markdown table per goal:
+  * memory-bound kernels: fraction of a device copy's GB/s (bench_bandwidth.py), goal >= 0.8;
+  * the D update with the penalty replayed from a CUDA graph, ratio to the unregularized one
+    (bench_graph_step.py), goal <= 1.3;
+  * the denoiser's loss step, speed-up over the nn.Sequential reference (graphed, else eager), goal >= 2 on a GPU;
+  * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1.
+Ratios come from benchmarks of the same file, so from one run on one device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+
+BANDWIDTH_GOAL = 0.8
+PENALTY_RATIO_GOAL = 1.3
+DENOISER_SPEEDUP_GOAL = 2.0
+CPU_RATIO_GOAL = 1.0
+FUSED = ("cpu", "cuda", "triton")
+
+
+def runs(doc) -> list[dict]:
+    """The pytest-benchmark runs in a loaded JSON document (one run, or a composite of several)."""
+    if isinstance(doc, dict) and "benchmarks" in doc:
+        return [doc]
+    if isinstance(doc, dict):
+        return [v for v in doc.values() if isinstance(v, dict) and "benchmarks" in v]
+    return []
+
+
+def _median(b: dict) -> float:
+    return b["stats"]["median"]
+
+
+def bandwidth_rows(benchmarks):
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        if "fraction_of_copy" in info and info.get("backend") in FUSED:  # the reference is a baseline
+            frac = info["fraction_of_copy"]
+            rows.append((b["name"], info.get("GB_per_s"), frac, frac >= BANDWIDTH_GOAL))
+    return rows
+
+
+def graph_rows(benchmarks):
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        if "ratio_vs_unregularized" in info:
+            r = info["ratio_vs_unregularized"]
+            rows.append((b["name"], info.get("ms_per_update"), r, r <= PENALTY_RATIO_GOAL))
+    return rows
+
+
+_ID = re.compile(r"^(?P<test>[^\[]+)\[(?P<dev>cpu|cuda)-(?P<impl>[a-z]+)-(?P<rest>.*)\]$")
+
+
+def _groups(benchmarks):
+    """{(test, device, case): {impl: median s}} for benchmarks named test[device-impl-case]."""
+    groups = defaultdict(dict)
+    for b in benchmarks:
+        m = _ID.match(b["name"])
+        if m:
+            groups[(m["test"], m["dev"], m["rest"])][m["impl"]] = _median(b)
+    return groups
+
+
+def denoiser_rows(benchmarks):
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        if "speedup_vs_reference" in info:
+            s = info["speedup_vs_reference"]
+            rows.append((b["name"] + " (graphed)", s, s >= DENOISER_SPEEDUP_GOAL))
+    graphed = bool(rows)
+    for (test, dev, case), impls in sorted(_groups(benchmarks).items()):
+        if dev != "cuda" or graphed or not test.startswith("test_denoiser") or "reference" not in impls:
+            continue
+        for impl in FUSED:
+            if impl in impls:
+                s = impls["reference"] / impls[impl]
+                rows.append((f"{test}[{dev}-{impl}-{case}] (eager)", s, s >= DENOISER_SPEEDUP_GOAL))
+    return rows
+
+
+def cpu_rows(benchmarks):
+    rows = []
+    for (test, dev, case), impls in sorted(_groups(benchmarks).items()):
+        base = "torch" if "torch" in impls else "reference" if "reference" in impls else None
+        if dev != "cpu" or base is None or "cpu" not in impls:
+            continue
+        r = impls["cpu"] / impls[base]
+        rows.append((f"{test}[{case}]", base, r, r <= CPU_RATIO_GOAL))
+    return rows
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def report(benchmarks) -> str:
+    out = []
+    sections = [
+        (f"Bandwidth (goal: >= {BANDWIDTH_GOAL} of a device copy)", ["benchmark", "GB/s", "of copy", "goal"],
+         [(n, f"{g:.0f}" if g else "", f"{f:.2f}", _verdict(ok)) for n, g, f, ok in bandwidth_rows(benchmarks)]),
+        (f"D update with the penalty, graphed (goal: <= {PENALTY_RATIO_GOAL}x unregularized)",
+         ["benchmark", "ms", "ratio", "goal"],
+         [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", _verdict(ok)) for n, ms, r, ok in graph_rows(benchmarks)]),
+        (f"Denoiser (goal: >= {DENOISER_SPEEDUP_GOAL}x the reference on a GPU)", ["benchmark", "speed-up", "goal"],
+         [(n, f"{s:.2f}", _verdict(ok)) for n, s, ok in denoiser_rows(benchmarks)]),
+        ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
+         [(n, base, f"{r:.2f}", _verdict(ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
+    ]
+    for title, header, rows in sections:
+        if not rows:
+            continue
+        out += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        out.append("")
+    return "\n".join(out) if out else "no benchmark of a goal in these files"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", help="pytest-benchmark JSON files (or bench/results/ composites)")
+    args = ap.parse_args(argv)
+    for path in args.files:
+        with open(path) as f:
+            doc = json.load(f)
+        for run in runs(doc):
+            device = run.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
+            gpu = next((b["extra_info"]["device"] for b in run["benchmarks"]
+                        if b.get("extra_info", {}).get("device") not in (None, "cpu")), None)
+            print(f"## {path}: {gpu or device} ({run.get('datetime', '')})\n")
+            print(report(run["benchmarks"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

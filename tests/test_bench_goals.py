@@ -1,0 +1,69 @@
+"""bench/goals.py reads the goals of issue 5 off benchmark JSON: checked on the committed results files and on
+a synthetic run whose verdicts are known."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_goals", ROOT / "bench" / "goals.py")
+goals = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(goals)
+
+
+def _bench(name, median, **info):
+    return {"name": name, "stats": {"median": median}, "extra_info": info}
+
+
+def test_synthetic_run_verdicts():
+    run = [
+        _bench("test_penalty[forward-cuda]", 1, fraction_of_copy=0.85, GB_per_s=2550, backend="cuda"),
+        _bench("test_penalty[forward-reference]", 1, fraction_of_copy=0.3, GB_per_s=900, backend="reference"),
+        _bench("test_graphed_d_update[mlp-jvp-cuda]", 1, ratio_vs_unregularized=1.31, ms_per_update=0.3),
+        _bench("test_graphed_denoiser_loss[nh512-cuda]", 1, speedup_vs_reference=2.5),
+        _bench("test_nt_losses_forward_backward[cpu-cpu-N512]", 0.9),
+        _bench("test_nt_losses_forward_backward[cpu-torch-N512]", 1.0),
+        _bench("test_op_forward_backward[cpu-cpu-B512-F3]", 1.2),
+        _bench("test_op_forward_backward[cpu-reference-B512-F3]", 1.0),
+    ]
+    assert goals.bandwidth_rows(run) == [("test_penalty[forward-cuda]", 2550, 0.85, True)]
+    assert goals.graph_rows(run) == [("test_graphed_d_update[mlp-jvp-cuda]", 0.3, 1.31, False)]
+    assert goals.denoiser_rows(run) == [("test_graphed_denoiser_loss[nh512-cuda] (graphed)", 2.5, True)]
+    cpu = {name: (base, round(r, 3), ok) for name, base, r, ok in goals.cpu_rows(run)}
+    assert cpu == {"test_nt_losses_forward_backward[N512]": ("torch", 0.9, True),
+                   "test_op_forward_backward[B512-F3]": ("reference", 1.2, False)}
+    text = goals.report(run)
+    assert "| test_op_forward_backward[B512-F3] | reference | 1.20 | **not met** |" in text
+
+
+def _rows_of(path):
+    doc = json.loads((ROOT / "bench" / "results" / path).read_text())
+    return [b for run in goals.runs(doc) for b in run["benchmarks"]]
+
+
+def test_h100_results_read_as_measured():
+    benchmarks = _rows_of("h100-2026-11-24.json")
+    graph = {n: (round(r, 2), ok) for n, _, r, ok in goals.graph_rows(benchmarks)}
+    assert graph["test_graphed_d_update[mlp_leaky-mlp-cuda]"] == (1.34, False)
+    assert graph["test_graphed_d_update[dcgan32-jvp-cuda]"] == (3.35, False)
+    bw = {n: (round(f, 2), ok) for n, _, f, ok in goals.bandwidth_rows(benchmarks)}
+    assert bw["test_penalty[forward-B64k-F3072-cuda-dtype0]"] == (1.01, True)
+    assert bw["test_noisy_clean_batch[forward-cuda]"] == (0.28, False)
+    assert not any("reference" in n for n in bw)
+    den = goals.denoiser_rows(benchmarks)
+    assert den and all(n.endswith("(eager)") and not ok for n, _, ok in den)
+
+
+@pytest.mark.parametrize("name,baseline", [("test_nt_losses_forward_backward[N8192]", "torch"),
+                                           ("test_op_forward_backward[B65536-F3]", "reference"),
+                                           ("test_noisy_clean_batch_forward_backward[m512-F2-double]", "torch")])
+def test_cpu_results_of_this_round_meet_the_cpu_goal(name, baseline):
+    rows = {n: (base, ok) for n, base, _, ok in goals.cpu_rows(_rows_of("cpu-2core-2026-11-30.json"))}
+    assert rows[name] == (baseline, True)
+
+
+def test_cli_prints_a_table(capsys):
+    assert goals.main([str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
+    out = capsys.readouterr().out
+    assert "### CPU (goal: fused no slower than the baseline)" in out
