@@ -120,8 +120,9 @@ class Method:
 
                 steps, why = mlp_penalty.plan(D)
                 if steps is None:
-                    raise ValueError(f"method.roth.mode: 'mlp' needs an MLP discriminator without training-mode "
-                                     f"BatchNorm or active dropout ({why}); use 'auto', 'jvp' or 'double_backward'")
+                    raise ValueError(f"method.roth.mode: 'mlp' needs an MLP discriminator (Linear, activations, "
+                                     f"BatchNorm1d, no active dropout): {why}; use 'auto', 'jvp' or "
+                                     f"'double_backward'")
             T = r.anneal_steps or cfg.run.steps
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
         self.noise = None

@@ -1,6 +1,7 @@
 """Closed-form penalty gradients for MLP discriminators (gradient_penalty(..., mode="mlp")).
 
-D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d in eval mode, Dropout in eval mode (or
+D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d in eval mode (with batch statistics:
+fastgan/ops/mlp_penalty_bn.py), Dropout in eval mode (or
 p=0), Identity, a leading Flatten, ending in width 1. Every non-Linear layer acts elementwise with a slope: the
 activation's derivative, or eval BatchNorm's per-feature gamma / sqrt(var + eps). With delta_l = d psi / d(output
 of layer l) (one row per sample) the input gradient is g = delta_1 W_1, a product of masked weight matrices. For
@@ -43,7 +44,8 @@ def _global_hooks() -> bool:
 
 def plan(D, x: torch.Tensor | None = None):
     """(steps, "") when D is an MLP this module can differentiate in closed form (for input x, if given),
-    else (None, why not). steps: list of (kind, module), kind in linear/bn/relu/leaky/tanh/sigmoid.
+    else (None, why not). steps: list of (kind, module), kind in linear/bn/bn_batch/relu/leaky/tanh/sigmoid
+    (bn: BatchNorm1d with running statistics; bn_batch: with batch statistics, see mlp_penalty_bn).
 
     D is an nn.Sequential, or any module with a method ``as_sequential()`` returning an nn.Sequential that
     computes exactly D's forward from D's own submodules (the opt-in for MLP discriminators with a custom class).
@@ -73,11 +75,10 @@ def plan(D, x: torch.Tensor | None = None):
         elif kind in _ACTIVATIONS:
             steps.append((_ACTIVATIONS[kind], m))
         elif kind is nn.BatchNorm1d:
-            if m.training or m.running_mean is None:
-                return None, f"layer {i}: BatchNorm1d with batch statistics (training mode) is not supported"
             if width is not None and m.num_features != width:
                 return None, f"layer {i} expects {m.num_features} features, gets {width}"
-            steps.append(("bn", m))
+            # batch statistics (training mode, or no running statistics): mlp_penalty_bn's closed form
+            steps.append(("bn_batch" if m.training or m.running_mean is None else "bn", m))
         elif kind is nn.Dropout:
             if m.training and m.p > 0:
                 return None, f"layer {i}: active Dropout is not supported"
@@ -145,6 +146,52 @@ def _terms(g2, psi, weight, backend):
     return tuple(torch.cat(z) for z in zip(*parts))
 
 
+def weight_extras(weight, g2, psi_acc, u) -> dict:
+    """What the backward needs of the weight: u, or for a callable weight (which may couple samples, so its
+    VJP is redone with the real upstream) the logits and ||g||^2."""
+    if callable(weight):
+        ga = g2.to(psi_acc.dtype)
+        return {"psi": psi_acc, "s": (ga * ga).sum(1)}
+    return {"u": u}
+
+
+def adjoint_seed(weight, extra, g_per, g_psi):
+    """a = gP * w'(psi) ||g||^2 + gpsi: the adjoint of the logits in the penalty's parameter gradient."""
+    dt = g_psi.dtype
+    if callable(weight):
+        with torch.enable_grad():
+            p = extra["psi"].detach().requires_grad_(True)
+            (du,) = torch.autograd.grad(weight(p), p, grad_outputs=g_per.to(p.dtype) * extra["s"],
+                                        allow_unused=True)
+        return g_psi if du is None else du.to(dt) + g_psi
+    return torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
+
+
+def save_layers(ctx, layers, extra: dict):
+    """Layer records and extras through save_for_backward, so an in-place edit of a weight before backward
+    raises as usual; the non-tensor fields go on ctx."""
+    keys, saved, others = [], [], []
+    for i, L in enumerate(layers):
+        others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
+        for k, val in L.items():
+            if isinstance(val, torch.Tensor):
+                keys.append((i, k))
+                saved.append(val)
+    for k, val in extra.items():
+        keys.append((-1, k))
+        saved.append(val)
+    ctx.save_for_backward(*saved)
+    ctx.keys, ctx.others = keys, others
+
+
+def load_layers(ctx):
+    layers = [dict(o) for o in ctx.others]
+    extra = {}
+    for (i, k), val in zip(ctx.keys, ctx.saved_tensors):
+        (extra if i < 0 else layers[i])[k] = val
+    return layers, extra
+
+
 class _MLPPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
@@ -192,42 +239,16 @@ class _MLPPenalty(torch.autograd.Function):
                 t = t @ L["W"].t()
             else:
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
-        # through save_for_backward, so an in-place edit of a weight before backward raises as usual
-        keys, saved, others = [], [], []
-        for i, L in enumerate(layers):
-            others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
-            for k, val in L.items():
-                if isinstance(val, torch.Tensor):
-                    keys.append((i, k))
-                    saved.append(val)
-        if callable(weight):
-            # a callable weight may couple samples: its VJP is redone in backward with the real upstream
-            ga = g2.to(acc)
-            keys += [(-1, "psi"), (-1, "s")]
-            saved += [psi_acc, (ga * ga).sum(1)]
-        else:
-            keys.append((-1, "u"))
-            saved.append(u)
-        ctx.save_for_backward(*saved)
-        ctx.keys, ctx.others, ctx.weight, ctx.last = keys, others, weight, last
+        save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u))
+        ctx.weight, ctx.last = weight, last
         return per, psi
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_per, g_psi):
-        layers = [dict(o) for o in ctx.others]
-        extra = {}
-        for (i, k), val in zip(ctx.keys, ctx.saved_tensors):
-            (extra if i < 0 else layers[i])[k] = val
+        layers, extra = load_layers(ctx)
         dt = g_psi.dtype
-        if callable(ctx.weight):
-            with torch.enable_grad():
-                p = extra["psi"].detach().requires_grad_(True)
-                (du,) = torch.autograd.grad(ctx.weight(p), p, grad_outputs=g_per.to(p.dtype) * extra["s"],
-                                            allow_unused=True)
-            a = g_psi if du is None else du.to(dt) + g_psi
-        else:
-            a = torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
+        a = adjoint_seed(ctx.weight, extra, g_per, g_psi)
         a, gp = a[:, None], g_per.to(dt)[:, None]
         # rho: the adjoint of the primal activations (D loss + u term + the curvature of smooth activations).
         # With piecewise-linear activations only it is a * delta, and each Linear costs ONE weight GEMM.
@@ -281,8 +302,12 @@ def _run(D, x, weight, backend):
         raise ValueError(f"mode='mlp' cannot run this D: {why}; use mode='jvp', 'double_backward' or 'auto'")
     tensors = []
     for kind, m in steps:
-        if kind in ("linear", "bn"):
+        if kind in ("linear", "bn", "bn_batch"):
             tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
+    if any(kind == "bn_batch" for kind, _ in steps):
+        from .mlp_penalty_bn import _BatchStatMLPPenalty
+
+        return _BatchStatMLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
     return _MLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
 
 

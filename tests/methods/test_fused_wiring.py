@@ -37,9 +37,9 @@ def test_new_keys_defaults_and_validation():
         with pytest.raises(ConfigError, match=r"method\.roth\.mode: .*learned noise"):
             coerce(None, ["method.name=roth+nt", f"method.roth.mode={mode}", "method.nt.noise=learned_sigma"])
     coerce(None, ["method.name=roth+nt", "method.roth.mode=auto", "method.nt.noise=generator"])  # auto is fine
-    # mlp needs a D the closed form supports: with training-mode BatchNorm it is a clear error at build time
+    # mlp needs a D the closed form supports: a maxout D is a clear error at build time
     with pytest.raises(ValueError, match=r"method\.roth\.mode: 'mlp' needs an MLP"):
-        make("roth", "method.roth.mode=mlp", "model.d_batchnorm=true")
+        make("roth", "method.roth.mode=mlp", "model.arch=goodfellow", "model.d_hidden=[6]")
 
 
 # ---------------------------------------------------------------- Roth: penalty modes
@@ -78,6 +78,23 @@ def test_penalty_mode_matches_double_backward(case, mode, ran):
     want_out = M.d_objective(x, fake, d)
     assert torch.allclose(out.d_loss, want_out.d_loss, rtol=1e-10)
     assert_close(got, grads(want_out.d_loss, P), f"{case} {mode}")
+
+
+@pytest.mark.parametrize("penalty", ["js", "r1"])
+def test_mlp_mode_with_training_mode_batchnorm_matches_double_backward(penalty):
+    """model.d_batchnorm: BatchNorm1d with batch statistics in D, run by mode="mlp" (mlp_penalty_bn)."""
+    _, M = make("roth", f"method.roth.penalty={penalty}", "model.d_batchnorm=true", "method.roth.mode=mlp")
+    assert any(isinstance(m, torch.nn.BatchNorm1d) and m.training for m in M.D.modules())
+    x, fake, d = d_setup(M)
+    P = list(M.D.parameters())
+    before = counted(("gradient_penalty", "mlp"))
+    out = M.d_objective(x, fake, d)
+    assert _dispatch.counts[("gradient_penalty", "mlp")] > before[("gradient_penalty", "mlp")]
+    got = grads(out.d_loss, P)
+    M.penalty_mode = "double_backward"
+    want_out = M.d_objective(x, fake, d)
+    assert torch.allclose(out.d_loss, want_out.d_loss, rtol=1e-10)
+    assert_close(got, grads(want_out.d_loss, P), f"{penalty} bn")
 
 
 def test_auto_mode_keeps_the_double_backward_for_learned_noise():

@@ -37,6 +37,14 @@ def mlp_bn_eval():
     return D.eval()
 
 
+def mlp_bn_train():
+    """BatchNorm1d with batch statistics (training mode), affine and not, a momentum=None layer, a smooth
+    activation after one: samples are coupled, mlp_penalty_bn's closed form."""
+    return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.LeakyReLU(0.2), nn.Linear(16, 12),
+                         nn.BatchNorm1d(12, affine=False), nn.Tanh(), nn.Linear(12, 8, bias=False),
+                         nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Linear(8, 1))
+
+
 def mlp_spectral():
     sn = nn.utils.parametrizations.spectral_norm
     return nn.Sequential(sn(nn.Linear(3, 16)), nn.LeakyReLU(0.2), sn(nn.Linear(16, 1)))
@@ -105,11 +113,12 @@ DS = {
     "mlp_tanh": (lambda: models.mlp_d(3), VEC, "mlp"),
     "mlp_bn_eval": (mlp_bn_eval, VEC, "mlp"),
     "mlp_spectral": (mlp_spectral, VEC, "mlp"),
+    "mlp_bn_train": (mlp_bn_train, VEC, "jvp"),  # "auto" leaves batch-statistics MLPs to jvp; "mlp" runs them
     "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
     "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
     "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
 }
-MLPS = [k for k, v in DS.items() if v[2] == "mlp"]
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train"]
 
 
 # ------------------------------------------------------------------ comparison helpers
@@ -200,10 +209,12 @@ def test_js_penalty_mlp_keeps_two_passes_on_cpu(monkeypatch):
     assert runs == [6, 6]
 
 
-@pytest.mark.parametrize("name,passes", [("mlp_leaky", 1), ("mlp_bn_eval", 1), ("mlp_spectral", 2)])
+@pytest.mark.parametrize("name,passes", [("mlp_leaky", 1), ("mlp_bn_eval", 1), ("mlp_spectral", 2),
+                                         ("mlp_bn_train", 2)])
 def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes):
     """Both batches (of different sizes) in one closed-form pass, equal to the double backward; a spectral-norm
-    D keeps two passes, since its power iteration steps once per forward, as in the reference."""
+    D keeps two passes, since its power iteration steps once per forward, as in the reference, and so does
+    BatchNorm with batch statistics (each batch is normalized with its own)."""
     monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})  # on by default on CUDA only
     runs = []
     real_run = mlp_penalty._run
@@ -277,7 +288,7 @@ def test_dropout_masks_replayed_and_rng_advanced_once():
 
 @pytest.mark.parametrize("fn", [r1_penalty, r2_penalty], ids=["r1", "r2"])
 @pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_leaky", "mlp"), ("mlp_tanh", "auto"),
-                                       ("groupnorm_residual", "auto")])
+                                       ("groupnorm_residual", "auto"), ("mlp_bn_train", "mlp")])
 def test_r1_r2(fn, name, mode, auto_jvp_on_cpu):
     D, x, _ = _make(name, torch.float64)
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
@@ -299,7 +310,8 @@ WEIGHT_FNS = {
 
 @pytest.mark.parametrize("wname", list(WEIGHT_FNS))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_bn_eval", "mlp"), ("mlp_leaky", "jvp")])
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_bn_eval", "mlp"), ("mlp_leaky", "jvp"),
+                                       ("mlp_bn_train", "mlp")])
 def test_general_callable_weight(wname, reduction, name, mode):
     weight = WEIGHT_FNS[wname]
     D, x, _ = _make(name, torch.float64)
@@ -313,9 +325,12 @@ def test_general_callable_weight(wname, reduction, name, mode):
 
 
 @pytest.mark.parametrize("weight", ["js_fake", "coupled"])
-def test_mlp_reduction_none_with_any_upstream(weight):
+@pytest.mark.parametrize("name", ["mlp_bn_eval", "mlp_bn_train"])
+def test_mlp_reduction_none_with_any_upstream(weight, name):
+    """Per-sample upstream gradients: with batch statistics the tangent direction gP * v is only known in the
+    backward (samples are coupled), which this checks."""
     weight = WEIGHT_FNS.get(weight, weight)
-    D, x, _ = _make("mlp_bn_eval", torch.float64)
+    D, x, _ = _make(name, torch.float64)
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
     up = torch.linspace(-1, 2, x.shape[0], dtype=torch.float64)
     pen_r, l_r = ref.gradient_penalty(D_ref, x, weight, "none")
@@ -440,8 +455,9 @@ def test_auto_choices(auto_jvp_on_cpu):
     M, v, _ = _make("mlp_leaky", torch.float32)
     assert penalty_jvp.auto_mode(M, v, "none") == "mlp"
     M_train_bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
-    assert mlp_penalty.plan(M_train_bn, v)[0] is None
+    assert [k for k, _ in mlp_penalty.plan(M_train_bn, v)[0]] == ["linear", "bn_batch", "relu", "linear"]
     assert penalty_jvp.auto_mode(M_train_bn, v, "mean") in ("check", "jvp")
+    assert [k for k, _ in mlp_penalty.plan(M_train_bn.eval(), v)[0]][1] == "bn"
     before = _dispatch.counts[(MODE_OP, "double_backward")]
     gradient_penalty(D, x, "one", reduction="none", mode="auto")
     assert _dispatch.counts[(MODE_OP, "double_backward")] == before + 1
@@ -457,9 +473,8 @@ def test_bad_mode_and_unsupported_combinations():
         gradient_penalty(D, x, reduction="none", mode="jvp")
     with pytest.raises(ValueError, match="mode='mlp' cannot run this D: D is not an nn.Sequential"):
         r1_penalty(D, x, mode="mlp")
-    M_train_bn = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
-    with pytest.raises(ValueError, match="BatchNorm1d with batch statistics"):
-        r2_penalty(M_train_bn, torch.randn(4, 3), mode="mlp")
+    with pytest.raises(ValueError, match="layer 1 expects 8 features, gets 16"):
+        r2_penalty(nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(8), nn.Linear(8, 1)), torch.randn(4, 3), mode="mlp")
     with pytest.raises(ValueError, match="expects 3 features, gets 5"):
         r1_penalty(mlp_leaky(), torch.randn(4, 5), mode="mlp")
     with pytest.raises(ValueError, match="output width is 2"):
