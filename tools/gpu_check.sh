@@ -2,7 +2,9 @@
 # Everything a lent GPU should check, in one call (the machine starts bare and keeps nothing):
 # build _C with CUDA, the `cuda`-marked tests, short CUDA trainings, and the GPU benchmarks.
 # Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [tests|bench|all]
-# Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time.
+# Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time: `tests`
+# (build + cuda tests + two short trainings) and `bench` (build + GPU benchmarks + goals table) each fit in one
+# 600 s call of the device tool; `all` needs about 900 s.
 set -u
 what=${1:-all}
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
