@@ -11,13 +11,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, outr_ptr, outf_ptr,
-          sr_b, sr_f, sf_b, sf_f, se_b, se_f,
-          HAS_R: tl.constexpr, HAS_F: tl.constexpr, GAUSS: tl.constexpr, HAS_SIG: tl.constexpr,
+def _emit(z, f, mask, o_r, o_f, o_e, o_noisy, o_clean, INNER, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value,
+          outr_ptr, outf_ptr, HAS_R: tl.constexpr, HAS_F: tl.constexpr, GAUSS: tl.constexpr, HAS_SIG: tl.constexpr,
           HALF: tl.constexpr, ACC: tl.constexpr):
-    mask = e < N
-    i = e // F
-    f = e - i * F
+    # z, f, mask and the o_* offsets are [BLOCK, 4] tiles in element order
     if GAUSS:
         if HAS_SIG:
             s = tl.load(sig_ptr + f // INNER, mask=mask, other=0.0).to(ACC)
@@ -25,17 +22,28 @@ def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma
             s = tl.cast(sigma_value, ACC)
         ev = s * z.to(ACC)
     else:
-        ev = tl.load(eps_ptr + i * se_b + f * se_f, mask=mask, other=0.0).to(ACC)
+        ev = tl.load(eps_ptr + o_e, mask=mask, other=0.0).to(ACC)
     if HAS_R:
-        v = tl.load(xr_ptr + (src0 + i) * sr_b + f * sr_f, mask=mask, other=0.0)
-        tl.store(outr_ptr + (dst0 + i) * F + f, (v.to(ACC) + ev).to(outr_ptr.dtype.element_ty), mask=mask)
+        v = tl.load(xr_ptr + o_r, mask=mask, other=0.0)
+        tl.store(outr_ptr + o_noisy, (v.to(ACC) + ev).to(outr_ptr.dtype.element_ty), mask=mask)
         if not HALF:
-            tl.store(outr_ptr + i * F + f, v, mask=mask)
+            tl.store(outr_ptr + o_clean, v, mask=mask)
     if HAS_F:
-        v = tl.load(xf_ptr + (src0 + i) * sf_b + f * sf_f, mask=mask, other=0.0)
-        tl.store(outf_ptr + (dst0 + i) * F + f, (v.to(ACC) + ev).to(outf_ptr.dtype.element_ty), mask=mask)
+        v = tl.load(xf_ptr + o_f, mask=mask, other=0.0)
+        tl.store(outf_ptr + o_noisy, (v.to(ACC) + ev).to(outf_ptr.dtype.element_ty), mask=mask)
         if not HALF:
-            tl.store(outf_ptr + i * F + f, v, mask=mask)
+            tl.store(outf_ptr + o_clean, v, mask=mask)
+
+
+@triton.jit
+def _at(i0, f0, wrap, k, F, s_b, s_f, VEC: tl.constexpr):
+    # offsets, in an input of strides (s_b, s_f), of the tile whose row r starts at row i0[r], column f0[r];
+    # wrap: rows the general path's elements moved on
+    if VEC:
+        # host-checked: s_f == 1, s_b % 4 == 0, F % 4 == 0 (so f0 % 4 == 0)
+        return tl.multiple_of(i0 * s_b + f0, 4)[:, None] + k
+    else:
+        return (i0[:, None] + wrap) * s_b + (f0[:, None] + k - wrap * F) * s_f
 
 
 # Float scalars are annotated tl.float64 (an unannotated Python float arrives as fp32): see kernels/denoiser.py.
@@ -43,7 +51,10 @@ def _emit(e, z, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma
 def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, rng_ptr, used_ptr, outr_ptr, outf_ptr,
                     M, F, INNER, sr_b, sr_f, sf_b, sf_f, se_b, se_f,
                     HAS_R: tl.constexpr, HAS_F: tl.constexpr, GAUSS: tl.constexpr, HAS_SIG: tl.constexpr,
-                    ADVANCE: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                    ADVANCE: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    # Counter g's four normals go to elements 4g..4g+3; a program handles them as a [BLOCK, 4] tile so every
+    # access is contiguous (VEC: 4-element vectors, see vector_path).
     pid = tl.program_id(0)
     if HALF:
         n_clean = M // 2
@@ -58,6 +69,7 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
     N = n_noisy * F
     G = (N + 3) // 4
     g = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    k = tl.arange(0, 4)[None, :]
     if GAUSS:
         seed = tl.load(rng_ptr)
         off = tl.load(rng_ptr + 1)
@@ -66,29 +78,48 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
             tl.store(used_ptr, seed, mask=first)
             tl.store(used_ptr + 1, off, mask=first)
         z0, z1, z2, z3 = tl.randn4x(seed, off + g)
+        # join adds a last axis: [g, a, b] holds z_(2a+b), so the row-major reshape gives rows (z0, z1, z2, z3)
+        z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK, 4])
     else:
-        z0 = tl.zeros([BLOCK], dtype=tl.float32)
-        z1 = z0
-        z2 = z0
-        z3 = z0
-    e = g * 4
-    _emit(e, z0, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, outr_ptr, outf_ptr,
-          sr_b, sr_f, sf_b, sf_f, se_b, se_f, HAS_R, HAS_F, GAUSS, HAS_SIG, HALF, ACC)
-    _emit(e + 1, z1, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, outr_ptr, outf_ptr,
-          sr_b, sr_f, sf_b, sf_f, se_b, se_f, HAS_R, HAS_F, GAUSS, HAS_SIG, HALF, ACC)
-    _emit(e + 2, z2, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, outr_ptr, outf_ptr,
-          sr_b, sr_f, sf_b, sf_f, se_b, se_f, HAS_R, HAS_F, GAUSS, HAS_SIG, HALF, ACC)
-    _emit(e + 3, z3, N, F, INNER, src0, dst0, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value, outr_ptr, outf_ptr,
-          sr_b, sr_f, sf_b, sf_f, se_b, se_f, HAS_R, HAS_F, GAUSS, HAS_SIG, HALF, ACC)
+        z = tl.zeros([BLOCK, 4], dtype=tl.float32)
+    g4 = g * 4
+    i0 = g4 // F
+    f0 = g4 - i0 * F
+    e = g4[:, None] + k
+    f = f0.to(tl.int32)[:, None] + k
+    if VEC:
+        # F % 4 == 0: a counter's 4 elements lie in one row
+        wrap = 0
+        mask = (g < G)[:, None]
+        o_noisy = tl.multiple_of(dst0 * F + g4, 4)[:, None] + k
+        o_clean = tl.multiple_of(g4, 4)[:, None] + k
+    else:
+        # f0 + k <= F + 2 wraps past the row end at most 3 times (F = 1); no division per element
+        wrap = tl.zeros([BLOCK, 4], dtype=tl.int32)
+        for _ in tl.static_range(3):
+            w = (f >= F).to(tl.int32)
+            wrap += w
+            f -= w * F
+        mask = e < N
+        o_noisy = dst0 * F + e
+        o_clean = e
+    o_r = _at(src0 + i0, f0, wrap, k, F, sr_b, sr_f, VEC)
+    o_f = _at(src0 + i0, f0, wrap, k, F, sf_b, sf_f, VEC)
+    o_e = _at(i0, f0, wrap, k, F, se_b, se_f, VEC)
+    _emit(z, f, mask, o_r, o_f, o_e, o_noisy, o_clean, INNER, xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value,
+          outr_ptr, outf_ptr, HAS_R, HAS_F, GAUSS, HAS_SIG, HALF, ACC)
     if HALF:
-        c = pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK).to(tl.int64)
-        cm = c < n_clean * F
-        ci = c // F
-        cf = c - ci * F
+        # clean element c = e sits at row i0 (+ wrap) of x; the grid covers the larger of the two counts
+        if VEC:
+            cm = (g < n_clean * (F // 4))[:, None]
+        else:
+            cm = e < n_clean * F
         if HAS_R:
-            tl.store(outr_ptr + c, tl.load(xr_ptr + ci * sr_b + cf * sr_f, mask=cm), mask=cm)
+            v = tl.load(xr_ptr + _at(i0, f0, wrap, k, F, sr_b, sr_f, VEC), mask=cm)
+            tl.store(outr_ptr + o_clean, v, mask=cm)
         if HAS_F:
-            tl.store(outf_ptr + c, tl.load(xf_ptr + ci * sf_b + cf * sf_f, mask=cm), mask=cm)
+            v = tl.load(xf_ptr + _at(i0, f0, wrap, k, F, sf_b, sf_f, VEC), mask=cm)
+            tl.store(outf_ptr + o_clean, v, mask=cm)
     if GAUSS:
         if ADVANCE:
             # every thread of this program has read the state; the ticket then proves all programs have
@@ -168,6 +199,12 @@ def _strides(t):
     return (t.stride(0), t.stride(1)) if t is not None else (0, 0)
 
 
+def vector_path(F, *inputs):
+    """The forward's VEC path: F % 4 == 0 and every input (x_real, x_fake, eps; None skipped) has feature
+    stride 1 and a row stride that is a multiple of 4, so each counter's 4 elements are 4 adjacent values."""
+    return F % 4 == 0 and all(t is None or (t.stride(1) == 1 and t.stride(0) % 4 == 0) for t in inputs)
+
+
 def forward(x_real, x_fake, eps, sigma, sigma_value, rng, advance, used, out_real, out_fake, C, half):
     x0 = x_real if x_real is not None else x_fake
     M, F = x0.shape
@@ -186,7 +223,8 @@ def forward(x_real, x_fake, eps, sigma, sigma_value, rng, advance, used, out_rea
         out_real if out_real is not None else dummy, out_fake if out_fake is not None else dummy,
         M, F, F // C, sr[0], sr[1], sf[0], sf[1], se[0], se[1],
         HAS_R=x_real is not None, HAS_F=x_fake is not None, GAUSS=gauss, HAS_SIG=sigma is not None,
-        ADVANCE=bool(advance and gauss), HALF=bool(half), ACC=_acc(x0.dtype), BLOCK=block)
+        ADVANCE=bool(advance and gauss), HALF=bool(half), ACC=_acc(x0.dtype),
+        VEC=vector_path(F, x_real, x_fake, eps), BLOCK=block)
 
 
 def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):

@@ -560,6 +560,81 @@ def test_bad_inputs(call, exc, match):
         call()
 
 
+# ------------------------------------------------------------------ Triton forward: vector and general paths
+
+# name: feature shape, base shape for `rows` rows, the view of the base that is passed, Triton vector path
+_TRITON_LAYOUTS = {
+    "F48": ((3, 4, 4), lambda rows: (rows, 3, 4, 4), lambda t: t, True),
+    "F75": ((3, 5, 5), lambda rows: (rows, 3, 5, 5), lambda t: t, False),
+    "F18": ((2, 3, 3), lambda rows: (rows, 2, 3, 3), lambda t: t, False),  # F % 4 == 2: counters straddle rows
+    "F1": ((1,), lambda rows: (rows, 1), lambda t: t, False),  # a counter spans 4 rows
+    "F2": ((2,), lambda rows: (rows, 2), lambda t: t, False),
+    "F48-transposed": ((3, 4, 4), lambda rows: (3, 4, 4, rows), lambda t: t.permute(3, 0, 1, 2), False),
+    # feature stride 1; row stride 52 (a multiple of 4, start 2 elements in) or 50 (not a multiple of 4)
+    "F48-rows52": ((48,), lambda rows: (rows, 52), lambda t: t[:, 2:50], True),
+    "F48-rows50": ((48,), lambda rows: (rows, 50), lambda t: t[:, 1:49], False),
+    "F50-rows52": ((50,), lambda rows: (rows, 52), lambda t: t[:, :50], False),
+    "F48-stride2": ((48,), lambda rows: (rows, 96), lambda t: t[:, ::2], False),
+}
+
+
+def _spy_vector_path(monkeypatch):
+    from fastgan.kernels import noise as K
+
+    seen, real = [], K.vector_path
+    monkeypatch.setattr(K, "vector_path", lambda *a: seen.append(real(*a)) or seen[-1])
+    return seen
+
+
+@pytest.mark.parametrize("layout", list(_TRITON_LAYOUTS))
+@pytest.mark.parametrize("kind", ["float", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_forward_paths_match_reference(monkeypatch, layout, kind, mode):
+    """The Triton forward's vector path (F % 4 == 0, feature stride 1, row strides multiples of 4) and its
+    general path put the same normal on each element as the reference; m odd, strided views of x and eps."""
+    m = 33
+    shape, base_shape, view, vec = _TRITON_LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(11)
+    leaves = [torch.randn(base_shape(m), generator=gen).requires_grad_(True) for _ in range(2)]
+    if kind == "eps":
+        leaves.append(torch.randn(base_shape(_n_noisy(m, mode)), generator=gen).requires_grad_(True))
+    elif kind == "channel":
+        leaves.append(_noise_arg(kind, m, shape, mode, requires_grad=True))
+    rows = 2 * m if mode == "double" else m
+    gr, gf = torch.randn(rows, *shape, generator=gen), torch.randn(rows, *shape, generator=gen)
+
+    def outputs(which, tensors):
+        xr, xf = view(tensors[0]), view(tensors[1])
+        noise = 0.8 if kind == "float" else view(tensors[2]) if kind == "eps" else tensors[2]
+        r, f = _run(which, xr, xf, noise, mode)
+        return [r, f, *torch.autograd.grad((r * gr.to(r.dtype)).sum() + (f * gf.to(f.dtype)).sum(), tensors)]
+
+    seen = _spy_vector_path(monkeypatch)
+    impl = outputs("triton", leaves)
+    assert seen == [vec]
+    r32 = outputs("oracle", leaves)
+    r64 = outputs("oracle", [_to64(t) for t in leaves])
+    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
+        assert_close_to_oracle(a, b, c, name=f"{layout}-{kind}-{mode}-{name}")
+
+
+def test_triton_vector_path_choice():
+    from fastgan.kernels.noise import vector_path
+
+    x = torch.zeros(5, 48)
+    assert vector_path(48, x, x, None) and vector_path(48, None, x, torch.zeros(3, 48))
+    assert vector_path(48, torch.zeros(5, 52)[:, 2:50], None, None)
+    assert vector_path(4, torch.zeros(1, 4).expand(5, 4), None, None)  # row stride 0
+    assert not vector_path(75, torch.zeros(5, 75), None, None)
+    assert not vector_path(18, torch.zeros(5, 18), None, None)
+    assert not vector_path(50, torch.zeros(5, 52)[:, :50], None, None)
+    assert not vector_path(6, torch.zeros(1, 6).expand(5, 6), None, None)
+    assert not vector_path(48, torch.zeros(5, 96)[:, ::2], None, None)
+    assert not vector_path(48, torch.zeros(48, 5).t(), x, None)
+    assert not vector_path(48, x, torch.zeros(5, 50)[:, 1:49], None)
+    assert not vector_path(48, x, x, torch.zeros(48, 3).t())
+
+
 # ------------------------------------------------------------------ CUDA (runs where a GPU is present)
 
 @pytest.mark.cuda
