@@ -135,7 +135,8 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
                      M, F, C, INNER, NG, gr_b, gr_f, gf_b, gf_f,
                      HAS_R: tl.constexpr, HAS_F: tl.constexpr, DX_R: tl.constexpr, DX_F: tl.constexpr,
                      DEPS: tl.constexpr, DSIG: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr):
+                     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr):
+    # A program owns BLOCK_P whole (noisy row, channel) planes, so each plane's dsigma sum is written once.
     if HALF:
         n_noisy = M - M // 2
         dst0 = M // 2
@@ -143,52 +144,93 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
         n_noisy = M
         dst0 = M
     planes = n_noisy * C
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < planes
-    i = p // C
-    c = p - i * C
-    start = i * F + c * INNER
-    end = start + INNER
-    g_first = start // 4
     if DSIG:
         seed = tl.load(rng_ptr)
         off = tl.load(rng_ptr + 1)
-    acc = tl.zeros([BLOCK_P], dtype=ACC)
-    for g0 in range(0, NG, BLOCK_G):
-        gg = g_first[:, None] + g0 + tl.arange(0, BLOCK_G)[None, :]
-        if DSIG:
-            z0, z1, z2, z3 = tl.randn4x(seed, off + gg)
-        for k in tl.static_range(4):
-            e = gg * 4 + k
-            m = pmask[:, None] & (e >= start[:, None]) & (e < end[:, None])
-            f = e - i[:, None] * F
-            ge = tl.zeros([BLOCK_P, BLOCK_G], dtype=ACC)
+    if VEC:
+        # backward_vector_path: plane p covers exactly counters p*NG .. p*NG + NG - 1 (NG = INNER // 4), so the
+        # program's planes x counters are a [BLOCK_P * BLOCK_G, 4] tile in element order, as in the forward
+        r = tl.arange(0, BLOCK_P * BLOCK_G)
+        p = tl.program_id(0).to(tl.int64) * BLOCK_P + r // BLOCK_G
+        rg = r % BLOCK_G
+        pmask = p < planes
+        i = p // C
+        f0 = (p - i * C) * INNER
+        k = tl.arange(0, 4)[None, :]
+        acc = tl.zeros([BLOCK_P * BLOCK_G, 4], dtype=ACC)
+        for g0 in range(0, NG, BLOCK_G):
+            gl = g0 + rg
+            mask = (pmask & (gl < NG))[:, None]
+            f = f0 + gl * 4
+            o_out = tl.multiple_of(i * F + f, 4)[:, None] + k
+            ge = tl.zeros([BLOCK_P * BLOCK_G, 4], dtype=ACC)
             if HAS_R:
-                vr = tl.load(gr_ptr + (dst0 + i[:, None]) * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
+                vr = tl.load(gr_ptr + _at(dst0 + i, f, 0, k, F, gr_b, gr_f, True), mask=mask, other=0.0).to(ACC)
                 ge += vr
                 if DX_R:
-                    cr = tl.load(gr_ptr + i[:, None] * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
-                    tl.store(dxr_ptr + i[:, None] * F + f, (cr + vr).to(dxr_ptr.dtype.element_ty), mask=m)
+                    cr = tl.load(gr_ptr + _at(i, f, 0, k, F, gr_b, gr_f, True), mask=mask, other=0.0).to(ACC)
+                    tl.store(dxr_ptr + o_out, (cr + vr).to(dxr_ptr.dtype.element_ty), mask=mask)
             if HAS_F:
-                vf = tl.load(gf_ptr + (dst0 + i[:, None]) * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
+                vf = tl.load(gf_ptr + _at(dst0 + i, f, 0, k, F, gf_b, gf_f, True), mask=mask, other=0.0).to(ACC)
                 ge += vf
                 if DX_F:
-                    cf = tl.load(gf_ptr + i[:, None] * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
-                    tl.store(dxf_ptr + i[:, None] * F + f, (cf + vf).to(dxf_ptr.dtype.element_ty), mask=m)
+                    cf = tl.load(gf_ptr + _at(i, f, 0, k, F, gf_b, gf_f, True), mask=mask, other=0.0).to(ACC)
+                    tl.store(dxf_ptr + o_out, (cf + vf).to(dxf_ptr.dtype.element_ty), mask=mask)
             if DEPS:
-                tl.store(deps_ptr + i[:, None] * F + f, ge.to(deps_ptr.dtype.element_ty), mask=m)
+                tl.store(deps_ptr + o_out, ge.to(deps_ptr.dtype.element_ty), mask=mask)
             if DSIG:
-                if k == 0:
-                    z = z0
-                elif k == 1:
-                    z = z1
-                elif k == 2:
-                    z = z2
-                else:
-                    z = z3
-                acc += tl.sum(tl.where(m, ge * z.to(ACC), 0.0), axis=1)
-    if DSIG:
-        tl.store(dsig_ptr + p, acc, mask=pmask)
+                z0, z1, z2, z3 = tl.randn4x(seed, off + p * NG + gl)
+                z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK_P * BLOCK_G, 4])
+                acc += tl.where(mask, ge * z.to(ACC), 0.0)
+        if DSIG:
+            s = tl.sum(tl.reshape(tl.sum(acc, axis=1), [BLOCK_P, BLOCK_G]), axis=1)
+            pp = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+            tl.store(dsig_ptr + pp, s, mask=pp < planes)
+    else:
+        # general path: a plane's edges may cut a counter; NG counters cover any plane
+        p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = p < planes
+        i = p // C
+        c = p - i * C
+        start = i * F + c * INNER
+        end = start + INNER
+        g_first = start // 4
+        acc = tl.zeros([BLOCK_P], dtype=ACC)
+        for g0 in range(0, NG, BLOCK_G):
+            gg = g_first[:, None] + g0 + tl.arange(0, BLOCK_G)[None, :]
+            if DSIG:
+                z0, z1, z2, z3 = tl.randn4x(seed, off + gg)
+            for k in tl.static_range(4):
+                e = gg * 4 + k
+                m = pmask[:, None] & (e >= start[:, None]) & (e < end[:, None])
+                f = e - i[:, None] * F
+                ge = tl.zeros([BLOCK_P, BLOCK_G], dtype=ACC)
+                if HAS_R:
+                    vr = tl.load(gr_ptr + (dst0 + i[:, None]) * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
+                    ge += vr
+                    if DX_R:
+                        cr = tl.load(gr_ptr + i[:, None] * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
+                        tl.store(dxr_ptr + i[:, None] * F + f, (cr + vr).to(dxr_ptr.dtype.element_ty), mask=m)
+                if HAS_F:
+                    vf = tl.load(gf_ptr + (dst0 + i[:, None]) * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
+                    ge += vf
+                    if DX_F:
+                        cf = tl.load(gf_ptr + i[:, None] * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
+                        tl.store(dxf_ptr + i[:, None] * F + f, (cf + vf).to(dxf_ptr.dtype.element_ty), mask=m)
+                if DEPS:
+                    tl.store(deps_ptr + i[:, None] * F + f, ge.to(deps_ptr.dtype.element_ty), mask=m)
+                if DSIG:
+                    if k == 0:
+                        z = z0
+                    elif k == 1:
+                        z = z1
+                    elif k == 2:
+                        z = z2
+                    else:
+                        z = z3
+                    acc += tl.sum(tl.where(m, ge * z.to(ACC), 0.0), axis=1)
+        if DSIG:
+            tl.store(dsig_ptr + p, acc, mask=pmask)
 
 
 def _acc(dtype: torch.dtype):
@@ -227,14 +269,31 @@ def forward(x_real, x_fake, eps, sigma, sigma_value, rng, advance, used, out_rea
         VEC=vector_path(F, x_real, x_fake, eps), BLOCK=block)
 
 
+def backward_vector_path(F, C, *grads):
+    """The backward's VEC path: F and the plane width F // C are multiples of 4 (no counter crosses a plane)
+    and every upstream gradient (None skipped) has feature stride 1 and a row stride that is a multiple of 4;
+    dx and deps are new contiguous (rows, F) tensors."""
+    return (F % 4 == 0 and (F // C) % 4 == 0
+            and all(t is None or (t.stride(1) == 1 and t.stride(0) % 4 == 0) for t in grads))
+
+
 def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):
     g0 = g_real if g_real is not None else g_fake
     F = g0.shape[1]
     inner = F // C
     n_noisy = M - M // 2 if half else M
-    ng = (inner + 2) // 4 + 1  # counters a plane of `inner` elements can overlap
-    block_g = min(max(triton.next_power_of_2(ng), 2), 256)
-    block_p = max(1, min(64, 1024 // block_g))
+    vec = backward_vector_path(F, C, g_real, g_fake)
+    if vec:
+        ng = inner // 4  # the plane's own counters
+        # counters per loop step: 4 a thread at 4 warps; 2 with dsigma, whose Philox doubles the registers
+        # (sm_90: 44 / 96-123 registers at 512, 48-52 at 256)
+        tile = 256 if dsig is not None else 512
+        block_g = min(triton.next_power_of_2(ng), 256)
+        block_p = max(1, tile // block_g)
+    else:
+        ng = (inner + 2) // 4 + 1  # counters a plane of `inner` elements can overlap
+        block_g = min(max(triton.next_power_of_2(ng), 2), 256)
+        block_p = max(1, min(64, 1024 // block_g))
     grid = (triton.cdiv(n_noisy * C, block_p),)
     dummy = g0
     gr, gf = _strides(g_real), _strides(g_fake)
@@ -246,4 +305,4 @@ def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):
         M, F, C, inner, ng, gr[0], gr[1], gf[0], gf[1],
         HAS_R=g_real is not None, HAS_F=g_fake is not None, DX_R=dx_real is not None, DX_F=dx_fake is not None,
         DEPS=deps is not None, DSIG=dsig is not None, HALF=bool(half), ACC=_acc(g0.dtype),
-        BLOCK_P=block_p, BLOCK_G=block_g)
+        VEC=vec, BLOCK_P=block_p, BLOCK_G=block_g)

@@ -635,6 +635,117 @@ def test_triton_vector_path_choice():
     assert not vector_path(48, x, x, torch.zeros(48, 3).t())
 
 
+# ------------------------------------------------------------------ Triton backward: vector and general paths
+
+# name: feature shape, base shape of an upstream gradient of `rows` rows, the view of it that is passed,
+# (vector path with one sigma or eps, vector path with per-channel sigma: C = shape[0])
+_TRITON_BWD_LAYOUTS = {
+    "F48": ((3, 4, 4), lambda rows: (rows, 3, 4, 4), lambda t: t, (True, True)),  # planes of 16
+    "F75": ((3, 5, 5), lambda rows: (rows, 3, 5, 5), lambda t: t, (False, False)),  # planes of 25
+    "F36": ((4, 3, 3), lambda rows: (rows, 4, 3, 3), lambda t: t, (True, False)),  # F % 4 == 0, planes of 9
+    "F16": ((4, 2, 2), lambda rows: (rows, 4, 2, 2), lambda t: t, (True, True)),  # per channel: 1 counter a plane
+    "F1728": ((3, 24, 24), lambda rows: (rows, 3, 24, 24), lambda t: t, (True, True)),  # 432 counters: 2 loop steps
+    "F48-transposed": ((3, 4, 4), lambda rows: (3, 4, 4, rows), lambda t: t.permute(3, 0, 1, 2), (False, False)),
+    # feature stride 1; row stride 52 (from element 2, or from element 1: rows 4-aligned, pointer not 16-byte)
+    "F48-rows52": ((48,), lambda rows: (rows, 52), lambda t: t[:, 2:50], (True, False)),
+    "F48-rows52-from1": ((48,), lambda rows: (rows, 52), lambda t: t[:, 1:49], (True, False)),
+    "F48-rows50": ((48,), lambda rows: (rows, 50), lambda t: t[:, 1:49], (False, False)),
+    "F48-stride2": ((48,), lambda rows: (rows, 96), lambda t: t[:, ::2], (False, False)),
+}
+
+
+def _spy_backward_path(monkeypatch):
+    """Records (the path chosen, the strides of the upstream gradients the kernel gets) per backward."""
+    from fastgan.kernels import noise as K
+
+    seen, real = [], K.backward_vector_path
+
+    def spy(F, C, *grads):
+        seen.append((real(F, C, *grads), [t.stride() for t in grads if t is not None]))
+        return seen[-1][0]
+
+    monkeypatch.setattr(K, "backward_vector_path", spy)
+    return seen
+
+
+@pytest.mark.parametrize("layout", list(_TRITON_BWD_LAYOUTS))
+@pytest.mark.parametrize("kind", ["float", "sigma", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_backward_paths_match_reference(monkeypatch, layout, kind, mode):
+    """The Triton backward's vector path (F and the plane width multiples of 4, upstream feature stride 1, row
+    strides multiples of 4) and its general path give the reference's dx, deps and dsigma; m odd, the
+    upstream gradients passed as strided views that reach the kernel as they are."""
+    m = 33
+    shape, base_shape, view, vec = _TRITON_BWD_LAYOUTS[layout]
+    vec = vec[kind == "channel"]
+    xr, xf = _x(m, shape, requires_grad=True)
+    noise = _noise_arg(kind, m, shape, mode, requires_grad=True)
+    leaves = [xr, xf] + ([noise] if isinstance(noise, torch.Tensor) else [])
+    rows = 2 * m if mode == "double" else m
+    gen = torch.Generator().manual_seed(13)
+    gr, gf = (view(torch.randn(base_shape(rows), generator=gen)) for _ in range(2))
+    assert gr.shape == (rows, *shape)
+
+    def grads(which, tensors):
+        r, f = _run(which, tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else noise, mode)
+        return torch.autograd.grad((r, f), tensors, (gr.to(r.dtype), gf.to(f.dtype)))
+
+    seen = _spy_backward_path(monkeypatch)
+    impl = grads("triton", leaves)
+    # half mode with a float sigma wants neither dx (= g) nor a noise gradient: no kernel runs
+    strides = gr.reshape(rows, -1).stride()
+    assert seen == ([] if (mode, kind) == ("half", "float") else [(vec, [strides, strides])])
+    r32 = grads("oracle", leaves)
+    r64 = grads("oracle", [_to64(t) for t in leaves])
+    for name, a, b, c in zip(["dx_real", "dx_fake", "dnoise"], impl, r32, r64):
+        assert_close_to_oracle(a, b, c, name=f"{layout}-{kind}-{mode}-{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", ["channel", "eps"])
+def test_triton_backward_vector_path_dtypes(monkeypatch, dtype, kind):
+    """The vector path converts to the accumulation dtype and back as the general path does."""
+    m, shape = 33, (3, 4, 4)
+    xr, xf = _x(m, shape, dtype, requires_grad=True)
+    noise = _noise_arg(kind, m, shape, "double", dtype, requires_grad=True)
+    gen = torch.Generator().manual_seed(17)
+    gr, gf = (torch.randn(2 * m, *shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+
+    def grads(which, tensors):
+        r, f = _run(which, *tensors, "double")
+        return torch.autograd.grad((r, f), tensors, (gr.to(r.dtype), gf.to(f.dtype)))
+
+    seen = _spy_backward_path(monkeypatch)
+    impl = grads("triton", [xr, xf, noise])
+    assert [v for v, _ in seen] == [True]
+    r_low = grads("oracle", [xr, xf, noise])
+    r64 = grads("oracle", [_to64(t) for t in (xr, xf, noise)])
+    for name, a, b, c in zip(["dx_real", "dx_fake", "dnoise"], impl, r_low, r64):
+        assert a.dtype == b.dtype
+        assert_close_to_oracle(a, b, c, name=f"{dtype}-{kind}-{name}")
+
+
+def test_triton_backward_vector_path_choice():
+    from fastgan.kernels.noise import backward_vector_path as vec
+
+    g = torch.zeros(5, 48)
+    assert vec(48, 1, g, g) and vec(48, 3, g, None) and vec(48, 12, None, g)  # planes of 48, 16, 4
+    assert vec(48, 6, g, g)  # planes of 8
+    # feature stride 1, row stride 52; the second starts 1 element in (pointer alignment is Triton's to check)
+    assert vec(48, 1, torch.zeros(5, 52)[:, 2:50], torch.zeros(5, 52)[:, 1:49])
+    assert vec(4, 1, torch.zeros(1, 4).expand(5, 4), None)  # row stride 0
+    assert not vec(48, 16, g, g)  # planes of 3: counters cross plane edges
+    assert not vec(48, 24, g, g)  # planes of 2
+    assert not vec(36, 4, torch.zeros(5, 36), None)  # F % 4 == 0, planes of 9
+    assert not vec(75, 1, torch.zeros(5, 75), None)
+    assert not vec(75, 3, torch.zeros(5, 75), None)  # planes of 25
+    assert not vec(18, 1, torch.zeros(5, 18), None)
+    assert not vec(48, 1, g, torch.zeros(5, 50)[:, 1:49])  # one side's row stride 50
+    assert not vec(48, 1, torch.zeros(48, 5).t(), g)  # feature stride 5
+    assert not vec(48, 1, torch.zeros(5, 96)[:, ::2], None)  # feature stride 2
+    assert not vec(6, 1, torch.zeros(1, 6).expand(5, 6), None)
+
+
 # ------------------------------------------------------------------ CUDA (runs where a GPU is present)
 
 @pytest.mark.cuda
