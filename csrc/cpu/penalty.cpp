@@ -66,8 +66,11 @@ double any_row_sq_norm(const T* row, int64_t F, int64_t sf) {
 }
 
 // Rows per block: the weights of a block are computed in one vectorised loop (poly_math.h) rather than
-// one scalar exp per row, which dominated short rows (the 3-D mixture's F = 3).
+// one scalar exp per row, which dominated short rows (the 3-D mixture's F = 3). Long rows keep one row per
+// block, so threads still split a small batch of images.
 constexpr int64_t kRows = 256;
+
+inline int64_t rows_per_block(int64_t F) { return F <= 64 ? kRows : 1; }
 
 template <int CODE>
 __attribute__((always_inline)) inline void weights_impl(const double* __restrict psi, int64_t cnt,
@@ -151,10 +154,10 @@ void load_logits(const A* logits, int64_t n0, int64_t cnt, int64_t sl, double* p
 template <typename T, typename A>
 void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int64_t sb, int64_t sf,
                  int64_t sl, int weight) {
-  const int64_t blocks = (B + kRows - 1) / kRows;
+  const int64_t rows = rows_per_block(F), blocks = (B + rows - 1) / rows;
 #pragma omp parallel for schedule(static) if (parallel_worth_it(B, F))
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * kRows, cnt = std::min(kRows, B - n0);
+    const int64_t n0 = b * rows, cnt = std::min(rows, B - n0);
     double psi[kRows], w[kRows], dw[kRows], sq[kRows];
     load_logits(logits, n0, cnt, sl, psi);
     block_weights(weight, psi, cnt, w, dw);
@@ -166,10 +169,10 @@ void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int6
 template <typename T, typename A>
 void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits, int64_t B, int64_t F,
                   int64_t sb, int64_t sf, int64_t sl, int weight) {
-  const int64_t blocks = (B + kRows - 1) / kRows;
+  const int64_t rows = rows_per_block(F), blocks = (B + rows - 1) / rows;
 #pragma omp parallel for schedule(static) if (parallel_worth_it(B, F))
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * kRows, cnt = std::min(kRows, B - n0);
+    const int64_t n0 = b * rows, cnt = std::min(rows, B - n0);
     double psi[kRows], w[kRows], dw[kRows];
     load_logits(logits, n0, cnt, sl, psi);
     block_weights(weight, psi, cnt, w, dw);

@@ -1,7 +1,7 @@
 """Closed-form penalty gradients for MLP discriminators (gradient_penalty(..., mode="mlp")).
 
-D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d in eval mode (with batch statistics:
-fastgan/ops/mlp_penalty_bn.py), Dropout in eval mode (or
+D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d with running statistics (eval mode; with
+batch statistics see fastgan/ops/mlp_penalty_bn.py), Dropout in eval mode (or
 p=0), Identity, a leading Flatten, ending in width 1. Every non-Linear layer acts elementwise with a slope: the
 activation's derivative, or eval BatchNorm's per-feature gamma / sqrt(var + eps). With delta_l = d psi / d(output
 of layer l) (one row per sample) the input gradient is g = delta_1 W_1, a product of masked weight matrices. For

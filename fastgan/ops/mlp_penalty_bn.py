@@ -10,7 +10,7 @@ adjoints rho (of h) and lambda (of t),
     Linear:      dW = rho'^T h + lambda'^T t,  db = 1^T rho',  rho = rho' W,  lambda = lambda' W;
     activation:  rho = sigma'(z) rho' + sigma''(z) t lambda',  lambda = sigma'(z) lambda';
     BatchNorm:   the vector-Jacobian product of (y, t') = (gamma xhat + beta, gamma dxhat(t)) at (h, t, gamma),
-                 by autograd on those few elementwise ops and batch means.
+                 in closed form (_bn_vjp).
 The GEMMs are the same as a double backward's; what is saved is the generic graph around them. BatchNorm's
 running statistics are updated once per call by the module itself, exactly as one forward of D does.
 """
@@ -60,10 +60,9 @@ def _forward_layers(x, steps, tensors):
             if batch:
                 xhat, rstd = _batch_stats(h, m.eps)
             else:
-                mean, rstd = m.running_mean, torch.rsqrt(m.running_var + m.eps)
-                xhat = (h - mean) * rstd
-            layers.append({"kind": kind, "gamma": gamma, "beta": beta, "h": h, "xhat": xhat, "rstd": rstd,
-                           "eps": m.eps, **({} if batch else {"mean": mean})})
+                rstd = torch.rsqrt(m.running_var + m.eps)
+                xhat = (h - m.running_mean) * rstd
+            layers.append({"kind": kind, "gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd})
             h = m(h)  # the module's own forward: its output and its running-statistics update
         else:
             act = _Act(kind, m)

@@ -104,8 +104,9 @@ def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
 
 
 # ---------------------------------------------------------------- backend implementations (no autograd)
-# Tensors here are 2-D: x (m, F), eps (n_noisy, F), outputs (rows_out, F) contiguous; sigma (C,) in the
-# accumulation dtype; rng int64 [seed, offset, ticket] (or the 2-element `used` of a recorded draw).
+# Tensors here are 2-D: x (m, F), eps (n_noisy, F), outputs (rows_out, F) contiguous; sigma: C contiguous
+# values in the accumulation dtype (the eager path keeps the caller's shape, e.g. (C, 1, 1));
+# rng int64 [seed, offset, ticket] (or the 2-element `used` of a recorded draw).
 
 def _fwd_reference(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half):
     x0 = xr if xr is not None else xf

@@ -101,9 +101,11 @@ def _fwd_args(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf, partials=None
 
 
 def _partials(lr, lf, like):
-    """Scratch for the GPU forward's partial sums (one per chunk of a side), or None for a one-pass forward."""
-    blocks = -(-lr.numel() // FWD_CHUNK) + -(-lf.numel() // FWD_CHUNK)
-    return like.new_empty(blocks) if blocks > 1 else None
+    """Scratch for the GPU forward's partial sums (one per chunk of a side), or None for a one-pass forward
+    (no side longer than a chunk: one block reduces both)."""
+    if max(lr.numel(), lf.numel()) <= FWD_CHUNK:
+        return None
+    return like.new_empty(-(-lr.numel() // FWD_CHUNK) + -(-lf.numel() // FWD_CHUNK))
 
 
 def _bwd_args(go, gwr, gwf, lr, lf, mu, mu_value, kind, reduction, dr, df):

@@ -297,7 +297,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     can be used for D's loss.
     mode: how the parameter gradient is formed (see fastgan/ops/penalty_jvp.py and mlp_penalty.py):
     "double_backward" (torch's generic double backward; the default), "jvp" (reverse over forward-mode;
-    reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs of Linear/ReLU/LeakyReLU/eval
+    reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs of Linear, activations and
     BatchNorm1d), "auto" ("mlp" where supported, else "jvp" once it has matched the double backward on D's
     first batch, else "double_backward"). _dispatch.counts[("gradient_penalty", mode)] records what ran.
     """

@@ -100,6 +100,7 @@ def test_triton_chunked_forward_uses_one_partial_per_chunk(monkeypatch):
     lr, lf = torch.zeros(250), torch.zeros(101)
     assert nt_mod._partials(lr, lf, lf).shape == (3 + 2,)
     assert nt_mod._partials(torch.zeros(0), torch.zeros(100), lf) is None  # one chunk: one pass
+    assert nt_mod._partials(torch.zeros(100), torch.zeros(100), lf) is None  # a batch of logits: one block
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -497,3 +498,24 @@ def test_under_compile_the_custom_ops_run_not_the_eager_path(monkeypatch):
     targets = {str(n.target) for gm in graphs for n in gm.graph.nodes}
     assert "fastgan.nt_losses" in targets
     assert a.grad is not None and b.grad is not None
+
+
+EXTREME = [float("nan"), float("inf"), float("-inf"), -720.0, 720.0, -1e4, 1e4, 0.0, 3.0, -40.0]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_and_far_negative_logits_match_the_reference(backend, dtype):
+    """NaN stays NaN where the reference has it, +-inf gives the reference's limits, and logits below -708
+    (where the CPU's polynomial exp holds e^x at e^-708) stay within 1e-300 of the reference."""
+    lr = torch.tensor(EXTREME, dtype=dtype)
+    lf = lr.flip(0)
+
+    def run(which):
+        a, b = lr.clone().requires_grad_(True), lf.clone().requires_grad_(True)
+        loss, w_r, w_f = nt_losses(a, b, 0.3, js_weights=True, reduction="sum", backend=which)
+        d = torch.autograd.grad(loss + (w_r * 1.5).sum() + w_f.sum(), (a, b))
+        return [loss, w_r, w_f, *d]
+
+    for k, (got, want) in enumerate(zip(run(backend), run("reference"))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-300, equal_nan=True, msg=f"output {k}")

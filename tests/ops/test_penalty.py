@@ -496,3 +496,20 @@ def test_gpu_auto_prefers_cuda_kernel_and_js_penalty_matches():
     torch.testing.assert_close(pen, pen_r, rtol=1e-4, atol=1e-6)
     for a, b in zip(_param_grads(D, pen), _param_grads(D_ref, pen_r)):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("weight", ["js_real", "js_fake"])
+def test_non_finite_and_far_negative_logits_match_the_reference(backend, weight):
+    """The CPU's polynomial weights (poly_math.h) on NaN, +-inf and logits below -708, float64."""
+    logits = torch.tensor([float("nan"), float("inf"), float("-inf"), -720.0, 720.0, -1e4, 0.0, 2.0],
+                          dtype=torch.float64)
+    grad = torch.linspace(-1, 1, logits.numel() * 3, dtype=torch.float64).reshape(-1, 3)
+
+    def run(which):
+        g, l = grad.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+        out = P.grad_norm_penalty(g, l, weight, "none", backend=which)
+        return [out, *torch.autograd.grad((out * torch.arange(1.0, 9.0, dtype=torch.float64)).sum(), (g, l))]
+
+    for k, (got, want) in enumerate(zip(run(backend), run("reference"))):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300, equal_nan=True, msg=f"output {k}")
