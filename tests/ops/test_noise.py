@@ -920,3 +920,35 @@ def test_under_compile_the_custom_ops_run_not_the_eager_path(monkeypatch):
                for n in mod.graph.nodes}
     assert any("fastgan.noisy_batch_draw" in t for t in targets) and "fastgan.noisy_batch" in targets
     assert x.grad is not None and s.grad is not None and e.grad is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", list(_TRITON_LAYOUTS))
+@pytest.mark.parametrize("kind", ["float", "channel", "eps"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_layouts_match_reference(layout, kind, mode):
+    """The CUDA kernels' four-element vector paths (taken when F and the channel planes are multiples of 4 and
+    every tensor has unit feature stride and aligned rows) and their scalar paths, on the Triton tests' layouts:
+    strided x and eps in the forward, strided upstream gradients in the backward."""
+    m = 33
+    shape, base_shape, view, _ = _TRITON_LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(19)
+    leaves = [torch.randn(base_shape(m), generator=gen).cuda().requires_grad_(True) for _ in range(2)]
+    if kind == "eps":
+        leaves.append(torch.randn(base_shape(_n_noisy(m, mode)), generator=gen).cuda().requires_grad_(True))
+    elif kind == "channel":
+        leaves.append(_noise_arg(kind, m, shape, mode).cuda().requires_grad_(True))
+    rows = 2 * m if mode == "double" else m
+    gr, gf = (view(torch.randn(base_shape(rows), generator=gen).cuda()) for _ in range(2))
+
+    def outputs(which, tensors):
+        xr, xf = view(tensors[0]), view(tensors[1])
+        noise = 0.8 if kind == "float" else view(tensors[2]) if kind == "eps" else tensors[2]
+        r, f = _run(which, xr, xf, noise, mode)
+        return [r, f, *torch.autograd.grad((r, f), tensors, (gr.to(r.dtype), gf.to(f.dtype)))]
+
+    impl = outputs("cuda", leaves)
+    r32 = outputs("oracle", leaves)
+    r64 = outputs("oracle", [_to64(t) for t in leaves])
+    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
+        assert_close_to_oracle(a, b, c, name=f"cuda-{layout}-{kind}-{mode}-{name}")
