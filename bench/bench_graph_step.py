@@ -30,6 +30,8 @@ CASES = [(m, mode, backend) for m in ("mlp_tanh", "mlp_leaky", "dcgan32")
                                ("double_backward", "cuda"), ("double_backward", "triton"), ("jvp", "cuda"),
                                ("mlp", "cuda"))
          if not (m == "dcgan32" and mode == "mlp")]
+CASES += [("dcgan32_b256", mode, backend) for mode, backend in (("unregularized", None), ("double_backward", "cuda"),
+                                                                 ("jvp", "cuda"))]
 
 
 def _capture(step):

@@ -52,8 +52,9 @@ def _case(model: str, device: str):
     torch.manual_seed(0)
     if model.startswith("mlp"):
         D, B, shape = mlp_d(model.split("_")[1]), 512, (3,)
-    else:
-        D, B, shape = DCGAN32D(64 if device == "cuda" else 8), 64, (3, 32, 32)
+    else:  # "dcgan32" (B=64) or "dcgan32_b256": the two DCGAN batch sizes
+        B = 256 if model.endswith("_b256") else 64
+        D, shape = DCGAN32D(64 if device == "cuda" else 8), (3, 32, 32)
     x_real = torch.randn(B, *shape, generator=g).to(device)
     x_fake = torch.randn(B, *shape, generator=g).to(device)
     return D.to(device), x_real, x_fake
