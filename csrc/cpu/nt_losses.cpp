@@ -55,15 +55,9 @@ Side side_of(std::uintptr_t logits, int64_t n, int64_t stride, int sign, bool re
           in_loss && n > n_clean ? double(nt::coef<A>(n_clean, n, mu, reduction)) : 0.0};
 }
 
-template <typename A>
-void load_chunk(const Side& s, int64_t k0, int64_t cnt, double* psi) {
-  const A* l = static_cast<const A*>(s.logits);
-  for (int64_t i = 0; i < cnt; ++i) psi[i] = double(l[(k0 + i) * s.stride]);
-}
-
 // Loss terms coef * softplus(sign * psi) of a chunk into v, and its JS weights into w. The side's fields
-// are locals and its two switches template arguments: GCC does not vectorise a loop that selects on a
-// loop-invariant bool, nor one whose stores could alias the fields it reads.
+// are locals and its switches template arguments: GCC does not vectorise a loop that selects on a
+// loop-invariant runtime bool, nor one whose stores could alias the fields it reads.
 template <bool REAL>
 __attribute__((always_inline)) inline void chunk_forward_impl(const Side& s, int64_t k0, int64_t cnt,
                                                               const double* __restrict psi, double* __restrict v,
@@ -74,7 +68,8 @@ __attribute__((always_inline)) inline void chunk_forward_impl(const Side& s, int
     const poly::Logistic l = poly::logistic(psi[i]);
     const double c = i < clean_end ? c_clean : c_noisy;
     v[i] = c * poly::softplus_signed(psi[i], sign, l.e);  // c = 0 when the side is not in the loss
-    w[i] = REAL ? l.q * l.q : l.s * l.s;
+    double dw;
+    poly::js_weight(REAL, l, &w[i], &dw);
   }
 }
 
@@ -96,7 +91,8 @@ __attribute__((always_inline)) inline void chunk_backward_impl(const Side& s, in
     const poly::Logistic l = poly::logistic(psi[i]);
     const double c = i < clean_end ? c_clean : c_noisy;
     const double sig = POSITIVE ? l.s : l.q;  // sigmoid(sign * psi)
-    const double dw = REAL ? -2.0 * l.s * l.q * l.q : 2.0 * l.s * l.s * l.q;
+    double w, dw;
+    poly::js_weight(REAL, l, &w, &dw);
     d[i] = c * sig + gw[i] * dw;
   }
 }
@@ -148,7 +144,7 @@ void forward(const NtLossArgs& a) {
   A* wf = reinterpret_cast<A*>(a.w_fake);
   for_each_chunk(r, f, [&](const Side& s, int64_t k0, int64_t cnt, int64_t c) {
     double psi[kChunk], v[kChunk], w[kChunk];
-    load_chunk<A>(s, k0, cnt, psi);
+    load_as_double(static_cast<const A*>(s.logits), k0, cnt, s.stride, psi);
     chunk_forward(s, k0, cnt, psi, v, w);
     partial[size_t(c)] = lane_sum(v, cnt);
     A* out = s.real ? wr : wf;
@@ -168,7 +164,7 @@ void backward(const NtLossArgs& a) {
   const Side f = side_of<A>(a.logits_fake, a.n_fake, a.s_fake, nt::fake_sign(a.kind), false, mu, a.reduction);
   for_each_chunk(r, f, [&](const Side& s, int64_t k0, int64_t cnt, int64_t) {
     double psi[kChunk], gw[kChunk], d[kChunk];
-    load_chunk<A>(s, k0, cnt, psi);
+    load_as_double(static_cast<const A*>(s.logits), k0, cnt, s.stride, psi);
     const A* g = reinterpret_cast<const A*>(s.real ? a.gw_real : a.gw_fake);
     for (int64_t i = 0; i < cnt; ++i) gw[i] = g != nullptr ? double(g[k0 + i]) : 0.0;
     chunk_backward(s, k0, cnt, psi, go, gw, d);

@@ -146,11 +146,6 @@ void block_sq_norms(const T* g, int64_t n0, int64_t cnt, int64_t F, int64_t sb, 
   for (int64_t i = 0; i < cnt; ++i) s[i] = any_row_sq_norm(g + (n0 + i) * sb, F, sf);
 }
 
-template <typename A>
-void load_logits(const A* logits, int64_t n0, int64_t cnt, int64_t sl, double* psi) {
-  for (int64_t i = 0; i < cnt; ++i) psi[i] = double(logits[(n0 + i) * sl]);
-}
-
 template <typename T, typename A>
 void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int64_t sb, int64_t sf,
                  int64_t sl, int weight) {
@@ -159,7 +154,7 @@ void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int6
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * rows, cnt = std::min(rows, B - n0);
     double psi[kRows], w[kRows], dw[kRows], sq[kRows];
-    load_logits(logits, n0, cnt, sl, psi);
+    load_as_double(logits, n0, cnt, sl, psi);
     block_weights(weight, psi, cnt, w, dw);
     block_sq_norms(g, n0, cnt, F, sb, sf, sq);
     for (int64_t i = 0; i < cnt; ++i) out[n0 + i] = A(w[i] * sq[i]);
@@ -174,7 +169,7 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * rows, cnt = std::min(rows, B - n0);
     double psi[kRows], w[kRows], dw[kRows];
-    load_logits(logits, n0, cnt, sl, psi);
+    load_as_double(logits, n0, cnt, sl, psi);
     block_weights(weight, psi, cnt, w, dw);
     if constexpr (std::is_same_v<T, float>) {
       if (short_rows<T>(F, sb, sf)) {
@@ -183,8 +178,8 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
         block_sq_norms(g, n0, cnt, F, sb, sf, sq);
         for (int64_t i = 0; i < cnt; ++i) {
           const double gon = double(go[n0 + i]);
-          scale[i] = float(A(2.0 * w[i] * gon));
-          dlogits[n0 + i] = A(dw[i] * sq[i] * gon);
+          scale[i] = float(A(penalty::grad_scale(w[i], gon)));
+          dlogits[n0 + i] = A(penalty::logit_grad(dw[i], sq[i], gon));
         }
         short_scale_rows(g + n0 * F, cnt, F, scale, dgrad + n0 * F);
         continue;
@@ -193,13 +188,13 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
     for (int64_t i = 0; i < cnt; ++i) {
       const int64_t n = n0 + i;
       const double gon = double(go[n]);
-      const A scale = A(2.0 * w[i] * gon);  // penalty::grad_scale, rounded to A as before
+      const A scale = A(penalty::grad_scale(w[i], gon));
       const T* row = g + n * sb;
       T* drow = dgrad + n * F;
       if constexpr (std::is_same_v<T, float>) {
         if (sf == 1) {
           for (int64_t f = 0; f < F; ++f) drow[f] = scale * row[f];
-          dlogits[n] = A(dw[i] * row_sq_norm(row, F) * gon);
+          dlogits[n] = A(penalty::logit_grad(dw[i], row_sq_norm(row, F), gon));
           continue;
         }
       }
@@ -209,7 +204,7 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
         s += v * v;
         drow[f] = Storage<T>::store(double(scale) * v);
       }
-      dlogits[n] = A(dw[i] * s * gon);
+      dlogits[n] = A(penalty::logit_grad(dw[i], s, gon));
     }
   }
 }

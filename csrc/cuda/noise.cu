@@ -270,12 +270,15 @@ int64_t blocks_for(int64_t work) {
 }
 
 // Whether forward_kernel's VEC path applies: every tensor it reads or writes in four-element vectors.
+// An absent tensor (p == 0), or rows of unit feature stride whose every start is aligned to four elements.
+bool quad_rows(std::uintptr_t p, int64_t sb, int64_t sf, std::uintptr_t elem) {
+  return p == 0 || (sf == 1 && sb % 4 == 0 && p % (4 * elem) == 0);
+}
+
 bool vec_ok(const NoisyForwardArgs& a, std::uintptr_t elem) {
-  if (a.F % 4 != 0) return false;
-  const std::uintptr_t align = 4 * elem;
-  auto ok = [&](std::uintptr_t p, int64_t sb, int64_t sf) { return p == 0 || (sf == 1 && sb % 4 == 0 && p % align == 0); };
-  return ok(a.x_real, a.sr_b, a.sr_f) && ok(a.x_fake, a.sf_b, a.sf_f) && ok(a.eps, a.se_b, a.se_f) &&
-         a.out_real % align == 0 && a.out_fake % align == 0;
+  return a.F % 4 == 0 && quad_rows(a.x_real, a.sr_b, a.sr_f, elem) && quad_rows(a.x_fake, a.sf_b, a.sf_f, elem) &&
+         quad_rows(a.eps, a.se_b, a.se_f, elem) && quad_rows(a.out_real, a.F, 1, elem) &&
+         quad_rows(a.out_fake, a.F, 1, elem);
 }
 
 template <typename T, typename A, bool GAUSS>
@@ -306,11 +309,9 @@ int pick_tpr(int64_t inner) {
 
 // Whether backward_kernel's VEC path applies.
 bool vec_ok(const NoisyBackwardArgs& a, std::uintptr_t elem) {
-  if (a.F % 4 != 0 || (a.F / a.C) % 4 != 0) return false;
-  const std::uintptr_t align = 4 * elem;
-  auto ok = [&](std::uintptr_t p, int64_t sb, int64_t sf) { return p == 0 || (sf == 1 && sb % 4 == 0 && p % align == 0); };
-  return ok(a.g_real, a.gr_b, a.gr_f) && ok(a.g_fake, a.gf_b, a.gf_f) && a.dx_real % align == 0 &&
-         a.dx_fake % align == 0 && a.deps % align == 0;
+  return a.F % 4 == 0 && (a.F / a.C) % 4 == 0 && quad_rows(a.g_real, a.gr_b, a.gr_f, elem) &&
+         quad_rows(a.g_fake, a.gf_b, a.gf_f, elem) && quad_rows(a.dx_real, a.F, 1, elem) &&
+         quad_rows(a.dx_fake, a.F, 1, elem) && quad_rows(a.deps, a.F, 1, elem);
 }
 
 template <typename T, typename A, int TPR, bool DSIG>
