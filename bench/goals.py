@@ -38,24 +38,19 @@ def _median(b: dict) -> float:
     return b["stats"]["median"]
 
 
+def _info_rows(benchmarks, key, also, ok):
+    """(name, extra_info[also], extra_info[key], ok(value)) for each benchmark whose extra_info has `key`."""
+    return [(b["name"], b["extra_info"].get(also), b["extra_info"][key], ok(b["extra_info"][key]))
+            for b in benchmarks if key in b.get("extra_info", {})]
+
+
 def bandwidth_rows(benchmarks):
-    rows = []
-    for b in benchmarks:
-        info = b.get("extra_info", {})
-        if "fraction_of_copy" in info and info.get("backend") in FUSED:  # the reference is a baseline
-            frac = info["fraction_of_copy"]
-            rows.append((b["name"], info.get("GB_per_s"), frac, frac >= BANDWIDTH_GOAL))
-    return rows
+    fused = [b for b in benchmarks if b.get("extra_info", {}).get("backend") in FUSED]  # the reference is a baseline
+    return _info_rows(fused, "fraction_of_copy", "GB_per_s", lambda f: f >= BANDWIDTH_GOAL)
 
 
 def graph_rows(benchmarks):
-    rows = []
-    for b in benchmarks:
-        info = b.get("extra_info", {})
-        if "ratio_vs_unregularized" in info:
-            r = info["ratio_vs_unregularized"]
-            rows.append((b["name"], info.get("ms_per_update"), r, r <= PENALTY_RATIO_GOAL))
-    return rows
+    return _info_rows(benchmarks, "ratio_vs_unregularized", "ms_per_update", lambda r: r <= PENALTY_RATIO_GOAL)
 
 
 _ID = re.compile(r"^(?P<test>[^\[]+)\[(?P<dev>cpu|cuda)-(?P<impl>[a-z]+)-(?P<rest>.*)\]$")
@@ -72,12 +67,8 @@ def _groups(benchmarks):
 
 
 def denoiser_rows(benchmarks):
-    rows = []
-    for b in benchmarks:
-        info = b.get("extra_info", {})
-        if "speedup_vs_reference" in info:
-            s = info["speedup_vs_reference"]
-            rows.append((b["name"] + " (graphed)", s, s >= DENOISER_SPEEDUP_GOAL))
+    rows = [(name + " (graphed)", s, ok) for name, _, s, ok in
+            _info_rows(benchmarks, "speedup_vs_reference", "ms_per_step", lambda s: s >= DENOISER_SPEEDUP_GOAL)]
     graphed = bool(rows)
     for (test, dev, case), impls in sorted(_groups(benchmarks).items()):
         if dev != "cuda" or graphed or not test.startswith("test_denoiser") or "reference" not in impls:

@@ -192,30 +192,45 @@ def load_layers(ctx):
     return layers, extra
 
 
+def primal_chain(x, steps, tensors, norm):
+    """The planned MLP's forward on x: (psi (B,), one record per step of what its backward needs). Linear
+    records keep W, b and their input h, activations their _Act and key; each BatchNorm layer runs through
+    norm(kind, module, h, gamma, beta) -> (record fields, output), which differs between the closed forms."""
+    B = x.shape[0]
+    h = x.reshape(B, math.prod(x.shape[1:]))
+    layers = []
+    it = iter(tensors)
+    for kind, m in steps:
+        if kind == "linear":
+            W, b = next(it), next(it)
+            layers.append({"kind": kind, "W": W, "b": b, "h": h})
+            h = torch.nn.functional.linear(h, W, b)
+        elif kind in ("bn", "bn_batch"):
+            fields, h_next = norm(kind, m, h, next(it), next(it))
+            layers.append({"kind": kind, **fields})
+            h = h_next
+        else:
+            act = _Act(kind, m)
+            h, key = act.forward(h)
+            layers.append({"kind": kind, "act": act, "key": key})
+    return h.reshape(B), layers
+
+
+def _running_stats_norm(kind, m, h, gamma, beta):
+    """BatchNorm1d with running statistics: a per-feature affine map with slope gamma / sqrt(var + eps)."""
+    rstd = torch.rsqrt(m.running_var + m.eps)
+    fields = {"gamma": gamma, "beta": beta, "rstd": rstd, "h": h, "mean": m.running_mean,
+              "slope": rstd if gamma is None else gamma * rstd}
+    return fields, torch.nn.functional.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
+
+
 class _MLPPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
         steps, weight, backend = spec
         B = x.shape[0]
-        h = x.reshape(B, math.prod(x.shape[1:]))
-        layers = []  # per step: what its backward needs
-        it = iter(tensors)
-        for kind, m in steps:
-            if kind == "linear":
-                W, b = next(it), next(it)
-                layers.append({"kind": kind, "W": W, "b": b, "h": h})
-                h = torch.nn.functional.linear(h, W, b)
-            elif kind == "bn":
-                gamma, beta = next(it), next(it)
-                rstd = torch.rsqrt(m.running_var + m.eps)
-                layers.append({"kind": kind, "gamma": gamma, "beta": beta, "rstd": rstd, "h": h,
-                               "mean": m.running_mean, "slope": rstd if gamma is None else gamma * rstd})
-                h = torch.nn.functional.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
-            else:
-                act = _Act(kind, m)
-                h, key = act.forward(h)
-                layers.append({"kind": kind, "act": act, "key": key})
-        psi = h.reshape(B)
+        psi, layers = primal_chain(x, steps, tensors, _running_stats_norm)
+        h = psi.reshape(B, 1)
         # delta: d psi_n / d (the layer's output), one row per sample; the last one is the input gradient
         delta = None  # None: a column of ones
         for L in reversed(layers):
@@ -296,10 +311,12 @@ class _MLPPenalty(torch.autograd.Function):
         return (None, None, *out)
 
 
-def _run(D, x, weight, backend):
-    steps, why = plan(D, x)
+def _run(D, x, weight, backend, steps=None):
+    """steps: plan(D, x)'s, when the caller already has them."""
     if steps is None:
-        raise ValueError(f"mode='mlp' cannot run this D: {why}; use mode='jvp', 'double_backward' or 'auto'")
+        steps, why = plan(D, x)
+        if steps is None:
+            raise ValueError(f"mode='mlp' cannot run this D: {why}; use mode='jvp', 'double_backward' or 'auto'")
     tensors = []
     for kind, m in steps:
         if kind in ("linear", "bn", "bn_batch"):
@@ -321,11 +338,11 @@ def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     return per, psi
 
 
-def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None):
+def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None, steps=None):
     """(Omega, logits_real, logits_fake) as js_penalty(..., mode="mlp"), with the real and fake batches in one
     pass: samples are independent in a supported MLP, so this is the two penalties' math in half the kernel
-    launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph)."""
+    launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph). steps: plan(D, x)'s."""
     B_r = x_real.shape[0]
     x = torch.cat([x_real.detach(), x_fake.detach()])
-    per, psi = _run(D, x, (("js_real", B_r), ("js_fake", x_fake.shape[0])), backend)
+    per, psi = _run(D, x, (("js_real", B_r), ("js_fake", x_fake.shape[0])), backend, steps)
     return per[:B_r].mean() + per[B_r:].mean(), psi[:B_r], psi[B_r:]

@@ -16,7 +16,6 @@ running statistics are updated once per call by the module itself, exactly as on
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -41,34 +40,15 @@ def _affine(y, gamma, beta):
     return y if beta is None else y + beta
 
 
-def _forward_layers(x, steps, tensors):
-    """Primal chain; BatchNorm layers run as modules (running statistics advance once, like D's forward)."""
-    from .mlp_penalty import _Act
-
-    B = x.shape[0]
-    h = x.reshape(B, math.prod(x.shape[1:]))
-    layers = []
-    it = iter(tensors)
-    for kind, m in steps:
-        if kind == "linear":
-            W, b = next(it), next(it)
-            layers.append({"kind": kind, "W": W, "b": b, "h": h})
-            h = torch.nn.functional.linear(h, W, b)
-        elif kind in ("bn", "bn_batch"):
-            gamma, beta = next(it), next(it)
-            batch = kind == "bn_batch"
-            if batch:
-                xhat, rstd = _batch_stats(h, m.eps)
-            else:
-                rstd = torch.rsqrt(m.running_var + m.eps)
-                xhat = (h - m.running_mean) * rstd
-            layers.append({"kind": kind, "gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd})
-            h = m(h)  # the module's own forward: its output and its running-statistics update
-        else:
-            act = _Act(kind, m)
-            h, key = act.forward(h)
-            layers.append({"kind": kind, "act": act, "key": key})
-    return h.reshape(B), layers
+def _norm(kind, m, h, gamma, beta):
+    """BatchNorm runs as the module (its output and its running-statistics update, once per call, like D's
+    forward); the record keeps xhat and rstd of the statistics it normalized with."""
+    if kind == "bn_batch":
+        xhat, rstd = _batch_stats(h, m.eps)
+    else:
+        rstd = torch.rsqrt(m.running_var + m.eps)
+        xhat = (h - m.running_mean) * rstd
+    return {"gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd}, m(h)
 
 
 def _input_gradient(layers, like):
@@ -128,10 +108,10 @@ def _bn_vjp(L, rho, lam):
 class _BatchStatMLPPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
-        from .mlp_penalty import _terms, save_layers, weight_extras
+        from .mlp_penalty import _terms, primal_chain, save_layers, weight_extras
 
         steps, weight, backend = spec
-        psi, layers = _forward_layers(x, steps, tensors)
+        psi, layers = primal_chain(x, steps, tensors, _norm)
         g = _input_gradient(layers, psi.reshape(-1, 1))
         acc = _checks.acc_dtype(g.dtype)
         g2 = g.to(acc) if acc == torch.float64 else g

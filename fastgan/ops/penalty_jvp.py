@@ -438,7 +438,7 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
         return None  # batch statistics of the joint batch would differ from each batch's own
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in D.modules()):
         return None
-    out = mlp_penalty.mlp_js_penalty(D, x_real, x_fake, backend)
+    out = mlp_penalty.mlp_js_penalty(D, x_real, x_fake, backend, steps)
     for _ in range(2):  # one per penalty term, as two gradient_penalty calls would record
         _dispatch.record(MODE_OP, "mlp")
     return out
