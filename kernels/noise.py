@@ -46,6 +46,25 @@ def _at(i0, f0, wrap, k, F, s_b, s_f, VEC: tl.constexpr):
         return (i0[:, None] + wrap) * s_b + (f0[:, None] + k - wrap * F) * s_f
 
 
+@triton.jit
+def _normals_tile(seed, counters, ROWS: tl.constexpr):
+    # the four normals of each counter as a [ROWS, 4] tile in element order: join adds a last axis, so
+    # [g, a, b] holds z_(2a+b) and the row-major reshape gives rows (z0, z1, z2, z3)
+    z0, z1, z2, z3 = tl.randn4x(seed, counters)
+    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [ROWS, 4])
+
+
+@triton.jit
+def _side_backward(g_ptr, dx_ptr, o_noisy, o_clean, o_dx, mask, ACC: tl.constexpr, DX: tl.constexpr):
+    # one batch's upstream gradient at the noisy elements (its share of deps) and, when DX, its dx: the
+    # gradients of the clean copy and of the noisy one, added
+    v = tl.load(g_ptr + o_noisy, mask=mask, other=0.0).to(ACC)
+    if DX:
+        c = tl.load(g_ptr + o_clean, mask=mask, other=0.0).to(ACC)
+        tl.store(dx_ptr + o_dx, (c + v).to(dx_ptr.dtype.element_ty), mask=mask)
+    return v
+
+
 # Float scalars are annotated tl.float64 (an unannotated Python float arrives as fp32): see kernels/denoiser.py.
 @triton.jit
 def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, rng_ptr, used_ptr, outr_ptr, outf_ptr,
@@ -77,9 +96,7 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
             first = pid == 0
             tl.store(used_ptr, seed, mask=first)
             tl.store(used_ptr + 1, off, mask=first)
-        z0, z1, z2, z3 = tl.randn4x(seed, off + g)
-        # join adds a last axis: [g, a, b] holds z_(2a+b), so the row-major reshape gives rows (z0, z1, z2, z3)
-        z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK, 4])
+        z = _normals_tile(seed, off + g, BLOCK)
     else:
         z = tl.zeros([BLOCK, 4], dtype=tl.float32)
     g4 = g * 4
@@ -165,22 +182,15 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
             o_out = tl.multiple_of(i * F + f, 4)[:, None] + k
             ge = tl.zeros([BLOCK_P * BLOCK_G, 4], dtype=ACC)
             if HAS_R:
-                vr = tl.load(gr_ptr + _at(dst0 + i, f, 0, k, F, gr_b, gr_f, True), mask=mask, other=0.0).to(ACC)
-                ge += vr
-                if DX_R:
-                    cr = tl.load(gr_ptr + _at(i, f, 0, k, F, gr_b, gr_f, True), mask=mask, other=0.0).to(ACC)
-                    tl.store(dxr_ptr + o_out, (cr + vr).to(dxr_ptr.dtype.element_ty), mask=mask)
+                ge += _side_backward(gr_ptr, dxr_ptr, _at(dst0 + i, f, 0, k, F, gr_b, gr_f, True),
+                                     _at(i, f, 0, k, F, gr_b, gr_f, True), o_out, mask, ACC, DX_R)
             if HAS_F:
-                vf = tl.load(gf_ptr + _at(dst0 + i, f, 0, k, F, gf_b, gf_f, True), mask=mask, other=0.0).to(ACC)
-                ge += vf
-                if DX_F:
-                    cf = tl.load(gf_ptr + _at(i, f, 0, k, F, gf_b, gf_f, True), mask=mask, other=0.0).to(ACC)
-                    tl.store(dxf_ptr + o_out, (cf + vf).to(dxf_ptr.dtype.element_ty), mask=mask)
+                ge += _side_backward(gf_ptr, dxf_ptr, _at(dst0 + i, f, 0, k, F, gf_b, gf_f, True),
+                                     _at(i, f, 0, k, F, gf_b, gf_f, True), o_out, mask, ACC, DX_F)
             if DEPS:
                 tl.store(deps_ptr + o_out, ge.to(deps_ptr.dtype.element_ty), mask=mask)
             if DSIG:
-                z0, z1, z2, z3 = tl.randn4x(seed, off + p * NG + gl)
-                z = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK_P * BLOCK_G, 4])
+                z = _normals_tile(seed, off + p * NG + gl, BLOCK_P * BLOCK_G)
                 acc += tl.where(mask, ge * z.to(ACC), 0.0)
         if DSIG:
             s = tl.sum(tl.reshape(tl.sum(acc, axis=1), [BLOCK_P, BLOCK_G]), axis=1)
@@ -206,17 +216,11 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
                 f = e - i[:, None] * F
                 ge = tl.zeros([BLOCK_P, BLOCK_G], dtype=ACC)
                 if HAS_R:
-                    vr = tl.load(gr_ptr + (dst0 + i[:, None]) * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
-                    ge += vr
-                    if DX_R:
-                        cr = tl.load(gr_ptr + i[:, None] * gr_b + f * gr_f, mask=m, other=0.0).to(ACC)
-                        tl.store(dxr_ptr + i[:, None] * F + f, (cr + vr).to(dxr_ptr.dtype.element_ty), mask=m)
+                    ge += _side_backward(gr_ptr, dxr_ptr, (dst0 + i[:, None]) * gr_b + f * gr_f,
+                                         i[:, None] * gr_b + f * gr_f, i[:, None] * F + f, m, ACC, DX_R)
                 if HAS_F:
-                    vf = tl.load(gf_ptr + (dst0 + i[:, None]) * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
-                    ge += vf
-                    if DX_F:
-                        cf = tl.load(gf_ptr + i[:, None] * gf_b + f * gf_f, mask=m, other=0.0).to(ACC)
-                        tl.store(dxf_ptr + i[:, None] * F + f, (cf + vf).to(dxf_ptr.dtype.element_ty), mask=m)
+                    ge += _side_backward(gf_ptr, dxf_ptr, (dst0 + i[:, None]) * gf_b + f * gf_f,
+                                         i[:, None] * gf_b + f * gf_f, i[:, None] * F + f, m, ACC, DX_F)
                 if DEPS:
                     tl.store(deps_ptr + i[:, None] * F + f, ge.to(deps_ptr.dtype.element_ty), mask=m)
                 if DSIG:
