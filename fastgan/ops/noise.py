@@ -247,12 +247,17 @@ def _n_noisy(m: int, half: bool) -> int:
     return m - m // 2 if half else m
 
 
-def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
+def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
+    """z (cpu backend only): a float32 buffer of n_noisy * F that receives the draw's normals."""
     out_r, out_f = _empty_outputs(x_real, x_fake, half)
     used = state.new_empty(2)
-    _FORWARD[backend](x_real, x_fake, None, sigma, sigma_value, state, True, used,
-                      out_r if x_real is not None else None, out_f if x_fake is not None else None,
-                      sigma.numel() if sigma is not None else 1, half)
+    args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
+            out_r if x_real is not None else None, out_f if x_fake is not None else None,
+            sigma.numel() if sigma is not None else 1, half)
+    if z is None:
+        _FORWARD[backend](*args)
+    else:
+        _fwd_cpu(*args, z=z)
     _dispatch.record(OP, backend)
     return out_r, out_f, used
 
@@ -520,21 +525,12 @@ class _EagerDraw(torch.autograd.Function):
         # already has (each .shape or .numel() is ~0.1 us, the whole op ~50 us at the 2-d mixture's sizes)
         sigma_value, state, half, backend, m, F, C, sigma_shape = params
         z = None
-        if backend == "cpu":
-            # _run_draw and _save_forward inlined (~1 us less), keeping the draw's normals for dsigma
+        if backend == "cpu" and ctx.needs_input_grad[2]:  # keep the draw's normals for dsigma
             x0 = x_real if x_real is not None else x_fake
-            rows = m if half else 2 * m
-            out_r = x0.new_empty(rows, F) if x_real is not None else x0.new_empty(0)
-            out_f = x0.new_empty(rows, F) if x_fake is not None else x0.new_empty(0)
-            used = state.new_empty(2)
-            if ctx.needs_input_grad[2]:
-                n = (m - m // 2 if half else m) * F
-                z = x0.new_empty(n) if x0.dtype is torch.float32 else x0.new_empty(n, dtype=torch.float32)
-            _fwd_cpu(x_real, x_fake, None, sigma, sigma_value, state, True, used,
-                     out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half, z=z)
-            _dispatch.record(OP, backend)
-        else:
-            out_r, out_f, used = _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend)
+            n = (m - m // 2 if half else m) * F
+            z = x0.new_empty(n) if x0.dtype is torch.float32 else x0.new_empty(n, dtype=torch.float32)
+        out_r, out_f, used = _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z)
+        # the fields _save_forward sets, from the sizes the caller passed
         ctx.save_for_backward(used, z)
         ctx.has_r, ctx.has_f, ctx.m, ctx.C, ctx.half, ctx.backend, ctx.eager = (
             x_real is not None, x_fake is not None, m, C, half, backend, True)
