@@ -167,10 +167,11 @@ def adjoint_seed(weight, extra, g_per, g_psi):
     return torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
 
 
-def save_layers(ctx, layers, extra: dict):
-    """Layer records and extras through save_for_backward, so an in-place edit of a weight before backward
-    raises as usual; the non-tensor fields go on ctx."""
-    keys, saved, others = [], [], []
+def save_layers(ctx, layers, extra: dict, inputs=()):
+    """Layer records, extras and the Function's inputs (x, *tensors: what a create_graph backward recomputes
+    from) through save_for_backward, so an in-place edit of a weight before backward raises as usual; the
+    non-tensor fields go on ctx."""
+    keys, saved, others = [(-2, j) for j in range(len(inputs))], list(inputs), []
     for i, L in enumerate(layers):
         others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
         for k, val in L.items():
@@ -186,10 +187,24 @@ def save_layers(ctx, layers, extra: dict):
 
 def load_layers(ctx):
     layers = [dict(o) for o in ctx.others]
-    extra = {}
+    extra, inputs = {}, []
     for (i, k), val in zip(ctx.keys, ctx.saved_tensors):
-        (extra if i < 0 else layers[i])[k] = val
-    return layers, extra
+        if i == -2:
+            inputs.append(val)
+        else:
+            (extra if i < 0 else layers[i])[k] = val
+    return layers, extra, inputs
+
+
+def create_graph_backward(ctx, g_per, g_psi):
+    """The backward with create_graph=True (None when this is a first-order backward): differentiable input
+    gradients from penalty_create_graph instead of the closed form's constants."""
+    if not torch.is_grad_enabled():
+        return None
+    from .penalty_create_graph import mlp_grads
+
+    x, *tensors = load_layers(ctx)[2]
+    return (None, None, *mlp_grads(x, ctx.steps, ctx.weight, ctx.backend, tensors, g_per, g_psi))
 
 
 def primal_chain(x, steps, tensors, norm):
@@ -254,14 +269,16 @@ class _MLPPenalty(torch.autograd.Function):
                 t = t @ L["W"].t()
             else:
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
-        save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u))
-        ctx.weight, ctx.last = weight, last
+        save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors))
+        ctx.weight, ctx.last, ctx.steps, ctx.backend = weight, last, steps, backend
         return per, psi
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_per, g_psi):
-        layers, extra = load_layers(ctx)
+        higher = create_graph_backward(ctx, g_per, g_psi)
+        if higher is not None:
+            return higher
+        layers, extra, _ = load_layers(ctx)
         dt = g_psi.dtype
         a = adjoint_seed(ctx.weight, extra, g_per, g_psi)
         a, gp = a[:, None], g_per.to(dt)[:, None]

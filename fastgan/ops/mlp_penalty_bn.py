@@ -117,16 +117,18 @@ class _BatchStatMLPPenalty(torch.autograd.Function):
         g2 = g.to(acc) if acc == torch.float64 else g
         psi_acc = psi.to(acc)
         per, u, v = _terms(g2, psi_acc, weight, backend)
-        save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v})
-        ctx.weight = weight
+        save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v}, (x, *tensors))
+        ctx.weight, ctx.steps, ctx.backend = weight, steps, backend
         return per, psi
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_per, g_psi):
-        from .mlp_penalty import adjoint_seed, load_layers
+        from .mlp_penalty import adjoint_seed, create_graph_backward, load_layers
 
-        layers, extra = load_layers(ctx)
+        higher = create_graph_backward(ctx, g_per, g_psi)
+        if higher is not None:
+            return higher
+        layers, extra, _ = load_layers(ctx)
         dt, v = g_psi.dtype, extra["v"]
         rho = adjoint_seed(ctx.weight, extra, g_per, g_psi)[:, None]
         _tangents(layers, (g_per.to(v.dtype)[:, None] * v).to(dt))

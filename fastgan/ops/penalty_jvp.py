@@ -22,6 +22,7 @@ write primal and tangent in ordinary ops, which reverse mode differentiates corr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -33,7 +34,7 @@ from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
 from . import _checks, _dispatch
-from . import mlp_penalty
+from . import mlp_penalty, penalty_create_graph
 from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
@@ -295,6 +296,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     B = x.shape[0]
     scale = _scale(reduction, B)
     buffers = _buffer_clones(D)
+    start_buffers = {k: b.clone() for k, b in buffers.items()}  # for a create_graph backward's replay
     rng = _Rng(x.device)
     start = rng.save()
     x = x.detach().requires_grad_(True)
@@ -330,8 +332,38 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         surrogate = term if surrogate is None else surrogate + term
     if surrogate is None or not surrogate.requires_grad:
         return value, logits
+    params = [p for p in D.parameters() if p.requires_grad] if isinstance(D, nn.Module) \
+        else penalty_create_graph.graph_leaves(surrogate)
+
+    def replay():
+        return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, any_order=True)
+
     # s - s.detach() is exactly zero, so the value stays Omega bit for bit
-    return value + (surrogate - surrogate.detach()), logits
+    return value + penalty_create_graph.CreateGraphTap.apply(surrogate - surrogate.detach(), replay, *params), logits
+
+
+def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False):
+    """The penalty by the double backward (with its graph), from D's buffers and the random-number state as they
+    were at `start`; D's own buffers and the current random-number state are left alone.
+
+    any_order: normalizations with batch statistics run through _DualRules' ordinary ops: torch's fused
+    batch/instance/layer norm backward treats its saved statistics as constants when differentiated again, so
+    their third derivatives are silently wrong (pytorch/pytorch#186256, #175754), i.e. the gradient of the
+    penalty would be right but not its derivative."""
+    if buffers:
+        clones = {k: b.clone() for k, b in buffers.items()}
+
+        def D_at_start(inp):
+            return torch.func.functional_call(D, clones, (inp,))
+    else:
+        D_at_start = D
+    now = rng.save()
+    rng.restore(start)
+    try:
+        with _DualRules() if any_order else contextlib.nullcontext():
+            return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
+    finally:
+        rng.restore(now)
 
 
 # ---------------------------------------------------------------- auto: pick, and check jvp once per D
@@ -385,19 +417,9 @@ def _checked_jvp(D, x, weight, reduction, backend):
         pen, logits = jvp_penalty(D, x, weight, reduction, backend)
         got = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True) if pen.requires_grad \
             else [None] * len(params)
-        after = rng.save()
-        rng.restore(start)
-        clones = {k: b.clone() for k, b in start_buffers.items()}
-
-        def D_ref(inp):
-            return torch.func.functional_call(D, clones, (inp,))
-
-        try:
-            ref_pen, _ = _pen._double_backward(D_ref, x, weight, reduction, backend, record=False)
-            want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
-                else [None] * len(params)
-        finally:
-            rng.restore(after)
+        ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start)
+        want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
+            else [None] * len(params)
         a, b = _flat(got, params), _flat(want, params)
         err, size = (a - b).norm().item(), max(a.norm().item(), b.norm().item())
         value_err = abs(pen.item() - ref_pen.item())

@@ -1,0 +1,109 @@
+"""Higher-order gradients through the penalty modes "jvp" and "mlp".
+
+Both modes form the penalty's parameter gradient from quantities held constant (the JVP direction v = 2 w(psi) g,
+u = w'(psi) ||g||^2, the closed form's saved layers), which is exact for the first derivative only. When a
+backward runs with create_graph=True (torch then runs every backward function with grad mode on), the gradient
+must itself be a differentiable function of D's parameters, so these paths form it there by the double backward
+instead: the penalty is recomputed from D's state as it was at the call (buffers, random-number state) with its
+input gradient built with a graph, and differentiated with create_graph=True. A plain `loss.backward()` never
+takes this path; `_dispatch.counts[("gradient_penalty", "create_graph")]` counts the times it ran.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _dispatch
+
+MODE_OP = "gradient_penalty"
+PATH = "create_graph"
+
+
+def graph_leaves(t: torch.Tensor) -> list:
+    """The leaf tensors requiring grad that t's graph reaches (the AccumulateGrad nodes' variables)."""
+    seen, stack, leaves = set(), [t.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None:
+            leaves.append(var)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return leaves
+
+
+class CreateGraphTap(torch.autograd.Function):
+    """Identity on `diff` (the jvp surrogate's s - s.detach(), exactly zero). A first-order backward passes the
+    gradient on into diff's graph (the fast reverse-over-forward path); a backward with create_graph=True instead
+    returns, for `params`, the gradient of replay() (the penalty recomputed by the double backward) with a graph."""
+
+    @staticmethod
+    def forward(ctx, diff, replay, *params):
+        # inputs kept as plain attributes (only a create_graph backward reads them): save_for_backward's
+        # per-tensor bookkeeping would cost every first-order step
+        ctx.replay, ctx.diff, ctx.params = replay, diff, params
+        return diff.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not torch.is_grad_enabled():
+            return (grad, None) + (None,) * len(ctx.params)
+        diff, params = ctx.diff, ctx.params
+        known = {id(p) for p in params}
+        stray = [leaf for leaf in graph_leaves(diff) if id(leaf) not in known]
+        if stray:
+            raise ValueError(f"gradient_penalty(mode='jvp') with create_graph=True: D's output depends on "
+                             f"{len(stray)} tensor(s) requiring grad that are not D's parameters (shape "
+                             f"{tuple(stray[0].shape)}); pass D as a function of those tensors or use "
+                             "mode='double_backward'")
+        _dispatch.record(MODE_OP, PATH)
+        pen = ctx.replay()
+        grads = torch.autograd.grad(pen, params, grad, create_graph=True, allow_unused=True) if params else ()
+        return (None, None) + tuple(grads)
+
+
+# ---------------------------------------------------------------- mode "mlp"
+
+def _any_order_norm(kind, m, h, gamma, beta):
+    """BatchNorm1d as the closed forms ran it, without touching the running statistics (the call already advanced
+    them once); batch statistics in ordinary ops, as torch's fused batch_norm has wrong third derivatives
+    (pytorch/pytorch#186256)."""
+    from .mlp_penalty_bn import _affine, _batch_stats
+
+    if kind == "bn_batch":
+        return {}, _affine(_batch_stats(h, m.eps)[0], gamma, beta)
+    return {}, F.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
+
+
+def _per_sample(g2, psi, weight, backend):
+    from .penalty import grad_norm_penalty
+
+    if not isinstance(weight, tuple):
+        return grad_norm_penalty(g2, psi, weight, "none", backend)
+    parts, start = [], 0
+    for w, rows in weight:  # js_penalty's joint pass: real rows, then fake rows
+        parts.append(grad_norm_penalty(g2[start:start + rows], psi[start:start + rows], w, "none", backend))
+        start += rows
+    return torch.cat(parts)
+
+
+def mlp_grads(x, steps, weight, backend, tensors, g_per, g_psi):
+    """The closed form's input gradients (for `tensors`), differentiable: (per, psi) recomputed from x and
+    tensors with the input gradient built with a graph, then their vector-Jacobian product with create_graph."""
+    from .mlp_penalty import primal_chain
+
+    _dispatch.record(MODE_OP, PATH)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        psi, _ = primal_chain(xg, steps, tensors, _any_order_norm)
+        (g,) = torch.autograd.grad(psi.sum(), xg, create_graph=True)
+        per = _per_sample(g.reshape(g.shape[0], -1), psi, weight, backend)
+        live = [i for i, t in enumerate(tensors) if t is not None and t.requires_grad]
+        got = torch.autograd.grad((per, psi), [tensors[i] for i in live], (g_per.to(per.dtype), g_psi),
+                                  create_graph=True, allow_unused=True)
+    out = [None] * len(tensors)
+    for i, d in zip(live, got):
+        out[i] = d
+    return out

@@ -1,0 +1,209 @@
+"""Penalty modes "jvp", "mlp" and "auto" differentiated twice: a backward with create_graph=True must give the
+same gradient (as a differentiable function of D's parameters) as the straightforward double backward of
+fastgan.reference.penalty, so Hessian-vector products of loss_D + gamma/2 * Omega agree; a plain backward
+must not take that path; D's buffers and the random-number state must be left as one call leaves them.
+
+The oracle runs BatchNorm with batch statistics from primitive ops (_PrimitiveBatchNorm): torch's fused
+batch_norm has silently wrong third derivatives in training mode (pytorch/pytorch#186256), and a Hessian-vector
+product of a gradient penalty is a third derivative of D."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from fastgan.ops import _dispatch, gradient_penalty, js_penalty, penalty_jvp
+from fastgan.reference import penalty as ref
+
+from penalty_zoo import DS, IMG, MLPS, VEC, DropoutConvD, mlp_bn_train  # tests/ is on sys.path (conftest)
+
+GAMMA = 2.0
+KEY = ("gradient_penalty", "create_graph")
+
+
+class _PrimitiveBatchNorm(TorchFunctionMode):
+    """F.batch_norm with batch statistics as mean/var/sqrt ops (differentiable to any order), running
+    statistics updated as torch does; other norms with batch statistics are not expected in these Ds."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.layer_norm, F.instance_norm, torch.batch_norm, torch.native_batch_norm):
+            raise AssertionError(f"the oracle has no primitive form of {func.__name__}")
+        if func is not F.batch_norm:
+            return func(*args, **kwargs)
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        a = dict(zip(names, args), **kwargs)
+        x, rm, rv, training = a["input"], a.get("running_mean"), a.get("running_var"), a.get("training", False)
+        if not training and rm is not None:
+            return func(*args, **kwargs)
+        dims, shape = [0] + list(range(2, x.dim())), [1, -1] + [1] * (x.dim() - 2)
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        if training and rm is not None:
+            n, m = x.numel() // x.shape[1], a.get("momentum", 0.1)
+            with torch.no_grad():
+                rm.mul_(1 - m).add_(m * mean)
+                rv.mul_(1 - m).add_(m * n / (n - 1) * var)
+        y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + a.get("eps", 1e-5))
+        if a.get("weight") is not None:
+            y = y * a["weight"].reshape(shape)
+        return y if a.get("bias") is None else y + a["bias"].reshape(shape)
+
+
+def _loss(D, xr, xf, mode, seed=123):
+    torch.manual_seed(seed)
+    if mode == "reference":
+        with _PrimitiveBatchNorm():
+            pen, lr, lf = ref.js_penalty(D, xr, xf)
+    else:
+        pen, lr, lf = js_penalty(D, xr, xf, mode=mode)
+    return F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
+
+
+def _grad_and_hvp(D, xr, xf, mode, directions):
+    params = [p for p in D.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(_loss(D, xr, xf, mode), params, create_graph=True)
+    inner = sum((g * r).sum() for g, r in zip(grads, directions))
+    rng = torch.get_rng_state()
+    hvp = torch.autograd.grad(inner, params)
+    assert torch.equal(torch.get_rng_state(), rng), "the second-order path left the global RNG moved"
+    return [g.detach() for g in grads], hvp
+
+
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+CASES = [(name, "jvp") for name in DS] + [(name, "mlp") for name in MLPS] + [(name, "auto") for name in DS]
+
+
+@pytest.fixture
+def auto_jvp_on_cpu(monkeypatch):
+    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
+
+
+def _check_hvp(name, mode, device):
+    factory, make_x, _ = DS[name]
+    torch.manual_seed(0)
+    D = factory().double().to(device)
+    xr, xf = make_x(6).double().to(device), (make_x(6).double() * 0.5 + 0.3).to(device)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    directions = [torch.randn_like(p) for p in D.parameters() if p.requires_grad]
+    g_want, hv_want = _grad_and_hvp(D_ref, xr, xf, "reference", directions)
+    before = _dispatch.counts[KEY]
+    g_got, hv_got = _grad_and_hvp(D_new, xr, xf, mode, directions)
+    joint = torch.device(device).type in penalty_jvp.JOINT_MLP_DEVICES and name in ("mlp_leaky", "mlp_tanh", "mlp_bn_eval") \
+        and mode in ("mlp", "auto")
+    assert _dispatch.counts[KEY] == before + (1 if joint else 2), "one create_graph backward per closed-form pass"
+    assert _flat(hv_want).norm() > 0, "a zero Hessian-vector product would prove nothing"
+    torch.testing.assert_close(_flat(g_got), _flat(g_want), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(_flat(hv_got), _flat(hv_want), rtol=1e-8, atol=1e-10 * _flat(hv_want).norm().item())
+    for (bname, b), c in zip(D_ref.named_buffers(), D_new.buffers()):  # once per call, not again in the replay
+        torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-14, msg=f"buffer {bname}")
+
+
+@pytest.mark.parametrize("name,mode", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_hessian_vector_product_matches_double_backward(name, mode, auto_jvp_on_cpu):
+    _check_hvp(name, mode, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("conv_spectral_bn", "auto"), ("mlp_bn_train", "mlp"),
+                                       ("mlp_leaky", "mlp"), ("groupnorm_residual", "jvp")])
+def test_cuda_hessian_vector_product_matches_double_backward(name, mode):
+    """On CUDA, "auto" uses jvp without an opt-in and js_penalty runs an MLP's real and fake rows in one
+    closed-form pass (one create_graph backward then covers both terms: hence the count check is per case)."""
+    _check_hvp(name, mode, "cuda")
+
+
+def test_dropout_masks_replayed_in_the_second_order_path():
+    torch.manual_seed(0)
+    D = DropoutConvD().double()
+    xr, xf = IMG(6).double(), IMG(6).double()
+    directions = [torch.randn_like(p) for p in D.parameters()]
+    g_want, hv_want = _grad_and_hvp(copy.deepcopy(D), xr, xf, "reference", directions)
+    g_got, hv_got = _grad_and_hvp(copy.deepcopy(D), xr, xf, "jvp", directions)
+    torch.testing.assert_close(_flat(g_got), _flat(g_want), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(_flat(hv_got), _flat(hv_want), rtol=1e-8, atol=1e-12)
+
+
+def test_first_order_backward_keeps_the_fast_path():
+    for name, mode in (("conv_bn", "jvp"), ("mlp_leaky", "mlp"), ("mlp_bn_train", "mlp")):
+        factory, make_x, _ = DS[name]
+        D = factory().double()
+        before = _dispatch.counts[KEY]
+        _loss(D, make_x(5).double(), make_x(5).double(), mode).backward()
+        assert _dispatch.counts[KEY] == before, f"{name}/{mode}: a plain backward ran the create_graph path"
+
+
+# ------------------------------------------------------------------ gradgradcheck on the parameters
+
+def _mlp_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 3), (8,), (8, 8), (8,), (1, 8), (1,)]
+    return [(torch.randn(s, generator=g, dtype=torch.float64) * 0.7).requires_grad_(True) for s in shapes]
+
+
+def test_gradgradcheck_jvp_functional_d():
+    x = VEC(5).double()
+
+    def penalty(W1, b1, W2, b2, W3, b3):
+        def D(inp):
+            h = F.leaky_relu(F.linear(inp, W1, b1), 0.2)
+            return F.linear(torch.tanh(F.linear(h, W2, b2)), W3, b3)
+
+        pen, logits = gradient_penalty(D, x, "js_real", mode="jvp")
+        return pen + F.softplus(-logits).mean()
+
+    assert torch.autograd.gradcheck(penalty, _mlp_params())
+    assert torch.autograd.gradgradcheck(penalty, _mlp_params())
+
+
+@pytest.mark.parametrize("train_bn", [False, True], ids=["mlp", "mlp_bn_train"])
+def test_gradgradcheck_mlp_closed_form(train_bn):
+    """The closed form reads D's weights from its modules: the gradcheck inputs replace them as attributes."""
+    torch.manual_seed(0)
+    D = mlp_bn_train().double() if train_bn else nn.Sequential(
+        nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    slots = [(m, n) for m in D.modules() if isinstance(m, (nn.Linear, nn.BatchNorm1d))
+             for n in ("weight", "bias") if getattr(m, n) is not None]
+    inputs = [getattr(m, n).detach().clone().requires_grad_(True) for m, n in slots]
+    for m, n in slots:
+        delattr(m, n)
+    x = VEC(6).double()
+
+    def penalty(*ts):
+        for (m, n), t in zip(slots, ts):
+            setattr(m, n, t)
+        before = _dispatch.counts[("gradient_penalty", "mlp")]
+        pen, logits = gradient_penalty(D, x, "js_fake", mode="mlp")
+        assert _dispatch.counts[("gradient_penalty", "mlp")] == before + 1
+        return pen + F.softplus(logits).mean()
+
+    assert torch.autograd.gradcheck(penalty, inputs)
+    assert torch.autograd.gradgradcheck(penalty, inputs)
+
+
+def test_stray_tensor_in_d_raises_on_create_graph():
+    """A Module whose output depends on a tensor that is not one of its parameters: first order is fine, the
+    create_graph path (which differentiates w.r.t. D's parameters) says what is missing instead of dropping it."""
+    torch.manual_seed(0)
+    scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.lin(torch.tanh(x)) * scale
+
+    D = Scaled().double()
+    x = VEC(5).double()
+    pen, _ = gradient_penalty(D, x, "js_real", mode="jvp")
+    (g_scale,) = torch.autograd.grad(pen, scale, retain_graph=True)
+    pen_ref, _ = ref.gradient_penalty(D, x, "js_real")
+    torch.testing.assert_close(g_scale, torch.autograd.grad(pen_ref, scale)[0], rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="not D's parameters"):
+        torch.autograd.grad(pen, list(D.parameters()), create_graph=True)

@@ -1,0 +1,107 @@
+"""Discriminators the penalty-mode tests run every mode on: MLPs the closed form covers (with running and batch
+BatchNorm statistics, spectral norm), and conv/norm Ds that only the jvp path and the double backward cover."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models_for_tests as models
+
+# ------------------------------------------------------------------ discriminators
+
+def mlp_leaky():
+    return nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def mlp_bn_eval():
+    D = nn.Sequential(nn.Flatten(), nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 12),
+                      nn.Sigmoid(), nn.Dropout(0.5), nn.Linear(12, 8), nn.LeakyReLU(0.1), nn.Linear(8, 1))
+    with torch.no_grad():
+        D[2].running_mean.uniform_(-0.5, 0.5)
+        D[2].running_var.uniform_(0.5, 2.0)
+        D[2].weight.uniform_(0.5, 1.5)
+        D[2].bias.uniform_(-0.3, 0.3)
+    return D.eval()
+
+
+def mlp_bn_train():
+    """BatchNorm1d with batch statistics (training mode), affine and not, a momentum=None layer, a smooth
+    activation after one: samples are coupled, mlp_penalty_bn's closed form."""
+    return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.LeakyReLU(0.2), nn.Linear(16, 12),
+                         nn.BatchNorm1d(12, affine=False), nn.Tanh(), nn.Linear(12, 8, bias=False),
+                         nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Linear(8, 1))
+
+
+def mlp_spectral():
+    sn = nn.utils.parametrizations.spectral_norm
+    return nn.Sequential(sn(nn.Linear(3, 16)), nn.LeakyReLU(0.2), sn(nn.Linear(16, 1)))
+
+
+def conv_spectral_bn():
+    D = models.ConvBND(3, 8, 8)
+    sn = nn.utils.parametrizations.spectral_norm
+    D.net[0] = sn(D.net[0])
+    D.net[2] = sn(D.net[2])
+    D.head = sn(D.head)
+    return D
+
+
+class NormZoo(nn.Module):
+    """LayerNorm, InstanceNorm with running stats, BatchNorm and a softmax: the functions whose forward-mode
+    formulas torch's reverse mode gets wrong (or cannot differentiate), so the jvp path must replace them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 1, 1)
+        self.inorm = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+        self.bn = nn.BatchNorm2d(4)
+        self.ln = nn.LayerNorm([4, 8, 8])
+        self.q = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.bn(self.inorm(self.conv(x))), 0.2)
+        h = self.ln(h).flatten(2).transpose(1, 2)                      # (B, 64, 4)
+        att = torch.softmax(self.q(h) @ h.transpose(1, 2) / 2, dim=-1)  # (B, 64, 64)
+        h = F.log_softmax(att @ h, dim=-1) + torch.logsumexp(h, dim=1, keepdim=True)
+        return self.head(h.mean(1))
+
+
+class DropoutConvD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(0.3), nn.Flatten(),
+                                 nn.Linear(8 * 4 * 4, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class WithSequential(nn.Module):
+    """A custom MLP class that opts into the closed form through as_sequential()."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(self.body(x.flatten(1))).reshape(-1)
+
+    def as_sequential(self):
+        return nn.Sequential(nn.Flatten(), *self.body, self.out)
+
+
+IMG = lambda B: torch.randn(B, 3, 8, 8)  # noqa: E731
+VEC = lambda B: torch.randn(B, 3)  # noqa: E731
+DS = {
+    # name: (factory, input maker, the mode "auto" must pick)
+    "mlp_leaky": (mlp_leaky, VEC, "mlp"),
+    "mlp_tanh": (lambda: models.mlp_d(3), VEC, "mlp"),
+    "mlp_bn_eval": (mlp_bn_eval, VEC, "mlp"),
+    "mlp_spectral": (mlp_spectral, VEC, "mlp"),
+    "mlp_bn_train": (mlp_bn_train, VEC, "jvp"),  # "auto" leaves batch-statistics MLPs to jvp; "mlp" runs them
+    "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
+    "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
+    "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
+}
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train"]
