@@ -60,7 +60,7 @@ def _case(model: str, device: str):
     return D.to(device), x_real, x_fake
 
 
-def d_update_fn(D, opt, x_real, x_fake, mode, backend=None):
+def d_update_fn(D, opt, x_real, x_fake, mode, backend=None, gamma=GAMMA):
     """One D update: zero_grad, logits (and the JS penalty unless unregularized), backward, optimizer step."""
     def update():
         opt.zero_grad(set_to_none=True)
@@ -69,7 +69,7 @@ def d_update_fn(D, opt, x_real, x_fake, mode, backend=None):
             pen = 0.0
         else:
             pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode, backend=backend)
-        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + GAMMA / 2 * pen
+        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + gamma / 2 * pen
         loss.backward()
         opt.step()
     return update
@@ -110,3 +110,41 @@ def test_d_update(benchmark, model, mode, device):
             # min is the steadiest statistic on a shared machine; the median is kept beside it
             benchmark.extra_info[f"ratio_vs_{base}_min"] = st.min / ref[0]
             benchmark.extra_info[f"ratio_vs_{base}_median"] = st.median / ref[1]
+
+
+LAZY = [(model, mode, every) for model in ("mlp_leaky", "dcgan32") for mode in ("double_backward", "jvp")
+        for every in (4, 16)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model,mode,every", LAZY, ids=[f"{m}-{mode}-every{k}" for m, mode, k in LAZY])
+def test_d_update_lazy(benchmark, model, mode, every, device):
+    """Lazy regularization (method.roth.every=k): one regularized update (gamma * k) and k - 1 plain ones per
+    call; extra_info's ms and ratio_vs_unregularized are per update, i.e. the amortized cost."""
+    D, x_real, x_fake = _case(model, device)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    regularized = d_update_fn(D, opt, x_real, x_fake, mode, gamma=GAMMA * every)
+    plain = d_update_fn(D, opt, x_real, x_fake, "unregularized")
+
+    def cycle():
+        regularized()
+        for _ in range(every - 1):
+            plain()
+        sync(device)
+
+    if not getattr(benchmark, "disabled", False):
+        cycle()
+    before = _dispatch.counts[("gradient_penalty", mode)]
+    benchmark.extra_info.update(model=model, mode=mode, every=every, device=device_label(device),
+                                batch=x_real.shape[0], torch=torch.__version__, threads=torch.get_num_threads())
+    benchmark(cycle)
+    assert _dispatch.counts[("gradient_penalty", mode)] > before, f"mode {mode} did not run"
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or getattr(stats, "stats", None) is None:
+        return
+    st = stats.stats
+    benchmark.extra_info.update(ms_min=st.min / every * 1e3, ms_median=st.median / every * 1e3)
+    ref = _means.get((model, device, "unregularized"))
+    if ref:
+        benchmark.extra_info["ratio_vs_unregularized_min"] = st.min / every / ref[0]
+        benchmark.extra_info["ratio_vs_unregularized_median"] = st.median / every / ref[1]

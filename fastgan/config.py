@@ -48,6 +48,10 @@ class RothConfig:
     # (torch's double backward), jvp (reverse over forward mode), mlp (closed form for MLP discriminators), auto
     # (mlp where D is a supported MLP, else jvp once verified on CUDA, else double_backward).
     mode: str = field(default="double_backward", metadata={"choices": ("double_backward", "jvp", "mlp", "auto")})
+    # Lazy regularization (Karras et al. 2020, StyleGAN2 sec. 3.1; not part of Roth et al.): the penalty only in
+    # the D updates of generator iterations t = 1, 1 + every, 1 + 2 every, ..., weighted gamma * every there, so
+    # its cost is amortized over `every` iterations. 1: every D update (Algorithm 1).
+    every: int = field(default=1, metadata={"min": 1})
 
 
 @dataclass(frozen=True)

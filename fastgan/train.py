@@ -326,11 +326,16 @@ class _Run:
     # ---------------------------------------------------------------- loop
 
     def _graphed_step(self, sample_real):
-        graphed = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,))
+        # one graph per kind of iteration: with lazy regularization (method.roth.every > 1) the iterations with
+        # and without the penalty run different kernels
+        graphs = {}
 
         def step(t):
             self.method.update_schedules(t)  # device tensors written outside the graph, read inside it
-            return graphed()
+            kind = self.method.regularize_now
+            if kind not in graphs:
+                graphs[kind] = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,))
+            return graphs[kind]()
         return step
 
     def run(self) -> TrainResult:

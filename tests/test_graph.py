@@ -94,6 +94,8 @@ GRAPH_RUNS = {
     "roth-double_backward": ["method.name=roth"],
     "roth-jvp": ["method.name=roth", "method.roth.mode=jvp", "method.roth.schedule=anneal"],
     "roth-mlp": ["method.name=roth", "method.roth.mode=mlp"],
+    # two graphs (iterations with and without the penalty), each captured by step 8 and replayed after
+    "roth-lazy-jvp": ["method.name=roth", "method.roth.mode=jvp", "method.roth.every=2", "model.d_batchnorm=true"],
     "nt-fused-sigma": ["method.name=nt", "method.nt.noise=learned_sigma", "method.nt.fused=true"],
     "nt-generator-k2": ["method.name=nt", "method.d_steps=2"],
     "dfm-fused": ["method.name=dfm", "method.dfm.fused=true"],

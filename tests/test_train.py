@@ -115,6 +115,24 @@ def test_resume_10_plus_10_equals_20(tmp_path):
     assert steps == sorted(steps) and steps.count(10) == 2  # loss row + eval row at 10, none duplicated
 
 
+def test_lazy_regularization_logs_the_latest_penalty_and_resumes(tmp_path):
+    """method.roth.every=3: every logged row has the latest penalty (rows 1-3 the one of iteration 1), and a run
+    resumed mid-cycle regularizes the same iterations as an uninterrupted one."""
+    common = ["method.name=roth", "method.roth.every=3", "model.d_batchnorm=true", "run.log_every=1",
+              "run.checkpoint_every=4"]
+    full = run(tmp_path, *common, steps=7, name="full")
+    rows = (full.out_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    pen = {int(r.split(",")[0]): r.split(",")[header.index("penalty")] for r in rows[1:]
+           if r.split(",")[header.index("d_loss")]}
+    assert sorted(pen) == list(range(1, 8)) and all(pen.values())
+    assert pen[1] == pen[2] == pen[3] != pen[4] == pen[5] == pen[6] != pen[7]
+    run(tmp_path, *common, steps=4, name="half")
+    resumed = run(tmp_path, *common, steps=7, name="half", resume=True)
+    _same_state(ckpt.load(full.out_dir / "checkpoints/last.pt")["method"],
+                ckpt.load(resumed.out_dir / "checkpoints/last.pt")["method"])
+
+
 def test_resume_finds_the_latest_run_by_name(tmp_path):
     base = [*TINY, "run.steps=2", f"run.out_dir={tmp_path}", "run.name=rn"]
     first = fastgan.train(None, overrides=base)

@@ -113,6 +113,9 @@ class Method:
         self.data_shape = tuple(data_shape if data_shape is not None else D.data_shape)
         self.gamma = None
         self.penalty_mode = m.roth.mode
+        # lazy regularization: the iterations that carry the penalty (set by update_schedules)
+        self.reg_every, self.regularize_now = m.roth.every, True
+        self.penalty_seen = None
         if "roth" in self.units:
             r = m.roth
             if r.mode == "mlp":
@@ -125,6 +128,9 @@ class Method:
                                      f"'double_backward'")
             T = r.anneal_steps or cfg.run.steps
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
+            # with lazy regularization every iteration reports the latest penalty from this one tensor (a CUDA
+            # graph of a plain iteration reads what the regularized one wrote); 0 until the first penalty
+            self.penalty_seen = torch.zeros((), device=self.device) if r.every > 1 else None
         self.noise = None
         self.nt_fused, self.noise_state = False, None
         if "nt" in self.units:
@@ -214,9 +220,12 @@ class Method:
             self.noise_state.set_state(state["noise_state"])
 
     def update_schedules(self, t) -> None:
-        """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based)."""
+        """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based), and whether its D updates
+        carry the penalty (every one, or with method.roth.every = k those of t = 1, 1 + k, ...)."""
         if self.gamma is not None:
             self.gamma.update(t)
+            if self.reg_every > 1:
+                self.regularize_now = (int(t) - 1) % self.reg_every == 0
         if self.noise is not None:
             self.noise.update(t)
 
@@ -290,13 +299,14 @@ class Method:
             stats["noise_norm" if m.nt.noise == "generator" else "sigma"] = self.noise.magnitude(eps)
         else:
             xr, xf = x_real, x_fake
-        tap = self.denoiser is not None and not (self.gamma is not None and self.penalty_mode != "double_backward")
+        regularize = self.gamma is not None and self.regularize_now
+        tap = self.denoiser is not None and not (regularize and self.penalty_mode != "double_backward")
         D = _FeatureTap(self.D) if tap else self.D
         phi = None
         if self.denoiser is not None and not tap and clean is not None:
             # the fused penalty modes do not call D.forward_features: Phi of the same batch, taken beforehand
             phi = _features_without_side_effects(self.D, xr)[clean]
-        if self.gamma is not None:
+        if regularize:
             omega, lr, lf = roth_mod.regularizer(D, m.roth.penalty, xr, xf, wr, wf, self.f, self.penalty_mode)
         else:
             lr = D(xr).reshape(xr.shape[0])
@@ -307,9 +317,15 @@ class Method:
             tr, tf = losses.d_terms(self.loss, lr, lf, self.f)
             adv = losses.reduce(tr, wr) + losses.reduce(tf, wf)
         d_loss = adv
-        if self.gamma is not None:
-            d_loss = d_loss + 0.5 * self.gamma.value * omega
+        if regularize:
+            weight = self.gamma.value if self.reg_every == 1 else self.gamma.value * self.reg_every
+            d_loss = d_loss + 0.5 * weight * omega
             stats["penalty"] = omega.detach()
+            if self.penalty_seen is not None:
+                self.penalty_seen.copy_(omega.detach())
+        if self.penalty_seen is not None:
+            stats["penalty"] = self.penalty_seen
+        if self.gamma is not None:
             stats["gamma"] = self.gamma.value.detach().clone()
         if self.loss == "wgan_gp":
             gp = losses.reduce(losses.gp_per_sample(self.D, xr, xf, draws.gp_u), wr)
