@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastgan/binding_utils.h"
@@ -55,59 +56,102 @@ Side side_of(std::uintptr_t logits, int64_t n, int64_t stride, int sign, bool re
           in_loss && n > n_clean ? double(nt::coef<A>(n_clean, n, mu, reduction)) : 0.0};
 }
 
-// Loss terms coef * softplus(sign * psi) of a chunk into v, and its JS weights into w. The side's fields
-// are locals and its switches template arguments: GCC does not vectorise a loop that selects on a
-// loop-invariant runtime bool, nor one whose stores could alias the fields it reads.
-template <bool REAL>
+// Loss terms coef * softplus(sign * psi) of a chunk into v, and (WEIGHTS) its JS weights into w. The side's
+// fields are locals and its switches template arguments: GCC does not vectorise a loop that selects on a
+// loop-invariant runtime bool, nor one whose stores could alias the fields it reads. F32: float32 logits, so
+// float32 results: the shorter polynomials of poly_math.h.
+template <bool F32, bool REAL, bool WEIGHTS>
 __attribute__((always_inline)) inline void chunk_forward_impl(const Side& s, int64_t k0, int64_t cnt,
                                                               const double* __restrict psi, double* __restrict v,
                                                               double* __restrict w) {
   const double sign = s.sign, c_clean = s.c_clean, c_noisy = s.c_noisy;
   const int64_t clean_end = s.n_clean - k0;
   for (int64_t i = 0; i < cnt; ++i) {
-    const poly::Logistic l = poly::logistic(psi[i]);
+    const poly::Logistic l = poly::logistic<F32>(psi[i]);
     const double c = i < clean_end ? c_clean : c_noisy;
-    v[i] = c * poly::softplus_signed(psi[i], sign, l.e);  // c = 0 when the side is not in the loss
-    double dw;
-    poly::js_weight(REAL, l, &w[i], &dw);
+    v[i] = c * poly::softplus_signed<F32>(psi[i], sign, l.e);  // c = 0 when the side is not in the loss
+    if (WEIGHTS) {
+      double dw;
+      poly::js_weight(REAL, l, &w[i], &dw);
+    }
   }
 }
 
-FG_CPU_CLONES void chunk_forward(const Side& s, int64_t k0, int64_t cnt, const double* psi, double* v, double* w) {
-  if (s.real)
-    chunk_forward_impl<true>(s, k0, cnt, psi, v, w);
+// always_inline: each clone below must get its own (AVX2 or baseline) copy of the loops, not call a shared one.
+template <bool F32>
+__attribute__((always_inline)) inline void chunk_forward_any(const Side& s, int64_t k0, int64_t cnt,
+                                                             const double* psi, double* v, double* w) {
+  if (w == nullptr)
+    chunk_forward_impl<F32, false, false>(s, k0, cnt, psi, v, w);
+  else if (s.real)
+    chunk_forward_impl<F32, true, true>(s, k0, cnt, psi, v, w);
   else
-    chunk_forward_impl<false>(s, k0, cnt, psi, v, w);
+    chunk_forward_impl<F32, false, true>(s, k0, cnt, psi, v, w);
 }
 
-// d = go * coef * sign * sigmoid(sign * psi) + gw * w'(psi) of a chunk (gw zero: no weight gradient).
-template <bool REAL, bool POSITIVE>
+// w: nullptr when the caller wants no JS weights. One clone set per precision (target_clones and templates
+// do not mix).
+FG_CPU_CLONES void chunk_forward_f32(const Side& s, int64_t k0, int64_t cnt, const double* psi, double* v,
+                                     double* w) {
+  chunk_forward_any<true>(s, k0, cnt, psi, v, w);
+}
+
+FG_CPU_CLONES void chunk_forward_f64(const Side& s, int64_t k0, int64_t cnt, const double* psi, double* v,
+                                     double* w) {
+  chunk_forward_any<false>(s, k0, cnt, psi, v, w);
+}
+
+// d = go * coef * sign * sigmoid(sign * psi) + gw * w'(psi) of a chunk (WEIGHTS false: no weight gradient).
+template <bool F32, bool REAL, bool POSITIVE, bool WEIGHTS>
 __attribute__((always_inline)) inline void chunk_backward_impl(const Side& s, int64_t k0, int64_t cnt,
                                                                const double* __restrict psi, double go,
                                                                const double* __restrict gw, double* __restrict d) {
   const double c_clean = s.c_clean * go * s.sign, c_noisy = s.c_noisy * go * s.sign;
   const int64_t clean_end = s.n_clean - k0;
   for (int64_t i = 0; i < cnt; ++i) {
-    const poly::Logistic l = poly::logistic(psi[i]);
+    const poly::Logistic l = poly::logistic<F32>(psi[i]);
     const double c = i < clean_end ? c_clean : c_noisy;
     const double sig = POSITIVE ? l.s : l.q;  // sigmoid(sign * psi)
-    double w, dw;
-    poly::js_weight(REAL, l, &w, &dw);
-    d[i] = c * sig + gw[i] * dw;
+    if (WEIGHTS) {
+      double w, dw;
+      poly::js_weight(REAL, l, &w, &dw);
+      d[i] = c * sig + gw[i] * dw;
+    } else {
+      d[i] = c * sig;
+    }
   }
 }
 
-FG_CPU_CLONES void chunk_backward(const Side& s, int64_t k0, int64_t cnt, const double* psi, double go,
-                                  const double* gw, double* d) {
+template <bool F32>
+__attribute__((always_inline)) inline void chunk_backward_any(const Side& s, int64_t k0, int64_t cnt,
+                                                              const double* psi, double go, const double* gw,
+                                                              double* d) {
   const bool pos = s.sign > 0.0;
-  if (s.real && pos)
-    chunk_backward_impl<true, true>(s, k0, cnt, psi, go, gw, d);
-  else if (s.real)
-    chunk_backward_impl<true, false>(s, k0, cnt, psi, go, gw, d);
-  else if (pos)
-    chunk_backward_impl<false, true>(s, k0, cnt, psi, go, gw, d);
-  else
-    chunk_backward_impl<false, false>(s, k0, cnt, psi, go, gw, d);
+  if (gw == nullptr) {
+    if (pos)
+      chunk_backward_impl<F32, false, true, false>(s, k0, cnt, psi, go, gw, d);
+    else
+      chunk_backward_impl<F32, false, false, false>(s, k0, cnt, psi, go, gw, d);
+  } else if (s.real && pos) {
+    chunk_backward_impl<F32, true, true, true>(s, k0, cnt, psi, go, gw, d);
+  } else if (s.real) {
+    chunk_backward_impl<F32, true, false, true>(s, k0, cnt, psi, go, gw, d);
+  } else if (pos) {
+    chunk_backward_impl<F32, false, true, true>(s, k0, cnt, psi, go, gw, d);
+  } else {
+    chunk_backward_impl<F32, false, false, true>(s, k0, cnt, psi, go, gw, d);
+  }
+}
+
+// gw: nullptr when no weight gradient flows back.
+FG_CPU_CLONES void chunk_backward_f32(const Side& s, int64_t k0, int64_t cnt, const double* psi, double go,
+                                      const double* gw, double* d) {
+  chunk_backward_any<true>(s, k0, cnt, psi, go, gw, d);
+}
+
+FG_CPU_CLONES void chunk_backward_f64(const Side& s, int64_t k0, int64_t cnt, const double* psi, double go,
+                                      const double* gw, double* d) {
+  chunk_backward_any<false>(s, k0, cnt, psi, go, gw, d);
 }
 
 // Four independent lanes: vectorises without reassociating, and the order of additions is fixed.
@@ -145,9 +189,13 @@ void forward(const NtLossArgs& a) {
   for_each_chunk(r, f, [&](const Side& s, int64_t k0, int64_t cnt, int64_t c) {
     double psi[kChunk], v[kChunk], w[kChunk];
     load_as_double(static_cast<const A*>(s.logits), k0, cnt, s.stride, psi);
-    chunk_forward(s, k0, cnt, psi, v, w);
-    partial[size_t(c)] = lane_sum(v, cnt);
     A* out = s.real ? wr : wf;
+    double* wbuf = out != nullptr ? w : nullptr;
+    if (std::is_same<A, float>::value)
+      chunk_forward_f32(s, k0, cnt, psi, v, wbuf);
+    else
+      chunk_forward_f64(s, k0, cnt, psi, v, wbuf);
+    partial[size_t(c)] = lane_sum(v, cnt);
     if (out != nullptr)
       for (int64_t i = 0; i < cnt; ++i) out[k0 + i] = A(w[i]);
   });
@@ -166,8 +214,13 @@ void backward(const NtLossArgs& a) {
     double psi[kChunk], gw[kChunk], d[kChunk];
     load_as_double(static_cast<const A*>(s.logits), k0, cnt, s.stride, psi);
     const A* g = reinterpret_cast<const A*>(s.real ? a.gw_real : a.gw_fake);
-    for (int64_t i = 0; i < cnt; ++i) gw[i] = g != nullptr ? double(g[k0 + i]) : 0.0;
-    chunk_backward(s, k0, cnt, psi, go, gw, d);
+    if (g != nullptr)
+      for (int64_t i = 0; i < cnt; ++i) gw[i] = double(g[k0 + i]);
+    const double* gwbuf = g != nullptr ? gw : nullptr;
+    if (std::is_same<A, float>::value)
+      chunk_backward_f32(s, k0, cnt, psi, go, gwbuf, d);
+    else
+      chunk_backward_f64(s, k0, cnt, psi, go, gwbuf, d);
     A* out = reinterpret_cast<A*>(s.real ? a.d_real : a.d_fake);
     for (int64_t i = 0; i < cnt; ++i) out[k0 + i] = A(d[i]);
   });
