@@ -39,9 +39,33 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Triton before 3.4 draws another Philox stream from tl.randn4x with 64-bit counters (Philox on 64-bit words, not
+# Philox4x32-10 on the counter's two halves as fastgan's CPU/CUDA kernels and reference do), and its compiled
+# kernels take tl.float64 scalar arguments as float32. torch 2.4-2.7 pin such versions.
+TRITON_MIN = (3, 4)
+
+
+def triton_version() -> tuple[int, ...] | None:
+    """The installed triton's (major, minor), read from its metadata (importing triton is slow and would
+    initialise its driver); None when not installed."""
+    import importlib.metadata
+
+    try:
+        v = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
+
+
 def triton_status(device: torch.device) -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install triton)"
+    version = triton_version()
+    if version is not None and version < TRITON_MIN:
+        need = ".".join(map(str, TRITON_MIN))
+        return False, (f"triton {'.'.join(map(str, version))} is older than {need} (its random normals and "
+                       f"float64 scalars differ from fastgan's other backends); pip install 'triton>={need}' "
+                       "(with --no-deps beside a torch that pins an older one) or use backend='cuda'")
     if device.type == "cuda":
         return True, ""
     if device.type == "cpu" and triton_interpret():

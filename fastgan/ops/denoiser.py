@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import _ext
 from ..reference import denoiser as ref
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _library
 from ..reference._reduce import reduce_batch as _reduce
 
 OP_LAYER = "bn_relu"
@@ -289,7 +289,7 @@ def _grads_through(fn, inputs: list, grad_out: Tensor):
 
 # ---------------------------------------------------------------- custom op: one fused layer
 
-@torch.library.custom_op("fastgan::bn_relu", mutates_args=())
+@_library.custom_op("fastgan::bn_relu", mutates_args=())
 def _bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, running_mean: Optional[Tensor],
              running_var: Optional[Tensor], training: bool, momentum: float, eps: float, relu: bool,
              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -338,7 +338,7 @@ def _bn_relu_backward(ctx, g_out, *_):
 _bn_relu.register_autograd(_bn_relu_backward, setup_context=_bn_relu_setup)
 
 
-@torch.library.custom_op("fastgan::bn_relu_backward", mutates_args=())
+@_library.custom_op("fastgan::bn_relu_backward", mutates_args=())
 def _bn_relu_backward_op(dout: Tensor, out: Tensor, y: Tensor, gamma: Tensor, shift: Tensor, invstd: Tensor,
                          training: bool, relu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dy, dgamma, dbeta, dbias) of bn_relu; first order only (second order goes through _torch_bn)."""
@@ -355,7 +355,7 @@ def _bn_relu_backward_fake(dout, out, y, gamma, shift, invstd, training, relu, b
 
 # ---------------------------------------------------------------- custom op: reconstruction loss
 
-@torch.library.custom_op("fastgan::recon_loss", mutates_args=())
+@_library.custom_op("fastgan::recon_loss", mutates_args=())
 def _recon_loss(y: Tensor, bias: Optional[Tensor], target: Tensor, backend: str) -> Tensor:
     """l_n = sum_f (y + bias - target)^2, shape (B,)."""
     out = y.new_empty(y.shape[0])
@@ -391,7 +391,7 @@ def _recon_backward(ctx, go):
 _recon_loss.register_autograd(_recon_backward, setup_context=_recon_setup)
 
 
-@torch.library.custom_op("fastgan::recon_loss_backward", mutates_args=())
+@_library.custom_op("fastgan::recon_loss_backward", mutates_args=())
 def _recon_loss_backward_op(go: Tensor, y: Tensor, bias: Optional[Tensor], target: Tensor, want_dbias: bool,
                             backend: str) -> tuple[Tensor, Tensor]:
     """(dy, dbias) with dy = 2 go_n (y + bias - target); dbias is empty unless want_dbias."""
@@ -491,7 +491,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
 
 # ---------------------------------------------------------------- custom ops (torch.compile / export path)
 
-@torch.library.custom_op("fastgan::denoiser_loss", mutates_args=())
+@_library.custom_op("fastgan::denoiser_loss", mutates_args=())
 def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
                    gammas: list[Tensor], betas: list[Tensor], running_means: list[Tensor],
                    running_vars: list[Tensor], training: bool, momentum: float, eps: float,
@@ -515,7 +515,7 @@ def _denoiser_loss_fake(h, noise, sigma, weights, biases, gammas, betas, running
     return h.new_empty(B), saved, new_running
 
 
-@torch.library.custom_op("fastgan::denoiser_loss_backward", mutates_args=())
+@_library.custom_op("fastgan::denoiser_loss_backward", mutates_args=())
 def _denoiser_loss_backward(go: Tensor, h: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
                             gammas: list[Tensor], saved: list[Tensor], training: bool, need_h: bool,
                             need_noise: bool, backend: str) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor],
@@ -570,7 +570,7 @@ def _loss_backward(ctx, go, *_):
 _denoiser_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
 
 
-@torch.library.custom_op("fastgan::denoiser_forward", mutates_args=())
+@_library.custom_op("fastgan::denoiser_forward", mutates_args=())
 def _denoiser_forward(h: Tensor, weights: list[Tensor], biases: list[Tensor], gammas: list[Tensor],
                       betas: list[Tensor], running_means: list[Tensor], running_vars: list[Tensor], training: bool,
                       track: bool, momentum: float, eps: float, backend: str) -> tuple[Tensor, list[Tensor]]:

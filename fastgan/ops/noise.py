@@ -22,7 +22,7 @@ import torch
 
 from .. import _ext
 from ..reference import noise as ref
-from . import _checks, _dispatch, _eager
+from . import _checks, _dispatch, _eager, _library
 
 OP = "noisy_clean_batch"
 OP_BACKWARD = OP + "_backward"
@@ -314,7 +314,7 @@ def _filled(g0, outs):
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("fastgan::noisy_batch_draw", mutates_args=("state",))
+@_library.custom_op("fastgan::noisy_batch_draw", mutates_args=("state",))
 def _draw(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma: Optional[torch.Tensor],
           sigma_value: float, state: torch.Tensor, half: bool,
           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -329,7 +329,7 @@ def _draw_fake(x_real, x_fake, sigma, sigma_value, state, half, backend):
     return out_r, out_f, state.new_empty(2)
 
 
-@torch.library.custom_op("fastgan::noisy_batch", mutates_args=())
+@_library.custom_op("fastgan::noisy_batch", mutates_args=())
 def _apply(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma: Optional[torch.Tensor],
            sigma_value: float, eps: Optional[torch.Tensor], used: Optional[torch.Tensor], half: bool,
            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +342,7 @@ def _apply_fake(x_real, x_fake, sigma, sigma_value, eps, used, half, backend):
     return _empty_outputs(x_real, x_fake, half)
 
 
-@torch.library.custom_op("fastgan::noisy_batch_backward", mutates_args=())
+@_library.custom_op("fastgan::noisy_batch_backward", mutates_args=())
 def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor], used: Optional[torch.Tensor],
                  m: int, C: int, want_dx_real: bool, want_dx_fake: bool, want_deps: bool, want_dsigma: bool,
                  half: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

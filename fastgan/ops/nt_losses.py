@@ -19,7 +19,7 @@ import torch
 
 from .. import _ext
 from ..reference import nt_losses as ref
-from . import _checks, _dispatch, _eager
+from . import _checks, _dispatch, _eager, _library
 
 OP = "nt_losses"
 # Same tables as csrc/include/fastgan/nt_losses_math.h
@@ -183,7 +183,7 @@ def _run_backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, 
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("fastgan::nt_losses", mutates_args=())
+@_library.custom_op("fastgan::nt_losses", mutates_args=())
 def _nt(logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
         kind: int, reduction: int, js: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss 0-d, w_real (Nr,), w_fake (Nf,)); logits 1-D in the accumulation dtype; weights empty unless js."""
@@ -196,7 +196,7 @@ def _nt_fake(logits_real, logits_fake, mu, mu_value, kind, reduction, js, backen
             logits_fake.new_empty(logits_fake.shape if js else (0,)))
 
 
-@torch.library.custom_op("fastgan::nt_losses_backward", mutates_args=())
+@_library.custom_op("fastgan::nt_losses_backward", mutates_args=())
 def _nt_backward(go: torch.Tensor, gw_real: Optional[torch.Tensor], gw_fake: Optional[torch.Tensor],
                  logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
                  kind: int, reduction: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:

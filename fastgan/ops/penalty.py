@@ -15,7 +15,7 @@ import torch
 
 from .. import _ext
 from ..reference import penalty as ref
-from . import _checks, _dispatch, _eager
+from . import _checks, _dispatch, _eager, _library
 
 OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
@@ -99,7 +99,7 @@ _BACKWARD = {"reference": _bwd_reference, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "t
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("fastgan::grad_norm_penalty", mutates_args=())
+@_library.custom_op("fastgan::grad_norm_penalty", mutates_args=())
 def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
     """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
     return _run_forward(grad, logits, weight, backend)
@@ -110,7 +110,7 @@ def _penalty_fake(grad, logits, weight, backend):
     return grad.new_empty(grad.shape[0], dtype=logits.dtype)
 
 
-@torch.library.custom_op("fastgan::grad_norm_penalty_backward", mutates_args=())
+@_library.custom_op("fastgan::grad_norm_penalty_backward", mutates_args=())
 def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""

@@ -379,6 +379,19 @@ def test_unavailable_backends_raise(monkeypatch):
         P.grad_norm_penalty(grad, logits, backend="triton")
 
 
+def test_triton_older_than_3_4_is_refused_with_the_reason(monkeypatch):
+    """triton < 3.4 draws another Philox stream and rounds float64 scalars: the backend says so instead of
+    running (torch 2.4-2.7 pin such versions)."""
+    grad, logits = _inputs(4, (3,))
+    monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 0))
+    with pytest.raises(BackendUnavailable, match=r"triton 3\.0 is older than 3\.4.*backend='cuda'"):
+        P.grad_norm_penalty(grad, logits, backend="triton")
+    monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 4))
+    before = backend_calls(OP, "triton")
+    P.grad_norm_penalty(grad, logits, backend="triton")
+    assert backend_calls(OP, "triton") == before + 1
+
+
 def test_missing_extension_warns_then_runs_reference(monkeypatch):
     monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
     monkeypatch.setattr(fastgan._ext, "available", lambda: (False, "pretend it failed to build"))

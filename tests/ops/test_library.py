@@ -1,0 +1,25 @@
+"""fastgan.ops._library.custom_op: the annotations torch's schema inference sees are resolved (every ops module
+uses `from __future__ import annotations`) and spelled as torch 2.4 reads them (typing.List, not list)."""
+from __future__ import annotations
+
+import typing
+from typing import Optional
+
+import torch
+
+from fastgan.ops import _library
+
+
+def test_annotations_resolved_and_spelled_for_torch_2_4():
+    def fn(x: torch.Tensor, xs: list[torch.Tensor], y: Optional[torch.Tensor], k: int,
+           s: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError
+
+    op = _library.custom_op("fastgan_test::spelled", mutates_args=())(fn)
+    hints = fn.__annotations__
+    assert hints["xs"] == typing.List[torch.Tensor] and hints["y"] == Optional[torch.Tensor]
+    assert typing.get_args(hints["return"]) == (torch.Tensor, typing.List[torch.Tensor])
+    assert not any(isinstance(v, str) for v in hints.values())
+    schema = str(op._opoverload._schema)
+    assert schema == ("fastgan_test::spelled(Tensor x, Tensor[] xs, Tensor? y, SymInt k, float s) "
+                      "-> (Tensor, Tensor[])"), schema
