@@ -130,7 +130,8 @@ class Method:
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
             # with lazy regularization every iteration reports the latest penalty from this one tensor (a CUDA
             # graph of a plain iteration reads what the regularized one wrote); 0 until the first penalty
-            self.penalty_seen = torch.zeros((), device=self.device) if r.every > 1 else None
+            acc = torch.float64 if self.dtype == torch.float64 else torch.float32  # the penalty's dtype
+            self.penalty_seen = torch.zeros((), device=self.device, dtype=acc) if r.every > 1 else None
         self.noise = None
         self.nt_fused, self.noise_state = False, None
         if "nt" in self.units:
