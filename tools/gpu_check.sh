@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should check, in one call (the machine starts bare and keeps nothing):
 # build _C with CUDA, the `cuda`-marked tests, short CUDA trainings, and the GPU benchmarks.
-# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [tests|bench|all]
+# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all]
 # Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time: `tests`
 # (build + cuda tests + two short trainings) and `bench` (build + GPU benchmarks + goals table) each fit in one
-# 600 s call of the device tool; `all` needs about 900 s.
+# 600 s call of the device tool; `all` needs about 900 s. `quick` (about 480 s: build, cuda tests, the benchmarks
+# of the goals: bandwidth, graphed D updates incl. lazy, graphed denoiser) is for a session with 15 minutes of
+# device time in all, leaving room for one rerun.
 set -u
 what=${1:-all}
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
@@ -17,6 +19,15 @@ FASTGAN_CUDA=1 FASTGAN_CUDA_ARCH=${FASTGAN_CUDA_ARCH:-90} CMAKE_BUILD_PARALLEL_L
 echo "build: $(( $(date +%s) - start )) s"
 fastgan info | tee "$OUT/info.txt"
 
+if [[ $what == quick ]]; then
+  timeout ${TEST_LIMIT:-200} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=60 \
+    --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -40
+  timeout ${BENCH_LIMIT:-200} python3 -m pytest bench/bench_bandwidth.py bench/bench_graph_step.py --benchmark-only \
+    -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
+    --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 \
+    | tee "$OUT/bench.log" | tail -80
+  python3 bench/goals.py "$OUT/bench.json" | tee "$OUT/goals.md"
+fi
 if [[ $what == tests || $what == all ]]; then
   timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=120 \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -60
