@@ -9,6 +9,7 @@ Automatic selection picks the fastest usable backend and records what it chose i
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -73,6 +74,12 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     if device.type == "cpu":
         return False, "triton runs on CPU tensors only under TRITON_INTERPRET=1"
     return False, f"triton does not support device type {device.type!r}"
+
+
+def on_device(t: torch.Tensor):
+    """The device guard for launching a Triton kernel on t: Triton launches on the *current* CUDA device and its
+    stream, not on the tensors' device (a no-op for CPU tensors, which run in the interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def status(backend: str, device: torch.device) -> tuple[bool, str]:

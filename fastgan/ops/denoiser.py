@@ -191,23 +191,28 @@ class _Triton:
 
     @classmethod
     def bn_fwd(cls, *args):
-        cls._k().bn_forward(*args)
+        with _dispatch.on_device(args[0]):
+            cls._k().bn_forward(*args)
 
     @classmethod
     def bn_bwd(cls, *args):
-        cls._k().bn_backward(*args)
+        with _dispatch.on_device(args[0]):
+            cls._k().bn_backward(*args)
 
     @classmethod
     def recon_fwd(cls, *args):
-        cls._k().recon_forward(*args)
+        with _dispatch.on_device(args[0]):
+            cls._k().recon_forward(*args)
 
     @classmethod
     def recon_bwd(cls, *args):
-        cls._k().recon_backward(*args)
+        with _dispatch.on_device(args[0]):
+            cls._k().recon_backward(*args)
 
     @classmethod
     def corrupt(cls, *args):
-        cls._k().corrupt(*args)
+        with _dispatch.on_device(args[0]):
+            cls._k().corrupt(*args)
 
 
 _KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}

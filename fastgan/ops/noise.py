@@ -209,13 +209,15 @@ def _fwd_triton(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_
     if eps is None and sigma is None and x0.dtype == torch.float64:
         # triton passes float arguments as float32
         sigma = torch.full((1,), sigma_value, dtype=torch.float64, device=x0.device)
-    k.forward(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half)
+    with _dispatch.on_device(x0):
+        k.forward(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, out_f, C, half)
 
 
 def _bwd_triton(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
     from ..kernels import noise as k
 
-    k.backward(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half)
+    with _dispatch.on_device(gr if gr is not None else gf):
+        k.backward(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half)
 
 
 _FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}

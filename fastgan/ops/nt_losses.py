@@ -146,14 +146,16 @@ def _triton_mu(mu, mu_value, like):
 def _fwd_triton(lr, lf, mu, mu_value, kind, reduction, loss, wr, wf):
     from ..kernels import nt_losses as k
 
-    k.forward(lr, lf, _triton_mu(mu, mu_value, loss), mu_value, kind == 1, reduction == 0, loss, wr, wf,
-              _partials(lr, lf, loss), FWD_CHUNK)
+    with _dispatch.on_device(lf):
+        k.forward(lr, lf, _triton_mu(mu, mu_value, loss), mu_value, kind == 1, reduction == 0, loss, wr, wf,
+                  _partials(lr, lf, loss), FWD_CHUNK)
 
 
 def _bwd_triton(go, gwr, gwf, lr, lf, mu, mu_value, kind, reduction, dr, df):
     from ..kernels import nt_losses as k
 
-    k.backward(go, gwr, gwf, lr, lf, _triton_mu(mu, mu_value, go), mu_value, kind == 1, reduction == 0, dr, df)
+    with _dispatch.on_device(lf):
+        k.backward(go, gwr, gwf, lr, lf, _triton_mu(mu, mu_value, go), mu_value, kind == 1, reduction == 0, dr, df)
 
 
 _FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}

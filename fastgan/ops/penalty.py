@@ -84,13 +84,15 @@ def _bwd_cuda(go, g, l, w, dg, dl):
 def _fwd_triton(g, l, w, out):
     from ..kernels import penalty as k
 
-    k.forward(g, l, out, w)
+    with _dispatch.on_device(g):
+        k.forward(g, l, out, w)
 
 
 def _bwd_triton(go, g, l, w, dg, dl):
     from ..kernels import penalty as k
 
-    k.backward(go, g, l, dg, dl, w)
+    with _dispatch.on_device(g):
+        k.backward(go, g, l, dg, dl, w)
 
 
 _FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
