@@ -110,7 +110,8 @@ def test_graphed_training_matches_eager_training(tmp_path, name):
     graphed = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'g'}", "run.cuda_graph=true"])
     assert graphed.step == eager.step == 12
     for k, v in eager.losses.items():
-        assert graphed.losses[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+        # the penalty is ~1e-4 here: no absolute slack of that size for it
+        assert graphed.losses[k] == pytest.approx(v, rel=1e-3, abs=1e-9 if k == "penalty" else 1e-5), k
     for k in eager.models:
         for a, b in zip(graphed.models[k].parameters(), eager.models[k].parameters()):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -131,6 +131,11 @@ def test_lazy_regularization_logs_the_latest_penalty_and_resumes(tmp_path):
     resumed = run(tmp_path, *common, steps=7, name="half", resume=True)
     _same_state(ckpt.load(full.out_dir / "checkpoints/last.pt")["method"],
                 ckpt.load(resumed.out_dir / "checkpoints/last.pt")["method"])
+    rows = (resumed.out_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    again = {int(r.split(",")[0]): r.split(",")[header.index("penalty")] for r in rows[1:]
+             if r.split(",")[header.index("d_loss")]}
+    assert again == pen, "the resumed run logs the same penalties, the latest one from the checkpoint included"
 
 
 def test_resume_finds_the_latest_run_by_name(tmp_path):

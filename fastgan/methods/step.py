@@ -203,6 +203,8 @@ class Method:
                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()}}
         if self.noise_state is not None:
             out["noise_state"] = self.noise_state.get_state()
+        if self.penalty_seen is not None:  # what a resumed lazy run logs until its next penalty
+            out["penalty_seen"] = self.penalty_seen.detach().cpu().clone()
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -219,6 +221,8 @@ class Method:
             if "noise_state" not in state:
                 raise ValueError("the checkpoint holds no NoiseState, but method.nt.fused draws its noise from one")
             self.noise_state.set_state(state["noise_state"])
+        if self.penalty_seen is not None and "penalty_seen" in state:
+            self.penalty_seen.copy_(state["penalty_seen"])
 
     def update_schedules(self, t) -> None:
         """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based), and whether its D updates
@@ -325,7 +329,9 @@ class Method:
             if self.penalty_seen is not None:
                 self.penalty_seen.copy_(omega.detach())
         if self.penalty_seen is not None:
-            stats["penalty"] = self.penalty_seen
+            # a copy: the stats of an iteration must not change when a later one writes the buffer (inside a
+            # CUDA graph the copy is a captured kernel, so the plain graph still reads the latest value)
+            stats["penalty"] = self.penalty_seen.clone()
         if self.gamma is not None:
             stats["gamma"] = self.gamma.value.detach().clone()
         if self.loss == "wgan_gp":

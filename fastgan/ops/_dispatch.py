@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import importlib.util
 import os
 import warnings
@@ -46,20 +47,28 @@ def triton_interpret() -> bool:
 TRITON_MIN = (3, 4)
 
 
+@functools.lru_cache(maxsize=None)
 def triton_version() -> tuple[int, ...] | None:
-    """The installed triton's (major, minor), read from its metadata (importing triton is slow and would
-    initialise its driver); None when not installed."""
+    """The installed triton's (major, minor), from its metadata (the `triton` or `pytorch-triton` distribution;
+    importing triton is slow), once per process: backend resolution runs on every op call."""
     import importlib.metadata
 
-    try:
-        v = importlib.metadata.version("triton")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
+    for dist in ("triton", "pytorch-triton"):
+        try:
+            v = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def triton_status(device: torch.device) -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return False, "triton is not installed (pip install triton)"
     version = triton_version()
     if version is not None and version < TRITON_MIN:

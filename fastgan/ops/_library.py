@@ -5,6 +5,7 @@ annotations (every ops module has ``from __future__ import annotations``) and kn
 ``list[T]``. Both came in torch 2.5. We hand it the resolved annotations with ``list[T]`` spelled
 ``typing.List[T]``, which every torch since 2.4 reads the same way.
 """
+import types
 import typing
 
 import torch
@@ -19,7 +20,7 @@ def _spelled_for_torch(tp):
         return typing.List[args]
     if origin is tuple:
         return tuple[args]
-    if origin is typing.Union:
+    if origin is typing.Union or origin is getattr(types, "UnionType", None):  # Optional[T], T | None
         return typing.Union[args]
     return tp
 

@@ -132,18 +132,24 @@ class _Act:
         return self.apply_slope(rho, key)
 
 
-def _terms(g2, psi, weight, backend):
-    """penalty_terms for one weight, or for consecutive row blocks with their own weights: weight =
-    ((weight, rows), ...), as js_penalty's real rows then fake rows in one batch."""
-    from .penalty_jvp import penalty_terms
-
+def by_row_block(weight, fn, *tensors) -> list:
+    """[fn(weight, *tensors)], or for consecutive row blocks with their own weights (weight = ((weight, rows),
+    ...), as js_penalty's real rows then fake rows in one batch) fn of each block's weight and rows."""
     if not isinstance(weight, tuple):
-        return penalty_terms(g2, psi, weight, 1.0, backend)
+        return [fn(weight, *tensors)]
     parts, start = [], 0
     for w, rows in weight:
-        parts.append(penalty_terms(g2[start:start + rows], psi[start:start + rows], w, 1.0, backend))
+        parts.append(fn(w, *(t[start:start + rows] for t in tensors)))
         start += rows
-    return tuple(torch.cat(z) for z in zip(*parts))
+    return parts
+
+
+def _terms(g2, psi, weight, backend):
+    """penalty_terms for one weight or for row blocks with their own weights (by_row_block)."""
+    from .penalty_jvp import penalty_terms
+
+    parts = by_row_block(weight, lambda w, g, p: penalty_terms(g, p, w, 1.0, backend), g2, psi)
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(z) for z in zip(*parts))
 
 
 def weight_extras(weight, g2, psi_acc, u) -> dict:

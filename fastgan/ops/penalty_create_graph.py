@@ -54,7 +54,8 @@ class CreateGraphTap(torch.autograd.Function):
         known = {id(p) for p in params}
         stray = [leaf for leaf in graph_leaves(diff) if id(leaf) not in known]
         if stray:
-            raise ValueError(f"gradient_penalty(mode='jvp') with create_graph=True: D's output depends on "
+            raise ValueError(f"gradient_penalty(mode='jvp', or 'auto' choosing it) with create_graph=True: D's output "
+                             f"depends on "
                              f"{len(stray)} tensor(s) requiring grad that are not D's parameters (shape "
                              f"{tuple(stray[0].shape)}); pass D as a function of those tensors or use "
                              "mode='double_backward'")
@@ -78,14 +79,10 @@ def _any_order_norm(kind, m, h, gamma, beta):
 
 
 def _per_sample(g2, psi, weight, backend):
+    from .mlp_penalty import by_row_block
     from .penalty import grad_norm_penalty
 
-    if not isinstance(weight, tuple):
-        return grad_norm_penalty(g2, psi, weight, "none", backend)
-    parts, start = [], 0
-    for w, rows in weight:  # js_penalty's joint pass: real rows, then fake rows
-        parts.append(grad_norm_penalty(g2[start:start + rows], psi[start:start + rows], w, "none", backend))
-        start += rows
+    parts = by_row_block(weight, lambda w, g, p: grad_norm_penalty(g, p, w, "none", backend), g2, psi)
     return torch.cat(parts)
 
 

@@ -15,10 +15,12 @@ def test_penalty_only_every_kth_iteration_weighted_by_k(mode):
     cfg, M = make("roth", "method.roth.gamma=0.7", f"method.roth.every={k}", f"method.roth.mode={mode}")
     P = list(M.D.parameters())
     x, fake, d = d_setup(M)
-    seen = []
+    seen, kept = [], []
     for t in range(1, 8):
+        x = x + 0.1  # new data every iteration: a penalty recomputed in a plain iteration would differ
         M.update_schedules(t)
         out = M.d_objective(x, fake, d)
+        kept.append(out.stats)
         regularized = (t - 1) % k == 0
         want = ref.roth_js_d_loss(M.D, x, fake, 0.7 * k) if regularized else ref.gan_d_loss(M.D, x, fake)
         assert_close(grads(out.d_loss, P), grads(want, P), f"D at t={t}")
@@ -29,6 +31,8 @@ def test_penalty_only_every_kth_iteration_weighted_by_k(mode):
         else:  # the latest penalty, from the last regularized iteration
             assert seen[-1] == seen[-2]
         assert float(out.stats["gamma"]) == pytest.approx(0.7)
+    # each iteration's stats keep their values after later iterations
+    assert [float(st["penalty"]) for st in kept] == seen
 
 
 def test_default_regularizes_every_iteration():
