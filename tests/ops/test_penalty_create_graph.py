@@ -3,8 +3,8 @@ same gradient (as a differentiable function of D's parameters) as the straightfo
 fastgan.reference.penalty, so Hessian-vector products of loss_D + gamma/2 * Omega agree; a plain backward
 must not take that path; D's buffers and the random-number state must be left as one call leaves them.
 
-The oracle runs BatchNorm with batch statistics from primitive ops (_PrimitiveBatchNorm): torch's fused
-batch_norm has silently wrong third derivatives in training mode (pytorch/pytorch#186256), and a Hessian-vector
+The oracle runs batch/instance/layer norm with batch statistics from primitive ops (_PrimitiveNorms): torch's
+fused kernels have silently wrong third derivatives (pytorch/pytorch#186256, #175754), and a Hessian-vector
 product of a gradient penalty is a third derivative of D."""
 import copy
 
@@ -17,44 +17,70 @@ from torch.overrides import TorchFunctionMode
 from fastgan.ops import _dispatch, gradient_penalty, js_penalty, penalty_jvp
 from fastgan.reference import penalty as ref
 
-from penalty_zoo import DS, IMG, MLPS, VEC, DropoutConvD, mlp_bn_train  # tests/ is on sys.path (conftest)
+from penalty_zoo import DS, IMG, MLPS, VEC, DropoutConvD, NormZoo, mlp_bn_train  # tests/ on sys.path (conftest)
 
 GAMMA = 2.0
 KEY = ("gradient_penalty", "create_graph")
 
 
-class _PrimitiveBatchNorm(TorchFunctionMode):
-    """F.batch_norm with batch statistics as mean/var/sqrt ops (differentiable to any order), running
-    statistics updated as torch does; other norms with batch statistics are not expected in these Ds."""
+def _normalize(x, dims, shape, weight, bias, eps):
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def _update_running(rm, rv, mean, var, n, momentum):
+    if rm is not None:
+        with torch.no_grad():
+            rm.mul_(1 - momentum).add_(momentum * mean)
+            rv.mul_(1 - momentum).add_(momentum * n / (n - 1) * var)
+
+
+class _PrimitiveNorms(TorchFunctionMode):
+    """F.batch_norm (batch statistics), F.instance_norm and F.layer_norm as mean/var/sqrt ops, differentiable
+    to any order, running statistics updated as torch does (the test compares the buffers with torch's)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (F.layer_norm, F.instance_norm, torch.batch_norm, torch.native_batch_norm):
+        if func in (torch.batch_norm, torch.native_batch_norm, torch.instance_norm, torch.layer_norm):
             raise AssertionError(f"the oracle has no primitive form of {func.__name__}")
-        if func is not F.batch_norm:
-            return func(*args, **kwargs)
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        a = dict(zip(names, args), **kwargs)
-        x, rm, rv, training = a["input"], a.get("running_mean"), a.get("running_var"), a.get("training", False)
-        if not training and rm is not None:
-            return func(*args, **kwargs)
-        dims, shape = [0] + list(range(2, x.dim())), [1, -1] + [1] * (x.dim() - 2)
-        mean, var = x.mean(dims), x.var(dims, unbiased=False)
-        if training and rm is not None:
-            n, m = x.numel() // x.shape[1], a.get("momentum", 0.1)
-            with torch.no_grad():
-                rm.mul_(1 - m).add_(m * mean)
-                rv.mul_(1 - m).add_(m * n / (n - 1) * var)
-        y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + a.get("eps", 1e-5))
-        if a.get("weight") is not None:
-            y = y * a["weight"].reshape(shape)
-        return y if a.get("bias") is None else y + a["bias"].reshape(shape)
+        if func is F.layer_norm:
+            a = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), args), **kwargs)
+            x, k = a["input"], len(a["normalized_shape"])
+            dims = list(range(x.dim() - k, x.dim()))
+            return _normalize(x, dims, x.shape[x.dim() - k:], a.get("weight"), a.get("bias"), a.get("eps", 1e-5))
+        if func is F.batch_norm:
+            names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+            a = dict(zip(names, args), **kwargs)
+            x = a["input"]
+            if not a.get("training", False) and a.get("running_mean") is not None:
+                return func(*args, **kwargs)
+            dims = [0] + list(range(2, x.dim()))
+            if a.get("training", False):
+                _update_running(a.get("running_mean"), a.get("running_var"), x.mean(dims),
+                                x.var(dims, unbiased=False), x.numel() // x.shape[1], a.get("momentum", 0.1))
+            return _normalize(x, dims, [1, -1] + [1] * (x.dim() - 2), a.get("weight"), a.get("bias"),
+                              a.get("eps", 1e-5))
+        if func is F.instance_norm:
+            names = ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps")
+            a = dict(zip(names, args), **kwargs)
+            x = a["input"]
+            if not a.get("use_input_stats", True):
+                return func(*args, **kwargs)
+            dims = list(range(2, x.dim()))
+            _update_running(a.get("running_mean"), a.get("running_var"), x.mean(dims).mean(0),
+                            x.var(dims, unbiased=False).mean(0), x[0, 0].numel(), a.get("momentum", 0.1))
+            return _normalize(x, dims, [1, -1] + [1] * (x.dim() - 2), a.get("weight"), a.get("bias"),
+                              a.get("eps", 1e-5))
+        return func(*args, **kwargs)
 
 
 def _loss(D, xr, xf, mode, seed=123):
     torch.manual_seed(seed)
     if mode == "reference":
-        with _PrimitiveBatchNorm():
+        with _PrimitiveNorms():
             pen, lr, lf = ref.js_penalty(D, xr, xf)
     else:
         pen, lr, lf = js_penalty(D, xr, xf, mode=mode)
@@ -126,6 +152,54 @@ def test_dropout_masks_replayed_in_the_second_order_path():
     g_got, hv_got = _grad_and_hvp(copy.deepcopy(D), xr, xf, "jvp", directions)
     torch.testing.assert_close(_flat(g_got), _flat(g_want), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(_flat(hv_got), _flat(hv_want), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "auto"])
+def test_norms_and_softmax_to_third_order(mode, auto_jvp_on_cpu):
+    """LayerNorm, InstanceNorm with running statistics, BatchNorm, softmax / log_softmax / logsumexp: the ops
+    whose torch forms the jvp path replaces, differentiated to third order of D."""
+    torch.manual_seed(0)
+    D = NormZoo().double()
+    xr, xf = IMG(5).double(), IMG(5).double() * 0.5
+    directions = [torch.randn_like(p) for p in D.parameters()]
+    g_want, hv_want = _grad_and_hvp(copy.deepcopy(D), xr, xf, "reference", directions)
+    D_new = copy.deepcopy(D)
+    g_got, hv_got = _grad_and_hvp(D_new, xr, xf, mode, directions)
+    torch.testing.assert_close(_flat(g_got), _flat(g_want), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(_flat(hv_got), _flat(hv_want), rtol=1e-8, atol=1e-10 * _flat(hv_want).norm().item())
+
+
+def _hvp_of(penalty, D, directions):
+    params = [p for p in D.parameters() if p.requires_grad]
+    pen, logits = penalty(D)
+    grads = torch.autograd.grad(pen + F.softplus(logits).mean(), params, create_graph=True)
+    return _flat(torch.autograd.grad(sum((g * r).sum() for g, r in zip(grads, directions)), params))
+
+
+def _penalty_fn(mode, x, weight, reduction):
+    if mode == "reference":
+        return lambda D: ref.gradient_penalty(D, x, weight, reduction)
+    return lambda D: gradient_penalty(D, x, weight, reduction=reduction, mode=mode)
+
+
+WEIGHTINGS = {"r1-mean": ("one", "mean"), "js_fake-sum": ("js_fake", "sum"),
+              "callable": (lambda p: torch.sigmoid(p) * 0.5 + p * p, "mean")}
+
+
+@pytest.mark.parametrize("weighting", list(WEIGHTINGS))
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_tanh", "mlp"), ("mlp_bn_train", "mlp"),
+                                       ("mlp_leaky", "jvp")])
+def test_weights_and_reductions_to_third_order(name, mode, weighting):
+    factory, make_x, _ = DS[name]
+    torch.manual_seed(0)
+    D = factory().double()
+    x = make_x(6).double()
+    directions = [torch.randn_like(p) for p in D.parameters()]
+    with _PrimitiveNorms():
+        want = _hvp_of(_penalty_fn("reference", x, *WEIGHTINGS[weighting]), copy.deepcopy(D), directions)
+    got = _hvp_of(_penalty_fn(mode, x, *WEIGHTINGS[weighting]), copy.deepcopy(D), directions)
+    assert want.norm() > 0
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10 * want.norm().item())
 
 
 def test_first_order_backward_keeps_the_fast_path():
