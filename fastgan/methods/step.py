@@ -323,10 +323,12 @@ class Method:
             adv = losses.reduce(tr, wr) + losses.reduce(tf, wf)
         d_loss = adv
         if regularize:
+            # every = 1 multiplies nothing more: Algorithm 1's loss as before, bit for bit
             weight = self.gamma.value if self.reg_every == 1 else self.gamma.value * self.reg_every
             d_loss = d_loss + 0.5 * weight * omega
-            stats["penalty"] = omega.detach()
-            if self.penalty_seen is not None:
+            if self.penalty_seen is None:
+                stats["penalty"] = omega.detach()
+            else:
                 self.penalty_seen.copy_(omega.detach())
         if self.penalty_seen is not None:
             # a copy: the stats of an iteration must not change when a later one writes the buffer (inside a
