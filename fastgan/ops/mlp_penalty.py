@@ -173,10 +173,10 @@ def adjoint_seed(weight, extra, g_per, g_psi):
     return torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
 
 
-def save_layers(ctx, layers, extra: dict, inputs=()):
+def save_layers(ctx, layers, extra: dict, inputs, spec, grads):
     """Layer records, extras and the Function's inputs (x, *tensors: what a create_graph backward recomputes
     from) through save_for_backward, so an in-place edit of a weight before backward raises as usual; the
-    non-tensor fields go on ctx."""
+    non-tensor fields, spec = (steps, weight, backend) and the closed form's first-order `grads` go on ctx."""
     keys, saved, others = [(-2, j) for j in range(len(inputs))], list(inputs), []
     for i, L in enumerate(layers):
         others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
@@ -189,6 +189,8 @@ def save_layers(ctx, layers, extra: dict, inputs=()):
         saved.append(val)
     ctx.save_for_backward(*saved)
     ctx.keys, ctx.others = keys, others
+    ctx.steps, ctx.weight, ctx.backend = spec
+    ctx.grads = grads
 
 
 def load_layers(ctx):
@@ -202,15 +204,23 @@ def load_layers(ctx):
     return layers, extra, inputs
 
 
-def create_graph_backward(ctx, g_per, g_psi):
-    """The backward with create_graph=True (None when this is a first-order backward): differentiable input
-    gradients from penalty_create_graph instead of the closed form's constants."""
-    if not torch.is_grad_enabled():
-        return None
-    from .penalty_create_graph import mlp_grads
+class ClosedForm(torch.autograd.Function):
+    """The backward of both MLP closed forms (this module's and mlp_penalty_bn's): ctx.grads(ctx, layers, extra,
+    g_per, g_psi) -> [(d_bias, d_weight)] from the last Linear/BatchNorm to the first, or, in a backward with
+    create_graph=True, penalty_create_graph's differentiable recompute instead of the closed form's constants."""
 
-    x, *tensors = load_layers(ctx)[2]
-    return (None, None, *mlp_grads(x, ctx.steps, ctx.weight, ctx.backend, tensors, g_per, g_psi))
+    @staticmethod
+    def backward(ctx, g_per, g_psi):
+        layers, extra, inputs = load_layers(ctx)
+        if torch.is_grad_enabled():
+            from .penalty_create_graph import mlp_grads
+
+            x, *tensors = inputs
+            return (None, None, *mlp_grads(x, ctx.steps, ctx.weight, ctx.backend, tensors, g_per, g_psi))
+        out = []
+        for d_bias, d_weight in reversed(ctx.grads(ctx, layers, extra, g_per, g_psi)):
+            out += [d_weight, d_bias]
+        return (None, None, *out)
 
 
 def primal_chain(x, steps, tensors, norm):
@@ -245,7 +255,7 @@ def _running_stats_norm(kind, m, h, gamma, beta):
     return fields, torch.nn.functional.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
 
 
-class _MLPPenalty(torch.autograd.Function):
+class _MLPPenalty(ClosedForm):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
         steps, weight, backend = spec
@@ -275,16 +285,12 @@ class _MLPPenalty(torch.autograd.Function):
                 t = t @ L["W"].t()
             else:
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
-        save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors))
-        ctx.weight, ctx.last, ctx.steps, ctx.backend = weight, last, steps, backend
+        save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors), spec, _MLPPenalty.grads)
+        ctx.last = last
         return per, psi
 
     @staticmethod
-    def backward(ctx, g_per, g_psi):
-        higher = create_graph_backward(ctx, g_per, g_psi)
-        if higher is not None:
-            return higher
-        layers, extra, _ = load_layers(ctx)
+    def grads(ctx, layers, extra, g_per, g_psi):
         dt = g_psi.dtype
         a = adjoint_seed(ctx.weight, extra, g_per, g_psi)
         a, gp = a[:, None], g_per.to(dt)[:, None]
@@ -328,10 +334,7 @@ class _MLPPenalty(torch.autograd.Function):
                     rho = act.adjoint(rho, gp * dd * L["t"], L["key"])
                 else:
                     rho = act.apply_slope(rho, L["key"])
-        out = []
-        for db, dW in reversed(grads):
-            out += [dW, db]
-        return (None, None, *out)
+        return grads
 
 
 def _run(D, x, weight, backend, steps=None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks
+from .mlp_penalty import ClosedForm
 
 
 def _batch_stats(h: torch.Tensor, eps: float):
@@ -105,7 +106,7 @@ def _bn_vjp(L, rho, lam):
     return d_h, _normalized_tangent(xhat, rstd, l), d_gamma
 
 
-class _BatchStatMLPPenalty(torch.autograd.Function):
+class _BatchStatMLPPenalty(ClosedForm):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
         from .mlp_penalty import _terms, primal_chain, save_layers, weight_extras
@@ -117,18 +118,14 @@ class _BatchStatMLPPenalty(torch.autograd.Function):
         g2 = g.to(acc) if acc == torch.float64 else g
         psi_acc = psi.to(acc)
         per, u, v = _terms(g2, psi_acc, weight, backend)
-        save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v}, (x, *tensors))
-        ctx.weight, ctx.steps, ctx.backend = weight, steps, backend
+        save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v}, (x, *tensors), spec,
+                    _BatchStatMLPPenalty.grads)
         return per, psi
 
     @staticmethod
-    def backward(ctx, g_per, g_psi):
-        from .mlp_penalty import adjoint_seed, create_graph_backward, load_layers
+    def grads(ctx, layers, extra, g_per, g_psi):
+        from .mlp_penalty import adjoint_seed
 
-        higher = create_graph_backward(ctx, g_per, g_psi)
-        if higher is not None:
-            return higher
-        layers, extra, _ = load_layers(ctx)
         dt, v = g_psi.dtype, extra["v"]
         rho = adjoint_seed(ctx.weight, extra, g_per, g_psi)[:, None]
         _tangents(layers, (g_per.to(v.dtype)[:, None] * v).to(dt))
@@ -150,7 +147,4 @@ class _BatchStatMLPPenalty(torch.autograd.Function):
                 act = L["act"]
                 rho = act.adjoint(rho, lam * L["t"], L["key"])
                 lam = act.apply_slope(lam, L["key"])
-        out = []
-        for d_bias, d_weight in reversed(grads):
-            out += [d_weight, d_bias]
-        return (None, None, *out)
+        return grads
