@@ -25,13 +25,12 @@ _ms: dict = {}
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
-CASES = [(m, mode, backend) for m in ("mlp_tanh", "mlp_leaky", "dcgan32")
+CASES = [(m, mode, backend) for m in ("mlp_tanh", "mlp_leaky", "dcgan32", "dcgan32_nobn")
          for mode, backend in (("unregularized", None), ("double_backward", "reference"),
                                ("double_backward", "cuda"), ("double_backward", "triton"), ("jvp", "cuda"),
-                               ("mlp", "cuda"))
-         if not (m == "dcgan32" and mode == "mlp")]
-CASES += [("dcgan32_b256", mode, backend) for mode, backend in (("unregularized", None), ("double_backward", "cuda"),
-                                                                 ("jvp", "cuda"))]
+                               ("mlp", "cuda"))]
+CASES += [(m, mode, backend) for m in ("dcgan32_b256", "dcgan32_nobn_b256")
+          for mode, backend in (("unregularized", None), ("double_backward", "cuda"), ("jvp", "cuda"), ("mlp", "cuda"))]
 
 
 def _capture(step):

@@ -1,5 +1,6 @@
-"""Discriminators the penalty-mode tests run every mode on: MLPs the closed form covers (with running and batch
-BatchNorm statistics, spectral norm), and conv/norm Ds that only the jvp path and the double backward cover."""
+"""Discriminators the penalty-mode tests run every mode on: nn.Sequential MLPs and convnets the closed form covers
+(with running and batch BatchNorm statistics, spectral norm), and conv/norm Ds of other structure that only the jvp
+path and the double backward cover."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +44,44 @@ def conv_spectral_bn():
     D.net[2] = sn(D.net[2])
     D.head = sn(D.head)
     return D
+
+
+def conv_leaky():
+    """A plain convnet: the closed form's one-weight-gradient-per-layer case, picked by "auto"."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16 * 4 * 4, 1))
+
+
+def conv_bn_train():
+    """DCGAN blocks with BatchNorm2d batch statistics (affine and not, momentum=None), a smooth activation, a
+    bias-free convolution and a strided, grouped one."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 4, 2, 1, bias=False),
+                         nn.BatchNorm2d(8), nn.LeakyReLU(0.2), nn.Conv2d(8, 12, 3, 2, 1, groups=4),
+                         nn.BatchNorm2d(12, affine=False, momentum=None), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(12 * 2 * 2, 1))
+
+
+def conv_bn_eval_conv_head():
+    """BatchNorm2d with running statistics, a sigmoid, dropout in eval mode, and a convolution as the output layer
+    (a 1x1 map per sample)."""
+    D = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.BatchNorm2d(6), nn.Sigmoid(), nn.Dropout(0.5),
+                      nn.Conv2d(6, 1, 4, 1, 0), nn.Flatten())
+    with torch.no_grad():
+        D[1].running_mean.uniform_(-0.5, 0.5)
+        D[1].running_var.uniform_(0.5, 2.0)
+        D[1].weight.uniform_(0.5, 1.5)
+    return D.eval()
+
+
+def conv1d_dilated():
+    """Conv1d with stride, dilation and padding, BatchNorm1d on (B, C, L) with batch statistics."""
+    return nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2), nn.BatchNorm1d(4), nn.LeakyReLU(0.2),
+                         nn.Conv1d(4, 4, 2, stride=1), nn.Flatten(), nn.Linear(4 * 3, 1))
+
+
+def conv_spectral():
+    sn = nn.utils.parametrizations.spectral_norm
+    return nn.Sequential(sn(nn.Conv2d(3, 8, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Flatten(), sn(nn.Linear(8 * 4 * 4, 1)))
 
 
 class NormZoo(nn.Module):
@@ -93,6 +132,7 @@ class WithSequential(nn.Module):
 
 IMG = lambda B: torch.randn(B, 3, 8, 8)  # noqa: E731
 VEC = lambda B: torch.randn(B, 3)  # noqa: E731
+SEQ = lambda B: torch.randn(B, 3, 8)  # noqa: E731
 DS = {
     # name: (factory, input maker, the mode "auto" must pick)
     "mlp_leaky": (mlp_leaky, VEC, "mlp"),
@@ -100,8 +140,14 @@ DS = {
     "mlp_bn_eval": (mlp_bn_eval, VEC, "mlp"),
     "mlp_spectral": (mlp_spectral, VEC, "mlp"),
     "mlp_bn_train": (mlp_bn_train, VEC, "jvp"),  # "auto" leaves batch-statistics MLPs to jvp; "mlp" runs them
+    "conv_leaky": (conv_leaky, IMG, "mlp"),
+    "conv_bn_eval_conv_head": (conv_bn_eval_conv_head, IMG, "mlp"),
+    "conv_spectral": (conv_spectral, IMG, "mlp"),
+    "conv_bn_train": (conv_bn_train, IMG, "jvp"),  # batch statistics, as mlp_bn_train
+    "conv1d_dilated": (conv1d_dilated, SEQ, "jvp"),
     "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
     "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
     "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
 }
-MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train"]
+# the Ds mode="mlp" (the closed form) runs: "auto" picks it for all but those with batch statistics
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated"]

@@ -123,9 +123,9 @@ class Method:
 
                 steps, why = mlp_penalty.plan(D)
                 if steps is None:
-                    raise ValueError(f"method.roth.mode: 'mlp' needs an MLP discriminator (Linear, activations, "
-                                     f"BatchNorm1d, no active dropout): {why}; use 'auto', 'jvp' or "
-                                     f"'double_backward'")
+                    raise ValueError(f"method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, "
+                                     f"activations, BatchNorm and Flatten (no active dropout): {why}; use 'auto', "
+                                     f"'jvp' or 'double_backward'")
             T = r.anneal_steps or cfg.run.steps
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
             # with lazy regularization every iteration reports the latest penalty from this one tensor (a CUDA

@@ -77,3 +77,7 @@ class DCGANDiscriminator(Discriminator):
 
     def head(self, h):
         return self.out(h)
+
+    def as_sequential(self) -> nn.Sequential:
+        """The same forward as one nn.Sequential of this module's layers (the penalty's closed form reads it)."""
+        return nn.Sequential(*self.net, nn.Flatten(), self.out)

@@ -24,9 +24,12 @@ import torch
 from torch import nn
 
 from . import _checks
+from .closed_form_maps import CONVS, LinearMap, channel_sum, per_channel, per_sample
 
-_LEAF_TYPES = (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.BatchNorm1d, nn.Identity, nn.Flatten,
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LEAF_TYPES = (nn.Linear, *CONVS, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, *_BNS, nn.Identity, nn.Flatten,
                nn.Dropout)
+_BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 _ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
 
 
@@ -42,13 +45,30 @@ def _global_hooks() -> bool:
                                                "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
+def _conv_problem(m) -> str:
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        return f"padding_mode={m.padding_mode!r}, padding={m.padding!r} (only zero padding given as numbers)"
+    if type(m)._conv_forward is not next(c for c in CONVS if isinstance(m, c))._conv_forward:
+        return "a convolution with its own _conv_forward"
+    return ""
+
+
+def _conv_out(shape, m) -> tuple | None:
+    if shape is None:
+        return None
+    spatial = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+               for n, k, s, p, d in zip(shape[1:], m.kernel_size, m.stride, m.padding, m.dilation)]
+    return (m.out_channels, *spatial)
+
+
 def plan(D, x: torch.Tensor | None = None):
-    """(steps, "") when D is an MLP this module can differentiate in closed form (for input x, if given),
-    else (None, why not). steps: list of (kind, module), kind in linear/bn/bn_batch/relu/leaky/tanh/sigmoid
-    (bn: BatchNorm1d with running statistics; bn_batch: with batch statistics, see mlp_penalty_bn).
+    """(steps, "") when D is a network this module can differentiate in closed form (for input x, if given),
+    else (None, why not). steps: list of (kind, module), kind in linear/bn/bn_batch/relu/leaky/tanh/sigmoid/flatten
+    (linear: nn.Linear or a zero-padded Conv1d/2d/3d; bn: BatchNorm with running statistics; bn_batch: with batch
+    statistics, see mlp_penalty_bn).
 
     D is an nn.Sequential, or any module with a method ``as_sequential()`` returning an nn.Sequential that
-    computes exactly D's forward from D's own submodules (the opt-in for MLP discriminators with a custom class).
+    computes exactly D's forward from D's own submodules (the opt-in for discriminators with a custom class).
     """
     if not isinstance(D, nn.Module):
         return None, "D is not an nn.Module"
@@ -59,36 +79,57 @@ def plan(D, x: torch.Tensor | None = None):
     if not isinstance(D, nn.Sequential) or type(D).forward is not nn.Sequential.forward:
         return None, "D is not an nn.Sequential (and has no as_sequential())"
     steps = []
-    width = None if x is None else (math.prod(x.shape[1:]) if x.dim() >= 2 else None)
-    if x is not None and x.dim() != 2 and not (len(D) and isinstance(D[0], nn.Flatten)):
-        return None, f"x must be (B, features) (or D must start with nn.Flatten), got shape {tuple(x.shape)}"
+    # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
+    shape = None if x is None else tuple(x.shape[1:])
+    rank = None if x is None else x.dim()
     for i, m in enumerate(D):
         kind = next((t for t in _LEAF_TYPES if isinstance(m, t)), None)
         # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out
         if kind is None or type(m).forward is not kind.forward or _hooked(m):
-            return None, f"layer {i} ({type(m).__name__}) is not a supported MLP layer"
+            return None, f"layer {i} ({type(m).__name__}) is not a supported layer"
+        where = f"layer {i} ({type(m).__name__})"
         if kind is nn.Linear:
-            if width is not None and m.in_features != width:
-                return None, f"layer {i} expects {m.in_features} features, gets {width}"
-            width = m.out_features
+            if rank not in (None, 2):
+                return None, f"{where} gets a rank-{rank} input; flatten it first (nn.Flatten())"
+            if shape is not None and m.in_features != shape[0]:
+                return None, f"{where} expects {m.in_features} features, gets {shape[0]}"
+            shape, rank = (m.out_features,), 2
+            steps.append(("linear", m))
+        elif kind in CONVS:
+            why = _conv_problem(m)
+            if why:
+                return None, f"{where}: {why}"
+            want = len(m.kernel_size) + 2
+            if rank not in (None, want):
+                return None, f"{where} needs a rank-{want} input, gets rank {rank}"
+            if shape is not None and m.in_channels != shape[0]:
+                return None, f"{where} expects {m.in_channels} channels, gets {shape[0]}"
+            shape, rank = _conv_out(shape, m), want
             steps.append(("linear", m))
         elif kind in _ACTIVATIONS:
             steps.append((_ACTIVATIONS[kind], m))
-        elif kind is nn.BatchNorm1d:
-            if width is not None and m.num_features != width:
-                return None, f"layer {i} expects {m.num_features} features, gets {width}"
+        elif kind in _BNS:
+            if shape is not None and m.num_features != shape[0]:
+                return None, f"{where} expects {m.num_features} features, gets {shape[0]}"
+            if rank is not None and rank not in _BN_RANKS[kind]:
+                return None, f"{where} gets a rank-{rank} input"
             # batch statistics (training mode, or no running statistics): mlp_penalty_bn's closed form
             steps.append(("bn_batch" if m.training or m.running_mean is None else "bn", m))
         elif kind is nn.Dropout:
             if m.training and m.p > 0:
-                return None, f"layer {i}: active Dropout is not supported"
+                return None, f"{where}: active Dropout is not supported"
         elif kind is nn.Flatten:
-            if i != 0 or (m.start_dim, m.end_dim) != (1, -1):
-                return None, f"layer {i}: only a leading nn.Flatten() is supported"
-    if not any(k == "linear" for k, _ in steps):
-        return None, "D has no Linear layer"
+            if (m.start_dim, m.end_dim) != (1, -1):
+                return None, f"{where}: only nn.Flatten() (start_dim=1, end_dim=-1) is supported"
+            shape, rank = (None if shape is None else (math.prod(shape),)), 2
+            steps.append(("flatten", m))
+    last = next((m for kind, m in reversed(steps) if kind == "linear"), None)
+    if last is None:
+        return None, "D has no Linear or convolution layer"
+    width = math.prod(shape) if shape is not None else (last.out_features if isinstance(last, nn.Linear)
+                                                        else last.out_channels)
     if width != 1:
-        return None, f"D's output width is {width}, not 1"
+        return None, f"D's output has {width} values per sample, not 1"
     return steps, ""
 
 
@@ -224,34 +265,46 @@ class ClosedForm(torch.autograd.Function):
 
 
 def primal_chain(x, steps, tensors, norm):
-    """The planned MLP's forward on x: (psi (B,), one record per step of what its backward needs). Linear
-    records keep W, b and their input h, activations their _Act and key; each BatchNorm layer runs through
-    norm(kind, module, h, gamma, beta) -> (record fields, output), which differs between the closed forms."""
+    """The planned network's forward on x: (psi (B,), one record per step of what its backward needs). Linear
+    and convolution records keep their LinearMap, W, b and their input h, activations their _Act and key, Flatten
+    the shape it flattened; each BatchNorm layer runs through norm(kind, module, h, gamma, beta) -> (record
+    fields, output), which differs between the closed forms."""
     B = x.shape[0]
-    h = x.reshape(B, math.prod(x.shape[1:]))
+    h = x
     layers = []
     it = iter(tensors)
     for kind, m in steps:
         if kind == "linear":
             W, b = next(it), next(it)
-            layers.append({"kind": kind, "W": W, "b": b, "h": h})
-            h = torch.nn.functional.linear(h, W, b)
+            layers.append({"kind": kind, "map": LinearMap(m), "W": W, "b": b, "h": h})
+            h = layers[-1]["map"](h, W, b)
         elif kind in ("bn", "bn_batch"):
             fields, h_next = norm(kind, m, h, next(it), next(it))
             layers.append({"kind": kind, **fields})
             h = h_next
+        elif kind == "flatten":
+            layers.append({"kind": kind, "shape": h.shape})
+            h = h.reshape(B, -1)
         else:
             act = _Act(kind, m)
             h, key = act.forward(h)
             layers.append({"kind": kind, "act": act, "key": key})
+    if h.numel() != B:
+        raise ValueError(f"D's output has shape {tuple(h.shape)}: not one logit per sample")
+    layers[-1]["out_shape"] = tuple(h.shape)
     return h.reshape(B), layers
 
 
+def has_params(L) -> bool:
+    return L["kind"] in ("linear", "bn", "bn_batch")
+
+
 def _running_stats_norm(kind, m, h, gamma, beta):
-    """BatchNorm1d with running statistics: a per-feature affine map with slope gamma / sqrt(var + eps)."""
+    """BatchNorm with running statistics: a per-channel affine map with slope gamma / sqrt(var + eps)."""
     rstd = torch.rsqrt(m.running_var + m.eps)
-    fields = {"gamma": gamma, "beta": beta, "rstd": rstd, "h": h, "mean": m.running_mean,
-              "slope": rstd if gamma is None else gamma * rstd}
+    slope = rstd if gamma is None else gamma * rstd
+    fields = {"gamma": gamma, "beta": beta, "rstd": per_channel(rstd, h), "h": h,
+              "mean": per_channel(m.running_mean, h), "slope": per_channel(slope, h)}
     return fields, torch.nn.functional.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
 
 
@@ -261,28 +314,37 @@ class _MLPPenalty(ClosedForm):
         steps, weight, backend = spec
         B = x.shape[0]
         psi, layers = primal_chain(x, steps, tensors, _running_stats_norm)
-        h = psi.reshape(B, 1)
-        # delta: d psi_n / d (the layer's output), one row per sample; the last one is the input gradient
-        delta = None  # None: a column of ones
+        out_shape = layers[-1]["out_shape"]
+        # delta: d psi_n / d (the layer's output), per sample; the last one is the input gradient
+        delta = None  # None: ones in the shape of D's output
         for L in reversed(layers):
             L["delta"] = delta
             if L["kind"] == "linear":
-                delta = L["W"].expand(B, -1) if delta is None else delta @ L["W"]
+                if delta is None and not L["map"].conv:
+                    delta = L["W"].expand(B, -1)
+                else:
+                    delta = L["map"].input_grad(psi.new_ones(out_shape) if delta is None else delta, L["W"], L["h"])
             else:
-                delta = torch.ones_like(h) if delta is None else delta
-                delta = delta * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(delta, L["key"])
+                delta = psi.new_ones(out_shape) if delta is None else delta
+                if L["kind"] == "flatten":
+                    delta = delta.reshape(L["shape"])
+                else:
+                    delta = delta * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(delta, L["key"])
         acc = _checks.acc_dtype(delta.dtype)
-        g2 = delta.to(acc) if acc == torch.float64 else delta
+        g2 = delta.reshape(B, -1)
+        g2 = g2.to(acc) if acc == torch.float64 else g2
         psi_acc = psi.to(acc)
         per, u, v = _terms(g2, psi_acc, weight, backend)
-        t = v.to(h.dtype)
+        t = v.to(psi.dtype).reshape(x.shape)
         last = len(layers) - 1
         for i, L in enumerate(layers):
             L["t"] = t  # the tangent (direction v) at the layer's input
             if i == last:
                 break
             if L["kind"] == "linear":
-                t = t @ L["W"].t()
+                t = L["map"](t, L["W"], None)
+            elif L["kind"] == "flatten":
+                t = t.reshape(B, -1)
             else:
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
         save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors), spec, _MLPPenalty.grads)
@@ -293,45 +355,54 @@ class _MLPPenalty(ClosedForm):
     def grads(ctx, layers, extra, g_per, g_psi):
         dt = g_psi.dtype
         a = adjoint_seed(ctx.weight, extra, g_per, g_psi)
-        a, gp = a[:, None], g_per.to(dt)[:, None]
+        gp = g_per.to(dt)
+        out_shape = layers[-1]["out_shape"]
         # rho: the adjoint of the primal activations (D loss + u term + the curvature of smooth activations).
-        # With piecewise-linear activations only it is a * delta, and each Linear costs ONE weight GEMM.
-        smooth = any(L["kind"] not in ("linear", "bn") and L["act"].smooth for L in layers)
-        first = min(i for i, L in enumerate(layers) if L["kind"] in ("linear", "bn"))
-        rho = a
+        # With piecewise-linear activations only it is a * delta, and each Linear or convolution costs ONE weight
+        # GEMM / convolution.
+        smooth = any("act" in L and L["act"].smooth for L in layers)
+        first = min(i for i, L in enumerate(layers) if has_params(L))
+        rho = a.reshape([-1] + [1] * (len(out_shape) - 1))
         grads = []
         for i in range(ctx.last, first - 1, -1):
             L = layers[i]
             d = L["delta"]
             if L["kind"] == "linear":
-                gt = gp * L["t"]
-                if d is None:  # the output layer: delta is a column of ones
-                    dW = torch.addcmul(gt, rho, L["h"]).sum(0, keepdim=True)
-                elif smooth:
-                    dW = torch.addmm(rho.t() @ L["h"], d.t(), gt)
+                h, lin = L["h"], L["map"]
+                gt = per_sample(gp, h) * L["t"]
+                if d is None and not lin.conv:  # the output Linear: delta is a column of ones
+                    dW = torch.addcmul(gt, rho, h).sum(0, keepdim=True)
+                    db = rho.sum(0)
                 else:
-                    dW = d.t() @ torch.addcmul(gt, a, L["h"])
-                if "b" in L:
-                    db = rho.sum(0) if (smooth or d is None) else d.t() @ a[:, 0]
-                else:
-                    db = None
-                grads.append((db, dW))
+                    d = rho.new_ones(out_shape) if d is None else d
+                    if smooth:
+                        dW = lin.weight_grad2(rho.expand_as(d), h, d, gt, L["W"])
+                        db = channel_sum(rho.expand_as(d))
+                    else:
+                        dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"])
+                        db = channel_sum(per_sample(a, d) * d) if lin.conv else d.t() @ a
+                grads.append((db if L["b"] is not None else None, dW))
                 if smooth and i > first:
-                    rho = rho @ L["W"]
+                    rho = lin.input_grad(rho if d is None else rho.expand_as(d), L["W"], h)
             elif L["kind"] == "bn":
-                dd = torch.ones_like(L["h"]) if d is None else d
-                r = rho if (smooth or d is None) else a * dd
-                zhat = (L["h"] - L["mean"]) * L["rstd"]
-                dgamma = None if "gamma" not in L else \
-                    (r * zhat + gp * dd * L["t"] * L["rstd"]).sum(0)
-                grads.append((None if "beta" not in L else r.sum(0), dgamma))
+                h = L["h"]
+                dd = torch.ones_like(h) if d is None else d
+                r = rho if (smooth or d is None) else per_sample(a, dd) * dd
+                zhat = (h - L["mean"]) * L["rstd"]
+                dgamma = None if L["gamma"] is None else \
+                    channel_sum(r * zhat + per_sample(gp, h) * dd * L["t"] * L["rstd"])
+                grads.append((None if L["beta"] is None else channel_sum(r.expand_as(h)), dgamma))
                 if smooth:
                     rho = rho * L["slope"]
-            elif smooth:
+            elif not smooth:
+                continue
+            elif L["kind"] == "flatten":
+                rho = rho.reshape(L["shape"])
+            else:
                 act = L["act"]
                 if act.smooth:
-                    dd = torch.ones_like(rho) if d is None else d
-                    rho = act.adjoint(rho, gp * dd * L["t"], L["key"])
+                    dd = torch.ones_like(L["t"]) if d is None else d
+                    rho = act.adjoint(rho, per_sample(gp, dd) * dd * L["t"], L["key"])
                 else:
                     rho = act.apply_slope(rho, L["key"])
         return grads

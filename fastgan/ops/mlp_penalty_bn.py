@@ -20,25 +20,35 @@ from __future__ import annotations
 import torch
 
 from . import _checks
-from .mlp_penalty import ClosedForm
+from .closed_form_maps import channel_sum, per_channel, reduce_dims
+from .mlp_penalty import ClosedForm, has_params
 
 
 def _batch_stats(h: torch.Tensor, eps: float):
-    mean = h.mean(0)
+    dims = reduce_dims(h)
+    mean = h.mean(dims, keepdim=True)
     xc = h - mean
-    rstd = torch.rsqrt((xc * xc).mean(0) + eps)
+    rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
     return xc * rstd, rstd
 
 
-def _normalized_tangent(xhat, rstd, t):
-    """d xhat along t: rstd * (t - mean(t) - xhat * mean(xhat * t)), also BatchNorm's backward map (symmetric)."""
-    return rstd * (t - t.mean(0) - xhat * (xhat * t).mean(0))
+def _mean(t, dims):
+    return t.mean(dims, keepdim=True)
+
+
+def _centered(xhat, scale, t):
+    """scale * (t - mean(t) - xhat * mean(xhat * t)) with a per-channel scale, means over the batch and spatial
+    dims: rstd times this is d xhat along t, and BatchNorm's backward map (it is symmetric). Also returns mean(t)
+    and mean(xhat * t). Written as scale * t + const + xhat * coef, so a big tensor is touched 6 times, not 9."""
+    dims = reduce_dims(t)
+    mt, q = _mean(t, dims), _mean(xhat * t, dims)
+    return torch.addcmul(scale * t - scale * mt, xhat, -scale * q), mt, q
 
 
 def _affine(y, gamma, beta):
     if gamma is not None:
-        y = y * gamma
-    return y if beta is None else y + beta
+        y = y * per_channel(gamma, y)
+    return y if beta is None else y + per_channel(beta, y)
 
 
 def _norm(kind, m, h, gamma, beta):
@@ -47,63 +57,84 @@ def _norm(kind, m, h, gamma, beta):
     if kind == "bn_batch":
         xhat, rstd = _batch_stats(h, m.eps)
     else:
-        rstd = torch.rsqrt(m.running_var + m.eps)
-        xhat = (h - m.running_mean) * rstd
+        rstd = per_channel(torch.rsqrt(m.running_var + m.eps), h)
+        xhat = (h - per_channel(m.running_mean, h)) * rstd
     return {"gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd}, m(h)
 
 
-def _input_gradient(layers, like):
-    """d(sum psi)/dx: the backward of sum psi, BatchNorm's batch coupling included."""
-    delta = torch.ones_like(like)
+def _input_gradient(layers, psi):
+    """d(sum psi)/dx: the backward of sum psi, BatchNorm's batch coupling included. Each record keeps the
+    gradient at its layer's output (delta): it is also the adjoint of the tangent there (see grads)."""
+    delta = psi.new_ones(layers[-1]["out_shape"])
     for L in reversed(layers):
+        L["delta"] = delta
         if L["kind"] == "linear":
-            delta = delta @ L["W"]
-        elif L["kind"] in ("bn", "bn_batch"):
-            d = _affine(delta, L["gamma"], None)
-            delta = _normalized_tangent(L["xhat"], L["rstd"], d) if L["kind"] == "bn_batch" else d * L["rstd"]
+            delta = L["map"].input_grad(delta, L["W"], L["h"])
+        elif L["kind"] == "flatten":
+            delta = delta.reshape(L["shape"])
+        elif L["kind"] == "bn_batch":
+            delta = _centered(L["xhat"], _gamma_times(L, L["rstd"]), delta)[0]
+        elif L["kind"] == "bn":
+            delta = delta * _gamma_times(L, L["rstd"])
         else:
             delta = L["act"].apply_slope(delta, L["key"])
     return delta
 
 
+def _gamma_times(L, c):
+    """gamma * c per channel (c, when BatchNorm has no affine weight)."""
+    return c if L["gamma"] is None else per_channel(L["gamma"], c) * c
+
+
 def _tangents(layers, V):
-    """The tangent at each layer's input, for input direction V."""
+    """The tangent at each layer's input, for input direction V; BatchNorm layers with batch statistics also keep
+    d xhat and the means of t and xhat * t for _bn_vjp."""
     t = V
     for L in layers:
         L["t"] = t
         if L["kind"] == "linear":
-            t = t @ L["W"].t()
+            t = L["map"](t, L["W"], None)
+        elif L["kind"] == "flatten":
+            t = t.reshape(t.shape[0], -1)
         elif L["kind"] == "bn_batch":
-            t = _affine(_normalized_tangent(L["xhat"], L["rstd"], t), L["gamma"], None)
+            L["dxhat"], L["mt"], L["q"] = _centered(L["xhat"], L["rstd"], t)
+            t = L["dxhat"] if L["gamma"] is None else L["dxhat"] * per_channel(L["gamma"], t)
         elif L["kind"] == "bn":
-            t = _affine(t * L["rstd"], L["gamma"], None)
+            t = t * _gamma_times(L, L["rstd"])
         else:
             t = L["act"].apply_slope(t, L["key"])
 
 
 def _bn_vjp(L, rho, lam):
-    """Adjoints of BatchNorm's (h, t, gamma) for cotangents rho (of y = gamma xhat + beta) and lam (of the output
-    tangent gamma dxhat(t)). With batch statistics, per channel (means over the batch), l = gamma lam,
-    p = mean(l xhat), q = mean(xhat t), c = mean(l t) - mean(l) mean(t):
+    """Adjoints of BatchNorm's h and gamma for cotangents rho (of y = gamma xhat + beta) and lam (of the output
+    tangent gamma dxhat(t)). With batch statistics, per channel (means over the batch and spatial dims),
+    l = gamma lam, p = mean(l xhat), q = mean(xhat t), c = mean(l t) - mean(l) mean(t):
         d h = M(gamma rho) - rstd^2 (xhat (c - 3 p q) + q (l - mean l) + p (t - mean t)),
-        d t = M(l),   d gamma = sum(rho xhat + lam dxhat),
-    M the symmetric map of _normalized_tangent (BatchNorm's backward); the second term of d h is the derivative
-    of <l, dxhat> through rstd and xhat."""
+        d gamma = sum(rho xhat + lam dxhat),
+    M the symmetric map of _centered (BatchNorm's backward); the second term of d h is the derivative of
+    <l, dxhat> through rstd and xhat. (The tangent's own adjoint, M(l), is the delta of the layer below.)
+    d h is formed as rstd gamma rho + A xhat + B lam + C t + K with per-channel A, B, C, K, from the means of
+    rho, xhat rho, lam, xhat lam and t lam: 15 passes over the layer's activations."""
     gamma, xhat, rstd, t = L["gamma"], L["xhat"], L["rstd"], L["t"]
+    rho = rho.expand_as(xhat)
     if L["kind"] == "bn":  # running statistics: a per-channel scale
-        dxhat = t * rstd
-        d_gamma = None if gamma is None else (rho * xhat + lam * dxhat).sum(0)
-        scale = rstd if gamma is None else rstd * gamma
-        return rho * scale, lam * scale, d_gamma
-    dxhat = _normalized_tangent(xhat, rstd, t)
-    d_gamma = None if gamma is None else (rho * xhat + lam * dxhat).sum(0)
-    l = _affine(lam, gamma, None)
-    lc, tc = l - l.mean(0), t - t.mean(0)
-    p, q = (l * xhat).mean(0), (xhat * t).mean(0)
-    c = (lc * tc).mean(0)
-    curvature = rstd * rstd * (xhat * (c - 3 * p * q) + q * lc + p * tc)
-    d_h = _normalized_tangent(xhat, rstd, _affine(rho, gamma, None)) - curvature
-    return d_h, _normalized_tangent(xhat, rstd, l), d_gamma
+        d_gamma = None if gamma is None else channel_sum(rho * xhat + lam * (t * rstd))
+        return rho * _gamma_times(L, rstd), d_gamma
+    dims = reduce_dims(xhat)
+    n = xhat.numel() // xhat.shape[1]
+    s_rx = (rho * xhat).sum(dims, keepdim=True)
+    d_gamma = None if gamma is None else (s_rx + (lam * L["dxhat"]).sum(dims, keepdim=True)).reshape(-1)
+    g = 1.0 if gamma is None else per_channel(gamma, xhat)
+    mr, mxr = _mean(rho, dims), s_rx / n
+    mlam, mlx, mlt = _mean(lam, dims), _mean(lam * xhat, dims), _mean(lam * t, dims)
+    mt, q = L["mt"], L["q"]
+    r2 = rstd * rstd
+    p = g * mlx
+    c = g * (mlt - mlam * mt)
+    a_coef = -rstd * g * mxr - r2 * (c - 3 * p * q)
+    k = r2 * (q * g * mlam + p * mt) - rstd * g * mr
+    d_h = torch.addcmul(torch.addcmul(torch.addcmul((rstd * g) * rho + k, xhat, a_coef), lam, -r2 * q * g), t, -r2 * p)
+    return d_h, d_gamma
 
 
 class _BatchStatMLPPenalty(ClosedForm):
@@ -113,13 +144,15 @@ class _BatchStatMLPPenalty(ClosedForm):
 
         steps, weight, backend = spec
         psi, layers = primal_chain(x, steps, tensors, _norm)
-        g = _input_gradient(layers, psi.reshape(-1, 1))
+        g = _input_gradient(layers, psi)
         acc = _checks.acc_dtype(g.dtype)
-        g2 = g.to(acc) if acc == torch.float64 else g
+        g2 = g.reshape(g.shape[0], -1)
+        g2 = g2.to(acc) if acc == torch.float64 else g2
         psi_acc = psi.to(acc)
         per, u, v = _terms(g2, psi_acc, weight, backend)
         save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v}, (x, *tensors), spec,
                     _BatchStatMLPPenalty.grads)
+        ctx.x_shape = x.shape
         return per, psi
 
     @staticmethod
@@ -127,24 +160,29 @@ class _BatchStatMLPPenalty(ClosedForm):
         from .mlp_penalty import adjoint_seed
 
         dt, v = g_psi.dtype, extra["v"]
-        rho = adjoint_seed(ctx.weight, extra, g_per, g_psi)[:, None]
-        _tangents(layers, (g_per.to(v.dtype)[:, None] * v).to(dt))
-        lam = torch.ones_like(rho)
-        first = min(i for i, L in enumerate(layers) if "act" not in L)
+        out_shape = layers[-1]["out_shape"]
+        rho = adjoint_seed(ctx.weight, extra, g_per, g_psi).reshape(out_shape)
+        _tangents(layers, (g_per.to(v.dtype)[:, None] * v).to(dt).reshape(ctx.x_shape))
+        first = min(i for i, L in enumerate(layers) if has_params(L))
         grads = []
         for i in range(len(layers) - 1, first - 1, -1):
             L = layers[i]
+            # lam, the adjoint of the tangent at this layer's output, is d(sum psi)/d(output): the tangent map is
+            # the Jacobian, so its adjoint on ones is the input-gradient chain the forward already ran
+            lam = L["delta"]
             if L["kind"] == "linear":
-                dW = torch.addmm(rho.t() @ L["h"], lam.t(), L["t"])
-                grads.append((rho.sum(0) if L["b"] is not None else None, dW))
+                lin, h = L["map"], L["h"]
+                rho = rho.expand_as(lam)
+                dW = lin.weight_grad2(rho, h, lam, L["t"], L["W"])
+                grads.append((channel_sum(rho) if L["b"] is not None else None, dW))
                 if i > first:
-                    rho, lam = rho @ L["W"], lam @ L["W"]
+                    rho = lin.input_grad(rho, L["W"], h)
+            elif L["kind"] == "flatten":
+                rho = rho.reshape(L["shape"])
             elif L["kind"] in ("bn", "bn_batch"):
-                d_h, d_t, d_gamma = _bn_vjp(L, rho, lam)
-                grads.append((rho.sum(0) if L["beta"] is not None else None, d_gamma))
-                rho, lam = d_h, d_t
+                beta_grad = channel_sum(rho.expand_as(L["xhat"])) if L["beta"] is not None else None
+                rho, d_gamma = _bn_vjp(L, rho, lam)
+                grads.append((beta_grad, d_gamma))
             else:
-                act = L["act"]
-                rho = act.adjoint(rho, lam * L["t"], L["key"])
-                lam = act.apply_slope(lam, L["key"])
+                rho = L["act"].adjoint(rho, lam * L["t"], L["key"])
         return grads

@@ -315,7 +315,11 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     rng.restore(start)
     try:
         with fwAD.dual_level(), _DualRules():
-            xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
+            with warnings.catch_warnings():
+                # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
+                # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+                xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
             out = torch.func.functional_call(D, buffers, (xd,)) if buffers else D(xd)
             jv = fwAD.unpack_dual(out).tangent
     finally:

@@ -38,7 +38,7 @@ def test_new_keys_defaults_and_validation():
             coerce(None, ["method.name=roth+nt", f"method.roth.mode={mode}", "method.nt.noise=learned_sigma"])
     coerce(None, ["method.name=roth+nt", "method.roth.mode=auto", "method.nt.noise=generator"])  # auto is fine
     # mlp needs a D the closed form supports: a maxout D is a clear error at build time
-    with pytest.raises(ValueError, match=r"method\.roth\.mode: 'mlp' needs an MLP"):
+    with pytest.raises(ValueError, match=r"method\.roth\.mode: 'mlp' needs a discriminator made of Linear/Conv layers"):
         make("roth", "method.roth.mode=mlp", "model.arch=goodfellow", "model.d_hidden=[6]")
 
 

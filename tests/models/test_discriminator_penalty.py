@@ -73,3 +73,28 @@ def test_spectral_norm_option():
     convD = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, spectral_norm=True), (1, 8, 8))
     convs = [m for m in convD.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert convs and all(parametrize.is_parametrized(m, "weight") for m in convs)
+
+
+@pytest.mark.parametrize("batchnorm,sn,picked", [(False, False, "mlp"), (False, True, "mlp"), (True, False, None)])
+def test_dcgan_discriminator_runs_the_closed_form(batchnorm, sn, picked):
+    """fastgan's DCGAN D opts into the penalty's closed form (as_sequential): its gradients equal the double
+    backward's, and "auto" picks it where D normalizes with no batch statistics."""
+    import copy
+
+    from fastgan.ops import _dispatch, js_penalty, penalty_jvp
+
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, d_batchnorm=batchnorm, spectral_norm=sn),
+                            (2, 8, 8)).double()
+    xr, xf = torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    assert penalty_jvp.auto_mode(D, xr, "mean") == (picked or "double_backward")
+    grads = []
+    for mode in ("double_backward", "mlp"):
+        Dm = copy.deepcopy(D)
+        before = _dispatch.counts[("gradient_penalty", mode)]
+        pen, lr, lf = js_penalty(Dm, xr, xf, mode=mode)
+        assert _dispatch.counts[("gradient_penalty", mode)] == before + 2
+        (lr.mean() - lf.mean() + pen).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
+    assert grads[0].norm() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)

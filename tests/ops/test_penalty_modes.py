@@ -109,7 +109,8 @@ def test_js_penalty_mlp_keeps_two_passes_on_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("name,passes", [("mlp_leaky", 1), ("mlp_bn_eval", 1), ("mlp_spectral", 2),
-                                         ("mlp_bn_train", 2)])
+                                         ("mlp_bn_train", 2), ("conv_leaky", 1), ("conv_bn_eval_conv_head", 1),
+                                         ("conv_spectral", 2), ("conv_bn_train", 2)])
 def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes):
     """Both batches (of different sizes) in one closed-form pass, equal to the double backward; a spectral-norm
     D keeps two passes, since its power iteration steps once per forward, as in the reference, and so does
@@ -372,11 +373,11 @@ def test_bad_mode_and_unsupported_combinations():
         gradient_penalty(D, x, reduction="none", mode="jvp")
     with pytest.raises(ValueError, match="mode='mlp' cannot run this D: D is not an nn.Sequential"):
         r1_penalty(D, x, mode="mlp")
-    with pytest.raises(ValueError, match="layer 1 expects 8 features, gets 16"):
+    with pytest.raises(ValueError, match=r"layer 1 \(BatchNorm1d\) expects 8 features, gets 16"):
         r2_penalty(nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(8), nn.Linear(8, 1)), torch.randn(4, 3), mode="mlp")
     with pytest.raises(ValueError, match="expects 3 features, gets 5"):
         r1_penalty(mlp_leaky(), torch.randn(4, 5), mode="mlp")
-    with pytest.raises(ValueError, match="output width is 2"):
+    with pytest.raises(ValueError, match="output has 2 values per sample, not 1"):
         r1_penalty(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3), mode="mlp")
     with pytest.raises(ValueError, match=r"weight\(psi\) must return a tensor of shape \(4,\)"):
         gradient_penalty(mlp_leaky(), torch.randn(4, 3), lambda p: p.sum(), mode="jvp")
@@ -385,11 +386,34 @@ def test_bad_mode_and_unsupported_combinations():
         r1_penalty(D2, IMG(4), mode="jvp")
 
 
+@pytest.mark.parametrize("D,x,match", [
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 1)), IMG(2),
+     r"layer 1 \(Linear\) gets a rank-4 input; flatten it first"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(256, 1)), IMG(2),
+     r"layer 0 \(Conv2d\): padding_mode='reflect'"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.Flatten(), nn.Linear(256, 1)), IMG(2),
+     r"padding='same' \(only zero padding given as numbers\)"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 1, 6)), IMG(2), r"layer 1 \(Conv2d\) expects 5 channels, gets 4"),
+    (nn.Sequential(nn.Conv2d(3, 1, 3)), VEC(2), r"layer 0 \(Conv2d\) needs a rank-4 input, gets rank 2"),
+    (nn.Sequential(nn.Flatten(), nn.BatchNorm2d(192), nn.Linear(192, 1)), IMG(2),
+     r"layer 1 \(BatchNorm2d\) gets a rank-2 input"),
+    (nn.Sequential(nn.Conv2d(3, 1, 3), nn.Flatten(start_dim=2), nn.Linear(36, 1)), IMG(2),
+     r"only nn.Flatten\(\) \(start_dim=1, end_dim=-1\)"),
+    (nn.Sequential(nn.Conv2d(3, 2, 8)), IMG(2), "output has 2 values per sample, not 1"),
+    (nn.Sequential(nn.Conv2d(3, 1, 3)), IMG(2), "output has 36 values per sample, not 1"),
+], ids=["linear_after_conv", "reflect", "same", "channels", "rank", "bn_rank", "flatten_dims", "width", "spatial"])
+def test_closed_form_rejects_unsupported_convnets(D, x, match):
+    with pytest.raises(ValueError, match=match) as info:
+        r1_penalty(D, x, mode="mlp")
+    assert str(info.value).startswith("mode='mlp' cannot run this D: ")
+    assert penalty_jvp.auto_mode(D, x, "mean") == "double_backward"  # on CPU; never the closed form
+
+
 def test_mlp_hooks_disable_the_closed_form():
     M = mlp_leaky()
     M[1].register_forward_hook(lambda m, i, o: o * 2)
     assert mlp_penalty.plan(M)[0] is None
-    with pytest.raises(ValueError, match="not a supported MLP layer"):
+    with pytest.raises(ValueError, match=r"layer 1 \(LeakyReLU\) is not a supported layer"):
         r1_penalty(M, torch.randn(4, 3), mode="mlp")
 
 

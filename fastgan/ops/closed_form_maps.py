@@ -1,0 +1,68 @@
+"""The pieces the closed-form penalties (mlp_penalty, mlp_penalty_bn) compose for inputs of any rank: a layer
+linear in its input (Linear, or Conv1d/2d/3d with zero padding) with its forward, input gradient and weight
+gradient, and the per-channel broadcasting BatchNorm1d/2d/3d needs on (B, C, *spatial) tensors.
+
+A Linear keeps its GEMMs (d @ W, d^T h); a convolution runs aten.convolution_backward with only the output it
+needs, i.e. the same kernels as torch's own backward of that convolution."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_aten = torch.ops.aten
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class LinearMap:
+    """Layer m as h -> m(h) with its weight and bias passed in (they may be parametrized or recomputed)."""
+
+    def __init__(self, m: nn.Module):
+        self.conv = isinstance(m, CONVS)
+        if self.conv:
+            n = len(m.kernel_size)
+            self.args = (list(m.stride), list(m.padding), list(m.dilation), False, [0] * n, m.groups)
+
+    def __call__(self, h, W, b):
+        if not self.conv:
+            return torch.nn.functional.linear(h, W, b)
+        return _aten.convolution(h, W, b, *self.args)
+
+    def input_grad(self, d, W, h):
+        """d * dm(h)/dh; h only gives the input's shape."""
+        if not self.conv:
+            return d @ W
+        return _aten.convolution_backward(d, h, W, None, *self.args, [True, False, False])[0]
+
+    def weight_grad(self, d, h, W):
+        """sum over samples (and positions) of d * dm(h)/dW."""
+        if not self.conv:
+            return d.t() @ h
+        return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
+
+    def weight_grad2(self, d1, h1, d2, h2, W):
+        """weight_grad(d1, h1) + weight_grad(d2, h2), in one GEMM or one convolution over both batches."""
+        if not self.conv:
+            return torch.addmm(d1.t() @ h1, d2.t(), h2)
+        return self.weight_grad(torch.cat([d1, d2]), torch.cat([h1, h2]), W)
+
+
+def channel_sum(d):
+    """sum of d over every dim but the channel (dim 1): a bias's gradient."""
+    return d.sum(0) if d.dim() == 2 else d.sum([0] + list(range(2, d.dim())))
+
+
+def reduce_dims(h) -> list:
+    """The dims BatchNorm's statistics run over: the batch and every spatial dim."""
+    return [0] + list(range(2, h.dim()))
+
+
+def per_channel(v, like):
+    """A (C,) vector shaped to broadcast over like's channel dim; None stays None."""
+    if v is None or like.dim() == 2:
+        return v
+    return v.reshape([1, -1] + [1] * (like.dim() - 2))
+
+
+def per_sample(a, like):
+    """A (B,) or (B, 1) vector shaped to broadcast over like's sample dim."""
+    return a.reshape([like.shape[0]] + [1] * (like.dim() - 1))
