@@ -274,7 +274,8 @@ def test_functional_discriminator():
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_tanh", "mlp")])
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_tanh", "mlp"), ("conv_leaky", "mlp"),
+                                       ("conv_bn_train", "mlp")])
 def test_bfloat16_close_to_float64(name, mode):
     D, xr, xf = _make(name, torch.float64)
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D).to(torch.bfloat16)
