@@ -299,9 +299,11 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     can be used for D's loss.
     mode: how the parameter gradient is formed (see fastgan/ops/penalty_jvp.py and mlp_penalty.py):
     "double_backward" (torch's generic double backward; the default), "jvp" (reverse over forward-mode;
-    reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs of Linear, activations and
-    BatchNorm1d), "auto" ("mlp" where supported, else "jvp" once it has matched the double backward on D's
-    first batch, else "double_backward"). _dispatch.counts[("gradient_penalty", mode)] records what ran.
+    reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs and convnets of Linear/Conv,
+    activations, BatchNorm and Flatten), "auto" ("mlp" where supported without batch statistics, else "jvp" once it
+    has matched the double backward on D's first batch (CUDA), else "double_backward").
+    _dispatch.counts[("gradient_penalty", mode)] records what ran. Inside torch.compile the closed form is traced
+    (fullgraph works); the other modes run eagerly there (a graph break).
     """
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
@@ -311,6 +313,8 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
         from . import penalty_jvp
 
         return penalty_jvp.gradient_penalty(D, x, weight, reduction, backend, mode)
+    if torch.compiler.is_compiling():
+        return _eager_double_backward(D, x, weight, reduction, backend)
     return _double_backward(D, x, weight, reduction, backend)
 
 
@@ -321,6 +325,25 @@ def _double_backward(D, x, weight, reduction, backend, record=True):
     if record:
         _dispatch.record("gradient_penalty", "double_backward")
     return grad_norm_penalty(grad, logits, weight, reduction, backend), logits
+
+
+def eager_under_compile(fn):
+    """fn run eagerly when called inside torch.compile (a graph break). torch.compile's AOT autograd refuses a
+    double backward through a compiled graph, so the double backward and the jvp path run this way and a compiled
+    training step works with any D (the closed form, mode "mlp", is traced instead, fullgraph included). The
+    wrapper is made on first use: torch.compiler.disable imports torch._dynamo (and triton), which importing
+    fastgan must not."""
+    wrapped = None
+
+    def call(*args):
+        nonlocal wrapped
+        if wrapped is None:
+            wrapped = torch.compiler.disable(fn)
+        return wrapped(*args)
+    return call
+
+
+_eager_double_backward = eager_under_compile(_double_backward)
 
 
 def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | None = None,

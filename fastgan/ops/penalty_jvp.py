@@ -470,8 +470,21 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     return out
 
 
+def _traced_under_compile(D, x, mode) -> bool:
+    """Whether torch.compile traces this call: the closed form ("mlp", or "auto" picking it); jvp's forward-mode
+    pass and auto's one-time check run eagerly instead (_eager_gradient_penalty)."""
+    if mode == "mlp":
+        return True
+    if mode != "auto":
+        return False
+    steps = mlp_penalty.plan(D, x)[0]
+    return steps is not None and not any(kind == "bn_batch" for kind, _ in steps)
+
+
 def gradient_penalty(D, x, weight, reduction, backend, mode):
     """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
+    if torch.compiler.is_compiling() and not _traced_under_compile(D, x, mode):
+        return _eager_gradient_penalty(D, x, weight, reduction, backend, mode)
     if mode == "auto":
         mode = auto_mode(D, x, reduction)
         if mode == "check":
@@ -484,3 +497,6 @@ def gradient_penalty(D, x, weight, reduction, backend, mode):
         out = jvp_penalty(D, x, weight, reduction, backend)
     _dispatch.record(MODE_OP, mode)
     return out
+
+
+_eager_gradient_penalty = _pen.eager_under_compile(gradient_penalty)
