@@ -91,6 +91,16 @@ def on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def no_autocast(device: torch.device):
+    """A context with autocast off for device's type (a no-op when it is off): fused paths that take the
+    parameters' dtype (the denoiser, the penalty's closed form) must not have their GEMMs autocast to half."""
+    try:
+        on = torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 spelling
+        on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+
+
 def status(backend: str, device: torch.device) -> tuple[bool, str]:
     """Whether `backend` can run on tensors of `device`, and the reason when it cannot."""
     if backend == "reference":

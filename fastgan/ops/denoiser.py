@@ -26,7 +26,6 @@ Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fas
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -656,18 +655,9 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _no_autocast(device: torch.device):
-    """The kernels take the parameters' dtype: GEMMs must not be autocast to half inside the fused path."""
-    try:
-        on = torch.is_autocast_enabled(device.type)
-    except TypeError:  # torch < 2.4 spelling
-        on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
-    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
-
-
 def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
     """Per-sample loss; updates rms / rvs in place in training mode."""
-    with _no_autocast(h.device):
+    with _dispatch.no_autocast(h.device):
         if _compiling():
             per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
                 h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
@@ -679,7 +669,7 @@ def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, trainin
 
 def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
     """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
-    with _no_autocast(h.device), torch.no_grad():
+    with _dispatch.no_autocast(h.device), torch.no_grad():
         if _compiling():
             r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
                                                                 training, track, momentum, eps, backend)
@@ -692,7 +682,7 @@ def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, m
 
 def _run_target_loss(target, h_fake, backend):
     """||h_fake - target||^2 per sample, gradient into h_fake only."""
-    with _no_autocast(target.device):
+    with _dispatch.no_autocast(target.device):
         if _compiling():
             return torch.ops.fastgan.recon_loss(h_fake, None, target, backend)
         return _EagerRecon.apply(target, h_fake, backend)
@@ -1040,7 +1030,7 @@ class Denoiser(nn.Module):
             return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
                                 chosen)
         x, new_running = h, []
-        with _no_autocast(h.device):
+        with _dispatch.no_autocast(h.device):
             for i in range(self.depth):
                 y = torch.mm(x, weights[i].t())
                 x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks
+from . import _checks, _dispatch
 from .closed_form_maps import CONVS, LinearMap, channel_sum, per_channel, per_sample
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -253,15 +253,17 @@ class ClosedForm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_per, g_psi):
         layers, extra, inputs = load_layers(ctx)
-        if torch.is_grad_enabled():
-            from .penalty_create_graph import mlp_grads
+        # on CPU the backward runs on the caller's thread, inside the caller's autocast if any
+        with _dispatch.no_autocast(g_psi.device):
+            if torch.is_grad_enabled():
+                from .penalty_create_graph import mlp_grads
 
-            x, *tensors = inputs
-            return (None, None, *mlp_grads(x, ctx.steps, ctx.weight, ctx.backend, tensors, g_per, g_psi))
-        out = []
-        for d_bias, d_weight in reversed(ctx.grads(ctx, layers, extra, g_per, g_psi)):
-            out += [d_weight, d_bias]
-        return (None, None, *out)
+                x, *tensors = inputs
+                return (None, None, *mlp_grads(x, ctx.steps, ctx.weight, ctx.backend, tensors, g_per, g_psi))
+            out = []
+            for d_bias, d_weight in reversed(ctx.grads(ctx, layers, extra, g_per, g_psi)):
+                out += [d_weight, d_bias]
+            return (None, None, *out)
 
 
 def primal_chain(x, steps, tensors, norm):
@@ -418,11 +420,12 @@ def _run(D, x, weight, backend, steps=None):
     for kind, m in steps:
         if kind in ("linear", "bn", "bn_batch"):
             tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
+    form = _MLPPenalty
     if any(kind == "bn_batch" for kind, _ in steps):
-        from .mlp_penalty_bn import _BatchStatMLPPenalty
-
-        return _BatchStatMLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
-    return _MLPPenalty.apply(x.detach(), (steps, weight, backend), *tensors)
+        from .mlp_penalty_bn import _BatchStatMLPPenalty as form
+    # in D's own dtype under autocast too: the closed form's GEMMs mix the forward's and the backward's tensors
+    with _dispatch.no_autocast(x.device):
+        return form.apply(x.detach(), (steps, weight, backend), *tensors)
 
 
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):

@@ -287,6 +287,22 @@ def test_bfloat16_close_to_float64(name, mode):
     assert (got - want).norm() <= 0.1 * want.norm()
 
 
+@pytest.mark.parametrize("name", ["mlp_leaky", "conv_leaky", "conv_bn_train"])
+def test_closed_form_ignores_autocast(name):
+    """Under autocast the closed form computes in D's own dtype (its GEMMs mix forward and backward tensors, which
+    autocast would cast apart), also when the backward runs inside the autocast region."""
+    D, xr, xf = _make(name, torch.float32)
+    grads = []
+    for autocast in (False, True):
+        Dm = copy.deepcopy(D)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            pen, lr, lf = js_penalty(Dm, xr, xf, mode="mlp")
+            assert pen.dtype == lr.dtype == torch.float32
+            (_d_loss(lr, lf) + pen).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
+    assert torch.equal(grads[0], grads[1])
+
+
 # ------------------------------------------------------------------ auto's choices and its fallback
 
 class _no_fallback:
