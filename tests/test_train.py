@@ -248,6 +248,23 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
 
 
+@pytest.mark.parametrize("batchnorm,mode,ran", [(False, "auto", "mlp"), (True, "mlp", "mlp"),
+                                               (True, "auto", "double_backward")])
+def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchnorm, mode, ran):
+    """The DCGAN D runs the penalty's closed form in the trainer: "auto" picks it without BatchNorm (on CPU the
+    double backward otherwise), "mlp" runs it with BatchNorm's batch statistics too."""
+    from fastgan.ops import _dispatch
+
+    before = _dispatch.counts[("gradient_penalty", ran)]
+    r = fastgan.train(None, overrides=[
+        "method.name=roth", f"method.roth.mode={mode}", "data.name=fashion_mnist", f"data.path={tiny_fashion_mnist}",
+        "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8", f"model.d_batchnorm={str(batchnorm).lower()}",
+        "run.steps=2", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0",
+        "run.checkpoint_every=0", "run.num_samples=16", "optim.batch_size=8", "run.progress=off"])
+    assert r.step == 2 and math.isfinite(r.losses["penalty"]) and r.losses["penalty"] > 0
+    assert _dispatch.counts[("gradient_penalty", ran)] == before + 4  # real and fake terms, two D updates
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 def test_cli_default_job(tmp_path, capsys):
