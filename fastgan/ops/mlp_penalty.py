@@ -1,20 +1,22 @@
-"""Closed-form penalty gradients for MLP discriminators (gradient_penalty(..., mode="mlp")).
+"""Closed-form penalty gradients for Sequential discriminators, MLPs and convnets (gradient_penalty(...,
+mode="mlp")).
 
-D = nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d with running statistics (eval mode; with
-batch statistics see fastgan/ops/mlp_penalty_bn.py), Dropout in eval mode (or
-p=0), Identity, a leading Flatten, ending in width 1. Every non-Linear layer acts elementwise with a slope: the
-activation's derivative, or eval BatchNorm's per-feature gamma / sqrt(var + eps). With delta_l = d psi / d(output
-of layer l) (one row per sample) the input gradient is g = delta_1 W_1, a product of masked weight matrices. For
-Omega = sum_n P_n with upstream gradients (gP, gpsi) and a = gP * u + gpsi, u_n = w'(psi_n) ||g_n||^2:
+D = nn.Sequential of Linear or Conv1d/2d/3d (zero padding), ReLU, LeakyReLU, Tanh, Sigmoid, BatchNorm1d/2d/3d with
+running statistics (eval mode; with batch statistics see fastgan/ops/mlp_penalty_bn.py), Dropout in eval mode (or
+p=0), Identity and Flatten, ending in one value per sample. Every layer but the Linear/Conv ones (closed_form_maps.
+LinearMap: a linear map of its input) acts elementwise with a slope: the activation's derivative, or eval
+BatchNorm's per-channel gamma / sqrt(var + eps). With delta_l = d psi / d(output of layer l) (per sample) the input
+gradient is g = delta_1 W_1, a product of masked linear maps. For Omega = sum_n P_n with upstream gradients
+(gP, gpsi) and a = gP * u + gpsi, u_n = w'(psi_n) ||g_n||^2:
 
     dL/dW_l = rho_l^T h_{l-1} + delta_l^T (gP * t_{l-1}),   dL/db_l = rho_l^T 1,
 
-where h_{l-1} is the layer's input, t the tangent of the forward pass in the direction v_n = 2 w(psi_n) g_n
-(t_0 = v, through each layer's linear part), and rho the adjoint of the primal activations: rho = a * delta when
-every activation is piecewise linear (their masks' derivatives vanish a.e., as in torch's double backward), so
-the D loss's gradient (through gpsi) and the penalty's share ONE GEMM per Linear; a smooth activation adds
-gP * delta * t * sigma''(z) to rho, which then needs its own backward GEMM chain. Samples are independent here,
-so reduction="none" works too.
+(for a convolution, X^T Y is its weight gradient for input Y and output gradient X), where h_{l-1} is the layer's
+input, t the tangent of the forward pass in the direction v_n = 2 w(psi_n) g_n (t_0 = v, through each layer's
+linear part), and rho the adjoint of the primal activations: rho = a * delta when every activation is piecewise
+linear (their masks' derivatives vanish a.e., as in torch's double backward), so the D loss's gradient (through
+gpsi) and the penalty's share ONE weight gradient per layer; a smooth activation adds gP * delta * t * sigma''(z)
+to rho, which then needs its own backward chain. Samples are independent here, so reduction="none" works too.
 """
 from __future__ import annotations
 
@@ -429,7 +431,7 @@ def _run(D, x, weight, backend, steps=None):
 
 
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
-    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not a supported MLP."""
+    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not supported."""
     per, psi = _run(D, x, weight, backend)
     if reduction == "mean":
         per = per.mean()
@@ -440,7 +442,7 @@ def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
 
 def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None, steps=None):
     """(Omega, logits_real, logits_fake) as js_penalty(..., mode="mlp"), with the real and fake batches in one
-    pass: samples are independent in a supported MLP, so this is the two penalties' math in half the kernel
+    pass: samples are independent in a supported D, so this is the two penalties' math in half the kernel
     launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph). steps: plan(D, x)'s."""
     B_r = x_real.shape[0]
     x = torch.cat([x_real.detach(), x_fake.detach()])

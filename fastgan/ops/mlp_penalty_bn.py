@@ -1,4 +1,5 @@
-"""mode="mlp" for MLP discriminators whose BatchNorm1d normalizes with batch statistics (training mode).
+"""mode="mlp" for discriminators (MLPs and convnets) whose BatchNorm normalizes with batch statistics (training
+mode).
 
 Batch statistics couple the samples: psi_m depends on every x_n, the input gradient is g = d(sum psi)/dx through
 BatchNorm's batch-coupled backward, and the tangent of a perturbation V of the inputs mixes samples too. So the
@@ -7,12 +8,14 @@ in the backward, in the direction V = gP * 2 w(psi) g with the real upstream gP.
 (u = w'(psi) ||g||^2), the parameter gradient is that of  F = sum_n a_n psi_n + sum_n T_n  (T: the tangent of
 psi along V), by reverse mode over the primal chain h and the tangent chain t together: per layer the
 adjoints rho (of h) and lambda (of t),
-    Linear:      dW = rho'^T h + lambda'^T t,  db = 1^T rho',  rho = rho' W,  lambda = lambda' W;
-    activation:  rho = sigma'(z) rho' + sigma''(z) t lambda',  lambda = sigma'(z) lambda';
+    Linear/Conv: dW = rho'^T h + lambda'^T t,  db = 1^T rho',  rho = rho' W;
+    activation:  rho = sigma'(z) rho' + sigma''(z) t lambda';
     BatchNorm:   the vector-Jacobian product of (y, t') = (gamma xhat + beta, gamma dxhat(t)) at (h, t, gamma),
                  in closed form (_bn_vjp).
-The GEMMs are the same as a double backward's; what is saved is the generic graph around them. BatchNorm's
-running statistics are updated once per call by the module itself, exactly as one forward of D does.
+lambda needs no chain of its own: the tangent map is D's Jacobian, so lambda at a layer's output is d(sum psi)/d
+(that output), the input-gradient chain the forward already ran. The GEMMs/convolutions are the double backward's;
+what is saved is the generic graph around them. BatchNorm's running statistics are updated once per call by the
+module itself, exactly as one forward of D does.
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class CreateGraphTap(torch.autograd.Function):
 # ---------------------------------------------------------------- mode "mlp"
 
 def _any_order_norm(kind, m, h, gamma, beta):
-    """BatchNorm1d as the closed forms ran it, without touching the running statistics (the call already advanced
+    """BatchNorm as the closed forms ran it, without touching the running statistics (the call already advanced
     them once); batch statistics in ordinary ops, as torch's fused batch_norm has wrong third derivatives
     (pytorch/pytorch#186256)."""
     from .mlp_penalty_bn import _affine, _batch_stats

@@ -380,17 +380,17 @@ def _key(D, x):
     return (x.device.type, x.dtype, tuple(x.shape[1:]), tuple(m.training for m in D.modules()))
 
 
-# Device types on which "auto" uses the jvp path for non-MLP discriminators. Not "cpu": there the extra forward of
-# the jvp path costs more than the double backward it replaces (bench/bench_penalty_modes.py, DCGAN32-like D:
-# jvp ~1.2x the double backward on a 2-core CPU).
+# Device types on which "auto" uses the jvp path for discriminators the closed form does not take. Not "cpu":
+# there the extra forward of the jvp path costs more than the double backward it replaces
+# (bench/bench_penalty_modes.py, DCGAN32-like D: jvp 1.05-1.16x the double backward on a 2-core CPU).
 AUTO_JVP_DEVICES = {"cuda"}
 
 
 def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified).
 
-    Not "mlp" for BatchNorm with batch statistics: that closed form measured 1.14x the double backward on CPU
-    (3-128-128-1 MLP with two BatchNorm1d, B=512, one thread) and is unmeasured on a GPU."""
+    Not "mlp" for BatchNorm with batch statistics: that closed form is at parity with the double backward on CPU
+    (0.9-1.1x: 3-128-128-1 MLP with two BatchNorm1d, DCGAN32-like convnet) and is unmeasured on a GPU."""
     steps = mlp_penalty.plan(D, x)[0]
     if steps is not None and not any(kind == "bn_batch" for kind, _ in steps):
         return "mlp"
