@@ -21,8 +21,10 @@ from .. import _ext
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# (op name, backend) -> number of calls that reached that backend's kernel.
-counts: collections.Counter = collections.Counter()
+# (op name, backend) -> number of calls that reached that backend's kernel. A defaultdict(int), not a Counter:
+# record() runs inside torch.compile (the closed-form penalty is traced), and Dynamo cannot trace a Counter's
+# __setitem__ on torch 2.4, nor its __missing__ (a key's first count) on 2.8; a defaultdict it can, on 2.4-2.14.
+counts: collections.defaultdict = collections.defaultdict(int)
 
 
 class BackendUnavailable(RuntimeError):

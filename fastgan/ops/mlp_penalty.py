@@ -35,6 +35,15 @@ _BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 _ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
 
 
+def _first(items, pred):
+    """The first item of items with pred(item) true, else None. A plain loop, not next(genexpr, None): the Dynamo
+    of torch 2.4 and 2.8 cannot trace next() with a default (2.14's can), and plan() runs inside torch.compile."""
+    for item in items:
+        if pred(item):
+            return item
+    return None
+
+
 def _hooked(m: nn.Module) -> bool:
     return any(getattr(m, a, None) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
                                               "_backward_pre_hooks"))
@@ -50,7 +59,7 @@ def _global_hooks() -> bool:
 def _conv_problem(m) -> str:
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         return f"padding_mode={m.padding_mode!r}, padding={m.padding!r} (only zero padding given as numbers)"
-    if type(m)._conv_forward is not next(c for c in CONVS if isinstance(m, c))._conv_forward:
+    if type(m)._conv_forward is not _first(CONVS, lambda c: isinstance(m, c))._conv_forward:
         return "a convolution with its own _conv_forward"
     return ""
 
@@ -85,7 +94,7 @@ def plan(D, x: torch.Tensor | None = None):
     shape = None if x is None else tuple(x.shape[1:])
     rank = None if x is None else x.dim()
     for i, m in enumerate(D):
-        kind = next((t for t in _LEAF_TYPES if isinstance(m, t)), None)
+        kind = _first(_LEAF_TYPES, lambda t: isinstance(m, t))
         # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out
         if kind is None or type(m).forward is not kind.forward or _hooked(m):
             return None, f"layer {i} ({type(m).__name__}) is not a supported layer"
@@ -125,7 +134,8 @@ def plan(D, x: torch.Tensor | None = None):
                 return None, f"{where}: only nn.Flatten() (start_dim=1, end_dim=-1) is supported"
             shape, rank = (None if shape is None else (math.prod(shape),)), 2
             steps.append(("flatten", m))
-    last = next((m for kind, m in reversed(steps) if kind == "linear"), None)
+    last = _first(reversed(steps), lambda step: step[0] == "linear")
+    last = None if last is None else last[1]
     if last is None:
         return None, "D has no Linear or convolution layer"
     width = math.prod(shape) if shape is not None else (last.out_features if isinstance(last, nn.Linear)

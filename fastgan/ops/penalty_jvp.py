@@ -457,6 +457,8 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     layer (spectral norm's power iteration runs once per forward, so two calls step it twice)."""
     if x_real.device.type not in JOINT_MLP_DEVICES:
         return None
+    if not CLOSED_FORM_TRACED and torch.compiler.is_compiling():
+        return None  # two gradient_penalty calls, each run eagerly
     steps = mlp_penalty.plan(D, x_real)[0] if isinstance(D, nn.Module) else None
     if steps is None:
         return None  # two gradient_penalty calls: "auto" picks another mode, an explicit "mlp" raises there
@@ -470,9 +472,19 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     return out
 
 
+# Whether torch.compile may trace the closed form. torch 2.4's Dynamo rebuilds an autograd.Function's backward
+# graph with placeholders whose names collide with the forward's saved tensors, so the backward reads the wrong
+# saved tensor: a shape error, or silently wrong gradients where the shapes agree (a Conv2d(1, 6, 1) ->
+# BatchNorm2d -> Sigmoid -> Conv2d(6, 1, 1) D on 1x1 inputs). Right on 2.8 and later; 2.5-2.7 not checked.
+# Below that the closed form runs eagerly inside a compiled function (a graph break), as the other modes do.
+CLOSED_FORM_TRACED = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+
+
 def _traced_under_compile(D, x, mode) -> bool:
     """Whether torch.compile traces this call: the closed form ("mlp", or "auto" picking it); jvp's forward-mode
     pass and auto's one-time check run eagerly instead (_eager_gradient_penalty)."""
+    if not CLOSED_FORM_TRACED:
+        return False
     if mode == "mlp":
         return True
     if mode != "auto":

@@ -33,6 +33,10 @@ def _grads_and_buffers(D, fn, xr, xf, calls=2):
 
 def _compare(name, mode, backend, fullgraph, rtol=1e-12):
     factory, make_x, _ = DS[name]
+    _compare_d(factory, make_x, mode, backend, fullgraph, rtol)
+
+
+def _compare_d(factory, make_x, mode, backend, fullgraph, rtol=1e-12):
     torch.manual_seed(0)
     D = factory().double()
     xr, xf = make_x(6).double(), make_x(6).double() * 0.5 + 0.3
@@ -48,18 +52,25 @@ def _compare(name, mode, backend, fullgraph, rtol=1e-12):
         torch.testing.assert_close(b, w, rtol=rtol, atol=1e-14)
 
 
+# torch < 2.8: the closed form runs eagerly inside the compiled function (penalty_jvp.CLOSED_FORM_TRACED), so
+# no fullgraph there; gradients and buffers must still equal eager mode's
+FULLGRAPH = penalty_jvp.CLOSED_FORM_TRACED
+
+
 @pytest.mark.parametrize("name", TRACED)
 def test_closed_form_compiles_fullgraph(name):
     before = _dispatch.counts[("gradient_penalty", "mlp")]
-    _compare(name, "mlp", "aot_eager", fullgraph=True)
+    _compare(name, "mlp", "aot_eager", fullgraph=FULLGRAPH)
     assert _dispatch.counts[("gradient_penalty", "mlp")] > before
 
 
 def test_auto_traces_the_closed_form_fullgraph():
     assert penalty_jvp.auto_mode(DS["conv_leaky"][0](), DS["conv_leaky"][1](2), "mean") == "mlp"
-    _compare("conv_leaky", "auto", "aot_eager", fullgraph=True)
+    _compare("conv_leaky", "auto", "aot_eager", fullgraph=FULLGRAPH)
 
 
+@pytest.mark.skipif(not penalty_jvp.CLOSED_FORM_TRACED, reason="torch < 2.8 does not trace the closed form (and "
+                    "torch 2.4's inductor needs triton 3.0, fastgan's triton backend >= 3.4)")
 def test_closed_form_under_inductor():
     _compare("conv_leaky", "mlp", "inductor", fullgraph=True, rtol=1e-10)
 
@@ -93,3 +104,33 @@ def test_double_backward_alone_fails_in_aot_autograd():
     with pytest.raises(Exception, match="double backward"):
         torch.compile(traced, backend="aot_eager")(x).backward()
     torch._dynamo.reset()
+
+
+def test_first_count_inside_a_compiled_function(monkeypatch):
+    """_dispatch.counts gets its key inside the traced graph (a Counter's __missing__ broke fullgraph on torch 2.8)."""
+    fresh = copy.copy(_dispatch.counts)
+    fresh.clear()
+    monkeypatch.setattr(_dispatch, "counts", fresh)
+    factory, make_x, _ = DS["conv_leaky"]
+    torch.manual_seed(0)
+    D = factory().double()
+    torch._dynamo.reset()
+    compiled = torch.compile(_loss("mlp"), backend="aot_eager", fullgraph=FULLGRAPH)
+    _grads_and_buffers(D, compiled, make_x(4).double(), make_x(4).double())
+    torch._dynamo.reset()
+    assert _dispatch.counts[("gradient_penalty", "mlp")] == 4  # two calls, two penalty terms each
+
+
+def _one_by_one():
+    D = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 1), torch.nn.BatchNorm2d(6), torch.nn.Sigmoid(),
+                            torch.nn.Conv2d(6, 1, 1), torch.nn.Flatten())
+    with torch.no_grad():
+        D[1].running_mean.uniform_(-0.5, 0.5)
+        D[1].running_var.uniform_(0.5, 2.0)
+    return D.eval()
+
+
+def test_closed_form_with_same_shaped_saved_tensors():
+    """Input gradient and output tangent of one shape: torch 2.4's Dynamo swapped such saved tensors in the
+    closed form's backward (silently wrong gradients), so there the closed form runs eagerly under compile."""
+    _compare_d(_one_by_one, lambda b: torch.randn(b, 1, 1, 1), "mlp", "aot_eager", fullgraph=FULLGRAPH)
