@@ -9,7 +9,8 @@ pytest-benchmark runs). Prints one markdown table per goal:
     (bench_graph_step.py), goal <= 1.3; beside it, for information, the amortized ratio with lazy regularization
     (method.roth.every=k: a different algorithm, so it does not count for the goal);
   * the denoiser's loss step, speed-up over the nn.Sequential reference (graphed, else eager), goal >= 2 on a GPU;
-  * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1.
+  * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1; beside it, the
+    D update per penalty mode against the double backward (bench_penalty_modes.py).
 Ratios come from benchmarks of the same file, so from one run on one device.
 """
 from __future__ import annotations
@@ -97,6 +98,15 @@ def cpu_rows(benchmarks):
     return rows
 
 
+def cpu_mode_rows(benchmarks):
+    """The penalty's gradient modes on CPU (bench_penalty_modes.py) against the double backward of the same D:
+    (name, mode, ratio of medians, ok)."""
+    return [(b["name"], b["extra_info"]["mode"], b["extra_info"]["ratio_vs_double_backward_median"],
+             b["extra_info"]["ratio_vs_double_backward_median"] <= CPU_RATIO_GOAL)
+            for b in benchmarks if b.get("extra_info", {}).get("device") == "cpu"
+            and "ratio_vs_double_backward_median" in b["extra_info"] and "every" not in b["extra_info"]]
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
@@ -116,6 +126,10 @@ def report(benchmarks) -> str:
          [(n, f"{s:.2f}", _verdict(ok)) for n, s, ok in denoiser_rows(benchmarks)]),
         ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
          [(n, base, f"{r:.2f}", _verdict(ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
+        ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it "
+         "without batch statistics, else the double backward: jvp is not used on CPU)",
+         ["benchmark", "mode", "time / double backward", "<= 1"],
+         [(n, mode, f"{r:.2f}", "yes" if ok else "no") for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
     ]
     for title, header, rows in sections:
         if not rows:

@@ -69,6 +69,19 @@ def test_cpu_results_of_this_round_meet_the_cpu_goal(name, baseline):
     assert rows[name] == (baseline, True)
 
 
+def test_cpu_penalty_modes_are_read_against_the_double_backward():
+    run = [_bench("test_d_update[m-mlp-cpu]", 1, device="cpu", mode="mlp", ratio_vs_double_backward_median=0.7),
+           _bench("test_d_update[m-jvp-cpu]", 1, device="cpu", mode="jvp", ratio_vs_double_backward_median=1.2),
+           _bench("test_d_update[m-jvp-cuda]", 1, device="NVIDIA H100", mode="jvp",
+                  ratio_vs_double_backward_median=0.8),
+           _bench("test_d_update_lazy[m-jvp-every4-cpu]", 1, device="cpu", mode="jvp", every=4,
+                  ratio_vs_double_backward_median=1.1)]
+    assert goals.cpu_mode_rows(run) == [("test_d_update[m-mlp-cpu]", "mlp", 0.7, True),
+                                        ("test_d_update[m-jvp-cpu]", "jvp", 1.2, False)]
+    committed = {n: ok for n, _, _, ok in goals.cpu_mode_rows(_rows_of("cpu-2core-2026-11-30.json"))}
+    assert committed["test_d_update[dcgan32_nobn-mlp-cpu]"] and committed["test_d_update[mlp_leaky-mlp-cpu]"]
+
+
 def test_cli_prints_a_table(capsys):
     assert goals.main([str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
     out = capsys.readouterr().out
