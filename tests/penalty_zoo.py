@@ -79,6 +79,12 @@ def conv1d_dilated():
                          nn.Conv1d(4, 4, 2, stride=1), nn.Flatten(), nn.Linear(4 * 3, 1))
 
 
+def conv3d_bn_train():
+    """Conv3d with groups and BatchNorm3d with batch statistics, a smooth activation after it."""
+    return nn.Sequential(nn.Conv3d(2, 4, 3, 1, 1, groups=2), nn.BatchNorm3d(4), nn.Tanh(),
+                         nn.Conv3d(4, 4, 2, 2, 0), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 2 * 2 * 2, 1))
+
+
 def conv_spectral():
     sn = nn.utils.parametrizations.spectral_norm
     return nn.Sequential(sn(nn.Conv2d(3, 8, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Flatten(), sn(nn.Linear(8 * 4 * 4, 1)))
@@ -133,6 +139,7 @@ class WithSequential(nn.Module):
 IMG = lambda B: torch.randn(B, 3, 8, 8)  # noqa: E731
 VEC = lambda B: torch.randn(B, 3)  # noqa: E731
 SEQ = lambda B: torch.randn(B, 3, 8)  # noqa: E731
+VOL = lambda B: torch.randn(B, 2, 4, 4, 4)  # noqa: E731
 DS = {
     # name: (factory, input maker, the mode "auto" must pick)
     "mlp_leaky": (mlp_leaky, VEC, "mlp"),
@@ -145,9 +152,11 @@ DS = {
     "conv_spectral": (conv_spectral, IMG, "mlp"),
     "conv_bn_train": (conv_bn_train, IMG, "jvp"),  # batch statistics, as mlp_bn_train
     "conv1d_dilated": (conv1d_dilated, SEQ, "jvp"),
+    "conv3d_bn_train": (conv3d_bn_train, VOL, "jvp"),
     "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
     "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
     "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
 }
 # the Ds mode="mlp" (the closed form) runs: "auto" picks it for all but those with batch statistics
-MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated"]
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated",
+                                                     "conv3d_bn_train"]

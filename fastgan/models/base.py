@@ -116,6 +116,12 @@ class Discriminator(nn.Module):
         self.check_x(x)
         return self.body(x)
 
+    def _forward_is(self, cls) -> bool:
+        """Whether this object's forward is cls's (body, head, forward and forward_features not overridden by a
+        subclass): only then may cls.as_sequential() stand for it."""
+        return all(getattr(type(self), name) is getattr(cls, name)
+                   for name in ("body", "head", "forward", "forward_features"))
+
 
 _WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)

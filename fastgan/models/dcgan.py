@@ -78,6 +78,9 @@ class DCGANDiscriminator(Discriminator):
     def head(self, h):
         return self.out(h)
 
-    def as_sequential(self) -> nn.Sequential:
-        """The same forward as one nn.Sequential of this module's layers (the penalty's closed form reads it)."""
+    def as_sequential(self) -> nn.Sequential | None:
+        """The same forward as one nn.Sequential of this module's layers (the penalty's closed form reads it); None
+        for a subclass that changes the forward."""
+        if not self._forward_is(DCGANDiscriminator):
+            return None
         return nn.Sequential(*self.net, nn.Flatten(), self.out)

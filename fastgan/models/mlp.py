@@ -58,7 +58,10 @@ class MLPDiscriminator(Discriminator):
     def head(self, h):
         return self.out(h)
 
-    def as_sequential(self) -> nn.Sequential:
+    def as_sequential(self) -> nn.Sequential | None:
         """This D's forward as one nn.Sequential of its own layers (the same parameters): the opt-in of
-        fastgan.ops.gradient_penalty(mode="mlp"/"auto") to the closed-form penalty gradient. Logits (B, 1)."""
+        fastgan.ops.gradient_penalty(mode="mlp"/"auto") to the closed-form penalty gradient. Logits (B, 1).
+        None for a subclass that changes the forward."""
+        if not self._forward_is(MLPDiscriminator):
+            return None
         return nn.Sequential(nn.Flatten(), *self.net, self.out)

@@ -21,7 +21,8 @@ from .. import _ext
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# (op name, backend) -> number of calls that reached that backend's kernel. A defaultdict(int), not a Counter:
+# (op name, backend) -> number of calls that reached that backend's kernel (exact in eager mode; inside
+# torch.compile the kernels' own counts are not reliable, see the README). A defaultdict(int), not a Counter:
 # record() runs inside torch.compile (the closed-form penalty is traced), and Dynamo cannot trace a Counter's
 # __setitem__ on torch 2.4, nor its __missing__ (a key's first count) on 2.8; a defaultdict it can, on 2.4-2.14.
 counts: collections.defaultdict = collections.defaultdict(int)
@@ -93,14 +94,17 @@ def on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def autocast_enabled(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 spelling
+        return torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 def no_autocast(device: torch.device):
     """A context with autocast off for device's type (a no-op when it is off): fused paths that take the
     parameters' dtype (the denoiser, the penalty's closed form) must not have their GEMMs autocast to half."""
-    try:
-        on = torch.is_autocast_enabled(device.type)
-    except TypeError:  # torch < 2.4 spelling
-        on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
-    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False) if autocast_enabled(device) else contextlib.nullcontext()
 
 
 def status(backend: str, device: torch.device) -> tuple[bool, str]:

@@ -83,12 +83,17 @@ def plan(D, x: torch.Tensor | None = None):
     """
     if not isinstance(D, nn.Module):
         return None, "D is not an nn.Module"
-    if _hooked(D) or _global_hooks():
+    # hooks anywhere in D (containers included) change what its forward computes
+    if _global_hooks() or any(_hooked(m) for m in D.modules()):
         return None, "D has forward/backward hooks"
     if not isinstance(D, nn.Sequential) and callable(getattr(D, "as_sequential", None)):
         D = D.as_sequential()
+        if D is None:
+            return None, "D's as_sequential() declined (a subclass that changes the forward)"
     if not isinstance(D, nn.Sequential) or type(D).forward is not nn.Sequential.forward:
         return None, "D is not an nn.Sequential (and has no as_sequential())"
+    if any(_hooked(m) for m in D.modules()):
+        return None, "D has forward/backward hooks"
     steps = []
     # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
     shape = None if x is None else tuple(x.shape[1:])
@@ -142,6 +147,8 @@ def plan(D, x: torch.Tensor | None = None):
                                                         else last.out_channels)
     if width != 1:
         return None, f"D's output has {width} values per sample, not 1"
+    if rank is not None and rank > 2:
+        return None, f"D's output has rank {rank}: logits must be (B,) or (B, 1) (end with nn.Flatten())"
     return steps, ""
 
 
@@ -303,8 +310,8 @@ def primal_chain(x, steps, tensors, norm):
             act = _Act(kind, m)
             h, key = act.forward(h)
             layers.append({"kind": kind, "act": act, "key": key})
-    if h.numel() != B:
-        raise ValueError(f"D's output has shape {tuple(h.shape)}: not one logit per sample")
+    if h.numel() != B or h.dim() > 2:
+        raise ValueError(f"D's output has shape {tuple(h.shape)}: logits must be (B,) or (B, 1)")
     layers[-1]["out_shape"] = tuple(h.shape)
     return h.reshape(B), layers
 
@@ -435,9 +442,14 @@ def _run(D, x, weight, backend, steps=None):
     form = _MLPPenalty
     if any(kind == "bn_batch" for kind, _ in steps):
         from .mlp_penalty_bn import _BatchStatMLPPenalty as form
-    # in D's own dtype under autocast too: the closed form's GEMMs mix the forward's and the backward's tensors
+    # in D's own dtype under autocast too: the closed form's GEMMs mix the forward's and the backward's tensors;
+    # autocast would have cast x (e.g. a bf16 G output) for D's first layer, so that cast is made here
+    x = x.detach()
+    dtype = _first(tensors, lambda t: t is not None).dtype
+    if _dispatch.autocast_enabled(x.device) and x.dtype != dtype:
+        x = x.to(dtype)
     with _dispatch.no_autocast(x.device):
-        return form.apply(x.detach(), (steps, weight, backend), *tensors)
+        return form.apply(x, (steps, weight, backend), *tensors)
 
 
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):

@@ -287,20 +287,28 @@ def test_bfloat16_close_to_float64(name, mode):
     assert (got - want).norm() <= 0.1 * want.norm()
 
 
+@pytest.mark.parametrize("mode", ["mlp", "auto"])
 @pytest.mark.parametrize("name", ["mlp_leaky", "conv_leaky", "conv_bn_train"])
-def test_closed_form_ignores_autocast(name):
+def test_closed_form_ignores_autocast(name, mode):
     """Under autocast the closed form computes in D's own dtype (its GEMMs mix forward and backward tensors, which
-    autocast would cast apart), also when the backward runs inside the autocast region."""
+    autocast would cast apart), also when the backward runs inside the autocast region; a bfloat16 batch (G's
+    output under autocast) is cast to D's dtype, as autocast would for D's first layer."""
     D, xr, xf = _make(name, torch.float32)
+    xf = xf.bfloat16().float()  # representable in bfloat16: the cast below is exact
+    ran = "mlp" if mode == "mlp" or DS[name][2] == "mlp" else "double_backward"
     grads = []
     for autocast in (False, True):
         Dm = copy.deepcopy(D)
+        before = _dispatch.counts[(MODE_OP, ran)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            pen, lr, lf = js_penalty(Dm, xr, xf, mode="mlp")
-            assert pen.dtype == lr.dtype == torch.float32
-            (_d_loss(lr, lf) + pen).backward()
+            pen, lr, lf = js_penalty(Dm, xr, xf.bfloat16() if autocast else xf, mode=mode)
+            if ran == "mlp":
+                assert pen.dtype == lr.dtype == lf.dtype == torch.float32
+            (_d_loss(lr.float(), lf.float()) + pen).backward()
+        assert _dispatch.counts[(MODE_OP, ran)] == before + 2
         grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
-    assert torch.equal(grads[0], grads[1])
+    if ran == "mlp":
+        assert torch.equal(grads[0], grads[1])
 
 
 # ------------------------------------------------------------------ auto's choices and its fallback
@@ -418,7 +426,9 @@ def test_bad_mode_and_unsupported_combinations():
      r"only nn.Flatten\(\) \(start_dim=1, end_dim=-1\)"),
     (nn.Sequential(nn.Conv2d(3, 2, 8)), IMG(2), "output has 2 values per sample, not 1"),
     (nn.Sequential(nn.Conv2d(3, 1, 3)), IMG(2), "output has 36 values per sample, not 1"),
-], ids=["linear_after_conv", "reflect", "same", "channels", "rank", "bn_rank", "flatten_dims", "width", "spatial"])
+    (nn.Sequential(nn.Conv2d(3, 1, 8)), IMG(2), r"output has rank 4: logits must be \(B,\) or \(B, 1\)"),
+], ids=["linear_after_conv", "reflect", "same", "channels", "rank", "bn_rank", "flatten_dims", "width", "spatial",
+        "unflattened_head"])
 def test_closed_form_rejects_unsupported_convnets(D, x, match):
     with pytest.raises(ValueError, match=match) as info:
         r1_penalty(D, x, mode="mlp")
@@ -426,11 +436,32 @@ def test_closed_form_rejects_unsupported_convnets(D, x, match):
     assert penalty_jvp.auto_mode(D, x, "mean") == "double_backward"  # on CPU; never the closed form
 
 
+def test_hooks_on_inner_containers_and_changed_subclasses_disable_the_closed_form():
+    from fastgan.models import ModelConfig, build_discriminator
+    from fastgan.models.dcgan import DCGANDiscriminator
+
+    D = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, d_batchnorm=False), (2, 8, 8))
+    x = torch.randn(3, 2, 8, 8)
+    assert mlp_penalty.plan(D, x)[0] is not None
+    handle = D.net.register_forward_hook(lambda m, i, o: o * 2)  # on a container, not a leaf layer
+    assert mlp_penalty.plan(D, x) == (None, "D has forward/backward hooks")
+    handle.remove()
+
+    class ScaledHead(DCGANDiscriminator):  # inherits as_sequential() but changes the forward
+        def head(self, h):
+            return 3 * torch.tanh(super().head(h))
+
+    S = ScaledHead((2, 8, 8), width=2, batchnorm=False)
+    assert S.as_sequential() is None
+    assert mlp_penalty.plan(S, x)[1] == "D's as_sequential() declined (a subclass that changes the forward)"
+    assert penalty_jvp.auto_mode(S, x, "mean") == "double_backward"
+
+
 def test_mlp_hooks_disable_the_closed_form():
     M = mlp_leaky()
     M[1].register_forward_hook(lambda m, i, o: o * 2)
     assert mlp_penalty.plan(M)[0] is None
-    with pytest.raises(ValueError, match=r"layer 1 \(LeakyReLU\) is not a supported layer"):
+    with pytest.raises(ValueError, match="D has forward/backward hooks"):
         r1_penalty(M, torch.randn(4, 3), mode="mlp")
 
 
