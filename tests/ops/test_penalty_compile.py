@@ -14,7 +14,7 @@ from penalty_zoo import DS  # tests/ on sys.path
 # BatchNorm with momentum=None divides by its num_batches_tracked buffer, which torch.compile cannot trace with
 # fullgraph=True even in a plain forward (mlp_bn_train, conv_bn_train have such a layer)
 TRACED = ["mlp_leaky", "mlp_tanh", "mlp_bn_eval", "mlp_spectral", "conv_leaky", "conv_bn_eval_conv_head",
-          "conv_spectral", "conv1d_dilated"]
+          "conv_spectral", "conv1d_dilated", "conv3d_bn_train"]
 
 
 def _loss(mode):
