@@ -5,10 +5,11 @@
 
 One D update: zero_grad, logits (and the penalty) on a real and a fake batch, loss_D + gamma/2 * Omega, backward,
 Adam step. Cases: Roth's MLP D (3-d data, B=512: Linear 128 tanh Linear 128 tanh Linear 1, and the same with
-LeakyReLU) and a DCGAN32-like D with BatchNorm (NTGAN Table 1 layout, B=64; width 64 on CUDA, 8 on CPU so the
+LeakyReLU) and a DCGAN32-like D with BatchNorm (NTGAN Table 1 layout, B=64 and 256; width 64 on CUDA, 8 on CPU so the
 CPU run stays short) and without it ("dcgan32_nobn"); mode "mlp" is the closed form, for the convnets too.
 extra_info holds ms (min, median) and the ratios to the unregularized update and to the double backward of the
-same case, from min and from median times (filled when those ran earlier in the same session with timing on). Each case asserts that the requested mode is the one that ran.
+same case, from min and from median times (filled when those ran earlier in the same session with timing on).
+Each case asserts that the requested mode is the one that ran.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def d_update_fn(D, opt, x_real, x_fake, mode, backend=None, gamma=GAMMA):
 
 
 CASES = [(m, mode) for m in ("mlp_tanh", "mlp_leaky") for mode in ("unregularized", "double_backward", "jvp", "mlp")]
-CASES += [(m, mode) for m in ("dcgan32", "dcgan32_nobn") for mode in ("unregularized", "double_backward", "jvp", "mlp")]
+CASES += [(m, mode) for m in ("dcgan32", "dcgan32_b256", "dcgan32_nobn")
+          for mode in ("unregularized", "double_backward", "jvp", "mlp")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
