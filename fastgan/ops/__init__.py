@@ -3,7 +3,7 @@ from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning
 from .denoiser import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
 from .noise import NoiseState, default_noise_state, noisy_clean_batch
 from .nt_losses import nt_losses
-from .penalty import grad_norm_penalty, gradient_penalty, js_penalty, r1_penalty, r2_penalty
+from .penalty import grad_norm_penalty, gradient_penalty, js_penalty, penalty_mode, r1_penalty, r2_penalty
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +20,7 @@ __all__ = [
     "js_penalty",
     "noisy_clean_batch",
     "nt_losses",
+    "penalty_mode",
     "r1_penalty",
     "r2_penalty",
 ]

@@ -327,6 +327,17 @@ def _double_backward(D, x, weight, reduction, backend, record=True):
     return grad_norm_penalty(grad, logits, weight, reduction, backend), logits
 
 
+def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]:
+    """(mode, why): the gradient mode that gradient_penalty / js_penalty(..., mode="auto") would run for D on a batch
+    like x now ("mlp", "jvp" or "double_backward"), and why: e.g. which layer keeps D out of the closed form, or
+    that jvp is used on CUDA only. Runs nothing."""
+    _checks.tensor("x", x, min_dim=1)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+    from . import penalty_jvp
+
+    return penalty_jvp.penalty_mode(D, x, reduction)
+
+
 def eager_under_compile(fn):
     """fn run eagerly when called inside torch.compile (a graph break). torch.compile's AOT autograd refuses a
     double backward through a compiled graph, so the double backward and the jvp path run this way and a compiled

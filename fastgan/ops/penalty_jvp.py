@@ -391,17 +391,42 @@ def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
 
     Not "mlp" for BatchNorm with batch statistics: that closed form is at parity with the double backward on CPU
     (0.9-1.1x: 3-128-128-1 MLP with two BatchNorm1d, DCGAN32-like convnet) and is unmeasured on a GPU."""
-    steps = mlp_penalty.plan(D, x)[0]
+    return _auto_choice(D, x, reduction)[0]
+
+
+def _auto_choice(D, x, reduction) -> tuple[str, str]:
+    steps, why = mlp_penalty.plan(D, x)
     if steps is not None and not any(kind == "bn_batch" for kind, _ in steps):
-        return "mlp"
-    if not isinstance(D, nn.Module) or reduction == "none" or x.device.type not in AUTO_JVP_DEVICES:
-        return "double_backward"
+        return "mlp", "the closed form: D is a supported nn.Sequential (or has as_sequential()) without batch statistics"
+    if steps is not None:
+        why = ("BatchNorm normalizes with batch statistics: the closed form runs it (mode='mlp'), but 'auto' does not "
+               "pick it (at parity with the double backward on CPU, unmeasured on a GPU)")
+    not_closed = f"not the closed form: {why}"
+    if not isinstance(D, nn.Module):
+        return "double_backward", f"{not_closed}; jvp needs an nn.Module"
+    if reduction == "none":
+        return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'"
+    if x.device.type not in AUTO_JVP_DEVICES:
+        return "double_backward", f"{not_closed}; jvp runs on {sorted(AUTO_JVP_DEVICES)} only (not faster on " \
+                                  f"{x.device.type})"
     verdict = _verdicts.get(D, {}).get(_key(D, x))
     if verdict is not None:
-        return "jvp" if verdict else "double_backward"
+        return ("jvp", f"{not_closed}; jvp matched the double backward on this D's first batch") if verdict else \
+            ("double_backward", f"{not_closed}; jvp did not match the double backward on this D (see the "
+                                "FallbackWarning it gave)")
     if _capturing(x.device) or x.dtype not in _RTOL:
-        return "double_backward"  # the check needs host syncs and a meaningful tolerance
-    return "check"
+        # the check needs host syncs and a meaningful tolerance
+        return "double_backward", f"{not_closed}; jvp is checked outside CUDA graph capture, in float32/float64 only"
+    return "check", f"{not_closed}; jvp, once it has matched the double backward on this batch (one extra double " \
+                    "backward, on the first call)"
+
+
+def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]:
+    """(mode, why): the gradient mode gradient_penalty / js_penalty(..., mode="auto") would run for D on a batch like
+    x now ("mlp", "jvp" or "double_backward"), and why, e.g. which layer keeps D out of the closed form. Runs
+    nothing."""
+    mode, why = _auto_choice(D, x, reduction)
+    return ("jvp" if mode == "check" else mode), why
 
 
 def _flat(grads, params):

@@ -390,6 +390,30 @@ def test_auto_choices(auto_jvp_on_cpu):
 
 # ------------------------------------------------------------------ errors
 
+def test_penalty_mode_says_what_auto_runs_and_why(auto_jvp_on_cpu, monkeypatch):
+    from fastgan.ops import penalty_mode
+
+    for name, (factory, make_x, picked) in DS.items():
+        torch.manual_seed(0)
+        D, x = factory(), make_x(4)
+        mode, why = penalty_mode(D, x)
+        assert mode == picked == ("jvp" if penalty_jvp.auto_mode(D, x, "mean") == "check" else
+                                  penalty_jvp.auto_mode(D, x, "mean")), name
+        assert why.startswith("the closed form" if mode == "mlp" else "not the closed form: "), (name, why)
+    G = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(144, 1))
+    mode, why = penalty_mode(G, IMG(2))
+    assert mode == "jvp" and "layer 1 (GroupNorm) is not a supported layer" in why and "matched" in why
+    assert penalty_mode(G, IMG(2), reduction="none") == (
+        "double_backward", "not the closed form: layer 1 (GroupNorm) is not a supported layer; jvp needs reduction "
+        "'mean' or 'sum'")
+    mode, why = penalty_mode(DS["conv_bn_train"][0](), IMG(2))
+    assert mode == "jvp" and "BatchNorm normalizes with batch statistics" in why
+    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda"})
+    assert penalty_mode(G, IMG(2))[1].endswith("jvp runs on ['cuda'] only (not faster on cpu)")
+    with pytest.raises(ValueError, match="reduction"):
+        penalty_mode(G, IMG(2), reduction="max")
+
+
 def test_bad_mode_and_unsupported_combinations():
     D, x, _ = _make("conv_bn", torch.float32)
     with pytest.raises(ValueError, match="mode must be one of"):
