@@ -36,10 +36,10 @@ def _compare(name, mode, backend, fullgraph, rtol=1e-12):
     _compare_d(factory, make_x, mode, backend, fullgraph, rtol)
 
 
-def _compare_d(factory, make_x, mode, backend, fullgraph, rtol=1e-12):
+def _compare_d(factory, make_x, mode, backend, fullgraph, rtol=1e-12, device="cpu"):
     torch.manual_seed(0)
-    D = factory().double()
-    xr, xf = make_x(6).double(), make_x(6).double() * 0.5 + 0.3
+    D = factory().double().to(device)
+    xr, xf = make_x(6).double().to(device), (make_x(6).double() * 0.5 + 0.3).to(device)
     torch._dynamo.reset()
     want = _grads_and_buffers(copy.deepcopy(D), _loss(mode), xr, xf)
     compiled = torch.compile(_loss(mode), backend=backend, fullgraph=fullgraph)
@@ -134,3 +134,14 @@ def test_closed_form_with_same_shaped_saved_tensors():
     """Input gradient and output tangent of one shape: torch 2.4's Dynamo swapped such saved tensors in the
     closed form's backward (silently wrong gradients), so there the closed form runs eagerly under compile."""
     _compare_d(_one_by_one, lambda b: torch.randn(b, 1, 1, 1), "mlp", "aot_eager", fullgraph=FULLGRAPH)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,mode", [("conv_leaky", "mlp"), ("conv_leaky", "auto"), ("conv_bn", "auto"),
+                                       ("conv_bn_train", "jvp")])
+def test_cuda_penalty_inside_torch_compile(name, mode):
+    """On CUDA: the closed form traced (the joint real+fake pass included), auto's jvp check and jvp run eagerly
+    inside the compiled function."""
+    factory, make_x, _ = DS[name]
+    traced = mode in ("mlp", "auto") and DS[name][2] == "mlp" and FULLGRAPH
+    _compare_d(factory, make_x, mode, "aot_eager", fullgraph=traced, rtol=1e-10, device="cuda")
