@@ -20,7 +20,7 @@ echo "build: $(( $(date +%s) - start )) s"
 fastgan info | tee "$OUT/info.txt"
 
 if [[ $what == quick ]]; then
-  timeout ${TEST_LIMIT:-200} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=60 \
+  timeout ${TEST_LIMIT:-240} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=60 \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -40
   timeout ${BENCH_LIMIT:-200} python3 -m pytest bench/bench_bandwidth.py bench/bench_graph_step.py --benchmark-only \
     -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
