@@ -44,6 +44,9 @@ class TrainResult:
     config: TrainConfig
     models: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # the gradient modes of the penalty that ran (fastgan.ops gradient_penalty's "mlp", "jvp", "double_backward";
+    # "auto" resolved), read off fastgan.ops._dispatch.counts around the run
+    penalty_modes: tuple = ()
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -346,6 +349,9 @@ class _Run:
         sample_real = lambda m: self.dataset.sample(m, self.gen)  # noqa: E731
         train_step = (self._graphed_step(sample_real) if r.cuda_graph
                       else lambda t: self.method.train_step(t, sample_real))
+        from .ops import _dispatch
+
+        counted = dict(_dispatch.counts)
         bar = tqdm(total=r.steps, initial=self.start, disable=not self.show_progress, dynamic_ncols=True,
                    desc=r.name, file=sys.stderr)
         last = {}
@@ -386,8 +392,10 @@ class _Run:
         if step == self.start and self.start >= r.steps:
             metrics.update(self._samples(step))
         models = dict(self.method.modules)
+        modes = tuple(sorted(mode for (op, mode), n in list(_dispatch.counts.items())
+                             if op == "gradient_penalty" and mode != "create_graph" and n > counted.get((op, mode), 0)))
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
-                           models=models, metrics=metrics)
+                           models=models, metrics=metrics, penalty_modes=modes)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -434,7 +442,8 @@ def _cmd_train(args) -> int:
         return 130
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss"))
     extra = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
-    print(f"fastgan train: {result.step} steps done ({losses}{'; ' + extra if extra else ''}); "
+    modes = f"; penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else ""
+    print(f"fastgan train: {result.step} steps done ({losses}{'; ' + extra if extra else ''}{modes}); "
           f"output in {result.out_dir}")
     return 0
 

@@ -263,6 +263,7 @@ def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchno
         "run.checkpoint_every=0", "run.num_samples=16", "optim.batch_size=8", "run.progress=off"])
     assert r.step == 2 and math.isfinite(r.losses["penalty"]) and r.losses["penalty"] > 0
     assert _dispatch.counts[("gradient_penalty", ran)] == before + 4  # real and fake terms, two D updates
+    assert r.penalty_modes == (ran,)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -270,7 +271,7 @@ def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchno
 def test_cli_default_job(tmp_path, capsys):
     rc = main(["train", "--set", *TINY, "run.steps=3", f"run.out_dir={tmp_path}"])
     out = capsys.readouterr().out
-    assert rc == 0 and "3 steps done" in out and "modes" in out
+    assert rc == 0 and "3 steps done" in out and "modes" in out and "penalty gradients: double_backward" in out
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("roth-mixture-") and (run_dir / "samples" / "step_0000003.png").exists()
 
