@@ -92,16 +92,15 @@ def plan(D, x: torch.Tensor | None = None):
             return None, "D's as_sequential() declined (a subclass that changes the forward)"
     if not isinstance(D, nn.Sequential) or type(D).forward is not nn.Sequential.forward:
         return None, "D is not an nn.Sequential (and has no as_sequential())"
-    if any(_hooked(m) for m in D.modules()):
-        return None, "D has forward/backward hooks"
     steps = []
     # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
     shape = None if x is None else tuple(x.shape[1:])
     rank = None if x is None else x.dim()
     for i, m in enumerate(D):
         kind = _first(_LEAF_TYPES, lambda t: isinstance(m, t))
-        # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out
-        if kind is None or type(m).forward is not kind.forward or _hooked(m):
+        # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out; hooks
+        # were checked above on every module of D, which as_sequential() draws its layers from
+        if kind is None or type(m).forward is not kind.forward:
             return None, f"layer {i} ({type(m).__name__}) is not a supported layer"
         where = f"layer {i} ({type(m).__name__})"
         if kind is nn.Linear:
@@ -316,6 +315,11 @@ def primal_chain(x, steps, tensors, norm):
     return h.reshape(B), layers
 
 
+def uses_batch_stats(steps) -> bool:
+    """Whether a planned D normalizes with batch statistics (mlp_penalty_bn's closed form; samples coupled)."""
+    return any(kind == "bn_batch" for kind, _ in steps)
+
+
 def has_params(L) -> bool:
     return L["kind"] in ("linear", "bn", "bn_batch")
 
@@ -440,7 +444,7 @@ def _run(D, x, weight, backend, steps=None):
         if kind in ("linear", "bn", "bn_batch"):
             tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
     form = _MLPPenalty
-    if any(kind == "bn_batch" for kind, _ in steps):
+    if uses_batch_stats(steps):
         from .mlp_penalty_bn import _BatchStatMLPPenalty as form
     # in D's own dtype under autocast too: the closed form's GEMMs mix the forward's and the backward's tensors;
     # autocast would have cast x (e.g. a bf16 G output) for D's first layer, so that cast is made here
@@ -452,9 +456,10 @@ def _run(D, x, weight, backend, steps=None):
         return form.apply(x, (steps, weight, backend), *tensors)
 
 
-def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
-    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not supported."""
-    per, psi = _run(D, x, weight, backend)
+def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, steps=None):
+    """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not supported.
+    steps: plan(D, x)'s, when the caller already has them."""
+    per, psi = _run(D, x, weight, backend, steps)
     if reduction == "mean":
         per = per.mean()
     elif reduction == "sum":

@@ -101,7 +101,7 @@ def _tangents(layers, V):
             t = t.reshape(t.shape[0], -1)
         elif L["kind"] == "bn_batch":
             L["dxhat"], L["mt"], L["q"] = _centered(L["xhat"], L["rstd"], t)
-            t = L["dxhat"] if L["gamma"] is None else L["dxhat"] * per_channel(L["gamma"], t)
+            t = _gamma_times(L, L["dxhat"])
         elif L["kind"] == "bn":
             t = t * _gamma_times(L, L["rstd"])
         else:

@@ -391,42 +391,38 @@ def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
 
     Not "mlp" for BatchNorm with batch statistics: that closed form is at parity with the double backward on CPU
     (0.9-1.1x: 3-128-128-1 MLP with two BatchNorm1d, DCGAN32-like convnet) and is unmeasured on a GPU."""
-    return _auto_choice(D, x, reduction)[0]
+    return auto_choice(D, x, reduction)[0]
 
 
-def _auto_choice(D, x, reduction) -> tuple[str, str]:
+def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
+    """(auto_mode's answer, why, plan(D, x)'s steps or None): the steps go on to the closed form, so that D is
+    planned once per call."""
     steps, why = mlp_penalty.plan(D, x)
-    if steps is not None and not any(kind == "bn_batch" for kind, _ in steps):
-        return "mlp", "the closed form: D is a supported nn.Sequential (or has as_sequential()) without batch statistics"
+    if steps is not None and not mlp_penalty.uses_batch_stats(steps):
+        return "mlp", "the closed form: D is a supported nn.Sequential (or has as_sequential()) without batch " \
+                      "statistics", steps
     if steps is not None:
         why = ("BatchNorm normalizes with batch statistics: the closed form runs it (mode='mlp'), but 'auto' does not "
                "pick it (at parity with the double backward on CPU, unmeasured on a GPU)")
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
-        return "double_backward", f"{not_closed}; jvp needs an nn.Module"
+        return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps
     if reduction == "none":
-        return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'"
+        return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'", steps
     if x.device.type not in AUTO_JVP_DEVICES:
         return "double_backward", f"{not_closed}; jvp runs on {sorted(AUTO_JVP_DEVICES)} only (not faster on " \
-                                  f"{x.device.type})"
+                                  f"{x.device.type})", steps
     verdict = _verdicts.get(D, {}).get(_key(D, x))
     if verdict is not None:
-        return ("jvp", f"{not_closed}; jvp matched the double backward on this D's first batch") if verdict else \
-            ("double_backward", f"{not_closed}; jvp did not match the double backward on this D (see the "
-                                "FallbackWarning it gave)")
+        return ("jvp", f"{not_closed}; jvp matched the double backward on this D's first batch", steps) if verdict \
+            else ("double_backward", f"{not_closed}; jvp did not match the double backward on this D (see the "
+                                     "FallbackWarning it gave)", steps)
     if _capturing(x.device) or x.dtype not in _RTOL:
         # the check needs host syncs and a meaningful tolerance
-        return "double_backward", f"{not_closed}; jvp is checked outside CUDA graph capture, in float32/float64 only"
+        return "double_backward", f"{not_closed}; jvp is checked outside CUDA graph capture, in float32/float64 " \
+                                  "only", steps
     return "check", f"{not_closed}; jvp, once it has matched the double backward on this batch (one extra double " \
-                    "backward, on the first call)"
-
-
-def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]:
-    """(mode, why): the gradient mode gradient_penalty / js_penalty(..., mode="auto") would run for D on a batch like
-    x now ("mlp", "jvp" or "double_backward"), and why, e.g. which layer keeps D out of the closed form. Runs
-    nothing."""
-    mode, why = _auto_choice(D, x, reduction)
-    return ("jvp" if mode == "check" else mode), why
+                    "backward, on the first call)", steps
 
 
 def _flat(grads, params):
@@ -487,7 +483,7 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     steps = mlp_penalty.plan(D, x_real)[0] if isinstance(D, nn.Module) else None
     if steps is None:
         return None  # two gradient_penalty calls: "auto" picks another mode, an explicit "mlp" raises there
-    if any(kind == "bn_batch" for kind, _ in steps):
+    if mlp_penalty.uses_batch_stats(steps):
         return None  # batch statistics of the joint batch would differ from each batch's own
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in D.modules()):
         return None
@@ -515,21 +511,22 @@ def _traced_under_compile(D, x, mode) -> bool:
     if mode != "auto":
         return False
     steps = mlp_penalty.plan(D, x)[0]
-    return steps is not None and not any(kind == "bn_batch" for kind, _ in steps)
+    return steps is not None and not mlp_penalty.uses_batch_stats(steps)
 
 
 def gradient_penalty(D, x, weight, reduction, backend, mode):
     """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
     if torch.compiler.is_compiling() and not _traced_under_compile(D, x, mode):
         return _eager_gradient_penalty(D, x, weight, reduction, backend, mode)
+    steps = None
     if mode == "auto":
-        mode = auto_mode(D, x, reduction)
+        mode, _, steps = auto_choice(D, x, reduction)
         if mode == "check":
             return _checked_jvp(D, x, weight, reduction, backend)
     if mode == "double_backward":
         return _pen._double_backward(D, x, weight, reduction, backend)
     if mode == "mlp":
-        out = mlp_penalty.mlp_penalty(D, x, weight, reduction, backend)
+        out = mlp_penalty.mlp_penalty(D, x, weight, reduction, backend, steps)
     else:
         out = jvp_penalty(D, x, weight, reduction, backend)
     _dispatch.record(MODE_OP, mode)

@@ -147,6 +147,16 @@ def test_js_penalty_mlp_mode_matches_double_backward(name, dtype):
     _check_mode_against_reference(name, "mlp", dtype)
 
 
+def test_auto_plans_d_once_per_penalty_term(monkeypatch):
+    """plan() walks D's modules (16-90 us): "auto" hands its steps on to the closed form instead of planning again."""
+    calls = []
+    real_plan = mlp_penalty.plan
+    monkeypatch.setattr(mlp_penalty, "plan", lambda *a, **k: calls.append(1) or real_plan(*a, **k))
+    D, xr, xf = _make("conv_leaky", torch.float32)
+    js_penalty(D, xr, xf, mode="auto")
+    assert len(calls) == 2  # on CPU: two gradient_penalty calls (no joint pass), one plan each
+
+
 def test_auto_keeps_using_jvp_after_its_check(auto_jvp_on_cpu):
     D, xr, xf = _make("conv_bn", torch.float64)
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
