@@ -12,6 +12,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture
+def auto_jvp_on_cpu(monkeypatch):
+    """"auto" as it chooses on CUDA (jvp where the closed form does not run), for tests on CPU tensors."""
+    from helpers import auto_as_on_cuda
+
+    auto_as_on_cuda(monkeypatch)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         if os.environ.get("TRITON_INTERPRET") != "1":

@@ -248,11 +248,11 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
 
 
-@pytest.mark.parametrize("batchnorm,mode,ran", [(False, "auto", "mlp"), (True, "mlp", "mlp"),
-                                               (True, "auto", "double_backward")])
+@pytest.mark.parametrize("batchnorm,mode,ran", [(False, "auto", "mlp"), (True, "mlp", "mlp"), (True, "auto", "mlp"),
+                                               (True, "double_backward", "double_backward")])
 def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchnorm, mode, ran):
-    """The DCGAN D runs the penalty's closed form in the trainer: "auto" picks it without BatchNorm (on CPU the
-    double backward otherwise), "mlp" runs it with BatchNorm's batch statistics too."""
+    """The DCGAN D runs the penalty's closed form in the trainer, with BatchNorm's batch statistics too; on CPU
+    "auto" picks it for both."""
     from fastgan.ops import _dispatch
 
     before = _dispatch.counts[("gradient_penalty", ran)]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
+from .closed_form_maps import per_channel, reduce_dims
 
 MODE_OP = "gradient_penalty"
 PATH = "create_graph"
@@ -71,10 +72,14 @@ def _any_order_norm(kind, m, h, gamma, beta):
     """BatchNorm as the closed forms ran it, without touching the running statistics (the call already advanced
     them once); batch statistics in ordinary ops, as torch's fused batch_norm has wrong third derivatives
     (pytorch/pytorch#186256)."""
-    from .mlp_penalty_bn import _affine, _batch_stats
-
     if kind == "bn_batch":
-        return {}, _affine(_batch_stats(h, m.eps)[0], gamma, beta)
+        dims = reduce_dims(h)
+        mean = h.mean(dims, keepdim=True)
+        xc = h - mean
+        y = xc * torch.rsqrt((xc * xc).mean(dims, keepdim=True) + m.eps)
+        if gamma is not None:
+            y = y * per_channel(gamma, y)
+        return {}, y if beta is None else y + per_channel(beta, y)
     return {}, F.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
 
 

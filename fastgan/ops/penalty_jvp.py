@@ -385,25 +385,38 @@ def _key(D, x):
 # (bench/bench_penalty_modes.py, DCGAN32-like D: jvp 1.05-1.16x the double backward on a 2-core CPU).
 AUTO_JVP_DEVICES = {"cuda"}
 
+# Device types on which "auto" runs the closed form for discriminators whose BatchNorm uses batch statistics
+# (mlp_penalty_bn, its BatchNorm passes fused in bn_closed_form). CPU, interleaved A/Bs of 2026-11-30 against the
+# double backward, 1 and 2 threads: DCGAN32-like convnet 0.88-0.90 at B=64 and 256, 3-128-128-1 MLP with two
+# BatchNorm1d 0.99-1.00 at B=512. Not yet "cuda": unmeasured there (by operation count it needs fewer FLOPs and a
+# third of the kernels of jvp, bench/costs.py), where auto keeps the jvp path the H100 measured 23% ahead.
+AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
+
 
 def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified).
 
-    Not "mlp" for BatchNorm with batch statistics: that closed form is at parity with the double backward on CPU
-    (0.9-1.1x: 3-128-128-1 MLP with two BatchNorm1d, DCGAN32-like convnet) and is unmeasured on a GPU."""
+    "mlp" for BatchNorm with batch statistics only on AUTO_CLOSED_FORM_BATCH_STATS_DEVICES."""
     return auto_choice(D, x, reduction)[0]
+
+
+def _auto_closed_form(steps, x) -> bool:
+    """Whether "auto" runs the closed form on a D planned into `steps` (None: the closed form cannot run it)."""
+    return steps is not None and (not mlp_penalty.uses_batch_stats(steps)
+                                  or x.device.type in AUTO_CLOSED_FORM_BATCH_STATS_DEVICES)
 
 
 def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
     """(auto_mode's answer, why, plan(D, x)'s steps or None): the steps go on to the closed form, so that D is
     planned once per call."""
     steps, why = mlp_penalty.plan(D, x)
-    if steps is not None and not mlp_penalty.uses_batch_stats(steps):
-        return "mlp", "the closed form: D is a supported nn.Sequential (or has as_sequential()) without batch " \
-                      "statistics", steps
+    if _auto_closed_form(steps, x):
+        stats = "its BatchNorm normalizes with batch statistics, run by fused passes" \
+            if mlp_penalty.uses_batch_stats(steps) else "without batch statistics"
+        return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()) {stats}", steps
     if steps is not None:
         why = ("BatchNorm normalizes with batch statistics: the closed form runs it (mode='mlp'), but 'auto' does not "
-               "pick it (at parity with the double backward on CPU, unmeasured on a GPU)")
+               f"pick it on {x.device.type} (unmeasured there)")
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
         return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps
@@ -510,8 +523,7 @@ def _traced_under_compile(D, x, mode) -> bool:
         return True
     if mode != "auto":
         return False
-    steps = mlp_penalty.plan(D, x)[0]
-    return steps is not None and not mlp_penalty.uses_batch_stats(steps)
+    return _auto_closed_form(mlp_penalty.plan(D, x)[0], x)
 
 
 def gradient_penalty(D, x, weight, reduction, backend, mode):

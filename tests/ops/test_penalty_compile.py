@@ -75,11 +75,6 @@ def test_closed_form_under_inductor():
     _compare("conv_leaky", "mlp", "inductor", fullgraph=True, rtol=1e-10)
 
 
-@pytest.fixture
-def auto_jvp_on_cpu(monkeypatch):
-    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
-
-
 @pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
 @pytest.mark.parametrize("name", ["conv_bn", "groupnorm_residual", "conv_bn_train"])
 def test_other_modes_run_eagerly_inside_a_compiled_function(name, mode, auto_jvp_on_cpu):

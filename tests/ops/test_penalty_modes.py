@@ -82,12 +82,6 @@ def _check_mode_against_reference(name, mode, dtype):
 
 # ------------------------------------------------------------------ every mode on every D, float64 and float32
 
-@pytest.fixture
-def auto_jvp_on_cpu(monkeypatch):
-    """"auto" uses jvp on CUDA only (on CPU the double backward is faster); tests on CPU opt in to reach it."""
-    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
-
-
 @pytest.mark.parametrize("name", list(DS))
 @pytest.mark.parametrize("mode", ["jvp", "auto"])
 def test_js_penalty_mode_matches_double_backward_f64(mode, name, auto_jvp_on_cpu):
@@ -136,9 +130,12 @@ def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes
 
 
 def test_auto_on_cpu_without_opt_in():
+    """On CPU "auto" runs the closed form wherever it can (batch statistics included), else the double backward."""
     for name, (_, _, picked) in DS.items():
         D, x, _ = _make(name, torch.float32)
-        assert penalty_jvp.auto_mode(D, x, "mean") == ("mlp" if picked == "mlp" else "double_backward"), name
+        closed = mlp_penalty.plan(D, x)[0] is not None
+        assert penalty_jvp.auto_mode(D, x, "mean") == ("mlp" if closed else "double_backward"), name
+        assert closed == (picked == "mlp" or mlp_penalty.uses_batch_stats(mlp_penalty.plan(D, x)[0] or [])), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -305,20 +302,18 @@ def test_closed_form_ignores_autocast(name, mode):
     output under autocast) is cast to D's dtype, as autocast would for D's first layer."""
     D, xr, xf = _make(name, torch.float32)
     xf = xf.bfloat16().float()  # representable in bfloat16: the cast below is exact
-    ran = "mlp" if mode == "mlp" or DS[name][2] == "mlp" else "double_backward"
+    ran = "mlp"  # on CPU "auto" runs the closed form for all three
     grads = []
     for autocast in (False, True):
         Dm = copy.deepcopy(D)
         before = _dispatch.counts[(MODE_OP, ran)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             pen, lr, lf = js_penalty(Dm, xr, xf.bfloat16() if autocast else xf, mode=mode)
-            if ran == "mlp":
-                assert pen.dtype == lr.dtype == lf.dtype == torch.float32
+            assert pen.dtype == lr.dtype == lf.dtype == torch.float32
             (_d_loss(lr.float(), lf.float()) + pen).backward()
         assert _dispatch.counts[(MODE_OP, ran)] == before + 2
         grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
-    if ran == "mlp":
-        assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], grads[1])
 
 
 # ------------------------------------------------------------------ auto's choices and its fallback

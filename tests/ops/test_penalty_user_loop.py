@@ -11,6 +11,8 @@ from torch import nn
 from fastgan.ops import _dispatch, js_penalty, penalty_jvp
 from fastgan.reference import penalty as ref
 
+from helpers import auto_as_on_cuda
+
 GAMMA, STEPS, B = 2.0, 12, 16
 
 
@@ -96,11 +98,16 @@ def references():
 
 
 @pytest.mark.parametrize("batchnorm", [False, True], ids=["plain", "batchnorm"])
-@pytest.mark.parametrize("mode,compiled", [("auto", False), ("mlp", False), ("jvp", False), ("double_backward", False),
-                                           ("mlp", True), ("auto", True)])
+@pytest.mark.parametrize("mode,compiled", [("auto", False), ("auto_as_on_cuda", False), ("mlp", False), ("jvp", False),
+                                           ("double_backward", False), ("mlp", True), ("auto", True),
+                                           ("auto_as_on_cuda", True)])
 def test_training_loop_like_a_user(references, mode, compiled, batchnorm, monkeypatch):
-    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})  # "auto" as it runs on a GPU
-    ran = mode if mode != "auto" else ("jvp" if batchnorm else "mlp")
+    ran = mode
+    if mode == "auto":  # on CPU the closed form, batch statistics included
+        ran = "mlp"
+    elif mode == "auto_as_on_cuda":  # jvp where the closed form would need batch statistics
+        auto_as_on_cuda(monkeypatch)
+        mode, ran = "auto", ("jvp" if batchnorm else "mlp")
     before = _dispatch.counts[("gradient_penalty", ran)]
     G, D, pens = train(mode, batchnorm, compiled)
     G_ref, D_ref, pens_ref = references[batchnorm]

@@ -1,0 +1,128 @@
+"""Device-independent costs of one discriminator update per penalty gradient mode, counted (not timed) on CPU:
+the matmul/convolution FLOPs (torch.utils.flop_counter's formulas) and the number of tensor ops that launch a
+kernel (views, allocations and host reads excluded; each fastgan custom op counts once), under a TorchDispatchMode.
+
+Replayed from a CUDA graph, an update costs roughly FLOPs / throughput + kernels x a per-kernel floor: the FLOP
+ratio to the unregularized update is what a compute-bound update can reach (DCGAN32 at width 64, B=64: 33 GFLOP
+per plain update, 1.8 ms on the H100), the kernel ratio what a launch-bound one can (the small MLPs).
+
+    python bench/costs.py [--models mlp_leaky,dcgan32,...] [--width 64] [--json bench/results/costs-<date>.json]
+
+The count runs the op sequence a GPU runs: js_penalty's joint real+fake closed-form pass (penalty_jvp.
+JOINT_MLP_DEVICES, CUDA only by default) is switched on, and Adam steps with foreach=True (CUDA's default).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_penalty_modes import DCGAN32D, d_update_fn, mlp_d  # noqa: E402
+
+MODES = ("unregularized", "double_backward", "jvp", "mlp")
+MODELS = ("mlp_leaky", "mlp_tanh", "dcgan32", "dcgan32_b256", "dcgan32_nobn")
+# ops that launch no kernel of their own: allocation, aliasing, host reads (a graph-captured update has none)
+_NO_KERNEL = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
+              "aten.detach", "aten.lift_fresh", "aten.alias", "aten._local_scalar_dense", "aten.set_",
+              "aten.resize_", "aten.is_same_size"}
+
+
+class Costs(TorchDispatchMode):
+    """FLOPs and kernel-launching ops (by name) of everything run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
+        name = str(packet)
+        if not func.is_view and name not in _NO_KERNEL and not name.startswith("profiler."):
+            self.ops[name] += 1
+        return out
+
+    @property
+    def kernels(self) -> int:
+        return sum(self.ops.values())
+
+
+def case(model: str, width: int = 64, batch: int | None = None):
+    """(D, x_real, x_fake) as bench_penalty_modes' cases, with the DCGAN width of the GPU runs by default."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if model.startswith("mlp"):
+        D, B, shape = mlp_d(model.split("_")[1]), batch or 512, (3,)
+    else:
+        B = batch or (256 if "_b256" in model else 64)
+        D, shape = DCGAN32D(width, batchnorm="_nobn" not in model), (3, 32, 32)
+    return D, torch.randn(B, *shape, generator=g), torch.randn(B, *shape, generator=g)
+
+
+def update_costs(model: str, mode: str, width: int = 64, batch: int | None = None) -> Costs:
+    """The costs of one D update (after one warm-up update: Adam's state exists, as in a training run)."""
+    from fastgan.ops import penalty_jvp
+
+    D, xr, xf = case(model, width, batch)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999), foreach=True)
+    update = d_update_fn(D, opt, xr, xf, mode)
+    added = "cpu" not in penalty_jvp.JOINT_MLP_DEVICES
+    penalty_jvp.JOINT_MLP_DEVICES.add("cpu")
+    try:
+        update()
+        costs = Costs()
+        with costs:
+            update()
+    finally:
+        if added:
+            penalty_jvp.JOINT_MLP_DEVICES.discard("cpu")
+    return costs
+
+
+def table(models=MODELS, width: int = 64, batch: int | None = None) -> list[dict]:
+    rows = []
+    for model in models:
+        base = None
+        for mode in MODES:
+            c = update_costs(model, mode, width, batch)
+            base = base or c
+            rows.append({"model": model, "mode": mode, "width": width if model.startswith("dcgan") else None,
+                         "gflop": c.flops / 1e9, "kernels": c.kernels,
+                         "flops_vs_unregularized": c.flops / base.flops,
+                         "kernels_vs_unregularized": c.kernels / base.kernels,
+                         "top_ops": dict(c.ops.most_common(12))})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    rows = table(a.models.split(","), a.width)
+    for r in rows:
+        print(f"{r['model']:14s} {r['mode']:16s} {r['gflop']:9.3f} GFLOP ({r['flops_vs_unregularized']:.2f}x)  "
+              f"{r['kernels']:5d} kernels ({r['kernels_vs_unregularized']:.2f}x)")
+    if a.json:
+        out = {"what": "costs of one D update per penalty mode, counted on CPU (device-independent)",
+               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+               "how": f"python bench/costs.py --width {a.width} --models {a.models}", "rows": rows}
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Triton kernels of the BatchNorm (batch statistics) passes of the penalty's closed form
+(fastgan/ops/bn_closed_form.py); the formulas mirror csrc/include/fastgan/bn_closed_form_math.h.
+
+One program per channel walks the channel's B * S elements of a contiguous (B, C, S) tensor in BLOCK chunks:
+a reduction pass (two for the statistics), the per-channel coefficients, then the element-wise pass.
+Reductions accumulate in float64 (as the CPU and CUDA kernels do), element-wise math runs in the storage dtype.
+Untuned: written without a GPU to measure on.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _offsets(i, c, C, S):
+    b = i // S
+    return (b * C + c) * S + (i - b * S)
+
+
+# eps is annotated tl.float64: compiled kernels then take it in double (an unannotated float arrives as fp32); the
+# interpreter still passes fp32, which moves rstd by < 1e-12 relative. No other float crosses from the host.
+@triton.jit
+def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl.constexpr):
+    c = tl.program_id(0).to(tl.int64)
+    T = h_ptr.dtype.element_ty
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        acc += tl.load(h_ptr + _offsets(i, c, C, S), mask=i < n, other=0.0).to(tl.float64)
+    mean = tl.sum(acc, axis=0) / n
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        d = tl.load(h_ptr + _offsets(i, c, C, S), mask=m, other=0.0).to(tl.float64) - mean
+        acc += tl.where(m, d * d, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
+    tl.store(rstd_ptr + c, rstd.to(T))
+    cx = rstd.to(T)
+    ck = (-mean * rstd).to(T)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        o = _offsets(i, c, C, S)
+        tl.store(xhat_ptr + o, ck + cx * tl.load(h_ptr + o, mask=m, other=0.0), mask=m)
+
+
+@triton.jit
+def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_ptr, C, S, n,
+                     HAS_GAMMA: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0).to(tl.int64)
+    T = t_ptr.dtype.element_ty
+    s_t = tl.zeros([BLOCK], dtype=tl.float64)
+    s_xt = tl.zeros([BLOCK], dtype=tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        o = _offsets(i, c, C, S)
+        tv = tl.load(t_ptr + o, mask=m, other=0.0)
+        s_t += tv.to(tl.float64)
+        s_xt += (tl.load(xhat_ptr + o, mask=m, other=0.0) * tv).to(tl.float64)
+    scale = tl.load(rstd_ptr + c).to(tl.float64)
+    if HAS_GAMMA:
+        scale = scale * tl.load(gamma_ptr + c).to(tl.float64)
+    mt = tl.sum(s_t, axis=0) / n
+    q = tl.sum(s_xt, axis=0) / n
+    tl.store(mt_ptr + c, mt.to(T))
+    tl.store(q_ptr + c, q.to(T))
+    cx = (-scale * q).to(T)
+    ct = scale.to(T)
+    ck = (-scale * mt).to(T)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        o = _offsets(i, c, C, S)
+        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0)
+        tl.store(out_ptr + o, v, mask=m)
+
+
+@triton.jit
+def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, q_ptr, dh_ptr, dgamma_ptr, dbeta_ptr,
+                C, S, n, HAS_GAMMA: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0).to(tl.int64)
+    T = xhat_ptr.dtype.element_ty
+    s_r = tl.zeros([BLOCK], dtype=tl.float64)
+    s_rx = tl.zeros([BLOCK], dtype=tl.float64)
+    s_l = tl.zeros([BLOCK], dtype=tl.float64)
+    s_lx = tl.zeros([BLOCK], dtype=tl.float64)
+    s_lt = tl.zeros([BLOCK], dtype=tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        o = _offsets(i, c, C, S)
+        r = tl.load(rho_ptr + o, mask=m, other=0.0)
+        lv = tl.load(lam_ptr + o, mask=m, other=0.0)
+        x = tl.load(xhat_ptr + o, mask=m, other=0.0)
+        s_r += r.to(tl.float64)
+        s_rx += (r * x).to(tl.float64)
+        s_l += lv.to(tl.float64)
+        s_lx += (lv * x).to(tl.float64)
+        s_lt += (lv * tl.load(t_ptr + o, mask=m, other=0.0)).to(tl.float64)
+    sr = tl.sum(s_r, axis=0)
+    srx = tl.sum(s_rx, axis=0)
+    sl = tl.sum(s_l, axis=0)
+    slx = tl.sum(s_lx, axis=0)
+    slt = tl.sum(s_lt, axis=0)
+    rstd = tl.load(rstd_ptr + c).to(tl.float64)
+    mt = tl.load(mt_ptr + c).to(tl.float64)
+    q = tl.load(q_ptr + c).to(tl.float64)
+    g = rstd * 0.0 + 1.0
+    if HAS_GAMMA:
+        g = tl.load(gamma_ptr + c).to(tl.float64)
+        tl.store(dgamma_ptr + c, (srx + rstd * (slt - mt * sl - q * slx)).to(T))
+    tl.store(dbeta_ptr + c, sr.to(T))
+    inv = 1.0 / (sr * 0.0 + n)  # in float64: 1.0 / n divides in float32, and so would a float argument
+    r2 = rstd * rstd
+    p = g * slx * inv
+    cc = g * (slt * inv - sl * inv * mt)
+    cr = (rstd * g).to(T)
+    cx = (-rstd * g * srx * inv - r2 * (cc - 3.0 * p * q)).to(T)
+    cl = (-r2 * q * g).to(T)
+    ct = (-r2 * p).to(T)
+    ck = (r2 * (q * g * sl * inv + p * mt) - rstd * g * sr * inv).to(T)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
+        m = i < n
+        o = _offsets(i, c, C, S)
+        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0) \
+            + cr * tl.load(rho_ptr + o, mask=m, other=0.0) + cl * tl.load(lam_ptr + o, mask=m, other=0.0)
+        tl.store(dh_ptr + o, v, mask=m)
+
+
+def _block(n: int, device) -> int:
+    """Elements per step of a program: 1024 on a GPU (untuned); under the CPU interpreter the whole channel in
+    one step where it fits, since each step costs the interpreter a Python-level loop iteration."""
+    cap = 1024 if device.type == "cuda" else 16384
+    return max(16, min(cap, triton.next_power_of_2(max(n, 1))))
+
+
+def stats(h, xhat, rstd, B, C, S, eps):
+    n = B * S
+    _stats_kernel[(C,)](h, xhat, rstd, C, S, n, float(eps), BLOCK=_block(n, h.device))
+
+
+def centered(xhat, t, rstd, gamma, out, mt, q, B, C, S):
+    n = B * S
+    _centered_kernel[(C,)](xhat, t, rstd, rstd if gamma is None else gamma, out, mt, q, C, S, n,
+                           HAS_GAMMA=gamma is not None, BLOCK=_block(n, t.device))
+
+
+def vjp(rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta, B, C, S):
+    n = B * S
+    _vjp_kernel[(C,)](rho, lam, xhat, t, rstd, rstd if gamma is None else gamma, mt, q, dh,
+                      dbeta if dgamma is None else dgamma, dbeta, C, S, n, HAS_GAMMA=gamma is not None,
+                      BLOCK=_block(n, xhat.device))

@@ -1,0 +1,210 @@
+"""fastgan.ops.bn_closed_form: the fused BatchNorm passes of the penalty's closed form. The reference is checked
+against autograd through BatchNorm's forward; every backend against the reference (float64 to 1e-12, float32
+within 2x the float32 reference's own error against float64); bad inputs; the closed form runs these kernels."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.ops import bn_closed_form as K, gradient_penalty
+from fastgan.reference import bn_closed_form as ref
+
+from helpers import assert_close_to_oracle, backend_calls
+
+SHAPES = [(64, 8), (6, 5, 7), (4, 3, 5, 6), (2, 3, 2, 3, 4), (2, 3, 20, 20), (5, 300, 2), (3, 700)]
+BACKENDS = ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)]
+EPS = 1e-5
+
+
+def _device(backend):
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+def _inputs(shape, gamma=True, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+
+    def r(*s, scale=1.0, shift=0.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale + shift).to(dtype=dtype, device=device)
+
+    h = r(*shape, scale=3.0, shift=2.0)
+    return {"h": h, "t": r(*shape), "rho": r(*shape), "lam": r(*shape),
+            "gamma": r(C, scale=0.5, shift=1.0) if gamma else None}
+
+
+def _chain(x, backend=None, impl=K):
+    """stats -> centered -> vjp, as the closed form chains them."""
+    xhat, rstd = impl.stats(x["h"], EPS) if impl is ref else impl.stats(x["h"], EPS, backend)
+    args = (xhat, x["t"], rstd, x["gamma"])
+    out, mt, q = impl.centered(*args) if impl is ref else impl.centered(*args, backend)
+    vargs = (x["rho"], x["lam"], xhat, x["t"], rstd, x["gamma"], mt, q)
+    dh, dgamma, dbeta = impl.vjp(*vargs) if impl is ref else impl.vjp(*vargs, backend)
+    return {"xhat": xhat, "rstd": rstd, "out": out, "mt": mt, "q": q, "dh": dh, "dgamma": dgamma, "dbeta": dbeta}
+
+
+# ---------------------------------------------------------------- the reference against autograd
+
+def _xhat(h):
+    dims = [0] + list(range(2, h.dim()))
+    var, mean = torch.var_mean(h, dims, unbiased=False, keepdim=True)
+    return (h - mean) / torch.sqrt(var + EPS)
+
+
+def _per_channel(v, like):
+    return 1.0 if v is None else v.reshape([1, -1] + [1] * (like.dim() - 2))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:5])
+@pytest.mark.parametrize("gamma", [True, False])
+def test_reference_is_batchnorm_calculus(shape, gamma):
+    x = _inputs(shape, gamma)
+    h = x["h"].clone().requires_grad_(True)
+    gm = None if x["gamma"] is None else x["gamma"].clone().requires_grad_(True)
+    # gamma * d xhat along t, by the double-vjp trick (reverse mode only): J t = d/du <J^T u, t>
+    u = torch.zeros_like(h, requires_grad=True)
+    (jtu,) = torch.autograd.grad(_xhat(h), h, u, create_graph=True)
+    (dxhat,) = torch.autograd.grad(jtu, u, x["t"], create_graph=True)
+    y = _per_channel(gm, h) * _xhat(h)
+    F_ = (x["rho"] * y).sum() + (x["lam"] * _per_channel(gm, h) * dxhat).sum()
+    wrt = [h] + ([gm] if gm is not None else [])
+    auto = torch.autograd.grad(F_, wrt)
+
+    got = _chain(x, impl=ref)
+    torch.testing.assert_close(got["xhat"], _xhat(x["h"]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got["out"], (_per_channel(x["gamma"], h) * dxhat).detach(), rtol=1e-10, atol=1e-10)
+    # the centered map is also BatchNorm's backward (symmetric): gamma-scaled vjp of xhat on t
+    (bwd,) = torch.autograd.grad(_xhat(h), h, x["t"])
+    torch.testing.assert_close(got["out"], _per_channel(x["gamma"], h) * bwd, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got["dh"], auto[0], rtol=1e-9, atol=1e-9)
+    if gamma:
+        torch.testing.assert_close(got["dgamma"], auto[1], rtol=1e-9, atol=1e-9)
+    else:
+        assert got["dgamma"] is None
+    torch.testing.assert_close(got["dbeta"], x["rho"].sum([0] + list(range(2, h.dim()))))
+
+
+def test_reference_stats_match_batch_norm():
+    x = _inputs((8, 4, 3, 3))
+    torch.testing.assert_close(ref.stats(x["h"], EPS)[0], F.batch_norm(x["h"], None, None, training=True, eps=EPS))
+
+
+# ---------------------------------------------------------------- backends against the reference
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("gamma", [True, False])
+def test_backend_matches_reference_float64(backend, shape, gamma):
+    x = _inputs(shape, gamma, device=_device(backend))
+    before = backend_calls(K.OP, backend)
+    got, want = _chain(x, backend), _chain(x, impl=ref)
+    assert backend_calls(K.OP, backend) == before + 3
+    for k, w in want.items():
+        if w is None:
+            assert got[k] is None, k
+        else:
+            assert got[k].dtype == w.dtype and got[k].shape == w.shape, k
+            torch.testing.assert_close(got[k], w, rtol=1e-11, atol=1e-11, msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backend_float32_within_twice_reference_error(backend, shape):
+    dev = _device(backend)
+    x64 = _inputs(shape, True, device=dev)
+    x32 = {k: None if v is None else v.float() for k, v in x64.items()}
+    truth = _chain(x64, impl=ref)
+    low = _chain(x32, impl=ref)
+    got = _chain(x32, backend)
+    # each stage from the float64 stages before it, so a stage's error is its own
+    assert_close_to_oracle(got["xhat"], low["xhat"], truth["xhat"], name="xhat")
+    assert_close_to_oracle(got["rstd"], low["rstd"], truth["rstd"], name="rstd")
+    c32 = [truth["xhat"].float(), x32["t"], truth["rstd"].float(), x32["gamma"]]
+    c_got, c_low = K.centered(*c32, backend=backend), ref.centered(*c32)
+    c_truth = ref.centered(truth["xhat"], x64["t"], truth["rstd"], x64["gamma"])
+    for i, name in enumerate(("out", "mt", "q")):
+        assert_close_to_oracle(c_got[i], c_low[i], c_truth[i], name=name)
+    v64 = (x64["rho"], x64["lam"], truth["xhat"], x64["t"], truth["rstd"], x64["gamma"], truth["mt"], truth["q"])
+    v32 = [v.float() for v in v64]
+    v_got, v_low, v_truth = K.vjp(*v32, backend=backend), ref.vjp(*v32), ref.vjp(*v64)
+    for i, name in enumerate(("dh", "dgamma", "dbeta")):
+        assert_close_to_oracle(v_got[i], v_low[i], v_truth[i], name=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_run_the_float32_kernel(dtype):
+    x = {k: None if v is None else v.to(dtype) for k, v in _inputs((4, 3, 5), True).items()}
+    got = _chain(x, "cpu")
+    want = _chain({k: None if v is None else v.float() for k, v in x.items()}, impl=ref)
+    for k, w in want.items():
+        assert got[k].dtype == dtype
+        torch.testing.assert_close(got[k].float(), w, rtol=2e-2, atol=2e-2 * w.abs().max().item(), msg=k)
+
+
+def test_opcheck():
+    x = _inputs((4, 3, 5), True)
+    c = _chain(x, impl=ref)
+    for backend in ("cpu", "reference"):
+        torch.library.opcheck(torch.ops.fastgan.bn_cf_stats.default, (x["h"], EPS, backend))
+        torch.library.opcheck(torch.ops.fastgan.bn_cf_centered.default,
+                              (c["xhat"], x["t"], c["rstd"], x["gamma"], backend))
+        torch.library.opcheck(torch.ops.fastgan.bn_cf_vjp.default,
+                              (x["rho"], x["lam"], c["xhat"], x["t"], c["rstd"], None, c["mt"], c["q"], backend))
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def _bad_calls():
+    x = _inputs((4, 3, 5), True, dtype=torch.float32)
+    c = _chain(x, impl=ref)
+    xh, t, rs, g = c["xhat"], x["t"], c["rstd"], x["gamma"]
+    return [
+        (lambda: K.stats([1.0], EPS), TypeError, "h must be a torch.Tensor"),
+        (lambda: K.stats(torch.zeros(0, 3), EPS), ValueError, "h must be"),
+        (lambda: K.stats(torch.zeros(4), EPS), ValueError, "h must be"),
+        (lambda: K.stats(torch.zeros(4, 3, dtype=torch.int64), EPS), TypeError, "h must be a floating"),
+        (lambda: K.centered(xh[:, :2], t, rs, g), ValueError, "xhat must have shape"),
+        (lambda: K.centered(xh, t, rs[:2], g), ValueError, "rstd must have shape"),
+        (lambda: K.centered(xh.double(), t, rs, g), TypeError, "xhat has dtype"),
+        (lambda: K.centered(xh.to("meta"), t, rs, g), ValueError, "xhat is on meta"),
+        (lambda: K.centered(xh.transpose(0, 2).contiguous().transpose(0, 2), t, rs, g), ValueError,
+         "xhat must be contiguous"),
+        (lambda: K.vjp(x["rho"], x["lam"], xh, t, rs, g, c["mt"], None), TypeError, "q must be a torch.Tensor"),
+        (lambda: K.vjp(x["rho"].expand(4, 3, 5)[:, :, ::1].transpose(1, 2).contiguous().transpose(1, 2), x["lam"],
+                       xh, t, rs, g, c["mt"], c["q"]), ValueError, "rho must be contiguous"),
+        (lambda: K.stats(x["h"], EPS, backend="nope"), ValueError, "backend must be one of"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_bad_calls())))
+def test_bad_inputs_name_the_argument(i):
+    call, exc, match = _bad_calls()[i]
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------- inside the closed form
+
+def _bn_d():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.BatchNorm2d(6), nn.LeakyReLU(0.2), nn.Conv2d(6, 8, 3, 2, 1),
+                         nn.BatchNorm2d(8, affine=False), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 2 * 2, 1)).double()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+def test_closed_form_runs_the_fused_passes(backend):
+    """mode="mlp" on a D with batch statistics: each BatchNorm layer runs stats and centered in the forward and
+    centered and vjp in the backward, on the penalty's backend; its gradients are the double backward's."""
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    grads = {}
+    for mode in ("mlp", "double_backward"):
+        D = _bn_d()
+        before = backend_calls(K.OP, backend)
+        pen, logits = gradient_penalty(D, x, "js_real", mode=mode, backend=backend)
+        (pen + logits.sum()).backward()
+        calls = backend_calls(K.OP, backend) - before
+        assert calls == (8 if mode == "mlp" else 0), (mode, calls)
+        grads[mode] = [p.grad for p in D.parameters()]
+    for a, b in zip(grads["mlp"], grads["double_backward"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
