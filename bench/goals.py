@@ -126,8 +126,8 @@ def report(benchmarks) -> str:
          [(n, f"{s:.2f}", _verdict(ok)) for n, s, ok in denoiser_rows(benchmarks)]),
         ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
          [(n, base, f"{r:.2f}", _verdict(ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
-        ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it "
-         "without batch statistics, else the double backward: jvp is not used on CPU)",
+        ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it, "
+         "batch statistics included, else the double backward: jvp is not used on CPU)",
          ["benchmark", "mode", "time / double backward", "<= 1"],
          [(n, mode, f"{r:.2f}", "yes" if ok else "no") for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
     ]

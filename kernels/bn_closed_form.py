@@ -137,17 +137,23 @@ def _block(n: int, device) -> int:
 
 
 def stats(h, xhat, rstd, B, C, S, eps):
+    if C == 0:
+        return
     n = B * S
     _stats_kernel[(C,)](h, xhat, rstd, C, S, n, float(eps), BLOCK=_block(n, h.device))
 
 
 def centered(xhat, t, rstd, gamma, out, mt, q, B, C, S):
+    if C == 0:
+        return
     n = B * S
     _centered_kernel[(C,)](xhat, t, rstd, rstd if gamma is None else gamma, out, mt, q, C, S, n,
                            HAS_GAMMA=gamma is not None, BLOCK=_block(n, t.device))
 
 
 def vjp(rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta, B, C, S):
+    if C == 0:
+        return
     n = B * S
     _vjp_kernel[(C,)](rho, lam, xhat, t, rstd, rstd if gamma is None else gamma, mt, q, dh,
                       dbeta if dgamma is None else dgamma, dbeta, C, S, n, HAS_GAMMA=gamma is not None,

@@ -155,74 +155,51 @@ bool fits(int64_t B, int64_t C, int64_t S) {
   return B >= 1 && S >= 1 && C < lim && S < lim && B * S < lim;
 }
 
-}  // namespace
-
-int bn_cf_stats(std::uintptr_t h, std::uintptr_t xhat, std::uintptr_t rstd, int dtype, int64_t B, int64_t C, int64_t S,
-                double eps, std::uintptr_t stream) {
+// launch(T{}, grid, stream, n, at) for the dtype code: one block per channel.
+template <typename Launch>
+int dispatch(int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream, Launch launch) {
   if (C == 0) return 0;
   if (!fits(B, C, S)) return static_cast<int>(cudaErrorInvalidValue);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const At at{uint32_t(C), uint32_t(S)};
   const uint32_t n = uint32_t(B * S);
   switch (dtype) {
-    case kFloat32:
-      stats_kernel<float><<<unsigned(C), kThreads, 0, st>>>(cp<float>(h), mp<float>(xhat), mp<float>(rstd), n, at, eps);
-      break;
-    case kFloat64:
-      stats_kernel<double><<<unsigned(C), kThreads, 0, st>>>(cp<double>(h), mp<double>(xhat), mp<double>(rstd), n, at,
-                                                             eps);
-      break;
+    case kFloat32: launch(float{}, unsigned(C), st, n, at); break;
+    case kFloat64: launch(double{}, unsigned(C), st, n, at); break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
+int bn_cf_stats(std::uintptr_t h, std::uintptr_t xhat, std::uintptr_t rstd, int dtype, int64_t B, int64_t C, int64_t S,
+                double eps, std::uintptr_t stream) {
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+    using T = decltype(tag);
+    stats_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(h), mp<T>(xhat), mp<T>(rstd), n, at, eps);
+  });
 }
 
 int bn_cf_centered(std::uintptr_t xhat, std::uintptr_t t, std::uintptr_t rstd, std::uintptr_t gamma, std::uintptr_t out,
                    std::uintptr_t mt, std::uintptr_t q, int dtype, int64_t B, int64_t C, int64_t S,
                    std::uintptr_t stream) {
-  if (C == 0) return 0;
-  if (!fits(B, C, S)) return static_cast<int>(cudaErrorInvalidValue);
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const At at{uint32_t(C), uint32_t(S)};
-  const uint32_t n = uint32_t(B * S);
-  switch (dtype) {
-    case kFloat32:
-      centered_kernel<float><<<unsigned(C), kThreads, 0, st>>>(cp<float>(xhat), cp<float>(t), cp<float>(rstd),
-                                                               cp<float>(gamma), mp<float>(out), mp<float>(mt),
-                                                               mp<float>(q), n, at);
-      break;
-    case kFloat64:
-      centered_kernel<double><<<unsigned(C), kThreads, 0, st>>>(cp<double>(xhat), cp<double>(t), cp<double>(rstd),
-                                                                cp<double>(gamma), mp<double>(out), mp<double>(mt),
-                                                                mp<double>(q), n, at);
-      break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-  return static_cast<int>(cudaGetLastError());
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+    using T = decltype(tag);
+    centered_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(xhat), cp<T>(t), cp<T>(rstd), cp<T>(gamma), mp<T>(out),
+                                                  mp<T>(mt), mp<T>(q), n, at);
+  });
 }
 
 int bn_cf_vjp(std::uintptr_t rho, std::uintptr_t lam, std::uintptr_t xhat, std::uintptr_t t, std::uintptr_t rstd,
               std::uintptr_t gamma, std::uintptr_t mt, std::uintptr_t q, std::uintptr_t dh, std::uintptr_t dgamma,
               std::uintptr_t dbeta, int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream) {
-  if (C == 0) return 0;
-  if (!fits(B, C, S)) return static_cast<int>(cudaErrorInvalidValue);
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const At at{uint32_t(C), uint32_t(S)};
-  const uint32_t n = uint32_t(B * S);
-  switch (dtype) {
-    case kFloat32:
-      vjp_kernel<float><<<unsigned(C), kThreads, 0, st>>>(
-          cp<float>(rho), cp<float>(lam), cp<float>(xhat), cp<float>(t), cp<float>(rstd), cp<float>(gamma),
-          cp<float>(mt), cp<float>(q), mp<float>(dh), mp<float>(dgamma), mp<float>(dbeta), n, at);
-      break;
-    case kFloat64:
-      vjp_kernel<double><<<unsigned(C), kThreads, 0, st>>>(
-          cp<double>(rho), cp<double>(lam), cp<double>(xhat), cp<double>(t), cp<double>(rstd), cp<double>(gamma),
-          cp<double>(mt), cp<double>(q), mp<double>(dh), mp<double>(dgamma), mp<double>(dbeta), n, at);
-      break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-  return static_cast<int>(cudaGetLastError());
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+    using T = decltype(tag);
+    vjp_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(rho), cp<T>(lam), cp<T>(xhat), cp<T>(t), cp<T>(rstd),
+                                             cp<T>(gamma), cp<T>(mt), cp<T>(q), mp<T>(dh), mp<T>(dgamma),
+                                             mp<T>(dbeta), n, at);
+  });
 }
 
 }  // namespace cuda

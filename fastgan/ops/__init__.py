@@ -1,4 +1,5 @@
 """Fused ops, each usable on any user's nn.Module. See README "Ops"."""
+from . import bn_closed_form  # noqa: F401  (registers fastgan::bn_cf_* for torch.compile, export, opcheck)
 from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning
 from .denoiser import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
 from .noise import NoiseState, default_noise_state, noisy_clean_batch

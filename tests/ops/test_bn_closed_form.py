@@ -132,6 +132,12 @@ def test_backend_float32_within_twice_reference_error(backend, shape):
         assert_close_to_oracle(v_got[i], v_low[i], v_truth[i], name=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_channels(backend):
+    got = _chain(_inputs((3, 0, 4), True, device=_device(backend)), backend)
+    assert got["dh"].shape == (3, 0, 4) and got["rstd"].shape == got["dgamma"].shape == (0,)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_run_the_float32_kernel(dtype):
     x = {k: None if v is None else v.to(dtype) for k, v in _inputs((4, 3, 5), True).items()}
