@@ -32,7 +32,7 @@ MODELS = ("mlp_leaky", "mlp_tanh", "dcgan32", "dcgan32_b256", "dcgan32_nobn")
 # ops that launch no kernel of their own: allocation, aliasing, host reads (a graph-captured update has none)
 _NO_KERNEL = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
               "aten.detach", "aten.lift_fresh", "aten.alias", "aten._local_scalar_dense", "aten.set_",
-              "aten.resize_", "aten.is_same_size"}
+              "aten.resize_", "aten.is_same_size", "aten._has_same_storage_numel"}
 
 
 class Costs(TorchDispatchMode):
