@@ -104,3 +104,32 @@ def test_nt_losses(benchmark, backend):
         # read 2 n logits, write 2 n JS weights (the loss is one scalar)
         _record(benchmark, lambda: nt_losses(lr, lf, mu, js_weights=True, backend=backend), 4 * n * 4,
                 op="nt_losses", backend=backend)
+
+
+# The closed-form penalty's BatchNorm passes (fastgan/ops/bn_closed_form.py): the first BatchNorm of the DCGAN32 D at
+# width 64 and B=64, a large layer for the bandwidth, and few channels over large maps (one CUDA block per channel).
+BN_SHAPES = {"dcgan-64x64x16x16": (64, 64, 16, 16), "large-256x128x32x32": (256, 128, 32, 32),
+             "few-channels-64x4x128x128": (64, 4, 128, 128)}
+# elements moved per element of the layer, minimal traffic: stats reads h and writes xhat; centered reads xhat, t and
+# writes its output; vjp reads rho, lam, xhat, t and writes d h (the per-channel vectors are negligible)
+BN_TRAFFIC = {"stats": 2, "centered": 3, "vjp": 5}
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+@pytest.mark.parametrize("shape", list(BN_SHAPES))
+@pytest.mark.parametrize("op", list(BN_TRAFFIC))
+def test_bn_closed_form(benchmark, op, shape, backend):
+    from fastgan.ops import bn_closed_form as K
+
+    dims = BN_SHAPES[shape]
+    h, t, rho, lam = (torch.randn(dims, device="cuda") for _ in range(4))
+    gamma = torch.rand(dims[1], device="cuda") + 0.5
+    xhat, rstd = K.stats(h, 1e-5, backend="cuda")
+    _, mt, q = K.centered(xhat, t, rstd, gamma, backend="cuda")
+    run = {"stats": lambda: K.stats(h, 1e-5, backend=backend),
+           "centered": lambda: K.centered(xhat, t, rstd, gamma, backend=backend),
+           "vjp": lambda: K.vjp(rho, lam, xhat, t, rstd, gamma, mt, q, backend=backend)}[op]
+    # only the large layer is sized for the bandwidth goal; the others are there to be read (launch-bound; one block
+    # per channel)
+    _record(benchmark, run, BN_TRAFFIC[op] * h.numel() * 4, op=f"bn_closed_form.{op}", backend=backend,
+            shape=list(dims), bandwidth_goal=shape.startswith("large"))
