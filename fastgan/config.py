@@ -46,8 +46,8 @@ class RothConfig:
     anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
     # How the penalty's parameter gradient is formed (fastgan.ops.gradient_penalty's mode): double_backward
     # (torch's double backward), jvp (reverse over forward mode), mlp (closed form for Sequential MLP and conv
-    # discriminators), auto (mlp where D is supported without batch statistics, else jvp once verified on CUDA,
-    # else double_backward).
+    # discriminators), auto (mlp where D is supported, on CUDA only without batch statistics; else jvp once
+    # verified on CUDA, else double_backward).
     mode: str = field(default="double_backward", metadata={"choices": ("double_backward", "jvp", "mlp", "auto")})
     # Lazy regularization (Karras et al. 2020, StyleGAN2 sec. 3.1; not part of Roth et al.): the penalty only in
     # the D updates of generator iterations t = 1, 1 + every, 1 + 2 every, ..., weighted gamma * every there, so

@@ -52,10 +52,7 @@ def _code(t: Tensor) -> int:
 class _Reference:
     stats = staticmethod(ref.stats)
     centered = staticmethod(ref.centered)
-
-    @staticmethod
-    def vjp(rho, lam, xhat, t, rstd, gamma, mt, q):
-        return ref.vjp(rho, lam, xhat, t, rstd, gamma, mt, q)
+    vjp = staticmethod(ref.vjp)
 
 
 def _vectors(x: Tensor, k: int) -> list:

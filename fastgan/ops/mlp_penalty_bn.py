@@ -16,13 +16,10 @@ lambda needs no chain of its own: the tangent map is D's Jacobian, so lambda at 
 (that output), the input-gradient chain the forward already ran. The GEMMs/convolutions are the double backward's;
 what is saved is the generic graph around them: each BatchNorm layer's statistics, its derivative on the input-gradient
 and tangent chains and its vjp are one fused kernel each (fastgan/ops/bn_closed_form.py, ~50 torch kernels per layer
-before). BatchNorm's running statistics are updated once per call by the
-module itself, exactly as one forward of D does.
+before). BatchNorm's running statistics are updated once per call by the module itself, exactly as one forward of D
+does.
 """
 from __future__ import annotations
-
-
-import torch
 
 import functools
 

@@ -300,8 +300,8 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     mode: how the parameter gradient is formed (see fastgan/ops/penalty_jvp.py and mlp_penalty.py):
     "double_backward" (torch's generic double backward; the default), "jvp" (reverse over forward-mode;
     reduction "mean"/"sum"), "mlp" (closed form for nn.Sequential MLPs and convnets of Linear/Conv,
-    activations, BatchNorm and Flatten), "auto" ("mlp" where supported without batch statistics, else "jvp" once it
-    has matched the double backward on D's first batch (CUDA), else "double_backward").
+    activations, BatchNorm and Flatten), "auto" ("mlp" where supported (on CUDA: without batch statistics), else
+    "jvp" once it has matched the double backward on D's first batch (CUDA), else "double_backward").
     _dispatch.counts[("gradient_penalty", mode)] records what ran. Inside torch.compile the closed form is traced
     (fullgraph works); the other modes run eagerly there (a graph break).
     """

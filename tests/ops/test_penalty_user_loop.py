@@ -1,14 +1,13 @@
 """js_penalty in a GAN training loop written the way an outside user would: their own G and D classes, their own
 data, optimizers and loop. Each penalty mode must follow the same training trajectory as fastgan.reference's
 straightforward double backward (float64, same seeds), for a convnet D with and without BatchNorm."""
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgan.ops import _dispatch, js_penalty, penalty_jvp
+from fastgan.ops import _dispatch, js_penalty
 from fastgan.reference import penalty as ref
 
 from helpers import auto_as_on_cuda
