@@ -471,7 +471,10 @@ def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None, 
     """(Omega, logits_real, logits_fake) as js_penalty(..., mode="mlp"), with the real and fake batches in one
     pass: samples are independent in a supported D, so this is the two penalties' math in half the kernel
     launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph). steps: plan(D, x)'s."""
-    B_r = x_real.shape[0]
+    sizes = [x_real.shape[0], x_fake.shape[0]]
     x = torch.cat([x_real.detach(), x_fake.detach()])
-    per, psi = _run(D, x, (("js_real", B_r), ("js_fake", x_fake.shape[0])), backend, steps)
-    return per[:B_r].mean() + per[B_r:].mean(), psi[:B_r], psi[B_r:]
+    per, psi = _run(D, x, (("js_real", sizes[0]), ("js_fake", sizes[1])), backend, steps)
+    # split, not slices: the backward of a split is one cat, of each slice a zero-filled copy
+    per_r, per_f = per.split(sizes)
+    psi_r, psi_f = psi.split(sizes)
+    return per_r.mean() + per_f.mean(), psi_r, psi_f
