@@ -11,7 +11,9 @@ pytest-benchmark runs). Prints one markdown table per goal:
   * the denoiser's loss step, speed-up over the nn.Sequential reference (graphed, else eager), goal >= 2 on a GPU;
   * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1; beside it, the
     D update per penalty mode against the double backward (bench_penalty_modes.py).
-Ratios come from benchmarks of the same file, so from one run on one device.
+Ratios come from benchmarks of the same file, so from one run on one device. With --costs (bench/costs.py's JSON)
+the graphed D updates are also listed beside their counted FLOP and kernel-launch ratios, the compute-bound and
+launch-bound expectations.
 """
 from __future__ import annotations
 
@@ -109,11 +111,27 @@ def cpu_mode_rows(benchmarks):
             and "ratio_vs_double_backward_median" in b["extra_info"] and "every" not in b["extra_info"]]
 
 
+def cost_rows(benchmarks, costs: dict | None):
+    """(name, measured ratio, counted FLOP ratio, counted op ratio) for the graphed D updates whose (model, mode)
+    bench/costs.py counted."""
+    if not costs:
+        return []
+    counted = {(r["model"], r["mode"]): r for r in costs.get("rows", [])}
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        c = counted.get((info.get("model"), info.get("mode")))
+        if c is not None and "ratio_vs_unregularized" in info:
+            rows.append((b["name"], info["ratio_vs_unregularized"], c["flops_vs_unregularized"],
+                         c["kernels_vs_unregularized"]))
+    return rows
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def report(benchmarks) -> str:
+def report(benchmarks, costs: dict | None = None) -> str:
     out = []
     sections = [
         (f"Bandwidth (goal: >= {BANDWIDTH_GOAL} of a device copy)", ["benchmark", "GB/s", "of copy", "goal"],
@@ -132,6 +150,9 @@ def report(benchmarks) -> str:
          "batch statistics included, else the double backward: jvp is not used on CPU)",
          ["benchmark", "mode", "time / double backward", "<= 1"],
          [(n, mode, f"{r:.2f}", "yes" if ok else "no") for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
+        ("Graphed D update against its counted costs (bench/costs.py; ratios to the unregularized update)",
+         ["benchmark", "measured", "FLOPs", "kernel launches"],
+         [(n, f"{m:.2f}", f"{fl:.2f}", f"{k:.2f}") for n, m, fl, k in cost_rows(benchmarks, costs)]),
     ]
     for title, header, rows in sections:
         if not rows:
@@ -145,7 +166,12 @@ def report(benchmarks) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="pytest-benchmark JSON files (or bench/results/ composites)")
+    ap.add_argument("--costs", help="bench/costs.py's JSON, to list the graphed D updates beside their counts")
     args = ap.parse_args(argv)
+    costs = None
+    if args.costs:
+        with open(args.costs) as f:
+            costs = json.load(f)
     for path in args.files:
         with open(path) as f:
             doc = json.load(f)
@@ -154,7 +180,7 @@ def main(argv=None) -> int:
             gpu = next((b["extra_info"]["device"] for b in run["benchmarks"]
                         if b.get("extra_info", {}).get("device") not in (None, "cpu")), None)
             print(f"## {path}: {gpu or device} ({run.get('datetime', '')})\n")
-            print(report(run["benchmarks"]))
+            print(report(run["benchmarks"], costs))
     return 0
 
 

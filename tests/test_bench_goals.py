@@ -88,3 +88,23 @@ def test_cli_prints_a_table(capsys):
     assert goals.main([str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
     out = capsys.readouterr().out
     assert "### CPU (goal: fused no slower than the baseline)" in out
+
+
+def test_graphed_updates_beside_their_counted_costs():
+    run = [_bench("test_graphed_d_update[dcgan32-mlp-cuda]", 1, model="dcgan32", mode="mlp",
+                  ratio_vs_unregularized=2.3, ms_per_update=4.1),
+           _bench("test_graphed_d_update[dcgan32-unregularized-None]", 1, model="dcgan32", mode="unregularized",
+                  ms_per_update=1.8),
+           _bench("test_graphed_d_update[other-mlp-cuda]", 1, model="other", mode="mlp", ratio_vs_unregularized=1.2)]
+    costs = {"rows": [{"model": "dcgan32", "mode": "mlp", "flops_vs_unregularized": 2.01,
+                       "kernels_vs_unregularized": 2.21}]}
+    assert goals.cost_rows(run, costs) == [("test_graphed_d_update[dcgan32-mlp-cuda]", 2.3, 2.01, 2.21)]
+    assert goals.cost_rows(run, None) == []
+    assert "| test_graphed_d_update[dcgan32-mlp-cuda] | 2.30 | 2.01 | 2.21 |" in goals.report(run, costs)
+    # the committed counts and the committed H100 run join on (model, mode)
+    with open(ROOT / "bench" / "results" / "costs-2026-11-30.json") as f:
+        committed = json.load(f)
+    with open(ROOT / "bench" / "results" / "h100-2026-11-24.json") as f:
+        h100 = [b for r in goals.runs(json.load(f)) for b in r["benchmarks"]]
+    rows = {name: (m, fl) for name, m, fl, _ in goals.cost_rows(h100, committed)}
+    assert rows["test_graphed_d_update[dcgan32-jvp-cuda]"][1] > 2.5

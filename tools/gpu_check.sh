@@ -26,7 +26,7 @@ if [[ $what == quick ]]; then
     -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 \
     | tee "$OUT/bench.log" | tail -80
-  python3 bench/goals.py "$OUT/bench.json" | tee "$OUT/goals.md"
+  python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
 fi
 if [[ $what == tests || $what == all ]]; then
   timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=120 \
@@ -43,6 +43,7 @@ if [[ $what == bench || $what == all ]]; then
     --benchmark-min-rounds=20 --benchmark-max-time=0.3 --benchmark-warmup=on \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
-  python3 bench/goals.py "$OUT/bench.json" | tee "$OUT/goals.md"  # which of issue 5's goals this GPU meets
+  # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
+  python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
 fi
 echo "total: $(( $(date +%s) - start )) s"
