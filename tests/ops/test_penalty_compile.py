@@ -64,15 +64,19 @@ def test_closed_form_compiles_fullgraph(name):
     assert _dispatch.counts[("gradient_penalty", "mlp")] > before
 
 
-def test_auto_traces_the_closed_form_fullgraph():
-    assert penalty_jvp.auto_mode(DS["conv_leaky"][0](), DS["conv_leaky"][1](2), "mean") == "mlp"
-    _compare("conv_leaky", "auto", "aot_eager", fullgraph=FULLGRAPH)
+@pytest.mark.parametrize("name", ["conv_leaky", "conv3d_bn_train"])
+def test_auto_traces_the_closed_form_fullgraph(name):
+    """On CPU "auto" picks the closed form for both (batch statistics too), and it is traced."""
+    assert penalty_jvp.auto_mode(DS[name][0](), DS[name][1](2), "mean") == "mlp"
+    _compare(name, "auto", "aot_eager", fullgraph=FULLGRAPH)
 
 
 @pytest.mark.skipif(not penalty_jvp.CLOSED_FORM_TRACED, reason="torch < 2.8 does not trace the closed form (and "
                     "torch 2.4's inductor needs triton 3.0, fastgan's triton backend >= 3.4)")
-def test_closed_form_under_inductor():
-    _compare("conv_leaky", "mlp", "inductor", fullgraph=True, rtol=1e-10)
+@pytest.mark.parametrize("name", ["conv_leaky", "conv3d_bn_train"])
+def test_closed_form_under_inductor(name):
+    """conv3d_bn_train: the fused BatchNorm passes as custom ops (fake kernels) inside inductor's graph."""
+    _compare(name, "mlp", "inductor", fullgraph=True, rtol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
