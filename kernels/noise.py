@@ -297,7 +297,10 @@ def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):
     else:
         ng = (inner + 2) // 4 + 1  # counters a plane of `inner` elements can overlap
         block_g = min(max(triton.next_power_of_2(ng), 2), 256)
-        block_p = max(1, min(64, 1024 // block_g))
+        # 512 counters a loop step (256 with dsigma), as above: at 1024, triton 3.8's sm_90 code spills 16-404
+        # bytes (tests/test_triton_compile.py; 3.6 does not)
+        tile = 256 if dsig is not None else 512
+        block_p = max(1, min(64, tile // block_g))
     grid = (triton.cdiv(n_noisy * C, block_p),)
     dummy = g0
     gr, gf = _strides(g_real), _strides(g_fake)

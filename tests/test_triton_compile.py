@@ -1,0 +1,177 @@
+"""Every Triton kernel the CPU tests launch through the interpreter, compiled for a GPU without one.
+
+The interpreter runs the kernels' Python on CPU tensors; it never lowers them, so a kernel can pass every CPU test
+and still fail to compile, or spill registers, on a GPU. Here the ops run once on CPU tensors under the interpreter
+while each launch's specialization is recorded (the kernel, its argument types, its constexpr values); a child
+process without the interpreter then compiles each one with Triton's compiler and bundled ptxas for sm_90 (the
+H100/H200's architecture): every one must produce a cubin, and ptxas must report no register spills. (These are
+the specializations this CPU run launches: the noise, loss and penalty kernels pick their block sizes as on a GPU;
+the denoiser's and BatchNorm passes' per-feature kernels pick smaller ones for the interpreter, and the GPU's own
+choice for the BatchNorm passes is compiled in tests/ops/test_bn_closed_form.py.) 2026-11-30, triton 3.6: 56
+specializations of the 15 kernels, 23-205 registers, no spills.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("records launches through the Triton interpreter (CPU runs; a GPU run compiles for real)",
+                allow_module_level=True)
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import fastgan.ops as ops  # noqa: E402
+from fastgan.ops import bn_closed_form as bncf  # noqa: E402
+from fastgan.ops import denoiser as den_ops  # noqa: E402
+
+_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
+           torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def _typed(param, value):
+    """("type", x) for a runtime argument, ("constexpr", value) for a compile-time one."""
+    ann = param.annotation
+    if ann is triton.language.constexpr or value is None:
+        if isinstance(value, triton.language.dtype):
+            return "constexpr", {"tl_dtype": value.name}
+        return "constexpr", value
+    if isinstance(value, torch.Tensor):
+        return "type", "*" + _DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "type", "i1"
+    if isinstance(value, int):
+        return "type", "i32" if -(2 ** 31) <= value < 2 ** 31 else "i64"
+    if isinstance(value, float):
+        return "type", "fp64" if ann is triton.language.float64 else "fp32"
+    raise TypeError(f"{param.name}: cannot type {type(value).__name__}")
+
+
+def _record_launches(monkeypatch) -> dict:
+    """Hooks kernel[grid](...) of the interpreter (its launch API differs between Triton versions; indexing by the
+    grid is common to all) to record each launch's specialization."""
+    seen: dict = {}
+    real_getitem = InterpretedFunction.__getitem__
+
+    def record(kernel, args, kwargs):
+        params = list(inspect.signature(kernel.fn).parameters.values())
+        bound = dict(zip([p.name for p in params], args)) | kwargs
+        spec = {"module": kernel.fn.__module__, "name": kernel.fn.__name__, "signature": {}, "constexprs": {}}
+        for p in params:
+            kind, v = _typed(p, bound.get(p.name, p.default if p.default is not inspect.Parameter.empty else None))
+            spec["signature"][p.name] = "constexpr" if kind == "constexpr" else v
+            if kind == "constexpr":
+                spec["constexprs"][p.name] = v
+        seen.setdefault(json.dumps(spec, sort_keys=True), spec)
+
+    def getitem(self, grid):
+        launch = real_getitem(self, grid)
+
+        def recorded(*args, **kwargs):
+            record(self, args, kwargs)
+            return launch(*args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(InterpretedFunction, "__getitem__", getitem)
+    return seen
+
+
+def _run_every_op():
+    """Each op's Triton paths on small CPU tensors: short and long penalty rows, both noise modes with each kind of
+    noise and vectorizable rows, the one- and two-pass loss reductions, the denoiser's layers, the BatchNorm passes."""
+    g = torch.Generator().manual_seed(0)
+    for B, F in ((64, 3), (8, 3 * 32 * 32)):
+        for dtype in (torch.float32, torch.bfloat16):
+            grad = torch.randn(B, F, generator=g).to(dtype).requires_grad_(True)
+            logits = torch.randn(B, generator=g, requires_grad=True)
+            ops.grad_norm_penalty(grad, logits, "js_real", "mean", backend="triton").backward()
+    for F in ((2,), (3, 4, 4)):
+        xr = torch.randn(6, *F, generator=g, requires_grad=True)
+        xf = torch.randn(6, *F, generator=g, requires_grad=True)
+        sigma = torch.tensor(0.3, requires_grad=True)
+        for mode, rows in (("double", 6), ("half", 3)):  # the generator's noise: one row per noisy row
+            eps = torch.randn(rows, *F, generator=g, requires_grad=True)
+            for noise in (0.5, sigma, eps):
+                r, f = ops.noisy_clean_batch(xr, xf, noise, mode, backend="triton")
+                (r.sum() + f.square().sum()).backward()
+    for n in (16, 5000):
+        lr = torch.randn(n, generator=g, requires_grad=True)
+        lf = torch.randn(n, generator=g, requires_grad=True)
+        loss, wr, wf = ops.nt_losses(lr, lf, 0.4, js_weights=True, backend="triton")
+        (loss + wr.sum() + wf.sum()).backward()
+        ops.nt_losses(lr, lf, 0.4, loss="g", backend="triton").backward()
+    d = den_ops.Denoiser(8, 16, depth=2, backend="triton")
+    h = torch.randn(12, 8, generator=g)
+    d.loss(h).backward()
+    d.generator_loss(torch.randn(12, 8, generator=g, requires_grad=True)).backward()
+    d.eval()
+    d.loss(h).backward()
+    for shape in ((6, 4), (3, 4, 5, 5)):
+        x = torch.randn(*shape, generator=g)
+        gamma = torch.rand(shape[1], generator=g)
+        xhat, rstd = bncf.stats(x, 1e-5, "triton")
+        out, mt, q = bncf.centered(xhat, x, rstd, gamma, "triton")
+        bncf.vjp(out, x, xhat, x, rstd, gamma, mt, q, "triton")
+        bncf.vjp(out, x, xhat, x, rstd, None, mt, q, "triton")
+
+
+_COMPILE = r"""
+import importlib, json, os, re, subprocess, sys, tempfile
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")  # Triton's own
+results = []
+for spec in json.load(sys.stdin):
+    fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+    consts = {k: (tl.dtype(v["tl_dtype"]) if isinstance(v, dict) else v) for k, v in spec["constexprs"].items()}
+    src = ASTSource(fn=fn, signature=spec["signature"],
+                    constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    name = spec["module"] + "." + spec["name"]
+    try:
+        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(ck.asm["ptx"])
+        info = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True,
+                              text=True).stderr
+        os.unlink(f.name)
+        regs = re.search(r"Used (\d+) registers", info)
+        spill = re.search(r"(\d+) bytes spill stores", info)
+        results.append({"kernel": name, "consts": spec["constexprs"], "ok": len(ck.asm["cubin"]) > 0,
+                        "registers": int(regs.group(1)) if regs else None,
+                        "spill_bytes": int(spill.group(1)) if spill else None, "error": ""})
+    except Exception as e:
+        results.append({"kernel": name, "consts": spec["constexprs"], "ok": False, "error": repr(e)[:500]})
+print(json.dumps(results))
+"""
+
+
+def test_every_launched_kernel_compiles_for_sm90(monkeypatch):
+    seen = _record_launches(monkeypatch)
+    _run_every_op()
+    monkeypatch.undo()
+    specs = list(seen.values())
+    kernels = {(s["module"].rsplit(".", 1)[-1], s["name"]) for s in specs}
+    assert {m for m, _ in kernels} == {"penalty", "noise", "nt_losses", "denoiser", "bn_closed_form"}, kernels
+    assert len(kernels) == 15, sorted(kernels)  # every @triton.jit kernel the package launches
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE], input=json.dumps(specs), env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == len(specs)
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed
+    assert all(r["registers"] for r in results), [r for r in results if not r["registers"]]  # ptxas -v was read
+    spilled = [(r["kernel"], r["consts"], r["spill_bytes"]) for r in results if r["spill_bytes"]]
+    assert not spilled, f"register spills: {spilled}"
