@@ -41,7 +41,18 @@ def _denoiser(device, backend):
     return [loss] + [p.detach() for p in torch.autograd.grad(loss, list(den.parameters()))]
 
 
-OPS = {"penalty": _penalty, "nt_losses": _nt_losses, "noise": _noise, "denoiser": _denoiser}
+def _bn_closed_form(device, backend):
+    from fastgan.ops import bn_closed_form as K
+
+    h, t = _randn(4, 3, 5, device=device), _randn(4, 3, 6, device=device)[..., :5].contiguous()
+    gamma = _randn(3, device=device)
+    xhat, rstd = K.stats(h, 1e-5, backend)
+    out, mt, q = K.centered(xhat, t, rstd, gamma, backend)
+    return [xhat, rstd, out, mt, q, *K.vjp(out, t, xhat, t, rstd, gamma, mt, q, backend)]
+
+
+OPS = {"penalty": _penalty, "nt_losses": _nt_losses, "noise": _noise, "denoiser": _denoiser,
+       "bn_closed_form": _bn_closed_form}
 
 
 @pytest.mark.parametrize("name", list(OPS))
