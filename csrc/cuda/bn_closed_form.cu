@@ -2,8 +2,9 @@
 // fastgan/bn_closed_form_math.h (shared with the CPU kernels). One block per channel walks the channel's
 // B * S elements of a contiguous (B, C, S) tensor: a reduction pass (two for the statistics) whose sums meet
 // through warp shuffles and shared memory in double, the coefficients, then the element-wise pass, all in one
-// launch, with no atomics (deterministic). Untuned: written without a GPU to measure on; the DCGAN layers it
-// serves have C = 64-512 channels of 4-256 positions times the batch.
+// launch, with no atomics (deterministic). A layer of few channels gets 1024 threads a block instead of 256, so its
+// few blocks keep more loads in flight. Untuned: written without a GPU to measure on; the DCGAN layers it serves
+// have C = 64-512 channels of 4-256 positions times the batch.
 #include <cuda_runtime.h>
 #include <cstdint>
 #include "fastgan/bn_closed_form_math.h"
@@ -16,8 +17,10 @@ namespace {
 
 using bncf::Coefs;
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kThreads = 256;      // threads a block, for layers of kFewChannels channels or more
+constexpr int kMaxThreads = 1024;  // below that
+constexpr int kFewChannels = 128;
+constexpr int kMaxWarps = kMaxThreads / 32;
 
 // Offset of element i (in [0, B * S)) of channel c.
 struct At {
@@ -28,10 +31,11 @@ struct At {
   }
 };
 
-// Sums v over the block; every thread gets the totals. Ends with a barrier, so sh can be reused.
+// Sums v over the block (blockDim.x a multiple of 32, at most kMaxThreads); every thread gets the totals. Ends with
+// a barrier, so sh can be reused.
 template <int NS>
 __device__ __forceinline__ void block_sum(double (&v)[NS], double (*sh)[NS]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
   for (int k = 0; k < NS; ++k)
     for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
@@ -42,7 +46,7 @@ __device__ __forceinline__ void block_sum(double (&v)[NS], double (*sh)[NS]) {
   if (warp == 0) {
 #pragma unroll
     for (int k = 0; k < NS; ++k) {
-      v[k] = lane < kWarps ? sh[lane][k] : 0.0;
+      v[k] = lane < warps ? sh[lane][k] : 0.0;
       for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
     }
     if (lane == 0)
@@ -56,16 +60,16 @@ __device__ __forceinline__ void block_sum(double (&v)[NS], double (*sh)[NS]) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) stats_kernel(const T* __restrict__ h, T* __restrict__ xhat,
+__global__ void __launch_bounds__(kMaxThreads) stats_kernel(const T* __restrict__ h, T* __restrict__ xhat,
                                                          T* __restrict__ rstd, uint32_t n, At at, double eps) {
-  __shared__ double sh[kWarps][1];
+  __shared__ double sh[kMaxWarps][1];
   const uint32_t c = blockIdx.x;
   double s[1] = {0.0};
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) s[0] += double(h[at(i, c)]);
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) s[0] += double(h[at(i, c)]);
   block_sum<1>(s, sh);
   const double mean = s[0] / double(n);
   double q[1] = {0.0};
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const double d = double(h[at(i, c)]) - mean;
     q[0] += d * d;
   }
@@ -74,21 +78,21 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const T* __restrict__ h
   const Coefs k = bncf::stats_coefs(mean, q[0], n, eps, &r);
   if (threadIdx.x == 0) rstd[c] = T(r);
   const T cx = T(k.x), ck = T(k.k);
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     xhat[o] = ck + cx * h[o];
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) centered_kernel(const T* __restrict__ xhat, const T* __restrict__ t,
+__global__ void __launch_bounds__(kMaxThreads) centered_kernel(const T* __restrict__ xhat, const T* __restrict__ t,
                                                             const T* __restrict__ rstd, const T* __restrict__ gamma,
                                                             T* __restrict__ out, T* __restrict__ mt, T* __restrict__ q,
                                                             uint32_t n, At at) {
-  __shared__ double sh[kWarps][2];
+  __shared__ double sh[kMaxWarps][2];
   const uint32_t c = blockIdx.x;
   double s[2] = {0.0, 0.0};
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     const T tv = t[o];
     s[0] += double(tv);
@@ -103,23 +107,23 @@ __global__ void __launch_bounds__(kThreads) centered_kernel(const T* __restrict_
     q[c] = T(qq);
   }
   const T cx = T(k.x), ct = T(k.t), ck = T(k.k);
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     out[o] = ck + cx * xhat[o] + ct * t[o];
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) vjp_kernel(const T* __restrict__ rho, const T* __restrict__ lam,
+__global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ rho, const T* __restrict__ lam,
                                                        const T* __restrict__ xhat, const T* __restrict__ t,
                                                        const T* __restrict__ rstd, const T* __restrict__ gamma,
                                                        const T* __restrict__ mt, const T* __restrict__ q,
                                                        T* __restrict__ dh, T* __restrict__ dgamma,
                                                        T* __restrict__ dbeta, uint32_t n, At at) {
-  __shared__ double sh[kWarps][5];
+  __shared__ double sh[kMaxWarps][5];
   const uint32_t c = blockIdx.x;
   double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     const T r = rho[o], l = lam[o], x = xhat[o];
     s[0] += double(r);
@@ -138,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) vjp_kernel(const T* __restrict__ rho
     if (dbeta != nullptr) dbeta[c] = T(db);
   }
   const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k);
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     dh[o] = ck + cx * xhat[o] + ct * t[o] + cr * rho[o] + cl * lam[o];
   }
@@ -155,7 +159,7 @@ bool fits(int64_t B, int64_t C, int64_t S) {
   return B >= 1 && S >= 1 && C < lim && S < lim && B * S < lim;
 }
 
-// launch(T{}, grid, stream, n, at) for the dtype code: one block per channel.
+// launch(T{}, grid, threads, stream, n, at) for the dtype code: one block per channel.
 template <typename Launch>
 int dispatch(int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream, Launch launch) {
   if (C == 0) return 0;
@@ -163,9 +167,10 @@ int dispatch(int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream, 
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const At at{uint32_t(C), uint32_t(S)};
   const uint32_t n = uint32_t(B * S);
+  const unsigned threads = C < kFewChannels ? kMaxThreads : kThreads;
   switch (dtype) {
-    case kFloat32: launch(float{}, unsigned(C), st, n, at); break;
-    case kFloat64: launch(double{}, unsigned(C), st, n, at); break;
+    case kFloat32: launch(float{}, unsigned(C), threads, st, n, at); break;
+    case kFloat64: launch(double{}, unsigned(C), threads, st, n, at); break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
@@ -175,18 +180,18 @@ int dispatch(int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream, 
 
 int bn_cf_stats(std::uintptr_t h, std::uintptr_t xhat, std::uintptr_t rstd, int dtype, int64_t B, int64_t C, int64_t S,
                 double eps, std::uintptr_t stream) {
-  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, unsigned threads, cudaStream_t st, uint32_t n, At at) {
     using T = decltype(tag);
-    stats_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(h), mp<T>(xhat), mp<T>(rstd), n, at, eps);
+    stats_kernel<T><<<grid, threads, 0, st>>>(cp<T>(h), mp<T>(xhat), mp<T>(rstd), n, at, eps);
   });
 }
 
 int bn_cf_centered(std::uintptr_t xhat, std::uintptr_t t, std::uintptr_t rstd, std::uintptr_t gamma, std::uintptr_t out,
                    std::uintptr_t mt, std::uintptr_t q, int dtype, int64_t B, int64_t C, int64_t S,
                    std::uintptr_t stream) {
-  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, unsigned threads, cudaStream_t st, uint32_t n, At at) {
     using T = decltype(tag);
-    centered_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(xhat), cp<T>(t), cp<T>(rstd), cp<T>(gamma), mp<T>(out),
+    centered_kernel<T><<<grid, threads, 0, st>>>(cp<T>(xhat), cp<T>(t), cp<T>(rstd), cp<T>(gamma), mp<T>(out),
                                                   mp<T>(mt), mp<T>(q), n, at);
   });
 }
@@ -194,9 +199,9 @@ int bn_cf_centered(std::uintptr_t xhat, std::uintptr_t t, std::uintptr_t rstd, s
 int bn_cf_vjp(std::uintptr_t rho, std::uintptr_t lam, std::uintptr_t xhat, std::uintptr_t t, std::uintptr_t rstd,
               std::uintptr_t gamma, std::uintptr_t mt, std::uintptr_t q, std::uintptr_t dh, std::uintptr_t dgamma,
               std::uintptr_t dbeta, int dtype, int64_t B, int64_t C, int64_t S, std::uintptr_t stream) {
-  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, cudaStream_t st, uint32_t n, At at) {
+  return dispatch(dtype, B, C, S, stream, [&](auto tag, unsigned grid, unsigned threads, cudaStream_t st, uint32_t n, At at) {
     using T = decltype(tag);
-    vjp_kernel<T><<<grid, kThreads, 0, st>>>(cp<T>(rho), cp<T>(lam), cp<T>(xhat), cp<T>(t), cp<T>(rstd),
+    vjp_kernel<T><<<grid, threads, 0, st>>>(cp<T>(rho), cp<T>(lam), cp<T>(xhat), cp<T>(t), cp<T>(rstd),
                                              cp<T>(gamma), cp<T>(mt), cp<T>(q), mp<T>(dh), mp<T>(dgamma),
                                              mp<T>(dbeta), n, at);
   });
