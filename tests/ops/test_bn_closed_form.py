@@ -241,7 +241,7 @@ print(json.dumps(out))
 """
 
 
-def test_triton_kernels_compile_for_sm90():
+def test_triton_kernels_compile_for_sm90(tmp_path):
     """The interpreter runs the kernels on CPU but does not compile them; Triton's own compiler and its bundled
     ptxas do, for an sm_90 target with no GPU present (in a child process: this one runs Triton interpreted).
     Every kernel and dtype compiles to a cubin without register spills."""
@@ -251,7 +251,9 @@ def test_triton_kernels_compile_for_sm90():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300)
+    # cwd: not the checkout, whose source tree (without fastgan.kernels) would shadow the installed package
+    run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(got) == 6
