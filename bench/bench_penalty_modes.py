@@ -51,14 +51,16 @@ class DCGAN32D(nn.Module):
         return nn.Sequential(*self.net, nn.Flatten(), self.fc)
 
 
-def _case(model: str, device: str):
+def _case(model: str, device: str, width: int | None = None, batch: int | None = None):
+    """(D, x_real, x_fake); width (DCGAN only) and batch default to the benchmark's for the device."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     if model.startswith("mlp"):
-        D, B, shape = mlp_d(model.split("_")[1]), 512, (3,)
+        D, B, shape = mlp_d(model.split("_")[1]), batch or 512, (3,)
     else:  # "dcgan32" (B=64) or "dcgan32_b256": the issue's two DCGAN batch sizes; "_nobn": no BatchNorm
-        B = 256 if "_b256" in model else 64
-        D, shape = DCGAN32D(64 if device == "cuda" else 8, batchnorm="_nobn" not in model), (3, 32, 32)
+        B = batch or (256 if "_b256" in model else 64)
+        width = width or (64 if device == "cuda" else 8)
+        D, shape = DCGAN32D(width, batchnorm="_nobn" not in model), (3, 32, 32)
     x_real = torch.randn(B, *shape, generator=g).to(device)
     x_fake = torch.randn(B, *shape, generator=g).to(device)
     return D.to(device), x_real, x_fake

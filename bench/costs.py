@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_penalty_modes import DCGAN32D, d_update_fn, mlp_d  # noqa: E402
+from bench_penalty_modes import _case, d_update_fn  # noqa: E402
 
 MODES = ("unregularized", "double_backward", "jvp", "mlp")
 MODELS = ("mlp_leaky", "mlp_tanh", "dcgan32", "dcgan32_b256", "dcgan32_nobn")
@@ -59,23 +59,11 @@ class Costs(TorchDispatchMode):
         return sum(self.ops.values())
 
 
-def case(model: str, width: int = 64, batch: int | None = None):
-    """(D, x_real, x_fake) as bench_penalty_modes' cases, with the DCGAN width of the GPU runs by default."""
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    if model.startswith("mlp"):
-        D, B, shape = mlp_d(model.split("_")[1]), batch or 512, (3,)
-    else:
-        B = batch or (256 if "_b256" in model else 64)
-        D, shape = DCGAN32D(width, batchnorm="_nobn" not in model), (3, 32, 32)
-    return D, torch.randn(B, *shape, generator=g), torch.randn(B, *shape, generator=g)
-
-
 def update_costs(model: str, mode: str, width: int = 64, batch: int | None = None) -> Costs:
     """The costs of one D update (after one warm-up update: Adam's state exists, as in a training run)."""
     from fastgan.ops import penalty_jvp
 
-    D, xr, xf = case(model, width, batch)
+    D, xr, xf = _case(model, "cpu", width, batch)  # the GPU runs' width by default, counted on CPU
     opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999), foreach=True)
     update = d_update_fn(D, opt, xr, xf, mode)
     added = "cpu" not in penalty_jvp.JOINT_MLP_DEVICES

@@ -11,9 +11,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _offsets(i, c, C, S):
+def _chunk(i0, c, C, S, n, BLOCK: tl.constexpr):
+    """Offsets and mask of elements i0 .. i0 + BLOCK - 1 (of n) of channel c."""
+    i = i0 + tl.arange(0, BLOCK).to(tl.int64)
     b = i // S
-    return (b * C + c) * S + (i - b * S)
+    return (b * C + c) * S + (i - b * S), i < n
 
 
 # eps is annotated tl.float64: compiled kernels then take it in double (an unannotated float arrives as fp32); the
@@ -24,23 +26,20 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     T = h_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        acc += tl.load(h_ptr + _offsets(i, c, C, S), mask=i < n, other=0.0).to(tl.float64)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
+        acc += tl.load(h_ptr + o, mask=m, other=0.0).to(tl.float64)
     mean = tl.sum(acc, axis=0) / n
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        d = tl.load(h_ptr + _offsets(i, c, C, S), mask=m, other=0.0).to(tl.float64) - mean
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
+        d = tl.load(h_ptr + o, mask=m, other=0.0).to(tl.float64) - mean
         acc += tl.where(m, d * d, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
     tl.store(rstd_ptr + c, rstd.to(T))
     cx = rstd.to(T)
     ck = (-mean * rstd).to(T)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        o = _offsets(i, c, C, S)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
         tl.store(xhat_ptr + o, ck + cx * tl.load(h_ptr + o, mask=m, other=0.0), mask=m)
 
 
@@ -52,9 +51,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     s_t = tl.zeros([BLOCK], dtype=tl.float64)
     s_xt = tl.zeros([BLOCK], dtype=tl.float64)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        o = _offsets(i, c, C, S)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
         tv = tl.load(t_ptr + o, mask=m, other=0.0)
         s_t += tv.to(tl.float64)
         s_xt += (tl.load(xhat_ptr + o, mask=m, other=0.0) * tv).to(tl.float64)
@@ -69,9 +66,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     ct = scale.to(T)
     ck = (-scale * mt).to(T)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        o = _offsets(i, c, C, S)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0)
         tl.store(out_ptr + o, v, mask=m)
 
@@ -87,9 +82,7 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     s_lx = tl.zeros([BLOCK], dtype=tl.float64)
     s_lt = tl.zeros([BLOCK], dtype=tl.float64)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        o = _offsets(i, c, C, S)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
         r = tl.load(rho_ptr + o, mask=m, other=0.0)
         lv = tl.load(lam_ptr + o, mask=m, other=0.0)
         x = tl.load(xhat_ptr + o, mask=m, other=0.0)
@@ -121,9 +114,7 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     ct = (-r2 * p).to(T)
     ck = (r2 * (q * g * sl * inv + p * mt) - rstd * g * sr * inv).to(T)
     for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = i < n
-        o = _offsets(i, c, C, S)
+        o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0) \
             + cr * tl.load(rho_ptr + o, mask=m, other=0.0) + cl * tl.load(lam_ptr + o, mask=m, other=0.0)
         tl.store(dh_ptr + o, v, mask=m)

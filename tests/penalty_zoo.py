@@ -141,12 +141,13 @@ VEC = lambda B: torch.randn(B, 3)  # noqa: E731
 SEQ = lambda B: torch.randn(B, 3, 8)  # noqa: E731
 VOL = lambda B: torch.randn(B, 2, 4, 4, 4)  # noqa: E731
 DS = {
-    # name: (factory, input maker, the mode "auto" must pick)
+    # name: (factory, input maker, the mode "auto" must pick on CUDA; tests on CPU tensors get that choice with
+    # helpers.auto_as_on_cuda, as on CPU "auto" also runs the closed form for batch statistics)
     "mlp_leaky": (mlp_leaky, VEC, "mlp"),
     "mlp_tanh": (lambda: models.mlp_d(3), VEC, "mlp"),
     "mlp_bn_eval": (mlp_bn_eval, VEC, "mlp"),
     "mlp_spectral": (mlp_spectral, VEC, "mlp"),
-    "mlp_bn_train": (mlp_bn_train, VEC, "jvp"),  # "auto" leaves batch-statistics MLPs to jvp; "mlp" runs them
+    "mlp_bn_train": (mlp_bn_train, VEC, "jvp"),  # on CUDA "auto" leaves batch statistics to jvp; "mlp" runs them
     "conv_leaky": (conv_leaky, IMG, "mlp"),
     "conv_bn_eval_conv_head": (conv_bn_eval_conv_head, IMG, "mlp"),
     "conv_spectral": (conv_spectral, IMG, "mlp"),
@@ -157,6 +158,6 @@ DS = {
     "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
     "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
 }
-# the Ds mode="mlp" (the closed form) runs: "auto" picks it for all but those with batch statistics
+# the Ds mode="mlp" (the closed form) runs: on CUDA "auto" picks it for all but those with batch statistics
 MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated",
                                                      "conv3d_bn_train"]

@@ -11,7 +11,7 @@ import fastgan
 from fastgan.config import ConfigError
 from fastgan.graph import GraphedStep
 
-from test_train import TINY, tiny_fashion_mnist  # noqa: F401 (a fixture)
+from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 
 def test_cuda_graph_needs_a_cuda_device(tmp_path):
@@ -121,10 +121,7 @@ def test_graphed_training_matches_eager_training(tmp_path, name):
 @pytest.mark.parametrize("batchnorm", [False, True], ids=["closed-form", "closed-form-batchnorm"])
 def test_graphed_dcgan_closed_form_matches_eager(tmp_path, tiny_fashion_mnist, batchnorm):
     """The convnet closed form (the DCGAN D, mode "mlp") captured in the trainer's CUDA graph."""
-    over = ["method.name=roth", "method.roth.mode=mlp", "data.name=fashion_mnist", f"data.path={tiny_fashion_mnist}",
-            "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8",
-            f"model.d_batchnorm={str(batchnorm).lower()}", "run.steps=12", "run.device=cuda", "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16",
-            "optim.batch_size=8", "run.progress=off"]
+    over = [*dcgan_roth(tiny_fashion_mnist, batchnorm, "mlp"), "run.steps=12", "run.device=cuda"]
     eager = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'e'}"])
     graphed = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'g'}", "run.cuda_graph=true"])
     assert graphed.step == eager.step == 12

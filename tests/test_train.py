@@ -248,6 +248,14 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
 
 
+def dcgan_roth(data_path, batchnorm: bool, mode: str) -> list:
+    """Overrides of a tiny Roth run with the DCGAN D on the tiny Fashion-MNIST (no samples, no checkpoints)."""
+    return ["method.name=roth", f"method.roth.mode={mode}", "data.name=fashion_mnist", f"data.path={data_path}",
+            "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8",
+            f"model.d_batchnorm={str(batchnorm).lower()}", "run.sample_every=0", "run.checkpoint_every=0",
+            "run.num_samples=16", "optim.batch_size=8", "run.progress=off"]
+
+
 @pytest.mark.parametrize("batchnorm,mode,ran", [(False, "auto", "mlp"), (True, "mlp", "mlp"), (True, "auto", "mlp"),
                                                (True, "double_backward", "double_backward")])
 def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchnorm, mode, ran):
@@ -256,11 +264,8 @@ def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchno
     from fastgan.ops import _dispatch
 
     before = _dispatch.counts[("gradient_penalty", ran)]
-    r = fastgan.train(None, overrides=[
-        "method.name=roth", f"method.roth.mode={mode}", "data.name=fashion_mnist", f"data.path={tiny_fashion_mnist}",
-        "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8", f"model.d_batchnorm={str(batchnorm).lower()}",
-        "run.steps=2", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0",
-        "run.checkpoint_every=0", "run.num_samples=16", "optim.batch_size=8", "run.progress=off"])
+    r = fastgan.train(None, overrides=[*dcgan_roth(tiny_fashion_mnist, batchnorm, mode), "run.steps=2",
+                                       f"run.dir={tmp_path / 'run'}", "run.log_every=1"])
     assert r.step == 2 and math.isfinite(r.losses["penalty"]) and r.losses["penalty"] > 0
     assert _dispatch.counts[("gradient_penalty", ran)] == before + 4  # real and fake terms, two D updates
     assert r.penalty_modes == (ran,)

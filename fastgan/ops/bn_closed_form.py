@@ -47,96 +47,82 @@ def _code(t: Tensor) -> int:
     return _ext.DTYPE_CODES[t.dtype]
 
 
-# ---------------------------------------------------------------- backends: (inputs) -> outputs, no autograd
+# ---------------------------------------------------------------- backends, no autograd
+# The kernel backends write into outputs allocated here (_OUTPUTS), one function per op taking (*inputs, *outputs);
+# the reference returns new tensors.
 
-class _Reference:
-    stats = staticmethod(ref.stats)
-    centered = staticmethod(ref.centered)
-    vjp = staticmethod(ref.vjp)
+def _vector(x: Tensor) -> Tensor:
+    return x.new_empty(x.shape[1])
 
 
-def _vectors(x: Tensor, k: int) -> list:
-    return [x.new_empty(x.shape[1]) for _ in range(k)]
+_OUTPUTS = {
+    "stats": lambda h, eps: (torch.empty_like(h), _vector(h)),
+    "centered": lambda xhat, t, rstd, gamma: (torch.empty_like(t), _vector(t), _vector(t)),
+    "vjp": lambda rho, lam, xhat, t, rstd, gamma, mt, q: (
+        torch.empty_like(xhat), None if gamma is None else _vector(xhat), _vector(xhat)),
+}
 
 
 class _Native:
-    """The _C kernels: suffix "cpu" or "cuda"."""
+    """The _C kernels: suffix "cpu" or "cuda"; tensors go as raw pointers (0 for None), then dtype and (B, C, S)."""
 
     def __init__(self, suffix: str):
         self.suffix = suffix
 
-    def _call(self, name: str, like: Tensor, *args):
+    def _call(self, name: str, like: Tensor, tensors, *rest):
         fn = getattr(_ext.C(), f"bn_cf_{name}_{self.suffix}")
+        args = (*(_ptr(t) for t in tensors), _code(like), *_layout(like), *rest)
         if self.suffix == "cuda":
             with torch.cuda.device(like.device):
                 fn(*args, _ext.stream_handle(like.device))
         else:
             fn(*args)
 
-    def stats(self, h, eps):
-        xhat = torch.empty_like(h)
-        (rstd,) = _vectors(h, 1)
-        self._call("stats", h, h.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), _code(h), *_layout(h), float(eps))
-        return xhat, rstd
+    def stats(self, h, eps, xhat, rstd):
+        self._call("stats", h, (h, xhat, rstd), float(eps))
 
-    def centered(self, xhat, t, rstd, gamma):
-        out = torch.empty_like(t)
-        mt, q = _vectors(t, 2)
-        self._call("centered", t, xhat.data_ptr(), t.data_ptr(), rstd.data_ptr(), _ptr(gamma), out.data_ptr(),
-                   mt.data_ptr(), q.data_ptr(), _code(t), *_layout(t))
-        return out, mt, q
+    def centered(self, xhat, t, rstd, gamma, out, mt, q):
+        self._call("centered", t, (xhat, t, rstd, gamma, out, mt, q))
 
-    def vjp(self, rho, lam, xhat, t, rstd, gamma, mt, q):
-        dh = torch.empty_like(xhat)
-        dgamma = None if gamma is None else xhat.new_empty(xhat.shape[1])
-        (dbeta,) = _vectors(xhat, 1)
-        self._call("vjp", xhat, rho.data_ptr(), lam.data_ptr(), xhat.data_ptr(), t.data_ptr(), rstd.data_ptr(),
-                   _ptr(gamma), mt.data_ptr(), q.data_ptr(), dh.data_ptr(), _ptr(dgamma), dbeta.data_ptr(),
-                   _code(xhat), *_layout(xhat))
-        return dh, dgamma, dbeta
+    def vjp(self, rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta):
+        self._call("vjp", xhat, (rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta))
 
 
 class _Triton:
     @staticmethod
-    def _k():
+    def _launch(name: str, like: Tensor, *args):
         from ..kernels import bn_closed_form as k
 
-        return k
+        with _dispatch.on_device(like):
+            getattr(k, name)(*args)
 
-    def stats(self, h, eps):
-        xhat = torch.empty_like(h)
-        (rstd,) = _vectors(h, 1)
-        with _dispatch.on_device(h):
-            self._k().stats(h, xhat, rstd, *_layout(h), eps)
-        return xhat, rstd
+    def stats(self, h, eps, xhat, rstd):
+        self._launch("stats", h, h, xhat, rstd, *_layout(h), eps)
 
-    def centered(self, xhat, t, rstd, gamma):
-        out = torch.empty_like(t)
-        mt, q = _vectors(t, 2)
-        with _dispatch.on_device(t):
-            self._k().centered(xhat, t, rstd, gamma, out, mt, q, *_layout(t))
-        return out, mt, q
+    def centered(self, xhat, t, rstd, gamma, out, mt, q):
+        self._launch("centered", t, xhat, t, rstd, gamma, out, mt, q, *_layout(t))
 
-    def vjp(self, rho, lam, xhat, t, rstd, gamma, mt, q):
-        dh = torch.empty_like(xhat)
-        dgamma = None if gamma is None else xhat.new_empty(xhat.shape[1])
-        (dbeta,) = _vectors(xhat, 1)
-        with _dispatch.on_device(xhat):
-            self._k().vjp(rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta, *_layout(xhat))
-        return dh, dgamma, dbeta
+    def vjp(self, rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta):
+        self._launch("vjp", xhat, rho, lam, xhat, t, rstd, gamma, mt, q, dh, dgamma, dbeta, *_layout(xhat))
 
 
-_BACKENDS = {"reference": _Reference(), "cpu": _Native("cpu"), "cuda": _Native("cuda"), "triton": _Triton()}
+_KERNELS = {"cpu": _Native("cpu"), "cuda": _Native("cuda"), "triton": _Triton()}
 
 
 def _run(name: str, backend: str, args: tuple, outs_dtype: torch.dtype):
-    """A kernel backend on float32/float64 tensors; half tensors run the float32 kernel on upcast copies."""
-    impl = getattr(_BACKENDS[backend], name)
+    """The op on `backend`: float32/float64 tensors as they are, half tensors by the float32 kernel on upcast
+    copies (the reference runs in their own dtype)."""
     _dispatch.record(OP, backend)  # here, not in the entry points: under torch.compile this runs inside the op
-    if backend == "reference" or outs_dtype in KERNEL_DTYPES:
-        return impl(*args)
-    up = [a.float() if isinstance(a, Tensor) else a for a in args]
-    return tuple(None if o is None else o.to(outs_dtype) for o in impl(*up))
+    if backend == "reference":
+        return getattr(ref, name)(*args)
+    half = outs_dtype not in KERNEL_DTYPES
+    if half:
+        args = tuple(a.float() if isinstance(a, Tensor) else a for a in args)
+    outs = _OUTPUTS[name](*args)
+    getattr(_KERNELS[backend], name)(*args, *outs)
+    if half:
+        return tuple(None if o is None else o.to(outs_dtype) for o in outs)
+    return outs
 
 
 # ---------------------------------------------------------------- custom ops (torch.compile); eager calls skip them

@@ -324,7 +324,7 @@ def has_params(L) -> bool:
     return L["kind"] in ("linear", "bn", "bn_batch")
 
 
-def _running_stats_norm(kind, m, h, gamma, beta):
+def running_stats_norm(kind, m, h, gamma, beta):
     """BatchNorm with running statistics: a per-channel affine map with slope gamma / sqrt(var + eps)."""
     rstd = torch.rsqrt(m.running_var + m.eps)
     slope = rstd if gamma is None else gamma * rstd
@@ -338,7 +338,7 @@ class _MLPPenalty(ClosedForm):
     def forward(ctx, x, spec, *tensors):
         steps, weight, backend = spec
         B = x.shape[0]
-        psi, layers = primal_chain(x, steps, tensors, _running_stats_norm)
+        psi, layers = primal_chain(x, steps, tensors, running_stats_norm)
         out_shape = layers[-1]["out_shape"]
         # delta: d psi_n / d (the layer's output), per sample; the last one is the input gradient
         delta = None  # None: ones in the shape of D's output

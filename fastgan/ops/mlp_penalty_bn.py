@@ -26,19 +26,17 @@ import functools
 import torch
 
 from . import _checks, bn_closed_form
-from .closed_form_maps import channel_sum, per_channel
-from .mlp_penalty import ClosedForm, has_params
+from .closed_form_maps import channel_sum
+from .mlp_penalty import ClosedForm, running_stats_norm, has_params
 
 
 def _norm(kind, m, h, gamma, beta, backend=None):
-    """BatchNorm runs as the module (its output and its running-statistics update, once per call, like D's
-    forward); the record keeps xhat and rstd of the statistics it normalized with (rstd: (C,) with batch
-    statistics, from bn_closed_form's fused kernel; broadcastable with running statistics)."""
-    if kind == "bn_batch":
-        xhat, rstd = bn_closed_form.stats(h.contiguous(), m.eps, backend)
-    else:
-        rstd = per_channel(torch.rsqrt(m.running_var + m.eps), h)
-        xhat = (h - per_channel(m.running_mean, h)) * rstd
+    """BatchNorm with batch statistics runs as the module (its output and its running-statistics update, once per
+    call, like D's forward); the record keeps xhat and rstd (C,) of the statistics it normalized with, from
+    bn_closed_form's fused kernel. With running statistics: mlp_penalty's record (a per-channel slope)."""
+    if kind == "bn":
+        return running_stats_norm(kind, m, h, gamma, beta)
+    xhat, rstd = bn_closed_form.stats(h.contiguous(), m.eps, backend)
     return {"gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd}, m(h)
 
 
@@ -55,15 +53,10 @@ def _input_gradient(layers, psi, backend):
         elif L["kind"] == "bn_batch":  # BatchNorm's backward map is its (symmetric) derivative map
             delta = bn_closed_form.centered(L["xhat"], delta.contiguous(), L["rstd"], L["gamma"], backend)[0]
         elif L["kind"] == "bn":
-            delta = delta * _gamma_times(L, L["rstd"])
+            delta = delta * L["slope"]
         else:
             delta = L["act"].apply_slope(delta, L["key"])
     return delta
-
-
-def _gamma_times(L, c):
-    """gamma * c per channel (c, when BatchNorm has no affine weight)."""
-    return c if L["gamma"] is None else per_channel(L["gamma"], c) * c
 
 
 def _tangents(layers, V, backend):
@@ -81,7 +74,7 @@ def _tangents(layers, V, backend):
         elif L["kind"] == "bn_batch":  # gamma * d xhat along t
             t, L["mt"], L["q"] = bn_closed_form.centered(L["xhat"], t, L["rstd"], L["gamma"], backend)
         elif L["kind"] == "bn":
-            t = t * _gamma_times(L, L["rstd"])
+            t = t * L["slope"]
         else:
             t = L["act"].apply_slope(t, L["key"])
 
@@ -95,12 +88,15 @@ def _bn_vjp(L, rho, lam, backend):
     M the symmetric map of bn_closed_form.centered (BatchNorm's backward); the second term of d h is the derivative
     of <l, dxhat> through rstd and xhat. (The tangent's own adjoint, M(l), is the delta of the layer below.) One
     fused kernel: bn_closed_form.vjp (formulas in fastgan/reference/bn_closed_form.py)."""
-    gamma, xhat, rstd, t = L["gamma"], L["xhat"], L["rstd"], L["t"]
+    gamma, rstd, t = L["gamma"], L["rstd"], L["t"]
     if L["kind"] == "bn":  # running statistics: a per-channel scale
-        rho = rho.expand_as(xhat)
+        h = L["h"]
+        rho = rho.expand_as(h)
+        xhat = (h - L["mean"]) * rstd
         d_gamma = None if gamma is None else channel_sum(rho * xhat + lam * (t * rstd))
         d_beta = None if L["beta"] is None else channel_sum(rho)
-        return rho * _gamma_times(L, rstd), d_gamma, d_beta
+        return rho * L["slope"], d_gamma, d_beta
+    xhat = L["xhat"]
     d_h, d_gamma, d_beta = bn_closed_form.vjp(rho.expand_as(xhat).contiguous(), lam.contiguous(), xhat, t, rstd,
                                               gamma, L["mt"], L["q"], backend)
     return d_h, d_gamma, (None if L["beta"] is None else d_beta)

@@ -388,8 +388,9 @@ AUTO_JVP_DEVICES = {"cuda"}
 # Device types on which "auto" runs the closed form for discriminators whose BatchNorm uses batch statistics
 # (mlp_penalty_bn, its BatchNorm passes fused in bn_closed_form). CPU, against the double backward, 2026-11-30:
 # DCGAN32-like convnet at B=64 and 256 0.79-0.97 in interleaved A/Bs (1 and 2 threads), 1.02-1.03 by min in the
-# sequential benchmark run; 3-128-128-1 MLP with two BatchNorm1d at B=512 0.99-1.00. Not yet "cuda": unmeasured there (by operation count it needs fewer FLOPs and a
-# third of the kernels of jvp, bench/costs.py), where auto keeps the jvp path the H100 measured 23% ahead.
+# sequential benchmark run; 3-128-128-1 MLP with two BatchNorm1d at B=512 0.99-1.00. Not yet "cuda": unmeasured
+# there (by operation count it needs fewer FLOPs and a third of the kernels of jvp, bench/costs.py), where auto keeps
+# the jvp path the H100 measured 23% ahead.
 AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
 
 

@@ -259,3 +259,30 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
     assert len(got) == 6
     for name, r in got.items():
         assert r["sm_90"] and r["cubin"] > 0 and not r["spills"], (name, r)
+
+
+def test_closed_form_with_running_and_batch_statistics_in_one_d():
+    """A D whose first BatchNorm uses running statistics and whose second uses batch statistics: the batch-statistics
+    closed form runs both kinds of record; its gradients are the double backward's."""
+    import copy
+
+    from fastgan.ops import js_penalty
+
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.BatchNorm2d(6), nn.Tanh(), nn.Conv2d(6, 8, 3, 2, 1),
+                      nn.BatchNorm2d(8), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(32, 1)).double()
+    with torch.no_grad():
+        D[1].running_mean.uniform_(-0.5, 0.5)
+        D[1].running_var.uniform_(0.5, 2.0)
+    D[1].eval()
+    xr, xf = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    grads = {}
+    for mode in ("mlp", "double_backward"):
+        Dm = copy.deepcopy(D)
+        before = backend_calls(K.OP, "cpu")
+        pen, lr, lf = js_penalty(Dm, xr, xf, mode=mode, backend="cpu")
+        (pen + lr.sum() - lf.sum()).backward()
+        assert backend_calls(K.OP, "cpu") - before == (8 if mode == "mlp" else 0)  # the batch-statistics layer only
+        grads[mode] = torch.cat([p.grad.reshape(-1) for p in Dm.parameters()])
+    assert grads["double_backward"].norm() > 0
+    torch.testing.assert_close(grads["mlp"], grads["double_backward"], rtol=1e-10, atol=1e-12)
