@@ -36,6 +36,16 @@ def _setup(device, impl, n_h, depth, B):
     return den, net, h, noise
 
 
+def loss_step(impl, den, net, h, noise):
+    """One training step's loss forward + backward (no optimizer step), fused or reference."""
+    if impl == "reference":
+        net.zero_grad(set_to_none=True)
+        ref.denoiser_loss(net, h, noise).backward()
+    else:
+        den.zero_grad(set_to_none=True)
+        den.loss(h, noise).backward()
+
+
 def _info(benchmark, device, n_h, depth, B):
     benchmark.extra_info.update(device=device_label(device), n_h=n_h, depth=depth, B=B,
                                 torch_threads=torch.get_num_threads())
@@ -47,12 +57,7 @@ def test_denoiser_loss_forward_backward(benchmark, device, impl, n_h, depth, B):
     den, net, h, noise = _setup(device, impl, n_h, depth, B)
 
     def step():
-        if impl == "reference":
-            net.zero_grad(set_to_none=True)
-            ref.denoiser_loss(net, h, noise).backward()
-        else:
-            den.zero_grad(set_to_none=True)
-            den.loss(h, noise).backward()
+        loss_step(impl, den, net, h, noise)
         sync(device)
 
     benchmark(step)

@@ -1,9 +1,10 @@
-"""Triton kernels of the fused DFM denoiser layers (fastgan/ops/denoiser.py); the formulas mirror
-csrc/include/fastgan/bn_math.h.
+"""Triton kernels of the fused DFM denoiser's single-layer ops (fastgan/ops/denoiser.py: ``bn_relu``, used by
+``Denoiser.forward``, and ``recon_loss``, the generator's term); the formulas mirror csrc/include/fastgan/bn_math.h.
+The whole-network loss and forward of the Triton backend run in kernels/denoiser_gemm.py, with the GEMMs fused.
 
 Per-feature kernels give each program BLOCK_N contiguous features and walk all B rows in BLOCK_B tiles
 (coalesced along the features): BatchNorm forward = mean pass, centred-variance pass, normalise pass;
-backward = one pass for the two sums, one pass for dy. The GEMMs stay on torch.
+backward = one pass for the two sums, one pass for dy.
 Reductions accumulate in float64 (as the CPU kernels do; fp32 accumulation measured ~2x the reference's
 fp32 error); element-wise math runs in the storage dtype. All 2-D tensors are contiguous (B, N).
 """
@@ -162,20 +163,6 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
         tl.store(dbias_ptr + cols, acc.to(dbias_ptr.dtype.element_ty), mask=cmask)
 
 
-@triton.jit
-def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma: tl.float64, numel, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < numel
-    h = tl.load(h_ptr + offs, mask=m)
-    e = tl.load(noise_ptr + offs, mask=m)
-    T = h_ptr.dtype.element_ty
-    if T == tl.float64:
-        out = h + sigma * e
-    else:  # torch's opmath: fp32 arithmetic for fp32/fp16/bf16 tensors
-        out = (h.to(tl.float32) + tl.cast(sigma, tl.float32) * e.to(tl.float32)).to(T)
-    tl.store(out_ptr + offs, out, mask=m)
-
-
 def _col_blocks(B: int, N: int, device: torch.device):
     """(BLOCK_B, BLOCK_N) of the per-feature kernels. On a GPU, narrow feature blocks give N / 16 programs
     (the batch is walked inside a program); untuned: no GPU was available when these were written. Under
@@ -236,10 +223,3 @@ def recon_backward(go, y, bias, target, dy, dbias):
                                  HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, BLOCK_B=block_b,
                                  BLOCK_N=block_n)
 
-
-def corrupt(h, noise, sigma, out):
-    numel = h.numel()
-    if numel == 0:
-        return
-    block = 1024
-    _corrupt_kernel[(triton.cdiv(numel, block),)](h, noise, out, float(sigma), numel, BLOCK=block)

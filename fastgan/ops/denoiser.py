@@ -1,7 +1,9 @@
 """Fused DFM denoiser (Warde-Farley & Bengio 2017): (Linear -> BatchNorm1d -> ReLU) x depth -> Linear,
 its training loss on Gaussian-corrupted features, and the generator's denoising-feature-matching term.
 
-The GEMMs run on torch (cuBLAS / MKL); everything around them is fused into our kernels:
+The "cpu" and "cuda" backends run the GEMMs on torch (MKL / cuBLAS) and fuse everything around them into
+their kernels; the "triton" backend runs the whole-network loss and forward as one tl.dot GEMM kernel per
+matrix product with the same steps fused into its prologue / epilogue (kernels/denoiser_gemm.py):
   * after each hidden GEMM y = x W^T: bias, batch statistics, running-statistics update, normalise, ReLU
     (one kernel; the Linear bias cancels in training mode and is folded into the shift in eval mode);
   * its backward: ReLU mask, BatchNorm backward, gamma/beta/bias gradients (one kernel);
@@ -208,13 +210,15 @@ class _Triton:
         with _dispatch.on_device(args[0]):
             cls._k().recon_backward(*args)
 
-    @classmethod
-    def corrupt(cls, *args):
-        with _dispatch.on_device(args[0]):
-            cls._k().corrupt(*args)
-
 
 _KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}
+
+
+def _gemm():
+    """The Triton backend's whole-network paths: GEMMs in tl.dot with the layers fused around them."""
+    from ..kernels import denoiser_gemm
+
+    return denoiser_gemm
 
 
 # ---------------------------------------------------------------- kernel-level building blocks
@@ -417,6 +421,12 @@ def _recon_loss_backward_fake(go, y, bias, target, want_dbias, backend):
 def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
                        momentum, eps, backend):
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
+    if backend == "triton":
+        with _dispatch.on_device(h):
+            out = _gemm().loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
+                                       running_vars, training, training and len(running_means) > 0, momentum, eps)
+        _dispatch.record(OP_LOSS, backend)
+        return out
     kern = _KERNELS[backend]
     x0 = torch.empty_like(h)
     kern.corrupt(h, noise, sigma, x0)
@@ -435,6 +445,11 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
 
 def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend):
     """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers."""
+    if backend == "triton":
+        with _dispatch.on_device(h):
+            out = _gemm().loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise)
+        _dispatch.record(OP_LOSS + "_backward", backend)
+        return out
     kern = _KERNELS[backend]
     depth = len(weights) - 1
     z = saved[-1]
@@ -485,8 +500,14 @@ def _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, s
 
 def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum, eps,
                   backend):
-    new_running: list = []
     track = track and training and len(running_means) > 0
+    if backend == "triton":
+        with _dispatch.on_device(h):
+            out = _gemm().forward(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
+                                  momentum, eps)
+        _dispatch.record(OP_FORWARD, backend)
+        return out
+    new_running: list = []
     x = _hidden_layers(_KERNELS[backend], h, weights, biases, gammas, betas, running_means, running_vars, training,
                        track, momentum, eps, None, new_running)
     _dispatch.record(OP_FORWARD, backend)

@@ -1,0 +1,123 @@
+"""Kernels launched by one DFM denoiser training step (loss forward + backward, as bench/bench_denoiser.py times
+it), counted on CPU with the op sequence a GPU runs, per implementation:
+
+  * reference: the nn.Sequential (Linear, BatchNorm1d, ReLU) and torch autograd: torch ops that launch a kernel;
+  * torch GEMMs + fused layers (the "cpu" and "cuda" backends: same structure): torch ops + fastgan's kernels;
+  * Triton, fused GEMMs (kernels/denoiser_gemm.py): torch ops + Triton launches (counted under the interpreter).
+
+Replayed from a CUDA graph at small sizes (B = 64, n_h = 512: every GEMM is a few microseconds) the step costs
+roughly kernels x a per-kernel floor, so these counts bound what each implementation can gain there.
+
+    TRITON_INTERPRET=1 python bench/costs_denoiser.py [--json bench/results/costs-denoiser-<date>.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: Triton launches on CPU tensors
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from costs import Costs  # noqa: E402
+
+IMPLS = ("reference", "cpu", "triton")
+LABELS = {"reference": "reference (nn.Sequential)", "cpu": "torch GEMMs + fused layers (cpu / cuda backends)",
+          "triton": "Triton, fused GEMMs"}
+
+
+class _StepCosts(Costs):
+    """Costs that skip the torch ops the Triton interpreter issues inside a launch (its copies of the arguments:
+    on a GPU the launch is one kernel)."""
+    paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.paused:
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def step_kernels(impl: str, n_h: int = 64, depth: int = 3, B: int = 64) -> dict:
+    """{"torch_ops": n, "fastgan_kernels": n, "total": n, "ops": {...}} of one step after a warm-up step."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from bench_denoiser import _setup, loss_step
+    from fastgan.ops import denoiser as dn
+
+    den, net, h, noise = _setup("cpu", impl, n_h, depth, B)
+
+    def step():
+        loss_step(impl, den, net, h, noise)
+
+    step()
+    calls = {"n": 0}
+    saved = {}
+    for name in ("bn_fwd", "bn_bwd", "recon_fwd", "recon_bwd", "corrupt"):
+        saved[name] = getattr(dn._Cpu, name)
+
+        def counted(*a, _f=saved[name]):
+            calls["n"] += 1
+            return _f(*a)
+
+        setattr(dn._Cpu, name, staticmethod(counted))
+    real_getitem = InterpretedFunction.__getitem__
+
+    def getitem(self, grid):
+        launch = real_getitem(self, grid)
+
+        def counted(*a, **k):
+            calls["n"] += 1
+            costs.paused = True
+            try:
+                return launch(*a, **k)
+            finally:
+                costs.paused = False
+
+        return counted
+
+    costs = _StepCosts()
+    InterpretedFunction.__getitem__ = getitem
+    try:
+        with costs:
+            step()
+    finally:
+        InterpretedFunction.__getitem__ = real_getitem
+        for name, f in saved.items():
+            setattr(dn._Cpu, name, staticmethod(f))
+    return {"torch_ops": costs.kernels, "fastgan_kernels": calls["n"], "total": costs.kernels + calls["n"],
+            "ops": dict(costs.ops.most_common())}
+
+
+def table(depths=(3, 6), n_h: int = 64, B: int = 64) -> list[dict]:
+    rows = []
+    for depth in depths:
+        base = None
+        for impl in IMPLS:
+            c = step_kernels(impl, n_h, depth, B)
+            base = base or c["total"]
+            rows.append({"impl": impl, "label": LABELS[impl], "depth": depth, **c, "vs_reference": c["total"] / base})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    rows = table()
+    for r in rows:
+        print(f"depth {r['depth']}  {r['label']:50s} {r['total']:4d} kernels ({r['torch_ops']} torch, "
+              f"{r['fastgan_kernels']} fastgan)  {r['vs_reference']:.2f}x the reference's")
+    if a.json:
+        out = {"what": "kernels per denoiser training step (loss forward + backward), counted on CPU",
+               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+               "how": "TRITON_INTERPRET=1 python bench/costs_denoiser.py", "rows": rows}
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

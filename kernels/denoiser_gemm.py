@@ -1,0 +1,458 @@
+"""The DFM denoiser's whole loss and forward with the GEMMs in Triton (``tl.dot``) and everything around them
+fused into their prologues and epilogues: the Triton backend of fastgan/ops/denoiser.py's network-level paths.
+
+One kernel per GEMM, none between them (torch's GEMMs need a BatchNorm kernel after every layer):
+  * forward, layer i: y_i = A @ W_iᵀ, where the prologue forms A while loading it: h + σ·ε for the first layer,
+    ReLU(BatchNorm(y_{i-1})) for the others, with the statistics combined from the previous GEMM's per-tile
+    partials (mean and centred sum of squares of each row tile: Chan's combination, no cancellation);
+    the epilogue writes y_i and this layer's partials, or, for the output layer, z and the per-sample loss
+    ||z + b - h||² summed over its column tile. The programs of the first column tile also store A (x0, or the
+    previous layer's ReLU output, which the backward reads); program (0, 0) stores the previous layer's
+    shift, 1/std and updated running statistics.
+  * backward: per layer, dW = dYᵀ @ X and dX = dY @ W, with dY formed in the prologue from the stored masked
+    upstream gradient and the column sums (BatchNorm backward; for the output layer 2·go·(z + b - h)); the dX
+    epilogue applies the next layer down's ReLU mask and writes its two column-sum partials (Σ dz, Σ dz·x̂).
+The formulas and rounding points are those of kernels/denoiser.py (per-feature statistics in float64,
+element-wise math in the storage dtype). float32 GEMMs use IEEE fp32 (tf32 when torch allows it for CUDA
+matmuls, as cuBLAS would); float64 ones fp64.
+Tile sizes are chosen by shape, not tuned: no GPU was lent when this was written.
+"""
+import torch
+import triton
+import triton.language as tl
+
+PRO_PLAIN, PRO_CORRUPT, PRO_BN = 0, 1, 2          # how a forward GEMM forms its left operand
+EPI_STORE, EPI_STATS, EPI_RECON, EPI_BIAS = 0, 1, 2, 3  # what a forward GEMM does with its tile
+G_RECON, G_BN = 0, 1                               # how a backward GEMM forms dY
+D_MASK_STATS, D_INPUT = 0, 1                       # what the dX GEMM does with its tile
+
+
+@triton.jit
+def _recip(x):
+    """1/x in float64 without a division (an fp64 division is a PTX subroutine whose saved registers ptxas spills
+    when many are live): an fp32 seed refined by two Newton steps, within an ulp or two of 1/x."""
+    r = (1.0 / x.to(tl.float32)).to(tl.float64)
+    r = r * (2.0 - x * r)
+    return r * (2.0 - x * r)
+
+
+@triton.jit
+def _rsqrt(x):
+    """1/sqrt(x) in float64: the hardware's approximation refined by two Newton steps (within an ulp or two)."""
+    r = tl.math.rsqrt(x)
+    r = r * (1.5 - 0.5 * x * r * r)
+    return r * (1.5 - 0.5 * x * r * r)
+
+
+@triton.jit
+def _reciprocals(B, pid_m, BM: tl.constexpr):
+    """1/B, 1/(B-1) and 1/(rows of this row tile), float64 (the interpreter would pass host-computed ones as fp32).
+    B = 0 occurs in eval mode only, where they are unused."""
+    return _recip(tl.maximum(B, 1).to(tl.float64)), _recip(tl.maximum(B - 1, 1).to(tl.float64)), \
+        _recip(tl.maximum(tl.minimum(BM, B - pid_m * BM), 1).to(tl.float64))
+
+
+@triton.jit
+def _bn_coeffs(ks, kmask, pmean_ptr, pm2_ptr, T, TILE, B, inv_b, H, bias_ptr, rm_ptr, rv_ptr, eps,
+               TRAINING: tl.constexpr):
+    """(shift, 1/std, mean, centred sum of squares) of features ks, float64: from the T row tiles' partials in
+    training mode, else from the running statistics (shift = running mean - bias)."""
+    zero = tl.zeros(ks.shape, dtype=tl.float64)
+    if TRAINING:
+        mean = zero
+        for t in range(T):
+            n_t = tl.minimum(TILE, B - t * TILE).to(tl.float64)
+            mean += n_t * tl.load(pmean_ptr + t * H + ks, mask=kmask, other=0.0)
+        mean = mean * inv_b
+        m2 = zero
+        for t in range(T):
+            n_t = tl.minimum(TILE, B - t * TILE).to(tl.float64)
+            d = tl.load(pmean_ptr + t * H + ks, mask=kmask, other=0.0) - mean
+            m2 += tl.load(pm2_ptr + t * H + ks, mask=kmask, other=0.0) + n_t * d * d
+        return mean, _rsqrt(m2 * inv_b + eps), mean, m2
+    else:
+        bias = tl.load(bias_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+        rm = tl.load(rm_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+        rv = tl.load(rv_ptr + ks, mask=kmask, other=1.0).to(tl.float64)
+        return rm - bias, _rsqrt(rv + eps), zero, zero
+
+
+@triton.jit
+def _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, cols, m, B, N):
+    """dl/dz = 2·go·(z + b - h) on a tile, in the storage dtype (kernels/denoiser.py's recon backward)."""
+    offs = rows[:, None] * N + cols[None, :]
+    go = tl.load(go_ptr + rows * go_stride, mask=rows < B, other=0.0)
+    d = tl.load(z_ptr + offs, mask=m, other=0.0) + tl.load(bias_ptr + cols, mask=cols < N, other=0.0)[None, :] \
+        - tl.load(h_ptr + offs, mask=m, other=0.0)
+    return tl.where(m, 2.0 * go[:, None] * d, 0.0)
+
+
+@triton.jit
+def _bn_grad_coeffs(cols, cmask, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T, inv_b, H):
+    """(scale, shift, 1/std, mean dz, mean dz·x̂, Σ dz, Σ dz·x̂) of a hidden layer's features, for its dY."""
+    s1 = tl.zeros(cols.shape, dtype=tl.float64)
+    s2 = tl.zeros(cols.shape, dtype=tl.float64)
+    for t in range(T):
+        s1 += tl.load(ps1_ptr + t * H + cols, mask=cmask, other=0.0)
+        s2 += tl.load(ps2_ptr + t * H + cols, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + cols, mask=cmask, other=0.0)
+    scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0) * invstd
+    T_ = shift.dtype
+    return scale, shift, invstd, (s1 * inv_b).to(T_), (s2 * inv_b).to(T_), s1, s2
+
+
+@triton.jit
+def _bn_grad(dzm_ptr, y_ptr, rows, cols, m, H, scale, shift, invstd, m1, m2, TRAINING: tl.constexpr):
+    """A hidden layer's dY on a tile from its masked upstream gradient (BatchNorm backward)."""
+    offs = rows[:, None] * H + cols[None, :]
+    dz = tl.load(dzm_ptr + offs, mask=m, other=0.0)
+    if TRAINING:
+        xhat = (tl.load(y_ptr + offs, mask=m, other=0.0) - shift[None, :]) * invstd[None, :]
+        g = scale[None, :] * (dz - m1[None, :] - xhat * m2[None, :])
+    else:
+        g = scale[None, :] * dz
+    return tl.where(m, g, 0.0)
+
+
+@triton.jit
+def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
+                  pmean_in, pm2_in, T_in, TILE_in, bias_in_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr,
+                  a_store_ptr, shift_ptr, invstd_ptr, rmo_ptr, rvo_ptr,
+                  pmean_out, pm2_out, bias_out_ptr, target_ptr, loss_ptr,
+                  B, N, K, sigma: tl.float64, momentum: tl.float64, eps: tl.float64,
+                  PRO: tl.constexpr, EPI: tl.constexpr, TRAINING: tl.constexpr, TRACK: tl.constexpr,
+                  STORE_A: tl.constexpr, PREC: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y (B, N) = A (B, K) @ W (N, K)ᵀ with A formed by PRO and the tile finished by EPI (module docstring)."""
+    T = w_ptr.dtype.element_ty
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    inv_b, inv_bm1, inv_tile = _reciprocals(B, pid_m, BM)
+    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    rmask = rows < B
+    cols = pid_n * BN + tl.arange(0, BN)
+    nmask = cols < N
+    first = (pid_m == 0) & (pid_n == 0)
+    acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < K
+        am = rmask[:, None] & kmask[None, :]
+        offs = rows[:, None] * K + ks[None, :]
+        if PRO == 1:  # corrupt: h + sigma * noise, torch's opmath
+            hv = tl.load(a_ptr + offs, mask=am, other=0.0)
+            ev = tl.load(noise_ptr + offs, mask=am, other=0.0)
+            if T == tl.float64:
+                a = hv + sigma * ev
+            else:
+                a = (hv + tl.cast(sigma, tl.float32) * ev).to(T)
+        elif PRO == 2:  # ReLU(BatchNorm(previous y))
+            shift, invstd, mean, m2 = _bn_coeffs(ks, kmask, pmean_in, pm2_in, T_in, TILE_in, B, inv_b, K,
+                                                 bias_in_ptr, rm_ptr, rv_ptr, eps, TRAINING)
+            scale = (tl.load(gamma_ptr + ks, mask=kmask, other=0.0).to(tl.float64) * invstd).to(T)
+            beta = tl.load(beta_ptr + ks, mask=kmask, other=0.0)
+            a = (tl.load(a_ptr + offs, mask=am, other=0.0) - shift.to(T)[None, :]) * scale[None, :] + beta[None, :]
+            a = tl.where(a <= 0.0, 0.0, a)  # NaN propagates, as in torch.relu
+            tl.store(shift_ptr + ks, shift.to(T), mask=kmask & first)
+            tl.store(invstd_ptr + ks, invstd.to(T), mask=kmask & first)
+            if TRACK:
+                bias = tl.load(bias_in_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+                rm = tl.load(rm_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+                rv = tl.load(rv_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+                unbiased = m2 * inv_bm1
+                tl.store(rmo_ptr + ks, ((1.0 - momentum) * rm + momentum * (mean + bias)).to(T), mask=kmask & first)
+                tl.store(rvo_ptr + ks, ((1.0 - momentum) * rv + momentum * unbiased).to(T), mask=kmask & first)
+        else:
+            a = tl.load(a_ptr + offs, mask=am, other=0.0)
+        if STORE_A:
+            tl.store(a_store_ptr + offs, a, mask=am & (pid_n == 0))
+        a = tl.where(am, a, 0.0)
+        wt = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(a, wt, acc, input_precision=PREC, out_dtype=acc.dtype)
+    om = rmask[:, None] & nmask[None, :]
+    y_offs = rows[:, None] * N + cols[None, :]
+    if EPI == 3:  # output with bias (torch.addmm rounds once)
+        y = (acc + tl.load(bias_out_ptr + cols, mask=nmask, other=0.0).to(acc.dtype)[None, :]).to(T)
+    else:
+        y = acc.to(T)
+    tl.store(y_ptr + y_offs, y, mask=om)
+    if EPI == 1:  # this tile's per-feature mean and centred sum of squares
+        yv = tl.where(om, y.to(tl.float64), 0.0)
+        mean_t = tl.sum(yv, axis=0) * inv_tile
+        d = tl.where(om, yv - mean_t[None, :], 0.0)
+        tl.store(pmean_out + pid_m * N + cols, mean_t, mask=nmask)
+        tl.store(pm2_out + pid_m * N + cols, tl.sum(d * d, axis=0), mask=nmask)
+    if EPI == 2:  # per-sample ||z + b - h||² over this column tile
+        d = y + tl.load(bias_out_ptr + cols, mask=nmask, other=0.0)[None, :] \
+            - tl.load(target_ptr + y_offs, mask=om, other=0.0)
+        d = tl.where(om, d, 0.0)
+        part = tl.sum((d * d).to(tl.float64), axis=1)
+        tl.store(loss_ptr + rows * tl.num_programs(1) + pid_n, part.to(T), mask=rmask)
+
+
+@triton.jit
+def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
+             dzm_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T_in,
+             w_ptr, out_ptr,
+             prev_out_ptr, prev_y_ptr, prev_shift_ptr, prev_invstd_ptr, ps1_out, ps2_out,
+             dh_ptr, dnoise_ptr, sigma: tl.float64,
+             B, N, K,
+             G: tl.constexpr, D: tl.constexpr, TRAINING: tl.constexpr, NEED_H: tl.constexpr,
+             NEED_NOISE: tl.constexpr, PREC: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """dX (B, K) = dY (B, N) @ W (N, K): dY formed by G, the tile finished by D (module docstring)."""
+    T = w_ptr.dtype.element_ty
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    inv_b = _reciprocals(B, 0, 1)[0]
+    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    rmask = rows < B
+    cols = pid_n * BN + tl.arange(0, BN)
+    cmask = cols < K
+    acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
+    for n0 in range(0, N, BK):
+        ns = n0 + tl.arange(0, BK)
+        nmask = ns < N
+        gm = rmask[:, None] & nmask[None, :]
+        if G == 0:
+            g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, ns, gm, B, N)
+        else:
+            scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
+                                                                   ps1_ptr, ps2_ptr, T_in, inv_b, N)
+            g = _bn_grad(dzm_ptr, y_ptr, rows, ns, gm, N, scale, shift, invstd, m1, m2, TRAINING)
+        w = tl.load(w_ptr + ns[:, None] * K + cols[None, :], mask=nmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(g.to(T), w, acc, input_precision=PREC, out_dtype=acc.dtype)
+    om = rmask[:, None] & cmask[None, :]
+    offs = rows[:, None] * K + cols[None, :]
+    dx = acc.to(T)
+    if D == 0:  # the layer below: through its ReLU, and its two column-sum partials
+        dz = tl.where(tl.load(prev_out_ptr + offs, mask=om, other=0.0) <= 0.0, 0.0, dx)
+        dz = tl.where(om, dz, 0.0)
+        tl.store(out_ptr + offs, dz, mask=om)
+        shift = tl.load(prev_shift_ptr + cols, mask=cmask, other=0.0)
+        invstd = tl.load(prev_invstd_ptr + cols, mask=cmask, other=0.0)
+        xhat = (tl.load(prev_y_ptr + offs, mask=om, other=0.0) - shift[None, :]) * invstd[None, :]
+        tl.store(ps1_out + pid_m * K + cols, tl.sum(dz.to(tl.float64), axis=0), mask=cmask)
+        tl.store(ps2_out + pid_m * K + cols, tl.sum(tl.where(om, dz * xhat, 0.0).to(tl.float64), axis=0),
+                 mask=cmask)
+    else:  # the corrupted input's gradient: into h (also the target) and into the noise
+        if NEED_H:
+            dz_out = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, cols, om, B, K)
+            tl.store(dh_ptr + offs, dx - dz_out, mask=om)
+        if NEED_NOISE:
+            if T == tl.float64:
+                dn = dx * sigma
+            else:
+                dn = (dx * tl.cast(sigma, tl.float32)).to(T)
+            tl.store(dnoise_ptr + offs, dn, mask=om)
+
+
+@triton.jit
+def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
+             dzm_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T_in,
+             x_ptr, dw_ptr, db_ptr, dgamma_ptr, dbeta_ptr,
+             B, N, K,
+             G: tl.constexpr, TRAINING: tl.constexpr, PREC: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """dW (N, K) = dY (B, N)ᵀ @ X (B, K), dY formed by G; the programs of the first column tile also write
+    the layer's bias (and BatchNorm gamma / beta) gradients."""
+    T = x_ptr.dtype.element_ty
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    inv_b = _reciprocals(B, 0, 1)[0]
+    ns = pid_m * BM + tl.arange(0, BM)
+    nmask = ns < N
+    ks = pid_n * BN + tl.arange(0, BN)
+    kmask = ks < K
+    lead = pid_n == 0
+    if G == 1:
+        scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
+                                                               ps1_ptr, ps2_ptr, T_in, inv_b, N)
+    acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
+    db = tl.zeros([BM], dtype=tl.float64)
+    for b0 in range(0, B, BK):
+        bs = (b0 + tl.arange(0, BK)).to(tl.int64)
+        bmask = bs < B
+        gm = bmask[:, None] & nmask[None, :]
+        if G == 0:
+            g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, bs, ns, gm, B, N)
+            db += tl.sum(g.to(tl.float64), axis=0)
+        else:
+            g = _bn_grad(dzm_ptr, y_ptr, bs, ns, gm, N, scale, shift, invstd, m1, m2, TRAINING)
+        x = tl.load(x_ptr + bs[:, None] * K + ks[None, :], mask=bmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(tl.trans(g.to(T)), x, acc, input_precision=PREC, out_dtype=acc.dtype)
+    tl.store(dw_ptr + ns[:, None] * K + ks[None, :], acc.to(T), mask=nmask[:, None] & kmask[None, :])
+    if G == 0:
+        tl.store(db_ptr + ns, db.to(T), mask=nmask & lead)
+    else:
+        tl.store(dbeta_ptr + ns, s1.to(T), mask=nmask & lead)
+        tl.store(dgamma_ptr + ns, s2.to(T), mask=nmask & lead)
+        if TRAINING:  # the Linear bias cancels in the batch statistics
+            tl.store(db_ptr + ns, (s1 * 0.0).to(T), mask=nmask & lead)
+        else:
+            tl.store(db_ptr + ns, (scale.to(tl.float64) * s1).to(T), mask=nmask & lead)
+
+
+# ---------------------------------------------------------------- launchers
+# saved (as fastgan/ops/denoiser.py keeps it): [x0, (y_i, out_i, shift_i, invstd_i) per hidden layer, z].
+
+_SMS: dict = {}
+TILES = None  # (BM, BN, BK) for every GEMM when set: tests use it to cover many-tile grids with small shapes
+
+
+def _tiles(M: int, N: int, t: torch.Tensor):
+    """(BM, BN, BK) of a GEMM with an M x N output. On a GPU: 32 x 64 x 16 tiles (32 x 32 in float64; 4 warps:
+    the largest that compile for sm_90 without spills, tests/test_triton_compile.py), halved until the grid covers
+    the SMs or the tiles reach 16 (small batches are latency-bound); untuned. Under the CPU interpreter: few wide
+    programs, which run fastest there."""
+    if TILES is not None:
+        return TILES
+    if t.device.type != "cuda":
+        return (min(max(triton.next_power_of_2(max(M, 1)), 16), 64),
+                min(max(triton.next_power_of_2(max(N, 1)), 16), 64), 32)
+    if t.device not in _SMS:
+        _SMS[t.device] = torch.cuda.get_device_properties(t.device).multi_processor_count
+    bm, bn = (32, 32) if t.dtype == torch.float64 else (32, 64)
+    while triton.cdiv(M, bm) * triton.cdiv(N, bn) < _SMS[t.device] and (bm > 16 or bn > 16):
+        if bn >= bm and bn > 16:
+            bn //= 2
+        else:
+            bm //= 2
+    return bm, bn, 16
+
+
+def _precision(t: torch.Tensor) -> str:
+    if t.dtype == torch.float32 and t.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _grid(M: int, N: int, bm: int, bn: int):
+    return max(triton.cdiv(M, bm), 1), triton.cdiv(N, bn)  # one row of programs for B = 0 (eval mode)
+
+
+def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
+                    sigma=0.0, target=None, keep=False):
+    """Runs every layer; returns (last GEMM's output, saved hidden tensors, new running stats, loss partials).
+    With `target` the last GEMM writes z and the loss partials, else r(x) = z + b."""
+    B = x.shape[0]
+    depth = len(weights) - 1
+    f64 = x.new_empty(0, dtype=torch.float64)
+    prec = _precision(x)
+    hidden, new_running = [], []
+    prev = None  # the layer below: (y, pmean, pm2, T, TILE, index)
+    a_src = x
+    for i in range(depth + 1):
+        W = weights[i]
+        N, K = W.shape
+        last = i == depth
+        bm, bn, bk = _tiles(B, N, W)
+        gm, gn = _grid(B, N, bm, bn)
+        y = x.new_empty(B, N)
+        pmean = pm2 = f64
+        if not last and training:
+            pmean, pm2 = x.new_empty(gm, N, dtype=torch.float64), x.new_empty(gm, N, dtype=torch.float64)
+        loss = x.new_empty(B, gn) if last and target is not None else y
+        epi = (2 if target is not None else 3) if last else (1 if training else 0)
+        if i == 0:
+            pro = 1 if noise is not None else 0
+            a_store = x.new_empty(B, K) if (keep and noise is not None) else y
+            hid_args = (f64, f64, 0, 1, y, y, y, y, y)
+            bn_out = (y, y, y, y)
+        else:
+            pro = 2
+            j = prev[5]
+            a_store = x.new_empty(B, K) if keep else y
+            rm = rms[j] if rms else y
+            rv = rvs[j] if rvs else y
+            hid_args = (prev[1], prev[2], prev[3], prev[4], biases[j], gammas[j], betas[j], rm, rv)
+            shift, invstd = x.new_empty(K), x.new_empty(K)
+            rmo, rvo = (x.new_empty(K), x.new_empty(K)) if track else (y, y)
+            bn_out = (shift, invstd, rmo, rvo)
+        _forward_gemm[(gm, gn)](
+            a_src, noise if noise is not None else a_src, W, y, *hid_args, a_store, *bn_out, pmean, pm2, biases[i],
+            target if target is not None else y, loss, B, N, K, float(sigma), float(momentum), float(eps),
+            PRO=pro, EPI=epi, TRAINING=bool(training), TRACK=bool(track) and pro == 2,
+            STORE_A=bool(keep) and pro != 0, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=4)
+        if i == 0 and keep:
+            hidden.append(a_store)
+        if pro == 2:
+            if keep:
+                hidden += [prev[0], a_store, shift, invstd]
+            if track:
+                new_running += [rmo, rvo]
+        prev = (y, pmean, pm2, gm, bm, i)
+        a_src = y
+    return y, hidden, new_running, loss
+
+
+def loss_forward(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps):
+    """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats)."""
+    z, hidden, new_running, loss = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track,
+                                                   momentum, eps, noise=noise, sigma=sigma, target=h, keep=True)
+    per_sample = loss.view(-1) if loss.shape[1] == 1 else loss.sum(1)
+    return per_sample, hidden + [z], new_running
+
+
+def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps):
+    """(r(h), new running stats); nothing kept for a backward."""
+    r, _, new_running, _ = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
+                                           eps)
+    return r, new_running
+
+
+def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise):
+    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas) of sum_n go_n l_n."""
+    B = h.shape[0]
+    depth = len(weights) - 1
+    z = saved[-1]
+    f64 = h.new_empty(0, dtype=torch.float64)
+    prec = _precision(h)
+    go_stride = go.stride(0) if go.shape[0] > 1 else 0
+    dweights, dbiases = [None] * (depth + 1), [None] * (depth + 1)
+    dgammas, dbetas = [None] * depth, [None] * depth
+    dh = dnoise = None
+    recon = (go, go_stride, z, biases[-1], h)
+    grad = None  # the layer being differentiated: (dzm, y, gamma, shift, invstd, ps1, ps2, T)
+    for i in reversed(range(depth + 1)):
+        W = weights[i]
+        N, K = W.shape
+        x_in = saved[0] if i == 0 else saved[4 * i - 2]
+        g_args = (z, z, z, z, z, f64, f64, 0) if grad is None else grad
+        G = 0 if grad is None else 1
+        dW, db = torch.empty_like(W), h.new_empty(N)
+        dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G == 1 else (db, db)
+        bm, bn, bk = _tiles(N, K, W)
+        _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](
+            *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G, TRAINING=bool(training), PREC=prec,
+            BM=bm, BN=bn, BK=bk, num_warps=4)
+        dweights[i], dbiases[i] = dW, db
+        if G == 1:
+            dgammas[i], dbetas[i] = dgamma, dbeta
+        if i == 0 and not (need_h or need_noise):
+            break
+        bm, bn, bk = _tiles(B, K, W)
+        gm, gn = _grid(B, K, bm, bn)
+        if i > 0:
+            j = i - 1
+            y_j, out_j, shift_j, invstd_j = saved[1 + 4 * j: 5 + 4 * j]
+            dzm = h.new_empty(B, K)
+            ps1, ps2 = h.new_empty(gm, K, dtype=torch.float64), h.new_empty(gm, K, dtype=torch.float64)
+            below = (out_j, y_j, shift_j, invstd_j, ps1, ps2)
+            dh_, dn_ = dzm, dzm
+        else:
+            dzm = h.new_empty(0)
+            below = (z, z, z, z, f64, f64)
+            dh_ = h.new_empty(B, K) if need_h else z
+            dn_ = h.new_empty(B, K) if need_noise else z
+        _dx_gemm[(gm, gn)](
+            *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G, D=0 if i > 0 else 1,
+            TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), PREC=prec,
+            BM=bm, BN=bn, BK=bk, num_warps=4)
+        if i > 0:
+            grad = (dzm, y_j, gammas[j], shift_j, invstd_j, ps1, ps2, gm)
+        else:
+            dh = dh_ if need_h else None
+            dnoise = dn_ if need_noise else None
+    return dh, dnoise, dweights, dbiases, dgammas, dbetas
