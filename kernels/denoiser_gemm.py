@@ -133,7 +133,6 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
     rmask = rows < B
     cols = pid_n * BN + tl.arange(0, BN)
     nmask = cols < N
-    first = (pid_m == 0) & (pid_n == 0)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
@@ -154,19 +153,20 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
             beta = tl.load(beta_ptr + ks, mask=kmask, other=0.0)
             a = (tl.load(a_ptr + offs, mask=am, other=0.0) - shift.to(T)[None, :]) * scale[None, :] + beta[None, :]
             a = tl.where(a <= 0.0, 0.0, a)  # NaN propagates, as in torch.relu
-            tl.store(shift_ptr + ks, shift.to(T), mask=kmask & first)
-            tl.store(invstd_ptr + ks, invstd.to(T), mask=kmask & first)
+            first = kmask & ((ks * 0 + pid_m + pid_n) == 0)  # program (0, 0); a block mask: triton 3.9's
+            tl.store(shift_ptr + ks, shift.to(T), mask=first)  # interpreter refuses a scalar-combined one
+            tl.store(invstd_ptr + ks, invstd.to(T), mask=first)
             if TRACK:
                 bias = tl.load(bias_in_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
                 rm = tl.load(rm_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
                 rv = tl.load(rv_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
                 unbiased = m2 * inv_bm1
-                tl.store(rmo_ptr + ks, ((1.0 - momentum) * rm + momentum * (mean + bias)).to(T), mask=kmask & first)
-                tl.store(rvo_ptr + ks, ((1.0 - momentum) * rv + momentum * unbiased).to(T), mask=kmask & first)
+                tl.store(rmo_ptr + ks, ((1.0 - momentum) * rm + momentum * (mean + bias)).to(T), mask=first)
+                tl.store(rvo_ptr + ks, ((1.0 - momentum) * rv + momentum * unbiased).to(T), mask=first)
         else:
             a = tl.load(a_ptr + offs, mask=am, other=0.0)
         if STORE_A:
-            tl.store(a_store_ptr + offs, a, mask=am & (pid_n == 0))
+            tl.store(a_store_ptr + offs, a, mask=am & ((ks * 0 + pid_n) == 0)[None, :])
         a = tl.where(am, a, 0.0)
         wt = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(a, wt, acc, input_precision=PREC, out_dtype=acc.dtype)
@@ -265,7 +265,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     nmask = ns < N
     ks = pid_n * BN + tl.arange(0, BN)
     kmask = ks < K
-    lead = pid_n == 0
+    lead = nmask & ((ns * 0 + pid_n) == 0)  # the first column tile's programs (a block mask, as above)
     if G == 1:
         scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
                                                                ps1_ptr, ps2_ptr, T_in, inv_b, N)
@@ -284,14 +284,14 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
         acc = tl.dot(tl.trans(g.to(T)), x, acc, input_precision=PREC, out_dtype=acc.dtype)
     tl.store(dw_ptr + ns[:, None] * K + ks[None, :], acc.to(T), mask=nmask[:, None] & kmask[None, :])
     if G == 0:
-        tl.store(db_ptr + ns, db.to(T), mask=nmask & lead)
+        tl.store(db_ptr + ns, db.to(T), mask=lead)
     else:
-        tl.store(dbeta_ptr + ns, s1.to(T), mask=nmask & lead)
-        tl.store(dgamma_ptr + ns, s2.to(T), mask=nmask & lead)
+        tl.store(dbeta_ptr + ns, s1.to(T), mask=lead)
+        tl.store(dgamma_ptr + ns, s2.to(T), mask=lead)
         if TRAINING:  # the Linear bias cancels in the batch statistics
-            tl.store(db_ptr + ns, (s1 * 0.0).to(T), mask=nmask & lead)
+            tl.store(db_ptr + ns, (s1 * 0.0).to(T), mask=lead)
         else:
-            tl.store(db_ptr + ns, (scale.to(tl.float64) * s1).to(T), mask=nmask & lead)
+            tl.store(db_ptr + ns, (scale.to(tl.float64) * s1).to(T), mask=lead)
 
 
 # ---------------------------------------------------------------- launchers
