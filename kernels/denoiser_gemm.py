@@ -21,10 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
-PRO_PLAIN, PRO_CORRUPT, PRO_BN = 0, 1, 2          # how a forward GEMM forms its left operand
-EPI_STORE, EPI_STATS, EPI_RECON, EPI_BIAS = 0, 1, 2, 3  # what a forward GEMM does with its tile
-G_RECON, G_BN = 0, 1                               # how a backward GEMM forms dY
-D_MASK_STATS, D_INPUT = 0, 1                       # what the dX GEMM does with its tile
+# Kernel modes: constexpr globals (the only globals a kernel may read); launchers pass their .value.
+PRO_PLAIN, PRO_CORRUPT, PRO_BN = (tl.constexpr(v) for v in range(3))  # how a forward GEMM forms its left operand
+EPI_STORE, EPI_STATS, EPI_RECON, EPI_BIAS = (tl.constexpr(v) for v in range(4))  # what it does with its tile
+G_RECON, G_BN = tl.constexpr(0), tl.constexpr(1)  # how a backward GEMM forms dY
+D_MASK_STATS, D_INPUT = tl.constexpr(0), tl.constexpr(1)  # what the dX GEMM does with its tile
 
 
 @triton.jit
@@ -50,6 +51,14 @@ def _reciprocals(B, pid_m, BM: tl.constexpr):
     B = 0 occurs in eval mode only, where they are unused."""
     return _recip(tl.maximum(B, 1).to(tl.float64)), _recip(tl.maximum(B - 1, 1).to(tl.float64)), \
         _recip(tl.maximum(tl.minimum(BM, B - pid_m * BM), 1).to(tl.float64))
+
+
+@triton.jit
+def _out_tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's rows (int64) and columns of an M x N output, with their masks."""
+    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rows, rows < M, cols, cols < N
 
 
 @triton.jit
@@ -129,24 +138,21 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     inv_b, inv_bm1, inv_tile = _reciprocals(B, pid_m, BM)
-    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
-    rmask = rows < B
-    cols = pid_n * BN + tl.arange(0, BN)
-    nmask = cols < N
+    rows, rmask, cols, nmask = _out_tile(B, N, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
         am = rmask[:, None] & kmask[None, :]
         offs = rows[:, None] * K + ks[None, :]
-        if PRO == 1:  # corrupt: h + sigma * noise, torch's opmath
+        if PRO == PRO_CORRUPT:  # h + sigma * noise, torch's opmath
             hv = tl.load(a_ptr + offs, mask=am, other=0.0)
             ev = tl.load(noise_ptr + offs, mask=am, other=0.0)
             if T == tl.float64:
                 a = hv + sigma * ev
             else:
                 a = (hv + tl.cast(sigma, tl.float32) * ev).to(T)
-        elif PRO == 2:  # ReLU(BatchNorm(previous y))
+        elif PRO == PRO_BN:  # ReLU(BatchNorm(previous y))
             shift, invstd, mean, m2 = _bn_coeffs(ks, kmask, pmean_in, pm2_in, T_in, TILE_in, B, inv_b, K,
                                                  bias_in_ptr, rm_ptr, rv_ptr, eps, TRAINING)
             scale = (tl.load(gamma_ptr + ks, mask=kmask, other=0.0).to(tl.float64) * invstd).to(T)
@@ -172,18 +178,18 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
         acc = tl.dot(a, wt, acc, input_precision=PREC, out_dtype=acc.dtype)
     om = rmask[:, None] & nmask[None, :]
     y_offs = rows[:, None] * N + cols[None, :]
-    if EPI == 3:  # output with bias (torch.addmm rounds once)
+    if EPI == EPI_BIAS:  # torch.addmm rounds once
         y = (acc + tl.load(bias_out_ptr + cols, mask=nmask, other=0.0).to(acc.dtype)[None, :]).to(T)
     else:
         y = acc.to(T)
     tl.store(y_ptr + y_offs, y, mask=om)
-    if EPI == 1:  # this tile's per-feature mean and centred sum of squares
+    if EPI == EPI_STATS:  # this tile's per-feature mean and centred sum of squares
         yv = tl.where(om, y.to(tl.float64), 0.0)
         mean_t = tl.sum(yv, axis=0) * inv_tile
         d = tl.where(om, yv - mean_t[None, :], 0.0)
         tl.store(pmean_out + pid_m * N + cols, mean_t, mask=nmask)
         tl.store(pm2_out + pid_m * N + cols, tl.sum(d * d, axis=0), mask=nmask)
-    if EPI == 2:  # per-sample ||z + b - h||² over this column tile
+    if EPI == EPI_RECON:  # per-sample ||z + b - h||² over this column tile
         d = y + tl.load(bias_out_ptr + cols, mask=nmask, other=0.0)[None, :] \
             - tl.load(target_ptr + y_offs, mask=om, other=0.0)
         d = tl.where(om, d, 0.0)
@@ -206,16 +212,13 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     inv_b = _reciprocals(B, 0, 1)[0]
-    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
-    rmask = rows < B
-    cols = pid_n * BN + tl.arange(0, BN)
-    cmask = cols < K
+    rows, rmask, cols, cmask = _out_tile(B, K, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
     for n0 in range(0, N, BK):
         ns = n0 + tl.arange(0, BK)
         nmask = ns < N
         gm = rmask[:, None] & nmask[None, :]
-        if G == 0:
+        if G == G_RECON:
             g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, ns, gm, B, N)
         else:
             scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
@@ -226,7 +229,7 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     om = rmask[:, None] & cmask[None, :]
     offs = rows[:, None] * K + cols[None, :]
     dx = acc.to(T)
-    if D == 0:  # the layer below: through its ReLU, and its two column-sum partials
+    if D == D_MASK_STATS:  # the layer below: through its ReLU, and its two column-sum partials
         dz = tl.where(tl.load(prev_out_ptr + offs, mask=om, other=0.0) <= 0.0, 0.0, dx)
         dz = tl.where(om, dz, 0.0)
         tl.store(out_ptr + offs, dz, mask=om)
@@ -266,7 +269,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     ks = pid_n * BN + tl.arange(0, BN)
     kmask = ks < K
     lead = nmask & ((ns * 0 + pid_n) == 0)  # the first column tile's programs (a block mask, as above)
-    if G == 1:
+    if G == G_BN:
         scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
                                                                ps1_ptr, ps2_ptr, T_in, inv_b, N)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
@@ -275,7 +278,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
         bs = (b0 + tl.arange(0, BK)).to(tl.int64)
         bmask = bs < B
         gm = bmask[:, None] & nmask[None, :]
-        if G == 0:
+        if G == G_RECON:
             g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, bs, ns, gm, B, N)
             db += tl.sum(g.to(tl.float64), axis=0)
         else:
@@ -283,7 +286,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
         x = tl.load(x_ptr + bs[:, None] * K + ks[None, :], mask=bmask[:, None] & kmask[None, :], other=0.0)
         acc = tl.dot(tl.trans(g.to(T)), x, acc, input_precision=PREC, out_dtype=acc.dtype)
     tl.store(dw_ptr + ns[:, None] * K + ks[None, :], acc.to(T), mask=nmask[:, None] & kmask[None, :])
-    if G == 0:
+    if G == G_RECON:
         tl.store(db_ptr + ns, db.to(T), mask=lead)
     else:
         tl.store(dbeta_ptr + ns, s1.to(T), mask=lead)
@@ -341,7 +344,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
     f64 = x.new_empty(0, dtype=torch.float64)
     prec = _precision(x)
     hidden, new_running = [], []
-    prev = None  # the layer below: (y, pmean, pm2, T, TILE, index)
+    prev = None  # the layer below: (y, pmean, pm2, T, TILE)
     a_src = x
     for i in range(depth + 1):
         W = weights[i]
@@ -354,15 +357,15 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
         if not last and training:
             pmean, pm2 = x.new_empty(gm, N, dtype=torch.float64), x.new_empty(gm, N, dtype=torch.float64)
         loss = x.new_empty(B, gn) if last and target is not None else y
-        epi = (2 if target is not None else 3) if last else (1 if training else 0)
+        epi = (EPI_RECON if target is not None else EPI_BIAS) if last else (EPI_STATS if training else EPI_STORE)
         if i == 0:
-            pro = 1 if noise is not None else 0
+            pro = PRO_CORRUPT if noise is not None else PRO_PLAIN
             a_store = x.new_empty(B, K) if (keep and noise is not None) else y
             hid_args = (f64, f64, 0, 1, y, y, y, y, y)
             bn_out = (y, y, y, y)
         else:
-            pro = 2
-            j = prev[5]
+            pro = PRO_BN
+            j = i - 1
             a_store = x.new_empty(B, K) if keep else y
             rm = rms[j] if rms else y
             rv = rvs[j] if rvs else y
@@ -373,16 +376,16 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
         _forward_gemm[(gm, gn)](
             a_src, noise if noise is not None else a_src, W, y, *hid_args, a_store, *bn_out, pmean, pm2, biases[i],
             target if target is not None else y, loss, B, N, K, float(sigma), float(momentum), float(eps),
-            PRO=pro, EPI=epi, TRAINING=bool(training), TRACK=bool(track) and pro == 2,
-            STORE_A=bool(keep) and pro != 0, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=4)
+            PRO=pro.value, EPI=epi.value, TRAINING=bool(training), TRACK=bool(track) and pro is PRO_BN,
+            STORE_A=bool(keep) and pro is not PRO_PLAIN, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=4)
         if i == 0 and keep:
             hidden.append(a_store)
-        if pro == 2:
+        if pro is PRO_BN:
             if keep:
                 hidden += [prev[0], a_store, shift, invstd]
             if track:
                 new_running += [rmo, rvo]
-        prev = (y, pmean, pm2, gm, bm, i)
+        prev = (y, pmean, pm2, gm, bm)
         a_src = y
     return y, hidden, new_running, loss
 
@@ -420,15 +423,15 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
         N, K = W.shape
         x_in = saved[0] if i == 0 else saved[4 * i - 2]
         g_args = (z, z, z, z, z, f64, f64, 0) if grad is None else grad
-        G = 0 if grad is None else 1
+        G = G_RECON if grad is None else G_BN
         dW, db = torch.empty_like(W), h.new_empty(N)
-        dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G == 1 else (db, db)
+        dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G is G_BN else (db, db)
         bm, bn, bk = _tiles(N, K, W)
         _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](
-            *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G, TRAINING=bool(training), PREC=prec,
+            *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G.value, TRAINING=bool(training), PREC=prec,
             BM=bm, BN=bn, BK=bk, num_warps=4)
         dweights[i], dbiases[i] = dW, db
-        if G == 1:
+        if G is G_BN:
             dgammas[i], dbetas[i] = dgamma, dbeta
         if i == 0 and not (need_h or need_noise):
             break
@@ -447,7 +450,8 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
             dh_ = h.new_empty(B, K) if need_h else z
             dn_ = h.new_empty(B, K) if need_noise else z
         _dx_gemm[(gm, gn)](
-            *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G, D=0 if i > 0 else 1,
+            *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G.value,
+            D=(D_MASK_STATS if i > 0 else D_INPUT).value,
             TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), PREC=prec,
             BM=bm, BN=bn, BK=bk, num_warps=4)
         if i > 0:
