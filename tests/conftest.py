@@ -30,10 +30,35 @@ def pytest_collection_modifyitems(config, items):
                 params = getattr(getattr(item, "callspec", None), "params", {})
                 name = getattr(item, "originalname", item.name)
                 cpu_triton = params.get("backend") == "triton" or name.endswith("_triton")
-                if "cuda" not in item.keywords and cpu_triton:
+                if item.get_closest_marker("cuda") is None and cpu_triton:
                     item.add_marker(skip)
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none visible to torch on this machine)")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:  # not `"cuda" in item.keywords`: ids are keywords too
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------- the CUDA kernels on the CPU
+# A test parametrized with backend="cuda" that is not marked `cuda` runs on CPU tensors: its `cuda` backend
+# is fastgan's CUDA C++ kernels compiled for the emulator of tools/cuda_emu (host threads as CUDA threads,
+# real barriers and warp shuffles), called through the same Python code as on a GPU.
+
+@pytest.fixture(scope="session")
+def cuda_emu_module():
+    from helpers import cuda_emu_build
+
+    build = cuda_emu_build()
+    if build.cuda_include() is None:
+        pytest.skip("the CUDA emulator compiles against the CUDA toolkit's headers: none found (set CUDA_HOME)")
+    return build.load(build.build())
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_backend(request):
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if params.get("backend") == "cuda" and request.node.get_closest_marker("cuda") is None:
+        from helpers import emulate_cuda
+
+        emulate_cuda(request.getfixturevalue("monkeypatch"), request.getfixturevalue("cuda_emu_module"))
+    yield

@@ -1,6 +1,8 @@
 """Shared test helpers (imported as `helpers`; tests/ is on sys.path via conftest)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -34,3 +36,38 @@ def auto_as_on_cuda(monkeypatch) -> None:
     monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", penalty_jvp.AUTO_JVP_DEVICES | {"cpu"})
     monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES",
                         penalty_jvp.AUTO_CLOSED_FORM_BATCH_STATS_DEVICES - {"cpu"})
+
+
+def cuda_emu_build():
+    """tools/cuda_emu/build.py as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "cuda_emu" / "build.py"
+    spec = importlib.util.spec_from_file_location("fastgan_cuda_emu_build", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cuda_emulated() -> bool:
+    """Whether this test runs the cuda backend in the emulator (emulate_cuda), on CPU tensors."""
+    from fastgan import _ext
+
+    return bool(getattr(_ext.C(), "cuda_emulated", False))
+
+
+def emulate_cuda(monkeypatch, module):
+    """backend="cuda" on CPU tensors runs `module`'s emulated CUDA kernels (tools/cuda_emu) for this test:
+    the extension is swapped, CUDA device guards become no-ops, streams are the default (0), and the dispatcher
+    lets the cuda backend take CPU tensors. Everything else, the Python glue included, is what runs on a GPU."""
+    import contextlib
+
+    from fastgan import _ext
+    from fastgan.ops import _dispatch
+
+    status = _dispatch.status
+    monkeypatch.setattr(_ext, "C", lambda: module)
+    monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(_dispatch, "status",
+                        lambda backend, device: (True, "") if backend == "cuda" else status(backend, device))

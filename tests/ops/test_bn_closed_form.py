@@ -11,15 +11,16 @@ from torch import nn
 from fastgan.ops import bn_closed_form as K, gradient_penalty
 from fastgan.reference import bn_closed_form as ref
 
-from helpers import assert_close_to_oracle, backend_calls
+from helpers import assert_close_to_oracle, backend_calls, cuda_emulated
 
 SHAPES = [(64, 8), (6, 5, 7), (4, 3, 5, 6), (2, 3, 2, 3, 4), (2, 3, 20, 20), (5, 300, 2), (3, 700)]
-BACKENDS = ["cpu", "triton", pytest.param("cuda", marks=pytest.mark.cuda)]
+# "cuda" twice: on CPU tensors through the CUDA emulator (tests/conftest.py), and on a GPU
+BACKENDS = ["cpu", "triton", "cuda", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda-gpu")]
 EPS = 1e-5
 
 
 def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
+    return "cuda" if backend == "cuda" and not cuda_emulated() else "cpu"
 
 
 def _inputs(shape, gamma=True, dtype=torch.float64, device="cpu", seed=0):

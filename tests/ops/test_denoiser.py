@@ -12,7 +12,7 @@ from fastgan.ops import _dispatch
 from fastgan.ops import denoiser as dn
 from fastgan.reference import denoiser as ref
 
-CPU_BACKENDS = ["reference", "cpu", "triton"]
+CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
 F32_EPS = torch.finfo(torch.float32).eps
 
 

@@ -12,7 +12,7 @@ from fastgan.ops import noise as N
 from fastgan.reference import noise as ref
 from helpers import assert_close_to_oracle, backend_calls
 
-CPU_BACKENDS = ["reference", "cpu", "triton"]
+CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
 OP = "noisy_clean_batch"
 MODES = ["double", "half"]
 

@@ -15,7 +15,7 @@ from fastgan.reference import nt_losses as ref
 from fastgan.reference import penalty as ref_penalty
 from helpers import assert_close_to_oracle, backend_calls
 
-CPU_BACKENDS = ["reference", "cpu", "triton"]
+CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
 OP = "nt_losses"
 
 

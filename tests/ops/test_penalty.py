@@ -13,7 +13,7 @@ import models_for_tests as models
 from helpers import assert_close_to_oracle, backend_calls
 
 
-CPU_BACKENDS = ["reference", "cpu", "triton"]
+CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
 WEIGHTS = ["one", "js_real", "js_fake"]
 OP = "grad_norm_penalty"
 

@@ -1,0 +1,272 @@
+"""fastgan's CUDA C++ kernels run on the CPU through the emulator of tools/cuda_emu, on the shapes, strides and
+dtypes that select each kernel variant (rows per thread group, vectorised or scalar access, one or two passes,
+block sizes), against the cpu backend (float64: the same math headers, so equal to rounding) and the reference.
+Inputs sit inside NaN-filled buffers, so a read past a tensor's end shows up as NaN. The last test checks that
+these cases launch every kernel launch site in csrc/cuda, so a new kernel cannot go untested here.
+
+The op-level test modules also run their CPU cases with backend="cuda" in the emulator (tests/conftest.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgan.ops import Denoiser, NoiseState, bn_closed_form as K, grad_norm_penalty, noisy_clean_batch, nt_losses
+
+from helpers import backend_calls, cuda_emu_build, emulate_cuda
+
+PAD = 16  # elements of NaN on either side of every input; a multiple of 4 keeps vector paths aligned
+
+
+@pytest.fixture
+def emulated(monkeypatch, cuda_emu_module):
+    emulate_cuda(monkeypatch, cuda_emu_module)
+    return cuda_emu_module
+
+
+def padded(t: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """A copy of t (contiguous) living inside a NaN-filled buffer, starting `offset` elements past the padding."""
+    buf = torch.full((t.numel() + 2 * PAD + offset,), float("nan"), dtype=t.dtype)
+    out = buf[PAD + offset:PAD + offset + t.numel()].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def _close(a, b, dtype, tol=None):
+    tol = tol or {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
+
+
+# Philox normals are float32 in every backend (fastgan/philox.h), from each platform's log/sin/cos: equal to
+# float32 rounding, not to float64's
+NORMALS_TOL = 1e-6
+
+
+# ---------------------------------------------------------------- weighted gradient-norm penalty
+
+def _penalty_case(B, F, dtype, layout, weight="js_real"):
+    g = torch.Generator().manual_seed(B * 1000 + F)
+    grad = torch.randn(B, F, generator=g, dtype=torch.float64).to(dtype)
+    logits = (3 * torch.randn(B, generator=g, dtype=torch.float64)).to(torch.float64 if dtype == torch.float64
+                                                                       else torch.float32)
+    if layout == "strided":  # feature stride 2: the scalar path
+        wide = padded(torch.randn(B, 2 * F, dtype=torch.float64).to(dtype))
+        wide[:, ::2] = grad
+        grad = wide[:, ::2]
+    else:  # "aligned": vectorised when F allows; "offset": one element off alignment, scalar
+        grad = padded(grad, offset=1 if layout == "offset" else 0)
+    return grad, padded(logits), weight
+
+
+def _penalty_run(backend, grad, logits, weight):
+    grad = grad.detach().requires_grad_(True)
+    logits = logits.detach().requires_grad_(True)
+    per = grad_norm_penalty(grad, logits, weight, reduction="none", backend=backend)
+    go = torch.linspace(-1, 2, per.shape[0], dtype=per.dtype)
+    dg, dl = torch.autograd.grad((per * go).sum(), (grad, logits))
+    return per, dg, dl
+
+
+# F = 3 / 40 / 300 / 3000 choose 1 / 8 / 32 / 256 threads a row
+@pytest.mark.parametrize("B,F", [(37, 3), (5, 4), (37, 40), (9, 300), (3, 3000)])
+@pytest.mark.parametrize("layout", ["aligned", "offset", "strided"])
+def test_penalty_variants_float64(emulated, B, F, layout):
+    case = _penalty_case(B, F, torch.float64, layout)
+    before = backend_calls("grad_norm_penalty", "cuda")
+    got = _penalty_run("cuda", *case)
+    assert backend_calls("grad_norm_penalty", "cuda") == before + 1
+    for a, b in zip(got, _penalty_run("cpu", *case)):
+        assert not a.isnan().any()
+        _close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,F", [(37, 40), (4, 3000)])
+def test_penalty_storage_dtypes(emulated, dtype, B, F):
+    case = _penalty_case(B, F, dtype, "aligned")
+    for a, b in zip(_penalty_run("cuda", *case), _penalty_run("cpu", *case)):
+        _close(a, b, dtype)
+
+
+# ---------------------------------------------------------------- noisy / clean batch
+
+def _noise_case(kind, m, shape, mode, dtype, layout):
+    g = torch.Generator().manual_seed(m)
+    xr = torch.randn(m, *shape, generator=g, dtype=torch.float64).to(dtype)
+    xf = torch.randn(m, *shape, generator=g, dtype=torch.float64).to(dtype)
+    n_noisy = m - m // 2 if mode == "half" else m
+    if kind == "float":
+        noise = 0.7
+    elif kind == "sigma":
+        noise = torch.tensor(0.6, dtype=dtype)
+    elif kind == "channel":
+        noise = (0.5 + torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=g, dtype=torch.float64)).to(dtype)
+    else:
+        noise = torch.randn(n_noisy, *shape, generator=g, dtype=torch.float64).to(dtype)
+    if layout == "strided":
+        xr = torch.cat([xr, xr], dim=-1)[..., ::2].contiguous().transpose(-1, -2).contiguous().transpose(-1, -2)
+    else:
+        xr, xf = padded(xr), padded(xf)
+        if isinstance(noise, torch.Tensor) and noise.dim() == xr.dim():
+            noise = padded(noise)
+    return xr, xf, noise
+
+
+def _noise_run(backend, xr, xf, noise, mode):
+    xr = xr.detach().requires_grad_(True)
+    xf = xf.detach().requires_grad_(True)
+    leaves = [xr, xf]
+    if isinstance(noise, torch.Tensor):
+        noise = noise.detach().requires_grad_(True)
+        leaves.append(noise)
+    state = NoiseState(5) if not (isinstance(noise, torch.Tensor) and noise.dim() == xr.dim()) else None
+    br, bf = noisy_clean_batch(xr, xf, noise, mode, state=state, backend=backend)
+    up_r, up_f = torch.randn(br.shape, generator=torch.Generator().manual_seed(3)).to(br.dtype), torch.ones_like(bf)
+    grads = torch.autograd.grad((br * up_r).sum() + (bf * up_f).sum(), leaves)
+    return [br, bf, *grads] + ([state.get_state()] if state is not None else [])
+
+
+# F = 75 (scalar) / 48 (vectorised, 4-element per-channel planes); C inner sizes pick 1 / 8 / 32 / 256 threads
+@pytest.mark.parametrize("shape", [(3, 5, 5), (3, 4, 4), (2, 60), (1, 700), (1, 5000)],
+                         ids=["F75", "F48-vec", "C2x60", "C1x700", "C1x5000"])
+@pytest.mark.parametrize("kind", ["float", "sigma", "channel", "eps"])
+@pytest.mark.parametrize("mode", ["double", "half"])
+def test_noise_variants_float64(emulated, shape, kind, mode):
+    case = _noise_case(kind, 7, shape, mode, torch.float64, "aligned")
+    for a, b in zip(_noise_run("cuda", *case, mode), _noise_run("cpu", *case, mode)):
+        assert not a.isnan().any()
+        _close(a, b, torch.float64, tol=NORMALS_TOL if kind != "eps" else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_noise_storage_dtypes_and_strided_rows(emulated, dtype):
+    for layout in ("aligned", "strided"):
+        case = _noise_case("sigma", 6, (3, 4, 4), "double", dtype, layout)
+        for a, b in zip(_noise_run("cuda", *case, "double"), _noise_run("cpu", *case, "double")):
+            _close(a, b, dtype)
+
+
+# ---------------------------------------------------------------- mu-weighted clean / noisy losses
+
+@pytest.mark.parametrize("n_real,n_fake", [(100, 100), (5000, 300), (9000, 9000)])  # one pass; two passes
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+def test_nt_losses_one_and_two_pass(emulated, n_real, n_fake, loss, js):
+    g = torch.Generator().manual_seed(n_real)
+    lr = padded(3 * torch.randn(n_real, generator=g, dtype=torch.float64))
+    lf = padded(3 * torch.randn(n_fake, generator=g, dtype=torch.float64))
+
+    def run(backend):
+        a, b = lr.detach().requires_grad_(True), lf.detach().requires_grad_(True)
+        out = nt_losses(a, b, 0.3, loss=loss, js_weights=js, backend=backend)
+        outs = list(out) if js else [out]
+        total = sum(o.sum() * (k + 1) for k, o in enumerate(outs))
+        return outs + list(torch.autograd.grad(total, (a, b) if loss == "d" else (b,)))
+
+    for a, b in zip(run("cuda"), run("cpu")):
+        assert not a.isnan().any()
+        _close(a, b, torch.float64)
+
+
+# ---------------------------------------------------------------- BatchNorm passes of the closed form
+
+@pytest.mark.parametrize("shape", [(6, 5, 7), (2, 3, 20, 20), (3, 130, 2)], ids=["C5", "C3-S400", "C130"])
+@pytest.mark.parametrize("gamma", [True, False])
+def test_bn_closed_form_passes(emulated, shape, gamma):
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: padded(torch.randn(*s, generator=g, dtype=torch.float64))  # noqa: E731
+    h, t, rho, lam = r(*shape), r(*shape), r(*shape), r(*shape)
+    gm = r(shape[1]) if gamma else None
+
+    def chain(backend):
+        xhat, rstd = K.stats(h, 1e-5, backend)
+        out, mt, q = K.centered(xhat, t, rstd, gm, backend)
+        return [xhat, rstd, out, mt, q, *K.vjp(rho, lam, xhat, t, rstd, gm, mt, q, backend)]
+
+    for a, b in zip(chain("cuda"), chain("cpu")):
+        if a is not None:
+            assert not a.isnan().any()
+            _close(a, b, torch.float64)
+
+
+# ---------------------------------------------------------------- denoiser layers
+
+def _denoiser_pair(n, hidden, depth, training):
+    out = []
+    for backend in ("cuda", "cpu"):
+        torch.manual_seed(0)
+        den = Denoiser(n, hidden, depth, backend=backend, dtype=torch.float64)
+        with torch.no_grad():
+            for p in den.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        out.append(den.train(training))
+    return out
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_denoiser_loss_forward_and_backward(emulated, training):
+    # 70 hidden features: three column blocks of 32, the last partial; B = 37 rows: ragged over 16 row lanes
+    pair = _denoiser_pair(20, 70, 2, training)
+    h = padded(torch.randn(37, 20, dtype=torch.float64))
+    noise = padded(torch.randn(37, 20, dtype=torch.float64))
+    results = []
+    for den in pair:
+        hh = h.detach().requires_grad_(True)
+        loss = den.loss(hh, noise, detach=False)
+        loss.backward()
+        r = den(h.detach()) if not training else None
+        results.append([loss, hh.grad, *(p.grad for p in den.parameters()), *den.buffers()]
+                       + ([r] if r is not None else []))
+    for a, b in zip(*results):
+        _close(a, b, torch.float64)
+
+
+def test_denoiser_generator_term(emulated):
+    h = padded(torch.randn(19, 33, dtype=torch.float64))
+    results = []
+    for den in _denoiser_pair(33, 40, 1, True):
+        hh = h.detach().requires_grad_(True)
+        loss = den.generator_loss(hh)
+        loss.backward()
+        results.append([loss, hh.grad, *den.buffers()])
+    for a, b in zip(*results):
+        _close(a, b, torch.float64)
+
+
+# ---------------------------------------------------------------- every launch site runs
+
+def test_every_kernel_launch_site_runs(emulated):
+    """The cases above, smallest first, launch every `<<<...>>>` in csrc/cuda at least once."""
+    emulated.emu_reset_launches()
+    for F, layout in [(3, "aligned"), (40, "aligned"), (40, "offset"), (300, "strided"), (3000, "aligned")]:
+        _penalty_run("cuda", *_penalty_case(3, F, torch.float32, layout))
+    for shape in [(3, 5, 5), (3, 4, 4)]:
+        for kind in ("float", "eps", "channel"):
+            _noise_run("cuda", *_noise_case(kind, 4, shape, "double", torch.float32, "aligned"), "double")
+    for n in (10, 5000):
+        a = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        sum(o.sum() for o in nt_losses(a, b, 0.3, loss="d", js_weights=True, backend="cuda")).backward()
+        a32, b32 = a.detach().float().requires_grad_(True), b.detach().float().requires_grad_(True)
+        nt_losses(a32, b32, 0.3, loss="g", backend="cuda").backward()
+    test_bn_closed_form_passes(emulated, (2, 3, 4), True)
+    for training in (True, False):
+        for dtype in (torch.float32, torch.float64):
+            den = Denoiser(6, 8, 1, backend="cuda", dtype=dtype).train(training)
+            h = torch.randn(5, 6, dtype=dtype)
+            den.loss(h.requires_grad_(True)).backward()
+            den.generator_loss(h.detach().requires_grad_(True)).backward()
+            den(h.detach())
+    launched = {site for site, _ in emulated.emu_launches()}
+    missing = cuda_emu_build().launch_sites() - launched
+    assert not missing, f"kernel launches never run in the emulator: {sorted(missing)}"
+
+
+def test_launch_rewrite_keeps_statements_and_lines():
+    rewrite = cuda_emu_build().rewrite_launches
+    src = ("if (v)\n  k<T, A, 4, true><<<grid, kThreads, 0, st>>>(\n      f(a, b), reinterpret_cast<const T*>(g));\n"
+           "else\n  ns::k2<float><<<dim3(n), dim3(32, 16), 0, st>>>(a);\n")
+    out = rewrite(src, "x.cu")
+    assert out.count("\n") == src.count("\n")
+    assert ('::emu::Launch(grid, kThreads, 0, st).run("x.cu:2", __PRETTY_FUNCTION__, [&] { k<T, A, 4, true>('
+            "\n      f(a, b), reinterpret_cast<const T*>(g)); });") in out
+    assert ('::emu::Launch(dim3(n), dim3(32, 16), 0, st).run("x.cu:5", __PRETTY_FUNCTION__, [&] { ns::k2<float>(a); })'
+            in out)
