@@ -67,7 +67,8 @@ def _d_cases():
     for dev in DEVICES:
         for arch, B in D_CASES[dev]:
             for backend in ["none", "reference"] + fused_backends(dev):
-                yield pytest.param(dev, arch, B, backend, id=f"{dev}-{arch}-B{B}-{backend}")
+                # [device-impl-case], as bench/goals.py groups benchmarks to compare backends
+                yield pytest.param(dev, arch, B, backend, id=f"{dev}-{backend}-{arch}-B{B}")
 
 
 @pytest.mark.parametrize("device,arch,B,backend", list(_d_cases()))
