@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +125,14 @@ def build(out_dir: str | os.PathLike | None = None) -> Path:
         raise RuntimeError("the CUDA emulator needs the CUDA toolkit's headers (cuda_runtime.h): set CUDA_HOME")
     host, cuda = _sources()
     base = Path(out_dir or os.environ.get("FASTGAN_CUDA_EMU_CACHE", Path.home() / ".cache" / "fastgan" / "cuda_emu"))
-    out = base / _key(host, cuda, cuda_inc)
+    key = _key(host, cuda, cuda_inc)
+    out = base / key
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: the temporary directory still works
+        out = Path(tempfile.gettempdir()) / "fastgan_cuda_emu" / key
+        out.mkdir(parents=True, exist_ok=True)
     target = out / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
