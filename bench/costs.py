@@ -105,11 +105,16 @@ def main(argv=None):
         print(f"{r['model']:14s} {r['mode']:16s} {r['gflop']:9.3f} GFLOP ({r['flops_vs_unregularized']:.2f}x)  "
               f"{r['kernels']:5d} kernels ({r['kernels_vs_unregularized']:.2f}x)")
     if a.json:
-        out = {"what": "costs of one D update per penalty mode, counted on CPU (device-independent)",
-               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-               "how": f"python bench/costs.py --width {a.width} --models {a.models}", "rows": rows}
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_rows(a.json, "costs of one D update per penalty mode, counted on CPU (device-independent)",
+                   f"python bench/costs.py --width {a.width} --models {a.models}", rows)
+
+
+def write_rows(path: str, what: str, how: str, rows: list[dict]) -> None:
+    """A counting script's JSON for bench/results/: what was counted, when, with which torch, how to redo it."""
+    out = {"what": what, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "how": how,
+           "rows": rows}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,13 @@ roughly kernels x a per-kernel floor, so these counts bound what each implementa
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: Triton launches on CPU tensors
 
-import torch  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(__file__))
-from costs import Costs  # noqa: E402
+from costs import Costs, write_rows  # noqa: E402
 
 IMPLS = ("reference", "cpu", "triton")
 LABELS = {"reference": "reference (nn.Sequential)", "cpu": "torch GEMMs + fused layers (cpu / cuda backends)",
@@ -112,11 +108,8 @@ def main(argv=None):
         print(f"depth {r['depth']}  {r['label']:50s} {r['total']:4d} kernels ({r['torch_ops']} torch, "
               f"{r['fastgan_kernels']} fastgan)  {r['vs_reference']:.2f}x the reference's")
     if a.json:
-        out = {"what": "kernels per denoiser training step (loss forward + backward), counted on CPU",
-               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-               "how": "TRITON_INTERPRET=1 python bench/costs_denoiser.py", "rows": rows}
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_rows(a.json, "kernels per denoiser training step (loss forward + backward), counted on CPU",
+                   "TRITON_INTERPRET=1 python bench/costs_denoiser.py", rows)
 
 
 if __name__ == "__main__":

@@ -61,4 +61,3 @@ def _emulated_cuda_backend(request):
         from helpers import emulate_cuda
 
         emulate_cuda(request.getfixturevalue("monkeypatch"), request.getfixturevalue("cuda_emu_module"))
-    yield

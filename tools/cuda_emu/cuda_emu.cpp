@@ -57,7 +57,8 @@ struct Block {
   int current = -1;
   std::string failure;
 
-  // Opens `gate` if every live thread waits there: its waiters (state `at`, in `members`) may run again.
+  // Opens `gate` if every live thread waits there: its waiters (fibers first..first+count-1 in state `at`)
+  // may run again.
   void maybe_open(Gate& gate, State at, int first, int count) {
     if (gate.arrived == 0 || gate.arrived < gate.live) return;
     gate.arrived = 0;
