@@ -2,7 +2,7 @@
 
 Switches (environment variables):
   FASTGAN_CUDA=auto|0|1   build CUDA kernels when nvcc is found (auto), never (0), or fail without nvcc (1)
-  FASTGAN_CUDA_ARCH       ';'-separated SM list, default "80;90"; TORCH_CUDA_ARCH_LIST is respected when set
+  FASTGAN_CUDA_ARCH       ';'-separated SM list, default "75;80;90"; TORCH_CUDA_ARCH_LIST is respected when set
   FASTGAN_BUILD_TYPE      CMake build type, default Release
   CMAKE_BUILD_PARALLEL_LEVEL  parallel compile jobs
 """
@@ -17,6 +17,9 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+# Turing (T4, RTX 20xx: the oldest nvcc 13 builds), Ampere (sm_86/89 run sm_80's code), Hopper; newer GPUs
+# JIT-compile sm_90's PTX. Keep in step with CMakeLists.txt.
+DEFAULT_CUDA_ARCH = "75;80;90"
 
 
 def find_nvcc():
@@ -39,7 +42,7 @@ def cuda_archs():
                 raise RuntimeError(f"TORCH_CUDA_ARCH_LIST: cannot parse {item!r}")
             archs.append(f"{m.group(1)}{m.group(2)}{m.group(3)}")
         return ";".join(archs)
-    return os.environ.get("FASTGAN_CUDA_ARCH", "80;90")
+    return os.environ.get("FASTGAN_CUDA_ARCH", DEFAULT_CUDA_ARCH)
 
 
 class CMakeExtension(Extension):

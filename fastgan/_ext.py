@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from pathlib import Path
 
 import torch
@@ -37,8 +38,55 @@ def available() -> tuple[bool, str]:
     return mod is not None, err or ""
 
 
-def cuda_status() -> tuple[bool, str]:
-    """Whether the extension's CUDA kernels can run here, and why not when they can't."""
+def arch_runs_on(arch: str, capability: tuple[int, int]) -> str | None:
+    """How one entry of the build's CMake CUDA_ARCHITECTURES ("80", "90-real", "90a", "100f-virtual", ...) runs on a
+    GPU of compute `capability`: "sass" (binary code for it), "ptx" (the driver JIT-compiles the PTX at first
+    launch), or None. A plain entry embeds both, "-real" only SASS, "-virtual" only PTX. SASS runs on the same
+    major version at an equal or higher minor; PTX on any equal or higher capability; "a" (arch-specific) code only
+    on that exact capability, "f" (family) code on the same major version."""
+    m = re.fullmatch(r"(\d+?)(\d)([af]?)(?:-(real|virtual))?", arch.strip())
+    if m is None:
+        raise ValueError(f"cannot parse CUDA architecture {arch!r}")
+    built = (int(m.group(1)), int(m.group(2)))
+    suffix, kind = m.group(3), m.group(4)
+    if suffix == "a":
+        fits_sass = fits_ptx = capability == built
+    elif suffix == "f":
+        fits_sass = fits_ptx = capability[0] == built[0] and capability[1] >= built[1]
+    else:
+        fits_sass = capability[0] == built[0] and capability[1] >= built[1]
+        fits_ptx = capability >= built
+    if kind != "virtual" and fits_sass:
+        return "sass"
+    if kind != "real" and fits_ptx:
+        return "ptx"
+    return None
+
+
+def archs_status(archs: list[str], capability: tuple[int, int], name: str = "this GPU") -> tuple[bool, str]:
+    """Whether kernels built for `archs` run on a GPU of `capability`, and why not when they cannot."""
+    ways = [arch_runs_on(a, capability) for a in archs]
+    if "sass" in ways or "ptx" in ways:
+        return True, ""
+    have = ", ".join(f"sm_{a}" for a in archs) or "no architecture"
+    cc = f"{capability[0]}{capability[1]}"
+    return False, (f"fastgan._C's CUDA kernels were built for {have}, which cannot run on {name} (sm_{cc}): "
+                   f"rebuild with FASTGAN_CUDA_ARCH={cc} pip install . (CUDA 13's nvcc builds sm_75 and newer)")
+
+
+_capabilities: dict = {}
+
+
+def _device_capability(device: torch.device) -> tuple[tuple[int, int], str]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capabilities:  # queried once per device: backend resolution runs on every op call
+        _capabilities[index] = (tuple(torch.cuda.get_device_capability(index)), torch.cuda.get_device_name(index))
+    return _capabilities[index]
+
+
+def cuda_status(device: torch.device | None = None) -> tuple[bool, str]:
+    """Whether the extension's CUDA kernels can run here (on `device`'s GPU when given, checking that the build
+    holds code for its architecture), and why not when they can't."""
     mod, err = _load()
     if mod is None:
         return False, err
@@ -46,7 +94,10 @@ def cuda_status() -> tuple[bool, str]:
         return False, "fastgan._C was built without CUDA (no nvcc at build time, or FASTGAN_CUDA=0)"
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
-    return True, ""
+    if device is None:
+        return True, ""
+    capability, name = _device_capability(device)
+    return archs_status([a for a in mod.cuda_archs.split(",") if a], capability, name)
 
 
 def stream_handle(device: torch.device) -> int:

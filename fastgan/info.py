@@ -17,6 +17,21 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _cuda_devices(C) -> list[dict]:
+    """Each visible GPU, its architecture, and how fastgan's CUDA kernels run on it: from their machine code
+    ("sass"), JIT-compiled from PTX at the first launch ("ptx"), or not at all (None)."""
+    if not torch.cuda.is_available():
+        return []
+    archs = [a for a in (C.cuda_archs.split(",") if C is not None and C.cuda_compiled else []) if a]
+    out = []
+    for i in range(torch.cuda.device_count()):
+        cc = tuple(torch.cuda.get_device_capability(i))
+        ways = [_ext.arch_runs_on(a, cc) for a in archs]
+        out.append({"index": i, "name": torch.cuda.get_device_name(i), "capability": f"{cc[0]}.{cc[1]}",
+                    "fastgan_code": "sass" if "sass" in ways else "ptx" if "ptx" in ways else None})
+    return out
+
+
 def info(print_report: bool = False) -> dict:
     """A dict describing versions, the extension and, per device type, which backends are usable.
 
@@ -35,6 +50,7 @@ def info(print_report: bool = False) -> dict:
                       "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
                       "openmp": bool(C and C.openmp)},
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda_devices": _cuda_devices(C),
         "backends": {},
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -63,6 +79,12 @@ def format_report(r: dict) -> str:
         lines.append(f"  CUDA kernels: {'sm_' + ', sm_'.join(ext['cuda_archs']) if ext['cuda_compiled'] else 'not built'}"
                      f"; OpenMP: {'yes' if ext['openmp'] else 'no'}")
     lines.append(f"CUDA device: {r['cuda_device'] or 'none'}")
+    code = {"sass": "machine code for it", "ptx": "JIT-compiled from PTX at the first launch",
+            None: "cannot run there (no code for this architecture; see FASTGAN_CUDA_ARCH)"}
+    for d in r.get("cuda_devices", []):
+        where = code[d["fastgan_code"]] if ext["cuda_compiled"] else "not built"
+        lines.append(f"  cuda:{d['index']} {d['name']} (sm_{d['capability'].replace('.', '')}): fastgan's CUDA "
+                     f"kernels: {where}")
     for dev, backends in r["backends"].items():
         lines.append(f"backends for {dev} tensors:")
         for name, st in backends.items():

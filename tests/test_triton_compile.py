@@ -4,7 +4,8 @@ The interpreter runs the kernels' Python on CPU tensors; it never lowers them, s
 and still fail to compile, or spill registers, on a GPU. Here the ops run once on CPU tensors under the interpreter
 while each launch's specialization is recorded (the kernel, its argument types, its constexpr values); a child
 process without the interpreter then compiles each one with Triton's compiler and bundled ptxas for sm_90 (the
-H100/H200's architecture): every one must produce a cubin, and ptxas must report no register spills (the
+H100/H200's architecture), sm_80 (A100, the oldest Ampere) and sm_75 (T4, RTX 20xx), one child per
+architecture, side by side: every one must produce a cubin, and ptxas must report no register spills (the
 denoiser's fused GEMMs: at most 32 bytes, see SPILL_BUDGET). (These are
 the specializations this CPU run launches: the noise, loss and penalty kernels pick their block sizes as on a GPU;
 the denoiser's and BatchNorm passes' per-feature kernels pick smaller ones for the interpreter, and the GPU's own
@@ -145,9 +146,11 @@ from triton.compiler import ASTSource
 
 import inspect
 from triton.backends.nvidia.compiler import get_ptxas
+ARCH = int(sys.argv[1])
 # the ptxas Triton itself compiles with (3.9 bundles two: "ptxas" is too old for its own PTX); get_ptxas() takes the
 # architecture from triton 3.6 on
-PTXAS = (get_ptxas(90) if inspect.signature(get_ptxas).parameters else get_ptxas()).path
+PTXAS = (get_ptxas(ARCH) if inspect.signature(get_ptxas).parameters else get_ptxas()).path
+SM = "sm_90a" if ARCH == 90 else f"sm_{ARCH}"  # Triton's own choice for Hopper
 results = []
 for spec in json.load(sys.stdin):
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
@@ -156,10 +159,10 @@ for spec in json.load(sys.stdin):
                     constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     name = spec["module"] + "." + spec["name"]
     try:
-        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=spec["options"] or None)
+        ck = triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options=spec["options"] or None)
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(ck.asm["ptx"])
-        info = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True,
+        info = subprocess.run([PTXAS, f"-arch={SM}", "-v", f.name, "-o", os.devnull], capture_output=True,
                               text=True).stderr
         os.unlink(f.name)
         regs = re.search(r"Used (\d+) registers", info)
@@ -174,10 +177,16 @@ print(json.dumps(results))
 """
 
 
-def test_every_launched_kernel_compiles_for_sm90(monkeypatch, tmp_path):
-    seen = _record_launches(monkeypatch)
-    _run_every_op()
-    monkeypatch.undo()
+ARCHS = (90, 80, 75)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """{arch: (child's return code, stderr, results)}: the ops run once under the interpreter, their launches'
+    specializations compiled for each architecture by children running side by side."""
+    with pytest.MonkeyPatch.context() as mp:
+        seen = _record_launches(mp)
+        _run_every_op()
     specs = list(seen.values())
     kernels = {(s["module"].rsplit(".", 1)[-1], s["name"]) for s in specs}
     assert {m for m, _ in kernels} == {"penalty", "noise", "nt_losses", "denoiser", "denoiser_gemm",
@@ -185,20 +194,40 @@ def test_every_launched_kernel_compiles_for_sm90(monkeypatch, tmp_path):
     assert len(kernels) == 17, sorted(kernels)  # every @triton.jit kernel the package launches
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # cwd: not the checkout, whose source tree (without fastgan.kernels) would shadow the installed package
-    run = subprocess.run([sys.executable, "-c", _COMPILE], input=json.dumps(specs), env=env, capture_output=True,
-                         text=True, timeout=900, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == len(specs)
+    cwd = tmp_path_factory.mktemp("compile")
+    children = {arch: subprocess.Popen([sys.executable, "-c", _COMPILE, str(arch)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                for arch in ARCHS}
+    out = {}
+    for arch, child in children.items():
+        stdout, stderr = child.communicate(json.dumps(specs), timeout=900)
+        results = json.loads(stdout.strip().splitlines()[-1]) if child.returncode == 0 else None
+        out[arch] = (child.returncode, stderr, results, len(specs))
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_launched_kernel_compiles(compiled, arch):
+    returncode, stderr, results, n_specs = compiled[arch]
+    assert returncode == 0, stderr[-3000:]
+    assert len(results) == n_specs
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
     assert all(r["registers"] for r in results), [r for r in results if not r["registers"]]  # ptxas -v was read
     spilled = [(r["kernel"], r["consts"], r["spill_bytes"]) for r in results
-               if (r["spill_bytes"] or 0) > SPILL_BUDGET.get(r["kernel"].rsplit(".", 1)[0], 0)]
+               if (r["spill_bytes"] or 0) > _spill_budget(r["kernel"].rsplit(".", 1)[0], arch)]
     assert not spilled, f"register spills: {spilled}"
 
 
 # The denoiser's fused GEMMs keep a tile, both operands and a layer's BatchNorm coefficients live; ptxas spills
-# 4-24 bytes in some of their variants (sm_90, 32 x 64 tiles) while using 72-96 of 255 registers: its choice, not
-# a shortage (64 x 64 tiles spilled 168 bytes, caught here). Bounded, every other kernel at zero.
+# 4-24 bytes in some of their variants (sm_90, 32 x 64 tiles; 4-16 bytes on sm_80 and sm_75) while using 72-96 of
+# 255 registers: its choice, not a shortage (64 x 64 tiles spilled 168 bytes, caught here). Bounded, every other
+# kernel at zero on sm_90. On the older architectures Triton 3.9 (not 3.6) has ptxas spill 4 bytes in two variants
+# of the penalty's and the noise op's backward (sm_80, at 128 and 80 of 255 registers): a few bytes are let pass
+# there, a real shortage spills hundreds.
 SPILL_BUDGET = {"fastgan.kernels.denoiser_gemm": 32}
+OLDER_ARCH_SPILL_BUDGET = 8
+
+
+def _spill_budget(module: str, arch: int) -> int:
+    return max(SPILL_BUDGET.get(module, 0), OLDER_ARCH_SPILL_BUDGET if arch < 90 else 0)

@@ -118,7 +118,7 @@ def status(backend: str, device: torch.device) -> tuple[bool, str]:
     if backend == "cuda":
         if device.type != "cuda":
             return False, f"the cuda backend needs CUDA tensors, got {device.type}"
-        return _ext.cuda_status()
+        return _ext.cuda_status(device)
     if backend == "triton":
         return triton_status(device)
     raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")

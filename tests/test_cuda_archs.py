@@ -1,0 +1,150 @@
+"""Which GPUs the built CUDA kernels run on: the arch rules, the dispatcher's use of them on a GPU the build has no
+code for (the cuda backend is refused with the reason; "auto" moves on), `fastgan info`, and the binary itself
+(each architecture the build reports holds the code the rules assume)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastgan
+from fastgan import _ext
+from fastgan.ops import _dispatch
+
+ROOT = Path(__file__).resolve().parents[1]
+info = importlib.import_module("fastgan.info")  # the module: fastgan.info is also the function
+
+
+@pytest.mark.parametrize("arch, capability, way", [
+    ("80", (8, 0), "sass"), ("80", (8, 6), "sass"), ("80", (8, 9), "sass"),  # A100; RTX 30xx, L4/RTX 40xx
+    ("80", (7, 5), None), ("80", (9, 0), "ptx"),
+    ("75", (7, 5), "sass"), ("75", (8, 0), "ptx"),
+    ("90", (9, 0), "sass"), ("90", (10, 0), "ptx"), ("90", (12, 0), "ptx"),  # Blackwell JITs Hopper's PTX
+    ("90-real", (10, 0), None), ("90-real", (9, 0), "sass"), ("80-virtual", (8, 6), "ptx"),
+    ("90a", (9, 0), "sass"), ("90a", (10, 0), None), ("100f", (10, 3), "sass"), ("100f", (12, 0), None),
+    ("120", (12, 0), "sass"),
+])
+def test_arch_rules(arch, capability, way):
+    assert _ext.arch_runs_on(arch, capability) == way
+
+
+def test_unparsable_arch_is_named():
+    with pytest.raises(ValueError, match="'sm80'"):
+        _ext.arch_runs_on("sm80", (8, 0))
+
+
+def test_status_names_the_build_and_the_gpu():
+    assert _ext.archs_status(["75", "80", "90"], (8, 6), "RTX 3090") == (True, "")
+    ok, why = _ext.archs_status(["80", "90"], (7, 5), "Tesla T4")
+    assert not ok
+    assert "sm_80, sm_90" in why and "Tesla T4 (sm_75)" in why and "FASTGAN_CUDA_ARCH=75" in why
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA build for `archs` and one visible GPU of `capability`, without touching CUDA."""
+    def make(archs: str, capability: tuple[int, int], name: str):
+        module = types.SimpleNamespace(cuda_compiled=True, cuda_archs=archs)
+        monkeypatch.setattr(_ext, "_load", lambda: (module, None))
+        monkeypatch.setattr(_ext, "_capabilities", {})
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: name)
+        monkeypatch.setattr(_dispatch, "_warned", set())
+        return module
+    return make
+
+
+def test_cuda_backend_refused_on_a_gpu_without_code(fake_gpu, monkeypatch):
+    fake_gpu("80,90", (7, 5), "Tesla T4")
+    gpu = torch.device("cuda")
+    ok, why = _dispatch.status("cuda", gpu)
+    assert not ok and "Tesla T4 (sm_75)" in why
+    with pytest.raises(_dispatch.BackendUnavailable, match=r"backend 'cuda' cannot run here: .*sm_75"):
+        _dispatch.resolve("grad_norm_penalty", gpu, "cuda")
+    # "auto" moves on to Triton, or, without it, says why it runs the reference
+    monkeypatch.setattr(_dispatch, "triton_status", lambda device: (True, ""))
+    assert _dispatch.resolve("grad_norm_penalty", gpu, None) == "triton"
+    monkeypatch.setattr(_dispatch, "triton_status", lambda device: (False, "triton is not installed"))
+    with pytest.warns(_dispatch.FallbackWarning, match=r"cuda: fastgan._C's CUDA kernels were built for sm_80"):
+        assert _dispatch.resolve("grad_norm_penalty", gpu, None) == "reference"
+
+
+@pytest.mark.parametrize("capability", [(8, 6), (9, 0), (10, 0)])
+def test_cuda_backend_taken_where_the_build_runs(fake_gpu, capability):
+    fake_gpu("75,80,90", capability, "GPU")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _dispatch.resolve("grad_norm_penalty", torch.device("cuda"), None) == "cuda"
+
+
+def test_capability_is_read_once_per_device(fake_gpu, monkeypatch):
+    fake_gpu("80,90", (8, 0), "A100")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: calls.append(i) or (8, 0))
+    for _ in range(3):
+        assert _ext.cuda_status(torch.device("cuda", 0)) == (True, "")
+    assert calls == [0]
+
+
+def test_info_lists_each_gpu_and_how_the_kernels_run_there(fake_gpu):
+    fake_gpu("80-real,90", (8, 0), "A100")
+    assert info._cuda_devices(_ext.C()) == [{"index": 0, "name": "A100", "capability": "8.0",
+                                             "fastgan_code": "sass"}]
+    fake_gpu("80-real,90", (10, 0), "B200")
+    assert info._cuda_devices(_ext.C())[0]["fastgan_code"] == "ptx"
+    fake_gpu("80-real,90", (7, 5), "Tesla T4")
+    devices = info._cuda_devices(_ext.C())
+    assert devices[0]["fastgan_code"] is None
+    report = {"fastgan": "x", "torch": "x", "torch_cuda": "13.0", "triton": None, "triton_interpret": False,
+              "extension": {"loaded": True, "error": None, "cuda_compiled": True, "cuda_archs": ["80-real", "90"],
+                            "openmp": True},
+              "cuda_device": "Tesla T4", "cuda_devices": devices, "backends": {}}
+    assert "cuda:0 Tesla T4 (sm_75): fastgan's CUDA kernels: cannot run there" in info.format_report(report)
+
+
+def test_default_architectures_agree():
+    setup_default = re.search(r'DEFAULT_CUDA_ARCH = "([^"]+)"', (ROOT / "setup.py").read_text()).group(1)
+    cmake_default = re.search(r'set\(FASTGAN_CUDA_ARCH "([^"]+)"', (ROOT / "CMakeLists.txt").read_text()).group(1)
+    assert setup_default == cmake_default == "75;80;90"
+
+
+def _cuobjdump() -> str | None:
+    spec = importlib.util.find_spec("triton")  # triton's wheel bundles the CUDA binary utilities
+    for root in ([*spec.submodule_search_locations] if spec else []):
+        tool = Path(root) / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if tool.exists():
+            return str(tool)
+    return None
+
+
+def test_binary_holds_the_code_the_rules_assume():
+    import fastgan._C as C
+
+    if not C.cuda_compiled:
+        pytest.skip("fastgan._C was built without CUDA here")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (it comes with triton's wheel)")
+    lib = C.__file__
+    listed = {kind: subprocess.run([tool, f"--list-{kind}", lib], capture_output=True, text=True, check=True).stdout
+              for kind in ("elf", "ptx")}
+    archs = C.cuda_archs.split(",")
+    for arch in archs:
+        m = re.fullmatch(r"(\d+[af]?)(?:-(real|virtual))?", arch)
+        sass = re.search(rf"\.sm_{m.group(1)}\.cubin", listed["elf"]) is not None
+        ptx = re.search(rf"\.sm_{m.group(1)}\.ptx", listed["ptx"]) is not None
+        assert sass == (m.group(2) != "virtual") and ptx == (m.group(2) != "real"), (arch, listed)
+    if os.environ.get("CI") and not (os.environ.get("FASTGAN_CUDA_ARCH") or os.environ.get("TORCH_CUDA_ARCH_LIST")):
+        assert archs == ["75", "80", "90"]  # CI builds the default: Turing's code compiles too
+    assert fastgan.info()["extension"]["cuda_archs"] == archs
