@@ -51,6 +51,9 @@ def cuda_emu_module():
     build = cuda_emu_build()
     if build.cuda_include() is None:
         pytest.skip("the CUDA emulator compiles against the CUDA toolkit's headers: none found (set CUDA_HOME)")
+    if os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise pytest.UsageError("FASTGAN_CUDA_EMU_SANITIZE=address needs the AddressSanitizer runtime preloaded: "
+                                "LD_PRELOAD=$(g++ -print-file-name=libasan.so) (tests/test_cuda_emu_sanitized.py)")
     return build.load(build.build())
 
 

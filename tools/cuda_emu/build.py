@@ -28,6 +28,19 @@ FLAGS = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragma
          "-DFASTGAN_WITH_CUDA=1", '-DFASTGAN_CUDA_ARCHS="emulated"']
 
 
+# AddressSanitizer: every global-memory access of the emulated kernels is checked against the tensors' allocations
+# (torch allocates host tensors with malloc, which the preloaded runtime pads with poisoned red zones): what
+# compute-sanitizer's memcheck does on a GPU, for reads and writes alike.
+SANITIZE_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
+def asan_preload() -> str | None:
+    """The compiler's AddressSanitizer runtime (for LD_PRELOAD: Python itself is not instrumented), or None."""
+    r = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    path = r.stdout.strip()
+    return path if r.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
 def cuda_include() -> Path | None:
     """The CUDA toolkit's include directory (headers only are used), or None."""
     for base in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
@@ -106,10 +119,10 @@ def _includes(cuda_inc: Path) -> list[str]:
             "-isystem", pybind11.get_include(), "-isystem", sysconfig.get_paths()["include"]]
 
 
-def _key(host, cuda, cuda_inc) -> str:
+def _key(host, cuda, cuda_inc, extra) -> str:
     h = hashlib.sha256()
     version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
-    for part in (version, " ".join(FLAGS), str(cuda_inc), sys.version):
+    for part in (version, " ".join(FLAGS + extra), str(cuda_inc), sys.version):
         h.update(part.encode())
     for path in [*host, *cuda, HERE / "cuda_emu.h", *sorted((ROOT / "csrc" / "include").rglob("*"))]:
         if path.is_file():
@@ -118,14 +131,20 @@ def _key(host, cuda, cuda_inc) -> str:
     return h.hexdigest()[:16]
 
 
-def build(out_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the emulated module (built if its cached copy is missing or stale)."""
+def build(out_dir: str | os.PathLike | None = None, sanitize: str | None = None) -> Path:
+    """Path of the emulated module (built if its cached copy is missing or stale). sanitize="address" (default:
+    $FASTGAN_CUDA_EMU_SANITIZE) builds it with AddressSanitizer: load it only in a process started with
+    asan_preload() in LD_PRELOAD."""
+    sanitize = sanitize if sanitize is not None else os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") or None
+    if sanitize not in (None, "address"):
+        raise ValueError(f"sanitize must be None or 'address', got {sanitize!r}")
+    extra = SANITIZE_FLAGS if sanitize else []
     cuda_inc = cuda_include()
     if cuda_inc is None:
         raise RuntimeError("the CUDA emulator needs the CUDA toolkit's headers (cuda_runtime.h): set CUDA_HOME")
     host, cuda = _sources()
     base = Path(out_dir or os.environ.get("FASTGAN_CUDA_EMU_CACHE", Path.home() / ".cache" / "fastgan" / "cuda_emu"))
-    key = _key(host, cuda, cuda_inc)
+    key = _key(host, cuda, cuda_inc, extra)
     out = base / key
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -136,11 +155,11 @@ def build(out_dir: str | os.PathLike | None = None) -> Path:
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            _compile(out, target, host, cuda, cuda_inc)
+            _compile(out, target, host, cuda, cuda_inc, extra)
     return target
 
 
-def _compile(out: Path, target: Path, host, cuda, cuda_inc) -> None:
+def _compile(out: Path, target: Path, host, cuda, cuda_inc, flags) -> None:
     inc = _includes(cuda_inc)
     jobs = []
     for src in cuda:
@@ -152,7 +171,7 @@ def _compile(out: Path, target: Path, host, cuda, cuda_inc) -> None:
     def compile_one(job):
         src, extra = job
         obj = out / (src.stem + ".o")
-        cmd = [CXX, *FLAGS, *inc, *extra, "-c", str(src), "-o", str(obj)]
+        cmd = [CXX, *FLAGS, *flags, *inc, *extra, "-c", str(src), "-o", str(obj)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"compiling {src} for the CUDA emulator failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}")
@@ -161,7 +180,7 @@ def _compile(out: Path, target: Path, host, cuda, cuda_inc) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         objs = list(pool.map(compile_one, jobs))
     tmp = target.with_suffix(".tmp")
-    cmd = [CXX, "-shared", "-pthread", *map(str, objs), "-o", str(tmp)]
+    cmd = [CXX, "-shared", "-pthread", *flags, *map(str, objs), "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the CUDA emulator module failed:\n{r.stderr[-6000:]}")

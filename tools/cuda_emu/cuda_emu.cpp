@@ -290,6 +290,11 @@ cudaError_t cudaGetDevice(int* device) {
 namespace {
 void register_emulator(pybind11::module_& m) {
   m.attr("cuda_emulated") = true;
+#if defined(__SANITIZE_ADDRESS__)
+  m.attr("emu_sanitizer") = "address";
+#else
+  m.attr("emu_sanitizer") = pybind11::none();
+#endif
   m.def("emu_launches", &emu::launch_counts,
         "{(\"file.cu:line\", launching function's signature): launches} since the last emu_reset_launches()");
   m.def("emu_reset_launches", &emu::reset_launch_counts);
