@@ -1,9 +1,10 @@
 """fastgan's CUDA C++ kernels under AddressSanitizer, in the CUDA emulator: on a GPU, compute-sanitizer's memcheck
-finds a kernel reading or writing past a tensor; on the CPU, the emulated kernels are built with -fsanitize=address
-(tools/cuda_emu/build.py, sanitize="address") and run in a Python process with the sanitizer's runtime preloaded, so
-every access to a tensor torch allocated is checked against the allocation's poisoned red zones. (The NaN-padded
+finds a kernel reading or writing past a tensor, or a vector access through a misaligned address; on the CPU, the
+emulated kernels are built with -fsanitize=address,undefined (tools/cuda_emu/build.py, sanitize="address") and run
+in a Python process with the sanitizer's runtime preloaded, so every access to a tensor torch allocated is checked
+against the allocation's poisoned red zones, and every 16-byte pack access against its alignment. (The NaN-padded
 inputs of tests/ops/test_cuda_emulated.py catch stray reads that change a result; this catches stray writes too,
-and reads whose value is never used.)
+reads whose value is never used, and misaligned vector accesses, which x86 performs without complaint.)
 
 A child process runs tests/ops/test_cuda_emulated.py (every kernel variant and launch site) this way; a control
 launch with a size one past its tensors must be reported, so the check is known to be live."""
@@ -28,16 +29,20 @@ if RUNTIME is None or build.cuda_include() is None:
 
 
 def _run(args: list[str], tmp_path: Path, timeout: int) -> tuple[subprocess.CompletedProcess, str]:
-    """Runs `python args` with the sanitizer preloaded; returns the process and the sanitizer's error reports
-    (written to files, not stderr: pytest's capture would swallow a report printed just before the abort)."""
+    """Runs `python args` with the sanitizers preloaded; returns the process and their error reports (AddressSanitizer
+    writes them to files, UndefinedBehaviorSanitizer to stderr: a child pytest must not capture at the fd level, or
+    a report printed just before the abort is lost)."""
     log = tmp_path / "asan"
     env = dict(os.environ, LD_PRELOAD=RUNTIME, FASTGAN_CUDA_EMU_SANITIZE="address",
-               ASAN_OPTIONS=f"detect_leaks=0:log_path={log}")  # Python's own allocations are not leaks to chase
+               ASAN_OPTIONS=f"detect_leaks=0:log_path={log}",  # Python's own allocations are not leaks to chase
+               UBSAN_OPTIONS="print_stacktrace=1")
     run = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
                          cwd=tmp_path)
     reports = "".join(p.read_text() for p in sorted(tmp_path.glob("asan.*")))
     # the runtime warns once that it does not fully model swapcontext (the emulator's fibers); not an error
-    return run, "\n".join(line for line in reports.splitlines() if "makecontext/swapcontext" not in line)
+    reports = "\n".join(line for line in reports.splitlines() if "makecontext/swapcontext" not in line)
+    ub = run.stderr.find("runtime error:")
+    return run, reports + (run.stderr[max(0, run.stderr.rfind("\n", 0, ub)):] if ub >= 0 else "")
 
 
 CONTROL = r"""
@@ -68,7 +73,7 @@ def test_control_launch_past_the_tensors_is_reported(tmp_path, overrun):
 
 
 def test_every_emulated_kernel_variant_is_clean(tmp_path):
-    run, reports = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "-p", "no:xdist",
+    run, reports = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "-p", "no:xdist", "--capture=sys",
                          str(TESTS / "ops" / "test_cuda_emulated.py")], tmp_path, timeout=1200)
     assert reports == "", reports[-6000:]
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

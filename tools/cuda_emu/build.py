@@ -30,8 +30,11 @@ FLAGS = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragma
 
 # AddressSanitizer: every global-memory access of the emulated kernels is checked against the tensors' allocations
 # (torch allocates host tensors with malloc, which the preloaded runtime pads with poisoned red zones): what
-# compute-sanitizer's memcheck does on a GPU, for reads and writes alike.
-SANITIZE_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+# compute-sanitizer's memcheck does on a GPU, for reads and writes alike. With it UndefinedBehaviorSanitizer, whose
+# alignment check stands in for the GPU's "misaligned address" fault: the 16-byte packs of the vector paths are
+# alignas types, so a vector access through a misaligned pointer is reported (x86 would just load it); and signed
+# index overflow. Every report aborts.
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
 def asan_preload() -> str | None:
