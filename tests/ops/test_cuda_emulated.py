@@ -4,6 +4,9 @@ block sizes), against the cpu backend (float64: the same math headers, so equal 
 Inputs sit inside NaN-filled buffers, so a read past a tensor's end shows up as NaN. The last test checks that
 these cases launch every kernel launch site in csrc/cuda, so a new kernel cannot go untested here.
 
+Each case runs twice: threads and blocks in index order, then in reverse order, so a race between the threads of a
+block shows whichever of them writes first.
+
 The op-level test modules also run their CPU cases with backend="cuda" in the emulator (tests/conftest.py)."""
 from __future__ import annotations
 
@@ -17,10 +20,14 @@ from helpers import backend_calls, cuda_emu_build, emulate_cuda
 PAD = 16  # elements of NaN on either side of every input; a multiple of 4 keeps vector paths aligned
 
 
-@pytest.fixture
-def emulated(monkeypatch, cuda_emu_module):
+@pytest.fixture(params=["forward", "reverse"])
+def emulated(request, monkeypatch, cuda_emu_module):
+    """The emulated module, its threads and blocks run in index order, then in reverse: a race between two threads
+    of a block (a read of what another thread writes, no barrier between) reads the stale value under one order."""
     emulate_cuda(monkeypatch, cuda_emu_module)
-    return cuda_emu_module
+    cuda_emu_module.emu_set_schedule(request.param)
+    yield cuda_emu_module
+    cuda_emu_module.emu_set_schedule("forward")
 
 
 def padded(t: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -268,3 +275,13 @@ def test_launch_rewrite_keeps_statements_and_lines():
             "\n      f(a, b), reinterpret_cast<const T*>(g)); });") in out
     assert ('::emu::Launch(dim3(n), dim3(32, 16), 0, st).run("x.cu:5", __PRETTY_FUNCTION__, [&] { ns::k2<float>(a); })'
             in out)
+
+
+def test_shared_declarations_are_marked_for_poisoning():
+    src = ("  __shared__ unsigned long long s_seed, s_off;\n  __shared__ double red[TY][TX + 1];\n"
+           "  __shared__ T a[TX], b[TX];\n  int x = 0;\n")
+    out = cuda_emu_build().mark_shared(src)
+    assert out.count("\n") == src.count("\n")
+    for name in ("s_seed", "s_off", "red", "a", "b"):
+        assert f"::emu::shared_region(&{name}, sizeof({name}));" in out
+    assert out.splitlines()[3] == "  int x = 0;"

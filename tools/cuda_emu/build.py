@@ -100,6 +100,16 @@ def rewrite_launches(src: str, name: str = "kernel.cu") -> str:
     return "".join(out)
 
 
+def mark_shared(src: str) -> str:
+    """`__shared__ T a[N], b;` -> the same, then `::emu::shared_region(&a, sizeof(a));` for each variable, on the
+    same line (the emulator poisons each at its block's first use, see cuda_emu.h)."""
+    def calls(m: re.Match) -> str:
+        names = [re.findall(r"[A-Za-z_]\w*", re.sub(r"\[[^\]]*\]", "", piece))[-1] for piece in m.group(1).split(",")]
+        return m.group(0) + "".join(f" ::emu::shared_region(&{n}, sizeof({n}));" for n in names)
+
+    return re.sub(r"__shared__\s+([^;{}()]+);", calls, src)
+
+
 def launch_sites() -> set[str]:
     """Every kernel launch in csrc/cuda, as "file.cu:line" (what the emulated module's emu_launches() reports)."""
     sites = set()
@@ -167,7 +177,7 @@ def _compile(out: Path, target: Path, host, cuda, cuda_inc, flags) -> None:
     jobs = []
     for src in cuda:
         rewritten = out / (src.stem + "_emu.cpp")
-        rewritten.write_text(f'#line 1 "{src}"\n' + rewrite_launches(src.read_text(), src.name))
+        rewritten.write_text(f'#line 1 "{src}"\n' + mark_shared(rewrite_launches(src.read_text(), src.name)))
         jobs.append((rewritten, ["-include", str(HERE / "cuda_emu.h")]))
     jobs += [(src, []) for src in host]
 

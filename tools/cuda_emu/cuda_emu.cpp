@@ -7,7 +7,10 @@
 // counting. When no fiber can run and some still wait, no barrier can ever open (a barrier in divergent code,
 // or part of a warp at a shuffle while the rest waits at __syncthreads): the launch fails at once, saying so.
 // Scheduling is deterministic and a thread runs as far ahead as the barriers let it, so a missing
-// __syncthreads makes a thread read shared memory before the others wrote it, in every run.
+// __syncthreads makes a thread read shared memory before the others wrote it, in every run. Threads (and blocks)
+// run in index order, or in reverse order (emu_set_schedule("reverse")): a race between two threads of a block
+// (one writes what the other reads with no barrier between) reads the fresh value in one order and the stale one
+// in the other, so running a kernel under both orders exposes it whichever thread writes.
 #include "cuda_emu.h"
 
 #include <pybind11/pybind11.h>
@@ -16,6 +19,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -28,6 +32,7 @@
 namespace emu {
 
 thread_local ThreadCtx ctx;
+std::atomic<bool> reverse_schedule{false};
 
 namespace {
 
@@ -48,6 +53,7 @@ struct Fiber {
 }  // namespace
 
 struct Block {
+  unsigned long serial = 0;  // counts every block run in this process
   std::vector<Fiber> fibers;
   Gate block_gate;
   std::vector<Gate> warp_gates;
@@ -123,7 +129,9 @@ std::string describe_deadlock(const Block& b) {
 // Runs one block to completion; returns an error message, empty on success.
 std::string run_block(dim3 grid, dim3 block, uint3 bid, const std::function<void()>& body) {
   const int n = int(block.x * block.y * block.z);
+  static unsigned long blocks_run = 0;  // under launch_blocks' lock
   Block b;
+  b.serial = ++blocks_run;
   b.body = &body;
   b.fibers.resize(n);
   b.block_gate.live = n;
@@ -153,7 +161,9 @@ std::string run_block(dim3 grid, dim3 block, uint3 bid, const std::function<void
   std::string error;
   while (done < n) {
     bool ran = false;
-    for (int t = 0; t < n; ++t) {
+    const bool reverse = reverse_schedule.load();
+    for (int i = 0; i < n; ++i) {
+      const int t = reverse ? n - 1 - i : i;
       if (b.fibers[t].state != State::Ready) continue;
       ran = true;
       b.current = t;
@@ -210,6 +220,15 @@ void warp_exchange(const void* value, void* out, std::size_t bytes, int src) {
   b.wait_at(b.warp_gates[w], State::AtWarpBarrier, b.warp_first(w), b.warp_count(w));
 }
 
+void shared_region(void* p, std::size_t bytes) {
+  static std::map<void*, unsigned long> poisoned_in;  // a variable -> the block that last poisoned it
+  unsigned long& last = poisoned_in[p];
+  if (last != ctx.block->serial) {
+    std::memset(p, 0xFF, bytes);
+    last = ctx.block->serial;
+  }
+}
+
 void record_launch(const char* site, const char* function) {
   std::lock_guard<std::mutex> lock(launches_mu);
   ++launches[{site, function}];
@@ -231,9 +250,12 @@ void launch_blocks(dim3 grid, dim3 block, std::size_t smem, const std::function<
   // kernels' __shared__ variables are statics: one block at a time in the whole process
   static std::mutex launch_mu;
   std::lock_guard<std::mutex> lock(launch_mu);
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
+  const bool reverse = reverse_schedule.load();
+  for (unsigned kz = 0; kz < grid.z; ++kz)
+    for (unsigned ky = 0; ky < grid.y; ++ky)
+      for (unsigned kx = 0; kx < grid.x; ++kx) {
+        const unsigned bx = reverse ? grid.x - 1 - kx : kx, by = reverse ? grid.y - 1 - ky : ky,
+                       bz = reverse ? grid.z - 1 - kz : kz;
         const std::string error = run_block(grid, block, uint3{bx, by, bz}, body);
         if (!error.empty()) {
           set_error(cudaErrorLaunchFailure, "emulated launch failed in block (" + std::to_string(bx) + ", " +
@@ -298,6 +320,15 @@ void register_emulator(pybind11::module_& m) {
   m.def("emu_launches", &emu::launch_counts,
         "{(\"file.cu:line\", launching function's signature): launches} since the last emu_reset_launches()");
   m.def("emu_reset_launches", &emu::reset_launch_counts);
+  m.def(
+      "emu_set_schedule",
+      [](const std::string& order) {
+        if (order != "forward" && order != "reverse")
+          throw pybind11::value_error("schedule must be 'forward' or 'reverse', got '" + order + "'");
+        emu::reverse_schedule = order == "reverse";
+      },
+      "run threads and blocks in index order ('forward', the default) or in reverse order ('reverse')");
+  m.def("emu_schedule", []() { return std::string(emu::reverse_schedule ? "reverse" : "forward"); });
 }
 }  // namespace
 

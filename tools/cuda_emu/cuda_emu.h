@@ -10,9 +10,11 @@
 // host pointers.
 //
 // What it checks: the kernels' indexing, launch geometry, grid-stride loops, reductions through shared memory
-// and shuffles, vectorised paths, barriers, atomics. What it cannot: timing, occupancy, memory coalescing,
-// the hardware's floating-point contraction (FMA) and fast-math choices, races between blocks (they never run
-// at once), and code that relies on warp-lockstep execution without a shuffle or barrier.
+// and shuffles, vectorised paths, barriers, atomics; races between the threads of a block, when a kernel runs in
+// both thread orders (emu_set_schedule) with its __shared__ variables poisoned at each block's start
+// (shared_region). What it cannot: timing, occupancy, memory coalescing, the hardware's floating-point
+// contraction (FMA) and fast-math choices, races between blocks (they never run at once), and code that relies on
+// warp-lockstep execution without a shuffle or barrier where neither thread order breaks it.
 #pragma once
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -59,6 +61,10 @@ void warp_exchange(const void* value, void* out, std::size_t bytes, int src);
 void launch_blocks(dim3 grid, dim3 block, std::size_t smem, const std::function<void()>& body);
 
 void record_launch(const char* site, const char* function);
+// Every `__shared__` declaration is followed by a call of this (build.py): the first thread of a block to reach it
+// fills the variable with 0xFF bytes (NaN as a float, -1 as an integer), so a read before any thread of this
+// block wrote it sees garbage, not what the previous block or launch left in the static.
+void shared_region(void* p, std::size_t bytes);
 
 // `kernel<<<cfg>>>(args)` becomes `::emu::Launch(cfg).run(site, __PRETTY_FUNCTION__, [&] { kernel(args); })`;
 // the launch is counted under its source line and the launching function's signature (template arguments).
