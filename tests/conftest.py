@@ -12,6 +12,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_configure(config):
+    # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
+    # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
+    # under the sanitizers (tests/test_cuda_emu_sanitized.py).
+    if os.environ.get("FASTGAN_TEST_EXTENSION") == "emulated":
+        from helpers import cuda_emu_build
+
+        from fastgan import _ext
+
+        build = cuda_emu_build()
+        module = build.load(build.build())
+        _ext._load = lambda: (module, None)
+
+
 @pytest.fixture
 def auto_jvp_on_cpu(monkeypatch):
     """"auto" as it chooses on CUDA (jvp where the closed form does not run), for tests on CPU tensors."""

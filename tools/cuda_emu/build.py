@@ -38,10 +38,17 @@ SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "
 
 
 def asan_preload() -> str | None:
-    """The compiler's AddressSanitizer runtime (for LD_PRELOAD: Python itself is not instrumented), or None."""
-    r = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True)
-    path = r.stdout.strip()
-    return path if r.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+    """LD_PRELOAD for a process loading the sanitized module (Python itself is not instrumented): the compiler's
+    AddressSanitizer runtime, and its C++ library, which the runtime must see at start-up to intercept C++ throws
+    (the binding code throws for bad arguments); None when the compiler has no such runtime."""
+    paths = []
+    for lib in ("libasan.so", "libstdc++.so"):
+        r = subprocess.run([CXX, f"-print-file-name={lib}"], capture_output=True, text=True)
+        path = r.stdout.strip()
+        if r.returncode != 0 or not os.path.isabs(path) or not os.path.exists(path):
+            return None
+        paths.append(path)
+    return " ".join(paths)
 
 
 def cuda_include() -> Path | None:
