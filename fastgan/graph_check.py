@@ -1,0 +1,119 @@
+"""What would break a CUDA graph of a step, found without a GPU.
+
+A CUDA graph replays the kernels of the call it captured: a value the step reads back to the host (`.item()`,
+`bool(t)`, `nonzero`) fails the capture, and a Python number or shape that changes from call to call (a schedule
+computed on the host, a batch size drawn in Python) is baked in at capture, so every replay silently reuses the
+captured one. `capture_hazards(fn)` runs `fn` as `GraphedStep` would (eager warm-up calls, then the call it would
+capture) on any device, the CPU included, records every ATen op of the captured call and of the call after it under
+a dispatch mode, and reports host reads and any op whose non-tensor arguments or tensor shapes differ between the
+two, with the line of the caller that issued it. The kernels fastgan calls through raw pointers (its C++/CUDA
+backends) are invisible to the mode; their launch arguments are sizes and pointers of tensors the mode does see.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# ops whose result the host must see (a sync; inside a capture, an error)
+_HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+               "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero"}
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_THIS = str(Path(__file__).resolve())
+
+
+def _caller() -> str:
+    """The innermost frame outside torch and this module: the line of user or fastgan code that issued the op."""
+    f = sys._getframe(2)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not (name.startswith(_TORCH_DIR) or name == _THIS or name.startswith("<")):
+            return f"{name}:{f.f_lineno} ({f.f_code.co_name})"
+        f = f.f_back
+    return "?"
+
+
+def _describe(leaf) -> object:
+    if isinstance(leaf, torch.Tensor):
+        return ("tensor", tuple(leaf.shape), str(leaf.dtype))
+    if isinstance(leaf, float):
+        return repr(leaf)  # NaN == NaN here
+    if isinstance(leaf, (int, bool, str, type(None))):
+        return leaf
+    if isinstance(leaf, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return str(leaf)
+    return type(leaf).__name__  # a generator, an opaque object: its identity is not compared
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, tuple, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves, _ = tree_flatten((args, kwargs))
+        self.ops.append((func._schema.name + "." + (func._overloadname or "default"),
+                         tuple(_describe(x) for x in leaves), _caller()))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _capturable_optimizers_on_any_device():
+    """Capturable Adam (what the graphed trainer uses: its step count stays on the device) refuses CPU tensors;
+    its math is plain tensor ops, so let it run there while checking."""
+    import torch.optim.adam as adam
+
+    real = getattr(adam, "_get_capturable_supported_devices", None)
+    if real is None:
+        yield
+        return
+    adam._get_capturable_supported_devices = lambda *a, **k: [*real(*a, **k), "cpu"]
+    try:
+        yield
+    finally:
+        adam._get_capturable_supported_devices = real
+
+
+def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Optional[Callable[[int], None]] = None,
+                    limit: int = 10) -> list[str]:
+    """Problems a CUDA graph capture of `fn` would have, as messages (empty: none found).
+
+    Calls `before(i)` (e.g. writing this call's schedules into their device tensors, as the trainer does between
+    replays) and `fn()` for i = 1 .. warmup + 2: `warmup` eager calls as GraphedStep makes, the call it would
+    capture, and one more to compare it with. At most `limit` differences are listed.
+    """
+    traces = []
+    with _capturable_optimizers_on_any_device():
+        for i in range(1, warmup + 3):
+            if before is not None:
+                before(i)
+            if i <= warmup:
+                fn()
+                continue
+            with _Recorder() as rec:
+                fn()
+            traces.append(rec.ops)
+    captured, later = traces
+    problems = [f"host read in the captured call: {op} at {where} (a sync; a CUDA graph capture fails on it)"
+                for op, _, where in captured if op.split(".")[0] in _HOST_READS]
+    for k, (a, b) in enumerate(zip(captured, later)):
+        if len(problems) >= limit:
+            break
+        if a[0] != b[0]:
+            problems.append(f"op {k}: the captured call ran {a[0]} at {a[2]}, the next call {b[0]} at {b[2]} "
+                            "(control flow that depends on the call: a replay repeats the captured path)")
+            break  # the traces are out of step from here on
+        if a[1] != b[1]:
+            diff = next((x, y) for x, y in zip(a[1], b[1]) if x != y)
+            problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {diff[0]!r} in the captured call and "
+                            f"{diff[1]!r} in the next (baked into the graph at capture; make it a device tensor)")
+    if len(captured) != len(later) and not any("control flow" in p for p in problems):
+        problems.append(f"the captured call ran {len(captured)} ops and the next one {len(later)} (control flow "
+                        "that depends on the call: a replay repeats the captured path)")
+    return problems[:limit]

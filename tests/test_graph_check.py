@@ -1,0 +1,126 @@
+"""fastgan.graph_check on the CPU: the checker finds host reads and values baked in at capture, and the trainer's
+steps for every method, penalty mode, noise kind and schedule (what `run.cuda_graph=true` captures on a GPU) have
+neither — with the fused ops' CUDA backend glue too, its kernels in the emulator."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgan import config as C
+from fastgan.graph_check import capture_hazards
+from fastgan.methods.step import _set_capturable
+from fastgan.train import _Run
+
+from helpers import emulate_cuda
+from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
+
+
+def _toy(scale_in_python=False, read_back=False, branch=False):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(lin.parameters(), capturable=True)
+    x = torch.randn(8, 3)
+    t = {"i": 0}
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = lin(x).square().mean()
+        if scale_in_python:
+            loss = loss * 0.99 ** t["i"]  # a schedule computed on the host
+        if branch and t["i"] % 2:
+            loss = loss + lin.weight.abs().sum()
+        loss.backward()
+        if read_back:
+            assert loss.detach().item() >= 0
+        opt.step()
+        return loss.detach()
+
+    return step, lambda i: t.update(i=i)
+
+
+def test_a_clean_step_has_no_hazards():
+    step, before = _toy()
+    assert capture_hazards(step, before=before) == []
+
+
+def test_host_read_is_found_with_its_line():
+    step, before = _toy(read_back=True)
+    found = capture_hazards(step, before=before)
+    assert len(found) == 1 and "host read" in found[0] and "_local_scalar_dense" in found[0]
+    assert "test_graph_check.py:" in found[0] and "(step)" in found[0]
+
+
+def test_python_schedule_is_found():
+    step, before = _toy(scale_in_python=True)
+    found = capture_hazards(step, before=before)
+    assert found and all("baked into the graph" in p for p in found)
+    assert "aten::mul.Tensor" in found[0] and "test_graph_check.py:" in found[0]
+
+
+def test_call_dependent_control_flow_is_found():
+    step, before = _toy(branch=True)
+    found = capture_hazards(step, before=before)
+    assert found and "control flow" in found[0]
+
+
+CASES = {
+    "gan": ["method.name=gan"],
+    "roth-double_backward": ["method.name=roth", "method.roth.mode=double_backward"],
+    "roth-jvp": ["method.name=roth", "method.roth.mode=jvp"],
+    "roth-mlp": ["method.name=roth", "method.roth.mode=mlp"],
+    "roth-annealed": ["method.name=roth", "method.roth.schedule=anneal", "method.roth.mode=mlp"],
+    "roth-f": ["method.name=roth", "method.loss=fgan", "method.roth.penalty=f", "method.f_divergence=kl"],
+    "roth-lazy": ["method.name=roth", "method.roth.every=4", "method.roth.mode=mlp"],
+    "nt-generator": ["method.name=nt", "method.nt.noise=generator"],
+    "nt-learned-fused": ["method.name=nt", "method.nt.noise=learned_sigma", "method.nt.fused=true"],
+    "nt-annealed": ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear"],
+    "dfm": ["method.name=dfm"],
+    "roth+nt+dfm": ["method.name=roth+nt+dfm", "method.nt.noise=learned_sigma", "method.nt.fused=true"],
+    "roth+nt+dfm-mlp": ["method.name=roth+nt+dfm", "method.nt.noise=fixed", "method.nt.fused=true",
+                        "method.roth.mode=mlp"],
+    "d_steps-2": ["method.name=roth", "method.d_steps=2"],
+}
+
+
+def _trainer(tmp_path, overrides, base=TINY):
+    cfg = C.coerce(None, [*base, "run.steps=40", f"run.dir={tmp_path / 'run'}", *overrides])
+    run = _Run(cfg, resume=False, progress=False)
+    for opt in run.method.optimizers.values():
+        _set_capturable(opt, True)  # as with run.cuda_graph=true
+    sample = lambda m: run.dataset.sample(m, run.gen)  # noqa: E731
+    return run.method, sample
+
+
+def _check(method, sample, ts):
+    """The hazards of a graph captured at generator iteration ts[3] and replayed at ts[4] (three warm-ups)."""
+    return capture_hazards(lambda: method.updates(sample), before=lambda i: method.update_schedules(ts[i - 1]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_trainer_steps_are_capturable(tmp_path, case):
+    method, sample = _trainer(tmp_path, CASES[case])
+    if case == "roth-lazy":  # one graph per kind of iteration: regularized (t = 1, 5, ...) and not
+        assert _check(method, sample, [1, 5, 9, 13, 17]) == []
+        assert _check(method, sample, [2, 3, 4, 6, 7]) == []
+    else:
+        assert _check(method, sample, [1, 2, 3, 4, 5]) == []
+
+
+@pytest.mark.parametrize("mode", ["mlp", "jvp"])
+def test_dcgan_batchnorm_step_is_capturable(tmp_path, tiny_fashion_mnist, mode):
+    method, sample = _trainer(tmp_path, dcgan_roth(tiny_fashion_mnist, True, mode), base=[])
+    assert _check(method, sample, [1, 2, 3, 4, 5]) == []
+
+
+@pytest.mark.parametrize("case", ["roth+nt+dfm", "roth+nt+dfm-mlp"])
+def test_with_the_cuda_backends_glue(tmp_path, monkeypatch, cuda_emu_module, case):
+    """The fused ops through their CUDA backend's Python code (what a GPU runs), kernels in the emulator."""
+    emulate_cuda(monkeypatch, cuda_emu_module)
+    monkeypatch.setenv("FASTGAN_BACKEND", "cuda")
+    from fastgan.ops import _dispatch
+
+    before = dict(_dispatch.counts)
+    method, sample = _trainer(tmp_path, CASES[case])
+    assert _check(method, sample, [1, 2, 3, 4, 5]) == []
+    ran = {op for (op, backend), n in _dispatch.counts.items() if backend == "cuda" and n > before.get((op, backend), 0)}
+    assert ran, "no fused op ran on the cuda backend"
