@@ -26,6 +26,21 @@ def pytest_configure(config):
         _ext._load = lambda: (module, None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _triton_memcheck():
+    """Every Triton kernel the interpreter runs (the triton backend on CPU tensors) has its loads, stores and atomics
+    checked against the launch's tensors (tests/triton_memcheck.py)."""
+    import importlib.util
+
+    if os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None:
+        yield
+        return
+    import triton_memcheck
+
+    with triton_memcheck.active():
+        yield
+
+
 @pytest.fixture
 def auto_jvp_on_cpu(monkeypatch):
     """"auto" as it chooses on CUDA (jvp where the closed form does not run), for tests on CPU tensors."""
