@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should check, in one call (the machine starts bare and keeps nothing):
 # build _C with CUDA, the `cuda`-marked tests, short CUDA trainings, and the GPU benchmarks.
-# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all]
+# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all|sanitize]
 # Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time: `tests`
 # (build + cuda tests + two short trainings) and `bench` (build + GPU benchmarks + goals table) each fit in one
 # 600 s call of the device tool; `all` needs about 900 s. `quick` (about 480 s: build, cuda tests, the benchmarks
 # of the goals: bandwidth, graphed D updates incl. lazy, graphed denoiser) is for a session with 15 minutes of
-# device time in all, leaving room for one rerun.
+# device time in all, leaving room for one rerun. `sanitize` (opt-in, not yet run on a GPU: written in a session
+# without one) runs the CUDA C++ backend's `cuda` tests under compute-sanitizer's memcheck, racecheck and synccheck
+# (the CPU runs the same kernels under AddressSanitizer and a race check in tools/cuda_emu; these see the hardware:
+# inter-block behaviour, real shared memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool.
 set -u
 what=${1:-all}
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
@@ -45,5 +48,17 @@ if [[ $what == bench || $what == all ]]; then
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
   # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
   python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
+fi
+if [[ $what == sanitize ]]; then
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [[ -z $cs ]]; then echo "compute-sanitizer not found"; exit 1; fi
+  for tool in memcheck racecheck synccheck; do
+    # the cuda backend only: Triton's and torch's own kernels are not fastgan's to fix here
+    timeout ${SANITIZE_LIMIT:-150} "$cs" --tool $tool --error-exitcode 86 --print-limit 20 --target-processes all \
+      python3 -m pytest tests/ops/test_penalty.py tests/ops/test_noise.py tests/ops/test_nt_losses.py \
+      tests/ops/test_denoiser.py tests/ops/test_bn_closed_form.py -m cuda -k "cuda and not triton" -q \
+      -p no:cacheprovider -x 2>&1 | tee "$OUT/sanitize-$tool.log" | tail -15
+    echo "compute-sanitizer $tool: exit ${PIPESTATUS[0]} (86: errors found; 124: time limit)"
+  done
 fi
 echo "total: $(( $(date +%s) - start )) s"
