@@ -63,10 +63,16 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> str | None:
     return None
 
 
+def build_runs_on(archs: list[str], capability: tuple[int, int]) -> str | None:
+    """How a build for `archs` runs on a GPU of `capability`: "sass" if some entry has machine code for it, else
+    "ptx" if some entry's PTX can be JIT-compiled for it, else None."""
+    ways = {arch_runs_on(a, capability) for a in archs}
+    return "sass" if "sass" in ways else "ptx" if "ptx" in ways else None
+
+
 def archs_status(archs: list[str], capability: tuple[int, int], name: str = "this GPU") -> tuple[bool, str]:
     """Whether kernels built for `archs` run on a GPU of `capability`, and why not when they cannot."""
-    ways = [arch_runs_on(a, capability) for a in archs]
-    if "sass" in ways or "ptx" in ways:
+    if build_runs_on(archs, capability) is not None:
         return True, ""
     have = ", ".join(f"sm_{a}" for a in archs) or "no architecture"
     cc = f"{capability[0]}{capability[1]}"

@@ -26,9 +26,8 @@ def _cuda_devices(C) -> list[dict]:
     out = []
     for i in range(torch.cuda.device_count()):
         cc = tuple(torch.cuda.get_device_capability(i))
-        ways = [_ext.arch_runs_on(a, cc) for a in archs]
         out.append({"index": i, "name": torch.cuda.get_device_name(i), "capability": f"{cc[0]}.{cc[1]}",
-                    "fastgan_code": "sass" if "sass" in ways else "ptx" if "ptx" in ways else None})
+                    "fastgan_code": _ext.build_runs_on(archs, cc)})
     return out
 
 
