@@ -82,7 +82,8 @@ def cuda_emu_module():
         pytest.skip("the CUDA emulator compiles against the CUDA toolkit's headers: none found (set CUDA_HOME)")
     if os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         raise pytest.UsageError("FASTGAN_CUDA_EMU_SANITIZE=address needs the AddressSanitizer runtime preloaded: "
-                                "LD_PRELOAD=$(g++ -print-file-name=libasan.so) (tests/test_cuda_emu_sanitized.py)")
+                                "LD_PRELOAD=\"$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)\" "
+                                "(tests/test_cuda_emu_sanitized.py runs it so)")
     return build.load(build.build())
 
 
