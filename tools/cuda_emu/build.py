@@ -142,7 +142,7 @@ def _includes(cuda_inc: Path) -> list[str]:
 def _key(host, cuda, cuda_inc, extra) -> str:
     h = hashlib.sha256()
     version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
-    for part in (version, " ".join(FLAGS + extra), str(cuda_inc), sys.version):
+    for part in (version, " ".join(FLAGS + extra), str(cuda_inc), sys.version, "-Wl,-Bsymbolic"):
         h.update(part.encode())
     for path in [*host, *cuda, HERE / "cuda_emu.h", *sorted((ROOT / "csrc" / "include").rglob("*"))]:
         if path.is_file():
@@ -200,7 +200,9 @@ def _compile(out: Path, target: Path, host, cuda, cuda_inc, flags) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         objs = list(pool.map(compile_one, jobs))
     tmp = target.with_suffix(".tmp")
-    cmd = [CXX, "-shared", "-pthread", *flags, *map(str, objs), "-o", str(tmp)]
+    # -Bsymbolic: the module's calls of its own CUDA runtime functions (cudaGetLastError, ...) bind to the emulator's
+    # definitions, not to a libcudart that a CUDA build of torch loaded into the process first
+    cmd = [CXX, "-shared", "-pthread", "-Wl,-Bsymbolic", *flags, *map(str, objs), "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the CUDA emulator module failed:\n{r.stderr[-6000:]}")
