@@ -83,6 +83,10 @@ def plan(D, x: torch.Tensor | None = None):
     """
     if not isinstance(D, nn.Module):
         return None, "D is not an nn.Module"
+    if isinstance(D, nn.parallel.DistributedDataParallel):
+        # its gradient averaging is armed by a forward through the wrapper, which the closed form never runs
+        return None, ("D is wrapped in DistributedDataParallel, whose gradient averaging needs D's forward to go "
+                      "through the wrapper; under DDP use mode='jvp' or 'double_backward'")
     # hooks anywhere in D (containers included) change what its forward computes
     if _global_hooks() or any(_hooked(m) for m in D.modules()):
         return None, "D has forward/backward hooks"

@@ -1,0 +1,54 @@
+"""The worker processes of tests/ops/test_penalty_ddp.py (a module the spawned children can import)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.ops import js_penalty
+
+MODES = ("double_backward", "jvp", "auto")
+
+
+def make_d():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 32), nn.LeakyReLU(0.2), nn.Linear(32, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g)
+
+
+def loss(D, xr, xf, mode):
+    pen, lr, lf = js_penalty(D, xr, xf, mode=mode)
+    return F.softplus(-lr).mean() + F.softplus(lf).mean() + 0.05 * pen
+
+
+def worker(rank, world, port, out):
+    """Two SGD steps per mode on this rank's half of the batch; puts (rank, {mode: parameters as lists, "mlp":
+    what mode="mlp" said}) on `out`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        xr, xf = batches()
+        result = {}
+        for mode in MODES:
+            D = nn.parallel.DistributedDataParallel(make_d())
+            opt = torch.optim.SGD(D.parameters(), lr=0.1)
+            for _ in range(2):  # a second iteration: DDP checks that the first one's reduction finished
+                opt.zero_grad()
+                loss(D, xr[rank::world], xf[rank::world], mode).backward()
+                opt.step()
+            result[mode] = [p.detach().tolist() for p in D.parameters()]
+        try:
+            js_penalty(nn.parallel.DistributedDataParallel(make_d()), xr, xf, mode="mlp")
+            result["mlp"] = "ran"
+        except ValueError as e:
+            result["mlp"] = str(e)
+        out.put((rank, result))
+    finally:
+        dist.destroy_process_group()

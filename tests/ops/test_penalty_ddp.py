@@ -1,0 +1,61 @@
+"""The penalty ops inside a user's DistributedDataParallel training (two CPU processes, gloo): each rank takes half
+the batch, and after DDP averages the gradients every rank holds the parameters of one process stepping on the
+mean of both halves' losses with the straightforward double backward; mode="mlp" (the closed form, which never
+runs the wrapper's forward) says why it cannot run under DDP. The workers are in tests/ddp_worker.py."""
+from __future__ import annotations
+
+import queue
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+if not dist.is_available():
+    pytest.skip("this torch has no torch.distributed", allow_module_level=True)
+
+import ddp_worker as W  # noqa: E402
+
+
+def _reference():
+    xr, xf = W.batches()
+    D = W.make_d()
+    opt = torch.optim.SGD(D.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (0.5 * sum(W.loss(D, xr[r::2], xf[r::2], "double_backward") for r in range(2))).backward()
+        opt.step()
+    return [p.detach() for p in D.parameters()]
+
+
+def test_penalty_modes_under_ddp():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=W.worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        while len(results) < len(procs):
+            try:
+                rank, result = out.get(timeout=5)
+                results[rank] = result
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                assert not dead, f"a DDP worker exited with {dead} (its traceback is on stderr)"
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    ref = _reference()
+    for rank in (0, 1):
+        for mode in W.MODES:
+            for got, want in zip(results[rank][mode], ref):
+                torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-6,
+                                           msg=f"rank {rank}, mode {mode}")
+        assert "DistributedDataParallel" in results[rank]["mlp"] and "mode='jvp'" in results[rank]["mlp"]
