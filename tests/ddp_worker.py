@@ -8,9 +8,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastgan.ops import js_penalty
+from fastgan.ops import _dispatch, js_penalty, penalty_jvp
 
-MODES = ("double_backward", "jvp", "auto")
+# "auto_as_on_cuda": "auto" choosing as on CUDA (jvp, after checking it against the double backward on the first
+# batch), where on CPU it takes the double backward for this D under DDP
+MODES = ("double_backward", "jvp", "auto", "auto_as_on_cuda")
 
 
 def make_d():
@@ -37,13 +39,18 @@ def worker(rank, world, port, out):
         xr, xf = batches()
         result = {}
         for mode in MODES:
+            if mode == "auto_as_on_cuda":
+                penalty_jvp.AUTO_JVP_DEVICES = penalty_jvp.AUTO_JVP_DEVICES | {"cpu"}
+            before = dict(_dispatch.counts)
             D = nn.parallel.DistributedDataParallel(make_d())
             opt = torch.optim.SGD(D.parameters(), lr=0.1)
             for _ in range(2):  # a second iteration: DDP checks that the first one's reduction finished
                 opt.zero_grad()
-                loss(D, xr[rank::world], xf[rank::world], mode).backward()
+                loss(D, xr[rank::world], xf[rank::world], mode.removesuffix("_as_on_cuda")).backward()
                 opt.step()
             result[mode] = [p.detach().tolist() for p in D.parameters()]
+            result[mode + " ran"] = sorted(m for (op, m), n in _dispatch.counts.items()
+                                          if op == "gradient_penalty" and n > before.get((op, m), 0))
         try:
             js_penalty(nn.parallel.DistributedDataParallel(make_d()), xr, xf, mode="mlp")
             result["mlp"] = "ran"

@@ -58,4 +58,6 @@ def test_penalty_modes_under_ddp():
             for got, want in zip(results[rank][mode], ref):
                 torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-6,
                                            msg=f"rank {rank}, mode {mode}")
+        assert results[rank]["jvp ran"] == ["jvp"] and results[rank]["auto ran"] == ["double_backward"]
+        assert results[rank]["auto_as_on_cuda ran"] == ["jvp"]
         assert "DistributedDataParallel" in results[rank]["mlp"] and "mode='jvp'" in results[rank]["mlp"]
