@@ -1,4 +1,4 @@
-"""The worker processes of tests/ops/test_penalty_ddp.py (a module the spawned children can import)."""
+"""The worker processes of tests/ops/test_ddp.py (a module the spawned children can import)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastgan.ops import _dispatch, js_penalty, penalty_jvp
+from fastgan.ops import Denoiser, DenoiserLoss, _dispatch, js_penalty, penalty_jvp
 
 # "auto_as_on_cuda": "auto" choosing as on CUDA (jvp, after checking it against the double backward on the first
 # batch), where on CPU it takes the double backward for this D under DDP
@@ -28,6 +28,16 @@ def batches():
 def loss(D, xr, xf, mode):
     pen, lr, lf = js_penalty(D, xr, xf, mode=mode)
     return F.softplus(-lr).mean() + F.softplus(lf).mean() + 0.05 * pen
+
+
+def denoiser_batch():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(32, 8, generator=g), torch.randn(32, 8, generator=g)  # features, noise
+
+
+def make_denoiser():
+    torch.manual_seed(3)
+    return Denoiser(8, 16, depth=2)
 
 
 def worker(rank, world, port, out):
@@ -51,6 +61,15 @@ def worker(rank, world, port, out):
             result[mode] = [p.detach().tolist() for p in D.parameters()]
             result[mode + " ran"] = sorted(m for (op, m), n in _dispatch.counts.items()
                                           if op == "gradient_penalty" and n > before.get((op, m), 0))
+        h, noise = denoiser_batch()
+        den = make_denoiser()
+        ddp = nn.parallel.DistributedDataParallel(DenoiserLoss(den), broadcast_buffers=False)
+        opt = torch.optim.SGD(den.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            ddp(h[rank::world], noise[rank::world]).backward()
+            opt.step()
+        result["denoiser"] = [p.detach().tolist() for p in den.parameters()]
         try:
             js_penalty(nn.parallel.DistributedDataParallel(make_d()), xr, xf, mode="mlp")
             result["mlp"] = "ran"

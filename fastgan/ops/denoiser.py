@@ -1098,3 +1098,19 @@ class Denoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, backend={self.backend!r}"
+
+
+class DenoiserLoss(nn.Module):
+    """`denoiser.loss` as a module's forward, for wrappers that act on forward calls: under DistributedDataParallel,
+    `DistributedDataParallel(DenoiserLoss(den))(h)` averages the denoiser's gradients across processes (a call of
+    `den.loss` itself bypasses the wrapper, and its gradients would stay per-process)."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        if not isinstance(denoiser, Denoiser):
+            raise TypeError(f"denoiser must be a fastgan.ops.Denoiser, got {type(denoiser).__name__}")
+        self.denoiser = denoiser
+
+    def forward(self, h: Tensor, noise: Tensor | None = None, *, detach: bool = True,
+                reduction: str = "mean") -> Tensor:
+        return self.denoiser.loss(h, noise, detach=detach, reduction=reduction)

@@ -1,7 +1,8 @@
 """The penalty ops inside a user's DistributedDataParallel training (two CPU processes, gloo): each rank takes half
 the batch, and after DDP averages the gradients every rank holds the parameters of one process stepping on the
 mean of both halves' losses with the straightforward double backward; mode="mlp" (the closed form, which never
-runs the wrapper's forward) says why it cannot run under DDP. The workers are in tests/ddp_worker.py."""
+runs the wrapper's forward) says why it cannot run under DDP. The fused denoiser's loss, wrapped as DDP(DenoiserLoss(den)), likewise. The workers
+are in tests/ddp_worker.py."""
 from __future__ import annotations
 
 import queue
@@ -29,6 +30,18 @@ def _reference():
     return [p.detach() for p in D.parameters()]
 
 
+def _denoiser_reference():
+    """The fused denoiser's loss, each half of the batch with its own BatchNorm statistics as on its rank."""
+    h, noise = W.denoiser_batch()
+    den = W.make_denoiser()
+    opt = torch.optim.SGD(den.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (0.5 * sum(den.loss(h[r::2], noise[r::2]) for r in range(2))).backward()
+        opt.step()
+    return [p.detach() for p in den.parameters()]
+
+
 def test_penalty_modes_under_ddp():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +66,7 @@ def test_penalty_modes_under_ddp():
             if p.is_alive():
                 p.kill()
     ref = _reference()
+    den_ref = _denoiser_reference()
     for rank in (0, 1):
         for mode in W.MODES:
             for got, want in zip(results[rank][mode], ref):
@@ -61,3 +75,5 @@ def test_penalty_modes_under_ddp():
         assert results[rank]["jvp ran"] == ["jvp"] and results[rank]["auto ran"] == ["double_backward"]
         assert results[rank]["auto_as_on_cuda ran"] == ["jvp"]
         assert "DistributedDataParallel" in results[rank]["mlp"] and "mode='jvp'" in results[rank]["mlp"]
+        for got, want in zip(results[rank]["denoiser"], den_ref):
+            torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-6, msg=f"rank {rank}, denoiser")
