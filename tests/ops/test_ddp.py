@@ -19,27 +19,25 @@ if not dist.is_available():
 import ddp_worker as W  # noqa: E402
 
 
-def _reference():
-    xr, xf = W.batches()
-    D = W.make_d()
-    opt = torch.optim.SGD(D.parameters(), lr=0.1)
+def _one_process(module, half_loss):
+    """Two SGD steps of one process on the mean of the two half-batch losses (what DDP's averaging computes)."""
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
     for _ in range(2):
         opt.zero_grad()
-        (0.5 * sum(W.loss(D, xr[r::2], xf[r::2], "double_backward") for r in range(2))).backward()
+        (0.5 * sum(half_loss(r) for r in range(2))).backward()
         opt.step()
-    return [p.detach() for p in D.parameters()]
+    return [p.detach() for p in module.parameters()]
+
+
+def _reference():
+    (xr, xf), D = W.batches(), W.make_d()
+    return _one_process(D, lambda r: W.loss(D, xr[r::2], xf[r::2], "double_backward"))
 
 
 def _denoiser_reference():
     """The fused denoiser's loss, each half of the batch with its own BatchNorm statistics as on its rank."""
-    h, noise = W.denoiser_batch()
-    den = W.make_denoiser()
-    opt = torch.optim.SGD(den.parameters(), lr=0.1)
-    for _ in range(2):
-        opt.zero_grad()
-        (0.5 * sum(den.loss(h[r::2], noise[r::2]) for r in range(2))).backward()
-        opt.step()
-    return [p.detach() for p in den.parameters()]
+    (h, noise), den = W.denoiser_batch(), W.make_denoiser()
+    return _one_process(den, lambda r: den.loss(h[r::2], noise[r::2]))
 
 
 def test_penalty_modes_under_ddp():
