@@ -5,8 +5,8 @@ A CUDA graph replays the kernels of the call it captured: a value the step reads
 computed on the host, a batch size drawn in Python) is baked in at capture, so every replay silently reuses the
 captured one. `capture_hazards(fn)` runs `fn` as `GraphedStep` would (eager warm-up calls, then the call it would
 capture) on any device, the CPU included, records every ATen op of the captured call and of the call after it under
-a dispatch mode, and reports host reads and any op whose non-tensor arguments or tensor shapes differ between the
-two, with the line of the caller that issued it. The kernels fastgan calls through raw pointers (its C++/CUDA
+a dispatch mode, and reports host reads, draws from torch.Generators not registered with the graph, and any op
+whose non-tensor arguments or tensor shapes differ between the two, with the line of the caller that issued it. The kernels fastgan calls through raw pointers (its C++/CUDA
 backends) are invisible to the mode; their launch arguments are sizes and pointers of tensors the mode does see.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,15 +51,24 @@ def _describe(leaf) -> object:
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, generators=()):
         super().__init__()
         self.ops: list[tuple[str, tuple, str]] = []
+        self.generators = generators
+        self.unregistered: list[str] = []
+
+    def _registered(self, gen: torch.Generator) -> bool:
+        # the dispatcher hands ops a new Python wrapper of the same generator: compare what it wraps (a generator's
+        # state is its own; two distinct generators in the same state are not told apart)
+        return any(g.device == gen.device and torch.equal(g.get_state(), gen.get_state()) for g in self.generators)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         leaves, _ = tree_flatten((args, kwargs))
-        self.ops.append((func._schema.name + "." + (func._overloadname or "default"),
-                         tuple(_describe(x) for x in leaves), _caller()))
+        name, where = func._schema.name + "." + (func._overloadname or "default"), _caller()
+        self.ops.append((name, tuple(_describe(x) for x in leaves), where))
+        if any(isinstance(x, torch.Generator) and not self._registered(x) for x in leaves):
+            self.unregistered.append(f"{name} at {where}")
         return func(*args, **kwargs)
 
 
@@ -81,13 +90,16 @@ def _capturable_optimizers_on_any_device():
 
 
 def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Optional[Callable[[int], None]] = None,
-                    limit: int = 10) -> list[str]:
+                    generators: Iterable[torch.Generator] = (), limit: int = 10) -> list[str]:
     """Problems a CUDA graph capture of `fn` would have, as messages (empty: none found).
 
     Calls `before(i)` (e.g. writing this call's schedules into their device tensors, as the trainer does between
     replays) and `fn()` for i = 1 .. warmup + 2: `warmup` eager calls as GraphedStep makes, the call it would
-    capture, and one more to compare it with. At most `limit` differences are listed.
+    capture, and one more to compare it with. `generators`: the torch.Generators you will give GraphedStep; a draw
+    from any other explicit generator is reported (the default generator needs no registration). At most `limit`
+    problems are listed.
     """
+    generators = tuple(generators)
     traces = []
     with _capturable_optimizers_on_any_device():
         for i in range(1, warmup + 3):
@@ -96,12 +108,16 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
             if i <= warmup:
                 fn()
                 continue
-            with _Recorder() as rec:
+            with _Recorder(generators) as rec:
                 fn()
-            traces.append(rec.ops)
-    captured, later = traces
+            traces.append(rec)
+    captured, later = (rec.ops for rec in traces)
+    unregistered = traces[0].unregistered
     problems = [f"host read in the captured call: {op} at {where} (a sync; a CUDA graph capture fails on it)"
                 for op, _, where in captured if op.split(".")[0] in _HOST_READS]
+    problems += [f"random draw from a torch.Generator not in `generators`: {op} (a generator other than the "
+                 "default one must be registered with the graph: GraphedStep(generators=...))"
+                 for op in unregistered[:limit]]
     for k, (a, b) in enumerate(zip(captured, later)):
         if len(problems) >= limit:
             break

@@ -57,6 +57,20 @@ def test_python_schedule_is_found():
     assert "aten::mul.Tensor" in found[0] and "test_graph_check.py:" in found[0]
 
 
+def test_draw_from_an_unregistered_generator_is_found():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(4)
+
+    def step():
+        return x + torch.randn(4, generator=gen)
+
+    found = capture_hazards(step)
+    assert len(found) == 1 and "not in `generators`" in found[0] and "aten::randn.generator" in found[0]
+    assert "test_graph_check.py:" in found[0]
+    assert capture_hazards(step, generators=(gen,)) == []
+    assert capture_hazards(lambda: x + torch.randn(4)) == []  # the default generator
+
+
 def test_call_dependent_control_flow_is_found():
     step, before = _toy(branch=True)
     found = capture_hazards(step, before=before)
@@ -93,7 +107,8 @@ def _trainer(tmp_path, overrides, base=TINY):
 
 def _check(method, sample, ts):
     """The hazards of a graph captured at generator iteration ts[3] and replayed at ts[4] (three warm-ups)."""
-    return capture_hazards(lambda: method.updates(sample), before=lambda i: method.update_schedules(ts[i - 1]))
+    return capture_hazards(lambda: method.updates(sample), before=lambda i: method.update_schedules(ts[i - 1]),
+                           generators=(method.generator,))
 
 
 @pytest.mark.parametrize("case", list(CASES))
