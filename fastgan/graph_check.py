@@ -6,8 +6,9 @@ computed on the host, a batch size drawn in Python) is baked in at capture, so e
 captured one. `capture_hazards(fn)` runs `fn` as `GraphedStep` would (eager warm-up calls, then the call it would
 capture) on any device, the CPU included, records every ATen op of the captured call and of the call after it under
 a dispatch mode, and reports host reads, draws from torch.Generators not registered with the graph, and any op
-whose non-tensor arguments or tensor shapes differ between the two, with the line of the caller that issued it. The kernels fastgan calls through raw pointers (its C++/CUDA
-backends) are invisible to the mode; their launch arguments are sizes and pointers of tensors the mode does see.
+whose non-tensor arguments or tensor shapes differ between the two, with the line of the caller that issued it.
+The kernels fastgan calls through raw pointers (its C++/CUDA backends) are invisible to the mode; their launch
+arguments are sizes and pointers of tensors the mode does see.
 """
 from __future__ import annotations
 
@@ -118,18 +119,20 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
     problems += [f"random draw from a torch.Generator not in `generators`: {op} (a generator other than the "
                  "default one must be registered with the graph: GraphedStep(generators=...))"
                  for op in unregistered[:limit]]
+    diverged = False
     for k, (a, b) in enumerate(zip(captured, later)):
         if len(problems) >= limit:
             break
         if a[0] != b[0]:
             problems.append(f"op {k}: the captured call ran {a[0]} at {a[2]}, the next call {b[0]} at {b[2]} "
                             "(control flow that depends on the call: a replay repeats the captured path)")
+            diverged = True
             break  # the traces are out of step from here on
         if a[1] != b[1]:
             diff = next((x, y) for x, y in zip(a[1], b[1]) if x != y)
             problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {diff[0]!r} in the captured call and "
                             f"{diff[1]!r} in the next (baked into the graph at capture; make it a device tensor)")
-    if len(captured) != len(later) and not any("control flow" in p for p in problems):
+    if len(captured) != len(later) and not diverged:
         problems.append(f"the captured call ran {len(captured)} ops and the next one {len(later)} (control flow "
                         "that depends on the call: a replay repeats the captured path)")
     return problems[:limit]

@@ -17,12 +17,11 @@ def pytest_configure(config):
     # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
     # under the sanitizers (tests/test_cuda_emu_sanitized.py).
     if os.environ.get("FASTGAN_TEST_EXTENSION") == "emulated":
-        from helpers import cuda_emu_build
+        from helpers import load_cuda_emu
 
         from fastgan import _ext
 
-        build = cuda_emu_build()
-        module = build.load(build.build())
+        module = load_cuda_emu()
         _ext._load = lambda: (module, None)
 
 
@@ -75,16 +74,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def cuda_emu_module():
-    from helpers import cuda_emu_build
+    from helpers import cuda_emu_build, load_cuda_emu
 
-    build = cuda_emu_build()
-    if build.cuda_include() is None:
+    if cuda_emu_build().cuda_include() is None:
         pytest.skip("the CUDA emulator compiles against the CUDA toolkit's headers: none found (set CUDA_HOME)")
-    if os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") and "libasan" not in os.environ.get("LD_PRELOAD", ""):
-        raise pytest.UsageError("FASTGAN_CUDA_EMU_SANITIZE=address needs the AddressSanitizer runtime preloaded: "
-                                "LD_PRELOAD=\"$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)\" "
-                                "(tests/test_cuda_emu_sanitized.py runs it so)")
-    return build.load(build.build())
+    return load_cuda_emu()
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Shared test helpers (imported as `helpers`; tests/ is on sys.path via conftest)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -47,6 +48,22 @@ def cuda_emu_build():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@functools.lru_cache(maxsize=None)
+def load_cuda_emu():
+    """The emulated module (built, or taken from the build cache), loaded once per process: the conftest's fixture
+    and FASTGAN_TEST_EXTENSION=emulated share it."""
+    import os
+
+    import pytest
+
+    if os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise pytest.UsageError("FASTGAN_CUDA_EMU_SANITIZE=address needs the AddressSanitizer runtime preloaded: "
+                                "LD_PRELOAD=\"$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)\" "
+                                "(tests/test_cuda_emu_sanitized.py runs it so)")
+    build = cuda_emu_build()
+    return build.load(build.build())
 
 
 def cuda_emulated() -> bool:

@@ -1,4 +1,4 @@
-"""fastgan's CUDA C++ kernels under AddressSanitizer, in the CUDA emulator: on a GPU, compute-sanitizer's memcheck
+"""fastgan's CUDA and CPU C++ kernels under the sanitizers, in the CUDA emulator: on a GPU, compute-sanitizer's memcheck
 finds a kernel reading or writing past a tensor, or a vector access through a misaligned address; on the CPU, the
 emulated kernels are built with -fsanitize=address,undefined (tools/cuda_emu/build.py, sanitize="address") and run
 in a Python process with the sanitizer's runtime preloaded, so every access to a tensor torch allocated is checked
@@ -6,7 +6,8 @@ against the allocation's poisoned red zones, and every 16-byte pack access again
 inputs of tests/ops/test_cuda_emulated.py catch stray reads that change a result; this catches stray writes too,
 reads whose value is never used, and misaligned vector accesses, which x86 performs without complaint.)
 
-A child process runs tests/ops/test_cuda_emulated.py (every kernel variant and launch site) this way; a control
+A child process runs tests/ops/test_cuda_emulated.py (every kernel variant and launch site) this way, another the
+op tests' reference/cpu cases with the sanitized module as fastgan._C (its CPU kernels are csrc/cpu's); a control
 launch with a size one past its tensors must be reported, so the check is known to be live."""
 from __future__ import annotations
 

@@ -22,9 +22,8 @@ class TritonMemoryError(AssertionError):
 def _extent(t: torch.Tensor) -> tuple[int, int] | None:
     if t.numel() == 0:
         return None
-    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if n > 0)
-    lo = t.data_ptr() + min(0, last) * t.element_size()  # negative strides run the other way
-    return lo, t.data_ptr() + (max(0, last) + 1) * t.element_size()
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))  # the last element's offset (strides are >= 0)
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def _tensors(args) -> list[torch.Tensor]:
@@ -54,10 +53,12 @@ def _check(what: str, ptrs, mask, elsize: int) -> None:
     bad = on & ~inside
     if bad.any():
         first = int(addr[bad][0])
-        near = min(extents, key=lambda e: min(abs(first - e[0]), abs(first - e[1])), default=None)
-        where = (f"; the nearest tensor spans [{near[0]:#x}, {near[1]:#x}), {first - near[1]} bytes past its end"
-                 if near and first >= near[1] else f"; the nearest tensor spans [{near[0]:#x}, {near[1]:#x})"
-                 if near else "")
+        where = ""
+        if extents:
+            lo, hi = min(extents, key=lambda e: min(abs(first - e[0]), abs(first - e[1])))
+            where = f"; the nearest tensor spans [{lo:#x}, {hi:#x})"
+            if first >= hi:
+                where += f", {first - hi} bytes past its end"
         raise TritonMemoryError(f"Triton kernel {name}: {what} of {int(bad.sum())} element(s) outside every tensor "
                                 f"of the launch, first at {first:#x}{where}")
 

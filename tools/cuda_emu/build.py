@@ -26,6 +26,9 @@ HERE = Path(__file__).resolve().parent
 CXX = os.environ.get("CXX", "g++")
 FLAGS = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
          "-DFASTGAN_WITH_CUDA=1", '-DFASTGAN_CUDA_ARCHS="emulated"']
+# -Bsymbolic: the module's calls of its own CUDA runtime functions (cudaGetLastError, ...) bind to the emulator's
+# definitions, not to a libcudart that a CUDA build of torch loaded into the process first
+LINK_FLAGS = ["-shared", "-pthread", "-Wl,-Bsymbolic"]
 
 
 # AddressSanitizer: every global-memory access of the emulated kernels is checked against the tensors' allocations
@@ -142,7 +145,7 @@ def _includes(cuda_inc: Path) -> list[str]:
 def _key(host, cuda, cuda_inc, extra) -> str:
     h = hashlib.sha256()
     version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
-    for part in (version, " ".join(FLAGS + extra), str(cuda_inc), sys.version, "-Wl,-Bsymbolic"):
+    for part in (version, " ".join(FLAGS + extra + LINK_FLAGS), str(cuda_inc), sys.version):
         h.update(part.encode())
     for path in [*host, *cuda, HERE / "cuda_emu.h", *sorted((ROOT / "csrc" / "include").rglob("*"))]:
         if path.is_file():
@@ -153,8 +156,8 @@ def _key(host, cuda, cuda_inc, extra) -> str:
 
 def build(out_dir: str | os.PathLike | None = None, sanitize: str | None = None) -> Path:
     """Path of the emulated module (built if its cached copy is missing or stale). sanitize="address" (default:
-    $FASTGAN_CUDA_EMU_SANITIZE) builds it with AddressSanitizer: load it only in a process started with
-    asan_preload() in LD_PRELOAD."""
+    $FASTGAN_CUDA_EMU_SANITIZE) builds it with AddressSanitizer and UndefinedBehaviorSanitizer (SANITIZE_FLAGS): load
+    it only in a process started with asan_preload() in LD_PRELOAD."""
     sanitize = sanitize if sanitize is not None else os.environ.get("FASTGAN_CUDA_EMU_SANITIZE") or None
     if sanitize not in (None, "address"):
         raise ValueError(f"sanitize must be None or 'address', got {sanitize!r}")
@@ -200,9 +203,7 @@ def _compile(out: Path, target: Path, host, cuda, cuda_inc, flags) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         objs = list(pool.map(compile_one, jobs))
     tmp = target.with_suffix(".tmp")
-    # -Bsymbolic: the module's calls of its own CUDA runtime functions (cudaGetLastError, ...) bind to the emulator's
-    # definitions, not to a libcudart that a CUDA build of torch loaded into the process first
-    cmd = [CXX, "-shared", "-pthread", "-Wl,-Bsymbolic", *flags, *map(str, objs), "-o", str(tmp)]
+    cmd = [CXX, *LINK_FLAGS, *flags, *map(str, objs), "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the CUDA emulator module failed:\n{r.stderr[-6000:]}")

@@ -126,8 +126,8 @@ std::string describe_deadlock(const Block& b) {
          " live (a barrier in divergent code?)";
 }
 
-// Runs one block to completion; returns an error message, empty on success.
-std::string run_block(dim3 grid, dim3 block, uint3 bid, const std::function<void()>& body) {
+// Runs one block to completion, its threads in index order or reversed; returns an error message, empty on success.
+std::string run_block(dim3 grid, dim3 block, uint3 bid, const std::function<void()>& body, bool reverse) {
   const int n = int(block.x * block.y * block.z);
   static unsigned long blocks_run = 0;  // under launch_blocks' lock
   Block b;
@@ -161,7 +161,6 @@ std::string run_block(dim3 grid, dim3 block, uint3 bid, const std::function<void
   std::string error;
   while (done < n) {
     bool ran = false;
-    const bool reverse = reverse_schedule.load();
     for (int i = 0; i < n; ++i) {
       const int t = reverse ? n - 1 - i : i;
       if (b.fibers[t].state != State::Ready) continue;
@@ -256,7 +255,7 @@ void launch_blocks(dim3 grid, dim3 block, std::size_t smem, const std::function<
       for (unsigned kx = 0; kx < grid.x; ++kx) {
         const unsigned bx = reverse ? grid.x - 1 - kx : kx, by = reverse ? grid.y - 1 - ky : ky,
                        bz = reverse ? grid.z - 1 - kz : kz;
-        const std::string error = run_block(grid, block, uint3{bx, by, bz}, body);
+        const std::string error = run_block(grid, block, uint3{bx, by, bz}, body, reverse);
         if (!error.empty()) {
           set_error(cudaErrorLaunchFailure, "emulated launch failed in block (" + std::to_string(bx) + ", " +
                                                 std::to_string(by) + ", " + std::to_string(bz) + "): " + error);
@@ -328,7 +327,6 @@ void register_emulator(pybind11::module_& m) {
         emu::reverse_schedule = order == "reverse";
       },
       "run threads and blocks in index order ('forward', the default) or in reverse order ('reverse')");
-  m.def("emu_schedule", []() { return std::string(emu::reverse_schedule ? "reverse" : "forward"); });
 }
 }  // namespace
 
