@@ -24,7 +24,9 @@ using namespace pybind11::literals;
 namespace fastgan {
 namespace {
 
-constexpr int64_t kParallelWork = 1 << 15;
+// Two threads pay off from ~8K elements (measured on 2 cores: a 64x128 BatchNorm forward 7.1 us vs 8.2 us
+// serial; 64x512 12.6 vs 19.4); below that the fork/join costs what it saves.
+constexpr int64_t kParallelWork = 1 << 12;
 constexpr int64_t kChunk = 64;
 
 int64_t n_chunks(int64_t N) { return (N + kChunk - 1) / kChunk; }

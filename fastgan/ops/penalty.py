@@ -196,7 +196,11 @@ class _EagerPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, go):
         grad, logits = ctx.saved_tensors
-        dgrad, dlogits = _EagerPenaltyBackward.apply(go.contiguous(), grad, logits, ctx.weight, ctx.backend)
+        go = go.contiguous()
+        if _eager.needs_graph(go, grad, logits):  # create_graph=True: the backward is differentiated in turn
+            dgrad, dlogits = _EagerPenaltyBackward.apply(go, grad, logits, ctx.weight, ctx.backend)
+        else:  # a plain .backward(): the kernel alone, without a Function's bookkeeping (a D update runs two)
+            dgrad, dlogits = _run_backward(go, grad, logits, ctx.weight, ctx.backend)
         return dgrad, dlogits, None, None
 
 
