@@ -147,7 +147,7 @@ def report(benchmarks, costs: dict | None = None) -> str:
         ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
          [(n, base, f"{r:.2f}", _verdict(ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
         ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it, "
-         "batch statistics included, else the double backward: jvp is not used on CPU)",
+         "batch statistics included, except MLPs with Tanh/Sigmoid; else the double backward: jvp is not used on CPU)",
          ["benchmark", "mode", "time / double backward", "<= 1"],
          [(n, mode, f"{r:.2f}", "yes" if ok else "no") for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
         ("Graphed D update against its counted costs (bench/costs.py; ratios to the unregularized update)",

@@ -31,12 +31,15 @@ def backend_calls(op: str, backend: str) -> int:
 
 def auto_as_on_cuda(monkeypatch) -> None:
     """"auto" choosing as on CUDA, for CPU tensors: jvp (after its check) for the Ds the closed form leaves to it,
-    BatchNorm with batch statistics included, where on CPU it runs the closed form or the double backward."""
+    BatchNorm with batch statistics included, where on CPU it runs the closed form or the double backward; the
+    closed form for Tanh/Sigmoid Ds, which on CPU get the double backward."""
     from fastgan.ops import penalty_jvp
 
     monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", penalty_jvp.AUTO_JVP_DEVICES | {"cpu"})
     monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES",
                         penalty_jvp.AUTO_CLOSED_FORM_BATCH_STATS_DEVICES - {"cpu"})
+    monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_SMOOTH_DEVICES",
+                        penalty_jvp.AUTO_CLOSED_FORM_SMOOTH_DEVICES | {"cpu"})
 
 
 def cuda_emu_build():

@@ -319,6 +319,13 @@ def primal_chain(x, steps, tensors, norm):
     return h.reshape(B), layers
 
 
+def smooth_mlp(steps) -> bool:
+    """Whether a planned D is an MLP (no convolution) with an activation with curvature (Tanh, Sigmoid): there the
+    closed form's extra backward chain (two more GEMMs per layer) leaves it no cheaper than the double backward."""
+    return (any(kind in ("tanh", "sigmoid") for kind, _ in steps)
+            and not any(isinstance(m, CONVS) for kind, m in steps if kind == "linear"))
+
+
 def uses_batch_stats(steps) -> bool:
     """Whether a planned D normalizes with batch statistics (mlp_penalty_bn's closed form; samples coupled)."""
     return any(kind == "bn_batch" for kind, _ in steps)

@@ -393,6 +393,14 @@ AUTO_JVP_DEVICES = {"cuda"}
 # the jvp path the H100 measured 23% ahead.
 AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
 
+# Device types on which "auto" runs the closed form for MLP discriminators with smooth activations (Tanh, Sigmoid),
+# whose curvature term needs a backward chain of its own (mlp_penalty.smooth_mlp). Not "cpu": there, against the
+# double backward's D update (interleaved A/Bs, 2 cores, 2026-11-30), Roth's 3-128-128-1 tanh MLP took 1.03-1.13x
+# (B = 64, 512, 4096; 1 and 2 threads), with Sigmoid 1.08x, 2-64-64-1 tanh 1.09x, 784-512-512-1 tanh 0.96x; with
+# LeakyReLU 0.74-0.81x. Convnets keep it with tanh (DCGAN32-like, all five activations tanh: 0.85x, as LeakyReLU).
+# "cuda" keeps it: a third of the double backward's kernels (bench/costs.py), not yet measured there with tanh.
+AUTO_CLOSED_FORM_SMOOTH_DEVICES = {"cuda"}
+
 
 def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified).
@@ -401,10 +409,21 @@ def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     return auto_choice(D, x, reduction)[0]
 
 
+def _closed_form_passed_over(steps, x) -> str | None:
+    """Why "auto" does not take the closed form on a D it can run (planned into `steps`), or None when it does."""
+    device = x.device.type
+    if mlp_penalty.uses_batch_stats(steps) and device not in AUTO_CLOSED_FORM_BATCH_STATS_DEVICES:
+        return ("BatchNorm normalizes with batch statistics: the closed form runs it (mode='mlp'), but 'auto' does "
+                f"not pick it on {device} (unmeasured there)")
+    if mlp_penalty.smooth_mlp(steps) and device not in AUTO_CLOSED_FORM_SMOOTH_DEVICES:
+        return ("in an MLP, a Tanh/Sigmoid activation's curvature makes the closed form (mode='mlp') no faster than "
+                f"the double backward on {device}, so 'auto' does not pick it there")
+    return None
+
+
 def _auto_closed_form(steps, x) -> bool:
     """Whether "auto" runs the closed form on a D planned into `steps` (None: the closed form cannot run it)."""
-    return steps is not None and (not mlp_penalty.uses_batch_stats(steps)
-                                  or x.device.type in AUTO_CLOSED_FORM_BATCH_STATS_DEVICES)
+    return steps is not None and _closed_form_passed_over(steps, x) is None
 
 
 def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
@@ -416,8 +435,7 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
             if mlp_penalty.uses_batch_stats(steps) else "without batch statistics"
         return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()) {stats}", steps
     if steps is not None:
-        why = ("BatchNorm normalizes with batch statistics: the closed form runs it (mode='mlp'), but 'auto' does not "
-               f"pick it on {x.device.type} (unmeasured there)")
+        why = _closed_form_passed_over(steps, x)
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
         return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan.ops import FallbackWarning, _dispatch
-from fastgan.ops import gradient_penalty, js_penalty, r1_penalty, r2_penalty
+from fastgan.ops import gradient_penalty, js_penalty, penalty_mode, r1_penalty, r2_penalty
 from fastgan.ops import mlp_penalty, penalty_jvp
 from fastgan.reference import penalty as ref
 
+from helpers import auto_as_on_cuda  # tests/ on sys.path
 from penalty_zoo import DS, IMG, MLPS, VEC, DropoutConvD, NormZoo, WithSequential, mlp_leaky  # tests/ on sys.path
 
 
@@ -130,12 +131,36 @@ def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes
 
 
 def test_auto_on_cpu_without_opt_in():
-    """On CPU "auto" runs the closed form wherever it can (batch statistics included), else the double backward."""
+    """On CPU "auto" runs the closed form wherever it can (batch statistics included) except for MLPs with
+    Tanh/Sigmoid activations, else the double backward."""
+    smooth_seen = 0
     for name, (_, _, picked) in DS.items():
         D, x, _ = _make(name, torch.float32)
-        closed = mlp_penalty.plan(D, x)[0] is not None
-        assert penalty_jvp.auto_mode(D, x, "mean") == ("mlp" if closed else "double_backward"), name
-        assert closed == (picked == "mlp" or mlp_penalty.uses_batch_stats(mlp_penalty.plan(D, x)[0] or [])), name
+        steps = mlp_penalty.plan(D, x)[0]
+        smooth = steps is not None and mlp_penalty.smooth_mlp(steps)
+        smooth_seen += smooth
+        want = "mlp" if steps is not None and not smooth else "double_backward"
+        assert penalty_jvp.auto_mode(D, x, "mean") == want, name
+        assert (steps is not None) == (picked == "mlp" or mlp_penalty.uses_batch_stats(steps or [])), name
+        if smooth:
+            mode, why = penalty_mode(D, x)
+            assert mode == "double_backward" and "Tanh/Sigmoid" in why and "on cpu" in why, (name, why)
+    assert smooth_seen >= 2  # mlp_tanh and the as_sequential() MLP: the rule is exercised
+
+
+@pytest.mark.parametrize("act, smooth", [(nn.Tanh, True), (nn.Sigmoid, True), (nn.ReLU, False),
+                                         (lambda: nn.LeakyReLU(0.2), False)])
+@pytest.mark.parametrize("conv", [False, True])
+def test_smooth_mlp_rule_is_per_device(act, smooth, conv, monkeypatch):
+    """The closed form's extra curvature chain keeps "auto" off it on CPU for MLPs only (convnets keep it); as on
+    CUDA it takes it for all."""
+    if conv:
+        D, x = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), act(), nn.Flatten(), nn.Linear(16, 1)), torch.randn(4, 3, 4, 4)
+    else:
+        D, x = nn.Sequential(nn.Linear(3, 8), act(), nn.Linear(8, 1)), torch.randn(4, 3)
+    assert penalty_jvp.auto_mode(D, x, "mean") == ("double_backward" if smooth and not conv else "mlp")
+    auto_as_on_cuda(monkeypatch)
+    assert penalty_jvp.auto_mode(D, x, "mean") == "mlp"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
