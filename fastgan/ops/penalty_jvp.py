@@ -398,7 +398,9 @@ AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
 # double backward's D update (interleaved A/Bs, 2 cores, 2026-11-30), Roth's 3-128-128-1 tanh MLP took 1.03-1.13x
 # (B = 64, 512, 4096; 1 and 2 threads), with Sigmoid 1.08x, 2-64-64-1 tanh 1.09x, 784-512-512-1 tanh 0.96x; with
 # LeakyReLU 0.74-0.81x. Convnets keep it with tanh (DCGAN32-like, all five activations tanh: 0.85x, as LeakyReLU).
-# "cuda" keeps it: a third of the double backward's kernels (bench/costs.py), not yet measured there with tanh.
+# "cuda" keeps it: on the H100, graphed, the tanh MLP's closed form was at parity with the double backward (1.83x vs
+# 1.85x the unregularized update, 2026-11-24) with 38% fewer kernels (bench/costs.py), which eager launch-bound steps
+# pay for.
 AUTO_CLOSED_FORM_SMOOTH_DEVICES = {"cuda"}
 
 
