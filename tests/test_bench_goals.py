@@ -90,6 +90,17 @@ def test_cli_prints_a_table(capsys):
     assert "### CPU (goal: fused no slower than the baseline)" in out
 
 
+def test_cli_says_when_a_file_holds_no_results(tmp_path, capsys):
+    """pytest-benchmark leaves an empty JSON file when every benchmark was skipped (e.g. no GPU visible):
+    goals.py reports it and goes on with the other files."""
+    empty = tmp_path / "bench.json"
+    empty.write_text("")
+    assert goals.main([str(empty), str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"## {empty}: no benchmark results (JSONDecodeError" in out
+    assert "### CPU (goal: fused no slower than the baseline)" in out
+
+
 def test_graphed_updates_beside_their_counted_costs():
     run = [_bench("test_graphed_d_update[dcgan32-mlp-cuda]", 1, model="dcgan32", mode="mlp",
                   ratio_vs_unregularized=2.3, ms_per_update=4.1),

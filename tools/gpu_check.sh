@@ -21,9 +21,11 @@ FASTGAN_CUDA=1 FASTGAN_CUDA_ARCH=${FASTGAN_CUDA_ARCH:-90} CMAKE_BUILD_PARALLEL_L
   || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 fastgan info | tee "$OUT/info.txt"
+# per-test limits where pytest-timeout is installed (the lent GPU image has it); without it pytest would refuse the flag
+per_test() { python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 
 if [[ $what == quick ]]; then
-  timeout ${TEST_LIMIT:-240} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=60 \
+  timeout ${TEST_LIMIT:-240} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -40
   timeout ${BENCH_LIMIT:-200} python3 -m pytest bench/bench_bandwidth.py bench/bench_graph_step.py --benchmark-only \
     -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
@@ -32,7 +34,7 @@ if [[ $what == quick ]]; then
   python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
 fi
 if [[ $what == tests || $what == all ]]; then
-  timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 --timeout=120 \
+  timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -60
   for graph in false true; do  # the default job on the GPU, eager and graphed: wall seconds for 2000 steps
     t0=$SECONDS
