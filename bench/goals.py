@@ -172,6 +172,9 @@ def main(argv=None) -> int:
     if args.costs:
         with open(args.costs) as f:
             costs = json.load(f)
+        if not any("model" in r and "mode" in r for r in costs.get("rows", [])):
+            ap.error(f"--costs {args.costs}: not bench/costs.py's JSON (no rows with a model and a mode; "
+                     "bench/costs_denoiser.py's file counts the denoiser, not the D updates)")
     for path in args.files:
         try:
             with open(path) as f:

@@ -2,6 +2,7 @@
 a synthetic run whose verdicts are known."""
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,23 @@ def test_graphed_updates_beside_their_counted_costs():
         h100 = [b for r in goals.runs(json.load(f)) for b in r["benchmarks"]]
     rows = {name: (m, fl) for name, m, fl, _ in goals.cost_rows(h100, committed)}
     assert rows["test_graphed_d_update[dcgan32-jvp-cuda]"][1] > 2.5
+
+
+def test_costs_must_be_the_penalty_counts(capsys):
+    with pytest.raises(SystemExit):
+        goals.main([str(ROOT / "bench" / "results" / "h100-2026-11-24.json"), "--costs",
+                    str(ROOT / "bench" / "results" / "costs-denoiser-2026-11-30.json")])
+    assert "not bench/costs.py's JSON" in capsys.readouterr().err
+
+
+def test_gpu_check_passes_the_penalty_counts(capsys):
+    """tools/gpu_check.sh hands goals.py the latest bench/costs.py file (it once globbed costs-*.json, whose last
+    entry is the denoiser's counts: goals.py would have failed at the end of a GPU run)."""
+    script = (ROOT / "tools" / "gpu_check.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "tools" / "gpu_check.sh")]).returncode == 0
+    line = next(ln for ln in script.splitlines() if ln.startswith("COSTS="))
+    path = subprocess.run(["bash", "-c", f'{line}\necho "$COSTS"'], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert Path(ROOT / path).name.startswith("costs-2")
+    assert goals.main([str(ROOT / "bench" / "results" / "h100-2026-11-24.json"), "--costs", str(ROOT / path)]) == 0
+    assert "against its counted costs" in capsys.readouterr().out

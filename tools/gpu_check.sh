@@ -23,6 +23,7 @@ echo "build: $(( $(date +%s) - start )) s"
 fastgan info | tee "$OUT/info.txt"
 # per-test limits where pytest-timeout is installed (the lent GPU image has it); without it pytest would refuse the flag
 per_test() { python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
+COSTS=$(ls bench/results/costs-2*.json | tail -1)  # bench/costs.py's latest (costs-denoiser-* counts something else)
 
 if [[ $what == quick ]]; then
   timeout ${TEST_LIMIT:-240} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \
@@ -31,7 +32,7 @@ if [[ $what == quick ]]; then
     -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 \
     | tee "$OUT/bench.log" | tail -80
-  python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
+  python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
 fi
 if [[ $what == tests || $what == all ]]; then
   timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \
@@ -49,7 +50,7 @@ if [[ $what == bench || $what == all ]]; then
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
   # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
-  python3 bench/goals.py "$OUT/bench.json" --costs "$(ls bench/results/costs-*.json | tail -1)" | tee "$OUT/goals.md"
+  python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
 fi
 if [[ $what == sanitize ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
