@@ -259,12 +259,19 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
     run raises ``BackendUnavailable``.
     """
     _check_inputs(grad, logits, weight, reduction)
+    return _penalty_of(grad, logits, weight, reduction, backend)
+
+
+def _penalty_of(grad, logits, weight, reduction, backend):
+    """grad_norm_penalty on arguments already checked (gradient_penalty's own grad and logits)."""
     acc = _checks.acc_dtype(grad.dtype, logits.dtype)
     B = grad.shape[0]
     g2 = grad.reshape(B, math.prod(grad.shape[1:]))  # a view whenever the strides allow; the kernels take any 2-D strides
     if g2.dtype != acc and acc == torch.float64:
         g2 = g2.to(acc)
-    psi = logits.reshape(B).to(acc)
+    psi = logits.reshape(B)
+    if psi.dtype != acc:
+        psi = psi.to(acc)
     if callable(weight):
         if backend not in (None, "reference"):
             raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
@@ -328,7 +335,8 @@ def _double_backward(D, x, weight, reduction, backend, record=True):
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     if record:
         _dispatch.record("gradient_penalty", "double_backward")
-    return grad_norm_penalty(grad, logits, weight, reduction, backend), logits
+    # grad has x's shape and dtype, logits are (B,) (_logits_of), weight and reduction were checked by the caller
+    return _penalty_of(grad, logits, weight, reduction, backend), logits
 
 
 def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]:
