@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 # gradients after zero_grad(set_to_none=True)) pays hundreds of page faults or none, depending on where the heap's
 # top happens to lie. On the 2-core CPU this moved one benchmark's median by up to 50%, for whichever
 # implementation the layout disfavoured. With both thresholds pinned every step reuses the heap, and CPU ratios
-# compare the computations. Recorded in each JSON's machine_info.
+# compare the computations. Only when benchmarks are timed (not in the smoke runs of the test suite); recorded in
+# each JSON's machine_info.
 _MALLOPT = {"M_MMAP_THRESHOLD": (-3, 32 << 20), "M_TRIM_THRESHOLD": (-1, 1 << 30)}
 
 
@@ -26,8 +27,13 @@ def _pin_malloc() -> dict:
     return {name: value for name, (param, value) in _MALLOPT.items() if libc.mallopt(param, value) == 1}
 
 
-MALLOC_PINNED = _pin_malloc()
+MALLOC_PINNED: dict = {}
+
+
+def pytest_configure(config):
+    if not config.getoption("benchmark_disable", default=False):
+        MALLOC_PINNED.update(_pin_malloc())
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["glibc_mallopt"] = MALLOC_PINNED
+    machine_info["glibc_mallopt"] = dict(MALLOC_PINNED)
