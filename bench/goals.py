@@ -183,9 +183,10 @@ def main(argv=None) -> int:
             # pytest-benchmark leaves an empty file when every benchmark was skipped or failed before timing
             print(f"## {path}: no benchmark results ({type(e).__name__}: {e})\n")
             continue
-        if not runs(doc):
+        found = runs(doc)
+        if not found:
             print(f"## {path}: no pytest-benchmark run in this file\n")
-        for run in runs(doc):
+        for run in found:
             device = run.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
             gpu = next((b["extra_info"]["device"] for b in run["benchmarks"]
                         if b.get("extra_info", {}).get("device") not in (None, "cpu")), None)

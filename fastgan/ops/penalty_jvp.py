@@ -432,12 +432,12 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
     """(auto_mode's answer, why, plan(D, x)'s steps or None): the steps go on to the closed form, so that D is
     planned once per call."""
     steps, why = mlp_penalty.plan(D, x)
-    if _auto_closed_form(steps, x):
-        stats = "its BatchNorm normalizes with batch statistics, run by fused passes" \
-            if mlp_penalty.uses_batch_stats(steps) else "without batch statistics"
-        return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()) {stats}", steps
     if steps is not None:
         why = _closed_form_passed_over(steps, x)
+        if why is None:
+            stats = "its BatchNorm normalizes with batch statistics, run by fused passes" \
+                if mlp_penalty.uses_batch_stats(steps) else "without batch statistics"
+            return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()) {stats}", steps
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
         return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps
