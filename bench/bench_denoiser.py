@@ -83,3 +83,22 @@ def test_generator_term_forward_backward(benchmark, device, impl, n_h, depth, B)
 
     benchmark(step)
     _info(benchmark, device, n_h, depth, B)
+
+
+@pytest.mark.parametrize("device,impl,n_h,depth,B", list(_cases(GEN_SIZES)))
+def test_module_forward_backward(benchmark, device, impl, n_h, depth, B):
+    """r(h) called as a module with gradients (the drop-in use in a user's own loop) and a backward into h and
+    every parameter: Denoiser(h) vs the nn.Sequential."""
+    den, net, h, _ = _setup(device, impl, n_h, depth, B)
+    h = h.requires_grad_()
+    grad_r = torch.randn_like(h)
+    module = net if impl == "reference" else den
+
+    def step():
+        h.grad = None
+        module.zero_grad(set_to_none=True)
+        module(h).backward(grad_r)
+        sync(device)
+
+    benchmark(step)
+    _info(benchmark, device, n_h, depth, B)

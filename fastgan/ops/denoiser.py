@@ -12,13 +12,14 @@ matrix product with the same steps fused into its prologue / epilogue (kernels/d
 
 Custom ops (``torch.ops.fastgan.*``, each with a fake kernel; used under torch.compile / export, and eagerly
 for the single-layer op):
-  * ``bn_relu``: one fused layer, with autograd (used by ``Denoiser.forward`` when gradients are needed);
+  * ``bn_relu``: one fused layer, with autograd (the public ``bn_relu``; ``Denoiser.forward`` with gradients under
+    torch.compile);
   * ``recon_loss``: l_n = sum_f (y + b - t)^2, with autograd;
   * ``denoiser_loss``: the whole training loss in one op, with a hand-written backward
     (``denoiser_loss_backward``) that walks the layers once;
   * ``denoiser_forward``: r(h) without autograd (targets, inference).
-Eagerly, the whole-network loss and forward run the same implementations through a plain
-autograd.Function (torch.library's wrapper costs ~0.5 ms a call with list arguments; see "eager path").
+Eagerly, the whole-network loss and forward (with or without gradients) run the same implementations through
+plain autograd.Functions (torch.library's wrapper costs ~0.5 ms a call with list arguments; see "eager path").
 First-order backwards run the fused kernels; a backward taken with ``create_graph=True`` (second order)
 recomputes through plain torch formulas, so every op is differentiable twice and more.
 Running statistics are returned by the ops (custom ops must be functional) and copied into the buffers.
@@ -146,41 +147,69 @@ class _Cpu:
         _ext.C().corrupt_cpu(*_ptrs(h, noise, out), sigma, _code(h), h.numel())
 
 
-class _Cuda:
-    @staticmethod
-    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
-               relu):
+class _CudaOn:
+    """CUDA C++ launches on one stream, under the device guard its creator holds (_launch): a whole-network call
+    enters the guard and reads the stream once for its 2·depth + 2 launches (each costs a few µs of host time)."""
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: int):
+        self.stream = stream
+
+    def bn_fwd(self, y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum,
+               eps, relu):
         B, N = y.shape
         ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
-        with torch.cuda.device(y.device):
-            _ext.C().bn_relu_forward_cuda(*ptrs, _code(y), B, N, training, track, momentum, eps, relu,
-                                          _ext.stream_handle(y.device))
+        _ext.C().bn_relu_forward_cuda(*ptrs, _code(y), B, N, training, track, momentum, eps, relu, self.stream)
 
-    @staticmethod
-    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+    def bn_bwd(self, dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
         B, N = y.shape
         ptrs = _ptrs(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias)
-        with torch.cuda.device(y.device):
-            _ext.C().bn_relu_backward_cuda(*ptrs, _code(y), B, N, training, relu, _ext.stream_handle(y.device))
+        _ext.C().bn_relu_backward_cuda(*ptrs, _code(y), B, N, training, relu, self.stream)
 
-    @staticmethod
-    def recon_fwd(y, bias, target, out):
+    def recon_fwd(self, y, bias, target, out):
         B, N = y.shape
-        with torch.cuda.device(y.device):
-            _ext.C().recon_loss_forward_cuda(*_ptrs(y, bias, target, out), _code(y), B, N,
-                                             _ext.stream_handle(y.device))
+        _ext.C().recon_loss_forward_cuda(*_ptrs(y, bias, target, out), _code(y), B, N, self.stream)
 
-    @staticmethod
-    def recon_bwd(go, y, bias, target, dy, dbias):
+    def recon_bwd(self, go, y, bias, target, dy, dbias):
         B, N = y.shape
-        with torch.cuda.device(y.device):
-            _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N,
-                                              _ext.stream_handle(y.device))
+        _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N, self.stream)
 
-    @staticmethod
-    def corrupt(h, noise, sigma, out):
-        with torch.cuda.device(h.device):
-            _ext.C().corrupt_cuda(*_ptrs(h, noise, out), sigma, _code(h), h.numel(), _ext.stream_handle(h.device))
+    def corrupt(self, h, noise, sigma, out):
+        _ext.C().corrupt_cuda(*_ptrs(h, noise, out), sigma, _code(h), h.numel(), self.stream)
+
+
+def _guarded(name: str):
+    def launch(*args):
+        with _launch("cuda", args[0]) as kern:
+            getattr(kern, name)(*args)
+
+    return staticmethod(launch)
+
+
+class _Cuda:
+    """Single launches (the per-layer custom ops, the generator's loss): a device guard and a stream each."""
+    bn_fwd, bn_bwd = _guarded("bn_fwd"), _guarded("bn_bwd")
+    recon_fwd, recon_bwd, corrupt = _guarded("recon_fwd"), _guarded("recon_bwd"), _guarded("corrupt")
+
+
+class _launch:
+    """``with _launch(backend, t) as kern``: the kernels for one call on t's device; for "cuda", t's device made
+    current (the C++ launches run on the current device) and its current stream read, once for all launches."""
+    __slots__ = ("backend", "device", "guard")
+
+    def __init__(self, backend: str, t: Tensor):
+        self.backend, self.device, self.guard = backend, t.device, None
+
+    def __enter__(self):
+        if self.backend != "cuda":
+            return _KERNELS[self.backend]
+        self.guard = torch.cuda.device(self.device)
+        self.guard.__enter__()
+        return _CudaOn(_ext.stream_handle(self.device))
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
 
 
 class _Triton:
@@ -226,15 +255,17 @@ def _gemm():
 
 # ---------------------------------------------------------------- kernel-level building blocks
 
-def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum, eps, relu, out=None):
+def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum, eps, relu, out=None,
+                   running_in_place=False):
     """(out, shift, invstd, rm_new, rv_new); rm_new/rv_new are None unless training and tracking.
-    out=y normalises in place (kernels whose y and out may alias: see _IN_PLACE)."""
+    out=y normalises in place (kernels whose y and out may alias: see _IN_PLACE); running_in_place writes the
+    updated running statistics over rm / rv (every kernel reads a feature's value before writing it)."""
     N = y.shape[1]
     out = torch.empty_like(y) if out is None else out
     shift = y.new_empty(N)
     invstd = y.new_empty(N)
-    rm_out = y.new_empty(N) if track else None
-    rv_out = y.new_empty(N) if track else None
+    rm_out = (rm if running_in_place else y.new_empty(N)) if track else None
+    rv_out = (rv if running_in_place else y.new_empty(N)) if track else None
     kern.bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
                 relu)
     return out, shift, invstd, rm_out, rv_out
@@ -251,7 +282,9 @@ def _layer_backward(kern, dout, out, y, gamma, shift, invstd, training, relu, dy
 
 def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, saved,
                    new_running):
-    """Runs the hidden layers from x; appends (y, out, shift, invstd) per layer to `saved` when it is a list.
+    """Runs the hidden layers from x; appends (y, out, shift, invstd) per layer to `saved` when it is a list,
+    and the updated running statistics to `new_running`, or with new_running=None (eager callers: functional
+    custom ops may not mutate their inputs) writes them into rms / rvs.
 
     Without `saved` (no backward to come) and with a kernel in _IN_PLACE, the GEMMs write into two buffers
     in turn and each layer normalises its GEMM's output in place: no allocation per layer. On the CPU a fresh
@@ -271,10 +304,11 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
         rv = rvs[i] if rvs else None
         out, shift, invstd, rm_new, rv_new = _layer_forward(kern, y, biases[i], gammas[i], betas[i], rm, rv,
                                                             training, track, momentum, eps, True,
-                                                            out=y if reuse else None)
+                                                            out=y if reuse else None,
+                                                            running_in_place=new_running is None)
         if saved is not None:
             saved += [y, out, shift, invstd]
-        if track:
+        if track and new_running is not None:
             new_running += [rm_new, rv_new]
         x = out
     return x
@@ -438,28 +472,29 @@ def _recon_loss_backward_fake(go, y, bias, target, want_dbias, backend):
 # saved = [x0, (y, out, shift, invstd) per hidden layer, z]: x0 = h + sigma * noise, z = last GEMM (no bias).
 
 def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
-                       momentum, eps, backend):
-    """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
+                       momentum, eps, backend, running_in_place=False):
+    """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or []); with
+    running_in_place (eager callers) the running statistics are updated in their tensors and [] returned."""
     if backend == "triton":
         with _dispatch.on_device(h):
             out = _gemm().loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                        running_vars, training, training and len(running_means) > 0, momentum, eps)
         _dispatch.record(OP_LOSS, backend)
         return out
-    kern = _KERNELS[backend]
-    x0 = torch.empty_like(h)
-    kern.corrupt(h, noise, sigma, x0)
-    saved: list = [x0]
-    new_running: list = []
-    track = training and len(running_means) > 0
-    x = _hidden_layers(kern, x0, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                       momentum, eps, saved, new_running)
-    z = torch.mm(x, weights[-1].t())
-    saved.append(z)
-    per_sample = h.new_empty(h.shape[0])
-    kern.recon_fwd(z, biases[-1], h, per_sample)
-    _dispatch.record(OP_LOSS, backend)
-    return per_sample, saved, new_running
+    with _launch(backend, h) as kern:
+        x0 = torch.empty_like(h)
+        kern.corrupt(h, noise, sigma, x0)
+        saved: list = [x0]
+        new_running: list = []
+        track = training and len(running_means) > 0
+        x = _hidden_layers(kern, x0, weights, biases, gammas, betas, running_means, running_vars, training, track,
+                           momentum, eps, saved, None if running_in_place else new_running)
+        z = torch.mm(x, weights[-1].t())
+        saved.append(z)
+        per_sample = h.new_empty(h.shape[0])
+        kern.recon_fwd(z, biases[-1], h, per_sample)
+        _dispatch.record(OP_LOSS, backend)
+        return per_sample, saved, new_running
 
 
 def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend):
@@ -469,18 +504,33 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
             out = _gemm().loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise)
         _dispatch.record(OP_LOSS + "_backward", backend)
         return out
-    kern = _KERNELS[backend]
+    with _launch(backend, h) as kern:
+        z = saved[-1]
+        dz = torch.empty_like(z)
+        db_out = z.new_empty(z.shape[1])
+        kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
+        dx0, dweights, dbiases, dgammas, dbetas = _net_backward(kern, dz, saved, weights, gammas, training,
+                                                                need_h or need_noise)
+        dbiases.append(db_out)
+        dh = dnoise = None
+        if need_h:
+            dh = dx0 - dz  # h is also the target: l = ||z + b - h||^2
+        if need_noise:
+            dnoise = dx0 * sigma
+        _dispatch.record(OP_LOSS + "_backward", backend)
+        return dh, dnoise, dweights, dbiases, dgammas, dbetas
+
+
+def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_weights=True):
+    """One walk down the network from dz = dL/dz, z = the output GEMM's product (its bias not added):
+    (dx0 or None, dweights (Nones unless need_weights), hidden layers' dbiases, dgammas, dbetas). `saved` as
+    _hidden_layers writes it, after the network's input x0: [x0, (y, out, shift, invstd) per hidden layer, ...]."""
     depth = len(weights) - 1
-    z = saved[-1]
-    dz = torch.empty_like(z)
-    db_out = z.new_empty(z.shape[1])
-    kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
-    x_last = saved[-4] if depth else saved[0]  # the last hidden layer's output
     dweights = [None] * (depth + 1)
-    dbiases = [None] * (depth + 1)
+    dbiases = [None] * depth
     dgammas, dbetas = [None] * depth, [None] * depth
-    dweights[depth] = torch.mm(dz.t(), x_last)
-    dbiases[depth] = db_out
+    if need_weights:
+        dweights[depth] = torch.mm(dz.t(), saved[4 * depth - 2] if depth else saved[0])
     g = dz
     for i in reversed(range(depth)):
         y, out, shift, invstd = saved[1 + 4 * i: 5 + 4 * i]
@@ -488,17 +538,10 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         g, dgammas[i], dbetas[i], dbiases[i] = _layer_backward(kern, dout, out, y, gammas[i], shift, invstd,
                                                                training, True,
                                                                dy=dout if kern in _IN_PLACE else None)
-        x_in = saved[0] if i == 0 else saved[4 * i - 2]
-        dweights[i] = torch.mm(g.t(), x_in)
-    dh = dnoise = None
-    if need_h or need_noise:
-        dx0 = torch.mm(g, weights[0])  # gradient w.r.t. the corrupted input
-        if need_h:
-            dh = dx0 - dz  # h is also the target: l = ||z + b - h||^2
-        if need_noise:
-            dnoise = dx0 * sigma
-    _dispatch.record(OP_LOSS + "_backward", backend)
-    return dh, dnoise, dweights, dbiases, dgammas, dbetas
+        if need_weights:
+            dweights[i] = torch.mm(g.t(), saved[0] if i == 0 else saved[4 * i - 2])
+    dx0 = torch.mm(g, weights[0]) if need_input else None
+    return dx0, dweights, dbiases, dgammas, dbetas
 
 
 def _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, saved, training, eps):
@@ -519,7 +562,8 @@ def _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, s
 
 
 def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum, eps,
-                  backend):
+                  backend, running_in_place=False):
+    """(r(h), new running stats or []), running_in_place as in _loss_forward_impl."""
     track = track and training and len(running_means) > 0
     if backend == "triton":
         with _dispatch.on_device(h):
@@ -528,8 +572,9 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
         _dispatch.record(OP_FORWARD, backend)
         return out
     new_running: list = []
-    x = _hidden_layers(_KERNELS[backend], h, weights, biases, gammas, betas, running_means, running_vars, training,
-                       track, momentum, eps, None, new_running)
+    with _launch(backend, h) as kern:
+        x = _hidden_layers(kern, h, weights, biases, gammas, betas, running_means, running_vars, training, track,
+                           momentum, eps, None, None if running_in_place else new_running)
     _dispatch.record(OP_FORWARD, backend)
     return torch.addmm(biases[-1], x, weights[-1].t()), new_running
 
@@ -644,7 +689,8 @@ class _EagerLoss(torch.autograd.Function):
         weights, biases = params[:d], params[d:2 * d]
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
-                                                            rvs, training, momentum, eps, backend)
+                                                            rvs, training, momentum, eps, backend,
+                                                            running_in_place=True)
         _copy_running(rms, rvs, new_running)
         ctx.save_for_backward(h, noise, *params)
         ctx.saved = saved
@@ -692,6 +738,52 @@ class _EagerRecon(torch.autograd.Function):
         return None, dh, None
 
 
+class _EagerForward(torch.autograd.Function):
+    """r(h) with gradients: the whole network in one Function (its layers' kernels, one walk down in the
+    backward), where the per-layer custom op would pay torch.library's autograd wrapper once per layer."""
+
+    @staticmethod
+    def forward(ctx, meta, h, *params):
+        training, track, momentum, eps, backend, depth, rms, rvs = meta
+        weights, biases, gammas, betas = _split(params, depth)
+        saved: list = [h]
+        with _launch(backend, h) as kern:
+            x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
+                               saved, None)
+        r = torch.addmm(biases[-1], x, weights[-1].t())
+        _dispatch.record(OP_FORWARD, backend)
+        ctx.save_for_backward(h, *params)
+        ctx.saved = saved
+        ctx.meta = (training, eps, backend, depth)
+        return r
+
+    @staticmethod
+    def backward(ctx, gr):
+        training, eps, backend, depth = ctx.meta
+        h, *params = ctx.saved_tensors
+        weights, biases, gammas, betas = _split(params, depth)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            shifts, invstds = ctx.saved[3::4], ctx.saved[4::4]
+            fn = lambda h_, *p: _torch_net(h_, *_split(p, depth), training, eps, shifts, invstds)
+            grads = _grads_through(fn, [h, *params], gr)
+            _dispatch.record(OP_FORWARD + "_backward", "reference")
+            return (None, *grads)
+        gr = gr.contiguous()
+        with _launch(backend, gr) as kern:
+            dh, dweights, dbiases, dgammas, dbetas = _net_backward(kern, gr, ctx.saved, weights, gammas, training,
+                                                                   ctx.needs_input_grad[1],
+                                                                   any(ctx.needs_input_grad[2:3 + depth]))
+        dbiases.append(gr.sum(0))
+        _dispatch.record(OP_FORWARD + "_backward", backend)
+        return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)
+
+
+def _split(params, depth):
+    """(weights, biases, gammas, betas) from the flat tuple the Functions take."""
+    d = depth + 1
+    return params[:d], params[d:2 * d], params[2 * d:2 * d + depth], params[2 * d + depth:]
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
@@ -716,7 +808,7 @@ def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, m
                                                                 training, track, momentum, eps, backend)
         else:
             r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
-                                           eps, backend)
+                                           eps, backend, running_in_place=True)
     _copy_running(rms, rvs, new_running)
     return r
 
@@ -1066,12 +1158,17 @@ class Denoiser(nn.Module):
         weights, biases, gammas, betas, rms, rvs = self._params()
         chosen = _dispatch.resolve(OP_LAYER, h.device, self.backend)
         factor = self._factor()
-        needs_grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
+        needs_grad = torch.is_grad_enabled() and (
+            h.requires_grad or any(p.requires_grad for ps in (weights, biases, gammas, betas) for p in ps))
         if not needs_grad:
             return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
                                 chosen)
-        x, new_running = h, []
         with _dispatch.no_autocast(h.device):
+            if not _compiling():
+                meta = (self.training, self.training and self.depth > 0, factor, self.eps, chosen, self.depth,
+                        rms, rvs)
+                return _EagerForward.apply(meta, h, *weights, *biases, *gammas, *betas)
+            x, new_running = h, []
             for i in range(self.depth):
                 y = torch.mm(x, weights[i].t())
                 x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],

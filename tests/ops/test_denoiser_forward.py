@@ -1,0 +1,157 @@
+"""Denoiser.forward with gradients (the drop-in module called as r(h) in a user's loop): the whole network in one
+autograd.Function, one walk down in its backward, against nn.Sequential on every backend."""
+import copy
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastgan import _ext
+from fastgan.ops import Denoiser, _dispatch
+
+from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, make_pair, state
+
+
+def _cotangent(shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_forward_with_gradients_matches_sequential(backend, training, depth):
+    den, net = make_pair(hidden=20, depth=depth, backend=backend, training=training)
+    h = torch.randn(9, 12, dtype=torch.float64, requires_grad=True)
+    h2 = h.detach().clone().requires_grad_()
+    g = _cotangent((9, 12))
+    for step in range(2):  # the second step normalises with the running stats the first one updated (eval: same)
+        h.grad = h2.grad = None
+        den.zero_grad(set_to_none=True)
+        net.zero_grad(set_to_none=True)
+        before = dict(_dispatch.counts)
+        r = den(h)
+        assert delta(before) == {("denoiser_forward", backend): 1}
+        before = dict(_dispatch.counts)
+        (r * g).sum().backward()
+        assert delta(before) == {("denoiser_forward_backward", backend): 1}
+        want = net(h2)
+        (want * g).sum().backward()
+        torch.testing.assert_close(r, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(h.grad, h2.grad, rtol=1e-10, atol=1e-12)
+        got, ref_state = state(den.net), state(net)
+        for k, v in ref_state.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-10, atol=1e-12, msg=f"step {step}: {k}")
+
+
+class _CountGemms(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_gemms(out):
+    with _CountGemms() as c:
+        out.pow(2).sum().backward()
+    return c.n
+
+
+def test_gradient_only_where_asked():
+    """The backward runs the GEMMs of the gradients asked for: h without grad gets none, a frozen denoiser no
+    weight gradients (it still passes the gradient into h)."""
+    den, net = make_pair(depth=2)
+    h = torch.randn(6, 12, dtype=torch.float64)
+    assert _backward_gemms(den(h)) == 5  # per layer: the incoming gradient (but the first's) and the weight's
+    assert all(p.grad is not None for p in den.parameters())
+    den.zero_grad(set_to_none=True)
+    den.requires_grad_(False)
+    net.requires_grad_(False)
+    hg = h.clone().requires_grad_()
+    assert _backward_gemms(den(hg)) == 3  # the input gradients only
+    assert all(p.grad is None for p in den.parameters())
+    h2 = h.clone().requires_grad_()
+    net(h2).pow(2).sum().backward()
+    torch.testing.assert_close(hg.grad, h2.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_gradcheck_and_gradgradcheck(training):
+    den, _ = make_pair(n=4, hidden=5, depth=2, training=training)
+    h = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    params = list(den.parameters())
+    fn = lambda h_, *ps: den(h_)  # gradcheck perturbs the parameters in place: den reads them
+    assert gradcheck(fn, (h, *params), eps=1e-6, atol=1e-7)
+    before = dict(_dispatch.counts)
+    assert gradgradcheck(fn, (h, *params), eps=1e-6, atol=1e-6)
+    assert delta(before)[("denoiser_forward_backward", "reference")] > 0  # second order: plain torch
+
+
+def test_float32_within_twice_the_reference_error():
+    master, net64 = make_pair(n=16, hidden=24, depth=3, seed=3)
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(32, 16, generator=g, dtype=torch.float64) * 2 + 0.5
+    cot = _cotangent((32, 16), seed=5)
+    h64 = h.clone().requires_grad_()
+    (net64(h64) * cot).sum().backward()
+    truth = {"h": h64.grad, **state(net64)}
+    runs = {}
+    for name in ("fused", "reference"):
+        net = copy.deepcopy(master.net).float()
+        mod = Denoiser.from_sequential(net, backend="cpu") if name == "fused" else net
+        h32 = h.float().requires_grad_()
+        (mod(h32) * cot.float()).sum().backward()
+        runs[name] = {"h": h32.grad, **state(net)}
+    for k, t in truth.items():
+        if t.dtype == torch.int64:
+            continue
+        assert_within_twice(k, runs["fused"][k], runs["reference"][k], t)
+
+
+def test_cuda_launches_share_one_device_guard(monkeypatch, cuda_emu_module):
+    """backend="cuda" (CUDA C++ kernels in the emulator): a whole-network call enters the device guard and reads the
+    stream once for all of its launches, not once per launch."""
+    import contextlib
+
+    from helpers import emulate_cuda
+
+    emulate_cuda(monkeypatch, cuda_emu_module)
+    guards, streams, launches = [], [], []
+
+    def guard(device):
+        guards.append(device)
+        return contextlib.nullcontext()
+
+    def stream(device):
+        streams.append(device)
+        return 0
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(cuda_emu_module, name)
+            if not name.endswith("_cuda"):
+                return fn
+            return lambda *a: (launches.append(name), fn(*a))[1]
+
+    monkeypatch.setattr(torch.cuda, "device", guard)
+    monkeypatch.setattr(_ext, "stream_handle", stream)
+    monkeypatch.setattr(_ext, "C", lambda: Counting())
+    den, net = make_pair(depth=3, backend="cuda")
+    h = torch.randn(8, 12, dtype=torch.float64)
+    def no_grad_forward():
+        with torch.no_grad():
+            den(h)
+
+    calls = {}
+    for name, step in {"loss": lambda: den.loss(h).backward(),
+                       "forward": lambda: den(h.clone().requires_grad_()).sum().backward(),
+                       "no-grad forward": no_grad_forward}.items():
+        guards.clear(), streams.clear(), launches.clear()
+        step()
+        calls[name] = (len(guards), len(streams), len(launches))
+    # loss: corrupt + 3 layers + recon forward, recon + 3 layers backward; r(h): 3 layers each way
+    assert calls == {"loss": (2, 2, 9), "forward": (2, 2, 6), "no-grad forward": (1, 1, 3)}
+    assert all(d == h.device for d in guards + streams)
