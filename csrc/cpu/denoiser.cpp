@@ -12,6 +12,7 @@
 
 #include "fastgan/bn_math.h"
 #include "fastgan/binding_utils.h"
+#include "fastgan/cpu_clones.h"
 #include "fastgan/registry.h"
 #ifdef FASTGAN_WITH_CUDA
 #include "fastgan/cuda_api.h"
@@ -38,9 +39,16 @@ int64_t n_chunks(int64_t N) { return (N + kChunk - 1) / kChunk; }
 // (per-element conversions to double stop GCC's vectoriser), and the T partial sums are only 8 long.
 constexpr int64_t kRowBlock = 8;
 
+// The chunk loops below are inlined into per-precision functions built twice (FG_CPU_CLONES: AVX2 and baseline,
+// picked at load time). Both run the same operations in the same order: the loops vectorise across columns, GCC
+// does not reassociate floating-point sums without -ffast-math, and the AVX2 target brings no FMA contraction.
+// 8 floats a vector instead of 4: the 64x512 float32 BatchNorm forward 17.7 -> 12.7 us, backward 21.5 -> 13.3 us
+// (one thread, this project's 2-core AMD EPYC).
+#define FG_INLINE __attribute__((always_inline)) inline
+
 // acc[j] += sum over rows n of term(n, j) for the nf columns of a chunk.
 template <typename T, typename Term>
-inline void column_sums(int64_t B, int64_t nf, double* acc, Term term) {
+FG_INLINE void column_sums(int64_t B, int64_t nf, double* acc, Term term) {
   for (int64_t n0 = 0; n0 < B; n0 += kRowBlock) {
     T part[kChunk] = {0};
     const int64_t n1 = std::min(B, n0 + kRowBlock);
@@ -51,7 +59,7 @@ inline void column_sums(int64_t B, int64_t nf, double* acc, Term term) {
 }
 
 template <typename T, typename Term>
-inline void column_sums2(int64_t B, int64_t nf, double* acc1, double* acc2, Term term) {
+FG_INLINE void column_sums2(int64_t B, int64_t nf, double* acc1, double* acc2, Term term) {
   for (int64_t n0 = 0; n0 < B; n0 += kRowBlock) {
     T p1[kChunk] = {0}, p2[kChunk] = {0};
     const int64_t n1 = std::min(B, n0 + kRowBlock);
@@ -71,7 +79,7 @@ inline void column_sums2(int64_t B, int64_t nf, double* acc1, double* acc2, Term
 
 // out = relu?((y - shift) * scale + beta) over one column chunk, in T.
 template <typename T, bool RELU>
-void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const T* sh, const T* sc, const T* be) {
+FG_INLINE void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const T* sh, const T* sc, const T* be) {
   for (int64_t n = 0; n < B; ++n) {
     const T* row = y + n * N;
     T* orow = out + n * N;
@@ -80,59 +88,81 @@ void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const
 }
 
 template <typename T>
-void bn_forward(const T* y, const T* bias, const T* gamma, const T* beta, const T* rm_in, const T* rv_in, T* out,
-                T* shift, T* invstd, T* rm_out, T* rv_out, int64_t B, int64_t N, bool training, bool track,
-                double momentum, double eps, bool relu) {
-  const int64_t chunks = n_chunks(N);
-#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    T sh[kChunk], sc[kChunk], be[kChunk];
-    if (training) {
-      // Two passes (mean, then centred squares): no cancellation when |mean| >> std.
-      double sum[kChunk] = {0}, sq[kChunk] = {0};
-      T mean[kChunk];
-      const T* yc = y + f0;
-      column_sums<T>(B, nf, sum, [&](int64_t n, int64_t j) { return yc[n * N + j]; });
-      for (int64_t j = 0; j < nf; ++j) mean[j] = T(sum[j] / double(B));
-      column_sums<T>(B, nf, sq, [&](int64_t n, int64_t j) {
-        T d = yc[n * N + j] - mean[j];
-        return d * d;
-      });
-      for (int64_t j = 0; j < nf; ++j) {
-        const int64_t f = f0 + j;
-        double s, is;
-        bn::train_stats<double>(sum[j], sq[j], B, eps, &s, &is);  // centred on the T-rounded mean: exact enough
-        shift[f] = sh[j] = T(s);
-        invstd[f] = T(is);
-        sc[j] = T(double(gamma[f]) * is);
-        if (track) {
-          double rm = double(rm_in[f]), rv = double(rv_in[f]);
-          bn::running_update<double>(s, sq[j], B, bias ? double(bias[f]) : 0.0, momentum, &rm, &rv);
-          rm_out[f] = T(rm);
-          rv_out[f] = T(rv);
-        }
-      }
-    } else {
-      for (int64_t j = 0; j < nf; ++j) {
-        const int64_t f = f0 + j;
-        double s, is;
-        bn::eval_stats<double>(double(rm_in[f]), double(rv_in[f]), bias ? double(bias[f]) : 0.0, eps, &s, &is);
-        shift[f] = sh[j] = T(s);
-        invstd[f] = T(is);
-        sc[j] = T(double(gamma[f]) * is);
+struct BnForward {
+  const T *y, *bias, *gamma, *beta, *rm_in, *rv_in;
+  T *out, *shift, *invstd, *rm_out, *rv_out;
+  int64_t B, N;
+  bool training, track;
+  double momentum, eps;
+  bool relu;
+};
+
+// Column chunk c of the forward.
+template <typename T>
+FG_INLINE void bn_forward_chunk(const BnForward<T>& a, int64_t c) {
+  const T *y = a.y, *bias = a.bias, *gamma = a.gamma, *beta = a.beta, *rm_in = a.rm_in, *rv_in = a.rv_in;
+  T *out = a.out, *shift = a.shift, *invstd = a.invstd, *rm_out = a.rm_out, *rv_out = a.rv_out;
+  const int64_t B = a.B, N = a.N;
+  const bool training = a.training, track = a.track, relu = a.relu;
+  const double momentum = a.momentum, eps = a.eps;
+  const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+  T sh[kChunk], sc[kChunk], be[kChunk];
+  if (training) {
+    // Two passes (mean, then centred squares): no cancellation when |mean| >> std.
+    double sum[kChunk] = {0}, sq[kChunk] = {0};
+    T mean[kChunk];
+    const T* yc = y + f0;
+    column_sums<T>(B, nf, sum, [&](int64_t n, int64_t j) { return yc[n * N + j]; });
+    for (int64_t j = 0; j < nf; ++j) mean[j] = T(sum[j] / double(B));
+    column_sums<T>(B, nf, sq, [&](int64_t n, int64_t j) {
+      T d = yc[n * N + j] - mean[j];
+      return d * d;
+    });
+    for (int64_t j = 0; j < nf; ++j) {
+      const int64_t f = f0 + j;
+      double s, is;
+      bn::train_stats<double>(sum[j], sq[j], B, eps, &s, &is);  // centred on the T-rounded mean: exact enough
+      shift[f] = sh[j] = T(s);
+      invstd[f] = T(is);
+      sc[j] = T(double(gamma[f]) * is);
+      if (track) {
+        double rm = double(rm_in[f]), rv = double(rv_in[f]);
+        bn::running_update<double>(s, sq[j], B, bias ? double(bias[f]) : 0.0, momentum, &rm, &rv);
+        rm_out[f] = T(rm);
+        rv_out[f] = T(rv);
       }
     }
-    for (int64_t j = 0; j < nf; ++j) be[j] = beta[f0 + j];
-    if (relu)
-      normalize_chunk<T, true>(y + f0, out + f0, B, N, nf, sh, sc, be);
-    else
-      normalize_chunk<T, false>(y + f0, out + f0, B, N, nf, sh, sc, be);
+  } else {
+    for (int64_t j = 0; j < nf; ++j) {
+      const int64_t f = f0 + j;
+      double s, is;
+      bn::eval_stats<double>(double(rm_in[f]), double(rv_in[f]), bias ? double(bias[f]) : 0.0, eps, &s, &is);
+      shift[f] = sh[j] = T(s);
+      invstd[f] = T(is);
+      sc[j] = T(double(gamma[f]) * is);
+    }
   }
+  for (int64_t j = 0; j < nf; ++j) be[j] = beta[f0 + j];
+  if (relu)
+    normalize_chunk<T, true>(y + f0, out + f0, B, N, nf, sh, sc, be);
+  else
+    normalize_chunk<T, false>(y + f0, out + f0, B, N, nf, sh, sc, be);
+}
+
+FG_CPU_CLONES void bn_forward_chunk_f32(const BnForward<float>& a, int64_t c) { bn_forward_chunk<float>(a, c); }
+FG_CPU_CLONES void bn_forward_chunk_f64(const BnForward<double>& a, int64_t c) { bn_forward_chunk<double>(a, c); }
+inline void bn_forward_chunk_any(const BnForward<float>& a, int64_t c) { bn_forward_chunk_f32(a, c); }
+inline void bn_forward_chunk_any(const BnForward<double>& a, int64_t c) { bn_forward_chunk_f64(a, c); }
+
+template <typename T>
+void bn_forward(const BnForward<T>& a) {
+  const int64_t chunks = n_chunks(a.N);
+#pragma omp parallel for schedule(static) if (a.B * a.N > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) bn_forward_chunk_any(a, c);
 }
 
 template <typename T, bool RELU>
-void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd,
+FG_INLINE void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd,
                        T* dy, T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N, int64_t nf, bool training) {
   T sh[kChunk], is[kChunk], sc[kChunk], m1[kChunk], m2[kChunk];
   double s1[kChunk] = {0}, s2[kChunk] = {0};
@@ -166,70 +196,142 @@ void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, 
 }
 
 template <typename T>
-void bn_backward(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd, T* dy,
-                 T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N, bool training, bool relu) {
-  const int64_t chunks = n_chunks(N);
-#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    if (relu)
-      bn_backward_chunk<T, true>(dout + f0, out + f0, y + f0, gamma + f0, shift + f0, invstd + f0, dy + f0,
-                                 dgamma + f0, dbeta + f0, dbias + f0, B, N, nf, training);
-    else
-      bn_backward_chunk<T, false>(dout + f0, nullptr, y + f0, gamma + f0, shift + f0, invstd + f0, dy + f0,
-                                  dgamma + f0, dbeta + f0, dbias + f0, B, N, nf, training);
+struct BnBackward {
+  const T *dout, *out, *y, *gamma, *shift, *invstd;
+  T *dy, *dgamma, *dbeta, *dbias;
+  int64_t B, N;
+  bool training, relu;
+};
+
+template <typename T>
+FG_INLINE void bn_backward_at(const BnBackward<T>& a, int64_t c) {
+  const int64_t f0 = c * kChunk, nf = std::min(kChunk, a.N - f0);
+  if (a.relu)
+    bn_backward_chunk<T, true>(a.dout + f0, a.out + f0, a.y + f0, a.gamma + f0, a.shift + f0, a.invstd + f0,
+                               a.dy + f0, a.dgamma + f0, a.dbeta + f0, a.dbias + f0, a.B, a.N, nf, a.training);
+  else
+    bn_backward_chunk<T, false>(a.dout + f0, nullptr, a.y + f0, a.gamma + f0, a.shift + f0, a.invstd + f0,
+                                a.dy + f0, a.dgamma + f0, a.dbeta + f0, a.dbias + f0, a.B, a.N, nf, a.training);
+}
+
+FG_CPU_CLONES void bn_backward_f32(const BnBackward<float>& a, int64_t c) { bn_backward_at<float>(a, c); }
+FG_CPU_CLONES void bn_backward_f64(const BnBackward<double>& a, int64_t c) { bn_backward_at<double>(a, c); }
+inline void bn_backward_any(const BnBackward<float>& a, int64_t c) { bn_backward_f32(a, c); }
+inline void bn_backward_any(const BnBackward<double>& a, int64_t c) { bn_backward_f64(a, c); }
+
+template <typename T>
+void bn_backward(const BnBackward<T>& a) {
+  const int64_t chunks = n_chunks(a.N);
+#pragma omp parallel for schedule(static) if (a.B * a.N > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) bn_backward_any(a, c);
+}
+
+// Row n of the reconstruction loss: kChunk lanes of T partial sums, each over at most kRowBlock elements, flushed
+// into double.
+template <typename T>
+FG_INLINE void recon_row(const T* y, const T* bias, const T* t, T* out, int64_t n, int64_t N) {
+  const T* yr = y + n * N;
+  const T* tr = t + n * N;
+  double s = 0.0;
+  for (int64_t f0 = 0; f0 < N; f0 += kChunk * kRowBlock) {
+    T part[kChunk] = {0};
+    const int64_t f_end = std::min(N, f0 + kChunk * kRowBlock);
+    for (int64_t f1 = f0; f1 < f_end; f1 += kChunk) {
+      const int64_t nf = std::min(kChunk, f_end - f1);
+      for (int64_t j = 0; j < nf; ++j) {
+        T d = recon::diff<T>(yr[f1 + j], bias ? bias[f1 + j] : T(0), tr[f1 + j]);
+        part[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < kChunk; ++j) s += double(part[j]);
   }
+  out[n] = T(s);
+}
+
+FG_CPU_CLONES void recon_row_f32(const float* y, const float* b, const float* t, float* o, int64_t n, int64_t N) {
+  recon_row<float>(y, b, t, o, n, N);
+}
+FG_CPU_CLONES void recon_row_f64(const double* y, const double* b, const double* t, double* o, int64_t n,
+                                 int64_t N) {
+  recon_row<double>(y, b, t, o, n, N);
+}
+inline void recon_row_any(const float* y, const float* b, const float* t, float* o, int64_t n, int64_t N) {
+  recon_row_f32(y, b, t, o, n, N);
+}
+inline void recon_row_any(const double* y, const double* b, const double* t, double* o, int64_t n, int64_t N) {
+  recon_row_f64(y, b, t, o, n, N);
 }
 
 template <typename T>
 void recon_forward(const T* y, const T* bias, const T* t, T* out, int64_t B, int64_t N) {
 #pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t n = 0; n < B; ++n) {
-    const T* yr = y + n * N;
-    const T* tr = t + n * N;
-    double s = 0.0;
-    // kChunk lanes of T partial sums, each over at most kRowBlock elements, flushed into double
-    for (int64_t f0 = 0; f0 < N; f0 += kChunk * kRowBlock) {
-      T part[kChunk] = {0};
-      const int64_t f_end = std::min(N, f0 + kChunk * kRowBlock);
-      for (int64_t f1 = f0; f1 < f_end; f1 += kChunk) {
-        const int64_t nf = std::min(kChunk, f_end - f1);
-        for (int64_t j = 0; j < nf; ++j) {
-          T d = recon::diff<T>(yr[f1 + j], bias ? bias[f1 + j] : T(0), tr[f1 + j]);
-          part[j] += d * d;
-        }
-      }
-      for (int64_t j = 0; j < kChunk; ++j) s += double(part[j]);
-    }
-    out[n] = T(s);
-  }
+  for (int64_t n = 0; n < B; ++n) recon_row_any(y, bias, t, out, n, N);
 }
 
 template <typename T>
+struct ReconBackward {
+  const T *go, *y, *bias, *t;
+  T *dy, *dbias;
+  int64_t B, N;
+};
+
+template <typename T>
+FG_INLINE void recon_backward_at(const ReconBackward<T>& a, int64_t c) {
+  const T *go = a.go, *y = a.y, *t = a.t;
+  T* dy = a.dy;
+  const int64_t N = a.N, f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+  T b[kChunk];
+  double db[kChunk] = {0};
+  for (int64_t j = 0; j < nf; ++j) b[j] = a.bias ? a.bias[f0 + j] : T(0);
+  column_sums<T>(a.B, nf, db, [&](int64_t n, int64_t j) {
+    const int64_t i = n * N + f0 + j;
+    T v = recon::grad<T>(go[n], recon::diff<T>(y[i], b[j], t[i]));
+    dy[i] = v;
+    return v;
+  });
+  if (a.dbias != nullptr)
+    for (int64_t j = 0; j < nf; ++j) a.dbias[f0 + j] = T(db[j]);
+}
+
+FG_CPU_CLONES void recon_backward_f32(const ReconBackward<float>& a, int64_t c) { recon_backward_at<float>(a, c); }
+FG_CPU_CLONES void recon_backward_f64(const ReconBackward<double>& a, int64_t c) { recon_backward_at<double>(a, c); }
+inline void recon_backward_any(const ReconBackward<float>& a, int64_t c) { recon_backward_f32(a, c); }
+inline void recon_backward_any(const ReconBackward<double>& a, int64_t c) { recon_backward_f64(a, c); }
+
+template <typename T>
 void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T* dbias, int64_t B, int64_t N) {
+  const ReconBackward<T> a{go, y, bias, t, dy, dbias, B, N};
   const int64_t chunks = n_chunks(N);
 #pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t f0 = c * kChunk, nf = std::min(kChunk, N - f0);
-    T b[kChunk];
-    double db[kChunk] = {0};
-    for (int64_t j = 0; j < nf; ++j) b[j] = bias ? bias[f0 + j] : T(0);
-    column_sums<T>(B, nf, db, [&](int64_t n, int64_t j) {
-      const int64_t i = n * N + f0 + j;
-      T v = recon::grad<T>(go[n], recon::diff<T>(y[i], b[j], t[i]));
-      dy[i] = v;
-      return v;
-    });
-    if (dbias != nullptr)
-      for (int64_t j = 0; j < nf; ++j) dbias[f0 + j] = T(db[j]);
-  }
+  for (int64_t c = 0; c < chunks; ++c) recon_backward_any(a, c);
+}
+
+// out[i] = h[i] + s * noise[i] over [lo, hi).
+template <typename T>
+FG_INLINE void corrupt_range(const T* h, const T* noise, T* out, T s, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) out[i] = h[i] + s * noise[i];
+}
+
+FG_CPU_CLONES void corrupt_f32(const float* h, const float* e, float* o, float s, int64_t lo, int64_t hi) {
+  corrupt_range<float>(h, e, o, s, lo, hi);
+}
+FG_CPU_CLONES void corrupt_f64(const double* h, const double* e, double* o, double s, int64_t lo, int64_t hi) {
+  corrupt_range<double>(h, e, o, s, lo, hi);
+}
+inline void corrupt_any(const float* h, const float* e, float* o, float s, int64_t lo, int64_t hi) {
+  corrupt_f32(h, e, o, s, lo, hi);
+}
+inline void corrupt_any(const double* h, const double* e, double* o, double s, int64_t lo, int64_t hi) {
+  corrupt_f64(h, e, o, s, lo, hi);
 }
 
 template <typename T>
 void corrupt(const T* h, const T* noise, T* out, double sigma, int64_t numel) {
-  const T s = T(sigma);
+  constexpr int64_t kBlock = 1 << 12;
+  const int64_t blocks = (numel + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (numel > 4 * kParallelWork)
-  for (int64_t i = 0; i < numel; ++i) out[i] = h[i] + s * noise[i];
+  for (int64_t b = 0; b < blocks; ++b)
+    corrupt_any(h, noise, out, T(sigma), b * kBlock, std::min(numel, (b + 1) * kBlock));
 }
 
 void check(int64_t B, int64_t N, int dtype) {
@@ -244,9 +346,9 @@ void bn_forward_t(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, s
                   std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift, std::uintptr_t invstd,
                   std::uintptr_t rm_out, std::uintptr_t rv_out, int64_t B, int64_t N, bool training, bool track,
                   double momentum, double eps, bool relu) {
-  bn_forward<T>(cptr<T>(y), cptr<T>(bias), cptr<T>(gamma), cptr<T>(beta), cptr<T>(rm), cptr<T>(rv), mptr<T>(out),
-                mptr<T>(shift), mptr<T>(invstd), mptr<T>(rm_out), mptr<T>(rv_out), B, N, training, track, momentum,
-                eps, relu);
+  bn_forward<T>({cptr<T>(y), cptr<T>(bias), cptr<T>(gamma), cptr<T>(beta), cptr<T>(rm), cptr<T>(rv), mptr<T>(out),
+                 mptr<T>(shift), mptr<T>(invstd), mptr<T>(rm_out), mptr<T>(rv_out), B, N, training, track, momentum,
+                 eps, relu});
 }
 
 void bn_relu_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
@@ -273,13 +375,13 @@ void bn_relu_backward_cpu(std::uintptr_t dout, std::uintptr_t out, std::uintptr_
   if (relu && out == 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
-    bn_backward<float>(cptr<float>(dout), cptr<float>(out), cptr<float>(y), cptr<float>(gamma), cptr<float>(shift),
-                       cptr<float>(invstd), mptr<float>(dy), mptr<float>(dgamma), mptr<float>(dbeta),
-                       mptr<float>(dbias), B, N, training, relu);
+    bn_backward<float>({cptr<float>(dout), cptr<float>(out), cptr<float>(y), cptr<float>(gamma), cptr<float>(shift),
+                        cptr<float>(invstd), mptr<float>(dy), mptr<float>(dgamma), mptr<float>(dbeta),
+                        mptr<float>(dbias), B, N, training, relu});
   else
-    bn_backward<double>(cptr<double>(dout), cptr<double>(out), cptr<double>(y), cptr<double>(gamma),
-                        cptr<double>(shift), cptr<double>(invstd), mptr<double>(dy), mptr<double>(dgamma),
-                        mptr<double>(dbeta), mptr<double>(dbias), B, N, training, relu);
+    bn_backward<double>({cptr<double>(dout), cptr<double>(out), cptr<double>(y), cptr<double>(gamma),
+                         cptr<double>(shift), cptr<double>(invstd), mptr<double>(dy), mptr<double>(dgamma),
+                         mptr<double>(dbeta), mptr<double>(dbias), B, N, training, relu});
 }
 
 void recon_loss_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t, std::uintptr_t out, int dtype,

@@ -18,8 +18,9 @@ for the single-layer op):
   * ``denoiser_loss``: the whole training loss in one op, with a hand-written backward
     (``denoiser_loss_backward``) that walks the layers once;
   * ``denoiser_forward``: r(h) without autograd (targets, inference).
-Eagerly, the whole-network loss and forward (with or without gradients) run the same implementations through
-plain autograd.Functions (torch.library's wrapper costs ~0.5 ms a call with list arguments; see "eager path").
+Eagerly, the whole-network loss, the forward (with or without gradients) and the public bn_relu run the same
+implementations through plain autograd.Functions (torch.library's wrapper costs ~0.5 ms a call with list
+arguments, and more than the whole torch layer for bn_relu; see "eager path").
 First-order backwards run the fused kernels; a backward taken with ``create_graph=True`` (second order)
 recomputes through plain torch formulas, so every op is differentiable twice and more.
 Running statistics are returned by the ops (custom ops must be functional) and copied into the buffers.
@@ -738,6 +739,36 @@ class _EagerRecon(torch.autograd.Function):
         return None, dh, None
 
 
+class _EagerBnRelu(torch.autograd.Function):
+    """The public bn_relu called eagerly: the custom op's kernels without torch.library's autograd wrapper, which
+    cost more than the whole torch layer (F.batch_norm + relu and their backward) at small sizes."""
+
+    @staticmethod
+    def forward(ctx, meta, y, bias, gamma, beta):
+        rm, rv, training, momentum, eps, relu, backend = meta
+        track = training and rm is not None
+        out, shift, invstd, _, _ = _layer_forward(_KERNELS[backend], y, bias, gamma, beta, rm, rv, training, track,
+                                                  momentum, eps, relu, running_in_place=True)
+        _dispatch.record(OP_LAYER, backend)
+        ctx.save_for_backward(y, bias, gamma, beta, out, shift, invstd)
+        ctx.meta = (training, eps, relu, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        training, eps, relu, backend = ctx.meta
+        y, bias, gamma, beta, out, shift, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            fn = lambda y_, b_, g_, be_: _torch_bn(y_, b_, g_, be_, training, eps, shift, invstd, relu)
+            dy, dbias, dgamma, dbeta = _grads_through(fn, [y, bias, gamma, beta], g_out)
+            _dispatch.record(OP_LAYER + "_backward", "reference")
+            return None, dy, dbias, dgamma, dbeta
+        dy, dgamma, dbeta, dbias = _layer_backward(_KERNELS[backend], g_out.contiguous(), out, y, gamma, shift,
+                                                   invstd, training, relu)
+        _dispatch.record(OP_LAYER + "_backward", backend)
+        return None, dy, dbias if bias is not None else None, dgamma, dbeta
+
+
 class _EagerForward(torch.autograd.Function):
     """r(h) with gradients: the whole network in one Function (its layers' kernels, one walk down in the
     backward), where the per-layer custom op would pay torch.library's autograd wrapper once per layer."""
@@ -920,20 +951,22 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
         raise ValueError(f"y must have shape (B, N), got {tuple(y.shape)}")
     if y.dtype not in PARAM_DTYPES:
         raise TypeError(f"y must be float32 or float64, got {y.dtype}")
-    N = y.shape[1]
-    named = [("bias", bias), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-             ("running_var", running_var)]
+    N, dtype, device = y.shape[1], y.dtype, y.device
+    named = (("bias", bias), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+             ("running_var", running_var))
     for name, t in named:
         if t is None and name in ("gamma", "beta"):
             raise TypeError(f"{name} must be a tensor (the fused op is affine)")
         if t is None:
             continue
-        _checks.tensor(name, t)
-        if tuple(t.shape) != (N,):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != (N,):
             raise ValueError(f"{name} must have shape ({N},), got {tuple(t.shape)}")
-        if t.dtype != y.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but y has {y.dtype}")
-        _checks.same_device(y=y, **{name: t})
+        if t.dtype != dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but y has {dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but y is on {device}; move them to the same device")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     if not training and running_mean is None:
@@ -944,6 +977,9 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
     eps = _check_number("eps", eps, low=0.0, open_low=True)
     chosen = _dispatch.resolve(OP_LAYER, y.device, backend)
     c = lambda t: None if t is None else t.contiguous()
+    if not _compiling() and (running_mean is None or (running_mean.is_contiguous() and running_var.is_contiguous())):
+        meta = (running_mean, running_var, bool(training), momentum, eps, bool(relu), chosen)
+        return _EagerBnRelu.apply(meta, y.contiguous(), c(bias), c(gamma), c(beta))
     out, _, _, rm, rv = torch.ops.fastgan.bn_relu(y.contiguous(), c(bias), c(gamma), c(beta), c(running_mean),
                                                   c(running_var), bool(training), momentum, eps, bool(relu), chosen)
     if training and running_mean is not None:

@@ -4,11 +4,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastgan import _ext
-from fastgan.ops import Denoiser, _dispatch
+from fastgan.ops import Denoiser, _dispatch, bn_relu
+from fastgan.ops import denoiser as dn
 
 from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, make_pair, state
 
@@ -155,3 +157,65 @@ def test_cuda_launches_share_one_device_guard(monkeypatch, cuda_emu_module):
     # loss: corrupt + 3 layers + recon forward, recon + 3 layers backward; r(h): 3 layers each way
     assert calls == {"loss": (2, 2, 9), "forward": (2, 2, 6), "no-grad forward": (1, 1, 3)}
     assert all(d == h.device for d in guards + streams)
+
+
+# ---------------------------------------------------------------- eager Functions vs the custom ops (torch.compile)
+
+def _layer(seed=0, B=7, N=5):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    y, bias, beta = mk(B, N).requires_grad_(), mk(N).requires_grad_(), mk(N).requires_grad_()
+    gamma = (torch.rand(N, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    return y, bias, gamma, beta, mk(N), torch.rand(N, generator=g, dtype=torch.float64) + 0.5
+
+
+def _layer_run(y, bias, gamma, beta, rm, rv, training):
+    out = bn_relu(y, bias, gamma, beta, rm, rv, training=training, momentum=0.2)
+    grads = torch.autograd.grad((out * _cotangent(out.shape)).sum(), (y, bias, gamma, beta))
+    return out, grads, rm, rv
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eager_paths_equal_the_custom_ops(monkeypatch, training):
+    """Eagerly bn_relu and r(h) with gradients run plain autograd.Functions; under torch.compile the custom ops
+    (bn_relu per layer). Same values, gradients and running statistics either way."""
+    applied = []
+    for cls in (dn._EagerBnRelu, dn._EagerForward):
+        real = cls.apply
+        monkeypatch.setattr(cls, "apply", lambda *a, _real=real, _name=cls.__name__: (applied.append(_name),
+                                                                                     _real(*a))[1])
+    y, bias, gamma, beta, rm, rv = _layer()
+    eager = _layer_run(y, bias, gamma, beta, rm.clone(), rv.clone(), training)
+    den, _ = make_pair(training=training)
+    h = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
+    den(h).pow(2).sum().backward()
+    eager_state = {"h": h.grad, **{k: v.clone() for k, v in state(den.net).items()}}
+    assert applied == ["_EagerBnRelu", "_EagerForward"]
+
+    applied.clear()
+    monkeypatch.setattr(dn, "_compiling", lambda: True)
+    op = _layer_run(y, bias, gamma, beta, rm.clone(), rv.clone(), training)
+    den2, _ = make_pair(training=training)
+    h2 = h.detach().clone().requires_grad_()
+    before = dict(_dispatch.counts)
+    den2(h2).pow(2).sum().backward()
+    assert delta(before) == {("bn_relu", "cpu"): 2, ("bn_relu_backward", "cpu"): 2}
+    assert applied == []
+    for a, b in zip((eager[0], *eager[1], *eager[2:]), (op[0], *op[1], *op[2:])):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    op_state = {"h": h2.grad, **state(den2.net)}
+    for k, v in eager_state.items():
+        torch.testing.assert_close(op_state[k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_bn_relu_running_stats_in_strided_tensors():
+    """Running statistics that are views with a stride are still updated in place (through a contiguous copy)."""
+    y, bias, gamma, beta, rm, rv = _layer()
+    rm_s = torch.zeros(10, dtype=torch.float64)[::2]
+    rv_s = torch.zeros(10, dtype=torch.float64)[::2]
+    rm_s.copy_(rm), rv_s.copy_(rv)
+    out = bn_relu(y, bias, gamma, beta, rm_s, rv_s, momentum=0.2)
+    want = F.relu(F.batch_norm(y + bias, rm, rv, gamma, beta, True, 0.2, 1e-5))
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(rm_s, rm, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(rv_s, rv, rtol=1e-12, atol=1e-14)
