@@ -1,5 +1,6 @@
 """Shared by the denoiser tests: a fused Denoiser and an nn.Sequential copy with the same state, dispatch-count
-deltas, the loss-relevant state of a module, and the "within twice the reference's error" check."""
+deltas, the loss-relevant state of a module, the "within twice the reference's error" check, and one layer's
+inputs."""
 import copy
 
 import torch
@@ -54,3 +55,15 @@ def assert_within_twice(name, got, base, truth):
     err_ref = (base.double() - truth).norm().item()
     floor = F32_EPS * truth.norm().item()
     assert err <= 2 * err_ref + floor, f"{name}: fused error {err:.3g} vs reference error {err_ref:.3g}"
+
+
+def layer_inputs(seed=0, B=5, N=4):
+    """One BatchNorm layer's float64 inputs: y, bias, gamma, beta (requiring grad) and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    y = mk(B, N).requires_grad_()
+    bias = mk(N).requires_grad_()
+    gamma = (torch.rand(N, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    beta = mk(N).requires_grad_()
+    rm, rv = mk(N), torch.rand(N, generator=g, dtype=torch.float64) + 0.5
+    return y, bias, gamma, beta, rm, rv

@@ -46,6 +46,22 @@ constexpr int64_t kRowBlock = 8;
 // (one thread, this project's 2-core AMD EPYC).
 #define FG_INLINE __attribute__((always_inline)) inline
 
+// Instantiates BODY<float> and BODY<double> (each `void(const ARGS<T>&, int64_t item)`) in functions built as
+// those clones, and overloads NAME(const ARGS<T>&, int64_t) calling them: target_clones does not apply to
+// templates, so each precision gets a plain function.
+#define FG_CLONED(NAME, ARGS, BODY)                                                         \
+  FG_CPU_CLONES void NAME##_f32(const ARGS<float>& a, int64_t i) { BODY<float>(a, i); }   \
+  FG_CPU_CLONES void NAME##_f64(const ARGS<double>& a, int64_t i) { BODY<double>(a, i); } \
+  inline void NAME(const ARGS<float>& a, int64_t i) { NAME##_f32(a, i); }                 \
+  inline void NAME(const ARGS<double>& a, int64_t i) { NAME##_f64(a, i); }
+
+// fn(a, i) for every i < items, on the OpenMP threads when `parallel`.
+template <typename A>
+void for_items(const A& a, int64_t items, bool parallel, void (*fn)(const A&, int64_t)) {
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t i = 0; i < items; ++i) fn(a, i);
+}
+
 // acc[j] += sum over rows n of term(n, j) for the nf columns of a chunk.
 template <typename T, typename Term>
 FG_INLINE void column_sums(int64_t B, int64_t nf, double* acc, Term term) {
@@ -79,7 +95,8 @@ FG_INLINE void column_sums2(int64_t B, int64_t nf, double* acc1, double* acc2, T
 
 // out = relu?((y - shift) * scale + beta) over one column chunk, in T.
 template <typename T, bool RELU>
-FG_INLINE void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const T* sh, const T* sc, const T* be) {
+FG_INLINE void normalize_chunk(const T* y, T* out, int64_t B, int64_t N, int64_t nf, const T* sh, const T* sc,
+                               const T* be) {
   for (int64_t n = 0; n < B; ++n) {
     const T* row = y + n * N;
     T* orow = out + n * N;
@@ -149,21 +166,17 @@ FG_INLINE void bn_forward_chunk(const BnForward<T>& a, int64_t c) {
     normalize_chunk<T, false>(y + f0, out + f0, B, N, nf, sh, sc, be);
 }
 
-FG_CPU_CLONES void bn_forward_chunk_f32(const BnForward<float>& a, int64_t c) { bn_forward_chunk<float>(a, c); }
-FG_CPU_CLONES void bn_forward_chunk_f64(const BnForward<double>& a, int64_t c) { bn_forward_chunk<double>(a, c); }
-inline void bn_forward_chunk_any(const BnForward<float>& a, int64_t c) { bn_forward_chunk_f32(a, c); }
-inline void bn_forward_chunk_any(const BnForward<double>& a, int64_t c) { bn_forward_chunk_f64(a, c); }
+FG_CLONED(bn_forward_cloned, BnForward, bn_forward_chunk)
 
 template <typename T>
 void bn_forward(const BnForward<T>& a) {
-  const int64_t chunks = n_chunks(a.N);
-#pragma omp parallel for schedule(static) if (a.B * a.N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) bn_forward_chunk_any(a, c);
+  for_items(a, n_chunks(a.N), a.B * a.N > kParallelWork, bn_forward_cloned);
 }
 
 template <typename T, bool RELU>
-FG_INLINE void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, const T* shift, const T* invstd,
-                       T* dy, T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N, int64_t nf, bool training) {
+FG_INLINE void bn_backward_chunk(const T* dout, const T* out, const T* y, const T* gamma, const T* shift,
+                                 const T* invstd, T* dy, T* dgamma, T* dbeta, T* dbias, int64_t B, int64_t N,
+                                 int64_t nf, bool training) {
   T sh[kChunk], is[kChunk], sc[kChunk], m1[kChunk], m2[kChunk];
   double s1[kChunk] = {0}, s2[kChunk] = {0};
   for (int64_t j = 0; j < nf; ++j) {
@@ -214,24 +227,28 @@ FG_INLINE void bn_backward_at(const BnBackward<T>& a, int64_t c) {
                                 a.dy + f0, a.dgamma + f0, a.dbeta + f0, a.dbias + f0, a.B, a.N, nf, a.training);
 }
 
-FG_CPU_CLONES void bn_backward_f32(const BnBackward<float>& a, int64_t c) { bn_backward_at<float>(a, c); }
-FG_CPU_CLONES void bn_backward_f64(const BnBackward<double>& a, int64_t c) { bn_backward_at<double>(a, c); }
-inline void bn_backward_any(const BnBackward<float>& a, int64_t c) { bn_backward_f32(a, c); }
-inline void bn_backward_any(const BnBackward<double>& a, int64_t c) { bn_backward_f64(a, c); }
+FG_CLONED(bn_backward_cloned, BnBackward, bn_backward_at)
 
 template <typename T>
 void bn_backward(const BnBackward<T>& a) {
-  const int64_t chunks = n_chunks(a.N);
-#pragma omp parallel for schedule(static) if (a.B * a.N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) bn_backward_any(a, c);
+  for_items(a, n_chunks(a.N), a.B * a.N > kParallelWork, bn_backward_cloned);
 }
+
+template <typename T>
+struct ReconForward {
+  const T *y, *bias, *t;
+  T* out;
+  int64_t N;
+};
 
 // Row n of the reconstruction loss: kChunk lanes of T partial sums, each over at most kRowBlock elements, flushed
 // into double.
 template <typename T>
-FG_INLINE void recon_row(const T* y, const T* bias, const T* t, T* out, int64_t n, int64_t N) {
-  const T* yr = y + n * N;
-  const T* tr = t + n * N;
+FG_INLINE void recon_row(const ReconForward<T>& a, int64_t n) {
+  const int64_t N = a.N;
+  const T* yr = a.y + n * N;
+  const T* tr = a.t + n * N;
+  const T* bias = a.bias;
   double s = 0.0;
   for (int64_t f0 = 0; f0 < N; f0 += kChunk * kRowBlock) {
     T part[kChunk] = {0};
@@ -245,27 +262,14 @@ FG_INLINE void recon_row(const T* y, const T* bias, const T* t, T* out, int64_t 
     }
     for (int64_t j = 0; j < kChunk; ++j) s += double(part[j]);
   }
-  out[n] = T(s);
+  a.out[n] = T(s);
 }
 
-FG_CPU_CLONES void recon_row_f32(const float* y, const float* b, const float* t, float* o, int64_t n, int64_t N) {
-  recon_row<float>(y, b, t, o, n, N);
-}
-FG_CPU_CLONES void recon_row_f64(const double* y, const double* b, const double* t, double* o, int64_t n,
-                                 int64_t N) {
-  recon_row<double>(y, b, t, o, n, N);
-}
-inline void recon_row_any(const float* y, const float* b, const float* t, float* o, int64_t n, int64_t N) {
-  recon_row_f32(y, b, t, o, n, N);
-}
-inline void recon_row_any(const double* y, const double* b, const double* t, double* o, int64_t n, int64_t N) {
-  recon_row_f64(y, b, t, o, n, N);
-}
+FG_CLONED(recon_row_cloned, ReconForward, recon_row)
 
 template <typename T>
 void recon_forward(const T* y, const T* bias, const T* t, T* out, int64_t B, int64_t N) {
-#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t n = 0; n < B; ++n) recon_row_any(y, bias, t, out, n, N);
+  for_items(ReconForward<T>{y, bias, t, out, N}, B, B * N > kParallelWork, recon_row_cloned);
 }
 
 template <typename T>
@@ -293,45 +297,40 @@ FG_INLINE void recon_backward_at(const ReconBackward<T>& a, int64_t c) {
     for (int64_t j = 0; j < nf; ++j) a.dbias[f0 + j] = T(db[j]);
 }
 
-FG_CPU_CLONES void recon_backward_f32(const ReconBackward<float>& a, int64_t c) { recon_backward_at<float>(a, c); }
-FG_CPU_CLONES void recon_backward_f64(const ReconBackward<double>& a, int64_t c) { recon_backward_at<double>(a, c); }
-inline void recon_backward_any(const ReconBackward<float>& a, int64_t c) { recon_backward_f32(a, c); }
-inline void recon_backward_any(const ReconBackward<double>& a, int64_t c) { recon_backward_f64(a, c); }
+FG_CLONED(recon_backward_cloned, ReconBackward, recon_backward_at)
 
 template <typename T>
 void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T* dbias, int64_t B, int64_t N) {
-  const ReconBackward<T> a{go, y, bias, t, dy, dbias, B, N};
-  const int64_t chunks = n_chunks(N);
-#pragma omp parallel for schedule(static) if (B * N > kParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) recon_backward_any(a, c);
+  for_items(ReconBackward<T>{go, y, bias, t, dy, dbias, B, N}, n_chunks(N), B * N > kParallelWork,
+            recon_backward_cloned);
 }
 
-// out[i] = h[i] + s * noise[i] over [lo, hi).
+constexpr int64_t kCorruptBlock = 1 << 12;
+
 template <typename T>
-FG_INLINE void corrupt_range(const T* h, const T* noise, T* out, T s, int64_t lo, int64_t hi) {
-  for (int64_t i = lo; i < hi; ++i) out[i] = h[i] + s * noise[i];
+struct Corrupt {
+  const T *h, *noise;
+  T* out;
+  T sigma;
+  int64_t numel;
+};
+
+// out[i] = h[i] + sigma * noise[i] over block b.
+template <typename T>
+FG_INLINE void corrupt_block(const Corrupt<T>& a, int64_t b) {
+  const T *h = a.h, *noise = a.noise;  // locals: a store through out could otherwise alias a.sigma
+  T* out = a.out;
+  const T sigma = a.sigma;
+  const int64_t hi = std::min(a.numel, (b + 1) * kCorruptBlock);
+  for (int64_t i = b * kCorruptBlock; i < hi; ++i) out[i] = h[i] + sigma * noise[i];
 }
 
-FG_CPU_CLONES void corrupt_f32(const float* h, const float* e, float* o, float s, int64_t lo, int64_t hi) {
-  corrupt_range<float>(h, e, o, s, lo, hi);
-}
-FG_CPU_CLONES void corrupt_f64(const double* h, const double* e, double* o, double s, int64_t lo, int64_t hi) {
-  corrupt_range<double>(h, e, o, s, lo, hi);
-}
-inline void corrupt_any(const float* h, const float* e, float* o, float s, int64_t lo, int64_t hi) {
-  corrupt_f32(h, e, o, s, lo, hi);
-}
-inline void corrupt_any(const double* h, const double* e, double* o, double s, int64_t lo, int64_t hi) {
-  corrupt_f64(h, e, o, s, lo, hi);
-}
+FG_CLONED(corrupt_cloned, Corrupt, corrupt_block)
 
 template <typename T>
 void corrupt(const T* h, const T* noise, T* out, double sigma, int64_t numel) {
-  constexpr int64_t kBlock = 1 << 12;
-  const int64_t blocks = (numel + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (numel > 4 * kParallelWork)
-  for (int64_t b = 0; b < blocks; ++b)
-    corrupt_any(h, noise, out, T(sigma), b * kBlock, std::min(numel, (b + 1) * kBlock));
+  for_items(Corrupt<T>{h, noise, out, T(sigma), numel}, (numel + kCorruptBlock - 1) / kCorruptBlock,
+            numel > 4 * kParallelWork, corrupt_cloned);
 }
 
 void check(int64_t B, int64_t N, int dtype) {

@@ -12,7 +12,7 @@ from fastgan.ops import _dispatch
 from fastgan.ops import denoiser as dn
 from fastgan.reference import denoiser as ref
 
-from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, make_pair, state
+from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
 
 
 # ---------------------------------------------------------------- exactness against the reference (float64)
@@ -86,21 +86,10 @@ def test_fp32_error_within_twice_reference_error(backend, training):
 
 # ---------------------------------------------------------------- gradcheck / gradgradcheck (float64)
 
-def _layer_inputs(seed=0, B=5, N=4):
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    y = mk(B, N).requires_grad_()
-    bias = mk(N).requires_grad_()
-    gamma = (torch.rand(N, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
-    beta = mk(N).requires_grad_()
-    rm, rv = mk(N), torch.rand(N, generator=g, dtype=torch.float64) + 0.5
-    return y, bias, gamma, beta, rm, rv
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("training", [True, False])
 def test_bn_relu_gradcheck(backend, training):
-    y, bias, gamma, beta, rm, rv = _layer_inputs()
+    y, bias, gamma, beta, rm, rv = layer_inputs()
     fn = lambda *a: bn_relu(*a, rm.clone(), rv.clone(), training=training, backend=backend)
     before = dict(_dispatch.counts)
     assert gradcheck(fn, (y, bias, gamma, beta))
@@ -111,7 +100,7 @@ def test_bn_relu_gradcheck(backend, training):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_bn_relu_matches_torch_and_updates_running_stats(training):
-    y, bias, gamma, beta, rm, rv = _layer_inputs(B=7, N=5)
+    y, bias, gamma, beta, rm, rv = layer_inputs(B=7, N=5)
     rm2, rv2 = rm.clone(), rv.clone()
     out = bn_relu(y, bias, gamma, beta, rm, rv, training=training, momentum=0.2)
     want = torch.relu(torch.nn.functional.batch_norm(y + bias, rm2, rv2, gamma, beta, training, 0.2, 1e-5))
@@ -556,7 +545,7 @@ def test_cuda_auto_backend_and_bn_relu_gradcheck():
     before = dict(_dispatch.counts)
     den.loss(torch.randn(8, 12, dtype=torch.float64, device="cuda")).backward()
     assert delta(before)[("denoiser_loss", "cuda")] == 1
-    y, bias, gamma, beta, rm, rv = (t.cuda().detach().requires_grad_(t.requires_grad) for t in _layer_inputs())
+    y, bias, gamma, beta, rm, rv = (t.cuda().detach().requires_grad_(t.requires_grad) for t in layer_inputs())
     for training in (True, False):
         fn = lambda *a: bn_relu(*a, rm.clone(), rv.clone(), training=training, backend="cuda")
         assert gradcheck(fn, (y, bias, gamma, beta))

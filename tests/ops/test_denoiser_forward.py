@@ -12,7 +12,7 @@ from fastgan import _ext
 from fastgan.ops import Denoiser, _dispatch, bn_relu
 from fastgan.ops import denoiser as dn
 
-from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, make_pair, state
+from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
 
 
 def _cotangent(shape, seed=1):
@@ -161,14 +161,6 @@ def test_cuda_launches_share_one_device_guard(monkeypatch, cuda_emu_module):
 
 # ---------------------------------------------------------------- eager Functions vs the custom ops (torch.compile)
 
-def _layer(seed=0, B=7, N=5):
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    y, bias, beta = mk(B, N).requires_grad_(), mk(N).requires_grad_(), mk(N).requires_grad_()
-    gamma = (torch.rand(N, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
-    return y, bias, gamma, beta, mk(N), torch.rand(N, generator=g, dtype=torch.float64) + 0.5
-
-
 def _layer_run(y, bias, gamma, beta, rm, rv, training):
     out = bn_relu(y, bias, gamma, beta, rm, rv, training=training, momentum=0.2)
     grads = torch.autograd.grad((out * _cotangent(out.shape)).sum(), (y, bias, gamma, beta))
@@ -184,7 +176,7 @@ def test_eager_paths_equal_the_custom_ops(monkeypatch, training):
         real = cls.apply
         monkeypatch.setattr(cls, "apply", lambda *a, _real=real, _name=cls.__name__: (applied.append(_name),
                                                                                      _real(*a))[1])
-    y, bias, gamma, beta, rm, rv = _layer()
+    y, bias, gamma, beta, rm, rv = layer_inputs(B=7, N=5)
     eager = _layer_run(y, bias, gamma, beta, rm.clone(), rv.clone(), training)
     den, _ = make_pair(training=training)
     h = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
@@ -210,7 +202,7 @@ def test_eager_paths_equal_the_custom_ops(monkeypatch, training):
 
 def test_bn_relu_running_stats_in_strided_tensors():
     """Running statistics that are views with a stride are still updated in place (through a contiguous copy)."""
-    y, bias, gamma, beta, rm, rv = _layer()
+    y, bias, gamma, beta, rm, rv = layer_inputs(B=7, N=5)
     rm_s = torch.zeros(10, dtype=torch.float64)[::2]
     rv_s = torch.zeros(10, dtype=torch.float64)[::2]
     rm_s.copy_(rm), rv_s.copy_(rv)
