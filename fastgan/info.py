@@ -48,7 +48,6 @@ def info(print_report: bool = False) -> dict:
                       "cuda_compiled": bool(C and C.cuda_compiled),
                       "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
                       "openmp": bool(C and C.openmp)},
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cuda_devices": _cuda_devices(C),
         "backends": {},
     }
@@ -77,10 +76,10 @@ def format_report(r: dict) -> str:
     if ext["loaded"]:
         lines.append(f"  CUDA kernels: {'sm_' + ', sm_'.join(ext['cuda_archs']) if ext['cuda_compiled'] else 'not built'}"
                      f"; OpenMP: {'yes' if ext['openmp'] else 'no'}")
-    lines.append(f"CUDA device: {r['cuda_device'] or 'none'}")
+    lines.append(f"CUDA devices: {len(r['cuda_devices']) or 'none'}")
     code = {"sass": "machine code for it", "ptx": "JIT-compiled from PTX at the first launch",
             None: "cannot run there (no code for this architecture; see FASTGAN_CUDA_ARCH)"}
-    for d in r.get("cuda_devices", []):
+    for d in r["cuda_devices"]:
         where = code[d["fastgan_code"]] if ext["cuda_compiled"] else "not built"
         lines.append(f"  cuda:{d['index']} {d['name']} (sm_{d['capability'].replace('.', '')}): fastgan's CUDA "
                      f"kernels: {where}")

@@ -336,9 +336,11 @@ def _grid(M: int, N: int, bm: int, bn: int):
 
 
 def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
-                    sigma=0.0, target=None, keep=False):
+                    sigma=0.0, target=None, keep=False, running_in_place=False):
     """Runs every layer; returns (last GEMM's output, saved hidden tensors, new running stats, loss partials).
-    With `target` the last GEMM writes z and the loss partials, else r(x) = z + b."""
+    With `target` the last GEMM writes z and the loss partials, else r(x) = z + b. running_in_place: the running
+    statistics are updated in their own tensors and no new ones returned (in training mode only program (0, 0)
+    uses a running statistic, reading each element before it writes it)."""
     B = x.shape[0]
     depth = len(weights) - 1
     f64 = x.new_empty(0, dtype=torch.float64)
@@ -371,7 +373,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
             rv = rvs[j] if rvs else y
             hid_args = (prev[1], prev[2], prev[3], prev[4], biases[j], gammas[j], betas[j], rm, rv)
             shift, invstd = x.new_empty(K), x.new_empty(K)
-            rmo, rvo = (x.new_empty(K), x.new_empty(K)) if track else (y, y)
+            rmo, rvo = ((rm, rv) if running_in_place else (x.new_empty(K), x.new_empty(K))) if track else (y, y)
             bn_out = (shift, invstd, rmo, rvo)
         _forward_gemm[(gm, gn)](
             a_src, noise if noise is not None else a_src, W, y, *hid_args, a_store, *bn_out, pmean, pm2, biases[i],
@@ -383,25 +385,27 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
         if pro is PRO_BN:
             if keep:
                 hidden += [prev[0], a_store, shift, invstd]
-            if track:
+            if track and not running_in_place:
                 new_running += [rmo, rvo]
         prev = (y, pmean, pm2, gm, bm)
         a_src = y
     return y, hidden, new_running, loss
 
 
-def loss_forward(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps):
-    """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats)."""
+def loss_forward(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
+                 running_in_place=False):
+    """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats or [] with running_in_place)."""
     z, hidden, new_running, loss = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track,
-                                                   momentum, eps, noise=noise, sigma=sigma, target=h, keep=True)
+                                                   momentum, eps, noise=noise, sigma=sigma, target=h, keep=True,
+                                                   running_in_place=running_in_place)
     per_sample = loss.view(-1) if loss.shape[1] == 1 else loss.sum(1)
     return per_sample, hidden + [z], new_running
 
 
-def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps):
-    """(r(h), new running stats); nothing kept for a backward."""
+def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, running_in_place=False):
+    """(r(h), new running stats or [] with running_in_place); nothing kept for a backward."""
     r, _, new_running, _ = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
-                                           eps)
+                                           eps, running_in_place=running_in_place)
     return r, new_running
 
 

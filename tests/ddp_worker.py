@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan.ops import Denoiser, DenoiserLoss, _dispatch, js_penalty, penalty_jvp
+from helpers import auto_rules_as_on_cuda
 
 # "auto_as_on_cuda": "auto" choosing as on CUDA (jvp, after checking it against the double backward on the first
 # batch), where on CPU it takes the double backward for this D under DDP
@@ -50,7 +51,8 @@ def worker(rank, world, port, out):
         result = {}
         for mode in MODES:
             if mode == "auto_as_on_cuda":
-                penalty_jvp.AUTO_JVP_DEVICES = penalty_jvp.AUTO_JVP_DEVICES | {"cpu"}
+                for name, value in auto_rules_as_on_cuda().items():
+                    setattr(penalty_jvp, name, value)
             before = dict(_dispatch.counts)
             D = nn.parallel.DistributedDataParallel(make_d())
             opt = torch.optim.SGD(D.parameters(), lr=0.1)

@@ -29,17 +29,23 @@ def backend_calls(op: str, backend: str) -> int:
     return _dispatch.counts[(op, backend)]
 
 
+def auto_rules_as_on_cuda() -> dict:
+    """penalty_jvp's device sets with "cpu" placed as "cuda" is: jvp (after its check) for the Ds the closed form
+    leaves to it, BatchNorm with batch statistics included, where on CPU it runs the closed form or the double
+    backward; the closed form for Tanh/Sigmoid Ds, which on CPU get the double backward."""
+    from fastgan.ops import penalty_jvp as pj
+
+    return {"AUTO_JVP_DEVICES": pj.AUTO_JVP_DEVICES | {"cpu"},
+            "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES": pj.AUTO_CLOSED_FORM_BATCH_STATS_DEVICES - {"cpu"},
+            "AUTO_CLOSED_FORM_SMOOTH_DEVICES": pj.AUTO_CLOSED_FORM_SMOOTH_DEVICES | {"cpu"}}
+
+
 def auto_as_on_cuda(monkeypatch) -> None:
-    """"auto" choosing as on CUDA, for CPU tensors: jvp (after its check) for the Ds the closed form leaves to it,
-    BatchNorm with batch statistics included, where on CPU it runs the closed form or the double backward; the
-    closed form for Tanh/Sigmoid Ds, which on CPU get the double backward."""
+    """"auto" choosing for CPU tensors as on CUDA (auto_rules_as_on_cuda)."""
     from fastgan.ops import penalty_jvp
 
-    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", penalty_jvp.AUTO_JVP_DEVICES | {"cpu"})
-    monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES",
-                        penalty_jvp.AUTO_CLOSED_FORM_BATCH_STATS_DEVICES - {"cpu"})
-    monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_SMOOTH_DEVICES",
-                        penalty_jvp.AUTO_CLOSED_FORM_SMOOTH_DEVICES | {"cpu"})
+    for name, value in auto_rules_as_on_cuda().items():
+        monkeypatch.setattr(penalty_jvp, name, value)
 
 
 def cuda_emu_build():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import fastgan
 
@@ -65,6 +66,8 @@ def test_cli_info_text_and_json(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "fastgan._C: loaded" in r.stdout and "backends for cpu tensors" in r.stdout
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert f"CUDA devices: {n_gpus or 'none'}" in r.stdout
     r = subprocess.run([sys.executable, "-m", "fastgan", "info", "--json"], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr

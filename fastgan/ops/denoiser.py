@@ -213,32 +213,22 @@ class _launch:
             self.guard.__exit__(*exc)
 
 
-class _Triton:
-    @staticmethod
-    def _k():
+def _triton_kernel(name: str):
+    """A launcher of kernels/denoiser.py's `name` on its first tensor's device (Triton launches on the current one)."""
+    def launch(*args):
         from ..kernels import denoiser as k
 
-        return k
-
-    @classmethod
-    def bn_fwd(cls, *args):
         with _dispatch.on_device(args[0]):
-            cls._k().bn_forward(*args)
+            getattr(k, name)(*args)
 
-    @classmethod
-    def bn_bwd(cls, *args):
-        with _dispatch.on_device(args[0]):
-            cls._k().bn_backward(*args)
+    return staticmethod(launch)
 
-    @classmethod
-    def recon_fwd(cls, *args):
-        with _dispatch.on_device(args[0]):
-            cls._k().recon_forward(*args)
 
-    @classmethod
-    def recon_bwd(cls, *args):
-        with _dispatch.on_device(args[0]):
-            cls._k().recon_backward(*args)
+class _Triton:
+    bn_fwd = _triton_kernel("bn_forward")
+    bn_bwd = _triton_kernel("bn_backward")
+    recon_fwd = _triton_kernel("recon_forward")
+    recon_bwd = _triton_kernel("recon_backward")
 
 
 _KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}
@@ -479,7 +469,8 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
     if backend == "triton":
         with _dispatch.on_device(h):
             out = _gemm().loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
-                                       running_vars, training, training and len(running_means) > 0, momentum, eps)
+                                       running_vars, training, training and len(running_means) > 0, momentum, eps,
+                                       running_in_place)
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
@@ -569,7 +560,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     if backend == "triton":
         with _dispatch.on_device(h):
             out = _gemm().forward(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                                  momentum, eps)
+                                  momentum, eps, running_in_place)
         _dispatch.record(OP_FORWARD, backend)
         return out
     new_running: list = []
@@ -692,7 +683,7 @@ class _EagerLoss(torch.autograd.Function):
         per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
                                                             rvs, training, momentum, eps, backend,
                                                             running_in_place=True)
-        _copy_running(rms, rvs, new_running)
+        assert not new_running  # written in place
         ctx.save_for_backward(h, noise, *params)
         ctx.saved = saved
         ctx.meta = (sigma, training, eps, backend, depth)

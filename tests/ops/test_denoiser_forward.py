@@ -211,3 +211,45 @@ def test_bn_relu_running_stats_in_strided_tensors():
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(rm_s, rm, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(rv_s, rv, rtol=1e-12, atol=1e-14)
+
+
+class _RunningStatWrites(TorchDispatchMode):
+    """torch's copies into the given tensors: what an out-of-place update of the running statistics costs (one
+    more kernel a step). The reference's torch "kernels" write with copy_, and the Triton interpreter copies its
+    arguments back with it, so only the foreach copy counts."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.ptrs = {t.data_ptr() for t in tensors}
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._foreach_copy_.default:
+            if any(t.data_ptr() in self.ptrs for t in args[0]):
+                self.copies.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+def test_eager_calls_update_running_stats_in_their_tensors(backend):
+    """The loss and r(h) in training mode write the running statistics straight into the module's buffers (every
+    backend, the Triton GEMM path included), with nn.BatchNorm1d's values."""
+    den, net = make_pair(hidden=20, depth=2, backend=backend)
+    buffers = [b for name, b in den.named_buffers() if "running" in name]
+    ptrs = [b.data_ptr() for b in buffers]
+    h = torch.randn(9, 12, dtype=torch.float64)
+    noise = torch.randn(9, 12, dtype=torch.float64)
+    with _RunningStatWrites(buffers) as w:
+        den.loss(h, noise).backward()
+        den(h.requires_grad_()).sum().backward()
+        with torch.no_grad():
+            den(h)
+    assert w.copies == []
+    assert [b.data_ptr() for b in den.buffers() if b.dim() and b.data_ptr() in ptrs] == ptrs
+    with torch.no_grad():
+        net(h.detach() + den.sigma * noise)
+        net(h.detach())
+        net(h.detach())
+    want = dict(net.named_buffers())
+    for k, v in den.net.named_buffers():
+        torch.testing.assert_close(v, want[k], rtol=1e-10, atol=1e-12, msg=k)
