@@ -71,15 +71,17 @@ def test_the_joint_pass_is_counted_as_on_cuda(counted):
 @pytest.mark.parametrize("depth", [1, 3])
 def test_denoiser_step_kernel_counts(depth):
     """One denoiser training step: the Triton backend launches one kernel per GEMM (depth + 1 forward, dW per
-    layer and dX below each but the first: 3 depth + 2) and few torch ops around them (the mean and its backward,
-    the running-statistics copy and counter); fewer than half the reference's kernels, and fewer than the torch-GEMM
-    backends' (which need a BatchNorm kernel after each GEMM)."""
+    layer and dX below each but the first: 3 depth + 2) and few torch ops around them (the mean, its backward's
+    seed and division, the counter of batches seen; the running statistics are written by the GEMMs, not copied);
+    fewer than half the reference's kernels, and fewer than the torch-GEMM backends' (which need a BatchNorm kernel
+    after each GEMM)."""
     spec = importlib.util.spec_from_file_location("bench_costs_denoiser", ROOT / "bench" / "costs_denoiser.py")
     cd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cd)
     ref, fused, gemm = (cd.step_kernels(impl, n_h=16, depth=depth, B=8) for impl in ("reference", "cpu", "triton"))
     assert gemm["fastgan_kernels"] == 3 * depth + 2, gemm
-    assert gemm["torch_ops"] <= 5 and "aten.mm" not in gemm["ops"], gemm["ops"]
+    assert gemm["torch_ops"] <= 4 and "aten.mm" not in gemm["ops"], gemm["ops"]
+    assert "aten._foreach_copy_" not in gemm["ops"] and "aten._foreach_copy_" not in fused["ops"]
     assert fused["ops"]["aten.mm"] == 3 * depth + 2, fused["ops"]  # same GEMMs, on torch
     assert gemm["total"] < fused["total"] < ref["total"]
     assert gemm["total"] <= 0.45 * ref["total"], (gemm["total"], ref["total"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should check, in one call (the machine starts bare and keeps nothing):
 # build _C with CUDA, the `cuda`-marked tests, short CUDA trainings, and the GPU benchmarks.
-# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all|sanitize]
+# Usage (on the GPU machine, from the repo root): OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all|sanitize|tiles]
 # Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time: `tests`
 # (build + cuda tests + two short trainings) and `bench` (build + GPU benchmarks + goals table) each fit in one
 # 600 s call of the device tool; `all` needs about 900 s. `quick` (about 480 s: build, cuda tests, the benchmarks
@@ -9,7 +9,10 @@
 # device time in all, leaving room for one rerun. `sanitize` (opt-in, not yet run on a GPU: written in a session
 # without one) runs the CUDA C++ backend's `cuda` tests under compute-sanitizer's memcheck, racecheck and synccheck
 # (the CPU runs the same kernels under AddressSanitizer and a race check in tools/cuda_emu; these see the hardware:
-# inter-block behaviour, real shared memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool.
+# inter-block behaviour, real shared memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool. `tiles`
+# (opt-in, about 150 s, most of it Triton compiling each configuration) sweeps the Triton denoiser's GEMM tile
+# sizes on its graphed loss step (bench/bench_denoiser_tiles.py), the data for choosing kernels/denoiser_gemm.py's
+# untuned `_tiles`.
 set -u
 what=${1:-all}
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
@@ -51,6 +54,18 @@ if [[ $what == bench || $what == all ]]; then
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
   # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
   python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
+fi
+if [[ $what == tiles ]]; then
+  timeout ${TILES_LIMIT:-300} python3 -m pytest bench/bench_denoiser_tiles.py --benchmark-only -q -p no:cacheprovider \
+    --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on --benchmark-json "$OUT/tiles.json" \
+    --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tee "$OUT/tiles.log" | tail -30
+  python3 - "$OUT/tiles.json" <<'PY' | tee "$OUT/tiles.md"
+import json, sys
+rows = [b["extra_info"] for b in json.load(open(sys.argv[1]))["benchmarks"] if "ms_per_step" in b["extra_info"]]
+for r in sorted(rows, key=lambda r: (r["n_h"], r["B"], r["ms_per_step"])):
+    print(f"nh{r['n_h']} d{r['depth']} B{r['B']} {r['impl']:9s} {r['tiles']:10s} {r['ms_per_step']:.4f} ms"
+          f"  vs reference {r.get('speedup_vs_reference', 0):.2f}x  vs default {r.get('speedup_vs_default', 0):.2f}x")
+PY
 fi
 if [[ $what == sanitize ]]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
