@@ -42,7 +42,7 @@ def step_kernels(impl: str, n_h: int = 64, depth: int = 3, B: int = 64) -> dict:
     from triton.runtime.interpreter import InterpretedFunction
 
     from bench_denoiser import _setup, loss_step
-    from fastgan.ops import denoiser as dn
+    from fastgan.ops import denoiser_backends as dk
 
     den, net, h, noise = _setup("cpu", impl, n_h, depth, B)
 
@@ -53,13 +53,13 @@ def step_kernels(impl: str, n_h: int = 64, depth: int = 3, B: int = 64) -> dict:
     calls = {"n": 0}
     saved = {}
     for name in ("bn_fwd", "bn_bwd", "recon_fwd", "recon_bwd", "corrupt"):
-        saved[name] = getattr(dn._Cpu, name)
+        saved[name] = getattr(dk._Cpu, name)
 
         def counted(*a, _f=saved[name]):
             calls["n"] += 1
             return _f(*a)
 
-        setattr(dn._Cpu, name, staticmethod(counted))
+        setattr(dk._Cpu, name, staticmethod(counted))
     real_getitem = InterpretedFunction.__getitem__
 
     def getitem(self, grid):
@@ -83,7 +83,7 @@ def step_kernels(impl: str, n_h: int = 64, depth: int = 3, B: int = 64) -> dict:
     finally:
         InterpretedFunction.__getitem__ = real_getitem
         for name, f in saved.items():
-            setattr(dn._Cpu, name, staticmethod(f))
+            setattr(dk._Cpu, name, staticmethod(f))
     return {"torch_ops": costs.kernels, "fastgan_kernels": calls["n"], "total": costs.kernels + calls["n"],
             "ops": dict(costs.ops.most_common())}
 

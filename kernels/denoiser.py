@@ -1,4 +1,4 @@
-"""Triton kernels of the fused DFM denoiser's single-layer ops (fastgan/ops/denoiser.py: ``bn_relu``, used by
+"""Triton kernels of the fused DFM denoiser's single-layer ops (fastgan/ops/denoiser_ops.py: ``bn_relu``, used by
 ``Denoiser.forward``, and ``recon_loss``, the generator's term); the formulas mirror csrc/include/fastgan/bn_math.h.
 The whole-network loss and forward of the Triton backend run in kernels/denoiser_gemm.py, with the GEMMs fused.
 

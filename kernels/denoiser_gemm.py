@@ -1,5 +1,5 @@
 """The DFM denoiser's whole loss and forward with the GEMMs in Triton (``tl.dot``) and everything around them
-fused into their prologues and epilogues: the Triton backend of fastgan/ops/denoiser.py's network-level paths.
+fused into their prologues and epilogues: the Triton backend of fastgan/ops/denoiser_net.py's network-level paths.
 
 One kernel per GEMM, none between them (torch's GEMMs need a BatchNorm kernel after every layer):
   * forward, layer i: y_i = A @ W_iᵀ, where the prologue forms A while loading it: h + σ·ε for the first layer,
@@ -298,7 +298,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
 
 
 # ---------------------------------------------------------------- launchers
-# saved (as fastgan/ops/denoiser.py keeps it): [x0, (y_i, out_i, shift_i, invstd_i) per hidden layer, z].
+# saved (as fastgan/ops/denoiser_net.py keeps it): [x0, (y_i, out_i, shift_i, invstd_i) per hidden layer, z].
 
 _SMS: dict = {}
 TILES = None  # (BM, BN, BK) for every GEMM when set: tests use it to cover many-tile grids with small shapes

@@ -9,7 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from fastgan.ops import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
 from fastgan.ops import _dispatch
-from fastgan.ops import denoiser as dn
+from fastgan.ops import denoiser_eager as de
 from fastgan.reference import denoiser as ref
 
 from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
@@ -172,7 +172,13 @@ def test_compile_path_custom_ops(monkeypatch):
 
     den2 = Denoiser.from_sequential(net, backend="cpu")
     hf2 = hf.detach().clone().requires_grad_()
-    monkeypatch.setattr(dn, "_compiling", lambda: True)
+    monkeypatch.setattr(de, "_compiling", lambda: True)
+
+    def eager_function_applied(*args, **kwargs):
+        raise AssertionError("an eager autograd.Function ran where the custom ops should")
+
+    for fn in (de._EagerLoss, de._EagerRecon, de._EagerForward):
+        monkeypatch.setattr(fn, "apply", eager_function_applied)
     before = dict(_dispatch.counts)
     den2.loss(h, noise).backward()
     den2.generator_loss(hf2).backward()

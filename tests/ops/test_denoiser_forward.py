@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastgan import _ext
 from fastgan.ops import Denoiser, _dispatch, bn_relu
-from fastgan.ops import denoiser as dn
+from fastgan.ops import denoiser_eager as de
 
 from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
 
@@ -172,7 +172,7 @@ def test_eager_paths_equal_the_custom_ops(monkeypatch, training):
     """Eagerly bn_relu and r(h) with gradients run plain autograd.Functions; under torch.compile the custom ops
     (bn_relu per layer). Same values, gradients and running statistics either way."""
     applied = []
-    for cls in (dn._EagerBnRelu, dn._EagerForward):
+    for cls in (de._EagerBnRelu, de._EagerForward):
         real = cls.apply
         monkeypatch.setattr(cls, "apply", lambda *a, _real=real, _name=cls.__name__: (applied.append(_name),
                                                                                      _real(*a))[1])
@@ -185,7 +185,7 @@ def test_eager_paths_equal_the_custom_ops(monkeypatch, training):
     assert applied == ["_EagerBnRelu", "_EagerForward"]
 
     applied.clear()
-    monkeypatch.setattr(dn, "_compiling", lambda: True)
+    monkeypatch.setattr(de, "_compiling", lambda: True)
     op = _layer_run(y, bias, gamma, beta, rm.clone(), rv.clone(), training)
     den2, _ = make_pair(training=training)
     h2 = h.detach().clone().requires_grad_()

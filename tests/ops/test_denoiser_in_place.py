@@ -6,7 +6,8 @@ import torch
 
 from fastgan.ops import denoiser_generator_loss
 from fastgan.ops import _dispatch
-from fastgan.ops import denoiser as dn
+from fastgan.ops import denoiser_backends as dk
+from fastgan.ops import denoiser_net as dnet
 from fastgan.reference import denoiser as ref
 
 B, N = 64, 200  # 12800 elements: two threads; 200 = 3 * 64 + 8 columns
@@ -22,7 +23,7 @@ def _layer(seed=0, dtype=torch.float32):
 
 
 def test_only_the_cpu_kernels_alias():
-    assert dn._IN_PLACE == (dn._Cpu,)
+    assert dk._IN_PLACE == (dk._Cpu,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -30,9 +31,9 @@ def test_only_the_cpu_kernels_alias():
 def test_bn_forward_in_place_equals_out_of_place(training, dtype):
     y, bias, gamma, beta, rm, rv = _layer(dtype=dtype)
     args = (bias, gamma, beta, rm, rv, training, training, 0.1, 1e-5, True)
-    want = dn._layer_forward(dn._Cpu, y, *args)
+    want = dnet._layer_forward(dk._Cpu, y, *args)
     y_in = y.clone()
-    got = dn._layer_forward(dn._Cpu, y_in, *args, out=y_in)
+    got = dnet._layer_forward(dk._Cpu, y_in, *args, out=y_in)
     assert got[0].data_ptr() == y_in.data_ptr()
     for a, b in zip(got, want):  # same arithmetic, element by element (running stats: None in eval mode)
         assert (a is None and b is None) or torch.equal(a, b)
@@ -45,12 +46,12 @@ def test_bn_forward_in_place_equals_out_of_place(training, dtype):
 @pytest.mark.parametrize("training", [True, False])
 def test_bn_backward_in_place_equals_out_of_place(training):
     y, bias, gamma, beta, rm, rv = _layer(seed=1)
-    out, shift, invstd, _, _ = dn._layer_forward(dn._Cpu, y, bias, gamma, beta, rm, rv, training, False, 0.1, 1e-5,
-                                                 True)
+    out, shift, invstd, _, _ = dnet._layer_forward(dk._Cpu, y, bias, gamma, beta, rm, rv, training, False, 0.1, 1e-5,
+                                                   True)
     dout = torch.randn(B, N, generator=torch.Generator().manual_seed(2))
-    want = dn._layer_backward(dn._Cpu, dout, out, y, gamma, shift, invstd, training, True)
+    want = dnet._layer_backward(dk._Cpu, dout, out, y, gamma, shift, invstd, training, True)
     d_in = dout.clone()
-    got = dn._layer_backward(dn._Cpu, d_in, out, y, gamma, shift, invstd, training, True, dy=d_in)
+    got = dnet._layer_backward(dk._Cpu, d_in, out, y, gamma, shift, invstd, training, True, dy=d_in)
     assert got[0].data_ptr() == d_in.data_ptr()
     for a, b in zip(got, want):
         assert torch.equal(a, b)
@@ -91,7 +92,7 @@ def test_generator_term_with_reused_buffers_matches_reference(widths):
 def test_reused_buffers_do_not_alias_the_returned_output():
     weights, biases, gammas, betas = _params((24, 200, 200, 200))
     h = torch.randn(B, 24)
-    r1 = dn._forward_impl(h, weights, biases, gammas, betas, [], [], True, False, 0.0, 1e-5, "cpu")[0]
+    r1 = dnet._forward_impl(h, weights, biases, gammas, betas, [], [], True, False, 0.0, 1e-5, "cpu")[0]
     keep = r1.clone()
-    dn._forward_impl(h * 2, weights, biases, gammas, betas, [], [], True, False, 0.0, 1e-5, "cpu")
+    dnet._forward_impl(h * 2, weights, biases, gammas, betas, [], [], True, False, 0.0, 1e-5, "cpu")
     assert torch.equal(r1, keep)

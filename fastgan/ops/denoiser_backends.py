@@ -1,0 +1,218 @@
+"""The fused DFM denoiser's kernels, one table per backend, without autograd, and how they are launched
+(the layers and whole network built on them: denoiser_net.py; the public API: denoiser.py).
+
+The "cpu" and "cuda" backends run the GEMMs on torch (MKL / cuBLAS) and fuse everything around them into
+their kernels; the "triton" backend runs the whole-network loss and forward as one tl.dot GEMM kernel per
+matrix product with the same steps fused into its prologue / epilogue (kernels/denoiser_gemm.py):
+  * after each hidden GEMM y = x W^T: bias, batch statistics, running-statistics update, normalise, ReLU
+    (one kernel; the Linear bias cancels in training mode and is folded into the shift in eval mode);
+  * its backward: ReLU mask, BatchNorm backward, gamma/beta/bias gradients (one kernel);
+  * the corruption h + sigma * eps, and after the output GEMM the bias, the loss and, in the backward,
+    its gradient and the output bias gradient.
+Also the names the ops are resolved and counted under in _dispatch (OP_*, re-exported by denoiser.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from . import _dispatch
+
+OP_LAYER = "bn_relu"
+OP_RECON = "recon_loss"
+OP_LOSS = "denoiser_loss"
+OP_FORWARD = "denoiser_forward"
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- backend kernels (no autograd)
+# bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps, relu)
+# bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu)
+# recon_fwd(y, bias, target, out); recon_bwd(go, y, bias, target, dy, dbias); corrupt(h, noise, sigma, out)
+# Optional tensors are None. Every 2-D tensor is contiguous (B, N).
+
+class _Reference:
+    @staticmethod
+    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+        if training:
+            B = y.shape[0]
+            mean = y.mean(0)
+            var = (y - mean).pow(2).sum(0)
+            shift.copy_(mean)
+            invstd.copy_(torch.rsqrt(var / B + eps))
+            if track:
+                b = bias if bias is not None else 0.0
+                rm_out.copy_((1 - momentum) * rm + momentum * (mean + b))
+                rv_out.copy_((1 - momentum) * rv + momentum * var / max(B - 1, 1))
+        else:
+            shift.copy_(rm - bias if bias is not None else rm)
+            invstd.copy_(torch.rsqrt(rv + eps))
+        z = (y - shift) * (gamma * invstd) + beta
+        out.copy_(torch.relu(z) if relu else z)
+
+    @staticmethod
+    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        dz = dout * (out > 0) if relu else dout
+        xhat = (y - shift) * invstd
+        scale = gamma * invstd
+        dbeta.copy_(dz.sum(0))
+        dgamma.copy_((dz * xhat).sum(0))
+        if training:
+            B = y.shape[0]
+            dy.copy_(scale * (dz - dbeta / B - xhat * (dgamma / B)))
+            dbias.zero_()
+        else:
+            dy.copy_(scale * dz)
+            dbias.copy_(scale * dbeta)
+
+    @staticmethod
+    def recon_fwd(y, bias, target, out):
+        d = y - target if bias is None else y + bias - target
+        out.copy_(d.pow(2).sum(1))
+
+    @staticmethod
+    def recon_bwd(go, y, bias, target, dy, dbias):
+        d = y - target if bias is None else y + bias - target
+        dy.copy_(2 * go[:, None] * d)
+        if dbias is not None:
+            dbias.copy_(dy.sum(0))
+
+    @staticmethod
+    def corrupt(h, noise, sigma, out):
+        torch.add(h, noise, alpha=sigma, out=out)
+
+
+def _ptrs(*ts) -> list:
+    """Raw pointers (0 for None); one call per kernel launch, the eager path is overhead-bound at small sizes."""
+    return [0 if t is None else t.data_ptr() for t in ts]
+
+
+def _code(t: Tensor) -> int:
+    return _ext.DTYPE_CODES[t.dtype]
+
+
+class _Cpu:
+    @staticmethod
+    def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
+               relu):
+        B, N = y.shape
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
+        _ext.C().bn_relu_forward_cpu(*ptrs, _code(y), B, N, training, track, momentum, eps, relu)
+
+    @staticmethod
+    def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        B, N = y.shape
+        ptrs = _ptrs(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias)
+        _ext.C().bn_relu_backward_cpu(*ptrs, _code(y), B, N, training, relu)
+
+    @staticmethod
+    def recon_fwd(y, bias, target, out):
+        B, N = y.shape
+        _ext.C().recon_loss_forward_cpu(*_ptrs(y, bias, target, out), _code(y), B, N)
+
+    @staticmethod
+    def recon_bwd(go, y, bias, target, dy, dbias):
+        B, N = y.shape
+        _ext.C().recon_loss_backward_cpu(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N)
+
+    @staticmethod
+    def corrupt(h, noise, sigma, out):
+        _ext.C().corrupt_cpu(*_ptrs(h, noise, out), sigma, _code(h), h.numel())
+
+
+class _CudaOn:
+    """CUDA C++ launches on one stream, under the device guard its creator holds (_launch): a whole-network call
+    enters the guard and reads the stream once for its 2·depth + 2 launches (each costs a few µs of host time)."""
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: int):
+        self.stream = stream
+
+    def bn_fwd(self, y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum,
+               eps, relu):
+        B, N = y.shape
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
+        _ext.C().bn_relu_forward_cuda(*ptrs, _code(y), B, N, training, track, momentum, eps, relu, self.stream)
+
+    def bn_bwd(self, dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
+        B, N = y.shape
+        ptrs = _ptrs(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias)
+        _ext.C().bn_relu_backward_cuda(*ptrs, _code(y), B, N, training, relu, self.stream)
+
+    def recon_fwd(self, y, bias, target, out):
+        B, N = y.shape
+        _ext.C().recon_loss_forward_cuda(*_ptrs(y, bias, target, out), _code(y), B, N, self.stream)
+
+    def recon_bwd(self, go, y, bias, target, dy, dbias):
+        B, N = y.shape
+        _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N, self.stream)
+
+    def corrupt(self, h, noise, sigma, out):
+        _ext.C().corrupt_cuda(*_ptrs(h, noise, out), sigma, _code(h), h.numel(), self.stream)
+
+
+def _guarded(name: str):
+    def launch(*args):
+        with _launch("cuda", args[0]) as kern:
+            getattr(kern, name)(*args)
+
+    return staticmethod(launch)
+
+
+class _Cuda:
+    """Single launches (the per-layer custom ops, the generator's loss): a device guard and a stream each."""
+    bn_fwd, bn_bwd = _guarded("bn_fwd"), _guarded("bn_bwd")
+    recon_fwd, recon_bwd, corrupt = _guarded("recon_fwd"), _guarded("recon_bwd"), _guarded("corrupt")
+
+
+class _launch:
+    """``with _launch(backend, t) as kern``: the kernels for one call on t's device; for "cuda", t's device made
+    current (the C++ launches run on the current device) and its current stream read, once for all launches."""
+    __slots__ = ("backend", "device", "guard")
+
+    def __init__(self, backend: str, t: Tensor):
+        self.backend, self.device, self.guard = backend, t.device, None
+
+    def __enter__(self):
+        if self.backend != "cuda":
+            return _KERNELS[self.backend]
+        self.guard = torch.cuda.device(self.device)
+        self.guard.__enter__()
+        return _CudaOn(_ext.stream_handle(self.device))
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
+
+
+def _triton_kernel(name: str):
+    """A launcher of kernels/denoiser.py's `name` on its first tensor's device (Triton launches on the current one)."""
+    def launch(*args):
+        from ..kernels import denoiser as k
+
+        with _dispatch.on_device(args[0]):
+            getattr(k, name)(*args)
+
+    return staticmethod(launch)
+
+
+class _Triton:
+    bn_fwd = _triton_kernel("bn_forward")
+    bn_bwd = _triton_kernel("bn_backward")
+    recon_fwd = _triton_kernel("recon_forward")
+    recon_bwd = _triton_kernel("recon_backward")
+
+
+_KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}
+# Kernels whose bn_fwd may be given out=y. The CUDA kernel declares y and out __restrict__, and no GPU was at
+# hand to measure whether aliasing them would pay there.
+_IN_PLACE = (_Cpu,)
+
+
+def _gemm():
+    """The Triton backend's whole-network paths: GEMMs in tl.dot with the layers fused around them."""
+    from ..kernels import denoiser_gemm
+
+    return denoiser_gemm

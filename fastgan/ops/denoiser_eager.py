@@ -1,0 +1,191 @@
+"""The fused DFM denoiser's eager path: plain autograd.Functions over denoiser_net.py's implementations
+(torch.library's wrapper costs ~0.5 ms a call with list arguments, and more than the whole torch layer for
+bn_relu), and the choice between them and the custom ops (denoiser_ops.py): ``_compiling()``, asked by
+``_run_loss`` / ``_run_forward`` / ``_run_target_loss`` here and by denoiser.py's bn_relu and Denoiser.forward,
+always through this module's attribute, so that patching it here switches every caller to the custom ops.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _dispatch
+from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the _run_* functions call)
+from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch
+from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
+                           _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
+                           _net_backward, _torch_bn, _torch_net)
+
+
+# ---------------------------------------------------------------- eager path
+# torch.library's autograd wrapper flattens list arguments with pytree on every call (~0.5 ms per call on
+# the 2-core CI machine, more than the whole reference step at small sizes). Eagerly, a plain
+# autograd.Function calls the same implementations; under torch.compile the custom ops of denoiser_ops.py are used.
+
+class _EagerLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, meta, h, noise, *params):
+        sigma, training, momentum, eps, backend, depth, rms, rvs = meta
+        d = depth + 1
+        weights, biases = params[:d], params[d:2 * d]
+        gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
+        per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
+                                                            rvs, training, momentum, eps, backend,
+                                                            running_in_place=True)
+        assert not new_running  # written in place
+        ctx.save_for_backward(h, noise, *params)
+        ctx.saved = saved
+        ctx.meta = (sigma, training, eps, backend, depth)
+        return per_sample
+
+    @staticmethod
+    def backward(ctx, go):
+        sigma, training, eps, backend, depth = ctx.meta
+        h, noise, *params = ctx.saved_tensors
+        d = depth + 1
+        weights, biases = params[:d], params[d:2 * d]
+        gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            grads = _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, ctx.saved, training,
+                                          eps)
+        else:
+            grads = _loss_backward_impl(go.contiguous(), h, sigma, weights, biases, gammas, ctx.saved, training,
+                                        ctx.needs_input_grad[1], ctx.needs_input_grad[2], backend)
+        dh, dnoise, dweights, dbiases, dgammas, dbetas = grads
+        return (None, dh, dnoise, *dweights, *dbiases, *dgammas, *dbetas)
+
+
+class _EagerRecon(torch.autograd.Function):
+    """l_n = ||h_n - target_n||^2 with target a constant (the generator's term): gradient into h only.
+    The kernels' first operand is h, so their dy is dl/dh as it stands."""
+
+    @staticmethod
+    def forward(ctx, target, h, backend):
+        out = h.new_empty(h.shape[0])
+        _KERNELS[backend].recon_fwd(h, None, target, out)
+        _dispatch.record(OP_RECON, backend)
+        ctx.save_for_backward(target, h)
+        ctx.backend = backend
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        target, h = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return None, _grads_through(lambda h_: (h_ - target).pow(2).sum(1), [h], go)[0], None
+        dh = torch.empty_like(h)
+        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), h, None, target, dh, None)
+        _dispatch.record(OP_RECON + "_backward", ctx.backend)
+        return None, dh, None
+
+
+class _EagerBnRelu(torch.autograd.Function):
+    """The public bn_relu called eagerly: the custom op's kernels without torch.library's autograd wrapper, which
+    cost more than the whole torch layer (F.batch_norm + relu and their backward) at small sizes."""
+
+    @staticmethod
+    def forward(ctx, meta, y, bias, gamma, beta):
+        rm, rv, training, momentum, eps, relu, backend = meta
+        track = training and rm is not None
+        out, shift, invstd, _, _ = _layer_forward(_KERNELS[backend], y, bias, gamma, beta, rm, rv, training, track,
+                                                  momentum, eps, relu, running_in_place=True)
+        _dispatch.record(OP_LAYER, backend)
+        ctx.save_for_backward(y, bias, gamma, beta, out, shift, invstd)
+        ctx.meta = (training, eps, relu, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        training, eps, relu, backend = ctx.meta
+        y, bias, gamma, beta, out, shift, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            fn = lambda y_, b_, g_, be_: _torch_bn(y_, b_, g_, be_, training, eps, shift, invstd, relu)
+            dy, dbias, dgamma, dbeta = _grads_through(fn, [y, bias, gamma, beta], g_out)
+            _dispatch.record(OP_LAYER + "_backward", "reference")
+            return None, dy, dbias, dgamma, dbeta
+        dy, dgamma, dbeta, dbias = _layer_backward(_KERNELS[backend], g_out.contiguous(), out, y, gamma, shift,
+                                                   invstd, training, relu)
+        _dispatch.record(OP_LAYER + "_backward", backend)
+        return None, dy, dbias if bias is not None else None, dgamma, dbeta
+
+
+class _EagerForward(torch.autograd.Function):
+    """r(h) with gradients: the whole network in one Function (its layers' kernels, one walk down in the
+    backward), where the per-layer custom op would pay torch.library's autograd wrapper once per layer."""
+
+    @staticmethod
+    def forward(ctx, meta, h, *params):
+        training, track, momentum, eps, backend, depth, rms, rvs = meta
+        weights, biases, gammas, betas = _split(params, depth)
+        saved: list = [h]
+        with _launch(backend, h) as kern:
+            x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
+                               saved, None)
+        r = torch.addmm(biases[-1], x, weights[-1].t())
+        _dispatch.record(OP_FORWARD, backend)
+        ctx.save_for_backward(h, *params)
+        ctx.saved = saved
+        ctx.meta = (training, eps, backend, depth)
+        return r
+
+    @staticmethod
+    def backward(ctx, gr):
+        training, eps, backend, depth = ctx.meta
+        h, *params = ctx.saved_tensors
+        weights, biases, gammas, betas = _split(params, depth)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
+            shifts, invstds = ctx.saved[3::4], ctx.saved[4::4]
+            fn = lambda h_, *p: _torch_net(h_, *_split(p, depth), training, eps, shifts, invstds)
+            grads = _grads_through(fn, [h, *params], gr)
+            _dispatch.record(OP_FORWARD + "_backward", "reference")
+            return (None, *grads)
+        gr = gr.contiguous()
+        with _launch(backend, gr) as kern:
+            dh, dweights, dbiases, dgammas, dbetas = _net_backward(kern, gr, ctx.saved, weights, gammas, training,
+                                                                   ctx.needs_input_grad[1],
+                                                                   any(ctx.needs_input_grad[2:3 + depth]))
+        dbiases.append(gr.sum(0))
+        _dispatch.record(OP_FORWARD + "_backward", backend)
+        return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)
+
+
+def _split(params, depth):
+    """(weights, biases, gammas, betas) from the flat tuple the Functions take."""
+    d = depth + 1
+    return params[:d], params[d:2 * d], params[2 * d:2 * d + depth], params[2 * d + depth:]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
+    """Per-sample loss; updates rms / rvs in place in training mode."""
+    with _dispatch.no_autocast(h.device):
+        if _compiling():
+            per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
+                h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
+            _copy_running(rms, rvs, new_running)
+            return per_sample
+        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs)
+        return _EagerLoss.apply(meta, h, noise, *weights, *biases, *gammas, *betas)
+
+
+def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
+    """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
+    with _dispatch.no_autocast(h.device), torch.no_grad():
+        if _compiling():
+            r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
+                                                                training, track, momentum, eps, backend)
+        else:
+            r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
+                                           eps, backend, running_in_place=True)
+    _copy_running(rms, rvs, new_running)
+    return r
+
+
+def _run_target_loss(target, h_fake, backend):
+    """||h_fake - target||^2 per sample, gradient into h_fake only."""
+    with _dispatch.no_autocast(target.device):
+        if _compiling():
+            return torch.ops.fastgan.recon_loss(h_fake, None, target, backend)
+        return _EagerRecon.apply(target, h_fake, backend)
