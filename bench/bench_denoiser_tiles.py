@@ -1,5 +1,5 @@
 """Tile sizes of the Triton denoiser's fused GEMMs (kernels/denoiser_gemm.py), swept on a GPU: the loss step
-(forward + backward + Adam) replayed from a CUDA graph per (BM, BN, BK), every GEMM of the step with the same
+(forward + backward) replayed from a CUDA graph per (BM, BN, BK), every GEMM of the step with the same
 tiles, beside the shape-chosen default (`_tiles`, written without a GPU: untuned) and the nn.Sequential
 reference captured the same way. The data for choosing `_tiles`; GPU only, and not part of the goals.
 
@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from bench_graph_step import _capture, _replay_ms
-from bench_denoiser import _setup
+from bench_denoiser import _setup, loss_step
 from benchutil import device_label
-from fastgan.reference import denoiser as ref_denoiser
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the tile sweep needs a CUDA device")
 
@@ -42,14 +41,9 @@ def test_denoiser_tiles(benchmark, monkeypatch, impl, tiles, size):
     monkeypatch.setattr(denoiser_gemm, "TILES", tiles)
     n_h, depth, B = size
     den, net, h, noise = _setup("cuda", impl, n_h, depth, B)
-    module = net if impl == "reference" else den
-    opt = torch.optim.Adam(module.parameters(), lr=1e-4, capturable=True)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ref_denoiser.denoiser_loss(net, h, noise) if impl == "reference" else den.loss(h, noise)
-        loss.backward()
-        opt.step()
+        loss_step(impl, den, net, h, noise)
 
     ms = _replay_ms(benchmark, _capture(step))
     benchmark.extra_info.update(impl=impl, tiles=_label(tiles), n_h=n_h, depth=depth, B=B,

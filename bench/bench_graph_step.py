@@ -1,5 +1,6 @@
 """One discriminator update captured in a CUDA graph, per penalty mode and backend, against the unregularized
-update captured the same way (GPU only); likewise the DFM denoiser's loss, fused vs its nn.Sequential reference. Eager updates on a small D are bound by the host (kernel launches,
+update captured the same way (GPU only); likewise the DFM denoiser's loss forward + backward, fused vs its nn.Sequential
+reference. Eager updates on a small D are bound by the host (kernel launches,
 Python, autograd bookkeeping); replaying a graph removes that, so these ratios are the GPU work of the penalty.
 
     pytest bench/bench_graph_step.py --benchmark-only [--benchmark-json out.json]
@@ -15,10 +16,9 @@ import torch
 
 from fastgan.ops import _dispatch
 
-from bench_denoiser import _setup as denoiser_setup
+from bench_denoiser import _setup as denoiser_setup, loss_step
 from bench_penalty_modes import _case, d_update_fn
 from benchutil import device_label
-from fastgan.reference import denoiser as ref_denoiser
 
 REPLAYS = 20
 _ms: dict = {}
@@ -131,16 +131,12 @@ DENOISER_CASES = [(n_h, depth, B, impl) for n_h in (512, 2048) for depth in (3, 
 @pytest.mark.parametrize("n_h,depth,B,impl", DENOISER_CASES,
                          ids=[f"nh{n}-d{d}-B{b}-{i}" for n, d, b, i in DENOISER_CASES])
 def test_graphed_denoiser_loss(benchmark, n_h, depth, B, impl):
-    """Denoiser loss forward + backward + Adam step replayed from a graph: its GPU work, without the host."""
+    """Denoiser loss forward + backward replayed from a graph: its GPU work, without the host. Forward + backward
+    is issue 5's measure (as bench_denoiser.py's eager step); an optimizer step, the same for both, is left out."""
     den, net, h, noise = denoiser_setup("cuda", impl, n_h, depth, B)
-    module = net if impl == "reference" else den
-    opt = torch.optim.Adam(module.parameters(), lr=1e-4, capturable=True)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ref_denoiser.denoiser_loss(net, h, noise) if impl == "reference" else den.loss(h, noise)
-        loss.backward()
-        opt.step()
+        loss_step(impl, den, net, h, noise)
 
     before = _dispatch.counts[("denoiser_loss", impl)]
     g = _capture(step)

@@ -3,6 +3,10 @@ steps for every method, penalty mode, noise kind and schedule (what `run.cuda_gr
 neither — with the fused ops' CUDA backend glue too, its kernels in the emulator."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +143,19 @@ def test_with_the_cuda_backends_glue(tmp_path, monkeypatch, cuda_emu_module, cas
     assert _check(method, sample, [1, 2, 3, 4, 5]) == []
     ran = {op for (op, backend), n in _dispatch.counts.items() if backend == "cuda" and n > before.get((op, backend), 0)}
     assert ran, "no fused op ran on the cuda backend"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_graphed_denoiser_benchmark_step_is_capturable(backend):
+    """bench_graph_step.py captures bench_denoiser.loss_step (zero_grad, loss, backward) in a CUDA graph: no host
+    read, nothing baked in, on each backend's glue ("reference" is the nn.Sequential)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_denoiser.py"
+    spec = importlib.util.spec_from_file_location("bench_denoiser_for_graph_check", path)
+    bd = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # bench_denoiser imports benchutil
+    try:
+        spec.loader.exec_module(bd)
+    finally:
+        sys.path.remove(str(path.parent))
+    den, net, h, noise = bd._setup("cpu", backend, 16, 2, 8)
+    assert capture_hazards(lambda: bd.loss_step(backend, den, net, h, noise)) == []
