@@ -371,7 +371,8 @@ void bn_relu_backward_cpu(std::uintptr_t dout, std::uintptr_t out, std::uintptr_
                           std::uintptr_t dbeta, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, bool training,
                           bool relu) {
   check(B, N, dtype);
-  if (relu && out == 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
+  // an empty batch has no output to read (its data pointer is null), and nothing to mask
+  if (relu && out == 0 && B > 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
     bn_backward<float>({cptr<float>(dout), cptr<float>(out), cptr<float>(y), cptr<float>(gamma), cptr<float>(shift),

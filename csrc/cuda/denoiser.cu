@@ -232,7 +232,8 @@ int bn_relu_backward(std::uintptr_t dout, std::uintptr_t out, std::uintptr_t y, 
                      std::uintptr_t dbeta, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, bool training,
                      bool relu, std::uintptr_t stream) {
   if (N == 0) return 0;
-  if (relu && out == 0) return static_cast<int>(cudaErrorInvalidValue);
+  // an empty batch has no output to read (a null data pointer) and nothing to mask; the column sums are zero
+  if (relu && out == 0 && B > 0) return static_cast<int>(cudaErrorInvalidValue);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kFloat32:

@@ -98,6 +98,10 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
             if t.device != device:
                 raise ValueError(f"{name} is on {t.device} but weights[0] is on {device}; move them to one device")
         width = out_dim
+    if running_means is not None:
+        _check_distinct_running([(f"{kind}[{i}]", seq[i]) for kind, seq in (("running_means", running_means),
+                                                                           ("running_vars", running_vars))
+                                 for i in range(depth)])
     return n_features, dtype, device
 
 
@@ -110,6 +114,18 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
     if training and h.shape[0] < 2:
         raise ValueError(f"{name}: training-mode BatchNorm needs a batch of at least 2 samples, got {h.shape[0]}")
     return h.to(dtype).contiguous()
+
+
+def _check_distinct_running(named) -> None:
+    """Running statistics are updated in place, each read before it is written: two of them in one memory
+    would each see the other's update."""
+    seen = {}
+    for name, t in named:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():
+            raise ValueError(f"{name} shares its memory with {seen[ptr]}; running statistics must be separate "
+                             "tensors (each is updated in place)")
+        seen[ptr] = name
 
 
 def _contig(seq):
@@ -150,6 +166,8 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
             raise ValueError(f"{name} is on {t.device} but y is on {device}; move them to the same device")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
+    if running_mean is not None:
+        _check_distinct_running([("running_mean", running_mean), ("running_var", running_var)])
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var are required in eval mode (training=False)")
     if training and y.shape[0] < 2:
@@ -239,6 +257,13 @@ def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, 
 
 # ---------------------------------------------------------------- module
 
+_LAYER_KINDS = (nn.Linear, nn.BatchNorm1d, nn.ReLU)
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 class Denoiser(nn.Module):
     """DFM denoising auto-encoder r over discriminator features, with fused kernels.
 
@@ -276,10 +301,8 @@ class Denoiser(nn.Module):
 
     def _init(self, net: nn.Sequential, sigma: float, backend: str | None) -> None:
         self.net = net
-        mods = list(net)
-        # plain tuples (not registered): the layers are the Sequential's; looked up once, not per call
-        self._linears, self._norms = tuple(mods[0::3]), tuple(mods[1::3])
-        self.sigma = _check_number("sigma", sigma, low=0.0)
+        self._adopt(net)
+        self.sigma = sigma
         if backend is not None and backend not in _dispatch.BACKENDS:
             raise ValueError(f"backend must be one of {_dispatch.BACKENDS} or None, got {backend!r}")
         self.backend = backend
@@ -287,33 +310,83 @@ class Denoiser(nn.Module):
     @classmethod
     def from_sequential(cls, net: nn.Sequential, *, sigma: float = 1.0, backend: str | None = None) -> "Denoiser":
         """Wraps an existing ``nn.Sequential((Linear, BatchNorm1d, ReLU) x depth, Linear)`` (sharing its
-        parameters and buffers). BatchNorm layers must be affine, track running stats and share eps and
-        momentum; the output width must equal the input width."""
+        parameters and buffers) in its current train/eval mode. The layers must be exactly those classes (no
+        subclasses, hooks or parametrizations such as spectral norm: the fused kernels compute what those
+        classes compute and would ignore anything else), BatchNorm layers affine, tracking running stats and
+        sharing eps and momentum, widths chained, and the output width equal to the input width."""
         if not isinstance(net, nn.Sequential):
             raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
-        mods = list(net)
+        modes = {net.training} | {m.training for m in net}
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._init(net, sigma, backend)
+        if len(modes) > 1:
+            raise ValueError("net mixes train and eval modes among its layers; set one mode (net.train() or "
+                             "net.eval()): the fused ops run every layer in the Denoiser's mode")
+        self.train(net.training)
+        return self
+
+    def _adopt(self, net) -> None:
+        """Validates net's layers (raising a ValueError that names the first bad one) and caches what each call
+        checks again cheaply: the layer objects, and every parameter's and buffer's shape."""
+        if not isinstance(net, nn.Sequential):
+            raise TypeError(f"Denoiser.net must be an nn.Sequential, got {type(net).__name__}")
+        mods = tuple(net._modules.values())
         if len(mods) % 3 != 1:
             raise ValueError("net must be (Linear, BatchNorm1d, ReLU) x depth followed by a Linear")
+        width = mods[0].in_features if isinstance(mods[0], nn.Linear) else None
         for i, m in enumerate(mods):
-            kind = (nn.Linear, nn.BatchNorm1d, nn.ReLU)[i % 3]
+            kind = _LAYER_KINDS[i % 3]
             if not isinstance(m, kind):
                 raise ValueError(f"net[{i}] must be {kind.__name__}, got {type(m).__name__}")
-            if isinstance(m, nn.Linear) and m.bias is None:
-                raise ValueError(f"net[{i}]: Linear layers must have a bias")
-            if isinstance(m, nn.BatchNorm1d) and not (m.affine and m.track_running_stats):
-                raise ValueError(f"net[{i}]: BatchNorm1d must have affine=True and track_running_stats=True")
-        bns = mods[1::3]
-        if len({(m.eps, m.momentum) for m in bns}) > 1:
+            if type(m) is not kind:
+                what = f"a parametrized {kind.__name__} (e.g. spectral norm)" if getattr(m, "parametrizations", None) \
+                    else f"the subclass {type(m).__name__}"
+                raise ValueError(f"net[{i}] must be {kind.__name__} itself, got {what}: the fused kernels compute "
+                                 f"{kind.__name__}'s forward and would ignore what differs")
+            if _has_hooks(m):
+                raise ValueError(f"net[{i}] has hooks (e.g. old-style spectral norm), which the fused kernels "
+                                 "would not run; remove them or use the plain nn.Sequential")
+            if kind is nn.Linear:
+                if m.bias is None:
+                    raise ValueError(f"net[{i}]: Linear layers must have a bias")
+                if m.in_features != width:
+                    raise ValueError(f"net[{i}] takes {m.in_features} features but the layer before gives {width}")
+                width = m.out_features
+            elif kind is nn.BatchNorm1d:
+                if not (m.affine and m.track_running_stats):
+                    raise ValueError(f"net[{i}]: BatchNorm1d must have affine=True and track_running_stats=True")
+                if m.num_features != width:
+                    raise ValueError(f"net[{i}] normalises {m.num_features} features but net[{i - 1}] gives {width}")
+        norms = mods[1::3]
+        if len({(m.eps, m.momentum) for m in norms}) > 1:
             raise ValueError("net: all BatchNorm1d layers must share eps and momentum")
         if mods[0].in_features != mods[-1].out_features:
             raise ValueError(f"net maps {mods[0].in_features} features to {mods[-1].out_features}; a denoiser "
                              "reconstructs its input")
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self._init(net, sigma, backend)
-        return self
+        self._mods, self._linears, self._norms = mods, mods[0::3], norms
+        self._eps_momentum = (norms[0].eps, norms[0].momentum) if norms else (1e-5, 0.1)
+        weights, biases, gammas, betas, rms, rvs = self._tensors()
+        if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
+            _check_params(weights, biases, gammas, betas, rms, rvs)  # shapes, one dtype and device, own buffers
+        self._types = tuple(map(type, mods))
+        self._signature = [(t.shape, t.dtype, t.device, t.is_contiguous())
+                           for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
+        self._strided = not all(t.is_contiguous() for seq in (biases, gammas, betas) for t in seq)
 
     # -- structure
+    @property
+    def sigma(self) -> float:
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value) -> None:
+        """The corruption's standard deviation, a number >= 0 (may change between steps for annealing)."""
+        if isinstance(value, Tensor):
+            raise TypeError("sigma must be a number, got a Tensor: the denoiser's corruption scale is not learned "
+                            "(use float(t) for a scheduled value)")
+        self._sigma = _check_number("sigma", value, low=0.0)
+
     @property
     def linears(self) -> tuple:
         return self._linears
@@ -332,7 +405,7 @@ class Denoiser(nn.Module):
 
     @property
     def momentum(self) -> float | None:
-        return self.norms[0].momentum if self.norms else 0.1
+        return self._eps_momentum[1]
 
     @property
     def lambda_denoise(self) -> float:
@@ -341,15 +414,40 @@ class Denoiser(nn.Module):
 
     @property
     def eps(self) -> float:
-        return self.norms[0].eps if self.norms else 1e-5
+        return self._eps_momentum[0]
 
-    def _params(self):
+    def _tensors(self):
         # the modules' own dicts: nn.Module.__getattr__ costs ~1 us a lookup, 24 of them per call
         lin = [m._parameters for m in self._linears]
         bn_p = [m._parameters for m in self._norms]
         bn_b = [m._buffers for m in self._norms]
         return ([d["weight"] for d in lin], [d["bias"] for d in lin], [d["weight"] for d in bn_p],
                 [d["bias"] for d in bn_p], [d["running_mean"] for d in bn_b], [d["running_var"] for d in bn_b])
+
+    def _params(self):
+        """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked
+        (a few us): layers replaced, given hooks, a parametrization or another mode than the Denoiser's, or
+        tensors of another shape, dtype or device than when last validated are validated again (an error names
+        the layer or tensor), so the kernels never read a tensor by the wrong size."""
+        net = self.net
+        mods = tuple(net._modules.values())
+        if mods != self._mods or tuple(map(type, mods)) != self._types or any(map(_has_hooks, mods)):
+            self._adopt(net)
+        training = self.training
+        for i, m in enumerate(self._norms):
+            if m.training != training:
+                raise ValueError(f"net[{3 * i + 1}] is in {'training' if m.training else 'eval'} mode but the "
+                                 f"Denoiser in {'training' if training else 'eval'} mode; call train() or eval() "
+                                 "on the Denoiser (the fused ops run every layer in its mode)")
+            if (m.eps, m.momentum) != self._eps_momentum:
+                self._adopt(net)
+        tensors = self._tensors()
+        if [(t.shape, t.dtype, t.device, t.is_contiguous()) for seq in tensors for t in seq] != self._signature:
+            self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers
+        if self._strided:  # GEMM operands may be strided; the kernels' vectors may not (buffers must not be)
+            weights, biases, gammas, betas, rms, rvs = tensors
+            return weights, _contig(biases), _contig(gammas), _contig(betas), rms, rvs
+        return tensors
 
     def _factor(self) -> float:
         """nn.BatchNorm1d's exponential_average_factor; counts the batch like it does."""
