@@ -14,12 +14,19 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from .config import ConfigError
+
 FORMAT = "fastgan-checkpoint"
 VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is corrupt, not a fastgan checkpoint, or does not match the run being resumed."""
+
+
+class CheckpointMismatchError(CheckpointError, ConfigError):
+    """The config asks to resume a run with a field the checkpoint was written with changed: a config error (the
+    CLI's exit code 2) that is still a CheckpointError, as it was before it was a ConfigError."""
 
 
 def save(path, state: Mapping) -> Path:

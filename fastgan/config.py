@@ -1,8 +1,9 @@
 """Training configuration: frozen dataclasses (model, data, method, optim, run), YAML in and out, and one
 validator that names the offending field and the allowed values.
 
-Field metadata drives validation: ``choices`` (allowed values), ``min`` / ``max`` (inclusive bounds) and
-``gt`` (exclusive lower bound); types come from the annotations (int, float, bool, str, Optional[...],
+Field metadata drives validation: ``choices`` (allowed values), ``min`` / ``max`` (inclusive bounds), ``gt``
+(exclusive lower bound) and ``note`` (why the bounds, added to their message); an integer without ``max`` is
+still bounded by torch's 64-bit C integers; types come from the annotations (int, float, bool, str, Optional[...],
 tuple[...], nested dataclasses). ``TrainConfig()`` is the embedded default job: Roth et al.'s regularized
 GAN on their 3-D submanifold mixture, a short run.
 """
@@ -12,6 +13,7 @@ import dataclasses
 import difflib
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -27,6 +29,13 @@ F_DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger"
 
 class ConfigError(ValueError):
     """A configuration value, key or file is invalid; the message names the field."""
+
+
+# torch takes sizes and seeds as int64_t: a larger Python int overflows inside torch with a message that names no
+# field, so validation stops it here.
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+# PIL's resize takes its sizes as C ints.
+C_INT_MAX = 2 ** 31 - 1
 
 
 # ------------------------------------------------------------------------------------------ dataclasses
@@ -143,7 +152,10 @@ class RunConfig:
     name: str = "roth-mixture"
     # Generator iterations.
     steps: int = field(default=3000, metadata={"min": 1})
-    seed: int = 0
+    # torch.manual_seed takes [-2**63, 2**64) and wraps negative seeds to 2**64 + seed, so the signed range holds
+    # each of torch's seeds once and leaves room for the derived seeds (seed + 7919, seed + 104729) below 2**64.
+    seed: int = field(default=0, metadata={"min": INT64_MIN, "max": INT64_MAX,
+                                           "note": "a signed 64-bit integer, as torch.manual_seed takes"})
     # cpu, cuda, cuda:N or auto (cuda when available).
     device: str = "cpu"
     # The run folder is <out_dir>/<name>-<timestamp> unless dir is given.
@@ -336,12 +348,24 @@ def _check_value(tp, value, path: str, meta: Mapping) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        note = f" ({meta['note']})" if "note" in meta else ""
+        low = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
+        if low is not None and "max" in meta:
+            inside = (value >= low[1] if low[0] == "[" else value > low[1]) and value <= meta["max"]
+            if not inside:
+                raise ConfigError(f"{path}: must be in {low[0]}{low[1]}, {meta['max']}]{note}, got {value!r}")
         if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{path}: must be >= {meta['min']}, got {value!r}")
+            raise ConfigError(f"{path}: must be >= {meta['min']}{note}, got {value!r}")
         if "gt" in meta and not value > meta["gt"]:
-            raise ConfigError(f"{path}: must be > {meta['gt']}, got {value!r}")
+            raise ConfigError(f"{path}: must be > {meta['gt']}{note}, got {value!r}")
         if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{path}: must be <= {meta['max']}, got {value!r}")
+            raise ConfigError(f"{path}: must be <= {meta['max']}{note}, got {value!r}")
+        if isinstance(value, int) and value > INT64_MAX:
+            raise ConfigError(f"{path}: must be <= {INT64_MAX} (2**63 - 1, the largest integer torch takes), "
+                              f"got {value!r}")
+        if isinstance(value, int) and value < INT64_MIN:
+            raise ConfigError(f"{path}: must be >= {INT64_MIN} (-2**63, the smallest integer torch takes), "
+                              f"got {value!r}")
 
 
 def _check_tree(obj, path: str = "") -> None:
@@ -396,6 +420,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.cuda_graph and not r.device.startswith(("cuda", "auto")):
         raise ConfigError(f"run.cuda_graph: CUDA graphs need run.device='cuda' (or 'cuda:N', 'auto'), got "
                           f"{r.device!r}")
+    if cfg.data.image_size is not None and cfg.data.image_size > C_INT_MAX:
+        raise ConfigError(f"data.image_size: must be <= {C_INT_MAX} (2**31 - 1, the largest size PIL's resize "
+                          f"takes), got {cfg.data.image_size}")
     if not r.name or "/" in r.name or r.name.strip() != r.name:
         raise ConfigError(f"run.name: must be a non-empty name without '/' or surrounding spaces, got {r.name!r}")
     return cfg
@@ -445,21 +472,52 @@ def to_dict(cfg) -> dict:
     return conv(cfg)
 
 
-def load_config(path) -> TrainConfig:
-    """Read and validate a YAML config file."""
+def _yaml_problem(p: Path, e) -> str:
+    """One line for a YAML parse error: file:line:column and the parser's short description (its str() spans
+    several lines, with the source quoted)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return f"{p}: not valid YAML: {lines[0] if lines else type(e).__name__}"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    where = ""
+    if context and cmark is not None and (cmark.line, cmark.column) != (mark.line, mark.column):
+        where = f" at line {cmark.line + 1}, column {cmark.column + 1}"
+    return (f"{p}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+            + (f" ({context}{where})" if context else ""))
+
+
+def _read_yaml(p: Path) -> Mapping:
+    """The top-level mapping of a YAML config file ({} when empty); a bad file is one ConfigError naming it."""
     import yaml
 
-    p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"config file not found: {p}")
     if p.is_dir():
         raise ConfigError(f"config: {p} is a folder; give a YAML file")
     try:
-        data = yaml_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start}); give a YAML config") from None
     try:
-        return from_dict(data or {})
+        data = yaml_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_problem(p, e)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}.get(
+            type(data), type(data).__name__)
+        raise ConfigError(f"{p}: the top level must be a mapping of sections to values (run: ...), got {kind}")
+    return data
+
+
+def load_config(path) -> TrainConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    data = _read_yaml(p)
+    try:
+        return from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
 
@@ -494,12 +552,32 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def check_overrides(overrides) -> list:
+    """overrides as a list of 'key=value' strings and (key, value) pairs; anything else is a ConfigError showing
+    the bad item (a bare string would otherwise be read one character at a time)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"overrides: must be a list of 'key=value' strings, got the string {overrides!r}")
+    if isinstance(overrides, Mapping) or not isinstance(overrides, Iterable):
+        raise ConfigError(f"overrides: must be a list of 'key=value' strings, got {type(overrides).__name__}")
+    items = list(overrides)
+    for item in items:
+        pair = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+        if not isinstance(item, str) and not pair:
+            raise ConfigError(f"overrides: each item must be a 'key=value' string (or a (key, value) pair), "
+                              f"got {item!r}")
+    return items
+
+
 def apply_overrides(data: Mapping, overrides) -> dict:
     """A copy of the nested mapping with each 'a.b=value' (or (key, value) pair) applied; unknown keys raise."""
     import copy
 
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"config: must be a mapping of keys to values, got {data!r}")
     out = copy.deepcopy(dict(data or {}))
-    for item in overrides or ():
+    for item in check_overrides(overrides):
         key, value = parse_override(item) if isinstance(item, str) else item
         parts = key.split(".")
         cls, node, path = TrainConfig, out, ""
@@ -542,15 +620,7 @@ def coerce(cfg, overrides=None) -> TrainConfig:
     elif isinstance(cfg, (str, Path)):
         if not overrides:
             return load_config(cfg)
-        import yaml
-
-        p = Path(cfg)
-        if not p.exists():
-            raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            data = yaml_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+        data = _read_yaml(Path(cfg))
     else:
         raise ConfigError(f"config: must be a TrainConfig, a dict, a YAML path or None, got {type(cfg).__name__}")
     return from_dict(apply_overrides(data, overrides))

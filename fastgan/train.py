@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import config as C
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphCaptureError, GraphedStep
 
@@ -47,6 +47,9 @@ class TrainResult:
     # the gradient modes of the penalty that ran (fastgan.ops gradient_penalty's "mlp", "jvp", "double_backward";
     # "auto" resolved), read off fastgan.ops._dispatch.counts around the run
     penalty_modes: tuple = ()
+    # the step training began at (the checkpoint's on resume); step == start_step: the checkpoint was already at
+    # run.steps or past it, so nothing was trained or written
+    start_step: int = 0
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -116,9 +119,10 @@ def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> Train
             continue
         bad.append(f"{key}: checkpoint {old!r}, config {value!r}")
     if bad:
-        raise CheckpointError(f"checkpoint {path} was written by a different config; resuming would not continue "
-                              "the same run. Differences: " + "; ".join(bad) +
-                              f". Only {', '.join(C.RESUMABLE_FIELDS)} may change on resume.")
+        # the fields first: the config is what the user changes to fix this
+        raise CheckpointMismatchError(
+            "; ".join(bad) + f" (checkpoint {path} was written by a different config, so resuming would not continue "
+            f"the same run; only {', '.join(C.RESUMABLE_FIELDS)} may change on resume)")
     changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS}
     return C.replace(saved, **changes) if changes else saved
 
@@ -189,7 +193,7 @@ class _Run:
                               f"to {self.device}")
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
-        self.start = 0
+        self.start, self.done = 0, False
         if state is not None:
             try:
                 self.method.load_state_dict(state["method"])
@@ -201,6 +205,11 @@ class _Run:
                                       f"{str(e).splitlines()[0]}") from None
             self.start = int(state["step"])
         self._check_parzen()
+        if state is not None and self.start >= cfg.run.steps:
+            # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
+            # logs a new session, samples/ a redrawn picture)
+            self.out, self.ckpt_path, self.done = run_dir, run_dir / CHECKPOINT, True
+            return
         self.out = run_dir if run_dir is not None else _new_run_dir(cfg)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
@@ -342,6 +351,9 @@ class _Run:
         return step
 
     def run(self) -> TrainResult:
+        if self.done:
+            return TrainResult(out_dir=self.out, step=self.start, losses={}, generator=self.G, config=self.cfg,
+                               models=dict(self.method.modules), start_step=self.start)
         from tqdm import tqdm
 
         r = self.cfg.run
@@ -389,13 +401,11 @@ class _Run:
             bar.close()
             if self.tb is not None:
                 self.tb.close()
-        if step == self.start and self.start >= r.steps:
-            metrics.update(self._samples(step))
         models = dict(self.method.modules)
         modes = tuple(sorted(mode for (op, mode), n in list(_dispatch.counts.items())
                              if op == "gradient_penalty" and mode != "create_graph" and n > counted.get((op, mode), 0)))
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
-                           models=models, metrics=metrics, penalty_modes=modes)
+                           models=models, metrics=metrics, penalty_modes=modes, start_step=self.start)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -410,7 +420,7 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
         if not resume:
             raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
         state = ckpt.load(run_dir / CHECKPOINT)
-        cfg = C.coerce(state["config"], list(overrides or []) + [("run.dir", str(run_dir))])
+        cfg = C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])
     else:
         cfg = C.coerce(cfg, overrides)
     return _Run(cfg, resume, progress).run()
@@ -434,24 +444,60 @@ def _cmd_train(args) -> int:
         result = train(config, overrides=overrides, resume=args.resume)
     except ConfigError as e:
         return _fail(e, 2)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError, ValueError,
-            GraphCaptureError) as e:
+    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError) as e:
         return _fail(e, 1)
+    except (MemoryError, RuntimeError) as e:
+        why = _out_of_memory(e)
+        if why is None:
+            raise
+        return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
+                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
+                           "model.denoiser_hidden)")
     except KeyboardInterrupt:
         print("fastgan train: interrupted", file=sys.stderr)
         return 130
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss"))
-    extra = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
-    modes = f"; penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else ""
-    print(f"fastgan train: {result.step} steps done ({losses}{'; ' + extra if extra else ''}{modes}); "
-          f"output in {result.out_dir}")
+    if result.step <= result.start_step:
+        print(f"fastgan train: nothing to train: checkpoint {result.out_dir / CHECKPOINT} is already at step "
+              f"{result.step} >= run.steps={result.config.run.steps} (raise run.steps to continue); nothing written "
+              f"in {result.out_dir}")
+        return 0
+    parts = [", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss")),
+             ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items()),
+             f"penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else ""]
+    print(f"fastgan train: {result.step} steps done ({'; '.join(p for p in parts if p)}); output in {result.out_dir}")
     return 0
 
 
-def _fail(e, code: int) -> int:
+def _out_of_memory(e: BaseException) -> Optional[str]:
+    """What could not be allocated when e is an allocation failure (torch's CPU and CUDA allocators, Python's
+    MemoryError, a tensor size past 64 bits), else None: any other error keeps its traceback."""
+    if isinstance(e, MemoryError):
+        return f"MemoryError{f' ({e})' if str(e) else ''}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    if "Storage size calculation overflowed" in first:
+        return f"a tensor too large to hold ({first})"
+    if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in first or "out of memory" in first):
+        return None
+    cpu = re.search(r"tried to allocate (\d+) bytes", first)
+    cuda = re.search(r"Tried to allocate ([\d.]+ [KMGTPE]?i?B)", first)
+    if cpu:
+        return f"could not allocate {_size(int(cpu.group(1)))}"
+    return f"could not allocate {cuda.group(1)}" if cuda else first
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"
+
+
+def _fail(e, code: int, message: Optional[str] = None) -> int:
     if os.environ.get("FASTGAN_DEBUG"):
         raise e
-    print(f"fastgan train: error: {e}", file=sys.stderr)
+    print(f"fastgan train: error: {message or e}", file=sys.stderr)
     return code
 
 

@@ -80,3 +80,11 @@ def test_rng_states_round_trip(tmp_path):
     assert draw() == first
     with pytest.raises(CheckpointError, match="no state for random generator 'other'"):
         ckpt.set_rng_state(state, {"other": torch.Generator()})
+
+
+def test_mismatch_error_is_both_a_checkpoint_and_a_config_error():
+    # `except CheckpointError` callers keep catching it; the CLI's config-error branch (exit code 2) sees it first
+    from fastgan.config import ConfigError
+
+    e = ckpt.CheckpointMismatchError("method.roth.gamma: checkpoint 0.1, config 0.5")
+    assert isinstance(e, ckpt.CheckpointError) and isinstance(e, ConfigError)

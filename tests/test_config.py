@@ -1,5 +1,6 @@
 """Config: defaults, YAML round trip, --set overrides, and one clear error per bad key or value."""
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,9 @@ def test_shipped_configs_cover_the_paper_experiments():
     ({"method": {"rothh": {}}}, r"method\.rothh: unknown key; allowed keys: .*did you mean 'roth'"),
     ({"optimm": {}}, r"optimm: unknown key; allowed keys: model, data, method, optim, run"),
     ({"method": {"roth": {"gamma": -1}}}, r"method\.roth\.gamma: must be >= 0\.0, got -1"),
-    ({"method": {"roth": {"alpha": 0}}}, r"method\.roth\.alpha: must be > 0\.0, got 0"),
+    ({"method": {"roth": {"alpha": 0}}}, r"method\.roth\.alpha: must be in \(0\.0, 1\.0\], got 0"),
+    ({"method": {"roth": {"alpha": 2}}}, r"method\.roth\.alpha: must be in \(0\.0, 1\.0\], got 2\.0"),
+    ({"optim": {"beta1": -0.5}}, r"optim\.beta1: must be in \[0\.0, 1\.0\], got -0\.5"),
     ({"optim": {"batch_size": "big"}}, r"optim\.batch_size: must be an integer, got 'big'"),
     ({"optim": {"batch_size": 2.5}}, r"optim\.batch_size: must be an integer, got 2\.5"),
     ({"optim": {"batch_size": True}}, r"optim\.batch_size: must be an integer, got True"),
@@ -116,3 +119,106 @@ def test_directly_built_config_is_validated():
     cfg = TrainConfig(method=C.MethodConfig(name="nt", nt=C.NTConfig(noise="gaussian")))
     with pytest.raises(ConfigError, match=r"method\.nt\.noise: must be one of \('fixed', 'learned_sigma', 'generator'\)"):
         C.validate(cfg)
+
+
+# ------------------------------------------------------------------------------------------ integer ranges
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"run": {"seed": 2**70}}, (r"run\.seed: must be in \[-9223372036854775808, 9223372036854775807\] \(a signed "
+                                r"64-bit integer.*\), got 1180591620717411303424$")),
+    ({"run": {"seed": -2**63 - 1}}, r"run\.seed: must be in \[-9223372036854775808, 9223372036854775807\]"),
+    ({"optim": {"batch_size": 2**64}}, r"optim\.batch_size: must be <= 9223372036854775807 .*got 18446744073709551616"),
+    ({"run": {"num_samples": "1e30"}}, r"run\.num_samples: must be <= 9223372036854775807"),
+    ({"model": {"g_hidden": [16, 2**63]}}, r"model\.g_hidden\[1\]: must be <= 9223372036854775807"),
+    ({"model": {"latent_dim": 2**63}}, r"model\.latent_dim: must be <= 9223372036854775807"),
+    ({"data": {"name": "image_folder", "path": "x", "image_size": 2**31}},
+     r"data\.image_size: must be <= 2147483647 .*got 2147483648"),
+])
+def test_integers_beyond_what_torch_takes_name_the_field_and_range(data, message):
+    with pytest.raises(ConfigError, match=message):
+        C.from_dict(data)
+
+
+def test_seed_range_is_what_torch_manual_seed_takes():
+    import torch
+
+    for seed in (-2**63, -1, 0, INT64_MAX):
+        cfg = C.from_dict({"run": {"seed": seed}})
+        torch.Generator().manual_seed(cfg.run.seed)  # accepted, and so are the trainer's derived seeds
+        torch.Generator().manual_seed(cfg.run.seed + 104729)
+    for seed in (-2**63 - 1, 2**64):  # just outside: torch overflows
+        with pytest.raises((ValueError, OverflowError, RuntimeError)):
+            torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------ bad files, overrides
+
+def test_top_level_list_names_the_file_with_and_without_overrides(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    msg = rf"^{re.escape(str(bad))}: the top level must be a mapping of sections to values \(run: \.\.\.\), got a list$"
+    with pytest.raises(ConfigError, match=msg):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=msg):
+        C.coerce(bad, ["run.steps=1"])
+    bad.write_text("just a string\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: the top level must be a mapping .*got a string"):
+        C.coerce(str(bad), ["run.steps=1"])
+
+
+def test_invalid_yaml_is_one_line_with_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [1, 2\n  steps: \n")
+    for call in (lambda: load_config(bad), lambda: C.coerce(bad, ["run.steps=1"])):
+        with pytest.raises(ConfigError) as e:
+            call()
+        msg = str(e.value)
+        assert "\n" not in msg, msg
+        assert msg.startswith(f"{bad}:2:8: not valid YAML: expected ',' or ']', but got ':'"), msg
+    bad.write_bytes(b"run:\n  name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: not a UTF-8 text file"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([None], r"overrides: each item must be a 'key=value' string.*got None"),
+    (["run.steps=2", 5], r"overrides: each item must be a 'key=value' string.*got 5"),
+    ([("run.steps",)], r"overrides: each item must be a 'key=value' string.*got \('run\.steps',\)"),
+    ([(3, 1)], r"overrides: each item must be a 'key=value' string.*got \(3, 1\)"),
+    ("run.steps=2", r"overrides: must be a list of 'key=value' strings, got the string 'run\.steps=2'"),
+    (7, r"overrides: must be a list of 'key=value' strings, got int"),
+])
+def test_bad_overrides_show_the_item(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        C.coerce(None, overrides)
+
+
+# ------------------------------------------------------------------------------------------ the CLI's one line
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fastgan", "train", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, check=False)
+
+
+def test_cli_config_file_errors_are_one_line_exit_2(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "bad.yaml").write_text("run: [1, 2\n  steps: \n")
+    cases = [
+        (["list.yaml"], "fastgan train: error: list.yaml: the top level must be a mapping"),
+        (["list.yaml", "--set", "run.steps=1"], "fastgan train: error: list.yaml: the top level must be a mapping"),
+        (["bad.yaml"], "fastgan train: error: bad.yaml:2:8: not valid YAML: expected ',' or ']', but got ':'"),
+        (["--set", "run.seed=1180591620717411303424"],
+         "fastgan train: error: run.seed: must be in [-9223372036854775808, 9223372036854775807]"),
+        (["--set", "optim.batch_size=18446744073709551616"],
+         "fastgan train: error: optim.batch_size: must be <= 9223372036854775807"),
+    ]
+    for args, start in cases:
+        p = _cli(*args, "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith(start) and p.stderr.count("\n") == 1, (args, p.stderr)
+    assert not (tmp_path / "runs").exists()

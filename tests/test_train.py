@@ -156,8 +156,10 @@ def test_resume_with_a_different_config_is_an_error(tmp_path):
     run(tmp_path, "method.roth.gamma=0.1", steps=2)
     ck = tmp_path / "t" / "checkpoints" / "last.pt"
     before = ck.read_bytes()
-    with pytest.raises(CheckpointError, match=r"method\.roth\.gamma: checkpoint 0\.1, config 0\.5"):
+    # a config error (the CLI's exit code 2) that existing `except CheckpointError` code still catches
+    with pytest.raises(CheckpointError, match=r"^method\.roth\.gamma: checkpoint 0\.1, config 0\.5") as e:
         run(tmp_path, "method.roth.gamma=0.5", steps=4, resume=True)
+    assert isinstance(e.value, fastgan.config.ConfigError)
     assert ck.read_bytes() == before
 
 
@@ -323,3 +325,91 @@ def test_corrupt_data_file_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "train-images-idx3-ubyte" in err and "truncated" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ edge cases of bad input
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fastgan", "train", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=180, check=False)
+
+
+def _snapshot(d: Path) -> dict:
+    return {p.relative_to(d): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_python_api_bad_override_items_are_config_errors(tmp_path):
+    with pytest.raises(fastgan.config.ConfigError, match=r"each item must be a 'key=value' string.*got None"):
+        fastgan.train(None, overrides=[None])
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    for overrides in (None, ["run.steps=1"]):
+        with pytest.raises(fastgan.config.ConfigError, match=r"list\.yaml: the top level must be a mapping"):
+            fastgan.train(bad, overrides=overrides)
+
+
+def test_resume_past_run_steps_trains_nothing_and_writes_nothing(tmp_path):
+    run(tmp_path, "run.sample_every=1", steps=3)
+    before = _snapshot(tmp_path / "t")
+    for steps in (3, 2):
+        r = run(tmp_path, steps=steps, resume=True)
+        assert r.step == 3 and r.start_step == 3 and r.losses == {} and r.out_dir == tmp_path / "t"
+        assert isinstance(r.generator, torch.nn.Module)
+    assert _snapshot(tmp_path / "t") == before
+    p = _cli("--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 't'}", "--resume", cwd=tmp_path)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    ck = tmp_path / "t" / "checkpoints" / "last.pt"
+    assert p.stdout == (f"fastgan train: nothing to train: checkpoint {ck} is already at step 3 >= run.steps=2 "
+                        f"(raise run.steps to continue); nothing written in {tmp_path / 't'}\n")
+    assert _snapshot(tmp_path / "t") == before
+
+
+def test_cli_resume_with_a_changed_field_is_a_config_error(tmp_path):
+    run(tmp_path, "method.roth.gamma=0.1", steps=2)
+    before = _snapshot(tmp_path / "t")
+    p = _cli("--set", *TINY, "method.roth.gamma=0.5", "run.steps=4", f"run.dir={tmp_path / 't'}", "--resume",
+             cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("fastgan train: error: method.roth.gamma: checkpoint 0.1, config 0.5"), p.stderr
+    assert str(tmp_path / "t" / "checkpoints" / "last.pt") in p.stderr
+    assert _snapshot(tmp_path / "t") == before
+
+
+def test_cli_tensor_too_large_is_one_line(tmp_path):
+    # 2**60 rows: the size overflows before anything is allocated, so the test cannot exhaust the machine
+    p = _cli("--set", *TINY, "optim.batch_size=1152921504606846976", "run.steps=1", f"run.out_dir={tmp_path}",
+             cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("fastgan train: error: out of memory") and "optim.batch_size" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("error,why", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 8796093022208 bytes. Error code 12 (Cannot allocate memory)\nframe #0: x"),
+     "could not allocate 8 TiB"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+     "could not allocate 2.00 GiB"),
+    (MemoryError(), "MemoryError"),
+])
+def test_cli_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error, why):
+    from fastgan.methods.step import Method
+
+    def oom(self, t, sample_real):
+        raise error
+
+    monkeypatch.setattr(Method, "train_step", oom)
+    assert main(["train", "--set", *TINY, "run.steps=2", f"run.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train: error: out of memory") and err.count("\n") == 1, err
+    assert why in err and "optim.batch_size" in err, err
+
+
+def test_cli_does_not_swallow_unrelated_runtime_errors(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    def broken(self, t, sample_real):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(Method, "train_step", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["train", "--set", *TINY, "run.steps=2", f"run.out_dir={tmp_path}"])

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import _checks, _dispatch
 from .closed_form_maps import CONVS, LinearMap, channel_sum, per_channel, per_sample
+from .penalty import require_samples
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LEAF_TYPES = (nn.Linear, *CONVS, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, *_BNS, nn.Identity, nn.Flatten,
@@ -470,6 +471,7 @@ def _run(D, x, weight, backend, steps=None):
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, steps=None):
     """(penalty, logits) as gradient_penalty(..., mode="mlp"); raises ValueError when D is not supported.
     steps: plan(D, x)'s, when the caller already has them."""
+    require_samples("x", x, "mlp")
     per, psi = _run(D, x, weight, backend, steps)
     if reduction == "mean":
         per = per.mean()

@@ -42,7 +42,14 @@ class NoiseState:
 
     def __init__(self, seed: int = 0, device: Union[str, torch.device] = "cpu"):
         seed = _check_seed(seed)
-        self.tensor = torch.tensor([seed, 0, 0], dtype=torch.int64, device=device)
+        dev = _check_device(device)
+        try:
+            self.tensor = torch.tensor([seed, 0, 0], dtype=torch.int64, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            if dev is None or dev.type in ("cpu", "cuda"):
+                raise  # the device exists: this is some other failure
+            # other backends (mps, xpu, ...) parse on every build but fail when torch was built without them
+            raise ValueError(f"device: {device!r} cannot hold tensors in this torch build ({_first_line(e)})") from None
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +85,31 @@ class NoiseState:
 
     def __repr__(self) -> str:
         return f"NoiseState(device={self.device})"
+
+
+def _check_device(device) -> Optional[torch.device]:
+    """The device as a torch.device (None: torch's default), or a ValueError naming the argument. CUDA is asked
+    about only when a CUDA device was named, so a CPU NoiseState never touches it."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        why = "" if isinstance(device, str) else f" ({_first_line(e)})"
+        raise ValueError(f"device: {device!r} is not a device torch can parse{why}; expected e.g. 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {str(dev)!r} asked for, but torch sees no CUDA device; use 'cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device: {str(dev)!r} asked for, but this machine has {n} CUDA device"
+                             f"{'s' if n != 1 else ''} (cuda:0 .. cuda:{n - 1})")
+    return dev
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _check_seed(seed) -> int:

@@ -352,8 +352,9 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     reduction: "mean" (each part averaged, as mu * mean_clean + (1 - mu) * mean_noisy) or "sum" (the sums of
     Algorithm 1). js_weights=True (loss="d" only) also returns Roth et al.'s JS weights from the same logits,
     (1 - sigmoid(psi))^2 for real and sigmoid(psi)^2 for fake, differentiable w.r.t. the logits.
-    Returns loss, or (loss, w_real, w_fake); float32 (float64 if an input is float64); differentiable to any
-    order w.r.t. the logits. The noise generator's loss in NTGAN is -loss_d + lambda * ||eps||^2.
+    Returns loss (0-d), or (loss, w_real, w_fake) with each weight in its logits' shape; float32 (float64 if an
+    input is float64); differentiable to any order w.r.t. the logits. The noise generator's loss in NTGAN is
+    -loss_d + lambda * ||eps||^2.
     """
     _checks.choice("loss", loss, tuple(KINDS))
     _checks.choice("mode", mode, MODES)
@@ -387,5 +388,6 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     else:
         value, w_r, w_f = _run_forward(*args)
     if js_weights:
-        return value, w_r, w_f
+        # in the logits' own shapes, (N,) or (N, 1), as fastgan.reference.nt_losses returns them
+        return value, w_r.reshape(logits_real.shape), w_f.reshape(logits_fake.shape)
     return value

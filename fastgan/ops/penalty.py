@@ -315,11 +315,21 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     "jvp" once it has matched the double backward on D's first batch (CUDA), else "double_backward").
     _dispatch.counts[("gradient_penalty", mode)] records what ran. Inside torch.compile the closed form is traced
     (fullgraph works); the other modes run eagerly there (a graph break).
+    An empty x runs by the double backward under "auto" (nan for reduction "mean", as the reference); "jvp" and
+    "mlp" raise ValueError for it. Under torch.no_grad() every mode returns the values of the same call with grad
+    enabled (D's buffers advance as there), detached.
     """
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
+    require_samples("x", x, mode)
+    if not torch.is_grad_enabled():
+        # every mode forms the penalty from an input gradient, i.e. with autograd: run it as with grad enabled
+        # (same values, same buffer updates) and hand back the results without their graph
+        with torch.enable_grad():
+            penalty, logits = gradient_penalty(D, x, weight, reduction=reduction, backend=backend, mode=mode)
+        return penalty.detach(), logits.detach()
     if mode != "double_backward":
         from . import penalty_jvp
 
@@ -327,6 +337,14 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     if torch.compiler.is_compiling():
         return _eager_double_backward(D, x, weight, reduction, backend)
     return _double_backward(D, x, weight, reduction, backend)
+
+
+def require_samples(name: str, x: torch.Tensor, mode: str) -> None:
+    """ValueError naming x when it is an empty batch and `mode` is one that needs a sample ("jvp", "mlp")."""
+    if mode in ("jvp", "mlp") and x.shape[0] == 0:
+        raise ValueError(f"{name} has no samples: mode={mode!r} needs at least one; mode='auto' and "
+                         "'double_backward' take an empty batch (the penalty is then nan for reduction='mean', "
+                         "a mean over no samples, and 0 for 'sum')")
 
 
 def _double_backward(D, x, weight, reduction, backend, record=True):
@@ -383,7 +401,13 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     if x_real.shape[1:] != x_fake.shape[1:]:
         raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}")
     _checks.choice("mode", mode, PENALTY_MODES)
-    if mode in ("mlp", "auto") and x_real.dtype == x_fake.dtype and x_real.shape[0] and x_fake.shape[0]:
+    require_samples("x_real", x_real, mode)
+    require_samples("x_fake", x_fake, mode)
+    if not torch.is_grad_enabled():  # as in gradient_penalty: computed as with grad enabled, returned detached
+        with torch.enable_grad():
+            out = js_penalty(D, x_real, x_fake, backend=backend, mode=mode)
+        return tuple(t.detach() for t in out)
+    if mode in ("mlp", "auto") and x_real.dtype == x_fake.dtype:
         from . import penalty_jvp
 
         joint = penalty_jvp.js_penalty_mlp(D, x_real, x_fake, backend, mode)

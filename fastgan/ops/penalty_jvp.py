@@ -293,13 +293,19 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     if _capturing(x.device) and _active_dropout(D):
         raise ValueError("mode='jvp' replays D's forward, which cannot replay dropout masks under CUDA graph "
                          "capture; use mode='double_backward'")
+    _pen.require_samples("x", x, "jvp")
+    x = x.detach()
+    if any(stride == 0 and n > 1 for stride, n in zip(x.stride(), x.shape)):
+        # make_dual refuses a primal whose elements share memory (an expand()ed batch); other layouts (channels_last)
+        # are kept, and the copy is made before the first forward so that both forwards see the same input
+        x = x.contiguous()
     B = x.shape[0]
     scale = _scale(reduction, B)
     buffers = _buffer_clones(D)
     start_buffers = {k: b.clone() for k, b in buffers.items()}  # for a create_graph backward's replay
     rng = _Rng(x.device)
     start = rng.save()
-    x = x.detach().requires_grad_(True)
+    x = x.requires_grad_(True)
     # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
     psi0 = _pen._logits_of(D, x)
     after = rng.save()
@@ -431,6 +437,10 @@ def _auto_closed_form(steps, x) -> bool:
 def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
     """(auto_mode's answer, why, plan(D, x)'s steps or None): the steps go on to the closed form, so that D is
     planned once per call."""
+    if x.shape[0] == 0:
+        # the closed form and jvp need a sample; the double backward gives the reference's value for none
+        return "double_backward", "empty batch: the double backward, as the reference (nan for reduction='mean', " \
+                                  "a mean over no samples; 0 for 'sum')", None
     steps, why = mlp_penalty.plan(D, x)
     if steps is not None:
         why = _closed_form_passed_over(steps, x)
@@ -509,7 +519,12 @@ JOINT_MLP_DEVICES = {"cuda"}
 def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     """js_penalty in mode "mlp" (or "auto" choosing it) with both batches in one closed-form pass, or None
     where that would not equal two separate calls: "auto" not picking "mlp" for this D, or a parametrized
-    layer (spectral norm's power iteration runs once per forward, so two calls step it twice)."""
+    layer (spectral norm's power iteration runs once per forward, so two calls step it twice), or an empty batch
+    ("auto" runs that one by the double backward; an explicit "mlp" raises, naming it)."""
+    _pen.require_samples("x_real", x_real, mode)
+    _pen.require_samples("x_fake", x_fake, mode)
+    if not (x_real.shape[0] and x_fake.shape[0]):
+        return None
     if x_real.device.type not in JOINT_MLP_DEVICES:
         return None
     if not CLOSED_FORM_TRACED and torch.compiler.is_compiling():
@@ -542,7 +557,7 @@ def _traced_under_compile(D, x, mode) -> bool:
         return False
     if mode == "mlp":
         return True
-    if mode != "auto":
+    if mode != "auto" or x.shape[0] == 0:  # "auto" runs an empty batch by the double backward (auto_choice)
         return False
     return _auto_closed_form(mlp_penalty.plan(D, x)[0], x)
 

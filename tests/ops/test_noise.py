@@ -952,3 +952,39 @@ def test_cuda_layouts_match_reference(layout, kind, mode):
     r64 = outputs("oracle", [_to64(t) for t in leaves])
     for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
         assert_close_to_oracle(a, b, c, name=f"cuda-{layout}-{kind}-{mode}-{name}")
+
+
+# ------------------------------------------------------------------ NoiseState's device argument
+
+@pytest.mark.parametrize("device,message", [
+    ("tpu", r"device: 'tpu' is not a device torch can parse"),
+    ("", r"device: '' is not a device torch can parse"),
+    ("cuda:-1", r"device: 'cuda:-1' is not a device torch can parse"),
+])
+def test_noise_state_unparsable_device_is_a_value_error(device, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseState(1, device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:9", torch.device("cuda", 1)])
+def test_noise_state_cuda_device_without_cuda_is_a_value_error(device):
+    with pytest.raises(ValueError, match=r"device: .*cuda.* torch sees no CUDA device"):
+        NoiseState(1, device)
+
+
+def test_noise_state_cuda_index_beyond_the_device_count_is_a_value_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device: 'cuda:9' .*2 CUDA devices \(cuda:0 \.\. cuda:1\)"):
+        NoiseState(1, "cuda:9")
+
+
+def test_cpu_noise_state_never_asks_about_cuda(monkeypatch):
+    def no(*_):
+        raise AssertionError("CUDA queried for a CPU NoiseState")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no)
+    monkeypatch.setattr(torch.cuda, "device_count", no)
+    for device in ("cpu", torch.device("cpu"), "cpu:0", None):
+        assert NoiseState(3, device).device.type == "cpu"

@@ -217,6 +217,29 @@ def test_b1_logits_accepted():
                                nt_losses(lr, lf, 0.5, backend="cpu"))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("loss,js", [("d", False), ("d", True), ("g", False)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("shapes", [("N", "N"), ("N1", "N1"), ("N1", "N"), ("N", "N1")])
+def test_output_shapes_and_values_are_the_references_for_n_and_n1_logits(backend, loss, js, reduction, shapes):
+    """Every output in the reference's shape ((N, 1) logits give (N, 1) weights, each side its own), its values in
+    float64, and the logits' gradients in the logits' shapes."""
+    lr, lf = _logits(6, 8, torch.float64)
+    lr, lf = [(t[:, None] if s == "N1" else t).requires_grad_(True) for t, s in zip((lr, lf), shapes)]
+    want = ref.nt_losses(lr, lf, 0.3, loss, reduction, js)
+    got = nt_losses(lr, lf, 0.3, loss=loss, reduction=reduction, js_weights=js, backend=backend)
+    want, got = (list(want), list(got)) if js else ([want], [got])
+    assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    leaves = (lr, lf) if loss == "d" else (lf,)
+    grads = torch.autograd.grad(sum(t.sum() * (k + 1) for k, t in enumerate(got)), leaves)
+    grads_want = torch.autograd.grad(sum(t.sum() * (k + 1) for k, t in enumerate(want)), leaves)
+    for g, w, leaf in zip(grads, grads_want, leaves):
+        assert g.shape == leaf.shape
+        torch.testing.assert_close(g, w)
+
+
 # ------------------------------------------------------------------ backend selection, compile
 
 def test_auto_selects_cpu_kernel_and_records_forward_and_backward(monkeypatch):
