@@ -653,8 +653,10 @@ def _parse_noise(noise, x0, n_noisy, mode):
     if noise.dim() == x0.dim():
         want = (n_noisy, *S)
         if tuple(noise.shape) != want:
+            hint = (f"; a sigma tensor has fewer dimensions than x ({x0.dim()}), e.g. shape () or (1,)"
+                    if noise.numel() == 1 else "")
             raise ValueError(f"noise (eps) must have shape {want} (the noisy rows of mode {mode!r}), got "
-                             f"{tuple(noise.shape)}")
+                             f"{tuple(noise.shape)}{hint}")
         return "eps", noise, 1
     if noise.dim() < x0.dim():
         if noise.numel() == 1:
@@ -698,8 +700,8 @@ def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Ten
 
     noise:
       - float sigma: eps = sigma * z, z ~ N(0, 1) from the Philox stream of `state`;
-      - sigma tensor with one element, or per-channel of shape (C, 1, .., 1) with C = x.shape[1]: the same,
-        differentiable w.r.t. sigma (NTGAN's learned sigma);
+      - sigma tensor (fewer dimensions than x) with one element, or per-channel of shape (C, 1, .., 1) with
+        C = x.shape[1]: the same, differentiable w.r.t. sigma (NTGAN's learned sigma);
       - eps tensor (n_noisy, ...) = the noise generator's output (n_noisy = m, or m - m // 2 for "half"),
         cast to x's dtype, differentiable w.r.t. eps.
     state: NoiseState (or its int64 tensor) on the batches' device; read and advanced on the device. None uses

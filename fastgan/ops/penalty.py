@@ -316,14 +316,19 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _dispatch.counts[("gradient_penalty", mode)] records what ran. Inside torch.compile the closed form is traced
     (fullgraph works); the other modes run eagerly there (a graph break).
     An empty x runs by the double backward under "auto" (nan for reduction "mean", as the reference); "jvp" and
-    "mlp" raise ValueError for it. Under torch.no_grad() every mode returns the values of the same call with grad
-    enabled (D's buffers advance as there), detached.
+    "mlp" raise ValueError for it. Under torch.no_grad() or torch.inference_mode() every mode returns the values of
+    the same call with grad enabled (D's buffers advance as there), detached.
     """
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
+    if torch.is_inference_mode_enabled():
+        # inference tensors cannot be saved for a backward: run on a normal copy of x with inference mode off
+        with torch.inference_mode(False):
+            penalty, logits = gradient_penalty(D, x.clone(), weight, reduction=reduction, backend=backend, mode=mode)
+        return penalty.detach(), logits.detach()
     if not torch.is_grad_enabled():
         # every mode forms the penalty from an input gradient, i.e. with autograd: run it as with grad enabled
         # (same values, same buffer updates) and hand back the results without their graph
@@ -403,6 +408,10 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
+    if torch.is_inference_mode_enabled():  # as in gradient_penalty
+        with torch.inference_mode(False):
+            out = js_penalty(D, x_real.clone(), x_fake.clone(), backend=backend, mode=mode)
+        return tuple(t.detach() for t in out)
     if not torch.is_grad_enabled():  # as in gradient_penalty: computed as with grad enabled, returned detached
         with torch.enable_grad():
             out = js_penalty(D, x_real, x_fake, backend=backend, mode=mode)

@@ -543,6 +543,8 @@ _Z = torch.zeros(4, 3)
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3), "half"), ValueError,
      r"noise \(eps\) must have shape \(2, 3\) \(the noisy rows of mode 'half'\)"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(2)), ValueError, r"noise \(sigma\) must have one element or"),
+    (lambda: noisy_clean_batch(_Z, _Z, torch.ones(1, 1)), ValueError,
+     r"noise \(eps\) must have shape \(4, 3\) .* got \(1, 1\); a sigma tensor has fewer dimensions than x"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, 4, 3)), ValueError, "noise has 3 dimensions"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3, dtype=torch.int32)), TypeError, "noise must be a floating"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, device="meta")), ValueError, "noise is on meta"),

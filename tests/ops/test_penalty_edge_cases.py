@@ -1,8 +1,8 @@
 """gradient_penalty / js_penalty / r1_penalty / r2_penalty on inputs at the edges, in every mode, against the
 double backward of fastgan.reference.penalty in float64: empty batches ("auto" runs the double backward, as the
 reference: nan for a mean over no samples; "jvp"/"mlp" refuse them naming the argument), inputs whose elements
-share memory (expand()), and calls under torch.no_grad() (the value and logits without a graph, D's buffers
-advancing as with grad enabled)."""
+share memory (expand()), and calls under torch.no_grad() or inference_mode() (the value and logits without a
+graph, D's buffers advancing as with grad enabled)."""
 import copy
 
 import pytest
@@ -162,9 +162,11 @@ CALLS = {
 @pytest.mark.parametrize("net,mode", [(net, mode) for net in NETS for mode in MODES]
                          # not an nn.Sequential: "auto" takes the double backward on CPU, "mlp" cannot run it
                          + [("conv_bn_zoo", mode) for mode in MODES if mode != "mlp"])
-def test_under_no_grad_every_mode_returns_the_values_without_a_graph(net, mode, call):
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_under_no_grad_every_mode_returns_the_values_without_a_graph(net, mode, call, context):
     """One behaviour for every mode: the values (and logits) of the same call with grad enabled, no graph, and D's
-    buffers advanced as that call advances them."""
+    buffers advanced as that call advances them; under inference_mode too, with the batches made there (inference
+    tensors, which autograd cannot save)."""
     if net == "conv_bn_zoo":
         factory, make_x, _ = DS["conv_bn"]
         torch.manual_seed(0)
@@ -177,8 +179,8 @@ def test_under_no_grad_every_mode_returns_the_values_without_a_graph(net, mode, 
     want = CALLS[call](D_grad, xr, xf, mode)
     assert want[0].requires_grad
     before = {m: _count(m) for m in MODES}
-    with torch.no_grad():
-        got = CALLS[call](D_nograd, xr, xf, mode)
+    with torch.no_grad() if context == "no_grad" else torch.inference_mode():
+        got = CALLS[call](D_nograd, xr.clone(), xf.clone(), mode)
     ran = {m: _count(m) - before[m] for m in MODES}
     assert sum(ran.values()) == (2 if call == "js_penalty" else 1) and ran["auto"] == 0
     if mode != "auto":
