@@ -6,6 +6,7 @@ over the old one: a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -80,7 +81,89 @@ def load(path, map_location="cpu") -> dict:
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks {', '.join(missing)}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {p}: step must be a non-negative integer, got {step!r}")
+    for key in ("config", "method", "rng"):
+        if not isinstance(state[key], Mapping):
+            # a string config would otherwise be read as a YAML path
+            raise CheckpointError(f"checkpoint {p}: {key} must be a mapping, got {type(state[key]).__name__}")
     return state
+
+
+# ------------------------------------------------------------------------------------------ optimizer states
+
+def _is_number(v) -> bool:
+    if isinstance(v, torch.Tensor):  # a capturable / tensor learning rate
+        return v.numel() == 1 and v.dtype != torch.bool and not v.is_complex() and bool(torch.isfinite(v).all())
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, step: int) -> None:
+    """Check a saved optimizer state_dict against opt's parameters before it is loaded: torch accepts moments of
+    the wrong shape or a string learning rate and fails steps later with an error naming neither file nor entry.
+    Raises CheckpointError naming path and the entry (method.optimizers.<name>...)."""
+    where = f"checkpoint {path}: method.optimizers.{name}"
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) or \
+            not isinstance(saved.get("param_groups"), (list, tuple)):
+        raise CheckpointError(f"{where}: must be a mapping with 'state' (a mapping) and 'param_groups' (a list)")
+    groups = saved["param_groups"]
+    if len(groups) != len(opt.param_groups):
+        raise CheckpointError(f"{where}.param_groups: {len(groups)} groups, this config's optimizer has "
+                              f"{len(opt.param_groups)}")
+    params = {}
+    for i, (g, cur) in enumerate(zip(groups, opt.param_groups)):
+        gw = f"{where}.param_groups[{i}]"
+        if not isinstance(g, Mapping) or not isinstance(g.get("params"), (list, tuple)):
+            raise CheckpointError(f"{gw}: must be a mapping with a 'params' list")
+        if len(g["params"]) != len(cur["params"]):
+            raise CheckpointError(f"{gw}.params: {len(g['params'])} parameters, this config's model has "
+                                  f"{len(cur['params'])}")
+        for key, value in cur.items():
+            if key == "params":
+                continue
+            numbers = (value,) if _is_number(value) else tuple(value) if isinstance(value, tuple) and value and \
+                all(map(_is_number, value)) else None
+            if numbers is None:
+                continue  # flags (amsgrad, foreach, ...) are torch's to check
+            got = g.get(key, "<missing>")
+            ok = _is_number(got) if len(numbers) == 1 and not isinstance(value, tuple) else \
+                isinstance(got, (list, tuple)) and len(got) == len(numbers) and all(map(_is_number, got))
+            if not ok:
+                want = "a finite number" if not isinstance(value, tuple) else f"{len(numbers)} finite numbers"
+                raise CheckpointError(f"{gw}.{key}: must be {want}, got {got!r}")
+        params.update(zip(g["params"], cur["params"]))
+    state = saved["state"]
+    for pid, entry in state.items():
+        ew = f"{where}.state[{pid!r}]"
+        if pid not in params:
+            raise CheckpointError(f"{ew}: no such parameter in param_groups")
+        if not isinstance(entry, Mapping):
+            raise CheckpointError(f"{ew}: must be a mapping, got {type(entry).__name__}")
+        p = params[pid]
+        for key, v in entry.items():
+            if key == "step":
+                n = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+                if not _is_number(n) or n < 0:
+                    raise CheckpointError(f"{ew}.step: must be a non-negative number, got {v!r}")
+            elif isinstance(v, torch.Tensor):  # per-parameter moments / momentum buffers
+                if v.shape != p.shape or v.dtype != p.dtype:
+                    raise CheckpointError(f"{ew}.{key}: shape {tuple(v.shape)} {v.dtype}, its parameter has shape "
+                                          f"{tuple(p.shape)} {p.dtype}")
+            elif v is not None and not _is_number(v):
+                raise CheckpointError(f"{ew}.{key}: must be a tensor or a number, got {v!r}")
+    if isinstance(opt, torch.optim.Adam) and step > 0:
+        # without its moments Adam would silently restart its averages: no longer the run being resumed
+        if not state:
+            raise CheckpointError(f"{where}.state: empty (no Adam moments) in a checkpoint at step {step}; the "
+                                  "checkpoint is corrupt")
+        amsgrad = any(g.get("amsgrad") for g in opt.param_groups)
+        need = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        for pid, entry in state.items():
+            lack = [k for k in need if k not in entry]
+            if lack:
+                raise CheckpointError(f"{where}.state[{pid!r}]: lacks {', '.join(lack)} (Adam state of a checkpoint "
+                                      f"at step {step}); the checkpoint is corrupt")
 
 
 # ------------------------------------------------------------------------------------------ RNG states
@@ -102,15 +185,38 @@ def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None, cuda: 
 
 
 def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    saved = state.get("generators", {})
-    for k, g in (generators or {}).items():
-        if k not in saved:
-            raise CheckpointError(f"the checkpoint holds no state for random generator {k!r}")
-        g.set_state(saved[k])
+    """Restore what rng_state saved; a missing or unusable entry is a CheckpointError naming it (rng.<key>)."""
+    def restore(key, fn):
+        if key not in state:
+            raise CheckpointError(f"rng.{key}: missing random-generator state")
+        try:
+            fn(state[key])
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"rng.{key}: unusable random-generator state ({why})") from None
+
+    def py(s):
+        version, internal, gauss = s
+        random.setstate((version, tuple(internal), gauss))
+
+    def numpy(s):
+        name, keys, pos, has_gauss, cached = s
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+    restore("torch", torch.set_rng_state)
+    restore("python", py)
+    restore("numpy", numpy)
+    if generators:
+        saved = state.get("generators")
+        if not isinstance(saved, Mapping):
+            raise CheckpointError("rng.generators: missing random-generator state")
+        for k, g in generators.items():
+            if k not in saved:
+                raise CheckpointError(f"rng.generators.{k}: the checkpoint holds no state for random generator {k!r}")
+            try:
+                g.set_state(saved[k])
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"rng.generators.{k}: unusable random-generator state "
+                                      f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore("cuda", torch.cuda.set_rng_state_all)

@@ -25,6 +25,8 @@ UNITS = ("gan", "roth", "nt", "dfm")
 LOSSES = ("minimax", "least_squares", "wgan_gp", "fgan")
 G_LOSSES = ("nonsaturating", "saturating")
 F_DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger")
+# the built-in mixtures: data.name values that are points whatever data.path says (npz may be either)
+POINT_DATASETS = ("roth3d", "ring8", "grid25")
 
 
 class ConfigError(ValueError):
@@ -414,7 +416,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError("method.nt.fused: noisy_clean_batch builds {x, x + eps} batches and needs "
                               "method.nt.clean=true (noise-only batches run the plain path: set fused=false)")
         if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
-            raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got method.nt.noise={m.nt.noise!r}")
+            raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got "
+                              f"method.nt.noise={m.nt.noise!r}")
+    if cfg.model.arch == "dcgan" and cfg.data.name in POINT_DATASETS:
+        raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r} is a mixture of "
+                          "points; use model.arch=mlp or goodfellow, or an image data.name")
+    if o.batch_size < 2:
+        # training-mode BatchNorm cannot normalise one sample: the first step would fail, after the run folder
+        # was written
+        bn = [f for f, on in ((f"method.name={m.name!r}: DFM's denoiser", "dfm" in units),
+                              ("model.g_batchnorm", cfg.model.arch != "dcgan" and cfg.model.resolved("g_batchnorm")),
+                              ("model.d_batchnorm", cfg.model.arch != "dcgan" and cfg.model.resolved("d_batchnorm")))
+              if on]
+        if bn:
+            raise ConfigError(f"optim.batch_size: training-mode BatchNorm ({', '.join(bn)}) needs a batch of at "
+                              f"least 2 samples, got {o.batch_size}")
     if not _DEVICE.match(r.device):
         raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
     if r.cuda_graph and not r.device.startswith(("cuda", "auto")):

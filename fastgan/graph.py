@@ -11,6 +11,7 @@ capture/replay mechanics, usable around any such function.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterable
 
 import torch
@@ -20,21 +21,51 @@ class GraphCaptureError(RuntimeError):
     """The step could not be captured; the message names the cause (e.g. a host read inside the step)."""
 
 
+def _as_generators(generators) -> tuple:
+    """`generators` (one torch.Generator or an iterable of them) as a tuple, each checked."""
+    if isinstance(generators, torch.Generator):
+        return (generators,)
+    try:
+        generators = tuple(generators)
+    except TypeError:
+        raise TypeError(f"generators: expected an iterable of torch.Generator, got {type(generators).__name__}"
+                        ) from None
+    for i, gen in enumerate(generators):
+        if not isinstance(gen, torch.Generator):
+            raise TypeError(f"generators[{i}]: expected a torch.Generator, got {type(gen).__name__}")
+    return generators
+
+
 class GraphedStep:
     """Calls `fn()` eagerly `warmup` times (on a side stream, as CUDA graph capture requires), captures the
     next call into a CUDA graph, and from then on replays it.
 
     fn returns a pytree of tensors (e.g. a dict of detached losses); after capture each call returns the same
-    static tensors, overwritten by every replay. `generators`: torch.Generators on the GPU that fn draws from
-    (besides the default one); each replay advances them like an eager call would.
+    static tensors, overwritten by every replay. `generators`: CUDA torch.Generators (or one) that fn draws from
+    (besides the default one); each replay advances them like an eager call would. Needs a CUDA device:
+    without one the constructor raises GraphCaptureError (use fastgan.graph_check.capture_hazards on the CPU).
     """
 
     def __init__(self, fn: Callable[[], object], *, warmup: int = 3, generators: Iterable[torch.Generator] = ()):
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable (the step), got {type(fn).__name__}")
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
+            raise TypeError(f"warmup: expected an int, got {type(warmup).__name__}")
         if warmup < 1:
             raise ValueError(f"warmup must be at least 1 (the eager calls settle the allocator, autograd and "
                              f"lazily built state such as optimizer moments), got {warmup}")
+        generators = _as_generators(generators)
+        for i, gen in enumerate(generators):
+            if gen.device.type != "cuda":
+                raise ValueError(f"generators[{i}]: a CUDA graph replays draws from CUDA generators only, got a "
+                                 f"generator on {gen.device}")
+        # queried here, not at import: importing fastgan must not touch the CUDA driver
+        if not torch.cuda.is_available():
+            raise GraphCaptureError("CUDA graphs need a CUDA device, and torch sees none (torch.cuda.is_available() "
+                                    "is False); run the step eagerly, or check it on the CPU with "
+                                    "fastgan.graph_check.capture_hazards")
         self.fn, self.warmup = fn, int(warmup)
-        self.generators = tuple(generators)
+        self.generators = generators
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_calls = 0
         self.replays = 0

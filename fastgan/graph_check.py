@@ -13,6 +13,7 @@ arguments are sizes and pointers of tensors the mode does see.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -20,6 +21,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .graph import _as_generators
 
 # ops whose result the host must see (a sync; inside a capture, an error)
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
@@ -91,16 +94,33 @@ def _capturable_optimizers_on_any_device():
 
 
 def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Optional[Callable[[int], None]] = None,
-                    generators: Iterable[torch.Generator] = (), limit: int = 10) -> list[str]:
+                    generators: Iterable[torch.Generator] = (), limit: Optional[int] = 10) -> list[str]:
     """Problems a CUDA graph capture of `fn` would have, as messages (empty: none found).
 
     Calls `before(i)` (e.g. writing this call's schedules into their device tensors, as the trainer does between
     replays) and `fn()` for i = 1 .. warmup + 2: `warmup` eager calls as GraphedStep makes, the call it would
     capture, and one more to compare it with. `generators`: the torch.Generators you will give GraphedStep; a draw
     from any other explicit generator is reported (the default generator needs no registration). At most `limit`
-    problems are listed.
+    problems are listed (None: all). `warmup` is an int >= 0 (0 checks the first call as the captured one).
     """
-    generators = tuple(generators)
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable (the step), got {type(fn).__name__}")
+    if before is not None and not callable(before):
+        raise TypeError(f"before: expected a callable taking the call number, or None, got {type(before).__name__}")
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
+        raise TypeError(f"warmup: expected an int, got {type(warmup).__name__}")
+    if warmup < 0:
+        raise ValueError(f"warmup: must be >= 0, got {warmup}")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+            raise TypeError(f"limit: expected an int or None, got {type(limit).__name__}")
+        # a limit below 1 would return [] (or drop the last problem, for -1) and hide what breaks the graph
+        if limit < 1:
+            raise ValueError(f"limit: must be >= 1 (or None for no limit), got {limit}")
+        limit = int(limit)
+    warmup = int(warmup)
+    generators = _as_generators(generators)
+    cap = limit if limit is not None else float("inf")
     traces = []
     with _capturable_optimizers_on_any_device():
         for i in range(1, warmup + 3):
@@ -121,7 +141,7 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
                  for op in unregistered[:limit]]
     diverged = False
     for k, (a, b) in enumerate(zip(captured, later)):
-        if len(problems) >= limit:
+        if len(problems) >= cap:
             break
         if a[0] != b[0]:
             problems.append(f"op {k}: the captured call ran {a[0]} at {a[2]}, the next call {b[0]} at {b[2]} "

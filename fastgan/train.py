@@ -11,7 +11,9 @@ import json
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from .config import ConfigError, TrainConfig
 from .graph import GraphCaptureError, GraphedStep
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
+LOCK = ".fastgan.lock"
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
 RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method.dfm.lambda_denoise")
@@ -33,6 +37,10 @@ RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stopped without writing a checkpoint."""
+
+
+class RunFolderError(OSError):
+    """The run folder is in use by another run, or holds files a new run would overwrite (the CLI's exit code 1)."""
 
 
 @dataclass
@@ -91,24 +99,91 @@ def _find_run(cfg: TrainConfig) -> Path:
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
 
 
-def _new_run_dir(cfg: TrainConfig) -> Path:
+def _lock(d: Path) -> Optional[int]:
+    """An exclusive flock on d/LOCK, held until the returned descriptor is closed (or the process ends, so a killed
+    run leaves no stale lock). Two runs writing one folder would mix their checkpoints, configs and logs."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded, as before
+        return None
+    if not d.is_dir():
+        raise RunFolderError(f"run folder {d} is not a folder")
+    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise RunFolderError(f"run folder {d} is in use by another fastgan run{f' (pid {holder})' if holder else ''}; "
+                             "wait for it to end or choose another run.dir") from None
+    return fd
+
+
+def _claim(fd: Optional[int]) -> None:
+    """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+
+def _unlock(fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)  # releases the flock; the file stays (removing it would race with a run opening it)
+
+
+def _new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
+    """The new run's folder and the descriptor holding its lock."""
     if cfg.run.dir:
         d = Path(cfg.run.dir)
-        if (d / CHECKPOINT).exists():
-            raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue it "
-                                  "or choose another run.dir")
+        if d.exists() and not d.is_dir():
+            raise RunFolderError(f"run.dir {d} is a file, not a folder")
+        if d.is_dir() and not (d / LOCK).exists() and any(d.iterdir()):
+            raise _not_empty(d)  # not a fastgan run folder: refused before writing anything into it
         d.mkdir(parents=True, exist_ok=True)
-        return d
+        fd = _lock(d)
+        try:
+            if (d / CHECKPOINT).exists():
+                raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue "
+                                      "it or choose another run.dir")
+            if any(p.name != LOCK for p in d.iterdir()):
+                raise _not_empty(d)
+            _claim(fd)
+        except BaseException:
+            _unlock(fd)
+            raise
+        return d, fd
     root = Path(cfg.run.out_dir)
     base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d, n = root / base, 1
     while True:
         try:
             d.mkdir(parents=True, exist_ok=False)
-            return d
+            fd = _lock(d)
+            _claim(fd)
+            return d, fd
         except FileExistsError:
             n += 1
             d = root / f"{base}-{n}"
+
+
+def _not_empty(d: Path) -> RunFolderError:
+    names = sorted(p.name for p in d.iterdir() if p.name != LOCK)
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return RunFolderError(f"run.dir {d} is not empty ({shown}) and holds no checkpoint to resume; a new run "
+                          "needs a new or empty folder: pick another run.dir or remove that folder")
+
+
+def _first_problem(e: BaseException) -> str:
+    """torch's load_state_dict error cut to its first line plus its first problem (a missing or unexpected key, a
+    size mismatch): the full list can run to hundreds of keys."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    detail = lines[1]
+    m = re.match(r'^([^:]*:\s*"[^"]*")(,)?', detail)
+    if m and not detail.startswith("size mismatch"):
+        detail = m.group(1) + (", ..." if m.group(2) else "")
+    return f"{lines[0].rstrip(':')}: {detail.rstrip('.')}"
 
 
 def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> TrainConfig:
@@ -161,30 +236,45 @@ class _FiniteMonitor:
 
 class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
+        self.device = _device(cfg.run.device)
+        self.lock = None
+        try:
+            self._setup(cfg, resume, progress)
+        except BaseException:
+            _unlock(self.lock)
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         import numpy as np
 
         from .data import build_dataset
         from .methods.step import Method
         from .models import build_discriminator, build_generator
 
-        self.device = _device(cfg.run.device)
         state, run_dir = None, None
         if resume:
             run_dir = _find_run(cfg)
-            state = ckpt.load(run_dir / CHECKPOINT)
-            try:
-                saved = C.from_dict(state["config"])
-            except ConfigError as e:
-                raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} holds an invalid config: {e}") from None
-            cfg = _merge_for_resume(saved, cfg, run_dir / CHECKPOINT)
+            self.lock = _lock(run_dir)
+            path = run_dir / CHECKPOINT
+            state = ckpt.load(path)
+            saved = _checkpoint_config(state, path)
+            cfg = _merge_for_resume(saved, cfg, path)
         seed = cfg.run.seed
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2 ** 32)
         self.dataset = build_dataset(cfg.data, self.device)
         shape = tuple(self.dataset.shape)
+        if cfg.model.arch == "dcgan" and self.dataset.kind != "images":
+            raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r}"
+                              f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
+                              f"{shape}; use model.arch=mlp or goodfellow")
         self.G = build_generator(cfg.model, shape).to(self.device)
         self.D = build_discriminator(cfg.model, shape).to(self.device)
+        hidden = cfg.model.denoiser_hidden
+        if "dfm" in cfg.method.units and hidden is not None and hidden < self.D.feature_dim:
+            raise ConfigError(f"model.denoiser_hidden: the DFM denoiser needs a width >= the discriminator's feature "
+                              f"width {self.D.feature_dim} (its last hidden layer), got {hidden}")
         if not resume:
             cfg = _resolve(cfg, self.D.feature_dim)
         self.cfg = cfg
@@ -195,22 +285,19 @@ class _Run:
         self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
         self.start, self.done = 0, False
         if state is not None:
-            try:
-                self.method.load_state_dict(state["method"])
-                ckpt.set_rng_state(state["rng"], {"train": self.gen})
-            except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                if isinstance(e, CheckpointError):
-                    raise
-                raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} does not fit this config's models: "
-                                      f"{str(e).splitlines()[0]}") from None
-            self.start = int(state["step"])
+            self._load(state, run_dir / CHECKPOINT)
+            self.start = state["step"]
         self._check_parzen()
         if state is not None and self.start >= cfg.run.steps:
             # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
             # logs a new session, samples/ a redrawn picture)
             self.out, self.ckpt_path, self.done = run_dir, run_dir / CHECKPOINT, True
             return
-        self.out = run_dir if run_dir is not None else _new_run_dir(cfg)
+        if run_dir is not None:
+            self.out = run_dir
+            _claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
+        else:
+            self.out, self.lock = _new_run_dir(cfg)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
         C.save_config(cfg, self.out / "config.yaml")
@@ -219,11 +306,35 @@ class _Run:
 
     # ---------------------------------------------------------------- setup
 
+    def _load(self, state: dict, path: Path) -> None:
+        """Models, optimizers and RNG states from the checkpoint, each checked first: nothing fails steps later."""
+        method, step = state["method"], state["step"]
+        opts = method.get("optimizers")
+        if isinstance(opts, dict):
+            for k, opt in self.method.optimizers.items():
+                if k in opts:
+                    ckpt.check_optimizer_state(path, k, opts[k], opt, step)
+        try:
+            self.method.load_state_dict(method)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
+            raise CheckpointError(f"checkpoint {path} does not fit this config's models: {why}") from None
+        try:
+            ckpt.set_rng_state(state["rng"], {"train": self.gen})
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+
     def _check_parzen(self):
         r, d = self.cfg.run, self.cfg.data
         if r.parzen and self.dataset.kind == "images" and d.name not in ("mnist", "fashion_mnist", "cifar10"):
             raise ConfigError(f"run.parzen: needs a data set with a test split (mnist, fashion_mnist, cifar10) or a "
                               f"mixture, got data.name={d.name!r}")
+        if r.parzen and self.dataset.kind == "images" and d.path and not Path(d.path).is_dir():
+            # a single file has no split files: the "test" set would silently be the training file again
+            raise ConfigError(f"run.parzen: needs a test split, read from the split files of a data.path folder; "
+                              f"data.path={d.path!r} is a single file (give its folder, or set run.parzen=false)")
 
     def _write_info(self, shape):
         info = {
@@ -351,6 +462,13 @@ class _Run:
         return step
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            _unlock(self.lock)
+            self.lock = None
+
+    def _run(self) -> TrainResult:
         if self.done:
             return TrainResult(out_dir=self.out, step=self.start, losses={}, generator=self.G, config=self.cfg,
                                models=dict(self.method.modules), start_step=self.start)
@@ -370,6 +488,7 @@ class _Run:
         metrics = {}
         t_last, s_last = time.perf_counter(), self.start
         step = self.start
+        stop = _InterruptAtStepEnd()
         try:
             for step in range(self.start + 1, r.steps + 1):
                 stats = train_step(step)
@@ -390,6 +509,12 @@ class _Run:
                 if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
                     monitor.check()
                     self._checkpoint(step)
+                if stop.requested:
+                    monitor.check()
+                    if self.last_ckpt_step != step:
+                        self._checkpoint(step)
+                    raise KeyboardInterrupt(f"checkpoint {self.ckpt_path} holds step {step}; --resume continues "
+                                            "from there")
             monitor.check()
             if r.parzen:
                 metrics.update(self._parzen(step))
@@ -398,6 +523,7 @@ class _Run:
                      if self.last_ckpt_step is not None else "no checkpoint had been written yet")
             raise NonFiniteLossError(f"training stopped: {e}; {where}") from None
         finally:
+            stop.restore()
             bar.close()
             if self.tb is not None:
                 self.tb.close()
@@ -406,6 +532,35 @@ class _Run:
                              if op == "gradient_penalty" and mode != "create_graph" and n > counted.get((op, mode), 0)))
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
                            models=models, metrics=metrics, penalty_modes=modes, start_step=self.start)
+
+
+class _InterruptAtStepEnd:
+    """While installed, the first SIGINT only sets `requested`: the loop then checkpoints the step it was in once
+    that step is complete (a step cut in half would save a D updated and a G not). A second SIGINT interrupts at
+    once, with no new checkpoint (the last one is intact: checkpoints are written by rename)."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def _checkpoint_config(state: dict, path: Path) -> TrainConfig:
+    """The checkpoint's own config, validated; a bad one is the checkpoint's fault, not the user's config."""
+    try:
+        return C.from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -420,6 +575,7 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
         if not resume:
             raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
         state = ckpt.load(run_dir / CHECKPOINT)
+        _checkpoint_config(state, run_dir / CHECKPOINT)
         cfg = C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])
     else:
         cfg = C.coerce(cfg, overrides)
@@ -453,8 +609,8 @@ def _cmd_train(args) -> int:
         return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
                            "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
                            "model.denoiser_hidden)")
-    except KeyboardInterrupt:
-        print("fastgan train: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     if result.step <= result.start_step:
         print(f"fastgan train: nothing to train: checkpoint {result.out_dir / CHECKPOINT} is already at step "

@@ -88,3 +88,77 @@ def test_mismatch_error_is_both_a_checkpoint_and_a_config_error():
 
     e = ckpt.CheckpointMismatchError("method.roth.gamma: checkpoint 0.1, config 0.5")
     assert isinstance(e, ckpt.CheckpointError) and isinstance(e, ConfigError)
+
+
+# ------------------------------------------------------------------------------------------ resuming a damaged run
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16", "run.progress=off"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import fastgan
+
+    d = tmp_path_factory.mktemp("ck") / "run"
+    fastgan.train(None, overrides=[*TINY, "run.steps=2", f"run.dir={d}"])
+    return d
+
+
+def _opt(s):
+    return s["method"]["optimizers"]["D"]
+
+
+def _d(s):
+    return s["method"]["modules"]["D"]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda s: _opt(s)["state"][0].__setitem__("exp_avg", torch.zeros(7)),
+     r"method\.optimizers\.D\.state\[0\]\.exp_avg: shape \(7,\) torch\.float32, its parameter has shape \(16, 3\)"),
+    (lambda s: _opt(s)["state"][1].__setitem__("exp_avg_sq", _opt(s)["state"][1]["exp_avg_sq"].double()),
+     r"method\.optimizers\.D\.state\[1\]\.exp_avg_sq: shape \(16,\) torch\.float64"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("lr", "x"),
+     r"method\.optimizers\.D\.param_groups\[0\]\.lr: must be a finite number, got 'x'"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("betas", (0.5,)),
+     r"method\.optimizers\.D\.param_groups\[0\]\.betas: must be 2 finite numbers"),
+    (lambda s: _opt(s)["state"].clear(), r"method\.optimizers\.D\.state: empty \(no Adam moments\).*at step 2"),
+    (lambda s: _opt(s)["state"][0].pop("exp_avg"), r"method\.optimizers\.D\.state\[0\]: lacks exp_avg"),
+    (lambda s: s.__setitem__("step", -5), r"step must be a non-negative integer, got -5"),
+    (lambda s: s.__setitem__("step", 3.7), r"step must be a non-negative integer, got 3\.7"),
+    (lambda s: s.__setitem__("step", "abc"), r"step must be a non-negative integer, got 'abc'"),
+    (lambda s: s.__setitem__("config", "x"), r"config must be a mapping, got str"),
+    (lambda s: s["config"]["optim"].__setitem__("batch_size", -1),
+     r"holds an invalid config: optim\.batch_size: must be >= 1, got -1"),
+    (lambda s: s["rng"].pop("python"), r"rng\.python: missing random-generator state"),
+    (lambda s: s["rng"].__setitem__("numpy", [1, 2]), r"rng\.numpy: unusable random-generator state"),
+    (lambda s: _d(s).__setitem__("net.0.weight", torch.zeros(5, 5)),
+     r"does not fit this config's models: .*MLPDiscriminator: size mismatch for net\.0\.weight: copying a param "
+     r"with shape torch\.Size\(\[5, 5\]\)"),
+    (lambda s: _d(s).__setitem__("zzz", torch.zeros(1)),
+     r'MLPDiscriminator: Unexpected key\(s\) in state_dict: "zzz"'),
+    (lambda s: _d(s).pop("net.0.bias"), r'MLPDiscriminator: Missing key\(s\) in state_dict: "net\.0\.bias"'),
+], ids=["exp_avg-shape", "exp_avg_sq-dtype", "lr-string", "betas-length", "state-cleared", "moment-missing",
+        "step-negative", "step-float", "step-string", "config-string", "config-invalid", "rng-python-missing",
+        "rng-numpy-bad", "weight-shape", "extra-key", "missing-key"])
+@pytest.mark.parametrize("how", ["run.dir", "folder"])
+def test_damaged_checkpoint_is_refused_at_load_naming_file_and_entry(trained, tmp_path, damage, message, how):
+    """Caught before any training step (torch would load most of these and fail steps later, naming nothing)."""
+    import shutil
+
+    import fastgan
+
+    d = tmp_path / "run"
+    shutil.copytree(trained, d)
+    p = d / "checkpoints" / "last.pt"
+    s = torch.load(p, weights_only=True)
+    damage(s)
+    torch.save(s, p)
+    before = {f: f.read_bytes() for f in d.rglob("*") if f.is_file() and f.name != ".fastgan.lock"}
+    with pytest.raises(CheckpointError, match=f"checkpoint {p}.*{message}") as e:
+        if how == "folder":
+            fastgan.train(d, overrides=["run.steps=4"], resume=True)
+        else:
+            fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={d}"], resume=True)
+    assert "\n" not in str(e.value)
+    assert {f: f.read_bytes() for f in d.rglob("*") if f.is_file() and f.name != ".fastgan.lock"} == before

@@ -222,3 +222,20 @@ def test_cli_config_file_errors_are_one_line_exit_2(tmp_path):
         p = _cli(*args, "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
         assert p.returncode == 2 and p.stderr.startswith(start) and p.stderr.count("\n") == 1, (args, p.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (["model.arch=dcgan"], r"^model\.arch: 'dcgan' needs an image data set, data\.name='roth3d'"),
+    (["model.arch=dcgan", "data.name=ring8"], r"^model\.arch: .*data\.name='ring8'"),
+    (["method.name=dfm", "optim.batch_size=1"], r"^optim\.batch_size: training-mode BatchNorm \(method\.name"),
+    (["model.d_batchnorm=true", "optim.batch_size=1"], r"^optim\.batch_size: .*model\.d_batchnorm.*got 1"),
+    (["model.arch=goodfellow", "model.g_batchnorm=true", "optim.batch_size=1"], r"^optim\.batch_size: .*g_batchnorm"),
+])
+def test_what_the_config_alone_rules_out_is_a_config_error(overrides, field):
+    """Caught by validation, before a run folder exists (they failed as data errors, one only at step 1)."""
+    with pytest.raises(ConfigError, match=field):
+        C.coerce(None, overrides)
+
+
+def test_batch_of_one_is_fine_without_batchnorm():
+    assert C.coerce(None, ["optim.batch_size=1"]).optim.batch_size == 1

@@ -413,3 +413,41 @@ def test_cli_does_not_swallow_unrelated_runtime_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Method, "train_step", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main(["train", "--set", *TINY, "run.steps=2", f"run.out_dir={tmp_path}"])
+
+
+def _points_npz(path):
+    import numpy as np
+
+    np.savez(path, x=np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method.name=dfm", "model.denoiser_hidden=1"],
+     r"^model\.denoiser_hidden: the DFM denoiser needs a width >= the discriminator's feature width 16 .*got 1$"),
+    (["model.arch=dcgan", "model.g_hidden=null", "model.d_hidden=null", "data.name=npz", "data.path={npz}"],
+     r"^model\.arch: 'dcgan' needs an image data set, data\.name='npz' \(data\.path='.*pts\.npz'\) holds points"),
+    (["data.name=fashion_mnist", "data.path={fm}/train-images-idx3-ubyte", "run.parzen=true"],
+     r"^run\.parzen: needs a test split, .* data\.path='.*train-images-idx3-ubyte' is a single file"),
+], ids=["denoiser-hidden", "dcgan-points-npz", "parzen-single-file"])
+def test_config_errors_found_at_start_up_write_nothing(tmp_path, capsys, tiny_fashion_mnist, overrides, message):
+    """What depends on the loaded data is checked before the run folder exists: a config error (exit 2), naming
+    the fields, not a data error (exit 1) or a failure mid-training."""
+    npz = _points_npz(tmp_path / "pts.npz")
+    overrides = [o.format(npz=npz, fm=tiny_fashion_mnist) for o in overrides]
+    with pytest.raises(fastgan.config.ConfigError, match=message):
+        run(tmp_path, *overrides, name="cfg")
+    assert not (tmp_path / "cfg").exists()
+    assert main(["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'cli'}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_cli_info_into_a_closed_pipe_is_quiet():
+    p = subprocess.Popen([sys.executable, "-m", "fastgan", "info", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written, as with `| head -1` on a longer report
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert err == "" and p.returncode in (0, 1)

@@ -35,6 +35,10 @@ def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, str, str]:
     from . import cifar, folder, idx, npz
 
     name = cfg.name
+    if name in ("image_folder", "npz") and cfg.split != "train":
+        # These formats have no splits; reading the one set for split=test would silently reuse training data.
+        raise ValueError(f"data.split={cfg.split!r}: {name} data has no splits (data.path {cfg.path!r} is used "
+                         f"whole); leave data.split as 'train'")
     if name in ("mnist", "fashion_mnist"):
         path = cfg.path or idx.FASHION_MNIST_DIR
         return idx.load_idx_images(path, cfg.split, fashion=name == "fashion_mnist"), "images", path
@@ -59,7 +63,14 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         a = a[:cfg.max_samples]
     if a.shape[0] == 0:
         raise ValueError(f"{source}: holds no samples")
+    if 0 in a.shape[1:]:
+        raise ValueError(f"{source}: empty samples: array shape {a.shape} has a zero-size sample dimension")
+    if np.iscomplexobj(a):  # a float cast would silently drop the imaginary part
+        raise ValueError(f"{source}: complex values ({a.dtype}) are not supported; store real {kind}")
     if kind == "images":
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            # checked before the range: NaN compares false, so _value_map would pass an all-NaN set
+            raise ValueError(f"{source}: images contain NaN or infinite values")
         scale, offset = _value_map(a, cfg, source)
         if a.dtype != np.uint8:
             a = a.astype(np.float32)

@@ -34,7 +34,8 @@ class TensorDataset:
         if kind not in ("points", "images"):
             raise ValueError(f"kind: must be 'points' or 'images', got {kind!r}")
         if data.dim() < 2 or data.shape[0] == 0:
-            raise ValueError(f"{source or 'data'}: expected a non-empty batch of samples, got shape {tuple(data.shape)}")
+            raise ValueError(f"{source or 'data'}: expected a non-empty batch of samples, "
+                             f"got shape {tuple(data.shape)}")
         self.device = torch.device(device)
         self.kind, self.source = kind, source
         self.shape = tuple(data.shape[1:])

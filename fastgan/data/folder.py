@@ -8,6 +8,11 @@ import numpy as np
 from ._io import require_exists
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# Pillow modes with at most 8 bits per channel. Pillow's convert() clips 16-bit, 32-bit and float pixels
+# ("I;16*", "I", "F") to 0..255 instead of scaling them, and "I"/"F" have no defined range to scale by.
+EIGHT_BIT_MODES = frozenset(("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                             "LAB", "HSV"))
+GRAY_MODES = frozenset(("1", "L", "LA", "La"))
 
 
 def list_images(path) -> list[str]:
@@ -35,7 +40,9 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                       max_samples: int | None = None) -> np.ndarray:
     """uint8 images (N, C, H, W).
 
-    channels: 1 (grayscale), 3 (RGB) or 0 (from the first image: grayscale modes give 1, anything else 3).
+    channels: 1 (grayscale), 3 (RGB) or 0 (from the first image: grayscale modes, with or without alpha, give 1;
+    colour and palette modes 3). Alpha is dropped, not composited. Images with more than 8 bits per channel
+    are refused.
     image_size: resize the short side to this and centre-crop to a square; without it every image must
     already have the first image's size.
     """
@@ -53,12 +60,20 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
     for f in files:
         try:
             with Image.open(f) as im:
-                im.load()
-                if channels == 0:
-                    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
+                mode = im.mode
+                if mode in EIGHT_BIT_MODES:
+                    im.load()
+                    if channels == 0:
+                        channels = 1 if mode in GRAY_MODES else 3
+                    im = im.convert("L" if channels == 1 else "RGB")
+        except Image.DecompressionBombError as e:  # not an OSError
+            raise ValueError(f"{f}: refusing a possible decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                             f"if the image is genuine") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"{f}: cannot read image ({type(e).__name__}: {e})") from None
+        if mode not in EIGHT_BIT_MODES:
+            raise ValueError(f"{f}: image mode {mode!r} has more than 8 bits per channel; only 8-bit images are "
+                             f"read (convert them to 8 bits, or store the pixels in an .npz with data.value_range)")
         if image_size is not None:
             im = _resize_center_crop(im, image_size)
         elif first_size is None:

@@ -5,6 +5,7 @@ dimension as a big-endian uint32, then the data in C order, big-endian.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -37,12 +38,15 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: an int64 product of uint32 dims wraps (2**31 * 2**31 * 4 == 0) and could match a short file.
+    expected = math.prod(shape) * dtype.itemsize
     got = len(data) - header
     if got != expected:
         kind = "truncated" if got < expected else "has trailing bytes"
-        raise ValueError(f"{name}: IDX file {kind}: shape {shape} of {dtype.str[1:]} needs {expected} data "
+        raise ValueError(f"{name}: IDX file {kind}: header dims {shape} of {dtype.str[1:]} need {expected} data "
                          f"bytes, found {got}")
+    if expected == 0:  # numpy cannot even reshape (0, 2**32-1, 2**32-1), and nothing here could train on it
+        raise ValueError(f"{name}: IDX header dims {shape} hold no data (a dimension is 0)")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -80,6 +84,10 @@ def load_idx_images(path, split: str = "train", fashion: bool = False) -> np.nda
             files = [find_image_file(path, s) for s in splits]
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{what}: {e}; {hint}") from None
+    elif split != "train":
+        # A lone file is whatever split it is; reading it for another would silently train on the wrong data.
+        raise ValueError(f"data.split={split!r} needs the folder holding the split files, but data.path {path!r} "
+                         f"is a single file; set data.path to the folder, or leave data.split as 'train'")
     else:
         files = [path]
     arrays = []

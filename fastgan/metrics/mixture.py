@@ -8,17 +8,27 @@ import math
 
 import torch
 
+from ._args import as_points, check_finite, positive_float, positive_int
 
-def mode_metrics(samples: torch.Tensor, means: torch.Tensor, std: float, threshold: float = 3.0,
+
+def mode_metrics(samples, means, std: float, threshold: float = 3.0,
                  min_count: int = 1) -> dict:
     """{"modes": covered modes, "num_modes", "high_quality": fraction of high-quality samples,
     "kl_modes": KL(histogram of high-quality samples over modes || uniform), log K when all fall to one
     mode, nan without high-quality samples,
-    "counts": per-mode high-quality counts}."""
-    if samples.dim() != 2 or means.dim() != 2 or samples.shape[1] != means.shape[1]:
-        raise ValueError(f"samples: expected (N, {means.shape[-1]}) points, got {tuple(samples.shape)}")
-    if not std > 0:
-        raise ValueError(f"std: must be > 0, got {std!r}")
+    "counts": per-mode high-quality counts}.
+    samples (N, D), means (K, D): tensors or numpy arrays; samples that are NaN or inf count as low quality.
+    std, threshold: finite and > 0; min_count: an int >= 1."""
+    samples, means = as_points(samples, "samples"), as_points(means, "means")
+    if means.dim() != 2 or means.shape[0] == 0 or means.shape[1] == 0:
+        raise ValueError(f"means: expected (K, D) mode centres with K, D >= 1, got shape {tuple(means.shape)}")
+    if samples.dim() != 2 or samples.shape[1] != means.shape[1]:
+        raise ValueError(f"samples: expected (N, {means.shape[1]}) points, got {tuple(samples.shape)}")
+    # non-finite samples are a broken generator's output and count as low quality; non-finite means are a bug
+    check_finite(means, "means")
+    std = positive_float(std, "std")
+    threshold = positive_float(threshold, "threshold")
+    min_count = positive_int(min_count, "min_count")
     x = samples.detach().to(torch.float64)
     mu = means.detach().to(device=x.device, dtype=torch.float64)
     finite = torch.isfinite(x).all(1)

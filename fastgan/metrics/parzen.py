@@ -9,27 +9,36 @@ across examples) on test data.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
+from ._args import as_points, check_finite, positive_float, positive_int
 
-def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor, got {type(x).__name__}")
+
+def _flat(x, name: str) -> torch.Tensor:
+    x = as_points(x, name)
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"{name}: expected a non-empty batch (N, ...), got shape {tuple(x.shape)}")
+    check_finite(x, name)
     return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
-def parzen_log_likelihood(samples: torch.Tensor, x: torch.Tensor, sigma: float, batch_size: int = 256) -> torch.Tensor:
-    """Per-point log-likelihood (M,) of x under the Parzen window of `samples` with bandwidth sigma."""
-    s, q = _flat(samples, "samples"), _flat(x, "x").to(samples.device)
+def _pair(samples, x, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    s = _flat(samples, "samples")
+    q = _flat(x, name).to(s.device)
     if s.shape[1] != q.shape[1]:
-        raise ValueError(f"x: has {q.shape[1]} values per point, samples have {s.shape[1]}")
-    if not sigma > 0:
-        raise ValueError(f"sigma: must be > 0, got {sigma!r}")
+        raise ValueError(f"{name}: has {q.shape[1]} values per point, samples have {s.shape[1]}")
+    return s, q
+
+
+def _log_likelihood(s: torch.Tensor, q: torch.Tensor, sigma: float, batch_size: int) -> torch.Tensor:
     n, d = s.shape
     const = math.log(n) + 0.5 * d * math.log(2 * math.pi * sigma * sigma)
+    # distances are translation invariant: centering keeps ||x||^2 + ||s||^2 - 2 x.s from cancelling
+    # catastrophically for data far from the origin relative to sigma
+    center = s.mean(0)
+    s, q = s - center, q - center
     s_sq = s.pow(2).sum(1)
     out = []
     for i in range(0, q.shape[0], batch_size):
@@ -39,20 +48,48 @@ def parzen_log_likelihood(samples: torch.Tensor, x: torch.Tensor, sigma: float, 
     return torch.cat(out)
 
 
-def select_sigma(samples: torch.Tensor, validation: torch.Tensor, sigmas=None) -> tuple[float, dict]:
-    """(best sigma, {sigma: mean validation log-likelihood}); default grid: 10 values log-spaced in
-    [0.1, 1] (the range of Goodfellow et al.'s evaluation script, data in [0, 1])."""
-    grid = [float(v) for v in (sigmas if sigmas is not None else torch.logspace(-1, 0, 10).tolist())]
-    if not grid:
+def parzen_log_likelihood(samples, x, sigma: float, batch_size: int = 256) -> torch.Tensor:
+    """Per-point log-likelihood (M,) of x under the Parzen window of `samples` with bandwidth sigma.
+    samples, x: tensors or numpy arrays (N, ...) and (M, ...) of finite values."""
+    s, q = _pair(samples, x, "x")
+    return _log_likelihood(s, q, positive_float(sigma, "sigma"), positive_int(batch_size, "batch_size"))
+
+
+def _grid(sigmas) -> list[float]:
+    if sigmas is None:
+        return torch.logspace(-1, 0, 10).tolist()
+    if isinstance(sigmas, numbers.Real) or (isinstance(sigmas, torch.Tensor) and sigmas.dim() == 0):
+        return [positive_float(sigmas, "sigmas")]
+    if isinstance(sigmas, (str, bytes)):
+        raise TypeError(f"sigmas: expected a number or an iterable of numbers, got {type(sigmas).__name__}")
+    try:
+        values = list(sigmas)
+    except TypeError:
+        raise TypeError(f"sigmas: expected a number or an iterable of numbers, got {type(sigmas).__name__}") from None
+    if not values:
         raise ValueError("sigmas: need at least one value")
-    scores = {sg: float(parzen_log_likelihood(samples, validation, sg).mean()) for sg in grid}
-    best = max(scores, key=scores.get)
-    return best, scores
+    return [positive_float(v, f"sigmas[{i}]") for i, v in enumerate(values)]
 
 
-def parzen_score(samples: torch.Tensor, validation: torch.Tensor, test: torch.Tensor, sigmas=None) -> dict:
+def _select(s: torch.Tensor, v: torch.Tensor, grid: list[float]) -> tuple[float, dict]:
+    scores = {sg: float(_log_likelihood(s, v, sg, 256).mean()) for sg in grid}
+    return max(scores, key=scores.get), scores
+
+
+def select_sigma(samples, validation, sigmas=None) -> tuple[float, dict]:
+    """(best sigma, {sigma: mean validation log-likelihood}); default grid: 10 values log-spaced in
+    [0.1, 1] (the range of Goodfellow et al.'s evaluation script, data in [0, 1]); a single number is a
+    one-value grid. Every value must be finite and > 0; samples and validation must be finite."""
+    s, v = _pair(samples, validation, "validation")
+    return _select(s, v, _grid(sigmas))
+
+
+def parzen_score(samples, validation, test, sigmas=None) -> dict:
     """{"sigma", "log_likelihood" (mean over test), "stderr" (std / sqrt(M)), "validation": {sigma: ll}}."""
-    sigma, scores = select_sigma(samples, validation, sigmas)
-    ll = parzen_log_likelihood(samples, test, sigma)
+    # everything checked before the grid search, so a bad test set does not cost the whole search first
+    s, v = _pair(samples, validation, "validation")
+    _, t = _pair(samples, test, "test")
+    sigma, scores = _select(s, v, _grid(sigmas))
+    ll = _log_likelihood(s, t, sigma, 256)
     se = float(ll.std(unbiased=True) / math.sqrt(ll.numel())) if ll.numel() > 1 else float("nan")
     return {"sigma": sigma, "log_likelihood": float(ll.mean()), "stderr": se, "validation": scores}

@@ -324,7 +324,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
-    if torch.is_inference_mode_enabled():
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # Dynamo cannot trace the query
         # inference tensors cannot be saved for a backward: run on a normal copy of x with inference mode off
         with torch.inference_mode(False):
             penalty, logits = gradient_penalty(D, x.clone(), weight, reduction=reduction, backend=backend, mode=mode)
@@ -408,7 +408,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
-    if torch.is_inference_mode_enabled():  # as in gradient_penalty
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # as in gradient_penalty
         with torch.inference_mode(False):
             out = js_penalty(D, x_real.clone(), x_fake.clone(), backend=backend, mode=mode)
         return tuple(t.detach() for t in out)

@@ -1,0 +1,49 @@
+"""Argument checks shared by the metrics: each error names the argument, never an internal one."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+
+def as_points(x, name: str) -> torch.Tensor:
+    """A tensor or numpy array of real values, as a tensor (numpy input is not copied)."""
+    if isinstance(x, np.ndarray):
+        try:
+            x = torch.as_tensor(x)
+        except TypeError as e:  # e.g. an object array
+            raise TypeError(f"{name}: numpy array of dtype {x.dtype} is not numeric") from e
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor or numpy array, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name}: expected real values, got dtype {x.dtype}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    # one NaN makes every score NaN, and max() over NaN scores silently picks the first sigma of the grid
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf)")
+
+
+def positive_float(v, name: str) -> float:
+    """A finite number > 0 (a Python or numpy number, or a one-element tensor)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
+    v = float(v)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: must be finite and > 0, got {v!r}")
+    return v
+
+
+def positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name}: must be >= 1, got {v!r}")
+    return int(v)

@@ -1,0 +1,170 @@
+"""Unsuitable files give one ValueError naming the file, never silently wrong data."""
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan.data import DataConfig, build_dataset
+from fastgan.data.idx import parse_idx
+
+
+def idx_header(code: int, dims) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def build_error(cfg: DataConfig, path, exc=ValueError, match=None) -> str:
+    with pytest.raises(exc, match=match) as e:
+        build_dataset(cfg)
+    assert str(path) in str(e.value)
+    return str(e.value)
+
+
+# ---- image folder: pixel modes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: (np.full((6, 6), 40000, np.uint16), "png"), id="uint16-png"),
+    pytest.param(lambda: (np.full((6, 6), 40000, np.uint16), "tif"), id="uint16-tiff"),
+    pytest.param(lambda: (np.full((6, 6), 7, np.int32), "tif"), id="int32-tiff"),
+    pytest.param(lambda: (np.full((6, 6), 0.5, np.float32), "tif"), id="float-tiff"),
+])
+@pytest.mark.parametrize("channels", [0, 1, 3])
+def test_image_folder_refuses_non_8bit_modes(tmp_path, make, channels):
+    from PIL import Image
+
+    a, ext = make()
+    f = tmp_path / f"a.{ext}"
+    Image.fromarray(a).save(f)
+    mode = Image.open(f).mode
+    msg = build_error(DataConfig(name="image_folder", path=str(tmp_path), channels=channels), f, match="8 bits")
+    assert repr(mode) in msg
+
+
+def test_image_folder_refuses_non_8bit_image_after_8bit_ones(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((6, 6), 100, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((6, 6), 40000, np.uint16)).save(tmp_path / "b.png")
+    build_error(DataConfig(name="image_folder", path=str(tmp_path)), tmp_path / "b.png", match="I;16")
+
+
+def test_image_folder_modes_channels(tmp_path):
+    """Grey modes (with or without alpha) give 1 channel, colour and palette modes 3; alpha is dropped."""
+    from PIL import Image
+
+    cases = {"L": Image.new("L", (4, 4), 100), "LA": Image.new("LA", (4, 4), (100, 7)),
+             "1": Image.new("1", (4, 4), 1),
+             "RGB": Image.new("RGB", (4, 4), (10, 20, 30)), "RGBA": Image.new("RGBA", (4, 4), (10, 20, 30, 7)),
+             "P": Image.new("RGB", (4, 4), (0, 51, 102)).convert("P")}  # a web-palette colour: kept exactly
+    expect = {"L": [100], "LA": [100], "1": [255], "RGB": [10, 20, 30], "RGBA": [10, 20, 30], "P": [0, 51, 102]}
+    for mode, im in cases.items():
+        d = tmp_path / mode
+        d.mkdir()
+        im.save(d / ("a.gif" if mode == "P" else "a.png"))
+        assert Image.open(next(d.iterdir())).mode == mode
+        ds = build_dataset(DataConfig(name="image_folder", path=str(d)))
+        assert ds.shape == (len(expect[mode]), 4, 4), mode
+        x = torch.cat(list(ds.batches(4)))[0, :, 0, 0]
+        want = torch.tensor(expect[mode], dtype=torch.float32) / 127.5 - 1
+        assert torch.allclose(x, want, atol=1e-6), (mode, x, want)
+
+
+def test_image_folder_decompression_bomb(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (200, 200), 5).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10000)  # restored after the test
+    build_error(DataConfig(name="image_folder", path=str(tmp_path)), tmp_path / "big.png",
+                match="MAX_IMAGE_PIXELS")
+
+
+# ---- npz: values and shapes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_npz_non_finite_images(tmp_path, bad):
+    f = tmp_path / "a.npz"
+    a = np.full((5, 4, 4), 0.25, np.float32)
+    a[3, 1, 2] = bad
+    np.savez(f, x=a)
+    build_error(DataConfig(name="npz", path=str(f)), f, match="NaN or infinite")
+
+
+def test_npz_all_nan_images(tmp_path):
+    f = tmp_path / "a.npz"
+    np.savez(f, x=np.full((5, 4, 4), np.nan, np.float32))
+    build_error(DataConfig(name="npz", path=str(f)), f, match="NaN or infinite")
+    build_error(DataConfig(name="npz", path=str(f), value_range=(0, 1)), f, match="NaN or infinite")
+
+
+@pytest.mark.parametrize("shape", [(5, 0), (5, 0, 0), (5, 4, 0), (5, 1, 0, 4), (5, 0, 4, 3)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_npz_empty_sample_shape(tmp_path, shape, dtype):
+    f = tmp_path / "a.npz"
+    np.savez(f, x=np.zeros(shape, dtype))
+    build_error(DataConfig(name="npz", path=str(f)), f, match="empty")
+
+
+@pytest.mark.parametrize("shape", [(5, 2), (5, 4, 4)])
+def test_npz_complex_refused(tmp_path, shape):
+    f = tmp_path / "a.npz"
+    np.savez(f, x=np.ones(shape) * (1 + 2j))
+    build_error(DataConfig(name="npz", path=str(f)), f, match="complex")
+
+
+# ---- IDX: sizes ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [(3, 0, 5), (3, 5, 0), (0, 5, 5)])
+def test_idx_zero_dimension(tmp_path, dims):
+    f = tmp_path / "train-images-idx3-ubyte"
+    f.write_bytes(idx_header(0x08, dims))
+    build_error(DataConfig(name="mnist", path=str(f)), f, match="no data")
+    build_error(DataConfig(name="mnist", path=str(tmp_path)), f, match="no data")  # found in the folder
+
+
+@pytest.mark.parametrize("dims,payload", [((2**32 - 1,) * 3, 0), ((2**31, 2**31, 4), 0), ((2**31, 2**31, 4), 16),
+                                          ((0, 2**32 - 1, 2**32 - 1), 0)])
+def test_idx_huge_header_dims(tmp_path, dims, payload):
+    f = tmp_path / "huge.idx"
+    f.write_bytes(idx_header(0x08, dims) + bytes(payload))
+    msg = build_error(DataConfig(name="mnist", path=str(f)), f)
+    assert str(dims) in msg
+    n = 1
+    for d in dims:
+        n *= d
+    if n:
+        assert f"need {n} data bytes" in msg and f"found {payload}" in msg
+
+
+def test_parse_idx_size_uses_exact_ints():
+    with pytest.raises(ValueError, match=f"need {4 * (2**32 - 1) ** 3} data bytes, found 0"):
+        parse_idx(idx_header(0x0C, (2**32 - 1,) * 3), "x")
+
+
+# ---- split with a single file -------------------------------------------------------------------------------
+def test_idx_file_path_with_split(tmp_path):
+    f = tmp_path / "train-images-idx3-ubyte"
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    f.write_bytes(idx_header(0x08, a.shape) + a.tobytes())
+    assert len(build_dataset(DataConfig(name="mnist", path=str(f)))) == 2
+    for split in ("test", "all"):
+        msg = build_error(DataConfig(name="fashion_mnist", path=str(f), split=split), f, match="data.split")
+        assert repr(split) in msg and "data.path" in msg
+
+
+def test_cifar_file_path_with_split(tmp_path):
+    f = tmp_path / "data_batch_1"
+    with open(f, "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, fh)
+    for split in ("train", "test"):
+        build_error(DataConfig(name="cifar10", path=str(f), split=split), f, match="folder")
+
+
+def test_split_refused_where_there_are_no_splits(tmp_path):
+    from PIL import Image
+
+    f = tmp_path / "a.npz"
+    np.savez(f, x=np.zeros((3, 4, 4), np.uint8))
+    assert len(build_dataset(DataConfig(name="npz", path=str(f)))) == 3
+    build_error(DataConfig(name="npz", path=str(f), split="test"), f, match="data.split")
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("L", (4, 4)).save(d / "a.png")
+    build_error(DataConfig(name="image_folder", path=str(d), split="all"), d, match="data.split")

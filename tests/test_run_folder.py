@@ -1,0 +1,134 @@
+"""The run folder belongs to one run: a second run on it is refused while the first holds its lock, a new run does
+not write into a non-empty folder, and SIGINT leaves a checkpoint of the last completed step."""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fastgan
+from fastgan import checkpoint as ckpt
+from fastgan.cli import main
+
+train_mod = sys.modules["fastgan.train"]
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=2",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off"]
+
+
+def _train(d, *overrides, steps=2, resume=False):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={d}", *overrides], resume=resume)
+
+
+def _snapshot(d: Path) -> dict:
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_held_lock_refuses_a_second_run_and_writes_nothing(tmp_path):
+    d = tmp_path / "r"
+    _train(d)
+    before = _snapshot(d)
+    fd = os.open(d / train_mod.LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live run on d holds
+        with pytest.raises(train_mod.RunFolderError, match=f"run folder {d} is in use by another fastgan run"):
+            _train(d, steps=4, resume=True)
+        with pytest.raises(train_mod.RunFolderError, match="in use"):
+            fastgan.train(d, overrides=["run.steps=4"], resume=True)
+    finally:
+        os.close(fd)
+    assert _snapshot(d) == before
+    assert _train(d, steps=4, resume=True).step == 4  # the lock went with its holder
+
+
+def test_the_lock_is_released_after_a_run_and_after_a_failed_start(tmp_path):
+    d = tmp_path / "r"
+    _train(d)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _train(d)
+    with pytest.raises(fastgan.config.ConfigError):
+        _train(d, "method.roth.gamma=0.5", steps=4, resume=True)
+    fd = os.open(d / train_mod.LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds it
+    finally:
+        os.close(fd)
+
+
+def test_a_non_empty_folder_is_refused_for_a_new_run(tmp_path, capsys):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "notes.txt").write_text("keep me")
+    with pytest.raises(train_mod.RunFolderError, match=f"run.dir {d} is not empty \\(notes.txt\\).*another run.dir "
+                                                        "or remove that folder"):
+        _train(d)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]  # not even a lock file
+    assert main(["train", "--set", *TINY, "run.steps=2", f"run.dir={d}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty" in err and "Traceback" not in err
+
+
+def test_a_run_folder_without_checkpoint_is_neither_reused_nor_resumed(tmp_path):
+    d = tmp_path / "r"
+    _train(d)
+    (d / "checkpoints" / "last.pt").unlink()  # as left by a run stopped before its first checkpoint
+    before = _snapshot(d)
+    with pytest.raises(train_mod.RunFolderError, match="is not empty .*holds no checkpoint"):
+        _train(d, "run.seed=5")
+    with pytest.raises(FileNotFoundError, match=f"holds no checkpoint \\({d / 'checkpoints' / 'last.pt'}"):
+        _train(d, steps=4, resume=True)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint not found: {d / 'checkpoints' / 'last.pt'}"):
+        fastgan.train(d, overrides=["run.steps=4"], resume=True)
+    assert _snapshot(d) == before
+
+
+def test_an_empty_existing_folder_is_fine(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    assert _train(d).out_dir == d and (d / "checkpoints" / "last.pt").exists()
+
+
+def _cli(d, *overrides):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "fastgan", "train", "--set", *TINY, f"run.dir={d}", *overrides],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.parent)
+
+
+def _wait_for_rows(csv: Path, rows: int, p, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if csv.exists() and len(csv.read_text().splitlines()) > rows:
+            return
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"{csv}: no progress within {timeout} s")
+
+
+def test_concurrent_run_is_refused_and_sigint_checkpoints_the_last_step(tmp_path):
+    d = tmp_path / "long"
+    # checkpoint_every=0: only at the end, so any checkpoint here is the interrupt's
+    first = _cli(d, "run.steps=100000", "run.checkpoint_every=0")
+    try:
+        _wait_for_rows(d / "metrics.csv", 3, first)
+        second = subprocess.run([sys.executable, "-m", "fastgan", "train", "--set", *TINY, f"run.dir={d}",
+                                 "run.steps=20", "run.seed=1"], capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip() == (f"fastgan train: error: run folder {d} is in use by another fastgan run "
+                                         f"(pid {first.pid}); wait for it to end or choose another run.dir")
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1 and "--resume continues from there" in err
+    step = ckpt.load(d / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 100000 and f"holds step {step}" in err
+    assert not [p for p in (d / "checkpoints").iterdir() if p.name != "last.pt"]  # no temporary file left
+    more = fastgan.train(d, overrides=["run.steps=" + str(step + 3)], resume=True)
+    assert more.start_step == step and more.step == step + 3
