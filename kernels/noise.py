@@ -75,6 +75,8 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
     # Counter g's four normals go to elements 4g..4g+3; a program handles them as a [BLOCK, 4] tile so every
     # access is contiguous (VEC: 4-element vectors, see vector_path).
     pid = tl.program_id(0)
+    # sizes in int64: M and F arrive as i32 below 2**31 each, and M * F past 2**31 would wrap (no element written)
+    M = M.to(tl.int64)
     if HALF:
         n_clean = M // 2
         n_noisy = M - n_clean
@@ -87,7 +89,7 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
         dst0 = M
     N = n_noisy * F
     G = (N + 3) // 4
-    g = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    g = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     k = tl.arange(0, 4)[None, :]
     if GAUSS:
         seed = tl.load(rng_ptr)
@@ -154,6 +156,7 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
                      DEPS: tl.constexpr, DSIG: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr,
                      VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr):
     # A program owns BLOCK_P whole (noisy row, channel) planes, so each plane's dsigma sum is written once.
+    M = M.to(tl.int64)  # as in the forward: n_noisy * C and the offsets past 2**31
     if HALF:
         n_noisy = M - M // 2
         dst0 = M // 2
