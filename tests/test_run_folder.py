@@ -92,10 +92,17 @@ def test_an_empty_existing_folder_is_fine(tmp_path):
     assert _train(d).out_dir == d and (d / "checkpoints" / "last.pt").exists()
 
 
+def _sigint_default():
+    # a suite started as a background job (`pytest ... &` from a script) inherits SIGINT ignored, and so would the
+    # child, which then never sees the test's Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(d, *overrides):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "fastgan", "train", "--set", *TINY, f"run.dir={d}", *overrides],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.parent)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.parent,
+                            preexec_fn=_sigint_default)
 
 
 def _wait_for_rows(csv: Path, rows: int, p, timeout=120):
