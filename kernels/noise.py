@@ -71,12 +71,13 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
                     M, F, INNER, sr_b, sr_f, sf_b, sf_f, se_b, se_f,
                     HAS_R: tl.constexpr, HAS_F: tl.constexpr, GAUSS: tl.constexpr, HAS_SIG: tl.constexpr,
                     ADVANCE: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    BLOCK: tl.constexpr, WIDE: tl.constexpr):
     # Counter g's four normals go to elements 4g..4g+3; a program handles them as a [BLOCK, 4] tile so every
     # access is contiguous (VEC: 4-element vectors, see vector_path).
     pid = tl.program_id(0)
-    # sizes in int64: M and F arrive as i32 below 2**31 each, and M * F past 2**31 would wrap (no element written)
-    M = M.to(tl.int64)
+    if WIDE:  # M and F arrive as i32: past 2**31 elements M * F would wrap (nothing written), so int64 sizes
+        M = M.to(tl.int64)
+        pid = pid.to(tl.int64)
     if HALF:
         n_clean = M // 2
         n_noisy = M - n_clean
@@ -89,7 +90,7 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
         dst0 = M
     N = n_noisy * F
     G = (N + 3) // 4
-    g = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    g = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     k = tl.arange(0, 4)[None, :]
     if GAUSS:
         seed = tl.load(rng_ptr)
@@ -154,9 +155,10 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
                      M, F, C, INNER, NG, gr_b, gr_f, gf_b, gf_f,
                      HAS_R: tl.constexpr, HAS_F: tl.constexpr, DX_R: tl.constexpr, DX_F: tl.constexpr,
                      DEPS: tl.constexpr, DSIG: tl.constexpr, HALF: tl.constexpr, ACC: tl.constexpr,
-                     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr):
+                     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, WIDE: tl.constexpr):
     # A program owns BLOCK_P whole (noisy row, channel) planes, so each plane's dsigma sum is written once.
-    M = M.to(tl.int64)  # as in the forward: n_noisy * C and the offsets past 2**31
+    if WIDE:  # as in the forward: n_noisy * C and the offsets past 2**31
+        M = M.to(tl.int64)
     if HALF:
         n_noisy = M - M // 2
         dst0 = M // 2
@@ -254,6 +256,11 @@ def vector_path(F, *inputs):
     return F % 4 == 0 and all(t is None or (t.stride(1) == 1 and t.stride(0) % 4 == 0) for t in inputs)
 
 
+# From this many elements (M * F) on, the kernels compute sizes and offsets in int64: a variant compiled only for such
+# sizes, so the usual ones keep their i32 code and registers (tests lower it to run the wide variant)
+WIDE_FROM = 2 ** 31 - 4096
+
+
 def forward(x_real, x_fake, eps, sigma, sigma_value, rng, advance, used, out_real, out_fake, C, half):
     x0 = x_real if x_real is not None else x_fake
     M, F = x0.shape
@@ -273,7 +280,7 @@ def forward(x_real, x_fake, eps, sigma, sigma_value, rng, advance, used, out_rea
         M, F, F // C, sr[0], sr[1], sf[0], sf[1], se[0], se[1],
         HAS_R=x_real is not None, HAS_F=x_fake is not None, GAUSS=gauss, HAS_SIG=sigma is not None,
         ADVANCE=bool(advance and gauss), HALF=bool(half), ACC=_acc(x0.dtype),
-        VEC=vector_path(F, x_real, x_fake, eps), BLOCK=block)
+        VEC=vector_path(F, x_real, x_fake, eps), BLOCK=block, WIDE=M * F >= WIDE_FROM)
 
 
 def backward_vector_path(F, C, *grads):
@@ -315,4 +322,4 @@ def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):
         M, F, C, inner, ng, gr[0], gr[1], gf[0], gf[1],
         HAS_R=g_real is not None, HAS_F=g_fake is not None, DX_R=dx_real is not None, DX_F=dx_fake is not None,
         DEPS=deps is not None, DSIG=dsig is not None, HALF=bool(half), ACC=_acc(g0.dtype),
-        VEC=vec, BLOCK_P=block_p, BLOCK_G=block_g)
+        VEC=vec, BLOCK_P=block_p, BLOCK_G=block_g, WIDE=M * F >= WIDE_FROM)

@@ -990,3 +990,25 @@ def test_cpu_noise_state_never_asks_about_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", no)
     for device in ("cpu", torch.device("cpu"), "cpu:0", None):
         assert NoiseState(3, device).device.type == "cpu"
+
+
+@pytest.mark.parametrize("mode", ["double", "half"])
+@pytest.mark.parametrize("F", [(8,), (3, 5)])  # a vector path and the general one
+def test_triton_int64_variant_equals_the_int32_one(monkeypatch, mode, F):
+    """Past 2**31 elements the Triton kernels compute sizes and offsets in int64 (a variant compiled for such sizes
+    only); lowering the threshold runs that variant on a small batch: the same values, gradients and offsets."""
+    from fastgan.kernels import noise as kn
+
+    g = torch.Generator().manual_seed(4)
+    xr = torch.randn(6, *F, generator=g, requires_grad=True)
+    xf = torch.randn(6, *F, generator=g, requires_grad=True)
+    sigma = torch.tensor(0.3, requires_grad=True)
+    runs = []
+    for wide_from in (kn.WIDE_FROM, 0):
+        monkeypatch.setattr(kn, "WIDE_FROM", wide_from)
+        state = NoiseState(9)
+        r, f = noisy_clean_batch(xr, xf, sigma, mode, state=state, backend="triton")
+        grads = torch.autograd.grad((r * r).sum() + f.sum(), (xr, xf, sigma))
+        runs.append((r, f, *grads, state.tensor.clone()))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
