@@ -122,15 +122,15 @@ def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, st
         for key, value in cur.items():
             if key == "params":
                 continue
-            numbers = (value,) if _is_number(value) else tuple(value) if isinstance(value, tuple) and value and \
-                all(map(_is_number, value)) else None
-            if numbers is None:
-                continue  # flags (amsgrad, foreach, ...) are torch's to check
             got = g.get(key, "<missing>")
-            ok = _is_number(got) if len(numbers) == 1 and not isinstance(value, tuple) else \
-                isinstance(got, (list, tuple)) and len(got) == len(numbers) and all(map(_is_number, got))
+            if _is_number(value):
+                ok, want = _is_number(got), "a finite number"
+            elif isinstance(value, tuple) and value and all(map(_is_number, value)):  # betas
+                ok = isinstance(got, (list, tuple)) and len(got) == len(value) and all(map(_is_number, got))
+                want = f"{len(value)} finite numbers"
+            else:
+                continue  # flags (amsgrad, foreach, ...) are torch's to check
             if not ok:
-                want = "a finite number" if not isinstance(value, tuple) else f"{len(numbers)} finite numbers"
                 raise CheckpointError(f"{gw}.{key}: must be {want}, got {got!r}")
         params.update(zip(g["params"], cur["params"]))
     state = saved["state"]
@@ -186,14 +186,14 @@ def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None, cuda: 
 
 def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
     """Restore what rng_state saved; a missing or unusable entry is a CheckpointError naming it (rng.<key>)."""
-    def restore(key, fn):
-        if key not in state:
-            raise CheckpointError(f"rng.{key}: missing random-generator state")
+    def restore(key, fn, saved=state, label="rng"):
+        if key not in saved:
+            raise CheckpointError(f"{label}.{key}: missing random-generator state")
         try:
-            fn(state[key])
+            fn(saved[key])
         except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
             why = (str(e).splitlines() or [type(e).__name__])[0]
-            raise CheckpointError(f"rng.{key}: unusable random-generator state ({why})") from None
+            raise CheckpointError(f"{label}.{key}: unusable random-generator state ({why})") from None
 
     def py(s):
         version, internal, gauss = s
@@ -213,10 +213,6 @@ def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Genera
         for k, g in generators.items():
             if k not in saved:
                 raise CheckpointError(f"rng.generators.{k}: the checkpoint holds no state for random generator {k!r}")
-            try:
-                g.set_state(saved[k])
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(f"rng.generators.{k}: unusable random-generator state "
-                                      f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+            restore(k, g.set_state, saved, "rng.generators")
     if state.get("cuda") is not None and torch.cuda.is_available():
         restore("cuda", torch.cuda.set_rng_state_all)

@@ -324,17 +324,10 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
-    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # Dynamo cannot trace the query
-        # inference tensors cannot be saved for a backward: run on a normal copy of x with inference mode off
-        with torch.inference_mode(False):
-            penalty, logits = gradient_penalty(D, x.clone(), weight, reduction=reduction, backend=backend, mode=mode)
-        return penalty.detach(), logits.detach()
-    if not torch.is_grad_enabled():
-        # every mode forms the penalty from an input gradient, i.e. with autograd: run it as with grad enabled
-        # (same values, same buffer updates) and hand back the results without their graph
-        with torch.enable_grad():
-            penalty, logits = gradient_penalty(D, x, weight, reduction=reduction, backend=backend, mode=mode)
-        return penalty.detach(), logits.detach()
+    out = _without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
+                         x)
+    if out is not None:
+        return out
     if mode != "double_backward":
         from . import penalty_jvp
 
@@ -342,6 +335,22 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     if torch.compiler.is_compiling():
         return _eager_double_backward(D, x, weight, reduction, backend)
     return _double_backward(D, x, weight, reduction, backend)
+
+
+def _without_graph(call, *xs):
+    """None when grad is enabled (the usual call). Under no_grad or inference_mode: call(*xs) run as with grad
+    enabled, its outputs detached. Every mode forms the penalty from an input gradient, i.e. with autograd; so the
+    values and D's buffer updates are those of the call with grad enabled."""
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # Dynamo cannot trace the query
+        # inference tensors cannot be saved for a backward: normal copies of the inputs, inference mode off
+        with torch.inference_mode(False):
+            out = call(*(x.clone() for x in xs))
+    elif not torch.is_grad_enabled():
+        with torch.enable_grad():
+            out = call(*xs)
+    else:
+        return None
+    return tuple(t.detach() for t in out)
 
 
 def require_samples(name: str, x: torch.Tensor, mode: str) -> None:
@@ -408,14 +417,9 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
-    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # as in gradient_penalty
-        with torch.inference_mode(False):
-            out = js_penalty(D, x_real.clone(), x_fake.clone(), backend=backend, mode=mode)
-        return tuple(t.detach() for t in out)
-    if not torch.is_grad_enabled():  # as in gradient_penalty: computed as with grad enabled, returned detached
-        with torch.enable_grad():
-            out = js_penalty(D, x_real, x_fake, backend=backend, mode=mode)
-        return tuple(t.detach() for t in out)
+    out = _without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
+    if out is not None:
+        return out
     if mode in ("mlp", "auto") and x_real.dtype == x_fake.dtype:
         from . import penalty_jvp
 
