@@ -335,6 +335,11 @@ class _Run:
             # a single file has no split files: the "test" set would silently be the training file again
             raise ConfigError(f"run.parzen: needs a test split, read from the split files of a data.path folder; "
                               f"data.path={d.path!r} is a single file (give its folder, or set run.parzen=false)")
+        if r.parzen and self.dataset.kind == "images" and d.holdout < r.parzen_validation:
+            # sigma chosen on samples G was trained to reproduce would favour memorising the training set
+            raise ConfigError(f"run.parzen: sigma is cross-validated on training samples held out of training: set "
+                              f"data.holdout >= run.parzen_validation={r.parzen_validation}, got data.holdout="
+                              f"{d.holdout} (the last data.holdout samples of the split are then not trained on)")
 
     def _write_info(self, shape):
         info = {
@@ -426,9 +431,8 @@ class _Run:
             validation = self.dataset.sample(r.parzen_validation, g)
             test = self.dataset.sample(r.parzen_test, g)
         else:
-            train = torch.cat(list(self.dataset.batches(4096)))
-            validation = train[-r.parzen_validation:]
-            test_ds = build_dataset(dataclasses.replace(d, split="test", max_samples=None), self.device)
+            validation = torch.cat(list(self.dataset.held_out.batches(4096)))[:r.parzen_validation]
+            test_ds = build_dataset(dataclasses.replace(d, split="test", max_samples=None, holdout=0), self.device)
             test = torch.cat(list(test_ds.batches(4096)))[:r.parzen_test]
             # Goodfellow et al. evaluate pixels in [0, 1]; our images live in [-1, 1]
             samples, validation, test = [(t + 1) / 2 for t in (samples, validation, test)]
@@ -574,6 +578,8 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
         run_dir = Path(cfg)
         if not resume:
             raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
+        # read for its config only: _Run reads the checkpoint again once it holds the run folder's lock, since
+        # another run may have written a newer one in between
         state = ckpt.load(run_dir / CHECKPOINT)
         _checkpoint_config(state, run_dir / CHECKPOINT)
         cfg = C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])

@@ -335,6 +335,19 @@ def _grid(M: int, N: int, bm: int, bn: int):
     return max(triton.cdiv(M, bm), 1), triton.cdiv(N, bn)  # one row of programs for B = 0 (eval mode)
 
 
+INT32_ELEMENTS = 2 ** 31  # the kernels' offsets (rows * K, cols * K) are int32
+
+
+def _check_offsets(B: int, weights) -> None:
+    # every tensor a GEMM indexes is (B, N), (B, K) or (N, K): refuse rather than wrap and read out of bounds
+    for i, W in enumerate(weights):
+        N, K = W.shape
+        if max(B * N, B * K, N * K) >= INT32_ELEMENTS:
+            raise ValueError(f"backend='triton': layer {i} ({K} -> {N} features) at batch {B} indexes a tensor of "
+                             f"{max(B * N, B * K, N * K)} elements; the Triton denoiser kernels take fewer than 2**31 "
+                             f"(use backend='cuda', or a smaller batch)")
+
+
 def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
                     sigma=0.0, target=None, keep=False, running_in_place=False):
     """Runs every layer; returns (last GEMM's output, saved hidden tensors, new running stats, loss partials).
@@ -343,6 +356,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
     uses a running statistic, reading each element before it writes it)."""
     B = x.shape[0]
     depth = len(weights) - 1
+    _check_offsets(B, weights)
     f64 = x.new_empty(0, dtype=torch.float64)
     prec = _precision(x)
     hidden, new_running = [], []

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,7 +241,7 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
     if cfg.model.arch == "goodfellow":
         shrink += ["model.g_hidden=[16,16]", "model.d_hidden=[8,8]", "model.latent_dim=8"]
     if cfg.run.parzen:
-        shrink += ["run.parzen_samples=20", "run.parzen_validation=8", "run.parzen_test=16"]
+        shrink += ["run.parzen_samples=20", "run.parzen_validation=8", "run.parzen_test=16", "data.holdout=8"]
     r = fastgan.train(path, overrides=shrink)
     assert r.step == 2
     changed = {k for k, _, _ in fastgan.config.diff(cfg, r.config)}
@@ -248,6 +249,38 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
     assert (r.out_dir / "samples" / "step_0000002.png").exists()
     if cfg.run.parzen:
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
+
+
+def _parzen_run(tmp_path, data_path, *extra):
+    return ["data.name=fashion_mnist", f"data.path={data_path}", "model.arch=goodfellow", "model.g_hidden=[16,16]",
+            "model.d_hidden=[8,8]", "model.latent_dim=8", "run.steps=1", f"run.dir={tmp_path / 'run'}",
+            "run.sample_every=0", "run.checkpoint_every=0", "optim.batch_size=8", "run.progress=off", "run.parzen=true",
+            "run.parzen_samples=20", "run.parzen_validation=6", "run.parzen_test=16", *extra]
+
+
+def test_parzen_sigma_is_chosen_on_held_out_samples(tmp_path, tiny_fashion_mnist, monkeypatch):
+    import fastgan.metrics
+
+    seen = {}
+
+    def spy(samples, validation, test, *a, **k):
+        seen.update(validation=validation, test=test)
+        return {"log_likelihood": 0.0, "stderr": 0.0, "sigma": 0.1}
+
+    monkeypatch.setattr(fastgan.metrics, "parzen_score", spy)
+    r = fastgan.train(None, overrides=_parzen_run(tmp_path, tiny_fashion_mnist, "data.holdout=10"))
+    pixels = np.fromfile(tiny_fashion_mnist / "train-images-idx3-ubyte", np.uint8, offset=16).reshape(48, 1, 28, 28)
+    want = torch.from_numpy(pixels[38:44].astype(np.float32) / 255)  # the first 6 of the 10 held out
+    torch.testing.assert_close(seen["validation"], want, rtol=0, atol=1e-6)
+    assert seen["test"].shape == (16, 1, 28, 28) and r.metrics["eval/parzen_sigma"] == 0.1
+
+
+@pytest.mark.parametrize("holdout", [0, 5])
+def test_parzen_on_images_without_enough_held_out_samples_is_refused(tmp_path, tiny_fashion_mnist, holdout):
+    with pytest.raises(fastgan.config.ConfigError, match=rf"data\.holdout >= run\.parzen_validation=6, got "
+                                                        rf"data\.holdout={holdout}"):
+        fastgan.train(None, overrides=_parzen_run(tmp_path, tiny_fashion_mnist, f"data.holdout={holdout}"))
+    assert not (tmp_path / "run").exists()
 
 
 def dcgan_roth(data_path, batchnorm: bool, mode: str) -> list:

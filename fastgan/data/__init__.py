@@ -1,7 +1,9 @@
 """Training data: built-in Gaussian mixtures and image files (IDX, CIFAR-10 pickles, image folders, npz).
 
 ``build_dataset(cfg, device)`` returns an object with ``.shape``, ``.kind`` ("points" | "images"),
-``.device``, ``len()`` and ``.sample(batch_size, generator=None)``; images are scaled to [-1, 1].
+``.device``, ``len()`` and ``.sample(batch_size, generator=None)``; images are scaled to [-1, 1]. With
+``cfg.holdout = n`` the last n stored samples are not in the returned set but in its ``.held_out`` (a
+TensorDataset; None otherwise).
 """
 from __future__ import annotations
 
@@ -81,5 +83,8 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         if not np.isfinite(a).all():
             raise ValueError(f"{source}: points contain NaN or infinite values")
     data = torch.from_numpy(np.ascontiguousarray(a))
-    return TensorDataset(data, kind, device, scale=scale, offset=offset, keep_on_device=cfg.keep_on_device,
-                         source=source)
+    ds = TensorDataset(data, kind, device, scale=scale, offset=offset, keep_on_device=cfg.keep_on_device,
+                       source=source)
+    if cfg.holdout:
+        ds, ds.held_out = ds.hold_out(cfg.holdout)
+    return ds

@@ -17,6 +17,9 @@ class DataConfig:
     split: str = field(default="train", metadata={"choices": ("train", "test", "all")})
     # Keep only the first N stored samples (smoke runs, quick checks).
     max_samples: Optional[int] = field(default=None, metadata={"min": 1})
+    # Keep the last N of those samples out of training: a validation set, on which run.parzen cross-validates
+    # sigma (Goodfellow et al. trained on 50000 of MNIST's 60000 and validated on the rest).
+    holdout: int = field(default=0, metadata={"min": 0})
     # len() of a built-in mixture (it has no stored samples; epochs are counted in these).
     nominal_size: int = field(default=100_000, metadata={"min": 1})
     # Override the mixture's literature std (roth3d 0.01, ring8 0.02, grid25 0.05).
@@ -35,6 +38,9 @@ class DataConfig:
     keep_on_device: str = field(default="auto", metadata={"choices": ("auto", "yes", "no")})
 
     def __post_init__(self):
+        if self.holdout and self.name not in FILE_DATASETS:
+            raise ValueError(f"data.holdout: the built-in mixture {self.name!r} draws fresh samples every batch and "
+                             f"has none to hold out; leave data.holdout at 0")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
             raise ValueError(f"data.path: required for data.name={self.name!r}")
         if self.value_range is not None:

@@ -5,6 +5,8 @@ needs no host round trip (and can sit inside a captured CUDA graph when the data
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from . import mixtures
@@ -28,6 +30,8 @@ class TensorDataset:
 
     Images come back scaled to [-1, 1] (``x * scale + offset`` on the stored values).
     """
+
+    held_out = None  # the validation samples build_dataset kept out of this set (data.holdout), if any
 
     def __init__(self, data: torch.Tensor, kind: str, device, *, scale: float = 1.0, offset: float = 0.0,
                  keep_on_device: str = "auto", source: str = ""):
@@ -70,6 +74,17 @@ class TensorDataset:
         idx = _randint(len(self), _check_batch(batch_size), generator, self._data.device)
         return self._convert(self._data.index_select(0, idx))
 
+    def hold_out(self, n: int) -> tuple["TensorDataset", "TensorDataset"]:
+        """(the first len - n samples, the last n): two views of the same storage, so that a validation set
+        costs no memory and the training view can never draw from it."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(self):
+            raise ValueError(f"data.holdout: must be an int in [1, {len(self) - 1}] for "
+                             f"{self.source or 'this data set'} ({len(self)} samples, at least one left to train "
+                             f"on), got {n!r}")
+        head, tail = copy.copy(self), copy.copy(self)
+        head._data, tail._data = self._data[:-n], self._data[-n:]
+        return head, tail
+
     def batches(self, batch_size: int):
         """All stored samples in order, in batches (for metrics over the whole set)."""
         _check_batch(batch_size)
@@ -97,6 +112,7 @@ class MixtureDataset:
 
     kind = "points"
     on_device = True
+    held_out = None
 
     def __init__(self, name: str, device, std: float | None = None, nominal_size: int = 100_000):
         self.name = name

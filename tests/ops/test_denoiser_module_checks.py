@@ -147,3 +147,24 @@ def test_empty_batch_in_eval_mode(backend):
                   torch.ones(5, dtype=torch.float64), training=False, backend=backend)
     out.sum().backward()
     assert torch.equal(gamma.grad, torch.zeros(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("call", ["loss", "no-grad forward"])
+def test_triton_gemms_refuse_sizes_past_their_int32_offsets(monkeypatch, call):
+    # 2**31 elements cannot be allocated here: lower the limit and check the refusal names the backend and layer
+    from fastgan.kernels import denoiser_gemm
+
+    den = Denoiser(12, hidden=16, depth=2, backend="triton").double()
+    h = torch.randn(9, 12, dtype=torch.float64)
+
+    def run():
+        if call == "loss":
+            return den.loss(h)
+        with torch.no_grad():
+            return den(h)
+
+    monkeypatch.setattr(denoiser_gemm, "INT32_ELEMENTS", 16 * 16)  # the (16, 16) hidden weight
+    with pytest.raises(ValueError, match=r"backend='triton': layer 1 \(16 -> 16 features\) at batch 9 .* 256 "):
+        run()
+    monkeypatch.setattr(denoiser_gemm, "INT32_ELEMENTS", 16 * 16 + 1)
+    run()
