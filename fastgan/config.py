@@ -176,8 +176,8 @@ class RunConfig:
     # and Python cost, which dominates small GANs. Needs a CUDA device; Adam runs with capturable=True.
     cuda_graph: bool = False
     # Goodfellow et al.'s Parzen-window log-likelihood at the end of the run: parzen_samples generated
-    # samples, sigma cross-validated on parzen_validation held-out samples (the end of the training split),
-    # mean log-likelihood of parzen_test test samples.
+    # samples, sigma cross-validated on parzen_validation samples G never trained on (images: the first of the
+    # data.holdout held-out ones; mixtures: fresh draws), mean log-likelihood of parzen_test test samples.
     parzen: bool = False
     parzen_samples: int = field(default=10000, metadata={"min": 1})
     parzen_validation: int = field(default=1000, metadata={"min": 1})
@@ -223,7 +223,8 @@ def _type_name(tp) -> str:
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
+            plural = {int: "integers", float: "numbers", str: "strings"}
+            return "a list of " + plural.get(args[0], _type_name(args[0]))
         return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp)))
@@ -376,6 +377,11 @@ def _check_tree(obj, path: str = "") -> None:
         _check_value(hints[f.name], getattr(obj, f.name), f"{path}.{f.name}" if path else f.name, f.metadata)
 
 
+def check_section(obj, path: str) -> None:
+    """The field checks of validate() on one section (e.g. a ModelConfig given to fastgan.models directly)."""
+    _check_tree(obj, path)
+
+
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
@@ -404,6 +410,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               f"NTGAN's learned noise (method.nt.noise={m.nt.noise!r}) needs D's logits "
                               "differentiable w.r.t. the noisy inputs; use 'double_backward' or 'auto' (which "
                               "runs the double backward there)")
+        if m.roth.mode == "mlp" and cfg.model.arch == "goodfellow":
+            # caught by Method too, but only after the data loaded, and as a run error (exit 1)
+            raise ConfigError("method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, activations, "
+                              "BatchNorm and Flatten; model.arch='goodfellow' has maxout units and dropout: use "
+                              "'auto', 'jvp' or 'double_backward'")
+    if m.g_loss == "saturating" and m.loss in ("least_squares", "wgan_gp"):
+        raise ConfigError(f"method.g_loss: 'saturating' is a form of the minimax and f-GAN generator losses; "
+                          f"method.loss={m.loss!r} has one generator loss only (set g_loss=nonsaturating)")
     if m.resolved_update == "simultaneous" and m.d_steps != 1:
         raise ConfigError(f"method.d_steps: simultaneous updates (method.update={m.update!r}"
                           f"{', dfm on' if m.update == 'auto' else ''}) need d_steps=1, got {m.d_steps}")
@@ -415,6 +429,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if m.nt.fused and not m.nt.clean:
             raise ConfigError("method.nt.fused: noisy_clean_batch builds {x, x + eps} batches and needs "
                               "method.nt.clean=true (noise-only batches run the plain path: set fused=false)")
+        if m.nt.batch == "half" and m.nt.clean and "dfm" in units and o.batch_size < 4:
+            raise ConfigError(f"optim.batch_size: DFM's denoiser trains on the m // 2 clean rows of NT's half batches "
+                              f"(method.nt.batch='half'), and its training-mode BatchNorm needs 2: batch_size >= 4, "
+                              f"got {o.batch_size}")
         if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
             raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got "
                               f"method.nt.noise={m.nt.noise!r}")
@@ -431,6 +449,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if bn:
             raise ConfigError(f"optim.batch_size: training-mode BatchNorm ({', '.join(bn)}) needs a batch of at "
                               f"least 2 samples, got {o.batch_size}")
+    if o.optimizer == "adam":
+        for key in ("beta1", "beta2"):
+            if getattr(o, key) >= 1:  # torch.optim.Adam refuses it at start, naming no field
+                raise ConfigError(f"optim.{key}: must be < 1 for optim.optimizer='adam', got {getattr(o, key)!r}")
     if not _DEVICE.match(r.device):
         raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
     if r.cuda_graph and not r.device.startswith(("cuda", "auto")):
@@ -596,6 +618,9 @@ def apply_overrides(data: Mapping, overrides) -> dict:
     for item in check_overrides(overrides):
         key, value = parse_override(item) if isinstance(item, str) else item
         parts = key.split(".")
+        if "" in parts:
+            raise ConfigError(f"{key!r}: a key is dot-separated field names, e.g. run.steps; this one has an empty "
+                              "name")
         cls, node, path = TrainConfig, out, ""
         for i, part in enumerate(parts):
             fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -605,6 +630,9 @@ def apply_overrides(data: Mapping, overrides) -> dict:
             tp = _is_optional(_hints(cls)[part])[1]
             last = i == len(parts) - 1
             if last:
+                if isinstance(item, str) and tp is str and isinstance(value, (bool, int, float)):
+                    # YAML reads run.name=2024 as a number: a string field takes the text as typed
+                    value = item.split("=", 1)[1].strip()
                 node[part] = value
             else:
                 if not dataclasses.is_dataclass(tp):

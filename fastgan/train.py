@@ -67,7 +67,12 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {name!r} requested but torch sees no CUDA device; use run.device=cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        # torch would fail later with "invalid device ordinal", naming no field
+        raise ConfigError(f"run.device: {name!r} requested but torch sees {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 def _resolve(cfg: TrainConfig, feature_dim: int) -> TrainConfig:
@@ -574,6 +579,11 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
     embedded default: Roth's regularized GAN on the 3-D mixture). `overrides`: ["key=value", ...] as with
     --set. resume: continue the latest run of this config's run.name (or run.dir) from its checkpoint.
     Returns a TrainResult (out_dir, step, last losses, generator, config, models, metrics)."""
+    return _Run(_requested(cfg, overrides, resume), resume, progress).run()
+
+
+def _requested(cfg, overrides, resume: bool) -> TrainConfig:
+    """The config asked for: a run folder's (resume only) or the given one, with the overrides applied."""
     if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
         run_dir = Path(cfg)
         if not resume:
@@ -582,10 +592,17 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
         # another run may have written a newer one in between
         state = ckpt.load(run_dir / CHECKPOINT)
         _checkpoint_config(state, run_dir / CHECKPOINT)
-        cfg = C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])
-    else:
-        cfg = C.coerce(cfg, overrides)
-    return _Run(cfg, resume, progress).run()
+        return C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])
+    return C.coerce(cfg, overrides)
+
+
+def _config_to_print(config, overrides, resume: bool) -> TrainConfig:
+    if not resume:
+        return C.coerce(Path(config) / "config.yaml" if config and Path(config).is_dir() else config, overrides)
+    # what --resume would continue: the checkpoint's config with the run.* fields it lets change
+    cfg = _requested(config, overrides, True)
+    path = _find_run(cfg) / CHECKPOINT
+    return _merge_for_resume(_checkpoint_config(ckpt.load(path), path), cfg, path)
 
 
 def _cmd_train(args) -> int:
@@ -597,8 +614,7 @@ def _cmd_train(args) -> int:
             overrides.append(item)
     try:
         if args.print_config:
-            cfg = C.coerce(config if not (config and Path(config).is_dir()) else Path(config) / "config.yaml",
-                           overrides)
+            cfg = _config_to_print(config, overrides, args.resume)
             import yaml
 
             print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")

@@ -141,8 +141,20 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+# The kernels index logits with k * stride in int32: widened to int64 they spilled registers (triton 3.9,
+# tests/test_triton_compile.py), for offsets no batch of logits reaches but a strided view of a huge tensor can.
+# A side whose last offset reaches this is read from a contiguous copy instead (tests lower it).
+DENSE_FROM = 2 ** 31
+
+
+def _in_reach(logits):
+    n = logits.numel()
+    return logits if n < 2 or (n - 1) * logits.stride(0) < DENSE_FROM else logits.contiguous()
+
+
 def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_real, w_fake, partials, chunk):
     """partials: None (one program does everything) or scratch of one element per chunk of each side."""
+    logits_real, logits_fake = _in_reach(logits_real), _in_reach(logits_fake)
     NR, NF = logits_real.numel(), logits_fake.numel()
     span = chunk if partials is not None else max(NR, NF, 1)
     block = min(max(triton.next_power_of_2(span), 16), 1024)
@@ -161,6 +173,7 @@ def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_rea
 
 def backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, generator, mean, d_real, d_fake):
     block = 256
+    logits_real, logits_fake = _in_reach(logits_real), _in_reach(logits_fake)
     NR, NF = logits_real.numel(), logits_fake.numel()
     grid = (max(triton.cdiv(NR, block) + triton.cdiv(NF, block), 1),)
     _backward_kernel[grid](

@@ -343,6 +343,34 @@ def test_cli_print_config(capsys):
     assert "name: nt" in capsys.readouterr().out
 
 
+def test_cli_print_config_with_resume_shows_the_checkpoint_config(tmp_path, capsys):
+    import yaml
+
+    run(tmp_path, "method.roth.gamma=0.3", "run.name=pc", steps=2, name="pc-20250101-120000")
+    printed = lambda *a: (main(["train", "--print-config", "--resume", *a]), capsys.readouterr())  # noqa: E731
+    capsys.readouterr()
+    same = ["--set", *TINY, "method.roth.gamma=0.3", f"run.out_dir={tmp_path}", "run.name=pc"]  # the run's config
+    for args in ([str(tmp_path / "pc-20250101-120000")], same):
+        code, out = printed(*args, "--set", "run.steps=5")
+        cfg = yaml.safe_load(out.out)
+        assert code == 0 and cfg["method"]["roth"]["gamma"] == 0.3 and cfg["run"]["steps"] == 5
+        assert cfg["optim"]["batch_size"] == 16 and cfg["run"]["dir"] == (str(tmp_path / "pc-20250101-120000")
+                                                                           if args is not same else None)
+    code, out = printed(str(tmp_path / "pc-20250101-120000"), "--set", "method.roth.gamma=0.9")
+    assert code == 2 and "method.roth.gamma: checkpoint 0.3, config 0.9" in out.err
+    code, out = printed(*same[:-1], "run.name=other")
+    assert code == 1 and "no run named 'other'" in out.err
+
+
+def test_cuda_device_index_past_the_visible_devices_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train_mod._device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(fastgan.config.ConfigError, match=r"run\.device: 'cuda:2' requested but torch sees 2 CUDA "
+                                                         r"device\(s\), cuda:0 to cuda:1"):
+        train_mod._device("cuda:2")
+
+
 def test_python_dash_m_entry_point(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fastgan", "train", "--set", "run.steps=0"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)

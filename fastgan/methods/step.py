@@ -142,24 +142,26 @@ class Method:
                 # Philox noise for fixed / learned sigma, reproducible from the run's seed and checkpointed
                 self.nt_fused = True
                 self.noise_state = ops.NoiseState(int(cfg.run.seed) % 2 ** 63, self.device)
+            own = True  # what Method builds follows the models' dtype (float64, bfloat16); a given net keeps its own
             if n.noise == "fixed":
                 self.noise = nt_mod.FixedNoise(n.sigma, n.sigma_anneal, n.anneal_steps or cfg.run.steps,
                                                device=self.device)
             elif n.noise == "learned_sigma":
                 self.noise = nt_mod.LearnedSigma(n.sigma)
             else:
-                if noise_net is None:
+                own = noise_net is None
+                if own:
                     from ..models import build_noise_generator
 
                     noise_net = build_noise_generator(cfg.model, self.data_shape)
                 self.noise = nt_mod.GeneratedNoise(noise_net)
-            self.noise.to(self.device)
+            self.noise.to(device=self.device, dtype=self.dtype if own else None)
         self.denoiser, self.lambda_dn = None, 0.0
         if "dfm" in self.units:
             if denoiser is None:
                 from ..models import build_denoiser_from_config
 
-                denoiser = build_denoiser_from_config(cfg.model, D.feature_dim)
+                denoiser = build_denoiser_from_config(cfg.model, D.feature_dim).to(self.dtype)
             self.denoiser = denoiser.to(self.device)
             self.lambda_dn = dfm_mod.default_lambda_denoise(D.feature_dim, m.dfm.lambda_denoise)
         # the fused denoiser shares self.denoiser's layers (parameters, buffers, state_dict keys)
@@ -276,7 +278,12 @@ class Method:
         """eps from the noise model (with a graph to its parameters), or None where the fused op draws it."""
         if draws.eps_draws is None:
             return None
-        return self.noise(draws.eps_draws)
+        eps = self.noise(draws.eps_draws)
+        if tuple(eps.shape[1:]) != self.data_shape:
+            # x + eps would broadcast a noise net of another shape over the data, silently
+            raise ValueError(f"noise_net: its output has sample shape {tuple(eps.shape[1:])}, the data have sample "
+                             f"shape {self.data_shape}")
+        return eps
 
     def _nt_batches(self, x_real, x_fake, draws, eps):
         nt = self.cfg.method.nt

@@ -28,6 +28,9 @@ __all__ = ["ModelConfig", "ARCHS", "ARCH_DEFAULTS", "Generator", "Discriminator"
 def _check(cfg, data_shape):
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+    from ..config import check_section
+
+    check_section(cfg, "model")  # a ModelConfig made in Python skips fastgan.config's validation
     shape = check_data_shape(data_shape)
     if cfg.arch == "dcgan" and len(shape) != 3:
         raise ValueError(f"data_shape: arch 'dcgan' needs images (C, H, W), got {tuple(data_shape)}")

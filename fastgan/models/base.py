@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
 
 
+def _index(n) -> int:
+    if isinstance(n, bool):
+        raise TypeError
+    return operator.index(n)  # int() would take 3.5 (as 3) or "3"
+
+
 def check_data_shape(data_shape) -> tuple[int, ...]:
     try:
-        shape = tuple(int(s) for s in data_shape)
+        shape = tuple(_index(s) for s in data_shape)
     except TypeError:
         raise ValueError(f"data_shape: expected a tuple of ints, got {data_shape!r}") from None
     if len(shape) not in (1, 3) or any(s < 1 for s in shape):
@@ -62,6 +69,13 @@ class Generator(nn.Module):
     def sample_latent(self, batch_size: int, generator: torch.Generator | None = None, device=None,
                       dtype=torch.float32) -> torch.Tensor:
         """Draw z from the prior (normal, or uniform on [-1, 1]) on `device` (default: the model's)."""
+        try:
+            n = _index(batch_size)
+        except TypeError:
+            n = -1
+        if n < 0:
+            raise ValueError(f"batch_size: must be an int >= 0, got {batch_size!r}")
+        batch_size = n
         if device is None:
             p = next(self.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")

@@ -119,13 +119,20 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
 def _check_distinct_running(named) -> None:
     """Running statistics are updated in place, each read before it is written: two of them in one memory
     would each see the other's update."""
-    seen = {}
+    if denoiser_eager._compiling():  # data_ptr is not traceable; the eager call checked the same buffers
+        return
+    spans = []
     for name, t in named:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen and t.numel():
-            raise ValueError(f"{name} shares its memory with {seen[ptr]}; running statistics must be separate "
-                             "tensors (each is updated in place)")
-        seen[ptr] = name
+        if not t.numel():
+            continue
+        # byte spans, not storages: disjoint slices of one buffer are separate statistics
+        start = t.data_ptr()
+        end = start + ((t.numel() - 1) * abs(t.stride(0)) + 1) * t.element_size()
+        for other, (s0, s1) in spans:
+            if start < s1 and s0 < end:
+                raise ValueError(f"{name} shares its memory with {other}; running statistics must be separate "
+                                 "tensors (each is updated in place)")
+        spans.append((name, (start, end)))
 
 
 def _contig(seq):

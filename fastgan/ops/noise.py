@@ -44,7 +44,10 @@ class NoiseState:
         seed = _check_seed(seed)
         dev = _check_device(device)
         try:
-            self.tensor = torch.tensor([seed, 0, 0], dtype=torch.int64, device=dev)
+            # not an inference tensor even when made under inference_mode: its draws, manual_seed and set_state
+            # update it in place, which torch refuses for inference tensors outside inference_mode
+            with torch.inference_mode(False):
+                self.tensor = torch.tensor([seed, 0, 0], dtype=torch.int64, device=dev)
         except (RuntimeError, AssertionError) as e:
             if dev is None or dev.type in ("cpu", "cuda"):
                 raise  # the device exists: this is some other failure
@@ -75,12 +78,18 @@ class NoiseState:
     def set_state(self, state: torch.Tensor) -> "NoiseState":
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
             raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
+        seed, offset, ticket = state.tolist()  # a host copy, as get_state's own; set_state is rare
+        # ticket != 0: the cuda and triton kernels' last-program test would never pass, nor advance the offset
+        if seed < 0 or offset < 0 or ticket != 0:
+            raise ValueError(f"state must be [seed >= 0, offset >= 0, 0] as NoiseState.get_state() returns, "
+                             f"got {[seed, offset, ticket]}")
         self.tensor.copy_(state)
         return self
 
     def clone(self) -> "NoiseState":
         other = NoiseState.__new__(NoiseState)
-        other.tensor = self.tensor.clone()
+        with torch.inference_mode(False):  # as in __init__
+            other.tensor = self.tensor.clone()
         return other
 
     def __repr__(self) -> str:
@@ -133,6 +142,14 @@ def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
         seed = int(torch.randint(0, 2**62, (1,)).item())
         _default_states[device] = NoiseState(seed, device)
     return _default_states[device]
+
+
+@_dispatch._constant_under_compile
+def _default_state_tensor(device: torch.device) -> torch.Tensor:
+    # Dynamo runs this at trace time and keeps the tensor in the graph: a first use inside torch.compile then
+    # draws the seed and creates the state once, as an eager call does (traced, the seed's .item() raised and
+    # the state would be created anew on every call)
+    return default_noise_state(device).tensor
 
 
 # ---------------------------------------------------------------- backend implementations (no autograd)
@@ -630,7 +647,8 @@ def _parse_noise(noise, x0, n_noisy, mode):
     """('sigma', value | tensor (C,), C) or ('eps', tensor (n_noisy, F), 1)."""
     # hot path for the common valid arguments; the general checks below give the errors
     if type(noise) is float:
-        if math.isfinite(noise):
+        # finite: math.isfinite cannot take the symbolic float Dynamo makes of a sigma that changes between calls
+        if noise - noise == 0:
             return "sigma", noise, 1
     elif (isinstance(noise, torch.Tensor) and noise.dtype in _FLOAT_DTYPES
           and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):
@@ -672,7 +690,7 @@ def _parse_noise(noise, x0, n_noisy, mode):
 
 def _state_tensor(state, device) -> torch.Tensor:
     if state is None:
-        return default_noise_state(device).tensor
+        return _default_state_tensor(device)
     t = state.tensor if type(state) is NoiseState else state
     if (type(t) is torch.Tensor and t.dtype is torch.int64 and t.shape == (3,) and t.is_contiguous()
             and t.device == device):

@@ -336,7 +336,10 @@ def _parse_mu(mu, device):
         if mu.requires_grad:
             raise ValueError("mu must not require grad: NTGAN samples mu ~ U(0, 1) each step; it is not learned")
         return mu, 0.0
-    return None, float(mu)
+    value = float(mu)
+    if value - value != 0:  # not math.isfinite: Dynamo makes a float that changes between calls symbolic
+        raise ValueError(f"mu must be finite, got {value}")
+    return None, value
 
 
 def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu: Union[float, torch.Tensor], *,

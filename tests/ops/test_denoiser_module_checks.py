@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+import torch._dynamo
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -168,3 +170,54 @@ def test_triton_gemms_refuse_sizes_past_their_int32_offsets(monkeypatch, call):
         run()
     monkeypatch.setattr(denoiser_gemm, "INT32_ELEMENTS", 16 * 16 + 1)
     run()
+
+
+def _compile_fullgraph(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+# ------------------------------------------------------------------ bn_relu's running statistics
+
+def test_bn_relu_with_running_stats_under_compile_fullgraph():
+    y, bias, gamma, beta = torch.randn(6, 5), torch.randn(5), torch.rand(5) + 0.5, torch.randn(5)
+    rm, rv = torch.zeros(5), torch.ones(5)
+    out = _compile_fullgraph(lambda y, rm, rv: bn_relu(y, bias, gamma, beta, rm, rv))(y, rm, rv)
+    rm2, rv2 = torch.zeros(5), torch.ones(5)
+    torch.testing.assert_close(out, F.relu(F.batch_norm(y + bias, rm2, rv2, gamma, beta, True, 0.1, 1e-5)))
+    torch.testing.assert_close((rm, rv), (rm2, rv2))
+
+
+def test_bn_relu_running_stats_in_disjoint_slices_of_one_buffer():
+    flat = torch.zeros(10)
+    flat[5:] = 1
+    y, gamma, beta = torch.randn(6, 5), torch.ones(5), torch.zeros(5)
+    bn_relu(y, None, gamma, beta, flat[:5], flat[5:])
+    rm, rv = torch.zeros(5), torch.ones(5)
+    F.batch_norm(y, rm, rv, gamma, beta, True, 0.1, 1e-5)
+    torch.testing.assert_close(flat, torch.cat([rm, rv]))
+
+
+@pytest.mark.parametrize("second", [slice(4, 9), slice(0, 5)], ids=["overlapping", "same"])
+def test_bn_relu_running_stats_overlapping_in_one_buffer_are_refused(second):
+    flat = torch.zeros(10)
+    y, gamma, beta = torch.randn(6, 5), torch.ones(5), torch.zeros(5)
+    with pytest.raises(ValueError, match="running_var shares its memory with running_mean"):
+        bn_relu(y, None, gamma, beta, flat[:5], flat[second])
+
+
+def test_functional_denoiser_loss_with_running_stats_under_compile_fullgraph():
+    den, _ = make_pair(hidden=16, depth=2, dtype=torch.float32, backend="cpu")
+    net = den.net
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    bns = [m for m in net if isinstance(m, nn.BatchNorm1d)]
+    h, noise = torch.randn(8, 12), torch.randn(8, 12)
+    args = ([m.weight for m in lin], [m.bias for m in lin], [m.weight for m in bns], [m.bias for m in bns])
+    running = lambda: ([m.running_mean.clone() for m in bns], [m.running_var.clone() for m in bns])  # noqa: E731
+    rm, rv = running()
+    rm2, rv2 = running()
+    got = _compile_fullgraph(lambda h, n: denoiser_loss(h, *args, rm, rv, noise=n))(h, noise)
+    want = denoiser_loss(h, *args, rm2, rv2, noise=noise)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close((rm, rv), (rm2, rv2))
+    assert not torch.equal(rm[0], running()[0][0])  # the compiled call did update them

@@ -1,0 +1,92 @@
+"""Edge cases of the methods as a user reaches them: fastgan.train(cfg) and fastgan.methods.Method."""
+import pytest
+import torch
+
+import fastgan
+from fastgan.config import ConfigError, coerce
+from fastgan.methods import Method
+from fastgan.models import build_discriminator, build_generator, build_noise_generator
+
+TINY = ["optim.batch_size=8", "model.g_hidden=[8]", "model.d_hidden=[8]", "run.steps=2", "run.log_every=1",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.progress=off", "run.tensorboard=false"]
+
+
+def train(tmp_path, *overrides):
+    return fastgan.train(None, overrides=[*TINY, f"run.dir={tmp_path / 'run'}", *overrides])
+
+
+# the double backward of r1 / r2 / f, and of every penalty under NT's weights or learned noise, ran unreported:
+# penalty_modes (and the CLI's "penalty gradients" line) said no penalty ran
+@pytest.mark.parametrize("overrides", [
+    ["method.roth.penalty=r1"], ["method.roth.penalty=r2"], ["method.loss=fgan", "method.roth.penalty=f"],
+    ["method.name=roth+nt", "method.nt.noise=fixed"], ["method.name=roth+nt"],
+    ["method.name=roth+nt", "method.nt.noise=learned_sigma", "method.roth.mode=auto"]])
+def test_penalty_modes_report_every_double_backward(tmp_path, overrides):
+    r = train(tmp_path, *overrides)
+    assert "penalty" in r.losses
+    assert r.penalty_modes == ("double_backward",)
+
+
+def test_nt_half_batches_with_dfm_need_two_clean_rows(tmp_path):
+    # the denoiser trains on the m // 2 clean rows of a half batch, through training-mode BatchNorm
+    with pytest.raises(ConfigError, match=r"^optim\.batch_size: .*half.*>= 4, got 3"):
+        train(tmp_path, "method.name=nt+dfm", "method.nt.batch=half", "optim.batch_size=3")
+    assert not (tmp_path / "run").exists()
+    coerce(None, ["method.name=nt+dfm", "method.nt.batch=half", "optim.batch_size=4"])
+    coerce(None, ["method.name=nt", "method.nt.batch=half", "optim.batch_size=3"])  # no denoiser: fine
+    coerce(None, ["method.name=nt+dfm", "method.nt.batch=full", "optim.batch_size=2"])
+
+
+def test_adam_betas_of_one_are_config_errors():
+    for key in ("beta1", "beta2"):
+        with pytest.raises(ConfigError, match=rf"^optim\.{key}: must be < 1 for optim\.optimizer='adam'"):
+            coerce(None, [f"optim.{key}=1"])
+        coerce(None, [f"optim.{key}=1", "optim.optimizer=sgd"])  # SGD reads no betas
+    coerce(None, ["optim.beta1=0.999999", "optim.beta2=0"])
+
+
+def test_mlp_mode_with_maxout_discriminator_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^method\.roth\.mode: 'mlp' needs a discriminator made of Linear/Conv "
+                                          r"layers.*model\.arch='goodfellow'"):
+        coerce(None, ["method.roth.mode=mlp", "model.arch=goodfellow"])
+    coerce(None, ["method.name=gan", "method.roth.mode=mlp", "model.arch=goodfellow"])  # roth off: unused
+    coerce(None, ["method.roth.mode=auto", "model.arch=goodfellow"])
+
+
+@pytest.mark.parametrize("loss", ["least_squares", "wgan_gp"])
+def test_saturating_g_loss_without_a_saturating_form_is_refused(loss):
+    with pytest.raises(ConfigError, match=rf"^method\.g_loss: 'saturating' .*method\.loss={loss!r}"):
+        coerce(None, ["method.name=gan", f"method.loss={loss}", "method.g_loss=saturating"])
+    coerce(None, ["method.name=gan", f"method.loss={loss}", "method.g_loss=nonsaturating"])
+    coerce(None, ["method.name=gan", "method.loss=fgan", "method.g_loss=saturating"])
+
+
+def _method(name, dtype, *overrides, noise_net=None, shape=(3,)):
+    cfg = coerce(None, [f"method.name={name}", "optim.batch_size=6", "model.g_hidden=[8]", "model.d_hidden=[8]",
+                        *overrides])
+    G = build_generator(cfg.model, shape).to(dtype)
+    D = build_discriminator(cfg.model, shape).to(dtype)
+    return Method(cfg, G, D, device="cpu", generator=torch.Generator().manual_seed(0), noise_net=noise_net)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name,overrides", [
+    ("nt", []), ("nt", ["method.nt.noise=learned_sigma"]), ("nt", ["method.nt.noise=fixed"]),
+    ("dfm", ["method.dfm.fused=false"]), ("roth+nt+dfm", ["method.dfm.fused=false"])])
+def test_method_builds_its_noise_model_and_denoiser_in_the_models_dtype(dtype, name, overrides):
+    M = _method(name, dtype, *overrides)
+    for mod in (M.noise, M.denoiser):
+        for t in ([] if mod is None else [*mod.parameters(), *mod.buffers()]):
+            assert t.dtype == dtype or not t.is_floating_point()  # BatchNorm's num_batches_tracked: int64
+    stats = M.train_step(1, lambda m: torch.randn(m, 3, dtype=dtype))
+    assert all(torch.isfinite(v).all() for v in stats.values())
+
+
+@pytest.mark.parametrize("noise_shape", [(1,), (2,), (3, 1, 1)])
+def test_noise_net_of_another_shape_is_refused(noise_shape):
+    # a (m, 1) noise would broadcast over the 3 coordinates: one shared noise value, penalty on a third of it
+    cfg = coerce(None, ["model.g_hidden=[8]"])
+    net = build_noise_generator(cfg.model, noise_shape)
+    M = _method("nt", torch.float32, noise_net=net)
+    with pytest.raises(ValueError, match=r"noise_net: .*sample shape \(3,\)"):
+        M.train_step(1, lambda m: torch.randn(m, 3))

@@ -1,0 +1,133 @@
+"""Edge cases of the NTGAN ops found by an adversarial review: calls a user makes that broke (a float sigma that
+changes under torch.compile, the default noise state first used inside a compiled function or under
+inference_mode, a non-finite float mu, Triton's int32 logit offsets), and bn_relu cases still open."""
+import math
+
+import pytest
+import torch
+import torch._dynamo
+
+from fastgan.ops import NoiseState, default_noise_state, noisy_clean_batch, nt_losses
+from fastgan.ops import noise as N
+
+
+def _compile(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+# ------------------------------------------------------------------ noisy_clean_batch under torch.compile
+
+def test_compiled_batch_takes_a_float_sigma_that_changes_between_calls():
+    """An annealed fixed sigma: from its second value on Dynamo traces the float symbolically, where
+    math.isfinite cannot run (fullgraph=True raised Unsupported)."""
+    x = torch.randn(4, 3)
+    f = _compile(lambda x, s, st: noisy_clean_batch(x, x, s, state=st, backend="cpu"))
+    for sigma in (0.1, 0.2, 0.3):
+        got = f(x, sigma, NoiseState(5).tensor)
+        want = noisy_clean_batch(x, x, sigma, state=NoiseState(5), backend="cpu")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+def test_default_state_first_used_inside_compile_is_seeded_like_eager(monkeypatch):
+    """Without `state`, the first call creating the default state inside a compiled function raised (a guard
+    on the data-dependent seed); it is now created once, as an eager first call would, and advances."""
+    monkeypatch.setattr(N, "_default_states", {})
+    x = torch.zeros(4, 3)
+    f = _compile(lambda x: noisy_clean_batch(x, None, 1.0, backend="cpu")[0])
+    torch.manual_seed(123)
+    a, b = f(x), f(x)
+    assert not torch.equal(a, b) and default_noise_state("cpu").offset == 6
+    monkeypatch.setattr(N, "_default_states", {})
+    torch.manual_seed(123)
+    assert torch.equal(noisy_clean_batch(x, None, 1.0, backend="cpu")[0], a)
+
+
+# ------------------------------------------------------------------ NoiseState under inference_mode
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_states_created_under_inference_mode_work_outside_it(monkeypatch, backend):
+    """A first call in an inference_mode evaluation created the default state as an inference tensor: the
+    reference backend's draw, manual_seed and set_state then raised outside inference_mode."""
+    monkeypatch.setattr(N, "_default_states", {})
+    x = torch.randn(4, 3)
+    with torch.inference_mode():
+        noisy_clean_batch(x, None, 0.5, backend=backend)
+        own = NoiseState(7)
+        copy = own.clone()
+    for st in (default_noise_state("cpu"), own, copy):
+        noisy_clean_batch(x, None, 0.5, state=st, backend=backend)
+        st.set_state(st.manual_seed(3).get_state())
+        assert (st.seed, st.offset) == (3, 0)
+
+
+@pytest.mark.parametrize("bad", [[5, 0, 7], [-5, 0, 0], [5, -1, 0]])
+def test_set_state_refuses_what_get_state_never_returns(bad):
+    """A hand-made [seed, offset, ticket] with a nonzero ticket was taken: the cuda and triton kernels then never
+    advanced the offset (the last program is the one that draws ticket n - 1), so every call drew the same noise."""
+    st = NoiseState(1)
+    with pytest.raises(ValueError, match="state "):
+        st.set_state(torch.tensor(bad))
+    assert st.get_state().tolist() == [1, 0, 0]
+
+
+# ------------------------------------------------------------------ nt_losses
+
+@pytest.mark.parametrize("mu", [math.nan, math.inf, -math.inf])
+def test_non_finite_float_mu_is_refused(mu):
+    """As a non-finite float sigma is: a NaN mu made every loss NaN without a word."""
+    with pytest.raises(ValueError, match="mu must be finite"):
+        nt_losses(torch.zeros(4), torch.zeros(4), mu)
+
+
+def test_compiled_losses_still_take_a_float_mu_that_changes_between_calls():
+    lr, lf = torch.randn(6), torch.randn(6)
+    f = _compile(lambda lr, lf, mu: nt_losses(lr, lf, mu, backend="cpu"))
+    for mu in (0.1, 0.2, 0.3):
+        torch.testing.assert_close(f(lr, lf, mu), nt_losses(lr, lf, mu, backend="cpu"))
+
+
+class _Launches:
+    """Stands in for a Triton kernel, recording each launch's arguments."""
+
+    def __init__(self, kernel, seen, sizes_at):
+        self.kernel, self.seen, self.sizes_at = kernel, seen, sizes_at
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.seen.append(args[self.sizes_at:self.sizes_at + 4])  # NR, NF, sr, sf
+            return launch(*args, **kwargs)
+        return run
+
+
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+def test_triton_strided_logits_past_int32_offsets_are_read_contiguously(monkeypatch, loss, js):
+    """The Triton kernels index logits with k * stride in int32 (kept: an int64 variant spills registers,
+    tests/test_triton_compile.py); a side whose last offset reaches DENSE_FROM (2**31, lowered here) is passed
+    as a contiguous copy, with the same values and gradients."""
+    from fastgan.kernels import nt_losses as kn
+
+    base = 3 * torch.randn(8, 5, dtype=torch.float64)
+    want = None
+    for dense_from in (2 ** 31, 16):
+        monkeypatch.setattr(kn, "DENSE_FROM", dense_from, raising=False)
+        seen = []
+        monkeypatch.setattr(kn, "_forward_kernel", _Launches(kn._forward_kernel, seen, 8))
+        monkeypatch.setattr(kn, "_backward_kernel", _Launches(kn._backward_kernel, seen, 9))
+        src = base.clone().requires_grad_()
+        lr, lf = src[:, 1], src[:, 3:4]  # strides 5: last offsets 35 and 35
+        out = nt_losses(lr, lf, 0.3, loss=loss, js_weights=js, backend="triton")
+        outs = out if js else (out,)
+        total = outs[0] + sum((w * torch.linspace(-1, 1, w.numel()).view(w.shape)).sum() for w in outs[1:])
+        got = (*outs, torch.autograd.grad(total, src)[0])
+        monkeypatch.undo()
+        assert len(seen) == 2
+        for n_r, n_f, s_r, s_f in seen:
+            assert all(n < 2 or (n - 1) * s < dense_from for n, s in ((n_r, s_r), (n_f, s_f))), (dense_from, seen)
+        if want is None:
+            want = got
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)

@@ -1,0 +1,48 @@
+"""`fastgan train` given what a hostile but realistic user types: each bad value is one line and exit 2, before any
+run folder is made; a --set of a string field takes the text as typed."""
+import pytest
+import yaml
+
+from fastgan.cli import main
+
+TINY = ["optim.batch_size=8", "model.g_hidden=[8]", "model.d_hidden=[8]", "run.steps=2", "run.sample_every=0",
+        "run.checkpoint_every=0", "run.progress=off", "run.tensorboard=false"]
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (["optim.beta1=1"], "optim.beta1"), (["optim.beta2=1.0"], "optim.beta2"),
+    (["method.roth.mode=mlp", "model.arch=goodfellow"], "method.roth.mode"),
+    (["method.name=nt+dfm", "method.nt.batch=half", "optim.batch_size=3"], "optim.batch_size"),
+    (["method.loss=least_squares", "method.name=gan", "method.g_loss=saturating"], "method.g_loss"),
+])
+def test_config_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, overrides, field):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--set", *TINY, f"run.dir={run_dir}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastgan train: error: {field}: ") and err.count("\n") == 1, err
+    assert not run_dir.exists()
+
+
+def test_cli_reports_the_penalty_of_r1(tmp_path, capsys):
+    assert main(["train", "--set", *TINY, f"run.dir={tmp_path / 'run'}", "method.roth.penalty=r1"]) == 0
+    assert "penalty gradients: double_backward" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("item,key,value", [
+    ("run.name=2024", "name", "2024"), ("run.name=0x10", "name", "0x10"), ("run.name=1.50", "name", "1.50"),
+    ("run.out_dir=123", "out_dir", "123"), ("run.dir=true", "dir", "true"), ("run.dir=null", "dir", None),
+    ("run.name='quoted 1'", "name", "quoted 1"), ("run.steps=0x10", "steps", 16)])
+def test_set_of_a_string_field_keeps_the_text(capsys, item, key, value):
+    assert main(["train", "--print-config", "--set", item]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["run"][key] == value
+
+
+def test_set_of_a_number_for_a_number_field_still_checks_it(capsys):
+    assert main(["train", "--print-config", "--set", "run.steps=ten"]) == 2
+    assert "run.steps: must be an integer, got 'ten'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item", [".run.steps=3", "run..steps=3", "run.=3", "run.steps.=3"])
+def test_set_with_an_empty_name_between_dots(capsys, item):
+    assert main(["train", "--print-config", "--set", item]) == 2
+    assert "a key is dot-separated field names, e.g. run.steps; this one has an empty name" in capsys.readouterr().err
