@@ -1,4 +1,5 @@
-"""Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`."""
+"""Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`,
+`python -m fastgan crosstest RUN_A RUN_B`."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_cli = None
     if add_cli is not None:
         add_cli(sub)
+        from .crosstest import add_cli as add_crosstest
+
+        add_crosstest(sub)
     return p
 
 

@@ -1,0 +1,79 @@
+"""Roth et al.'s pairwise cross-testing protocol (section 5.5).
+
+Each model's discriminator classifies held-out real samples against its own generator's samples (its confusion
+matrix), then the other model's generated samples. The discriminator that calls fewer of the other model's
+samples real (lower cross-testing FP, then lower FN) defines the better model: it is not fooled by samples it
+was not trained against, which the paper reads as better generalization.
+
+"Real" is D(x) > 1/2, i.e. a logit > 0. Discriminators classify in eval mode (BatchNorm with its running
+statistics): a sample's label must not depend on the batch it comes in.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._args import as_points, check_finite, positive_int
+
+
+def _samples(x, name: str) -> torch.Tensor:
+    x = as_points(x, name)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty batch of samples (N, ...), got shape {tuple(x.shape)}")
+    check_finite(x, name)
+    return x
+
+
+def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
+    """The fraction of samples x that D classifies as real (logit > 0), in eval mode, without gradients."""
+    if not callable(D):
+        raise TypeError(f"D: expected a discriminator module, got {type(D).__name__}")
+    x = _samples(x, "x")
+    batch_size = positive_int(batch_size, "batch_size")
+    was = getattr(D, "training", None)
+    p = next(D.parameters(), None) if isinstance(D, nn.Module) else None
+    if isinstance(D, nn.Module):
+        D.eval()
+    real = 0
+    try:
+        with torch.no_grad():
+            for i in range(0, x.shape[0], batch_size):
+                chunk = x[i:i + batch_size]
+                if p is not None:  # samples from anywhere (numpy, the host) meet D where it lives
+                    chunk = chunk.to(p.device, p.dtype)
+                logits = D(chunk)
+                if not isinstance(logits, torch.Tensor) or logits.numel() != chunk.shape[0]:
+                    raise ValueError(f"D: expected one logit per sample ({chunk.shape[0]}), got "
+                                     f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)}")
+                real += int((logits.reshape(-1) > 0).sum())
+    finally:
+        if isinstance(D, nn.Module):
+            D.train(was)
+    return real / x.shape[0]
+
+
+def confusion(D: nn.Module, real, fake, batch_size: int = 1024) -> dict:
+    """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn."""
+    tp = real_fraction(D, _samples(real, "real"), batch_size)
+    fp = real_fraction(D, _samples(fake, "fake"), batch_size)
+    return {"tp": tp, "fn": 1.0 - tp, "fp": fp, "tn": 1.0 - fp}
+
+
+def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int = 1024) -> dict:
+    """Cross-test model 1 (D1 and samples fake1 of its G) against model 2 on held-out real samples.
+
+    Returns {"model1": {tp, fn, fp, tn, cross_fp}, "model2": {...}, "better": 1 | 2 | None}, where model i's
+    cross_fp is the fraction of the other model's samples its D calls real; "better" is the model with the
+    lower cross_fp, then the lower fn (None on a tie).
+    """
+    real = _samples(real, "real")
+    fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
+    for name, f in (("fake1", fake1), ("fake2", fake2)):
+        if f.shape[1:] != real.shape[1:]:
+            raise ValueError(f"{name}: samples of shape {tuple(f.shape[1:])}, real samples of shape "
+                             f"{tuple(real.shape[1:])}")
+    out = {"model1": {**confusion(D1, real, fake1, batch_size), "cross_fp": real_fraction(D1, fake2, batch_size)},
+           "model2": {**confusion(D2, real, fake2, batch_size), "cross_fp": real_fraction(D2, fake1, batch_size)}}
+    key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
+    out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)
+    return out

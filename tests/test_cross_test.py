@@ -1,0 +1,181 @@
+"""Roth et al.'s cross-testing (section 5.5): fastgan.metrics.cross_test on hand-made discriminators, and
+`fastgan crosstest` on two short runs."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastgan
+from fastgan import crosstest
+from fastgan.cli import main
+from fastgan.metrics import confusion, cross_test, real_fraction
+
+
+def threshold_d(t: float) -> nn.Module:
+    """Calls a point real when its first coordinate exceeds t."""
+    d = nn.Linear(2, 1)
+    with torch.no_grad():
+        d.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        d.bias.fill_(-t)
+    return d
+
+
+def points(*first) -> torch.Tensor:
+    return torch.tensor([[v, 0.0] for v in first])
+
+
+def test_rates_are_the_fractions_each_d_calls_real():
+    real = points(1, 1, 1, 0.2)
+    fake1, fake2 = points(0, 0, 0.6, 0.6), points(0.9, 0.9, 0.9, 0)
+    d1, d2 = threshold_d(0.5), threshold_d(0.95)
+    r = cross_test(d1, fake1, d2, fake2, real)
+    assert r["model1"] == {"tp": 0.75, "fn": 0.25, "fp": 0.5, "tn": 0.5, "cross_fp": 0.75}
+    assert r["model2"] == {"tp": 0.75, "fn": 0.25, "fp": 0.0, "tn": 1.0, "cross_fp": 0.0}
+    assert r["better"] == 2  # D2 is not fooled by model 1's samples
+    swapped = cross_test(d2, fake2, d1, fake1, real)
+    assert swapped["better"] == 1 and swapped["model1"] == r["model2"]
+
+
+def test_ties_on_cross_fp_go_to_the_lower_fn_then_none():
+    real = points(1, 0.7)
+    d1, d2 = threshold_d(0.5), threshold_d(0.8)  # d2 calls the 0.7 real sample fake
+    fake = points(0, 0)
+    assert cross_test(d1, fake, d2, fake, real)["better"] == 1
+    assert cross_test(d1, fake, d1, fake, real)["better"] is None
+
+
+def test_classifies_in_eval_mode_and_restores_the_mode():
+    torch.manual_seed(0)
+    d = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    d.train()
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    x = torch.randn(100, 2)
+    one = real_fraction(d, x, batch_size=1)  # a 1-sample batch would fail in training-mode BatchNorm
+    assert real_fraction(d, x, batch_size=64) == one
+    assert d.training
+    for k, v in d.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    want = float((d.eval()(x).reshape(-1) > 0).float().mean())
+    assert one == pytest.approx(want)
+
+
+def test_numpy_and_float64_samples_meet_d_on_its_dtype():
+    d = threshold_d(0.5)
+    assert real_fraction(d, np.array([[1.0, 0.0], [0.0, 0.0]])) == 0.5
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda d: real_fraction(d, torch.zeros(0, 2)), ValueError, r"x: expected a non-empty batch"),
+    (lambda d: real_fraction(d, torch.tensor([[float("nan"), 0.0]])), ValueError, r"x: contains 1 non-finite"),
+    (lambda d: real_fraction(d, points(1), batch_size=0), ValueError, r"batch_size: must be >= 1"),
+    (lambda d: real_fraction("d", points(1)), TypeError, r"D: expected a discriminator"),
+    (lambda d: real_fraction(nn.Linear(2, 2), points(1, 0)), ValueError, r"D: expected one logit per sample \(2\)"),
+    (lambda d: confusion(d, points(1), torch.zeros(3)), ValueError, r"fake: expected a non-empty batch"),
+    (lambda d: cross_test(d, torch.zeros(2, 3), d, points(0), points(1)), ValueError,
+     r"fake1: samples of shape \(3,\), real samples of shape \(2,\)"),
+])
+def test_bad_arguments_name_themselves(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(threshold_d(0.5))
+
+
+# ------------------------------------------------------------------------------------------ two runs
+
+TINY = ["optim.batch_size=32", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=5",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.progress=off", "run.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("xt")
+    fastgan.train(None, overrides=[*TINY, f"run.dir={d / 'gan'}", "method.name=gan"])
+    fastgan.train(None, overrides=[*TINY, f"run.dir={d / 'roth'}", "method.name=roth", "run.seed=1"])
+    return d / "gan", d / "roth"
+
+
+def test_runs_are_cross_tested_with_their_own_models(two_runs):
+    a, b = two_runs
+    r = crosstest.cross_test_runs(a, b, samples=300, seed=3)
+    assert r["runs"] == [str(a), str(b)] and r["steps"] == [5, 5] and r["generated"] == 300
+    assert r["real"] == "300 fresh draws of roth3d"
+    # recomputed from the checkpoints with the same draws: the real samples come first from the seeded generator
+    g = torch.Generator().manual_seed(3)
+    real, _ = crosstest.held_out_real(fastgan.config.load_config(a / "config.yaml").data, 300, "cpu", g)
+    for i, run in ((1, a), (2, b)):
+        m = crosstest.load_run(run, (3,))
+        assert r[f"model{i}"]["tp"] == real_fraction(m.D, real)
+        assert 0.0 <= r[f"model{i}"]["cross_fp"] <= 1.0
+    key = {i: (r[f"model{i}"]["cross_fp"], r[f"model{i}"]["fn"]) for i in (1, 2)}
+    assert r["better"] == (None if key[1] == key[2] else min((1, 2), key=key.get))
+
+
+def test_cli_prints_the_report_and_json(two_runs, capsys):
+    a, b = two_runs
+    assert main(["crosstest", str(a), str(b), "--samples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "cross-testing FP: the other's samples called real" in out and f"model 2: {b} (step 5)" in out
+    assert main(["crosstest", str(a), str(b), "--samples", "200", "--json"]) == 0
+    import json
+
+    assert set(json.loads(capsys.readouterr().out)) >= {"model1", "model2", "better", "real"}
+
+
+@pytest.mark.parametrize("args, code, match", [
+    (["{a}", "{missing}"], 1, "checkpoint not found"),
+    (["{a}", "{b}", "--device", "gpu"], 2, "--device: must be one of"),
+    (["{a}", "{b}", "--samples", "0"], 1, "samples: must be >= 1"),
+])
+def test_cli_errors_are_one_line(two_runs, tmp_path, capsys, args, code, match):
+    a, b = two_runs
+    argv = [s.format(a=a, b=b, missing=tmp_path / "none") for s in args]
+    assert main(["crosstest", *argv]) == code
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_on_different_data_are_refused(two_runs, tmp_path):
+    a, _ = two_runs
+    c = tmp_path / "ring"
+    fastgan.train(None, overrides=[*TINY, f"run.dir={c}", "method.name=gan", "data.name=ring8"])
+    with pytest.raises(ValueError, match=r"trained on different data \(data\.name: 'roth3d' vs 'ring8'\)"):
+        crosstest.cross_test_runs(a, c, samples=10)
+
+
+def _npz(path, n=12):
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, size=(n, 1, 8, 8), dtype=np.uint8))
+
+
+def test_image_runs_use_held_out_samples_or_say_they_have_none(tmp_path):
+    _npz(tmp_path / "x.npz")
+    base = [*TINY[3:-1], "run.steps=2", "data.name=npz", f"data.path={tmp_path / 'x.npz'}", "model.arch=dcgan",
+            "model.dcgan_width=4", "model.latent_dim=8", "optim.batch_size=4"]
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'a'}", "data.holdout=4"])
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'b'}", "data.holdout=4", "run.seed=1"])
+    r = crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
+    assert r["real"] == "the data.holdout=4 samples held out of training (4 samples)"
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'c'}"])
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'd'}"])
+    with pytest.raises(ValueError, match=r"data\.name='npz' has no held-out real samples"):
+        crosstest.cross_test_runs(tmp_path / "c", tmp_path / "d", samples=10)
+
+
+def _idx(path, n, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + pixels.tobytes())
+
+
+def test_fashion_mnist_runs_use_the_test_split(tmp_path):
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    _idx(data / "train-images-idx3-ubyte", 16, 0)
+    _idx(data / "t10k-images-idx3-ubyte", 6, 1)
+    base = [*TINY[3:-1], "run.steps=1", "data.name=fashion_mnist", f"data.path={data}", "model.arch=dcgan",
+            "model.dcgan_width=4", "model.latent_dim=8", "optim.batch_size=4"]
+    for name in "ab":
+        fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}"])
+    r = crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
+    assert r["real"] == "fashion_mnist test split (6 samples)"
+    test = torch.from_numpy(np.fromfile(data / "t10k-images-idx3-ubyte", np.uint8, offset=16).reshape(6, 1, 28, 28))
+    m = crosstest.load_run(tmp_path / "a", (1, 28, 28))
+    assert r["model1"]["tp"] == real_fraction(m.D, test.float() / 127.5 - 1)
