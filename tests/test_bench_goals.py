@@ -2,6 +2,7 @@
 a synthetic run whose verdicts are known."""
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_synthetic_run_verdicts():
     assert goals.graph_rows(run) == [("test_graphed_d_update[mlp-jvp-cuda]", 0.3, 1.31, False)]
     # lazy regularization is a different algorithm: listed apart, never a "met" of the penalty goal
     assert goals.lazy_rows(run) == [("test_graphed_d_update_lazy[dcgan32-jvp-every8]", 2.2, 1.25, True)]
-    assert goals.denoiser_rows(run) == [("test_graphed_denoiser_loss[nh512-cuda] (graphed)", 2.5, True)]
+    assert goals.denoiser_rows(run) == [("test_graphed_denoiser_loss[nh512-cuda] (graphed)", None, 2.5, True)]
     cpu = {name: (base, round(r, 3), ok) for name, base, r, ok in goals.cpu_rows(run)}
     assert cpu == {"test_nt_losses_forward_backward[N512]": ("torch", 0.9, True),
                    "test_op_forward_backward[B512-F3]": ("reference", 1.2, False)}
@@ -60,8 +61,17 @@ def test_h100_results_read_as_measured():
     assert bw["test_penalty[forward-B64k-F3072-cuda-dtype0]"] == (1.01, True)
     assert bw["test_noisy_clean_batch[forward-cuda]"] == (0.28, False)
     assert not any("reference" in n for n in bw)
-    den = goals.denoiser_rows(benchmarks)
-    assert den and all(n.endswith("(eager)") and not ok for n, _, ok in den)
+    den = {n: (round(ms, 3), round(s, 2), ok) for n, ms, s, ok in goals.denoiser_rows(benchmarks)}
+    assert den and all(n.endswith("(eager)") and not ok for n, (_, _, ok) in den.items())
+    # eager: the fused path's median step in ms beside its speed-up over the reference of the same case
+    cuda = next(b for b in benchmarks if b["name"] == "test_denoiser_loss_forward_backward[cuda-cuda-nh512-d3-B512]")
+    ref = next(b for b in benchmarks
+               if b["name"] == "test_denoiser_loss_forward_backward[cuda-reference-nh512-d3-B512]")
+    assert den["test_denoiser_loss_forward_backward[cuda-cuda-nh512-d3-B512] (eager)"] == (
+        round(cuda["stats"]["median"] * 1e3, 3), round(ref["stats"]["median"] / cuda["stats"]["median"], 2), False)
+    # what that run did not measure of the goals: the closed form and B=256 for the DCGAN32 D (added since)
+    assert goals.missing(benchmarks) == [("D update with the penalty", [
+        "DCGAN32 B=64 mlp", "DCGAN32 B=256 double_backward", "DCGAN32 B=256 jvp", "DCGAN32 B=256 mlp"])]
 
 
 @pytest.mark.parametrize("name,baseline", [("test_nt_losses_forward_backward[N8192]", "torch"),
@@ -140,3 +150,122 @@ def test_gpu_check_passes_the_penalty_counts(capsys):
     assert Path(ROOT / path).name.startswith("costs-2")
     assert goals.main([str(ROOT / "bench" / "results" / "h100-2026-11-24.json"), "--costs", str(ROOT / path)]) == 0
     assert "against its counted costs" in capsys.readouterr().out
+
+
+def _bench_module(name):
+    """A bench/ module as pytest loads it there (bench/ on sys.path for its own imports)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"goals_test_{name}", ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+def _parametrized(fn):
+    """(id, {argname: value}) of each case of a test with one parametrize mark given explicit ids."""
+    (mark,) = [m for m in fn.pytestmark if m.name == "parametrize"]
+    names, values = mark.args
+    names = [n.strip() for n in names.split(",")]
+    return [(i, dict(zip(names, v))) for i, v in zip(mark.kwargs["ids"], values)]
+
+
+def test_every_case_the_gpu_goals_name_gets_a_row():
+    """A synthetic GPU run with the names and extra_info keys bench_graph_step.py and bench_bandwidth.py give
+    their benchmarks (cases read off their parametrize marks; batches from bench_penalty_modes._case): every goal
+    table has its rows and no case of the issue is missing. A case renamed or dropped in the bench files shows as a
+    gap here (and in goals.py's last section on a GPU run), instead of a silently shorter table."""
+    graph, modes = _bench_module("bench_graph_step"), _bench_module("bench_penalty_modes")
+    src = {f: (ROOT / "bench" / f).read_text() for f in ("bench_graph_step.py", "bench_bandwidth.py")}
+    for key in ("ratio_vs_unregularized", "ms_per_update", "amortized_ratio_vs_unregularized", "ms_per_step",
+                "speedup_vs_reference"):
+        assert f'"{key}"' in src["bench_graph_step.py"], key
+    assert "fraction_of_copy" in src["bench_bandwidth.py"]
+    for op in goals.BANDWIDTH_OPS:
+        assert f'op="{op}"' in src["bench_bandwidth.py"], op
+    gpu = "NVIDIA H200"
+    run = [_bench("test_00_device_copy", 1e-3, device=gpu, op="copy", GB_per_s=4000.0)]
+    run += [_bench(f"test_bandwidth[{op}-{be}]", 1e-3, device=gpu, op=op, backend=be, GB_per_s=3600.0,
+                   fraction_of_copy=0.9) for op in goals.BANDWIDTH_OPS for be in ("cuda", "triton")]
+    for i, case in _parametrized(graph.test_graphed_d_update):
+        batch = modes._case(case["model"], "cpu", width=1)[1].shape[0]
+        info = dict(case, device=gpu, batch=batch, ms_per_update=0.3)
+        if case["mode"] != "unregularized":
+            info["ratio_vs_unregularized"] = 1.2
+        run.append(_bench(f"test_graphed_d_update[{i}]", 1e-3, **info))
+    for i, case in _parametrized(graph.test_graphed_d_update_lazy):
+        run.append(_bench(f"test_graphed_d_update_lazy[{i}]", 1e-3, **case, device=gpu, ms_per_update=0.3,
+                          amortized_ratio_vs_unregularized=1.1))
+    for i, case in _parametrized(graph.test_graphed_denoiser_loss):
+        info = dict(case, device=gpu, ms_per_step=0.5)
+        if case["impl"] != "reference":
+            info["speedup_vs_reference"] = 2.5
+        run.append(_bench(f"test_graphed_denoiser_loss[{i}]", 1e-3, **info))
+    assert goals.missing(run) == []
+    assert len(goals.bandwidth_rows(run)) == 6
+    assert {n.split("[")[1].split("-")[0] for n, *_ in goals.graph_rows(run)} >= {"mlp_leaky", "dcgan32",
+                                                                                  "dcgan32_b256"}
+    assert len(goals.denoiser_rows(run)) == 16 and all(ok for *_, ok in goals.denoiser_rows(run))
+    assert len(goals.lazy_rows(run)) == len(graph.LAZY_CASES)
+    assert "every case they name was measured" in goals.missing_report(run)
+    # a run cut short: the B=256 DCGAN32 and one denoiser size gone, the Triton losses failed
+    cut = [b for b in run if "dcgan32_b256" not in b["name"] and "nh2048-d6-B512" not in b["name"]
+           and b["name"] != "test_bandwidth[nt_losses-triton]"]
+    assert goals.missing(cut) == [
+        ("D update with the penalty", ["DCGAN32 B=256 double_backward", "DCGAN32 B=256 jvp", "DCGAN32 B=256 mlp"]),
+        ("denoiser", ["nh2048-d6-B512 cuda", "nh2048-d6-B512 triton"]),
+        ("bandwidth", ["nt_losses triton"])]
+
+
+def test_cli_lists_the_gpu_goals_cases_not_measured(tmp_path, capsys):
+    """Over all files given (gpu_check.sh quick writes the bandwidth and the graphed runs apart), only when one holds
+    a GPU run."""
+    assert goals.main([str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
+    assert "Issue 5's GPU goals" not in capsys.readouterr().out
+    empty = tmp_path / "bench-graph.json"
+    empty.write_text("")  # the graphed run left no results
+    assert goals.main([str(ROOT / "bench" / "results" / "h100-2026-11-24.json"), str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert "### Issue 5's GPU goals: cases not measured in these files" in out
+    assert "- D update with the penalty: DCGAN32 B=64 mlp, DCGAN32 B=256 double_backward" in out
+
+
+def _gpu_check():
+    return (ROOT / "tools" / "gpu_check.sh").read_text()
+
+
+def test_gpu_check_stops_stages_with_sigint():
+    """A stage cut by `timeout`'s default SIGTERM dies without pytest-benchmark writing its JSON (an empty file: every
+    finished benchmark lost) and without pytest's -rfE summary; with SIGINT pytest ends the session and writes both.
+    Every pytest call of the script goes through stop_at (timeout -s INT)."""
+    script = _gpu_check()
+    assert 'stop_at() { timeout -s INT -k 30 "$@"; }' in script
+    lines = script.splitlines()
+    # each call with the line before it (sanitize starts the command there): quick 3, tests, bench, tiles, sanitize
+    calls = [prev + ln for prev, ln in zip([""] + lines, lines) if "python3 -m pytest" in ln]
+    assert len(calls) == 7 and all("stop_at " in c for c in calls), calls
+
+
+def test_gpu_check_quick_writes_what_goals_reads():
+    script = _gpu_check()
+    quick = script[script.index("if [[ $what == quick ]]"):script.index("if [[ $what == tests")]
+    jsons = re.findall(r'--benchmark-json "\$OUT/([\w-]+\.json)"', quick)
+    assert sorted(jsons) == ["bench-bandwidth.json", "bench-graph.json"]
+    goals_line = next(ln for ln in quick.splitlines() if "bench/goals.py" in ln)
+    assert all(f'"$OUT/{j}"' in goals_line for j in jsons)
+
+
+@pytest.mark.parametrize("elapsed,want,reserve,limit", [(60, 240, 215, 240), (400, 240, 215, 30), (300, 240, 215, 55),
+                                                        (500, 140, 5, 65), (0, 3, 215, 3), (560, 20, 5, 20)])
+def test_gpu_check_quick_cuts_its_limits_to_end_in_time(elapsed, want, reserve, limit):
+    """quick's stages get their limits, or less so that the call ends within QUICK_LIMIT (570) s of the start
+    (at least 30 s each): a slow build shortens them rather than the device tool killing the call at 600 s."""
+    quick = _gpu_check()[_gpu_check().index("if [[ $what == quick ]]"):]
+    cap = re.search(r"  cap\(\) \{.*?echo \"\$want\"; \}", quick, re.DOTALL).group(0)
+    out = subprocess.run(["bash", "-c", f"set -u\n{cap}\nSECONDS={elapsed}; cap {want} {reserve}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert int(out) == limit

@@ -5,23 +5,36 @@
 # Logs and the benchmark JSON go to $OUT. Stages have their own time limits so the call ends in time: `tests`
 # (build + cuda tests + two short trainings) and `bench` (build + GPU benchmarks + goals table) each fit in one
 # 600 s call of the device tool; `all` needs about 900 s. `quick` (about 480 s: build, cuda tests, the benchmarks
-# of the goals: bandwidth, graphed D updates incl. lazy, graphed denoiser) is for a session with 15 minutes of
-# device time in all, leaving room for one rerun. `sanitize` (opt-in, not yet run on a GPU: written in a session
-# without one) runs the CUDA C++ backend's `cuda` tests under compute-sanitizer's memcheck, racecheck and synccheck
-# (the CPU runs the same kernels under AddressSanitizer and a race check in tools/cuda_emu; these see the hardware:
-# inter-block behaviour, real shared memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool. `tiles`
+# of the goals: bandwidth, graphed D updates, graphed denoiser, then lazy regularization) is for a session with 15
+# minutes of device time in all: its stages' limits are cut so that the call ends within QUICK_LIMIT (570) s of its
+# start whatever the build took, and it writes $OUT/bench-bandwidth.json and $OUT/bench-graph.json.
+# A stage stopped at its limit gets SIGINT (then KILL 30 s later): pytest still prints its -rfE summary and
+# pytest-benchmark writes the JSON of the benchmarks that finished (timeout's default SIGTERM left neither: an empty
+# JSON, no list of failures). Each stage prints its exit status; 124 means it was stopped at its limit.
+# `sanitize` (opt-in, not yet run on a GPU: written in a session without one) runs the CUDA C++ backend's `cuda`
+# tests under compute-sanitizer's memcheck, racecheck and synccheck (the CPU runs the same kernels under
+# AddressSanitizer and a race check in tools/cuda_emu; these see the hardware: inter-block behaviour, real shared
+# memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool. `tiles`
 # (opt-in, about 150 s, most of it Triton compiling each configuration) sweeps the Triton denoiser's GEMM tile
 # sizes on its graphed loss step (bench/bench_denoiser_tiles.py), the data for choosing kernels/denoiser_gemm.py's
 # untuned `_tiles`.
 set -u
 what=${1:-all}
+case $what in  # a mistyped stage would otherwise build, run nothing and end with exit 0
+  quick|tests|bench|all|sanitize|tiles) ;;
+  *) echo "usage: OUT=<dir> bash tools/gpu_check.sh [quick|tests|bench|all|sanitize|tiles] (got '$what')"; exit 2;;
+esac
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 start=$(date +%s)
+# stop a command at its limit with SIGINT (see above), KILL if it is still running 30 s later
+stop_at() { timeout -s INT -k 30 "$@"; }
+said() { case $1 in 0) echo "exit 0";; 124) echo "exit 124: stopped at its time limit";;
+                    137) echo "exit 137: killed";; *) echo "exit $1";; esac; }
 FASTGAN_CUDA=1 FASTGAN_CUDA_ARCH=${FASTGAN_CUDA_ARCH:-90} CMAKE_BUILD_PARALLEL_LEVEL=16 \
-  python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; exit 1; }
+  stop_at ${BUILD_LIMIT:-360} python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+  || { rc=$?; tail -40 "$OUT/build.log"; echo "build: $(said $rc)"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 fastgan info | tee "$OUT/info.txt"
 # per-test limits where pytest-timeout is installed (the lent GPU image has it); without it pytest would refuse the flag
@@ -29,17 +42,40 @@ per_test() { python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$
 COSTS=$(ls bench/results/costs-2*.json | tail -1)  # bench/costs.py's latest (costs-denoiser-* counts something else)
 
 if [[ $what == quick ]]; then
-  timeout ${TEST_LIMIT:-240} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \
+  # cap WANT RESERVE: WANT s, or fewer (not under 30) so that RESERVE s are left before QUICK_LIMIT s from the start
+  cap() { local want=$1 left=$(( ${QUICK_LIMIT:-570} - SECONDS - $2 )) floor=$(( $1 < 30 ? $1 : 30 ))
+          (( left < want )) && want=$(( left > floor ? left : floor )); echo "$want"; }
+  bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-140}
+  lim=$(cap ${TEST_LIMIT:-240} $(( bw_limit + graph_limit + 15 )))
+  echo "cuda tests: limit $lim s"
+  stop_at "$lim" python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -40
-  timeout ${BENCH_LIMIT:-200} python3 -m pytest bench/bench_bandwidth.py bench/bench_graph_step.py --benchmark-only \
-    -q -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
-    --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 \
-    | tee "$OUT/bench.log" | tail -80
-  python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
+  echo "cuda tests: $(said "${PIPESTATUS[0]}")"
+  # the goals' benchmarks, one JSON per file: a timed-out or crashed file loses no other's results. Warm-up: one
+  # round (do_bench warms the bandwidth kernels itself; a graph is warm from its capture). Left out here (the
+  # `bench` stage has them): the reference backends' GB/s, and the BatchNorm passes at sizes not held to the goal.
+  bench_args=(--benchmark-only -q -p no:cacheprovider -rfE --benchmark-min-rounds=5 --benchmark-max-time=0.1
+              --benchmark-warmup=on --benchmark-warmup-iterations=1 --benchmark-columns=median,iqr,rounds
+              --benchmark-sort=name)
+  lim=$(cap "$bw_limit" $(( graph_limit + 5 )))
+  echo "bandwidth benchmarks: limit $lim s"
+  stop_at "$lim" python3 -m pytest bench/bench_bandwidth.py \
+    -k "${BW_K:-not reference and (not bn_closed_form or large)}" "${bench_args[@]}" \
+    --benchmark-json "$OUT/bench-bandwidth.json" 2>&1 | tee "$OUT/bench-bandwidth.log" | tail -40
+  echo "bandwidth benchmarks: $(said "${PIPESTATUS[0]}")"
+  # the graphed D updates (penalty goal), the graphed denoiser (denoiser goal), then lazy regularization (last in
+  # the file: information only, the first to go when the limit cuts the run short)
+  lim=$(cap "$graph_limit" 5)
+  echo "graphed benchmarks: limit $lim s"
+  stop_at "$lim" python3 -m pytest bench/bench_graph_step.py "${bench_args[@]}" \
+    --benchmark-json "$OUT/bench-graph.json" 2>&1 | tee "$OUT/bench-graph.log" | tail -80
+  echo "graphed benchmarks: $(said "${PIPESTATUS[0]}")"
+  python3 bench/goals.py "$OUT/bench-bandwidth.json" "$OUT/bench-graph.json" --costs "$COSTS" | tee "$OUT/goals.md"
 fi
 if [[ $what == tests || $what == all ]]; then
-  timeout ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \
+  stop_at ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -60
+  echo "cuda tests: $(said "${PIPESTATUS[0]}")"
   for graph in false true; do  # the default job on the GPU, eager and graphed: wall seconds for 2000 steps
     t0=$SECONDS
     timeout 150 fastgan train --set run.device=cuda run.steps=2000 run.log_every=500 run.out_dir=/tmp/runs \
@@ -48,20 +84,26 @@ if [[ $what == tests || $what == all ]]; then
   done 2>&1 | tee "$OUT/train.log"
 fi
 if [[ $what == bench || $what == all ]]; then
-  timeout ${BENCH_LIMIT:-420} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost or bandwidth}" --benchmark-only -q -p no:cacheprovider \
+  stop_at ${BENCH_LIMIT:-420} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost or bandwidth}" --benchmark-only -q -p no:cacheprovider \
     --benchmark-min-rounds=20 --benchmark-max-time=0.3 --benchmark-warmup=on \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name 2>&1 | tee "$OUT/bench.log" | tail -150
+  echo "benchmarks: $(said "${PIPESTATUS[0]}")"
   # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
   python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
 fi
 if [[ $what == tiles ]]; then
-  timeout ${TILES_LIMIT:-300} python3 -m pytest bench/bench_denoiser_tiles.py --benchmark-only -q -p no:cacheprovider \
+  stop_at ${TILES_LIMIT:-300} python3 -m pytest bench/bench_denoiser_tiles.py --benchmark-only -q -p no:cacheprovider \
     --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on --benchmark-json "$OUT/tiles.json" \
     --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tee "$OUT/tiles.log" | tail -30
+  echo "tile sweep: $(said "${PIPESTATUS[0]}")"
   python3 - "$OUT/tiles.json" <<'PY' | tee "$OUT/tiles.md"
 import json, sys
-rows = [b["extra_info"] for b in json.load(open(sys.argv[1]))["benchmarks"] if "ms_per_step" in b["extra_info"]]
+try:
+    doc = json.load(open(sys.argv[1]))
+except (OSError, ValueError) as e:  # empty when every case was skipped or failed before timing
+    sys.exit(f"{sys.argv[1]}: no tile results ({type(e).__name__}: {e})")
+rows = [b["extra_info"] for b in doc["benchmarks"] if "ms_per_step" in b["extra_info"]]
 for r in sorted(rows, key=lambda r: (r["n_h"], r["B"], r["ms_per_step"])):
     print(f"nh{r['n_h']} d{r['depth']} B{r['B']} {r['impl']:9s} {r['tiles']:10s} {r['ms_per_step']:.4f} ms"
           f"  vs reference {r.get('speedup_vs_reference', 0):.2f}x  vs default {r.get('speedup_vs_default', 0):.2f}x")
@@ -72,7 +114,7 @@ if [[ $what == sanitize ]]; then
   if [[ -z $cs ]]; then echo "compute-sanitizer not found"; exit 1; fi
   for tool in memcheck racecheck synccheck; do
     # the cuda backend only: Triton's and torch's own kernels are not fastgan's to fix here
-    timeout ${SANITIZE_LIMIT:-150} "$cs" --tool $tool --error-exitcode 86 --print-limit 20 --target-processes all \
+    stop_at ${SANITIZE_LIMIT:-150} "$cs" --tool $tool --error-exitcode 86 --print-limit 20 --target-processes all \
       python3 -m pytest tests/ops/test_penalty.py tests/ops/test_noise.py tests/ops/test_nt_losses.py \
       tests/ops/test_denoiser.py tests/ops/test_bn_closed_form.py -m cuda -k "cuda and not triton" -q \
       -p no:cacheprovider -x 2>&1 | tee "$OUT/sanitize-$tool.log" | tail -15
