@@ -446,8 +446,8 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
         why = _closed_form_passed_over(steps, x)
         if why is None:
             stats = "its BatchNorm normalizes with batch statistics, run by fused passes" \
-                if mlp_penalty.uses_batch_stats(steps) else "without batch statistics"
-            return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()) {stats}", steps
+                if mlp_penalty.uses_batch_stats(steps) else "no batch statistics"
+            return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()); {stats}", steps
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
         return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps
