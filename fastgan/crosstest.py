@@ -17,9 +17,10 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
+from .train import CHECKPOINT, _checkpoint_config, _device
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
-# data fields that do not change which distribution the samples come from
+# data fields that do not change which distribution the samples come from (which stored samples each run
+# trained on, max_samples and holdout, held_out_real takes into account)
 _SAME_DATA_IGNORES = ("max_samples", "holdout", "keep_on_device", "nominal_size")
 _TEST_SPLITS = ("mnist", "fashion_mnist", "cifar10")
 
@@ -36,10 +37,7 @@ class RunModels:
 def _read(run_dir) -> tuple[dict, C.TrainConfig]:
     path = Path(run_dir) / CHECKPOINT
     state = ckpt.load(path)
-    try:
-        return state, C.from_dict(state["config"])
-    except C.ConfigError as e:
-        raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
+    return state, _checkpoint_config(state, path)
 
 
 def load_run(run_dir, data_shape, device="cpu", *, _state=None) -> RunModels:
@@ -60,27 +58,47 @@ def load_run(run_dir, data_shape, device="cpu", *, _state=None) -> RunModels:
 
 
 def _data_key(cfg: C.TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg.data)
-    return {k: v for k, v in d.items() if k not in _SAME_DATA_IGNORES}
+    from .data import idx, mixtures
+
+    d = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in _SAME_DATA_IGNORES}
+    # a default spelled out is the same data as the default left out
+    if d["name"] in mixtures.MIXTURES and d["mixture_std"] is None:
+        d["mixture_std"] = mixtures.default_std(d["name"])
+    if d["name"] == "fashion_mnist" and d["path"] is None:
+        d["path"] = idx.FASHION_MNIST_DIR
+    return d
 
 
-def held_out_real(data_cfg, n: int, device, generator: torch.Generator) -> tuple[torch.Tensor, str]:
-    """Up to n real samples no model was trained on, and where they came from."""
+def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, others=()) -> tuple[torch.Tensor, str]:
+    """Up to n real samples that no model was trained on, and where they came from. others: the data configs of
+    other runs on the same data (they may hold out other samples: data.holdout, data.max_samples)."""
     from .data import build_dataset, mixtures
 
     if data_cfg.name in mixtures.MIXTURES:
         return build_dataset(data_cfg, device).sample(n, generator), f"{n} fresh draws of {data_cfg.name}"
-    if data_cfg.name in _TEST_SPLITS and (data_cfg.path is None or Path(data_cfg.path).is_dir()):
+    if data_cfg.name in _TEST_SPLITS and data_cfg.split == "train" and (data_cfg.path is None
+                                                                       or Path(data_cfg.path).is_dir()):
         ds = build_dataset(dataclasses.replace(data_cfg, split="test", max_samples=n, holdout=0), device)
-        where = f"{data_cfg.name} test split"
-    elif data_cfg.holdout:
-        ds = build_dataset(data_cfg, device).held_out
-        where = f"the data.holdout={data_cfg.holdout} samples held out of training"
-    else:
-        raise ValueError(f"crosstest: data.name={data_cfg.name!r} has no held-out real samples: use a data set with "
-                         f"a test split ({', '.join(_TEST_SPLITS)}, data.path a folder) or train with data.holdout")
-    x = torch.cat(list(ds.batches(4096)))[:n]
-    return x, f"{where} ({x.shape[0]} samples)"
+        x = torch.cat(list(ds.batches(4096)))[:n]
+        return x, f"{data_cfg.name} test split ({x.shape[0]} samples)"
+    cfgs = [data_cfg, *others]
+    if not any(c.holdout for c in cfgs):
+        why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in _TEST_SPLITS
+               and data_cfg.split != "train" else f"data.name={data_cfg.name!r} has no held-out real samples")
+        raise ValueError(f"crosstest: {why}: use a data set with a test split ({', '.join(_TEST_SPLITS)}, "
+                         f"data.path a folder, data.split=train) or train with data.holdout")
+    # run i trained on its stored samples [0, end_i - holdout_i), end_i = min(data.max_samples, stored)
+    most = max(c.max_samples for c in cfgs) if all(c.max_samples for c in cfgs) else None
+    ds = build_dataset(dataclasses.replace(data_cfg, max_samples=most, holdout=0), device)
+    ends = [min(c.max_samples or len(ds), len(ds)) for c in cfgs]
+    start, stop = max(e - c.holdout for e, c in zip(ends, cfgs)), min(ends)
+    if start >= stop:
+        raise ValueError(f"crosstest: no sample is held out of both runs' training (data.max_samples "
+                         f"{' vs '.join(str(c.max_samples) for c in cfgs)}, data.holdout "
+                         f"{' vs '.join(str(c.holdout) for c in cfgs)})")
+    x = torch.cat(list(ds.hold_out(len(ds) - start)[1].batches(4096)))[:min(stop - start, n)]
+    holdouts = " and ".join(sorted({str(c.holdout) for c in cfgs}, key=int))
+    return x, f"the data.holdout={holdouts} samples held out of training ({x.shape[0]} samples)"
 
 
 def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:
@@ -94,18 +112,23 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
     read = [_read(run_a), _read(run_b)]
     cfgs = [cfg for _, cfg in read]
     if _data_key(cfgs[0]) != _data_key(cfgs[1]):
-        diff = [f"data.{k}: {v!r} vs {_data_key(cfgs[1])[k]!r}" for k, v in _data_key(cfgs[0]).items()
-                if _data_key(cfgs[1])[k] != v]
+        keys = [_data_key(c) for c in cfgs]
+        differ = ["name"] if keys[0]["name"] != keys[1]["name"] else [k for k in keys[0] if keys[0][k] != keys[1][k]]
+        diff = [f"data.{k}: {keys[0][k]!r} vs {keys[1][k]!r}" for k in differ]
         raise ValueError(f"crosstest: {run_a} and {run_b} were trained on different data ({'; '.join(diff)})")
     g = torch.Generator(device=device).manual_seed(seed)
-    real, where = held_out_real(cfgs[0].data, samples, device, g)
+    real, where = held_out_real(cfgs[0].data, samples, device, g, others=[cfgs[1].data])
     shape = tuple(real.shape[1:])
     a, b = (load_run(run, shape, device, _state=r) for run, r in ((run_a, read[0]), (run_b, read[1])))
-    fakes = []
+    fakes, z = [], None
+    same_prior = (a.G.latent_dim, a.G.latent_dist) == (b.G.latent_dim, b.G.latent_dist)
     for m in (a, b):
         m.G.eval()
         with torch.no_grad():
-            z = m.G.sample_latent(samples, generator=g, device=device)
+            # one set of latents for both when their priors agree: the comparison is then not also one of draws
+            # (a run cross-tested against itself ties), and swapping the runs swaps the results
+            if z is None or not same_prior:
+                z = m.G.sample_latent(samples, generator=g, device=device)
             fakes.append(torch.cat([m.G(z[i:i + 1024]) for i in range(0, samples, 1024)]))
     out = cross_test(a.D, fakes[0], b.D, fakes[1], real)
     out.update(runs=[str(a.path), str(b.path)], steps=[a.step, b.step], real=where, generated=samples)
@@ -129,8 +152,6 @@ def format_report(r: dict) -> str:
 
 
 def _cmd_crosstest(args) -> int:
-    from .train import _device
-
     try:
         if not C._DEVICE.match(args.device):
             raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {args.device!r}")

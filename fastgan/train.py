@@ -340,11 +340,15 @@ class _Run:
             # a single file has no split files: the "test" set would silently be the training file again
             raise ConfigError(f"run.parzen: needs a test split, read from the split files of a data.path folder; "
                               f"data.path={d.path!r} is a single file (give its folder, or set run.parzen=false)")
+        if r.parzen and self.dataset.kind == "images" and d.split != "train":
+            raise ConfigError(f"run.parzen: the log-likelihood is of the test split, and data.split={d.split!r} "
+                              f"trains on it; use data.split=train (or set run.parzen=false)")
         if r.parzen and self.dataset.kind == "images" and d.holdout < r.parzen_validation:
             # sigma chosen on samples G was trained to reproduce would favour memorising the training set
             raise ConfigError(f"run.parzen: sigma is cross-validated on training samples held out of training: set "
                               f"data.holdout >= run.parzen_validation={r.parzen_validation}, got data.holdout="
-                              f"{d.holdout} (the last data.holdout samples of the split are then not trained on)")
+                              f"{d.holdout} (the last data.holdout samples of the split are then not trained on), or set "
+                              f"run.parzen=false")
 
     def _write_info(self, shape):
         info = {

@@ -165,13 +165,18 @@ def _idx(path, n, seed):
     path.write_bytes(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + pixels.tobytes())
 
 
-def test_fashion_mnist_runs_use_the_test_split(tmp_path):
+def _fmnist(tmp_path):
+    """A Fashion-MNIST folder of 16 training and 6 test images, and the overrides of a tiny DCGAN run on it."""
     data = tmp_path / "fmnist"
     data.mkdir()
     _idx(data / "train-images-idx3-ubyte", 16, 0)
     _idx(data / "t10k-images-idx3-ubyte", 6, 1)
-    base = [*TINY[3:-1], "run.steps=1", "data.name=fashion_mnist", f"data.path={data}", "model.arch=dcgan",
-            "model.dcgan_width=4", "model.latent_dim=8", "optim.batch_size=4"]
+    return data, [*TINY[3:-1], "run.steps=1", "data.name=fashion_mnist", f"data.path={data}", "model.arch=dcgan",
+                  "model.dcgan_width=4", "model.latent_dim=8", "optim.batch_size=4"]
+
+
+def test_fashion_mnist_runs_use_the_test_split(tmp_path):
+    data, base = _fmnist(tmp_path)
     for name in "ab":
         fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}"])
     r = crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
@@ -179,3 +184,81 @@ def test_fashion_mnist_runs_use_the_test_split(tmp_path):
     test = torch.from_numpy(np.fromfile(data / "t10k-images-idx3-ubyte", np.uint8, offset=16).reshape(6, 1, 28, 28))
     m = crosstest.load_run(tmp_path / "a", (1, 28, 28))
     assert r["model1"]["tp"] == real_fraction(m.D, test.float() / 127.5 - 1)
+
+
+# ------------------------------------------------------------------ real samples no run trained on (review)
+
+def _indexed_npz(path, n=12):
+    # every sample's pixels hold its index: the real samples say which stored samples they are
+    a = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], 8, axis=2).repeat(8, axis=3)
+    np.savez(path, x=a)
+
+
+def _index_run(tmp_path, name, *extra):
+    base = [*TINY[3:-1], "run.steps=1", "data.name=npz", f"data.path={tmp_path / 'x.npz'}",
+            "data.value_range=[0,255]", "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8",
+            "optim.batch_size=4"]
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}", *extra])
+    return tmp_path / name
+
+
+def _real_indices(a, b):
+    g = torch.Generator().manual_seed(0)
+    cfgs = [fastgan.config.load_config(r / "config.yaml").data for r in (a, b)]
+    real, where = crosstest.held_out_real(cfgs[0], 100, "cpu", g, others=cfgs[1:])
+    return torch.round((real[:, 0, 0, 0] + 1) * 255 / 2).long().tolist(), where
+
+
+def test_real_samples_are_held_out_of_both_runs_training(tmp_path):
+    """Runs differing in data.holdout or data.max_samples trained on different samples: the real samples are
+    those neither trained on, whichever run comes first (it took run A's held-out samples, which run B with a
+    smaller holdout had trained on; in the other order it found none)."""
+    _indexed_npz(tmp_path / "x.npz")
+    a = _index_run(tmp_path, "a", "data.holdout=4")                           # trained on 0..7
+    b = _index_run(tmp_path, "b", "data.holdout=6")                           # 0..5
+    c = _index_run(tmp_path, "c", "data.max_samples=10", "data.holdout=4")    # 0..5, held out 6..9
+    none = _index_run(tmp_path, "none")                                       # 0..11
+    for x, y in ((a, none), (none, a)):
+        with pytest.raises(ValueError, match="no sample is held out of both runs' training"):
+            crosstest.cross_test_runs(x, y, samples=10)
+    for x, y in ((a, b), (b, a)):
+        assert _real_indices(x, y)[0] == [8, 9, 10, 11]
+    for x, y in ((a, c), (c, a)):
+        assert _real_indices(x, y)[0] == [8, 9]
+
+
+def test_a_test_split_the_runs_trained_on_is_not_held_out(tmp_path):
+    """data.split=all (or test) trains on the test split: it took the test split as held-out real samples."""
+    data, base = _fmnist(tmp_path)
+    base.append("data.split=all")
+    for name in "ab":
+        fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}"])
+    with pytest.raises(ValueError, match=r"data\.split='all' trains on the test split"):
+        crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
+    for name in "cd":
+        fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}", "data.holdout=2"])
+    r = crosstest.cross_test_runs(tmp_path / "c", tmp_path / "d", samples=10)
+    assert r["real"] == "the data.holdout=2 samples held out of training (2 samples)"
+    test = torch.from_numpy(np.fromfile(data / "t10k-images-idx3-ubyte", np.uint8, offset=16).reshape(6, 1, 28, 28))
+    m = crosstest.load_run(tmp_path / "c", (1, 28, 28))
+    assert r["model1"]["tp"] == real_fraction(m.D, test[4:].float() / 127.5 - 1)  # the last 2 of split=all
+
+
+def test_the_mixtures_literature_std_given_or_not_is_the_same_data(two_runs, tmp_path):
+    a, _ = two_runs
+    for std, same in ((0.01, True), (0.02, False)):  # roth3d's std is 0.01
+        c = tmp_path / str(std)
+        fastgan.train(None, overrides=[*TINY, f"run.dir={c}", "method.name=gan", f"data.mixture_std={std}"])
+        if same:
+            assert crosstest.cross_test_runs(a, c, samples=10)["real"] == "10 fresh draws of roth3d"
+        else:
+            with pytest.raises(ValueError, match=r"different data \(data\.mixture_std: 0\.01 vs 0\.02\)"):
+                crosstest.cross_test_runs(a, c, samples=10)
+
+
+def test_a_run_against_itself_ties_and_swapping_runs_swaps_results(two_runs):
+    a, b = two_runs
+    same = crosstest.cross_test_runs(a, a, samples=200)
+    assert same["model1"] == same["model2"] and same["better"] is None
+    ab, ba = crosstest.cross_test_runs(a, b, samples=200), crosstest.cross_test_runs(b, a, samples=200)
+    assert ab["model1"] == ba["model2"] and ab["model2"] == ba["model1"]

@@ -283,6 +283,15 @@ def test_parzen_on_images_without_enough_held_out_samples_is_refused(tmp_path, t
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("split", ["all", "test"])
+def test_parzen_on_images_trained_on_the_test_split_is_refused(tmp_path, tiny_fashion_mnist, split):
+    """The log-likelihood is of the test split: with data.split=all or test, G trained on those samples."""
+    with pytest.raises(fastgan.config.ConfigError, match=rf"run\.parzen: .*data\.split={split!r} trains on it"):
+        fastgan.train(None, overrides=_parzen_run(tmp_path, tiny_fashion_mnist, "data.holdout=10",
+                                                  f"data.split={split}"))
+    assert not (tmp_path / "run").exists()
+
+
 def dcgan_roth(data_path, batchnorm: bool, mode: str) -> list:
     """Overrides of a tiny Roth run with the DCGAN D on the tiny Fashion-MNIST (no samples, no checkpoints)."""
     return ["method.name=roth", f"method.roth.mode={mode}", "data.name=fashion_mnist", f"data.path={data_path}",

@@ -78,7 +78,9 @@ class TensorDataset:
         """(the first len - n samples, the last n): two views of the same storage, so that a validation set
         costs no memory and the training view can never draw from it."""
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(self):
-            raise ValueError(f"data.holdout: must be an int in [1, {len(self) - 1}] for "
+            from ..config import ConfigError  # a config that does not fit the loaded data (the CLI's exit 2)
+
+            raise ConfigError(f"data.holdout: must be an int in [1, {len(self) - 1}] for "
                              f"{self.source or 'this data set'} ({len(self)} samples, at least one left to train "
                              f"on), got {n!r}")
         head, tail = copy.copy(self), copy.copy(self)

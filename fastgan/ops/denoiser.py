@@ -119,7 +119,7 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
 def _check_distinct_running(named) -> None:
     """Running statistics are updated in place, each read before it is written: two of them in one memory
     would each see the other's update."""
-    if denoiser_eager._compiling():  # data_ptr is not traceable; the eager call checked the same buffers
+    if denoiser_eager._compiling():  # data_ptr is not traceable: compiled calls go unchecked (README)
         return
     spans = []
     for name, t in named:

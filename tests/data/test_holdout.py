@@ -38,7 +38,8 @@ def test_holdout_after_max_samples(tmp_path):
 @pytest.mark.parametrize("n", [10, 11])
 def test_holdout_must_leave_samples_to_train_on(tmp_path, n):
     path = _npz(tmp_path)
-    with pytest.raises(ValueError, match=r"data\.holdout: must be an int in \[1, 9\].*10 samples"):
+    # a ConfigError: the CLI's exit 2 for a config that does not fit the loaded data
+    with pytest.raises(ConfigError, match=r"data\.holdout: must be an int in \[1, 9\].*10 samples"):
         build_dataset(DataConfig(name="npz", path=str(path), holdout=n))
 
 
