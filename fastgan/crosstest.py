@@ -22,7 +22,6 @@ from .train import CHECKPOINT, _checkpoint_config, _device
 # data fields that do not change which distribution the samples come from (which stored samples each run
 # trained on, max_samples and holdout, held_out_real takes into account)
 _SAME_DATA_IGNORES = ("max_samples", "holdout", "keep_on_device", "nominal_size")
-_TEST_SPLITS = ("mnist", "fashion_mnist", "cifar10")
 
 
 @dataclasses.dataclass
@@ -72,20 +71,18 @@ def _data_key(cfg: C.TrainConfig) -> dict:
 def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, others=()) -> tuple[torch.Tensor, str]:
     """Up to n real samples that no model was trained on, and where they came from. others: the data configs of
     other runs on the same data (they may hold out other samples: data.holdout, data.max_samples)."""
-    from .data import build_dataset, mixtures
+    from .data import TEST_SPLIT_DATASETS, build_dataset, has_test_split, load_test_split, mixtures
 
     if data_cfg.name in mixtures.MIXTURES:
         return build_dataset(data_cfg, device).sample(n, generator), f"{n} fresh draws of {data_cfg.name}"
-    if data_cfg.name in _TEST_SPLITS and data_cfg.split == "train" and (data_cfg.path is None
-                                                                       or Path(data_cfg.path).is_dir()):
-        ds = build_dataset(dataclasses.replace(data_cfg, split="test", max_samples=n, holdout=0), device)
-        x = torch.cat(list(ds.batches(4096)))[:n]
+    if data_cfg.split == "train" and has_test_split(data_cfg):
+        x = load_test_split(data_cfg, device, n)
         return x, f"{data_cfg.name} test split ({x.shape[0]} samples)"
     cfgs = [data_cfg, *others]
     if not any(c.holdout for c in cfgs):
-        why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in _TEST_SPLITS
+        why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in TEST_SPLIT_DATASETS
                and data_cfg.split != "train" else f"data.name={data_cfg.name!r} has no held-out real samples")
-        raise ValueError(f"crosstest: {why}: use a data set with a test split ({', '.join(_TEST_SPLITS)}, "
+        raise ValueError(f"crosstest: {why}: use a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}, "
                          f"data.path a folder, data.split=train) or train with data.holdout")
     # run i trained on its stored samples [0, end_i - holdout_i), end_i = min(data.max_samples, stored)
     most = max(c.max_samples for c in cfgs) if all(c.max_samples for c in cfgs) else None
@@ -111,8 +108,8 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
     device = torch.device(device)
     read = [_read(run_a), _read(run_b)]
     cfgs = [cfg for _, cfg in read]
-    if _data_key(cfgs[0]) != _data_key(cfgs[1]):
-        keys = [_data_key(c) for c in cfgs]
+    keys = [_data_key(c) for c in cfgs]
+    if keys[0] != keys[1]:
         differ = ["name"] if keys[0]["name"] != keys[1]["name"] else [k for k in keys[0] if keys[0][k] != keys[1][k]]
         diff = [f"data.{k}: {keys[0][k]!r} vs {keys[1][k]!r}" for k in differ]
         raise ValueError(f"crosstest: {run_a} and {run_b} were trained on different data ({'; '.join(diff)})")
@@ -160,12 +157,9 @@ def _cmd_crosstest(args) -> int:
         except C.ConfigError as e:
             raise C.ConfigError(str(e).replace("run.device", "--device")) from None
         r = cross_test_runs(args.run_a, args.run_b, samples=args.samples, device=device, seed=args.seed)
-    except C.ConfigError as e:
-        print(f"fastgan crosstest: error: {e}", file=sys.stderr)
-        return 2
     except (CheckpointError, OSError, ValueError, TypeError) as e:
         print(f"fastgan crosstest: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, C.ConfigError) else 1
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
 

@@ -6,7 +6,6 @@ Kept light to import (``import fastgan`` imports this module): data, models, tqd
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -332,23 +331,27 @@ class _Run:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
 
     def _check_parzen(self):
+        from .data import TEST_SPLIT_DATASETS
+
         r, d = self.cfg.run, self.cfg.data
-        if r.parzen and self.dataset.kind == "images" and d.name not in ("mnist", "fashion_mnist", "cifar10"):
-            raise ConfigError(f"run.parzen: needs a data set with a test split (mnist, fashion_mnist, cifar10) or a "
-                              f"mixture, got data.name={d.name!r}")
-        if r.parzen and self.dataset.kind == "images" and d.path and not Path(d.path).is_dir():
+        if not (r.parzen and self.dataset.kind == "images"):
+            return
+        if d.name not in TEST_SPLIT_DATASETS:
+            raise ConfigError(f"run.parzen: needs a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}) "
+                              f"or a mixture, got data.name={d.name!r}")
+        if d.path and not Path(d.path).is_dir():
             # a single file has no split files: the "test" set would silently be the training file again
             raise ConfigError(f"run.parzen: needs a test split, read from the split files of a data.path folder; "
                               f"data.path={d.path!r} is a single file (give its folder, or set run.parzen=false)")
-        if r.parzen and self.dataset.kind == "images" and d.split != "train":
+        if d.split != "train":
             raise ConfigError(f"run.parzen: the log-likelihood is of the test split, and data.split={d.split!r} "
                               f"trains on it; use data.split=train (or set run.parzen=false)")
-        if r.parzen and self.dataset.kind == "images" and d.holdout < r.parzen_validation:
+        if d.holdout < r.parzen_validation:
             # sigma chosen on samples G was trained to reproduce would favour memorising the training set
             raise ConfigError(f"run.parzen: sigma is cross-validated on training samples held out of training: set "
                               f"data.holdout >= run.parzen_validation={r.parzen_validation}, got data.holdout="
-                              f"{d.holdout} (the last data.holdout samples of the split are then not trained on), or set "
-                              f"run.parzen=false")
+                              f"{d.holdout} (the last data.holdout samples of the split are then not trained on), or "
+                              f"set run.parzen=false")
 
     def _write_info(self, shape):
         info = {
@@ -429,7 +432,7 @@ class _Run:
         return metrics
 
     def _parzen(self, step) -> dict:
-        from .data import build_dataset
+        from .data import load_test_split
         from .metrics import parzen_score
 
         r, d = self.cfg.run, self.cfg.data
@@ -441,8 +444,7 @@ class _Run:
             test = self.dataset.sample(r.parzen_test, g)
         else:
             validation = torch.cat(list(self.dataset.held_out.batches(4096)))[:r.parzen_validation]
-            test_ds = build_dataset(dataclasses.replace(d, split="test", max_samples=None, holdout=0), self.device)
-            test = torch.cat(list(test_ds.batches(4096)))[:r.parzen_test]
+            test = load_test_split(d, self.device, r.parzen_test)
             # Goodfellow et al. evaluate pixels in [0, 1]; our images live in [-1, 1]
             samples, validation, test = [(t + 1) / 2 for t in (samples, validation, test)]
         res = parzen_score(samples, validation, test)

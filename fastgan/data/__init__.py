@@ -7,6 +7,9 @@ TensorDataset; None otherwise).
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -14,7 +17,11 @@ from . import mixtures
 from .config import DATASETS, DataConfig
 from .dataset import MixtureDataset, TensorDataset
 
-__all__ = ["DataConfig", "DATASETS", "build_dataset", "load_arrays", "mixtures", "MixtureDataset", "TensorDataset"]
+__all__ = ["DataConfig", "DATASETS", "TEST_SPLIT_DATASETS", "build_dataset", "has_test_split", "load_arrays",
+           "load_test_split", "mixtures", "MixtureDataset", "TensorDataset"]
+
+# the stored sets that ship a separate test split (its own files beside the training files)
+TEST_SPLIT_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def _value_map(a: np.ndarray, cfg: DataConfig, source: str) -> tuple[float, float]:
@@ -88,3 +95,15 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
     if cfg.holdout:
         ds, ds.held_out = ds.hold_out(cfg.holdout)
     return ds
+
+
+def has_test_split(cfg: DataConfig) -> bool:
+    """Whether cfg's data set has a test split to read: a set that ships one, from a folder (a single file is
+    read only as the training split)."""
+    return cfg.name in TEST_SPLIT_DATASETS and (cfg.path is None or Path(cfg.path).is_dir())
+
+
+def load_test_split(cfg: DataConfig, device, n: int | None = None) -> torch.Tensor:
+    """The first n (default: all) samples of cfg's test split, as one tensor."""
+    ds = build_dataset(dataclasses.replace(cfg, split="test", max_samples=n, holdout=0), device)
+    return torch.cat(list(ds.batches(4096)))

@@ -30,10 +30,11 @@ def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
         raise TypeError(f"D: expected a discriminator module, got {type(D).__name__}")
     x = _samples(x, "x")
     batch_size = positive_int(batch_size, "batch_size")
-    was = getattr(D, "training", None)
-    p = next(D.parameters(), None) if isinstance(D, nn.Module) else None
-    if isinstance(D, nn.Module):
-        D.eval()
+    module = D if isinstance(D, nn.Module) else None
+    was = module.training if module is not None else None
+    p = next(module.parameters(), None) if module is not None else None
+    if module is not None:
+        module.eval()
     real = 0
     try:
         with torch.no_grad():
@@ -47,8 +48,8 @@ def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
                                      f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)}")
                 real += int((logits.reshape(-1) > 0).sum())
     finally:
-        if isinstance(D, nn.Module):
-            D.train(was)
+        if module is not None:
+            module.train(was)
     return real / x.shape[0]
 
 

@@ -33,3 +33,9 @@ def choice(name: str, value, allowed) -> None:
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 if any input is float64, else float32 (also for half inputs)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def finite(v: float) -> bool:
+    """Whether a float is finite, also when torch.compile traces it symbolically (a Python float argument that
+    changes between calls): math.isfinite cannot take that symbolic float, arithmetic can (inf - inf is nan)."""
+    return v - v == 0

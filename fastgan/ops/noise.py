@@ -647,8 +647,7 @@ def _parse_noise(noise, x0, n_noisy, mode):
     """('sigma', value | tensor (C,), C) or ('eps', tensor (n_noisy, F), 1)."""
     # hot path for the common valid arguments; the general checks below give the errors
     if type(noise) is float:
-        # finite: math.isfinite cannot take the symbolic float Dynamo makes of a sigma that changes between calls
-        if noise - noise == 0:
+        if _checks.finite(noise):
             return "sigma", noise, 1
     elif (isinstance(noise, torch.Tensor) and noise.dtype in _FLOAT_DTYPES
           and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):

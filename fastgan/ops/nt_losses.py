@@ -337,7 +337,7 @@ def _parse_mu(mu, device):
             raise ValueError("mu must not require grad: NTGAN samples mu ~ U(0, 1) each step; it is not learned")
         return mu, 0.0
     value = float(mu)
-    if value - value != 0:  # not math.isfinite: Dynamo makes a float that changes between calls symbolic
+    if not _checks.finite(value):
         raise ValueError(f"mu must be finite, got {value}")
     return None, value
 
