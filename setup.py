@@ -94,6 +94,8 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels"],
     package_dir={"fastgan.kernels": "kernels"},
+    # the classifier behind fastgan.metrics.fmnist_scores (made by tools/train_fmnist_classifier.py)
+    package_data={"fastgan.metrics": ["fmnist_classifier.pt"]},
     ext_modules=[CMakeExtension("fastgan._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

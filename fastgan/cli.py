@@ -1,5 +1,5 @@
 """Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`,
-`python -m fastgan crosstest RUN_A RUN_B`."""
+`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     if add_cli is not None:
         add_cli(sub)
         from .crosstest import add_cli as add_crosstest
+        from .evaluate import add_cli as add_eval
 
         add_crosstest(sub)
+        add_eval(sub)
     return p
 
 

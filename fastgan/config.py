@@ -182,6 +182,13 @@ class RunConfig:
     parzen_samples: int = field(default=10000, metadata={"min": 1})
     parzen_validation: int = field(default=1000, metadata={"min": 1})
     parzen_test: int = field(default=10000, metadata={"min": 1})
+    # Fréchet distance and classifier score (FID's and the Inception score's formulas on fastgan's shipped
+    # Fashion-MNIST classifier, fastgan.metrics.fmnist_scores) of fd_samples generated images against as many
+    # test images, every fd_every steps (0: only at the end); at the end also the mean and std of the last five
+    # evaluations in the last 10% of the steps (NTGAN's protocol). Needs data.name=fashion_mnist, split=train.
+    fd: bool = False
+    fd_samples: int = field(default=10000, metadata={"min": 10})
+    fd_every: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,8 @@ class TrainConfig:
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_FIELDS = ("run.steps", "run.device", "run.log_every", "run.sample_every", "run.checkpoint_every",
                     "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph", "run.out_dir", "run.dir",
-                    "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test")
+                    "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test",
+                    "run.fd", "run.fd_samples", "run.fd_every")
 
 
 # ------------------------------------------------------------------------------------------ type checks

@@ -68,9 +68,11 @@ def _data_key(cfg: C.TrainConfig) -> dict:
     return d
 
 
-def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, others=()) -> tuple[torch.Tensor, str]:
+def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, others=(),
+                  command: str = "crosstest") -> tuple[torch.Tensor, str]:
     """Up to n real samples that no model was trained on, and where they came from. others: the data configs of
-    other runs on the same data (they may hold out other samples: data.holdout, data.max_samples)."""
+    other runs on the same data (they may hold out other samples: data.holdout, data.max_samples); command
+    begins the errors."""
     from .data import TEST_SPLIT_DATASETS, build_dataset, has_test_split, load_test_split, mixtures
 
     if data_cfg.name in mixtures.MIXTURES:
@@ -82,7 +84,7 @@ def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, other
     if not any(c.holdout for c in cfgs):
         why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in TEST_SPLIT_DATASETS
                and data_cfg.split != "train" else f"data.name={data_cfg.name!r} has no held-out real samples")
-        raise ValueError(f"crosstest: {why}: use a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}, "
+        raise ValueError(f"{command}: {why}: use a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}, "
                          f"data.path a folder, data.split=train) or train with data.holdout")
     # run i trained on its stored samples [0, end_i - holdout_i), end_i = min(data.max_samples, stored)
     most = max(c.max_samples for c in cfgs) if all(c.max_samples for c in cfgs) else None
@@ -90,7 +92,7 @@ def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, other
     ends = [min(c.max_samples or len(ds), len(ds)) for c in cfgs]
     start, stop = max(e - c.holdout for e, c in zip(ends, cfgs)), min(ends)
     if start >= stop:
-        raise ValueError(f"crosstest: no sample is held out of both runs' training (data.max_samples "
+        raise ValueError(f"{command}: no sample is held out of both runs' training (data.max_samples "
                          f"{' vs '.join(str(c.max_samples) for c in cfgs)}, data.holdout "
                          f"{' vs '.join(str(c.holdout) for c in cfgs)})")
     x = torch.cat(list(ds.hold_out(len(ds) - start)[1].batches(4096)))[:min(stop - start, n)]
@@ -148,15 +150,20 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cli_device(text: str) -> torch.device:
+    """A command's --device, checked as run.device is (a ConfigError naming --device)."""
+    if not C._DEVICE.match(text):
+        raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {text!r}")
+    try:
+        return _device(text)
+    except C.ConfigError as e:
+        raise C.ConfigError(str(e).replace("run.device", "--device")) from None
+
+
 def _cmd_crosstest(args) -> int:
     try:
-        if not C._DEVICE.match(args.device):
-            raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {args.device!r}")
-        try:
-            device = _device(args.device)
-        except C.ConfigError as e:
-            raise C.ConfigError(str(e).replace("run.device", "--device")) from None
-        r = cross_test_runs(args.run_a, args.run_b, samples=args.samples, device=device, seed=args.seed)
+        r = cross_test_runs(args.run_a, args.run_b, samples=args.samples, device=cli_device(args.device),
+                            seed=args.seed)
     except (CheckpointError, OSError, ValueError, TypeError) as e:
         print(f"fastgan crosstest: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, C.ConfigError) else 1

@@ -291,7 +291,7 @@ class _Run:
         if state is not None:
             self._load(state, run_dir / CHECKPOINT)
             self.start = state["step"]
-        self._check_parzen()
+        self._check_eval()
         if state is not None and self.start >= cfg.run.steps:
             # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
             # logs a new session, samples/ a redrawn picture)
@@ -330,28 +330,42 @@ class _Run:
         except CheckpointError as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
 
-    def _check_parzen(self):
+    def _check_eval(self):
+        """What run.parzen and run.fd need of the data, checked before the run folder is made."""
         from .data import TEST_SPLIT_DATASETS
 
         r, d = self.cfg.run, self.cfg.data
+        self.classifier = self._fd_real = None
+        if r.fd:
+            if d.name != "fashion_mnist":
+                raise ConfigError(f"run.fd: scores images with fastgan's Fashion-MNIST classifier and needs "
+                                  f"data.name=fashion_mnist, got {d.name!r} (or set run.fd=false)")
+            self._check_test_split("run.fd", "the Fréchet distance is to the test split")
+            from .metrics import load_fmnist_classifier
+
+            self.classifier = load_fmnist_classifier(self.device)
         if not (r.parzen and self.dataset.kind == "images"):
             return
         if d.name not in TEST_SPLIT_DATASETS:
             raise ConfigError(f"run.parzen: needs a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}) "
                               f"or a mixture, got data.name={d.name!r}")
-        if d.path and not Path(d.path).is_dir():
-            # a single file has no split files: the "test" set would silently be the training file again
-            raise ConfigError(f"run.parzen: needs a test split, read from the split files of a data.path folder; "
-                              f"data.path={d.path!r} is a single file (give its folder, or set run.parzen=false)")
-        if d.split != "train":
-            raise ConfigError(f"run.parzen: the log-likelihood is of the test split, and data.split={d.split!r} "
-                              f"trains on it; use data.split=train (or set run.parzen=false)")
+        self._check_test_split("run.parzen", "the log-likelihood is of the test split")
         if d.holdout < r.parzen_validation:
             # sigma chosen on samples G was trained to reproduce would favour memorising the training set
             raise ConfigError(f"run.parzen: sigma is cross-validated on training samples held out of training: set "
                               f"data.holdout >= run.parzen_validation={r.parzen_validation}, got data.holdout="
                               f"{d.holdout} (the last data.holdout samples of the split are then not trained on), or "
                               f"set run.parzen=false")
+
+    def _check_test_split(self, key: str, why: str):
+        d = self.cfg.data
+        if d.path and not Path(d.path).is_dir():
+            # a single file has no split files: the "test" set would silently be the training file again
+            raise ConfigError(f"{key}: needs a test split, read from the split files of a data.path folder; "
+                              f"data.path={d.path!r} is a single file (give its folder, or set {key}=false)")
+        if d.split != "train":
+            raise ConfigError(f"{key}: {why}, and data.split={d.split!r} trains on it; use data.split=train "
+                              f"(or set {key}=false)")
 
     def _write_info(self, shape):
         info = {
@@ -412,6 +426,9 @@ class _Run:
         finally:
             self.G.train(was)
 
+    def _generate_many(self, n, generator):
+        return torch.cat([self._generate(self._latent(min(1000, n - i), generator)) for i in range(0, n, 1000)])
+
     def _samples(self, step) -> dict:
         from .logging_utils import save_image_grid, save_scatter
         from .metrics import mode_metrics
@@ -437,8 +454,7 @@ class _Run:
 
         r, d = self.cfg.run, self.cfg.data
         g = torch.Generator(device=self.device).manual_seed(r.seed + 104729)
-        samples = torch.cat([self._generate(self._latent(min(1000, r.parzen_samples - i), g))
-                             for i in range(0, r.parzen_samples, 1000)])
+        samples = self._generate_many(r.parzen_samples, g)
         if self.dataset.kind == "points":
             validation = self.dataset.sample(r.parzen_validation, g)
             test = self.dataset.sample(r.parzen_test, g)
@@ -450,6 +466,35 @@ class _Run:
         res = parzen_score(samples, validation, test)
         out = {"eval/parzen_ll": res["log_likelihood"], "eval/parzen_stderr": res["stderr"],
                "eval/parzen_sigma": res["sigma"]}
+        self._log(step, out)
+        return out
+
+    def _fd(self, step) -> dict:
+        from .data import load_test_split
+        from .metrics import fmnist_scores, real_stats
+
+        r = self.cfg.run
+        if self._fd_real is None:
+            self._fd_real = real_stats(load_test_split(self.cfg.data, self.device, r.fd_samples), self.classifier)
+        # the same latents at every evaluation: the scores change with G only
+        g = torch.Generator(device=self.device).manual_seed(r.seed + 15485863)
+        res = fmnist_scores(self._generate_many(r.fd_samples, g), self._fd_real, classifier=self.classifier)
+        out = {"eval/fd": res["fd"], "eval/classifier_score": res["score"],
+               "eval/classifier_score_std": res["score_std"]}
+        self._log(step, out)
+        return out
+
+    def _fd_tail(self, step) -> dict:
+        """NTGAN's report: mean and std of the last five evaluations made in the last 10% of the steps (this
+        session's and, after a resume, the earlier ones kept in metrics.csv)."""
+        import numpy as np
+
+        rows = [r for r in self.csv.rows if r.get("eval/fd") not in (None, "")
+                and float(r["step"]) > 0.9 * self.cfg.run.steps][-5:]
+        out = {"eval/tail_evaluations": float(len(rows))}
+        for key in ("fd", "classifier_score"):
+            v = np.array([float(r[f"eval/{key}"]) for r in rows])
+            out[f"eval/{key}_tail_mean"], out[f"eval/{key}_tail_std"] = float(v.mean()), float(v.std())
         self._log(step, out)
         return out
 
@@ -524,6 +569,9 @@ class _Run:
                 if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
                     monitor.check()
                     self._checkpoint(step)
+                if r.fd and ((r.fd_every and step % r.fd_every == 0) or final):
+                    # after the checkpoint: a failing evaluation loses no training
+                    metrics.update(self._fd(step))
                 if stop.requested:
                     monitor.check()
                     if self.last_ckpt_step != step:
@@ -533,6 +581,8 @@ class _Run:
             monitor.check()
             if r.parzen:
                 metrics.update(self._parzen(step))
+            if r.fd:
+                metrics.update(self._fd_tail(step))
         except NonFiniteLossError as e:
             where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
                      if self.last_ckpt_step is not None else "no checkpoint had been written yet")

@@ -242,6 +242,8 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         shrink += ["model.g_hidden=[16,16]", "model.d_hidden=[8,8]", "model.latent_dim=8"]
     if cfg.run.parzen:
         shrink += ["run.parzen_samples=20", "run.parzen_validation=8", "run.parzen_test=16", "data.holdout=8"]
+    if cfg.run.fd:
+        shrink += ["run.fd_samples=20"]
     r = fastgan.train(path, overrides=shrink)
     assert r.step == 2
     changed = {k for k, _, _ in fastgan.config.diff(cfg, r.config)}
@@ -249,6 +251,8 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
     assert (r.out_dir / "samples" / "step_0000002.png").exists()
     if cfg.run.parzen:
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
+    if cfg.run.fd:
+        assert r.metrics["eval/fd"] > 0 and r.metrics["eval/tail_evaluations"] == 1.0
 
 
 def _parzen_run(tmp_path, data_path, *extra):

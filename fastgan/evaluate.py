@@ -1,0 +1,100 @@
+"""`fastgan eval RUN`: sample-quality scores of a finished run's generator, from its checkpoint.
+
+Fashion-MNIST runs: Fréchet distance to the test split and classifier score (FID's and the Inception score's
+formulas on fastgan's shipped classifier, fastgan.metrics.fmnist_scores); mixture runs: mode coverage,
+high-quality fraction and KL of the mode histogram (fastgan.metrics.mode_metrics).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from . import config as C
+from .checkpoint import CheckpointError
+from .crosstest import _read, cli_device, held_out_real, load_run
+
+
+def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:
+    """Scores of `samples` draws from a run folder's generator; "run", "step", "data", "generated" and, for
+    Fashion-MNIST, "real" (where the real samples came from: the test split when the run trained on
+    data.split=train, else its data.holdout images) beside the scores."""
+    from .data import mixtures
+    from .metrics import fmnist_scores, mode_metrics
+    from .metrics._args import positive_int
+
+    samples = positive_int(samples, "samples")
+    device = torch.device(device)
+    state, cfg = _read(run_dir)
+    d = cfg.data
+    g = torch.Generator(device=device).manual_seed(seed)
+    if d.name in mixtures.MIXTURES:
+        means = mixtures.means(d.name, device=device)
+        shape, real = (means.shape[1],), None
+    elif d.name == "fashion_mnist":
+        # real images G never trained on: the test split, or the run's data.holdout
+        real, where = held_out_real(d, samples, device, g, command="eval")
+        shape = tuple(real.shape[1:])
+    else:
+        raise ValueError(f"eval: no score for data.name={d.name!r}: fastgan eval scores fashion_mnist runs "
+                         f"(its classifier) and the mixtures {', '.join(mixtures.MIXTURES)}")
+    m = load_run(run_dir, shape, device, _state=(state, cfg))
+    m.G.eval()
+    with torch.no_grad():
+        z = m.G.sample_latent(samples, generator=g, device=device)
+        x = torch.cat([m.G(z[i:i + 1000]) for i in range(0, samples, 1000)])
+    out = {"run": str(m.path), "step": m.step, "data": d.name, "generated": samples}
+    if real is None:
+        mm = mode_metrics(x, means, d.mixture_std or mixtures.default_std(d.name))
+        out.update({k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in mm.items()})
+        return out
+    from .metrics import load_fmnist_classifier
+
+    net = load_fmnist_classifier(device)
+    res = fmnist_scores(x, real, classifier=net)
+    splits = min(10, real.shape[0])
+    real_score = fmnist_scores(real, classifier=net, splits=splits)
+    out.update(real=where, fd=res["fd"], classifier_score=res["score"], classifier_score_std=res["score_std"],
+               real_classifier_score=real_score["score"])
+    return out
+
+
+def format_report(r: dict) -> str:
+    lines = [f"run: {r['run']} (step {r['step']}), data {r['data']}, {r['generated']} generated samples"]
+    if "fd" in r:
+        lines += [f"real: {r['real']}",
+                  f"Fréchet distance (fastgan's Fashion-MNIST classifier features): {r['fd']:.4f}",
+                  f"classifier score: {r['classifier_score']:.4f} ± {r['classifier_score_std']:.4f} "
+                  f"(real test images: {r['real_classifier_score']:.4f})",
+                  "(FID's and the Inception score's formulas on fastgan's classifier: comparable between fastgan "
+                  "runs, not with Inception-based numbers)"]
+    else:
+        lines += [f"modes covered: {r['modes']} of {r['num_modes']}",
+                  f"high-quality samples (within 3 std of a mode): {r['high_quality']:.4f}",
+                  f"KL(mode histogram || uniform): {r['kl_modes']:.4f}"]
+    return "\n".join(lines)
+
+
+def _cmd_eval(args) -> int:
+    try:
+        r = evaluate_run(args.run, samples=args.samples, device=cli_device(args.device), seed=args.seed)
+    except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
+        print(f"fastgan eval: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, C.ConfigError) else 1
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="sample-quality scores of a finished run",
+        description="Score a finished run's generator from its checkpoint: Fashion-MNIST runs get the Fréchet "
+                    "distance to the test split and the classifier score (FID's and the Inception score's formulas "
+                    "on fastgan's shipped Fashion-MNIST classifier), mixture runs their mode coverage.")
+    p.add_argument("run", help="run folder (with checkpoints/last.pt)")
+    p.add_argument("--samples", type=int, default=10000, help="generated (and real) samples (10000, as NTGAN)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)

@@ -1,0 +1,109 @@
+"""The shipped Fashion-MNIST classifier (weights checked by SHA-256, accuracy on the real test split) and
+fmnist_scores' behaviour on real and degraded images, and its argument errors."""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan.data.idx import read_idx
+from fastgan.metrics import FashionMNISTNet, classify, fmnist_scores, load_fmnist_classifier, real_stats
+from fastgan.metrics import classifier as clf
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+# .ci/run installs the data set and sets this: there, a missing set is a failure, not a skip
+_REQUIRED = os.environ.get("FASTGAN_REQUIRE_DATA") == "1"
+
+
+def _split(prefix: str, n: int):
+    if not FMNIST.is_dir():
+        if _REQUIRED:
+            pytest.fail(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
+        pytest.skip(f"{FMNIST} missing (apt-get install -y dataset-fashion-mnist)")
+    x = torch.from_numpy(read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz")[:n].copy()).float() / 127.5 - 1
+    y = torch.from_numpy(read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")[:n].copy()).long()
+    return x.unsqueeze(1), y
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_fmnist_classifier()
+
+
+def test_shipped_weights_are_the_recorded_ones(net):
+    assert clf.WEIGHTS_SHA256 is not None and clf._sha256(clf.WEIGHTS) == clf.WEIGHTS_SHA256
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+def test_accuracy_on_the_test_split(net):
+    x, y = _split("t10k", 10000)
+    _, logits = classify(x, net)
+    assert float((logits.argmax(1) == y).float().mean()) >= 0.90
+
+
+def test_scores_separate_real_from_degraded_images(net):
+    test, _ = _split("t10k", 5000)
+    train, _ = _split("train", 5000)
+    stats = real_stats(test, net)
+    real = fmnist_scores(train, stats, classifier=net)
+    noise = torch.randn(train.shape, generator=torch.Generator().manual_seed(0))
+    noisy = fmnist_scores((train + 0.5 * noise).clamp(-1, 1), stats, classifier=net)
+    one_class = fmnist_scores(train[_split("train", 5000)[1] == 1][:500], stats, classifier=net)  # trousers only
+    assert real["fd"] < 0.1 * noisy["fd"] and real["fd"] < 0.1 * one_class["fd"]
+    assert real["score"] > 2 * one_class["score"] and real["score"] > noisy["score"]
+    assert one_class["score"] < 1.5
+
+
+def test_damaged_weights_are_refused(tmp_path, monkeypatch):
+    copy = tmp_path / "w.pt"
+    shutil.copy(clf.WEIGHTS, copy)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    monkeypatch.setattr(clf, "WEIGHTS", copy)
+    with pytest.raises(RuntimeError, match=r"w\.pt are damaged \(SHA-256 differs"):
+        load_fmnist_classifier()
+
+
+def test_other_weights_by_path(tmp_path):
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match=r"bad\.pt: not a FashionMNISTNet state dict"):
+        load_fmnist_classifier(path=tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match=r"junk\.pt: not a FashionMNISTNet state dict"):
+        load_fmnist_classifier(path=tmp_path / "junk.pt")
+    torch.save(FashionMNISTNet().state_dict(), tmp_path / "mine.pt")
+    assert isinstance(load_fmnist_classifier(path=tmp_path / "mine.pt"), FashionMNISTNet)
+
+
+def test_classify_uses_eval_mode_and_restores_the_flag():
+    torch.manual_seed(0)
+    net = FashionMNISTNet().train()
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    f_batch, _ = classify(x, net, batch_size=6)
+    f_single, _ = classify(x, net, batch_size=1)
+    torch.testing.assert_close(f_batch, f_single)   # no batch statistics
+    assert net.training
+
+
+@pytest.mark.parametrize("x,exc,match", [
+    (torch.zeros(8, 3, 28, 28), ValueError, r"^samples: expected Fashion-MNIST images \(N, 1, 28, 28\)"),
+    (torch.zeros(1, 1, 28, 28), ValueError, r"^samples: .*N >= 2"),
+    (torch.full((8, 1, 28, 28), 255.0), ValueError, r"^samples: values span \[255, 255\]; the classifier takes "
+                                                     r"images in \[-1, 1\]"),
+    (torch.zeros(8, 1, 28, 28, dtype=torch.uint8), TypeError, r"^samples: expected floating-point images"),
+    (np.full((8, 1, 28, 28), np.nan, np.float32), ValueError, r"^samples: contains 6272 non-finite"),
+])
+def test_bad_images(x, exc, match):
+    with pytest.raises(exc, match=match):
+        fmnist_scores(x, classifier=FashionMNISTNet())
+
+
+def test_bad_real_and_classifier():
+    x = torch.zeros(10, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"^real: expected Fashion-MNIST images"):
+        fmnist_scores(x, torch.zeros(10, 1, 32, 32), classifier=FashionMNISTNet())
+    with pytest.raises(TypeError, match=r"^classifier: expected a FashionMNISTNet, got Linear"):
+        fmnist_scores(x, classifier=torch.nn.Linear(2, 2))

@@ -1,0 +1,108 @@
+"""Fréchet distance and classifier score against the usual FID / Inception-score computation (fastgan.reference
+.metrics), closed forms, invariances and argument errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan.metrics import classifier_score, frechet_distance, gaussian_stats
+from fastgan.reference import metrics as ref
+
+
+def _correlated(n, d, seed, shift=0.0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=torch.float64) * scale
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix + shift
+
+
+@pytest.mark.parametrize("n,d", [(400, 1), (400, 8), (2000, 32), (50, 64)], ids=["d1", "d8", "d32", "rank-deficient"])
+def test_matches_the_reference(n, d):
+    a, b = _correlated(n, d, 0), _correlated(n, d, 1, shift=0.3, scale=0.7)
+    want = ref.frechet_distance(a.numpy(), b.numpy())
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-7, abs=1e-9 * d)
+    # numpy arrays and float32 inputs are taken as they are
+    assert frechet_distance(a.numpy(), b.float()) == pytest.approx(want, rel=1e-5)
+
+
+def test_closed_form_for_diagonal_gaussians():
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([0.5, 1.0, 0.0])
+    va, vb = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    want = float((mu_a - mu_b).pow(2).sum() + (va.sqrt() - vb.sqrt()).pow(2).sum())
+    assert frechet_distance((mu_a, torch.diag(va)), (mu_b, torch.diag(vb))) == pytest.approx(want, rel=1e-12)
+
+
+def test_non_commuting_covariances_against_an_explicit_square_root():
+    """tr((S_a S_b)^(1/2)) for 2x2 covariances with different eigenvectors, by the 2x2 formula
+    tr(sqrt(M)) = sqrt(tr M + 2 sqrt(det M))."""
+    s_a = torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    s_b = torch.tensor([[0.5, -0.3], [-0.3, 3.0]], dtype=torch.float64)
+    m = s_a @ s_b
+    tr_sqrt = math.sqrt(float(m.trace()) + 2 * math.sqrt(float(torch.linalg.det(m))))
+    want = float(s_a.trace() + s_b.trace()) - 2 * tr_sqrt
+    zero = torch.zeros(2, dtype=torch.float64)
+    assert frechet_distance((zero, s_a), (zero, s_b)) == pytest.approx(want, rel=1e-12)
+
+
+def test_invariances():
+    a, b = _correlated(300, 5, 2), _correlated(300, 5, 3, shift=1.0)
+    fd = frechet_distance(a, b)
+    assert fd > 1
+    assert frechet_distance(b, a) == pytest.approx(fd, rel=1e-9)
+    assert frechet_distance(a + 100.0, b + 100.0) == pytest.approx(fd, rel=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    assert frechet_distance(a @ q, b @ q) == pytest.approx(fd, rel=1e-9)   # rotations keep distances
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a) >= 0.0
+
+
+def test_statistics_pair_equals_features():
+    a, b = _correlated(300, 6, 5), _correlated(500, 6, 6, scale=2.0)
+    mu, cov = gaussian_stats(b)
+    np.testing.assert_allclose(cov.numpy(), np.cov(b.numpy(), rowvar=False), rtol=1e-12)
+    assert frechet_distance(a, (mu, cov)) == pytest.approx(frechet_distance(a, b), rel=1e-12)
+
+
+@pytest.mark.parametrize("a,b,exc,match", [
+    (torch.zeros(10), torch.zeros(10, 2), ValueError, r"^a: expected features \(N, D\)"),
+    (torch.zeros(1, 3), torch.zeros(10, 3), ValueError, r"^a: .*N >= 2"),
+    (torch.zeros(10, 3), torch.zeros(10, 4), ValueError, r"^b: has 4 features, a has 3"),
+    (torch.zeros(10, 3), torch.full((10, 3), float("nan")), ValueError, r"^b: contains 30 non-finite"),
+    ([[0.0, 1.0]], torch.zeros(10, 2), ValueError, r"^a: expected features \(N, D\) or a \(mean, covariance\)"),
+    ((torch.zeros(3), torch.zeros(2, 2)), torch.zeros(10, 3), ValueError, r"^a: expected mean \(D,\) and covariance"),
+    ("x", torch.zeros(10, 3), TypeError, r"^a: expected a tensor or numpy array"),
+])
+def test_bad_arguments(a, b, exc, match):
+    with pytest.raises(exc, match=match):
+        frechet_distance(a, b)
+
+
+def test_classifier_score_matches_the_reference():
+    logits = torch.randn(1000, 10, generator=torch.Generator().manual_seed(0)) * 3
+    got, want = classifier_score(logits), ref.classifier_score(logits)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert classifier_score(logits, splits=1) == pytest.approx(ref.classifier_score(logits, 1), rel=1e-9)
+
+
+def test_classifier_score_extremes():
+    assert classifier_score(torch.zeros(100, 10))[0] == pytest.approx(1.0)   # no confident prediction
+    one_hot = torch.full((100, 4), -50.0)
+    one_hot[torch.arange(100), torch.arange(100) % 4] = 50.0           # confident and evenly spread
+    mean, std = classifier_score(one_hot, splits=5)
+    assert mean == pytest.approx(4.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.full((100, 4), -50.0)
+    collapsed[:, 2] = 50.0                                              # confident, one class: mode collapse
+    assert classifier_score(collapsed)[0] == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("logits,splits,exc,match", [
+    (torch.zeros(10), 1, ValueError, r"^logits: expected \(N, K\)"),
+    (torch.zeros(10, 1), 1, ValueError, r"^logits: expected \(N, K\) with K >= 2"),
+    (torch.zeros(5, 3), 10, ValueError, r"^logits: 5 samples cannot make splits=10"),
+    (torch.zeros(10, 3), 0, ValueError, r"^splits: must be >= 1"),
+    (torch.zeros(10, 3), 2.0, TypeError, r"^splits: expected an int"),
+    (torch.full((10, 3), float("inf")), 1, ValueError, r"^logits: contains 30 non-finite"),
+])
+def test_classifier_score_bad_arguments(logits, splits, exc, match):
+    with pytest.raises(exc, match=match):
+        classifier_score(logits, splits)

@@ -1,0 +1,142 @@
+"""run.fd: the Fréchet distance and classifier score logged while training on Fashion-MNIST, NTGAN's
+last-five summary, resume, the config errors; `fastgan eval` on finished runs."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import fastgan
+from fastgan.cli import main as cli_main
+from fastgan.config import ConfigError
+from fastgan.metrics import fmnist_scores, load_fmnist_classifier, real_stats
+
+from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
+
+
+def _fd_run(tmp_path, data_path, *extra, name="run"):
+    return ["data.name=fashion_mnist", f"data.path={data_path}", "model.arch=dcgan", "model.dcgan_width=4",
+            "model.latent_dim=8", f"run.dir={tmp_path / name}", "run.sample_every=0", "run.checkpoint_every=0",
+            "run.num_samples=16", "optim.batch_size=8", "run.progress=off", "run.fd=true", "run.fd_samples=20",
+            *extra]
+
+
+def _csv_column(run_dir, key):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_fd_is_logged_and_summarised_over_the_last_five_evaluations(tmp_path, tiny_fashion_mnist):
+    r = fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=30", "run.fd_every=2"))
+    fd = _csv_column(r.out_dir, "eval/fd")
+    assert [s for s, _ in fd] == list(range(2, 31, 2))
+    score = _csv_column(r.out_dir, "eval/classifier_score")
+    # NTGAN's report: the last five evaluations in the last 10% of the steps: steps 28 and 30 here
+    tail = [v for s, v in fd if s > 27]
+    assert r.metrics["eval/tail_evaluations"] == 2.0
+    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean(tail), rel=1e-5)
+    assert r.metrics["eval/fd_tail_std"] == pytest.approx(np.std(tail), rel=1e-4, abs=1e-9)
+    assert r.metrics["eval/classifier_score_tail_mean"] == pytest.approx(np.mean([v for s, v in score if s > 27]),
+                                                                      rel=1e-5)
+    # the last value, recomputed from the trained G: the trainer's latents (seed + 15485863), G in eval mode,
+    # the first 20 test images
+    G = r.generator.eval()
+    z = G.sample_latent(20, generator=torch.Generator().manual_seed(15485863))
+    with torch.no_grad():
+        x = G(z)
+    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
+    want = fmnist_scores(x, test)
+    assert fd[-1][1] == pytest.approx(want["fd"], rel=1e-5)
+    assert r.metrics["eval/fd"] == pytest.approx(want["fd"], rel=1e-6)
+    assert r.metrics["eval/classifier_score"] == pytest.approx(want["score"], rel=1e-6)
+
+
+def test_tail_spans_a_resume(tmp_path, tiny_fashion_mnist):
+    over = _fd_run(tmp_path, tiny_fashion_mnist, "run.fd_every=1", "run.checkpoint_every=1")
+    fastgan.train(None, overrides=[*over, "run.steps=48"])
+    r = fastgan.train(None, overrides=[*over, "run.steps=50"], resume=True)
+    fd = _csv_column(r.out_dir, "eval/fd")
+    # step 48 was evaluated once as the first run's last step; steps > 45 are the last 10% of 50
+    assert [s for s, _ in fd if s > 45] == [46, 47, 48, 49, 50]
+    assert r.metrics["eval/tail_evaluations"] == 5.0
+    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean([v for s, v in fd if s > 45]), rel=1e-5)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["data.split=test"], r"run\.fd: the Fréchet distance is to the test split, and data\.split='test' trains on it"),
+    (["data.split=all"], r"run\.fd: .*data\.split='all' trains on it"),
+])
+def test_config_errors_write_nothing(tmp_path, tiny_fashion_mnist, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_fd_on_other_data_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.fd: .*needs data\.name=fashion_mnist, got 'roth3d'"):
+        fastgan.train(None, overrides=["run.fd=true", "run.steps=1", f"run.dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_fd_from_a_single_file_is_refused(tmp_path, tiny_fashion_mnist):
+    over = _fd_run(tmp_path, tiny_fashion_mnist / "train-images-idx3-ubyte", "run.steps=1")
+    with pytest.raises(ConfigError, match=r"run\.fd: needs a test split, read from the split files"):
+        fastgan.train(None, overrides=over)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_classifier_weights_fail_before_the_run_folder(tmp_path, tiny_fashion_mnist, monkeypatch):
+    from fastgan.metrics import classifier
+
+    monkeypatch.setattr(classifier, "WEIGHTS", tmp_path / "gone.pt")
+    with pytest.raises(FileNotFoundError, match=r"classifier weights .*gone\.pt not found .*reinstall fastgan"):
+        fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_command_on_a_fashion_mnist_run(tmp_path, tiny_fashion_mnist, capsys):
+    r = fastgan.train(None, overrides=[o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=2")
+                                       if not o.startswith("run.fd")])
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(0)))
+    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
+    net = load_fmnist_classifier()
+    want = fmnist_scores(x, real_stats(test, net), classifier=net)
+    assert got["fd"] == pytest.approx(want["fd"], rel=1e-9)
+    assert got["classifier_score"] == pytest.approx(want["score"], rel=1e-9)
+    assert got["real"] == "fashion_mnist test split (20 samples)" and got["step"] == 2
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 0
+    assert "Fréchet distance (fastgan's Fashion-MNIST classifier features): " in capsys.readouterr().out
+
+
+def test_eval_command_on_a_mixture_run(tmp_path, capsys):
+    r = fastgan.train(None, overrides=["run.steps=2", f"run.dir={tmp_path / 'mix'}", "run.sample_every=0",
+                                       "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"])
+    assert cli_main(["eval", str(r.out_dir), "--samples", "300", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(300, generator=torch.Generator().manual_seed(0)))
+    want = fastgan.metrics.mode_metrics(x, fastgan.data.mixtures.means("roth3d"), 0.01)
+    assert got["modes"] == want["modes"] and got["high_quality"] == pytest.approx(want["high_quality"])
+    assert got["num_modes"] == 7
+
+
+def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
+    assert cli_main(["eval", str(tmp_path / "nowhere")]) == 1
+    assert "fastgan eval: error: " in capsys.readouterr().err
+    r = fastgan.train(None, overrides=["data.name=ring8", "run.steps=1", f"run.dir={tmp_path / 'm'}",
+                                       "run.sample_every=0", "run.checkpoint_every=0", "optim.batch_size=16",
+                                       "run.progress=off"])
+    assert cli_main(["eval", str(r.out_dir), "--device", "tpu"]) == 2
+    assert "--device: must be one of" in capsys.readouterr().err
+    assert cli_main(["eval", str(r.out_dir), "--samples", "0"]) == 1
+    assert "samples: must be >= 1" in capsys.readouterr().err
+    over = [o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="t") if not o.startswith("run.fd")]
+    r = fastgan.train(None, overrides=[*over, "data.split=test"])
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 1
+    assert "eval: data.split='test' trains on the test split" in capsys.readouterr().err
