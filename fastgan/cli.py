@@ -1,5 +1,5 @@
 """Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`,
-`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`."""
+`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`, `python -m fastgan sample RUN --out FILE`."""
 from __future__ import annotations
 
 import argparse
@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_cli(sub)
         from .crosstest import add_cli as add_crosstest
         from .evaluate import add_cli as add_eval
+        from .sample import add_cli as add_sample
 
         add_crosstest(sub)
         add_eval(sub)
+        add_sample(sub)
     return p
 
 

@@ -14,6 +14,7 @@ import torch
 from . import config as C
 from .checkpoint import CheckpointError
 from .crosstest import _read, cli_device, held_out_real, load_run
+from .sample import draw
 
 
 def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:
@@ -24,7 +25,8 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     from .metrics import fmnist_scores, mode_metrics
     from .metrics._args import positive_int
 
-    samples = positive_int(samples, "samples")
+    if positive_int(samples, "samples") < 20:
+        raise ValueError(f"samples: must be >= 20 (the classifier score's 10 parts of at least 2), got {samples}")
     device = torch.device(device)
     state, cfg = _read(run_dir)
     d = cfg.data
@@ -40,10 +42,7 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
         raise ValueError(f"eval: no score for data.name={d.name!r}: fastgan eval scores fashion_mnist runs "
                          f"(its classifier) and the mixtures {', '.join(mixtures.MIXTURES)}")
     m = load_run(run_dir, shape, device, _state=(state, cfg))
-    m.G.eval()
-    with torch.no_grad():
-        z = m.G.sample_latent(samples, generator=g, device=device)
-        x = torch.cat([m.G(z[i:i + 1000]) for i in range(0, samples, 1000)])
+    x, _ = draw(m.G, samples, g, device)
     out = {"run": str(m.path), "step": m.step, "data": d.name, "generated": samples}
     if real is None:
         mm = mode_metrics(x, means, d.mixture_std or mixtures.default_std(d.name))
@@ -53,8 +52,8 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
 
     net = load_fmnist_classifier(device)
     res = fmnist_scores(x, real, classifier=net)
-    splits = min(10, real.shape[0])
-    real_score = fmnist_scores(real, classifier=net, splits=splits)
+    # as many parts as G's score, fewer if the held-out images are few (each part needs 2)
+    real_score = fmnist_scores(real, classifier=net, splits=max(1, min(10, real.shape[0] // 2)))
     out.update(real=where, fd=res["fd"], classifier_score=res["score"], classifier_score_std=res["score_std"],
                real_classifier_score=real_score["score"])
     return out
@@ -66,7 +65,7 @@ def format_report(r: dict) -> str:
         lines += [f"real: {r['real']}",
                   f"Fréchet distance (fastgan's Fashion-MNIST classifier features): {r['fd']:.4f}",
                   f"classifier score: {r['classifier_score']:.4f} ± {r['classifier_score_std']:.4f} "
-                  f"(real test images: {r['real_classifier_score']:.4f})",
+                  f"(the real images': {r['real_classifier_score']:.4f})",
                   "(FID's and the Inception score's formulas on fastgan's classifier: comparable between fastgan "
                   "runs, not with Inception-based numbers)"]
     else:
@@ -93,7 +92,8 @@ def add_cli(subparsers) -> None:
                     "distance to the test split and the classifier score (FID's and the Inception score's formulas "
                     "on fastgan's shipped Fashion-MNIST classifier), mixture runs their mode coverage.")
     p.add_argument("run", help="run folder (with checkpoints/last.pt)")
-    p.add_argument("--samples", type=int, default=10000, help="generated (and real) samples (10000, as NTGAN)")
+    p.add_argument("--samples", type=int, default=10000,
+                   help="generated (and at most as many real) samples, >= 20 (10000, as NTGAN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

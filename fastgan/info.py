@@ -49,6 +49,7 @@ def info(print_report: bool = False) -> dict:
                       "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
                       "openmp": bool(C and C.openmp)},
         "cuda_devices": _cuda_devices(C),
+        "metrics_classifier": _classifier_status(),
         "backends": {},
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -63,6 +64,19 @@ def info(print_report: bool = False) -> dict:
     if print_report:
         print(format_report(report))
     return report
+
+
+def _classifier_status() -> dict:
+    """Whether the Fashion-MNIST classifier behind run.fd and `fastgan eval` is installed intact (file and
+    SHA-256 only: the network itself is not built here)."""
+    from .metrics import classifier
+
+    p = classifier.WEIGHTS
+    if not p.is_file():
+        return {"ok": False, "reason": f"{p} not found (reinstall fastgan)"}
+    if classifier._sha256(p) != classifier.WEIGHTS_SHA256:
+        return {"ok": False, "reason": f"{p} is damaged (SHA-256 differs; reinstall fastgan)"}
+    return {"ok": True, "reason": None}
 
 
 def format_report(r: dict) -> str:
@@ -83,6 +97,9 @@ def format_report(r: dict) -> str:
         where = code[d["fastgan_code"]] if ext["cuda_compiled"] else "not built"
         lines.append(f"  cuda:{d['index']} {d['name']} (sm_{d['capability'].replace('.', '')}): fastgan's CUDA "
                      f"kernels: {where}")
+    mc = r.get("metrics_classifier")  # absent from reports made by older versions
+    if mc is not None:
+        lines.append("Fashion-MNIST classifier (run.fd, fastgan eval): " + ("ok" if mc["ok"] else mc["reason"]))
     for dev, backends in r["backends"].items():
         lines.append(f"backends for {dev} tensors:")
         for name, st in backends.items():

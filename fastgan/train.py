@@ -341,9 +341,7 @@ class _Run:
                 raise ConfigError(f"run.fd: scores images with fastgan's Fashion-MNIST classifier and needs "
                                   f"data.name=fashion_mnist, got {d.name!r} (or set run.fd=false)")
             self._check_test_split("run.fd", "the Fréchet distance is to the test split")
-            from .metrics import load_fmnist_classifier
-
-            self.classifier = load_fmnist_classifier(self.device)
+            self._fd_setup()
         if not (r.parzen and self.dataset.kind == "images"):
             return
         if d.name not in TEST_SPLIT_DATASETS:
@@ -356,6 +354,22 @@ class _Run:
                               f"data.holdout >= run.parzen_validation={r.parzen_validation}, got data.holdout="
                               f"{d.holdout} (the last data.holdout samples of the split are then not trained on), or "
                               f"set run.parzen=false")
+
+    def _fd_setup(self):
+        """The classifier and the test split's feature statistics, read now: a missing or too small split fails
+        before the run folder is made, not at the first evaluation."""
+        from .data import load_test_split
+        from .metrics import load_fmnist_classifier, real_stats
+
+        self.classifier = load_fmnist_classifier(self.device)
+        try:
+            real = load_test_split(self.cfg.data, self.device, self.cfg.run.fd_samples)
+        except (OSError, ValueError) as e:
+            raise type(e)(f"run.fd: needs the test split: {e}") from None
+        if real.shape[0] < 2:
+            raise ConfigError(f"run.fd: the test split of data.path={self.cfg.data.path!r} holds {real.shape[0]} "
+                              f"image(s); the Fréchet distance needs at least 2 (or set run.fd=false)")
+        self._fd_real = real_stats(real, self.classifier)
 
     def _check_test_split(self, key: str, why: str):
         d = self.cfg.data
@@ -470,15 +484,16 @@ class _Run:
         return out
 
     def _fd(self, step) -> dict:
-        from .data import load_test_split
-        from .metrics import fmnist_scores, real_stats
+        from .metrics import fmnist_scores
 
         r = self.cfg.run
-        if self._fd_real is None:
-            self._fd_real = real_stats(load_test_split(self.cfg.data, self.device, r.fd_samples), self.classifier)
         # the same latents at every evaluation: the scores change with G only
         g = torch.Generator(device=self.device).manual_seed(r.seed + 15485863)
-        res = fmnist_scores(self._generate_many(r.fd_samples, g), self._fd_real, classifier=self.classifier)
+        x = self._generate_many(r.fd_samples, g)
+        if not bool(torch.isfinite(x).all()):
+            # eval-mode G (BatchNorm's running statistics) can diverge while the training losses stay finite
+            raise NonFiniteLossError(f"run.fd at step {step}: G's samples (eval mode) hold non-finite values")
+        res = fmnist_scores(x, self._fd_real, classifier=self.classifier)
         out = {"eval/fd": res["fd"], "eval/classifier_score": res["score"],
                "eval/classifier_score_std": res["score_std"]}
         self._log(step, out)
@@ -570,7 +585,7 @@ class _Run:
                     monitor.check()
                     self._checkpoint(step)
                 if r.fd and ((r.fd_every and step % r.fd_every == 0) or final):
-                    # after the checkpoint: a failing evaluation loses no training
+                    monitor.check()  # a non-finite loss is named as such, not as non-finite samples
                     metrics.update(self._fd(step))
                 if stop.requested:
                     monitor.check()

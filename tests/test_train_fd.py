@@ -2,6 +2,7 @@
 last-five summary, resume, the config errors; `fastgan eval` on finished runs."""
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -86,6 +87,50 @@ def test_fd_from_a_single_file_is_refused(tmp_path, tiny_fashion_mnist):
     assert not (tmp_path / "run").exists()
 
 
+def _idx(path, n, seed):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + pixels.tobytes())
+
+
+@pytest.mark.parametrize("n_test,exc,message", [
+    (None, FileNotFoundError, r"^run\.fd: needs the test split: .*no test images in"),
+    (1, ConfigError, r"^run\.fd: the test split of data\.path=.* holds 1 image\(s\); the Fréchet distance needs at "
+                     r"least 2"),
+])
+def test_unusable_test_split_fails_before_the_run_folder(tmp_path, n_test, exc, message):
+    data = tmp_path / "d"
+    data.mkdir()
+    _idx(data / "train-images-idx3-ubyte", 48, 0)
+    if n_test:
+        _idx(data / "t10k-images-idx3-ubyte", n_test, 1)
+    with pytest.raises(exc, match=message):
+        fastgan.train(None, overrides=_fd_run(tmp_path, data, "run.steps=4", "run.fd_every=2"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_fd_samples_below_20_is_a_config_error(tmp_path, tiny_fashion_mnist):
+    with pytest.raises(ConfigError, match=r"run\.fd_samples"):
+        fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", "run.fd_samples=10"))
+
+
+def test_non_finite_samples_stop_the_run_keeping_the_checkpoint(tmp_path, tiny_fashion_mnist, monkeypatch):
+    train_mod = sys.modules["fastgan.train"]
+    real_generate = train_mod._Run._generate
+
+    def nan_from_step_4(self, z):
+        x = real_generate(self, z)
+        return x * float("nan") if self.last_ckpt_step == 4 else x  # from the evaluation at step 4 on
+
+    monkeypatch.setattr(train_mod._Run, "_generate", nan_from_step_4)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"run\.fd at step 4: G's samples \(eval mode\) hold "
+                                                            r"non-finite values; the last good checkpoint, .*step 4"):
+        fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=6", "run.fd_every=2",
+                                              "run.checkpoint_every=2"))
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert [s for s, _ in _csv_column(tmp_path / "run", "eval/fd")] == [2]
+
+
 def test_missing_classifier_weights_fail_before_the_run_folder(tmp_path, tiny_fashion_mnist, monkeypatch):
     from fastgan.metrics import classifier
 
@@ -136,7 +181,29 @@ def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
     assert "--device: must be one of" in capsys.readouterr().err
     assert cli_main(["eval", str(r.out_dir), "--samples", "0"]) == 1
     assert "samples: must be >= 1" in capsys.readouterr().err
+    assert cli_main(["eval", str(r.out_dir), "--samples", "5"]) == 1
+    assert "samples: must be >= 20 (the classifier score's 10 parts of at least 2), got 5" in capsys.readouterr().err
     over = [o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="t") if not o.startswith("run.fd")]
     r = fastgan.train(None, overrides=[*over, "data.split=test"])
     assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 1
     assert "eval: data.split='test' trains on the test split" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_fd_on_cuda_matches_the_cpu(tmp_path, tiny_fashion_mnist, capsys):
+    """The trainer's evaluation and `fastgan eval` run on a CUDA device (classifier, test-split statistics,
+    float64 eigendecompositions on the GPU); the same images score as on the CPU (cuDNN may use TF32
+    convolutions, hence the tolerance)."""
+    r = fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=2", "run.device=cuda",
+                                              "run.checkpoint_every=2"))
+    assert r.metrics["eval/fd"] > 0
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--json", "--device", "cuda"]) == 0
+    assert json.loads(capsys.readouterr().out)["fd"] > 0
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(0), device="cpu").cuda())
+    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
+    on_cuda = fmnist_scores(x, test.cuda(), classifier=load_fmnist_classifier("cuda"))
+    on_cpu = fmnist_scores(x.cpu(), test, classifier=load_fmnist_classifier("cpu"))
+    assert on_cuda["fd"] == pytest.approx(on_cpu["fd"], rel=2e-2)
+    assert on_cuda["score"] == pytest.approx(on_cpu["score"], rel=2e-2)

@@ -44,8 +44,28 @@ def _stats(v, name: str) -> tuple[torch.Tensor, torch.Tensor]:
                              f"{tuple(cov.shape)}")
         check_finite(mu, name)
         check_finite(cov, name)
+        cov = cov.to(mu.device)
+        # a covariance is symmetric positive semi-definite; anything else has no Gaussian to compare
+        scale = float(cov.abs().max()) if cov.numel() else 0.0
+        tol = 1e-6 * max(scale, 1e-300)
+        if float((cov - cov.T).abs().max()) > tol or float(torch.linalg.eigvalsh(cov).min()) < -tol * cov.shape[0]:
+            raise ValueError(f"{name}: the covariance is not symmetric positive semi-definite")
         return mu, cov
     return gaussian_stats(v, name)
+
+
+def _distance(a, b, name_a: str, name_b: str) -> float:
+    mu_a, s_a = _stats(a, name_a)
+    mu_b, s_b = _stats(b, name_b)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"{name_b}: has {mu_b.shape[0]} features, {name_a} has {mu_a.shape[0]}")
+    mu_b, s_b = mu_b.to(mu_a.device), s_b.to(mu_a.device)
+    root_a = _sqrt_psd(s_a)
+    m = root_a @ s_b @ root_a
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    fd = (mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt
+    # equal inputs can land a rounding error below zero
+    return max(float(fd), 0.0)
 
 
 def _sqrt_psd(s: torch.Tensor) -> torch.Tensor:
@@ -56,28 +76,20 @@ def _sqrt_psd(s: torch.Tensor) -> torch.Tensor:
 def frechet_distance(a, b) -> float:
     """Fréchet distance between Gaussians fitted to a and b: each features (N, D) (tensor or numpy array, N >= 2)
     or a (mean, covariance) pair from `gaussian_stats` (e.g. real statistics computed once)."""
-    mu_a, s_a = _stats(a, "a")
-    mu_b, s_b = _stats(b, "b")
-    if mu_a.shape != mu_b.shape:
-        raise ValueError(f"b: has {mu_b.shape[0]} features, a has {mu_a.shape[0]}")
-    mu_b, s_b = mu_b.to(mu_a.device), s_b.to(mu_a.device)
-    root_a = _sqrt_psd(s_a)
-    m = root_a @ s_b @ root_a
-    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    fd = (mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt
-    # equal inputs can land a rounding error below zero
-    return max(float(fd), 0.0)
+    return _distance(a, b, "a", "b")
 
 
 def classifier_score(logits, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) of a classifier's logits (N, K) (the Inception score's formula), as mean and
-    standard deviation over `splits` equal parts of the N samples (Salimans et al.: 10 parts)."""
+    standard deviation over `splits` equal parts of the N samples (Salimans et al.: 10 parts; N >= 2 * splits;
+    the last N mod splits samples are left out, as in their code)."""
     x = as_points(logits, "logits")
     if x.dim() != 2 or x.shape[1] < 2:
         raise ValueError(f"logits: expected (N, K) with K >= 2 classes, got shape {tuple(x.shape)}")
     splits = positive_int(splits, "splits")
-    if x.shape[0] < splits:
-        raise ValueError(f"logits: {x.shape[0]} samples cannot make splits={splits} parts")
+    if x.shape[0] < 2 * splits:
+        # a part of one sample is its own marginal: its score is 1 whatever the classifier says
+        raise ValueError(f"logits: {x.shape[0]} samples cannot make splits={splits} parts of at least 2")
     check_finite(x, "logits")
     logp = torch.log_softmax(x.to(torch.float64), dim=1)
     n = x.shape[0] // splits

@@ -3,11 +3,13 @@ fastgan's shipped classifier (FID's and the Inception score's formulas; NTGAN's 
 real samples). The numbers rank fastgan runs against each other; they are not Inception-based FID / IS values."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ._args import as_points, check_finite, positive_int
 from .classifier import INPUT_SHAPE, FashionMNISTNet, load_fmnist_classifier
-from .frechet import classifier_score, frechet_distance, gaussian_stats
+from .frechet import _distance, classifier_score, gaussian_stats
 
 # generated images are tanh outputs; this slack only forgives rounding, not another value range
 _RANGE_SLACK = 1e-3
@@ -25,6 +27,12 @@ def _images(x, name: str) -> torch.Tensor:
     if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
         raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}]; the classifier takes images in [-1, 1] "
                          f"(fastgan's range: map [0, 1] images with 2x - 1)")
+    if lo >= 0:
+        # [0, 1] images lie inside [-1, 1] and score like noise; a G could in principle draw only light images,
+        # so this warns rather than refuses
+        warnings.warn(f"{name}: every value is >= 0 (span [{lo:.4g}, {hi:.4g}]): images in [0, 1]? The classifier "
+                      f"takes [-1, 1], where Fashion-MNIST's background is -1 (map with 2x - 1)", UserWarning,
+                      stacklevel=3)
     return x
 
 
@@ -54,16 +62,17 @@ def classify(images, classifier: FashionMNISTNet | None = None, batch_size: int 
 
 def fmnist_scores(samples, real=None, *, classifier: FashionMNISTNet | None = None, batch_size: int = 1000,
                   splits: int = 10) -> dict:
-    """Scores of generated images `samples` (N, 1, 28, 28) in [-1, 1]:
+    """Scores of generated images `samples` (N, 1, 28, 28) in [-1, 1], N >= 2 * splits:
     `fd` (Fréchet distance to `real`: images of the same form, or a (mean, covariance) pair from
-    `real_stats`; None without real), `score` and `score_std` (classifier score over `splits` parts)."""
+    `real_stats`; None without real), `score` and `score_std` (classifier score over `splits` parts).
+    Values outside [-1, 1] are refused; all values >= 0 (images in [0, 1]?) warn."""
     net = classifier if classifier is not None else load_fmnist_classifier(as_points(samples, "samples").device)
     feats, logits = classify(samples, net, batch_size, "samples")
     mean, std = classifier_score(logits, splits)
     out = {"fd": None, "score": mean, "score_std": std, "samples": int(feats.shape[0])}
     if real is not None:
         stats = real if isinstance(real, (tuple, list)) else real_stats(real, net, batch_size)
-        out["fd"] = frechet_distance(gaussian_stats(feats, "samples"), stats)
+        out["fd"] = _distance(gaussian_stats(feats, "samples"), stats, "samples", "real")
     return out
 
 

@@ -67,6 +67,21 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
         load_fmnist_classifier()
 
 
+def test_info_reports_the_classifier(tmp_path, monkeypatch):
+    import fastgan
+    from fastgan.info import format_report
+
+    assert fastgan.info()["metrics_classifier"] == {"ok": True, "reason": None}
+    copy = tmp_path / "w.pt"
+    copy.write_bytes(clf.WEIGHTS.read_bytes()[:-1])
+    monkeypatch.setattr(clf, "WEIGHTS", copy)
+    r = fastgan.info()
+    assert r["metrics_classifier"]["ok"] is False
+    assert "Fashion-MNIST classifier (run.fd, fastgan eval): " + f"{copy} is damaged" in format_report(r)
+    monkeypatch.setattr(clf, "WEIGHTS", tmp_path / "gone.pt")
+    assert fastgan.info()["metrics_classifier"]["reason"].endswith("gone.pt not found (reinstall fastgan)")
+
+
 def test_other_weights_by_path(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match=r"bad\.pt: not a FashionMNISTNet state dict"):
@@ -101,9 +116,18 @@ def test_bad_images(x, exc, match):
         fmnist_scores(x, classifier=FashionMNISTNet())
 
 
+def test_images_in_0_1_warn():
+    with pytest.warns(UserWarning, match=r"^samples: every value is >= 0 .*images in \[0, 1\]\?"):
+        fmnist_scores(torch.rand(20, 1, 28, 28), classifier=FashionMNISTNet())
+
+
 def test_bad_real_and_classifier():
-    x = torch.zeros(10, 1, 28, 28)
+    x = torch.zeros(20, 1, 28, 28) - 0.5
     with pytest.raises(ValueError, match=r"^real: expected Fashion-MNIST images"):
         fmnist_scores(x, torch.zeros(10, 1, 32, 32), classifier=FashionMNISTNet())
+    with pytest.raises(ValueError, match=r"^real: has 4 features, samples has 128"):
+        fmnist_scores(x, (torch.zeros(4), torch.eye(4)), classifier=FashionMNISTNet())
+    with pytest.raises(ValueError, match=r"^real: expected features \(N, D\) or a \(mean, covariance\) pair, got 1"):
+        fmnist_scores(x, [x], classifier=FashionMNISTNet())
     with pytest.raises(TypeError, match=r"^classifier: expected a FashionMNISTNet, got Linear"):
         fmnist_scores(x, classifier=torch.nn.Linear(2, 2))

@@ -70,6 +70,9 @@ def test_statistics_pair_equals_features():
     (torch.zeros(10, 3), torch.full((10, 3), float("nan")), ValueError, r"^b: contains 30 non-finite"),
     ([[0.0, 1.0]], torch.zeros(10, 2), ValueError, r"^a: expected features \(N, D\) or a \(mean, covariance\)"),
     ((torch.zeros(3), torch.zeros(2, 2)), torch.zeros(10, 3), ValueError, r"^a: expected mean \(D,\) and covariance"),
+    ((torch.zeros(2), -torch.eye(2)), torch.zeros(10, 2), ValueError, r"^a: the covariance is not symmetric positive"),
+    (torch.zeros(10, 2), (torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])), ValueError,
+     r"^b: the covariance is not symmetric positive"),
     ("x", torch.zeros(10, 3), TypeError, r"^a: expected a tensor or numpy array"),
 ])
 def test_bad_arguments(a, b, exc, match):
@@ -99,6 +102,7 @@ def test_classifier_score_extremes():
     (torch.zeros(10), 1, ValueError, r"^logits: expected \(N, K\)"),
     (torch.zeros(10, 1), 1, ValueError, r"^logits: expected \(N, K\) with K >= 2"),
     (torch.zeros(5, 3), 10, ValueError, r"^logits: 5 samples cannot make splits=10"),
+    (torch.eye(10) * 50, 10, ValueError, r"^logits: 10 samples cannot make splits=10 parts of at least 2"),
     (torch.zeros(10, 3), 0, ValueError, r"^splits: must be >= 1"),
     (torch.zeros(10, 3), 2.0, TypeError, r"^splits: expected an int"),
     (torch.full((10, 3), float("inf")), 1, ValueError, r"^logits: contains 30 non-finite"),

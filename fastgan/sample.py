@@ -1,0 +1,100 @@
+"""`fastgan sample RUN --out FILE`: draw from a finished run's generator (its checkpoint) into a PNG (an image
+grid, or a scatter plot of points with the mixture's modes) or an .npz (the samples `x` and latents `z`)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as C
+from .checkpoint import CheckpointError
+from .crosstest import _read, cli_device, load_run
+
+_FORMATS = (".png", ".npz")
+
+
+def _data_shape(run_dir) -> tuple:
+    path = Path(run_dir) / "run_info.json"
+    try:
+        shape = json.loads(path.read_text())["data_shape"]
+        if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
+            raise ValueError(f"data_shape {shape!r} is not a list of positive ints")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found (the run folder's record of its data shape)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    return tuple(shape)
+
+
+@torch.no_grad()
+def draw(G: torch.nn.Module, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, latents) of n draws from G in eval mode (BatchNorm's running statistics), in chunks of 1000."""
+    G.eval()
+    z = G.sample_latent(n, generator=generator, device=device)
+    return torch.cat([G(z[i:i + 1000]) for i in range(0, n, 1000)]), z
+
+
+def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
+    """{"x": n samples (images in [-1, 1] or points), "z": their latents, "config", "step"} from G in eval mode."""
+    from .metrics._args import positive_int
+
+    n = positive_int(n, "n")
+    device = torch.device(device)
+    state, cfg = _read(run_dir)
+    m = load_run(run_dir, _data_shape(run_dir), device, _state=(state, cfg))
+    x, z = draw(m.G, n, torch.Generator(device=device).manual_seed(seed), device)
+    return {"x": x, "z": z, "config": cfg, "step": m.step}
+
+
+def write_samples(result: dict, out) -> Path:
+    """Write sample_run's result to `out` (.png or .npz) atomically: a file already there is replaced whole or
+    not at all."""
+    from .data import mixtures
+    from .logging_utils import save_image_grid, save_scatter
+
+    out = Path(out)
+    if out.suffix.lower() not in _FORMATS:
+        raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
+    x, cfg = result["x"], result["config"]
+    if out.suffix.lower() == ".png":  # the PNG writers write a temporary file and rename it
+        if x.dim() == 4:
+            return save_image_grid(x, out)
+        means = mixtures.means(cfg.data.name) if cfg.data.name in mixtures.MIXTURES else None
+        return save_scatter(x, out, means=means, title=f"{cfg.run.name} step {result['step']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, x=x.cpu().numpy(), z=result["z"].cpu().numpy())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _cmd_sample(args) -> int:
+    try:
+        r = sample_run(args.run, args.n, device=cli_device(args.device), seed=args.seed)
+        out = write_samples(r, args.out)
+    except (CheckpointError, OSError, ValueError, TypeError) as e:
+        print(f"fastgan sample: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, C.ConfigError) else 1
+    print(f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="draw samples from a finished run",
+        description="Draw samples from a finished run's generator (eval mode, from its checkpoint) into a PNG "
+                    "(image grid, or scatter plot of points) or an .npz (arrays x: samples, z: latents).")
+    p.add_argument("run", help="run folder (with checkpoints/last.pt)")
+    p.add_argument("--out", required=True, help="output file: .png or .npz")
+    p.add_argument("-n", type=int, default=64, help="number of samples (64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    p.set_defaults(func=_cmd_sample)

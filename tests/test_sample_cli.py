@@ -1,0 +1,74 @@
+"""`fastgan sample`: samples of a finished run's G into .npz / .png, atomically, and its errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastgan
+from fastgan.cli import main as cli_main
+
+from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
+
+_RUN = ["run.sample_every=0", "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"]
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mix")
+    return fastgan.train(None, overrides=["run.steps=2", f"run.dir={d / 'run'}", *_RUN])
+
+
+def test_npz_holds_the_generators_samples_and_latents(mixture_run, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "300", "--seed", "3"]) == 0
+    assert "300 samples of" in capsys.readouterr().out
+    with np.load(out) as f:
+        x, z = f["x"], f["z"]
+    G = mixture_run.generator.eval()
+    want_z = G.sample_latent(300, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want_x = G(want_z)
+    np.testing.assert_array_equal(z, want_z.numpy())
+    np.testing.assert_allclose(x, want_x.numpy(), rtol=1e-6, atol=1e-7)
+    assert x.shape == (300, 3)
+
+
+def test_png_of_points_and_of_images(mixture_run, tmp_path, tiny_fashion_mnist):
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "p.png").size[0] > 0
+    r = fastgan.train(None, overrides=["data.name=fashion_mnist", f"data.path={tiny_fashion_mnist}",
+                                       "model.arch=dcgan", "model.dcgan_width=4", "model.latent_dim=8",
+                                       "run.steps=1", f"run.dir={tmp_path / 'img'}", "run.num_samples=16", *_RUN[:2],
+                                       "optim.batch_size=8", "run.progress=off"])
+    assert cli_main(["sample", str(r.out_dir), "--out", str(tmp_path / "sub" / "g.png"), "-n", "16"]) == 0
+    img = Image.open(tmp_path / "sub" / "g.png")
+    assert img.mode == "L" and img.size == (4 * 30 + 2, 4 * 30 + 2)   # 4x4 grid of 28x28 with 2-pixel padding
+
+
+def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
+    out = tmp_path / "keep.npz"
+    out.write_bytes(b"old")
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "0"]) == 1
+    assert "n: must be >= 1" in capsys.readouterr().err and out.read_bytes() == b"old"
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "s.jpg")]) == 2
+    assert "--out: must end in .png or .npz" in capsys.readouterr().err
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "--device", "gpu"]) == 2
+    assert cli_main(["sample", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert "fastgan sample: error: " in capsys.readouterr().err and out.read_bytes() == b"old"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_or_damaged_run_info(mixture_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(mixture_run.out_dir, run)
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "data_shape": [3, -1]}))
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "run_info.json: unreadable (data_shape [3, -1] is not a list of positive ints)" in capsys.readouterr().err
+    (run / "run_info.json").unlink()
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "run_info.json not found" in capsys.readouterr().err
