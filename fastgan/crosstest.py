@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +16,8 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
-from .train import CHECKPOINT, _checkpoint_config, _device
+from .run_commands import add_device_and_seed, cli_device, run
+from .train import CHECKPOINT, _checkpoint_config
 
 # data fields that do not change which distribution the samples come from (which stored samples each run
 # trained on, max_samples and holdout, held_out_real takes into account)
@@ -150,25 +150,12 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cli_device(text: str) -> torch.device:
-    """A command's --device, checked as run.device is (a ConfigError naming --device)."""
-    if not C._DEVICE.match(text):
-        raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {text!r}")
-    try:
-        return _device(text)
-    except C.ConfigError as e:
-        raise C.ConfigError(str(e).replace("run.device", "--device")) from None
-
-
 def _cmd_crosstest(args) -> int:
-    try:
+    def body():
         r = cross_test_runs(args.run_a, args.run_b, samples=args.samples, device=cli_device(args.device),
                             seed=args.seed)
-    except (CheckpointError, OSError, ValueError, TypeError) as e:
-        print(f"fastgan crosstest: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, C.ConfigError) else 1
-    print(json.dumps(r, indent=2) if args.json else format_report(r))
-    return 0
+        return json.dumps(r, indent=2) if args.json else format_report(r)
+    return run("crosstest", body)
 
 
 def add_cli(subparsers) -> None:
@@ -180,7 +167,6 @@ def add_cli(subparsers) -> None:
     p.add_argument("run_a", help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
     p.add_argument("run_b", help="the other run folder, e.g. the regularized run")
     p.add_argument("--samples", type=int, default=10000, help="real and generated samples per model (10000)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents and of mixture draws")
+    add_device_and_seed(p, "seed of the latents and of mixture draws")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_crosstest)

@@ -7,13 +7,11 @@ high-quality fraction and KL of the mode histogram (fastgan.metrics.mode_metrics
 from __future__ import annotations
 
 import json
-import sys
 
 import torch
 
-from . import config as C
-from .checkpoint import CheckpointError
-from .crosstest import _read, cli_device, held_out_real, load_run
+from .crosstest import _read, held_out_real, load_run
+from .run_commands import add_device_and_seed, cli_device, run
 from .sample import draw
 
 
@@ -76,13 +74,10 @@ def format_report(r: dict) -> str:
 
 
 def _cmd_eval(args) -> int:
-    try:
+    def body():
         r = evaluate_run(args.run, samples=args.samples, device=cli_device(args.device), seed=args.seed)
-    except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
-        print(f"fastgan eval: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, C.ConfigError) else 1
-    print(json.dumps(r, indent=2) if args.json else format_report(r))
-    return 0
+        return json.dumps(r, indent=2) if args.json else format_report(r)
+    return run("eval", body)
 
 
 def add_cli(subparsers) -> None:
@@ -94,7 +89,6 @@ def add_cli(subparsers) -> None:
     p.add_argument("run", help="run folder (with checkpoints/last.pt)")
     p.add_argument("--samples", type=int, default=10000,
                    help="generated (and at most as many real) samples, >= 20 (10000, as NTGAN)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    add_device_and_seed(p, "seed of the latents")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)

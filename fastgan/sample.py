@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import config as C
-from .checkpoint import CheckpointError
-from .crosstest import _read, cli_device, load_run
+from .crosstest import _read, load_run
+from .run_commands import add_device_and_seed, cli_device, run
 
 _FORMATS = (".png", ".npz")
 
@@ -77,14 +76,11 @@ def write_samples(result: dict, out) -> Path:
 
 
 def _cmd_sample(args) -> int:
-    try:
+    def body():
         r = sample_run(args.run, args.n, device=cli_device(args.device), seed=args.seed)
         out = write_samples(r, args.out)
-    except (CheckpointError, OSError, ValueError, TypeError) as e:
-        print(f"fastgan sample: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, C.ConfigError) else 1
-    print(f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}")
-    return 0
+        return f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}"
+    return run("sample", body)
 
 
 def add_cli(subparsers) -> None:
@@ -95,6 +91,5 @@ def add_cli(subparsers) -> None:
     p.add_argument("run", help="run folder (with checkpoints/last.pt)")
     p.add_argument("--out", required=True, help="output file: .png or .npz")
     p.add_argument("-n", type=int, default=64, help="number of samples (64)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    add_device_and_seed(p, "seed of the latents")
     p.set_defaults(func=_cmd_sample)

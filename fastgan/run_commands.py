@@ -1,0 +1,38 @@
+"""What the commands on finished runs (`crosstest`, `eval`, `sample`) share: --device and --seed, and one error
+line with exit 2 for config errors (a bad --device or --out), 1 for the rest (missing run, damaged checkpoint,
+bad data)."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from . import config as C
+from .checkpoint import CheckpointError
+from .train import _device
+
+
+def cli_device(text: str) -> torch.device:
+    """A command's --device, checked as run.device is (a ConfigError naming --device)."""
+    if not C._DEVICE.match(text):
+        raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {text!r}")
+    try:
+        return _device(text)
+    except C.ConfigError as e:
+        raise C.ConfigError(str(e).replace("run.device", "--device")) from None
+
+
+def add_device_and_seed(p, seed_help: str) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def run(command: str, body) -> int:
+    """body() -> the text to print; errors become one line on stderr."""
+    try:
+        text = body()
+    except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
+        print(f"fastgan {command}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, C.ConfigError) else 1
+    print(text)
+    return 0
