@@ -507,7 +507,7 @@ class _Run:
         rows = [r for r in self.csv.rows if r.get("eval/fd") not in (None, "")
                 and float(r["step"]) > 0.9 * self.cfg.run.steps][-5:]
         out = {"eval/tail_evaluations": float(len(rows))}
-        for key in ("fd", "classifier_score"):
+        for key in ("fd", "classifier_score") if rows else ():  # none: only a hand-made log lacks the final one
             v = np.array([float(r[f"eval/{key}"]) for r in rows])
             out[f"eval/{key}_tail_mean"], out[f"eval/{key}_tail_std"] = float(v.mean()), float(v.std())
         self._log(step, out)

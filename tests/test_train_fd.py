@@ -3,6 +3,7 @@ last-five summary, resume, the config errors; `fastgan eval` on finished runs.""
 import csv
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,18 +29,13 @@ def _csv_column(run_dir, key):
         return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
 
 
-def test_fd_is_logged_and_summarised_over_the_last_five_evaluations(tmp_path, tiny_fashion_mnist):
-    r = fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=30", "run.fd_every=2"))
+def test_fd_is_logged_and_summarised_at_the_end(tmp_path, tiny_fashion_mnist):
+    r = fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=20", "run.fd_every=4"))
     fd = _csv_column(r.out_dir, "eval/fd")
-    assert [s for s, _ in fd] == list(range(2, 31, 2))
-    score = _csv_column(r.out_dir, "eval/classifier_score")
-    # NTGAN's report: the last five evaluations in the last 10% of the steps: steps 28 and 30 here
-    tail = [v for s, v in fd if s > 27]
-    assert r.metrics["eval/tail_evaluations"] == 2.0
-    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean(tail), rel=1e-5)
-    assert r.metrics["eval/fd_tail_std"] == pytest.approx(np.std(tail), rel=1e-4, abs=1e-9)
-    assert r.metrics["eval/classifier_score_tail_mean"] == pytest.approx(np.mean([v for s, v in score if s > 27]),
-                                                                      rel=1e-5)
+    assert [s for s, _ in fd] == [4, 8, 12, 16, 20]
+    # the last 10% of 20 steps holds one evaluation, step 20's
+    assert r.metrics["eval/tail_evaluations"] == 1.0 and r.metrics["eval/fd_tail_std"] == 0.0
+    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(fd[-1][1], rel=1e-5)
     # the last value, recomputed from the trained G: the trainer's latents (seed + 15485863), G in eval mode,
     # the first 20 test images
     G = r.generator.eval()
@@ -53,15 +49,31 @@ def test_fd_is_logged_and_summarised_over_the_last_five_evaluations(tmp_path, ti
     assert r.metrics["eval/classifier_score"] == pytest.approx(want["score"], rel=1e-6)
 
 
+def test_tail_takes_the_last_five_evaluations_in_the_last_tenth():
+    """_fd_tail on metrics.csv rows as the logger keeps them (strings, rows of other values in between)."""
+    logged = {}
+    rows = [{"step": str(s), "eval/fd": str(float(s)), "eval/classifier_score": str(s / 10)} for s in range(85, 101)]
+    rows.insert(3, {"step": "88", "d_loss": "0.5", "eval/fd": "", "eval/classifier_score": ""})
+    run = SimpleNamespace(csv=SimpleNamespace(rows=rows), cfg=SimpleNamespace(run=SimpleNamespace(steps=100)),
+                          _log=lambda step, values: logged.update(values))
+    out = sys.modules["fastgan.train"]._Run._fd_tail(run, 100)
+    assert out["eval/tail_evaluations"] == 5.0 and logged == out
+    assert out["eval/fd_tail_mean"] == pytest.approx(98.0) and out["eval/fd_tail_std"] == pytest.approx(np.std(
+        [96, 97, 98, 99, 100]))
+    assert out["eval/classifier_score_tail_mean"] == pytest.approx(9.8)
+    run.cfg.run.steps = 200                  # no evaluation in (180, 200]: nothing to average
+    assert sys.modules["fastgan.train"]._Run._fd_tail(run, 200) == {"eval/tail_evaluations": 0.0}
+
+
 def test_tail_spans_a_resume(tmp_path, tiny_fashion_mnist):
-    over = _fd_run(tmp_path, tiny_fashion_mnist, "run.fd_every=1", "run.checkpoint_every=1")
-    fastgan.train(None, overrides=[*over, "run.steps=48"])
-    r = fastgan.train(None, overrides=[*over, "run.steps=50"], resume=True)
+    over = _fd_run(tmp_path, tiny_fashion_mnist)
+    first = fastgan.train(None, overrides=[*over, "run.steps=19"])
+    r = fastgan.train(None, overrides=[*over, "run.steps=20"], resume=True)
     fd = _csv_column(r.out_dir, "eval/fd")
-    # step 48 was evaluated once as the first run's last step; steps > 45 are the last 10% of 50
-    assert [s for s, _ in fd if s > 45] == [46, 47, 48, 49, 50]
-    assert r.metrics["eval/tail_evaluations"] == 5.0
-    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean([v for s, v in fd if s > 45]), rel=1e-5)
+    # each session evaluated at its last step; both are in the last 10% of 20 steps
+    assert [s for s, _ in fd] == [19, 20] and fd[0][1] == pytest.approx(first.metrics["eval/fd"], rel=1e-5)
+    assert r.metrics["eval/tail_evaluations"] == 2.0
+    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean([v for _, v in fd]), rel=1e-5)
 
 
 @pytest.mark.parametrize("extra,message", [
