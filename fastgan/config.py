@@ -185,8 +185,8 @@ class RunConfig:
     # Fréchet distance and classifier score (FID's and the Inception score's formulas on fastgan's shipped
     # Fashion-MNIST classifier, fastgan.metrics.fmnist_scores) of fd_samples generated images (>= 20: 10 parts of
     # 2 for the score) against as many test images (at most the split's), every fd_every steps (0: only at the
-    # end); at the end also the mean and std of the last five
-    # evaluations in the last 10% of the steps (NTGAN's protocol). Needs data.name=fashion_mnist, split=train.
+    # end); at the end also the mean and std of the last five evaluations in the last 10% of the steps (NTGAN's
+    # protocol). Needs data.name=fashion_mnist, split=train.
     fd: bool = False
     fd_samples: int = field(default=10000, metadata={"min": 20})
     fd_every: int = field(default=0, metadata={"min": 0})

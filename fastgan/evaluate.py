@@ -20,7 +20,7 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     Fashion-MNIST, "real" (where the real samples came from: the test split when the run trained on
     data.split=train, else its data.holdout images) beside the scores."""
     from .data import mixtures
-    from .metrics import fmnist_scores, mode_metrics
+    from .metrics import fmnist_scores, load_fmnist_classifier, mode_metrics
     from .metrics._args import positive_int
 
     if positive_int(samples, "samples") < 20:
@@ -46,8 +46,6 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
         mm = mode_metrics(x, means, d.mixture_std or mixtures.default_std(d.name))
         out.update({k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in mm.items()})
         return out
-    from .metrics import load_fmnist_classifier
-
     net = load_fmnist_classifier(device)
     res = fmnist_scores(x, real, classifier=net)
     # as many parts as G's score, fewer if the held-out images are few (each part needs 2)

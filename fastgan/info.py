@@ -71,12 +71,9 @@ def _classifier_status() -> dict:
     SHA-256 only: the network itself is not built here)."""
     from .metrics import classifier
 
-    p = classifier.WEIGHTS
-    if not p.is_file():
-        return {"ok": False, "reason": f"{p} not found (reinstall fastgan)"}
-    if classifier._sha256(p) != classifier.WEIGHTS_SHA256:
-        return {"ok": False, "reason": f"{p} is damaged (SHA-256 differs; reinstall fastgan)"}
-    return {"ok": True, "reason": None}
+    reason = {None: None, "missing": "not found (reinstall fastgan)",
+              "damaged": "is damaged (SHA-256 differs; reinstall fastgan)"}[classifier.shipped_weights_problem()]
+    return {"ok": reason is None, "reason": reason and f"{classifier.WEIGHTS} {reason}"}
 
 
 def format_report(r: dict) -> str:

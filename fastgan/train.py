@@ -291,8 +291,9 @@ class _Run:
         if state is not None:
             self._load(state, run_dir / CHECKPOINT)
             self.start = state["step"]
-        self._check_eval()
-        if state is not None and self.start >= cfg.run.steps:
+        nothing_to_train = state is not None and self.start >= cfg.run.steps
+        self._check_eval(read_data=not nothing_to_train)
+        if nothing_to_train:
             # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
             # logs a new session, samples/ a redrawn picture)
             self.out, self.ckpt_path, self.done = run_dir, run_dir / CHECKPOINT, True
@@ -330,8 +331,9 @@ class _Run:
         except CheckpointError as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
 
-    def _check_eval(self):
-        """What run.parzen and run.fd need of the data, checked before the run folder is made."""
+    def _check_eval(self, read_data: bool = True):
+        """What run.parzen and run.fd need of the data, checked before the run folder is made; with read_data
+        (not for a resume with nothing left to train), run.fd's classifier and test split are read too."""
         from .data import TEST_SPLIT_DATASETS
 
         r, d = self.cfg.run, self.cfg.data
@@ -341,7 +343,8 @@ class _Run:
                 raise ConfigError(f"run.fd: scores images with fastgan's Fashion-MNIST classifier and needs "
                                   f"data.name=fashion_mnist, got {d.name!r} (or set run.fd=false)")
             self._check_test_split("run.fd", "the Fréchet distance is to the test split")
-            self._fd_setup()
+            if read_data:
+                self._fd_setup()
         if not (r.parzen and self.dataset.kind == "images"):
             return
         if d.name not in TEST_SPLIT_DATASETS:

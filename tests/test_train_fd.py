@@ -76,6 +76,18 @@ def test_tail_spans_a_resume(tmp_path, tiny_fashion_mnist):
     assert r.metrics["eval/fd_tail_mean"] == pytest.approx(np.mean([v for _, v in fd]), rel=1e-5)
 
 
+def test_resume_with_nothing_to_train_reads_no_test_split(tmp_path, tiny_fashion_mnist, monkeypatch):
+    over = _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1")
+    fastgan.train(None, overrides=over)
+
+    def refuse(*a, **k):
+        raise AssertionError("the test split was read for a run with nothing to train")
+
+    monkeypatch.setattr(fastgan.data, "load_test_split", refuse)
+    r = fastgan.train(None, overrides=over, resume=True)
+    assert r.start_step == r.step == 1
+
+
 @pytest.mark.parametrize("extra,message", [
     (["data.split=test"], r"run\.fd: the Fréchet distance is to the test split, and data\.split='test' trains on it"),
     (["data.split=all"], r"run\.fd: .*data\.split='all' trains on it"),

@@ -14,17 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastgan.data.idx import read_idx
-from fastgan.metrics.classifier import FashionMNISTNet
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def load(split: str):
-    prefix = "train" if split == "train" else "t10k"
-    x = torch.from_numpy(read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz").copy()).float()
-    y = torch.from_numpy(read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
-    return (x / 127.5 - 1).unsqueeze(1), y
+from fastgan.metrics.classifier import FashionMNISTNet, labelled_fashion_mnist
 
 
 @torch.no_grad()
@@ -41,8 +31,8 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     a = p.parse_args()
     torch.manual_seed(0)
-    x, y = load("train")
-    xt, yt = load("test")
+    x, y = labelled_fashion_mnist("train")
+    xt, yt = labelled_fashion_mnist("test")
     net = FashionMNISTNet()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=a.epochs * (len(x) // a.batch))

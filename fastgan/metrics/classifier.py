@@ -46,14 +46,34 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def shipped_weights_problem() -> str | None:
+    """"missing" or "damaged" (SHA-256 differs) for the shipped weights file, None when it is intact."""
+    if not WEIGHTS.is_file():
+        return "missing"
+    return "damaged" if _sha256(WEIGHTS) != WEIGHTS_SHA256 else None
+
+
+def labelled_fashion_mnist(split: str, n: int | None = None, root=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n (default: all) images (N, 1, 28, 28) in [-1, 1] and labels (N,) of the Fashion-MNIST split
+    "train" or "test" from the IDX files in `root` (default: Debian's dataset-fashion-mnist folder)."""
+    from ..data.idx import FASHION_MNIST_DIR, read_idx
+
+    root = Path(root or FASHION_MNIST_DIR)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    x = torch.from_numpy(read_idx(root / f"{prefix}-images-idx3-ubyte.gz")[:n].copy()).float() / 127.5 - 1
+    y = torch.from_numpy(read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")[:n].copy()).long()
+    return x.unsqueeze(1), y
+
+
 def load_fmnist_classifier(device="cpu", path=None) -> FashionMNISTNet:
     """The shipped classifier (or the weights at `path`, e.g. one retrained with the tool), in eval mode, with
     gradients off, on `device`. A missing or damaged shipped file raises RuntimeError naming it."""
     p = WEIGHTS if path is None else Path(path)
-    if not p.is_file():
+    problem = shipped_weights_problem() if path is None else (None if p.is_file() else "missing")
+    if problem == "missing":
         raise FileNotFoundError(f"classifier weights {p} not found" + (
             " (the package was installed without its data files; reinstall fastgan)" if path is None else ""))
-    if path is None and _sha256(p) != WEIGHTS_SHA256:
+    if problem == "damaged":
         raise RuntimeError(f"classifier weights {p} are damaged (SHA-256 differs from the shipped file's); "
                            "reinstall fastgan")
     net = FashionMNISTNet()

@@ -8,23 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from fastgan.data.idx import read_idx
+from fastgan.data.idx import FASHION_MNIST_DIR
 from fastgan.metrics import FashionMNISTNet, classify, fmnist_scores, load_fmnist_classifier, real_stats
 from fastgan.metrics import classifier as clf
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST = Path(FASHION_MNIST_DIR)
 # .ci/run installs the data set and sets this: there, a missing set is a failure, not a skip
 _REQUIRED = os.environ.get("FASTGAN_REQUIRE_DATA") == "1"
 
 
-def _split(prefix: str, n: int):
+def _split(split: str, n: int):
     if not FMNIST.is_dir():
         if _REQUIRED:
             pytest.fail(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
         pytest.skip(f"{FMNIST} missing (apt-get install -y dataset-fashion-mnist)")
-    x = torch.from_numpy(read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz")[:n].copy()).float() / 127.5 - 1
-    y = torch.from_numpy(read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")[:n].copy()).long()
-    return x.unsqueeze(1), y
+    return clf.labelled_fashion_mnist(split, n)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +36,13 @@ def test_shipped_weights_are_the_recorded_ones(net):
 
 
 def test_accuracy_on_the_test_split(net):
-    x, y = _split("t10k", 10000)
+    x, y = _split("test", 10000)
     _, logits = classify(x, net)
     assert float((logits.argmax(1) == y).float().mean()) >= 0.90
 
 
 def test_scores_separate_real_from_degraded_images(net):
-    test, _ = _split("t10k", 2000)
+    test, _ = _split("test", 2000)
     train, labels = _split("train", 2000)
     stats = real_stats(test, net)
     real = fmnist_scores(train, stats, classifier=net)
