@@ -1,5 +1,6 @@
 """Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`,
-`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`, `python -m fastgan sample RUN --out FILE`."""
+`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`, `python -m fastgan sample RUN --out FILE`,
+`python -m fastgan compare RUNS...`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_cli = None
     if add_cli is not None:
         add_cli(sub)
+        from .compare import add_cli as add_compare
         from .crosstest import add_cli as add_crosstest
         from .evaluate import add_cli as add_eval
         from .sample import add_cli as add_sample
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_crosstest(sub)
         add_eval(sub)
         add_sample(sub)
+        add_compare(sub)
     return p
 
 

@@ -143,10 +143,17 @@ def format_report(r: dict) -> str:
     lines = [f"cross-testing (Roth et al. 2017, 5.5): real: {r['real']}; {r['generated']} generated per model",
              f"model 1: {r['runs'][0]} (step {r['steps'][0]})", f"model 2: {r['runs'][1]} (step {r['steps'][1]})",
              f"{'':{w}}  model 1  model 2"]
-    lines += [f"{t:{w}}  {m1[k]:7.4f}  {m2[k]:7.4f}" for t, k in rows]
+    se = {"tp": "tp_se", "fn": "tp_se", "fp": "fp_se", "tn": "fp_se", "cross_fp": "cross_fp_se"}
+    lines[-1] += "   (± standard error)"
+    lines += [f"{t:{w}}  {m1[k]:7.4f}  {m2[k]:7.4f}   (± {m1[se[k]]:.4f}, ± {m2[se[k]]:.4f})" for t, k in rows]
     better = r["better"]
     lines.append("better model (lower cross-testing FP, then FN): "
                  + (f"{better} ({r['runs'][better - 1]})" if better else "a tie"))
+    diff, dse = abs(m1["cross_fp"] - m2["cross_fp"]), r["cross_fp_difference_se"]
+    if diff > 0:
+        lines.append(f"cross-testing FP difference {diff:.4f} ± {dse:.4f} (standard error): "
+                     + ("more than two standard errors" if diff > 2 * dse else
+                        "within two standard errors, not a clear difference (more --samples narrow it)"))
     return "\n".join(lines)
 
 

@@ -49,15 +49,20 @@ def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
     return {"x": x, "z": z, "config": cfg, "step": m.step}
 
 
+def _check_out(out) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in _FORMATS:
+        raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
+    return out
+
+
 def write_samples(result: dict, out) -> Path:
     """Write sample_run's result to `out` (.png or .npz) atomically: a file already there is replaced whole or
     not at all."""
     from .data import mixtures
     from .logging_utils import save_image_grid, save_scatter
 
-    out = Path(out)
-    if out.suffix.lower() not in _FORMATS:
-        raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
+    out = _check_out(out)
     x, cfg = result["x"], result["config"]
     if out.suffix.lower() == ".png":  # the PNG writers write a temporary file and rename it
         if x.dim() == 4:
@@ -77,6 +82,7 @@ def write_samples(result: dict, out) -> Path:
 
 def _cmd_sample(args) -> int:
     def body():
+        _check_out(args.out)  # before loading the run and drawing: a typo costs nothing
         r = sample_run(args.run, args.n, device=cli_device(args.device), seed=args.seed)
         out = write_samples(r, args.out)
         return f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}"

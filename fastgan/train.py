@@ -29,6 +29,8 @@ from .graph import GraphCaptureError, GraphedStep
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
 LOCK = ".fastgan.lock"
+# How the run's latest session ended: running / finished / stopped (a non-finite loss) / interrupted / failed.
+STATUS = "status.json"
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
 RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method.dfm.lambda_denoise")
@@ -114,7 +116,14 @@ def _lock(d: Path) -> Optional[int]:
         raise RunFolderError(f"run folder {d} is not a folder")
     fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for attempt in range(10):  # `fastgan compare` probes the lock for an instant: wait such a probe out
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.005)
     except OSError:
         holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
@@ -541,10 +550,45 @@ class _Run:
 
     def run(self) -> TrainResult:
         try:
-            return self._run()
+            if self.done:
+                return self._run()
+            self.at, self.phase = self.start, "training"
+            self._status("running")
+            try:
+                result = self._run()
+            except NonFiniteLossError as e:
+                self._status("stopped", str(e))
+                raise
+            except KeyboardInterrupt as e:
+                self._status("interrupted", str(e))
+                raise
+            except BaseException as e:
+                self._status("failed", f"{type(e).__name__}: {e}")
+                raise
+            self._status("finished")
+            return result
         finally:
             _unlock(self.lock)
             self.lock = None
+
+    def _status(self, state: str, reason: str = "") -> None:
+        """status.json: how this session of the run ended (running while it trains), for `fastgan compare` and
+        anyone reading a folder of runs; a failing run's own error is what the caller sees, so a failed write of
+        its status does not replace it."""
+        info = {"state": state, "phase": self.phase, "step": self.at, "steps": self.cfg.run.steps,
+                "session_start_step": self.start, "last_checkpoint_step": self.last_ckpt_step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if reason:
+            info["reason"] = reason
+        tmp = self.out / (STATUS + ".tmp")
+        try:
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+            os.replace(tmp, self.out / STATUS)
+        except OSError as e:
+            if state == "running":
+                raise
+            print(f"fastgan train: warning: could not record the run's end ({state}) in {self.out / STATUS}: {e}",
+                  file=sys.stderr)
 
     def _run(self) -> TrainResult:
         if self.done:
@@ -569,6 +613,7 @@ class _Run:
         stop = _InterruptAtStepEnd()
         try:
             for step in range(self.start + 1, r.steps + 1):
+                self.at = step
                 stats = train_step(step)
                 monitor.update(step, stats)
                 bar.update(1)
@@ -597,6 +642,7 @@ class _Run:
                     raise KeyboardInterrupt(f"checkpoint {self.ckpt_path} holds step {step}; --resume continues "
                                             "from there")
             monitor.check()
+            self.phase = "final evaluation"
             if r.parzen:
                 metrics.update(self._parzen(step))
             if r.fd:
@@ -703,7 +749,7 @@ def _cmd_train(args) -> int:
         if why is None:
             raise
         return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
-                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
+                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, model.dcgan_g_filters, "
                            "model.denoiser_hidden)")
     except KeyboardInterrupt as e:
         print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)

@@ -8,7 +8,8 @@ import pytest
 from fastgan import config as C
 from fastgan.config import ConfigError, TrainConfig, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def test_default_is_roth_on_the_3d_mixture():
@@ -44,6 +45,89 @@ def test_shipped_configs_cover_the_paper_experiments():
         assert required in names
     rows = {n.split("-")[2] for n in names if n.startswith("ntgan-fmnist-") and len(n.split("-")[2]) == 1}
     assert rows == set("abcdefghi")
+    table4 = {tuple(n.split("-")[3:]) for n in names if n.startswith("ntgan-fmnist-table4-")}
+    assert table4 == {(r, m) for r in "abcdefg" for m in ("standard", "gp", "sngan", "ntgan")}
+
+
+# NTGAN Table 4 as the paper's text prints it (../shared/papers/ntgan-noise-tempered.txt): learning rate,
+# BatchNorm in G, optimizer, activation, n_disc, #filters G, #samples
+TABLE4_ROWS = r"""
+a)	$2 \cdot 10^{-4}$	FALSE	ADAM	ReLU / IReLU	1	[512, 256, 128, 64]	50K
+b)	$2 \cdot 10^{-4}$	TRUE	ADAM	tanh	1	[512, 256, 128, 64]	50K
+c)	$1 \cdot 10^{-3}$	TRUE	ADAM	ReLU / IReLU	1	[512, 256, 128, 64]	50K
+d)	$1 \cdot 10^{-2}$	TRUE	SGD	ReLU / IReLU	1	[512, 256, 128, 64]	50K
+e)	$2 \cdot 10^{-4}$	TRUE	ADAM	ReLU / IReLU	5	[512, 256, 128, 64]	50K
+f)	$2 \cdot 10^{-4}$	TRUE	ADAM	ReLU / IReLU	1	[64, 64, 64, 64]	50K
+g)	$2 \cdot 10^{-4}$	FALSE	ADAM	ReLU / IReLU	1	[512, 256, 128, 64]	5K
+""".strip().splitlines()
+
+
+def _table4_row(line: str) -> dict:
+    exp, lr, bn, opt, act, n_disc, filters, samples = line.split("\t")
+    mant, exp10 = re.fullmatch(r"\$(\d+) \\cdot 10\^\{(-?\d+)\}\$", lr).groups()
+    return {"row": exp.rstrip(")"), "lr": int(mant) * 10.0 ** int(exp10), "g_bn": {"TRUE": True, "FALSE": False}[bn],
+            "optimizer": opt.lower(), "activation": "tanh" if act == "tanh" else "relu", "d_steps": int(n_disc),
+            "filters": [int(f) for f in filters.strip("[]").split(",")], "samples": int(samples.rstrip("K")) * 1000}
+
+
+@pytest.mark.parametrize("line", TABLE4_ROWS, ids=lambda line: line[0])
+def test_table4_configs_follow_the_paper(line):
+    t = _table4_row(line)
+    for method in ("standard", "gp", "sngan", "ntgan"):
+        path = REPO / "configs" / "ntgan-table4" / f"ntgan-fmnist-table4-{t['row']}-{method}.yaml"
+        cfg = load_config(path)
+        m, o = cfg.model, cfg.optim
+        assert (o.lr_g, o.lr_d, o.optimizer) == (pytest.approx(t["lr"]), pytest.approx(t["lr"]), t["optimizer"])
+        assert o.batch_size == 64 and cfg.run.steps == 100_000 and cfg.run.fd  # section 3's batch and iterations
+        assert o.optimizer == "sgd" or (o.beta1, o.beta2) == (0.5, 0.999)
+        assert o.optimizer == "adam" or o.momentum == 0.0
+        assert m.arch == "dcgan" and m.resolved("g_batchnorm") == t["g_bn"] and m.dcgan_activation == t["activation"]
+        assert cfg.method.d_steps == t["d_steps"] and cfg.data.max_samples == t["samples"]
+        # 28x28 images: one upsampling fewer than the table's 32x32, so its first number (the FC layer's) goes
+        assert m.dcgan_g_filters == (None if t["filters"] == [512, 256, 128, 64] else tuple(t["filters"][1:]))
+        units, sn = cfg.method.units, m.spectral_norm
+        if method == "standard":
+            assert units == frozenset() and not sn and m.resolved("d_batchnorm")
+        elif method == "gp":  # Roth et al.'s Algorithm 1 with its default annealing
+            r = cfg.method.roth
+            assert units == {"roth"} and (r.penalty, r.schedule, r.gamma0, r.alpha) == ("js", "anneal", 2.0, 0.01)
+            assert not sn and m.resolved("d_batchnorm")
+        elif method == "sngan":
+            assert units == frozenset() and sn and not m.resolved("d_batchnorm")
+        else:  # "The noise penalty term is set to lambda = 0.1"
+            nt = cfg.method.nt
+            assert units == {"nt"} and (nt.noise, nt.lam, nt.clean) == ("generator", 0.1, True)
+            assert not sn and m.resolved("d_batchnorm")
+        assert cfg.method.loss == "minimax" and cfg.method.g_loss == "nonsaturating"
+
+
+def test_table4_configs_are_what_the_tool_writes(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    tool = REPO / "tools" / "make_ntgan_table4_configs.py"
+    subprocess.run([sys.executable, str(tool), "--out", str(tmp_path)], check=True, capture_output=True)
+    shipped = sorted((REPO / "configs" / "ntgan-table4").glob("*.yaml"))
+    assert [p.name for p in shipped] == sorted(p.name for p in tmp_path.glob("*.yaml"))
+    for p in shipped:
+        assert p.read_text() == (tmp_path / p.name).read_text(), p.name
+    spec = importlib.util.spec_from_file_location("make_table4", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert {r: (v[0], v[1], v[2], v[3], v[4], list(v[5]), v[6]) for r, v in mod.TABLE4.items()} == {
+        t["row"]: (t["lr"], t["g_bn"], t["optimizer"], t["activation"], t["d_steps"], t["filters"], t["samples"])
+        for t in map(_table4_row, TABLE4_ROWS)}
+
+
+def test_table4_transcription_is_the_papers():
+    paper = REPO.parent / "shared" / "papers" / "ntgan-noise-tempered.txt"
+    if not paper.exists():
+        pytest.skip(f"{paper} not beside the checkout (the configs are still checked against TABLE4_ROWS)")
+    lines = [re.sub(r"\s+", " ", ln).strip() for ln in paper.read_text().splitlines()]
+    start = lines.index("Exp. Learning Rate $\\textbf{BatchNorm in}\\ G$ Optimizer Activation $n_{disc}$ "
+                        "<b>#Filters</b> $G$ #Samples")
+    assert lines[start + 1:start + 8] == [re.sub(r"\s+", " ", ln) for ln in TABLE4_ROWS]
 
 
 @pytest.mark.parametrize("data,message", [

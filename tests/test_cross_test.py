@@ -20,6 +20,12 @@ def threshold_d(t: float) -> nn.Module:
     return d
 
 
+def _ac(k: int, n: int) -> float:
+    """Agresti-Coull standard error of k successes in n: sqrt(q (1 - q) / (n + 4)), q = (k + 2) / (n + 4)."""
+    q = (k + 2) / (n + 4)
+    return (q * (1 - q) / (n + 4)) ** 0.5
+
+
 def points(*first) -> torch.Tensor:
     return torch.tensor([[v, 0.0] for v in first])
 
@@ -29,11 +35,54 @@ def test_rates_are_the_fractions_each_d_calls_real():
     fake1, fake2 = points(0, 0, 0.6, 0.6), points(0.9, 0.9, 0.9, 0)
     d1, d2 = threshold_d(0.5), threshold_d(0.95)
     r = cross_test(d1, fake1, d2, fake2, real)
-    assert r["model1"] == {"tp": 0.75, "fn": 0.25, "fp": 0.5, "tn": 0.5, "cross_fp": 0.75}
-    assert r["model2"] == {"tp": 0.75, "fn": 0.25, "fp": 0.0, "tn": 1.0, "cross_fp": 0.0}
+    se75 = _ac(3, 4)  # the standard error of a rate 3/4 over 4 samples
+    assert r["model1"] == pytest.approx({"tp": 0.75, "fn": 0.25, "fp": 0.5, "tn": 0.5, "cross_fp": 0.75,
+                                         "tp_se": se75, "fp_se": _ac(2, 4), "cross_fp_se": se75})
+    assert r["model2"] == pytest.approx({"tp": 0.75, "fn": 0.25, "fp": 0.0, "tn": 1.0, "cross_fp": 0.0,
+                                         "tp_se": se75, "fp_se": _ac(0, 4), "cross_fp_se": _ac(0, 4)})
     assert r["better"] == 2  # D2 is not fooled by model 1's samples
+    assert r["cross_fp_difference_se"] == pytest.approx((se75 ** 2 + _ac(0, 4) ** 2) ** 0.5)
     swapped = cross_test(d2, fake2, d1, fake1, real)
     assert swapped["better"] == 1 and swapped["model1"] == r["model2"]
+
+
+def test_standard_errors_use_each_rates_own_sample_count():
+    real = points(*([1.0] * 9 + [0.0]))           # D calls 9 of 10 real samples real
+    fake1 = points(0.0, 0.0, 0.0, 1.0)            # D1's own: 1 of 4 called real by D1
+    fake2 = points(*([1.0] * 5 + [0.0] * 15))     # 5 of 20 called real by D1
+    d = threshold_d(0.5)
+    r = cross_test(d, fake1, d, fake2, real)
+    m1, m2 = r["model1"], r["model2"]
+    assert m1["tp_se"] == pytest.approx(_ac(9, 10)) and m1["fp_se"] == pytest.approx(_ac(1, 4))
+    assert m1["cross_fp"] == 0.25 and m1["cross_fp_se"] == pytest.approx(_ac(5, 20))
+    assert m2["cross_fp"] == 0.25 and m2["cross_fp_se"] == pytest.approx(_ac(1, 4))
+    assert r["cross_fp_difference_se"] == pytest.approx((_ac(5, 20) ** 2 + _ac(1, 4) ** 2) ** 0.5)
+    # for many samples it is the plain binomial error
+    big = cross_test(d, fake1, d, points(*([1.0] * 2500 + [0.0] * 7500)), real)
+    assert big["model1"]["cross_fp_se"] == pytest.approx((0.25 * 0.75 / 10000) ** 0.5, rel=1e-3)
+
+
+def test_rates_of_0_and_1_are_not_read_as_certain():
+    d = threshold_d(0.5)
+    r = cross_test(d, points(0.0), d, points(1.0), points(1.0))  # cross FPs 1 and 0 from one sample each
+    assert (r["model1"]["cross_fp"], r["model2"]["cross_fp"]) == (1.0, 0.0)
+    assert r["model1"]["cross_fp_se"] == r["model2"]["cross_fp_se"] == pytest.approx(_ac(0, 1)) and _ac(0, 1) > 0.2
+    report = crosstest.format_report({**r, "real": "r", "generated": 1, "runs": ["a", "b"], "steps": [1, 1]})
+    assert "± 0.0000" not in report
+
+
+def test_report_says_whether_the_difference_is_clear():
+    base = {"real": "r", "generated": 4, "runs": ["a", "b"], "steps": [1, 1]}
+    rates = {"tp": 0.5, "fn": 0.5, "fp": 0.5, "tn": 0.5, "tp_se": 0.1, "fp_se": 0.1}
+    near = {**base, "model1": {**rates, "cross_fp": 0.30, "cross_fp_se": 0.05},
+            "model2": {**rates, "cross_fp": 0.25, "cross_fp_se": 0.05}, "better": 2, "cross_fp_difference_se": 0.0707}
+    text = crosstest.format_report(near)
+    assert "the other's samples called real   0.3000   0.2500   (± 0.0500, ± 0.0500)" in text
+    assert "difference 0.0500 ± 0.0707 (standard error): within two standard errors" in text
+    far = {**near, "model1": {**near["model1"], "cross_fp": 0.9}}
+    assert "more than two standard errors" in crosstest.format_report(far)
+    tie = {**near, "model1": near["model2"], "better": None}
+    assert "difference" not in crosstest.format_report(tie) and "a tie" in crosstest.format_report(tie)
 
 
 def test_ties_on_cross_fp_go_to_the_lower_fn_then_none():

@@ -54,6 +54,9 @@ def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
     assert "n: must be >= 1" in capsys.readouterr().err and out.read_bytes() == b"old"
     assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "s.jpg")]) == 2
     assert "--out: must end in .png or .npz" in capsys.readouterr().err
+    # the suffix is checked before the run is read: a missing run would exit 1 naming the run
+    assert cli_main(["sample", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.jpg")]) == 2
+    assert "--out: must end in .png or .npz" in capsys.readouterr().err
     assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "--device", "gpu"]) == 2
     assert cli_main(["sample", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert "fastgan sample: error: " in capsys.readouterr().err and out.read_bytes() == b"old"

@@ -210,7 +210,7 @@ def test_progress_bar_is_quiet_when_not_a_terminal(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ shipped configs
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
 
 def _write_idx(path: Path, n: int, seed: int) -> None:
@@ -238,6 +238,8 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         shrink.append(f"data.path={tiny_fashion_mnist}")
     if cfg.model.arch == "dcgan":
         shrink += ["model.dcgan_width=4", "model.latent_dim=8"]
+        if cfg.model.dcgan_g_filters is not None:
+            shrink.append(f"model.dcgan_g_filters=[{', '.join(['4'] * len(cfg.model.dcgan_g_filters))}]")
     if cfg.model.arch == "goodfellow":
         shrink += ["model.g_hidden=[16,16]", "model.d_hidden=[8,8]", "model.latent_dim=8"]
     if cfg.run.parzen:
@@ -503,7 +505,11 @@ def _points_npz(path):
      r"^model\.arch: 'dcgan' needs an image data set, data\.name='npz' \(data\.path='.*pts\.npz'\) holds points"),
     (["data.name=fashion_mnist", "data.path={fm}/train-images-idx3-ubyte", "run.parzen=true"],
      r"^run\.parzen: needs a test split, .* data\.path='.*train-images-idx3-ubyte' is a single file"),
-], ids=["denoiser-hidden", "dcgan-points-npz", "parzen-single-file"])
+    (["model.arch=dcgan", "model.g_hidden=null", "model.d_hidden=null", "model.dcgan_width=4",
+      "model.dcgan_g_filters=[4,4,4,4]", "data.name=fashion_mnist", "data.path={fm}"],
+     r"^model\.dcgan_g_filters: a 28x28 image needs 3 channel counts \(the FC layer's, then 2 upsamplings'\), "
+     r"got \[4, 4, 4, 4\]$"),
+], ids=["denoiser-hidden", "dcgan-points-npz", "parzen-single-file", "dcgan-g-filters-length"])
 def test_config_errors_found_at_start_up_write_nothing(tmp_path, capsys, tiny_fashion_mnist, overrides, message):
     """What depends on the loaded data is checked before the run folder exists: a config error (exit 2), naming
     the fields, not a data error (exit 1) or a failure mid-training."""

@@ -33,8 +33,17 @@ def generator_term(r, phi_fake: torch.Tensor) -> torch.Tensor:
     """The denoising term of eq. 4: mean_i ||Phi(G(z_i)) - r(Phi(G(z_i)))||^2 with r(.) a constant target.
 
     The target is computed under no_grad from detached features: no gradient reaches r (nor, through r, the
-    generator); the generator moves Phi(G(z)) towards the denoised features.
+    generator); the generator moves Phi(G(z)) towards the denoised features. r's buffers (BatchNorm running
+    statistics) are left as they were, as fastgan.ops.Denoiser's generator_loss leaves them: they track the
+    corrupted real features r trains on, not G's features, whose batch statistics only normalise this call.
     """
     with torch.no_grad():
-        target = r(phi_fake.detach())
+        if r.training:
+            # BatchNorm updates copies of the buffers: writing the originals back in place would bump their
+            # version, which the denoiser's loss, computed from the same parameters in a simultaneous update and
+            # not yet backpropagated, saved for its backward
+            copies = {k: b.clone() for k, b in r.named_buffers()}
+            target = torch.func.functional_call(r, copies, (phi_fake.detach(),))
+        else:
+            target = r(phi_fake.detach())
     return _sq_norm(phi_fake - target).mean()

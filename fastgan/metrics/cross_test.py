@@ -5,10 +5,19 @@ matrix), then the other model's generated samples. The discriminator that calls 
 samples real (lower cross-testing FP, then lower FN) defines the better model: it is not fooled by samples it
 was not trained against, which the paper reads as better generalization.
 
+Each rate comes with a binomial standard error (`*_se`), and the difference of the two cross-testing FPs with
+sqrt(se1^2 + se2^2) (`cross_fp_difference_se`): the paper reports bare rates, and with a few thousand samples a
+difference of a few hundredths can be noise. The error is Agresti and Coull's, sqrt(p~ (1 - p~) / (n + 4)) with
+p~ = (k + 2) / (n + 4) for k of n samples: the plain sqrt(p (1 - p) / n) is 0 at a rate of 0 or 1 (Roth et al.'s
+own result is FP 0.0 vs 1.0), which would make any difference look certain on a handful of samples; for
+thousands of samples the two agree.
+
 "Real" is D(x) > 1/2, i.e. a logit > 0. Discriminators classify in eval mode (BatchNorm with its running
 statistics): a sample's label must not depend on the batch it comes in.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -53,19 +62,27 @@ def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
     return real / x.shape[0]
 
 
+def _se(p: float, n: int) -> float:
+    q = (p * n + 2.0) / (n + 4.0)
+    return math.sqrt(q * (1.0 - q) / (n + 4.0))
+
+
 def confusion(D: nn.Module, real, fake, batch_size: int = 1024) -> dict:
-    """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn."""
-    tp = real_fraction(D, _samples(real, "real"), batch_size)
-    fp = real_fraction(D, _samples(fake, "fake"), batch_size)
-    return {"tp": tp, "fn": 1.0 - tp, "fp": fp, "tn": 1.0 - fp}
+    """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn; and the standard
+    errors tp_se (= fn's) and fp_se (= tn's)."""
+    real, fake = _samples(real, "real"), _samples(fake, "fake")
+    tp = real_fraction(D, real, batch_size)
+    fp = real_fraction(D, fake, batch_size)
+    return {"tp": tp, "fn": 1.0 - tp, "fp": fp, "tn": 1.0 - fp, "tp_se": _se(tp, real.shape[0]),
+            "fp_se": _se(fp, fake.shape[0])}
 
 
 def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int = 1024) -> dict:
     """Cross-test model 1 (D1 and samples fake1 of its G) against model 2 on held-out real samples.
 
-    Returns {"model1": {tp, fn, fp, tn, cross_fp}, "model2": {...}, "better": 1 | 2 | None}, where model i's
-    cross_fp is the fraction of the other model's samples its D calls real; "better" is the model with the
-    lower cross_fp, then the lower fn (None on a tie).
+    Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
+    None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
+    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie).
     """
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
@@ -73,8 +90,12 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
         if f.shape[1:] != real.shape[1:]:
             raise ValueError(f"{name}: samples of shape {tuple(f.shape[1:])}, real samples of shape "
                              f"{tuple(real.shape[1:])}")
-    out = {"model1": {**confusion(D1, real, fake1, batch_size), "cross_fp": real_fraction(D1, fake2, batch_size)},
-           "model2": {**confusion(D2, real, fake2, batch_size), "cross_fp": real_fraction(D2, fake1, batch_size)}}
+    out = {}
+    for i, (D, own, other) in enumerate(((D1, fake1, fake2), (D2, fake2, fake1)), 1):
+        cross = real_fraction(D, other, batch_size)
+        out[f"model{i}"] = {**confusion(D, real, own, batch_size), "cross_fp": cross,
+                            "cross_fp_se": _se(cross, other.shape[0])}
     key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)
+    out["cross_fp_difference_se"] = math.hypot(out["model1"]["cross_fp_se"], out["model2"]["cross_fp_se"])
     return out

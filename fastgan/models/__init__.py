@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Discriminator, Generator, apply_spectral_norm, check_data_shape, init_weights
 from .config import ARCH_DEFAULTS, ARCHS, ModelConfig
-from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .dcgan import DCGANDiscriminator, DCGANGenerator, plan
 from .denoiser import Denoiser
 from .goodfellow import GoodfellowGenerator, Maxout, MaxoutDiscriminator
 from .mlp import MLPDiscriminator, MLPGenerator
@@ -35,6 +35,20 @@ def _check(cfg, data_shape):
     if cfg.arch == "dcgan" and len(shape) != 3:
         raise ValueError(f"data_shape: arch 'dcgan' needs images (C, H, W), got {tuple(data_shape)}")
     return shape
+
+
+def dcgan_filters(cfg: ModelConfig, shape: tuple, divisor: int = 1):
+    """model.dcgan_g_filters (each divided by `divisor`, at least 1) after checking its length against the image
+    size, which the config alone does not know; None when unset."""
+    if cfg.dcgan_g_filters is None:
+        return None
+    need = plan(shape)["n_up"] + 1
+    if len(cfg.dcgan_g_filters) != need:
+        from ..config import ConfigError
+
+        raise ConfigError(f"model.dcgan_g_filters: a {shape[1]}x{shape[2]} image needs {need} channel counts (the "
+                          f"FC layer's, then {need - 1} upsamplings'), got {list(cfg.dcgan_g_filters)}")
+    return [max(1, f // divisor) for f in cfg.dcgan_g_filters]
 
 
 def _out_kind(shape) -> str:
@@ -61,7 +75,8 @@ def build_generator(cfg: ModelConfig, data_shape: tuple) -> Generator:
         g = GoodfellowGenerator(z, shape, cfg.resolved("g_hidden"), bn, out=_out_kind(shape),
                                 latent_dist=cfg.latent_dist)
     else:
-        g = DCGANGenerator(z, shape, cfg.dcgan_width, bn, latent_dist=cfg.latent_dist)
+        g = DCGANGenerator(z, shape, cfg.dcgan_width, bn, latent_dist=cfg.latent_dist,
+                           filters=dcgan_filters(cfg, shape), activation_name=cfg.dcgan_activation)
     return _paper_init(cfg, g, "G")
 
 
@@ -74,7 +89,7 @@ def build_discriminator(cfg: ModelConfig, data_shape: tuple) -> Discriminator:
         d = MaxoutDiscriminator(shape, cfg.resolved("d_hidden"), cfg.maxout_pieces, cfg.d_input_dropout,
                                 cfg.d_dropout, bn)
     else:
-        d = DCGANDiscriminator(shape, cfg.dcgan_width, bn, cfg.leaky_slope)
+        d = DCGANDiscriminator(shape, cfg.dcgan_width, bn, cfg.leaky_slope, activation_name=cfg.dcgan_activation)
     d = _paper_init(cfg, d, "D")
     if cfg.spectral_norm:  # after init: the parametrization keeps the initialised weight as its original
         apply_spectral_norm(d)

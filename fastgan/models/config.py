@@ -45,6 +45,12 @@ class ModelConfig:
     # dcgan: channels of G's last hidden layer and D's first layers; M = width * 2**(number of upsamplings),
     # i.e. 512 for 32x32 with 64.
     dcgan_width: int = field(default=64, metadata={"min": 1})
+    # dcgan G's channels: the FC layer's output, then each upsampling's (one more number than G has
+    # upsamplings: 3 for 28x28, 4 for 32x32); None: dcgan_width * 2**k halving down to dcgan_width (Table 1's
+    # [512, 256, 128, 64] at 32x32). NTGAN Table 4 (f) uses [64, 64, 64, 64].
+    dcgan_g_filters: Optional[tuple[int, ...]] = None
+    # dcgan hidden activations: relu (Table 1: ReLU in G, leaky ReLU in D) or tanh (both; NTGAN Table 4 (b)).
+    dcgan_activation: str = field(default="relu", metadata={"choices": ("relu", "tanh")})
     # Spectral normalization (Miyato et al. 2018) on every linear / conv layer of D.
     spectral_norm: bool = False
     # Weight init: "paper" (each architecture's published init) or "torch" (PyTorch's defaults).
@@ -58,7 +64,7 @@ class ModelConfig:
     denoiser_depth: int = field(default=3, metadata={"min": 1})
 
     def __post_init__(self):
-        for name in ("g_hidden", "d_hidden"):
+        for name in ("g_hidden", "d_hidden", "dcgan_g_filters"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -67,8 +73,15 @@ class ModelConfig:
                 raise ValueError(f"model.{name}: must be a non-empty list of positive ints, got {v!r}")
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
-            if self.arch == "dcgan":
-                raise ValueError(f"model.{name}: not used by arch 'dcgan' (set model.dcgan_width instead)")
+            if self.arch == "dcgan" and name != "dcgan_g_filters":
+                raise ValueError(f"model.{name}: not used by arch 'dcgan' (set model.dcgan_width or "
+                                 f"model.dcgan_g_filters instead)")
+            if self.arch != "dcgan" and name == "dcgan_g_filters":
+                raise ValueError(f"model.dcgan_g_filters: only used by arch 'dcgan', got arch {self.arch!r} (set "
+                                 f"model.g_hidden instead)")
+        if self.arch != "dcgan" and self.dcgan_activation != "relu":
+            hint = " (set model.mlp_activation instead)" if self.arch == "mlp" else ""
+            raise ValueError(f"model.dcgan_activation: only used by arch 'dcgan', got arch {self.arch!r}{hint}")
 
     def resolved(self, key: str):
         """The field's value, or the architecture's default when the field is None."""

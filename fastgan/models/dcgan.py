@@ -7,13 +7,21 @@ Table 1 (32x32 CIFAR-10, M = 512):
 size reachable by halving H and W while they stay even and >= 4, with M = width * 2**(number of doublings);
 D halves while the size stays even and >= 2, doubling channels from `width` after the first stride-2 conv.
 For 28x28 this gives G: FC 7x7x256 -> 128 -> 64 -> out, D: 64 -> 64 -> 128 (7x7) -> FC.
+
+NTGAN Table 4's robustness settings vary G's filters (e.g. [64, 64, 64, 64] instead of [512, 256, 128, 64]: the
+FC layer's channels, then each upsampling's) and swap every hidden activation for tanh (G's ReLUs and D's leaky
+ReLUs).
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .base import Discriminator, Generator, output_activation
+from .base import Discriminator, Generator, activation, output_activation
+
+ACTIVATIONS = ("relu", "tanh")  # relu: Table 1's ReLU in G and leaky ReLU in D; tanh: tanh in both
 
 
 def _halvings(h: int, w: int, smallest: int) -> int:
@@ -21,6 +29,11 @@ def _halvings(h: int, w: int, smallest: int) -> int:
     while h % 2 == 0 and w % 2 == 0 and h // 2 >= smallest and w // 2 >= smallest:
         h, w, n = h // 2, w // 2, n + 1
     return n
+
+
+def _check_activation(act: str) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"activation: must be one of {ACTIVATIONS}, got {act!r}")
 
 
 def plan(data_shape: tuple) -> dict:
@@ -32,20 +45,34 @@ def plan(data_shape: tuple) -> dict:
 
 
 class DCGANGenerator(Generator):
+    """`filters`: the channels of the FC layer's output and of each upsampling's (plan's n_up + 1 numbers);
+    None: width * 2**n_up halving to width (Table 1)."""
+
     def __init__(self, latent_dim: int, data_shape: tuple, width: int = 64, batchnorm: bool = True,
-                 out: str = "tanh", out_scale: float = 1.0, latent_dist: str = "normal"):
+                 out: str = "tanh", out_scale: float = 1.0, latent_dist: str = "normal",
+                 filters: Optional[Sequence[int]] = None, activation_name: str = "relu"):
         super().__init__()
+        _check_activation(activation_name)
         self.latent_dim, self.data_shape, self.latent_dist = int(latent_dim), tuple(data_shape), latent_dist
         p = plan(self.data_shape)
         self.start = p["g_start"]
-        self.m = width * 2 ** p["n_up"]
+        if filters is None:
+            filters = [width * 2 ** (p["n_up"] - i) for i in range(p["n_up"] + 1)]
+        filters = list(filters)
+        if len(filters) != p["n_up"] + 1 or not all(
+                isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters):
+            raise ValueError(f"filters: a {tuple(self.data_shape)} image needs {p['n_up'] + 1} positive channel "
+                             f"counts (the FC layer's, then {p['n_up']} upsamplings'), got {filters!r}")
+        self.filters = tuple(filters)
+        self.m = filters[0]
         self.fc = nn.Linear(self.latent_dim, self.m * self.start[0] * self.start[1])
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
-        layers, ch = [norm(self.m), nn.ReLU()], self.m
-        for _ in range(p["n_up"]):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1), norm(ch // 2), nn.ReLU()]
-            ch //= 2
-        layers += [nn.ConvTranspose2d(ch, p["channels"], 3, stride=1, padding=1), output_activation(out, out_scale)]
+        act = "relu" if activation_name == "relu" else "tanh"
+        layers = [norm(self.m), activation(act)]
+        for cin, cout in zip(filters, filters[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), norm(cout), activation(act)]
+        layers += [nn.ConvTranspose2d(filters[-1], p["channels"], 3, stride=1, padding=1),
+                   output_activation(out, out_scale)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -56,17 +83,20 @@ class DCGANGenerator(Generator):
 class DCGANDiscriminator(Discriminator):
     """Features: the last conv block's output, flattened (the input of the final FC)."""
 
-    def __init__(self, data_shape: tuple, width: int = 64, batchnorm: bool = True, slope: float = 0.2):
+    def __init__(self, data_shape: tuple, width: int = 64, batchnorm: bool = True, slope: float = 0.2,
+                 activation_name: str = "relu"):
         super().__init__()
+        _check_activation(activation_name)
         self.data_shape = tuple(data_shape)
         p = plan(self.data_shape)
-        layers, ch = [nn.Conv2d(p["channels"], width, 3, stride=1, padding=1), nn.LeakyReLU(slope)], width
+        act = "leaky_relu" if activation_name == "relu" else "tanh"
+        layers, ch = [nn.Conv2d(p["channels"], width, 3, stride=1, padding=1), activation(act, slope)], width
         for i in range(p["n_down"]):
             out = width * 2 ** i
             layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1)]
             if batchnorm:
                 layers.append(nn.BatchNorm2d(out))
-            layers.append(nn.LeakyReLU(slope))
+            layers.append(activation(act, slope))
             ch = out
         self.net = nn.Sequential(*layers)
         self.feature_dim = ch * p["d_end"][0] * p["d_end"][1]

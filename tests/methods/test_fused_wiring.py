@@ -145,11 +145,30 @@ def test_fused_denoiser_matches_the_plain_one(name, extra):
     assert torch.allclose(out.denoiser_loss, want, rtol=1e-12)
     assert_close(got_r, grads(want, PR), "r")
     assert_close(got_g, grads(M.g_objective(M.G(dg.z), dg)[0], PG), "G")
-    # the fused generator term leaves the denoiser's running statistics alone
-    M.fused_denoiser = fused
-    stats = [b.clone() for b in M.denoiser.buffers()]
-    M.g_objective(M.G(dg.z), dg)
-    assert all(torch.equal(a, b) for a, b in zip(stats, M.denoiser.buffers()))
+    # both generator terms leave the denoiser's running statistics alone (the denoiser's loss moves them)
+    for M.fused_denoiser in (None, fused):
+        stats = [b.clone() for b in M.denoiser.buffers()]
+        M.g_objective(M.G(dg.z), dg)
+        assert all(torch.equal(a, b) for a, b in zip(stats, M.denoiser.buffers()))
+        M.d_objective(x, fake, d)
+        assert not torch.equal(stats[0], next(M.denoiser.buffers()))
+
+
+def test_plain_and_fused_dfm_steps_leave_the_same_running_statistics():
+    """A whole simultaneous step (the denoiser's loss is built, then G's term, then both backpropagate): the
+    denoiser's BatchNorm statistics move by its loss on corrupted real features only, in both paths."""
+    out = []
+    for fused in ("true", "false"):
+        _, M = make("dfm", f"method.dfm.fused={fused}")
+        assert (M.fused_denoiser is not None) == (fused == "true")
+        before = [b.clone() for b in M.denoiser.buffers()]
+        g = torch.Generator().manual_seed(5)
+        M.train_step(1, lambda m: torch.randn(m, *SHAPE, generator=g, dtype=torch.float64))
+        after = [b.clone() for b in M.denoiser.buffers()]
+        assert not torch.equal(before[0], after[0])
+        out.append(after)
+    for a, b in zip(*out):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- NT: noisy_clean_batch + nt_losses

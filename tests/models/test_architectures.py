@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastgan.config import ConfigError
 from fastgan.models import (Maxout, ModelConfig, build_discriminator, build_generator, build_noise_generator)
 
 CASES = [
@@ -120,6 +121,48 @@ def test_dcgan_rule_gives_stl_and_mnist_variants():
     assert G.start == (7, 7) and G.m == 256
     D = build_discriminator(ModelConfig(arch="dcgan"), (1, 28, 28))
     assert D.feature_dim == 128 * 7 * 7
+
+
+def test_ntgan_table4_filters_and_tanh():
+    # Table 4 (f): G's filters [64, 64, 64, 64] at 32x32 instead of [512, 256, 128, 64]
+    cfg = ModelConfig(arch="dcgan", dcgan_g_filters=[64, 64, 64, 64])
+    G = build_generator(cfg, (3, 32, 32))
+    assert G.fc.out_features == 4 * 4 * 64 and G.filters == (64, 64, 64, 64)
+    assert [m.out_channels for m in _convs(G, nn.ConvTranspose2d)] == [64, 64, 64, 3]
+    assert [m.num_features for m in _convs(G, nn.BatchNorm2d)] == [64, 64, 64, 64]
+    # the noise generator is G's architecture with the filters divided by noise_width_divisor
+    N = build_noise_generator(cfg, (3, 32, 32))
+    assert N.filters == (8, 8, 8, 8) and N(torch.randn(2, 128)).shape == (2, 3, 32, 32)
+    # Table 4 (b): tanh for every hidden activation (G's ReLUs and D's leaky ReLUs), the outputs unchanged
+    cfg = ModelConfig(arch="dcgan", dcgan_activation="tanh", dcgan_width=8)
+    G, D = build_generator(cfg, (1, 28, 28)), build_discriminator(cfg, (1, 28, 28))
+    assert not _convs(G, (nn.ReLU, nn.LeakyReLU)) and not _convs(D, (nn.ReLU, nn.LeakyReLU))
+    assert len(_convs(G, nn.Tanh)) == 3 + 1 and len(_convs(D, nn.Tanh)) == 3  # 3 hidden + the image output
+    assert G(torch.randn(4, 128)).shape == (4, 1, 28, 28) and D(torch.randn(4, 1, 28, 28)).shape == (4,)
+    assert _convs(build_noise_generator(cfg, (1, 28, 28)), nn.Tanh)
+    # the defaults are Table 1's
+    G = build_generator(ModelConfig(arch="dcgan"), (3, 32, 32))
+    assert G.filters == (512, 256, 128, 64) and len(_convs(G, nn.ReLU)) == 4
+
+
+def test_ntgan_table4_options_errors():
+    with pytest.raises(ConfigError, match=r"model\.dcgan_g_filters: a 32x32 image needs 4 channel counts .*"
+                                          r"got \[64, 64, 64\]"):
+        build_generator(ModelConfig(arch="dcgan", dcgan_g_filters=(64, 64, 64)), (3, 32, 32))
+    with pytest.raises(ConfigError, match=r"model\.dcgan_g_filters: a 32x32 image needs 4"):
+        build_noise_generator(ModelConfig(arch="dcgan", dcgan_g_filters=(64, 64, 64)), (3, 32, 32))
+    with pytest.raises(ValueError, match=r"model\.dcgan_g_filters: only used by arch 'dcgan', got arch 'mlp'"):
+        ModelConfig(dcgan_g_filters=(4, 4))
+    with pytest.raises(ValueError, match=r"model\.dcgan_activation: only used by arch 'dcgan', got arch 'goodfellow'"):
+        ModelConfig(arch="goodfellow", dcgan_activation="tanh")
+    with pytest.raises(ValueError, match=r"model\.dcgan_g_filters: must be a non-empty list of positive ints"):
+        ModelConfig(arch="dcgan", dcgan_g_filters=(64, 0))
+    from fastgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+    with pytest.raises(ValueError, match=r"filters: a \(1, 8, 8\) image needs 2 positive channel counts"):
+        DCGANGenerator(4, (1, 8, 8), filters=[4, True])
+    with pytest.raises(ValueError, match=r"activation: must be one of \('relu', 'tanh'\), got 'elu'"):
+        DCGANDiscriminator((1, 8, 8), activation_name="elu")
 
 
 def test_batchnorm_and_init_options():

@@ -1,0 +1,246 @@
+"""`fastgan compare PATH...`: the runs of a study side by side, read from their folders (nothing is loaded or
+sampled): how each run's latest session ended (status.json), its step, and the last value of each evaluation
+it logged (metrics.csv's eval/* columns: Fréchet distance and classifier score with NTGAN's tail means, Parzen
+log-likelihood, mode metrics). `--grid METRIC` lays one metric out as NTGAN's Figure 3 does: a row per run name
+without its last '-' part, a column per that part (configs/ntgan-table4: the setting by the model).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from . import config as C
+from .run_commands import run
+from .train import LOCK as _LOCK
+from .train import STATUS as _STATUS
+
+# the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
+_FIRST = ("fd_tail_mean", "fd_tail_std", "classifier_score_tail_mean", "classifier_score_tail_std", "fd",
+          "classifier_score", "parzen_ll", "parzen_stderr", "modes", "high_quality", "kl_modes")
+
+
+def find_runs(paths) -> list[Path]:
+    """Run folders (with config.yaml) among `paths`: each a run folder or a folder whose sub-folders are runs."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            found.append(p)
+        elif p.is_dir():
+            runs = sorted(q for q in p.iterdir() if (q / "config.yaml").is_file())
+            if not runs:
+                raise FileNotFoundError(f"{p}: neither a run folder (config.yaml) nor a folder of run folders")
+            found += runs
+        else:
+            raise FileNotFoundError(f"{p}: no such run folder")
+    return found
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether a fastgan process holds the run folder's lock (a run still training)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(run_dir / _LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock if it was taken
+
+
+def _state(run_dir: Path) -> tuple[str, str, int | None]:
+    """(state, reason, the step the session was at) from status.json."""
+    try:
+        status = json.loads((run_dir / _STATUS).read_text())
+        state, reason, at = str(status["state"]), str(status.get("reason", "")), status.get("step")
+    except FileNotFoundError:
+        return "unknown", "no status.json (a run from an older fastgan, or one that failed while starting)", None
+    except (ValueError, KeyError, TypeError) as e:
+        return "unknown", f"unreadable status.json ({e})", None
+    if status.get("phase") == "final evaluation" and state != "finished":
+        reason = f"trained to the end, then {state} in the final evaluation: {reason}"
+    at = at if isinstance(at, int) and not isinstance(at, bool) else None
+    if state == "running" and not _held(run_dir):
+        return "ended", "no process holds the run and it recorded no end (killed?)", at
+    return state, reason, at
+
+
+def _row_values(row: dict) -> tuple[int, dict]:
+    try:
+        step = int(float(row.get("step") or 0))
+    except (ValueError, OverflowError):
+        raise ValueError(f"step {row.get('step')!r} is not a step number") from None
+    values = {}
+    for k, v in row.items():
+        if isinstance(k, str) and k.startswith("eval/") and v not in (None, ""):
+            try:
+                values[k[5:]] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{k} holds {v!r}, not a number") from None
+    return step, values
+
+
+def _last_values(run_dir: Path) -> tuple[int, dict]:
+    """(last logged step, {metric: its last logged value}) of metrics.csv's eval/* columns. A last row that does
+    not parse is skipped (a running trainer may be writing it); any other is an error naming the file."""
+    path = run_dir / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return 0, {}
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a CSV file ({e})") from None
+    step, last = 0, {}
+    for i, row in enumerate(rows):
+        try:
+            at, values = _row_values(row)
+        except ValueError as e:
+            if i == len(rows) - 1:
+                break
+            raise ValueError(f"{path}: row {i + 1}: {e}") from None
+        step = max(step, at)
+        last.update(values)
+    return step, last
+
+
+def summarize(run_dir) -> dict:
+    """{"run", "name", "state", "reason", "at", "step", "steps", "metrics"} of one run folder: "step" is the last
+    step metrics.csv logged, "at" the step status.json recorded (where a stopped run stopped). A folder that cannot
+    be read gets state "unreadable" and the reason, so one damaged run does not hide the others."""
+    run_dir = Path(run_dir)
+    out = {"run": str(run_dir), "name": run_dir.name, "state": "unreadable", "reason": "", "at": None, "step": 0,
+           "steps": None, "metrics": {}}
+    try:
+        cfg = C.load_config(run_dir / "config.yaml")
+        out["name"], out["steps"] = cfg.run.name, cfg.run.steps
+        out["step"], out["metrics"] = _last_values(run_dir)
+        out["state"], out["reason"], out["at"] = _state(run_dir)
+    except (OSError, ValueError) as e:
+        out["state"], out["reason"] = "unreadable", str(e)
+    return out
+
+
+def compare(paths, *, sort: str | None = None) -> list[dict]:
+    """summarize() of every run under `paths`; sorted by name, or by the metric `sort` (ascending, runs
+    without it or with NaN last)."""
+    rows = [summarize(p) for p in find_runs(paths)]
+    if sort is None:
+        return sorted(rows, key=lambda r: (r["name"], r["run"]))
+    (sort,) = _logged(rows, [sort], "--sort")
+    def key(r):
+        v = r["metrics"].get(sort, math.nan)
+        return (math.isnan(v), 0.0 if math.isnan(v) else v, r["name"])
+    return sorted(rows, key=key)
+
+
+def _logged(rows, metrics: list[str], option: str) -> list[str]:
+    """The metrics without their "eval/" prefix, each logged by some run (else a ConfigError naming `option`)."""
+    metrics = [m.removeprefix("eval/") for m in metrics]
+    unknown = [m for m in metrics if not any(m in r["metrics"] for r in rows)]
+    if unknown:
+        raise C.ConfigError(f"{option}: no run logged {', '.join('eval/' + m for m in unknown)}; logged: "
+                            f"{', '.join(_metric_names(rows)) or 'none'}")
+    return metrics
+
+
+def _metric_names(rows) -> list[str]:
+    seen = []
+    for r in rows:
+        seen += [k for k in r["metrics"] if k not in seen]
+    return [k for k in _FIRST if k in seen] + [k for k in seen if k not in _FIRST]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])
+
+
+def format_table(rows: list[dict], metrics: list[str] | None = None) -> str:
+    names = _metric_names(rows) if metrics is None else metrics
+    header = ["run", "state", "step", *names]
+    body = [[r["name"], r["state"], f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}",
+             *(_fmt(r["metrics"].get(k)) for k in names)] for r in rows]
+    notes = [f"{r['name']} ({r['run']}): {r['state']}: {r['reason'].splitlines()[0]}" for r in rows
+             if r["state"] not in ("finished", "running") and r["reason"]]
+    return _table(header, body) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def format_grid(rows: list[dict], metric: str) -> str:
+    """`metric` with a row per run name less its last '-' part and a column per that part (in the order the run
+    folders sort); a run that has not finished shows its state and step; of several runs of one name the latest
+    (by folder name, which the trainer stamps with the time) is shown and the others are listed below."""
+    (metric,) = _logged(rows, [metric], "--grid")
+    cells, row_keys, col_keys, hidden = {}, [], [], []
+    for r in sorted(rows, key=lambda r: (Path(r["run"]).name, r["run"])):
+        head, _, tail = r["name"].rpartition("-")
+        key = (head or r["name"], tail if head else "-")
+        row_keys += [key[0]] if key[0] not in row_keys else []
+        col_keys += [key[1]] if key[1] not in col_keys else []
+        if key in cells:
+            hidden.append(cells[key][1])
+        # a run that has not finished shows its state and step, not the values it logged before
+        at = r["at"] if r["at"] is not None else r["step"]
+        text = _fmt(r["metrics"].get(metric)) if r["state"] in ("finished", "unknown") else f"{r['state']}@{at}"
+        cells[key] = (text, r["run"])
+    body = [[rk, *(cells.get((rk, ck), ("", ""))[0] for ck in col_keys)] for rk in row_keys]
+    note = f"\n(older runs of the same name not shown: {', '.join(hidden)})" if hidden else ""
+    return f"eval/{metric}\n" + _table(["", *col_keys], body) + note
+
+
+def to_json(rows: list[dict], metrics: list[str] | None = None) -> str:
+    """The summaries as strict JSON: NaN and infinities as the strings "nan", "inf", "-inf"."""
+    def clean(v):
+        return str(v) if isinstance(v, float) and not math.isfinite(v) else v
+    out = [{**r, "metrics": {k: clean(v) for k, v in r["metrics"].items() if metrics is None or k in metrics}}
+           for r in rows]
+    return json.dumps(out, indent=2, allow_nan=False)
+
+
+def _cmd_compare(args) -> int:
+    def body():
+        if args.grid and (args.metrics or args.sort or args.json):
+            raise C.ConfigError("--grid: lays out one metric on its own; it takes no --metrics, --sort or --json")
+        rows = compare(args.paths, sort=args.sort)
+        if args.grid:
+            return format_grid(rows, args.grid)
+        metrics = None
+        if args.metrics:
+            metrics = _logged(rows, [m.strip() for m in args.metrics.split(",") if m.strip()], "--metrics")
+        if args.json:
+            return to_json(rows, metrics)
+        return format_table(rows, metrics)
+    return run("compare", body)
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="the runs of a study side by side (state, step, evaluations)",
+        description="Read run folders (or folders of run folders) and print one row per run: how its latest "
+                    "session ended, its step, and the last value of each evaluation it logged.")
+    p.add_argument("paths", nargs="+", help="run folders, or folders holding run folders (e.g. runs/)")
+    p.add_argument("--metrics", help="comma-separated eval metrics to show, e.g. fd_tail_mean,fd (default: all)")
+    p.add_argument("--sort", help="sort by this eval metric, ascending (default: by run name)")
+    p.add_argument("--grid", metavar="METRIC", help="one metric as a grid: rows the run names less their last "
+                                                    "'-' part, columns that part (NTGAN Figure 3's layout)")
+    p.add_argument("--json", action="store_true", help="print every run's summary as JSON")
+    p.set_defaults(func=_cmd_compare)

@@ -1,0 +1,264 @@
+"""The trainer's status.json (how a run's latest session ended) and `fastgan compare` over folders of runs."""
+import importlib
+import json
+import os
+
+import pytest
+import torch
+
+import fastgan
+from fastgan import compare
+from fastgan.cli import main
+
+train_mod = importlib.import_module("fastgan.train")
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=2",
+        "run.sample_every=2", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off"]
+
+
+def _run(root, name, steps=4, *extra):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={root / name}",
+                                          f"run.name={name}", *extra])
+
+
+def _status(d):
+    return json.loads((d / "status.json").read_text())
+
+
+def _poison(monkeypatch, at: int):
+    from fastgan.methods.step import Method
+
+    orig = Method.train_step
+
+    def poisoned(self, t, sample_real):
+        stats = orig(self, t, sample_real)
+        if t == at:
+            stats["d_loss"] = torch.tensor(float("inf"))
+        return stats
+
+    monkeypatch.setattr(Method, "train_step", poisoned)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """study-a-x, study-a-y finished; study-b-x stopped by a non-finite loss at step 3; study-b-y failed."""
+    root = tmp_path_factory.mktemp("study")
+    _run(root, "study-a-x")
+    _run(root, "study-a-y", 6)
+    mp = pytest.MonkeyPatch()
+    try:
+        _poison(mp, 3)
+        with pytest.raises(train_mod.NonFiniteLossError):
+            _run(root, "study-b-x")
+        from fastgan.methods.step import Method
+
+        def broken(self, t, sample_real):
+            raise RuntimeError("device lost")
+
+        mp.setattr(Method, "train_step", broken)
+        with pytest.raises(RuntimeError):
+            _run(root, "study-b-y")
+    finally:
+        mp.undo()
+    return root
+
+
+def test_status_records_how_each_session_ended(study):
+    s = _status(study / "study-a-y")
+    assert (s["state"], s["step"], s["steps"], s["session_start_step"], s["last_checkpoint_step"]) == \
+        ("finished", 6, 6, 0, 6)
+    s = _status(study / "study-b-x")
+    assert (s["state"], s["step"], s["last_checkpoint_step"]) == ("stopped", 3, None)
+    assert "d_loss is inf at step 3" in s["reason"]
+    s = _status(study / "study-b-y")
+    assert (s["state"], s["step"]) == ("failed", 1) and s["reason"] == "RuntimeError: device lost"
+
+
+def test_status_while_training_and_after_a_resume(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    seen = []
+    orig = Method.train_step
+
+    def spy(self, t, sample_real):
+        seen.append(_status(tmp_path / "r"))
+        return orig(self, t, sample_real)
+
+    monkeypatch.setattr(Method, "train_step", spy)
+    fastgan.train(None, overrides=[*TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"])
+    assert seen[0]["state"] == "running" and seen[0]["step"] == 0
+    fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={tmp_path / 'r'}"], resume=True)
+    assert seen[2]["state"] == "running" and seen[2]["session_start_step"] == 2
+    s = _status(tmp_path / "r")
+    assert (s["state"], s["step"], s["session_start_step"]) == ("finished", 4, 2)
+    # a resume with nothing left to train leaves the record alone
+    before = (tmp_path / "r" / "status.json").read_bytes()
+    fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={tmp_path / 'r'}"], resume=True)
+    assert (tmp_path / "r" / "status.json").read_bytes() == before
+
+
+def test_interrupt_is_recorded(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    def interrupted(self, t, sample_real):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Method, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fastgan.train(None, overrides=[*TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"])
+    assert _status(tmp_path / "r")["state"] == "interrupted"
+
+
+def test_summaries_read_state_step_and_last_evaluations(study):
+    rows = compare.compare(study)
+    assert [(r["name"], r["state"], r["at"], r["step"], r["steps"]) for r in rows] == [
+        ("study-a-x", "finished", 4, 4, 4), ("study-a-y", "finished", 6, 6, 6), ("study-b-x", "stopped", 3, 2, 4),
+        ("study-b-y", "failed", 1, 0, 4)]
+    # the last logged value of each eval/* column, as metrics.csv holds it
+    import csv
+
+    with open(study / "study-a-y" / "metrics.csv") as f:
+        last = [r for r in csv.DictReader(f) if r.get("eval/modes")][-1]
+    assert rows[1]["metrics"]["modes"] == float(last["eval/modes"]) and last["step"] == "6"
+    assert set(rows[1]["metrics"]) == {"modes", "high_quality", "kl_modes"}
+    # one run folder, or several paths, work too
+    assert [r["name"] for r in compare.compare([study / "study-a-x", study / "study-b-x"])] == ["study-a-x", "study-b-x"]
+
+
+def test_sort_and_grid(study):
+    rows = compare.compare(study, sort="kl_modes")
+    kl = [r["metrics"].get("kl_modes") for r in rows]
+    have = [v for v in kl if v is not None]
+    assert have == sorted(have) and kl[:len(have)] == have  # runs without the metric come last
+    grid = compare.format_grid(rows, "eval/modes").splitlines()
+    assert grid[0] == "eval/modes" and grid[1].split() == ["x", "y"]
+    a = {r["name"]: r for r in rows}
+    assert grid[2].split() == ["study-a", compare._fmt(a["study-a-x"]["metrics"]["modes"]),
+                               compare._fmt(a["study-a-y"]["metrics"]["modes"])]
+    assert grid[3].split() == ["study-b", "stopped@3", "failed@1"]  # where they stopped, not their last values
+
+
+def test_unfinished_and_damaged_runs(study, tmp_path):
+    import shutil
+
+    for name in ("study-a-x", "study-a-y"):
+        shutil.copytree(study / name, tmp_path / name)
+    # a run that recorded "running" but whose process is gone
+    s = _status(tmp_path / "study-a-x")
+    (tmp_path / "study-a-x" / "status.json").write_text(json.dumps({**s, "state": "running"}))
+    (tmp_path / "study-a-y" / "config.yaml").write_text("run: [unclosed\n")
+    rows = {r["run"]: r for r in compare.compare(tmp_path)}
+    r = rows[str(tmp_path / "study-a-x")]
+    assert r["state"] == "ended" and "killed" in r["reason"]
+    r = rows[str(tmp_path / "study-a-y")]
+    assert r["state"] == "unreadable" and "not valid YAML" in r["reason"]
+    table = compare.format_table(list(rows.values()))
+    assert "study-a-y" in table and "unreadable: " in table
+    # while a process holds the lock, "running" is running
+    fd = train_mod._lock(tmp_path / "study-a-x")
+    try:
+        assert compare.summarize(tmp_path / "study-a-x")["state"] == "running"
+    finally:
+        train_mod._unlock(fd)
+    # older runs have no status.json
+    os.remove(tmp_path / "study-a-x" / "status.json")
+    assert compare.summarize(tmp_path / "study-a-x")["state"] == "unknown"
+
+
+def test_cli(study, tmp_path, capsys):
+    assert main(["compare", str(study)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["run", "state", "step", "modes", "high_quality", "kl_modes"]
+    assert out[1].split()[:3] == ["study-a-x", "finished", "4/4"]
+    assert any(line.startswith("study-b-x (") and "stopped: " in line and "d_loss is inf" in line for line in out)
+    assert main(["compare", str(study), "--metrics", "eval/modes", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)][0] == "study-a-x"
+    assert main(["compare", str(study), "--grid", "modes"]) == 0
+    assert capsys.readouterr().out.startswith("eval/modes\n")
+    for args, code, msg in (([str(tmp_path / "none")], 1, "no such run folder"),
+                            ([str(tmp_path)], 1, "neither a run folder"),
+                            ([str(study), "--metrics", "fd"], 2, "--metrics: no run logged eval/fd; logged: modes"),
+                            ([str(study), "--sort", "fd"], 2, "--sort: no run logged eval/fd"),
+                            ([str(study), "--grid", "fd"], 2, "--grid: no run logged eval/fd")):
+        assert main(["compare", *args]) == code
+        err = capsys.readouterr().err
+        assert err.startswith("fastgan compare: error: ") and msg in err and err.count("\n") == 1
+
+
+def _fake_run(root, name, state="finished", rows=("step,eval/fd", "10,1.5"), **status):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"run:\n  name: {name}\n  steps: 10\n")
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (d / "status.json").write_text(json.dumps({"state": state, "step": 10, **status}))
+    return d
+
+
+def test_nan_sorts_last_and_json_is_strict(tmp_path, capsys):
+    for name, fd in (("a", "3"), ("b", "nan"), ("c", "1"), ("d", "inf"), ("e", "0.5")):
+        _fake_run(tmp_path, name, rows=("step,eval/fd,eval/classifier_score", f"10,{fd},2"))
+    assert [r["name"] for r in compare.compare(tmp_path, sort="fd")] == ["e", "c", "a", "d", "b"]
+    assert main(["compare", str(tmp_path), "--json", "--metrics", "fd"]) == 0
+    rows = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert [r["metrics"] for r in rows] == [{"fd": 3.0}, {"fd": "nan"}, {"fd": 1.0}, {"fd": "inf"}, {"fd": 0.5}]
+    assert main(["compare", str(tmp_path), "--grid", "fd", "--sort", "fd"]) == 2
+    assert "--grid: lays out one metric on its own" in capsys.readouterr().err
+
+
+def test_damaged_files_mark_only_their_run(tmp_path):
+    _fake_run(tmp_path, "ok")
+    _fake_run(tmp_path, "inf-step", rows=("step,eval/fd", "inf,1", "10,2"))
+    _fake_run(tmp_path, "bad-middle", rows=("step,eval/fd", "5,x", "10,2"))
+    _fake_run(tmp_path, "partial-last", rows=("step,eval/fd", "5,1", "10,2", "15,1.2e"))
+    bad_status = _fake_run(tmp_path, "status-dir")
+    (bad_status / "status.json").unlink()
+    (bad_status / "status.json").mkdir()
+    rows = {r["name"]: r for r in compare.compare(tmp_path)}
+    assert rows["ok"]["state"] == "finished" and rows["ok"]["metrics"] == {"fd": 1.5}
+    assert rows["inf-step"]["state"] == "unreadable" and "row 1: step 'inf' is not a step number" in rows["inf-step"]["reason"]
+    assert rows["bad-middle"]["state"] == "unreadable" and "eval/fd holds 'x'" in rows["bad-middle"]["reason"]
+    assert rows["partial-last"]["state"] == "finished" and (rows["partial-last"]["step"], rows["partial-last"]["metrics"]) == (10, {"fd": 2.0})
+    assert rows["status-dir"]["state"] == "unreadable"
+
+
+def test_grid_layout_duplicates_and_unfinished_runs(tmp_path):
+    _fake_run(tmp_path / "old", "t-a-x", rows=("step,eval/fd", "10,9"))
+    _fake_run(tmp_path / "new", "t-a-x", rows=("step,eval/fd", "10,1"))
+    (tmp_path / "new" / "t-a-x").rename(tmp_path / "new" / "t-a-x-2")  # later stamp, as the trainer names folders
+    (tmp_path / "old" / "t-a-x").rename(tmp_path / "old" / "t-a-x-1")
+    _fake_run(tmp_path / "new", "t-a-y", state="running", rows=("step,eval/fd", "4,5"), step=6)
+    _fake_run(tmp_path / "new", "solo")
+    grid = compare.format_grid(compare.compare([tmp_path / "old", tmp_path / "new"]), "fd").splitlines()
+    assert grid[1].split() == ["-", "x", "y"]  # in the order the folders sort; a name without '-' in "-"
+    assert grid[2].split() == ["solo", "1.5"]
+    assert grid[3].split() == ["t-a", "1", "ended@6"]  # the latest t-a-x; t-a-y's process is gone
+    assert grid[-1] == f"(older runs of the same name not shown: {tmp_path / 'old' / 't-a-x-1'})"
+
+
+def test_final_evaluation_failure_and_status_write_failure(tmp_path, monkeypatch, capsys):
+    def broken(self, step):
+        raise RuntimeError("parzen out of memory\nsecond line")
+
+    monkeypatch.setattr(train_mod._Run, "_parzen", broken)
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, "ev", 2, "run.parzen=true")
+    s = _status(tmp_path / "ev")
+    assert (s["state"], s["phase"], s["step"], s["last_checkpoint_step"]) == ("failed", "final evaluation", 2, 2)
+    r = compare.summarize(tmp_path / "ev")
+    assert r["reason"].startswith("trained to the end, then failed in the final evaluation: RuntimeError: parzen")
+    assert "second line" not in compare.format_table([r])
+    monkeypatch.undo()
+    # the end cannot be recorded: the run's own result stands and a warning says so
+    from fastgan.methods.step import Method
+
+    orig = Method.train_step
+
+    def block_status(self, t, sample_real):
+        if t == 2:
+            (tmp_path / "w" / "status.json").unlink()
+            (tmp_path / "w" / "status.json").mkdir()
+        return orig(self, t, sample_real)
+
+    monkeypatch.setattr(Method, "train_step", block_status)
+    assert _run(tmp_path, "w", 2).step == 2
+    assert "warning: could not record the run's end (finished)" in capsys.readouterr().err
