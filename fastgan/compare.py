@@ -185,6 +185,13 @@ def format_table(rows: list[dict], metrics: list[str] | None = None) -> str:
     return _table(header, body) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+def _cell(metrics: dict, metric: str) -> str:
+    """The metric's value; a tail mean with its std beside it (NTGAN's tables: mean ± std of the last five)."""
+    text = _fmt(metrics.get(metric))
+    std = metrics.get(metric.removesuffix("_mean") + "_std") if metric.endswith("_tail_mean") else None
+    return text if std is None or metric not in metrics else f"{text}±{_fmt(std)}"
+
+
 def format_grid(rows: list[dict], metric: str) -> str:
     """`metric` with a row per run name less its last '-' part and a column per that part (in the order the run
     folders sort); a run that has not finished shows its state and step; of several runs of one name the latest
@@ -200,7 +207,7 @@ def format_grid(rows: list[dict], metric: str) -> str:
             hidden.append(cells[key][1])
         # a run that has not finished shows its state and step, not the values it logged before
         at = r["at"] if r["at"] is not None else r["step"]
-        text = _fmt(r["metrics"].get(metric)) if r["state"] in ("finished", "unknown") else f"{r['state']}@{at}"
+        text = _cell(r["metrics"], metric) if r["state"] in ("finished", "unknown") else f"{r['state']}@{at}"
         cells[key] = (text, r["run"])
     body = [[rk, *(cells.get((rk, ck), ("", ""))[0] for ck in col_keys)] for rk in row_keys]
     note = f"\n(older runs of the same name not shown: {', '.join(hidden)})" if hidden else ""

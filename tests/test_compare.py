@@ -262,3 +262,11 @@ def test_final_evaluation_failure_and_status_write_failure(tmp_path, monkeypatch
     monkeypatch.setattr(Method, "train_step", block_status)
     assert _run(tmp_path, "w", 2).step == 2
     assert "warning: could not record the run's end (finished)" in capsys.readouterr().err
+
+
+def test_grid_shows_a_tail_mean_with_its_std(tmp_path):
+    _fake_run(tmp_path, "s-a-x", rows=("step,eval/fd_tail_mean,eval/fd_tail_std", "10,26.5,0.6"))
+    _fake_run(tmp_path, "s-a-y", rows=("step,eval/fd_tail_mean", "10,7"))
+    grid = compare.format_grid(compare.compare(tmp_path), "fd_tail_mean").splitlines()
+    assert grid[2].split() == ["s-a", "26.5±0.6", "7"]
+    assert compare.format_grid(compare.compare(tmp_path), "fd_tail_std").splitlines()[2].split() == ["s-a", "0.6", "-"]

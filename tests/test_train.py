@@ -257,6 +257,24 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
         assert r.metrics["eval/fd"] > 0 and r.metrics["eval/tail_evaluations"] == 1.0
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("graph", ["false", "true"])
+@pytest.mark.parametrize("name", ["ntgan-fmnist-table4-b-ntgan", "ntgan-fmnist-table4-f-gp"])
+def test_table4_options_train_on_cuda(name, graph, tmp_path, tiny_fashion_mnist):
+    """Table 4's tanh networks (b) and constant G filters with Roth's penalty on a BatchNorm D (f) on a GPU, eager
+    and as a CUDA graph: finite losses, the run recorded as finished."""
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "ntgan-table4" / f"{name}.yaml"
+    r = fastgan.train(path, overrides=[
+        "run.steps=6", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0", "run.checkpoint_every=0",
+        "run.num_samples=16", "optim.batch_size=8", "run.progress=off", f"data.path={tiny_fashion_mnist}",
+        "model.dcgan_width=4", "model.latent_dim=8", "run.fd_samples=20", "run.device=cuda",
+        f"run.cuda_graph={graph}", *(["model.dcgan_g_filters=[4,4,4]"] if name.endswith("-f-gp") else [])])
+    assert r.step == 6 and all(math.isfinite(v) for v in r.losses.values())
+    assert json.loads((r.out_dir / "status.json").read_text())["state"] == "finished"
+
+
 def _parzen_run(tmp_path, data_path, *extra):
     return ["data.name=fashion_mnist", f"data.path={data_path}", "model.arch=goodfellow", "model.g_hidden=[16,16]",
             "model.d_hidden=[8,8]", "model.latent_dim=8", "run.steps=1", f"run.dir={tmp_path / 'run'}",
