@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import config as C
 from .run_commands import run
-from .train import LOCK as _LOCK
 from .train import STATUS as _STATUS
+from .train import lock_held
 
 # the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
 _FIRST = ("fd_tail_mean", "fd_tail_std", "classifier_score_tail_mean", "classifier_score_tail_std", "fd",
@@ -40,25 +40,6 @@ def find_runs(paths) -> list[Path]:
     return found
 
 
-def _held(run_dir: Path) -> bool:
-    """Whether a fastgan process holds the run folder's lock (a run still training)."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fd = os.open(run_dir / _LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases the shared lock if it was taken
-
-
 def _state(run_dir: Path) -> tuple[str, str, int | None]:
     """(state, reason, the step the session was at) from status.json."""
     try:
@@ -71,7 +52,7 @@ def _state(run_dir: Path) -> tuple[str, str, int | None]:
     if status.get("phase") == "final evaluation" and state != "finished":
         reason = f"trained to the end, then {state} in the final evaluation: {reason}"
     at = at if isinstance(at, int) and not isinstance(at, bool) else None
-    if state == "running" and not _held(run_dir):
+    if state == "running" and not lock_held(run_dir):
         return "ended", "no process holds the run and it recorded no end (killed?)", at
     return state, reason, at
 

@@ -116,7 +116,7 @@ def _lock(d: Path) -> Optional[int]:
         raise RunFolderError(f"run folder {d} is not a folder")
     fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        for attempt in range(10):  # `fastgan compare` probes the lock for an instant: wait such a probe out
+        for attempt in range(10):  # lock_held (`fastgan compare`) takes the lock for an instant: wait that out
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -130,6 +130,26 @@ def _lock(d: Path) -> Optional[int]:
         raise RunFolderError(f"run folder {d} is in use by another fastgan run{f' (pid {holder})' if holder else ''}; "
                              "wait for it to end or choose another run.dir") from None
     return fd
+
+
+def lock_held(d: Path) -> bool:
+    """Whether a process holds run folder d's lock (a run writing it), found by trying a shared lock for an
+    instant (the retry in _lock waits such a probe out)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(d / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock if it was taken
 
 
 def _claim(fd: Optional[int]) -> None:
@@ -403,9 +423,13 @@ class _Run:
         }
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
-        tmp = self.out / "run_info.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.out / "run_info.json")
+        self._write_json("run_info.json", info)
+
+    def _write_json(self, name: str, obj: dict) -> None:
+        """The run folder's file `name`, written to a temporary file and renamed: readers see it whole or not."""
+        tmp = self.out / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, self.out / name)
 
     def _open_logs(self, resume_step, progress):
         from .logging_utils import CSVLogger, TensorBoardWriter
@@ -580,10 +604,8 @@ class _Run:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if reason:
             info["reason"] = reason
-        tmp = self.out / (STATUS + ".tmp")
         try:
-            tmp.write_text(json.dumps(info, indent=2) + "\n")
-            os.replace(tmp, self.out / STATUS)
+            self._write_json(STATUS, info)
         except OSError as e:
             if state == "running":
                 raise
@@ -749,8 +771,8 @@ def _cmd_train(args) -> int:
         if why is None:
             raise
         return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
-                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, model.dcgan_g_filters, "
-                           "model.denoiser_hidden)")
+                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
+                           "model.dcgan_g_filters, model.denoiser_hidden)")
     except KeyboardInterrupt as e:
         print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130

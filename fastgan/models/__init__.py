@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Discriminator, Generator, apply_spectral_norm, check_data_shape, init_weights
 from .config import ARCH_DEFAULTS, ARCHS, ModelConfig
-from .dcgan import DCGANDiscriminator, DCGANGenerator, plan
+from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_filters
 from .denoiser import Denoiser
 from .goodfellow import GoodfellowGenerator, Maxout, MaxoutDiscriminator
 from .mlp import MLPDiscriminator, MLPGenerator
@@ -35,20 +35,6 @@ def _check(cfg, data_shape):
     if cfg.arch == "dcgan" and len(shape) != 3:
         raise ValueError(f"data_shape: arch 'dcgan' needs images (C, H, W), got {tuple(data_shape)}")
     return shape
-
-
-def dcgan_filters(cfg: ModelConfig, shape: tuple, divisor: int = 1):
-    """model.dcgan_g_filters (each divided by `divisor`, at least 1) after checking its length against the image
-    size, which the config alone does not know; None when unset."""
-    if cfg.dcgan_g_filters is None:
-        return None
-    need = plan(shape)["n_up"] + 1
-    if len(cfg.dcgan_g_filters) != need:
-        from ..config import ConfigError
-
-        raise ConfigError(f"model.dcgan_g_filters: a {shape[1]}x{shape[2]} image needs {need} channel counts (the "
-                          f"FC layer's, then {need - 1} upsamplings'), got {list(cfg.dcgan_g_filters)}")
-    return [max(1, f // divisor) for f in cfg.dcgan_g_filters]
 
 
 def _out_kind(shape) -> str:

@@ -44,6 +44,20 @@ def plan(data_shape: tuple) -> dict:
             "d_end": (h >> n_down, w >> n_down)}
 
 
+def dcgan_filters(cfg, shape: tuple, divisor: int = 1):
+    """A ModelConfig's dcgan_g_filters (each divided by `divisor`, at least 1) after checking its length against
+    the image size, which the config alone does not know; None when unset."""
+    if cfg.dcgan_g_filters is None:
+        return None
+    need = plan(shape)["n_up"] + 1
+    if len(cfg.dcgan_g_filters) != need:
+        from ..config import ConfigError  # fastgan.config imports this package: not at module level
+
+        raise ConfigError(f"model.dcgan_g_filters: a {shape[1]}x{shape[2]} image needs {need} channel counts (the "
+                          f"FC layer's, then {need - 1} upsamplings'), got {list(cfg.dcgan_g_filters)}")
+    return [max(1, f // divisor) for f in cfg.dcgan_g_filters]
+
+
 class DCGANGenerator(Generator):
     """`filters`: the channels of the FC layer's output and of each upsampling's (plan's n_up + 1 numbers);
     None: width * 2**n_up halving to width (Table 1)."""
@@ -67,10 +81,9 @@ class DCGANGenerator(Generator):
         self.m = filters[0]
         self.fc = nn.Linear(self.latent_dim, self.m * self.start[0] * self.start[1])
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
-        act = "relu" if activation_name == "relu" else "tanh"
-        layers = [norm(self.m), activation(act)]
+        layers = [norm(self.m), activation(activation_name)]
         for cin, cout in zip(filters, filters[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), norm(cout), activation(act)]
+            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), norm(cout), activation(activation_name)]
         layers += [nn.ConvTranspose2d(filters[-1], p["channels"], 3, stride=1, padding=1),
                    output_activation(out, out_scale)]
         self.net = nn.Sequential(*layers)

@@ -7,7 +7,7 @@ or its own draw.
 from __future__ import annotations
 
 from .config import ModelConfig
-from .dcgan import DCGANGenerator
+from .dcgan import DCGANGenerator, dcgan_filters
 from .goodfellow import GoodfellowGenerator
 from .mlp import MLPGenerator
 
@@ -24,7 +24,5 @@ def noise_generator(cfg: ModelConfig, data_shape: tuple, latent_dim: int):
                             cfg.leaky_slope, bn, **common)
     if cfg.arch == "goodfellow":
         return GoodfellowGenerator(latent_dim, data_shape, _shrink(cfg.resolved("g_hidden"), div), bn, **common)
-    from . import dcgan_filters
-
     return DCGANGenerator(latent_dim, data_shape, max(1, cfg.dcgan_width // div), bn, **common,
                           filters=dcgan_filters(cfg, data_shape, div), activation_name=cfg.dcgan_activation)
