@@ -73,14 +73,24 @@ def _forward_kernel(g_ptr, l_ptr, out_ptr, B, F, sb, sf, sl,
 
 
 @triton.jit
-def _backward_kernel(go_ptr, g_ptr, l_ptr, dg_ptr, dl_ptr, B, F, sb, sf, sl,
-                     WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
-                     ONE_TILE: tl.constexpr):
+def _backward_kernel(go_ptr, go_div, g_ptr, l_ptr, dg_ptr, dl_ptr, per_ptr, B, F, sb, sf, sl, split,
+                     WEIGHT: tl.constexpr, WEIGHT2: tl.constexpr, HAS_GO: tl.constexpr, HAS_PER: tl.constexpr,
+                     ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr, ONE_TILE: tl.constexpr):
+    # HAS_GO: the backward for upstream go; else the closed forms' terms for the upstream 1 / go_div (an integer:
+    # the interpreter passes a float argument as fp32 even annotated tl.float64), with HAS_PER also writing
+    # per = w ||g||^2. Rows from `split` on take weight WEIGHT2.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
-    go = tl.load(go_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    if HAS_GO:
+        go = tl.load(go_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    else:
+        go = (tl.zeros([BLOCK_B], dtype=ACC) + 1.0) / go_div  # go_div may arrive as a constexpr 1
     w, dw = _weight_and_slope(psi, WEIGHT)
+    if WEIGHT2 != WEIGHT:
+        w2, dw2 = _weight_and_slope(psi, WEIGHT2)
+        w = tl.where(rows < split, w, w2)
+        dw = tl.where(rows < split, dw, dw2)
     scale = 2.0 * w * go
     if ONE_TILE:
         acc = _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, 0, F, sb, sf, scale, ACC, BLOCK_F)
@@ -89,6 +99,8 @@ def _backward_kernel(go_ptr, g_ptr, l_ptr, dg_ptr, dl_ptr, B, F, sb, sf, sl,
         for f0 in range(0, F, BLOCK_F):
             acc += _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, f0, F, sb, sf, scale, ACC, BLOCK_F)
     tl.store(dl_ptr + rows, dw * acc * go, mask=rmask)
+    if HAS_PER:
+        tl.store(per_ptr + rows, w * acc, mask=rmask)
 
 
 def _blocks(F: int):
@@ -124,10 +136,23 @@ def forward(grad: torch.Tensor, logits: torch.Tensor, out: torch.Tensor, weight:
 
 def backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, dgrad: torch.Tensor,
              dlogits: torch.Tensor, weight: int) -> None:
+    _backward(go, 1, grad, logits, dgrad, dlogits, None, weight, weight, grad.shape[0])
+
+
+def terms(grad: torch.Tensor, logits: torch.Tensor, per: torch.Tensor, dgrad: torch.Tensor, dlogits: torch.Tensor,
+          weight: int, weight2: int, split: int, div: int) -> None:
+    """per = w ||g||^2, dlogits = w' ||g||^2 / div, dgrad = 2 w g / div; rows from split on weighted by weight2."""
+    _backward(None, div, grad, logits, dgrad, dlogits, per, weight, weight2, split)
+
+
+def _backward(go, go_div, grad, logits, dgrad, dlogits, per, weight, weight2, split) -> None:
     B, F = grad.shape
     if B == 0:
         return
     block_b, meta = _launch(F)
     grid = (triton.cdiv(B, block_b),)
-    _backward_kernel[grid](go, grad, logits, dgrad, dlogits, B, F, grad.stride(0), grad.stride(1),
-                           logits.stride(0), WEIGHT=weight, ACC=_acc(grad.dtype), **meta)
+    # an unused pointer argument gets a real tensor: the interpreter and the compiled launcher both want one
+    _backward_kernel[grid](dlogits if go is None else go, go_div, grad, logits, dgrad, dlogits,
+                           dlogits if per is None else per, B, F, grad.stride(0), grad.stride(1), logits.stride(0),
+                           split, WEIGHT=weight, WEIGHT2=weight2, HAS_GO=go is not None, HAS_PER=per is not None,
+                           ACC=_acc(grad.dtype), **meta)

@@ -96,6 +96,9 @@ def _run_every_op():
             grad = torch.randn(B, F, generator=g).to(dtype).requires_grad_(True)
             logits = torch.randn(B, generator=g, requires_grad=True)
             ops.grad_norm_penalty(grad, logits, "js_real", "mean", backend="triton").backward()
+            # the closed forms' terms: the backward kernel with a constant upstream, per written, two weights
+            for div in (1, B):  # mode="mlp" divides by 1, mode="jvp" by the batch
+                ops.penalty.terms(grad.detach(), logits.detach(), 1, 2, B // 2, div, "triton")
     for F in ((2,), (3, 4, 4)):
         xr = torch.randn(6, *F, generator=g, requires_grad=True)
         xf = torch.randn(6, *F, generator=g, requires_grad=True)

@@ -161,25 +161,31 @@ void forward_cpu(const T* g, const A* logits, A* out, int64_t B, int64_t F, int6
   }
 }
 
+// The backward for upstream go (per row), or with go null the closed forms' terms for a constant upstream
+// go_scale, also writing per = w ||g||^2 when per is not null; rows from `split` on take weight code `weight2`.
 template <typename T, typename A>
-void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits, int64_t B, int64_t F,
-                  int64_t sb, int64_t sf, int64_t sl, int weight) {
+void backward_cpu(const A* go, double go_scale, const T* g, const A* logits, T* dgrad, A* dlogits, A* per, int64_t B,
+                  int64_t F, int64_t sb, int64_t sf, int64_t sl, int weight, int weight2, int64_t split) {
   const int64_t rows = rows_per_block(F), blocks = (B + rows - 1) / rows;
 #pragma omp parallel for schedule(static) if (parallel_worth_it(B, F))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * rows, cnt = std::min(rows, B - n0);
     double psi[kRows], w[kRows], dw[kRows];
     load_as_double(logits, n0, cnt, sl, psi);
-    block_weights(weight, psi, cnt, w, dw);
+    // rows [n0, split) take weight, the rest weight2
+    const int64_t head = std::clamp<int64_t>(split - n0, 0, cnt);
+    block_weights(weight, psi, head, w, dw);
+    block_weights(weight2, psi + head, cnt - head, w + head, dw + head);
     if constexpr (std::is_same_v<T, float>) {
       if (short_rows<T>(F, sb, sf)) {
         double sq[kRows];
         float scale[kRows];
         block_sq_norms(g, n0, cnt, F, sb, sf, sq);
         for (int64_t i = 0; i < cnt; ++i) {
-          const double gon = double(go[n0 + i]);
+          const double gon = go ? double(go[n0 + i]) : go_scale;
           scale[i] = float(A(penalty::grad_scale(w[i], gon)));
           dlogits[n0 + i] = A(penalty::logit_grad(dw[i], sq[i], gon));
+          if (per) per[n0 + i] = A(w[i] * sq[i]);
         }
         short_scale_rows(g + n0 * F, cnt, F, scale, dgrad + n0 * F);
         continue;
@@ -187,31 +193,35 @@ void backward_cpu(const A* go, const T* g, const A* logits, T* dgrad, A* dlogits
     }
     for (int64_t i = 0; i < cnt; ++i) {
       const int64_t n = n0 + i;
-      const double gon = double(go[n]);
+      const double gon = go ? double(go[n]) : go_scale;
       const A scale = A(penalty::grad_scale(w[i], gon));
       const T* row = g + n * sb;
       T* drow = dgrad + n * F;
+      double s = 0.0;
       if constexpr (std::is_same_v<T, float>) {
         if (sf == 1) {
           for (int64_t f = 0; f < F; ++f) drow[f] = scale * row[f];
-          dlogits[n] = A(penalty::logit_grad(dw[i], row_sq_norm(row, F), gon));
-          continue;
+          s = row_sq_norm(row, F);
         }
       }
-      double s = 0.0;
-      for (int64_t f = 0; f < F; ++f) {
-        double v = Storage<T>::load(row[f * sf]);
-        s += v * v;
-        drow[f] = Storage<T>::store(double(scale) * v);
+      if (!(std::is_same_v<T, float> && sf == 1)) {
+        for (int64_t f = 0; f < F; ++f) {
+          double v = Storage<T>::load(row[f * sf]);
+          s += v * v;
+          drow[f] = Storage<T>::store(double(scale) * v);
+        }
       }
       dlogits[n] = A(penalty::logit_grad(dw[i], s, gon));
+      if (per) per[n] = A(w[i] * s);
     }
   }
 }
 
-void check_sizes(int64_t B, int64_t F, int weight) {
+void check_sizes(int64_t B, int64_t F, int weight, int weight2 = penalty::kOne, int64_t split = 0) {
   if (B < 0 || F < 0) throw std::invalid_argument("penalty: negative size");
-  if (weight < penalty::kOne || weight > penalty::kJsFake) throw std::invalid_argument("penalty: unknown weight code");
+  for (int code : {weight, weight2})
+    if (code < penalty::kOne || code > penalty::kJsFake) throw std::invalid_argument("penalty: unknown weight code");
+  if (split < 0 || split > B) throw std::invalid_argument("penalty: split outside [0, B]");
 }
 
 void penalty_forward_cpu(std::uintptr_t grad, int dtype, std::uintptr_t logits, std::uintptr_t out, int64_t B,
@@ -227,18 +237,30 @@ void penalty_forward_cpu(std::uintptr_t grad, int dtype, std::uintptr_t logits, 
   throw std::invalid_argument("penalty: unsupported dtype code " + std::to_string(dtype));
 }
 
+void backward_any_cpu(std::uintptr_t go, double go_scale, std::uintptr_t grad, int dtype, std::uintptr_t logits,
+                      std::uintptr_t dgrad, std::uintptr_t dlogits, std::uintptr_t per, int64_t B, int64_t F,
+                      int64_t sb, int64_t sf, int64_t sl, int weight, int weight2, int64_t split) {
+  check_sizes(B, F, weight, weight2, split);
+  py::gil_scoped_release nogil;
+  switch (dtype) {
+    case kFloat32: return backward_cpu(cptr<float>(go), go_scale, cptr<float>(grad), cptr<float>(logits), mptr<float>(dgrad), mptr<float>(dlogits), mptr<float>(per), B, F, sb, sf, sl, weight, weight2, split);
+    case kFloat64: return backward_cpu(cptr<double>(go), go_scale, cptr<double>(grad), cptr<double>(logits), mptr<double>(dgrad), mptr<double>(dlogits), mptr<double>(per), B, F, sb, sf, sl, weight, weight2, split);
+    case kFloat16: return backward_cpu(cptr<float>(go), go_scale, cptr<half_t>(grad), cptr<float>(logits), mptr<half_t>(dgrad), mptr<float>(dlogits), mptr<float>(per), B, F, sb, sf, sl, weight, weight2, split);
+    case kBFloat16: return backward_cpu(cptr<float>(go), go_scale, cptr<bf16_t>(grad), cptr<float>(logits), mptr<bf16_t>(dgrad), mptr<float>(dlogits), mptr<float>(per), B, F, sb, sf, sl, weight, weight2, split);
+  }
+  throw std::invalid_argument("penalty: unsupported dtype code " + std::to_string(dtype));
+}
+
 void penalty_backward_cpu(std::uintptr_t go, std::uintptr_t grad, int dtype, std::uintptr_t logits,
                           std::uintptr_t dgrad, std::uintptr_t dlogits, int64_t B, int64_t F, int64_t sb, int64_t sf,
                           int64_t sl, int weight) {
-  check_sizes(B, F, weight);
-  py::gil_scoped_release nogil;
-  switch (dtype) {
-    case kFloat32: return backward_cpu(cptr<float>(go), cptr<float>(grad), cptr<float>(logits), mptr<float>(dgrad), mptr<float>(dlogits), B, F, sb, sf, sl, weight);
-    case kFloat64: return backward_cpu(cptr<double>(go), cptr<double>(grad), cptr<double>(logits), mptr<double>(dgrad), mptr<double>(dlogits), B, F, sb, sf, sl, weight);
-    case kFloat16: return backward_cpu(cptr<float>(go), cptr<half_t>(grad), cptr<float>(logits), mptr<half_t>(dgrad), mptr<float>(dlogits), B, F, sb, sf, sl, weight);
-    case kBFloat16: return backward_cpu(cptr<float>(go), cptr<bf16_t>(grad), cptr<float>(logits), mptr<bf16_t>(dgrad), mptr<float>(dlogits), B, F, sb, sf, sl, weight);
-  }
-  throw std::invalid_argument("penalty: unsupported dtype code " + std::to_string(dtype));
+  backward_any_cpu(go, 0.0, grad, dtype, logits, dgrad, dlogits, 0, B, F, sb, sf, sl, weight, weight, B);
+}
+
+void penalty_terms_cpu(std::uintptr_t grad, int dtype, std::uintptr_t logits, std::uintptr_t per,
+                       std::uintptr_t dgrad, std::uintptr_t dlogits, int64_t B, int64_t F, int64_t sb, int64_t sf,
+                       int64_t sl, int weight, int weight2, int64_t split, double scale) {
+  backward_any_cpu(0, scale, grad, dtype, logits, dgrad, dlogits, per, B, F, sb, sf, sl, weight, weight2, split);
 }
 
 void bind(py::module_& m) {
@@ -246,6 +268,8 @@ void bind(py::module_& m) {
         "sb"_a, "sf"_a, "sl"_a, "weight"_a);
   m.def("penalty_backward_cpu", &penalty_backward_cpu, "go"_a, "grad"_a, "dtype"_a, "logits"_a, "dgrad"_a,
         "dlogits"_a, "B"_a, "F"_a, "sb"_a, "sf"_a, "sl"_a, "weight"_a);
+  m.def("penalty_terms_cpu", &penalty_terms_cpu, "grad"_a, "dtype"_a, "logits"_a, "per"_a, "dgrad"_a, "dlogits"_a,
+        "B"_a, "F"_a, "sb"_a, "sf"_a, "sl"_a, "weight"_a, "weight2"_a, "split"_a, "scale"_a);
 #ifdef FASTGAN_WITH_CUDA
   m.def("penalty_forward_cuda",
         [](std::uintptr_t grad, int dtype, std::uintptr_t logits, std::uintptr_t out, int64_t B, int64_t F,
@@ -261,6 +285,15 @@ void bind(py::module_& m) {
           check_sizes(B, F, weight);
           raise_cuda(cuda::penalty_backward(go, grad, dtype, logits, dgrad, dlogits, B, F, sb, sf, sl, weight, stream),
                      "penalty_backward_cuda");
+        });
+  m.def("penalty_terms_cuda",
+        [](std::uintptr_t grad, int dtype, std::uintptr_t logits, std::uintptr_t per, std::uintptr_t dgrad,
+           std::uintptr_t dlogits, int64_t B, int64_t F, int64_t sb, int64_t sf, int64_t sl, int weight, int weight2,
+           int64_t split, double scale, std::uintptr_t stream) {
+          check_sizes(B, F, weight, weight2, split);
+          raise_cuda(cuda::penalty_terms(grad, dtype, logits, per, dgrad, dlogits, B, F, sb, sf, sl, weight, weight2,
+                                         split, scale, stream),
+                     "penalty_terms_cuda");
         });
 #endif
 }

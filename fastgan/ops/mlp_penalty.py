@@ -212,7 +212,9 @@ def _terms(g2, psi, weight, backend):
     """penalty_terms for one weight or for row blocks with their own weights (by_row_block)."""
     from .penalty_jvp import penalty_terms
 
-    parts = by_row_block(weight, lambda w, g, p: penalty_terms(g, p, w, 1.0, backend), g2, psi)
+    if isinstance(weight, tuple) and len(weight) == 2 and not any(callable(w) for w, _ in weight):
+        return penalty_terms(g2, psi, (weight[0][0], weight[1][0]), 1, backend, split=weight[0][1])
+    parts = by_row_block(weight, lambda w, g, p: penalty_terms(g, p, w, 1, backend), g2, psi)
     return parts[0] if len(parts) == 1 else tuple(torch.cat(z) for z in zip(*parts))
 
 
@@ -320,6 +322,26 @@ def primal_chain(x, steps, tensors, norm):
     return h.reshape(B), layers
 
 
+def fold_index(layers) -> int | None:
+    """The index l of the penultimate Linear when the closed form can skip the tangent's last GEMM, else None.
+
+    That is when D ends Linear_l -> ReLU/LeakyReLU ... -> Linear_L(1 output) and has no smooth activation: then
+    h = S * z at Linear_L's input (z = W_l h_l + b_l, S the activations' slopes), delta_l = S * w_L, and with
+    y_n = a_n h_l,n + gP_n t_l,n Linear_l's weight gradient is diag(w_L) P, P = S^T y, one GEMM as before. Linear_L's
+    own, sum_n a_n h_n + gP_n t_n with t = S * (W_l t_l), is sum_o W_l,oi P_oi over i plus b_l * (S^T a): no GEMM
+    for the tangent through W_l (for a d-n-n-1 MLP the closed form then costs the plain update's FLOPs)."""
+    last = len(layers) - 1
+    out = layers[last]
+    if out["kind"] != "linear" or out["map"].conv or any("act" in L and L["act"].smooth for L in layers):
+        return None
+    i = last - 1
+    while i >= 0 and layers[i]["kind"] in ("relu", "leaky"):
+        i -= 1
+    if i < 0 or layers[i]["kind"] != "linear" or layers[i]["map"].conv:
+        return None
+    return i
+
+
 def smooth_mlp(steps) -> bool:
     """Whether a planned D is an MLP (no convolution) with an activation with curvature (Tanh, Sigmoid): there the
     closed form's extra backward chain (two more GEMMs per layer) leaves it no cheaper than the double backward."""
@@ -352,12 +374,20 @@ class _MLPPenalty(ClosedForm):
         B = x.shape[0]
         psi, layers = primal_chain(x, steps, tensors, running_stats_norm)
         out_shape = layers[-1]["out_shape"]
+        last = len(layers) - 1
+        fold = fold_index(layers)
         # delta: d psi_n / d (the layer's output), per sample; the last one is the input gradient
         delta = None  # None: ones in the shape of D's output
-        for L in reversed(layers):
+        for i in range(last, -1, -1):
+            L = layers[i]
+            if i == fold:  # delta = S * w_L, the activations' slopes S kept for grads
+                L["S"] = delta
+                delta = delta * layers[last]["W"]
             L["delta"] = delta
             if L["kind"] == "linear":
-                if delta is None and not L["map"].conv:
+                if delta is None and fold is not None:
+                    delta = psi.new_ones(B, L["W"].shape[1])
+                elif delta is None and not L["map"].conv:
                     delta = L["W"].expand(B, -1)
                 else:
                     delta = L["map"].input_grad(psi.new_ones(out_shape) if delta is None else delta, L["W"], L["h"])
@@ -373,10 +403,9 @@ class _MLPPenalty(ClosedForm):
         psi_acc = psi.to(acc)
         per, u, v = _terms(g2, psi_acc, weight, backend)
         t = v.to(psi.dtype).reshape(x.shape)
-        last = len(layers) - 1
         for i, L in enumerate(layers):
             L["t"] = t  # the tangent (direction v) at the layer's input
-            if i == last:
+            if i in (last, fold):  # past the fold, grads reads the tangent's one use off P (see fold_index)
                 break
             if L["kind"] == "linear":
                 t = L["map"](t, L["W"], None)
@@ -385,7 +414,7 @@ class _MLPPenalty(ClosedForm):
             else:
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
         save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors), spec, _MLPPenalty.grads)
-        ctx.last = last
+        ctx.last, ctx.fold = last, fold
         return per, psi
 
     @staticmethod
@@ -401,10 +430,21 @@ class _MLPPenalty(ClosedForm):
         first = min(i for i, L in enumerate(layers) if has_params(L))
         rho = a.reshape([-1] + [1] * (len(out_shape) - 1))
         grads = []
+        fold = ctx.fold
         for i in range(ctx.last, first - 1, -1):
             L = layers[i]
             d = L["delta"]
-            if L["kind"] == "linear":
+            if fold is not None and i == ctx.last:
+                F = layers[fold]
+                y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
+                P, c = F["S"].t() @ y, F["S"].t() @ a
+                dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
+                dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
+                grads.append((a.sum(0, keepdim=True) if L["b"] is not None else None, dW))
+            elif i == fold:  # delta_l^T y = diag(w_L) S^T y
+                w = layers[ctx.last]["W"]
+                grads.append((None if L["b"] is None else w[0] * c, w.t() * P))
+            elif L["kind"] == "linear":
                 h, lin = L["h"], L["map"]
                 gt = per_sample(gp, h) * L["t"]
                 if d is None and not lin.conv:  # the output Linear: delta is a column of ones

@@ -95,8 +95,44 @@ def _bwd_triton(go, g, l, w, dg, dl):
         k.backward(go, g, l, dg, dl, w)
 
 
+# The closed forms' per-sample terms in one kernel: per = w ||g||^2, u = w' ||g||^2 / div and v = 2 w g / div
+# (the backward's dlogits and dgrad for the upstream 1 / div), rows [0, split) weighted by code w, the rest by w2.
+
+def _terms_reference(g, l, w, w2, split, div, per, u, v):
+    acc = u.dtype
+    la, ga = l.to(acc), g.to(acc)
+    first = torch.arange(la.shape[0], device=la.device) < split
+    wt, dw = (torch.where(first, a, b) for a, b in zip(_weight_derivatives(w, la)[:2], _weight_derivatives(w2, la)[:2]))
+    s = ga.pow(2).sum(1)
+    per.copy_(wt * s)
+    u.copy_(dw * s / div)
+    v.copy_((2 * wt / div)[:, None] * ga)
+
+
+def _terms_cpu(g, l, w, w2, split, div, per, u, v):
+    B, F = g.shape
+    _ext.C().penalty_terms_cpu(g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(), per.data_ptr(), v.data_ptr(),
+                               u.data_ptr(), B, F, g.stride(0), g.stride(1), l.stride(0), w, w2, split, 1.0 / div)
+
+
+def _terms_cuda(g, l, w, w2, split, div, per, u, v):
+    B, F = g.shape
+    with torch.cuda.device(g.device):
+        _ext.C().penalty_terms_cuda(g.data_ptr(), _ext.DTYPE_CODES[g.dtype], l.data_ptr(), per.data_ptr(),
+                                    v.data_ptr(), u.data_ptr(), B, F, g.stride(0), g.stride(1), l.stride(0), w, w2,
+                                    split, 1.0 / div, _ext.stream_handle(g.device))
+
+
+def _terms_triton(g, l, w, w2, split, div, per, u, v):
+    from ..kernels import penalty as k
+
+    with _dispatch.on_device(g):
+        k.terms(g, l, per, v, u, w, w2, split, div)
+
+
 _FORWARD = {"reference": _fwd_reference, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
 _BACKWARD = {"reference": _bwd_reference, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
+_TERMS = {"reference": _terms_reference, "cpu": _terms_cpu, "cuda": _terms_cuda, "triton": _terms_triton}
 
 
 # ---------------------------------------------------------------- custom ops
@@ -122,6 +158,20 @@ def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor
 @_penalty_backward.register_fake
 def _penalty_backward_fake(go, grad, logits, weight, backend):
     return grad.new_empty(grad.shape), go.new_empty(go.shape)
+
+
+@_library.custom_op("fastgan::grad_norm_penalty_terms", mutates_args=())
+def _terms_op(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, split: int, div: int,
+              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per (B,), u (B,), v (B, F) contiguous in grad's dtype), see _terms_reference; no autograd (the closed
+    forms' kernels run inside their own autograd.Functions)."""
+    return _run_terms(grad, logits, weight, weight2, split, div, backend)
+
+
+@_terms_op.register_fake
+def _terms_fake(grad, logits, weight, weight2, split, div, backend):
+    B = grad.shape[0]
+    return logits.new_empty(B), logits.new_empty(B), grad.new_empty(grad.shape)
 
 
 def _setup(ctx, inputs, output):
@@ -184,6 +234,42 @@ def _run_backward(go, grad, logits, weight, backend):
     _BACKWARD[backend](go, grad, logits, weight, dgrad, dlogits)
     _dispatch.record(OP + "_backward", backend)
     return dgrad, dlogits
+
+
+def _run_terms(grad, logits, weight, weight2, split, div, backend):
+    B = grad.shape[0]
+    per = torch.empty(B, dtype=logits.dtype, device=grad.device)
+    u = torch.empty(B, dtype=logits.dtype, device=grad.device)
+    v = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+    _TERMS[backend](grad, logits, weight, weight2, split, div, per, u, v)
+    _dispatch.record(OP + "_terms", backend)
+    return per, u, v
+
+
+def terms(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, split: int, div: int, backend: str):
+    """(per, u, v) of grad (B, F) and logits (B,) in the accumulation dtype, without autograd: per = w ||g||^2,
+    u = w' ||g||^2 / div, v = 2 w g / div, rows [0, split) with weight code `weight`, the rest `weight2`.
+    backend: a resolved backend name."""
+    if grad.dim() != 2:
+        raise ValueError(f"grad must have shape (B, F), got {tuple(grad.shape)}")
+    B = grad.shape[0]
+    if logits.shape != (B,):
+        raise ValueError(f"logits must have shape ({B},), got {tuple(logits.shape)}")
+    if logits.device != grad.device:
+        raise ValueError(f"logits is on {logits.device} but grad is on {grad.device}")
+    acc = _checks.acc_dtype(grad.dtype)
+    if logits.dtype != acc:  # the kernels read logits and write per and u in the accumulation dtype
+        raise TypeError(f"logits must be {acc} for {grad.dtype} grad, got {logits.dtype}")
+    for name, code in (("weight", weight), ("weight2", weight2)):
+        if code not in _WEIGHT_NAMES:
+            raise ValueError(f"{name} must be a weight code in {sorted(_WEIGHT_NAMES)}, got {code!r}")
+    if not 0 <= split <= B:
+        raise ValueError(f"split must be in [0, {B}], got {split}")
+    if not isinstance(div, (int, torch.SymInt)) or div < 1:  # SymInt: a batch size under dynamic shapes
+        raise ValueError(f"div must be a positive integer, got {div!r}")
+    if _eager.ok(grad, logits):
+        return _run_terms(grad, logits, weight, weight2, split, div, backend)
+    return torch.ops.fastgan.grad_norm_penalty_terms(grad, logits, weight, weight2, split, div, backend)
 
 
 class _EagerPenalty(torch.autograd.Function):

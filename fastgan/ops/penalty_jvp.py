@@ -245,13 +245,16 @@ class _Rng:
 
 # ---------------------------------------------------------------- shared per-sample terms
 
-def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, scale: float, backend):
-    """(per, u, v), all without graph: per_n = w(psi_n)||g_n||^2 (acc dtype), u = scale * d(sum per)/dpsi
-    (acc dtype, g held fixed), v = 2 * scale * w(psi) * g (g2's dtype, the JVP direction).
+def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend, split=None):
+    """(per, u, v), all without graph: per_n = w(psi_n)||g_n||^2 (acc dtype), u = d(sum per)/dpsi / div
+    (acc dtype, g held fixed), v = 2 * w(psi) * g / div (g2's dtype, the JVP direction).
 
-    g2: (B, F) input gradients; psi: (B,) logits in the accumulation dtype.
+    g2: (B, F) input gradients; psi: (B,) logits in the accumulation dtype. weight: a name or a callable, or with
+    split a pair of names, the first for rows [0, split), the second for the rest (one kernel).
     """
     B = psi.shape[0]
+    if not isinstance(div, (int, torch.SymInt)) or div < 1:  # the upstream is 1 / div: an int, not the scale
+        raise ValueError(f"div must be a positive integer, got {div!r}")
     if callable(weight):
         if backend not in (None, "reference"):
             raise _dispatch.BackendUnavailable(f"{_pen.OP}: a callable weight runs on the reference backend only, "
@@ -266,21 +269,19 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, scale: float, bac
                 raise ValueError(f"weight(psi) must return a tensor of shape ({B},), got "
                                  f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
             # a vector-Jacobian product, so weights that couple samples are handled too
-            (u,) = torch.autograd.grad(w, p, grad_outputs=scale * s, allow_unused=True)
+            (u,) = torch.autograd.grad(w, p, grad_outputs=s / div, allow_unused=True)
         w = w.detach().to(psi.dtype)
         u = torch.zeros_like(psi) if u is None else u
-        return w * s, u, ((2 * scale) * w)[:, None] * ga
-    code = _pen.WEIGHTS[weight]
+        return w * s, u, (2 * w / div)[:, None] * ga
+    first, second = weight if split is not None else (weight, weight)
     chosen = _dispatch.resolve(_pen.OP, g2.device, backend)
     with torch.no_grad():
-        per = torch.ops.fastgan.grad_norm_penalty(g2, psi, code, chosen)
-        go = torch.full_like(psi, scale)
-        v, u = torch.ops.fastgan.grad_norm_penalty_backward(go, g2, psi, code, chosen)
-    return per, u, v
+        return _pen.terms(g2, psi, _pen.WEIGHTS[first], _pen.WEIGHTS[second], B if split is None else split, div,
+                          chosen)
 
 
-def _scale(reduction: str, B: int) -> float:
-    return 1.0 / B if reduction == "mean" else 1.0
+def _div(reduction: str, B: int) -> int:
+    return B if reduction == "mean" else 1
 
 
 # ---------------------------------------------------------------- the jvp penalty
@@ -300,7 +301,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         # are kept, and the copy is made before the first forward so that both forwards see the same input
         x = x.contiguous()
     B = x.shape[0]
-    scale = _scale(reduction, B)
+    div = _div(reduction, B)
     buffers = _buffer_clones(D)
     start_buffers = {k: b.clone() for k, b in buffers.items()}  # for a create_graph backward's replay
     rng = _Rng(x.device)
@@ -315,7 +316,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     if acc == torch.float64 and g2.dtype != acc:
         g2 = g2.to(acc)
     psi = psi0.detach().to(acc)
-    per, u, v = penalty_terms(g2, psi, weight, scale, backend)
+    per, u, v = penalty_terms(g2, psi, weight, div, backend)
     value = per.mean() if reduction == "mean" else per.sum()
 
     rng.restore(start)

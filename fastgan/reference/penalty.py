@@ -54,3 +54,17 @@ def r1_penalty(D, x_real):
 def r2_penalty(D, x_fake):
     """E_Q[||grad psi||^2] (R2); returns (penalty, logits_fake)."""
     return gradient_penalty(D, x_fake, "one")
+
+
+def penalty_terms(grad, logits, weight="one", weight2=None, split=None, div=1):
+    """(per, u, v): per_n = w(psi_n) ||grad_n||^2 and the gradients of sum(per) / div w.r.t. the logits (u) and
+    grad (v), by autograd, with rows from `split` on weighted by weight2 (js_penalty's real rows, then fake)."""
+    B = grad.shape[0]
+    split = B if split is None else split
+    with torch.enable_grad():
+        g = grad.detach().reshape(B, -1).requires_grad_(True)
+        p = logits.detach().reshape(B).requires_grad_(True)
+        per = torch.cat([grad_norm_penalty(g[:split], p[:split], weight, "none"),
+                         grad_norm_penalty(g[split:], p[split:], weight2 or weight, "none")])
+        u, v = torch.autograd.grad(per.sum() / div, (p, g), allow_unused=True)
+    return per.detach(), (torch.zeros_like(p) if u is None else u), v

@@ -94,6 +94,21 @@ def test_penalty_storage_dtypes(emulated, dtype, B, F):
         _close(a, b, dtype)
 
 
+# the closed forms' terms (the backward kernel with go null and per written, real and fake rows in one launch)
+@pytest.mark.parametrize("B,F", [(37, 3), (37, 40), (9, 300), (3, 3000)])
+@pytest.mark.parametrize("layout", ["aligned", "offset", "strided"])
+def test_penalty_terms_variants_float64(emulated, B, F, layout):
+    from fastgan.ops import penalty as P
+
+    grad, logits, _ = _penalty_case(B, F, torch.float64, layout)
+    before = backend_calls("grad_norm_penalty_terms", "cuda")
+    got = P.terms(grad, logits, 1, 2, B // 2, B, "cuda")
+    assert backend_calls("grad_norm_penalty_terms", "cuda") == before + 1
+    for a, b in zip(got, P.terms(grad, logits, 1, 2, B // 2, B, "cpu")):
+        assert not a.isnan().any()
+        _close(a, b, torch.float64)
+
+
 # ---------------------------------------------------------------- noisy / clean batch
 
 def _noise_case(kind, m, shape, mode, dtype, layout):

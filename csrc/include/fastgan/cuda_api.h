@@ -20,6 +20,11 @@ int penalty_forward(std::uintptr_t grad, int grad_dtype, std::uintptr_t logits, 
 int penalty_backward(std::uintptr_t go, std::uintptr_t grad, int grad_dtype, std::uintptr_t logits,
                      std::uintptr_t dgrad, std::uintptr_t dlogits, int64_t B, int64_t F, int64_t sb,
                      int64_t sf, int64_t sl, int weight, std::uintptr_t stream);
+// The closed-form penalties' per-sample terms in one pass: per = w ||g||^2, u = scale w' ||g||^2 (dlogits) and
+// v = 2 scale w g (dgrad, contiguous), with rows [0, split) weighted by `weight` and [split, B) by `weight2`.
+int penalty_terms(std::uintptr_t grad, int grad_dtype, std::uintptr_t logits, std::uintptr_t per,
+                  std::uintptr_t dgrad, std::uintptr_t dlogits, int64_t B, int64_t F, int64_t sb, int64_t sf,
+                  int64_t sl, int weight, int weight2, int64_t split, double scale, std::uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace fastgan

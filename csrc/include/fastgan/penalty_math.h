@@ -40,6 +40,10 @@ FG_HD A weight(int code, A psi) {
   return w;
 }
 
+// The weight code of row n in a batch whose rows before `split` take `weight` and the others `weight2`
+// (js_penalty's real and fake rows in one pass; split = B for one weight).
+FG_HD int row_code(int64_t n, int64_t split, int weight, int weight2) { return n < split ? weight : weight2; }
+
 // Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * ||g||^2 * go.
 template <typename A>
 FG_HD A grad_scale(A w, A go) { return A(2) * w * go; }
