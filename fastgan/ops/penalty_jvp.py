@@ -512,8 +512,10 @@ def _checked_jvp(D, x, weight, reduction, backend):
 
 
 # Device types on which js_penalty runs the real and fake batches of an MLP in one pass. Not "cpu": there the
-# doubled intermediates fall out of cache and one pass is 8-15% slower than two (3-128-128-1 MLP, B=512, one
-# thread); on a GPU the update is launch-bound and one pass halves the launches (not yet measured there).
+# doubled intermediates can fall out of cache: one pass measured 8-15% slower than two (3-128-128-1 MLP, B=512,
+# one thread) before the penalty terms took one launch; since then 0.73-0.89 of two at B = 64 and 512 (tanh:
+# 0.73-1.04) but 1.03-1.19 at B = 4096 (interleaved A/Bs), so no choice fits every size. On a GPU the update
+# is launch-bound and one pass halves the launches (not yet measured there).
 JOINT_MLP_DEVICES = {"cuda"}
 
 
