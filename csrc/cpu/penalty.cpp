@@ -197,22 +197,24 @@ void backward_cpu(const A* go, double go_scale, const T* g, const A* logits, T* 
       const A scale = A(penalty::grad_scale(w[i], gon));
       const T* row = g + n * sb;
       T* drow = dgrad + n * F;
-      double s = 0.0;
+      auto finish = [&](double s) {  // s = ||g_n||^2
+        dlogits[n] = A(penalty::logit_grad(dw[i], s, gon));
+        if (per) per[n] = A(w[i] * s);
+      };
       if constexpr (std::is_same_v<T, float>) {
         if (sf == 1) {
           for (int64_t f = 0; f < F; ++f) drow[f] = scale * row[f];
-          s = row_sq_norm(row, F);
+          finish(row_sq_norm(row, F));
+          continue;
         }
       }
-      if (!(std::is_same_v<T, float> && sf == 1)) {
-        for (int64_t f = 0; f < F; ++f) {
-          double v = Storage<T>::load(row[f * sf]);
-          s += v * v;
-          drow[f] = Storage<T>::store(double(scale) * v);
-        }
+      double s = 0.0;
+      for (int64_t f = 0; f < F; ++f) {
+        double v = Storage<T>::load(row[f * sf]);
+        s += v * v;
+        drow[f] = Storage<T>::store(double(scale) * v);
       }
-      dlogits[n] = A(penalty::logit_grad(dw[i], s, gon));
-      if (per) per[n] = A(w[i] * s);
+      finish(s);
     }
   }
 }
