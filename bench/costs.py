@@ -9,7 +9,8 @@ per plain update, 1.8 ms on the H100), the kernel ratio what a launch-bound one 
     python bench/costs.py [--models mlp_leaky,dcgan32,...] [--width 64] [--json bench/results/costs-<date>.json]
 
 The count runs the op sequence a GPU runs: js_penalty's joint real+fake closed-form pass (penalty_jvp.
-JOINT_MLP_DEVICES, CUDA only by default) is switched on, and Adam steps with foreach=True (CUDA's default).
+JOINT_MLP_DEVICES, CUDA only by default) is switched on, the CPU-only blocked batch contractions (closed_form_maps.
+BLOCKED_SUM_DEVICES) off, and Adam steps with foreach=True (CUDA's default).
 """
 from __future__ import annotations
 
@@ -61,13 +62,15 @@ class Costs(TorchDispatchMode):
 
 def update_costs(model: str, mode: str, width: int = 64, batch: int | None = None) -> Costs:
     """The costs of one D update (after one warm-up update: Adam's state exists, as in a training run)."""
-    from fastgan.ops import penalty_jvp
+    from fastgan.ops import closed_form_maps, penalty_jvp
 
     D, xr, xf = _case(model, "cpu", width, batch)  # the GPU runs' width by default, counted on CPU
     opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999), foreach=True)
     update = d_update_fn(D, opt, xr, xf, mode)
     added = "cpu" not in penalty_jvp.JOINT_MLP_DEVICES
+    removed = "cpu" in closed_form_maps.BLOCKED_SUM_DEVICES
     penalty_jvp.JOINT_MLP_DEVICES.add("cpu")
+    closed_form_maps.BLOCKED_SUM_DEVICES.discard("cpu")
     try:
         update()
         costs = Costs()
@@ -76,6 +79,8 @@ def update_costs(model: str, mode: str, width: int = 64, batch: int | None = Non
     finally:
         if added:
             penalty_jvp.JOINT_MLP_DEVICES.discard("cpu")
+        if removed:
+            closed_form_maps.BLOCKED_SUM_DEVICES.add("cpu")
     return costs
 
 

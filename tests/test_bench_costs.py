@@ -71,9 +71,10 @@ def test_batch_statistics_passes_are_fused(counted):
 def test_the_joint_pass_is_counted_as_on_cuda(counted):
     # the MLP D's real and fake batches in one closed-form pass: one weight GEMM per layer for both
     assert counted[("mlp_leaky", "mlp")].ops["aten.mm"] <= counted[("mlp_leaky", "double_backward")].ops["aten.mm"]
-    from fastgan.ops import penalty_jvp
+    from fastgan.ops import closed_form_maps, penalty_jvp
 
     assert "cpu" not in penalty_jvp.JOINT_MLP_DEVICES  # switched on only while counting
+    assert "cpu" in closed_form_maps.BLOCKED_SUM_DEVICES  # switched off only while counting
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="counts Triton launches under the interpreter")

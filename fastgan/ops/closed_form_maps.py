@@ -12,6 +12,17 @@ from torch import nn
 _aten = torch.ops.aten
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+# Devices where the closed forms contract over the batch in blocks. MKL's GEMV (a bias gradient d^T a) and its
+# GEMMs with at most 8 columns (the first Linear's weight gradient d^T h for a 3-d input) add the batch's rows one
+# after another into the result, so their float32 error grows with B (10 units of rounding of the result at B=512,
+# 20 at 4096, where the double backward's bias gradient, a torch.sum, is pairwise: about 1), and so does a sum over
+# (B, C, H, W) but C. In blocks of 64 rows with their partial results added pairwise the error stays near 1.5
+# units; the narrow GEMMs get faster too (B=1024, 128x3: 42 us against 160), a GEMV ~10 us slower. cuBLAS and
+# torch's CUDA sums reduce in trees, so CUDA keeps one kernel each (bench/costs.py counts that sequence).
+BLOCKED_SUM_DEVICES = {"cpu"}
+_BLOCK = 64
+_NARROW = 8
+
 
 class LinearMap:
     """Layer m as h -> m(h) with its weight and bias passed in (they may be parametrized or recomputed)."""
@@ -36,7 +47,7 @@ class LinearMap:
     def weight_grad(self, d, h, W):
         """sum over samples (and positions) of d * dm(h)/dW."""
         if not self.conv:
-            return d.t() @ h
+            return batch_contract(d, h)
         return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
 
     def weight_grad2(self, d1, h1, d2, h2, W):
@@ -44,14 +55,37 @@ class LinearMap:
         weight convolutions. Not one convolution over both batches concatenated: the two copies cost more than the
         second launch, and oneDNN's weight gradient over the doubled batch can be far slower (2 CPU threads, a
         DCGAN32-like first layer at B=256: 12.9 ms concatenated, 2.0 ms as two calls)."""
-        if not self.conv:
+        if not self.conv and d1.device.type not in BLOCKED_SUM_DEVICES:
             return torch.addmm(d1.t() @ h1, d2.t(), h2)
         return self.weight_grad(d1, h1, W).add_(self.weight_grad(d2, h2, W))
 
 
+def batch_contract(d, h):
+    """d^T h = sum_n d_n h_n^T (d: (B, C), h: (B, K)): a Linear's weight gradient. On BLOCKED_SUM_DEVICES with
+    K <= _NARROW: blocks of _BLOCK rows in one batched product, their (K, C) results added pairwise, returned
+    transposed (a view)."""
+    B, K = h.shape
+    if d.device.type not in BLOCKED_SUM_DEVICES or K > _NARROW or B < 2 * _BLOCK:
+        return d.t() @ h
+    n = B - B % _BLOCK
+    s = torch.matmul(h[:n].reshape(-1, _BLOCK, K).transpose(1, 2), d[:n].reshape(-1, _BLOCK, d.shape[1])).sum(0)
+    return (s if n == B else s + h[n:].t() @ d[n:]).t()
+
+
+def bias_grad(d, a):
+    """sum_n a_n d_n (d: (B, C), a: (B,)): a Linear's bias gradient."""
+    return batch_contract(d, a.unsqueeze(1)).reshape(-1)
+
+
 def channel_sum(d):
-    """sum of d over every dim but the channel (dim 1): a bias's gradient."""
-    return d.sum(0) if d.dim() == 2 else d.sum([0] + list(range(2, d.dim())))
+    """sum of d over every dim but the channel (dim 1): a bias's gradient. On BLOCKED_SUM_DEVICES the positions
+    are summed first (contiguous, pairwise), then the batch."""
+    if d.dim() == 2:
+        return d.sum(0)
+    spatial = list(range(2, d.dim()))
+    if d.device.type in BLOCKED_SUM_DEVICES:
+        return d.sum(spatial).sum(0)
+    return d.sum([0] + spatial)
 
 
 def reduce_dims(h) -> list:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import _checks, _dispatch
-from .closed_form_maps import CONVS, LinearMap, channel_sum, per_channel, per_sample
+from .closed_form_maps import CONVS, LinearMap, bias_grad, channel_sum, per_channel, per_sample
 from .penalty import require_samples
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -437,7 +437,7 @@ class _MLPPenalty(ClosedForm):
             if fold is not None and i == ctx.last:
                 F = layers[fold]
                 y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
-                P, c = F["S"].t() @ y, F["S"].t() @ a
+                P, c = F["S"].t() @ y, bias_grad(F["S"], a)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
                 grads.append((a.sum(0, keepdim=True) if L["b"] is not None else None, dW))
@@ -457,7 +457,7 @@ class _MLPPenalty(ClosedForm):
                         db = channel_sum(rho.expand_as(d))
                     else:
                         dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"])
-                        db = channel_sum(per_sample(a, d) * d) if lin.conv else d.t() @ a
+                        db = channel_sum(per_sample(a, d) * d) if lin.conv else bias_grad(d, a)
                 grads.append((db if L["b"] is not None else None, dW))
                 if smooth and i > first:
                     rho = lin.input_grad(rho if d is None else rho.expand_as(d), L["W"], h)
