@@ -22,6 +22,7 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BLOCKED_SUM_DEVICES = {"cpu"}
 _BLOCK = 64
 _NARROW = 8
+_BLOCKED_DTYPES = (torch.float32, torch.float64)
 
 
 class LinearMap:
@@ -62,18 +63,23 @@ class LinearMap:
 
 def batch_contract(d, h):
     """d^T h = sum_n d_n h_n^T (d: (B, C), h: (B, K)): a Linear's weight gradient. On BLOCKED_SUM_DEVICES with
-    K <= _NARROW: blocks of _BLOCK rows in one batched product, their (K, C) results added pairwise, returned
-    transposed (a view)."""
+    K <= _NARROW in float32 or float64: blocks of _BLOCK rows in one batched product, their (K, C) results added
+    pairwise (half types are left alone: their GEMMs accumulate in float32 already, and rounding each block's
+    result to the half type would add error)."""
     B, K = h.shape
-    if d.device.type not in BLOCKED_SUM_DEVICES or K > _NARROW or B < 2 * _BLOCK:
+    if d.device.type not in BLOCKED_SUM_DEVICES or K > _NARROW or B < 2 * _BLOCK or d.dtype not in _BLOCKED_DTYPES:
         return d.t() @ h
     n = B - B % _BLOCK
     s = torch.matmul(h[:n].reshape(-1, _BLOCK, K).transpose(1, 2), d[:n].reshape(-1, _BLOCK, d.shape[1])).sum(0)
-    return (s if n == B else s + h[n:].t() @ d[n:]).t()
+    s = s if n == B else s + h[n:].t() @ d[n:]
+    return s.t().contiguous()  # the layout torch's own weight gradients have (hooks may view it flat)
 
 
 def bias_grad(d, a):
-    """sum_n a_n d_n (d: (B, C), a: (B,)): a Linear's bias gradient."""
+    """sum_n a_n d_n (d: (B, C), a: (B,)): a Linear's bias gradient (elsewhere than on BLOCKED_SUM_DEVICES one
+    GEMV, as before batch_contract)."""
+    if d.device.type not in BLOCKED_SUM_DEVICES or d.dtype not in _BLOCKED_DTYPES:
+        return d.t() @ a
     return batch_contract(d, a.unsqueeze(1)).reshape(-1)
 
 
@@ -83,7 +89,7 @@ def channel_sum(d):
     if d.dim() == 2:
         return d.sum(0)
     spatial = list(range(2, d.dim()))
-    if d.device.type in BLOCKED_SUM_DEVICES:
+    if d.device.type in BLOCKED_SUM_DEVICES and d.dtype in _BLOCKED_DTYPES:
         return d.sum(spatial).sum(0)
     return d.sum([0] + spatial)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import _checks, _dispatch
-from .closed_form_maps import CONVS, LinearMap, bias_grad, channel_sum, per_channel, per_sample
+from .closed_form_maps import CONVS, LinearMap, batch_contract, bias_grad, channel_sum, per_channel, per_sample
 from .penalty import require_samples
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -345,8 +345,12 @@ def fold_index(layers) -> int | None:
 def smooth_mlp(steps) -> bool:
     """Whether a planned D is an MLP (no convolution) with an activation with curvature (Tanh, Sigmoid): there the
     closed form's extra backward chain (two more GEMMs per layer) leaves it no cheaper than the double backward."""
-    return (any(kind in ("tanh", "sigmoid") for kind, _ in steps)
-            and not any(isinstance(m, CONVS) for kind, m in steps if kind == "linear"))
+    return any(kind in ("tanh", "sigmoid") for kind, _ in steps) and not has_conv(steps)
+
+
+def has_conv(steps) -> bool:
+    """Whether a planned D has a convolution."""
+    return any(kind == "linear" and isinstance(m, CONVS) for kind, m in steps)
 
 
 def uses_batch_stats(steps) -> bool:
@@ -437,7 +441,7 @@ class _MLPPenalty(ClosedForm):
             if fold is not None and i == ctx.last:
                 F = layers[fold]
                 y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
-                P, c = F["S"].t() @ y, bias_grad(F["S"], a)
+                P, c = batch_contract(F["S"], y), bias_grad(F["S"], a)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
                 grads.append((a.sum(0, keepdim=True) if L["b"] is not None else None, dW))
@@ -525,7 +529,10 @@ def mlp_js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, backend=None, 
     pass: samples are independent in a supported D, so this is the two penalties' math in half the kernel
     launches (a D update of a small MLP is launch-bound, even replayed from a CUDA graph). steps: plan(D, x)'s."""
     sizes = [x_real.shape[0], x_fake.shape[0]]
-    x = torch.cat([x_real.detach(), x_fake.detach()])
+    # outside autocast, whose cat rejects some dtype pairs (float16 with bfloat16): the promoted dtype holds both
+    # batches exactly, so _run's cast to D's dtype rounds each value as casting its own batch would
+    with _dispatch.no_autocast(x_real.device):
+        x = torch.cat([x_real.detach(), x_fake.detach()])
     per, psi = _run(D, x, (("js_real", sizes[0]), ("js_fake", sizes[1])), backend, steps)
     # split, not slices: the backward of a split is one cat, of each slice a zero-filled copy
     per_r, per_f = per.split(sizes)

@@ -511,12 +511,25 @@ def _checked_jvp(D, x, weight, reduction, backend):
     return _pen._double_backward(D, x, weight, reduction, backend)
 
 
-# Device types on which js_penalty runs the real and fake batches of an MLP in one pass. Not "cpu": there the
-# doubled intermediates can fall out of cache: one pass measured 8-15% slower than two (3-128-128-1 MLP, B=512,
-# one thread) before the penalty terms took one launch; since then 0.73-0.89 of two at B = 64 and 512 (tanh:
-# 0.73-1.04) but 1.03-1.19 at B = 4096 (interleaved A/Bs), so no choice fits every size. On a GPU the update
-# is launch-bound and one pass halves the launches (not yet measured there).
+# Device types on which js_penalty runs the real and fake batches of an MLP in one closed-form pass at any size: on
+# a GPU the update is launch-bound and one pass halves the launches (not yet measured there).
 JOINT_MLP_DEVICES = {"cuda"}
+# Device types on which it does so for a D without convolutions up to a number of rows (real + fake). On CPU the
+# doubled intermediates fall out of cache beyond that: one pass took 0.68-1.00 of two up to 1024 rows but 0.90-1.20
+# from 2048 (3-128-128-1 LeakyReLU and Tanh MLPs and a 3-512-512-1 LeakyReLU one, 1 and 2 threads, interleaved
+# A/Bs, 2026-12-01). Convnets keep two passes there: unmeasured (a first, noisy A/B of the DCGAN32-like D without
+# BatchNorm gave 0.94 at B=64 a side, 1.04-1.17 at 256), and oneDNN's weight gradient over a doubled batch can be
+# far slower (closed_form_maps.LinearMap.weight_grad2).
+JOINT_MLP_MAX_ROWS = {"cpu": 1024}
+
+
+def joint_pass(device_type: str, rows: int, conv: bool = False) -> bool:
+    """Whether js_penalty runs D's two batches (rows in all; conv: D has a convolution) in one closed-form pass on
+    this device type."""
+    if device_type in JOINT_MLP_DEVICES:
+        return True
+    limit = JOINT_MLP_MAX_ROWS.get(device_type)
+    return not conv and limit is not None and rows <= limit
 
 
 def js_penalty_mlp(D, x_real, x_fake, backend, mode):
@@ -528,13 +541,19 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     _pen.require_samples("x_fake", x_fake, mode)
     if not (x_real.shape[0] and x_fake.shape[0]):
         return None
-    if x_real.device.type not in JOINT_MLP_DEVICES:
+    device = x_real.device.type
+    # conv: looked for only where the rule asks (a module walk, cheaper than plan())
+    conv = device not in JOINT_MLP_DEVICES and isinstance(D, nn.Module) and \
+        any(isinstance(m, mlp_penalty.CONVS) for m in D.modules())
+    if not joint_pass(device, x_real.shape[0] + x_fake.shape[0], conv):
         return None
     if not CLOSED_FORM_TRACED and torch.compiler.is_compiling():
         return None  # two gradient_penalty calls, each run eagerly
     steps = mlp_penalty.plan(D, x_real)[0] if isinstance(D, nn.Module) else None
     if steps is None:
         return None  # two gradient_penalty calls: "auto" picks another mode, an explicit "mlp" raises there
+    if mode == "auto" and not _auto_closed_form(steps, x_real):
+        return None  # "auto" passes the closed form over for this D here (a Tanh MLP on CPU): per-batch calls
     if mlp_penalty.uses_batch_stats(steps):
         return None  # batch statistics of the joint batch would differ from each batch's own
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in D.modules()):

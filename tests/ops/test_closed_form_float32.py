@@ -79,6 +79,7 @@ def _mlp(kind, bn=False):
 
 
 DS = {"leaky": lambda: _mlp("leaky"), "relu": lambda: _mlp("relu"), "tanh": lambda: _mlp("tanh"),
+      "relu_one_hidden": lambda: nn.Sequential(nn.Linear(3, 128), nn.ReLU(), nn.Linear(128, 1)),  # fold at layer 0
       "sigmoid": lambda: _mlp("sigmoid"), "leaky_bn_eval": lambda: _mlp("leaky", bn=True).eval()}
 CONV_DS = {"conv": lambda: _convnet(False), "conv_bn_eval": lambda: _convnet(True).eval()}
 
@@ -113,6 +114,8 @@ def test_closed_form_float32_error_within_twice_the_double_backwards(name, bias_
     backward's does: the bias gradients' remaining excess)."""
     if joint:
         monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu", "cuda"})
+    else:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
     for seed in (0, 1):
         D = _D(name, seed, bias_scale)
         g = torch.Generator().manual_seed(seed)
@@ -137,6 +140,8 @@ def test_convnet_float32_error(name, bias_scale, joint, monkeypatch):
     kernel's."""
     if joint:
         monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu", "cuda"})
+    else:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
     for seed in (0, 1, 2):
         D = _D(name, seed, bias_scale)
         g = torch.Generator().manual_seed(seed)
@@ -149,3 +154,13 @@ def test_convnet_float32_error(name, bias_scale, joint, monkeypatch):
             err, ref = _units(c, t), _units(p, t)
             factor = 3 if isinstance(D[int(pname.split(".")[0])], nn.Conv2d) and param.dim() == 4 else 2
             assert err <= factor * ref + 8, (seed, pname, err, ref)
+
+
+def test_blocked_weight_gradient_has_torchs_layout():
+    """A hook on a weight sees a contiguous gradient, as from torch's own Linear backward (hooks may view it flat)."""
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    seen = []
+    D[0].weight.register_hook(lambda g: seen.append(g.is_contiguous() and g.view(-1).numel() == 48))
+    pen, lr, lf = js_penalty(D, torch.randn(256, 3), torch.randn(256, 3), mode="mlp")
+    (pen + lr.sum() - lf.sum()).backward()
+    assert seen == [True]

@@ -120,8 +120,10 @@ def _check_hvp(name, mode, device):
     before = _dispatch.counts[KEY]
     g_got, hv_got = _grad_and_hvp(D_new, xr, xf, mode, directions)
     # js_penalty runs both batches in one pass where "auto" picks the closed form, but for spectral norm
-    joint = torch.device(device).type in penalty_jvp.JOINT_MLP_DEVICES and DS[name][2] == "mlp" \
-        and "spectral" not in name and mode in ("mlp", "auto")
+    conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in D.modules())
+    closed = mode == "mlp" or (mode == "auto" and penalty_jvp.auto_mode(D, xr, "mean") == "mlp")
+    joint = penalty_jvp.joint_pass(torch.device(device).type, len(xr) + len(xf), conv) and DS[name][2] == "mlp" \
+        and "spectral" not in name and closed
     assert _dispatch.counts[KEY] == before + (1 if joint else 2), "one create_graph backward per closed-form pass"
     assert _flat(hv_want).norm() > 0, "a zero Hessian-vector product would prove nothing"
     torch.testing.assert_close(_flat(g_got), _flat(g_want), rtol=1e-9, atol=1e-12)

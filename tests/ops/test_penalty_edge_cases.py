@@ -101,9 +101,11 @@ def test_jvp_and_mlp_refuse_an_empty_batch_naming_the_argument(net, mode):
 @pytest.mark.parametrize("net", list(NETS))
 def test_js_penalty_auto_with_one_empty_batch(net, empty, joint, monkeypatch):
     """The non-empty batch runs as "auto" picks for it, the empty one by the double backward; the joint real+fake
-    closed-form pass (on CUDA by default) must not take an empty batch either."""
+    closed-form pass (on CUDA, and on CPU for an MLP up to 1024 rows) must not take an empty batch either."""
     if joint:
         monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})
+    else:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
     D, make_x = _net(net)
     xr, xf = (make_x(0), make_x(4)) if empty == "real" else (make_x(4), make_x(0))
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)

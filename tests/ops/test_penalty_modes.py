@@ -94,15 +94,6 @@ def test_js_penalty_auto_matches_double_backward_f32(name, auto_jvp_on_cpu):
     _check_mode_against_reference(name, "auto", torch.float32)
 
 
-def test_js_penalty_mlp_keeps_two_passes_on_cpu(monkeypatch):
-    runs = []
-    real_run = mlp_penalty._run
-    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
-    D, xr, xf = _make("mlp_leaky", torch.float32)
-    js_penalty(D, xr, xf, mode="mlp")
-    assert runs == [6, 6]
-
-
 @pytest.mark.parametrize("name,passes", [("mlp_leaky", 1), ("mlp_bn_eval", 1), ("mlp_spectral", 2),
                                          ("mlp_bn_train", 2), ("conv_leaky", 1), ("conv_bn_eval_conv_head", 1),
                                          ("conv_spectral", 2), ("conv_bn_train", 2)])
@@ -110,7 +101,7 @@ def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes
     """Both batches (of different sizes) in one closed-form pass, equal to the double backward; a spectral-norm
     D keeps two passes, since its power iteration steps once per forward, as in the reference, and so does
     BatchNorm with batch statistics (each batch is normalized with its own)."""
-    monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})  # on by default on CUDA only
+    monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})  # on CPU by default up to 1024 rows
     runs = []
     real_run = mlp_penalty._run
     monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
@@ -128,6 +119,44 @@ def test_js_penalty_mlp_runs_real_and_fake_in_one_pass(monkeypatch, name, passes
     torch.testing.assert_close(lf, lf_r, rtol=1e-9, atol=1e-9)
     _assert_grads_close(D_new, D_ref, 1e-9)
     _assert_buffers_equal(D_new, D_ref)
+
+
+@pytest.mark.parametrize("rows,passes", [((512, 512), 1), ((513, 512), 2), ((3, 1021), 1), ((1, 1024), 2)])
+def test_cpu_joint_pass_up_to_its_row_limit(monkeypatch, rows, passes):
+    """By default CPU runs both batches in one pass up to JOINT_MLP_MAX_ROWS["cpu"] = 1024 rows, two beyond."""
+    assert penalty_jvp.JOINT_MLP_MAX_ROWS == {"cpu": 1024} and penalty_jvp.JOINT_MLP_DEVICES == {"cuda"}
+    assert penalty_jvp.joint_pass("cuda", 10 ** 6) and not penalty_jvp.joint_pass("mps", 2)
+    runs = []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    D = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+    pen, lr, lf = js_penalty(D, torch.randn(rows[0], 3), torch.randn(rows[1], 3), mode="mlp")
+    assert runs == ([sum(rows)] if passes == 1 else list(rows))
+    assert lr.shape == (rows[0],) and lf.shape == (rows[1],) and pen.isfinite()
+
+
+def test_cpu_keeps_two_passes_for_a_convnet(monkeypatch):
+    runs = []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    D, xr, xf = _make("conv_leaky", torch.float32)
+    js_penalty(D, xr, xf[:4], mode="mlp")
+    assert runs == [xr.shape[0], 4]
+
+
+@pytest.mark.parametrize("act,ran", [(nn.Tanh, "double_backward"), (nn.LeakyReLU, "mlp")])
+def test_cpu_joint_pass_only_where_auto_picks_the_closed_form(monkeypatch, act, ran):
+    """"auto" passes the closed form over for a Tanh MLP on CPU (AUTO_CLOSED_FORM_SMOOTH_DEVICES): the joint pass
+    must not run it either."""
+    runs = []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    D = nn.Sequential(nn.Linear(3, 8), act(), nn.Linear(8, 8), act(), nn.Linear(8, 1))
+    before = {m: _dispatch.counts[(MODE_OP, m)] for m in ("mlp", "double_backward")}
+    js_penalty(D, torch.randn(5, 3), torch.randn(4, 3), mode="auto")
+    assert runs == ([9] if ran == "mlp" else [])
+    assert {m: _dispatch.counts[(MODE_OP, m)] - before[m] for m in before} == \
+        {"mlp": 2 * (ran == "mlp"), "double_backward": 2 * (ran == "double_backward")}
 
 
 def test_auto_on_cpu_without_opt_in():
@@ -169,14 +198,17 @@ def test_js_penalty_mlp_mode_matches_double_backward(name, dtype):
     _check_mode_against_reference(name, "mlp", dtype)
 
 
-def test_auto_plans_d_once_per_penalty_term(monkeypatch):
+@pytest.mark.parametrize("joint", [True, False], ids=["joint_pass", "two_passes"])
+def test_auto_plans_d_once_per_penalty_term(monkeypatch, joint):
     """plan() walks D's modules (16-90 us): "auto" hands its steps on to the closed form instead of planning again."""
+    if joint:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cuda", "cpu"})  # a convnet: two passes by default
     calls = []
     real_plan = mlp_penalty.plan
     monkeypatch.setattr(mlp_penalty, "plan", lambda *a, **k: calls.append(1) or real_plan(*a, **k))
     D, xr, xf = _make("conv_leaky", torch.float32)
     js_penalty(D, xr, xf, mode="auto")
-    assert len(calls) == 2  # on CPU: two gradient_penalty calls (no joint pass), one plan each
+    assert len(calls) == (1 if joint else 2)  # one plan per closed-form pass
 
 
 def test_auto_keeps_using_jvp_after_its_check(auto_jvp_on_cpu):
@@ -339,6 +371,30 @@ def test_closed_form_ignores_autocast(name, mode):
         assert _dispatch.counts[(MODE_OP, ran)] == before + 2
         grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.bfloat16), (torch.float64, torch.float16),
+                                    (torch.float32, torch.bfloat16)], ids=str)
+def test_joint_pass_under_autocast_with_mixed_dtypes(monkeypatch, dtypes):
+    """Under autocast, batches of different dtypes run in one pass (autocast's own cat rejects float16 with bfloat16;
+    the batches are joined outside it), with the values of two passes."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    xr, xf = torch.randn(5, 3).to(dtypes[0]), torch.randn(4, 3).to(dtypes[1])
+    runs, out = [], []
+    real_run = mlp_penalty._run
+    monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
+        Dm = copy.deepcopy(D)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pen, lr, lf = js_penalty(Dm, xr, xf, mode="mlp")
+            (_d_loss(lr.float(), lf.float()) + pen).backward()
+        out.append([pen, lr, lf] + [p.grad for p in Dm.parameters()])
+    assert runs == [9, 5, 4]
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------ auto's choices and its fallback
