@@ -9,8 +9,9 @@ per plain update, 1.8 ms on the H100), the kernel ratio what a launch-bound one 
     python bench/costs.py [--models mlp_leaky,dcgan32,...] [--width 64] [--json bench/results/costs-<date>.json]
 
 The count runs the op sequence a GPU runs: js_penalty's joint real+fake closed-form pass (penalty_jvp.
-JOINT_MLP_DEVICES: on CUDA at any size, on CPU for MLPs up to JOINT_MLP_MAX_ROWS) is switched on, the CPU-only blocked batch contractions (closed_form_maps.
-BLOCKED_SUM_DEVICES) off, and Adam steps with foreach=True (CUDA's default).
+JOINT_MLP_DEVICES: on CUDA at any size, on CPU for MLPs up to JOINT_MLP_MAX_ROWS) is switched on, the CPU-only
+blocked batch contractions (closed_form_maps.BLOCKED_SUM_DEVICES) off, and Adam steps with foreach=True (CUDA's
+default).
 """
 from __future__ import annotations
 
