@@ -25,6 +25,13 @@ _NARROW = 8
 _BLOCKED_DTYPES = (torch.float32, torch.float64)
 
 
+def _blocked(t) -> bool:
+    """Whether contractions over the batch of t run in blocks: float32/float64 on BLOCKED_SUM_DEVICES (half types
+    are left alone: their GEMMs and sums accumulate in float32 already, and rounding each block's result to the
+    half type would add error)."""
+    return t.device.type in BLOCKED_SUM_DEVICES and t.dtype in _BLOCKED_DTYPES
+
+
 class LinearMap:
     """Layer m as h -> m(h) with its weight and bias passed in (they may be parametrized or recomputed)."""
 
@@ -52,22 +59,21 @@ class LinearMap:
         return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
 
     def weight_grad2(self, d1, h1, d2, h2, W):
-        """weight_grad(d1, h1) + weight_grad(d2, h2): one GEMM accumulating into the other's output, or two
-        weight convolutions. Not one convolution over both batches concatenated: the two copies cost more than the
+        """weight_grad(d1, h1) + weight_grad(d2, h2): one GEMM accumulating into the other's output (not where
+        _blocked(d1): MKL's narrow addmm adds the rows into the larger term, 36 units of rounding against 5 for two
+        products added), or two weight convolutions. Not one convolution over both batches concatenated: the two copies cost more than the
         second launch, and oneDNN's weight gradient over the doubled batch can be far slower (2 CPU threads, a
         DCGAN32-like first layer at B=256: 12.9 ms concatenated, 2.0 ms as two calls)."""
-        if not self.conv and d1.device.type not in BLOCKED_SUM_DEVICES:
+        if not self.conv and not _blocked(d1):
             return torch.addmm(d1.t() @ h1, d2.t(), h2)
         return self.weight_grad(d1, h1, W).add_(self.weight_grad(d2, h2, W))
 
 
 def batch_contract(d, h):
-    """d^T h = sum_n d_n h_n^T (d: (B, C), h: (B, K)): a Linear's weight gradient. On BLOCKED_SUM_DEVICES with
-    K <= _NARROW in float32 or float64: blocks of _BLOCK rows in one batched product, their (K, C) results added
-    pairwise (half types are left alone: their GEMMs accumulate in float32 already, and rounding each block's
-    result to the half type would add error)."""
+    """d^T h = sum_n d_n h_n^T (d: (B, C), h: (B, K)): a Linear's weight gradient. Where _blocked(d), with
+    K <= _NARROW: blocks of _BLOCK rows in one batched product, their (K, C) results added pairwise."""
     B, K = h.shape
-    if d.device.type not in BLOCKED_SUM_DEVICES or K > _NARROW or B < 2 * _BLOCK or d.dtype not in _BLOCKED_DTYPES:
+    if not _blocked(d) or K > _NARROW or B < 2 * _BLOCK:
         return d.t() @ h
     n = B - B % _BLOCK
     s = torch.matmul(h[:n].reshape(-1, _BLOCK, K).transpose(1, 2), d[:n].reshape(-1, _BLOCK, d.shape[1])).sum(0)
@@ -76,20 +82,19 @@ def batch_contract(d, h):
 
 
 def bias_grad(d, a):
-    """sum_n a_n d_n (d: (B, C), a: (B,)): a Linear's bias gradient (elsewhere than on BLOCKED_SUM_DEVICES one
-    GEMV, as before batch_contract)."""
-    if d.device.type not in BLOCKED_SUM_DEVICES or d.dtype not in _BLOCKED_DTYPES:
+    """sum_n a_n d_n (d: (B, C), a: (B,)): a Linear's bias gradient (where not _blocked(d), one GEMV)."""
+    if not _blocked(d):
         return d.t() @ a
     return batch_contract(d, a.unsqueeze(1)).reshape(-1)
 
 
 def channel_sum(d):
-    """sum of d over every dim but the channel (dim 1): a bias's gradient. On BLOCKED_SUM_DEVICES the positions
-    are summed first (contiguous, pairwise), then the batch."""
+    """sum of d over every dim but the channel (dim 1): a bias's gradient. Where _blocked(d) the positions are
+    summed first (contiguous, pairwise), then the batch."""
     if d.dim() == 2:
         return d.sum(0)
     spatial = list(range(2, d.dim()))
-    if d.device.type in BLOCKED_SUM_DEVICES and d.dtype in _BLOCKED_DTYPES:
+    if _blocked(d):
         return d.sum(spatial).sum(0)
     return d.sum([0] + spatial)
 
