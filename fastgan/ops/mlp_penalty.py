@@ -489,6 +489,23 @@ class _MLPPenalty(ClosedForm):
         return grads
 
 
+# torch.compile with dynamic shapes makes a module's float attributes symbolic (specialize_float=False). Read first
+# inside one autograd.Function's traced forward, such a value cannot be used by a second Function (the other
+# batch's pass; Dynamo asserts "lift_tracked_freevar_to_input should not be called on root SubgraphTracer"), and
+# passed in from outside it fails the same way. float() outside the Functions specializes it: a constant of the
+# compiled graph, guarded (a changed slope recompiles). Eagerly it does nothing.
+_FLOAT_ATTRS = ("negative_slope", "eps", "momentum")
+
+
+def constant_floats(steps):
+    """Specialize the float attributes the closed form reads off the planned layers (see above)."""
+    for _, m in steps:
+        for name in _FLOAT_ATTRS:
+            value = getattr(m, name, None)
+            if value is not None:
+                float(value)
+
+
 def _run(D, x, weight, backend, steps=None):
     """steps: plan(D, x)'s, when the caller already has them."""
     if steps is None:
@@ -499,6 +516,7 @@ def _run(D, x, weight, backend, steps=None):
     for kind, m in steps:
         if kind in ("linear", "bn", "bn_batch"):
             tensors += [m.weight, m.bias]  # reading m.weight runs a parametrization (spectral norm) once
+    constant_floats(steps)
     form = _MLPPenalty
     if uses_batch_stats(steps):
         from .mlp_penalty_bn import _BatchStatMLPPenalty as form
