@@ -506,8 +506,9 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     out = _without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
     if out is not None:
         return out
-    # mixed dtypes only under autocast, where the closed form casts its input to D's dtype (exact from the
-    # narrower one, so casting the concatenation equals casting each batch)
+    # mixed dtypes only under autocast, where the closed form casts its input to D's dtype: mlp_js_penalty joins
+    # the batches outside autocast (its cat rejects float16 with bfloat16) in the promoted dtype, which holds both
+    # exactly, so casting the join to D's dtype equals casting each batch
     if mode in ("mlp", "auto") and (x_real.dtype == x_fake.dtype or _dispatch.autocast_enabled(x_real.device)):
         from . import penalty_jvp
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from fastgan.ops import _dispatch, gradient_penalty, js_penalty, penalty_jvp
+from fastgan.ops import _dispatch, gradient_penalty, js_penalty, mlp_penalty, penalty_jvp
 from fastgan.reference import penalty as ref
 
 from penalty_zoo import DS, IMG, MLPS, VEC, DropoutConvD, NormZoo, mlp_bn_train  # tests/ on sys.path (conftest)
@@ -120,7 +120,7 @@ def _check_hvp(name, mode, device):
     before = _dispatch.counts[KEY]
     g_got, hv_got = _grad_and_hvp(D_new, xr, xf, mode, directions)
     # js_penalty runs both batches in one pass where "auto" picks the closed form, but for spectral norm
-    conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in D.modules())
+    conv = any(isinstance(m, mlp_penalty.CONVS) for m in D.modules())
     closed = mode == "mlp" or (mode == "auto" and penalty_jvp.auto_mode(D, xr, "mean") == "mlp")
     joint = penalty_jvp.joint_pass(torch.device(device).type, len(xr) + len(xf), conv) and DS[name][2] == "mlp" \
         and "spectral" not in name and closed
