@@ -2,7 +2,9 @@
 
 On CPU the closed forms contract over the batch in blocks (closed_form_maps.BLOCKED_SUM_DEVICES): MKL's GEMV and
 its GEMMs with few columns add the rows one after another, whose float32 error grows with the batch (a bias
-gradient: ~10 units of rounding at B=1024 where torch's pairwise sum makes ~2)."""
+gradient: ~10 units of rounding at B=1024 where torch's pairwise sum makes ~2). On CUDA they keep one cuBLAS
+GEMV/GEMM per contraction, on the assumption that cuBLAS reduces in trees: the `cuda` variants check that, TF32 off
+(cuDNN's default allows it for convolutions, which would measure TF32's rounding instead)."""
 import copy
 
 import pytest
@@ -97,59 +99,68 @@ def _D(name, seed, bias_scale):
     return D
 
 
-def _grads(D, xr, xf, mode, dtype):
-    D = copy.deepcopy(D).to(dtype)
-    om, lr, lf = js_penalty(D, xr.to(dtype), xf.to(dtype), mode=mode)
-    loss = 0.05 * om + nn.functional.softplus(-lr).mean() + nn.functional.softplus(lf).mean()
-    return [t.double() for t in torch.autograd.grad(loss, list(D.parameters()))]
+def _grads(D, xr, xf, mode, dtype, device="cpu"):
+    D = copy.deepcopy(D).to(device, dtype)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        om, lr, lf = js_penalty(D, xr.to(device, dtype), xf.to(device, dtype), mode=mode)
+        loss = 0.05 * om + nn.functional.softplus(-lr).mean() + nn.functional.softplus(lf).mean()
+        return [t.double().cpu() for t in torch.autograd.grad(loss, list(D.parameters()))]
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _passes(monkeypatch, device, joint):
+    """One closed-form pass for both batches, or one each, on device."""
+    if joint:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu", "cuda"})
+    else:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", set())
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
 @pytest.mark.parametrize("bias_scale", [0.0, 3.0])
 @pytest.mark.parametrize("name", list(DS))
-def test_closed_form_float32_error_within_twice_the_double_backwards(name, bias_scale, joint, monkeypatch):
+def test_closed_form_float32_error_within_twice_the_double_backwards(name, bias_scale, joint, device, monkeypatch):
     """Every parameter's error against the float64 double backward: at most 2x the float32 double backward's plus
     4 units of rounding of the gradient's largest entry (the closed form's input-gradient chain is shared by every
     sample with the same activation pattern, so its rounding does not average out over the batch as the double
     backward's does: the bias gradients' remaining excess)."""
-    if joint:
-        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu", "cuda"})
-    else:
-        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
+    _passes(monkeypatch, device, joint)
     for seed in (0, 1):
         D = _D(name, seed, bias_scale)
         g = torch.Generator().manual_seed(seed)
         xr, xf = torch.randn(512, 3, generator=g), torch.randn(512, 3, generator=g) * 0.5 + 0.3
         truth = _grads(D, xr, xf, "double_backward", torch.float64)
-        plain = _grads(D, xr, xf, "double_backward", torch.float32)
-        closed = _grads(D, xr, xf, "mlp", torch.float32)
+        plain = _grads(D, xr, xf, "double_backward", torch.float32, device)
+        closed = _grads(D, xr, xf, "mlp", torch.float32, device)
         for (pname, _), t, p, c in zip(D.named_parameters(), truth, plain, closed):
             err, ref = _units(c, t), _units(p, t)
             assert err <= 2 * ref + 4, (seed, pname, err, ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
 @pytest.mark.parametrize("bias_scale", [0.0, 3.0])
 @pytest.mark.parametrize("name", list(CONV_DS))
-def test_convnet_float32_error(name, bias_scale, joint, monkeypatch):
+def test_convnet_float32_error(name, bias_scale, joint, device, monkeypatch):
     """As above, with 8 units instead of 4 (a convolution's input gradient is shared by every position as well as
     every sample with the same pattern: eval BatchNorm's beta reached 5.7 units against 1.0), except the
     convolutions' weights. Those end, in both modes, in the same oneDNN weight-gradient kernel, whose float32 error
     depends on its operands' values: over seeds 0-5 the closed form's ran 12-56 units against the double backward's
     7-21 (up to 2.8x). What is asserted for them is 3x plus 8 units, until a contraction of our own beats the
     kernel's."""
-    if joint:
-        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu", "cuda"})
-    else:
-        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
+    _passes(monkeypatch, device, joint)
     for seed in (0, 1, 2):
         D = _D(name, seed, bias_scale)
         g = torch.Generator().manual_seed(seed)
         xr = torch.randn(64, 3, 16, 16, generator=g)
         xf = torch.randn(64, 3, 16, 16, generator=g) * 0.5 + 0.3
         truth = _grads(D, xr, xf, "double_backward", torch.float64)
-        plain = _grads(D, xr, xf, "double_backward", torch.float32)
-        closed = _grads(D, xr, xf, "mlp", torch.float32)
+        plain = _grads(D, xr, xf, "double_backward", torch.float32, device)
+        closed = _grads(D, xr, xf, "mlp", torch.float32, device)
         for (pname, param), t, p, c in zip(D.named_parameters(), truth, plain, closed):
             err, ref = _units(c, t), _units(p, t)
             factor = 3 if isinstance(D[int(pname.split(".")[0])], nn.Conv2d) and param.dim() == 4 else 2

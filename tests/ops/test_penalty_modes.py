@@ -373,22 +373,24 @@ def test_closed_form_ignores_autocast(name, mode):
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dtypes", [(torch.float16, torch.bfloat16), (torch.float64, torch.float16),
                                     (torch.float32, torch.bfloat16)], ids=str)
-def test_joint_pass_under_autocast_with_mixed_dtypes(monkeypatch, dtypes):
+def test_joint_pass_under_autocast_with_mixed_dtypes(monkeypatch, dtypes, device):
     """Under autocast, batches of different dtypes run in one pass (autocast's own cat rejects float16 with bfloat16;
     the batches are joined outside it), with the values of two passes."""
     torch.manual_seed(0)
-    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
-    xr, xf = torch.randn(5, 3).to(dtypes[0]), torch.randn(4, 3).to(dtypes[1])
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)).to(device)
+    xr, xf = torch.randn(5, 3).to(device, dtypes[0]), torch.randn(4, 3).to(device, dtypes[1])
     runs, out = [], []
     real_run = mlp_penalty._run
     monkeypatch.setattr(mlp_penalty, "_run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
     for joint in (True, False):
         if not joint:
+            monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", set())
             monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
         Dm = copy.deepcopy(D)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             pen, lr, lf = js_penalty(Dm, xr, xf, mode="mlp")
             (_d_loss(lr.float(), lf.float()) + pen).backward()
         out.append([pen, lr, lf] + [p.grad for p in Dm.parameters()])
