@@ -146,14 +146,15 @@ def test_cuda_penalty_inside_torch_compile(name, mode):
     _compare_d(factory, make_x, mode, "aot_eager", fullgraph=traced, rtol=1e-10, device="cuda")
 
 
-def _compare_dynamic(D, make_x, sizes=(6, 9)):
+def _compare_dynamic(D, make_x, sizes=(6, 9), device="cpu"):
     """js_penalty's closed form compiled with dynamic=True against eager mode, batch sizes changing between
     calls: gradients and buffers equal after each."""
+    D = D.to(device)
     eager, compiled_d = copy.deepcopy(D), copy.deepcopy(D)
     torch._dynamo.reset()
     compiled = torch.compile(_loss("mlp"), backend="aot_eager", fullgraph=FULLGRAPH, dynamic=True)
     for b in sizes:
-        xr, xf = make_x(b).double(), make_x(b).double() * 0.5 + 0.3
+        xr, xf = make_x(b).double().to(device), (make_x(b).double() * 0.5 + 0.3).to(device)
         want = _grads_and_buffers(eager, _loss("mlp"), xr, xf, calls=1)
         got = _grads_and_buffers(compiled_d, compiled, xr, xf, calls=1)
         for g, w in zip(got[0] + got[1], want[0] + want[1]):
@@ -161,19 +162,22 @@ def _compare_dynamic(D, make_x, sizes=(6, 9)):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name,joint", [("mlp_leaky", False), ("mlp_bn_eval", True), ("conv_leaky", False),
                                         ("conv3d_bn_train", False)])
-def test_closed_form_compiles_with_dynamic_shapes(name, joint, monkeypatch):
+def test_closed_form_compiles_with_dynamic_shapes(name, joint, device, monkeypatch):
     """dynamic=True makes LeakyReLU's slope and BatchNorm's eps symbolic floats; read inside the real batch's
     Function, the fake batch's could not use them (Dynamo's lift_tracked_freevar_to_input assertion) until
     mlp_penalty.constant_floats specialized them outside. Two passes (conv nets on CPU, or the joint pass off) and
     the joint one."""
     if not joint:
+        monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", set())
         monkeypatch.setattr(penalty_jvp, "JOINT_MLP_MAX_ROWS", {})
-    assert penalty_jvp.joint_pass("cpu", 12, conv=name.startswith("conv")) == joint
+    elif device == "cpu":
+        assert penalty_jvp.joint_pass("cpu", 12, conv=name.startswith("conv"))
     factory, make_x, _ = DS[name]
     torch.manual_seed(0)
-    _compare_dynamic(factory().double(), make_x)
+    _compare_dynamic(factory().double(), make_x, device=device)
 
 
 def test_changed_slope_recompiles():
