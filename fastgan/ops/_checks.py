@@ -30,6 +30,15 @@ def choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
+def flag(name: str, value) -> bool:
+    """A documented bool: True/False (numpy's too) or the ints 0 and 1; anything else, a string above all ("False"
+    is truthy), is refused rather than read by its truth value."""
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if isinstance(value, bool) or numpy_bool or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 if any input is float64, else float32 (also for half inputs)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32

@@ -95,10 +95,13 @@ def on_device(t: torch.Tensor):
 
 
 def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for device's type; False for types autocast does not know (meta)."""
     try:
         return torch.is_autocast_enabled(device.type)
     except TypeError:  # torch < 2.4 spelling
         return torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
 
 
 def no_autocast(device: torch.device):

@@ -47,7 +47,9 @@ def _check_number(name: str, value, *, low: float | None = None, high: float | N
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    if math.isnan(v) or (low is not None and (v < low or (open_low and v == low))) or (high is not None and v > high):
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and (v < low or (open_low and v == low))) or (high is not None and v > high):
         lo = "" if low is None else (f"> {low}" if open_low else f">= {low}")
         hi = "" if high is None else f"<= {high}"
         raise ValueError(f"{name} must be {' and '.join(p for p in (lo, hi) if p)}, got {value!r}")
@@ -119,7 +121,9 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
 def _check_distinct_running(named) -> None:
     """Running statistics are updated in place, each read before it is written: two of them in one memory
     would each see the other's update."""
-    if denoiser_eager._compiling():  # data_ptr is not traceable: compiled calls go unchecked (README)
+    # data_ptr is not traceable (compiled calls go unchecked, README), and fake, meta and wrapped tensors have no
+    # memory of their own to compare
+    if denoiser_eager._custom_ops(*(t for _, t in named)):
         return
     spans = []
     for name, t in named:
@@ -171,6 +175,7 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
             raise TypeError(f"{name} has dtype {t.dtype} but y has {dtype}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but y is on {device}; move them to the same device")
+    training, relu = _checks.flag("training", training), _checks.flag("relu", relu)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     if running_mean is not None:
@@ -183,8 +188,8 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
     eps = _check_number("eps", eps, low=0.0, open_low=True)
     chosen = _dispatch.resolve(OP_LAYER, y.device, backend)
     c = lambda t: None if t is None else t.contiguous()
-    if not denoiser_eager._compiling() and (running_mean is None
-                                            or (running_mean.is_contiguous() and running_var.is_contiguous())):
+    if not denoiser_eager._custom_ops(y, bias, gamma, beta, running_mean, running_var) and (
+            running_mean is None or (running_mean.is_contiguous() and running_var.is_contiguous())):
         meta = (running_mean, running_var, bool(training), momentum, eps, bool(relu), chosen)
         return _EagerBnRelu.apply(meta, y.contiguous(), c(bias), c(gamma), c(beta))
     out, _, _, rm, rv = torch.ops.fastgan.bn_relu(y.contiguous(), c(bias), c(gamma), c(beta), c(running_mean),
@@ -207,6 +212,7 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     nn.BatchNorm1d does; they are required in eval mode. Differentiable w.r.t. h (both as the corrupted
     input and as the target), noise and all parameters.
     """
+    training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
     h = _check_features("h", h, n_features, dtype, device, training)
     sigma = _check_number("sigma", sigma, low=0.0)
@@ -243,6 +249,7 @@ def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: S
     generated batches separately) and leaves the running statistics untouched; in eval mode it uses them.
     Multiply by lambda_denoise = 0.03 / n_features (the paper's setting) when adding it to G's loss.
     """
+    training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
     h_fake = _check_features("h_fake", h_fake, n_features, dtype, device, training)
     eps = _check_number("eps", eps, low=0.0, open_low=True)
@@ -377,8 +384,10 @@ class Denoiser(nn.Module):
         if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
             _check_params(weights, biases, gammas, betas, rms, rvs)  # shapes, one dtype and device, own buffers
         self._types = tuple(map(type, mods))
-        self._signature = [(t.shape, t.dtype, t.device, t.is_contiguous())
-                           for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
+        # the tensor objects too: a buffer or parameter replaced by another of its shape (say running_mean set to
+        # the running_var tensor, or a bias set to None) is validated again
+        self._objects = [t for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
+        self._signature = [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in self._objects]
         self._strided = not all(t.is_contiguous() for seq in (biases, gammas, betas) for t in seq)
 
     # -- structure
@@ -434,8 +443,8 @@ class Denoiser(nn.Module):
     def _params(self):
         """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked
         (~13 us at depth 3 on the CI machine, mostly reading each tensor's shape, dtype, device and layout): layers
-        replaced, given hooks, a parametrization or another mode than the Denoiser's, or tensors of another shape,
-        dtype or device than when last validated are validated again (an error names the layer or tensor), so the
+        replaced, given hooks, a parametrization or another mode than the Denoiser's, tensors replaced, or tensors of
+        another shape, dtype or device than when last validated are validated again (an error names the layer or tensor), so the
         kernels never read a tensor by the wrong size or type."""
         net = self.net
         mods = tuple(net._modules.values())
@@ -450,8 +459,10 @@ class Denoiser(nn.Module):
             if (m.eps, m.momentum) != self._eps_momentum:
                 self._adopt(net)
         tensors = self._tensors()
-        if [(t.shape, t.dtype, t.device, t.is_contiguous()) for seq in tensors for t in seq] != self._signature:
-            self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers
+        flat = [t for seq in tensors for t in seq]
+        if any(a is not b for a, b in zip(flat, self._objects)) or \
+                [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in flat] != self._signature:
+            self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers, a missing bias
         if self._strided:  # GEMM operands may be strided; the kernels' vectors may not (buffers must not be)
             weights, biases, gammas, betas, rms, rvs = tensors
             return weights, _contig(biases), _contig(gammas), _contig(betas), rms, rvs
@@ -488,7 +499,7 @@ class Denoiser(nn.Module):
             return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
                                 chosen)
         with _dispatch.no_autocast(h.device):
-            if not denoiser_eager._compiling():
+            if not denoiser_eager._custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs):
                 meta = (self.training, self.training and self.depth > 0, factor, self.eps, chosen, self.depth,
                         rms, rvs)
                 return _EagerForward.apply(meta, h, *weights, *biases, *gammas, *betas)
@@ -510,7 +521,7 @@ class Denoiser(nn.Module):
         its own loss); detach=False also differentiates w.r.t. h. Training mode updates the running stats.
         """
         h = self._input("h", h)
-        if detach:
+        if _checks.flag("detach", detach):
             h = h.detach()
         weights, biases, gammas, betas, rms, rvs = self._params()
         _checks.choice("reduction", reduction, REDUCTIONS)

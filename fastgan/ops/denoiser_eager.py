@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch
+from . import _dispatch, _eager
 from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the _run_* functions call)
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch
 from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
@@ -158,10 +158,17 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _custom_ops(*tensors) -> bool:
+    """Whether the custom ops must run instead of the eager Functions, which hand data_ptr() to the kernels:
+    under torch.compile (``_compiling()``, patched by tests to force this path), and on fake or meta tensors,
+    tensor subclasses, under Python dispatch modes or functorch transforms (_eager.ok); None entries skipped."""
+    return _compiling() or not _eager.ok(*tensors)
+
+
 def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
     """Per-sample loss; updates rms / rvs in place in training mode."""
     with _dispatch.no_autocast(h.device):
-        if _compiling():
+        if _custom_ops(h, noise, *weights, *biases, *gammas, *betas, *rms, *rvs):
             per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
                 h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
             _copy_running(rms, rvs, new_running)
@@ -173,7 +180,7 @@ def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, trainin
 def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
     """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
     with _dispatch.no_autocast(h.device), torch.no_grad():
-        if _compiling():
+        if _custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs):
             r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
                                                                 training, track, momentum, eps, backend)
         else:
@@ -186,6 +193,6 @@ def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, m
 def _run_target_loss(target, h_fake, backend):
     """||h_fake - target||^2 per sample, gradient into h_fake only."""
     with _dispatch.no_autocast(target.device):
-        if _compiling():
+        if _custom_ops(target, h_fake):
             return torch.ops.fastgan.recon_loss(h_fake, None, target, backend)
         return _EagerRecon.apply(target, h_fake, backend)

@@ -78,11 +78,7 @@ class NoiseState:
     def set_state(self, state: torch.Tensor) -> "NoiseState":
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
             raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
-        seed, offset, ticket = state.tolist()  # a host copy, as get_state's own; set_state is rare
-        # ticket != 0: the cuda and triton kernels' last-program test would never pass, nor advance the offset
-        if seed < 0 or offset < 0 or ticket != 0:
-            raise ValueError(f"state must be [seed >= 0, offset >= 0, 0] as NoiseState.get_state() returns, "
-                             f"got {[seed, offset, ticket]}")
+        _check_state_values(state)  # a host copy, as get_state's own; set_state is rare
         self.tensor.copy_(state)
         return self
 
@@ -135,7 +131,9 @@ _default_states: dict = {}
 def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
     """The state used when none is given: one per device, seeded on first use from torch's default CPU
     generator (so torch.manual_seed makes it reproducible)."""
-    device = torch.device(device)
+    device = _check_device(device) if not isinstance(device, torch.device) else device
+    if device is None:
+        raise ValueError("device must be a torch.device or a device string such as 'cpu' or 'cuda:0', got None")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device not in _default_states:
@@ -687,12 +685,24 @@ def _parse_noise(noise, x0, n_noisy, mode):
                      f"(fewer dimensions) or eps of shape {(n_noisy, *S)}")
 
 
+def _check_state_values(state: torch.Tensor) -> None:
+    seed, offset, ticket = state.tolist()
+    # ticket != 0: the cuda and triton kernels' last-program test would never pass, nor advance the offset
+    if seed < 0 or offset < 0 or ticket != 0:
+        raise ValueError(f"state must be [seed >= 0, offset >= 0, 0] as NoiseState.get_state() returns, "
+                         f"got {[seed, offset, ticket]}")
+
+
 def _state_tensor(state, device) -> torch.Tensor:
     if state is None:
         return _default_state_tensor(device)
     t = state.tensor if type(state) is NoiseState else state
     if (type(t) is torch.Tensor and t.dtype is torch.int64 and t.shape == (3,) and t.is_contiguous()
             and t.device == device):
+        # a raw tensor's values are checked where reading them costs no synchronization (not a NoiseState's:
+        # its methods keep them valid)
+        if t is state and t.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_state_values(t)
         return t
     t = state.tensor if isinstance(state, NoiseState) else state
     if not isinstance(t, torch.Tensor):

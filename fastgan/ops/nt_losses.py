@@ -362,6 +362,7 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     _checks.choice("loss", loss, tuple(KINDS))
     _checks.choice("mode", mode, MODES)
     _checks.choice("reduction", reduction, tuple(REDUCTIONS))
+    js_weights = _checks.flag("js_weights", js_weights)
     lf = _logits("logits_fake", logits_fake)
     _check_mode("logits_fake", lf.shape[0], mode)
     if loss == "d":

@@ -348,6 +348,15 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
     return _penalty_of(grad, logits, weight, reduction, backend)
 
 
+def weight_values(w, B: int) -> torch.Tensor:
+    """w, what a callable weight returned for B logits, if it is a (B,) tensor (a (B, 1) one would broadcast
+    against the (B,) squared norms into a (B, B) penalty)."""
+    if not isinstance(w, torch.Tensor) or w.shape != (B,):
+        raise ValueError(f"weight(psi) must return a tensor of shape ({B},), got "
+                         f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    return w
+
+
 def _penalty_of(grad, logits, weight, reduction, backend):
     """grad_norm_penalty on arguments already checked (gradient_penalty's own grad and logits)."""
     acc = _checks.acc_dtype(grad.dtype, logits.dtype)
@@ -363,7 +372,7 @@ def _penalty_of(grad, logits, weight, reduction, backend):
             raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
                                                f"got backend={backend!r}")
         _dispatch.record(OP, "reference")
-        return ref.grad_norm_penalty(g2.to(acc), psi, weight, reduction)
+        return ref.grad_norm_penalty(g2.to(acc), psi, lambda p: weight_values(weight(p), B), reduction)
     chosen = _dispatch.resolve(OP, grad.device, backend)
     per_sample = _per_sample(g2, psi, WEIGHTS[weight], chosen)
     if reduction == "mean":

@@ -264,10 +264,7 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
         s = (ga * ga).sum(1)
         with torch.enable_grad():
             p = psi.detach().requires_grad_(True)
-            w = weight(p)
-            if not isinstance(w, torch.Tensor) or w.shape != (B,):
-                raise ValueError(f"weight(psi) must return a tensor of shape ({B},), got "
-                                 f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+            w = _pen.weight_values(weight(p), B)
             # a vector-Jacobian product, so weights that couple samples are handled too
             (u,) = torch.autograd.grad(w, p, grad_outputs=s / div, allow_unused=True)
         w = w.detach().to(psi.dtype)
