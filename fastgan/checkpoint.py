@@ -191,7 +191,7 @@ def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Genera
             raise CheckpointError(f"{label}.{key}: missing random-generator state")
         try:
             fn(saved[key])
-        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as e:
             why = (str(e).splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"{label}.{key}: unusable random-generator state ({why})") from None
 

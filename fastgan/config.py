@@ -133,15 +133,21 @@ class MethodConfig:
         return "simultaneous" if "dfm" in self.units else "alternating"
 
 
+# torch's optimizers turn a learning rate into a float32 scalar for float32 parameters: a larger one fails inside
+# the first step ("value cannot be converted to type float without overflow")
+FLOAT32_MAX = 3.4028234663852886e38
+_LR = {"gt": 0.0, "max": FLOAT32_MAX, "note": "float32's largest value"}
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = field(default="adam", metadata={"choices": ("adam", "sgd")})
     batch_size: int = field(default=512, metadata={"min": 1})
-    lr_g: float = field(default=1e-3, metadata={"gt": 0.0})
-    lr_d: float = field(default=1e-3, metadata={"gt": 0.0})
+    lr_g: float = field(default=1e-3, metadata=_LR)
+    lr_d: float = field(default=1e-3, metadata=_LR)
     # NTGAN's noise model and DFM's denoiser; None: lr_d.
-    lr_noise: Optional[float] = field(default=None, metadata={"gt": 0.0})
-    lr_denoiser: Optional[float] = field(default=None, metadata={"gt": 0.0})
+    lr_noise: Optional[float] = field(default=None, metadata=_LR)
+    lr_denoiser: Optional[float] = field(default=None, metadata=_LR)
     # 0.5: Roth et al.'s 3-D mixture code (AdamOptimizer(lr, beta1=0.5)), DCGAN, NTGAN, DFM.
     beta1: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     beta2: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
@@ -482,7 +488,8 @@ _LOADER = None
 
 def yaml_load(text: str):
     """yaml.safe_load with YAML 1.2 booleans: only true/false are booleans, so `progress: off` or
-    `--set run.progress=off` stay strings (YAML 1.1 would read on/off/yes/no as booleans)."""
+    `--set run.progress=off` stay strings (YAML 1.1 would read on/off/yes/no as booleans); and no timestamps:
+    no field is a date, and `name: 2024-01-01` is a run name."""
     global _LOADER
     import yaml
 
@@ -491,7 +498,7 @@ def yaml_load(text: str):
             pass
 
         Loader.yaml_implicit_resolvers = {
-            k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+            k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
             for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
         Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                      list("tTfF"))

@@ -15,26 +15,32 @@ from typing import Mapping, Optional
 
 class CSVLogger:
     """Rows of scalars keyed by step. New columns rewrite the file with the union of columns; on resume, rows
-    past the checkpoint's step are dropped so the log matches the restored state."""
+    past the checkpoint's step are dropped so the log matches the restored state. An existing file is read here
+    and rewritten at the first row logged, not before: a resume that fails in between leaves it as it was."""
 
     def __init__(self, path, resume_step: Optional[int] = None):
         self.path = Path(path)
         self.columns: list[str] = []
         self.rows: list[dict] = []
+        self._stale = False  # the file on disk differs from columns/rows until rewritten
         if self.path.exists():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or [])
-                self.rows = [r for r in reader]
+            try:
+                with open(self.path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    self.columns = list(reader.fieldnames or [])
+                    self.rows = [r for r in reader]
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise ValueError(f"{self.path} is not a readable CSV log ({e}); move it aside to continue the run "
+                                 "with a new one") from None
             if resume_step is not None:
                 self.rows = [r for r in self.rows if _int(r.get("step")) <= resume_step]
-            self._rewrite()
+            self._stale = True
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _fmt(v) for k, v in values.items()}}
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
-        if new:
+        if new or self._stale:
             self.columns += new
             self._rewrite()
         else:
@@ -48,6 +54,7 @@ class CSVLogger:
             w.writeheader()
             w.writerows(self.rows)
         os.replace(tmp, self.path)
+        self._stale = False
 
 
 def _int(v) -> int:

@@ -22,9 +22,20 @@ def cli_device(text: str) -> torch.device:
         raise C.ConfigError(str(e).replace("run.device", "--device")) from None
 
 
+def _seed(text: str) -> int:
+    """--seed: an integer torch.Generator.manual_seed takes (argparse names the option when this raises)."""
+    value = int(text)
+    if not C.INT64_MIN <= value <= 2 ** 64 - 1:
+        raise ValueError(text)
+    return value
+
+
+_seed.__name__ = "integer in [-2**63, 2**64 - 1]"  # argparse's "invalid <name> value: ..."
+
+
 def add_device_and_seed(p, seed_help: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--seed", type=_seed, default=0, help=seed_help)
 
 
 def run(command: str, body) -> int:

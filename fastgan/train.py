@@ -6,6 +6,7 @@ Kept light to import (``import fastgan`` imports this module): data, models, tqd
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -98,7 +99,8 @@ def _find_run(cfg: TrainConfig) -> Path:
         return d
     root = Path(cfg.run.out_dir)
     pat = re.compile(rf"^{re.escape(cfg.run.name)}-{_STAMP}$")
-    runs = [p for p in root.glob(f"{cfg.run.name}-*") if pat.match(p.name) and (p / CHECKPOINT).exists()]
+    runs = [p for p in root.glob(f"{glob.escape(cfg.run.name)}-*") if pat.match(p.name) and
+            (p / CHECKPOINT).exists()]
     if not runs:
         raise FileNotFoundError(f"--resume: no run named {cfg.run.name!r} to continue "
                                 f"(no {root}/{cfg.run.name}-<timestamp>/{CHECKPOINT})")
@@ -186,11 +188,15 @@ def _new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
             raise
         return d, fd
     root = Path(cfg.run.out_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # apart from the loop: a bad root is not a taken name
+    except FileExistsError:
+        raise RunFolderError(f"run.out_dir {root} is not a folder (a file, or a link to a missing folder)") from None
     base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d, n = root / base, 1
     while True:
         try:
-            d.mkdir(parents=True, exist_ok=False)
+            d.mkdir(exist_ok=False)
             fd = _lock(d)
             _claim(fd)
             return d, fd
@@ -334,9 +340,11 @@ class _Run:
             self.out, self.lock = _new_run_dir(cfg)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
+        # what can still fail (allocations, reading metrics.csv) before config.yaml and run_info.json are
+        # written: a resume refused here leaves them as they were
+        self._open_logs(resume_step=self.start if state is not None else None, progress=progress)
         C.save_config(cfg, self.out / "config.yaml")
         self._write_info(shape)
-        self._open_logs(resume_step=self.start if state is not None else None, progress=progress)
 
     # ---------------------------------------------------------------- setup
 
@@ -374,7 +382,16 @@ class _Run:
             self._check_test_split("run.fd", "the Fréchet distance is to the test split")
             if read_data:
                 self._fd_setup()
-        if not (r.parzen and self.dataset.kind == "images"):
+        if not r.parzen:
+            return
+        if self.dataset.kind == "points":
+            from .data import mixtures
+
+            if d.name not in mixtures.MIXTURES:
+                # points of a file have no test split: both sets would be redrawn from the training points
+                raise ConfigError(f"run.parzen: scores points only for the built-in mixtures "
+                                  f"({', '.join(mixtures.MIXTURES)}), whose validation and test points are fresh "
+                                  f"draws; got data.name={d.name!r} (set run.parzen=false)")
             return
         if d.name not in TEST_SPLIT_DATASETS:
             raise ConfigError(f"run.parzen: needs a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}) "
@@ -435,8 +452,6 @@ class _Run:
         from .logging_utils import CSVLogger, TensorBoardWriter
 
         r = self.cfg.run
-        self.csv = CSVLogger(self.out / "metrics.csv", resume_step=resume_step)
-        self.tb = TensorBoardWriter(self.out / "tb", resume_step=resume_step) if r.tensorboard else None
         if progress is None:
             progress = r.progress == "on" or (r.progress == "auto" and sys.stderr.isatty())
         self.show_progress = bool(progress)
@@ -452,6 +467,8 @@ class _Run:
         if self.cfg.data.name in mixtures.MIXTURES:
             self.means = mixtures.means(self.cfg.data.name, device=self.device)
             self.mix_std = self.cfg.data.mixture_std or mixtures.default_std(self.cfg.data.name)
+        self.csv = CSVLogger(self.out / "metrics.csv", resume_step=resume_step)  # reads; rewrites at the first row
+        self.tb = TensorBoardWriter(self.out / "tb", resume_step=resume_step) if r.tensorboard else None
 
     def _latent(self, n, generator):
         if hasattr(self.G, "sample_latent"):
@@ -664,11 +681,18 @@ class _Run:
                     raise KeyboardInterrupt(f"checkpoint {self.ckpt_path} holds step {step}; --resume continues "
                                             "from there")
             monitor.check()
+            # the steps are done and checkpointed: a Ctrl-C in the final evaluation (minutes of Parzen windows for
+            # 784-d images) interrupts it at once, where the handler would only have set `requested`
+            stop.restore()
             self.phase = "final evaluation"
-            if r.parzen:
-                metrics.update(self._parzen(step))
-            if r.fd:
-                metrics.update(self._fd_tail(step))
+            try:
+                if r.parzen:
+                    metrics.update(self._parzen(step))
+                if r.fd:
+                    metrics.update(self._fd_tail(step))
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"in the final evaluation; checkpoint {self.ckpt_path} holds the last step, "
+                                        f"{step}") from None
         except NonFiniteLossError as e:
             where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
                      if self.last_ckpt_step is not None else "no checkpoint had been written yet")
@@ -728,6 +752,9 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
     """The config asked for: a run folder's (resume only) or the given one, with the overrides applied."""
     if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
         run_dir = Path(cfg)
+        if not (run_dir / CHECKPOINT).exists() and not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} is a folder, not a YAML config (nor a run folder: it holds no "
+                              f"{CHECKPOINT} or config.yaml)")
         if not resume:
             raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
         # read for its config only: _Run reads the checkpoint again once it holds the run folder's lock, since

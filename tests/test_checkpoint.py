@@ -132,6 +132,9 @@ def _d(s):
      r"holds an invalid config: optim\.batch_size: must be >= 1, got -1"),
     (lambda s: s["rng"].pop("python"), r"rng\.python: missing random-generator state"),
     (lambda s: s["rng"].__setitem__("numpy", [1, 2]), r"rng\.numpy: unusable random-generator state"),
+    (lambda s: s["rng"]["python"].__setitem__(1, [-1] * 625),
+     r"rng\.python: unusable random-generator state \(can't convert negative"),
+    (lambda s: s["rng"]["numpy"].__setitem__(2, 2 ** 70), r"rng\.numpy: unusable random-generator state"),
     (lambda s: _d(s).__setitem__("net.0.weight", torch.zeros(5, 5)),
      r"does not fit this config's models: .*MLPDiscriminator: size mismatch for net\.0\.weight: copying a param "
      r"with shape torch\.Size\(\[5, 5\]\)"),
@@ -140,7 +143,7 @@ def _d(s):
     (lambda s: _d(s).pop("net.0.bias"), r'MLPDiscriminator: Missing key\(s\) in state_dict: "net\.0\.bias"'),
 ], ids=["exp_avg-shape", "exp_avg_sq-dtype", "lr-string", "betas-length", "state-cleared", "moment-missing",
         "step-negative", "step-float", "step-string", "config-string", "config-invalid", "rng-python-missing",
-        "rng-numpy-bad", "weight-shape", "extra-key", "missing-key"])
+        "rng-numpy-bad", "rng-python-overflow", "rng-numpy-overflow", "weight-shape", "extra-key", "missing-key"])
 @pytest.mark.parametrize("how", ["run.dir", "folder"])
 def test_damaged_checkpoint_is_refused_at_load_naming_file_and_entry(trained, tmp_path, damage, message, how):
     """Caught before any training step (torch would load most of these and fail steps later, naming nothing)."""

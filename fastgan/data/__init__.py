@@ -76,6 +76,8 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         raise ValueError(f"{source}: empty samples: array shape {a.shape} has a zero-size sample dimension")
     if np.iscomplexobj(a):  # a float cast would silently drop the imaginary part
         raise ValueError(f"{source}: complex values ({a.dtype}) are not supported; store real {kind}")
+    if not (np.issubdtype(a.dtype, np.number) or (kind == "images" and a.dtype == bool)):  # strings, dates, ...
+        raise ValueError(f"{source}: {kind} must be numeric, got {a.dtype}")
     if kind == "images":
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             # checked before the range: NaN compares false, so _value_map would pass an all-NaN set
@@ -84,8 +86,6 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         if a.dtype != np.uint8:
             a = a.astype(np.float32)
     else:
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"{source}: points must be numeric, got {a.dtype}")
         a, scale, offset = a.astype(np.float32), 1.0, 0.0
         if not np.isfinite(a).all():
             raise ValueError(f"{source}: points contain NaN or infinite values")

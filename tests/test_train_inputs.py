@@ -1,0 +1,148 @@
+"""Trainer inputs that once got past the checks or wrote before failing: a resume that fails in its setup leaves
+config.yaml and run_info.json as they were; an unreadable metrics.csv, an out_dir that is a dangling link, Parzen
+windows on a file of points, images of strings, a learning rate past float32, a run name with glob characters or
+a date, a folder that is neither a config nor a run, a seed past 64 bits; and Ctrl-C in the final evaluation."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastgan
+from fastgan.config import ConfigError
+
+train_mod = sys.modules["fastgan.train"]
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16", "run.progress=off"]
+
+
+def _train(d, *overrides, steps=2, resume=False):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={d}", *overrides], resume=resume)
+
+
+def _files(d):
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".fastgan.lock"}
+
+
+def test_a_resume_failing_in_setup_leaves_the_run_folder_as_it_was(tmp_path, monkeypatch):
+    """config.yaml and run_info.json were written before the logs' setup, which can still fail (an allocation,
+    reading metrics.csv)."""
+    d = tmp_path / "r"
+    _train(d)
+    before = _files(d)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("test")
+
+    monkeypatch.setattr(train_mod._Run, "_latent", no_memory)
+    with pytest.raises(MemoryError):
+        _train(d, "run.num_samples=32", steps=4, resume=True)
+    assert _files(d) == before
+
+
+def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path):
+    d = tmp_path / "r"
+    _train(d)
+    (d / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    before = _files(d)
+    with pytest.raises(ValueError, match=f"{d / 'metrics.csv'} is not a readable CSV log"):
+        _train(d, steps=4, resume=True)
+    assert _files(d) == before
+
+
+def test_metrics_rows_past_the_checkpoint_go_at_the_first_row_logged(tmp_path):
+    d = tmp_path / "r"
+    _train(d, steps=2)
+    with open(d / "metrics.csv", "a") as f:  # rows of steps the checkpoint does not hold (a run cut short)
+        f.write("7,1,1\n8,1,1\n")
+    _train(d, steps=4, resume=True)
+    steps = [int(line.split(",")[0]) for line in (d / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4}  # (a final step logs two rows)
+
+
+def test_a_dangling_link_as_out_dir_is_an_error_not_a_hang(tmp_path):
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "unmounted" / "runs")
+    with pytest.raises(train_mod.RunFolderError, match=f"run.out_dir {link} is not a folder"):
+        fastgan.train(None, overrides=[*TINY, "run.steps=1", f"run.out_dir={link}"])
+
+
+def test_parzen_on_a_file_of_points_is_refused(tmp_path):
+    path = tmp_path / "pts.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+    with pytest.raises(ConfigError, match="run.parzen: scores points only for the built-in mixtures"):
+        _train(tmp_path / "r", "data.name=npz", f"data.path={path}", "run.parzen=true")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("values", [np.array([["a", "b"], ["c", "d"]] * 8).reshape(8, 1, 2, 2),
+                                    np.arange(32).astype("datetime64[s]").reshape(8, 1, 2, 2)],
+                         ids=["strings", "datetimes"])
+def test_images_that_are_not_numbers_are_named(tmp_path, values):
+    path = tmp_path / "imgs.npy"
+    np.save(path, values)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: images must be numeric, got {values.dtype}")):
+        fastgan.train(None, overrides=["data.name=npz", f"data.path={path}", f"run.dir={tmp_path / 'r'}",
+                                       "run.steps=1"])
+
+
+@pytest.mark.parametrize("field", ["lr_g", "lr_d", "lr_noise", "lr_denoiser"])
+def test_a_learning_rate_past_float32_is_a_config_error(tmp_path, field):
+    with pytest.raises(ConfigError, match=rf"optim\.{field}: must be in \(0\.0, 3\.40"):
+        _train(tmp_path / "r", f"optim.{field}=1e39")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_name_with_glob_characters_resumes_by_name(tmp_path):
+    overrides = [*TINY, "run.name=exp[1]", f"run.out_dir={tmp_path}"]
+    first = fastgan.train(None, overrides=[*overrides, "run.steps=2"])
+    second = fastgan.train(None, overrides=[*overrides, "run.steps=3"], resume=True)
+    assert second.out_dir == first.out_dir and second.step == 3
+
+
+@pytest.mark.parametrize("text", ["2024-01-01", "2024-01-01 12:30:00"])
+def test_a_date_is_a_run_name(text):
+    from fastgan import config as C
+
+    assert C.coerce(None, [f"run.name={text}"]).run.name == text
+    assert C.coerce({"run": {"name": C.yaml_load(f"x: {text}")["x"]}}).run.name == text
+
+
+def test_a_folder_that_is_neither_a_config_nor_a_run(tmp_path):
+    with pytest.raises(ConfigError, match=f"{tmp_path} is a folder, not a YAML config .*holds no"):
+        fastgan.train(tmp_path)
+
+
+def test_a_seed_past_64_bits_names_the_option(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastgan", "sample", str(tmp_path), "--out", str(tmp_path / "x.npz"),
+                        "--seed", str(2 ** 70)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "argument --seed: invalid" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers are installed from the main thread only")
+def test_ctrl_c_in_the_final_evaluation_interrupts_it(tmp_path, monkeypatch):
+    """The step loop's handler only sets a flag, which nothing read after the loop: the first Ctrl-C in the final
+    evaluation (minutes of Parzen windows for 784-d images) was lost."""
+    def parzen(self, step):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # the handler runs between bytecodes
+            sum(range(1000))
+        raise AssertionError("the evaluation went on after Ctrl-C")
+
+    monkeypatch.setattr(train_mod._Run, "_parzen", parzen)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="in the final evaluation; checkpoint .* holds the last step, 2"):
+            _train(tmp_path / "r", "run.parzen=true")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    import json
+
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["phase"] == "final evaluation"
