@@ -443,9 +443,9 @@ class Denoiser(nn.Module):
     def _params(self):
         """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked
         (~13 us at depth 3 on the CI machine, mostly reading each tensor's shape, dtype, device and layout): layers
-        replaced, given hooks, a parametrization or another mode than the Denoiser's, tensors replaced, or tensors of
-        another shape, dtype or device than when last validated are validated again (an error names the layer or tensor), so the
-        kernels never read a tensor by the wrong size or type."""
+        replaced, given hooks, a parametrization or another mode than the Denoiser's, tensors replaced, or tensors
+        of another shape, dtype or device than when last validated are validated again (an error names the layer or
+        tensor), so the kernels never read a tensor by the wrong size or type."""
         net = self.net
         mods = tuple(net._modules.values())
         if mods != self._mods or tuple(map(type, mods)) != self._types or any(map(_has_hooks, mods)):

@@ -158,11 +158,12 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _custom_ops(*tensors) -> bool:
+def _custom_ops(first=None, *others) -> bool:
     """Whether the custom ops must run instead of the eager Functions, which hand data_ptr() to the kernels:
     under torch.compile (``_compiling()``, patched by tests to force this path), and on fake or meta tensors,
-    tensor subclasses, under Python dispatch modes or functorch transforms (_eager.ok); None entries skipped."""
-    return _compiling() or not _eager.ok(*tensors)
+    tensor subclasses, under Python dispatch modes or functorch transforms. The callers have checked that the
+    tensors share first's device (_eager.ok_on_one_device); None entries are skipped."""
+    return _compiling() or not _eager.ok_on_one_device(first, *others)
 
 
 def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
