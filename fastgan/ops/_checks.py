@@ -33,8 +33,10 @@ def choice(name: str, value, allowed) -> None:
 def flag(name: str, value) -> bool:
     """A documented bool: True/False (numpy's too) or the ints 0 and 1; anything else, a string above all ("False"
     is truthy), is refused rather than read by its truth value."""
-    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
-    if isinstance(value, bool) or numpy_bool or (isinstance(value, int) and value in (0, 1)):
+    if isinstance(value, bool):  # first and alone: the common case, and all that torch 2.4's Dynamo can trace
+        return value
+    if (isinstance(value, int) and value in (0, 1)) or (type(value).__module__ == "numpy" and
+                                                         type(value).__name__ in ("bool", "bool_")):
         return bool(value)
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
