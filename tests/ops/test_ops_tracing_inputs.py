@@ -80,15 +80,21 @@ def test_vmap_over_bn_relu_and_the_denoiser_matches_a_loop():
         torch.testing.assert_close(g, net(y))
 
 
-def test_plain_tensors_keep_the_eager_functions():
+def test_plain_tensors_keep_the_eager_functions(monkeypatch):
     """The custom-op path is for what needs it: plain CPU tensors still skip the dispatcher."""
+    from fastgan.ops import denoiser_eager
+
     den, _ = make_pair()
+    eager = []
+    real = denoiser_eager._EagerLoss.apply
+    monkeypatch.setattr(denoiser_eager._EagerLoss, "apply", lambda *a: eager.append(1) or real(*a))
     before = _dispatch.counts.copy()
     den.loss(torch.randn(6, 12, dtype=torch.float64))
-    from fastgan.ops import denoiser_eager
-    assert not denoiser_eager._custom_ops(torch.randn(2))
-    assert denoiser_eager._custom_ops(torch.randn(2, device="meta"))
+    assert eager == [1]
     assert _dispatch.counts[("denoiser_loss", "cpu")] == before[("denoiser_loss", "cpu")] + 1
+    assert not denoiser_eager._custom_ops(torch.randn(2), None, torch.nn.Parameter(torch.randn(2)))
+    assert denoiser_eager._custom_ops(torch.randn(2, device="meta"))
+    assert denoiser_eager._custom_ops(torch.randn(2), LoggingTensor(torch.randn(2)))
 
 
 # ---------------------------------------------------------------- tensors replaced after the first call
