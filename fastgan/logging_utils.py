@@ -36,6 +36,13 @@ class CSVLogger:
                 self.rows = [r for r in self.rows if _int(r.get("step")) <= resume_step]
             self._stale = True
 
+    def drop(self, step: int, keys) -> None:
+        """The rows at `step` holding a value of any of `keys`, dropped (from the file at the next row logged)."""
+        keys = set(keys)
+        self.rows = [r for r in self.rows
+                     if _int(r.get("step")) != step or not any(r.get(k) not in (None, "") for k in keys)]
+        self._stale = True
+
     def log(self, step: int, values: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _fmt(v) for k, v in values.items()}}
         new = [k for k in row if k not in self.columns]

@@ -58,8 +58,11 @@ class TrainResult:
     # "auto" resolved), read off fastgan.ops._dispatch.counts around the run
     penalty_modes: tuple = ()
     # the step training began at (the checkpoint's on resume); step == start_step: the checkpoint was already at
-    # run.steps or past it, so nothing was trained or written
+    # run.steps or past it, so nothing was trained (and, unless final_evaluation_only, nothing written)
     start_step: int = 0
+    # a resume of a run whose last session trained to the end and stopped in its final evaluation (Ctrl-C, a
+    # failure): no step was trained, the final evaluation ran again
+    final_evaluation_only: bool = False
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -327,8 +330,10 @@ class _Run:
             self._load(state, run_dir / CHECKPOINT)
             self.start = state["step"]
         nothing_to_train = state is not None and self.start >= cfg.run.steps
-        self._check_eval(read_data=not nothing_to_train)
-        if nothing_to_train:
+        self.final_only = nothing_to_train and self.start == cfg.run.steps and \
+            _final_evaluation_pending(run_dir, self.start)
+        self._check_eval(read_data=self.final_only or not nothing_to_train)
+        if nothing_to_train and not self.final_only:
             # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
             # logs a new session, samples/ a redrawn picture)
             self.out, self.ckpt_path, self.done = run_dir, run_dir / CHECKPOINT, True
@@ -343,6 +348,9 @@ class _Run:
         # what can still fail (allocations, reading metrics.csv) before config.yaml and run_info.json are
         # written: a resume refused here leaves them as they were
         self._open_logs(resume_step=self.start if state is not None else None, progress=progress)
+        if self.final_only:
+            # rows the stopped final evaluation logged before it stopped are logged again
+            self.csv.drop(self.start, FINAL_EVALUATION_KEYS)
         C.save_config(cfg, self.out / "config.yaml")
         self._write_info(shape)
 
@@ -593,7 +601,7 @@ class _Run:
         try:
             if self.done:
                 return self._run()
-            self.at, self.phase = self.start, "training"
+            self.at, self.phase = self.start, "final evaluation" if self.final_only else "training"
             self._status("running")
             try:
                 result = self._run()
@@ -706,7 +714,8 @@ class _Run:
         modes = tuple(sorted(mode for (op, mode), n in list(_dispatch.counts.items())
                              if op == "gradient_penalty" and mode != "create_graph" and n > counted.get((op, mode), 0)))
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
-                           models=models, metrics=metrics, penalty_modes=modes, start_step=self.start)
+                           models=models, metrics=metrics, penalty_modes=modes, start_step=self.start,
+                           final_evaluation_only=self.final_only)
 
 
 class _InterruptAtStepEnd:
@@ -728,6 +737,22 @@ class _InterruptAtStepEnd:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
+
+
+# what the final evaluation logs (Parzen's and the FD tail's rows)
+FINAL_EVALUATION_KEYS = frozenset({"eval/parzen_ll", "eval/parzen_stderr", "eval/parzen_sigma",
+                                   "eval/tail_evaluations"})
+
+
+def _final_evaluation_pending(run_dir: Path, step: int) -> bool:
+    """Whether status.json says the run's last session trained to `step`, the checkpoint's, and then stopped in
+    its final evaluation (interrupted, or failed): a resume then runs that evaluation, which nothing else would."""
+    try:
+        info = json.loads((run_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("phase") == "final evaluation" and \
+        info.get("state") in ("interrupted", "failed") and info.get("step") == step
 
 
 def _checkpoint_config(state: dict, path: Path) -> TrainConfig:
@@ -803,6 +828,11 @@ def _cmd_train(args) -> int:
     except KeyboardInterrupt as e:
         print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
+    if result.final_evaluation_only:
+        done = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
+        print(f"fastgan train: final evaluation of step {result.step} done{f' ({done})' if done else ''}; "
+              f"output in {result.out_dir}")
+        return 0
     if result.step <= result.start_step:
         print(f"fastgan train: nothing to train: checkpoint {result.out_dir / CHECKPOINT} is already at step "
               f"{result.step} >= run.steps={result.config.run.steps} (raise run.steps to continue); nothing written "
