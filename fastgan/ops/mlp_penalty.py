@@ -233,8 +233,9 @@ def adjoint_seed(weight, extra, g_per, g_psi):
     if callable(weight):
         with torch.enable_grad():
             p = extra["psi"].detach().requires_grad_(True)
-            (du,) = torch.autograd.grad(weight(p), p, grad_outputs=g_per.to(p.dtype) * extra["s"],
-                                        allow_unused=True)
+            w = weight(p)  # without a graph (a constant weight): w' = 0
+            (du,) = (torch.autograd.grad(w, p, grad_outputs=g_per.to(p.dtype) * extra["s"], allow_unused=True)
+                     if w.requires_grad else (None,))
         return g_psi if du is None else du.to(dt) + g_psi
     return torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
 

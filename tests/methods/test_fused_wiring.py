@@ -67,7 +67,12 @@ def test_mlp_discriminator_as_sequential_is_its_forward():
     ["method.name=roth", "method.roth.penalty=f", "method.loss=fgan", "method.f_divergence=kl"],
     ["method.name=roth+nt", "method.nt.noise=fixed"],
     ["method.name=roth+nt", "method.nt.noise=fixed", "method.nt.batch=half"],
-], ids=["js", "r1", "r2", "f-kl", "js-nt", "js-nt-half"])
+    # NT's mu-weights with a constant weight: psi -> coef * ones has no graph (w' = 0), which jvp's and the
+    # closed form's derivative of the weight once refused
+    ["method.name=roth+nt", "method.nt.noise=fixed", "method.roth.penalty=r1"],
+    ["method.name=roth+nt", "method.nt.noise=fixed", "method.roth.penalty=f", "method.loss=fgan",
+     "method.f_divergence=pearson"],
+], ids=["js", "r1", "r2", "f-kl", "js-nt", "js-nt-half", "r1-nt", "f-pearson-nt"])
 def test_penalty_mode_matches_double_backward(case, mode, ran, act):
     _, M = make(case[0].split("=")[1], *case[1:], f"method.roth.mode={mode}", f"model.mlp_activation={act}")
     assert M.penalty_mode == mode

@@ -215,3 +215,29 @@ def test_no_grad_with_the_jvp_check_of_auto(auto_jvp_on_cpu):
         assert g.grad_fn is None
         torch.testing.assert_close(g, w.detach(), rtol=0, atol=0)
     _assert_same_buffers(D_nograd, D_grad)
+
+
+# ------------------------------------------------------------------ a callable weight that ignores the logits
+
+@pytest.mark.parametrize("weight", [lambda psi: 0.5 * torch.ones_like(psi),  # R1's, scaled: no graph
+                                    lambda psi: torch.full(psi.shape, 0.25, dtype=psi.dtype)],
+                         ids=["ones_like", "full"])
+@pytest.mark.parametrize("net,mode", [("mlp", "jvp"), ("mlp", "mlp"), ("conv_bn", "jvp"), ("conv_bn", "mlp")])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_a_constant_callable_weight_in_every_mode(net, mode, weight, reduction):
+    """w'(psi) = 0: the jvp path's and the closed form's derivative of the weight once called autograd.grad on a
+    tensor without a graph (roth+nt's mu-weighted R1, R2 and constant f-GAN weights crashed there)."""
+    D, make = _net(net)
+    x = make(6)
+    D_want, D_got = copy.deepcopy(D), copy.deepcopy(D)
+    want, _ = gradient_penalty(D_want, x, weight, reduction=reduction, mode="double_backward")
+    want.backward()
+    before = _count(mode)
+    got, _ = gradient_penalty(D_got, x, weight, reduction=reduction, mode=mode)
+    assert _count(mode) == before + 1
+    got.backward()
+    torch.testing.assert_close(got, want)
+    for (name, p), q in zip(D_want.named_parameters(), D_got.parameters()):
+        # the last bias has no part in the penalty: None or zeros, as the mode's graph has it
+        zero = lambda t: torch.zeros_like(q) if t is None else t  # noqa: E731
+        torch.testing.assert_close(zero(q.grad), zero(p.grad), msg=name)
