@@ -125,6 +125,19 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+def stream_seed(seed: int) -> int:
+    """A NoiseState seed for a program seeded with `seed` (torch.manual_seed(seed)): a different Philox key.
+
+    torch's CUDA generator draws from the same Philox4x32-10 with key = its seed and counter (offset/4, 0,
+    thread, 0), so a NoiseState seeded with that same number would hand its first counters' words to torch's
+    thread 0 too: the noise eps and some of torch's draws (latents, indices) would be functions of the same bits.
+    splitmix64's finalizer of seed ^ "fastgan!" gives an unrelated key."""
+    z = (_check_seed(seed) ^ 0x6661737467616E21) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) % 2**63
+
+
 _default_states: dict = {}
 
 

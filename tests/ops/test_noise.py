@@ -385,6 +385,20 @@ def test_default_state_is_seeded_by_torch_manual_seed(monkeypatch):
     assert not torch.equal(a, b)
 
 
+def test_stream_seed_is_a_different_key_for_each_seed():
+    """Not the seed itself (torch's CUDA generator keys the same Philox with it), deterministic, in NoiseState's
+    range, and no two of the first 10k seeds share a key; bad seeds are named as NoiseState names them."""
+    from fastgan.ops import stream_seed
+
+    keys = [stream_seed(s) for s in range(10_000)]
+    assert len(set(keys)) == len(keys) and all(0 <= k < 2**63 and k != s for s, k in enumerate(keys))
+    assert stream_seed(2**63 - 1) == stream_seed(2**63 - 1) and NoiseState(stream_seed(7)).seed == keys[7]
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
+        stream_seed(-1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        stream_seed(1.0)
+
+
 # ------------------------------------------------------------------ layouts
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
