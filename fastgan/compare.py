@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from . import config as C
-from .run_commands import run
+from .run_commands import run, strict_json
 from .train import STATUS as _STATUS
 from .train import lock_held
 
@@ -197,11 +197,8 @@ def format_grid(rows: list[dict], metric: str) -> str:
 
 def to_json(rows: list[dict], metrics: list[str] | None = None) -> str:
     """The summaries as strict JSON: NaN and infinities as the strings "nan", "inf", "-inf"."""
-    def clean(v):
-        return str(v) if isinstance(v, float) and not math.isfinite(v) else v
-    out = [{**r, "metrics": {k: clean(v) for k, v in r["metrics"].items() if metrics is None or k in metrics}}
-           for r in rows]
-    return json.dumps(out, indent=2, allow_nan=False)
+    return strict_json([{**r, "metrics": {k: v for k, v in r["metrics"].items() if metrics is None or k in metrics}}
+                        for r in rows])
 
 
 def _cmd_compare(args) -> int:

@@ -8,7 +8,6 @@ of a built-in mixture.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -16,8 +15,8 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
-from .run_commands import add_device_and_seed, cli_device, run
-from .train import CHECKPOINT, _checkpoint_config
+from .run_commands import add_device_and_seed, cli_device, run, strict_json
+from .train import CHECKPOINT, _checkpoint_config, _first_problem
 
 # data fields that do not change which distribution the samples come from (which stored samples each run
 # trained on, max_samples and holdout, held_out_real takes into account)
@@ -51,7 +50,7 @@ def load_run(run_dir, data_shape, device="cpu", *, _state=None) -> RunModels:
         try:
             module.load_state_dict(modules[name])
         except (TypeError, KeyError, RuntimeError) as e:
-            why = f"no entry {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
             raise CheckpointError(f"checkpoint {path}: its {name} does not fit its config's model: {why}") from None
     return RunModels(Path(run_dir), cfg, state["step"], G.to(device), D.to(device))
 
@@ -129,7 +128,14 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
             if z is None or not same_prior:
                 z = m.G.sample_latent(samples, generator=g, device=device)
             fakes.append(torch.cat([m.G(z[i:i + 1024]) for i in range(0, samples, 1024)]))
-    out = cross_test(a.D, fakes[0], b.D, fakes[1], real)
+        if not bool(torch.isfinite(fakes[-1]).all()):
+            raise ValueError(f"crosstest: the generator of {m.path} (step {m.step}) made non-finite samples "
+                             f"(eval mode); it cannot be cross-tested")
+    try:
+        out = cross_test(a.D, fakes[0], b.D, fakes[1], real)
+    except ValueError as e:  # the metric names D1 / D2: say which run's
+        raise ValueError(str(e).replace("D1:", f"the discriminator of {a.path}:")
+                         .replace("D2:", f"the discriminator of {b.path}:")) from None
     out.update(runs=[str(a.path), str(b.path)], steps=[a.step, b.step], real=where, generated=samples)
     return out
 
@@ -161,7 +167,7 @@ def _cmd_crosstest(args) -> int:
     def body():
         r = cross_test_runs(args.run_a, args.run_b, samples=args.samples, device=cli_device(args.device),
                             seed=args.seed)
-        return json.dumps(r, indent=2) if args.json else format_report(r)
+        return strict_json(r) if args.json else format_report(r)
     return run("crosstest", body)
 
 

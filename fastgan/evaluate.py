@@ -6,12 +6,11 @@ high-quality fraction and KL of the mode histogram (fastgan.metrics.mode_metrics
 """
 from __future__ import annotations
 
-import json
 
 import torch
 
 from .crosstest import _read, held_out_real, load_run
-from .run_commands import add_device_and_seed, cli_device, run
+from .run_commands import add_device_and_seed, cli_device, run, strict_json
 from .sample import draw
 
 
@@ -74,7 +73,7 @@ def format_report(r: dict) -> str:
 def _cmd_eval(args) -> int:
     def body():
         r = evaluate_run(args.run, samples=args.samples, device=cli_device(args.device), seed=args.seed)
-        return json.dumps(r, indent=2) if args.json else format_report(r)
+        return strict_json(r) if args.json else format_report(r)
     return run("eval", body)
 
 

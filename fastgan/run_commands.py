@@ -3,6 +3,8 @@ line with exit 2 for config errors (a bad --device or --out), 1 for the rest (mi
 bad data)."""
 from __future__ import annotations
 
+import json
+import math
 import sys
 
 import torch
@@ -36,6 +38,20 @@ _seed.__name__ = "integer in [-2**63, 2**64 - 1]"  # argparse's "invalid <name> 
 def add_device_and_seed(p, seed_help: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--seed", type=_seed, default=0, help=seed_help)
+
+
+def strict_json(obj) -> str:
+    """`obj` as strict JSON (what `jq` and JSON.parse read): NaN and infinities as the strings "nan", "inf",
+    "-inf", as `fastgan compare --json` writes them (a mode metric is NaN when no sample is near a mode)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def run(command: str, body) -> int:

@@ -26,6 +26,13 @@ def _ac(k: int, n: int) -> float:
     return (q * (1 - q) / (n + 4)) ** 0.5
 
 
+def nan_d() -> nn.Module:
+    d = threshold_d(0.5)
+    with torch.no_grad():
+        d.bias.fill_(float("nan"))
+    return d
+
+
 def points(*first) -> torch.Tensor:
     return torch.tensor([[v, 0.0] for v in first])
 
@@ -122,6 +129,9 @@ def test_numpy_and_float64_samples_meet_d_on_its_dtype():
     (lambda d: confusion(d, points(1), torch.zeros(3)), ValueError, r"fake: expected a non-empty batch"),
     (lambda d: cross_test(d, torch.zeros(2, 3), d, points(0), points(1)), ValueError,
      r"fake1: samples of shape \(3,\), real samples of shape \(2,\)"),
+    # a NaN logit is not "fake": a diverged D would have the best cross-testing FP, 0
+    (lambda d: real_fraction(nan_d(), points(1, 0)), ValueError, r"^D: returned 2 NaN logit\(s\) for 2 samples"),
+    (lambda d: cross_test(d, points(0), nan_d(), points(0), points(1)), ValueError, r"^D2: returned 1 NaN logit"),
 ])
 def test_bad_arguments_name_themselves(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -180,6 +190,46 @@ def test_cli_errors_are_one_line(two_runs, tmp_path, capsys, args, code, match):
     assert main(["crosstest", *argv]) == code
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def _damaged_copy(run, dest, edit):
+    import shutil
+
+    shutil.copytree(run, dest)
+    path = dest / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    edit(state["method"]["modules"])
+    torch.save(state, path)
+    return dest
+
+
+def test_a_diverged_run_is_named_not_declared_better(two_runs, tmp_path, capsys):
+    a, b = two_runs
+
+    def nan_weights(modules):
+        for v in modules["D"].values():
+            v.fill_(float("nan"))
+    bad = _damaged_copy(b, tmp_path / "nan_d", nan_weights)
+    assert main(["crosstest", str(a), str(bad), "--samples", "100"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastgan crosstest: error: the discriminator of {bad}: returned 100 NaN logit(s)"), err
+
+    def nan_g(modules):
+        for v in modules["G"].values():
+            v.fill_(float("nan"))
+    bad_g = _damaged_copy(b, tmp_path / "nan_g", nan_g)
+    assert main(["crosstest", str(bad_g), str(a), "--samples", "100"]) == 1
+    assert f"the generator of {bad_g} (step 5) made non-finite samples" in capsys.readouterr().err
+
+
+def test_a_model_mismatch_names_the_first_problem(two_runs, tmp_path, capsys):
+    def drop_a_key(modules):
+        modules["D"].pop(next(iter(modules["D"])))
+    bad = _damaged_copy(two_runs[0], tmp_path / "missing", drop_a_key)
+    assert main(["crosstest", str(bad), str(two_runs[1]), "--samples", "100"]) == 1
+    err = capsys.readouterr().err
+    assert "its D does not fit its config's model: Error(s) in loading state_dict for" in err
+    assert 'Missing key(s) in state_dict: "' in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_runs_on_different_data_are_refused(two_runs, tmp_path):

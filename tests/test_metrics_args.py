@@ -62,8 +62,42 @@ def test_parzen_accepts_numpy_and_numpy_scalars():
     assert select_sigma(s.numpy(), x.numpy(), [0.5])[1] == pytest.approx({0.5: float(want.mean())})
     with pytest.raises(TypeError, match="^samples: expected a tensor or numpy array, got list"):
         parzen_log_likelihood(s.tolist(), x, 0.5)
-    with pytest.raises(TypeError, match="^x: numpy array of dtype object"):
+    with pytest.raises(TypeError, match="^x: a numpy array of dtype object, which torch cannot read"):
         parzen_log_likelihood(s, np.array([[object()]]), 0.5)
+
+
+def test_numpy_arrays_torch_cannot_view_are_read():
+    """Reversed (negative strides), byte-swapped and read-only arrays: torch.as_tensor refuses the first two with
+    its own error naming no argument, and warns on every read-only one (np.load(mmap_mode="r"))."""
+    import warnings
+
+    from fastgan.metrics import frechet_distance, mode_metrics
+
+    s, x = _data(), _data(5, seed=1)
+    want = parzen_log_likelihood(s, x, 0.5)
+    readonly = s.numpy().copy()
+    readonly.flags.writeable = False
+    for arr in (s.numpy()[::-1].copy()[::-1], s.numpy().astype(">f8"), readonly):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.testing.assert_close(parzen_log_likelihood(arr, x, 0.5), want, rtol=1e-12, atol=0)
+    flipped = s.numpy()[::-1]
+    torch.testing.assert_close(frechet_distance(flipped, x.numpy()), frechet_distance(s.flip(0), x))
+    assert mode_metrics(flipped, np.zeros((2, s.shape[1]))[::-1], 0.1)["modes"] >= 0
+    with pytest.raises(TypeError, match="^samples: a numpy array of dtype float128, which torch cannot read"):
+        parzen_log_likelihood(s.numpy().astype(np.longdouble), x, 0.5)
+
+
+@pytest.mark.parametrize("sigma", [1e-170, 1e170])
+def test_parzen_sigma_whose_square_is_not_a_normal_float_is_named(sigma):
+    with pytest.raises(ValueError, match=r"^sigma: .* squared (underflows|overflows) float64"):
+        parzen_log_likelihood(_data(), _data(5), sigma)
+    with pytest.raises(ValueError, match=r"^sigmas\[1\]: "):
+        select_sigma(_data(), _data(5), [0.5, sigma])
+
+
+def test_a_zero_dimensional_numpy_sigma_is_a_one_value_grid():
+    assert list(select_sigma(_data(), _data(5), np.array(0.25))[1]) == [0.25]
 
 
 def test_select_sigma_takes_a_single_number_as_a_one_value_grid():

@@ -2,6 +2,7 @@
 last-five summary, resume, the config errors; `fastgan eval` on finished runs."""
 import csv
 import json
+import math
 import sys
 from types import SimpleNamespace
 
@@ -186,13 +187,18 @@ def test_eval_command_on_a_mixture_run(tmp_path, capsys):
     r = fastgan.train(None, overrides=["run.steps=2", f"run.dir={tmp_path / 'mix'}", "run.sample_every=0",
                                        "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"])
     assert cli_main(["eval", str(r.out_dir), "--samples", "300", "--json"]) == 0
-    got = json.loads(capsys.readouterr().out)
+
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+    got = json.loads(capsys.readouterr().out, parse_constant=refuse)
     G = r.generator.eval()
     with torch.no_grad():
         x = G(G.sample_latent(300, generator=torch.Generator().manual_seed(0)))
     want = fastgan.metrics.mode_metrics(x, fastgan.data.mixtures.means("roth3d"), 0.01)
     assert got["modes"] == want["modes"] and got["high_quality"] == pytest.approx(want["high_quality"])
     assert got["num_modes"] == 7
+    # after 2 steps no sample is near a mode: the KL of the empty histogram is NaN, written as "nan"
+    assert math.isnan(want["kl_modes"]) and got["kl_modes"] == "nan"
 
 
 def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):

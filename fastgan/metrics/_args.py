@@ -11,10 +11,17 @@ import torch
 def as_points(x, name: str) -> torch.Tensor:
     """A tensor or numpy array of real values, as a tensor (numpy input is not copied)."""
     if isinstance(x, np.ndarray):
+        if x.dtype.byteorder not in "=|" or any(st < 0 for st in x.strides) or not x.flags.writeable:
+            # torch reads neither a byte-swapped nor a reversed (x[::-1]) array, and warns on every read-only one
+            # (np.load(mmap_mode="r")) though nothing here writes to it: a native, contiguous copy
+            x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+            if not x.flags.writeable:
+                x = x.copy()
         try:
             x = torch.as_tensor(x)
-        except TypeError as e:  # e.g. an object array
-            raise TypeError(f"{name}: numpy array of dtype {x.dtype} is not numeric") from e
+        except (TypeError, ValueError) as e:  # an object array, long double, ...
+            raise TypeError(f"{name}: a numpy array of dtype {x.dtype}, which torch cannot read "
+                            f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     elif not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(x).__name__}")
     if x.is_complex():
@@ -38,6 +45,15 @@ def positive_float(v, name: str) -> float:
     v = float(v)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: must be finite and > 0, got {v!r}")
+    return v
+
+
+def bandwidth(v, name: str) -> float:
+    """A kernel bandwidth: positive_float whose square is a normal float64 (sigma^2 divides the distances)."""
+    v = positive_float(v, name)
+    if not 2.2250738585072014e-308 <= v * v < math.inf:
+        raise ValueError(f"{name}: {v!r} squared {'underflows' if v < 1 else 'overflows'} float64; use a value in "
+                         f"[1e-150, 1e150]")
     return v
 
 

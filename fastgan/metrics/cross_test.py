@@ -34,10 +34,14 @@ def _samples(x, name: str) -> torch.Tensor:
 
 
 def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
-    """The fraction of samples x that D classifies as real (logit > 0), in eval mode, without gradients."""
+    """The fraction of samples x that D classifies as real (logit > 0), in eval mode, without gradients; a NaN
+    logit is an error (counted as "fake", a diverged D would look perfect on fake samples)."""
+    return _real_fraction(D, _samples(x, "x"), batch_size, "D")
+
+
+def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str) -> float:
     if not callable(D):
-        raise TypeError(f"D: expected a discriminator module, got {type(D).__name__}")
-    x = _samples(x, "x")
+        raise TypeError(f"{d_name}: expected a discriminator module, got {type(D).__name__}")
     batch_size = positive_int(batch_size, "batch_size")
     module = D if isinstance(D, nn.Module) else None
     was = module.training if module is not None else None
@@ -53,8 +57,12 @@ def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
                     chunk = chunk.to(p.device, p.dtype)
                 logits = D(chunk)
                 if not isinstance(logits, torch.Tensor) or logits.numel() != chunk.shape[0]:
-                    raise ValueError(f"D: expected one logit per sample ({chunk.shape[0]}), got "
+                    raise ValueError(f"{d_name}: expected one logit per sample ({chunk.shape[0]}), got "
                                      f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)}")
+                nan = int(torch.isnan(logits).sum())
+                if nan:
+                    raise ValueError(f"{d_name}: returned {nan} NaN logit(s) for {chunk.shape[0]} samples (eval mode); "
+                                     "a diverged discriminator cannot be scored")
                 real += int((logits.reshape(-1) > 0).sum())
     finally:
         if module is not None:
@@ -70,9 +78,12 @@ def _se(p: float, n: int) -> float:
 def confusion(D: nn.Module, real, fake, batch_size: int = 1024) -> dict:
     """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn; and the standard
     errors tp_se (= fn's) and fp_se (= tn's)."""
-    real, fake = _samples(real, "real"), _samples(fake, "fake")
-    tp = real_fraction(D, real, batch_size)
-    fp = real_fraction(D, fake, batch_size)
+    return _confusion(D, _samples(real, "real"), _samples(fake, "fake"), batch_size, "D")
+
+
+def _confusion(D, real: torch.Tensor, fake: torch.Tensor, batch_size: int, d_name: str) -> dict:
+    tp = _real_fraction(D, real, batch_size, d_name)
+    fp = _real_fraction(D, fake, batch_size, d_name)
     return {"tp": tp, "fn": 1.0 - tp, "fp": fp, "tn": 1.0 - fp, "tp_se": _se(tp, real.shape[0]),
             "fp_se": _se(fp, fake.shape[0])}
 
@@ -92,8 +103,8 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
                              f"{tuple(real.shape[1:])}")
     out = {}
     for i, (D, own, other) in enumerate(((D1, fake1, fake2), (D2, fake2, fake1)), 1):
-        cross = real_fraction(D, other, batch_size)
-        out[f"model{i}"] = {**confusion(D, real, own, batch_size), "cross_fp": cross,
+        cross = _real_fraction(D, other, batch_size, f"D{i}")
+        out[f"model{i}"] = {**_confusion(D, real, own, batch_size, f"D{i}"), "cross_fp": cross,
                             "cross_fp_se": _se(cross, other.shape[0])}
     key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
-from ._args import as_points, check_finite, positive_float, positive_int
+from ._args import as_points, bandwidth, check_finite, positive_int
 
 
 def _flat(x, name: str) -> torch.Tensor:
@@ -52,14 +53,27 @@ def parzen_log_likelihood(samples, x, sigma: float, batch_size: int = 256) -> to
     """Per-point log-likelihood (M,) of x under the Parzen window of `samples` with bandwidth sigma.
     samples, x: tensors or numpy arrays (N, ...) and (M, ...) of finite values."""
     s, q = _pair(samples, x, "x")
-    return _log_likelihood(s, q, positive_float(sigma, "sigma"), positive_int(batch_size, "batch_size"))
+    return _log_likelihood(s, q, bandwidth(sigma, "sigma"), positive_int(batch_size, "batch_size"))
+
+
+# the default grid: Goodfellow et al.'s range for pixels in [0, 1], 10 values log-spaced in [0.1, 1], extended a
+# decade at a time (10^-7 .. 10^3) while the best sigma is at its end: the mixtures' optimum is near their std
+# (0.01-0.05) or below, where [0.1, 1] would report its edge, 0.1, and a log-likelihood lower by nats
+DEFAULT_DECADES = (-1, 0)
+EXTEND_TO = (-7, 3)
+
+
+def _decade(lo: int) -> list[float]:
+    return torch.logspace(lo, lo + 1, 10).tolist()
 
 
 def _grid(sigmas) -> list[float]:
     if sigmas is None:
-        return torch.logspace(-1, 0, 10).tolist()
+        return _decade(DEFAULT_DECADES[0])
+    if isinstance(sigmas, np.ndarray) and sigmas.ndim == 0:
+        sigmas = sigmas.item()
     if isinstance(sigmas, numbers.Real) or (isinstance(sigmas, torch.Tensor) and sigmas.dim() == 0):
-        return [positive_float(sigmas, "sigmas")]
+        return [bandwidth(sigmas, "sigmas")]
     if isinstance(sigmas, (str, bytes)):
         raise TypeError(f"sigmas: expected a number or an iterable of numbers, got {type(sigmas).__name__}")
     try:
@@ -68,28 +82,43 @@ def _grid(sigmas) -> list[float]:
         raise TypeError(f"sigmas: expected a number or an iterable of numbers, got {type(sigmas).__name__}") from None
     if not values:
         raise ValueError("sigmas: need at least one value")
-    return [positive_float(v, f"sigmas[{i}]") for i, v in enumerate(values)]
+    return [bandwidth(v, f"sigmas[{i}]") for i, v in enumerate(values)]
 
 
-def _select(s: torch.Tensor, v: torch.Tensor, grid: list[float]) -> tuple[float, dict]:
-    scores = {sg: float(_log_likelihood(s, v, sg, 256).mean()) for sg in grid}
-    return max(scores, key=scores.get), scores
+def _select(s: torch.Tensor, v: torch.Tensor, grid: list[float], extend: bool = False) -> tuple[float, dict]:
+    scores = {}
+    lo, hi = DEFAULT_DECADES
+    while True:
+        scores.update({sg: float(_log_likelihood(s, v, sg, 256).mean()) for sg in grid if sg not in scores})
+        best = max(scores, key=scores.get)
+        if extend and best == min(scores) and lo > EXTEND_TO[0]:
+            lo -= 1
+            grid = _decade(lo)
+        elif extend and best == max(scores) and hi < EXTEND_TO[1]:
+            grid = _decade(hi)
+            hi += 1
+        else:
+            return best, dict(sorted(scores.items()))
 
 
 def select_sigma(samples, validation, sigmas=None) -> tuple[float, dict]:
     """(best sigma, {sigma: mean validation log-likelihood}); default grid: 10 values log-spaced in
-    [0.1, 1] (the range of Goodfellow et al.'s evaluation script, data in [0, 1]); a single number is a
-    one-value grid. Every value must be finite and > 0; samples and validation must be finite."""
+    [0.1, 1] (the range of Goodfellow et al.'s evaluation script, data in [0, 1]), extended by a decade of 10
+    more while the best is at its end (down to 1e-7, up to 1e3); a single number is a one-value grid. Every value
+    must be finite and > 0 with a normal square; samples and validation must be finite."""
     s, v = _pair(samples, validation, "validation")
-    return _select(s, v, _grid(sigmas))
+    return _select(s, v, _grid(sigmas), extend=sigmas is None)
 
 
 def parzen_score(samples, validation, test, sigmas=None) -> dict:
-    """{"sigma", "log_likelihood" (mean over test), "stderr" (std / sqrt(M)), "validation": {sigma: ll}}."""
+    """{"sigma", "log_likelihood" (mean over test), "stderr" (std / sqrt(M)), "validation": {sigma: ll},
+    "sigma_at_grid_edge": whether sigma is the grid's smallest or largest value (the optimum may lie beyond: pass
+    a wider grid)}; sigmas as select_sigma's."""
     # everything checked before the grid search, so a bad test set does not cost the whole search first
     s, v = _pair(samples, validation, "validation")
     _, t = _pair(samples, test, "test")
-    sigma, scores = _select(s, v, _grid(sigmas))
+    sigma, scores = _select(s, v, _grid(sigmas), extend=sigmas is None)
     ll = _log_likelihood(s, t, sigma, 256)
     se = float(ll.std(unbiased=True) / math.sqrt(ll.numel())) if ll.numel() > 1 else float("nan")
-    return {"sigma": sigma, "log_likelihood": float(ll.mean()), "stderr": se, "validation": scores}
+    return {"sigma": sigma, "log_likelihood": float(ll.mean()), "stderr": se, "validation": scores,
+            "sigma_at_grid_edge": len(scores) > 1 and sigma in (min(scores), max(scores))}
