@@ -7,7 +7,6 @@ over the old one: a crash mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 from typing import Mapping, Optional
@@ -15,6 +14,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from ._atomic import replacing
 from .config import ConfigError
 
 FORMAT = "fastgan-checkpoint"
@@ -34,25 +34,9 @@ def save(path, state: Mapping) -> Path:
     """Write {format, version, **state} atomically to path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     payload = {"format": FORMAT, "version": VERSION, **state}
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with replacing(p, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return p
 
 

@@ -23,7 +23,8 @@ _FIRST = ("fd_tail_mean", "fd_tail_std", "classifier_score_tail_mean", "classifi
 
 
 def find_runs(paths) -> list[Path]:
-    """Run folders (with config.yaml) among `paths`: each a run folder or a folder whose sub-folders are runs."""
+    """Run folders (with config.yaml) among `paths`: each a run folder or a folder whose sub-folders are runs; a
+    folder given twice (`runs/ runs/a`, or by two spellings) is listed once, where it first appeared."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found = []
@@ -37,7 +38,13 @@ def find_runs(paths) -> list[Path]:
             found += runs
         else:
             raise FileNotFoundError(f"{p}: no such run folder")
-    return found
+    seen, unique = set(), []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
 
 
 def _state(run_dir: Path) -> tuple[str, str, int | None]:

@@ -578,14 +578,13 @@ def load_config(path) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, path) -> Path:
     """Write cfg as YAML (atomically) and return the path."""
-    import os
-
     import yaml
 
+    from ._atomic import replacing
+
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, p)
+    with replacing(p) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return p
 
 

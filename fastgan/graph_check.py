@@ -27,6 +27,11 @@ from .graph import _as_generators
 # ops whose result the host must see (a sync; inside a capture, an error)
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
                "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero"}
+# indexing with a boolean mask (x[x > 0], x[mask] = v) runs nonzero inside the op's own kernel, unseen by the mode
+_MASK_INDEXING = {"aten::index.Tensor", "aten::index_put_.default", "aten::index_put.default",
+                  "aten::_index_put_impl_.default"}
+# torch.tensor(value) / torch.as_tensor(value): a host value copied in, compared by value
+_FROM_HOST = {"aten::lift_fresh.default", "aten::lift_fresh_copy.default"}
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 _THIS = str(Path(__file__).resolve())
 
@@ -42,8 +47,10 @@ def _caller() -> str:
     return "?"
 
 
-def _describe(leaf) -> object:
+def _describe(leaf, by_value: bool = False) -> object:
     if isinstance(leaf, torch.Tensor):
+        if by_value and leaf.numel() <= 64 and leaf.device.type != "meta":
+            return ("tensor", tuple(leaf.shape), str(leaf.dtype), repr(leaf.detach().cpu().tolist()))
         return ("tensor", tuple(leaf.shape), str(leaf.dtype))
     if isinstance(leaf, float):
         return repr(leaf)  # NaN == NaN here
@@ -60,6 +67,7 @@ class _Recorder(TorchDispatchMode):
         self.ops: list[tuple[str, tuple, str]] = []
         self.generators = generators
         self.unregistered: list[str] = []
+        self.host_reads: list[tuple[str, str]] = []
 
     def _registered(self, gen: torch.Generator) -> bool:
         # the dispatcher hands ops a new Python wrapper of the same generator: compare what it wraps (a generator's
@@ -70,7 +78,10 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         leaves, _ = tree_flatten((args, kwargs))
         name, where = func._schema.name + "." + (func._overloadname or "default"), _caller()
-        self.ops.append((name, tuple(_describe(x) for x in leaves), where))
+        self.ops.append((name, tuple(_describe(x, name in _FROM_HOST) for x in leaves), where))
+        if func._schema.name in _HOST_READS or (name in _MASK_INDEXING and len(args) > 1 and any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ()))):
+            self.host_reads.append((name, where))
         if any(isinstance(x, torch.Generator) and not self._registered(x) for x in leaves):
             self.unregistered.append(f"{name} at {where}")
         return func(*args, **kwargs)
@@ -134,8 +145,9 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
             traces.append(rec)
     captured, later = (rec.ops for rec in traces)
     unregistered = traces[0].unregistered
-    problems = [f"host read in the captured call: {op} at {where} (a sync; a CUDA graph capture fails on it)"
-                for op, _, where in captured if op.split(".")[0] in _HOST_READS]
+    problems = [f"host read in the captured call: {op} at {where} (a sync; a CUDA graph capture fails on it"
+                f"{'; boolean-mask indexing runs nonzero' if op in _MASK_INDEXING else ''})"
+                for op, where in traces[0].host_reads]
     problems += [f"random draw from a torch.Generator not in `generators`: {op} (a generator other than the "
                  "default one must be registered with the graph: GraphedStep(generators=...))"
                  for op in unregistered[:limit]]
@@ -149,9 +161,14 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
             diverged = True
             break  # the traces are out of step from here on
         if a[1] != b[1]:
-            diff = next((x, y) for x, y in zip(a[1], b[1]) if x != y)
-            problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {diff[0]!r} in the captured call and "
-                            f"{diff[1]!r} in the next (baked into the graph at capture; make it a device tensor)")
+            diff = next(((x, y) for x, y in zip(a[1], b[1]) if x != y), None)
+            if diff is None:  # a list argument of another length (dim=[0] vs [0, 1], cat of 1 vs 2 tensors)
+                problems.append(f"op {k} ({a[0]}) at {a[2]}: its arguments held {len(a[1])} values in the captured "
+                                f"call and {len(b[1])} in the next (a list that changes length is baked into the "
+                                "graph at capture)")
+            else:
+                problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {diff[0]!r} in the captured call and "
+                                f"{diff[1]!r} in the next (baked into the graph at capture; make it a device tensor)")
     if len(captured) != len(later) and not diverged:
         problems.append(f"the captured call ran {len(captured)} ops and the next one {len(later)} (control flow "
                         "that depends on the call: a replay repeats the captured path)")

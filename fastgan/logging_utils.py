@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from ._atomic import replacing
+
 # ------------------------------------------------------------------------------------------ CSV
 
 
@@ -55,12 +57,10 @@ class CSVLogger:
                 csv.DictWriter(f, self.columns).writerow(row)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with replacing(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, self.columns)
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(tmp, self.path)
         self._stale = False
 
 
@@ -329,7 +329,6 @@ def save_scatter(points, path, real=None, means=None, title: str = "", panel: in
 def _save_png(img, path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, p)
+    with replacing(p) as tmp:
+        img.save(tmp, format="PNG")
     return p

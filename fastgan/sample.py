@@ -3,13 +3,13 @@ grid, or a scatter plot of points with the mixture's modes) or an .npz (the samp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import config as C
+from ._atomic import replacing
 from .crosstest import _read, load_run
 from .run_commands import add_device_and_seed, cli_device, run
 
@@ -70,13 +70,8 @@ def write_samples(result: dict, out) -> Path:
         means = mixtures.means(cfg.data.name) if cfg.data.name in mixtures.MIXTURES else None
         return save_scatter(x, out, means=means, title=f"{cfg.run.name} step {result['step']}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, x=x.cpu().numpy(), z=result["z"].cpu().numpy())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, x=x.cpu().numpy(), z=result["z"].cpu().numpy())
     return out
 
 

@@ -22,10 +22,12 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
+from ._atomic import replacing
 from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphCaptureError, GraphedStep
+from .ops._dispatch import BackendUnavailable
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
@@ -66,6 +68,22 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def _check_forced_backend(device: torch.device) -> None:
+    """FASTGAN_BACKEND forces every op's backend: one that cannot run on the run's device fails here, before the
+    run folder is made, not at the first op of step 1."""
+    from .ops import _dispatch
+
+    forced = os.environ.get("FASTGAN_BACKEND")
+    if not forced:
+        return
+    try:
+        ok, why = _dispatch.status(forced, device)
+    except ValueError:
+        raise ConfigError(f"FASTGAN_BACKEND: must be one of {_dispatch.BACKENDS} (or unset), got {forced!r}") from None
+    if not ok:
+        raise ConfigError(f"FASTGAN_BACKEND={forced!r}: cannot run on {device} (run.device): {why}")
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -279,6 +297,7 @@ class _FiniteMonitor:
 class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
+        _check_forced_backend(self.device)
         self.lock = None
         try:
             self._setup(cfg, resume, progress)
@@ -452,9 +471,8 @@ class _Run:
 
     def _write_json(self, name: str, obj: dict) -> None:
         """The run folder's file `name`, written to a temporary file and renamed: readers see it whole or not."""
-        tmp = self.out / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, self.out / name)
+        with replacing(self.out / name) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
     def _open_logs(self, resume_step, progress):
         from .logging_utils import CSVLogger, TensorBoardWriter
@@ -816,7 +834,7 @@ def _cmd_train(args) -> int:
         result = train(config, overrides=overrides, resume=args.resume)
     except ConfigError as e:
         return _fail(e, 2)
-    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError) as e:
+    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError, BackendUnavailable) as e:
         return _fail(e, 1)
     except (MemoryError, RuntimeError) as e:
         why = _out_of_memory(e)

@@ -270,3 +270,12 @@ def test_grid_shows_a_tail_mean_with_its_std(tmp_path):
     grid = compare.format_grid(compare.compare(tmp_path), "fd_tail_mean").splitlines()
     assert grid[2].split() == ["s-a", "26.5±0.6", "7"]
     assert compare.format_grid(compare.compare(tmp_path), "fd_tail_std").splitlines()[2].split() == ["s-a", "0.6", "-"]
+
+
+def test_a_run_given_twice_is_listed_once(tmp_path, monkeypatch):
+    """`compare runs/ runs/a` listed a twice, and --grid called it an older run of itself."""
+    a, b = _fake_run(tmp_path / "runs", "t-a"), _fake_run(tmp_path / "runs", "t-b")
+    monkeypatch.chdir(tmp_path)
+    assert compare.find_runs([tmp_path / "runs", a, "runs/t-a", b]) == [a, b]
+    grid = compare.format_grid(compare.compare([tmp_path / "runs", a]), "fd")
+    assert "older runs" not in grid

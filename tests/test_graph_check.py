@@ -81,6 +81,42 @@ def test_call_dependent_control_flow_is_found():
     assert found and "control flow" in found[0]
 
 
+def test_a_host_value_made_a_tensor_in_the_step_is_compared_by_value():
+    """torch.tensor(schedule) is copied from the host at capture: as baked in as the float itself."""
+    w = torch.randn(8)
+    sched = {"g": 1.0}
+    found = capture_hazards(lambda: w * torch.tensor(sched["g"]), before=lambda i: sched.update(g=0.5 ** i))
+    assert len(found) == 1 and "aten::lift_fresh" in found[0] and "'0.0625'" in found[0] and "'0.03125'" in found[0]
+    assert capture_hazards(lambda: w * torch.tensor(0.5)) == []  # a constant is fine
+
+
+@pytest.mark.parametrize("index", ["read", "write"])
+def test_boolean_mask_indexing_is_a_host_read(index):
+    """x[x > 0] runs nonzero inside aten::index's kernel (the mode never sees an aten::nonzero): on a GPU a sync."""
+    w = torch.randn(8)
+
+    def step():
+        if index == "read":
+            return w[w > 0].sum()
+        v = w.clone()
+        v[v > 0] = 0
+        return v
+
+    found = capture_hazards(step)
+    assert len(found) == 1 and "host read" in found[0] and "boolean-mask indexing runs nonzero" in found[0]
+    assert capture_hazards(lambda: w[torch.tensor([0, 2])].sum()) == []  # integer indices: no read
+
+
+@pytest.mark.parametrize("make", [lambda x, n: x.sum(dim=list(range(n))), lambda x, n: torch.cat([x] * n)],
+                         ids=["dims", "cat"])
+def test_a_list_argument_that_changes_length_is_named(make):
+    """Each pair zip saw was equal: next() without a default raised StopIteration out of capture_hazards."""
+    x = torch.randn(2, 3, 4)
+    t = {"n": 1}
+    found = capture_hazards(lambda: make(x, t["n"]), before=lambda i: t.update(n=1 if i <= 4 else 2))  # captured: call 4
+    assert len(found) == 1 and "a list that changes length is baked into the graph" in found[0]
+
+
 CASES = {
     "gan": ["method.name=gan"],
     "roth-double_backward": ["method.name=roth", "method.roth.mode=double_backward"],

@@ -63,6 +63,32 @@ def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("suffix", [".png", ".npz"])
+def test_a_failed_write_leaves_no_temporary_file(mixture_run, tmp_path, capsys, suffix):
+    """The PNG writer left `x.png.tmp` behind when the rename failed (here: --out is a folder)."""
+    out = tmp_path / f"isdir{suffix}"
+    out.mkdir()
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "4"]) == 1
+    assert "fastgan sample: error: " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name] and out.is_dir()
+
+
+def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp_path):
+    from fastgan._atomic import replacing
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    with replacing(target) as a, replacing(target) as b:
+        assert a != b  # two writers of one target
+        a.write_text("a")
+        b.write_text("b")
+    assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
 def test_missing_or_damaged_run_info(mixture_run, tmp_path, capsys):
     import shutil
 

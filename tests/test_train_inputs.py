@@ -146,3 +146,44 @@ def test_ctrl_c_in_the_final_evaluation_interrupts_it(tmp_path, monkeypatch):
 
     status = json.loads((tmp_path / "r" / "status.json").read_text())
     assert status["state"] == "interrupted" and status["phase"] == "final evaluation"
+
+
+@pytest.mark.parametrize("forced, match", [("cuda", r"^FASTGAN_BACKEND='cuda': cannot run on cpu \(run\.device\): "
+                                                    r"the cuda backend needs CUDA tensors"),
+                                           ("foo", r"^FASTGAN_BACKEND: must be one of .* got 'foo'")])
+def test_a_forced_backend_that_cannot_run_is_a_config_error_before_the_run_folder(tmp_path, monkeypatch, forced,
+                                                                                   match):
+    """FASTGAN_BACKEND=cuda on a CPU run was a BackendUnavailable traceback at step 1, in a run folder marked
+    failed; an unknown name did not name the variable."""
+    monkeypatch.setenv("FASTGAN_BACKEND", forced)
+    with pytest.raises(ConfigError, match=match):
+        _train(tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    import torch
+
+    from fastgan.ops import _dispatch
+
+    with pytest.raises(_dispatch.BackendUnavailable if forced == "cuda" else ValueError,
+                       match="FASTGAN_BACKEND" if forced == "foo" else r"FASTGAN_BACKEND='cuda' cannot run here"):
+        _dispatch.resolve("gradient_penalty", torch.device("cpu"), None)
+    with pytest.raises(ValueError, match=r"^backend must be one of"):  # an argument still names itself
+        _dispatch.resolve("gradient_penalty", torch.device("cpu"), "bar")
+
+
+def test_backend_unavailable_in_a_step_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    from fastgan.ops import _dispatch
+
+    def refuse(*args, **kwargs):
+        raise _dispatch.BackendUnavailable("grad_norm_penalty: backend 'x' cannot run here: test")
+    from fastgan.methods.step import Method
+
+    monkeypatch.setattr(Method, "train_step", refuse)
+    code = train_mod._cmd_train(train_mod_args(tmp_path / "r"))
+    assert code == 1 and capsys.readouterr().err.startswith("fastgan train: error: grad_norm_penalty: backend 'x'")
+
+
+def train_mod_args(d):
+    import argparse
+
+    return argparse.Namespace(config=None, overrides=[*TINY, "run.steps=2", f"run.dir={d}"], resume=False,
+                              print_config=False)

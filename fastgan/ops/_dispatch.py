@@ -143,12 +143,19 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
 
     FASTGAN_BACKEND=<name> in the environment forces a backend for every op (still checked).
     """
-    if backend is None:
-        backend = os.environ.get("FASTGAN_BACKEND") or None
+    env = backend is None and bool(os.environ.get("FASTGAN_BACKEND"))
+    if env:
+        backend = os.environ["FASTGAN_BACKEND"]
     if backend is not None:
-        ok, why = status(backend, device)
+        named = f"FASTGAN_BACKEND={backend!r}" if env else f"backend {backend!r}"
+        try:
+            ok, why = status(backend, device)
+        except ValueError:
+            if not env:
+                raise
+            raise ValueError(f"FASTGAN_BACKEND: must be one of {BACKENDS} (or unset), got {backend!r}") from None
         if not ok:
-            raise BackendUnavailable(f"{op}: backend {backend!r} cannot run here: {why}")
+            raise BackendUnavailable(f"{op}: {named} cannot run here: {why}")
         return backend
     order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
     reasons = []

@@ -1,0 +1,36 @@
+"""Files replaced whole or not at all: written to a temporary file beside the target, then renamed over it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def replacing(path, durable: bool = False) -> Iterator[Path]:
+    """Yields the temporary path to write; when the block ends without an error it replaces `path` (readers see
+    the old file or the new one, whole). The temporary file is removed whatever happens, and its name is unique, so
+    two writers of one target (two `fastgan sample --out x.png`) do not write into each other's. durable: fsync the
+    file and the folder, so the rename survives a power cut (checkpoints)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        try:
+            fd = os.open(p.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
