@@ -85,6 +85,16 @@ def _check_forced_backend(device: torch.device) -> None:
         raise ConfigError(f"FASTGAN_BACKEND={forced!r}: cannot run on {device} (run.device): {why}")
 
 
+def _check_graph_data(cfg: TrainConfig, dataset) -> None:
+    """A captured step cannot copy a batch from host memory (the copy and the index draw would be baked in, or
+    the capture fails on them): refused before the run folder is made, not after the warm-up steps."""
+    if cfg.run.cuda_graph and not getattr(dataset, "on_device", True):
+        why = ("data.keep_on_device=no" if cfg.data.keep_on_device == "no" else
+               "data.keep_on_device=auto and it does not fit in half the free GPU memory")
+        raise ConfigError(f"run.cuda_graph: the data set stays in host memory ({why}); a captured step cannot copy "
+                          "its batches from there: set data.keep_on_device=yes (it must fit) or run.cuda_graph=false")
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -342,6 +352,7 @@ class _Run:
         if cfg.run.cuda_graph and self.device.type != "cuda":
             raise ConfigError(f"run.cuda_graph: needs a CUDA device, run.device={cfg.run.device!r} resolved "
                               f"to {self.device}")
+        _check_graph_data(cfg, self.dataset)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
         self.start, self.done = 0, False

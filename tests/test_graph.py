@@ -99,6 +99,9 @@ GRAPH_RUNS = {
     "nt-fused-sigma": ["method.name=nt", "method.nt.noise=learned_sigma", "method.nt.fused=true"],
     "nt-generator-k2": ["method.name=nt", "method.d_steps=2"],
     "dfm-fused": ["method.name=dfm", "method.dfm.fused=true"],
+    # DFM's features beside a penalty mode without D's forward_features: a separate forward, whose CUDA RNG save
+    # and restore (torch.cuda.get_rng_state) raises during capture, so it is skipped there
+    "roth+dfm-jvp": ["method.name=roth+dfm", "method.roth.mode=jvp"],
 }
 
 

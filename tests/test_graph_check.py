@@ -195,3 +195,30 @@ def test_graphed_denoiser_benchmark_step_is_capturable(backend):
         sys.path.remove(str(path.parent))
     den, net, h, noise = bd._setup("cpu", backend, 16, 2, 8)
     assert capture_hazards(lambda: bd.loss_step(backend, den, net, h, noise)) == []
+
+
+def test_the_features_forward_reads_the_cuda_rng_state_only_outside_a_capture(monkeypatch):
+    """torch.cuda.get_rng_state raises during a CUDA graph capture ("current_seed during CUDA graph capture"), and
+    the mode cannot see it (not an ATen op): roth+dfm with a penalty mode other than the double backward called
+    it in every captured step."""
+    from fastgan.methods.step import _cuda_rng_to_restore
+
+    assert not _cuda_rng_to_restore(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert _cuda_rng_to_restore(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not _cuda_rng_to_restore(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("keep", ["no", "auto"])
+def test_cuda_graph_refuses_data_kept_in_host_memory(keep):
+    """A captured step cannot copy its batch from the host: refused before the run folder, naming the field."""
+    from types import SimpleNamespace
+
+    from fastgan.train import _check_graph_data
+
+    cfg = C.coerce(None, [f"data.keep_on_device={keep}", "run.cuda_graph=true", "run.device=cuda"])
+    with pytest.raises(C.ConfigError, match=rf"^run\.cuda_graph: the data set stays in host memory "
+                                            rf"\(data\.keep_on_device={keep}"):
+        _check_graph_data(cfg, SimpleNamespace(on_device=False))
+    _check_graph_data(cfg, SimpleNamespace(on_device=True))

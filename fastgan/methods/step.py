@@ -62,7 +62,7 @@ def _features_without_side_effects(D, x):
     for penalty modes that do not run D's forward_features."""
     buffers = [(b, b.detach().clone()) for b in D.buffers()]
     cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    cuda = torch.cuda.get_rng_state(x.device) if _cuda_rng_to_restore(x.device) else None
     with torch.no_grad():
         phi = D.features(x)
         for b, saved in buffers:
@@ -71,6 +71,13 @@ def _features_without_side_effects(D, x):
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, x.device)
     return phi
+
+
+def _cuda_rng_to_restore(device: torch.device) -> bool:
+    """Whether the CUDA generator's state is saved around the features' forward (D's dropout draws from it):
+    not while a CUDA graph captures, where get_rng_state raises ("current_seed during CUDA graph capture"); there
+    a dropout D's extra forward advances the graph's Philox offset (a D without dropout draws nothing)."""
+    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
 def _set_capturable(opt, flag: bool) -> None:
