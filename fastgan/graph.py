@@ -36,6 +36,21 @@ def _as_generators(generators) -> tuple:
     return generators
 
 
+def _line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _first_cause(e: BaseException) -> str:
+    """The error the step raised, where the capture's end replaced it with its own (the first in the chain of
+    __context__s), then the one that replaced it."""
+    chain = [e]
+    while chain[-1].__context__ is not None and chain[-1].__context__ not in chain and len(chain) < 8:
+        chain.append(chain[-1].__context__)
+    first = _line(chain[-1])
+    return first if len(chain) == 1 else f"{first} (then, ending the capture: {_line(e)})"
+
+
 class GraphedStep:
     """Calls `fn()` eagerly `warmup` times (on a side stream, as CUDA graph capture requires), captures the
     next call into a CUDA graph, and from then on replays it.
@@ -90,12 +105,15 @@ class GraphedStep:
                                         "in a CUDA graph (CUDAGraph.register_generator_state is missing)")
             g.register_generator_state(gen)
         torch.cuda.synchronize()
+        previous = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(g, stream=self._side_stream()):
                 out = self.fn()
         except Exception as e:  # the capture is invalidated: say what broke it, keep the traceback
-            raise GraphCaptureError(f"the step could not be captured in a CUDA graph: "
-                                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            # torch.cuda.graph's exit ends the capture even after an error, and that can raise in turn
+            # (cudaErrorStreamCaptureInvalidated), skipping the exit of its stream context
+            torch.cuda.set_stream(previous)
+            raise GraphCaptureError(f"the step could not be captured in a CUDA graph: {_first_cause(e)}") from e
         self.graph, self._out = g, out
 
     def __call__(self):

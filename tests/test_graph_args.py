@@ -92,3 +92,21 @@ def test_capture_hazards_other_arguments():
     with pytest.raises(TypeError, match=r"^generators\[1\]: expected a torch.Generator, got str"):
         capture_hazards(_step(), generators=(torch.Generator(), "g"))
     assert capture_hazards(_step(), generators=torch.Generator()) == []  # any device: the check runs on the CPU
+
+
+def test_a_failed_capture_names_the_steps_own_error_first():
+    """torch.cuda.graph's exit ends the capture after the step raised, and that raises in turn: the error the
+    step raised is the one to name (the first of the __context__ chain), the capture's own after it."""
+    from fastgan.graph import _first_cause
+
+    try:
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as e:
+        got = _first_cause(e)
+    assert got == ("RuntimeError: CUDA error: operation not permitted when stream is capturing (then, ending the "
+                   "capture: RuntimeError: CUDA error: operation failed due to a previous error during capture)")
+    assert _first_cause(ValueError("alone")) == "ValueError: alone"
+    assert _first_cause(KeyError()) == "KeyError"
