@@ -22,7 +22,9 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     from .metrics import fmnist_scores, load_fmnist_classifier, mode_metrics
     from .metrics._args import positive_int
 
-    if positive_int(samples, "samples") < 20:
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        positive_int(samples, "samples")  # the type error
+    if samples < 20:
         raise ValueError(f"samples: must be >= 20 (the classifier score's 10 parts of at least 2), got {samples}")
     device = torch.device(device)
     state, cfg = _read(run_dir)

@@ -210,7 +210,7 @@ def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
     assert cli_main(["eval", str(r.out_dir), "--device", "tpu"]) == 2
     assert "--device: must be one of" in capsys.readouterr().err
     assert cli_main(["eval", str(r.out_dir), "--samples", "0"]) == 1
-    assert "samples: must be >= 1" in capsys.readouterr().err
+    assert "samples: must be >= 20 (the classifier score's 10 parts of at least 2), got 0" in capsys.readouterr().err
     assert cli_main(["eval", str(r.out_dir), "--samples", "5"]) == 1
     assert "samples: must be >= 20 (the classifier score's 10 parts of at least 2), got 5" in capsys.readouterr().err
     over = [o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="t") if not o.startswith("run.fd")]
