@@ -37,10 +37,10 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
     tl.store(rstd_ptr + c, rstd.to(T))
     cx = rstd.to(T)
-    ck = (-mean * rstd).to(T)
+    sx = mean.to(T)  # subtracted before scaling: rstd * h - rstd * mean cancels terms of size |mean| / std
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        tl.store(xhat_ptr + o, ck + cx * tl.load(h_ptr + o, mask=m, other=0.0), mask=m)
+        tl.store(xhat_ptr + o, cx * (tl.load(h_ptr + o, mask=m, other=0.0) - sx), mask=m)
 
 
 @triton.jit
@@ -64,10 +64,10 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     tl.store(q_ptr + c, q.to(T))
     cx = (-scale * q).to(T)
     ct = scale.to(T)
-    ck = (-scale * mt).to(T)
+    st = mt.to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0)
+        v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st)
         tl.store(out_ptr + o, v, mask=m)
 
 
@@ -80,7 +80,8 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     s_rx = tl.zeros([BLOCK], dtype=tl.float64)
     s_l = tl.zeros([BLOCK], dtype=tl.float64)
     s_lx = tl.zeros([BLOCK], dtype=tl.float64)
-    s_lt = tl.zeros([BLOCK], dtype=tl.float64)
+    s_lt = tl.zeros([BLOCK], dtype=tl.float64)  # of lam (t - mt): sum(lam t) - mt sum(lam) would cancel
+    mt_t = tl.load(mt_ptr + c)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         r = tl.load(rho_ptr + o, mask=m, other=0.0)
@@ -90,7 +91,7 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
         s_rx += (r * x).to(tl.float64)
         s_l += lv.to(tl.float64)
         s_lx += (lv * x).to(tl.float64)
-        s_lt += (lv * tl.load(t_ptr + o, mask=m, other=0.0)).to(tl.float64)
+        s_lt += tl.where(m, lv * (tl.load(t_ptr + o, mask=m, other=0.0) - mt_t), 0.0).to(tl.float64)
     sr = tl.sum(s_r, axis=0)
     srx = tl.sum(s_rx, axis=0)
     sl = tl.sum(s_l, axis=0)
@@ -102,20 +103,21 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     g = rstd * 0.0 + 1.0
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + c).to(tl.float64)
-        tl.store(dgamma_ptr + c, (srx + rstd * (slt - mt * sl - q * slx)).to(T))
+        tl.store(dgamma_ptr + c, (srx + rstd * (slt - q * slx)).to(T))
     tl.store(dbeta_ptr + c, sr.to(T))
     inv = 1.0 / (sr * 0.0 + n)  # in float64: 1.0 / n divides in float32, and so would a float argument
     r2 = rstd * rstd
     p = g * slx * inv
-    cc = g * (slt * inv - sl * inv * mt)
+    cc = g * slt * inv
     cr = (rstd * g).to(T)
     cx = (-rstd * g * srx * inv - r2 * (cc - 3.0 * p * q)).to(T)
     cl = (-r2 * q * g).to(T)
-    ct = (-r2 * p).to(T)
-    ck = (r2 * (q * g * sl * inv + p * mt) - rstd * g * sr * inv).to(T)
+    ct = (-r2 * p).to(T)  # on t - mt
+    st = mt.to(T)
+    ck = (r2 * q * g * sl * inv - rstd * g * sr * inv).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * tl.load(t_ptr + o, mask=m, other=0.0) \
+        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st) \
             + cr * tl.load(rho_ptr + o, mask=m, other=0.0) + cl * tl.load(lam_ptr + o, mask=m, other=0.0)
         tl.store(dh_ptr + o, v, mask=m)
 

@@ -75,8 +75,11 @@ def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, part
         real_programs = tl.cdiv(NR, CHUNK)
         if pid < real_programs:
             k0 = pid * CHUNK
-            total = _side_forward(lr_ptr, wr_ptr, k0, tl.minimum(k0 + CHUNK, NR), NR, sr, mu, -1, True, MEAN, JS,
-                                  ACC, BLOCK)
+            if GEN:  # G's loss has no real-side term (CPU/CUDA: real_sign(kGenerator) = 0)
+                total = tl.sum(tl.zeros([BLOCK], dtype=ACC), axis=0)
+            else:
+                total = _side_forward(lr_ptr, wr_ptr, k0, tl.minimum(k0 + CHUNK, NR), NR, sr, mu, -1, True, MEAN,
+                                      JS, ACC, BLOCK)
         else:
             k0 = (pid - real_programs) * CHUNK
             k1 = tl.minimum(k0 + CHUNK, NF)
@@ -128,7 +131,10 @@ def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, go_ptr, gwr_p
     real_programs = tl.cdiv(NR, BLOCK)
     if pid < real_programs:
         k = pid * BLOCK + tl.arange(0, BLOCK)
-        _side_backward(lr_ptr, gwr_ptr, dr_ptr, k, NR, sr, mu, go, -1, True, MEAN, JS_R, ACC)
+        if GEN:
+            tl.store(dr_ptr + k, tl.zeros([BLOCK], dtype=ACC), mask=k < NR)
+        else:
+            _side_backward(lr_ptr, gwr_ptr, dr_ptr, k, NR, sr, mu, go, -1, True, MEAN, JS_R, ACC)
     else:
         k = (pid - real_programs) * BLOCK + tl.arange(0, BLOCK)
         if GEN:

@@ -27,8 +27,9 @@ def _weight_and_slope(psi, WEIGHT: tl.constexpr):
         w = s * s
         dw = 2.0 * s * s * q
     else:
-        w = psi * 0.0 + 1.0
-        dw = psi * 0.0
+        # not psi * 0 + 1: an infinite or NaN logit must not make R1/R2's constant weight NaN (CPU/CUDA give 1, 0)
+        w = tl.full(psi.shape, 1.0, psi.dtype)
+        dw = tl.zeros(psi.shape, psi.dtype)
     return w, dw
 
 

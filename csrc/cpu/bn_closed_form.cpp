@@ -82,21 +82,24 @@ void block_sums(const Layout& L, int64_t c0, int64_t p0, int64_t np, double* sum
   }
 }
 
-// out = k + cx X [+ ct T [+ cr R + cl L]] over the block, NIN inputs in the order X, T, R, L.
+// out = k + cx (X - sx) [+ ct (T - st) [+ cr R + cl L]] over the block, NIN inputs in the order X, T, R, L.
 template <typename T, int NIN>
 void block_apply(const Layout& L, int64_t c0, int64_t p0, int64_t np, const Coefs* co, const T* const* in, T* out) {
-  T ck[kBlock], cc[4][kBlock];
+  T ck[kBlock], cc[4][kBlock], sh[4][kBlock];
   for (int64_t j = 0; j < np; ++j) {
     const Coefs& k = co[(p0 + j) / L.S - c0];
-    const double v[4] = {k.x, k.t, k.r, k.l};
+    const double v[4] = {k.x, k.t, k.r, k.l}, s[4] = {k.sx, k.st, 0.0, 0.0};
     ck[j] = T(k.k);
-    for (int i = 0; i < NIN; ++i) cc[i][j] = T(v[i]);
+    for (int i = 0; i < NIN; ++i) {
+      cc[i][j] = T(v[i]);
+      sh[i][j] = T(s[i]);
+    }
   }
   for (int64_t b = 0; b < L.B; ++b) {
     const int64_t base = b * L.row() + p0;
     for (int64_t j = 0; j < np; ++j) {
       T v = ck[j];
-      for (int i = 0; i < NIN; ++i) v += cc[i][j] * in[i][base + j];
+      for (int i = 0; i < NIN; ++i) v += cc[i][j] * (in[i][base + j] - sh[i][j]);
       out[base + j] = v;
     }
   }
@@ -161,13 +164,15 @@ void vjp(const T* rho, const T* lam, const T* xhat, const T* t, const T* rstd, c
   for_units(L, [&](int64_t c0, int64_t c1) {
     double s[5 * kBlock] = {0};
     for_blocks(L, c0, c1, [&](int64_t p0, int64_t np) {
-      block_sums<T, 5>(L, c0, p0, np, s, [&](int64_t o, int64_t, T* v) {
+      T m[kBlock];
+      for (int64_t j = 0; j < np; ++j) m[j] = mt[(p0 + j) / L.S];
+      block_sums<T, 5>(L, c0, p0, np, s, [&](int64_t o, int64_t j, T* v) {
         const T r = rho[o], l = lam[o], x = xhat[o];
         v[0] = r;
         v[1] = r * x;
         v[2] = l;
         v[3] = l * x;
-        v[4] = l * t[o];
+        v[4] = l * (t[o] - m[j]);
       });
     });
     Coefs co[kBlock];

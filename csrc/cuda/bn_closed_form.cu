@@ -77,10 +77,10 @@ __global__ void __launch_bounds__(kMaxThreads) stats_kernel(const T* __restrict_
   double r;
   const Coefs k = bncf::stats_coefs(mean, q[0], n, eps, &r);
   if (threadIdx.x == 0) rstd[c] = T(r);
-  const T cx = T(k.x), ck = T(k.k);
+  const T cx = T(k.x), sx = T(k.sx);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    xhat[o] = ck + cx * h[o];
+    xhat[o] = cx * (h[o] - sx);
   }
 }
 
@@ -106,10 +106,10 @@ __global__ void __launch_bounds__(kMaxThreads) centered_kernel(const T* __restri
     mt[c] = T(m);
     q[c] = T(qq);
   }
-  const T cx = T(k.x), ct = T(k.t), ck = T(k.k);
+  const T cx = T(k.x), ct = T(k.t), st = T(k.st);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    out[o] = ck + cx * xhat[o] + ct * t[o];
+    out[o] = cx * xhat[o] + ct * (t[o] - st);
   }
 }
 
@@ -123,6 +123,7 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
   __shared__ double sh[kMaxWarps][5];
   const uint32_t c = blockIdx.x;
   double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  const T mtc = mt[c];
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
     const T r = rho[o], l = lam[o], x = xhat[o];
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
     s[1] += double(r * x);
     s[2] += double(l);
     s[3] += double(l * x);
-    s[4] += double(l * t[o]);
+    s[4] += double(l * (t[o] - mtc));
   }
   block_sum<5>(s, sh);
   const double g = gamma != nullptr ? double(gamma[c]) : 1.0;
@@ -141,10 +142,10 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
     if (dgamma != nullptr) dgamma[c] = T(dg);
     if (dbeta != nullptr) dbeta[c] = T(db);
   }
-  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k);
+  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k), st = T(k.st);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    dh[o] = ck + cx * xhat[o] + ct * t[o] + cr * rho[o] + cl * lam[o];
+    dh[o] = ck + cx * xhat[o] + ct * (t[o] - st) + cr * rho[o] + cl * lam[o];
   }
 }
 

@@ -131,3 +131,22 @@ def test_triton_strided_logits_past_int32_offsets_are_read_contiguously(monkeypa
             want = got
         for a, b in zip(got, want):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("n", [8, 5000])  # 5000: the Triton forward's partial sums (more than 4096 logits)
+def test_the_generator_kind_ignores_real_logits_at_the_op_level(backend, n):
+    """fastgan::nt_losses with kind=1 (G) and real logits given: G's loss has no real-side term. The public
+    nt_losses passes none for loss="g", but the op is public too; Triton's real-side programs ignored GEN."""
+    import importlib
+
+    NT = importlib.import_module("fastgan.ops.nt_losses")
+    g = torch.Generator().manual_seed(0)
+    lr, lf = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    want = NT._run_forward(lr[:0], lf, None, 0.3, 1, 0, False, "reference")[0]
+    got = NT._run_forward(lr, lf, None, 0.3, 1, 0, False, backend)[0]
+    torch.testing.assert_close(got, want)
+    dr, df = NT._run_backward(torch.tensor(1.0), None, None, lr, lf, None, 0.3, 1, 0, backend)
+    assert torch.equal(dr, torch.zeros_like(dr))
+    torch.testing.assert_close(df, NT._run_backward(torch.tensor(1.0), None, None, lr[:0], lf, None, 0.3, 1, 0,
+                                                    "reference")[1])

@@ -512,7 +512,7 @@ def test_gpu_auto_prefers_cuda_kernel_and_js_penalty_matches():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-@pytest.mark.parametrize("weight", ["js_real", "js_fake"])
+@pytest.mark.parametrize("weight", ["js_real", "js_fake", "one"])  # "one": Triton's was psi * 0 + 1, NaN at inf
 def test_non_finite_and_far_negative_logits_match_the_reference(backend, weight):
     """The CPU's polynomial weights (poly_math.h) on NaN, +-inf and logits below -708, float64."""
     logits = torch.tensor([float("nan"), float("inf"), float("-inf"), -720.0, 720.0, -1e4, 0.0, 2.0],

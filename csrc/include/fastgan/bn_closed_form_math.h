@@ -5,8 +5,9 @@
 //
 // Tensors are (B, C, S) contiguous (S: the product of the spatial dims, 1 for BatchNorm1d on (B, C)); every
 // sum runs over the n = B * S elements of a channel and accumulates in double. Each op is one reduction pass
-// (two for the statistics) and one element-wise pass  out = cx * X + ct * T + cr * R + cl * L + k  with
-// per-channel coefficients computed here from the sums.
+// (two for the statistics) and one element-wise pass  out = cx * (X - sx) + ct * (T - st) + cr * R + cl * L + k
+// with per-channel coefficients computed here from the sums. The shifts sx, st (a channel's mean) are subtracted
+// before scaling: rstd * h - rstd * mean would cancel two terms of size |mean| / std in the storage dtype.
 #pragma once
 #include <cmath>
 #include "fastgan/common.h"
@@ -17,13 +18,14 @@ namespace bncf {
 // Coefficients of the element-wise pass; unused inputs keep 0.
 struct Coefs {
   double x, t, r, l, k;
+  double sx = 0.0, st = 0.0;
 };
 
 // Batch statistics: xhat = (h - mean) * rstd, rstd = 1 / sqrt(var + eps), var the biased variance from the
 // centred second pass. 1 / sqrt, not rsqrt: CUDA's approximate rsqrt would cost the float32 path its accuracy.
 FG_HD Coefs stats_coefs(double mean, double centred_sq, int64_t n, double eps, double* rstd) {
   *rstd = 1.0 / sqrt(centred_sq / double(n) + eps);
-  return Coefs{*rstd, 0.0, 0.0, 0.0, -mean * *rstd};
+  return Coefs{*rstd, 0.0, 0.0, 0.0, 0.0, mean, 0.0};
 }
 
 // BatchNorm's derivative along t (and its backward map, which is symmetric): with scale = gamma * rstd,
@@ -31,33 +33,35 @@ FG_HD Coefs stats_coefs(double mean, double centred_sq, int64_t n, double eps, d
 FG_HD Coefs centered_coefs(double s_t, double s_xt, int64_t n, double scale, double* mt, double* q) {
   *mt = s_t / double(n);
   *q = s_xt / double(n);
-  return Coefs{-scale * *q, scale, 0.0, 0.0, -scale * *mt};
+  return Coefs{-scale * *q, scale, 0.0, 0.0, 0.0, 0.0, *mt};
 }
 
 // Adjoints of BatchNorm's input h and gamma for cotangents rho (of y = gamma xhat + beta) and lam (of the output
-// tangent gamma dxhat(t)), from the sums over the channel of rho, rho xhat, lam, lam xhat and lam t (g = gamma, or
-// 1 without an affine weight; mt, q from the tangent's centered pass; means: sums / n). With
-// p = g mean(lam xhat), c = g (mean(lam t) - mean(lam) mt), r2 = rstd^2:
-//   d h = rstd g rho + a xhat - r2 q g lam - r2 p t + k,
-//     a = -rstd g mean(rho xhat) - r2 (c - 3 p q),   k = r2 (q g mean(lam) + p mt) - rstd g mean(rho),
-//   d gamma = sum(rho xhat) + rstd (sum(lam t) - mt sum(lam) - q sum(lam xhat))   (= sum(rho xhat + lam dxhat)),
+// tangent gamma dxhat(t)), from the sums over the channel of rho, rho xhat, lam, lam xhat and lam (t - mt) (g = gamma,
+// or 1 without an affine weight; mt, q from the tangent's centered pass; means: sums / n; t - mt, not t: sum(lam t)
+// - mt sum(lam) would cancel terms of size |mt| / std(t)). With p = g mean(lam xhat), c = g mean(lam (t - mt)),
+// r2 = rstd^2:
+//   d h = rstd g rho + a xhat - r2 q g lam - r2 p (t - mt) + k,
+//     a = -rstd g mean(rho xhat) - r2 (c - 3 p q),   k = r2 q g mean(lam) - rstd g mean(rho),
+//   d gamma = sum(rho xhat) + rstd (sum(lam (t - mt)) - q sum(lam xhat))   (= sum(rho xhat + lam dxhat)),
 //   d beta = sum(rho).
 // (Derived in fastgan/ops/mlp_penalty_bn.py; tests/ops/test_bn_closed_form.py checks the reference, the same d h
 // grouped by its terms, against autograd through BatchNorm, and these kernels against the reference.)
-FG_HD Coefs vjp_coefs(double s_r, double s_rx, double s_l, double s_lx, double s_lt, int64_t n, double rstd, double g,
+FG_HD Coefs vjp_coefs(double s_r, double s_rx, double s_l, double s_lx, double s_ltc, int64_t n, double rstd, double g,
                       double mt, double q, double* d_gamma, double* d_beta) {
   const double inv = 1.0 / double(n);
   const double r2 = rstd * rstd;
   const double p = g * s_lx * inv;
-  const double c = g * (s_lt * inv - s_l * inv * mt);
-  *d_gamma = s_rx + rstd * (s_lt - mt * s_l - q * s_lx);
+  const double c = g * s_ltc * inv;
+  *d_gamma = s_rx + rstd * (s_ltc - q * s_lx);
   *d_beta = s_r;
   Coefs k;
   k.r = rstd * g;
   k.x = -rstd * g * s_rx * inv - r2 * (c - 3.0 * p * q);
   k.l = -r2 * q * g;
-  k.t = -r2 * p;
-  k.k = r2 * (q * g * s_l * inv + p * mt) - rstd * g * s_r * inv;
+  k.t = -r2 * p;  // on t - mt
+  k.st = mt;
+  k.k = r2 * q * g * s_l * inv - rstd * g * s_r * inv;
   return k;
 }
 
