@@ -297,7 +297,11 @@ def _number(value):
         return value
     if isinstance(value, str):
         try:
-            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+            return int(value, 10)  # exactly: float() would round 9007199254740993
+        except ValueError:
+            pass
+        try:
+            return float(value)  # a quoted number ("1e-4")
         except ValueError:
             return None
     return None
@@ -486,10 +490,42 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 _LOADER = None
 
 
+_YAML12_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_YAML12_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+
+def _yaml12_int(loader, node) -> int:
+    v = loader.construct_scalar(node)
+    if v.startswith(("0o", "0x")):
+        return int(v[2:], 8 if v[1] == "o" else 16)
+    return int(v, 10)  # 010 is ten (YAML 1.1: eight)
+
+
+def _no_duplicate_keys(loader, node, deep=False):
+    import yaml
+
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: PyYAML's own construct_mapping reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            # the later one silently replaced the earlier, a whole section for a repeated `run:`
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first at line {first})",
+                                                    key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
 def yaml_load(text: str):
-    """yaml.safe_load with YAML 1.2 booleans: only true/false are booleans, so `progress: off` or
-    `--set run.progress=off` stay strings (YAML 1.1 would read on/off/yes/no as booleans); and no timestamps:
-    no field is a date, and `name: 2024-01-01` is a run name."""
+    """yaml.safe_load with YAML 1.2 scalars: only true/false are booleans, so `progress: off` or
+    `--set run.progress=off` stay strings (YAML 1.1 would read on/off/yes/no as booleans); integers are decimal,
+    0o octal or 0x hex (YAML 1.1 read 010 as 8 and 1:30 as 90); no timestamps: no field is a date, and
+    `name: 2024-01-01` is a run name. A key repeated in one mapping is an error (PyYAML keeps the last)."""
     global _LOADER
     import yaml
 
@@ -497,11 +533,17 @@ def yaml_load(text: str):
         class Loader(yaml.SafeLoader):
             pass
 
+        dropped = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int",
+                   "tag:yaml.org,2002:float")
         Loader.yaml_implicit_resolvers = {
-            k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
+            k: [(tag, rx) for tag, rx in v if tag not in dropped]
             for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
         Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                      list("tTfF"))
+        Loader.add_implicit_resolver("tag:yaml.org,2002:int", _YAML12_INT, list("-+0123456789"))
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+        Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+        Loader.construct_mapping = _no_duplicate_keys
         _LOADER = Loader
     return yaml.load(text, Loader=_LOADER)
 

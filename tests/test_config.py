@@ -24,7 +24,8 @@ def test_default_is_roth_on_the_3d_mixture():
 
 def test_yaml_round_trip(tmp_path):
     cfg = C.coerce(None, ["method.name=roth+nt+dfm", "method.nt.lam=0.1", "model.g_hidden=[16, 8]",
-                          "data.value_range=[0, 1]", "optim.lr_g=2e-4", "run.name=x"])
+                          "data.name=npz", "data.path=x.npz", "data.value_range=[0, 1]", "optim.lr_g=2e-4",
+                          "run.name=x"])
     p = save_config(cfg, tmp_path / "c.yaml")
     back = load_config(p)
     assert back == cfg

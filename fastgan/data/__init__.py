@@ -24,11 +24,11 @@ __all__ = ["DataConfig", "DATASETS", "TEST_SPLIT_DATASETS", "build_dataset", "ha
 TEST_SPLIT_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
-def _value_map(a: np.ndarray, cfg: DataConfig, source: str) -> tuple[float, float]:
-    """(scale, offset) mapping the stored values to [-1, 1]."""
+def _value_map(a: np.ndarray, cfg: DataConfig, source: str, integer: bool) -> tuple[float, float]:
+    """(scale, offset) mapping the stored values to [-1, 1]; integer: the values were stored as integers."""
     if cfg.value_range is not None:
         lo, hi = map(float, cfg.value_range)
-    elif np.issubdtype(a.dtype, np.integer):
+    elif integer:
         lo, hi = 0.0, 255.0
     else:
         lo, hi = (0.0, 1.0) if float(a.min()) >= 0.0 else (-1.0, 1.0)
@@ -36,7 +36,12 @@ def _value_map(a: np.ndarray, cfg: DataConfig, source: str) -> tuple[float, floa
     if amin < lo or amax > hi:
         raise ValueError(f"{source}: values span [{amin:g}, {amax:g}], outside the range ({lo:g}, {hi:g}) "
                          f"mapped to [-1, 1]; set data.value_range")
-    return 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo)
+    scale = 2.0 / (hi - lo)
+    if not np.finfo(np.float32).tiny <= scale <= np.finfo(np.float32).max:
+        # the images are scaled in float32: every pixel would become -1 (or inf)
+        raise ValueError(f"data.value_range: ({lo:g}, {hi:g}) maps to [-1, 1] with a scale of {scale:g}, which float32 "
+                         "cannot hold")
+    return scale, -1.0 - 2.0 * lo / (hi - lo)
 
 
 def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, str, str]:
@@ -64,6 +69,9 @@ def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, str, str]:
 def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"cfg: expected a DataConfig, got {type(cfg).__name__}")
+    from ..config import check_section
+
+    check_section(cfg, "data")  # a DataConfig made in Python skips fastgan.config's validation (max_samples=-100)
     device = torch.device(device)
     if cfg.name in mixtures.MIXTURES:
         return MixtureDataset(cfg.name, device, std=cfg.mixture_std, nominal_size=cfg.nominal_size)
@@ -76,15 +84,22 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         raise ValueError(f"{source}: empty samples: array shape {a.shape} has a zero-size sample dimension")
     if np.iscomplexobj(a):  # a float cast would silently drop the imaginary part
         raise ValueError(f"{source}: complex values ({a.dtype}) are not supported; store real {kind}")
-    if not (np.issubdtype(a.dtype, np.number) or (kind == "images" and a.dtype == bool)):  # strings, dates, ...
+    if a.dtype.kind in "mM" or not (np.issubdtype(a.dtype, np.number) or (kind == "images" and a.dtype == bool)):
+        # strings, dates, durations (timedelta64 counts as a number to numpy)
         raise ValueError(f"{source}: {kind} must be numeric, got {a.dtype}")
+    if kind == "points" and cfg.value_range is not None:
+        raise ValueError(f"data.value_range: maps image values to [-1, 1]; {source} holds points (N, D), which are "
+                         "used as stored: leave it unset")
     if kind == "images":
+        integer = np.issubdtype(a.dtype, np.integer)
+        if a.dtype != np.uint8:
+            with np.errstate(over="ignore"):
+                a = a.astype(np.float32)  # the finite check below sees what float32 made of float64 values
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             # checked before the range: NaN compares false, so _value_map would pass an all-NaN set
-            raise ValueError(f"{source}: images contain NaN or infinite values")
-        scale, offset = _value_map(a, cfg, source)
-        if a.dtype != np.uint8:
-            a = a.astype(np.float32)
+            raise ValueError(f"{source}: images contain NaN or infinite values (in float32, which the stored "
+                             "values are converted to)")
+        scale, offset = _value_map(a, cfg, source, integer)
     else:
         a, scale, offset = a.astype(np.float32), 1.0, 0.0
         if not np.isfinite(a).all():

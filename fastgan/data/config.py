@@ -5,6 +5,12 @@ from typing import Optional
 
 DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
+MIXTURE_DATASETS = ("roth3d", "ring8", "grid25")
+# fields only some data sets read
+ONLY_FOR = {"path": FILE_DATASETS, "split": ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz"),
+            "max_samples": FILE_DATASETS, "nominal_size": MIXTURE_DATASETS, "mixture_std": MIXTURE_DATASETS,
+            "image_size": ("image_folder",), "channels": ("image_folder",), "npz_key": ("npz",),
+            "value_range": ("npz",)}
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,20 @@ class DataConfig:
     keep_on_device: str = field(default="auto", metadata={"choices": ("auto", "yes", "no")})
 
     def __post_init__(self):
+        if isinstance(self.value_range, list):
+            object.__setattr__(self, "value_range", tuple(self.value_range))
         if self.holdout and self.name not in FILE_DATASETS:
             raise ValueError(f"data.holdout: the built-in mixture {self.name!r} draws fresh samples every batch and "
                              f"has none to hold out; leave data.holdout at 0")
+        # a field this data set does not read would be recorded in config.yaml and silently ignored: a
+        # data.path given without data.name=npz trained on the default mixture
+        for key, names in ONLY_FOR.items():
+            default = type(self).__dataclass_fields__[key].default
+            if self.name not in names and getattr(self, key) != default:
+                hint = (" (set data.name to the file's format: mnist, fashion_mnist, cifar10, image_folder, npz)"
+                        if key == "path" else "")
+                raise ValueError(f"data.{key}: not used by data.name={self.name!r}, only by "
+                                 f"{', '.join(names)}{hint}; got {getattr(self, key)!r}")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
             raise ValueError(f"data.path: required for data.name={self.name!r}")
         if self.value_range is not None:

@@ -16,8 +16,15 @@ GRAY_MODES = frozenset(("1", "L", "LA", "La"))
 
 
 def list_images(path) -> list[str]:
-    files = []
-    for root, dirs, names in os.walk(path):
+    """The image files under path, recursively, symlinked folders included (each real folder once: a link to an
+    enclosing folder would loop)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(EXTENSIONS))
     return files

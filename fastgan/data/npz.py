@@ -22,6 +22,8 @@ def _pick_key(npz, path, key):
     for k in _PREFERRED_KEYS:
         if k in keys:
             return k
+    if not keys:
+        raise ValueError(f"{path}: holds no arrays")
     raise ValueError(f"{path}: holds several arrays {keys}; set data.npz_key to choose one")
 
 

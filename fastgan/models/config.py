@@ -20,6 +20,11 @@ ARCH_DEFAULTS = {
 }
 
 
+# fields only some architectures read (dcgan_activation and the hidden widths have their own messages)
+ARCH_ONLY = {"mlp_activation": ("mlp",), "maxout_pieces": ("goodfellow",), "d_input_dropout": ("goodfellow",),
+             "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = field(default="mlp", metadata={"choices": ARCHS})
@@ -82,6 +87,13 @@ class ModelConfig:
         if self.arch != "dcgan" and self.dcgan_activation != "relu":
             hint = " (set model.mlp_activation instead)" if self.arch == "mlp" else ""
             raise ValueError(f"model.dcgan_activation: only used by arch 'dcgan', got arch {self.arch!r}{hint}")
+        # a field the architecture does not read, set away from its default, would be recorded in config.yaml
+        # and silently ignored
+        for name, archs in ARCH_ONLY.items():
+            default = type(self).__dataclass_fields__[name].default
+            if self.arch not in archs and getattr(self, name) != default:
+                raise ValueError(f"model.{name}: only used by arch {' / '.join(map(repr, archs))}, got arch "
+                                 f"{self.arch!r} (leave it at {default!r})")
 
     def resolved(self, key: str):
         """The field's value, or the architecture's default when the field is None."""

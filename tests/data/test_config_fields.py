@@ -1,0 +1,151 @@
+"""Config fields the chosen data set or architecture does not read are refused (they were recorded and ignored:
+a data.path without data.name=npz trained on the default mixture); YAML 1.2 numbers and no duplicate keys;
+DataConfigs made in Python are checked; npz arrays that are durations, past float32, or empty; symlinked image
+folders."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import fastgan
+from fastgan import config as C
+from fastgan.data import DataConfig, build_dataset
+from fastgan.models.config import ModelConfig
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(path="/tmp/x.npz"), r"data\.path: not used by data\.name='roth3d'.*set data\.name to the file's format"),
+    (dict(split="test"), r"data\.split: not used by data\.name='roth3d'"),
+    (dict(max_samples=5), r"data\.max_samples: not used by data\.name='roth3d'"),
+    (dict(name="fashion_mnist", image_size=32), r"data\.image_size: not used by data\.name='fashion_mnist', only "
+                                                r"by image_folder"),
+    (dict(name="fashion_mnist", channels=3), r"data\.channels: not used"),
+    (dict(name="npz", path="x.npz", image_size=8), r"data\.image_size: not used"),
+    (dict(name="fashion_mnist", npz_key="x"), r"data\.npz_key: not used"),
+    (dict(name="fashion_mnist", mixture_std=0.1), r"data\.mixture_std: not used by data\.name='fashion_mnist'"),
+    (dict(name="fashion_mnist", nominal_size=10), r"data\.nominal_size: not used"),
+    (dict(name="fashion_mnist", value_range=(0, 1)), r"data\.value_range: not used"),
+])
+def test_data_fields_the_data_set_does_not_read_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**fields)
+    overrides = [f"data.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in fields.items()]
+    with pytest.raises(C.ConfigError, match=message.replace("^", "")):
+        C.coerce(None, overrides)
+
+
+@pytest.mark.parametrize("arch, field, value", [("dcgan", "mlp_activation", "relu"),
+                                                ("goodfellow", "mlp_activation", "leaky_relu"),
+                                                ("mlp", "maxout_pieces", 3), ("dcgan", "d_dropout", 0.3),
+                                                ("mlp", "d_input_dropout", 0.0), ("goodfellow", "dcgan_width", 32)])
+def test_model_fields_the_architecture_does_not_read_are_refused(arch, field, value):
+    with pytest.raises(ValueError, match=rf"^model\.{field}: only used by arch .* got arch '{arch}'"):
+        ModelConfig(arch=arch, **{field: value})
+    ModelConfig(arch=dict(mlp_activation="mlp", maxout_pieces="goodfellow", d_dropout="goodfellow",
+                          d_input_dropout="goodfellow", dcgan_width="dcgan")[field], **{field: value})
+
+
+def test_every_shipped_config_still_validates():
+    from pathlib import Path
+
+    configs = sorted(Path(fastgan.__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+    assert len(configs) > 20
+    for p in configs:
+        C.load_config(p)
+
+
+def test_a_list_value_range_is_a_tuple():
+    cfg = C.coerce(C.TrainConfig(data=DataConfig(name="npz", path="x.npz", value_range=[0, 1])))
+    assert cfg.data.value_range == (0, 1)
+
+
+# ------------------------------------------------------------------ YAML
+
+@pytest.mark.parametrize("text, value", [("010", 10), ("0777", 777), ("0o17", 15), ("0x10", 16), ("-3", -3),
+                                         ("1e-4", 1e-4), ("1.5", 1.5), (".inf", float("inf")), ("1:30", "1:30"),
+                                         ("True", True), ("off", "off"), ("2024-01-01", "2024-01-01")])
+def test_yaml_reads_numbers_as_yaml_1_2(text, value):
+    assert C.yaml_load(text) == value and type(C.yaml_load(text)) is type(value)
+
+
+def test_overrides_take_decimal_integers_exactly():
+    cfg = C.coerce(None, ["run.steps=010", "run.seed=9007199254740993"])
+    assert cfg.run.steps == 10 and cfg.run.seed == 9007199254740993
+    with pytest.raises(C.ConfigError, match=r"run\.steps: must be an integer, got '1:30'"):
+        C.coerce(None, ["run.steps=1:30"])
+    assert C.coerce({"run": {"seed": "9007199254740993"}}).run.seed == 9007199254740993
+
+
+def test_a_repeated_key_in_a_config_file_names_its_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  steps: 10\n  name: mine\noptim:\n  lr_g: 1.0e-4\nrun:\n  seed: 3\n")
+    with pytest.raises(C.ConfigError, match=rf"^{p}:6:1: not valid YAML: duplicate key 'run' \(first at line 1\)"):
+        C.load_config(p)
+    p.write_text("optim:\n  lr_g: 1.0e-4\n  lr_g: 1.0e-2\n")
+    with pytest.raises(C.ConfigError, match=r":3:3: not valid YAML: duplicate key 'lr_g' \(first at line 2\)"):
+        C.load_config(p)
+
+
+# ------------------------------------------------------------------ build_dataset
+
+@pytest.mark.parametrize("fields, message", [(dict(max_samples=-100), r"data\.max_samples"),
+                                             (dict(max_samples=True), r"data\.max_samples"),
+                                             (dict(keep_on_device="maybe"), r"data\.keep_on_device")])
+def test_build_dataset_checks_a_dataconfig_made_in_python(tmp_path, fields, message):
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 3), np.float32))
+    with pytest.raises((ValueError, TypeError), match=message):
+        build_dataset(DataConfig(name="npz", path=str(tmp_path / "x.npz"), **fields))
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((4, 2, 2), "m8[s]"), r"images must be numeric, got timedelta64"),
+    (np.full((4, 2, 2), 1e300), r"images contain NaN or infinite values \(in float32"),
+])
+def test_npz_arrays_refused_naming_the_file(tmp_path, array, message):
+    p = tmp_path / "x.npz"
+    np.savez(p, x=array)
+    with pytest.raises(ValueError, match=message) as e:
+        build_dataset(DataConfig(name="npz", path=str(p), value_range=(0, 1e300) if array.dtype.kind == "f" else None))
+    assert str(p) in str(e.value)
+
+
+def test_value_ranges_float32_cannot_scale_and_points_refuse_it(tmp_path):
+    p = tmp_path / "u.npz"
+    np.savez(p, x=np.zeros((4, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"data\.value_range: .* scale of 2e-300, which float32 cannot hold"):
+        build_dataset(DataConfig(name="npz", path=str(p), value_range=(0, 1e300)))
+    np.savez(p, x=np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"data\.value_range: maps image values .* holds points"):
+        build_dataset(DataConfig(name="npz", path=str(p), value_range=(0, 1)))
+
+
+def test_int16_images_keep_the_integer_default_range(tmp_path):
+    p = tmp_path / "i.npz"
+    np.savez(p, x=np.full((2, 3, 3), 255, np.int16))
+    ds = build_dataset(DataConfig(name="npz", path=str(p)))
+    assert torch.equal(ds.sample(2), torch.ones(2, 1, 3, 3))
+
+
+def test_an_npz_without_arrays_says_so(tmp_path):
+    p = tmp_path / "e.npz"
+    np.savez(p)
+    with pytest.raises(ValueError, match=rf"{p}: holds no arrays"):
+        build_dataset(DataConfig(name="npz", path=str(p)))
+
+
+def test_image_folders_follow_symlinked_folders_once(tmp_path):
+    from PIL import Image
+
+    from fastgan.data.folder import list_images
+
+    root, more = tmp_path / "root", tmp_path / "more"
+    root.mkdir()
+    more.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "a.png")
+    for name in ("b.png", "c.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(more / name)
+    os.symlink(more, root / "more")
+    os.symlink(root, root / "loop")  # a link to an enclosing folder: listed once, no endless walk
+    assert [os.path.relpath(f, root) for f in list_images(root)] == ["a.png", "more/b.png", "more/c.png"]
+    assert len(build_dataset(DataConfig(name="image_folder", path=str(root)))) == 3
