@@ -251,6 +251,8 @@ def _coerce(tp, value, path: str):
     if value is None:
         if opt:
             return None
+        if dataclasses.is_dataclass(tp):
+            return _from_dict(tp, {}, path)  # a section header with no keys under it (`run:`): all defaults
         raise ConfigError(f"{path}: must be {_type_name(tp)}, got null")
     tp = inner
     if dataclasses.is_dataclass(tp):

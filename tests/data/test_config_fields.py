@@ -149,3 +149,10 @@ def test_image_folders_follow_symlinked_folders_once(tmp_path):
     os.symlink(root, root / "loop")  # a link to an enclosing folder: listed once, no endless walk
     assert [os.path.relpath(f, root) for f in list_images(root)] == ["a.png", "more/b.png", "more/c.png"]
     assert len(build_dataset(DataConfig(name="image_folder", path=str(root)))) == 3
+
+
+def test_a_section_header_without_keys_keeps_the_defaults(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\nmethod:\n  roth:\n")
+    cfg = C.load_config(p)
+    assert cfg.run == C.TrainConfig().run and cfg.method.roth == C.TrainConfig().method.roth
