@@ -115,10 +115,26 @@ def main(argv=None):
                    f"python bench/costs.py --width {a.width} --models {a.models}", rows)
 
 
+def _commit() -> str | None:
+    """The counted tree's commit ("-dirty" with uncommitted changes to tracked files), None outside a git checkout:
+    goals.py compares it with the benchmark run's before putting counts beside measured ratios."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def write_rows(path: str, what: str, how: str, rows: list[dict]) -> None:
-    """A counting script's JSON for bench/results/: what was counted, when, with which torch, how to redo it."""
-    out = {"what": what, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "how": how,
-           "rows": rows}
+    """A counting script's JSON for bench/results/: what was counted, when, at which commit, with which torch, how
+    to redo it."""
+    out = {"what": what, "date": datetime.date.today().isoformat(), "commit": _commit(), "torch": torch.__version__,
+           "how": how, "rows": rows}
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -66,7 +66,11 @@ def bandwidth_rows(benchmarks):
 
 
 def graph_rows(benchmarks):
-    return _info_rows(benchmarks, "ratio_vs_unregularized", "ms_per_update", lambda r: r <= PENALTY_RATIO_GOAL)
+    """The graphed D updates against the goal; the reference backend's double backward (today's straightforward
+    code) is the baseline the goal improves on: its rows carry None, "baseline", not a verdict."""
+    rows = _info_rows(benchmarks, "ratio_vs_unregularized", "ms_per_update", lambda r: r <= PENALTY_RATIO_GOAL)
+    reference = {b["name"] for b in benchmarks if b.get("extra_info", {}).get("backend") == "reference"}
+    return [(n, ms, r, None if n in reference else ok) for n, ms, r, ok in rows]
 
 
 def lazy_rows(benchmarks):
@@ -187,11 +191,22 @@ def missing_report(benchmarks) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
+def _verdict(ok) -> str:
+    return "baseline" if ok is None else "met" if ok else "**not met**"
 
 
-def report(benchmarks, costs: dict | None = None) -> str:
+def _counted_where(costs: dict | None, commit: str | None) -> str:
+    """A note under the counted costs when they were not counted on the measured code."""
+    counted = (costs or {}).get("commit")
+    if counted and commit and counted == commit:
+        return ""
+    return (f"(counted at commit {counted or 'unrecorded'} on {(costs or {}).get('date', '?')}, measured at commit "
+            f"{commit or 'unrecorded'}: the counts describe the counted code, which may differ from the measured "
+            "one; `python bench/costs.py --json FILE` counts the code at hand)")
+
+
+def report(benchmarks, costs: dict | None = None, commit: str | None = None) -> str:
+    """commit: the measured run's (pytest-benchmark's commit_info.id), compared with the costs' own."""
     out = []
     sections = [
         (f"Bandwidth (goal: >= {BANDWIDTH_GOAL} of a device copy)", ["benchmark", "GB/s", "of copy", "goal"],
@@ -220,6 +235,9 @@ def report(benchmarks, costs: dict | None = None) -> str:
             continue
         out += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        if title.startswith("Graphed D update against its counted costs"):
+            note = _counted_where(costs, commit)
+            out += ["", note] if note else []
         out.append("")
     return "\n".join(out) if out else "no benchmark of a goal in these files"
 
@@ -254,7 +272,7 @@ def main(argv=None) -> int:
             gpu = next((b["extra_info"]["device"] for b in run["benchmarks"]
                         if b.get("extra_info", {}).get("device") not in (None, "cpu")), None)
             print(f"## {path}: {gpu or device} ({run.get('datetime', '')})\n")
-            print(report(run["benchmarks"], costs))
+            print(report(run["benchmarks"], costs, run.get("commit_info", {}).get("id")))
     if on_gpu(everything):
         print(missing_report(everything))
     return 0

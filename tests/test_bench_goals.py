@@ -269,3 +269,31 @@ def test_gpu_check_quick_cuts_its_limits_to_end_in_time(elapsed, want, reserve, 
     out = subprocess.run(["bash", "-c", f"set -u\n{cap}\nSECONDS={elapsed}; cap {want} {reserve}"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert int(out) == limit
+
+
+def test_the_reference_double_backward_is_a_baseline_not_a_verdict():
+    run = [_bench("test_graphed_d_update[mlp-double_backward-reference]", 1, ratio_vs_unregularized=1.8,
+                  ms_per_update=0.4, backend="reference"),
+           _bench("test_graphed_d_update[mlp-jvp-cuda]", 1, ratio_vs_unregularized=1.2, ms_per_update=0.3,
+                  backend="cuda")]
+    assert [ok for *_, ok in goals.graph_rows(run)] == [None, True]
+    text = goals.report(run)
+    assert "| 1.80 | baseline |" in text and "| 1.20 | met |" in text
+
+
+def test_counts_from_other_code_are_flagged_beside_the_measured_ratios():
+    """The graphed ratios of one tree were listed beside counts of another, with nothing to say so."""
+    run = [_bench("test_graphed_d_update[mlp_leaky-mlp-cuda]", 1, ratio_vs_unregularized=1.3, ms_per_update=0.3,
+                  model="mlp_leaky", mode="mlp", backend="cuda")]
+    costs = {"date": "2026-12-01", "commit": "abc", "rows": [
+        {"model": "mlp_leaky", "mode": "mlp", "flops_vs_unregularized": 1.0, "kernels_vs_unregularized": 1.1}]}
+    assert "counted at commit abc on 2026-12-01, measured at commit def" in goals.report(run, costs, "def")
+    assert "counted at commit" not in goals.report(run, costs, "abc")
+    assert "counted at commit unrecorded" in goals.report(run, {**costs, "commit": None}, "abc")
+
+
+def test_costs_json_records_its_commit(tmp_path):
+    costs = _bench_module("costs")
+    costs.write_rows(str(tmp_path / "c.json"), "w", "h", [])
+    commit = json.loads((tmp_path / "c.json").read_text())["commit"]
+    assert commit is None or len(commit.split("-")[0]) == 40
