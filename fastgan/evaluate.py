@@ -6,7 +6,6 @@ high-quality fraction and KL of the mode histogram (fastgan.metrics.mode_metrics
 """
 from __future__ import annotations
 
-
 import torch
 
 from .crosstest import _read, held_out_real, load_run

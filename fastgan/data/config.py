@@ -7,7 +7,7 @@ DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "i
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 MIXTURE_DATASETS = ("roth3d", "ring8", "grid25")
 # fields only some data sets read
-ONLY_FOR = {"path": FILE_DATASETS, "split": ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz"),
+ONLY_FOR = {"path": FILE_DATASETS, "split": FILE_DATASETS,
             "max_samples": FILE_DATASETS, "nominal_size": MIXTURE_DATASETS, "mixture_std": MIXTURE_DATASETS,
             "image_size": ("image_folder",), "channels": ("image_folder",), "npz_key": ("npz",),
             "value_range": ("npz",)}
