@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import fastgan
 from fastgan import config as C
 from fastgan.data import DataConfig, build_dataset
 from fastgan.models.config import ModelConfig
@@ -44,15 +43,6 @@ def test_model_fields_the_architecture_does_not_read_are_refused(arch, field, va
         ModelConfig(arch=arch, **{field: value})
     ModelConfig(arch=dict(mlp_activation="mlp", maxout_pieces="goodfellow", d_dropout="goodfellow",
                           d_input_dropout="goodfellow", dcgan_width="dcgan")[field], **{field: value})
-
-
-def test_every_shipped_config_still_validates():
-    from pathlib import Path
-
-    configs = sorted(Path(fastgan.__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
-    assert len(configs) > 20
-    for p in configs:
-        C.load_config(p)
 
 
 def test_a_list_value_range_is_a_tuple():
