@@ -27,7 +27,7 @@ from torch import nn
 
 from . import _checks, _dispatch
 from .closed_form_maps import CONVS, LinearMap, batch_contract, bias_grad, channel_sum, per_channel, per_sample
-from .penalty import require_samples
+from .penalty import require_samples, weight_vjp
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LEAF_TYPES = (nn.Linear, *CONVS, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, *_BNS, nn.Identity, nn.Flatten,
@@ -233,9 +233,7 @@ def adjoint_seed(weight, extra, g_per, g_psi):
     if callable(weight):
         with torch.enable_grad():
             p = extra["psi"].detach().requires_grad_(True)
-            w = weight(p)  # without a graph (a constant weight): w' = 0
-            (du,) = (torch.autograd.grad(w, p, grad_outputs=g_per.to(p.dtype) * extra["s"], allow_unused=True)
-                     if w.requires_grad else (None,))
+            du = weight_vjp(weight(p), p, g_per.to(p.dtype) * extra["s"])
         return g_psi if du is None else du.to(dt) + g_psi
     return torch.addcmul(g_psi, g_per.to(dt), extra["u"].to(dt))
 

@@ -357,6 +357,15 @@ def weight_values(w, B: int) -> torch.Tensor:
     return w
 
 
+def weight_vjp(w: torch.Tensor, psi: torch.Tensor, upstream: torch.Tensor):
+    """upstream · dw/dpsi for a callable weight's values w of psi (a vector-Jacobian product, so weights that couple
+    samples are handled too); None when w does not depend on psi (R1's ones, a constant f-GAN weight: no graph,
+    w' = 0), where autograd.grad would raise."""
+    if not w.requires_grad:
+        return None
+    return torch.autograd.grad(w, psi, grad_outputs=upstream, allow_unused=True)[0]
+
+
 def _penalty_of(grad, logits, weight, reduction, backend):
     """grad_norm_penalty on arguments already checked (gradient_penalty's own grad and logits)."""
     acc = _checks.acc_dtype(grad.dtype, logits.dtype)

@@ -265,10 +265,7 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
         with torch.enable_grad():
             p = psi.detach().requires_grad_(True)
             w = _pen.weight_values(weight(p), B)
-            # a vector-Jacobian product, so weights that couple samples are handled too; a weight that does not
-            # depend on the logits (R1's ones, a constant f-GAN weight) has no graph and w' = 0
-            (u,) = (torch.autograd.grad(w, p, grad_outputs=s / div, allow_unused=True) if w.requires_grad
-                    else (None,))
+            u = _pen.weight_vjp(w, p, s / div)
         w = w.detach().to(psi.dtype)
         u = torch.zeros_like(psi) if u is None else u
         return w * s, u, (2 * w / div)[:, None] * ga
