@@ -74,13 +74,13 @@ def _check_forced_backend(device: torch.device) -> None:
     run folder is made, not at the first op of step 1."""
     from .ops import _dispatch
 
-    forced = os.environ.get("FASTGAN_BACKEND")
-    if not forced:
-        return
     try:
-        ok, why = _dispatch.status(forced, device)
-    except ValueError:
-        raise ConfigError(f"FASTGAN_BACKEND: must be one of {_dispatch.BACKENDS} (or unset), got {forced!r}") from None
+        forced = _dispatch.forced_backend()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if forced is None:
+        return
+    ok, why = _dispatch.status(forced, device)
     if not ok:
         raise ConfigError(f"FASTGAN_BACKEND={forced!r}: cannot run on {device} (run.device): {why}")
 

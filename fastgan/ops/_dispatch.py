@@ -137,23 +137,26 @@ def _constant_under_compile(fn):
     return fn
 
 
+def forced_backend() -> str | None:
+    """FASTGAN_BACKEND's backend (None when unset or empty); an unknown name is a ValueError naming the variable."""
+    forced = os.environ.get("FASTGAN_BACKEND") or None
+    if forced is not None and forced not in BACKENDS:
+        raise ValueError(f"FASTGAN_BACKEND: must be one of {BACKENDS} (or unset), got {forced!r}")
+    return forced
+
+
 @_constant_under_compile
 def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend to run `op` with on `device`: `backend` if given (checked), else the best usable one.
 
     FASTGAN_BACKEND=<name> in the environment forces a backend for every op (still checked).
     """
-    env = backend is None and bool(os.environ.get("FASTGAN_BACKEND"))
+    env = backend is None
     if env:
-        backend = os.environ["FASTGAN_BACKEND"]
+        backend = forced_backend()
     if backend is not None:
         named = f"FASTGAN_BACKEND={backend!r}" if env else f"backend {backend!r}"
-        try:
-            ok, why = status(backend, device)
-        except ValueError:
-            if not env:
-                raise
-            raise ValueError(f"FASTGAN_BACKEND: must be one of {BACKENDS} (or unset), got {backend!r}") from None
+        ok, why = status(backend, device)
         if not ok:
             raise BackendUnavailable(f"{op}: {named} cannot run here: {why}")
         return backend
