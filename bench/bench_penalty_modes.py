@@ -97,8 +97,6 @@ def test_d_update(benchmark, model, mode, device):
         update()
         sync(device)
 
-    for _ in range(0 if getattr(benchmark, "disabled", False) else 2):
-        step()
     before = _dispatch.counts[("gradient_penalty", mode)]
     benchmark.extra_info.update(model=model, mode=mode, device=device_label(device), batch=x_real.shape[0],
                                 torch=torch.__version__, threads=torch.get_num_threads())
@@ -139,8 +137,6 @@ def test_d_update_lazy(benchmark, model, mode, every, device):
             plain()
         sync(device)
 
-    if not getattr(benchmark, "disabled", False):
-        cycle()
     before = _dispatch.counts[("gradient_penalty", mode)]
     benchmark.extra_info.update(model=model, mode=mode, every=every, device=device_label(device),
                                 batch=x_real.shape[0], torch=torch.__version__, threads=torch.get_num_threads())
