@@ -131,11 +131,8 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
         if not bool(torch.isfinite(fakes[-1]).all()):
             raise ValueError(f"crosstest: the generator of {m.path} (step {m.step}) made non-finite samples "
                              f"(eval mode); it cannot be cross-tested")
-    try:
-        out = cross_test(a.D, fakes[0], b.D, fakes[1], real)
-    except ValueError as e:  # the metric names D1 / D2: say which run's
-        raise ValueError(str(e).replace("D1:", f"the discriminator of {a.path}:")
-                         .replace("D2:", f"the discriminator of {b.path}:")) from None
+    out = cross_test(a.D, fakes[0], b.D, fakes[1], real,
+                     names=(f"the discriminator of {a.path}", f"the discriminator of {b.path}"))
     out.update(runs=[str(a.path), str(b.path)], steps=[a.step, b.step], real=where, generated=samples)
     return out
 

@@ -88,12 +88,14 @@ def _confusion(D, real: torch.Tensor, fake: torch.Tensor, batch_size: int, d_nam
             "fp_se": _se(fp, fake.shape[0])}
 
 
-def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int = 1024) -> dict:
+def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int = 1024, *,
+               names: tuple[str, str] = ("D1", "D2")) -> dict:
     """Cross-test model 1 (D1 and samples fake1 of its G) against model 2 on held-out real samples.
 
     Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
     None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
-    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie).
+    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie). names: how
+    errors name the two discriminators (a NaN logit, a logit count that is not one per sample).
     """
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
@@ -102,9 +104,9 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
             raise ValueError(f"{name}: samples of shape {tuple(f.shape[1:])}, real samples of shape "
                              f"{tuple(real.shape[1:])}")
     out = {}
-    for i, (D, own, other) in enumerate(((D1, fake1, fake2), (D2, fake2, fake1)), 1):
-        cross = _real_fraction(D, other, batch_size, f"D{i}")
-        out[f"model{i}"] = {**_confusion(D, real, own, batch_size, f"D{i}"), "cross_fp": cross,
+    for i, (D, own, other, name) in enumerate(((D1, fake1, fake2, names[0]), (D2, fake2, fake1, names[1])), 1):
+        cross = _real_fraction(D, other, batch_size, name)
+        out[f"model{i}"] = {**_confusion(D, real, own, batch_size, name), "cross_fp": cross,
                             "cross_fp_se": _se(cross, other.shape[0])}
     key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)
