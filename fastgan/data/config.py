@@ -5,7 +5,7 @@ from typing import Optional
 
 DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
-MIXTURE_DATASETS = ("roth3d", "ring8", "grid25")
+MIXTURE_DATASETS = tuple(n for n in DATASETS if n not in FILE_DATASETS)  # fastgan.data.mixtures.MIXTURES
 # fields only some data sets read
 ONLY_FOR = {"path": FILE_DATASETS, "split": FILE_DATASETS,
             "max_samples": FILE_DATASETS, "nominal_size": MIXTURE_DATASETS, "mixture_std": MIXTURE_DATASETS,
