@@ -43,7 +43,7 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     x, _ = draw(m.G, samples, g, device)
     out = {"run": str(m.path), "step": m.step, "data": d.name, "generated": samples}
     if real is None:
-        mm = mode_metrics(x, means, d.mixture_std or mixtures.default_std(d.name))
+        mm = mode_metrics(x, means, mixtures.quality_std(d.name, d.mixture_std))
         out.update({k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in mm.items()})
         return out
     net = load_fmnist_classifier(device)

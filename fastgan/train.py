@@ -503,7 +503,7 @@ class _Run:
 
         if self.cfg.data.name in mixtures.MIXTURES:
             self.means = mixtures.means(self.cfg.data.name, device=self.device)
-            self.mix_std = self.cfg.data.mixture_std or mixtures.default_std(self.cfg.data.name)
+            self.mix_std = mixtures.quality_std(self.cfg.data.name, self.cfg.data.mixture_std)
         self.csv = CSVLogger(self.out / "metrics.csv", resume_step=resume_step)  # reads; rewrites at the first row
         self.tb = TensorBoardWriter(self.out / "tb", resume_step=resume_step) if r.tensorboard else None
 

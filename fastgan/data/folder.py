@@ -51,9 +51,9 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
     colour and palette modes 3). Alpha is dropped, not composited. Images with more than 8 bits per channel
     are refused.
     image_size: resize the short side to this and centre-crop to a square; without it every image must
-    already have the first image's size.
+    already have the first image's size (after the EXIF orientation tag is applied).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = require_exists(path, "image folder")
     if not os.path.isdir(path):
@@ -72,7 +72,8 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                     im.load()
                     if channels == 0:
                         channels = 1 if mode in GRAY_MODES else 3
-                    im = im.convert("L" if channels == 1 else "RGB")
+                    # upright as a viewer shows it: cameras store the pixels as shot plus an orientation tag
+                    im = ImageOps.exif_transpose(im.convert("L" if channels == 1 else "RGB"))
         except Image.DecompressionBombError as e:  # not an OSError
             raise ValueError(f"{f}: refusing a possible decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
                              f"if the image is genuine") from None

@@ -40,6 +40,12 @@ def default_std(name: str) -> float:
     return _check_name(name)[2]
 
 
+def quality_std(name: str, std) -> float:
+    """The std the mode metrics measure distances in: the data's own, or the literature's default when the data
+    uses none (None) or is point masses (0: a zero tolerance would count almost no sample as high quality)."""
+    return std if std else default_std(name)
+
+
 def dim(name: str) -> int:
     """Ambient dimension of the mixture's samples (3 for roth3d, 2 for the planar ones)."""
     return _check_name(name)[1]

@@ -168,3 +168,22 @@ def test_split_refused_where_there_are_no_splits(tmp_path):
     d.mkdir()
     Image.new("L", (4, 4)).save(d / "a.png")
     build_error(DataConfig(name="image_folder", path=str(d), split="all"), d, match="data.split")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_image_folder_applies_the_exif_orientation(tmp_path, mode):
+    """A camera's portrait photo is stored landscape with orientation tag 6 (rotate 90° clockwise to view): the
+    loader gives the upright image, as a viewer shows it, so mixed tags still share one size."""
+    from PIL import Image
+
+    stored = np.zeros((2, 3, 3), np.uint8)   # 2 rows, 3 columns as stored
+    stored[0, 0] = 255                        # top-left as stored -> top-right when upright
+    im = Image.fromarray(stored).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "a.png", exif=exif)
+    Image.fromarray(stored).convert(mode).transpose(Image.Transpose.ROTATE_270).save(tmp_path / "b.png")
+    ds = build_dataset(DataConfig(name="image_folder", path=str(tmp_path)))
+    a, b = torch.cat(list(ds.batches(2)))
+    assert ds.shape[1:] == (3, 2) and torch.equal(a, b)
+    assert a[0, 0, 1] == 1 and a[0, 0, 0] == -1

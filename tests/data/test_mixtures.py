@@ -94,6 +94,13 @@ def test_mixture_dataset_interface():
         ds.sample(0)
 
 
+def test_quality_std_is_the_data_std_unless_none_or_point_masses():
+    assert mixtures.quality_std("ring8", 0.3) == 0.3
+    assert mixtures.quality_std("ring8", None) == mixtures.quality_std("ring8", 0.0) == 0.02
+    with pytest.raises(ValueError, match="mixture name"):
+        mixtures.quality_std("ring9", None)
+
+
 def test_bad_mixture_name():
     with pytest.raises(ValueError, match="mixture name"):
         mixtures.means("ring9")
