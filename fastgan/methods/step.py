@@ -385,8 +385,9 @@ class Method:
         self.fused_denoiser.train(self.denoiser.training)
         return self.fused_denoiser.generator_loss(phi_fake)
 
-    def g_objective(self, fake: torch.Tensor, draws: Draws):
-        """(generator loss, stats) for generated samples `fake` (carrying G's graph)."""
+    def g_objective(self, fake: torch.Tensor, draws: Draws, noise_state=None):
+        """(generator loss, stats) for generated samples `fake` (carrying G's graph). noise_state: where the fused
+        NT op draws eps (default the method's stream, which D's batches moved on)."""
         m = self.cfg.method
         wg, clean = None, slice(None)
         xg = fake
@@ -395,7 +396,7 @@ class Method:
                 eps = self._noise_eps(draws)
             if self.nt_fused:
                 _, xg, wg, clean = nt_mod.fused_build(None, fake, self.noise, eps, draws.mu, m.nt.batch,
-                                                     self.noise_state, grad_noise=False)
+                                                     noise_state or self.noise_state, grad_noise=False)
             else:
                 xg, wg, clean = nt_mod.build(fake, eps, draws.mu, m.nt.batch, m.nt.clean)
         fused_g = self.nt_fused and self.loss == "minimax" and self.g_loss_kind == "nonsaturating"
@@ -460,8 +461,11 @@ class Method:
 
     def simultaneous_update(self, x_real: torch.Tensor, draws: Draws) -> dict:
         fake = self.G(draws.z)
+        # one set of draws for every loss, so G's batch gets D's eps: the fused op draws it again from the stream
+        # as it stood before D's batches (a device copy: capturable)
+        g_noise = self.noise_state.clone() if self.nt_fused else None
         out = self.d_objective(x_real, fake.detach(), draws)
-        g_loss, gstats = self.g_objective(fake, draws)
+        g_loss, gstats = self.g_objective(fake, draws, g_noise)
         self._zero(*self.optimizers)
         g_loss.backward(inputs=_params(self.G))
         self._backward_d(out)

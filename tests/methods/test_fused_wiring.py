@@ -217,6 +217,35 @@ def test_fused_nt_matches_plain_given_the_same_eps(noise, batch):
     assert_close(got_g, grads(M.g_objective(M.G(dg.z), plain_g)[0], PG), "G", rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("noise", ["fixed", "learned_sigma"])
+@pytest.mark.parametrize("batch", ["full", "half"])
+def test_simultaneous_fused_nt_gives_g_the_eps_of_d(monkeypatch, noise, batch):
+    """DFM's simultaneous update takes every loss on one set of draws: the plain path's G batch reuses D's eps,
+    so the fused op draws G's again from the Philox stream as it stood before D's batches."""
+    from fastgan.methods import nt as nt_mod
+
+    _, M = make("nt+dfm", f"method.nt.noise={noise}", f"method.nt.batch={batch}", "method.nt.fused=true")
+    assert M.update_kind == "simultaneous" and M.nt_fused
+    seen, build = [], nt_mod.fused_build
+
+    def spy(x_real, x_fake, *args, **kw):
+        out = build(x_real, x_fake, *args, **kw)
+        seen.append((x_fake, out[1]))  # G's samples and the fake batch D saw
+        return out
+    monkeypatch.setattr(nt_mod, "fused_build", spy)
+    g = torch.Generator().manual_seed(3)
+    offset = M.noise_state.offset
+    M.train_step(1, lambda m: torch.randn(m, *SHAPE, generator=g, dtype=torch.float64))
+    assert len(seen) == 2 and M.noise_state.offset > offset  # D's batches moved the stream; G drew from a copy
+    (fake_d, xf_d), (fake_g, xf_g) = seen
+    assert torch.equal(fake_d, fake_g.detach()) and torch.equal(xf_d, xf_g.detach())
+    h = 0 if batch == "full" else len(fake_d) // 2
+    assert not torch.allclose(xf_d[-len(fake_d) + h:], fake_d[h:])  # the noisy rows have noise
+    M.train_step(2, lambda m: torch.randn(m, *SHAPE, generator=g, dtype=torch.float64))
+    assert not torch.equal(seen[2][1] - seen[2][0].repeat(2 if batch == "full" else 1, *[1] * len(SHAPE)),
+                           xf_d - fake_d.repeat(2 if batch == "full" else 1, *[1] * len(SHAPE)))  # new eps
+
+
 def test_fused_nt_keeps_the_plain_losses_for_other_loss_types():
     _, M = make("nt", "method.nt.noise=fixed", "method.nt.fused=true", "method.loss=least_squares")
     x, fake, d = d_setup(M)
