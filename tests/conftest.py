@@ -12,7 +12,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _one_process_per_core():
+    """Under pytest-xdist (-n auto: one worker per core) each worker's torch would also start a thread per core;
+    the oversubscribed OpenMP threads spin at their barriers (a training step 4x slower on 2 busy cores), so each
+    worker gets its share of the cores. Tests that compare thread counts set their own."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", share)  # fastgan._C's OpenMP loops read it when it first loads
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def pytest_configure(config):
+    _one_process_per_core()
     # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
     # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
     # under the sanitizers (tests/test_cuda_emu_sanitized.py).
