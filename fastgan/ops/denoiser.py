@@ -325,7 +325,7 @@ class Denoiser(nn.Module):
     def from_sequential(cls, net: nn.Sequential, *, sigma: float = 1.0, backend: str | None = None) -> "Denoiser":
         """Wraps an existing ``nn.Sequential((Linear, BatchNorm1d, ReLU) x depth, Linear)`` (sharing its
         parameters and buffers) in its current train/eval mode. The layers must be exactly those classes (no
-        subclasses, hooks or parametrizations such as spectral norm: the fused kernels compute what those
+        subclasses, hooks (on net too, nor a forward of its own) or parametrizations such as spectral norm: the fused kernels compute what those
         classes compute and would ignore anything else), BatchNorm layers affine, tracking running stats and
         sharing eps and momentum, widths chained, and the output width equal to the input width."""
         if not isinstance(net, nn.Sequential):
@@ -345,6 +345,12 @@ class Denoiser(nn.Module):
         checks again cheaply: the layer objects, and every parameter's and buffer's shape."""
         if not isinstance(net, nn.Sequential):
             raise TypeError(f"Denoiser.net must be an nn.Sequential, got {type(net).__name__}")
+        if type(net).forward is not nn.Sequential.forward:
+            raise ValueError(f"net: {type(net).__name__} has its own forward, which the fused kernels would not run "
+                             "(they compute nn.Sequential's); use the plain module")
+        if _has_hooks(net):
+            raise ValueError("net has hooks, which the fused kernels would not run; remove them or use the plain "
+                             "nn.Sequential")
         mods = tuple(net._modules.values())
         if len(mods) % 3 != 1:
             raise ValueError("net must be (Linear, BatchNorm1d, ReLU) x depth followed by a Linear")
@@ -448,7 +454,8 @@ class Denoiser(nn.Module):
         tensor), so the kernels never read a tensor by the wrong size or type."""
         net = self.net
         mods = tuple(net._modules.values())
-        if mods != self._mods or tuple(map(type, mods)) != self._types or any(map(_has_hooks, mods)):
+        if mods != self._mods or tuple(map(type, mods)) != self._types or _has_hooks(net) or \
+                any(map(_has_hooks, mods)):
             self._adopt(net)
         training = self.training
         for i, m in enumerate(self._norms):

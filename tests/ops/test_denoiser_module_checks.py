@@ -96,6 +96,29 @@ def test_subclasses_hooks_and_parametrizations_are_refused():
         den.loss(h)
 
 
+class _DoubledSequential(nn.Sequential):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _NamedSequential(nn.Sequential):  # a subclass that keeps nn.Sequential's forward computes the same
+    pass
+
+
+def test_the_container_s_own_forward_and_hooks_are_refused():
+    layers = lambda: (nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4))  # noqa: E731
+    with pytest.raises(ValueError, match="net: _DoubledSequential has its own forward"):
+        Denoiser.from_sequential(_DoubledSequential(*layers()))
+    Denoiser.from_sequential(_NamedSequential(*layers()))
+    den, _ = make_pair()
+    h = torch.randn(6, 12, dtype=torch.float64)
+    handle = den.net.register_forward_hook(lambda m, i, o: o * 2)  # on the container, after wrapping
+    with pytest.raises(ValueError, match="net has hooks"):
+        den.loss(h)
+    handle.remove()
+    den.loss(h)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_a_layer_replaced_after_construction_is_used(backend):
     den, _ = make_pair(backend=backend, training=False)
