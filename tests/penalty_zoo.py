@@ -1,6 +1,8 @@
 """Discriminators the penalty-mode tests run every mode on: nn.Sequential MLPs and convnets the closed form covers
 (with running and batch BatchNorm statistics, spectral norm), and conv/norm Ds of other structure that only the jvp
 path and the double backward cover."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -136,6 +138,35 @@ class WithSequential(nn.Module):
         return nn.Sequential(nn.Flatten(), *self.body, self.out)
 
 
+class AttentionD(nn.Module):
+    """Two-head self-attention over an image's rows through F.scaled_dot_product_attention (causal, with an additive
+    and a boolean mask), whose fused kernels have no forward-mode formula reverse mode can use. math: run torch's
+    math kernel (composite ops), the one with a double backward (the fused CPU/CUDA kernels have none)."""
+
+    def __init__(self, math: bool = True):
+        super().__init__()
+        self.math = math
+        self.qkv = nn.Linear(24, 3 * 8)
+        self.head = nn.Linear(8, 1)
+        self.register_buffer("bias", 0.3 * torch.randn(8, 8))
+        self.register_buffer("keep", torch.rand(8, 8) > 0.3)
+        self.keep.fill_diagonal_(True)  # every query attends somewhere
+
+    def forward(self, x):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH) if self.math else contextlib.nullcontext():
+            return self._attend(x)
+
+    def _attend(self, x):
+        B = x.shape[0]
+        q, k, v = self.qkv(x.transpose(1, 2).reshape(B, 8, 24)).reshape(B, 8, 2, 12).transpose(1, 2).chunk(3, -1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        b = F.scaled_dot_product_attention(q, a, v, attn_mask=self.bias, scale=0.7)
+        c = F.scaled_dot_product_attention(a, k, b, attn_mask=self.keep)
+        return self.head((a + b * c).transpose(1, 2).reshape(B, 8, 8).mean(1))
+
+
 IMG = lambda B: torch.randn(B, 3, 8, 8)  # noqa: E731
 VEC = lambda B: torch.randn(B, 3)  # noqa: E731
 SEQ = lambda B: torch.randn(B, 3, 8)  # noqa: E731
@@ -157,6 +188,7 @@ DS = {
     "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
     "groupnorm_residual": (lambda: models.GroupNormResD(3, 8), IMG, "jvp"),
     "conv_spectral_bn": (conv_spectral_bn, IMG, "jvp"),
+    "attention": (AttentionD, IMG, "jvp"),
 }
 # the Ds mode="mlp" (the closed form) runs: on CUDA "auto" picks it for all but those with batch statistics
 MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated",

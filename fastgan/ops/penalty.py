@@ -9,6 +9,7 @@ and the reduced penalty come back in that accumulation dtype.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Union
 
 import torch
@@ -404,6 +405,16 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
 PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
 
 
+def uncompiled(D):
+    """The module a torch.compile'd D wraps (D itself otherwise): every mode runs it. torch.compile's AOT autograd
+    has no double backward, the jvp path's forward-mode pass and the closed form never run D's compiled forward
+    either; a compiled training step (torch.compile of the function calling the penalty) is traced as usual."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: D cannot be compiled
+    if eval_frame is not None and isinstance(D, eval_frame.OptimizedModule):
+        return D._orig_mod
+    return D
+
+
 def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",
                      backend: str | None = None, mode: str = "double_backward"):
     """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1).
@@ -428,6 +439,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
+    D = uncompiled(D)
     out = _without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
                          x)
     if out is not None:
@@ -481,6 +493,7 @@ def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]
     that jvp is used on CUDA only. Runs nothing."""
     _checks.tensor("x", x, min_dim=1)
     _checks.choice("reduction", reduction, REDUCTIONS)
+    D = uncompiled(D)
     from . import penalty_jvp
 
     mode, why, _ = penalty_jvp.auto_choice(D, x, reduction)
@@ -510,7 +523,8 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
                mode: str = "double_backward"):
     """Roth et al.'s JS regularizer Omega = E_P[(1-sigma(psi))^2 ||grad psi||^2] + E_Q[sigma(psi)^2 ||grad psi||^2].
 
-    Returns (Omega, logits_real, logits_fake); add ``gamma / 2 * Omega`` to the discriminator loss.
+    Returns (Omega, logits_real, logits_fake); add ``gamma / 2 * Omega`` to the discriminator loss. x_real and
+    x_fake are detached (a discriminator term): the logits carry no gradient to G; G's loss needs its own D(G(z)).
     mode: as in gradient_penalty.
     """
     _checks.tensor("x_real", x_real, min_dim=1)
@@ -521,6 +535,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
+    D = uncompiled(D)
     out = _without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
     if out is not None:
         return out

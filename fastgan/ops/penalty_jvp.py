@@ -12,7 +12,8 @@ constant, and <g, v> is the forward-mode directional derivative of sum psi along
 
 The second forward must see D exactly as the first did: it runs on clones of D's buffers as they were before the
 first forward (BatchNorm running statistics and spectral-norm power iterations therefore advance once per call, as
-with the double backward) and replays the random-number state (dropout draws the same masks).
+with the double backward) and replays the random-number state (dropout draws the same masks). What cannot be
+replayed is refused (jvp_refusal): backward hooks, and a function D reaching modules whose buffers it would update.
 
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
@@ -174,7 +175,31 @@ def _method_log_softmax(self, dim, dtype=None):
     return _log_softmax(self, dim, dtype=dtype)
 
 
+def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """scaled_dot_product_attention in ordinary ops, its softmax through _softmax (torch's fused kernels have no
+    usable forward-mode formula in reverse mode)."""
+    if _plain(query, key, value, attn_mask):
+        return NotImplemented
+    if dropout_p > 0:
+        raise NotImplementedError("jvp penalty: scaled_dot_product_attention with dropout_p > 0 draws its mask "
+                                  "inside the kernel, which the second forward cannot replay; use "
+                                  "mode='double_backward'")
+    L, S = query.shape[-2], key.shape[-2]
+    if enable_gqa and key.dim() > 2 and key.shape[-3] != query.shape[-3]:
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
+        value = value.repeat_interleave(query.shape[-3] // value.shape[-3], -3)
+    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.shape[-1]) if scale is None else scale)
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask
+    return _softmax(scores, -1) @ value
+
+
 _RULES = {
+    F.scaled_dot_product_attention: _attention,
     F.batch_norm: _batch_norm,
     F.instance_norm: _instance_norm,
     F.layer_norm: _layer_norm,
@@ -211,6 +236,69 @@ class _DualRules(TorchFunctionMode):
 
 
 # ---------------------------------------------------------------- state the second forward must reproduce
+
+def _backward_hooks(D) -> str | None:
+    """Where D has backward hooks (None: nowhere). A module's full backward hook wraps its forward in an
+    autograd.Function without a forward-mode formula, and any backward hook would run on the dual forward's
+    reverse pass rather than on the gradient the penalty is formed from."""
+    import torch.nn.modules.module as mm
+
+    if mm._global_backward_hooks or mm._global_backward_pre_hooks:
+        return "global module backward hooks are registered"
+    if not any(m._backward_hooks or m._backward_pre_hooks for m in D.modules()):  # no names built per call
+        return None
+    name = next(n for n, m in D.named_modules() if m._backward_hooks or m._backward_pre_hooks)
+    return f"D{'.' + name if name else ''} has backward hooks"
+
+
+def _modules_named_by(fn) -> list:
+    """The nn.Modules a function reaches directly: a bound method's module, a partial's arguments, closure cells
+    and the globals its code names (a script's `lambda x: D(x, y)`)."""
+    import functools
+
+    seen, out = set(), []
+
+    def add(v):
+        if isinstance(v, nn.Module) and id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    if isinstance(fn, functools.partial):
+        for v in (fn.func, *fn.args, *fn.keywords.values()):
+            add(v)
+            add(getattr(v, "__self__", None))
+        fn = fn.func
+    add(getattr(fn, "__self__", None))
+    fn = getattr(fn, "__func__", fn)
+    code, glob = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            add(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    for name in code.co_names if code is not None else ():
+        add(glob.get(name))
+    return out
+
+
+def _function_state(D) -> str | None:
+    """For a function D, why its second forward would change state it reaches (None: nothing found): a module in
+    training mode holding buffers (BatchNorm's running statistics and batch count, spectral norm's power-iteration
+    vectors) steps them once per forward, and jvp runs two; an nn.Module D runs its second forward on copies."""
+    for module in _modules_named_by(D):
+        for name, m in module.named_modules():
+            if m.training and next(m.buffers(recurse=False), None) is not None:
+                where = f"{type(module).__name__}{'.' + name if name else ''}"
+                return (f"D is a function that runs {where} ({type(m).__name__}), whose buffers a forward in "
+                        "training mode updates: jvp's second forward would update them again; pass an nn.Module "
+                        "whose forward calls it (e.g. with the class labels as an attribute): jvp restores a "
+                        "module's buffers")
+    return None
+
+
+def jvp_refusal(D) -> str | None:
+    """Why mode="jvp" cannot run D exactly as the double backward does, or None."""
+    return _backward_hooks(D) if isinstance(D, nn.Module) else _function_state(D)
+
 
 def _buffer_clones(D) -> dict:
     if not isinstance(D, nn.Module):
@@ -287,6 +375,9 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     if reduction == "none":
         raise ValueError("mode='jvp' needs reduction 'mean' or 'sum' (a per-sample penalty has no single JVP "
                          "direction); use mode='double_backward' or 'mlp' for reduction='none'")
+    refusal = jvp_refusal(D)
+    if refusal is not None:
+        raise ValueError(f"mode='jvp': {refusal} (mode='double_backward' runs it)")
     if _capturing(x.device) and _active_dropout(D):
         raise ValueError("mode='jvp' replays D's forward, which cannot replay dropout masks under CUDA graph "
                          "capture; use mode='double_backward'")
@@ -450,6 +541,9 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
         return "double_backward", f"{not_closed}; jvp needs an nn.Module", steps
     if reduction == "none":
         return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'", steps
+    hooks = _backward_hooks(D)
+    if hooks is not None:  # before the verdict: hooks added after the check are seen
+        return "double_backward", f"{not_closed}; not jvp: {hooks}", steps
     if x.device.type not in AUTO_JVP_DEVICES:
         return "double_backward", f"{not_closed}; jvp runs on {sorted(AUTO_JVP_DEVICES)} only (not faster on " \
                                   f"{x.device.type})", steps

@@ -197,3 +197,27 @@ def test_changed_slope_recompiles():
         for g, w in zip(got[0], want[0]):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp", "auto"])
+def test_a_compiled_d_passed_to_the_penalty_runs_its_module(mode):
+    """torch.compile(D) given as D: AOT autograd has no double backward (torch raises there), so every mode runs the
+    module it wraps, with the eager module's gradients and buffers."""
+    from fastgan.reference import penalty as ref
+
+    factory, make_x, _ = DS["conv_bn_eval_conv_head" if mode == "mlp" else "conv_bn"]
+    torch.manual_seed(0)
+    D = factory().double()
+    oracle = copy.deepcopy(D)
+    compiled = torch.compile(D, backend="aot_eager")
+    xr, xf = make_x(5).double(), make_x(5).double()
+    before = _dispatch.counts[("gradient_penalty", "double_backward" if mode == "auto" else mode)]
+    pen, lr, lf = js_penalty(compiled, xr, xf, mode=mode)
+    assert _dispatch.counts[("gradient_penalty", "double_backward" if mode == "auto" else mode)] > before
+    (F.softplus(-lr).mean() + F.softplus(lf).mean() + pen).backward()
+    pen_r, lr_r, lf_r = ref.js_penalty(oracle, xr, xf)
+    (F.softplus(-lr_r).mean() + F.softplus(lf_r).mean() + pen_r).backward()
+    for p, q in zip(D.parameters(), oracle.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    for a, b in zip(D.buffers(), oracle.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
