@@ -54,8 +54,8 @@ def _state(run_dir: Path) -> tuple[str, str, int | None]:
         state, reason, at = str(status["state"]), str(status.get("reason", "")), status.get("step")
     except FileNotFoundError:
         return "unknown", "no status.json (a run from an older fastgan, or one that failed while starting)", None
-    except (ValueError, KeyError, TypeError) as e:
-        return "unknown", f"unreadable status.json ({e})", None
+    except (ValueError, KeyError, TypeError) as e:  # written by rename: never half-written, so damaged
+        return "unreadable", f"unreadable status.json ({type(e).__name__}: {e})", None
     if status.get("phase") == "final evaluation" and state != "finished":
         reason = f"trained to the end, then {state} in the final evaluation: {reason}"
     at = at if isinstance(at, int) and not isinstance(at, bool) else None

@@ -126,6 +126,8 @@ def _find_run(cfg: TrainConfig) -> Path:
     if cfg.run.dir:
         d = Path(cfg.run.dir)
         if not (d / CHECKPOINT).exists():
+            if d.is_dir() and lock_held(d):
+                _unlock(_lock(d))  # a run before its first checkpoint: the busy error, naming the holder's pid
             raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
         return d
     root = Path(cfg.run.out_dir)

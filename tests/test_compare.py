@@ -213,12 +213,18 @@ def test_damaged_files_mark_only_their_run(tmp_path):
     bad_status = _fake_run(tmp_path, "status-dir")
     (bad_status / "status.json").unlink()
     (bad_status / "status.json").mkdir()
+    for name, text in (("status-cut", '{"state": "stop'), ("status-list", "[1]"), ("status-no-state", "{}")):
+        (_fake_run(tmp_path, name) / "status.json").write_text(text)
     rows = {r["name"]: r for r in compare.compare(tmp_path)}
     assert rows["ok"]["state"] == "finished" and rows["ok"]["metrics"] == {"fd": 1.5}
     assert rows["inf-step"]["state"] == "unreadable" and "row 1: step 'inf' is not a step number" in rows["inf-step"]["reason"]
     assert rows["bad-middle"]["state"] == "unreadable" and "eval/fd holds 'x'" in rows["bad-middle"]["reason"]
     assert rows["partial-last"]["state"] == "finished" and (rows["partial-last"]["step"], rows["partial-last"]["metrics"]) == (10, {"fd": 2.0})
     assert rows["status-dir"]["state"] == "unreadable"
+    for name, why in (("status-cut", "JSONDecodeError"), ("status-list", "TypeError"), ("status-no-state", "KeyError")):
+        assert rows[name]["state"] == "unreadable" and f"unreadable status.json ({why}" in rows[name]["reason"], name
+    grid = compare.format_grid([rows["status-cut"]], "fd")
+    assert "unreadable" in grid and "1.5" not in grid  # not shown as if it had finished
 
 
 def test_grid_layout_duplicates_and_unfinished_runs(tmp_path):

@@ -45,6 +45,21 @@ def test_a_held_lock_refuses_a_second_run_and_writes_nothing(tmp_path):
     assert _train(d, steps=4, resume=True).step == 4  # the lock went with its holder
 
 
+def test_a_resume_of_a_run_before_its_first_checkpoint_names_the_holder(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    fd = train_mod._lock(d)  # a run that started and has not checkpointed yet
+    train_mod._claim(fd)
+    try:
+        with pytest.raises(train_mod.RunFolderError, match=rf"run folder {d} is in use by another fastgan run "
+                                                           rf"\(pid {os.getpid()}\)"):
+            _train(d, resume=True)
+    finally:
+        train_mod._unlock(fd)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):  # nobody holds it: the missing checkpoint
+        _train(d, resume=True)
+
+
 def test_the_lock_is_released_after_a_run_and_after_a_failed_start(tmp_path):
     d = tmp_path / "r"
     _train(d)
