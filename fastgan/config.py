@@ -187,7 +187,7 @@ class RunConfig:
     parzen: bool = False
     parzen_samples: int = field(default=10000, metadata={"min": 1})
     parzen_validation: int = field(default=1000, metadata={"min": 1})
-    parzen_test: int = field(default=10000, metadata={"min": 1})
+    parzen_test: int = field(default=10000, metadata={"min": 2})  # 2: the standard error needs two
     # Fréchet distance and classifier score (FID's and the Inception score's formulas on fastgan's shipped
     # Fashion-MNIST classifier, fastgan.metrics.fmnist_scores) of fd_samples generated images (>= 20: 10 parts of
     # 2 for the score) against as many test images (at most the split's), every fd_every steps (0: only at the
@@ -454,6 +454,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"optim.batch_size: DFM's denoiser trains on the m // 2 clean rows of NT's half batches "
                               f"(method.nt.batch='half'), and its training-mode BatchNorm needs 2: batch_size >= 4, "
                               f"got {o.batch_size}")
+        if m.nt.batch == "half" and m.nt.noise == "generator" and cfg.model.arch != "dcgan" and \
+                cfg.model.resolved("g_batchnorm") and o.batch_size < 3:
+            # the noise generator (G's architecture) draws eps for the m - m // 2 noisy rows only
+            raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', G's "
+                              f"architecture with model.g_batchnorm) draws eps for the m - m // 2 noisy rows of half "
+                              f"batches, and its training-mode BatchNorm needs 2: batch_size >= 3, got {o.batch_size}")
         if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
             raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got "
                               f"method.nt.noise={m.nt.noise!r}")

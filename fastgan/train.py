@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -585,7 +586,10 @@ class _Run:
         if not bool(torch.isfinite(x).all()):
             # eval-mode G (BatchNorm's running statistics) can diverge while the training losses stay finite
             raise NonFiniteLossError(f"run.fd at step {step}: G's samples (eval mode) hold non-finite values")
-        res = fmnist_scores(x, self._fd_real, classifier=self.classifier)
+        with warnings.catch_warnings():
+            # G draws in [-1, 1] (tanh): all-nonnegative samples are light images, not [0, 1] ones
+            warnings.filterwarnings("ignore", message=r"samples: every value is >= 0")
+            res = fmnist_scores(x, self._fd_real, classifier=self.classifier)
         out = {"eval/fd": res["fd"], "eval/classifier_score": res["score"],
                "eval/classifier_score_std": res["score_std"]}
         self._log(step, out)
@@ -815,9 +819,16 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
             raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
         # read for its config only: _Run reads the checkpoint again once it holds the run folder's lock, since
         # another run may have written a newer one in between
+        overrides = C.check_overrides(overrides)
+        for item in overrides:
+            key, value = C.parse_override(item) if isinstance(item, str) else item
+            moved = key == "run.out_dir" or (key == "run.dir" and (value is None or Path(str(value)) != run_dir))
+            if moved:  # the folder given is the run: a value here would be recorded and ignored
+                raise ConfigError(f"{key}: --resume of the run folder {run_dir} continues it there; drop "
+                                  f"--set {key}={value} (or give the config and run.dir to resume by them)")
         state = ckpt.load(run_dir / CHECKPOINT)
         _checkpoint_config(state, run_dir / CHECKPOINT)
-        return C.coerce(state["config"], C.check_overrides(overrides) + [("run.dir", str(run_dir))])
+        return C.coerce(state["config"], overrides + [("run.dir", str(run_dir))])
     return C.coerce(cfg, overrides)
 
 

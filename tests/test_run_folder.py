@@ -154,3 +154,18 @@ def test_concurrent_run_is_refused_and_sigint_checkpoints_the_last_step(tmp_path
     assert not [p for p in (d / "checkpoints").iterdir() if p.name != "last.pt"]  # no temporary file left
     more = fastgan.train(d, overrides=["run.steps=" + str(step + 3)], resume=True)
     assert more.start_step == step and more.step == step + 3
+
+
+def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path, capsys):
+    from fastgan.cli import main as cli_main
+
+    d = tmp_path / "r"
+    _train(d)
+    before = _snapshot(d)
+    for item in (f"run.dir={tmp_path / 'other'}", f"run.out_dir={tmp_path / 'elsewhere'}", "run.dir=null"):
+        with pytest.raises(fastgan.config.ConfigError, match=rf"^{item.split('=')[0]}: --resume of the run folder"):
+            fastgan.train(d, overrides=["run.steps=4", item], resume=True)
+        assert cli_main(["train", str(d), "--resume", "--set", "run.steps=4", item]) == 2
+        assert "continues it there" in capsys.readouterr().err
+    assert _snapshot(d) == before and not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
+    assert fastgan.train(d, overrides=["run.steps=4", f"run.dir={d}"], resume=True).step == 4  # the same folder

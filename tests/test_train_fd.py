@@ -237,3 +237,20 @@ def test_fd_on_cuda_matches_the_cpu(tmp_path, tiny_fashion_mnist, capsys):
     on_cpu = fmnist_scores(x.cpu(), test, classifier=load_fmnist_classifier("cpu"))
     assert on_cuda["fd"] == pytest.approx(on_cpu["fd"], rel=2e-2)
     assert on_cuda["score"] == pytest.approx(on_cpu["score"], rel=2e-2)
+
+
+def test_light_samples_do_not_warn_of_a_0_1_range(tmp_path, tiny_fashion_mnist, monkeypatch):
+    """The trainer's G draws in [-1, 1]: all-nonnegative samples (a G drawing light images, as a tiny one early on)
+    are not the [0, 1] mistake fmnist_scores warns users of."""
+    import importlib
+    import warnings
+
+    train_mod = importlib.import_module("fastgan.train")  # fastgan.train is the function
+    draw = train_mod._Run._generate_many
+    monkeypatch.setattr(train_mod._Run, "_generate_many", lambda self, n, g: draw(self, n, g).abs())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=2", "run.fd_every=1"))
+    assert not [w for w in seen if "every value is >= 0" in str(w.message)]
+    with pytest.warns(UserWarning, match="every value is >= 0"):  # a user's own call still warns
+        fmnist_scores(torch.rand(20, 1, 28, 28), torch.rand(20, 1, 28, 28) * 2 - 1)

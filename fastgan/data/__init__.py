@@ -14,14 +14,12 @@ import numpy as np
 import torch
 
 from . import mixtures
-from .config import DATASETS, DataConfig
+from .config import DATASETS, TEST_SPLIT_DATASETS, DataConfig
 from .dataset import MixtureDataset, TensorDataset
 
 __all__ = ["DataConfig", "DATASETS", "TEST_SPLIT_DATASETS", "build_dataset", "has_test_split", "load_arrays",
            "load_test_split", "mixtures", "MixtureDataset", "TensorDataset"]
 
-# the stored sets that ship a separate test split (its own files beside the training files)
-TEST_SPLIT_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def _value_map(a: np.ndarray, cfg: DataConfig, source: str, integer: bool) -> tuple[float, float]:
@@ -48,11 +46,7 @@ def load_arrays(cfg: DataConfig) -> tuple[np.ndarray, str, str]:
     """(array in (N, C, H, W) or (N, D) layout, kind, source path) for a file-backed data set."""
     from . import cifar, folder, idx, npz
 
-    name = cfg.name
-    if name in ("image_folder", "npz") and cfg.split != "train":
-        # These formats have no splits; reading the one set for split=test would silently reuse training data.
-        raise ValueError(f"data.split={cfg.split!r}: {name} data has no splits (data.path {cfg.path!r} is used "
-                         f"whole); leave data.split as 'train'")
+    name = cfg.name  # (a split of image folders and npz files is refused by DataConfig: they have none)
     if name in ("mnist", "fashion_mnist"):
         path = cfg.path or idx.FASHION_MNIST_DIR
         return idx.load_idx_images(path, cfg.split, fashion=name == "fashion_mnist"), "images", path

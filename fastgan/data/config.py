@@ -6,8 +6,11 @@ from typing import Optional
 DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 MIXTURE_DATASETS = tuple(n for n in DATASETS if n not in FILE_DATASETS)  # fastgan.data.mixtures.MIXTURES
-# fields only some data sets read
-ONLY_FOR = {"path": FILE_DATASETS, "split": FILE_DATASETS,
+# the stored sets that ship a separate test split (their own files beside the training files)
+TEST_SPLIT_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+# fields only some data sets read (image folders and npz files have no splits: a split=test would train on the
+# one set there is)
+ONLY_FOR = {"path": FILE_DATASETS, "split": TEST_SPLIT_DATASETS,
             "max_samples": FILE_DATASETS, "nominal_size": MIXTURE_DATASETS, "mixture_std": MIXTURE_DATASETS,
             "image_size": ("image_folder",), "channels": ("image_folder",), "npz_key": ("npz",),
             "value_range": ("npz",)}

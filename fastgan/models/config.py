@@ -89,6 +89,13 @@ class ModelConfig:
             raise ValueError(f"model.dcgan_activation: only used by arch 'dcgan', got arch {self.arch!r}{hint}")
         # a field the architecture does not read, set away from its default, would be recorded in config.yaml
         # and silently ignored
+        leaky = (self.arch == "mlp" and self.mlp_activation == "leaky_relu") or \
+            (self.arch == "dcgan" and self.dcgan_activation == "relu")  # DCGAN's D: leaky ReLUs
+        if not leaky and self.leaky_slope != type(self).__dataclass_fields__["leaky_slope"].default:
+            act = {"mlp": self.mlp_activation, "dcgan": self.dcgan_activation}.get(self.arch)
+            raise ValueError(f"model.leaky_slope: only used by leaky ReLUs (arch 'mlp' with mlp_activation="
+                             f"'leaky_relu', arch 'dcgan' with dcgan_activation='relu'), got arch {self.arch!r}"
+                             + (f" with activation {act!r}" if act else ""))
         for name, archs in ARCH_ONLY.items():
             default = type(self).__dataclass_fields__[name].default
             if self.arch not in archs and getattr(self, name) != default:

@@ -16,6 +16,9 @@ from fastgan.models.config import ModelConfig
 @pytest.mark.parametrize("fields, message", [
     (dict(path="/tmp/x.npz"), r"data\.path: not used by data\.name='roth3d'.*set data\.name to the file's format"),
     (dict(split="test"), r"data\.split: not used by data\.name='roth3d'"),
+    (dict(name="npz", path="x.npz", split="test"), r"data\.split: not used by data\.name='npz', only by mnist, "
+                                                   r"fashion_mnist, cifar10"),
+    (dict(name="image_folder", path="d", split="all"), r"data\.split: not used by data\.name='image_folder'"),
     (dict(max_samples=5), r"data\.max_samples: not used by data\.name='roth3d'"),
     (dict(name="fashion_mnist", image_size=32), r"data\.image_size: not used by data\.name='fashion_mnist', only "
                                                 r"by image_folder"),
@@ -43,6 +46,19 @@ def test_model_fields_the_architecture_does_not_read_are_refused(arch, field, va
         ModelConfig(arch=arch, **{field: value})
     ModelConfig(arch=dict(mlp_activation="mlp", maxout_pieces="goodfellow", d_dropout="goodfellow",
                           d_input_dropout="goodfellow", dcgan_width="dcgan")[field], **{field: value})
+
+
+@pytest.mark.parametrize("fields, where", [(dict(arch="mlp"), " with activation 'tanh'"),
+                                           (dict(arch="mlp", mlp_activation="relu"), " with activation 'relu'"),
+                                           (dict(arch="goodfellow"), ""),
+                                           (dict(arch="dcgan", dcgan_activation="tanh"), " with activation 'tanh'")])
+def test_leaky_slope_without_a_leaky_relu_is_refused(fields, where):
+    with pytest.raises(ValueError, match=rf"^model\.leaky_slope: only used by leaky ReLUs .* got arch "
+                                         rf"'{fields['arch']}'{where}$"):
+        ModelConfig(leaky_slope=0.1, **fields)
+    ModelConfig(**fields)  # the default slope: nothing was set
+    ModelConfig(arch="mlp", mlp_activation="leaky_relu", leaky_slope=0.1)
+    ModelConfig(arch="dcgan", leaky_slope=0.1)  # DCGAN's D
 
 
 def test_a_list_value_range_is_a_tuple():

@@ -37,6 +37,24 @@ def test_nt_half_batches_with_dfm_need_two_clean_rows(tmp_path):
     coerce(None, ["method.name=nt+dfm", "method.nt.batch=full", "optim.batch_size=2"])
 
 
+def test_nt_half_batches_with_a_batchnorm_noise_generator_need_two_noisy_rows(tmp_path):
+    # the noise generator (G's architecture) draws eps for the m - m // 2 noisy rows only
+    gen = ["method.name=nt", "method.nt.noise=generator", "method.nt.batch=half", "model.g_batchnorm=true"]
+    for arch in ("mlp", "goodfellow"):
+        with pytest.raises(ConfigError, match=r"^optim\.batch_size: NT's noise generator .*>= 3, got 2"):
+            train(tmp_path, *gen, f"model.arch={arch}", "optim.batch_size=2")
+        assert not (tmp_path / "run").exists()
+    assert train(tmp_path, *gen, "optim.batch_size=3").step == 2
+    coerce(None, [*gen[:-1], "model.g_batchnorm=false", "optim.batch_size=2"])
+    coerce(None, [*gen[:2], "method.nt.batch=full", "model.g_batchnorm=true", "optim.batch_size=2"])
+
+
+def test_parzen_needs_two_test_samples_for_its_standard_error():
+    with pytest.raises(ConfigError, match=r"^run\.parzen_test: must be >= 2"):
+        coerce(None, ["run.parzen=true", "run.parzen_test=1"])
+    coerce(None, ["run.parzen=true", "run.parzen_test=2"])
+
+
 def test_adam_betas_of_one_are_config_errors():
     for key in ("beta1", "beta2"):
         with pytest.raises(ConfigError, match=rf"^optim\.{key}: must be < 1 for optim\.optimizer='adam'"):
