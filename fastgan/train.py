@@ -727,7 +727,8 @@ class _Run:
             # the steps are done and checkpointed: a Ctrl-C in the final evaluation (minutes of Parzen windows for
             # 784-d images) interrupts it at once, where the handler would only have set `requested`
             stop.restore()
-            self.phase = "final evaluation"
+            if r.parzen or r.fd:  # status.json's phase: the last one the run entered
+                self.phase = "final evaluation"
             try:
                 if r.parzen:
                     metrics.update(self._parzen(step))

@@ -93,3 +93,11 @@ def test_only_a_stop_in_the_final_evaluation_at_the_checkpoint_step_reruns_it(tm
     (d / "status.json").write_text(json.dumps({**s, "state": "interrupted"}))
     assert not _train(d, steps=1, resume=True).final_evaluation_only
     assert (d / "metrics.csv").read_bytes() == before
+
+
+def test_a_run_without_a_final_evaluation_ends_in_its_training_phase(tmp_path):
+    d = tmp_path / "r"
+    _train(d, "run.parzen=false")
+    assert (_status(d)["state"], _status(d)["phase"]) == ("finished", "training")
+    _train(tmp_path / "p")
+    assert (_status(tmp_path / "p")["state"], _status(tmp_path / "p")["phase"]) == ("finished", "final evaluation")
