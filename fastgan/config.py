@@ -187,7 +187,7 @@ class RunConfig:
     parzen: bool = False
     parzen_samples: int = field(default=10000, metadata={"min": 1})
     parzen_validation: int = field(default=1000, metadata={"min": 1})
-    parzen_test: int = field(default=10000, metadata={"min": 2})  # 2: the standard error needs two
+    parzen_test: int = field(default=10000, metadata={"min": 1})  # >= 2 with run.parzen (its standard error)
     # Fréchet distance and classifier score (FID's and the Inception score's formulas on fastgan's shipped
     # Fashion-MNIST classifier, fastgan.metrics.fmnist_scores) of fd_samples generated images (>= 20: 10 parts of
     # 2 for the score) against as many test images (at most the split's), every fd_every steps (0: only at the
@@ -482,6 +482,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 raise ConfigError(f"optim.{key}: must be < 1 for optim.optimizer='adam', got {getattr(o, key)!r}")
     if not _DEVICE.match(r.device):
         raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
+    if r.parzen and r.parzen_test < 2:
+        raise ConfigError(f"run.parzen_test: must be >= 2 with run.parzen (the log-likelihood's standard error), got "
+                          f"{r.parzen_test}")
     if r.cuda_graph and not r.device.startswith(("cuda", "auto")):
         raise ConfigError(f"run.cuda_graph: CUDA graphs need run.device='cuda' (or 'cuda:N', 'auto'), got "
                           f"{r.device!r}")
@@ -563,6 +566,28 @@ def from_dict(data: Mapping) -> TrainConfig:
     if data is None:
         data = {}
     return validate(_from_dict(TrainConfig, data, ""))
+
+
+_UNREAD = re.compile(r"^(data|model)\.(\w+): (not used by|only used by)")
+
+
+def from_stored(data: Mapping) -> TrainConfig:
+    """from_dict for a config an earlier fastgan wrote (a checkpoint's): a field its data set or architecture does
+    not read, accepted then and refused since (data.split on an npz, model.leaky_slope on a tanh MLP), is reset to
+    its default, which is what the run used; anything else invalid raises as from_dict does."""
+    import copy
+
+    data = copy.deepcopy(dict(data or {}))
+    for _ in range(32):  # one refused field per pass
+        try:
+            return from_dict(data)
+        except ConfigError as e:
+            m = _UNREAD.match(str(e))
+            section = data.get(m.group(1)) if m else None
+            if not isinstance(section, dict) or m.group(2) not in section:
+                raise
+            del section[m.group(2)]
+    return from_dict(data)
 
 
 def to_dict(cfg) -> dict:

@@ -794,7 +794,7 @@ def _final_evaluation_pending(run_dir: Path, step: int) -> bool:
 def _checkpoint_config(state: dict, path: Path) -> TrainConfig:
     """The checkpoint's own config, validated; a bad one is the checkpoint's fault, not the user's config."""
     try:
-        return C.from_dict(state["config"])
+        return C.from_stored(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
 
@@ -813,6 +813,8 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
     """The config asked for: a run folder's (resume only) or the given one, with the overrides applied."""
     if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
         run_dir = Path(cfg)
+        if resume and not (run_dir / CHECKPOINT).exists() and lock_held(run_dir):
+            _unlock(_lock(run_dir))  # a run before its first checkpoint: the busy error, naming the holder's pid
         if not (run_dir / CHECKPOINT).exists() and not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} is a folder, not a YAML config (nor a run folder: it holds no "
                               f"{CHECKPOINT} or config.yaml)")
@@ -823,13 +825,14 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
         overrides = C.check_overrides(overrides)
         for item in overrides:
             key, value = C.parse_override(item) if isinstance(item, str) else item
-            moved = key == "run.out_dir" or (key == "run.dir" and (value is None or Path(str(value)) != run_dir))
+            moved = key == "run.out_dir" or (key == "run.dir" and (
+                value is None or Path(str(value)).resolve() != run_dir.resolve()))
             if moved:  # the folder given is the run: a value here would be recorded and ignored
                 raise ConfigError(f"{key}: --resume of the run folder {run_dir} continues it there; drop "
                                   f"--set {key}={value} (or give the config and run.dir to resume by them)")
         state = ckpt.load(run_dir / CHECKPOINT)
-        _checkpoint_config(state, run_dir / CHECKPOINT)
-        return C.coerce(state["config"], overrides + [("run.dir", str(run_dir))])
+        saved = _checkpoint_config(state, run_dir / CHECKPOINT)
+        return C.coerce(saved, overrides + [("run.dir", str(run_dir))])
     return C.coerce(cfg, overrides)
 
 

@@ -15,16 +15,33 @@ if not torch.cuda.is_available():
 def _one_process_per_core():
     """Under pytest-xdist (-n auto: one worker per core) each worker's torch would also start a thread per core;
     the oversubscribed OpenMP threads spin at their barriers (a training step 4x slower on 2 busy cores), so each
-    worker gets its share of the cores. Tests that compare thread counts set their own."""
+    worker gets its share of the cores. Tests of threaded paths set their own (@pytest.mark.threads(n))."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = str(max(1, cores // int(workers)))
         os.environ.setdefault("OMP_NUM_THREADS", share)  # fastgan._C's OpenMP loops read it when it first loads
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_configure(config):
     _one_process_per_core()
+    config.addinivalue_line("markers", "threads(n): run the test with n torch/OpenMP threads (its threaded paths)")
+
+
+@pytest.fixture(autouse=True)
+def _marked_threads(request):
+    """@pytest.mark.threads(n): tests of the kernels' threaded paths keep them under pytest-xdist's one thread."""
+    mark = request.node.get_closest_marker("threads")
+    if mark is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(mark.args[0])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
     # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
     # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
     # under the sanitizers (tests/test_cuda_emu_sanitized.py).

@@ -36,7 +36,7 @@ def _run(args: list[str], tmp_path: Path, timeout: int, **env) -> tuple[subproce
     log = tmp_path / "asan"
     env = dict(os.environ, LD_PRELOAD=RUNTIME, FASTGAN_CUDA_EMU_SANITIZE="address",
                ASAN_OPTIONS=f"detect_leaks=0:log_path={log}",  # Python's own allocations are not leaks to chase
-               UBSAN_OPTIONS="print_stacktrace=1", **env)
+               UBSAN_OPTIONS="print_stacktrace=1", OMP_NUM_THREADS="2", **env)  # the threaded loops too
     run = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
                          cwd=tmp_path)
     reports = "".join(p.read_text() for p in sorted(tmp_path.glob("asan.*")))

@@ -54,6 +54,8 @@ def test_a_resume_of_a_run_before_its_first_checkpoint_names_the_holder(tmp_path
         with pytest.raises(train_mod.RunFolderError, match=rf"run folder {d} is in use by another fastgan run "
                                                            rf"\(pid {os.getpid()}\)"):
             _train(d, resume=True)
+        with pytest.raises(train_mod.RunFolderError, match=rf"in use by another fastgan run \(pid {os.getpid()}\)"):
+            fastgan.train(d, resume=True)  # `fastgan train DIR --resume`
     finally:
         train_mod._unlock(fd)
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):  # nobody holds it: the missing checkpoint
@@ -156,7 +158,7 @@ def test_concurrent_run_is_refused_and_sigint_checkpoints_the_last_step(tmp_path
     assert more.start_step == step and more.step == step + 3
 
 
-def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path, capsys):
+def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path, capsys, monkeypatch):
     from fastgan.cli import main as cli_main
 
     d = tmp_path / "r"
@@ -169,3 +171,31 @@ def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path
         assert "continues it there" in capsys.readouterr().err
     assert _snapshot(d) == before and not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
     assert fastgan.train(d, overrides=["run.steps=4", f"run.dir={d}"], resume=True).step == 4  # the same folder
+    monkeypatch.chdir(tmp_path)  # the folder given relative, run.dir absolute: the same folder
+    assert fastgan.train(Path("r"), overrides=["run.steps=5", f"run.dir={d}"], resume=True).step == 5
+
+
+def test_a_checkpoint_with_fields_its_run_did_not_read_still_resumes_and_evaluates(tmp_path):
+    """Checkpoints written before such fields were refused (model.leaky_slope on a tanh MLP, data.split on an npz):
+    the field is read back as its default, which the run used."""
+    import torch
+
+    from fastgan import checkpoint as ckpt
+    from fastgan.crosstest import load_run
+
+    d = tmp_path / "r"
+    _train(d)
+    path = d / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    state["config"]["model"]["leaky_slope"] = 0.1
+    state["config"]["run"]["parzen_test"] = 1  # run.parzen off: not read
+    torch.save(state, path)
+    assert ckpt.load(path)["config"]["model"]["leaky_slope"] == 0.1
+    assert _train(d, steps=4, resume=True).step == 4
+    assert fastgan.train(d, overrides=["run.steps=5"], resume=True).step == 5
+    assert load_run(d, (3,)).config.model.leaky_slope == 0.2
+    state = torch.load(path, weights_only=False)
+    state["config"]["model"]["latent_dim"] = -1  # invalid, not unread: still the checkpoint's error
+    torch.save(state, path)
+    with pytest.raises(train_mod.CheckpointError, match=r"holds an invalid config: model\.latent_dim"):
+        _train(d, steps=6, resume=True)

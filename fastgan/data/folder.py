@@ -15,6 +15,9 @@ EIGHT_BIT_MODES = frozenset(("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RG
 GRAY_MODES = frozenset(("1", "L", "LA", "La"))
 
 
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
 def list_images(path) -> list[str]:
     """The image files under path, recursively, symlinked folders included (each real folder once: a link to an
     enclosing folder would loop)."""
@@ -72,8 +75,10 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                     im.load()
                     if channels == 0:
                         channels = 1 if mode in GRAY_MODES else 3
-                    # upright as a viewer shows it: cameras store the pixels as shot plus an orientation tag
-                    im = ImageOps.exif_transpose(im.convert("L" if channels == 1 else "RGB"))
+                    turned = im.getexif().get(_ORIENTATION, 1) != 1  # exif_transpose copies every image
+                    im = im.convert("L" if channels == 1 else "RGB")
+                    if turned:  # upright as a viewer shows it: cameras store the pixels as shot plus this tag
+                        im = ImageOps.exif_transpose(im)
         except Image.DecompressionBombError as e:  # not an OSError
             raise ValueError(f"{f}: refusing a possible decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS "
                              f"if the image is genuine") from None

@@ -477,9 +477,36 @@ def require_samples(name: str, x: torch.Tensor, mode: str) -> None:
                          "a mean over no samples, and 0 for 'sum')")
 
 
+class _MathAttention:
+    """torch's math attention kernel for a forward that is differentiated twice: its fused kernels (flash, memory
+    efficient, cuDNN, the CPU's flash) have no double backward and raise there. Sets torch's backend flags directly
+    (~1 us; torch.nn.attention.sdpa_kernel costs ~50 us a call, twice per js_penalty); flags a torch lacks are
+    skipped."""
+
+    _FUSED = [(getattr(torch._C, f"_get_{n}_sdp_enabled", None), getattr(torch._C, f"_set_sdp_use_{n}", None))
+              for n in ("flash", "mem_efficient", "cudnn", "fa3", "overrideable")]
+    _FUSED = [(get, set_) for get, set_ in _FUSED if get is not None and set_ is not None]
+    _MATH = (getattr(torch._C, "_get_math_sdp_enabled", None), getattr(torch._C, "_set_sdp_use_math", None))
+
+    def __enter__(self):
+        self.saved = [get() for get, _ in self._FUSED]
+        self.math = self._MATH[0]() if None not in self._MATH else None
+        for _, set_ in self._FUSED:
+            set_(False)
+        if self.math is False:
+            self._MATH[1](True)
+
+    def __exit__(self, *exc):
+        for (_, set_), was in zip(self._FUSED, self.saved):
+            set_(was)
+        if self.math is False:
+            self._MATH[1](False)
+
+
 def _double_backward(D, x, weight, reduction, backend, record=True):
     x = x.detach().requires_grad_(True)
-    logits = _logits_of(D, x)
+    with _MathAttention():
+        logits = _logits_of(D, x)
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     if record:
         _dispatch.record("gradient_penalty", "double_backward")

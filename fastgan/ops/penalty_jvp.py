@@ -24,7 +24,10 @@ write primal and tangent in ordinary ops, which reverse mode differentiates corr
 from __future__ import annotations
 
 import contextlib
+import dis
+import functools
 import math
+import types
 import warnings
 import weakref
 
@@ -176,8 +179,9 @@ def _method_log_softmax(self, dim, dtype=None):
 
 
 def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """scaled_dot_product_attention in ordinary ops, its softmax through _softmax (torch's fused kernels have no
-    usable forward-mode formula in reverse mode)."""
+    """scaled_dot_product_attention in ordinary ops as torch's math kernel computes it (query and key each scaled by
+    the root of the scale, a float mask in the scores' dtype, a row without any allowed key attending to nothing),
+    its softmax through _softmax: torch's fused kernels have no usable forward-mode formula in reverse mode."""
     if _plain(query, key, value, attn_mask):
         return NotImplemented
     if dropout_p > 0:
@@ -188,14 +192,22 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     if enable_gqa and key.dim() > 2 and key.shape[-3] != query.shape[-3]:
         key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
         value = value.repeat_interleave(query.shape[-3] // value.shape[-3], -3)
-    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.shape[-1]) if scale is None else scale)
+    root = math.sqrt(1 / math.sqrt(query.shape[-1]) if scale is None else scale)
+    # half-precision scores and softmax in float32 (an fp16 product of large values overflows where torch's do not)
+    acc = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    scores = (query.to(acc) * root) @ (key.to(acc) * root).transpose(-2, -1)
     if is_causal:
         keep = torch.ones(L, S, dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-            else scores + attn_mask
-    return _softmax(scores, -1) @ value
+            else scores + attn_mask.to(scores.dtype)
+    # a row that allows no key gives 0, as torch's kernels do; its scores are replaced before the softmax so that
+    # neither the values nor the gradients see the 0/0 of exp(-inf) summed
+    attends = torch.isfinite(scores).any(-1, keepdim=True)
+    p = _softmax(torch.where(attends, scores, torch.zeros_like(scores)), -1)
+    p = torch.where(attends, p, torch.zeros_like(p))
+    return p.to(value.dtype) @ value
 
 
 _RULES = {
@@ -251,45 +263,84 @@ def _backward_hooks(D) -> str | None:
     return f"D{'.' + name if name else ''} has backward hooks"
 
 
-def _modules_named_by(fn) -> list:
-    """The nn.Modules a function reaches directly: a bound method's module, a partial's arguments, closure cells
-    and the globals its code names (a script's `lambda x: D(x, y)`)."""
-    import functools
+@functools.lru_cache(maxsize=256)
+def _global_names(code) -> tuple:
+    """The globals a code object (and the functions defined in it) loads; not attribute names (`h.D` is no
+    global D)."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
+    for const in code.co_consts:
+        if isinstance(const, type(code)):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
 
-    seen, out = set(), []
 
-    def add(v):
-        if isinstance(v, nn.Module) and id(v) not in seen:
-            seen.add(id(v))
+def _reached_modules(fn, depth: int = 3) -> list:
+    """The nn.Modules a function D reaches within `depth` references: a partial's arguments, a bound method's object,
+    a function's closure cells, defaults and the globals it loads, an object's attributes, list/tuple/dict items."""
+    out, seen = [], set()
+
+    def visit(v, depth):
+        if depth < 0 or id(v) in seen or isinstance(v, (type, types.ModuleType, str, bytes, int, float, bool)) \
+                or v is None:
+            return
+        seen.add(id(v))
+        if isinstance(v, nn.Module):
             out.append(v)
-    if isinstance(fn, functools.partial):
-        for v in (fn.func, *fn.args, *fn.keywords.values()):
-            add(v)
-            add(getattr(v, "__self__", None))
-        fn = fn.func
-    add(getattr(fn, "__self__", None))
-    fn = getattr(fn, "__func__", fn)
-    code, glob = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            add(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
-    for name in code.co_names if code is not None else ():
-        add(glob.get(name))
+        elif isinstance(v, functools.partial):
+            for a in (v.func, *v.args, *v.keywords.values()):
+                visit(a, depth)
+        elif isinstance(v, types.MethodType):
+            visit(v.__self__, depth)
+            visit(v.__func__, depth)
+        elif isinstance(v, types.FunctionType):
+            for cell in v.__closure__ or ():
+                try:
+                    visit(cell.cell_contents, depth - 1)
+                except ValueError:  # an empty cell
+                    pass
+            for a in (*(v.__defaults__ or ()), *(v.__kwdefaults__ or {}).values()):
+                visit(a, depth - 1)
+            for name in _global_names(v.__code__):
+                visit(v.__globals__.get(name), depth - 1)
+        elif isinstance(v, (list, tuple)):
+            for a in v:
+                visit(a, depth - 1)
+        elif isinstance(v, dict):
+            for a in v.values():
+                visit(a, depth - 1)
+        elif hasattr(v, "__dict__"):  # a callable object, a trainer holding D: its attributes (and __call__)
+            for a in vars(v).values():
+                visit(a, depth - 1)
+            call = getattr(type(v), "__call__", None)
+            if isinstance(call, types.FunctionType):
+                visit(call, depth - 1)
+    visit(fn, depth)
     return out
+
+
+def _forward_updates_buffers(m: nn.Module) -> bool:
+    """Whether m's own training-mode forward writes its buffers: BatchNorm / InstanceNorm tracking running
+    statistics, spectral norm's power iteration (parametrization or old-style hook)."""
+    if not m.training:
+        return False
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        return m.track_running_stats and m.running_mean is not None
+    if type(m).__name__ == "_SpectralNorm":  # torch.nn.utils.parametrizations.spectral_norm's parametrization
+        return getattr(m, "n_power_iterations", 0) > 0
+    return any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values())
 
 
 def _function_state(D) -> str | None:
     """For a function D, why its second forward would change state it reaches (None: nothing found): a module in
-    training mode holding buffers (BatchNorm's running statistics and batch count, spectral norm's power-iteration
-    vectors) steps them once per forward, and jvp runs two; an nn.Module D runs its second forward on copies."""
-    for module in _modules_named_by(D):
+    training mode whose forward updates its buffers (BatchNorm's running statistics and batch count, spectral
+    norm's power-iteration vectors) steps them once per forward, and jvp runs two; an nn.Module D runs its second
+    forward on copies."""
+    for module in _reached_modules(D):
         for name, m in module.named_modules():
-            if m.training and next(m.buffers(recurse=False), None) is not None:
+            if _forward_updates_buffers(m):
                 where = f"{type(module).__name__}{'.' + name if name else ''}"
-                return (f"D is a function that runs {where} ({type(m).__name__}), whose buffers a forward in "
-                        "training mode updates: jvp's second forward would update them again; pass an nn.Module "
+                return (f"D is a function that reaches {where} ({type(m).__name__}), whose training-mode forward "
+                        "updates its buffers: jvp's second forward would update them again; pass an nn.Module "
                         "whose forward calls it (e.g. with the class labels as an attribute): jvp restores a "
                         "module's buffers")
     return None

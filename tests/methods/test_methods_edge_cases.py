@@ -50,9 +50,10 @@ def test_nt_half_batches_with_a_batchnorm_noise_generator_need_two_noisy_rows(tm
 
 
 def test_parzen_needs_two_test_samples_for_its_standard_error():
-    with pytest.raises(ConfigError, match=r"^run\.parzen_test: must be >= 2"):
+    with pytest.raises(ConfigError, match=r"^run\.parzen_test: must be >= 2 with run\.parzen"):
         coerce(None, ["run.parzen=true", "run.parzen_test=1"])
     coerce(None, ["run.parzen=true", "run.parzen_test=2"])
+    coerce(None, ["run.parzen=false", "run.parzen_test=1"])  # not read
 
 
 def test_adam_betas_of_one_are_config_errors():

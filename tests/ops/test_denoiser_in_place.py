@@ -10,6 +10,7 @@ from fastgan.ops import denoiser_backends as dk
 from fastgan.ops import denoiser_net as dnet
 from fastgan.reference import denoiser as ref
 
+pytestmark = pytest.mark.threads(2)  # the kernels' threaded paths, also under pytest-xdist's one thread a worker
 B, N = 64, 200  # 12800 elements: two threads; 200 = 3 * 64 + 8 columns
 
 

@@ -203,6 +203,7 @@ def test_non_contiguous_per_channel_sigma(backend):
     assert torch.all(g_base[:, 1:] == 0)
 
 
+@pytest.mark.threads(2)
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_large_batch_matches_reference(mode):
     """Past the kernels' OpenMP threshold (2**15 noisy elements): values and gradients against the oracle."""

@@ -28,16 +28,25 @@ def _assert_same(got, want, rtol=1e-9):
         torch.testing.assert_close(g, w, rtol=rtol, atol=rtol * 1e-3)
 
 
-def test_attention_on_the_fused_kernels_matches_the_math_kernel_s_double_backward():
+@pytest.mark.parametrize("mode, ran", [("jvp", "jvp"), ("double_backward", "double_backward"),
+                                       ("auto", "double_backward"), ("auto-as-on-cuda", "jvp")])
+def test_attention_on_the_fused_kernels_matches_the_math_kernel_s_double_backward(mode, ran, monkeypatch):
+    """The jvp pass has its own attention rule; the double backward (its mode, auto's, auto's one-time check of
+    jvp) runs D's forward on torch's math kernel, as the fused ones have no double backward."""
+    if mode == "auto-as-on-cuda":
+        from helpers import auto_as_on_cuda
+
+        auto_as_on_cuda(monkeypatch)
+        mode = "auto"
     torch.manual_seed(0)
     D = AttentionD(math=False).double()
     oracle = copy.deepcopy(D)
     oracle.math = True  # the composite math kernel has the double backward the reference needs
     xr, xf = IMG(5).double(), IMG(5).double()
     want = _grads(oracle, *ref.js_penalty(oracle, xr, xf))
-    before = _dispatch.counts[(MODE_OP, "jvp")]
-    got = _grads(D, *js_penalty(D, xr, xf, mode="jvp"))
-    assert _dispatch.counts[(MODE_OP, "jvp")] == before + 2
+    before = _dispatch.counts[(MODE_OP, ran)]
+    got = _grads(D, *js_penalty(D, xr, xf, mode=mode))
+    assert _dispatch.counts[(MODE_OP, ran)] == before + 2
     _assert_same(got, want)
 
 
@@ -96,19 +105,43 @@ def _conditional():
     return CondD().double()
 
 
-@pytest.mark.parametrize("bind", ["closure", "global", "partial", "bound_method"])
+class _Trainer:
+    def __init__(self, D, y):
+        self.D, self.y = D, y
+
+    def __call__(self, x):
+        return self.D(x, self.y)
+
+    def logits(self, x):
+        return self.D(x, self.y)
+
+
+def _calls_global_helper(x):
+    return _helper(x)
+
+
+def _helper(x):
+    return D_GLOBAL(x, torch.tensor([0, 1, 2, 0, 1, 2]))
+
+
+@pytest.mark.parametrize("bind", ["closure", "global", "partial", "bound_method", "callable_object",
+                                  "method_of_a_plain_object", "default_argument", "global_helper", "list"])
 def test_a_function_reaching_modules_with_buffers_in_training_mode_is_refused_by_jvp(bind):
     global D_GLOBAL
     torch.manual_seed(0)
     D, y = _conditional(), torch.tensor([0, 1, 2, 0, 1, 2])
     D_GLOBAL = D
+    Ds = [D]
     fn = {"closure": lambda x: D(x, y), "global": lambda x: D_GLOBAL(x, y),
-          "partial": functools.partial(D, y=y), "bound_method": functools.partial(D.forward, y=y)}[bind]
+          "partial": functools.partial(D, y=y), "bound_method": functools.partial(D.forward, y=y),
+          "callable_object": _Trainer(D, y), "method_of_a_plain_object": _Trainer(D, y).logits,
+          "default_argument": lambda x, D=D: D(x, y), "global_helper": _calls_global_helper,
+          "list": lambda x: Ds[0](x, y)}[bind]
     x = VEC(6).double()
-    with pytest.raises(ValueError, match=r"D is a function that runs CondD\.net\.1 \(BatchNorm1d\), whose buffers "
-                                         r"a forward in training mode updates"):
+    with pytest.raises(ValueError, match=r"D is a function that reaches CondD\.net\.1 \(BatchNorm1d\), whose "
+                                         r"training-mode forward updates its buffers"):
         gradient_penalty(fn, x, "js_real", mode="jvp")
-    D.eval()  # running statistics read, not updated: both forwards see the same D
+    D.eval()  # running statistics read, not updated: both forwards see the same D (and nothing is refused)
     pen, logits = gradient_penalty(fn, x, "js_real", mode="jvp")
     want = ref.gradient_penalty(fn, x, "js_real")
     torch.testing.assert_close(pen, want[0], rtol=1e-12, atol=0)
@@ -133,3 +166,59 @@ def test_the_conditional_d_as_a_module_runs_jvp_with_its_buffers_advanced_once()
     _assert_same(got, want)
     for a, b in zip(D.buffers(), oracle.buffers()):
         assert torch.equal(a, b)
+
+
+class _PaddedAttention(nn.Module):
+    """Attention whose last query allows no key (a padding mask): that row's output is 0 (torch's kernels since
+    2.5; written out by hand when by_hand, the oracle's form on every torch)."""
+
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        self.by_hand = by_hand
+        self.qkv = nn.Linear(6, 12)
+        self.head = nn.Linear(4, 1)
+        keep = torch.rand(4, 4) > 0.4
+        keep.fill_diagonal_(True)
+        keep[3] = False
+        self.register_buffer("keep", keep)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.reshape(-1, 4, 6)).chunk(3, -1)
+        if self.by_hand:
+            s = (q @ k.transpose(-2, -1) / 2).masked_fill(~self.keep, float("-inf"))
+            rows = self.keep.any(-1, keepdim=True)
+            p = torch.where(rows, torch.softmax(torch.where(rows, s, torch.zeros_like(s)), -1), torch.zeros_like(s))
+            o = p @ v
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+        return self.head(o.mean(1))
+
+
+def test_attention_rows_that_allow_no_key_give_zero_not_nan():
+    torch.manual_seed(0)
+    D = _PaddedAttention(by_hand=False).double()
+    oracle = copy.deepcopy(D)
+    oracle.by_hand = True
+    xr, xf = torch.randn(5, 24, dtype=torch.float64), torch.randn(5, 24, dtype=torch.float64)
+    want = _grads(oracle, *ref.js_penalty(oracle, xr, xf))
+    pen, lr, lf = js_penalty(D, xr, xf, mode="jvp")
+    assert torch.isfinite(pen) and torch.isfinite(lr).all()
+    _assert_same(_grads(D, pen, lr, lf), want)
+
+
+def test_functions_reaching_no_updating_module_run_jvp():
+    """Constant buffers (an attention mask) and attribute names that match an unrelated global are no refusal."""
+    global D_GLOBAL
+    torch.manual_seed(0)
+    D_GLOBAL = _conditional()  # a training-mode BatchNorm under a global named like the attribute below
+    att = AttentionD().double()
+
+    class Holder:
+        pass
+    h = Holder()
+    h.D_GLOBAL = att
+    x = IMG(4).double()
+    for fn in (lambda x: att(x), lambda x: h.D_GLOBAL(x)):
+        pen, _ = gradient_penalty(fn, x, "js_real", mode="jvp")
+        torch.testing.assert_close(pen, ref.gradient_penalty(fn, x, "js_real")[0], rtol=1e-9, atol=0)
+    D_GLOBAL = None
