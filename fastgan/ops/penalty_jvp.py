@@ -204,7 +204,7 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
             else scores + attn_mask.to(scores.dtype)
     # a row that allows no key gives 0, as torch's kernels do; its scores are replaced before the softmax so that
     # neither the values nor the gradients see the 0/0 of exp(-inf) summed
-    attends = torch.isfinite(scores).any(-1, keepdim=True)
+    attends = (~torch.isneginf(scores)).any(-1, keepdim=True)  # (a NaN row stays NaN, as in torch's kernels)
     p = _softmax(torch.where(attends, scores, torch.zeros_like(scores)), -1)
     p = torch.where(attends, p, torch.zeros_like(p))
     return p.to(value.dtype) @ value
