@@ -325,9 +325,10 @@ class Denoiser(nn.Module):
     def from_sequential(cls, net: nn.Sequential, *, sigma: float = 1.0, backend: str | None = None) -> "Denoiser":
         """Wraps an existing ``nn.Sequential((Linear, BatchNorm1d, ReLU) x depth, Linear)`` (sharing its
         parameters and buffers) in its current train/eval mode. The layers must be exactly those classes (no
-        subclasses, hooks (on net too, nor a forward of its own) or parametrizations such as spectral norm: the fused kernels compute what those
-        classes compute and would ignore anything else), BatchNorm layers affine, tracking running stats and
-        sharing eps and momentum, widths chained, and the output width equal to the input width."""
+        subclasses, hooks (on net too, nor a forward of its own) or parametrizations such as spectral norm: the
+        fused kernels compute what those classes compute and would ignore anything else), BatchNorm layers affine,
+        tracking running stats and sharing eps and momentum, widths chained, and the output width equal to the
+        input width."""
         if not isinstance(net, nn.Sequential):
             raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
         modes = {net.training} | {m.training for m in net}
