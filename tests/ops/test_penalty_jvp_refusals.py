@@ -195,6 +195,10 @@ class _PaddedAttention(nn.Module):
 
 
 def test_attention_rows_that_allow_no_key_give_zero_not_nan():
+    q = torch.zeros(1, 2, 2, dtype=torch.float64)
+    if torch.isnan(F.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(2, 2, dtype=torch.bool))).any():
+        # the first forward runs torch's own kernel: before torch 2.5 it gives NaN there, and so does the reference
+        pytest.skip(f"torch {torch.__version__}'s attention gives NaN for a row that allows no key")
     torch.manual_seed(0)
     D = _PaddedAttention(by_hand=False).double()
     oracle = copy.deepcopy(D)
