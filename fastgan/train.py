@@ -127,8 +127,7 @@ def _find_run(cfg: TrainConfig) -> Path:
     if cfg.run.dir:
         d = Path(cfg.run.dir)
         if not (d / CHECKPOINT).exists():
-            if d.is_dir() and lock_held(d):
-                _unlock(_lock(d))  # a run before its first checkpoint: the busy error, naming the holder's pid
+            _refuse_if_running(d)
             raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
         return d
     root = Path(cfg.run.out_dir)
@@ -139,6 +138,13 @@ def _find_run(cfg: TrainConfig) -> Path:
         raise FileNotFoundError(f"--resume: no run named {cfg.run.name!r} to continue "
                                 f"(no {root}/{cfg.run.name}-<timestamp>/{CHECKPOINT})")
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+
+
+def _refuse_if_running(d: Path) -> None:
+    """A resume of a folder whose run has not checkpointed yet: the busy error naming the holder's pid (rather
+    than 'no checkpoint')."""
+    if d.is_dir() and not (d / CHECKPOINT).exists() and lock_held(d):
+        _unlock(_lock(d))  # _lock raises the busy error while the holder lives
 
 
 def _lock(d: Path) -> Optional[int]:
@@ -813,8 +819,8 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
     """The config asked for: a run folder's (resume only) or the given one, with the overrides applied."""
     if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
         run_dir = Path(cfg)
-        if resume and not (run_dir / CHECKPOINT).exists() and lock_held(run_dir):
-            _unlock(_lock(run_dir))  # a run before its first checkpoint: the busy error, naming the holder's pid
+        if resume:
+            _refuse_if_running(run_dir)
         if not (run_dir / CHECKPOINT).exists() and not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} is a folder, not a YAML config (nor a run folder: it holds no "
                               f"{CHECKPOINT} or config.yaml)")
