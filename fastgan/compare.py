@@ -7,15 +7,13 @@ without its last '-' part, a column per that part (configs/ntgan-table4: the set
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
 
 from . import config as C
 from .run_commands import run, strict_json
-from .train import STATUS as _STATUS
-from .train import lock_held
+from .train import lock_held, read_status
 
 # the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
 _FIRST = ("fd_tail_mean", "fd_tail_std", "classifier_score_tail_mean", "classifier_score_tail_std", "fd",
@@ -50,12 +48,12 @@ def find_runs(paths) -> list[Path]:
 def _state(run_dir: Path) -> tuple[str, str, int | None]:
     """(state, reason, the step the session was at) from status.json."""
     try:
-        status = json.loads((run_dir / _STATUS).read_text())
-        state, reason, at = str(status["state"]), str(status.get("reason", "")), status.get("step")
+        status = read_status(run_dir)
     except FileNotFoundError:
         return "unknown", "no status.json (a run from an older fastgan, or one that failed while starting)", None
-    except (ValueError, KeyError, TypeError) as e:  # written by rename: never half-written, so damaged
+    except ValueError as e:
         return "unreadable", f"unreadable status.json ({type(e).__name__}: {e})", None
+    state, reason, at = status["state"], str(status.get("reason", "")), status.get("step")
     if status.get("phase") == "final evaluation" and state != "finished":
         reason = f"trained to the end, then {state} in the final evaluation: {reason}"
     at = at if isinstance(at, int) and not isinstance(at, bool) else None
@@ -111,7 +109,7 @@ def summarize(run_dir) -> dict:
     out = {"run": str(run_dir), "name": run_dir.name, "state": "unreadable", "reason": "", "at": None, "step": 0,
            "steps": None, "metrics": {}}
     try:
-        cfg = C.load_config(run_dir / "config.yaml")
+        cfg = C.load_config(run_dir / "config.yaml", stored=True)
         out["name"], out["steps"] = cfg.run.name, cfg.run.steps
         out["step"], out["metrics"] = _last_values(run_dir)
         out["state"], out["reason"], out["at"] = _state(run_dir)

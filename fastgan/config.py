@@ -568,26 +568,33 @@ def from_dict(data: Mapping) -> TrainConfig:
     return validate(_from_dict(TrainConfig, data, ""))
 
 
-_UNREAD = re.compile(r"^(data|model)\.(\w+): (not used by|only used by)")
-
-
 def from_stored(data: Mapping) -> TrainConfig:
-    """from_dict for a config an earlier fastgan wrote (a checkpoint's): a field its data set or architecture does
-    not read, accepted then and refused since (data.split on an npz, model.leaky_slope on a tanh MLP), is reset to
-    its default, which is what the run used; anything else invalid raises as from_dict does."""
+    """from_dict for a config an earlier fastgan wrote (a checkpoint's, a run folder's config.yaml): a field its
+    data set or architecture does not read, accepted then and refused since (data.split on an npz,
+    model.leaky_slope on a tanh MLP), is dropped, as the run used its default; anything else invalid raises as
+    from_dict does."""
     import copy
 
+    from .data.config import DataConfig
+    from .data.config import unread_fields as data_unread
+    from .models.config import ModelConfig
+    from .models.config import unread_fields as model_unread
+
     data = copy.deepcopy(dict(data or {}))
-    for _ in range(32):  # one refused field per pass
-        try:
-            return from_dict(data)
-        except ConfigError as e:
-            m = _UNREAD.match(str(e))
-            section = data.get(m.group(1)) if m else None
-            if not isinstance(section, dict) or m.group(2) not in section:
-                raise
-            del section[m.group(2)]
+    d, m = data.get("data"), data.get("model")
+    if isinstance(d, dict):
+        for key in data_unread(d.get("name", _default(DataConfig, "name"))):
+            d.pop(key, None)
+    if isinstance(m, dict):
+        unread = model_unread(*(m.get(k, _default(ModelConfig, k))
+                                for k in ("arch", "mlp_activation", "dcgan_activation")))
+        for key in unread:
+            m.pop(key, None)
     return from_dict(data)
+
+
+def _default(cls, name: str):
+    return cls.__dataclass_fields__[name].default
 
 
 def to_dict(cfg) -> dict:
@@ -641,12 +648,13 @@ def _read_yaml(p: Path) -> Mapping:
     return data
 
 
-def load_config(path) -> TrainConfig:
-    """Read and validate a YAML config file."""
+def load_config(path, *, stored: bool = False) -> TrainConfig:
+    """Read and validate a YAML config file; stored=True for one fastgan wrote (a run folder's config.yaml), read
+    as from_stored reads it."""
     p = Path(path)
     data = _read_yaml(p)
     try:
-        return from_dict(data)
+        return (from_stored if stored else from_dict)(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
 

@@ -194,6 +194,16 @@ def lock_held(d: Path) -> bool:
         os.close(fd)  # closing releases the shared lock if it was taken
 
 
+def read_status(d: Path) -> dict:
+    """Run folder d's status.json (written by rename, so never half-written): FileNotFoundError when there is none
+    (an older fastgan's run, or one that failed while starting), ValueError when it is not one JSON object with a
+    "state"."""
+    info = json.loads((d / STATUS).read_text())
+    if not isinstance(info, dict) or not isinstance(info.get("state"), str):
+        raise ValueError(f"{d / STATUS}: not a status record (an object with a \"state\")")
+    return info
+
+
 def _claim(fd: Optional[int]) -> None:
     """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
     if fd is not None:
@@ -790,11 +800,11 @@ def _final_evaluation_pending(run_dir: Path, step: int) -> bool:
     """Whether status.json says the run's last session trained to `step`, the checkpoint's, and then stopped in
     its final evaluation (interrupted, or failed): a resume then runs that evaluation, which nothing else would."""
     try:
-        info = json.loads((run_dir / STATUS).read_text())
+        info = read_status(run_dir)
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("phase") == "final evaluation" and \
-        info.get("state") in ("interrupted", "failed") and info.get("step") == step
+    return info.get("phase") == "final evaluation" and info["state"] in ("interrupted", "failed") and \
+        info.get("step") == step
 
 
 def _checkpoint_config(state: dict, path: Path) -> TrainConfig:

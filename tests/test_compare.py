@@ -221,7 +221,7 @@ def test_damaged_files_mark_only_their_run(tmp_path):
     assert rows["bad-middle"]["state"] == "unreadable" and "eval/fd holds 'x'" in rows["bad-middle"]["reason"]
     assert rows["partial-last"]["state"] == "finished" and (rows["partial-last"]["step"], rows["partial-last"]["metrics"]) == (10, {"fd": 2.0})
     assert rows["status-dir"]["state"] == "unreadable"
-    for name, why in (("status-cut", "JSONDecodeError"), ("status-list", "TypeError"), ("status-no-state", "KeyError")):
+    for name, why in (("status-cut", "JSONDecodeError"), ("status-list", "ValueError"), ("status-no-state", "ValueError")):
         assert rows[name]["state"] == "unreadable" and f"unreadable status.json ({why}" in rows[name]["reason"], name
     grid = compare.format_grid([rows["status-cut"]], "fd")
     assert "unreadable" in grid and "1.5" not in grid  # not shown as if it had finished
@@ -285,3 +285,24 @@ def test_a_run_given_twice_is_listed_once(tmp_path, monkeypatch):
     assert compare.find_runs([tmp_path / "runs", a, "runs/t-a", b]) == [a, b]
     grid = compare.format_grid(compare.compare([tmp_path / "runs", a]), "fd")
     assert "older runs" not in grid
+
+
+def test_a_config_yaml_with_a_field_its_run_did_not_read_is_summarized(study, tmp_path):
+    """Run folders written before model.leaky_slope was refused on a tanh MLP hold it in config.yaml: compare reads
+    them as their checkpoints are read (the field at its default), not as unreadable."""
+    import shutil
+
+    import yaml
+
+    d = tmp_path / "old"
+    shutil.copytree(study / "study-a-x", d)
+    data = yaml.safe_load((d / "config.yaml").read_text())
+    assert data["model"]["arch"] == "mlp" and data["model"]["mlp_activation"] == "tanh"
+    data["model"]["leaky_slope"] = 0.1
+    (d / "config.yaml").write_text(yaml.safe_dump(data))
+    r = compare.summarize(d)
+    assert r["state"] == "finished" and r["steps"] == data["run"]["steps"], r
+    data["model"]["latent_dim"] = -1  # invalid, not unread
+    (d / "config.yaml").write_text(yaml.safe_dump(data))
+    r = compare.summarize(d)
+    assert r["state"] == "unreadable" and "model.latent_dim" in r["reason"]

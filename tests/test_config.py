@@ -324,3 +324,79 @@ def test_what_the_config_alone_rules_out_is_a_config_error(overrides, field):
 
 def test_batch_of_one_is_fine_without_batchnorm():
     assert C.coerce(None, ["optim.batch_size=1"]).optim.batch_size == 1
+
+
+@pytest.mark.parametrize("section,fields,unread", [
+    ("data", {"name": "npz", "path": "x.npz"}, "split"),
+    ("data", {"name": "roth3d"}, "path"),
+    ("data", {"name": "image_folder", "path": "d"}, "npz_key"),
+    ("model", {"arch": "mlp"}, "leaky_slope"),
+    ("model", {"arch": "mlp", "mlp_activation": "leaky_relu"}, "dcgan_width"),
+    ("model", {"arch": "dcgan"}, "g_hidden"),
+    ("model", {"arch": "dcgan", "dcgan_activation": "tanh"}, "leaky_slope"),
+    ("model", {"arch": "goodfellow"}, "dcgan_activation"),
+])
+def test_stored_configs_drop_what_their_run_did_not_read(section, fields, unread):
+    """A config fastgan wrote before a field was refused where it is not read (a checkpoint's, a run folder's
+    config.yaml) loads with that field at its default, which the run used; the same mapping given as a new config
+    is refused, naming the field."""
+    value = {"split": "test", "path": "/elsewhere", "npz_key": "x", "leaky_slope": 0.1, "dcgan_width": 32,
+             "g_hidden": [8], "dcgan_activation": "tanh"}[unread]
+    data = {section: {**fields, unread: value}}
+    if fields.get("arch") == "dcgan":
+        data["data"] = {"name": "fashion_mnist"}  # an image data set
+    with pytest.raises(ConfigError, match=rf"^{section}\.{unread}: (not|only) used by"):
+        C.from_dict(data)
+    cfg = C.from_stored(data)
+    stored = getattr(getattr(cfg, section), unread)
+    assert stored == type(getattr(cfg, section)).__dataclass_fields__[unread].default
+    for key, v in fields.items():  # what the run read is kept
+        assert getattr(getattr(cfg, section), key) == v
+    assert data[section][unread] == value  # the caller's mapping is not changed
+
+
+def test_stored_configs_still_refuse_what_is_invalid():
+    with pytest.raises(ConfigError, match=r"model\.latent_dim"):
+        C.from_stored({"model": {"arch": "mlp", "leaky_slope": 0.1, "latent_dim": -1}})
+    with pytest.raises(ConfigError, match=r"model\.arch"):  # an arch that does not exist: no field is dropped for it
+        C.from_stored({"model": {"arch": ["mlp"], "leaky_slope": 0.1}})
+    with pytest.raises(ConfigError, match=r"data\.mixture_std"):  # read by the mixture: not dropped
+        C.from_stored({"data": {"name": "ring8", "mixture_std": -1.0}})
+
+
+@pytest.mark.parametrize("section", ["data", "model"])
+def test_unread_fields_are_exactly_what_the_config_refuses(section):
+    """unread_fields (which from_stored drops) and the refusals are one table: every field it lists for a data set /
+    architecture is refused away from its default there, and every other field is accepted."""
+    from fastgan.data.config import DATASETS, DataConfig
+    from fastgan.data.config import unread_fields as data_unread
+    from fastgan.models.config import ARCHS, ModelConfig
+    from fastgan.models.config import unread_fields as model_unread
+
+    other = {"path": "/p", "split": "test", "max_samples": 3, "nominal_size": 7, "mixture_std": 0.5,
+             "image_size": 8, "channels": 1, "npz_key": "k", "value_range": (0.0, 2.0), "g_hidden": (8,),
+             "d_hidden": (8,), "mlp_activation": "relu", "leaky_slope": 0.1, "maxout_pieces": 2,
+             "d_input_dropout": 0.1, "d_dropout": 0.1, "dcgan_width": 8, "dcgan_g_filters": (8, 8, 8),
+             "dcgan_activation": "tanh"}
+    if section == "data":
+        cases = [((n,), {"name": n, **({"path": "/p"} if n in ("mnist", "cifar10", "image_folder", "npz") else {})},
+                  DataConfig, data_unread) for n in DATASETS]
+    else:
+        cases = [((a, act, "relu"), {"arch": a, "mlp_activation": act}, ModelConfig, model_unread)
+                 for a in ARCHS for act in (("tanh", "leaky_relu") if a == "mlp" else ("tanh",))]
+        cases = [(k, {kk: vv for kk, vv in b.items() if kk != "mlp_activation" or b["arch"] == "mlp"}, cls, f)
+                 for k, b, cls, f in cases]
+    for key, base, cls, unread_fields in cases:
+        unread = unread_fields(*key)
+        for name, value in other.items():
+            if name not in cls.__dataclass_fields__ or name in base:
+                continue
+            try:
+                cls(**base, **{name: value})
+                refused = None
+            except ValueError as e:
+                refused = str(e)
+            if name in unread:
+                assert refused and refused.startswith(f"{section}.{name}: {unread[name]}"), (base, name, refused)
+            else:
+                assert refused is None or "used by" not in refused, (base, name, refused)

@@ -16,6 +16,18 @@ ONLY_FOR = {"path": FILE_DATASETS, "split": TEST_SPLIT_DATASETS,
             "value_range": ("npz",)}
 
 
+def unread_fields(name) -> dict:
+    """{field: why} for the fields data set `name` does not read: set away from their defaults they are refused,
+    and a stored config's are dropped (config.from_stored), as the run used their defaults."""
+    out = {}
+    for key, names in ONLY_FOR.items():
+        if name not in names:
+            hint = (" (set data.name to the file's format: mnist, fashion_mnist, cifar10, image_folder, npz)"
+                    if key == "path" else "")
+            out[key] = f"not used by data.name={name!r}, only by {', '.join(names)}{hint}"
+    return out
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # roth3d / ring8 / grid25 are drawn fresh from the distribution; the rest are read from files.
@@ -54,13 +66,9 @@ class DataConfig:
                              f"has none to hold out; leave data.holdout at 0")
         # a field this data set does not read would be recorded in config.yaml and silently ignored: a
         # data.path given without data.name=npz trained on the default mixture
-        for key, names in ONLY_FOR.items():
-            default = type(self).__dataclass_fields__[key].default
-            if self.name not in names and getattr(self, key) != default:
-                hint = (" (set data.name to the file's format: mnist, fashion_mnist, cifar10, image_folder, npz)"
-                        if key == "path" else "")
-                raise ValueError(f"data.{key}: not used by data.name={self.name!r}, only by "
-                                 f"{', '.join(names)}{hint}; got {getattr(self, key)!r}")
+        for key, why in unread_fields(self.name).items():
+            if getattr(self, key) != type(self).__dataclass_fields__[key].default:
+                raise ValueError(f"data.{key}: {why}; got {getattr(self, key)!r}")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
             raise ValueError(f"data.path: required for data.name={self.name!r}")
         if self.value_range is not None:

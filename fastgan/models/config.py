@@ -20,9 +20,35 @@ ARCH_DEFAULTS = {
 }
 
 
-# fields only some architectures read (dcgan_activation and the hidden widths have their own messages)
+# fields only some architectures read (dcgan_activation, leaky_slope and the hidden widths: see unread_fields)
 ARCH_ONLY = {"mlp_activation": ("mlp",), "maxout_pieces": ("goodfellow",), "d_input_dropout": ("goodfellow",),
              "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",)}
+
+
+def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
+    """{field: why} for the fields a model of this architecture does not read: set away from their defaults they
+    are refused (config.yaml would record a value nothing used), and a stored config's are dropped
+    (config.from_stored), as the run used their defaults."""
+    out = {}
+    if arch == "dcgan":
+        for name in ("g_hidden", "d_hidden"):
+            out[name] = "not used by arch 'dcgan' (set model.dcgan_width or model.dcgan_g_filters instead)"
+    else:
+        out["dcgan_g_filters"] = f"only used by arch 'dcgan', got arch {arch!r} (set model.g_hidden instead)"
+        hint = " (set model.mlp_activation instead)" if arch == "mlp" else ""
+        out["dcgan_activation"] = f"only used by arch 'dcgan', got arch {arch!r}{hint}"
+    leaky = (arch == "mlp" and mlp_activation == "leaky_relu") or \
+        (arch == "dcgan" and dcgan_activation == "relu")  # DCGAN's D: leaky ReLUs
+    if not leaky:
+        act = {"mlp": mlp_activation, "dcgan": dcgan_activation}.get(arch) if isinstance(arch, str) else None
+        out["leaky_slope"] = ("only used by leaky ReLUs (arch 'mlp' with mlp_activation='leaky_relu', arch 'dcgan' "
+                              f"with dcgan_activation='relu'), got arch {arch!r}"
+                              + (f" with activation {act!r}" if act else ""))
+    for name, archs in ARCH_ONLY.items():
+        if arch not in archs:
+            default = ModelConfig.__dataclass_fields__[name].default
+            out[name] = f"only used by arch {' / '.join(map(repr, archs))}, got arch {arch!r} (leave it at {default!r})"
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,29 +104,11 @@ class ModelConfig:
                 raise ValueError(f"model.{name}: must be a non-empty list of positive ints, got {v!r}")
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
-            if self.arch == "dcgan" and name != "dcgan_g_filters":
-                raise ValueError(f"model.{name}: not used by arch 'dcgan' (set model.dcgan_width or "
-                                 f"model.dcgan_g_filters instead)")
-            if self.arch != "dcgan" and name == "dcgan_g_filters":
-                raise ValueError(f"model.dcgan_g_filters: only used by arch 'dcgan', got arch {self.arch!r} (set "
-                                 f"model.g_hidden instead)")
-        if self.arch != "dcgan" and self.dcgan_activation != "relu":
-            hint = " (set model.mlp_activation instead)" if self.arch == "mlp" else ""
-            raise ValueError(f"model.dcgan_activation: only used by arch 'dcgan', got arch {self.arch!r}{hint}")
         # a field the architecture does not read, set away from its default, would be recorded in config.yaml
         # and silently ignored
-        leaky = (self.arch == "mlp" and self.mlp_activation == "leaky_relu") or \
-            (self.arch == "dcgan" and self.dcgan_activation == "relu")  # DCGAN's D: leaky ReLUs
-        if not leaky and self.leaky_slope != type(self).__dataclass_fields__["leaky_slope"].default:
-            act = {"mlp": self.mlp_activation, "dcgan": self.dcgan_activation}.get(self.arch)
-            raise ValueError(f"model.leaky_slope: only used by leaky ReLUs (arch 'mlp' with mlp_activation="
-                             f"'leaky_relu', arch 'dcgan' with dcgan_activation='relu'), got arch {self.arch!r}"
-                             + (f" with activation {act!r}" if act else ""))
-        for name, archs in ARCH_ONLY.items():
-            default = type(self).__dataclass_fields__[name].default
-            if self.arch not in archs and getattr(self, name) != default:
-                raise ValueError(f"model.{name}: only used by arch {' / '.join(map(repr, archs))}, got arch "
-                                 f"{self.arch!r} (leave it at {default!r})")
+        for name, why in unread_fields(self.arch, self.mlp_activation, self.dcgan_activation).items():
+            if getattr(self, name) != type(self).__dataclass_fields__[name].default:
+                raise ValueError(f"model.{name}: {why}")
 
     def resolved(self, key: str):
         """The field's value, or the architecture's default when the field is None."""

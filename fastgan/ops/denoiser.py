@@ -28,6 +28,7 @@ from torch import nn
 
 from ..reference import denoiser as ref
 from . import _checks, _dispatch
+from ._hooks import has_hooks
 from . import denoiser_eager  # _compiling() read from it at call time: one patch there reaches every caller
 from . import denoiser_ops  # noqa: F401  (registers torch.ops.fastgan.bn_relu, denoiser_loss, ...)
 from ..reference._reduce import reduce_batch as _reduce
@@ -274,10 +275,6 @@ def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, 
 _LAYER_KINDS = (nn.Linear, nn.BatchNorm1d, nn.ReLU)
 
 
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
 class Denoiser(nn.Module):
     """DFM denoising auto-encoder r over discriminator features, with fused kernels.
 
@@ -349,7 +346,7 @@ class Denoiser(nn.Module):
         if type(net).forward is not nn.Sequential.forward:
             raise ValueError(f"net: {type(net).__name__} has its own forward, which the fused kernels would not run "
                              "(they compute nn.Sequential's); use the plain module")
-        if _has_hooks(net):
+        if has_hooks(net):
             raise ValueError("net has hooks, which the fused kernels would not run; remove them or use the plain "
                              "nn.Sequential")
         mods = tuple(net._modules.values())
@@ -365,7 +362,7 @@ class Denoiser(nn.Module):
                     else f"the subclass {type(m).__name__}"
                 raise ValueError(f"net[{i}] must be {kind.__name__} itself, got {what}: the fused kernels compute "
                                  f"{kind.__name__}'s forward and would ignore what differs")
-            if _has_hooks(m):
+            if has_hooks(m):
                 raise ValueError(f"net[{i}] has hooks (e.g. old-style spectral norm), which the fused kernels "
                                  "would not run; remove them or use the plain nn.Sequential")
             if kind is nn.Linear:
@@ -455,8 +452,8 @@ class Denoiser(nn.Module):
         tensor), so the kernels never read a tensor by the wrong size or type."""
         net = self.net
         mods = tuple(net._modules.values())
-        if mods != self._mods or tuple(map(type, mods)) != self._types or _has_hooks(net) or \
-                any(map(_has_hooks, mods)):
+        if mods != self._mods or tuple(map(type, mods)) != self._types or has_hooks(net) or \
+                any(map(has_hooks, mods)):
             self._adopt(net)
         training = self.training
         for i, m in enumerate(self._norms):

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _hooks
 from .closed_form_maps import CONVS, LinearMap, batch_contract, bias_grad, channel_sum, per_channel, per_sample
 from .penalty import require_samples, weight_vjp
 
@@ -43,18 +43,6 @@ def _first(items, pred):
         if pred(item):
             return item
     return None
-
-
-def _hooked(m: nn.Module) -> bool:
-    return any(getattr(m, a, None) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                                              "_backward_pre_hooks"))
-
-
-def _global_hooks() -> bool:
-    import torch.nn.modules.module as mm
-
-    return any(getattr(mm, a, None) for a in ("_global_forward_hooks", "_global_forward_pre_hooks",
-                                               "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 def _conv_problem(m) -> str:
@@ -89,7 +77,7 @@ def plan(D, x: torch.Tensor | None = None):
         return None, ("D is wrapped in DistributedDataParallel, whose gradient averaging needs D's forward to go "
                       "through the wrapper; under DDP use mode='jvp' or 'double_backward'")
     # hooks anywhere in D (containers included) change what its forward computes
-    if _global_hooks() or any(_hooked(m) for m in D.modules()):
+    if _hooks.global_hooks() or any(_hooks.has_hooks(m) for m in D.modules()):
         return None, "D has forward/backward hooks"
     if not isinstance(D, nn.Sequential) and callable(getattr(D, "as_sequential", None)):
         D = D.as_sequential()

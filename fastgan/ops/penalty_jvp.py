@@ -37,7 +37,7 @@ from torch import nn
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
 from . import penalty as _pen
 
@@ -253,14 +253,7 @@ def _backward_hooks(D) -> str | None:
     """Where D has backward hooks (None: nowhere). A module's full backward hook wraps its forward in an
     autograd.Function without a forward-mode formula, and any backward hook would run on the dual forward's
     reverse pass rather than on the gradient the penalty is formed from."""
-    import torch.nn.modules.module as mm
-
-    if mm._global_backward_hooks or mm._global_backward_pre_hooks:
-        return "global module backward hooks are registered"
-    if not any(m._backward_hooks or m._backward_pre_hooks for m in D.modules()):  # no names built per call
-        return None
-    name = next(n for n, m in D.named_modules() if m._backward_hooks or m._backward_pre_hooks)
-    return f"D{'.' + name if name else ''} has backward hooks"
+    return _hooks.where_hooked(D, _hooks.BACKWARD)
 
 
 @functools.lru_cache(maxsize=256)

@@ -89,6 +89,37 @@ def test_backward_hooks_are_refused_by_jvp_and_auto_takes_the_double_backward(ho
     _assert_same(got, want)
 
 
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_global_module_hooks(kind, auto_jvp_on_cpu):
+    """Hooks registered for every module: the closed form (which calls no layer's forward) is passed over for
+    both kinds, jvp refuses the backward kind (which its dual forward's reverse pass would run), and auto's
+    gradients match the reference's with the hook acting."""
+    from fastgan.ops import mlp_penalty
+
+    register = {"forward": torch.nn.modules.module.register_module_forward_hook,
+                "backward": torch.nn.modules.module.register_module_full_backward_hook}[kind]
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double()
+    xr, xf = VEC(6).double(), VEC(6).double()
+    assert mlp_penalty.plan(D)[0] is not None
+    handle = register((lambda m, i, o: None) if kind == "forward" else (lambda m, gi, go: None))
+    try:
+        assert mlp_penalty.plan(D) == (None, "D has forward/backward hooks")
+        mode, why = penalty_mode(D, xr)
+        assert mode == ("jvp" if kind == "forward" else "double_backward"), why
+        if kind == "backward":
+            assert "global module backward hooks are registered" in why
+            with pytest.raises(ValueError, match="mode='jvp': global module backward hooks are registered"):
+                js_penalty(D, xr, xf, mode="jvp")
+        oracle = copy.deepcopy(D)
+        want = _grads(oracle, *ref.js_penalty(oracle, xr, xf))
+        got = _grads(D, *js_penalty(D, xr, xf, mode="auto"))
+    finally:
+        handle.remove()
+    _assert_same(got, want)
+    assert mlp_penalty.plan(D)[0] is not None
+
+
 D_GLOBAL = None
 
 
