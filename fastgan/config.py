@@ -706,6 +706,37 @@ def check_overrides(overrides) -> list:
     return items
 
 
+def _section_type(key: str):
+    """The config section class a dotted key names (TrainConfig for ""), or None for a field or an unknown key."""
+    cls = TrainConfig
+    for part in key.split(".") if key else ():
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        tp = _is_optional(_hints(cls)[part])[1] if f is not None else None
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return None
+        cls = tp
+    return cls
+
+
+def override_items(overrides) -> list:
+    """overrides as (key, value, item) triples, item the 'key=value' text (None for a pair or what a mapping
+    held): a mapping given to a section (`run={steps: 5, name: a}`) becomes one item per field, so it sets those
+    fields and keeps the section's others, as `run.steps=5 run.name=a` would."""
+    out = []
+
+    def add(key, value, item):
+        section = _section_type(key) if isinstance(value, Mapping) else None
+        if section is None:
+            out.append((key, value, item))
+            return
+        for k, v in value.items():
+            add(f"{key}.{k}", v, None)
+    for item in check_overrides(overrides):
+        key, value = parse_override(item) if isinstance(item, str) else item
+        add(key, value, item if isinstance(item, str) else None)
+    return out
+
+
 def apply_overrides(data: Mapping, overrides) -> dict:
     """A copy of the nested mapping with each 'a.b=value' (or (key, value) pair) applied; unknown keys raise."""
     import copy
@@ -713,8 +744,7 @@ def apply_overrides(data: Mapping, overrides) -> dict:
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a mapping of keys to values, got {data!r}")
     out = copy.deepcopy(dict(data or {}))
-    for item in check_overrides(overrides):
-        key, value = parse_override(item) if isinstance(item, str) else item
+    for key, value, item in override_items(overrides):
         parts = key.split(".")
         if "" in parts:
             raise ConfigError(f"{key!r}: a key is dot-separated field names, e.g. run.steps; this one has an empty "
@@ -728,7 +758,7 @@ def apply_overrides(data: Mapping, overrides) -> dict:
             tp = _is_optional(_hints(cls)[part])[1]
             last = i == len(parts) - 1
             if last:
-                if isinstance(item, str) and tp is str and isinstance(value, (bool, int, float)):
+                if item is not None and tp is str and isinstance(value, (bool, int, float)):
                     # YAML reads run.name=2024 as a number: a string field takes the text as typed
                     value = item.split("=", 1)[1].strip()
                 node[part] = value

@@ -839,8 +839,7 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
         # read for its config only: _Run reads the checkpoint again once it holds the run folder's lock, since
         # another run may have written a newer one in between
         overrides = C.check_overrides(overrides)
-        for item in overrides:
-            key, value = C.parse_override(item) if isinstance(item, str) else item
+        for key, value, _ in C.override_items(overrides):
             moved = key == "run.out_dir" or (key == "run.dir" and (
                 value is None or Path(str(value)).resolve() != run_dir.resolve()))
             if moved:  # the folder given is the run: a value here would be recorded and ignored

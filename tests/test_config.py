@@ -182,6 +182,20 @@ def test_overrides():
     assert C.coerce({"run": {"steps": 9}}, ["run.seed=3"]).run.steps == 9
 
 
+def test_a_mapping_given_to_a_section_sets_those_fields_only():
+    """`--set 'run={seed: 3, steps: 9}'` is `run.seed=3 run.steps=9`: the section's other values (the file's) stay
+    (it replaced the whole section, resetting them to their defaults)."""
+    base = {"run": {"steps": 7, "name": "keep"}, "method": {"name": "roth", "roth": {"gamma0": 0.3}}}
+    cfg = C.coerce(base, ["run={seed: 3, steps: 9}", "method={roth: {alpha: 0.5}}"])
+    assert (cfg.run.steps, cfg.run.seed, cfg.run.name) == (9, 3, "keep")
+    assert (cfg.method.name, cfg.method.roth.gamma0, cfg.method.roth.alpha) == ("roth", 0.3, 0.5)
+    assert C.coerce(base, [("run", {"seed": 4})]).run.name == "keep"
+    with pytest.raises(ConfigError, match=r"^run\.stepz: unknown key"):
+        C.coerce(base, ["run={stepz: 3}"])
+    with pytest.raises(ConfigError, match=r"^run: must be a mapping"):
+        C.coerce(base, ["run=3"])
+
+
 def test_load_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

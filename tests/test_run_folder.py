@@ -164,8 +164,10 @@ def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path
     d = tmp_path / "r"
     _train(d)
     before = _snapshot(d)
-    for item in (f"run.dir={tmp_path / 'other'}", f"run.out_dir={tmp_path / 'elsewhere'}", "run.dir=null"):
-        with pytest.raises(fastgan.config.ConfigError, match=rf"^{item.split('=')[0]}: --resume of the run folder"):
+    for item in (f"run.dir={tmp_path / 'other'}", f"run.out_dir={tmp_path / 'elsewhere'}", "run.dir=null",
+                 f"run={{out_dir: {tmp_path / 'elsewhere'}}}"):
+        key = item.split("=")[0] if "{" not in item else "run.out_dir"
+        with pytest.raises(fastgan.config.ConfigError, match=rf"^{key}: --resume of the run folder"):
             fastgan.train(d, overrides=["run.steps=4", item], resume=True)
         assert cli_main(["train", str(d), "--resume", "--set", "run.steps=4", item]) == 2
         assert "continues it there" in capsys.readouterr().err
