@@ -131,10 +131,10 @@ def _recon_forward_kernel(y_ptr, bias_ptr, t_ptr, out_ptr, B, N, HAS_BIAS: tl.co
         cmask = cols < N
         m = rmask[:, None] & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
-        d = tl.load(y_ptr + offs, mask=m, other=0.0) - tl.load(t_ptr + offs, mask=m, other=0.0)
-        if HAS_BIAS:
+        d = tl.load(y_ptr + offs, mask=m, other=0.0)
+        if HAS_BIAS:  # (y + b) - t, in the order of the reference and the C++ kernels (recon::diff)
             d += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
-        d = tl.where(m, d, 0.0)
+        d = tl.where(m, d - tl.load(t_ptr + offs, mask=m, other=0.0), 0.0)
         acc += tl.sum((d * d).to(tl.float64), axis=1)
     tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rmask)
 

@@ -336,6 +336,7 @@ def _grid(M: int, N: int, bm: int, bn: int):
 
 
 INT32_ELEMENTS = 2 ** 31  # the kernels' offsets (rows * K, cols * K) are int32
+GRID_Y = 65535  # CUDA's limit on a grid's second dimension
 
 
 def _check_offsets(B: int, weights) -> None:
@@ -346,6 +347,9 @@ def _check_offsets(B: int, weights) -> None:
             raise ValueError(f"backend='triton': layer {i} ({K} -> {N} features) at batch {B} indexes a tensor of "
                              f"{max(B * N, B * K, N * K)} elements; the Triton denoiser kernels take fewer than 2**31 "
                              f"(use backend='cuda', or a smaller batch)")
+        if max(N, K) > GRID_Y * 16:  # features run along the grid's second axis, in tiles of 16 or more
+            raise ValueError(f"backend='triton': layer {i} ({K} -> {N} features) has more than {GRID_Y * 16} "
+                             f"features, beyond what the Triton denoiser kernels' grid covers (use backend='cuda')")
 
 
 def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
@@ -363,7 +367,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
     prev = None  # the layer below: (y, pmean, pm2, T, TILE)
     a_src = x
     for i in range(depth + 1):
-        W = weights[i]
+        W = weights[i].contiguous()  # indexed as a dense (N, K) array; a module's weight may be a strided view
         N, K = W.shape
         last = i == depth
         bm, bn, bk = _tiles(B, N, W)
@@ -437,12 +441,12 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
     recon = (go, go_stride, z, biases[-1], h)
     grad = None  # the layer being differentiated: (dzm, y, gamma, shift, invstd, ps1, ps2, T)
     for i in reversed(range(depth + 1)):
-        W = weights[i]
+        W = weights[i].contiguous()
         N, K = W.shape
         x_in = saved[0] if i == 0 else saved[4 * i - 2]
         g_args = (z, z, z, z, z, f64, f64, 0) if grad is None else grad
         G = G_RECON if grad is None else G_BN
-        dW, db = torch.empty_like(W), h.new_empty(N)
+        dW, db = h.new_empty(N, K), h.new_empty(N)  # written dense
         dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G is G_BN else (db, db)
         bm, bn, bk = _tiles(N, K, W)
         _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](

@@ -15,8 +15,18 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _log1p(e):
+    # log(1 + e) without losing a small e to the rounding of 1 + e (tl has no log1p; libdevice is CUDA-only):
+    # log(u) * e / (u - 1) with u = 1 + e rounded is exact to a few ulps (Goldberg 1991, Theorem 4)
+    u = 1.0 + e
+    d = u - 1.0
+    small = d == 0.0
+    return tl.where(small, e, tl.log(u) * (e / tl.where(small, 1.0, d)))
+
+
+@triton.jit
 def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit

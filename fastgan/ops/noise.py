@@ -514,7 +514,10 @@ def _backward_backward(ctx, a_dxr, a_dxf, a_noise):
         return torch.zeros(shape, dtype=ctx.dtype, device=ctx.device)
 
     def x_of(a, want):
-        return a if (want and a is not None) else zeros(*ctx.shape)
+        return a.contiguous() if (want and a is not None) else zeros(*ctx.shape)
+
+    # cotangents come in any layout (a .sum() gives a stride-0 one); the kernels read contiguous rows and sigma
+    a_noise = a_noise.contiguous() if a_noise is not None else None
 
     xr = x_of(a_dxr, want_dxr) if ctx.has_r else None
     xf = x_of(a_dxf, want_dxf) if ctx.has_f else None

@@ -37,6 +37,30 @@ def test_loss_matches_reference_float64(backend, training):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+def test_weights_stored_transposed(backend, training):
+    """Linear weights that are strided views (column-major storage, as a weight tied to another layer's .t() is):
+    the loss, its gradients and the forward match the reference's (the Triton GEMMs indexed W as dense rows)."""
+    den, net = make_pair(backend=backend, training=training)
+    for m in (den, net):
+        for lin in (x for x in m.modules() if isinstance(x, nn.Linear)):
+            lin.weight = nn.Parameter(lin.weight.detach().t().contiguous().t())
+            assert not lin.weight.is_contiguous()
+    h = torch.randn(10, 12, dtype=torch.float64)
+    noise = torch.randn_like(h)
+    loss = den.loss(h, noise)
+    loss.backward()
+    expected = ref.denoiser_loss(net, h, noise)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    got, want = state(den.net), state(net)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12, msg=k)
+    with torch.no_grad():
+        torch.testing.assert_close(den(h), net(h), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_sigma_scales_the_corruption(backend):
     den, net = make_pair(backend=backend)
     den.sigma = 0.3
@@ -149,6 +173,18 @@ def test_whole_loss_gradcheck_wrt_inputs_and_parameters(training):
     assert delta(before)[("denoiser_loss_backward", "cpu")] > 0
     if training:  # second order: a single fast-mode check keeps the file's time budget
         assert gradgradcheck(fn, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_recon_loss_adds_the_bias_before_the_target(backend):
+    """(y + b) - t in float32, the reference's order: with y = 1e8, b = -1e8 the bias cancels y exactly and the
+    target's 1 survives ((y - t) + b rounds the 1 away)."""
+    y = torch.tensor([[1e8, 3.0]])
+    b = torch.tensor([-1e8, 0.5])
+    t = torch.tensor([[1.0, 3.25]])
+    want = ((y + b) - t).pow(2).sum(1)
+    got = torch.ops.fastgan.recon_loss(y, b, t, backend)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_recon_loss_op_gradcheck():

@@ -193,6 +193,9 @@ def test_triton_gemms_refuse_sizes_past_their_int32_offsets(monkeypatch, call):
         run()
     monkeypatch.setattr(denoiser_gemm, "INT32_ELEMENTS", 16 * 16 + 1)
     run()
+    monkeypatch.setattr(denoiser_gemm, "GRID_Y", 0)  # 16 features per grid row, none allowed: the first layer's 16
+    with pytest.raises(ValueError, match=r"backend='triton': layer 0 \(12 -> 16 features\) has more than 0 features"):
+        run()
 
 
 def _compile_fullgraph(fn):

@@ -298,6 +298,29 @@ def test_third_order_through_the_backward_of_the_backward():
     assert gradgradcheck(lambda a, s: first(a, s)[1], (x, sigma))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cotangent", ["expanded", "transposed"])
+def test_second_order_with_cotangents_in_any_layout(backend, cotangent):
+    """d/dx of a function of d(loss)/d(sigma) and d(loss)/dx: the backward of the backward hands the kernels the
+    cotangents of dsigma and dx, which come in the caller's layout (.sum() gives stride-0 ones; a stride-0 sigma
+    cotangent read as C values read past its one element)."""
+    def second(backend, seed=3):
+        torch.manual_seed(0)
+        x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+        sigma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64).view(3, 1, 1).requires_grad_(True)
+        r, _ = _run(backend, x, None, sigma, "double", seed)
+        gx, gs = torch.autograd.grad((r * r * torch.linspace(-1, 1, r.numel(), dtype=torch.float64)
+                                      .view(r.shape)).sum(), (x, sigma), create_graph=True)
+        if cotangent == "expanded":
+            out = gs.sum() + gx.sum()
+        else:  # cotangents that are transposed views
+            out = (gs.view(1, 3) * torch.ones(2, 3, dtype=torch.float64)).sum() + \
+                (gx.flatten(1).t() * torch.arange(12.0, dtype=torch.float64).view(12, 1)).sum()
+        return torch.autograd.grad(out, (x, sigma))
+    for got, want in zip(second(backend), second("oracle")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
+
+
 # ------------------------------------------------------------------ noise statistics and the RNG state
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -134,6 +134,18 @@ def test_extreme_logits_stay_finite(backend):
     torch.testing.assert_close(out, ref.d_loss(lr.double(), lf.double(), 0.5).float())
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype,v", [(torch.float32, 20.0), (torch.float32, 30.0), (torch.float64, 40.0)])
+def test_confident_logits_keep_their_small_loss(backend, dtype, v):
+    """softplus(-v) ~ exp(-v) below the rounding of 1 + exp(-v): the loss of a confident D keeps its relative
+    accuracy (log(1 + e) rounded it to 0; log1p does not)."""
+    lr, lf = torch.full((8,), v, dtype=dtype), torch.full((8,), -v, dtype=dtype)
+    out = nt_losses(lr, lf, 0.5, backend=backend)
+    want = ref.d_loss(lr.double(), lf.double(), 0.5)
+    assert out.item() > 0
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=0)
+
+
 # ------------------------------------------------------------------ gradients (float64)
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
