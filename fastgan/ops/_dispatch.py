@@ -110,6 +110,20 @@ def no_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False) if autocast_enabled(device) else contextlib.nullcontext()
 
 
+def autocast_off(backward):
+    """For the backward of an op whose forward runs with autocast off (the fused denoiser): autograd runs a
+    backward under the autocast state of the thread calling .backward(), so inside `with torch.autocast(...)` its
+    GEMMs gave half products that the kernels, reading raw pointers in the parameters' dtype, overran."""
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        for g in grads:
+            if isinstance(g, torch.Tensor):
+                with no_autocast(g.device):
+                    return backward(ctx, *grads)
+        return backward(ctx, *grads)
+    return run
+
+
 def status(backend: str, device: torch.device) -> tuple[bool, str]:
     """Whether `backend` can run on tensors of `device`, and the reason when it cannot."""
     if backend == "reference":

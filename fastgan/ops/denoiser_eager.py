@@ -38,6 +38,7 @@ class _EagerLoss(torch.autograd.Function):
         return per_sample
 
     @staticmethod
+    @_dispatch.autocast_off
     def backward(ctx, go):
         sigma, training, eps, backend, depth = ctx.meta
         h, noise, *params = ctx.saved_tensors
@@ -68,6 +69,7 @@ class _EagerRecon(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_dispatch.autocast_off
     def backward(ctx, go):
         target, h = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -94,6 +96,7 @@ class _EagerBnRelu(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_dispatch.autocast_off
     def backward(ctx, g_out):
         training, eps, relu, backend = ctx.meta
         y, bias, gamma, beta, out, shift, invstd = ctx.saved_tensors
@@ -128,6 +131,7 @@ class _EagerForward(torch.autograd.Function):
         return r
 
     @staticmethod
+    @_dispatch.autocast_off
     def backward(ctx, gr):
         training, eps, backend, depth = ctx.meta
         h, *params = ctx.saved_tensors

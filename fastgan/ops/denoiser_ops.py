@@ -57,6 +57,7 @@ def _bn_relu_setup(ctx, inputs, output):
     ctx.training, ctx.eps, ctx.relu, ctx.backend = training, eps, relu, backend
 
 
+@_dispatch.autocast_off
 def _bn_relu_backward(ctx, g_out, *_):
     if g_out is None:
         return (None,) * 11
@@ -113,6 +114,7 @@ def _recon_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
+@_dispatch.autocast_off
 def _recon_backward(ctx, go):
     y, bias, target = ctx.saved_tensors
     if torch.is_grad_enabled():
@@ -201,6 +203,7 @@ def _loss_setup(ctx, inputs, output):
     ctx.sigma, ctx.training, ctx.eps, ctx.backend = sigma, training, eps, backend
 
 
+@_dispatch.autocast_off
 def _loss_backward(ctx, go, *_):
     d, nb, n_running = ctx.sizes
     if go is None:

@@ -264,6 +264,37 @@ def test_autocast_runs_in_the_parameter_dtype():
         den.half().loss(h)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("path", ["eager", "custom_ops"])
+@pytest.mark.parametrize("term", ["loss", "forward"])
+def test_backward_inside_autocast(backend, path, term, monkeypatch):
+    """backward() called inside the autocast region, as training loops write it: autograd runs the backward under
+    autocast, whose half GEMM products the kernels read as float32 (the process died). The gradients are the
+    float32 ones computed outside autocast; but the custom ops' forward (under torch.compile) differentiates its
+    GEMMs with torch's own mm backward, which autocast runs in bfloat16 as it would for any float32 mm."""
+    if path == "custom_ops":
+        monkeypatch.setattr(de, "_compiling", lambda: True)
+
+    def step(autocast):
+        den, _ = make_pair(dtype=torch.float32, backend=backend)
+        torch.manual_seed(1)
+        h, noise = torch.randn(8, 12), torch.randn(8, 12)
+        hf, hr = torch.randn(8, 12, requires_grad=True), torch.randn(8, 12, requires_grad=True)
+        y = torch.randn(8, 16, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if term == "loss":
+                (den.loss(h, noise) + den.generator_loss(hf)).backward()
+                bn_relu(y, None, den.norms[0].weight, den.norms[0].bias, backend=backend).pow(2).sum().backward()
+                return [hf.grad, y.grad] + [p.grad for p in den.parameters()]
+            den(hr).pow(2).mean().backward()
+            return [hr.grad] + [p.grad for p in den.parameters()]
+    want, got = step(False), step(True)
+    tol = 3e-2 if (term, path) == ("forward", "custom_ops") else 1e-5
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol * w.abs().max().item())
+
+
 # ---------------------------------------------------------------- DFM semantics
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
