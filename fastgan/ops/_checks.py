@@ -6,6 +6,15 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def no_differentiating_transform() -> None:
+    """At each public op's entry: torch.func's jvp/jacfwd/grad/jacrev are refused with what to use instead
+    (_eager.refuse_differentiating_transforms); is_compiling first, so Dynamo never traces the functorch query."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        from ._eager import refuse_differentiating_transforms
+
+        refuse_differentiating_transforms()
+
+
 def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

@@ -20,13 +20,34 @@ _PLAIN_OR_NONE = frozenset((*_PLAIN, type(None)))
 
 
 def ok(*tensors) -> bool:
-    """True when plain autograd.Functions may run the kernels on `tensors` (None entries are skipped)."""
-    if _is_compiling() or _dispatch_modes() or _functorch_active():
+    """True when plain autograd.Functions may run the kernels on `tensors` (None entries are skipped); raises
+    under torch.func's jvp/jacfwd/grad/jacrev (see refuse_differentiating_transforms)."""
+    if _is_compiling() or _dispatch_modes():
+        return False
+    if _functorch_active():
+        refuse_differentiating_transforms()
         return False
     for t in tensors:
         if t is not None and (type(t) not in _PLAIN or t.is_meta or _is_wrapped(t)):
             return False
     return True
+
+
+def refuse_differentiating_transforms() -> None:
+    """torch.func's differentiating transforms cannot go through fastgan's ops: a custom op with registered
+    autograd gets zero tangents under jvp/jacfwd (a silently wrong derivative), and grad/jacrev refuse its
+    autograd.Functions with a message about setup_context. vmap works (torch runs the op per sample)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch import pyfunctorch
+
+    for interpreter in pyfunctorch.retrieve_all_functorch_interpreters():
+        kind = interpreter.key()
+        if kind == TransformType.Jvp or kind == TransformType.Grad:
+            raise NotImplementedError(
+                f"fastgan's ops do not support torch.func's {'jvp/jacfwd' if kind == TransformType.Jvp else 'grad/jacrev/vjp'}"
+                " transforms (under jvp torch gives custom ops zero tangents); differentiate with torch.autograd "
+                "(loss.backward(), torch.autograd.grad, create_graph=True for higher orders), or transform the "
+                "plain-PyTorch formulas in fastgan.reference")
 
 
 def ok_on_one_device(first, *others) -> bool:

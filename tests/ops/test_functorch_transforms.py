@@ -1,0 +1,77 @@
+"""torch.func's differentiating transforms over fastgan's ops: refused with a message saying what to use instead
+(under jvp/jacfwd torch gives a custom op zero tangents, a silently wrong derivative; grad/jacrev failed with a
+message about setup_context). vmap still runs (torch loops over the batch)."""
+import pytest
+import torch
+from torch import nn
+from torch.func import grad, jacfwd, jacrev, jvp, vmap
+
+from fastgan.ops import (Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss, grad_norm_penalty, js_penalty,
+                         noisy_clean_batch, nt_losses)
+
+BACKENDS = ["reference", "cpu", "triton"]
+TRANSFORMS = {
+    "jvp": lambda f, x: jvp(f, (x,), (torch.ones_like(x),)),
+    "jacfwd": lambda f, x: jacfwd(f)(x),
+    "grad": lambda f, x: grad(lambda a: f(a).sum())(x),
+    "jacrev": lambda f, x: jacrev(f)(x),
+}
+
+
+def _ops(backend):
+    """{name: (function of one float64 tensor, that tensor)}."""
+    torch.manual_seed(0)
+    l = torch.randn(8, dtype=torch.float64)
+    D = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double()
+    xf = torch.randn(8, 3, dtype=torch.float64)
+    den = Denoiser(4, 6, 2, backend=backend, dtype=torch.float64).eval()
+    weights = [m.weight for m in den.linears]
+    biases = [m.bias for m in den.linears]
+    gammas = [m.weight for m in den.norms]
+    betas = [m.bias for m in den.norms]
+    eps = torch.randn(8, 3, dtype=torch.float64)
+    return {
+        "grad_norm_penalty": (lambda g: grad_norm_penalty(g, l, "js_real", backend=backend), torch.randn(8, 5, dtype=torch.float64)),
+        "nt_losses": (lambda a: nt_losses(a, l, 0.3, backend=backend), torch.randn(8, dtype=torch.float64)),
+        "noisy_clean_batch": (lambda a: noisy_clean_batch(a, None, eps, backend=backend)[0], torch.randn(8, 3, dtype=torch.float64)),
+        "js_penalty(mlp)": (lambda a: js_penalty(D, a, xf, mode="mlp", backend=backend)[0], torch.randn(8, 3, dtype=torch.float64)),
+        "js_penalty(double_backward)": (lambda a: js_penalty(D, a, xf, mode="double_backward", backend=backend)[0], torch.randn(8, 3, dtype=torch.float64)),
+        "Denoiser": (lambda h: den(h), torch.randn(5, 4, dtype=torch.float64)),
+        "Denoiser.loss": (lambda h: den.loss(h, torch.zeros_like(h), detach=False), torch.randn(5, 4, dtype=torch.float64)),
+        "denoiser_loss": (lambda h: denoiser_loss(h, weights, biases, gammas, betas, noise=torch.zeros_like(h),
+                                                  backend=backend), torch.randn(5, 4, dtype=torch.float64)),
+        "denoiser_generator_loss": (lambda h: denoiser_generator_loss(h, weights, biases, gammas, betas,
+                                                                      backend=backend),
+                                    torch.randn(5, 4, dtype=torch.float64)),
+        "bn_relu": (lambda y: bn_relu(y, None, gammas[0], betas[0], training=True, backend=backend), torch.randn(5, 6, dtype=torch.float64)),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_differentiating_transforms_are_refused(backend, transform):
+    for name, (f, x) in _ops(backend).items():
+        f(x)  # runs outside the transform
+        with pytest.raises(NotImplementedError, match=r"fastgan's ops do not support torch\.func's .* torch\.autograd"):
+            TRANSFORMS[transform](f, x)
+            pytest.fail(f"{name}: no error under {transform}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_vmap_still_runs(backend):
+    l = torch.randn(4, 8, dtype=torch.float64)
+    g = torch.randn(4, 8, 5, dtype=torch.float64)
+    got = vmap(lambda g_, l_: grad_norm_penalty(g_, l_, "js_real", backend=backend))(g, l)
+    want = torch.stack([grad_norm_penalty(g[i], l[i], "js_real", backend=backend) for i in range(4)])
+    torch.testing.assert_close(got, want)
+
+
+def test_the_reference_formulas_transform():
+    """What the message points to: fastgan.reference's plain formulas go through torch.func."""
+    from fastgan.reference import nt_losses as ref
+
+    a, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    t = torch.randn(8, dtype=torch.float64)
+    _, tangent = jvp(lambda x: ref.d_loss(x, b, 0.3), (a,), (t,))
+    (g,) = torch.autograd.grad(ref.d_loss(a.requires_grad_(), b, 0.3), a)
+    torch.testing.assert_close(tangent, (g * t).sum())
