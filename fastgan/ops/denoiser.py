@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reference import denoiser as ref
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _eager
 from ._hooks import has_hooks
 from . import denoiser_eager  # _compiling() read from it at call time: one patch there reaches every caller
 from . import denoiser_ops  # noqa: F401  (registers torch.ops.fastgan.bn_relu, denoiser_loss, ...)
@@ -393,9 +393,16 @@ class Denoiser(nn.Module):
         self._types = tuple(map(type, mods))
         # the tensor objects too: a buffer or parameter replaced by another of its shape (say running_mean set to
         # the running_var tensor, or a bias set to None) is validated again
-        self._objects = [t for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
-        self._signature = [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in self._objects]
+        objects = [t for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
         self._strided = not all(t.is_contiguous() for seq in (biases, gammas, betas) for t in seq)
+        if not _eager.ok_on_one_device(objects[0]):
+            # traced (export, compile, fake tensors): those tensors are not the module's own, and torch.export
+            # warns of tensor attributes assigned while it traces; each traced call validates again
+            self.__dict__.setdefault("_objects", [])
+            self.__dict__.setdefault("_signature", [])
+            return
+        self._objects = objects
+        self._signature = [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in objects]
 
     # -- structure
     @property

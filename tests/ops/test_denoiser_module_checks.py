@@ -247,3 +247,32 @@ def test_functional_denoiser_loss_with_running_stats_under_compile_fullgraph():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close((rm, rv), (rm2, rv2))
     assert not torch.equal(rm[0], running()[0][0])  # the compiled call did update them
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_torch_export_of_a_module_holding_a_denoiser(training):
+    """The Denoiser's cache of validated tensors is not written while torch.export traces (the traced tensors are
+    not the module's; torch warned of tensor attributes assigned during export, asking for buffers)."""
+    import warnings
+
+    torch.manual_seed(0)
+    den = Denoiser(4, 6, 2).train(training)
+    seq = copy.deepcopy(den.net)
+
+    class Recon(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.den = den
+
+        def forward(self, h):
+            return self.den.loss(h, torch.zeros_like(h)) if training else self.den(h)
+
+    h = torch.randn(5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ep = torch.export.export(Recon(), (h,))
+    assert not [w for w in caught if "_objects" in str(w.message) or "assigned during export" in str(w.message)]
+    assert {type(t) for t in den._objects} <= {torch.Tensor, nn.Parameter}
+    if not training:
+        torch.testing.assert_close(ep.module()(h), seq(h))
+        torch.testing.assert_close(den(h), seq(h))
