@@ -27,6 +27,16 @@ def _one_process_per_core():
 def pytest_configure(config):
     _one_process_per_core()
     config.addinivalue_line("markers", "threads(n): run the test with n torch/OpenMP threads (its threaded paths)")
+    # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
+    # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
+    # under the sanitizers (tests/test_cuda_emu_sanitized.py; tests/ops/test_extension_in_use.py checks the swap).
+    if os.environ.get("FASTGAN_TEST_EXTENSION") == "emulated":
+        from helpers import load_cuda_emu
+
+        from fastgan import _ext
+
+        module = load_cuda_emu()
+        _ext._load = lambda: (module, None)
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +52,6 @@ def _marked_threads(request):
         yield
     finally:
         torch.set_num_threads(before)
-    # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
-    # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
-    # under the sanitizers (tests/test_cuda_emu_sanitized.py).
-    if os.environ.get("FASTGAN_TEST_EXTENSION") == "emulated":
-        from helpers import load_cuda_emu
-
-        from fastgan import _ext
-
-        module = load_cuda_emu()
-        _ext._load = lambda: (module, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

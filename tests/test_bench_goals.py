@@ -2,6 +2,7 @@
 a synthetic run whose verdicts are known."""
 import importlib.util
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -292,8 +293,26 @@ def test_counts_from_other_code_are_flagged_beside_the_measured_ratios():
     assert "counted at commit unrecorded" in goals.report(run, {**costs, "commit": None}, "abc")
 
 
-def test_costs_json_records_its_commit(tmp_path):
+def test_costs_json_records_its_commit(tmp_path, monkeypatch):
+    """The commit of the checkout bench/costs.py sits in ("-dirty" with changes to tracked files); None outside
+    one. Checked on a git repository made here, as the suite may run from a copy that is none."""
+    import shutil
+
     costs = _bench_module("costs")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(costs.__file__, repo / "costs.py")
+    monkeypatch.setattr(costs, "__file__", str(repo / "costs.py"))
+    assert costs._commit() is None  # no checkout (tmp_path is outside any)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True,  # noqa: E731
+                                    env={**os.environ, **env}).stdout.strip()
+    git("init", "-q")
+    git("add", "costs.py")
+    git("commit", "-q", "-m", "c")
+    head = git("rev-parse", "HEAD")
+    assert len(head) == 40
     costs.write_rows(str(tmp_path / "c.json"), "w", "h", [])
-    commit = json.loads((tmp_path / "c.json").read_text())["commit"]
-    assert commit is None or len(commit.split("-")[0]) == 40
+    assert json.loads((tmp_path / "c.json").read_text())["commit"] == head
+    (repo / "costs.py").write_text("# changed\n")
+    assert costs._commit() == head + "-dirty"

@@ -92,8 +92,8 @@ def test_cpu_kernels_are_clean(tmp_path):
     """The op tests' reference/cpu cases with the sanitized module as fastgan._C (its CPU kernels are csrc/cpu's,
     built with the same sanitizers): the C++ backend's vector loops and their tails, bad-argument checks (C++
     throws) included. A loop bound of the denoiser's corruption made `i <= numel` is reported there."""
-    modules = [str(TESTS / "ops" / f"test_{m}.py") for m in ("penalty", "noise", "nt_losses", "denoiser",
-                                                            "bn_closed_form")]
+    modules = [str(TESTS / "ops" / f"test_{m}.py") for m in ("extension_in_use", "penalty", "noise", "nt_losses",
+                                                            "denoiser", "bn_closed_form")]
     run, reports = _run([*PYTEST, *modules, "-k", "not triton and not cuda"], tmp_path, timeout=1200,
                         FASTGAN_TEST_EXTENSION="emulated")
     _assert_clean(run, reports, 400)

@@ -144,12 +144,27 @@ def test_no_channels(backend):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_run_the_float32_kernel(dtype):
+    """Each stage of a half chain is the float32 kernel on upcast inputs, its outputs rounded once to the
+    storage dtype: bit for bit (computing in the storage dtype is within any loose tolerance)."""
     x = {k: None if v is None else v.to(dtype) for k, v in _inputs((4, 3, 5), True).items()}
+    before = backend_calls("bn_closed_form", "cpu")
     got = _chain(x, "cpu")
-    want = _chain({k: None if v is None else v.float() for k, v in x.items()}, impl=ref)
+    assert backend_calls("bn_closed_form", "cpu") == before + 3
+
+    def f32(*ts):
+        return [None if t is None else t.float() for t in ts]
+
+    def down(ts):
+        return [t.to(dtype) for t in ts]
+    xhat, rstd = down(K.stats(*f32(x["h"]), EPS, "cpu"))
+    out, mt, q = down(K.centered(*f32(xhat, x["t"], rstd, x["gamma"]), "cpu"))
+    dh, dgamma, dbeta = down(K.vjp(*f32(x["rho"], x["lam"], xhat, x["t"], rstd, x["gamma"], mt, q), "cpu"))
+    want = {"xhat": xhat, "rstd": rstd, "out": out, "mt": mt, "q": q, "dh": dh, "dgamma": dgamma, "dbeta": dbeta}
+    ref32 = _chain({k: None if v is None else v.float() for k, v in x.items()}, impl=ref)
     for k, w in want.items():
-        assert got[k].dtype == dtype
-        torch.testing.assert_close(got[k].float(), w, rtol=2e-2, atol=2e-2 * w.abs().max().item(), msg=k)
+        assert got[k].dtype == dtype and torch.equal(got[k], w), k
+        torch.testing.assert_close(got[k].float(), ref32[k], rtol=2e-2, atol=2e-2 * ref32[k].abs().max().item(),
+                                   msg=k)
 
 
 def test_opcheck():
