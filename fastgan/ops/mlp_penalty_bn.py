@@ -37,6 +37,8 @@ def _norm(kind, m, h, gamma, beta, backend=None):
     if kind == "bn":
         return running_stats_norm(kind, m, h, gamma, beta)
     xhat, rstd = bn_closed_form.stats(h.contiguous(), m.eps, backend)
+    # the kernels read (C,) vectors densely; a strided weight (a view of a larger tensor) is copied
+    gamma, beta = (None if v is None else v.contiguous() for v in (gamma, beta))
     return {"gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd}, m(h)
 
 

@@ -80,6 +80,9 @@ def _any_order_norm(kind, m, h, gamma, beta):
         if gamma is not None:
             y = y * per_channel(gamma, y)
         return {}, y if beta is None else y + per_channel(beta, y)
+    # contiguous: torch's batch_norm backward misreads a strided weight (torch 2.13 CPU), e.g. a view of a larger
+    # tensor; the copy's gradient reaches the parameter
+    gamma, beta = (None if v is None else v.contiguous() for v in (gamma, beta))
     return {}, F.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
 
 

@@ -108,6 +108,8 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
         p, t = _dual(input)
         if t is None or not _plain(weight, bias, running_mean, running_var):
             return NotImplemented
+        # contiguous: torch's batch_norm backward misreads a strided weight (torch 2.13 CPU)
+        weight, bias = (None if v is None else v.contiguous() for v in (weight, bias))
         y = F.batch_norm(p, running_mean, running_var, weight, bias, False, momentum, eps)
         scale = torch.rsqrt(running_var + eps)
         scale = scale if weight is None else scale * weight
