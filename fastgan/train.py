@@ -853,7 +853,9 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
 
 def _config_to_print(config, overrides, resume: bool) -> TrainConfig:
     if not resume:
-        return C.coerce(Path(config) / "config.yaml" if config and Path(config).is_dir() else config, overrides)
+        if config and Path(config).is_dir():  # a run folder's config.yaml, read as its checkpoint's config is
+            return C.coerce(C.load_config(Path(config) / "config.yaml", stored=True), overrides)
+        return C.coerce(config, overrides)
     # what --resume would continue: the checkpoint's config with the run.* fields it lets change
     cfg = _requested(config, overrides, True)
     path = _find_run(cfg) / CHECKPOINT

@@ -301,6 +301,9 @@ def test_costs_json_records_its_commit(tmp_path, monkeypatch):
     costs = _bench_module("costs")
     repo = tmp_path / "repo"
     repo.mkdir()
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):  # set inside git hooks
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # a checkout above tmp_path is not searched
     shutil.copy(costs.__file__, repo / "costs.py")
     monkeypatch.setattr(costs, "__file__", str(repo / "costs.py"))
     assert costs._commit() is None  # no checkout (tmp_path is outside any)

@@ -287,7 +287,7 @@ def test_a_run_given_twice_is_listed_once(tmp_path, monkeypatch):
     assert "older runs" not in grid
 
 
-def test_a_config_yaml_with_a_field_its_run_did_not_read_is_summarized(study, tmp_path):
+def test_a_config_yaml_with_a_field_its_run_did_not_read_is_summarized(study, tmp_path, capsys):
     """Run folders written before model.leaky_slope was refused on a tanh MLP hold it in config.yaml: compare reads
     them as their checkpoints are read (the field at its default), not as unreadable."""
     import shutil
@@ -302,7 +302,10 @@ def test_a_config_yaml_with_a_field_its_run_did_not_read_is_summarized(study, tm
     (d / "config.yaml").write_text(yaml.safe_dump(data))
     r = compare.summarize(d)
     assert r["state"] == "finished" and r["steps"] == data["run"]["steps"], r
+    assert main(["train", "--print-config", str(d)]) == 0  # read the same way
     data["model"]["latent_dim"] = -1  # invalid, not unread
     (d / "config.yaml").write_text(yaml.safe_dump(data))
     r = compare.summarize(d)
     assert r["state"] == "unreadable" and "model.latent_dim" in r["reason"]
+    capsys.readouterr()
+    assert main(["train", "--print-config", str(d)]) == 2 and "model.latent_dim" in capsys.readouterr().err

@@ -6,13 +6,19 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def no_differentiating_transform() -> None:
-    """At each public op's entry: torch.func's jvp/jacfwd/grad/jacrev are refused with what to use instead
-    (_eager.refuse_differentiating_transforms); is_compiling first, so Dynamo never traces the functorch query."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+def transforms_active() -> bool:
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def no_differentiating_transform(*tensors, module=None) -> None:
+    """At each public op's entry: under torch.func's jvp/jacfwd/grad/jacrev, an op on tensors the transform
+    differentiates, and any penalty of a D (module=D), is refused with what to use instead
+    (_eager.refuse_differentiating_transforms); an op on constants runs. is_compiling first, so Dynamo never
+    traces the functorch query."""
+    if transforms_active():
         from ._eager import refuse_differentiating_transforms
 
-        refuse_differentiating_transforms()
+        refuse_differentiating_transforms(tensors, module)
 
 
 def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:

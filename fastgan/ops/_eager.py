@@ -20,12 +20,10 @@ _PLAIN_OR_NONE = frozenset((*_PLAIN, type(None)))
 
 
 def ok(*tensors) -> bool:
-    """True when plain autograd.Functions may run the kernels on `tensors` (None entries are skipped); raises
-    under torch.func's jvp/jacfwd/grad/jacrev (see refuse_differentiating_transforms)."""
+    """True when plain autograd.Functions may run the kernels on `tensors` (None entries are skipped)."""
     if _is_compiling() or _dispatch_modes():
         return False
-    if _functorch_active():
-        refuse_differentiating_transforms()
+    if _functorch_active():  # each op's entry has refused what it cannot differentiate
         return False
     for t in tensors:
         if t is not None and (type(t) not in _PLAIN or t.is_meta or _is_wrapped(t)):
@@ -33,21 +31,32 @@ def ok(*tensors) -> bool:
     return True
 
 
-def refuse_differentiating_transforms() -> None:
+def refuse_differentiating_transforms(tensors, module=None) -> None:
     """torch.func's differentiating transforms cannot go through fastgan's ops: a custom op with registered
     autograd gets zero tangents under jvp/jacfwd (a silently wrong derivative), and grad/jacrev refuse its
-    autograd.Functions with a message about setup_context. vmap works (torch runs the op per sample)."""
+    autograd.Functions with a message about setup_context. vmap works (torch runs the op per sample), and so do
+    inputs the transform does not differentiate (not functorch-wrapped: constants to it). tensors: the op's,
+    lists of tensors flattened; module: a Denoiser's own (its parameters count as its tensors) or a penalty's D."""
     from torch._C._functorch import TransformType
     from torch._functorch import pyfunctorch
 
-    for interpreter in pyfunctorch.retrieve_all_functorch_interpreters():
-        kind = interpreter.key()
-        if kind == TransformType.Jvp or kind == TransformType.Grad:
-            raise NotImplementedError(
-                f"fastgan's ops do not support torch.func's {'jvp/jacfwd' if kind == TransformType.Jvp else 'grad/jacrev/vjp'}"
-                " transforms (under jvp torch gives custom ops zero tangents); differentiate with torch.autograd "
-                "(loss.backward(), torch.autograd.grad, create_graph=True for higher orders), or transform the "
-                "plain-PyTorch formulas in fastgan.reference")
+    kinds = {i.key() for i in pyfunctorch.retrieve_all_functorch_interpreters()}
+    kind = TransformType.Jvp if TransformType.Jvp in kinds else TransformType.Grad if TransformType.Grad in kinds \
+        else None
+    if kind is None:
+        return
+    seen = []
+    for t in tensors:
+        seen += t if isinstance(t, (list, tuple)) else [t]
+    # a penalty of D is refused whatever it is given: it takes D's input gradient with torch.autograd, which
+    # functorch's transforms do not allow inside them
+    if module is None and not any(isinstance(t, torch.Tensor) and _is_wrapped(t) for t in seen):
+        return
+    raise NotImplementedError(
+        f"fastgan's ops do not support torch.func's {'jvp/jacfwd' if kind == TransformType.Jvp else 'grad/jacrev/vjp'}"
+        " transforms of their inputs (under jvp torch gives custom ops zero tangents); differentiate with "
+        "torch.autograd (loss.backward(), torch.autograd.grad, create_graph=True for higher orders), or transform "
+        "the plain-PyTorch formulas in fastgan.reference")
 
 
 def ok_on_one_device(first, *others) -> bool:

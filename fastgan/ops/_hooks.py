@@ -1,6 +1,8 @@
 """Module hooks a path would skip: the closed-form penalty and the fused denoiser compute their layers' math without
 calling the layers' forwards, and jvp's dual forward runs backward hooks on the wrong gradient, so a hook there
-would silently not act as the user meant. Plain loops: plan() runs inside torch.compile."""
+would silently not act as the user meant. The closed form and jvp also refuse hooks registered for every module
+(global_hooks); the Denoiser checks its layers' own only: a global hook (profilers, module trackers) runs for the
+Denoiser as one module, not for its layers. Plain loops: plan() runs inside torch.compile."""
 from __future__ import annotations
 
 import torch.nn.modules.module as _module

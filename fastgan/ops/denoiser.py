@@ -155,7 +155,7 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
     y: (B, N) output of a GEMM without its bias; bias, gamma, beta, running stats: (N,). Differentiable
     w.r.t. y, bias, gamma and beta. relu=False gives the plain BatchNorm.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(y, bias, gamma, beta)
     _checks.tensor("y", y, min_dim=2)
     if y.dim() != 2:
         raise ValueError(f"y must have shape (B, N), got {tuple(y.shape)}")
@@ -214,7 +214,7 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     nn.BatchNorm1d does; they are required in eval mode. Differentiable w.r.t. h (both as the corrupted
     input and as the target), noise and all parameters.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(h, noise, weights, biases, gammas, betas)
     training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
     h = _check_features("h", h, n_features, dtype, device, training)
@@ -252,7 +252,7 @@ def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: S
     generated batches separately) and leaves the running statistics untouched; in eval mode it uses them.
     Multiply by lambda_denoise = 0.03 / n_features (the paper's setting) when adding it to G's loss.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(h_fake, weights, biases, gammas, betas)
     training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
     h_fake = _check_features("h_fake", h_fake, n_features, dtype, device, training)
@@ -495,7 +495,8 @@ class Denoiser(nn.Module):
         return float(self.momentum)
 
     def _input(self, name: str, h) -> Tensor:
-        _checks.no_differentiating_transform()
+        if _checks.transforms_active():  # the parameters are listed only then
+            _checks.no_differentiating_transform(h, list(self.parameters()))
         w = self.net[0].weight
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "

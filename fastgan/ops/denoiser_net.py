@@ -35,8 +35,8 @@ def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum
 def _layer_backward(kern, dout, out, y, gamma, shift, invstd, training, relu, dy=None):
     """(dy, dgamma, dbeta, dbias); dy=dout overwrites dout (kernels in _IN_PLACE)."""
     if dout.dtype is not y.dtype:  # the C++ kernels read every pointer in y's dtype: a half dout would be overrun
-        raise TypeError(f"bn_relu backward: the incoming gradient is {dout.dtype}, the layer's output {y.dtype} "
-                        "(a GEMM autocast to half?)")
+        raise TypeError(f"denoiser BatchNorm+ReLU backward: the incoming gradient is {dout.dtype}, the layer's "
+                        f"output {y.dtype} (a GEMM autocast to half?)")
     N = y.shape[1]
     dy = torch.empty_like(y) if dy is None else dy
     dgamma, dbeta, dbias = y.new_empty(N), y.new_empty(N), y.new_empty(N)

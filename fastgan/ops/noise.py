@@ -752,7 +752,7 @@ def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Ten
     and rounded once; gradients flow to x_real, x_fake and the noise, to any order.
     backend: None (best available), "reference", "cpu", "cuda" or "triton".
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(x_real, x_fake, noise)
     x0, m, F = _sample_info(x_real, x_fake)
     if mode != "double" and mode != "half":
         _checks.choice("mode", mode, MODES)

@@ -359,7 +359,7 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     input is float64); differentiable to any order w.r.t. the logits. The noise generator's loss in NTGAN is
     -loss_d + lambda * ||eps||^2.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(logits_real, logits_fake, mu)
     _checks.choice("loss", loss, tuple(KINDS))
     _checks.choice("mode", mode, MODES)
     _checks.choice("reduction", reduction, tuple(REDUCTIONS))

@@ -345,7 +345,7 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
     backend: None (best available), "reference", "cpu", "cuda" or "triton"; a named backend that cannot
     run raises ``BackendUnavailable``.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(grad, logits)
     _check_inputs(grad, logits, weight, reduction)
     return _penalty_of(grad, logits, weight, reduction, backend)
 
@@ -435,7 +435,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     "mlp" raise ValueError for it. Under torch.no_grad() or torch.inference_mode() every mode returns the values of
     the same call with grad enabled (D's buffers advance as there), detached.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(x, module=D)
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
     _checks.choice("reduction", reduction, REDUCTIONS)
@@ -556,7 +556,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     x_fake are detached (a discriminator term): the logits carry no gradient to G; G's loss needs its own D(G(z)).
     mode: as in gradient_penalty.
     """
-    _checks.no_differentiating_transform()
+    _checks.no_differentiating_transform(x_real, x_fake, module=D)
     _checks.tensor("x_real", x_real, min_dim=1)
     _checks.tensor("x_fake", x_fake, min_dim=1)
     _checks.same_device(x_real=x_real, x_fake=x_fake)

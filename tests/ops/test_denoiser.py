@@ -622,3 +622,15 @@ def test_cuda_auto_backend_and_bn_relu_gradcheck():
     for training in (True, False):
         fn = lambda *a: bn_relu(*a, rm.clone(), rv.clone(), training=training, backend="cuda")
         assert gradcheck(fn, (y, bias, gamma, beta))
+
+
+def test_the_layer_backward_refuses_a_gradient_of_another_dtype():
+    """The C++ kernels read every pointer in the layer's dtype: a half gradient (a GEMM autocast to half) would
+    be read past its end, so the launch refuses it, naming both dtypes."""
+    from fastgan.ops import denoiser_net
+    from fastgan.ops.denoiser_backends import _KERNELS
+
+    y = torch.randn(4, 6)
+    gamma, shift, invstd = torch.ones(6), torch.zeros(6), torch.ones(6)
+    with pytest.raises(TypeError, match=r"incoming gradient is torch\.bfloat16, the layer's output torch\.float32"):
+        denoiser_net._layer_backward(_KERNELS["cpu"], y.bfloat16(), y.relu(), y, gamma, shift, invstd, True, True)

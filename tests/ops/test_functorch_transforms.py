@@ -1,6 +1,7 @@
 """torch.func's differentiating transforms over fastgan's ops: refused with a message saying what to use instead
 (under jvp/jacfwd torch gives a custom op zero tangents, a silently wrong derivative; grad/jacrev failed with a
-message about setup_context). vmap still runs (torch loops over the batch)."""
+message about setup_context). An op whose inputs the transform does not differentiate (constants to it) runs, and
+vmap still runs (torch loops over the batch)."""
 import pytest
 import torch
 from torch import nn
@@ -75,3 +76,34 @@ def test_the_reference_formulas_transform():
     _, tangent = jvp(lambda x: ref.d_loss(x, b, 0.3), (a,), (t,))
     (g,) = torch.autograd.grad(ref.d_loss(a.requires_grad_(), b, 0.3), a)
     torch.testing.assert_close(tangent, (g * t).sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transform", ["grad", "jvp"])
+def test_an_op_on_constants_inside_a_transform_runs(backend, transform):
+    """d/dw of w * L with L = nt_losses, a noisy batch, a Denoiser's loss of constants: L. (A penalty of D is
+    refused under the transform whatever its inputs: it takes D's input gradient with torch.autograd.)"""
+    torch.manual_seed(0)
+    lr, lf = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    x, eps = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    den = Denoiser(4, 6, 2, backend=backend, dtype=torch.float64).eval()
+    h = torch.randn(5, 4, dtype=torch.float64)
+    for L in (lambda: nt_losses(lr, lf, 0.3, backend=backend),
+              lambda: noisy_clean_batch(x, None, eps, backend=backend)[0].pow(2).sum(),
+              lambda: den.loss(h, torch.zeros_like(h))):
+        with torch.no_grad():
+            want = L()
+        w = torch.tensor(2.0, dtype=torch.float64)
+        if transform == "grad":
+            got = grad(lambda w_: w_ * L())(w)
+        else:
+            got = jvp(lambda w_: w_ * L(), (w,), (torch.ones_like(w),))[1]
+        torch.testing.assert_close(got, want)
+
+
+def test_a_denoiser_whose_parameters_are_differentiated_is_refused():
+    den = Denoiser(4, 6, 2, backend="cpu", dtype=torch.float64).eval()
+    h = torch.randn(5, 4, dtype=torch.float64)
+    params = dict(den.named_parameters())
+    with pytest.raises(NotImplementedError, match="torch.func's grad/jacrev/vjp"):
+        grad(lambda p: torch.func.functional_call(den, p, (h,)).sum())(params)
