@@ -17,6 +17,8 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _grad_enabled = torch.is_grad_enabled
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter keeps torch's dispatch (no __torch_function__)
 _PLAIN_OR_NONE = frozenset((*_PLAIN, type(None)))
+# torch 2.4's custom ops fail inside grad/jvp even on constants (its setup_context error); 2.13's run them
+_CONSTANTS_UNDER_TRANSFORMS = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def ok(*tensors) -> bool:
@@ -49,8 +51,9 @@ def refuse_differentiating_transforms(tensors, module=None) -> None:
     for t in tensors:
         seen += t if isinstance(t, (list, tuple)) else [t]
     # a penalty of D is refused whatever it is given: it takes D's input gradient with torch.autograd, which
-    # functorch's transforms do not allow inside them
-    if module is None and not any(isinstance(t, torch.Tensor) and _is_wrapped(t) for t in seen):
+    # functorch's transforms do not allow inside them; torch 2.4 runs no custom op inside them, constants or not
+    if module is None and _CONSTANTS_UNDER_TRANSFORMS and \
+            not any(isinstance(t, torch.Tensor) and _is_wrapped(t) for t in seen):
         return
     raise NotImplementedError(
         f"fastgan's ops do not support torch.func's {'jvp/jacfwd' if kind == TransformType.Jvp else 'grad/jacrev/vjp'}"

@@ -255,6 +255,9 @@ def test_torch_export_of_a_module_holding_a_denoiser(training):
     not the module's; torch warned of tensor attributes assigned during export, asking for buffers)."""
     import warnings
 
+    if training and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5):
+        pytest.skip("torch 2.4's export verifier refuses the loss op's running-statistics updates (SpecViolationError, "
+                    "with or without the Denoiser's cache)")
     torch.manual_seed(0)
     den = Denoiser(4, 6, 2).train(training)
     seq = copy.deepcopy(den.net)
