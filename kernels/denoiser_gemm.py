@@ -210,7 +210,6 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     """dX (B, K) = dY (B, N) @ W (N, K): dY formed by G, the tile finished by D (module docstring)."""
     T = w_ptr.dtype.element_ty
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     inv_b = _reciprocals(B, 0, 1)[0]
     rows, rmask, cols, cmask = _out_tile(B, K, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)

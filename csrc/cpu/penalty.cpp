@@ -1,6 +1,7 @@
 // CPU kernels and Python bindings of the weighted gradient-norm penalty (fastgan/ops/penalty.py).
 #include <pybind11/pybind11.h>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -41,7 +42,9 @@ double row_sq_norm(const T* row, int64_t F, int64_t sf) {
 }
 
 // Contiguous float rows: 16 independent float lanes (the compiler vectorises them without reassociating),
-// flushed into the double sum every 256 elements, so the error stays far below torch's own.
+// flushed into the double sum every 256 elements, so the error stays far below torch's own. A float square
+// overflows from |g| ~ 1.8e19: a block whose lanes are not finite is summed again in double (else the result
+// would depend on F and the layout: the strided path is finite there).
 inline double row_sq_norm(const float* row, int64_t F) {
   constexpr int kLanes = 16;
   constexpr int64_t kFlush = 256;
@@ -51,7 +54,10 @@ inline double row_sq_norm(const float* row, int64_t F) {
     float acc[kLanes] = {};
     for (int64_t i = 0; i < kFlush; i += kLanes)
       for (int k = 0; k < kLanes; ++k) acc[k] += row[f + i + k] * row[f + i + k];
-    for (int k = 0; k < kLanes; ++k) s += acc[k];
+    double block = 0.0;
+    for (int k = 0; k < kLanes; ++k) block += acc[k];
+    if (!std::isfinite(block)) block = row_sq_norm(row + f, kFlush, 1);
+    s += block;
   }
   for (; f < F; ++f) s += double(row[f]) * double(row[f]);
   return s;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad as _fwAD
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -19,6 +20,21 @@ def no_differentiating_transform(*tensors, module=None) -> None:
         from ._eager import refuse_differentiating_transforms
 
         refuse_differentiating_transforms(tensors, module)
+    no_dual(*tensors)
+
+
+def no_dual(*tensors) -> None:
+    """Inside a torch.autograd.forward_ad dual level (mode="jvp" runs D's forward in one): the ops' custom autograd
+    has no forward-mode rule, so a dual input's tangent was dropped, silently (a D calling noisy_clean_batch gave a
+    jvp penalty with no gradient)."""
+    if _fwAD._current_level < 0 or torch.compiler.is_compiling():
+        return
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and _fwAD.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(
+                "fastgan's ops have no forward-mode derivative, and this call's input is a forward-mode dual tensor "
+                "(gradient_penalty(mode='jvp'), or 'auto' choosing it, runs D's forward in forward mode: a D that "
+                "calls a fastgan op needs mode='double_backward')")
 
 
 def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:

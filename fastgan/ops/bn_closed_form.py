@@ -63,6 +63,9 @@ _OUTPUTS = {
 }
 
 
+_CUDA_LIMIT = 2**31
+
+
 class _Native:
     """The _C kernels: suffix "cpu" or "cuda"; tensors go as raw pointers (0 for None), then dtype and (B, C, S)."""
 
@@ -70,8 +73,14 @@ class _Native:
         self.suffix = suffix
 
     def _call(self, name: str, like: Tensor, tensors, *rest):
+        B, C, S = _layout(like)
+        if self.suffix == "cuda" and (B * S >= _CUDA_LIMIT or C >= _CUDA_LIMIT):
+            # the CUDA kernels index a channel's values in 32 bits (they refused with cudaErrorInvalidValue)
+            raise ValueError(f"the CUDA closed-form BatchNorm kernels take fewer than 2**31 values per channel and "
+                             f"channels; got {B * S} values in each of {C} channels (batch {B} x {S} positions): use "
+                             "mode='jvp' or 'double_backward' for a batch this large")
         fn = getattr(_ext.C(), f"bn_cf_{name}_{self.suffix}")
-        args = (*(_ptr(t) for t in tensors), _code(like), *_layout(like), *rest)
+        args = (*(_ptr(t) for t in tensors), _code(like), B, C, S, *rest)
         if self.suffix == "cuda":
             with torch.cuda.device(like.device):
                 fn(*args, _ext.stream_handle(like.device))

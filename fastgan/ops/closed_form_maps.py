@@ -69,6 +69,13 @@ class LinearMap:
         return self.weight_grad(d1, h1, W).add_(self.weight_grad(d2, h2, W))
 
 
+def dense_affine(gamma, beta) -> tuple:
+    """BatchNorm's gamma and beta as dense (C,) tensors (None stays None): the closed-form kernels read them
+    densely, and torch's batch_norm backward misreads a strided weight (torch 2.13 CPU), e.g. a view of a larger
+    tensor. The copy's gradient reaches the parameter."""
+    return tuple(None if v is None else v.contiguous() for v in (gamma, beta))
+
+
 def batch_contract(d, h):
     """d^T h = sum_n d_n h_n^T (d: (B, C), h: (B, K)): a Linear's weight gradient. Where _blocked(d), with
     K <= _NARROW: blocks of _BLOCK rows in one batched product, their (K, C) results added pairwise."""

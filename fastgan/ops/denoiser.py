@@ -488,20 +488,34 @@ class Denoiser(nn.Module):
         bns = self.norms
         if not (self.training and bns):
             return 0.0
+        counts = None
+        if self.momentum is None:  # cumulative average: 1 / the batch count (a host read, as in nn.BatchNorm1d)
+            counts = [m.num_batches_tracked for m in bns]
+            # one host read: a stack and copy on a GPU, item by item on the CPU (cheaper there)
+            counts = [int(c) for c in counts] if counts[0].is_cpu else torch.stack(counts).tolist()
+            other = next((i for i, c in enumerate(counts) if c != counts[0]), None)
+            if other is not None:  # the kernels take one factor for every layer
+                raise ValueError(
+                    f"net[{3 * other + 1}].num_batches_tracked is {counts[other]} but net[1]'s is {counts[0]}: "
+                    "with momentum=None (a cumulative average) every BatchNorm1d layer must have counted the same "
+                    "batches; call reset_running_stats() on all of them (or set a momentum)")
         with torch.no_grad():
             torch._foreach_add_([m.num_batches_tracked for m in bns], 1)
-        if self.momentum is None:  # cumulative average (a host read, as in nn.BatchNorm1d)
-            return 1.0 / float(bns[0].num_batches_tracked)
-        return float(self.momentum)
+        return float(self.momentum) if counts is None else 1.0 / (counts[0] + 1)
 
     def _input(self, name: str, h) -> Tensor:
         if _checks.transforms_active():  # the parameters are listed only then
             _checks.no_differentiating_transform(h, list(self.parameters()))
+        else:
+            _checks.no_dual(h)
         w = self.net[0].weight
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")
-        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
+        h = _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
+        if not torch.compiler.is_compiling() and h.is_inference() and not torch.is_inference_mode_enabled():
+            h = h.clone()  # made under inference_mode: the backward functions cannot save it
+        return h
 
     # -- API
     def forward(self, h: Tensor) -> Tensor:
@@ -550,6 +564,8 @@ class Denoiser(nn.Module):
                 raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
             _checks.same_device(h=h, noise=noise)
             noise = noise.to(h.dtype).contiguous()
+            if not torch.compiler.is_compiling() and noise.is_inference() and not torch.is_inference_mode_enabled():
+                noise = noise.clone()  # as h in _input
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
         factor = self._factor()
         per_sample = _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,

@@ -211,8 +211,18 @@ _KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Trit
 _IN_PLACE = (_Cpu,)
 
 
-def _gemm():
+# tl.dot takes float64 operands from triton 3.5 on (3.4, which torch 2.8 pins, asserts "Unsupported lhs dtype fp64")
+TRITON_FLOAT64_DOT = (3, 5)
+
+
+def _gemm(dtype: torch.dtype):
     """The Triton backend's whole-network paths: GEMMs in tl.dot with the layers fused around them."""
+    version = _dispatch.triton_version()
+    if dtype == torch.float64 and version is not None and version < TRITON_FLOAT64_DOT:
+        raise _dispatch.BackendUnavailable(
+            f"backend='triton': the denoiser's float64 GEMMs need triton >= "
+            f"{'.'.join(map(str, TRITON_FLOAT64_DOT))} (tl.dot takes no float64 before), found triton "
+            f"{'.'.join(map(str, version))}; use float32, backend='cpu' or 'cuda', or a newer triton")
     from ..kernels import denoiser_gemm
 
     return denoiser_gemm

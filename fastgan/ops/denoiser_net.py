@@ -121,7 +121,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
     running_in_place (eager callers) the running statistics are updated in their tensors and [] returned."""
     if backend == "triton":
         with _dispatch.on_device(h):
-            out = _gemm().loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
+            out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                        running_vars, training, training and len(running_means) > 0, momentum, eps,
                                        running_in_place)
         _dispatch.record(OP_LOSS, backend)
@@ -146,7 +146,8 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
     """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers."""
     if backend == "triton":
         with _dispatch.on_device(h):
-            out = _gemm().loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise)
+            out = _gemm(h.dtype).loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h,
+                                               need_noise)
         _dispatch.record(OP_LOSS + "_backward", backend)
         return out
     with _launch(backend, h) as kern:
@@ -212,7 +213,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     track = track and training and len(running_means) > 0
     if backend == "triton":
         with _dispatch.on_device(h):
-            out = _gemm().forward(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
+            out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
                                   momentum, eps, running_in_place)
         _dispatch.record(OP_FORWARD, backend)
         return out

@@ -77,8 +77,10 @@ def plan(D, x: torch.Tensor | None = None):
         return None, ("D is wrapped in DistributedDataParallel, whose gradient averaging needs D's forward to go "
                       "through the wrapper; under DDP use mode='jvp' or 'double_backward'")
     # hooks anywhere in D (containers included) change what its forward computes
-    if _hooks.global_hooks() or any(_hooks.has_hooks(m) for m in D.modules()):
-        return None, "D has forward/backward hooks"
+    where = _hooks.where_hooked(D)
+    if where is not None:
+        return None, (f"{where} (torch.nn.utils.weight_norm/spectral_norm are hooks: their "
+                      "torch.nn.utils.parametrizations versions run in the closed form)")
     if not isinstance(D, nn.Sequential) and callable(getattr(D, "as_sequential", None)):
         D = D.as_sequential()
         if D is None:

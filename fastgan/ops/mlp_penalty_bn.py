@@ -26,7 +26,7 @@ import functools
 import torch
 
 from . import _checks, bn_closed_form
-from .closed_form_maps import channel_sum
+from .closed_form_maps import channel_sum, dense_affine
 from .mlp_penalty import ClosedForm, running_stats_norm, has_params
 
 
@@ -37,8 +37,7 @@ def _norm(kind, m, h, gamma, beta, backend=None):
     if kind == "bn":
         return running_stats_norm(kind, m, h, gamma, beta)
     xhat, rstd = bn_closed_form.stats(h.contiguous(), m.eps, backend)
-    # the kernels read (C,) vectors densely; a strided weight (a view of a larger tensor) is copied
-    gamma, beta = (None if v is None else v.contiguous() for v in (gamma, beta))
+    gamma, beta = dense_affine(gamma, beta)
     return {"gamma": gamma, "beta": beta, "xhat": xhat, "rstd": rstd}, m(h)
 
 

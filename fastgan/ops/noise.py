@@ -14,8 +14,11 @@ Custom ops: ``fastgan::noisy_batch_draw`` (mutates the state; autograd through `
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import threading
 from typing import Optional, Union
 
 import torch
@@ -139,20 +142,36 @@ def stream_seed(seed: int) -> int:
 
 
 _default_states: dict = {}
+_default_lock = threading.Lock()
 
 
 def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
     """The state used when none is given: one per device, seeded on first use from torch's default CPU
-    generator (so torch.manual_seed makes it reproducible)."""
+    generator (so torch.manual_seed makes it reproducible; a later one does not reset it). A forked child (a
+    DataLoader worker, which torch seeds) seeds its own on its first use."""
     device = _check_device(device) if not isinstance(device, torch.device) else device
     if device is None:
         raise ValueError("device must be a torch.device or a device string such as 'cpu' or 'cuda:0', got None")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device not in _default_states:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        _default_states[device] = NoiseState(seed, device)
-    return _default_states[device]
+    state = _default_states.get(device)
+    if state is None:
+        with _default_lock:  # threads making their first draw at once share one state
+            state = _default_states.get(device)
+            if state is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+                state = _default_states[device] = NoiseState(seed, device)
+    return state
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock, _CPU_DRAW_LOCK
+    _default_states.clear()
+    # a lock some other thread of the parent held at the fork would stay held in the child
+    _default_lock, _CPU_DRAW_LOCK = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @_dispatch._constant_under_compile
@@ -309,6 +328,9 @@ def _n_noisy(m: int, half: bool) -> int:
     return m - m // 2 if half else m
 
 
+_CPU_DRAW_LOCK = threading.Lock()
+
+
 def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
     """z (cpu backend only): a float32 buffer of n_noisy * F that receives the draw's normals."""
     out_r, out_f = _empty_outputs(x_real, x_fake, half)
@@ -316,10 +338,13 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
     args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
             out_r if x_real is not None else None, out_f if x_fake is not None else None,
             sigma.numel() if sigma is not None else 1, half)
-    if z is None:
-        _FORWARD[backend](*args)
-    else:
-        _fwd_cpu(*args, z=z)
+    # a CPU draw reads the offset and writes it advanced at its end, with the GIL released: two threads drawing
+    # from one state would draw the same noise. (CUDA kernels advance it on the device, in stream order.)
+    with _CPU_DRAW_LOCK if state.device.type == "cpu" else contextlib.nullcontext():
+        if z is None:
+            _FORWARD[backend](*args)
+        else:
+            _fwd_cpu(*args, z=z)
     _dispatch.record(OP, backend)
     return out_r, out_f, used
 
@@ -661,7 +686,7 @@ def _parse_noise(noise, x0, n_noisy, mode):
     """('sigma', value | tensor (C,), C) or ('eps', tensor (n_noisy, F), 1)."""
     # hot path for the common valid arguments; the general checks below give the errors
     if type(noise) is float:
-        if _checks.finite(noise):
+        if _checks.finite(noise) and noise >= 0:
             return "sigma", noise, 1
     elif (isinstance(noise, torch.Tensor) and noise.dtype in _FLOAT_DTYPES
           and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):
@@ -678,6 +703,8 @@ def _parse_noise(noise, x0, n_noisy, mode):
         value = float(noise)
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"noise (sigma) must be finite, got {value}")
+        if value < 0:  # a tensor sigma is not read (a host sync): its sign does not change eps's distribution
+            raise ValueError(f"noise (sigma) must be >= 0, got {value}")
         return "sigma", value, 1
     _checks.tensor("noise", noise)
     _checks.same_device(x=x0, noise=noise)
@@ -808,6 +835,7 @@ def philox_normal(state: Union[NoiseState, torch.Tensor], n: int) -> torch.Tenso
     """The next n float32 standard normals of the stream (reference implementation; advances the offset the
     way a draw of n noise elements does). For inspecting the stream, not for speed."""
     t = _state_tensor(state, state.device if isinstance(state, torch.Tensor) else state.tensor.device)
-    z = ref.philox_normal(int(t[0]), int(t[1]), n, t.device)
-    t[1] += ref.counters_for(n)
+    with _CPU_DRAW_LOCK if t.device.type == "cpu" else contextlib.nullcontext():  # as a draw (_run_draw)
+        z = ref.philox_normal(int(t[0]), int(t[1]), n, t.device)
+        t[1] += ref.counters_for(n)
     return z

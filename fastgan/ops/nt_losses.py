@@ -268,7 +268,8 @@ def _backward_backward(ctx, a_real, a_fake):
         c = _coefs(psi.shape[0], m, ctx.reduction, psi)
         s = torch.sigmoid(sign * psi)
         d_go = d_go + (a * c * sign * s).sum()
-        d_psi = a * go * c * (sign * sign) * s * (1 - s)  # d/dpsi of sign * sigmoid(sign * psi)
+        # d/dpsi of sign * sigmoid(sign * psi); sigmoid(-z) rather than 1 - s, which cancels to 0 once s rounds to 1
+        d_psi = a * go * c * (sign * sign) * s * torch.sigmoid(-sign * psi)
         d_gw = None
         if gw is not None:
             _, dw, d2w = _js_derivatives(psi, real)

@@ -51,7 +51,8 @@ def _bwd_reference(go, g, l, w, dg, dl):
     wt, dw, _ = _weight_derivatives(w, l.to(acc))
     ga = g.to(acc)
     dg.copy_((2 * wt * go)[:, None] * ga)
-    dl.copy_(dw * ga.pow(2).sum(1) * go)
+    # dw = 0 gives 0 where ||g||^2 overflowed (0 * inf = nan), as the kernels' logit_grad
+    dl.copy_(torch.where(dw == 0, 0.0, dw * ga.pow(2).sum(1) * go))
 
 
 def _fwd_cpu(g, l, w, out):
@@ -106,7 +107,7 @@ def _terms_reference(g, l, w, w2, split, div, per, u, v):
     wt, dw = (torch.where(first, a, b) for a, b in zip(_weight_derivatives(w, la)[:2], _weight_derivatives(w2, la)[:2]))
     s = ga.pow(2).sum(1)
     per.copy_(wt * s)
-    u.copy_(dw * s / div)
+    u.copy_(torch.where(dw == 0, 0.0, dw * s / div))
     v.copy_((2 * wt / div)[:, None] * ga)
 
 
@@ -446,6 +447,8 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
                          x)
     if out is not None:
         return out
+    if not torch.compiler.is_compiling() and x.is_inference():
+        x = x.clone()  # made under inference_mode: it cannot require grad; "mlp" took it, now every mode does
     if mode != "double_backward":
         from . import penalty_jvp
 

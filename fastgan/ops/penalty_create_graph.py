@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from .closed_form_maps import per_channel, reduce_dims
+from .closed_form_maps import dense_affine, per_channel, reduce_dims
 
 MODE_OP = "gradient_penalty"
 PATH = "create_graph"
@@ -36,16 +36,18 @@ def graph_leaves(t: torch.Tensor) -> list:
 
 
 class CreateGraphTap(torch.autograd.Function):
-    """Identity on `diff` (the jvp surrogate's s - s.detach(), exactly zero). A first-order backward passes the
-    gradient on into diff's graph (the fast reverse-over-forward path); a backward with create_graph=True instead
-    returns, for `params`, the gradient of replay() (the penalty recomputed by the double backward) with a graph."""
+    """Zero, with the gradient of s - s.detach() for the jvp surrogate `diff` = s (its value taken as zero: s itself
+    is inf or nan where a logit is infinite, and inf - inf would make the penalty nan). A first-order backward
+    passes the gradient on into s's graph (the fast reverse-over-forward path); a backward with create_graph=True
+    instead returns, for `params`, the gradient of replay() (the penalty recomputed by the double backward) with a
+    graph."""
 
     @staticmethod
     def forward(ctx, diff, replay, *params):
         # inputs kept as plain attributes (only a create_graph backward reads them): save_for_backward's
         # per-tensor bookkeeping would cost every first-order step
         ctx.replay, ctx.diff, ctx.params = replay, diff, params
-        return diff.clone()
+        return torch.zeros_like(diff)
 
     @staticmethod
     def backward(ctx, grad):
@@ -80,9 +82,7 @@ def _any_order_norm(kind, m, h, gamma, beta):
         if gamma is not None:
             y = y * per_channel(gamma, y)
         return {}, y if beta is None else y + per_channel(beta, y)
-    # contiguous: torch's batch_norm backward misreads a strided weight (torch 2.13 CPU), e.g. a view of a larger
-    # tensor; the copy's gradient reaches the parameter
-    gamma, beta = (None if v is None else v.contiguous() for v in (gamma, beta))
+    gamma, beta = dense_affine(gamma, beta)
     return {}, F.batch_norm(h, m.running_mean, m.running_var, gamma, beta, False, 0.0, m.eps)
 
 

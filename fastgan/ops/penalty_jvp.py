@@ -27,6 +27,8 @@ import contextlib
 import dis
 import functools
 import math
+import os
+import threading
 import types
 import warnings
 import weakref
@@ -38,7 +40,7 @@ from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
 from . import _checks, _dispatch, _hooks
-from . import mlp_penalty, penalty_create_graph
+from . import closed_form_maps, mlp_penalty, penalty_create_graph
 from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
@@ -108,8 +110,7 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
         p, t = _dual(input)
         if t is None or not _plain(weight, bias, running_mean, running_var):
             return NotImplemented
-        # contiguous: torch's batch_norm backward misreads a strided weight (torch 2.13 CPU)
-        weight, bias = (None if v is None else v.contiguous() for v in (weight, bias))
+        weight, bias = closed_form_maps.dense_affine(weight, bias)
         y = F.batch_norm(p, running_mean, running_var, weight, bias, False, momentum, eps)
         scale = torch.rsqrt(running_var + eps)
         scale = scale if weight is None else scale * weight
@@ -352,6 +353,29 @@ def _buffer_clones(D) -> dict:
     return {name: b.detach().clone() for name, b in D.named_buffers()}
 
 
+@contextlib.contextmanager
+def _buffers_replaced(D, values: dict):
+    """D's buffers replaced by `values` (keyed as D.named_buffers() names them) in every module holding them, and
+    put back afterwards. torch.func.functional_call does not put them back in a module D reaches under two names
+    (one BatchNorm used twice, an attribute aliasing a layer): D kept the clones, its running statistics frozen."""
+    by_id = {id(b): values[name] for name, b in D.named_buffers() if name in values}
+    slots = [(m, k, b) for m in D.modules() for k, b in m._buffers.items() if b is not None and id(b) in by_id]
+    try:
+        for m, k, b in slots:
+            m._buffers[k] = by_id[id(b)]
+        yield
+    finally:
+        for m, k, b in slots:
+            m._buffers[k] = b
+
+
+def _call_with_buffers(D, values: dict, x):
+    if not values:
+        return D(x)
+    with _buffers_replaced(D, values):
+        return D(x)
+
+
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
@@ -359,6 +383,21 @@ def _capturing(device: torch.device) -> bool:
 def _active_dropout(D) -> bool:
     return isinstance(D, nn.Module) and any(
         isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in D.modules())
+
+
+# torch's forward-mode dual level is one per process (a second thread entering one fails: "Nested forward mode AD
+# is not supported at the moment"), and a replay rewinds the global generators: a replay (jvp's dual forward, a
+# replayed double backward) holds this lock, so concurrent jvp penalties run them one at a time. Threads drawing
+# from the global generators meanwhile are rewound with D's draws, as around torch.utils.checkpoint's replay.
+_REPLAY_LOCK = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    global _REPLAY_LOCK
+    _REPLAY_LOCK = threading.RLock()  # one a parent's thread held at the fork would stay held in the child
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Rng:
@@ -375,6 +414,12 @@ class _Rng:
         torch.set_rng_state(snap[0])
         if self.cuda:
             torch.cuda.set_rng_state(snap[1], self.index)
+
+    @staticmethod
+    def same(a, b) -> bool:
+        """Whether no generator moved between snapshots a and b (D drew nothing: nothing to replay or rewind). The
+        states are CPU byte tensors, compared as bytes: no aten op, which graph_check would count as a host read."""
+        return all(x is None or x.numpy().tobytes() == y.numpy().tobytes() for x, y in zip(a, b))
 
 
 # ---------------------------------------------------------------- shared per-sample terms
@@ -438,32 +483,36 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     buffers = _buffer_clones(D)
     start_buffers = {k: b.clone() for k, b in buffers.items()}  # for a create_graph backward's replay
     rng = _Rng(x.device)
-    start = rng.save()
-    x = x.requires_grad_(True)
-    # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
-    psi0 = _pen._logits_of(D, x)
-    after = rng.save()
-    (g,) = torch.autograd.grad(psi0.sum(), x)
-    acc = _checks.acc_dtype(g.dtype, psi0.dtype)
-    g2 = g.reshape(B, math.prod(g.shape[1:]))
-    if acc == torch.float64 and g2.dtype != acc:
-        g2 = g2.to(acc)
-    psi = psi0.detach().to(acc)
-    per, u, v = penalty_terms(g2, psi, weight, div, backend)
-    value = per.mean() if reduction == "mean" else per.sum()
+    with _REPLAY_LOCK:
+        start = rng.save()
+        x = x.requires_grad_(True)
+        # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
+        psi0 = _pen._logits_of(D, x)
+        after = rng.save()
+        (g,) = torch.autograd.grad(psi0.sum(), x)
+        acc = _checks.acc_dtype(g.dtype, psi0.dtype)
+        g2 = g.reshape(B, math.prod(g.shape[1:]))
+        if acc == torch.float64 and g2.dtype != acc:
+            g2 = g2.to(acc)
+        psi = psi0.detach().to(acc)
+        per, u, v = penalty_terms(g2, psi, weight, div, backend)
+        value = per.mean() if reduction == "mean" else per.sum()
 
-    rng.restore(start)
-    try:
-        with fwAD.dual_level(), _DualRules():
-            with warnings.catch_warnings():
-                # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
-                # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
-                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
-                xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
-            out = torch.func.functional_call(D, buffers, (xd,)) if buffers else D(xd)
-            jv = fwAD.unpack_dual(out).tangent
-    finally:
-        rng.restore(after)
+        replay = not _Rng.same(start, after)
+        if replay:
+            rng.restore(start)
+        try:
+            with fwAD.dual_level(), _DualRules():
+                with warnings.catch_warnings():
+                    # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
+                    # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
+                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+                    xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
+                out = _call_with_buffers(D, buffers, xd)
+                jv = fwAD.unpack_dual(out).tangent
+        finally:
+            if replay:
+                rng.restore(after)
     # The dual forward's primal is psi again (same buffers, same random draws). Its graph is needed anyway (the
     # tangent's backward reads it), so the returned logits come from it: D's loss, the u term and the JVP then
     # share one backward through one graph.
@@ -482,8 +531,8 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     def replay():
         return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, any_order=True)
 
-    # s - s.detach() is exactly zero, so the value stays Omega bit for bit
-    return value + penalty_create_graph.CreateGraphTap.apply(surrogate - surrogate.detach(), replay, *params), logits
+    # the tap is zero, so the value stays Omega bit for bit
+    return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
 
 
 def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False):
@@ -498,16 +547,17 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
         clones = {k: b.clone() for k, b in buffers.items()}
 
         def D_at_start(inp):
-            return torch.func.functional_call(D, clones, (inp,))
+            return _call_with_buffers(D, clones, inp)
     else:
         D_at_start = D
-    now = rng.save()
-    rng.restore(start)
-    try:
-        with _DualRules() if any_order else contextlib.nullcontext():
-            return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
-    finally:
-        rng.restore(now)
+    with _REPLAY_LOCK:
+        now = rng.save()
+        rng.restore(start)
+        try:
+            with _DualRules() if any_order else contextlib.nullcontext():
+                return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
+        finally:
+            rng.restore(now)
 
 
 # ---------------------------------------------------------------- auto: pick, and check jvp once per D
@@ -517,7 +567,9 @@ _RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
 
 
 def _key(D, x):
-    return (x.device.type, x.dtype, tuple(x.shape[1:]), tuple(m.training for m in D.modules()))
+    """What auto's jvp verdict on D holds for: the batch's kind and D's modules (a layer swapped in after the check,
+    e.g. one jvp cannot run, is checked again) with their training flags."""
+    return (x.device.type, x.dtype, tuple(x.shape[1:]), tuple((id(m), type(m), m.training) for m in D.modules()))
 
 
 # Device types on which "auto" uses the jvp path for discriminators the closed form does not take. Not "cpu":
@@ -614,6 +666,11 @@ def _flat(grads, params):
 def _checked_jvp(D, x, weight, reduction, backend):
     """jvp_penalty, verified once against the double backward on the same batch (gradients of the penalty
     alone, side-effect free); on a mismatch or an error, D is marked and the double backward runs instead."""
+    with _REPLAY_LOCK:  # its replays and its final rewind of the generators, as one
+        return _check_jvp_once(D, x, weight, reduction, backend)
+
+
+def _check_jvp_once(D, x, weight, reduction, backend):
     key = _key(D, x)
     start_buffers = _buffer_clones(D)
     rng = _Rng(x.device)
@@ -640,7 +697,7 @@ def _checked_jvp(D, x, weight, reduction, backend):
         _dispatch.record(MODE_OP, "jvp")
         return pen, logits
     warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
-                  "using the double backward for it from now on", _dispatch.FallbackWarning, stacklevel=4)
+                  "using the double backward for it from now on", _dispatch.FallbackWarning, stacklevel=5)
     with torch.no_grad():
         for name, b in D.named_buffers():
             b.copy_(start_buffers[name])

@@ -305,3 +305,18 @@ def test_closed_form_with_running_and_batch_statistics_in_one_d():
         grads[mode] = torch.cat([p.grad.reshape(-1) for p in Dm.parameters()])
     assert grads["double_backward"].norm() > 0
     torch.testing.assert_close(grads["mlp"], grads["double_backward"], rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_kernels_refuse_more_values_per_channel_than_they_index():
+    """The CUDA kernels index a channel's B * spatial values in 32 bits: past that a ValueError saying what to use
+    (they returned cudaErrorInvalidValue: "bn_cf_stats_cuda: invalid argument"). Checked before any launch, so a
+    meta tensor of that size shows it here."""
+    from fastgan.ops import bn_closed_form
+
+    h = torch.empty(2**16, 1, 2**15, device="meta")
+    with pytest.raises(ValueError, match=r"fewer than 2\*\*31 values per channel.*mode='jvp' or 'double_backward'"):
+        bn_closed_form._KERNELS["cuda"].stats(h, 1e-5, h, h[0, :, 0])
+    h = torch.empty(2**16, 1, 2**15 - 1, device="meta")
+    with pytest.raises(Exception) as caught:  # under the limit: on to the launch (no CUDA tensors here)
+        bn_closed_form._KERNELS["cuda"].stats(h, 1e-5, h, h[0, :, 0])
+    assert "2**31" not in str(caught.value)

@@ -135,3 +135,22 @@ def test_empty_batch_in_eval_mode_triton(no_layer_kernels):
         assert torch.equal(p.grad, torch.zeros_like(p)), k
     for (k, b), (_, b_ref) in zip(den.net.named_buffers(), net.named_buffers()):
         assert torch.equal(b, b_ref), k
+
+
+@pytest.mark.parametrize("call", ["loss", "forward"])
+def test_float64_gemms_need_a_triton_whose_dot_takes_float64(monkeypatch, call):
+    """triton 3.4 (torch 2.8's) asserts "Unsupported lhs dtype fp64" in tl.dot: the backend says what to use."""
+    den, _ = make_pair(backend="triton")  # float64
+    h = torch.randn(5, 12, dtype=torch.float64)
+    def run(d, x):
+        if call == "loss":
+            return d.loss(x, torch.zeros_like(x))
+        with torch.no_grad():  # the whole-network GEMM path (with grad the forward runs torch's GEMMs per layer)
+            return d(x)
+
+    monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 4))
+    with pytest.raises(_dispatch.BackendUnavailable, match=r"float64 GEMMs need triton >= 3\.5.*found triton 3\.4"):
+        run(den, h)
+    run(den.float(), h.float())  # float32 runs on 3.4
+    monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 5))
+    run(den.double(), h)

@@ -279,3 +279,41 @@ def test_torch_export_of_a_module_holding_a_denoiser(training):
     if not training:
         torch.testing.assert_close(ep.module()(h), seq(h))
         torch.testing.assert_close(den(h), seq(h))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cumulative_average_with_batch_counts_that_differ_is_refused(backend):
+    """momentum=None: nn.BatchNorm1d averages each layer over its own count; the kernels take one factor for all
+    layers (the first's), so a layer reset or replaced after training updated the others wrongly."""
+    den = Denoiser(6, 8, 2, momentum=None, backend=backend, dtype=torch.float64)
+    net = copy.deepcopy(den.net)
+    h = torch.randn(5, 6, dtype=torch.float64)
+    for _ in range(3):
+        den.loss(h, torch.zeros_like(h)).backward()
+        net(h)
+    for a, b in zip(den.net.modules(), net.modules()):
+        if isinstance(a, nn.BatchNorm1d):
+            torch.testing.assert_close(a.running_var, b.running_var)
+            assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 3
+    den.net[4].reset_running_stats()
+    before = [b.clone() for b in den.buffers()]
+    with pytest.raises(ValueError, match=r"net\[4\]\.num_batches_tracked is 0 but net\[1\]'s is 3.*momentum=None"):
+        den.loss(h)
+    assert all(torch.equal(a, b) for a, b in zip(before, den.buffers())), "nothing counted or updated"
+    den.net[1].reset_running_stats()
+    den.loss(h)  # counts equal again
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_features_made_under_inference_mode(backend):
+    """Features (a frozen D's, say) and noise computed under inference_mode train the denoiser as an nn.Sequential's
+    would."""
+    den, net = make_pair(backend=backend)
+    with torch.inference_mode():
+        h = torch.randn(6, 12, dtype=torch.float64)
+        noise = torch.randn(6, 12, dtype=torch.float64)
+    loss = den.loss(h, noise)
+    torch.testing.assert_close(loss, ref.denoiser_loss(net, h.clone(), noise, den.sigma))
+    loss.backward()
+    assert all(p.grad is not None for p in den.parameters())
+    assert torch.isfinite(den(h).sum())

@@ -111,3 +111,43 @@ def test_a_denoiser_whose_parameters_are_differentiated_is_refused():
     params = dict(den.named_parameters())
     with pytest.raises(NotImplementedError, match="torch.func's grad/jacrev/vjp"):
         grad(lambda p: torch.func.functional_call(den, p, (h,)).sum())(params)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_dual_tensors_of_forward_mode_ad_are_refused(backend):
+    """torch.autograd.forward_ad (what mode="jvp" runs D's forward in) dropped a dual input's tangent through the ops,
+    silently; an op on a plain tensor inside a dual level runs."""
+    import torch.autograd.forward_ad as fwAD
+
+    for name, (f, x) in _ops(backend).items():
+        with fwAD.dual_level():
+            f(x)  # not dual: runs
+            with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+                f(fwAD.make_dual(x, torch.ones_like(x)))
+                pytest.fail(f"{name}: no error for a dual input")
+
+
+class _NoisyD(nn.Module):
+    """NTGAN's noise inside D's forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.net(noisy_clean_batch(x, None, 0.1, mode="half")[0])
+
+
+def test_jvp_penalty_of_a_d_calling_an_op_is_refused(monkeypatch):
+    """It gave a penalty without gradient, silently; "auto" (as on CUDA) falls back to the double backward."""
+    from helpers import auto_as_on_cuda
+    from fastgan.ops import _dispatch, gradient_penalty
+
+    torch.manual_seed(0)
+    D, x = _NoisyD(), torch.randn(8, 6)
+    with pytest.raises(NotImplementedError, match="needs mode='double_backward'"):
+        gradient_penalty(D, x, mode="jvp")
+    auto_as_on_cuda(monkeypatch)
+    with pytest.warns(_dispatch.FallbackWarning, match="no forward-mode derivative"):
+        pen, _ = gradient_penalty(D, x, mode="auto")
+    assert pen.requires_grad

@@ -9,6 +9,7 @@ import torch._dynamo
 
 from fastgan.ops import NoiseState, default_noise_state, noisy_clean_batch, nt_losses
 from fastgan.ops import noise as N
+from fastgan.reference import nt_losses as ref
 
 
 def _compile(fn):
@@ -150,3 +151,36 @@ def test_the_generator_kind_ignores_real_logits_at_the_op_level(backend, n):
     assert torch.equal(dr, torch.zeros_like(dr))
     torch.testing.assert_close(df, NT._run_backward(torch.tensor(1.0), None, None, lr[:0], lf, None, 0.3, 1, 0,
                                                     "reference")[1])
+
+
+# ------------------------------------------------------------------ nt_losses at saturated logits
+
+
+def _second_derivative(fn, psi, dtype):
+    logits = torch.tensor([psi, -0.2], dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(fn(logits), logits, create_graph=True)
+    return torch.autograd.grad(g[0], logits)[0][0].item()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("loss,psi", [("g", -20.0), ("g", -10.0), ("d", 17.0), ("d", 30.0)])
+def test_second_derivative_at_saturated_logits(backend, loss, psi):
+    """sigmoid(z) * sigmoid(-z), not s * (1 - s): 1 - s cancelled to 0 in float32 from z ~ 17 (a confident D's
+    fake logits for the G loss, or the D loss's fake logits >> 0), so the second derivative came out 0."""
+    lr = torch.tensor([0.1, 0.2])
+    if loss == "g":
+        want = _second_derivative(lambda lf: ref.g_loss(lf, 0.3), psi, torch.float64)
+        got = _second_derivative(lambda lf: nt_losses(None, lf, 0.3, loss="g", backend=backend), psi, torch.float32)
+    else:
+        want = _second_derivative(lambda lf: ref.d_loss(lr.double(), lf, 0.3), psi, torch.float64)
+        got = _second_derivative(lambda lf: nt_losses(lr, lf, 0.3, loss="d", backend=backend), psi, torch.float32)
+    assert want > 0
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [-1.0, -1e-30, -math.inf])
+def test_negative_float_sigma_is_refused(sigma):
+    x = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="noise \\(sigma\\) must be"):
+        noisy_clean_batch(x, x, sigma)
+    noisy_clean_batch(x, x, 0.0)  # zero is a valid sigma (no noise)

@@ -49,7 +49,8 @@ template <typename A>
 FG_HD A grad_scale(A w, A go) { return A(2) * w * go; }
 
 template <typename A>
-FG_HD A logit_grad(A dw, A sq_norm, A go) { return dw * sq_norm * go; }
+// dw = 0 (weight "one", or a saturated weight) gives 0 even where ||g||^2 overflowed to inf (0 * inf = nan)
+FG_HD A logit_grad(A dw, A sq_norm, A go) { return dw == A(0) ? A(0) : dw * sq_norm * go; }
 
 }  // namespace penalty
 }  // namespace fastgan

@@ -1,0 +1,63 @@
+"""The penalty ops at the edges of float range, against fastgan.reference and float64:
+- an infinite logit: jvp's value was nan (its zero-valued surrogate term was s - s.detach() with s = inf);
+- input gradients whose squares overflow float32: the CPU kernel's float lanes for contiguous rows made the result
+  depend on F and the layout, and a weight whose slope is 0 ("one", or saturated) gave 0 * inf = nan logit
+  gradients where the reference has none."""
+import pytest
+import torch
+from torch import nn
+
+from fastgan.ops import grad_norm_penalty, js_penalty, r1_penalty
+from fastgan.reference import penalty as ref
+
+BACKENDS = ["reference", "cpu", "triton"]
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp", "auto"])
+@pytest.mark.parametrize("inf", [float("inf"), float("-inf")])
+def test_infinite_logits_keep_the_penalty_finite_in_every_mode(mode, inf):
+    """A diverged D (its output bias +-inf): every logit is infinite, the input gradients finite, the JS weights
+    saturated at 0 and 1."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        D[2].bias.fill_(inf)
+    xr, xf = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    pen, _, _ = js_penalty(D, xr, xf, mode=mode)
+    want, _, _ = ref.js_penalty(D, xr, xf)
+    assert torch.isfinite(want)
+    torch.testing.assert_close(pen, want)
+    params = [D[0].weight, D[0].bias, D[2].weight]
+    for a, b in zip(torch.autograd.grad(pen, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(r1_penalty(D, xr, mode=mode)[0], ref.r1_penalty(D, xr)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("F", [255, 256, 600])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_overflowing_squares_do_not_depend_on_the_layout(backend, F, layout):
+    """|g| = 1e19: each square overflows float32 but the float64 sum of a row, times a weight of ~4e-77 (a logit of
+    88), is finite. The CPU kernel sums in double; the others (float32 accumulation, as torch's) give inf for every
+    F and layout, the same answer for every layout."""
+    g64 = torch.full((3, F), 1e19, dtype=torch.float64)
+    psi = torch.full((3,), 88.0)
+    g = g64.float() if layout == "contiguous" else g64.float().t().contiguous().t()
+    got = grad_norm_penalty(g, psi, "js_real", reduction="none", backend=backend)
+    dense = grad_norm_penalty(g64.float(), psi, "js_real", reduction="none", backend=backend)
+    torch.testing.assert_close(got, dense, equal_nan=True)
+    if backend == "cpu":  # (1 - sigmoid(88))^2 = sigmoid(-88)^2 (1 - sigmoid rounds to 0 even in float64)
+        want = torch.sigmoid(-psi.double()) ** 2 * (g64 * g64).sum(1)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("F", [4, 256])
+def test_the_weight_one_gives_zero_logit_gradients_where_the_norm_overflows(backend, F):
+    """The weight "one" does not depend on the logits (the reference's logit gradient is zero): ||g||^2 = inf in a
+    float32 accumulation must not make it 0 * inf = nan."""
+    g = torch.full((3, F), 1e30)
+    psi = torch.zeros(3, requires_grad=True)
+    pen = grad_norm_penalty(g, psi, "one", backend=backend)
+    (dpsi,) = torch.autograd.grad(pen, psi)
+    assert torch.equal(dpsi, torch.zeros(3))
