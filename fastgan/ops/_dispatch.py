@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 import warnings
 
 import torch
@@ -38,6 +39,18 @@ class FallbackWarning(UserWarning):
 
 def record(op: str, backend: str) -> None:
     counts[(op, backend)] += 1
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """warnings.warn's stacklevel that names the first frame outside fastgan, for a warning raised by the function
+    calling this (the public functions reach it through varying depths: js_penalty, gradient_penalty, ...)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def triton_interpret() -> bool:

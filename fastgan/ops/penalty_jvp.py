@@ -697,7 +697,8 @@ def _check_jvp_once(D, x, weight, reduction, backend):
         _dispatch.record(MODE_OP, "jvp")
         return pen, logits
     warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
-                  "using the double backward for it from now on", _dispatch.FallbackWarning, stacklevel=5)
+                  "using the double backward for it from now on", _dispatch.FallbackWarning,
+                  stacklevel=_dispatch.caller_stacklevel())
     with torch.no_grad():
         for name, b in D.named_buffers():
             b.copy_(start_buffers[name])

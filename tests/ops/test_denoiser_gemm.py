@@ -148,9 +148,11 @@ def test_float64_gemms_need_a_triton_whose_dot_takes_float64(monkeypatch, call):
         with torch.no_grad():  # the whole-network GEMM path (with grad the forward runs torch's GEMMs per layer)
             return d(x)
 
+    installed = _dispatch.triton_version()
     monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 4))
     with pytest.raises(_dispatch.BackendUnavailable, match=r"float64 GEMMs need triton >= 3\.5.*found triton 3\.4"):
         run(den, h)
     run(den.float(), h.float())  # float32 runs on 3.4
-    monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 5))
-    run(den.double(), h)
+    if installed >= (3, 5):  # (the suite's triton; on a real 3.4 the float64 GEMMs fail, as refused above)
+        monkeypatch.setattr(_dispatch, "triton_version", lambda: (3, 5))
+        run(den.double(), h)

@@ -114,3 +114,24 @@ def test_inputs_made_under_inference_mode_run_in_every_mode(mode):
     assert all(p.grad is not None for p in D.parameters())
     pen1, _ = gradient_penalty(D, xr, mode=mode)
     assert torch.isfinite(pen1)
+
+
+@pytest.mark.parametrize("call", ["gradient_penalty", "js_penalty", "r1_penalty"])
+def test_the_fallback_warning_names_the_callers_line(monkeypatch, call):
+    """It pointed into fastgan's penalty.py for js_penalty/r1_penalty (a fixed stacklevel, set for gradient_penalty)."""
+    from fastgan.ops import r1_penalty
+
+    auto_as_on_cuda(monkeypatch)
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 16), nn.GELU(), _OwnGeneratorDropout(), nn.Linear(16, 1)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if call == "gradient_penalty":
+            gradient_penalty(D, x, mode="auto")
+        elif call == "js_penalty":
+            js_penalty(D, x, x, mode="auto")
+        else:
+            r1_penalty(D, x, mode="auto")
+    fallbacks = [w for w in caught if issubclass(w.category, _dispatch.FallbackWarning)]
+    assert fallbacks and all(w.filename == __file__ for w in fallbacks), [(w.filename, w.lineno) for w in fallbacks]
