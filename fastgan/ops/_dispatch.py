@@ -41,14 +41,16 @@ def record(op: str, backend: str) -> None:
     counts[(op, backend)] += 1
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# fastgan.ops and torch (torch.compiler.disable's wrapper, Module.__call__ between a user's forward and an op)
+_SKIPPED_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
 
 
 def caller_stacklevel() -> int:
-    """warnings.warn's stacklevel that names the first frame outside fastgan, for a warning raised by the function
-    calling this (the public functions reach it through varying depths: js_penalty, gradient_penalty, ...)."""
+    """warnings.warn's stacklevel that names the first frame outside fastgan.ops and torch (a user's line, or the
+    trainer's method), for a warning raised by the function calling this: the public functions reach it through
+    varying depths (js_penalty, gradient_penalty, ...)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED_DIRS):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
@@ -116,7 +117,7 @@ def test_inputs_made_under_inference_mode_run_in_every_mode(mode):
     assert torch.isfinite(pen1)
 
 
-@pytest.mark.parametrize("call", ["gradient_penalty", "js_penalty", "r1_penalty"])
+@pytest.mark.parametrize("call", ["gradient_penalty", "js_penalty", "r1_penalty", "compiled"])
 def test_the_fallback_warning_names_the_callers_line(monkeypatch, call):
     """It pointed into fastgan's penalty.py for js_penalty/r1_penalty (a fixed stacklevel, set for gradient_penalty)."""
     from fastgan.ops import r1_penalty
@@ -131,6 +132,9 @@ def test_the_fallback_warning_names_the_callers_line(monkeypatch, call):
             gradient_penalty(D, x, mode="auto")
         elif call == "js_penalty":
             js_penalty(D, x, x, mode="auto")
+        elif call == "compiled":  # torch.compiler.disable's frame between fastgan's
+            torch._dynamo.reset()
+            torch.compile(lambda a: gradient_penalty(D, a, mode="auto")[0], backend="eager")(x)
         else:
             r1_penalty(D, x, mode="auto")
     fallbacks = [w for w in caught if issubclass(w.category, _dispatch.FallbackWarning)]
