@@ -122,8 +122,8 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
     if backend == "triton":
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
-                                       running_vars, training, training and len(running_means) > 0, momentum, eps,
-                                       running_in_place)
+                                              running_vars, training, training and len(running_means) > 0,
+                                              momentum, eps, running_in_place)
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
@@ -213,8 +213,8 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     track = track and training and len(running_means) > 0
     if backend == "triton":
         with _dispatch.on_device(h):
-            out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                                  momentum, eps, running_in_place)
+            out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training,
+                                         track, momentum, eps, running_in_place)
         _dispatch.record(OP_FORWARD, backend)
         return out
     new_running: list = []
