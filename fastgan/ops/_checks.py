@@ -37,6 +37,14 @@ def no_dual(*tensors) -> None:
                 "calls a fastgan op needs mode='double_backward')")
 
 
+def outside_inference(t: torch.Tensor) -> torch.Tensor:
+    """t, or a normal copy of it when it was made under torch.inference_mode() and this call runs outside it:
+    autograd can neither make an inference tensor require grad nor save it for a backward."""
+    if not torch.compiler.is_compiling() and t.is_inference() and not torch.is_inference_mode_enabled():
+        return t.clone()
+    return t
+
+
 def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

@@ -512,10 +512,7 @@ class Denoiser(nn.Module):
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")
-        h = _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
-        if not torch.compiler.is_compiling() and h.is_inference() and not torch.is_inference_mode_enabled():
-            h = h.clone()  # made under inference_mode: the backward functions cannot save it
-        return h
+        return _checks.outside_inference(_check_features(name, h, self.n_features, w.dtype, w.device, self.training))
 
     # -- API
     def forward(self, h: Tensor) -> Tensor:
@@ -563,9 +560,7 @@ class Denoiser(nn.Module):
             if noise.shape != h.shape:
                 raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
             _checks.same_device(h=h, noise=noise)
-            noise = noise.to(h.dtype).contiguous()
-            if not torch.compiler.is_compiling() and noise.is_inference() and not torch.is_inference_mode_enabled():
-                noise = noise.clone()  # as h in _input
+            noise = _checks.outside_inference(noise.to(h.dtype).contiguous())
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
         factor = self._factor()
         per_sample = _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,

@@ -331,6 +331,13 @@ def _n_noisy(m: int, half: bool) -> int:
 _CPU_DRAW_LOCK = threading.Lock()
 
 
+def _draw_lock(state: torch.Tensor):
+    """What a draw from `state` holds while it reads and advances the offset: on CPU the kernels run with the GIL
+    released, so two threads drawing from one state would draw the same noise. CUDA kernels advance it on the
+    device, in stream order."""
+    return _CPU_DRAW_LOCK if state.device.type == "cpu" else contextlib.nullcontext()
+
+
 def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
     """z (cpu backend only): a float32 buffer of n_noisy * F that receives the draw's normals."""
     out_r, out_f = _empty_outputs(x_real, x_fake, half)
@@ -338,9 +345,7 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
     args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
             out_r if x_real is not None else None, out_f if x_fake is not None else None,
             sigma.numel() if sigma is not None else 1, half)
-    # a CPU draw reads the offset and writes it advanced at its end, with the GIL released: two threads drawing
-    # from one state would draw the same noise. (CUDA kernels advance it on the device, in stream order.)
-    with _CPU_DRAW_LOCK if state.device.type == "cpu" else contextlib.nullcontext():
+    with _draw_lock(state):
         if z is None:
             _FORWARD[backend](*args)
         else:
@@ -835,7 +840,7 @@ def philox_normal(state: Union[NoiseState, torch.Tensor], n: int) -> torch.Tenso
     """The next n float32 standard normals of the stream (reference implementation; advances the offset the
     way a draw of n noise elements does). For inspecting the stream, not for speed."""
     t = _state_tensor(state, state.device if isinstance(state, torch.Tensor) else state.tensor.device)
-    with _CPU_DRAW_LOCK if t.device.type == "cpu" else contextlib.nullcontext():  # as a draw (_run_draw)
+    with _draw_lock(t):
         z = ref.philox_normal(int(t[0]), int(t[1]), n, t.device)
         t[1] += ref.counters_for(n)
     return z

@@ -447,8 +447,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
                          x)
     if out is not None:
         return out
-    if not torch.compiler.is_compiling() and x.is_inference():
-        x = x.clone()  # made under inference_mode: it cannot require grad; "mlp" took it, now every mode does
+    x = _checks.outside_inference(x)  # inference mode itself is off here (_without_graph); "mlp" took such an x
     if mode != "double_backward":
         from . import penalty_jvp
 
