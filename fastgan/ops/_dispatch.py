@@ -200,5 +200,6 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(f"{op}: no fused backend for {device.type} tensors ({'; '.join(reasons)}); "
-                      "running the reference implementation", FallbackWarning, stacklevel=3)
+                      "running the reference implementation", FallbackWarning,
+                      stacklevel=caller_stacklevel())
     return "reference"

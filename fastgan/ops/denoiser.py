@@ -116,7 +116,18 @@ def _check_features(name: str, h, n_features: int, dtype, device, training: bool
         raise ValueError(f"{name} is on {h.device} but the denoiser's parameters are on {device}")
     if training and h.shape[0] < 2:
         raise ValueError(f"{name}: training-mode BatchNorm needs a batch of at least 2 samples, got {h.shape[0]}")
-    return h.to(dtype).contiguous()
+    return _checks.outside_inference(h.to(dtype).contiguous())
+
+
+def _check_noise(noise, h: Tensor) -> Tensor:
+    """The corruption's standard-normal eps for the checked features h: drawn when None."""
+    if noise is None:
+        return torch.randn_like(h)
+    _checks.tensor("noise", noise)
+    if noise.shape != h.shape:
+        raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
+    _checks.same_device(h=h, noise=noise)
+    return _checks.outside_inference(noise.to(h.dtype).contiguous())
 
 
 def _check_distinct_running(named) -> None:
@@ -189,6 +200,7 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
     momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
     eps = _check_number("eps", eps, low=0.0, open_low=True)
     chosen = _dispatch.resolve(OP_LAYER, y.device, backend)
+    y = _checks.outside_inference(y)
     c = lambda t: None if t is None else t.contiguous()
     if not denoiser_eager._custom_ops(y, bias, gamma, beta, running_mean, running_var) and (
             running_mean is None or (running_mean.is_contiguous() and running_var.is_contiguous())):
@@ -224,14 +236,7 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     _checks.choice("reduction", reduction, REDUCTIONS)
     if not training and running_means is None:
         raise ValueError("running_means and running_vars are required in eval mode (training=False)")
-    if noise is None:
-        noise = torch.randn_like(h)
-    else:
-        _checks.tensor("noise", noise)
-        if noise.shape != h.shape:
-            raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
-        _checks.same_device(h=h, noise=noise)
-        noise = noise.to(dtype).contiguous()
+    noise = _check_noise(noise, h)
     chosen = _dispatch.resolve(OP_LOSS, device, backend)
     rms = list(running_means) if running_means is not None else []
     rvs = list(running_vars) if running_vars is not None else []
@@ -512,7 +517,7 @@ class Denoiser(nn.Module):
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")
-        return _checks.outside_inference(_check_features(name, h, self.n_features, w.dtype, w.device, self.training))
+        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
 
     # -- API
     def forward(self, h: Tensor) -> Tensor:
@@ -553,14 +558,7 @@ class Denoiser(nn.Module):
             h = h.detach()
         weights, biases, gammas, betas, rms, rvs = self._params()
         _checks.choice("reduction", reduction, REDUCTIONS)
-        if noise is None:
-            noise = torch.randn_like(h)
-        else:
-            _checks.tensor("noise", noise)
-            if noise.shape != h.shape:
-                raise ValueError(f"noise must have the shape of h {tuple(h.shape)}, got {tuple(noise.shape)}")
-            _checks.same_device(h=h, noise=noise)
-            noise = _checks.outside_inference(noise.to(h.dtype).contiguous())
+        noise = _check_noise(noise, h)
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
         factor = self._factor()
         per_sample = _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from fastgan.ops import Denoiser, bn_relu, denoiser_loss
+from fastgan.ops import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
 from fastgan.reference import denoiser as ref
 
 from denoiser_helpers import CPU_BACKENDS, make_pair
@@ -317,3 +317,27 @@ def test_features_made_under_inference_mode(backend):
     loss.backward()
     assert all(p.grad is not None for p in den.parameters())
     assert torch.isfinite(den(h).sum())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_functional_forms_take_inference_mode_inputs(backend):
+    """denoiser_loss, denoiser_generator_loss and bn_relu take features, noise and pre-activations made under
+    inference_mode as the module does, with the values and gradients of the same call on normal copies."""
+    den, _ = make_pair(backend=backend)
+    lin = [m for m in den.net if isinstance(m, nn.Linear)]
+    bns = [m for m in den.net if isinstance(m, nn.BatchNorm1d)]
+    args = ([m.weight for m in lin], [m.bias for m in lin], [m.weight for m in bns], [m.bias for m in bns])
+    with torch.inference_mode():
+        h, noise = torch.randn(6, 12, dtype=torch.float64), torch.randn(6, 12, dtype=torch.float64)
+        y = torch.randn(6, 16, dtype=torch.float64)
+
+    def run(h, noise, y):
+        den.zero_grad(set_to_none=True)
+        stats = [m.running_mean.clone() for m in bns], [m.running_var.clone() for m in bns]
+        out = (denoiser_loss(h, *args, *stats, noise=noise, backend=backend),
+               denoiser_generator_loss(h, *args, backend=backend),
+               bn_relu(y, None, bns[0].weight, bns[0].bias, *(s[0] for s in stats), backend=backend).square().sum())
+        sum(out).backward()
+        return out, stats, [p.grad for p in den.parameters()]
+
+    torch.testing.assert_close(run(h, noise, y), run(h.clone(), noise.clone(), y.clone()), rtol=0, atol=0)

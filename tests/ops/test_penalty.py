@@ -396,8 +396,9 @@ def test_missing_extension_warns_then_runs_reference(monkeypatch):
     monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
     monkeypatch.setattr(fastgan._ext, "available", lambda: (False, "pretend it failed to build"))
     monkeypatch.setattr(_dispatch, "_warned", set())
-    with pytest.warns(FallbackWarning, match="pretend it failed to build"):
+    with pytest.warns(FallbackWarning, match="pretend it failed to build") as caught:
         P.grad_norm_penalty(*_inputs(4, (3,)))
+    assert [w.filename for w in caught] == [__file__]  # the caller's line, not the dispatcher's
     with pytest.raises(BackendUnavailable, match="pretend"):
         P.grad_norm_penalty(*_inputs(4, (3,)), backend="cpu")
 
