@@ -5,6 +5,8 @@ annotations (every ops module has ``from __future__ import annotations``) and kn
 ``list[T]``. Both came in torch 2.5. We hand it the resolved annotations with ``list[T]`` spelled
 ``typing.List[T]``, which every torch since 2.4 reads the same way.
 """
+import functools
+import inspect
 import types
 import typing
 
@@ -25,9 +27,35 @@ def _spelled_for_torch(tp):
     return tp
 
 
-def custom_op(name: str, *, mutates_args):
+def _dense_arguments(fn, names: list, strided, written):
+    """fn called with its tensor arguments (and list elements) contiguous, except those named in `strided`, which
+    its kernels read through their strides; an argument it writes (`written`) must be contiguous already. The
+    kernels take data pointers: a view read as a dense array gives another tensor's values, silently, and the
+    public functions pass dense tensors but torch.ops.fastgan.* is callable by anyone."""
+    def dense(name, t):
+        if not isinstance(t, torch.Tensor) or name in strided or t.is_contiguous():
+            return t
+        if name in written:
+            raise ValueError(f"{name} must be contiguous (it is written in place), got strides {t.stride()}")
+        return t.contiguous()
+
+    def call(*args, **kwargs):
+        args = [[dense(n, t) for t in a] if isinstance(a, (list, tuple)) else dense(n, a) for n, a in zip(names, args)]
+        return fn(*args, **{n: dense(n, a) for n, a in kwargs.items()})
+
+    return functools.wraps(fn)(call)
+
+
+def custom_op(name: str, *, mutates_args, strided=()):
+    """torch.library.custom_op(name, mutates_args=...) whose implementation and fake see contiguous tensors
+    (_dense_arguments), except the arguments named in `strided`."""
     def wrap(fn):
         fn.__annotations__ = {k: _spelled_for_torch(v) for k, v in typing.get_type_hints(fn).items()}
-        return torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        names = list(inspect.signature(fn).parameters)
+        op = torch.library.custom_op(name, mutates_args=mutates_args)(
+            _dense_arguments(fn, names, strided, mutates_args))
+        register_fake = op.register_fake
+        op.register_fake = lambda fake: register_fake(_dense_arguments(fake, names, strided, ()))
+        return op
 
     return wrap

@@ -139,7 +139,7 @@ _TERMS = {"reference": _terms_reference, "cpu": _terms_cpu, "cuda": _terms_cuda,
 
 # ---------------------------------------------------------------- custom ops
 
-@_library.custom_op("fastgan::grad_norm_penalty", mutates_args=())
+@_library.custom_op("fastgan::grad_norm_penalty", mutates_args=(), strided=("grad", "logits"))
 def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
     """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
     return _run_forward(grad, logits, weight, backend)
@@ -150,7 +150,7 @@ def _penalty_fake(grad, logits, weight, backend):
     return grad.new_empty(grad.shape[0], dtype=logits.dtype)
 
 
-@_library.custom_op("fastgan::grad_norm_penalty_backward", mutates_args=())
+@_library.custom_op("fastgan::grad_norm_penalty_backward", mutates_args=(), strided=("grad", "logits"))
 def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""
@@ -162,7 +162,7 @@ def _penalty_backward_fake(go, grad, logits, weight, backend):
     return grad.new_empty(grad.shape), go.new_empty(go.shape)
 
 
-@_library.custom_op("fastgan::grad_norm_penalty_terms", mutates_args=())
+@_library.custom_op("fastgan::grad_norm_penalty_terms", mutates_args=(), strided=("grad", "logits"))
 def _terms_op(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, split: int, div: int,
               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per (B,), u (B,), v (B, F) contiguous in grad's dtype), see _terms_reference; no autograd (the closed
