@@ -1050,3 +1050,25 @@ def test_triton_int64_variant_equals_the_int32_one(monkeypatch, mode, F):
         runs.append((r, f, *grads, state.tensor.clone()))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(2, 6), (3, 2, 2), (2, 7), (2, 15)])
+def test_channel_sigma_with_any_plane_width(backend, mode, shape):
+    """A per-channel sigma on planes whose width is not a multiple of 4 (F = 12 with 6-wide planes takes the
+    vector path, whose channel index is per element; 7 and 15 take the general path, whose backward gives each
+    plane its own Philox counters): values and gradients of x_real, x_fake and sigma as the reference's. Found by
+    mutation testing: a vector path indexing sigma by the pack's first element, and a backward with one counter
+    too few per plane, passed every other test."""
+    xr, xf = _x(5, shape, torch.float64, requires_grad=True)
+    g = torch.Generator().manual_seed(1)
+    sigma = (0.5 + torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=g, dtype=torch.float64)).requires_grad_()
+    got = {}
+    for be in ("reference", backend):
+        r, f = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(99, "cpu"), backend=be)
+        up = torch.Generator().manual_seed(3)
+        gr, gf = (torch.randn(t.shape, generator=up, dtype=torch.float64) for t in (r, f))
+        got[be] = [r, f, *torch.autograd.grad((r * gr).sum() + (f * gf).sum(), [xr, xf, sigma])]
+    for a, b in zip(got[backend], got["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # normals drawn in float32; a wrong draw is O(1)

@@ -113,7 +113,7 @@ def test_triton_strided_logits_past_int32_offsets_are_read_contiguously(monkeypa
 
     base = 3 * torch.randn(8, 5, dtype=torch.float64)
     want = None
-    for dense_from in (2 ** 31, 16):
+    for dense_from in (2 ** 31, 36, 35, 16):  # 35: the last offset itself, on the limit (an off-by-one there)
         monkeypatch.setattr(kn, "DENSE_FROM", dense_from, raising=False)
         seen = []
         monkeypatch.setattr(kn, "_forward_kernel", _Launches(kn._forward_kernel, seen, 8))
