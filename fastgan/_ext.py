@@ -20,7 +20,10 @@ def _load():
         msg = f"fastgan._C failed to import: {e}"
         src_root = Path(__file__).resolve().parent.parent
         if (src_root / "setup.py").exists() and (src_root / "csrc").is_dir():
-            msg += (f" (fastgan was imported from the source tree {src_root}, which holds no built extension: "
+            built = sorted(p.name for p in (src_root / "fastgan").glob("_C*.so")) + \
+                sorted(p.name for p in (src_root / "fastgan").glob("_C*.pyd"))
+            held = f"whose build {', '.join(built)} does not import" if built else "which holds no built extension"
+            msg += (f" (fastgan was imported from the source tree {src_root}, {held}: "
                     "run `pip install -e .` there, or run from another directory so the installed package is used)")
         return None, msg
 

@@ -191,8 +191,9 @@ def format_grid(rows: list[dict], metric: str) -> str:
         col_keys += [key[1]] if key[1] not in col_keys else []
         if key in cells:
             hidden.append(cells[key][1])
-        # a run that has not finished shows its state and step, not the values it logged before
-        at = r["at"] if r["at"] is not None else r["step"]
+        # a run that has not finished shows its state and step, not the values it logged before: where it stopped
+        # (status.json), or, running or killed, the last step it logged (status.json keeps the session's start)
+        at = max(r["at"] or 0, r["step"])
         text = _cell(r["metrics"], metric) if r["state"] in ("finished", "unknown") else f"{r['state']}@{at}"
         cells[key] = (text, r["run"])
     body = [[rk, *(cells.get((rk, ck), ("", ""))[0] for ck in col_keys)] for rk in row_keys]

@@ -241,6 +241,15 @@ def test_grid_layout_duplicates_and_unfinished_runs(tmp_path):
     assert grid[-1] == f"(older runs of the same name not shown: {tmp_path / 'old' / 't-a-x-1'})"
 
 
+def test_grid_shows_the_last_logged_step_of_a_running_or_killed_run(tmp_path):
+    """status.json holds the step a session started at until it ends; a run still training, or killed, is as
+    far as metrics.csv has logged (the grid showed running@0 for a run at step 400)."""
+    _fake_run(tmp_path, "t-a", state="running", rows=("step,eval/fd", "200,5", "400,4"), step=0)
+    _fake_run(tmp_path, "t-b", state="stopped", rows=("step,eval/fd", "200,5"), step=250)
+    grid = compare.format_grid(compare.compare(tmp_path), "fd").splitlines()
+    assert grid[2].split() == ["t", "ended@400", "stopped@250"]
+
+
 def test_final_evaluation_failure_and_status_write_failure(tmp_path, monkeypatch, capsys):
     def broken(self, step):
         raise RuntimeError("parzen out of memory\nsecond line")

@@ -81,3 +81,35 @@ def test_triton_backend_reason_without_interpreter():
              "print(ok, why)", TRITON_INTERPRET="0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("False") and "TRITON_INTERPRET=1" in r.stdout
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_extension_import_error_says_whether_the_source_tree_holds_a_build(tmp_path, monkeypatch, built):
+    """Imported from a source tree (setup.py and csrc/ beside the package), a _C that fails to import is named
+    as a broken build when a _C*.so is there, as an unbuilt tree when none is (it said "no built extension" of
+    a tree whose build was broken)."""
+    from fastgan import _ext
+
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "fastgan").mkdir()
+    if built:
+        (tmp_path / "fastgan" / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not an ELF file")
+
+    def fail(name):
+        raise ImportError(f"cannot import {name}")
+
+    monkeypatch.setattr(_ext, "__file__", str(tmp_path / "fastgan" / "_ext.py"))
+    monkeypatch.setattr(_ext.importlib, "import_module", fail)
+    _ext._load.cache_clear()
+    try:
+        ok, why = _ext.available()
+    finally:
+        monkeypatch.undo()
+        _ext._load.cache_clear()
+    assert not ok and "cannot import fastgan._C" in why
+    if built:
+        assert "whose build _C.cpython-311-x86_64-linux-gnu.so does not import" in why and "no built" not in why
+    else:
+        assert "which holds no built extension" in why
+    assert _ext.available()[0], "the real extension loads again"

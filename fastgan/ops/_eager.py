@@ -57,7 +57,8 @@ def refuse_differentiating_transforms(tensors, module=None) -> None:
         return
     raise NotImplementedError(
         f"fastgan's ops do not support torch.func's {'jvp/jacfwd' if kind == TransformType.Jvp else 'grad/jacrev/vjp'}"
-        " transforms of their inputs (under jvp torch gives custom ops zero tangents); differentiate with "
+        " transforms of their inputs, nor tensors made inside the transformed function, which the transform wraps "
+        "too (under jvp torch gives custom ops zero tangents); differentiate with "
         "torch.autograd (loss.backward(), torch.autograd.grad, create_graph=True for higher orders), or transform "
         "the plain-PyTorch formulas in fastgan.reference")
 
