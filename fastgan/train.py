@@ -737,12 +737,12 @@ class _Run:
                     monitor.check()
                     if self.last_ckpt_step != step:
                         self._checkpoint(step)
-                    raise KeyboardInterrupt(f"checkpoint {self.ckpt_path} holds step {step}; --resume continues "
-                                            "from there")
+                    raise stop.interrupt(f"checkpoint {self.ckpt_path} holds step {step}; --resume continues "
+                                         "from there")
             monitor.check()
-            # the steps are done and checkpointed: a Ctrl-C in the final evaluation (minutes of Parzen windows for
-            # 784-d images) interrupts it at once, where the handler would only have set `requested`
-            stop.restore()
+            # the steps are done and checkpointed: a Ctrl-C or SIGTERM in the final evaluation (minutes of Parzen
+            # windows for 784-d images) interrupts it at once, where the handler would only have set `requested`
+            stop.at_once()
             if r.parzen or r.fd:  # status.json's phase: the last one the run entered
                 self.phase = "final evaluation"
             try:
@@ -750,9 +750,9 @@ class _Run:
                     metrics.update(self._parzen(step))
                 if r.fd:
                     metrics.update(self._fd_tail(step))
-            except KeyboardInterrupt:
-                raise KeyboardInterrupt(f"in the final evaluation; checkpoint {self.ckpt_path} holds the last step, "
-                                        f"{step}") from None
+            except KeyboardInterrupt as e:
+                raise type(e)(f"{'SIGTERM; ' if isinstance(e, Terminated) else ''}in the final evaluation; checkpoint "
+                              f"{self.ckpt_path} holds the last step, {step}") from None
         except NonFiniteLossError as e:
             where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
                      if self.last_ckpt_step is not None else "no checkpoint had been written yet")
@@ -770,25 +770,48 @@ class _Run:
                            final_evaluation_only=self.final_only)
 
 
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by SIGTERM (a scheduler's, `kill`): as Ctrl-C, a KeyboardInterrupt; the CLI exits 143."""
+
+
+def _interrupt_now(signum, frame):
+    if signum == signal.SIGTERM:
+        raise Terminated("SIGTERM")
+    raise KeyboardInterrupt
+
+
 class _InterruptAtStepEnd:
-    """While installed, the first SIGINT only sets `requested`: the loop then checkpoints the step it was in once
-    that step is complete (a step cut in half would save a D updated and a G not). A second SIGINT interrupts at
-    once, with no new checkpoint (the last one is intact: checkpoints are written by rename)."""
+    """While installed, the first SIGINT or SIGTERM only sets `requested` (to the signal's number): the loop then
+    checkpoints the step it was in once that step is complete (a step cut in half would save a D updated and a G
+    not). A second one interrupts at once, with no new checkpoint (the last one is intact: checkpoints are written
+    by rename). Only signals left at Python's defaults are taken (a handler someone else installed is theirs)."""
+
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self):
-        self.requested, self.previous = False, None
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+        self.requested, self.previous = 0, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in self.DEFAULTS.items():
+                if signal.getsignal(sig) is default:
+                    self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.requested = signum
+        signal.signal(signum, _interrupt_now)
+
+    def interrupt(self, message: str) -> KeyboardInterrupt:
+        """The exception that ends the run for the signal requested, with `message`."""
+        return Terminated(f"SIGTERM; {message}") if self.requested == signal.SIGTERM else KeyboardInterrupt(message)
+
+    def at_once(self):
+        """From here on (the final evaluation) a signal interrupts at once instead of at the step's end."""
+        for sig in self.previous:
+            signal.signal(sig, _interrupt_now)
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous = {}
 
 
 # what the final evaluation logs (Parzen's and the FD tail's rows)
@@ -890,7 +913,7 @@ def _cmd_train(args) -> int:
                            "model.dcgan_g_filters, model.denoiser_hidden)")
     except KeyboardInterrupt as e:
         print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal's number, as a shell reports it
     if result.final_evaluation_only:
         done = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
         print(f"fastgan train: final evaluation of step {result.step} done{f' ({done})' if done else ''}; "

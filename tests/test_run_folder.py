@@ -1,6 +1,7 @@
 """The run folder belongs to one run: a second run on it is refused while the first holds its lock, a new run does
 not write into a non-empty folder, and SIGINT leaves a checkpoint of the last completed step."""
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -156,6 +157,26 @@ def test_concurrent_run_is_refused_and_sigint_checkpoints_the_last_step(tmp_path
     assert not [p for p in (d / "checkpoints").iterdir() if p.name != "last.pt"]  # no temporary file left
     more = fastgan.train(d, overrides=["run.steps=" + str(step + 3)], resume=True)
     assert more.start_step == step and more.step == step + 3
+
+
+def test_sigterm_checkpoints_the_last_step_and_exits_143(tmp_path):
+    """A scheduler's SIGTERM (SLURM's before its kill, `kill PID`) ends the run as Ctrl-C does: the step in flight
+    completes and is checkpointed, status.json says interrupted, exit 143 (128 + 15); it killed the run at once."""
+    d = tmp_path / "term"
+    run = _cli(d, "run.steps=100000", "run.checkpoint_every=0")
+    try:
+        _wait_for_rows(d / "metrics.csv", 3, run)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    assert "Traceback" not in err and err.startswith("fastgan train: interrupted; SIGTERM; checkpoint"), err
+    step = ckpt.load(d / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 100000 and f"holds step {step}" in err
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] == step and "SIGTERM" in status["reason"]
 
 
 def test_resuming_a_given_run_folder_refuses_another_run_dir_or_out_dir(tmp_path, capsys, monkeypatch):

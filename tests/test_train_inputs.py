@@ -148,6 +148,32 @@ def test_ctrl_c_in_the_final_evaluation_interrupts_it(tmp_path, monkeypatch):
     assert status["state"] == "interrupted" and status["phase"] == "final evaluation"
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers are installed from the main thread only")
+def test_sigterm_in_the_final_evaluation_interrupts_it(tmp_path, monkeypatch):
+    """SIGTERM (a scheduler's) is taken as Ctrl-C is: in the final evaluation it interrupts at once, as
+    train.Terminated, a KeyboardInterrupt; until 2026-12-02 it killed the process, status.json left 'running'."""
+    def parzen(self, step):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between bytecodes
+            sum(range(1000))
+        raise AssertionError("the evaluation went on after SIGTERM")
+
+    monkeypatch.setattr(train_mod._Run, "_parzen", parzen)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(train_mod.Terminated, match="^SIGTERM; in the final evaluation; checkpoint .* holds the "
+                                                       "last step, 2"):
+            _train(tmp_path / "r", "run.parzen=true")
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the run's handler is removed"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    import json
+
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["phase"] == "final evaluation"
+
+
 @pytest.mark.parametrize("forced, match", [("cuda", r"^FASTGAN_BACKEND='cuda': cannot run on cpu \(run\.device\): "
                                                     r"the cuda backend needs CUDA tensors"),
                                            ("foo", r"^FASTGAN_BACKEND: must be one of .* got 'foo'")])
