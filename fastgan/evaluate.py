@@ -21,10 +21,7 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     from .metrics import fmnist_scores, load_fmnist_classifier, mode_metrics
     from .metrics._args import positive_int
 
-    if isinstance(samples, bool) or not isinstance(samples, int):
-        positive_int(samples, "samples")  # the type error
-    if samples < 20:
-        raise ValueError(f"samples: must be >= 20 (the classifier score's 10 parts of at least 2), got {samples}")
+    samples = positive_int(samples, "samples")
     device = torch.device(device)
     state, cfg = _read(run_dir)
     d = cfg.data
@@ -33,6 +30,9 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
         means = mixtures.means(d.name, device=device)
         shape, real = (means.shape[1],), None
     elif d.name == "fashion_mnist":
+        if samples < 20:
+            raise ValueError(f"samples: must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at "
+                             f"least 2), got {samples}")
         # real images G never trained on: the test split, or the run's data.holdout
         real, where = held_out_real(d, samples, device, g, command="eval")
         shape = tuple(real.shape[1:])
