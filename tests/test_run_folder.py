@@ -133,27 +133,37 @@ def _wait_for_rows(csv: Path, rows: int, p, timeout=120):
     raise AssertionError(f"{csv}: no progress within {timeout} s")
 
 
+def _signalled_run(d, sig, while_running=lambda run: None):
+    """(exit status, stderr, checkpointed step) of a long CLI run in d sent `sig` once it has logged 3 rows
+    (checkpoint_every=0: only at the end, so any checkpoint is the signal's)."""
+    run = _cli(d, "run.steps=100000", "run.checkpoint_every=0")
+    try:
+        _wait_for_rows(d / "metrics.csv", 3, run)
+        while_running(run)
+        run.send_signal(sig)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    step = ckpt.load(d / "checkpoints" / "last.pt")["step"]
+    assert "Traceback" not in err and err.count("\n") == 1 and f"holds step {step}" in err, err
+    assert 0 < step < 100000
+    return run.returncode, err, step
+
+
 def test_concurrent_run_is_refused_and_sigint_checkpoints_the_last_step(tmp_path):
     d = tmp_path / "long"
-    # checkpoint_every=0: only at the end, so any checkpoint here is the interrupt's
-    first = _cli(d, "run.steps=100000", "run.checkpoint_every=0")
-    try:
-        _wait_for_rows(d / "metrics.csv", 3, first)
+
+    def second_run_is_refused(first):
         second = subprocess.run([sys.executable, "-m", "fastgan", "train", "--set", *TINY, f"run.dir={d}",
                                  "run.steps=20", "run.seed=1"], capture_output=True, text=True, timeout=120,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert second.returncode == 1, second.stderr
         assert second.stderr.strip() == (f"fastgan train: error: run folder {d} is in use by another fastgan run "
                                          f"(pid {first.pid}); wait for it to end or choose another run.dir")
-        first.send_signal(signal.SIGINT)
-        out, err = first.communicate(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 130, err
-    assert "Traceback" not in err and err.count("\n") == 1 and "--resume continues from there" in err
-    step = ckpt.load(d / "checkpoints" / "last.pt")["step"]
-    assert 0 < step < 100000 and f"holds step {step}" in err
+
+    code, err, step = _signalled_run(d, signal.SIGINT, second_run_is_refused)
+    assert code == 130 and "--resume continues from there" in err, err
     assert not [p for p in (d / "checkpoints").iterdir() if p.name != "last.pt"]  # no temporary file left
     more = fastgan.train(d, overrides=["run.steps=" + str(step + 3)], resume=True)
     assert more.start_step == step and more.step == step + 3
@@ -163,18 +173,8 @@ def test_sigterm_checkpoints_the_last_step_and_exits_143(tmp_path):
     """A scheduler's SIGTERM (SLURM's before its kill, `kill PID`) ends the run as Ctrl-C does: the step in flight
     completes and is checkpointed, status.json says interrupted, exit 143 (128 + 15); it killed the run at once."""
     d = tmp_path / "term"
-    run = _cli(d, "run.steps=100000", "run.checkpoint_every=0")
-    try:
-        _wait_for_rows(d / "metrics.csv", 3, run)
-        run.send_signal(signal.SIGTERM)
-        out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 143, err
-    assert "Traceback" not in err and err.startswith("fastgan train: interrupted; SIGTERM; checkpoint"), err
-    step = ckpt.load(d / "checkpoints" / "last.pt")["step"]
-    assert 0 < step < 100000 and f"holds step {step}" in err
+    code, err, step = _signalled_run(d, signal.SIGTERM)
+    assert code == 143 and err.startswith("fastgan train: interrupted; SIGTERM; checkpoint"), err
     status = json.loads((d / "status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] == step and "SIGTERM" in status["reason"]
 
