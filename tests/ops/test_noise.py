@@ -1072,3 +1072,18 @@ def test_channel_sigma_with_any_plane_width(backend, mode, shape):
         got[be] = [r, f, *torch.autograd.grad((r * gr).sum() + (f * gf).sum(), [xr, xf, sigma])]
     for a, b in zip(got[backend], got["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # normals drawn in float32; a wrong draw is O(1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("counter,word", [(128364, 0), (6020551, 0), (8172728, 2)])
+def test_draws_where_the_radius_uniform_is_tiny(backend, counter, word):
+    """Counters of seed 2024 whose Box-Muller radius word folds to a uniform of a few hundred ulps, where a 1-ulp
+    error of the uniform is amplified ~1e4 times in sqrt(-2 ln u): the stream matches the reference there
+    (mutation testing: the CUDA uniform folding with -i instead of ~i passed every other draw)."""
+    w = int(ref.philox_words(2024, counter, 1)[0, word])
+    assert w >= 2 ** 31 and (2 ** 32 - 1 - w) < 1000, "a negative word folding to a tiny uniform"
+    z = torch.zeros(1, 4)
+    state = NoiseState(2024)
+    state.tensor[1] = counter
+    r, _ = noisy_clean_batch(z, z, 1.0, state=state, backend=backend)
+    torch.testing.assert_close(r[1], ref.philox_normal(2024, counter, 4), rtol=4e-6, atol=4e-6)

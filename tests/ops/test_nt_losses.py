@@ -585,3 +585,32 @@ def test_two_pass_forward_replays_in_a_cuda_graph(backend):
     torch.cuda.synchronize()
     for k, (a, b) in enumerate(zip(captured, step())):
         assert torch.equal(a, b), f"output {k}"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype,v", [(torch.float32, 20.0), (torch.float32, 30.0), (torch.float64, 40.0)])
+def test_confident_logits_keep_their_small_gradients(backend, dtype, v):
+    """The gradients at confident logits (about e^-v) to relative accuracy, not rounded to 0: sigmoid(x) for x << 0
+    as e / (1 + e), not 1 - 1 / (1 + e) (mutation testing: the emulated CUDA kernels' shared header could make it
+    so and pass every test, whose absolute tolerance took 2e-9 for 0)."""
+    lr = torch.full((8,), v, dtype=dtype, requires_grad=True)
+    lf = torch.full((8,), -v, dtype=dtype, requires_grad=True)
+    got = torch.autograd.grad(nt_losses(lr, lf, 0.5, backend=backend), (lr, lf))
+    a, b = (t.detach().double().requires_grad_() for t in (lr, lf))
+    want = torch.autograd.grad(ref.d_loss(a, b, 0.5), (a, b))
+    for g, w in zip(got, want):
+        assert (g != 0).all()
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+@pytest.mark.parametrize("dtype,v", [(torch.float32, 20.0), (torch.float64, 40.0)])
+def test_saturated_js_weights_keep_their_relative_accuracy(backend, dtype, v):
+    """The JS weights sigmoid(-psi)^2 and sigmoid(psi)^2 at saturated logits to relative accuracy (sigmoid(-psi) as
+    e * r, not 1 - sigmoid(psi), which is 0 there; the oracle is torch.sigmoid in float64: the reference's
+    (1 - sigmoid)^2 cancels to 0 itself at psi = 40)."""
+    lr = torch.tensor([v, -v, 3.0, v / 2], dtype=dtype)
+    lf = -lr
+    _, wr, wf = nt_losses(lr, lf, 0.5, js_weights=True, backend=backend)
+    torch.testing.assert_close(wr.double(), torch.sigmoid(-lr.double()) ** 2, rtol=1e-5, atol=0)
+    torch.testing.assert_close(wf.double(), torch.sigmoid(lf.double()) ** 2, rtol=1e-5, atol=0)

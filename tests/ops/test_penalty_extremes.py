@@ -10,7 +10,7 @@ from torch import nn
 from fastgan.ops import grad_norm_penalty, js_penalty, r1_penalty
 from fastgan.reference import penalty as ref
 
-BACKENDS = ["reference", "cpu", "triton"]
+BACKENDS = ["reference", "cpu", "triton", "cuda"]  # "cuda": the emulated kernels (the shared header's nan guard)
 
 
 @pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp", "auto"])
