@@ -97,3 +97,18 @@ def emulate_cuda(monkeypatch, module):
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(_dispatch, "status",
                         lambda backend, device: (True, "") if backend == "cuda" else status(backend, device))
+
+
+def require_fashion_mnist() -> None:
+    """Skips a test that reads the real Fashion-MNIST where it is not installed; under .ci/run, which installs it
+    and sets FASTGAN_REQUIRE_DATA=1, a missing set is a failure, not a skip."""
+    import os
+
+    import pytest
+
+    from fastgan.data.idx import FASHION_MNIST_DIR
+
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        if os.environ.get("FASTGAN_REQUIRE_DATA") == "1":
+            pytest.fail(f"{FASHION_MNIST_DIR} missing: apt-get install -y dataset-fashion-mnist")
+        pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install -y dataset-fashion-mnist)")

@@ -1,7 +1,6 @@
 """The README's Python examples run as printed (on CPU: "cuda" read as "cpu"), in the context their text gives
 them, and do what the text around them says. Every python block is either run here or named in NOT_RUN with
 where it is tested instead, so a new example cannot go untested unnoticed."""
-import os
 import re
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
-from fastgan.data.idx import FASHION_MNIST_DIR
 from fastgan.reference import penalty as ref_penalty
+
+from helpers import require_fashion_mnist
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # python blocks not run here, by their key (_blocks): where the same call is tested
@@ -37,12 +37,16 @@ def _block(key: str) -> str:
     return _blocks()[key].replace('"cuda"', '"cpu"')
 
 
-def _run(key: str, **namespace) -> dict:
-    namespace.setdefault("torch", torch)
-    namespace.setdefault("F", F)
-    namespace.setdefault("nn", nn)
-    namespace.setdefault("fastgan", fastgan)
-    exec(compile(_block(key), f"README.md block {key!r}", "exec"), namespace)
+def _run(key: str, edits=(), **namespace) -> dict:
+    """Runs block `key` in `namespace` (torch, F, nn and fastgan by default), with each (old, new) of `edits`
+    replaced first; an `old` the block no longer holds fails (an edit silently not made would run the block
+    unedited: 1000 training steps, or fastgan compared with itself)."""
+    code = _block(key)
+    for old, new in edits:
+        assert old in code, f"README block {key!r} no longer holds {old!r}"
+        code = code.replace(old, new)
+    namespace = {"torch": torch, "F": F, "nn": nn, "fastgan": fastgan, **namespace}
+    exec(compile(code, f"README.md block {key!r}", "exec"), namespace)
     return namespace
 
 
@@ -67,11 +71,8 @@ def _params(D):
 def test_train_example(tmp_path, monkeypatch):
     """The config file with overrides, 20 steps instead of 1000, into tmp_path; the fields the block reads."""
     monkeypatch.chdir(README.parent)
-    key = 'r = fastgan.train("configs/roth-mixture-gamma-annealed.yaml",'
-    code = _block(key).replace('"run.steps=1000"', f'"run.steps=20", "run.out_dir={tmp_path}", "run.progress=off"')
-    ns = dict(fastgan=fastgan)
-    exec(compile(code, "README.md train block", "exec"), ns)
-    r = ns["r"]
+    r = _run('r = fastgan.train("configs/roth-mixture-gamma-annealed.yaml",', edits=[
+        ('"run.steps=1000"', f'"run.steps=20", "run.out_dir={tmp_path}", "run.progress=off"')])["r"]
     assert r.step == 20 and r.out_dir.parent == tmp_path and set(r.losses) >= {"d_loss", "g_loss"}
     assert r.penalty_modes == ("mlp",), "the comment's example: auto on the mixture's LeakyReLU MLP D"
 
@@ -92,8 +93,8 @@ def test_user_loop_steps_d_as_the_reference_penalty_does():
         if source == "fastgan":
             _run("for x_real in loader:", **namespace)
         else:
-            code = _block("for x_real in loader:").replace("fastgan.ops.js_penalty", "ref_js_penalty")
-            exec(code, dict(namespace, ref_js_penalty=ref_penalty.js_penalty))
+            _run("for x_real in loader:", edits=[("fastgan.ops.js_penalty", "ref_js_penalty")],
+                 ref_js_penalty=ref_penalty.js_penalty, **namespace)
         results.append(_params(D))
     assert not all(torch.equal(a, b) for a, b in zip(results[0], _params(_mlp_d()))), "D did not step"
     torch.testing.assert_close(results[0], results[1])
@@ -147,10 +148,8 @@ def test_compiled_closed_form_loss():
     torch.manual_seed(0)
     D = _mlp_d()
     x_real, x_fake = torch.randn(16, 3), torch.randn(16, 3)
-    code = _block("@torch.compile(fullgraph=True)").replace(
-        "fullgraph=True)", f'fullgraph={penalty_jvp.CLOSED_FORM_TRACED}, backend="aot_eager")')
-    ns = dict(torch=torch, F=F, fastgan=fastgan, D=D, gamma=10.0)
-    exec(code, ns)
+    ns = _run("@torch.compile(fullgraph=True)", D=D, gamma=10.0, edits=[
+        ("fullgraph=True)", f'fullgraph={penalty_jvp.CLOSED_FORM_TRACED}, backend="aot_eager")')])
     got = ns["d_loss"](x_real, x_fake)
     pen, lr, lf = ref_penalty.js_penalty(D, x_real, x_fake)
     torch.testing.assert_close(got, F.softplus(-lr).mean() + F.softplus(lf).mean() + 5.0 * pen)
@@ -198,8 +197,8 @@ def test_denoiser_example():
             return torch.relu(self.body(x))
 
     G = nn.Linear(4, 3)
-    ns = _run("den = Denoiser(n_features=256, hidden=256, depth=3, sigma=1.0)", my_discriminator=MyD(), x_real=torch.randn(8, 3), G=G,
-              z=torch.randn(8, 4), adv_loss=torch.zeros(()))
+    ns = _run("den = Denoiser(n_features=256, hidden=256, depth=3, sigma=1.0)", my_discriminator=MyD(),
+              x_real=torch.randn(8, 3), G=G, z=torch.randn(8, 4), adv_loss=torch.zeros(()))
     den = ns["den"]
     assert den.lambda_denoise == pytest.approx(0.03 / 256)
     assert all(p.grad is not None for p in den.parameters()), "opt_r stepped on the denoiser's gradients"
@@ -209,10 +208,7 @@ def test_denoiser_example():
 
 @runs('ds = build_dataset(DataConfig(name="fashion_mnist"), device="cuda")')
 def test_dataset_example():
-    if not Path(FASHION_MNIST_DIR).is_dir():
-        if os.environ.get("FASTGAN_REQUIRE_DATA") == "1":
-            pytest.fail(f"{FASHION_MNIST_DIR} missing: apt-get install -y dataset-fashion-mnist")
-        pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install -y dataset-fashion-mnist)")
+    require_fashion_mnist()
     ns = _run('ds = build_dataset(DataConfig(name="fashion_mnist"), device="cuda")')
     x = ns["x"]
     assert x.shape == (64, 1, 28, 28) and x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()

@@ -1,27 +1,19 @@
 """The shipped Fashion-MNIST classifier (weights checked by SHA-256, accuracy on the real test split) and
 fmnist_scores' behaviour on real and degraded images, and its argument errors."""
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fastgan.data.idx import FASHION_MNIST_DIR
 from fastgan.metrics import FashionMNISTNet, classify, fmnist_scores, load_fmnist_classifier, real_stats
 from fastgan.metrics import classifier as clf
 
-FMNIST = Path(FASHION_MNIST_DIR)
-# .ci/run installs the data set and sets this: there, a missing set is a failure, not a skip
-_REQUIRED = os.environ.get("FASTGAN_REQUIRE_DATA") == "1"
+from helpers import require_fashion_mnist
 
 
 def _split(split: str, n: int):
-    if not FMNIST.is_dir():
-        if _REQUIRED:
-            pytest.fail(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
-        pytest.skip(f"{FMNIST} missing (apt-get install -y dataset-fashion-mnist)")
+    require_fashion_mnist()
     return clf.labelled_fashion_mnist(split, n)
 
 
