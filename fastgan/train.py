@@ -751,8 +751,8 @@ class _Run:
                 if r.fd:
                     metrics.update(self._fd_tail(step))
             except KeyboardInterrupt as e:
-                raise type(e)(f"{'SIGTERM; ' if isinstance(e, Terminated) else ''}in the final evaluation; checkpoint "
-                              f"{self.ckpt_path} holds the last step, {step}") from None
+                raise _interruption(isinstance(e, Terminated), f"in the final evaluation; checkpoint "
+                                    f"{self.ckpt_path} holds the last step, {step}") from None
         except NonFiniteLossError as e:
             where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
                      if self.last_ckpt_step is not None else "no checkpoint had been written yet")
@@ -774,10 +774,13 @@ class Terminated(KeyboardInterrupt):
     """The run was stopped by SIGTERM (a scheduler's, `kill`): as Ctrl-C, a KeyboardInterrupt; the CLI exits 143."""
 
 
+def _interruption(terminated: bool, message: str) -> KeyboardInterrupt:
+    """What ends a run stopped by a signal: Terminated, its message led by "SIGTERM", or a KeyboardInterrupt."""
+    return Terminated(f"SIGTERM; {message}" if message else "SIGTERM") if terminated else KeyboardInterrupt(message)
+
+
 def _interrupt_now(signum, frame):
-    if signum == signal.SIGTERM:
-        raise Terminated("SIGTERM")
-    raise KeyboardInterrupt
+    raise _interruption(signum == signal.SIGTERM, "")
 
 
 class _InterruptAtStepEnd:
@@ -801,7 +804,7 @@ class _InterruptAtStepEnd:
 
     def interrupt(self, message: str) -> KeyboardInterrupt:
         """The exception that ends the run for the signal requested, with `message`."""
-        return Terminated(f"SIGTERM; {message}") if self.requested == signal.SIGTERM else KeyboardInterrupt(message)
+        return _interruption(self.requested == signal.SIGTERM, message)
 
     def at_once(self):
         """From here on (the final evaluation) a signal interrupts at once instead of at the step's end."""
