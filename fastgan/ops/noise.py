@@ -481,7 +481,7 @@ def _noise_grads(g_r, g_f, used, has_r, has_f, need_r, need_f, need_eps, need_si
         dx_r, dx_f, dnoise = _run_backward(*args, z, sigma_shape)
     elif eager:
         dx_r, dx_f, dnoise = _eager_backward(*args)
-        if dnoise is not None and sigma_shape is not None:
+        if need_sigma and sigma_shape is not None:  # not asked for, dnoise is an empty placeholder
             dnoise = dnoise.view(sigma_shape)
     else:
         dx_r, dx_f, dnoise = torch.ops.fastgan.noisy_batch_backward(*args)

@@ -321,6 +321,24 @@ def test_second_order_with_cotangents_in_any_layout(backend, cotangent):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("sigma", ["scalar", "channel"])
+@pytest.mark.parametrize("mode", MODES)
+def test_second_order_with_a_frozen_sigma_tensor(backend, sigma, mode):
+    """A sigma tensor that needs no gradient (a learned sigma detached for D's step) and a create_graph backward
+    to x: the backward asks for no dsigma, and reshaped the empty one it got to sigma's shape (RuntimeError)."""
+    def grads(which):
+        x = torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        x.requires_grad_(True)
+        s = (torch.tensor(0.5, dtype=torch.float64) if sigma == "scalar"
+             else torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64).view(3, 1, 1))
+        r, _ = _run(which, x, None, s, mode, 3)
+        (gx,) = torch.autograd.grad((r ** 3).sum(), x, create_graph=True)
+        return gx, torch.autograd.grad((gx * gx).sum(), x)[0]
+    for got, want in zip(grads(backend), grads("oracle")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
+
+
 # ------------------------------------------------------------------ noise statistics and the RNG state
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
