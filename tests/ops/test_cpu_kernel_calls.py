@@ -93,3 +93,17 @@ def test_denoiser(calls, path, dtype):
     norm = den.norms[0]
     assert _ran(calls, lambda: bn_relu(y, None, norm.weight, norm.bias, backend="cpu").sum().backward()) == {
         "bn_relu_forward_cpu": 1, "bn_relu_backward_cpu": 1}
+
+
+def test_penalty_bindings_reject_bad_sizes():
+    """The bindings' own checks, which the Python wrappers never reach (a tensor has no negative size); B = 0, so
+    nothing is dereferenced."""
+    C = _ext.C()
+    with pytest.raises(ValueError, match="negative size"):
+        C.penalty_forward_cpu(0, 0, 0, 0, 0, -1, 1, 1, 1, 0)
+    with pytest.raises(ValueError, match="negative size"):
+        C.penalty_terms_cpu(0, 0, 0, 0, 0, 0, 0, -1, 1, 1, 1, 0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="unknown weight code"):
+        C.penalty_forward_cpu(0, 0, 0, 0, 0, 1, 1, 1, 1, 3)
+    with pytest.raises(ValueError, match=r"split outside \[0, B\]"):
+        C.penalty_terms_cpu(0, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 0, 0, 3, 1.0)

@@ -634,3 +634,27 @@ def test_the_layer_backward_refuses_a_gradient_of_another_dtype():
     gamma, shift, invstd = torch.ones(6), torch.zeros(6), torch.ones(6)
     with pytest.raises(TypeError, match=r"incoming gradient is torch\.bfloat16, the layer's output torch\.float32"):
         denoiser_net._layer_backward(_KERNELS["cpu"], y.bfloat16(), y.relu(), y, gamma, shift, invstd, True, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_recon_loss_rows_wider_than_a_chunk(dtype):
+    """The CPU kernel sums a row in 64 lanes and passes of 512 columns; the other tests' rows are <= 12 wide."""
+    g = torch.Generator().manual_seed(7)
+    y, t = (torch.randn(5, 600, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    b = torch.randn(600, generator=g, dtype=torch.float64).to(dtype)
+    got = torch.ops.fastgan.recon_loss(y, b, t, "cpu")
+    want = ((y.double() + b.double()) - t.double()).pow(2).sum(1).to(dtype)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_corrupt_covers_every_block(dtype):
+    """h + sigma * noise in blocks of 4096 elements (the other tests corrupt fewer): every element written."""
+    from fastgan import _ext
+    from fastgan._ext import DTYPE_CODES
+
+    g = torch.Generator().manual_seed(8)
+    h, noise = (torch.randn(3, 5000, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    out = torch.full_like(h, float("nan"))
+    _ext.C().corrupt_cpu(h.data_ptr(), noise.data_ptr(), out.data_ptr(), 0.3, DTYPE_CODES[dtype], h.numel())
+    torch.testing.assert_close(out, h + torch.tensor(0.3, dtype=dtype) * noise, rtol=0, atol=0)

@@ -339,6 +339,44 @@ def test_second_order_with_a_frozen_sigma_tensor(backend, sigma, mode):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_strided_upstream_gradients_over_several_blocks(mode):
+    """Cotangents that are strided views, with 3-wide rows straddling the CPU backward's 256-element blocks (its
+    row-by-row loads start mid-row there); the layout tests above stay within one block."""
+    m, F = 300, 3
+    g = torch.Generator().manual_seed(11)
+    xr, xf = (torch.randn(m, F, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(2))
+    sigma = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    rows = 2 * m if mode == "double" else m
+    gr = torch.randn(F, rows, generator=g, dtype=torch.float64).t()  # transposed
+    gf = torch.randn(rows, F + 2, generator=g, dtype=torch.float64)[:, 1:F + 1]  # rows F + 2 apart
+
+    def grads(backend):
+        r, f = _run(backend, xr, xf, sigma, mode, 5)
+        return torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (xr, xf, sigma))
+
+    for got, want in zip(grads("cpu"), grads("oracle")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
+
+
+def test_custom_op_redraw_for_dsigma_starts_mid_counter(monkeypatch):
+    """The custom op's backward draws the normals again for a per-channel dsigma; with planes of 7 elements a
+    backward chunk (146 planes, 1022 elements) starts in the middle of a Philox counter's four normals."""
+    monkeypatch.setattr(N._eager, "ok", lambda *tensors: False)  # the custom op, not the eager Function
+    m, shape = 60, (3, 7)
+    g = torch.Generator().manual_seed(12)
+    xr = torch.randn(m, *shape, generator=g, dtype=torch.float64).requires_grad_(True)
+    sigma = (0.5 + torch.rand(3, 1, generator=g, dtype=torch.float64)).requires_grad_(True)
+    gr = torch.randn(2 * m, *shape, generator=g, dtype=torch.float64)
+
+    def grads(backend):
+        r, _ = _run(backend, xr, None, sigma, "double", 21)
+        return torch.autograd.grad((r * gr).sum(), (xr, sigma))
+
+    for got, want in zip(grads("cpu"), grads("oracle")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # normals drawn in float32
+
+
 # ------------------------------------------------------------------ noise statistics and the RNG state
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -146,6 +146,25 @@ def test_confident_logits_keep_their_small_loss(backend, dtype, v):
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("loss", ["d", "g"])
+@pytest.mark.parametrize("lo,hi", [(-0.5, 0.5), (-12.0, 12.0)])
+def test_float64_loss_has_double_accuracy(backend, loss, lo, hi):
+    """float64 logits get float64 accuracy: the CPU's float64 polynomials (poly_math.h: log1p's 16-term atanh
+    series, exp's degree 12) promise a few ulp, its float32 ones ~1e-9 relative, which the default tolerances
+    (1e-7) cannot tell apart: a float64 loss sent through the float32 series passed every other test. |psi| < 0.5
+    is where the short series errs most."""
+    x = torch.linspace(lo, hi, 64, dtype=torch.float64)
+    lr, lf = x.clone().requires_grad_(True), x.flip(0).clone().requires_grad_(True)
+    lr2, lf2 = x.clone().requires_grad_(True), x.flip(0).clone().requires_grad_(True)
+    got = nt_losses(lr, lf, 0.3, loss=loss, backend=backend)
+    want = ref.nt_losses(lr2, lf2, 0.3, loss)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    leaves, leaves2 = ((lr, lf), (lr2, lf2)) if loss == "d" else ((lf,), (lf2,))
+    for g, w in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves2)):
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=0)
+
+
 # ------------------------------------------------------------------ gradients (float64)
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

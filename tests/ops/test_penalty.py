@@ -192,14 +192,19 @@ def _grad_layout(B, F, layout, dtype, seed):
         logits = torch.stack([logits, logits], 1)[:, 0]
     elif layout == "transposed":  # feature-major: stride (1, B)
         grad = grad.t().contiguous().t()
+    elif layout == "broadcast_row":  # stride (0, 1): every row the same
+        grad = grad[:1].expand(B, F)
     return grad, logits
 
 
 @pytest.mark.parametrize("F", [1, 2, 3, 4, 5, 6, 7, 8, 9, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("layout", ["contiguous", "column_slice", "transposed"])
-def test_short_rows_match_reference_triton(F, dtype, layout):
-    """Short rows take the one-tile path with many rows a program; B=1031 leaves a partial last program."""
+@pytest.mark.parametrize("layout", ["contiguous", "column_slice", "transposed", "broadcast_row"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_short_rows_match_reference(backend, F, dtype, layout):
+    """Short rows: Triton's one-tile path with many rows a program (B=1031 leaves a partial last program); the
+    CPU's float32 short-row loops (F <= 4, rows F apart, F fixed at compile time) and its strided forward, over
+    256-row blocks, the last one partial."""
     B = 1031
     grad, logits = _grad_layout(B, F, layout, dtype, seed=F)
     assert grad.is_contiguous() == (layout == "contiguous" or (layout == "transposed" and F == 1))
@@ -215,7 +220,7 @@ def test_short_rows_match_reference_triton(F, dtype, layout):
         g, l = grad.detach().requires_grad_(True), logits.detach().requires_grad_(True)
         gl, ll = grad.detach().requires_grad_(True), logits.detach().requires_grad_(True)
         g64, l64 = grad.double().requires_grad_(True), logits.double().requires_grad_(True)
-        out = P.grad_norm_penalty(g, l, weight, "none", backend="triton")
+        out = P.grad_norm_penalty(g, l, weight, "none", backend=backend)
         r_low = ref.grad_norm_penalty(gl, ll, weight, "none")
         r64 = ref.grad_norm_penalty(g64, l64, weight, "none")
         assert out.dtype == dtype

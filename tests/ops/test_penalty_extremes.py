@@ -34,13 +34,14 @@ def test_infinite_logits_keep_the_penalty_finite_in_every_mode(mode, inf):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("F", [255, 256, 600])
+@pytest.mark.parametrize("F", [1, 3, 4, 255, 256, 600])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 def test_overflowing_squares_do_not_depend_on_the_layout(backend, F, layout):
-    """|g| = 1e19: each square overflows float32 but the float64 sum of a row, times a weight of ~4e-77 (a logit of
-    88), is finite. The CPU kernel sums in double; the others (float32 accumulation, as torch's) give inf for every
-    F and layout, the same answer for every layout."""
-    g64 = torch.full((3, F), 1e19, dtype=torch.float64)
+    """|g| = 3e19: each square (9e38) overflows float32 but the float64 sum of a row, times a weight of ~4e-77 (a
+    logit of 88), is finite. The CPU kernel sums in double (its short float32 rows, F <= 4, square in double too:
+    1e19's squares fit in float32 one by one and could not tell); the others (float32 accumulation, as torch's) give
+    inf for every F and layout, the same answer for every layout."""
+    g64 = torch.full((3, F), 3e19, dtype=torch.float64)
     psi = torch.full((3,), 88.0)
     g = g64.float() if layout == "contiguous" else g64.float().t().contiguous().t()
     got = grad_norm_penalty(g, psi, "js_real", reduction="none", backend=backend)
