@@ -140,8 +140,9 @@ def test_a_module_with_as_sequential_takes_the_closed_form():
 @runs("@torch.compile(fullgraph=True)")
 def test_compiled_closed_form_loss():
     """fullgraph compiles it (aot_eager here: inductor's C++ build would take a minute on CI's CPU, and the claim
-    is that Dynamo traces the op without a graph break). On torch < 2.8 the closed form runs eagerly, a graph
-    break, as the README says above the block: there without fullgraph."""
+    is that Dynamo traces the op without a graph break). Where fastgan does not let Dynamo trace the closed form
+    (torch other than 2.8 and >= 2.13) it runs eagerly, a graph break, as the README says above the block: there
+    without fullgraph."""
     from fastgan.ops import penalty_jvp
 
     torch._dynamo.reset()
