@@ -30,7 +30,11 @@ class CSVLogger:
                 with open(self.path, newline="") as f:
                     reader = csv.DictReader(f)
                     self.columns = list(reader.fieldnames or [])
-                    self.rows = [r for r in reader]
+                    for r in reader:
+                        if None in r:  # more fields than the header: the first row logged could not write them
+                            raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
+                                            f"fields, the header {len(self.columns)}")
+                        self.rows.append(r)
             except (UnicodeDecodeError, csv.Error) as e:
                 raise ValueError(f"{self.path} is not a readable CSV log ({e}); move it aside to continue the run "
                                  "with a new one") from None

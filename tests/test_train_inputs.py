@@ -45,12 +45,20 @@ def test_a_resume_failing_in_setup_leaves_the_run_folder_as_it_was(tmp_path, mon
     assert _files(d) == before
 
 
-def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize("damage", ["bytes", "extra_field"])
+def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path, damage):
+    """extra_field: a row with more fields than the header was read, trained a step, then failed writing the
+    first row logged ("dict contains fields not in fieldnames: None"), config.yaml rewritten."""
     d = tmp_path / "r"
     _train(d)
-    (d / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    if damage == "bytes":
+        (d / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        lines = (d / "metrics.csv").read_text().splitlines()
+        (d / "metrics.csv").write_text("\n".join([lines[0], lines[1] + ",7", *lines[2:]]) + "\n")
     before = _files(d)
-    with pytest.raises(ValueError, match=f"{d / 'metrics.csv'} is not a readable CSV log"):
+    with pytest.raises(ValueError, match=f"{d / 'metrics.csv'} is not a readable CSV log"
+                       + (r" \(line 2 has" if damage == "extra_field" else "")):
         _train(d, steps=4, resume=True)
     assert _files(d) == before
 
