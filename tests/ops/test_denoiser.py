@@ -658,3 +658,19 @@ def test_corrupt_covers_every_block(dtype):
     out = torch.full_like(h, float("nan"))
     _ext.C().corrupt_cpu(h.data_ptr(), noise.data_ptr(), out.data_ptr(), 0.3, DTYPE_CODES[dtype], h.numel())
     torch.testing.assert_close(out, h + torch.tensor(0.3, dtype=dtype) * noise, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["no_running_stats", "running_stats"])
+def test_bn_relu_refuses_a_single_sample_in_training_mode(running):
+    """As nn.BatchNorm1d ("Expected more than 1 value per channel when training"): one sample has no batch
+    variance, the output would be beta and the running variance would take a 0 (unbiased over max(B - 1, 1))."""
+    y = torch.randn(1, 4, dtype=torch.float64)
+    p = [torch.randn(4, dtype=torch.float64) for _ in range(3)]
+    rm, rv = (torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)) if running else (None, None)
+    with pytest.raises(ValueError, match="^y: training-mode BatchNorm needs a batch of at least 2 samples, got 1"):
+        bn_relu(y, *p, rm, rv, training=True, backend="reference")
+    if running:
+        assert torch.equal(rm, torch.zeros(4, dtype=torch.float64)) and torch.equal(rv, torch.ones(4, dtype=torch.float64))
+    # eval mode normalises with the running statistics: one sample is fine there
+    if running:
+        bn_relu(y, *p, rm, rv, training=False, backend="reference")

@@ -1143,3 +1143,14 @@ def test_draws_where_the_radius_uniform_is_tiny(backend, counter, word):
     state.tensor[1] = counter
     r, _ = noisy_clean_batch(z, z, 1.0, state=state, backend=backend)
     torch.testing.assert_close(r[1], ref.philox_normal(2024, counter, 4), rtol=4e-6, atol=4e-6)
+
+
+_Z4 = torch.zeros(4, 3)
+
+
+@pytest.mark.parametrize("sigma", [-0.5, -1, -1e-30])
+def test_negative_float_sigma_is_refused(sigma):
+    """noise (sigma) must be >= 0, on the float fast path (-0.5) and the general one (an int, -1), and for a tiny
+    negative value; eps = sigma * z with sigma < 0 would flip the noise silently."""
+    with pytest.raises(ValueError, match=r"noise \(sigma\) must be >= 0"):
+        noisy_clean_batch(_Z4, _Z4, sigma, state=NoiseState(0))

@@ -620,3 +620,109 @@ def test_cuda_dropout_replayed():
     _run_js(D_new, xr, xf, "jvp", seed=7)
     assert torch.equal(torch.cuda.get_rng_state(), state_ref)
     _assert_grads_close(D_new, D_ref, 1e-9)
+
+
+@pytest.mark.parametrize("wrong", ["gradient", "value"])
+def test_auto_falls_back_when_jvp_silently_disagrees_with_the_double_backward(wrong, auto_jvp_on_cpu, monkeypatch):
+    """auto's one-time check must compare jvp's penalty and its parameter gradients with the double backward's,
+    not only notice errors: a jvp result off by a term that raises nothing must give the FallbackWarning and the
+    double backward's gradients (the oracle: fastgan.reference's double backward)."""
+    real_jvp = penalty_jvp.jvp_penalty
+
+    def skewed(D, x, *args, **kwargs):
+        pen, logits = real_jvp(D, x, *args, **kwargs)
+        if wrong == "gradient":  # same value, a gradient the double backward does not have
+            s = 0.1 * sum((p * p).sum() for p in D.parameters())
+            return pen + (s - s.detach()), logits
+        # the same gradient, a value off by 1e-3 relative (far above the float64 tolerance)
+        return pen + 1e-3 * pen.detach().abs(), logits
+
+    monkeypatch.setattr(penalty_jvp, "jvp_penalty", skewed)
+    D, xr, xf = _make("conv_bn", torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    with pytest.warns(FallbackWarning, match="jvp path does not support"):
+        _run_js(D_new, xr, xf, "auto")
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
+def test_closed_form_refuses_an_active_dropout():
+    """The closed form has no step for Dropout (it treats it as the identity), so a D with an active Dropout must
+    be refused by mode='mlp' and passed over by 'auto' (which would otherwise drop the masks silently)."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Dropout(0.5), nn.Linear(8, 1)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    steps, why = mlp_penalty.plan(D, x)
+    assert steps is None and "Dropout" in why
+    with pytest.raises(ValueError, match="Dropout"):
+        gradient_penalty(D, x, "js_real", mode="mlp")
+    assert penalty_mode(D, x)[0] != "mlp"
+    # in eval mode (or with p=0) it is the identity, and the closed form takes it
+    assert mlp_penalty.plan(D.eval(), x)[0] is not None
+
+
+class _GluDropoutD(nn.Module):
+    """GluD (F.glu: the jvp path fails, auto's check falls back) with an active Dropout: D draws random numbers."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(3, 16)
+        self.drop = nn.Dropout(0.5)
+        self.l2 = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.l2(torch.nn.functional.glu(self.drop(self.l1(x)), -1))
+
+
+def test_auto_fallback_draws_the_double_backwards_dropout_masks(auto_jvp_on_cpu):
+    """After a failed jvp check, auto's double backward must run from the random-number state the call started
+    with: the same dropout masks, gradients and generator state as the double backward alone."""
+    torch.manual_seed(0)
+    D = _GluDropoutD().double()
+    xr, xf = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    state_ref = torch.get_rng_state()
+    with pytest.warns(FallbackWarning, match="jvp path does not support"):
+        _run_js(D_new, xr, xf, "auto")
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    assert torch.equal(torch.get_rng_state(), state_ref)
+
+
+class _TrainOnlyDirectBatchNorm(nn.Module):
+    """jvp runs it in eval mode (tanh) but not in training mode (torch.batch_norm called directly)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(3, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.l2 = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.l1(x)
+        if self.training:
+            h = torch.batch_norm(h, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var,
+                                 True, 0.1, 1e-5, False)
+        else:
+            h = torch.tanh(h)
+        return self.l2(h)
+
+
+def test_auto_checks_jvp_again_after_train_eval_switch(auto_jvp_on_cpu):
+    """auto's jvp verdict holds for D's modules with their training flags: a verdict reached in eval mode must
+    not be reused in training mode, where this D's forward differs (and jvp cannot run it)."""
+    torch.manual_seed(0)
+    D = _TrainOnlyDirectBatchNorm().double()
+    xr, xf = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    D.eval()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_new, xr, xf, "auto")  # eval: jvp matches, the verdict is remembered
+    D_new.zero_grad()
+    D_ref.train()
+    D_new.train()
+    _run_js(D_ref, xr, xf, "reference")
+    with pytest.warns(FallbackWarning, match="jvp path does not support"):
+        _run_js(D_new, xr, xf, "auto")
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
