@@ -361,3 +361,9 @@ def test_a_run_against_itself_ties_and_swapping_runs_swaps_results(two_runs):
     assert same["model1"] == same["model2"] and same["better"] is None
     ab, ba = crosstest.cross_test_runs(a, b, samples=200), crosstest.cross_test_runs(b, a, samples=200)
     assert ab["model1"] == ba["model2"] and ab["model2"] == ba["model1"]
+
+
+def test_a_logit_of_exactly_zero_is_not_called_real():
+    # "Real" is D(x) > 1/2, i.e. a logit > 0: at x_0 = 0.5 the logit is exactly 0 (D(x) = 1/2), not real
+    d = threshold_d(0.5)
+    assert real_fraction(d, points(0.5, 0.5, 1.0, 0.0)) == 0.25

@@ -83,3 +83,32 @@ def test_default_sigma_grid_reaches_the_mixtures_optimum(name):
     assert max(res["validation"].values()) >= wide[1][wide[0]] - 0.05
     narrow = parzen_score(samples, val, test, torch.logspace(-1, 0, 10))
     assert narrow["sigma_at_grid_edge"] and res["log_likelihood"] > narrow["log_likelihood"] + 0.5
+
+
+def test_a_mode_with_exactly_min_count_samples_is_covered():
+    # "a mode is covered when at least min_count high-quality samples fall to it": counts (1, 2)
+    means = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert mode_metrics(x, means, 0.1)["counts"] == [1, 2]
+    assert mode_metrics(x, means, 0.1, min_count=1)["modes"] == 2
+    assert mode_metrics(x, means, 0.1, min_count=2)["modes"] == 1
+    assert mode_metrics(x, means, 0.1, min_count=3)["modes"] == 0
+
+
+def test_default_sigma_grid_holds_ten_values_in_0_1_to_1():
+    # the documented default grid (metrics/parzen.py): 10 values log-spaced in [0.1, 1], 10^(-1 + i/9), first;
+    # it may extend by further decades (the paper says only that sigma was cross-validated)
+    g = torch.Generator().manual_seed(0)
+    samples, val = torch.randn(500, 2, generator=g), torch.randn(200, 2, generator=g)
+    _, scores = select_sigma(samples, val)
+    for i in range(10):
+        want = 10 ** (-1 + i / 9)
+        assert any(s == pytest.approx(want, rel=1e-6) for s in scores), want
+
+
+def test_high_quality_fraction_counts_non_finite_samples_in_the_denominator():
+    # non-finite samples are low quality: 3 samples on a mode and 1 NaN give a high-quality fraction of 3 / 4
+    means = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [float("nan"), 0.0]])
+    m = mode_metrics(x, means, 0.1)
+    assert m["high_quality"] == pytest.approx(0.75) and m["counts"] == [1, 2]

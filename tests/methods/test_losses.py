@@ -147,3 +147,51 @@ def test_fixed_noise_linear_annealing():
     assert n.sigma.item() == 0.0
     n.update(12)
     assert n.sigma.item() == 0.0
+
+
+# its Linear test module).
+
+
+def test_reference_nt_half_batch_of_an_odd_batch():
+    # NTGAN section 2.3, "half": m = 3, h = 1 clean sample and 2 noisy ones (same eps for real and fake), each
+    # part averaged: L_r = mu log s(psi(x_1)) + (1 - mu) (log s(psi(x_2 + e_1)) + log s(psi(x_3 + e_2))) / 2
+    D = Linear([1.0])  # psi(x) = x
+    x_real, x_fake = T(0.5, 1.0, -1.0)[:, None], T(-0.5, 2.0, 0.0)[:, None]
+    eps = T(0.5, 1.0)[:, None]  # noisy real 1.5, 0.0; noisy fake 2.5, 1.0
+    mu = 0.25
+    ls = lambda v: -math.log1p(math.exp(-v))  # noqa: E731  log sigmoid(v)
+    l1s = lambda v: -math.log1p(math.exp(v))  # noqa: E731  log(1 - sigmoid(v))
+    want = (mu * ls(0.5) + (1 - mu) * (ls(1.5) + ls(0.0)) / 2
+            + mu * l1s(-0.5) + (1 - mu) * (l1s(2.5) + l1s(1.0)) / 2)
+    got = ref.nt_d_value(D, x_real, x_fake, eps, torch.tensor(mu, dtype=torch.float64), batch="half")
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # the generator's step (non-saturating): mu (-log s(psi(x~_1))) + (1 - mu) (mean of -log s on the noisy two)
+    want_g = -(mu * ls(-0.5) + (1 - mu) * (ls(2.5) + ls(1.0)) / 2)
+    got_g = ref.nt_g_loss(D, x_fake, eps, torch.tensor(mu, dtype=torch.float64), batch="half")
+    assert got_g.item() == pytest.approx(want_g, rel=1e-12)
+
+
+def test_dfm_denoiser_loss_corrupts_with_sigma_times_the_noise():
+    # Eq. 5 with C(h) = h + sigma n: for r the identity, Phi - r(Phi + sigma n) = -sigma n, so the loss is
+    # sigma^2 mean_i ||n_i||^2 = 0.25 * (9 + 25 + 1 + 0) / 4 for sigma = 0.5
+    from fastgan.methods import dfm
+
+    phi = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    n = torch.tensor([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    want = 0.25 * 35 / 4
+    assert dfm.denoiser_loss(torch.nn.Identity(), phi, n, 0.5).item() == pytest.approx(want, rel=1e-12)
+    assert ref.dfm_denoiser_loss(torch.nn.Identity(), phi, n, 0.5).item() == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "auto", "jvp", "mlp"])
+def test_roth_f_penalty_pearson_hand_value(mode):
+    from fastgan.methods.roth import regularizer
+
+    # Pearson chi^2: T = v, f*(t) = t^2 / 4 + t, f*'' = 1/2, so Omega_f = E_Q[1/2 ||grad psi||^2] = 12.5 for
+    # psi = a . x with a = (3, 4), in every penalty mode
+    D = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False)).double()  # "mlp" runs on an nn.Sequential
+    with torch.no_grad():
+        D[0].weight.copy_(T(3.0, 4.0)[None])
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    omega, _, _ = regularizer(D, "f", x, x, f="pearson", mode=mode)
+    assert omega.item() == pytest.approx(12.5, rel=1e-12)

@@ -191,3 +191,34 @@ def test_learned_sigma_gradient_includes_penalty():
     (g_adv,) = torch.autograd.grad(-out.adv, [M.noise.sigma])
     assert g.item() == pytest.approx(g_adv.item() + 2 * 0.5 * M.noise.sigma.item(), rel=1e-10)
     assert g_adv.item() != 0
+
+
+def test_half_batch_weights_of_an_odd_batch():
+    # m = 5: h = 2 clean rows x_1, x_2 and 3 noisy rows x_3 + eps_1 .. x_5 + eps_3; each part is averaged over
+    # its own rows, so the weights are mu / 2 and (1 - mu) / 3, and they sum to 1
+    x = torch.arange(10, dtype=torch.float64).reshape(5, 2)
+    eps = torch.full((3, 2), 100.0, dtype=torch.float64)
+    xb, w, clean = nt_mod.build(x, eps, torch.tensor(0.3, dtype=torch.float64), "half", True)
+    assert torch.equal(xb[:2], x[:2]) and torch.equal(xb[2:], x[2:] + 100.0)
+    assert torch.allclose(w, torch.tensor([0.15, 0.15] + [0.7 / 3] * 3, dtype=torch.float64))
+    assert w.sum().item() == pytest.approx(1.0)
+    assert clean == slice(0, 2) and nt_mod.noise_count(5, "half", True) == 3
+
+
+def test_fixed_noise_annealing_follows_the_generator_iteration():
+    # ablation row (c): sigma(t) = sigma (1 - t / T) for generator iteration t = 1, 2, ... (held at 0 after T)
+    M = _tiny_nt("method.nt.noise=fixed", "method.nt.sigma=1.5", "method.nt.sigma_anneal=linear",
+                 "method.nt.anneal_steps=10")
+    for t in (1, 4, 10, 12):
+        M.update_schedules(t)
+        assert M.noise.sigma.item() == pytest.approx(1.5 * max(0.0, 1 - t / 10)), t
+
+
+def test_annealed_fixed_noise_scales_eps_by_the_current_sigma():
+    # eps = sigma(t) n: the annealed sigma, not the initial one, scales the draws (sigma(4) = 1.5 * 0.6)
+    noise = nt_mod.FixedNoise(1.5, "linear", total=10)
+    draws = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    noise.update(4)
+    assert torch.allclose(noise(draws), 0.9 * draws)
+    noise.update(10)
+    assert torch.equal(noise(draws), torch.zeros_like(draws))

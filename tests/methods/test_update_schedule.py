@@ -93,3 +93,25 @@ def test_simultaneous_needs_one_d_step():
         coerce(None, ["method.name=dfm", "method.d_steps=2"])
     cfg = coerce(None, ["method.name=dfm", "method.d_steps=2", "method.update=alternating"])
     assert cfg.method.resolved_update == "alternating"
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_dfm_uses_the_configured_sigma_and_loss_weights(fused):
+    # eq. 4 / eq. 5 with non-default lambda_denoise, lambda_adv and corruption sigma (defaults 0.03 / n_h, 1, 1)
+    M = make("method.name=dfm", "optim.optimizer=sgd", "optim.lr_d=0.3", "optim.lr_g=0.2", "optim.lr_denoiser=0.4",
+             "method.dfm.lambda_denoise=0.5", "method.dfm.lambda_adv=2.0", "method.dfm.sigma=0.5",
+             f"method.dfm.fused={fused}")
+    assert M.lambda_dn == 0.5
+    D0, G0, r0 = copy.deepcopy(M.D), copy.deepcopy(M.G), copy.deepcopy(M.denoiser)
+    gen_state = M.generator.get_state()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    M.train_step(1, lambda m: x)
+    M.generator.set_state(gen_state)
+    d = M.draws(8)
+    d = Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
+    fake = G0(d.z)
+    gr = torch.autograd.grad(ref.dfm_denoiser_loss(r0, D0.features(x), d.dn_noise, 0.5), list(r0.parameters()))
+    gG = torch.autograd.grad(ref.dfm_g_loss(D0, r0, fake, 2.0, 0.5), list(G0.parameters()))
+    for new, old, g, lr in [(M.denoiser, r0, gr, 0.4), (M.G, G0, gG, 0.2)]:
+        for p_new, p_old, gi in zip(new.parameters(), old.parameters(), g):
+            assert torch.allclose(p_new, p_old - lr * gi, rtol=1e-9, atol=1e-12)

@@ -670,7 +670,22 @@ def test_bn_relu_refuses_a_single_sample_in_training_mode(running):
     with pytest.raises(ValueError, match="^y: training-mode BatchNorm needs a batch of at least 2 samples, got 1"):
         bn_relu(y, *p, rm, rv, training=True, backend="reference")
     if running:
-        assert torch.equal(rm, torch.zeros(4, dtype=torch.float64)) and torch.equal(rv, torch.ones(4, dtype=torch.float64))
+        assert torch.equal(rm, torch.zeros(4, dtype=torch.float64))
+        assert torch.equal(rv, torch.ones(4, dtype=torch.float64))
     # eval mode normalises with the running statistics: one sample is fine there
     if running:
         bn_relu(y, *p, rm, rv, training=False, backend="reference")
+
+
+def test_functional_reference_corrupts_with_sigma():
+    # eq. 5 with C(h) = h + sigma n written out on the nn modules: mean_i ||h_i - r(h_i + sigma n_i)||^2
+    torch.manual_seed(0)
+    net = ref.make_denoiser(3, 4, depth=2).double()
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    bns = [m for m in net if isinstance(m, nn.BatchNorm1d)]
+    h = torch.randn(6, 3, dtype=torch.float64)
+    noise = torch.randn_like(h)
+    want = (h - net(h + 0.3 * noise)).pow(2).sum(1).mean()
+    got = ref.functional_denoiser_loss(h, noise, 0.3, [m.weight for m in lin], [m.bias for m in lin],
+                                       [b.weight for b in bns], [b.bias for b in bns], None, None, True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
