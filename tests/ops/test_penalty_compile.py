@@ -52,10 +52,20 @@ def _compare_d(factory, make_x, mode, backend, fullgraph, rtol=1e-12, device="cp
         torch.testing.assert_close(b, w, rtol=rtol, atol=1e-14)
 
 
-# torch < 2.8 and 2.9-2.12: the closed form runs eagerly inside the compiled function
-# (penalty_jvp.CLOSED_FORM_TRACED: traced on 2.11 its gradients were wrong), so no fullgraph there; gradients and
-# buffers must still equal eager mode's
+# torch < 2.7 and 2.11: the closed form runs eagerly inside the compiled function
+# (penalty_jvp.CLOSED_FORM_TRACED: traced on 2.4-2.6 and 2.11 its gradients were wrong), so no fullgraph there;
+# gradients and buffers must still equal eager mode's
 FULLGRAPH = penalty_jvp.CLOSED_FORM_TRACED
+
+
+@pytest.mark.parametrize("version, traced", [
+    ("2.4.1", False), ("2.6.0", False), ("2.7.1", True), ("2.10.0", True), ("2.11.0+cu130", False),
+    ("2.11.0a0+git1234", False), ("2.11.1", False), ("2.12.1+cu130", True), ("2.13.0+cpu", True),
+    ("2.16.0.dev20270101", True), ("3.0.0", True)])
+def test_which_torch_versions_trace_the_closed_form(version, traced):
+    """The versions run traced (2.7.1-2.10.0, 2.12.1-2.14.1) and those seen wrong (2.4.1-2.6.0, 2.11.0), a 2.11
+    pre-release or patch release counted as 2.11."""
+    assert penalty_jvp.closed_form_traced_on(version) is traced
 
 
 @pytest.mark.parametrize("name", TRACED)
