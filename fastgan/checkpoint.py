@@ -43,6 +43,18 @@ def save(path, state: Mapping) -> Path:
 REQUIRED = ("step", "config", "method", "rng")
 
 
+def _load_error_cause(e: Exception) -> str:
+    """The line of torch.load's message that says what is wrong: its unpickler's reason, which torch >= 2.6 puts
+    on the line after "WeightsUnpickler error:" (that line is its boilerplate), else its first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "Unpickler error" in ln:
+            head, _, reason = ln.partition("Unpickler error")
+            reason = reason.lstrip(": ").strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"{head.split()[-1] if head.split() else ''}Unpickler error: {reason}"
+    return lines[0] if lines else ""
+
+
 def load(path, map_location="cpu") -> dict:
     """Read and check a checkpoint; raises FileNotFoundError or CheckpointError naming the file and cause."""
     p = Path(path)
@@ -53,10 +65,8 @@ def load(path, map_location="cpu") -> dict:
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for damaged zips / pickles
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unpickler error" in ln), lines[0] if lines else "")
         raise CheckpointError(f"checkpoint {p} is corrupt or not a fastgan checkpoint "
-                              f"({type(e).__name__}: {why})") from None
+                              f"({type(e).__name__}: {_load_error_cause(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {p} is not a fastgan checkpoint (no '{FORMAT}' marker)")
     if state.get("version") != VERSION:

@@ -1,5 +1,8 @@
 """Checkpoint files: atomic writes, clear errors for damaged or foreign files, RNG state round trips."""
+import os
 import random
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +168,101 @@ def test_damaged_checkpoint_is_refused_at_load_naming_file_and_entry(trained, tm
             fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={d}"], resume=True)
     assert "\n" not in str(e.value)
     assert {f: f.read_bytes() for f in d.rglob("*") if f.is_file() and f.name != ".fastgan.lock"} == before
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_then_the_folder(tmp_path, monkeypatch):
+    """The module's promise: written to a temporary file in the same folder, flushed to disk, then renamed."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    target = tmp_path / "c" / "last.pt"
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src).parent == Path(dst).parent, os.stat(src).st_ino))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ckpt.save(target, _state())
+    monkeypatch.undo()
+    final = os.stat(target).st_ino
+    assert events[0] == ("fsync", "file", final)  # the data, before it is visible under the name
+    assert events[1] == ("replace", True, final)  # renamed within the folder
+    assert ("fsync", "dir", os.stat(target.parent).st_ino) in events[2:]  # and the rename itself made durable
+    assert ckpt.load(target)["step"] == 3
+
+
+def test_empty_and_corrupt_checkpoints_name_the_cause(tmp_path):
+    p = ckpt.save(tmp_path / "last.pt", _state())
+    data = p.read_bytes()
+    p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"last\.pt is empty"):
+        ckpt.load(p)
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt .*\(\w+Error: \S.*\)$"):
+        ckpt.load(p)
+
+
+def test_rng_round_trip_keeps_cached_gaussians(tmp_path):
+    """Python's random.gauss and NumPy's legacy randn draw normals in pairs and cache the second: a resumed run
+    must get the cached one back."""
+    random.seed(5)
+    np.random.seed(6)
+    random.gauss(0.0, 1.0)
+    np.random.randn()  # both now hold a cached second normal
+    ckpt.save(tmp_path / "r.pt", {"step": 0, "config": {}, "method": {}, "rng": ckpt.rng_state()})
+
+    def draw():
+        return random.gauss(0.0, 1.0), np.random.randn(), random.gauss(0.0, 1.0), np.random.randn()
+
+    first = draw()
+    draw()
+    ckpt.set_rng_state(ckpt.load(tmp_path / "r.pt")["rng"])
+    assert draw() == first
+
+
+def test_adam_state_is_required_from_step_1(tmp_path):
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([w])
+    w.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"] = {}
+    with pytest.raises(CheckpointError, match=r"method\.optimizers\.G\.state: empty \(no Adam moments\).*at step 1"):
+        ckpt.check_optimizer_state(tmp_path / "x.pt", "G", saved, opt, 1)
+    ckpt.check_optimizer_state(tmp_path / "x.pt", "G", saved, opt, 0)  # a step-0 checkpoint has none yet
+
+
+@pytest.mark.parametrize("key", ["method", "rng"])
+@pytest.mark.parametrize("value", [None, "x", [1, 2]])
+def test_non_mapping_sections_are_refused_at_load(tmp_path, key, value):
+    state = _state()
+    state[key] = value
+    p = ckpt.save(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointError, match=rf"last\.pt: {key} must be a mapping, got {type(value).__name__}"):
+        ckpt.load(p)
+
+
+def test_a_garbage_file_names_the_unpicklers_reason(tmp_path):
+    """torch >= 2.6 puts the unpickler's reason on the line after its "WeightsUnpickler error:" boilerplate; the
+    error names the reason, not the boilerplate."""
+    p = tmp_path / "last.pt"
+    p.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt .*Unpickler error: Unsupported operand \d+\)$"):
+        ckpt.load(p)
+
+
+@pytest.mark.parametrize("message, cause", [
+    ("Weights only load failed. Re-running ... trusted source.\nPlease file an issue ...: WeightsUnpickler error: "
+     "\n\nUnsupported operand 103\n\nCheck the documentation of torch.load",
+     "WeightsUnpickler error: Unsupported operand 103"),
+    ("Weights only load failed. ...\n Unpickler error: Unsupported global: GLOBAL os.system",
+     "Unpickler error: Unsupported global: GLOBAL os.system"),
+    ("PytorchStreamReader failed reading zip archive: failed finding central directory\nmore",
+     "PytorchStreamReader failed reading zip archive: failed finding central directory"),
+    ("", "")])
+def test_load_error_cause_takes_the_reason_line(message, cause):
+    assert ckpt._load_error_cause(RuntimeError(message)) == cause

@@ -110,3 +110,19 @@ def test_a_failed_capture_names_the_steps_own_error_first():
                    "capture: RuntimeError: CUDA error: operation failed due to a previous error during capture)")
     assert _first_cause(ValueError("alone")) == "ValueError: alone"
     assert _first_cause(KeyError()) == "KeyError"
+
+
+def test_a_failed_capture_names_the_first_error_of_a_longer_chain():
+    from fastgan.graph import _first_cause
+
+    try:
+        try:
+            try:
+                raise RuntimeError("the step's own error")
+            except RuntimeError:
+                raise RuntimeError("second")
+        except RuntimeError:
+            raise RuntimeError("third")
+    except RuntimeError as e:
+        got = _first_cause(e)
+    assert got == "RuntimeError: the step's own error (then, ending the capture: RuntimeError: third)"

@@ -249,3 +249,29 @@ def test_npz_errors(tmp_path, pixels):
         build_dataset(DataConfig(name="npz", path=str(f)))
     with pytest.raises(FileNotFoundError):
         build_dataset(DataConfig(name="npz", path=str(tmp_path / "missing.npz")))
+
+
+README_FASHION_DIR = "/usr/share/datasets/fashion-mnist/"  # README: fashion_mnist's default data.path
+
+
+@pytest.mark.skipif(not os.path.isdir(README_FASHION_DIR),
+                    reason=f"Fashion-MNIST not installed at {README_FASHION_DIR}")
+def test_fashion_mnist_default_path_is_the_documented_one_and_scaled_to_pm1():
+    ds = build_dataset(DataConfig(name="fashion_mnist", max_samples=2000))
+    assert ds.source == README_FASHION_DIR and ds.shape == (1, 28, 28)
+    x = all_samples(ds)
+    # uint8 pixels 0..255 -> [-1, 1]: the background (0) is exactly -1, the brightest pixel (255) exactly 1
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+
+
+def test_float_images_spanning_exactly_0_to_1_map_to_pm1(tmp_path):
+    # data.value_range default: "for floats (0, 1) when no value is negative, else (-1, 1)" -- 0 is not negative
+    a = np.linspace(0.0, 1.0, 2 * 16, dtype=np.float32).reshape(2, 4, 4)
+    np.savez(tmp_path / "f.npz", x=a)
+    x = all_samples(build_dataset(DataConfig(name="npz", path=str(tmp_path / "f.npz"))))
+    assert torch.allclose(x, torch.from_numpy(a[:, None] * 2 - 1), atol=1e-6)
+
+
+def test_mixture_nominal_size_default():
+    # README's data table: nominal_size 100000, the len() of a mixture
+    assert len(build_dataset(DataConfig(name="ring8"))) == 100000

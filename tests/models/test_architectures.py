@@ -199,3 +199,116 @@ def test_noise_generator_same_latent_as_g():
     for arch, shape in (("mlp", (3,)), ("dcgan", (3, 32, 32))):
         cfg = ModelConfig(arch=arch)
         assert build_noise_generator(cfg, shape).latent_dim == build_generator(cfg, shape).latent_dim
+
+
+def _layer(m):
+    """A layer as a short, comparable description."""
+    if isinstance(m, nn.Linear):
+        return ("fc", m.in_features, m.out_features)
+    if isinstance(m, nn.ConvTranspose2d):
+        return ("deconv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+    if isinstance(m, nn.Conv2d):
+        return ("conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+    if isinstance(m, nn.BatchNorm2d):
+        return ("bn", m.num_features)
+    if isinstance(m, nn.LeakyReLU):
+        return ("lrelu", m.negative_slope)
+    if isinstance(m, nn.ReLU):
+        return ("relu",)
+    if isinstance(m, nn.Tanh):
+        return ("tanh",)
+    if isinstance(m, nn.Flatten):
+        return ("flatten",)
+    return (type(m).__name__,)
+
+
+TABLE1_G = [("fc", 128, 4 * 4 * 512), ("bn", 512), ("relu",),                 # FC BN ReLU 4x4xM
+            ("deconv", 512, 256, 4, 2, 1), ("bn", 256), ("relu",),              # deconv 4x4 s2 BN ReLU 256
+            ("deconv", 256, 128, 4, 2, 1), ("bn", 128), ("relu",),              # ... 128
+            ("deconv", 128, 64, 4, 2, 1), ("bn", 64), ("relu",),                # ... 64
+            ("deconv", 64, 3, 3, 1, 1), ("tanh",)]                              # deconv 3x3 s1 tanh 3
+
+
+TABLE1_D = [("conv", 3, 64, 3, 1, 1), ("lrelu", 0.2),                           # conv 3x3 s1 lReLU 64 (no BN)
+            ("conv", 64, 64, 4, 2, 1), ("bn", 64), ("lrelu", 0.2),              # conv 4x4 s2 BN lReLU 64
+            ("conv", 64, 128, 4, 2, 1), ("bn", 128), ("lrelu", 0.2),            # ... 128
+            ("conv", 128, 256, 4, 2, 1), ("bn", 256), ("lrelu", 0.2),           # ... 256
+            ("conv", 256, 512, 4, 2, 1), ("bn", 512), ("lrelu", 0.2),           # ... 512
+            ("flatten",), ("fc", 512 * 2 * 2, 1)]                               # fully-connected 1 (logit)
+
+
+def test_dcgan_layer_sequence_is_ntgan_table1_row_by_row():
+    G = build_generator(ModelConfig(arch="dcgan"), (3, 32, 32))
+    assert [_layer(G.fc)] + [_layer(m) for m in G.net] == TABLE1_G
+    D = build_discriminator(ModelConfig(arch="dcgan"), (3, 32, 32))
+    assert [_layer(m) for m in D.as_sequential()] == TABLE1_D
+    # plain affine layers: the logit layer has its bias (the sigmoid's threshold), as does G's FC
+    assert D.out.bias is not None and G.fc.bias is not None
+
+
+def test_dcgan_noise_generator_is_table1_g_with_channels_over_8():
+    # "The noise-generator network follows the generator architecture with the number of channels reduced by a
+    # factor of 8" (Table 1's caption); its output is 2 * tanh (NTGAN appendix 6.3).
+    want = []
+    for row in TABLE1_G[:-1]:
+        if row[0] == "fc":
+            want.append(("fc", 128, 4 * 4 * 512 // 8))
+        elif row[0] == "deconv":
+            want.append(("deconv", row[1] // 8, row[2] // 8 if row[2] != 3 else 3, *row[3:]))
+        elif row[0] == "bn":
+            want.append(("bn", row[1] // 8))
+        else:
+            want.append(row)
+    N = build_noise_generator(ModelConfig(arch="dcgan"), (3, 32, 32))
+    got = [_layer(N.fc)] + [_layer(m) for m in N.net]
+    assert got[:-1] == want and got[-1] == ("ScaledTanh",) and N.net[-1].scale == 2.0
+
+
+def test_dcgan_every_leaky_relu_uses_the_configured_slope():
+    D = build_discriminator(ModelConfig(arch="dcgan", leaky_slope=0.1, dcgan_width=4), (1, 16, 16))
+    slopes = [m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)]
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert slopes == [0.1] * len(convs) and len(convs) == 4  # one lReLU after every conv (3 halvings + the first)
+
+
+def test_goodfellow_discriminator_drops_out_the_logit_layers_input():
+    # mnist.yaml: dropout (keep 0.5) on the input of every layer after the first, the sigmoid logit layer included
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(arch="goodfellow"), (2,))
+    with torch.no_grad():
+        D.out.weight.fill_(1.0)
+        D.out.bias.zero_()
+    h = torch.ones(512, D.feature_dim)
+    D.train()
+    y = D.head(h)
+    # kept units are scaled by 1/keep = 2: the logit is 2 * (number kept), varying from row to row around 240
+    assert y.std() > 1.0 and abs(y.mean().item() - D.feature_dim) < 3.0
+    assert torch.equal(torch.remainder(y, 2.0), torch.zeros_like(y))
+    D.eval()
+    assert torch.equal(D.head(h), torch.full((512, 1), float(D.feature_dim)))
+
+
+def test_goodfellow_batchnorm_skips_the_first_maxout_layer():
+    # model.d_batchnorm: "BatchNorm ... in D's hidden layers except the first"
+    D = build_discriminator(ModelConfig(arch="goodfellow", d_batchnorm=True, d_hidden=(8, 8, 8)), (4,))
+    maxouts = [m for m in D.modules() if isinstance(m, Maxout)]
+    assert [type(m.norm) for m in maxouts] == [nn.Identity, nn.BatchNorm1d, nn.BatchNorm1d]
+    assert [m.norm.num_features for m in maxouts[1:]] == [8 * 5, 8 * 5]
+
+
+def test_goodfellow_generator_paper_init_uniform_005():
+    # mnist.yaml: G's irange 0.05 (uniform in [-0.05, 0.05]), biases 0
+    torch.manual_seed(0)
+    G = build_generator(ModelConfig(arch="goodfellow"), (1, 28, 28))
+    lin = [m for m in G.modules() if isinstance(m, nn.Linear)]
+    w = torch.cat([m.weight.flatten() for m in lin])
+    assert w.abs().max() <= 0.05 and w.abs().max() > 0.049
+    # uniform on [-a, a]: std a / sqrt(3)
+    assert abs(w.std().item() - 0.05 / 3 ** 0.5) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mlp", "goodfellow"])
+def test_fully_connected_generator_batchnorm_in_every_hidden_layer(arch):
+    # model.g_batchnorm: "BatchNorm in G's hidden layers"
+    G = build_generator(ModelConfig(arch=arch, g_batchnorm=True, g_hidden=(8, 8, 8)), (3,))
+    assert [m.num_features for m in G.modules() if isinstance(m, nn.BatchNorm1d)] == [8, 8, 8]

@@ -96,3 +96,33 @@ def test_sample_latent():
     a = build_generator(ModelConfig(), (2,)).sample_latent(8, torch.Generator().manual_seed(1))
     b = build_generator(ModelConfig(), (2,)).sample_latent(8, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and abs(a.std().item() - 1) < 0.6
+
+
+def test_noise_generator_keeps_g_batchnorm_and_hidden_activation():
+    # "equivalent to the generator architecture with the number of filters reduced by a factor of eight"
+    for cfg, shape in ((ModelConfig(arch="dcgan", dcgan_width=8), (1, 16, 16)),
+                       (ModelConfig(arch="mlp", g_batchnorm=True, mlp_activation="relu"), (3,)),
+                       (ModelConfig(arch="goodfellow", g_batchnorm=True), (2,))):
+        G, N = build_generator(cfg, shape), build_noise_generator(cfg, shape)
+        kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.LeakyReLU)
+        g_layers = [type(m) for m in G.modules() if isinstance(m, kinds)]
+        n_layers = [type(m) for m in N.modules() if isinstance(m, kinds)]
+        assert n_layers == g_layers[:-1] if g_layers[-1] is nn.Tanh else n_layers == g_layers, (cfg.arch, n_layers)
+        assert any(issubclass(k, (nn.BatchNorm1d, nn.BatchNorm2d)) for k in n_layers)
+
+
+def test_noise_generator_draws_from_gs_latent_prior():
+    cfg = ModelConfig(arch="mlp", latent_dist="uniform")
+    N = build_noise_generator(cfg, (3,))
+    assert N.latent_dist == build_generator(cfg, (3,)).latent_dist == "uniform"
+    z = N.sample_latent(4096, torch.Generator().manual_seed(0))
+    assert z.min() >= -1 and z.max() <= 1 and z.std() < 0.7  # uniform on [-1, 1]: std 1/sqrt(3)
+
+
+def test_denoiser_default_width_is_the_feature_width():
+    # model.denoiser_hidden: "None: = feature width"; model.denoiser_depth default 3
+    D = build_denoiser(24)
+    assert [m.out_features for m in D.net if isinstance(m, nn.Linear)] == [24, 24, 24, 24]
+    D = build_denoiser_from_config(ModelConfig(), 24)
+    assert D.hidden == 24 and D.depth == 3
+    assert [m.out_features for m in D.net if isinstance(m, nn.Linear)] == [24, 24, 24, 24]
