@@ -62,10 +62,11 @@ def test_generator_step_sees_the_updated_discriminator():
         assert torch.allclose(p_new, p_old, rtol=1e-10, atol=1e-12)
 
 
-def test_dfm_updates_all_networks_from_the_same_parameters():
+def _dfm_step(*overrides):
+    """One DFM training step by SGD (lr: D 0.3, G 0.2, denoiser 0.4); the networks before it, the real batch, the
+    step's draws (re-drawn from the same generator state) and the fake batch the old G makes from them."""
     M = make("method.name=dfm", "optim.optimizer=sgd", "optim.lr_d=0.3", "optim.lr_g=0.2",
-             "optim.lr_denoiser=0.4")
-    assert M.update_kind == "simultaneous"
+             "optim.lr_denoiser=0.4", *overrides)
     D0, G0, r0 = copy.deepcopy(M.D), copy.deepcopy(M.G), copy.deepcopy(M.denoiser)
     gen_state = M.generator.get_state()
     x = torch.randn(8, 3, dtype=torch.float64)
@@ -73,7 +74,12 @@ def test_dfm_updates_all_networks_from_the_same_parameters():
     M.generator.set_state(gen_state)
     d = M.draws(8)
     d = Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
-    fake = G0(d.z)
+    return M, D0, G0, r0, x, d, G0(d.z)
+
+
+def test_dfm_updates_all_networks_from_the_same_parameters():
+    M, D0, G0, r0, x, d, fake = _dfm_step()
+    assert M.update_kind == "simultaneous"
     gD = torch.autograd.grad(ref.gan_d_loss(D0, x, fake.detach()), list(D0.parameters()))
     phi = D0.features(x)
     gr = torch.autograd.grad(ref.dfm_denoiser_loss(r0, phi, d.dn_noise, 1.0), list(r0.parameters()))
@@ -98,18 +104,9 @@ def test_simultaneous_needs_one_d_step():
 @pytest.mark.parametrize("fused", ["true", "false"])
 def test_dfm_uses_the_configured_sigma_and_loss_weights(fused):
     # eq. 4 / eq. 5 with non-default lambda_denoise, lambda_adv and corruption sigma (defaults 0.03 / n_h, 1, 1)
-    M = make("method.name=dfm", "optim.optimizer=sgd", "optim.lr_d=0.3", "optim.lr_g=0.2", "optim.lr_denoiser=0.4",
-             "method.dfm.lambda_denoise=0.5", "method.dfm.lambda_adv=2.0", "method.dfm.sigma=0.5",
-             f"method.dfm.fused={fused}")
+    M, D0, G0, r0, x, d, fake = _dfm_step("method.dfm.lambda_denoise=0.5", "method.dfm.lambda_adv=2.0",
+                                          "method.dfm.sigma=0.5", f"method.dfm.fused={fused}")
     assert M.lambda_dn == 0.5
-    D0, G0, r0 = copy.deepcopy(M.D), copy.deepcopy(M.G), copy.deepcopy(M.denoiser)
-    gen_state = M.generator.get_state()
-    x = torch.randn(8, 3, dtype=torch.float64)
-    M.train_step(1, lambda m: x)
-    M.generator.set_state(gen_state)
-    d = M.draws(8)
-    d = Draws(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in vars(d).items()})
-    fake = G0(d.z)
     gr = torch.autograd.grad(ref.dfm_denoiser_loss(r0, D0.features(x), d.dn_noise, 0.5), list(r0.parameters()))
     gG = torch.autograd.grad(ref.dfm_g_loss(D0, r0, fake, 2.0, 0.5), list(G0.parameters()))
     for new, old, g, lr in [(M.denoiser, r0, gr, 0.4), (M.G, G0, gG, 0.2)]:
