@@ -28,6 +28,7 @@ import dis
 import functools
 import math
 import os
+import re
 import threading
 import types
 import warnings
@@ -769,7 +770,7 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
 # break), as the other modes do.
 def closed_form_traced_on(version: str) -> bool:
     """By minor version, so that a 2.11 pre-release or patch release counts as 2.11."""
-    minor = tuple(int(p) for p in version.split(".")[:2])
+    minor = tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", version).groups())
     return minor >= (2, 7) and minor != (2, 11)
 
 
