@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -48,10 +49,10 @@ def _load_error_cause(e: Exception) -> str:
     on the line after "WeightsUnpickler error:" (that line is its boilerplate), else its first line."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for i, ln in enumerate(lines):
-        if "Unpickler error" in ln:
-            head, _, reason = ln.partition("Unpickler error")
-            reason = reason.lstrip(": ").strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-            return f"{head.split()[-1] if head.split() else ''}Unpickler error: {reason}"
+        m = re.search(r"(\w*Unpickler error):?\s*(.*)", ln)
+        if m:
+            reason = m.group(2) or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"{m.group(1)}: {reason}"
     return lines[0] if lines else ""
 
 
