@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--json", action="store_true", help="print the report as JSON")
     pi.set_defaults(func=_cmd_info)
     try:
-        from .train import add_cli  # the trainer registers its own sub-command
+        from .train_cli import add_cli  # the trainer registers its own sub-command
     except ImportError:
         add_cli = None
     if add_cli is not None:

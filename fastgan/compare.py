@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import config as C
 from .run_commands import run, strict_json
-from .train import lock_held, read_status
+from .run_folder import lock_held, read_status
 
 # the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
 _FIRST = ("fd_tail_mean", "fd_tail_std", "classifier_score_tail_mean", "classifier_score_tail_std", "fd",

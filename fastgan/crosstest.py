@@ -16,7 +16,8 @@ from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
 from .run_commands import add_device_and_seed, cli_device, run, strict_json
-from .train import CHECKPOINT, _checkpoint_config, _first_problem
+from .run_folder import CHECKPOINT
+from .train import _checkpoint_config, _first_problem
 
 # data fields that do not change which distribution the samples come from (which stored samples each run
 # trained on, max_samples and holdout, held_out_real takes into account)

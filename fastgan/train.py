@@ -1,19 +1,16 @@
-"""`fastgan.train(cfg)` and the `fastgan train` command: run a training job from a config, writing the
-resolved config, CSV and TensorBoard scalars, sample pictures and checkpoints into one run folder.
+"""`fastgan.train(cfg)`: run a training job from a config, writing the resolved config, CSV and TensorBoard
+scalars, sample pictures and checkpoints into one run folder (its lock: `run_folder`; the command:
+`train_cli`).
 
 Kept light to import (``import fastgan`` imports this module): data, models, tqdm and PIL load inside
 `train`.
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
 import random
 import re
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,14 +24,10 @@ from ._atomic import replacing
 from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
-from .graph import GraphCaptureError, GraphedStep
-from .ops._dispatch import BackendUnavailable
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
-# Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
-LOCK = ".fastgan.lock"
-# How the run's latest session ended: running / finished / stopped (a non-finite loss) / interrupted / failed.
-STATUS = "status.json"
+from .graph import GraphedStep
+from .interrupts import InterruptAtStepEnd, Terminated, interruption
+from .run_folder import CHECKPOINT, STATUS, claim, find_run, lock, new_run_dir, read_status, refuse_if_running, unlock
+from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
 RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method.dfm.lambda_denoise")
@@ -42,10 +35,6 @@ RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stopped without writing a checkpoint."""
-
-
-class RunFolderError(OSError):
-    """The run folder is in use by another run, or holds files a new run would overwrite (the CLI's exit code 1)."""
 
 
 @dataclass
@@ -120,148 +109,6 @@ def _resolve(cfg: TrainConfig, feature_dim: int) -> TrainConfig:
     return C.replace(cfg, **changes) if changes else cfg
 
 
-_STAMP = r"\d{8}-\d{6}(-\d+)?"
-
-
-def _find_run(cfg: TrainConfig) -> Path:
-    if cfg.run.dir:
-        d = Path(cfg.run.dir)
-        if not (d / CHECKPOINT).exists():
-            _refuse_if_running(d)
-            raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
-        return d
-    root = Path(cfg.run.out_dir)
-    pat = re.compile(rf"^{re.escape(cfg.run.name)}-{_STAMP}$")
-    runs = [p for p in root.glob(f"{glob.escape(cfg.run.name)}-*") if pat.match(p.name) and
-            (p / CHECKPOINT).exists()]
-    if not runs:
-        raise FileNotFoundError(f"--resume: no run named {cfg.run.name!r} to continue "
-                                f"(no {root}/{cfg.run.name}-<timestamp>/{CHECKPOINT})")
-    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
-
-
-def _refuse_if_running(d: Path) -> None:
-    """A resume of a folder whose run has not checkpointed yet: the busy error naming the holder's pid (rather
-    than 'no checkpoint')."""
-    if d.is_dir() and not (d / CHECKPOINT).exists() and lock_held(d):
-        _unlock(_lock(d))  # _lock raises the busy error while the holder lives
-
-
-def _lock(d: Path) -> Optional[int]:
-    """An exclusive flock on d/LOCK, held until the returned descriptor is closed (or the process ends, so a killed
-    run leaves no stale lock). Two runs writing one folder would mix their checkpoints, configs and logs."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): unguarded, as before
-        return None
-    if not d.is_dir():
-        raise RunFolderError(f"run folder {d} is not a folder")
-    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        for attempt in range(10):  # lock_held (`fastgan compare`) takes the lock for an instant: wait that out
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == 9:
-                    raise
-                time.sleep(0.005)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
-        os.close(fd)
-        raise RunFolderError(f"run folder {d} is in use by another fastgan run{f' (pid {holder})' if holder else ''}; "
-                             "wait for it to end or choose another run.dir") from None
-    return fd
-
-
-def lock_held(d: Path) -> bool:
-    """Whether a process holds run folder d's lock (a run writing it), found by trying a shared lock for an
-    instant (the retry in _lock waits such a probe out)."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fd = os.open(d / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases the shared lock if it was taken
-
-
-def read_status(d: Path) -> dict:
-    """Run folder d's status.json (written by rename, so never half-written): FileNotFoundError when there is none
-    (an older fastgan's run, or one that failed while starting), ValueError when it is not one JSON object with a
-    "state"."""
-    info = json.loads((d / STATUS).read_text())
-    if not isinstance(info, dict) or not isinstance(info.get("state"), str):
-        raise ValueError(f"{d / STATUS}: not a status record (an object with a \"state\")")
-    return info
-
-
-def _claim(fd: Optional[int]) -> None:
-    """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
-    if fd is not None:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-
-
-def _unlock(fd: Optional[int]) -> None:
-    if fd is not None:
-        os.close(fd)  # releases the flock; the file stays (removing it would race with a run opening it)
-
-
-def _new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
-    """The new run's folder and the descriptor holding its lock."""
-    if cfg.run.dir:
-        d = Path(cfg.run.dir)
-        if d.exists() and not d.is_dir():
-            raise RunFolderError(f"run.dir {d} is a file, not a folder")
-        if d.is_dir() and not (d / LOCK).exists() and any(d.iterdir()):
-            raise _not_empty(d)  # not a fastgan run folder: refused before writing anything into it
-        d.mkdir(parents=True, exist_ok=True)
-        fd = _lock(d)
-        try:
-            if (d / CHECKPOINT).exists():
-                raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue "
-                                      "it or choose another run.dir")
-            if any(p.name != LOCK for p in d.iterdir()):
-                raise _not_empty(d)
-            _claim(fd)
-        except BaseException:
-            _unlock(fd)
-            raise
-        return d, fd
-    root = Path(cfg.run.out_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)  # apart from the loop: a bad root is not a taken name
-    except FileExistsError:
-        raise RunFolderError(f"run.out_dir {root} is not a folder (a file, or a link to a missing folder)") from None
-    base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    d, n = root / base, 1
-    while True:
-        try:
-            d.mkdir(exist_ok=False)
-            fd = _lock(d)
-            _claim(fd)
-            return d, fd
-        except FileExistsError:
-            n += 1
-            d = root / f"{base}-{n}"
-
-
-def _not_empty(d: Path) -> RunFolderError:
-    names = sorted(p.name for p in d.iterdir() if p.name != LOCK)
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return RunFolderError(f"run.dir {d} is not empty ({shown}) and holds no checkpoint to resume; a new run "
-                          "needs a new or empty folder: pick another run.dir or remove that folder")
-
-
 def _first_problem(e: BaseException) -> str:
     """torch's load_state_dict error cut to its first line plus its first problem (a missing or unexpected key, a
     size mismatch): the full list can run to hundreds of keys."""
@@ -331,7 +178,7 @@ class _Run:
         try:
             self._setup(cfg, resume, progress)
         except BaseException:
-            _unlock(self.lock)
+            unlock(self.lock)
             raise
 
     def _setup(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
@@ -343,8 +190,8 @@ class _Run:
 
         state, run_dir = None, None
         if resume:
-            run_dir = _find_run(cfg)
-            self.lock = _lock(run_dir)
+            run_dir = find_run(cfg)
+            self.lock = lock(run_dir)
             path = run_dir / CHECKPOINT
             state = ckpt.load(path)
             saved = _checkpoint_config(state, path)
@@ -389,9 +236,9 @@ class _Run:
             return
         if run_dir is not None:
             self.out = run_dir
-            _claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
+            claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
         else:
-            self.out, self.lock = _new_run_dir(cfg)
+            self.out, self.lock = new_run_dir(cfg)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
         # what can still fail (allocations, reading metrics.csv) before config.yaml and run_info.json are
@@ -668,7 +515,7 @@ class _Run:
             self._status("finished")
             return result
         finally:
-            _unlock(self.lock)
+            unlock(self.lock)
             self.lock = None
 
     def _status(self, state: str, reason: str = "") -> None:
@@ -708,7 +555,7 @@ class _Run:
         metrics = {}
         t_last, s_last = time.perf_counter(), self.start
         step = self.start
-        stop = _InterruptAtStepEnd()
+        stop = InterruptAtStepEnd()
         try:
             for step in range(self.start + 1, r.steps + 1):
                 self.at = step
@@ -751,7 +598,7 @@ class _Run:
                 if r.fd:
                     metrics.update(self._fd_tail(step))
             except KeyboardInterrupt as e:
-                raise _interruption(isinstance(e, Terminated), f"in the final evaluation; checkpoint "
+                raise interruption(isinstance(e, Terminated), f"in the final evaluation; checkpoint "
                                     f"{self.ckpt_path} holds the last step, {step}") from None
         except NonFiniteLossError as e:
             where = (f"the last good checkpoint, {self.ckpt_path} (step {self.last_ckpt_step}), is intact"
@@ -768,53 +615,6 @@ class _Run:
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
                            models=models, metrics=metrics, penalty_modes=modes, start_step=self.start,
                            final_evaluation_only=self.final_only)
-
-
-class Terminated(KeyboardInterrupt):
-    """The run was stopped by SIGTERM (a scheduler's, `kill`): as Ctrl-C, a KeyboardInterrupt; the CLI exits 143."""
-
-
-def _interruption(terminated: bool, message: str) -> KeyboardInterrupt:
-    """What ends a run stopped by a signal: Terminated, its message led by "SIGTERM", or a KeyboardInterrupt."""
-    return Terminated(f"SIGTERM; {message}" if message else "SIGTERM") if terminated else KeyboardInterrupt(message)
-
-
-def _interrupt_now(signum, frame):
-    raise _interruption(signum == signal.SIGTERM, "")
-
-
-class _InterruptAtStepEnd:
-    """While installed, the first SIGINT or SIGTERM only sets `requested` (to the signal's number): the loop then
-    checkpoints the step it was in once that step is complete (a step cut in half would save a D updated and a G
-    not). A second one interrupts at once, with no new checkpoint (the last one is intact: checkpoints are written
-    by rename). Only signals left at Python's defaults are taken (a handler someone else installed is theirs)."""
-
-    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-
-    def __init__(self):
-        self.requested, self.previous = 0, {}
-        if threading.current_thread() is threading.main_thread():
-            for sig, default in self.DEFAULTS.items():
-                if signal.getsignal(sig) is default:
-                    self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = signum
-        signal.signal(signum, _interrupt_now)
-
-    def interrupt(self, message: str) -> KeyboardInterrupt:
-        """The exception that ends the run for the signal requested, with `message`."""
-        return _interruption(self.requested == signal.SIGTERM, message)
-
-    def at_once(self):
-        """From here on (the final evaluation) a signal interrupts at once instead of at the step's end."""
-        for sig in self.previous:
-            signal.signal(sig, _interrupt_now)
-
-    def restore(self):
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
-        self.previous = {}
 
 
 # what the final evaluation logs (Parzen's and the FD tail's rows)
@@ -856,7 +656,7 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
     if isinstance(cfg, (str, Path)) and Path(cfg).is_dir():
         run_dir = Path(cfg)
         if resume:
-            _refuse_if_running(run_dir)
+            refuse_if_running(run_dir)
         if not (run_dir / CHECKPOINT).exists() and not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} is a folder, not a YAML config (nor a run folder: it holds no "
                               f"{CHECKPOINT} or config.yaml)")
@@ -875,110 +675,3 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
         saved = _checkpoint_config(state, run_dir / CHECKPOINT)
         return C.coerce(saved, overrides + [("run.dir", str(run_dir))])
     return C.coerce(cfg, overrides)
-
-
-def _config_to_print(config, overrides, resume: bool) -> TrainConfig:
-    if not resume:
-        if config and Path(config).is_dir():  # a run folder's config.yaml, read as its checkpoint's config is
-            return C.coerce(C.load_config(Path(config) / "config.yaml", stored=True), overrides)
-        return C.coerce(config, overrides)
-    # what --resume would continue: the checkpoint's config with the run.* fields it lets change
-    cfg = _requested(config, overrides, True)
-    path = _find_run(cfg) / CHECKPOINT
-    return _merge_for_resume(_checkpoint_config(ckpt.load(path), path), cfg, path)
-
-
-def _cmd_train(args) -> int:
-    overrides, config = [], args.config
-    for item in args.overrides:
-        if "=" not in item and config is None and Path(item).exists():
-            config = item  # `fastgan train --set a=1 CONFIG`: the config was swallowed by --set
-        else:
-            overrides.append(item)
-    try:
-        if args.print_config:
-            cfg = _config_to_print(config, overrides, args.resume)
-            import yaml
-
-            print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
-            return 0
-        result = train(config, overrides=overrides, resume=args.resume)
-    except ConfigError as e:
-        return _fail(e, 2)
-    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError, BackendUnavailable) as e:
-        return _fail(e, 1)
-    except (MemoryError, RuntimeError) as e:
-        why = _out_of_memory(e)
-        if why is None:
-            raise
-        return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
-                           "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
-                           "model.dcgan_g_filters, model.denoiser_hidden)")
-    except KeyboardInterrupt as e:
-        print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal's number, as a shell reports it
-    if result.final_evaluation_only:
-        done = ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
-        print(f"fastgan train: final evaluation of step {result.step} done{f' ({done})' if done else ''}; "
-              f"output in {result.out_dir}")
-        return 0
-    if result.step <= result.start_step:
-        print(f"fastgan train: nothing to train: checkpoint {result.out_dir / CHECKPOINT} is already at step "
-              f"{result.step} >= run.steps={result.config.run.steps} (raise run.steps to continue); nothing written "
-              f"in {result.out_dir}")
-        return 0
-    parts = [", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss")),
-             ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items()),
-             f"penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else ""]
-    print(f"fastgan train: {result.step} steps done ({'; '.join(p for p in parts if p)}); output in {result.out_dir}")
-    return 0
-
-
-def _out_of_memory(e: BaseException) -> Optional[str]:
-    """What could not be allocated when e is an allocation failure (torch's CPU and CUDA allocators, Python's
-    MemoryError, a tensor size past 64 bits), else None: any other error keeps its traceback."""
-    if isinstance(e, MemoryError):
-        return f"MemoryError{f' ({e})' if str(e) else ''}"
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    first = lines[0] if lines else type(e).__name__
-    if "Storage size calculation overflowed" in first:
-        return f"a tensor too large to hold ({first})"
-    if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in first or "out of memory" in first):
-        return None
-    cpu = re.search(r"tried to allocate (\d+) bytes", first)
-    cuda = re.search(r"Tried to allocate ([\d.]+ [KMGTPE]?i?B)", first)
-    if cpu:
-        return f"could not allocate {_size(int(cpu.group(1)))}"
-    return f"could not allocate {cuda.group(1)}" if cuda else first
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024:
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} EiB"
-
-
-def _fail(e, code: int, message: Optional[str] = None) -> int:
-    if os.environ.get("FASTGAN_DEBUG"):
-        raise e
-    print(f"fastgan train: error: {message or e}", file=sys.stderr)
-    return code
-
-
-def add_cli(subparsers) -> None:
-    """Register `fastgan train CONFIG [--set key=value ...] [--resume]`."""
-    p = subparsers.add_parser(
-        "train", help="train a GAN from a YAML config (default: Roth's regularized GAN on the 3-D mixture)",
-        description="Train a GAN. Without CONFIG: the embedded default job (Roth et al.'s regularized GAN on "
-                    "their 3-D submanifold mixture, a short run). Output: <run.out_dir>/<run.name>-<timestamp>/ "
-                    "with config.yaml, metrics.csv, tb/, samples/, checkpoints/last.pt.")
-    p.add_argument("config", nargs="?", default=None,
-                   help="YAML config file (see configs/), or a run folder to continue with --resume")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override a config field, e.g. --set method.roth.gamma=0.5 run.steps=200 (values are YAML)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the latest run of this config (run.dir, or <out_dir>/<name>-*) from its checkpoint")
-    p.add_argument("--print-config", action="store_true", help="print the full config and exit")
-    p.set_defaults(func=_cmd_train)

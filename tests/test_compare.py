@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan import compare
+from fastgan import compare, run_folder
 from fastgan.cli import main
 
 train_mod = importlib.import_module("fastgan.train")
@@ -155,11 +155,11 @@ def test_unfinished_and_damaged_runs(study, tmp_path):
     table = compare.format_table(list(rows.values()))
     assert "study-a-y" in table and "unreadable: " in table
     # while a process holds the lock, "running" is running
-    fd = train_mod._lock(tmp_path / "study-a-x")
+    fd = run_folder.lock(tmp_path / "study-a-x")
     try:
         assert compare.summarize(tmp_path / "study-a-x")["state"] == "running"
     finally:
-        train_mod._unlock(fd)
+        run_folder.unlock(fd)
     # older runs have no status.json
     os.remove(tmp_path / "study-a-x" / "status.json")
     assert compare.summarize(tmp_path / "study-a-x")["state"] == "unknown"

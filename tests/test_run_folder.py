@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fastgan
-from fastgan import checkpoint as ckpt
+from fastgan import checkpoint as ckpt, run_folder
 from fastgan.cli import main
 
 train_mod = sys.modules["fastgan.train"]
@@ -33,7 +33,7 @@ def test_a_held_lock_refuses_a_second_run_and_writes_nothing(tmp_path):
     d = tmp_path / "r"
     _train(d)
     before = _snapshot(d)
-    fd = os.open(d / train_mod.LOCK, os.O_RDWR)
+    fd = os.open(d / run_folder.LOCK, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live run on d holds
         with pytest.raises(train_mod.RunFolderError, match=f"run folder {d} is in use by another fastgan run"):
@@ -49,8 +49,8 @@ def test_a_held_lock_refuses_a_second_run_and_writes_nothing(tmp_path):
 def test_a_resume_of_a_run_before_its_first_checkpoint_names_the_holder(tmp_path):
     d = tmp_path / "r"
     d.mkdir()
-    fd = train_mod._lock(d)  # a run that started and has not checkpointed yet
-    train_mod._claim(fd)
+    fd = run_folder.lock(d)  # a run that started and has not checkpointed yet
+    run_folder.claim(fd)
     try:
         with pytest.raises(train_mod.RunFolderError, match=rf"run folder {d} is in use by another fastgan run "
                                                            rf"\(pid {os.getpid()}\)"):
@@ -58,7 +58,7 @@ def test_a_resume_of_a_run_before_its_first_checkpoint_names_the_holder(tmp_path
         with pytest.raises(train_mod.RunFolderError, match=rf"in use by another fastgan run \(pid {os.getpid()}\)"):
             fastgan.train(d, resume=True)  # `fastgan train DIR --resume`
     finally:
-        train_mod._unlock(fd)
+        run_folder.unlock(fd)
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):  # nobody holds it: the missing checkpoint
         _train(d, resume=True)
 
@@ -70,7 +70,7 @@ def test_the_lock_is_released_after_a_run_and_after_a_failed_start(tmp_path):
         _train(d)
     with pytest.raises(fastgan.config.ConfigError):
         _train(d, "method.roth.gamma=0.5", steps=4, resume=True)
-    fd = os.open(d / train_mod.LOCK, os.O_RDWR)
+    fd = os.open(d / run_folder.LOCK, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds it
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 import fastgan
 from fastgan.config import ConfigError
+from fastgan.train_cli import cmd_train
 
 train_mod = sys.modules["fastgan.train"]
 
@@ -192,7 +193,7 @@ def test_backend_unavailable_in_a_step_is_one_line_exit_1(tmp_path, monkeypatch,
     from fastgan.methods.step import Method
 
     monkeypatch.setattr(Method, "train_step", refuse)
-    code = train_mod._cmd_train(train_mod_args(tmp_path / "r"))
+    code = cmd_train(train_mod_args(tmp_path / "r"))
     assert code == 1 and capsys.readouterr().err.startswith("fastgan train: error: grad_norm_penalty: backend 'x'")
 
 

@@ -1,0 +1,165 @@
+"""A run's folder: finding one to resume, making a new one, and the lock (flock) that keeps two runs from
+writing one folder; status.json, how the folder's latest session ended."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import TrainConfig
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
+LOCK = ".fastgan.lock"
+# How the run's latest session ended: running / finished / stopped (a non-finite loss) / interrupted / failed.
+STATUS = "status.json"
+
+
+class RunFolderError(OSError):
+    """The run folder is in use by another run, or holds files a new run would overwrite (the CLI's exit code 1)."""
+
+
+_STAMP = r"\d{8}-\d{6}(-\d+)?"
+
+
+def find_run(cfg: TrainConfig) -> Path:
+    if cfg.run.dir:
+        d = Path(cfg.run.dir)
+        if not (d / CHECKPOINT).exists():
+            refuse_if_running(d)
+            raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
+        return d
+    root = Path(cfg.run.out_dir)
+    pat = re.compile(rf"^{re.escape(cfg.run.name)}-{_STAMP}$")
+    runs = [p for p in root.glob(f"{glob.escape(cfg.run.name)}-*") if pat.match(p.name) and
+            (p / CHECKPOINT).exists()]
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run named {cfg.run.name!r} to continue "
+                                f"(no {root}/{cfg.run.name}-<timestamp>/{CHECKPOINT})")
+    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+
+
+def refuse_if_running(d: Path) -> None:
+    """A resume of a folder whose run has not checkpointed yet: the busy error naming the holder's pid (rather
+    than 'no checkpoint')."""
+    if d.is_dir() and not (d / CHECKPOINT).exists() and lock_held(d):
+        unlock(lock(d))  # lock raises the busy error while the holder lives
+
+
+def lock(d: Path) -> Optional[int]:
+    """An exclusive flock on d/LOCK, held until the returned descriptor is closed (or the process ends, so a killed
+    run leaves no stale lock). Two runs writing one folder would mix their checkpoints, configs and logs."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded, as before
+        return None
+    if not d.is_dir():
+        raise RunFolderError(f"run folder {d} is not a folder")
+    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for attempt in range(10):  # lock_held (`fastgan compare`) takes the lock for an instant: wait that out
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.005)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise RunFolderError(f"run folder {d} is in use by another fastgan run{f' (pid {holder})' if holder else ''}; "
+                             "wait for it to end or choose another run.dir") from None
+    return fd
+
+
+def lock_held(d: Path) -> bool:
+    """Whether a process holds run folder d's lock (a run writing it), found by trying a shared lock for an
+    instant (the retry in lock waits such a probe out)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(d / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock if it was taken
+
+
+def read_status(d: Path) -> dict:
+    """Run folder d's status.json (written by rename, so never half-written): FileNotFoundError when there is none
+    (an older fastgan's run, or one that failed while starting), ValueError when it is not one JSON object with a
+    "state"."""
+    info = json.loads((d / STATUS).read_text())
+    if not isinstance(info, dict) or not isinstance(info.get("state"), str):
+        raise ValueError(f"{d / STATUS}: not a status record (an object with a \"state\")")
+    return info
+
+
+def claim(fd: Optional[int]) -> None:
+    """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+
+def unlock(fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)  # releases the flock; the file stays (removing it would race with a run opening it)
+
+
+def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
+    """The new run's folder and the descriptor holding its lock."""
+    if cfg.run.dir:
+        d = Path(cfg.run.dir)
+        if d.exists() and not d.is_dir():
+            raise RunFolderError(f"run.dir {d} is a file, not a folder")
+        if d.is_dir() and not (d / LOCK).exists() and any(d.iterdir()):
+            raise _not_empty(d)  # not a fastgan run folder: refused before writing anything into it
+        d.mkdir(parents=True, exist_ok=True)
+        fd = lock(d)
+        try:
+            if (d / CHECKPOINT).exists():
+                raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue "
+                                      "it or choose another run.dir")
+            if any(p.name != LOCK for p in d.iterdir()):
+                raise _not_empty(d)
+            claim(fd)
+        except BaseException:
+            unlock(fd)
+            raise
+        return d, fd
+    root = Path(cfg.run.out_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # apart from the loop: a bad root is not a taken name
+    except FileExistsError:
+        raise RunFolderError(f"run.out_dir {root} is not a folder (a file, or a link to a missing folder)") from None
+    base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, n = root / base, 1
+    while True:
+        try:
+            d.mkdir(exist_ok=False)
+            fd = lock(d)
+            claim(fd)
+            return d, fd
+        except FileExistsError:
+            n += 1
+            d = root / f"{base}-{n}"
+
+
+def _not_empty(d: Path) -> RunFolderError:
+    names = sorted(p.name for p in d.iterdir() if p.name != LOCK)
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return RunFolderError(f"run.dir {d} is not empty ({shown}) and holds no checkpoint to resume; a new run "
+                          "needs a new or empty folder: pick another run.dir or remove that folder")
