@@ -2,7 +2,8 @@
 from . import bn_closed_form  # noqa: F401  (registers fastgan::bn_cf_* for torch.compile, export, opcheck)
 from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning
 from .denoiser import Denoiser, DenoiserLoss, bn_relu, denoiser_generator_loss, denoiser_loss
-from .noise import NoiseState, default_noise_state, noisy_clean_batch, stream_seed
+from .noise import noisy_clean_batch
+from .noise_state import NoiseState, default_noise_state, stream_seed
 from .nt_losses import nt_losses
 from .penalty import grad_norm_penalty, gradient_penalty, js_penalty, penalty_mode, r1_penalty, r2_penalty
 

@@ -18,8 +18,9 @@ replayed is refused (jvp_refusal): backward hooks, and a function D reaching mod
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
 PR #81293 describes why); softmax / log_softmax / logsumexp JVPs fail in reverse mode with an in-place error. The
-dual forward therefore runs those functions, and the parameterized linear ops, through rules (_DualRules) that
-write primal and tangent in ordinary ops, which reverse mode differentiates correctly (and faster).
+dual forward therefore runs those functions, and the parameterized linear ops, through rules
+(dual_rules.DualRules) that write primal and tangent in ordinary ops, which reverse mode differentiates correctly
+(and faster).
 """
 from __future__ import annotations
 
@@ -35,220 +36,16 @@ import warnings
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwAD
-from torch.overrides import TorchFunctionMode
 
 from . import _checks, _dispatch, _hooks
-from . import closed_form_maps, mlp_penalty, penalty_create_graph
+from . import mlp_penalty, penalty_create_graph
+from .dual_rules import DualRules
 from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
 MODE_OP = "gradient_penalty"
-
-
-# ---------------------------------------------------------------- rules used inside the dual forward
-#
-# Each rule computes the primal and the tangent itself with ordinary ops (which reverse mode records and
-# differentiates exactly) and pairs them with make_dual. Besides fixing the norms, this is much cheaper than
-# torch's own forward AD for ops with a parameter operand: torch pairs the parameter with a zero tangent
-# (a ZeroTensor) that goes through a slow fallback and, for convolutions, even runs a convolution of zeros.
-
-def _dual(t):
-    p, d = fwAD.unpack_dual(t) if isinstance(t, torch.Tensor) else (t, None)
-    return p, d
-
-
-def _plain(*ts) -> bool:
-    return all(t is None or _dual(t)[1] is None for t in ts)
-
-
-def _linear_in_input(func):
-    """Rule for ops linear in their input with (weight, bias) parameters: linear, conv*, conv_transpose*."""
-
-    def rule(input, weight, bias=None, *rest, **kw):
-        p, t = _dual(input)
-        if t is None or not _plain(weight, bias):
-            return NotImplemented
-        return fwAD.make_dual(func(p, weight, bias, *rest, **kw), func(t, weight, None, *rest, **kw))
-
-    return rule
-
-
-def _affine(y, weight, bias, shape):
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
-
-
-def _normalized(input, dims, eps, weight, bias, shape):
-    """Normalization over dims with batch statistics, then the affine map; the tangent is written out:
-    d xhat = rstd * (dx - mean(dx) - xhat * mean(xhat * dx)), all through ordinary (differentiable) ops."""
-    p, t = _dual(input)
-    if not _plain(weight, bias):
-        p, t = input, None  # parameters with tangents: plain composite ops under forward AD
-    mean = p.mean(dims, keepdim=True)
-    xc = p - mean
-    rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
-    xhat = xc * rstd
-    y = _affine(xhat, weight, bias, shape)
-    if t is None:
-        return y
-    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True))
-    return fwAD.make_dual(y, _affine(dxhat, weight, None, shape))
-
-
-def _channel_shape(x):
-    return [1, -1] + [1] * (x.dim() - 2)
-
-
-def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                eps=1e-5):
-    if not training and running_mean is not None and running_var is not None:
-        p, t = _dual(input)
-        if t is None or not _plain(weight, bias, running_mean, running_var):
-            return NotImplemented
-        weight, bias = closed_form_maps.dense_affine(weight, bias)
-        y = F.batch_norm(p, running_mean, running_var, weight, bias, False, momentum, eps)
-        scale = torch.rsqrt(running_var + eps)
-        scale = scale if weight is None else scale * weight
-        return fwAD.make_dual(y, t * scale.reshape(_channel_shape(t)))
-    # running-stat updates are skipped: the dual forward works on throwaway buffer clones
-    return _normalized(input, [0] + list(range(2, input.dim())), eps, weight, bias, _channel_shape(input))
-
-
-def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                   momentum=0.1, eps=1e-5):
-    if not use_input_stats:
-        return _batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    return _normalized(input, list(range(2, input.dim())), eps, weight, bias, _channel_shape(input))
-
-
-def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-    return _normalized(input, list(range(input.dim() - k, input.dim())), eps, weight, bias,
-                       list(input.shape[input.dim() - k:]))
-
-
-def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
-    N, C = input.shape[:2]
-    y = _normalized(input.reshape(N, num_groups, -1), [2], eps, None, None, None).reshape(input.shape)
-    if weight is None and bias is None:
-        return y
-    if not _plain(weight, bias):
-        return _affine(y, weight, bias, _channel_shape(input))
-    p, t = _dual(y)
-    out = _affine(p, weight, bias, _channel_shape(input))
-    return out if t is None else fwAD.make_dual(out, _affine(t, weight, None, _channel_shape(input)))
-
-
-def _shifted(input, dim, dtype):
-    x = input if dtype is None else input.to(dtype)
-    # the shift is a constant: softmax is invariant to it, so no tangent has to flow through it
-    m = x.detach().amax(dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return x - m, m
-
-
-def _softmax(input, dim=None, _stacklevel=3, dtype=None):
-    if dim is None:
-        return NotImplemented  # legacy implicit dim: left to torch
-    s, _ = _shifted(input, dim, dtype)
-    e = s.exp()
-    return e / e.sum(dim, keepdim=True)
-
-
-def _log_softmax(input, dim=None, _stacklevel=3, dtype=None):
-    if dim is None:
-        return NotImplemented
-    s, _ = _shifted(input, dim, dtype)
-    return s - s.exp().sum(dim, keepdim=True).log()
-
-
-def _logsumexp(input, dim, keepdim=False):
-    s, m = _shifted(input, dim, None)
-    out = s.exp().sum(dim, keepdim=True).log() + m
-    return out if keepdim else out.squeeze(dim)
-
-
-def _method_softmax(self, dim, dtype=None):
-    return _softmax(self, dim, dtype=dtype)
-
-
-def _method_log_softmax(self, dim, dtype=None):
-    return _log_softmax(self, dim, dtype=dtype)
-
-
-def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """scaled_dot_product_attention in ordinary ops as torch's math kernel computes it (query and key each scaled by
-    the root of the scale, a float mask in the scores' dtype, a row without any allowed key attending to nothing),
-    its softmax through _softmax: torch's fused kernels have no usable forward-mode formula in reverse mode."""
-    if _plain(query, key, value, attn_mask):
-        return NotImplemented
-    if dropout_p > 0:
-        raise NotImplementedError("jvp penalty: scaled_dot_product_attention with dropout_p > 0 draws its mask "
-                                  "inside the kernel, which the second forward cannot replay; use "
-                                  "mode='double_backward'")
-    L, S = query.shape[-2], key.shape[-2]
-    if enable_gqa and key.dim() > 2 and key.shape[-3] != query.shape[-3]:
-        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
-        value = value.repeat_interleave(query.shape[-3] // value.shape[-3], -3)
-    root = math.sqrt(1 / math.sqrt(query.shape[-1]) if scale is None else scale)
-    # half-precision scores and softmax in float32 (an fp16 product of large values overflows where torch's do not)
-    acc = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
-    scores = (query.to(acc) * root) @ (key.to(acc) * root).transpose(-2, -1)
-    if is_causal:
-        keep = torch.ones(L, S, dtype=torch.bool, device=scores.device).tril()
-        scores = scores.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-            else scores + attn_mask.to(scores.dtype)
-    # a row that allows no key gives 0, as torch's kernels do; its scores are replaced before the softmax so that
-    # neither the values nor the gradients see the 0/0 of exp(-inf) summed
-    attends = (~torch.isneginf(scores)).any(-1, keepdim=True)  # (a NaN row stays NaN, as in torch's kernels)
-    p = _softmax(torch.where(attends, scores, torch.zeros_like(scores)), -1)
-    p = torch.where(attends, p, torch.zeros_like(p))
-    return p.to(value.dtype) @ value
-
-
-_RULES = {
-    F.scaled_dot_product_attention: _attention,
-    F.batch_norm: _batch_norm,
-    F.instance_norm: _instance_norm,
-    F.layer_norm: _layer_norm,
-    F.group_norm: _group_norm,
-    F.softmax: _softmax,
-    F.log_softmax: _log_softmax,
-    torch.softmax: _method_softmax,
-    torch.log_softmax: _method_log_softmax,
-    torch.Tensor.softmax: _method_softmax,
-    torch.Tensor.log_softmax: _method_log_softmax,
-    torch.logsumexp: _logsumexp,
-    torch.Tensor.logsumexp: _logsumexp,
-}
-for _f in (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
-    _RULES[_f] = _linear_in_input(_f)
-# Called directly (not through the functionals above), these would bypass the rules.
-_UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.native_batch_norm,
-                torch.native_layer_norm)
-
-
-class _DualRules(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _UNSUPPORTED:
-            raise NotImplementedError(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
-                                      "that reverse mode differentiates wrongly; call torch.nn.functional's "
-                                      "version or use mode='double_backward'")
-        rule = _RULES.get(func)
-        if rule is not None:
-            out = rule(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        return func(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- state the second forward must reproduce
@@ -503,7 +300,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         if replay:
             rng.restore(start)
         try:
-            with fwAD.dual_level(), _DualRules():
+            with fwAD.dual_level(), DualRules():
                 with warnings.catch_warnings():
                     # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
@@ -540,7 +337,7 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
     """The penalty by the double backward (with its graph), from D's buffers and the random-number state as they
     were at `start`; D's own buffers and the current random-number state are left alone.
 
-    any_order: normalizations with batch statistics run through _DualRules' ordinary ops: torch's fused
+    any_order: normalizations with batch statistics run through DualRules' ordinary ops: torch's fused
     batch/instance/layer norm backward treats its saved statistics as constants when differentiated again, so
     their third derivatives are silently wrong (pytorch/pytorch#186256, #175754), i.e. the gradient of the
     penalty would be right but not its derivative."""
@@ -555,7 +352,7 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
         now = rng.save()
         rng.restore(start)
         try:
-            with _DualRules() if any_order else contextlib.nullcontext():
+            with DualRules() if any_order else contextlib.nullcontext():
                 return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
         finally:
             rng.restore(now)

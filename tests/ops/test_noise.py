@@ -9,6 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import fastgan
 from fastgan.ops import BackendUnavailable, NoiseState, noisy_clean_batch
 from fastgan.ops import noise as N
+from fastgan.ops import noise_state
 from fastgan.reference import noise as ref
 from helpers import assert_close_to_oracle, backend_calls
 
@@ -454,12 +455,12 @@ def test_cpu_and_reference_backends_draw_the_same_eps():
 
 
 def test_default_state_is_seeded_by_torch_manual_seed(monkeypatch):
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     x = torch.zeros(4, 3)
     torch.manual_seed(123)
     a = noisy_clean_batch(x, x, 1.0)[0]
     b = noisy_clean_batch(x, x, 1.0)[0]
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     torch.manual_seed(123)
     assert torch.equal(noisy_clean_batch(x, x, 1.0)[0], a)
     assert not torch.equal(a, b)

@@ -8,7 +8,7 @@ import torch
 import torch._dynamo
 
 from fastgan.ops import NoiseState, default_noise_state, noisy_clean_batch, nt_losses
-from fastgan.ops import noise as N
+from fastgan.ops import noise_state
 from fastgan.reference import nt_losses as ref
 
 
@@ -34,13 +34,13 @@ def test_compiled_batch_takes_a_float_sigma_that_changes_between_calls():
 def test_default_state_first_used_inside_compile_is_seeded_like_eager(monkeypatch):
     """Without `state`, the first call creating the default state inside a compiled function raised (a guard
     on the data-dependent seed); it is now created once, as an eager first call would, and advances."""
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     x = torch.zeros(4, 3)
     f = _compile(lambda x: noisy_clean_batch(x, None, 1.0, backend="cpu")[0])
     torch.manual_seed(123)
     a, b = f(x), f(x)
     assert not torch.equal(a, b) and default_noise_state("cpu").offset == 6
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     torch.manual_seed(123)
     assert torch.equal(noisy_clean_batch(x, None, 1.0, backend="cpu")[0], a)
 
@@ -51,7 +51,7 @@ def test_default_state_first_used_inside_compile_is_seeded_like_eager(monkeypatc
 def test_states_created_under_inference_mode_work_outside_it(monkeypatch, backend):
     """A first call in an inference_mode evaluation created the default state as an inference tensor: the
     reference backend's draw, manual_seed and set_state then raised outside inference_mode."""
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     x = torch.randn(4, 3)
     with torch.inference_mode():
         noisy_clean_batch(x, None, 0.5, backend=backend)

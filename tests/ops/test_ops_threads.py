@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import fastgan.ops.noise as N
+import fastgan.ops.noise_state as noise_state
 from fastgan.ops import NoiseState, default_noise_state, gradient_penalty, noisy_clean_batch
 from fastgan.ops.noise import philox_normal
 
@@ -46,7 +46,7 @@ def _counters(x) -> int:
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("shared", ["default", "explicit"])
 def test_threads_drawing_from_one_state_get_distinct_noise(monkeypatch, backend, shared):
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     x = torch.zeros(256, 256)
     state = NoiseState(3) if shared == "explicit" else None
     calls = 4
@@ -78,7 +78,7 @@ def test_first_draws_from_threads_share_one_default_state(monkeypatch):
     """Each round: a fresh default state, first used by 8 threads at once; one state serves them all."""
     x = torch.zeros(64, 32)
     for _ in range(5):
-        monkeypatch.setattr(N, "_default_states", {})
+        monkeypatch.setattr(noise_state, "_default_states", {})
         torch.manual_seed(0)
         states = _in_threads(lambda i: (noisy_clean_batch(x, None, 1.0, backend="cpu"), default_noise_state("cpu"))[1])
         assert all(s is states[0] for s in states)
@@ -96,7 +96,7 @@ class _NoisyItems(torch.utils.data.Dataset):
 def test_forked_dataloader_workers_draw_different_noise(monkeypatch):
     """The workers inherit the parent's default state: a forked child seeds its own on first use, from torch's
     generator, which the DataLoader seeds in each worker."""
-    monkeypatch.setattr(N, "_default_states", {})
+    monkeypatch.setattr(noise_state, "_default_states", {})
     noisy_clean_batch(torch.zeros(1, 16), None, 1.0)  # the parent's state exists before the fork
     loader = torch.utils.data.DataLoader(_NoisyItems(), batch_size=1, num_workers=2,
                                          multiprocessing_context="fork")
