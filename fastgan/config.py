@@ -522,13 +522,15 @@ def _no_duplicate_keys(loader, node, deep=False):
             continue
         key = loader.construct_object(key_node, deep=True)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            first = seen.get(key)
         except TypeError:  # an unhashable key: PyYAML's own construct_mapping reports it
             continue
-        if first != key_node.start_mark.line + 1:
-            # the later one silently replaced the earlier, a whole section for a repeated `run:`
+        if first is not None:
+            # the later one silently replaced the earlier, a whole section for a repeated `run:` (also in one
+            # line's flow mapping, `{steps: 1, steps: 2}`)
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first at line {first})",
                                                     key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
@@ -683,7 +685,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
         value = yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", "") or "")
+        if problem.startswith("duplicate key"):  # valid YAML, not text: taken as text it would hide the mistake
+            raise ConfigError(f"{key}: {problem.split(' (first at')[0]} in --set {item!r}") from None
         value = raw
     return key, value
 

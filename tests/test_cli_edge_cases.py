@@ -46,3 +46,27 @@ def test_set_of_a_number_for_a_number_field_still_checks_it(capsys):
 def test_set_with_an_empty_name_between_dots(capsys, item):
     assert main(["train", "--print-config", "--set", item]) == 2
     assert "a key is dot-separated field names, e.g. run.steps; this one has an empty name" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ fastgan.cli's own behaviour
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2 and "required: command" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_exit_1_without_a_traceback():
+    """`fastgan info --json | head -0`: the reader is gone before anything is written; the flush in main meets the
+    broken pipe (exit 1, nothing on stderr) rather than Python's flush at exit ("Exception ignored", exit 120)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a buffered stdout, as by default
+    p = subprocess.Popen([sys.executable, "-m", "fastgan", "info", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # before the child (importing torch) writes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and err == "", err

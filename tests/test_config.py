@@ -414,3 +414,217 @@ def test_unread_fields_are_exactly_what_the_config_refuses(section):
                 assert refused and refused.startswith(f"{section}.{name}: {unread[name]}"), (base, name, refused)
             else:
                 assert refused is None or "used by" not in refused, (base, name, refused)
+
+
+# ------------------------------------------------------------------------------------------ README's default tables
+
+def _readme_default_rows():
+    """(dotted key, default text) from the README's `| key | default | meaning |` tables (Methods, Data, Models)."""
+    text = (REPO / "README.md").read_text()
+    rows, prefix = [], None
+    for line in text.splitlines():
+        if line.startswith("#"):  # a heading: the tables under these three only
+            prefix = {"## Data (`data:`)": "data.", "## Models (`model:`)": "model.",
+                      "### Methods and their config keys": ""}.get(line.strip())
+        if prefix is None or not line.startswith("| `"):
+            continue
+        key_cell, default_cell = [c.strip() for c in line.strip("|").split("|")][:2]
+        keys = re.findall(r"`([^`]+)`", key_cell)
+        defaults = [d.strip().strip("`") for d in default_cell.split(",")] if "," in default_cell else [
+            default_cell.strip("`")]
+        section = prefix + keys[0].rsplit(".", 1)[0] + "." if "." in keys[0] else prefix
+        full = [prefix + keys[0]] + [k if k.count(".") else section + k for k in keys[1:]]
+        if len(full) != len(defaults):
+            assert len(defaults) == 1, line
+            defaults = defaults * len(full)
+        rows += list(zip(full, defaults))
+    return rows
+
+
+def _default_of(key):
+    obj = TrainConfig()
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_readme_default_tables_are_the_dataclass_defaults():
+    """Each default the README's config tables print is the field's default (a changed default, or a README row
+    left behind, shows here)."""
+    rows = _readme_default_rows()
+    assert len(rows) > 60, rows
+    words = {"null": None, "none": None, "true": True, "false": False, "per arch": None, "=lr_d": None,
+             "input width": None}
+    for key, text in rows:
+        actual = _default_of(key)
+        if isinstance(actual, str):  # a choice, `none` included
+            expected = text
+        else:
+            expected = words[text] if text in words else float(text) if re.fullmatch(r"[-+0-9.e]+", text) else text
+        if isinstance(expected, float):
+            assert isinstance(actual, (int, float)) and not isinstance(actual, bool) and actual == expected, (key, text)
+        else:
+            assert actual == expected, (key, text, actual)
+
+
+def test_defaults_the_readme_gives_in_its_prose():
+    """Defaults the README's tables give in their meaning column (Roth's gamma, Adam's betas) and the arch
+    defaults (`latent_dim` 2 / 100 / 128, mlp tanh 128-128, goodfellow 1200-1200 / 240x5, BatchNorm on for dcgan)."""
+    cfg = TrainConfig()
+    r, o = cfg.method.roth, cfg.optim
+    assert (r.gamma, r.gamma0, r.alpha) == (0.1, 2.0, 0.01)
+    assert (o.beta1, o.beta2, o.momentum) == (0.5, 0.999, 0.0)
+    from fastgan.models.config import ModelConfig
+
+    mlp, good, dc = ModelConfig(), ModelConfig(arch="goodfellow"), ModelConfig(arch="dcgan")
+    assert [m.resolved("latent_dim") for m in (mlp, good, dc)] == [2, 100, 128]
+    assert (mlp.resolved("g_hidden"), mlp.resolved("d_hidden")) == ((128, 128), (128, 128))
+    assert (good.resolved("g_hidden"), good.resolved("d_hidden")) == ((1200, 1200), (240, 240))
+    assert [(m.resolved("g_batchnorm"), m.resolved("d_batchnorm")) for m in (mlp, good, dc)] == [
+        (False, False), (False, False), (True, True)]
+# ------------------------------------------------------------------------------------------ range edges, types
+
+@pytest.mark.parametrize("data", [
+    {"optim": {"beta1": 0.0, "beta2": 0.0}},  # [0, 1]: the lower end is in
+    {"optim": {"optimizer": "sgd", "momentum": 1.0, "beta1": 1.0}},  # the upper end too; < 1 only for adam
+    {"method": {"roth": {"alpha": 1.0, "gamma": 0.0}}},  # (0, 1] and >= 0
+    {"run": {"sample_every": 0, "checkpoint_every": 0, "fd_every": 0}},  # 0: only at the end
+    {"run": {"seed": -2**63}},
+    {"run": {"parzen": True, "parzen_test": 2}},
+    {"run": {"parzen_test": 1}},  # >= 2 only with run.parzen
+    {"data": {"name": "image_folder", "path": "d", "image_size": 2**31 - 1}},  # PIL's largest
+    {"model": {"mlp_activation": "leaky_relu", "leaky_slope": 1.0}},
+    {"run": {"cuda_graph": True, "device": "auto"}},
+    {"run": {"device": "cuda:12"}},
+])
+def test_range_edges_are_accepted(data):
+    C.from_dict(data)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"optim": {"lr_g": 0}}, r"optim\.lr_g: must be in \(0\.0, "),
+    ({"optim": {"momentum": 1.5, "optimizer": "sgd"}}, r"optim\.momentum: must be in \[0\.0, 1\.0\]"),
+    ({"method": {"d_steps": 0}}, r"method\.d_steps: must be >= 1, got 0"),
+    ({"method": {"roth": {"every": 0}}}, r"method\.roth\.every: must be >= 1"),
+    ({"method": {"roth": {"anneal_steps": 0}}}, r"method\.roth\.anneal_steps: must be >= 1"),
+    ({"method": {"nt": {"anneal_steps": 0}}}, r"method\.nt\.anneal_steps: must be >= 1"),
+    ({"run": {"log_every": 0}}, r"run\.log_every: must be >= 1"),
+    ({"run": {"num_samples": 0}}, r"run\.num_samples: must be >= 1"),
+    ({"run": {"fd_samples": 19}}, r"run\.fd_samples: must be >= 20"),
+    ({"run": {"parzen": True, "parzen_test": 1}}, r"run\.parzen_test: must be >= 2 with run\.parzen"),
+    ({"run": {"progress": "never"}}, r"run\.progress: must be one of \('auto', 'on', 'off'\)"),
+    ({"run": {"device": "cuda:"}}, r"run\.device: must be one of"),
+    ({"run": {"name": "a/b"}}, r"run\.name: must be a non-empty name without '/'"),
+    ({"run": {"name": " a"}}, r"run\.name: must be a non-empty name"),
+    ({"run": {"cuda_graph": True}}, r"run\.cuda_graph: CUDA graphs need run\.device='cuda'"),
+    ({"model": {"mlp_activation": "leaky_relu", "leaky_slope": 1.5}}, r"model\.leaky_slope: must be in \[0\.0, 1\.0\]"),
+    ({"model": {"arch": "goodfellow", "d_input_dropout": 1.0}}, r"model\.d_input_dropout: must be in \[0\.0, 0\.99\]"),
+    ({"method": {"roth": {"gamma": float("nan")}}}, r"method\.roth\.gamma: must be a finite number, got nan"),
+    ({"method": {"roth": {"gamma": float("inf")}}}, r"method\.roth\.gamma: must be a finite number, got inf"),
+    ({"optim": {"lr_g": True}}, r"optim\.lr_g: must be a number, got True"),
+    ({"run": {"tensorboard": 1}}, r"run\.tensorboard: must be true or false, got 1"),
+    ({"data": {"name": "npz", "path": "x.npz", "value_range": [0, 1, 2]}},
+     r"data\.value_range: must be a list of 2 values .*got 3 values"),
+])
+def test_values_just_outside_a_range_or_type_name_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        C.from_dict(data)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method.name=nt", "method.nt.noise=fixed", "method.nt.clean=false", "method.nt.fused=true"],
+     r"^method\.nt\.fused: noisy_clean_batch .*needs method\.nt\.clean=true"),
+    (["method.name=roth+nt", "method.roth.mode=jvp", "method.nt.noise=learned_sigma"], r"^method\.roth\.mode: 'jvp'"),
+    (["method.name=gan", "method.loss=wgan_gp", "method.g_loss=saturating"], r"^method\.g_loss: 'saturating'"),
+    (["method.name=gan", "method.update=simultaneous", "method.d_steps=2"],
+     r"^method\.d_steps: simultaneous updates \(method\.update='simultaneous'\) need d_steps=1, got 2"),
+    (["method.name=nt", "method.nt.batch=half", "method.nt.noise=fixed", "optim.batch_size=1"],
+     r"^optim\.batch_size: the half-batch construction needs >= 2, got 1"),
+    (["method.name=nt", "method.nt.batch=half", "model.g_batchnorm=true", "optim.batch_size=2"],
+     r"^optim\.batch_size: NT's noise generator .*batch_size >= 3, got 2"),
+    (["model.arch=dcgan", "data.name=grid25"], r"^model\.arch: 'dcgan' needs an image data set, data\.name='grid25'"),
+    (["method.name=dfm", "optim.batch_size=1"], r"^optim\.batch_size: training-mode BatchNorm \(method\.name='dfm': "
+                                                r"DFM's denoiser\) needs a batch of at least 2 samples, got 1$"),
+])
+def test_rules_between_fields_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        C.coerce(None, overrides)
+
+
+def test_rules_between_fields_leave_what_they_do_not_cover():
+    # NT's noise generator at half batches of 2: fine without G BatchNorm (dcgan's G draws for all rows)
+    C.coerce(None, ["method.name=nt", "method.nt.batch=half", "optim.batch_size=2"])
+    C.coerce(None, ["method.name=nt", "method.nt.batch=half", "optim.batch_size=2", "model.arch=dcgan",
+                    "data.name=fashion_mnist"])
+    C.coerce(None, ["method.name=roth+nt", "method.roth.mode=jvp", "method.nt.noise=fixed"])  # fixed noise: fine
+    C.coerce(None, ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear"])
+
+
+@pytest.mark.parametrize("section,value,message", [
+    ("run", C.RunConfig(steps=None), r"^run\.steps: must be an integer, got None"),
+    ("run", C.RunConfig(steps=True), r"^run\.steps: must be an integer, got True"),
+    ("optim", C.OptimConfig(lr_g=float("nan")), r"^optim\.lr_g: must be a finite number, got nan"),
+    ("run", {"steps": 3}, r"^run: must be a RunConfig, got dict"),
+    ("data", C.DataConfig(name="npz", path="x.npz", value_range=range(0, 2)),
+     r"^data\.value_range: must be a list of 2 values \(a number, a number\), got range\(0, 2\)"),
+])
+def test_a_directly_built_config_is_type_checked(section, value, message):
+    """What no loader made (a TrainConfig built in Python) is checked by validate() and coerce() alike."""
+    cfg = dataclasses.replace(TrainConfig(), **{section: value})
+    with pytest.raises(ConfigError, match=message):
+        C.validate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        C.coerce(cfg)  # coerce validates a TrainConfig given as is
+
+
+def test_an_override_value_may_hold_an_equals_sign_and_keys_are_stripped():
+    cfg = C.coerce(None, ["run.name=a=b", " run.steps = 5"])
+    assert (cfg.run.name, cfg.run.steps) == ("a=b", 5)
+
+
+def test_a_mapping_as_overrides_is_refused_naming_its_type():
+    with pytest.raises(ConfigError, match=r"^overrides: must be a list of 'key=value' strings, got dict$"):
+        C.coerce(None, {"run.steps": 2})
+
+
+def test_a_folder_given_as_config_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^config: {re.escape(str(tmp_path))} is a folder; give a YAML file$"):
+        load_config(tmp_path)
+
+
+def test_diff_names_nested_fields_by_their_dotted_path():
+    a = TrainConfig()
+    b = C.replace(a, **{"method.roth.gamma": 0.5, "run.steps": 7})
+    assert C.diff(a, b) == [("method.roth.gamma", 0.1, 0.5), ("run.steps", 3000, 7)]
+    assert C.diff(b, C.replace(b)) == []
+
+
+def test_a_mapping_may_hold_section_objects():
+    run = C.RunConfig(steps=5, name="obj")
+    assert C.from_dict({"run": run}).run is run
+    cfg = C.coerce({"run": run}, ["run.seed=1"])  # an override into a section given as an object keeps its fields
+    assert (cfg.run.steps, cfg.run.name, cfg.run.seed) == (5, "obj", 1)
+
+
+def test_to_dict_is_plain_lists_and_dicts():
+    import json
+
+    cfg = C.coerce(None, ["model.g_hidden=[16, 8]", "data.name=npz", "data.path=x.npz", "data.value_range=[0, 1]"])
+    d = C.to_dict(cfg)
+    assert d["model"]["g_hidden"] == [16, 8] and type(d["model"]["g_hidden"]) is list
+    assert type(d["data"]["value_range"]) is list
+    assert json.loads(json.dumps(d)) == d and C.from_dict(d) == cfg
+
+
+def test_an_override_value_that_is_not_yaml_or_is_empty():
+    assert C.parse_override("run.name=") == ("run.name", "")
+    with pytest.raises(ConfigError, match=r"^run\.name: must be a non-empty name .*got ''$"):
+        C.coerce(None, ["run.name="])
+    assert C.parse_override("run.name=[x") == ("run.name", "[x")  # not valid YAML: the text as typed
+    assert C.coerce(None, ["run.name=[x"]).run.name == "[x"
+
+
+def test_apply_overrides_refuses_a_config_that_is_not_a_mapping():
+    with pytest.raises(ConfigError, match=r"^config: must be a mapping of keys to values, got \[1, 2\]$"):
+        C.apply_overrides([1, 2], ["run.steps=1"])
+    assert C.apply_overrides(None, ["run.steps=1"]) == {"run": {"steps": 1}}

@@ -113,3 +113,50 @@ def test_extension_import_error_says_whether_the_source_tree_holds_a_build(tmp_p
     else:
         assert "which holds no built extension" in why
     assert _ext.available()[0], "the real extension loads again"
+
+
+# ------------------------------------------------------------------ what info() reports, field by field
+
+
+def test_info_report_fields_match_the_build_and_print_nothing(capsys):
+    import fastgan._C as C
+
+    r = fastgan.info()
+    assert capsys.readouterr().out == ""  # print_report defaults to False
+    ext = r["extension"]
+    assert ext["cuda_compiled"] is bool(C.cuda_compiled) and ext["openmp"] is bool(C.openmp)
+    assert ext["cuda_archs"] == ([a for a in C.cuda_archs.split(",")] if C.cuda_archs else [])
+    assert r["torch_cuda"] == torch.version.cuda and r["torch"] == torch.__version__
+    for st in r["backends"]["cpu"].values():
+        assert (st["reason"] is None) == st["usable"], st  # a reason exactly when unusable, never ""
+    if not torch.cuda.is_available():
+        assert r["backends"]["cuda"] == {b: {"usable": False, "reason": "no CUDA device visible to torch"}
+                                         for b in ("cuda", "triton")}
+    assert r["metrics_classifier"] == {"ok": True, "reason": None}
+
+
+def test_info_names_a_damaged_classifier(monkeypatch):
+    from fastgan.metrics import classifier
+
+    monkeypatch.setattr(classifier, "shipped_weights_problem", lambda: "damaged")
+    mc = fastgan.info()["metrics_classifier"]
+    assert mc["ok"] is False and mc["reason"] == f"{classifier.WEIGHTS} is damaged (SHA-256 differs; reinstall fastgan)"
+
+
+def test_format_report_lines():
+    from fastgan.info import format_report
+
+    r = fastgan.info()
+    text = format_report(r)
+    for dev, backends in r["backends"].items():
+        for name, st in backends.items():
+            want = "usable" if st["usable"] else f"unusable: {st['reason']}"
+            assert f"\n  {name:<10} {want}" in text, (dev, name)
+    if r["extension"]["cuda_compiled"]:
+        assert f"CUDA kernels: sm_{', sm_'.join(r['extension']['cuda_archs'])}" in text
+    assert f"; OpenMP: {'yes' if r['extension']['openmp'] else 'no'}" in text
+    assert "[TRITON_INTERPRET=1]" in format_report({**r, "triton_interpret": True})
+    assert "[TRITON_INTERPRET=1]" not in format_report({**r, "triton_interpret": False})
+    bad = {**r, "metrics_classifier": {"ok": False, "reason": "x.pt is damaged"}}
+    assert "Fashion-MNIST classifier (run.fd, fastgan eval): x.pt is damaged" in format_report(bad)
+    assert "CUDA devices: none" in format_report({**r, "cuda_devices": []})

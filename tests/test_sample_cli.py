@@ -101,3 +101,57 @@ def test_missing_or_damaged_run_info(mixture_run, tmp_path, capsys):
     (run / "run_info.json").unlink()
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
     assert "run_info.json not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ fastgan.run_commands (crosstest, eval, sample)
+
+def test_seed_option_takes_what_torch_generator_takes():
+    import argparse
+
+    from fastgan.run_commands import _seed, add_device_and_seed
+
+    for seed in (-2 ** 63, 0, 2 ** 64 - 1):
+        assert _seed(str(seed)) == seed
+        torch.Generator().manual_seed(seed)
+    for seed in (-2 ** 63 - 1, 2 ** 64):
+        with pytest.raises(ValueError):
+            _seed(str(seed))
+    p = argparse.ArgumentParser()
+    add_device_and_seed(p, "seed")
+    assert vars(p.parse_args([])) == {"device": "cpu", "seed": 0}
+
+
+def test_device_option_errors_name_the_option(monkeypatch):
+    from fastgan.config import ConfigError
+    from fastgan.run_commands import cli_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli_device("cpu") == torch.device("cpu") and cli_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"^--device: 'cuda:0' requested but torch sees no CUDA device"):
+        cli_device("cuda:0")
+    with pytest.raises(ConfigError, match=r"^--device: must be one of \('cpu', 'cuda', 'cuda:N', 'auto'\), got 'tpu'"):
+        cli_device("tpu")
+
+
+def test_strict_json_writes_non_finite_values_as_strings():
+    from fastgan.run_commands import strict_json
+
+    obj = {"a": float("nan"), "b": [float("inf"), (1.5, float("-inf"))], "c": {"d": (float("nan"),)}, "e": 2}
+    assert json.loads(strict_json(obj)) == {"a": "nan", "b": ["inf", [1.5, "-inf"]], "c": {"d": ["nan"]}, "e": 2}
+
+
+def test_run_exit_codes_config_2_other_errors_1(capsys):
+    from fastgan.config import ConfigError
+    from fastgan.run_commands import run
+
+    def raising(e):
+        def body():
+            raise e
+        return body
+
+    assert run("x", lambda: "out") == 0 and capsys.readouterr().out == "out\n"
+    assert run("x", raising(ConfigError("--device: bad"))) == 2
+    assert capsys.readouterr().err == "fastgan x: error: --device: bad\n"
+    for e in (FileNotFoundError("gone"), ValueError("v"), TypeError("t"), RuntimeError("r")):
+        assert run("x", raising(e)) == 1
+        assert capsys.readouterr().err == f"fastgan x: error: {e}\n"

@@ -162,3 +162,89 @@ def test_a_section_header_without_keys_keeps_the_defaults(tmp_path):
     p.write_text("run:\nmethod:\n  roth:\n")
     cfg = C.load_config(p)
     assert cfg.run == C.TrainConfig().run and cfg.method.roth == C.TrainConfig().method.roth
+
+
+# ------------------------------------------------------------------ the README's table of which fields are read where
+
+def test_which_data_sets_read_which_fields_is_the_readmes_table():
+    """README (Data): `path`, `max_samples` only for file data; `split` only for mnist, fashion_mnist, cifar10;
+    `nominal_size`, `mixture_std` only for the mixtures; `image_size`, `channels` only for image_folder; `npz_key`,
+    `value_range` only for npz. (unread_fields and the refusals share one table, so this pins the table itself.)"""
+    from fastgan.data.config import DATASETS, unread_fields
+
+    files, mixtures = {"mnist", "fashion_mnist", "cifar10", "image_folder", "npz"}, {"roth3d", "ring8", "grid25"}
+    read_by = {"path": files, "max_samples": files, "split": {"mnist", "fashion_mnist", "cifar10"},
+               "nominal_size": mixtures, "mixture_std": mixtures, "image_size": {"image_folder"},
+               "channels": {"image_folder"}, "npz_key": {"npz"}, "value_range": {"npz"}}
+    for name in DATASETS:
+        assert set(unread_fields(name)) == {k for k, names in read_by.items() if name not in names}, name
+    assert "set data.name to the file's format" in unread_fields("roth3d")["path"]
+    assert "set data.name" not in unread_fields("roth3d")["max_samples"]
+
+
+def test_which_architectures_read_which_fields_is_the_readmes_table():
+    """README (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
+    goodfellow; `dcgan_width` only for dcgan; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
+    g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation only for dcgan."""
+    from fastgan.models.config import unread_fields
+
+    good = {"maxout_pieces", "d_input_dropout", "d_dropout"}
+    assert set(unread_fields("mlp", "tanh")) == good | {"dcgan_width", "dcgan_g_filters", "dcgan_activation",
+                                                        "leaky_slope"}
+    assert set(unread_fields("mlp", "relu")) == set(unread_fields("mlp", "tanh"))
+    assert set(unread_fields("mlp", "leaky_relu")) == set(unread_fields("mlp", "tanh")) - {"leaky_slope"}
+    assert set(unread_fields("goodfellow")) == {"mlp_activation", "dcgan_width", "dcgan_g_filters",
+                                                "dcgan_activation", "leaky_slope"}
+    assert set(unread_fields("dcgan", dcgan_activation="relu")) == good | {"mlp_activation", "g_hidden", "d_hidden"}
+    assert set(unread_fields("dcgan", dcgan_activation="tanh")) == good | {"mlp_activation", "g_hidden", "d_hidden",
+                                                                           "leaky_slope"}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(name="ring8", holdout=5), r"^data\.holdout: the built-in mixture 'ring8' draws fresh samples"),
+    (dict(name="mnist"), r"^data\.path: required for data\.name='mnist'"),
+    (dict(name="npz", path="x.npz", value_range=(1, 1)), r"^data\.value_range: must be \(lo, hi\) with lo < hi"),
+    (dict(name="npz", path="x.npz", value_range=(0, 1, 2)), r"^data\.value_range: must be \(lo, hi\) with lo < hi"),
+])
+def test_dataconfig_rules(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**fields)
+
+
+def test_data_choices_and_what_they_accept():
+    assert C.coerce(None, ["data.name=mnist", "data.path=d", "data.split=all"]).data.split == "all"
+    assert C.coerce(None, ["data.name=fashion_mnist"]).data.path is None  # its default folder
+    assert C.coerce(None, ["data.name=npz", "data.path=x", "data.value_range=[0, 1]"]).data.value_range == (0.0, 1.0)
+    with pytest.raises(C.ConfigError, match=r"data\.channels: must be one of \(0, 1, 3\), got 4"):
+        C.coerce(None, ["data.name=image_folder", "data.path=d", "data.channels=4"])
+    with pytest.raises(C.ConfigError, match=r"data\.max_samples: must be >= 1, got 0"):
+        C.coerce(None, ["data.name=npz", "data.path=x", "data.max_samples=0"])
+
+
+@pytest.mark.parametrize("value", [[], [0], [8, -1], [True], (8, 2.0)])
+def test_hidden_widths_must_be_positive_ints(value):
+    for name in ("g_hidden", "d_hidden"):
+        with pytest.raises(ValueError, match=rf"^model\.{name}: must be a non-empty list of positive ints"):
+            ModelConfig(**{name: value})
+
+
+def test_model_lists_become_tuples_and_resolved_keeps_false():
+    m = ModelConfig(g_hidden=[8, 4], d_hidden=[2])
+    assert m.g_hidden == (8, 4) and m.d_hidden == (2,) and hash(m) == hash(ModelConfig(g_hidden=(8, 4), d_hidden=(2,)))
+    assert ModelConfig(arch="dcgan", dcgan_g_filters=[8, 8, 8]).dcgan_g_filters == (8, 8, 8)
+    dc = ModelConfig(arch="dcgan", g_batchnorm=False, d_batchnorm=False)
+    assert (dc.resolved("g_batchnorm"), dc.resolved("d_batchnorm")) == (False, False)
+    with pytest.raises(ValueError, match=r"^model\.d_hidden: not used by arch 'dcgan'"):
+        ModelConfig(arch="dcgan", d_hidden=(8,))
+
+
+def test_a_repeated_key_in_a_one_line_mapping_is_an_error(tmp_path):
+    """Until 2026-12-02 a key repeated on one line (a flow mapping) passed, its last value silently winning: the
+    check compared the keys' line numbers."""
+    with pytest.raises(C.ConfigError, match=r"^run: duplicate key 'steps' in --set 'run=\{steps: 1, steps: 2\}'$"):
+        C.coerce(None, ["run={steps: 1, steps: 2}"])
+    p = tmp_path / "c.yaml"
+    p.write_text("run: {steps: 1, steps: 2}\n")
+    with pytest.raises(C.ConfigError, match=r"duplicate key 'steps' \(first at line 1\)"):
+        C.load_config(p)
+    assert C.coerce(None, ["run.name=[x"]).run.name == "[x"  # text that is not YAML stays text
