@@ -55,7 +55,7 @@ def _state(run_dir: Path) -> tuple[str, str, int | None]:
         return "unreadable", f"unreadable status.json ({type(e).__name__}: {e})", None
     state, reason, at = status["state"], str(status.get("reason", "")), status.get("step")
     if status.get("phase") == "final evaluation" and state != "finished":
-        reason = f"trained to the end, then {state} in the final evaluation: {reason}"
+        reason = f"trained to the end, then {state} in the final evaluation{f': {reason}' if reason else ''}"
     at = at if isinstance(at, int) and not isinstance(at, bool) else None
     if state == "running" and not lock_held(run_dir):
         return "ended", "no process holds the run and it recorded no end (killed?)", at

@@ -318,3 +318,65 @@ def test_a_config_yaml_with_a_field_its_run_did_not_read_is_summarized(study, tm
     assert r["state"] == "unreadable" and "model.latent_dim" in r["reason"]
     capsys.readouterr()
     assert main(["train", "--print-config", str(d)]) == 2 and "model.latent_dim" in capsys.readouterr().err
+
+
+def test_runs_sort_by_their_name_and_folders_list_sorted(tmp_path):
+    """compare() sorts by run.name (config.yaml), not by the folder's path; find_runs lists a folder's runs
+    sorted."""
+    for name, folder in (("b", "1"), ("a", "2"), ("c", "0")):
+        _fake_run(tmp_path, name).rename(tmp_path / folder)
+    assert [r["name"] for r in compare.compare(tmp_path)] == ["a", "b", "c"]
+    assert [p.name for p in compare.find_runs(tmp_path)] == ["0", "1", "2"]
+
+
+def test_metrics_are_listed_first_ones_first(tmp_path):
+    _fake_run(tmp_path, "a", rows=("step,eval/zzz,eval/kl_modes,eval/fd", "10,1,2,3"))
+    assert compare.format_table(compare.compare(tmp_path)).splitlines()[0].split() == \
+        ["run", "state", "step", "fd", "kl_modes", "zzz"]
+
+
+def test_a_finished_final_evaluation_keeps_its_reason_and_a_boolean_step_is_no_step(tmp_path):
+    _fake_run(tmp_path, "f", phase="final evaluation", reason="done")
+    _fake_run(tmp_path, "s", state="stopped", reason="why", step=True)
+    rows = {r["name"]: r for r in compare.compare(tmp_path)}
+    assert rows["f"]["reason"] == "done"
+    assert rows["s"]["at"] is None
+
+
+def test_table_values_keep_four_significant_digits_and_an_unreadable_run_has_no_steps(tmp_path):
+    _fake_run(tmp_path, "a", rows=("step,eval/fd", "10,26.55"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.yaml").write_text("run: [unclosed\n")
+    lines = compare.format_table(compare.compare(tmp_path)).splitlines()
+    assert lines[1].split() == ["a", "finished", "10/10", "26.55"]
+    assert lines[2].split()[:3] == ["b", "unreadable", "0/?"]
+
+
+def test_a_missing_tail_mean_is_not_shown_with_a_std(tmp_path):
+    _fake_run(tmp_path, "s-a-x", rows=("step,eval/fd_tail_mean,eval/fd_tail_std", "10,26.5,0.6"))
+    _fake_run(tmp_path, "s-a-y", rows=("step,eval/fd_tail_std", "10,0.7"))
+    grid = compare.format_grid(compare.compare(tmp_path), "fd_tail_mean").splitlines()
+    assert grid[2].split() == ["s-a", "26.5±0.6", "-"]
+
+
+def test_grid_shows_the_values_of_a_run_without_status_json(tmp_path):
+    """A run from an older fastgan has no status.json (state "unknown"): the grid shows what it logged."""
+    (_fake_run(tmp_path, "o-a") / "status.json").unlink()
+    grid = compare.format_grid(compare.compare(tmp_path), "fd").splitlines()
+    assert grid[2].split() == ["o", "1.5"]
+
+
+def test_cli_metrics_list_ignores_empty_items(tmp_path, capsys):
+    _fake_run(tmp_path, "a", rows=("step,eval/fd,eval/modes", "10,1.5,3"))
+    assert main(["compare", str(tmp_path), "--metrics", "fd,,", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["metrics"] == {"fd": 1.5}
+
+
+def test_a_run_in_its_final_evaluation_has_no_dangling_colon(tmp_path):
+    """A run still in its final evaluation has no reason yet: until 2026-12-02 its reason ended in ': '."""
+    d = _fake_run(tmp_path, "e", state="running", phase="final evaluation")
+    fd = run_folder.lock(d)
+    try:
+        assert compare.summarize(d)["reason"] == "trained to the end, then running in the final evaluation"
+    finally:
+        run_folder.unlock(fd)

@@ -1,13 +1,16 @@
 """Roth et al.'s cross-testing (section 5.5): fastgan.metrics.cross_test on hand-made discriminators, and
 `fastgan crosstest` on two short runs."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fastgan
+import fastgan.metrics as _metrics
 from fastgan import crosstest
-from fastgan.cli import main
+from fastgan.cli import build_parser, main
 from fastgan.metrics import confusion, cross_test, real_fraction
 
 
@@ -367,3 +370,93 @@ def test_a_logit_of_exactly_zero_is_not_called_real():
     # "Real" is D(x) > 1/2, i.e. a logit > 0: at x_0 = 0.5 the logit is exactly 0 (D(x) = 1/2), not real
     d = threshold_d(0.5)
     assert real_fraction(d, points(0.5, 0.5, 1.0, 0.0)) == 0.25
+
+
+def _report(**m2):
+    base = {"tp": 0.5, "fn": 0.5, "fp": 0.25, "tn": 0.75, "cross_fp": 0.75, "tp_se": 0.011, "fp_se": 0.022,
+            "cross_fp_se": 0.033}
+    return {"real": "r", "generated": 4, "runs": ["a", "b"], "steps": [3, 7], "model1": base,
+            "model2": {**base, "tp_se": 0.044, "fp_se": 0.055, "cross_fp_se": 0.066, **m2}, "better": 2,
+            "cross_fp_difference_se": 0.25}
+
+
+def test_report_rows_show_each_rates_own_standard_error_and_step():
+    text = crosstest.format_report(_report(cross_fp=0.25))
+    assert "own D: real called real (TP)" in text and "(± 0.0110, ± 0.0440)" in text.splitlines()[4]
+    assert "own D: real called fake (FN)" in text.splitlines()[5] and "(± 0.0110, ± 0.0440)" in text.splitlines()[5]
+    assert "(± 0.0220, ± 0.0550)" in text.splitlines()[6] and "(± 0.0220, ± 0.0550)" in text.splitlines()[7]
+    assert "model 1: a (step 3)" in text and "model 2: b (step 7)" in text
+    # a difference of exactly two standard errors is not "more than two"
+    assert "difference 0.5000 ± 0.2500 (standard error): within two standard errors" in text
+
+
+def test_cli_samples_default_is_10000():
+    assert build_parser().parse_args(["crosstest", "a", "b"]).samples == 10000
+
+
+def test_data_fields_that_do_not_change_the_distribution_are_ignored(two_runs):
+    from fastgan.data import idx
+
+    cfg = fastgan.config.load_config(two_runs[0] / "config.yaml")
+
+    def key(**data):
+        return crosstest._data_key(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data)))
+    assert key(nominal_size=7) == key()   # roth3d
+    npz = {"name": "npz", "path": "x.npz"}
+    for field, value in (("keep_on_device", "no"), ("max_samples", 5), ("holdout", 2)):
+        assert key(**npz, **{field: value}) == key(**npz), field
+    # Fashion-MNIST's default folder, spelled out or left out
+    assert key(name="fashion_mnist", path=idx.FASHION_MNIST_DIR) == key(name="fashion_mnist")
+
+
+def test_held_out_real_takes_at_most_n_and_names_every_holdout(tmp_path):
+    _indexed_npz(tmp_path / "x.npz", n=24)
+    a = _index_run(tmp_path, "a", "data.holdout=4")     # trained on 0..19
+    b = _index_run(tmp_path, "b", "data.holdout=10")    # 0..13
+    cfgs = [fastgan.config.load_config(r / "config.yaml").data for r in (a, b)]
+    real, where = crosstest.held_out_real(cfgs[0], 2, "cpu", torch.Generator().manual_seed(0), others=cfgs[1:])
+    assert torch.round((real[:, 0, 0, 0] + 1) * 255 / 2).long().tolist() == [20, 21]
+    r = crosstest.cross_test_runs(b, a, samples=10)
+    assert r["real"] == "the data.holdout=4 and 10 samples held out of training (4 samples)"
+    assert r["generated"] == 10   # generated per model: --samples, not the number of real samples
+
+
+def test_generated_samples_are_all_of_g_in_eval_mode(tmp_path, monkeypatch):
+    """G with BatchNorm: the samples D classifies are G.eval()'s, on one set of latents, in every chunk of 1024."""
+    runs = []
+    for name, seed in (("a", 0), ("b", 1)):
+        runs.append(tmp_path / name)
+        fastgan.train(None, overrides=[*TINY[:-1], "run.steps=2", f"run.dir={runs[-1]}", "model.g_batchnorm=true",
+                                       f"run.seed={seed}"])
+    seen, real_cross_test = {}, _metrics.cross_test
+
+    def spy(D1, fake1, D2, fake2, real, **kw):
+        seen.update(fakes=(fake1, fake2))
+        return real_cross_test(D1, fake1, D2, fake2, real, **kw)
+    monkeypatch.setattr(_metrics, "cross_test", spy)
+    crosstest.cross_test_runs(*runs, samples=1100, seed=3)
+    g = torch.Generator().manual_seed(3)
+    crosstest.held_out_real(fastgan.config.load_config(runs[0] / "config.yaml").data, 1100, "cpu", g)
+    models = [crosstest.load_run(r, (3,)) for r in runs]
+    z = models[0].G.sample_latent(1100, generator=g)
+    for m, fake in zip(models, seen["fakes"]):
+        with torch.no_grad():
+            want = m.G.eval()(z)
+        assert fake.shape == (1100, 3)
+        torch.testing.assert_close(fake, want)
+
+
+def test_steps_are_the_checkpoints_and_a_missing_module_is_named(two_runs, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "early"
+    shutil.copytree(two_runs[1], bad)
+    path = bad / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    state["step"] = 3   # as a run stopped before run.steps saves it
+    torch.save(state, path)
+    assert crosstest.cross_test_runs(two_runs[0], bad, samples=10)["steps"] == [5, 3]
+    del state["method"]["modules"]["G"]
+    torch.save(state, path)
+    assert main(["crosstest", str(two_runs[0]), str(bad), "--samples", "10"]) == 1
+    assert "its G does not fit its config's model: no entry 'G'" in capsys.readouterr().err

@@ -4,19 +4,20 @@ neither — with the fused ops' CUDA backend glue too, its kernels in the emulat
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import emulate_cuda
+from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 from fastgan import config as C
 from fastgan.graph_check import capture_hazards
 from fastgan.methods.step import _set_capturable
 from fastgan.train import _Run
-
-from helpers import emulate_cuda
-from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 
 def _toy(scale_in_python=False, read_back=False, branch=False):
@@ -222,3 +223,65 @@ def test_cuda_graph_refuses_data_kept_in_host_memory(keep):
                                             rf"\(data\.keep_on_device={keep}"):
         _check_graph_data(cfg, SimpleNamespace(on_device=False))
     _check_graph_data(cfg, SimpleNamespace(on_device=True))
+
+
+def test_a_nan_argument_is_the_same_in_every_call():
+    assert capture_hazards(lambda: torch.full((2,), float("nan"))) == []
+
+
+@pytest.mark.parametrize("read", [lambda w: torch.equal(w, w + 0), lambda w: w.nonzero(),
+                                  lambda w: w[(w > 0).to(torch.uint8)].sum()], ids=["equal", "nonzero", "uint8-mask"])
+def test_other_host_reads_are_found(read):
+    w = torch.randn(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uint8 masks are deprecated, and still a host read
+        found = capture_hazards(lambda: read(w))
+    assert len(found) == 1 and "host read" in found[0], found
+
+
+def test_values_are_named_in_call_order_and_divergence_is_reported_once():
+    w = torch.randn(8)
+    sched = {"g": 1.0}
+    found = capture_hazards(lambda: w * torch.tensor(sched["g"]), before=lambda i: sched.update(g=0.5 ** i))
+    assert found[0].index("'0.0625'") < found[0].index("'0.03125'")   # the captured call is the 4th
+    x, t = torch.randn(2, 3, 4), {"n": 1}
+    found = capture_hazards(lambda: x.sum(dim=list(range(t["n"]))), before=lambda i: t.update(n=1 if i <= 4 else 2))
+    held = re.search(r"held (\d+) values in the captured call and (\d+) in the next", found[0])
+    assert held and int(held[1]) < int(held[2])
+    step, before = _toy(branch=True)
+    found = capture_hazards(step, before=before)
+    assert len(found) == 1 and "control flow" in found[0]   # the traces are out of step after the first
+
+
+def test_ops_added_after_the_captured_calls_are_found():
+    """The next call runs every op the captured one did and more after them: no op differs, the count does."""
+    w, t = torch.randn(4), {"i": 0}
+
+    def step():
+        y = w * 2
+        return y + 1 if t["i"] > 4 else y
+    found = capture_hazards(step, before=lambda i: t.update(i=i))
+    assert len(found) == 1 and "the captured call ran 1 ops and the next one 2" in found[0], found
+
+
+def test_the_capturable_adam_patch_is_undone():
+    import torch.optim.adam as adam
+
+    real = adam._get_capturable_supported_devices
+    step, before = _toy()
+    assert capture_hazards(step, before=before) == []
+    assert adam._get_capturable_supported_devices is real
+
+
+def test_a_host_list_of_64_values_is_compared_by_value():
+    w = torch.randn(64)
+    sched = {"g": 1.0}
+    found = capture_hazards(lambda: w * torch.tensor([sched["g"]] * 64), before=lambda i: sched.update(g=0.5 ** i))
+    assert len(found) == 1 and "aten::lift_fresh" in found[0]
+
+
+def test_a_draw_from_another_generator_than_the_registered_one_is_found():
+    registered, other = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    x = torch.zeros(4)
+    found = capture_hazards(lambda: x + torch.randn(4, generator=other), generators=(registered,))
+    assert len(found) == 1 and "not in `generators`" in found[0]

@@ -1,15 +1,15 @@
 """`fastgan sample`: samples of a finished run's G into .npz / .png, atomically, and its errors."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 import fastgan
 from fastgan.cli import main as cli_main
-
-from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 _RUN = ["run.sample_every=0", "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"]
 
@@ -155,3 +155,68 @@ def test_run_exit_codes_config_2_other_errors_1(capsys):
     for e in (FileNotFoundError("gone"), ValueError("v"), TypeError("t"), RuntimeError("r")):
         assert run("x", raising(e)) == 1
         assert capsys.readouterr().err == f"fastgan x: error: {e}\n"
+
+
+@pytest.mark.parametrize("shape", [[3, 0], [], [1.5], "3"])
+def test_run_info_data_shape_must_be_a_list_of_positive_ints(mixture_run, tmp_path, capsys, shape):
+    run = tmp_path / "copy"
+    shutil.copytree(mixture_run.out_dir, run)
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "data_shape": shape}))
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "run_info.json: unreadable (data_shape" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_run_info_without_data_shape_is_unreadable(mixture_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(mixture_run.out_dir, run)
+    info = json.loads((run / "run_info.json").read_text())
+    del info["data_shape"]
+    (run / "run_info.json").write_text(json.dumps(info))
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "run_info.json: unreadable (" in capsys.readouterr().err
+
+
+def test_npz_default_n_into_a_new_folder_and_upper_case_suffix(mixture_run, tmp_path):
+    out = tmp_path / "new" / "sub" / "s.npz"   # the folder is made, as for a .png
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["x"].shape == (64, 3) and f["z"].shape[0] == 64   # -n defaults to 64
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "S.NPZ"), "-n", "2"]) == 0
+    with np.load(tmp_path / "S.NPZ") as f:
+        assert f["x"].shape == (2, 3)
+
+
+def test_samples_come_from_g_in_eval_mode_in_every_chunk(tmp_path):
+    """A G with BatchNorm: the samples are those of G.eval() (its running statistics), all n of them, however
+    many chunks of 1000 they are drawn in."""
+    r = fastgan.train(None, overrides=["run.steps=2", f"run.dir={tmp_path / 'bn'}", "model.g_batchnorm=true", *_RUN])
+    out = tmp_path / "s.npz"
+    assert cli_main(["sample", str(r.out_dir), "--out", str(out), "-n", "1001", "--seed", "1"]) == 0
+    with np.load(out) as f:
+        x, z = f["x"], f["z"]
+    G = r.generator.eval()
+    with torch.no_grad():
+        want = G(torch.from_numpy(z))
+    assert x.shape == (1001, 3) and z.shape[0] == 1001
+    np.testing.assert_allclose(x, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_png_of_a_mixture_marks_its_modes(mixture_run, tmp_path):
+    """The scatter plot of a mixture run's samples draws the mixture's means as red crosses."""
+    out = tmp_path / "p.png"
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out)]) == 0
+    colors = {c for _, c in Image.open(out).convert("RGB").getcolors(1 << 20)}
+    assert (220, 30, 30) in colors
+
+
+def test_the_step_reported_is_the_checkpoints(mixture_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(mixture_run.out_dir, run)
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    state["step"] = 1   # as a run stopped before run.steps saves it
+    torch.save(state, path)
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz"), "-n", "2"]) == 0
+    assert "(step 1) written to" in capsys.readouterr().out

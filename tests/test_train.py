@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import fastgan
 from fastgan import checkpoint as ckpt
@@ -549,3 +550,42 @@ def test_cli_info_into_a_closed_pipe_is_quiet():
     err = p.stderr.read().decode()
     p.wait(timeout=120)
     assert err == "" and p.returncode in (0, 1)
+
+
+def test_masked_crc_is_tfrecords():
+    """TFRecord framing masks the CRC-32C: ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32); TensorBoard drops
+    records whose masked CRC differs. read_events checks with the same function, so it cannot catch a wrong mask."""
+    from fastgan.logging_utils import _masked_crc
+
+    assert _masked_crc(b"") == 0xA282EAD8                  # crc32c of nothing is 0
+    assert _masked_crc(b"123456789") == 0xC78AB0E5         # crc32c 0xE3069283, rotated right by 15, plus the delta
+
+
+def test_image_grid_places_and_quantizes_each_image(tmp_path):
+    from fastgan.logging_utils import save_image_grid
+
+    values = [-1.0, 1.0, 0.0, 0.5, -0.5]   # 5 images: a grid of 3 columns and 2 rows
+    x = torch.tensor(values).reshape(5, 1, 1, 1).expand(5, 1, 2, 2)
+    img = np.asarray(Image.open(save_image_grid(x, tmp_path / "g.png")))
+    assert img.shape == (2 * 4 + 2, 3 * 4 + 2)
+    for i, want in enumerate([0, 255, 128, 191, 64]):   # (v + 1) * 127.5, rounded
+        r, k = divmod(i, 3)
+        assert (img[2 + 4 * r:4 + 4 * r, 2 + 4 * k:4 + 4 * k] == want).all(), i
+    assert (img[6:8, 10:12] == 255).all()   # the sixth place is empty (white)
+
+
+def test_tensorboard_resume_marks_a_session_start_even_at_step_0(tmp_path):
+    """A resumed run's event file starts with SessionLog(status=START) at the resume step, which makes TensorBoard
+    drop the earlier session's later steps; nothing is written for an empty set of scalars."""
+    from fastgan.logging_utils import TensorBoardWriter
+
+    for step in (0, 7):
+        w = TensorBoardWriter(tmp_path / str(step), resume_step=step)
+        w.scalars(step + 1, {})
+        w.close()
+        events = read_events(w.path)
+        assert len(events) == 2 and events[0]["file_version"] == "brain.Event:2"
+        assert events[1]["step"] == step and events[1]["session_log"] == {1: 1}   # status (field 1) START = 1
+    w = TensorBoardWriter(tmp_path / "fresh")
+    w.close()
+    assert len(read_events(w.path)) == 1

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 import fastgan
+from fastgan import evaluate as _evaluate
 from fastgan.cli import main as cli_main
 from fastgan.config import ConfigError
 from fastgan.metrics import fmnist_scores, load_fmnist_classifier, real_stats
-
-from test_train import tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 
 def _fd_run(tmp_path, data_path, *extra, name="run"):
@@ -258,3 +258,56 @@ def test_light_samples_do_not_warn_of_a_0_1_range(tmp_path, tiny_fashion_mnist, 
     assert not [w for w in seen if "every value is >= 0" in str(w.message)]
     with pytest.warns(UserWarning, match="every value is >= 0"):  # a user's own call still warns
         fmnist_scores(torch.rand(20, 1, 28, 28), torch.rand(20, 1, 28, 28) * 2 - 1)
+
+
+def _no_fd(tmp_path, data, *extra, name="run"):
+    return [o for o in _fd_run(tmp_path, data, "run.steps=2", *extra, name=name) if not o.startswith("run.fd")]
+
+
+def test_eval_command_seed_and_every_score_of_a_fashion_mnist_run(tmp_path, tiny_fashion_mnist, capsys):
+    r = fastgan.train(None, overrides=_no_fd(tmp_path, tiny_fashion_mnist))
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--seed", "5", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(5)))
+    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
+    net = load_fmnist_classifier()
+    want = fmnist_scores(x, real_stats(test, net), classifier=net)
+    assert got["fd"] == pytest.approx(want["fd"], rel=1e-9)
+    assert got["classifier_score_std"] == pytest.approx(want["score_std"], rel=1e-9)
+    assert got["real_classifier_score"] == pytest.approx(fmnist_scores(test, classifier=net)["score"], rel=1e-9)
+    # 19 samples cannot make the classifier score's 10 parts of 2
+    assert cli_main(["eval", str(r.out_dir), "--samples", "19"]) == 1
+    assert "samples: must be >= 20 for a Fashion-MNIST run" in capsys.readouterr().err
+
+
+def test_eval_command_on_few_held_out_images(tmp_path, tiny_fashion_mnist, capsys):
+    """data.split=all with data.holdout=6: the real images are those 6; their classifier score takes 3 parts."""
+    r = fastgan.train(None, overrides=_no_fd(tmp_path, tiny_fashion_mnist, "data.split=all", "data.holdout=6"))
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["real"] == "the data.holdout=6 samples held out of training (6 samples)"
+    assert math.isfinite(got["real_classifier_score"])
+
+
+def test_eval_command_measures_quality_in_the_runs_mixture_std(tmp_path, capsys):
+    r = fastgan.train(None, overrides=["run.steps=2", f"run.dir={tmp_path / 'mix'}", "run.sample_every=0",
+                                       "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off",
+                                       "data.mixture_std=10"])
+    assert cli_main(["eval", str(r.out_dir), "--samples", "50", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(50, generator=torch.Generator().manual_seed(0)))
+    want = fastgan.metrics.mode_metrics(x, fastgan.data.mixtures.means("roth3d"), 10.0)
+    assert want["high_quality"] > 0 and got["high_quality"] == pytest.approx(want["high_quality"])
+
+
+def test_eval_report_of_a_mixture_and_of_fashion_mnist():
+    base = {"run": "r", "step": 3, "data": "roth3d", "generated": 10}
+    text = _evaluate.format_report({**base, "modes": 5, "num_modes": 7, "high_quality": 0.12345, "kl_modes": 0.5})
+    assert "modes covered: 5 of 7" in text and "high-quality samples (within 3 std of a mode): 0.1235" in text
+    text = _evaluate.format_report({**base, "data": "fashion_mnist", "real": "x", "fd": 1.0, "classifier_score": 8.5,
+                                    "classifier_score_std": 0.25, "real_classifier_score": 9.0})
+    assert "classifier score: 8.5000 ± 0.2500 (the real images': 9.0000)" in text
