@@ -115,11 +115,11 @@ def _first_problem(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
     if len(lines) == 1:
         return lines[0]
-    detail = lines[1]
+    detail = lines[1].rstrip(".")  # torch ends the line with ". "; an ellipsis added below is kept
     m = re.match(r'^([^:]*:\s*"[^"]*")(,)?', detail)
     if m and not detail.startswith("size mismatch"):
         detail = m.group(1) + (", ..." if m.group(2) else "")
-    return f"{lines[0].rstrip(':')}: {detail.rstrip('.')}"
+    return f"{lines[0].rstrip(':')}: {detail}"
 
 
 def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> TrainConfig:

@@ -99,9 +99,14 @@ def _out_of_memory(e: BaseException) -> Optional[str]:
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024:
-            return f"{n:.3g} {unit}"
+            return f"{_3_digits(n)} {unit}"
         n /= 1024
-    return f"{n:.3g} EiB"
+    return f"{_3_digits(n)} EiB"
+
+
+def _3_digits(n: float) -> str:
+    text = f"{n:.3g}"
+    return f"{n:.0f}" if "e" in text else text  # 999.5 to 1023.x: .3g writes 1e+03
 
 
 def _fail(e, code: int, message: Optional[str] = None) -> int:

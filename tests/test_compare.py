@@ -380,3 +380,17 @@ def test_a_run_in_its_final_evaluation_has_no_dangling_colon(tmp_path):
         assert compare.summarize(d)["reason"] == "trained to the end, then running in the final evaluation"
     finally:
         run_folder.unlock(fd)
+
+
+def test_a_status_that_cannot_be_written_at_the_start_stops_the_run(tmp_path):
+    """The running record is written before the first step: a run folder where it cannot be (status.json a folder
+    here; a full disk) fails then, training nothing, rather than running on unrecorded."""
+    from fastgan import checkpoint as ckpt
+
+    d = tmp_path / "r"
+    fastgan.train(None, overrides=[*TINY, "run.steps=2", f"run.dir={d}"])
+    (d / "status.json").unlink()
+    (d / "status.json").mkdir()
+    with pytest.raises(OSError):
+        fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={d}"], resume=True)
+    assert ckpt.load(d / "checkpoints" / "last.pt")["step"] == 2

@@ -3,16 +3,19 @@ not write into a non-empty folder, and SIGINT leaves a checkpoint of the last co
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 import fastgan
-from fastgan import checkpoint as ckpt, run_folder
+from fastgan import checkpoint as ckpt
+from fastgan import run_folder
 from fastgan.cli import main
 
 train_mod = sys.modules["fastgan.train"]
@@ -222,3 +225,52 @@ def test_a_checkpoint_with_fields_its_run_did_not_read_still_resumes_and_evaluat
     torch.save(state, path)
     with pytest.raises(train_mod.CheckpointError, match=r"holds an invalid config: model\.latent_dim"):
         _train(d, steps=6, resume=True)
+
+
+def test_new_runs_by_name_take_the_next_suffix_and_resume_takes_the_newest_checkpoint(tmp_path, monkeypatch):
+    """Two runs of one name started in the same second get <name>-<stamp>, -2, -3; --resume by name continues the
+    run whose checkpoint is newest (not the last by name), skipping folders without a checkpoint and folders whose
+    name is not <name>-<stamp>[-N]."""
+    import time as _time
+
+    monkeypatch.setattr(run_folder, "time", types.SimpleNamespace(strftime=lambda fmt: "20250101-120000",
+                                                                  sleep=_time.sleep))
+    base = [*TINY, f"run.out_dir={tmp_path}", "run.name=n"]
+    runs = [fastgan.train(None, overrides=[*base, "run.steps=1"]).out_dir for _ in range(3)]
+    assert [p.name for p in runs] == ["n-20250101-120000", "n-20250101-120000-2", "n-20250101-120000-3"]
+    assert all((p / run_folder.LOCK).read_text() == f"{os.getpid()}\n" for p in runs)  # the busy message's pid
+    decoy = tmp_path / "n-other"  # not <name>-<stamp>: not a run of this name, though its checkpoint is newest
+    shutil.copytree(runs[0], decoy)
+    unfinished = tmp_path / "n-20990101-000000"  # the newest stamp, stopped before its first checkpoint
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((runs[0] / "config.yaml").read_text())
+    for t, d in ((1000, runs[0]), (3000, runs[1]), (2000, runs[2]), (4000, decoy)):
+        os.utime(d / run_folder.CHECKPOINT, (t, t))
+    r = fastgan.train(None, overrides=[*base, "run.steps=2"], resume=True)
+    assert r.out_dir == runs[1] and (r.start_step, r.step) == (1, 2)
+
+
+def test_the_lock_file_holds_this_runs_pid_alone(tmp_path):
+    """A folder holding only a lock file (a run that failed right after taking it) is empty for a new run; the
+    run, and a resume, write their own pid over whatever the file held (the busy message names it)."""
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / run_folder.LOCK).write_text("123456789012345\n")
+    assert _train(d).step == 2
+    assert (d / run_folder.LOCK).read_text() == f"{os.getpid()}\n"
+    (d / run_folder.LOCK).write_text("123456789012345\n")  # the previous holder's, a longer pid
+    assert _train(d, steps=3, resume=True).step == 3
+    assert (d / run_folder.LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_new_run_dir_that_is_a_file_or_crowded_is_refused_by_name(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(train_mod.RunFolderError, match=f"run.dir {f} is a file, not a folder"):
+        _train(f)
+    d = tmp_path / "crowded"
+    d.mkdir()
+    for name in ("e", "d", "c", "b", "a"):
+        (d / name).write_text(name)
+    with pytest.raises(train_mod.RunFolderError, match=rf"run.dir {d} is not empty \(a, b, c, \.\.\.\) and holds no"):
+        _train(d)

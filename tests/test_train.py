@@ -2,6 +2,7 @@
 non-finite losses, and one clear error for bad configs, data and checkpoints."""
 import importlib
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -589,3 +590,226 @@ def test_tensorboard_resume_marks_a_session_start_even_at_step_0(tmp_path):
     w = TensorBoardWriter(tmp_path / "fresh")
     w.close()
     assert len(read_events(w.path)) == 1
+
+
+def _start_of_training(tmp_path, seed, name):
+    """G's weights and a draw of torch's, Python's and NumPy's global generators when step 1 begins."""
+    from fastgan.methods.step import Method
+
+    seen = {}
+    orig = Method.train_step
+
+    def spy(self, t, sample_real):
+        if t == 1:
+            seen.update(G={k: v.clone() for k, v in self.modules["G"].state_dict().items()},
+                        torch=torch.rand(1).item(), python=random.random(), numpy=float(np.random.rand()))
+        return orig(self, t, sample_real)
+
+    Method.train_step = spy
+    try:
+        run(tmp_path, f"run.seed={seed}", steps=1, name=name)
+    finally:
+        Method.train_step = orig
+    return seen
+
+
+def test_run_seed_seeds_the_models_and_the_global_generators(tmp_path):
+    a, b, c = (_start_of_training(tmp_path, seed, name) for seed, name in ((1, "a"), (1, "b"), (2, "c")))
+    for key in ("torch", "python", "numpy"):
+        assert a[key] == b[key] != c[key], key
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert not all(torch.equal(a["G"][k], c["G"][k]) for k in a["G"])
+
+
+def test_samples_are_drawn_every_sample_every_steps_and_at_the_last(tmp_path):
+    r = run(tmp_path, "run.sample_every=2", steps=5)
+    assert sorted(p.name for p in (r.out_dir / "samples").iterdir()) == [
+        "step_0000002.png", "step_0000004.png", "step_0000005.png"]
+    rows = (r.out_dir / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("eval/modes")
+    assert [int(x.split(",")[0]) for x in rows[1:] if x.split(",")[col]] == [2, 4, 5]
+
+
+def test_the_finite_monitor_names_the_first_bad_step_of_those_it_kept():
+    finite, bad = {"d_loss": torch.tensor(1.0)}, {"d_loss": torch.tensor(float("nan"))}
+    m = train_mod._FiniteMonitor(every_step=False)
+    for step, stats in ((1, finite), (2, bad), (3, bad), (4, finite)):
+        m.update(step, stats)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"^d_loss is nan at step 2$"):
+        m.check()
+    graphed = train_mod._FiniteMonitor(every_step=False, latest_only=True)  # only the latest step's tensors
+    graphed.update(1, bad)
+    graphed.update(2, finite)
+    graphed.check()
+    graphed.update(3, bad)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"by step 3 \(checked at log steps under run\.cuda_graph\)"):
+        graphed.check()
+
+
+def test_a_non_finite_loss_after_a_resume_names_the_checkpoint_it_resumed(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    run(tmp_path, steps=2)
+    orig = Method.train_step
+
+    def poisoned(self, t, sample_real):
+        stats = orig(self, t, sample_real)
+        if t == 3:
+            stats["g_loss"] = torch.tensor(float("nan"))
+        return stats
+
+    monkeypatch.setattr(Method, "train_step", poisoned)
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"g_loss is nan at step 3.*last good checkpoint.*step 2\)"):
+        run(tmp_path, steps=4, resume=True)
+    import json
+
+    assert json.loads((tmp_path / "t" / "status.json").read_text())["last_checkpoint_step"] == 2
+
+
+def test_run_tensorboard_false_writes_no_event_files(tmp_path):
+    r = run(tmp_path, "run.tensorboard=false")
+    assert (r.out_dir / "metrics.csv").is_file() and not (r.out_dir / "tb").exists()
+
+
+def test_cli_non_finite_loss_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    from fastgan.methods.step import Method
+
+    orig = Method.train_step
+
+    def poisoned(self, t, sample_real):
+        stats = orig(self, t, sample_real)
+        stats["g_loss"] = torch.tensor(float("nan"))
+        return stats
+
+    monkeypatch.setattr(Method, "train_step", poisoned)
+    assert main(["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train: error: training stopped: g_loss is nan at step 1") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("n,text", [(1024, "1 KiB"), (1536, "1.5 KiB"), (10 ** 12, "931 GiB"),
+                                    (2 ** 60, "1 EiB")])
+def test_cli_sizes_are_binary_units(n, text):
+    from fastgan.train_cli import _size
+
+    assert _size(n) == text
+
+
+def test_cli_out_of_memory_without_a_size_is_still_one_line():
+    from fastgan.train_cli import _out_of_memory
+
+    e = RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+    assert _out_of_memory(e) == "CUDA error: out of memory"
+    e = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8796093022208 bytes.")
+    assert _out_of_memory(e) == "could not allocate 8 TiB"
+    assert _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_a_resume_keeps_the_resolved_anneal_steps_and_refuses_another(tmp_path):
+    """method.roth.anneal_steps=null is resolved to run.steps at the run's start: a resume with more steps (the
+    field left null) keeps that T, and an explicit other value is a config change, refused."""
+    run(tmp_path, "method.roth.schedule=anneal", steps=2)
+    r = run(tmp_path, "method.roth.schedule=anneal", steps=3, resume=True)
+    assert r.step == 3 and r.config.method.roth.anneal_steps == 2
+    with pytest.raises(fastgan.checkpoint.CheckpointMismatchError,
+                       match=r"^method\.roth\.anneal_steps: checkpoint 2, config 4"):
+        run(tmp_path, "method.roth.schedule=anneal", "method.roth.anneal_steps=4", steps=4, resume=True)
+
+
+def test_cli_a_config_swallowed_by_set_is_the_config_only_when_none_was_given(tmp_path, capsys):
+    import yaml
+
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("run:\n  name: one\n")
+    two.write_text("run:\n  name: two\n")
+    assert main(["train", "--print-config", "--set", "run.steps=7", str(two)]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["run"]["name"], cfg["run"]["steps"]) == ("two", 7)
+    assert main(["train", str(one), "--print-config", "--set", str(two)]) == 2  # not silently two.yaml's run
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_fields_left_null_are_resolved_into_the_saved_config(tmp_path):
+    import json
+
+    r = run(tmp_path, "method.name=nt+dfm", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear", steps=3)
+    info = json.loads((r.out_dir / "run_info.json").read_text())
+    assert r.config.method.nt.anneal_steps == 3
+    assert r.config.method.dfm.lambda_denoise == pytest.approx(0.03 / info["feature_dim"], rel=1e-12)
+    assert info["lambda_denoise"] == pytest.approx(r.config.method.dfm.lambda_denoise, rel=1e-12)
+    assert fastgan.config.load_config(r.out_dir / "config.yaml") == r.config
+
+
+def test_a_state_dict_error_is_cut_to_its_first_problem():
+    lin = torch.nn.Linear(3, 2)
+    with pytest.raises(RuntimeError) as missing:
+        lin.load_state_dict({})
+    cut = train_mod._first_problem(missing.value)
+    assert cut.startswith('Error(s) in loading state_dict for Linear: Missing key(s) in state_dict: "weight"')
+    assert "bias" not in cut and "\n" not in cut
+    with pytest.raises(RuntimeError) as size:
+        lin.load_state_dict({"weight": torch.zeros(5, 5), "bias": torch.zeros(2)})
+    assert train_mod._first_problem(size.value) == (
+        "Error(s) in loading state_dict for Linear: size mismatch for weight: copying a param with shape "
+        "torch.Size([5, 5]) from checkpoint, the shape in current model is torch.Size([2, 3])")
+    assert train_mod._first_problem(ValueError("one line only.")) == "one line only."
+    assert train_mod._first_problem(KeyError()) == "KeyError"
+
+
+def test_a_state_dict_error_with_more_keys_ends_in_an_ellipsis():
+    """Until 2026-12-02 the ", ..." saying more keys follow was stripped again, leaving '"weight", '."""
+    with pytest.raises(RuntimeError) as missing:
+        torch.nn.Linear(3, 2).load_state_dict({})
+    assert train_mod._first_problem(missing.value).endswith('Missing key(s) in state_dict: "weight", ...')
+
+
+def test_the_last_step_is_logged_off_the_log_every_cadence(tmp_path):
+    r = run(tmp_path, "run.log_every=2", steps=5)
+    rows = (r.out_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = {int(x.split(",")[0]): x.split(",") for x in rows[1:] if x.split(",")[header.index("d_loss")]}
+    assert sorted(logged) == [2, 4, 5]
+    assert float(logged[5][header.index("d_loss")]) == pytest.approx(r.losses["d_loss"], rel=1e-5)
+
+
+def test_cli_sizes_just_under_the_next_unit_are_plain_numbers():
+    from fastgan.train_cli import _size
+
+    # until 2026-12-02 ".3g" wrote them "1e+03 KiB"
+    assert (_size(1023), _size(1000 * 1024), _size(1048051712)) == ("1023 B", "1000 KiB", "1000 MiB")
+
+
+def test_run_num_samples_null_draws_2560_points_for_a_mixture(tmp_path, monkeypatch):
+    import fastgan.metrics
+
+    seen, orig = [], fastgan.metrics.mode_metrics
+
+    def spy(x, *a, **k):
+        seen.append(x.shape[0])
+        return orig(x, *a, **k)
+
+    monkeypatch.setattr(fastgan.metrics, "mode_metrics", spy)
+    run(tmp_path, "run.num_samples=null", steps=1)
+    assert seen == [2560]
+
+
+def test_cli_print_config_of_a_run_folder_applies_the_overrides(tmp_path, capsys):
+    import yaml
+
+    run(tmp_path, "method.roth.gamma=0.3", steps=2)
+    capsys.readouterr()
+    assert main(["train", "--print-config", str(tmp_path / "t"), "--set", "run.steps=9"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["method"]["roth"]["gamma"] == 0.3 and cfg["run"]["steps"] == 9
+
+
+def test_cli_summary_line_names_the_losses_and_the_metrics_short(tmp_path, capsys):
+    import re
+
+    assert main(["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"]) == 0
+    out = capsys.readouterr().out
+    m = re.fullmatch(r"fastgan train: 2 steps done \((.*)\); output in (.*)\n", out)
+    assert m and m.group(2) == str(tmp_path / "r"), out
+    losses, metrics = m.group(1).split("; ")[:2]
+    assert [p.split()[0] for p in losses.split(", ")] == ["d_loss", "g_loss"]  # losses only: no gamma, penalty
+    assert [p.split()[0] for p in metrics.split(", ")] == ["modes", "high_quality", "kl_modes"]

@@ -311,3 +311,28 @@ def test_eval_report_of_a_mixture_and_of_fashion_mnist():
     text = _evaluate.format_report({**base, "data": "fashion_mnist", "real": "x", "fd": 1.0, "classifier_score": 8.5,
                                     "classifier_score_std": 0.25, "real_classifier_score": 9.0})
     assert "classifier score: 8.5000 ± 0.2500 (the real images': 9.0000)" in text
+
+
+def test_a_resume_reruns_a_stopped_fd_tail_replacing_its_row(tmp_path, tiny_fashion_mnist, monkeypatch):
+    train_mod = sys.modules["fastgan.train"]
+
+    def stopped(self, step):
+        self._log(step, {"eval/tail_evaluations": 9.0, "eval/fd_tail_mean": 1.0})  # logged, then Ctrl-C
+        raise KeyboardInterrupt
+
+    over = _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=2")
+    monkeypatch.setattr(train_mod._Run, "_fd_tail", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fastgan.train(None, overrides=over)
+    monkeypatch.undo()
+    r = fastgan.train(None, overrides=over, resume=True)
+    assert r.final_evaluation_only and r.metrics["eval/tail_evaluations"] == 1.0
+    assert _csv_column(r.out_dir, "eval/tail_evaluations") == [(2, 1.0)]
+
+
+def test_the_tail_takes_evaluations_past_nine_tenths_of_the_steps_only():
+    rows = [{"step": str(s), "eval/fd": str(float(s)), "eval/classifier_score": "1"} for s in (85, 90, 95, 100)]
+    run = SimpleNamespace(csv=SimpleNamespace(rows=rows), cfg=SimpleNamespace(run=SimpleNamespace(steps=100)),
+                          _log=lambda step, values: None)
+    out = sys.modules["fastgan.train"]._Run._fd_tail(run, 100)
+    assert out["eval/tail_evaluations"] == 2.0 and out["eval/fd_tail_mean"] == pytest.approx(97.5)

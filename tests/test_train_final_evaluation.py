@@ -101,3 +101,22 @@ def test_a_run_without_a_final_evaluation_ends_in_its_training_phase(tmp_path):
     assert (_status(d)["state"], _status(d)["phase"]) == ("finished", "training")
     _train(tmp_path / "p")
     assert (_status(tmp_path / "p")["state"], _status(tmp_path / "p")["phase"]) == ("finished", "final evaluation")
+
+
+def test_a_final_evaluation_rerun_is_running_in_its_final_evaluation_phase(tmp_path, monkeypatch):
+    """While the resume reruns the stopped evaluation, status.json says so (`fastgan compare` reads it); it trains
+    nothing, so no 'training' phase is ever recorded."""
+    d = tmp_path / "r"
+    _stop_in_parzen(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        _train(d)
+    monkeypatch.undo()
+    seen, orig = [], train_mod._Run._parzen
+
+    def spy(self, step):
+        seen.append(_status(d))
+        return orig(self, step)
+
+    monkeypatch.setattr(train_mod._Run, "_parzen", spy)
+    assert _train(d, resume=True).final_evaluation_only
+    assert [(s["state"], s["phase"], s["step"]) for s in seen] == [("running", "final evaluation", 2)]

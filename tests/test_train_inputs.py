@@ -2,6 +2,7 @@
 config.yaml and run_info.json as they were; an unreadable metrics.csv, an out_dir that is a dangling link, Parzen
 windows on a file of points, images of strings, a learning rate past float32, a run name with glob characters or
 a date, a folder that is neither a config nor a run, a seed past 64 bits; and Ctrl-C in the final evaluation."""
+import json
 import os
 import re
 import signal
@@ -202,3 +203,56 @@ def train_mod_args(d):
 
     return argparse.Namespace(config=None, overrides=[*TINY, "run.steps=2", f"run.dir={d}"], resume=False,
                               print_config=False)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers are installed from the main thread only")
+@pytest.mark.parametrize("sig, default, raised, message", [
+    (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt, ""),
+    (signal.SIGTERM, signal.SIG_DFL, train_mod.Terminated, "SIGTERM")], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch, sig, default, raised, message):
+    """The first signal waits for the step's end; a second one in the same step stops at once: no checkpoint of
+    the half-done step, none at all here (run.checkpoint_every=0)."""
+    from fastgan.methods.step import Method
+
+    def twice(self, t, sample_real):
+        for _ in range(2):
+            os.kill(os.getpid(), sig)
+            for _ in range(100):  # the handler runs between bytecodes
+                sum(range(1000))
+        raise AssertionError("the step went on after the second signal")
+
+    monkeypatch.setattr(Method, "train_step", twice)
+    previous = signal.signal(sig, default)
+    try:
+        with pytest.raises(raised) as e:
+            _train(tmp_path / "r", steps=5)
+        assert str(e.value) == message and type(e.value) is raised
+        assert signal.getsignal(sig) is default
+    finally:
+        signal.signal(sig, previous)
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "interrupted"
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers are installed from the main thread only")
+def test_a_sigint_handler_of_your_own_stays_yours(tmp_path, monkeypatch):
+    from fastgan.methods.step import Method
+
+    def mine(signum, frame):
+        pass
+
+    seen, orig = [], Method.train_step
+
+    def spy(self, t, sample_real):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return orig(self, t, sample_real)
+
+    monkeypatch.setattr(Method, "train_step", spy)
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        assert _train(tmp_path / "r").step == 2
+        assert seen == [mine, mine] and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
