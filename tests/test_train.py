@@ -182,18 +182,23 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
         run(tmp_path, steps=2)
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+def _nan_g_loss(monkeypatch, at=None):
+    """Training steps report g_loss as NaN (at step `at` only, or at every step)."""
     from fastgan.methods.step import Method
 
     orig = Method.train_step
 
     def poisoned(self, t, sample_real):
         stats = orig(self, t, sample_real)
-        if t == 7:
+        if at is None or t == at:
             stats["g_loss"] = torch.tensor(float("nan"))
         return stats
 
     monkeypatch.setattr(Method, "train_step", poisoned)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    _nan_g_loss(monkeypatch, at=7)
     with pytest.raises(train_mod.NonFiniteLossError, match=r"g_loss is nan at step 7.*last good checkpoint.*step 4"):
         run(tmp_path, "run.checkpoint_every=4", steps=10)
     assert ckpt.load(tmp_path / "t" / "checkpoints" / "last.pt")["step"] == 4
@@ -647,18 +652,8 @@ def test_the_finite_monitor_names_the_first_bad_step_of_those_it_kept():
 
 
 def test_a_non_finite_loss_after_a_resume_names_the_checkpoint_it_resumed(tmp_path, monkeypatch):
-    from fastgan.methods.step import Method
-
     run(tmp_path, steps=2)
-    orig = Method.train_step
-
-    def poisoned(self, t, sample_real):
-        stats = orig(self, t, sample_real)
-        if t == 3:
-            stats["g_loss"] = torch.tensor(float("nan"))
-        return stats
-
-    monkeypatch.setattr(Method, "train_step", poisoned)
+    _nan_g_loss(monkeypatch, at=3)
     with pytest.raises(train_mod.NonFiniteLossError, match=r"g_loss is nan at step 3.*last good checkpoint.*step 2\)"):
         run(tmp_path, steps=4, resume=True)
     import json
@@ -672,16 +667,7 @@ def test_run_tensorboard_false_writes_no_event_files(tmp_path):
 
 
 def test_cli_non_finite_loss_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
-    from fastgan.methods.step import Method
-
-    orig = Method.train_step
-
-    def poisoned(self, t, sample_real):
-        stats = orig(self, t, sample_real)
-        stats["g_loss"] = torch.tensor(float("nan"))
-        return stats
-
-    monkeypatch.setattr(Method, "train_step", poisoned)
+    _nan_g_loss(monkeypatch)
     assert main(["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fastgan train: error: training stopped: g_loss is nan at step 1") and err.count("\n") == 1

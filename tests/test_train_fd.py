@@ -165,17 +165,23 @@ def test_missing_classifier_weights_fail_before_the_run_folder(tmp_path, tiny_fa
     assert not (tmp_path / "run").exists()
 
 
+def _eval_scores(r, seed):
+    """What `fastgan eval --samples 20 --seed SEED` should report for run r: its test images, the classifier and
+    the scores of 20 samples of G (eval mode) drawn from SEED, computed here."""
+    G = r.generator.eval()
+    with torch.no_grad():
+        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(seed)))
+    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
+    net = load_fmnist_classifier()
+    return test, net, fmnist_scores(x, real_stats(test, net), classifier=net)
+
+
 def test_eval_command_on_a_fashion_mnist_run(tmp_path, tiny_fashion_mnist, capsys):
     r = fastgan.train(None, overrides=[o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=2")
                                        if not o.startswith("run.fd")])
     assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    G = r.generator.eval()
-    with torch.no_grad():
-        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(0)))
-    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
-    net = load_fmnist_classifier()
-    want = fmnist_scores(x, real_stats(test, net), classifier=net)
+    _, _, want = _eval_scores(r, seed=0)
     assert got["fd"] == pytest.approx(want["fd"], rel=1e-9)
     assert got["classifier_score"] == pytest.approx(want["score"], rel=1e-9)
     assert got["real"] == "fashion_mnist test split (20 samples)" and got["step"] == 2
@@ -268,12 +274,7 @@ def test_eval_command_seed_and_every_score_of_a_fashion_mnist_run(tmp_path, tiny
     r = fastgan.train(None, overrides=_no_fd(tmp_path, tiny_fashion_mnist))
     assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--seed", "5", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    G = r.generator.eval()
-    with torch.no_grad():
-        x = G(G.sample_latent(20, generator=torch.Generator().manual_seed(5)))
-    test = fastgan.data.load_test_split(r.config.data, "cpu", 20)
-    net = load_fmnist_classifier()
-    want = fmnist_scores(x, real_stats(test, net), classifier=net)
+    test, net, want = _eval_scores(r, seed=5)
     assert got["fd"] == pytest.approx(want["fd"], rel=1e-9)
     assert got["classifier_score_std"] == pytest.approx(want["score_std"], rel=1e-9)
     assert got["real_classifier_score"] == pytest.approx(fmnist_scores(test, classifier=net)["score"], rel=1e-9)
