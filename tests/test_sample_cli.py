@@ -1,6 +1,7 @@
 """`fastgan sample`: samples of a finished run's G into .npz / .png, atomically, and its errors."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,12 @@ _RUN = ["run.sample_every=0", "run.checkpoint_every=0", "optim.batch_size=16", "
 def mixture_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("mix")
     return fastgan.train(None, overrides=["run.steps=2", f"run.dir={d / 'run'}", *_RUN])
+
+
+@pytest.fixture
+def run_copy(mixture_run, tmp_path):
+    """A copy of the mixture run's folder, for a test that damages it."""
+    return Path(shutil.copytree(mixture_run.out_dir, tmp_path / "copy"))
 
 
 def test_npz_holds_the_generators_samples_and_latents(mixture_run, tmp_path, capsys):
@@ -89,11 +96,8 @@ def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp
     assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
-def test_missing_or_damaged_run_info(mixture_run, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "copy"
-    shutil.copytree(mixture_run.out_dir, run)
+def test_missing_or_damaged_run_info(run_copy, tmp_path, capsys):
+    run = run_copy
     info = json.loads((run / "run_info.json").read_text())
     (run / "run_info.json").write_text(json.dumps({**info, "data_shape": [3, -1]}))
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
@@ -158,9 +162,8 @@ def test_run_exit_codes_config_2_other_errors_1(capsys):
 
 
 @pytest.mark.parametrize("shape", [[3, 0], [], [1.5], "3"])
-def test_run_info_data_shape_must_be_a_list_of_positive_ints(mixture_run, tmp_path, capsys, shape):
-    run = tmp_path / "copy"
-    shutil.copytree(mixture_run.out_dir, run)
+def test_run_info_data_shape_must_be_a_list_of_positive_ints(run_copy, tmp_path, capsys, shape):
+    run = run_copy
     info = json.loads((run / "run_info.json").read_text())
     (run / "run_info.json").write_text(json.dumps({**info, "data_shape": shape}))
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
@@ -168,9 +171,8 @@ def test_run_info_data_shape_must_be_a_list_of_positive_ints(mixture_run, tmp_pa
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_run_info_without_data_shape_is_unreadable(mixture_run, tmp_path, capsys):
-    run = tmp_path / "copy"
-    shutil.copytree(mixture_run.out_dir, run)
+def test_run_info_without_data_shape_is_unreadable(run_copy, tmp_path, capsys):
+    run = run_copy
     info = json.loads((run / "run_info.json").read_text())
     del info["data_shape"]
     (run / "run_info.json").write_text(json.dumps(info))
@@ -211,9 +213,8 @@ def test_png_of_a_mixture_marks_its_modes(mixture_run, tmp_path):
     assert (220, 30, 30) in colors
 
 
-def test_the_step_reported_is_the_checkpoints(mixture_run, tmp_path, capsys):
-    run = tmp_path / "copy"
-    shutil.copytree(mixture_run.out_dir, run)
+def test_the_step_reported_is_the_checkpoints(run_copy, tmp_path, capsys):
+    run = run_copy
     path = run / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=False)
     state["step"] = 1   # as a run stopped before run.steps saves it

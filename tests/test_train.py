@@ -1,6 +1,7 @@
 """The trainer and the `fastgan train` command: smoke runs of every method, outputs, resume equivalence,
 non-finite losses, and one clear error for bad configs, data and checkpoints."""
 import importlib
+import json
 import math
 import random
 import subprocess
@@ -270,8 +271,6 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
 def test_table4_options_train_on_cuda(name, graph, tmp_path, tiny_fashion_mnist):
     """Table 4's tanh networks (b) and constant G filters with Roth's penalty on a BatchNorm D (f) on a GPU, eager
     and as a CUDA graph: finite losses, the run recorded as finished."""
-    import json
-
     path = Path(__file__).resolve().parents[1] / "configs" / "ntgan-table4" / f"{name}.yaml"
     r = fastgan.train(path, overrides=[
         "run.steps=6", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0", "run.checkpoint_every=0",
@@ -656,8 +655,6 @@ def test_a_non_finite_loss_after_a_resume_names_the_checkpoint_it_resumed(tmp_pa
     _nan_g_loss(monkeypatch, at=3)
     with pytest.raises(train_mod.NonFiniteLossError, match=r"g_loss is nan at step 3.*last good checkpoint.*step 2\)"):
         run(tmp_path, steps=4, resume=True)
-    import json
-
     assert json.loads((tmp_path / "t" / "status.json").read_text())["last_checkpoint_step"] == 2
 
 
@@ -716,8 +713,6 @@ def test_cli_a_config_swallowed_by_set_is_the_config_only_when_none_was_given(tm
 
 
 def test_fields_left_null_are_resolved_into_the_saved_config(tmp_path):
-    import json
-
     r = run(tmp_path, "method.name=nt+dfm", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear", steps=3)
     info = json.loads((r.out_dir / "run_info.json").read_text())
     assert r.config.method.nt.anneal_steps == 3

@@ -18,6 +18,8 @@ from fastgan.config import ConfigError
 from fastgan.train_cli import cmd_train
 
 train_mod = sys.modules["fastgan.train"]
+MAIN_THREAD_ONLY = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                      reason="signal handlers are installed from the main thread only")
 
 TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
         "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16", "run.progress=off"]
@@ -134,8 +136,7 @@ def test_a_seed_past_64_bits_names_the_option(tmp_path):
     assert r.returncode == 2 and "argument --seed: invalid" in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signal handlers are installed from the main thread only")
+@MAIN_THREAD_ONLY
 @pytest.mark.parametrize("sig, default, raised, prefix", [
     (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt, ""),
     (signal.SIGTERM, signal.SIG_DFL, train_mod.Terminated, "SIGTERM; ")], ids=["SIGINT", "SIGTERM"])
@@ -205,8 +206,7 @@ def train_mod_args(d):
                               print_config=False)
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signal handlers are installed from the main thread only")
+@MAIN_THREAD_ONLY
 @pytest.mark.parametrize("sig, default, raised, message", [
     (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt, ""),
     (signal.SIGTERM, signal.SIG_DFL, train_mod.Terminated, "SIGTERM")], ids=["SIGINT", "SIGTERM"])
@@ -235,8 +235,7 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatc
     assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "interrupted"
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signal handlers are installed from the main thread only")
+@MAIN_THREAD_ONLY
 def test_a_sigint_handler_of_your_own_stays_yours(tmp_path, monkeypatch):
     from fastgan.methods.step import Method
 
