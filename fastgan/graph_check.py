@@ -28,6 +28,7 @@ from .graph import _as_generators
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
                "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero"}
 # indexing with a boolean mask (x[x > 0], x[mask] = v) runs nonzero inside the op's own kernel, unseen by the mode
+# (torch >= 2.15 runs x[mask] = <number> as masked_fill_: no read, nothing to flag)
 _MASK_INDEXING = {"aten::index.Tensor", "aten::index_put_.default", "aten::index_put.default",
                   "aten::_index_put_impl_.default"}
 # torch.tensor(value) / torch.as_tensor(value): a host value copied in, compared by value

@@ -131,8 +131,8 @@ def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
         fd = lock(d)
         try:
             if (d / CHECKPOINT).exists():
-                raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume to continue "
-                                      "it or choose another run.dir")
+                raise FileExistsError(f"run.dir {d} already holds a run ({CHECKPOINT}); pass --resume (resume=True in "
+                                      "fastgan.train) to continue it or choose another run.dir")
             if any(p.name != LOCK for p in d.iterdir()):
                 raise _not_empty(d)
             claim(fd)

@@ -577,10 +577,12 @@ class _Run:
                 if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
                     monitor.check()
                     self._checkpoint(step)
+                    if not final:  # a run killed later (SIGKILL, power) then says which step its checkpoint holds
+                        self._status("running")
                 if r.fd and ((r.fd_every and step % r.fd_every == 0) or final):
                     monitor.check()  # a non-finite loss is named as such, not as non-finite samples
                     metrics.update(self._fd(step))
-                if stop.requested:
+                if stop.requested and not final:  # on the last step: the final evaluation's, below
                     monitor.check()
                     if self.last_ckpt_step != step:
                         self._checkpoint(step)
@@ -593,6 +595,8 @@ class _Run:
             if r.parzen or r.fd:  # status.json's phase: the last one the run entered
                 self.phase = "final evaluation"
             try:
+                if stop.requested and (r.parzen or r.fd):  # asked in the last step: --resume runs the evaluation
+                    raise stop.interrupt("")
                 if r.parzen:
                     metrics.update(self._parzen(step))
                 if r.fd:
@@ -661,7 +665,8 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
             raise ConfigError(f"{run_dir} is a folder, not a YAML config (nor a run folder: it holds no "
                               f"{CHECKPOINT} or config.yaml)")
         if not resume:
-            raise ConfigError(f"{run_dir} is a run folder; pass --resume to continue it, or give a YAML config")
+            raise ConfigError(f"{run_dir} is a run folder; pass --resume (resume=True in fastgan.train) to continue "
+                              "it, or give a YAML config")
         # read for its config only: _Run reads the checkpoint again once it holds the run folder's lock, since
         # another run may have written a newer one in between
         overrides = C.check_overrides(overrides)

@@ -97,6 +97,26 @@ def test_status_while_training_and_after_a_resume(tmp_path, monkeypatch):
     assert (tmp_path / "r" / "status.json").read_bytes() == before
 
 
+def test_status_follows_the_periodic_checkpoints(tmp_path, monkeypatch):
+    """status.json was written at the start and the end only: a run killed after checkpoints (SIGKILL) said
+    step 0 and no checkpoint, though one held step 4."""
+    from fastgan.methods.step import Method
+
+    seen = {}
+    orig = Method.train_step
+
+    def spy(self, t, sample_real):
+        seen[t] = _status(tmp_path / "r")
+        return orig(self, t, sample_real)
+
+    monkeypatch.setattr(Method, "train_step", spy)
+    fastgan.train(None, overrides=[*TINY, "run.steps=5", "run.checkpoint_every=2", f"run.dir={tmp_path / 'r'}"])
+    got = {t: (s["state"], s["step"], s["last_checkpoint_step"]) for t, s in seen.items()}
+    assert got == {1: ("running", 0, None), 2: ("running", 0, None), 3: ("running", 2, 2), 4: ("running", 2, 2),
+                   5: ("running", 4, 4)}
+    assert _status(tmp_path / "r")["last_checkpoint_step"] == 5
+
+
 def test_interrupt_is_recorded(tmp_path, monkeypatch):
     from fastgan.methods.step import Method
 

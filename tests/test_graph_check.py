@@ -100,12 +100,41 @@ def test_boolean_mask_indexing_is_a_host_read(index):
         if index == "read":
             return w[w > 0].sum()
         v = w.clone()
-        v[v > 0] = 0
+        v[v > 0] = torch.zeros(())  # a tensor value: index_put_ (a Python number is masked_fill_ on torch >= 2.15)
         return v
 
     found = capture_hazards(step)
     assert len(found) == 1 and "host read" in found[0] and "boolean-mask indexing runs nonzero" in found[0]
     assert capture_hazards(lambda: w[torch.tensor([0, 2])].sum()) == []  # integer indices: no read
+
+
+def test_a_masked_write_of_a_number_is_a_host_read_only_where_torch_indexes():
+    """torch 2.15 runs v[mask] = 0 as masked_fill_, which needs no nonzero and no sync; earlier ones as
+    index_put_ with the mask, which does: flagged exactly where the op that ran reads the host."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    w = torch.randn(8)
+
+    def step():
+        v = w.clone()
+        v[v > 0] = 0
+        return v
+
+    with Ops():
+        step()
+    indexed = any(name.startswith("aten::index_put") for name in seen)
+    assert indexed or "aten::masked_fill_.Scalar" in seen, seen
+    found = capture_hazards(step)
+    assert len(found) == (1 if indexed else 0), found
+    if indexed:
+        assert "boolean-mask indexing runs nonzero" in found[0]
 
 
 @pytest.mark.parametrize("make", [lambda x, n: x.sum(dim=list(range(n))), lambda x, n: torch.cat([x] * n)],

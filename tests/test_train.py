@@ -179,8 +179,11 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     run(tmp_path, steps=2)
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(FileExistsError, match=r"already holds a run .*pass --resume \(resume=True in fastgan\.train\)"):
         run(tmp_path, steps=2)
+    # the folder itself as the config: both spellings of resuming are named, the CLI's and the API's
+    with pytest.raises(fastgan.config.ConfigError, match=r"is a run folder; pass --resume \(resume=True in fastgan\.train\) to "):
+        fastgan.train(tmp_path / "t")
 
 
 def _nan_g_loss(monkeypatch, at=None):

@@ -165,6 +165,45 @@ def test_a_signal_in_the_final_evaluation_interrupts_it(tmp_path, monkeypatch, s
     assert status["state"] == "interrupted" and status["phase"] == "final evaluation"
 
 
+@MAIN_THREAD_ONLY
+@pytest.mark.parametrize("sig, default, code", [(signal.SIGINT, signal.default_int_handler, 130),
+                                               (signal.SIGTERM, signal.SIG_DFL, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("evaluation", [True, False], ids=["parzen", "no_final_evaluation"])
+def test_a_signal_in_the_last_step(tmp_path, monkeypatch, capsys, sig, default, code, evaluation):
+    """The loop raised at the last step's end as at any other, status 'training' at run.steps: a resume had
+    nothing to train and never ran the final evaluation. Now the step finishes and the evaluation is what stops
+    (a resume runs it); with none, the run finishes."""
+    real_log = train_mod._Run._log
+
+    def log(self, step, row):
+        if step == 2 and "d_loss" in row:  # the last step's stats: its samples and checkpoint are still to come
+            os.kill(os.getpid(), sig)
+        return real_log(self, step, row)
+
+    monkeypatch.setattr(train_mod._Run, "_log", log)
+    run = tmp_path / "r"
+    args = ["train", *(x for o in TINY for x in ("--set", o)), "--set", "run.steps=2", "--set", f"run.dir={run}",
+            "--set", f"run.parzen={str(evaluation).lower()}"]
+    from fastgan.cli import main
+
+    previous = signal.signal(sig, default)
+    try:
+        rc = main(args)
+        assert signal.getsignal(sig) is default, "the run's handler is removed"
+    finally:
+        signal.signal(sig, previous)
+    status = json.loads((run / "status.json").read_text())
+    assert status["step"] == 2 and status["last_checkpoint_step"] == 2
+    if not evaluation:
+        assert rc == 0 and status["state"] == "finished", (rc, status)
+        return
+    assert rc == code and status["state"] == "interrupted" and status["phase"] == "final evaluation", status
+    assert "in the final evaluation; checkpoint" in capsys.readouterr().err
+    assert main(["train", str(run), "--resume"]) == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert "eval/parzen_ll" in (run / "metrics.csv").read_text()
+
+
 @pytest.mark.parametrize("forced, match", [("cuda", r"^FASTGAN_BACKEND='cuda': cannot run on cpu \(run\.device\): "
                                                     r"the cuda backend needs CUDA tensors"),
                                            ("foo", r"^FASTGAN_BACKEND: must be one of .* got 'foo'")])

@@ -77,14 +77,14 @@ class TensorDataset:
     def hold_out(self, n: int) -> tuple["TensorDataset", "TensorDataset"]:
         """(the first len - n samples, the last n): two views of the same storage, so that a validation set
         costs no memory and the training view can never draw from it."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(self):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < len(self):
             from ..config import ConfigError  # a config that does not fit the loaded data (the CLI's exit 2)
 
-            raise ConfigError(f"data.holdout: must be an int in [1, {len(self) - 1}] for "
+            raise ConfigError(f"data.holdout: must be an int in [0, {len(self) - 1}] for "
                              f"{self.source or 'this data set'} ({len(self)} samples, at least one left to train "
                              f"on), got {n!r}")
         head, tail = copy.copy(self), copy.copy(self)
-        head._data, tail._data = self._data[:-n], self._data[-n:]
+        head._data, tail._data = self._data[:len(self) - n], self._data[len(self) - n:]  # [:-0] would be empty
         return head, tail
 
     def batches(self, batch_size: int):

@@ -108,13 +108,15 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
     return n_features, dtype, device
 
 
-def _check_features(name: str, h, n_features: int, dtype, device, training: bool) -> Tensor:
+def _check_features(name: str, h, n_features: int, dtype, device, batch_stats: bool) -> Tensor:
+    """batch_stats: a BatchNorm layer normalises with this batch's statistics (training mode, depth >= 1); a
+    depth-0 denoiser is a single Linear, which takes a batch of one as nn.Linear does."""
     _checks.tensor(name, h)
     if h.dim() != 2 or h.shape[1] != n_features:
         raise ValueError(f"{name} must have shape (B, {n_features}), got {tuple(h.shape)}")
     if h.device != device:
         raise ValueError(f"{name} is on {h.device} but the denoiser's parameters are on {device}")
-    if training and h.shape[0] < 2:
+    if batch_stats and h.shape[0] < 2:
         raise ValueError(f"{name}: training-mode BatchNorm needs a batch of at least 2 samples, got {h.shape[0]}")
     return _checks.outside_inference(h.to(dtype).contiguous())
 
@@ -229,7 +231,7 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     _checks.no_differentiating_transform(h, noise, weights, biases, gammas, betas)
     training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
-    h = _check_features("h", h, n_features, dtype, device, training)
+    h = _check_features("h", h, n_features, dtype, device, training and len(weights) > 1)
     sigma = _check_number("sigma", sigma, low=0.0)
     momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
     eps = _check_number("eps", eps, low=0.0, open_low=True)
@@ -260,7 +262,7 @@ def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: S
     _checks.no_differentiating_transform(h_fake, weights, biases, gammas, betas)
     training = _checks.flag("training", training)
     n_features, dtype, device = _check_params(weights, biases, gammas, betas, running_means, running_vars)
-    h_fake = _check_features("h_fake", h_fake, n_features, dtype, device, training)
+    h_fake = _check_features("h_fake", h_fake, n_features, dtype, device, training and len(weights) > 1)
     eps = _check_number("eps", eps, low=0.0, open_low=True)
     _checks.choice("reduction", reduction, REDUCTIONS)
     if not training and running_means is None:
@@ -517,7 +519,7 @@ class Denoiser(nn.Module):
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")
-        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training)
+        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training and self.depth > 0)
 
     # -- API
     def forward(self, h: Tensor) -> Tensor:

@@ -39,8 +39,18 @@ def test_holdout_after_max_samples(tmp_path):
 def test_holdout_must_leave_samples_to_train_on(tmp_path, n):
     path = _npz(tmp_path)
     # a ConfigError: the CLI's exit 2 for a config that does not fit the loaded data
-    with pytest.raises(ConfigError, match=r"data\.holdout: must be an int in \[1, 9\].*10 samples"):
+    with pytest.raises(ConfigError, match=r"data\.holdout: must be an int in \[0, 9\].*10 samples"):
         build_dataset(DataConfig(name="npz", path=str(path), holdout=n))
+
+
+def test_hold_out_of_none_keeps_every_sample(tmp_path):
+    """The range the message gives starts at 0 (data.holdout's default): hold_out(0) is everything and nothing
+    held out, not the empty [:-0] slice."""
+    ds = build_dataset(DataConfig(name="npz", path=str(_npz(tmp_path))))
+    head, tail = ds.hold_out(0)
+    assert len(head) == 10 and len(tail) == 0
+    head, tail = ds.hold_out(9)
+    assert len(head) == 1 and len(tail) == 9
 
 
 def test_holdout_refused_for_mixtures():

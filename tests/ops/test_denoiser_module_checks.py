@@ -174,6 +174,26 @@ def test_empty_batch_in_eval_mode(backend):
     assert torch.equal(gamma.grad, torch.zeros(5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_depth_0_takes_one_sample_in_training_mode(backend):
+    """A depth-0 denoiser is one Linear: no batch statistics, so a batch of one is fine in training mode, as for
+    the nn.Sequential it wraps (the refusal of one sample is BatchNorm's)."""
+    den, net = make_pair(depth=0, backend=backend, training=True)
+    h, noise = torch.randn(1, 12, dtype=torch.float64, requires_grad=True), torch.randn(1, 12, dtype=torch.float64)
+    lin = net[0]
+    losses = {"module": den.loss(h, noise=noise),
+              "functional": denoiser_loss(h, [lin.weight], [lin.bias], [], [], noise=noise, backend=backend)}
+    want = ref.denoiser_loss(net, h, noise)
+    for name, got in losses.items():
+        torch.testing.assert_close(got, want, msg=name)
+    torch.testing.assert_close(den(h), net(h))
+    g_fake = denoiser_generator_loss(h, [lin.weight], [lin.bias], [], [], backend=backend)
+    torch.testing.assert_close(den.generator_loss(h), g_fake)
+    torch.testing.assert_close(g_fake, ref.generator_loss(net, h))
+    with pytest.raises(ValueError, match="^h: training-mode BatchNorm needs a batch of at least 2 samples, got 1"):
+        make_pair(depth=1, backend=backend, training=True)[0].loss(h, noise=noise)
+
+
 @pytest.mark.parametrize("call", ["loss", "no-grad forward"])
 def test_triton_gemms_refuse_sizes_past_their_int32_offsets(monkeypatch, call):
     # 2**31 elements cannot be allocated here: lower the limit and check the refusal names the backend and layer
