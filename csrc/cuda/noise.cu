@@ -292,7 +292,9 @@ void launch_forward_gauss(const NoisyForwardArgs& a, const dim3& grid, cudaStrea
 template <typename T, typename A>
 void launch_forward(const NoisyForwardArgs& a, cudaStream_t st) {
   const Layout L = layout(a.m, a.half);
-  const int64_t work = std::max<int64_t>(philox::counters_for(L.n_noisy * a.F), L.n_clean * a.F);
+  // a thread per Philox counter (four elements); double batches copy the clean rows beside the noisy ones, half
+  // batches in a loop of their own, an element a thread
+  const int64_t work = std::max<int64_t>(philox::counters_for(L.n_noisy * a.F), a.half ? L.n_clean * a.F : 0);
   const dim3 grid(blocks_for(work));
   if (a.eps != 0)
     launch_forward_gauss<T, A, false>(a, grid, st);
