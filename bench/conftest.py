@@ -37,6 +37,8 @@ def pytest_configure(config):
         MALLOC_PINNED.update(_pin_malloc())
 
 
+# optional: without pytest-benchmark, pytest names the missing `benchmark` fixture instead of an INTERNALERROR
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["glibc_mallopt"] = dict(MALLOC_PINNED)
 

@@ -12,6 +12,7 @@ capture/replay mechanics, usable around any such function.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -51,17 +52,40 @@ def _first_cause(e: BaseException) -> str:
     return first if len(chain) == 1 else f"{first} (then, ending the capture: {_line(e)})"
 
 
+def _graph_device(device, generators: tuple) -> torch.device:
+    """The CUDA device the step runs on: `device`, else the generators', else the current one (with its index)."""
+    if device is None:
+        device = generators[0].device if generators else torch.device("cuda")
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"device: expected a CUDA device such as 'cuda:1', got {device!r} ({e})") from None
+    if device.type != "cuda":
+        raise ValueError(f"device: a CUDA graph runs on a CUDA device, got {device}")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    for i, gen in enumerate(generators):
+        index = gen.device.index if gen.device.index is not None else torch.cuda.current_device()
+        if index != device.index:
+            raise ValueError(f"generators[{i}]: on {gen.device}, but the step runs on {device}; a graph replays "
+                             f"draws from generators on its own device")
+    return device
+
+
 class GraphedStep:
     """Calls `fn()` eagerly `warmup` times (on a side stream, as CUDA graph capture requires), captures the
     next call into a CUDA graph, and from then on replays it.
 
     fn returns a pytree of tensors (e.g. a dict of detached losses); after capture each call returns the same
     static tensors, overwritten by every replay. `generators`: CUDA torch.Generators (or one) that fn draws from
-    (besides the default one); each replay advances them like an eager call would. Needs a CUDA device:
+    (besides the default one); each replay advances them like an eager call would. `device`: the CUDA device the
+    step's tensors live on (default: the generators', else the current device), made current around every call,
+    so that a step on cuda:1 is captured on cuda:1 whichever device is current. Needs a CUDA device:
     without one the constructor raises GraphCaptureError (use fastgan.graph_check.capture_hazards on the CPU).
     """
 
-    def __init__(self, fn: Callable[[], object], *, warmup: int = 3, generators: Iterable[torch.Generator] = ()):
+    def __init__(self, fn: Callable[[], object], *, warmup: int = 3, generators: Iterable[torch.Generator] = (),
+                 device=None):
         if not callable(fn):
             raise TypeError(f"fn: expected a callable (the step), got {type(fn).__name__}")
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
@@ -79,6 +103,7 @@ class GraphedStep:
             raise GraphCaptureError("CUDA graphs need a CUDA device, and torch sees none (torch.cuda.is_available() "
                                     "is False); run the step eagerly, or check it on the CPU with "
                                     "fastgan.graph_check.capture_hazards")
+        self.device = _graph_device(device, generators)
         self.fn, self.warmup = fn, int(warmup)
         self.generators = generators
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -93,8 +118,8 @@ class GraphedStep:
 
     def _side_stream(self):
         if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        self._stream.wait_stream(torch.cuda.current_stream())
+            self._stream = torch.cuda.Stream(device=self.device)
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
         return self._stream
 
     def _capture(self) -> None:
@@ -104,8 +129,8 @@ class GraphedStep:
                 raise GraphCaptureError(f"this torch ({torch.__version__}) cannot replay draws from a torch.Generator "
                                         "in a CUDA graph (CUDAGraph.register_generator_state is missing)")
             g.register_generator_state(gen)
-        torch.cuda.synchronize()
-        previous = torch.cuda.current_stream()
+        torch.cuda.synchronize(self.device)
+        previous = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(g, stream=self._side_stream()):
                 out = self.fn()
@@ -117,15 +142,22 @@ class GraphedStep:
         self.graph, self._out = g, out
 
     def __call__(self):
-        if self.graph is None and self.eager_calls < self.warmup:
-            self.eager_calls += 1
-            s = self._side_stream()
-            with torch.cuda.stream(s):
-                out = self.fn()
-            torch.cuda.current_stream().wait_stream(s)
-            return out
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        self.replays += 1
-        return self._out
+        # the step's device made current throughout: its kernels run on the current stream of the tensors'
+        # device, and a capture stream or capture check on another device (cuda:0 for a step on cuda:1) would
+        # capture nothing while the step ran eagerly, every replay then doing nothing
+        with torch.cuda.device(self.device):
+            if self.graph is None and self.eager_calls < self.warmup:
+                self.eager_calls += 1
+                s = self._side_stream()
+                with torch.cuda.stream(s), warnings.catch_warnings():
+                    # capturable optimizers warn that they step outside a capture: these calls exist to precede one
+                    warnings.filterwarnings("ignore", message=r".*capturable=True.*without CUDA graph capture",
+                                            category=UserWarning)
+                    out = self.fn()
+                torch.cuda.current_stream(self.device).wait_stream(s)
+                return out
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            self.replays += 1
+            return self._out

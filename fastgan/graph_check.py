@@ -89,6 +89,23 @@ class _Recorder(TorchDispatchMode):
 
 
 @contextlib.contextmanager
+def _eager_path_while_recording():
+    """fastgan's fused ops take their custom-op path under any dispatch mode (fastgan.ops._eager.ok), the recorder
+    included, while a real run takes the eager path: the recorder would see each op as one opaque call and miss
+    what its Python does (a host read in a backend's runner, say). Here the recorder alone does not count."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    from .ops import _eager
+
+    real = _eager._dispatch_modes
+    _eager._dispatch_modes = lambda: sum(not isinstance(m, _Recorder) for m in _get_current_dispatch_mode_stack())
+    try:
+        yield
+    finally:
+        _eager._dispatch_modes = real
+
+
+@contextlib.contextmanager
 def _capturable_optimizers_on_any_device():
     """Capturable Adam (what the graphed trainer uses: its step count stays on the device) refuses CPU tensors;
     its math is plain tensor ops, so let it run there while checking."""
@@ -134,7 +151,7 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
     generators = _as_generators(generators)
     cap = limit if limit is not None else float("inf")
     traces = []
-    with _capturable_optimizers_on_any_device():
+    with _capturable_optimizers_on_any_device(), _eager_path_while_recording():
         for i in range(1, warmup + 3):
             if before is not None:
                 before(i)

@@ -85,6 +85,35 @@ def _check_graph_data(cfg: TrainConfig, dataset) -> None:
                           "its batches from there: set data.keep_on_device=yes (it must fit) or run.cuda_graph=false")
 
 
+def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
+    """The reference backend of the fused NT noise reads its Philox counter on the host (the oracle's plain
+    torch), which a capture fails on: refused before the run folder is made, not at the capture after three
+    steps. It runs there when forced (FASTGAN_BACKEND=reference) or when no fused backend can (no CUDA build of
+    fastgan._C, no usable triton)."""
+    m = cfg.method
+    if not (cfg.run.cuda_graph and device.type == "cuda" and "nt" in m.units and m.nt.fused
+            and m.nt.noise in ("fixed", "learned_sigma")):
+        return
+    from .ops import _dispatch
+
+    forced = _dispatch.forced_backend()
+    if forced is not None and forced != "reference":
+        return  # _check_forced_backend has checked that it runs here
+    if forced is None:
+        reasons = []
+        for cand in ("cuda", "triton"):
+            ok, why = _dispatch.status(cand, device)
+            if ok:
+                return
+            reasons.append(f"{cand}: {why}")
+        why = "no fused backend runs here (" + "; ".join(reasons) + ")"
+    else:
+        why = "FASTGAN_BACKEND='reference'"
+    raise ConfigError(f"run.cuda_graph: method.nt.fused would draw its noise on the reference backend ({why}), "
+                      "which reads its Philox counter on the host, and a CUDA graph cannot capture that; set "
+                      "method.nt.fused=false, run.cuda_graph=false, or make the cuda or triton backend available")
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -219,6 +248,7 @@ class _Run:
             raise ConfigError(f"run.cuda_graph: needs a CUDA device, run.device={cfg.run.device!r} resolved "
                               f"to {self.device}")
         _check_graph_data(cfg, self.dataset)
+        _check_graph_noise_backend(cfg, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.method = Method(cfg, self.G, self.D, device=self.device, generator=self.gen, data_shape=shape)
         self.start, self.done = 0, False
@@ -491,7 +521,8 @@ class _Run:
             self.method.update_schedules(t)  # device tensors written outside the graph, read inside it
             kind = self.method.regularize_now
             if kind not in graphs:
-                graphs[kind] = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,))
+                graphs[kind] = GraphedStep(lambda: self.method.updates(sample_real), generators=(self.gen,),
+                                           device=self.device)
             return graphs[kind]()
         return step
 

@@ -14,6 +14,7 @@ import torch
 from helpers import emulate_cuda
 from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
 
+import fastgan
 from fastgan import config as C
 from fastgan.graph_check import capture_hazards
 from fastgan.methods.step import _set_capturable
@@ -308,3 +309,49 @@ def test_a_draw_from_another_generator_than_the_registered_one_is_found():
     x = torch.zeros(4)
     found = capture_hazards(lambda: x + torch.randn(4, generator=other), generators=(registered,))
     assert len(found) == 1 and "not in `generators`" in found[0]
+
+
+def test_a_host_read_inside_a_fused_ops_runner_is_found(monkeypatch):
+    # Before: under the recorder (a dispatch mode) the fused ops took their custom-op path, which the recorder saw
+    # as one opaque op, while a real run takes the eager path: a host read in a backend's runner went unseen.
+    from fastgan.ops import penalty as P
+
+    real = P._FORWARD["cpu"]
+
+    def reading_runner(g, l, w, out):
+        float(l.sum())  # planted: what the reference noise op's int(state[0]) was
+        real(g, l, w, out)
+
+    monkeypatch.setitem(P._FORWARD, "cpu", reading_runner)
+    g, psi = torch.randn(8, 3), torch.randn(8)
+    problems = capture_hazards(lambda: fastgan.ops.grad_norm_penalty(g, psi, "js_real", backend="cpu"))
+    assert len(problems) == 1 and "_local_scalar_dense" in problems[0] and "reading_runner" in problems[0], problems
+    monkeypatch.setitem(P._FORWARD, "cpu", real)
+    assert capture_hazards(lambda: fastgan.ops.grad_norm_penalty(g, psi, "js_real", backend="cpu")) == []
+
+
+@pytest.mark.parametrize("noise", ["fixed", "learned_sigma"])
+def test_cuda_graph_refuses_the_reference_noise_op(monkeypatch, noise):
+    """The fused NT noise on the reference backend reads its Philox counter on the host (int(state[0])): a
+    graphed run failed at the capture after three steps; now refused at setup, naming why it runs there."""
+    from fastgan.ops import _dispatch
+    from fastgan.train import _check_graph_noise_backend
+
+    cuda = torch.device("cuda", 0)
+    cfg = C.coerce(None, ["method.name=nt", f"method.nt.noise={noise}", "method.nt.fused=true",
+                          "run.cuda_graph=true", "run.device=cuda"])
+    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+    with pytest.raises(C.ConfigError, match=r"^run\.cuda_graph: method\.nt\.fused would draw its noise on the "
+                                            r"reference backend \(FASTGAN_BACKEND='reference'\)"):
+        _check_graph_noise_backend(cfg, cuda)
+    monkeypatch.delenv("FASTGAN_BACKEND")
+    usable = {"cuda": False, "triton": False}
+    monkeypatch.setattr(_dispatch, "status", lambda b, d: (usable[b], f"no {b} here"))
+    with pytest.raises(C.ConfigError, match=r"\(no fused backend runs here \(cuda: no cuda here; triton: no "
+                                            r"triton here\)\)"):
+        _check_graph_noise_backend(cfg, cuda)
+    usable["triton"] = True
+    _check_graph_noise_backend(cfg, cuda)
+    usable["triton"] = False
+    for fine in (["method.nt.fused=false"], ["method.nt.noise=generator"], ["run.cuda_graph=false"]):
+        _check_graph_noise_backend(C.coerce(cfg, fine), cuda)

@@ -46,9 +46,11 @@ class FixedNoise(NoiseModel):
         self.register_buffer("sigma", torch.tensor(float(sigma), device=device), persistent=False)
 
     def update(self, t) -> None:
-        if self.anneal == "linear":
-            t = torch.as_tensor(t, device=self.sigma.device).to(torch.float64).clamp(0, self.total)
+        if self.anneal == "linear" and isinstance(t, torch.Tensor):
+            t = t.to(self.sigma.device, torch.float64).clamp(0, self.total)
             self.sigma.copy_((1 - t / self.total) * self.sigma0)
+        elif self.anneal == "linear":  # a fill, not a host-to-device copy (which synchronizes): see GammaSchedule
+            self.sigma.fill_((1 - min(max(float(t), 0.0), self.total) / self.total) * self.sigma0)
 
     def forward(self, draws):
         return self.sigma * draws

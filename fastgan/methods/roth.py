@@ -42,9 +42,13 @@ class GammaSchedule:
 
     def update(self, t) -> torch.Tensor:
         """Set gamma for iteration t (an int or a device tensor) and return the tensor."""
-        if self.schedule == "anneal":
-            t = torch.as_tensor(t, device=self.value.device).to(torch.float64).clamp(max=self.total)
+        if self.schedule == "anneal" and isinstance(t, torch.Tensor):
+            t = t.to(self.value.device, torch.float64).clamp(max=self.total)
             self.value.copy_(torch.exp(t * (self._log_alpha / self.total)) * self.gamma0)
+        elif self.schedule == "anneal":
+            # computed on the host and written by a fill: a host tensor copied to the GPU would synchronize
+            # the stream every step, keeping the host from queuing the next replay while the GPU runs this one
+            self.value.fill_(math.exp(min(float(t), self.total) * (self._log_alpha / self.total)) * self.gamma0)
         return self.value
 
 

@@ -133,6 +133,15 @@ class Method:
                     raise ValueError(f"method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, "
                                      f"activations, BatchNorm and Flatten (no active dropout): {why}; use 'auto', "
                                      f"'jvp' or 'double_backward'")
+            from ..ops.penalty_jvp import _active_dropout
+
+            if cfg.run.cuda_graph and r.mode in ("auto", "jvp") and _active_dropout(D):
+                # jvp replays D's forward, and dropout masks cannot be replayed inside a capture: "auto" would
+                # take jvp in the eager warm-ups (its check passes there) and then fail at the capture
+                if r.mode == "jvp":
+                    raise ValueError("method.roth.mode: 'jvp' replays D's forward, which cannot replay D's dropout "
+                                     "masks in a CUDA graph (run.cuda_graph=true); use 'double_backward' or 'auto'")
+                self.penalty_mode = "double_backward"
             T = r.anneal_steps or cfg.run.steps
             self.gamma = roth_mod.GammaSchedule(r.schedule, r.gamma, r.gamma0, r.alpha, T, self.device)
             # with lazy regularization every iteration reports the latest penalty from this one tensor (a CUDA

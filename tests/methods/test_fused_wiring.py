@@ -42,6 +42,21 @@ def test_new_keys_defaults_and_validation():
         make("roth", "method.roth.mode=mlp", "model.arch=goodfellow", "model.d_hidden=[6]")
 
 
+def test_a_graphed_dropout_d_takes_the_double_backward_for_auto_and_refuses_jvp():
+    """jvp cannot replay dropout masks inside a CUDA graph capture. Before: "auto" took jvp in the eager warm-ups
+    (its check passes there) and the capture then raised after three steps; "jvp" failed the same way."""
+    drop = ("model.arch=goodfellow", "model.d_hidden=[6]")
+    _, M = make("roth", "method.roth.mode=auto", "run.cuda_graph=true", "run.device=auto", *drop)
+    assert M.penalty_mode == "double_backward"
+    with pytest.raises(ValueError, match=r"^method\.roth\.mode: 'jvp' replays D's forward, which cannot replay "
+                                         r"D's dropout masks in a CUDA graph \(run\.cuda_graph=true\)"):
+        make("roth", "method.roth.mode=jvp", "run.cuda_graph=true", "run.device=auto", *drop)
+    assert make("roth", "method.roth.mode=auto", *drop)[1].penalty_mode == "auto"  # eager: auto decides per call
+    no_dropout = ("model.d_input_dropout=0", "model.d_dropout=0")
+    graphed = ("run.cuda_graph=true", "run.device=auto")
+    assert make("roth", "method.roth.mode=auto", *graphed, *drop, *no_dropout)[1].penalty_mode == "auto"
+
+
 # ---------------------------------------------------------------- Roth: penalty modes
 
 def test_mlp_discriminator_as_sequential_is_its_forward():

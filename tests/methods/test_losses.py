@@ -135,6 +135,41 @@ def test_gamma_annealing_schedule_values():
     assert fixed.update(77).item() == pytest.approx(0.1)
 
 
+def _ops_run(fn):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    with Ops() as mode:
+        fn()
+    return mode.seen
+
+
+def test_annealed_schedules_write_a_host_step_by_one_fill():
+    # Before: torch.as_tensor(t, device=...) then exp and copy_: on a GPU a host-to-device copy, which torch
+    # ends by synchronizing the stream, every step of an annealed run (graphed runs included). A fill takes the
+    # value as a kernel argument. The tensor form (t already on the device) keeps the device arithmetic.
+    from fastgan.methods.nt import FixedNoise
+
+    s = GammaSchedule("anneal", 0.1, 2.0, 0.01, 100)
+    assert _ops_run(lambda: s.update(37)) == ["aten.fill_"]
+    by_fill = s.value.item()
+    s.update(torch.tensor(37))
+    assert by_fill == pytest.approx(s.value.item(), rel=1e-7) == pytest.approx(2.0 * 0.01 ** 0.37, rel=1e-7)
+    n = FixedNoise(1.5, "linear", total=10)
+    assert _ops_run(lambda: n.update(3)) == ["aten.fill_"]
+    assert n.sigma.item() == pytest.approx(1.05, rel=1e-7)
+    n.update(torch.tensor(3))
+    assert n.sigma.item() == pytest.approx(1.05, rel=1e-7)
+
+
 def test_fixed_noise_linear_annealing():
     from fastgan.methods.nt import FixedNoise
 
