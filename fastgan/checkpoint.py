@@ -163,24 +163,45 @@ def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, st
 
 # ------------------------------------------------------------------------------------------ RNG states
 
-def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None, cuda: bool = False) -> dict:
-    """torch (CPU and, when cuda, every CUDA device), Python's random, NumPy's global state, and the given
-    torch.Generators, as tensors and plain values."""
+def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None,
+              cuda_device: Optional[torch.device] = None) -> dict:
+    """torch's CPU state, Python's random, NumPy's global state, the given torch.Generators (with their device
+    types) and, with cuda_device, that CUDA device's default generator (D's dropout draws from it), as tensors and
+    plain values."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
+    generators = generators or {}
     out = {
         "torch": torch.get_rng_state(),
         "python": [version, list(internal), gauss],
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+        "generators": {k: g.get_state() for k, g in generators.items()},
+        "generator_devices": {k: g.device.type for k, g in generators.items()},
     }
-    if cuda:
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda_device is not None:
+        # the run's device only: a list of every GPU's (get_rng_state_all) cannot be restored where fewer are
+        # visible, and would give a cuda:1 run resumed on cuda:0 the state of a device it never drew from
+        out["cuda_device"] = torch.cuda.get_rng_state(cuda_device)
     return out
 
 
-def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
-    """Restore what rng_state saved; a missing or unusable entry is a CheckpointError naming it (rng.<key>)."""
+def _saved_device_type(state: Mapping, key: str) -> str:
+    """The device type of a saved generator's state (checkpoints before 2026-12-03 did not record it: a CUDA
+    generator's state is its 16 bytes of seed and offset, a CPU one's the Mersenne Twister's 5056)."""
+    kinds = state.get("generator_devices")
+    if isinstance(kinds, Mapping) and isinstance(kinds.get(key), str):
+        return kinds[key]
+    saved = state["generators"][key]
+    return "cuda" if isinstance(saved, torch.Tensor) and saved.numel() == 16 else "cpu"
+
+
+def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Generator]] = None,
+                  cuda_device: Optional[torch.device] = None) -> list[str]:
+    """Restore what rng_state saved; a missing or unusable entry is a CheckpointError naming it (rng.<key>).
+
+    Returns the names of the generators whose saved state is of another device type (a CPU run resumed on a GPU,
+    or the reverse: the two kinds of generator cannot take each other's state); those are left as they are, for
+    the caller to seed. cuda_device: the resumed run's CUDA device, which takes the saved run device's state."""
     def restore(key, fn, saved=state, label="rng"):
         if key not in saved:
             raise CheckpointError(f"{label}.{key}: missing random-generator state")
@@ -201,6 +222,7 @@ def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Genera
     restore("torch", torch.set_rng_state)
     restore("python", py)
     restore("numpy", numpy)
+    other_device = []
     if generators:
         saved = state.get("generators")
         if not isinstance(saved, Mapping):
@@ -208,6 +230,16 @@ def set_rng_state(state: Mapping, generators: Optional[Mapping[str, torch.Genera
         for k, g in generators.items():
             if k not in saved:
                 raise CheckpointError(f"rng.generators.{k}: the checkpoint holds no state for random generator {k!r}")
+            if _saved_device_type(state, k) != g.device.type:
+                other_device.append(k)
+                continue
             restore(k, g.set_state, saved, "rng.generators")
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        restore("cuda", torch.cuda.set_rng_state_all)
+    if cuda_device is not None:
+        if state.get("cuda_device") is not None:
+            restore("cuda_device", lambda s: torch.cuda.set_rng_state(s, cuda_device))
+        elif isinstance(state.get("cuda"), (list, tuple)):  # before 2026-12-03: every visible GPU's, by index
+            index = cuda_device.index if cuda_device.index is not None else torch.cuda.current_device()
+            if index < len(state["cuda"]):
+                restore(index, lambda s: torch.cuda.set_rng_state(s, cuda_device), dict(enumerate(state["cuda"])),
+                        "rng.cuda")
+    return other_device

@@ -114,6 +114,11 @@ def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
                       "method.nt.fused=false, run.cuda_graph=false, or make the cuda or triton backend available")
 
 
+class ResumedOnAnotherDevice(UserWarning):
+    """A run resumed on another kind of device (CPU <-> CUDA) than its checkpoint's: its random draws go on from a
+    new stream (seeded by run.seed and the step), not the one it would have drawn."""
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -298,9 +303,18 @@ class _Run:
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
             raise CheckpointError(f"checkpoint {path} does not fit this config's models: {why}") from None
         try:
-            ckpt.set_rng_state(state["rng"], {"train": self.gen})
+            other_device = ckpt.set_rng_state(state["rng"], {"train": self.gen},
+                                              cuda_device=self.device if self.device.type == "cuda" else None)
         except CheckpointError as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
+        if other_device:
+            # a CPU generator and a CUDA one cannot take each other's state: the draws go on from a stream of
+            # the seed and the step, the same on every resume at this step, but not the one the run would have drawn
+            self.gen.manual_seed((int(self.cfg.run.seed) + 0x9E3779B97F4A7C15 * (step + 1)) % 2 ** 63)
+            warnings.warn(f"resuming a run whose checkpoint was written on another kind of device than "
+                          f"{self.device} (run.device): its data, latent and noise draws continue from a new stream "
+                          f"seeded by run.seed and the step ({step}), not the one the run would have drawn there",
+                          ResumedOnAnotherDevice, stacklevel=2)
 
     def _check_eval(self, read_data: bool = True):
         """What run.parzen and run.fd need of the data, checked before the run folder is made; with read_data
@@ -505,7 +519,7 @@ class _Run:
     def _checkpoint(self, step):
         ckpt.save(self.ckpt_path, {
             "step": step, "config": C.to_dict(self.cfg), "method": self.method.state_dict(),
-            "rng": ckpt.rng_state({"train": self.gen}, cuda=self.device.type == "cuda"),
+            "rng": ckpt.rng_state({"train": self.gen}, cuda_device=self.device if self.device.type == "cuda" else None),
             "torch_version": str(torch.__version__),
         })
         self.last_ckpt_step = step

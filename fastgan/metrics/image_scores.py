@@ -48,13 +48,19 @@ def classify(images, classifier: FashionMNISTNet | None = None, batch_size: int 
         raise TypeError(f"classifier: expected a FashionMNISTNet, got {type(net).__name__}")
     was = net.training
     net.eval()  # batch statistics would make a sample's features depend on its batch
+    cudnn = torch.backends.cudnn
+    # cuDNN's convolutions default to TF32 on Ampere and newer GPUs: FDs and scores would differ by GPU generation
+    # (and from the CPU's) by more than the small FDs they compare
+    fp32_convolutions = cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                                    deterministic=cudnn.deterministic, allow_tf32=False)
     try:
         dev = next(net.parameters()).device
         feats, logits = [], []
-        for i in range(0, x.shape[0], batch_size):
-            f = net.features(x[i:i + batch_size].to(dev, torch.float32))
-            feats.append(f)
-            logits.append(net.head(f))
+        with fp32_convolutions:
+            for i in range(0, x.shape[0], batch_size):
+                f = net.features(x[i:i + batch_size].to(dev, torch.float32))
+                feats.append(f)
+                logits.append(net.head(f))
         return torch.cat(feats), torch.cat(logits)
     finally:
         net.train(was)

@@ -93,6 +93,20 @@ def test_classify_uses_eval_mode_and_restores_the_flag():
     assert net.training
 
 
+def test_classify_runs_convolutions_without_tf32_and_restores_the_flags(monkeypatch):
+    # cuDNN's TF32 default (Ampere and newer) moved FDs by GPU generation; the caller's flags come back after
+    net = FashionMNISTNet()
+    seen = []
+    real = net.features
+    monkeypatch.setattr(net, "features", lambda x: (seen.append((torch.backends.cudnn.allow_tf32,
+                                                                 torch.backends.cudnn.enabled)), real(x))[1])
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark)
+    assert before[0]  # torch's default, which classify overrides
+    classify(torch.full((3, 1, 28, 28), -1.0), net, batch_size=2)
+    assert seen == [(False, before[1])] * 2
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark) == before
+
+
 @pytest.mark.parametrize("x,exc,match", [
     (torch.zeros(8, 3, 28, 28), ValueError, r"^samples: expected Fashion-MNIST images \(N, 1, 28, 28\)"),
     (torch.zeros(1, 1, 28, 28), ValueError, r"^samples: .*N >= 2"),
