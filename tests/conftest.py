@@ -27,6 +27,7 @@ def _one_process_per_core():
 def pytest_configure(config):
     _one_process_per_core()
     config.addinivalue_line("markers", "threads(n): run the test with n torch/OpenMP threads (its threaded paths)")
+    config.addinivalue_line("markers", "triton: needs a triton that fastgan's Triton backend can use (>= 3.4)")
     # FASTGAN_TEST_EXTENSION=emulated: every test uses the CUDA emulator's module (tools/cuda_emu) as fastgan._C,
     # whose CPU kernels are csrc/cpu's too: with FASTGAN_CUDA_EMU_SANITIZE=address, the cpu backend's kernels run
     # under the sanitizers (tests/test_cuda_emu_sanitized.py; tests/ops/test_extension_in_use.py checks the swap).
@@ -89,10 +90,32 @@ def pytest_collection_modifyitems(config, items):
                 cpu_triton = params.get("backend") == "triton" or name.endswith("_triton")
                 if item.get_closest_marker("cuda") is None and cpu_triton:
                     item.add_marker(skip)
+        _skip_triton_where_it_cannot_run(items, torch.device("cuda"))
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none visible to torch on this machine)")
     for item in items:
         if item.get_closest_marker("cuda") is not None:  # not `"cuda" in item.keywords`: ids are keywords too
+            item.add_marker(skip)
+    _skip_triton_where_it_cannot_run(items, torch.device("cpu"))
+
+
+def _skip_triton_where_it_cannot_run(items, device):
+    """Without a triton fastgan's backend can use (none, or one older than 3.4: torch 2.5-2.7 pin 3.1-3.3, and a
+    newer one breaks their torch.compile), the Triton tests skip, saying why, as the CUDA ones do without a GPU;
+    FASTGAN_REQUIRE_TRITON=1 (CI) makes that a collection error instead."""
+    from fastgan.ops import _dispatch
+
+    ok, why = _dispatch.triton_status(device)
+    if ok:
+        return
+    if os.environ.get("FASTGAN_REQUIRE_TRITON") == "1":
+        raise pytest.UsageError(f"FASTGAN_REQUIRE_TRITON=1, but fastgan's triton backend cannot run here: {why}")
+    skip = pytest.mark.skip(reason=f"fastgan's triton backend cannot run here: {why}")
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = getattr(item, "originalname", item.name)
+        if params.get("backend") == "triton" or name.endswith("_triton") or name.startswith("test_triton") \
+                or item.get_closest_marker("triton"):
             item.add_marker(skip)
 
 

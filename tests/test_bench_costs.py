@@ -78,6 +78,7 @@ def test_the_joint_pass_is_counted_as_on_cuda(counted):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="counts Triton launches under the interpreter")
+@pytest.mark.triton
 @pytest.mark.parametrize("depth", [1, 3])
 def test_denoiser_step_kernel_counts(depth):
     """One denoiser training step: the Triton backend launches one kernel per GEMM (depth + 1 forward, dW per

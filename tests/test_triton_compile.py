@@ -36,6 +36,8 @@ import fastgan.ops as ops  # noqa: E402
 from fastgan.ops import bn_closed_form as bncf  # noqa: E402
 from fastgan.ops import denoiser as den_ops  # noqa: E402
 
+pytestmark = pytest.mark.triton
+
 _DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
            torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
 

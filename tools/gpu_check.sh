@@ -26,6 +26,8 @@ case $what in  # a mistyped stage would otherwise build, run nothing and end wit
 esac
 OUT=${OUT:-/tmp/fastgan-gpu}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# a GPU run must not skip the Triton tests for want of a usable triton (tests/conftest.py)
+export FASTGAN_REQUIRE_TRITON=1
 nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 start=$(date +%s)
 # stop a command at its limit with SIGINT (see above), KILL if it is still running 30 s later

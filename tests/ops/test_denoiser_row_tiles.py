@@ -23,6 +23,7 @@ def _rand(g, *shape, positive=False):
     return t.abs() + 0.5 if positive else t
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [True, False])
 def test_bn_relu_rows_over_several_tiles(small_steps, training, relu):
@@ -40,6 +41,7 @@ def test_bn_relu_rows_over_several_tiles(small_steps, training, relu):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_recon_loss_backward_rows_over_several_tiles(small_steps, with_bias):
     """The reconstruction loss's backward (the generator term's, and the layer op's under torch.compile), whose

@@ -55,6 +55,7 @@ OPS = {"penalty": _penalty, "nt_losses": _nt_losses, "noise": _noise, "denoiser"
        "bn_closed_form": _bn_closed_form}
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("name", list(OPS))
 def test_every_triton_launch_is_guarded(monkeypatch, name):
     seen = []

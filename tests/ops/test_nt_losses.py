@@ -291,6 +291,7 @@ def test_requested_backend_is_the_one_that_runs(backend):
     assert {b: after[b] - before[b] for b in CPU_BACKENDS} == {b: int(b == backend) for b in CPU_BACKENDS}
 
 
+@pytest.mark.triton
 def test_unavailable_backends_raise(monkeypatch):
     with pytest.raises(BackendUnavailable, match="cuda"):
         nt_losses(*_logits(4, 4), 0.5, backend="cuda")

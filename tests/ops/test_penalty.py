@@ -375,6 +375,7 @@ def test_env_var_forces_backend(monkeypatch):
     assert backend_calls(OP, "reference") == before + 1
 
 
+@pytest.mark.triton
 def test_unavailable_backends_raise(monkeypatch):
     grad, logits = _inputs(4, (3,))
     with pytest.raises(BackendUnavailable, match="cuda"):

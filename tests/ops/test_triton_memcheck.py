@@ -16,6 +16,8 @@ import triton.language as tl  # noqa: E402
 
 import triton_memcheck  # noqa: E402
 
+pytestmark = pytest.mark.triton  # it hooks the interpreter of the tritons fastgan runs on (>= 3.4)
+
 
 @triton.jit
 def _copy(src, dst, n, EXTRA: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
