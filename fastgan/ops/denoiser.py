@@ -20,6 +20,7 @@ Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fas
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -469,7 +470,10 @@ class Denoiser(nn.Module):
         tensor), so the kernels never read a tensor by the wrong size or type."""
         net = self.net
         mods = tuple(net._modules.values())
-        if mods != self._mods or tuple(map(type, mods)) != self._types or has_hooks(net) or \
+        # the same module objects, compared by identity (a tuple's == calls nn.Module.__eq__, which torch 2.7's
+        # Dynamo cannot trace: torch.export of a module holding a Denoiser failed there)
+        if len(mods) != len(self._mods) or not all(map(operator.is_, mods, self._mods)) or \
+                tuple(map(type, mods)) != self._types or has_hooks(net) or \
                 any(map(has_hooks, mods)):
             self._adopt(net)
         training = self.training
