@@ -100,12 +100,9 @@ def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
     if forced is not None and forced != "reference":
         return  # _check_forced_backend has checked that it runs here
     if forced is None:
-        reasons = []
-        for cand in ("cuda", "triton"):
-            ok, why = _dispatch.status(cand, device)
-            if ok:
-                return
-            reasons.append(f"{cand}: {why}")
+        best, reasons = _dispatch.best_fused(device)
+        if best is not None:
+            return
         why = "no fused backend runs here (" + "; ".join(reasons) + ")"
     else:
         why = "FASTGAN_BACKEND='reference'"
@@ -287,6 +284,11 @@ class _Run:
 
     # ---------------------------------------------------------------- setup
 
+    @property
+    def _cuda_device(self) -> Optional[torch.device]:
+        """The run's device when it is a CUDA one (whose default generator the checkpoints hold), else None."""
+        return self.device if self.device.type == "cuda" else None
+
     def _load(self, state: dict, path: Path) -> None:
         """Models, optimizers and RNG states from the checkpoint, each checked first: nothing fails steps later."""
         method, step = state["method"], state["step"]
@@ -303,8 +305,7 @@ class _Run:
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
             raise CheckpointError(f"checkpoint {path} does not fit this config's models: {why}") from None
         try:
-            other_device = ckpt.set_rng_state(state["rng"], {"train": self.gen},
-                                              cuda_device=self.device if self.device.type == "cuda" else None)
+            other_device = ckpt.set_rng_state(state["rng"], {"train": self.gen}, cuda_device=self._cuda_device)
         except CheckpointError as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
         if other_device:
@@ -519,7 +520,7 @@ class _Run:
     def _checkpoint(self, step):
         ckpt.save(self.ckpt_path, {
             "step": step, "config": C.to_dict(self.cfg), "method": self.method.state_dict(),
-            "rng": ckpt.rng_state({"train": self.gen}, cuda_device=self.device if self.device.type == "cuda" else None),
+            "rng": ckpt.rng_state({"train": self.gen}, cuda_device=self._cuda_device),
             "torch_version": str(torch.__version__),
         })
         self.last_ckpt_step = step

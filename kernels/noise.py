@@ -297,20 +297,18 @@ def backward(g_real, g_fake, rng, dx_real, dx_fake, deps, dsig, M, C, half):
     inner = F // C
     n_noisy = M - M // 2 if half else M
     vec = backward_vector_path(F, C, g_real, g_fake)
+    # counters per loop step: 4 a thread at 4 warps; 2 with dsigma, whose Philox doubles the registers (sm_90:
+    # 44 / 96-123 registers at 512, 48-52 at 256), and for float64 (248 of 255 registers at 512 with the
+    # generator's eps and both dx, compiled for sm_90: two blocks an SM). At 1024, triton 3.8's sm_90 code of the
+    # scalar path spills 16-404 bytes (tests/test_triton_compile.py; 3.6 does not)
+    tile = 256 if dsig is not None or g0.dtype == torch.float64 else 512
     if vec:
         ng = inner // 4  # the plane's own counters
-        # counters per loop step: 4 a thread at 4 warps; 2 with dsigma, whose Philox doubles the registers
-        # (sm_90: 44 / 96-123 registers at 512, 48-52 at 256), and for float64 (248 of 255 registers at 512 with
-        # the generator's eps and both dx, compiled for sm_90: two blocks an SM)
-        tile = 256 if dsig is not None or g0.dtype == torch.float64 else 512
         block_g = min(triton.next_power_of_2(ng), 256)
         block_p = max(1, tile // block_g)
     else:
         ng = (inner + 2) // 4 + 1  # counters a plane of `inner` elements can overlap
         block_g = min(max(triton.next_power_of_2(ng), 2), 256)
-        # 512 counters a loop step (256 with dsigma or float64), as above: at 1024, triton 3.8's sm_90 code spills
-        # 16-404 bytes (tests/test_triton_compile.py; 3.6 does not)
-        tile = 256 if dsig is not None or g0.dtype == torch.float64 else 512
         block_p = max(1, min(64, tile // block_g))
     grid = (triton.cdiv(n_noisy * C, block_p),)
     dummy = g0

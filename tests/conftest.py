@@ -85,10 +85,7 @@ def pytest_collection_modifyitems(config, items):
             # those tests are the CPU run's (CUDA_VISIBLE_DEVICES= pytest, or CI)
             skip = pytest.mark.skip(reason="Triton on CPU tensors runs under TRITON_INTERPRET=1, without a GPU")
             for item in items:
-                params = getattr(getattr(item, "callspec", None), "params", {})
-                name = getattr(item, "originalname", item.name)
-                cpu_triton = params.get("backend") == "triton" or name.endswith("_triton")
-                if item.get_closest_marker("cuda") is None and cpu_triton:
+                if item.get_closest_marker("cuda") is None and _runs_the_triton_backend(item):
                     item.add_marker(skip)
         _skip_triton_where_it_cannot_run(items, torch.device("cuda"))
         return
@@ -112,11 +109,15 @@ def _skip_triton_where_it_cannot_run(items, device):
         raise pytest.UsageError(f"FASTGAN_REQUIRE_TRITON=1, but fastgan's triton backend cannot run here: {why}")
     skip = pytest.mark.skip(reason=f"fastgan's triton backend cannot run here: {why}")
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
         name = getattr(item, "originalname", item.name)
-        if params.get("backend") == "triton" or name.endswith("_triton") or name.startswith("test_triton") \
-                or item.get_closest_marker("triton"):
+        if _runs_the_triton_backend(item) or name.startswith("test_triton") or item.get_closest_marker("triton"):
             item.add_marker(skip)
+
+
+def _runs_the_triton_backend(item) -> bool:
+    """A test parametrized with backend="triton", or named for it (test_..._triton)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("backend") == "triton" or getattr(item, "originalname", item.name).endswith("_triton")
 
 
 # ---------------------------------------------------------------- the CUDA kernels on the CPU

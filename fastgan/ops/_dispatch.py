@@ -174,6 +174,18 @@ def forced_backend() -> str | None:
     return forced
 
 
+def best_fused(device: torch.device) -> tuple[str | None, list[str]]:
+    """(the first usable fused backend for `device`, or None; why each one before it cannot run): what resolve
+    takes when no backend is named or forced."""
+    reasons = []
+    for cand in ("cuda", "triton") if device.type == "cuda" else ("cpu",):
+        ok, why = status(cand, device)
+        if ok:
+            return cand, reasons
+        reasons.append(f"{cand}: {why}")
+    return None, reasons
+
+
 @_constant_under_compile
 def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend to run `op` with on `device`: `backend` if given (checked), else the best usable one.
@@ -189,13 +201,9 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
         if not ok:
             raise BackendUnavailable(f"{op}: {named} cannot run here: {why}")
         return backend
-    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-    reasons = []
-    for cand in order:
-        ok, why = status(cand, device)
-        if ok:
-            return cand
-        reasons.append(f"{cand}: {why}")
+    best, reasons = best_fused(device)
+    if best is not None:
+        return best
     key = (op, device.type)
     if key not in _warned:
         _warned.add(key)
