@@ -13,7 +13,9 @@ constant, and <g, v> is the forward-mode directional derivative of sum psi along
 The second forward must see D exactly as the first did: it runs on clones of D's buffers as they were before the
 first forward (BatchNorm running statistics and spectral-norm power iterations therefore advance once per call, as
 with the double backward) and replays the random-number state (dropout draws the same masks). What cannot be
-replayed is refused (jvp_refusal): backward hooks, and a function D reaching modules whose buffers it would update.
+replayed is refused (jvp_refusal): backward hooks. A function D's state lies wherever it reaches it: what its first
+forward writes into tensors it did not create is caught (state_guard.StateGuard), put back before the second
+forward, and left afterwards as the first forward left it.
 
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
@@ -25,13 +27,10 @@ dual forward therefore runs those functions, and the parameterized linear ops, t
 from __future__ import annotations
 
 import contextlib
-import dis
-import functools
 import math
 import os
 import re
 import threading
-import types
 import warnings
 import weakref
 
@@ -42,6 +41,7 @@ from torch.autograd import forward_ad as fwAD
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
 from .dual_rules import DualRules
+from .state_guard import StateGuard, rerun_from
 from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
@@ -57,92 +57,24 @@ def _backward_hooks(D) -> str | None:
     return _hooks.where_hooked(D, _hooks.BACKWARD)
 
 
-@functools.lru_cache(maxsize=256)
-def _global_names(code) -> tuple:
-    """The globals a code object (and the functions defined in it) loads; not attribute names (`h.D` is no
-    global D)."""
-    names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
-    for const in code.co_consts:
-        if isinstance(const, type(code)):
-            names.update(_global_names(const))
-    return tuple(sorted(names))
-
-
-def _reached_modules(fn, depth: int = 3) -> list:
-    """The nn.Modules a function D reaches within `depth` references: a partial's arguments, a bound method's object,
-    a function's closure cells, defaults and the globals it loads, an object's attributes, list/tuple/dict items."""
-    out, seen = [], set()
-
-    def visit(v, depth):
-        if depth < 0 or id(v) in seen or isinstance(v, (type, types.ModuleType, str, bytes, int, float, bool)) \
-                or v is None:
-            return
-        seen.add(id(v))
-        if isinstance(v, nn.Module):
-            out.append(v)
-        elif isinstance(v, functools.partial):
-            for a in (v.func, *v.args, *v.keywords.values()):
-                visit(a, depth)
-        elif isinstance(v, types.MethodType):
-            visit(v.__self__, depth)
-            visit(v.__func__, depth)
-        elif isinstance(v, types.FunctionType):
-            for cell in v.__closure__ or ():
-                try:
-                    visit(cell.cell_contents, depth - 1)
-                except ValueError:  # an empty cell
-                    pass
-            for a in (*(v.__defaults__ or ()), *(v.__kwdefaults__ or {}).values()):
-                visit(a, depth - 1)
-            for name in _global_names(v.__code__):
-                visit(v.__globals__.get(name), depth - 1)
-        elif isinstance(v, (list, tuple)):
-            for a in v:
-                visit(a, depth - 1)
-        elif isinstance(v, dict):
-            for a in v.values():
-                visit(a, depth - 1)
-        elif hasattr(v, "__dict__"):  # a callable object, a trainer holding D: its attributes (and __call__)
-            for a in vars(v).values():
-                visit(a, depth - 1)
-            call = getattr(type(v), "__call__", None)
-            if isinstance(call, types.FunctionType):
-                visit(call, depth - 1)
-    visit(fn, depth)
-    return out
-
-
-def _forward_updates_buffers(m: nn.Module) -> bool:
-    """Whether m's own training-mode forward writes its buffers: BatchNorm / InstanceNorm tracking running
-    statistics, spectral norm's power iteration (parametrization or old-style hook)."""
-    if not m.training:
-        return False
-    if isinstance(m, nn.modules.batchnorm._NormBase):
-        return m.track_running_stats and m.running_mean is not None
-    if type(m).__name__ == "_SpectralNorm":  # torch.nn.utils.parametrizations.spectral_norm's parametrization
-        return getattr(m, "n_power_iterations", 0) > 0
-    return any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values())
-
-
-def _function_state(D) -> str | None:
-    """For a function D, why its second forward would change state it reaches (None: nothing found): a module in
-    training mode whose forward updates its buffers (BatchNorm's running statistics and batch count, spectral
-    norm's power-iteration vectors) steps them once per forward, and jvp runs two; an nn.Module D runs its second
-    forward on copies."""
-    for module in _reached_modules(D):
-        for name, m in module.named_modules():
-            if _forward_updates_buffers(m):
-                where = f"{type(module).__name__}{'.' + name if name else ''}"
-                return (f"D is a function that reaches {where} ({type(m).__name__}), whose training-mode forward "
-                        "updates its buffers: jvp's second forward would update them again; pass an nn.Module "
-                        "whose forward calls it (e.g. with the class labels as an attribute): jvp restores a "
-                        "module's buffers")
+def _multihead_attention(D) -> str | None:
+    """Where D holds nn.MultiheadAttention (None: nowhere). Its forward runs F.multi_head_attention_forward, inside
+    which the dual pass's rules (dual_rules.DualRules) see no call: the attention and softmax inside would take
+    torch's forward-mode formulas, which have none for the fused kernels and differentiate wrongly in reverse mode
+    for the math kernel's softmax."""
+    for name, m in D.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            return (f"{'D.' + name if name else 'D'} is an nn.MultiheadAttention, whose attention the jvp pass cannot "
+                    "reach (F.multi_head_attention_forward); call F.scaled_dot_product_attention in D's forward, "
+                    "which jvp runs")
     return None
 
 
 def jvp_refusal(D) -> str | None:
     """Why mode="jvp" cannot run D exactly as the double backward does, or None."""
-    return _backward_hooks(D) if isinstance(D, nn.Module) else _function_state(D)
+    if not isinstance(D, nn.Module):
+        return None
+    return _backward_hooks(D) or _multihead_attention(D)
 
 
 def _buffer_clones(D) -> dict:
@@ -284,8 +216,11 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     with _REPLAY_LOCK:
         start = rng.save()
         x = x.requires_grad_(True)
+        # a function D's writes to state it reaches are caught (an nn.Module's second forward runs on buffer clones)
+        guard = None if isinstance(D, nn.Module) else StateGuard()
         # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
-        psi0 = _pen._logits_of(D, x)
+        with guard if guard is not None else contextlib.nullcontext():
+            psi0 = _pen._logits_of(D, x)
         after = rng.save()
         (g,) = torch.autograd.grad(psi0.sum(), x)
         acc = _checks.acc_dtype(g.dtype, psi0.dtype)
@@ -306,7 +241,8 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
                     xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
-                out = _call_with_buffers(D, buffers, xd)
+                with _from_start(guard):
+                    out = _call_with_buffers(D, buffers, xd)
                 jv = fwAD.unpack_dual(out).tangent
         finally:
             if replay:
@@ -327,15 +263,23 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         else penalty_create_graph.graph_leaves(surrogate)
 
     def replay():
-        return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, any_order=True)
+        return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, any_order=True,
+                                       guard=guard)
 
     # the tap is zero, so the value stays Omega bit for bit
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
 
 
-def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False):
+def _from_start(guard):
+    """For a function D (its first forward run under `guard`): the state it wrote put back as it was before that
+    forward for the block, and left afterwards as the block found it."""
+    return contextlib.nullcontext() if guard is None else rerun_from(guard.saved)
+
+
+def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False, guard=None):
     """The penalty by the double backward (with its graph), from D's buffers and the random-number state as they
-    were at `start`; D's own buffers and the current random-number state are left alone.
+    were at `start`; D's own buffers and the current random-number state are left alone (a function D's state:
+    as `guard` caught it in D's first forward).
 
     any_order: normalizations with batch statistics run through DualRules' ordinary ops: torch's fused
     batch/instance/layer norm backward treats its saved statistics as constants when differentiated again, so
@@ -352,7 +296,7 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
         now = rng.save()
         rng.restore(start)
         try:
-            with DualRules() if any_order else contextlib.nullcontext():
+            with DualRules() if any_order else contextlib.nullcontext(), _from_start(guard):
                 return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
         finally:
             rng.restore(now)
@@ -438,9 +382,9 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
                                   "function D that updates no state)", steps
     if reduction == "none":
         return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'", steps
-    hooks = _backward_hooks(D)
-    if hooks is not None:  # before the verdict: hooks added after the check are seen
-        return "double_backward", f"{not_closed}; not jvp: {hooks}", steps
+    refusal = jvp_refusal(D)
+    if refusal is not None:  # before the verdict: hooks added after the check are seen
+        return "double_backward", f"{not_closed}; not jvp: {refusal}", steps
     if x.device.type not in AUTO_JVP_DEVICES:
         return "double_backward", f"{not_closed}; jvp runs on {sorted(AUTO_JVP_DEVICES)} only (not faster on " \
                                   f"{x.device.type})", steps

@@ -1,9 +1,11 @@
-"""mode="jvp" on Ds whose second forward cannot be the first one again: refused with the reason (backward hooks, a
-function D reaching modules whose buffers a forward updates), or handled by a rule (attention through
+"""mode="jvp" on Ds whose second forward cannot be the first one again: refused with the reason (backward hooks),
+run from the state the first forward started from (a function D updating BatchNorm statistics or spectral-norm
+vectors it reaches), or handled by a rule (attention through
 F.scaled_dot_product_attention, whose fused kernels have neither a double backward nor a usable forward-mode
 formula); "auto" takes the double backward for backward-hooked Ds, also when the hook comes after its check."""
 import copy
 import functools
+import weakref
 
 import pytest
 import torch
@@ -58,6 +60,42 @@ def test_attention_dropout_is_refused_by_jvp():
         return F.scaled_dot_product_attention(h, h, h, dropout_p=0.5).sum((1, 2))
     with pytest.raises(NotImplementedError, match="dropout_p > 0 draws its mask inside the kernel"):
         gradient_penalty(D, VEC(4).double(), mode="jvp")
+
+
+class _MhaD(nn.Module):
+    """Self-attention over an image's rows through nn.MultiheadAttention (or a TransformerEncoderLayer)."""
+
+    def __init__(self, layer: bool):
+        super().__init__()
+        self.layer = layer
+        self.attn = nn.TransformerEncoderLayer(24, 2, 16, dropout=0.0, batch_first=True) if layer \
+            else nn.MultiheadAttention(24, 2, batch_first=True)
+        self.head = nn.Linear(24, 1)
+
+    def forward(self, x):
+        h = x.transpose(1, 2).reshape(x.shape[0], 8, 24)
+        h = self.attn(h) if self.layer else self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_multihead_attention_is_refused_by_jvp_and_auto_takes_the_double_backward(layer, auto_jvp_on_cpu):
+    """F.multi_head_attention_forward hides its attention from the jvp pass's rules (torch then failed with
+    "forward AD ... not supported" or an in-place error); the double backward runs it on the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    D = _MhaD(layer).double()
+    xr, xf = IMG(5).double(), IMG(5).double()
+    where = "D.attn.self_attn" if layer else "D.attn"
+    with pytest.raises(ValueError, match=rf"mode='jvp': {where} is an nn.MultiheadAttention"):
+        js_penalty(D, xr, xf, mode="jvp")
+    mode, why = penalty_mode(D, xr)
+    assert mode == "double_backward" and f"not jvp: {where} is an nn.MultiheadAttention" in why
+    oracle = copy.deepcopy(D)
+    with sdpa_kernel(SDPBackend.MATH):
+        want = _grads(oracle, *ref.js_penalty(oracle, xr, xf))
+    _assert_same(_grads(D, *js_penalty(D, xr, xf, mode="auto")), want)
 
 
 def _d():
@@ -156,28 +194,86 @@ def _helper(x):
     return D_GLOBAL(x, torch.tensor([0, 1, 2, 0, 1, 2]))
 
 
-@pytest.mark.parametrize("bind", ["closure", "global", "partial", "bound_method", "callable_object",
-                                  "method_of_a_plain_object", "default_argument", "global_helper", "list"])
-def test_a_function_reaching_modules_with_buffers_in_training_mode_is_refused_by_jvp(bind):
+def _bound(bind, D, y):
+    """A function D calling D(x, y), reaching D in one of the ways a user's code does."""
     global D_GLOBAL
+    D_GLOBAL = D
+    ref_d = weakref.ref(D)
+    deep, as_set = [{"n": [D]}], {D}
+    return {"closure": lambda x: D(x, y), "global": lambda x: D_GLOBAL(x, y),
+            "partial": functools.partial(D, y=y), "bound_method": functools.partial(D.forward, y=y),
+            "callable_object": _Trainer(D, y), "method_of_a_plain_object": _Trainer(D, y).logits,
+            "default_argument": lambda x, D=D: D(x, y), "global_helper": _calls_global_helper,
+            "nested_containers": lambda x: deep[0]["n"][0](x, y), "set": lambda x: next(iter(as_set))(x, y),
+            "weakref": lambda x: ref_d()(x, y)}[bind]
+
+
+@pytest.mark.parametrize("bind", ["closure", "global", "partial", "bound_method", "callable_object",
+                                  "method_of_a_plain_object", "default_argument", "global_helper",
+                                  "nested_containers", "set", "weakref"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_function_d_updating_batchnorm_statistics_runs_jvp_with_its_state_advanced_once(bind, momentum):
+    """jvp runs the forward twice: what the first wrote into tensors the function reaches (running statistics,
+    the batch count, which momentum=None averages by) is put back for the second and left as one forward leaves
+    it, however D is reached; the gradients are the double backward's."""
     torch.manual_seed(0)
     D, y = _conditional(), torch.tensor([0, 1, 2, 0, 1, 2])
-    D_GLOBAL = D
-    Ds = [D]
-    fn = {"closure": lambda x: D(x, y), "global": lambda x: D_GLOBAL(x, y),
-          "partial": functools.partial(D, y=y), "bound_method": functools.partial(D.forward, y=y),
-          "callable_object": _Trainer(D, y), "method_of_a_plain_object": _Trainer(D, y).logits,
-          "default_argument": lambda x, D=D: D(x, y), "global_helper": _calls_global_helper,
-          "list": lambda x: Ds[0](x, y)}[bind]
+    D.net[1].momentum = momentum
+    oracle = copy.deepcopy(D)
+    fn, oracle_fn = _bound(bind, D, y), (lambda x: oracle(x, y))
+    try:
+        for step in range(3):
+            x = VEC(6).double()
+            want = ref.gradient_penalty(oracle_fn, x, "js_real")
+            want_g = torch.autograd.grad(want[0] + want[1].sum(), list(oracle.parameters()))
+            pen, logits = gradient_penalty(fn, x, "js_real", mode="jvp")
+            got_g = torch.autograd.grad(pen + logits.sum(), list(D.parameters()))
+            torch.testing.assert_close(pen, want[0], rtol=1e-12, atol=0)
+            _assert_same(got_g, want_g)
+            for (name, a), b in zip(D.named_buffers(), oracle.buffers()):
+                torch.testing.assert_close(a, b, rtol=1e-14, atol=0, msg=f"step {step}: {name}")
+    finally:
+        globals()["D_GLOBAL"] = None
+
+
+@pytest.mark.parametrize("kind", ["parametrization", "hook"])
+def test_a_function_d_with_spectral_norm_runs_its_second_forward_from_the_first_one_s_vectors(kind):
+    """Spectral norm's power iteration writes its vectors (out= and copy_) and normalizes the weight with them: a
+    second forward from the advanced vectors would normalize by another sigma, and its gradients would differ."""
+    torch.manual_seed(0)
+    sn = nn.utils.parametrizations.spectral_norm if kind == "parametrization" else nn.utils.spectral_norm
+    net = nn.Sequential(sn(nn.Linear(3, 8)), nn.LeakyReLU(0.2), sn(nn.Linear(8, 1))).double()
+    oracle = copy.deepcopy(net)
+
+    def grads(model, pen, logits):
+        return torch.autograd.grad(pen + logits.sum(), [p for p in model.parameters() if p.requires_grad])
+
+    for _ in range(2):
+        x = VEC(6).double()
+        want = grads(oracle, *ref.gradient_penalty(lambda x: oracle(x), x, "js_fake"))
+        got = grads(net, *gradient_penalty(lambda x: net(x), x, "js_fake", mode="jvp"))
+        _assert_same(got, want)
+        for a, b in zip(net.buffers(), oracle.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_a_function_d_s_create_graph_replay_starts_from_the_same_state_and_leaves_it():
+    """The third-order replay (a create_graph backward through the jvp penalty) runs the forward again: from the
+    state the first forward started from, the state left as it was."""
+    torch.manual_seed(0)
+    D, y = _conditional(), torch.tensor([0, 1, 2, 0, 1, 2])
+    D.net[1].momentum = None
+    oracle = copy.deepcopy(D)
     x = VEC(6).double()
-    with pytest.raises(ValueError, match=r"D is a function that reaches CondD\.net\.1 \(BatchNorm1d\), whose "
-                                         r"training-mode forward updates its buffers"):
-        gradient_penalty(fn, x, "js_real", mode="jvp")
-    D.eval()  # running statistics read, not updated: both forwards see the same D (and nothing is refused)
-    pen, logits = gradient_penalty(fn, x, "js_real", mode="jvp")
-    want = ref.gradient_penalty(fn, x, "js_real")
-    torch.testing.assert_close(pen, want[0], rtol=1e-12, atol=0)
-    D_GLOBAL = None
+    params, oparams = list(D.parameters()), list(oracle.parameters())
+    want = ref.gradient_penalty(lambda x: oracle(x, y), x, "js_real")[0]
+    (wg,) = torch.autograd.grad(want, oparams[-1], create_graph=True)
+    pen = gradient_penalty(lambda x: D(x, y), x, "js_real", mode="jvp")[0]
+    (gg,) = torch.autograd.grad(pen, params[-1], create_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(gg.sum(), params[2]), torch.autograd.grad(wg.sum(), oparams[2]),
+                               rtol=1e-9, atol=1e-12)
+    for a, b in zip(D.buffers(), oracle.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
 
 
 def test_the_conditional_d_as_a_module_runs_jvp_with_its_buffers_advanced_once():
