@@ -51,7 +51,7 @@ def test_00_device_copy(benchmark):
     _copy_gbs["copy"] = _record(benchmark, lambda: y.copy_(x), 2 * x.numel() * 4, op="copy")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
 @pytest.mark.parametrize("shape", [(1 << 24, 3), (65536, 3 * 32 * 32)], ids=["B16M-F3", "B64k-F3072"])
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
@@ -69,7 +69,7 @@ def test_penalty(benchmark, pass_, shape, backend, dtype):
         return
     out = run()
     up = torch.randn_like(out)
-    nbytes = 2 * B * F_ * gsz + 4 * B * lsz  # read g, write dg; read logits and the upstream, write dlogits
+    nbytes = 2 * B * F_ * gsz + 3 * B * lsz  # read g, write dg; read logits and the upstream, write dlogits
     _record(benchmark, lambda: torch.autograd.grad(out, (g, l), up, retain_graph=True), nbytes,
             op="grad_norm_penalty_backward", backend=backend, dtype=str(dtype))
 
@@ -129,7 +129,8 @@ def test_bn_closed_form(benchmark, op, shape, backend):
     run = {"stats": lambda: K.stats(h, 1e-5, backend=backend),
            "centered": lambda: K.centered(xhat, t, rstd, gamma, backend=backend),
            "vjp": lambda: K.vjp(rho, lam, xhat, t, rstd, gamma, mt, q, backend=backend)}[op]
-    # only the large layer is sized for the bandwidth goal; the others are there to be read (launch-bound; one block
-    # per channel)
+    # information, not the bandwidth goal (issue 5 sets it for the batch doubling and the losses): each channel is one
+    # block that reads its plane in more passes than the minimal traffic counts (the statistics' reductions, then
+    # the elementwise pass), and the smaller layers are launch-bound
     _record(benchmark, run, BN_TRAFFIC[op] * h.numel() * 4, op=f"bn_closed_form.{op}", backend=backend,
-            shape=list(dims), bandwidth_goal=shape.startswith("large"))
+            shape=list(dims), bandwidth_goal=False)

@@ -65,3 +65,15 @@ def benchmark(benchmark):
     # the plugin checks the funcarg's type: the instance's class is swapped for a subclass, not wrapped
     benchmark.__class__ = _warmed(type(benchmark))
     return benchmark
+
+
+# A run stopped by SIGINT (tools/gpu_check.sh stops each stage at its limit that way) after a benchmark's stats were
+# made but before its first timed round ended: pytest-benchmark's JSON writer took min() of no rounds and raised,
+# leaving the --benchmark-json file (truncated at the start) empty, every finished benchmark lost. Such a benchmark
+# is dropped before the writer runs.
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    runs = getattr(session.config, "_benchmarksession", None)
+    if runs is not None:
+        runs.benchmarks[:] = [b for b in runs.benchmarks if b.stats is not None and b.stats.data]
+    yield

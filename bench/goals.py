@@ -102,10 +102,16 @@ def _eager_denoiser(benchmarks):
     return out
 
 
+def _tile_sweep(b: dict) -> bool:
+    """A row of bench_denoiser_tiles.py: a tile configuration tried, not the denoiser the goal measures."""
+    return "tiles" in b.get("extra_info", {})
+
+
 def denoiser_rows(benchmarks):
     """(name, ms per step, speed-up over the reference, ok): graphed where measured, else eager."""
+    graphed = [b for b in benchmarks if not _tile_sweep(b)]
     rows = [(name + " (graphed)", ms, s, ok) for name, ms, s, ok in
-            _info_rows(benchmarks, "speedup_vs_reference", "ms_per_step", lambda s: s >= DENOISER_SPEEDUP_GOAL)]
+            _info_rows(graphed, "speedup_vs_reference", "ms_per_step", lambda s: s >= DENOISER_SPEEDUP_GOAL)]
     if rows:
         return rows
     return [(f"{test}[cuda-{impl}-{case}] (eager)", ms, s, s >= DENOISER_SPEEDUP_GOAL)
@@ -133,8 +139,8 @@ def cpu_mode_rows(benchmarks):
 
 
 def cost_rows(benchmarks, costs: dict | None):
-    """(name, measured ratio, counted FLOP ratio, counted op ratio) for the graphed D updates whose (model, mode)
-    bench/costs.py counted."""
+    """(name, measured ratio, counted FLOP ratio, counted op ratio) for the graphed fused D updates whose (model,
+    mode) bench/costs.py counted (the counts are the fused ops'; the reference backend runs other kernels)."""
     if not costs:
         return []
     counted = {(r["model"], r["mode"]): r for r in costs.get("rows", [])}
@@ -142,17 +148,13 @@ def cost_rows(benchmarks, costs: dict | None):
     for b in benchmarks:
         info = b.get("extra_info", {})
         c = counted.get((info.get("model"), info.get("mode")))
-        if c is not None and "ratio_vs_unregularized" in info:
+        if c is not None and "ratio_vs_unregularized" in info and info.get("backend") != "reference":
             rows.append((b["name"], info["ratio_vs_unregularized"], c["flops_vs_unregularized"],
                          c["kernels_vs_unregularized"]))
     return rows
 
 
 _DENOISER_CASE = re.compile(r"nh(?P<n_h>\d+)-d(?P<depth>\d+)-B(?P<B>\d+)")
-
-
-def on_gpu(benchmarks) -> bool:
-    return any(b.get("extra_info", {}).get("device") not in (None, "cpu") for b in benchmarks)
 
 
 def missing(benchmarks) -> list[tuple[str, list[str]]]:
@@ -163,7 +165,7 @@ def missing(benchmarks) -> list[tuple[str, list[str]]]:
         if "ratio_vs_unregularized" in info and info.get("backend") != "reference" \
                 and info.get("model") in PENALTY_FAMILY:
             penalty.add((PENALTY_FAMILY[info["model"]], info.get("batch"), info.get("mode")))
-        if "speedup_vs_reference" in info:
+        if "speedup_vs_reference" in info and not _tile_sweep(b):
             denoiser.add((info.get("n_h"), info.get("depth"), info.get("B"), info.get("impl")))
         if "fraction_of_copy" in info and info.get("backend") in GPU_FUSED:
             bandwidth.add((info.get("op"), info["backend"]))
@@ -182,17 +184,35 @@ def missing(benchmarks) -> list[tuple[str, list[str]]]:
     return [(goal, cases) for goal, cases in gaps if cases]
 
 
-def missing_report(benchmarks) -> str:
+def gpu_label(benchmarks) -> str | None:
+    """The GPU a run's benchmarks ran on (their extra_info's device), or None for a CPU run."""
+    return next((b["extra_info"]["device"] for b in benchmarks if b.get("extra_info", {}).get("device")
+                 not in (None, "cpu")), None)
+
+
+def missing_report(benchmarks, device: str = "") -> str:
     gaps = missing(benchmarks)
+    where = f" on {device}" if device else ""
     if not gaps:
-        return "### Issue 5's GPU goals: every case they name was measured\n"
-    lines = ["### Issue 5's GPU goals: cases not measured in these files (renamed, failed, skipped or time limit)", ""]
+        return f"### Issue 5's GPU goals{where}: every case they name was measured\n"
+    lines = [f"### Issue 5's GPU goals{where}: cases not measured in these files (renamed, failed, skipped or time "
+             "limit)", ""]
     lines += [f"- {goal}: {', '.join(cases)}" for goal, cases in gaps]
     return "\n".join(lines) + "\n"
 
 
 def _verdict(ok) -> str:
     return "baseline" if ok is None else "met" if ok else "**not met**"
+
+
+# Sequential CPU runs on the shared 2-core machine move a ratio by several percent between runs (bench/bench_noise.py's
+# interleaved A/B is the finer test): a "not met" this close to parity says so.
+CPU_PARITY = 1.05
+
+
+def _cpu_verdict(r: float, ok: bool) -> str:
+    return _verdict(ok) + (f" (within {CPU_PARITY - 1:.0%}: parity within run-to-run noise)"
+                           if not ok and r <= CPU_PARITY else "")
 
 
 def _counted_where(costs: dict | None, commit: str | None) -> str:
@@ -221,7 +241,7 @@ def report(benchmarks, costs: dict | None = None, commit: str | None = None) -> 
          ["benchmark", "ms", "speed-up", "goal"],
          [(n, f"{ms:.3f}" if ms else "", f"{s:.2f}", _verdict(ok)) for n, ms, s, ok in denoiser_rows(benchmarks)]),
         ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
-         [(n, base, f"{r:.2f}", _verdict(ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
+         [(n, base, f"{r:.2f}", _cpu_verdict(r, ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
         ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it, "
          "batch statistics included, except MLPs with Tanh/Sigmoid; else the double backward: jvp is not used on CPU)",
          ["benchmark", "mode", "time / double backward", "<= 1"],
@@ -254,27 +274,29 @@ def main(argv=None) -> int:
         if not any("model" in r and "mode" in r for r in costs.get("rows", [])):
             ap.error(f"--costs {args.costs}: not bench/costs.py's JSON (no rows with a model and a mode; "
                      "bench/costs_denoiser.py's file counts the denoiser, not the D updates)")
-    everything = []
+    per_gpu = defaultdict(list)  # the runs of one GPU, across files (tools/gpu_check.sh quick writes two)
     for path in args.files:
         try:
             with open(path) as f:
                 doc = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            # pytest-benchmark leaves an empty file when every benchmark was skipped or failed before timing
-            print(f"## {path}: no benchmark results ({type(e).__name__}: {e})\n")
+            # pytest-benchmark leaves an empty file when every benchmark was skipped or failed before timing (or, before
+            # bench/conftest.py dropped unfinished benchmarks, when the run was interrupted inside one)
+            print(f"## {path}: no benchmark results: every benchmark skipped, failed before timing, or the run "
+                  f"interrupted ({type(e).__name__}: {e})\n")
             continue
         found = runs(doc)
         if not found:
             print(f"## {path}: no pytest-benchmark run in this file\n")
         for run in found:
-            everything += run["benchmarks"]
             device = run.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
-            gpu = next((b["extra_info"]["device"] for b in run["benchmarks"]
-                        if b.get("extra_info", {}).get("device") not in (None, "cpu")), None)
+            gpu = gpu_label(run["benchmarks"])
+            if gpu is not None:
+                per_gpu[gpu] += run["benchmarks"]
             print(f"## {path}: {gpu or device} ({run.get('datetime', '')})\n")
             print(report(run["benchmarks"], costs, run.get("commit_info", {}).get("id")))
-    if on_gpu(everything):
-        print(missing_report(everything))
+    for gpu, benchmarks in per_gpu.items():  # one GPU's gaps are not hidden by another's results
+        print(missing_report(benchmarks, gpu))
     return 0
 
 

@@ -109,7 +109,8 @@ def test_cli_says_when_a_file_holds_no_results(tmp_path, capsys):
     empty.write_text("")
     assert goals.main([str(empty), str(ROOT / "bench" / "results" / "cpu-2core-2026-11-30.json")]) == 0
     out = capsys.readouterr().out
-    assert f"## {empty}: no benchmark results (JSONDecodeError" in out
+    assert f"## {empty}: no benchmark results: every benchmark skipped, failed before timing, or the run " \
+           "interrupted (JSONDecodeError" in out
     assert "### CPU (goal: fused no slower than the baseline)" in out
 
 
@@ -231,7 +232,7 @@ def test_cli_lists_the_gpu_goals_cases_not_measured(tmp_path, capsys):
     empty.write_text("")  # the graphed run left no results
     assert goals.main([str(ROOT / "bench" / "results" / "h100-2026-11-24.json"), str(empty)]) == 0
     out = capsys.readouterr().out
-    assert "### Issue 5's GPU goals: cases not measured in these files" in out
+    assert "### Issue 5's GPU goals on NVIDIA H100 80GB HBM3: cases not measured in these files" in out
     assert "- D update with the penalty: DCGAN32 B=64 mlp, DCGAN32 B=256 double_backward" in out
 
 
@@ -319,3 +320,83 @@ def test_costs_json_records_its_commit(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "c.json").read_text())["commit"] == head
     (repo / "costs.py").write_text("# changed\n")
     assert costs._commit() == head + "-dirty"
+
+
+def test_tile_sweep_rows_are_not_the_denoiser_goal():
+    """bench_denoiser_tiles.py writes the graphed denoiser's keys too (a tile configuration tried): neither a verdict
+    nor a measured case of the goal."""
+    sweep = _bench("test_denoiser_tiles[nh2048-d3-B512-triton-64x64x32]", 1, speedup_vs_reference=2.4,
+                   ms_per_step=0.5, n_h=2048, depth=3, B=512, impl="triton", tiles="64x64x32", device="H200")
+    graphed = _bench("test_graphed_denoiser_loss[nh512-d3-B64-cuda]", 1, speedup_vs_reference=1.5, ms_per_step=0.2,
+                     n_h=512, depth=3, B=64, impl="cuda", device="H200")
+    assert goals.denoiser_rows([sweep, graphed]) == [
+        ("test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed)", 0.2, 1.5, False)]
+    gaps = dict(goals.missing([sweep, graphed]))["denoiser"]
+    assert "nh2048-d3-B512 triton" in gaps and "nh512-d3-B64 cuda" not in gaps
+
+
+def test_counted_costs_are_listed_beside_fused_updates_only():
+    costs = {"rows": [{"model": "mlp_leaky", "mode": "double_backward", "flops_vs_unregularized": 2.0,
+                       "kernels_vs_unregularized": 2.5}]}
+    run = [_bench("test_graphed_d_update[mlp_leaky-double_backward-cuda]", 1, model="mlp_leaky",
+                  mode="double_backward", backend="cuda", ratio_vs_unregularized=1.8, ms_per_update=0.3),
+           _bench("test_graphed_d_update[mlp_leaky-double_backward-reference]", 1, model="mlp_leaky",
+                  mode="double_backward", backend="reference", ratio_vs_unregularized=1.9, ms_per_update=0.3)]
+    assert goals.cost_rows(run, costs) == [("test_graphed_d_update[mlp_leaky-double_backward-cuda]", 1.8, 2.0, 2.5)]
+
+
+def test_a_cpu_ratio_within_noise_of_parity_says_so(capsys):
+    run = [_bench("test_op_forward_backward[cpu-cpu-B512-F3]", 1.03),
+           _bench("test_op_forward_backward[cpu-reference-B512-F3]", 1.0),
+           _bench("test_nt_losses_forward_backward[cpu-cpu-N512]", 1.2),
+           _bench("test_nt_losses_forward_backward[cpu-torch-N512]", 1.0)]
+    out = goals.report(run)
+    assert "| test_op_forward_backward[B512-F3] | reference | 1.03 | **not met** (within 5%: parity within " \
+           "run-to-run noise) |" in out
+    assert "| test_nt_losses_forward_backward[N512] | torch | 1.20 | **not met** |" in out
+
+
+def test_each_gpu_s_missing_cases_are_its_own(tmp_path, capsys):
+    """Two GPUs' files given together: one GPU's results do not hide the other's gaps."""
+    def run_file(name, device, model):
+        b = _bench(f"test_graphed_d_update[{model}-jvp-cuda]", 1, model=model, mode="jvp", backend="cuda",
+                   batch=512 if model == "mlp_leaky" else 64, ratio_vs_unregularized=1.2, ms_per_update=0.1,
+                   device=device)
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmarks": [b], "datetime": "2026-12-03"}))
+        return str(path)
+    assert goals.main([run_file("a.json", "H100", "mlp_leaky"), run_file("b.json", "H200", "dcgan32")]) == 0
+    out = capsys.readouterr().out
+    h100 = out[out.index("GPU goals on H100"):out.index("GPU goals on H200")]
+    h200 = out[out.index("GPU goals on H200"):]
+    assert "MLP B=512 jvp" not in h100 and "DCGAN32 B=64 jvp" in h100
+    assert "DCGAN32 B=64 jvp" not in h200 and "MLP B=512 jvp" in h200
+
+
+def test_a_run_interrupted_inside_a_benchmark_keeps_the_finished_ones(tmp_path):
+    """SIGINT (how tools/gpu_check.sh stops a stage at its limit) inside a benchmark's first timed round: the
+    benchmark has stats but no rounds, pytest-benchmark's JSON writer failed on it (min() of nothing) and left the
+    file empty; bench/conftest.py drops it, and the finished benchmark's results are written."""
+    import shutil
+    import sys
+
+    pytest.importorskip("pytest_benchmark")
+    shutil.copy(ROOT / "bench" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_cut.py").write_text(
+        "import time\n\n"
+        "def test_finished(benchmark):\n"
+        "    benchmark(time.sleep, 0.0005)\n\n"
+        "def test_cut(benchmark):\n"
+        "    def step():\n"
+        "        if benchmark.stats is not None:  # the stats exist, no round has ended: the window of the bug\n"
+        "            raise KeyboardInterrupt\n"
+        "    benchmark(step)\n")
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "test_cut.py", "--benchmark-only", "--benchmark-max-time=0.02",
+                           f"--benchmark-json={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "KeyboardInterrupt" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "empty sequence" not in proc.stdout + proc.stderr
+    assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == ["test_finished"]
