@@ -32,7 +32,19 @@ def find_nvcc():
     return None
 
 
-def cuda_archs():
+def nvcc_major(nvcc):
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.", out)
+    return int(m.group(1)) if m else None
+
+
+def cuda_archs(nvcc_version=None):
+    """The SM list for CMake. From TORCH_CUDA_ARCH_LIST (a list made for torch, e.g. in a Docker image) the
+    architectures this nvcc cannot build are dropped with a note (nvcc 13 builds sm_75 and newer); "+PTX" needs no
+    flag: CMake's plain architecture numbers embed PTX beside the machine code."""
     torch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if torch_list and not os.environ.get("FASTGAN_CUDA_ARCH"):
         archs = []
@@ -41,6 +53,15 @@ def cuda_archs():
             if not m:
                 raise RuntimeError(f"TORCH_CUDA_ARCH_LIST: cannot parse {item!r}")
             archs.append(f"{m.group(1)}{m.group(2)}{m.group(3)}")
+        if nvcc_version is not None and nvcc_version >= 13:
+            dropped = [a for a in archs if int(re.match(r"\d+", a).group()) < 75]
+            archs = [a for a in archs if a not in dropped]
+            if dropped:
+                print(f"fastgan: TORCH_CUDA_ARCH_LIST: skipping sm_{', sm_'.join(dropped)} (nvcc {nvcc_version} builds "
+                      "sm_75 and newer)", flush=True)
+            if not archs:
+                raise RuntimeError(f"TORCH_CUDA_ARCH_LIST={torch_list!r}: nvcc {nvcc_version} builds none of these "
+                                   "architectures (sm_75 and newer); set FASTGAN_CUDA_ARCH, or FASTGAN_CUDA=0")
         return ";".join(archs)
     return os.environ.get("FASTGAN_CUDA_ARCH", DEFAULT_CUDA_ARCH)
 
@@ -77,15 +98,16 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DFASTGAN_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
+        archs = cuda_archs(nvcc_major(nvcc)) if with_cuda else ""
         if with_cuda:
-            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DFASTGAN_CUDA_ARCH={cuda_archs()}"]
+            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DFASTGAN_CUDA_ARCH={archs}"]
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         # A cache from another generator or CUDA setting would make cmake refuse or build the wrong thing.
         cache = build_temp / "CMakeCache.txt"
         if cache.exists():
             cache.unlink()
-        print(f"fastgan: building _C (CUDA: {'yes, ' + cuda_archs() if with_cuda else 'no'})", flush=True)
+        print(f"fastgan: building _C (CUDA: {'yes, ' + archs if with_cuda else 'no'})", flush=True)
         subprocess.run([cmake, str(ROOT), *args], cwd=build_temp, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run([cmake, "--build", ".", "--config", cfg, "-j", jobs], cwd=build_temp, check=True)

@@ -148,3 +148,35 @@ def test_binary_holds_the_code_the_rules_assume():
     if os.environ.get("CI") and not (os.environ.get("FASTGAN_CUDA_ARCH") or os.environ.get("TORCH_CUDA_ARCH_LIST")):
         assert archs == ["75", "80", "90"]  # CI builds the default: Turing's code compiles too
     assert fastgan.info()["extension"]["cuda_archs"] == archs
+
+
+def _setup_module(monkeypatch):
+    """setup.py as a module, its setup() call a no-op."""
+    import importlib.util
+
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    spec = importlib.util.spec_from_file_location("fastgan_setup", ROOT / "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_torch_arch_list_with_architectures_nvcc_13_cannot_build(monkeypatch, capsys):
+    """A TORCH_CUDA_ARCH_LIST made for torch (Docker images list 7.0) failed the whole install under nvcc 13
+    ("Unsupported gpu architecture 'compute_70'", deep in CMake's compiler test): those are skipped, named."""
+    setup = _setup_module(monkeypatch)
+    monkeypatch.delenv("FASTGAN_CUDA_ARCH", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0 7.5 8.0 8.6 9.0+PTX")
+    assert setup.cuda_archs(13) == "75;80;86;90"
+    assert "skipping sm_70 (nvcc 13 builds sm_75 and newer)" in capsys.readouterr().out
+    assert setup.cuda_archs(12) == "70;75;80;86;90"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "6.1;7.0")
+    with pytest.raises(RuntimeError, match=r"nvcc 13 builds none of these architectures"):
+        setup.cuda_archs(13)
+    monkeypatch.setenv("FASTGAN_CUDA_ARCH", "90")  # fastgan's own list wins, as before
+    assert setup.cuda_archs(13) == "90"
+    nvcc = setup.find_nvcc()
+    if nvcc is not None:
+        assert isinstance(setup.nvcc_major(nvcc), int)
