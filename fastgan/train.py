@@ -153,6 +153,19 @@ def _first_problem(e: BaseException) -> str:
     return f"{lines[0].rstrip(':')}: {detail}"
 
 
+def _check_resumed_data(run_dir: Path, shape: tuple, source: str, path: Path) -> None:
+    """The data a run resumes on must have the sample shape its models were built for (run_info.json's data_shape):
+    a file at data.path changed since would otherwise surface as an optimizer moment's shape."""
+    try:
+        saved = tuple(json.loads((run_dir / "run_info.json").read_text())["data_shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable record: the checkpoint's own shape checks still refuse models that do not fit
+    if saved != tuple(shape):
+        raise CheckpointError(f"checkpoint {path}: its run trained on samples of shape {saved} (run_info.json), but "
+                              f"{source or 'the data set'} now holds samples of shape {tuple(shape)}: the data "
+                              "changed since; resume with the data it trained on, or start a new run")
+
+
 def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> TrainConfig:
     """The checkpoint's config with the run.* fields a resumed run may change; other differences raise."""
     bad = []
@@ -233,6 +246,8 @@ class _Run:
         np.random.seed(seed % 2 ** 32)
         self.dataset = build_dataset(cfg.data, self.device)
         shape = tuple(self.dataset.shape)
+        if state is not None:
+            _check_resumed_data(run_dir, shape, self.dataset.source, run_dir / CHECKPOINT)
         if cfg.model.arch == "dcgan" and self.dataset.kind != "images":
             raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r}"
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "

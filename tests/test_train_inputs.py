@@ -49,6 +49,21 @@ def test_a_resume_failing_in_setup_leaves_the_run_folder_as_it_was(tmp_path, mon
     assert _files(d) == before
 
 
+def test_a_resume_on_data_whose_sample_shape_changed_names_the_data(tmp_path):
+    """The file at data.path rewritten with 3-d points after a run on 2-d ones: the error named an optimizer
+    moment's shape; now the data's shape against run_info.json's, nothing in the folder changed."""
+    pts = tmp_path / "pts.npy"
+    np.save(pts, np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32))
+    d = tmp_path / "r"
+    _train(d, "data.name=npz", f"data.path={pts}")
+    before = _files(d)
+    np.save(pts, np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
+    with pytest.raises(train_mod.CheckpointError, match=r"its run trained on samples of shape \(2,\) "
+                       r"\(run_info.json\), but .*pts.npy now holds samples of shape \(3,\): the data changed since"):
+        _train(d, "data.name=npz", f"data.path={pts}", steps=4, resume=True)
+    assert _files(d) == before
+
+
 @pytest.mark.parametrize("damage", ["bytes", "extra_field"])
 def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path, damage):
     """extra_field: a row with more fields than the header was read, trained a step, then failed writing the

@@ -20,7 +20,8 @@ _ORIENTATION = 0x0112  # the EXIF tag
 
 def list_images(path) -> list[str]:
     """The image files under path, recursively, symlinked folders included (each real folder once: a link to an
-    enclosing folder would loop)."""
+    enclosing folder would loop). Hidden files and folders (a leading dot: macOS's AppleDouble `._name.png`, which
+    is no image, thumbnail caches such as `.cache/`) are left out."""
     files, seen = [], set()
     for root, dirs, names in os.walk(path, followlinks=True):
         real = os.path.realpath(root)
@@ -28,8 +29,9 @@ def list_images(path) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
-        files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(EXTENSIONS))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(os.path.join(root, n) for n in sorted(names)
+                     if n.lower().endswith(EXTENSIONS) and not n.startswith("."))
     return files
 
 

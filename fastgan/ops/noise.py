@@ -589,7 +589,8 @@ def _parse_noise(noise, x0, n_noisy, mode):
         if len(S) >= 1 and tuple(noise.shape) == per_channel:
             return "sigma", noise, S[0]
         raise ValueError(f"noise (sigma) must have one element or the per-channel shape {per_channel}, got "
-                         f"{tuple(noise.shape)}")
+                         f"{tuple(noise.shape)}; the noise generator's eps has x's dimensions, shape "
+                         f"{(n_noisy, *S)} here")
     raise ValueError(f"noise has {noise.dim()} dimensions but the batches have {x0.dim()}: give sigma "
                      f"(fewer dimensions) or eps of shape {(n_noisy, *S)}")
 

@@ -157,6 +157,21 @@ def test_image_folders_follow_symlinked_folders_once(tmp_path):
     assert len(build_dataset(DataConfig(name="image_folder", path=str(root)))) == 3
 
 
+def test_image_folders_leave_out_hidden_files_and_folders(tmp_path):
+    """macOS's AppleDouble files (`._a.png`, no image) and a thumbnail cache (`.cache/`, other sizes) stopped the
+    load on an unreadable file or an image-size mismatch."""
+    from PIL import Image
+
+    from fastgan.data.folder import list_images
+
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / ".cache" / "thumb.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert [os.path.relpath(f, tmp_path) for f in list_images(tmp_path)] == ["a.png"]
+    assert len(build_dataset(DataConfig(name="image_folder", path=str(tmp_path)))) == 1
+
+
 def test_a_section_header_without_keys_keeps_the_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("run:\nmethod:\n  roth:\n")

@@ -639,6 +639,10 @@ _Z = torch.zeros(4, 3)
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3), "half"), ValueError,
      r"noise \(eps\) must have shape \(2, 3\) \(the noisy rows of mode 'half'\)"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(2)), ValueError, r"noise \(sigma\) must have one element or"),
+    # images given eps flattened: both forms named
+    (lambda: noisy_clean_batch(torch.zeros(6, 3, 4, 4), None, torch.zeros(6, 48)), ValueError,
+     r"per-channel shape \(3, 1, 1\), got \(6, 48\); the noise generator's eps has x's dimensions, shape "
+     r"\(6, 3, 4, 4\) here"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.ones(1, 1)), ValueError,
      r"noise \(eps\) must have shape \(4, 3\) .* got \(1, 1\); a sigma tensor has fewer dimensions than x"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, 4, 3)), ValueError, "noise has 3 dimensions"),
