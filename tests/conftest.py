@@ -114,6 +114,24 @@ def _skip_triton_where_it_cannot_run(items, device):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """triton 3.4 (torch 2.8's) has no float64 tl.dot: the Triton denoiser's float64 GEMMs raise BackendUnavailable
+    there, as documented; such a test skips with that reason instead of failing (never on triton >= 3.5)."""
+    outcome = yield
+    exc = outcome.excinfo[1] if outcome.excinfo else None
+    while exc is not None and not (type(exc).__name__ == "BackendUnavailable"
+                                   and "float64 GEMMs need triton" in str(exc)):
+        exc = exc.__cause__ or exc.__context__  # torch.library.opcheck re-raises it as its own error
+    if exc is None:
+        return
+    from fastgan.ops import _dispatch, denoiser_backends
+
+    version = _dispatch.triton_version()
+    if version is not None and version < denoiser_backends.TRITON_FLOAT64_DOT:
+        outcome.force_exception(pytest.skip.Exception(str(exc), _use_item_location=True))
+
+
 def _runs_the_triton_backend(item) -> bool:
     """A test parametrized with backend="triton", or named for it (test_..._triton)."""
     params = getattr(getattr(item, "callspec", None), "params", {})

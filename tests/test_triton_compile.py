@@ -132,8 +132,13 @@ def _run_every_op():
 
     # the denoiser's GEMMs with the tiles a GPU picks (float32 32 x 64, float64 32 x 32, small batches down to
     # 16 x 16, 16 deep) and the interpreter's; its per-layer kernels through Denoiser.forward
+    from fastgan.ops import _dispatch, denoiser_backends
+
+    float64_dot = (_dispatch.triton_version() or (99,)) >= denoiser_backends.TRITON_FLOAT64_DOT  # none on triton 3.4
     for tiles, dtype in (((32, 64, 16), torch.float32), ((32, 32, 16), torch.float64), ((16, 16, 16), torch.float32),
                          ((16, 16, 16), torch.float64), (None, torch.float32)):
+        if dtype == torch.float64 and not float64_dot:
+            continue
         denoiser_gemm.TILES = tiles
         try:
             d = den_ops.Denoiser(8, 16, depth=2, backend="triton", dtype=dtype)
