@@ -61,6 +61,16 @@ def _conv_out(shape, m) -> tuple | None:
     return (m.out_channels, *spatial)
 
 
+def _layers(seq: nn.Sequential, prefix: str = ""):
+    """(name, layer) in the order seq's forward runs them, nested plain nn.Sequentials opened (named "1.0"); a
+    module listed twice comes twice, as the forward calls it twice."""
+    for name, m in seq._modules.items():
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+            yield from _layers(m, f"{prefix}{name}.")
+        elif m is not None:
+            yield f"{prefix}{name}", m
+
+
 def plan(D, x: torch.Tensor | None = None):
     """(steps, "") when D is a network this module can differentiate in closed form (for input x, if given),
     else (None, why not). steps: list of (kind, module), kind in linear/bn/bn_batch/relu/leaky/tanh/sigmoid/flatten
@@ -91,7 +101,7 @@ def plan(D, x: torch.Tensor | None = None):
     # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
     shape = None if x is None else tuple(x.shape[1:])
     rank = None if x is None else x.dim()
-    for i, m in enumerate(D):
+    for i, m in _layers(D):
         kind = _first(_LEAF_TYPES, lambda t: isinstance(m, t))
         # subclasses that override forward (spectral-norm parametrized Linear keeps Linear.forward) are out; hooks
         # were checked above on every module of D, which as_sequential() draws its layers from

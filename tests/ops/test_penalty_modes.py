@@ -317,6 +317,29 @@ def test_custom_class_with_as_sequential_uses_closed_form(auto_jvp_on_cpu):
     _assert_grads_close(D_new, D_ref, 1e-9)
 
 
+def test_nested_sequentials_are_opened_by_the_closed_form():
+    """Blocks as nn.Sequentials inside an nn.Sequential (one layer listed twice included): the closed form runs
+    the layers in the forward's order, batch statistics included; an unsupported layer is named by its path."""
+    torch.manual_seed(0)
+    act = nn.LeakyReLU(0.2)
+    D = nn.Sequential(nn.Sequential(nn.Linear(3, 8), act), nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), act),
+                      nn.Sequential(nn.Sequential(nn.Linear(8, 1)))).double()
+    xr, xf = VEC(6).double(), VEC(6).double()
+    assert penalty_mode(D, xr)[0] == "mlp"
+    assert [kind for kind, _ in mlp_penalty.plan(D, xr)[0]] == ["linear", "leaky", "linear", "bn_batch", "leaky",
+                                                                "linear"]
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "mlp")]
+    _run_js(D_new, xr, xf, "mlp")
+    assert _dispatch.counts[(MODE_OP, "mlp")] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    for a, b in zip(D_new.buffers(), D_ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    bad = nn.Sequential(nn.Sequential(nn.Linear(3, 8), nn.GroupNorm(2, 8)), nn.Linear(8, 1))
+    assert mlp_penalty.plan(bad)[1] == "layer 0.1 (GroupNorm) is not a supported layer"
+
+
 def test_functional_discriminator():
     torch.manual_seed(0)
     W1, W2 = torch.randn(16, 3, dtype=torch.float64), torch.randn(1, 16, dtype=torch.float64)
