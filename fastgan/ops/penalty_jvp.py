@@ -378,8 +378,8 @@ def auto_choice(D, x, reduction) -> tuple[str, str, list | None]:
             return "mlp", f"the closed form: D is a supported nn.Sequential (or has as_sequential()); {stats}", steps
     not_closed = f"not the closed form: {why}"
     if not isinstance(D, nn.Module):
-        return "double_backward", f"{not_closed}; 'auto' takes jvp for an nn.Module only (mode='jvp' runs a " \
-                                  "function D that updates no state)", steps
+        return "double_backward", f"{not_closed}; 'auto' takes jvp for an nn.Module only, whose one-time check it " \
+                                  "keeps (mode='jvp' runs a function D)", steps
     if reduction == "none":
         return "double_backward", f"{not_closed}; jvp needs reduction 'mean' or 'sum'", steps
     refusal = jvp_refusal(D)
