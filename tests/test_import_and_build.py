@@ -83,6 +83,20 @@ def test_triton_backend_reason_without_interpreter():
     assert r.stdout.startswith("False") and "TRITON_INTERPRET=1" in r.stdout
 
 
+def test_triton_backend_refused_where_fastgan_kernels_cannot_be_found(monkeypatch):
+    """fastgan imported from a source checkout without an editable install: kernels/ is not fastgan/kernels there,
+    and `fastgan info` called the Triton backend usable."""
+    from fastgan.ops import _dispatch
+
+    assert _dispatch.kernels_installed.__wrapped__() is True  # this install has them
+    monkeypatch.setattr(_dispatch, "kernels_installed", lambda: False)
+    monkeypatch.setattr(_dispatch, "triton_installed", lambda: True)
+    ok, why = _dispatch.status("triton", torch.device("cuda"))
+    assert not ok and why.startswith("fastgan.kernels is not importable")
+    with pytest.raises(_dispatch.BackendUnavailable, match="fastgan.kernels is not importable"):
+        _dispatch.resolve("op", torch.device("cuda"), "triton")
+
+
 @pytest.mark.parametrize("built", [False, True])
 def test_extension_import_error_says_whether_the_source_tree_holds_a_build(tmp_path, monkeypatch, built):
     """Imported from a source tree (setup.py and csrc/ beside the package), a _C that fails to import is named

@@ -85,9 +85,19 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def kernels_installed() -> bool:
+    """Whether fastgan's Triton kernels (the package's fastgan.kernels, kernels/ in the source tree) can be found:
+    not when fastgan is imported from a source checkout that is not installed in editable mode."""
+    return importlib.util.find_spec("fastgan.kernels") is not None
+
+
 def triton_status(device: torch.device) -> tuple[bool, str]:
     if not triton_installed():
         return False, "triton is not installed (pip install triton)"
+    if not kernels_installed():
+        return False, ("fastgan.kernels is not importable (fastgan imported from a source checkout that is not "
+                       "installed with pip install -e .?)")
     version = triton_version()
     if version is not None and version < TRITON_MIN:
         need = ".".join(map(str, TRITON_MIN))
