@@ -20,6 +20,14 @@ _INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__",
                               "__ilshift__", "__irshift__"})
 
 
+# In-place by name, but not writes of a tensor's values (autograd flags, metadata, storage swaps): copying values
+# back after them would bump the version of a tensor autograd saved (x.detach().requires_grad_() in the replay)
+# or fail on a changed shape.
+_NOT_VALUE_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "squeeze_", "unsqueeze_", "t_",
+                               "transpose_", "swapdims_", "swapaxes_", "as_strided_", "rename_", "set_", "resize_",
+                               "resize_as_"})
+
+
 def _tensors(obj, out: list) -> list:
     if isinstance(obj, torch.Tensor):
         out.append(obj)
@@ -57,7 +65,7 @@ def _running_stats(func, args, kwargs) -> list:
 def _written(func, args, kwargs) -> list:
     name = getattr(func, "__name__", "")
     targets = []
-    if args and isinstance(args[0], torch.Tensor) and (
+    if args and isinstance(args[0], torch.Tensor) and name not in _NOT_VALUE_WRITES and (
             (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS):
         targets.append(args[0])
     if "out" in kwargs:
