@@ -217,7 +217,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         start = rng.save()
         x = x.requires_grad_(True)
         # a function D's writes to state it reaches are caught (an nn.Module's second forward runs on buffer clones)
-        guard = None if isinstance(D, nn.Module) else StateGuard()
+        guard = None if isinstance(D, nn.Module) else StateGuard(own=(x,), refuse=True)
         # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
         with guard if guard is not None else contextlib.nullcontext():
             psi0 = _pen._logits_of(D, x)
@@ -241,7 +241,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
                     xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
-                with _from_start(guard):
+                with _from_start(guard, x):
                     out = _call_with_buffers(D, buffers, xd)
                 jv = fwAD.unpack_dual(out).tangent
         finally:
@@ -270,10 +270,10 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
 
 
-def _from_start(guard):
-    """For a function D (its first forward run under `guard`): the state it wrote put back as it was before that
-    forward for the block, and left afterwards as the block found it."""
-    return contextlib.nullcontext() if guard is None else rerun_from(guard.saved)
+def _from_start(guard, x):
+    """For a function D (its first forward run under `guard`, on x): the state it wrote put back as it was before
+    that forward for the block, and left afterwards as the block found it."""
+    return contextlib.nullcontext() if guard is None else rerun_from(guard.saved, own=(x,))
 
 
 def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False, guard=None):
@@ -296,7 +296,7 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
         now = rng.save()
         rng.restore(start)
         try:
-            with DualRules() if any_order else contextlib.nullcontext(), _from_start(guard):
+            with DualRules() if any_order else contextlib.nullcontext(), _from_start(guard, x):
                 return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
         finally:
             rng.restore(now)

@@ -1,15 +1,18 @@
-"""What a function D's forward writes into tensors it did not make, caught as it happens, so that jvp can run the
+"""What a function D's forward writes into tensors it did not create, caught as it happens, so that jvp can run the
 forward a second time from the same state and leave the state as one forward leaves it.
 
 jvp runs D's forward twice. An nn.Module D's buffers are swapped for copies during the second forward
 (penalty_jvp._buffers_replaced); a function D's state (BatchNorm's running statistics and batch count, spectral
 norm's vectors) lies wherever the function reaches it, so instead every write into a tensor the forward did not
-create is seen here: an in-place method (``add_``, ``__setitem__``, ``+=``), an ``out=`` argument, and BatchNorm /
-InstanceNorm's running statistics, which torch's kernels update inside the op.
+create is seen here: an in-place method (``add_``, ``__setitem__``, ``+=``, ``torch._foreach_mul_``), an ``out=``
+argument, ``inplace=True``, and BatchNorm / InstanceNorm's running statistics, which torch's kernels update inside
+the op. Writes made in other threads (nn.DataParallel's replicas) are not seen: torch function modes are per thread.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +21,7 @@ from torch.overrides import TorchFunctionMode
 _INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                               "__imod__", "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__",
                               "__ilshift__", "__irshift__"})
-
-
-# In-place by name, but not writes of a tensor's values (autograd flags, metadata, storage swaps): copying values
-# back after them would bump the version of a tensor autograd saved (x.detach().requires_grad_() in the replay)
-# or fail on a changed shape.
+# In-place by name, but not writes of a tensor's values (autograd flags, metadata, storage swaps)
 _NOT_VALUE_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "squeeze_", "unsqueeze_", "t_",
                                "transpose_", "swapdims_", "swapaxes_", "as_strided_", "rename_", "set_", "resize_",
                                "resize_as_"})
@@ -40,11 +39,15 @@ def _tensors(obj, out: list) -> list:
     return out
 
 
-def _storage(t: torch.Tensor):
+def _key(t: torch.Tensor):
+    """What identifies t's memory: its storage (views share it); the object itself where there is none to read (a
+    wrapper subclass); None for a lazy module's uninitialized parameter, which holds no values yet."""
+    if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
+        return None
     try:
         ptr = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError, TypeError):  # tensors without storage (sparse, some subclasses)
-        return None
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return ("object", id(t))
     return (t.device, ptr) if ptr else None
 
 
@@ -62,61 +65,123 @@ def _running_stats(func, args, kwargs) -> list:
     return [t for t in stats if isinstance(t, torch.Tensor)]
 
 
+@functools.lru_cache(maxsize=None)
+def _signature(func):
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
+def _inplace_flag(func, args, kwargs) -> bool:
+    """torch.nn.functional's inplace=True (nn.LeakyReLU passes it positionally)."""
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    if getattr(func, "__module__", None) != "torch.nn.functional":
+        return False
+    sig = _signature(func)
+    if sig is None or "inplace" not in sig.parameters:
+        return False
+    try:
+        return bool(sig.bind(*args, **kwargs).arguments.get("inplace", False))
+    except TypeError:
+        return False
+
+
 def _written(func, args, kwargs) -> list:
     name = getattr(func, "__name__", "")
     targets = []
-    if args and isinstance(args[0], torch.Tensor) and name not in _NOT_VALUE_WRITES and (
-            (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS):
-        targets.append(args[0])
+    first = args[0] if args else kwargs.get("input")
+    if name not in _NOT_VALUE_WRITES and (
+            (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS
+            or _inplace_flag(func, args, kwargs)):
+        _tensors(first, targets)  # a tensor, or the list of a torch._foreach_*_ call
     if "out" in kwargs:
         _tensors(kwargs["out"], targets)
     return targets + _running_stats(func, args, kwargs)
 
 
+def _refusal(func) -> str | None:
+    """What a function D calls that the jvp pass cannot run (an nn.Module D is refused before it runs)."""
+    if func is F.multi_head_attention_forward:
+        return ("D runs an nn.MultiheadAttention, whose attention the jvp pass cannot reach "
+                "(F.multi_head_attention_forward); call F.scaled_dot_product_attention in D's forward, which jvp runs")
+    return None
+
+
+class JvpRefused(ValueError):
+    pass
+
+
 class StateGuard(TorchFunctionMode):
     """While active, keeps a copy of every tensor the code is about to write in place that no op run under the
-    guard created (a view of such a tensor included); `saved` lists (tensor, its values before the first write)."""
+    guard created (a view of such a tensor included) and that is not one of `own` (D's input: D's writes into it
+    are its own business, as in any forward); `saved` lists (tensor, its values before the first write). Leaving
+    the guard by an exception puts those values back. `refuse`: raise JvpRefused on calls the jvp pass cannot run."""
 
-    def __init__(self):
+    def __init__(self, own=(), refuse: bool = False):
         super().__init__()
-        self._made: set = set()  # storages created under the guard: writes to them are the forward's own
+        self._made: set = {k for k in map(_key, own) if k is not None}
+        self._refuse = refuse
         self.saved: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        why = _refusal(func) if self._refuse else None
+        if why is not None:
+            raise JvpRefused(f"mode='jvp': {why} (mode='double_backward' runs it)")
         for t in _written(func, args, kwargs):
-            key = _storage(t)
+            key = _key(t)
             if key is not None and key not in self._made and not any(t is s for s, _ in self.saved):
                 self.saved.append((t, t.detach().clone()))
         out = func(*args, **kwargs)
-        inputs = {_storage(t) for t in _tensors((args, kwargs), [])}
+        inputs = {_key(t) for t in _tensors((args, kwargs), [])}
         for t in _tensors(out, []):
-            key = _storage(t)
+            key = _key(t)
             if key is not None and key not in inputs:
                 self._made.add(key)
         return out
 
+    def __exit__(self, exc_type, exc, tb):
+        out = super().__exit__(exc_type, exc, tb)
+        if exc_type is not None:
+            write(self.saved)
+        return out
 
-def _write(pairs) -> None:
-    # the earliest copy of a region is written last: it wins where views of one tensor overlap
+
+def _set_version(t: torch.Tensor, version: int) -> None:
+    setter = torch._C._autograd._unsafe_set_version_counter
+    try:
+        setter((t,), (version,))
+    except TypeError:  # torch < 2.6: one tensor, one version
+        setter(t, version)
+
+
+def write(pairs) -> None:
+    """Each (tensor, values) written back, the earliest copy of a region last (it wins where views of one tensor
+    overlap), without counting as a modification: the graph of the forward that ran in between saved some of these
+    tensors with the values they get back (a state tensor updated in place, then multiplied), and autograd would
+    refuse a changed version."""
     with torch.no_grad():
         for t, v in reversed(pairs):
-            t.copy_(v)
+            version = t._version
+            t.detach().copy_(v)
+            _set_version(t, version)
 
 
 @contextlib.contextmanager
-def rerun_from(saved: list):
+def rerun_from(saved: list, own=()):
     """A block run with the tensors of `saved` (a StateGuard's, from an earlier run of the same code) put back to
     the values they had before that run; afterwards everything the block wrote is undone and those tensors hold
     their values of before the block again. The block sees the state the earlier run started from and leaves the
-    state as that run left it."""
+    state as that run left it. `own`: as StateGuard's."""
     with torch.no_grad():
         now = [(t, t.detach().clone()) for t, _ in saved]
-    _write(saved)
-    guard = StateGuard()
+    write(saved)
+    guard = StateGuard(own)
     try:
         with guard:
             yield
     finally:
-        _write(guard.saved)
-        _write(now)
+        write(guard.saved)
+        write(now)

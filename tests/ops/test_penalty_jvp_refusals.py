@@ -276,6 +276,71 @@ def test_a_function_d_s_create_graph_replay_starts_from_the_same_state_and_leave
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
 
 
+class _StatefulD(nn.Module):
+    """A D keeping state of its own in buffers: a scale tracked under no_grad from its activations, then
+    multiplied in (saved for backward); an accumulator written by torch._foreach_add_ and by an inplace=True
+    activation (positional, as nn.LeakyReLU passes it); and its input clamped in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(3, 8), nn.Linear(8, 1)
+        self.register_buffer("scale", torch.ones(8))
+        self.register_buffer("acc", torch.zeros(8))
+
+    def forward(self, x):
+        with torch.no_grad():
+            x.clamp_(-2, 2)
+        h = self.lin1(x)
+        with torch.no_grad():
+            self.scale.mul_(0.9).add_(0.1 * h.std(0))
+            torch._foreach_add_([self.acc], [h.mean(0)])
+            F.leaky_relu(self.acc, 0.5, True)
+        return self.lin2(torch.tanh(h) * self.scale)
+
+
+@pytest.mark.parametrize("kind", ["module", "function"])
+def test_state_kept_in_plain_tensors_advances_once_and_the_gradients_are_the_double_backward_s(kind):
+    """What the double backward differentiates: the no_grad statistic is a constant (forward mode ignores no_grad:
+    the jvp pass drops tangents there), the scale saved for backward after its update (the state's restore must
+    not count as a modification), the input's clamp D's own."""
+    torch.manual_seed(0)
+    D, oracle = _StatefulD().double(), None
+    oracle = copy.deepcopy(D)
+    for step in range(2):
+        x = 3 * VEC(6).double()
+        want = ref.gradient_penalty(oracle, x.clone(), "js_fake")
+        want_g = torch.autograd.grad(want[0] + want[1].sum(), list(oracle.parameters()))
+        fn = D if kind == "module" else (lambda x: D(x))
+        pen, logits = gradient_penalty(fn, x.clone(), "js_fake", mode="jvp")
+        got_g = torch.autograd.grad(pen + logits.sum(), list(D.parameters()))
+        torch.testing.assert_close(pen, want[0], rtol=1e-12, atol=0)
+        _assert_same(got_g, want_g)
+        for a, b in ((D.scale, oracle.scale), (D.acc, oracle.acc)):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0, msg=f"step {step}")
+
+
+def test_a_function_d_running_multihead_attention_is_refused_and_its_state_left_as_it_was():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(24, 24), nn.BatchNorm1d(24)).double()
+    mha = nn.MultiheadAttention(24, 2, batch_first=True).double()
+
+    def D(x):
+        h = net(x.transpose(1, 2).reshape(x.shape[0], 8, 24).reshape(-1, 24)).reshape(x.shape[0], 8, 24)
+        return mha(h, h, h, need_weights=False)[0].mean((1, 2))
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match=r"mode='jvp': D runs an nn.MultiheadAttention"):
+        gradient_penalty(D, IMG(5).double(), "js_real", mode="jvp")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_function_d_with_a_lazy_layer_runs_jvp():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.LazyBatchNorm1d(), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double()
+    pen, logits = gradient_penalty(lambda x: net(x), VEC(6).double(), "js_real", mode="jvp")
+    assert torch.isfinite(pen) and int(net[1].num_batches_tracked) == 1
+
+
 def test_the_conditional_d_as_a_module_runs_jvp_with_its_buffers_advanced_once():
     torch.manual_seed(0)
     D, y = _conditional(), torch.tensor([0, 1, 2, 0, 1, 2])
