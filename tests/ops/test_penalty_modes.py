@@ -305,16 +305,22 @@ def test_mlp_reduction_none_with_any_upstream(weight, name):
     _assert_grads_close(D_new, D_ref, 1e-9)
 
 
-def test_custom_class_with_as_sequential_uses_closed_form(auto_jvp_on_cpu):
-    torch.manual_seed(0)
-    D = WithSequential().double()
-    xr, xf = VEC(6).double(), VEC(6).double()
+def _closed_form_matches_the_reference(D, xr, xf, mode):
+    """js_penalty(mode=mode) on a copy of D runs the closed form for both terms, with the reference's gradients and
+    buffers."""
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
     _run_js(D_ref, xr, xf, "reference")
     before = _dispatch.counts[(MODE_OP, "mlp")]
-    _run_js(D_new, xr, xf, "auto")
+    _run_js(D_new, xr, xf, mode)
     assert _dispatch.counts[(MODE_OP, "mlp")] == before + 2
     _assert_grads_close(D_new, D_ref, 1e-9)
+    for a, b in zip(D_new.buffers(), D_ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_custom_class_with_as_sequential_uses_closed_form(auto_jvp_on_cpu):
+    torch.manual_seed(0)
+    _closed_form_matches_the_reference(WithSequential().double(), VEC(6).double(), VEC(6).double(), "auto")
 
 
 def test_nested_sequentials_are_opened_by_the_closed_form():
@@ -328,14 +334,7 @@ def test_nested_sequentials_are_opened_by_the_closed_form():
     assert penalty_mode(D, xr)[0] == "mlp"
     assert [kind for kind, _ in mlp_penalty.plan(D, xr)[0]] == ["linear", "leaky", "linear", "bn_batch", "leaky",
                                                                 "linear"]
-    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
-    _run_js(D_ref, xr, xf, "reference")
-    before = _dispatch.counts[(MODE_OP, "mlp")]
-    _run_js(D_new, xr, xf, "mlp")
-    assert _dispatch.counts[(MODE_OP, "mlp")] == before + 2
-    _assert_grads_close(D_new, D_ref, 1e-9)
-    for a, b in zip(D_new.buffers(), D_ref.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    _closed_form_matches_the_reference(D, xr, xf, "mlp")
     bad = nn.Sequential(nn.Sequential(nn.Linear(3, 8), nn.GroupNorm(2, 8)), nn.Linear(8, 1))
     assert mlp_penalty.plan(bad)[1] == "layer 0.1 (GroupNorm) is not a supported layer"
 
