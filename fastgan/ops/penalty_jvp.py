@@ -13,9 +13,9 @@ constant, and <g, v> is the forward-mode directional derivative of sum psi along
 The second forward must see D exactly as the first did: it runs on clones of D's buffers as they were before the
 first forward (BatchNorm running statistics and spectral-norm power iterations therefore advance once per call, as
 with the double backward) and replays the random-number state (dropout draws the same masks). What cannot be
-replayed is refused (jvp_refusal): backward hooks. A function D's state lies wherever it reaches it: what its first
-forward writes into tensors it did not create is caught (state_guard.StateGuard), put back before the second
-forward, and left afterwards as the first forward left it.
+replayed is refused (jvp_refusal): backward hooks, nn.MultiheadAttention (out of the rules' reach). A function D's
+state lies wherever it reaches it: what its first forward writes into tensors it did not create is caught
+(state_guard.StateGuard), put back before the second forward, and left afterwards as the first forward left it.
 
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
