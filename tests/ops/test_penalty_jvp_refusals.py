@@ -419,3 +419,30 @@ def test_functions_reaching_no_updating_module_run_jvp():
         pen, _ = gradient_penalty(fn, x, "js_real", mode="jvp")
         torch.testing.assert_close(pen, ref.gradient_penalty(fn, x, "js_real")[0], rtol=1e-9, atol=0)
     D_GLOBAL = None
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
+def test_a_conditional_d_s_penalty_as_two_terms_is_js_penalty(mode):
+    """The README's form for a class-conditional D (labels per batch): gradient_penalty on each batch with the JS
+    weight by name, summed, is js_penalty's Omega, gradients included."""
+    torch.manual_seed(0)
+    D, y_real, y_fake = _conditional(), torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 2, 1, 0, 0, 1])
+    oracle = copy.deepcopy(D)
+    x_real, x_fake = VEC(6).double(), VEC(6).double()
+
+    class Joint(nn.Module):  # one D over both batches' labels: js_penalty's real and fake terms
+        def __init__(self, D):
+            super().__init__()
+            self.D, self.y = D, y_real
+
+        def forward(self, x):
+            return self.D(x, self.y)
+    joint = Joint(oracle)
+    pen_r, lr = ref.gradient_penalty(joint, x_real, "js_real")
+    joint.y = y_fake
+    pen_f, lf = ref.gradient_penalty(joint, x_fake, "js_fake")
+    want = _grads(oracle, pen_r + pen_f, lr, lf)
+    got_r, logits_r = gradient_penalty(lambda x: D(x, y_real), x_real, "js_real", mode=mode)
+    got_f, logits_f = gradient_penalty(lambda x: D(x, y_fake), x_fake, "js_fake", mode=mode)
+    torch.testing.assert_close(got_r + got_f, pen_r + pen_f, rtol=1e-12, atol=0)
+    _assert_same(_grads(D, got_r + got_f, logits_r, logits_f), want)
