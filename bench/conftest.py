@@ -40,7 +40,13 @@ def pytest_configure(config):
 # optional: without pytest-benchmark, pytest names the missing `benchmark` fixture instead of an INTERNALERROR
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
+    import torch
+
     machine_info["glibc_mallopt"] = dict(MALLOC_PINNED)
+    # fp32 convolutions run as TF32 by default on Ampere and newer (cuDNN's flag), fp32 matmuls do not: what a
+    # GPU figure of a convnet's D update is made of (reading the flags initialises nothing)
+    machine_info["torch_tf32"] = {"cudnn": bool(torch.backends.cudnn.allow_tf32),
+                                  "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def _warmed(fixture_type):

@@ -400,3 +400,18 @@ def test_a_run_interrupted_inside_a_benchmark_keeps_the_finished_ones(tmp_path):
     assert "KeyboardInterrupt" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "empty sequence" not in proc.stdout + proc.stderr
     assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == ["test_finished"]
+
+
+def test_benchmark_files_record_the_tf32_flags():
+    """A convnet's fp32 D update on a GPU runs its convolutions as TF32 by default (cuDNN's flag): the JSON says
+    which, beside the malloc pins."""
+    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "bench" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    info = {}
+    conftest.pytest_benchmark_update_machine_info(None, info)
+    import torch
+
+    assert info["torch_tf32"] == {"cudnn": torch.backends.cudnn.allow_tf32,
+                                  "matmul": torch.backends.cuda.matmul.allow_tf32}
+    assert "glibc_mallopt" in info
