@@ -163,3 +163,18 @@ def _not_empty(d: Path) -> RunFolderError:
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return RunFolderError(f"run.dir {d} is not empty ({shown}) and holds no checkpoint to resume; a new run "
                           "needs a new or empty folder: pick another run.dir or remove that folder")
+
+
+def recorded_data_shape(run_dir) -> tuple:
+    """The sample shape a run trained on, as its run_info.json records it; FileNotFoundError / ValueError naming the
+    file when it is missing or unreadable."""
+    path = Path(run_dir) / "run_info.json"
+    try:
+        shape = json.loads(path.read_text())["data_shape"]
+        if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
+            raise ValueError(f"data_shape {shape!r} is not a list of positive ints")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found (the run folder's record of its data shape)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    return tuple(shape)

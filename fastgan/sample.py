@@ -2,7 +2,6 @@
 grid, or a scatter plot of points with the mixture's modes) or an .npz (the samples `x` and latents `z`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +11,9 @@ from . import config as C
 from ._atomic import replacing
 from .crosstest import _read, load_run
 from .run_commands import add_device_and_seed, cli_device, run
+from .run_folder import recorded_data_shape
 
 _FORMATS = (".png", ".npz")
-
-
-def _data_shape(run_dir) -> tuple:
-    path = Path(run_dir) / "run_info.json"
-    try:
-        shape = json.loads(path.read_text())["data_shape"]
-        if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
-            raise ValueError(f"data_shape {shape!r} is not a list of positive ints")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found (the run folder's record of its data shape)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: unreadable ({e})") from None
-    return tuple(shape)
 
 
 @torch.no_grad()
@@ -44,7 +31,7 @@ def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
     n = positive_int(n, "n")
     device = torch.device(device)
     state, cfg = _read(run_dir)
-    m = load_run(run_dir, _data_shape(run_dir), device, _state=(state, cfg))
+    m = load_run(run_dir, recorded_data_shape(run_dir), device, _state=(state, cfg))
     x, z = draw(m.G, n, torch.Generator(device=device).manual_seed(seed), device)
     return {"x": x, "z": z, "config": cfg, "step": m.step}
 

@@ -27,6 +27,7 @@ from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import CHECKPOINT, STATUS, claim, find_run, lock, new_run_dir, read_status, refuse_if_running, unlock
+from .run_folder import recorded_data_shape
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
@@ -157,8 +158,8 @@ def _check_resumed_data(run_dir: Path, shape: tuple, source: str, path: Path) ->
     """The data a run resumes on must have the sample shape its models were built for (run_info.json's data_shape):
     a file at data.path changed since would otherwise surface as an optimizer moment's shape."""
     try:
-        saved = tuple(json.loads((run_dir / "run_info.json").read_text())["data_shape"])
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = recorded_data_shape(run_dir)
+    except (OSError, ValueError):
         return  # no readable record: the checkpoint's own shape checks still refuse models that do not fit
     if saved != tuple(shape):
         raise CheckpointError(f"checkpoint {path}: its run trained on samples of shape {saved} (run_info.json), but "
