@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map_only
 
 from . import closed_form_maps
 
@@ -199,16 +200,6 @@ _UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.n
                 torch.native_layer_norm)
 
 
-def _primals(obj):
-    if isinstance(obj, torch.Tensor):
-        return fwAD.unpack_dual(obj).primal
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_primals(o) for o in obj) if type(obj) in (list, tuple) else obj
-    if isinstance(obj, dict):
-        return {k: _primals(v) for k, v in obj.items()}
-    return obj
-
-
 class DualRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -216,7 +207,7 @@ class DualRules(TorchFunctionMode):
             # forward mode ignores no_grad, reverse mode does not: under no_grad (a statistic D keeps from its
             # activations) the tangents are dropped, so that the JVP is that of the function the double backward
             # differentiates
-            args, kwargs = _primals(args), _primals(kwargs)
+            args, kwargs = tree_map_only(torch.Tensor, lambda t: fwAD.unpack_dual(t).primal, (args, kwargs))
         if func in _UNSUPPORTED:
             raise NotImplementedError(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
                                       "that reverse mode differentiates wrongly; call torch.nn.functional's "

@@ -17,6 +17,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 _INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                               "__imod__", "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__",
@@ -27,16 +28,8 @@ _NOT_VALUE_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "sq
                                "resize_as_"})
 
 
-def _tensors(obj, out: list) -> list:
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            _tensors(o, out)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            _tensors(o, out)
-    return out
+def _tensors(obj) -> list:
+    return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
 def _key(t: torch.Tensor):
@@ -95,9 +88,9 @@ def _written(func, args, kwargs) -> list:
     if name not in _NOT_VALUE_WRITES and (
             (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS
             or _inplace_flag(func, args, kwargs)):
-        _tensors(first, targets)  # a tensor, or the list of a torch._foreach_*_ call
+        targets += _tensors(first)  # a tensor, or the list of a torch._foreach_*_ call
     if "out" in kwargs:
-        _tensors(kwargs["out"], targets)
+        targets += _tensors(kwargs["out"])
     return targets + _running_stats(func, args, kwargs)
 
 
@@ -135,8 +128,8 @@ class StateGuard(TorchFunctionMode):
             if key is not None and key not in self._made and not any(t is s for s, _ in self.saved):
                 self.saved.append((t, t.detach().clone()))
         out = func(*args, **kwargs)
-        inputs = {_key(t) for t in _tensors((args, kwargs), [])}
-        for t in _tensors(out, []):
+        inputs = {_key(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
             key = _key(t)
             if key is not None and key not in inputs:
                 self._made.add(key)
