@@ -119,20 +119,18 @@ def pytest_runtest_call(item):
     """triton 3.4 (torch 2.8's) has no float64 tl.dot: the Triton denoiser's float64 GEMMs raise BackendUnavailable
     there, as documented; such a test skips with that reason instead of failing (never on triton >= 3.5)."""
     outcome = yield
-    exc, seen = (outcome.excinfo[1] if outcome.excinfo else None), set()
-    while exc is not None and id(exc) not in seen and not (type(exc).__name__ == "BackendUnavailable"
-                                                           and "float64 GEMMs need triton" in str(exc)):
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__  # torch.library.opcheck re-raises it as its own error
-    if exc is not None and id(exc) in seen:
-        return
-    if exc is None:
-        return
     from fastgan.ops import _dispatch, denoiser_backends
 
     version = _dispatch.triton_version()
-    if version is not None and version < denoiser_backends.TRITON_FLOAT64_DOT:
-        outcome.force_exception(pytest.skip.Exception(str(exc), _use_item_location=True))
+    if not outcome.excinfo or version is None or version >= denoiser_backends.TRITON_FLOAT64_DOT:
+        return
+    exc, seen = outcome.excinfo[1], set()
+    while exc is not None and id(exc) not in seen:  # torch.library.opcheck re-raises it as its own error
+        if type(exc).__name__ == "BackendUnavailable" and "float64 GEMMs need triton" in str(exc):
+            outcome.force_exception(pytest.skip.Exception(str(exc), _use_item_location=True))
+            return
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
 
 
 def _runs_the_triton_backend(item) -> bool:
