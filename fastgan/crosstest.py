@@ -81,23 +81,30 @@ def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, other
         x = load_test_split(data_cfg, device, n)
         return x, f"{data_cfg.name} test split ({x.shape[0]} samples)"
     cfgs = [data_cfg, *others]
-    if not any(c.holdout for c in cfgs):
-        why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in TEST_SPLIT_DATASETS
-               and data_cfg.split != "train" else f"data.name={data_cfg.name!r} has no held-out real samples")
-        raise ValueError(f"{command}: {why}: use a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}, "
-                         f"data.path a folder, data.split=train) or train with data.holdout")
-    # run i trained on its stored samples [0, end_i - holdout_i), end_i = min(data.max_samples, stored)
-    most = max(c.max_samples for c in cfgs) if all(c.max_samples for c in cfgs) else None
+    # run i trained on its stored samples [0, end_i - holdout_i), end_i = min(data.max_samples, stored): none of
+    # the runs saw [max_i(end_i - holdout_i), stored). Where every run set max_samples, stored samples past
+    # max(max_samples) + n are not needed (if fewer are stored, all of them are loaded and the ends are exact)
+    most = max(c.max_samples for c in cfgs) + n if all(c.max_samples for c in cfgs) else None
     ds = build_dataset(dataclasses.replace(data_cfg, max_samples=most, holdout=0), device)
     ends = [min(c.max_samples or len(ds), len(ds)) for c in cfgs]
-    start, stop = max(e - c.holdout for e, c in zip(ends, cfgs)), min(ends)
-    if start >= stop:
-        raise ValueError(f"{command}: no sample is held out of both runs' training (data.max_samples "
+    start = max(e - c.holdout for e, c in zip(ends, cfgs))
+    if start >= len(ds):
+        if not any(c.holdout for c in cfgs) and all(e == len(ds) for e in ends):
+            why = (f"data.split={data_cfg.split!r} trains on the test split" if data_cfg.name in TEST_SPLIT_DATASETS
+                   and data_cfg.split != "train" else f"data.name={data_cfg.name!r} has no held-out real samples")
+            raise ValueError(f"{command}: {why}: use a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}, "
+                             f"data.path a folder, data.split=train) or train with data.holdout or data.max_samples "
+                             "below the stored samples")
+        raise ValueError(f"{command}: no stored sample is held out of both runs' training (data.max_samples "
                          f"{' vs '.join(str(c.max_samples) for c in cfgs)}, data.holdout "
                          f"{' vs '.join(str(c.holdout) for c in cfgs)})")
-    x = torch.cat(list(ds.hold_out(len(ds) - start)[1].batches(4096)))[:min(stop - start, n)]
+    x = torch.cat(list(ds.hold_out(len(ds) - start)[1].batches(4096)))[:n]
     holdouts = " and ".join(sorted({str(c.holdout) for c in cfgs}, key=int))
-    return x, f"the data.holdout={holdouts} samples held out of training ({x.shape[0]} samples)"
+    past = [str(c.max_samples) for c, e in zip(cfgs, ends) if c.max_samples and e < len(ds)]
+    kept = " and ".join(([f"data.holdout={holdouts}"] if any(c.holdout for c in cfgs) else [])
+                        + ([f"past data.max_samples={' and '.join(sorted(set(past), key=int))}"] if past else []))
+    whose = "both runs'" if others else "the run's"
+    return x, f"stored samples held out of {whose} training ({kept}: {x.shape[0]} from index {start})"
 
 
 def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:

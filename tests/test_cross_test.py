@@ -255,7 +255,7 @@ def test_image_runs_use_held_out_samples_or_say_they_have_none(tmp_path):
     fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'a'}", "data.holdout=4"])
     fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'b'}", "data.holdout=4", "run.seed=1"])
     r = crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
-    assert r["real"] == "the data.holdout=4 samples held out of training (4 samples)"
+    assert r["real"] == "stored samples held out of both runs' training (data.holdout=4: 4 from index 8)"
     fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'c'}"])
     fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'd'}"])
     with pytest.raises(ValueError, match=r"data\.name='npz' has no held-out real samples"):
@@ -321,12 +321,22 @@ def test_real_samples_are_held_out_of_both_runs_training(tmp_path):
     c = _index_run(tmp_path, "c", "data.max_samples=10", "data.holdout=4")    # 0..5, held out 6..9
     none = _index_run(tmp_path, "none")                                       # 0..11
     for x, y in ((a, none), (none, a)):
-        with pytest.raises(ValueError, match="no sample is held out of both runs' training"):
+        with pytest.raises(ValueError, match="no stored sample is held out of both runs' training"):
             crosstest.cross_test_runs(x, y, samples=10)
     for x, y in ((a, b), (b, a)):
         assert _real_indices(x, y)[0] == [8, 9, 10, 11]
-    for x, y in ((a, c), (c, a)):
-        assert _real_indices(x, y)[0] == [8, 9]
+    for x, y in ((a, c), (c, a)):  # c never saw 10, 11 (past its max_samples)
+        assert _real_indices(x, y) == ([8, 9, 10, 11], "stored samples held out of both runs' training "
+                                                        "(data.holdout=4 and past data.max_samples=10: 4 from index 8)")
+    # samples only past max_samples: run e trained on 0..4, never saw 5..11; run f on 0..6
+    e = _index_run(tmp_path, "e", "data.max_samples=5")
+    f = _index_run(tmp_path, "f", "data.max_samples=7")
+    for x, y in ((e, f), (f, e)):
+        assert _real_indices(x, y) == ([7, 8, 9, 10, 11], "stored samples held out of both runs' training "
+                                                           "(past data.max_samples=5 and 7: 5 from index 7)")
+    for x, y in ((f, none), (none, f)):
+        with pytest.raises(ValueError, match="no stored sample is held out of both runs' training"):
+            crosstest.cross_test_runs(x, y, samples=10)
 
 
 def test_a_test_split_the_runs_trained_on_is_not_held_out(tmp_path):
@@ -340,7 +350,7 @@ def test_a_test_split_the_runs_trained_on_is_not_held_out(tmp_path):
     for name in "cd":
         fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / name}", "data.holdout=2"])
     r = crosstest.cross_test_runs(tmp_path / "c", tmp_path / "d", samples=10)
-    assert r["real"] == "the data.holdout=2 samples held out of training (2 samples)"
+    assert r["real"] == "stored samples held out of both runs' training (data.holdout=2: 2 from index 20)"
     test = torch.from_numpy(np.fromfile(data / "t10k-images-idx3-ubyte", np.uint8, offset=16).reshape(6, 1, 28, 28))
     m = crosstest.load_run(tmp_path / "c", (1, 28, 28))
     assert r["model1"]["tp"] == real_fraction(m.D, test[4:].float() / 127.5 - 1)  # the last 2 of split=all
@@ -417,7 +427,7 @@ def test_held_out_real_takes_at_most_n_and_names_every_holdout(tmp_path):
     real, where = crosstest.held_out_real(cfgs[0], 2, "cpu", torch.Generator().manual_seed(0), others=cfgs[1:])
     assert torch.round((real[:, 0, 0, 0] + 1) * 255 / 2).long().tolist() == [20, 21]
     r = crosstest.cross_test_runs(b, a, samples=10)
-    assert r["real"] == "the data.holdout=4 and 10 samples held out of training (4 samples)"
+    assert r["real"] == "stored samples held out of both runs' training (data.holdout=4 and 10: 4 from index 20)"
     assert r["generated"] == 10   # generated per model: --samples, not the number of real samples
 
 
