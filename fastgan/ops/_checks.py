@@ -23,6 +23,11 @@ def no_differentiating_transform(*tensors, module=None) -> None:
     no_dual(*tensors)
 
 
+class ForwardModeRefused(NotImplementedError):
+    """mode="jvp" cannot run D's forward in forward mode: fastgan's own reasons, and (penalty_jvp) torch's, which
+    it quotes, with D's state and the random generators put back as before the call."""
+
+
 def no_dual(*tensors) -> None:
     """Inside a torch.autograd.forward_ad dual level (mode="jvp" runs D's forward in one): the ops' custom autograd
     has no forward-mode rule, so a dual input's tangent was dropped, silently (a D calling noisy_clean_batch gave a
@@ -31,7 +36,7 @@ def no_dual(*tensors) -> None:
         return
     for t in tensors:
         if isinstance(t, torch.Tensor) and _fwAD.unpack_dual(t).tangent is not None:
-            raise NotImplementedError(
+            raise ForwardModeRefused(
                 "fastgan's ops have no forward-mode derivative, and this call's input is a forward-mode dual tensor "
                 "(gradient_penalty(mode='jvp'), or 'auto' choosing it, runs D's forward in forward mode: a D that "
                 "calls a fastgan op needs mode='double_backward')")

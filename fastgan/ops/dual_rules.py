@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map_only
 
 from . import closed_form_maps
+from ._checks import ForwardModeRefused
 
 
 def _dual(t):
@@ -153,9 +154,9 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     if _plain(query, key, value, attn_mask):
         return NotImplemented
     if dropout_p > 0:
-        raise NotImplementedError("jvp penalty: scaled_dot_product_attention with dropout_p > 0 draws its mask "
-                                  "inside the kernel, which the second forward cannot replay; use "
-                                  "mode='double_backward'")
+        raise ForwardModeRefused("jvp penalty: scaled_dot_product_attention with dropout_p > 0 draws its mask "
+                                 "inside the kernel, which the second forward cannot replay; use "
+                                 "mode='double_backward'")
     L, S = query.shape[-2], key.shape[-2]
     if enable_gqa and key.dim() > 2 and key.shape[-3] != query.shape[-3]:
         key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
@@ -209,9 +210,9 @@ class DualRules(TorchFunctionMode):
             # differentiates
             args, kwargs = tree_map_only(torch.Tensor, lambda t: fwAD.unpack_dual(t).primal, (args, kwargs))
         if func in _UNSUPPORTED:
-            raise NotImplementedError(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
-                                      "that reverse mode differentiates wrongly; call torch.nn.functional's "
-                                      "version or use mode='double_backward'")
+            raise ForwardModeRefused(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
+                                     "that reverse mode differentiates wrongly; call torch.nn.functional's "
+                                     "version or use mode='double_backward'")
         rule = _RULES.get(func)
         if rule is not None:
             out = rule(*args, **kwargs)

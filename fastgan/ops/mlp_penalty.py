@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import _checks, _dispatch, _hooks
+from .compiled_d import uncompiled
 from .closed_form_maps import CONVS, LinearMap, batch_contract, bias_grad, channel_sum, per_channel, per_sample
 from .penalty import require_samples, weight_vjp
 
@@ -63,8 +64,10 @@ def _conv_out(shape, m) -> tuple | None:
 
 def _layers(seq: nn.Sequential, prefix: str = ""):
     """(name, layer) in the order seq's forward runs them, nested plain nn.Sequentials opened (named "1.0"); a
-    module listed twice comes twice, as the forward calls it twice."""
+    module listed twice comes twice, as the forward calls it twice. A torch.compile'd layer is the layer it wraps:
+    the closed form never runs a layer's forward."""
     for name, m in seq._modules.items():
+        m = uncompiled(m)
         if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
             yield from _layers(m, f"{prefix}{name}.")
         elif m is not None:

@@ -9,7 +9,6 @@ and the reduced penalty come back in that accumulation dtype.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Union
 
 import torch
@@ -17,6 +16,7 @@ import torch
 from .. import _ext
 from ..reference import penalty as ref
 from . import _checks, _dispatch, _eager, _library
+from .compiled_d import eager_compiled_code, uncompiled
 
 OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
@@ -395,7 +395,8 @@ def _penalty_of(grad, logits, weight, reduction, backend):
 
 
 def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
-    logits = D(x)
+    with eager_compiled_code():
+        logits = D(x)
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"D must return a tensor of logits, got {type(logits).__name__}")
     B = x.shape[0]
@@ -405,16 +406,6 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
 
 
 PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
-
-
-def uncompiled(D):
-    """The module a torch.compile'd D wraps (D itself otherwise): every mode runs it. torch.compile's AOT autograd
-    has no double backward, the jvp path's forward-mode pass and the closed form never run D's compiled forward
-    either; a compiled training step (torch.compile of the function calling the penalty) is traced as usual."""
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: D cannot be compiled
-    if eval_frame is not None and isinstance(D, eval_frame.OptimizedModule):
-        return D._orig_mod
-    return D
 
 
 def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",

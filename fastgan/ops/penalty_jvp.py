@@ -40,8 +40,9 @@ from torch.autograd import forward_ad as fwAD
 
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
+from .compiled_d import eager_compiled_code
 from .dual_rules import DualRules
-from .state_guard import StateGuard, rerun_from
+from .state_guard import StateGuard, rerun_from, write
 from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
@@ -101,8 +102,9 @@ def _buffers_replaced(D, values: dict):
 
 def _call_with_buffers(D, values: dict, x):
     if not values:
-        return D(x)
-    with _buffers_replaced(D, values):
+        with eager_compiled_code():
+            return D(x)
+    with _buffers_replaced(D, values), eager_compiled_code():
         return D(x)
 
 
@@ -244,6 +246,18 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                 with _from_start(guard, x):
                     out = _call_with_buffers(D, buffers, xd)
                 jv = fwAD.unpack_dual(out).tangent
+        except NotImplementedError as e:
+            # only running D finds these (a custom autograd.Function without jvp, an op torch has no forward-mode
+            # formula for, fastgan's refusals): the call is refused as one that never ran, D's state and the
+            # generators as at the start
+            _put_back(D, start_buffers, guard)
+            rng.restore(start)
+            replay = False
+            if isinstance(e, _checks.ForwardModeRefused):
+                raise
+            raise _checks.ForwardModeRefused(
+                f"mode='jvp': forward-mode AD cannot run D's forward (torch: {_first_line(e)}); give a custom "
+                "torch.autograd.Function in D a jvp staticmethod, or use mode='double_backward'") from e
         finally:
             if replay:
                 rng.restore(after)
@@ -268,6 +282,22 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
 
     # the tap is zero, so the value stays Omega bit for bit
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _put_back(D, buffers: dict, guard) -> None:
+    """D's state as it was before the first forward: an nn.Module's buffers from `buffers` (clones taken before
+    it), a function D's from what `guard` caught."""
+    if guard is not None:
+        write(guard.saved)
+        return
+    with torch.no_grad():
+        for name, b in D.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])
 
 
 def _from_start(guard, x):

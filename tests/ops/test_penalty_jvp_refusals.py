@@ -446,3 +446,56 @@ def test_a_conditional_d_s_penalty_as_two_terms_is_js_penalty(mode):
     got_f, logits_f = gradient_penalty(lambda x: D(x, y_fake), x_fake, "js_fake", mode=mode)
     torch.testing.assert_close(got_r + got_f, pen_r + pen_f, rtol=1e-12, atol=0)
     _assert_same(_grads(D, got_r + got_f, logits_r, logits_f), want)
+
+
+class _SquareWithoutJvp(torch.autograd.Function):
+    """A user's custom Function with a backward only: forward-mode AD cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class _CustomFunctionD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3))
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(_SquareWithoutJvp.apply(self.body(x)))
+
+
+@pytest.mark.parametrize("kind", ["module", "function"])
+def test_a_custom_function_without_jvp_is_refused_with_d_s_state_and_the_generators_as_before(kind):
+    torch.manual_seed(0)
+    D = _CustomFunctionD().double()
+    xr, xf = VEC(6).double(), VEC(6).double()
+    before = copy.deepcopy(D.state_dict())
+    rng = torch.get_rng_state()  # the dropout draws
+    with pytest.raises(NotImplementedError, match=r"mode='jvp': forward-mode AD cannot run D's forward \(torch: "
+                                                  r".*jvp.*\); give a custom torch.autograd.Function in D a jvp"):
+        js_penalty(D if kind == "module" else (lambda x: D(x)), xr, xf, mode="jvp")
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)
+    pen, lr, lf = js_penalty(D, xr, xf, mode="double_backward")
+    assert torch.isfinite(pen)
+
+
+def test_auto_falls_back_from_a_custom_function_without_jvp_with_a_warning(auto_jvp_on_cpu):
+    torch.manual_seed(0)
+    D = _CustomFunctionD().double().eval()
+    oracle = copy.deepcopy(D)
+    xr, xf = VEC(6).double(), VEC(6).double()
+    before = _dispatch.counts[(MODE_OP, "double_backward")]
+    with pytest.warns(_dispatch.FallbackWarning, match="ForwardModeRefused: mode='jvp': forward-mode AD"):
+        got = _grads(D, *js_penalty(D, xr, xf, mode="auto"))
+    assert _dispatch.counts[(MODE_OP, "double_backward")] > before
+    _assert_same(got, _grads(oracle, *ref.js_penalty(oracle, xr, xf)))

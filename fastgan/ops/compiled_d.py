@@ -1,0 +1,76 @@
+"""A discriminator that is, or calls, torch.compile'd code, run by the penalty's modes as its Python source.
+
+torch.compile's AOT autograd has no double backward ("does not currently support double backward") and its compiled
+graph is an autograd.Function without a forward-mode formula, so neither the double backward nor the jvp pass can
+differentiate through it; the closed form never runs D's forward. A compiled D is unwrapped (`uncompiled`); compiled
+code D reaches otherwise (a compiled submodule, a function D calling a compiled module) runs eagerly while the
+penalty calls D (`eager_compiled_code`), through torch.compile's "force_eager" stance (torch >= 2.6).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+# torch.compile's stance is process-wide: set for the duration of D's forward it also makes compiled code other
+# threads run meanwhile take the eager path (slower, same values)
+
+
+def uncompiled(D):
+    """The module a torch.compile'd D wraps (D itself otherwise): every mode runs it. A compiled training step
+    (torch.compile of the function calling the penalty) is traced as usual."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: D cannot be compiled
+    if eval_frame is not None and isinstance(D, eval_frame.OptimizedModule):
+        return D._orig_mod
+    return D
+
+
+_SETTER = None
+
+
+def _stance_setter():
+    """(eval_frame module, the force_eager stance, Dynamo's eval-frame callback query) where torch has stances (2.6+)
+    and Dynamo is loaded, else None. The stance is set by assigning eval_frame._stance, as torch.compiler.set_stance
+    does, without its per-call import (which alone takes 7-19 us; D is called twice per penalty)."""
+    global _SETTER
+    if _SETTER is None:
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+        if eval_frame is None:
+            return None  # loaded later perhaps: asked again next time
+        if not hasattr(eval_frame, "DynamoStance") or not hasattr(eval_frame, "_stance"):
+            _SETTER = False
+        else:
+            from torch._C._dynamo.eval_frame import get_eval_frame_callback
+
+            _SETTER = (eval_frame, eval_frame.DynamoStance("force_eager"), get_eval_frame_callback)
+    return _SETTER or None
+
+
+class _Stance:
+    __slots__ = ("eval_frame", "stance", "prior")
+
+    def __init__(self, eval_frame, stance):
+        self.eval_frame, self.stance = eval_frame, stance
+
+    def __enter__(self):
+        self.prior = self.eval_frame._stance
+        self.eval_frame._stance = self.stance
+
+    def __exit__(self, *exc):
+        self.eval_frame._stance = self.prior
+
+
+_NO_OP = contextlib.nullcontext()
+
+
+def eager_compiled_code():
+    """A context in which torch.compile'd code runs as its Python source; a no-op where nothing can have been
+    compiled (Dynamo not loaded), inside a region torch.compile traces or runs (the stance cannot change there: the
+    penalty's eager parts run outside it, see penalty.eager_under_compile), and on torch < 2.6, which has no
+    stances (there a compiled module inside D fails in torch: pass D's uncompiled modules)."""
+    setter = _stance_setter()
+    if setter is None:
+        return _NO_OP
+    eval_frame, stance, callback = setter
+    if callback() not in (None, False):
+        return _NO_OP
+    return _Stance(eval_frame, stance)
