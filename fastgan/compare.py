@@ -77,15 +77,16 @@ def _row_values(row: dict) -> tuple[int, dict]:
     return step, values
 
 
-def _last_values(run_dir: Path) -> tuple[int, dict]:
-    """(last logged step, {metric: its last logged value}) of metrics.csv's eval/* columns. A last row that does
-    not parse is skipped (a running trainer may be writing it); any other is an error naming the file."""
+def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
+    """(last logged step, {metric: its last logged value}, why the last row was left out or None) of
+    metrics.csv's eval/* columns. A last row that does not parse is left out (a running trainer may be writing
+    it); any other is an error naming the file."""
     path = run_dir / "metrics.csv"
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
-        return 0, {}
+        return 0, {}, None
     except csv.Error as e:
         raise ValueError(f"{path}: not a CSV file ({e})") from None
     step, last = 0, {}
@@ -94,25 +95,30 @@ def _last_values(run_dir: Path) -> tuple[int, dict]:
             at, values = _row_values(row)
         except ValueError as e:
             if i == len(rows) - 1:
-                break
+                return step, last, f"row {i + 1}: {e}"
             raise ValueError(f"{path}: row {i + 1}: {e}") from None
         step = max(step, at)
         last.update(values)
-    return step, last
+    return step, last, None
 
 
 def summarize(run_dir) -> dict:
-    """{"run", "name", "state", "reason", "at", "step", "steps", "metrics"} of one run folder: "step" is the last
-    step metrics.csv logged, "at" the step status.json recorded (where a stopped run stopped). A folder that cannot
-    be read gets state "unreadable" and the reason, so one damaged run does not hide the others."""
+    """{"run", "name", "state", "reason", "at", "step", "steps", "metrics", "warning"} of one run folder: "step" is
+    the last step metrics.csv logged, "at" the step status.json recorded (where a stopped run stopped). A folder
+    that cannot be read gets state "unreadable" and the reason, so one damaged run does not hide the others.
+    "warning": metrics.csv's last row did not parse in a run no trainer is writing (the values shown are from the
+    rows before it, the final evaluation's perhaps not among them), else None."""
     run_dir = Path(run_dir)
     out = {"run": str(run_dir), "name": run_dir.name, "state": "unreadable", "reason": "", "at": None, "step": 0,
-           "steps": None, "metrics": {}}
+           "steps": None, "metrics": {}, "warning": None}
     try:
         cfg = C.load_config(run_dir / "config.yaml", stored=True)
         out["name"], out["steps"] = cfg.run.name, cfg.run.steps
-        out["step"], out["metrics"] = _last_values(run_dir)
+        out["step"], out["metrics"], bad_last = _last_values(run_dir)
         out["state"], out["reason"], out["at"] = _state(run_dir)
+        if bad_last is not None and out["state"] != "running":
+            out["warning"] = (f"metrics.csv's last row does not parse ({bad_last}): left out, the values shown are "
+                              "from the rows before it")
     except (OSError, ValueError) as e:
         out["state"], out["reason"] = "unreadable", str(e)
     return out
@@ -168,7 +174,15 @@ def format_table(rows: list[dict], metrics: list[str] | None = None) -> str:
              *(_fmt(r["metrics"].get(k)) for k in names)] for r in rows]
     notes = [f"{r['name']} ({r['run']}): {r['state']}: {r['reason'].splitlines()[0]}" for r in rows
              if r["state"] not in ("finished", "running") and r["reason"]]
-    return _table(header, body) + ("\n\n" + "\n".join(notes) if notes else "")
+    return _table(header, body) + _notes(notes + _warnings(rows))
+
+
+def _warnings(rows) -> list[str]:
+    return [f"{r['name']} ({r['run']}): {r['warning']}" for r in rows if r.get("warning")]
+
+
+def _notes(lines: list[str]) -> str:
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def _cell(metrics: dict, metric: str) -> str:
@@ -198,7 +212,7 @@ def format_grid(rows: list[dict], metric: str) -> str:
         cells[key] = (text, r["run"])
     body = [[rk, *(cells.get((rk, ck), ("", ""))[0] for ck in col_keys)] for rk in row_keys]
     note = f"\n(older runs of the same name not shown: {', '.join(hidden)})" if hidden else ""
-    return f"eval/{metric}\n" + _table(["", *col_keys], body) + note
+    return f"eval/{metric}\n" + _table(["", *col_keys], body) + note + _notes(_warnings(rows))
 
 
 def to_json(rows: list[dict], metrics: list[str] | None = None) -> str:

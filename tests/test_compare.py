@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -414,3 +415,21 @@ def test_a_status_that_cannot_be_written_at_the_start_stops_the_run(tmp_path):
     with pytest.raises(OSError):
         fastgan.train(None, overrides=[*TINY, "run.steps=4", f"run.dir={d}"], resume=True)
     assert ckpt.load(d / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_a_last_row_that_does_not_parse_is_flagged_unless_a_trainer_is_writing_it(tmp_path, monkeypatch, capsys):
+    """A finished or killed run's damaged last row (its final evaluation, perhaps) showed the row before it as the
+    run's result, unflagged; a running trainer may be writing it, so only then is it left out silently."""
+    rows = ("step,eval/fd", "5,3", "10,1.2e")
+    finished = _fake_run(tmp_path, "done", rows=rows)
+    _fake_run(tmp_path, "live", state="running", rows=rows)
+    monkeypatch.setattr(compare, "lock_held", lambda d: Path(d).name == "live")
+    got = {r["name"]: r for r in compare.compare(tmp_path)}
+    assert got["live"]["state"] == "running" and got["live"]["warning"] is None
+    assert got["done"]["metrics"] == {"fd": 3.0} and got["done"]["warning"] == (
+        "metrics.csv's last row does not parse (row 2: eval/fd holds '1.2e', not a number): left out, the values "
+        "shown are from the rows before it")
+    for text in (compare.format_table(list(got.values())), compare.format_grid(list(got.values()), "fd")):
+        assert f"done ({finished}): metrics.csv's last row does not parse" in text and "live (" not in text
+    assert main(["compare", str(tmp_path), "--json"]) == 0
+    assert [r["warning"] is None for r in json.loads(capsys.readouterr().out)] == [False, True]  # done, live
