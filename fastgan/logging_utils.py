@@ -3,9 +3,11 @@ PNG sample pictures (image grids, scatter plots of point samples)."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Mapping, Optional
@@ -28,19 +30,34 @@ class CSVLogger:
         if self.path.exists():
             try:
                 with open(self.path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    self.columns = list(reader.fieldnames or [])
-                    for r in reader:
-                        if None in r:  # more fields than the header: the first row logged could not write them
-                            raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
-                                            f"fields, the header {len(self.columns)}")
-                        self.rows.append(r)
+                    text = f.read()
+                reader = csv.DictReader(io.StringIO(text, newline=""))
+                self.columns = list(reader.fieldnames or [])
+                for r in reader:
+                    if None in r:  # more fields than the header: the first row logged could not write them
+                        raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
+                                        f"fields, the header {len(self.columns)}")
+                    self.rows.append(r)
             except (UnicodeDecodeError, csv.Error) as e:
                 raise ValueError(f"{self.path} is not a readable CSV log ({e}); move it aside to continue the run "
                                  "with a new one") from None
+            # what a killed append leaves (rows are appended, not replaced): a last row without its line end, cut
+            # anywhere (its step "1" of a "12"), and blocks of NULs or junk where no step parses; kept, they would
+            # be rows of the continued log, and `fastgan compare` would call the run unreadable
+            torn = [self.rows.pop()] if self.rows and not text.endswith(("\n", "\r")) else []
+            junk = [r for r in self.rows if _int(r.get("step")) < 0]
+            if torn or junk:
+                self.rows = [r for r in self.rows if _int(r.get("step")) >= 0]
+                print(f"fastgan: warning: {self.path}: left out {len(torn) + len(junk)} damaged row(s) (a write "
+                      "cut short: a last row without its line end, rows whose step is not a number)",
+                      file=sys.stderr)
             if resume_step is not None:
                 self.rows = [r for r in self.rows if _int(r.get("step")) <= resume_step]
             self._stale = True
+
+    def logged(self, step: int, key: str) -> bool:
+        """Whether a row at `step` holds a value of `key`."""
+        return any(_int(r.get("step")) == step and r.get(key) not in (None, "") for r in self.rows)
 
     def drop(self, step: int, keys) -> None:
         """The rows at `step` holding a value of any of `keys`, dropped (from the file at the next row logged)."""

@@ -639,7 +639,12 @@ class _Run:
                 if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
                     monitor.check()
                     self._checkpoint(step)
-                    if not final:  # a run killed later (SIGKILL, power) then says which step its checkpoint holds
+                    if final and (r.parzen or r.fd):
+                        # the final evaluation (the last step's FD, Parzen, the FD tail) starts here: a run killed
+                        # in it (SIGKILL, OOM, power) gets it on --resume (_final_evaluation_pending)
+                        self.phase = "final evaluation"
+                    if not final or self.phase == "final evaluation":
+                        # a run killed later then says which step its checkpoint holds
                         self._status("running")
                 if r.fd and ((r.fd_every and step % r.fd_every == 0) or final):
                     monitor.check()  # a non-finite loss is named as such, not as non-finite samples
@@ -659,6 +664,8 @@ class _Run:
             try:
                 if stop.requested and (r.parzen or r.fd):  # asked in the last step: --resume runs the evaluation
                     raise stop.interrupt("")
+                if self.final_only and r.fd and not self.csv.logged(step, "eval/fd"):
+                    metrics.update(self._fd(step))  # the last step's FD: the earlier session was killed in it
                 if r.parzen:
                     metrics.update(self._parzen(step))
                 if r.fd:
@@ -690,12 +697,13 @@ FINAL_EVALUATION_KEYS = frozenset({"eval/parzen_ll", "eval/parzen_stderr", "eval
 
 def _final_evaluation_pending(run_dir: Path, step: int) -> bool:
     """Whether status.json says the run's last session trained to `step`, the checkpoint's, and then stopped in
-    its final evaluation (interrupted, or failed): a resume then runs that evaluation, which nothing else would."""
+    its final evaluation (interrupted, failed, or killed: "running", which the caller, holding the run's lock,
+    knows no process is any more): a resume then runs that evaluation, which nothing else would."""
     try:
         info = read_status(run_dir)
     except (OSError, ValueError):
         return False
-    return info.get("phase") == "final evaluation" and info["state"] in ("interrupted", "failed") and \
+    return info.get("phase") == "final evaluation" and info["state"] in ("interrupted", "failed", "running") and \
         info.get("step") == step
 
 

@@ -337,3 +337,22 @@ def test_the_tail_takes_evaluations_past_nine_tenths_of_the_steps_only():
                           _log=lambda step, values: None)
     out = sys.modules["fastgan.train"]._Run._fd_tail(run, 100)
     assert out["eval/tail_evaluations"] == 2.0 and out["eval/fd_tail_mean"] == pytest.approx(97.5)
+
+
+@pytest.mark.parametrize("method", ["_fd", "_fd_tail"])
+def test_a_run_killed_in_the_last_step_s_fd_or_the_tail_gets_them_on_resume(tmp_path, tiny_fashion_mnist, method):
+    """Killed (no handler runs) in the last step's FD or in the tail: the resume logs the missing FD row and the
+    tail as the run never stopped would (the last step's FD was not rerun: a tail of none)."""
+    from test_train_final_evaluation import killed_in
+
+    over = _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=4", "run.fd_every=2")
+    killed_in(method, over, tmp_path, at_step=4)
+    r = fastgan.train(None, overrides=over, resume=True)
+    whole = fastgan.train(None, overrides=_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=4", "run.fd_every=2",
+                                                  name="whole"))
+    assert r.final_evaluation_only and r.metrics["eval/tail_evaluations"] == 1.0
+    for key in ("eval/fd", "eval/classifier_score"):
+        got, want = _csv_column(r.out_dir, key), _csv_column(whole.out_dir, key)
+        assert [s for s, _ in got] == [s for s, _ in want] == [2, 4]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+    assert r.metrics["eval/fd_tail_mean"] == pytest.approx(whole.metrics["eval/fd_tail_mean"], rel=1e-6)

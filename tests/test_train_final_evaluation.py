@@ -120,3 +120,34 @@ def test_a_final_evaluation_rerun_is_running_in_its_final_evaluation_phase(tmp_p
     monkeypatch.setattr(train_mod._Run, "_parzen", spy)
     assert _train(d, resume=True).final_evaluation_only
     assert [(s["state"], s["phase"], s["step"]) for s in seen] == [("running", "final evaluation", 2)]
+
+
+def killed_in(method: str, overrides: list, cwd, at_step: int):
+    """A training run in a subprocess killed (os._exit: no handler, no status written, as SIGKILL, the OOM killer
+    or a power cut) when it enters _Run.<method> at `at_step`."""
+    code = ("import os, sys, fastgan\n"
+            "train = sys.modules['fastgan.train']\n"
+            f"orig = train._Run.{method}\n"
+            "def killed(self, step, *a, **k):\n"
+            f"    if step == {at_step}:\n"
+            "        os._exit(137)\n"
+            "    return orig(self, step, *a, **k)\n"
+            f"train._Run.{method} = killed\n"
+            f"fastgan.train(None, overrides={overrides!r})\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert p.returncode == 137, p.stderr[-3000:]
+
+
+def test_a_run_killed_in_its_final_evaluation_gets_it_on_resume(tmp_path):
+    """status.json said 'running', phase 'training', at the step before the last checkpoint, and the resume
+    found nothing to train: the run's Parzen estimate was lost for good, exit 0."""
+    d = tmp_path / "r"
+    killed_in("_parzen", [*TINY, "run.steps=2", f"run.dir={d}"], tmp_path, at_step=2)
+    s = _status(d)
+    assert (s["state"], s["phase"], s["step"], s["last_checkpoint_step"]) == ("running", "final evaluation", 2, 2)
+    r = _train(d, resume=True)
+    assert r.final_evaluation_only and set(r.metrics) == {"eval/parzen_ll", "eval/parzen_stderr", "eval/parzen_sigma"}
+    assert [int(row["step"]) for row in _rows(d) if row.get("eval/parzen_ll")] == [2]
+    want = _train(tmp_path / "whole").metrics["eval/parzen_ll"]  # the same seed, never stopped
+    assert r.metrics["eval/parzen_ll"] == pytest.approx(want, rel=1e-6)
+    assert _status(d)["state"] == "finished"

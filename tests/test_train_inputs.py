@@ -92,6 +92,26 @@ def test_metrics_rows_past_the_checkpoint_go_at_the_first_row_logged(tmp_path):
     assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4}  # (a final step logs two rows)
 
 
+@pytest.mark.parametrize("damage", ["torn_last_row", "nul_block", "both"])
+def test_what_a_killed_append_leaves_in_metrics_csv_is_left_out_on_resume(tmp_path, capsys, damage):
+    """A torn last row (its step cut to "1" of "12") and blocks of NULs (a power cut) survived a resume, as rows
+    of the continued log, and `fastgan compare` called the finished run unreadable from then on."""
+    d = tmp_path / "r"
+    _train(d, steps=2)
+    clean = (d / "metrics.csv").read_text()
+    junk = {"torn_last_row": "1", "nul_block": "\0" * 64 + "\n", "both": "\0" * 64 + "\n1"}[damage]
+    with open(d / "metrics.csv", "a") as f:
+        f.write(junk)
+    _train(d, steps=4, resume=True)
+    assert "damaged row(s)" in capsys.readouterr().err
+    text = (d / "metrics.csv").read_text()
+    assert "\0" not in text and text.startswith(clean)
+    steps = [int(line.split(",")[0]) for line in text.splitlines()[1:]]
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4}
+    from fastgan import compare
+    assert compare.summarize(d)["state"] == "finished"
+
+
 def test_a_dangling_link_as_out_dir_is_an_error_not_a_hang(tmp_path):
     link = tmp_path / "runs"
     link.symlink_to(tmp_path / "unmounted" / "runs")
