@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ def replacing(path, durable: bool = False) -> Iterator[Path]:
     file and the folder, so the rename survives a power cut (checkpoints)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
+    # (a process killed in the block leaves it: writer_pid names the process, for remove_stale_temporaries)
     try:
         yield tmp
         if durable:
@@ -34,3 +36,12 @@ def replacing(path, durable: bool = False) -> Iterator[Path]:
                 os.close(fd)
         except OSError:
             pass
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-\d+-[0-9a-f]{8}\.tmp$")
+
+
+def writer_pid(name: str):
+    """The pid of the process that made `name` as a temporary file of `replacing`, or None for any other name."""
+    m = _TEMPORARY.match(name)
+    return int(m.group(1)) if m else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -44,6 +45,22 @@ def save(path, state: Mapping) -> Path:
 REQUIRED = ("step", "config", "method", "rng")
 
 
+def _check_crcs(p: Path) -> None:
+    """torch.load does not check the zip entries' CRC-32s: a flipped bit (bit rot, a damaged copy) loaded as a
+    changed weight or optimizer moment, silently. Read every entry against its CRC first (a pass over the file,
+    about as long as the load); a file that is no zip at all is left to torch.load's error."""
+    if not zipfile.is_zipfile(p):
+        return
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"checkpoint {p} is corrupt ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {p} is corrupt: its entry {bad} fails its CRC-32 check (bit rot or a "
+                              "damaged copy)")
+
+
 def _load_error_cause(e: Exception) -> str:
     """The line of torch.load's message that says what is wrong: its unpickler's reason, which torch >= 2.6 puts
     on the line after "WeightsUnpickler error:" (that line is its boilerplate), else its first line."""
@@ -63,6 +80,7 @@ def load(path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {p} is empty (a truncated write?)")
+    _check_crcs(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for damaged zips / pickles

@@ -46,6 +46,11 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
         mm = mode_metrics(x, means, mixtures.quality_std(d.name, d.mixture_std))
         out.update({k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in mm.items()})
         return out
+    if not bool(torch.isfinite(x).all()):
+        # fmnist_scores would refuse them as "samples: ...", naming no run (crosstest's wording); a mixture run's
+        # non-finite samples are scored above, as low quality (mode_metrics)
+        raise ValueError(f"eval: the generator of {m.path} (step {m.step}) made non-finite samples (eval mode); it "
+                         f"cannot be scored")
     net = load_fmnist_classifier(device)
     res = fmnist_scores(x, real, classifier=net)
     # as many parts as G's score, fewer if the held-out images are few (each part needs 2)

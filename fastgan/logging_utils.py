@@ -70,12 +70,15 @@ class CSVLogger:
         row = {"step": step, **{k: _fmt(v) for k, v in values.items()}}
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
-        if new or self._stale:
-            self.columns += new
-            self._rewrite()
-        else:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+        try:
+            if new or self._stale:
+                self.columns += new
+                self._rewrite()
+            else:
+                with open(self.path, "a", newline="") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
+        except OSError as e:  # a full disk's error from a file object's write names no file
+            raise OSError(e.errno, f"writing {self.path}: {e.strerror or e}") from e
 
     def _rewrite(self) -> None:
         with replacing(self.path) as tmp, open(tmp, "w", newline="") as f:

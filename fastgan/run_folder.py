@@ -178,3 +178,38 @@ def recorded_data_shape(run_dir) -> tuple:
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable ({e})") from None
     return tuple(shape)
+
+
+def remove_stale_temporaries(d: Path) -> list:
+    """Temporary files of atomic writes (a checkpoint's as large as the checkpoint) left in run folder d and its
+    checkpoints/ and samples/ by processes that no longer run (killed while writing; they remove their own
+    otherwise); the removed paths. Called by the run holding d's lock; a file whose process still runs (another
+    command writing there) or cannot be asked is kept."""
+    from ._atomic import writer_pid
+
+    removed = []
+    for folder in (d, d / "checkpoints", d / "samples"):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            pid = writer_pid(name)
+            if pid is None or pid == os.getpid() or _alive(pid):
+                continue
+            try:
+                (folder / name).unlink()
+                removed.append(folder / name)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # another user's, or not to be asked: kept
+    return True

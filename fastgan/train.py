@@ -26,7 +26,8 @@ from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
-from .run_folder import CHECKPOINT, STATUS, claim, find_run, lock, new_run_dir, read_status, refuse_if_running, unlock
+from .run_folder import (CHECKPOINT, STATUS, claim, find_run, lock, new_run_dir, read_status, refuse_if_running,
+                         remove_stale_temporaries, unlock)
 from .run_folder import recorded_data_shape
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
@@ -285,6 +286,7 @@ class _Run:
         if run_dir is not None:
             self.out = run_dir
             claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
+            remove_stale_temporaries(run_dir)
         else:
             self.out, self.lock = new_run_dir(cfg)
         self.ckpt_path = self.out / CHECKPOINT
@@ -534,11 +536,19 @@ class _Run:
         return out
 
     def _checkpoint(self, step):
-        ckpt.save(self.ckpt_path, {
-            "step": step, "config": C.to_dict(self.cfg), "method": self.method.state_dict(),
-            "rng": ckpt.rng_state({"train": self.gen}, cuda_device=self._cuda_device),
-            "torch_version": str(torch.__version__),
-        })
+        try:
+            ckpt.save(self.ckpt_path, {
+                "step": step, "config": C.to_dict(self.cfg), "method": self.method.state_dict(),
+                "rng": ckpt.rng_state({"train": self.gen}, cuda_device=self._cuda_device),
+                "torch_version": str(torch.__version__),
+            })
+        except OSError as e:
+            # a full disk's OSError from a file object's write names no file; the user needs which disk filled
+            # and whether the run can go on from what is there
+            kept = (f"the previous checkpoint (step {self.last_ckpt_step}) is intact" if self.last_ckpt_step
+                    is not None else "no checkpoint had been written yet")
+            raise OSError(e.errno, f"writing checkpoint {self.ckpt_path} at step {step}: "
+                                   f"{e.strerror or e}; {kept}") from e
         self.last_ckpt_step = step
 
     # ---------------------------------------------------------------- loop

@@ -266,3 +266,18 @@ def test_a_garbage_file_names_the_unpicklers_reason(tmp_path):
     ("", "")])
 def test_load_error_cause_takes_the_reason_line(message, cause):
     assert ckpt._load_error_cause(RuntimeError(message)) == cause
+
+
+def test_a_flipped_bit_is_refused_naming_the_damaged_entry(tmp_path):
+    """torch.load does not check the zip's CRC-32s: a flipped byte in a tensor's data loaded as a changed weight."""
+    p = ckpt.save(tmp_path / "last.pt", {**_state(), "method": {"w": torch.randn(4096)}})
+    data = bytearray(p.read_bytes())
+    # a byte inside the tensor's data: the largest entry, located through the zip's own directory
+    import zipfile
+    with zipfile.ZipFile(p) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
+    data[offset] ^= 0x40
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"last\.pt is corrupt: its entry {info.filename} fails its CRC-32"):
+        ckpt.load(p)

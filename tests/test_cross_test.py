@@ -470,3 +470,36 @@ def test_steps_are_the_checkpoints_and_a_missing_module_is_named(two_runs, tmp_p
     torch.save(state, path)
     assert main(["crosstest", str(two_runs[0]), str(bad), "--samples", "10"]) == 1
     assert "its G does not fit its config's model: no entry 'G'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ errors that name their source (review)
+
+def test_a_d_that_cannot_take_the_samples_is_named_with_their_shape():
+    # torch's "mat1 and mat2 shapes cannot be multiplied" named neither D nor the samples
+    real = points(0, 1)
+    with pytest.raises(ValueError, match=r"^D2: failed on samples of shape \(2,\) \(a batch \(2, 2\), torch.float32\)"
+                                         r": RuntimeError: mat1 and mat2") as e:
+        cross_test(threshold_d(0.5), real, nn.Linear(3, 1), real, real)
+    assert isinstance(e.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError, match=r"^D: failed on samples of shape \(2,\)"):
+        confusion(nn.Linear(3, 1), real, real)
+
+
+def test_confusion_refuses_fake_samples_of_another_shape():
+    d = nn.Sequential(nn.Flatten(), threshold_d(0.5))  # would classify (N, 1, 2) and (N, 2) alike
+    with pytest.raises(ValueError, match=r"^fake: samples of shape \(1, 2\), real samples of shape \(2,\)"):
+        confusion(d, points(0, 1), points(0, 1)[:, None])
+
+
+def test_eval_names_the_run_whose_generator_makes_non_finite_samples(tmp_path, capsys):
+    _, base = _fmnist(tmp_path)
+    fastgan.train(None, overrides=[*base, f"run.dir={tmp_path / 'a'}"])
+
+    def nan_g(modules):
+        for v in modules["G"].values():
+            if v.is_floating_point():
+                v.fill_(float("nan"))
+    bad = _damaged_copy(tmp_path / "a", tmp_path / "nan_g", nan_g)
+    assert main(["eval", str(bad), "--samples", "20"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastgan eval: error: eval: the generator of {bad} (step 1) made non-finite samples"), err

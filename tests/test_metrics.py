@@ -112,3 +112,41 @@ def test_high_quality_fraction_counts_non_finite_samples_in_the_denominator():
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [float("nan"), 0.0]])
     m = mode_metrics(x, means, 0.1)
     assert m["high_quality"] == pytest.approx(0.75) and m["counts"] == [1, 2]
+
+
+def test_default_sigma_grid_is_float64_and_decades_share_their_ends():
+    # torch.logspace's float32 made 0.1 0.10000000149011612; an extension's decade ends on the next one's first value
+    g = torch.Generator().manual_seed(0)
+    samples, val = (mixtures.sample("ring8", n, generator=g) for n in (1000, 300))
+    _, scores = select_sigma(samples, val)
+    keys = sorted(scores)
+    assert 0.1 in scores and 1.0 in scores and keys[0] < 0.01  # extended below the first decade
+    assert all(b / a > 1.29 for a, b in zip(keys, keys[1:])), keys  # no near-duplicate sigmas
+    for k in keys:
+        assert k == pytest.approx(10 ** (round(9 * math.log10(k)) / 9), rel=1e-14)
+
+
+def test_sigma_selection_computes_the_distances_once_per_chunk_for_the_whole_grid():
+    from torch.overrides import TorchFunctionMode
+
+    from fastgan.metrics import parzen
+
+    class CountMatmuls(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.n += getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm")
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(1)
+    s, v = torch.randn(300, 5, generator=g), torch.randn(600, 5, generator=g) * 1.3
+    grid = [0.05 * 1.5 ** i for i in range(12)]
+    with CountMatmuls() as count:
+        _, scores = select_sigma(s, v, grid)
+    assert count.n == 3  # 600 validation points in chunks of 256, not once per sigma as well
+    # every sigma scores as it does on its own, whatever the chunks
+    alone = torch.stack([parzen_log_likelihood(s, v, sg) for sg in grid])
+    assert list(scores.values()) == pytest.approx(alone.mean(1).tolist(), rel=1e-12)
+    s64, v64 = s.double(), v.double()
+    for bs in (1, 7, 256, 600, 10 ** 6):
+        torch.testing.assert_close(parzen._log_likelihoods(s64, v64, grid, bs), alone, rtol=1e-12, atol=0)

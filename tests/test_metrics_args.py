@@ -169,3 +169,23 @@ def test_mode_metrics_std_and_threshold_must_be_finite_and_positive(name, value)
 def test_mode_metrics_without_samples():
     m = mode_metrics(torch.zeros(0, 2), mixtures.means("ring8"), 0.02)
     assert m["modes"] == 0 and m["high_quality"] == 0.0 and math.isnan(m["kl_modes"]) and m["counts"] == [0] * 8
+
+
+@pytest.mark.parametrize("to_bool", [lambda t: t > 0, lambda t: (t > 0).numpy()], ids=["tensor", "numpy"])
+def test_bool_points_are_refused_naming_the_argument(to_bool):
+    # True/False used to be scored as 1/0 coordinates without a word
+    s, v, t = _data(seed=0), _data(seed=1), _data(seed=2)
+    for name in ("samples", "validation", "test"):
+        args = {"samples": s, "validation": v, "test": t}
+        args[name] = to_bool(args[name])
+        with pytest.raises(TypeError, match=f"^{name}: expected numbers, got dtype torch.bool"):
+            parzen_score(args["samples"], args["validation"], args["test"], [0.1, 1.0])
+    with pytest.raises(TypeError, match="^x: expected numbers, got dtype torch.bool"):
+        parzen_log_likelihood(s, to_bool(v), 0.5)
+    with pytest.raises(TypeError, match="^validation: expected numbers"):
+        select_sigma(s, to_bool(v))
+    means = mixtures.means("ring8")
+    with pytest.raises(TypeError, match="^samples: expected numbers, got dtype torch.bool"):
+        mode_metrics(to_bool(_data()), means, 0.02)
+    with pytest.raises(TypeError, match="^means: expected numbers, got dtype torch.bool"):
+        mode_metrics(_data(), to_bool(means), 0.02)

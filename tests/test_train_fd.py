@@ -288,7 +288,7 @@ def test_eval_command_on_few_held_out_images(tmp_path, tiny_fashion_mnist, capsy
     r = fastgan.train(None, overrides=_no_fd(tmp_path, tiny_fashion_mnist, "data.split=all", "data.holdout=6"))
     assert cli_main(["eval", str(r.out_dir), "--samples", "20", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got["real"] == "the data.holdout=6 samples held out of training (6 samples)"
+    assert got["real"] == "stored samples held out of the run's training (data.holdout=6: 6 from index 66)"
     assert math.isfinite(got["real_classifier_score"])
 
 

@@ -112,6 +112,47 @@ def test_what_a_killed_append_leaves_in_metrics_csv_is_left_out_on_resume(tmp_pa
     assert compare.summarize(d)["state"] == "finished"
 
 
+def test_a_resume_removes_the_temporaries_of_killed_writers_only(tmp_path):
+    """A run killed while writing its checkpoint left `.last.pt.<pid>-...tmp`, as large as the checkpoint, for
+    good: repeated kills filled the disk."""
+    d = tmp_path / "r"
+    _train(d, steps=2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = d / "checkpoints" / f".last.pt.{dead}-140000-0123abcd.tmp"
+    live = d / "samples" / f".step_2.png.{os.getppid()}-140000-89abcdef.tmp"   # a process that still runs
+    own = d / ".notes.tmp"                                                      # not one of fastgan's
+    for p in (stale, live, own):
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x" * 100)
+    _train(d, steps=3, resume=True)
+    assert not stale.exists() and live.exists() and own.exists()
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "metrics.csv"])
+def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, what):
+    """A file object's ENOSPC names no file: the run said only "[Errno 28] No space left on device"."""
+    import errno
+
+    d = tmp_path / "r"
+    _train(d, steps=2)
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if what == "checkpoint":
+        def save(*a, **k):
+            raise full
+        monkeypatch.setattr(sys.modules["fastgan.checkpoint"].torch, "save", save)
+        message = (rf"writing checkpoint {d / 'checkpoints' / 'last.pt'} at step 4: No space left on device; "
+                   r"the previous checkpoint \(step 2\) is intact")
+    else:
+        def rewrite(self):
+            raise full
+        monkeypatch.setattr(sys.modules["fastgan.logging_utils"].CSVLogger, "_rewrite", rewrite)
+        message = rf"writing {d / 'metrics.csv'}: No space left on device"
+    with pytest.raises(OSError, match=message) as e:
+        _train(d, steps=4, resume=True)
+    assert e.value.errno == errno.ENOSPC
+
+
 def test_a_dangling_link_as_out_dir_is_an_error_not_a_hang(tmp_path):
     link = tmp_path / "runs"
     link.symlink_to(tmp_path / "unmounted" / "runs")

@@ -9,7 +9,7 @@ import torch
 
 
 def as_points(x, name: str) -> torch.Tensor:
-    """A tensor or numpy array of real values, as a tensor (numpy input is not copied)."""
+    """A tensor or numpy array of real values (not bool), as a tensor (numpy input is not copied)."""
     if isinstance(x, np.ndarray):
         if x.dtype.byteorder not in "=|" or any(st < 0 for st in x.strides) or not x.flags.writeable:
             # torch reads neither a byte-swapped nor a reversed (x[::-1]) array, and warns on every read-only one
@@ -26,6 +26,10 @@ def as_points(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(x).__name__}")
     if x.is_complex():
         raise TypeError(f"{name}: expected real values, got dtype {x.dtype}")
+    if x.dtype == torch.bool:
+        # True/False would be read as 1/0 coordinates and scored without a word: a mask passed by mistake
+        raise TypeError(f"{name}: expected numbers, got dtype {x.dtype} (convert with .double() if 0/1 values are "
+                        f"meant)")
     return x
 
 

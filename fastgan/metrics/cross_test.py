@@ -55,7 +55,15 @@ def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str) -> float:
                 chunk = x[i:i + batch_size]
                 if p is not None:  # samples from anywhere (numpy, the host) meet D where it lives
                     chunk = chunk.to(p.device, p.dtype)
-                logits = D(chunk)
+                try:
+                    logits = D(chunk)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:
+                    # torch's own message ("mat1 and mat2 shapes cannot be multiplied") names neither D nor the samples
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    raise ValueError(f"{d_name}: failed on samples of shape {tuple(chunk.shape[1:])} (a batch "
+                                     f"{tuple(chunk.shape)}, {chunk.dtype}): {type(e).__name__}: {msg}") from e
                 if not isinstance(logits, torch.Tensor) or logits.numel() != chunk.shape[0]:
                     raise ValueError(f"{d_name}: expected one logit per sample ({chunk.shape[0]}), got "
                                      f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)}")
@@ -78,7 +86,16 @@ def _se(p: float, n: int) -> float:
 def confusion(D: nn.Module, real, fake, batch_size: int = 1024) -> dict:
     """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn; and the standard
     errors tp_se (= fn's) and fp_se (= tn's)."""
-    return _confusion(D, _samples(real, "real"), _samples(fake, "fake"), batch_size, "D")
+    real, fake = _samples(real, "real"), _samples(fake, "fake")
+    _same_shape(fake, real, "fake")
+    return _confusion(D, real, fake, batch_size, "D")
+
+
+def _same_shape(fake: torch.Tensor, real: torch.Tensor, name: str) -> None:
+    # a D that flattens its input would classify (N, 1, 2) fakes against (N, 2) real samples without a word
+    if fake.shape[1:] != real.shape[1:]:
+        raise ValueError(f"{name}: samples of shape {tuple(fake.shape[1:])}, real samples of shape "
+                         f"{tuple(real.shape[1:])}")
 
 
 def _confusion(D, real: torch.Tensor, fake: torch.Tensor, batch_size: int, d_name: str) -> dict:
@@ -100,9 +117,7 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
     for name, f in (("fake1", fake1), ("fake2", fake2)):
-        if f.shape[1:] != real.shape[1:]:
-            raise ValueError(f"{name}: samples of shape {tuple(f.shape[1:])}, real samples of shape "
-                             f"{tuple(real.shape[1:])}")
+        _same_shape(f, real, name)
     out = {}
     for i, (D, own, other, name) in enumerate(((D1, fake1, fake2, names[0]), (D2, fake2, fake1, names[1])), 1):
         cross = _real_fraction(D, other, batch_size, name)

@@ -31,7 +31,15 @@ def gaussian_stats(features, name: str = "features") -> tuple[torch.Tensor, torc
     x = _features(features, name)
     mu = x.mean(0)
     xc = x - mu
-    return mu, xc.T @ xc / (x.shape[0] - 1)
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    # finite features can still overflow: squares of values beyond ~1e154 are inf in float64, and an inf
+    # covariance reached eigh as a bare LinAlgError
+    for what, t in (("mean", mu), ("covariance", cov)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: its {what} overflows float64 (features up to {float(x.abs().max()):.3g} in "
+                             f"magnitude): features too large for float64; divide them and the features they are "
+                             f"compared with by a common factor (the distance scales with its square)")
+    return mu, cov
 
 
 def _stats(v, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,10 +68,20 @@ def _distance(a, b, name_a: str, name_b: str) -> float:
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"{name_b}: has {mu_b.shape[0]} features, {name_a} has {mu_a.shape[0]}")
     mu_b, s_b = mu_b.to(mu_a.device), s_b.to(mu_a.device)
+    # FD(c x, c y) = c^2 FD(x, y): covariances beyond 2^200 (features near 1e30 and up) are scaled down by a power
+    # of 4 (exact in binary) so that the product in S_a^(1/2) S_b S_a^(1/2) cannot overflow, and the distance
+    # scaled back up; smaller ones are left as they are
+    scale = max(float(s_a.abs().max()), float(s_b.abs().max()))
+    k = 4.0 ** (math.frexp(scale)[1] // 2) if scale > 2.0 ** 200 else 1.0
+    if k != 1.0:
+        mu_a, mu_b, s_a, s_b = mu_a / math.sqrt(k), mu_b / math.sqrt(k), s_a / k, s_b / k
     root_a = _sqrt_psd(s_a)
     m = root_a @ s_b @ root_a
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    fd = (mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt
+    fd = ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt) * k
+    if not math.isfinite(float(fd)):
+        raise ValueError(f"{name_a}, {name_b}: their distance overflows float64: features too large for float64; "
+                         f"divide both by a common factor (the distance scales with its square)")
     # equal inputs can land a rounding error below zero
     return max(float(fd), 0.0)
 

@@ -33,9 +33,10 @@ def _pair(samples, x, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return s, q
 
 
-def _log_likelihood(s: torch.Tensor, q: torch.Tensor, sigma: float, batch_size: int) -> torch.Tensor:
+def _log_likelihoods(s: torch.Tensor, q: torch.Tensor, sigmas: list[float], batch_size: int) -> torch.Tensor:
+    """Per-point log-likelihoods (len(sigmas), M) of q, one row per sigma."""
     n, d = s.shape
-    const = math.log(n) + 0.5 * d * math.log(2 * math.pi * sigma * sigma)
+    consts = [math.log(n) + 0.5 * d * math.log(2 * math.pi * sg * sg) for sg in sigmas]
     # distances are translation invariant: centering keeps ||x||^2 + ||s||^2 - 2 x.s from cancelling
     # catastrophically for data far from the origin relative to sigma
     center = s.mean(0)
@@ -44,9 +45,16 @@ def _log_likelihood(s: torch.Tensor, q: torch.Tensor, sigma: float, batch_size: 
     out = []
     for i in range(0, q.shape[0], batch_size):
         qb = q[i:i + batch_size]
+        # the squared distances do not depend on sigma: one (B, N) block serves every sigma of the grid (the matmul,
+        # O(B N d), was repeated per sigma); only this block and one sigma's temporary of its size live at a time,
+        # so memory stays bounded by batch_size, and each sigma's row is computed exactly as on its own
         d2 = (qb.pow(2).sum(1)[:, None] + s_sq[None, :] - 2 * qb @ s.T).clamp_min(0)
-        out.append(torch.logsumexp(-d2 / (2 * sigma * sigma), dim=1) - const)
-    return torch.cat(out)
+        out.append(torch.stack([torch.logsumexp(-d2 / (2 * sg * sg), dim=1) - c for sg, c in zip(sigmas, consts)]))
+    return torch.cat(out, dim=1)
+
+
+def _log_likelihood(s: torch.Tensor, q: torch.Tensor, sigma: float, batch_size: int) -> torch.Tensor:
+    return _log_likelihoods(s, q, [sigma], batch_size)[0]
 
 
 def parzen_log_likelihood(samples, x, sigma: float, batch_size: int = 256) -> torch.Tensor:
@@ -64,7 +72,9 @@ EXTEND_TO = (-7, 3)
 
 
 def _decade(lo: int) -> list[float]:
-    return torch.logspace(lo, lo + 1, 10).tolist()
+    # 10^(lo + i/9) in float64 (torch.logspace's default float32 made 0.1 0.10000000149011612); a decade's last value
+    # is exactly the next one's first, so an extended grid holds no near-duplicate sigmas
+    return [10.0 ** (lo + i / 9) for i in range(10)]
 
 
 def _grid(sigmas) -> list[float]:
@@ -89,7 +99,9 @@ def _select(s: torch.Tensor, v: torch.Tensor, grid: list[float], extend: bool = 
     scores = {}
     lo, hi = DEFAULT_DECADES
     while True:
-        scores.update({sg: float(_log_likelihood(s, v, sg, 256).mean()) for sg in grid if sg not in scores})
+        new = list(dict.fromkeys(sg for sg in grid if sg not in scores))
+        if new:
+            scores.update(zip(new, _log_likelihoods(s, v, new, 256).mean(1).tolist()))
         best = max(scores, key=scores.get)
         if extend and best == min(scores) and lo > EXTEND_TO[0]:
             lo -= 1

@@ -110,3 +110,22 @@ def test_classifier_score_extremes():
 def test_classifier_score_bad_arguments(logits, splits, exc, match):
     with pytest.raises(exc, match=match):
         classifier_score(logits, splits)
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e200])
+def test_features_whose_covariance_overflows_are_named(scale):
+    # finite features with an inf covariance reached eigh: a bare torch._C._LinAlgError
+    a = _correlated(30, 4, 7)
+    with pytest.raises(ValueError, match=r"^a: its covariance overflows float64 .*features too large for float64"):
+        frechet_distance(a * scale, a)
+    with pytest.raises(ValueError, match=r"^b: its covariance overflows float64"):
+        frechet_distance(a, a * scale)
+    with pytest.raises(ValueError, match=r"^a, b: their distance overflows float64"):
+        frechet_distance(a + 1e200, a)  # finite statistics, a distance beyond float64
+
+
+@pytest.mark.parametrize("scale", [1e40, 1e100, 1e150])
+def test_large_finite_covariances_scale_with_the_square(scale):
+    # S_a^(1/2) S_b S_a^(1/2) overflowed (eigh failed) from features near 1e77 on; FD(c x, c y) = c^2 FD(x, y)
+    a, b = _correlated(40, 5, 8), _correlated(50, 5, 9, shift=0.5, scale=1.5)
+    assert frechet_distance(a * scale, b * scale) == pytest.approx(frechet_distance(a, b) * scale ** 2, rel=1e-9)
