@@ -221,3 +221,14 @@ def test_the_step_reported_is_the_checkpoints(run_copy, tmp_path, capsys):
     torch.save(state, path)
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz"), "-n", "2"]) == 0
     assert "(step 1) written to" in capsys.readouterr().out
+
+
+def test_draws_keep_no_graph(mixture_run):
+    """G's parameters require grad: the samples of `fastgan sample` / `eval` (10000 by default) kept every chunk's
+    activations for a backward nobody runs."""
+    from fastgan.sample import draw, sample_run
+
+    x, z = draw(mixture_run.generator, 2500, torch.Generator().manual_seed(0), "cpu")
+    assert any(p.requires_grad for p in mixture_run.generator.parameters())
+    assert x.shape == (2500, 3) and not x.requires_grad and x.grad_fn is None
+    assert not sample_run(mixture_run.out_dir, 10)["x"].requires_grad

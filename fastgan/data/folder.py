@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -69,6 +70,7 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
     if max_samples is not None:
         files = files[:max_samples]
     out, first_size = [], None
+    inferred_from, warned = None, False
     for f in files:
         try:
             with Image.open(f) as im:
@@ -76,7 +78,14 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                 if mode in EIGHT_BIT_MODES:
                     im.load()
                     if channels == 0:
-                        channels = 1 if mode in GRAY_MODES else 3
+                        channels, inferred_from = (1 if mode in GRAY_MODES else 3), f
+                    elif inferred_from is not None and channels == 1 and mode not in GRAY_MODES and not warned:
+                        # a folder of colour images whose first file happens to be grayscale: all of it would be
+                        # trained on in gray, without a word
+                        warned = True
+                        warnings.warn(f"{f}: a colour image (mode {mode}) read as grayscale: data.channels was "
+                                      f"taken from the first image, {os.path.basename(inferred_from)}, which is grayscale; set "
+                                      "data.channels=3 to keep colour", stacklevel=2)
                     turned = im.getexif().get(_ORIENTATION, 1) != 1  # exif_transpose copies every image
                     im = im.convert("L" if channels == 1 else "RGB")
                     if turned:  # upright as a viewer shows it: cameras store the pixels as shot plus this tag

@@ -2,6 +2,8 @@
 import pickle
 import struct
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,23 @@ def test_image_folder_applies_the_exif_orientation(tmp_path, mode):
     a, b = torch.cat(list(ds.batches(2)))
     assert ds.shape[1:] == (3, 2) and torch.equal(a, b)
     assert a[0, 0, 1] == 1 and a[0, 0, 0] == -1
+
+
+def test_a_colour_folder_whose_first_image_is_gray_warns_once(tmp_path):
+    """data.channels is taken from the first image: colour images after a gray first one were trained on in gray,
+    without a word."""
+    from PIL import Image
+
+    from fastgan.data.folder import load_image_folder
+
+    Image.new("L", (4, 4), 100).save(tmp_path / "a.png")
+    for name in ("b.png", "c.png"):
+        Image.new("RGB", (4, 4), (200, 20, 30)).save(tmp_path / name)
+    with pytest.warns(UserWarning, match=r"b\.png: a colour image \(mode RGB\) read as grayscale: .* first image, "
+                                         r"a\.png, .*data\.channels=3") as rec:
+        x = load_image_folder(tmp_path)
+    assert x.shape == (3, 1, 4, 4) and len(rec) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image_folder(tmp_path, channels=3).shape == (3, 3, 4, 4)  # asked for: no warning
+        assert load_image_folder(tmp_path, channels=1).shape == (3, 1, 4, 4)
