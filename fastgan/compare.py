@@ -170,11 +170,19 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 def format_table(rows: list[dict], metrics: list[str] | None = None) -> str:
     names = _metric_names(rows) if metrics is None else metrics
     header = ["run", "state", "step", *names]
-    body = [[r["name"], r["state"], f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}",
+    body = [[_label(r, rows), r["state"], f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}",
              *(_fmt(r["metrics"].get(k)) for k in names)] for r in rows]
     notes = [f"{r['name']} ({r['run']}): {r['state']}: {r['reason'].splitlines()[0]}" for r in rows
              if r["state"] not in ("finished", "running") and r["reason"]]
     return _table(header, body) + _notes(notes + _warnings(rows))
+
+
+def _label(r: dict, rows: list[dict]) -> str:
+    """The run's name, with its folder's where another run shown has the same name (the same config run twice,
+    or a run and its copy): two identical rows would say nothing of which is which."""
+    if sum(o["name"] == r["name"] for o in rows) > 1:
+        return f"{r['name']} ({Path(r['run']).name})"
+    return r["name"]
 
 
 def _warnings(rows) -> list[str]:

@@ -433,3 +433,11 @@ def test_a_last_row_that_does_not_parse_is_flagged_unless_a_trainer_is_writing_i
         assert f"done ({finished}): metrics.csv's last row does not parse" in text and "live (" not in text
     assert main(["compare", str(tmp_path), "--json"]) == 0
     assert [r["warning"] is None for r in json.loads(capsys.readouterr().out)] == [False, True]  # done, live
+
+
+def test_runs_of_one_name_are_told_apart_by_their_folders(tmp_path):
+    for folder, fd in (("a-1", "1"), ("a-2", "2"), ("b-1", "3")):
+        d = _fake_run(tmp_path, folder, rows=("step,eval/fd", f"10,{fd}"))
+        (d / "config.yaml").write_text(f"run:\n  name: {folder[0]}\n  steps: 10\n")
+    lines = compare.format_table(compare.compare(tmp_path)).splitlines()
+    assert [ln.split("  ")[0] for ln in lines[1:]] == ["a (a-1)", "a (a-2)", "b"]
