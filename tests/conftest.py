@@ -38,6 +38,14 @@ def pytest_configure(config):
 
         module = load_cuda_emu()
         _ext._load = lambda: (module, None)
+    else:
+        from fastgan import _ext
+
+        built, why = _ext.available()
+        if not built:
+            # e.g. `python -m pytest` in a checkout beside a non-editable install: the current directory on sys.path
+            # shadows the installed package, and the ops ran their reference with a FallbackWarning, not the kernels
+            raise pytest.UsageError(f"the tests need fastgan's built extension: {why}")
 
 
 @pytest.fixture(autouse=True)
