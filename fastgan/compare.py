@@ -124,16 +124,20 @@ def summarize(run_dir) -> dict:
     return out
 
 
-def compare(paths, *, sort: str | None = None) -> list[dict]:
-    """summarize() of every run under `paths`; sorted by name, or by the metric `sort` (ascending, runs
-    without it or with NaN last)."""
+def compare(paths, *, sort: str | None = None, descending: bool = False) -> list[dict]:
+    """summarize() of every run under `paths`; sorted by name, or by the metric `sort` (ascending, or descending
+    for the scores where higher is better; runs without it or with NaN last either way)."""
     rows = [summarize(p) for p in find_runs(paths)]
     if sort is None:
+        if descending:
+            raise C.ConfigError("--descending: orders by --sort's metric; give --sort METRIC")
         return sorted(rows, key=lambda r: (r["name"], r["run"]))
     (sort,) = _logged(rows, [sort], "--sort")
+    sign = -1.0 if descending else 1.0
+
     def key(r):
         v = r["metrics"].get(sort, math.nan)
-        return (math.isnan(v), 0.0 if math.isnan(v) else v, r["name"])
+        return (math.isnan(v), 0.0 if math.isnan(v) else sign * v, r["name"])
     return sorted(rows, key=key)
 
 
@@ -231,9 +235,10 @@ def to_json(rows: list[dict], metrics: list[str] | None = None) -> str:
 
 def _cmd_compare(args) -> int:
     def body():
-        if args.grid and (args.metrics or args.sort or args.json):
-            raise C.ConfigError("--grid: lays out one metric on its own; it takes no --metrics, --sort or --json")
-        rows = compare(args.paths, sort=args.sort)
+        if args.grid and (args.metrics or args.sort or args.json or args.descending):
+            raise C.ConfigError("--grid: lays out one metric on its own; it takes no --metrics, --sort, --descending "
+                                "or --json")
+        rows = compare(args.paths, sort=args.sort, descending=args.descending)
         if args.grid:
             return format_grid(rows, args.grid)
         metrics = None
@@ -253,6 +258,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("paths", nargs="+", help="run folders, or folders holding run folders (e.g. runs/)")
     p.add_argument("--metrics", help="comma-separated eval metrics to show, e.g. fd_tail_mean,fd (default: all)")
     p.add_argument("--sort", help="sort by this eval metric, ascending (default: by run name)")
+    p.add_argument("--descending", action="store_true",
+                   help="with --sort: highest first (classifier score, Parzen log-likelihood)")
     p.add_argument("--grid", metavar="METRIC", help="one metric as a grid: rows the run names less their last "
                                                     "'-' part, columns that part (NTGAN Figure 3's layout)")
     p.add_argument("--json", action="store_true", help="print every run's summary as JSON")

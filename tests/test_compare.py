@@ -219,6 +219,11 @@ def test_nan_sorts_last_and_json_is_strict(tmp_path, capsys):
     for name, fd in (("a", "3"), ("b", "nan"), ("c", "1"), ("d", "inf"), ("e", "0.5")):
         _fake_run(tmp_path, name, rows=("step,eval/fd,eval/classifier_score", f"10,{fd},2"))
     assert [r["name"] for r in compare.compare(tmp_path, sort="fd")] == ["e", "c", "a", "d", "b"]
+    assert [r["name"] for r in compare.compare(tmp_path, sort="fd", descending=True)] == ["d", "a", "c", "e", "b"]
+    assert main(["compare", str(tmp_path), "--sort", "fd", "--descending"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]] == ["d", "a", "c", "e", "b"]
+    assert main(["compare", str(tmp_path), "--descending"]) == 2
+    assert "--descending: orders by --sort's metric" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), "--json", "--metrics", "fd"]) == 0
     rows = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     assert [r["metrics"] for r in rows] == [{"fd": 3.0}, {"fd": "nan"}, {"fd": 1.0}, {"fd": "inf"}, {"fd": 0.5}]
