@@ -7,11 +7,13 @@ without its last '-' part, a column per that part (configs/ntgan-table4: the set
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
 
 from . import config as C
+from .logging_utils import without_nul_lines
 from .run_commands import run, strict_json
 from .run_folder import lock_held, read_status
 
@@ -84,22 +86,26 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
     path = run_dir / "metrics.csv"
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            text, nul_lines = without_nul_lines(f.read())
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except FileNotFoundError:
         return 0, {}, None
     except csv.Error as e:
         raise ValueError(f"{path}: not a CSV file ({e})") from None
+    # lines of NUL bytes: what a power cut leaves where rows were being appended; left out, as a bad last row
+    damaged = [f"{nul_lines} line(s) of NUL bytes"] if nul_lines else []
     step, last = 0, {}
     for i, row in enumerate(rows):
         try:
             at, values = _row_values(row)
         except ValueError as e:
             if i == len(rows) - 1:
-                return step, last, f"row {i + 1}: {e}"
+                damaged.append(f"row {i + 1}: {e}")
+                break
             raise ValueError(f"{path}: row {i + 1}: {e}") from None
         step = max(step, at)
         last.update(values)
-    return step, last, None
+    return step, last, "; ".join(damaged) or None
 
 
 def summarize(run_dir) -> dict:
@@ -182,11 +188,14 @@ def format_table(rows: list[dict], metrics: list[str] | None = None) -> str:
 
 
 def _label(r: dict, rows: list[dict]) -> str:
-    """The run's name, with its folder's where another run shown has the same name (the same config run twice,
-    or a run and its copy): two identical rows would say nothing of which is which."""
-    if sum(o["name"] == r["name"] for o in rows) > 1:
-        return f"{r['name']} ({Path(r['run']).name})"
-    return r["name"]
+    """The run's name, with its folder's where another run shown has the same name (the same config run twice),
+    and its folder's path where another of those has that folder's name too (a run and its copy elsewhere): two
+    identical rows would say nothing of which is which."""
+    same = [o for o in rows if o["name"] == r["name"]]
+    if len(same) == 1:
+        return r["name"]
+    folder = Path(r["run"]).name
+    return f"{r['name']} ({r['run'] if sum(Path(o['run']).name == folder for o in same) > 1 else folder})"
 
 
 def _warnings(rows) -> list[str]:

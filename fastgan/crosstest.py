@@ -99,12 +99,32 @@ def held_out_real(data_cfg, n: int, device, generator: torch.Generator, *, other
                          f"{' vs '.join(str(c.max_samples) for c in cfgs)}, data.holdout "
                          f"{' vs '.join(str(c.holdout) for c in cfgs)})")
     x = torch.cat(list(ds.hold_out(len(ds) - start)[1].batches(4096)))[:n]
+    if data_cfg.name == "npz" and data_cfg.value_range is None and ds.kind == "images":
+        x = _as_the_runs_scaled(x, ds, cfgs, device, command)
     holdouts = " and ".join(sorted({str(c.holdout) for c in cfgs}, key=int))
     past = [str(c.max_samples) for c, e in zip(cfgs, ends) if c.max_samples and e < len(ds)]
     kept = " and ".join(([f"data.holdout={holdouts}"] if any(c.holdout for c in cfgs) else [])
                         + ([f"past data.max_samples={' and '.join(sorted(set(past), key=int))}"] if past else []))
     whose = "both runs'" if others else "the run's"
     return x, f"stored samples held out of {whose} training ({kept}: {x.shape[0]} from index {start})"
+
+
+def _as_the_runs_scaled(x, ds, cfgs, device, command: str):
+    """x (samples of ds) mapped to [-1, 1] as the runs mapped theirs. Float npz images without data.value_range are
+    mapped by the values loaded ((0, 1) unless one is negative): more samples than a run loaded can hold a negative
+    one, and the held-out samples then came scaled unlike those it trained on."""
+    from .data import build_dataset
+
+    maps = [(own.scale, own.offset) for own in
+            (build_dataset(dataclasses.replace(c, holdout=0), device) for c in cfgs)]
+    if len(set(maps)) > 1:
+        raise ValueError(f"{command}: the runs mapped their stored values to [-1, 1] differently (scale and offset "
+                         f"{' vs '.join(f'{s:g}, {o:g}' for s, o in maps)}: the samples their data.max_samples took "
+                         "are all >= 0 for one, not for the other); set data.value_range")
+    scale, offset = maps[0]
+    if (scale, offset) == (ds.scale, ds.offset):
+        return x
+    return (x - ds.offset) / ds.scale * scale + offset
 
 
 def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:

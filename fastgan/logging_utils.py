@@ -30,7 +30,7 @@ class CSVLogger:
         if self.path.exists():
             try:
                 with open(self.path, newline="") as f:
-                    text = f.read()
+                    text, nul_lines = without_nul_lines(f.read())
                 reader = csv.DictReader(io.StringIO(text, newline=""))
                 self.columns = list(reader.fieldnames or [])
                 for r in reader:
@@ -46,11 +46,11 @@ class CSVLogger:
             # be rows of the continued log, and `fastgan compare` would call the run unreadable
             torn = [self.rows.pop()] if self.rows and not text.endswith(("\n", "\r")) else []
             junk = [r for r in self.rows if _int(r.get("step")) < 0]
-            if torn or junk:
+            if torn or junk or nul_lines:
                 self.rows = [r for r in self.rows if _int(r.get("step")) >= 0]
-                print(f"fastgan: warning: {self.path}: left out {len(torn) + len(junk)} damaged row(s) (a write "
-                      "cut short: a last row without its line end, rows whose step is not a number)",
-                      file=sys.stderr)
+                print(f"fastgan: warning: {self.path}: left out {len(torn) + len(junk) + nul_lines} damaged "
+                      "row(s) (a write cut short: a last row without its line end, rows whose step is not a number "
+                      "or that hold NUL bytes)", file=sys.stderr)
             if resume_step is not None:
                 self.rows = [r for r in self.rows if _int(r.get("step")) <= resume_step]
             self._stale = True
@@ -78,7 +78,8 @@ class CSVLogger:
                 with open(self.path, "a", newline="") as f:
                     csv.DictWriter(f, self.columns).writerow(row)
         except OSError as e:  # a full disk's error from a file object's write names no file
-            raise OSError(e.errno, f"writing {self.path}: {e.strerror or e}") from e
+            msg = f"writing {self.path}: {e.strerror or e}"
+            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
 
     def _rewrite(self) -> None:
         with replacing(self.path) as tmp, open(tmp, "w", newline="") as f:
@@ -86,6 +87,16 @@ class CSVLogger:
             w.writeheader()
             w.writerows(self.rows)
         self._stale = False
+
+
+def without_nul_lines(text: str) -> tuple[str, int]:
+    """(text without its lines holding NUL bytes, how many there were): what a power cut leaves in a file being
+    appended to; csv before Python 3.11 refuses a whole file for one ("line contains NUL")."""
+    if "\0" not in text:
+        return text, 0
+    lines = text.splitlines(keepends=True)
+    kept = [ln for ln in lines if "\0" not in ln]
+    return "".join(kept), len(lines) - len(kept)
 
 
 def _int(v) -> int:

@@ -180,22 +180,28 @@ def recorded_data_shape(run_dir) -> tuple:
     return tuple(shape)
 
 
+# the files only the run holding the folder's lock writes (with _atomic.replacing), by folder
+_RUN_WRITES = {".": ("config.yaml", "run_info.json", STATUS, "metrics.csv"), "checkpoints": ("last.pt",)}
+
+
 def remove_stale_temporaries(d: Path) -> list:
-    """Temporary files of atomic writes (a checkpoint's as large as the checkpoint) left in run folder d and its
-    checkpoints/ and samples/ by processes that no longer run (killed while writing; they remove their own
-    otherwise); the removed paths. Called by the run holding d's lock; a file whose process still runs (another
-    command writing there) or cannot be asked is kept."""
+    """Temporary files of atomic writes (a checkpoint's as large as the checkpoint) left in run folder d by killed
+    trainers (a writer that ends otherwise removes its own); the removed paths. Called by the run holding d's lock:
+    only temporaries of files no one else writes are removed (not those of `fastgan sample --out` into the folder,
+    which may run on another host sharing it), and only where their pid names no live process here."""
     from ._atomic import writer_pid
 
     removed = []
-    for folder in (d, d / "checkpoints", d / "samples"):
+    for sub, targets in _RUN_WRITES.items():
+        folder = d / sub
         try:
             names = os.listdir(folder)
         except OSError:
             continue
         for name in names:
             pid = writer_pid(name)
-            if pid is None or pid == os.getpid() or _alive(pid):
+            if pid is None or pid == os.getpid() or _alive(pid) or \
+                    not any(name.startswith(f".{t}.") for t in targets):
                 continue
             try:
                 (folder / name).unlink()

@@ -547,8 +547,8 @@ class _Run:
             # and whether the run can go on from what is there
             kept = (f"the previous checkpoint (step {self.last_ckpt_step}) is intact" if self.last_ckpt_step
                     is not None else "no checkpoint had been written yet")
-            raise OSError(e.errno, f"writing checkpoint {self.ckpt_path} at step {step}: "
-                                   f"{e.strerror or e}; {kept}") from e
+            msg = f"writing checkpoint {self.ckpt_path} at step {step}: {e.strerror or e}; {kept}"
+            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
         self.last_ckpt_step = step
 
     # ---------------------------------------------------------------- loop

@@ -446,3 +446,21 @@ def test_runs_of_one_name_are_told_apart_by_their_folders(tmp_path):
         (d / "config.yaml").write_text(f"run:\n  name: {folder[0]}\n  steps: 10\n")
     lines = compare.format_table(compare.compare(tmp_path)).splitlines()
     assert [ln.split("  ")[0] for ln in lines[1:]] == ["a (a-1)", "a (a-2)", "b"]
+
+
+def test_a_run_and_its_copy_elsewhere_are_told_apart_by_their_paths(tmp_path):
+    for parent, fd in (("a", "1.5"), ("b", "9.5")):
+        _fake_run(tmp_path / parent, "mix-1", rows=("step,eval/fd", f"10,{fd}"))
+    rows = compare.compare([tmp_path / "a", tmp_path / "b"])
+    labels = [ln.split("  ")[0] for ln in compare.format_table(rows).splitlines()[1:]]
+    assert labels == [f"mix-1 ({tmp_path / 'a' / 'mix-1'})", f"mix-1 ({tmp_path / 'b' / 'mix-1'})"]
+
+
+def test_nul_bytes_a_power_cut_left_are_flagged_not_unreadable(tmp_path):
+    """csv before Python 3.11 refuses a whole file for a NUL ("line contains NUL"): the lines are left out."""
+    d = _fake_run(tmp_path, "cut", rows=("step,eval/fd", "5,3", "10,2"))
+    with open(d / "metrics.csv", "a") as f:
+        f.write("\0" * 40 + "\n")
+    r = compare.summarize(d)
+    assert (r["state"], r["step"], r["metrics"]) == ("finished", 10, {"fd": 2.0})
+    assert "1 line(s) of NUL bytes" in r["warning"]

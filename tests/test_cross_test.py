@@ -503,3 +503,23 @@ def test_eval_names_the_run_whose_generator_makes_non_finite_samples(tmp_path, c
     assert main(["eval", str(bad), "--samples", "20"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"fastgan eval: error: eval: the generator of {bad} (step 1) made non-finite samples"), err
+
+
+def test_held_out_float_images_are_scaled_as_the_runs_trained_on_them(tmp_path):
+    """Float npz images without data.value_range map to [-1, 1] by the values loaded ((0, 1) unless one is negative):
+    the held-out samples, loaded past the run's data.max_samples, came scaled by another map."""
+    from fastgan.data import DataConfig, build_dataset
+
+    a = np.full((100, 1, 4, 4), 0.5, dtype=np.float32)
+    a[80:] = -0.5  # only past the first run's max_samples
+    np.savez(tmp_path / "x.npz", x=a)
+    cfg = DataConfig(name="npz", path=str(tmp_path / "x.npz"), max_samples=60)
+    trained = next(build_dataset(cfg).batches(10))
+    real, where = crosstest.held_out_real(cfg, 30, "cpu", torch.Generator().manual_seed(0))
+    assert where.endswith("(past data.max_samples=60: 30 from index 60)")
+    assert torch.equal(real[:20], trained[:1].expand(20, -1, -1, -1))       # stored 0.5, as trained on: 0
+    assert torch.equal(real[20:], torch.full_like(real[20:], -2.0))          # stored -0.5 in the run's map
+    wide = DataConfig(name="npz", path=str(tmp_path / "x.npz"), max_samples=90)
+    with pytest.raises(ValueError, match=r"crosstest: the runs mapped their stored values to \[-1, 1\] differently "
+                                         r"\(scale and offset 2, -1 vs 1, 0.*set data.value_range"):
+        crosstest.held_out_real(cfg, 5, "cpu", torch.Generator().manual_seed(0), others=[wide])

@@ -119,14 +119,15 @@ def test_a_resume_removes_the_temporaries_of_killed_writers_only(tmp_path):
     _train(d, steps=2)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = d / "checkpoints" / f".last.pt.{dead}-140000-0123abcd.tmp"
-    live = d / "samples" / f".step_2.png.{os.getppid()}-140000-89abcdef.tmp"   # a process that still runs
-    own = d / ".notes.tmp"                                                      # not one of fastgan's
-    for p in (stale, live, own):
+    stale = [d / "checkpoints" / f".last.pt.{dead}-140000-0123abcd.tmp", d / f".status.json.{dead}-1-0123abcd.tmp"]
+    kept = [d / "checkpoints" / f".last.pt.{os.getppid()}-140000-89abcdef.tmp",  # a process that still runs
+            d / "samples" / f".mine.png.{dead}-140000-0123abcd.tmp",  # `fastgan sample --out`'s, maybe on another host
+            d / ".notes.tmp"]                                           # not one of fastgan's
+    for p in stale + kept:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x" * 100)
     _train(d, steps=3, resume=True)
-    assert not stale.exists() and live.exists() and own.exists()
+    assert [p.exists() for p in stale + kept] == [False, False, True, True, True]
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "metrics.csv"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 
 # torch.compile's stance is process-wide: set for the duration of D's forward it also makes compiled code other
 # threads run meanwhile take the eager path (slower, same values)
@@ -46,17 +47,32 @@ def _stance_setter():
 
 
 class _Stance:
-    __slots__ = ("eval_frame", "stance", "prior")
+    """force_eager while any thread is inside D's call: the stance is one process-wide value, so entries are
+    counted (under a lock) and the stance found at the first entry is put back at the last exit. Saving and
+    restoring per entry let two threads' interleaved calls leave it at force_eager for good, or reset it under a
+    thread still inside D."""
+    __slots__ = ("eval_frame", "stance")
+    _lock = threading.Lock()
+    _depth = 0
+    _saved = None
 
     def __init__(self, eval_frame, stance):
         self.eval_frame, self.stance = eval_frame, stance
 
     def __enter__(self):
-        self.prior = self.eval_frame._stance
-        self.eval_frame._stance = self.stance
+        with _Stance._lock:
+            if _Stance._depth == 0:
+                _Stance._saved = self.eval_frame._stance
+                self.eval_frame._stance = self.stance
+            _Stance._depth += 1
 
     def __exit__(self, *exc):
-        self.eval_frame._stance = self.prior
+        with _Stance._lock:
+            _Stance._depth -= 1
+            if _Stance._depth == 0:
+                if self.eval_frame._stance is self.stance:  # not set by someone else meanwhile
+                    self.eval_frame._stance = _Stance._saved
+                _Stance._saved = None
 
 
 _NO_OP = contextlib.nullcontext()

@@ -138,3 +138,50 @@ def test_the_penalty_does_not_import_dynamo():
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@needs_stances
+def test_two_threads_inside_d_at_once_keep_the_stance_until_both_leave():
+    """The stance is process-wide: with each call saving and restoring it, thread A leaving reset it while B was
+    still inside D (B's double backward then met compiled code: torch's error), and B leaving set force_eager for
+    good (every compiled function of the process eager from then on, silently)."""
+    import threading
+
+    from fastgan.ops import gradient_penalty
+
+    eval_frame = sys.modules["torch._dynamo.eval_frame"]
+    prior = eval_frame._stance
+    net = torch.compile(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double(), backend="aot_eager")
+    x = torch.randn(4, 3, dtype=torch.float64)
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def d_a(t):
+        a_in.set()
+        assert b_in.wait(60)
+        return net(t)
+
+    def d_b(t):
+        b_in.set()
+        assert a_done.wait(60)  # A has left D (and the penalty) before B's forward runs
+        return net(t)
+
+    errors = {}
+
+    def run(name, D, after=None):
+        try:
+            if name == "B":
+                assert a_in.wait(60)
+            gradient_penalty(D, x)[0].backward()
+        except Exception as e:  # reported below: an assert in a thread would be lost
+            errors[name] = repr(e)
+        finally:
+            if after is not None:
+                after.set()
+
+    threads = [threading.Thread(target=run, args=("A", d_a, a_done)), threading.Thread(target=run, args=("B", d_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == {}
+    assert eval_frame._stance is prior
