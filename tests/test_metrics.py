@@ -150,3 +150,24 @@ def test_sigma_selection_computes_the_distances_once_per_chunk_for_the_whole_gri
     s64, v64 = s.double(), v.double()
     for bs in (1, 7, 256, 600, 10 ** 6):
         torch.testing.assert_close(parzen._log_likelihoods(s64, v64, grid, bs), alone, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("nearest", [0, None])
+def test_a_small_sigma_takes_the_nearest_samples_exact_distances(monkeypatch, nearest):
+    """||q||^2 + ||s||^2 - 2 q.s loses ~1e-16 of ||q||^2, which at sigma 1e-7 on unit-scale data moved a point's
+    log-likelihood by ~1e-2 nats: the nearest samples' distances are summed exactly (nearest=0: without, the
+    premise)."""
+    import math
+
+    from fastgan.metrics import parzen as P
+
+    if nearest is not None:
+        monkeypatch.setattr(P, "NEAREST_EXACT", nearest)
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(500, 3, dtype=torch.float64, generator=g)
+    q = s[:50] + 1e-7 * torch.randn(50, 3, dtype=torch.float64, generator=g)
+    sigma = 1e-7
+    d2 = (q[:, None, :] - s[None]).pow(2).sum(-1)
+    want = torch.logsumexp(-d2 / (2 * sigma ** 2), 1) - math.log(500) - 1.5 * math.log(2 * math.pi * sigma ** 2)
+    err = (P.parzen_log_likelihood(s, q, sigma) - want).abs().max().item()
+    assert (err > 1e-4) if nearest == 0 else (err < 1e-8)
