@@ -49,6 +49,12 @@ def _resize_center_crop(img, size: int):
     return img
 
 
+def _gray_pixels(im) -> bool:
+    """Whether a colour-mode image's pixels are all gray (R = G = B)."""
+    a = np.asarray(im.convert("RGB"))
+    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
 def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                       max_samples: int | None = None) -> np.ndarray:
     """uint8 images (N, C, H, W).
@@ -79,9 +85,10 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                     im.load()
                     if channels == 0:
                         channels, inferred_from = (1 if mode in GRAY_MODES else 3), f
-                    elif inferred_from is not None and channels == 1 and mode not in GRAY_MODES and not warned:
+                    elif inferred_from is not None and channels == 1 and mode not in GRAY_MODES and not warned \
+                            and not _gray_pixels(im):
                         # a folder of colour images whose first file happens to be grayscale: all of it would be
-                        # trained on in gray, without a word
+                        # trained on in gray, without a word (gray pixels stored as RGB lose nothing)
                         warned = True
                         warnings.warn(f"{f}: a colour image (mode {mode}) read as grayscale: data.channels was "
                                       f"taken from the first image, {os.path.basename(inferred_from)}, which is grayscale; set "

@@ -198,13 +198,14 @@ def test_a_colour_folder_whose_first_image_is_gray_warns_once(tmp_path):
     from fastgan.data.folder import load_image_folder
 
     Image.new("L", (4, 4), 100).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4), (70, 70, 70)).save(tmp_path / "a1.png")  # gray pixels stored as RGB: nothing lost
     for name in ("b.png", "c.png"):
         Image.new("RGB", (4, 4), (200, 20, 30)).save(tmp_path / name)
     with pytest.warns(UserWarning, match=r"b\.png: a colour image \(mode RGB\) read as grayscale: .* first image, "
                                          r"a\.png, .*data\.channels=3") as rec:
         x = load_image_folder(tmp_path)
-    assert x.shape == (3, 1, 4, 4) and len(rec) == 1
+    assert x.shape == (4, 1, 4, 4) and len(rec) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_image_folder(tmp_path, channels=3).shape == (3, 3, 4, 4)  # asked for: no warning
-        assert load_image_folder(tmp_path, channels=1).shape == (3, 1, 4, 4)
+        assert load_image_folder(tmp_path, channels=3).shape == (4, 3, 4, 4)  # asked for: no warning
+        assert load_image_folder(tmp_path, channels=1).shape == (4, 1, 4, 4)
