@@ -50,6 +50,7 @@ def info(print_report: bool = False) -> dict:
                       "openmp": bool(C and C.openmp)},
         "cuda_devices": _cuda_devices(C),
         "metrics_classifier": _classifier_status(),
+        "compiled_d": _compiled_d_status(),
         "backends": {},
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -64,6 +65,13 @@ def info(print_report: bool = False) -> dict:
     if print_report:
         print(format_report(report))
     return report
+
+
+def _compiled_d_status() -> dict:
+    from .ops import compiled_d
+
+    ok, why = compiled_d.support()
+    return {"ok": ok, "reason": why or None}
 
 
 def _classifier_status() -> dict:
@@ -97,6 +105,10 @@ def format_report(r: dict) -> str:
     mc = r.get("metrics_classifier")  # absent from reports made by older versions
     if mc is not None:
         lines.append("Fashion-MNIST classifier (run.fd, fastgan eval): " + ("ok" if mc["ok"] else mc["reason"]))
+    cd = r.get("compiled_d")
+    if cd is not None:
+        lines.append("torch.compile'd code inside a penalty's D: " + ("run eagerly by every mode" if cd["ok"]
+                                                                        else cd["reason"]))
     for dev, backends in r["backends"].items():
         lines.append(f"backends for {dev} tensors:")
         for name, st in backends.items():

@@ -174,3 +174,16 @@ def test_format_report_lines():
     bad = {**r, "metrics_classifier": {"ok": False, "reason": "x.pt is damaged"}}
     assert "Fashion-MNIST classifier (run.fd, fastgan eval): x.pt is damaged" in format_report(bad)
     assert "CUDA devices: none" in format_report({**r, "cuda_devices": []})
+
+
+def test_info_says_whether_compiled_code_inside_d_runs_under_the_penalty(monkeypatch):
+    from fastgan.info import format_report
+
+    r = fastgan.info()
+    want = hasattr(torch.compiler, "set_stance")  # torch >= 2.6 (tests/ops/test_penalty_compiled_d.py runs it)
+    assert r["compiled_d"] == {"ok": want, "reason": None if want else r["compiled_d"]["reason"]}
+    assert ("torch.compile'd code inside a penalty's D: run eagerly by every mode" in format_report(r)) is want
+    monkeypatch.delattr(torch.compiler, "set_stance", raising=False)
+    r = fastgan.info()
+    assert r["compiled_d"]["ok"] is False and "torch < 2.6 has no torch.compile stances" in r["compiled_d"]["reason"]
+    assert "inside a penalty's D: torch < 2.6 has no torch.compile stances" in format_report(r)

@@ -12,6 +12,8 @@ import contextlib
 import sys
 import threading
 
+import torch
+
 # torch.compile's stance is process-wide: set for the duration of D's forward it also makes compiled code other
 # threads run meanwhile take the eager path (slower, same values)
 
@@ -90,3 +92,16 @@ def eager_compiled_code():
     if callback() not in (None, False):
         return _NO_OP
     return _Stance(eval_frame, stance)
+
+
+def support() -> tuple[bool, str]:
+    """(whether compiled code inside a D runs eagerly under the penalty here, why not): for `fastgan info`, which
+    may import Dynamo (the penalty never does)."""
+    if not hasattr(torch.compiler, "set_stance"):
+        return False, "torch < 2.6 has no torch.compile stances: pass D's uncompiled modules to the penalty"
+    import torch._dynamo.eval_frame as eval_frame  # noqa: F401 (sys.modules, for _stance_setter)
+
+    if _stance_setter() is None:
+        return False, ("this torch's torch._dynamo.eval_frame lacks the _stance / DynamoStance fastgan sets: pass D's "
+                       "uncompiled modules to the penalty")
+    return True, ""
