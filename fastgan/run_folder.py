@@ -216,6 +216,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError, OverflowError):
-        return True  # another user's, or not to be asked: kept
+    except (OSError, OverflowError):  # PermissionError: another user's; others: not to be asked. Kept
+        return True
     return True

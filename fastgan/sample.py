@@ -21,8 +21,7 @@ def draw(G: torch.nn.Module, n: int, generator: torch.Generator, device) -> tupl
     """(samples, latents) of n draws from G in eval mode (BatchNorm's running statistics), in chunks of 1000."""
     G.eval()
     z = G.sample_latent(n, generator=generator, device=device)
-    with torch.no_grad():  # G's parameters require grad: every chunk's activations would be kept for a backward
-        return torch.cat([G(z[i:i + 1000]) for i in range(0, n, 1000)]), z
+    return torch.cat([G(z[i:i + 1000]) for i in range(0, n, 1000)]), z
 
 
 def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:

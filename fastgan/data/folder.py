@@ -91,8 +91,8 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
                         # trained on in gray, without a word (gray pixels stored as RGB lose nothing)
                         warned = True
                         warnings.warn(f"{f}: a colour image (mode {mode}) read as grayscale: data.channels was "
-                                      f"taken from the first image, {os.path.basename(inferred_from)}, which is grayscale; set "
-                                      "data.channels=3 to keep colour", stacklevel=2)
+                                      f"taken from the first image, {os.path.basename(inferred_from)}, which is "
+                                      "grayscale; set data.channels=3 to keep colour", stacklevel=2)
                     turned = im.getexif().get(_ORIENTATION, 1) != 1  # exif_transpose copies every image
                     im = im.convert("L" if channels == 1 else "RGB")
                     if turned:  # upright as a viewer shows it: cameras store the pixels as shot plus this tag

@@ -101,10 +101,7 @@ def _buffers_replaced(D, values: dict):
 
 
 def _call_with_buffers(D, values: dict, x):
-    if not values:
-        with eager_compiled_code():
-            return D(x)
-    with _buffers_replaced(D, values), eager_compiled_code():
+    with _buffers_replaced(D, values) if values else contextlib.nullcontext(), eager_compiled_code():
         return D(x)
 
 
@@ -471,9 +468,7 @@ def _check_jvp_once(D, x, weight, reduction, backend):
     warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
                   "using the double backward for it from now on", _dispatch.FallbackWarning,
                   stacklevel=_dispatch.caller_stacklevel())
-    with torch.no_grad():
-        for name, b in D.named_buffers():
-            b.copy_(start_buffers[name])
+    _put_back(D, start_buffers, None)
     rng.restore(start)
     return _pen._double_backward(D, x, weight, reduction, backend)
 
