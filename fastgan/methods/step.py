@@ -369,9 +369,9 @@ class Method:
             # Eq. 5 / 6: the noise minimises the D objective (the adversarial value D maximises) + lambda * penalty.
             out.noise_loss = -adv + m.nt.lam * self.noise.penalty(eps)
         if self.denoiser is not None:
-            if clean is None:  # noise-only batches hold no clean real sample: a separate pass for Phi(x)
-                with torch.no_grad():
-                    phi = self.D.features(x_real)
+            if clean is None:  # noise-only batches hold no clean real sample: a separate pass for Phi(x), which
+                # D does not train on, so it must not move D's running statistics (nor spectral-norm vectors, RNG)
+                phi = _features_without_side_effects(self.D, x_real)
             elif tap:
                 phi = D.features[0][clean]
             out.denoiser_loss = self._denoiser_loss(phi, draws.dn_noise)

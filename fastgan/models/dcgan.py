@@ -44,11 +44,21 @@ def plan(data_shape: tuple) -> dict:
             "d_end": (h >> n_down, w >> n_down)}
 
 
+def default_g_filters(width: int, shape: tuple) -> list:
+    """Table 1's generator channels: width * 2**n_up halving to width."""
+    n_up = plan(shape)["n_up"]
+    return [width * 2 ** (n_up - i) for i in range(n_up + 1)]
+
+
 def dcgan_filters(cfg, shape: tuple, divisor: int = 1):
     """A ModelConfig's dcgan_g_filters (each divided by `divisor`, at least 1) after checking its length against
-    the image size, which the config alone does not know; None when unset."""
+    the image size, which the config alone does not know; None when unset, except with a divisor: then G's
+    default channels, each divided (dividing the width before doubling it is not G's channels / divisor when
+    the width is not a multiple of the divisor)."""
     if cfg.dcgan_g_filters is None:
-        return None
+        if divisor == 1:
+            return None
+        return [max(1, f // divisor) for f in default_g_filters(cfg.dcgan_width, shape)]
     need = plan(shape)["n_up"] + 1
     if len(cfg.dcgan_g_filters) != need:
         from ..config import ConfigError  # fastgan.config imports this package: not at module level
@@ -71,7 +81,7 @@ class DCGANGenerator(Generator):
         p = plan(self.data_shape)
         self.start = p["g_start"]
         if filters is None:
-            filters = [width * 2 ** (p["n_up"] - i) for i in range(p["n_up"] + 1)]
+            filters = default_g_filters(width, self.data_shape)
         filters = list(filters)
         if len(filters) != p["n_up"] + 1 or not all(
                 isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters):

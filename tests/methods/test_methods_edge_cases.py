@@ -109,3 +109,24 @@ def test_noise_net_of_another_shape_is_refused(noise_shape):
     M = _method("nt", torch.float32, noise_net=net)
     with pytest.raises(ValueError, match=r"noise_net: .*sample shape \(3,\)"):
         M.train_step(1, lambda m: torch.randn(m, 3))
+
+
+@pytest.mark.parametrize("clean", ["true", "false"])
+def test_dfm_feature_pass_leaves_ds_running_statistics_to_the_batches_d_trains_on(clean):
+    # nt+dfm: with noise-only batches (nt.clean=false) Phi(x) of the clean real batch needs a forward of its own;
+    # D never trains on that batch, so its BatchNorm statistics must not take it in (they did: 3 updates, not 2)
+    cfg = coerce(None, ["method.name=nt+dfm", "method.nt.noise=fixed", f"method.nt.clean={clean}",
+                        "optim.batch_size=4", "model.arch=mlp", "model.d_batchnorm=true"])
+    torch.manual_seed(0)
+    G, D = build_generator(cfg.model, (3,)), build_discriminator(cfg.model, (3,))
+    M = Method(cfg, G, D, device="cpu", generator=torch.Generator().manual_seed(1))
+    bns = [m for m in D.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert bns
+    x, d = torch.randn(4, 3), M.draws(4)
+    with torch.no_grad():
+        fake = G(d.z)
+    before = [int(b.num_batches_tracked) for b in bns]
+    out = M.d_objective(x, fake, d)
+    assert out.denoiser_loss is not None
+    for b, n0 in zip(bns, before):
+        assert int(b.num_batches_tracked) - n0 == 2  # D's forwards of the real and the fake batch

@@ -145,6 +145,21 @@ def test_ntgan_table4_filters_and_tanh():
     assert G.filters == (512, 256, 128, 64) and len(_convs(G, nn.ReLU)) == 4
 
 
+@pytest.mark.parametrize("width", [4, 12, 20, 64])
+def test_noise_generator_channels_are_gs_divided(width):
+    # "the number of filters reduced by a factor of eight": each of G's channel counts // 8, whether G's come
+    # from dcgan_width or are spelled out in dcgan_g_filters (dividing the width before doubling it gave
+    # (4, 2, 1) for G's (48, 24, 12))
+    shape = (1, 28, 28)
+    G = build_generator(ModelConfig(arch="dcgan", dcgan_width=width), shape)
+    want = tuple(max(1, f // 8) for f in G.filters)
+    assert build_noise_generator(ModelConfig(arch="dcgan", dcgan_width=width), shape).filters == want
+    spelled = ModelConfig(arch="dcgan", dcgan_g_filters=list(G.filters))
+    assert build_noise_generator(spelled, shape).filters == want
+    assert build_noise_generator(ModelConfig(arch="dcgan", dcgan_width=width, noise_width_divisor=1),
+                                 shape).filters == G.filters
+
+
 def test_ntgan_table4_options_errors():
     with pytest.raises(ConfigError, match=r"model\.dcgan_g_filters: a 32x32 image needs 4 channel counts .*"
                                           r"got \[64, 64, 64\]"):
