@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ._limits import FLOAT32_MAX, NONNEG_F32
 from .data.config import DataConfig
 from .models.config import ModelConfig
 
@@ -50,8 +51,8 @@ class RothConfig:
     penalty: str = field(default="js", metadata={"choices": ("js", "f", "r1", "r2")})
     # fixed: gamma; anneal: gamma(t) = gamma0 * alpha^(t/T), t = 1..T the generator iteration.
     schedule: str = field(default="fixed", metadata={"choices": ("fixed", "anneal")})
-    gamma: float = field(default=0.1, metadata={"min": 0.0})
-    gamma0: float = field(default=2.0, metadata={"min": 0.0})
+    gamma: float = field(default=0.1, metadata=NONNEG_F32)
+    gamma0: float = field(default=2.0, metadata=NONNEG_F32)
     alpha: float = field(default=0.01, metadata={"gt": 0.0, "max": 1.0})
     # T of the annealing; None: run.steps. Past T, gamma stays at gamma0 * alpha.
     anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
@@ -73,12 +74,12 @@ class NTConfig:
     # generator: eps = N(w), a noise network, penalty lam * ||eps||^2 (eq. 6).
     noise: str = field(default="generator", metadata={"choices": ("fixed", "learned_sigma", "generator")})
     # Standard deviation of fixed noise, or the initial value of the learned sigma.
-    sigma: float = field(default=1.0, metadata={"min": 0.0})
+    sigma: float = field(default=1.0, metadata=NONNEG_F32)
     # linear: fixed sigma annealed to 0 over anneal_steps (ablation row (c)).
     sigma_anneal: str = field(default="none", metadata={"choices": ("none", "linear")})
     anneal_steps: Optional[int] = field(default=None, metadata={"min": 1})
     # lambda, the weight of the noise penalty.
-    lam: float = field(default=1.0, metadata={"min": 0.0})
+    lam: float = field(default=1.0, metadata=NONNEG_F32)
     # full: {x, x + eps}; half: {x_1..x_{m/2}, x_{m/2+1} + eps_1, ...} (section 2.3, ablation row (i)).
     batch: str = field(default="full", metadata={"choices": ("full", "half")})
     # False: only noisy samples reach D (ablation rows (a)-(c)).
@@ -93,10 +94,10 @@ class NTConfig:
 class DFMConfig:
     """Denoising feature matching (Warde-Farley & Bengio 2017): a denoiser r on D's penultimate features."""
     # Std of the Gaussian corruption of real features when training r (section 5: sigma = 1).
-    sigma: float = field(default=1.0, metadata={"min": 0.0})
+    sigma: float = field(default=1.0, metadata=NONNEG_F32)
     # None: 0.03 / n_h, n_h = the feature size (section 5).
-    lambda_denoise: Optional[float] = field(default=None, metadata={"min": 0.0})
-    lambda_adv: float = field(default=1.0, metadata={"min": 0.0})
+    lambda_denoise: Optional[float] = field(default=None, metadata=NONNEG_F32)
+    lambda_adv: float = field(default=1.0, metadata=NONNEG_F32)
     # True: the denoiser's loss and the generator's denoising term run through fastgan.ops.Denoiser (same
     # values and gradients; the generator term leaves the denoiser's BatchNorm running statistics untouched).
     fused: bool = True
@@ -117,7 +118,7 @@ class MethodConfig:
     # auto: simultaneous when dfm is on, else alternating.
     update: str = field(default="auto", metadata={"choices": ("auto", "alternating", "simultaneous")})
     # lambda of WGAN-GP's (||grad|| - 1)^2 penalty.
-    gp_weight: float = field(default=10.0, metadata={"min": 0.0})
+    gp_weight: float = field(default=10.0, metadata=NONNEG_F32)
     roth: RothConfig = RothConfig()
     nt: NTConfig = NTConfig()
     dfm: DFMConfig = DFMConfig()
@@ -135,7 +136,6 @@ class MethodConfig:
 
 # torch's optimizers turn a learning rate into a float32 scalar for float32 parameters: a larger one fails inside
 # the first step ("value cannot be converted to type float without overflow")
-FLOAT32_MAX = 3.4028234663852886e38
 _LR = {"gt": 0.0, "max": FLOAT32_MAX, "note": "float32's largest value"}
 
 

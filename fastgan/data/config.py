@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .._limits import NONNEG_F32
+
 DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
 MIXTURE_DATASETS = tuple(n for n in DATASETS if n not in FILE_DATASETS)  # fastgan.data.mixtures.MIXTURES
@@ -44,7 +46,7 @@ class DataConfig:
     # len() of a built-in mixture (it has no stored samples; epochs are counted in these).
     nominal_size: int = field(default=100_000, metadata={"min": 1})
     # Override the mixture's literature std (roth3d 0.01, ring8 0.02, grid25 0.05).
-    mixture_std: Optional[float] = field(default=None, metadata={"min": 0.0})
+    mixture_std: Optional[float] = field(default=None, metadata=NONNEG_F32)
     # image_folder: resize the short side to this and centre-crop; without it all images must share a size.
     image_size: Optional[int] = field(default=None, metadata={"min": 1})
     # image_folder: 1 (grayscale), 3 (RGB) or 0 (decided by the first image).

@@ -56,17 +56,22 @@ class _FeatureTap:
         return logits
 
 
-def _features_without_side_effects(D, x):
+def _features_without_side_effects(D, x, grad: bool = False):
     """Phi(x) from a forward of D that leaves D's buffers (BatchNorm running statistics, spectral-norm
     vectors) and the global RNG (dropout) as they were: the features of the penalty's own forward on x,
-    for penalty modes that do not run D's forward_features."""
+    for penalty modes that do not run D's forward_features, and of batches D does not train on (DFM's clean
+    pass beside noise-only NTGAN batches). grad=True keeps the graph to x; its buffers are put back through
+    .data, past autograd's version counter: the graph saves BatchNorm's running statistics, whose values a
+    training-mode backward never reads (it reads the batch statistics; an eval-mode forward does not change
+    them), and spectral norm differentiates clones of its vectors."""
     buffers = [(b, b.detach().clone()) for b in D.buffers()]
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state(x.device) if _cuda_rng_to_restore(x.device) else None
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         phi = D.features(x)
+    with torch.no_grad():
         for b, saved in buffers:
-            b.copy_(saved)
+            (b.data if grad else b).copy_(saved)
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, x.device)
@@ -418,7 +423,8 @@ class Method:
         if self.denoiser is not None:
             logits, phi = self.D.forward_features(xg)
             adv = adversarial(logits.reshape(-1))
-            phi_fake = self.D.features(fake) if clean is None else phi[clean]
+            # noise-only batches: Phi(G(z)) of the clean fakes D's step does not see, without moving D's state
+            phi_fake = _features_without_side_effects(self.D, fake, grad=True) if clean is None else phi[clean]
             term = self._denoiser_term(phi_fake)
             g_loss = m.dfm.lambda_adv * adv + self.lambda_dn * term
             stats["dfm_term"] = term.detach()

@@ -4,6 +4,8 @@ training config. Fields left at None take the paper default of the chosen archit
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .._limits import NONNEG_F32
+
 ARCHS = ("mlp", "goodfellow", "dcgan")
 
 # Paper defaults per architecture (see the modules for the sources).
@@ -88,7 +90,7 @@ class ModelConfig:
     init: str = field(default="paper", metadata={"choices": ("paper", "torch")})
     # NTGAN noise generator: G's architecture with widths divided by this, output scale * tanh.
     noise_width_divisor: int = field(default=8, metadata={"min": 1})
-    noise_output_scale: float = field(default=2.0, metadata={"min": 0.0})
+    noise_output_scale: float = field(default=2.0, metadata=NONNEG_F32)
     # DFM denoiser on D's penultimate features: hidden width (None: = feature width; must be >= it) and
     # number of hidden layers.
     denoiser_hidden: Optional[int] = field(default=None, metadata={"min": 1})

@@ -1,6 +1,7 @@
 """Edge cases of the methods as a user reaches them: fastgan.train(cfg) and fastgan.methods.Method."""
 import pytest
 import torch
+from torch import nn
 
 import fastgan
 from fastgan.config import ConfigError, coerce
@@ -130,3 +131,38 @@ def test_dfm_feature_pass_leaves_ds_running_statistics_to_the_batches_d_trains_o
     assert out.denoiser_loss is not None
     for b, n0 in zip(bns, before):
         assert int(b.num_batches_tracked) - n0 == 2  # D's forwards of the real and the fake batch
+
+
+@pytest.mark.parametrize("arch,shape,extra", [("mlp", (3,), ["model.d_batchnorm=true"]),
+                                              ("dcgan", (1, 16, 16), ["data.name=fashion_mnist",
+                                                                      "model.dcgan_width=4",
+                                                                      "model.spectral_norm=true"])])
+def test_dfm_generator_term_of_noise_only_batches_leaves_d_as_it_was(monkeypatch, arch, shape, extra):
+    # G's DFM term with noise-only batches needs Phi of the clean fakes, a forward of D of its own: G gets the
+    # gradients of a plain D.features(fake), while D's BatchNorm statistics and spectral-norm vectors move only
+    # for the batch D sees (the graph keeps working though the buffers it saved are put back)
+    from fastgan.methods import step
+
+    cfg = coerce(None, ["method.name=nt+dfm", "method.nt.noise=fixed", "method.nt.clean=false",
+                        "optim.batch_size=4", f"model.arch={arch}", *extra])
+
+    def run(features):
+        monkeypatch.setattr(step, "_features_without_side_effects", features)
+        torch.manual_seed(0)
+        G, D = build_generator(cfg.model, shape), build_discriminator(cfg.model, shape)
+        M = Method(cfg, G, D, device="cpu", generator=torch.Generator().manual_seed(1))
+        d = M.draws(4, for_d=False)
+        loss, _ = M.g_objective(G(d.z), d)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in G.parameters()], [b.clone() for b in D.buffers()]
+
+    loss, grads, buffers = run(step._features_without_side_effects)
+    plain_loss, plain_grads, plain_buffers = run(lambda D, x, grad=False: D.features(x))
+    assert torch.equal(loss, plain_loss)
+    for a, b in zip(grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(buffers, plain_buffers))  # the plain pass moved D's state
+    bn = [m for m in build_discriminator(cfg.model, shape).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [b for b in buffers if b.dtype == torch.long]
+    assert len(tracked) == len(bn) > 0 and all(int(t) == 1 for t in tracked)  # one training forward: G's batch

@@ -20,7 +20,8 @@ BUILDERS = [build_generator, build_discriminator, build_noise_generator]
     (dict(arch="dcgan", dcgan_width=0), r"model\.dcgan_width: must be >= 1, got 0"),
     (dict(arch="goodfellow", maxout_pieces=0), r"model\.maxout_pieces: must be >= 1, got 0"),
     (dict(noise_width_divisor=0), r"model\.noise_width_divisor: must be >= 1, got 0"),
-    (dict(noise_output_scale=-1.0), r"model\.noise_output_scale: must be >= 0\.0"),
+    (dict(noise_output_scale=-1.0), r"model\.noise_output_scale: must be in \[0\.0, 3\.40\d+e\+38\]"),
+    (dict(noise_output_scale=1e39), r"model\.noise_output_scale: must be in \[0\.0, 3\.40\d+e\+38\]"),
     (dict(arch="goodfellow", d_dropout=2.0), r"model\.d_dropout: must be in \[0\.0, 0\.99\]"),
 ])
 def test_builders_validate_a_hand_made_model_config(build, fields, message):
