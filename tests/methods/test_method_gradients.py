@@ -181,8 +181,11 @@ def test_nt_with_roth_penalty_weights_every_sample_by_mu():
 
 # ---------------------------------------------------------------- DFM
 
-def test_dfm_matches_reference():
-    cfg, M = make("dfm", "method.dfm.lambda_adv=0.7")
+@pytest.mark.parametrize("bn", [False, True])  # BatchNorm in D: features normalised with their own batch's statistics
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_dfm_matches_reference(bn, fused):
+    cfg, M = make("dfm", "method.dfm.lambda_adv=0.7", f"model.d_batchnorm={str(bn).lower()}",
+                  f"method.dfm.fused={fused}")
     assert M.lambda_dn == pytest.approx(0.03 / M.D.feature_dim)
     x, fake, d = d_setup(M)
     out = M.d_objective(x, fake, d)
