@@ -158,6 +158,9 @@ CASES = {
     "roth+nt+dfm-mlp": ["method.name=roth+nt+dfm", "method.nt.noise=fixed", "method.nt.fused=true",
                         "method.roth.mode=mlp"],
     "d_steps-2": ["method.name=roth", "method.d_steps=2"],
+    # noise-only batches: DFM's clean feature passes put D's buffers and the RNG back (D with BatchNorm)
+    "nt+dfm-noise-only": ["method.name=nt+dfm", "method.nt.noise=fixed", "method.nt.clean=false",
+                          "model.d_batchnorm=true"],
 }
 
 

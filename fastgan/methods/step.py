@@ -60,8 +60,9 @@ def _features_without_side_effects(D, x, grad: bool = False):
     """Phi(x) from a forward of D that leaves D's buffers (BatchNorm running statistics, spectral-norm
     vectors) and the global RNG (dropout) as they were: the features of the penalty's own forward on x,
     for penalty modes that do not run D's forward_features, and of batches D does not train on (DFM's clean
-    pass beside noise-only NTGAN batches). grad=True keeps the graph to x; its buffers are put back through
-    .data, past autograd's version counter: the graph saves BatchNorm's running statistics, whose values a
+    pass beside noise-only NTGAN batches). grad=True keeps the graph to x. The buffers are put back through
+    .data, past autograd's version counter: this forward's graph and D's earlier ones in the step save
+    BatchNorm's running statistics (which the forward's own update does not count as a change), whose values a
     training-mode backward never reads (it reads the batch statistics; an eval-mode forward does not change
     them), and spectral norm differentiates clones of its vectors."""
     buffers = [(b, b.detach().clone()) for b in D.buffers()]
@@ -71,7 +72,7 @@ def _features_without_side_effects(D, x, grad: bool = False):
         phi = D.features(x)
     with torch.no_grad():
         for b, saved in buffers:
-            (b.data if grad else b).copy_(saved)
+            b.data.copy_(saved)
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, x.device)

@@ -131,6 +131,9 @@ def test_dfm_feature_pass_leaves_ds_running_statistics_to_the_batches_d_trains_o
     assert out.denoiser_loss is not None
     for b, n0 in zip(bns, before):
         assert int(b.num_batches_tracked) - n0 == 2  # D's forwards of the real and the fake batch
+    # D's real forward saved the running statistics the feature pass put back: its backward still runs
+    (out.d_loss + out.denoiser_loss).backward()
+    assert all(p.grad is not None for p in D.parameters())
 
 
 @pytest.mark.parametrize("arch,shape,extra", [("mlp", (3,), ["model.d_batchnorm=true"]),
