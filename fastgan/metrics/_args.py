@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 import torch
 
+from .._errors import first_line
+
 
 def as_points(x, name: str) -> torch.Tensor:
     """A tensor or numpy array of real values (not bool), as a tensor (numpy input is not copied)."""
@@ -21,7 +23,7 @@ def as_points(x, name: str) -> torch.Tensor:
             x = torch.as_tensor(x)
         except (TypeError, ValueError) as e:  # an object array, long double, ...
             raise TypeError(f"{name}: a numpy array of dtype {x.dtype}, which torch cannot read "
-                            f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                            f"({first_line(e)})") from None
     elif not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(x).__name__}")
     if x.is_complex():

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._errors import first_line
+
 WEIGHTS = Path(__file__).with_name("fmnist_classifier.pt")
 WEIGHTS_SHA256 = "0d415d5c462f359dd2cffe83e12235cd91507b2b658c46bef7c247e3e171a123"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -81,7 +83,7 @@ def load_fmnist_classifier(device="cpu", path=None) -> FashionMNISTNet:
         state = torch.load(p, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file gets the same one-line error
-        raise RuntimeError(f"classifier weights {p}: not a FashionMNISTNet state dict ({str(e).splitlines()[0]})") \
+        raise RuntimeError(f"classifier weights {p}: not a FashionMNISTNet state dict ({first_line(e)})") \
             from None
     net.eval().requires_grad_(False)
     return net.to(device)

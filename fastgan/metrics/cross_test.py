@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from .._errors import first_line
 from ._args import as_points, check_finite, positive_int
 
 
@@ -61,7 +62,7 @@ def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str) -> float:
                     raise
                 except Exception as e:
                     # torch's own message ("mat1 and mat2 shapes cannot be multiplied") names neither D nor the samples
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    msg = first_line(e, default="")
                     raise ValueError(f"{d_name}: failed on samples of shape {tuple(chunk.shape[1:])} (a batch "
                                      f"{tuple(chunk.shape)}, {chunk.dtype}): {type(e).__name__}: {msg}") from e
                 if not isinstance(logits, torch.Tensor) or logits.numel() != chunk.shape[0]:

@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 import torch
 
+from .._errors import first_line
 from . import _dispatch
 
 
@@ -31,7 +32,7 @@ class NoiseState:
             if dev is None or dev.type in ("cpu", "cuda"):
                 raise  # the device exists: this is some other failure
             # other backends (mps, xpu, ...) parse on every build but fail when torch was built without them
-            raise ValueError(f"device: {device!r} cannot hold tensors in this torch build ({_first_line(e)})") from None
+            raise ValueError(f"device: {device!r} cannot hold tensors in this torch build ({first_line(e)})") from None
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +80,7 @@ def _check_device(device) -> Optional[torch.device]:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        why = "" if isinstance(device, str) else f" ({_first_line(e)})"
+        why = "" if isinstance(device, str) else f" ({first_line(e)})"
         raise ValueError(f"device: {device!r} is not a device torch can parse{why}; expected e.g. 'cpu', 'cuda' or "
                          "'cuda:N'") from None
     if dev.type == "cuda":
@@ -92,8 +93,6 @@ def _check_device(device) -> Optional[torch.device]:
     return dev
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _check_seed(seed) -> int:

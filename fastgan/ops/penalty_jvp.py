@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad as fwAD
 
+from .._errors import first_line
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
 from .compiled_d import eager_compiled_code
@@ -253,7 +254,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
             if isinstance(e, _checks.ForwardModeRefused):
                 raise
             raise _checks.ForwardModeRefused(
-                f"mode='jvp': forward-mode AD cannot run D's forward (torch: {_first_line(e)}); give a custom "
+                f"mode='jvp': forward-mode AD cannot run D's forward (torch: {first_line(e)}); give a custom "
                 "torch.autograd.Function in D a jvp staticmethod, or use mode='double_backward'") from e
         finally:
             if replay:
@@ -281,8 +282,6 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _put_back(D, buffers: dict, guard) -> None:

@@ -83,6 +83,18 @@ def test_other_weights_by_path(tmp_path):
     assert isinstance(load_fmnist_classifier(path=tmp_path / "mine.pt"), FashionMNISTNet)
 
 
+def test_an_error_without_a_message_is_named_by_its_type(tmp_path, monkeypatch):
+    # an exception whose text is empty made the wrapper's own message fail (IndexError from splitlines()[0])
+    torch.save({"x": torch.zeros(1)}, tmp_path / "w.pt")
+
+    def load(*a, **k):
+        raise EOFError()
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(RuntimeError, match=r"w\.pt: not a FashionMNISTNet state dict \(EOFError\)"):
+        load_fmnist_classifier(path=tmp_path / "w.pt")
+
+
 def test_classify_uses_eval_mode_and_restores_the_flag():
     torch.manual_seed(0)
     net = FashionMNISTNet().train()
