@@ -583,7 +583,9 @@ def from_stored(data: Mapping) -> TrainConfig:
     from .models.config import unread_fields as model_unread
 
     data = copy.deepcopy(dict(data or {}))
-    d, m = data.get("data"), data.get("model")
+    d, m, r = data.get("data"), data.get("model"), data.get("run")
+    if isinstance(r, dict):
+        _raise_stored_run_fields(r)
     if isinstance(d, dict):
         for key in data_unread(d.get("name", _default(DataConfig, "name"))):
             d.pop(key, None)
@@ -593,6 +595,19 @@ def from_stored(data: Mapping) -> TrainConfig:
         for key in unread:
             m.pop(key, None)
     return from_dict(data)
+
+
+def _raise_stored_run_fields(r: dict) -> None:
+    """Evaluation fields of a stored config that a later check refuses, raised to what it accepts, with a warning:
+    they decide no model or training step, so every command can still read the run (and a resume can --set them)."""
+    import warnings
+
+    test = r.get("parzen_test")
+    if r.get("parzen") is True and isinstance(test, int) and not isinstance(test, bool) and 0 < test < 2:
+        # accepted until 2026-12-02: one test sample has no standard error
+        r["parzen_test"] = 2
+        warnings.warn(f"the stored config's run.parzen_test={test} (accepted by fastgan before 2026-12-02) is read "
+                      f"as 2, the least run.parzen takes now (the log-likelihood's standard error)", stacklevel=3)
 
 
 def _default(cls, name: str):

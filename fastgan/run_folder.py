@@ -50,6 +50,11 @@ def refuse_if_running(d: Path) -> None:
         unlock(lock(d))  # lock raises the busy error while the holder lives
 
 
+# descriptors from lock() whose lock file that call created (a folder written before run folders had one): a
+# refused resume removes it again (discard_created_lock), so that the folder stays as it was
+_created: dict[int, Path] = {}
+
+
 def lock(d: Path) -> Optional[int]:
     """An exclusive flock on d/LOCK, held until the returned descriptor is closed (or the process ends, so a killed
     run leaves no stale lock). Two runs writing one folder would mix their checkpoints, configs and logs."""
@@ -59,22 +64,53 @@ def lock(d: Path) -> Optional[int]:
         return None
     if not d.is_dir():
         raise RunFolderError(f"run folder {d} is not a folder")
-    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        for attempt in range(10):  # lock_held (`fastgan compare`) takes the lock for an instant: wait that out
+    path = d / LOCK
+    while True:
+        try:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == 9:
-                    raise
-                time.sleep(0.005)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
+                fd, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # removed between the two opens: create it
+                continue
+        try:
+            for attempt in range(10):  # lock_held (`fastgan compare`) takes the lock for an instant: wait that out
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.005)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunFolderError(f"run folder {d} is in use by another fastgan run"
+                                 f"{f' (pid {holder})' if holder else ''}; wait for it to end or choose another "
+                                 "run.dir") from None
+        # a file its creator removed while this call waited for it (discard_created_lock) guards nothing: a
+        # process that creates the file anew would hold the folder too
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
         os.close(fd)
-        raise RunFolderError(f"run folder {d} is in use by another fastgan run{f' (pid {holder})' if holder else ''}; "
-                             "wait for it to end or choose another run.dir") from None
+    if created:
+        _created[fd] = path
     return fd
+
+
+def discard_created_lock(fd: Optional[int]) -> None:
+    """Remove the lock file if lock() created it for fd (a refused or no-op resume of a folder that had none),
+    while fd still holds it; a process that opened it meanwhile sees it gone once it gets the lock, and opens again."""
+    path = _created.pop(fd, None) if fd is not None else None
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def lock_held(d: Path) -> bool:
@@ -110,13 +146,15 @@ def read_status(d: Path) -> dict:
 def claim(fd: Optional[int]) -> None:
     """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
     if fd is not None:
+        _created.pop(fd, None)  # the folder's lock file from now on, kept
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
 
 
 def unlock(fd: Optional[int]) -> None:
     if fd is not None:
-        os.close(fd)  # releases the flock; the file stays (removing it would race with a run opening it)
+        _created.pop(fd, None)
+        os.close(fd)  # releases the flock; the file stays (see discard_created_lock for the one exception)
 
 
 def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:

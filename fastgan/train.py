@@ -26,8 +26,8 @@ from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
-from .run_folder import (CHECKPOINT, STATUS, claim, find_run, lock, new_run_dir, read_status, refuse_if_running,
-                         remove_stale_temporaries, unlock)
+from .run_folder import (CHECKPOINT, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir, read_status,
+                         refuse_if_running, remove_stale_temporaries, unlock)
 from .run_folder import recorded_data_shape
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
@@ -224,6 +224,7 @@ class _Run:
         try:
             self._setup(cfg, resume, progress)
         except BaseException:
+            discard_created_lock(self.lock)  # a refused resume of a folder that had no lock file leaves none
             unlock(self.lock)
             raise
 
@@ -282,6 +283,7 @@ class _Run:
             # nothing to train: leave the run folder as it is (config.yaml would get the lower run.steps, the
             # logs a new session, samples/ a redrawn picture)
             self.out, self.ckpt_path, self.done = run_dir, run_dir / CHECKPOINT, True
+            discard_created_lock(self.lock)
             return
         if run_dir is not None:
             self.out = run_dir
@@ -322,6 +324,11 @@ class _Run:
                 raise
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
             raise CheckpointError(f"checkpoint {path} does not fit this config's models: {why}") from None
+        if self.method.penalty_seen is not None and "penalty_seen" not in method:
+            # written by a fastgan of 2026-11-30 (lazy regularization without this entry): training is unaffected
+            warnings.warn(f"checkpoint {path} holds no latest penalty (written before fastgan kept it): the logged "
+                          f"penalty reads 0 until the next regularized iteration (method.roth.every="
+                          f"{self.cfg.method.roth.every})", stacklevel=2)
         try:
             other_device = ckpt.set_rng_state(state["rng"], {"train": self.gen}, cuda_device=self._cuda_device)
         except CheckpointError as e:

@@ -274,3 +274,37 @@ def test_a_new_run_dir_that_is_a_file_or_crowded_is_refused_by_name(tmp_path):
         (d / name).write_text(name)
     with pytest.raises(train_mod.RunFolderError, match=rf"run.dir {d} is not empty \(a, b, c, \.\.\.\) and holds no"):
         _train(d)
+
+
+def test_a_refused_resume_of_a_folder_without_a_lock_file_leaves_none(tmp_path):
+    # run folders written before 2026-12-01 have no lock file: a refused or no-op resume must not add one
+    d = tmp_path / "r"
+    _train(d)
+    (d / run_folder.LOCK).unlink()
+    before = _snapshot(d)
+    with pytest.raises(ckpt.CheckpointMismatchError):
+        _train(d, "method.roth.gamma=0.5", steps=4, resume=True)
+    assert _snapshot(d) == before and not (d / run_folder.LOCK).exists()
+    assert _train(d, resume=True).step == 2  # nothing to train
+    assert _snapshot(d) == before and not (d / run_folder.LOCK).exists() and not run_folder._created
+    _train(d, steps=3, resume=True)
+    assert (d / run_folder.LOCK).exists() and not run_folder._created  # a run that trained keeps its lock file
+
+
+def test_a_lock_whose_file_was_removed_while_waiting_is_taken_again(tmp_path, monkeypatch):
+    # the creator of a lock file removes it while holding it (discard_created_lock); a process that had opened
+    # the old file and gets its flock afterwards must not hold a lock that a new file no longer shares
+    real, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(tmp_path / run_folder.LOCK)  # removed by its creator just before this process got the lock
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    fd = run_folder.lock(tmp_path)
+    try:
+        assert len(calls) == 2 and os.path.samestat(os.fstat(fd), os.stat(tmp_path / run_folder.LOCK))
+    finally:
+        run_folder.unlock(fd)

@@ -142,6 +142,42 @@ def test_lazy_regularization_logs_the_latest_penalty_and_resumes(tmp_path):
     assert again == pen, "the resumed run logs the same penalties, the latest one from the checkpoint included"
 
 
+def test_lazy_checkpoint_without_the_latest_penalty_resumes_with_a_warning(tmp_path):
+    # checkpoints of lazy runs written on 2026-11-30 hold no "penalty_seen": the resume trains as before, and says
+    # that the logged penalty reads 0 until the next regularized iteration
+    common = ["method.name=roth", "method.roth.every=3", "run.log_every=1", "run.checkpoint_every=4"]
+    old = run(tmp_path, *common, steps=4, name="old")
+    path = old.out_dir / "checkpoints/last.pt"
+    state = ckpt.load(path)
+    del state["method"]["penalty_seen"]
+    ckpt.save(path, state)
+    with pytest.warns(UserWarning, match=r"holds no latest penalty .* reads 0 until the next regularized iteration "
+                                         r"\(method\.roth\.every=3\)"):
+        resumed = run(tmp_path, *common, steps=6, name="old", resume=True)
+    assert resumed.step == 6
+
+
+def test_a_stored_parzen_test_of_one_is_read_as_two(tmp_path):
+    # run.parzen_test=1 with run.parzen was accepted until 2026-12-02: such a run's checkpoint and config.yaml must
+    # stay readable by every command (it refused them all, as an "invalid config"), and a resume can still --set it
+    from fastgan.sample import sample_run
+
+    r = run(tmp_path, "run.parzen=false", steps=2, name="old")
+    path = r.out_dir / "checkpoints/last.pt"
+    state = ckpt.load(path)
+    state["config"]["run"].update(parzen=True, parzen_test=1, parzen_samples=64, parzen_validation=16)
+    ckpt.save(path, state)
+    cfg_yaml = r.out_dir / "config.yaml"
+    cfg_yaml.write_text(cfg_yaml.read_text().replace("parzen: false", "parzen: true").replace(
+        "parzen_test: 10000", "parzen_test: 1"))
+    with pytest.warns(UserWarning, match=r"run\.parzen_test=1 \(accepted by fastgan before 2026-12-02\) is read as 2"):
+        assert sample_run(r.out_dir, 4)["x"].shape == (4, 3)
+    with pytest.warns(UserWarning, match=r"run\.parzen_test=1"):
+        resumed = run(tmp_path, "run.parzen=true", "run.parzen_test=8", "run.parzen_samples=64",
+                      "run.parzen_validation=16", steps=3, name="old", resume=True)
+    assert resumed.step == 3 and "parzen_test: 8" in cfg_yaml.read_text()
+
+
 def test_resume_finds_the_latest_run_by_name(tmp_path):
     base = [*TINY, "run.steps=2", f"run.out_dir={tmp_path}", "run.name=rn"]
     first = fastgan.train(None, overrides=base)
