@@ -408,17 +408,19 @@ def test_functions_reaching_no_updating_module_run_jvp():
     global D_GLOBAL
     torch.manual_seed(0)
     D_GLOBAL = _conditional()  # a training-mode BatchNorm under a global named like the attribute below
-    att = AttentionD().double()
+    try:
+        att = AttentionD().double()
 
-    class Holder:
-        pass
-    h = Holder()
-    h.D_GLOBAL = att
-    x = IMG(4).double()
-    for fn in (lambda x: att(x), lambda x: h.D_GLOBAL(x)):
-        pen, _ = gradient_penalty(fn, x, "js_real", mode="jvp")
-        torch.testing.assert_close(pen, ref.gradient_penalty(fn, x, "js_real")[0], rtol=1e-9, atol=0)
-    D_GLOBAL = None
+        class Holder:
+            pass
+        h = Holder()
+        h.D_GLOBAL = att
+        x = IMG(4).double()
+        for fn in (lambda x: att(x), lambda x: h.D_GLOBAL(x)):
+            pen, _ = gradient_penalty(fn, x, "js_real", mode="jvp")
+            torch.testing.assert_close(pen, ref.gradient_penalty(fn, x, "js_real")[0], rtol=1e-9, atol=0)
+    finally:
+        D_GLOBAL = None
 
 
 @pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
