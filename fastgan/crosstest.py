@@ -185,6 +185,7 @@ def format_report(r: dict) -> str:
         lines.append(f"cross-testing FP difference {diff:.4f} ± {dse:.4f} (standard error): "
                      + ("more than two standard errors" if diff > 2 * dse else
                         "within two standard errors, not a clear difference (more --samples narrow it)"))
+    lines += [f"warning: {w}" for w in r.get("warnings", ())]
     return "\n".join(lines)
 
 

@@ -95,6 +95,19 @@ def test_report_says_whether_the_difference_is_clear():
     assert "difference" not in crosstest.format_report(tie) and "a tie" in crosstest.format_report(tie)
 
 
+def test_a_d_that_calls_everything_fake_wins_with_a_warning():
+    # a flat D that never learned (seen: Roth's annealed mixture run at gamma0 = 2) calls every sample fake, so
+    # its cross-testing FP is 0 and the rule names its model better; the result says why that means nothing
+    real, fake = points(1, 0.9, 0.8, 0.7), points(0.6, 0.2, 0.1, 0)
+    r = cross_test(threshold_d(0.5), fake, threshold_d(5.0), fake, real, names=("D1", "D2"))
+    assert r["better"] == 2 and r["model2"]["tp"] == 0
+    assert r["warnings"] == ["D2 calls 100.0% of the real samples fake (TP 0.0000 < 0.05): its low cross-testing "
+                             "FP says only that it calls almost everything fake, not that model 2 is better"]
+    assert cross_test(threshold_d(0.5), fake, threshold_d(0.5), fake, real)["warnings"] == []
+    text = crosstest.format_report({**r, "real": "r", "generated": 4, "runs": ["a", "b"], "steps": [1, 1]})
+    assert text.splitlines()[-1].startswith("warning: D2 calls 100.0% of the real samples fake")
+
+
 def test_ties_on_cross_fp_go_to_the_lower_fn_then_none():
     real = points(1, 0.7)
     d1, d2 = threshold_d(0.5), threshold_d(0.8)  # d2 calls the 0.7 real sample fake

@@ -112,8 +112,9 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
 
     Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
     None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
-    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie). names: how
-    errors name the two discriminators (a NaN logit, a logit count that is not one per sample).
+    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names a
+    D whose TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule). names: how errors and
+    warnings name the two discriminators (a NaN logit, a logit count that is not one per sample).
     """
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
@@ -127,4 +128,13 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
     key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)
     out["cross_fp_difference_se"] = math.hypot(out["model1"]["cross_fp_se"], out["model2"]["cross_fp_se"])
+    out["warnings"] = [f"{names[i - 1]} calls {1 - out[f'model{i}']['tp']:.1%} of the real samples fake (TP "
+                       f"{out[f'model{i}']['tp']:.4f} < {DEGENERATE_TP}): its low cross-testing FP says only that it "
+                       f"calls almost everything fake, not that model {i} is better"
+                       for i in (1, 2) if out[f"model{i}"]["tp"] < DEGENERATE_TP]
     return out
+
+
+# A D that calls nearly every sample fake (a flat D that never learned, e.g. under a large gamma) wins the cross-test
+# by the rule while saying nothing about the models: flagged below this true-positive rate.
+DEGENERATE_TP = 0.05
