@@ -93,8 +93,6 @@ def _check_device(device) -> Optional[torch.device]:
     return dev
 
 
-
-
 def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")

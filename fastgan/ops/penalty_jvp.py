@@ -282,8 +282,6 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
 
 
-
-
 def _put_back(D, buffers: dict, guard) -> None:
     """D's state as it was before the first forward: an nn.Module's buffers from `buffers` (clones taken before
     it), a function D's from what `guard` caught."""
