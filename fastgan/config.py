@@ -585,7 +585,7 @@ def from_stored(data: Mapping) -> TrainConfig:
     data = copy.deepcopy(dict(data or {}))
     d, m, r = data.get("data"), data.get("model"), data.get("run")
     if isinstance(r, dict):
-        _raise_stored_run_fields(r)
+        _upgrade_stored_run_fields(r)
     if isinstance(d, dict):
         for key in data_unread(d.get("name", _default(DataConfig, "name"))):
             d.pop(key, None)
@@ -597,7 +597,7 @@ def from_stored(data: Mapping) -> TrainConfig:
     return from_dict(data)
 
 
-def _raise_stored_run_fields(r: dict) -> None:
+def _upgrade_stored_run_fields(r: dict) -> None:
     """Evaluation fields of a stored config that a later check refuses, raised to what it accepts, with a warning:
     they decide no model or training step, so every command can still read the run (and a resume can --set them)."""
     import warnings

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ._atomic import replacing
+from ._errors import oserror
 
 # ------------------------------------------------------------------------------------------ CSV
 
@@ -79,7 +80,7 @@ class CSVLogger:
                     csv.DictWriter(f, self.columns).writerow(row)
         except OSError as e:  # a full disk's error from a file object's write names no file
             msg = f"writing {self.path}: {e.strerror or e}"
-            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
+            raise oserror(e, msg) from e
 
     def _rewrite(self) -> None:
         with replacing(self.path) as tmp, open(tmp, "w", newline="") as f:

@@ -21,6 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from ._atomic import replacing
+from ._errors import oserror
 from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
@@ -555,7 +556,7 @@ class _Run:
             kept = (f"the previous checkpoint (step {self.last_ckpt_step}) is intact" if self.last_ckpt_step
                     is not None else "no checkpoint had been written yet")
             msg = f"writing checkpoint {self.ckpt_path} at step {step}: {e.strerror or e}; {kept}"
-            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
+            raise oserror(e, msg) from e
         self.last_ckpt_step = step
 
     # ---------------------------------------------------------------- loop

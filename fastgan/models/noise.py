@@ -24,5 +24,5 @@ def noise_generator(cfg: ModelConfig, data_shape: tuple, latent_dim: int):
                             cfg.leaky_slope, bn, **common)
     if cfg.arch == "goodfellow":
         return GoodfellowGenerator(latent_dim, data_shape, _shrink(cfg.resolved("g_hidden"), div), bn, **common)
-    return DCGANGenerator(latent_dim, data_shape, max(1, cfg.dcgan_width // div), bn, **common,
+    return DCGANGenerator(latent_dim, data_shape, cfg.dcgan_width, bn, **common,  # the width counts at div 1 only
                           filters=dcgan_filters(cfg, data_shape, div), activation_name=cfg.dcgan_activation)
