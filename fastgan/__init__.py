@@ -4,5 +4,5 @@ from . import ops
 from .info import info
 from .train import train  # the function; it shadows the submodule fastgan.train on purpose
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["ops", "info", "train", "__version__"]

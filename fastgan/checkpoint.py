@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ._atomic import replacing
+from ._version import __version__
 from .config import ConfigError
 
 FORMAT = "fastgan-checkpoint"
@@ -33,10 +34,11 @@ class CheckpointMismatchError(CheckpointError, ConfigError):
 
 
 def save(path, state: Mapping) -> Path:
-    """Write {format, version, **state} atomically to path."""
+    """Write {format, version, fastgan (the package's version, for the reader's information), **state} atomically
+    to path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **state}
+    payload = {"format": FORMAT, "version": VERSION, "fastgan": __version__, **state}
     with replacing(p, durable=True) as tmp, open(tmp, "wb") as f:
         torch.save(payload, f)
     return p

@@ -166,6 +166,10 @@ class RunConfig:
                                            "note": "a signed 64-bit integer, as torch.manual_seed takes"})
     # cpu, cuda, cuda:N or auto (cuda when available).
     device: str = "cpu"
+    # The fastgan.ops backend every fused op of the run uses (fastgan.ops.use_backend): cuda, triton, cpu or
+    # reference, checked against run.device before the run starts; auto: FASTGAN_BACKEND when set, else each op's
+    # fastest usable one.
+    backend: str = field(default="auto", metadata={"choices": ("auto", "reference", "cpu", "cuda", "triton")})
     # The run folder is <out_dir>/<name>-<timestamp> unless dir is given.
     out_dir: str = "runs"
     dir: Optional[str] = None
@@ -208,8 +212,8 @@ class TrainConfig:
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_FIELDS = ("run.steps", "run.device", "run.log_every", "run.sample_every", "run.checkpoint_every",
-                    "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph", "run.out_dir", "run.dir",
+RESUMABLE_FIELDS = ("run.steps", "run.device", "run.backend", "run.log_every", "run.sample_every",
+                    "run.checkpoint_every", "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph", "run.out_dir", "run.dir",
                     "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test",
                     "run.fd", "run.fd_samples", "run.fd_every")
 

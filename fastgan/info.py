@@ -62,6 +62,21 @@ def info(print_report: bool = False) -> dict:
     if not torch.cuda.is_available():
         report["backends"]["cuda"] = {b: {"usable": False, "reason": "no CUDA device visible to torch"}
                                       for b in ("cuda", "triton")}
+    try:
+        forced, named = _dispatch.requested_backend()
+        report["forced_backend"] = {"backend": forced, "by": named if forced else None, "error": None}
+    except ValueError as e:
+        report["forced_backend"] = {"backend": None, "by": None, "error": str(e)}
+    # the backend an op given no backend= runs on, per device type (None: it raises BackendUnavailable)
+    report["chosen"] = {}
+    for dev in (d.type for d in devices):
+        backends = report["backends"][dev]
+        if report["forced_backend"]["error"]:
+            report["chosen"][dev] = None
+        elif forced is not None:
+            report["chosen"][dev] = forced if backends.get(forced, {}).get("usable") else None
+        else:
+            report["chosen"][dev] = _dispatch.best_fused(torch.device(dev))[0] or "reference"
     if print_report:
         print(format_report(report))
     return report
@@ -109,8 +124,17 @@ def format_report(r: dict) -> str:
     if cd is not None:
         lines.append("torch.compile'd code inside a penalty's D: " + ("run eagerly by every mode" if cd["ok"]
                                                                         else cd["reason"]))
+    fb = r.get("forced_backend") or {}
+    if fb.get("error"):
+        lines.append(f"forced backend: {fb['error']} (every op called without backend= raises)")
+    elif fb.get("backend"):
+        lines.append(f"forced backend: {fb['by']} (every op called without backend=)")
+    chosen = r.get("chosen", {})
     for dev, backends in r["backends"].items():
         lines.append(f"backends for {dev} tensors:")
         for name, st in backends.items():
-            lines.append(f"  {name:<10} {'usable' if st['usable'] else 'unusable: ' + st['reason']}")
+            mark = " (ops run here)" if chosen.get(dev) == name else ""
+            lines.append(f"  {name:<10} {'usable' if st['usable'] else 'unusable: ' + st['reason']}{mark}")
+        if dev in chosen and chosen[dev] is None:
+            lines.append("  ops given no backend= raise BackendUnavailable: the forced backend cannot run here")
     return "\n".join(lines)

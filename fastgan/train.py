@@ -22,6 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from ._atomic import replacing
 from ._errors import oserror
+from ._version import __version__
 from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
@@ -52,6 +53,9 @@ class TrainResult:
     # the gradient modes of the penalty that ran (fastgan.ops gradient_penalty's "mlp", "jvp", "double_backward";
     # "auto" resolved), read off fastgan.ops._dispatch.counts around the run
     penalty_modes: tuple = ()
+    # {fastgan op: the backends its calls ran on} in this session (read off fastgan.ops._dispatch.counts; a
+    # graphed run's replays are not counted, its warm-up and capture are)
+    backends: dict = field(default_factory=dict)
     # the step training began at (the checkpoint's on resume); step == start_step: the checkpoint was already at
     # run.steps or past it, so nothing was trained (and, unless final_evaluation_only, nothing written)
     start_step: int = 0
@@ -62,20 +66,36 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def _check_forced_backend(device: torch.device) -> None:
-    """FASTGAN_BACKEND forces every op's backend: one that cannot run on the run's device fails here, before the
-    run folder is made, not at the first op of step 1."""
+def _run_backend(cfg: TrainConfig) -> tuple[str | None, str]:
+    """(the backend the run's fused ops are forced to, None for each op's best; how it was asked for): run.backend,
+    or FASTGAN_BACKEND when run.backend is auto. An unknown FASTGAN_BACKEND is a ConfigError naming it."""
     from .ops import _dispatch
 
+    if cfg.run.backend != "auto":
+        return cfg.run.backend, f"run.backend={cfg.run.backend!r}"
     try:
         forced = _dispatch.forced_backend()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return forced, f"FASTGAN_BACKEND={forced!r}"
+
+
+def _forced_by(cfg: TrainConfig) -> str:
+    forced, named = _run_backend(cfg)
+    return "auto" if forced is None else named
+
+
+def _check_forced_backend(cfg: TrainConfig, device: torch.device) -> None:
+    """A backend forced on every op (run.backend, FASTGAN_BACKEND) that cannot run on the run's device fails here,
+    before the run folder is made, not at the first op of step 1."""
+    from .ops import _dispatch
+
+    forced, named = _run_backend(cfg)
     if forced is None:
         return
     ok, why = _dispatch.status(forced, device)
     if not ok:
-        raise ConfigError(f"FASTGAN_BACKEND={forced!r}: cannot run on {device} (run.device): {why}")
+        raise ConfigError(f"{named}: cannot run on {device} (run.device): {why}")
 
 
 def _check_graph_data(cfg: TrainConfig, dataset) -> None:
@@ -91,7 +111,7 @@ def _check_graph_data(cfg: TrainConfig, dataset) -> None:
 def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
     """The reference backend of the fused NT noise reads its Philox counter on the host (the oracle's plain
     torch), which a capture fails on: refused before the run folder is made, not at the capture after three
-    steps. It runs there when forced (FASTGAN_BACKEND=reference) or when no fused backend can (no CUDA build of
+    steps. It runs there when forced (run.backend or FASTGAN_BACKEND=reference) or when no fused backend can (no CUDA build of
     fastgan._C, no usable triton)."""
     m = cfg.method
     if not (cfg.run.cuda_graph and device.type == "cuda" and "nt" in m.units and m.nt.fused
@@ -99,7 +119,7 @@ def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
         return
     from .ops import _dispatch
 
-    forced = _dispatch.forced_backend()
+    forced, named = _run_backend(cfg)
     if forced is not None and forced != "reference":
         return  # _check_forced_backend has checked that it runs here
     if forced is None:
@@ -108,7 +128,7 @@ def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
             return
         why = "no fused backend runs here (" + "; ".join(reasons) + ")"
     else:
-        why = "FASTGAN_BACKEND='reference'"
+        why = named
     raise ConfigError(f"run.cuda_graph: method.nt.fused would draw its noise on the reference backend ({why}), "
                       "which reads its Philox counter on the host, and a CUDA graph cannot capture that; set "
                       "method.nt.fused=false, run.cuda_graph=false, or make the cuda or triton backend available")
@@ -220,7 +240,7 @@ class _FiniteMonitor:
 class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
-        _check_forced_backend(self.device)
+        _check_forced_backend(cfg, self.device)
         self.lock = None
         try:
             self._setup(cfg, resume, progress)
@@ -411,7 +431,9 @@ class _Run:
             "latent_dim": int(self.G.latent_dim), "feature_dim": int(self.D.feature_dim),
             "units": sorted(self.method.units), "update": self.method.update_kind,
             "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()},
-            "torch": str(torch.__version__),
+            "torch": str(torch.__version__), "fastgan": __version__,
+            # what forced the fused ops' backend, if anything (status.json says which ran, once the run finishes)
+            "backend": _forced_by(self.cfg),
         }
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
@@ -592,21 +614,23 @@ class _Run:
             except BaseException as e:
                 self._status("failed", f"{type(e).__name__}: {e}")
                 raise
-            self._status("finished")
+            self._status("finished", backends=result.backends)
             return result
         finally:
             unlock(self.lock)
             self.lock = None
 
-    def _status(self, state: str, reason: str = "") -> None:
-        """status.json: how this session of the run ended (running while it trains), for `fastgan compare` and
-        anyone reading a folder of runs; a failing run's own error is what the caller sees, so a failed write of
-        its status does not replace it."""
+    def _status(self, state: str, reason: str = "", backends: Optional[dict] = None) -> None:
+        """status.json: how this session of the run ended (running while it trains; once finished, the backends its
+        fastgan ops ran on), for `fastgan compare` and anyone reading a folder of runs; a failing run's own error is
+        what the caller sees, so a failed write of its status does not replace it."""
         info = {"state": state, "phase": self.phase, "step": self.at, "steps": self.cfg.run.steps,
                 "session_start_step": self.start, "last_checkpoint_step": self.last_ckpt_step,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if reason:
             info["reason"] = reason
+        if backends:
+            info["backends"] = {op: list(names) for op, names in backends.items()}
         try:
             self._write_json(STATUS, info)
         except OSError as e:
@@ -701,11 +725,17 @@ class _Run:
             if self.tb is not None:
                 self.tb.close()
         models = dict(self.method.modules)
-        modes = tuple(sorted(mode for (op, mode), n in list(_dispatch.counts.items())
-                             if op == "gradient_penalty" and mode != "create_graph" and n > counted.get((op, mode), 0)))
+        ran = [(op, name) for (op, name), n in list(_dispatch.counts.items()) if n > counted.get((op, name), 0)]
+        # gradient_penalty counts its modes, the other ops their backends
+        modes = tuple(sorted(mode for op, mode in ran if op == "gradient_penalty" and mode != "create_graph"))
+        backends = {}
+        for op, name in sorted(ran):
+            if op != "gradient_penalty":
+                backends.setdefault(op, []).append(name)
         return TrainResult(out_dir=self.out, step=step, losses=last, generator=self.G, config=self.cfg,
                            models=models, metrics=metrics, penalty_modes=modes, start_step=self.start,
-                           final_evaluation_only=self.final_only)
+                           final_evaluation_only=self.final_only,
+                           backends={op: tuple(names) for op, names in backends.items()})
 
 
 # what the final evaluation logs (Parzen's and the FD tail's rows)
@@ -740,7 +770,13 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
     embedded default: Roth's regularized GAN on the 3-D mixture). `overrides`: ["key=value", ...] as with
     --set. resume: continue the latest run of this config's run.name (or run.dir) from its checkpoint.
     Returns a TrainResult (out_dir, step, last losses, generator, config, models, metrics)."""
-    return _Run(_requested(cfg, overrides, resume), resume, progress).run()
+    cfg = _requested(cfg, overrides, resume)
+    if cfg.run.backend == "auto":
+        return _Run(cfg, resume, progress).run()
+    from .ops import _dispatch
+
+    with _dispatch.use_backend(cfg.run.backend):
+        return _Run(cfg, resume, progress).run()
 
 
 def _requested(cfg, overrides, resume: bool) -> TrainConfig:

@@ -73,9 +73,23 @@ def cmd_train(args) -> int:
         return 0
     parts = [", ".join(f"{k} {v:.4g}" for k, v in result.losses.items() if k.endswith("loss")),
              ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items()),
-             f"penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else ""]
+             f"penalty gradients: {', '.join(result.penalty_modes)}" if result.penalty_modes else "",
+             _backends_ran(result.backends)]
     print(f"fastgan train: {result.step} steps done ({'; '.join(p for p in parts if p)}); output in {result.out_dir}")
     return 0
+
+
+def _backends_ran(backends: dict) -> str:
+    """'ops on cpu: a, b; on reference: c' from TrainResult.backends; an op's backward is named only when it ran
+    somewhere its forward did not."""
+    by = {}
+    for op, names in backends.items():
+        forward = backends.get(op[:-len("_backward")], ()) if op.endswith("_backward") else ()
+        for name in names:
+            if name not in forward:
+                by.setdefault(name, []).append(op)
+    return "; ".join(f"{'ops ' if i == 0 else ''}on {name}: {', '.join(ops)}" for i, (name, ops) in
+                     enumerate(sorted(by.items())))
 
 
 def _out_of_memory(e: BaseException) -> Optional[str]:

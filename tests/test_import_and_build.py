@@ -187,3 +187,28 @@ def test_info_says_whether_compiled_code_inside_d_runs_under_the_penalty(monkeyp
     r = fastgan.info()
     assert r["compiled_d"]["ok"] is False and "torch < 2.6 has no torch.compile stances" in r["compiled_d"]["reason"]
     assert "inside a penalty's D: torch < 2.6 has no torch.compile stances" in format_report(r)
+
+
+def test_info_says_which_backend_ops_run_on_and_what_forces_it(monkeypatch):
+    from fastgan.info import format_report
+    from fastgan.ops import _dispatch
+
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    r = fastgan.info()
+    assert r["forced_backend"] == {"backend": None, "by": None, "error": None}
+    assert r["chosen"]["cpu"] == (_dispatch.best_fused(torch.device("cpu"))[0] or "reference")
+    assert f"\n  {r['chosen']['cpu']:<10} usable (ops run here)" in format_report(r)
+    assert "forced backend" not in format_report(r)
+    monkeypatch.setenv("FASTGAN_BACKEND", "cuda")
+    r = fastgan.info()
+    assert r["chosen"]["cpu"] is None and "(ops run here)" not in format_report(r)
+    assert "forced backend: FASTGAN_BACKEND='cuda' (every op called without backend=)" in format_report(r)
+    assert "  ops given no backend= raise BackendUnavailable: the forced backend cannot run here" in format_report(r)
+    with fastgan.ops.use_backend("reference"):  # wins over the environment, as in the ops
+        r = fastgan.info()
+    assert r["chosen"]["cpu"] == "reference" and r["forced_backend"]["by"] == "use_backend('reference')"
+    monkeypatch.setenv("FASTGAN_BACKEND", "foo")
+    r = fastgan.info()  # reported, not raised
+    assert r["chosen"] == {d: None for d in r["chosen"]} and "FASTGAN_BACKEND: must be one of" in \
+        r["forced_backend"]["error"]
+    assert "forced backend: FASTGAN_BACKEND: must be one of" in format_report(r)

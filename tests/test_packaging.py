@@ -33,3 +33,13 @@ def test_the_sdist_holds_every_tracked_file(tmp_path):
     missing = sorted(set(files) - packed - {".gitignore"})
     assert not missing, f"tracked files the sdist lacks: {missing[:20]}"
     assert {"CMakeLists.txt", "csrc/module.cpp", "kernels/penalty.py", "MANIFEST.in"} <= packed
+
+
+def test_the_package_version_is_the_distributions():
+    """fastgan.__version__ (recorded in run_info.json and checkpoints) and pyproject.toml's are one."""
+    import re
+
+    import fastgan
+
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"$', text, flags=re.M).group(1) == fastgan.__version__

@@ -1,6 +1,6 @@
 """Fused ops, each usable on any user's nn.Module. See README "Ops"."""
 from . import bn_closed_form  # noqa: F401  (registers fastgan::bn_cf_* for torch.compile, export, opcheck)
-from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning
+from ._dispatch import BACKENDS, BackendUnavailable, FallbackWarning, use_backend
 from .denoiser import Denoiser, DenoiserLoss, bn_relu, denoiser_generator_loss, denoiser_loss
 from .noise import noisy_clean_batch
 from .noise_state import NoiseState, default_noise_state, stream_seed
@@ -27,4 +27,5 @@ __all__ = [
     "r1_penalty",
     "r2_penalty",
     "stream_seed",
+    "use_backend",
 ]

@@ -184,6 +184,33 @@ def forced_backend() -> str | None:
     return forced
 
 
+# use_backend's backend, innermost first. A process-wide stack, not a ContextVar: autograd runs CUDA backward
+# passes on its own threads, which would not see a context variable set by the thread that called backward().
+_overrides: list = []
+
+
+@contextlib.contextmanager
+def use_backend(backend: str):
+    """Ops called inside with no backend= of their own run on `backend` (checked at each call: one that cannot run
+    raises BackendUnavailable naming use_backend). It wins over FASTGAN_BACKEND; an explicit backend= wins over it.
+    A torch.compile'd function keeps the backend it was traced with (the choice is baked into its graph)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"use_backend: backend must be one of {BACKENDS}, got {backend!r}")
+    _overrides.append(backend)
+    try:
+        yield
+    finally:
+        _overrides.pop()
+
+
+def requested_backend() -> tuple[str | None, str]:
+    """(the backend ops run on when given no backend=, or None for each op's best; how it was asked for)."""
+    if _overrides:
+        return _overrides[-1], f"use_backend({_overrides[-1]!r})"
+    forced = forced_backend()
+    return forced, f"FASTGAN_BACKEND={forced!r}"
+
+
 def best_fused(device: torch.device) -> tuple[str | None, list[str]]:
     """(the first usable fused backend for `device`, or None; why each one before it cannot run): what resolve
     takes when no backend is named or forced."""
@@ -200,13 +227,13 @@ def best_fused(device: torch.device) -> tuple[str | None, list[str]]:
 def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend to run `op` with on `device`: `backend` if given (checked), else the best usable one.
 
-    FASTGAN_BACKEND=<name> in the environment forces a backend for every op (still checked).
+    use_backend(<name>), or else FASTGAN_BACKEND=<name> in the environment, forces a backend for every op called
+    without one (still checked).
     """
-    env = backend is None
-    if env:
-        backend = forced_backend()
+    named = f"backend {backend!r}"
+    if backend is None:
+        backend, named = requested_backend()
     if backend is not None:
-        named = f"FASTGAN_BACKEND={backend!r}" if env else f"backend {backend!r}"
         ok, why = status(backend, device)
         if not ok:
             raise BackendUnavailable(f"{op}: {named} cannot run here: {why}")

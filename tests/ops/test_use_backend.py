@@ -1,0 +1,72 @@
+"""fastgan.ops.use_backend: the ops called inside run on its backend, checked at each call, over FASTGAN_BACKEND,
+under an explicit backend=; restored on exit, exceptions included."""
+import threading
+
+import pytest
+import torch
+
+from fastgan import ops
+from fastgan.ops import _dispatch
+
+
+def _ran(fn, op):
+    before = {k: v for k, v in _dispatch.counts.items() if k[0] == op}
+    fn()
+    return sorted(b for (o, b), n in _dispatch.counts.items() if o == op and n > before.get((o, b), 0))
+
+
+def _penalty(**kw):
+    D = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(6, 3), torch.randn(5, 3)
+    omega, _, _ = ops.js_penalty(D, x, y, **kw)
+    omega.backward()
+    return omega
+
+
+def test_ops_inside_run_on_its_backend_and_automatic_selection_returns_after():
+    assert _ran(_penalty, "grad_norm_penalty") == ["cpu"]
+    with ops.use_backend("reference"):
+        assert _ran(_penalty, "grad_norm_penalty") == ["reference"]
+        with ops.use_backend("cpu"):  # the innermost wins
+            assert _ran(_penalty, "grad_norm_penalty") == ["cpu"]
+        assert _ran(_penalty, "grad_norm_penalty") == ["reference"]
+        assert _ran(lambda: _penalty(backend="cpu"), "grad_norm_penalty") == ["cpu"]  # an argument wins
+    assert _ran(_penalty, "grad_norm_penalty") == ["cpu"]
+
+
+def test_it_wins_over_the_environment_and_is_restored_after_an_exception(monkeypatch):
+    monkeypatch.setenv("FASTGAN_BACKEND", "cuda")  # cannot run on CPU tensors
+    with pytest.raises(_dispatch.BackendUnavailable, match=r"FASTGAN_BACKEND='cuda' cannot run here"):
+        _penalty()
+    with pytest.raises(KeyError):
+        with ops.use_backend("reference"):
+            assert _ran(_penalty, "grad_norm_penalty") == ["reference"]
+            raise KeyError("x")
+    assert _dispatch._overrides == []
+    with pytest.raises(_dispatch.BackendUnavailable, match=r"FASTGAN_BACKEND='cuda'"):
+        _penalty()
+
+
+def test_a_backend_that_cannot_run_is_named_and_never_falls_back():
+    with ops.use_backend("cuda"):
+        with pytest.raises(_dispatch.BackendUnavailable,
+                           match=r"^grad_norm_penalty: use_backend\('cuda'\) cannot run here: the cuda backend needs "
+                                 r"CUDA tensors"):
+            _penalty()
+    with pytest.raises(ValueError, match=r"^use_backend: backend must be one of .* got 'fast'"):
+        with ops.use_backend("fast"):
+            pass
+    with pytest.raises(ValueError, match=r"got None"):  # None is not "automatic": leave the block out instead
+        with ops.use_backend(None):
+            pass
+    assert _dispatch._overrides == []
+
+
+def test_a_backward_on_another_thread_sees_it():
+    """A process-wide setting, not a context variable: autograd runs CUDA backward passes on its own threads."""
+    seen = []
+    with ops.use_backend("reference"):
+        t = threading.Thread(target=lambda: seen.append(_ran(_penalty, "grad_norm_penalty")))
+        t.start()
+        t.join()
+    assert seen == [["reference"]]

@@ -1,0 +1,79 @@
+"""run.backend: the trainer runs every fused op on it (over FASTGAN_BACKEND), checks it against run.device before
+the run folder is made, may change it on resume, and records what it asked for (run_info.json) and what ran
+(TrainResult.backends, status.json, the command's summary)."""
+import json
+
+import pytest
+
+import fastgan
+from fastgan import checkpoint as ckpt
+from fastgan.config import ConfigError
+from fastgan.ops import _dispatch
+from fastgan.cli import main
+
+TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16", "run.progress=off",
+        "method.roth.mode=mlp"]
+
+
+def _train(d, *overrides, steps=2, resume=False):
+    return fastgan.train(None, overrides=[*TINY, f"run.steps={steps}", f"run.dir={d}", *overrides], resume=resume)
+
+
+def test_the_run_uses_it_and_says_so(tmp_path):
+    r = _train(tmp_path / "a")
+    assert r.backends == {"grad_norm_penalty_terms": ("cpu",)} and r.penalty_modes == ("mlp",)
+    info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert info["backend"] == "auto" and info["fastgan"] == fastgan.__version__
+    r = _train(tmp_path / "b", "run.backend=reference")
+    assert r.backends == {"grad_norm_penalty_terms": ("reference",)}
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["backends"] == \
+        {"grad_norm_penalty_terms": ["reference"]}
+    assert json.loads((tmp_path / "b" / "run_info.json").read_text())["backend"] == "run.backend='reference'"
+    assert _dispatch._overrides == []  # the process's automatic selection is back
+
+
+def test_it_wins_over_the_environment_and_may_change_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+    d = tmp_path / "r"
+    r = _train(d, "run.backend=cpu")
+    assert r.backends == {"grad_norm_penalty_terms": ("cpu",)}
+    r = _train(d, steps=4, resume=True)  # the config's run.backend is auto again: FASTGAN_BACKEND's
+    assert r.backends == {"grad_norm_penalty_terms": ("reference",)} and r.start_step == 2
+    assert json.loads((d / "run_info.json").read_text())["backend"] == "FASTGAN_BACKEND='reference'"
+    assert ckpt.load(d / "checkpoints" / "last.pt")["fastgan"] == fastgan.__version__
+
+
+def test_one_that_cannot_run_on_the_device_is_a_config_error_before_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_BACKEND", "cpu")  # runs: the field's own check is what fails
+    with pytest.raises(ConfigError, match=r"^run\.backend='cuda': cannot run on cpu \(run\.device\): the cuda "
+                                          r"backend needs CUDA tensors"):
+        _train(tmp_path / "r", "run.backend=cuda")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match=r"^run\.backend: must be one of \('auto', 'reference', 'cpu', 'cuda', "
+                                          r"'triton'\), got 'fast'"):
+        _train(tmp_path / "r", "run.backend=fast")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_config_field_lists_every_backend():
+    import dataclasses
+
+    from fastgan.config import RunConfig
+
+    meta = {f.name: f.metadata for f in dataclasses.fields(RunConfig)}["backend"]
+    assert meta["choices"] == ("auto", *_dispatch.BACKENDS)
+
+
+def test_the_command_names_the_backends_that_ran(tmp_path, capsys):
+    args = ["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}", "run.backend=reference"]
+    assert main(args) == 0
+    assert "penalty gradients: mlp; ops on reference: grad_norm_penalty_terms); output in" in capsys.readouterr().out
+
+
+def test_the_summary_names_a_backward_only_where_its_forward_did_not_run():
+    from fastgan.train_cli import _backends_ran
+
+    assert _backends_ran({}) == ""
+    assert _backends_ran({"a": ("cpu",), "a_backward": ("cpu",), "b": ("cpu",), "b_backward": ("reference",)}) == \
+        "ops on cpu: a, b; on reference: b_backward"
