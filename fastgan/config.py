@@ -213,7 +213,8 @@ class TrainConfig:
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_FIELDS = ("run.steps", "run.device", "run.backend", "run.log_every", "run.sample_every",
-                    "run.checkpoint_every", "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph", "run.out_dir", "run.dir",
+                    "run.checkpoint_every", "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph",
+                    "run.out_dir", "run.dir",
                     "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test",
                     "run.fd", "run.fd_samples", "run.fd_every")
 

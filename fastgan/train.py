@@ -68,16 +68,16 @@ class TrainResult:
 
 def _run_backend(cfg: TrainConfig) -> tuple[str | None, str]:
     """(the backend the run's fused ops are forced to, None for each op's best; how it was asked for): run.backend,
-    or FASTGAN_BACKEND when run.backend is auto. An unknown FASTGAN_BACKEND is a ConfigError naming it."""
+    or when it is auto the caller's use_backend block or FASTGAN_BACKEND. An unknown FASTGAN_BACKEND is a
+    ConfigError naming it."""
     from .ops import _dispatch
 
     if cfg.run.backend != "auto":
         return cfg.run.backend, f"run.backend={cfg.run.backend!r}"
     try:
-        forced = _dispatch.forced_backend()
+        return _dispatch.requested_backend()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return forced, f"FASTGAN_BACKEND={forced!r}"
 
 
 def _forced_by(cfg: TrainConfig) -> str:
@@ -111,8 +111,8 @@ def _check_graph_data(cfg: TrainConfig, dataset) -> None:
 def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
     """The reference backend of the fused NT noise reads its Philox counter on the host (the oracle's plain
     torch), which a capture fails on: refused before the run folder is made, not at the capture after three
-    steps. It runs there when forced (run.backend or FASTGAN_BACKEND=reference) or when no fused backend can (no CUDA build of
-    fastgan._C, no usable triton)."""
+    steps. It runs there when forced (run.backend, use_backend or FASTGAN_BACKEND=reference) or when no fused
+    backend can (no CUDA build of fastgan._C, no usable triton)."""
     m = cfg.method
     if not (cfg.run.cuda_graph and device.type == "cuda" and "nt" in m.units and m.nt.fused
             and m.nt.noise in ("fixed", "learned_sigma")):

@@ -77,3 +77,14 @@ def test_the_summary_names_a_backward_only_where_its_forward_did_not_run():
     assert _backends_ran({}) == ""
     assert _backends_ran({"a": ("cpu",), "a_backward": ("cpu",), "b": ("cpu",), "b_backward": ("reference",)}) == \
         "ops on cpu: a, b; on reference: b_backward"
+
+
+def test_a_callers_use_backend_block_is_checked_and_recorded_when_the_field_is_auto(tmp_path):
+    with fastgan.ops.use_backend("cuda"):
+        with pytest.raises(ConfigError, match=r"^use_backend\('cuda'\): cannot run on cpu \(run\.device\)"):
+            _train(tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    with fastgan.ops.use_backend("reference"):
+        assert _train(tmp_path / "b").backends == {"grad_norm_penalty_terms": ("reference",)}
+        assert _train(tmp_path / "c", "run.backend=cpu").backends == {"grad_norm_penalty_terms": ("cpu",)}
+    assert json.loads((tmp_path / "b" / "run_info.json").read_text())["backend"] == "use_backend('reference')"
