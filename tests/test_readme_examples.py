@@ -215,6 +215,17 @@ def test_dataset_example():
     assert x.shape == (64, 1, 28, 28) and x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()
 
 
+@runs("D = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))")
+def test_use_backend_example():
+    from fastgan.ops import _dispatch
+
+    before = dict(_dispatch.counts)
+    _run("D = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))")
+    ran = {k: n - before.get(k, 0) for k, n in _dispatch.counts.items()
+           if k[0] == "grad_norm_penalty" and n > before.get(k, 0)}
+    assert ran == {("grad_norm_penalty", "reference"): 2, ("grad_norm_penalty", "cpu"): 2}, ran  # real and fake
+
+
 def test_every_python_block_is_run_or_named():
     keys = set(_blocks())
     assert keys == set(RUN_HERE) | set(NOT_RUN), (
