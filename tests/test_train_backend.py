@@ -88,3 +88,23 @@ def test_a_callers_use_backend_block_is_checked_and_recorded_when_the_field_is_a
         assert _train(tmp_path / "b").backends == {"grad_norm_penalty_terms": ("reference",)}
         assert _train(tmp_path / "c", "run.backend=cpu").backends == {"grad_norm_penalty_terms": ("cpu",)}
     assert json.loads((tmp_path / "b" / "run_info.json").read_text())["backend"] == "use_backend('reference')"
+
+
+@pytest.mark.parametrize("device, backend", [("cpu", "cpu"), ("cpu", "reference"), ("cpu", "triton"),
+                                             pytest.param("cuda", "cuda", marks=pytest.mark.cuda),
+                                             pytest.param("cuda", "triton", marks=pytest.mark.cuda)])
+def test_every_fused_op_of_a_run_runs_on_the_field_s_backend(tmp_path, device, backend):
+    """Roth's closed-form penalty, NT's fused batches and losses and DFM's denoiser in one run, each op on
+    run.backend and on nothing else."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    ok, why = _dispatch.status(backend, torch.device(device))
+    if not ok:
+        pytest.fail(f"the {backend} backend cannot run on {device}: {why}")
+    r = _train(tmp_path / "r", f"run.device={device}", f"run.backend={backend}", "method.name=roth+nt+dfm",
+               "method.nt.fused=true", "method.nt.noise=fixed", "model.denoiser_hidden=32", steps=3)
+    assert r.step == 3 and all(names == (backend,) for names in r.backends.values()), r.backends
+    assert {"grad_norm_penalty_terms", "noisy_clean_batch", "nt_losses", "denoiser_forward"} <= set(r.backends), \
+        r.backends
