@@ -86,8 +86,8 @@ def _forced_by(cfg: TrainConfig) -> str:
 
 
 def _check_forced_backend(cfg: TrainConfig, device: torch.device) -> None:
-    """A backend forced on every op (run.backend, FASTGAN_BACKEND) that cannot run on the run's device fails here,
-    before the run folder is made, not at the first op of step 1."""
+    """A backend forced on every op (run.backend, use_backend, FASTGAN_BACKEND) that cannot run on the run's device
+    fails here, before the run folder is made, not at the first op of step 1."""
     from .ops import _dispatch
 
     forced, named = _run_backend(cfg)
