@@ -7,6 +7,7 @@ Kept light to import (``import fastgan`` imports this module): data, models, tqd
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -770,12 +771,10 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
     embedded default: Roth's regularized GAN on the 3-D mixture). `overrides`: ["key=value", ...] as with
     --set. resume: continue the latest run of this config's run.name (or run.dir) from its checkpoint.
     Returns a TrainResult (out_dir, step, last losses, generator, config, models, metrics)."""
-    cfg = _requested(cfg, overrides, resume)
-    if cfg.run.backend == "auto":
-        return _Run(cfg, resume, progress).run()
     from .ops import _dispatch
 
-    with _dispatch.use_backend(cfg.run.backend):
+    cfg = _requested(cfg, overrides, resume)
+    with contextlib.nullcontext() if cfg.run.backend == "auto" else _dispatch.use_backend(cfg.run.backend):
         return _Run(cfg, resume, progress).run()
 
 
