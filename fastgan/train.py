@@ -278,6 +278,8 @@ class _Run:
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
                               f"{shape}; use model.arch=mlp or goodfellow")
         self.G = build_generator(cfg.model, shape).to(self.device)
+        if state is None and cfg.model.g_output_bias == "marginals":
+            self.G.init_output_bias(self.dataset.feature_mean())
         self.D = build_discriminator(cfg.model, shape).to(self.device)
         hidden = cfg.model.denoiser_hidden
         if "dfm" in cfg.method.units and hidden is not None and hidden < self.D.feature_dim:

@@ -400,7 +400,7 @@ def test_unread_fields_are_exactly_what_the_config_refuses(section):
              "image_size": 8, "channels": 1, "npz_key": "k", "value_range": (0.0, 2.0), "g_hidden": (8,),
              "d_hidden": (8,), "mlp_activation": "relu", "leaky_slope": 0.1, "maxout_pieces": 2,
              "d_input_dropout": 0.1, "d_dropout": 0.1, "dcgan_width": 8, "dcgan_g_filters": (8, 8, 8),
-             "dcgan_activation": "tanh"}
+             "dcgan_activation": "tanh", "g_output_bias": "marginals"}
     if section == "data":
         cases = [((n,), {"name": n, **({"path": "/p"} if n in ("mnist", "cifar10", "image_folder", "npz") else {})},
                   DataConfig, data_unread) for n in DATASETS]

@@ -213,6 +213,8 @@ def test_dataset_example():
     ns = _run('ds = build_dataset(DataConfig(name="fashion_mnist"), device="cuda")')
     x = ns["x"]
     assert x.shape == (64, 1, 28, 28) and x.min() >= -1 and x.max() <= 1 and x.min() < 0 < x.max()
+    mean = ns["mean"]
+    assert mean.shape == (1, 28, 28) and mean.dtype == torch.float64 and -1 <= mean.min() < mean.max() <= 1
 
 
 @runs("D = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))")

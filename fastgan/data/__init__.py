@@ -1,9 +1,9 @@
 """Training data: built-in Gaussian mixtures and image files (IDX, CIFAR-10 pickles, image folders, npz).
 
 ``build_dataset(cfg, device)`` returns an object with ``.shape``, ``.kind`` ("points" | "images"),
-``.device``, ``len()`` and ``.sample(batch_size, generator=None)``; images are scaled to [-1, 1]. With
-``cfg.holdout = n`` the last n stored samples are not in the returned set but in its ``.held_out`` (a
-TensorDataset; None otherwise).
+``.device``, ``len()``, ``.sample(batch_size, generator=None)`` and ``.feature_mean()``; images are scaled to
+[-1, 1]. With ``cfg.holdout = n`` the last n stored samples are not in the returned set but in its ``.held_out``
+(a TensorDataset; None otherwise).
 """
 from __future__ import annotations
 

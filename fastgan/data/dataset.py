@@ -93,6 +93,16 @@ class TensorDataset:
         for i in range(0, len(self), batch_size):
             yield self._convert(self._data[i:i + batch_size])
 
+    def feature_mean(self) -> torch.Tensor:
+        """The mean of every feature (pixel) over the stored samples as returned: float64, of shape self.shape."""
+        total = torch.zeros(self.shape, dtype=torch.float64, device=self._data.device)
+        for i in range(0, len(self), 4096):  # float64 sums a chunk at a time: no float64 copy of the whole set
+            total += self._data[i:i + 4096].to(torch.float64).sum(0)
+        mean = total / len(self)
+        if self._data.dtype != torch.float32:  # stored integer pixels: scaled as _convert scales them
+            mean = mean * self.scale + self.offset
+        return mean
+
 
 def _fits(data: torch.Tensor, device: torch.device, mode: str, source: str) -> bool:
     if mode == "no":
@@ -135,3 +145,7 @@ class MixtureDataset:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._sampler(_check_batch(batch_size), generator)
+
+    def feature_mean(self) -> torch.Tensor:
+        """The distribution's mean, float64: its components are drawn with equal probability."""
+        return mixtures.means(self.name, device=self.device, dtype=torch.float64).mean(0)

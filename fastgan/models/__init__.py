@@ -1,7 +1,8 @@
 """Generators, discriminators, the NTGAN noise generator and the DFM denoiser, built from a ModelConfig.
 
 - ``build_generator(cfg, data_shape)``: ``.latent_dim``, ``.sample_latent(B, generator=None)``,
-  ``forward(z) -> (B, *data_shape)``.
+  ``forward(z) -> (B, *data_shape)``. It needs no data, so it leaves ``cfg.g_output_bias='marginals'`` to its
+  caller: ``G.init_output_bias(dataset.feature_mean())`` (the trainer does so at a fresh start).
 - ``build_discriminator(cfg, data_shape)``: ``.feature_dim``, ``forward(x) -> logits (B,)``,
   ``forward_features(x) -> (logits, features)``, ``features(x)``.
 - ``build_noise_generator(cfg, data_shape)``: G's architecture / noise_width_divisor, output

@@ -24,7 +24,7 @@ ARCH_DEFAULTS = {
 
 # fields only some architectures read (dcgan_activation, leaky_slope and the hidden widths: see unread_fields)
 ARCH_ONLY = {"mlp_activation": ("mlp",), "maxout_pieces": ("goodfellow",), "d_input_dropout": ("goodfellow",),
-             "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",)}
+             "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",), "g_output_bias": ("mlp", "goodfellow")}
 
 
 def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
@@ -88,6 +88,10 @@ class ModelConfig:
     spectral_norm: bool = False
     # Weight init: "paper" (each architecture's published init) or "torch" (PyTorch's defaults).
     init: str = field(default="paper", metadata={"choices": ("paper", "torch")})
+    # mlp / goodfellow G's output-layer bias at a fresh start: zero, or "marginals": the training data's
+    # per-feature means through the inverse of G's output activation (Goodfellow et al.'s mnist.yaml:
+    # init_sigmoid_bias_from_marginals).
+    g_output_bias: str = field(default="zero", metadata={"choices": ("zero", "marginals")})
     # NTGAN noise generator: G's architecture with widths divided by this, output scale * tanh.
     noise_width_divisor: int = field(default=8, metadata={"min": 1})
     noise_output_scale: float = field(default=2.0, metadata=NONNEG_F32)

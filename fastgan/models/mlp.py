@@ -32,6 +32,26 @@ class MLPGenerator(Generator):
         self.check_z(z)
         return self.net(z).view(z.shape[0], *self.data_shape)
 
+    @torch.no_grad()
+    def init_output_bias(self, mean: torch.Tensor) -> None:
+        """Sets the output layer's bias so that a zero input to it gives the data's per-feature mean (Goodfellow
+        et al.'s code: pylearn2's init_sigmoid_bias_from_marginals, on G's sigmoid output): then G starts at the
+        data's marginals and its first updates need not move every pixel there. Means at the bounds of a tanh
+        output are clipped as pylearn2 clips probabilities (1e-7 from 0 and 1, here 2e-7 from -1 and 1)."""
+        if not isinstance(mean, torch.Tensor):
+            raise TypeError(f"mean: expected a tensor, got {type(mean).__name__}")
+        if tuple(mean.shape) != self.data_shape:
+            raise ValueError(f"mean: expected shape {self.data_shape} (G's samples), got {tuple(mean.shape)}")
+        if not bool(torch.isfinite(mean).all()):
+            raise ValueError("mean: holds non-finite values")
+        linear, act = self.net[-2], self.net[-1]
+        m = mean.detach().to(torch.float64).flatten().cpu()
+        if isinstance(act, nn.Tanh):
+            m = torch.atanh(m.clamp(-1.0 + 2e-7, 1.0 - 2e-7))
+        elif not isinstance(act, nn.Identity):
+            raise ValueError(f"init_output_bias: G's output activation {type(act).__name__} has no inverse here")
+        linear.bias.copy_(m.to(linear.bias.dtype))
+
 
 class MLPDiscriminator(Discriminator):
     """BatchNorm (when on) in every hidden layer but the first, as in DCGAN-style discriminators."""

@@ -40,12 +40,14 @@ def test_data_fields_the_data_set_does_not_read_are_refused(fields, message):
 @pytest.mark.parametrize("arch, field, value", [("dcgan", "mlp_activation", "relu"),
                                                 ("goodfellow", "mlp_activation", "leaky_relu"),
                                                 ("mlp", "maxout_pieces", 3), ("dcgan", "d_dropout", 0.3),
-                                                ("mlp", "d_input_dropout", 0.0), ("goodfellow", "dcgan_width", 32)])
+                                                ("mlp", "d_input_dropout", 0.0), ("goodfellow", "dcgan_width", 32),
+                                                ("dcgan", "g_output_bias", "marginals")])
 def test_model_fields_the_architecture_does_not_read_are_refused(arch, field, value):
     with pytest.raises(ValueError, match=rf"^model\.{field}: only used by arch .* got arch '{arch}'"):
         ModelConfig(arch=arch, **{field: value})
     ModelConfig(arch=dict(mlp_activation="mlp", maxout_pieces="goodfellow", d_dropout="goodfellow",
-                          d_input_dropout="goodfellow", dcgan_width="dcgan")[field], **{field: value})
+                          d_input_dropout="goodfellow", dcgan_width="dcgan", g_output_bias="goodfellow")[field],
+                **{field: value})
 
 
 @pytest.mark.parametrize("fields, where", [(dict(arch="mlp"), " with activation 'tanh'"),
@@ -199,7 +201,7 @@ def test_which_data_sets_read_which_fields_is_the_readmes_table():
 
 def test_which_architectures_read_which_fields_is_the_readmes_table():
     """README (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
-    goodfellow; `dcgan_width` only for dcgan; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
+    goodfellow; `dcgan_width` only for dcgan; `g_output_bias` only for mlp and goodfellow; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
     g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation only for dcgan."""
     from fastgan.models.config import unread_fields
 
@@ -210,9 +212,10 @@ def test_which_architectures_read_which_fields_is_the_readmes_table():
     assert set(unread_fields("mlp", "leaky_relu")) == set(unread_fields("mlp", "tanh")) - {"leaky_slope"}
     assert set(unread_fields("goodfellow")) == {"mlp_activation", "dcgan_width", "dcgan_g_filters",
                                                 "dcgan_activation", "leaky_slope"}
-    assert set(unread_fields("dcgan", dcgan_activation="relu")) == good | {"mlp_activation", "g_hidden", "d_hidden"}
+    assert set(unread_fields("dcgan", dcgan_activation="relu")) == good | {"mlp_activation", "g_hidden", "d_hidden",
+                                                                           "g_output_bias"}
     assert set(unread_fields("dcgan", dcgan_activation="tanh")) == good | {"mlp_activation", "g_hidden", "d_hidden",
-                                                                           "leaky_slope"}
+                                                                           "g_output_bias", "leaky_slope"}
 
 
 @pytest.mark.parametrize("fields, message", [
