@@ -153,6 +153,20 @@ class OptimConfig:
     beta2: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
     # SGD only.
     momentum: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    # Generator iteration t (1-based) runs every learning rate at max(lr / lr_decay**(t - 1), min_lr), never above
+    # lr (pylearn2's ExponentialDecay; the Goodfellow authors' mnist.yaml: 1.000004 and 1e-6).
+    lr_decay: float = field(default=1.0, metadata={"min": 1.0, "max": FLOAT32_MAX})
+    min_lr: float = field(default=0.0, metadata=NONNEG_F32)
+    # SGD: the momentum rises linearly from `momentum` at iteration 1 to momentum_final at iteration
+    # 1 + momentum_ramp_steps and stays there (pylearn2's MomentumAdjustor, a step each epoch there; mnist.yaml:
+    # 0.5 to 0.7 over 249 epochs of 500 batches).
+    momentum_final: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    momentum_ramp_steps: int = field(default=0, metadata={"min": 0})
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the learning rates or the momentum change during the run."""
+        return self.lr_decay != 1.0 or self.momentum_final is not None
 
 
 @dataclass(frozen=True)
@@ -485,6 +499,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         for key in ("beta1", "beta2"):
             if getattr(o, key) >= 1:  # torch.optim.Adam refuses it at start, naming no field
                 raise ConfigError(f"optim.{key}: must be < 1 for optim.optimizer='adam', got {getattr(o, key)!r}")
+        if o.momentum_final is not None:
+            raise ConfigError(f"optim.momentum_final: SGD's momentum schedule, got optim.optimizer='adam' (set "
+                              f"optim.optimizer=sgd, or leave momentum_final unset)")
+    if (o.momentum_final is None) != (o.momentum_ramp_steps == 0):
+        raise ConfigError(f"optim.momentum_ramp_steps: the momentum schedule needs both momentum_final and "
+                          f"momentum_ramp_steps >= 1, got momentum_final={o.momentum_final!r}, "
+                          f"momentum_ramp_steps={o.momentum_ramp_steps}")
+    if o.min_lr != 0.0 and o.lr_decay == 1.0:
+        raise ConfigError(f"optim.min_lr: the floor of decayed learning rates, but optim.lr_decay=1 decays none "
+                          f"(got min_lr={o.min_lr!r})")
+    if o.scheduled and r.cuda_graph:
+        # the captured step holds the learning rates and momentum it was captured with
+        raise ConfigError("optim.lr_decay / optim.momentum_final: a schedule of the optimizers' settings is not "
+                          "replayed by run.cuda_graph (the graph holds the values it was captured with); set "
+                          "run.cuda_graph=false")
     if not _DEVICE.match(r.device):
         raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
     if r.parzen and r.parzen_test < 2:

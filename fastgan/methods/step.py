@@ -11,6 +11,8 @@ the same draws to the reference and the schedules (gamma, sigma) are device tens
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -199,9 +201,9 @@ class Method:
         o = cfg.optim
         self.optimizers = {"G": self._optimizer(G, o.lr_g), "D": self._optimizer(D, o.lr_d)}
         if self.noise is not None and self.noise.learnable:
-            self.optimizers["noise"] = self._optimizer(self.noise, o.lr_noise or o.lr_d)
+            self.optimizers["noise"] = self._optimizer(self.noise, self._config_lr("noise"))
         if self.denoiser is not None:
-            self.optimizers["denoiser"] = self._optimizer(self.denoiser, o.lr_denoiser or o.lr_d)
+            self.optimizers["denoiser"] = self._optimizer(self.denoiser, self._config_lr("denoiser"))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -249,9 +251,33 @@ class Method:
         if self.penalty_seen is not None and "penalty_seen" in state:
             self.penalty_seen.copy_(state["penalty_seen"])
 
+    def _update_optimizers(self, t) -> None:
+        o = self.cfg.optim
+        if not o.scheduled:
+            return
+        t = int(t)
+        momentum = o.momentum
+        if o.momentum_final is not None:
+            frac = min(1.0, (t - 1) / o.momentum_ramp_steps)
+            momentum = o.momentum + (o.momentum_final - o.momentum) * frac
+        for k, opt in self.optimizers.items():
+            lr0 = self._config_lr(k)  # not the param group's: a loaded optimizer state holds a scheduled one
+            # exp(-n log d), not d ** -n: a power past float's range raises OverflowError
+            lr = max(lr0 * math.exp(-(t - 1) * math.log(o.lr_decay)), min(o.min_lr, lr0))
+            for group in opt.param_groups:
+                group["lr"] = lr
+                if isinstance(opt, torch.optim.SGD):
+                    group["momentum"] = momentum
+
+    def _config_lr(self, name: str) -> float:
+        o = self.cfg.optim
+        return {"G": o.lr_g, "D": o.lr_d, "noise": o.lr_noise or o.lr_d, "denoiser": o.lr_denoiser or o.lr_d}[name]
+
     def update_schedules(self, t) -> None:
         """Set gamma(t) and the annealed sigma(t) for generator iteration t (1-based), and whether its D updates
-        carry the penalty (every one, or with method.roth.every = k those of t = 1, 1 + k, ...)."""
+        carry the penalty (every one, or with method.roth.every = k those of t = 1, 1 + k, ...); with optim.lr_decay
+        or optim.momentum_final, the optimizers' learning rates and momentum of iteration t."""
+        self._update_optimizers(t)
         if self.gamma is not None:
             self.gamma.update(t)
             if self.reg_every > 1:
