@@ -500,8 +500,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             if getattr(o, key) >= 1:  # torch.optim.Adam refuses it at start, naming no field
                 raise ConfigError(f"optim.{key}: must be < 1 for optim.optimizer='adam', got {getattr(o, key)!r}")
         if o.momentum_final is not None:
-            raise ConfigError(f"optim.momentum_final: SGD's momentum schedule, got optim.optimizer='adam' (set "
-                              f"optim.optimizer=sgd, or leave momentum_final unset)")
+            raise ConfigError("optim.momentum_final: SGD's momentum schedule, got optim.optimizer='adam' (set "
+                              "optim.optimizer=sgd, or leave momentum_final unset)")
     if (o.momentum_final is None) != (o.momentum_ramp_steps == 0):
         raise ConfigError(f"optim.momentum_ramp_steps: the momentum schedule needs both momentum_final and "
                           f"momentum_ramp_steps >= 1, got momentum_final={o.momentum_final!r}, "
