@@ -6,6 +6,8 @@ A Linear keeps its GEMMs (d @ W, d^T h); a convolution runs aten.convolution_bac
 needs, i.e. the same kernels as torch's own backward of that convolution."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -52,21 +54,29 @@ class LinearMap:
             return d @ W
         return _aten.convolution_backward(d, h, W, None, *self.args, [True, False, False])[0]
 
-    def weight_grad(self, d, h, W):
-        """sum over samples (and positions) of d * dm(h)/dW."""
+    def weight_grad(self, d, h, W, rows=None):
+        """sum over samples (and positions) of d * dm(h)/dW. rows: sizes of consecutive row blocks of d and h
+        (js_penalty's real then fake rows in one pass), which a convolution contracts apart where _blocked(d):
+        oneDNN's weight gradient adds the samples one after another, and the real rows' partial sum, which the fake
+        rows' then cancel (their D-loss adjoints have opposite signs), cost up to 56 units of rounding against the
+        double backward's 20 (the test convnet, 64 + 64 rows; apart, at most 1.5x its error). A launch more per
+        block, paid only by the joint pass, which CPU does not run for convnets (penalty_jvp.joint_pass)."""
         if not self.conv:
             return batch_contract(d, h)
+        if rows is not None and len(rows) > 1 and _blocked(d):
+            parts = [self.weight_grad(*block, W) for block in zip(d.split(rows), h.split(rows))]
+            return functools.reduce(torch.Tensor.add_, parts)
         return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
 
-    def weight_grad2(self, d1, h1, d2, h2, W):
+    def weight_grad2(self, d1, h1, d2, h2, W, rows=None):
         """weight_grad(d1, h1) + weight_grad(d2, h2): one GEMM accumulating into the other's output (not where
         _blocked(d1): MKL's narrow addmm adds the rows into the larger term, 36 units of rounding against 5 for two
         products added), or two weight convolutions. Not one convolution over both batches concatenated: the two copies cost more than the
         second launch, and oneDNN's weight gradient over the doubled batch can be far slower (2 CPU threads, a
-        DCGAN32-like first layer at B=256: 12.9 ms concatenated, 2.0 ms as two calls)."""
+        DCGAN32-like first layer at B=256: 12.9 ms concatenated, 2.0 ms as two calls). rows: as weight_grad's."""
         if not self.conv and not _blocked(d1):
             return torch.addmm(d1.t() @ h1, d2.t(), h2)
-        return self.weight_grad(d1, h1, W).add_(self.weight_grad(d2, h2, W))
+        return self.weight_grad(d1, h1, W, rows).add_(self.weight_grad(d2, h2, W, rows))
 
 
 def dense_affine(gamma, beta) -> tuple:

@@ -437,6 +437,7 @@ class _MLPPenalty(ClosedForm):
         rho = a.reshape([-1] + [1] * (len(out_shape) - 1))
         grads = []
         fold = ctx.fold
+        rows = [n for _, n in ctx.weight] if isinstance(ctx.weight, tuple) else None  # the joint pass's batches
         for i in range(ctx.last, first - 1, -1):
             L = layers[i]
             d = L["delta"]
@@ -459,10 +460,10 @@ class _MLPPenalty(ClosedForm):
                 else:
                     d = rho.new_ones(out_shape) if d is None else d
                     if smooth:
-                        dW = lin.weight_grad2(rho.expand_as(d), h, d, gt, L["W"])
+                        dW = lin.weight_grad2(rho.expand_as(d), h, d, gt, L["W"], rows)
                         db = channel_sum(rho.expand_as(d))
                     else:
-                        dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"])
+                        dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"], rows)
                         db = channel_sum(per_sample(a, d) * d) if lin.conv else bias_grad(d, a)
                 grads.append((db if L["b"] is not None else None, dW))
                 if smooth and i > first:

@@ -147,11 +147,12 @@ def test_closed_form_float32_error_within_twice_the_double_backwards(name, bias_
 @pytest.mark.parametrize("name", list(CONV_DS))
 def test_convnet_float32_error(name, bias_scale, joint, device, monkeypatch):
     """As above, with 8 units instead of 4 (a convolution's input gradient is shared by every position as well as
-    every sample with the same pattern: eval BatchNorm's beta reached 5.7 units against 1.0), except the
-    convolutions' weights. Those end, in both modes, in the same oneDNN weight-gradient kernel, whose float32 error
-    depends on its operands' values: over seeds 0-5 the closed form's ran 12-56 units against the double backward's
-    7-21 (up to 2.8x). What is asserted for them is 3x plus 8 units, until a contraction of our own beats the
-    kernel's."""
+    every sample with the same pattern: eval BatchNorm's beta reached 5.7 units against 1.0). The convolutions'
+    weights end, in both modes, in the same weight-gradient kernel, which adds the samples one after another: in the
+    joint pass the real rows' partial sum, cancelled by the fake rows', made up to 56 units against the double
+    backward's 20 until the CPU contracted each batch apart (closed_form_maps.LinearMap.weight_grad; over seeds 0-5
+    now 6-28 units against 6-33, at most 1.5x). On CUDA the joint pass keeps one cuDNN call, not yet measured
+    against this: 3x plus 8 units there."""
     _passes(monkeypatch, device, joint)
     for seed in (0, 1, 2):
         D = _D(name, seed, bias_scale)
@@ -163,7 +164,8 @@ def test_convnet_float32_error(name, bias_scale, joint, device, monkeypatch):
         closed = _grads(D, xr, xf, "mlp", torch.float32, device)
         for (pname, param), t, p, c in zip(D.named_parameters(), truth, plain, closed):
             err, ref = _units(c, t), _units(p, t)
-            factor = 3 if isinstance(D[int(pname.split(".")[0])], nn.Conv2d) and param.dim() == 4 else 2
+            conv_weight = isinstance(D[int(pname.split(".")[0])], nn.Conv2d) and param.dim() == 4
+            factor = 3 if conv_weight and device == "cuda" else 2
             assert err <= factor * ref + 8, (seed, pname, err, ref)
 
 
