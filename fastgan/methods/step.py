@@ -12,7 +12,6 @@ the same draws to the reference and the schedules (gamma, sigma) are device tens
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable, Optional
 
