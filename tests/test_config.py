@@ -50,6 +50,20 @@ def test_shipped_configs_cover_the_paper_experiments():
     assert table4 == {(r, m) for r in "abcdefg" for m in ("standard", "gp", "sngan", "ntgan")}
 
 
+def test_the_goodfellow_authors_config_differs_from_algorithm_1s_in_the_authors_settings_only():
+    """goodfellow-mlp-fmnist-authors = goodfellow-mlp-fmnist plus mnist.yaml's settings (goodfeli/adversarial)."""
+    def flat(cfg):
+        return {f"{s.name}.{f.name}": getattr(getattr(cfg, s.name), f.name) for s in dataclasses.fields(cfg)
+                for f in dataclasses.fields(getattr(cfg, s.name))}
+
+    paper = flat(load_config(REPO / "configs" / "goodfellow-mlp-fmnist.yaml"))
+    authors = flat(load_config(REPO / "configs" / "goodfellow-mlp-fmnist-authors.yaml"))
+    assert {k: authors[k] for k in authors if authors[k] != paper[k]} == {
+        "model.g_output_bias": "marginals", "method.update": "simultaneous", "optim.lr_decay": 1.000004,
+        "optim.min_lr": 1e-6, "optim.momentum_final": 0.7, "optim.momentum_ramp_steps": 249 * 500,
+        "run.name": "goodfellow-mlp-fmnist-authors"}
+
+
 # NTGAN Table 4 as the paper's text prints it (../shared/papers/ntgan-noise-tempered.txt): learning rate,
 # BatchNorm in G, optimizer, activation, n_disc, #filters G, #samples
 TABLE4_ROWS = r"""
