@@ -674,7 +674,8 @@ class _Run:
                     monitor.check()
                     now = time.perf_counter()
                     last = {k: float(v) for k, v in stats.items()}
-                    self._log(step, {**last, "steps_per_s": (step - s_last) / max(now - t_last, 1e-9)})
+                    self._log(step, {**last, **self.method.schedule_values(),
+                                     "steps_per_s": (step - s_last) / max(now - t_last, 1e-9)})
                     t_last, s_last = now, step
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()
                                      if k in ("d_loss", "g_loss", "gamma", "sigma", "noise_norm", "denoiser_loss")})

@@ -268,6 +268,16 @@ class Method:
                 if isinstance(opt, torch.optim.SGD):
                     group["momentum"] = momentum
 
+    def schedule_values(self) -> dict:
+        """{lr_<optimizer>: its learning rate now, momentum: SGD's} when optim schedules them (logged), else {}."""
+        o = self.cfg.optim
+        if not o.scheduled:
+            return {}
+        out = {f"lr_{k.lower()}": opt.param_groups[0]["lr"] for k, opt in self.optimizers.items()}
+        if o.optimizer == "sgd":
+            out["momentum"] = self.optimizers["D"].param_groups[0]["momentum"]
+        return out
+
     def _config_lr(self, name: str) -> float:
         o = self.cfg.optim
         return {"G": o.lr_g, "D": o.lr_d, "noise": o.lr_noise or o.lr_d, "denoiser": o.lr_denoiser or o.lr_d}[name]

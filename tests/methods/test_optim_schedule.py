@@ -78,6 +78,10 @@ def test_the_trainer_steps_with_the_scheduled_values_and_resumes_bitwise(tmp_pat
         assert seen[2 * t - 2] == pytest.approx((max(0.05 / 1.2 ** (t - 1), 0.02), momentum))
         assert seen[2 * t - 1] == pytest.approx((max(0.1 / 1.2 ** (t - 1), 0.02), momentum))
     assert len(seen) == 20
+    rows = [r.split(",") for r in (full.out_dir / "metrics.csv").read_text().splitlines()]
+    logged = [dict(zip(rows[0], r)) for r in rows[1:] if r[1]]
+    assert [(int(r["step"]), float(r["lr_d"]), float(r["lr_g"]), float(r["momentum"])) for r in logged][-1] == \
+        pytest.approx((10, 0.02, max(0.1 / 1.2 ** 9, 0.02), 0.9))  # the rates and momentum of the logged step
     monkeypatch.setattr(torch.optim.SGD, "step", step)
     half = _run(tmp_path, "half", 5)
     resumed = _run(tmp_path, "half", 10, True)
