@@ -143,6 +143,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(NoisyForwardArgs a) {
       __threadfence();
       unsigned long long* ticket = reinterpret_cast<unsigned long long*>(rng + 2);
       if (atomicAdd(ticket, 1ull) == gridDim.x - 1) {
+        // the acquire half of the handshake (Triton's atomic_add is acq_rel): without it the memory model
+        // lets the writes below be seen before the other blocks' reads that their tickets released
+        __threadfence();
         rng[1] = static_cast<long long>(off + uint64_t(G));
         *ticket = 0ull;
         __threadfence();
