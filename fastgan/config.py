@@ -499,6 +499,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         for key in ("beta1", "beta2"):
             if getattr(o, key) >= 1:  # torch.optim.Adam refuses it at start, naming no field
                 raise ConfigError(f"optim.{key}: must be < 1 for optim.optimizer='adam', got {getattr(o, key)!r}")
+        if o.momentum != 0.0:  # Adam has no such setting: silently training without it would mislead
+            raise ConfigError(f"optim.momentum: SGD's momentum, got {o.momentum!r} with optim.optimizer='adam' (set "
+                              f"optim.optimizer=sgd, or use optim.beta1 for Adam)")
         if o.momentum_final is not None:
             raise ConfigError("optim.momentum_final: SGD's momentum schedule, got optim.optimizer='adam' (set "
                               "optim.optimizer=sgd, or leave momentum_final unset)")

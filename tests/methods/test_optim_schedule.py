@@ -98,6 +98,7 @@ def test_the_trainer_steps_with_the_scheduled_values_and_resumes_bitwise(tmp_pat
 
 @pytest.mark.parametrize("overrides, message", [
     (["optim.momentum_final=0.7", "optim.momentum_ramp_steps=10"], r"^optim\.momentum_final: SGD's momentum schedule"),
+    (["optim.momentum=0.5"], r"^optim\.momentum: SGD's momentum, got 0\.5 with optim\.optimizer='adam'"),
     (["optim.optimizer=sgd", "optim.momentum_final=0.7"], r"^optim\.momentum_ramp_steps: the momentum schedule needs"),
     (["optim.optimizer=sgd", "optim.momentum_ramp_steps=10"], r"^optim\.momentum_ramp_steps: the momentum schedule"),
     (["optim.min_lr=1e-6"], r"^optim\.min_lr: the floor of decayed learning rates, but optim\.lr_decay=1"),
