@@ -356,6 +356,8 @@ void bn_relu_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t g
                          int64_t N, bool training, bool track, double momentum, double eps, bool relu) {
   check(B, N, dtype);
   if (training && B < 1) throw std::invalid_argument("bn_relu: training mode needs a non-empty batch");
+  // no features: given running stats are empty (null data pointers) and there is nothing to compute, as on CUDA
+  if (N == 0) return;
   if ((!training || track) && (rm == 0 || rv == 0)) throw std::invalid_argument("bn_relu: running stats missing");
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
@@ -371,8 +373,8 @@ void bn_relu_backward_cpu(std::uintptr_t dout, std::uintptr_t out, std::uintptr_
                           std::uintptr_t dbeta, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, bool training,
                           bool relu) {
   check(B, N, dtype);
-  // an empty batch has no output to read (its data pointer is null), and nothing to mask
-  if (relu && out == 0 && B > 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
+  // an empty batch or no features: no output to read (its data pointer is null), and nothing to mask
+  if (relu && out == 0 && B > 0 && N > 0) throw std::invalid_argument("bn_relu_backward: relu needs the forward output");
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
     bn_backward<float>({cptr<float>(dout), cptr<float>(out), cptr<float>(y), cptr<float>(gamma), cptr<float>(shift),

@@ -54,7 +54,8 @@ class _Reference:
 
     @staticmethod
     def bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
-        dz = dout * (out > 0) if relu else dout
+        # torch's ReLU backward: zero where out <= 0 only (a NaN pre-activation passes its gradient on)
+        dz = dout.masked_fill(out <= 0, 0) if relu else dout
         xhat = (y - shift) * invstd
         scale = gamma * invstd
         dbeta.copy_(dz.sum(0))

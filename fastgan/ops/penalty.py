@@ -402,7 +402,21 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
     B = x.shape[0]
     if logits.shape not in ((B,), (B, 1)):
         raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"D must return floating-point logits, got {logits.dtype}")
     return logits.reshape(B)
+
+
+def input_grad(logits: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """grad_x of logits.sum(); a D whose logits do not depend on x raises a ValueError saying so (torch's own error
+    there, "does not require grad" or "not used in the graph", names neither D nor x)."""
+    g = None
+    if logits.requires_grad:
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=create_graph, allow_unused=True)
+    if g is None:
+        raise ValueError("D's logits do not depend on its input x: no gradient flows from D(x) back to x (a D "
+                         "that detaches or ignores its input has no input gradient to penalize)")
+    return g
 
 
 PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
@@ -502,7 +516,7 @@ def _double_backward(D, x, weight, reduction, backend, record=True):
     x = x.detach().requires_grad_(True)
     with _MathAttention():
         logits = _logits_of(D, x)
-    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    grad = input_grad(logits, x, create_graph=True)
     if record:
         _dispatch.record("gradient_penalty", "double_backward")
     # grad has x's shape and dtype, logits are (B,) (_logits_of), weight and reduction were checked by the caller

@@ -222,7 +222,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         with guard if guard is not None else contextlib.nullcontext():
             psi0 = _pen._logits_of(D, x)
         after = rng.save()
-        (g,) = torch.autograd.grad(psi0.sum(), x)
+        g = _pen.input_grad(psi0, x)
         acc = _checks.acc_dtype(g.dtype, psi0.dtype)
         g2 = g.reshape(B, math.prod(g.shape[1:]))
         if acc == torch.float64 and g2.dtype != acc:

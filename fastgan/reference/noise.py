@@ -129,5 +129,9 @@ def noisy_clean_batch(x_real, x_fake, noise, mode: str = "double", state: torch.
     if isinstance(noise, torch.Tensor) and noise.dim() == x0.dim():
         eps = noise.to(x0.dtype)
     else:
+        if not isinstance(noise, torch.Tensor) and x0.dtype == torch.float64:
+            # sigma * z in float64 for float64 x, as add_noise computes (a float32 product rounds eps, and
+            # overflows for sigma near the float64 range)
+            noise = torch.tensor(noise, dtype=torch.float64, device=x0.device)
         eps = gaussian_noise(noise, tuple(x0.shape[1:]), n_noisy, state)
     return add_noise(x_real, x_fake, eps, mode)

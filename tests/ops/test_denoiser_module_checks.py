@@ -174,6 +174,31 @@ def test_empty_batch_in_eval_mode(backend):
     assert torch.equal(gamma.grad, torch.zeros(5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bn_relu_with_no_features(backend, training):
+    """Zero features: the running stats given are empty tensors (null data pointers), not missing ones."""
+    y = torch.randn(4, 0, dtype=torch.float64, requires_grad=True)
+    e = [torch.zeros(0, dtype=torch.float64) for _ in range(5)]
+    e[1].requires_grad_()
+    out = bn_relu(y, e[0], e[1], e[2], e[3], e[4], training=training, backend=backend)
+    assert out.shape == (4, 0)
+    out.sum().backward()
+    assert y.grad.shape == (4, 0) and e[1].grad.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bn_relu_passes_the_gradient_of_a_nan_like_torch(backend):
+    """torch's ReLU zeroes the gradient where its output is <= 0 only: a NaN passes it on."""
+    y = torch.tensor([[float("nan"), 1.0], [0.5, -1.0]], dtype=torch.float64)
+    stats = [torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+             torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
+    got, want = y.clone().requires_grad_(), y.clone().requires_grad_()
+    bn_relu(got, None, *stats, training=False, backend=backend).sum().backward()
+    F.relu(F.batch_norm(want, stats[2], stats[3], stats[0], stats[1], False)).sum().backward()
+    assert torch.equal(got.grad, want.grad) and got.grad[0, 0] != 0
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_depth_0_takes_one_sample_in_training_mode(backend):
     """A depth-0 denoiser is one Linear: no batch statistics, so a batch of one is fine in training mode, as for

@@ -171,6 +171,20 @@ def test_other_dtypes_match_reference(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("sigma", [1e300, 1e-300])
+def test_float_sigma_scales_float64_x_in_float64(backend, sigma):
+    """eps = sigma * z in float64 for float64 x: a float32 product would overflow to inf or underflow to 0."""
+    xr = xf = torch.zeros(4, 3, dtype=torch.float64)
+    r, f = _run(backend, xr, xf, sigma, "double")
+    rr, ff = _run("oracle", xr, xf, sigma, "double")
+    eps = r[4:]
+    assert torch.isfinite(eps).all() and (eps != 0).all()
+    assert (eps.abs() / sigma).max() > 0.1
+    torch.testing.assert_close(r, rr, rtol=1e-6, atol=0)
+    torch.testing.assert_close(f, ff, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_non_contiguous_inputs(backend):
     m = 5
     base_r, base_f = _x(8, (m,))

@@ -470,6 +470,30 @@ def test_bad_inputs(call, exc, match):
         call()
 
 
+class _Bias(torch.nn.Module):
+    """Logits from a parameter alone: they require grad, but not through x."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.b.expand(x.shape[0])
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
+@pytest.mark.parametrize("D,exc,match", [
+    (lambda x: x.sum(1).round().long(), TypeError, "^D must return floating-point logits, got torch.int64"),
+    (lambda x: x.detach().sum(1), ValueError, "^D's logits do not depend on its input x"),
+    (_Bias(), ValueError, "^D's logits do not depend on its input x"),
+], ids=["int", "detached", "parameter-only"])
+def test_d_without_input_gradient_is_named(D, exc, match, mode):
+    x = torch.randn(4, 3)
+    for call in (lambda: fastgan.ops.r1_penalty(D, x, mode=mode), lambda: fastgan.ops.js_penalty(D, x, x, mode=mode)):
+        with pytest.raises(exc, match=match):
+            call()
+
+
 # ------------------------------------------------------------------ GPU (run where a device is present)
 
 @pytest.mark.cuda
