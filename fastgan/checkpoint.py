@@ -52,6 +52,11 @@ def _check_crcs(p: Path) -> None:
     changed weight or optimizer moment, silently. Read every entry against its CRC first (a pass over the file,
     about as long as the load); a file that is no zip at all is left to torch.load's error."""
     if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":  # a zip's start without its end: torch.load's message says miniz, not why
+            raise CheckpointError(f"checkpoint {p} is truncated: a zip archive without its end (central directory); "
+                                  "an interrupted copy or download?")
         return
     try:
         with zipfile.ZipFile(p) as z:

@@ -36,6 +36,8 @@ def find_runs(paths) -> list[Path]:
             if not runs:
                 raise FileNotFoundError(f"{p}: neither a run folder (config.yaml) nor a folder of run folders")
             found += runs
+        elif p.exists():
+            raise FileNotFoundError(f"{p} is a file; give its run folder (or a folder of run folders)")
         else:
             raise FileNotFoundError(f"{p}: no such run folder")
     seen, unique = set(), []

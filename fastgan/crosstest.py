@@ -15,7 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
-from .run_commands import add_device_and_seed, cli_device, run, strict_json
+from .run_commands import add_device_and_seed, cli_device, positive, run, strict_json
 from .run_folder import CHECKPOINT
 from .train import _checkpoint_config, _first_problem
 
@@ -34,7 +34,13 @@ class RunModels:
 
 
 def _read(run_dir) -> tuple[dict, C.TrainConfig]:
-    path = Path(run_dir) / CHECKPOINT
+    d = Path(run_dir)
+    path = d / CHECKPOINT
+    if not path.exists():  # say what was given instead of a run folder, not "<it>/checkpoints/last.pt not found"
+        if d.is_file():
+            raise FileNotFoundError(f"{d} is a file; give the run folder (the folder holding {CHECKPOINT})")
+        raise FileNotFoundError(f"run folder not found: {d}" if not d.exists() else
+                                f"{d} is not a run folder: it holds no {CHECKPOINT}")
     state = ckpt.load(path)
     return state, _checkpoint_config(state, path)
 
@@ -205,7 +211,7 @@ def add_cli(subparsers) -> None:
                     "that calls fewer of the other's samples real defines the better model.")
     p.add_argument("run_a", help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
     p.add_argument("run_b", help="the other run folder, e.g. the regularized run")
-    p.add_argument("--samples", type=int, default=10000, help="real and generated samples per model (10000)")
+    p.add_argument("--samples", type=positive, default=10000, help="real and generated samples per model (10000)")
     add_device_and_seed(p, "seed of the latents and of mixture draws")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_crosstest)

@@ -35,6 +35,17 @@ def _seed(text: str) -> int:
 _seed.__name__ = "integer in [-2**63, 2**64 - 1]"  # argparse's "invalid <name> value: ..."
 
 
+def positive(text: str) -> int:
+    """A sample count (-n, --samples): refused by argparse naming the option, as --seed is."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+positive.__name__ = "integer >= 1"
+
+
 def add_device_and_seed(p, seed_help: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--seed", type=_seed, default=0, help=seed_help)
@@ -59,7 +70,9 @@ def run(command: str, body) -> int:
     try:
         text = body()
     except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
-        print(f"fastgan {command}: error: {e}", file=sys.stderr)
+        why = str(e)
+        why = why[len(command) + 2:] if why.startswith(f"{command}: ") else why  # the Python API's own prefix
+        print(f"fastgan {command}: error: {why}", file=sys.stderr)
         return 2 if isinstance(e, C.ConfigError) else 1
     print(text)
     return 0

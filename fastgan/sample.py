@@ -10,7 +10,7 @@ import torch
 from . import config as C
 from ._atomic import replacing
 from .crosstest import _read, load_run
-from .run_commands import add_device_and_seed, cli_device, run
+from .run_commands import add_device_and_seed, cli_device, positive, run
 from .run_folder import recorded_data_shape
 
 _FORMATS = (".png", ".npz")
@@ -40,6 +40,8 @@ def _check_out(out) -> Path:
     out = Path(out)
     if out.suffix.lower() not in _FORMATS:
         raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
+    if out.is_dir():
+        raise C.ConfigError(f"--out: {str(out)!r} is a folder; give a file in it")
     return out
 
 
@@ -77,7 +79,7 @@ def add_cli(subparsers) -> None:
         description="Draw samples from a finished run's generator (eval mode, from its checkpoint) into a PNG "
                     "(image grid, or scatter plot of points) or an .npz (arrays x: samples, z: latents).")
     p.add_argument("run", help="run folder (with checkpoints/last.pt)")
-    p.add_argument("--out", required=True, help="output file: .png or .npz")
-    p.add_argument("-n", type=int, default=64, help="number of samples (64)")
+    p.add_argument("--out", required=True, help="output file: .png or .npz (its missing parent folders are made)")
+    p.add_argument("-n", type=positive, default=64, help="number of samples (64)")
     add_device_and_seed(p, "seed of the latents")
     p.set_defaults(func=_cmd_sample)

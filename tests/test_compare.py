@@ -196,7 +196,9 @@ def test_cli(study, tmp_path, capsys):
     assert [r["name"] for r in json.loads(capsys.readouterr().out)][0] == "study-a-x"
     assert main(["compare", str(study), "--grid", "modes"]) == 0
     assert capsys.readouterr().out.startswith("eval/modes\n")
+    a_file = next(study.iterdir()) / "config.yaml"
     for args, code, msg in (([str(tmp_path / "none")], 1, "no such run folder"),
+                            ([str(a_file)], 1, "config.yaml is a file; give its run folder"),
                             ([str(tmp_path)], 1, "neither a run folder"),
                             ([str(study), "--metrics", "fd"], 2, "--metrics: no run logged eval/fd; logged: modes"),
                             ([str(study), "--sort", "fd"], 2, "--sort: no run logged eval/fd"),

@@ -196,16 +196,31 @@ def test_cli_prints_the_report_and_json(two_runs, capsys):
 
 
 @pytest.mark.parametrize("args, code, match", [
-    (["{a}", "{missing}"], 1, "checkpoint not found"),
+    (["{a}", "{missing}"], 1, "run folder not found: "),
+    (["{a}", "{a}/checkpoints/last.pt"], 1, "last.pt is a file; give the run folder"),
+    (["{a}", "{empty}"], 1, "is not a run folder: it holds no checkpoints/last.pt"),
     (["{a}", "{b}", "--device", "gpu"], 2, "--device: must be one of"),
-    (["{a}", "{b}", "--samples", "0"], 1, "samples: must be >= 1"),
 ])
 def test_cli_errors_are_one_line(two_runs, tmp_path, capsys, args, code, match):
     a, b = two_runs
-    argv = [s.format(a=a, b=b, missing=tmp_path / "none") for s in args]
+    (tmp_path / "empty").mkdir()
+    argv = [s.format(a=a, b=b, missing=tmp_path / "none", empty=tmp_path / "empty") for s in args]
     assert main(["crosstest", *argv]) == code
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_sample_count_and_api_prefix(two_runs, tmp_path, capsys):
+    a, b = two_runs
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, naming the option
+        main(["crosstest", str(a), str(b), "--samples", "0"])
+    assert e.value.code == 2 and "argument --samples: invalid integer >= 1 value: '0'" in capsys.readouterr().err
+    other = tmp_path / "other"
+    fastgan.train(None, overrides=["data.name=ring8", "run.steps=1", f"run.dir={other}", "run.sample_every=0",
+                                   "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"])
+    assert main(["crosstest", str(a), str(other)]) == 1
+    err = capsys.readouterr().err  # cross_test_runs' own "crosstest: " is not said twice
+    assert err.startswith("fastgan crosstest: error: ") and "crosstest: error: crosstest:" not in err
 
 
 def _damaged_copy(run, dest, edit):
@@ -515,7 +530,7 @@ def test_eval_names_the_run_whose_generator_makes_non_finite_samples(tmp_path, c
     bad = _damaged_copy(tmp_path / "a", tmp_path / "nan_g", nan_g)
     assert main(["eval", str(bad), "--samples", "20"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"fastgan eval: error: eval: the generator of {bad} (step 1) made non-finite samples"), err
+    assert err.startswith(f"fastgan eval: error: the generator of {bad} (step 1) made non-finite samples"), err
 
 
 def test_held_out_float_images_are_scaled_as_the_runs_trained_on_them(tmp_path):

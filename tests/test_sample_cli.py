@@ -57,8 +57,13 @@ def test_png_of_points_and_of_images(mixture_run, tmp_path, tiny_fashion_mnist):
 def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
     out = tmp_path / "keep.npz"
     out.write_bytes(b"old")
-    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "0"]) == 1
-    assert "n: must be >= 1" in capsys.readouterr().err and out.read_bytes() == b"old"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "0"])
+    assert e.value.code == 2 and "argument -n: invalid integer >= 1 value: '0'" in capsys.readouterr().err
+    assert out.read_bytes() == b"old"
+    (tmp_path / "d.png").mkdir()
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "d.png")]) == 2
+    assert "--out: '" in capsys.readouterr().err  # named, not the temporary file's rename
     assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "s.jpg")]) == 2
     assert "--out: must end in .png or .npz" in capsys.readouterr().err
     # the suffix is checked before the run is read: a missing run would exit 1 naming the run
@@ -71,13 +76,18 @@ def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("suffix", [".png", ".npz"])
-def test_a_failed_write_leaves_no_temporary_file(mixture_run, tmp_path, capsys, suffix):
-    """The PNG writer left `x.png.tmp` behind when the rename failed (here: --out is a folder)."""
-    out = tmp_path / f"isdir{suffix}"
-    out.mkdir()
+def test_a_failed_write_leaves_no_temporary_file(mixture_run, tmp_path, capsys, suffix, monkeypatch):
+    """The PNG writer left `x.png.tmp` behind when the rename failed (here: a rename that fails, as onto a folder
+    made after --out was checked)."""
+    import fastgan._atomic
+
+    def refuse(src, dst):
+        raise IsADirectoryError(21, "Is a directory", str(dst))
+    monkeypatch.setattr(fastgan._atomic.os, "replace", refuse)
+    out = tmp_path / f"s{suffix}"
     assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "4"]) == 1
     assert "fastgan sample: error: " in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name] and out.is_dir()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp_path):

@@ -191,6 +191,10 @@ def test_resume_finds_the_latest_run_by_name(tmp_path):
     assert third.out_dir == first.out_dir and third.step == 5
     with pytest.raises(FileNotFoundError, match="no run named 'other'"):
         fastgan.train(None, overrides=[*TINY, f"run.out_dir={tmp_path}", "run.name=other"], resume=True)
+    with pytest.raises(FileNotFoundError, match="^--resume: no run folder or config file .*rn-typo$"):
+        fastgan.train(tmp_path / "rn-typo", overrides=["run.steps=5"], resume=True)
+    with pytest.raises(FileNotFoundError, match="^config file not found: .*typo.yaml$"):
+        fastgan.train(tmp_path / "typo.yaml", overrides=["run.steps=5"], resume=True)
 
 
 def test_resume_with_a_different_config_is_an_error(tmp_path):
@@ -750,6 +754,9 @@ def test_cli_a_config_swallowed_by_set_is_the_config_only_when_none_was_given(tm
     assert (cfg["run"]["name"], cfg["run"]["steps"]) == ("two", 7)
     assert main(["train", str(one), "--print-config", "--set", str(two)]) == 2  # not silently two.yaml's run
     assert "expected key=value" in capsys.readouterr().err
+    # a mistyped config after --set: its error is the missing file, not a malformed override
+    assert main(["train", "--print-config", "--set", "run.steps=7", str(tmp_path / "tow.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
 
 
 def test_fields_left_null_are_resolved_into_the_saved_config(tmp_path):

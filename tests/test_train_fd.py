@@ -215,8 +215,9 @@ def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
                                        "run.progress=off"])
     assert cli_main(["eval", str(r.out_dir), "--device", "tpu"]) == 2
     assert "--device: must be one of" in capsys.readouterr().err
-    assert cli_main(["eval", str(r.out_dir), "--samples", "0"]) == 1
-    assert "samples: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["eval", str(r.out_dir), "--samples", "0"])
+    assert e.value.code == 2 and "argument --samples: invalid integer >= 1 value: '0'" in capsys.readouterr().err
     assert cli_main(["eval", str(r.out_dir), "--samples", "5", "--json"]) == 0  # a mixture run: no classifier score
     assert json.loads(capsys.readouterr().out)["generated"] == 5
     over = [o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="t") if not o.startswith("run.fd")]
@@ -226,7 +227,7 @@ def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
             in capsys.readouterr().err)
     r = fastgan.train(None, overrides=[*over, "data.split=test"])
     assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 1
-    assert "eval: data.split='test' trains on the test split" in capsys.readouterr().err
+    assert "fastgan eval: error: data.split='test' trains on the test split" in capsys.readouterr().err
 
 
 @pytest.mark.cuda

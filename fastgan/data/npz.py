@@ -31,6 +31,15 @@ def load_array(path, key: str | None = None) -> np.ndarray:
     path = require_exists(path, "npz file")
     bad = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None
+    if not (head.startswith(b"PK") or head == b"\x93NUMPY"):
+        # np.load reads anything else as a pickle and says to allow_pickle: misleading for a text or image file
+        raise ValueError(f"{path}: not an npz/npy file (it starts with neither a zip's nor a .npy's magic bytes: "
+                         f"{head!r})")
+    try:
         obj = np.load(path, allow_pickle=False)
     except bad as e:
         raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None

@@ -112,6 +112,22 @@ def test_npz_complex_refused(tmp_path, shape):
     build_error(DataConfig(name="npz", path=str(f)), f, match="complex")
 
 
+@pytest.mark.parametrize("content", [b"x,y\n1,2\n", pickle.dumps(np.ones((3, 2))), b""], ids=["text", "pickle", "empty"])
+def test_npz_that_is_no_npz_is_named_so_not_a_pickle(tmp_path, content):
+    """np.load reads an unknown file as a pickle and suggests allow_pickle=True: the wrong advice for a file
+    that is no npz/npy at all."""
+    f = tmp_path / "a.npz"
+    f.write_bytes(content)
+    msg = build_error(DataConfig(name="npz", path=str(f)), f, match="not an npz/npy file")
+    assert "pickle" not in msg
+
+
+def test_npy_of_objects_is_refused(tmp_path):
+    f = tmp_path / "a.npy"
+    np.save(f, np.array([{"a": 1}, None], dtype=object))
+    build_error(DataConfig(name="npz", path=str(f)), f, match="not a readable npz/npy file")
+
+
 # ---- IDX: sizes ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dims", [(3, 0, 5), (3, 5, 0), (0, 5, 5)])
 def test_idx_zero_dimension(tmp_path, dims):
