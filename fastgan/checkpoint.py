@@ -50,7 +50,8 @@ REQUIRED = ("step", "config", "method", "rng")
 def _check_crcs(p: Path) -> None:
     """torch.load does not check the zip entries' CRC-32s: a flipped bit (bit rot, a damaged copy) loaded as a
     changed weight or optimizer moment, silently. Read every entry against its CRC first (a pass over the file,
-    about as long as the load); a file that is no zip at all is left to torch.load's error."""
+    about as long as the load); a zip's start without its end is named truncated; a file that is no zip at all is
+    left to torch.load's error."""
     if not zipfile.is_zipfile(p):
         with open(p, "rb") as f:
             head = f.read(4)

@@ -40,7 +40,7 @@ def _read(run_dir) -> tuple[dict, C.TrainConfig]:
         if d.is_file():
             raise FileNotFoundError(f"{d} is a file; give the run folder (the folder holding {CHECKPOINT})")
         raise FileNotFoundError(f"run folder not found: {d}" if not d.exists() else
-                                f"{d} is not a run folder: it holds no {CHECKPOINT}")
+                                f"{d} holds no {CHECKPOINT}: not a run folder, or a run not checkpointed yet")
     state = ckpt.load(path)
     return state, _checkpoint_config(state, path)
 

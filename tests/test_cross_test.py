@@ -198,7 +198,7 @@ def test_cli_prints_the_report_and_json(two_runs, capsys):
 @pytest.mark.parametrize("args, code, match", [
     (["{a}", "{missing}"], 1, "run folder not found: "),
     (["{a}", "{a}/checkpoints/last.pt"], 1, "last.pt is a file; give the run folder"),
-    (["{a}", "{empty}"], 1, "is not a run folder: it holds no checkpoints/last.pt"),
+    (["{a}", "{empty}"], 1, "empty holds no checkpoints/last.pt: not a run folder, or a run not checkpointed yet"),
     (["{a}", "{b}", "--device", "gpu"], 2, "--device: must be one of"),
 ])
 def test_cli_errors_are_one_line(two_runs, tmp_path, capsys, args, code, match):
