@@ -129,6 +129,17 @@ def autocast_enabled(device: torch.device) -> bool:
         return False
 
 
+def autocast_float16(device: torch.device) -> bool:
+    """Whether autocast is on for device's type and casts to float16 (whose range ends at 65504)."""
+    if not autocast_enabled(device):
+        return False
+    try:
+        return torch.get_autocast_dtype(device.type) == torch.float16
+    except (AttributeError, RuntimeError):  # torch < 2.4 spelling
+        get = torch.get_autocast_gpu_dtype if device.type == "cuda" else torch.get_autocast_cpu_dtype
+        return get() == torch.float16
+
+
 def no_autocast(device: torch.device):
     """A context with autocast off for device's type (a no-op when it is off): fused paths that take the
     parameters' dtype (the denoiser, the penalty's closed form) must not have their GEMMs autocast to half."""

@@ -26,6 +26,7 @@ dual forward therefore runs those functions, and the parameterized linear ops, t
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -48,6 +49,10 @@ from . import penalty as _pen
 
 # _dispatch.counts[(MODE_OP, mode)] counts gradient_penalty calls per mode that actually ran.
 MODE_OP = "gradient_penalty"
+
+
+# torch >= 2.5 names it at the top level; torch.cuda's is the same class
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 # ---------------------------------------------------------------- state the second forward must reproduce
@@ -77,6 +82,50 @@ def jvp_refusal(D) -> str | None:
     if not isinstance(D, nn.Module):
         return None
     return _backward_hooks(D) or _multihead_attention(D)
+
+
+# Types of a module's own attributes that hold no tensor (its sizes, flags, hook dicts): skipped by type alone,
+# since the walk runs on every jvp call
+_NO_TENSORS = frozenset({int, float, bool, str, type(None), collections.OrderedDict, set})
+_MODULE_SLOTS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _holds(v) -> bool:
+    return isinstance(v, (torch.Tensor, nn.Module))
+
+
+def _state_outside_buffers(D) -> bool:
+    """Whether an nn.Module D holds tensors outside its registered parameters and buffers: a plain tensor attribute
+    (a statistic it keeps, old-style spectral norm's weight), or modules or tensors in a Python list, tuple, set or
+    dict (a BatchNorm in a list is no submodule). jvp's buffer copies do not cover those: its first forward is then
+    watched as a function D's is (StateGuard), so that what it writes there advances once per call."""
+    for m in D.modules():
+        d = m.__dict__
+        for k, v in d.items():
+            t = type(v)
+            if t in _NO_TENSORS:
+                continue
+            if t is dict:
+                if k not in _MODULE_SLOTS and v and any(map(_holds, v.values())):
+                    return True
+            elif t is tuple or t is list or t is frozenset:
+                if any(map(_holds, v)):
+                    return True
+            elif _holds(v) or (isinstance(v, (list, tuple, set, frozenset)) and any(map(_holds, v))) or \
+                    (isinstance(v, dict) and not isinstance(v, collections.OrderedDict) and
+                     any(map(_holds, v.values()))):
+                return True
+    return False
+
+
+def _guard_for(D, x):
+    """StateGuard for D's first forward, or None where D's buffer copies cover its state (an nn.Module with all its
+    tensors registered): a torch function mode costs each op of the forward some host time."""
+    if not isinstance(D, nn.Module):
+        return StateGuard(own=(x,), refuse=True)
+    if _state_outside_buffers(D):
+        return StateGuard(own=(x, *D.buffers()), refuse=True)  # its buffers: the second forward runs on copies
+    return None
 
 
 def _buffer_clones(D) -> dict:
@@ -131,7 +180,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Rng:
-    """Snapshots of the generators D may draw from (CPU, and x's CUDA device), so a forward can be replayed."""
+    """Snapshots of the generators D may draw from (CPU, and x's CUDA device), so a forward can be replayed. Not
+    Python's `random` or NumPy's: saving and comparing their states took 50-150 us a call on the 2-core CPU, for
+    every D; a D drawing from them is documented to need "double_backward"."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda" and not _capturing(device)
@@ -216,8 +267,9 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     with _REPLAY_LOCK:
         start = rng.save()
         x = x.requires_grad_(True)
-        # a function D's writes to state it reaches are caught (an nn.Module's second forward runs on buffer clones)
-        guard = None if isinstance(D, nn.Module) else StateGuard(own=(x,), refuse=True)
+        # a function D's writes to state it reaches are caught (an nn.Module's second forward runs on buffer clones;
+        # its tensors outside buffers are caught as a function D's)
+        guard = _guard_for(D, x)
         # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
         with guard if guard is not None else contextlib.nullcontext():
             psi0 = _pen._logits_of(D, x)
@@ -230,6 +282,12 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         psi = psi0.detach().to(acc)
         per, u, v = penalty_terms(g2, psi, weight, div, backend)
         value = per.mean() if reduction == "mean" else per.sum()
+        # In float16 the backward's cotangent into D's tangent graph is the penalty's upstream gradient itself,
+        # which GradScaler's 2**16 already overflows (the double backward's carries 2w(psi)g/B, small): the
+        # direction is normalized to max |v| = 1 and the tangent scaled back in float32, so that cotangent is
+        # upstream * max |v| as in the double backward.
+        scale = v.detach().abs().amax().clamp_min(torch.finfo(v.dtype).tiny) \
+            if x.dtype == torch.float16 or _dispatch.autocast_float16(x.device) else 1
 
         replay = not _Rng.same(start, after)
         if replay:
@@ -240,14 +298,17 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                     # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
-                    xd = fwAD.make_dual(x.detach(), v.reshape(x.shape).to(x.dtype))
+                    xd = fwAD.make_dual(x.detach(), (v if isinstance(scale, int) else v / scale).reshape(x.shape).to(x.dtype))
                 with _from_start(guard, x):
                     out = _call_with_buffers(D, buffers, xd)
                 jv = fwAD.unpack_dual(out).tangent
-        except NotImplementedError as e:
+        except (NotImplementedError, RuntimeError) as e:
             # only running D finds these (a custom autograd.Function without jvp, an op torch has no forward-mode
-            # formula for, fastgan's refusals): the call is refused as one that never ran, D's state and the
-            # generators as at the start
+            # formula for, fastgan's refusals; a RuntimeError such as vmap's "Batching rule not implemented for
+            # aten::_unpack_dual": the plain forward ran on this x): the call is refused as one that never ran,
+            # D's state and the generators as at the start
+            if isinstance(e, _OUT_OF_MEMORY):
+                raise
             _put_back(D, start_buffers, guard)
             rng.restore(start)
             replay = False
@@ -265,7 +326,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     logits = out.reshape(B)
     surrogate = None
     if jv is not None:
-        surrogate = jv.sum().to(acc)
+        surrogate = jv.sum().to(acc) if isinstance(scale, int) else jv.sum().to(acc) * scale.to(acc)
     if weight != "one":
         term = (u * logits.to(acc)).sum()
         surrogate = term if surrogate is None else surrogate + term
@@ -284,9 +345,10 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
 
 def _put_back(D, buffers: dict, guard) -> None:
     """D's state as it was before the first forward: an nn.Module's buffers from `buffers` (clones taken before
-    it), a function D's from what `guard` caught."""
+    it), what `guard` caught (a function D's state, a module's tensors outside its buffers)."""
     if guard is not None:
         write(guard.saved)
+    if not isinstance(D, nn.Module):
         return
     with torch.no_grad():
         for name, b in D.named_buffers():
@@ -447,9 +509,15 @@ def _check_jvp_once(D, x, weight, reduction, backend):
         pen, logits = jvp_penalty(D, x, weight, reduction, backend)
         got = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True) if pen.requires_grad \
             else [None] * len(params)
-        ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start)
+        # the replay's writes outside D's buffer copies (a function D's state, a module's unregistered tensors)
+        # are undone once its gradients are taken: jvp_penalty's forward has advanced that state already
+        watch = _guard_for(D, x)
+        with watch if watch is not None else contextlib.nullcontext():
+            ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start)
         want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
             else [None] * len(params)
+        if watch is not None:
+            write(watch.saved)
         a, b = _flat(got, params), _flat(want, params)
         err, size = (a - b).norm().item(), max(a.norm().item(), b.norm().item())
         value_err = abs(pen.item() - ref_pen.item())

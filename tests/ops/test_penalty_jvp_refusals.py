@@ -501,3 +501,71 @@ def test_auto_falls_back_from_a_custom_function_without_jvp_with_a_warning(auto_
         got = _grads(D, *js_penalty(D, xr, xf, mode="auto"))
     assert _dispatch.counts[(MODE_OP, "double_backward")] > before
     _assert_same(got, _grads(oracle, *ref.js_penalty(oracle, xr, xf)))
+
+
+class _UnregisteredStateD(nn.Module):
+    """State jvp's buffer copies do not cover: a statistic in a plain tensor attribute and a BatchNorm held in a
+    Python list (no submodule), with momentum=None (its batch count matters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.h = nn.Linear(3, 8), nn.Linear(8, 1)
+        self.ema = torch.zeros(8)
+        self.bns = [nn.BatchNorm1d(8, momentum=None)]
+
+    def double(self):
+        super().double()
+        self.ema = self.ema.double()
+        self.bns[0].double()
+        return self
+
+    def forward(self, x):
+        h = F.silu(self.bns[0](self.a(x)))
+        with torch.no_grad():
+            self.ema.mul_(0.9).add_(0.1 * h.mean(0))
+        return self.h(h)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "auto-as-on-cuda"])
+def test_a_module_s_tensors_outside_its_buffers_advance_once(mode, monkeypatch):
+    if mode == "auto-as-on-cuda":
+        from helpers import auto_as_on_cuda
+
+        auto_as_on_cuda(monkeypatch)
+        mode = "auto"
+    torch.manual_seed(0)
+    D = _UnregisteredStateD().double()
+    oracle = copy.deepcopy(D)
+    for step in range(2):
+        xr, xf = VEC(6).double(), VEC(6).double() + 1
+        want = _grads(oracle, *ref.js_penalty(oracle, xr, xf))
+        got = _grads(D, *js_penalty(D, xr, xf, mode=mode))
+        _assert_same(got, want)
+        torch.testing.assert_close(D.ema, oracle.ema, rtol=1e-13, atol=0, msg=f"step {step}")
+        for k, v in D.bns[0].state_dict().items():
+            torch.testing.assert_close(v, oracle.bns[0].state_dict()[k], rtol=1e-13, atol=0, msg=f"{k} step {step}")
+    assert int(D.bns[0].num_batches_tracked) == 4  # two calls of two batches, one forward each
+
+
+def test_a_module_with_all_its_state_registered_runs_jvp_unguarded():
+    from fastgan.ops import penalty_jvp
+
+    D = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    assert penalty_jvp._guard_for(D, VEC(2)) is None
+    assert penalty_jvp._guard_for(_UnregisteredStateD(), VEC(2)) is not None
+
+
+def test_an_error_only_forward_mode_meets_is_refused_with_the_state_as_before():
+    """vmap inside D: its batching rules lack aten::_unpack_dual, a RuntimeError only the dual forward meets."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    bn = nn.BatchNorm1d(3).double()
+
+    def D(x):
+        return torch.func.vmap(body)(bn(x))
+    before = copy.deepcopy(bn.state_dict())
+    with pytest.raises(NotImplementedError, match=r"mode='jvp': forward-mode AD cannot run D's forward \(torch: "
+                                                  r".*Batching rule not implemented"):
+        js_penalty(D, VEC(6).double(), VEC(6).double(), mode="jvp")
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
