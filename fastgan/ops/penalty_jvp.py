@@ -15,7 +15,8 @@ first forward (BatchNorm running statistics and spectral-norm power iterations t
 with the double backward) and replays the random-number state (dropout draws the same masks). What cannot be
 replayed is refused (jvp_refusal): backward hooks, nn.MultiheadAttention (out of the rules' reach). A function D's
 state lies wherever it reaches it: what its first forward writes into tensors it did not create is caught
-(state_guard.StateGuard), put back before the second forward, and left afterwards as the first forward left it.
+(state_guard.StateGuard), put back before the second forward, and left afterwards as the first forward left it; so
+is a module's that holds tensors outside its buffers (_state_outside_buffers).
 
 torch's forward-mode formulas for batch_norm (training statistics), instance_norm, layer_norm treat the saved
 mean / inverse std as constants, so reverse mode through their JVP is silently wrong (pytorch/pytorch#196699,
