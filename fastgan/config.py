@@ -610,7 +610,7 @@ def from_dict(data: Mapping) -> TrainConfig:
 def from_stored(data: Mapping) -> TrainConfig:
     """from_dict for a config an earlier fastgan wrote (a checkpoint's, a run folder's config.yaml): a field its
     data set or architecture does not read, accepted then and refused since (data.split on an npz,
-    model.leaky_slope on a tanh MLP), is dropped whatever its value, as the run used its default; anything else
+    model.leaky_slope on a tanh MLP, optim.momentum with Adam), is dropped whatever its value, as the run used its default; anything else
     invalid raises as from_dict does."""
     import copy
 
@@ -620,9 +620,11 @@ def from_stored(data: Mapping) -> TrainConfig:
     from .models.config import unread_fields as model_unread
 
     data = copy.deepcopy(dict(data or {}))
-    d, m, r = data.get("data"), data.get("model"), data.get("run")
+    d, m, r, o = data.get("data"), data.get("model"), data.get("run"), data.get("optim")
     if isinstance(r, dict):
         _upgrade_stored_run_fields(r)
+    if isinstance(o, dict) and o.get("optimizer", _default(OptimConfig, "optimizer")) == "adam":
+        o.pop("momentum", None)  # SGD's, which Adam never read (refused with Adam since 2026-12-04)
     if isinstance(d, dict):
         for key in data_unread(d.get("name", _default(DataConfig, "name"))):
             d.pop(key, None)

@@ -392,6 +392,16 @@ def test_stored_configs_drop_what_their_run_did_not_read(section, fields, unread
     assert data[section][unread] == value  # the caller's mapping is not changed
 
 
+def test_a_stored_adam_config_drops_the_momentum_adam_never_read():
+    """Runs before 2026-12-04 accepted optim.momentum with Adam (and ignored it): their checkpoints still load."""
+    data = {"optim": {"optimizer": "adam", "momentum": 0.5}}
+    with pytest.raises(ConfigError, match=r"^optim\.momentum: SGD's momentum"):
+        C.from_dict(data)
+    assert C.from_stored(data).optim.momentum == 0.0
+    assert C.from_stored({"optim": {"momentum": 0.5}}).optim.momentum == 0.0  # adam by default
+    assert C.from_stored({"optim": {"optimizer": "sgd", "momentum": 0.5}}).optim.momentum == 0.5
+
+
 def test_stored_configs_still_refuse_what_is_invalid():
     with pytest.raises(ConfigError, match=r"model\.latent_dim"):
         C.from_stored({"model": {"arch": "mlp", "leaky_slope": 0.1, "latent_dim": -1}})

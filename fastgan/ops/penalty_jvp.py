@@ -54,6 +54,15 @@ MODE_OP = "gradient_penalty"
 
 # torch >= 2.5 names it at the top level; torch.cuda's is the same class
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# RuntimeErrors of forward-mode AD itself (vmap's "Batching rule not implemented for aten::_unpack_dual", "Trying
+# to use forward AD with ..."), which refuse the jvp pass; any other passes through
+_FORWARD_MODE = re.compile(r"forward[- ]mode|forward AD|_dual\b|_unpack_dual|dual tensor|tangent|\bjvp\b", re.I)
+
+
+def _forward_mode_error(e: RuntimeError) -> bool:
+    text = str(e)
+    return not isinstance(e, _OUT_OF_MEMORY) and "Nested forward mode" not in text and \
+        _FORWARD_MODE.search(text) is not None
 
 
 # ---------------------------------------------------------------- state the second forward must reproduce
@@ -85,36 +94,48 @@ def jvp_refusal(D) -> str | None:
     return _backward_hooks(D) or _multihead_attention(D)
 
 
-# Types of a module's own attributes that hold no tensor (its sizes, flags, hook dicts): skipped by type alone,
-# since the walk runs on every jvp call
-_NO_TENSORS = frozenset({int, float, bool, str, type(None), collections.OrderedDict, set})
+# Types of a module's attributes that hold no tensor (its sizes, flags, names): skipped by type alone, since the
+# walk runs on every jvp call
+_NO_TENSORS = frozenset({int, float, bool, str, bytes, type(None), complex, torch.dtype, torch.device})
 _MODULE_SLOTS = frozenset({"_parameters", "_buffers", "_modules"})
+_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+# skipped when empty (hook dicts) or, but for dicts, holding scalars only
+_PLAIN_CONTAINERS = frozenset({tuple, list, set, frozenset, dict, collections.OrderedDict})
 
 
-def _holds(v) -> bool:
-    return isinstance(v, (torch.Tensor, nn.Module))
+def _holds(v, depth: int = 2) -> bool:
+    """Whether v is or holds (in containers and plain objects' attributes, `depth` levels down) a tensor or a
+    module."""
+    t = type(v)
+    if t in _NO_TENSORS:
+        return False
+    if isinstance(v, (torch.Tensor, nn.Module)):
+        return True
+    if depth == 0 or callable(v):  # functions, classes and methods: state they close over is not looked into
+        return False
+    if isinstance(v, _CONTAINERS):
+        return any(_holds(e, depth - 1) for e in v)
+    if isinstance(v, dict):
+        return any(_holds(e, depth - 1) for e in v.values())
+    own = getattr(v, "__dict__", None)
+    return isinstance(own, dict) and any(_holds(e, depth - 1) for e in own.values())
 
 
 def _state_outside_buffers(D) -> bool:
     """Whether an nn.Module D holds tensors outside its registered parameters and buffers: a plain tensor attribute
-    (a statistic it keeps, old-style spectral norm's weight), or modules or tensors in a Python list, tuple, set or
-    dict (a BatchNorm in a list is no submodule). jvp's buffer copies do not cover those: its first forward is then
-    watched as a function D's is (StateGuard), so that what it writes there advances once per call."""
+    (a statistic it keeps, old-style spectral norm's weight, an RNN's flat weights), or modules or tensors in Python
+    containers or plain objects, two levels down (a BatchNorm in a list is no submodule). jvp's buffer copies do
+    not cover those: its first forward is then watched as a function D's is (StateGuard), so that what it writes
+    there advances once per call."""
     for m in D.modules():
-        d = m.__dict__
-        for k, v in d.items():
+        for k, v in m.__dict__.items():
             t = type(v)
-            if t in _NO_TENSORS:
+            if t in _NO_TENSORS or k in _MODULE_SLOTS:
                 continue
-            if t is dict:
-                if k not in _MODULE_SLOTS and v and any(map(_holds, v.values())):
-                    return True
-            elif t is tuple or t is list or t is frozenset:
-                if any(map(_holds, v)):
-                    return True
-            elif _holds(v) or (isinstance(v, (list, tuple, set, frozenset)) and any(map(_holds, v))) or \
-                    (isinstance(v, dict) and not isinstance(v, collections.OrderedDict) and
-                     any(map(_holds, v.values()))):
+            if t in _PLAIN_CONTAINERS and (not v or (t is not dict and t is not collections.OrderedDict and
+                                                   all(type(e) in _NO_TENSORS for e in v))):
+                continue  # hook dicts (empty), sizes such as kernel_size: the common case, without a call
+            if _holds(v):
                 return True
     return False
 
@@ -125,7 +146,9 @@ def _guard_for(D, x):
     if not isinstance(D, nn.Module):
         return StateGuard(own=(x,), refuse=True)
     if _state_outside_buffers(D):
-        return StateGuard(own=(x, *D.buffers()), refuse=True)  # its buffers: the second forward runs on copies
+        # its buffers watched too: the second forward reads copies through _buffers, but an attribute aliasing a
+        # buffer reaches the real tensor, which must then hold its value of before the first forward
+        return StateGuard(own=(x,), refuse=True)
     return None
 
 
@@ -243,8 +266,10 @@ def _div(reduction: str, B: int) -> int:
 
 # ---------------------------------------------------------------- the jvp penalty
 
-def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None):
-    """(penalty, logits) as gradient_penalty(..., mode="jvp"); reduction "mean" or "sum"."""
+def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, _guards=None):
+    """(penalty, logits) as gradient_penalty(..., mode="jvp"); reduction "mean" or "sum". _guards: a list that
+    receives the StateGuard of D's first forward (None where D's buffer copies cover its state), for auto's check
+    to replay from the same state."""
     if reduction == "none":
         raise ValueError("mode='jvp' needs reduction 'mean' or 'sum' (a per-sample penalty has no single JVP "
                          "direction); use mode='double_backward' or 'mlp' for reduction='none'")
@@ -271,6 +296,8 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         # a function D's writes to state it reaches are caught (an nn.Module's second forward runs on buffer clones;
         # its tensors outside buffers are caught as a function D's)
         guard = _guard_for(D, x)
+        if _guards is not None:
+            _guards.append(guard)
         # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
         with guard if guard is not None else contextlib.nullcontext():
             psi0 = _pen._logits_of(D, x)
@@ -308,8 +335,8 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
             # formula for, fastgan's refusals; a RuntimeError such as vmap's "Batching rule not implemented for
             # aten::_unpack_dual": the plain forward ran on this x): the call is refused as one that never ran,
             # D's state and the generators as at the start
-            if isinstance(e, _OUT_OF_MEMORY):
-                raise
+            if not isinstance(e, NotImplementedError) and not _forward_mode_error(e):
+                raise  # a device error, out of memory, a dual level the caller opened: torch's, as it is
             _put_back(D, start_buffers, guard)
             rng.restore(start)
             replay = False
@@ -506,19 +533,17 @@ def _check_jvp_once(D, x, weight, reduction, backend):
     start = rng.save()
     params = [p for p in D.parameters() if p.requires_grad]
     reason = None
+    guards: list = []
     try:
-        pen, logits = jvp_penalty(D, x, weight, reduction, backend)
+        pen, logits = jvp_penalty(D, x, weight, reduction, backend, _guards=guards)
         got = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True) if pen.requires_grad \
             else [None] * len(params)
-        # the replay's writes outside D's buffer copies (a function D's state, a module's unregistered tensors)
-        # are undone once its gradients are taken: jvp_penalty's forward has advanced that state already
-        watch = _guard_for(D, x)
-        with watch if watch is not None else contextlib.nullcontext():
-            ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start)
+        # from the state jvp's first forward started from, also outside D's buffers (its guard's copies), and
+        # leaving the state as that forward left it
+        guard = guards[0] if guards else None
+        ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, guard=guard)
         want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
             else [None] * len(params)
-        if watch is not None:
-            write(watch.saved)
         a, b = _flat(got, params), _flat(want, params)
         err, size = (a - b).norm().item(), max(a.norm().item(), b.norm().item())
         value_err = abs(pen.item() - ref_pen.item())
@@ -534,7 +559,7 @@ def _check_jvp_once(D, x, weight, reduction, backend):
     warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
                   "using the double backward for it from now on", _dispatch.FallbackWarning,
                   stacklevel=_dispatch.caller_stacklevel())
-    _put_back(D, start_buffers, None)
+    _put_back(D, start_buffers, guards[0] if guards else None)
     rng.restore(start)
     return _pen._double_backward(D, x, weight, reduction, backend)
 

@@ -569,3 +569,87 @@ def test_an_error_only_forward_mode_meets_is_refused_with_the_state_as_before():
         js_penalty(D, VEC(6).double(), VEC(6).double(), mode="jvp")
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class _ScaledD(nn.Module):
+    """Reads its state, then updates it: the second forward must read the value the first read. `alias`: the
+    state is a registered buffer also held as a plain attribute (the buffer copies do not reach the attribute)."""
+
+    def __init__(self, alias: bool):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        if alias:
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, 3))
+            self.s = self.scale
+        else:
+            self.s = torch.linspace(0.5, 1.5, 3)
+
+    def forward(self, x):
+        y = self.lin(torch.tanh(x * self.s.clone()))
+        with torch.no_grad():
+            self.s.mul_(1.5)
+        return y
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["plain", "aliased-buffer"])
+@pytest.mark.parametrize("mode", ["jvp", "auto-as-on-cuda"])
+def test_state_read_before_its_update_gives_the_double_backward_s_gradients(alias, mode, monkeypatch, recwarn):
+    if mode == "auto-as-on-cuda":
+        from helpers import auto_as_on_cuda
+
+        auto_as_on_cuda(monkeypatch)
+        mode = "auto"
+    torch.manual_seed(0)
+    D = _ScaledD(alias).double()
+    D.s = D.scale if alias else D.s.double()
+    oracle = copy.deepcopy(D)
+    if alias:
+        oracle.s = oracle.scale
+    x = VEC(5).double()
+    want = ref.gradient_penalty(oracle, x, "one")
+    got = gradient_penalty(D, x, "one", mode=mode)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0)
+    _assert_same(torch.autograd.grad(got[0], [D.lin.weight]), torch.autograd.grad(want[0], [oracle.lin.weight]))
+    torch.testing.assert_close(D.s, oracle.s, rtol=0, atol=0)  # advanced once
+    assert not [w for w in recwarn if issubclass(w.category, _dispatch.FallbackWarning)]  # auto's check agreed
+
+
+@pytest.mark.parametrize("holder, outside", [
+    (lambda t, m: [[t]], True), (lambda t, m: {t}, True), (lambda t, m: {"a": t}, True),
+    (lambda t, m: __import__("collections").OrderedDict(a=t), True),
+    (lambda t, m: __import__("types").SimpleNamespace(t=t), True), (lambda t, m: [m], True),
+    (lambda t, m: (1, 2), False), (lambda t, m: {"k": 3}, False), (lambda t, m: lambda: t, False),
+], ids=["nested-list", "set", "dict", "ordered-dict", "namespace", "module-list", "ints", "scalars", "closure"])
+def test_what_the_state_scan_finds(holder, outside):
+    from fastgan.ops import penalty_jvp
+
+    D = nn.Sequential(nn.Linear(3, 2))
+    D[0].held = holder(torch.ones(1), nn.BatchNorm1d(2))
+    assert penalty_jvp._state_outside_buffers(D) is outside
+    standard = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.LayerNorm(4), nn.Embedding(3, 4),
+                nn.MultiheadAttention(4, 2), nn.LazyLinear(3), nn.ModuleList([nn.Linear(2, 2)]),
+                torch.nn.utils.parametrizations.spectral_norm(nn.Linear(3, 4))]
+    assert not any(penalty_jvp._state_outside_buffers(m) for m in standard)
+
+
+def test_a_runtime_error_outside_forward_mode_passes_through_unchanged():
+    """Only forward-mode AD's own RuntimeErrors refuse the jvp pass; a device error reaches the caller as it is."""
+    lin = nn.Linear(3, 1).double()
+
+    def D(x):
+        if fwd_ad_level():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return lin(x)
+
+    def fwd_ad_level():
+        from torch.autograd.forward_ad import unpack_dual
+
+        return unpack_dual(x_seen[0]).tangent is not None if x_seen else False
+    x_seen = []
+
+    def D_watch(x):
+        x_seen[:] = [x]
+        return D(x)
+    with pytest.raises(RuntimeError, match="^CUDA error: an illegal memory access") as e:
+        gradient_penalty(D_watch, VEC(4).double(), "one", mode="jvp")
+    assert not isinstance(e.value, NotImplementedError)
