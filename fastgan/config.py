@@ -609,9 +609,9 @@ def from_dict(data: Mapping) -> TrainConfig:
 
 def from_stored(data: Mapping) -> TrainConfig:
     """from_dict for a config an earlier fastgan wrote (a checkpoint's, a run folder's config.yaml): a field its
-    data set or architecture does not read, accepted then and refused since (data.split on an npz,
-    model.leaky_slope on a tanh MLP, optim.momentum with Adam), is dropped whatever its value, as the run used its default; anything else
-    invalid raises as from_dict does."""
+    data set, architecture or optimizer does not read, accepted then and refused since (data.split on an npz,
+    model.leaky_slope on a tanh MLP, optim.momentum with Adam), is dropped whatever its value, as the run used its
+    default; anything else invalid raises as from_dict does."""
     import copy
 
     from .data.config import DataConfig

@@ -143,11 +143,9 @@ def _state_outside_buffers(D) -> bool:
 def _guard_for(D, x):
     """StateGuard for D's first forward, or None where D's buffer copies cover its state (an nn.Module with all its
     tensors registered): a torch function mode costs each op of the forward some host time."""
-    if not isinstance(D, nn.Module):
-        return StateGuard(own=(x,), refuse=True)
-    if _state_outside_buffers(D):
-        # its buffers watched too: the second forward reads copies through _buffers, but an attribute aliasing a
-        # buffer reaches the real tensor, which must then hold its value of before the first forward
+    if not isinstance(D, nn.Module) or _state_outside_buffers(D):
+        # a module's buffers are watched too: its second forward reads copies through _buffers, but an attribute
+        # aliasing a buffer reaches the real tensor, which must then hold its value of before the first forward
         return StateGuard(own=(x,), refuse=True)
     return None
 
@@ -326,7 +324,8 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                     # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
-                    xd = fwAD.make_dual(x.detach(), (v if isinstance(scale, int) else v / scale).reshape(x.shape).to(x.dtype))
+                    direction = v if isinstance(scale, int) else v / scale
+                    xd = fwAD.make_dual(x.detach(), direction.reshape(x.shape).to(x.dtype))
                 with _from_start(guard, x):
                     out = _call_with_buffers(D, buffers, xd)
                 jv = fwAD.unpack_dual(out).tangent
