@@ -308,12 +308,14 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         psi = psi0.detach().to(acc)
         per, u, v = penalty_terms(g2, psi, weight, div, backend)
         value = per.mean() if reduction == "mean" else per.sum()
-        # In float16 the backward's cotangent into D's tangent graph is the penalty's upstream gradient itself,
-        # which GradScaler's 2**16 already overflows (the double backward's carries 2w(psi)g/B, small): the
-        # direction is normalized to max |v| = 1 and the tangent scaled back in float32, so that cotangent is
-        # upstream * max |v| as in the double backward.
-        scale = v.detach().abs().amax().clamp_min(torch.finfo(v.dtype).tiny) \
-            if x.dtype == torch.float16 or _dispatch.autocast_float16(x.device) else 1
+        direction, scale = v, None
+        if x.dtype == torch.float16 or _dispatch.autocast_float16(x.device):
+            # In float16 the backward's cotangent into D's tangent graph is the penalty's upstream gradient itself,
+            # which GradScaler's 2**16 already overflows (the double backward's carries 2w(psi)g/B, small): the
+            # direction is normalized to max |v| = 1 and the tangent scaled back in float32, so that cotangent is
+            # upstream * max |v| as in the double backward.
+            scale = v.detach().abs().amax().clamp_min(torch.finfo(v.dtype).tiny)
+            direction = v / scale
 
         replay = not _Rng.same(start, after)
         if replay:
@@ -324,7 +326,6 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                     # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14
                     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
-                    direction = v if isinstance(scale, int) else v / scale
                     xd = fwAD.make_dual(x.detach(), direction.reshape(x.shape).to(x.dtype))
                 with _from_start(guard, x):
                     out = _call_with_buffers(D, buffers, xd)
@@ -353,7 +354,9 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     logits = out.reshape(B)
     surrogate = None
     if jv is not None:
-        surrogate = jv.sum().to(acc) if isinstance(scale, int) else jv.sum().to(acc) * scale.to(acc)
+        surrogate = jv.sum().to(acc)
+        if scale is not None:
+            surrogate = surrogate * scale.to(acc)
     if weight != "one":
         term = (u * logits.to(acc)).sum()
         surrogate = term if surrogate is None else surrogate + term
