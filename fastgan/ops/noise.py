@@ -49,9 +49,7 @@ def _fwd_reference(xr, xf, eps, sigma, sigma_value, rng, advance, used, out_r, o
         if advance:
             used.copy_(rng[:2])
         s = sigma.view(C, 1) if sigma is not None else sigma_value
-        if sigma is None and x0.dtype == torch.float64:
-            s = torch.tensor(sigma_value, dtype=torch.float64, device=x0.device)
-        eps = ref.gaussian_noise(s, (C, F // C), n_noisy, rng, advance).reshape(n_noisy, F)
+        eps = ref.gaussian_noise(s, (C, F // C), n_noisy, rng, advance, dtype=x0.dtype).reshape(n_noisy, F)
     r, f = ref.add_noise(xr, xf, eps, mode)
     if r is not None:
         out_r.copy_(r)

@@ -81,9 +81,12 @@ def split(batch: int, mode: str):
     return batch // 2, batch - batch // 2
 
 
-def gaussian_noise(sigma, sample_shape, n_noisy: int, state: torch.Tensor, advance: bool = True) -> torch.Tensor:
+def gaussian_noise(sigma, sample_shape, n_noisy: int, state: torch.Tensor, advance: bool = True,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """eps = sigma * z, z from the stream at (state[0], state[1]); sigma a float or a tensor broadcastable to
-    the sample shape. Advances state[1] in place (on its device) when `advance`."""
+    the sample shape. A float sigma multiplies in float64 for dtype (x's) float64, as add_noise adds (a float32
+    product rounds eps, and overflows for sigma near the float64 range). Advances state[1] in place (on its device)
+    when `advance`."""
     F = 1
     for s in sample_shape:
         F *= s
@@ -94,7 +97,7 @@ def gaussian_noise(sigma, sample_shape, n_noisy: int, state: torch.Tensor, advan
     if isinstance(sigma, torch.Tensor):
         acc = torch.float64 if sigma.dtype == torch.float64 else torch.float32
         return sigma.to(acc) * z.to(acc)
-    return sigma * z
+    return sigma * (z.double() if dtype == torch.float64 else z)
 
 
 def add_noise(x_real, x_fake, eps, mode: str = "double"):
@@ -129,9 +132,5 @@ def noisy_clean_batch(x_real, x_fake, noise, mode: str = "double", state: torch.
     if isinstance(noise, torch.Tensor) and noise.dim() == x0.dim():
         eps = noise.to(x0.dtype)
     else:
-        if not isinstance(noise, torch.Tensor) and x0.dtype == torch.float64:
-            # sigma * z in float64 for float64 x, as add_noise computes (a float32 product rounds eps, and
-            # overflows for sigma near the float64 range)
-            noise = torch.tensor(noise, dtype=torch.float64, device=x0.device)
-        eps = gaussian_noise(noise, tuple(x0.shape[1:]), n_noisy, state)
+        eps = gaussian_noise(noise, tuple(x0.shape[1:]), n_noisy, state, dtype=x0.dtype)
     return add_noise(x_real, x_fake, eps, mode)
