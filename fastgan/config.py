@@ -37,6 +37,8 @@ class ConfigError(ValueError):
 # torch takes sizes and seeds as int64_t: a larger Python int overflows inside torch with a message that names no
 # field, so validation stops it here.
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+# what names a YAML config where a path not there yet could be one (a typo: "config file not found")
+CONFIG_SUFFIXES = (".yaml", ".yml")
 # PIL's resize takes its sizes as C ints.
 C_INT_MAX = 2 ** 31 - 1
 

@@ -806,7 +806,7 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
         saved = _checkpoint_config(state, run_dir / CHECKPOINT)
         return C.coerce(saved, overrides + [("run.dir", str(run_dir))])
     if resume and isinstance(cfg, (str, Path)) and not Path(cfg).exists() and \
-            Path(cfg).suffix.lower() not in (".yaml", ".yml"):
+            Path(cfg).suffix.lower() not in C.CONFIG_SUFFIXES:
         # --resume takes a run folder or a config: "config file not found" would name the wrong one
         raise FileNotFoundError(f"--resume: no run folder or config file {cfg}")
     return C.coerce(cfg, overrides)

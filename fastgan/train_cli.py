@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     overrides, config = [], args.config
     for item in args.overrides:
         # a path that is not there yet (a typo) is recognised by its suffix, so its error is "config file not found"
-        if "=" not in item and config is None and (Path(item).exists() or item.endswith((".yaml", ".yml"))):
+        if "=" not in item and config is None and (Path(item).exists() or item.endswith(C.CONFIG_SUFFIXES)):
             config = item  # `fastgan train --set a=1 CONFIG`: the config was swallowed by --set
         else:
             overrides.append(item)
