@@ -14,6 +14,7 @@ import functools
 import importlib.util
 import os
 import sys
+import threading
 import warnings
 
 import torch
@@ -113,10 +114,24 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     return False, f"triton does not support device type {device.type!r}"
 
 
+# Triton's interpreter swaps triton.language's functions for its own around each launch and back after it
+# (triton 3.6, runtime/interpreter.py): two threads' launches interleaved break each other ("Did you forget to add
+# @triton.jit ?"), so interpreted launches run one at a time.
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    global _INTERPRETER_LOCK
+    _INTERPRETER_LOCK = threading.RLock()  # one a parent's thread held at the fork would stay held in the child
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def on_device(t: torch.Tensor):
-    """The device guard for launching a Triton kernel on t: Triton launches on the *current* CUDA device and its
-    stream, not on the tensors' device (a no-op for CPU tensors, which run in the interpreter)."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    """The guard for launching a Triton kernel on t: on a GPU its device (Triton launches on the *current* CUDA
+    device and its stream, not on the tensors' device); for CPU tensors, which run in the interpreter, a lock."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else _INTERPRETER_LOCK
 
 
 def autocast_enabled(device: torch.device) -> bool:
@@ -195,8 +210,17 @@ def forced_backend() -> str | None:
     return forced
 
 
-# use_backend's backend, innermost first. A process-wide stack, not a ContextVar: autograd runs CUDA backward
-# passes on its own threads, which would not see a context variable set by the thread that called backward().
+class _Override:
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+
+# use_backend's entries (an _Override per block), innermost last. A process-wide stack, not a
+# ContextVar: autograd runs CUDA backward passes on its own threads, which would not see a context variable set
+# by the thread that called backward(). A block removes its own entry (by identity) when it ends: blocks of
+# several threads interleave, and popping the top would remove another thread's block and leave this one's.
 _overrides: list = []
 
 
@@ -207,19 +231,28 @@ def use_backend(backend: str):
     A torch.compile'd function keeps the backend it was traced with (the choice is baked into its graph)."""
     if backend not in BACKENDS:
         raise ValueError(f"use_backend: backend must be one of {BACKENDS}, got {backend!r}")
-    _overrides.append(backend)
+    entry = _Override(backend)
+    _overrides.append(entry)
     try:
         yield
     finally:
-        _overrides.pop()
+        _overrides.remove(entry)  # one C call under the GIL; an _Override equals itself only
 
 
 def requested_backend() -> tuple[str | None, str]:
     """(the backend ops run on when given no backend=, or None for each op's best; how it was asked for)."""
-    if _overrides:
-        return _overrides[-1], f"use_backend({_overrides[-1]!r})"
+    top = _overrides[-1:]  # one read: another thread's block may end meanwhile
+    if top:
+        return top[0].backend, f"use_backend({top[0].backend!r})"
     forced = forced_backend()
     return forced, f"FASTGAN_BACKEND={forced!r}"
+
+
+def pinned(backend: str | None) -> str | None:
+    """backend, or when None the one use_backend / FASTGAN_BACKEND asks for now (None if neither does): for ops
+    whose backward resolves its own kernels, so that it runs on the backend in force when the forward ran, not on
+    whatever a block around the backward() call (or another thread's) asks for then."""
+    return backend if backend is not None else requested_backend()[0]
 
 
 def best_fused(device: torch.device) -> tuple[str | None, list[str]]:

@@ -8,13 +8,13 @@ torch's own forward AD for ops with a parameter operand: torch pairs the paramet
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map_only
 
 from . import closed_form_maps
 from ._checks import ForwardModeRefused
@@ -201,6 +201,26 @@ _UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.n
                 torch.native_layer_norm)
 
 
+def _primals(a):
+    """a with every tensor in it (in lists, tuples, named tuples and dicts) replaced by its primal. Not torch's
+    tree_map_only: its tree_flatten builds a closure that refers to itself, cyclic garbage on every op a jvp
+    replay runs under no_grad (84 objects a create_graph step, freed only by the cyclic GC)."""
+    if isinstance(a, torch.Tensor):
+        return fwAD.unpack_dual(a).primal
+    if isinstance(a, (list, tuple)):
+        items = [_primals(e) for e in a]
+        if type(a) in (list, tuple):
+            return type(a)(items)
+        return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
+    if isinstance(a, dict):
+        out = {k: _primals(v) for k, v in a.items()}
+        if type(a) is not dict:  # OrderedDict, defaultdict: a copy of its own type
+            out, b = copy.copy(a), out
+            out.update(b)
+        return out
+    return a
+
+
 class DualRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -208,7 +228,7 @@ class DualRules(TorchFunctionMode):
             # forward mode ignores no_grad, reverse mode does not: under no_grad (a statistic D keeps from its
             # activations) the tangents are dropped, so that the JVP is that of the function the double backward
             # differentiates
-            args, kwargs = tree_map_only(torch.Tensor, lambda t: fwAD.unpack_dual(t).primal, (args, kwargs))
+            args, kwargs = _primals(args), _primals(kwargs)
         if func in _UNSUPPORTED:
             raise ForwardModeRefused(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
                                      "that reverse mode differentiates wrongly; call torch.nn.functional's "

@@ -532,7 +532,7 @@ def _run(D, x, weight, backend, steps=None):
     if _dispatch.autocast_enabled(x.device) and x.dtype != dtype:
         x = x.to(dtype)
     with _dispatch.no_autocast(x.device):
-        return form.apply(x, (steps, weight, backend), *tensors)
+        return form.apply(x, (steps, weight, _dispatch.pinned(backend)), *tensors)
 
 
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, steps=None):

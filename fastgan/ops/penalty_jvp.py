@@ -278,6 +278,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         raise ValueError("mode='jvp' replays D's forward, which cannot replay dropout masks under CUDA graph "
                          "capture; use mode='double_backward'")
     _pen.require_samples("x", x, "jvp")
+    backend = _dispatch.pinned(backend)  # a create_graph backward's replay runs where this forward ran
     x = x.detach()
     if any(stride == 0 and n > 1 for stride, n in zip(x.stride(), x.shape)):
         # make_dual refuses a primal whose elements share memory (an expand()ed batch); other layouts (channels_last)

@@ -140,3 +140,33 @@ def test_jvp_still_replays_dropout_masks():
     torch.testing.assert_close(pen, ref)
     for a, b in zip(g, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.triton
+def test_triton_interpreter_launches_from_threads_match_one_thread():
+    """Triton's interpreter swaps triton.language's functions around each launch: two threads' launches interleaved
+    failed with "Did you forget to add @triton.jit ?" (in each of three runs of two threads) until on_device locked
+    them. Each thread trains its own float64 Denoiser on the triton backend (GEMM, BatchNorm and loss kernels)."""
+    from fastgan.ops import Denoiser
+
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(4, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def make(i):  # in the calling thread: the global generator initialises the layers
+        torch.manual_seed(i)
+        return Denoiser(4, 4, depth=1, backend="triton", dtype=torch.float64)
+
+    dens = [make(i) for i in range(3)]
+
+    def work(i, den=None):
+        den = dens[i] if den is None else den
+        out = []
+        for h in hs:
+            loss = den.loss(h, h * 0.5)
+            out += [loss.detach(), *torch.autograd.grad(loss, list(den.parameters())),
+                    den.generator_loss(h).detach()]
+        return out
+
+    alone = [work(i, make(i)) for i in range(3)]
+    for got, want in zip(_in_threads(work, 3), alone):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -70,3 +70,46 @@ def test_a_backward_on_another_thread_sees_it():
         t.start()
         t.join()
     assert seen == [["reference"]]
+
+
+def test_a_block_ending_removes_its_own_entry_when_blocks_interleave():
+    """Blocks of two threads end in any order: a ending block removes its own entry, not the innermost one
+    (before, A's exit popped B's "cpu" and left A's "reference" in force for B)."""
+    a, b = ops.use_backend("reference"), ops.use_backend("cpu")
+    a.__enter__()
+    b.__enter__()
+    try:
+        a.__exit__(None, None, None)
+        assert _dispatch.requested_backend()[0] == "cpu"
+        assert _ran(_penalty, "grad_norm_penalty") == ["cpu"]
+    finally:
+        b.__exit__(None, None, None)
+    assert _dispatch._overrides == []
+    assert _dispatch.requested_backend()[0] is None
+
+
+def _bn_d():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.LeakyReLU(0.2),
+                               torch.nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize("mode", ["mlp", "jvp"])
+def test_a_backward_runs_on_the_backend_its_forward_ran_on(mode):
+    """The closed form's backward resolves its BatchNorm kernels itself, and jvp's create_graph replay its penalty:
+    both run where the forward ran, not where a use_backend block around backward() (another thread's, say) points
+    (before, the closed form's backward ran its bn_closed_form kernels on cpu after a forward in a "reference"
+    block, and raised BackendUnavailable in a "cuda" block)."""
+    D, x, y = _bn_d(), torch.randn(6, 3), torch.randn(5, 3)
+    with ops.use_backend("reference"):
+        omega, _, _ = ops.js_penalty(D, x, y, mode=mode)
+    if mode == "mlp":
+        assert _ran(lambda: omega.backward(), "bn_closed_form") == ["reference"]
+    else:  # a create_graph backward replays the penalty by the double backward (unrecorded): where "cuda" cannot run
+        with ops.use_backend("cuda"):
+            grads = torch.autograd.grad(omega, list(D.parameters()), create_graph=True)
+        assert all(g.requires_grad for g in grads)
+    with ops.use_backend("cpu"):
+        omega, _, _ = ops.js_penalty(D, x, y, mode="mlp")
+    with ops.use_backend("cuda"):  # cannot run on CPU tensors: the backward does not ask it
+        assert _ran(lambda: omega.backward(), "bn_closed_form") == ["cpu"]

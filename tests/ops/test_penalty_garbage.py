@@ -1,0 +1,57 @@
+"""A penalty step leaves no cyclic garbage: what it allocates is freed by reference counting as soon as the step's
+references go, without the cyclic GC (which runs at unpredictable times and, on a GPU, would hold memory until
+then)."""
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from fastgan import ops
+from fastgan.ops import dual_rules
+
+
+def _cyclic_objects_per_step(step, n=20) -> float:
+    for _ in range(3):
+        step()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n):
+            step()
+        return gc.collect() / n
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_create_graph_penalty_step_leaves_no_cyclic_garbage(mode, backend):
+    """jvp's create_graph replay runs under DualRules, whose unwrapping of dual tensors under no_grad went through
+    torch's tree_map_only: 84 (cpu) / 126 (reference) cyclic objects a step before 2026-12-04."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    x = torch.randn(8, 3)
+
+    def step():
+        pen, logits = ops.gradient_penalty(D, x, "js_fake", mode=mode, backend=backend)
+        grads = torch.autograd.grad(pen + logits.mean(), list(D.parameters()), create_graph=True)
+        sum(g.pow(2).sum() for g in grads).backward()
+
+    assert _cyclic_objects_per_step(step) == 0
+
+
+def test_dual_rules_unwraps_every_container_torch_passes():
+    from torch.autograd import forward_ad as fwAD
+    from collections import OrderedDict, defaultdict, namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+    with fwAD.dual_level():
+        d = fwAD.make_dual(torch.ones(2), torch.ones(2))
+        got = dual_rules._primals(([d, (d, 3)], {"k": d}, Pair(d, "s"), OrderedDict(k=d), defaultdict(int, k=d)))
+        lst, dct, pair, od, dd = got
+        leaves = [lst[0], lst[1][0], dct["k"], pair.a, od["k"], dd["k"]]
+        assert fwAD.unpack_dual(d).tangent is not None
+        assert all(fwAD.unpack_dual(t).tangent is None for t in leaves)
+    assert lst[1][1] == 3 and pair.b == "s" and type(pair) is Pair and type(od) is OrderedDict
+    assert type(dd) is defaultdict and dd.default_factory is int
