@@ -357,3 +357,23 @@ def test_a_run_killed_in_the_last_step_s_fd_or_the_tail_gets_them_on_resume(tmp_
         assert [s for s, _ in got] == [s for s, _ in want] == [2, 4]
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
     assert r.metrics["eval/fd_tail_mean"] == pytest.approx(whole.metrics["eval/fd_tail_mean"], rel=1e-6)
+
+
+def test_loading_the_classifier_draws_no_random_numbers():
+    before = torch.get_rng_state()
+    load_fmnist_classifier()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_fd_on_or_off_trains_the_same_weights_with_a_dropout_d(tmp_path, tiny_fashion_mnist):
+    """run.fd builds the classifier after seeding; its default init drew from the global generator that D's
+    dropout draws from, so turning FD on changed every trained weight (an audit's repro, goodfellow's maxout D)."""
+    common = ["data.name=fashion_mnist", f"data.path={tiny_fashion_mnist}", "model.arch=goodfellow",
+              "model.g_hidden=[16,16]", "model.d_hidden=[8,8]", "method.name=gan", "optim.batch_size=8",
+              "run.steps=3", "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=16", "run.progress=off",
+              "run.fd_samples=20"]
+    runs = [fastgan.train(None, overrides=common + [f"run.fd={fd}", f"run.dir={tmp_path / str(fd)}"])
+            for fd in ("false", "true")]
+    off, on = ({f"{m}.{k}": v for m, mod in r.models.items() for k, v in mod.state_dict().items()} for r in runs)
+    assert any(k.startswith("D.") for k in off)
+    assert off.keys() == on.keys() and all(torch.equal(off[k], on[k]) for k in off)

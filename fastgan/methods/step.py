@@ -165,7 +165,7 @@ class Method:
                 # Philox noise for fixed / learned sigma, reproducible from the run's seed and checkpointed; its
                 # key is not the seed torch's CUDA generator (the same Philox) uses
                 self.nt_fused = True
-                self.noise_state = ops.NoiseState(ops.stream_seed(int(cfg.run.seed) % 2 ** 63), self.device)
+                self.noise_state = ops.NoiseState(ops.stream_seed(int(cfg.run.seed)), self.device)
             own = True  # what Method builds follows the models' dtype (float64, bfloat16); a given net keeps its own
             if n.noise == "fixed":
                 self.noise = nt_mod.FixedNoise(n.sigma, n.sigma_anneal, n.anneal_steps or cfg.run.steps,

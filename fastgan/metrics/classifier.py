@@ -78,7 +78,11 @@ def load_fmnist_classifier(device="cpu", path=None) -> FashionMNISTNet:
     if problem == "damaged":
         raise RuntimeError(f"classifier weights {p} are damaged (SHA-256 differs from the shipped file's); "
                            "reinstall fastgan")
-    net = FashionMNISTNet()
+    # torch's default init draws from the global generator, which the weights loaded next overwrite anyway: a
+    # trainer building this (run.fd) after seeding would otherwise shift its own draws (D's dropout masks) and
+    # its checkpointed generator state, so that run.fd changed the trained weights and broke resume equivalence
+    with torch.random.fork_rng(devices=[]):
+        net = FashionMNISTNet()
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
         net.load_state_dict(state)

@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from .. import _ext
+from ._locks import ForkSafeLock
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -117,15 +118,7 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
 # Triton's interpreter swaps triton.language's functions for its own around each launch and back after it
 # (triton 3.6, runtime/interpreter.py): two threads' launches interleaved break each other ("Did you forget to add
 # @triton.jit ?"), so interpreted launches run one at a time.
-_INTERPRETER_LOCK = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    global _INTERPRETER_LOCK
-    _INTERPRETER_LOCK = threading.RLock()  # one a parent's thread held at the fork would stay held in the child
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_INTERPRETER_LOCK = ForkSafeLock(threading.RLock)
 
 
 def on_device(t: torch.Tensor):

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import os
-import threading
 from typing import Optional, Union
 
 import torch
@@ -26,6 +24,7 @@ import torch
 from .. import _ext
 from ..reference import noise as ref
 from . import _checks, _dispatch, _eager, _library
+from ._locks import ForkSafeLock
 from .noise_state import NoiseState, _check_state_values, _default_state_tensor
 
 OP = "noisy_clean_batch"
@@ -179,15 +178,7 @@ def _n_noisy(m: int, half: bool) -> int:
     return m - m // 2 if half else m
 
 
-_CPU_DRAW_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _CPU_DRAW_LOCK
-    _CPU_DRAW_LOCK = threading.Lock()  # a lock some other thread of the parent held at the fork stays held
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_CPU_DRAW_LOCK = ForkSafeLock()
 
 
 def _draw_lock(state: torch.Tensor):

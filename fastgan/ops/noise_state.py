@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numbers
 import os
-import threading
 from typing import Optional, Union
 
 import torch
 
 from .._errors import first_line
 from . import _dispatch
+from ._locks import ForkSafeLock
 
 
 class NoiseState:
@@ -107,15 +107,21 @@ def stream_seed(seed: int) -> int:
     torch's CUDA generator draws from the same Philox4x32-10 with key = its seed and counter (offset/4, 0,
     thread, 0), so a NoiseState seeded with that same number would hand its first counters' words to torch's
     thread 0 too: the noise eps and some of torch's draws (latents, indices) would be functions of the same bits.
-    splitmix64's finalizer of seed ^ "fastgan!" gives an unrelated key."""
-    z = (_check_seed(seed) ^ 0x6661737467616E21) & 0xFFFFFFFFFFFFFFFF
+    splitmix64's finalizer of seed ^ "fastgan!" gives an unrelated key. `seed` in torch.manual_seed's range,
+    [-2**63, 2**64), a negative one wrapped to 2**64 + seed as torch wraps it: every bit of the seed reaches the
+    key (s and s + 2**63 shared one before 2026-12-04, when the trainer passed seed % 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not -2**63 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [-2**63, 2**64) (torch.manual_seed's range), got {seed}")
+    z = ((int(seed) % 2**64) ^ 0x6661737467616E21) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) % 2**63
 
 
 _default_states: dict = {}
-_default_lock = threading.Lock()
+_default_lock = ForkSafeLock()
 
 
 def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
@@ -138,10 +144,7 @@ def default_noise_state(device: Union[str, torch.device]) -> NoiseState:
 
 
 def _after_fork_in_child() -> None:
-    global _default_lock
     _default_states.clear()
-    # a lock some other thread of the parent held at the fork would stay held in the child
-    _default_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-import os
 import re
 import threading
 import warnings
@@ -43,6 +42,7 @@ from torch.autograd import forward_ad as fwAD
 from .._errors import first_line
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
+from ._locks import ForkSafeLock
 from .compiled_d import eager_compiled_code
 from .dual_rules import DualRules
 from .state_guard import StateGuard, rerun_from, write
@@ -190,15 +190,7 @@ def _active_dropout(D) -> bool:
 # is not supported at the moment"), and a replay rewinds the global generators: a replay (jvp's dual forward, a
 # replayed double backward) holds this lock, so concurrent jvp penalties run them one at a time. Threads drawing
 # from the global generators meanwhile are rewound with D's draws, as around torch.utils.checkpoint's replay.
-_REPLAY_LOCK = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    global _REPLAY_LOCK
-    _REPLAY_LOCK = threading.RLock()  # one a parent's thread held at the fork would stay held in the child
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_REPLAY_LOCK = ForkSafeLock(threading.RLock)
 
 
 class _Rng:

@@ -347,3 +347,11 @@ def _flat(tree, prefix=""):
     else:
         out[prefix] = tree
     return out
+
+
+def test_fused_nt_noise_keys_differ_for_seeds_torch_tells_apart():
+    """run.seed takes torch.manual_seed's signed range; s and s + 2**63 (for negative s) are different torch seeds,
+    and got the same Philox key while the trainer passed seed % 2**63 (an audit's repro: -1 and 2**63 - 1)."""
+    keys = {make("nt", "method.nt.noise=fixed", "method.nt.fused=true", f"run.seed={s}")[1].noise_state.seed
+            for s in (-1, 2**63 - 1, 0)}
+    assert len(keys) == 3

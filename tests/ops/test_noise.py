@@ -488,8 +488,12 @@ def test_stream_seed_is_a_different_key_for_each_seed():
     keys = [stream_seed(s) for s in range(10_000)]
     assert len(set(keys)) == len(keys) and all(0 <= k < 2**63 and k != s for s, k in enumerate(keys))
     assert stream_seed(2**63 - 1) == stream_seed(2**63 - 1) and NoiseState(stream_seed(7)).seed == keys[7]
-    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
-        stream_seed(-1)
+    # torch.manual_seed's range, negative seeds wrapped as torch wraps them; all 64 bits reach the key
+    assert stream_seed(-1) == stream_seed(2**64 - 1) != stream_seed(2**63 - 1)
+    assert len({stream_seed(s) for s in (-5, 2**63 - 5, 2**64 - 5, -(2**63), 0)}) == 4  # -5 is 2**64 - 5
+    for bad in (-(2**63) - 1, 2**64):
+        with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\)"):
+            stream_seed(bad)
     with pytest.raises(TypeError, match="seed must be an int"):
         stream_seed(1.0)
 

@@ -1,0 +1,35 @@
+"""Locks that a forked child gets fresh: a lock some other thread of the parent held at the fork would stay held in
+the child (only the forking thread survives there), and its first use would hang (DataLoader workers fork)."""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+
+class ForkSafeLock:
+    """threading.Lock (or `factory`'s lock) for `with` blocks, replaced by a new one in a forked child."""
+
+    __slots__ = ("_factory", "_lock", "__weakref__")
+
+    def __init__(self, factory=threading.Lock):
+        self._factory = factory
+        self._lock = factory()
+        _LOCKS.add(self)
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
+_LOCKS: "weakref.WeakSet[ForkSafeLock]" = weakref.WeakSet()
+
+
+def _renew_in_child() -> None:
+    for lock in list(_LOCKS):
+        lock._lock = lock._factory()
+
+
+os.register_at_fork(after_in_child=_renew_in_child)
