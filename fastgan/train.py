@@ -360,7 +360,7 @@ class _Run:
         if other_device:
             # a CPU generator and a CUDA one cannot take each other's state: the draws go on from a stream of
             # the seed and the step, the same on every resume at this step, but not the one the run would have drawn
-            self.gen.manual_seed((int(self.cfg.run.seed) + 0x9E3779B97F4A7C15 * (step + 1)) % 2 ** 64)
+            self.gen.manual_seed((int(self.cfg.run.seed) + 0x9E3779B97F4A7C15 * (step + 1)) % 2 ** 63)
             warnings.warn(f"resuming a run whose checkpoint was written on another kind of device than "
                           f"{self.device} (run.device): its data, latent and noise draws continue from a new stream "
                           f"seeded by run.seed and the step ({step}), not the one the run would have drawn there",

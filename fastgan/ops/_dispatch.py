@@ -43,6 +43,12 @@ def record(op: str, backend: str) -> None:
     counts[(op, backend)] += 1
 
 
+# Run by Dynamo when it traces a call, not baked into the compiled code: traced, the += made Dynamo guard on the
+# count's value, so every call of a compiled function recompiled it until torch's recompile limit sent it back to
+# eager. Inside compiled code the counts therefore count traces, not calls.
+record._dynamo_marked_constant = True
+
+
 # fastgan.ops and torch (torch.compiler.disable's wrapper, Module.__call__ between a user's forward and an op)
 _SKIPPED_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
 
@@ -232,8 +238,21 @@ def use_backend(backend: str):
         _overrides.remove(entry)  # one C call under the GIL; an _Override equals itself only
 
 
+# Backwards that resolve their own kernels run under pin(the request their forward saw): per thread (a backward runs
+# on the thread that executes it), over use_backend's process-wide blocks.
+class _Pins(threading.local):
+    def __init__(self):
+        self.stack = []  # set in every thread up front: torch.compile guards on the attribute as on its contents
+
+
+_pins = _Pins()
+
+
 def requested_backend() -> tuple[str | None, str]:
     """(the backend ops run on when given no backend=, or None for each op's best; how it was asked for)."""
+    pins = _pins.stack
+    if pins:
+        return pins[-1]
     top = _overrides[-1:]  # one read: another thread's block may end meanwhile
     if top:
         return top[0].backend, f"use_backend({top[0].backend!r})"
@@ -241,11 +260,23 @@ def requested_backend() -> tuple[str | None, str]:
     return forced, f"FASTGAN_BACKEND={forced!r}"
 
 
-def pinned(backend: str | None) -> str | None:
-    """backend, or when None the one use_backend / FASTGAN_BACKEND asks for now (None if neither does): for ops
-    whose backward resolves its own kernels, so that it runs on the backend in force when the forward ran, not on
-    whatever a block around the backward() call (or another thread's) asks for then."""
-    return backend if backend is not None else requested_backend()[0]
+@contextlib.contextmanager
+def pin(request: tuple[str | None, str]):
+    """Ops called inside with no backend= of their own resolve as under `request`, a requested_backend() taken
+    earlier (None: each op's best), whatever use_backend blocks are open now, in any thread: for backwards that
+    resolve their own kernels, so that they run where their forward ran, not where a block around backward() (or
+    another thread's) points."""
+    if torch.compiler.is_compiling():
+        # Dynamo traces an autograd.Function's backward with its forward, in the forward's block, and refuses a
+        # write to state outside it ("HOP: Unsafe side effect"): the pin is the trace's context already
+        yield
+        return
+    stack = _pins.stack
+    stack.append(request)
+    try:
+        yield
+    finally:
+        stack.pop()
 
 
 def best_fused(device: torch.device) -> tuple[str | None, list[str]]:

@@ -10,18 +10,23 @@ import weakref
 class ForkSafeLock:
     """threading.Lock (or `factory`'s lock) for `with` blocks, replaced by a new one in a forked child."""
 
-    __slots__ = ("_factory", "_lock", "__weakref__")
+    __slots__ = ("_factory", "_lock", "_held", "__weakref__")
 
     def __init__(self, factory=threading.Lock):
         self._factory = factory
         self._lock = factory()
+        self._held = threading.local()  # the locks this thread entered: a block that forks leaves its own
         _LOCKS.add(self)
 
     def __enter__(self):
-        return self._lock.__enter__()
+        lock = self._lock
+        lock.acquire()
+        self._held.__dict__.setdefault("stack", []).append(lock)
+        return self
 
     def __exit__(self, *exc):
-        return self._lock.__exit__(*exc)
+        # the lock this block entered, not self._lock: in a child forked inside the block that is a fresh one
+        self._held.stack.pop().release()
 
 
 _LOCKS: "weakref.WeakSet[ForkSafeLock]" = weakref.WeakSet()

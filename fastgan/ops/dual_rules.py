@@ -8,13 +8,14 @@ torch's own forward AD for ops with a parameter operand: torch pairs the paramet
 """
 from __future__ import annotations
 
-import copy
+import collections
 import math
 
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map_only
 
 from . import closed_form_maps
 from ._checks import ForwardModeRefused
@@ -212,12 +213,13 @@ def _primals(a):
         if type(a) in (list, tuple):
             return type(a)(items)
         return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
-    if isinstance(a, dict):
-        out = {k: _primals(v) for k, v in a.items()}
-        if type(a) is not dict:  # OrderedDict, defaultdict: a copy of its own type
-            out, b = copy.copy(a), out
-            out.update(b)
-        return out
+    t = type(a)
+    if t is dict or t is collections.OrderedDict:
+        return t((k, _primals(v)) for k, v in a.items())
+    if t is collections.defaultdict:
+        return t(a.default_factory, {k: _primals(v) for k, v in a.items()})
+    if isinstance(a, (dict, collections.deque)):  # other containers (fx's immutable_dict): torch's walk
+        return tree_map_only(torch.Tensor, lambda x: fwAD.unpack_dual(x).primal, a)
     return a
 
 

@@ -244,7 +244,8 @@ def adjoint_seed(weight, extra, g_per, g_psi):
 def save_layers(ctx, layers, extra: dict, inputs, spec, grads):
     """Layer records, extras and the Function's inputs (x, *tensors: what a create_graph backward recomputes
     from) through save_for_backward, so an in-place edit of a weight before backward raises as usual; the
-    non-tensor fields, spec = (steps, weight, backend) and the closed form's first-order `grads` go on ctx."""
+    non-tensor fields, spec = (steps, weight, backend, the backend request the forward saw) and the closed form's
+    first-order `grads` go on ctx."""
     keys, saved, others = [(-2, j) for j in range(len(inputs))], list(inputs), []
     for i, L in enumerate(layers):
         others.append({k: val for k, val in L.items() if not isinstance(val, torch.Tensor)})
@@ -257,7 +258,7 @@ def save_layers(ctx, layers, extra: dict, inputs, spec, grads):
         saved.append(val)
     ctx.save_for_backward(*saved)
     ctx.keys, ctx.others = keys, others
-    ctx.steps, ctx.weight, ctx.backend = spec
+    ctx.steps, ctx.weight, ctx.backend, ctx.request = spec
     ctx.grads = grads
 
 
@@ -280,8 +281,9 @@ class ClosedForm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_per, g_psi):
         layers, extra, inputs = load_layers(ctx)
-        # on CPU the backward runs on the caller's thread, inside the caller's autocast if any
-        with _dispatch.no_autocast(g_psi.device):
+        # on CPU the backward runs on the caller's thread, inside the caller's autocast if any; its kernels run
+        # where the forward's would have, whatever use_backend block surrounds backward()
+        with _dispatch.no_autocast(g_psi.device), _dispatch.pin(ctx.request):
             if torch.is_grad_enabled():
                 from .penalty_create_graph import mlp_grads
 
@@ -376,7 +378,7 @@ def running_stats_norm(kind, m, h, gamma, beta):
 class _MLPPenalty(ClosedForm):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
-        steps, weight, backend = spec
+        steps, weight, backend, _ = spec
         B = x.shape[0]
         psi, layers = primal_chain(x, steps, tensors, running_stats_norm)
         out_shape = layers[-1]["out_shape"]
@@ -532,7 +534,8 @@ def _run(D, x, weight, backend, steps=None):
     if _dispatch.autocast_enabled(x.device) and x.dtype != dtype:
         x = x.to(dtype)
     with _dispatch.no_autocast(x.device):
-        return form.apply(x, (steps, weight, _dispatch.pinned(backend)), *tensors)
+        # the backward resolves its own kernels (BatchNorm's) under the request in force now: see ClosedForm
+        return form.apply(x, (steps, weight, backend, _dispatch.requested_backend()), *tensors)
 
 
 def mlp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, steps=None):

@@ -108,7 +108,7 @@ class _BatchStatMLPPenalty(ClosedForm):
     def forward(ctx, x, spec, *tensors):
         from .mlp_penalty import _terms, primal_chain, save_layers, weight_extras
 
-        steps, weight, backend = spec
+        steps, weight, backend, _ = spec
         psi, layers = primal_chain(x, steps, tensors, functools.partial(_norm, backend=backend))
         g = _input_gradient(layers, psi, backend)
         acc = _checks.acc_dtype(g.dtype)

@@ -270,7 +270,6 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         raise ValueError("mode='jvp' replays D's forward, which cannot replay dropout masks under CUDA graph "
                          "capture; use mode='double_backward'")
     _pen.require_samples("x", x, "jvp")
-    backend = _dispatch.pinned(backend)  # a create_graph backward's replay runs where this forward ran
     x = x.detach()
     if any(stride == 0 and n > 1 for stride, n in zip(x.stride(), x.shape)):
         # make_dual refuses a primal whose elements share memory (an expand()ed batch); other layouts (channels_last)
@@ -358,9 +357,12 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     params = [p for p in D.parameters() if p.requires_grad] if isinstance(D, nn.Module) \
         else penalty_create_graph.graph_leaves(surrogate)
 
+    request = _dispatch.requested_backend()  # a create_graph backward's replay runs where this forward ran
+
     def replay():
-        return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, any_order=True,
-                                       guard=guard)
+        with _dispatch.pin(request):
+            return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start,
+                                           any_order=True, guard=guard)
 
     # the tap is zero, so the value stays Omega bit for bit
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits

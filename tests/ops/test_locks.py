@@ -37,3 +37,25 @@ def test_a_lock_held_by_another_thread_at_a_fork_is_free_in_the_child(lock):
     assert os.WEXITSTATUS(status) == 0
     assert lock._lock.acquire(timeout=5)  # the parent's, released by its thread
     lock._lock.release()
+
+
+
+@pytest.mark.parametrize("factory", [threading.Lock, threading.RLock], ids=["Lock", "RLock"])
+def test_a_block_that_forks_leaves_its_own_lock_in_the_child(factory):
+    """The child of a fork inside the block gets a fresh lock, but its `with` must release the one it entered (a
+    first version released the fresh one: "cannot release un-acquired lock")."""
+    lock = ForkSafeLock(factory)
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                lock.__exit__(None, None, None)  # the child leaves the block...
+                with lock:  # ...and takes the renewed lock
+                    pass
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                os._exit(1)
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert lock._lock.acquire(timeout=5)  # the parent released its own
+    lock._lock.release()

@@ -116,8 +116,12 @@ def test_double_backward_alone_fails_in_aot_autograd():
     torch._dynamo.reset()
 
 
-def test_first_count_inside_a_compiled_function(monkeypatch):
-    """_dispatch.counts gets its key inside the traced graph (a Counter's __missing__ broke fullgraph on torch 2.8)."""
+def test_counts_inside_a_compiled_function_count_its_traces(monkeypatch):
+    """_dispatch.counts gets its key while Dynamo traces (a Counter's __missing__ broke fullgraph on torch 2.8), once
+    per trace: recorded inside the compiled code, the += made Dynamo guard on the count's value, so that every call
+    recompiled (until torch's recompile limit sent the function back to eager)."""
+    from torch._dynamo.utils import counters
+
     fresh = copy.copy(_dispatch.counts)
     fresh.clear()
     monkeypatch.setattr(_dispatch, "counts", fresh)
@@ -125,10 +129,16 @@ def test_first_count_inside_a_compiled_function(monkeypatch):
     torch.manual_seed(0)
     D = factory().double()
     torch._dynamo.reset()
+    counters.clear()
     compiled = torch.compile(_loss("mlp"), backend="aot_eager", fullgraph=FULLGRAPH)
     _grads_and_buffers(D, compiled, make_x(4).double(), make_x(4).double())
+    traced = _dispatch.counts[("gradient_penalty", "mlp")]
+    assert traced >= 1
+    for _ in range(3):
+        _grads_and_buffers(D, compiled, make_x(4).double(), make_x(4).double())
+    assert _dispatch.counts[("gradient_penalty", "mlp")] == traced
+    assert counters["stats"]["unique_graphs"] <= 2  # no recompile per call
     torch._dynamo.reset()
-    assert _dispatch.counts[("gradient_penalty", "mlp")] == 4  # two calls, two penalty terms each
 
 
 def _one_by_one():

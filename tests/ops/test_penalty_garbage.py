@@ -43,7 +43,9 @@ def test_a_create_graph_penalty_step_leaves_no_cyclic_garbage(mode, backend):
 
 def test_dual_rules_unwraps_every_container_torch_passes():
     from torch.autograd import forward_ad as fwAD
-    from collections import OrderedDict, defaultdict, namedtuple
+    from collections import OrderedDict, defaultdict, deque, namedtuple
+
+    from torch.fx.immutable_collections import immutable_dict
 
     Pair = namedtuple("Pair", "a b")
     with fwAD.dual_level():
@@ -53,5 +55,9 @@ def test_dual_rules_unwraps_every_container_torch_passes():
         leaves = [lst[0], lst[1][0], dct["k"], pair.a, od["k"], dd["k"]]
         assert fwAD.unpack_dual(d).tangent is not None
         assert all(fwAD.unpack_dual(t).tangent is None for t in leaves)
+        frozen, dq = dual_rules._primals((immutable_dict(k=d), deque([d])))  # torch's own walk for these
+        assert fwAD.unpack_dual(frozen["k"]).tangent is None and fwAD.unpack_dual(dq[0]).tangent is None
+    size = dual_rules._primals(torch.Size([2, 3]))
+    assert type(size) is torch.Size and size == (2, 3)
     assert lst[1][1] == 3 and pair.b == "s" and type(pair) is Pair and type(od) is OrderedDict
     assert type(dd) is defaultdict and dd.default_factory is int

@@ -1,5 +1,6 @@
 """fastgan.ops.use_backend: the ops called inside run on its backend, checked at each call, over FASTGAN_BACKEND,
 under an explicit backend=; restored on exit, exceptions included."""
+import contextlib
 import threading
 
 import pytest
@@ -109,7 +110,24 @@ def test_a_backward_runs_on_the_backend_its_forward_ran_on(mode):
         with ops.use_backend("cuda"):
             grads = torch.autograd.grad(omega, list(D.parameters()), create_graph=True)
         assert all(g.requires_grad for g in grads)
+    for block in (ops.use_backend("cpu"), contextlib.nullcontext()):  # a forward outside any block: automatic
+        with block:
+            omega, _, _ = ops.js_penalty(D, x, y, mode="mlp")
+        with ops.use_backend("cuda"):  # cannot run on CPU tensors: the backward does not ask it
+            assert _ran(lambda: omega.backward(), "bn_closed_form") == ["cpu"]
+    omega, _, _ = ops.js_penalty(D, x, y, mode="jvp")
+    with ops.use_backend("cuda"):
+        torch.autograd.grad(omega, list(D.parameters()), create_graph=True)
+
+
+@pytest.mark.parametrize("mode", ["mlp", "jvp"])
+def test_blocks_stay_blocks_for_the_penalty_modes(mode):
+    """A block's backend is not an explicit backend=: a callable weight (reference-only, which ignores blocks)
+    still runs inside one, and a block that cannot run is named as the block (the first version of the pin above
+    turned the block into backend=: both regressed)."""
+    D, x = _bn_d(), torch.randn(6, 3)
     with ops.use_backend("cpu"):
-        omega, _, _ = ops.js_penalty(D, x, y, mode="mlp")
-    with ops.use_backend("cuda"):  # cannot run on CPU tensors: the backward does not ask it
-        assert _ran(lambda: omega.backward(), "bn_closed_form") == ["cpu"]
+        pen, _ = ops.gradient_penalty(D, x, lambda p: torch.sigmoid(p) ** 2, mode=mode)
+    pen.backward()
+    with ops.use_backend("cuda"), pytest.raises(_dispatch.BackendUnavailable, match=r"use_backend\('cuda'\)"):
+        ops.js_penalty(D, x, x, mode=mode)
