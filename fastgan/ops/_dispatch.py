@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from .. import _ext
-from ._locks import ForkSafeLock
+from ._locks import ForkSafeLock, ThreadStack
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -240,12 +240,7 @@ def use_backend(backend: str):
 
 # Backwards that resolve their own kernels run under pin(the request their forward saw): per thread (a backward runs
 # on the thread that executes it), over use_backend's process-wide blocks.
-class _Pins(threading.local):
-    def __init__(self):
-        self.stack = []  # set in every thread up front: torch.compile guards on the attribute as on its contents
-
-
-_pins = _Pins()
+_pins = ThreadStack()
 
 
 def requested_backend() -> tuple[str | None, str]:

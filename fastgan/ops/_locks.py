@@ -7,6 +7,14 @@ import threading
 import weakref
 
 
+class ThreadStack(threading.local):
+    """A list per thread, there from the first read in every thread (torch.compile guards on the attribute's
+    presence as on its contents: one made on first use would recompile a traced caller once)."""
+
+    def __init__(self):
+        self.stack = []
+
+
 class ForkSafeLock:
     """threading.Lock (or `factory`'s lock) for `with` blocks, replaced by a new one in a forked child."""
 
@@ -15,13 +23,13 @@ class ForkSafeLock:
     def __init__(self, factory=threading.Lock):
         self._factory = factory
         self._lock = factory()
-        self._held = threading.local()  # the locks this thread entered: a block that forks leaves its own
+        self._held = ThreadStack()  # the locks this thread entered: a block that forks leaves its own
         _LOCKS.add(self)
 
     def __enter__(self):
         lock = self._lock
         lock.acquire()
-        self._held.__dict__.setdefault("stack", []).append(lock)
+        self._held.stack.append(lock)
         return self
 
     def __exit__(self, *exc):

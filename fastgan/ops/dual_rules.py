@@ -208,12 +208,10 @@ def _primals(a):
     replay runs under no_grad (84 objects a create_graph step, freed only by the cyclic GC)."""
     if isinstance(a, torch.Tensor):
         return fwAD.unpack_dual(a).primal
-    if isinstance(a, (list, tuple)):
-        items = [_primals(e) for e in a]
-        if type(a) in (list, tuple):
-            return type(a)(items)
-        return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
     t = type(a)
+    if isinstance(a, (list, tuple)):  # torch.Size and fx's immutable_list too; named tuples take fields
+        items = [_primals(e) for e in a]
+        return t(*items) if hasattr(a, "_fields") else t(items)
     if t is dict or t is collections.OrderedDict:
         return t((k, _primals(v)) for k, v in a.items())
     if t is collections.defaultdict:

@@ -93,11 +93,11 @@ def _check_device(device) -> Optional[torch.device]:
     return dev
 
 
-def _check_seed(seed) -> int:
+def _check_seed(seed, low: int = 0, high: int = 2**63, span: str = "[0, 2**63)") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if not low <= int(seed) < high:
+        raise ValueError(f"seed must be in {span}, got {seed}")
     return int(seed)
 
 
@@ -110,11 +110,8 @@ def stream_seed(seed: int) -> int:
     splitmix64's finalizer of seed ^ "fastgan!" gives an unrelated key. `seed` in torch.manual_seed's range,
     [-2**63, 2**64), a negative one wrapped to 2**64 + seed as torch wraps it: every bit of the seed reaches the
     key (s and s + 2**63 shared one before 2026-12-04, when the trainer passed seed % 2**63)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not -2**63 <= int(seed) < 2**64:
-        raise ValueError(f"seed must be in [-2**63, 2**64) (torch.manual_seed's range), got {seed}")
-    z = ((int(seed) % 2**64) ^ 0x6661737467616E21) & 0xFFFFFFFFFFFFFFFF
+    seed = _check_seed(seed, -2**63, 2**64, "[-2**63, 2**64) (torch.manual_seed's range)")
+    z = (seed % 2**64) ^ 0x6661737467616E21
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) % 2**63
