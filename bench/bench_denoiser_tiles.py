@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the tile 
 SIZES = [(512, 3, 64), (2048, 3, 512)]  # (n_h, depth, B): the launch-bound end and the GEMM-bound end
 # float32 tiles that compile for sm_90 without spills at 4 warps (tests/test_triton_compile.py checks the default
 # ones; a config that spills is measured all the same: that is what the sweep is for)
-TILES = [None, (16, 16, 16), (16, 32, 32), (32, 32, 16), (32, 32, 32), (32, 64, 16), (64, 64, 16), (64, 64, 32)]
+TILES = [None, (16, 16, 16), (16, 32, 32), (32, 32, 16), (32, 32, 32), (32, 64, 16), (32, 64, 32), (64, 64, 16),
+         (64, 64, 32), (64, 64, 32, 8), (128, 64, 32, 8)]  # (BM, BN, BK[, warps: 4])
 _ms: dict = {}
 
 

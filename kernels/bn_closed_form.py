@@ -37,10 +37,13 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n + eps)
     tl.store(rstd_ptr + c, rstd.to(T))
     cx = rstd.to(T)
-    sx = mean.to(T)  # subtracted before scaling: rstd * h - rstd * mean cancels terms of size |mean| / std
+    # subtracted before scaling (rstd * h - rstd * mean cancels terms of size |mean| / std), in two parts: T(mean)
+    # alone errs by half its ulp (bncf::split_shift in csrc/include/fastgan/bn_closed_form_math.h)
+    sx = mean.to(T)
+    sx_lo = (mean - sx.to(tl.float64)).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        tl.store(xhat_ptr + o, cx * (tl.load(h_ptr + o, mask=m, other=0.0) - sx), mask=m)
+        tl.store(xhat_ptr + o, cx * ((tl.load(h_ptr + o, mask=m, other=0.0) - sx) - sx_lo), mask=m)
 
 
 @triton.jit
@@ -65,9 +68,10 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     cx = (-scale * q).to(T)
     ct = scale.to(T)
     st = mt.to(T)
+    st_lo = (mt - st.to(tl.float64)).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st)
+        v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * ((tl.load(t_ptr + o, mask=m, other=0.0) - st) - st_lo)
         tl.store(out_ptr + o, v, mask=m)
 
 

@@ -299,29 +299,59 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
 # ---------------------------------------------------------------- launchers
 # saved (as fastgan/ops/denoiser_net.py keeps it): [x0, (y_i, out_i, shift_i, invstd_i) per hidden layer, z].
 
-_SMS: dict = {}
-TILES = None  # (BM, BN, BK) for every GEMM when set: tests use it to cover many-tile grids with small shapes
+_GPUS: dict = {}  # device -> (SMs, compute capability major)
+TILES = None  # (BM, BN, BK[, warps]) for every GEMM when set: tests cover many-tile grids with small shapes, the
+# tile sweep (bench/bench_denoiser_tiles.py) times each configuration
+
+
+def _halvings(bm: int, bn: int):
+    """(bm, bn), then BM and BN halved in turn (the larger first, BM on ties) down to 16 x 16."""
+    yield bm, bn
+    while bm > 16 or bn > 16:
+        if bm >= bn and bm > 16:
+            bm //= 2
+        else:
+            bn //= 2
+        yield bm, bn
+
+
+def first_tiles(major: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """The tiles a GPU of compute capability `major`.x starts from. float32 on sm_80 and later: 64 x 64 x 32, at 4
+    warps (an H200's sweeps, bench/results/h200-2026-12-04.json: 64 x 64 x 32 ran n_h=2048, B=512 1.78x faster than
+    the earlier 32 x 64 x 16, and 1.41x faster at 4 warps, where ptxas spills 160 bytes, than at 8 without spills;
+    K-steps of 32 won at every tile size). sm_75 keeps 32 x 64 x 16 (64 x 64 x 32 spills 696 bytes there, and no
+    Turing GPU measured it), float64 32 x 32 x 16 (unmeasured)."""
+    if dtype == torch.float64:
+        return 32, 32, 16
+    return (64, 64, 32) if major >= 8 else (32, 64, 16)
+
+
+def gpu_tiles(major: int, dtype: torch.dtype) -> set:
+    """Every (BM, BN, BK) `_tiles` can launch on such a GPU (tests/test_triton_compile.py holds them to a spill
+    budget there)."""
+    bm, bn, bk = first_tiles(major, dtype)
+    return {(m, n, bk) for m, n in _halvings(bm, bn)}
 
 
 def _tiles(M: int, N: int, t: torch.Tensor):
-    """(BM, BN, BK) of a GEMM with an M x N output. On a GPU: 32 x 64 x 16 tiles (32 x 32 in float64; 4 warps:
-    the largest that compile for sm_90 without spills, tests/test_triton_compile.py), halved until the grid covers
-    the SMs or the tiles reach 16 (small batches are latency-bound); untuned. Under the CPU interpreter: few wide
-    programs, which run fastest there."""
+    """(BM, BN, BK, warps) of a GEMM with an M x N output. On a GPU: `first_tiles`, BM and BN halved while the grid
+    is under a quarter of the SMs, down to 16 (at n_h=512, B=64 on the H200 that picks 16 x 32 x 32 for the forward
+    GEMMs, 64 x 64 x 32 for the weight gradients, and ran, at 8 warps for the 64 x 64 tiles then, as fast as
+    16 x 32 x 32 everywhere, the sweep's best there, 1.36x the earlier rule). Under the CPU interpreter: few wide programs, which run fastest there."""
     if TILES is not None:
-        return TILES
+        return (*TILES, 4) if len(TILES) == 3 else tuple(TILES)
     if t.device.type != "cuda":
         return (min(max(triton.next_power_of_2(max(M, 1)), 16), 64),
-                min(max(triton.next_power_of_2(max(N, 1)), 16), 64), 32)
-    if t.device not in _SMS:
-        _SMS[t.device] = torch.cuda.get_device_properties(t.device).multi_processor_count
-    bm, bn = (32, 32) if t.dtype == torch.float64 else (32, 64)
-    while triton.cdiv(M, bm) * triton.cdiv(N, bn) < _SMS[t.device] and (bm > 16 or bn > 16):
-        if bn >= bm and bn > 16:
-            bn //= 2
-        else:
-            bm //= 2
-    return bm, bn, 16
+                min(max(triton.next_power_of_2(max(N, 1)), 16), 64), 32, 4)
+    if t.device not in _GPUS:
+        props = torch.cuda.get_device_properties(t.device)
+        _GPUS[t.device] = props.multi_processor_count, props.major
+    sms, major = _GPUS[t.device]
+    bm, bn, bk = first_tiles(major, t.dtype)
+    for bm, bn in _halvings(bm, bn):
+        if triton.cdiv(M, bm) * triton.cdiv(N, bn) * 4 >= sms:
+            break
+    return bm, bn, bk, 4
 
 
 def _precision(t: torch.Tensor) -> str:
@@ -369,7 +399,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
         W = weights[i].contiguous()  # indexed as a dense (N, K) array; a module's weight may be a strided view
         N, K = W.shape
         last = i == depth
-        bm, bn, bk = _tiles(B, N, W)
+        bm, bn, bk, warps = _tiles(B, N, W)
         gm, gn = _grid(B, N, bm, bn)
         y = x.new_empty(B, N)
         pmean = pm2 = f64
@@ -396,7 +426,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
             a_src, noise if noise is not None else a_src, W, y, *hid_args, a_store, *bn_out, pmean, pm2, biases[i],
             target if target is not None else y, loss, B, N, K, float(sigma), float(momentum), float(eps),
             PRO=pro.value, EPI=epi.value, TRAINING=bool(training), TRACK=bool(track) and pro is PRO_BN,
-            STORE_A=bool(keep) and pro is not PRO_PLAIN, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=4)
+            STORE_A=bool(keep) and pro is not PRO_PLAIN, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         if i == 0 and keep:
             hidden.append(a_store)
         if pro is PRO_BN:
@@ -447,16 +477,16 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
         G = G_RECON if grad is None else G_BN
         dW, db = h.new_empty(N, K), h.new_empty(N)  # written dense
         dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G is G_BN else (db, db)
-        bm, bn, bk = _tiles(N, K, W)
+        bm, bn, bk, warps = _tiles(N, K, W)
         _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](
             *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G.value, TRAINING=bool(training), PREC=prec,
-            BM=bm, BN=bn, BK=bk, num_warps=4)
+            BM=bm, BN=bn, BK=bk, num_warps=warps)
         dweights[i], dbiases[i] = dW, db
         if G is G_BN:
             dgammas[i], dbetas[i] = dgamma, dbeta
         if i == 0 and not (need_h or need_noise):
             break
-        bm, bn, bk = _tiles(B, K, W)
+        bm, bn, bk, warps = _tiles(B, K, W)
         gm, gn = _grid(B, K, bm, bn)
         if i > 0:
             j = i - 1
@@ -474,7 +504,7 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
             *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G.value,
             D=(D_MASK_STATS if i > 0 else D_INPUT).value,
             TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), PREC=prec,
-            BM=bm, BN=bn, BK=bk, num_warps=4)
+            BM=bm, BN=bn, BK=bk, num_warps=warps)
         if i > 0:
             grad = (dzm, y_j, gammas[j], shift_j, invstd_j, ps1, ps2, gm)
         else:

@@ -130,13 +130,14 @@ def _run_every_op():
         ops.nt_losses(lr, lf, 0.4, loss="g", backend="triton").backward()
     from fastgan.kernels import denoiser_gemm
 
-    # the denoiser's GEMMs with the tiles a GPU picks (float32 32 x 64, float64 32 x 32, small batches down to
-    # 16 x 16, 16 deep) and the interpreter's; its per-layer kernels through Denoiser.forward
+    # the denoiser's GEMMs with the tiles a GPU picks (float32 64 x 64 x 32, small batches down to 16 x 16 x 32,
+    # on sm_75 32 x 64 x 16; float64 32 x 32 x 16 down to 16 x 16 x 16) and the interpreter's; its per-layer kernels through Denoiser.forward
     from fastgan.ops import _dispatch, denoiser_backends
 
     float64_dot = (_dispatch.triton_version() or (99,)) >= denoiser_backends.TRITON_FLOAT64_DOT  # none on triton 3.4
-    for tiles, dtype in (((32, 64, 16), torch.float32), ((32, 32, 16), torch.float64), ((16, 16, 16), torch.float32),
-                         ((16, 16, 16), torch.float64), (None, torch.float32)):
+    for tiles, dtype in (((64, 64, 32), torch.float32), ((16, 32, 32), torch.float32), ((16, 16, 32), torch.float32),
+                         ((32, 64, 16), torch.float32), ((32, 32, 16), torch.float64), ((16, 16, 16), torch.float64),
+                         (None, torch.float32)):
         if dtype == torch.float64 and not float64_dot:
             continue
         denoiser_gemm.TILES = tiles
@@ -242,21 +243,35 @@ def test_every_launched_kernel_compiles(compiled, arch):
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
     assert all(r["registers"] for r in results), [r for r in results if not r["registers"]]  # ptxas -v was read
-    spilled = [(r["kernel"], r["consts"], r["spill_bytes"]) for r in results
-               if (r["spill_bytes"] or 0) > _spill_budget(r["kernel"].rsplit(".", 1)[0], arch)]
+    spilled = [(r["kernel"], r["consts"], r["spill_bytes"]) for r in results if _launched_on(r, arch)
+               and (r["spill_bytes"] or 0) > _spill_budget(r["kernel"].rsplit(".", 1)[0], arch)]
     assert not spilled, f"register spills: {spilled}"
 
 
 # The denoiser's fused GEMMs keep a tile, both operands and a layer's BatchNorm coefficients live; ptxas spills
 # 4-24 bytes in some of their variants (sm_90, 32 x 64 tiles; 4-16 bytes on sm_80 and sm_75) while using 72-96 of
-# 255 registers: its choice, not a shortage (64 x 64 tiles spilled 168 bytes, caught here). Every other kernel may
+# 255 registers, and 160-164 bytes in the forward GEMM with a BatchNorm prologue at the 64 x 64 x 32 tiles and 4
+# warps a GPU picks for large layers: measured, not guessed (an H200 ran n_h=2048, B=512 1.41x faster so than at 8
+# warps without spills; bench/results/h200-2026-12-04.json). A budget of 192 still catches a shortage's hundreds more. Every other kernel may
 # spill a few bytes, as ptxas chooses to far below the register limit: compiled as a GPU launch specializes it
 # (go_div = B a runtime int), the penalty's terms pass over 3x32x32 rows in chunks spills 4 bytes at 96 of 255
 # registers on sm_90 (none at 8 warps; the 4 warps are what the chunked path measured best with on an H100);
 # Triton 3.9 spills 4 bytes in two backward variants on sm_80 (at 128 and 80 registers). A real shortage spills
 # hundreds.
-SPILL_BUDGET = {"fastgan.kernels.denoiser_gemm": 32}
+SPILL_BUDGET = {"fastgan.kernels.denoiser_gemm": 192}
 OTHER_SPILL_BUDGET = 8
+
+
+def _launched_on(result: dict, arch: int) -> bool:
+    """Whether a GPU of this architecture launches the compiled specialization: the denoiser's GEMMs only at the
+    tiles `_tiles` picks there (the interpreter's, and sm_80's 64 x 64 x 32 on sm_75, never run on such a GPU)."""
+    if not result["kernel"].startswith("fastgan.kernels.denoiser_gemm."):
+        return True
+    from fastgan.kernels import denoiser_gemm
+
+    c = result["consts"]
+    return any((c["BM"], c["BN"], c["BK"]) in denoiser_gemm.gpu_tiles(arch // 10, dt)
+               for dt in (torch.float32, torch.float64))
 
 
 def _spill_budget(module: str, arch: int) -> int:

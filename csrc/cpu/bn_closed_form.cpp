@@ -85,21 +85,22 @@ void block_sums(const Layout& L, int64_t c0, int64_t p0, int64_t np, double* sum
 // out = k + cx (X - sx) [+ ct (T - st) [+ cr R + cl L]] over the block, NIN inputs in the order X, T, R, L.
 template <typename T, int NIN>
 void block_apply(const Layout& L, int64_t c0, int64_t p0, int64_t np, const Coefs* co, const T* const* in, T* out) {
-  T ck[kBlock], cc[4][kBlock], sh[4][kBlock];
+  T ck[kBlock], cc[4][kBlock];
+  bncf::Shift<T> sh[4][kBlock];
   for (int64_t j = 0; j < np; ++j) {
     const Coefs& k = co[(p0 + j) / L.S - c0];
     const double v[4] = {k.x, k.t, k.r, k.l}, s[4] = {k.sx, k.st, 0.0, 0.0};
     ck[j] = T(k.k);
     for (int i = 0; i < NIN; ++i) {
       cc[i][j] = T(v[i]);
-      sh[i][j] = T(s[i]);
+      sh[i][j] = bncf::split_shift<T>(s[i]);
     }
   }
   for (int64_t b = 0; b < L.B; ++b) {
     const int64_t base = b * L.row() + p0;
     for (int64_t j = 0; j < np; ++j) {
       T v = ck[j];
-      for (int i = 0; i < NIN; ++i) v += cc[i][j] * (in[i][base + j] - sh[i][j]);
+      for (int i = 0; i < NIN; ++i) v += cc[i][j] * bncf::shifted(in[i][base + j], sh[i][j]);
       out[base + j] = v;
     }
   }

@@ -77,10 +77,11 @@ __global__ void __launch_bounds__(kMaxThreads) stats_kernel(const T* __restrict_
   double r;
   const Coefs k = bncf::stats_coefs(mean, q[0], n, eps, &r);
   if (threadIdx.x == 0) rstd[c] = T(r);
-  const T cx = T(k.x), sx = T(k.sx);
+  const T cx = T(k.x);
+  const bncf::Shift<T> sx = bncf::split_shift<T>(k.sx);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    xhat[o] = cx * (h[o] - sx);
+    xhat[o] = cx * bncf::shifted(h[o], sx);
   }
 }
 
@@ -106,10 +107,11 @@ __global__ void __launch_bounds__(kMaxThreads) centered_kernel(const T* __restri
     mt[c] = T(m);
     q[c] = T(qq);
   }
-  const T cx = T(k.x), ct = T(k.t), st = T(k.st);
+  const T cx = T(k.x), ct = T(k.t);
+  const bncf::Shift<T> st = bncf::split_shift<T>(k.st);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    out[o] = cx * xhat[o] + ct * (t[o] - st);
+    out[o] = cx * xhat[o] + ct * bncf::shifted(t[o], st);
   }
 }
 
@@ -142,10 +144,11 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
     if (dgamma != nullptr) dgamma[c] = T(dg);
     if (dbeta != nullptr) dbeta[c] = T(db);
   }
-  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k), st = T(k.st);
+  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k);
+  const bncf::Shift<T> st = bncf::split_shift<T>(k.st);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    dh[o] = ck + cx * xhat[o] + ct * (t[o] - st) + cr * rho[o] + cl * lam[o];
+    dh[o] = ck + cx * xhat[o] + ct * bncf::shifted(t[o], st) + cr * rho[o] + cl * lam[o];
   }
 }
 

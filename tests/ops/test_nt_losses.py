@@ -583,7 +583,7 @@ def test_two_pass_forward_replays_in_a_cuda_graph(backend):
     """Above a chunk the GPU forward allocates its scratch and runs two kernels: both inside a captured graph,
     whose replay on new inputs gives the eager result bit for bit (the reduction order is fixed)."""
     nt_mod = importlib.import_module("fastgan.ops.nt_losses")
-    n = 3 * nt_mod.FWD_CHUNK + 5
+    n = 3 * nt_mod.FWD_CHUNK + 6  # mode="double": even sizes, [clean; noisy] halves ragged against the chunk
     lr, lf = (t.cuda() for t in _logits(n, n + 2))
     mu = torch.tensor(0.3, device="cuda")
 
