@@ -261,6 +261,17 @@ def test_gpu_check_quick_writes_what_goals_reads():
     assert all(f'"$OUT/{j}"' in goals_line for j in jsons)
 
 
+def test_gpu_check_quick_writes_no_more_files_than_the_device_tool_returns():
+    """The device tool returns at most 8 files from $OUT; quick's leftover-time stages (the default job, the tile
+    sweep) came in beside its own files, which then lost the per-benchmark logs and fastgan info's file."""
+    script = _gpu_check()
+    # what quick runs: the lines before the stages (the build, the functions it calls) and its own block
+    quick = script[:script.index("if [[ $what == tests")]
+    written = set(re.findall(r'"\$OUT/([\w.-]+)"', quick))
+    assert {"build.log", "tests.log", "bench-bandwidth.json", "bench-graph.json", "goals.md", "train.log",
+            "tiles.json"} <= written and len(written) <= 8, sorted(written)
+
+
 @pytest.mark.parametrize("elapsed,want,reserve,limit", [(60, 240, 215, 240), (400, 240, 215, 30), (300, 240, 215, 55),
                                                         (500, 140, 5, 65), (0, 3, 215, 3), (560, 20, 5, 20)])
 def test_gpu_check_quick_cuts_its_limits_to_end_in_time(elapsed, want, reserve, limit):

@@ -7,7 +7,10 @@
 # 600 s call of the device tool; `all` needs about 900 s. `quick` (about 480 s: build, cuda tests, the benchmarks
 # of the goals: bandwidth, graphed D updates, graphed denoiser, then lazy regularization) is for a session with 15
 # minutes of device time in all: its stages' limits are cut so that the call ends within QUICK_LIMIT (570) s of its
-# start whatever the build took, and it writes $OUT/bench-bandwidth.json and $OUT/bench-graph.json.
+# start whatever the build took, and it writes $OUT/bench-bandwidth.json and $OUT/bench-graph.json; with time left
+# (an H200 needed 209 s for those), the default job eager and graphed ($OUT/train.log) and the tile sweep of the
+# tiles the kernels pick beside the sweep's earlier winners ($OUT/tiles.json). At most 8 files in $OUT: what the
+# device tool returns.
 # A stage stopped at its limit gets SIGINT (then KILL 30 s later): pytest still prints its -rfE summary and
 # pytest-benchmark writes the JSON of the benchmarks that finished (timeout's default SIGTERM left neither: an empty
 # JSON, no list of failures). Each stage prints its exit status; 124 means it was stopped at its limit.
@@ -16,8 +19,8 @@
 # AddressSanitizer and a race check in tools/cuda_emu; these see the hardware: inter-block behaviour, real shared
 # memory, the GPU's own faults), SANITIZE_LIMIT seconds per tool. `tiles`
 # (opt-in, about 150 s, most of it Triton compiling each configuration) sweeps the Triton denoiser's GEMM tile
-# sizes on its graphed loss step (bench/bench_denoiser_tiles.py), the data for choosing kernels/denoiser_gemm.py's
-# untuned `_tiles`.
+# sizes on its graphed loss step (bench/bench_denoiser_tiles.py), the data kernels/denoiser_gemm.py's tiles were
+# chosen from (an H200, 2026-12-04).
 set -u
 what=${1:-all}
 case $what in  # a mistyped stage would otherwise build, run nothing and end with exit 0
@@ -38,10 +41,26 @@ FASTGAN_CUDA=1 FASTGAN_CUDA_ARCH=${FASTGAN_CUDA_ARCH:-90} CMAKE_BUILD_PARALLEL_L
   stop_at ${BUILD_LIMIT:-360} python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
   || { rc=$?; tail -40 "$OUT/build.log"; echo "build: $(said $rc)"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
-fastgan info | tee "$OUT/info.txt"
+fastgan info | tee -a "$OUT/build.log"
 # per-test limits where pytest-timeout is installed (the lent GPU image has it); without it pytest would refuse the flag
 per_test() { python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 COSTS=$(ls bench/results/costs-2*.json | tail -1)  # bench/costs.py's latest (costs-denoiser-* counts something else)
+# the default job on the GPU, eager and graphed: wall seconds for 2000 steps, each stopped at $1 s
+default_job() {
+  for graph in false true; do
+    t0=$SECONDS
+    timeout "$1" fastgan train --set run.device=cuda run.steps=2000 run.log_every=500 run.out_dir=/tmp/runs \
+      run.name=graph-$graph run.cuda_graph=$graph run.progress=off 2>&1 | tail -2
+    echo "run.cuda_graph=$graph: $(( SECONDS - t0 )) s wall"
+  done 2>&1 | tee "$OUT/train.log"
+}
+# the Triton denoiser's GEMM tiles on its graphed loss step, stopped at $1 s (-k: TILES_K, every configuration)
+tile_sweep() {
+  stop_at "$1" python3 -m pytest bench/bench_denoiser_tiles.py ${TILES_K:+-k "$TILES_K"} --benchmark-only -q \
+    -p no:cacheprovider --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on \
+    --benchmark-json "$OUT/tiles.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tail -30
+  echo "tile sweep: $(said "${PIPESTATUS[0]}")"
+}
 
 if [[ $what == quick ]]; then
   # cap WANT RESERVE: WANT s, or fewer (not under 30) so that RESERVE s are left before QUICK_LIMIT s from the start
@@ -63,27 +82,29 @@ if [[ $what == quick ]]; then
   echo "bandwidth benchmarks: limit $lim s"
   stop_at "$lim" python3 -m pytest bench/bench_bandwidth.py \
     -k "${BW_K:-not reference and (not bn_closed_form or large)}" "${bench_args[@]}" \
-    --benchmark-json "$OUT/bench-bandwidth.json" 2>&1 | tee "$OUT/bench-bandwidth.log" | tail -40
+    --benchmark-json "$OUT/bench-bandwidth.json" 2>&1 | tail -40
   echo "bandwidth benchmarks: $(said "${PIPESTATUS[0]}")"
   # the graphed D updates (penalty goal), the graphed denoiser (denoiser goal), then lazy regularization (last in
   # the file: information only, the first to go when the limit cuts the run short)
   lim=$(cap "$graph_limit" 5)
   echo "graphed benchmarks: limit $lim s"
   stop_at "$lim" python3 -m pytest bench/bench_graph_step.py "${bench_args[@]}" \
-    --benchmark-json "$OUT/bench-graph.json" 2>&1 | tee "$OUT/bench-graph.log" | tail -80
+    --benchmark-json "$OUT/bench-graph.json" 2>&1 | tail -80
   echo "graphed benchmarks: $(said "${PIPESTATUS[0]}")"
   python3 bench/goals.py "$OUT/bench-bandwidth.json" "$OUT/bench-graph.json" --costs "$COSTS" | tee "$OUT/goals.md"
+  # the time left before QUICK_LIMIT (an H200 finished the above in 209 of 570 s on 2026-12-04): the default job,
+  # then the tile sweep at the tiles the kernels pick and the sweep's earlier winners, each only where time is left
+  # (the device tool returns 8 files: build.log, tests.log, the two JSONs, goals.md, train.log, tiles.json)
+  left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
+  if (( left >= 90 )); then default_job $(( left / 2 < 60 ? left / 2 : 60 )); fi
+  left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
+  if (( left >= 45 )); then TILES_K=${TILES_K:-reference or default or 16x32x32 or 64x64x32} tile_sweep "$left"; fi
 fi
 if [[ $what == tests || $what == all ]]; then
   stop_at ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \
     --benchmark-disable 2>&1 | tee "$OUT/tests.log" | tail -60
   echo "cuda tests: $(said "${PIPESTATUS[0]}")"
-  for graph in false true; do  # the default job on the GPU, eager and graphed: wall seconds for 2000 steps
-    t0=$SECONDS
-    timeout 150 fastgan train --set run.device=cuda run.steps=2000 run.log_every=500 run.out_dir=/tmp/runs \
-      run.name=graph-$graph run.cuda_graph=$graph run.progress=off 2>&1 | tail -2
-    echo "run.cuda_graph=$graph: $(( SECONDS - t0 )) s wall"
-  done 2>&1 | tee "$OUT/train.log"
+  default_job 150
 fi
 if [[ $what == bench || $what == all ]]; then
   stop_at ${BENCH_LIMIT:-420} python3 -m pytest bench -k "${BENCH_K:-cuda or graph or host_cost or bandwidth}" --benchmark-only -q -p no:cacheprovider \
@@ -96,12 +117,9 @@ if [[ $what == bench || $what == all ]]; then
   # which of issue 5's goals this GPU meets, and the graphed updates beside their counted costs
   python3 bench/goals.py "$OUT/bench.json" --costs "$COSTS" | tee "$OUT/goals.md"
 fi
-if [[ $what == tiles ]]; then
-  stop_at ${TILES_LIMIT:-300} python3 -m pytest bench/bench_denoiser_tiles.py --benchmark-only -q -p no:cacheprovider \
-    --benchmark-min-rounds=5 --benchmark-max-time=0.1 --benchmark-warmup=on --benchmark-json "$OUT/tiles.json" \
-    --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tee "$OUT/tiles.log" | tail -30
-  echo "tile sweep: $(said "${PIPESTATUS[0]}")"
-  python3 - "$OUT/tiles.json" <<'PY' | tee "$OUT/tiles.md"
+if [[ $what == tiles || ( $what == quick && -s $OUT/tiles.json ) ]]; then
+  [[ $what == tiles ]] && tile_sweep ${TILES_LIMIT:-300}
+  python3 - "$OUT/tiles.json" <<'PY'
 import json, sys
 try:
     doc = json.load(open(sys.argv[1]))

@@ -102,10 +102,10 @@ def test_fp32_many_tiles_within_twice_reference_error_triton(device, training, s
     if device == "cuda":
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # IEEE fp32 on both sides
     master, _ = make_pair(n=20, hidden=40, depth=3, training=training, seed=7)
-    master = master.to(device)
+    master = master.float().double().to(device)  # float64 truth of the float32 inputs, not of their originals
     g = torch.Generator().manual_seed(8)
-    h = (torch.randn(37, 20, generator=g, dtype=torch.float64) * 2 + 0.5).to(device)
-    noise = torch.randn(37, 20, generator=g, dtype=torch.float64).to(device)
+    h = (torch.randn(37, 20, generator=g, dtype=torch.float64) * 2 + 0.5).float().double().to(device)
+    noise = torch.randn(37, 20, generator=g, dtype=torch.float64).float().double().to(device)
     truth_net = copy.deepcopy(master.net)
     tl = ref.denoiser_loss(truth_net, h, noise)
     tl.backward()

@@ -93,7 +93,7 @@ def test_fp32_matches_reference(backend, weight, B, shape):
     assert out.dtype == torch.float32
     assert_close_to_oracle(out, r32, r64, name="forward")
 
-    up = torch.randn(B, dtype=torch.float64)
+    up = torch.randn(B, dtype=torch.float64).float().double()  # the truth's upstream is the float32 one
     d_impl = torch.autograd.grad(out, (g32, l32), up.float(), allow_unused=True)
     d_r32 = torch.autograd.grad(r32, (gr, lr), up.float(), allow_unused=True)
     d_r64 = torch.autograd.grad(r64, (g64, l64), up, allow_unused=True)
@@ -208,7 +208,7 @@ def test_short_rows_match_reference(backend, F, dtype, layout):
     B = 1031
     grad, logits = _grad_layout(B, F, layout, dtype, seed=F)
     assert grad.is_contiguous() == (layout == "contiguous" or (layout == "transposed" and F == 1))
-    up = torch.randn(B, generator=torch.Generator().manual_seed(100 + F), dtype=torch.float64)
+    up = torch.randn(B, generator=torch.Generator().manual_seed(100 + F), dtype=torch.float64).to(dtype).double()
 
     def check(impl, low, r64, name):
         if dtype == torch.float64:

@@ -15,11 +15,17 @@ enum Reduction : int { kMean = 0, kSum = 1 };
 FG_HD float fg_log1p(float x) { return log1pf(x); }
 FG_HD double fg_log1p(double x) { return log1p(x); }
 
-// softplus(x) = ln(1 + e^x) = -ln sigmoid(-x), without overflow.
+// softplus(x) = ln(1 + e^x) = -ln sigmoid(-x), without overflow; softplus_from takes e = exp(-|x|) from a caller
+// that needs the same exponential (the JS weight of the same logit).
+template <typename A>
+FG_HD A softplus_from(A x, A e) {
+  return (x > A(0) ? x : A(0)) + fg_log1p(e);
+}
+
 template <typename A>
 FG_HD A softplus(A x) {
   const A ax = x < A(0) ? -x : x;
-  return (x > A(0) ? x : A(0)) + fg_log1p(fg_exp(-ax));
+  return softplus_from(x, fg_exp(-ax));
 }
 
 // Loss term of one logit: softplus(sign * psi), sign = -1 for "labelled real" (-ln D),

@@ -13,14 +13,14 @@ enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
 
 // w(psi) and dw/dpsi. sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) come from one exp(-|psi|):
 // no overflow, and no cancellation in 1 - sigmoid for large psi.
+// weight_and_slope_from takes e = exp(-|psi|) from a caller that needs the same exponential (nt_losses' forward).
 template <typename A>
-FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
+FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
   if (code != kJsReal && code != kJsFake) {
     *w = A(1);
     *dw = A(0);
     return;
   }
-  A e = fg_exp(psi >= A(0) ? -psi : psi);
   A r = A(1) / (A(1) + e);
   A s = psi >= A(0) ? r : e * r;  // sigmoid(psi)
   A q = psi >= A(0) ? e * r : r;  // sigmoid(-psi)
@@ -31,6 +31,23 @@ FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
     *w = s * s;
     *dw = A(2) * s * s * q;     // 2 s^2 (1 - s)
   }
+}
+
+template <typename A>
+FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
+  if (code != kJsReal && code != kJsFake) {
+    *w = A(1);
+    *dw = A(0);
+    return;
+  }
+  weight_and_slope_from(code, psi, fg_exp(psi >= A(0) ? -psi : psi), w, dw);
+}
+
+template <typename A>
+FG_HD A weight_from(int code, A psi, A e) {
+  A w, dw;
+  weight_and_slope_from(code, psi, e, &w, &dw);
+  return w;
 }
 
 template <typename A>
