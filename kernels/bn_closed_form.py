@@ -40,7 +40,8 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     # subtracted before scaling (rstd * h - rstd * mean cancels terms of size |mean| / std), in two parts: T(mean)
     # alone errs by half its ulp (bncf::split_shift in csrc/include/fastgan/bn_closed_form_math.h)
     sx = mean.to(T)
-    sx_lo = (mean - sx.to(tl.float64)).to(T)
+    sx_lo = mean - sx.to(tl.float64)
+    sx_lo = tl.where(sx_lo == sx_lo, sx_lo, 0.0).to(T)  # an infinite mean: inf - inf, whose NaN would replace x - inf
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         tl.store(xhat_ptr + o, cx * ((tl.load(h_ptr + o, mask=m, other=0.0) - sx) - sx_lo), mask=m)
@@ -68,7 +69,8 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     cx = (-scale * q).to(T)
     ct = scale.to(T)
     st = mt.to(T)
-    st_lo = (mt - st.to(tl.float64)).to(T)
+    st_lo = mt - st.to(tl.float64)
+    st_lo = tl.where(st_lo == st_lo, st_lo, 0.0).to(T)  # as sx_lo
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * ((tl.load(t_ptr + o, mask=m, other=0.0) - st) - st_lo)

@@ -130,14 +130,14 @@ def _run_every_op():
         ops.nt_losses(lr, lf, 0.4, loss="g", backend="triton").backward()
     from fastgan.kernels import denoiser_gemm
 
-    # the denoiser's GEMMs with the tiles a GPU picks (float32 64 x 64 x 32, small batches down to 16 x 16 x 32,
-    # on sm_75 32 x 64 x 16; float64 32 x 32 x 16 down to 16 x 16 x 16) and the interpreter's; its per-layer kernels through Denoiser.forward
+    # the denoiser's GEMMs with every tile a GPU can pick (float32 64 x 64 x 32 halved down to 16 x 16 x 32, on sm_75
+    # 32 x 64 x 16 down to 16 x 16 x 16; float64 32 x 32 x 16 down to 16 x 16 x 16) and the interpreter's; its per-layer kernels through Denoiser.forward
     from fastgan.ops import _dispatch, denoiser_backends
 
     float64_dot = (_dispatch.triton_version() or (99,)) >= denoiser_backends.TRITON_FLOAT64_DOT  # none on triton 3.4
-    for tiles, dtype in (((64, 64, 32), torch.float32), ((16, 32, 32), torch.float32), ((16, 16, 32), torch.float32),
-                         ((32, 64, 16), torch.float32), ((32, 32, 16), torch.float64), ((16, 16, 16), torch.float64),
-                         (None, torch.float32)):
+    gpu = {(t, dt) for major in (9, 7) for dt in (torch.float32, torch.float64)
+           for t in denoiser_gemm.gpu_tiles(major, dt)}  # sm_80 picks as sm_90
+    for tiles, dtype in [*sorted(gpu, key=str), (None, torch.float32)]:
         if dtype == torch.float64 and not float64_dot:
             continue
         denoiser_gemm.TILES = tiles

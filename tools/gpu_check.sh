@@ -98,7 +98,7 @@ if [[ $what == quick ]]; then
   left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
   if (( left >= 90 )); then default_job $(( left / 2 < 60 ? left / 2 : 60 )); fi
   left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
-  if (( left >= 45 )); then TILES_K=${TILES_K:-reference or default or 16x32x32 or 64x64x32} tile_sweep "$left"; fi
+  if (( left >= 45 )); then TILES_K=${TILES_K:-reference or default or 16x32x32 or (64x64x32 and not x8)} tile_sweep "$left"; fi
 fi
 if [[ $what == tests || $what == all ]]; then
   stop_at ${TEST_LIMIT:-300} python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 120) \

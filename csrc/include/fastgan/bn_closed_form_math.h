@@ -15,7 +15,7 @@
 namespace fastgan {
 namespace bncf {
 
-// A per-channel shift s (a mean) in the storage type T as two parts, hi = T(s) and lo = T(s - hi):
+// A per-channel shift s (a mean) in the storage type T as two parts, hi = T(s) and lo = T(s - hi) (0 for s = ±inf):
 // (x - hi) - lo is x - s to about one rounding of the difference (x - hi is exact for x within a factor 2 of hi),
 // where x - T(s) errs by up to half an ulp of s, times rstd in xhat: at a mean 100 std from 0, several times the
 // error of torch's float32 (tests/ops/test_bn_closed_form.py, float32 on float64 truths of the float32 inputs).
@@ -27,7 +27,8 @@ struct Shift {
 template <typename T>
 FG_HD Shift<T> split_shift(double s) {
   const T hi = T(s);
-  return Shift<T>{hi, T(s - double(hi))};
+  const double lo = s - double(hi);
+  return Shift<T>{hi, T(lo == lo ? lo : 0.0)};  // an infinite mean: inf - inf, whose NaN would replace x - inf
 }
 
 template <typename T>
