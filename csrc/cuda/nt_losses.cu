@@ -17,9 +17,9 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
   return a.mu != 0 ? *reinterpret_cast<const A*>(a.mu) : A(a.mu_value);
 }
 
-// Loss terms of logits [k0, k1) of one side (n logits), and its JS weights when w != nullptr. The forward is
-// bound by its arithmetic (on an H200 it moved 0.44-0.46 of a device copy's bandwidth): the side's two coefficients
-// are divided once, not per logit, and a logit's loss term and weight share one exponential (the values
+// Loss terms of logits [k0, k1) of one side (n logits), and its JS weights when w != nullptr. The forward looks
+// bound by its arithmetic (an estimate of its instructions per logit; an H200 measured 0.44-0.46 of a device copy's
+// bandwidth, unmeasured since the change below): the side's two coefficients are divided once, not per logit, and a logit's loss term and weight share one exponential (the values
 // nt::coef, nt::term and penalty::weight give apart, bit for bit). Each thread loads kUnroll logits before
 // computing on any and adds its terms in index order, so the sums are those of the plain loop.
 constexpr int kUnroll = 4;
