@@ -21,6 +21,14 @@ def _chunk(i0, c, C, S, n, BLOCK: tl.constexpr):
 # eps is annotated tl.float64: compiled kernels then take it in double (an unannotated float arrives as fp32); the
 # interpreter still passes fp32, which moves rstd by < 1e-12 relative. No other float crosses from the host.
 @triton.jit
+def _low_part(s, hi):
+    """s - hi in float64 (hi = s rounded to the storage dtype), 0 for an infinite s (inf - inf's NaN would replace
+    x - inf): the low part of bncf::split_shift (csrc/include/fastgan/bn_closed_form_math.h)."""
+    d = s - hi.to(tl.float64)
+    return tl.where(d == d, d, 0.0)
+
+
+@triton.jit
 def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl.constexpr):
     c = tl.program_id(0).to(tl.int64)
     T = h_ptr.dtype.element_ty
@@ -40,8 +48,7 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     # subtracted before scaling (rstd * h - rstd * mean cancels terms of size |mean| / std), in two parts: T(mean)
     # alone errs by half its ulp (bncf::split_shift in csrc/include/fastgan/bn_closed_form_math.h)
     sx = mean.to(T)
-    sx_lo = mean - sx.to(tl.float64)
-    sx_lo = tl.where(sx_lo == sx_lo, sx_lo, 0.0).to(T)  # an infinite mean: inf - inf, whose NaN would replace x - inf
+    sx_lo = _low_part(mean, sx).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         tl.store(xhat_ptr + o, cx * ((tl.load(h_ptr + o, mask=m, other=0.0) - sx) - sx_lo), mask=m)
@@ -69,8 +76,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     cx = (-scale * q).to(T)
     ct = scale.to(T)
     st = mt.to(T)
-    st_lo = mt - st.to(tl.float64)
-    st_lo = tl.where(st_lo == st_lo, st_lo, 0.0).to(T)  # as sx_lo
+    st_lo = _low_part(mt, st).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * ((tl.load(t_ptr + o, mask=m, other=0.0) - st) - st_lo)

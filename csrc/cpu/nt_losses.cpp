@@ -49,11 +49,10 @@ struct Side {
 
 template <typename A>
 Side side_of(std::uintptr_t logits, int64_t n, int64_t stride, int sign, bool real, A mu, int reduction) {
-  const int64_t n_clean = n / 2;
+  const nt::HalfCoefs<A> c = nt::half_coefs<A>(n, mu, reduction);
   const bool in_loss = sign != 0;
-  return {reinterpret_cast<const void*>(logits), n, stride, double(sign), real, n_clean,
-          in_loss && n_clean > 0 ? double(nt::coef<A>(0, n, mu, reduction)) : 0.0,
-          in_loss && n > n_clean ? double(nt::coef<A>(n_clean, n, mu, reduction)) : 0.0};
+  return {reinterpret_cast<const void*>(logits), n, stride, double(sign), real, c.n_clean,
+          in_loss && c.n_clean > 0 ? double(c.clean) : 0.0, in_loss && n > c.n_clean ? double(c.noisy) : 0.0};
 }
 
 // Loss terms coef * softplus(sign * psi) of a chunk into v, and (WEIGHTS) its JS weights into w. The side's

@@ -19,22 +19,17 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
 
 // Loss terms of logits [k0, k1) of one side (n logits), and its JS weights when w != nullptr. The forward looks
 // bound by its arithmetic (an estimate of its instructions per logit; an H200 measured 0.44-0.46 of a device copy's
-// bandwidth, unmeasured since the change below): the side's two coefficients are divided once, not per logit, and a logit's loss term and weight share one exponential (the values
-// nt::coef, nt::term and penalty::weight give apart, bit for bit). Each thread loads kUnroll logits before
-// computing on any and adds its terms in index order, so the sums are those of the plain loop.
+// bandwidth, unmeasured since the change below): the side's two coefficients are divided once (nt::half_coefs),
+// not per logit, and a logit's loss term and weight share one exponential (the values nt::coef, nt::term and
+// penalty::weight give apart, bit for bit). Each thread loads kUnroll logits before computing on any and adds its
+// terms in index order, so the sums are those of the plain loop.
 constexpr int kUnroll = 4;
-
-template <typename A>
-struct SideCoefs {
-  A clean, noisy;
-  int64_t n_clean;
-};
 
 // Adds the term to s in place: returned through a select (0 for a side outside the loss), it kept nvcc from fusing
 // the multiply into the sum (a separate mul and add, rounding twice, where the plain loop had one fma).
 template <typename A>
-__device__ __forceinline__ void add_term(A& s, A psi, int64_t k, const SideCoefs<A>& c, int sign, int weight_code,
-                                         A* __restrict__ w) {
+__device__ __forceinline__ void add_term(A& s, A psi, int64_t k, const nt::HalfCoefs<A>& c, int sign,
+                                         int weight_code, A* __restrict__ w) {
   const A e = fg_exp(psi < A(0) ? psi : -psi);  // exp(-|psi|), as softplus and the weight each compute it
   if (w != nullptr) w[k] = penalty::weight_from<A>(weight_code, psi, e);
   if (sign != 0) s += (k < c.n_clean ? c.clean : c.noisy) * nt::softplus_from<A>(A(sign) * psi, e);
@@ -43,8 +38,7 @@ __device__ __forceinline__ void add_term(A& s, A psi, int64_t k, const SideCoefs
 template <typename A>
 __device__ A side_forward(const A* __restrict__ logits, int64_t k0, int64_t k1, int64_t n, int64_t stride, int sign,
                           A mu, int reduction, int weight_code, A* __restrict__ w) {
-  // coef(k) for k in the clean half and in the noisy half (an empty half's value is never used)
-  const SideCoefs<A> c{nt::coef<A>(0, n, mu, reduction), nt::coef<A>(n / 2, n, mu, reduction), n / 2};
+  const nt::HalfCoefs<A> c = nt::half_coefs<A>(n, mu, reduction);
   A s = A(0);
   const int64_t step = blockDim.x;
   int64_t k = k0 + threadIdx.x;
@@ -108,16 +102,19 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(NtLossArgs a) {
   const A mu = read_mu<A>(a);
   const A go = *reinterpret_cast<const A*>(a.go);
   const int64_t total = a.n_real + a.n_fake;
+  // each side's coefficients divided once, not per logit (as in the forward)
+  const nt::HalfCoefs<A> c_real = nt::half_coefs<A>(a.n_real, mu, a.reduction);
+  const nt::HalfCoefs<A> c_fake = nt::half_coefs<A>(a.n_fake, mu, a.reduction);
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
     const bool real = t < a.n_real;
     const int64_t k = real ? t : t - a.n_real;
-    const int64_t n = real ? a.n_real : a.n_fake;
+    const nt::HalfCoefs<A>& c = real ? c_real : c_fake;
     const A* logits = reinterpret_cast<const A*>(real ? a.logits_real : a.logits_fake);
     const A* gw = reinterpret_cast<const A*>(real ? a.gw_real : a.gw_fake);
     A* d = reinterpret_cast<A*>(real ? a.d_real : a.d_fake);
     const int sign = real ? nt::real_sign(a.kind) : nt::fake_sign(a.kind);
     const A psi = logits[k * (real ? a.s_real : a.s_fake)];
-    A v = sign != 0 ? go * nt::coef<A>(k, n, mu, a.reduction) * nt::slope<A>(psi, A(sign)) : A(0);
+    A v = sign != 0 ? go * (k < c.n_clean ? c.clean : c.noisy) * nt::slope<A>(psi, A(sign)) : A(0);
     if (gw != nullptr) {
       A w, dw;
       penalty::weight_and_slope<A>(real ? penalty::kJsReal : penalty::kJsFake, psi, &w, &dw);

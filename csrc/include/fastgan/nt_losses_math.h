@@ -49,5 +49,18 @@ FG_HD A coef(int64_t n, int64_t N, A mu, int reduction) {
   return reduction == kMean ? (A(1) - mu) / A(N - n_clean) : A(1) - mu;
 }
 
+// coef's two values, for the clean half [0, n_clean) and the noisy half [n_clean, N) of a side of N logits (an
+// empty half's value is never used), divided once per side rather than per logit.
+template <typename A>
+struct HalfCoefs {
+  A clean, noisy;
+  int64_t n_clean;
+};
+
+template <typename A>
+FG_HD HalfCoefs<A> half_coefs(int64_t N, A mu, int reduction) {
+  return HalfCoefs<A>{coef<A>(0, N, mu, reduction), coef<A>(N / 2, N, mu, reduction), N / 2};
+}
+
 }  // namespace nt
 }  // namespace fastgan
