@@ -106,6 +106,29 @@ def test_nt_losses(benchmark, backend):
                 op="nt_losses", backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_nt_losses_graphed(benchmark, backend):
+    """test_nt_losses replayed from a CUDA graph: the same kernels without the op's host work. The op's Python (checks,
+    dispatch, allocation) costs ~90 us a call on the 2-core CI machine; do_bench's events include the part of it
+    that outlasts the L2 flush enqueued before each call, so the eager figure may understate the kernels. The
+    difference between the two rows says how much."""
+    n = 1 << 24
+    lr = torch.randn(n, device="cuda")
+    lf = torch.randn(n, device="cuda")
+    mu = torch.rand((), device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad():
+        with torch.cuda.stream(s):
+            for _ in range(3):  # Triton compiles, the allocator settles
+                nt_losses(lr, lf, mu, js_weights=True, backend=backend)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            nt_losses(lr, lf, mu, js_weights=True, backend=backend)
+    _record(benchmark, g.replay, 4 * n * 4, op="nt_losses", backend=backend, graphed=True)
+
+
 # The closed-form penalty's BatchNorm passes (fastgan/ops/bn_closed_form.py): the first BatchNorm of the DCGAN32 D at
 # width 64 and B=64, a large layer for the bandwidth, and few channels over large maps (one CUDA block per channel).
 BN_SHAPES = {"dcgan-64x64x16x16": (64, 64, 16, 16), "large-256x128x32x32": (256, 128, 32, 32),

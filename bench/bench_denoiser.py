@@ -46,6 +46,28 @@ def loss_step(impl, den, net, h, noise):
         den.loss(h, noise).backward()
 
 
+def gemms_step(den, h):
+    """A step that runs only the GEMMs of den's fused loss step on h's batch (denoiser_net.py's _loss_forward_impl,
+    then _net_backward without the input gradient, as h needs none): same shapes, operand layouts and order, on
+    operands made here once. The reference runs these same GEMMs, so reference time / this step's time bounds
+    the speed-up any fused step can reach while its GEMMs are torch's."""
+    weights = [m.weight.detach() for m in den.net if isinstance(m, torch.nn.Linear)]
+    depth = len(weights) - 1
+    # xs[i]: layer i's input; gs[i]: the gradient at layer i's GEMM output (gs[depth] is the output's dz)
+    xs = [torch.randn(h.shape[0], w.shape[1], device=h.device, dtype=h.dtype) for w in weights]
+    gs = [torch.randn(h.shape[0], w.shape[0], device=h.device, dtype=h.dtype) for w in weights]
+
+    def step():
+        for x, w in zip(xs, weights):
+            torch.mm(x, w.t())
+        torch.mm(gs[depth].t(), xs[depth])
+        for i in reversed(range(depth)):
+            torch.mm(gs[i + 1], weights[i + 1])
+            torch.mm(gs[i].t(), xs[i])
+
+    return step
+
+
 def _info(benchmark, device, n_h, depth, B):
     benchmark.extra_info.update(device=device_label(device), n_h=n_h, depth=depth, B=B,
                                 torch_threads=torch.get_num_threads())

@@ -2,8 +2,10 @@
 it), counted on CPU with the op sequence a GPU runs, per implementation:
 
   * reference: the nn.Sequential (Linear, BatchNorm1d, ReLU) and torch autograd: torch ops that launch a kernel;
-  * torch GEMMs + fused layers (the "cpu" and "cuda" backends: same structure): torch ops + fastgan's kernels;
-  * Triton, fused GEMMs (kernels/denoiser_gemm.py): torch ops + Triton launches (counted under the interpreter).
+  * torch GEMMs + fused layers (the "cpu" and "cuda" backends, and "triton" by default: same structure): torch
+    ops + fastgan's kernels (Triton launches counted under the interpreter);
+  * Triton, fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot, kernels/denoiser_gemm.py): torch ops + Triton
+    launches.
 
 Replayed from a CUDA graph at small sizes (B = 64, n_h = 512: every GEMM is a few microseconds) the step costs
 roughly kernels x a per-kernel floor, so these counts bound what each implementation can gain there.
@@ -21,9 +23,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: Tri
 sys.path.insert(0, os.path.dirname(__file__))
 from costs import Costs, write_rows  # noqa: E402
 
-IMPLS = ("reference", "cpu", "triton")
+IMPLS = ("reference", "cpu", "triton", "triton-tl.dot")
 LABELS = {"reference": "reference (nn.Sequential)", "cpu": "torch GEMMs + fused layers (cpu / cuda backends)",
-          "triton": "Triton, fused GEMMs"}
+          "triton": "torch GEMMs + Triton layers (triton backend)",
+          "triton-tl.dot": "Triton, fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"}
+TL_DOT = "triton-tl.dot"
 
 
 class _StepCosts(Costs):
@@ -39,6 +43,20 @@ class _StepCosts(Costs):
 
 def step_kernels(impl: str, n_h: int = 64, depth: int = 3, B: int = 64) -> dict:
     """{"torch_ops": n, "fastgan_kernels": n, "total": n, "ops": {...}} of one step after a warm-up step."""
+    from fastgan.ops.denoiser_backends import TRITON_GEMM_ENV
+
+    env = os.environ.get(TRITON_GEMM_ENV)
+    os.environ[TRITON_GEMM_ENV] = "tl.dot" if impl == TL_DOT else "torch"
+    try:
+        return _step_kernels("triton" if impl == TL_DOT else impl, n_h, depth, B)
+    finally:
+        if env is None:
+            del os.environ[TRITON_GEMM_ENV]
+        else:
+            os.environ[TRITON_GEMM_ENV] = env
+
+
+def _step_kernels(impl: str, n_h: int, depth: int, B: int) -> dict:
     from triton.runtime.interpreter import InterpretedFunction
 
     from bench_denoiser import _setup, loss_step
@@ -110,7 +128,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     rows = table()
     for r in rows:
-        print(f"depth {r['depth']}  {r['label']:50s} {r['total']:4d} kernels ({r['torch_ops']} torch, "
+        print(f"depth {r['depth']}  {r['label']:62s} {r['total']:4d} kernels ({r['torch_ops']} torch, "
               f"{r['fastgan_kernels']} fastgan)  {r['vs_reference']:.2f}x the reference's")
     if a.json:
         write_rows(a.json, "kernels per denoiser training step (loss forward + backward), counted on CPU",

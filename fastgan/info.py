@@ -51,6 +51,7 @@ def info(print_report: bool = False) -> dict:
         "cuda_devices": _cuda_devices(C),
         "metrics_classifier": _classifier_status(),
         "compiled_d": _compiled_d_status(),
+        "denoiser_triton_gemm": _denoiser_triton_gemm(),
         "backends": {},
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -89,6 +90,15 @@ def _compiled_d_status() -> dict:
     return {"ok": ok, "reason": why or None}
 
 
+def _denoiser_triton_gemm() -> dict:
+    from .ops import denoiser_backends
+
+    try:
+        return {"gemm": denoiser_backends.triton_gemm(), "error": None}
+    except ValueError as e:
+        return {"gemm": None, "error": str(e)}
+
+
 def _classifier_status() -> dict:
     """Whether the Fashion-MNIST classifier behind run.fd and `fastgan eval` is installed intact (file and
     SHA-256 only: the network itself is not built here)."""
@@ -124,6 +134,12 @@ def format_report(r: dict) -> str:
     if cd is not None:
         lines.append("torch.compile'd code inside a penalty's D: " + ("run eagerly by every mode" if cd["ok"]
                                                                         else cd["reason"]))
+    dg = r.get("denoiser_triton_gemm")
+    if dg is not None:
+        lines.append("Triton denoiser's GEMMs: " + (
+            dg["error"] if dg["error"] else "torch's, Triton kernels around them (FASTGAN_DENOISER_TRITON_GEMM=tl.dot: "
+            "its own fused tl.dot GEMMs)" if dg["gemm"] == "torch" else "its own fused tl.dot GEMMs "
+            "(FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"))
     fb = r.get("forced_backend") or {}
     if fb.get("error"):
         lines.append(f"forced backend: {fb['error']} (every op called without backend= raises)")

@@ -1,6 +1,7 @@
 """Triton kernels of the fused DFM denoiser's single-layer ops (fastgan/ops/denoiser_ops.py: ``bn_relu``, used by
 ``Denoiser.forward``, and ``recon_loss``, the generator's term); the formulas mirror csrc/include/fastgan/bn_math.h.
-The whole-network loss and forward of the Triton backend run in kernels/denoiser_gemm.py, with the GEMMs fused.
+The Triton backend's whole-network loss and forward run these kernels (and ``corrupt``) around torch's GEMMs, or
+with FASTGAN_DENOISER_TRITON_GEMM=tl.dot kernels/denoiser_gemm.py, with the GEMMs fused.
 
 Per-feature kernels give each program BLOCK_N contiguous features and walk all B rows in BLOCK_B tiles
 (coalesced along the features): BatchNorm forward = mean pass, centred-variance pass, normalise pass;
@@ -163,6 +164,20 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
         tl.store(dbias_ptr + cols, acc.to(dbias_ptr.dtype.element_ty), mask=cmask)
 
 
+@triton.jit
+def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma: tl.float64, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    hv = tl.load(h_ptr + offs, mask=m, other=0.0)
+    ev = tl.load(noise_ptr + offs, mask=m, other=0.0)
+    T = out_ptr.dtype.element_ty
+    if T == tl.float64:
+        a = hv + sigma * ev
+    else:  # sigma rounded to float32 first, as torch.add(h, noise, alpha=sigma) and the C++ kernels take it
+        a = (hv + tl.cast(sigma, tl.float32) * ev).to(T)
+    tl.store(out_ptr + offs, a, mask=m)
+
+
 def _col_blocks(B: int, N: int, device: torch.device):
     """(BLOCK_B, BLOCK_N) of the per-feature kernels. On a GPU, narrow feature blocks give N / 16 programs
     (the batch is walked inside a program); untuned: no GPU was available when these were written. Under
@@ -223,3 +238,14 @@ def recon_backward(go, y, bias, target, dy, dbias):
                                  HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, BLOCK_B=block_b,
                                  BLOCK_N=block_n)
 
+
+CORRUPT_BLOCK = 1024
+
+
+def corrupt(h, noise, sigma, out):
+    """out = h + sigma * noise (the denoiser's input), elementwise over contiguous tensors."""
+    n = h.numel()
+    if n == 0:
+        return
+    # one block size on every device: the CPU tests' launches are then the ones tests/test_triton_compile.py compiles
+    _corrupt_kernel[(triton.cdiv(n, CORRUPT_BLOCK),)](h, noise, out, float(sigma), n, BLOCK=CORRUPT_BLOCK)

@@ -81,15 +81,19 @@ def test_the_joint_pass_is_counted_as_on_cuda(counted):
 @pytest.mark.triton
 @pytest.mark.parametrize("depth", [1, 3])
 def test_denoiser_step_kernel_counts(depth):
-    """One denoiser training step: the Triton backend launches one kernel per GEMM (depth + 1 forward, dW per
-    layer and dX below each but the first: 3 depth + 2) and few torch ops around them (the mean, its backward's
-    seed and division, the counter of batches seen; the running statistics are written by the GEMMs, not copied);
-    fewer than half the reference's kernels, and fewer than the torch-GEMM backends' (which need a BatchNorm kernel
-    after each GEMM)."""
+    """One denoiser training step: the Triton backend's fused tl.dot GEMMs launch one kernel per GEMM (depth + 1
+    forward, dW per layer and dX below each but the first: 3 depth + 2) and few torch ops around them (the mean, its
+    backward's seed and division, the counter of batches seen; the running statistics are written by the GEMMs, not
+    copied); fewer than half the reference's kernels, and fewer than the torch-GEMM backends' (which need a
+    BatchNorm kernel after each GEMM). The Triton backend's default is the torch-GEMM one: the cpu backend's
+    launches, op for op."""
     spec = importlib.util.spec_from_file_location("bench_costs_denoiser", ROOT / "bench" / "costs_denoiser.py")
     cd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cd)
-    ref, fused, gemm = (cd.step_kernels(impl, n_h=16, depth=depth, B=8) for impl in ("reference", "cpu", "triton"))
+    ref, fused, triton, gemm = (cd.step_kernels(impl, n_h=16, depth=depth, B=8)
+                                for impl in ("reference", "cpu", "triton", "triton-tl.dot"))
+    assert triton == fused, (triton, fused)
+    assert fused["fastgan_kernels"] == 2 * depth + 3  # corruption, recon and its backward, BatchNorm each way
     assert gemm["fastgan_kernels"] == 3 * depth + 2, gemm
     assert gemm["torch_ops"] <= 4 and "aten.mm" not in gemm["ops"], gemm["ops"]
     assert "aten._foreach_copy_" not in gemm["ops"] and "aten._foreach_copy_" not in fused["ops"]

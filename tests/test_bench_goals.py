@@ -38,7 +38,7 @@ def test_synthetic_run_verdicts():
     assert goals.graph_rows(run) == [("test_graphed_d_update[mlp-jvp-cuda]", 0.3, 1.31, False)]
     # lazy regularization is a different algorithm: listed apart, never a "met" of the penalty goal
     assert goals.lazy_rows(run) == [("test_graphed_d_update_lazy[dcgan32-jvp-every8]", 2.2, 1.25, True)]
-    assert goals.denoiser_rows(run) == [("test_graphed_denoiser_loss[nh512-cuda] (graphed)", None, 2.5, True)]
+    assert goals.denoiser_rows(run) == [("test_graphed_denoiser_loss[nh512-cuda] (graphed)", None, 2.5, None, True)]
     cpu = {name: (base, round(r, 3), ok) for name, base, r, ok in goals.cpu_rows(run)}
     assert cpu == {"test_nt_losses_forward_backward[N512]": ("torch", 0.9, True),
                    "test_op_forward_backward[B512-F3]": ("reference", 1.2, False)}
@@ -62,7 +62,7 @@ def test_h100_results_read_as_measured():
     assert bw["test_penalty[forward-B64k-F3072-cuda-dtype0]"] == (1.01, True)
     assert bw["test_noisy_clean_batch[forward-cuda]"] == (0.28, False)
     assert not any("reference" in n for n in bw)
-    den = {n: (round(ms, 3), round(s, 2), ok) for n, ms, s, ok in goals.denoiser_rows(benchmarks)}
+    den = {n: (round(ms, 3), round(s, 2), ok) for n, ms, s, _, ok in goals.denoiser_rows(benchmarks)}
     assert den and all(n.endswith("(eager)") and not ok for n, (_, _, ok) in den.items())
     # eager: the fused path's median step in ms beside its speed-up over the reference of the same case
     cuda = next(b for b in benchmarks if b["name"] == "test_denoiser_loss_forward_backward[cuda-cuda-nh512-d3-B512]")
@@ -184,7 +184,7 @@ def test_every_case_the_gpu_goals_name_gets_a_row():
     graph, modes = _bench_module("bench_graph_step"), _bench_module("bench_penalty_modes")
     src = {f: (ROOT / "bench" / f).read_text() for f in ("bench_graph_step.py", "bench_bandwidth.py")}
     for key in ("ratio_vs_unregularized", "ms_per_update", "amortized_ratio_vs_unregularized", "ms_per_step",
-                "speedup_vs_reference"):
+                "speedup_vs_reference", "ceiling_vs_reference", "gemm_ceiling"):
         assert f'"{key}"' in src["bench_graph_step.py"], key
     assert "fraction_of_copy" in src["bench_bandwidth.py"]
     for op in goals.BANDWIDTH_OPS:
@@ -204,14 +204,21 @@ def test_every_case_the_gpu_goals_name_gets_a_row():
                           amortized_ratio_vs_unregularized=1.1))
     for i, case in _parametrized(graph.test_graphed_denoiser_loss):
         info = dict(case, device=gpu, ms_per_step=0.5)
-        if case["impl"] != "reference":
-            info["speedup_vs_reference"] = 2.5
+        if case["impl"] == "gemms":
+            info["ceiling_vs_reference"] = 3.0
+        elif case["impl"] != "reference":
+            info.update(speedup_vs_reference=2.5, gemm_ceiling=3.0)
         run.append(_bench(f"test_graphed_denoiser_loss[{i}]", 1e-3, **info))
+    impls = {case["impl"] for _, case in _parametrized(graph.test_graphed_denoiser_loss)}
+    assert impls == {"reference", "gemms", *goals.GPU_FUSED, "triton-tl.dot"}
     assert goals.missing(run) == []
     assert len(goals.bandwidth_rows(run)) == 6
     assert {n.split("[")[1].split("-")[0] for n, *_ in goals.graph_rows(run)} >= {"mlp_leaky", "dcgan32",
                                                                                   "dcgan32_b256"}
-    assert len(goals.denoiser_rows(run)) == 16 and all(ok for *_, ok in goals.denoiser_rows(run))
+    # the goal's 16 (cuda and triton at 8 sizes) and triton-tl.dot's 8, each beside its ceiling; no gemms row
+    den = goals.denoiser_rows(run)
+    assert len(den) == 24 and all(ok and c == 3.0 for _, _, _, c, ok in den)
+    assert not any("gemms" in n for n, *_ in den)
     assert len(goals.lazy_rows(run)) == len(graph.LAZY_CASES)
     assert "every case they name was measured" in goals.missing_report(run)
     # a run cut short: the B=256 DCGAN32 and one denoiser size gone, the Triton losses failed
@@ -268,8 +275,8 @@ def test_gpu_check_quick_writes_no_more_files_than_the_device_tool_returns():
     # what quick runs: the lines before the stages (the build, the functions it calls) and its own block
     quick = script[:script.index("if [[ $what == tests")]
     written = set(re.findall(r'"\$OUT/([\w.-]+)"', quick))
-    assert {"build.log", "tests.log", "bench-bandwidth.json", "bench-graph.json", "goals.md", "train.log",
-            "tiles.json"} <= written and len(written) <= 8, sorted(written)
+    assert {"build.log", "tests.log", "bench-bandwidth.json", "bench-graph.json", "goals.md", "profile.md",
+            "train.log", "tiles.json"} <= written and len(written) <= 8, sorted(written)
 
 
 @pytest.mark.parametrize("elapsed,want,reserve,limit", [(60, 240, 215, 240), (400, 240, 215, 30), (300, 240, 215, 55),
@@ -341,7 +348,7 @@ def test_tile_sweep_rows_are_not_the_denoiser_goal():
     graphed = _bench("test_graphed_denoiser_loss[nh512-d3-B64-cuda]", 1, speedup_vs_reference=1.5, ms_per_step=0.2,
                      n_h=512, depth=3, B=64, impl="cuda", device="H200")
     assert goals.denoiser_rows([sweep, graphed]) == [
-        ("test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed)", 0.2, 1.5, False)]
+        ("test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed)", 0.2, 1.5, None, False)]
     gaps = dict(goals.missing([sweep, graphed]))["denoiser"]
     assert "nh2048-d3-B512 triton" in gaps and "nh512-d3-B64 cuda" not in gaps
 
@@ -426,3 +433,45 @@ def test_benchmark_files_record_the_tf32_flags():
     assert info["torch_tf32"] == {"cudnn": torch.backends.cudnn.allow_tf32,
                                   "matmul": torch.backends.cuda.matmul.allow_tf32}
     assert "glibc_mallopt" in info
+
+
+def _graphed_denoiser(n_h, depth, B, impl, **info):
+    return _bench(f"test_graphed_denoiser_loss[nh{n_h}-d{depth}-B{B}-{impl}]", 1, n_h=n_h, depth=depth, B=B,
+                  impl=impl, device="H200", **info)
+
+
+def test_the_denoiser_table_shows_the_ceiling_of_its_gemms():
+    """bench_graph_step.py's "gemms" rows (the fused step's GEMMs alone) give the fused rows their ceiling,
+    reference / GEMMs: a column of the table, blank where not measured; the gemms rows themselves are no row of the
+    goal and no case of it, even with a speed-up among their keys."""
+    run = [_graphed_denoiser(512, 3, 64, "reference", ms_per_step=0.3),
+           _graphed_denoiser(512, 3, 64, "gemms", ms_per_step=0.12, ceiling_vs_reference=2.5),
+           _graphed_denoiser(512, 3, 64, "cuda", ms_per_step=0.2, speedup_vs_reference=1.5, gemm_ceiling=2.5),
+           _graphed_denoiser(512, 3, 512, "cuda", ms_per_step=0.4, speedup_vs_reference=2.1),
+           _graphed_denoiser(512, 3, 512, "gemms", ms_per_step=0.1, speedup_vs_reference=4.0)]
+    assert goals.denoiser_rows(run) == [
+        ("test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed)", 0.2, 1.5, 2.5, False),
+        ("test_graphed_denoiser_loss[nh512-d3-B512-cuda] (graphed)", 0.4, 2.1, None, True)]
+    text = goals.report(run)
+    assert "| benchmark | ms | speed-up | ceiling (reference / its GEMMs) | goal |" in text
+    assert "| test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed) | 0.200 | 1.50 | 2.50 | **not met** |" in text
+    assert "| test_graphed_denoiser_loss[nh512-d3-B512-cuda] (graphed) | 0.400 | 2.10 |  | met |" in text
+    assert "gemms" not in text
+    gaps = dict(goals.missing(run))["denoiser"]
+    assert "nh512-d3-B512 triton" in gaps and not any("gemms" in g for g in gaps)
+
+
+def test_the_triton_tl_dot_rows_are_read_but_not_asked_for():
+    """The Triton backend on its fused tl.dot GEMMs: rows with their verdict, never a gap of the goal, and no
+    stand-in for the default Triton backend's row of its size."""
+    run = [_graphed_denoiser(*size, impl, ms_per_step=0.2, speedup_vs_reference=2.2)
+           for size in goals.DENOISER_GRID for impl in goals.GPU_FUSED]
+    tl_dot = _graphed_denoiser(512, 3, 64, "triton-tl.dot", ms_per_step=0.5, speedup_vs_reference=0.6,
+                               gemm_ceiling=1.8)
+    assert "denoiser" not in dict(goals.missing(run + [tl_dot]))
+    assert goals.denoiser_rows(run + [tl_dot])[-1] == (
+        "test_graphed_denoiser_loss[nh512-d3-B64-triton-tl.dot] (graphed)", 0.5, 0.6, 1.8, False)
+    assert "| test_graphed_denoiser_loss[nh512-d3-B64-triton-tl.dot] (graphed) | 0.500 | 0.60 | 1.80 | **not met** |" \
+        in goals.report(run + [tl_dot])
+    without = [b for b in run if b["name"] != "test_graphed_denoiser_loss[nh512-d3-B64-triton]"]
+    assert dict(goals.missing(without + [tl_dot]))["denoiser"] == ["nh512-d3-B64 triton"]

@@ -223,6 +223,8 @@ def test_graphed_denoiser_benchmark_step_is_capturable(backend):
         sys.path.remove(str(path.parent))
     den, net, h, noise = bd._setup("cpu", backend, 16, 2, 8)
     assert capture_hazards(lambda: bd.loss_step(backend, den, net, h, noise)) == []
+    if backend == "reference":  # bench_graph_step.py captures the fused step's GEMMs alone (gemms_step) too
+        assert capture_hazards(bd.gemms_step(den, h)) == []
 
 
 def test_the_features_forward_reads_the_cuda_rng_state_only_outside_a_capture(monkeypatch):

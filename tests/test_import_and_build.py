@@ -189,6 +189,23 @@ def test_info_says_whether_compiled_code_inside_d_runs_under_the_penalty(monkeyp
     assert "inside a penalty's D: torch < 2.6 has no torch.compile stances" in format_report(r)
 
 
+@pytest.mark.parametrize("value,gemm,line", [
+    (None, "torch", "Triton denoiser's GEMMs: torch's, Triton kernels around them"),
+    ("tl.dot", "tl.dot", "Triton denoiser's GEMMs: its own fused tl.dot GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"),
+    ("cublas", None, "Triton denoiser's GEMMs: FASTGAN_DENOISER_TRITON_GEMM='cublas' in the environment: expected"),
+])
+def test_info_says_which_gemms_the_triton_denoiser_runs(monkeypatch, value, gemm, line):
+    from fastgan.info import format_report
+
+    if value is None:
+        monkeypatch.delenv("FASTGAN_DENOISER_TRITON_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", value)
+    r = fastgan.info()
+    assert r["denoiser_triton_gemm"]["gemm"] == gemm and (r["denoiser_triton_gemm"]["error"] is None) == bool(gemm)
+    assert line in format_report(r)
+
+
 def test_info_says_which_backend_ops_run_on_and_what_forces_it(monkeypatch):
     from fastgan.info import format_report
     from fastgan.ops import _dispatch

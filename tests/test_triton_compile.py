@@ -12,7 +12,8 @@ divisible by 16 (before 2026-12-03 every int was compiled as a runtime i32, vari
 the specializations this CPU run launches: the noise, loss and penalty kernels pick their block sizes as on a GPU;
 the denoiser's and BatchNorm passes' per-feature kernels pick smaller ones for the interpreter, and the GPU's own
 choice for the BatchNorm passes is compiled in tests/ops/test_bn_closed_form.py.) 2026-11-30, triton 3.6: 56
-specializations of the 15 kernels, 23-205 registers, no spills; 17 kernels since the denoiser's fused GEMMs.
+specializations of the 15 kernels, 23-205 registers, no spills; 17 kernels since the denoiser's fused GEMMs,
+18 since its corruption kernel (2026-12-04).
 """
 from __future__ import annotations
 
@@ -131,26 +132,35 @@ def _run_every_op():
     from fastgan.kernels import denoiser_gemm
 
     # the denoiser's GEMMs with every tile a GPU can pick (float32 64 x 64 x 32 halved down to 16 x 16 x 32, on sm_75
-    # 32 x 64 x 16 down to 16 x 16 x 16; float64 32 x 32 x 16 down to 16 x 16 x 16) and the interpreter's; its per-layer kernels through Denoiser.forward
+    # 32 x 64 x 16 down to 16 x 16 x 16; float64 32 x 32 x 16 down to 16 x 16 x 16) and the interpreter's (asked for
+    # by FASTGAN_DENOISER_TRITON_GEMM=tl.dot); then its default, the per-layer kernels and the corruption around
+    # torch's GEMMs
     from fastgan.ops import _dispatch, denoiser_backends
 
     float64_dot = (_dispatch.triton_version() or (99,)) >= denoiser_backends.TRITON_FLOAT64_DOT  # none on triton 3.4
     gpu = {(t, dt) for major in (9, 7) for dt in (torch.float32, torch.float64)
            for t in denoiser_gemm.gpu_tiles(major, dt)}  # sm_80 picks as sm_90
+    def denoiser_steps(dtype):
+        d = den_ops.Denoiser(8, 16, depth=2, backend="triton", dtype=dtype)
+        h = torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)
+        d.loss(h, detach=False).backward()
+        d.generator_loss(torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)).backward()
+        d(h).sum().backward()
+        d.eval()
+        d.loss(h).backward()
+
     for tiles, dtype in [*sorted(gpu, key=str), (None, torch.float32)]:
         if dtype == torch.float64 and not float64_dot:
             continue
         denoiser_gemm.TILES = tiles
+        os.environ[denoiser_backends.TRITON_GEMM_ENV] = "tl.dot"
         try:
-            d = den_ops.Denoiser(8, 16, depth=2, backend="triton", dtype=dtype)
-            h = torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)
-            d.loss(h, detach=False).backward()
-            d.generator_loss(torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)).backward()
-            d(h).sum().backward()
-            d.eval()
-            d.loss(h).backward()
+            denoiser_steps(dtype)
         finally:
             denoiser_gemm.TILES = None
+            del os.environ[denoiser_backends.TRITON_GEMM_ENV]
+    for dtype in (torch.float32, torch.float64):
+        denoiser_steps(dtype)
     for shape in ((6, 4), (3, 4, 5, 5)):
         x = torch.randn(*shape, generator=g)
         gamma = torch.rand(shape[1], generator=g)
@@ -215,7 +225,7 @@ def compiled(tmp_path_factory):
     kernels = {(s["module"].rsplit(".", 1)[-1], s["name"]) for s in specs}
     assert {m for m, _ in kernels} == {"penalty", "noise", "nt_losses", "denoiser", "denoiser_gemm",
                                        "bn_closed_form"}, kernels
-    assert len(kernels) == 17, sorted(kernels)  # every @triton.jit kernel the package launches
+    assert len(kernels) == 18, sorted(kernels)  # every @triton.jit kernel the package launches
     # launches specialized as on a GPU: ints equal to 1 made constants (unit strides; the noise backward's C for
     # a scalar sigma), arguments marked divisible by 16
     assert any("C" in s.get("ones", ()) for s in specs if s["name"] == "_backward_kernel" and "noise" in s["module"])

@@ -8,7 +8,8 @@
 # of the goals: bandwidth, graphed D updates, graphed denoiser, then lazy regularization) is for a session with 15
 # minutes of device time in all: its stages' limits are cut so that the call ends within QUICK_LIMIT (570) s of its
 # start whatever the build took, and it writes $OUT/bench-bandwidth.json and $OUT/bench-graph.json; with time left
-# (an H200 needed 209 s for those), the default job eager and graphed ($OUT/train.log) and the tile sweep of the
+# (an H200 needed 209 s for those), a per-kernel profile of the denoiser step and nt_losses ($OUT/profile.md), the
+# default job eager and graphed ($OUT/train.log) and the tile sweep of the
 # tiles the kernels pick beside the sweep's earlier winners ($OUT/tiles.json). At most 8 files in $OUT: what the
 # device tool returns.
 # A stage stopped at its limit gets SIGINT (then KILL 30 s later): pytest still prints its -rfE summary and
@@ -66,7 +67,7 @@ if [[ $what == quick ]]; then
   # cap WANT RESERVE: WANT s, or fewer (not under 30) so that RESERVE s are left before QUICK_LIMIT s from the start
   cap() { local want=$1 left=$(( ${QUICK_LIMIT:-570} - SECONDS - $2 )) floor=$(( $1 < 30 ? $1 : 30 ))
           (( left < want )) && want=$(( left > floor ? left : floor )); echo "$want"; }
-  bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-140}
+  bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-200}  # 140 ran every case on an H200 before the 16 denoiser cases of 2026-12-04 (GEMMs alone, tl.dot)
   lim=$(cap ${TEST_LIMIT:-240} $(( bw_limit + graph_limit + 15 )))
   echo "cuda tests: limit $lim s"
   stop_at "$lim" python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \
@@ -92,9 +93,16 @@ if [[ $what == quick ]]; then
     --benchmark-json "$OUT/bench-graph.json" 2>&1 | tail -80
   echo "graphed benchmarks: $(said "${PIPESTATUS[0]}")"
   python3 bench/goals.py "$OUT/bench-bandwidth.json" "$OUT/bench-graph.json" --costs "$COSTS" | tee "$OUT/goals.md"
-  # the time left before QUICK_LIMIT (an H200 finished the above in 209 of 570 s on 2026-12-04): the default job,
-  # then the tile sweep at the tiles the kernels pick and the sweep's earlier winners, each only where time is left
-  # (the device tool returns 8 files: build.log, tests.log, the two JSONs, goals.md, train.log, tiles.json)
+  # the time left before QUICK_LIMIT (an H200 finished the above in 209 of 570 s on 2026-12-04): where the denoiser
+  # step's and nt_losses' GPU time goes, kernel by kernel (torch.profiler; the unmet goals), the default job, then
+  # the tile sweep at the tiles the kernels pick and the sweep's earlier winners, each only where time is left
+  # (the device tool returns 8 files: build.log, tests.log, the two JSONs, goals.md, profile.md, train.log,
+  # tiles.json)
+  left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
+  if (( left >= 60 )); then
+    stop_at $(( left < 120 ? left / 2 : 60 )) python3 bench/profile_kernels.py >"$OUT/profile.md" 2>&1
+    echo "kernel profile: $(said $?)"
+  fi
   left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
   if (( left >= 90 )); then default_job $(( left / 2 < 60 ? left / 2 : 60 )); fi
   left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))

@@ -1,9 +1,10 @@
 """The fused DFM denoiser's kernels, one table per backend, without autograd, and how they are launched
 (the layers and whole network built on them: denoiser_net.py; the public API: denoiser.py).
 
-The "cpu" and "cuda" backends run the GEMMs on torch (MKL / cuBLAS) and fuse everything around them into
-their kernels; the "triton" backend runs the whole-network loss and forward as one tl.dot GEMM kernel per
-matrix product with the same steps fused into its prologue / epilogue (kernels/denoiser_gemm.py):
+Every backend runs the GEMMs on torch (MKL / cuBLAS) and fuses everything around them into its kernels. The
+"triton" backend can instead run the whole-network loss and forward as one tl.dot GEMM kernel per matrix product
+with the same steps fused into its prologue / epilogue (kernels/denoiser_gemm.py), selected by
+FASTGAN_DENOISER_TRITON_GEMM=tl.dot (triton_gemm()); either way the fused steps are:
   * after each hidden GEMM y = x W^T: bias, batch statistics, running-statistics update, normalise, ReLU
     (one kernel; the Linear bias cancels in training mode and is folded into the shift in eval mode);
   * its backward: ReLU mask, BatchNorm backward, gamma/beta/bias gradients (one kernel);
@@ -12,6 +13,8 @@ matrix product with the same steps fused into its prologue / epilogue (kernels/d
 Also the names the ops are resolved and counted under in _dispatch (OP_*, re-exported by denoiser.py).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -204,12 +207,35 @@ class _Triton:
     bn_bwd = _triton_kernel("bn_backward")
     recon_fwd = _triton_kernel("recon_forward")
     recon_bwd = _triton_kernel("recon_backward")
+    corrupt = _triton_kernel("corrupt")
 
 
 _KERNELS = {"reference": _Reference, "cpu": _Cpu, "cuda": _Cuda, "triton": _Triton}
 # Kernels whose bn_fwd may be given out=y. The CUDA kernel declares y and out __restrict__, and no GPU was at
 # hand to measure whether aliasing them would pay there.
 _IN_PLACE = (_Cpu,)
+
+
+# The Triton backend's GEMMs in the whole-network paths (the loss, its backward, r(h) of the generator's term):
+# torch's, with the Triton layer kernels between them, unless the environment asks for kernels/denoiser_gemm.py's.
+# The issue keeps torch's GEMMs unless one's own measures faster, and an H200 measured the tl.dot step at
+# 0.19-0.75x the nn.Sequential reference (graphed, fp32), where cuBLAS with the CUDA layer kernels ran 1.17-1.69x.
+TRITON_GEMM_ENV = "FASTGAN_DENOISER_TRITON_GEMM"
+TRITON_GEMMS = ("torch", "tl.dot")
+
+
+def triton_gemm() -> str:
+    """"torch" or "tl.dot": read at each call (a forward and its backward may differ: their saved tensors match)."""
+    value = os.environ.get(TRITON_GEMM_ENV) or "torch"
+    if value not in TRITON_GEMMS:
+        raise ValueError(f"{TRITON_GEMM_ENV}={value!r} in the environment: expected one of "
+                         f"{', '.join(map(repr, TRITON_GEMMS))} (the Triton denoiser's GEMMs)")
+    return value
+
+
+def fused_gemms(backend: str) -> bool:
+    """Whether `backend`'s whole-network paths run kernels/denoiser_gemm.py (tl.dot GEMMs, layers fused in)."""
+    return backend == "triton" and triton_gemm() == "tl.dot"
 
 
 # tl.dot takes float64 operands from triton 3.5 on (3.4, which torch 2.8 pins, asserts "Unsupported lhs dtype fp64")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch
+from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, fused_gemms
 
 Tensor = torch.Tensor
 
@@ -119,7 +119,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
                        momentum, eps, backend, running_in_place=False):
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or []); with
     running_in_place (eager callers) the running statistics are updated in their tensors and [] returned."""
-    if backend == "triton":
+    if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                               running_vars, training, training and len(running_means) > 0,
@@ -144,7 +144,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
 
 def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend):
     """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers."""
-    if backend == "triton":
+    if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h,
                                                need_noise)
@@ -211,7 +211,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
                   backend, running_in_place=False):
     """(r(h), new running stats or []), running_in_place as in _loss_forward_impl."""
     track = track and training and len(running_means) > 0
-    if backend == "triton":
+    if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training,
                                          track, momentum, eps, running_in_place)

@@ -1,6 +1,7 @@
-"""The Triton backend's whole-network denoiser paths (kernels/denoiser_gemm.py: GEMMs in tl.dot with the
-corruption, BatchNorm, ReLU, loss and their backward fused around them) against the reference, on grids of many
-tiles (small tiles forced), with ragged edges, both BatchNorm modes and every input gradient."""
+"""The Triton backend's fused-GEMM denoiser paths (FASTGAN_DENOISER_TRITON_GEMM=tl.dot, kernels/denoiser_gemm.py:
+GEMMs in tl.dot with the corruption, BatchNorm, ReLU, loss and their backward fused around them) against the
+reference, on grids of many tiles (small tiles forced), with ragged edges, both BatchNorm modes and every input
+gradient."""
 import copy
 
 import pytest
@@ -12,6 +13,12 @@ from fastgan.reference import denoiser as ref
 from ops.test_denoiser import _functional_params, assert_within_twice, delta, make_pair, state
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(autouse=True)
+def tl_dot_gemms(monkeypatch):
+    """Every test here runs the tl.dot GEMMs, which the Triton backend takes only when asked (torch's by default)."""
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", "tl.dot")
 
 
 @pytest.fixture

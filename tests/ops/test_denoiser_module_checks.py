@@ -224,6 +224,8 @@ def test_triton_gemms_refuse_sizes_past_their_int32_offsets(monkeypatch, call):
     # 2**31 elements cannot be allocated here: lower the limit and check the refusal names the backend and layer
     from fastgan.kernels import denoiser_gemm
 
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", "tl.dot")
+
     den = Denoiser(12, hidden=16, depth=2, backend="triton").double()
     h = torch.randn(9, 12, dtype=torch.float64)
 

@@ -1,0 +1,111 @@
+"""Which GEMMs the Triton denoiser runs: torch's with the Triton layer kernels around them by default, the fused
+tl.dot kernels (kernels/denoiser_gemm.py) with FASTGAN_DENOISER_TRITON_GEMM=tl.dot, and each path checked to be
+the one that ran. Their results against the reference: tests/ops/test_denoiser*.py (default) and
+tests/ops/test_denoiser_gemm.py (tl.dot). Named *_triton: Triton on CPU tensors, run where the interpreter is
+(tests/conftest.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from denoiser_helpers import make_pair, state
+from fastgan.reference import denoiser as ref
+
+ENV = "FASTGAN_DENOISER_TRITON_GEMM"
+LAYER_KERNELS = ("bn_forward", "bn_backward", "recon_forward", "recon_backward", "corrupt")
+GEMM_PATHS = ("loss_forward", "loss_backward", "forward")
+
+
+def _count_calls(monkeypatch, module, names, refuse=False) -> dict:
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(module, name)
+
+        def wrapped(*a, _name=name, _real=real, **k):
+            if refuse:
+                raise AssertionError(f"{module.__name__}.{_name} ran on the other GEMM path")
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def _step(den):
+    h = torch.randn(9, 12, dtype=torch.float64)
+    den.loss(h).backward()
+    den.generator_loss(h.clone().requires_grad_()).backward()
+
+
+@pytest.mark.parametrize("value", [None, "", "torch"])
+def test_torch_gemms_by_default_triton(monkeypatch, value):
+    from fastgan.kernels import denoiser as layers
+    from fastgan.kernels import denoiser_gemm
+
+    if value is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, value)
+    _count_calls(monkeypatch, denoiser_gemm, GEMM_PATHS, refuse=True)
+    calls = _count_calls(monkeypatch, layers, LAYER_KERNELS)
+    _step(make_pair(depth=2, backend="triton")[0])
+    # depth 2: two BatchNorm layers each way, one corruption; the recon kernels for the loss and the generator term
+    assert calls == {"bn_forward": 4, "bn_backward": 2, "recon_forward": 2, "recon_backward": 2, "corrupt": 1}
+
+
+def test_tl_dot_gemms_when_asked_triton(monkeypatch):
+    from fastgan.kernels import denoiser as layers
+    from fastgan.kernels import denoiser_gemm
+
+    monkeypatch.setenv(ENV, "tl.dot")
+    _count_calls(monkeypatch, layers, ("bn_forward", "bn_backward", "corrupt"), refuse=True)
+    calls = _count_calls(monkeypatch, denoiser_gemm, GEMM_PATHS)
+    _step(make_pair(depth=2, backend="triton")[0])
+    assert calls == {"loss_forward": 1, "loss_backward": 1, "forward": 1}
+
+
+def test_other_backends_ignore_the_variable(monkeypatch):
+    from fastgan.kernels import denoiser_gemm
+
+    monkeypatch.setenv(ENV, "tl.dot")
+    _count_calls(monkeypatch, denoiser_gemm, GEMM_PATHS, refuse=True)
+    _step(make_pair(depth=2, backend="cpu")[0])
+
+
+def test_an_unknown_value_is_refused_by_name_triton(monkeypatch):
+    monkeypatch.setenv(ENV, "cublas")
+    den, _ = make_pair(depth=2, backend="triton")
+    with pytest.raises(ValueError, match=r"^FASTGAN_DENOISER_TRITON_GEMM='cublas' in the environment: expected "
+                                         r"one of 'torch', 'tl\.dot'"):
+        den.loss(torch.randn(9, 12, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("forward_gemm,backward_gemm", [("torch", "tl.dot"), ("tl.dot", "torch")])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_backward_may_take_the_other_path_triton(monkeypatch, forward_gemm, backward_gemm, training):
+    """The variable is read at each call, so it may change between a loss and its backward: both paths save the
+    same tensors ([x0, (y, out, shift, invstd) per hidden layer, z]), and either backward reads either's."""
+    den, net = make_pair(n=12, hidden=20, depth=3, backend="triton", training=training, seed=3)
+    h, noise = torch.randn(11, 12, dtype=torch.float64), torch.randn(11, 12, dtype=torch.float64)
+    monkeypatch.setenv(ENV, forward_gemm)
+    loss = den.loss(h, noise)
+    monkeypatch.setenv(ENV, backward_gemm)
+    loss.backward()
+    expected = ref.denoiser_loss(net, h, noise)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    want = state(net)
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_corrupt_covers_every_program_triton(dtype):
+    """h + sigma * noise over 40000 elements: 40 programs of 1024, the last ragged."""
+    from fastgan.kernels import denoiser as layers
+
+    g = torch.Generator().manual_seed(8)
+    h, noise = (torch.randn(8, 5000, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    out = torch.full_like(h, float("nan"))
+    layers.corrupt(h, noise, 0.3, out)
+    torch.testing.assert_close(out, h + torch.tensor(0.3, dtype=dtype) * noise, rtol=0, atol=0)

@@ -1,0 +1,80 @@
+"""bench_denoiser.gemms_step runs the GEMMs of the fused denoiser's loss step and nothing else: bench_graph_step.py
+divides the reference's time by its time to bound what the fused step can gain, which holds only while the two
+run the same GEMMs. Checked on CPU, where the "cpu" backend's step calls torch.mm as the "cuda" one does."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastgan.ops import Denoiser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_denoiser():
+    sys.path.insert(0, str(ROOT / "bench"))  # bench_denoiser imports benchutil
+    try:
+        spec = importlib.util.spec_from_file_location("bench_denoiser_for_gemms", ROOT / "bench" / "bench_denoiser.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+bd = _bench_denoiser()
+_GEMMS = {"aten.mm", "aten.addmm"}
+
+
+class _Gemms(TorchDispatchMode):
+    """(op, operands' shapes, operands' strides) of each GEMM run inside it, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func._overloadpacket) in _GEMMS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            self.calls.append((str(func), [tuple(t.shape) for t in tensors], [t.stride() for t in tensors]))
+        return func(*args, **(kwargs or {}))
+
+
+def _recorded(step, monkeypatch):
+    from fastgan.ops import denoiser_eager
+
+    # the eager Functions, as a step runs them outside any dispatch mode (under one the custom ops would run)
+    monkeypatch.setattr(denoiser_eager, "_custom_ops", lambda *tensors: False)
+    step()  # warm-up, as the benchmarks'
+    with _Gemms() as mode:
+        step()
+    return mode.calls
+
+
+@pytest.mark.parametrize("n_h,hidden,depth,B", [(16, None, 1, 8), (24, None, 3, 40), (12, 20, 2, 6)])
+def test_gemms_step_runs_the_fused_loss_step_s_gemms(monkeypatch, n_h, hidden, depth, B):
+    torch.manual_seed(0)
+    den = Denoiser(n_h, hidden, depth=depth, backend="cpu")
+    h, noise = torch.randn(B, n_h), torch.randn(B, n_h)
+    fused = _recorded(lambda: bd.loss_step("cpu", den, None, h, noise), monkeypatch)
+    assert len(fused) == 3 * depth + 2  # a forward GEMM per layer, two per hidden layer's backward, the output's
+    assert _recorded(bd.gemms_step(den, h), monkeypatch) == fused
+
+
+def test_the_benchmark_setup_s_step_too(monkeypatch):
+    den, net, h, noise = bd._setup("cpu", "cpu", 32, 2, 16)
+    assert _recorded(bd.gemms_step(den, h), monkeypatch) == \
+        _recorded(lambda: bd.loss_step("cpu", den, net, h, noise), monkeypatch)
+
+
+def test_a_transposed_operand_is_told_apart():
+    """Square weights: a transpose changes only the strides, which the record holds."""
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    with _Gemms() as a:
+        torch.mm(x, w.t())
+    with _Gemms() as b:
+        torch.mm(x, w)
+    assert a.calls != b.calls
