@@ -23,6 +23,22 @@ def assert_close_to_oracle(impl: torch.Tensor, ref_low: torch.Tensor, ref64: tor
     assert err <= bound, f"{name}: max error {err:.3e} exceeds {factor} x reference error {ref_err:.3e} + {floor:.1e}"
 
 
+def bench_module(name: str, alias: str | None = None):
+    """A bench/ module loaded as pytest loads it there (bench/ on sys.path for its own imports), under `alias`."""
+    import importlib.util
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location(alias or f"bench_{name}", f"{bench}/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    return module
+
+
 def backend_calls(op: str, backend: str) -> int:
     from fastgan.ops import _dispatch
 

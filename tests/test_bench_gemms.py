@@ -1,31 +1,14 @@
 """bench_denoiser.gemms_step runs the GEMMs of the fused denoiser's loss step and nothing else: bench_graph_step.py
 divides the reference's time by its time to bound what the fused step can gain, which holds only while the two
 run the same GEMMs. Checked on CPU, where the "cpu" backend's step calls torch.mm as the "cuda" one does."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import bench_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastgan.ops import Denoiser
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_denoiser():
-    sys.path.insert(0, str(ROOT / "bench"))  # bench_denoiser imports benchutil
-    try:
-        spec = importlib.util.spec_from_file_location("bench_denoiser_for_gemms", ROOT / "bench" / "bench_denoiser.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return module
-
-
-bd = _bench_denoiser()
+bd = bench_module("bench_denoiser", "bench_denoiser_for_gemms")
 _GEMMS = {"aten.mm", "aten.addmm"}
 
 

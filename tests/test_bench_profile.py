@@ -1,27 +1,10 @@
 """bench/profile_kernels.py, the per-kernel breakdown tools/gpu_check.sh quick writes to profile.md: its table
 and a smoke run on CPU (the GPU run profiles CUDA kernels instead of top-level ops, otherwise the same code)."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _profile_kernels():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_profile_kernels", ROOT / "bench" / "profile_kernels.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return module
-
-
-pk = _profile_kernels()
+pk = bench_module("profile_kernels", "bench_profile_kernels")
 
 
 def test_a_section_sorts_by_time_and_folds_the_tail(monkeypatch):

@@ -3,11 +3,8 @@ steps for every method, penalty mode, noise kind and schedule (what `run.cuda_gr
 neither — with the fused ops' CUDA backend glue too, its kernels in the emulator."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -213,14 +210,9 @@ def test_with_the_cuda_backends_glue(tmp_path, monkeypatch, cuda_emu_module, cas
 def test_graphed_denoiser_benchmark_step_is_capturable(backend):
     """bench_graph_step.py captures bench_denoiser.loss_step (zero_grad, loss, backward) in a CUDA graph: no host
     read, nothing baked in, on each backend's glue ("reference" is the nn.Sequential)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_denoiser.py"
-    spec = importlib.util.spec_from_file_location("bench_denoiser_for_graph_check", path)
-    bd = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # bench_denoiser imports benchutil
-    try:
-        spec.loader.exec_module(bd)
-    finally:
-        sys.path.remove(str(path.parent))
+    from helpers import bench_module
+
+    bd = bench_module("bench_denoiser", "bench_denoiser_for_graph_check")
     den, net, h, noise = bd._setup("cpu", backend, 16, 2, 8)
     assert capture_hazards(lambda: bd.loss_step(backend, den, net, h, noise)) == []
     if backend == "reference":  # bench_graph_step.py captures the fused step's GEMMs alone (gemms_step) too

@@ -149,18 +149,16 @@ def _run_every_op():
         d.eval()
         d.loss(h).backward()
 
-    for tiles, dtype in [*sorted(gpu, key=str), (None, torch.float32)]:
-        if dtype == torch.float64 and not float64_dot:
-            continue
-        denoiser_gemm.TILES = tiles
-        os.environ[denoiser_backends.TRITON_GEMM_ENV] = "tl.dot"
-        try:
+    with pytest.MonkeyPatch.context() as mp:  # the variable as it was before, set or not, afterwards
+        mp.setenv(denoiser_backends.TRITON_GEMM_ENV, "tl.dot")
+        for tiles, dtype in [*sorted(gpu, key=str), (None, torch.float32)]:
+            if dtype == torch.float64 and not float64_dot:
+                continue
+            mp.setattr(denoiser_gemm, "TILES", tiles)
             denoiser_steps(dtype)
-        finally:
-            denoiser_gemm.TILES = None
-            del os.environ[denoiser_backends.TRITON_GEMM_ENV]
-    for dtype in (torch.float32, torch.float64):
-        denoiser_steps(dtype)
+        mp.setenv(denoiser_backends.TRITON_GEMM_ENV, "torch")
+        for dtype in (torch.float32, torch.float64):
+            denoiser_steps(dtype)
     for shape in ((6, 4), (3, 4, 5, 5)):
         x = torch.randn(*shape, generator=g)
         gamma = torch.rand(shape[1], generator=g)

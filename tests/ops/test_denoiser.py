@@ -10,6 +10,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from fastgan.ops import Denoiser, bn_relu, denoiser_generator_loss, denoiser_loss
 from fastgan.ops import _dispatch
 from fastgan.ops import denoiser_eager as de
+from fastgan.ops.denoiser_backends import _KERNELS
 from fastgan.reference import denoiser as ref
 
 from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
@@ -648,16 +649,16 @@ def test_recon_loss_rows_wider_than_a_chunk(dtype):
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_corrupt_covers_every_block(dtype):
-    """h + sigma * noise in blocks of 4096 elements (the other tests corrupt fewer): every element written."""
-    from fastgan import _ext
-    from fastgan._ext import DTYPE_CODES
-
+def test_corrupt_covers_every_block(dtype, backend):
+    """h + sigma * noise (sigma rounded to the dtype first, as torch's) over 15000 elements, more than the other
+    tests corrupt: the C++ kernel's blocks of 4096, the last ragged; Triton's programs of 1024. Every element
+    written, bit for bit."""
     g = torch.Generator().manual_seed(8)
     h, noise = (torch.randn(3, 5000, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
     out = torch.full_like(h, float("nan"))
-    _ext.C().corrupt_cpu(h.data_ptr(), noise.data_ptr(), out.data_ptr(), 0.3, DTYPE_CODES[dtype], h.numel())
+    _KERNELS[backend].corrupt(h, noise, 0.3, out)
     torch.testing.assert_close(out, h + torch.tensor(0.3, dtype=dtype) * noise, rtol=0, atol=0)
 
 
