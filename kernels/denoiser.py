@@ -190,6 +190,13 @@ def _col_blocks(B: int, N: int, device: torch.device):
     return block_b, block_n
 
 
+def _col_warps(device: torch.device) -> int:
+    """Warps of a per-feature program. On a GPU 8: at 4, ptxas spilled 16 bytes on sm_75 for the float64 BatchNorm
+    backward at 64 x 16 (71 registers), and 64 x 32 took 96-123 registers a thread on sm_75-90; at 8, 58-68 and no
+    spill (tests/test_triton_compile.py, 2026-12-04; speed not measured). The interpreter ignores it."""
+    return 8 if device.type == "cuda" else 4
+
+
 def _dummy(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return other if t is None else t
 
@@ -204,7 +211,7 @@ def bn_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out,
     _bn_forward_kernel[grid](y, _dummy(bias, gamma), gamma, beta, _dummy(rm, gamma), _dummy(rv, gamma), out, shift,
                              invstd, _dummy(rm_out, shift), _dummy(rv_out, invstd), B, N, float(momentum),
                              float(eps), HAS_BIAS=bias is not None, TRAINING=bool(training), TRACK=bool(track),
-                             RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n)
+                             RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n, num_warps=_col_warps(y.device))
 
 
 def bn_backward(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):
@@ -214,7 +221,8 @@ def bn_backward(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, tr
     block_b, block_n = _col_blocks(B, N, y.device)
     grid = (triton.cdiv(N, block_n),)
     _bn_backward_kernel[grid](dout, _dummy(out, dout), y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, B, N,
-                              TRAINING=bool(training), RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n)
+                              TRAINING=bool(training), RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n,
+                              num_warps=_col_warps(y.device))
 
 
 def recon_forward(y, bias, target, out):
@@ -236,7 +244,7 @@ def recon_backward(go, y, bias, target, dy, dbias):
     grid = (triton.cdiv(N, block_n),)
     _recon_backward_kernel[grid](go, y, _dummy(bias, y), target, dy, _dummy(dbias, dy), B, N,
                                  HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, BLOCK_B=block_b,
-                                 BLOCK_N=block_n)
+                                 BLOCK_N=block_n, num_warps=_col_warps(y.device))
 
 
 CORRUPT_BLOCK = 1024

@@ -10,8 +10,9 @@ denoiser's fused GEMMs: 32, see SPILL_BUDGET). Each launch is compiled as a GPU 
 interpreter does not: int arguments equal to 1 as constants, multiples of 16 and 16-byte aligned pointers marked
 divisible by 16 (before 2026-12-03 every int was compiled as a runtime i32, variants a GPU never runs). (These are
 the specializations this CPU run launches: the noise, loss and penalty kernels pick their block sizes as on a GPU;
-the denoiser's and BatchNorm passes' per-feature kernels pick smaller ones for the interpreter, and the GPU's own
-choice for the BatchNorm passes is compiled in tests/ops/test_bn_closed_form.py.) 2026-11-30, triton 3.6: 56
+the denoiser's and BatchNorm passes' per-feature kernels pick smaller ones for the interpreter: the denoiser's are
+also run here with the GPU's choice, and the GPU's own choice for the BatchNorm passes is compiled in
+tests/ops/test_bn_closed_form.py.) 2026-11-30, triton 3.6: 56
 specializations of the 15 kernels, 23-205 registers, no spills; 17 kernels since the denoiser's fused GEMMs,
 18 since its corruption kernel (2026-12-04).
 """
@@ -159,6 +160,19 @@ def _run_every_op():
         mp.setenv(denoiser_backends.TRITON_GEMM_ENV, "torch")
         for dtype in (torch.float32, torch.float64):
             denoiser_steps(dtype)
+        # the per-feature kernels with the blocks a GPU picks (64 rows by 16 features below 2048 features, by 32
+        # from there), not the interpreter's; the recon forward's row tiles at the widths a GPU meets
+        from fastgan.kernels import denoiser as layers
+
+        gpu_blocks, gpu = layers._col_blocks, torch.device("cuda")
+        mp.setattr(layers, "_col_warps", lambda device, w=layers._col_warps(gpu): w)
+        for width in (16, 2048):
+            mp.setattr(layers, "_col_blocks", lambda B, N, device, w=width: gpu_blocks(B, w, gpu))
+            for dtype in (torch.float32, torch.float64):
+                denoiser_steps(dtype)
+        for N in (512, 2048):
+            y, t = torch.randn(4, N, generator=g), torch.randn(4, N, generator=g)
+            layers.recon_forward(y, torch.randn(N, generator=g), t, y.new_empty(4))
     for shape in ((6, 4), (3, 4, 5, 5)):
         x = torch.randn(*shape, generator=g)
         gamma = torch.rand(shape[1], generator=g)
