@@ -1,4 +1,5 @@
-"""Tile sizes of the Triton denoiser's fused GEMMs (kernels/denoiser_gemm.py), swept on a GPU: the loss step
+"""Tile sizes of the Triton denoiser's fused GEMMs (kernels/denoiser_gemm.py, FASTGAN_DENOISER_TRITON_GEMM=tl.dot,
+set here), swept on a GPU: the loss step
 (forward + backward) replayed from a CUDA graph per (BM, BN, BK), every GEMM of the step with the same
 tiles, beside the shape-chosen default (`_tiles`, written without a GPU: untuned) and the nn.Sequential
 reference captured the same way. The data for choosing `_tiles`; GPU only, and not part of the goals.
@@ -40,13 +41,20 @@ def test_denoiser_tiles(benchmark, monkeypatch, impl, tiles, size):
     from fastgan.kernels import denoiser_gemm
 
     monkeypatch.setattr(denoiser_gemm, "TILES", tiles)
+    # the Triton backend's own GEMMs, whose tiles these are (its default runs torch's)
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", "tl.dot")
+    calls = []
+    real = denoiser_gemm.loss_forward
+    monkeypatch.setattr(denoiser_gemm, "loss_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     n_h, depth, B = size
     den, net, h, noise = _setup("cuda", impl, n_h, depth, B)
 
     def step():
         loss_step(impl, den, net, h, noise)
 
-    ms = _replay_ms(benchmark, _capture(step))
+    graph = _capture(step)
+    assert bool(calls) == (impl == "triton"), "the Triton denoiser's tl.dot GEMMs did not run"
+    ms = _replay_ms(benchmark, graph)
     benchmark.extra_info.update(impl=impl, tiles=_label(tiles), n_h=n_h, depth=depth, B=B,
                                 device=device_label("cuda"))
     if ms is None:
