@@ -487,3 +487,14 @@ def test_graphed_bandwidth_rows_are_information_beside_the_eager_goal_rows():
     assert "| test_nt_losses_graphed[cuda] | 3500 | 0.83 | yes |" in text
     assert "nt_losses cuda" in dict(goals.missing([graphed]))["bandwidth"]
     assert "nt_losses cuda" not in dict(goals.missing([eager, graphed]))["bandwidth"]
+
+
+def test_a_denoiser_row_under_a_ceiling_below_the_goal_says_it_is_beyond_reach():
+    run = [_graphed_denoiser(2048, 3, 512, "cuda", ms_per_step=1.1, speedup_vs_reference=1.18, gemm_ceiling=1.35),
+           _graphed_denoiser(512, 3, 64, "cuda", ms_per_step=0.1, speedup_vs_reference=1.64, gemm_ceiling=3.1),
+           _graphed_denoiser(512, 3, 512, "cuda", ms_per_step=0.2, speedup_vs_reference=1.3)]
+    text = goals.report(run)
+    assert ("| test_graphed_denoiser_loss[nh2048-d3-B512-cuda] (graphed) | 1.100 | 1.18 | 1.35 | **not met** (its GEMMs "
+            "alone allow 1.35x: beyond reach with torch's GEMMs) |") in text
+    assert "| test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed) | 0.100 | 1.64 | 3.10 | **not met** |" in text
+    assert "| test_graphed_denoiser_loss[nh512-d3-B512-cuda] (graphed) | 0.200 | 1.30 |  | **not met** |" in text
