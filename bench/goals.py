@@ -14,7 +14,8 @@ pytest-benchmark runs). Prints one markdown table per goal:
     beside it, where bench_graph_step.py measured the fused step's GEMMs alone ("gemms", never a row of the goal),
     the ceiling reference / those GEMMs, which a fused step whose GEMMs are torch's cannot exceed (a row whose
     ceiling is under the goal says it is beyond reach there). The Triton
-    backend on its fused tl.dot GEMMs ("triton-tl.dot") has rows, for information: no verdict, no ceiling;
+    backend on its fused tl.dot GEMMs ("triton-tl.dot", "triton-tl.dot-bf16x6", ...) has rows, for information: no
+    verdict, no ceiling;
   * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1; beside it, the
     D update per penalty mode against the double backward (bench_penalty_modes.py).
 Ratios come from benchmarks of the same file, so from one run on one device. With --costs (bench/costs.py's JSON)
@@ -35,7 +36,7 @@ DENOISER_SPEEDUP_GOAL = 2.0
 CPU_RATIO_GOAL = 1.0
 FUSED = ("cpu", "cuda", "triton")
 GPU_FUSED = ("cuda", "triton")
-TL_DOT = "triton-tl.dot"  # the Triton denoiser on its own fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)
+TL_DOT = "triton-tl.dot"  # impls the Triton denoiser on its own fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot...)
 # the cases issue 5's GPU goals name: the D update per penalty mode for the MLP D (B=512) and the DCGAN32 D (B=64
 # and 256), as bench_graph_step.py's models; the denoiser at n_h 512/2048, depth 3/6, B 64/512; the bandwidth of the
 # batch doubling (forward and backward) and of the losses
@@ -125,7 +126,7 @@ def _denoiser_goal_row(b: dict) -> bool:
 def _ceiling_and_verdict(info: dict):
     """A fused step with torch's GEMMs: its ceiling and whether it meets the goal. The Triton backend on its own
     tl.dot GEMMs: information (not a case of the goal; torch's GEMMs do not bound it): neither."""
-    if info.get("impl") == TL_DOT:
+    if str(info.get("impl")).startswith(TL_DOT):
         return None, None
     return info.get("gemm_ceiling"), info["speedup_vs_reference"] >= DENOISER_SPEEDUP_GOAL
 

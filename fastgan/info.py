@@ -139,7 +139,7 @@ def format_report(r: dict) -> str:
         lines.append("Triton denoiser's GEMMs: " + (
             dg["error"] if dg["error"] else "torch's, Triton kernels around them (FASTGAN_DENOISER_TRITON_GEMM=tl.dot: "
             "its own fused tl.dot GEMMs)" if dg["gemm"] == "torch" else "its own fused tl.dot GEMMs "
-            "(FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"))
+            f"(FASTGAN_DENOISER_TRITON_GEMM={dg['gemm']})"))
     fb = r.get("forced_backend") or {}
     if fb.get("error"):
         lines.append(f"forced backend: {fb['error']} (every op called without backend= raises)")

@@ -382,7 +382,7 @@ def _check_offsets(B: int, weights) -> None:
 
 
 def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
-                    sigma=0.0, target=None, keep=False, running_in_place=False):
+                    sigma=0.0, target=None, keep=False, running_in_place=False, precision=None):
     """Runs every layer; returns (last GEMM's output, saved hidden tensors, new running stats, loss partials).
     With `target` the last GEMM writes z and the loss partials, else r(x) = z + b. running_in_place: the running
     statistics are updated in their own tensors and no new ones returned (in training mode only program (0, 0)
@@ -391,7 +391,7 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
     depth = len(weights) - 1
     _check_offsets(B, weights)
     f64 = x.new_empty(0, dtype=torch.float64)
-    prec = _precision(x)
+    prec = precision or _precision(x)
     hidden, new_running = [], []
     prev = None  # the layer below: (y, pmean, pm2, T, TILE)
     a_src = x
@@ -440,29 +440,31 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
 
 
 def loss_forward(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                 running_in_place=False):
-    """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats or [] with running_in_place)."""
+                 running_in_place=False, precision=None):
+    """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats or [] with running_in_place).
+    precision: tl.dot's input_precision, or None for _precision's rule (here and below)."""
     z, hidden, new_running, loss = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track,
                                                    momentum, eps, noise=noise, sigma=sigma, target=h, keep=True,
-                                                   running_in_place=running_in_place)
+                                                   running_in_place=running_in_place, precision=precision)
     per_sample = loss.view(-1) if loss.shape[1] == 1 else loss.sum(1)
     return per_sample, hidden + [z], new_running
 
 
-def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, running_in_place=False):
+def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, running_in_place=False,
+            precision=None):
     """(r(h), new running stats or [] with running_in_place); nothing kept for a backward."""
     r, _, new_running, _ = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
-                                           eps, running_in_place=running_in_place)
+                                           eps, running_in_place=running_in_place, precision=precision)
     return r, new_running
 
 
-def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise):
+def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, precision=None):
     """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas) of sum_n go_n l_n."""
     B = h.shape[0]
     depth = len(weights) - 1
     z = saved[-1]
     f64 = h.new_empty(0, dtype=torch.float64)
-    prec = _precision(h)
+    prec = precision or _precision(h)
     go_stride = go.stride(0) if go.shape[0] > 1 else 0
     dweights, dbiases = [None] * (depth + 1), [None] * (depth + 1)
     dgammas, dbetas = [None] * depth, [None] * depth

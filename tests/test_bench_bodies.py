@@ -35,7 +35,7 @@ def on_cpu(monkeypatch):
 def test_graphed_denoiser_rows(on_cpu):
     graph, _ = on_cpu
     infos = {}
-    for impl in ("reference", "gemms", "cuda", "triton", "triton-tl.dot"):
+    for impl in ("reference", "gemms", "cuda", "triton", "triton-tl.dot", "triton-tl.dot-bf16x6"):
         b = _Benchmark()
         with pytest.MonkeyPatch.context() as mp:
             if impl == "cuda":  # the cuda backend's glue on CPU tensors: the cpu kernels stand in
@@ -44,7 +44,7 @@ def test_graphed_denoiser_rows(on_cpu):
         assert ENV not in os.environ
         infos[impl] = b.extra_info
     assert "speedup_vs_reference" not in infos["gemms"] and infos["gemms"]["ceiling_vs_reference"] == 1.0
-    for impl in ("cuda", "triton", "triton-tl.dot"):
+    for impl in ("cuda", "triton", "triton-tl.dot", "triton-tl.dot-bf16x6"):
         assert infos[impl]["speedup_vs_reference"] == 1.0 and infos[impl]["gemm_ceiling"] == 1.0, impl
 
 

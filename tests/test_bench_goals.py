@@ -201,15 +201,17 @@ def test_every_case_the_gpu_goals_name_gets_a_row():
             info.update(speedup_vs_reference=2.5, gemm_ceiling=3.0)
         run.append(_bench(f"test_graphed_denoiser_loss[{i}]", 1e-3, **info))
     impls = {case["impl"] for _, case in _parametrized(graph.test_graphed_denoiser_loss)}
-    assert impls == {"reference", "gemms", *goals.GPU_FUSED, "triton-tl.dot"}
+    assert impls == {"reference", "gemms", *goals.GPU_FUSED, "triton-tl.dot", "triton-tl.dot-bf16x6",
+                     "triton-tl.dot-tf32x3"}
     assert goals.missing(run) == []
     assert len(goals.bandwidth_rows(run)) == 6
     assert {n.split("[")[1].split("-")[0] for n, *_ in goals.graph_rows(run)} >= {"mlp_leaky", "dcgan32",
                                                                                   "dcgan32_b256"}
-    # the goal's 16 (cuda and triton at 8 sizes), each beside its ceiling, and triton-tl.dot's 8, information (no
-    # verdict, no ceiling: torch's GEMMs do not bound it); no gemms row
+    # the goal's 16 (cuda and triton at 8 sizes), each beside its ceiling, and the tl.dot GEMMs' 8 + 2 x 4 (the
+    # emulated float32 products at B=512), information (no verdict, no ceiling: torch's GEMMs do not bound them);
+    # no gemms row
     den = goals.denoiser_rows(run)
-    assert len(den) == 24
+    assert len(den) == 32
     assert all(ok and c == 3.0 for n, _, _, c, ok in den if "tl.dot" not in n)
     assert all(ok is None and c is None for n, _, _, c, ok in den if "tl.dot" in n)
     assert not any("gemms" in n for n, *_ in den)

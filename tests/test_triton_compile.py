@@ -243,6 +243,7 @@ def compiled(tmp_path_factory):
     assert any("C" in s.get("ones", ()) for s in specs if s["name"] == "_backward_kernel" and "noise" in s["module"])
     assert any("sf" in s.get("ones", ()) for s in specs if "penalty" in s["module"])
     assert any(s["divisible"] for s in specs)
+    specs += _emulated_dot_variants(specs)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # cwd: not the checkout, whose source tree (without fastgan.kernels) would shadow the installed package
     cwd = tmp_path_factory.mktemp("compile")
@@ -251,10 +252,40 @@ def compiled(tmp_path_factory):
                 for arch in ARCHS}
     out = {}
     for arch, child in children.items():
-        stdout, stderr = child.communicate(json.dumps(specs), timeout=900)
+        mine = [s for s in specs if s.get("min_arch", 0) <= arch]
+        stdout, stderr = child.communicate(json.dumps(mine), timeout=900)
         results = json.loads(stdout.strip().splitlines()[-1]) if child.returncode == 0 else None
-        out[arch] = (child.returncode, stderr, results, len(specs))
+        out[arch] = (child.returncode, stderr, results, len(mine))
     return out
+
+
+EMULATED_DOTS = ("tf32x3", "bf16x6")  # FASTGAN_DENOISER_TRITON_GEMM=tl.dot-<this>: float32 on sm_80 and newer
+
+
+def _emulated_dot_variants(specs: list) -> list:
+    """The fused GEMMs' float32 launches at a GPU's tiles (IEEE on CPU tensors) again with each tensor-core emulation
+    of a float32 product, which a GPU of sm_80 or newer runs when asked (fastgan/ops/denoiser_backends.py dot_precision); the
+    interpreter cannot run them, so they are compiled from the recorded launches."""
+    from fastgan.kernels import denoiser_gemm
+
+    tiles = denoiser_gemm.gpu_tiles(9, torch.float32)  # sm_80's are sm_90's
+    out = []
+    for spec in specs:
+        c = spec["constexprs"]
+        if spec["module"].endswith("denoiser_gemm") and c.get("PREC") == "ieee" and \
+                "*fp32" in spec["signature"].values() and (c["BM"], c["BN"], c["BK"]) in tiles:
+            out += [{**spec, "constexprs": {**spec["constexprs"], "PREC": prec}, "min_arch": 80}
+                    for prec in EMULATED_DOTS]
+    assert out, "no float32 fused-GEMM launch recorded"
+    return out
+
+
+def test_the_emulated_dot_variants_are_compiled(compiled):
+    """Each emulation is sent to the sm_80 and sm_90 compilers, never to sm_75's (no TF32 or bf16 tensor cores)."""
+    for arch, (_, _, results, _) in compiled.items():
+        precs = {r["consts"].get("PREC") for r in results or () if r["kernel"].endswith(("_gemm", "_forward_gemm"))
+                 or "denoiser_gemm" in r["kernel"]}
+        assert (set(EMULATED_DOTS) <= precs) == (arch >= 80), (arch, precs)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -67,7 +67,7 @@ if [[ $what == quick ]]; then
   # cap WANT RESERVE: WANT s, or fewer (not under 30) so that RESERVE s are left before QUICK_LIMIT s from the start
   cap() { local want=$1 left=$(( ${QUICK_LIMIT:-570} - SECONDS - $2 )) floor=$(( $1 < 30 ? $1 : 30 ))
           (( left < want )) && want=$(( left > floor ? left : floor )); echo "$want"; }
-  bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-200}  # 140 ran every case on an H200 before the 16 denoiser cases of 2026-12-04 (GEMMs alone, tl.dot)
+  bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-240}  # 140 ran every case on an H200 before the 24 denoiser cases of 2026-12-04 (GEMMs alone, tl.dot)
   lim=$(cap ${TEST_LIMIT:-240} $(( bw_limit + graph_limit + 15 )))
   echo "cuda tests: limit $lim s"
   stop_at "$lim" python3 -m pytest tests -m cuda -q -p no:cacheprovider -rfE --maxfail=40 $(per_test 60) \

@@ -220,12 +220,16 @@ _IN_PLACE = (_Cpu,)
 # torch's, with the Triton layer kernels between them, unless the environment asks for kernels/denoiser_gemm.py's.
 # The issue keeps torch's GEMMs unless one's own measures faster, and an H200 measured the tl.dot step at
 # 0.19-0.75x the nn.Sequential reference (graphed, fp32), where cuBLAS with the CUDA layer kernels ran 1.17-1.69x.
+# "tl.dot-tf32x3" and "tl.dot-bf16x6" run the same kernels with float32 products emulated on tensor cores (three
+# TF32 or six bf16 products per pair of operands, near float32's accuracy by design; sm_80 and newer): cuBLAS's
+# float32 GEMMs run on the FMA units, so only such a GEMM of one's own can outrun them where the step is GEMM-bound.
+# Written without a GPU: neither their speed nor their accuracy against the 2x rule is measured yet.
 TRITON_GEMM_ENV = "FASTGAN_DENOISER_TRITON_GEMM"
-TRITON_GEMMS = ("torch", "tl.dot")
+TRITON_GEMMS = ("torch", "tl.dot", "tl.dot-tf32x3", "tl.dot-bf16x6")
 
 
 def triton_gemm() -> str:
-    """"torch" or "tl.dot": read at each call (a forward and its backward may differ: their saved tensors match)."""
+    """One of TRITON_GEMMS, read at each call (a forward and its backward may differ: their saved tensors match)."""
     value = os.environ.get(TRITON_GEMM_ENV) or "torch"
     if value not in TRITON_GEMMS:
         raise ValueError(f"{TRITON_GEMM_ENV}={value!r} in the environment: expected one of "
@@ -235,7 +239,34 @@ def triton_gemm() -> str:
 
 def fused_gemms(backend: str) -> bool:
     """Whether `backend`'s whole-network paths run kernels/denoiser_gemm.py (tl.dot GEMMs, layers fused in)."""
-    return backend == "triton" and triton_gemm() == "tl.dot"
+    return backend == "triton" and triton_gemm() != "torch"
+
+
+def _triton_dot_precisions() -> tuple:
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return tuple(getattr(CUDAOptions, "allowed_dot_input_precisions", ()))
+
+
+def dot_precision(t: Tensor) -> str | None:
+    """The tl.dot input precision the variable asks of the fused GEMMs on t, or None for the kernels' own rule (IEEE,
+    or TF32 where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does): an emulation applies to float32
+    on a GPU with TF32 not allowed, and is refused where it cannot run (before sm_80, or a triton without it)."""
+    mode = triton_gemm()
+    emulation = mode.partition("-")[2]
+    if not emulation or t.dtype != torch.float32 or t.device.type != "cuda" or torch.backends.cuda.matmul.allow_tf32:
+        return None
+    major, minor = torch.cuda.get_device_capability(t.device)
+    if major < 8:
+        raise _dispatch.BackendUnavailable(
+            f"{TRITON_GEMM_ENV}={mode!r}: {emulation} products run on the tensor cores of sm_80 and newer, this GPU "
+            f"is sm_{major}{minor}; use {TRITON_GEMM_ENV}=tl.dot (IEEE float32) or unset it")
+    offered = _triton_dot_precisions()
+    if emulation not in offered:
+        raise _dispatch.BackendUnavailable(
+            f"{TRITON_GEMM_ENV}={mode!r}: this triton's tl.dot offers no {emulation} (it offers "
+            f"{', '.join(offered) or 'none'}); use {TRITON_GEMM_ENV}=tl.dot or a newer triton")
+    return emulation
 
 
 # tl.dot takes float64 operands from triton 3.5 on (3.4, which torch 2.8 pins, asserts "Unsupported lhs dtype fp64")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, fused_gemms
+from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms
 
 Tensor = torch.Tensor
 
@@ -123,7 +123,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                               running_vars, training, training and len(running_means) > 0,
-                                              momentum, eps, running_in_place)
+                                              momentum, eps, running_in_place, precision=dot_precision(h))
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
@@ -147,7 +147,7 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
     if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h,
-                                               need_noise)
+                                               need_noise, precision=dot_precision(h))
         _dispatch.record(OP_LOSS + "_backward", backend)
         return out
     with _launch(backend, h) as kern:
@@ -214,7 +214,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training,
-                                         track, momentum, eps, running_in_place)
+                                         track, momentum, eps, running_in_place, precision=dot_precision(h))
         _dispatch.record(OP_FORWARD, backend)
         return out
     new_running: list = []

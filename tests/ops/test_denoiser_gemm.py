@@ -108,11 +108,29 @@ def test_gradcheck_every_input_triton(training, small_tiles, no_layer_kernels):
 def test_fp32_many_tiles_within_twice_reference_error_triton(device, training, small_tiles, monkeypatch):
     if device == "cuda":
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # IEEE fp32 on both sides
-    master, _ = make_pair(n=20, hidden=40, depth=3, training=training, seed=7)
+    _fp32_within_twice_reference_error(device, training, 20, 40, 37)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["tl.dot-tf32x3", "tl.dot-bf16x6"])
+@pytest.mark.parametrize("n,hidden,B", [(20, 40, 37), (256, 512, 128)])
+def test_fp32_emulated_products_within_twice_reference_error_triton(mode, n, hidden, B, monkeypatch):
+    """The tensor-core emulations of a float32 product (written without a GPU): held to the rule every backend is,
+    against cuBLAS's IEEE float32, at a small and a realistic depth of sum."""
+    from fastgan.ops import denoiser_backends
+
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", mode)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert denoiser_backends.dot_precision(torch.empty(1, device="cuda")) == mode.split("-")[1]
+    _fp32_within_twice_reference_error("cuda", True, n, hidden, B)
+
+
+def _fp32_within_twice_reference_error(device, training, n, hidden, B):
+    master, _ = make_pair(n=n, hidden=hidden, depth=3, training=training, seed=7)
     master = master.float().double().to(device)  # float64 truth of the float32 inputs, not of their originals
     g = torch.Generator().manual_seed(8)
-    h = (torch.randn(37, 20, generator=g, dtype=torch.float64) * 2 + 0.5).float().double().to(device)
-    noise = torch.randn(37, 20, generator=g, dtype=torch.float64).float().double().to(device)
+    h = (torch.randn(B, n, generator=g, dtype=torch.float64) * 2 + 0.5).float().double().to(device)
+    noise = torch.randn(B, n, generator=g, dtype=torch.float64).float().double().to(device)
     truth_net = copy.deepcopy(master.net)
     tl = ref.denoiser_loss(truth_net, h, noise)
     tl.backward()

@@ -5,6 +5,8 @@ tests/ops/test_denoiser_gemm.py (tl.dot). Named *_triton: Triton on CPU tensors,
 (tests/conftest.py)."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -103,3 +105,64 @@ def test_a_backward_may_take_the_other_path_triton(monkeypatch, forward_gemm, ba
     for k, v in state(den.net).items():
         torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
 
+
+
+def _fake(dtype=torch.float32, device="cuda"):
+    """What dot_precision reads of a tensor (a CUDA device object initialises nothing)."""
+    return types.SimpleNamespace(dtype=dtype, device=torch.device(device, 0) if device == "cuda" else
+                                 torch.device(device))
+
+
+@pytest.mark.parametrize("mode", ["tl.dot-tf32x3", "tl.dot-bf16x6"])
+def test_an_emulated_product_is_asked_of_float32_on_sm80_and_newer(monkeypatch, mode):
+    from fastgan.ops import _dispatch, denoiser_backends as db
+
+    emulation = mode.split("-")[1]
+    monkeypatch.setenv(ENV, mode)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(db, "_triton_dot_precisions", lambda: ("tf32", "tf32x3", "ieee", "bf16x3", "bf16x6"))
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    assert db.dot_precision(_fake()) == emulation
+    assert db.fused_gemms("triton")
+    # float64, CPU tensors (the interpreter), TF32 allowed (the kernels' own rule takes TF32, as cuBLAS): not asked
+    assert db.dot_precision(_fake(torch.float64)) is None
+    assert db.dot_precision(_fake(device="cpu")) is None
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert db.dot_precision(_fake()) is None
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    capability["value"] = (7, 5)
+    with pytest.raises(_dispatch.BackendUnavailable, match=rf"^{ENV}='{mode}': {emulation} products run on the "
+                                                           r"tensor cores of sm_80 and newer, this GPU is sm_75"):
+        db.dot_precision(_fake())
+    capability["value"] = (8, 0)
+    monkeypatch.setattr(db, "_triton_dot_precisions", lambda: ("tf32", "ieee"))
+    with pytest.raises(_dispatch.BackendUnavailable, match=rf"this triton's tl.dot offers no {emulation} "
+                                                           r"\(it offers tf32, ieee\)"):
+        db.dot_precision(_fake())
+    monkeypatch.setenv(ENV, "tl.dot")
+    assert db.dot_precision(_fake()) is None
+
+
+def test_this_triton_offers_both_emulations():
+    from fastgan.ops import denoiser_backends as db
+
+    assert {"tf32x3", "bf16x6"} <= set(db._triton_dot_precisions())
+
+
+@pytest.mark.parametrize("mode", ["tl.dot-tf32x3", "tl.dot-bf16x6"])
+def test_on_cpu_tensors_an_emulation_mode_runs_the_fused_gemms_in_ieee_triton(monkeypatch, mode):
+    """The interpreter runs tl.dot in IEEE whatever it is asked: the fused GEMMs, given no precision, as "tl.dot"."""
+    from fastgan.kernels import denoiser_gemm
+
+    monkeypatch.setenv(ENV, mode)
+    seen = []
+    real = denoiser_gemm.loss_forward
+    monkeypatch.setattr(denoiser_gemm, "loss_forward", lambda *a, **k: seen.append(k["precision"]) or real(*a, **k))
+    den, _ = make_pair(depth=2, backend="triton", training=False)
+    den = den.float()
+    h, noise = torch.randn(9, 12), torch.randn(9, 12)
+    loss = den.loss(h, noise)
+    assert seen == [None]
+    monkeypatch.setenv(ENV, "tl.dot")
+    assert torch.equal(den.loss(h, noise), loss)
