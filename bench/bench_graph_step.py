@@ -120,9 +120,11 @@ def test_graphed_denoiser_loss(benchmark, monkeypatch, n_h, depth, B, impl):
         monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", impl[len("triton-"):])
         from fastgan.kernels import denoiser_gemm
 
-        # both Triton paths count as ("denoiser_loss", "triton"): this says the fused GEMMs are the ones captured
+        # both Triton paths count as ("denoiser_loss", "triton"): this says the fused GEMMs are the ones captured,
+        # with the input precision the impl names (None: the kernels' own rule, IEEE or TF32 as allow_tf32 says)
         real = denoiser_gemm.loss_forward
-        monkeypatch.setattr(denoiser_gemm, "loss_forward", lambda *a, **k: tl_dot_calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(denoiser_gemm, "loss_forward",
+                            lambda *a, **k: tl_dot_calls.append(k.get("precision")) or real(*a, **k))
     den, net, h, noise = denoiser_setup("cuda", backend, n_h, depth, B)
     if impl == "gemms":
         step = gemms_step(den, h)
@@ -135,6 +137,8 @@ def test_graphed_denoiser_loss(benchmark, monkeypatch, n_h, depth, B, impl):
     if backend != "reference":
         assert _dispatch.counts[("denoiser_loss", backend)] > before, f"the {impl} denoiser kernels did not run"
     assert bool(tl_dot_calls) == tl_dot, "the Triton denoiser's tl.dot GEMMs did not run"
+    emulation = impl[len(TL_DOT) + 1:] or None
+    assert all(p == emulation for p in tl_dot_calls), f"{impl}: the fused GEMMs ran with precision {tl_dot_calls}"
     ms = _replay_ms(benchmark, g)
     benchmark.extra_info.update(n_h=n_h, depth=depth, B=B, impl=impl, device=device_label("cuda"),
                                 replays_per_round=REPLAYS)

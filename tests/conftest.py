@@ -48,6 +48,21 @@ def pytest_configure(config):
             raise pytest.UsageError(f"the tests need fastgan's built extension: {why}")
 
 
+
+@pytest.fixture
+def set_matmul_tf32():
+    """set_matmul_tf32(flag) sets torch.backends.cuda.matmul.allow_tf32 for the test, restored after it. Not with
+    monkeypatch: pytest 9.2 restores an attribute that is no data descriptor by deleting it from the instance, which
+    the cuBLAS settings object (plain __getattr__ / __setattr__) never holds, and fails at teardown."""
+    old = torch.backends.cuda.matmul.allow_tf32
+
+    def set_(flag: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = flag
+
+    yield set_
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _marked_threads(request):
     """@pytest.mark.threads(n): tests of the kernels' threaded paths keep them under pytest-xdist's one thread."""

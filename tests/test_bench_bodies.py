@@ -1,6 +1,7 @@
 """The GPU-only denoiser benchmarks' bodies run on CPU tensors, graph capture and replay replaced by direct calls:
 each impl sets up the path it is named for (the Triton backend's tl.dot GEMMs where asked, checked inside the
-benchmark), records the extra_info goals.py reads, and leaves the environment as it found it."""
+benchmark), records the extra_info goals.py reads, and leaves the environment as it found it. Named *_triton: Triton
+on CPU tensors, run where the interpreter is (tests/conftest.py)."""
 import os
 
 import pytest
@@ -32,10 +33,10 @@ def on_cpu(monkeypatch):
 
 
 @pytest.mark.triton
-def test_graphed_denoiser_rows(on_cpu):
+def test_graphed_denoiser_rows_triton(on_cpu):
     graph, _ = on_cpu
     infos = {}
-    for impl in ("reference", "gemms", "cuda", "triton", "triton-tl.dot", "triton-tl.dot-bf16x6"):
+    for impl in ("reference", "gemms", "cuda", "triton", "triton-tl.dot"):
         b = _Benchmark()
         with pytest.MonkeyPatch.context() as mp:
             if impl == "cuda":  # the cuda backend's glue on CPU tensors: the cpu kernels stand in
@@ -44,12 +45,12 @@ def test_graphed_denoiser_rows(on_cpu):
         assert ENV not in os.environ
         infos[impl] = b.extra_info
     assert "speedup_vs_reference" not in infos["gemms"] and infos["gemms"]["ceiling_vs_reference"] == 1.0
-    for impl in ("cuda", "triton", "triton-tl.dot", "triton-tl.dot-bf16x6"):
+    for impl in ("cuda", "triton", "triton-tl.dot"):
         assert infos[impl]["speedup_vs_reference"] == 1.0 and infos[impl]["gemm_ceiling"] == 1.0, impl
 
 
 @pytest.mark.triton
-def test_the_tl_dot_check_fails_when_the_variable_is_not_read(on_cpu, monkeypatch):
+def test_the_tl_dot_check_fails_when_the_variable_is_not_read_triton(on_cpu, monkeypatch):
     graph, _ = on_cpu
     from fastgan.ops import denoiser_backends
 
@@ -59,7 +60,18 @@ def test_the_tl_dot_check_fails_when_the_variable_is_not_read(on_cpu, monkeypatc
 
 
 @pytest.mark.triton
-def test_tile_sweep_rows(on_cpu):
+def test_an_emulated_row_checks_its_precision_triton(on_cpu):
+    """On CPU tensors the fused GEMMs take no emulation (the interpreter has no bf16x6): the row named for one
+    refuses to time them, as it would on a GPU where the variable was not honoured."""
+    graph, _ = on_cpu
+    with pytest.MonkeyPatch.context() as mp, \
+            pytest.raises(AssertionError, match=r"triton-tl.dot-bf16x6: the fused GEMMs ran with precision \[None"):
+        graph.test_graphed_denoiser_loss(_Benchmark(), mp, 512, 3, 512, "triton-tl.dot-bf16x6")
+    assert ENV not in os.environ
+
+
+@pytest.mark.triton
+def test_tile_sweep_rows_triton(on_cpu):
     _, sweep = on_cpu
     for impl, tiles in [("reference", None), ("triton", None), ("triton", (16, 16, 16))]:
         b = _Benchmark()

@@ -219,11 +219,12 @@ _IN_PLACE = (_Cpu,)
 # The Triton backend's GEMMs in the whole-network paths (the loss, its backward, r(h) of the generator's term):
 # torch's, with the Triton layer kernels between them, unless the environment asks for kernels/denoiser_gemm.py's.
 # The issue keeps torch's GEMMs unless one's own measures faster, and an H200 measured the tl.dot step at
-# 0.19-0.75x the nn.Sequential reference (graphed, fp32), where cuBLAS with the CUDA layer kernels ran 1.17-1.69x.
-# "tl.dot-tf32x3" and "tl.dot-bf16x6" run the same kernels with float32 products emulated on tensor cores (three
-# TF32 or six bf16 products per pair of operands, near float32's accuracy by design; sm_80 and newer): cuBLAS's
-# float32 GEMMs run on the FMA units, so only such a GEMM of one's own can outrun them where the step is GEMM-bound.
-# Written without a GPU: neither their speed nor their accuracy against the 2x rule is measured yet.
+# 0.28-0.75x the nn.Sequential reference with its current tiles (graphed, fp32), where cuBLAS with the CUDA layer
+# kernels ran 1.17-1.69x. "tl.dot-tf32x3" and "tl.dot-bf16x6" run the same kernels with each float32 product
+# emulated on tensor cores (three TF32 or six bf16 products per pair of operands: near float32 per product, bf16x6
+# the nearer, summed in the tensor cores' float32 accumulator; sm_80 and newer, NVIDIA): with allow_tf32 off, torch's
+# default, cuBLAS's float32 GEMMs run on the FMA units, so only such a GEMM of one's own can outrun them where the
+# step is GEMM-bound. Written without a GPU: neither their speed nor their accuracy against the 2x rule is measured.
 TRITON_GEMM_ENV = "FASTGAN_DENOISER_TRITON_GEMM"
 TRITON_GEMMS = ("torch", "tl.dot", "tl.dot-tf32x3", "tl.dot-bf16x6")
 
@@ -250,12 +251,17 @@ def _triton_dot_precisions() -> tuple:
 
 def dot_precision(t: Tensor) -> str | None:
     """The tl.dot input precision the variable asks of the fused GEMMs on t, or None for the kernels' own rule (IEEE,
-    or TF32 where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does): an emulation applies to float32
-    on a GPU with TF32 not allowed, and is refused where it cannot run (before sm_80, or a triton without it)."""
+    or TF32 where torch.backends.cuda.matmul.allow_tf32 allows it, as cuBLAS does). An emulation applies to float32
+    on a GPU, allow_tf32 or not (asked for by name, and nearer float32 than TF32), and is refused where it cannot
+    run: before sm_80, on ROCm, or with a triton without it."""
     mode = triton_gemm()
     emulation = mode.partition("-")[2]
-    if not emulation or t.dtype != torch.float32 or t.device.type != "cuda" or torch.backends.cuda.matmul.allow_tf32:
+    if not emulation or t.dtype != torch.float32 or t.device.type != "cuda":
         return None
+    if torch.version.hip:
+        raise _dispatch.BackendUnavailable(
+            f"{TRITON_GEMM_ENV}={mode!r}: {emulation} is an NVIDIA tensor-core emulation; on ROCm use "
+            f"{TRITON_GEMM_ENV}=tl.dot or unset it")
     major, minor = torch.cuda.get_device_capability(t.device)
     if major < 8:
         raise _dispatch.BackendUnavailable(

@@ -590,8 +590,8 @@ def test_cuda_matches_reference_float64(backend, training):
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("training", [True, False])
-def test_cuda_fp32_error_within_twice_reference_error(backend, training, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # both sides use the same GEMMs
+def test_cuda_fp32_error_within_twice_reference_error(backend, training, set_matmul_tf32):
+    set_matmul_tf32(False)  # both sides use the same GEMMs
     master, _ = make_pair(n=48, hidden=96, depth=3, training=training, seed=7)
     master = master.float().double().cuda()  # float64 truth of the float32 inputs, not of their originals
     g = torch.Generator(device="cuda").manual_seed(8)

@@ -105,23 +105,27 @@ def test_gradcheck_every_input_triton(training, small_tiles, no_layer_kernels):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False])
-def test_fp32_many_tiles_within_twice_reference_error_triton(device, training, small_tiles, monkeypatch):
+def test_fp32_many_tiles_within_twice_reference_error_triton(device, training, small_tiles, set_matmul_tf32):
     if device == "cuda":
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # IEEE fp32 on both sides
+        set_matmul_tf32(False)  # IEEE fp32 on both sides
     _fp32_within_twice_reference_error(device, training, 20, 40, 37)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["tl.dot-tf32x3", "tl.dot-bf16x6"])
 @pytest.mark.parametrize("n,hidden,B", [(20, 40, 37), (256, 512, 128)])
-def test_fp32_emulated_products_within_twice_reference_error_triton(mode, n, hidden, B, monkeypatch):
+def test_fp32_emulated_products_within_twice_reference_error_triton(mode, n, hidden, B, monkeypatch, set_matmul_tf32):
     """The tensor-core emulations of a float32 product (written without a GPU): held to the rule every backend is,
     against cuBLAS's IEEE float32, at a small and a realistic depth of sum."""
     from fastgan.ops import denoiser_backends
 
+    emulation = mode.split("-")[1]
+    if torch.cuda.get_device_capability()[0] < 8 or emulation not in denoiser_backends._triton_dot_precisions():
+        pytest.skip(f"{emulation} needs sm_80 or newer and a triton offering it (refused there: "
+                    "tests/ops/test_denoiser_triton_gemms.py)")
     monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", mode)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert denoiser_backends.dot_precision(torch.empty(1, device="cuda")) == mode.split("-")[1]
+    set_matmul_tf32(False)
+    assert denoiser_backends.dot_precision(torch.empty(1, device="cuda")) == emulation
     _fp32_within_twice_reference_error("cuda", True, n, hidden, B)
 
 
