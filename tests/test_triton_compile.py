@@ -266,7 +266,7 @@ EMULATED_DOTS = ("tf32x3", "bf16x6")  # FASTGAN_DENOISER_TRITON_GEMM=tl.dot-<thi
 
 
 def _offered_emulations() -> tuple:
-    """The emulations this triton's tl.dot offers (triton 3.4's: tf32x3 only), as fastgan/ops/denoiser_backends.py
+    """The emulations this triton's tl.dot offers (3.4's and 3.5.1's: tf32x3 only), as fastgan/ops/denoiser_backends.py
     reads them: a mode it lacks is refused there, so it is not compiled here."""
     from fastgan.ops import denoiser_backends
 

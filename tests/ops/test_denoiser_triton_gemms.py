@@ -148,8 +148,8 @@ def test_an_emulated_product_is_asked_of_float32_on_sm80_and_newer(monkeypatch, 
 
 
 def test_this_triton_offers_both_emulations():
-    """triton 3.6 does (bf16x6 came after 3.4, whose tl.dot offers tf32, tf32x3 and ieee): a triton without one
-    skips, naming what it offers, and the mode is refused there (above)."""
+    """triton 3.6 does (3.4's and 3.5.1's tl.dot offer tf32, tf32x3 and ieee, read from their wheels): a triton
+    without one skips, naming what it offers, and the mode is refused there (above)."""
     from fastgan.ops import denoiser_backends as db
 
     offered = set(db._triton_dot_precisions())
