@@ -165,17 +165,22 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
 
 
 @triton.jit
+def corrupted(hv, ev, sigma, T: tl.constexpr):
+    """h + sigma * noise in the storage dtype T, sigma (a float64 scalar) rounded to float32 first below float64, as
+    torch.add(h, noise, alpha=sigma) and the C++ kernels take it; also the fused GEMMs' prologue
+    (kernels/denoiser_gemm.py)."""
+    if T == tl.float64:
+        return hv + sigma * ev
+    return (hv + tl.cast(sigma, tl.float32) * ev).to(T)
+
+
+@triton.jit
 def _corrupt_kernel(h_ptr, noise_ptr, out_ptr, sigma: tl.float64, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
     hv = tl.load(h_ptr + offs, mask=m, other=0.0)
     ev = tl.load(noise_ptr + offs, mask=m, other=0.0)
-    T = out_ptr.dtype.element_ty
-    if T == tl.float64:
-        a = hv + sigma * ev
-    else:  # sigma rounded to float32 first, as torch.add(h, noise, alpha=sigma) and the C++ kernels take it
-        a = (hv + tl.cast(sigma, tl.float32) * ev).to(T)
-    tl.store(out_ptr + offs, a, mask=m)
+    tl.store(out_ptr + offs, corrupted(hv, ev, sigma, out_ptr.dtype.element_ty), mask=m)
 
 
 def _col_blocks(B: int, N: int, device: torch.device):

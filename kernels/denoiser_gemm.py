@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .denoiser import corrupted
+
 # Kernel modes: constexpr globals (the only globals a kernel may read); launchers pass their .value.
 PRO_PLAIN, PRO_CORRUPT, PRO_BN = (tl.constexpr(v) for v in range(3))  # how a forward GEMM forms its left operand
 EPI_STORE, EPI_STATS, EPI_RECON, EPI_BIAS = (tl.constexpr(v) for v in range(4))  # what it does with its tile
@@ -146,12 +148,8 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
         am = rmask[:, None] & kmask[None, :]
         offs = rows[:, None] * K + ks[None, :]
         if PRO == PRO_CORRUPT:  # h + sigma * noise, torch's opmath
-            hv = tl.load(a_ptr + offs, mask=am, other=0.0)
-            ev = tl.load(noise_ptr + offs, mask=am, other=0.0)
-            if T == tl.float64:
-                a = hv + sigma * ev
-            else:
-                a = (hv + tl.cast(sigma, tl.float32) * ev).to(T)
+            a = corrupted(tl.load(a_ptr + offs, mask=am, other=0.0), tl.load(noise_ptr + offs, mask=am, other=0.0),
+                          sigma, T)
         elif PRO == PRO_BN:  # ReLU(BatchNorm(previous y))
             shift, invstd, mean, m2 = _bn_coeffs(ks, kmask, pmean_in, pm2_in, T_in, TILE_in, B, inv_b, K,
                                                  bias_in_ptr, rm_ptr, rv_ptr, eps, TRAINING)
