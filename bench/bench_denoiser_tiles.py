@@ -16,7 +16,7 @@ import torch
 
 from bench_graph_step import _capture, _replay_ms
 from bench_denoiser import _setup, loss_step
-from benchutil import device_label
+from benchutil import device_label, triton_gemm_mode
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the tile sweep needs a CUDA device")
 
@@ -41,11 +41,7 @@ def test_denoiser_tiles(benchmark, monkeypatch, impl, tiles, size):
     from fastgan.kernels import denoiser_gemm
 
     monkeypatch.setattr(denoiser_gemm, "TILES", tiles)
-    # the Triton backend's own GEMMs, whose tiles these are (its default runs torch's)
-    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", "tl.dot")
-    calls = []
-    real = denoiser_gemm.loss_forward
-    monkeypatch.setattr(denoiser_gemm, "loss_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = triton_gemm_mode(monkeypatch, "tl.dot")  # the Triton backend's own GEMMs, whose tiles these are
     n_h, depth, B = size
     den, net, h, noise = _setup("cuda", impl, n_h, depth, B)
 

@@ -22,7 +22,7 @@ from fastgan.ops import _dispatch
 
 from bench_denoiser import _setup as denoiser_setup, gemms_step, loss_step
 from bench_penalty_modes import _case, d_update_fn
-from benchutil import device_label
+from benchutil import device_label, triton_gemm_mode
 
 REPLAYS = 20
 _ms: dict = {}
@@ -115,16 +115,8 @@ def test_graphed_denoiser_loss(benchmark, monkeypatch, n_h, depth, B, impl):
     impl "gemms" replays only the GEMMs of the fused step (bench_denoiser.gemms_step)."""
     tl_dot = impl.startswith(TL_DOT)
     backend = "triton" if tl_dot else DENOISER_BACKEND.get(impl, impl)
-    tl_dot_calls = []
-    if tl_dot:  # for the whole test: whether the kernels read it at setup, warm-up or capture
-        monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", impl[len("triton-"):])
-        from fastgan.kernels import denoiser_gemm
-
-        # both Triton paths count as ("denoiser_loss", "triton"): this says the fused GEMMs are the ones captured,
-        # with the input precision the impl names (None: the kernels' own rule, IEEE or TF32 as allow_tf32 says)
-        real = denoiser_gemm.loss_forward
-        monkeypatch.setattr(denoiser_gemm, "loss_forward",
-                            lambda *a, **k: tl_dot_calls.append(k.get("precision")) or real(*a, **k))
+    # for the whole test: whether the kernels read the variable at setup, warm-up or capture
+    tl_dot_calls = triton_gemm_mode(monkeypatch, impl[len("triton-"):]) if tl_dot else []
     den, net, h, noise = denoiser_setup("cuda", backend, n_h, depth, B)
     if impl == "gemms":
         step = gemms_step(den, h)
