@@ -7,11 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+from .logistic import _js, _logistic
 
 
 @triton.jit
@@ -22,11 +18,6 @@ def _log1p(e):
     d = u - 1.0
     small = d == 0.0
     return tl.where(small, e, tl.log(u) * (e / tl.where(small, 1.0, d)))
-
-
-@triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit
@@ -41,19 +32,6 @@ def _coef(k, N, mu, MEAN: tl.constexpr):
 
 
 @triton.jit
-def _js(psi, REAL: tl.constexpr):
-    s = _sigmoid(psi)
-    q = _sigmoid(-psi)
-    if REAL:
-        w = q * q
-        dw = -2.0 * s * q * q
-    else:
-        w = s * s
-        dw = 2.0 * s * s * q
-    return w, dw
-
-
-@triton.jit
 def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexpr, REAL: tl.constexpr,
                   MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Loss terms of logits [k_start, k_end) of a side of N, summed; its JS weights stored when JS."""
@@ -62,10 +40,11 @@ def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexp
         k = k0 + tl.arange(0, BLOCK)
         m = k < k_end
         psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
-        if SIGN != 0:
-            total += tl.where(m, _coef(k, N, mu, MEAN) * _softplus(SIGN * psi), 0.0)
+        e, s, q = _logistic(psi)
+        if SIGN != 0:  # softplus(SIGN * psi), whose exp(-|SIGN * psi|) is e
+            total += tl.where(m, _coef(k, N, mu, MEAN) * (tl.maximum(SIGN * psi, 0.0) + _log1p(e)), 0.0)
         if JS:
-            w, dw = _js(psi, REAL)
+            w, dw = _js(s, q, REAL)
             tl.store(w_ptr + k, w, mask=m)
     return tl.sum(total, axis=0)
 
@@ -121,9 +100,10 @@ def _side_backward(l_ptr, gw_ptr, d_ptr, k, N, stride, mu, go, SIGN: tl.constexp
                    MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr):
     m = k < N
     psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
-    v = go * _coef(k, N, mu, MEAN) * (SIGN * _sigmoid(SIGN * psi))
+    e, s, q = _logistic(psi)
+    v = go * _coef(k, N, mu, MEAN) * (SIGN * (s if SIGN > 0 else q))  # SIGN * sigmoid(SIGN * psi)
     if JS:
-        w, dw = _js(psi, REAL)
+        w, dw = _js(s, q, REAL)
         v += tl.load(gw_ptr + k, mask=m, other=0.0).to(ACC) * dw
     tl.store(d_ptr + k, v, mask=m)
 

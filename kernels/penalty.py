@@ -7,25 +7,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .logistic import _js, _logistic
+
 ONE, JS_REAL, JS_FAKE = 0, 1, 2
 
 
 @triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@triton.jit
 def _weight_and_slope(psi, WEIGHT: tl.constexpr):
-    s = _sigmoid(psi)
-    q = _sigmoid(-psi)
-    if WEIGHT == 1:
-        w = q * q
-        dw = -2.0 * s * q * q
-    elif WEIGHT == 2:
-        w = s * s
-        dw = 2.0 * s * s * q
+    if WEIGHT == 1 or WEIGHT == 2:
+        e, s, q = _logistic(psi)
+        w, dw = _js(s, q, WEIGHT == 1)
     else:
         # not psi * 0 + 1: an infinite or NaN logit must not make R1/R2's constant weight NaN (CPU/CUDA give 1, 0)
         w = tl.full(psi.shape, 1.0, psi.dtype)

@@ -17,65 +17,175 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
   return a.mu != 0 ? *reinterpret_cast<const A*>(a.mu) : A(a.mu_value);
 }
 
-// Loss terms of logits [k0, k1) of one side (n logits), and its JS weights when w != nullptr. The forward looks
-// bound by its arithmetic (an estimate of its instructions per logit; an H200 measured 0.44-0.46 of a device copy's
-// bandwidth, unmeasured since the change below): the side's two coefficients are divided once (nt::half_coefs),
-// not per logit, and a logit's loss term and weight share one exponential (the values nt::coef, nt::term and
-// penalty::weight give apart, bit for bit). Each thread loads kUnroll logits before computing on any and adds its
-// terms in index order, so the sums are those of the plain loop.
-constexpr int kUnroll = 4;
+// The forward's rounds. The H200 measured the forward at 0.44-0.46 of a device copy's bandwidth while each thread
+// kept 4 scalar loads (16 bytes) in flight: at 6 blocks of 256 threads an SM then had at most 24 KB in flight, under
+// the ~30 KB that Little's law asks of an H200 (4.8 TB/s at ~800 ns, over 132 SMs), and less while the threads
+// computed; and it spent 89 instructions a logit (SASS, D loss with JS weights). In a round each thread now loads
+// kPacks packs of V = 16 / sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is
+// contiguous and aligned) before computing on them, and spends 61 instructions a logit (not timed on a GPU yet).
+// The side's two coefficients are divided once (nt::half_coefs), not per logit, and a logit's loss term and weight
+// share one exponential (the values nt::coef, nt::term and penalty::weight give apart, bit for bit). A thread adds
+// its terms in index order; which logits a thread owns does not depend on VEC, so the scalar variant (strided or
+// unaligned logits) gives the same sums bit for bit.
+constexpr int kPacks = 4;
+// Blocks an SM must hold, as many as ptxas allows without spilling on sm_75, 80 and 90 (tests/test_cuda_compile.py):
+// float's packed variant fits 64 registers (4 blocks of 256 threads; ptxas then issues 3 of a round's 4 loads
+// together, 48 KB in flight an SM, as 3 blocks at 77 registers with all 4), double's 80 (3 blocks, 48 KB); the
+// scalar variants spill at 80 in double.
+template <typename A, bool VEC>
+constexpr int forward_blocks_per_sm() { return VEC ? (sizeof(A) == 4 ? 4 : 3) : 2; }
 
-// Adds the term to s in place: returned through a select (0 for a side outside the loss), it kept nvcc from fusing
-// the multiply into the sum (a separate mul and add, rounding twice, where the plain loop had one fma).
-template <typename A>
-__device__ __forceinline__ void add_term(A& s, A psi, int64_t k, const nt::HalfCoefs<A>& c, int sign,
-                                         int weight_code, A* __restrict__ w) {
+// The term is added to s in place (a select returning it, 0 outside the loss, once kept nvcc from fusing the
+// multiply into the sum); returns the JS weight. IN_LOSS and WEIGHTS are the side's, fixed per call: as template
+// arguments they cost no test per logit.
+template <typename A, bool IN_LOSS, bool WEIGHTS>
+__device__ __forceinline__ A add_term(A& s, A psi, A coef, A sign, int weight_code) {
   const A e = fg_exp(psi < A(0) ? psi : -psi);  // exp(-|psi|), as softplus and the weight each compute it
-  if (w != nullptr) w[k] = penalty::weight_from<A>(weight_code, psi, e);
-  if (sign != 0) s += (k < c.n_clean ? c.clean : c.noisy) * nt::softplus_from<A>(A(sign) * psi, e);
+  if (IN_LOSS) s += coef * nt::softplus_from<A>(sign * psi, e);
+  return WEIGHTS ? penalty::weight_from<A>(weight_code, psi, e) : A(0);
 }
 
+// How many of the pack's logits [i0, i0 + V) lie in the clean half (a 32-bit test per logit, not a 64-bit one).
 template <typename A>
-__device__ A side_forward(const A* __restrict__ logits, int64_t k0, int64_t k1, int64_t n, int64_t stride, int sign,
-                          A mu, int reduction, int weight_code, A* __restrict__ w) {
-  const nt::HalfCoefs<A> c = nt::half_coefs<A>(n, mu, reduction);
-  A s = A(0);
-  const int64_t step = blockDim.x;
-  int64_t k = k0 + threadIdx.x;
-  for (; k + (kUnroll - 1) * step < k1; k += kUnroll * step) {
-    A psi[kUnroll];
+__device__ __forceinline__ int clean_in_pack(const nt::HalfCoefs<A>& c, int64_t i0) {
+  const int64_t r = c.n_clean - i0;
+  return r <= 0 ? 0 : (r >= Pack<A>::N ? Pack<A>::N : int(r));
+}
+
+// A pack's 16-byte store. NVVM turned 3 of a round's 4 pack copies (float4 stores too) into 4 scalar stores each,
+// not knowing w + i0 aligned: PTX's vector store says so.
+__device__ __forceinline__ void store_pack(float* p, const Pack<float>& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.v[0]), "f"(v.v[1]), "f"(v.v[2]),
+               "f"(v.v[3])
+               : "memory");
+#else
+  *reinterpret_cast<Pack<float>*>(p) = v;
+#endif
+}
+__device__ __forceinline__ void store_pack(double* p, const Pack<double>& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.v2.f64 [%0], {%1, %2};" ::"l"(p), "d"(v.v[0]), "d"(v.v[1]) : "memory");
+#else
+  *reinterpret_cast<Pack<double>*>(p) = v;
+#endif
+}
+
+// One round of packs of a thread: kPacks packs of V consecutive logits, pack p at base + p * span, all loaded before
+// any is computed on.
+template <typename A, bool VEC, bool IN_LOSS, bool WEIGHTS>
+__device__ __forceinline__ void full_round(A& s, const A* __restrict__ logits, int64_t base, int64_t span,
+                                           int64_t stride, A sign, const nt::HalfCoefs<A>& c, int weight_code,
+                                           A* __restrict__ w) {
+  using P = Pack<A>;
+  constexpr int V = P::N;
+  A psi[kPacks][V];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) psi[u] = logits[(k + u * step) * stride];
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t i0 = base + p * span;
+    if (VEC) {
+      const P pk = *reinterpret_cast<const P*>(logits + i0);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) add_term<A>(s, psi[u], k + u * step, c, sign, weight_code, w);
+      for (int j = 0; j < V; ++j) psi[p][j] = pk.v[j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) psi[p][j] = logits[(i0 + j) * stride];
+    }
   }
-  for (; k < k1; k += step) add_term<A>(s, logits[k * stride], k, c, sign, weight_code, w);
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t i0 = base + p * span;
+    const int clean = clean_in_pack<A>(c, i0);
+    P wp;
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      wp.v[j] = add_term<A, IN_LOSS, WEIGHTS>(s, psi[p][j], j < clean ? c.clean : c.noisy, sign, weight_code);
+    if (!WEIGHTS) continue;
+    if (VEC) {
+      store_pack(w + i0, wp);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) w[i0 + j] = wp.v[j];
+    }
+  }
+}
+
+// The side's (or chunk's) last round, where packs may reach past k1: only logits below k1 are read, summed and
+// weighted, a pack at a time (16 masked logits live at once spilled registers).
+template <typename A, bool IN_LOSS, bool WEIGHTS>
+__device__ __forceinline__ void last_round(A& s, const A* __restrict__ logits, int64_t base, int64_t span,
+                                           int64_t k1, int64_t stride, A sign, const nt::HalfCoefs<A>& c,
+                                           int weight_code, A* __restrict__ w) {
+  constexpr int V = Pack<A>::N;
+#pragma unroll 1
+  for (int p = 0; p < kPacks; ++p) {
+    const int64_t i0 = base + p * span;
+    A psi[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) psi[j] = i0 + j < k1 ? logits[(i0 + j) * stride] : A(0);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (i0 + j >= k1) break;
+      const A wt = add_term<A, IN_LOSS, WEIGHTS>(s, psi[j], i0 + j < c.n_clean ? c.clean : c.noisy, sign, weight_code);
+      if (WEIGHTS) w[i0 + j] = wt;
+    }
+  }
+}
+
+// VEC: stride 1, logits and w 16-byte aligned, k0 a multiple of V (launch_forward checks). The full rounds, then
+// the last one; a thread's logits are summed in index order either way.
+template <typename A, bool VEC, bool IN_LOSS, bool WEIGHTS>
+__device__ A side_loop(const A* __restrict__ logits, int64_t k0, int64_t k1, int64_t stride, A sign,
+                       const nt::HalfCoefs<A>& c, int weight_code, A* __restrict__ w) {
+  constexpr int V = Pack<A>::N;
+  const int64_t span = int64_t(blockDim.x) * V;  // logits of one round's pack p: V consecutive ones per thread
+  const int64_t round = kPacks * span;
+  const int64_t full_end = k0 + (k1 - k0) / round * round;
+  A s = A(0);
+  int64_t base = k0 + int64_t(threadIdx.x) * V;
+  for (; base < full_end; base += round)
+    full_round<A, VEC, IN_LOSS, WEIGHTS>(s, logits, base, span, stride, sign, c, weight_code, w);
+  if (base < k1) last_round<A, IN_LOSS, WEIGHTS>(s, logits, base, span, k1, stride, sign, c, weight_code, w);
   return s;
 }
 
-template <typename A>
-__global__ void __launch_bounds__(kThreads) forward_kernel(NtLossArgs a) {
+// Loss terms of logits [k0, k1) of one side of n, and its JS weights when w != nullptr. A side outside the loss
+// (G's real logits) without weights is not read: its sum is 0.
+template <typename A, bool VEC>
+__device__ A side_forward(const A* __restrict__ logits, int64_t k0, int64_t k1, int64_t n, int64_t stride, int sign,
+                          A mu, int reduction, int weight_code, A* __restrict__ w) {
+  const nt::HalfCoefs<A> c = nt::half_coefs<A>(n, mu, reduction);
+  if (sign == 0)
+    return w == nullptr ? A(0) : side_loop<A, VEC, false, true>(logits, k0, k1, stride, A(0), c, weight_code, w);
+  return w == nullptr ? side_loop<A, VEC, true, false>(logits, k0, k1, stride, A(sign), c, weight_code, w)
+                      : side_loop<A, VEC, true, true>(logits, k0, k1, stride, A(sign), c, weight_code, w);
+}
+
+template <typename A, bool VEC>
+__global__ void __launch_bounds__(kThreads, (forward_blocks_per_sm<A, VEC>())) forward_kernel(NtLossArgs a) {
   __shared__ A smem[kThreads / 32];
   const A mu = read_mu<A>(a);
   const A* lr = reinterpret_cast<const A*>(a.logits_real);
   const A* lf = reinterpret_cast<const A*>(a.logits_fake);
   A* wr = reinterpret_cast<A*>(a.w_real);
   A* wf = reinterpret_cast<A*>(a.w_fake);
-  A s;
-  if (a.partials == 0) {
-    s = side_forward<A>(lr, 0, a.n_real, a.n_real, a.s_real, nt::real_sign(a.kind), mu, a.reduction,
-                        penalty::kJsReal, wr);
-    s += side_forward<A>(lf, 0, a.n_fake, a.n_fake, a.s_fake, nt::fake_sign(a.kind), mu, a.reduction,
-                         penalty::kJsFake, wf);
-  } else {
-    // blocks [0, real_blocks) cover the real logits, the rest the fake ones
+  // One block: both sides whole. More: blocks [0, real_blocks) cover a chunk of the real logits each, the rest
+  // the fake ones. One call site in a loop, not one per side: each inlined copy cost registers.
+  int first = 0, last = 1;
+  int64_t k0 = 0;
+  if (a.partials != 0) {
     const int64_t real_blocks = (a.n_real + a.chunk - 1) / a.chunk;
-    const bool real = int64_t(blockIdx.x) < real_blocks;
-    const int64_t k0 = (real ? int64_t(blockIdx.x) : int64_t(blockIdx.x) - real_blocks) * a.chunk;
+    first = last = int64_t(blockIdx.x) < real_blocks ? 0 : 1;
+    k0 = (first == 0 ? int64_t(blockIdx.x) : int64_t(blockIdx.x) - real_blocks) * a.chunk;
+  }
+  A s = A(0);
+  for (int side = first; side <= last; ++side) {
+    const bool real = side == 0;
     const int64_t n = real ? a.n_real : a.n_fake;
-    s = side_forward<A>(real ? lr : lf, k0, k0 + a.chunk < n ? k0 + a.chunk : n, n, real ? a.s_real : a.s_fake,
-                        real ? nt::real_sign(a.kind) : nt::fake_sign(a.kind), mu, a.reduction,
-                        real ? penalty::kJsReal : penalty::kJsFake, real ? wr : wf);
+    const int64_t k1 = a.partials == 0 ? n : (k0 + a.chunk < n ? k0 + a.chunk : n);
+    s += side_forward<A, VEC>(real ? lr : lf, k0, k1, n, real ? a.s_real : a.s_fake,
+                              real ? nt::real_sign(a.kind) : nt::fake_sign(a.kind), mu, a.reduction,
+                              real ? penalty::kJsReal : penalty::kJsFake, real ? wr : wf);
   }
   s = group_sum<A, kThreads>(s, smem);
   if (threadIdx.x == 0) {
@@ -129,11 +239,24 @@ int64_t forward_blocks(const NtLossArgs& a) {
   return (a.n_real + a.chunk - 1) / a.chunk + (a.n_fake + a.chunk - 1) / a.chunk;
 }
 
+// Whether both sides can be read (and their weights written) in 16-byte packs: a side of n <= 1 logits has no
+// stride to speak of; a null pointer (no weights, an empty side) is aligned.
+template <typename A>
+bool can_vectorize(const NtLossArgs& a) {
+  const bool dense = (a.n_real <= 1 || a.s_real == 1) && (a.n_fake <= 1 || a.s_fake == 1);
+  const bool chunks = a.partials == 0 || a.chunk % Pack<A>::N == 0;
+  return dense && chunks && aligned16(a.logits_real) && aligned16(a.logits_fake) && aligned16(a.w_real) &&
+         aligned16(a.w_fake);
+}
+
 template <typename A>
 int launch_forward(const NtLossArgs& a, cudaStream_t st) {
   const int64_t blocks = forward_blocks(a);
   if (blocks < 1 || blocks > int64_t(0x7fffffff)) return static_cast<int>(cudaErrorInvalidValue);
-  forward_kernel<A><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);
+  if (can_vectorize<A>(a))
+    forward_kernel<A, true><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);
+  else
+    forward_kernel<A, false><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);
   if (a.partials != 0)
     sum_partials_kernel<A><<<1, kThreads, 0, st>>>(reinterpret_cast<const A*>(a.partials), blocks,
                                                    reinterpret_cast<A*>(a.loss));

@@ -10,6 +10,8 @@ block shows whichever of them writes first.
 The op-level test modules also run their CPU cases with backend="cuda" in the emulator (tests/conftest.py)."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -186,6 +188,72 @@ def test_nt_losses_one_and_two_pass(emulated, n_real, n_fake, loss, js):
         _close(a, b, torch.float64)
 
 
+def _forward_site(packed: bool) -> str:
+    """The launch site ("nt_losses.cu:line") of the forward's packed (16-byte loads) or scalar variant."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "nt_losses.cu").read_text()
+    lines = [i + 1 for i, line in enumerate(text.splitlines())
+             if f"forward_kernel<A, {'true' if packed else 'false'}><<<" in line]
+    assert len(lines) == 1, lines
+    return f"nt_losses.cu:{lines[0]}"
+
+
+def _nt_forward_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "packed":  # contiguous, 16-byte aligned
+        return padded(values)
+    if layout == "unaligned":  # contiguous, one element past an aligned address
+        return padded(values, offset=1)
+    wide = padded(torch.zeros(2 * values.numel(), dtype=values.dtype))  # stride 2
+    wide[::2] = values
+    return wide[::2]
+
+
+# one pass; two passes; sides (even: [clean; noisy]) that are no multiple of a float pack (4); a side shorter
+# than one round of packs
+@pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (9002, 4098), (2, 8194)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nt_losses_forward_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype):
+    """The forward reads contiguous aligned logits in 16-byte packs and others one at a time; a thread owns the
+    same logits either way, so loss and JS weights are equal bit for bit, and the cpu backend's to rounding."""
+    g = torch.Generator().manual_seed(n_real + n_fake)
+    vr = (3 * torch.randn(n_real, generator=g, dtype=torch.float64)).to(dtype)
+    vf = (3 * torch.randn(n_fake, generator=g, dtype=torch.float64)).to(dtype)
+    outs = {}
+    for layout in ("packed", "unaligned", "strided"):
+        emulated.emu_reset_launches()
+        outs[layout] = nt_losses(_nt_forward_layout(vr, layout), _nt_forward_layout(vf, layout), 0.3, loss="d",
+                                 js_weights=True, backend="cuda")
+        sites = {site for site, _ in emulated.emu_launches()}
+        assert _forward_site(layout == "packed") in sites and _forward_site(layout != "packed") not in sites, sites
+    for layout in ("unaligned", "strided"):
+        for a, b in zip(outs[layout], outs["packed"]):
+            assert torch.equal(a, b), layout
+    for a, b in zip(outs["packed"], nt_losses(vr, vf, 0.3, loss="d", js_weights=True, backend="cpu")):
+        _close(a, b, dtype)
+
+
+def test_nt_losses_forward_unaligned_weights_take_the_scalar_variant(emulated):
+    """JS weights are written in packs too: weights at an unaligned address (torch's allocator never gives one)
+    send the forward to the scalar variant, with the same values."""
+    module = importlib.import_module("fastgan.ops.nt_losses")  # fastgan.ops.nt_losses is also the function
+    vr, vf = torch.randn(5000, dtype=torch.float32), torch.randn(300, dtype=torch.float32)
+
+    def run(offset):
+        loss = torch.empty((), dtype=torch.float32)
+        wr, wf = padded(torch.zeros(5000), offset), padded(torch.zeros(300), offset)
+        emulated.emu_reset_launches()
+        module._fwd_cuda(vr, vf, None, 0.3, 0, 0, loss, wr, wf)
+        return {site for site, _ in emulated.emu_launches()}, (loss, wr, wf)
+
+    sites, want = run(0)
+    assert _forward_site(True) in sites, sites
+    sites, got = run(1)
+    assert _forward_site(False) in sites and _forward_site(True) not in sites, sites
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- BatchNorm passes of the closed form
 
 @pytest.mark.parametrize("shape", [(6, 5, 7), (2, 3, 20, 20), (3, 130, 2)], ids=["C5", "C3-S400", "C130"])
@@ -267,6 +335,7 @@ def test_every_kernel_launch_site_runs(emulated):
         sum(o.sum() for o in nt_losses(a, b, 0.3, loss="d", js_weights=True, backend="cuda")).backward()
         a32, b32 = a.detach().float().requires_grad_(True), b.detach().float().requires_grad_(True)
         nt_losses(a32, b32, 0.3, loss="g", backend="cuda").backward()
+        nt_losses(a.detach()[::5], b.detach()[::5], 0.3, loss="d", backend="cuda")  # the forward's scalar variant
     test_bn_closed_form_passes(emulated, (2, 3, 4), True)
     for training in (True, False):
         for dtype in (torch.float32, torch.float64):

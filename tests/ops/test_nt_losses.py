@@ -377,6 +377,30 @@ def test_cuda_matches_reference(backend, loss, js, n):
         assert_close_to_oracle(a, b, c, name=f"{backend}-{loss}")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+def test_cuda_forward_gives_the_same_bits_for_any_layout(dtype, loss, js):
+    """The CUDA forward reads contiguous aligned logits in 16-byte packs, others one at a time, each thread owning
+    the same logits (csrc/cuda/nt_losses.cu): loss and JS weights are equal bit for bit (the emulator checks it on
+    CPU, tests/ops/test_cuda_emulated.py; this checks what nvcc made of it)."""
+    n = 3 * 4096 + 10  # two passes, a chunk tail that is no multiple of a pack
+    lr, lf = (t.to("cuda", dtype) for t in _logits(n, n))
+    outs = []
+    for layout in ("packed", "unaligned", "strided"):
+        if layout == "packed":
+            a, b = lr, lf
+        elif layout == "unaligned":
+            a, b = (torch.cat([t.new_zeros(1), t])[1:] for t in (lr, lf))
+        else:
+            a, b = (torch.stack([t, t], 1)[:, 0] for t in (lr, lf))
+        out = nt_losses(a, b, 0.3, loss=loss, js_weights=js, backend="cuda")
+        outs.append(list(out) if js else [out])
+    for other in outs[1:]:
+        for x, y in zip(other, outs[0]):
+            assert torch.equal(x, y)
+
+
 # ------------------------------------------------------------------ a user's training loop
 
 class Gen(nn.Module):

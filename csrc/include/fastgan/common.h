@@ -17,6 +17,20 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 FG_HD float fg_exp(float x) { return expf(x); }
 FG_HD double fg_exp(double x) { return exp(x); }
 
+// 1 / x for x in [1, 2] (1 + exp(-|psi|)), rounded as IEEE division rounds it. On a GPU in float: the sequence nvcc
+// emits for 1.0f / x, a reciprocal estimate and one Newton step with fmas, without the range test and branch to its
+// slow path, which only tiny, huge and special x take (NaN still gives NaN); 7 fewer instructions a logit.
+FG_HD float fg_recip_1_2(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return fmaf(r, -fmaf(x, r, -1.0f), r);
+#else
+  return 1.0f / x;
+#endif
+}
+FG_HD double fg_recip_1_2(double x) { return 1.0 / x; }
+
 // Overflow-free logistic: never evaluates exp of a large positive number.
 template <typename A>
 FG_HD A sigmoid(A x) {

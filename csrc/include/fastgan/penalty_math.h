@@ -21,7 +21,7 @@ FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
     *dw = A(0);
     return;
   }
-  A r = A(1) / (A(1) + e);
+  A r = fg_recip_1_2(A(1) + e);
   A s = psi >= A(0) ? r : e * r;  // sigmoid(psi)
   A q = psi >= A(0) ? e * r : r;  // sigmoid(-psi)
   if (code == kJsReal) {

@@ -1,0 +1,28 @@
+"""The logistic pieces of the JS weights, shared by the Triton kernels of the penalty (kernels/penalty.py) and of the
+NTGAN losses (kernels/nt_losses.py); the math mirrors csrc/include/fastgan/penalty_math.h."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logistic(psi):
+    """e = exp(-|psi|), sigmoid(psi) and sigmoid(-psi), from one exponential and one division (csrc's
+    penalty::weight_and_slope_from likewise; nt_losses' softplus takes the same e). Where each sigmoid took its own,
+    nt_losses' forward spent three exponentials and three divisions a logit."""
+    e = tl.exp(-tl.abs(psi))
+    r = 1.0 / (1.0 + e)
+    er = e * r
+    pos = psi >= 0
+    return e, tl.where(pos, r, er), tl.where(pos, er, r)
+
+
+@triton.jit
+def _js(s, q, REAL: tl.constexpr):
+    """The JS weight and its slope from s = sigmoid(psi), q = sigmoid(-psi)."""
+    if REAL:
+        w = q * q
+        dw = -2.0 * s * q * q
+    else:
+        w = s * s
+        dw = 2.0 * s * s * q
+    return w, dw

@@ -1,0 +1,81 @@
+"""What ptxas makes of csrc/cuda/nt_losses.cu's forward for each architecture the build targets (sm_75, 80, 90),
+without a GPU: the occupancy its __launch_bounds__ ask for is met without spilling, and the packed variant reads and
+writes in 16-byte accesses. The forward's speed rests on both (each thread keeps 64 bytes of logits in flight,
+csrc/cuda/nt_losses.cu); a change of the code or of nvcc that loses either shows here, not only on a GPU."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "csrc" / "cuda" / "nt_losses.cu"
+REGISTERS_PER_SM = 65536
+THREADS = 256  # kThreads
+# (accumulation type as mangled, packed) -> blocks an SM must hold (forward_blocks_per_sm in the source)
+BLOCKS = {("f", True): 4, ("d", True): 3, ("f", False): 2, ("d", False): 2}
+
+
+def _nvcc() -> str:
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc is None:
+        pytest.skip("no nvcc on this machine: the CUDA kernels are not built here")
+    return nvcc
+
+
+def _cuobjdump() -> str:
+    from triton.backends.nvidia import compiler  # triton bundles NVIDIA's binary tools (CI installs triton)
+
+    path = Path(compiler.__file__).parent / "bin" / "cuobjdump"
+    assert path.is_file(), path
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["75", "80", "90"])
+def compiled(request, tmp_path_factory):
+    arch = request.param
+    cubin = tmp_path_factory.mktemp(f"sm{arch}") / "nt_losses.cubin"
+    run = subprocess.run([_nvcc(), "-std=c++17", "-O3", f"-arch=sm_{arch}", f"-I{ROOT / 'csrc' / 'include'}",
+                          "-Xptxas", "-v", "-cubin", "-o", str(cubin), str(SOURCE)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return arch, cubin, run.stderr
+
+
+def _forward_kernels(ptxas_log: str) -> dict:
+    """{(type, packed): (registers, spill bytes)} of the forward kernels, from ptxas -v."""
+    out = {}
+    for m in re.finditer(r"Compiling entry function '(\S+)'.*?\n(.*?)Used (\d+) registers", ptxas_log, re.S):
+        k = re.search(r"forward_kernelI([fd])Lb([01])E", m.group(1))
+        if k:
+            spill = sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", m.group(2)))
+            out[(k.group(1), k.group(2) == "1")] = (int(m.group(3)), spill)
+    return out
+
+
+def test_forward_holds_its_blocks_without_spilling(compiled):
+    arch, _, log = compiled
+    kernels = _forward_kernels(log)
+    assert set(kernels) == set(BLOCKS), log[-2000:]
+    for key, (registers, spill) in kernels.items():
+        assert spill == 0, (arch, key, spill)
+        assert REGISTERS_PER_SM // (registers * THREADS) >= BLOCKS[key], (arch, key, registers)
+
+
+def test_packed_forward_moves_16_byte_packs(compiled):
+    arch, cubin, _ = compiled
+    sass = subprocess.run([_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    functions = re.split(r"\n\s*Function : ", sass)
+    for acc in ("f", "d"):
+        for packed in (True, False):
+            body = [f for f in functions if re.match(rf"\S*forward_kernelI{acc}Lb{int(packed)}E", f)]
+            assert len(body) == 1, (arch, acc, packed)
+            loads = len(re.findall(r"\bLDG\.E\.128\b", body[0]))
+            stores = len(re.findall(r"\bSTG\.E\.128\b", body[0]))
+            if packed:  # a round's kPacks = 4 packs of logits read, and of JS weights written, 16 bytes at a time
+                assert loads >= 4 and stores >= 4, (arch, acc, loads, stores)
+            else:
+                assert loads == stores == 0, (arch, acc, loads, stores)
