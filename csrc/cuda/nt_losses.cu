@@ -20,13 +20,14 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
 // The forward's rounds. The H200 measured the forward at 0.44-0.46 of a device copy's bandwidth while each thread
 // kept 4 scalar loads (16 bytes) in flight: at 6 blocks of 256 threads an SM then had at most 24 KB in flight, under
 // the ~30 KB that Little's law asks of an H200 (4.8 TB/s at ~800 ns, over 132 SMs), and less while the threads
-// computed; and it spent 89 instructions a logit (SASS, D loss with JS weights). In a round each thread now loads
-// kPacks packs of V = 16 / sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is
-// contiguous and aligned) before computing on them, and spends 61 instructions a logit (not timed on a GPU yet).
-// The side's two coefficients are divided once (nt::half_coefs), not per logit, and a logit's loss term and weight
-// share one exponential (the values nt::coef, nt::term and penalty::weight give apart, bit for bit). A thread adds
-// its terms in index order; which logits a thread owns does not depend on VEC, so the scalar variant (strided or
-// unaligned logits) gives the same sums bit for bit.
+// computed. Its loop then spent 88 instructions a logit (SASS, sm_90, D loss with JS weights, once one exponential
+// served the term and the weight; more when measured). In a round each thread now loads kPacks packs of V = 16 /
+// sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is contiguous and aligned) before
+// computing on them, and its loop spends 61 (not timed on a GPU yet). The side's two coefficients are divided once
+// (nt::half_coefs), not per logit, and a logit's loss term and weight share one exponential (the values nt::coef,
+// nt::term and penalty::weight give apart, bit for bit). A thread adds its terms in index order; which logits a
+// thread owns does not depend on VEC, so the scalar variant (strided or unaligned logits) gives the same sums bit
+// for bit.
 constexpr int kPacks = 4;
 // Blocks an SM must hold, as many as ptxas allows without spilling on sm_75, 80 and 90 (tests/test_cuda_compile.py):
 // float's packed variant fits 64 registers (4 blocks of 256 threads; ptxas then issues 3 of a round's 4 loads

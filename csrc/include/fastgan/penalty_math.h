@@ -12,16 +12,15 @@ namespace penalty {
 enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
 
 // w(psi) and dw/dpsi. sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) come from one exp(-|psi|):
-// no overflow, and no cancellation in 1 - sigmoid for large psi.
-// weight_and_slope_from takes e = exp(-|psi|) from a caller that needs the same exponential (nt_losses' forward).
+// no overflow, and no cancellation in 1 - sigmoid for large psi. weight_and_slope_recip takes e = exp(-|psi|) and
+// r = 1 / (1 + e) from its caller; weight_and_slope_from e only.
 template <typename A>
-FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
+FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
   if (code != kJsReal && code != kJsFake) {
     *w = A(1);
     *dw = A(0);
     return;
   }
-  A r = fg_recip_1_2(A(1) + e);
   A s = psi >= A(0) ? r : e * r;  // sigmoid(psi)
   A q = psi >= A(0) ? e * r : r;  // sigmoid(-psi)
   if (code == kJsReal) {
@@ -34,6 +33,11 @@ FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
 }
 
 template <typename A>
+FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
+  weight_and_slope_recip(code, psi, e, A(1) / (A(1) + e), w, dw);
+}
+
+template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
   if (code != kJsReal && code != kJsFake) {
     *w = A(1);
@@ -43,10 +47,12 @@ FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
   weight_and_slope_from(code, psi, fg_exp(psi >= A(0) ? -psi : psi), w, dw);
 }
 
+// The weight from e = exp(-|psi|), per logit in nt_losses' CUDA forward: its 1 / (1 + e) is fg_recip_1_2, the
+// same value as the division without its branch (the penalty's kernels, once per row, keep the division).
 template <typename A>
 FG_HD A weight_from(int code, A psi, A e) {
   A w, dw;
-  weight_and_slope_from(code, psi, e, &w, &dw);
+  weight_and_slope_recip(code, psi, e, fg_recip_1_2(A(1) + e), &w, &dw);
   return w;
 }
 
