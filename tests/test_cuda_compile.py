@@ -4,6 +4,7 @@ writes in 16-byte accesses. The forward's speed rests on both (each thread keeps
 csrc/cuda/nt_losses.cu); a change of the code or of nvcc that loses either shows here, not only on a GPU."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -63,6 +64,26 @@ def test_forward_holds_its_blocks_without_spilling(compiled):
     for key, (registers, spill) in kernels.items():
         assert spill == 0, (arch, key, spill)
         assert REGISTERS_PER_SM // (registers * THREADS) >= BLOCKS[key], (arch, key, registers)
+
+
+def _sass_loops():
+    spec = importlib.util.spec_from_file_location("fastgan_sass_loops", ROOT / "tools" / "sass_loops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_packed_forward_loop_instructions_per_logit():
+    """The float forward's full-round loop in the D loss with JS weights (the bandwidth row's case: the largest of
+    the rounds with 16 exponentials, one a logit, and 4 packed loads) takes at most 64 instructions a logit on
+    sm_90 (61 when written; 88 before, tools/sass_loops.py): the arithmetic bounds this forward as much as the
+    traffic, so a change of the code or of nvcc that costs instructions there shows here."""
+    _nvcc()
+    tool = _sass_loops()
+    loops = tool.loops(tool.function(tool.sass(SOURCE, 90), r"forward_kernelIfLb1E"))
+    rounds = [lp for lp in loops if lp["ex2"] == 16 and lp["ldg128"] == 4]
+    assert len(rounds) == 3, loops  # the loss with weights, the loss alone, the weights alone
+    assert max(lp["per_ex2"] for lp in rounds) <= 64, rounds
 
 
 def test_packed_forward_moves_16_byte_packs(compiled):
