@@ -107,6 +107,18 @@ def test_nt_losses(benchmark, backend):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_nt_losses_backward(benchmark, backend):
+    n = 1 << 24
+    lr = torch.randn(n, device="cuda", requires_grad=True)
+    lf = torch.randn(n, device="cuda", requires_grad=True)
+    out = nt_losses(lr, lf, torch.rand((), device="cuda"), js_weights=True, backend=backend)
+    ups = (torch.ones((), device="cuda"), torch.randn(n, device="cuda"), torch.randn(n, device="cuda"))
+    # read 2 n logits and 2 n weights' gradients, write 2 n logits' gradients
+    _record(benchmark, lambda: torch.autograd.grad(out, (lr, lf), ups, retain_graph=True), 6 * n * 4,
+            op="nt_losses_backward", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_nt_losses_graphed(benchmark, backend):
     """test_nt_losses replayed from a CUDA graph: the same kernels without the op's host work. The op's Python (checks,
     dispatch, allocation) costs ~90 us a call on the 2-core CI machine; do_bench's events include the part of it

@@ -44,7 +44,7 @@ PENALTY_CASES = [("MLP", 512), ("DCGAN32", 64), ("DCGAN32", 256)]
 PENALTY_FAMILY = {"mlp_tanh": "MLP", "mlp_leaky": "MLP", "dcgan32": "DCGAN32", "dcgan32_b256": "DCGAN32"}
 PENALTY_MODES = ("double_backward", "jvp", "mlp")
 DENOISER_GRID = [(n_h, depth, B) for n_h in (512, 2048) for depth in (3, 6) for B in (64, 512)]
-BANDWIDTH_OPS = ("noisy_clean_batch", "noisy_clean_batch_backward", "nt_losses")
+BANDWIDTH_OPS = ("noisy_clean_batch", "noisy_clean_batch_backward", "nt_losses", "nt_losses_backward")
 
 
 def runs(doc) -> list[dict]:

@@ -1,6 +1,6 @@
-"""What ptxas makes of csrc/cuda/nt_losses.cu's forward for each architecture the build targets (sm_75, 80, 90),
-without a GPU: the occupancy its __launch_bounds__ ask for is met without spilling, and the packed variant reads and
-writes in 16-byte accesses. The forward's speed rests on both (each thread keeps 64 bytes of logits in flight,
+"""What ptxas makes of csrc/cuda/nt_losses.cu's forward and backward for each architecture the build targets (sm_75, 80, 90),
+without a GPU: the occupancy their __launch_bounds__ ask for is met without spilling, and the packed variants read
+and write in 16-byte accesses. Their speed rests on both (each thread keeps 64 bytes of logits in flight,
 csrc/cuda/nt_losses.cu); a change of the code or of nvcc that loses either shows here, not only on a GPU."""
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "cuda" / "nt_losses.cu"
 REGISTERS_PER_SM = 65536
 THREADS = 256  # kThreads
-# (accumulation type as mangled, packed) -> blocks an SM must hold (forward_blocks_per_sm in the source)
+# (accumulation type as mangled, packed) -> blocks an SM must hold (forward_blocks_per_sm in the source, the
+# backward's too)
 BLOCKS = {("f", True): 4, ("d", True): 3, ("f", False): 2, ("d", False): 2}
 
 
@@ -46,24 +47,25 @@ def compiled(request, tmp_path_factory):
     return arch, cubin, run.stderr
 
 
-def _forward_kernels(ptxas_log: str) -> dict:
-    """{(type, packed): (registers, spill bytes)} of the forward kernels, from ptxas -v."""
+def _kernels(ptxas_log: str, kernel: str) -> dict:
+    """{(type, packed): (registers, spill bytes)} of the forward or backward kernels, from ptxas -v."""
     out = {}
     for m in re.finditer(r"Compiling entry function '(\S+)'.*?\n(.*?)Used (\d+) registers", ptxas_log, re.S):
-        k = re.search(r"forward_kernelI([fd])Lb([01])E", m.group(1))
+        k = re.search(rf"{kernel}_kernelI([fd])Lb([01])E", m.group(1))
         if k:
             spill = sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", m.group(2)))
             out[(k.group(1), k.group(2) == "1")] = (int(m.group(3)), spill)
     return out
 
 
-def test_forward_holds_its_blocks_without_spilling(compiled):
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_kernels_hold_their_blocks_without_spilling(compiled, kernel):
     arch, _, log = compiled
-    kernels = _forward_kernels(log)
+    kernels = _kernels(log, kernel)
     assert set(kernels) == set(BLOCKS), log[-2000:]
     for key, (registers, spill) in kernels.items():
-        assert spill == 0, (arch, key, spill)
-        assert REGISTERS_PER_SM // (registers * THREADS) >= BLOCKS[key], (arch, key, registers)
+        assert spill == 0, (arch, kernel, key, spill)
+        assert REGISTERS_PER_SM // (registers * THREADS) >= BLOCKS[key], (arch, kernel, key, registers)
 
 
 def _sass_loops():
@@ -86,17 +88,20 @@ def test_packed_forward_loop_instructions_per_logit():
     assert max(lp["per_ex2"] for lp in rounds) <= 64, rounds
 
 
-def test_packed_forward_moves_16_byte_packs(compiled):
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_packed_kernels_move_16_byte_packs(compiled, kernel):
     arch, cubin, _ = compiled
     sass = subprocess.run([_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
     functions = re.split(r"\n\s*Function : ", sass)
     for acc in ("f", "d"):
         for packed in (True, False):
-            body = [f for f in functions if re.match(rf"\S*forward_kernelI{acc}Lb{int(packed)}E", f)]
+            body = [f for f in functions if re.match(rf"\S*{kernel}_kernelI{acc}Lb{int(packed)}E", f)]
             assert len(body) == 1, (arch, acc, packed)
             loads = len(re.findall(r"\bLDG\.E\.128\b", body[0]))
             stores = len(re.findall(r"\bSTG\.E\.128\b", body[0]))
-            if packed:  # a round's kPacks = 4 packs of logits read, and of JS weights written, 16 bytes at a time
-                assert loads >= 4 and stores >= 4, (arch, acc, loads, stores)
+            # a round's kPacks = 4 packs of logits read, and of JS weights (forward) or gradients (backward) written,
+            # 16 bytes at a time
+            if packed:
+                assert loads >= 4 and stores >= 4, (arch, kernel, acc, loads, stores)
             else:
-                assert loads == stores == 0, (arch, acc, loads, stores)
+                assert loads == stores == 0, (arch, kernel, acc, loads, stores)

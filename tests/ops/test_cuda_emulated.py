@@ -188,15 +188,20 @@ def test_nt_losses_one_and_two_pass(emulated, n_real, n_fake, loss, js):
         _close(a, b, torch.float64)
 
 
-def _forward_site(packed: bool) -> str:
-    """The launch site ("nt_losses.cu:line") of the forward's packed (16-byte loads) or scalar variant."""
+def _nt_site(kernel: str, packed: bool) -> str:
+    """The launch site ("nt_losses.cu:line") of the forward's or backward's packed (16-byte accesses) or scalar
+    variant."""
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "nt_losses.cu").read_text()
     lines = [i + 1 for i, line in enumerate(text.splitlines())
-             if f"forward_kernel<A, {'true' if packed else 'false'}><<<" in line]
+             if f"{kernel}_kernel<A, {'true' if packed else 'false'}><<<" in line]
     assert len(lines) == 1, lines
     return f"nt_losses.cu:{lines[0]}"
+
+
+def _forward_site(packed: bool) -> str:
+    return _nt_site("forward", packed)
 
 
 def _nt_forward_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
@@ -213,23 +218,33 @@ def _nt_forward_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
 # than one round of packs
 @pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (9002, 4098), (2, 8194)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nt_losses_forward_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype):
-    """The forward reads contiguous aligned logits in 16-byte packs and others one at a time; a thread owns the
-    same logits either way, so loss and JS weights are equal bit for bit, and the cpu backend's to rounding."""
+def test_nt_losses_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype):
+    """The forward and backward read contiguous aligned logits in 16-byte packs and others one at a time; a thread
+    owns the same logits either way, so loss, JS weights and gradients are equal bit for bit, and the cpu backend's
+    to rounding."""
     g = torch.Generator().manual_seed(n_real + n_fake)
     vr = (3 * torch.randn(n_real, generator=g, dtype=torch.float64)).to(dtype)
     vf = (3 * torch.randn(n_fake, generator=g, dtype=torch.float64)).to(dtype)
+    up = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) for n in (n_real, n_fake)]
+
+    def run(a, b, backend):
+        a, b = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        loss, wr, wf = nt_losses(a, b, 0.3, loss="d", js_weights=True, backend=backend)
+        grads = torch.autograd.grad(0.7 * loss + (wr * up[0]).sum() + (wf * up[1]).sum(), (a, b))
+        return [loss, wr, wf, *grads]
+
     outs = {}
     for layout in ("packed", "unaligned", "strided"):
         emulated.emu_reset_launches()
-        outs[layout] = nt_losses(_nt_forward_layout(vr, layout), _nt_forward_layout(vf, layout), 0.3, loss="d",
-                                 js_weights=True, backend="cuda")
+        outs[layout] = run(_nt_forward_layout(vr, layout), _nt_forward_layout(vf, layout), "cuda")
         sites = {site for site, _ in emulated.emu_launches()}
-        assert _forward_site(layout == "packed") in sites and _forward_site(layout != "packed") not in sites, sites
+        for kernel in ("forward", "backward"):
+            packed = layout == "packed"
+            assert _nt_site(kernel, packed) in sites and _nt_site(kernel, not packed) not in sites, (kernel, sites)
     for layout in ("unaligned", "strided"):
         for a, b in zip(outs[layout], outs["packed"]):
             assert torch.equal(a, b), layout
-    for a, b in zip(outs["packed"], nt_losses(vr, vf, 0.3, loss="d", js_weights=True, backend="cpu")):
+    for a, b in zip(outs["packed"], run(vr, vf, "cpu")):
         _close(a, b, dtype)
 
 
@@ -335,7 +350,9 @@ def test_every_kernel_launch_site_runs(emulated):
         sum(o.sum() for o in nt_losses(a, b, 0.3, loss="d", js_weights=True, backend="cuda")).backward()
         a32, b32 = a.detach().float().requires_grad_(True), b.detach().float().requires_grad_(True)
         nt_losses(a32, b32, 0.3, loss="g", backend="cuda").backward()
-        nt_losses(a.detach()[::5], b.detach()[::5], 0.3, loss="d", backend="cuda")  # the forward's scalar variant
+        # the scalar variants (strided logits)
+        a5, b5 = a.detach()[::5].requires_grad_(True), b.detach()[::5].requires_grad_(True)
+        nt_losses(a5, b5, 0.3, loss="d", backend="cuda").backward()
     test_bn_closed_form_passes(emulated, (2, 3, 4), True)
     for training in (True, False):
         for dtype in (torch.float32, torch.float64):

@@ -380,22 +380,27 @@ def test_cuda_matches_reference(backend, loss, js, n):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
-def test_cuda_forward_gives_the_same_bits_for_any_layout(dtype, loss, js):
-    """The CUDA forward reads contiguous aligned logits in 16-byte packs, others one at a time, each thread owning
-    the same logits (csrc/cuda/nt_losses.cu): loss and JS weights are equal bit for bit (the emulator checks it on
-    CPU, tests/ops/test_cuda_emulated.py; this checks what nvcc made of it)."""
+def test_cuda_kernels_give_the_same_bits_for_any_layout(dtype, loss, js):
+    """The CUDA forward and backward read contiguous aligned logits in 16-byte packs, others one at a time, each
+    thread owning the same logits (csrc/cuda/nt_losses.cu): loss, JS weights and gradients are equal bit for bit
+    (the emulator checks it on CPU, tests/ops/test_cuda_emulated.py; this checks what nvcc made of it)."""
     n = 3 * 4096 + 10  # two passes, a chunk tail that is no multiple of a pack
     lr, lf = (t.to("cuda", dtype) for t in _logits(n, n))
+    up = [torch.randn(n, device="cuda", dtype=dtype) for _ in range(2)]
     outs = []
     for layout in ("packed", "unaligned", "strided"):
         if layout == "packed":
-            a, b = lr, lf
+            a, b = lr.clone(), lf.clone()
         elif layout == "unaligned":
             a, b = (torch.cat([t.new_zeros(1), t])[1:] for t in (lr, lf))
         else:
             a, b = (torch.stack([t, t], 1)[:, 0] for t in (lr, lf))
+        a.requires_grad_(True)
+        b.requires_grad_(True)
         out = nt_losses(a, b, 0.3, loss=loss, js_weights=js, backend="cuda")
-        outs.append(list(out) if js else [out])
+        out = list(out) if js else [out]
+        total = 0.7 * out[0] + (sum((w * u).sum() for w, u in zip(out[1:], up)) if js else 0)
+        outs.append(out + list(torch.autograd.grad(total, (a, b) if loss == "d" else (b,))))
     for other in outs[1:]:
         for x, y in zip(other, outs[0]):
             assert torch.equal(x, y)
