@@ -42,21 +42,23 @@ def sass(source: Path, arch: int) -> str:
 
 
 def function(sass_text: str, pattern: str) -> list[str]:
-    """The instructions (NOPs left out) of the one kernel whose mangled name matches pattern."""
+    """The instructions (NOPs included: a branch may land on one) of the one kernel whose mangled name matches
+    pattern."""
     bodies = [f for f in re.split(r"\n\s*Function : ", sass_text)[1:] if re.search(pattern, f.split()[0])]
     if len(bodies) != 1:
         raise ValueError(f"{len(bodies)} kernels match {pattern!r}")
-    return [line for line in bodies[0].splitlines() if _ADDR.search(line) and "NOP" not in line]
+    return [line for line in bodies[0].splitlines() if _ADDR.search(line)]
 
 
 def loops(instructions: list[str]) -> list[dict]:
-    """Each backward branch's loop: its first and last instruction, size, exponentials, and size per exponential."""
+    """Each backward branch's loop: its first and last instruction, size (NOPs not counted), exponentials, and size
+    per exponential."""
     index = {int(_ADDR.search(line).group(1), 16): i for i, line in enumerate(instructions)}
     out = []
     for i, line in enumerate(instructions):
         m = re.search(r"\bBRA (0x[0-9a-f]+)", line)
         if m and int(m.group(1), 16) < int(_ADDR.search(line).group(1), 16):
-            body = instructions[index[int(m.group(1), 16)]:i + 1]
+            body = [b for b in instructions[index[int(m.group(1), 16)]:i + 1] if "NOP" not in b]
             ex2 = sum("MUFU.EX2" in b for b in body)
             out.append({"first": index[int(m.group(1), 16)], "last": i, "instructions": len(body), "ex2": ex2,
                         "per_ex2": len(body) / ex2 if ex2 else None,

@@ -23,7 +23,7 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
 // computed. Its loop then spent 88 instructions a logit (SASS, sm_90, D loss with JS weights, once one exponential
 // served the term and the weight; more when measured). In a round each thread now loads kPacks packs of V = 16 /
 // sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is contiguous and aligned) before
-// computing on them, and its loop spends 61 (not timed on a GPU yet). The side's two coefficients are divided once
+// computing on them, and its loop spends 62 (not timed on a GPU yet). The side's two coefficients are divided once
 // (nt::half_coefs), not per logit, and a logit's loss term and weight share one exponential (the values nt::coef,
 // nt::term and penalty::weight give apart, bit for bit). A thread adds its terms in index order; which logits a
 // thread owns does not depend on VEC, so the scalar variant (strided or unaligned logits) gives the same sums bit
@@ -57,7 +57,8 @@ __device__ __forceinline__ int clean_in_pack(const nt::HalfCoefs<A>& c, int64_t 
 // not knowing w + i0 aligned: PTX's vector store says so.
 __device__ __forceinline__ void store_pack(float* p, const Pack<float>& v) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.v[0]), "f"(v.v[1]), "f"(v.v[2]),
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "f"(v.v[0]),
+               "f"(v.v[1]), "f"(v.v[2]),
                "f"(v.v[3])
                : "memory");
 #else
@@ -66,20 +67,22 @@ __device__ __forceinline__ void store_pack(float* p, const Pack<float>& v) {
 }
 __device__ __forceinline__ void store_pack(double* p, const Pack<double>& v) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("st.global.v2.f64 [%0], {%1, %2};" ::"l"(p), "d"(v.v[0]), "d"(v.v[1]) : "memory");
+  asm volatile("st.global.v2.f64 [%0], {%1, %2};" ::"l"(__cvta_generic_to_global(p)), "d"(v.v[0]), "d"(v.v[1])
+               : "memory");
 #else
   *reinterpret_cast<Pack<double>*>(p) = v;
 #endif
 }
 
-// A pack's 16-byte load through the read-only path, for the backward: there nvcc lost that its pointers are global
-// (generic LD.E.128) where the forward's loads were global ones.
+// A pack's 16-byte load through the read-only (non-coherent) path, for the backward: there nvcc lost that its
+// pointers are global (generic LD.E.128) where the forward's loads were global ones. Read-only is the backward's
+// contract: logits and gw are not written while it runs, d (fresh from the caller) aliases neither (noise_args.h).
 __device__ __forceinline__ Pack<float> load_pack(const float* p) {
   Pack<float> v;
 #if defined(__CUDA_ARCH__)
   asm("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];"
       : "=f"(v.v[0]), "=f"(v.v[1]), "=f"(v.v[2]), "=f"(v.v[3])
-      : "l"(p));
+      : "l"(__cvta_generic_to_global(p)));
 #else
   v = *reinterpret_cast<const Pack<float>*>(p);
 #endif
@@ -88,7 +91,7 @@ __device__ __forceinline__ Pack<float> load_pack(const float* p) {
 __device__ __forceinline__ Pack<double> load_pack(const double* p) {
   Pack<double> v;
 #if defined(__CUDA_ARCH__)
-  asm("ld.global.nc.v2.f64 {%0, %1}, [%2];" : "=d"(v.v[0]), "=d"(v.v[1]) : "l"(p));
+  asm("ld.global.nc.v2.f64 {%0, %1}, [%2];" : "=d"(v.v[0]), "=d"(v.v[1]) : "l"(__cvta_generic_to_global(p)));
 #else
   v = *reinterpret_cast<const Pack<double>*>(p);
 #endif
@@ -256,7 +259,7 @@ __device__ __forceinline__ void backward_round(const A* __restrict__ logits, con
                                                A go_clean, A go_noisy, int64_t n_clean, int weight_code) {
   using P = Pack<A>;
   constexpr int V = P::N;
-  const int64_t span = int64_t(blockDim.x) * V;
+  const int64_t span = int64_t(kThreads) * V;  // launch_backward's blocks are kThreads wide, as its rounds count
   const int64_t base = k0 + int64_t(threadIdx.x) * V;
   const bool full = k0 + kPacks * span <= n;  // the whole round inside the side: no element needs a test
   A psi[kPacks][V], g[kPacks][V];

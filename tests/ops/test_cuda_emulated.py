@@ -214,17 +214,35 @@ def _nt_forward_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
     return wide[::2]
 
 
-# one pass; two passes; sides (even: [clean; noisy]) that are no multiple of a float pack (4); a side shorter
-# than one round of packs
-@pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (9002, 4098), (2, 8194)])
+def _order_sensitive(n_real, n_fake, dtype, g):
+    """Logits whose every loss term is exactly 0 (psi = +-800) but the first thread's: its real logits' terms are
+    2^24 (2^53 in float64) and numbers near 1, which that ulp swallows or not by the order they are added in. The
+    loss is then that thread's sum alone: a variant adding them in another order gives other bits."""
+    vr = torch.full((n_real,), 800.0, dtype=torch.float64)
+    vf = torch.full((n_fake,), -800.0, dtype=torch.float64)
+    V = 16 // (torch.finfo(dtype).bits // 8)  # a pack: 4 floats, 2 doubles
+    own = [p * 256 * V + j for p in range(4) for j in range(V)]  # thread 0's logits in block 0's first round
+    own = [k for k in own if k < n_real]
+    vr[own] = 2 * torch.rand(len(own), generator=g, dtype=torch.float64) - 1
+    vr[own[len(own) // 2]] = -(2.0 ** (24 if dtype == torch.float32 else 53))  # softplus(-psi) = -psi
+    return vr.to(dtype), vf.to(dtype)
+
+
+# one pass (without, with a full round); two passes; sides (even: [clean; noisy]) that are no multiple of a float
+# pack (4); a side shorter than one round of packs
+@pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (4096, 3002), (9002, 4098), (2, 8194), (2, 4096)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nt_losses_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype):
+@pytest.mark.parametrize("values", ["random", "order"])
+def test_nt_losses_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype, values):
     """The forward and backward read contiguous aligned logits in 16-byte packs and others one at a time; a thread
-    owns the same logits either way, so loss, JS weights and gradients are equal bit for bit, and the cpu backend's
-    to rounding."""
+    owns the same logits, and adds their terms in the same order, either way: loss, JS weights and gradients are
+    equal bit for bit (with "order" values, a sum in another order is not), and the cpu backend's to rounding."""
     g = torch.Generator().manual_seed(n_real + n_fake)
-    vr = (3 * torch.randn(n_real, generator=g, dtype=torch.float64)).to(dtype)
-    vf = (3 * torch.randn(n_fake, generator=g, dtype=torch.float64)).to(dtype)
+    if values == "order":
+        vr, vf = _order_sensitive(n_real, n_fake, dtype, g)
+    else:
+        vr = (3 * torch.randn(n_real, generator=g, dtype=torch.float64)).to(dtype)
+        vf = (3 * torch.randn(n_fake, generator=g, dtype=torch.float64)).to(dtype)
     up = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) for n in (n_real, n_fake)]
 
     def run(a, b, backend):
@@ -267,6 +285,66 @@ def test_nt_losses_forward_unaligned_weights_take_the_scalar_variant(emulated):
     assert _forward_site(False) in sites and _forward_site(True) not in sites, sites
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_nt_losses_backward_unaligned_weight_gradients_take_the_scalar_variant(emulated):
+    """The weights' gradients arrive as the caller's tensors (contiguous, maybe at any address: a slice of
+    torch.cat([w_real, w_fake]) is one); unaligned ones send the backward to its scalar variant, with the same bits
+    as aligned copies of them give in the packed one."""
+    g = torch.Generator().manual_seed(3)
+    a, b = ((3 * torch.randn(n, generator=g)).requires_grad_(True) for n in (5004, 1002))
+    up = torch.randn(5004 + 1002 + 1, generator=g)
+    gwr, gwf = up[1:5005], up[5005:6007]  # 4 bytes past 16-byte boundaries
+
+    def grads(gwr, gwf):
+        loss, wr, wf = nt_losses(a, b, 0.3, loss="d", js_weights=True, backend="cuda")
+        emulated.emu_reset_launches()
+        out = torch.autograd.grad((loss, wr, wf), (a, b), (torch.tensor(0.7), gwr, gwf))
+        return {site for site, _ in emulated.emu_launches()}, out
+
+    sites, want = grads(gwr.clone(), gwf.clone())
+    assert _nt_site("backward", True) in sites, sites
+    sites, got = grads(gwr, gwf)
+    assert _nt_site("backward", False) in sites and _nt_site("backward", True) not in sites, sites
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_nt_losses_kernel_paths_python_never_takes(emulated, packed):
+    """G's loss with real logits (Python passes none: G's real side is outside the loss) and JS weights (Python
+    asks them of D only) through the kernels' entry points: the forward writes the real side's weights without
+    a loss term, the backward its gradient (the weights' alone; zero without them), as the cpu kernels do."""
+    module = importlib.import_module("fastgan.ops.nt_losses")
+    g = torch.Generator().manual_seed(4)
+    lr, lf = (3 * torch.randn(n, generator=g) for n in (5002, 1002))
+    if not packed:
+        lr, lf = padded(lr, 1), padded(lf, 1)
+
+    def forward(run, weights):
+        loss = torch.empty(())
+        wr, wf = (torch.zeros(5002), torch.zeros(1002)) if weights else (None, None)
+        run(lr, lf, None, 0.3, 1, 0, loss, wr, wf)  # kind 1: G
+        return [loss] + ([wr, wf] if weights else [])
+
+    def backward(run, weights):
+        gwr, gwf = (torch.randn(5002, generator=torch.Generator().manual_seed(5)),
+                    torch.randn(1002, generator=torch.Generator().manual_seed(6))) if weights else (None, None)
+        dr, df = torch.full((5002,), float("nan")), torch.full((1002,), float("nan"))
+        run(torch.tensor(0.7), gwr, gwf, lr, lf, None, 0.3, 1, 0, dr, df)
+        return [dr, df]
+
+    emulated.emu_reset_launches()
+    for weights in (True, False):
+        for a, b in zip(forward(module._fwd_cuda, weights), forward(module._fwd_cpu, weights)):
+            _close(a, b, torch.float32)
+        got, want = backward(module._bwd_cuda, weights), backward(module._bwd_cpu, weights)
+        for a, b in zip(got, want):
+            _close(a, b, torch.float32)
+        if not weights:
+            assert torch.equal(got[0], torch.zeros(5002))
+    sites = {site for site, _ in emulated.emu_launches()}
+    assert {_nt_site("forward", packed), _nt_site("backward", packed)} <= sites, sites
 
 
 # ---------------------------------------------------------------- BatchNorm passes of the closed form

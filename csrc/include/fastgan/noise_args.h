@@ -57,7 +57,8 @@ struct NtLossArgs {
   std::uintptr_t w_real = 0, w_fake = 0;      // forward: JS weights (n,), 0 = not wanted
   std::uintptr_t go = 0;                      // backward: 0-d upstream gradient of the loss
   std::uintptr_t gw_real = 0, gw_fake = 0;    // backward: upstream gradients of the weights, 0 = zero
-  std::uintptr_t d_real = 0, d_fake = 0;      // backward: contiguous (n,) outputs
+  std::uintptr_t d_real = 0, d_fake = 0;      // backward: contiguous (n,) outputs, aliasing no input (the CUDA
+                                              // backward reads logits and gw through the read-only path)
 };
 
 }  // namespace fastgan
