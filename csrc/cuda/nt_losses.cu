@@ -58,8 +58,7 @@ __device__ __forceinline__ int clean_in_pack(const nt::HalfCoefs<A>& c, int64_t 
 __device__ __forceinline__ void store_pack(float* p, const Pack<float>& v) {
 #if defined(__CUDA_ARCH__)
   asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "f"(v.v[0]),
-               "f"(v.v[1]), "f"(v.v[2]),
-               "f"(v.v[3])
+               "f"(v.v[1]), "f"(v.v[2]), "f"(v.v[3])
                : "memory");
 #else
   *reinterpret_cast<Pack<float>*>(p) = v;
@@ -237,8 +236,8 @@ __global__ void __launch_bounds__(kThreads) sum_partials_kernel(const A* __restr
 // Backward: d = go * coef * sign * sigmoid(sign * psi) + gw * w'(psi), element by element, in the forward's rounds
 // (a block a round of a side: real rounds first; each thread kPacks packs of V logits, the packs of logits and of
 // gw loaded before any is computed on). Where each element took its own exponential and division for the slope and
-// two more for w' (88 instructions an element on sm_90, SASS; one scalar of logits and one of gw in flight a
-// thread), one of each serves both (as in the forward) and VEC reads and writes 16-byte packs.
+// two more for w' (one scalar of logits and one of gw in flight a thread), one of each serves both (as in the
+// forward) and VEC reads and writes 16-byte packs.
 template <typename A, bool IN_LOSS, bool WEIGHTS>
 __device__ __forceinline__ A logit_grad(A psi, A gw, A coef_go, A sign, int weight_code) {
   const A e = fg_exp(psi < A(0) ? psi : -psi);
