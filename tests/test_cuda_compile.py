@@ -19,7 +19,7 @@ REGISTERS_PER_SM = 65536
 THREADS = 256  # kThreads
 # (accumulation type as mangled, packed) -> blocks an SM must hold (forward_blocks_per_sm in the source, the
 # backward's too)
-BLOCKS = {("f", True): 4, ("d", True): 3, ("f", False): 2, ("d", False): 2}
+BLOCKS = {("f", True): 3, ("d", True): 2, ("f", False): 2, ("d", False): 2}
 
 
 def _nvcc() -> str:
@@ -77,15 +77,15 @@ def _sass_loops():
 
 def test_packed_forward_loop_instructions_per_logit():
     """The float forward's full-round loop in the D loss with JS weights (the bandwidth row's case: the largest of
-    the rounds with 16 exponentials, one a logit, and 4 packed loads) takes at most 64 instructions a logit on
-    sm_90 (62 when written; 88 before, tools/sass_loops.py): the arithmetic bounds this forward as much as the
+    the rounds with 16 exponentials, one a logit, and 4 packed loads) takes at most 60 instructions a logit on
+    sm_90 (56 when written; 88 before, tools/sass_loops.py): the arithmetic bounds this forward as much as the
     traffic, so a change of the code or of nvcc that costs instructions there shows here."""
     _nvcc()
     tool = _sass_loops()
     loops = tool.loops(tool.function(tool.sass(SOURCE, 90), r"forward_kernelIfLb1E"))
     rounds = [lp for lp in loops if lp["ex2"] == 16 and lp["ldg128"] == 4]
     assert len(rounds) == 3, loops  # the loss with weights, the loss alone, the weights alone
-    assert max(lp["per_ex2"] for lp in rounds) <= 64, rounds
+    assert max(lp["per_ex2"] for lp in rounds) <= 60, rounds
 
 
 @pytest.mark.parametrize("kernel", ["forward", "backward"])

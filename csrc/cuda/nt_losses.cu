@@ -23,18 +23,18 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
 // computed. Its loop then spent 88 instructions a logit (SASS, sm_90, D loss with JS weights, once one exponential
 // served the term and the weight; more when measured). In a round each thread now loads kPacks packs of V = 16 /
 // sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is contiguous and aligned) before
-// computing on them, and its loop spends 62 (not timed on a GPU yet). The side's two coefficients are divided once
+// computing on them, and its loop spends 56 (not timed on a GPU yet). The side's two coefficients are divided once
 // (nt::half_coefs), not per logit, and a logit's loss term and weight share one exponential (the values nt::coef,
 // nt::term and penalty::weight give apart, bit for bit). A thread adds its terms in index order; which logits a
 // thread owns does not depend on VEC, so the scalar variant (strided or unaligned logits) gives the same sums bit
 // for bit.
 constexpr int kPacks = 4;
-// Blocks an SM must hold, as many as ptxas allows without spilling on sm_75, 80 and 90 (tests/test_cuda_compile.py):
-// float's packed variant fits 64 registers (4 blocks of 256 threads; ptxas then issues 3 of a round's 4 loads
-// together, 48 KB in flight an SM, as 3 blocks at 77 registers with all 4), double's 80 (3 blocks, 48 KB); the
-// scalar variants spill at 80 in double.
+// Blocks an SM must hold (the forward's and the backward's), as many as ptxas allows on sm_75, 80 and 90 without
+// spilling and, in float's packed forward, with a round's 4 loads issued together (tests/test_cuda_compile.py):
+// float's packed variants 3 (<= 85 registers; at 4, 64 registers, ptxas issued 2 loads, then 2 more after the first
+// pack's math), 48 KB in flight an SM; the others 2 (double's packed forward spilled at 3).
 template <typename A, bool VEC>
-constexpr int forward_blocks_per_sm() { return VEC ? (sizeof(A) == 4 ? 4 : 3) : 2; }
+constexpr int forward_blocks_per_sm() { return VEC && sizeof(A) == 4 ? 3 : 2; }
 
 // The term is added to s in place (a select returning it, 0 outside the loss, once kept nvcc from fusing the
 // multiply into the sum); returns the JS weight. IN_LOSS and WEIGHTS are the side's, fixed per call: as template
@@ -43,7 +43,7 @@ template <typename A, bool IN_LOSS, bool WEIGHTS>
 __device__ __forceinline__ A add_term(A& s, A psi, A coef, A sign, int weight_code) {
   const A e = fg_exp(psi < A(0) ? psi : -psi);  // exp(-|psi|), as softplus and the weight each compute it
   if (IN_LOSS) s += coef * nt::softplus_from<A>(sign * psi, e);
-  return WEIGHTS ? penalty::weight_from<A>(weight_code, psi, e) : A(0);
+  return WEIGHTS ? penalty::js_weight_from<A>(weight_code == penalty::kJsReal, psi, e) : A(0);
 }
 
 // How many of the pack's logits [i0, i0 + V) lie in the clean half (a 32-bit test per logit, not a 64-bit one).

@@ -47,13 +47,15 @@ FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
   weight_and_slope_from(code, psi, fg_exp(psi >= A(0) ? -psi : psi), w, dw);
 }
 
-// The weight from e = exp(-|psi|), per logit in nt_losses' CUDA forward: its 1 / (1 + e) is fg_recip_1_2, the
-// same value as the division without its branch (the penalty's kernels, once per row, keep the division).
+// The JS weight alone, real ((1 - s)^2) or fake (s^2), from e = exp(-|psi|), per logit in nt_losses' CUDA forward:
+// the values weight_and_slope_from gives, without its branch on the code (one select), and with 1 / (1 + e) as
+// fg_recip_1_2 (the same value as the division, without its branch; the penalty's kernels, once per row, keep the
+// division).
 template <typename A>
-FG_HD A weight_from(int code, A psi, A e) {
-  A w, dw;
-  weight_and_slope_recip(code, psi, e, fg_recip_1_2(A(1) + e), &w, &dw);
-  return w;
+FG_HD A js_weight_from(bool real, A psi, A e) {
+  const A r = fg_recip_1_2(A(1) + e);
+  const A t = (psi >= A(0)) == real ? e * r : r;  // real: sigmoid(-psi); fake: sigmoid(psi)
+  return t * t;
 }
 
 template <typename A>
