@@ -7,7 +7,7 @@ import triton.language as tl
 @triton.jit
 def _logistic(psi):
     """e = exp(-|psi|), sigmoid(psi) and sigmoid(-psi), from one exponential and one division (csrc's
-    penalty::weight_and_slope_from likewise; nt_losses' softplus takes the same e). Written as two sigmoids, the
+    penalty::sigmoids_from likewise; nt_losses' softplus takes the same e). Written as two sigmoids, the
     real side of nt_losses' forward took two exponentials a logit (sm_90 SASS: 68 instructions a logit, now 61)."""
     e = tl.exp(-tl.abs(psi))
     r = 1.0 / (1.0 + e)

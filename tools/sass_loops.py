@@ -31,14 +31,25 @@ def cuobjdump() -> str:
     return str(Path(compiler.__file__).parent / "bin" / "cuobjdump")
 
 
+def compile_cubin(source: Path, arch: int, cubin: Path) -> str:
+    """Compiles source for sm_<arch> into cubin, as the build does; returns ptxas -v's report (registers, spills)."""
+    run = subprocess.run([nvcc(), "-std=c++17", "-O3", f"-arch=sm_{arch}", f"-I{ROOT / 'csrc' / 'include'}",
+                          "-Xptxas", "-v", "-cubin", "-o", str(cubin), str(source)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {source} for sm_{arch}:\n{run.stderr[-3000:]}")
+    return run.stderr
+
+
+def disassemble(cubin: Path) -> str:
+    return subprocess.run([cuobjdump(), "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+
+
 def sass(source: Path, arch: int) -> str:
     """The SASS of every kernel in source, compiled for sm_<arch>."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
-        subprocess.run([nvcc(), "-std=c++17", "-O3", f"-arch=sm_{arch}", f"-I{ROOT / 'csrc' / 'include'}", "-cubin",
-                        "-o", str(cubin), str(source)], check=True, capture_output=True, text=True)
-        return subprocess.run([cuobjdump(), "-sass", str(cubin)], check=True, capture_output=True,
-                              text=True).stdout
+        compile_cubin(source, arch, cubin)
+        return disassemble(cubin)
 
 
 def function(sass_text: str, pattern: str) -> list[str]:

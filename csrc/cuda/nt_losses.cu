@@ -46,10 +46,11 @@ __device__ __forceinline__ A add_term(A& s, A psi, A coef, A sign, int weight_co
   return WEIGHTS ? penalty::js_weight_from<A>(weight_code == penalty::kJsReal, psi, e) : A(0);
 }
 
-// How many of the pack's logits [i0, i0 + V) lie in the clean half (a 32-bit test per logit, not a 64-bit one).
+// How many of the pack's logits [i0, i0 + V) lie in the clean half [0, n_clean) (a 32-bit test per logit, not a
+// 64-bit one).
 template <typename A>
-__device__ __forceinline__ int clean_in_pack(const nt::HalfCoefs<A>& c, int64_t i0) {
-  const int64_t r = c.n_clean - i0;
+__device__ __forceinline__ int clean_in_pack(int64_t n_clean, int64_t i0) {
+  const int64_t r = n_clean - i0;
   return r <= 0 ? 0 : (r >= Pack<A>::N ? Pack<A>::N : int(r));
 }
 
@@ -121,7 +122,7 @@ __device__ __forceinline__ void full_round(A& s, const A* __restrict__ logits, i
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
     const int64_t i0 = base + p * span;
-    const int clean = clean_in_pack<A>(c, i0);
+    const int clean = clean_in_pack<A>(c.n_clean, i0);
     P wp;
 #pragma unroll
     for (int j = 0; j < V; ++j)
@@ -243,7 +244,10 @@ __device__ __forceinline__ A logit_grad(A psi, A gw, A coef_go, A sign, int weig
   const A e = fg_exp(psi < A(0) ? psi : -psi);
   const A r = fg_recip_1_2(A(1) + e);
   A v = A(0);
-  if (IN_LOSS) v = coef_go * (sign > A(0) ? (psi >= A(0) ? r : e * r) : -(psi >= A(0) ? e * r : r));
+  if (IN_LOSS) {
+    const penalty::Sigmoids<A> sq = penalty::sigmoids_from(psi, e, r);
+    v = coef_go * (sign > A(0) ? sq.s : -sq.q);  // sign * sigmoid(sign * psi)
+  }
   if (WEIGHTS) {
     A w, dw;
     penalty::weight_and_slope_recip<A>(weight_code, psi, e, r, &w, &dw);
@@ -286,8 +290,7 @@ __device__ __forceinline__ void backward_round(const A* __restrict__ logits, con
 #pragma unroll
   for (int p = 0; p < kPacks; ++p) {
     const int64_t i0 = base + p * span;
-    const int64_t r = n_clean - i0;  // how many of the pack are clean
-    const int clean = r <= 0 ? 0 : (r >= V ? V : int(r));
+    const int clean = clean_in_pack<A>(n_clean, i0);
     P out;
 #pragma unroll
     for (int j = 0; j < V; ++j)
@@ -336,14 +339,18 @@ int64_t forward_blocks(const NtLossArgs& a) {
   return (a.n_real + a.chunk - 1) / a.chunk + (a.n_fake + a.chunk - 1) / a.chunk;
 }
 
-// Whether both sides can be read (and their weights written) in 16-byte packs: a side of n <= 1 logits has no
-// stride to speak of; a null pointer (no weights, an empty side) is aligned.
+// Whether both sides' logits are contiguous and 16-byte aligned: a side of n <= 1 logits has no stride to speak
+// of; a null pointer (an empty side, no weights) is aligned.
+bool logits_packable(const NtLossArgs& a) {
+  return (a.n_real <= 1 || a.s_real == 1) && (a.n_fake <= 1 || a.s_fake == 1) && aligned16(a.logits_real) &&
+         aligned16(a.logits_fake);
+}
+
+// The forward's packs: logits, and the weights it writes; the chunks start on a pack.
 template <typename A>
 bool can_vectorize(const NtLossArgs& a) {
-  const bool dense = (a.n_real <= 1 || a.s_real == 1) && (a.n_fake <= 1 || a.s_fake == 1);
   const bool chunks = a.partials == 0 || a.chunk % Pack<A>::N == 0;
-  return dense && chunks && aligned16(a.logits_real) && aligned16(a.logits_fake) && aligned16(a.w_real) &&
-         aligned16(a.w_fake);
+  return logits_packable(a) && chunks && aligned16(a.w_real) && aligned16(a.w_fake);
 }
 
 template <typename A>
@@ -360,12 +367,10 @@ int launch_forward(const NtLossArgs& a, cudaStream_t st) {
   return static_cast<int>(cudaGetLastError());
 }
 
-// The backward's packs: both sides' logits dense and aligned, their gw (contiguous, or none) and d aligned.
-template <typename A>
+// The backward's packs: logits, their gw (contiguous, or none) and d.
 bool can_vectorize_backward(const NtLossArgs& a) {
-  const bool dense = (a.n_real <= 1 || a.s_real == 1) && (a.n_fake <= 1 || a.s_fake == 1);
-  return dense && aligned16(a.logits_real) && aligned16(a.logits_fake) && aligned16(a.gw_real) &&
-         aligned16(a.gw_fake) && aligned16(a.d_real) && aligned16(a.d_fake);
+  return logits_packable(a) && aligned16(a.gw_real) && aligned16(a.gw_fake) && aligned16(a.d_real) &&
+         aligned16(a.d_fake);
 }
 
 template <typename A>
@@ -373,7 +378,7 @@ int launch_backward(const NtLossArgs& a, cudaStream_t st) {
   constexpr int64_t R = int64_t(kPacks) * Pack<A>::N * kThreads;
   const int64_t blocks = (a.n_real + R - 1) / R + (a.n_fake + R - 1) / R;
   if (blocks > int64_t(0x7fffffff)) return static_cast<int>(cudaErrorInvalidValue);
-  if (can_vectorize_backward<A>(a))
+  if (can_vectorize_backward(a))
     backward_kernel<A, true><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);
   else
     backward_kernel<A, false><<<dim3(unsigned(blocks)), kThreads, 0, st>>>(a);

@@ -200,10 +200,6 @@ def _nt_site(kernel: str, packed: bool) -> str:
     return f"nt_losses.cu:{lines[0]}"
 
 
-def _forward_site(packed: bool) -> str:
-    return _nt_site("forward", packed)
-
-
 def _nt_forward_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "packed":  # contiguous, 16-byte aligned
         return padded(values)
@@ -280,9 +276,9 @@ def test_nt_losses_forward_unaligned_weights_take_the_scalar_variant(emulated):
         return {site for site, _ in emulated.emu_launches()}, (loss, wr, wf)
 
     sites, want = run(0)
-    assert _forward_site(True) in sites, sites
+    assert _nt_site("forward", True) in sites, sites
     sites, got = run(1)
-    assert _forward_site(False) in sites and _forward_site(True) not in sites, sites
+    assert _nt_site("forward", False) in sites and _nt_site("forward", True) not in sites, sites
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 

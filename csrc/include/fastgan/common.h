@@ -31,15 +31,4 @@ FG_HD float fg_recip_1_2(float x) {
 }
 FG_HD double fg_recip_1_2(double x) { return 1.0 / x; }
 
-// Overflow-free logistic: never evaluates exp of a large positive number.
-template <typename A>
-FG_HD A sigmoid(A x) {
-  if (x >= A(0)) {
-    A e = fg_exp(-x);
-    return A(1) / (A(1) + e);
-  }
-  A e = fg_exp(x);
-  return e / (A(1) + e);
-}
-
 }  // namespace fastgan

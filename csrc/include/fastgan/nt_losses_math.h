@@ -33,9 +33,6 @@ FG_HD A softplus(A x) {
 template <typename A>
 FG_HD A term(A psi, A sign) { return softplus(sign * psi); }
 
-template <typename A>
-FG_HD A slope(A psi, A sign) { return sign * sigmoid(sign * psi); }
-
 // Sign of the real and fake parts: D pushes real up and fake down; G pushes fake up.
 FG_HD int real_sign(int kind) { return kind == kDiscriminator ? -1 : 0; }
 FG_HD int fake_sign(int kind) { return kind == kDiscriminator ? 1 : -1; }

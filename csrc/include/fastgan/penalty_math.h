@@ -11,9 +11,20 @@ namespace penalty {
 // Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table).
 enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
 
-// w(psi) and dw/dpsi. sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) come from one exp(-|psi|):
-// no overflow, and no cancellation in 1 - sigmoid for large psi. weight_and_slope_recip takes e = exp(-|psi|) and
-// r = 1 / (1 + e) from its caller; weight_and_slope_from e only.
+// sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) from one e = exp(-|psi|) and r = 1 / (1 + e): no overflow, and
+// no cancellation in 1 - sigmoid for large psi.
+template <typename A>
+struct Sigmoids {
+  A s, q;  // sigmoid(psi), sigmoid(-psi)
+};
+
+template <typename A>
+FG_HD Sigmoids<A> sigmoids_from(A psi, A e, A r) {
+  return {psi >= A(0) ? r : e * r, psi >= A(0) ? e * r : r};
+}
+
+// w(psi) and dw/dpsi from e = exp(-|psi|) and r = 1 / (1 + e), which the caller computes (nt_losses' CUDA backward
+// shares them with the loss's slope).
 template <typename A>
 FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
   if (code != kJsReal && code != kJsFake) {
@@ -21,8 +32,8 @@ FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
     *dw = A(0);
     return;
   }
-  A s = psi >= A(0) ? r : e * r;  // sigmoid(psi)
-  A q = psi >= A(0) ? e * r : r;  // sigmoid(-psi)
+  const Sigmoids<A> sq = sigmoids_from(psi, e, r);
+  const A s = sq.s, q = sq.q;
   if (code == kJsReal) {
     *w = q * q;                 // (1 - s)^2
     *dw = A(-2) * s * q * q;    // -2 s (1 - s)^2
@@ -33,22 +44,18 @@ FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
 }
 
 template <typename A>
-FG_HD void weight_and_slope_from(int code, A psi, A e, A* w, A* dw) {
-  weight_and_slope_recip(code, psi, e, A(1) / (A(1) + e), w, dw);
-}
-
-template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
-  if (code != kJsReal && code != kJsFake) {
+  if (code != kJsReal && code != kJsFake) {  // the constant weight: no exponential
     *w = A(1);
     *dw = A(0);
     return;
   }
-  weight_and_slope_from(code, psi, fg_exp(psi >= A(0) ? -psi : psi), w, dw);
+  const A e = fg_exp(psi >= A(0) ? -psi : psi);
+  weight_and_slope_recip(code, psi, e, A(1) / (A(1) + e), w, dw);
 }
 
 // The JS weight alone, real ((1 - s)^2) or fake (s^2), from e = exp(-|psi|), per logit in nt_losses' CUDA forward:
-// the values weight_and_slope_from gives, without its branch on the code (one select), and with 1 / (1 + e) as
+// the values weight_and_slope gives, without its branch on the code (one select), and with 1 / (1 + e) as
 // fg_recip_1_2 (the same value as the division, without its branch; the penalty's kernels, once per row, keep the
 // division).
 template <typename A>
