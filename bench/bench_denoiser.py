@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastgan.ops import Denoiser
+from fastgan.ops.denoiser_net import batched_layers
 from fastgan.reference import denoiser as ref
 
 from benchutil import DEVICES, device_label, fused_backends, sync
@@ -53,17 +54,23 @@ def gemms_step(den, h):
     the speed-up any fused step can reach while its GEMMs are torch's."""
     weights = [m.weight.detach() for m in den.net if isinstance(m, torch.nn.Linear)]
     depth = len(weights) - 1
+    batched = batched_layers(weights, 0, depth)  # their dW: one bmm over stacked inputs and gradients
     # xs[i]: layer i's input; gs[i]: the gradient at layer i's GEMM output (gs[depth] is the output's dz)
     xs = [torch.randn(h.shape[0], w.shape[1], device=h.device, dtype=h.dtype) for w in weights]
     gs = [torch.randn(h.shape[0], w.shape[0], device=h.device, dtype=h.dtype) for w in weights]
+    if batched:
+        xs_b, gs_b = torch.stack([xs[i] for i in batched]), torch.stack([gs[i] for i in batched])
 
     def step():
         for x, w in zip(xs, weights):
             torch.mm(x, w.t())
-        torch.mm(gs[depth].t(), xs[depth])
-        for i in reversed(range(depth)):
-            torch.mm(gs[i + 1], weights[i + 1])
-            torch.mm(gs[i].t(), xs[i])
+        for i in reversed(range(depth + 1)):
+            if i < depth:
+                torch.mm(gs[i + 1], weights[i + 1])
+            if i not in batched:
+                torch.mm(gs[i].t(), xs[i])
+        if batched:
+            torch.bmm(gs_b.transpose(1, 2), xs_b)
 
     return step
 

@@ -9,11 +9,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastgan.ops import Denoiser
 
 bd = bench_module("bench_denoiser", "bench_denoiser_for_gemms")
-_GEMMS = {"aten.mm", "aten.addmm"}
+_GEMMS = {"aten.mm", "aten.addmm", "aten.bmm"}
 
 
 class _Gemms(TorchDispatchMode):
-    """(op, operands' shapes, operands' strides) of each GEMM run inside it, in order."""
+    """(op, operands' shapes, operands' strides) of each GEMM run inside it, in order; the op without its overload
+    (the cpu backend writes some products into given buffers, mm.out, where the cuda one takes a new one)."""
 
     def __init__(self):
         super().__init__()
@@ -22,7 +23,8 @@ class _Gemms(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if str(func._overloadpacket) in _GEMMS:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            self.calls.append((str(func), [tuple(t.shape) for t in tensors], [t.stride() for t in tensors]))
+            self.calls.append((str(func._overloadpacket), [tuple(t.shape) for t in tensors],
+                               [t.stride() for t in tensors]))
         return func(*args, **(kwargs or {}))
 
 
@@ -43,7 +45,11 @@ def test_gemms_step_runs_the_fused_loss_step_s_gemms(monkeypatch, n_h, hidden, d
     den = Denoiser(n_h, hidden, depth=depth, backend="cpu")
     h, noise = torch.randn(B, n_h), torch.randn(B, n_h)
     fused = _recorded(lambda: bd.loss_step("cpu", den, None, h, noise), monkeypatch)
-    assert len(fused) == 3 * depth + 2  # a forward GEMM per layer, two per hidden layer's backward, the output's
+    # a forward GEMM per layer, an input gradient per hidden layer, the weight gradients: one bmm when two or
+    # more weights share a shape (n_features == n_h: all of them), else one GEMM each
+    batched = depth + 1 if hidden is None else 0
+    assert len(fused) == (depth + 1) + depth + (depth + 1 - batched) + bool(batched)
+    assert [c[0] for c in fused].count("aten.bmm") == bool(batched)
     assert _recorded(bd.gemms_step(den, h), monkeypatch) == fused
 
 

@@ -13,7 +13,8 @@ from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch
 from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
                            _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
-                           _net_backward, _torch_bn, _torch_net)
+                           _net_backward, _slots, _torch_bn, _torch_net, batched_layers,
+                           stacked_layers)
 
 
 # ---------------------------------------------------------------- eager path
@@ -30,7 +31,7 @@ class _EagerLoss(torch.autograd.Function):
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
                                                             rvs, training, momentum, eps, backend,
-                                                            running_in_place=True)
+                                                            running_in_place=True, stack=True)
         assert not new_running  # written in place
         ctx.save_for_backward(h, noise, *params)
         ctx.saved = saved
@@ -120,9 +121,10 @@ class _EagerForward(torch.autograd.Function):
         training, track, momentum, eps, backend, depth, rms, rvs = meta
         weights, biases, gammas, betas = _split(params, depth)
         saved: list = [h]
+        batched = batched_layers(weights, 1, depth - 1)  # h and the output's gradient are the caller's
         with _launch(backend, h) as kern:
             x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                               saved, None)
+                               saved, None, _slots(batched, h, weights[batched[0]].shape[1]) if batched else {})
         r = torch.addmm(biases[-1], x, weights[-1].t())
         _dispatch.record(OP_FORWARD, backend)
         ctx.save_for_backward(h, *params)
@@ -143,10 +145,12 @@ class _EagerForward(torch.autograd.Function):
             _dispatch.record(OP_FORWARD + "_backward", "reference")
             return (None, *grads)
         gr = gr.contiguous()
+        need_weights = any(ctx.needs_input_grad[2:3 + depth])
+        batched = stacked_layers(weights, ctx.saved, 1, depth - 1) if need_weights else []
         with _launch(backend, gr) as kern:
-            dh, dweights, dbiases, dgammas, dbetas = _net_backward(kern, gr, ctx.saved, weights, gammas, training,
-                                                                   ctx.needs_input_grad[1],
-                                                                   any(ctx.needs_input_grad[2:3 + depth]))
+            dh, dweights, dbiases, dgammas, dbetas = _net_backward(
+                kern, gr, ctx.saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights,
+                _slots(batched, gr, weights[batched[0]].shape[0]) if batched else {})
         dbiases.append(gr.sum(0))
         _dispatch.record(OP_FORWARD + "_backward", backend)
         return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)

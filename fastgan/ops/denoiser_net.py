@@ -44,8 +44,54 @@ def _layer_backward(kern, dout, out, y, gamma, shift, invstd, training, relu, dy
     return dy, dgamma, dbeta, dbias
 
 
+def batched_layers(weights, first: int, last: int) -> list:
+    """The layers i in [first, last] whose weight gradients one torch.bmm computes: those of the commonest weight
+    shape, when two or more share it (every layer when n_features == n_h; else the n_h x n_h hidden ones).
+    Their GEMM inputs x_i are written into one (n, B, in) buffer by the forward and their output gradients into
+    one (n, B, out) buffer by the backward, so that dW_i = g_i^T x_i is one launch for all of them, not one each:
+    at B = 64 the step is launch-bound and a dW GEMM (K = B) fills few SMs alone."""
+    shapes = [tuple(weights[i].shape) for i in range(first, last + 1)]
+    if not shapes:
+        return []
+    common = max(shapes, key=shapes.count)
+    chosen = [i for i in range(first, last + 1) if tuple(weights[i].shape) == common]
+    return chosen if len(chosen) >= 2 else []
+
+
+def _slots(batched, like, width) -> dict:
+    """{layer i: its (B, width) slice of one new (len(batched), B, width) buffer}."""
+    if not batched:
+        return {}
+    buf = like.new_empty(len(batched), like.shape[0], width)
+    return dict(zip(batched, buf.unbind(0)))
+
+
+def _stacked(ts: list) -> Tensor | None:
+    """The (n, B, F) tensor of which ts are the consecutive slices (as _slots made them), or None."""
+    t0 = ts[0]
+    step = t0.numel()
+    for k, t in enumerate(ts):
+        if (t.untyped_storage().data_ptr() != t0.untyped_storage().data_ptr() or t.shape != t0.shape
+                or not t.is_contiguous() or t.storage_offset() != t0.storage_offset() + k * step):
+            return None
+    return t0.as_strided((len(ts), *t0.shape), (step, t0.shape[1], 1))
+
+
+def _gemm_input(saved: list, i: int) -> Tensor:
+    """Layer i's GEMM input x_i in `saved` (as _hidden_layers writes it, after x0)."""
+    return saved[0] if i == 0 else saved[4 * i - 2]
+
+
+def stacked_layers(weights, saved, first: int, last: int) -> list:
+    """batched_layers(weights, first, last) when the forward wrote their inputs into one buffer (the eager
+    Functions do; a custom op's outputs may not alias, and Triton's tl.dot loss forward does not), else []:
+    the backward may follow a forward of the other kind (FASTGAN_DENOISER_TRITON_GEMM is read at each call)."""
+    batched = batched_layers(weights, first, last)
+    return batched if batched and _stacked([_gemm_input(saved, i) for i in batched]) is not None else []
+
+
 def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, saved,
-                   new_running):
+                   new_running, slots=None):
     """Runs the hidden layers from x; appends (y, out, shift, invstd) per layer to `saved` when it is a list,
     and the updated running statistics to `new_running`, or with new_running=None (eager callers: functional
     custom ops may not mutate their inputs) writes them into rms / rvs.
@@ -54,7 +100,8 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
     in turn and each layer normalises its GEMM's output in place: no allocation per layer. On the CPU a fresh
     (B, n_h) tensor is often fresh pages from the OS, and their first-touch faults cost as much as the
     normalisation itself (measured on 2 cores at B = 256, n_h = 512: 164 -> 57 minor faults per generator
-    term, 6% of its time)."""
+    term, 6% of its time). slots: {layer i: the tensor its input x_i = out_{i-1} is written into} (_slots)."""
+    slots = slots or {}
     reuse = saved is None and kern in _IN_PLACE
     bufs: list = [None, None]  # layer i writes bufs[i % 2] while reading its input from the other
     for i in range(len(weights) - 1):
@@ -68,7 +115,7 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
         rv = rvs[i] if rvs else None
         out, shift, invstd, rm_new, rv_new = _layer_forward(kern, y, biases[i], gammas[i], betas[i], rm, rv,
                                                             training, track, momentum, eps, True,
-                                                            out=y if reuse else None,
+                                                            out=y if reuse else slots.get(i + 1),
                                                             running_in_place=new_running is None)
         if saved is not None:
             saved += [y, out, shift, invstd]
@@ -116,9 +163,11 @@ def _grads_through(fn, inputs: list, grad_out: Tensor):
 # saved = [x0, (y, out, shift, invstd) per hidden layer, z]: x0 = h + sigma * noise, z = last GEMM (no bias).
 
 def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
-                       momentum, eps, backend, running_in_place=False):
+                       momentum, eps, backend, running_in_place=False, stack=False):
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or []); with
-    running_in_place (eager callers) the running statistics are updated in their tensors and [] returned."""
+    running_in_place (eager callers) the running statistics are updated in their tensors and [] returned.
+    stack: the inputs of batched_layers(weights, 0, depth) are slices of one buffer, for the backward's one
+    bmm (eager callers: a custom op's outputs may not alias one another)."""
     if fused_gemms(backend):
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
@@ -127,13 +176,16 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
-        x0 = torch.empty_like(h)
+        batched = batched_layers(weights, 0, len(weights) - 1) if stack else []
+        slots = _slots(batched, h, weights[batched[0]].shape[1]) if batched else {}
+        x0 = slots.get(0)
+        x0 = torch.empty_like(h) if x0 is None else x0
         kern.corrupt(h, noise, sigma, x0)
         saved: list = [x0]
         new_running: list = []
         track = training and len(running_means) > 0
         x = _hidden_layers(kern, x0, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                           momentum, eps, saved, None if running_in_place else new_running)
+                           momentum, eps, saved, None if running_in_place else new_running, slots)
         z = torch.mm(x, weights[-1].t())
         saved.append(z)
         per_sample = h.new_empty(h.shape[0])
@@ -152,11 +204,14 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         return out
     with _launch(backend, h) as kern:
         z = saved[-1]
-        dz = torch.empty_like(z)
+        batched = stacked_layers(weights, saved, 0, len(weights) - 1)
+        grads = _slots(batched, z, weights[batched[0]].shape[0]) if batched else {}
+        dz = grads.get(len(weights) - 1)
+        dz = torch.empty_like(z) if dz is None else dz
         db_out = z.new_empty(z.shape[1])
         kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
         dx0, dweights, dbiases, dgammas, dbetas = _net_backward(kern, dz, saved, weights, gammas, training,
-                                                                need_h or need_noise)
+                                                                need_h or need_noise, grads=grads)
         dbiases.append(db_out)
         dh = dnoise = None
         if need_h:
@@ -167,25 +222,35 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         return dh, dnoise, dweights, dbiases, dgammas, dbetas
 
 
-def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_weights=True):
+def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_weights=True, grads=None):
     """One walk down the network from dz = dL/dz, z = the output GEMM's product (its bias not added):
     (dx0 or None, dweights (Nones unless need_weights), hidden layers' dbiases, dgammas, dbetas). `saved` as
-    _hidden_layers writes it, after the network's input x0: [x0, (y, out, shift, invstd) per hidden layer, ...]."""
+    _hidden_layers writes it, after the network's input x0: [x0, (y, out, shift, invstd) per hidden layer, ...].
+    grads: {layer i: where the gradient g_i at its GEMM's output goes} for batched layers (_slots; dz already
+    there when the last layer is one), whose inputs the forward stacked: their dW_i = g_i^T x_i is one bmm."""
     depth = len(weights) - 1
+    grads = grads if need_weights and grads else {}
     dweights = [None] * (depth + 1)
     dbiases = [None] * depth
     dgammas, dbetas = [None] * depth, [None] * depth
-    if need_weights:
-        dweights[depth] = torch.mm(dz.t(), saved[4 * depth - 2] if depth else saved[0])
+    if need_weights and depth not in grads:
+        dweights[depth] = torch.mm(dz.t(), _gemm_input(saved, depth))
     g = dz
     for i in reversed(range(depth)):
         y, out, shift, invstd = saved[1 + 4 * i: 5 + 4 * i]
-        dout = torch.mm(g, weights[i + 1])
+        slot = grads.get(i)
+        in_place = kern in _IN_PLACE
+        dout = torch.mm(g, weights[i + 1], out=slot if in_place else None)
         g, dgammas[i], dbetas[i], dbiases[i] = _layer_backward(kern, dout, out, y, gammas[i], shift, invstd,
-                                                               training, True,
-                                                               dy=dout if kern in _IN_PLACE else None)
-        if need_weights:
-            dweights[i] = torch.mm(g.t(), saved[0] if i == 0 else saved[4 * i - 2])
+                                                               training, True, dy=dout if in_place else slot)
+        if need_weights and slot is None:
+            dweights[i] = torch.mm(g.t(), _gemm_input(saved, i))
+    if grads:
+        layers = list(grads)
+        g_all = _stacked([grads[i] for i in layers])
+        dw_all = torch.bmm(g_all.transpose(1, 2), _stacked([_gemm_input(saved, i) for i in layers]))
+        for i, dw in zip(layers, dw_all.unbind(0)):
+            dweights[i] = dw
     dx0 = torch.mm(g, weights[0]) if need_input else None
     return dx0, dweights, dbiases, dgammas, dbetas
 

@@ -1,0 +1,130 @@
+"""The denoiser's weight gradients as one batched GEMM: the eager loss and r(h) write the inputs of the layers whose
+weights share a shape into one buffer, their backward the gradients at those layers' outputs into another, and
+one torch.bmm gives every such dW (a launch, not one a layer). The custom ops (torch.compile) may not return
+aliasing tensors and keep a GEMM a layer; every path gives the reference's gradients."""
+import pytest
+import torch
+
+from fastgan.ops import denoiser_eager, denoiser_net
+from fastgan.reference import denoiser as ref
+
+from denoiser_helpers import make_pair, state
+
+BACKENDS = ["cpu", pytest.param("triton", marks=pytest.mark.triton)]
+
+
+class _Gemms:
+    """Counts torch.mm / torch.bmm calls (the denoiser's GEMMs) and the bmm's batch sizes."""
+
+    def __init__(self, monkeypatch):
+        self.mm, self.bmm = 0, []
+        mm, bmm = torch.mm, torch.bmm
+
+        def counted_mm(*a, **k):
+            self.mm += 1
+            return mm(*a, **k)
+
+        def counted_bmm(a, b, **k):
+            self.bmm.append(a.shape[0])
+            return bmm(a, b, **k)
+
+        monkeypatch.setattr(torch, "mm", counted_mm)
+        monkeypatch.setattr(torch, "bmm", counted_bmm)
+
+
+def _w(*shapes):
+    return [torch.empty(s) for s in shapes]
+
+
+def test_batched_layers_are_those_of_the_commonest_weight_shape():
+    square = _w((8, 8), (8, 8), (8, 8), (8, 8))
+    assert denoiser_net.batched_layers(square, 0, 3) == [0, 1, 2, 3]
+    assert denoiser_net.batched_layers(square, 1, 2) == [1, 2]
+    wide = _w((16, 12), (16, 16), (16, 16), (12, 16))  # n_features 12, n_h 16, depth 3
+    assert denoiser_net.batched_layers(wide, 0, 3) == [1, 2]
+    assert denoiser_net.batched_layers(_w((16, 12), (16, 16), (12, 16)), 0, 2) == []  # no shape twice
+    assert denoiser_net.batched_layers(_w((8, 8), (8, 8)), 0, 1) == [0, 1]
+    assert denoiser_net.batched_layers(square, 1, 1) == []
+    assert denoiser_net.batched_layers(_w((8, 8)), 0, 0) == []
+
+
+# (n_features, hidden, depth) -> layers whose dW the loss's backward batches
+LOSS_CASES = {(12, 12, 3): [0, 1, 2, 3], (12, 16, 3): [1, 2], (12, 16, 2): [], (12, 12, 1): [0, 1]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", list(LOSS_CASES), ids=lambda c: "F{}-h{}-d{}".format(*c))
+def test_the_loss_backward_batches_the_weight_gradients(monkeypatch, backend, training, case):
+    n, hidden, depth = case
+    batched = LOSS_CASES[case]
+    den, net = make_pair(n=n, hidden=hidden, depth=depth, backend=backend, training=training, seed=5)
+    h, noise = (torch.randn(9, n, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    gemms = _Gemms(monkeypatch)
+    loss = den.loss(h, noise, detach=False)
+    assert gemms.mm == depth + 1 and gemms.bmm == []
+    loss.backward()
+    # dX below every layer but the input's (and the input's: h needs its gradient), dW per unbatched layer
+    assert gemms.bmm == ([len(batched)] if batched else [])
+    assert gemms.mm == (depth + 1) + (depth + 1) + (depth + 1 - len(batched))
+    monkeypatch.undo()
+    h2, noise2 = (t.detach().clone().requires_grad_(True) for t in (h, noise))
+    expected = ref.denoiser_loss(net, h2, noise2)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(noise.grad, noise2.grad, rtol=1e-9, atol=1e-11)
+    want = state(net)
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_loss_under_custom_ops_takes_a_gemm_a_layer(monkeypatch, backend):
+    """The custom-op path (as under torch.compile): outputs that may not alias, so no stacked inputs, no bmm."""
+    den, net = make_pair(n=12, hidden=12, depth=3, backend=backend, seed=6)
+    h = torch.randn(9, 12, dtype=torch.float64)
+    noise = torch.randn(9, 12, dtype=torch.float64)
+    monkeypatch.setattr(denoiser_eager, "_compiling", lambda: True)
+    gemms = _Gemms(monkeypatch)
+    den.loss(h, noise).backward()
+    assert gemms.bmm == [] and gemms.mm == 4 + 3 + 4
+    monkeypatch.undo()
+    ref.denoiser_loss(net, h, noise).backward()
+    want = state(net)
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("depth,batched", [(3, 2), (4, 3), (2, 0)])
+def test_r_of_h_batches_its_hidden_layers_weight_gradients(monkeypatch, backend, depth, batched):
+    """r(h) with gradients: h and the output's gradient are the caller's tensors, so only the hidden n_h x n_h
+    layers (1 .. depth - 1) are batched."""
+    den, net = make_pair(n=12, hidden=12, depth=depth, backend=backend, seed=7)
+    h = torch.randn(9, 12, dtype=torch.float64, requires_grad=True)
+    h2 = h.detach().clone().requires_grad_(True)
+    gr = torch.randn(9, 12, dtype=torch.float64)
+    gemms = _Gemms(monkeypatch)
+    den(h).backward(gr)
+    assert gemms.bmm == ([batched] if batched else [])
+    monkeypatch.undo()
+    net(h2).backward(gr)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-9, atol=1e-11)
+    want = state(net)
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+def test_float32_batched_gradients_match_the_per_layer_gemms():
+    """The bmm gives the per-layer products' values (same inputs, fp32), so batching changes no tolerance."""
+    den, _ = make_pair(n=32, hidden=32, depth=3, dtype=torch.float32, seed=8)
+    h, noise = torch.randn(64, 32), torch.randn(64, 32)
+    den.loss(h, noise).backward()
+    batched = [p.grad.clone() for p in den.parameters()]
+    den.zero_grad(set_to_none=True)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(denoiser_net, "batched_layers", lambda weights, first, last: [])
+        den.loss(h, noise).backward()
+    for got, want in zip(batched, (p.grad for p in den.parameters())):
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
