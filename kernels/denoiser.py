@@ -141,23 +141,29 @@ def _recon_forward_kernel(y_ptr, bias_ptr, t_ptr, out_ptr, B, N, HAS_BIAS: tl.co
 
 
 @triton.jit
-def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B, N, HAS_BIAS: tl.constexpr,
-                           WANT_DBIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B, N, go_div,
+                           HAS_BIAS: tl.constexpr, WANT_DBIAS: tl.constexpr, SHARED_GO: tl.constexpr,
+                           BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
     else:
         bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
+    if SHARED_GO:  # every row's gradient go[0] / go_div (the loss's mean or sum), as recon::shared_go
+        g_all = tl.load(go_ptr) / go_div
     acc = tl.zeros([BLOCK_N], dtype=tl.float64)
     for r0 in range(0, B, BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         rmask = rows < B
         m = rmask[:, None] & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
-        go = tl.load(go_ptr + rows, mask=rmask, other=0.0)
         d = tl.load(y_ptr + offs, mask=m, other=0.0) + bias[None, :] - tl.load(t_ptr + offs, mask=m, other=0.0)
-        g = tl.where(m, 2.0 * go[:, None] * d, 0.0)
+        if SHARED_GO:
+            g = tl.where(m, 2.0 * g_all * d, 0.0)
+        else:
+            go = tl.load(go_ptr + rows, mask=rmask, other=0.0)
+            g = tl.where(m, 2.0 * go[:, None] * d, 0.0)
         tl.store(dy_ptr + offs, g.to(dy_ptr.dtype.element_ty), mask=m)
         acc += tl.sum(g.to(tl.float64), axis=0)
     if WANT_DBIAS:
@@ -241,15 +247,16 @@ def recon_forward(y, bias, target, out):
                                 BLOCK_B=block_b, BLOCK_N=block_n)
 
 
-def recon_backward(go, y, bias, target, dy, dbias):
+def recon_backward(go, y, bias, target, dy, dbias, go_div=0):
+    """go_div 0: go holds a gradient per row; > 0: every row's is go[0] / go_div (the mean's backward: B)."""
     B, N = y.shape
     if N == 0:
         return
     block_b, block_n = _col_blocks(B, N, y.device)
     grid = (triton.cdiv(N, block_n),)
-    _recon_backward_kernel[grid](go, y, _dummy(bias, y), target, dy, _dummy(dbias, dy), B, N,
-                                 HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, BLOCK_B=block_b,
-                                 BLOCK_N=block_n, num_warps=_col_warps(y.device))
+    _recon_backward_kernel[grid](go, y, _dummy(bias, y), target, dy, _dummy(dbias, dy), B, N, max(go_div, 1),
+                                 HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, SHARED_GO=go_div > 0,
+                                 BLOCK_B=block_b, BLOCK_N=block_n, num_warps=_col_warps(y.device))
 
 
 CORRUPT_BLOCK = 1024

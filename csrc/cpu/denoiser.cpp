@@ -276,20 +276,21 @@ template <typename T>
 struct ReconBackward {
   const T *go, *y, *bias, *t;
   T *dy, *dbias;
-  int64_t B, N;
+  int64_t B, N, go_div;
 };
 
 template <typename T>
 FG_INLINE void recon_backward_at(const ReconBackward<T>& a, int64_t c) {
   const T *go = a.go, *y = a.y, *t = a.t;
   T* dy = a.dy;
-  const int64_t N = a.N, f0 = c * kChunk, nf = std::min(kChunk, N - f0);
+  const int64_t N = a.N, f0 = c * kChunk, nf = std::min(kChunk, N - f0), go_div = a.go_div;
+  const T g_all = recon::shared_go<T>(go, go_div);
   T b[kChunk];
   double db[kChunk] = {0};
   for (int64_t j = 0; j < nf; ++j) b[j] = a.bias ? a.bias[f0 + j] : T(0);
   column_sums<T>(a.B, nf, db, [&](int64_t n, int64_t j) {
     const int64_t i = n * N + f0 + j;
-    T v = recon::grad<T>(go[n], recon::diff<T>(y[i], b[j], t[i]));
+    T v = recon::grad<T>(go_div ? g_all : go[n], recon::diff<T>(y[i], b[j], t[i]));
     dy[i] = v;
     return v;
   });
@@ -300,8 +301,9 @@ FG_INLINE void recon_backward_at(const ReconBackward<T>& a, int64_t c) {
 FG_CLONED(recon_backward_cloned, ReconBackward, recon_backward_at)
 
 template <typename T>
-void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T* dbias, int64_t B, int64_t N) {
-  for_items(ReconBackward<T>{go, y, bias, t, dy, dbias, B, N}, n_chunks(N), B * N > kParallelWork,
+void recon_backward(const T* go, const T* y, const T* bias, const T* t, T* dy, T* dbias, int64_t B, int64_t N,
+                    int64_t go_div) {
+  for_items(ReconBackward<T>{go, y, bias, t, dy, dbias, B, N, go_div}, n_chunks(N), B * N > kParallelWork,
             recon_backward_cloned);
 }
 
@@ -338,6 +340,10 @@ void check(int64_t B, int64_t N, int dtype) {
   if (dtype != kFloat32 && dtype != kFloat64)
     throw std::invalid_argument("denoiser: the CPU kernels take float32 or float64, got dtype code " +
                                 std::to_string(dtype));
+}
+
+void check_go_div(int64_t go_div) {
+  if (go_div < 0) throw std::invalid_argument("recon_loss_backward: go_div must be >= 0, got " + std::to_string(go_div));
 }
 
 template <typename T>
@@ -397,15 +403,17 @@ void recon_loss_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_
 }
 
 void recon_loss_backward_cpu(std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t,
-                             std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N) {
+                             std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N,
+                             int64_t go_div) {
   check(B, N, dtype);
+  check_go_div(go_div);
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
     recon_backward<float>(cptr<float>(go), cptr<float>(y), cptr<float>(bias), cptr<float>(t), mptr<float>(dy),
-                          mptr<float>(dbias), B, N);
+                          mptr<float>(dbias), B, N, go_div);
   else
     recon_backward<double>(cptr<double>(go), cptr<double>(y), cptr<double>(bias), cptr<double>(t), mptr<double>(dy),
-                           mptr<double>(dbias), B, N);
+                           mptr<double>(dbias), B, N, go_div);
 }
 
 void corrupt_cpu(std::uintptr_t h, std::uintptr_t noise, std::uintptr_t out, double sigma, int dtype, int64_t numel) {
@@ -426,7 +434,7 @@ void bind(py::module_& m) {
   m.def("recon_loss_forward_cpu", &recon_loss_forward_cpu, "y"_a, "bias"_a, "target"_a, "out"_a, "dtype"_a, "B"_a,
         "N"_a);
   m.def("recon_loss_backward_cpu", &recon_loss_backward_cpu, "go"_a, "y"_a, "bias"_a, "target"_a, "dy"_a, "dbias"_a,
-        "dtype"_a, "B"_a, "N"_a);
+        "dtype"_a, "B"_a, "N"_a, "go_div"_a);
   m.def("corrupt_cpu", &corrupt_cpu, "h"_a, "noise"_a, "out"_a, "sigma"_a, "dtype"_a, "numel"_a);
 #ifdef FASTGAN_WITH_CUDA
   m.def("bn_relu_forward_cuda",
@@ -456,9 +464,10 @@ void bind(py::module_& m) {
         });
   m.def("recon_loss_backward_cuda",
         [](std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t t, std::uintptr_t dy,
-           std::uintptr_t dbias, int dtype, int64_t B, int64_t N, std::uintptr_t stream) {
+           std::uintptr_t dbias, int dtype, int64_t B, int64_t N, int64_t go_div, std::uintptr_t stream) {
           check(B, N, dtype);
-          raise_cuda(cuda::recon_loss_backward(go, y, bias, t, dy, dbias, dtype, B, N, stream),
+          check_go_div(go_div);
+          raise_cuda(cuda::recon_loss_backward(go, y, bias, t, dy, dbias, dtype, B, N, go_div, stream),
                      "recon_loss_backward_cuda");
         });
   m.def("corrupt_cuda",

@@ -150,17 +150,18 @@ template <typename T>
 __global__ void __launch_bounds__(TX * TY) recon_backward_kernel(const T* __restrict__ go, const T* __restrict__ y,
                                                                  const T* __restrict__ bias, const T* __restrict__ t,
                                                                  T* __restrict__ dy, T* __restrict__ dbias, int64_t B,
-                                                                 int64_t N) {
+                                                                 int64_t N, int64_t go_div) {
   __shared__ double red[TY][TX + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   const T b = ok ? load_or(bias, f, T(0)) : T(0);
+  const T g_all = recon::shared_go<T>(go, go_div);
   double acc = 0.0;
   if (ok)
     for (int64_t r = ty; r < B; r += TY) {
       const int64_t i = r * N + f;
-      T v = recon::grad<T>(go[r], recon::diff<T>(y[i], b, t[i]));
+      T v = recon::grad<T>(go_div ? g_all : go[r], recon::diff<T>(y[i], b, t[i]));
       dy[i] = v;
       acc += double(v);
     }
@@ -268,19 +269,20 @@ int recon_loss_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t tar
 }
 
 int recon_loss_backward(std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t target,
-                        std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N,
+                        std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, int64_t go_div,
                         std::uintptr_t stream) {
   if (N == 0) return 0;
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kFloat32:
       recon_backward_kernel<float><<<column_blocks(N), dim3(TX, TY), 0, st>>>(
-          cp<float>(go), cp<float>(y), cp<float>(bias), cp<float>(target), mp<float>(dy), mp<float>(dbias), B, N);
+          cp<float>(go), cp<float>(y), cp<float>(bias), cp<float>(target), mp<float>(dy), mp<float>(dbias), B, N,
+          go_div);
       break;
     case kFloat64:
       recon_backward_kernel<double><<<column_blocks(N), dim3(TX, TY), 0, st>>>(
           cp<double>(go), cp<double>(y), cp<double>(bias), cp<double>(target), mp<double>(dy), mp<double>(dbias), B,
-          N);
+          N, go_div);
       break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }

@@ -32,7 +32,6 @@ from . import _checks, _dispatch, _eager
 from ._hooks import has_hooks
 from . import denoiser_eager  # _compiling() read from it at call time: one patch there reaches every caller
 from . import denoiser_ops  # noqa: F401  (registers torch.ops.fastgan.bn_relu, denoiser_loss, ...)
-from ..reference._reduce import reduce_batch as _reduce
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_LOSS, OP_RECON  # noqa: F401  (importable from here)
 from .denoiser_eager import _EagerBnRelu, _EagerForward, _run_forward, _run_loss, _run_target_loss
 from .denoiser_net import _copy_running
@@ -243,9 +242,8 @@ def denoiser_loss(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
     chosen = _dispatch.resolve(OP_LOSS, device, backend)
     rms = list(running_means) if running_means is not None else []
     rvs = list(running_vars) if running_vars is not None else []
-    per_sample = _run_loss(h, noise, sigma, _contig(weights), _contig(biases), _contig(gammas), _contig(betas), rms,
-                           rvs, bool(training), momentum, eps, chosen)
-    return _reduce(per_sample, reduction)
+    return _run_loss(h, noise, sigma, _contig(weights), _contig(biases), _contig(gammas), _contig(betas), rms, rvs,
+                     bool(training), momentum, eps, chosen, reduction)
 
 
 def denoiser_generator_loss(h_fake: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor],
@@ -278,7 +276,7 @@ def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, 
     # _run_forward runs without autograd: r(h_fake) is a constant target
     target = _run_forward(h_fake.detach(), _contig(weights), _contig(biases), _contig(gammas), _contig(betas),
                           _contig(rms), _contig(rvs), training, False, 0.0, eps, backend)
-    return _reduce(_run_target_loss(target, h_fake, backend), reduction)
+    return _run_target_loss(target, h_fake, backend, reduction)
 
 
 # ---------------------------------------------------------------- module
@@ -567,9 +565,8 @@ class Denoiser(nn.Module):
         noise = _check_noise(noise, h)
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
         factor = self._factor()
-        per_sample = _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,
-                               factor, self.eps, chosen)
-        return _reduce(per_sample, reduction)
+        return _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,
+                         factor, self.eps, chosen, reduction)
 
     def generator_loss(self, h_fake: Tensor, *, reduction: str = "mean") -> Tensor:
         """||h_fake - r(h_fake)||^2 summed over features, reduced over the batch, with r(h_fake) a constant

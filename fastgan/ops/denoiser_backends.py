@@ -32,8 +32,16 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------- backend kernels (no autograd)
 # bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps, relu)
 # bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu)
-# recon_fwd(y, bias, target, out); recon_bwd(go, y, bias, target, dy, dbias); corrupt(h, noise, sigma, out)
+# recon_fwd(y, bias, target, out); recon_bwd(go, y, bias, target, dy, dbias, go_div=0): go_div 0, a gradient per
+#   row in go; > 0, every row's is go[0] / go_div (the backward of a mean over the batch, go_div = B, or a sum, 1)
+# corrupt(h, noise, sigma, out)
 # Optional tensors are None. Every 2-D tensor is contiguous (B, N).
+
+def per_row_go(go: Tensor, go_div: int, B: int) -> Tensor:
+    """The (B,) per-row gradient that recon_bwd's go_div stands for (0: go is it; > 0: go / go_div in every row,
+    autograd's MeanBackward for go_div = B, bit for bit), in one differentiable launch."""
+    return go.expand(B) / go_div if go_div else go
+
 
 class _Reference:
     @staticmethod
@@ -77,8 +85,9 @@ class _Reference:
         out.copy_(d.pow(2).sum(1))
 
     @staticmethod
-    def recon_bwd(go, y, bias, target, dy, dbias):
+    def recon_bwd(go, y, bias, target, dy, dbias, go_div=0):
         d = y - target if bias is None else y + bias - target
+        go = per_row_go(go, go_div, y.shape[0])
         dy.copy_(2 * go[:, None] * d)
         if dbias is not None:
             dbias.copy_(dy.sum(0))
@@ -117,9 +126,9 @@ class _Cpu:
         _ext.C().recon_loss_forward_cpu(*_ptrs(y, bias, target, out), _code(y), B, N)
 
     @staticmethod
-    def recon_bwd(go, y, bias, target, dy, dbias):
+    def recon_bwd(go, y, bias, target, dy, dbias, go_div=0):
         B, N = y.shape
-        _ext.C().recon_loss_backward_cpu(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N)
+        _ext.C().recon_loss_backward_cpu(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N, go_div)
 
     @staticmethod
     def corrupt(h, noise, sigma, out):
@@ -149,9 +158,10 @@ class _CudaOn:
         B, N = y.shape
         _ext.C().recon_loss_forward_cuda(*_ptrs(y, bias, target, out), _code(y), B, N, self.stream)
 
-    def recon_bwd(self, go, y, bias, target, dy, dbias):
+    def recon_bwd(self, go, y, bias, target, dy, dbias, go_div=0):
         B, N = y.shape
-        _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N, self.stream)
+        _ext.C().recon_loss_backward_cuda(*_ptrs(go, y, bias, target, dy, dbias), _code(y), B, N, go_div,
+                                          self.stream)
 
     def corrupt(self, h, noise, sigma, out):
         _ext.C().corrupt_cuda(*_ptrs(h, noise, out), sigma, _code(h), h.numel(), self.stream)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..reference._reduce import reduce_batch
 from . import _dispatch, _eager
 from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the _run_* functions call)
-from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch
+from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch, per_row_go
 from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
                            _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
                            _net_backward, _slots, _torch_bn, _torch_net, batched_layers,
@@ -18,6 +19,12 @@ from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden
 
 
 # ---------------------------------------------------------------- eager path
+# The eager loss Functions return the loss reduced over the batch: autograd then hands their backward the mean's
+# or sum's gradient, which the loss kernel's backward divides itself (go_div), where autograd's MeanBackward
+# would launch a division of its own.
+_GO_DIV = {"mean": lambda B: B, "sum": lambda B: 1, "none": lambda B: 0}
+
+
 # torch.library's autograd wrapper flattens list arguments with pytree on every call (~0.5 ms per call on
 # the 2-core CI machine, more than the whole reference step at small sizes). Eagerly, a plain
 # autograd.Function calls the same implementations; under torch.compile the custom ops of denoiser_ops.py are used.
@@ -25,7 +32,7 @@ from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden
 class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, h, noise, *params):
-        sigma, training, momentum, eps, backend, depth, rms, rvs = meta
+        sigma, training, momentum, eps, backend, depth, rms, rvs, reduction = meta
         d = depth + 1
         weights, biases = params[:d], params[d:2 * d]
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
@@ -36,7 +43,8 @@ class _EagerLoss(torch.autograd.Function):
         ctx.save_for_backward(h, noise, *params)
         ctx.saved = saved
         ctx.meta = (sigma, training, eps, backend, depth)
-        return per_sample
+        ctx.go_div = _GO_DIV[reduction](h.shape[0])
+        return reduce_batch(per_sample, reduction)
 
     @staticmethod
     @_dispatch.autocast_off
@@ -47,11 +55,11 @@ class _EagerLoss(torch.autograd.Function):
         weights, biases = params[:d], params[d:2 * d]
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
-            grads = _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, ctx.saved, training,
-                                          eps)
+            grads = _loss_double_backward(per_row_go(go, ctx.go_div, h.shape[0]), h, noise, sigma, weights, biases,
+                                          gammas, betas, ctx.saved, training, eps)
         else:
             grads = _loss_backward_impl(go.contiguous(), h, sigma, weights, biases, gammas, ctx.saved, training,
-                                        ctx.needs_input_grad[1], ctx.needs_input_grad[2], backend)
+                                        ctx.needs_input_grad[1], ctx.needs_input_grad[2], backend, ctx.go_div)
         dh, dnoise, dweights, dbiases, dgammas, dbetas = grads
         return (None, dh, dnoise, *dweights, *dbiases, *dgammas, *dbetas)
 
@@ -61,24 +69,26 @@ class _EagerRecon(torch.autograd.Function):
     The kernels' first operand is h, so their dy is dl/dh as it stands."""
 
     @staticmethod
-    def forward(ctx, target, h, backend):
+    def forward(ctx, target, h, backend, reduction):
         out = h.new_empty(h.shape[0])
         _KERNELS[backend].recon_fwd(h, None, target, out)
         _dispatch.record(OP_RECON, backend)
         ctx.save_for_backward(target, h)
         ctx.backend = backend
-        return out
+        ctx.go_div = _GO_DIV[reduction](h.shape[0])
+        return reduce_batch(out, reduction)
 
     @staticmethod
     @_dispatch.autocast_off
     def backward(ctx, go):
         target, h = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return None, _grads_through(lambda h_: (h_ - target).pow(2).sum(1), [h], go)[0], None
+            go = per_row_go(go, ctx.go_div, h.shape[0])
+            return None, _grads_through(lambda h_: (h_ - target).pow(2).sum(1), [h], go)[0], None, None
         dh = torch.empty_like(h)
-        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), h, None, target, dh, None)
+        _KERNELS[ctx.backend].recon_bwd(go.contiguous(), h, None, target, dh, None, ctx.go_div)
         _dispatch.record(OP_RECON + "_backward", ctx.backend)
-        return None, dh, None
+        return None, dh, None, None
 
 
 class _EagerBnRelu(torch.autograd.Function):
@@ -174,15 +184,16 @@ def _custom_ops(first=None, *others) -> bool:
     return _compiling() or not _eager.ok_on_one_device(first, *others)
 
 
-def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend):
-    """Per-sample loss; updates rms / rvs in place in training mode."""
+def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend,
+              reduction):
+    """The loss reduced over the batch ("mean", "sum" or "none"); updates rms / rvs in place in training mode."""
     with _dispatch.no_autocast(h.device):
         if _custom_ops(h, noise, *weights, *biases, *gammas, *betas, *rms, *rvs):
             per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
                 h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
             _copy_running(rms, rvs, new_running)
-            return per_sample
-        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs)
+            return reduce_batch(per_sample, reduction)
+        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs, reduction)
         return _EagerLoss.apply(meta, h, noise, *weights, *biases, *gammas, *betas)
 
 
@@ -199,9 +210,9 @@ def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, m
     return r
 
 
-def _run_target_loss(target, h_fake, backend):
-    """||h_fake - target||^2 per sample, gradient into h_fake only."""
+def _run_target_loss(target, h_fake, backend, reduction):
+    """||h_fake - target||^2 reduced over the batch, gradient into h_fake only."""
     with _dispatch.no_autocast(target.device):
         if _custom_ops(target, h_fake):
-            return torch.ops.fastgan.recon_loss(h_fake, None, target, backend)
-        return _EagerRecon.apply(target, h_fake, backend)
+            return reduce_batch(torch.ops.fastgan.recon_loss(h_fake, None, target, backend), reduction)
+        return _EagerRecon.apply(target, h_fake, backend, reduction)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms
+from .denoiser_backends import (OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms,
+                                per_row_go)
 
 Tensor = torch.Tensor
 
@@ -194,9 +195,12 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         return per_sample, saved, new_running
 
 
-def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend):
-    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers."""
+def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, backend,
+                        go_div=0):
+    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers. go_div as the
+    kernels' recon_bwd takes it (0: go per row; > 0: go[0] / go_div for every row)."""
     if fused_gemms(backend):
+        go = per_row_go(go, go_div, h.shape[0])  # the fused GEMMs' loss gradient reads a value per row
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h,
                                                need_noise, precision=dot_precision(h))
@@ -209,7 +213,7 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         dz = grads.get(len(weights) - 1)
         dz = torch.empty_like(z) if dz is None else dz
         db_out = z.new_empty(z.shape[1])
-        kern.recon_bwd(go, z, biases[-1], h, dz, db_out)
+        kern.recon_bwd(go, z, biases[-1], h, dz, db_out, go_div)
         dx0, dweights, dbiases, dgammas, dbetas = _net_backward(kern, dz, saved, weights, gammas, training,
                                                                 need_h or need_noise, grads=grads)
         dbiases.append(db_out)

@@ -378,17 +378,19 @@ def _denoiser_pair(n, hidden, depth, training):
     return out
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_denoiser_loss_forward_and_backward(emulated, training):
-    # 70 hidden features: three column blocks of 32, the last partial; B = 37 rows: ragged over 16 row lanes
+@pytest.mark.parametrize("training,reduction", [(True, "mean"), (False, "mean"), (True, "sum"), (True, "none")])
+def test_denoiser_loss_forward_and_backward(emulated, training, reduction):
+    # 70 hidden features: three column blocks of 32, the last partial; B = 37 rows: ragged over 16 row lanes.
+    # The reductions: the loss kernel's backward reads go[0] / B, go[0] / 1 or a value per row
     pair = _denoiser_pair(20, 70, 2, training)
     h = padded(torch.randn(37, 20, dtype=torch.float64))
     noise = padded(torch.randn(37, 20, dtype=torch.float64))
+    go = torch.rand(37, dtype=torch.float64) if reduction == "none" else None
     results = []
     for den in pair:
         hh = h.detach().requires_grad_(True)
-        loss = den.loss(hh, noise, detach=False)
-        loss.backward()
+        loss = den.loss(hh, noise, detach=False, reduction=reduction)
+        loss.backward(go)
         r = den(h.detach()) if not training else None
         results.append([loss, hh.grad, *(p.grad for p in den.parameters()), *den.buffers()]
                        + ([r] if r is not None else []))

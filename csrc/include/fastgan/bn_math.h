@@ -80,5 +80,10 @@ FG_HD A diff(A y, A bias, A target) { return y + bias - target; }
 template <typename A>
 FG_HD A grad(A go, A d) { return A(2) * go * d; }
 
+// The incoming gradient every row shares when go_div > 0 (a mean over the batch: go_div = B; a sum: 1): go[0] /
+// go_div, the bits of autograd's MeanBackward (go / B); go_div == 0: go holds a value per row (this returns 0).
+template <typename A>
+FG_HD A shared_go(const A* go, int64_t go_div) { return go_div > 0 ? go[0] / A(go_div) : A(0); }
+
 }  // namespace recon
 }  // namespace fastgan

@@ -27,9 +27,10 @@ int bn_relu_backward(std::uintptr_t dout, std::uintptr_t out, std::uintptr_t y, 
 int recon_loss_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t target, std::uintptr_t out, int dtype,
                        int64_t B, int64_t N, std::uintptr_t stream);
 
-// dy = 2 go_n (y + bias - target); dbias = sum_n dy (skipped when dbias is 0).
+// dy = 2 go_n (y + bias - target); dbias = sum_n dy (skipped when dbias is 0). go_n = go[n] when go_div is 0,
+// else go[0] / go_div for every n (the backward of the loss's mean, go_div = B, or sum, 1: recon::shared_go).
 int recon_loss_backward(std::uintptr_t go, std::uintptr_t y, std::uintptr_t bias, std::uintptr_t target,
-                        std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N,
+                        std::uintptr_t dy, std::uintptr_t dbias, int dtype, int64_t B, int64_t N, int64_t go_div,
                         std::uintptr_t stream);
 
 // out = h + sigma * noise over numel contiguous elements.

@@ -1,0 +1,89 @@
+"""The denoiser's loss reduced inside its eager Functions: autograd hands their backward the mean's (or sum's)
+gradient, and the loss kernel's backward divides it by B itself (go_div), where autograd's MeanBackward would
+launch a division: the same bits as that division followed by the per-row kernel, on every backend."""
+import pytest
+import torch
+
+from fastgan import _ext
+from fastgan.ops import Denoiser, denoiser_backends as dk
+from fastgan.reference import denoiser as ref
+
+from denoiser_helpers import make_pair, state
+
+BACKENDS = ["reference", "cpu", pytest.param("triton", marks=pytest.mark.triton)]
+
+
+def _operands(B, N, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=dtype) for s in ((B, N), (N,), (B, N))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 7, 37])
+def test_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype, B):
+    """recon_bwd(go, ..., go_div) against recon_bwd(go.expand(B) / go_div, ..., 0): equal, for B (mean) and 1 (sum),
+    B = 7 and 37 being where go / B is inexact."""
+    y, bias, target = _operands(B, 45, dtype)
+    kern = dk._KERNELS[backend]
+    go = torch.tensor(0.37, dtype=dtype)
+    for go_div in (B, 1):
+        got, want = (torch.empty_like(y) for _ in range(2))
+        db_got, db_want = (y.new_empty(45) for _ in range(2))
+        kern.recon_bwd(go, y, bias, target, got, db_got, go_div)
+        kern.recon_bwd(go.expand(B) / go_div, y, bias, target, want, db_want)
+        assert torch.equal(got, want) and torch.equal(db_got, db_want), (go_div, (got - want).abs().max())
+
+
+def test_a_negative_go_div_is_refused():
+    y, bias, target = _operands(3, 4, torch.float32)
+    with pytest.raises(ValueError, match="go_div must be >= 0"):
+        _ext.C().recon_loss_backward_cpu(*dk._ptrs(torch.ones(1), y, bias, target, torch.empty_like(y), None),
+                                         _ext.DTYPE_CODES[torch.float32], 3, 4, -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_every_reduction_matches_the_reference(backend, reduction):
+    den, net = make_pair(n=12, hidden=16, depth=2, backend=backend, seed=9)
+    h = torch.randn(11, 12, dtype=torch.float64, requires_grad=True)
+    noise = torch.randn(11, 12, dtype=torch.float64)
+    h2 = h.detach().clone().requires_grad_(True)
+    go = torch.rand(11, dtype=torch.float64) if reduction == "none" else None
+    loss = den.loss(h, noise, detach=False, reduction=reduction)
+    loss.backward(go)
+    per = ref.denoiser_loss(net, h2, noise, reduction="none")
+    want = {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
+    want.backward(go)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-9, atol=1e-11)
+    expected = state(net)
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_generator_term_reduces_in_its_function_too(reduction):
+    den = Denoiser(12, 16, 2, dtype=torch.float64, backend="cpu")
+    h = torch.randn(9, 12, dtype=torch.float64, requires_grad=True)
+    h2 = h.detach().clone().requires_grad_(True)
+    den.generator_loss(h, reduction=reduction).backward()
+    per = den.generator_loss(h2, reduction="none")
+    (per.mean() if reduction == "mean" else per.sum()).backward()
+    assert torch.equal(h.grad, h2.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_second_order_through_a_reduced_loss(reduction):
+    """create_graph=True backwards widen the shared gradient to a row each (differentiably) for the torch
+    recomputation: a gradient penalty on the denoiser's parameters matches the reference's."""
+    den, net = make_pair(n=6, hidden=8, depth=1, backend="cpu", seed=4)
+    h = torch.randn(5, 6, dtype=torch.float64)
+    noise = torch.randn(5, 6, dtype=torch.float64)
+    outs = []
+    for module, loss in ((den.net, lambda: den.loss(h, noise, reduction=reduction)),
+                         (net, lambda: ref.denoiser_loss(net, h, noise, reduction=reduction))):
+        grads = torch.autograd.grad(loss(), list(module.parameters()), create_graph=True)
+        outs.append(torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(module.parameters())))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
