@@ -145,6 +145,7 @@ def _run_every_op():
         d = den_ops.Denoiser(8, 16, depth=2, backend="triton", dtype=dtype)
         h = torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)
         d.loss(h, detach=False).backward()
+        d.loss(h, reduction="none").sum().backward()  # the loss gradient's per-row variant (the mean's: shared)
         d.generator_loss(torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)).backward()
         d(h).sum().backward()
         d.eval()
