@@ -151,7 +151,11 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
     else:
         bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
     if SHARED_GO:  # every row's gradient go[0] / go_div (the loss's mean or sum), as recon::shared_go
-        g_all = tl.load(go_ptr) / go_div
+        g_all = tl.load(go_ptr)
+        if g_all.dtype == tl.float32:  # rounded as torch's division (float32 `/` is div.full, within 2 ulp)
+            g_all = tl.math.div_rn(g_all, go_div * 1.0)  # not .to(): a go_div of 1 is specialized to a constant
+        else:
+            g_all = g_all / go_div
     acc = tl.zeros([BLOCK_N], dtype=tl.float64)
     for r0 in range(0, B, BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)

@@ -5,12 +5,13 @@ aliasing tensors and keep a GEMM a layer; every path gives the reference's gradi
 import pytest
 import torch
 
-from fastgan.ops import denoiser_eager, denoiser_net
+from fastgan.ops import Denoiser, denoiser_eager, denoiser_net
 from fastgan.reference import denoiser as ref
 
-from denoiser_helpers import make_pair, state
+from denoiser_helpers import delta, make_pair, state
+from fastgan.ops import _dispatch
 
-BACKENDS = ["cpu", pytest.param("triton", marks=pytest.mark.triton)]
+BACKENDS = ["cpu", "cuda", pytest.param("triton", marks=pytest.mark.triton)]  # cuda: emulated on CPU
 
 
 class _Gemms:
@@ -61,9 +62,11 @@ def test_the_loss_backward_batches_the_weight_gradients(monkeypatch, backend, tr
     den, net = make_pair(n=n, hidden=hidden, depth=depth, backend=backend, training=training, seed=5)
     h, noise = (torch.randn(9, n, dtype=torch.float64, requires_grad=True) for _ in range(2))
     gemms = _Gemms(monkeypatch)
+    before = dict(_dispatch.counts)
     loss = den.loss(h, noise, detach=False)
     assert gemms.mm == depth + 1 and gemms.bmm == []
     loss.backward()
+    assert delta(before) == {("denoiser_loss", backend): 1, ("denoiser_loss_backward", backend): 1}
     # dX below every layer but the input's (and the input's: h needs its gradient), dW per unbatched layer
     assert gemms.bmm == ([len(batched)] if batched else [])
     assert gemms.mm == (depth + 1) + (depth + 1) + (depth + 1 - len(batched))
@@ -128,3 +131,22 @@ def test_float32_batched_gradients_match_the_per_layer_gemms():
         den.loss(h, noise).backward()
     for got, want in zip(batched, (p.grad for p in den.parameters())):
         torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_on_a_gpu_the_batched_gradients_match_the_per_layer_gemms(monkeypatch, backend, set_matmul_tf32):
+    """cuBLAS's batched GEMM against its one-a-layer GEMMs (float32, n_h 512, B 64: the step the change is for)."""
+    set_matmul_tf32(False)
+    torch.manual_seed(0)
+    den = Denoiser(512, depth=3, backend=backend).cuda()
+    h, noise = torch.randn(64, 512, device="cuda"), torch.randn(64, 512, device="cuda")
+    gemms = _Gemms(monkeypatch)
+    den.loss(h, noise).backward()
+    assert gemms.bmm == [4]
+    batched = [p.grad.clone() for p in den.parameters()]
+    den.zero_grad(set_to_none=True)
+    monkeypatch.setattr(denoiser_net, "batched_layers", lambda weights, first, last: [])
+    den.loss(h, noise).backward()
+    for got, want in zip(batched, (p.grad for p in den.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

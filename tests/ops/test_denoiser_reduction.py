@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from fastgan import _ext
-from fastgan.ops import Denoiser, denoiser_backends as dk
+from fastgan.ops import Denoiser, _dispatch, denoiser_backends as dk
 from fastgan.reference import denoiser as ref
 
-from denoiser_helpers import make_pair, state
+from denoiser_helpers import delta, make_pair, state
 
-BACKENDS = ["reference", "cpu", pytest.param("triton", marks=pytest.mark.triton)]
+BACKENDS = ["reference", "cpu", "cuda", pytest.param("triton", marks=pytest.mark.triton)]  # cuda: emulated
 
 
 def _operands(B, N, dtype, seed=0):
@@ -50,8 +50,10 @@ def test_every_reduction_matches_the_reference(backend, reduction):
     noise = torch.randn(11, 12, dtype=torch.float64)
     h2 = h.detach().clone().requires_grad_(True)
     go = torch.rand(11, dtype=torch.float64) if reduction == "none" else None
+    before = dict(_dispatch.counts)
     loss = den.loss(h, noise, detach=False, reduction=reduction)
     loss.backward(go)
+    assert delta(before) == {("denoiser_loss", backend): 1, ("denoiser_loss_backward", backend): 1}
     per = ref.denoiser_loss(net, h2, noise, reduction="none")
     want = {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
     want.backward(go)
@@ -87,3 +89,19 @@ def test_second_order_through_a_reduced_loss(reduction):
         outs.append(torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(module.parameters())))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_on_a_gpu_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype):
+    B = 37
+    y, bias, target = (t.cuda() for t in _operands(B, 300, dtype))
+    kern = dk._KERNELS[backend]
+    go = torch.tensor(0.37, dtype=dtype, device="cuda")
+    for go_div in (B, 1):
+        got, want = (torch.empty_like(y) for _ in range(2))
+        db_got, db_want = (y.new_empty(300) for _ in range(2))
+        kern.recon_bwd(go, y, bias, target, got, db_got, go_div)
+        kern.recon_bwd(go.expand(B) / go_div, y, bias, target, want, db_want)
+        assert torch.equal(got, want) and torch.equal(db_got, db_want), (go_div, (got - want).abs().max())
