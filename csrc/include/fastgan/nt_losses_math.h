@@ -12,14 +12,31 @@ namespace nt {
 enum Kind : int { kDiscriminator = 0, kGenerator = 1 };
 enum Reduction : int { kMean = 0, kSum = 1 };
 
-FG_HD float fg_log1p(float x) { return log1pf(x); }
-FG_HD double fg_log1p(double x) { return log1p(x); }
+// log(1 + e) for e = exp(-|x|) in [0, 1]. float: 2 atanh(s), s = e / (2 + e) in [0, 1/3] (no cancellation for a
+// small e), as t = 2s = e / (1 + e/2), 1 / (1 + e/2) rounded as IEEE division rounds it (fg_recip_1_2), and
+// t (1 + t^2/12 + t^4/80 + ...) to t^14 / (15 * 4^7), whose next term is below 2e-9 relative: 14 instructions,
+// where log1pf took ~27 of the forward's 56 a logit (sm_90) in a kernel whose arithmetic, not its traffic,
+// bounds it. Within ~2 ulp of log1pf (tests/ops/test_nt_losses.py). double: libm's log1p.
+FG_HD float log1p_unit(float e) {
+  const float t = e * fg_recip_1_2(fmaf(0.5f, e, 1.0f));
+  const float t2 = t * t;
+  float p = 1.0f / 245760.0f;  // 1 / ((2k + 1) 4^k), k = 7 .. 0
+  p = fmaf(p, t2, 1.0f / 53248.0f);
+  p = fmaf(p, t2, 1.0f / 11264.0f);
+  p = fmaf(p, t2, 1.0f / 2304.0f);
+  p = fmaf(p, t2, 1.0f / 448.0f);
+  p = fmaf(p, t2, 1.0f / 80.0f);
+  p = fmaf(p, t2, 1.0f / 12.0f);
+  p = fmaf(p, t2, 1.0f);
+  return t * p;
+}
+FG_HD double log1p_unit(double e) { return log1p(e); }
 
 // softplus(x) = ln(1 + e^x) = -ln sigmoid(-x), without overflow; softplus_from takes e = exp(-|x|) from a caller
 // that needs the same exponential (the JS weight of the same logit).
 template <typename A>
 FG_HD A softplus_from(A x, A e) {
-  return (x > A(0) ? x : A(0)) + fg_log1p(e);
+  return (x > A(0) ? x : A(0)) + log1p_unit(e);
 }
 
 template <typename A>
