@@ -5,11 +5,10 @@ aliasing tensors and keep a GEMM a layer; every path gives the reference's gradi
 import pytest
 import torch
 
-from fastgan.ops import Denoiser, denoiser_eager, denoiser_net
+from fastgan.ops import Denoiser, _dispatch, denoiser_eager, denoiser_net
 from fastgan.reference import denoiser as ref
 
-from denoiser_helpers import delta, make_pair, state
-from fastgan.ops import _dispatch
+from denoiser_helpers import assert_loss_step_matches_reference, delta, make_pair, state
 
 BACKENDS = ["cpu", "cuda", pytest.param("triton", marks=pytest.mark.triton)]  # cuda: emulated on CPU
 
@@ -71,15 +70,7 @@ def test_the_loss_backward_batches_the_weight_gradients(monkeypatch, backend, tr
     assert gemms.bmm == ([len(batched)] if batched else [])
     assert gemms.mm == (depth + 1) + (depth + 1) + (depth + 1 - len(batched))
     monkeypatch.undo()
-    h2, noise2 = (t.detach().clone().requires_grad_(True) for t in (h, noise))
-    expected = ref.denoiser_loss(net, h2, noise2)
-    expected.backward()
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(noise.grad, noise2.grad, rtol=1e-9, atol=1e-11)
-    want = state(net)
-    for k, v in state(den.net).items():
-        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+    assert_loss_step_matches_reference(den, net, loss, h, noise)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

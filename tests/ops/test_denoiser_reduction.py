@@ -24,12 +24,15 @@ def _operands(B, N, dtype, seed=0):
 def test_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype, B):
     """recon_bwd(go, ..., go_div) against recon_bwd(go.expand(B) / go_div, ..., 0): equal, for B (mean) and 1 (sum),
     B = 7 and 37 being where go / B is inexact."""
-    y, bias, target = _operands(B, 45, dtype)
-    kern = dk._KERNELS[backend]
-    go = torch.tensor(0.37, dtype=dtype)
+    _assert_shared_equals_per_row(dk._KERNELS[backend], *_operands(B, 45, dtype))
+
+
+def _assert_shared_equals_per_row(kern, y, bias, target):
+    B, N = y.shape
+    go = torch.tensor(0.37, dtype=y.dtype, device=y.device)
     for go_div in (B, 1):
         got, want = (torch.empty_like(y) for _ in range(2))
-        db_got, db_want = (y.new_empty(45) for _ in range(2))
+        db_got, db_want = (y.new_empty(N) for _ in range(2))
         kern.recon_bwd(go, y, bias, target, got, db_got, go_div)
         kern.recon_bwd(go.expand(B) / go_div, y, bias, target, want, db_want)
         assert torch.equal(got, want) and torch.equal(db_got, db_want), (go_div, (got - want).abs().max())
@@ -95,13 +98,4 @@ def test_second_order_through_a_reduced_loss(reduction):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_on_a_gpu_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype):
-    B = 37
-    y, bias, target = (t.cuda() for t in _operands(B, 300, dtype))
-    kern = dk._KERNELS[backend]
-    go = torch.tensor(0.37, dtype=dtype, device="cuda")
-    for go_div in (B, 1):
-        got, want = (torch.empty_like(y) for _ in range(2))
-        db_got, db_want = (y.new_empty(300) for _ in range(2))
-        kern.recon_bwd(go, y, bias, target, got, db_got, go_div)
-        kern.recon_bwd(go.expand(B) / go_div, y, bias, target, want, db_want)
-        assert torch.equal(got, want) and torch.equal(db_got, db_want), (go_div, (got - want).abs().max())
+    _assert_shared_equals_per_row(dk._KERNELS[backend], *(t.cuda() for t in _operands(37, 300, dtype)))

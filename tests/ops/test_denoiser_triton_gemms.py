@@ -10,8 +10,7 @@ import types
 import pytest
 import torch
 
-from denoiser_helpers import make_pair, state
-from fastgan.reference import denoiser as ref
+from denoiser_helpers import assert_loss_step_matches_reference, make_pair
 
 ENV = "FASTGAN_DENOISER_TRITON_GEMM"
 LAYER_KERNELS = ("bn_forward", "bn_backward", "recon_forward", "recon_backward", "corrupt")
@@ -95,15 +94,7 @@ def test_a_backward_may_take_the_other_path_triton(monkeypatch, forward_gemm, ba
     loss = den.loss(h, noise, detach=False)
     monkeypatch.setenv(ENV, backward_gemm)
     loss.backward()
-    h2, noise2 = (t.detach().clone().requires_grad_(True) for t in (h, noise))
-    expected = ref.denoiser_loss(net, h2, noise2)
-    expected.backward()
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(noise.grad, noise2.grad, rtol=1e-9, atol=1e-11)
-    want = state(net)
-    for k, v in state(den.net).items():
-        torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+    assert_loss_step_matches_reference(den, net, loss, h, noise)
 
 
 
