@@ -22,7 +22,7 @@ from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden
 # The eager loss Functions return the loss reduced over the batch: autograd then hands their backward the mean's
 # or sum's gradient, which the loss kernel's backward divides itself (go_div), where autograd's MeanBackward
 # would launch a division of its own.
-_GO_DIV = {"mean": lambda B: B, "sum": lambda B: 1, "none": lambda B: 0}
+_GO_DIV = {"mean": lambda B: max(B, 1), "sum": lambda B: 1, "none": lambda B: 0}  # an empty batch: no row reads it
 
 
 # torch.library's autograd wrapper flattens list arguments with pytree on every call (~0.5 ms per call on

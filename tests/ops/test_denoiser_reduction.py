@@ -67,6 +67,20 @@ def test_every_reduction_matches_the_reference(backend, reduction):
         torch.testing.assert_close(v, expected[k], rtol=1e-9, atol=1e-11, msg=k)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_empty_batch_in_eval_mode(backend, reduction):
+    """B = 0 (eval mode): the mean is NaN as torch's, the gradients empty; the mean's shared gradient is go / 1
+    there (no row reads it), not a per-row gradient the 0-d go cannot give."""
+    den, _ = make_pair(n=12, hidden=16, depth=2, backend=backend, training=False, seed=2)
+    h = torch.empty(0, 12, dtype=torch.float64, requires_grad=True)
+    loss = den.loss(h, detach=False, reduction=reduction)
+    (loss.sum() if reduction == "none" else loss).backward()
+    assert loss.shape == ((0,) if reduction == "none" else ())
+    assert (loss.isnan() if reduction == "mean" else loss.sum() == 0).all()
+    assert h.grad.shape == (0, 12) and all(p.grad is not None for p in den.parameters())
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_the_generator_term_reduces_in_its_function_too(reduction):
     den = Denoiser(12, 16, 2, dtype=torch.float64, backend="cpu")
