@@ -134,7 +134,7 @@ class _EagerForward(torch.autograd.Function):
         batched = batched_layers(weights, 1, depth - 1)  # h and the output's gradient are the caller's
         with _launch(backend, h) as kern:
             x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                               saved, None, _slots(batched, h, weights[batched[0]].shape[1]) if batched else {})
+                               saved, None, _slots(batched, h, weights, 1))
         r = torch.addmm(biases[-1], x, weights[-1].t())
         _dispatch.record(OP_FORWARD, backend)
         ctx.save_for_backward(h, *params)
@@ -160,7 +160,7 @@ class _EagerForward(torch.autograd.Function):
         with _launch(backend, gr) as kern:
             dh, dweights, dbiases, dgammas, dbetas = _net_backward(
                 kern, gr, ctx.saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights,
-                _slots(batched, gr, weights[batched[0]].shape[0]) if batched else {})
+                _slots(batched, gr, weights, 0))
         dbiases.append(gr.sum(0))
         _dispatch.record(OP_FORWARD + "_backward", backend)
         return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)

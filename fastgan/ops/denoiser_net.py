@@ -59,11 +59,12 @@ def batched_layers(weights, first: int, last: int) -> list:
     return chosen if len(chosen) >= 2 else []
 
 
-def _slots(batched, like, width) -> dict:
-    """{layer i: its (B, width) slice of one new (len(batched), B, width) buffer}."""
+def _slots(batched, like, weights, axis: int) -> dict:
+    """{layer i: its (B, width) slice of one new (len(batched), B, width) buffer}, width the batched weights'
+    shape[axis]: 1 for the layers' inputs, 0 for the gradients at their outputs; B and dtype like's."""
     if not batched:
         return {}
-    buf = like.new_empty(len(batched), like.shape[0], width)
+    buf = like.new_empty(len(batched), like.shape[0], weights[batched[0]].shape[axis])
     return dict(zip(batched, buf.unbind(0)))
 
 
@@ -178,7 +179,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         return out
     with _launch(backend, h) as kern:
         batched = batched_layers(weights, 0, len(weights) - 1) if stack else []
-        slots = _slots(batched, h, weights[batched[0]].shape[1]) if batched else {}
+        slots = _slots(batched, h, weights, 1)
         x0 = slots.get(0)
         x0 = torch.empty_like(h) if x0 is None else x0
         kern.corrupt(h, noise, sigma, x0)
@@ -209,7 +210,7 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
     with _launch(backend, h) as kern:
         z = saved[-1]
         batched = stacked_layers(weights, saved, 0, len(weights) - 1)
-        grads = _slots(batched, z, weights[batched[0]].shape[0]) if batched else {}
+        grads = _slots(batched, z, weights, 0)
         dz = grads.get(len(weights) - 1)
         dz = torch.empty_like(z) if dz is None else dz
         db_out = z.new_empty(z.shape[1])
