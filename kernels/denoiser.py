@@ -18,10 +18,13 @@ import triton.language as tl
 # too coarse for float64 tensors (seen on an H100: BatchNorm running stats off by 1e-9 relative).
 @triton.jit
 def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out_ptr, shift_ptr, invstd_ptr,
-                       rmo_ptr, rvo_ptr, B, N, momentum: tl.float64, eps: tl.float64,
+                       rmo_ptr, rvo_ptr, count_ptr, B, N, momentum: tl.float64, eps: tl.float64,
                        HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr, TRACK: tl.constexpr, RELU: tl.constexpr,
-                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+                       COUNT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     T = y_ptr.dtype.element_ty
+    if COUNT:  # the layer's num_batches_tracked, counted here rather than by a launch of its own
+        if tl.program_id(0) == 0:
+            tl.atomic_add(count_ptr, 1)  # a scalar atomic: one thread of the program
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
     zero = tl.zeros([BLOCK_N], dtype=tl.float64)
@@ -217,16 +220,20 @@ def _dummy(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def bn_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
-               relu):
+               relu, count=None):
+    """count: an int64 tensor the launch adds 1 to (the layer's num_batches_tracked), or None."""
     B, N = y.shape
     if N == 0:
+        if count is not None:
+            raise ValueError("bn_relu: a batch count needs features (N > 0)")
         return
     block_b, block_n = _col_blocks(B, N, y.device)
     grid = (triton.cdiv(N, block_n),)
     _bn_forward_kernel[grid](y, _dummy(bias, gamma), gamma, beta, _dummy(rm, gamma), _dummy(rv, gamma), out, shift,
-                             invstd, _dummy(rm_out, shift), _dummy(rv_out, invstd), B, N, float(momentum),
-                             float(eps), HAS_BIAS=bias is not None, TRAINING=bool(training), TRACK=bool(track),
-                             RELU=bool(relu), BLOCK_B=block_b, BLOCK_N=block_n, num_warps=_col_warps(y.device))
+                             invstd, _dummy(rm_out, shift), _dummy(rv_out, invstd), _dummy(count, shift), B, N,
+                             float(momentum), float(eps), HAS_BIAS=bias is not None, TRAINING=bool(training),
+                             TRACK=bool(track), RELU=bool(relu), COUNT=count is not None, BLOCK_B=block_b,
+                             BLOCK_N=block_n, num_warps=_col_warps(y.device))
 
 
 def bn_backward(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):

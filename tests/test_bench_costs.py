@@ -97,8 +97,10 @@ def test_denoiser_step_kernel_counts(depth):
     assert fused["fastgan_kernels"] == 2 * depth + 3  # corruption, recon and its backward, BatchNorm each way
     assert gemm["fastgan_kernels"] == 3 * depth + 2, gemm
     assert gemm["torch_ops"] <= 4 and "aten.mm" not in gemm["ops"], gemm["ops"]
-    # the torch-GEMM step's loss kernel divides the mean's gradient by B itself: no division launched for it
+    # the torch-GEMM step's loss kernel divides the mean's gradient by B itself, and its BatchNorm kernels count
+    # the batch: no division or batch-counter launch of their own
     assert "aten.div" not in fused["ops"] and fused["ops"]["aten.mean"] == 1, fused["ops"]
+    assert "aten._foreach_add_" not in fused["ops"] and "aten._foreach_add_" in gemm["ops"], (fused["ops"], gemm)
     assert "aten._foreach_copy_" not in gemm["ops"] and "aten._foreach_copy_" not in fused["ops"]
     # forward: depth + 1, the backward's dX: depth, its dW: one bmm (the reference: 3 depth + 2 GEMMs)
     assert fused["ops"]["aten.mm"] == 2 * depth + 1 and fused["ops"]["aten.bmm"] == 1, fused["ops"]

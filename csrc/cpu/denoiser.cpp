@@ -358,12 +358,18 @@ void bn_forward_t(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, s
 
 void bn_relu_forward_cpu(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
                          std::uintptr_t rm, std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift,
-                         std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, int dtype, int64_t B,
-                         int64_t N, bool training, bool track, double momentum, double eps, bool relu) {
+                         std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, std::uintptr_t count,
+                         int dtype, int64_t B, int64_t N, bool training, bool track, double momentum, double eps,
+                         bool relu) {
   check(B, N, dtype);
   if (training && B < 1) throw std::invalid_argument("bn_relu: training mode needs a non-empty batch");
   // no features: given running stats are empty (null data pointers) and there is nothing to compute, as on CUDA
-  if (N == 0) return;
+  // (which refuses a count there: it has no launch to count in)
+  if (N == 0) {
+    if (count != 0) throw std::invalid_argument("bn_relu: a batch count needs features (N > 0)");
+    return;
+  }
+  if (count != 0) ++*reinterpret_cast<int64_t*>(count);  // the layer's num_batches_tracked
   if ((!training || track) && (rm == 0 || rv == 0)) throw std::invalid_argument("bn_relu: running stats missing");
   py::gil_scoped_release nogil;
   if (dtype == kFloat32)
@@ -427,8 +433,8 @@ void corrupt_cpu(std::uintptr_t h, std::uintptr_t noise, std::uintptr_t out, dou
 
 void bind(py::module_& m) {
   m.def("bn_relu_forward_cpu", &bn_relu_forward_cpu, "y"_a, "bias"_a, "gamma"_a, "beta"_a, "running_mean"_a,
-        "running_var"_a, "out"_a, "shift"_a, "invstd"_a, "running_mean_out"_a, "running_var_out"_a, "dtype"_a, "B"_a,
-        "N"_a, "training"_a, "track"_a, "momentum"_a, "eps"_a, "relu"_a);
+        "running_var"_a, "out"_a, "shift"_a, "invstd"_a, "running_mean_out"_a, "running_var_out"_a, "count"_a,
+        "dtype"_a, "B"_a, "N"_a, "training"_a, "track"_a, "momentum"_a, "eps"_a, "relu"_a);
   m.def("bn_relu_backward_cpu", &bn_relu_backward_cpu, "dout"_a, "out"_a, "y"_a, "gamma"_a, "shift"_a, "invstd"_a,
         "dy"_a, "dgamma"_a, "dbeta"_a, "dbias"_a, "dtype"_a, "B"_a, "N"_a, "training"_a, "relu"_a);
   m.def("recon_loss_forward_cpu", &recon_loss_forward_cpu, "y"_a, "bias"_a, "target"_a, "out"_a, "dtype"_a, "B"_a,
@@ -440,11 +446,12 @@ void bind(py::module_& m) {
   m.def("bn_relu_forward_cuda",
         [](std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta, std::uintptr_t rm,
            std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift, std::uintptr_t invstd, std::uintptr_t rm_out,
-           std::uintptr_t rv_out, int dtype, int64_t B, int64_t N, bool training, bool track, double momentum,
-           double eps, bool relu, std::uintptr_t stream) {
+           std::uintptr_t rv_out, std::uintptr_t count, int dtype, int64_t B, int64_t N, bool training, bool track,
+           double momentum, double eps, bool relu, std::uintptr_t stream) {
           check(B, N, dtype);
-          raise_cuda(cuda::bn_relu_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, dtype, B,
-                                           N, training, track, momentum, eps, relu, stream),
+          if (N == 0 && count != 0) throw std::invalid_argument("bn_relu: a batch count needs features (N > 0)");
+          raise_cuda(cuda::bn_relu_forward(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, count,
+                                           dtype, B, N, training, track, momentum, eps, relu, stream),
                      "bn_relu_forward_cuda");
         });
   m.def("bn_relu_backward_cuda",

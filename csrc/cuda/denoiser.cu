@@ -39,11 +39,14 @@ template <typename T>
 __global__ void __launch_bounds__(TX * TY) bn_forward_kernel(
     const T* __restrict__ y, const T* __restrict__ bias, const T* __restrict__ gamma, const T* __restrict__ beta,
     const T* rm, const T* rv, T* __restrict__ out, T* __restrict__ shift, T* __restrict__ invstd, T* rm_out, T* rv_out,
-    int64_t B, int64_t N, bool training, bool track, double momentum, double eps, bool relu) {
+    int64_t* __restrict__ count, int64_t B, int64_t N, bool training, bool track, double momentum, double eps,
+    bool relu) {
   __shared__ double red[TY][TX + 1];
   __shared__ double s_mean[TX];
   __shared__ T s_shift[TX], s_scale[TX], s_beta[TX];
   const int tx = threadIdx.x, ty = threadIdx.y;
+  // the layer's num_batches_tracked, counted here rather than by a launch of its own (one thread of the grid)
+  if (count != nullptr && blockIdx.x == 0 && tx == 0 && ty == 0) *count += 1;
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   if (training) {
@@ -187,11 +190,12 @@ unsigned column_blocks(int64_t N) { return unsigned((N + TX - 1) / TX); }
 template <typename T>
 void launch_bn_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
                        std::uintptr_t rm, std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift,
-                       std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, int64_t B, int64_t N,
-                       bool training, bool track, double momentum, double eps, bool relu, cudaStream_t st) {
+                       std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, std::uintptr_t count,
+                       int64_t B, int64_t N, bool training, bool track, double momentum, double eps, bool relu,
+                       cudaStream_t st) {
   bn_forward_kernel<T><<<column_blocks(N), dim3(TX, TY), 0, st>>>(
       cp<T>(y), cp<T>(bias), cp<T>(gamma), cp<T>(beta), cp<T>(rm), cp<T>(rv), mp<T>(out), mp<T>(shift),
-      mp<T>(invstd), mp<T>(rm_out), mp<T>(rv_out), B, N, training, track, momentum, eps, relu);
+      mp<T>(invstd), mp<T>(rm_out), mp<T>(rv_out), mp<int64_t>(count), B, N, training, track, momentum, eps, relu);
 }
 
 template <typename T>
@@ -208,20 +212,20 @@ void launch_bn_backward(std::uintptr_t dout, std::uintptr_t out, std::uintptr_t 
 
 int bn_relu_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
                     std::uintptr_t rm, std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift,
-                    std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, int dtype, int64_t B,
-                    int64_t N, bool training, bool track, double momentum, double eps, bool relu,
-                    std::uintptr_t stream) {
-  if (N == 0) return 0;
+                    std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, std::uintptr_t count,
+                    int dtype, int64_t B, int64_t N, bool training, bool track, double momentum, double eps,
+                    bool relu, std::uintptr_t stream) {
+  if (N == 0) return count == 0 ? 0 : static_cast<int>(cudaErrorInvalidValue);  // no launch to count in
   if ((!training || track) && (rm == 0 || rv == 0)) return static_cast<int>(cudaErrorInvalidValue);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kFloat32:
-      launch_bn_forward<float>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, B, N, training, track,
-                               momentum, eps, relu, st);
+      launch_bn_forward<float>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, count, B, N,
+                               training, track, momentum, eps, relu, st);
       break;
     case kFloat64:
-      launch_bn_forward<double>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, B, N, training,
-                                track, momentum, eps, relu, st);
+      launch_bn_forward<double>(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, count, B, N,
+                                training, track, momentum, eps, relu, st);
       break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }

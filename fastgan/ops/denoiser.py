@@ -34,7 +34,7 @@ from . import denoiser_eager  # _compiling() read from it at call time: one patc
 from . import denoiser_ops  # noqa: F401  (registers torch.ops.fastgan.bn_relu, denoiser_loss, ...)
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_LOSS, OP_RECON  # noqa: F401  (importable from here)
 from .denoiser_eager import _EagerBnRelu, _EagerForward, _run_forward, _run_loss, _run_target_loss
-from .denoiser_net import _copy_running
+from .denoiser_net import _copy_running, count_batches
 
 REDUCTIONS = ("mean", "sum", "none")
 PARAM_DTYPES = (torch.float32, torch.float64)
@@ -493,7 +493,7 @@ class Denoiser(nn.Module):
         return tensors
 
     def _factor(self) -> float:
-        """nn.BatchNorm1d's exponential_average_factor; counts the batch like it does."""
+        """nn.BatchNorm1d's exponential_average_factor, before this batch is counted (_counts: by the kernels)."""
         bns = self.norms
         if not (self.training and bns):
             return 0.0
@@ -508,9 +508,12 @@ class Denoiser(nn.Module):
                     f"net[{3 * other + 1}].num_batches_tracked is {counts[other]} but net[1]'s is {counts[0]}: "
                     "with momentum=None (a cumulative average) every BatchNorm1d layer must have counted the same "
                     "batches; call reset_running_stats() on all of them (or set a momentum)")
-        with torch.no_grad():
-            torch._foreach_add_([m.num_batches_tracked for m in bns], 1)
         return float(self.momentum) if counts is None else 1.0 / (counts[0] + 1)
+
+    def _counts(self) -> list:
+        """The num_batches_tracked a training-mode call adds 1 to, as nn.BatchNorm1d does: each layer's BatchNorm
+        kernel adds it (eagerly; the custom ops' callers in one _foreach_add_)."""
+        return [m.num_batches_tracked for m in self.norms] if self.training else []
 
     def _input(self, name: str, h) -> Tensor:
         if _checks.transforms_active():  # the parameters are listed only then
@@ -529,17 +532,18 @@ class Denoiser(nn.Module):
         h = self._input("h", h)
         weights, biases, gammas, betas, rms, rvs = self._params()
         chosen = _dispatch.resolve(OP_LAYER, h.device, self.backend)
-        factor = self._factor()
+        factor, counts = self._factor(), self._counts()
         needs_grad = torch.is_grad_enabled() and (
             h.requires_grad or any(p.requires_grad for ps in (weights, biases, gammas, betas) for p in ps))
         if not needs_grad:
             return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
-                                chosen)
+                                chosen, counts)
         with _dispatch.no_autocast(h.device):
-            if not denoiser_eager._custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs):
+            if not denoiser_eager._custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs, *counts):
                 meta = (self.training, self.training and self.depth > 0, factor, self.eps, chosen, self.depth,
-                        rms, rvs)
+                        rms, rvs, counts)
                 return _EagerForward.apply(meta, h, *weights, *biases, *gammas, *betas)
+            count_batches(counts)
             x, new_running = h, []
             for i in range(self.depth):
                 y = torch.mm(x, weights[i].t())
@@ -564,9 +568,8 @@ class Denoiser(nn.Module):
         _checks.choice("reduction", reduction, REDUCTIONS)
         noise = _check_noise(noise, h)
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
-        factor = self._factor()
         return _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,
-                         factor, self.eps, chosen, reduction)
+                         self._factor(), self.eps, chosen, reduction, self._counts())
 
     def generator_loss(self, h_fake: Tensor, *, reduction: str = "mean") -> Tensor:
         """||h_fake - r(h_fake)||^2 summed over features, reduced over the batch, with r(h_fake) a constant

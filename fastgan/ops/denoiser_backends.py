@@ -30,7 +30,8 @@ Tensor = torch.Tensor
 
 
 # ---------------------------------------------------------------- backend kernels (no autograd)
-# bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps, relu)
+# bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps, relu,
+#        count=None): count, an int64 tensor the launch adds 1 to (a BatchNorm's num_batches_tracked)
 # bn_bwd(dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu)
 # recon_fwd(y, bias, target, out); recon_bwd(go, y, bias, target, dy, dbias, go_div=0): go_div 0, a gradient per
 #   row in go; > 0, every row's is go[0] / go_div (the backward of a mean over the batch, go_div = B, or a sum, 1)
@@ -46,7 +47,9 @@ def per_row_go(go: Tensor, go_div: int, B: int) -> Tensor:
 class _Reference:
     @staticmethod
     def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
-               relu):
+               relu, count=None):
+        if count is not None:
+            count.add_(1)
         if training:
             B = y.shape[0]
             mean = y.mean(0)
@@ -109,9 +112,9 @@ def _code(t: Tensor) -> int:
 class _Cpu:
     @staticmethod
     def bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
-               relu):
+               relu, count=None):
         B, N = y.shape
-        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, count)
         _ext.C().bn_relu_forward_cpu(*ptrs, _code(y), B, N, training, track, momentum, eps, relu)
 
     @staticmethod
@@ -144,9 +147,9 @@ class _CudaOn:
         self.stream = stream
 
     def bn_fwd(self, y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum,
-               eps, relu):
+               eps, relu, count=None):
         B, N = y.shape
-        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out)
+        ptrs = _ptrs(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, count)
         _ext.C().bn_relu_forward_cuda(*ptrs, _code(y), B, N, training, track, momentum, eps, relu, self.stream)
 
     def bn_bwd(self, dout, out, y, gamma, shift, invstd, dy, dgamma, dbeta, dbias, training, relu):

@@ -12,7 +12,7 @@ from ..reference._reduce import reduce_batch
 from . import _dispatch, _eager
 from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the _run_* functions call)
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch, per_row_go
-from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
+from .denoiser_net import (_copy_running, _forward_impl, count_batches, _grads_through, _hidden_layers, _layer_backward,
                            _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
                            _net_backward, _slots, _torch_bn, _torch_net, batched_layers,
                            stacked_layers)
@@ -32,13 +32,13 @@ _GO_DIV = {"mean": lambda B: max(B, 1), "sum": lambda B: 1, "none": lambda B: 0}
 class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, h, noise, *params):
-        sigma, training, momentum, eps, backend, depth, rms, rvs, reduction = meta
+        sigma, training, momentum, eps, backend, depth, rms, rvs, reduction, counts = meta
         d = depth + 1
         weights, biases = params[:d], params[d:2 * d]
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
                                                             rvs, training, momentum, eps, backend,
-                                                            running_in_place=True, stack=True)
+                                                            running_in_place=True, stack=True, counts=counts)
         assert not new_running  # written in place
         ctx.save_for_backward(h, noise, *params)
         ctx.saved = saved
@@ -128,13 +128,13 @@ class _EagerForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, h, *params):
-        training, track, momentum, eps, backend, depth, rms, rvs = meta
+        training, track, momentum, eps, backend, depth, rms, rvs, counts = meta
         weights, biases, gammas, betas = _split(params, depth)
         saved: list = [h]
         batched = batched_layers(weights, 1, depth - 1)  # h and the output's gradient are the caller's
         with _launch(backend, h) as kern:
             x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                               saved, None, _slots(batched, h, weights, 1))
+                               saved, None, _slots(batched, h, weights, 1), counts)
         r = torch.addmm(biases[-1], x, weights[-1].t())
         _dispatch.record(OP_FORWARD, backend)
         ctx.save_for_backward(h, *params)
@@ -185,27 +185,31 @@ def _custom_ops(first=None, *others) -> bool:
 
 
 def _run_loss(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend,
-              reduction):
-    """The loss reduced over the batch ("mean", "sum" or "none"); updates rms / rvs in place in training mode."""
+              reduction, counts=()):
+    """The loss reduced over the batch ("mean", "sum" or "none"); updates rms / rvs in place in training mode, and
+    adds 1 to each of `counts` (the layers' num_batches_tracked)."""
     with _dispatch.no_autocast(h.device):
-        if _custom_ops(h, noise, *weights, *biases, *gammas, *betas, *rms, *rvs):
+        if _custom_ops(h, noise, *weights, *biases, *gammas, *betas, *rms, *rvs, *counts):
+            count_batches(counts)
             per_sample, _, new_running = torch.ops.fastgan.denoiser_loss(
                 h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, momentum, eps, backend)
             _copy_running(rms, rvs, new_running)
             return reduce_batch(per_sample, reduction)
-        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs, reduction)
+        meta = (sigma, training, momentum, eps, backend, len(weights) - 1, rms, rvs, reduction, counts)
         return _EagerLoss.apply(meta, h, noise, *weights, *biases, *gammas, *betas)
 
 
-def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend):
-    """r(h) without autograd; updates rms / rvs in place when `track` (and training)."""
+def _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, backend, counts=()):
+    """r(h) without autograd; updates rms / rvs in place when `track` (and training), and adds 1 to each of
+    `counts`."""
     with _dispatch.no_autocast(h.device), torch.no_grad():
-        if _custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs):
+        if _custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs, *counts):
+            count_batches(counts)
             r, new_running = torch.ops.fastgan.denoiser_forward(h, weights, biases, gammas, betas, rms, rvs,
                                                                 training, track, momentum, eps, backend)
         else:
             r, new_running = _forward_impl(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
-                                           eps, backend, running_in_place=True)
+                                           eps, backend, running_in_place=True, counts=counts)
     _copy_running(rms, rvs, new_running)
     return r
 

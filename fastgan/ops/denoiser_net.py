@@ -18,10 +18,11 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------- kernel-level building blocks
 
 def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum, eps, relu, out=None,
-                   running_in_place=False):
+                   running_in_place=False, count=None):
     """(out, shift, invstd, rm_new, rv_new); rm_new/rv_new are None unless training and tracking.
     out=y normalises in place (kernels whose y and out may alias: see _IN_PLACE); running_in_place writes the
-    updated running statistics over rm / rv (every kernel reads a feature's value before writing it)."""
+    updated running statistics over rm / rv (every kernel reads a feature's value before writing it); count: the
+    layer's num_batches_tracked, which the kernel adds 1 to."""
     N = y.shape[1]
     out = torch.empty_like(y) if out is None else out
     shift = y.new_empty(N)
@@ -29,7 +30,7 @@ def _layer_forward(kern, y, bias, gamma, beta, rm, rv, training, track, momentum
     rm_out = (rm if running_in_place else y.new_empty(N)) if track else None
     rv_out = (rv if running_in_place else y.new_empty(N)) if track else None
     kern.bn_fwd(y, bias, gamma, beta, rm, rv, out, shift, invstd, rm_out, rv_out, training, track, momentum, eps,
-                relu)
+                relu, count)
     return out, shift, invstd, rm_out, rv_out
 
 
@@ -93,7 +94,7 @@ def stacked_layers(weights, saved, first: int, last: int) -> list:
 
 
 def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, saved,
-                   new_running, slots=None):
+                   new_running, slots=None, counts=None):
     """Runs the hidden layers from x; appends (y, out, shift, invstd) per layer to `saved` when it is a list,
     and the updated running statistics to `new_running`, or with new_running=None (eager callers: functional
     custom ops may not mutate their inputs) writes them into rms / rvs.
@@ -102,7 +103,8 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
     in turn and each layer normalises its GEMM's output in place: no allocation per layer. On the CPU a fresh
     (B, n_h) tensor is often fresh pages from the OS, and their first-touch faults cost as much as the
     normalisation itself (measured on 2 cores at B = 256, n_h = 512: 164 -> 57 minor faults per generator
-    term, 6% of its time). slots: {layer i: the tensor its input x_i = out_{i-1} is written into} (_slots)."""
+    term, 6% of its time). slots: {layer i: the tensor its input x_i = out_{i-1} is written into} (_slots).
+    counts: the layers' num_batches_tracked, each added 1 to by its layer's kernel (None: none counted)."""
     slots = slots or {}
     reuse = saved is None and kern in _IN_PLACE
     bufs: list = [None, None]  # layer i writes bufs[i % 2] while reading its input from the other
@@ -118,7 +120,8 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
         out, shift, invstd, rm_new, rv_new = _layer_forward(kern, y, biases[i], gammas[i], betas[i], rm, rv,
                                                             training, track, momentum, eps, True,
                                                             out=y if reuse else slots.get(i + 1),
-                                                            running_in_place=new_running is None)
+                                                            running_in_place=new_running is None,
+                                                            count=counts[i] if counts else None)
         if saved is not None:
             saved += [y, out, shift, invstd]
         if track and new_running is not None:
@@ -165,12 +168,14 @@ def _grads_through(fn, inputs: list, grad_out: Tensor):
 # saved = [x0, (y, out, shift, invstd) per hidden layer, z]: x0 = h + sigma * noise, z = last GEMM (no bias).
 
 def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars, training,
-                       momentum, eps, backend, running_in_place=False, stack=False):
+                       momentum, eps, backend, running_in_place=False, stack=False, counts=None):
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or []); with
     running_in_place (eager callers) the running statistics are updated in their tensors and [] returned.
     stack: the inputs of batched_layers(weights, 0, depth) are slices of one buffer, for the backward's one
-    bmm (eager callers: a custom op's outputs may not alias one another)."""
+    bmm (eager callers: a custom op's outputs may not alias one another). counts: the layers' num_batches_tracked
+    to add 1 to (eager callers: a custom op may not mutate them)."""
     if fused_gemms(backend):
+        count_batches(counts)
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                               running_vars, training, training and len(running_means) > 0,
@@ -187,7 +192,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         new_running: list = []
         track = training and len(running_means) > 0
         x = _hidden_layers(kern, x0, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                           momentum, eps, saved, None if running_in_place else new_running, slots)
+                           momentum, eps, saved, None if running_in_place else new_running, slots, counts)
         z = torch.mm(x, weights[-1].t())
         saved.append(z)
         per_sample = h.new_empty(h.shape[0])
@@ -278,10 +283,11 @@ def _loss_double_backward(go, h, noise, sigma, weights, biases, gammas, betas, s
 
 
 def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum, eps,
-                  backend, running_in_place=False):
-    """(r(h), new running stats or []), running_in_place as in _loss_forward_impl."""
+                  backend, running_in_place=False, counts=None):
+    """(r(h), new running stats or []), running_in_place and counts as in _loss_forward_impl."""
     track = track and training and len(running_means) > 0
     if fused_gemms(backend):
+        count_batches(counts)
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training,
                                          track, momentum, eps, running_in_place, precision=dot_precision(h))
@@ -290,12 +296,20 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     new_running: list = []
     with _launch(backend, h) as kern:
         x = _hidden_layers(kern, h, weights, biases, gammas, betas, running_means, running_vars, training, track,
-                           momentum, eps, None, None if running_in_place else new_running)
+                           momentum, eps, None, None if running_in_place else new_running, counts=counts)
     _dispatch.record(OP_FORWARD, backend)
     return torch.addmm(biases[-1], x, weights[-1].t()), new_running
 
 
 # ---------------------------------------------------------------- running statistics the custom ops return
+
+def count_batches(counts) -> None:
+    """Adds 1 to each BatchNorm's num_batches_tracked in one launch: for the paths whose kernels do not (the custom
+    ops, functional; Triton's tl.dot GEMMs)."""
+    if counts:
+        with torch.no_grad():
+            torch._foreach_add_(counts, 1)
+
 
 def _copy_running(running_means, running_vars, new_running) -> None:
     if not new_running:

@@ -11,11 +11,12 @@ namespace cuda {
 // out = relu(gamma * (y - shift) * invstd + beta); writes shift and invstd (N,). training: batch statistics,
 // and when `track` the updated running stats into rm_out / rv_out (which may alias rm / rv). eval: running
 // stats. `bias` is the preceding Linear's bias (may be 0).
+// count: an int64 the launch adds 1 to (the layer's num_batches_tracked), or 0; refused with N == 0 (no launch).
 int bn_relu_forward(std::uintptr_t y, std::uintptr_t bias, std::uintptr_t gamma, std::uintptr_t beta,
                     std::uintptr_t rm, std::uintptr_t rv, std::uintptr_t out, std::uintptr_t shift,
-                    std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, int dtype, int64_t B,
-                    int64_t N, bool training, bool track, double momentum, double eps, bool relu,
-                    std::uintptr_t stream);
+                    std::uintptr_t invstd, std::uintptr_t rm_out, std::uintptr_t rv_out, std::uintptr_t count,
+                    int dtype, int64_t B, int64_t N, bool training, bool track, double momentum, double eps,
+                    bool relu, std::uintptr_t stream);
 
 // dy (B, N), dgamma, dbeta, dbias (N,) from dout and the forward's out (read only when relu), y, shift, invstd.
 int bn_relu_backward(std::uintptr_t dout, std::uintptr_t out, std::uintptr_t y, std::uintptr_t gamma,
