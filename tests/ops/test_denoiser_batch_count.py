@@ -94,3 +94,19 @@ def test_the_cpu_kernel_counts_once_however_many_threads():
     dk._Cpu.bn_fwd(y, None, gamma, beta, None, None, out, shift, invstd, None, None, True, False, 0.1, 1e-5, True,
                    count)
     assert int(count) == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_on_a_gpu_the_kernels_count_each_batch_once(monkeypatch, backend):
+    """The CUDA kernel's one thread of the grid and Triton's scalar atomic in program 0, on a device: several blocks
+    (300 features) and programs, a count of exactly 1 a call."""
+    den, _ = make_pair(n=300, hidden=300, depth=2, backend=backend, dtype=torch.float32, seed=4)
+    den = den.cuda()
+    adds = _foreach_adds(monkeypatch)
+    h = torch.randn(64, 300, device="cuda")
+    for _ in range(3):
+        den.loss(h).backward()
+    with torch.no_grad():
+        den(h)
+    assert _counts(den.net) == [4, 4] and adds == []
