@@ -12,10 +12,9 @@ from ..reference._reduce import reduce_batch
 from . import _dispatch, _eager
 from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the _run_* functions call)
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch, per_row_go
-from .denoiser_net import (_copy_running, _forward_impl, count_batches, _grads_through, _hidden_layers, _layer_backward,
+from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
                            _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
-                           _net_backward, _slots, _torch_bn, _torch_net, batched_layers,
-                           stacked_layers)
+                           _net_backward, _torch_bn, _torch_net, batched_backward, count_batches, input_slots)
 
 
 # ---------------------------------------------------------------- eager path
@@ -131,10 +130,10 @@ class _EagerForward(torch.autograd.Function):
         training, track, momentum, eps, backend, depth, rms, rvs, counts = meta
         weights, biases, gammas, betas = _split(params, depth)
         saved: list = [h]
-        batched = batched_layers(weights, 1, depth - 1)  # h and the output's gradient are the caller's
+        slots = input_slots(weights, 1, depth - 1, h)  # h and the output's gradient are the caller's
         with _launch(backend, h) as kern:
             x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                               saved, None, _slots(batched, h, weights, 1), counts)
+                               saved, None, slots, counts)
         r = torch.addmm(biases[-1], x, weights[-1].t())
         _dispatch.record(OP_FORWARD, backend)
         ctx.save_for_backward(h, *params)
@@ -156,11 +155,10 @@ class _EagerForward(torch.autograd.Function):
             return (None, *grads)
         gr = gr.contiguous()
         need_weights = any(ctx.needs_input_grad[2:3 + depth])
-        batched = stacked_layers(weights, ctx.saved, 1, depth - 1) if need_weights else []
+        batch = batched_backward(weights, ctx.saved, 1, depth - 1, gr) if need_weights else None
         with _launch(backend, gr) as kern:
             dh, dweights, dbiases, dgammas, dbetas = _net_backward(
-                kern, gr, ctx.saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights,
-                _slots(batched, gr, weights, 0))
+                kern, gr, ctx.saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights, batch)
         dbiases.append(gr.sum(0))
         _dispatch.record(OP_FORWARD + "_backward", backend)
         return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)

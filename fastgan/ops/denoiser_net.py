@@ -5,6 +5,8 @@ math in plain, differentiable torch for backwards taken with create_graph=True (
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -60,17 +62,18 @@ def batched_layers(weights, first: int, last: int) -> list:
     return chosen if len(chosen) >= 2 else []
 
 
-def _slots(batched, like, weights, axis: int) -> dict:
-    """{layer i: its (B, width) slice of one new (len(batched), B, width) buffer}, width the batched weights'
-    shape[axis]: 1 for the layers' inputs, 0 for the gradients at their outputs; B and dtype like's."""
-    if not batched:
+def input_slots(weights, first: int, last: int, like) -> dict:
+    """{layer i: its (B, in) slice of one new buffer} for the batched_layers(weights, first, last), where the
+    forward writes their GEMM inputs; B and dtype like's."""
+    layers = batched_layers(weights, first, last)
+    if not layers:
         return {}
-    buf = like.new_empty(len(batched), like.shape[0], weights[batched[0]].shape[axis])
-    return dict(zip(batched, buf.unbind(0)))
+    buf = like.new_empty(len(layers), like.shape[0], weights[layers[0]].shape[1])
+    return dict(zip(layers, buf.unbind(0)))
 
 
 def _stacked(ts: list) -> Tensor | None:
-    """The (n, B, F) tensor of which ts are the consecutive slices (as _slots made them), or None."""
+    """The (n, B, F) tensor of which ts are the consecutive slices (as input_slots made them), or None."""
     t0 = ts[0]
     step = t0.numel()
     for k, t in enumerate(ts):
@@ -85,12 +88,23 @@ def _gemm_input(saved: list, i: int) -> Tensor:
     return saved[0] if i == 0 else saved[4 * i - 2]
 
 
-def stacked_layers(weights, saved, first: int, last: int) -> list:
-    """batched_layers(weights, first, last) when the forward wrote their inputs into one buffer (the eager
-    Functions do; a custom op's outputs may not alias, and Triton's tl.dot loss forward does not), else []:
-    the backward may follow a forward of the other kind (FASTGAN_DENOISER_TRITON_GEMM is read at each call)."""
-    batched = batched_layers(weights, first, last)
-    return batched if batched and _stacked([_gemm_input(saved, i) for i in batched]) is not None else []
+class Batched(NamedTuple):
+    """The backward's side of batched_layers: one bmm g_all^T x_all gives their weight gradients."""
+    grads: dict  # {layer i: its slice of g_all, where the backward writes the gradient at its GEMM's output}
+    g_all: Tensor  # (n, B, out)
+    x_all: Tensor  # (n, B, in): the forward's stacked GEMM inputs of the same layers
+
+
+def batched_backward(weights, saved, first: int, last: int, like) -> Batched | None:
+    """Batched for the batched_layers(weights, first, last) when the forward wrote their inputs into one buffer
+    (the eager Functions do; a custom op's outputs may not alias, and Triton's tl.dot loss forward does not), else
+    None: the backward may follow a forward of the other kind (FASTGAN_DENOISER_TRITON_GEMM is read at each call)."""
+    layers = batched_layers(weights, first, last)
+    x_all = _stacked([_gemm_input(saved, i) for i in layers]) if layers else None
+    if x_all is None:
+        return None
+    g_all = like.new_empty(len(layers), like.shape[0], weights[layers[0]].shape[0])
+    return Batched(dict(zip(layers, g_all.unbind(0))), g_all, x_all)
 
 
 def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, saved,
@@ -103,7 +117,7 @@ def _hidden_layers(kern, x, weights, biases, gammas, betas, rms, rvs, training, 
     in turn and each layer normalises its GEMM's output in place: no allocation per layer. On the CPU a fresh
     (B, n_h) tensor is often fresh pages from the OS, and their first-touch faults cost as much as the
     normalisation itself (measured on 2 cores at B = 256, n_h = 512: 164 -> 57 minor faults per generator
-    term, 6% of its time). slots: {layer i: the tensor its input x_i = out_{i-1} is written into} (_slots).
+    term, 6% of its time). slots: {layer i: the tensor its input x_i = out_{i-1} is written into} (input_slots).
     counts: the layers' num_batches_tracked, each added 1 to by its layer's kernel (None: none counted)."""
     slots = slots or {}
     reuse = saved is None and kern in _IN_PLACE
@@ -183,8 +197,7 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
-        batched = batched_layers(weights, 0, len(weights) - 1) if stack else []
-        slots = _slots(batched, h, weights, 1)
+        slots = input_slots(weights, 0, len(weights) - 1, h) if stack else {}
         x0 = slots.get(0)
         x0 = torch.empty_like(h) if x0 is None else x0
         kern.corrupt(h, noise, sigma, x0)
@@ -214,14 +227,13 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         return out
     with _launch(backend, h) as kern:
         z = saved[-1]
-        batched = stacked_layers(weights, saved, 0, len(weights) - 1)
-        grads = _slots(batched, z, weights, 0)
-        dz = grads.get(len(weights) - 1)
+        batch = batched_backward(weights, saved, 0, len(weights) - 1, z)
+        dz = batch.grads.get(len(weights) - 1) if batch else None
         dz = torch.empty_like(z) if dz is None else dz
         db_out = z.new_empty(z.shape[1])
         kern.recon_bwd(go, z, biases[-1], h, dz, db_out, go_div)
         dx0, dweights, dbiases, dgammas, dbetas = _net_backward(kern, dz, saved, weights, gammas, training,
-                                                                need_h or need_noise, grads=grads)
+                                                                need_h or need_noise, batch=batch)
         dbiases.append(db_out)
         dh = dnoise = None
         if need_h:
@@ -232,14 +244,14 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         return dh, dnoise, dweights, dbiases, dgammas, dbetas
 
 
-def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_weights=True, grads=None):
+def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_weights=True, batch=None):
     """One walk down the network from dz = dL/dz, z = the output GEMM's product (its bias not added):
     (dx0 or None, dweights (Nones unless need_weights), hidden layers' dbiases, dgammas, dbetas). `saved` as
     _hidden_layers writes it, after the network's input x0: [x0, (y, out, shift, invstd) per hidden layer, ...].
-    grads: {layer i: where the gradient g_i at its GEMM's output goes} for batched layers (_slots; dz already
-    there when the last layer is one), whose inputs the forward stacked: their dW_i = g_i^T x_i is one bmm."""
+    batch: batched_backward's for the layers whose dW_i = g_i^T x_i is one bmm (dz already in its grads when the
+    last layer is one of them)."""
     depth = len(weights) - 1
-    grads = grads if need_weights and grads else {}
+    grads = batch.grads if need_weights and batch else {}
     dweights = [None] * (depth + 1)
     dbiases = [None] * depth
     dgammas, dbetas = [None] * depth, [None] * depth
@@ -256,10 +268,7 @@ def _net_backward(kern, dz, saved, weights, gammas, training, need_input, need_w
         if need_weights and slot is None:
             dweights[i] = torch.mm(g.t(), _gemm_input(saved, i))
     if grads:
-        layers = list(grads)
-        g_all = _stacked([grads[i] for i in layers])
-        dw_all = torch.bmm(g_all.transpose(1, 2), _stacked([_gemm_input(saved, i) for i in layers]))
-        for i, dw in zip(layers, dw_all.unbind(0)):
+        for i, dw in zip(grads, torch.bmm(batch.g_all.transpose(1, 2), batch.x_all).unbind(0)):
             dweights[i] = dw
     dx0 = torch.mm(g, weights[0]) if need_input else None
     return dx0, dweights, dbiases, dgammas, dbetas
