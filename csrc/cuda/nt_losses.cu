@@ -23,7 +23,7 @@ __device__ __forceinline__ A read_mu(const NtLossArgs& a) {
 // computed. Its loop then spent 88 instructions a logit (SASS, sm_90, D loss with JS weights, once one exponential
 // served the term and the weight; more when measured). In a round each thread now loads kPacks packs of V = 16 /
 // sizeof(A) consecutive logits (64 bytes; one 16-byte load per pack where the side is contiguous and aligned) before
-// computing on them, and its loop spends 56 (not timed on a GPU yet). The side's two coefficients are divided once
+// computing on them, and its loop spends 56 (40 since nt::log1p_unit; not timed on a GPU yet). The side's two coefficients are divided once
 // (nt::half_coefs), not per logit, and a logit's loss term and weight share one exponential (the values nt::coef,
 // nt::term and penalty::weight give apart, bit for bit). A thread adds its terms in index order; which logits a
 // thread owns does not depend on VEC, so the scalar variant (strided or unaligned logits) gives the same sums bit
@@ -256,13 +256,17 @@ __device__ __forceinline__ A logit_grad(A psi, A gw, A coef_go, A sign, int weig
   return v;
 }
 
+// Logits a backward block covers: a round of kThreads threads' kPacks packs (launch_backward's blocks).
+template <typename A>
+__host__ __device__ constexpr int64_t backward_round_logits() { return int64_t(kPacks) * Pack<A>::N * kThreads; }
+
 template <typename A, bool VEC, bool IN_LOSS, bool WEIGHTS>
 __device__ __forceinline__ void backward_round(const A* __restrict__ logits, const A* __restrict__ gw,
                                                A* __restrict__ d, int64_t k0, int64_t n, int64_t stride, A sign,
                                                A go_clean, A go_noisy, int64_t n_clean, int weight_code) {
   using P = Pack<A>;
   constexpr int V = P::N;
-  const int64_t span = int64_t(kThreads) * V;  // launch_backward's blocks are kThreads wide, as its rounds count
+  const int64_t span = backward_round_logits<A>() / kPacks;  // pack p of the round: V logits a thread
   const int64_t base = k0 + int64_t(threadIdx.x) * V;
   const bool full = k0 + kPacks * span <= n;  // the whole round inside the side: no element needs a test
   A psi[kPacks][V], g[kPacks][V];
@@ -307,7 +311,7 @@ __device__ __forceinline__ void backward_round(const A* __restrict__ logits, con
 
 template <typename A, bool VEC>
 __global__ void __launch_bounds__(kThreads, (forward_blocks_per_sm<A, VEC>())) backward_kernel(NtLossArgs a) {
-  constexpr int64_t R = int64_t(kPacks) * Pack<A>::N * kThreads;  // logits a round
+  constexpr int64_t R = backward_round_logits<A>();
   const int64_t real_blocks = (a.n_real + R - 1) / R;
   const bool real = int64_t(blockIdx.x) < real_blocks;
   const int64_t k0 = (real ? int64_t(blockIdx.x) : int64_t(blockIdx.x) - real_blocks) * R;
@@ -375,7 +379,7 @@ bool can_vectorize_backward(const NtLossArgs& a) {
 
 template <typename A>
 int launch_backward(const NtLossArgs& a, cudaStream_t st) {
-  constexpr int64_t R = int64_t(kPacks) * Pack<A>::N * kThreads;
+  constexpr int64_t R = backward_round_logits<A>();
   const int64_t blocks = (a.n_real + R - 1) / R + (a.n_fake + R - 1) / R;
   if (blocks > int64_t(0x7fffffff)) return static_cast<int>(cudaErrorInvalidValue);
   if (can_vectorize_backward(a))
