@@ -64,15 +64,19 @@ def auto_as_on_cuda(monkeypatch) -> None:
         monkeypatch.setattr(penalty_jvp, name, value)
 
 
-def cuda_emu_build():
-    """tools/cuda_emu/build.py as a module."""
+def tool_module(relative: str, name: str):
+    """A script under tools/ (not a package) as a module named `name`."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "cuda_emu" / "build.py"
-    spec = importlib.util.spec_from_file_location("fastgan_cuda_emu_build", path)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / relative)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def cuda_emu_build():
+    """tools/cuda_emu/build.py as a module."""
+    return tool_module("cuda_emu/build.py", "fastgan_cuda_emu_build")
 
 
 @functools.lru_cache(maxsize=None)

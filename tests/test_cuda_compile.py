@@ -4,11 +4,11 @@ and write in 16-byte accesses. Their speed rests on both (each thread keeps 64 b
 csrc/cuda/nt_losses.cu); a change of the code or of nvcc that loses either shows here, not only on a GPU."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from helpers import tool_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "cuda" / "nt_losses.cu"
@@ -19,15 +19,8 @@ THREADS = 256  # kThreads
 BLOCKS = {("f", True): 3, ("d", True): 2, ("f", False): 2, ("d", False): 2}
 
 
-def _sass_loops():
-    """tools/sass_loops.py as a module: it compiles and disassembles as the build does (triton bundles cuobjdump)."""
-    spec = importlib.util.spec_from_file_location("fastgan_sass_loops", ROOT / "tools" / "sass_loops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _sass_loops()
+# tools/sass_loops.py: it compiles and disassembles as the build does (triton bundles cuobjdump)
+TOOL = tool_module("sass_loops.py", "fastgan_sass_loops")
 
 
 @pytest.fixture(scope="module", params=["75", "80", "90"])
