@@ -8,7 +8,9 @@ it), counted on CPU with the op sequence a GPU runs, per implementation:
     launches.
 
 Replayed from a CUDA graph at small sizes (B = 64, n_h = 512: every GEMM is a few microseconds) the step costs
-roughly kernels x a per-kernel floor, so these counts bound what each implementation can gain there.
+roughly kernels x a per-kernel floor, so these counts bound what each implementation can gain there. The fused
+GEMMs take the tiles an H200 would (GPU_TILES): how many column tiles the output layer spans decides whether the
+per-sample loss needs a sum of its tiles' partials, a launch the interpreter's wide tiles would not count.
 
     TRITON_INTERPRET=1 python bench/costs_denoiser.py [--json bench/results/costs-denoiser-<date>.json]
 """
@@ -28,6 +30,7 @@ LABELS = {"reference": "reference (nn.Sequential)", "cpu": "torch GEMMs + fused 
           "triton": "torch GEMMs + Triton layers (triton backend)",
           "triton-tl.dot": "Triton, fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"}
 TL_DOT = "triton-tl.dot"
+GPU_TILES = (132, 9)  # (SMs, compute capability major) of the GPU whose tile rule the fused GEMMs count with: an H200
 
 
 class _StepCosts(Costs):
@@ -60,6 +63,7 @@ def _step_kernels(impl: str, n_h: int, depth: int, B: int) -> dict:
     from triton.runtime.interpreter import InterpretedFunction
 
     from bench_denoiser import _setup, loss_step
+    from fastgan.kernels import denoiser_gemm
     from fastgan.ops import denoiser_backends as dk
     from fastgan.ops import denoiser_eager
 
@@ -99,10 +103,13 @@ def _step_kernels(impl: str, n_h: int, depth: int, B: int) -> dict:
     # the eager Functions, which a step runs outside any dispatch mode: under the counting mode the ops would
     # take the custom ops (as for fake tensors), a different sequence
     custom_ops, denoiser_eager._custom_ops = denoiser_eager._custom_ops, lambda *tensors: False
+    tiles, denoiser_gemm._tiles = denoiser_gemm._tiles, lambda M, N, t: denoiser_gemm.gpu_rule(M, N, *GPU_TILES,
+                                                                                              t.dtype)
     try:
         with costs:
             step()
     finally:
+        denoiser_gemm._tiles = tiles
         denoiser_eager._custom_ops = custom_ops
         InterpretedFunction.__getitem__ = real_getitem
         for name, f in saved.items():

@@ -153,12 +153,7 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
         bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
     else:
         bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
-    if SHARED_GO:  # every row's gradient go[0] / go_div (the loss's mean or sum), as recon::shared_go
-        g_all = tl.load(go_ptr)
-        if g_all.dtype == tl.float32:  # rounded as torch's division (float32 `/` is div.full, within 2 ulp)
-            g_all = tl.math.div_rn(g_all, go_div * 1.0)  # not .to(): a go_div of 1 is specialized to a constant
-        else:
-            g_all = g_all / go_div
+    g_all = shared_go(go_ptr, go_div, SHARED_GO)
     acc = tl.zeros([BLOCK_N], dtype=tl.float64)
     for r0 in range(0, B, BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -175,6 +170,22 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
         acc += tl.sum(g.to(tl.float64), axis=0)
     if WANT_DBIAS:
         tl.store(dbias_ptr + cols, acc.to(dbias_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def shared_go(go_ptr, go_div, SHARED_GO: tl.constexpr):
+    """Where SHARED_GO, every row's gradient go[0] / go_div (the loss's mean: go_div = B; its sum: 1), rounded as
+    torch's division, autograd's MeanBackward (recon::shared_go); else unused (0). Also the fused GEMMs' loss
+    gradient (kernels/denoiser_gemm.py)."""
+    if SHARED_GO:
+        g = tl.load(go_ptr)
+        if g.dtype == tl.float32:  # float32 `/` is div.full, within 2 ulp
+            g = tl.math.div_rn(g, go_div * 1.0)  # not .to(): a go_div of 1 is specialized to a constant
+        else:
+            g = g / go_div
+    else:
+        g = 0.0
+    return g
 
 
 @triton.jit

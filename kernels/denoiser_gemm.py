@@ -8,9 +8,10 @@ One kernel per GEMM, none between them (torch's GEMMs need a BatchNorm kernel af
     the epilogue writes y_i and this layer's partials, or, for the output layer, z and the per-sample loss
     ||z + b - h||² summed over its column tile. The programs of the first column tile also store A (x0, or the
     previous layer's ReLU output, which the backward reads); program (0, 0) stores the previous layer's
-    shift, 1/std and updated running statistics.
+    shift, 1/std and updated running statistics, and adds the batch to its num_batches_tracked.
   * backward: per layer, dW = dYᵀ @ X and dX = dY @ W, with dY formed in the prologue from the stored masked
-    upstream gradient and the column sums (BatchNorm backward; for the output layer 2·go·(z + b - h)); the dX
+    upstream gradient and the column sums (BatchNorm backward; for the output layer 2·go·(z + b - h), go a value
+    per row or, for a reduced loss, go[0] / go_div divided in each program); the dX
     epilogue applies the next layer down's ReLU mask and writes its two column-sum partials (Σ dz, Σ dz·x̂).
 The formulas and rounding points are those of kernels/denoiser.py (per-feature statistics in float64,
 element-wise math in the storage dtype). float32 GEMMs use IEEE fp32 (tf32 when torch allows it for CUDA
@@ -21,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoiser import corrupted
+from .denoiser import corrupted, shared_go
 
 # Kernel modes: constexpr globals (the only globals a kernel may read); launchers pass their .value.
 PRO_PLAIN, PRO_CORRUPT, PRO_BN = (tl.constexpr(v) for v in range(3))  # how a forward GEMM forms its left operand
@@ -89,13 +90,18 @@ def _bn_coeffs(ks, kmask, pmean_ptr, pm2_ptr, T, TILE, B, inv_b, H, bias_ptr, rm
 
 
 @triton.jit
-def _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, cols, m, B, N):
-    """dl/dz = 2·go·(z + b - h) on a tile, in the storage dtype (kernels/denoiser.py's recon backward)."""
+def _recon_grad(go_ptr, go_stride, go_all, z_ptr, bias_ptr, h_ptr, rows, cols, m, B, N, SHARED_GO: tl.constexpr):
+    """dl/dz = 2·go·(z + b - h) on a tile, in the storage dtype (kernels/denoiser.py's recon backward); go: go_all
+    (shared_go's) in every row where SHARED_GO, else a value per row."""
     offs = rows[:, None] * N + cols[None, :]
-    go = tl.load(go_ptr + rows * go_stride, mask=rows < B, other=0.0)
     d = tl.load(z_ptr + offs, mask=m, other=0.0) + tl.load(bias_ptr + cols, mask=cols < N, other=0.0)[None, :] \
         - tl.load(h_ptr + offs, mask=m, other=0.0)
-    return tl.where(m, 2.0 * go[:, None] * d, 0.0)
+    if SHARED_GO:
+        g = 2.0 * go_all * d
+    else:
+        go = tl.load(go_ptr + rows * go_stride, mask=rows < B, other=0.0)
+        g = 2.0 * go[:, None] * d
+    return tl.where(m, g, 0.0)
 
 
 @triton.jit
@@ -130,15 +136,18 @@ def _bn_grad(dzm_ptr, y_ptr, rows, cols, m, H, scale, shift, invstd, m1, m2, TRA
 def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
                   pmean_in, pm2_in, T_in, TILE_in, bias_in_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr,
                   a_store_ptr, shift_ptr, invstd_ptr, rmo_ptr, rvo_ptr,
-                  pmean_out, pm2_out, bias_out_ptr, target_ptr, loss_ptr,
+                  pmean_out, pm2_out, bias_out_ptr, target_ptr, loss_ptr, count_ptr,
                   B, N, K, sigma: tl.float64, momentum: tl.float64, eps: tl.float64,
                   PRO: tl.constexpr, EPI: tl.constexpr, TRAINING: tl.constexpr, TRACK: tl.constexpr,
-                  STORE_A: tl.constexpr, PREC: tl.constexpr,
+                  STORE_A: tl.constexpr, COUNT: tl.constexpr, PREC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """y (B, N) = A (B, K) @ W (N, K)ᵀ with A formed by PRO and the tile finished by EPI (module docstring)."""
     T = w_ptr.dtype.element_ty
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if COUNT:  # the layer below's num_batches_tracked, counted here rather than by a launch of its own
+        if pid_m + pid_n == 0:
+            tl.atomic_add(count_ptr, 1)  # a scalar atomic: one thread of program (0, 0)
     inv_b, inv_bm1, inv_tile = _reciprocals(B, pid_m, BM)
     rows, rmask, cols, nmask = _out_tile(B, N, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
@@ -196,19 +205,20 @@ def _forward_gemm(a_ptr, noise_ptr, w_ptr, y_ptr,
 
 
 @triton.jit
-def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
+def _dx_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
              dzm_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T_in,
              w_ptr, out_ptr,
              prev_out_ptr, prev_y_ptr, prev_shift_ptr, prev_invstd_ptr, ps1_out, ps2_out,
              dh_ptr, dnoise_ptr, sigma: tl.float64,
              B, N, K,
              G: tl.constexpr, D: tl.constexpr, TRAINING: tl.constexpr, NEED_H: tl.constexpr,
-             NEED_NOISE: tl.constexpr, PREC: tl.constexpr,
+             NEED_NOISE: tl.constexpr, SHARED_GO: tl.constexpr, PREC: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """dX (B, K) = dY (B, N) @ W (N, K): dY formed by G, the tile finished by D (module docstring)."""
     T = w_ptr.dtype.element_ty
     pid_m = tl.program_id(0)
     inv_b = _reciprocals(B, 0, 1)[0]
+    go_all = shared_go(go_ptr, go_div, SHARED_GO)
     rows, rmask, cols, cmask = _out_tile(B, K, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
     for n0 in range(0, N, BK):
@@ -216,7 +226,7 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
         nmask = ns < N
         gm = rmask[:, None] & nmask[None, :]
         if G == G_RECON:
-            g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, ns, gm, B, N)
+            g = _recon_grad(go_ptr, go_stride, go_all, z_ptr, bias_ptr, h_ptr, rows, ns, gm, B, N, SHARED_GO)
         else:
             scale, shift, invstd, m1, m2, s1, s2 = _bn_grad_coeffs(ns, nmask, gamma_ptr, shift_ptr, invstd_ptr,
                                                                    ps1_ptr, ps2_ptr, T_in, inv_b, N)
@@ -238,7 +248,8 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
                  mask=cmask)
     else:  # the corrupted input's gradient: into h (also the target) and into the noise
         if NEED_H:
-            dz_out = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, rows, cols, om, B, K)
+            dz_out = _recon_grad(go_ptr, go_stride, go_all, z_ptr, bias_ptr, h_ptr, rows, cols, om, B, K,
+                                 SHARED_GO)
             tl.store(dh_ptr + offs, dx - dz_out, mask=om)
         if NEED_NOISE:
             if T == tl.float64:
@@ -249,11 +260,11 @@ def _dx_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
 
 
 @triton.jit
-def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
+def _dw_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
              dzm_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T_in,
              x_ptr, dw_ptr, db_ptr, dgamma_ptr, dbeta_ptr,
              B, N, K,
-             G: tl.constexpr, TRAINING: tl.constexpr, PREC: tl.constexpr,
+             G: tl.constexpr, TRAINING: tl.constexpr, SHARED_GO: tl.constexpr, PREC: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """dW (N, K) = dY (B, N)ᵀ @ X (B, K), dY formed by G; the programs of the first column tile also write
     the layer's bias (and BatchNorm gamma / beta) gradients."""
@@ -261,6 +272,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     inv_b = _reciprocals(B, 0, 1)[0]
+    go_all = shared_go(go_ptr, go_div, SHARED_GO)
     ns = pid_m * BM + tl.arange(0, BM)
     nmask = ns < N
     ks = pid_n * BN + tl.arange(0, BN)
@@ -276,7 +288,7 @@ def _dw_gemm(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr,
         bmask = bs < B
         gm = bmask[:, None] & nmask[None, :]
         if G == G_RECON:
-            g = _recon_grad(go_ptr, go_stride, z_ptr, bias_ptr, h_ptr, bs, ns, gm, B, N)
+            g = _recon_grad(go_ptr, go_stride, go_all, z_ptr, bias_ptr, h_ptr, bs, ns, gm, B, N, SHARED_GO)
             db += tl.sum(g.to(tl.float64), axis=0)
         else:
             g = _bn_grad(dzm_ptr, y_ptr, bs, ns, gm, N, scale, shift, invstd, m1, m2, TRAINING)
@@ -344,8 +356,13 @@ def _tiles(M: int, N: int, t: torch.Tensor):
     if t.device not in _GPUS:
         props = torch.cuda.get_device_properties(t.device)
         _GPUS[t.device] = props.multi_processor_count, props.major
-    sms, major = _GPUS[t.device]
-    bm, bn, bk = first_tiles(major, t.dtype)
+    return gpu_rule(M, N, *_GPUS[t.device], t.dtype)
+
+
+def gpu_rule(M: int, N: int, sms: int, major: int, dtype: torch.dtype):
+    """_tiles' choice on a GPU of `sms` SMs and compute capability `major`.x (bench/costs_denoiser.py counts the
+    launches a GPU's tiles make)."""
+    bm, bn, bk = first_tiles(major, dtype)
     for bm, bn in _halvings(bm, bn):
         if triton.cdiv(M, bm) * triton.cdiv(N, bn) * 4 >= sms:
             break
@@ -380,11 +397,12 @@ def _check_offsets(B: int, weights) -> None:
 
 
 def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, *, noise=None,
-                    sigma=0.0, target=None, keep=False, running_in_place=False, precision=None):
+                    sigma=0.0, target=None, keep=False, running_in_place=False, precision=None, counts=None):
     """Runs every layer; returns (last GEMM's output, saved hidden tensors, new running stats, loss partials).
     With `target` the last GEMM writes z and the loss partials, else r(x) = z + b. running_in_place: the running
     statistics are updated in their own tensors and no new ones returned (in training mode only program (0, 0)
-    uses a running statistic, reading each element before it writes it)."""
+    uses a running statistic, reading each element before it writes it). counts: the hidden layers'
+    num_batches_tracked, each added 1 to by the GEMM above its layer (None or empty: none counted)."""
     B = x.shape[0]
     depth = len(weights) - 1
     _check_offsets(B, weights)
@@ -420,11 +438,13 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
             shift, invstd = x.new_empty(K), x.new_empty(K)
             rmo, rvo = ((rm, rv) if running_in_place else (x.new_empty(K), x.new_empty(K))) if track else (y, y)
             bn_out = (shift, invstd, rmo, rvo)
+        count = counts[i - 1] if counts and pro is PRO_BN else None
         _forward_gemm[(gm, gn)](
             a_src, noise if noise is not None else a_src, W, y, *hid_args, a_store, *bn_out, pmean, pm2, biases[i],
-            target if target is not None else y, loss, B, N, K, float(sigma), float(momentum), float(eps),
-            PRO=pro.value, EPI=epi.value, TRAINING=bool(training), TRACK=bool(track) and pro is PRO_BN,
-            STORE_A=bool(keep) and pro is not PRO_PLAIN, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
+            target if target is not None else y, loss, count if count is not None else f64, B, N, K, float(sigma),
+            float(momentum), float(eps), PRO=pro.value, EPI=epi.value, TRAINING=bool(training),
+            TRACK=bool(track) and pro is PRO_BN, STORE_A=bool(keep) and pro is not PRO_PLAIN,
+            COUNT=count is not None, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         if i == 0 and keep:
             hidden.append(a_store)
         if pro is PRO_BN:
@@ -438,36 +458,43 @@ def _layers_forward(x, weights, biases, gammas, betas, rms, rvs, training, track
 
 
 def loss_forward(h, noise, sigma, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
-                 running_in_place=False, precision=None):
+                 running_in_place=False, precision=None, counts=None):
     """(per-sample ||h - r(h + σ·noise)||² (B,), saved, new running stats or [] with running_in_place).
-    precision: tl.dot's input_precision, or None for _precision's rule (here and below)."""
+    precision: tl.dot's input_precision, or None for _precision's rule; counts as _layers_forward takes them
+    (here and below)."""
     z, hidden, new_running, loss = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track,
                                                    momentum, eps, noise=noise, sigma=sigma, target=h, keep=True,
-                                                   running_in_place=running_in_place, precision=precision)
+                                                   running_in_place=running_in_place, precision=precision,
+                                                   counts=counts)
     per_sample = loss.view(-1) if loss.shape[1] == 1 else loss.sum(1)
     return per_sample, hidden + [z], new_running
 
 
 def forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps, running_in_place=False,
-            precision=None):
+            precision=None, counts=None):
     """(r(h), new running stats or [] with running_in_place); nothing kept for a backward."""
     r, _, new_running, _ = _layers_forward(h, weights, biases, gammas, betas, rms, rvs, training, track, momentum,
-                                           eps, running_in_place=running_in_place, precision=precision)
+                                           eps, running_in_place=running_in_place, precision=precision,
+                                           counts=counts)
     return r, new_running
 
 
-def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, precision=None):
-    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas) of sum_n go_n l_n."""
+def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h, need_noise, precision=None,
+                  go_div=0):
+    """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas) of sum_n go_n l_n; go_div as the layer
+    kernels' recon_bwd takes it (0: go holds a value per row; > 0: every row's is go[0] / go_div, the loss's mean
+    (B) or sum (1), divided in the kernels where autograd's MeanBackward would launch a division)."""
     B = h.shape[0]
     depth = len(weights) - 1
     z = saved[-1]
     f64 = h.new_empty(0, dtype=torch.float64)
     prec = precision or _precision(h)
-    go_stride = go.stride(0) if go.shape[0] > 1 else 0
+    go_stride = go.stride(0) if go.dim() == 1 and go.shape[0] > 1 else 0
+    shared = go_div > 0
     dweights, dbiases = [None] * (depth + 1), [None] * (depth + 1)
     dgammas, dbetas = [None] * depth, [None] * depth
     dh = dnoise = None
-    recon = (go, go_stride, z, biases[-1], h)
+    recon = (go, go_stride, max(go_div, 1), z, biases[-1], h)
     grad = None  # the layer being differentiated: (dzm, y, gamma, shift, invstd, ps1, ps2, T)
     for i in reversed(range(depth + 1)):
         W = weights[i].contiguous()
@@ -479,8 +506,8 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
         dgamma, dbeta = (h.new_empty(N), h.new_empty(N)) if G is G_BN else (db, db)
         bm, bn, bk, warps = _tiles(N, K, W)
         _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](
-            *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G.value, TRAINING=bool(training), PREC=prec,
-            BM=bm, BN=bn, BK=bk, num_warps=warps)
+            *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G.value, TRAINING=bool(training),
+            SHARED_GO=shared, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         dweights[i], dbiases[i] = dW, db
         if G is G_BN:
             dgammas[i], dbetas[i] = dgamma, dbeta
@@ -503,8 +530,8 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
         _dx_gemm[(gm, gn)](
             *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G.value,
             D=(D_MASK_STATS if i > 0 else D_INPUT).value,
-            TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), PREC=prec,
-            BM=bm, BN=bn, BK=bk, num_warps=warps)
+            TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), SHARED_GO=shared,
+            PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         if i > 0:
             grad = (dzm, y_j, gammas[j], shift_j, invstd_j, ps1, ps2, gm)
         else:

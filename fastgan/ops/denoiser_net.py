@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch
-from .denoiser_backends import (OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms,
-                                per_row_go)
+from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms
 
 Tensor = torch.Tensor
 
@@ -189,11 +188,11 @@ def _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_
     bmm (eager callers: a custom op's outputs may not alias one another). counts: the layers' num_batches_tracked
     to add 1 to (eager callers: a custom op may not mutate them)."""
     if fused_gemms(backend):
-        count_batches(counts)
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_forward(h, noise, sigma, weights, biases, gammas, betas, running_means,
                                               running_vars, training, training and len(running_means) > 0,
-                                              momentum, eps, running_in_place, precision=dot_precision(h))
+                                              momentum, eps, running_in_place, precision=dot_precision(h),
+                                              counts=counts)
         _dispatch.record(OP_LOSS, backend)
         return out
     with _launch(backend, h) as kern:
@@ -219,10 +218,9 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
     """(dh or None, dnoise or None, dweights, dbiases, dgammas, dbetas): one walk down the layers. go_div as the
     kernels' recon_bwd takes it (0: go per row; > 0: go[0] / go_div for every row)."""
     if fused_gemms(backend):
-        go = per_row_go(go, go_div, h.shape[0])  # the fused GEMMs' loss gradient reads a value per row
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h,
-                                               need_noise, precision=dot_precision(h))
+                                               need_noise, precision=dot_precision(h), go_div=go_div)
         _dispatch.record(OP_LOSS + "_backward", backend)
         return out
     with _launch(backend, h) as kern:
@@ -296,10 +294,10 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
     """(r(h), new running stats or []), running_in_place and counts as in _loss_forward_impl."""
     track = track and training and len(running_means) > 0
     if fused_gemms(backend):
-        count_batches(counts)
         with _dispatch.on_device(h):
             out = _gemm(h.dtype).forward(h, weights, biases, gammas, betas, running_means, running_vars, training,
-                                         track, momentum, eps, running_in_place, precision=dot_precision(h))
+                                         track, momentum, eps, running_in_place, precision=dot_precision(h),
+                                         counts=counts)
         _dispatch.record(OP_FORWARD, backend)
         return out
     new_running: list = []
@@ -314,7 +312,7 @@ def _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars
 
 def count_batches(counts) -> None:
     """Adds 1 to each BatchNorm's num_batches_tracked in one launch: for the paths whose kernels do not (the custom
-    ops, functional; Triton's tl.dot GEMMs)."""
+    ops, functional)."""
     if counts:
         with torch.no_grad():
             torch._foreach_add_(counts, 1)

@@ -1,6 +1,7 @@
 """The BatchNorm layers' num_batches_tracked, counted by each layer's BatchNorm kernel on the eager paths (no launch of
 its own), by one _foreach_add_ where the kernels do not (the custom ops under torch.compile, which may not mutate
-their inputs; Triton's tl.dot GEMMs): after any sequence of calls, the counts nn.BatchNorm1d keeps."""
+their inputs): after any sequence of calls, the counts nn.BatchNorm1d keeps (Triton's tl.dot GEMMs count in their
+own kernels: test_denoiser_gemm_folds.py)."""
 import pytest
 import torch
 from torch import nn

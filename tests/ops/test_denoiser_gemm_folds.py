@@ -1,0 +1,64 @@
+"""What the Triton backend's fused-GEMM path (FASTGAN_DENOISER_TRITON_GEMM=tl.dot) does inside its GEMMs that a torch
+op launched for before: each hidden layer's num_batches_tracked, added by program (0, 0) of the GEMM above the layer
+(was a _foreach_add_), and the reduced loss's gradient go[0] / go_div, divided in the backward GEMMs' loss-gradient
+prologue (was autograd's MeanBackward division into a row each): the counts nn.BatchNorm1d keeps and the bits of
+that division, over grids of many programs."""
+import copy
+
+import pytest
+import torch
+
+from fastgan.ops import _dispatch
+
+from denoiser_helpers import delta, make_pair
+from ops.test_denoiser_batch_count import _counts, _foreach_adds
+from ops.test_denoiser_gemm import no_layer_kernels, small_tiles, tl_dot_gemms  # noqa: F401  (fixtures)
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_gemms_count_each_batch_once(monkeypatch, device, small_tiles, no_layer_kernels):  # noqa: F811
+    """16 x 16 tiles: every layer's GEMM runs 3 x 3 programs (B = 37, 40 features), one of which counts."""
+    den, net = make_pair(n=20, hidden=40, depth=3, backend="triton", seed=1)
+    den, net = den.to(device), net.to(device)
+    adds = _foreach_adds(monkeypatch)
+    h = torch.randn(37, 20, dtype=torch.float64, device=device)
+    before = dict(_dispatch.counts)
+    den.loss(h).backward()
+    with torch.no_grad():
+        den(h)  # the whole-network GEMM forward
+    den.eval()
+    den.loss(h)
+    with torch.no_grad():
+        den(h)
+    assert delta(before)[("denoiser_loss", "triton")] == 2
+    monkeypatch.undo()
+    with torch.no_grad():
+        for _ in range(2):
+            net(h)
+    assert _counts(den.net) == _counts(net) == [2, 2, 2]
+    assert adds == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_reduced_loss_gives_the_bits_of_its_per_row_division(device, dtype, reduction, small_tiles):  # noqa: F811
+    """den.loss(reduction=...).backward() against the per-sample loss reduced by torch (MeanBackward divides go into
+    a row each, the GEMMs read those rows): every gradient bit for bit, h's too (the input GEMM's loss gradient).
+    B = 37: go / B is inexact."""
+    den, _ = make_pair(n=20, hidden=40, depth=2, dtype=dtype, backend="triton", seed=6)
+    den = den.to(device)
+    twin = copy.deepcopy(den)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(37, 20, generator=g, dtype=dtype).to(device).requires_grad_()
+    noise = torch.randn(37, 20, generator=g, dtype=dtype).to(device)
+    h2 = h.detach().clone().requires_grad_()
+    go = torch.tensor(0.37, dtype=dtype, device=device)  # not 1: go * (1 / B) would give go / B's bits
+    den.loss(h, noise, detach=False, reduction=reduction).backward(go)
+    per = twin.loss(h2, noise, detach=False, reduction="none")
+    (per.mean() if reduction == "mean" else per.sum()).backward(go)
+    assert torch.equal(h.grad, h2.grad)
+    for (k, p), p2 in zip(den.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, p2.grad), k
