@@ -146,14 +146,14 @@ def _recon_forward_kernel(y_ptr, bias_ptr, t_ptr, out_ptr, B, N, HAS_BIAS: tl.co
 @triton.jit
 def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B, N, go_div,
                            HAS_BIAS: tl.constexpr, WANT_DBIAS: tl.constexpr, SHARED_GO: tl.constexpr,
-                           BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+                           RECIP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
     else:
         bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
-    g_all = shared_go(go_ptr, go_div, SHARED_GO)
+    g_all = shared_go(go_ptr, go_div, SHARED_GO, RECIP)
     acc = tl.zeros([BLOCK_N], dtype=tl.float64)
     for r0 in range(0, B, BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -173,19 +173,32 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
 
 
 @triton.jit
-def shared_go(go_ptr, go_div, SHARED_GO: tl.constexpr):
-    """Where SHARED_GO, every row's gradient go[0] / go_div (the loss's mean: go_div = B; its sum: 1), rounded as
-    torch's division, autograd's MeanBackward (recon::shared_go); else unused (0). Also the fused GEMMs' loss
-    gradient (kernels/denoiser_gemm.py)."""
+def shared_go(go_ptr, go_div, SHARED_GO: tl.constexpr, RECIP: tl.constexpr):
+    """Where SHARED_GO, every row's gradient go[0] / go_div (the loss's mean: go_div = B; its sum: 1) with the bits of
+    autograd's MeanBackward on the tensors' device (recon::shared_go): a quotient on the CPU, the product with the
+    rounded reciprocal on a GPU (RECIP); else unused (0). Also the fused GEMMs' loss gradient
+    (kernels/denoiser_gemm.py)."""
     if SHARED_GO:
         g = tl.load(go_ptr)
-        if g.dtype == tl.float32:  # float32 `/` is div.full, within 2 ulp
-            g = tl.math.div_rn(g, go_div * 1.0)  # not .to(): a go_div of 1 is specialized to a constant
+        if RECIP:
+            if g.dtype == tl.float32:  # float32 `/` is div.full, within 2 ulp
+                # not .to(): a go_div of 1 is specialized to a constant
+                g = g * tl.math.div_rn(tl.full([], 1.0, tl.float32), go_div * 1.0)
+            else:
+                g = g * (tl.full([], 1.0, tl.float64) / go_div)
+        elif g.dtype == tl.float32:
+            g = tl.math.div_rn(g, go_div * 1.0)
         else:
             g = g / go_div
     else:
         g = 0.0
     return g
+
+
+def reciprocal_go(t) -> bool:
+    """shared_go's RECIP for kernels on t's device: torch divides by a number as a product with its reciprocal on
+    a GPU (ATen's div_true_kernel_cuda), and exactly on the CPU (where the interpreter runs)."""
+    return t.device.type != "cpu"
 
 
 @triton.jit
@@ -278,7 +291,8 @@ def recon_backward(go, y, bias, target, dy, dbias, go_div=0):
     grid = (triton.cdiv(N, block_n),)
     _recon_backward_kernel[grid](go, y, _dummy(bias, y), target, dy, _dummy(dbias, dy), B, N, max(go_div, 1),
                                  HAS_BIAS=bias is not None, WANT_DBIAS=dbias is not None, SHARED_GO=go_div > 0,
-                                 BLOCK_B=block_b, BLOCK_N=block_n, num_warps=_col_warps(y.device))
+                                 RECIP=reciprocal_go(y), BLOCK_B=block_b, BLOCK_N=block_n,
+                                 num_warps=_col_warps(y.device))
 
 
 CORRUPT_BLOCK = 1024

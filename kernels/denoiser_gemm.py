@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoiser import corrupted, shared_go
+from .denoiser import corrupted, reciprocal_go, shared_go
 
 # Kernel modes: constexpr globals (the only globals a kernel may read); launchers pass their .value.
 PRO_PLAIN, PRO_CORRUPT, PRO_BN = (tl.constexpr(v) for v in range(3))  # how a forward GEMM forms its left operand
@@ -212,13 +212,13 @@ def _dx_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
              dh_ptr, dnoise_ptr, sigma: tl.float64,
              B, N, K,
              G: tl.constexpr, D: tl.constexpr, TRAINING: tl.constexpr, NEED_H: tl.constexpr,
-             NEED_NOISE: tl.constexpr, SHARED_GO: tl.constexpr, PREC: tl.constexpr,
+             NEED_NOISE: tl.constexpr, SHARED_GO: tl.constexpr, RECIP: tl.constexpr, PREC: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """dX (B, K) = dY (B, N) @ W (N, K): dY formed by G, the tile finished by D (module docstring)."""
     T = w_ptr.dtype.element_ty
     pid_m = tl.program_id(0)
     inv_b = _reciprocals(B, 0, 1)[0]
-    go_all = shared_go(go_ptr, go_div, SHARED_GO)
+    go_all = shared_go(go_ptr, go_div, SHARED_GO, RECIP)
     rows, rmask, cols, cmask = _out_tile(B, K, BM, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float64 if T == tl.float64 else tl.float32)
     for n0 in range(0, N, BK):
@@ -264,7 +264,8 @@ def _dw_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
              dzm_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_ptr, ps1_ptr, ps2_ptr, T_in,
              x_ptr, dw_ptr, db_ptr, dgamma_ptr, dbeta_ptr,
              B, N, K,
-             G: tl.constexpr, TRAINING: tl.constexpr, SHARED_GO: tl.constexpr, PREC: tl.constexpr,
+             G: tl.constexpr, TRAINING: tl.constexpr, SHARED_GO: tl.constexpr, RECIP: tl.constexpr,
+             PREC: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """dW (N, K) = dY (B, N)ᵀ @ X (B, K), dY formed by G; the programs of the first column tile also write
     the layer's bias (and BatchNorm gamma / beta) gradients."""
@@ -272,7 +273,7 @@ def _dw_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     inv_b = _reciprocals(B, 0, 1)[0]
-    go_all = shared_go(go_ptr, go_div, SHARED_GO)
+    go_all = shared_go(go_ptr, go_div, SHARED_GO, RECIP)
     ns = pid_m * BM + tl.arange(0, BM)
     nmask = ns < N
     ks = pid_n * BN + tl.arange(0, BN)
@@ -490,7 +491,7 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
     f64 = h.new_empty(0, dtype=torch.float64)
     prec = precision or _precision(h)
     go_stride = go.stride(0) if go.dim() == 1 and go.shape[0] > 1 else 0
-    shared = go_div > 0
+    shared, recip = go_div > 0, reciprocal_go(h)
     dweights, dbiases = [None] * (depth + 1), [None] * (depth + 1)
     dgammas, dbetas = [None] * depth, [None] * depth
     dh = dnoise = None
@@ -507,7 +508,7 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
         bm, bn, bk, warps = _tiles(N, K, W)
         _dw_gemm[(triton.cdiv(N, bm), triton.cdiv(K, bn))](
             *recon, *g_args, x_in, dW, db, dgamma, dbeta, B, N, K, G=G.value, TRAINING=bool(training),
-            SHARED_GO=shared, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
+            SHARED_GO=shared, RECIP=recip, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         dweights[i], dbiases[i] = dW, db
         if G is G_BN:
             dgammas[i], dbetas[i] = dgamma, dbeta
@@ -531,7 +532,7 @@ def loss_backward(go, h, sigma, weights, biases, gammas, saved, training, need_h
             *recon, *g_args, W, dzm, *below, dh_, dn_, float(sigma), B, N, K, G=G.value,
             D=(D_MASK_STATS if i > 0 else D_INPUT).value,
             TRAINING=bool(training), NEED_H=bool(need_h), NEED_NOISE=bool(need_noise), SHARED_GO=shared,
-            PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
+            RECIP=recip, PREC=prec, BM=bm, BN=bn, BK=bk, num_warps=warps)
         if i > 0:
             grad = (dzm, y_j, gammas[j], shift_j, invstd_j, ps1, ps2, gm)
         else:

@@ -83,3 +83,12 @@ def assert_loss_step_matches_reference(den, net, loss, h, noise):
     want = state(net)
     for k, v in state(den.net).items():
         torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+def mean_backward_rows(go, go_div: int, B: int, on_gpu: bool):
+    """The (B,) rows autograd's MeanBackward (go_div = B; a sum's backward: 1) gives for a 0-d go on a GPU or the CPU,
+    whichever device go is on: torch divides a tensor by a number exactly on the CPU, and on a GPU multiplies it by
+    the number's reciprocal rounded first (ATen's div_true_kernel_cuda), 1 ulp off the quotient at times."""
+    if on_gpu:
+        return go.expand(B) * (torch.ones((), dtype=go.dtype) / go_div).to(go.device)
+    return go.expand(B) / go_div

@@ -211,7 +211,7 @@ def test_every_case_the_gpu_goals_name_gets_a_row():
     assert {n.split("[")[1].split("-")[0] for n, *_ in goals.graph_rows(run)} >= {"mlp_leaky", "dcgan32",
                                                                                   "dcgan32_b256"}
     # the goal's 16 (cuda and triton at 8 sizes), each beside its ceiling, and the tl.dot GEMMs' 8 + 2 x 4 + 4 (the
-    # emulated float32 products at B=512, tf32x3's at B=64 too), information (no verdict, no ceiling: torch's GEMMs
+    # emulated float32 products at B=512, bf16x6's at B=64 too), information (no verdict, no ceiling: torch's GEMMs
     # do not bound them); no gemms row
     den = goals.denoiser_rows(run)
     assert len(den) == 36

@@ -154,6 +154,12 @@ def _run_every_op():
         d.loss(h).backward()
 
     with pytest.MonkeyPatch.context() as mp:  # the variable as it was before, set or not, afterwards
+        # a reduced loss's shared gradient as a GPU's kernels take it (the product with the rounded 1 / B, as torch
+        # divides there; the interpreter's CPU tensors divide)
+        from fastgan.kernels import denoiser as layers
+
+        for module in (layers, denoiser_gemm):
+            mp.setattr(module, "reciprocal_go", lambda t: True)
         mp.setenv(denoiser_backends.TRITON_GEMM_ENV, "tl.dot")
         for tiles, dtype in [*sorted(gpu, key=str), (None, torch.float32)]:
             if dtype == torch.float64 and not float64_dot:
@@ -165,8 +171,6 @@ def _run_every_op():
             denoiser_steps(dtype)
         # the per-feature kernels with the blocks a GPU picks (64 rows by 16 features below 2048 features, by 32
         # from there), not the interpreter's; the recon forward's row tiles at the widths a GPU meets
-        from fastgan.kernels import denoiser as layers
-
         gpu_blocks, gpu = layers._col_blocks, torch.device("cuda")
         mp.setattr(layers, "_col_warps", lambda device, w=layers._col_warps(gpu): w)
         for width in (16, 2048):

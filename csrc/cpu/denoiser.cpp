@@ -284,7 +284,7 @@ FG_INLINE void recon_backward_at(const ReconBackward<T>& a, int64_t c) {
   const T *go = a.go, *y = a.y, *t = a.t;
   T* dy = a.dy;
   const int64_t N = a.N, f0 = c * kChunk, nf = std::min(kChunk, N - f0), go_div = a.go_div;
-  const T g_all = recon::shared_go<T>(go, go_div);
+  const T g_all = recon::shared_go<T>(go, go_div, /*reciprocal=*/false);
   T b[kChunk];
   double db[kChunk] = {0};
   for (int64_t j = 0; j < nf; ++j) b[j] = a.bias ? a.bias[f0 + j] : T(0);

@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(TX * TY) recon_backward_kernel(const T* __rest
   const int64_t f = int64_t(blockIdx.x) * TX + tx;
   const bool ok = f < N;
   const T b = ok ? load_or(bias, f, T(0)) : T(0);
-  const T g_all = recon::shared_go<T>(go, go_div);
+  const T g_all = recon::shared_go<T>(go, go_div, /*reciprocal=*/true);
   double acc = 0.0;
   if (ok)
     for (int64_t r = ty; r < B; r += TY) {

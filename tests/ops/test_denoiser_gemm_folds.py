@@ -2,7 +2,8 @@
 op launched for before: each hidden layer's num_batches_tracked, added by program (0, 0) of the GEMM above the layer
 (was a _foreach_add_), and the reduced loss's gradient go[0] / go_div, divided in the backward GEMMs' loss-gradient
 prologue (was autograd's MeanBackward division into a row each): the counts nn.BatchNorm1d keeps and the bits of
-that division, over grids of many programs."""
+that division on the device's rounding, over grids of many programs. (Test names end in _triton: on a machine
+with a GPU, the CPU-tensor cases skip, the interpreter not running there: tests/conftest.py.)"""
 import copy
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from fastgan.ops import _dispatch
 
-from denoiser_helpers import delta, make_pair
+from denoiser_helpers import delta, make_pair, mean_backward_rows
 from ops.test_denoiser_batch_count import _counts, _foreach_adds
 from ops.test_denoiser_gemm import no_layer_kernels, small_tiles, tl_dot_gemms  # noqa: F401  (fixtures)
 
@@ -18,7 +19,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_gemms_count_each_batch_once(monkeypatch, device, small_tiles, no_layer_kernels):  # noqa: F811
+def test_the_gemms_count_each_batch_once_triton(monkeypatch, device, small_tiles, no_layer_kernels):  # noqa: F811
     """16 x 16 tiles: every layer's GEMM runs 3 x 3 programs (B = 37, 40 features), one of which counts."""
     den, net = make_pair(n=20, hidden=40, depth=3, backend="triton", seed=1)
     den, net = den.to(device), net.to(device)
@@ -44,7 +45,8 @@ def test_the_gemms_count_each_batch_once(monkeypatch, device, small_tiles, no_la
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_a_reduced_loss_gives_the_bits_of_its_per_row_division(device, dtype, reduction, small_tiles):  # noqa: F811
+def test_a_reduced_loss_gives_the_bits_of_its_per_row_division_triton(device, dtype, reduction,
+                                                                      small_tiles):  # noqa: F811
     """den.loss(reduction=...).backward() against the per-sample loss reduced by torch (MeanBackward divides go into
     a row each, the GEMMs read those rows): every gradient bit for bit, h's too (the input GEMM's loss gradient).
     B = 37: go / B is inexact."""
@@ -59,6 +61,28 @@ def test_a_reduced_loss_gives_the_bits_of_its_per_row_division(device, dtype, re
     den.loss(h, noise, detach=False, reduction=reduction).backward(go)
     per = twin.loss(h2, noise, detach=False, reduction="none")
     (per.mean() if reduction == "mean" else per.sum()).backward(go)
+    assert torch.equal(h.grad, h2.grad)
+    for (k, p), p2 in zip(den.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, p2.grad), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_gpu_rounding_of_the_shared_gradient_under_the_interpreter_triton(monkeypatch, dtype,
+                                                                              small_tiles):  # noqa: F811
+    """On a GPU the GEMMs take go times the rounded 1 / B (RECIP), as torch's MeanBackward there: forced here, the
+    gradients equal those of the per-sample loss backpropagated with those rows (B = 7: 1 ulp off go / B)."""
+    from fastgan.kernels import denoiser_gemm
+
+    monkeypatch.setattr(denoiser_gemm, "reciprocal_go", lambda t: True)
+    den, _ = make_pair(n=20, hidden=40, depth=2, dtype=dtype, backend="triton", seed=6)
+    twin = copy.deepcopy(den)
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(7, 20, generator=g, dtype=dtype).requires_grad_()
+    noise = torch.randn(7, 20, generator=g, dtype=dtype)
+    h2 = h.detach().clone().requires_grad_()
+    go = torch.tensor(0.37, dtype=dtype)
+    den.loss(h, noise, detach=False).backward(go)
+    twin.loss(h2, noise, detach=False, reduction="none").backward(mean_backward_rows(go, 7, 7, on_gpu=True))
     assert torch.equal(h.grad, h2.grad)
     for (k, p), p2 in zip(den.named_parameters(), twin.parameters()):
         assert torch.equal(p.grad, p2.grad), k

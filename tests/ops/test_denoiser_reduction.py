@@ -1,6 +1,7 @@
 """The denoiser's loss reduced inside its eager Functions: autograd hands their backward the mean's (or sum's)
 gradient, and the loss kernel's backward divides it by B itself (go_div), where autograd's MeanBackward would
-launch a division: the same bits as that division followed by the per-row kernel, on every backend."""
+launch a division: the same bits as that division followed by the per-row kernel, on every backend, with the
+division's rounding of the device each kernel runs on (torch on a GPU multiplies by the rounded reciprocal)."""
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ from fastgan import _ext
 from fastgan.ops import Denoiser, _dispatch, denoiser_backends as dk
 from fastgan.reference import denoiser as ref
 
-from denoiser_helpers import delta, make_pair, state
+from denoiser_helpers import delta, make_pair, mean_backward_rows, state
 
 BACKENDS = ["reference", "cpu", "cuda", pytest.param("triton", marks=pytest.mark.triton)]  # cuda: emulated
 
@@ -22,20 +23,55 @@ def _operands(B, N, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B", [1, 7, 37])
 def test_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype, B):
-    """recon_bwd(go, ..., go_div) against recon_bwd(go.expand(B) / go_div, ..., 0): equal, for B (mean) and 1 (sum),
-    B = 7 and 37 being where go / B is inexact."""
-    _assert_shared_equals_per_row(dk._KERNELS[backend], *_operands(B, 45, dtype))
+    """recon_bwd(go, ..., go_div) against recon_bwd(MeanBackward's rows, ..., 0): equal, for B (mean) and 1 (sum),
+    B = 7 and 37 being where go / B is inexact and go * (1 / B) differs from it. The emulated CUDA kernels divide as
+    torch does on a GPU."""
+    _assert_shared_equals_per_row(dk._KERNELS[backend], *_operands(B, 45, dtype), on_gpu=backend == "cuda")
 
 
-def _assert_shared_equals_per_row(kern, y, bias, target):
+def _assert_shared_equals_per_row(kern, y, bias, target, on_gpu):
     B, N = y.shape
     go = torch.tensor(0.37, dtype=y.dtype, device=y.device)
     for go_div in (B, 1):
         got, want = (torch.empty_like(y) for _ in range(2))
         db_got, db_want = (y.new_empty(N) for _ in range(2))
         kern.recon_bwd(go, y, bias, target, got, db_got, go_div)
-        kern.recon_bwd(go.expand(B) / go_div, y, bias, target, want, db_want)
+        kern.recon_bwd(mean_backward_rows(go, go_div, B, on_gpu), y, bias, target, want, db_want)
         assert torch.equal(got, want) and torch.equal(db_got, db_want), (go_div, (got - want).abs().max())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [7, 37])
+def test_the_gpu_rounding_under_the_interpreter_triton(monkeypatch, dtype, B):
+    """The product with the rounded reciprocal the Triton kernel takes on a GPU (RECIP), run by the interpreter."""
+    from fastgan.kernels import denoiser as layers
+
+    monkeypatch.setattr(layers, "reciprocal_go", lambda t: True)
+    _assert_shared_equals_per_row(dk._KERNELS["triton"], *_operands(B, 45, dtype), on_gpu=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_divides_a_gradient_by_a_number_as_mean_backward_rows_says(dtype):
+    """The premise of the bits above, on the CPU: MeanBackward's rows are go / B, and B = 7 tells the GPU's rounding
+    (go times the rounded 1 / B) apart from it in both dtypes."""
+    x = torch.zeros(7, dtype=dtype, requires_grad=True)
+    go = torch.tensor(0.37, dtype=dtype)
+    rows, = torch.autograd.grad(x.mean(), x, go)
+    assert torch.equal(rows, mean_backward_rows(go, 7, 7, on_gpu=False))
+    assert not torch.equal(rows, mean_backward_rows(go, 7, 7, on_gpu=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_on_a_gpu_torch_divides_a_gradient_by_a_number_as_mean_backward_rows_says(dtype):
+    """The GPU's premise (ATen's div_true_kernel_cuda: a CPU-scalar divisor becomes a product with its reciprocal):
+    if a torch release changed it, this names the cause of the bit tests' failures."""
+    x = torch.zeros(37, dtype=dtype, device="cuda", requires_grad=True)
+    go = torch.tensor(0.37, dtype=dtype, device="cuda")
+    for B in (7, 37):
+        rows, = torch.autograd.grad(x[:B].mean(), x, go)
+        assert torch.equal(rows[:B], mean_backward_rows(go, B, B, on_gpu=True)), B
 
 
 def test_a_negative_go_div_is_refused():
@@ -112,4 +148,6 @@ def test_second_order_through_a_reduced_loss(reduction):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_on_a_gpu_a_shared_gradient_gives_the_bits_of_its_per_row_division(backend, dtype):
-    _assert_shared_equals_per_row(dk._KERNELS[backend], *(t.cuda() for t in _operands(37, 300, dtype)))
+    for B in (7, 37):
+        _assert_shared_equals_per_row(dk._KERNELS[backend], *(t.cuda() for t in _operands(B, 300, dtype)),
+                                      on_gpu=True)

@@ -81,9 +81,15 @@ template <typename A>
 FG_HD A grad(A go, A d) { return A(2) * go * d; }
 
 // The incoming gradient every row shares when go_div > 0 (a mean over the batch: go_div = B; a sum: 1): go[0] /
-// go_div, the bits of autograd's MeanBackward (go / B); go_div == 0: go holds a value per row (this returns 0).
+// go_div with the bits of autograd's MeanBackward (go / B) on the device the kernel runs on. torch divides by a
+// number on the CPU, but on a GPU multiplies by its reciprocal, rounded first (ATen's div_true_kernel_cuda for a
+// CPU-scalar divisor), which is 1 ulp off the quotient at times (float32: B = 7, 13, 37, ...): `reciprocal` for the
+// CUDA kernels. go_div == 0: go holds a value per row (this returns 0).
 template <typename A>
-FG_HD A shared_go(const A* go, int64_t go_div) { return go_div > 0 ? go[0] / A(go_div) : A(0); }
+FG_HD A shared_go(const A* go, int64_t go_div, bool reciprocal) {
+  if (go_div <= 0) return A(0);
+  return reciprocal ? go[0] * (A(1) / A(go_div)) : go[0] / A(go_div);
+}
 
 }  // namespace recon
 }  // namespace fastgan
