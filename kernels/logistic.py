@@ -5,12 +5,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _logistic(psi):
+def _logistic(psi, PRECISE: tl.constexpr):
     """e = exp(-|psi|), sigmoid(psi) and sigmoid(-psi), from one exponential and one division (csrc's
     penalty::sigmoids_from likewise; nt_losses' softplus takes the same e). Written as two sigmoids, the
-    real side of nt_losses' forward took two exponentials a logit (sm_90 SASS: 68 instructions a logit, now 61)."""
+    real side of nt_losses' forward took two exponentials a logit (sm_90 SASS: 68 instructions a logit, now 61).
+    PRECISE: float32's 1 / (1 + e) rounded correctly (div_rn), where `/` is div.full on a GPU, within 2 ulp: a JS
+    weight's slope, -2 s q^2 or 2 s^2 q, carries that error three times (the interpreter divides exactly; with every
+    quotient 2 ulp off, the logit gradients of nt_losses and of the penalty missed the 2x rule: the tests named
+    test_fp32_with_a_gpus_division_triton). nt_losses' forward, which needs no slope, keeps `/`."""
     e = tl.exp(-tl.abs(psi))
-    r = 1.0 / (1.0 + e)
+    if PRECISE and e.dtype == tl.float32:
+        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), 1.0 + e)
+    else:
+        r = 1.0 / (1.0 + e)
     er = e * r
     pos = psi >= 0
     return e, tl.where(pos, r, er), tl.where(pos, er, r)

@@ -58,7 +58,7 @@ def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexp
         k = k0 + tl.arange(0, BLOCK)
         m = k < k_end
         psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
-        e, s, q = _logistic(psi)
+        e, s, q = _logistic(psi, False)
         if SIGN != 0:  # softplus(SIGN * psi), whose exp(-|SIGN * psi|) is e
             total += tl.where(m, _coef(k, N, mu, MEAN) * (tl.maximum(SIGN * psi, 0.0) + _log1p(e)), 0.0)
         if JS:
@@ -118,7 +118,7 @@ def _side_backward(l_ptr, gw_ptr, d_ptr, k, N, stride, mu, go, SIGN: tl.constexp
                    MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr):
     m = k < N
     psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
-    e, s, q = _logistic(psi)
+    e, s, q = _logistic(psi, JS)
     v = go * _coef(k, N, mu, MEAN) * (SIGN * (s if SIGN > 0 else q))  # SIGN * sigmoid(SIGN * psi)
     if JS:
         w, dw = _js(s, q, REAL)

@@ -15,7 +15,7 @@ ONE, JS_REAL, JS_FAKE = 0, 1, 2
 @triton.jit
 def _weight_and_slope(psi, WEIGHT: tl.constexpr):
     if WEIGHT == 1 or WEIGHT == 2:
-        e, s, q = _logistic(psi)
+        e, s, q = _logistic(psi, True)
         w, dw = _js(s, q, WEIGHT == 1)
     else:
         # not psi * 0 + 1: an infinite or NaN logit must not make R1/R2's constant weight NaN (CPU/CUDA give 1, 0)

@@ -132,3 +132,23 @@ def require_fashion_mnist() -> None:
         if os.environ.get("FASTGAN_REQUIRE_DATA") == "1":
             pytest.fail(f"{FASHION_MNIST_DIR} missing: apt-get install -y dataset-fashion-mnist")
         pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install -y dataset-fashion-mnist)")
+
+
+def gpu_division(monkeypatch, ulps: int) -> None:
+    """Triton's float32 `/` as a GPU may round it, under the interpreter (which divides exactly): every float32 quotient
+    moved `ulps` ulps, the same way (the worst for a sum). On a GPU `/` is PTX's div.full, within 2 ulp of the
+    quotient; tl.math.div_rn is exact on both (the interpreter's precise_divf, not patched)."""
+    import numpy as np
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    exact = InterpreterBuilder.create_fdiv
+    toward = np.float32(np.inf if ulps > 0 else -np.inf)
+
+    def div_full(self, lhs, rhs):
+        out = exact(self, lhs, rhs)
+        if out.data.dtype == np.float32:
+            for _ in range(abs(ulps)):
+                out.data = np.nextafter(out.data, toward)
+        return out
+
+    monkeypatch.setattr(InterpreterBuilder, "create_fdiv", div_full)
