@@ -14,6 +14,7 @@ from fastgan.ops.denoiser_backends import _KERNELS
 from fastgan.reference import denoiser as ref
 
 from denoiser_helpers import CPU_BACKENDS, assert_within_twice, delta, layer_inputs, make_pair, state
+from helpers import gpu_division
 
 
 # ---------------------------------------------------------------- exactness against the reference (float64)
@@ -108,6 +109,15 @@ def test_fp32_error_within_twice_reference_error(backend, training):
             assert torch.equal(got[k], t) and torch.equal(base[k], t), k
             continue
         assert_within_twice(k, got[k], base[k], t)
+
+
+@pytest.mark.parametrize("ulps", [-2, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, training):
+    """The Triton layer kernels with float32 `/` rounded as a GPU may (div.full, within 2 ulp; helpers.gpu_division):
+    still within 2x the reference's error (their statistics are float64, whose division is exact there)."""
+    gpu_division(monkeypatch, ulps)
+    test_fp32_error_within_twice_reference_error("triton", training)
 
 
 # ---------------------------------------------------------------- gradcheck / gradgradcheck (float64)
