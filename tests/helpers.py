@@ -152,3 +152,20 @@ def gpu_division(monkeypatch, ulps: int) -> None:
         return out
 
     monkeypatch.setattr(InterpreterBuilder, "create_fdiv", div_full)
+    # it took: a kernel's `/` goes through the patched builder (a triton whose interpreter divided elsewhere would
+    # leave every such test vacuous)
+    assert _divided_once(1.0, 3.0) != torch.tensor(1.0 / 3.0).item(), "the interpreter's float32 division is unpatched"
+
+
+def _divided_once(a: float, b: float) -> float:
+    """a / b in float32 by a one-element Triton kernel (the interpreter, on CPU tensors)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(a_ptr, b_ptr, o_ptr):
+        tl.store(o_ptr, tl.load(a_ptr) / tl.load(b_ptr))
+
+    out = torch.empty(1)
+    kernel[(1,)](torch.tensor([a]), torch.tensor([b]), out)
+    return out.item()

@@ -50,20 +50,10 @@ def test_a_reduced_loss_gives_the_bits_of_its_per_row_division_triton(device, dt
     """den.loss(reduction=...).backward() against the per-sample loss reduced by torch (MeanBackward divides go into
     a row each, the GEMMs read those rows): every gradient bit for bit, h's too (the input GEMM's loss gradient).
     B = 37: go / B is inexact."""
-    den, _ = make_pair(n=20, hidden=40, depth=2, dtype=dtype, backend="triton", seed=6)
-    den = den.to(device)
-    twin = copy.deepcopy(den)
-    g = torch.Generator().manual_seed(2)
-    h = torch.randn(37, 20, generator=g, dtype=dtype).to(device).requires_grad_()
-    noise = torch.randn(37, 20, generator=g, dtype=dtype).to(device)
-    h2 = h.detach().clone().requires_grad_()
-    go = torch.tensor(0.37, dtype=dtype, device=device)  # not 1: go * (1 / B) would give go / B's bits
-    den.loss(h, noise, detach=False, reduction=reduction).backward(go)
-    per = twin.loss(h2, noise, detach=False, reduction="none")
-    (per.mean() if reduction == "mean" else per.sum()).backward(go)
-    assert torch.equal(h.grad, h2.grad)
-    for (k, p), p2 in zip(den.named_parameters(), twin.parameters()):
-        assert torch.equal(p.grad, p2.grad), k
+    def by_torch(per, go):
+        (per.mean() if reduction == "mean" else per.sum()).backward(go)
+
+    _assert_reduced_matches_per_sample(device, dtype, 37, reduction, by_torch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -74,15 +64,23 @@ def test_the_gpu_rounding_of_the_shared_gradient_under_the_interpreter_triton(mo
     from fastgan.kernels import denoiser_gemm
 
     monkeypatch.setattr(denoiser_gemm, "reciprocal_go", lambda t: True)
+    _assert_reduced_matches_per_sample("cpu", dtype, 7, "mean",
+                                       lambda per, go: per.backward(mean_backward_rows(go, 7, 7, on_gpu=True)))
+
+
+def _assert_reduced_matches_per_sample(device, dtype, B, reduction, backward_per_sample):
+    """den.loss(reduction=...).backward(go) against a twin's per-sample loss taken back by
+    backward_per_sample(per, go): every gradient, h's too (the input GEMM's loss gradient), bit for bit."""
     den, _ = make_pair(n=20, hidden=40, depth=2, dtype=dtype, backend="triton", seed=6)
+    den = den.to(device)
     twin = copy.deepcopy(den)
-    g = torch.Generator().manual_seed(3)
-    h = torch.randn(7, 20, generator=g, dtype=dtype).requires_grad_()
-    noise = torch.randn(7, 20, generator=g, dtype=dtype)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(B, 20, generator=g, dtype=dtype).to(device).requires_grad_()
+    noise = torch.randn(B, 20, generator=g, dtype=dtype).to(device)
     h2 = h.detach().clone().requires_grad_()
-    go = torch.tensor(0.37, dtype=dtype)
-    den.loss(h, noise, detach=False).backward(go)
-    twin.loss(h2, noise, detach=False, reduction="none").backward(mean_backward_rows(go, 7, 7, on_gpu=True))
+    go = torch.tensor(0.37, dtype=dtype, device=device)  # not 1: go * (1 / B) would give go / B's bits
+    den.loss(h, noise, detach=False, reduction=reduction).backward(go)
+    backward_per_sample(twin.loss(h2, noise, detach=False, reduction="none"), go)
     assert torch.equal(h.grad, h2.grad)
     for (k, p), p2 in zip(den.named_parameters(), twin.parameters()):
         assert torch.equal(p.grad, p2.grad), k

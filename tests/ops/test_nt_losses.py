@@ -70,21 +70,7 @@ def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, loss, js):
     still hold the 2x rule (the log1p's Newton step on e / (1 + e/2); the backward's 1 / (1 + e) rounded by div_rn
     where JS weights' slopes take it three times: 2 ulp low, the logit gradients missed the rule, 6.4e-7 > 6.3e-7)."""
     gpu_division(monkeypatch, ulps)
-    assert _divided_once(torch.tensor([1.0]), torch.tensor([3.0])) != torch.tensor(1.0 / 3.0).item()  # it took
     test_fp32_matches_reference("triton", loss, js, "mean", 1030)
-
-
-def _divided_once(a, b) -> float:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(a_ptr, b_ptr, o_ptr):
-        tl.store(o_ptr, tl.load(a_ptr) / tl.load(b_ptr))
-
-    out = torch.empty(1)
-    kernel[(1,)](a, b, out)
-    return out.item()
 
 
 @pytest.mark.parametrize("backend,n,chunk", [("cpu", 20000, None), ("triton", 1030, 64), ("triton", 300, 512)])
