@@ -106,16 +106,18 @@ def _noise_step(impl, m, shape, mode, noise_kind):
     xr = torch.randn(m, *shape, requires_grad=True)
     xf = torch.randn(m, *shape, requires_grad=True)
     h = 0 if mode == "double" else m // 2
-    if noise_kind == "sigma":
+    if noise_kind == "float":  # a fixed sigma
+        noise = 0.5
+    elif noise_kind == "sigma":  # a learned one
         noise = torch.tensor(0.5, requires_grad=True)
     else:  # the noise generator's output eps
         noise = torch.randn(m - h, *shape, requires_grad=True)
     state = NoiseState(0)
-    wrt = (xr, xf, noise)
+    wrt = (xr, xf, noise) if noise_kind != "float" else (xr, xf)
 
     def step():
         if impl == "torch":
-            eps = noise * torch.randn_like(xr[h:]) if noise_kind == "sigma" else noise
+            eps = noise * torch.randn_like(xr[h:]) if noise_kind != "eps" else noise
             if mode == "double":
                 r, f = torch.cat([xr, xr + eps]), torch.cat([xf, xf + eps])
             else:
@@ -204,7 +206,7 @@ def main():
     cases = []
     for (m, shape) in NOISE_SIZES["cpu"]:
         for mode in ("double", "half"):
-            for kind in ("sigma", "eps"):
+            for kind in ("float", "sigma", "eps"):
                 label = f"noisy_clean_batch m={m} S={shape} {mode} {kind}"
                 cases.append((label, {impl: _noise_step(impl, m, shape, mode, kind) for impl in impls}))
     for n in (1024, 8192):
