@@ -15,6 +15,7 @@ from ._locks import ForkSafeLock
 OP = "noisy_clean_batch"
 OP_BACKWARD = OP + "_backward"
 
+
 # ---------------------------------------------------------------- backend implementations (no autograd)
 # Tensors here are 2-D: x (m, F), eps (n_noisy, F), outputs (rows_out, F) contiguous; sigma: C contiguous
 # values in the accumulation dtype (the eager path keeps the caller's shape, e.g. (C, 1, 1));
