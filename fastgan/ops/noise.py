@@ -295,7 +295,6 @@ _eager_eps = _eager.apply_of(_EagerEps)
 _eager_draw = _eager.apply_of(_EagerDraw)
 _eager_backward = _eager.apply_of(_EagerBackward)
 _needs_graph = _eager.needs_graph
-_grad_enabled = torch.is_grad_enabled
 
 
 # ---------------------------------------------------------------- public API
@@ -441,7 +440,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
                 noise.is_cpu and x0.is_cpu or noise.device == x0.device):
             return None
         chosen = _dispatch.resolve(OP, x0.device, backend)
-        if _grad_enabled() and (x0.requires_grad or noise.requires_grad or (other is not None and other.requires_grad)):
+        if _needs_graph(x_real, x_fake, noise):
             out_r, out_f = _eager_eps(x_real, x_fake, noise, (half, chosen, m))
         else:
             out_r, out_f = _run_apply(x_real, x_fake, None, 0.0, noise, None, half, chosen)
@@ -451,7 +450,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
                 return None
             sigma, sigma_value = None, noise
         elif (type(noise) is _Tensor and noise.dim() < 2 and noise.numel() == 1
-              and noise.dtype is (torch.float64 if dt is torch.float64 else torch.float32)
+              and noise.dtype is _checks.acc_dtype(dt)
               and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):
             sigma, sigma_value = noise, 0.0
         else:
@@ -460,8 +459,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
         st = _state_tensor(state, x0.device)
         if type(st) is not _Tensor:
             return None
-        if _grad_enabled() and (x0.requires_grad or (sigma is not None and sigma.requires_grad)
-                                or (other is not None and other.requires_grad)):
+        if _needs_graph(x_real, x_fake, sigma):
             out_r, out_f = _eager_draw(x_real, x_fake, sigma, (
                 sigma_value, st, half, chosen, m, F, 1, None if sigma is None or sigma.dim() == 1 else sigma.shape))
         else:
