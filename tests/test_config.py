@@ -449,16 +449,17 @@ def test_unread_fields_are_exactly_what_the_config_refuses(section):
                 assert refused is None or "used by" not in refused, (base, name, refused)
 
 
-# ------------------------------------------------------------------------------------------ README's default tables
+# ------------------------------------------------------------------------------ docs/config.md's default tables
 
-def _readme_default_rows():
-    """(dotted key, default text) from the README's `| key | default | meaning |` tables (Methods, Data, Models)."""
-    text = (REPO / "README.md").read_text()
+def _config_doc_default_rows():
+    """(dotted key, default text) from docs/config.md's `| key | default | meaning |` tables (Methods, Data,
+    Models; the README links there for every key)."""
+    text = (REPO / "docs" / "config.md").read_text()
     rows, prefix = [], None
     for line in text.splitlines():
         if line.startswith("#"):  # a heading: the tables under these three only
             prefix = {"## Data (`data:`)": "data.", "## Models (`model:`)": "model.",
-                      "### Methods and their config keys": ""}.get(line.strip())
+                      "## Methods and their config keys": ""}.get(line.strip())
         if prefix is None or not line.startswith("| `"):
             continue
         key_cell, default_cell = [c.strip() for c in line.strip("|").split("|")][:2]
@@ -481,10 +482,10 @@ def _default_of(key):
     return obj
 
 
-def test_readme_default_tables_are_the_dataclass_defaults():
-    """Each default the README's config tables print is the field's default (a changed default, or a README row
+def test_config_doc_default_tables_are_the_dataclass_defaults():
+    """Each default docs/config.md's tables print is the field's default (a changed default, or a row
     left behind, shows here)."""
-    rows = _readme_default_rows()
+    rows = _config_doc_default_rows()
     assert len(rows) > 60, rows
     words = {"null": None, "none": None, "true": True, "false": False, "per arch": None, "=lr_d": None,
              "input width": None}
@@ -500,8 +501,8 @@ def test_readme_default_tables_are_the_dataclass_defaults():
             assert actual == expected, (key, text, actual)
 
 
-def test_defaults_the_readme_gives_in_its_prose():
-    """Defaults the README's tables give in their meaning column (Roth's gamma, Adam's betas) and the arch
+def test_defaults_the_config_doc_gives_in_its_prose():
+    """Defaults docs/config.md's tables give in their meaning column (Roth's gamma, Adam's betas) and the arch
     defaults (`latent_dim` 2 / 100 / 128, mlp tanh 128-128, goodfellow 1200-1200 / 240x5, BatchNorm on for dcgan)."""
     cfg = TrainConfig()
     r, o = cfg.method.roth, cfg.optim

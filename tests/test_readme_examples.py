@@ -1,6 +1,7 @@
-"""The README's Python examples run as printed (on CPU: "cuda" read as "cpu"), in the context their text gives
-them, and do what the text around them says. Every python block is either run here or named in NOT_RUN with
-where it is tested instead, so a new example cannot go untested unnoticed."""
+"""The Python examples of the README and of docs/ run as printed (on CPU: "cuda" read as "cpu"), in the context
+their text gives them, and do what the text around them says. Every python block is either run here or named in
+NOT_RUN with where it is tested instead, so a new example cannot go untested unnoticed. A block may appear in
+several of those files (the README's overview repeats some of docs/'s examples) only word for word."""
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fastgan.reference import penalty as ref_penalty
 from helpers import require_fashion_mnist
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = sorted((README.parent / "docs").rglob("*.md"))
 # python blocks not run here, by their key (_blocks): where the same call is tested
 NOT_RUN: dict[str, str] = {}
 
@@ -26,10 +28,13 @@ def _key(block: str) -> str:
 
 
 def _blocks() -> dict[str, str]:
-    """README python blocks by _key."""
-    found = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
-    blocks = {_key(b): b for b in found}
-    assert len(blocks) == len(found), "two README python blocks have the same first line"
+    """Python blocks of the README and docs/ by _key."""
+    blocks, where = {}, {}
+    for path in [README, *DOCS]:
+        for block in re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M):
+            key, name = _key(block), path.relative_to(README.parent)
+            assert blocks.get(key, block) == block, f"{name} and {where[key]} hold different blocks starting {key!r}"
+            blocks[key], where[key] = block, where.get(key, name)
     return blocks
 
 

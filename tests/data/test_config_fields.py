@@ -181,10 +181,10 @@ def test_a_section_header_without_keys_keeps_the_defaults(tmp_path):
     assert cfg.run == C.TrainConfig().run and cfg.method.roth == C.TrainConfig().method.roth
 
 
-# ------------------------------------------------------------------ the README's table of which fields are read where
+# ------------------------------------------------------------------ docs/config.md's table of which fields are read where
 
 def test_which_data_sets_read_which_fields_is_the_readmes_table():
-    """README (Data): `path`, `max_samples` only for file data; `split` only for mnist, fashion_mnist, cifar10;
+    """docs/config.md (Data): `path`, `max_samples` only for file data; `split` only for mnist, fashion_mnist, cifar10;
     `nominal_size`, `mixture_std` only for the mixtures; `image_size`, `channels` only for image_folder; `npz_key`,
     `value_range` only for npz. (unread_fields and the refusals share one table, so this pins the table itself.)"""
     from fastgan.data.config import DATASETS, unread_fields
@@ -200,7 +200,7 @@ def test_which_data_sets_read_which_fields_is_the_readmes_table():
 
 
 def test_which_architectures_read_which_fields_is_the_readmes_table():
-    """README (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
+    """docs/config.md (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
     goodfellow; `dcgan_width` only for dcgan; `g_output_bias` only for mlp and goodfellow; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
     g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation only for dcgan."""
     from fastgan.models.config import unread_fields
