@@ -105,13 +105,14 @@ def test_the_plain_call_gives_the_general_paths_bits_on_cpu(monkeypatch, kind, m
     _check_plain_matches_general(monkeypatch, "cpu", kind, mode, sides, dtype, grad)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("kind", ["eps", "sigma"])
-def test_the_plain_call_gives_the_general_paths_bits_on_other_backends(monkeypatch, backend, kind):
-    _check_plain_matches_general(monkeypatch, backend, kind, "double", "rf", torch.float32, True)
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])  # cuda: the CUDA C++ kernels, emulated
+@pytest.mark.parametrize("kind", ["eps", "float", "sigma", "sigma_1"])
+@pytest.mark.parametrize("mode", ["double", "half"])
+def test_the_plain_call_gives_the_general_paths_bits_on_other_backends(monkeypatch, backend, kind, mode):
+    _check_plain_matches_general(monkeypatch, backend, kind, mode, "rf", torch.float32, True)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("kind", ["eps", "float"])
 @pytest.mark.parametrize("mode", ["double", "half"])
 def test_the_plain_call_takes_column_major_batches(monkeypatch, backend, kind, mode):
