@@ -20,7 +20,6 @@ Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fas
 from __future__ import annotations
 
 import math
-import operator
 from typing import Optional, Sequence
 
 import torch
@@ -469,8 +468,9 @@ class Denoiser(nn.Module):
         net = self.net
         mods = tuple(net._modules.values())
         # the same module objects, compared by identity (a tuple's == calls nn.Module.__eq__, which torch 2.7's
-        # Dynamo cannot trace: torch.export of a module holding a Denoiser failed there)
-        if len(mods) != len(self._mods) or not all(map(operator.is_, mods, self._mods)) or \
+        # Dynamo cannot trace: torch.export of a module holding a Denoiser failed there; map over two iterables,
+        # which torch 2.4's Dynamo cannot trace, failed torch.compile there)
+        if len(mods) != len(self._mods) or any(a is not b for a, b in zip(mods, self._mods)) or \
                 tuple(map(type, mods)) != self._types or has_hooks(net) or \
                 any(map(has_hooks, mods)):
             self._adopt(net)

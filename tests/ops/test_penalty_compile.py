@@ -119,7 +119,8 @@ def test_double_backward_alone_fails_in_aot_autograd():
 def test_counts_inside_a_compiled_function_count_its_traces(monkeypatch):
     """_dispatch.counts gets its key while Dynamo traces (a Counter's __missing__ broke fullgraph on torch 2.8), once
     per trace: recorded inside the compiled code, the += made Dynamo guard on the count's value, so that every call
-    recompiled (until torch's recompile limit sent the function back to eager)."""
+    recompiled (until torch's recompile limit sent the function back to eager). Where this torch does not trace the
+    closed form (penalty_jvp.CLOSED_FORM_TRACED) it runs eagerly at a graph break, and the counts count its calls."""
     from torch._dynamo.utils import counters
 
     fresh = copy.copy(_dispatch.counts)
@@ -136,7 +137,7 @@ def test_counts_inside_a_compiled_function_count_its_traces(monkeypatch):
     assert traced >= 1
     for _ in range(3):
         _grads_and_buffers(D, compiled, make_x(4).double(), make_x(4).double())
-    assert _dispatch.counts[("gradient_penalty", "mlp")] == traced
+    assert _dispatch.counts[("gradient_penalty", "mlp")] == (traced if FULLGRAPH else 4 * traced)
     assert counters["stats"]["unique_graphs"] <= 2  # no recompile per call
     torch._dynamo.reset()
 
