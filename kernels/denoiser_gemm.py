@@ -330,18 +330,26 @@ def first_tiles(major: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """The tiles a GPU of compute capability `major`.x starts from. float32 on sm_80 and later: 64 x 64 x 32, at 4
     warps (an H200's sweeps, bench/results/h200-2026-12-04.json: 64 x 64 x 32 ran n_h=2048, B=512 1.78x faster than
     the earlier 32 x 64 x 16, and 1.41x faster at 4 warps, where ptxas spills 160 bytes, than at 8 without spills;
-    K-steps of 32 won at every tile size). sm_75 keeps 32 x 64 x 16 (64 x 64 x 32 spills 696 bytes there, and no
-    Turing GPU measured it), float64 32 x 32 x 16 (unmeasured)."""
+    K-steps of 32 won at every tile size; sm_8x runs that tile at 8 warps, gpu_warps). sm_75 keeps 32 x 64 x 16
+    (64 x 64 x 32 spills 696 bytes there, and no Turing GPU measured it), float64 32 x 32 x 16 (unmeasured)."""
     if dtype == torch.float64:
         return 32, 32, 16
     return (64, 64, 32) if major >= 8 else (32, 64, 16)
 
 
+def gpu_warps(major: int, bm: int, bn: int) -> int:
+    """Warps a program of a BM x BN tile runs with on a GPU of compute capability `major`.x: 4, or 8 for 64 x 64 on
+    sm_8x, where 4 warps spill (compiled for sm_80, triton 3.6: up to 164 bytes, the forward GEMM; triton 3.8, torch
+    2.14's: 5572 bytes in the weight-gradient GEMM; at 8 warps at most 8 bytes in either). sm_90 keeps 4, which an
+    H200 ran 1.41x faster than 8 at that tile. No sm_8x GPU has measured either."""
+    return 8 if major == 8 and bm * bn >= 64 * 64 else 4
+
+
 def gpu_tiles(major: int, dtype: torch.dtype) -> set:
-    """Every (BM, BN, BK) `_tiles` can launch on such a GPU (tests/test_triton_compile.py holds them to a spill
-    budget there)."""
+    """Every (BM, BN, BK, warps) `_tiles` can launch on such a GPU (tests/test_triton_compile.py holds them to a
+    spill budget there)."""
     bm, bn, bk = first_tiles(major, dtype)
-    return {(m, n, bk) for m, n in _halvings(bm, bn)}
+    return {(m, n, bk, gpu_warps(major, m, n)) for m, n in _halvings(bm, bn)}
 
 
 def _tiles(M: int, N: int, t: torch.Tensor):
@@ -367,7 +375,7 @@ def gpu_rule(M: int, N: int, sms: int, major: int, dtype: torch.dtype):
     for bm, bn in _halvings(bm, bn):
         if triton.cdiv(M, bm) * triton.cdiv(N, bn) * 4 >= sms:
             break
-    return bm, bn, bk, 4
+    return bm, bn, bk, gpu_warps(major, bm, bn)
 
 
 def _precision(t: torch.Tensor) -> str:

@@ -139,8 +139,8 @@ def _run_every_op():
     from fastgan.ops import _dispatch, denoiser_backends
 
     float64_dot = (_dispatch.triton_version() or (99,)) >= denoiser_backends.TRITON_FLOAT64_DOT  # none on triton 3.4
-    gpu = {(t, dt) for major in (9, 7) for dt in (torch.float32, torch.float64)
-           for t in denoiser_gemm.gpu_tiles(major, dt)}  # sm_80 picks as sm_90
+    gpu = {(t, dt) for major in (9, 8, 7) for dt in (torch.float32, torch.float64)
+           for t in denoiser_gemm.gpu_tiles(major, dt)}  # (BM, BN, BK, warps): sm_80's 64 x 64 take 8 warps
     def denoiser_steps(dtype):
         d = den_ops.Denoiser(8, 16, depth=2, backend="triton", dtype=dtype)
         h = torch.randn(12, 8, generator=g, dtype=dtype, requires_grad=True)
@@ -287,12 +287,12 @@ def _emulated_dot_variants(specs: list) -> list:
     interpreter cannot run them, so they are compiled from the recorded launches."""
     from fastgan.kernels import denoiser_gemm
 
-    tiles = denoiser_gemm.gpu_tiles(9, torch.float32)  # sm_80's are sm_90's
+    tiles = denoiser_gemm.gpu_tiles(9, torch.float32) | denoiser_gemm.gpu_tiles(8, torch.float32)
     out = []
     for spec in specs:
         c = spec["constexprs"]
         if spec["module"].endswith("denoiser_gemm") and c.get("PREC") == "ieee" and \
-                "*fp32" in spec["signature"].values() and (c["BM"], c["BN"], c["BK"]) in tiles:
+                "*fp32" in spec["signature"].values() and _tile(c, spec["options"]) in tiles:
             out += [{**spec, "constexprs": {**spec["constexprs"], "PREC": prec}, "min_arch": 80}
                     for prec in _offered_emulations()]
     assert out or not _offered_emulations(), "no float32 fused-GEMM launch recorded"
@@ -331,9 +331,11 @@ def test_every_launched_kernel_compiles(compiled, arch):
 
 # The denoiser's fused GEMMs keep a tile, both operands and a layer's BatchNorm coefficients live; ptxas spills
 # 4-24 bytes in some of their variants (sm_90, 32 x 64 tiles; 4-16 bytes on sm_80 and sm_75) while using 72-96 of
-# 255 registers, and 160-164 bytes in the forward GEMM with a BatchNorm prologue at the 64 x 64 x 32 tiles and 4
-# warps a GPU picks for large layers: measured, not guessed (an H200 ran n_h=2048, B=512 1.41x faster so than at 8
-# warps without spills; bench/results/h200-2026-12-04.json). A budget of 192 still catches a shortage's hundreds more. Every other kernel may
+# 255 registers, and 160-188 bytes in the forward GEMM with a BatchNorm prologue at the 64 x 64 x 32 tiles and 4
+# warps sm_90 picks for large layers: measured, not guessed (an H200 ran n_h=2048, B=512 1.41x faster so than at 8
+# warps without spills; bench/results/h200-2026-12-04.json). sm_8x takes 8 warps at that tile (denoiser_gemm.gpu_warps:
+# at 4, triton 3.8 spilled 5572 bytes in the weight-gradient GEMM for sm_80, which this test caught on torch 2.14.1).
+# A budget of 192 still catches a shortage's hundreds more. Every other kernel may
 # spill a few bytes, as ptxas chooses to far below the register limit: compiled as a GPU launch specializes it
 # (go_div = B a runtime int), the penalty's terms pass over 3x32x32 rows in chunks spills 4 bytes at 96 of 255
 # registers on sm_90 (none at 8 warps; the 4 warps are what the chunked path measured best with on an H100);
@@ -345,14 +347,20 @@ OTHER_SPILL_BUDGET = 8
 
 def _launched_on(result: dict, arch: int) -> bool:
     """Whether a GPU of this architecture launches the compiled specialization: the denoiser's GEMMs only at the
-    tiles `_tiles` picks there (the interpreter's, and sm_80's 64 x 64 x 32 on sm_75, never run on such a GPU)."""
+    tiles and warps `_tiles` picks there (the interpreter's, sm_90's 64 x 64 x 32 at 4 warps on sm_80 and sm_75, never
+    run on such a GPU)."""
     if not result["kernel"].startswith("fastgan.kernels.denoiser_gemm."):
         return True
     from fastgan.kernels import denoiser_gemm
 
-    c = result["consts"]
-    return any((c["BM"], c["BN"], c["BK"]) in denoiser_gemm.gpu_tiles(arch // 10, dt)
+    return any(_tile(result["consts"]) in denoiser_gemm.gpu_tiles(arch // 10, dt)
                for dt in (torch.float32, torch.float64))
+
+
+def _tile(consts: dict, options: dict = None) -> tuple:
+    """(BM, BN, BK, warps) of a fused-GEMM launch, as denoiser_gemm.gpu_tiles lists them."""
+    opts = consts if options is None else options
+    return consts["BM"], consts["BN"], consts["BK"], opts.get("num_warps", 4)
 
 
 def _spill_budget(module: str, arch: int) -> int:
