@@ -255,7 +255,19 @@ def requested_backend() -> tuple[str | None, str]:
     return forced, f"FASTGAN_BACKEND={forced!r}"
 
 
-@contextlib.contextmanager
+class _Pin:
+    __slots__ = ("request",)
+
+    def __init__(self, request):
+        self.request = request
+
+    def __enter__(self):
+        _pins.stack.append(self.request)
+
+    def __exit__(self, *exc):
+        _pins.stack.pop()
+
+
 def pin(request: tuple[str | None, str]):
     """Ops called inside with no backend= of their own resolve as under `request`, a requested_backend() taken
     earlier (None: each op's best), whatever use_backend blocks are open now, in any thread: for backwards that
@@ -263,15 +275,11 @@ def pin(request: tuple[str | None, str]):
     another thread's) points."""
     if torch.compiler.is_compiling():
         # Dynamo traces an autograd.Function's backward with its forward, in the forward's block, and refuses a
-        # write to state outside it ("HOP: Unsafe side effect"): the pin is the trace's context already
-        yield
-        return
-    stack = _pins.stack
-    stack.append(request)
-    try:
-        yield
-    finally:
-        stack.pop()
+        # write to state outside it ("HOP: Unsafe side effect"): the pin is the trace's context already. A plain
+        # nullcontext, not a generator context manager: under one, torch 2.8's Dynamo broke the graph in the closed
+        # form's backward (dilated Conv1d, Conv3d + training BatchNorm), so fullgraph=True failed there
+        return contextlib.nullcontext()
+    return _Pin(request)
 
 
 def best_fused(device: torch.device) -> tuple[str | None, list[str]]:
