@@ -252,7 +252,7 @@ class _EagerDraw(torch.autograd.Function):
         z = None
         if backend == "cpu" and ctx.needs_input_grad[2]:  # keep the draw's normals for dsigma
             x0 = x_real if x_real is not None else x_fake
-            n = (m - m // 2 if half else m) * F
+            n = _n_noisy(m, half) * F
             z = x0.new_empty(n) if x0.dtype is torch.float32 else x0.new_empty(n, dtype=torch.float32)
         out_r, out_f, used = _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z)
         # the fields _save_forward sets, from the sizes the caller passed
@@ -496,7 +496,7 @@ def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Ten
     if mode != "double" and mode != "half":
         _checks.choice("mode", mode, MODES)
     half = mode == "half"
-    n_noisy = m - m // 2 if half else m
+    n_noisy = _n_noisy(m, half)
     kind, value, C = _parse_noise(noise, x0, n_noisy, mode)
     chosen = _dispatch.resolve(OP, x0.device, backend)
     # already (m, F): skip the reshapes (a few us each at the mixtures' sizes); under compile they stay, as

@@ -201,7 +201,7 @@ def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_d
     sigma_shape: the shape of dsigma, when not (C,)."""
     g0 = g_real if g_real is not None else g_fake
     F = g0.shape[1]
-    n_noisy = m - m // 2 if half else m
+    n_noisy = _n_noisy(m, half)
     dxr = g0.new_empty(m, F) if want_dx_real else None
     dxf = g0.new_empty(m, F) if want_dx_fake else None
     deps = g0.new_empty(n_noisy, F) if want_deps else None
