@@ -315,6 +315,9 @@ class Denoiser(nn.Module):
         if momentum is not None:
             _check_number("momentum", momentum, low=0.0, high=1.0)
         _check_number("eps", eps, low=0.0, open_low=True)
+        if dtype is not None and dtype not in PARAM_DTYPES:  # else accepted here and refused at the first call
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (the parameters' dtype; features of "
+                            f"another dtype are cast to it), got {dtype}")
         net = ref.make_denoiser(n_features, hidden, depth, momentum, eps)
         self._init(net.to(device=device, dtype=dtype), sigma, backend)
 

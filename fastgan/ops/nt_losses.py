@@ -338,8 +338,8 @@ def _parse_mu(mu, device):
             raise ValueError("mu must not require grad: NTGAN samples mu ~ U(0, 1) each step; it is not learned")
         return mu, 0.0
     value = float(mu)
-    if not _checks.finite(value):
-        raise ValueError(f"mu must be finite, got {value}")
+    if not 0.0 <= value <= 1.0:  # also NaN; outside [0, 1] one part's weight would be negative
+        raise ValueError(f"mu must be in [0, 1] (NTGAN draws mu ~ U(0, 1)), got {value}")
     return None, value
 
 
@@ -349,8 +349,9 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     """NTGAN's mu-weighted clean/noisy logistic losses, fused with their gradients.
 
     logits_real, logits_fake: (N,) or (N, 1) logits of the batches of ``noisy_clean_batch(..., mode)``, clean
-    samples first: the first N // 2 are clean, the rest noisy. mu: float or one-element tensor (NTGAN draws
-    mu ~ U(0, 1) each step; a device tensor keeps CUDA graphs valid); not differentiated.
+    samples first: the first N // 2 are clean, the rest noisy. mu: float in [0, 1] or one-element tensor
+    (NTGAN draws mu ~ U(0, 1) each step; a device tensor keeps CUDA graphs valid and is not range-checked, which
+    would read it on the host); not differentiated.
     loss="d": the discriminator's loss (to minimise), mu-weighted -ln D on real and -ln(1 - D) on fake;
     loss="g": the generator's non-saturating loss on the fake logits (logits_real may be None).
     reduction: "mean" (each part averaged, as mu * mean_clean + (1 - mu) * mean_noisy) or "sum" (the sums of

@@ -276,6 +276,12 @@ def test_autocast_runs_in_the_parameter_dtype():
         den.half().loss(h)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])
+def test_a_half_or_integer_dtype_is_refused_at_construction(dtype):
+    with pytest.raises(TypeError, match=r"^dtype must be torch.float32 or torch.float64 .*, got " + str(dtype)):
+        Denoiser(4, dtype=dtype)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("path", ["eager", "custom_ops"])
 @pytest.mark.parametrize("term", ["loss", "forward"])

@@ -75,11 +75,17 @@ def test_set_state_refuses_what_get_state_never_returns(bad):
 
 # ------------------------------------------------------------------ nt_losses
 
-@pytest.mark.parametrize("mu", [math.nan, math.inf, -math.inf])
-def test_non_finite_float_mu_is_refused(mu):
-    """As a non-finite float sigma is: a NaN mu made every loss NaN without a word."""
-    with pytest.raises(ValueError, match="mu must be finite"):
+@pytest.mark.parametrize("mu", [math.nan, math.inf, -math.inf, -0.25, 1.5])
+def test_float_mu_outside_the_unit_interval_is_refused(mu):
+    """A NaN mu made every loss NaN without a word; one outside [0, 1] weighs a part negatively."""
+    with pytest.raises(ValueError, match=r"mu must be in \[0, 1\]"):
         nt_losses(torch.zeros(4), torch.zeros(4), mu)
+
+
+@pytest.mark.parametrize("mu", [0, 1, 0.0, 1.0])
+def test_float_mu_at_the_ends_of_the_unit_interval_weighs_one_part(mu):
+    lr, lf = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(nt_losses(lr, lf, mu), ref.nt_losses(lr, lf, float(mu)))
 
 
 def test_compiled_losses_still_take_a_float_mu_that_changes_between_calls():
