@@ -50,6 +50,19 @@ def test_shipped_configs_cover_the_paper_experiments():
     assert table4 == {(r, m) for r in "abcdefg" for m in ("standard", "gp", "sngan", "ntgan")}
 
 
+@pytest.mark.parametrize("name", ["dfm-fmnist", "dfm-fmnist-baseline"])
+def test_the_dfm_configs_score_as_dfm_reports(name):
+    """DFM §2.2: the score averaged over 10 independent groups of 5,000 samples (fmnist_scores' default 10 parts
+    of run.fd_samples); they took NTGAN's 10000 until 2026-12-05."""
+    import inspect
+
+    from fastgan.metrics import fmnist_scores
+
+    run = load_config(REPO / "configs" / f"{name}.yaml").run
+    splits = inspect.signature(fmnist_scores).parameters["splits"].default
+    assert run.fd and (splits, run.fd_samples // splits) == (10, 5000)
+
+
 def test_the_goodfellow_authors_config_differs_from_algorithm_1s_in_the_authors_settings_only():
     """goodfellow-mlp-fmnist-authors = goodfellow-mlp-fmnist plus mnist.yaml's settings (goodfeli/adversarial)."""
     def flat(cfg):
