@@ -225,8 +225,10 @@ def _order_sensitive(n_real, n_fake, dtype, g):
 
 
 # one pass (without, with a full round); two passes; sides (even: [clean; noisy]) that are no multiple of a float
-# pack (4); a side shorter than one round of packs
-@pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (4096, 3002), (9002, 4098), (2, 8194), (2, 4096)])
+# pack (4); a side shorter than one round of packs; a last backward round whose fourth pack alone passes the side's
+# end (3500 floats, 1800 doubles: a round is 4096 floats, 2048 doubles), a read and write past it if taken as full
+@pytest.mark.parametrize("n_real,n_fake", [(1002, 38), (4096, 3002), (9002, 4098), (2, 8194), (2, 4096),
+                                           (3500, 1800)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("values", ["random", "order"])
 def test_nt_losses_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real, n_fake, dtype, values):

@@ -111,3 +111,18 @@ def test_on_a_gpu_the_kernels_count_each_batch_once(monkeypatch, backend):
     with torch.no_grad():
         den(h)
     assert _counts(den.net) == [4, 4] and adds == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wide_layers_count_once_whatever_their_programs(backend):
+    """Layers of 200 features, more than one program or block of a BatchNorm kernel (Triton: 64 features a program
+    on CPU tensors, 16 or 32 on a GPU; CUDA: a block a column tile): each call still counts once (the 16-feature
+    layers above run in one program, where a count in every program passed)."""
+    den, net = make_pair(n=12, hidden=200, depth=2, backend=backend, seed=2)
+    h = torch.randn(5, 12, dtype=torch.float64)
+    den.loss(h).backward()
+    with torch.no_grad():
+        den(h)
+        for _ in range(2):
+            net(h)
+    assert _counts(den.net) == _counts(net) == [2, 2]

@@ -674,3 +674,50 @@ def test_saturated_js_weights_keep_their_relative_accuracy(backend, dtype, v):
     _, wr, wf = nt_losses(lr, lf, 0.5, js_weights=True, backend=backend)
     torch.testing.assert_close(wr.double(), torch.sigmoid(-lr.double()) ** 2, rtol=1e-5, atol=0)
     torch.testing.assert_close(wf.double(), torch.sigmoid(lf.double()) ** 2, rtol=1e-5, atol=0)
+
+
+def _one_logit_losses(psi, backend):
+    """G's loss of a pair of fake logits both psi, mu = 1/2, summed: softplus(-psi) alone (two exact halves), a call
+    per psi, so that each logit's term is seen to its own accuracy."""
+    return torch.stack([nt_losses(None, p.expand(2), 0.5, loss="g", reduction="sum",
+                                  backend=backend) for p in psi]).double()
+
+
+def _eps_off(got, want, dtype):
+    return ((got - want).abs() / (torch.finfo(dtype).eps * want.abs())).max().item()
+
+
+def _fp32_one_logit_error(backend):
+    psi = torch.cat([torch.linspace(0.0, 1.5, 97), torch.linspace(1.5, 6.0, 31)[1:]]).float()
+    return _eps_off(_one_logit_losses(psi, backend), torch.log1p(torch.exp(-psi.double())), torch.float32)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+def test_fp32_softplus_of_one_logit_within_a_few_ulps(backend):
+    """Each float32 logit's loss term to a few ulps, not only a batch's sum (whose floor of 4 eps times the total hid
+    a wrong series coefficient: csrc's nt::log1p_unit with 1/2048 for 1/2304 was ~24 ulp off near psi = 0 and
+    passed). For psi >= 0, softplus(-psi) = log1p(exp(-psi)); the truth is float64 math on the float32 psi. Budget,
+    in eps times the value: the series' 3.2 ulp (nt_losses_math.h) and float32 exp's rounding; measured 0.5 (cpu),
+    1.3 (cuda), 1.4 (triton)."""
+    err = _fp32_one_logit_error(backend)
+    assert err <= 4.0, f"{backend}: a logit's loss is {err:.1f} eps-relative off log1p(exp(-psi))"
+
+
+@pytest.mark.parametrize("ulps", [-2, 2])
+def test_fp32_softplus_of_one_logit_with_a_gpus_division_triton(monkeypatch, ulps):
+    """The same with every float32 quotient 2 ulp off (div.full, helpers.gpu_division): kernels/nt_losses.py's
+    _log1p refines t = e / (1 + e/2) by one Newton step. Measured 1.4 (-2 ulp) and 1.7 (+2) eps times the value;
+    without the Newton step 2.6 and 3.3 (1.7 with exact division), which the batch tests' sums did not see."""
+    gpu_division(monkeypatch, ulps)
+    err = _fp32_one_logit_error("triton")
+    assert err <= 2.5, f"a logit's loss is {err:.1f} eps-relative off log1p(exp(-psi)) with a GPU's division"
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+def test_fp64_softplus_of_one_logit_within_a_few_ulps(backend):
+    """float64: each logit's term softplus(-psi) = log1p(exp(-psi)) to a few ulps up to psi = 36, where exp(-psi) is
+    far below 1's rounding: Triton's log(u) * e / (u - 1) (Goldberg) without its correction e / (u - 1), log(1 + e),
+    was up to 5e-8 relative off at psi = 20 (25% near 36) and passed the float64 sums (their |psi| terms dwarf it)."""
+    psi = torch.linspace(0.0, 36.0, 145, dtype=torch.float64)
+    err = _eps_off(_one_logit_losses(psi, backend), torch.log1p(torch.exp(-psi)), torch.float64)
+    assert err <= 8.0, f"{backend}: a float64 logit's loss is {err:.1f} eps-relative off log1p(exp(-psi))"
