@@ -250,49 +250,56 @@ def test_nt_losses_packed_and_scalar_variants_agree_bit_for_bit(emulated, n_real
         return [loss, wr, wf, *grads]
 
     outs = {}
-    for layout in ("packed", "unaligned", "strided"):
+    # (real, fake): one side strided and the other packable is read one logit at a time too (a packed read of the
+    # strided side, its stride taken for 1, survived every test that strided both)
+    layouts = [("packed", "packed"), ("unaligned", "unaligned"), ("strided", "strided"), ("strided", "packed"),
+               ("packed", "strided")]
+    for layout in layouts:
         emulated.emu_reset_launches()
-        outs[layout] = run(_nt_forward_layout(vr, layout), _nt_forward_layout(vf, layout), "cuda")
+        outs[layout] = run(_nt_forward_layout(vr, layout[0]), _nt_forward_layout(vf, layout[1]), "cuda")
         sites = {site for site, _ in emulated.emu_launches()}
         for kernel in ("forward", "backward"):
-            packed = layout == "packed"
+            packed = layout == ("packed", "packed")
             assert _nt_site(kernel, packed) in sites and _nt_site(kernel, not packed) not in sites, (kernel, sites)
-    for layout in ("unaligned", "strided"):
-        for a, b in zip(outs[layout], outs["packed"]):
+    for layout in layouts[1:]:
+        for a, b in zip(outs[layout], outs[("packed", "packed")]):
             assert torch.equal(a, b), layout
-    for a, b in zip(outs["packed"], run(vr, vf, "cpu")):
+    for a, b in zip(outs[("packed", "packed")], run(vr, vf, "cpu")):
         _close(a, b, dtype)
 
 
-def test_nt_losses_forward_unaligned_weights_take_the_scalar_variant(emulated):
-    """JS weights are written in packs too: weights at an unaligned address (torch's allocator never gives one)
-    send the forward to the scalar variant, with the same values."""
+@pytest.mark.parametrize("offsets", [(1, 1), (1, 0), (0, 1)], ids=["both", "real", "fake"])
+def test_nt_losses_forward_unaligned_weights_take_the_scalar_variant(emulated, offsets):
+    """JS weights are written in packs too: weights at an unaligned address (torch's allocator never gives one),
+    either side's, send the forward to the scalar variant, with the same values."""
     module = importlib.import_module("fastgan.ops.nt_losses")  # fastgan.ops.nt_losses is also the function
     vr, vf = torch.randn(5000, dtype=torch.float32), torch.randn(300, dtype=torch.float32)
 
-    def run(offset):
+    def run(offset_real, offset_fake):
         loss = torch.empty((), dtype=torch.float32)
-        wr, wf = padded(torch.zeros(5000), offset), padded(torch.zeros(300), offset)
+        wr, wf = padded(torch.zeros(5000), offset_real), padded(torch.zeros(300), offset_fake)
         emulated.emu_reset_launches()
         module._fwd_cuda(vr, vf, None, 0.3, 0, 0, loss, wr, wf)
         return {site for site, _ in emulated.emu_launches()}, (loss, wr, wf)
 
-    sites, want = run(0)
+    sites, want = run(0, 0)
     assert _nt_site("forward", True) in sites, sites
-    sites, got = run(1)
+    sites, got = run(*offsets)
     assert _nt_site("forward", False) in sites and _nt_site("forward", True) not in sites, sites
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
 
-def test_nt_losses_backward_unaligned_weight_gradients_take_the_scalar_variant(emulated):
+@pytest.mark.parametrize("side", ["both", "real", "fake"])
+def test_nt_losses_backward_unaligned_weight_gradients_take_the_scalar_variant(emulated, side):
     """The weights' gradients arrive as the caller's tensors (contiguous, maybe at any address: a slice of
-    torch.cat([w_real, w_fake]) is one); unaligned ones send the backward to its scalar variant, with the same bits
-    as aligned copies of them give in the packed one."""
+    torch.cat([w_real, w_fake]) is one); unaligned ones, either side's, send the backward to its scalar variant, with
+    the same bits as aligned copies of them give in the packed one."""
     g = torch.Generator().manual_seed(3)
     a, b = ((3 * torch.randn(n, generator=g)).requires_grad_(True) for n in (5004, 1002))
     up = torch.randn(5004 + 1002 + 1, generator=g)
     gwr, gwf = up[1:5005], up[5005:6007]  # 4 bytes past 16-byte boundaries
+    gwr, gwf = (gwr.clone() if side == "fake" else gwr), (gwf.clone() if side == "real" else gwf)
 
     def grads(gwr, gwf):
         loss, wr, wf = nt_losses(a, b, 0.3, loss="d", js_weights=True, backend="cuda")

@@ -2,11 +2,13 @@
 its own), by one _foreach_add_ where the kernels do not (the custom ops under torch.compile, which may not mutate
 their inputs): after any sequence of calls, the counts nn.BatchNorm1d keeps (Triton's tl.dot GEMMs count in their
 own kernels: test_denoiser_gemm_folds.py)."""
+import importlib
+
 import pytest
 import torch
 from torch import nn
 
-from fastgan.ops import denoiser_backends as dk, denoiser_eager
+from fastgan.ops import denoiser_backends as dk, denoiser_eager, denoiser_net
 from fastgan.reference import denoiser as ref
 
 from denoiser_helpers import make_pair
@@ -15,14 +17,20 @@ BACKENDS = ["reference", "cpu", "cuda", pytest.param("triton", marks=pytest.mark
 
 
 def _foreach_adds(monkeypatch) -> list:
+    """The length of each count list that count_batches adds 1 to (in one _foreach_add_), patched where it is called.
+    Replacing torch._foreach_add_ itself (until 2026-12-05) made a later compile in the same process fail ("Attempted
+    to call function marked as skipped": test_denoiser.py's test_torch_compile_fullgraph after this file): Dynamo
+    keeps torch's functions by identity, listed once per process, and a list made while one was replaced leaves the
+    real one out."""
     calls = []
-    add = torch._foreach_add_
 
-    def counted(tensors, *a, **k):
-        calls.append(len(tensors))
-        return add(tensors, *a, **k)
+    def counted(counts):
+        if counts:
+            calls.append(len(counts))
+        return denoiser_net.count_batches(counts)
 
-    monkeypatch.setattr(torch, "_foreach_add_", counted)
+    for module in (importlib.import_module("fastgan.ops.denoiser"), denoiser_eager):
+        monkeypatch.setattr(module, "count_batches", counted)
     return calls
 
 
