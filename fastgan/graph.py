@@ -149,13 +149,16 @@ class GraphedStep:
             if self.graph is None and self.eager_calls < self.warmup:
                 self.eager_calls += 1
                 s = self._side_stream()
-                with torch.cuda.stream(s), warnings.catch_warnings():
-                    # capturable optimizers warn that they step outside a capture: these calls exist to precede one
-                    warnings.filterwarnings("ignore", message=r".*capturable=True.*without CUDA graph capture",
-                                            category=UserWarning)
-                    out = self.fn()
-                torch.cuda.current_stream(self.device).wait_stream(s)
-                return out
+                try:
+                    with torch.cuda.stream(s), warnings.catch_warnings():
+                        # capturable optimizers warn that they step outside a capture: these calls exist to precede
+                        # one
+                        warnings.filterwarnings("ignore", message=r".*capturable=True.*without CUDA graph capture",
+                                                category=UserWarning)
+                        return self.fn()
+                finally:
+                    # also when fn raised: a caller that goes on eagerly must not read what the side stream writes
+                    torch.cuda.current_stream(self.device).wait_stream(s)
             if self.graph is None:
                 self._capture()
             self.graph.replay()

@@ -115,3 +115,20 @@ def test_the_warm_ups_silence_the_capturable_optimizers_warning_only(monkeypatch
 
     GraphedStep(fn, warmup=1)()
     assert [str(w.message) for w in recwarn] == ["something else"]
+
+
+def test_a_warm_up_that_raises_still_joins_the_side_stream(monkeypatch):
+    # a caller that catches the error and goes on eagerly must not read what the side stream may still write
+    fake = _FakeCuda(current=0)
+    fake.install(monkeypatch)
+
+    def fn():
+        raise RuntimeError("out of memory")
+
+    step = GraphedStep(fn, warmup=2, device="cuda:1")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        step()
+    waits = [e for e in fake.log if e[0] == "wait"]
+    assert waits[-1] == ("wait", 1, 1), "the caller's stream waits on the side stream after a failed warm-up"
+    assert len(waits) == 2  # the side stream on the caller's (before fn), the caller's on the side stream (after)
+    assert fake.current == 0

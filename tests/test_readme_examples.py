@@ -176,7 +176,7 @@ def test_a_module_with_as_sequential_takes_the_closed_form():
 def test_compiled_closed_form_loss():
     """fullgraph compiles it (aot_eager here: inductor's C++ build would take a minute on CI's CPU, and the claim
     is that Dynamo traces the op without a graph break). Where fastgan does not let Dynamo trace the closed form
-    (torch < 2.7 and 2.11: penalty_jvp.CLOSED_FORM_TRACED) it runs eagerly, a graph break, as the README says
+    (torch < 2.7: penalty_jvp.CLOSED_FORM_TRACED) it runs eagerly, a graph break, as the README says
     above the block: there without fullgraph."""
     from fastgan.ops import penalty_jvp
 

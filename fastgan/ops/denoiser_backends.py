@@ -195,9 +195,15 @@ class _launch:
     def __enter__(self):
         if self.backend != "cuda":
             return _KERNELS[self.backend]
-        self.guard = torch.cuda.device(self.device)
-        self.guard.__enter__()
-        return _CudaOn(_ext.stream_handle(self.device))
+        guard = torch.cuda.device(self.device)
+        guard.__enter__()
+        try:
+            stream = _ext.stream_handle(self.device)
+        except BaseException:  # __exit__ is not called when __enter__ raises: the caller's device must come back
+            guard.__exit__(None, None, None)
+            raise
+        self.guard = guard
+        return _CudaOn(stream)
 
     def __exit__(self, *exc):
         if self.guard is not None:

@@ -326,6 +326,15 @@ def primal_chain(x, steps, tensors, norm):
     return h.reshape(B), layers
 
 
+def own_output(psi: torch.Tensor) -> torch.Tensor:
+    """The logits as the closed forms' Functions return them: under torch.compile a copy, not primal_chain's view
+    of the last layer's (B, 1) output. torch 2.11's Dynamo routes the gradient of an autograd.Function output that
+    aliases one of the forward's intermediates to the wrong output (pytorch/pytorch#180642, the same aliasing with
+    an in-place op): every parameter gradient through the logits came out 0 when traced, for which 2.11 ran the
+    closed form eagerly until 2026-12-05. Eagerly no copy is made (one more launch in a launch-bound update)."""
+    return psi.clone() if torch.compiler.is_compiling() else psi
+
+
 def fold_index(layers) -> int | None:
     """The index l of the penultimate Linear when the closed form can skip the tangent's last GEMM, else None.
 
@@ -423,7 +432,7 @@ class _MLPPenalty(ClosedForm):
                 t = t * L["slope"] if L["kind"] == "bn" else L["act"].apply_slope(t, L["key"])
         save_layers(ctx, layers, weight_extras(weight, g2, psi_acc, u), (x, *tensors), spec, _MLPPenalty.grads)
         ctx.last, ctx.fold = last, fold
-        return per, psi
+        return per, own_output(psi)
 
     @staticmethod
     def grads(ctx, layers, extra, g_per, g_psi):

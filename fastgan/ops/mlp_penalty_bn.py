@@ -106,7 +106,7 @@ def _bn_vjp(L, rho, lam, backend):
 class _BatchStatMLPPenalty(ClosedForm):
     @staticmethod
     def forward(ctx, x, spec, *tensors):
-        from .mlp_penalty import _terms, primal_chain, save_layers, weight_extras
+        from .mlp_penalty import _terms, own_output, primal_chain, save_layers, weight_extras
 
         steps, weight, backend, _ = spec
         psi, layers = primal_chain(x, steps, tensors, functools.partial(_norm, backend=backend))
@@ -119,7 +119,7 @@ class _BatchStatMLPPenalty(ClosedForm):
         save_layers(ctx, layers, {**weight_extras(weight, g2, psi_acc, u), "v": v}, (x, *tensors), spec,
                     _BatchStatMLPPenalty.grads)
         ctx.x_shape = x.shape
-        return per, psi
+        return per, own_output(psi)
 
     @staticmethod
     def grads(ctx, layers, extra, g_per, g_psi):

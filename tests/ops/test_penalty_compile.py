@@ -52,19 +52,19 @@ def _compare_d(factory, make_x, mode, backend, fullgraph, rtol=1e-12, device="cp
         torch.testing.assert_close(b, w, rtol=rtol, atol=1e-14)
 
 
-# torch < 2.7 and 2.11: the closed form runs eagerly inside the compiled function
-# (penalty_jvp.CLOSED_FORM_TRACED: traced on 2.4-2.6 and 2.11 its gradients were wrong), so no fullgraph there;
-# gradients and buffers must still equal eager mode's
+# torch < 2.7: the closed form runs eagerly inside the compiled function (penalty_jvp.CLOSED_FORM_TRACED: traced
+# on 2.4-2.6 its gradients were wrong), so no fullgraph there; gradients and buffers must still equal eager mode's
 FULLGRAPH = penalty_jvp.CLOSED_FORM_TRACED
 
 
 @pytest.mark.parametrize("version, traced", [
-    ("2.4.1", False), ("2.6.0", False), ("2.7.1", True), ("2.10.0", True), ("2.11.0+cu130", False),
-    ("2.11.0a0+git1234", False), ("2.11.1", False), ("2.12.1+cu130", True), ("2.13.0+cpu", True),
+    ("2.4.1", False), ("2.6.0", False), ("2.6.9", False), ("2.7.0a0+git1234", True), ("2.7.1", True),
+    ("2.10.0", True), ("2.11.0+cu130", True), ("2.12.1+cu130", True), ("2.13.0+cpu", True),
     ("2.16.0.dev20270101", True), ("3.0.0", True)])
 def test_which_torch_versions_trace_the_closed_form(version, traced):
-    """The versions run traced (2.7.1-2.10.0, 2.12.1-2.14.1) and those seen wrong (2.4.1-2.6.0, 2.11.0), a 2.11
-    pre-release or patch release counted as 2.11."""
+    """The versions run traced (2.7.1-2.14.1; 2.11.0 since the closed form's logits are its own output under
+    compile, mlp_penalty.own_output) and those seen wrong (2.4.1-2.6.0), by minor version: a pre-release or patch
+    release counted as its minor release."""
     assert penalty_jvp.closed_form_traced_on(version) is traced
 
 
@@ -73,6 +73,30 @@ def test_closed_form_compiles_fullgraph(name):
     before = _dispatch.counts[("gradient_penalty", "mlp")]
     _compare(name, "mlp", "aot_eager", fullgraph=FULLGRAPH)
     assert _dispatch.counts[("gradient_penalty", "mlp")] > before
+
+
+@pytest.mark.parametrize("which", ["logits", "penalty"])
+@pytest.mark.parametrize("name", ["mlp_leaky", "conv3d_bn_train"])
+def test_gradients_through_the_logits_alone(name, which):
+    """A loss of the logits alone, or of the penalty alone: traced on torch 2.11, whose Dynamo sent the gradient of
+    a Function output aliasing an intermediate to the wrong output, the logits' gradient came out 0 while the
+    penalty's was right (mlp_penalty.own_output; the joint loss mixed the two)."""
+    factory, make_x, _ = DS[name]
+    torch.manual_seed(0)
+    D = factory().double()
+    xr, xf = make_x(6).double(), make_x(6).double() * 0.5 + 0.3
+
+    def loss(D, xr, xf):
+        pen, lr, lf = js_penalty(D, xr, xf, mode="mlp")
+        return lr.sum() - 2 * lf.sum() if which == "logits" else pen
+
+    torch._dynamo.reset()
+    want = _grads_and_buffers(copy.deepcopy(D), loss, xr, xf)
+    got = _grads_and_buffers(copy.deepcopy(D), torch.compile(loss, backend="aot_eager", fullgraph=FULLGRAPH), xr, xf)
+    torch._dynamo.reset()
+    assert all(w.norm() > 0 for w in want[0] if w.numel() > 1)
+    for g, w in zip(got[0], want[0]):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["conv_leaky", "conv3d_bn_train"])
