@@ -118,7 +118,12 @@ GRAPH_RUNS = {
     # DFM's features beside a penalty mode without D's forward_features: a separate forward, whose CUDA RNG save
     # and restore (torch.cuda.get_rng_state) raises during capture, so it is skipped there
     "roth+dfm-jvp": ["method.name=roth+dfm", "method.roth.mode=jvp"],
+    # "auto" on CUDA: the closed form for the MLP D; with training-mode BatchNorm jvp, after its one-time check
+    # against the double backward in the eager warm-ups (GRAPH_AUTO_MODES: which ran)
+    "roth-auto": ["method.name=roth", "method.roth.mode=auto"],
+    "roth-auto-batchnorm": ["method.name=roth", "method.roth.mode=auto", "model.d_batchnorm=true"],
 }
+GRAPH_AUTO_MODES = {"roth-auto": ("mlp",), "roth-auto-batchnorm": ("jvp",)}
 
 
 @pytest.mark.cuda
@@ -134,6 +139,8 @@ def test_graphed_training_matches_eager_training(tmp_path, name, eager_as_graphe
     for k in eager.models:
         for a, b in zip(graphed.models[k].parameters(), eager.models[k].parameters()):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    if name in GRAPH_AUTO_MODES:
+        assert tuple(graphed.penalty_modes) == tuple(eager.penalty_modes) == GRAPH_AUTO_MODES[name]
 
 
 @pytest.mark.cuda
