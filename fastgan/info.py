@@ -51,6 +51,7 @@ def info(print_report: bool = False) -> dict:
         "cuda_devices": _cuda_devices(C),
         "metrics_classifier": _classifier_status(),
         "compiled_d": _compiled_d_status(),
+        "closed_form_traced": _closed_form_traced(),
         "denoiser_triton_gemm": _denoiser_triton_gemm(),
         "backends": {},
     }
@@ -88,6 +89,12 @@ def _compiled_d_status() -> dict:
 
     ok, why = compiled_d.support()
     return {"ok": ok, "reason": why or None}
+
+
+def _closed_form_traced() -> bool:
+    from .ops import penalty_jvp
+
+    return penalty_jvp.CLOSED_FORM_TRACED
 
 
 def _denoiser_triton_gemm() -> dict:
@@ -134,6 +141,12 @@ def format_report(r: dict) -> str:
     if cd is not None:
         lines.append("torch.compile'd code inside a penalty's D: " + ("run eagerly by every mode" if cd["ok"]
                                                                         else cd["reason"]))
+    traced = r.get("closed_form_traced")
+    if traced is not None:
+        lines.append("the closed-form penalty (mode 'mlp', or 'auto' taking it) inside torch.compile: " + (
+            "traced, fullgraph=True included" if traced else
+            f"run eagerly, a graph break (torch {r['torch']}: traced on torch >= 2.7, whose Dynamo gives it the "
+            "eager gradients)"))
     dg = r.get("denoiser_triton_gemm")
     if dg is not None:
         lines.append("Triton denoiser's GEMMs: " + (

@@ -197,6 +197,22 @@ def test_info_says_whether_compiled_code_inside_d_runs_under_the_penalty(monkeyp
     assert "inside a penalty's D: torch < 2.6 has no torch.compile stances" in format_report(r)
 
 
+def test_info_says_whether_torch_compile_traces_the_closed_form(monkeypatch):
+    from fastgan.info import format_report
+    from fastgan.ops import penalty_jvp
+
+    r = fastgan.info()
+    assert r["closed_form_traced"] is penalty_jvp.CLOSED_FORM_TRACED
+    traced = "the closed-form penalty (mode 'mlp', or 'auto' taking it) inside torch.compile: traced, fullgraph"
+    assert (traced in format_report(r)) is penalty_jvp.CLOSED_FORM_TRACED
+    monkeypatch.setattr(penalty_jvp, "CLOSED_FORM_TRACED", False)
+    r = fastgan.info()
+    assert r["closed_form_traced"] is False
+    assert f"inside torch.compile: run eagerly, a graph break (torch {torch.__version__}: traced on torch >= 2.7" \
+        in format_report(r)
+    assert "closed-form penalty" not in format_report({k: v for k, v in r.items() if k != "closed_form_traced"})
+
+
 @pytest.mark.parametrize("value,gemm,line", [
     (None, "torch", "Triton denoiser's GEMMs: torch's, Triton kernels around them"),
     ("tl.dot", "tl.dot", "Triton denoiser's GEMMs: its own fused tl.dot GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"),
