@@ -617,11 +617,11 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
 # Whether torch.compile may trace the closed form. torch 2.4's Dynamo rebuilds an autograd.Function's backward
 # graph with placeholders whose names collide with the forward's saved tensors, so the backward reads the wrong
 # saved tensor: a shape error, or silently wrong gradients where the shapes agree (a Conv2d(1, 6, 1) ->
-# BatchNorm2d -> Sigmoid -> Conv2d(6, 1, 1) D on 1x1 inputs). Right on 2.7.1, 2.8.0, 2.9.1, 2.10.0, 2.11.0,
-# 2.12.1, 2.13 and 2.14.1 (tests/ops/test_penalty_compile.py, test_penalty_user_loop.py, the README's compiled
-# examples, on CPU); wrong on 2.5.1 and 2.6.0 (11 of those tests fail; not rechecked since 2.11's cause was found
-# and mended, mlp_penalty.own_output: no such wheel here). Elsewhere the closed form runs eagerly inside a compiled
-# function (a graph break), as the other modes do.
+# BatchNorm2d -> Sigmoid -> Conv2d(6, 1, 1) D on 1x1 inputs). Right on 2.7.1, 2.8.0, 2.9.1, 2.10.0 and 2.12.1
+# (before mlp_penalty.own_output), 2.11.0, 2.13 and 2.14.1 (with it): tests/ops/test_penalty_compile.py,
+# test_penalty_user_loop.py, the README's compiled examples, on CPU. Wrong on 2.5.1 and 2.6.0 (11 of those tests
+# fail; not rechecked since 2.11's cause was found and mended: no such wheel here). Elsewhere the closed form runs
+# eagerly inside a compiled function (a graph break), as the other modes do.
 def closed_form_traced_on(version: str) -> bool:
     """By minor version, so that a pre-release or patch release counts as its minor release."""
     minor = tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", version).groups())
