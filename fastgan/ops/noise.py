@@ -432,7 +432,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
     if mode == "double":
         half, n_noisy = False, m
     elif mode == "half":
-        half, n_noisy = True, m - m // 2
+        half, n_noisy = True, _n_noisy(m, True)
     else:
         return None
     if type(noise) is _Tensor and noise.dim() == 2:
