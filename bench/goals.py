@@ -13,7 +13,10 @@ pytest-benchmark runs). Prints one markdown table per goal:
   * the denoiser's loss step, speed-up over the nn.Sequential reference (graphed, else eager), goal >= 2 on a GPU;
     beside it, where bench_graph_step.py measured the fused step's GEMMs alone ("gemms", never a row of the goal),
     the ceiling reference / those GEMMs, which a fused step whose GEMMs are torch's cannot exceed (a row whose
-    ceiling is under the goal says it is beyond reach there). The Triton
+    ceiling is under the goal says it is beyond reach there); and per case, from the reference's graphed step, the
+    float32 rate the goal asks of the step's GEMMs (their FLOPs in half the reference's time) beside the GPU's
+    float32 FMA peak where known: float32 GEMMs on the FMA units (cuBLAS's with TF32 off, and the fused
+    backends') cannot run faster than that peak. The Triton
     backend on its fused tl.dot GEMMs ("triton-tl.dot", "triton-tl.dot-bf16x6", ...) has rows, for information: no
     verdict, no ceiling;
   * on the CPU, fused time / baseline time ("torch" where measured, else "reference"), goal <= 1; beside it, the
@@ -45,6 +48,18 @@ PENALTY_FAMILY = {"mlp_tanh": "MLP", "mlp_leaky": "MLP", "dcgan32": "DCGAN32", "
 PENALTY_MODES = ("double_backward", "jvp", "mlp")
 DENOISER_GRID = [(n_h, depth, B) for n_h in (512, 2048) for depth in (3, 6) for B in (64, 512)]
 BANDWIDTH_OPS = ("noisy_clean_batch", "noisy_clean_batch_backward", "nt_losses", "nt_losses_backward")
+# float32 FMA peak, TFLOP/s, of the GPUs lent so far (torch's device names): SMs x 128 float32 lanes x 2 FLOP x
+# boost clock, 132 x 128 x 2 x 1.98 GHz for both (NVIDIA's datasheets: 67 TFLOPS FP32 for H100 SXM and H200 SXM).
+# Exact names only: an H100 PCIe or H200 NVL has fewer SMs or a lower clock.
+FP32_FMA_PEAK_TFLOPS = {"NVIDIA H200": 66.9, "NVIDIA H100 80GB HBM3": 66.9}
+
+
+def denoiser_gemm_flops(n_h: int, depth: int, B: int) -> int:
+    """FLOPs of the GEMMs of one denoiser loss step (forward + backward) of bench_graph_step.py's Denoiser(n_h,
+    depth): depth + 1 Linear layers n_h x n_h, each with a forward and a weight-gradient GEMM, and all but the first
+    an input-gradient GEMM (the step's input takes none): 3 depth + 2 GEMMs of 2 B n_h^2 FLOPs, the reference's and
+    the fused backends' alike (tests/test_bench_goals.py holds it to bench/costs.py's count of the reference)."""
+    return (3 * depth + 2) * 2 * B * n_h * n_h
 
 
 def runs(doc) -> list[dict]:
@@ -140,6 +155,28 @@ def denoiser_rows(benchmarks):
         return rows
     return [(f"{test}[cuda-{impl}-{case}] (eager)", ms, s, None, s >= DENOISER_SPEEDUP_GOAL)
             for test, case, impl, ms, s in _eager_denoiser(benchmarks)]
+
+
+def denoiser_rate_rows(benchmarks):
+    """(case, GEMM GFLOP a step, reference ms, the reference's GEMM TFLOP/s, TFLOP/s for the goal, the GPU's float32
+    FMA peak or None) per case of the graphed reference step."""
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info", {})
+        if info.get("impl") != "reference" or _tile_sweep(b) or not info.get("ms_per_step") \
+                or not b["name"].startswith("test_graphed_denoiser_loss"):
+            continue
+        n_h, depth, B, ms = info["n_h"], info["depth"], info["B"], info["ms_per_step"]
+        flops = denoiser_gemm_flops(n_h, depth, B)
+        rows.append((f"nh{n_h}-d{depth}-B{B}", flops / 1e9, ms, flops / (ms * 1e9),
+                     DENOISER_SPEEDUP_GOAL * flops / (ms * 1e9), FP32_FMA_PEAK_TFLOPS.get(info.get("device"))))
+    return rows
+
+
+def _rate_against_peak(rate: float, peak: float | None) -> str:
+    if peak is None:
+        return "unknown for this GPU"
+    return f"{peak:.1f}: **beyond it**, no float32 GEMM on the FMA units can" if rate > peak else f"{peak:.1f}"
 
 
 def cpu_rows(benchmarks):
@@ -279,6 +316,12 @@ def report(benchmarks, costs: dict | None = None, commit: str | None = None) -> 
          ["benchmark", "ms", "speed-up", "ceiling (reference / its GEMMs)", "goal"],
          [(n, f"{ms:.3f}" if ms else "", f"{s:.2f}", f"{c:.2f}" if c else "", _denoiser_verdict(ok, c))
           for n, ms, s, c, ok in denoiser_rows(benchmarks)]),
+        (f"Denoiser: the float32 rate {DENOISER_SPEEDUP_GOAL:g}x asks of its GEMMs (information: 3 depth + 2 GEMMs of "
+         f"2 B n_h^2 FLOPs a step, in 1/{DENOISER_SPEEDUP_GOAL:g} of the reference's graphed step)",
+         ["case", "GEMM GFLOP a step", "reference ms", "reference TFLOP/s", f"TFLOP/s for {DENOISER_SPEEDUP_GOAL:g}x",
+          "float32 FMA peak (TFLOP/s)"],
+         [(c, f"{g:.2f}", f"{ms:.3f}", f"{r:.1f}", f"{need:.1f}", _rate_against_peak(need, peak))
+          for c, g, ms, r, need, peak in denoiser_rate_rows(benchmarks)]),
         ("CPU (goal: fused no slower than the baseline)", ["benchmark", "baseline", "fused / baseline", "goal"],
          [(n, base, f"{r:.2f}", _cpu_verdict(r, ok)) for n, base, r, ok in cpu_rows(benchmarks)]),
         ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it, "

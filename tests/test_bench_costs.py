@@ -118,3 +118,22 @@ def test_denoiser_step_counts_the_gpus_tiles():
     gemm = cd.step_kernels("triton-tl.dot", n_h=64, depth=2, B=64)
     assert gemm["ops"] == {"aten.mean": 1, "aten.ones_like": 1, "aten.sum": 1}, gemm["ops"]
     assert gemm["fastgan_kernels"] == 3 * 2 + 2, gemm
+
+
+@pytest.mark.parametrize("depth,n_h,B", [(1, 8, 5), (3, 16, 8), (6, 12, 7)])
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_denoiser_gemm_flops_are_the_counted_ones(impl, depth, n_h, B, monkeypatch):
+    """bench/goals.py's FLOPs of a denoiser step's GEMMs (3 depth + 2 of 2 B n_h^2), from which it reads the float32
+    rate the 2x goal asks, are what the reference step and the torch-GEMM backends run, counted op by op."""
+    from fastgan.ops import denoiser_eager
+
+    goals = bench_module("goals")
+    bd = bench_module("bench_denoiser")
+    # the eager Functions, as a step runs them: under a dispatch mode they would take the (opaque) custom ops
+    monkeypatch.setattr(denoiser_eager, "_custom_ops", lambda *tensors: False)
+    den, net, h, noise = bd._setup("cpu", impl, n_h, depth, B)
+    bd.loss_step(impl, den, net, h, noise)
+    counted = costs.Costs()
+    with counted:
+        bd.loss_step(impl, den, net, h, noise)
+    assert counted.flops == goals.denoiser_gemm_flops(n_h, depth, B) > 0

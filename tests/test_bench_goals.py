@@ -434,9 +434,9 @@ def test_benchmark_files_record_the_tf32_flags():
     assert "glibc_mallopt" in info
 
 
-def _graphed_denoiser(n_h, depth, B, impl, **info):
+def _graphed_denoiser(n_h, depth, B, impl, device="H200", **info):
     return _bench(f"test_graphed_denoiser_loss[nh{n_h}-d{depth}-B{B}-{impl}]", 1, n_h=n_h, depth=depth, B=B,
-                  impl=impl, device="H200", **info)
+                  impl=impl, device=device, **info)
 
 
 def test_the_denoiser_table_shows_the_ceiling_of_its_gemms():
@@ -503,3 +503,31 @@ def test_a_denoiser_row_under_a_ceiling_below_the_goal_says_it_is_beyond_reach()
             "alone allow 1.35x: beyond reach with torch's GEMMs) |") in text
     assert "| test_graphed_denoiser_loss[nh512-d3-B64-cuda] (graphed) | 0.100 | 1.64 | 3.10 | **not met** |" in text
     assert "| test_graphed_denoiser_loss[nh512-d3-B512-cuda] (graphed) | 0.200 | 1.30 |  | **not met** |" in text
+
+
+def test_the_denoiser_rate_table_says_where_2x_asks_more_than_the_fma_peak():
+    """Per case of the graphed reference step: the GEMMs' FLOPs, and the float32 rate they must run at for the goal
+    (their FLOPs in half the reference's time), beside the GPU's FMA peak where its name is known exactly."""
+    flops = goals.denoiser_gemm_flops(2048, 3, 512)
+    assert flops == 11 * 2 * 512 * 2048 ** 2
+    run = [_graphed_denoiser(2048, 3, 512, "reference", ms_per_step=1.316, device="NVIDIA H200"),
+           _graphed_denoiser(2048, 3, 512, "cuda", ms_per_step=1.116, speedup_vs_reference=1.18,
+                             device="NVIDIA H200"),
+           _graphed_denoiser(512, 6, 64, "reference", ms_per_step=0.3, device="NVIDIA H200"),
+           _graphed_denoiser(512, 3, 64, "reference", ms_per_step=0.2, device="NVIDIA H200 NVL")]
+    rows = goals.denoiser_rate_rows(run)
+    assert [(c, round(g, 2), round(r, 1), round(need, 1), peak) for c, g, _, r, need, peak in rows] == [
+        ("nh2048-d3-B512", 47.24, 35.9, 71.8, 66.9),
+        ("nh512-d6-B64", 0.67, 2.2, 4.5, 66.9),
+        ("nh512-d3-B64", 0.37, 1.8, 3.7, None)]
+    text = goals.report(run)
+    assert "| nh2048-d3-B512 | 47.24 | 1.316 | 35.9 | 71.8 | 66.9: **beyond it**, no float32 GEMM on the FMA units " \
+           "can |" in text
+    assert "| nh512-d6-B64 | 0.67 | 0.300 | 2.2 | 4.5 | 66.9 |" in text
+    assert "| nh512-d3-B64 | 0.37 | 0.200 | 1.8 | 3.7 | unknown for this GPU |" in text
+
+
+def test_the_h200_denoiser_cases_at_n_h_2048_and_b_512_ask_more_than_its_fma_peak():
+    rows = {c: (need, peak) for c, _, _, _, need, peak in goals.denoiser_rate_rows(_rows_of("h200-2026-12-04.json"))}
+    assert len(rows) == 8 and all(peak == 66.9 for _, peak in rows.values())
+    assert {c for c, (need, peak) in rows.items() if need > peak} == {"nh2048-d3-B512", "nh2048-d6-B512"}

@@ -443,6 +443,10 @@ AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
 # double backward's D update (interleaved A/Bs, 2 cores, 2026-11-30), Roth's 3-128-128-1 tanh MLP took 1.03-1.13x
 # (B = 64, 512, 4096; 1 and 2 threads), with Sigmoid 1.08x, 2-64-64-1 tanh 1.09x, 784-512-512-1 tanh 0.96x; with
 # LeakyReLU 0.74-0.81x. Convnets keep it with tanh (DCGAN32-like, all five activations tanh: 0.85x, as LeakyReLU).
+# Re-measured 2026-12-05 (same A/B, b30d5b6): one batch a call (gradient_penalty) 0.99-1.05x at B = 64 to 2048;
+# js_penalty's joint pass (<= 1024 rows, JOINT_MLP_MAX_ROWS) 0.78-0.97x for the four MLPs above, 1.05-1.22x at
+# B = 4096 a side (two passes). Not taken for the joint pass alone: the default mixture's whole training step
+# (method.roth.mode mlp vs double_backward, 1500 steps) did not move beyond run-to-run noise (10.0-11.1 s each).
 # "cuda" keeps it: on the H100, graphed, the tanh MLP's closed form was at parity with the double backward (1.83x vs
 # 1.85x the unregularized update, 2026-11-24) with 38% fewer kernels (bench/costs.py), which eager launch-bound steps
 # pay for.
