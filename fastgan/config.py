@@ -26,6 +26,7 @@ UNITS = ("gan", "roth", "nt", "dfm")
 LOSSES = ("minimax", "least_squares", "wgan_gp", "fgan")
 G_LOSSES = ("nonsaturating", "saturating")
 F_DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger")
+LINEAR_F_DIVERGENCES = ("kl", "pearson")  # output activation g_f(v) = v (fastgan.methods.fdiv)
 # the built-in mixtures: data.name values that are points whatever data.path says (npz may be either)
 POINT_DATASETS = ("roth3d", "ring8", "grid25")
 
@@ -452,6 +453,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               f"NTGAN's learned noise (method.nt.noise={m.nt.noise!r}) needs D's logits "
                               "differentiable w.r.t. the noisy inputs; use 'double_backward' or 'auto' (which "
                               "runs the double backward there)")
+        if m.roth.penalty == "f" and m.f_divergence not in LINEAR_F_DIVERGENCES and m.roth.mode in ("jvp", "mlp") \
+                and cfg.model.resolved("d_batchnorm"):
+            # Omega_f differentiates T = g_f(psi); the modes differentiate psi (fastgan.methods.roth)
+            raise ConfigError(f"method.roth.mode: {m.roth.mode!r} differentiates D's logits psi, but Omega_f for "
+                              f"method.f_divergence={m.f_divergence!r} needs the gradient of T = g_f(psi), which "
+                              "model.d_batchnorm's batch statistics make differ from g_f'(psi) grad psi; use "
+                              "'double_backward' or 'auto' (which runs it), or a divergence with g_f(psi) = psi "
+                              f"{LINEAR_F_DIVERGENCES}")
         if m.roth.mode == "mlp" and cfg.model.arch == "goodfellow":
             # caught by Method too, but only after the data loaded, and as a run error (exit 1)
             raise ConfigError("method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, activations, "

@@ -1,4 +1,4 @@
-"""Writes configs/ntgan-table4/: NTGAN's robustness study (section 4, Table 4) on Fashion-MNIST, each of the
+"""Writes configs/ntgan-table4/: NTGAN's robustness study (section 3, Table 4) on Fashion-MNIST, each of the
 seven hyperparameter settings (a)-(g) for the four models the paper compares in Figure 3: a standard GAN, a GAN
 with Roth et al.'s gradient penalty (GAN+GP), SNGAN and NTGAN with lambda = 0.1.
 
@@ -30,7 +30,7 @@ METHODS = {
     "sngan": ("SNGAN: spectral normalization on every layer of D, no BatchNorm in D (Miyato et al.)",
               "  name: gan\n  loss: minimax\n  g_loss: nonsaturating\n"),
     "ntgan": ("NTGAN: noise generator (G's architecture / 8, output 2 tanh), penalty lambda ||eps||^2, "
-              "lambda = 0.1 (section 4)",
+              "lambda = 0.1 (section 3)",
               "  name: nt\n  loss: minimax\n  g_loss: nonsaturating\n  nt:\n    noise: generator\n    lam: 0.1\n"
               "    clean: true\n"),
 }

@@ -6,6 +6,9 @@ Roth's regularizer is Omega_f = E_Q[f*''(T) ||grad_x T||^2]. Since grad_x T = g_
 E_Q[w(v) ||grad_x v||^2] with w(v) = f*''(g_f(v)) g_f'(v)^2, which is what `penalty_weight` returns, so the
 fused gradient-norm op (which takes the gradient of v) computes it. All forms below are written in v so
 they stay finite where the textbook forms overflow (for example f*(T) of the GAN divergence = softplus(v)).
+That rewrite holds per sample: where D couples a batch's samples (BatchNorm with batch statistics),
+grad_{x_n} sum_m T_m is not g_f'(v_n) grad_{x_n} sum_m v_m unless g_f is linear (LINEAR: kl, pearson), and the
+regularizer differentiates T itself with the weight f*''(T) (`conjugate_curvature`), as eq. 19 reads.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..config import LINEAR_F_DIVERGENCES
+
 DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger")
+LINEAR = LINEAR_F_DIVERGENCES  # g_f(v) = v
 
 
 def _check(f: str) -> None:
@@ -60,6 +66,23 @@ def penalty_weight(f: str):
     """
     _check(f)
     return _WEIGHTS[f]
+
+
+def conjugate_curvature(f: str, v: torch.Tensor) -> torch.Tensor:
+    """f*''(g_f(v)): the weight of ||grad_x T||^2 in eq. 19. It grows like exp(2v) or exp(3v) where g_f'(v) decays,
+    so it overflows at large logits where penalty_weight's product stays finite: used only where T's own gradient
+    is needed (a batch-coupled D)."""
+    _check(f)
+    if f in ("gan", "js"):
+        e = torch.exp(v)
+        return e * (1 + e)  # e^T / (1 - e^T)^2 with e^T = sigmoid(v) (js: 2 e^T / (2 - e^T)^2, e^T = 2 sigmoid(v))
+    if f == "kl":
+        return torch.exp(v - 1)
+    if f == "reverse_kl":
+        return torch.exp(2 * v)  # 1 / T^2 with T = -exp(-v)
+    if f == "pearson":
+        return torch.full_like(v, 0.5)
+    return 2 * torch.exp(3 * v)  # squared_hellinger: 2 / (1 - T)^3 with 1 - T = exp(-v)
 
 
 def _w_sigmoid(v):

@@ -4,7 +4,8 @@ The discriminator minimises  -F(P, Q; psi) + gamma/2 * Omega  (Algorithm 1 write
 F - gamma/2 Omega); the generator's objective stays unregularized (section 4.1). Omega is one of
 - "js": Omega_JS = E_P[(1 - D(x))^2 ||grad psi||^2] + E_Q[D(x)^2 ||grad psi||^2], D = sigmoid(psi), the
   gradient taken of the logit psi (eq. 20);
-- "f": Omega_f = E_Q[f*''(T) ||grad T||^2] for the f-GAN with T = g_f(psi) (eq. 19, fastgan.methods.fdiv);
+- "f": Omega_f = E_Q[f*''(T) ||grad T||^2] for the f-GAN with T = g_f(psi) (eq. 19, fastgan.methods.fdiv), taken
+  as g_f'(psi)^2 ||grad psi||^2 per sample, or from T's own gradient where BatchNorm couples the samples;
 - "r1" / "r2": E_P / E_Q [||grad psi||^2].
 All of them run through fastgan.ops (the fused gradient-norm op), and the D loss uses the logits of the same
 forward pass.
@@ -15,6 +16,7 @@ import math
 from typing import Optional
 
 import torch
+from torch import nn
 
 from .. import ops
 from . import fdiv
@@ -69,6 +71,37 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0):
 
 
 MODES = ops.penalty.PENALTY_MODES
+
+
+def couples_samples(D) -> bool:
+    """Whether D normalizes with batch statistics (BatchNorm in training mode, or without running statistics), so
+    that a sample's logit depends on the other samples of its batch."""
+    return isinstance(D, nn.Module) and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+        for m in D.modules())
+
+
+def needs_statistic_gradient(D, f: str) -> bool:
+    """Whether Omega_f must differentiate T = g_f(psi) itself: g_f non-linear and D's samples coupled, where
+    grad_{x_n} sum_m T_m differs from g_f'(psi_n) grad_{x_n} sum_m psi_m (fdiv's per-sample rewrite)."""
+    return f not in fdiv.LINEAR and couples_samples(D)
+
+
+def statistic_penalty_and_logits(D, x: torch.Tensor, f: str):
+    """(per-sample f*''(T_n) ||grad_{x_n} sum_m T_m||^2, logits psi): eq. 19 with the gradient of T = g_f(psi), by
+    the double backward (as fastgan.reference.methods.roth_f_penalty). An x that carries a graph keeps it."""
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    logits = D(x).reshape(x.shape[0])
+    (g,) = torch.autograd.grad(fdiv.activation(f, logits).sum(), x, create_graph=True)
+    ops._dispatch.record("gradient_penalty", "double_backward")
+    return ops.grad_norm_penalty(g, logits, lambda v: fdiv.conjugate_curvature(f, v), reduction="none"), logits
+
+
+def statistic_mode_refusal(mode: str, f: str) -> str:
+    return (f"method.roth.mode: {mode!r} differentiates D's logits psi, but Omega_f for "
+            f"method.f_divergence={f!r} needs the gradient of T = g_f(psi), which BatchNorm with batch statistics "
+            "makes differ from g_f'(psi) grad psi; use 'double_backward' or 'auto' (which runs it)")
 
 _BASE_WEIGHTS = {"one": lambda psi: torch.ones_like(psi),
                  "js_real": lambda psi: torch.sigmoid(-psi).pow(2),
@@ -135,6 +168,12 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
     if mode in ("jvp", "mlp") and graph:
         raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
                          "graph (NTGAN's learned noise); use 'double_backward' or 'auto'")
+    if penalty == "f" and needs_statistic_gradient(D, f):
+        if mode in ("jvp", "mlp"):
+            raise ValueError(statistic_mode_refusal(mode, f))
+        lr = D(x_real).reshape(x_real.shape[0])
+        pf, lf = statistic_penalty_and_logits(D, x_fake, f)
+        return reduce(pf, w_fake), lr, lf
     if mode != "double_backward" and not graph:
         return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)
     plain = w_real is None and w_fake is None and not graph

@@ -112,6 +112,34 @@ def test_f_penalty_weight_is_conjugate_curvature_times_activation_slope(f):
     assert torch.allclose(w, (d2 * dg ** 2).detach(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("f", fdiv.DIVERGENCES)
+def test_conjugate_curvature_and_the_linear_activations(f):
+    """f*''(g_f(v)), the weight of ||grad T||^2 where T's own gradient is taken (a batch-coupled D), by autograd of
+    the table; and fdiv.LINEAR lists exactly the divergences whose g_f is the identity (where the per-sample
+    rewrite holds for any D)."""
+    g, fstar = ref.F_GAN[f]
+    v = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    t = g(v).requires_grad_(True)
+    (d1,) = torch.autograd.grad(fstar(t).sum(), t, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), t)
+    assert torch.allclose(fdiv.conjugate_curvature(f, v), d2, rtol=1e-9, atol=1e-12)
+    assert (f in fdiv.LINEAR) == torch.equal(fdiv.activation(f, v), v)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "mlp"])
+def test_f_penalty_refuses_the_logit_modes_where_batchnorm_couples_the_samples(mode):
+    from fastgan.methods.roth import regularizer
+
+    D = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(),
+                            torch.nn.Linear(3, 1)).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"method.roth.mode: '{mode}' .*gradient of T = g_f\(psi\)"):
+        regularizer(D, "f", x, x, f="gan", mode=mode)
+    # g_f(v) = v: T's gradient is psi's, and the modes run; in eval mode the samples are independent again
+    regularizer(D, "f", x, x, f="kl", mode=mode)
+    regularizer(D.eval(), "f", x, x, f="gan", mode=mode)
+
+
 def test_fgan_gan_divergence_is_the_minimax_loss():
     v_r, v_f = T(0.3, -1.2), T(2.0, -0.5)
     a = losses.d_terms("fgan", v_r, v_f, "gan")

@@ -78,10 +78,15 @@ def test_roth_r1_r2_match_reference(penalty, loss):
     assert_close(grads(M.d_objective(x, fake, d).d_loss, P), grads(want, P), "D")
 
 
+@pytest.mark.parametrize("bn,mode", [(False, "double_backward"), (True, "double_backward"), (True, "auto")],
+                         ids=["", "batchnorm", "batchnorm-auto"])
 @pytest.mark.parametrize("f", ["gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger"])
-def test_roth_general_f_gan_matches_reference(f):
+def test_roth_general_f_gan_matches_reference(f, bn, mode):
+    """Eq. 19 differentiates the statistic T = g_f(psi): with training-mode BatchNorm, which couples a batch's
+    samples, grad_x sum T is not g_f'(psi) grad_x sum psi, so the penalty must differentiate T itself there."""
     cfg, M = make("roth", "method.loss=fgan", f"method.f_divergence={f}", "method.roth.penalty=f",
-                  "method.roth.gamma=0.9", "method.g_loss=saturating")
+                  "method.roth.gamma=0.9", "method.g_loss=saturating", f"model.d_batchnorm={str(bn).lower()}",
+                  f"method.roth.mode={mode}")
     x, fake, d = d_setup(M)
     P = list(M.D.parameters())
     want = ref.roth_f_d_loss(M.D, x, fake, f, M.gamma.value.item())

@@ -73,6 +73,21 @@ def test_mlp_mode_with_maxout_discriminator_is_a_config_error():
     coerce(None, ["method.roth.mode=auto", "model.arch=goodfellow"])
 
 
+@pytest.mark.parametrize("mode", ["jvp", "mlp"])
+def test_f_penalty_of_a_non_linear_g_f_with_batchnorm_refuses_the_logit_modes(mode):
+    """Omega_f differentiates T = g_f(psi); with D's batch statistics that is not g_f'(psi) grad psi, which the
+    jvp and closed-form modes give: a config error before any data loads."""
+    f_gan = ["method.loss=fgan", "method.roth.penalty=f", f"method.roth.mode={mode}"]
+    with pytest.raises(ConfigError, match=rf"^method\.roth\.mode: '{mode}' differentiates D's logits psi, but Omega_f "
+                                          r"for method\.f_divergence='gan' .*model\.d_batchnorm"):
+        coerce(None, [*f_gan, "model.d_batchnorm=true"])
+    with pytest.raises(ConfigError, match=r"method\.f_divergence='reverse_kl'"):
+        coerce(None, [*f_gan, "model.arch=dcgan", "method.f_divergence=reverse_kl"])  # DCGAN's D: BatchNorm
+    coerce(None, [*f_gan, "model.d_batchnorm=true", "method.f_divergence=kl"])  # g_f(psi) = psi
+    coerce(None, [*f_gan, "model.d_batchnorm=false"])
+    coerce(None, [*f_gan[:2], "method.roth.mode=auto", "model.d_batchnorm=true"])
+
+
 @pytest.mark.parametrize("loss", ["least_squares", "wgan_gp"])
 def test_saturating_g_loss_without_a_saturating_form_is_refused(loss):
     with pytest.raises(ConfigError, match=rf"^method\.g_loss: 'saturating' .*method\.loss={loss!r}"):
