@@ -133,9 +133,24 @@ def _as_the_runs_scaled(x, ds, cfgs, device, command: str):
     return (x - ds.offset) / ds.scale * scale + offset
 
 
+def real_threshold(cfg: C.TrainConfig, run) -> float:
+    """The logit above which the run's D calls a sample real: its loss's indifference point (0 for the minimax
+    GAN Roth et al. cross-test); a ValueError for a WGAN critic, which has none."""
+    from .methods.losses import decision_threshold
+
+    t = decision_threshold(cfg.method.loss, cfg.method.f_divergence)
+    if t is None:
+        raise ValueError(f"crosstest: {run} was trained with method.loss={cfg.method.loss!r}: its critic's scores "
+                         "are defined up to an added constant, with no logit that separates real from fake, so its "
+                         "discriminator cannot classify samples (cross-testing needs a classifier: minimax, "
+                         "least_squares or fgan)")
+    return t
+
+
 def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: int = 0) -> dict:
     """Cross-test two run folders trained on the same data; the result of fastgan.metrics.cross_test plus
-    "runs", "steps" and "real" (where the real samples came from)."""
+    "runs", "steps" and "real" (where the real samples came from). Each D calls a sample real above its own
+    loss's threshold (real_threshold)."""
     from .metrics import cross_test
     from .metrics._args import positive_int
 
@@ -148,6 +163,7 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
         differ = ["name"] if keys[0]["name"] != keys[1]["name"] else [k for k in keys[0] if keys[0][k] != keys[1][k]]
         diff = [f"data.{k}: {keys[0][k]!r} vs {keys[1][k]!r}" for k in differ]
         raise ValueError(f"crosstest: {run_a} and {run_b} were trained on different data ({'; '.join(diff)})")
+    thresholds = (real_threshold(cfgs[0], run_a), real_threshold(cfgs[1], run_b))
     g = torch.Generator(device=device).manual_seed(seed)
     real, where = held_out_real(cfgs[0].data, samples, device, g, others=[cfgs[1].data])
     shape = tuple(real.shape[1:])
@@ -165,7 +181,7 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
         if not bool(torch.isfinite(fakes[-1]).all()):
             raise ValueError(f"crosstest: the generator of {m.path} (step {m.step}) made non-finite samples "
                              f"(eval mode); it cannot be cross-tested")
-    out = cross_test(a.D, fakes[0], b.D, fakes[1], real,
+    out = cross_test(a.D, fakes[0], b.D, fakes[1], real, thresholds=thresholds,
                      names=(f"the discriminator of {a.path}", f"the discriminator of {b.path}"))
     out.update(runs=[str(a.path), str(b.path)], steps=[a.step, b.step], real=where, generated=samples)
     return out
@@ -178,7 +194,8 @@ def format_report(r: dict) -> str:
             ("cross-testing FP: the other's samples called real", "cross_fp")]
     w = max(len(t) for t, _ in rows)
     lines = [f"cross-testing (Roth et al. 2017, 5.5): real: {r['real']}; {r['generated']} generated per model",
-             f"model 1: {r['runs'][0]} (step {r['steps'][0]})", f"model 2: {r['runs'][1]} (step {r['steps'][1]})",
+             *[f"model {i}: {r['runs'][i - 1]} (step {r['steps'][i - 1]})" + _threshold_note(r[f"model{i}"])
+               for i in (1, 2)],
              f"{'':{w}}  model 1  model 2"]
     se = {"tp": "tp_se", "fn": "tp_se", "fp": "fp_se", "tn": "fp_se", "cross_fp": "cross_fp_se"}
     lines[-1] += "   (± standard error)"
@@ -193,6 +210,11 @@ def format_report(r: dict) -> str:
                         "within two standard errors, not a clear difference (more --samples narrow it)"))
     lines += [f"warning: {w}" for w in r.get("warnings", ())]
     return "\n".join(lines)
+
+
+def _threshold_note(m: dict) -> str:
+    t = m.get("threshold", 0.0)
+    return f"; real: a logit > {t:g} (its loss's indifference point)" if t else ""
 
 
 def _cmd_crosstest(args) -> int:

@@ -47,9 +47,10 @@ def test_rates_are_the_fractions_each_d_calls_real():
     r = cross_test(d1, fake1, d2, fake2, real)
     se75 = _ac(3, 4)  # the standard error of a rate 3/4 over 4 samples
     assert r["model1"] == pytest.approx({"tp": 0.75, "fn": 0.25, "fp": 0.5, "tn": 0.5, "cross_fp": 0.75,
-                                         "tp_se": se75, "fp_se": _ac(2, 4), "cross_fp_se": se75})
+                                         "tp_se": se75, "fp_se": _ac(2, 4), "cross_fp_se": se75, "threshold": 0.0})
     assert r["model2"] == pytest.approx({"tp": 0.75, "fn": 0.25, "fp": 0.0, "tn": 1.0, "cross_fp": 0.0,
-                                         "tp_se": se75, "fp_se": _ac(0, 4), "cross_fp_se": _ac(0, 4)})
+                                         "tp_se": se75, "fp_se": _ac(0, 4), "cross_fp_se": _ac(0, 4),
+                                         "threshold": 0.0})
     assert r["better"] == 2  # D2 is not fooled by model 1's samples
     assert r["cross_fp_difference_se"] == pytest.approx((se75 ** 2 + _ac(0, 4) ** 2) ** 0.5)
     swapped = cross_test(d2, fake2, d1, fake1, real)
@@ -551,3 +552,46 @@ def test_held_out_float_images_are_scaled_as_the_runs_trained_on_them(tmp_path):
     with pytest.raises(ValueError, match=r"crosstest: the runs mapped their stored values to \[-1, 1\] differently "
                                          r"\(scale and offset 2, -1 vs 1, 0.*set data.value_range"):
         crosstest.held_out_real(cfg, 5, "cpu", torch.Generator().manual_seed(0), others=[wide])
+
+
+def test_each_d_calls_real_above_its_own_threshold():
+    d = threshold_d(0.5)  # logit = x_0 - 0.5
+    x = points(0.9, 0.9, 0.9, 0.2)
+    assert real_fraction(d, x) == 0.75
+    assert real_fraction(d, x, threshold=0.5) == 0.0  # a least-squares D: real above 1/2
+    assert confusion(d, x, points(1.2), threshold=0.5)["fp"] == 1.0
+    r = cross_test(d, points(0.9), d, points(0.9), x, thresholds=(0.0, 0.5))
+    assert (r["model1"]["tp"], r["model2"]["tp"]) == (0.75, 0.0)
+    assert (r["model1"]["threshold"], r["model2"]["threshold"]) == (0.0, 0.5)
+    assert r["model1"]["cross_fp"] == 1.0 and r["model2"]["cross_fp"] == 0.0
+    for bad, match in ((float("nan"), r"threshold: expected a finite number"), ("0", r"threshold: expected")):
+        with pytest.raises(ValueError, match=match):
+            real_fraction(d, x, threshold=bad)
+    with pytest.raises(ValueError, match=r"thresholds: expected two numbers"):
+        cross_test(d, points(0.9), d, points(0.9), x, thresholds=(0.0,))
+    with pytest.raises(ValueError, match=r"thresholds\[1\]: expected a finite number"):
+        cross_test(d, points(0.9), d, points(0.9), x, thresholds=(0.0, float("inf")))
+
+
+@pytest.mark.parametrize("loss,want", [("least_squares", 0.5), ("fgan-kl", 1.0), ("fgan-gan", 0.0),
+                                       ("wgan_gp", None)])
+def test_runs_are_cross_tested_at_their_losss_threshold(two_runs, tmp_path, capsys, loss, want):
+    """A least-squares D's indifference point is 1/2, a KL f-GAN's 1 (methods.losses.decision_threshold): read
+    from each run's config; a WGAN critic has none and is refused, naming the run."""
+    a, _ = two_runs
+    name, _, f = loss.partition("-")
+    run = tmp_path / "other"
+    fastgan.train(None, overrides=[*TINY, f"run.dir={run}", "method.name=gan", f"method.loss={name}",
+                                   *([f"method.f_divergence={f}"] if f else [])])
+    if want is None:
+        with pytest.raises(ValueError, match=rf"crosstest: {run} was trained with method.loss='wgan_gp'"):
+            crosstest.cross_test_runs(a, run, samples=50)
+        return
+    r = crosstest.cross_test_runs(a, run, samples=200, seed=2)
+    assert (r["model1"]["threshold"], r["model2"]["threshold"]) == (0.0, want)
+    g = torch.Generator().manual_seed(2)
+    real, _ = crosstest.held_out_real(fastgan.config.load_config(a / "config.yaml").data, 200, "cpu", g)
+    assert r["model2"]["tp"] == real_fraction(crosstest.load_run(run, (3,)).D, real, threshold=want)
+    text = crosstest.format_report(r)
+    assert ("real: a logit > 0.5" in text) == (want == 0.5) and ("real: a logit > 1" in text) == (want == 1.0)
+    assert "model 1: " + str(a) + " (step 5)\n" in text

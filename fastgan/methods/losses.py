@@ -38,6 +38,24 @@ def d_terms(loss: str, logits_real: torch.Tensor, logits_fake: torch.Tensor, f: 
     raise ValueError(f"method.loss: must be one of {LOSSES}, got {loss!r}")
 
 
+def decision_threshold(loss: str, f: str = "gan") -> Optional[float]:
+    """The logit at which a discriminator trained with `loss` is indifferent between real and fake (where the
+    optimal D meets p = q: the minimiser of its real and fake terms at one point), so that "real" is a logit
+    above it; None for wgan_gp, whose critic is unchanged by adding a constant and has no such point.
+    minimax: sigmoid(psi) = 1/2 at 0; least_squares (0-1-1): psi = p / (p + q) = 1/2; fgan: g_f(v) = f'(1), 0
+    for every divergence here but kl (f(u) = u log u, g_f(v) = v: 1)."""
+    if loss == "minimax":
+        return 0.0
+    if loss == "least_squares":
+        return 0.5
+    if loss == "wgan_gp":
+        return None
+    if loss == "fgan":
+        fdiv.activation(f, torch.zeros(()))  # names a bad divergence
+        return 1.0 if f == "kl" else 0.0
+    raise ValueError(f"method.loss: must be one of {LOSSES}, got {loss!r}")
+
+
 def g_terms(loss: str, g_loss: str, logits_fake: torch.Tensor, f: str = "gan") -> torch.Tensor:
     """Per-sample generator loss on the logits of generated samples."""
     if loss == "minimax":

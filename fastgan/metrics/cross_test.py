@@ -12,7 +12,10 @@ p~ = (k + 2) / (n + 4) for k of n samples: the plain sqrt(p (1 - p) / n) is 0 at
 own result is FP 0.0 vs 1.0), which would make any difference look certain on a handful of samples; for
 thousands of samples the two agree.
 
-"Real" is D(x) > 1/2, i.e. a logit > 0. Discriminators classify in eval mode (BatchNorm with its running
+"Real" is a logit above the discriminator's threshold: 0 by default, D(x) > 1/2 for the minimax GAN Roth et al.
+cross-test; a D trained with another loss has its own (`fastgan crosstest` takes each run's from its config:
+fastgan.methods.losses.decision_threshold, 0.5 for least squares, 1 for the KL f-GAN; a WGAN critic has none and
+is refused there). Discriminators classify in eval mode (BatchNorm with its running
 statistics): a sample's label must not depend on the batch it comes in.
 """
 from __future__ import annotations
@@ -34,13 +37,19 @@ def _samples(x, name: str) -> torch.Tensor:
     return x
 
 
-def real_fraction(D: nn.Module, x, batch_size: int = 1024) -> float:
-    """The fraction of samples x that D classifies as real (logit > 0), in eval mode, without gradients; a NaN
-    logit is an error (counted as "fake", a diverged D would look perfect on fake samples)."""
-    return _real_fraction(D, _samples(x, "x"), batch_size, "D")
+def real_fraction(D: nn.Module, x, batch_size: int = 1024, *, threshold: float = 0.0) -> float:
+    """The fraction of samples x that D classifies as real (logit > threshold), in eval mode, without gradients; a
+    NaN logit is an error (counted as "fake", a diverged D would look perfect on fake samples)."""
+    return _real_fraction(D, _samples(x, "x"), batch_size, "D", _threshold(threshold, "threshold"))
 
 
-def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str) -> float:
+def _threshold(t, name: str) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ValueError(f"{name}: expected a finite number (the logit above which D calls a sample real), got {t!r}")
+    return float(t)
+
+
+def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str, threshold: float) -> float:
     if not callable(D):
         raise TypeError(f"{d_name}: expected a discriminator module, got {type(D).__name__}")
     batch_size = positive_int(batch_size, "batch_size")
@@ -72,7 +81,7 @@ def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str) -> float:
                 if nan:
                     raise ValueError(f"{d_name}: returned {nan} NaN logit(s) for {chunk.shape[0]} samples (eval mode); "
                                      "a diverged discriminator cannot be scored")
-                real += int((logits.reshape(-1) > 0).sum())
+                real += int((logits.reshape(-1) > threshold).sum())
     finally:
         if module is not None:
             module.train(was)
@@ -84,12 +93,12 @@ def _se(p: float, n: int) -> float:
     return math.sqrt(q * (1.0 - q) / (n + 4.0))
 
 
-def confusion(D: nn.Module, real, fake, batch_size: int = 1024) -> dict:
-    """D's confusion matrix as rates: tp (real called real), fn, fp (fake called real), tn; and the standard
-    errors tp_se (= fn's) and fp_se (= tn's)."""
+def confusion(D: nn.Module, real, fake, batch_size: int = 1024, *, threshold: float = 0.0) -> dict:
+    """D's confusion matrix as rates: tp (real called real: logit > threshold), fn, fp (fake called real), tn; and
+    the standard errors tp_se (= fn's) and fp_se (= tn's)."""
     real, fake = _samples(real, "real"), _samples(fake, "fake")
     _same_shape(fake, real, "fake")
-    return _confusion(D, real, fake, batch_size, "D")
+    return _confusion(D, real, fake, batch_size, "D", _threshold(threshold, "threshold"))
 
 
 def _same_shape(fake: torch.Tensor, real: torch.Tensor, name: str) -> None:
@@ -99,31 +108,36 @@ def _same_shape(fake: torch.Tensor, real: torch.Tensor, name: str) -> None:
                          f"{tuple(real.shape[1:])}")
 
 
-def _confusion(D, real: torch.Tensor, fake: torch.Tensor, batch_size: int, d_name: str) -> dict:
-    tp = _real_fraction(D, real, batch_size, d_name)
-    fp = _real_fraction(D, fake, batch_size, d_name)
+def _confusion(D, real: torch.Tensor, fake: torch.Tensor, batch_size: int, d_name: str, threshold: float) -> dict:
+    tp = _real_fraction(D, real, batch_size, d_name, threshold)
+    fp = _real_fraction(D, fake, batch_size, d_name, threshold)
     return {"tp": tp, "fn": 1.0 - tp, "fp": fp, "tn": 1.0 - fp, "tp_se": _se(tp, real.shape[0]),
             "fp_se": _se(fp, fake.shape[0])}
 
 
 def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int = 1024, *,
-               names: tuple[str, str] = ("D1", "D2")) -> dict:
+               names: tuple[str, str] = ("D1", "D2"), thresholds: tuple[float, float] = (0.0, 0.0)) -> dict:
     """Cross-test model 1 (D1 and samples fake1 of its G) against model 2 on held-out real samples.
 
     Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
     None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
     calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names a
     D whose TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule). names: how errors and
-    warnings name the two discriminators (a NaN logit, a logit count that is not one per sample).
+    warnings name the two discriminators (a NaN logit, a logit count that is not one per sample); thresholds: the
+    logit above which each D calls a sample real (its loss's indifference point, 0 for a minimax GAN).
     """
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")
+    if not isinstance(thresholds, (tuple, list)) or len(thresholds) != 2:
+        raise ValueError(f"thresholds: expected two numbers (one per discriminator), got {thresholds!r}")
+    thresholds = tuple(_threshold(t, f"thresholds[{i}]") for i, t in enumerate(thresholds))
     for name, f in (("fake1", fake1), ("fake2", fake2)):
         _same_shape(f, real, name)
     out = {}
-    for i, (D, own, other, name) in enumerate(((D1, fake1, fake2, names[0]), (D2, fake2, fake1, names[1])), 1):
-        cross = _real_fraction(D, other, batch_size, name)
-        out[f"model{i}"] = {**_confusion(D, real, own, batch_size, name), "cross_fp": cross,
+    for i, (D, own, other, name, t) in enumerate(((D1, fake1, fake2, names[0], thresholds[0]),
+                                                  (D2, fake2, fake1, names[1], thresholds[1])), 1):
+        cross = _real_fraction(D, other, batch_size, name, t)
+        out[f"model{i}"] = {**_confusion(D, real, own, batch_size, name, t), "threshold": t, "cross_fp": cross,
                             "cross_fp_se": _se(cross, other.shape[0])}
     key = {i: (out[f"model{i}"]["cross_fp"], out[f"model{i}"]["fn"]) for i in (1, 2)}
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)

@@ -99,8 +99,9 @@ def frechet_distance(a, b) -> float:
 
 def classifier_score(logits, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) of a classifier's logits (N, K) (the Inception score's formula), as mean and
-    standard deviation over `splits` equal parts of the N samples (Salimans et al.: 10 parts; N >= 2 * splits;
-    the last N mod splits samples are left out, as in their code)."""
+    standard deviation over `splits` parts of the N samples (Salimans et al.: 10 parts; N >= 2 * splits), part i
+    the samples i N // splits to (i + 1) N // splits - 1 as in their code: every sample in a part, the parts'
+    sizes differing by at most one where splits does not divide N."""
     x = as_points(logits, "logits")
     if x.dim() != 2 or x.shape[1] < 2:
         raise ValueError(f"logits: expected (N, K) with K >= 2 classes, got shape {tuple(x.shape)}")
@@ -110,10 +111,10 @@ def classifier_score(logits, splits: int = 10) -> tuple[float, float]:
         raise ValueError(f"logits: {x.shape[0]} samples cannot make splits={splits} parts of at least 2")
     check_finite(x, "logits")
     logp = torch.log_softmax(x.to(torch.float64), dim=1)
-    n = x.shape[0] // splits
+    n = x.shape[0]
     scores = []
     for i in range(splits):
-        part = logp[i * n:(i + 1) * n]
+        part = logp[i * n // splits:(i + 1) * n // splits]
         log_marginal = torch.logsumexp(part, 0) - math.log(part.shape[0])
         kl = (part.exp() * (part - log_marginal)).sum(1).mean()
         scores.append(math.exp(float(kl)))

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from . import denoiser as ref_denoiser
 from . import penalty as ref_penalty
 
 
@@ -134,7 +135,11 @@ def roth_r2_d_loss(D, x_real, x_fake, gamma, base="minimax"):
 
 
 def _base_d_loss(D, x_real, x_fake, base):
-    return gan_d_loss(D, x_real, x_fake) if base == "minimax" else lsgan_d_loss(D, x_real, x_fake)
+    if base == "minimax":
+        return gan_d_loss(D, x_real, x_fake)
+    if base == "least_squares":
+        return lsgan_d_loss(D, x_real, x_fake)
+    raise ValueError(f"base: the reference's R1/R2 losses are 'minimax' or 'least_squares', got {base!r}")
 
 
 # ----------------------------------------------------------------- NTGAN
@@ -203,8 +208,11 @@ def dfm_denoiser_loss(r, phi_real, noise, sigma):
 
 
 def dfm_g_loss(D, r, x_fake, lambda_adv, lambda_denoise):
-    """Eq. 4: lambda_denoise ||Phi(G(z)) - r(Phi(G(z)))||^2 - lambda_adv log D(G(z)), r(.) constant."""
+    """Eq. 4: lambda_denoise ||Phi(G(z)) - r(Phi(G(z)))||^2 - lambda_adv log D(G(z)), r(.) constant: evaluated
+    with the batch's statistics, r's BatchNorm running statistics left as they were (the generator term does not
+    train r: ref_denoiser.generator_loss)."""
     logits, phi = D.forward_features(x_fake)
-    target = r(phi).detach()
+    with torch.no_grad():
+        target = ref_denoiser.forward_without_update(getattr(r, "net", r), phi)
     denoise = sum(((phi[i] - target[i]) ** 2).sum() for i in range(phi.shape[0])) / phi.shape[0]
     return lambda_denoise * denoise - lambda_adv * _log_sigmoid(logits.reshape(-1)).mean()

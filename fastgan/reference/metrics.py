@@ -18,10 +18,10 @@ def frechet_distance(a, b) -> float:
 
 def classifier_score(logits, splits: int = 10) -> tuple[float, float]:
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
-    n = p.shape[0] // splits
+    n = p.shape[0]
     scores = []
     for i in range(splits):
-        part = p[i * n:(i + 1) * n]
+        part = p[i * n // splits:(i + 1) * n // splits]  # improved-gan's inception_score.py: every sample in a part
         py = part.mean(0, keepdims=True)
         kl = part * (np.log(part) - np.log(py))
         scores.append(np.exp(kl.sum(1).mean()))

@@ -140,6 +140,24 @@ def test_f_penalty_refuses_the_logit_modes_where_batchnorm_couples_the_samples(m
     regularizer(D.eval(), "f", x, x, f="gan", mode=mode)
 
 
+@pytest.mark.parametrize("loss,f", [("minimax", "gan"), ("least_squares", "gan"),
+                                    *[("fgan", f) for f in fdiv.DIVERGENCES]])
+def test_decision_threshold_is_where_the_optimal_d_meets_p_equal_q(loss, f):
+    """Where p = q the optimal D's logit minimises the real and the fake term at one point: the loss's terms are
+    flat there and rise on both sides (cross-testing calls a sample real above it)."""
+    t = losses.decision_threshold(loss, f)
+    v = torch.tensor([t - 0.1, t, t + 0.1], dtype=torch.float64, requires_grad=True)
+    real, fake = losses.d_terms(loss, v, v, f)
+    (g,) = torch.autograd.grad((real + fake).sum(), v)
+    assert g[0] < 0 and abs(g[1]) < 1e-12 and g[2] > 0
+
+
+def test_a_wgan_critic_has_no_decision_threshold():
+    assert losses.decision_threshold("wgan_gp") is None
+    with pytest.raises(ValueError, match="method.f_divergence"):
+        losses.decision_threshold("fgan", "hellinger")
+
+
 def test_fgan_gan_divergence_is_the_minimax_loss():
     v_r, v_f = T(0.3, -1.2), T(2.0, -0.5)
     a = losses.d_terms("fgan", v_r, v_f, "gan")

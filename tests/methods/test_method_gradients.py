@@ -264,3 +264,24 @@ def test_roth_runs_the_fused_penalty_kernel():
         out.d_loss.backward()
         assert _dispatch.counts[("grad_norm_penalty", backend)] > before, (penalty, extra)
         assert _dispatch.counts[("grad_norm_penalty_backward", backend)] > 0
+
+
+def test_the_oracles_dfm_generator_term_leaves_the_denoisers_running_statistics():
+    """r(Phi(G(z))) is a constant target: the generator term does not train r, so neither it nor the method moves r's
+    BatchNorm running statistics (the reference and fastgan alike)."""
+    cfg, M = make("dfm")
+    M.denoiser.train()
+    dg = draws(M, for_d=False)
+    fake = M.G(dg.z)
+    before = {k: v.clone() for k, v in M.denoiser.state_dict().items()}
+    ref.dfm_g_loss(M.D, M.denoiser, fake, 0.7, M.lambda_dn)
+    M.g_objective(fake, dg)
+    after = M.denoiser.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_oracles_r1_losses_name_an_unknown_base():
+    cfg, M = make("roth")
+    x, fake, _ = d_setup(M)
+    with pytest.raises(ValueError, match=r"base: .*'minimax' or 'least_squares', got 'wgan_gp'"):
+        ref.roth_r1_d_loss(M.D, x, fake, 1.0, base="wgan_gp")
