@@ -20,6 +20,7 @@ Backends: "reference" (torch), "cpu" (C++), "cuda" (CUDA C++), "triton"; see fas
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -44,7 +45,8 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------- argument checks
 
 def _check_number(name: str, value, *, low: float | None = None, high: float | None = None, open_low=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real takes numpy's scalars too (np.float32 is no float subclass), as the NTGAN ops do
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
@@ -312,9 +314,9 @@ class Denoiser(nn.Module):
                 raise ValueError(f"{name} must be >= {low}, got {v}")
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
             raise ValueError(f"hidden must be a positive int or None, got {hidden!r}")
-        if momentum is not None:
-            _check_number("momentum", momentum, low=0.0, high=1.0)
-        _check_number("eps", eps, low=0.0, open_low=True)
+        if momentum is not None:  # as floats: a numpy scalar would reach the BatchNorm layers as one
+            momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
+        eps = _check_number("eps", eps, low=0.0, open_low=True)
         if dtype is not None and dtype not in PARAM_DTYPES:  # else accepted here and refused at the first call
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the parameters' dtype; features of "
                             f"another dtype are cast to it), got {dtype}")
@@ -483,7 +485,9 @@ class Denoiser(nn.Module):
                 raise ValueError(f"net[{3 * i + 1}] is in {'training' if m.training else 'eval'} mode but the "
                                  f"Denoiser in {'training' if training else 'eval'} mode; call train() or eval() "
                                  "on the Denoiser (the fused ops run every layer in its mode)")
-            if (m.eps, m.momentum) != self._eps_momentum:
+            # affine / track_running_stats flipped after construction (a usual way to freeze BatchNorm's
+            # statistics): the kernels would still update them; _adopt refuses it, naming the layer
+            if (m.eps, m.momentum) != self._eps_momentum or not (m.affine and m.track_running_stats):
                 self._adopt(net)
         tensors = self._tensors()
         flat = [t for seq in tensors for t in seq]

@@ -647,8 +647,25 @@ def _traced_under_compile(D, x, mode) -> bool:
     return _auto_closed_form(mlp_penalty.plan(D, x)[0], x)
 
 
+def weight_closes_over_grad(weight, x: torch.Tensor) -> bool:
+    """Whether a callable weight's values require grad for logits that do not: it closes over tensors that require
+    grad (a learnable scale), whose gradient the jvp and closed-form paths, which differentiate w through psi only,
+    would not give. One call of the weight on B zeros."""
+    if not callable(weight):
+        return False
+    with torch.enable_grad():
+        w = weight(torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    return isinstance(w, torch.Tensor) and w.requires_grad
+
+
 def gradient_penalty(D, x, weight, reduction, backend, mode):
     """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
+    if weight_closes_over_grad(weight, x):
+        if mode == "auto":
+            return _pen._double_backward(D, x, weight, reduction, backend)
+        raise ValueError(f"weight: the callable's values require grad through tensors other than psi (e.g. a "
+                         f"learnable scale), whose gradient mode={mode!r} does not form (it differentiates the "
+                         "weight through the logits only); use mode='double_backward' or 'auto' (which runs it)")
     if torch.compiler.is_compiling() and not _traced_under_compile(D, x, mode):
         return _eager_gradient_penalty(D, x, weight, reduction, backend, mode)
     steps = None

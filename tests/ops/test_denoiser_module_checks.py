@@ -388,3 +388,38 @@ def test_functional_forms_take_inference_mode_inputs(backend):
         return out, stats, [p.grad for p in den.parameters()]
 
     torch.testing.assert_close(run(h, noise, y), run(h.clone(), noise.clone(), y.clone()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("flag", ["track_running_stats", "affine"])
+def test_batchnorm_flags_turned_off_after_construction_are_refused_at_the_call(backend, flag):
+    """nn.BatchNorm1d with track_running_stats turned off after construction stops updating its statistics (a
+    usual way to freeze them); the kernels would still update them: the next call refuses it, naming the layer, as
+    the constructor does."""
+    den = Denoiser(5, 6, 2, backend=backend, dtype=torch.float64)
+    h = torch.randn(8, 5, dtype=torch.float64)
+    den.loss(h)
+    setattr(den.net[4], flag, False)
+    before = [t.clone() for t in (den.net[4].running_mean, den.net[4].running_var)]
+    with pytest.raises(ValueError, match=r"^net\[4\]: BatchNorm1d must have affine=True and track_running_stats"):
+        den.loss(h)
+    assert all(torch.equal(a, b) for a, b in zip(before, (den.net[4].running_mean, den.net[4].running_var)))
+    setattr(den.net[4], flag, True)
+    den.loss(h)
+
+
+def test_numpy_scalars_are_numbers():
+    """np.float32 is no Python float subclass but a numbers.Real: taken as the NTGAN ops take it, stored as float."""
+    np = pytest.importorskip("numpy")
+    den = Denoiser(4, 5, 2, sigma=np.float32(0.5), momentum=np.float32(0.25), eps=np.float64(1e-4))
+    assert (den.sigma, den.momentum, den.eps) == (0.5, 0.25, pytest.approx(1e-4))
+    assert all(type(v) is float for v in (den.sigma, den.net[1].momentum, den.net[1].eps))
+    den.sigma = np.int64(2)
+    assert den.sigma == 2.0 and type(den.sigma) is float
+    y, gamma, beta = torch.randn(6, 3), torch.rand(3) + 0.5, torch.randn(3)
+    rm, rv, rm2, rv2 = torch.zeros(3), torch.ones(3), torch.zeros(3), torch.ones(3)
+    want = F.relu(F.batch_norm(y, rm2, rv2, gamma, beta, True, 0.3))
+    got = bn_relu(y, None, gamma, beta, rm, rv, training=True, momentum=np.float32(0.3))
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(rm, rm2, atol=1e-7)
+    with pytest.raises(TypeError, match=r"^sigma must be a real number, got bool"):
+        Denoiser(4, sigma=np.bool_(True))

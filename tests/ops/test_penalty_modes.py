@@ -748,3 +748,34 @@ def test_auto_checks_jvp_again_after_train_eval_switch(auto_jvp_on_cpu):
         _run_js(D_new, xr, xf, "auto")
     _assert_grads_close(D_new, D_ref, 1e-9)
     _assert_buffers_equal(D_new, D_ref)
+
+
+def test_a_weight_closing_over_a_learnable_tensor_gets_its_gradient_or_a_refusal():
+    """A callable weight with a tensor that requires grad (a learnable scale): the double backward differentiates
+    it, "auto" runs the double backward for it, and "jvp" / "mlp", which differentiate the weight through the
+    logits only, refuse it rather than leave that tensor without its gradient."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    a = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+
+    def w(psi):
+        return a * torch.sigmoid(psi)
+
+    xx = x.clone().requires_grad_(True)
+    psi = D(xx).reshape(-1)
+    (g,) = torch.autograd.grad(psi.sum(), xx, create_graph=True)
+    want = torch.autograd.grad((w(psi) * g.pow(2).sum(1)).mean(), [a, *D.parameters()])
+    for mode in ("double_backward", "auto"):
+        before = _dispatch.counts[(MODE_OP, "double_backward")]
+        pen, _ = gradient_penalty(D, x, w, mode=mode)
+        got = torch.autograd.grad(pen, [a, *D.parameters()])
+        assert all(torch.allclose(p, q, rtol=1e-12, atol=1e-15) for p, q in zip(got, want)), mode
+        assert _dispatch.counts[(MODE_OP, "double_backward")] == before + 1
+    for mode in ("jvp", "mlp"):
+        with pytest.raises(ValueError, match=rf"^weight: .*require grad through tensors other than psi.*mode='{mode}'"):
+            gradient_penalty(D, x, w, mode=mode)
+    # the same weight with a detached scale: "auto" keeps the closed form (it differentiates through psi)
+    before = _dispatch.counts[(MODE_OP, "mlp")]
+    gradient_penalty(D, x, lambda psi: a.detach() * torch.sigmoid(psi), mode="auto")
+    assert _dispatch.counts[(MODE_OP, "mlp")] == before + 1
