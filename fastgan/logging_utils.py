@@ -103,7 +103,7 @@ def without_nul_lines(text: str) -> tuple[str, int]:
 def _int(v) -> int:
     try:
         return int(float(v))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "inf" or "1e400" in a damaged row: no step
         return -1
 
 

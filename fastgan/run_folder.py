@@ -53,6 +53,9 @@ def refuse_if_running(d: Path) -> None:
 # descriptors from lock() whose lock file that call created (a folder written before run folders had one): a
 # refused resume removes it again (discard_created_lock), so that the folder stays as it was
 _created: dict[int, Path] = {}
+# descriptors from lock() not yet claimed, with the lock file's content before this process wrote its pid there:
+# unlock puts it back, so that a refused resume leaves the file as it was
+_previous: dict[int, bytes] = {}
 
 
 def lock(d: Path) -> Optional[int]:
@@ -99,7 +102,16 @@ def lock(d: Path) -> Optional[int]:
         os.close(fd)
     if created:
         _created[fd] = path
+    # the holder's pid from the moment it holds the lock, not from claim(): a resume loads its checkpoint and data
+    # in between, while another process told "in use" would read the previous session's (ended) pid
+    _previous[fd] = os.pread(fd, 64, 0)
+    _write_pid(fd)
     return fd
+
+
+def _write_pid(fd: int, data: Optional[bytes] = None) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode() if data is None else data, 0)
 
 
 def discard_created_lock(fd: Optional[int]) -> None:
@@ -144,16 +156,20 @@ def read_status(d: Path) -> dict:
 
 
 def claim(fd: Optional[int]) -> None:
-    """Write our pid into the held lock file, once the folder is known to be ours (for the busy message)."""
+    """Keep our pid in the held lock file (written by lock()), once the folder is known to be ours (for the busy
+    message): unlock no longer puts the previous content back."""
     if fd is not None:
         _created.pop(fd, None)  # the folder's lock file from now on, kept
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        _previous.pop(fd, None)
+        _write_pid(fd)
 
 
 def unlock(fd: Optional[int]) -> None:
     if fd is not None:
         _created.pop(fd, None)
+        previous = _previous.pop(fd, None)
+        if previous is not None:  # not claimed: the file as it was before lock()
+            _write_pid(fd, previous)
         os.close(fd)  # releases the flock; the file stays (see discard_created_lock for the one exception)
 
 

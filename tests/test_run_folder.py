@@ -308,3 +308,25 @@ def test_a_lock_whose_file_was_removed_while_waiting_is_taken_again(tmp_path, mo
         assert len(calls) == 2 and os.path.samestat(os.fstat(fd), os.stat(tmp_path / run_folder.LOCK))
     finally:
         run_folder.unlock(fd)
+
+
+def test_the_busy_message_names_the_process_holding_the_lock_from_its_first_moment(tmp_path):
+    """A resume holds the folder's lock while it loads its checkpoint and data, before claim(): a second run told
+    the folder is in use must read the holder's pid, not the previous session's (ended) one; a holder that lets go
+    without claiming (a refused resume) leaves the lock file as it was."""
+    d = tmp_path / "r"
+    _train(d)
+    (d / run_folder.LOCK).write_text("4242\n")  # the previous session's pid, long ended
+    before = _snapshot(d)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from fastgan import run_folder; "
+         "fd = run_folder.lock(Path(sys.argv[1])); print('held', flush=True); sys.stdin.readline(); "
+         "run_folder.unlock(fd)", str(d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(train_mod.RunFolderError, match=rf"in use by another fastgan run \(pid {holder.pid}\)"):
+            _train(d, steps=4, resume=True)
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    assert _snapshot(d) == before

@@ -92,14 +92,16 @@ def test_metrics_rows_past_the_checkpoint_go_at_the_first_row_logged(tmp_path):
     assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4}  # (a final step logs two rows)
 
 
-@pytest.mark.parametrize("damage", ["torn_last_row", "nul_block", "both"])
+@pytest.mark.parametrize("damage", ["torn_last_row", "nul_block", "both", "inf_step"])
 def test_what_a_killed_append_leaves_in_metrics_csv_is_left_out_on_resume(tmp_path, capsys, damage):
     """A torn last row (its step cut to "1" of "12") and blocks of NULs (a power cut) survived a resume, as rows
     of the continued log, and `fastgan compare` called the finished run unreadable from then on."""
     d = tmp_path / "r"
     _train(d, steps=2)
     clean = (d / "metrics.csv").read_text()
-    junk = {"torn_last_row": "1", "nul_block": "\0" * 64 + "\n", "both": "\0" * 64 + "\n1"}[damage]
+    # "inf_step": a step no int holds (an OverflowError, which a resume raised as a traceback)
+    junk = {"torn_last_row": "1", "nul_block": "\0" * 64 + "\n", "both": "\0" * 64 + "\n1",
+            "inf_step": "inf,1,0.1\n-1e400,2\n"}[damage]
     with open(d / "metrics.csv", "a") as f:
         f.write(junk)
     _train(d, steps=4, resume=True)
