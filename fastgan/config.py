@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
+import os
 import re
+import reprlib
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +36,20 @@ POINT_DATASETS = ("roth3d", "ring8", "grid25")
 
 class ConfigError(ValueError):
     """A configuration value, key or file is invalid; the message names the field."""
+
+
+# a value as error messages quote it, cut to a line: YAML aliases can nest a few hundred bytes of config into a
+# value whose full repr runs to megabytes (each level of aliases multiplies it)
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 20
+_REPR.maxlevel = 3
+SHOWN_MAX = 300
+
+
+def _shown(value) -> str:
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX - 3]}..."
 
 
 # torch takes sizes and seeds as int64_t: a larger Python int overflows inside torch with a message that names no
@@ -282,7 +299,7 @@ def _coerce(tp, value, path: str):
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown(value)}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
@@ -292,33 +309,35 @@ def _coerce(tp, value, path: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        raise ConfigError(f"{path}: must be true or false, got {_shown(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+            raise ConfigError(f"{path}: must be an integer, got {_shown(value)}")
+        if isinstance(value, numbers.Integral):  # numpy's integers too (fastgan.train's dict or TrainConfig)
+            return int(value)
         num = _number(value)
         if num is not None and float(num).is_integer():
             return int(num)
-        raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        raise ConfigError(f"{path}: must be an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
+            raise ConfigError(f"{path}: must be a number, got {_shown(value)}")
         num = _number(value)
         if num is None:
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
+            raise ConfigError(f"{path}: must be a number, got {_shown(value)}")
         return float(num)
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{path}: must be a string, got {value!r}")
+        if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):  # a pathlib.Path for run.out_dir
+            return os.fspath(value)
+        raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
     return value
 
 
 def _number(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy's scalars too (np.float32)
+        return value if isinstance(value, (int, float)) else float(value)
     if isinstance(value, str):
         try:
             return int(value, 10)  # exactly: float() would round 9007199254740993
@@ -373,12 +392,12 @@ def _check_value(tp, value, path: str, meta: Mapping) -> None:
         return
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, tuple):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown(value)}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],) * len(value)
         if len(args) != len(value):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown(value)}")
         for i, (a, v) in enumerate(zip(args, value)):
             _check_value(a, v, f"{path}[{i}]", meta)
         return
@@ -387,31 +406,31 @@ def _check_value(tp, value, path: str, meta: Mapping) -> None:
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           str: lambda v: isinstance(v, str)}.get(tp, lambda v: True)
     if not ok(value):
-        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown(value)}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{path}: must be one of {tuple(choices)}, got {value!r}")
+        raise ConfigError(f"{path}: must be one of {tuple(choices)}, got {_shown(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+            raise ConfigError(f"{path}: must be a finite number, got {_shown(value)}")
         note = f" ({meta['note']})" if "note" in meta else ""
         low = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
         if low is not None and "max" in meta:
             inside = (value >= low[1] if low[0] == "[" else value > low[1]) and value <= meta["max"]
             if not inside:
-                raise ConfigError(f"{path}: must be in {low[0]}{low[1]}, {meta['max']}]{note}, got {value!r}")
+                raise ConfigError(f"{path}: must be in {low[0]}{low[1]}, {meta['max']}]{note}, got {_shown(value)}")
         if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{path}: must be >= {meta['min']}{note}, got {value!r}")
+            raise ConfigError(f"{path}: must be >= {meta['min']}{note}, got {_shown(value)}")
         if "gt" in meta and not value > meta["gt"]:
-            raise ConfigError(f"{path}: must be > {meta['gt']}{note}, got {value!r}")
+            raise ConfigError(f"{path}: must be > {meta['gt']}{note}, got {_shown(value)}")
         if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{path}: must be <= {meta['max']}{note}, got {value!r}")
+            raise ConfigError(f"{path}: must be <= {meta['max']}{note}, got {_shown(value)}")
         if isinstance(value, int) and value > INT64_MAX:
             raise ConfigError(f"{path}: must be <= {INT64_MAX} (2**63 - 1, the largest integer torch takes), "
-                              f"got {value!r}")
+                              f"got {_shown(value)}")
         if isinstance(value, int) and value < INT64_MIN:
             raise ConfigError(f"{path}: must be >= {INT64_MIN} (-2**63, the smallest integer torch takes), "
-                              f"got {value!r}")
+                              f"got {_shown(value)}")
 
 
 def _check_tree(obj, path: str = "") -> None:
@@ -606,7 +625,10 @@ def yaml_load(text: str):
         Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
         Loader.construct_mapping = _no_duplicate_keys
         _LOADER = Loader
-    return yaml.load(text, Loader=_LOADER)
+    try:
+        return yaml.load(text, Loader=_LOADER)
+    except RecursionError:  # PyYAML's composer recurses per level: a few hundred nested [ ... ] reach the limit
+        raise yaml.YAMLError("nested too deeply to parse (past Python's recursion limit)") from None
 
 
 # ------------------------------------------------------------------------------------------ public API

@@ -53,9 +53,9 @@ def refuse_if_running(d: Path) -> None:
 # descriptors from lock() whose lock file that call created (a folder written before run folders had one): a
 # refused resume removes it again (discard_created_lock), so that the folder stays as it was
 _created: dict[int, Path] = {}
-# descriptors from lock() not yet claimed, with the lock file's content before this process wrote its pid there:
-# unlock puts it back, so that a refused resume leaves the file as it was
-_previous: dict[int, bytes] = {}
+# descriptors from lock() not yet claimed, with the lock file's content and times before this process wrote its pid
+# there: unlock puts them back, so that a refused resume leaves the file as it was
+_previous: dict[int, tuple[bytes, int, int]] = {}
 
 
 def lock(d: Path) -> Optional[int]:
@@ -104,7 +104,8 @@ def lock(d: Path) -> Optional[int]:
         _created[fd] = path
     # the holder's pid from the moment it holds the lock, not from claim(): a resume loads its checkpoint and data
     # in between, while another process told "in use" would read the previous session's (ended) pid
-    _previous[fd] = os.pread(fd, 64, 0)
+    st = os.fstat(fd)
+    _previous[fd] = (os.pread(fd, 64, 0), st.st_atime_ns, st.st_mtime_ns)
     _write_pid(fd)
     return fd
 
@@ -168,8 +169,10 @@ def unlock(fd: Optional[int]) -> None:
     if fd is not None:
         _created.pop(fd, None)
         previous = _previous.pop(fd, None)
-        if previous is not None:  # not claimed: the file as it was before lock()
-            _write_pid(fd, previous)
+        if previous is not None:  # not claimed: the file as it was before lock(), its times included
+            data, atime, mtime = previous
+            _write_pid(fd, data)
+            os.utime(fd, ns=(atime, mtime))
         os.close(fd)  # releases the flock; the file stays (see discard_created_lock for the one exception)
 
 

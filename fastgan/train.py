@@ -776,6 +776,11 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
     Returns a TrainResult (out_dir, step, last losses, generator, config, models, metrics)."""
     from .ops import _dispatch
 
+    # a string is truthy: resume="no" resumed and progress="off" showed the bar
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected True or False, got {resume!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True, False or None (run.progress decides), got {progress!r}")
     cfg = _requested(cfg, overrides, resume)
     with contextlib.nullcontext() if cfg.run.backend == "auto" else _dispatch.use_backend(cfg.run.backend):
         return _Run(cfg, resume, progress).run()

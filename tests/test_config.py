@@ -675,3 +675,43 @@ def test_apply_overrides_refuses_a_config_that_is_not_a_mapping():
     with pytest.raises(ConfigError, match=r"^config: must be a mapping of keys to values, got \[1, 2\]$"):
         C.apply_overrides([1, 2], ["run.steps=1"])
     assert C.apply_overrides(None, ["run.steps=1"]) == {"run": {"steps": 1}}
+
+
+def test_numpy_scalars_and_paths_are_taken_as_the_values_they_hold():
+    """fastgan.train's dict or TrainConfig built from numpy results or pathlib: np.int64 is no int, np.float32 no
+    float, a Path no str, yet each holds a value of the field's type; numpy's booleans stay refused as numbers."""
+    np = pytest.importorskip("numpy")
+    from pathlib import Path
+
+    from fastgan.config import from_dict
+
+    cfg = from_dict({"run": {"steps": np.int64(3), "out_dir": Path("runs") / "a"},
+                     "optim": {"lr_g": np.float32(0.5), "batch_size": np.float64(16.0)}})
+    assert (cfg.run.steps, cfg.run.out_dir, cfg.optim.lr_g, cfg.optim.batch_size) == (3, str(Path("runs/a")), 0.5, 16)
+    assert [type(v) for v in (cfg.run.steps, cfg.run.out_dir, cfg.optim.lr_g, cfg.optim.batch_size)] == \
+        [int, str, float, int]
+    for bad, match in (({"run": {"steps": np.bool_(True)}}, r"^run\.steps: must be an integer"),
+                       ({"run": {"steps": np.float64(2.5)}}, r"^run\.steps: must be an integer"),
+                       ({"optim": {"lr_g": np.bool_(False)}}, r"^optim\.lr_g: must be a number")):
+        with pytest.raises(ConfigError, match=match):
+            from_dict(bad)
+
+
+def test_yaml_aliases_and_deep_nesting_give_one_short_error(tmp_path):
+    """A few hundred bytes of YAML aliases made run.name a value whose repr in the error ran to 52 MB (each level
+    times ten); a [[[...]]] nested past Python's recursion limit raised PyYAML's RecursionError."""
+    value = "[x, x, x, x, x, x, x, x, x, x]"
+    for i in range(7):  # each level: an anchored list and nine aliases of it, ten times the level below
+        value = f"&a{i} {value}" if i == 0 else value
+        value = f"[{value}, " + ", ".join([f"*a{i}"] * 9) + "]"
+        value = f"&a{i + 1} {value}" if i < 6 else value
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(f"run:\n  name: {value}\n")
+    assert len(laughs.read_text()) < 1000
+    with pytest.raises(ConfigError, match=r"run\.name: must be a string, got \[\[\[\[") as e:
+        load_config(laughs)
+    assert len(str(e.value)) < 2000
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("run:\n  name: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: nested too deeply to parse"):
+        load_config(deep)

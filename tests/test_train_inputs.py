@@ -373,3 +373,13 @@ def test_a_sigint_handler_of_your_own_stays_yours(tmp_path, monkeypatch):
         assert seen == [mine, mine] and signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("kw,match", [({"resume": "no"}, r"^resume: expected True or False, got 'no'"),
+                                      ({"resume": 1}, r"^resume: expected True or False"),
+                                      ({"progress": "off"}, r"^progress: expected True, False or None")])
+def test_fastgan_train_refuses_flags_that_are_not_booleans(tmp_path, kw, match):
+    """A string is truthy: resume="no" resumed the latest run and progress="off" showed the bar."""
+    with pytest.raises(TypeError, match=match):
+        fastgan.train(None, overrides=[f"run.dir={tmp_path / 'r'}", "run.steps=1"], **kw)
+    assert not (tmp_path / "r").exists()

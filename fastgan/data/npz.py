@@ -27,6 +27,14 @@ def _pick_key(npz, path, key):
     raise ValueError(f"{path}: holds several arrays {keys}; set data.npz_key to choose one")
 
 
+def _refuse_objects(e: Exception, path, what: str) -> None:
+    """An intact file whose array has dtype object: numpy refuses it without pickle, which fastgan never allows
+    for data files (unpickling runs code), and says so in terms that read as a damaged file."""
+    if isinstance(e, ValueError) and "Object arrays cannot be loaded" in str(e):
+        raise ValueError(f"{path}: {what} holds Python objects (dtype object), which fastgan does not load (it "
+                         "would have to unpickle them); save the samples as a numeric array") from None
+
+
 def load_array(path, key: str | None = None) -> np.ndarray:
     path = require_exists(path, "npz file")
     bad = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
@@ -42,6 +50,7 @@ def load_array(path, key: str | None = None) -> np.ndarray:
     try:
         obj = np.load(path, allow_pickle=False)
     except bad as e:
+        _refuse_objects(e, path, "its array")
         raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None
     if isinstance(obj, np.ndarray):  # a plain .npy
         return obj
@@ -50,6 +59,7 @@ def load_array(path, key: str | None = None) -> np.ndarray:
         try:
             return np.array(obj[name])
         except bad as e:
+            _refuse_objects(e, path, f"array {name!r}")
             raise ValueError(f"{path}: array {name!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
 
 

@@ -275,3 +275,15 @@ def test_float_images_spanning_exactly_0_to_1_map_to_pm1(tmp_path):
 def test_mixture_nominal_size_default():
     # README's data table: nominal_size 100000, the len() of a mixture
     assert len(build_dataset(DataConfig(name="ring8"))) == 100000
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_an_object_array_is_named_as_such_not_as_a_damaged_file(tmp_path, suffix):
+    """numpy refuses a dtype-object array without pickle; fastgan never unpickles data files, and said the intact
+    file was "corrupt or truncated"."""
+    f = tmp_path / f"a{suffix}"
+    objects = np.array([np.zeros(3), None], dtype=object)
+    np.savez(f, x=objects) if suffix == ".npz" else np.save(f, objects)
+    with pytest.raises(ValueError, match=r"holds Python objects \(dtype object\), which fastgan does not load") as e:
+        build_dataset(DataConfig(name="npz", path=str(f)))
+    assert "corrupt" not in str(e.value) and "not a readable" not in str(e.value)

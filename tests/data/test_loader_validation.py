@@ -125,7 +125,7 @@ def test_npz_that_is_no_npz_is_named_so_not_a_pickle(tmp_path, content):
 def test_npy_of_objects_is_refused(tmp_path):
     f = tmp_path / "a.npy"
     np.save(f, np.array([{"a": 1}, None], dtype=object))
-    build_error(DataConfig(name="npz", path=str(f)), f, match="not a readable npz/npy file")
+    build_error(DataConfig(name="npz", path=str(f)), f, match=r"its array holds Python objects \(dtype object\)")
 
 
 # ---- IDX: sizes ---------------------------------------------------------------------------------------------
