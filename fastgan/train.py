@@ -11,6 +11,7 @@ import contextlib
 import json
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -29,8 +30,8 @@ from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
-from .run_folder import (CHECKPOINT, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir, read_status,
-                         refuse_if_running, remove_stale_temporaries, unlock)
+from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
+                         read_status, refuse_if_running, remove_stale_temporaries, unlock)
 from .run_folder import recorded_data_shape
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
@@ -242,13 +243,33 @@ class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
         _check_forced_backend(cfg, self.device)
-        self.lock = None
+        self.lock, self._fresh = None, None
         try:
             self._setup(cfg, resume, progress)
         except BaseException:
             discard_created_lock(self.lock)  # a refused resume of a folder that had no lock file leaves none
+            self._remove_fresh_folder()
             unlock(self.lock)
             raise
+
+    def _remove_fresh_folder(self) -> None:
+        """A new run that failed while starting (an allocation, a full disk), before training a step: what it wrote
+        goes, so that the folder neither lingers as a run with no checkpoint nor blocks run.dir's reuse. A folder
+        this session made goes whole; one that was there (an empty run.dir) keeps itself and its lock file."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is None:
+            return
+        made, d = fresh
+        if made:
+            shutil.rmtree(d, ignore_errors=True)
+            return
+        for p in d.iterdir():
+            if p.name == LOCK:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def _setup(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         import numpy as np
@@ -314,7 +335,9 @@ class _Run:
             claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
             remove_stale_temporaries(run_dir)
         else:
+            made = not (cfg.run.dir and Path(cfg.run.dir).is_dir())
             self.out, self.lock = new_run_dir(cfg)
+            self._fresh = (made, self.out)  # until setup ends: what a failure removes (_remove_fresh_folder)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
         # what can still fail (allocations, reading metrics.csv) before config.yaml and run_info.json are
@@ -325,6 +348,7 @@ class _Run:
             self.csv.drop(self.start, FINAL_EVALUATION_KEYS)
         C.save_config(cfg, self.out / "config.yaml")
         self._write_info(shape)
+        self._fresh = None  # set up: from here a failure is the run's, recorded in status.json
 
     # ---------------------------------------------------------------- setup
 

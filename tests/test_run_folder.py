@@ -330,3 +330,30 @@ def test_the_busy_message_names_the_process_holding_the_lock_from_its_first_mome
         holder.communicate("\n", timeout=60)
     assert holder.returncode == 0
     assert _snapshot(d) == before
+
+
+@pytest.mark.parametrize("where", ["out_dir", "new_run_dir", "empty_run_dir"])
+def test_a_new_run_that_fails_while_starting_leaves_no_folder_behind(tmp_path, monkeypatch, where):
+    """A failure after the folder is made and before training (an allocation, a full disk while writing
+    run_info.json) left a folder holding a lock file or a config without a checkpoint: not a run, and a run.dir
+    that later runs refused as "not empty". The folder the run made goes; an existing (empty) run.dir stays, empty
+    but for its lock file."""
+    def full_disk(self, shape):
+        (self.out / "run_info.json").write_text("{")  # half-written, as a full disk leaves it
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_mod._Run, "_write_info", full_disk)
+    d = tmp_path / "r"
+    if where == "empty_run_dir":
+        d.mkdir()
+    target = [f"run.out_dir={tmp_path / 'runs'}"] if where == "out_dir" else [f"run.dir={d}"]
+    with pytest.raises(OSError, match="No space left"):
+        fastgan.train(None, overrides=[*TINY, "run.steps=2", *target])
+    if where == "out_dir":
+        assert list((tmp_path / "runs").iterdir()) == []
+    elif where == "new_run_dir":
+        assert not d.exists()
+    else:
+        assert [p.name for p in d.iterdir()] == [run_folder.LOCK]
+    monkeypatch.undo()
+    assert fastgan.train(None, overrides=[*TINY, "run.steps=2", *target]).step == 2  # the same run.dir, reusable
