@@ -9,13 +9,16 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from ._errors import oserror
+
 
 @contextlib.contextmanager
-def replacing(path, durable: bool = False) -> Iterator[Path]:
+def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator[Path]:
     """Yields the temporary path to write; when the block ends without an error it replaces `path` (readers see
     the old file or the new one, whole). The temporary file is removed whatever happens, and its name is unique, so
     two writers of one target (two `fastgan sample --out x.png`) do not write into each other's. durable: fsync the
-    file and the folder, so the rename survives a power cut (checkpoints)."""
+    file and the folder, so the rename survives a power cut (checkpoints). name_errors: an OSError that names no
+    file (a full disk's, from a write) is raised again naming `path` (off where the caller names it itself)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
     # (a process killed in the block leaves it: writer_pid names the process, for remove_stale_temporaries)
@@ -25,6 +28,11 @@ def replacing(path, durable: bool = False) -> Iterator[Path]:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as e:
+        if e.filename is not None or not name_errors:
+            raise
+        # a write's error (a full disk) names no file: "[Errno 28] No space left on device" said nothing of which
+        raise oserror(e, f"{p}: could not be written ({e.strerror or e})") from e
     finally:
         tmp.unlink(missing_ok=True)
     if durable:

@@ -39,7 +39,7 @@ def save(path, state: Mapping) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "fastgan": __version__, **state}
-    with replacing(p, durable=True) as tmp, open(tmp, "wb") as f:
+    with replacing(p, durable=True, name_errors=False) as tmp, open(tmp, "wb") as f:  # train.py names the file
         torch.save(payload, f)
     return p
 

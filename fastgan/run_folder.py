@@ -184,7 +184,7 @@ def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
             raise RunFolderError(f"run.dir {d} is a file, not a folder")
         if d.is_dir() and not (d / LOCK).exists() and any(d.iterdir()):
             raise _not_empty(d)  # not a fastgan run folder: refused before writing anything into it
-        d.mkdir(parents=True, exist_ok=True)
+        _make_folder(d, "run.dir")
         fd = lock(d)
         try:
             if (d / CHECKPOINT).exists():
@@ -198,21 +198,41 @@ def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
             raise
         return d, fd
     root = Path(cfg.run.out_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)  # apart from the loop: a bad root is not a taken name
-    except FileExistsError:
-        raise RunFolderError(f"run.out_dir {root} is not a folder (a file, or a link to a missing folder)") from None
+    _make_folder(root, "run.out_dir")  # apart from the loop: a bad root is not a taken name
     base = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d, n = root / base, 1
     while True:
         try:
             d.mkdir(exist_ok=False)
-            fd = lock(d)
-            claim(fd)
-            return d, fd
         except FileExistsError:
             n += 1
             d = root / f"{base}-{n}"
+            continue
+        except OSError as e:  # a name too long for the file system, say
+            raise RunFolderError(f"run.name {cfg.run.name!r}: cannot make the run folder {d} "
+                                 f"({e.strerror or e})") from None
+        fd = lock(d)
+        claim(fd)
+        return d, fd
+
+
+def _make_folder(d: Path, field: str) -> None:
+    """d and its parents made as needed; what stops it is a RunFolderError naming the field and the path at fault
+    (errno's own text named neither: "[Errno 17] File exists: 'deadlink'" for a link to a missing folder)."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{field} {d}: cannot make the folder: {_blocker(d) or e.strerror or e}") from None
+
+
+def _blocker(d: Path) -> str:
+    """The first of d's ancestors (or d) that is a file or a link to a missing folder, said as such; '' if none."""
+    for p in [*reversed(d.parents), d]:
+        if p.is_symlink() and not p.exists():
+            return f"{p} is a link to a missing folder ({os.readlink(p)})"
+        if p.exists() and not p.is_dir():
+            return f"{p} is a file"
+    return ""
 
 
 def _not_empty(d: Path) -> RunFolderError:

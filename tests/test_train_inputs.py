@@ -159,8 +159,35 @@ def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, wh
 def test_a_dangling_link_as_out_dir_is_an_error_not_a_hang(tmp_path):
     link = tmp_path / "runs"
     link.symlink_to(tmp_path / "unmounted" / "runs")
-    with pytest.raises(train_mod.RunFolderError, match=f"run.out_dir {link} is not a folder"):
+    with pytest.raises(train_mod.RunFolderError, match=f"^run.out_dir {link}: cannot make the folder: {link} is a "
+                                                       "link to a missing folder"):
         fastgan.train(None, overrides=[*TINY, "run.steps=1", f"run.out_dir={link}"])
+
+
+@pytest.mark.parametrize("case", ["dangling_run_dir", "file_parent", "link_parent", "long_name", "full_disk"])
+def test_folder_and_file_errors_name_the_field_and_the_path_at_fault(tmp_path, monkeypatch, case):
+    """errno's own text named neither the field nor the path at fault ("[Errno 17] File exists: 'deadlink'" for a
+    run.dir that is a link to a missing folder, "[Errno 28] No space left on device" writing config.yaml)."""
+    link, file = tmp_path / "deadlink", tmp_path / "t.sh"
+    link.symlink_to(tmp_path / "missing")
+    file.write_text("")
+    over, match = {
+        "dangling_run_dir": (f"run.dir={link}", f"^run.dir {link}: cannot make the folder: {link} is a link to a "
+                                                "missing folder"),
+        "file_parent": (f"run.dir={file / 'sub'}", f"^run.dir {file / 'sub'}: cannot make the folder: {file} is a "
+                                                   "file"),
+        "link_parent": (f"run.out_dir={link / 'sub'}", f"^run.out_dir {link / 'sub'}: cannot make the folder: {link} "
+                                                       "is a link to a missing folder"),
+        "long_name": ("run.name=" + "n" * 300, r"^run.name 'n+': cannot make the run folder .*name too long"),
+        "full_disk": (f"run.dir={tmp_path / 'r'}", f"{tmp_path / 'r' / 'config.yaml'}: could not be written \\(No "
+                                                   "space left on device\\)"),
+    }[case]
+    if case == "full_disk":
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: real(a, b) if not str(b).endswith("config.yaml") else
+                            (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match=match):
+        fastgan.train(None, overrides=[*TINY, "run.steps=1", f"run.out_dir={tmp_path / 'runs'}", over])
 
 
 def test_parzen_on_a_file_of_points_is_refused(tmp_path):
