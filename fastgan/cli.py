@@ -42,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while the sub-commands' modules load (torch's, a second or two), before a command's own handling:
+        # one line and the shell's code for SIGINT, not a traceback through the import machinery
+        print("fastgan: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)

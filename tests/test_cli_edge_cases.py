@@ -70,3 +70,15 @@ def test_a_closed_pipe_is_exit_1_without_a_traceback():
     p.stdout.close()  # before the child (importing torch) writes
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 1 and err == "", err
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """A SIGINT in the second or two the sub-commands' modules take to import printed a traceback."""
+    from fastgan import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err == "fastgan: interrupted\n"
