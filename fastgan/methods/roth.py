@@ -103,6 +103,7 @@ def statistic_mode_refusal(mode: str, f: str) -> str:
             f"method.f_divergence={f!r} needs the gradient of T = g_f(psi), which BatchNorm with batch statistics "
             "makes differ from g_f'(psi) grad psi; use 'double_backward' or 'auto' (which runs it)")
 
+
 _BASE_WEIGHTS = {"one": lambda psi: torch.ones_like(psi),
                  "js_real": lambda psi: torch.sigmoid(-psi).pow(2),
                  "js_fake": lambda psi: torch.sigmoid(psi).pow(2)}
