@@ -89,6 +89,11 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
     try:
         with open(path, newline="") as f:
             text, nul_lines = without_nul_lines(f.read())
+        # a last line without its line end: a row being written (or a killed append's), which may parse as a row
+        # with values cut short ("6,0.1,0.1,1.3" of "6,0.1,0.1,1.35"); left out, as a resume leaves it out
+        torn = bool(text) and not text.endswith("\n")
+        if torn:
+            text = text[:text.rfind("\n") + 1]
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except FileNotFoundError:
         return 0, {}, None
@@ -96,6 +101,7 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
         raise ValueError(f"{path}: not a CSV file ({e})") from None
     # lines of NUL bytes: what a power cut leaves where rows were being appended; left out, as a bad last row
     damaged = [f"{nul_lines} line(s) of NUL bytes"] if nul_lines else []
+    damaged += ["a last row without its line end"] if torn else []
     step, last = 0, {}
     for i, row in enumerate(rows):
         try:
@@ -125,7 +131,7 @@ def summarize(run_dir) -> dict:
         out["step"], out["metrics"], bad_last = _last_values(run_dir)
         out["state"], out["reason"], out["at"] = _state(run_dir)
         if bad_last is not None and out["state"] != "running":
-            out["warning"] = (f"metrics.csv's last row does not parse ({bad_last}): left out, the values shown are "
+            out["warning"] = (f"metrics.csv's last row is damaged ({bad_last}): left out, the values shown are "
                               "from the rows before it")
     except (OSError, ValueError) as e:
         out["state"], out["reason"] = "unreadable", str(e)

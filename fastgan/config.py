@@ -532,6 +532,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if o.momentum != 0.0:  # Adam has no such setting: silently training without it would mislead
             raise ConfigError(f"optim.momentum: SGD's momentum, got {o.momentum!r} with optim.optimizer='adam' (set "
                               f"optim.optimizer=sgd, or use optim.beta1 for Adam)")
+        for key in ("lr_g", "lr_d", "lr_noise", "lr_denoiser"):
+            lr = getattr(o, key)
+            # Adam's first step is lr / (1 - beta1): past float32's range torch raises "value cannot be converted to
+            # type float without overflow" in the first step, naming no field, after the run folder was written
+            if lr is not None and lr / (1 - o.beta1) > FLOAT32_MAX:
+                raise ConfigError(f"optim.{key}: Adam's first step is lr / (1 - beta1) = {lr / (1 - o.beta1):.4g}, "
+                                  f"past float32's largest value: lower it (got {lr!r}, beta1 {o.beta1!r})")
         if o.momentum_final is not None:
             raise ConfigError("optim.momentum_final: SGD's momentum schedule, got optim.optimizer='adam' (set "
                               "optim.optimizer=sgd, or leave momentum_final unset)")

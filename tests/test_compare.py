@@ -434,10 +434,10 @@ def test_a_last_row_that_does_not_parse_is_flagged_unless_a_trainer_is_writing_i
     got = {r["name"]: r for r in compare.compare(tmp_path)}
     assert got["live"]["state"] == "running" and got["live"]["warning"] is None
     assert got["done"]["metrics"] == {"fd": 3.0} and got["done"]["warning"] == (
-        "metrics.csv's last row does not parse (row 2: eval/fd holds '1.2e', not a number): left out, the values "
+        "metrics.csv's last row is damaged (row 2: eval/fd holds '1.2e', not a number): left out, the values "
         "shown are from the rows before it")
     for text in (compare.format_table(list(got.values())), compare.format_grid(list(got.values()), "fd")):
-        assert f"done ({finished}): metrics.csv's last row does not parse" in text and "live (" not in text
+        assert f"done ({finished}): metrics.csv's last row is damaged" in text and "live (" not in text
     assert main(["compare", str(tmp_path), "--json"]) == 0
     assert [r["warning"] is None for r in json.loads(capsys.readouterr().out)] == [False, True]  # done, live
 
@@ -466,3 +466,15 @@ def test_nul_bytes_a_power_cut_left_are_flagged_not_unreadable(tmp_path):
     r = compare.summarize(d)
     assert (r["state"], r["step"], r["metrics"]) == ("finished", 10, {"fd": 2.0})
     assert "1 line(s) of NUL bytes" in r["warning"]
+
+
+def test_a_last_row_without_its_line_end_is_flagged_not_taken(tmp_path):
+    """A half-written last row that still parses ("6,1.3" of "6,1.35", no line end) was taken as the run's values,
+    unflagged, where a resume leaves it out with a warning."""
+    d = _fake_run(tmp_path, "torn", rows=("step,eval/fd", "5,3", "10,2"))
+    with open(d / "metrics.csv", "a") as f:
+        f.write("12,1.3")
+    r = compare.summarize(d)
+    assert (r["state"], r["step"], r["metrics"]) == ("finished", 10, {"fd": 2.0})
+    assert r["warning"] == ("metrics.csv's last row is damaged (a last row without its line end): left out, the "
+                            "values shown are from the rows before it")

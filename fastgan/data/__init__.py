@@ -82,8 +82,10 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         # strings, dates, durations (timedelta64 counts as a number to numpy)
         raise ValueError(f"{source}: {kind} must be numeric, got {a.dtype}")
     if kind == "points" and cfg.value_range is not None:
-        raise ValueError(f"data.value_range: maps image values to [-1, 1]; {source} holds points (N, D), which are "
-                         "used as stored: leave it unset")
+        from ..config import ConfigError  # a config that does not fit the loaded data (the CLI's exit 2)
+
+        raise ConfigError(f"data.value_range: maps image values to [-1, 1]; {source} holds points (N, D), which are "
+                          "used as stored: leave it unset")
     if kind == "images":
         integer = np.issubdtype(a.dtype, np.integer)
         if a.dtype != np.uint8:

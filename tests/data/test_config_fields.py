@@ -124,7 +124,8 @@ def test_value_ranges_float32_cannot_scale_and_points_refuse_it(tmp_path):
     with pytest.raises(ValueError, match=r"data\.value_range: .* scale of 2e-300, which float32 cannot hold"):
         build_dataset(DataConfig(name="npz", path=str(p), value_range=(0, 1e300)))
     np.savez(p, x=np.zeros((4, 3), np.float32))
-    with pytest.raises(ValueError, match=r"data\.value_range: maps image values .* holds points"):
+    # a config that does not fit the loaded data: a ConfigError (the CLI's exit 2), as data.holdout's
+    with pytest.raises(C.ConfigError, match=r"data\.value_range: maps image values .* holds points"):
         build_dataset(DataConfig(name="npz", path=str(p), value_range=(0, 1)))
 
 

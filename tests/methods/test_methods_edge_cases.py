@@ -184,3 +184,14 @@ def test_dfm_generator_term_of_noise_only_batches_leaves_d_as_it_was(monkeypatch
     bn = [m for m in build_discriminator(cfg.model, shape).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracked = [b for b in buffers if b.dtype == torch.long]
     assert len(tracked) == len(bn) > 0 and all(int(t) == 1 for t in tracked)  # one training forward: G's batch
+
+
+def test_adam_learning_rates_whose_first_step_overflows_float32_are_config_errors():
+    """Adam's first step is lr / (1 - beta1): at lr 3e38 (under float32's largest value, so its range check took
+    it) torch raised an overflow with a traceback in the first step."""
+    with pytest.raises(ConfigError, match=r"^optim\.lr_d: Adam's first step is lr / \(1 - beta1\) = 6e\+38"):
+        coerce(None, ["optim.lr_d=3e38"])
+    with pytest.raises(ConfigError, match=r"^optim\.lr_noise: "):
+        coerce(None, ["optim.lr_noise=2e38"])
+    coerce(None, ["optim.lr_d=1.7e38"])
+    coerce(None, ["optim.lr_d=3e38", "optim.optimizer=sgd"])
