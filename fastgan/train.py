@@ -195,7 +195,8 @@ def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> Train
     """The checkpoint's config with the run.* fields a resumed run may change; other differences raise."""
     bad = []
     for key, old, value in C.diff(saved, new):
-        if key in C.RESUMABLE_FIELDS or (key in RESOLVED_FIELDS and value is None):
+        if key in C.RESUMABLE_FIELDS or (key in RESOLVED_FIELDS and value is None) or \
+                _the_architectures_default(saved, key, old, value):
             continue
         bad.append(f"{key}: checkpoint {old!r}, config {value!r}")
     if bad:
@@ -205,6 +206,16 @@ def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> Train
             f"the same run; only {', '.join(C.RESUMABLE_FIELDS)} may change on resume)")
     changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS}
     return C.replace(saved, **changes) if changes else saved
+
+
+def _the_architectures_default(saved: TrainConfig, key: str, old, value) -> bool:
+    """A model field the checkpoint's config left to its architecture (None), given now as the value that
+    architecture gives it (`--set model.latent_dim=2` on an MLP run): the same run, not a change."""
+    from .models.config import ARCH_DEFAULTS
+
+    defaults = ARCH_DEFAULTS.get(saved.model.arch, {})
+    name = key[len("model."):] if key.startswith("model.") else None
+    return old is None and name in defaults and defaults[name] is not None and defaults[name] == value
 
 
 class _FiniteMonitor:

@@ -853,3 +853,13 @@ def test_the_goodfellow_config_trains_past_where_it_diverged(tmp_path):
                                        "run.sample_every=0", "run.checkpoint_every=0", "run.parzen=false",
                                        "run.progress=off", "run.tensorboard=false"])
     assert r.step == 400 and all(math.isfinite(v) and abs(v) < 20 for v in r.losses.values()), r.losses
+
+
+def test_resume_takes_a_model_field_given_as_its_architectures_default(tmp_path):
+    """The checkpoint's config leaves model.latent_dim to the architecture (null, 2 for the MLP): giving 2 on resume
+    is the same run (it was refused: "checkpoint None, config 2"); another value is a change, refused."""
+    run(tmp_path, steps=2)
+    assert fastgan.config.load_config(tmp_path / "t" / "config.yaml").model.latent_dim is None
+    assert run(tmp_path, "model.latent_dim=2", steps=3, resume=True).step == 3
+    with pytest.raises(fastgan.config.ConfigError, match=r"model\.latent_dim: checkpoint None, config 3"):
+        run(tmp_path, "model.latent_dim=3", steps=4, resume=True)
