@@ -661,8 +661,9 @@ def weight_closes_over_grad(weight, x: torch.Tensor) -> bool:
 def gradient_penalty(D, x, weight, reduction, backend, mode):
     """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
     if weight_closes_over_grad(weight, x):
-        if mode == "auto":
-            return _pen._double_backward(D, x, weight, reduction, backend)
+        if mode == "auto":  # eagerly under torch.compile, as mode="double_backward" runs (a graph break)
+            run = _pen._eager_double_backward if torch.compiler.is_compiling() else _pen._double_backward
+            return run(D, x, weight, reduction, backend)
         raise ValueError(f"weight: the callable's values require grad through tensors other than psi (e.g. a "
                          f"learnable scale), whose gradient mode={mode!r} does not form (it differentiates the "
                          "weight through the logits only); use mode='double_backward' or 'auto' (which runs it)")

@@ -267,3 +267,22 @@ def test_a_compiled_d_passed_to_the_penalty_runs_its_module(mode):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
     for a, b in zip(D.buffers(), oracle.buffers()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_auto_with_a_weight_closing_over_a_learnable_tensor_under_compile():
+    """"auto" runs the double backward for such a weight (penalty_jvp.weight_closes_over_grad); under torch.compile
+    eagerly, as mode="double_backward" does: the same penalty and the tensor's gradient as eagerly."""
+    from fastgan.ops import gradient_penalty
+
+    torch.manual_seed(0)
+    D = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    a = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+
+    def step(x):
+        return gradient_penalty(D, x, lambda p: a * torch.sigmoid(p), mode="auto")[0]
+
+    want = step(x)
+    got = torch.compile(step, backend="eager")(x)
+    assert torch.allclose(got, want, rtol=1e-13, atol=0)
+    assert torch.allclose(torch.autograd.grad(got, a)[0], torch.autograd.grad(want, a)[0], rtol=1e-13, atol=0)
