@@ -54,8 +54,9 @@ class GammaSchedule:
         return self.value
 
 
-def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0):
-    """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D.
+def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic=None):
+    """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D; with `statistic`
+    (psi -> T), the gradient is T's, grad_{x_n} sum_m T(psi_m), and w still a function of psi.
 
     Unlike fastgan.ops.gradient_penalty, an x that carries a graph (NTGAN's learned noise) keeps it, so the
     logits stay differentiable with respect to whatever produced x.
@@ -63,7 +64,7 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0):
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     logits = D(x).reshape(x.shape[0])
-    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad((logits if statistic is None else statistic(logits)).sum(), x, create_graph=True)
     # a double backward as gradient_penalty's: counted alike, so TrainResult.penalty_modes shows that it ran
     ops._dispatch.record("gradient_penalty", "double_backward")
     pen = ops.grad_norm_penalty(g, logits, weight, reduction="none")
@@ -85,17 +86,6 @@ def needs_statistic_gradient(D, f: str) -> bool:
     """Whether Omega_f must differentiate T = g_f(psi) itself: g_f non-linear and D's samples coupled, where
     grad_{x_n} sum_m T_m differs from g_f'(psi_n) grad_{x_n} sum_m psi_m (fdiv's per-sample rewrite)."""
     return f not in fdiv.LINEAR and couples_samples(D)
-
-
-def statistic_penalty_and_logits(D, x: torch.Tensor, f: str):
-    """(per-sample f*''(T_n) ||grad_{x_n} sum_m T_m||^2, logits psi): eq. 19 with the gradient of T = g_f(psi), by
-    the double backward (as fastgan.reference.methods.roth_f_penalty). An x that carries a graph keeps it."""
-    if not x.requires_grad:
-        x = x.detach().requires_grad_(True)
-    logits = D(x).reshape(x.shape[0])
-    (g,) = torch.autograd.grad(fdiv.activation(f, logits).sum(), x, create_graph=True)
-    ops._dispatch.record("gradient_penalty", "double_backward")
-    return ops.grad_norm_penalty(g, logits, lambda v: fdiv.conjugate_curvature(f, v), reduction="none"), logits
 
 
 def statistic_mode_refusal(mode: str, f: str) -> str:
@@ -173,7 +163,9 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
         if mode in ("jvp", "mlp"):
             raise ValueError(statistic_mode_refusal(mode, f))
         lr = D(x_real).reshape(x_real.shape[0])
-        pf, lf = statistic_penalty_and_logits(D, x_fake, f)
+        # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it
+        pf, lf = penalty_and_logits(D, x_fake, lambda v: fdiv.conjugate_curvature(f, v),
+                                    statistic=lambda v: fdiv.activation(f, v))
         return reduce(pf, w_fake), lr, lf
     if mode != "double_backward" and not graph:
         return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)

@@ -456,7 +456,9 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     if mode != "double_backward":
         from . import penalty_jvp
 
-        return penalty_jvp.gradient_penalty(D, x, weight, reduction, backend, mode)
+        # "auto" with a weight closing over a learnable tensor goes on as the double backward, below
+        if not penalty_jvp.weight_needs_double_backward(weight, x, mode):
+            return penalty_jvp.gradient_penalty(D, x, weight, reduction, backend, mode)
     if torch.compiler.is_compiling():
         return _eager_double_backward(D, x, weight, reduction, backend)
     return _double_backward(D, x, weight, reduction, backend)

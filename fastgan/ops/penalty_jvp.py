@@ -658,15 +658,20 @@ def weight_closes_over_grad(weight, x: torch.Tensor) -> bool:
     return isinstance(w, torch.Tensor) and w.requires_grad
 
 
-def gradient_penalty(D, x, weight, reduction, backend, mode):
-    """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
-    if weight_closes_over_grad(weight, x):
-        if mode == "auto":  # eagerly under torch.compile, as mode="double_backward" runs (a graph break)
-            run = _pen._eager_double_backward if torch.compiler.is_compiling() else _pen._double_backward
-            return run(D, x, weight, reduction, backend)
+def weight_needs_double_backward(weight, x: torch.Tensor, mode: str) -> bool:
+    """Whether mode "auto" must take the double backward for this weight (weight_closes_over_grad); "jvp" and "mlp"
+    refuse such a weight."""
+    if not weight_closes_over_grad(weight, x):
+        return False
+    if mode != "auto":
         raise ValueError(f"weight: the callable's values require grad through tensors other than psi (e.g. a "
                          f"learnable scale), whose gradient mode={mode!r} does not form (it differentiates the "
                          "weight through the logits only); use mode='double_backward' or 'auto' (which runs it)")
+    return True
+
+
+def gradient_penalty(D, x, weight, reduction, backend, mode):
+    """Dispatch for penalty.gradient_penalty's modes other than "double_backward"."""
     if torch.compiler.is_compiling() and not _traced_under_compile(D, x, mode):
         return _eager_gradient_penalty(D, x, weight, reduction, backend, mode)
     steps = None
