@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from . import config as C
-from .logging_utils import without_nul_lines
+from .logging_utils import cut_short, without_nul_lines
 from .run_commands import run, strict_json
 from .run_folder import lock_held, read_status
 
@@ -89,12 +89,12 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
     try:
         with open(path, newline="") as f:
             text, nul_lines = without_nul_lines(f.read())
-        # a last line without its line end: a row being written (or a killed append's), which may parse as a row
-        # with values cut short ("6,0.1,0.1,1.3" of "6,0.1,0.1,1.35"); left out, as a resume leaves it out
-        torn = bool(text) and not text.endswith("\n")
-        if torn:
-            text = text[:text.rfind("\n") + 1]
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        # a row being written (or a killed append's) may parse with values cut short ("6,1.3" of "6,1.35"): left
+        # out, as a resume leaves it out
+        torn = bool(rows) and cut_short(text)
+        if torn:
+            rows.pop()
     except FileNotFoundError:
         return 0, {}, None
     except csv.Error as e:

@@ -45,7 +45,7 @@ class CSVLogger:
             # what a killed append leaves (rows are appended, not replaced): a last row without its line end, cut
             # anywhere (its step "1" of a "12"), and blocks of NULs or junk where no step parses; kept, they would
             # be rows of the continued log, and `fastgan compare` would call the run unreadable
-            torn = [self.rows.pop()] if self.rows and not text.endswith(("\n", "\r")) else []
+            torn = [self.rows.pop()] if self.rows and cut_short(text) else []
             junk = [r for r in self.rows if _int(r.get("step")) < 0]
             if torn or junk or nul_lines:
                 self.rows = [r for r in self.rows if _int(r.get("step")) >= 0]
@@ -98,6 +98,11 @@ def without_nul_lines(text: str) -> tuple[str, int]:
     lines = text.splitlines(keepends=True)
     kept = [ln for ln in lines if "\0" not in ln]
     return "".join(kept), len(lines) - len(kept)
+
+
+def cut_short(text: str) -> bool:
+    """Whether a CSV log's text ends inside a row (no line end): a row being appended, or a killed append's."""
+    return not text.endswith(("\n", "\r"))
 
 
 def _int(v) -> int:

@@ -157,12 +157,11 @@ def read_status(d: Path) -> dict:
 
 
 def claim(fd: Optional[int]) -> None:
-    """Keep our pid in the held lock file (written by lock()), once the folder is known to be ours (for the busy
+    """Keep our pid, which lock() wrote, in the held lock file, once the folder is known to be ours (for the busy
     message): unlock no longer puts the previous content back."""
     if fd is not None:
         _created.pop(fd, None)  # the folder's lock file from now on, kept
         _previous.pop(fd, None)
-        _write_pid(fd)
 
 
 def unlock(fd: Optional[int]) -> None:
