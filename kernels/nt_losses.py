@@ -51,11 +51,14 @@ def _coef(k, N, mu, MEAN: tl.constexpr):
 
 @triton.jit
 def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexpr, REAL: tl.constexpr,
-                  MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                  MEAN: tl.constexpr, JS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr):
     """Loss terms of logits [k_start, k_end) of a side of N, summed; its JS weights stored when JS."""
     total = tl.zeros([BLOCK], dtype=ACC)
     for k0 in range(k_start, k_end, BLOCK):
-        k = k0 + tl.arange(0, BLOCK)
+        if WIDE:  # the interpreter's loop variable is a Python int: an int32 arange would wrap past 2**31 there
+            k = k0 + tl.arange(0, BLOCK).to(tl.int64)
+        else:
+            k = k0 + tl.arange(0, BLOCK)
         m = k < k_end
         psi = tl.load(l_ptr + k * stride, mask=m, other=0.0).to(ACC)
         e, s, q = _logistic(psi, False)
@@ -71,8 +74,10 @@ def _side_forward(l_ptr, w_ptr, k_start, k_end, N, stride, mu, SIGN: tl.constexp
 @triton.jit
 def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, part_ptr, wr_ptr, wf_ptr, NR, NF,
                     sr, sf, CHUNK, GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS: tl.constexpr,
-                    PARTIAL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                    PARTIAL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
+    if WIDE:  # pid * CHUNK and k0 + CHUNK in int32 wrap past 2**31 logits: int64 indices (see _wide)
+        pid = pid.to(tl.int64)
     if HAS_MU:
         mu = tl.load(mu_ptr).to(ACC)
     else:
@@ -86,21 +91,21 @@ def _forward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, loss_ptr, part
                 total = tl.sum(tl.zeros([BLOCK], dtype=ACC), axis=0)
             else:
                 total = _side_forward(lr_ptr, wr_ptr, k0, tl.minimum(k0 + CHUNK, NR), NR, sr, mu, -1, True, MEAN,
-                                      JS, ACC, BLOCK)
+                                      JS, ACC, BLOCK, WIDE)
         else:
             k0 = (pid - real_programs) * CHUNK
             k1 = tl.minimum(k0 + CHUNK, NF)
             if GEN:
-                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK, WIDE)
             else:
-                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+                total = _side_forward(lf_ptr, wf_ptr, k0, k1, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK, WIDE)
         tl.store(part_ptr + pid, total)
     else:
         if GEN:
-            total = _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK)
+            total = _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, -1, False, MEAN, False, ACC, BLOCK, WIDE)
         else:
-            total = _side_forward(lr_ptr, wr_ptr, 0, NR, NR, sr, mu, -1, True, MEAN, JS, ACC, BLOCK)
-            total += _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK)
+            total = _side_forward(lr_ptr, wr_ptr, 0, NR, NR, sr, mu, -1, True, MEAN, JS, ACC, BLOCK, WIDE)
+            total += _side_forward(lf_ptr, wf_ptr, 0, NF, NF, sf, mu, 1, False, MEAN, JS, ACC, BLOCK, WIDE)
         tl.store(loss_ptr, total)
 
 
@@ -127,10 +132,12 @@ def _side_backward(l_ptr, gw_ptr, d_ptr, k, N, stride, mu, go, SIGN: tl.constexp
 
 
 @triton.jit
-def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, go_ptr, gwr_ptr, gwf_ptr, dr_ptr, df_ptr, NR, NF, sr, sf,
-                     GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS_R: tl.constexpr,
-                     JS_F: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _backward_kernel(lr_ptr, lf_ptr, mu_ptr, mu_value: tl.float64, go_ptr, gwr_ptr, gwf_ptr, dr_ptr, df_ptr, NR, NF,
+                     sr, sf, GEN: tl.constexpr, MEAN: tl.constexpr, HAS_MU: tl.constexpr, JS_R: tl.constexpr,
+                     JS_F: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
     if HAS_MU:
         mu = tl.load(mu_ptr).to(ACC)
     else:
@@ -166,6 +173,15 @@ def _in_reach(logits):
     return logits if n < 2 or (n - 1) * logits.stride(0) < DENSE_FROM else logits.contiguous()
 
 
+# Logits a side may have before the kernels' int32 indices (pid * CHUNK, k0 + CHUNK, pid * BLOCK + arange) could
+# pass 2**31 - 1: from there the int64 variant (WIDE), which only sides of 8 GiB of float32 need.
+WIDE_FROM = 2 ** 31 - 2 * 4096
+
+
+def _wide(NR, NF):
+    return max(NR, NF) >= WIDE_FROM
+
+
 def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_real, w_fake, partials, chunk):
     """partials: None (one program does everything) or scratch of one element per chunk of each side."""
     logits_real, logits_fake = _in_reach(logits_real), _in_reach(logits_fake)
@@ -179,7 +195,7 @@ def forward(logits_real, logits_fake, mu, mu_value, generator, mean, loss, w_rea
         w_real if w_real is not None else loss, w_fake if w_fake is not None else loss,
         NR, NF, logits_real.stride(0) if NR else 1, logits_fake.stride(0) if NF else 1, chunk,
         GEN=bool(generator), MEAN=bool(mean), HAS_MU=mu is not None, JS=w_real is not None,
-        PARTIAL=partials is not None, ACC=_acc(loss.dtype), BLOCK=block)
+        PARTIAL=partials is not None, ACC=_acc(loss.dtype), BLOCK=block, WIDE=_wide(NR, NF))
     if partials is not None:
         _sum_partials_kernel[(1,)](partials, partials.numel(), loss, ACC=_acc(loss.dtype),
                                    BLOCK=min(triton.next_power_of_2(partials.numel()), 1024))
@@ -200,4 +216,4 @@ def backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, gener
         gw_real if gw_real is not None else go, gw_fake if gw_fake is not None else go, d_real, d_fake,
         NR, NF, logits_real.stride(0) if NR else 1, logits_fake.stride(0) if NF else 1,
         GEN=bool(generator), MEAN=bool(mean), HAS_MU=mu is not None, JS_R=gw_real is not None,
-        JS_F=gw_fake is not None, ACC=_acc(go.dtype), BLOCK=block)
+        JS_F=gw_fake is not None, ACC=_acc(go.dtype), BLOCK=block, WIDE=_wide(NR, NF))

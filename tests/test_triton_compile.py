@@ -130,6 +130,21 @@ def _run_every_op():
         loss, wr, wf = ops.nt_losses(lr, lf, 0.4, js_weights=True, backend="triton")
         (loss + wr.sum() + wf.sum()).backward()
         ops.nt_losses(lr, lf, 0.4, loss="g", backend="triton").backward()
+    # the noise and loss kernels' int64 variants (batches or sides past 2**31 elements), at small sizes
+    from fastgan.kernels import noise as noise_kernels, nt_losses as loss_kernels
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (noise_kernels, loss_kernels):
+            mp.setattr(module, "WIDE_FROM", 0)
+        xr = torch.randn(6, 3, 4, 4, generator=g, requires_grad=True)
+        for mode in ("double", "half"):
+            r, f = ops.noisy_clean_batch(xr, xr, torch.tensor(0.3, requires_grad=True), mode, backend="triton")
+            (r.sum() + f.square().sum()).backward()
+        for n in (16, 5000):
+            lr = torch.randn(n, generator=g, requires_grad=True)
+            loss, wr, wf = ops.nt_losses(lr, lr, 0.4, js_weights=True, backend="triton")
+            (loss + wr.sum() + wf.sum()).backward()
+            ops.nt_losses(lr, lr, 0.4, loss="g", backend="triton").backward()
     from fastgan.kernels import denoiser_gemm
 
     # the denoiser's GEMMs with every tile a GPU can pick (float32 64 x 64 x 32 halved down to 16 x 16 x 32, on sm_75

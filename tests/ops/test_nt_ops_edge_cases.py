@@ -190,3 +190,57 @@ def test_negative_float_sigma_is_refused(sigma):
     with pytest.raises(ValueError, match="noise \\(sigma\\) must be"):
         noisy_clean_batch(x, x, sigma)
     noisy_clean_batch(x, x, 0.0)  # zero is a valid sigma (no noise)
+
+
+@pytest.mark.parametrize("loss,js", [("d", True), ("g", False)])
+@pytest.mark.parametrize("n", [700, 5000])  # 5000: the forward's partial sums
+def test_triton_int64_variant_gives_the_same_losses_and_gradients(monkeypatch, loss, js, n):
+    """The Triton kernels' int64 variant (WIDE: sides of 2**31 - 8192 logits or more, lowered here to every
+    size) gives the narrow variant's values and gradients bit for bit."""
+    from fastgan.kernels import nt_losses as kn
+
+    base = 3 * torch.randn(2, n, dtype=torch.float32, generator=torch.Generator().manual_seed(n))
+    assert not kn._wide(n, n)
+    got = []
+    for wide_from in (kn.WIDE_FROM, 0):
+        monkeypatch.setattr(kn, "WIDE_FROM", wide_from)
+        src = base.clone().requires_grad_()
+        outs = nt_losses(src[0], src[1], 0.3, loss=loss, js_weights=js, backend="triton")
+        outs = outs if js else (outs,)
+        total = outs[0] + sum((w * torch.linspace(-1, 1, w.numel())).sum() for w in outs[1:])
+        got.append((*outs, torch.autograd.grad(total, src)[0]))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+
+
+def test_triton_forward_past_2_31_logits_indexes_in_int64(monkeypatch):
+    """A side of 2**31 + 8192 logits (a stride-0 view: 4 bytes of storage) through the Triton forward, with only
+    the programs around the int32 wrap run by the interpreter: pid * 4096 passes 2**31 at program 524288 and
+    k0 + 4096 one program earlier. In int32 those chunks read no logits (their partial sums were 0) or negative
+    offsets; each must hold 4096 noisy-half terms."""
+    import triton.runtime.interpreter as interp
+
+    from fastgan.kernels import nt_losses as kn
+
+    chunk = 4096
+    n = 2 ** 31 + 2 * chunk
+    programs = -(-n // chunk)
+    selected = [524286, 524287, 524288, 524289]
+    ran = []
+
+    def only_selected(*args):  # the interpreter's loop over the grid's first dimension
+        if args == (programs,):
+            ran.append(True)
+            return selected
+        return range(*args)
+
+    monkeypatch.setattr(interp, "range", only_selected, raising=False)
+    psi = 0.3
+    lf = torch.full((1,), psi).expand(n)
+    partials = torch.full((programs,), float("nan"))
+    kn.forward(torch.empty(0), lf, None, 0.0, True, True, torch.empty(()), None, None, partials, chunk)
+    assert ran, "the interpreter's grid loop was not the one patched"
+    assert kn._wide(0, n)
+    want = chunk * math.log1p(math.exp(-psi)) / (n - n // 2)  # G's loss, mu = 0: (1 - mu) / n_noisy a term
+    torch.testing.assert_close(partials[selected], torch.full((4,), want), rtol=1e-5, atol=0)
+    assert torch.isnan(partials[:selected[0]]).all()  # the others did not run
