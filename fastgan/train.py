@@ -100,6 +100,24 @@ def _check_forced_backend(cfg: TrainConfig, device: torch.device) -> None:
         raise ConfigError(f"{named}: cannot run on {device} (run.device): {why}")
 
 
+def _check_dcgan_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
+    """DCGAN's G starts at a 1x1 map on 1x1 images, where its training-mode BatchNorm sees one value a channel per
+    sample: a call of one row fails at step 1 (config.py lets DCGAN take a batch of one for its other shapes)."""
+    from .models.dcgan import plan
+
+    m, o = cfg.method, cfg.optim
+    if cfg.model.arch != "dcgan" or not cfg.model.resolved("g_batchnorm") or plan(shape)["g_start"] != (1, 1):
+        return
+    if o.batch_size < 2:
+        raise ConfigError(f"optim.batch_size: model.arch='dcgan' on {shape[1]}x{shape[2]} images starts G at a 1x1 "
+                          f"map, where its training-mode BatchNorm (model.g_batchnorm) needs a batch of at least 2 "
+                          f"samples, got {o.batch_size}")
+    if "nt" in m.units and m.nt.batch == "half" and m.nt.noise == "generator" and o.batch_size < 3:
+        raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', DCGAN's G on "
+                          f"{shape[1]}x{shape[2]} images: a 1x1 map under training-mode BatchNorm) draws eps for the "
+                          f"m - m // 2 noisy rows of half batches: batch_size >= 3, got {o.batch_size}")
+
+
 def _check_graph_data(cfg: TrainConfig, dataset) -> None:
     """A captured step cannot copy a batch from host memory (the copy and the index draw would be baked in, or
     the capture fails on them): refused before the run folder is made, not after the warm-up steps."""
@@ -309,6 +327,7 @@ class _Run:
             raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r}"
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
                               f"{shape}; use model.arch=mlp or goodfellow")
+        _check_dcgan_one_by_one(cfg, shape)
         self.G = build_generator(cfg.model, shape).to(self.device)
         if state is None and cfg.model.g_output_bias == "marginals":
             self.G.init_output_bias(self.dataset.feature_mean())

@@ -209,6 +209,24 @@ def test_images_that_are_not_numbers_are_named(tmp_path, values):
                                        "run.steps=1"])
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (["optim.batch_size=1"], r"optim\.batch_size: model\.arch='dcgan' on 1x1 images starts G at a 1x1 map.*got 1"),
+    (["optim.batch_size=2", "method.name=nt", "method.nt.batch=half", "method.nt.noise=generator"],
+     r"optim\.batch_size: NT's noise generator .*1x1 images.*batch_size >= 3, got 2"),
+])
+def test_dcgan_on_one_by_one_images_refuses_single_rows_before_the_run_folder(tmp_path, overrides, match):
+    """DCGAN takes a batch of one elsewhere (its BatchNorm normalises over each map), but on 1x1 images G starts at a
+    1x1 map: step 1 failed with torch's BatchNorm error, naming no field, after the run folder was written."""
+    path = tmp_path / "px.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (40, 1, 1), dtype=np.uint8))
+    args = ["data.name=npz", f"data.path={path}", "model.arch=dcgan", "model.dcgan_width=4", "run.steps=2",
+            "run.progress=off", f"run.dir={tmp_path / 'r'}"]
+    with pytest.raises(ConfigError, match=match):
+        fastgan.train(None, overrides=[*args, *overrides])
+    assert not (tmp_path / "r").exists()
+    fastgan.train(None, overrides=[*args, "optim.batch_size=3", *overrides[1:], f"run.dir={tmp_path / 'ok'}"])
+
+
 @pytest.mark.parametrize("field", ["lr_g", "lr_d", "lr_noise", "lr_denoiser"])
 def test_a_learning_rate_past_float32_is_a_config_error(tmp_path, field):
     with pytest.raises(ConfigError, match=rf"optim\.{field}: must be in \(0\.0, 3\.40"):
