@@ -162,6 +162,17 @@ def test_centring_subtracts_a_mean_float32_cannot_hold(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mean", [1e5, 1e6])
+def test_rstd_of_channels_whose_mean_is_far_past_their_std(backend, mean):
+    """Channels of mean + N(0, 1): the cpu backend's centred pass subtracted the mean rounded to float32, so its sum
+    of squares gained n (mean - float32(mean))^2, rstd off by 20x (1e5) to 6000x (1e6) the reference's error."""
+    g = torch.Generator().manual_seed(0)
+    h = (mean + torch.randn(4096, 3, generator=g, dtype=torch.float64)).float().to(_device(backend))
+    got = K.stats(h, EPS, backend)[1]
+    assert_close_to_oracle(got, ref.stats(h, EPS)[1], ref.stats(h.double(), EPS)[1], name="rstd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_infinite_mean_keeps_the_references_infinities(backend):
     """A channel whose mean is inf: the two-part shift's low part (inf - inf) is taken as 0, so x - inf stays -inf
     where the reference has it, not NaN everywhere (a review of split_shift)."""
