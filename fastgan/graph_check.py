@@ -27,6 +27,9 @@ from .graph import _as_generators
 # ops whose result the host must see (a sync; inside a capture, an error)
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
                "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero"}
+# ops whose output size is the data's: their CUDA kernels read it back below the dispatcher (repeat_interleave only
+# without output_size)
+_SIZED_BY_VALUES = {"aten::bincount", "aten::repeat_interleave.Tensor"}
 # indexing with a boolean mask (x[x > 0], x[mask] = v) runs nonzero inside the op's own kernel, unseen by the mode
 # (torch >= 2.15 runs x[mask] = <number> as masked_fill_: no read, nothing to flag)
 _MASK_INDEXING = {"aten::index.Tensor", "aten::index_put_.default", "aten::index_put.default",
@@ -69,6 +72,9 @@ class _Recorder(TorchDispatchMode):
         self.generators = generators
         self.unregistered: list[str] = []
         self.host_reads: list[tuple[str, str]] = []
+        # the storages of the tensors the ops read or wrote, held (while recording) so that no new tensor can take
+        # the address of a freed one
+        self.storages: dict[int, object] = {}
 
     def _registered(self, gen: torch.Generator) -> bool:
         # the dispatcher hands ops a new Python wrapper of the same generator: compare what it wraps (a generator's
@@ -81,11 +87,50 @@ class _Recorder(TorchDispatchMode):
         name, where = func._schema.name + "." + (func._overloadname or "default"), _caller()
         self.ops.append((name, tuple(_describe(x, name in _FROM_HOST) for x in leaves), where))
         if func._schema.name in _HOST_READS or (name in _MASK_INDEXING and len(args) > 1 and any(
-                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ()))):
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ()))) or (
+                (func._schema.name in _SIZED_BY_VALUES or name in _SIZED_BY_VALUES)
+                and kwargs.get("output_size") is None):
             self.host_reads.append((name, where))
         if any(isinstance(x, torch.Generator) and not self._registered(x) for x in leaves):
             self.unregistered.append(f"{name} at {where}")
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        for x in (*leaves, *tree_flatten(out)[0]):
+            st = _storage(x) if isinstance(x, torch.Tensor) else None
+            if st is not None:
+                self.storages[st._cdata] = st
+        return out
+
+
+def _storage(t: torch.Tensor):
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):  # a tensor without storage (a subclass, meta)
+        return None
+
+
+@contextlib.contextmanager
+def _host_conversions_seen(rec: _Recorder):
+    """Tensor.tolist() and .numpy() (np.asarray's path too) of a CPU tensor dispatch no op the recorder sees, where on
+    a GPU they copy to the host: recorded as host reads while `rec` records, for tensors the step's ops read or
+    wrote (not those no op touched, host tensors on a GPU too: torch's RNG state snapshots, say)."""
+    real = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
+
+    def seen(name):
+        def method(self, *args, **kwargs):
+            # not the recorder's own by-value descriptions
+            st = _storage(self)
+            if sys._getframe(1).f_code.co_filename != _THIS and st is not None and st._cdata in rec.storages:
+                rec.host_reads.append((f"Tensor.{name}", _caller()))
+            return real[name](self, *args, **kwargs)
+        return method
+
+    for name in real:
+        setattr(torch.Tensor, name, seen(name))
+    try:
+        yield
+    finally:
+        for name, fn in real.items():
+            setattr(torch.Tensor, name, fn)
 
 
 @contextlib.contextmanager
@@ -158,7 +203,7 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
             if i <= warmup:
                 fn()
                 continue
-            with _Recorder(generators) as rec:
+            with _Recorder(generators) as rec, _host_conversions_seen(rec):
                 fn()
             traces.append(rec)
     captured, later = (rec.ops for rec in traces)

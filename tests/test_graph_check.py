@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from helpers import emulate_cuda
@@ -250,8 +251,14 @@ def test_a_nan_argument_is_the_same_in_every_call():
     assert capture_hazards(lambda: torch.full((2,), float("nan"))) == []
 
 
-@pytest.mark.parametrize("read", [lambda w: torch.equal(w, w + 0), lambda w: w.nonzero(),
-                                  lambda w: w[(w > 0).to(torch.uint8)].sum()], ids=["equal", "nonzero", "uint8-mask"])
+@pytest.mark.parametrize("read", [
+    lambda w: torch.equal(w, w + 0), lambda w: w.nonzero(), lambda w: w[(w > 0).to(torch.uint8)].sum(),
+    # no op the recorder saw on the CPU: tolist/numpy copy nothing there; output sizes read inside the kernels
+    lambda w: w * (2.0 if w.sum().tolist() > 0 else 0.5), lambda w: w * float(w.sum().numpy()),
+    lambda w: w * float(np.asarray(w.sum())),
+    lambda w: torch.repeat_interleave(torch.arange(4), (w[:4] > 0).long() + 1).sum(),
+    lambda w: torch.bincount((w > 0).long()).sum()],
+    ids=["equal", "nonzero", "uint8-mask", "tolist", "numpy", "np.asarray", "repeat_interleave", "bincount"])
 def test_other_host_reads_are_found(read):
     w = torch.randn(8)
     with warnings.catch_warnings():
@@ -283,6 +290,17 @@ def test_ops_added_after_the_captured_calls_are_found():
         return y + 1 if t["i"] > 4 else y
     found = capture_hazards(step, before=lambda i: t.update(i=i))
     assert len(found) == 1 and "the captured call ran 1 ops and the next one 2" in found[0], found
+
+
+def test_host_copies_of_tensors_no_op_touched_are_not_host_reads():
+    """torch's RNG state snapshots (CPU tensors on a GPU too) read as bytes, and the sizes repeat_interleave is
+    told: nothing a graph would fail on; Tensor.tolist/numpy are themselves again after the check."""
+    w = torch.randn(8)
+    real = torch.Tensor.tolist, torch.Tensor.numpy
+    step = lambda: (torch.get_rng_state().numpy().tobytes(),  # noqa: E731
+                    torch.repeat_interleave(w, torch.full((8,), 2), output_size=16).sum())
+    assert capture_hazards(step) == []
+    assert (torch.Tensor.tolist, torch.Tensor.numpy) == real
 
 
 def test_the_capturable_adam_patch_is_undone():

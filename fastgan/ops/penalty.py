@@ -197,6 +197,10 @@ def _setup_backward(ctx, inputs, output):
     ctx.weight = weight
 
 
+def _zero_or(factor: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
+    return torch.where(factor == 0, torch.zeros_like(product), product)
+
+
 def _backward_backward(ctx, g_dgrad, g_dlogits):
     go, grad, logits = ctx.saved_tensors
     acc = logits.dtype
@@ -209,9 +213,11 @@ def _backward_backward(ctx, g_dgrad, g_dlogits):
         g_dlogits = torch.zeros_like(go)
     G = g_dgrad.to(acc)
     dot = (G * g).sum(1)
-    d_go = 2 * w * dot + g_dlogits * dw * s
+    # a zero slope (weight "one", saturated weights) times an overflowed ||g||^2 or <G, g> is 0, not 0 * inf = nan,
+    # as in the first-order backward: the penalty does not depend on the logits there
+    d_go = 2 * w * dot + _zero_or(dw, g_dlogits * dw * s)
     d_grad = (2 * w * go)[:, None] * G + (2 * g_dlogits * dw * go)[:, None] * g
-    d_logits = 2 * dw * go * dot + g_dlogits * d2w * go * s
+    d_logits = _zero_or(dw, 2 * dw * go * dot) + _zero_or(d2w, g_dlogits * d2w * go * s)
     return d_go, d_grad.to(grad.dtype), d_logits, None, None
 
 

@@ -10,6 +10,8 @@ from torch import nn
 from fastgan.ops import grad_norm_penalty, js_penalty, r1_penalty
 from fastgan.reference import penalty as ref
 
+from helpers import assert_close_to_oracle
+
 BACKENDS = ["reference", "cpu", "triton", "cuda"]  # "cuda": the emulated kernels (the shared header's nan guard)
 
 
@@ -62,3 +64,35 @@ def test_the_weight_one_gives_zero_logit_gradients_where_the_norm_overflows(back
     pen = grad_norm_penalty(g, psi, "one", backend=backend)
     (dpsi,) = torch.autograd.grad(pen, psi)
     assert torch.equal(dpsi, torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_order_logit_gradient_of_a_zero_slope_weight_with_overflowing_squares_is_zero(backend):
+    """Weight "one" (slope 0) and |g| = 1e18: ||g||^2 and <G, g> overflow float32; the penalty does not depend on the
+    logits, so the second-order logit gradient is 0, as the reference's, not 0 * inf = nan (the first-order case
+    above was guarded, the double backward's terms were not)."""
+    g = torch.full((2, 4097), 1e18, requires_grad=True)
+    psi = torch.zeros(2, requires_grad=True)
+    pen = grad_norm_penalty(g, psi, "one", "sum", backend=backend)
+    dg, = torch.autograd.grad(pen, g, create_graph=True)
+    d2, = torch.autograd.grad(dg.sum(), psi, allow_unused=True, materialize_grads=True)
+    assert torch.equal(d2, torch.zeros(2))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_a_row_of_millions_of_features_within_twice_the_references_error(backend):
+    """One row of a 1024 x 1024 RGB input's gradient (F = 3 * 2**20): Triton added the row's 3072 chunk sums in
+    float32, 6 ulp off (past the bound); in float64 the value and the logit gradient hold the 2x rule."""
+    g = torch.randn(1, 3 * 2 ** 20, generator=torch.Generator().manual_seed(0))
+    psi = torch.full((1,), 0.3)
+
+    def value_and_slope(fn, g, psi):
+        psi = psi.clone().requires_grad_(True)
+        out = fn(g, psi)
+        return out.detach(), torch.autograd.grad(out.sum(), psi)[0]
+
+    got = value_and_slope(lambda g, p: grad_norm_penalty(g, p, "js_real", "none", backend=backend), g, psi)
+    low = value_and_slope(lambda g, p: ref.grad_norm_penalty(g, p, "js_real", "none"), g, psi)
+    truth = value_and_slope(lambda g, p: ref.grad_norm_penalty(g, p, "js_real", "none"), g.double(), psi.double())
+    for name, a, b, c in zip(("value", "logit gradient"), got, low, truth):
+        assert_close_to_oracle(a, b, c, name=name)

@@ -779,3 +779,18 @@ def test_a_weight_closing_over_a_learnable_tensor_gets_its_gradient_or_a_refusal
     before = _dispatch.counts[(MODE_OP, "mlp")]
     gradient_penalty(D, x, lambda psi: a.detach() * torch.sigmoid(psi), mode="auto")
     assert _dispatch.counts[(MODE_OP, "mlp")] == before + 1
+
+
+def test_a_frozen_d_gets_the_same_values_and_the_documented_graphs():
+    """docs/ops/penalty.md: with every parameter of D frozen the modes agree on the values; the double backward's
+    results keep a graph to its own copy of x, the others have none (as a frozen D(x))."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)).requires_grad_(False)
+    xr, xf = torch.randn(8, 3), torch.randn(8, 3)
+    want = js_penalty(D, xr, xf, mode="double_backward")
+    assert all(t.requires_grad for t in want)
+    for mode in ("jvp", "mlp", "auto"):
+        got = js_penalty(D, xr, xf, mode=mode)
+        assert not any(t.requires_grad for t in got), mode
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b.detach())
