@@ -1042,24 +1042,26 @@ def test_under_compile_the_custom_ops_run_not_the_eager_path(monkeypatch):
     assert x.grad is not None and s.grad is not None and e.grad is not None
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("backend,device", [("cuda", "cpu"),  # CPU tensors: the kernels in the CUDA emulator
+                                            pytest.param("cuda", "cuda", marks=pytest.mark.cuda, id="gpu")])
 @pytest.mark.parametrize("layout", list(_TRITON_LAYOUTS))
 @pytest.mark.parametrize("kind", ["float", "channel", "eps"])
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_layouts_match_reference(layout, kind, mode):
+def test_cuda_layouts_match_reference(backend, device, layout, kind, mode):
     """The CUDA kernels' four-element vector paths (taken when F and the channel planes are multiples of 4 and
     every tensor has unit feature stride and aligned rows) and their scalar paths, on the Triton tests' layouts:
-    strided x and eps in the forward, strided upstream gradients in the backward."""
+    strided x and eps in the forward, strided upstream gradients in the backward (until 2026-12-05 on a GPU only:
+    the emulated cases elsewhere pass contiguous upstream gradients)."""
     m = 33
     shape, base_shape, view, _ = _TRITON_LAYOUTS[layout]
     gen = torch.Generator().manual_seed(19)
-    leaves = [torch.randn(base_shape(m), generator=gen).cuda().requires_grad_(True) for _ in range(2)]
+    leaves = [torch.randn(base_shape(m), generator=gen).to(device).requires_grad_(True) for _ in range(2)]
     if kind == "eps":
-        leaves.append(torch.randn(base_shape(_n_noisy(m, mode)), generator=gen).cuda().requires_grad_(True))
+        leaves.append(torch.randn(base_shape(_n_noisy(m, mode)), generator=gen).to(device).requires_grad_(True))
     elif kind == "channel":
-        leaves.append(_noise_arg(kind, m, shape, mode).cuda().requires_grad_(True))
+        leaves.append(_noise_arg(kind, m, shape, mode).to(device).requires_grad_(True))
     rows = 2 * m if mode == "double" else m
-    gr, gf = (view(torch.randn(base_shape(rows), generator=gen).cuda()) for _ in range(2))
+    gr, gf = (view(torch.randn(base_shape(rows), generator=gen).to(device)) for _ in range(2))
 
     def outputs(which, tensors):
         xr, xf = view(tensors[0]), view(tensors[1])
@@ -1067,7 +1069,9 @@ def test_cuda_layouts_match_reference(layout, kind, mode):
         r, f = _run(which, xr, xf, noise, mode)
         return [r, f, *torch.autograd.grad((r, f), tensors, (gr.to(r.dtype), gf.to(f.dtype)))]
 
-    impl = outputs("cuda", leaves)
+    before = backend_calls(OP, backend)
+    impl = outputs(backend, leaves)
+    assert backend_calls(OP, backend) == before + 1
     r32 = outputs("oracle", leaves)
     r64 = outputs("oracle", [_to64(t) for t in leaves])
     for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
