@@ -3,6 +3,7 @@
 Switches (environment variables):
   FASTGAN_CUDA=auto|0|1   build CUDA kernels when nvcc is found (auto), never (0), or fail without nvcc (1)
   FASTGAN_CUDA_ARCH       ';'-separated SM list, default "75;80;90"; TORCH_CUDA_ARCH_LIST is respected when set
+  CUDACXX, CUDA_HOME      the nvcc, or the toolkit, to build with (before nvcc on PATH)
   FASTGAN_BUILD_TYPE      CMake build type, default Release
   CMAKE_BUILD_PARALLEL_LEVEL  parallel compile jobs
 """
@@ -23,12 +24,16 @@ DEFAULT_CUDA_ARCH = "75;80;90"
 
 
 def find_nvcc():
-    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc")):
+    """CUDACXX, then CUDA_HOME's nvcc (a toolkit named on purpose, as torch's builds take it), then nvcc on PATH,
+    CUDA_PATH's, /usr/local/cuda's."""
+    def in_home(var):
+        home = os.environ.get(var) if var else "/usr/local/cuda"
+        return str(Path(home) / "bin" / "nvcc") if home else None
+
+    for cand in (os.environ.get("CUDACXX"), in_home("CUDA_HOME"), shutil.which("nvcc"), in_home("CUDA_PATH"),
+                 in_home(None)):
         if cand and Path(cand).exists():
             return cand
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
     return None
 
 
@@ -41,18 +46,48 @@ def nvcc_major(nvcc):
     return int(m.group(1)) if m else None
 
 
+# One entry of CMake's CUDA_ARCHITECTURES as fastgan._ext.arch_runs_on reads it back at run time to tell whether the
+# kernels run on a GPU (tests/test_cuda_archs.py holds the two equal): "80", "90a", "90-real", "100f-virtual"
+CUDA_ARCH_ENTRY = re.compile(r"(\d+?)(\d)([af]?)(?:-(real|virtual))?")
+# torch's named architectures (torch.utils.cpp_extension), as TORCH_CUDA_ARCH_LIST may give them
+TORCH_NAMED_ARCHS = {"Kepler+Tesla": "3.7", "Kepler": "3.5+PTX", "Maxwell+Tegra": "5.3", "Maxwell": "5.0;5.2+PTX",
+                     "Pascal": "6.0;6.1+PTX", "Volta+Tegra": "7.2", "Volta": "7.0+PTX", "Turing": "7.5+PTX",
+                     "Ampere+Tegra": "8.7", "Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX", "Hopper": "9.0+PTX",
+                     "Blackwell+Tegra": "11.0", "Blackwell": "10.0;10.3;12.0;12.1+PTX"}
+
+
+def _fastgan_archs(raw):
+    items = [a for a in re.split(r"[;\s,]+", raw.strip()) if a]
+    for a in items:
+        if not CUDA_ARCH_ENTRY.fullmatch(a):
+            why = (" (CMake's all, all-major and native are not taken: fastgan reports the architectures it was built "
+                   "for and checks them against the GPU at run time)" if a in ("all", "all-major", "native") else "")
+            raise RuntimeError(f"FASTGAN_CUDA_ARCH: cannot use {a!r}{why}; list SM numbers, e.g. 75;80;90 or 90a")
+    if not items:
+        raise RuntimeError(f"FASTGAN_CUDA_ARCH={raw!r} names no architecture; e.g. 75;80;90")
+    return ";".join(items)
+
+
 def cuda_archs(nvcc_version=None):
-    """The SM list for CMake. From TORCH_CUDA_ARCH_LIST (a list made for torch, e.g. in a Docker image) the
-    architectures this nvcc cannot build are dropped with a note (nvcc 13 builds sm_75 and newer); "+PTX" needs no
-    flag: CMake's plain architecture numbers embed PTX beside the machine code."""
-    torch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    """The SM list for CMake: FASTGAN_CUDA_ARCH (unset or empty: the default), else TORCH_CUDA_ARCH_LIST (a list made
+    for torch, e.g. in a Docker image), whose architectures this nvcc cannot build are dropped with a note (nvcc 13
+    builds sm_75 and newer); "+PTX" needs no flag: CMake's plain architecture numbers embed PTX beside the machine
+    code. torch's named architectures (Ampere, Hopper, ...) are expanded; its "native" is taken as unset."""
+    torch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if torch_list == "native":
+        print("fastgan: TORCH_CUDA_ARCH_LIST=native: building the default architectures", flush=True)
+        torch_list = ""
     if torch_list and not os.environ.get("FASTGAN_CUDA_ARCH"):
         archs = []
-        for item in re.split(r"[;\s,]+", torch_list.strip()):
+        items = [i for i in re.split(r"[;\s,]+", torch_list) if i]
+        items = [x for i in items for x in TORCH_NAMED_ARCHS.get(i, i).split(";")]
+        for item in items:
             m = re.fullmatch(r"(\d+)\.(\d+)(a?)(\+PTX)?", item)
             if not m:
                 raise RuntimeError(f"TORCH_CUDA_ARCH_LIST: cannot parse {item!r}")
-            archs.append(f"{m.group(1)}{m.group(2)}{m.group(3)}")
+            arch = f"{m.group(1)}{m.group(2)}{m.group(3)}"
+            if arch not in archs:
+                archs.append(arch)
         if nvcc_version is not None and nvcc_version >= 13:
             dropped = [a for a in archs if int(re.match(r"\d+", a).group()) < 75]
             archs = [a for a in archs if a not in dropped]
@@ -63,7 +98,7 @@ def cuda_archs(nvcc_version=None):
                 raise RuntimeError(f"TORCH_CUDA_ARCH_LIST={torch_list!r}: nvcc {nvcc_version} builds none of these "
                                    "architectures (sm_75 and newer); set FASTGAN_CUDA_ARCH, or FASTGAN_CUDA=0")
         return ";".join(archs)
-    return os.environ.get("FASTGAN_CUDA_ARCH", DEFAULT_CUDA_ARCH)
+    return _fastgan_archs(os.environ.get("FASTGAN_CUDA_ARCH") or DEFAULT_CUDA_ARCH)
 
 
 class CMakeExtension(Extension):

@@ -180,3 +180,58 @@ def test_a_torch_arch_list_with_architectures_nvcc_13_cannot_build(monkeypatch, 
     nvcc = setup.find_nvcc()
     if nvcc is not None:
         assert isinstance(setup.nvcc_major(nvcc), int)
+
+
+def test_fastgan_cuda_arch_entries_are_what_the_run_time_check_reads(monkeypatch):
+    """FASTGAN_CUDA_ARCH=all-major built, then every CUDA op failed to parse the reported list; set empty it built
+    nvcc's default and reported no architecture (the cuda backend refused everywhere)."""
+    setup = _setup_module(monkeypatch)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    for value in ("all", "all-major", "native", "sm_90", "9.0", ";"):
+        monkeypatch.setenv("FASTGAN_CUDA_ARCH", value)
+        with pytest.raises(RuntimeError, match=r"FASTGAN_CUDA_ARCH"):
+            setup.cuda_archs(13)
+    monkeypatch.setenv("FASTGAN_CUDA_ARCH", "")
+    assert setup.cuda_archs(13) == setup.DEFAULT_CUDA_ARCH
+    monkeypatch.setenv("FASTGAN_CUDA_ARCH", "80;90a;100f-virtual;90-real;")
+    assert setup.cuda_archs(13) == "80;90a;100f-virtual;90-real"
+    # the build's grammar is the run-time check's
+    for entry in ("80", "90a", "100f-virtual", "90-real", "120", "all-major", "9.0", "sm_90", "90b", "90-fake"):
+        try:
+            _ext.arch_runs_on(entry, (9, 0))
+            parses = True
+        except ValueError:
+            parses = False
+        assert bool(setup.CUDA_ARCH_ENTRY.fullmatch(entry)) == parses, entry
+
+
+def test_torch_arch_list_names_native_and_empty_items(monkeypatch, capsys):
+    setup = _setup_module(monkeypatch)
+    monkeypatch.delenv("FASTGAN_CUDA_ARCH", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "Ampere;Hopper;")
+    assert setup.cuda_archs(13) == "80;86;90"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "Turing 8.0 7.5")
+    assert setup.cuda_archs(13) == "75;80"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "native")
+    assert setup.cuda_archs(13) == setup.DEFAULT_CUDA_ARCH
+    assert "TORCH_CUDA_ARCH_LIST=native" in capsys.readouterr().out
+
+
+def test_cuda_home_comes_before_an_nvcc_on_path(monkeypatch, tmp_path):
+    """docs/install.md: CUDACXX, then CUDA_HOME, then nvcc on PATH (an nvcc on PATH was taken over CUDA_HOME, so a
+    CUDA 12 toolkit named for a V100 build lost to CUDA 13 on PATH)."""
+    setup = _setup_module(monkeypatch)
+    home, path_dir = tmp_path / "cuda12", tmp_path / "bin"
+    for nvcc in (home / "bin" / "nvcc", path_dir / "nvcc"):
+        nvcc.parent.mkdir(parents=True)
+        nvcc.write_text("#!/bin/sh\n")
+        nvcc.chmod(0o755)
+    monkeypatch.delenv("CUDACXX", raising=False)
+    monkeypatch.setenv("PATH", str(path_dir))
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    assert setup.find_nvcc() == str(home / "bin" / "nvcc")
+    monkeypatch.delenv("CUDA_HOME")
+    assert setup.find_nvcc() == str(path_dir / "nvcc")
+    monkeypatch.setenv("CUDACXX", str(path_dir / "nvcc"))
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    assert setup.find_nvcc() == str(path_dir / "nvcc")
