@@ -94,3 +94,15 @@ def finite(v: float) -> bool:
     """Whether a float is finite, also when torch.compile traces it symbolically (a Python float argument that
     changes between calls): math.isfinite cannot take that symbolic float, arithmetic can (inf - inf is nan)."""
     return v - v == 0
+
+
+def op_shapes(op: str, *specs) -> None:
+    """At a custom op's entry: torch.ops.fastgan.* are public, and their kernels take raw pointers sized from one
+    argument, so an argument of another size was read (or written) past its end. Each (name, tensor or None, shape)
+    must have that shape; a shape entry None takes any size there."""
+    for name, t, shape in specs:
+        if t is None:
+            continue
+        if t.dim() != len(shape) or any(s is not None and d != s for d, s in zip(t.shape, shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise ValueError(f"fastgan::{op}: {name} must have shape {want}, got {tuple(t.shape)}")

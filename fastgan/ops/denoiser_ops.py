@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from . import _dispatch, _library
+from . import _checks, _dispatch, _library
 from .denoiser_backends import OP_LAYER, OP_RECON, _KERNELS
 from .denoiser_net import (_forward_impl, _grads_through, _layer_backward, _layer_forward, _loss_backward_impl,
                            _loss_double_backward, _loss_forward_impl, _torch_bn)
@@ -33,6 +33,11 @@ def _bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, run
              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out, shift, invstd, new_running_mean, new_running_var); the last two are empty unless training with
     running statistics."""
+    _checks.op_shapes("bn_relu", ("y", y, (None, None)))
+    N = y.shape[1]
+    _checks.op_shapes("bn_relu", *((k, v, (N,)) for k, v in (("bias", bias), ("gamma", gamma), ("beta", beta),
+                                                              ("running_mean", running_mean),
+                                                              ("running_var", running_var))))
     track = training and running_mean is not None
     out, shift, invstd, rm, rv = _layer_forward(_KERNELS[backend], y, bias, gamma, beta, running_mean, running_var,
                                                 training, track, momentum, eps, relu)
@@ -81,6 +86,9 @@ _bn_relu.register_autograd(_bn_relu_backward, setup_context=_bn_relu_setup)
 def _bn_relu_backward_op(dout: Tensor, out: Tensor, y: Tensor, gamma: Tensor, shift: Tensor, invstd: Tensor,
                          training: bool, relu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dy, dgamma, dbeta, dbias) of bn_relu; first order only (second order goes through _torch_bn)."""
+    _checks.op_shapes("bn_relu_backward", ("y", y, (None, None)))
+    _checks.op_shapes("bn_relu_backward", ("dout", dout, y.shape), ("out", out, y.shape),
+                      *((k, v, (y.shape[1],)) for k, v in (("gamma", gamma), ("shift", shift), ("invstd", invstd))))
     res = _layer_backward(_KERNELS[backend], dout, out, y, gamma, shift, invstd, training, relu)
     _dispatch.record(OP_LAYER + "_backward", backend)
     return res
@@ -94,9 +102,15 @@ def _bn_relu_backward_fake(dout, out, y, gamma, shift, invstd, training, relu, b
 
 # ---------------------------------------------------------------- custom op: reconstruction loss
 
+def _recon_shapes(op, y, bias, target, go=None):
+    _checks.op_shapes(op, ("y", y, (None, None)))
+    _checks.op_shapes(op, ("bias", bias, (y.shape[1],)), ("target", target, y.shape), ("go", go, (y.shape[0],)))
+
+
 @_library.custom_op("fastgan::recon_loss", mutates_args=())
 def _recon_loss(y: Tensor, bias: Optional[Tensor], target: Tensor, backend: str) -> Tensor:
     """l_n = sum_f (y + bias - target)^2, shape (B,)."""
+    _recon_shapes("recon_loss", y, bias, target)
     out = y.new_empty(y.shape[0])
     _KERNELS[backend].recon_fwd(y, bias, target, out)
     _dispatch.record(OP_RECON, backend)
@@ -135,6 +149,7 @@ _recon_loss.register_autograd(_recon_backward, setup_context=_recon_setup)
 def _recon_loss_backward_op(go: Tensor, y: Tensor, bias: Optional[Tensor], target: Tensor, want_dbias: bool,
                             backend: str) -> tuple[Tensor, Tensor]:
     """(dy, dbias) with dy = 2 go_n (y + bias - target); dbias is empty unless want_dbias."""
+    _recon_shapes("recon_loss_backward", y, bias, target, go)
     dy = torch.empty_like(y)
     dbias = y.new_empty(y.shape[1] if want_dbias else 0)
     _KERNELS[backend].recon_bwd(go, y, bias, target, dy, dbias if want_dbias else None)

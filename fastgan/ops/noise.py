@@ -36,12 +36,27 @@ NoiseArg = Union[float, torch.Tensor]
 
 # ---------------------------------------------------------------- custom ops
 
+def _batch_shapes(op, x_real, x_fake, sigma):
+    """(m, F) of the op's (m, F) batches, checked to agree, and sigma a (C,) vector with C dividing F."""
+    if x_real is None and x_fake is None:
+        raise ValueError(f"fastgan::{op}: x_real and x_fake are both None")
+    x0 = x_real if x_real is not None else x_fake
+    _checks.op_shapes(op, ("x_real" if x_real is not None else "x_fake", x0, (None, None)))
+    m, F = x0.shape
+    _checks.op_shapes(op, ("x_fake", x_fake, (m, F)), ("sigma", sigma, (None,)))
+    if sigma is not None and (sigma.shape[0] < 1 or F % sigma.shape[0]):
+        raise ValueError(f"fastgan::{op}: sigma's {sigma.shape[0]} channels must divide the rows' {F} features")
+    return m, F
+
+
 @_library.custom_op("fastgan::noisy_batch_draw", mutates_args=("state",))
 def _draw(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma: Optional[torch.Tensor],
           sigma_value: float, state: torch.Tensor, half: bool,
           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gaussian draw: reads (seed, offset) from `state`, advances its offset; returns (real, fake, used)
     with used = the [seed, offset] the draw read (for the backward). A missing side gives an empty tensor."""
+    _batch_shapes("noisy_batch_draw", x_real, x_fake, sigma)
+    _checks.op_shapes("noisy_batch_draw", ("state", state, (3,)))
     return _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend)
 
 
@@ -56,6 +71,8 @@ def _apply(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma
            sigma_value: float, eps: Optional[torch.Tensor], used: Optional[torch.Tensor], half: bool,
            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """eps given: add it; else replay the Gaussian draw recorded in `used` ([seed, offset]) with sigma."""
+    m, F = _batch_shapes("noisy_batch", x_real, x_fake, sigma)
+    _checks.op_shapes("noisy_batch", ("eps", eps, (_n_noisy(m, half), F)), ("used", used, (2,)))
     return _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend)
 
 
@@ -71,6 +88,15 @@ def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor],
     """(dx_real (m, F), dx_fake (m, F), dnoise) for upstream (rows_out, F) gradients; dx only in double mode
     (in half mode dx = g); dnoise = deps (n_noisy, F) or dsigma (C,) in the accumulation dtype. Outputs not
     wanted are empty."""
+    rows = _rows_out(m, half)
+    _checks.op_shapes("noisy_batch_backward", ("g_real", g_real, (rows, None)), ("g_fake", g_fake, (rows, None)),
+                      ("used", used, (2,)))
+    g0 = g_real if g_real is not None else g_fake
+    if g_real is not None and g_fake is not None and g_fake.shape != g_real.shape:
+        raise ValueError(f"fastgan::noisy_batch_backward: g_fake must have g_real's shape {tuple(g_real.shape)}, "
+                         f"got {tuple(g_fake.shape)}")
+    if g0 is not None and (C < 1 or g0.shape[1] % C):
+        raise ValueError(f"fastgan::noisy_batch_backward: C must divide the rows' {g0.shape[1]} features, got {C}")
     return _filled(g_real if g_real is not None else g_fake,
                    _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma,
                                  half, backend))

@@ -189,6 +189,7 @@ def _run_backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, 
 def _nt(logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
         kind: int, reduction: int, js: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss 0-d, w_real (Nr,), w_fake (Nf,)); logits 1-D in the accumulation dtype; weights empty unless js."""
+    _checks.op_shapes("nt_losses", ("logits_real", logits_real, (None,)), ("logits_fake", logits_fake, (None,)))
     return _run_forward(logits_real, logits_fake, mu, mu_value, kind, reduction, js, backend)
 
 
@@ -202,6 +203,10 @@ def _nt_fake(logits_real, logits_fake, mu, mu_value, kind, reduction, js, backen
 def _nt_backward(go: torch.Tensor, gw_real: Optional[torch.Tensor], gw_fake: Optional[torch.Tensor],
                  logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
                  kind: int, reduction: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _checks.op_shapes("nt_losses_backward", ("logits_real", logits_real, (None,)),
+                      ("logits_fake", logits_fake, (None,)), ("go", go, ()))
+    _checks.op_shapes("nt_losses_backward", ("gw_real", gw_real, logits_real.shape),
+                      ("gw_fake", gw_fake, logits_fake.shape))
     return _run_backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, kind, reduction, backend)
 
 

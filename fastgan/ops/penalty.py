@@ -139,9 +139,15 @@ _TERMS = {"reference": _terms_reference, "cpu": _terms_cpu, "cuda": _terms_cuda,
 
 # ---------------------------------------------------------------- custom ops
 
+def _op_shapes(op, grad, logits, go=None):
+    _checks.op_shapes(op, ("grad", grad, (None, None)))
+    _checks.op_shapes(op, ("logits", logits, (grad.shape[0],)), ("go", go, (grad.shape[0],)))
+
+
 @_library.custom_op("fastgan::grad_norm_penalty", mutates_args=(), strided=("grad", "logits"))
 def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
     """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
+    _op_shapes("grad_norm_penalty", grad, logits)
     return _run_forward(grad, logits, weight, backend)
 
 
@@ -154,6 +160,7 @@ def _penalty_fake(grad, logits, weight, backend):
 def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""
+    _op_shapes("grad_norm_penalty_backward", grad, logits, go)
     return _run_backward(go, grad, logits, weight, backend)
 
 
@@ -167,6 +174,7 @@ def _terms_op(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: in
               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per (B,), u (B,), v (B, F) contiguous in grad's dtype), see _terms_reference; no autograd (the closed
     forms' kernels run inside their own autograd.Functions)."""
+    _op_shapes("grad_norm_penalty_terms", grad, logits)
     return _run_terms(grad, logits, weight, weight2, split, div, backend)
 
 

@@ -24,9 +24,13 @@ inline double horner(double x, const double (&c)[N]) {
 // of the arithmetic. F32 = false: full double accuracy (float64 logits).
 
 // exp(x) for x <= 0. Below -708 the result is held at exp(-708) ~ 3e-308 rather than going subnormal:
-// callers only use it as e = exp(-|psi|) in 1 + e, e * r and log1p(e), where that is an error < 1e-307.
+// callers only use it as e = exp(-|psi|) in 1 + e, e * r and log1p(e), where that is an error < 1e-307. Where the
+// true exp rounds to 0 in double (below -745.13) it is 0: a held e made a saturated JS weight's slope ~1e-307
+// instead of 0, which times an overflowed ||g||^2 gave an infinite gradient where the weight does not move (a
+// select: the loops still vectorise).
 template <bool F32 = false>
 inline double exp_nonpos(double x) {
+  const bool underflows = x < -745.1332191019412;
   constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
   constexpr double kLog2e = 1.4426950408889634;
   constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split: n * kLn2Hi is exact
@@ -50,7 +54,7 @@ inline double exp_nonpos(double x) {
   const uint64_t bits = (uint64_t(tb) - uint64_t(sb) + 1023u) << 52;  // unsigned: a NaN's bits must not overflow
   double scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return underflows ? 0.0 : p * scale;
 }
 
 // log(1 + e) for 0 <= e <= 1 as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: no cancellation for small e.

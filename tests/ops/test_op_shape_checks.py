@@ -1,0 +1,53 @@
+"""torch.ops.fastgan.* called directly with arguments whose sizes disagree: the kernels take raw pointers sized from
+one argument, so the cpu backend read past the others' ends (garbage, or a segfault) where the reference raised
+torch's shape error. Each op now names the argument, before any backend runs (an audit's cases, 2026-12-05)."""
+import pytest
+import torch
+
+import fastgan.ops  # noqa: F401  (registers the ops)
+import fastgan.ops.denoiser  # noqa: F401
+
+ops = torch.ops.fastgan
+g, lr, y, used = torch.ones(6, 3), torch.zeros(8), torch.randn(4, 5), torch.tensor([1, 0])
+
+CASES = {
+    "penalty logits": (lambda be: ops.grad_norm_penalty(g, torch.zeros(2), 1, be), r"logits must have shape \(6,\)"),
+    "penalty grad 1-D": (lambda be: ops.grad_norm_penalty(torch.ones(6), torch.zeros(6), 1, be),
+                         r"grad must have shape \(\*, \*\)"),
+    "penalty backward go": (lambda be: ops.grad_norm_penalty_backward(torch.ones(1), g, torch.zeros(6), 1, be),
+                            r"go must have shape \(6,\)"),
+    "penalty terms logits": (lambda be: ops.grad_norm_penalty_terms(g, torch.zeros(5), 1, 1, 6, 1, be),
+                             r"logits must have shape \(6,\)"),
+    "nt_losses 2-D logits": (lambda be: ops.nt_losses(torch.zeros(4, 2), lr, None, 0.5, 0, 0, False, be),
+                             r"logits_real must have shape \(\*,\)"),
+    "nt_losses backward gw": (lambda be: ops.nt_losses_backward(torch.tensor(1.), torch.ones(2), None, lr, lr, None,
+                                                                0.5, 0, 0, be), r"gw_real must have shape \(8,\)"),
+    "nt_losses backward go": (lambda be: ops.nt_losses_backward(torch.ones(2), None, None, lr, lr, None, 0.5, 0, 0,
+                                                                be), r"go must have shape \(\)"),
+    "noise backward m": (lambda be: ops.noisy_batch_backward(torch.ones(8, 3), None, used, 50, 1, True, False, True,
+                                                             False, False, be), r"g_real must have shape \(100, \*\)"),
+    "noise backward C": (lambda be: ops.noisy_batch_backward(torch.ones(8, 3), None, used, 4, 2, True, False, False,
+                                                             True, False, be), r"C must divide the rows' 3 features"),
+    "noise sigma channels": (lambda be: ops.noisy_batch(torch.ones(4, 3), None, torch.ones(2), 0.0, None, used, False,
+                                                        be), r"sigma's 2 channels must divide the rows' 3 features"),
+    "noise eps rows": (lambda be: ops.noisy_batch(torch.ones(4, 3), None, None, 0.0, torch.ones(1, 3), None, False,
+                                                  be), r"eps must have shape \(4, 3\)"),
+    "noise x_fake": (lambda be: ops.noisy_batch_draw(torch.ones(4, 3), torch.ones(3, 3), None, 0.5,
+                                                     torch.tensor([1, 0, 0]), False, be),
+                     r"x_fake must have shape \(4, 3\)"),
+    "bn_relu gamma": (lambda be: ops.bn_relu(y, None, torch.ones(2), torch.zeros(5), None, None, True, 0.1, 1e-5, True,
+                                             be), r"gamma must have shape \(5,\)"),
+    "bn_relu backward shift": (lambda be: ops.bn_relu_backward(y, y, y, torch.ones(5), torch.ones(4), torch.ones(5),
+                                                               True, True, be), r"shift must have shape \(5,\)"),
+    "recon target": (lambda be: ops.recon_loss(y, None, torch.zeros(2, 5), be), r"target must have shape \(4, 5\)"),
+    "recon backward go": (lambda be: ops.recon_loss_backward(torch.ones(3), y, None, y, False, be),
+                          r"go must have shape \(4,\)"),
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_mismatched_sizes_name_the_argument(case, backend):
+    call, match = CASES[case]
+    with pytest.raises(ValueError, match=r"^fastgan::\w+: " + match):
+        call(backend)
