@@ -164,12 +164,45 @@ def _recon_loss_backward_fake(go, y, bias, target, want_dbias, backend):
 
 # ---------------------------------------------------------------- custom ops (torch.compile / export path)
 
+def _net_shapes(op, h, weights, biases, gammas, betas=(), running_means=(), running_vars=(), noise=None, go=None,
+                saved=None):
+    """The layers' tensors against h (B, n) and each other (see _checks.op_shapes): weights (out, in) chained from
+    n back to n, biases (out,), the hidden layers' gammas, betas and running statistics (out,)."""
+    _checks.op_shapes(op, ("h", h, (None, None)))
+    B, n = h.shape
+    hidden = len(weights) - 1
+    for name, items, count in (("weights", weights, None), ("biases", biases, len(weights)),
+                               ("gammas", gammas, hidden), ("betas", betas, hidden if betas else 0),
+                               ("running_means", running_means, hidden if running_means else 0),
+                               ("running_vars", running_vars, len(running_means))):
+        if (count is None and not items) or (count is not None and len(items) != count):
+            raise ValueError(f"fastgan::{op}: {name} must hold {count if count is not None else 'at least 1'} "
+                             f"tensors for {len(weights)} weights, got {len(items)}")
+    width = n
+    for i, w in enumerate(weights):
+        out = n if i == hidden else None
+        _checks.op_shapes(op, (f"weights[{i}]", w, (out, width)))
+        width = w.shape[0]
+        vectors = [("biases", biases)] + ([("gammas", gammas), ("betas", betas), ("running_means", running_means),
+                                           ("running_vars", running_vars)] if i < hidden else [])
+        _checks.op_shapes(op, *((f"{k}[{i}]", v[i] if v else None, (width,)) for k, v in vectors))
+    _checks.op_shapes(op, ("noise", noise, (B, n)), ("go", go, (B,)))
+    if saved is not None:
+        want = [(B, n)] + [s for w in weights[:-1] for s in ((B, w.shape[0]), (B, w.shape[0]), (w.shape[0],),
+                                                             (w.shape[0],))] + [(B, n)]
+        if len(saved) != len(want):
+            raise ValueError(f"fastgan::{op}: saved must hold {len(want)} tensors for {len(weights)} weights, got "
+                             f"{len(saved)}")
+        _checks.op_shapes(op, *((f"saved[{i}]", t, s) for i, (t, s) in enumerate(zip(saved, want))))
+
+
 @_library.custom_op("fastgan::denoiser_loss", mutates_args=())
 def _denoiser_loss(h: Tensor, noise: Tensor, sigma: float, weights: list[Tensor], biases: list[Tensor],
                    gammas: list[Tensor], betas: list[Tensor], running_means: list[Tensor],
                    running_vars: list[Tensor], training: bool, momentum: float, eps: float,
                    backend: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """(per-sample loss (B,), saved activations, new running stats [rm0, rv0, rm1, ...] or [])."""
+    _net_shapes("denoiser_loss", h, weights, biases, gammas, betas, running_means, running_vars, noise=noise)
     return _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, running_means, running_vars,
                               training, momentum, eps, backend)
 
@@ -194,6 +227,7 @@ def _denoiser_loss_backward(go: Tensor, h: Tensor, sigma: float, weights: list[T
                             need_noise: bool, backend: str) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor],
                                                                      list[Tensor], list[Tensor]]:
     """(dh, dnoise, dweights, dbiases, dgammas, dbetas); dh / dnoise are empty unless asked for."""
+    _net_shapes("denoiser_loss_backward", h, weights, biases, gammas, go=go, saved=saved)
     dh, dnoise, *rest = _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, need_h,
                                             need_noise, backend)
     empty = h.new_empty(0)
@@ -249,6 +283,7 @@ def _denoiser_forward(h: Tensor, weights: list[Tensor], biases: list[Tensor], ga
                       betas: list[Tensor], running_means: list[Tensor], running_vars: list[Tensor], training: bool,
                       track: bool, momentum: float, eps: float, backend: str) -> tuple[Tensor, list[Tensor]]:
     """(r(h), new running stats or []). Not differentiable: for targets and inference."""
+    _net_shapes("denoiser_forward", h, weights, biases, gammas, betas, running_means, running_vars)
     return _forward_impl(h, weights, biases, gammas, betas, running_means, running_vars, training, track, momentum,
                          eps, backend)
 

@@ -43,6 +43,22 @@ CASES = {
     "recon backward go": (lambda be: ops.recon_loss_backward(torch.ones(3), y, None, y, False, be),
                           r"go must have shape \(4,\)"),
 }
+# a denoiser of width 5 with one hidden layer of 6
+h, W, b = torch.randn(4, 5), [torch.randn(6, 5), torch.randn(5, 6)], [torch.zeros(6), torch.zeros(5)]
+gam, bet, rm, rv = [torch.ones(6)], [torch.zeros(6)], [torch.zeros(6)], [torch.ones(6)]
+CASES.update({
+    "denoiser gamma": (lambda be: ops.denoiser_forward(h, W, b, [torch.ones(2)], bet, rm, rv, True, True, 0.1, 1e-5,
+                                                       be), r"gammas\[0\] must have shape \(6,\)"),
+    "denoiser weights chain": (lambda be: ops.denoiser_forward(h, [W[0], torch.randn(5, 7)], b, gam, bet, rm, rv,
+                                                               True, True, 0.1, 1e-5, be),
+                               r"weights\[1\] must have shape \(5, 6\)"),
+    "denoiser biases count": (lambda be: ops.denoiser_forward(h, W, b[:1], gam, bet, rm, rv, True, True, 0.1, 1e-5,
+                                                              be), r"biases must hold 2 tensors"),
+    "denoiser loss noise": (lambda be: ops.denoiser_loss(h, torch.randn(3, 5), 1.0, W, b, gam, bet, rm, rv, True,
+                                                         0.1, 1e-5, be), r"noise must have shape \(4, 5\)"),
+    "denoiser backward saved": (lambda be: ops.denoiser_loss_backward(torch.ones(4), h, 1.0, W, b, gam, [h], True,
+                                                                      True, False, be), r"saved must hold 6 tensors"),
+})
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
