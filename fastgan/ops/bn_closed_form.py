@@ -28,7 +28,7 @@ import torch
 
 from .. import _ext
 from ..reference import bn_closed_form as ref
-from . import _dispatch, _eager, _library
+from . import _checks, _dispatch, _eager, _library
 
 OP = "bn_closed_form"
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -136,8 +136,18 @@ def _run(name: str, backend: str, args: tuple, outs_dtype: torch.dtype):
 
 # ---------------------------------------------------------------- custom ops (torch.compile); eager calls skip them
 
+def _op_shapes(op, xhat, like_xhat, per_channel):
+    """Arguments sized against xhat (B, C, ...): the kernels take raw pointers (see _checks.op_shapes)."""
+    if xhat.dim() < 2:
+        raise ValueError(f"fastgan::{op}: xhat must have shape (B, C, ...), got {tuple(xhat.shape)}")
+    _checks.op_shapes(op, *((k, v, tuple(xhat.shape)) for k, v in like_xhat),
+                      *((k, v, (xhat.shape[1],)) for k, v in per_channel))
+
+
 @_library.custom_op("fastgan::bn_cf_stats", mutates_args=())
 def _stats_op(h: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    if h.dim() < 2:
+        raise ValueError(f"fastgan::bn_cf_stats: h must have shape (B, C, ...), got {tuple(h.shape)}")
     return _run("stats", backend, (h, eps), h.dtype)
 
 
@@ -149,6 +159,7 @@ def _(h, eps, backend):
 @_library.custom_op("fastgan::bn_cf_centered", mutates_args=())
 def _centered_op(xhat: Tensor, t: Tensor, rstd: Tensor, gamma: Optional[Tensor], backend: str
                  ) -> tuple[Tensor, Tensor, Tensor]:
+    _op_shapes("bn_cf_centered", xhat, [("t", t)], [("rstd", rstd), ("gamma", gamma)])
     return _run("centered", backend, (xhat, t, rstd, gamma), t.dtype)
 
 
@@ -160,6 +171,8 @@ def _(xhat, t, rstd, gamma, backend):
 @_library.custom_op("fastgan::bn_cf_vjp", mutates_args=())
 def _vjp_op(rho: Tensor, lam: Tensor, xhat: Tensor, t: Tensor, rstd: Tensor, gamma: Optional[Tensor], mt: Tensor,
             q: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    _op_shapes("bn_cf_vjp", xhat, [("rho", rho), ("lam", lam), ("t", t)],
+               [("rstd", rstd), ("gamma", gamma), ("mt", mt), ("q", q)])
     dh, dgamma, dbeta = _run("vjp", backend, (rho, lam, xhat, t, rstd, gamma, mt, q), xhat.dtype)
     # a custom op returns tensors only: no gamma, an empty d_gamma (vjp() maps it back to None)
     return dh, xhat.new_empty(0) if dgamma is None else dgamma, dbeta

@@ -59,6 +59,16 @@ CASES.update({
     "denoiser backward saved": (lambda be: ops.denoiser_loss_backward(torch.ones(4), h, 1.0, W, b, gam, [h], True,
                                                                       True, False, be), r"saved must hold 6 tensors"),
 })
+hb = torch.randn(4, 6, 3)
+CASES.update({
+    "bn_cf centered gamma": (lambda be: ops.bn_cf_centered(hb, hb, torch.ones(6), torch.ones(2), be),
+                             r"gamma must have shape \(6,\)"),
+    "bn_cf centered t": (lambda be: ops.bn_cf_centered(hb, torch.randn(2, 6, 3), torch.ones(6), None, be),
+                         r"t must have shape \(4, 6, 3\)"),
+    "bn_cf vjp q": (lambda be: ops.bn_cf_vjp(hb, hb, hb, hb, torch.ones(6), None, torch.ones(6), torch.ones(3), be),
+                    r"q must have shape \(6,\)"),
+    "bn_cf stats 1-D": (lambda be: ops.bn_cf_stats(torch.randn(4), 1e-5, be), r"h must have shape \(B, C, \.\.\.\)"),
+})
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
