@@ -219,6 +219,10 @@ class RunConfig:
     # Replay each training step from one CUDA graph (after 3 eager warm-up steps): removes the host's launch
     # and Python cost, which dominates small GANs. Needs a CUDA device; Adam runs with capturable=True.
     cuda_graph: bool = False
+    # torch's CPU threads for the run (torch.set_num_threads, restored afterwards); None: torch's default (one a
+    # core). On a machine whose cores other processes share, 1 can be many times faster: torch's threads spin at
+    # every parallel op's barrier waiting for a thread that is not scheduled.
+    threads: Optional[int] = field(default=None, metadata={"min": 1})
     # Goodfellow et al.'s Parzen-window log-likelihood at the end of the run: parzen_samples generated
     # samples, sigma cross-validated on parzen_validation samples G never trained on (images: the first of the
     # data.holdout held-out ones; mixtures: fresh draws), mean log-likelihood of parzen_test test samples.
@@ -248,7 +252,7 @@ class TrainConfig:
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_FIELDS = ("run.steps", "run.device", "run.backend", "run.log_every", "run.sample_every",
                     "run.checkpoint_every", "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph",
-                    "run.out_dir", "run.dir",
+                    "run.threads", "run.out_dir", "run.dir",
                     "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test",
                     "run.fd", "run.fd_samples", "run.fd_every")
 

@@ -837,7 +837,24 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
         raise TypeError(f"progress: expected True, False or None (run.progress decides), got {progress!r}")
     cfg = _requested(cfg, overrides, resume)
     with contextlib.nullcontext() if cfg.run.backend == "auto" else _dispatch.use_backend(cfg.run.backend):
-        return _Run(cfg, resume, progress).run()
+        run = _Run(cfg, resume, progress)
+        with _threads(run.cfg.run.threads):  # the resumed run's value: run.threads may change on resume
+            return run.run()
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """torch's CPU threads set to n for the run and put back afterwards (fastgan.train runs in the caller's
+    process)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _requested(cfg, overrides, resume: bool) -> TrainConfig:

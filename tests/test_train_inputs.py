@@ -428,3 +428,20 @@ def test_fastgan_train_refuses_flags_that_are_not_booleans(tmp_path, kw, match):
     with pytest.raises(TypeError, match=match):
         fastgan.train(None, overrides=[f"run.dir={tmp_path / 'r'}", "run.steps=1"], **kw)
     assert not (tmp_path / "r").exists()
+
+
+def test_run_threads_holds_for_the_run_and_is_put_back(tmp_path, monkeypatch):
+    """run.threads: torch's CPU threads for the run (2 OpenMP threads ran the default job 6-40x slower while
+    another process used a core); the caller's setting comes back afterwards, also on resume with another value."""
+    import torch
+
+    seen = []
+    real_run = train_mod._Run.run
+    monkeypatch.setattr(train_mod._Run, "run", lambda self: seen.append(torch.get_num_threads()) or real_run(self))
+    before = torch.get_num_threads()
+    _train(tmp_path / "r", "run.threads=1")
+    _train(tmp_path / "r", "run.threads=3", steps=4, resume=True)
+    _train(tmp_path / "d")
+    assert seen == [1, 3, before] and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match=r"run\.threads: must be >= 1, got 0"):
+        _train(tmp_path / "z", "run.threads=0")
