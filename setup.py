@@ -26,12 +26,11 @@ DEFAULT_CUDA_ARCH = "75;80;90"
 def find_nvcc():
     """CUDACXX, then CUDA_HOME's nvcc (a toolkit named on purpose, as torch's builds take it), then nvcc on PATH,
     CUDA_PATH's, /usr/local/cuda's."""
-    def in_home(var):
-        home = os.environ.get(var) if var else "/usr/local/cuda"
+    def in_home(home):
         return str(Path(home) / "bin" / "nvcc") if home else None
 
-    for cand in (os.environ.get("CUDACXX"), in_home("CUDA_HOME"), shutil.which("nvcc"), in_home("CUDA_PATH"),
-                 in_home(None)):
+    for cand in (os.environ.get("CUDACXX"), in_home(os.environ.get("CUDA_HOME")), shutil.which("nvcc"),
+                 in_home(os.environ.get("CUDA_PATH")), in_home("/usr/local/cuda")):
         if cand and Path(cand).exists():
             return cand
     return None

@@ -134,16 +134,16 @@ def _host_conversions_seen(rec: _Recorder):
 
 
 @contextlib.contextmanager
-def _eager_path_while_recording():
+def _eager_path_while_recording(recorder: type = _Recorder):
     """fastgan's fused ops take their custom-op path under any dispatch mode (fastgan.ops._eager.ok), the recorder
     included, while a real run takes the eager path: the recorder would see each op as one opaque call and miss
-    what its Python does (a host read in a backend's runner, say). Here the recorder alone does not count."""
+    what its Python does (a host read in a backend's runner, say). Here modes of type `recorder` do not count."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     from .ops import _eager
 
     real = _eager._dispatch_modes
-    _eager._dispatch_modes = lambda: sum(not isinstance(m, _Recorder) for m in _get_current_dispatch_mode_stack())
+    _eager._dispatch_modes = lambda: sum(not isinstance(m, recorder) for m in _get_current_dispatch_mode_stack())
     try:
         yield
     finally:

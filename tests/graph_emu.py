@@ -10,9 +10,13 @@ recorder: run the reference backend, or keep fastgan's custom ops (custom_ops=Tr
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from fastgan.graph_check import _eager_path_while_recording
 
 
 class Recorder(TorchDispatchMode):
@@ -60,17 +64,10 @@ class EmulatedGraphedStep:
             self.eager_calls += 1
             return self.fn()
         if self.ops is None:
-            from fastgan.ops import _eager
-
-            real = _eager._dispatch_modes
-            if not self.custom_ops:  # the recorder alone must not send the ops to their custom-op (traced) path
-                _eager._dispatch_modes = lambda: sum(not isinstance(m, Recorder)
-                                                     for m in _get_current_dispatch_mode_stack())
-            try:
-                with Recorder() as rec:
-                    self.out = self.fn()
-            finally:
-                _eager._dispatch_modes = real
+            # the recorder alone must not send the ops to their custom-op (traced) path, unless asked to
+            paths = contextlib.nullcontext() if self.custom_ops else _eager_path_while_recording(Recorder)
+            with paths, Recorder() as rec:
+                self.out = self.fn()
             self.ops = rec.ops
             return self.out
         _replay(self.ops, self.problems)

@@ -19,11 +19,10 @@ from fastgan.methods.step import _set_capturable
 from fastgan.ops import _dispatch, penalty_jvp
 
 from graph_emu import EmulatedGraphedStep, Recorder
+from test_train import TINY as TRAIN_TINY
 
 T = importlib.import_module("fastgan.train")
-TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
-        "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off",
-        "run.tensorboard=false"]
+TINY = [*TRAIN_TINY, "run.log_every=1", "run.tensorboard=false"]
 
 
 def _run(tmp, overrides, graph, backend, steps=12, resume=False):

@@ -89,15 +89,12 @@ def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor],
     (in half mode dx = g); dnoise = deps (n_noisy, F) or dsigma (C,) in the accumulation dtype. Outputs not
     wanted are empty."""
     rows = _rows_out(m, half)
-    _checks.op_shapes("noisy_batch_backward", ("g_real", g_real, (rows, None)), ("g_fake", g_fake, (rows, None)),
-                      ("used", used, (2,)))
+    _checks.op_shapes("noisy_batch_backward", ("g_real", g_real, (rows, None)), ("used", used, (2,)))
+    _checks.op_shapes("noisy_batch_backward", ("g_fake", g_fake, (rows, None) if g_real is None else g_real.shape))
     g0 = g_real if g_real is not None else g_fake
-    if g_real is not None and g_fake is not None and g_fake.shape != g_real.shape:
-        raise ValueError(f"fastgan::noisy_batch_backward: g_fake must have g_real's shape {tuple(g_real.shape)}, "
-                         f"got {tuple(g_fake.shape)}")
     if g0 is not None and (C < 1 or g0.shape[1] % C):
         raise ValueError(f"fastgan::noisy_batch_backward: C must divide the rows' {g0.shape[1]} features, got {C}")
-    return _filled(g_real if g_real is not None else g_fake,
+    return _filled(g0,
                    _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma,
                                  half, backend))
 

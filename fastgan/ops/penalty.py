@@ -45,14 +45,19 @@ def _fwd_reference(g, l, w, out):
     out.copy_(ref.grad_norm_penalty(g.to(out.dtype), l.to(out.dtype), _WEIGHT_NAMES[w], "none"))
 
 
+def _zero_or(factor: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
+    """product, 0 where its factor is: a zero slope (weight "one", a saturated weight) times an overflowed ||g||^2
+    gives 0, not 0 * inf = nan, as the kernels' logit_grad."""
+    return torch.where(factor == 0, 0.0, product)
+
+
 def _bwd_reference(go, g, l, w, dg, dl):
     # Autograd is off inside a custom op's implementation, so the reference backward is written out.
     acc = dl.dtype
     wt, dw, _ = _weight_derivatives(w, l.to(acc))
     ga = g.to(acc)
     dg.copy_((2 * wt * go)[:, None] * ga)
-    # dw = 0 gives 0 where ||g||^2 overflowed (0 * inf = nan), as the kernels' logit_grad
-    dl.copy_(torch.where(dw == 0, 0.0, dw * ga.pow(2).sum(1) * go))
+    dl.copy_(_zero_or(dw, dw * ga.pow(2).sum(1) * go))
 
 
 def _fwd_cpu(g, l, w, out):
@@ -107,7 +112,7 @@ def _terms_reference(g, l, w, w2, split, div, per, u, v):
     wt, dw = (torch.where(first, a, b) for a, b in zip(_weight_derivatives(w, la)[:2], _weight_derivatives(w2, la)[:2]))
     s = ga.pow(2).sum(1)
     per.copy_(wt * s)
-    u.copy_(torch.where(dw == 0, 0.0, dw * s / div))
+    u.copy_(_zero_or(dw, dw * s / div))
     v.copy_((2 * wt / div)[:, None] * ga)
 
 
@@ -205,10 +210,6 @@ def _setup_backward(ctx, inputs, output):
     ctx.weight = weight
 
 
-def _zero_or(factor: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
-    return torch.where(factor == 0, torch.zeros_like(product), product)
-
-
 def _backward_backward(ctx, g_dgrad, g_dlogits):
     go, grad, logits = ctx.saved_tensors
     acc = logits.dtype
@@ -221,8 +222,7 @@ def _backward_backward(ctx, g_dgrad, g_dlogits):
         g_dlogits = torch.zeros_like(go)
     G = g_dgrad.to(acc)
     dot = (G * g).sum(1)
-    # a zero slope (weight "one", saturated weights) times an overflowed ||g||^2 or <G, g> is 0, not 0 * inf = nan,
-    # as in the first-order backward: the penalty does not depend on the logits there
+    # the second-order terms as the first-order one (_zero_or): the penalty does not depend on the logits there
     d_go = 2 * w * dot + _zero_or(dw, g_dlogits * dw * s)
     d_grad = (2 * w * go)[:, None] * G + (2 * g_dlogits * dw * go)[:, None] * g
     d_logits = _zero_or(dw, 2 * dw * go * dot) + _zero_or(d2w, g_dlogits * d2w * go * s)
