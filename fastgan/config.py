@@ -223,6 +223,10 @@ class RunConfig:
     # core). On a machine whose cores other processes share, 1 can be many times faster: torch's threads spin at
     # every parallel op's barrier waiting for a thread that is not scheduled.
     threads: Optional[int] = field(default=None, metadata={"min": 1})
+    # torch.optim's implementation of Adam / SGD: for_loop (one parameter at a time), foreach (torch's _foreach_
+    # kernels), fused (one kernel for all), or auto: fused on the CPU (3-10x the for-loop update torch defaults to
+    # there), torch's default (foreach) on CUDA and in CUDA graphs. May change on resume (last bits of the run).
+    optim_impl: str = field(default="auto", metadata={"choices": ("auto", "for_loop", "foreach", "fused")})
     # Goodfellow et al.'s Parzen-window log-likelihood at the end of the run: parzen_samples generated
     # samples, sigma cross-validated on parzen_validation samples G never trained on (images: the first of the
     # data.holdout held-out ones; mixtures: fresh draws), mean log-likelihood of parzen_test test samples.
@@ -252,7 +256,7 @@ class TrainConfig:
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_FIELDS = ("run.steps", "run.device", "run.backend", "run.log_every", "run.sample_every",
                     "run.checkpoint_every", "run.num_samples", "run.tensorboard", "run.progress", "run.cuda_graph",
-                    "run.threads", "run.out_dir", "run.dir",
+                    "run.threads", "run.optim_impl", "run.out_dir", "run.dir",
                     "run.parzen", "run.parzen_samples", "run.parzen_validation", "run.parzen_test",
                     "run.fd", "run.fd_samples", "run.fd_every")
 

@@ -483,6 +483,8 @@ class _Run:
                               f"(or set {key}=false)")
 
     def _write_info(self, shape):
+        from .methods import step
+
         info = {
             "device": str(self.device), "data_shape": list(shape), "data_kind": self.dataset.kind,
             "latent_dim": int(self.G.latent_dim), "feature_dim": int(self.D.feature_dim),
@@ -491,6 +493,7 @@ class _Run:
             "torch": str(torch.__version__), "fastgan": __version__,
             # what forced the fused ops' backend, if anything (status.json says which ran, once the run finishes)
             "backend": _forced_by(self.cfg),
+            "optimizers": {k: step.optimizer_impl(o) for k, o in self.method.optimizers.items()},
         }
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn

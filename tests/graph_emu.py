@@ -11,12 +11,14 @@ recorder: run the reference backend, or keep fastgan's custom ops (custom_ops=Tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fastgan.graph_check import _eager_path_while_recording
+from fastgan.methods.step import _set_flags, optimizer_flags
 
 
 class Recorder(TorchDispatchMode):
@@ -73,3 +75,11 @@ class EmulatedGraphedStep:
         _replay(self.ops, self.problems)
         self.replays += 1
         return self.out
+
+
+def optimizers_as_graphed(method) -> None:
+    """Give a CPU-built method's optimizers the flags a run.cuda_graph run builds them with (capturable Adam,
+    torch's default implementation, not auto's CPU choice of fused)."""
+    run = dataclasses.replace(method.cfg.run, cuda_graph=True)
+    for opt in method.optimizers.values():
+        _set_flags(opt, optimizer_flags(run, method.device, method.cfg.optim.optimizer))

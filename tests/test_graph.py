@@ -38,18 +38,23 @@ def _adam_with_state(device, capturable):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_resume_switches_adam_between_capturable_and_eager(device):
-    from fastgan.methods.step import _set_capturable
+def test_resume_switches_adam_between_capturable_fused_and_eager(device):
+    from fastgan.methods.step import _set_flags
 
     p, saved = _adam_with_state(device, capturable=False)
     _, opt = _adam_with_state(device, capturable=False)
     opt.load_state_dict(saved.state_dict())
-    _set_capturable(opt, True)
+    step = lambda: opt.state[opt.param_groups[0]["params"][0]]["step"]  # noqa: E731
+    _set_flags(opt, {"capturable": True, "foreach": None, "fused": None})
     assert opt.param_groups[0]["capturable"] is True
-    assert opt.state[opt.param_groups[0]["params"][0]]["step"].device == p.device
-    _set_capturable(opt, False)
-    st = opt.state[opt.param_groups[0]["params"][0]]["step"]
-    assert opt.param_groups[0]["capturable"] is False and st.device.type == "cpu" and float(st) == 1.0
+    assert step().device == p.device
+    _set_flags(opt, {"capturable": False, "foreach": None, "fused": True})  # fused reads its counts on the device
+    assert opt.param_groups[0]["fused"] is True and step().device == p.device
+    opt.step()
+    _set_flags(opt, {"capturable": False, "foreach": False, "fused": None})
+    g = opt.param_groups[0]
+    assert g["capturable"] is False and g["fused"] is None and g["foreach"] is False
+    assert step().device.type == "cpu" and float(step()) == 2.0
 
 
 # ------------------------------------------------------------------ GPU

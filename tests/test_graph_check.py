@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from graph_emu import optimizers_as_graphed
 from helpers import emulate_cuda
 from test_train import TINY, dcgan_roth, tiny_fashion_mnist  # noqa: F401 (a fixture)
 
 import fastgan
 from fastgan import config as C
 from fastgan.graph_check import capture_hazards
-from fastgan.methods.step import _set_capturable
 from fastgan.train import _Run
 
 
@@ -165,8 +165,7 @@ CASES = {
 def _trainer(tmp_path, overrides, base=TINY):
     cfg = C.coerce(None, [*base, "run.steps=40", f"run.dir={tmp_path / 'run'}", *overrides])
     run = _Run(cfg, resume=False, progress=False)
-    for opt in run.method.optimizers.values():
-        _set_capturable(opt, True)  # as with run.cuda_graph=true
+    optimizers_as_graphed(run.method)
     sample = lambda m: run.dataset.sample(m, run.gen)  # noqa: E731
     return run.method, sample
 

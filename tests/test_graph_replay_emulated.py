@@ -15,10 +15,9 @@ import torch
 from fastgan import config as C
 from fastgan.graph_check import _capturable_optimizers_on_any_device
 from fastgan.methods import roth
-from fastgan.methods.step import _set_capturable
 from fastgan.ops import _dispatch, penalty_jvp
 
-from graph_emu import EmulatedGraphedStep, Recorder
+from graph_emu import EmulatedGraphedStep, Recorder, optimizers_as_graphed
 from test_train import TINY as TRAIN_TINY
 
 T = importlib.import_module("fastgan.train")
@@ -30,8 +29,7 @@ def _run(tmp, overrides, graph, backend, steps=12, resume=False):
     with _dispatch.use_backend(backend), _capturable_optimizers_on_any_device(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run = T._Run(cfg, resume=resume, progress=False)
-        for opt in run.method.optimizers.values():
-            _set_capturable(opt, True)
+        optimizers_as_graphed(run.method)
         if graph:  # the config check wants a CUDA device: the flag is set on the built run
             run.cfg = dataclasses.replace(run.cfg, run=dataclasses.replace(run.cfg.run, cuda_graph=True))
         return run.run()

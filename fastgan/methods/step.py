@@ -87,18 +87,48 @@ def _cuda_rng_to_restore(device: torch.device) -> bool:
     return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
-def _set_capturable(opt, flag: bool) -> None:
-    """load_state_dict restores the saved run's `capturable`; a run may switch run.cuda_graph on resume. A
-    capturable Adam needs its step counts on the parameters' device; an eager one keeps them on the CPU (on the
-    GPU, every step would read each count back to the host)."""
-    if not isinstance(opt, torch.optim.Adam):
-        return
+def optimizer_flags(run, device: torch.device, optimizer: str) -> dict:
+    """torch.optim's keyword flags for run.optim_impl (and Adam's capturable under run.cuda_graph: its step count
+    stays on the device). auto: fused on the CPU, where torch's own default is the for-loop update (3-10x slower
+    at fastgan's model sizes, 2026-12-05, 2 cores); torch's default on CUDA and in CUDA graphs, the paths measured
+    and captured there."""
+    impl = run.optim_impl
+    if impl == "auto":
+        impl = "fused" if device.type == "cpu" and not run.cuda_graph else None
+    flags = {"foreach": True if impl == "foreach" else False if impl == "for_loop" else None,
+             "fused": True if impl == "fused" else None}
+    if optimizer == "adam":
+        flags["capturable"] = bool(run.cuda_graph)
+    return flags
+
+
+def optimizer_impl(opt) -> str:
+    """The implementation opt's steps run (run_info.json records it): fused, foreach or for_loop, torch's own
+    choice resolved where the flags leave it to torch."""
+    g = opt.param_groups[0]
+    if g.get("fused"):
+        return "fused"
+    foreach = g.get("foreach")
+    if foreach is None:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        _, foreach = _default_to_fused_or_foreach(g["params"], differentiable=False, use_fused=False)
+    return "foreach" if foreach else "for_loop"
+
+
+def _set_flags(opt, flags: dict) -> None:
+    """load_state_dict restores the saved run's flags; a run may switch run.cuda_graph or run.optim_impl on
+    resume. Adam's step counts go where the implementation reads them: on the parameters' device when capturable
+    or fused, else on the CPU (on the GPU, every step would read each count back to the host)."""
     for group in opt.param_groups:
-        group["capturable"] = flag
+        group.update(flags)
+        if not isinstance(opt, torch.optim.Adam):
+            continue
+        on_device = bool(group.get("capturable") or group.get("fused"))
         for p in group["params"]:
             st = opt.state.get(p)
             if st and "step" in st:
-                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device if flag else "cpu")
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device if on_device else "cpu")
 
 
 def _params(module) -> list:
@@ -209,11 +239,10 @@ class Method:
     def _optimizer(self, module, lr):
         o = self.cfg.optim
         params = _params(module)
+        flags = optimizer_flags(self.cfg.run, self.device, o.optimizer)
         if o.optimizer == "adam":
-            # capturable: Adam's step count stays on the device, so a CUDA graph can replay the update
-            return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2),
-                                    capturable=bool(self.cfg.run.cuda_graph))
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum)
+            return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), **flags)
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, **flags)
 
     @property
     def modules(self) -> dict:
@@ -242,7 +271,7 @@ class Method:
             mod.load_state_dict(mods[k])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(opts[k])
-            _set_capturable(opt, bool(self.cfg.run.cuda_graph))
+            _set_flags(opt, optimizer_flags(self.cfg.run, self.device, self.cfg.optim.optimizer))
         if self.noise_state is not None:
             if "noise_state" not in state:
                 raise ValueError("the checkpoint holds no NoiseState, but method.nt.fused draws its noise from one")
