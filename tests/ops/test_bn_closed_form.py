@@ -138,10 +138,7 @@ def test_backend_float32_within_twice_reference_error(backend, shape, shift):
         assert_close_to_oracle(v_got[i], v_low[i], v_truth[i], name=name)
 
 
-# the cpu backend adds 8 samples in float32 before flushing into double (a loop GCC vectorises), so its means of
-# such channels are not exact: its centring is held by test_backend_float32_within_twice_reference_error, which
-# failed on its one-part shift (xhat 2.9x the reference error at mean-100-std, shape (5, 300, 2))
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "cpu"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_centring_subtracts_a_mean_float32_cannot_hold(backend):
     """Channels of values near 300 (h) and -200 (t) with std 0.01: the mean rounded to float32 alone errs by up to
     half an ulp of 300, 1.5e-5, times rstd ~95 in xhat (1.4e-3; t - mean(t) likewise in the tangent's output).
@@ -163,13 +160,31 @@ def test_centring_subtracts_a_mean_float32_cannot_hold(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mean", [1e5, 1e6])
-def test_rstd_of_channels_whose_mean_is_far_past_their_std(backend, mean):
+@pytest.mark.parametrize("shape", [(4096, 3), (512, 128), (64, 32, 16)])
+def test_rstd_of_channels_whose_mean_is_far_past_their_std(backend, mean, shape):
     """Channels of mean + N(0, 1): the cpu backend's centred pass subtracted the mean rounded to float32, so its sum
-    of squares gained n (mean - float32(mean))^2, rstd off by 20x (1e5) to 6000x (1e6) the reference's error."""
+    of squares gained n (mean - float32(mean))^2, rstd off by 20x (1e5) to 6000x (1e6) the reference's error; then,
+    with the mean in two parts, the mean itself was off (8 samples added in float32 before flushing into double):
+    rstd 60-10^4 times the reference's error at (512, 128) and (64, 32, 16) for means of 1e5-3e6."""
     g = torch.Generator().manual_seed(0)
-    h = (mean + torch.randn(4096, 3, generator=g, dtype=torch.float64)).float().to(_device(backend))
+    h = (mean + torch.randn(*shape, generator=g, dtype=torch.float64)).float().to(_device(backend))
     got = K.stats(h, EPS, backend)[1]
     assert_close_to_oracle(got, ref.stats(h, EPS)[1], ref.stats(h.double(), EPS)[1], name="rstd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mean", [1e5, 1e6])
+def test_tangent_whose_mean_is_far_past_its_std(backend, mean):
+    """A tangent t of mean + N(0, 1): q = mean(xhat t) cancels terms of size mean |xhat|, and out = scale (t -
+    mean(t) - xhat q) centres t: every backend within twice the reference's error."""
+    g = torch.Generator().manual_seed(1)
+    xhat, rstd = (v.float() for v in ref.stats(torch.randn(4096, 3, generator=g, dtype=torch.float64), EPS))
+    t = (mean + torch.randn(4096, 3, generator=g, dtype=torch.float64)).float()
+    args = (xhat, t, rstd, None)
+    got = K.centered(*(a if a is None else a.to(_device(backend)) for a in args), backend=backend)
+    low, truth = ref.centered(*args), ref.centered(*(a if a is None else a.double() for a in args))
+    for i, name in enumerate(("out", "mt", "q")):
+        assert_close_to_oracle(got[i], low[i], truth[i], name=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

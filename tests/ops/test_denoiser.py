@@ -120,6 +120,29 @@ def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, training):
     test_fp32_error_within_twice_reference_error("triton", training)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mean", [1e4, 1e5, 1e6])
+@pytest.mark.parametrize("shape", [(64, 512), (256, 64)])
+def test_bn_relu_statistics_of_features_far_from_zero(backend, mean, shape):
+    """Features of mean + N(0, 1) (pre-activations far off centre): the cpu kernel added 8 rows in float32 and
+    centred the squares on the float32-rounded mean, so they gained B (mean error)^2: invstd 2-4x (1e4) to 2e4x
+    (1e6) torch's float32 error, and the running variance with it. Against torch's float32 BatchNorm, both on
+    float64 truths of the same float32 inputs."""
+    g = torch.Generator().manual_seed(0)
+    y = (mean + torch.randn(*shape, generator=g, dtype=torch.float64)).float()
+    N = shape[1]
+    gamma, beta, rm, rv = torch.ones(N), torch.zeros(N), torch.zeros(N), torch.ones(N)
+    _, _, invstd, _, rv_new = torch.ops.fastgan.bn_relu(y, None, gamma, beta, rm, rv, True, 0.1, 1e-5, False, backend)
+    rstd = lambda v: 1 / torch.sqrt(torch.var_mean(v, 0, unbiased=False)[0] + 1e-5)  # noqa: E731
+    assert_within_twice("invstd", invstd, rstd(y), rstd(y.double()))
+    want = {}
+    for dt in (torch.float32, torch.float64):
+        rm_t, rv_t = rm.to(dt), rv.to(dt)
+        torch.nn.functional.batch_norm(y.to(dt), rm_t, rv_t, None, None, True, 0.1, 1e-5)
+        want[dt] = rv_t
+    assert_within_twice("running_var", rv_new, want[torch.float32], want[torch.float64])
+
+
 # ---------------------------------------------------------------- gradcheck / gradgradcheck (float64)
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
