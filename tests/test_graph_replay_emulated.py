@@ -67,6 +67,9 @@ CONFIGS = {
                              "method.nt.batch=half"],
     "roth+nt+dfm": ["method.name=roth+nt+dfm", "method.nt.noise=learned_sigma"],
     "wgan-gp": ["method.name=gan", "method.loss=wgan_gp"],
+    # run.optim_impl=fused under a graph: the fused kernels advance Adam's step counts on the device
+    "roth-fused-adam": ["method.name=roth", "run.optim_impl=fused"],
+    "gan-fused-sgd": ["method.name=gan", "optim.optimizer=sgd", "optim.momentum=0.5", "run.optim_impl=fused"],
 }
 # fastgan's own kernels (the cpu backend) through their custom ops, each one recorded op: the Philox state advances
 # inside the noise op, the denoiser's statistics inside its op
