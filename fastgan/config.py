@@ -224,8 +224,9 @@ class RunConfig:
     # every parallel op's barrier waiting for a thread that is not scheduled.
     threads: Optional[int] = field(default=None, metadata={"min": 1})
     # torch.optim's implementation of Adam / SGD: for_loop (one parameter at a time), foreach (torch's _foreach_
-    # kernels), fused (one kernel for all), or auto: fused on the CPU (3-10x the for-loop update torch defaults to
-    # there), torch's default (foreach) on CUDA and in CUDA graphs. May change on resume (last bits of the run).
+    # kernels), fused (one kernel for all), or auto: fused on the CPU (3-4x faster than the for-loop update torch
+    # defaults to there, bench/bench_optim.py), torch's default (foreach) on CUDA and in CUDA graphs. May change on
+    # resume (the run's last bits change with it).
     optim_impl: str = field(default="auto", metadata={"choices": ("auto", "for_loop", "foreach", "fused")})
     # Goodfellow et al.'s Parzen-window log-likelihood at the end of the run: parzen_samples generated
     # samples, sigma cross-validated on parzen_validation samples G never trained on (images: the first of the

@@ -89,8 +89,8 @@ def _cuda_rng_to_restore(device: torch.device) -> bool:
 
 def optimizer_flags(run, device: torch.device, optimizer: str) -> dict:
     """torch.optim's keyword flags for run.optim_impl (and Adam's capturable under run.cuda_graph: its step count
-    stays on the device). auto: fused on the CPU, where torch's own default is the for-loop update (3-10x slower
-    at fastgan's model sizes, 2026-12-05, 2 cores); torch's default on CUDA and in CUDA graphs, the paths measured
+    stays on the device). auto: fused on the CPU, where torch's own default is the for-loop update (3-4x slower
+    at fastgan's model sizes: bench/bench_optim.py); torch's default on CUDA and in CUDA graphs, the paths measured
     and captured there."""
     impl = run.optim_impl
     if impl == "auto":
