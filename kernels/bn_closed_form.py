@@ -3,7 +3,8 @@
 
 One program per channel walks the channel's B * S elements of a contiguous (B, C, S) tensor in BLOCK chunks:
 a reduction pass (two for the statistics), the per-channel coefficients, then the element-wise pass.
-Reductions accumulate in float64 (as the CPU and CUDA kernels do), element-wise math runs in the storage dtype.
+Reductions accumulate in float64 and form their products of two inputs there (exact for float32 inputs), as the CPU
+and CUDA kernels do; element-wise math runs in the storage dtype.
 Untuned: written without a GPU to measure on.
 """
 import triton
@@ -65,7 +66,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         tv = tl.load(t_ptr + o, mask=m, other=0.0)
         s_t += tv.to(tl.float64)
-        s_xt += (tl.load(xhat_ptr + o, mask=m, other=0.0) * tv).to(tl.float64)
+        s_xt += tl.load(xhat_ptr + o, mask=m, other=0.0).to(tl.float64) * tv.to(tl.float64)
     scale = tl.load(rstd_ptr + c).to(tl.float64)
     if HAS_GAMMA:
         scale = scale * tl.load(gamma_ptr + c).to(tl.float64)
@@ -93,17 +94,17 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     s_l = tl.zeros([BLOCK], dtype=tl.float64)
     s_lx = tl.zeros([BLOCK], dtype=tl.float64)
     s_lt = tl.zeros([BLOCK], dtype=tl.float64)  # of lam (t - mt): sum(lam t) - mt sum(lam) would cancel
-    mt_t = tl.load(mt_ptr + c)
+    mt_t = tl.load(mt_ptr + c).to(tl.float64)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        r = tl.load(rho_ptr + o, mask=m, other=0.0)
-        lv = tl.load(lam_ptr + o, mask=m, other=0.0)
-        x = tl.load(xhat_ptr + o, mask=m, other=0.0)
-        s_r += r.to(tl.float64)
-        s_rx += (r * x).to(tl.float64)
-        s_l += lv.to(tl.float64)
-        s_lx += (lv * x).to(tl.float64)
-        s_lt += tl.where(m, lv * (tl.load(t_ptr + o, mask=m, other=0.0) - mt_t), 0.0).to(tl.float64)
+        r = tl.load(rho_ptr + o, mask=m, other=0.0).to(tl.float64)
+        lv = tl.load(lam_ptr + o, mask=m, other=0.0).to(tl.float64)
+        x = tl.load(xhat_ptr + o, mask=m, other=0.0).to(tl.float64)
+        s_r += r
+        s_rx += r * x
+        s_l += lv
+        s_lx += lv * x
+        s_lt += tl.where(m, lv * (tl.load(t_ptr + o, mask=m, other=0.0).to(tl.float64) - mt_t), 0.0)
     sr = tl.sum(s_r, axis=0)
     srx = tl.sum(s_rx, axis=0)
     sl = tl.sum(s_l, axis=0)
@@ -126,11 +127,19 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     cl = (-r2 * q * g).to(T)
     ct = (-r2 * p).to(T)  # on t - mt
     st = mt.to(T)
-    ck = (r2 * q * g * sl * inv - rstd * g * sr * inv).to(T)
+    # rho and lam centred before scaling, in two parts (bncf::vjp_coefs: a constant rstd g mean(rho) - r2 q g mean(lam)
+    # cancelled terms of size rstd g |mean(rho)| in the storage dtype)
+    mr = sr * inv
+    ml = sl * inv
+    sr_hi = mr.to(T)
+    sr_lo = _low_part(mr, sr_hi).to(T)
+    sl_hi = ml.to(T)
+    sl_lo = _low_part(ml, sl_hi).to(T)
     for i0 in range(0, n, BLOCK):
         o, m = _chunk(i0, c, C, S, n, BLOCK)
-        v = ck + cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st) \
-            + cr * tl.load(rho_ptr + o, mask=m, other=0.0) + cl * tl.load(lam_ptr + o, mask=m, other=0.0)
+        v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st) \
+            + cr * ((tl.load(rho_ptr + o, mask=m, other=0.0) - sr_hi) - sr_lo) \
+            + cl * ((tl.load(lam_ptr + o, mask=m, other=0.0) - sl_hi) - sl_lo)
         tl.store(dh_ptr + o, v, mask=m)
 
 

@@ -3,10 +3,12 @@
 //
 // Tensors are contiguous (B, C, S). A work unit (one thread) owns whole channels: one channel when S >= kBlock,
 // else kBlock / S neighbouring channels, whose elements form one run of <= kBlock positions in every sample's
-// (C, S) slab. Reductions add each sample's terms (computed in T, as the CUDA kernels do) in double per position
-// (a loop GCC vectorises), then per channel: float32 partial sums of 8 samples made the mean of a channel 1e5 std
-// from zero inexact enough to cost rstd 60-10^4 times the reference's error. The element-wise pass reads per-position
-// coefficients, so its inner loop is a unit-stride FMA chain too.
+// (C, S) slab. Reductions add each sample's terms in double per position (a loop GCC vectorises), then per
+// channel, as the CUDA and Triton kernels do, a term's product of two inputs formed in double too (exact for
+// float32). Float32 partial sums of 8 samples left the mean of a channel 1e5 std from zero inexact enough to cost
+// rstd 60-10^4 times the reference's error, and products rounded in float32, those of a cotangent 1e5 std off
+// zero, twice the oracle's error in dh. The element-wise pass reads per-position coefficients, so its inner loop
+// is a unit-stride FMA chain too.
 #include <pybind11/pybind11.h>
 #include <algorithm>
 #include <cstdint>
@@ -63,9 +65,9 @@ void block_sums(const Layout& L, int64_t c0, int64_t p0, int64_t np, double* sum
   for (int64_t b = 0; b < L.B; ++b) {
     const int64_t base = b * L.row() + p0;
     for (int64_t j = 0; j < np; ++j) {
-      T v[NS];
+      double v[NS];
       term(base + j, j, v);
-      for (int k = 0; k < NS; ++k) acc[k][j] += double(v[k]);
+      for (int k = 0; k < NS; ++k) acc[k][j] += v[k];
     }
   }
   for (int64_t j = 0; j < np; ++j) {
@@ -74,15 +76,15 @@ void block_sums(const Layout& L, int64_t c0, int64_t p0, int64_t np, double* sum
   }
 }
 
-// out = k + cx (X - sx) [+ ct (T - st) [+ cr R + cl L]] over the block, NIN inputs in the order X, T, R, L.
+// out = cx (X - sx) [+ ct (T - st) [+ cr (R - sr) + cl (L - sl)]] over the block, NIN inputs in the order X, T,
+// R, L.
 template <typename T, int NIN>
 void block_apply(const Layout& L, int64_t c0, int64_t p0, int64_t np, const Coefs* co, const T* const* in, T* out) {
-  T ck[kBlock], cc[4][kBlock];
+  T cc[4][kBlock];
   bncf::Shift<T> sh[4][kBlock];
   for (int64_t j = 0; j < np; ++j) {
     const Coefs& k = co[(p0 + j) / L.S - c0];
-    const double v[4] = {k.x, k.t, k.r, k.l}, s[4] = {k.sx, k.st, 0.0, 0.0};
-    ck[j] = T(k.k);
+    const double v[4] = {k.x, k.t, k.r, k.l}, s[4] = {k.sx, k.st, k.sr, k.sl};
     for (int i = 0; i < NIN; ++i) {
       cc[i][j] = T(v[i]);
       sh[i][j] = bncf::split_shift<T>(s[i]);
@@ -91,8 +93,8 @@ void block_apply(const Layout& L, int64_t c0, int64_t p0, int64_t np, const Coef
   for (int64_t b = 0; b < L.B; ++b) {
     const int64_t base = b * L.row() + p0;
     for (int64_t j = 0; j < np; ++j) {
-      T v = ck[j];
-      for (int i = 0; i < NIN; ++i) v += cc[i][j] * bncf::shifted(in[i][base + j], sh[i][j]);
+      T v = cc[0][j] * bncf::shifted(in[0][base + j], sh[0][j]);
+      for (int i = 1; i < NIN; ++i) v += cc[i][j] * bncf::shifted(in[i][base + j], sh[i][j]);
       out[base + j] = v;
     }
   }
@@ -104,16 +106,16 @@ void stats(const T* h, T* xhat, T* rstd, const Layout& L, double eps) {
   for_units(L, [&](int64_t c0, int64_t c1) {
     double sum[kBlock] = {0}, csq[kBlock] = {0};
     for_blocks(L, c0, c1, [&](int64_t p0, int64_t np) {
-      block_sums<T, 1>(L, c0, p0, np, sum, [&](int64_t o, int64_t, T* v) { v[0] = h[o]; });
+      block_sums<T, 1>(L, c0, p0, np, sum, [&](int64_t o, int64_t, double* v) { v[0] = h[o]; });
     });
     // the centred second pass reads each position's mean from a per-block table, in two parts: centred on T(mean)
     // alone, the sum gained n (mean - T(mean))^2, the variance itself where |mean| / std passes ~5e4 in float32
     for_blocks(L, c0, c1, [&](int64_t p0, int64_t np) {
       bncf::Shift<T> mean[kBlock];
       for (int64_t j = 0; j < np; ++j) mean[j] = bncf::split_shift<T>(sum[(p0 + j) / L.S - c0] / double(n));
-      block_sums<T, 1>(L, c0, p0, np, csq, [&](int64_t o, int64_t j, T* v) {
+      block_sums<T, 1>(L, c0, p0, np, csq, [&](int64_t o, int64_t j, double* v) {
         const T d = bncf::shifted(h[o], mean[j]);
-        v[0] = d * d;
+        v[0] = double(d) * double(d);
       });
     });
     Coefs co[kBlock];
@@ -133,9 +135,9 @@ void centered(const T* xhat, const T* t, const T* rstd, const T* gamma, T* out, 
   for_units(L, [&](int64_t c0, int64_t c1) {
     double s[2 * kBlock] = {0};
     for_blocks(L, c0, c1, [&](int64_t p0, int64_t np) {
-      block_sums<T, 2>(L, c0, p0, np, s, [&](int64_t o, int64_t, T* v) {
+      block_sums<T, 2>(L, c0, p0, np, s, [&](int64_t o, int64_t, double* v) {
         v[0] = t[o];
-        v[1] = xhat[o] * t[o];
+        v[1] = double(xhat[o]) * double(t[o]);
       });
     });
     Coefs co[kBlock];
@@ -160,13 +162,13 @@ void vjp(const T* rho, const T* lam, const T* xhat, const T* t, const T* rstd, c
     for_blocks(L, c0, c1, [&](int64_t p0, int64_t np) {
       T m[kBlock];
       for (int64_t j = 0; j < np; ++j) m[j] = mt[(p0 + j) / L.S];
-      block_sums<T, 5>(L, c0, p0, np, s, [&](int64_t o, int64_t j, T* v) {
+      block_sums<T, 5>(L, c0, p0, np, s, [&](int64_t o, int64_t j, double* v) {
         const T r = rho[o], l = lam[o], x = xhat[o];
         v[0] = r;
-        v[1] = r * x;
+        v[1] = double(r) * double(x);
         v[2] = l;
-        v[3] = l * x;
-        v[4] = l * (t[o] - m[j]);
+        v[3] = double(l) * double(x);
+        v[4] = double(l) * (double(t[o]) - double(m[j]));
       });
     });
     Coefs co[kBlock];

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kMaxThreads) centered_kernel(const T* __restri
     const int64_t o = at(i, c);
     const T tv = t[o];
     s[0] += double(tv);
-    s[1] += double(xhat[o] * tv);
+    s[1] += double(xhat[o]) * double(tv);
   }
   block_sum<2>(s, sh);
   const double scale = double(rstd[c]) * (gamma != nullptr ? double(gamma[c]) : 1.0);
@@ -130,10 +130,10 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
     const int64_t o = at(i, c);
     const T r = rho[o], l = lam[o], x = xhat[o];
     s[0] += double(r);
-    s[1] += double(r * x);
+    s[1] += double(r) * double(x);
     s[2] += double(l);
-    s[3] += double(l * x);
-    s[4] += double(l * (t[o] - mtc));
+    s[3] += double(l) * double(x);
+    s[4] += double(l) * (double(t[o]) - double(mtc));
   }
   block_sum<5>(s, sh);
   const double g = gamma != nullptr ? double(gamma[c]) : 1.0;
@@ -144,11 +144,13 @@ __global__ void __launch_bounds__(kMaxThreads) vjp_kernel(const T* __restrict__ 
     if (dgamma != nullptr) dgamma[c] = T(dg);
     if (dbeta != nullptr) dbeta[c] = T(db);
   }
-  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l), ck = T(k.k);
-  const bncf::Shift<T> st = bncf::split_shift<T>(k.st);
+  const T cx = T(k.x), ct = T(k.t), cr = T(k.r), cl = T(k.l);
+  const bncf::Shift<T> st = bncf::split_shift<T>(k.st), sr = bncf::split_shift<T>(k.sr),
+                       sl = bncf::split_shift<T>(k.sl);
   for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t o = at(i, c);
-    dh[o] = ck + cx * xhat[o] + ct * bncf::shifted(t[o], st) + cr * rho[o] + cl * lam[o];
+    dh[o] = cx * xhat[o] + ct * bncf::shifted(t[o], st) + cr * bncf::shifted(rho[o], sr) +
+            cl * bncf::shifted(lam[o], sl);
   }
 }
 

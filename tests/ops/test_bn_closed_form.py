@@ -188,6 +188,27 @@ def test_tangent_whose_mean_is_far_past_its_std(backend, mean):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rho_mean,lam_mean", [(1e4, 0.0), (1e5, 0.0), (0.0, 1e5)], ids=["rho-1e4", "rho-1e5", "lam-1e5"])
+@pytest.mark.parametrize("seed", range(5))
+def test_vjp_of_cotangents_whose_mean_is_far_past_their_std(backend, rho_mean, lam_mean, seed):
+    """rho (or lam) of mean + N(0, 1), as when BatchNorm sits under the output Linear (rho ~ a W_out, nearly the same
+    for every sample): the element pass added rstd g rho to a constant -rstd g mean(rho) (terms of size
+    rstd g |mean(rho)| cancelling in float32), and the reductions rounded lam xhat to float32: dh up to 12x the
+    oracle's error (an audit's reproducer, shape (256, 4), seeds 0-4). rho and lam are now centred like t, and the
+    products formed in double."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    xhat, rstd = ref.stats(r(256, 4) * 2 + 1, EPS)
+    t = r(256, 4)
+    mt, q = ref.centered(xhat, t, rstd, None)[1:]
+    v32 = [v.float() for v in (rho_mean + r(256, 4), lam_mean + r(256, 4), xhat, t, rstd, r(4) * 0.5 + 1, mt, q)]
+    got = K.vjp(*(v.to(_device(backend)) for v in v32), backend=backend)
+    low, truth = ref.vjp(*v32), ref.vjp(*(v.double() for v in v32))
+    for i, name in enumerate(("dh", "dgamma", "dbeta")):
+        assert_close_to_oracle(got[i], low[i], truth[i], name=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_infinite_mean_keeps_the_references_infinities(backend):
     """A channel whose mean is inf: the two-part shift's low part (inf - inf) is taken as 0, so x - inf stays -inf
     where the reference has it, not NaN everywhere (a review of split_shift)."""
