@@ -27,7 +27,8 @@ from torch import nn
 
 from . import _checks, _dispatch, _hooks
 from .compiled_d import uncompiled
-from .closed_form_maps import CONVS, LinearMap, batch_contract, bias_grad, channel_sum, per_channel, per_sample
+from .closed_form_maps import (CONVS, LinearMap, batch_contract, batch_total, bias_grad, channel_sum, per_channel,
+                               per_sample)
 from .penalty import require_samples, weight_vjp
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -458,7 +459,7 @@ class _MLPPenalty(ClosedForm):
                 P, c = batch_contract(F["S"], y), bias_grad(F["S"], a)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
-                grads.append((a.sum(0, keepdim=True) if L["b"] is not None else None, dW))
+                grads.append((batch_total(a, keepdim=True) if L["b"] is not None else None, dW))
             elif i == fold:  # delta_l^T y = diag(w_L) S^T y
                 w = layers[ctx.last]["W"]
                 grads.append((None if L["b"] is None else w[0] * c, w.t() * P))
@@ -467,7 +468,7 @@ class _MLPPenalty(ClosedForm):
                 gt = per_sample(gp, h) * L["t"]
                 if d is None and not lin.conv:  # the output Linear: delta is a column of ones
                     dW = torch.addcmul(gt, rho, h).sum(0, keepdim=True)
-                    db = rho.sum(0)
+                    db = batch_total(rho)
                 else:
                     d = rho.new_ones(out_shape) if d is None else d
                     if smooth:

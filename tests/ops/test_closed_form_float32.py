@@ -141,6 +141,47 @@ def test_closed_form_float32_error_within_twice_the_double_backwards(name, bias_
             assert err <= 2 * ref + 4, (seed, pname, err, ref)
 
 
+CANCEL_DS = {"leaky": lambda: nn.Sequential(nn.Linear(3, 32), nn.LeakyReLU(0.2), nn.Linear(32, 32), nn.LeakyReLU(0.2),
+                                            nn.Linear(32, 1)),
+             "relu_one_hidden": lambda: nn.Sequential(nn.Linear(3, 32), nn.ReLU(), nn.Linear(32, 1)),
+             "conv": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Flatten(),
+                                           nn.Linear(8 * 4 * 4, 1))}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
+@pytest.mark.parametrize("name", list(CANCEL_DS))
+def test_bias_gradients_where_the_d_losss_parts_cancel(name, joint, device, monkeypatch):
+    """A WGAN-style D loss, -mean(lr) + mean(lf) (gradients -1/B and +1/B), on inputs 100 from zero, where every
+    sample shares D's activation pattern: a bias gradient sums a_n delta_n over the batch, terms of size 1/B that
+    cancel to the penalty's small part. The CPU's 64-row blocks added their rows one after another (a hidden bias
+    2.8x past the rule; an audit), and the output bias's float32 sum over both batches of the joint pass read 3.5x
+    the double backward's error for the convolutional D; now torch.sum of the products, as autograd's, and the
+    output bias in float64 (closed_form_maps.bias_grad, batch_total). Same rule as above."""
+    _passes(monkeypatch, device, joint)
+    shape = (3, 4, 4) if name == "conv" else (3,)
+
+    def grads(D, xr, xf, mode, dtype):
+        D = copy.deepcopy(D).to(device, dtype)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            om, lr, lf = js_penalty(D, xr.to(device, dtype), xf.to(device, dtype), mode=mode)
+            loss = 0.05 * om - lr.mean() + lf.mean()
+            return [t.double().cpu() for t in torch.autograd.grad(loss, list(D.parameters()))]
+
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        D = CANCEL_DS[name]()
+        g = torch.Generator().manual_seed(seed)
+        xr = (torch.randn(128, *shape, generator=g, dtype=torch.float64) + 100).float()
+        xf = (torch.randn(128, *shape, generator=g, dtype=torch.float64) * 0.5 + 100.3).float()
+        truth = grads(D, xr, xf, "double_backward", torch.float64)
+        plain = grads(D, xr, xf, "double_backward", torch.float32)
+        closed = grads(D, xr, xf, "mlp", torch.float32)
+        for (pname, _), t, p, c in zip(D.named_parameters(), truth, plain, closed):
+            err, ref = _units(c, t), _units(p, t)
+            assert err <= 2 * ref + 4, (seed, pname, err, ref)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
 @pytest.mark.parametrize("bias_scale", [0.0, 3.0])
