@@ -19,8 +19,10 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # after another into the result, so their float32 error grows with B (10 units of rounding of the result at B=512,
 # 20 at 4096, where the double backward's bias gradient, a torch.sum, is pairwise: about 1), and so does a sum over
 # (B, C, H, W) but C. In blocks of 64 rows with their partial results added pairwise the error stays near 1.5
-# units; the narrow GEMMs get faster too (B=1024, 128x3: 42 us against 160), a GEMV ~10 us slower. cuBLAS and
-# torch's CUDA sums reduce in trees, so CUDA keeps one kernel each (bench/costs.py counts that sequence).
+# units; the narrow GEMMs get faster too (B=1024, 128x3: 42 us against 160). A bias gradient is the products'
+# torch.sum instead (as fast as the blocks, 22 us at 1024x128; the blocks' 64 sequential adds still failed where
+# its terms cancel: bias_grad). cuBLAS and torch's CUDA sums reduce in trees, so CUDA keeps one kernel each
+# (bench/costs.py counts that sequence).
 BLOCKED_SUM_DEVICES = {"cpu"}
 _BLOCK = 64
 _NARROW = 8
