@@ -456,7 +456,7 @@ class _MLPPenalty(ClosedForm):
             if fold is not None and i == ctx.last:
                 F = layers[fold]
                 y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
-                P, c = batch_contract(F["S"], y), bias_grad(F["S"], a)
+                P, c = batch_contract(F["S"], y), bias_grad(F["S"], a, rows)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
                 grads.append((batch_total(a, keepdim=True) if L["b"] is not None else None, dW))
@@ -476,7 +476,7 @@ class _MLPPenalty(ClosedForm):
                         db = channel_sum(rho.expand_as(d))
                     else:
                         dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"], rows)
-                        db = channel_sum(per_sample(a, d) * d) if lin.conv else bias_grad(d, a)
+                        db = channel_sum(per_sample(a, d) * d) if lin.conv else bias_grad(d, a, rows)
                 grads.append((db if L["b"] is not None else None, dW))
                 if smooth and i > first:
                     rho = lin.input_grad(rho if d is None else rho.expand_as(d), L["W"], h)
