@@ -459,7 +459,7 @@ class _MLPPenalty(ClosedForm):
                 P, c = batch_contract(F["S"], y), bias_grad(F["S"], a, rows)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
-                grads.append((batch_total(a, keepdim=True) if L["b"] is not None else None, dW))
+                grads.append((batch_total(a, rows, keepdim=True) if L["b"] is not None else None, dW))
             elif i == fold:  # delta_l^T y = diag(w_L) S^T y
                 w = layers[ctx.last]["W"]
                 grads.append((None if L["b"] is None else w[0] * c, w.t() * P))
@@ -468,7 +468,7 @@ class _MLPPenalty(ClosedForm):
                 gt = per_sample(gp, h) * L["t"]
                 if d is None and not lin.conv:  # the output Linear: delta is a column of ones
                     dW = torch.addcmul(gt, rho, h).sum(0, keepdim=True)
-                    db = batch_total(rho)
+                    db = batch_total(rho, rows)
                 else:
                     d = rho.new_ones(out_shape) if d is None else d
                     if smooth:
