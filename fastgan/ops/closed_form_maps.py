@@ -36,6 +36,17 @@ def _blocked(t) -> bool:
     return t.device.type in BLOCKED_SUM_DEVICES and t.dtype in _BLOCKED_DTYPES
 
 
+def _apart(rows, t) -> bool:
+    """Whether a contraction over the batch of t takes each block of `rows` (js_penalty's real then fake rows in one
+    pass) apart, as the double backward's two passes do: where _blocked(t) and there are several blocks."""
+    return rows is not None and len(rows) > 1 and _blocked(t)
+
+
+def _sum_apart(fn, rows, *ts):
+    """fn of each block of `rows` of the tensors ts (split along the batch), added."""
+    return functools.reduce(torch.Tensor.add_, [fn(*block) for block in zip(*(t.split(rows) for t in ts))])
+
+
 class LinearMap:
     """Layer m as h -> m(h) with its weight and bias passed in (they may be parametrized or recomputed)."""
 
@@ -65,9 +76,8 @@ class LinearMap:
         block, paid only by the joint pass, which CPU does not run for convnets (penalty_jvp.joint_pass)."""
         if not self.conv:
             return batch_contract(d, h)
-        if rows is not None and len(rows) > 1 and _blocked(d):
-            parts = [self.weight_grad(*block, W) for block in zip(d.split(rows), h.split(rows))]
-            return functools.reduce(torch.Tensor.add_, parts)
+        if _apart(rows, d):
+            return _sum_apart(lambda d_, h_: self.weight_grad(d_, h_, W), rows, d, h)
         return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
 
     def weight_grad2(self, d1, h1, d2, h2, W, rows=None):
@@ -108,8 +118,8 @@ def bias_grad(d, a, rows=None):
     then fake rows) apart, as the double backward's two passes: their sums then cancel as exactly as its do."""
     if not _blocked(d):
         return d.t() @ a
-    if rows is not None and len(rows) > 1:
-        return functools.reduce(torch.Tensor.add_, [bias_grad(*block) for block in zip(d.split(rows), a.split(rows))])
+    if _apart(rows, d):
+        return _sum_apart(bias_grad, rows, d, a)
     return (d * a.unsqueeze(1)).sum(0)
 
 
@@ -119,9 +129,9 @@ def batch_total(a, rows=None, keepdim=False):
     fake rows) is summed apart, as the double backward's two passes do, so their sums cancel as exactly as its do
     (one sum over both: 3.5x the double backward's error for a convolutional D, 128 + 128 rows; in float64, the
     rounding of 1/100 and 1/156 left 2e-8 where the exact gradient is ~0)."""
-    if rows is None or len(rows) < 2 or not _blocked(a):
-        return a.sum(0, keepdim=keepdim)
-    return functools.reduce(torch.Tensor.add_, [p.sum(0, keepdim=keepdim) for p in a.split(rows)])
+    if _apart(rows, a):
+        return _sum_apart(lambda p: p.sum(0, keepdim=keepdim), rows, a)
+    return a.sum(0, keepdim=keepdim)
 
 
 def channel_sum(d):

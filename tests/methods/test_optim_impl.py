@@ -11,10 +11,10 @@ from fastgan.config import ConfigError
 from fastgan.methods.step import optimizer_flags, optimizer_impl
 
 from method_helpers import SHAPE, make
+from test_train import TINY as TRAIN_TINY
 
 SGD = ["optim.optimizer=sgd", "optim.momentum=0.5"]
-TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=1",
-        "run.tensorboard=false", "run.sample_every=0", "run.checkpoint_every=0"]
+TINY = [*TRAIN_TINY, "run.tensorboard=false"]
 
 
 def _impls(M):
