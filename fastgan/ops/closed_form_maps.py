@@ -73,11 +73,13 @@ class LinearMap:
         oneDNN's weight gradient adds the samples one after another, and the real rows' partial sum, which the fake
         rows' then cancel (their D-loss adjoints have opposite signs), cost up to 56 units of rounding against the
         double backward's 20 (the test convnet, 64 + 64 rows; apart, at most 1.5x its error). A launch more per
-        block, paid only by the joint pass, which CPU does not run for convnets (penalty_jvp.joint_pass)."""
-        if not self.conv:
-            return batch_contract(d, h)
+        block, paid only by the joint pass, which CPU does not run for convnets (penalty_jvp.joint_pass). A Linear's
+        too: one GEMM over both batches left a Tanh MLP's hidden weight gradient 1.6x (64 + 200 rows) and 2.2x
+        (1 + 255) past the 2x rule where a WGAN-style loss's adjoints cancel (a review; apart, as its error)."""
         if _apart(rows, d):
             return _sum_apart(lambda d_, h_: self.weight_grad(d_, h_, W), rows, d, h)
+        if not self.conv:
+            return batch_contract(d, h)
         return _aten.convolution_backward(d, h, W, None, *self.args, [False, True, False])[1]
 
     def weight_grad2(self, d1, h1, d2, h2, W, rows=None):
@@ -134,9 +136,11 @@ def batch_total(a, rows=None, keepdim=False):
     return a.sum(0, keepdim=keepdim)
 
 
-def channel_sum(d):
+def channel_sum(d, rows=None):
     """sum of d over every dim but the channel (dim 1): a bias's gradient. Where _blocked(d) the positions are
-    summed first (contiguous, pairwise), then the batch."""
+    summed first (contiguous, pairwise), then the batch; each block of `rows` (the joint pass's batches) apart."""
+    if _apart(rows, d):
+        return _sum_apart(channel_sum, rows, d)
     if d.dim() == 2:
         return d.sum(0)
     spatial = list(range(2, d.dim()))

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import _checks, _dispatch, _hooks
 from .compiled_d import uncompiled
-from .closed_form_maps import (CONVS, LinearMap, batch_contract, batch_total, bias_grad, channel_sum, per_channel,
+from .closed_form_maps import (CONVS, LinearMap, batch_total, bias_grad, channel_sum, per_channel,
                                per_sample)
 from .penalty import require_samples, weight_vjp
 
@@ -456,7 +456,7 @@ class _MLPPenalty(ClosedForm):
             if fold is not None and i == ctx.last:
                 F = layers[fold]
                 y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
-                P, c = batch_contract(F["S"], y), bias_grad(F["S"], a, rows)
+                P, c = F["map"].weight_grad(F["S"], y, F["W"], rows), bias_grad(F["S"], a, rows)
                 dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
                 dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
                 grads.append((batch_total(a, rows, keepdim=True) if L["b"] is not None else None, dW))
@@ -473,10 +473,10 @@ class _MLPPenalty(ClosedForm):
                     d = rho.new_ones(out_shape) if d is None else d
                     if smooth:
                         dW = lin.weight_grad2(rho.expand_as(d), h, d, gt, L["W"], rows)
-                        db = channel_sum(rho.expand_as(d))
+                        db = channel_sum(rho.expand_as(d), rows)
                     else:
                         dW = lin.weight_grad(d, torch.addcmul(gt, per_sample(a, h), h), L["W"], rows)
-                        db = channel_sum(per_sample(a, d) * d) if lin.conv else bias_grad(d, a, rows)
+                        db = channel_sum(per_sample(a, d) * d, rows) if lin.conv else bias_grad(d, a, rows)
                 grads.append((db if L["b"] is not None else None, dW))
                 if smooth and i > first:
                     rho = lin.input_grad(rho if d is None else rho.expand_as(d), L["W"], h)
