@@ -69,13 +69,13 @@ class LinearMap:
 
     def weight_grad(self, d, h, W, rows=None):
         """sum over samples (and positions) of d * dm(h)/dW. rows: sizes of consecutive row blocks of d and h
-        (js_penalty's real then fake rows in one pass), which a convolution contracts apart where _blocked(d):
-        oneDNN's weight gradient adds the samples one after another, and the real rows' partial sum, which the fake
-        rows' then cancel (their D-loss adjoints have opposite signs), cost up to 56 units of rounding against the
-        double backward's 20 (the test convnet, 64 + 64 rows; apart, at most 1.5x its error). A launch more per
-        block, paid only by the joint pass, which CPU does not run for convnets (penalty_jvp.joint_pass). A Linear's
-        too: one GEMM over both batches left a Tanh MLP's hidden weight gradient 1.6x (64 + 200 rows) and 2.2x
-        (1 + 255) past the 2x rule where a WGAN-style loss's adjoints cancel (a review; apart, as its error)."""
+        (js_penalty's real then fake rows in one pass), contracted apart where _blocked(d), as the double backward's
+        two passes: the real rows' partial sum is cancelled by the fake rows' (their D-loss adjoints have opposite
+        signs). oneDNN's weight gradient adds the samples one after another: over both batches up to 56 units of
+        rounding against the double backward's 20 (the test convnet, 64 + 64 rows; apart, at most 1.5x its error);
+        one GEMM over both left a Tanh MLP's hidden weight gradient 1.6x (64 + 200 rows) and 2.2x (1 + 255) past
+        the 2x rule (a review; apart, a median 1.00x the double backward's error over 30 seeds). A call more per
+        block, paid only by the one-pass form (penalty_jvp.joint_pass: on CPU, MLPs only by default)."""
         if _apart(rows, d):
             return _sum_apart(lambda d_, h_: self.weight_grad(d_, h_, W), rows, d, h)
         if not self.conv:
