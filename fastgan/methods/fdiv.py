@@ -70,8 +70,8 @@ def penalty_weight(f: str):
 
 def conjugate_curvature(f: str, v: torch.Tensor) -> torch.Tensor:
     """f*''(g_f(v)): the weight of ||grad_x T||^2 in eq. 19. It grows like exp(2v) or exp(3v) where g_f'(v) decays,
-    so it overflows at large logits where penalty_weight's product stays finite: used only where T's own gradient
-    is needed (a batch-coupled D)."""
+    so it overflows at large logits where penalty_weight's product stays finite; where T's own gradient is needed
+    (a batch-coupled D) the regularizer takes conjugate_curvature_root into the gradient instead."""
     _check(f)
     if f in ("gan", "js"):
         e = torch.exp(v)
@@ -83,6 +83,26 @@ def conjugate_curvature(f: str, v: torch.Tensor) -> torch.Tensor:
     if f == "pearson":
         return torch.full_like(v, 0.5)
     return 2 * torch.exp(3 * v)  # squared_hellinger: 2 / (1 - T)^3 with 1 - T = exp(-v)
+
+
+def conjugate_curvature_root(f: str, v: torch.Tensor) -> torch.Tensor:
+    """sqrt(f*''(g_f(v))), which the regularizer multiplies into grad_x T before squaring (where T's own gradient
+    is needed: a batch-coupled D): ||grad_x T|| shrinks (gan, js: large v) or grows (reverse_kl,
+    squared_hellinger: v < 0) like 1/sqrt(f*''), so their product stays representable where f*'' overflows."""
+    _check(f)
+    if f in ("gan", "js"):
+        # sqrt(e^v (1 + e^v)), each exp of an exact argument; each side's clamp keeps the other side finite (an
+        # inf there would turn torch.where's zero gradient into NaN)
+        vp, vn = v.clamp(min=0), v.clamp(max=0)
+        return torch.where(v > 0, torch.exp(vp) * torch.sqrt(1 + torch.exp(-vp)),
+                           torch.exp(0.5 * vn) * torch.sqrt(1 + torch.exp(vn)))
+    if f == "kl":
+        return torch.exp(0.5 * (v - 1))
+    if f == "reverse_kl":
+        return torch.exp(v)
+    if f == "pearson":
+        return torch.full_like(v, math.sqrt(0.5))
+    return math.sqrt(2.0) * torch.exp(1.5 * v)  # squared_hellinger
 
 
 def _w_sigmoid(v):

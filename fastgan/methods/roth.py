@@ -54,9 +54,11 @@ class GammaSchedule:
         return self.value
 
 
-def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic=None):
+def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic=None, root=None):
     """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D; with `statistic`
-    (psi -> T), the gradient is T's, grad_{x_n} sum_m T(psi_m), and w still a function of psi.
+    (psi -> T), the gradient is T's, grad_{x_n} sum_m T(psi_m), and w still a function of psi; with `root` (psi ->
+    r), ||r(psi_n) grad_n||^2 times w: r^2 as a weight taken into the gradient before squaring (where r^2 or the
+    squared norm overflows, their product need not).
 
     Unlike fastgan.ops.gradient_penalty, an x that carries a graph (NTGAN's learned noise) keeps it, so the
     logits stay differentiable with respect to whatever produced x.
@@ -65,6 +67,8 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic
         x = x.detach().requires_grad_(True)
     logits = D(x).reshape(x.shape[0])
     (g,) = torch.autograd.grad((logits if statistic is None else statistic(logits)).sum(), x, create_graph=True)
+    if root is not None:
+        g = g * root(logits).reshape((-1,) + (1,) * (g.dim() - 1))
     # a double backward as gradient_penalty's: counted alike, so TrainResult.penalty_modes shows that it ran
     ops._dispatch.record("gradient_penalty", "double_backward")
     pen = ops.grad_norm_penalty(g, logits, weight, reduction="none")
@@ -163,9 +167,12 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
         if mode in ("jvp", "mlp"):
             raise ValueError(statistic_mode_refusal(mode, f))
         lr = D(x_real).reshape(x_real.shape[0])
-        # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it
-        pf, lf = penalty_and_logits(D, x_fake, lambda v: fdiv.conjugate_curvature(f, v),
-                                    statistic=lambda v: fdiv.activation(f, v))
+        # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
+        # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
+        # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have
+        # a modest Omega_f (0.08 for the test MLP's; NaN before)
+        pf, lf = penalty_and_logits(D, x_fake, "one", statistic=lambda v: fdiv.activation(f, v),
+                                    root=lambda v: fdiv.conjugate_curvature_root(f, v))
         return reduce(pf, w_fake), lr, lf
     if mode != "double_backward" and not graph:
         return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)
