@@ -93,3 +93,20 @@ def test_the_run_records_its_implementations_and_may_change_them_on_resume(tmp_p
     with pytest.raises(ConfigError, match=r"run\.optim_impl: .*'fast'"):
         fastgan.train(None, overrides=[*TINY, "run.steps=1", f"run.dir={tmp_path / 'z'}", "run.optim_impl=fast"])
     assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("graphed", [False, True])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("impl,foreach,fused", [("for_loop", False, None), ("foreach", True, None),
+                                                ("fused", None, True)])
+def test_named_choices_set_torchs_flags_on_every_device(device, graphed, opt, impl, foreach, fused):
+    """What the user names is what runs: for_loop must be foreach=False, not torch's default (foreach on CUDA
+    tensors; a mutant passing None for it survived the CPU tests)."""
+    _, M = make("gan")
+    run = dataclasses.replace(M.cfg.run, optim_impl=impl, cuda_graph=graphed)
+    flags = optimizer_flags(run, torch.device(device), opt)
+    want = {"foreach": foreach, "fused": fused}
+    if opt == "adam":
+        want["capturable"] = graphed
+    assert flags == want

@@ -77,3 +77,53 @@ def test_mismatched_sizes_name_the_argument(case, backend):
     call, match = CASES[case]
     with pytest.raises(ValueError, match=r"^fastgan::\w+: " + match):
         call(backend)
+
+
+# every tensor argument of the BatchNorm closed-form ops and of nt_losses_backward, each given a wrong size in turn
+# (the table above has one case per op: a check dropped from any other argument went unseen; a mutation round)
+B, C, S = 4, 6, 3
+GOOD = {"rho": (B, C, S), "lam": (B, C, S), "xhat": (B, C, S), "t": (B, C, S), "rstd": (C,), "gamma": (C,),
+        "mt": (C,), "q": (C,)}
+VJP = ("rho", "lam", "xhat", "t", "rstd", "gamma", "mt", "q")
+CENTERED = ("xhat", "t", "rstd", "gamma")
+
+
+def _bad(shape):
+    return (shape[0] + 1,) + shape[1:] if len(shape) == 1 else (shape[0], shape[1] + 1) + shape[2:]
+
+
+def _args(names, wrong):
+    return [torch.randn(*(_bad(GOOD[k]) if k == wrong else GOOD[k])) + (1.0 if k in ("rstd", "gamma") else 0.0)
+            for k in names]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("wrong", [k for k in VJP if k != "xhat"])
+def test_bn_cf_vjp_names_each_mis_sized_argument(wrong, backend):
+    with pytest.raises(ValueError, match=rf"^fastgan::bn_cf_vjp: {wrong} must have shape"):
+        ops.bn_cf_vjp(*_args(VJP, wrong), backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("wrong", [k for k in CENTERED if k != "xhat"])
+def test_bn_cf_centered_names_each_mis_sized_argument(wrong, backend):
+    with pytest.raises(ValueError, match=rf"^fastgan::bn_cf_centered: {wrong} must have shape"):
+        ops.bn_cf_centered(*_args(CENTERED, wrong), backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bn_cf_ops_take_right_sized_arguments(backend):
+    ops.bn_cf_vjp(*_args(VJP, None), backend)
+    ops.bn_cf_centered(*_args(CENTERED, None), backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("side", ["real", "fake"])
+def test_nt_losses_backward_names_each_mis_sized_weight_gradient(side, backend):
+    """JS weights' gradients sized against their own side's logits (8 real, 5 fake)."""
+    lr, lf = torch.zeros(8), torch.zeros(5)
+    gw = {"real": torch.ones(8), "fake": torch.ones(5)}
+    gw[side] = torch.ones(gw[side].numel() + 1)
+    with pytest.raises(ValueError, match=rf"^fastgan::nt_losses_backward: gw_{side} must have shape"):
+        ops.nt_losses_backward(torch.tensor(1.), gw["real"], gw["fake"], lr, lf, None, 0.5, 0, 0, backend)
+    ops.nt_losses_backward(torch.tensor(1.), torch.ones(8), torch.ones(5), lr, lf, None, 0.5, 0, 0, backend)
