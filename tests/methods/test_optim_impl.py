@@ -110,3 +110,21 @@ def test_named_choices_set_torchs_flags_on_every_device(device, graphed, opt, im
     if opt == "adam":
         want["capturable"] = graphed
     assert flags == want
+
+
+@pytest.mark.parametrize("flags,on_device", [({"foreach": False, "fused": None, "capturable": False}, False),
+                                             ({"foreach": None, "fused": True, "capturable": False}, True),
+                                             ({"foreach": None, "fused": None, "capturable": True}, True)])
+def test_resumed_adam_step_counts_go_where_the_implementation_reads_them(flags, on_device):
+    """Fused and capturable Adam read their step counts on the parameters' device, the others on the CPU. On a
+    CPU run both are the CPU (a mutant dropping fused from that rule survived the suite): parameters on the meta
+    device tell them apart without a GPU."""
+    from fastgan.methods.step import _set_flags
+
+    p = torch.nn.Parameter(torch.empty(3, device="meta"))
+    opt = torch.optim.Adam([p])
+    opt.state[p] = {"step": torch.tensor(7.0)}
+    _set_flags(opt, flags)
+    step = opt.state[p]["step"]
+    assert step.device.type == ("meta" if on_device else "cpu") and step.dtype == torch.float32
+    assert opt.param_groups[0]["fused"] == flags["fused"]
