@@ -213,84 +213,11 @@ def test_triton_int64_variant_gives_the_same_losses_and_gradients(monkeypatch, l
         assert torch.equal(a, b)
 
 
-def test_triton_forward_past_2_31_logits_indexes_in_int64(monkeypatch):
-    """A side of 2**31 + 8192 logits (a stride-0 view: 4 bytes of storage) through the Triton forward, with only
-    the programs around the int32 wrap run by the interpreter: pid * 4096 passes 2**31 at program 524288 and
-    k0 + 4096 one program earlier. In int32 those chunks read no logits (their partial sums were 0) or negative
-    offsets; each must hold 4096 noisy-half terms."""
+def _run_only_programs(monkeypatch, programs, selected):
+    """The Triton interpreter runs only `selected` of a launch's `programs` (its loop over the grid's first
+    dimension patched); returns a list that the patched loop appends to when it runs."""
     import triton.runtime.interpreter as interp
 
-    from fastgan.kernels import nt_losses as kn
-
-    chunk = 4096
-    n = 2 ** 31 + 2 * chunk
-    programs = -(-n // chunk)
-    selected = [524286, 524287, 524288, 524289]
-    ran = []
-
-    def only_selected(*args):  # the interpreter's loop over the grid's first dimension
-        if args == (programs,):
-            ran.append(True)
-            return selected
-        return range(*args)
-
-    monkeypatch.setattr(interp, "range", only_selected, raising=False)
-    psi = 0.3
-    lf = torch.full((1,), psi).expand(n)
-    partials = torch.full((programs,), float("nan"))
-    kn.forward(torch.empty(0), lf, None, 0.0, True, True, torch.empty(()), None, None, partials, chunk)
-    assert ran, "the interpreter's grid loop was not the one patched"
-    assert kn._wide(0, n)
-    want = chunk * math.log1p(math.exp(-psi)) / (n - n // 2)  # G's loss, mu = 0: (1 - mu) / n_noisy a term
-    torch.testing.assert_close(partials[selected], torch.full((4,), want), rtol=1e-5, atol=0)
-    assert torch.isnan(partials[:selected[0]]).all()  # the others did not run
-
-
-def test_triton_forward_a_side_just_short_of_2_31_logits(monkeypatch):
-    """nt_losses' Triton forward on a side just short of 2**31 logits (2**31 - 1: below 2**31, so a threshold at 2**31
-would leave it narrow): the last chunk starts at k0 = 2**31 - 4096, where k0 + CHUNK = 2**31 wraps in int32, so its
-end min(k0 + CHUNK, n) went negative and the chunk summed nothing. Each of the last chunks must hold its terms."""
-    import triton.runtime.interpreter as interp
-
-    from fastgan.kernels import nt_losses as kn
-
-    chunk = 4096
-    n = 2 ** 31 - 1
-    programs = -(-n // chunk)
-    selected = [programs - 2, programs - 1]
-    ran = []
-
-    def only_selected(*args):  # the interpreter's loop over the grid's first dimension
-        if args == (programs,):
-            ran.append(True)
-            return selected
-        return range(*args)
-
-    monkeypatch.setattr(interp, "range", only_selected, raising=False)
-    psi = 0.3
-    lf = torch.full((1,), psi).expand(n)
-    partials = torch.full((programs,), float("nan"))
-    kn.forward(torch.empty(0), lf, None, 0.0, True, True, torch.empty(()), None, None, partials, chunk)
-    assert ran, "the interpreter's grid loop was not the one patched"
-    term = math.log1p(math.exp(-psi)) / (n - n // 2)  # G's loss, mu = 0: (1 - mu) / n_noisy a term
-    last = n - (programs - 1) * chunk
-    want = torch.tensor([chunk * term, last * term], dtype=torch.float32)
-    torch.testing.assert_close(partials[selected], want, rtol=1e-5, atol=0)
-
-
-def test_triton_backward_past_2_31_logits_indexes_in_int64(monkeypatch):
-    """The backward's k = pid * BLOCK + arange passes 2**31 at program 2**21 (BLOCK 1024): in int32 it wrapped to
-    negative offsets. A stride-0 side of 2**31 + 2048 logits (d_fake allocated but only the two programs around the
-    wrap run, so only their pages are touched): both programs' gradients are G's loss slope, the same value."""
-    import triton.runtime.interpreter as interp
-
-    from fastgan.kernels import nt_losses as kn
-
-    block = kn.BACKWARD_BLOCK
-    n = 2 ** 31 + 2 * block
-    programs = -(-n // block)
-    wrap = 2 ** 31 // block
-    selected = [wrap - 1, wrap]
     ran = []
 
     def only_selected(*args):
@@ -300,12 +227,65 @@ def test_triton_backward_past_2_31_logits_indexes_in_int64(monkeypatch):
         return range(*args)
 
     monkeypatch.setattr(interp, "range", only_selected, raising=False)
-    psi = 0.3
-    lf = torch.full((1,), psi).expand(n)
-    d_fake = torch.empty(n)
-    kn.backward(torch.ones(()), None, None, torch.empty(0), lf, None, 0.0, True, True, torch.empty(0), d_fake)
+    return ran
+
+
+def _forward_partials(monkeypatch, n, selected, psi=0.3, chunk=4096):
+    """The Triton forward's per-chunk partial sums of G's loss on a stride-0 side of n logits psi (4 bytes of
+    storage), only the `selected` chunks run (the others stay NaN); and one term's value."""
+    from fastgan.kernels import nt_losses as kn
+
+    programs = -(-n // chunk)
+    ran = _run_only_programs(monkeypatch, programs, selected)
+    partials = torch.full((programs,), float("nan"))
+    kn.forward(torch.empty(0), torch.full((1,), psi).expand(n), None, 0.0, True, True, torch.empty(()), None, None,
+               partials, chunk)
     assert ran, "the interpreter's grid loop was not the one patched"
-    # d/dpsi of G's mean loss log1p(exp(-psi)) / n_noisy, n_noisy = n - n // 2 (as the forward test's terms)
+    return partials, math.log1p(math.exp(-psi)) / (n - n // 2)  # G's loss, mu = 0: (1 - mu) / n_noisy a term
+
+
+def test_triton_forward_past_2_31_logits_indexes_in_int64(monkeypatch):
+    """A side of 2**31 + 8192 logits through the Triton forward, with only the programs around the int32 wrap run
+    by the interpreter: pid * 4096 passes 2**31 at program 524288 and k0 + 4096 one program earlier. In int32 those
+    chunks read no logits (their partial sums were 0) or negative offsets; each must hold 4096 noisy-half terms."""
+    from fastgan.kernels import nt_losses as kn
+
+    n, selected = 2 ** 31 + 2 * 4096, [524286, 524287, 524288, 524289]
+    partials, term = _forward_partials(monkeypatch, n, selected)
+    assert kn._wide(0, n)
+    torch.testing.assert_close(partials[selected], torch.full((4,), 4096 * term), rtol=1e-5, atol=0)
+    assert torch.isnan(partials[:selected[0]]).all()  # the others did not run
+
+
+def test_triton_forward_a_side_just_short_of_2_31_logits(monkeypatch):
+    """A side of 2**31 - 1 logits (below 2**31, so a WIDE threshold at 2**31 would leave it narrow; a mutant that
+    survived): the last chunk starts at k0 = 2**31 - 4096, where k0 + CHUNK = 2**31 wraps in int32, so its end
+    min(k0 + CHUNK, n) went negative and the chunk summed nothing. Each of the last chunks must hold its terms."""
+    n, chunk = 2 ** 31 - 1, 4096
+    programs = -(-n // chunk)
+    selected = [programs - 2, programs - 1]
+    partials, term = _forward_partials(monkeypatch, n, selected)
+    want = torch.tensor([chunk * term, (n - (programs - 1) * chunk) * term], dtype=torch.float32)
+    torch.testing.assert_close(partials[selected], want, rtol=1e-5, atol=0)
+
+
+def test_triton_backward_past_2_31_logits_indexes_in_int64(monkeypatch):
+    """The backward's k = pid * BLOCK + arange passes 2**31 at program 2**21 (BLOCK 1024): in int32 it wrapped to
+    negative offsets (a mutant that survived). A stride-0 side of 2**31 + 2048 logits (d_fake allocated but only the
+    two programs around the wrap run, so only their pages are touched): both programs' gradients are G's loss
+    slope, the same value."""
+    from fastgan.kernels import nt_losses as kn
+
+    block = kn.BACKWARD_BLOCK
+    n = 2 ** 31 + 2 * block
+    wrap = 2 ** 31 // block
+    ran = _run_only_programs(monkeypatch, -(-n // block), [wrap - 1, wrap])
+    psi = 0.3
+    d_fake = torch.empty(n)
+    kn.backward(torch.ones(()), None, None, torch.empty(0), torch.full((1,), psi).expand(n), None, 0.0, True, True,
+                torch.empty(0), d_fake)
+    assert ran, "the interpreter's grid loop was not the one patched"
+    # d/dpsi of G's mean loss log1p(exp(-psi)) / n_noisy, n_noisy = n - n // 2 (as the forward tests' terms)
     want = -1.0 / (1.0 + math.exp(psi)) / (n - n // 2)
     got = d_fake[(wrap - 1) * block:(wrap + 1) * block]
     torch.testing.assert_close(got, torch.full_like(got, want), rtol=1e-5, atol=0)
