@@ -68,7 +68,9 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic
     logits = D(x).reshape(x.shape[0])
     (g,) = torch.autograd.grad((logits if statistic is None else statistic(logits)).sum(), x, create_graph=True)
     if root is not None:
-        g = g * root(logits).reshape((-1,) + (1,) * (g.dim() - 1))
+        # in float32 for half types, as grad_norm_penalty accumulates (in float16 the root overflows at psi ~ 11)
+        r = root(logits.to(ops._checks.acc_dtype(logits.dtype)))
+        g = g.to(r.dtype) * r.reshape((-1,) + (1,) * (g.dim() - 1))
     # a double backward as gradient_penalty's: counted alike, so TrainResult.penalty_modes shows that it ran
     ops._dispatch.record("gradient_penalty", "double_backward")
     pen = ops.grad_norm_penalty(g, logits, weight, reduction="none")

@@ -467,7 +467,7 @@ class _MLPPenalty(ClosedForm):
                 h, lin = L["h"], L["map"]
                 gt = per_sample(gp, h) * L["t"]
                 if d is None and not lin.conv:  # the output Linear: delta is a column of ones
-                    dW = torch.addcmul(gt, rho, h).sum(0, keepdim=True)
+                    dW = batch_total(torch.addcmul(gt, rho, h), rows, keepdim=True)
                     db = batch_total(rho, rows)
                 else:
                     d = rho.new_ones(out_shape) if d is None else d

@@ -66,3 +66,15 @@ def test_conjugate_curvature_root(f):
                              torch.tensor([-3.0, -1e-3, 0.0, 1e-3, 2.0], dtype=torch.float64, requires_grad=True))
     far = {"squared_hellinger": 55.0}.get(f, 85.0)
     assert fdiv.conjugate_curvature_root(f, torch.tensor([-far, far])).isfinite().all()
+
+
+@pytest.mark.parametrize("f,bias", [("gan", 12), ("reverse_kl", 12), ("squared_hellinger", 8)])
+def test_f_penalty_of_a_float16_batchnorm_d(f, bias):
+    """The root and its product with grad T in float32, as grad_norm_penalty accumulates a half D's penalty: in
+    float16 the root overflowed at psi ~ 11 (gan, reverse_kl; squared_hellinger ~ 7) and Omega_f read NaN or inf
+    where it is 0.08 or 525 (a review)."""
+    g = torch.Generator().manual_seed(1)
+    xr, xf = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
+    want = _omega64(_d(bias, torch.float64), xf, f)
+    omega, _, _ = regularizer(_d(bias, torch.float16), "f", xr.half(), xf.half(), f=f)
+    assert omega.item() == pytest.approx(want.item(), rel=0.01)  # float16's logits: ~1e-2 relative at |psi| ~ 12
