@@ -8,7 +8,8 @@ fused gradient-norm op (which takes the gradient of v) computes it. All forms be
 they stay finite where the textbook forms overflow (for example f*(T) of the GAN divergence = softplus(v)).
 That rewrite holds per sample: where D couples a batch's samples (BatchNorm with batch statistics),
 grad_{x_n} sum_m T_m is not g_f'(v_n) grad_{x_n} sum_m v_m unless g_f is linear (LINEAR: kl, pearson), and the
-regularizer differentiates T itself with the weight f*''(T) (`conjugate_curvature`), as eq. 19 reads.
+regularizer differentiates T itself with the weight f*''(T), as eq. 19 reads, taken into that gradient as its root
+(`conjugate_curvature_root`): f*'' grows like exp(2v) or exp(3v) where g_f'(v) decays, so alone it overflows.
 """
 from __future__ import annotations
 
@@ -68,27 +69,11 @@ def penalty_weight(f: str):
     return _WEIGHTS[f]
 
 
-def conjugate_curvature(f: str, v: torch.Tensor) -> torch.Tensor:
-    """f*''(g_f(v)): the weight of ||grad_x T||^2 in eq. 19. It grows like exp(2v) or exp(3v) where g_f'(v) decays,
-    so it overflows at large logits where penalty_weight's product stays finite; where T's own gradient is needed
-    (a batch-coupled D) the regularizer takes conjugate_curvature_root into the gradient instead."""
-    _check(f)
-    if f in ("gan", "js"):
-        e = torch.exp(v)
-        return e * (1 + e)  # e^T / (1 - e^T)^2 with e^T = sigmoid(v) (js: 2 e^T / (2 - e^T)^2, e^T = 2 sigmoid(v))
-    if f == "kl":
-        return torch.exp(v - 1)
-    if f == "reverse_kl":
-        return torch.exp(2 * v)  # 1 / T^2 with T = -exp(-v)
-    if f == "pearson":
-        return torch.full_like(v, 0.5)
-    return 2 * torch.exp(3 * v)  # squared_hellinger: 2 / (1 - T)^3 with 1 - T = exp(-v)
-
-
 def conjugate_curvature_root(f: str, v: torch.Tensor) -> torch.Tensor:
-    """sqrt(f*''(g_f(v))), which the regularizer multiplies into grad_x T before squaring (where T's own gradient
-    is needed: a batch-coupled D): ||grad_x T|| shrinks (gan, js: large v) or grows (reverse_kl,
-    squared_hellinger: v < 0) like 1/sqrt(f*''), so their product stays representable where f*'' overflows."""
+    """sqrt(f*''(g_f(v))), the root of the weight of ||grad_x T||^2 in eq. 19, which the regularizer multiplies into
+    grad_x T before squaring (where T's own gradient is needed: a batch-coupled D): ||grad_x T|| shrinks (gan, js:
+    large v) or grows (reverse_kl, squared_hellinger: v < 0) like 1/sqrt(f*''), so their product stays
+    representable where f*'' overflows."""
     _check(f)
     if f in ("gan", "js"):
         # sqrt(e^v (1 + e^v)), each exp of an exact argument; each side's clamp keeps the other side finite (an

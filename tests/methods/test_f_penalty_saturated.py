@@ -11,9 +11,11 @@ from fastgan.reference import methods as ref
 
 # f*''(T) written in v (T = g_f(v), Nowozin et al.'s Table 2): gan e^T / (1 - e^T)^2 with e^T = sigmoid(v), js
 # 2 e^T / (2 - e^T)^2 with e^T = 2 sigmoid(v), reverse_kl 1 / T^2 with T = -e^-v, squared_hellinger 2 / (1 - T)^3
-# with 1 - T = e^-v. The table's T-forms cancel to 0 or inf past |v| ~ 37 even in float64.
+# with 1 - T = e^-v, kl e^(T - 1), pearson 1/2 (T = v). The table's T-forms cancel to 0 or inf past |v| ~ 37 even
+# in float64.
 CURVATURE = {"gan": lambda v: v.exp() * (1 + v.exp()), "js": lambda v: v.exp() * (1 + v.exp()),
-             "reverse_kl": lambda v: (2 * v).exp(), "squared_hellinger": lambda v: 2 * (3 * v).exp()}
+             "reverse_kl": lambda v: (2 * v).exp(), "squared_hellinger": lambda v: 2 * (3 * v).exp(),
+             "kl": lambda v: (v - 1).exp(), "pearson": lambda v: torch.full_like(v, 0.5)}
 
 
 def _d(bias, dtype):
@@ -60,8 +62,7 @@ def test_conjugate_curvature_root(f):
     """Its square is f*''(g_f(v)), its gradient the square root's (gradcheck, through v = 0 where gan's and js's two
     branches meet), and it is finite in float32 wherever its product with ||grad T|| is."""
     v = torch.linspace(-30, 30, 61, dtype=torch.float64)
-    torch.testing.assert_close(fdiv.conjugate_curvature_root(f, v) ** 2, fdiv.conjugate_curvature(f, v),
-                               rtol=1e-13, atol=0)
+    torch.testing.assert_close(fdiv.conjugate_curvature_root(f, v) ** 2, CURVATURE[f](v), rtol=1e-13, atol=0)
     torch.autograd.gradcheck(lambda t: fdiv.conjugate_curvature_root(f, t),
                              torch.tensor([-3.0, -1e-3, 0.0, 1e-3, 2.0], dtype=torch.float64, requires_grad=True))
     far = {"squared_hellinger": 55.0}.get(f, 85.0)

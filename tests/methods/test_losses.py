@@ -114,15 +114,15 @@ def test_f_penalty_weight_is_conjugate_curvature_times_activation_slope(f):
 
 @pytest.mark.parametrize("f", fdiv.DIVERGENCES)
 def test_conjugate_curvature_and_the_linear_activations(f):
-    """f*''(g_f(v)), the weight of ||grad T||^2 where T's own gradient is taken (a batch-coupled D), by autograd of
-    the table; and fdiv.LINEAR lists exactly the divergences whose g_f is the identity (where the per-sample
+    """f*''(g_f(v)), the weight of ||grad T||^2 where T's own gradient is taken (a batch-coupled D), as the square
+    of fdiv.conjugate_curvature_root, by autograd of the table; and fdiv.LINEAR lists exactly the divergences whose g_f is the identity (where the per-sample
     rewrite holds for any D)."""
     g, fstar = ref.F_GAN[f]
     v = torch.linspace(-2, 2, 9, dtype=torch.float64)
     t = g(v).requires_grad_(True)
     (d1,) = torch.autograd.grad(fstar(t).sum(), t, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), t)
-    assert torch.allclose(fdiv.conjugate_curvature(f, v), d2, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(fdiv.conjugate_curvature_root(f, v) ** 2, d2, rtol=1e-9, atol=1e-12)
     assert (f in fdiv.LINEAR) == torch.equal(fdiv.activation(f, v), v)
 
 
