@@ -30,18 +30,19 @@ def _within_ulps(got, truth, name):
     assert err <= ULPS, f"{name}: {err:.1f} ulps from float64"
 
 
-def _inputs(seed, mean, shape=(4096, 3)):
+def _inputs(seed, shape=(4096, 3)):
+    """(a float64 normal sampler, xhat, rstd of a normalized batch in float32)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     xhat, rstd = ref.stats(r(*shape) * 2 + 1, EPS)
-    return g, r, xhat.float(), rstd.float()
+    return r, xhat.float(), rstd.float()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mean", [1e4, 1e5])
 @pytest.mark.parametrize("seed", range(3))
 def test_q_of_a_tangent_far_off_zero_is_exact(backend, mean, seed):
-    _, r, xhat, rstd = _inputs(seed, mean)
+    r, xhat, rstd = _inputs(seed)
     t = (mean + r(*xhat.shape)).float()
     dev = _device(backend)
     _, mt, q = K.centered(xhat.to(dev), t.to(dev), rstd.to(dev), None, backend=backend)
@@ -54,7 +55,7 @@ def test_q_of_a_tangent_far_off_zero_is_exact(backend, mean, seed):
 @pytest.mark.parametrize("rho_mean,lam_mean", [(1e4, 0.0), (1e5, 0.0), (0.0, 1e4), (1e4, 1e4)])
 @pytest.mark.parametrize("seed", range(3))
 def test_dgamma_of_cotangents_far_off_zero_is_exact(backend, rho_mean, lam_mean, seed):
-    _, r, xhat, rstd = _inputs(seed, rho_mean)
+    r, xhat, rstd = _inputs(seed)
     shape = xhat.shape
     t = r(*shape).float()
     _, mt, q = (v.float() for v in ref.centered(xhat.double(), t.double(), rstd.double(), None))
