@@ -6,9 +6,10 @@ so the loss of every sample is weighted by mu (clean) or 1 - mu (noisy). Here th
 weights (mu/m, (1 - mu)/m, summing to 1 per batch) that any loss (minimax, least squares, WGAN-GP, f-GAN)
 and Roth's penalty reduce with. Section 2.3: D sees the real batch {x, x + eps} and the fake batch
 {x~, x~ + eps} (or, "half", {x_1..x_{m/2}, x_{m/2+1} + eps_1, ...}). Noise models (eqs. 5 and 6): fixed
-Gaussian, Gaussian with learned sigma and penalty lambda sigma^2, or a noise generator N(w), w ~ N(0, I),
-with penalty lambda ||eps||^2. The learned noise minimises the D objective plus its penalty, in the same
-iteration as D (Algorithm 1: omega <- omega - alpha grad_omega(L_D^r + L_D^f + lambda L_eps)).
+Gaussian, Gaussian with learned sigma and penalty lambda sigma^2, or a noise generator N(w), w ~ N(0, I)
+(G's own prior: model.latent_dist=uniform draws w on [-1, 1] too), with penalty lambda ||eps||^2. The learned
+noise minimises the D objective plus its penalty, in the same iteration as D (Algorithm 1:
+omega <- omega - alpha grad_omega(L_D^r + L_D^f + lambda L_eps)).
 """
 from __future__ import annotations
 
