@@ -386,8 +386,8 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
             _logits("logits_real", logits_real)
         lr = None
     mu_t, mu_value = _parse_mu(mu, lf.device)
-    acc = _checks.acc_dtype(lf.dtype, *(() if lr is None else (lr.dtype,)),
-                            *(() if mu_t is None else (mu_t.dtype,)))
+    # the logits' dtypes alone: a float64 mu would make float32 logits' loss and weights float64
+    acc = _checks.acc_dtype(lf.dtype, *(() if lr is None else (lr.dtype,)))
     lf = lf.to(acc)
     lr = lr.to(acc) if lr is not None else lf.new_empty(0)
     mu_t = mu_t.reshape(()).to(acc) if mu_t is not None else None

@@ -135,6 +135,19 @@ def test_other_dtypes(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mu_dtype", [torch.float64, torch.float16])
+def test_mus_dtype_does_not_set_the_results(backend, mu_dtype):
+    """The results' dtype follows the logits, as the docs say: a float64 mu made float32 logits' loss and JS weights
+    float64 (mu's dtype counted in the accumulation dtype; an outside user's audit), where plain torch keeps float32
+    (a 0-d tensor does not promote) and the weights do not depend on mu at all."""
+    lr, lf = _logits(16, 16)
+    out, w_r, w_f = nt_losses(lr, lf, torch.tensor(0.3, dtype=mu_dtype), js_weights=True, backend=backend)
+    assert (out.dtype, w_r.dtype, w_f.dtype) == (torch.float32,) * 3
+    want = nt_losses(lr, lf, torch.tensor(0.3, dtype=mu_dtype).float(), js_weights=True, backend=backend)
+    torch.testing.assert_close((out, w_r, w_f), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_extreme_logits_stay_finite(backend):
     lr = torch.tensor([-200.0, 200.0, -90.0, 90.0], requires_grad=True)
     lf = torch.tensor([200.0, -200.0, 90.0, -90.0], requires_grad=True)
