@@ -199,6 +199,20 @@ def test_non_contiguous_inputs(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channels_last_images_give_the_contiguous_inputs_batches(backend):
+    """docs/ops/ntgan.md: eps is drawn in the logical (C, H, W) order and the batches are contiguous, so a seed gives
+    the same batches (bit for bit) for a channels_last x as for its contiguous copy."""
+    xr, xf = _x(4, (3, 5, 5))
+    last = [t.to(memory_format=torch.channels_last) for t in (xr, xf)]
+    sigma = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1, 1)
+    for noise in (0.5, sigma):
+        for mode in ("double", "half"):
+            got = _run(backend, *last, noise, mode)
+            assert all(t.is_contiguous() for t in got)
+            torch.testing.assert_close(got, _run(backend, xr, xf, noise, mode), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_non_contiguous_per_channel_sigma(backend):
     """The kernels read sigma as C contiguous values: a strided per-channel sigma gives the values and the
     gradient of a contiguous copy."""
