@@ -120,6 +120,28 @@ def test_resume_10_plus_10_equals_20(tmp_path):
     assert steps == sorted(steps) and steps.count(10) == 2  # loss row + eval row at 10, none duplicated
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_shipped_dfm_dcgan_resumes_bit_for_bit(tmp_path, tiny_fashion_mnist, fused):
+    """configs/dfm-fmnist.yaml (a BatchNorm DCGAN, simultaneous Adam updates of G, D and the denoiser) shrunk: 3
+    steps and a resume to 6 equal 6 straight steps in every module, optimizer (the denoiser's Adam included), RNG
+    and logged loss (the test above is an MLP's; an audit checked this by hand)."""
+    common = [f"data.path={tiny_fashion_mnist}", "model.dcgan_width=2", "model.latent_dim=8", "optim.batch_size=8",
+              "run.fd=false", "run.sample_every=0", "run.log_every=1", "run.checkpoint_every=2", "run.progress=off",
+              f"method.dfm.fused={str(fused).lower()}"]
+
+    def go(name, steps, resume=False):
+        return fastgan.train(Path(__file__).resolve().parents[1] / "configs" / "dfm-fmnist.yaml", resume=resume,
+                             overrides=[*common, f"run.steps={steps}", f"run.dir={tmp_path / name}"])
+
+    full, half = go("full", 6), go("half", 3)
+    resumed = go("half", 6, resume=True)
+    assert resumed.step == 6 and "denoiser" in ckpt.load(full.out_dir / "checkpoints/last.pt")["method"]["modules"]
+    a, b = (ckpt.load(r.out_dir / "checkpoints/last.pt") for r in (full, resumed))
+    _same_state(a["method"], b["method"])
+    _same_state(a["rng"], b["rng"])
+    assert resumed.losses == full.losses
+
+
 def test_lazy_regularization_logs_the_latest_penalty_and_resumes(tmp_path):
     """method.roth.every=3: every logged row has the latest penalty (rows 1-3 the one of iteration 1), and a run
     resumed mid-cycle regularizes the same iterations as an uninterrupted one."""
