@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import re
 import shutil
@@ -236,6 +237,16 @@ def _the_architectures_default(saved: TrainConfig, key: str, old, value) -> bool
     return old is None and name in defaults and defaults[name] is not None and defaults[name] == value
 
 
+def _finite_scalars(stats: dict) -> bool:
+    """Whether every stat is a one-element tensor holding a finite value, read on the host (on the CPU a read is a
+    copy of 4 bytes; the monitor's per-step path runs on devices that are not CUDA). False for anything else, which
+    _FiniteMonitor.check then examines (and names)."""
+    for v in stats.values():
+        if v.numel() != 1 or v.is_complex() or not math.isfinite(v.item()):
+            return False
+    return True
+
+
 class _FiniteMonitor:
     """Finds the first step at which a logged loss is NaN/inf. On CPU it checks every step; on CUDA it keeps
     the step's device tensors and checks them at log time (no host sync per step)."""
@@ -247,6 +258,8 @@ class _FiniteMonitor:
     def update(self, step: int, stats: dict) -> None:
         if self.latest_only:  # a CUDA graph overwrites the same stats tensors every step
             self.pending = []
+        if self.every_step and not self.pending and _finite_scalars(stats):
+            return  # checked: nothing to keep (check() would find the same, with ~10 tensor ops more)
         self.pending.append((step, stats))
         if self.every_step:
             self.check()
