@@ -33,7 +33,12 @@ def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
     state, cfg = _read(run_dir)
     m = load_run(run_dir, recorded_data_shape(run_dir), device, _state=(state, cfg))
     x, z = draw(m.G, n, torch.Generator(device=device).manual_seed(seed), device)
-    return {"x": x, "z": z, "config": cfg, "step": m.step}
+    return {"x": x, "z": z, "config": cfg, "step": m.step, "run": str(run_dir)}
+
+
+def _non_finite(x: torch.Tensor) -> int:
+    """How many samples hold a NaN or an infinity."""
+    return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
 
 
 def _check_out(out) -> Path:
@@ -42,6 +47,11 @@ def _check_out(out) -> Path:
         raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
     if out.is_dir():
         raise C.ConfigError(f"--out: {str(out)!r} is a folder; give a file in it")
+    for parent in out.parents:  # the first that exists must be a folder: mkdir would say "File exists" late
+        if parent.exists():
+            if not parent.is_dir():
+                raise C.ConfigError(f"--out: {str(parent)!r} is a file, not a folder, so {str(out)!r} cannot be made")
+            break
     return out
 
 
@@ -53,6 +63,11 @@ def write_samples(result: dict, out) -> Path:
 
     out = _check_out(out)
     x, cfg = result["x"], result["config"]
+    bad = _non_finite(x)
+    if bad and out.suffix.lower() == ".png":  # a grid would draw NaN as black, a scatter plot would drop it
+        raise ValueError(f"sample: the generator of {result.get('run', 'the run')} (step {result['step']}) made "
+                         f"{bad} non-finite samples of {x.shape[0]} (eval mode); a PNG cannot show them: write an "
+                         f".npz to look at them")
     if out.suffix.lower() == ".png":  # the PNG writers write a temporary file and rename it
         if x.dim() == 4:
             return save_image_grid(x, out)
@@ -69,7 +84,9 @@ def _cmd_sample(args) -> int:
         _check_out(args.out)  # before loading the run and drawing: a typo costs nothing
         r = sample_run(args.run, args.n, device=cli_device(args.device), seed=args.seed)
         out = write_samples(r, args.out)
-        return f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}"
+        bad = _non_finite(r["x"])
+        return (f"{r['x'].shape[0]} samples of {args.run} (step {r['step']}) written to {out}"
+                + (f" ({bad} of them non-finite)" if bad else ""))
     return run("sample", body)
 
 

@@ -84,7 +84,9 @@ def _triton_memcheck():
     checked against the launch's tensors (tests/triton_memcheck.py)."""
     import importlib.util
 
-    if os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None:
+    from fastgan.ops._dispatch import triton_interpret
+
+    if not triton_interpret() or importlib.util.find_spec("triton") is None:
         yield
         return
     import triton_memcheck
@@ -103,7 +105,9 @@ def auto_jvp_on_cpu(monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
+        from fastgan.ops._dispatch import triton_interpret
+
+        if not triton_interpret():
             # Triton on CPU tensors needs the interpreter, which this process (GPU visible) does not run;
             # those tests are the CPU run's (CUDA_VISIBLE_DEVICES= pytest, or CI)
             skip = pytest.mark.skip(reason="Triton on CPU tensors runs under TRITON_INTERPRET=1, without a GPU")

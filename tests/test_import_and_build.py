@@ -91,6 +91,22 @@ def test_triton_backend_reason_without_interpreter():
     assert r.stdout.startswith("False") and "TRITON_INTERPRET=1" in r.stdout
 
 
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("Yes", True), ("ON", True), ("y", True),
+                                      ("0", False), ("false", False), ("2", False), (" 1", False), ("t", False)])
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, value, on):
+    """triton 3.6's getenv_bool takes 1/y/yes/on/true in any case; fastgan took only "1" and called the triton
+    backend unusable on CPU tensors under TRITON_INTERPRET=true, where triton interprets (an audit)."""
+    from fastgan.ops import _dispatch
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert _dispatch.triton_interpret() is on
+    try:
+        from triton import knobs
+    except ImportError:
+        return
+    assert knobs.runtime.interpret is on  # the premise, where this triton has knobs
+
+
 def test_triton_backend_refused_where_fastgan_kernels_cannot_be_found(monkeypatch):
     """fastgan imported from a source checkout without an editable install: kernels/ is not fastgan/kernels there,
     and `fastgan info` called the Triton backend usable."""

@@ -242,3 +242,35 @@ def test_draws_keep_no_graph(mixture_run):
     assert any(p.requires_grad for p in mixture_run.generator.parameters())
     assert x.shape == (2500, 3) and not x.requires_grad and x.grad_fn is None
     assert not sample_run(mixture_run.out_dir, 10)["x"].requires_grad
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npz"])
+def test_an_out_whose_parent_is_a_file_is_refused_before_the_run_is_read(mixture_run, tmp_path, capsys, suffix):
+    """mkdir of the parents said "[Errno 17] File exists" after the run was loaded and sampled (an audit)."""
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / f"s{suffix}", tmp_path / "afile" / "sub" / f"s{suffix}"):
+        assert cli_main(["sample", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out: '{tmp_path / 'afile'}' is a file, not a folder" in err, err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_non_finite_samples_refuse_a_png_and_are_counted_in_an_npz(run_copy, tmp_path, capsys):
+    """A G whose eval-mode samples are NaN wrote an all-black grid with exit 0, where crosstest and eval name such a
+    run (an audit); an .npz keeps the values as drawn and the line counts them."""
+    from fastgan import checkpoint as ckpt
+
+    path = run_copy / "checkpoints" / "last.pt"
+    state = ckpt.load(path)
+    g = state["method"]["modules"]["G"]
+    last_bias = [k for k in g if k.endswith("bias")][-1]
+    g[last_bias][0] = float("nan")  # the first coordinate of every sample
+    torch.save(state, path)
+    png = tmp_path / "s.png"
+    assert cli_main(["sample", str(run_copy), "--out", str(png), "-n", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "made 8 non-finite samples of 8 (eval mode)" in err and str(run_copy) in err and not png.exists()
+    assert cli_main(["sample", str(run_copy), "--out", str(tmp_path / "s.npz"), "-n", "8"]) == 0
+    assert "(8 of them non-finite)" in capsys.readouterr().out
+    with np.load(tmp_path / "s.npz") as f:
+        assert np.isnan(f["x"][:, 0]).all() and np.isfinite(f["x"][:, 1:]).all()

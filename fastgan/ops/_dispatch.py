@@ -64,7 +64,8 @@ def caller_stacklevel() -> int:
 
 
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    # as triton reads it (its getenv_bool): "1", "y", "yes", "on", "true", any case, nothing else
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "y", "yes", "on", "true")
 
 
 # Triton before 3.4 draws another Philox stream from tl.randn4x with 64-bit counters (Philox on 64-bit words, not
