@@ -2,6 +2,7 @@
 grid, or a scatter plot of points with the mixture's modes) or an .npz (the samples `x` and latents `z`)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,10 @@ def _check_out(out) -> Path:
     if out.is_dir():
         raise C.ConfigError(f"--out: {str(out)!r} is a folder; give a file in it")
     for parent in out.parents:  # the first that exists must be a folder: mkdir would say "File exists" late
-        if parent.exists():
+        if os.path.lexists(parent):  # a dangling symbolic link too, which exists() does not see
             if not parent.is_dir():
-                raise C.ConfigError(f"--out: {str(parent)!r} is a file, not a folder, so {str(out)!r} cannot be made")
+                what = "a file" if parent.exists() else "a dangling symbolic link"
+                raise C.ConfigError(f"--out: {str(parent)!r} is {what}, not a folder, so {str(out)!r} cannot be made")
             break
     return out
 

@@ -3,11 +3,11 @@ and device-independent, so the closed form's structural claims are asserted here
 sequence as the benchmarks): it never costs more matmul/convolution FLOPs than the double backward; without
 BatchNorm and with piecewise-linear activations it shares one weight gradient per layer (FLOPs ~4/3 of the plain
 update's; an MLP's last tangent GEMM folded away: ~1); with batch statistics its BatchNorm passes are fused (fewer than half the double backward's kernels)."""
-import os
 
 import pytest
 import torch
 
+from fastgan.ops._dispatch import triton_interpret
 from helpers import bench_module
 
 costs = bench_module("costs")
@@ -75,7 +75,7 @@ def test_the_joint_pass_is_counted_as_on_cuda(counted):
     assert "cpu" in closed_form_maps.BLOCKED_SUM_DEVICES  # switched off only while counting
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="counts Triton launches under the interpreter")
+@pytest.mark.skipif(not triton_interpret(), reason="counts Triton launches under the interpreter")
 @pytest.mark.triton
 @pytest.mark.parametrize("depth", [1, 3])
 def test_denoiser_step_kernel_counts(depth):
@@ -105,7 +105,7 @@ def test_denoiser_step_kernel_counts(depth):
     assert gemm["total"] <= 0.45 * ref["total"], (gemm["total"], ref["total"])
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="counts Triton launches under the interpreter")
+@pytest.mark.skipif(not triton_interpret(), reason="counts Triton launches under the interpreter")
 @pytest.mark.triton
 def test_denoiser_step_counts_the_gpus_tiles():
     """The fused GEMMs' count takes the tiles an H200 picks (costs_denoiser.GPU_TILES), not the interpreter's: at 64

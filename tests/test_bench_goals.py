@@ -66,6 +66,9 @@ def test_h100_results_read_as_measured():
     # met both, where docs/benchmarks.md gives 0.87 and 0.70); F = 3072 within 0.1% of the file's
     assert bw["test_penalty[backward-B16M-F3-cuda-dtype0]"] == (0.87, True)
     assert bw["test_penalty[backward-B16M-F3-cuda-dtype1]"] == (0.70, False)
+    gbs = {n: round(g) for n, g, _, _ in goals.bandwidth_rows(benchmarks)}
+    assert (gbs["test_penalty[backward-B16M-F3-cuda-dtype0]"], gbs["test_penalty[backward-B16M-F3-cuda-dtype1]"]) == (
+        2612, 2110)  # the GB/s docs/benchmarks.md gives, rescaled with the fraction
     assert bw["test_penalty[backward-B64k-F3072-cuda-dtype0]"] == (1.00, True)
     assert not any("reference" in n for n in bw)
     h200 = {n: round(f, 2) for n, _, f, _ in goals.bandwidth_rows(_rows_of("h200-2026-12-04.json"))}

@@ -253,6 +253,9 @@ def test_an_out_whose_parent_is_a_file_is_refused_before_the_run_is_read(mixture
         err = capsys.readouterr().err
         assert f"--out: '{tmp_path / 'afile'}' is a file, not a folder" in err, err
     assert (tmp_path / "afile").read_text() == "x"
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # exists() is False through it: lexists is not
+    assert cli_main(["sample", str(tmp_path / "nowhere"), "--out", str(tmp_path / "dangling" / f"s{suffix}")]) == 2
+    assert f"--out: '{tmp_path / 'dangling'}' is a dangling symbolic link, not a folder" in capsys.readouterr().err
 
 
 def test_non_finite_samples_refuse_a_png_and_are_counted_in_an_npz(run_copy, tmp_path, capsys):
@@ -274,3 +277,14 @@ def test_non_finite_samples_refuse_a_png_and_are_counted_in_an_npz(run_copy, tmp
     assert "(8 of them non-finite)" in capsys.readouterr().out
     with np.load(tmp_path / "s.npz") as f:
         assert np.isnan(f["x"][:, 0]).all() and np.isfinite(f["x"][:, 1:]).all()
+
+
+@pytest.mark.parametrize("x,bad", [(torch.tensor([[0.0, float("inf"), 1.0], [0.0, 0.0, 0.0]]), 1),
+                                   (torch.zeros(2, 1, 4, 4).index_fill_(2, torch.tensor([1]), float("nan")), 2)],
+                         ids=["inf_points", "nan_images"])
+def test_a_png_of_any_non_finite_sample_is_refused(tmp_path, x, bad):
+    from fastgan.sample import write_samples
+
+    with pytest.raises(ValueError, match=rf"the generator of r \(step 3\) made {bad} non-finite samples of 2 "):
+        write_samples({"x": x, "z": torch.zeros(2, 2), "config": None, "step": 3, "run": "r"}, tmp_path / "s.png")
+    assert not (tmp_path / "s.png").exists()

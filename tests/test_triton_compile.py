@@ -27,8 +27,10 @@ import sys
 import pytest
 import torch
 
+from fastgan.ops._dispatch import triton_interpret
+
 triton = pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") != "1":
+if not triton_interpret():
     pytest.skip("records launches through the Triton interpreter (CPU runs; a GPU run compiles for real)",
                 allow_module_level=True)
 

@@ -355,3 +355,17 @@ def test_fused_nt_noise_keys_differ_for_seeds_torch_tells_apart():
     keys = {make("nt", "method.nt.noise=fixed", "method.nt.fused=true", f"run.seed={s}")[1].noise_state.seed
             for s in (-1, 2**63 - 1, 0)}
     assert len(keys) == 3
+
+
+def test_the_fused_denoiser_follows_the_denoisers_mode_whole_or_one_layer():
+    """The fused denoiser's layers are the denoiser's; each use puts them in the denoiser's mode, as a
+    Module.train(mode) every call did (now only when a flag differs): the denoiser in eval mode, and one BatchNorm
+    a user switched to eval while the denoiser's own flag stays training (refused by the fused loss otherwise)."""
+    _, M = make("dfm")
+    x, fake, d = d_setup(M)
+    M.denoiser.net[1].eval()
+    M.d_objective(x, fake, d)
+    assert all(m.training for m in M.fused_denoiser.modules()) and M.denoiser.net[1].training
+    M.denoiser.eval()
+    M.d_objective(x, fake, d)
+    assert not any(m.training for m in M.fused_denoiser.modules())

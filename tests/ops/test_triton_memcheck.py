@@ -3,13 +3,13 @@ runs a fused op's Triton backend on CPU tensors: it must pass in-bounds and mask
 and atomics outside the launch's tensors, naming the kernel."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from fastgan.ops._dispatch import triton_interpret
+
 triton = pytest.importorskip("triton")
-if os.environ.get("TRITON_INTERPRET") != "1":
+if not triton_interpret():
     pytest.skip("checks the Triton interpreter (CPU runs)", allow_module_level=True)
 
 import triton.language as tl  # noqa: E402
