@@ -363,7 +363,8 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     Algorithm 1). js_weights=True (loss="d" only) also returns Roth et al.'s JS weights from the same logits,
     (1 - sigmoid(psi))^2 for real and sigmoid(psi)^2 for fake, differentiable w.r.t. the logits.
     Returns loss (0-d), or (loss, w_real, w_fake) with each weight in its logits' shape; float32 (float64 if a
-    logits tensor it uses is float64: loss="g" ignores logits_real; mu's dtype does not count); differentiable to any order w.r.t. the logits.
+    logits tensor it uses is float64: loss="g" ignores logits_real; mu's dtype does not count); differentiable to
+    any order w.r.t. the logits.
     The noise generator's loss in NTGAN is -loss_d + lambda * ||eps||^2.
     """
     _checks.no_differentiating_transform(logits_real, logits_fake, mu)
