@@ -21,6 +21,7 @@ from fastgan.logging_utils import read_events
 from helpers import require_fashion_mnist
 
 train_mod = importlib.import_module("fastgan.train")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 TINY = ["optim.batch_size=16", "model.g_hidden=[16]", "model.d_hidden=[16,16]", "run.log_every=2",
         "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=64", "run.progress=off"]
@@ -103,6 +104,16 @@ def _same_state(a: dict, b: dict) -> None:
         assert a == b
 
 
+def _assert_resumed_as_straight(full, resumed) -> dict:
+    """The resumed run's last checkpoint equals the straight run's bit for bit (every model, optimizer and RNG
+    state) and so do their logged losses; returns the straight run's checkpoint."""
+    a, b = (ckpt.load(r.out_dir / "checkpoints/last.pt") for r in (full, resumed))
+    _same_state(a["method"], b["method"])
+    _same_state(a["rng"], b["rng"])
+    assert resumed.losses == full.losses
+    return a
+
+
 def test_resume_10_plus_10_equals_20(tmp_path):
     common = ["method.name=roth+nt+dfm", "method.nt.noise=generator", "method.roth.schedule=anneal",
               "method.roth.anneal_steps=20", "model.d_batchnorm=true", "run.checkpoint_every=4"]
@@ -111,11 +122,7 @@ def test_resume_10_plus_10_equals_20(tmp_path):
     assert ckpt.load(half.out_dir / "checkpoints/last.pt")["step"] == 10
     resumed = run(tmp_path, *common, steps=20, name="half", resume=True)
     assert resumed.step == 20 and resumed.out_dir == half.out_dir
-    a = ckpt.load(full.out_dir / "checkpoints/last.pt")
-    b = ckpt.load(resumed.out_dir / "checkpoints/last.pt")
-    _same_state(a["method"], b["method"])  # bitwise: every model and optimizer
-    _same_state(a["rng"], b["rng"])
-    assert resumed.losses == full.losses
+    _assert_resumed_as_straight(full, resumed)
     steps = [int(r.split(",")[0]) for r in (half.out_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(steps) and steps.count(10) == 2  # loss row + eval row at 10, none duplicated
 
@@ -130,17 +137,13 @@ def test_the_shipped_dfm_dcgan_resumes_bit_for_bit(tmp_path, tiny_fashion_mnist,
               f"method.dfm.fused={str(fused).lower()}"]
 
     def go(name, steps, resume=False):
-        return fastgan.train(Path(__file__).resolve().parents[1] / "configs" / "dfm-fmnist.yaml", resume=resume,
+        return fastgan.train(CONFIG_DIR / "dfm-fmnist.yaml", resume=resume,
                              overrides=[*common, f"run.steps={steps}", f"run.dir={tmp_path / name}"])
 
     full = go("full", 6)
     go("half", 3)
     resumed = go("half", 6, resume=True)
-    assert resumed.step == 6 and "denoiser" in ckpt.load(full.out_dir / "checkpoints/last.pt")["method"]["modules"]
-    a, b = (ckpt.load(r.out_dir / "checkpoints/last.pt") for r in (full, resumed))
-    _same_state(a["method"], b["method"])
-    _same_state(a["rng"], b["rng"])
-    assert resumed.losses == full.losses
+    assert resumed.step == 6 and "denoiser" in _assert_resumed_as_straight(full, resumed)["method"]["modules"]
 
 
 def test_lazy_regularization_logs_the_latest_penalty_and_resumes(tmp_path):
@@ -285,7 +288,7 @@ def test_progress_bar_is_quiet_when_not_a_terminal(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ shipped configs
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
 def _write_idx(path: Path, n: int, seed: int) -> None:
@@ -338,7 +341,7 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
 def test_table4_options_train_on_cuda(name, graph, tmp_path, tiny_fashion_mnist):
     """Table 4's tanh networks (b) and constant G filters with Roth's penalty on a BatchNorm D (f) on a GPU, eager
     and as a CUDA graph: finite losses, the run recorded as finished."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "ntgan-table4" / f"{name}.yaml"
+    path = CONFIG_DIR / "ntgan-table4" / f"{name}.yaml"
     r = fastgan.train(path, overrides=[
         "run.steps=6", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0", "run.checkpoint_every=0",
         "run.num_samples=16", "optim.batch_size=8", "run.progress=off", f"data.path={tiny_fashion_mnist}",
@@ -871,7 +874,7 @@ def test_the_goodfellow_config_trains_past_where_it_diverged(tmp_path):
     (seeds 0 and 1, 2026-12-03); at the shipped lr_d (the authors' halved D objective, as a halved rate) it trains
     on (seeds 0-2 to 3000 steps then)."""
     require_fashion_mnist()
-    path = Path(__file__).resolve().parents[1] / "configs" / "goodfellow-mlp-fmnist.yaml"
+    path = CONFIG_DIR / "goodfellow-mlp-fmnist.yaml"
     r = fastgan.train(path, overrides=["run.steps=400", f"run.dir={tmp_path / 'run'}", "run.log_every=400",
                                        "run.sample_every=0", "run.checkpoint_every=0", "run.parzen=false",
                                        "run.progress=off", "run.tensorboard=false"])

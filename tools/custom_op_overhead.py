@@ -12,6 +12,7 @@ import time
 import torch
 
 import fastgan
+from fastgan.train import _threads  # set for the block and put back, as a run's run.threads
 
 M = importlib.import_module("fastgan.ops.nt_losses")  # the module: fastgan.ops.nt_losses is the function
 
@@ -29,12 +30,8 @@ def _median_us(f, n: int = 2000) -> float:
 
 
 def main() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _threads(1):
         _compare()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _compare() -> None:

@@ -4,8 +4,9 @@ A custom op call costs Python time in the dispatcher (schema parsing, default fi
 autograd.Function): 40-46 us more than this path for nt_losses' forward and backward at N = 512 on a 2-core CPU
 (tools/custom_op_overhead.py), as much as the whole call here, more than the kernels at small sizes. Outside
 tracing, each op runs the same kernel runners and the same backward formulas through plain
-torch.autograd.Functions instead; the custom ops stay the path for torch.compile / export, fake and meta tensors, tensor subclasses, Python dispatch modes (FakeTensorMode,
-make_fx, FlopCounterMode, ...) and functorch transforms, which all need an op they can see or re-dispatch.
+torch.autograd.Functions instead; the custom ops stay the path for torch.compile / export, fake and meta
+tensors, tensor subclasses, Python dispatch modes (FakeTensorMode, make_fx, FlopCounterMode, ...) and functorch
+transforms, which all need an op they can see or re-dispatch.
 """
 from __future__ import annotations
 

@@ -127,10 +127,10 @@ def bias_grad(d, a, rows=None):
 
 def batch_total(a, rows=None, keepdim=False):
     """a.sum(0): the output Linear's bias and weight gradients, whose terms (the logits' adjoints) cancel where a
-    WGAN-style loss gives the batches -1/B_real and +1/B_fake. Where _blocked(a), each block of `rows` (the joint pass's real then
-    fake rows) is summed apart, as the double backward's two passes do, so their sums cancel as exactly as its do
-    (one sum over both: 3.5x the double backward's error for a convolutional D, 128 + 128 rows; in float64, the
-    rounding of 1/100 and 1/156 left 2e-8 where the exact gradient is ~0)."""
+    WGAN-style loss gives the batches -1/B_real and +1/B_fake. Where _blocked(a), each block of `rows` (the joint
+    pass's real then fake rows) is summed apart, as the double backward's two passes do, so their sums cancel as
+    exactly as its do (one sum over both: 3.5x the double backward's error for a convolutional D, 128 + 128 rows;
+    in float64, the rounding of 1/100 and 1/156 left 2e-8 where the exact gradient is ~0)."""
     if _apart(rows, a):
         return _sum_apart(lambda p: p.sum(0, keepdim=keepdim), rows, a)
     return a.sum(0, keepdim=keepdim)

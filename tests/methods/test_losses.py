@@ -115,8 +115,8 @@ def test_f_penalty_weight_is_conjugate_curvature_times_activation_slope(f):
 @pytest.mark.parametrize("f", fdiv.DIVERGENCES)
 def test_conjugate_curvature_and_the_linear_activations(f):
     """f*''(g_f(v)), the weight of ||grad T||^2 where T's own gradient is taken (a batch-coupled D), as the square
-    of fdiv.conjugate_curvature_root, by autograd of the table; and fdiv.LINEAR lists exactly the divergences whose g_f is the identity (where the per-sample
-    rewrite holds for any D)."""
+    of fdiv.conjugate_curvature_root, by autograd of the table; and fdiv.LINEAR lists exactly the divergences whose
+    g_f is the identity (where the per-sample rewrite holds for any D)."""
     g, fstar = ref.F_GAN[f]
     v = torch.linspace(-2, 2, 9, dtype=torch.float64)
     t = g(v).requires_grad_(True)
