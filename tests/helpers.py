@@ -102,6 +102,19 @@ def cuda_emulated() -> bool:
     return bool(getattr(_ext.C(), "cuda_emulated", False))
 
 
+def every_backend_params():
+    """"cpu", "triton" and "cuda" twice: on CPU tensors through the CUDA emulator (tests/conftest.py), and on a GPU
+    (marked `cuda`)."""
+    import pytest
+
+    return ["cpu", "triton", "cuda", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda-gpu")]
+
+
+def backend_device(backend: str) -> str:
+    """The device of a test's tensors for `backend` from every_backend_params(): CUDA for the GPU's cuda case."""
+    return "cuda" if backend == "cuda" and not cuda_emulated() else "cpu"
+
+
 def emulate_cuda(monkeypatch, module):
     """backend="cuda" on CPU tensors runs `module`'s emulated CUDA kernels (tools/cuda_emu) for this test:
     the extension is swapped, CUDA device guards become no-ops, streams are the default (0), and the dispatcher

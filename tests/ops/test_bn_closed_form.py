@@ -11,16 +11,11 @@ from torch import nn
 from fastgan.ops import bn_closed_form as K, gradient_penalty
 from fastgan.reference import bn_closed_form as ref
 
-from helpers import assert_close_to_oracle, backend_calls, cuda_emulated
+from helpers import assert_close_to_oracle, backend_calls, backend_device, every_backend_params
 
 SHAPES = [(64, 8), (6, 5, 7), (4, 3, 5, 6), (2, 3, 2, 3, 4), (2, 3, 20, 20), (5, 300, 2), (3, 700)]
-# "cuda" twice: on CPU tensors through the CUDA emulator (tests/conftest.py), and on a GPU
-BACKENDS = ["cpu", "triton", "cuda", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda-gpu")]
+BACKENDS = every_backend_params()
 EPS = 1e-5
-
-
-def _device(backend):
-    return "cuda" if backend == "cuda" and not cuda_emulated() else "cpu"
 
 
 def _inputs(shape, gamma=True, dtype=torch.float64, device="cpu", seed=0, shift=2.0):
@@ -97,7 +92,7 @@ def test_reference_stats_match_batch_norm():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("gamma", [True, False])
 def test_backend_matches_reference_float64(backend, shape, gamma):
-    x = _inputs(shape, gamma, device=_device(backend))
+    x = _inputs(shape, gamma, device=backend_device(backend))
     before = backend_calls(K.OP, backend)
     got, want = _chain(x, backend), _chain(x, impl=ref)
     assert backend_calls(K.OP, backend) == before + 3
@@ -117,7 +112,7 @@ def test_backend_float32_within_twice_reference_error(backend, shape, shift):
     (4-10x the reference's error), the shifted element passes subtract the mean first. The truth of each stage is
     float64 on its float32 inputs: rounding them is no kernel's error (against the unrounded inputs' truth, an H200's
     float32 torch.var_mean landed 4x nearer than the rounded inputs' exact rstd, and failed the exact kernel)."""
-    dev = _device(backend)
+    dev = backend_device(backend)
     x32 = {k: None if v is None else v.float() for k, v in _inputs(shape, True, device=dev, shift=shift).items()}
     x64 = {k: None if v is None else v.double() for k, v in x32.items()}
     truth = _chain(x64, impl=ref)
@@ -144,7 +139,7 @@ def test_centring_subtracts_a_mean_float32_cannot_hold(backend):
     half an ulp of 300, 1.5e-5, times rstd ~95 in xhat (1.4e-3; t - mean(t) likewise in the tangent's output).
     Subtracted in two parts (bncf::split_shift) the centring rounds once. Against float64 on the same float32
     inputs; xhat = 0 for the tangent isolates its centring (q = 0)."""
-    dev = _device(backend)
+    dev = backend_device(backend)
     g = torch.Generator().manual_seed(5)
     h = (300 + 0.01 * torch.randn(16, 6, 5, generator=g, dtype=torch.float64)).float().to(dev)
     t = (-200 + 0.01 * torch.randn(16, 6, 5, generator=g, dtype=torch.float64)).float().to(dev)
@@ -167,7 +162,7 @@ def test_rstd_of_channels_whose_mean_is_far_past_their_std(backend, mean, shape)
     with the mean in two parts, the mean itself was off (8 samples added in float32 before flushing into double):
     rstd 60-10^4 times the reference's error at (512, 128) and (64, 32, 16) for means of 1e5-3e6."""
     g = torch.Generator().manual_seed(0)
-    h = (mean + torch.randn(*shape, generator=g, dtype=torch.float64)).float().to(_device(backend))
+    h = (mean + torch.randn(*shape, generator=g, dtype=torch.float64)).float().to(backend_device(backend))
     got = K.stats(h, EPS, backend)[1]
     assert_close_to_oracle(got, ref.stats(h, EPS)[1], ref.stats(h.double(), EPS)[1], name="rstd")
 
@@ -181,7 +176,7 @@ def test_tangent_whose_mean_is_far_past_its_std(backend, mean):
     xhat, rstd = (v.float() for v in ref.stats(torch.randn(4096, 3, generator=g, dtype=torch.float64), EPS))
     t = (mean + torch.randn(4096, 3, generator=g, dtype=torch.float64)).float()
     args = (xhat, t, rstd, None)
-    got = K.centered(*(a if a is None else a.to(_device(backend)) for a in args), backend=backend)
+    got = K.centered(*(a if a is None else a.to(backend_device(backend)) for a in args), backend=backend)
     low, truth = ref.centered(*args), ref.centered(*(a if a is None else a.double() for a in args))
     for i, name in enumerate(("out", "mt", "q")):
         assert_close_to_oracle(got[i], low[i], truth[i], name=name)
@@ -202,7 +197,7 @@ def test_vjp_of_cotangents_whose_mean_is_far_past_their_std(backend, rho_mean, l
     t = r(256, 4)
     mt, q = ref.centered(xhat, t, rstd, None)[1:]
     v32 = [v.float() for v in (rho_mean + r(256, 4), lam_mean + r(256, 4), xhat, t, rstd, r(4) * 0.5 + 1, mt, q)]
-    got = K.vjp(*(v.to(_device(backend)) for v in v32), backend=backend)
+    got = K.vjp(*(v.to(backend_device(backend)) for v in v32), backend=backend)
     low, truth = ref.vjp(*v32), ref.vjp(*(v.double() for v in v32))
     for i, name in enumerate(("dh", "dgamma", "dbeta")):
         assert_close_to_oracle(got[i], low[i], truth[i], name=name)
@@ -212,7 +207,7 @@ def test_vjp_of_cotangents_whose_mean_is_far_past_their_std(backend, rho_mean, l
 def test_an_infinite_mean_keeps_the_references_infinities(backend):
     """A channel whose mean is inf: the two-part shift's low part (inf - inf) is taken as 0, so x - inf stays -inf
     where the reference has it, not NaN everywhere (a review of split_shift)."""
-    dev = _device(backend)
+    dev = backend_device(backend)
     t = torch.randn(4, 3, 1, generator=torch.Generator().manual_seed(2)).to(dev)
     t[1, 1, 0] = float("inf")
     xhat, rstd = torch.ones_like(t), torch.ones(3, device=dev)
@@ -223,7 +218,7 @@ def test_an_infinite_mean_keeps_the_references_infinities(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_channels(backend):
-    got = _chain(_inputs((3, 0, 4), True, device=_device(backend)), backend)
+    got = _chain(_inputs((3, 0, 4), True, device=backend_device(backend)), backend)
     assert got["dh"].shape == (3, 0, 4) and got["rstd"].shape == got["dgamma"].shape == (0,)
 
 
@@ -431,7 +426,7 @@ def test_vjp_centring_subtracts_a_mean_float32_cannot_hold(backend, which):
     alone errs by up to half an ulp of it (1.5e-5 at 300), times rstd g (rho) or r2 q g (lam) in dh. Cotangents near
     300 and -200 with std 0.01 and rstd = g = q = 1: against float64 on the same float32 inputs (the 2x-oracle tests
     cannot see this: the float32 reference subtracts its own float32-rounded mean)."""
-    dev = _device(backend)
+    dev = backend_device(backend)
     g = torch.Generator().manual_seed(5)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     shape = (16, 6, 5)

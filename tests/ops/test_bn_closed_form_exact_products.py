@@ -12,15 +12,11 @@ import torch
 from fastgan.ops import bn_closed_form as K
 from fastgan.reference import bn_closed_form as ref
 
-from helpers import cuda_emulated
+from helpers import backend_device, every_backend_params
 
-BACKENDS = ["cpu", "triton", "cuda", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda-gpu")]
+BACKENDS = every_backend_params()
 EPS = 1e-5
 ULPS = 4
-
-
-def _device(backend):
-    return "cuda" if backend == "cuda" and not cuda_emulated() else "cpu"
 
 
 def _within_ulps(got, truth, name):
@@ -44,7 +40,7 @@ def _inputs(seed, shape=(4096, 3)):
 def test_q_of_a_tangent_far_off_zero_is_exact(backend, mean, seed):
     r, xhat, rstd = _inputs(seed)
     t = (mean + r(*xhat.shape)).float()
-    dev = _device(backend)
+    dev = backend_device(backend)
     _, mt, q = K.centered(xhat.to(dev), t.to(dev), rstd.to(dev), None, backend=backend)
     _, mt64, q64 = ref.centered(xhat.double(), t.double(), rstd.double(), None)
     _within_ulps(q, q64, "q")
@@ -62,7 +58,7 @@ def test_dgamma_of_cotangents_far_off_zero_is_exact(backend, rho_mean, lam_mean,
     rho, lam = (rho_mean + r(*shape)).float(), (lam_mean + r(*shape)).float()
     gamma = (r(shape[1]) * 0.5 + 1).float()
     v32 = (rho, lam, xhat, t, rstd, gamma, mt, q)
-    dev = _device(backend)
+    dev = backend_device(backend)
     _, dgamma, dbeta = K.vjp(*(v.to(dev) for v in v32), backend=backend)
     _, dgamma64, dbeta64 = ref.vjp(*(v.double() for v in v32))
     _within_ulps(dgamma, dgamma64, "dgamma")
