@@ -165,7 +165,9 @@ def test_bias_gradients_where_the_d_losss_parts_cancel(name, rows, joint, device
     _assert_cancelling_gradients(CANCEL_DS[name], name == "conv", rows, device, range(8))
 
 
-def _assert_cancelling_gradients(make_d, conv, rows, device, seeds):
+def _cancelling_gradients(make_d, conv, rows, device, seed):
+    """(parameter names, float64 truth, float32 double backward, float32 closed form) of the WGAN-style D loss
+    plus 0.05 x the penalty, on inputs 100 from zero."""
     shape = (3, 4, 4) if conv else (3,)
 
     def grads(D, xr, xf, mode, dtype):
@@ -175,16 +177,20 @@ def _assert_cancelling_gradients(make_d, conv, rows, device, seeds):
             loss = 0.05 * om - lr.mean() + lf.mean()
             return [t.double().cpu() for t in torch.autograd.grad(loss, list(D.parameters()))]
 
+    torch.manual_seed(seed)
+    D = make_d()
+    g = torch.Generator().manual_seed(seed)
+    xr = (torch.randn(rows[0], *shape, generator=g, dtype=torch.float64) + 100).float()
+    xf = (torch.randn(rows[1], *shape, generator=g, dtype=torch.float64) * 0.5 + 100.3).float()
+    names = [n for n, _ in D.named_parameters()]
+    return (names, grads(D, xr, xf, "double_backward", torch.float64),
+            grads(D, xr, xf, "double_backward", torch.float32), grads(D, xr, xf, "mlp", torch.float32))
+
+
+def _assert_cancelling_gradients(make_d, conv, rows, device, seeds):
     for seed in seeds:
-        torch.manual_seed(seed)
-        D = make_d()
-        g = torch.Generator().manual_seed(seed)
-        xr = (torch.randn(rows[0], *shape, generator=g, dtype=torch.float64) + 100).float()
-        xf = (torch.randn(rows[1], *shape, generator=g, dtype=torch.float64) * 0.5 + 100.3).float()
-        truth = grads(D, xr, xf, "double_backward", torch.float64)
-        plain = grads(D, xr, xf, "double_backward", torch.float32)
-        closed = grads(D, xr, xf, "mlp", torch.float32)
-        for (pname, _), t, p, c in zip(D.named_parameters(), truth, plain, closed):
+        names, truth, plain, closed = _cancelling_gradients(make_d, conv, rows, device, seed)
+        for pname, t, p, c in zip(names, truth, plain, closed):
             if conv and pname == "0.bias":
                 # the convolution's own bias: 1-3e-8 in every seed, 3-30x below the double backward's error but
                 # for seed 4, where that read 4e-9 (1.5x past the rule): not this test's cancellation
@@ -192,6 +198,23 @@ def _assert_cancelling_gradients(make_d, conv, rows, device, seeds):
             # absolute errors: some of these gradients are exactly 0 (all units of a ReLU layer off)
             err, ref = (c - t).abs().max().item(), (p - t).abs().max().item()
             assert err <= 2 * ref + 4 * EPS * t.abs().max().item(), (seed, pname, err, ref)
+
+
+@pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
+@pytest.mark.parametrize("rows", [(128, 128), (100, 156)], ids=["128+128", "100+156"])
+def test_a_folded_mlps_output_weight_where_the_d_losss_parts_cancel(rows, joint, monkeypatch):
+    """The fold (mlp_penalty.fold_index) rebuilds the output Linear's weight gradient as sum_i W_oi P_oi + b c
+    after the batch sum. In the cancellation above that read a median 1.4x the double backward's error over 20
+    seeds of the LeakyReLU D (4x in 2 of 40; 3.2x in the test above's seed 2: CI on an Intel Xeon, where the EPYC
+    it was written on had passed). The CPU sums it from the layer's input and tangent (mlp_penalty.direct_output):
+    a median 0.55x. A single seed's ratio moves between machines' GEMMs; the median over 20 seeds is asserted."""
+    _passes(monkeypatch, "cpu", joint)
+    ratios = []
+    for seed in range(20):
+        names, truth, plain, closed = _cancelling_gradients(CANCEL_DS["leaky"], False, rows, "cpu", seed)
+        t, p, c = (g[names.index("4.weight")] for g in (truth, plain, closed))
+        ratios.append(((c - t).abs().max() / (p - t).abs().max()).item())
+    assert sorted(ratios)[len(ratios) // 2] <= 1.0, sorted(ratios)
 
 
 @pytest.mark.parametrize("device", DEVICES)

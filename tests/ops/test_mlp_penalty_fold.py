@@ -1,14 +1,15 @@
 """The closed form's fold (fastgan/ops/mlp_penalty.py fold_index): for a D ending Linear -> ReLU/LeakyReLU ... ->
 Linear(1) without smooth activations, the tangent's GEMM through the penultimate Linear is replaced by a read of
 the weight gradient's product. Where it applies and where it must not, and that the gradients are still the double
-backward's."""
+backward's, with the output weight's gradient read off that product (CUDA's) or summed directly (the CPU's:
+mlp_penalty.direct_output)."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from fastgan.ops import gradient_penalty, js_penalty, mlp_penalty, penalty_jvp
+from fastgan.ops import closed_form_maps, gradient_penalty, js_penalty, mlp_penalty, penalty_jvp
 
 FOLDS = {  # name -> (D builder, index of the penultimate Linear among the closed form's layer records)
     "leaky": (lambda: nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)), 0),
@@ -32,6 +33,13 @@ NO_FOLD = {
     "conv_before_head": lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1)),
     "conv_head": lambda: nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv1d(4, 1, 3), nn.Flatten()),
 }
+
+
+@pytest.fixture(params=[False, True], ids=["read_off_P", "direct"])
+def direct(request, monkeypatch):
+    """Both ways of the output weight's gradient on CPU tensors (the CPU's own: direct)."""
+    monkeypatch.setattr(mlp_penalty, "direct_output", lambda w_out: request.param)
+    return request.param
 
 
 def _x(name, B, seed):
@@ -88,7 +96,7 @@ def _js_loss(D, xr, xf, mode):
 
 @pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
 @pytest.mark.parametrize("name", list(FOLDS) + list(NO_FOLD))
-def test_js_penalty_gradients_equal_the_double_backward(name, joint, monkeypatch):
+def test_js_penalty_gradients_equal_the_double_backward(name, joint, direct, monkeypatch):
     if joint:
         monkeypatch.setattr(penalty_jvp, "JOINT_MLP_DEVICES", {"cpu"})
     else:
@@ -104,7 +112,7 @@ def test_js_penalty_gradients_equal_the_double_backward(name, joint, monkeypatch
 
 @pytest.mark.parametrize("weight", ["one", "js_fake", "callable"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_gradient_penalty_with_any_weight_and_upstream(weight, reduction):
+def test_gradient_penalty_with_any_weight_and_upstream(weight, reduction, direct):
     D = _randomized(FOLDS["deep_relu"][0]())
     x = _x("deep_relu", 11, 3)
     w = (lambda p: torch.sigmoid(p) * (1 + p.mean())) if weight == "callable" else weight  # couples samples
@@ -118,7 +126,7 @@ def test_gradient_penalty_with_any_weight_and_upstream(weight, reduction):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_gradcheck_through_the_fold():
+def test_gradcheck_through_the_fold(direct):
     D = _randomized(FOLDS["two_acts"][0]())
     names = [n for n, _ in D.named_parameters()]
     xr, xf = _x("two_acts", 5, 4), _x("two_acts", 4, 5)
@@ -132,9 +140,35 @@ def test_gradcheck_through_the_fold():
     assert torch.autograd.gradcheck(penalty, params)
 
 
+def test_the_cpu_sums_the_output_weight_gradient_directly(monkeypatch):
+    w = torch.zeros(1, 4)
+    assert mlp_penalty.direct_output(w) and mlp_penalty.direct_output(w.double())
+    assert not mlp_penalty.direct_output(w.bfloat16())  # half types: not blocked (closed_form_maps._blocked)
+    monkeypatch.setattr(closed_form_maps, "BLOCKED_SUM_DEVICES", set())  # as on CUDA
+    assert not mlp_penalty.direct_output(w)
+
+
+def test_the_direct_sum_reads_the_tangent_at_the_output_layer(monkeypatch):
+    """direct_output's forward carries the tangent through the penultimate Linear (the GEMM the fold skips)."""
+    D = _randomized(FOLDS["deep_relu"][0]())
+    xr, xf = _x("deep_relu", 9, 1), _x("deep_relu", 6, 2)
+    seen = {}
+    real_save = mlp_penalty.save_layers
+
+    def save(ctx, layers, *args):
+        seen["t"] = [("t" in L) for L in layers]
+        return real_save(ctx, layers, *args)
+
+    monkeypatch.setattr(mlp_penalty, "save_layers", save)
+    for direct in (True, False):
+        monkeypatch.setattr(mlp_penalty, "direct_output", lambda w_out: direct)
+        js_penalty(D, xr, xf, mode="mlp")
+        assert seen["t"][-1] is direct and seen["t"][FOLDS["deep_relu"][1]], (direct, seen["t"])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("bias_scale", [0.0, 5.0])
-def test_float32_rounding_no_worse_than_without_the_fold(seed, bias_scale, monkeypatch):
+def test_float32_rounding_no_worse_than_without_the_fold(seed, bias_scale, direct, monkeypatch):
     """In float32 the output layer's weight gradient is rebuilt from the penultimate layer's product (sum_i W P +
     b * c): against the float64 double backward, every parameter's error stays within 2x the larger of the float32
     double backward's and the closed form's without the fold (large biases included), plus a few ulps."""
