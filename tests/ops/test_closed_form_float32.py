@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastgan.ops import closed_form_maps, penalty_jvp
+from fastgan.ops import closed_form_maps, mlp_penalty, penalty_jvp
 from fastgan.ops.closed_form_maps import batch_contract, bias_grad, channel_sum
 from fastgan.ops.penalty import js_penalty
 
@@ -207,14 +207,22 @@ def test_a_folded_mlps_output_weight_where_the_d_losss_parts_cancel(rows, joint,
     after the batch sum. In the cancellation above that read a median 1.4x the double backward's error over 20
     seeds of the LeakyReLU D (4x in 2 of 40; 3.2x in the test above's seed 2: CI on an Intel Xeon, where the EPYC
     it was written on had passed). The CPU sums it from the layer's input and tangent (mlp_penalty.direct_output):
-    a median 0.55x. A single seed's ratio moves between machines' GEMMs; the median over 20 seeds is asserted."""
+    a median 0.55x there. A single seed's ratio, and the double backward's own error, move with the machine's
+    GEMMs; asserted: the CPU's way's median error ratio over 20 seeds under 0.6x the fold's, both measured here."""
     _passes(monkeypatch, "cpu", joint)
-    ratios = []
-    for seed in range(20):
-        names, truth, plain, closed = _cancelling_gradients(CANCEL_DS["leaky"], False, rows, "cpu", seed)
-        t, p, c = (g[names.index("4.weight")] for g in (truth, plain, closed))
-        ratios.append(((c - t).abs().max() / (p - t).abs().max()).item())
-    assert sorted(ratios)[len(ratios) // 2] <= 1.0, sorted(ratios)
+
+    def median_ratio():
+        ratios = []
+        for seed in range(20):
+            names, truth, plain, closed = _cancelling_gradients(CANCEL_DS["leaky"], False, rows, "cpu", seed)
+            t, p, c = (g[names.index("4.weight")] for g in (truth, plain, closed))
+            ratios.append(((c - t).abs().max() / (p - t).abs().max()).item())
+        return sorted(ratios)[len(ratios) // 2]
+
+    cpus = median_ratio()
+    monkeypatch.setattr(mlp_penalty, "direct_output", lambda w_out: False)  # CUDA's way: read off P
+    folds = median_ratio()
+    assert cpus <= 0.6 * folds, (cpus, folds)
 
 
 @pytest.mark.parametrize("device", DEVICES)
