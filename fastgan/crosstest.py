@@ -45,8 +45,10 @@ def _read(run_dir) -> tuple[dict, C.TrainConfig]:
     return state, _checkpoint_config(state, path)
 
 
-def load_run(run_dir, data_shape, device="cpu", *, _state=None) -> RunModels:
-    """G and D of a run folder's checkpoint, on `device`, for data of sample shape `data_shape`."""
+def load_run(run_dir, data_shape, device="cpu", *, _state=None, shape_from: str = "") -> RunModels:
+    """G and D of a run folder's checkpoint, on `device`, for data of sample shape `data_shape`. shape_from: where
+    that shape was read, for the error when the checkpoint's weights do not fit it (a mismatch may be the shape's
+    source's, e.g. a hand-edited run_info.json, not the checkpoint's)."""
     from .models import build_discriminator, build_generator
 
     path = Path(run_dir) / CHECKPOINT
@@ -58,7 +60,9 @@ def load_run(run_dir, data_shape, device="cpu", *, _state=None) -> RunModels:
             module.load_state_dict(modules[name])
         except (TypeError, KeyError, RuntimeError) as e:
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
-            raise CheckpointError(f"checkpoint {path}: its {name} does not fit its config's model: {why}") from None
+            shape = f" for samples of shape {tuple(data_shape)}" + (f" ({shape_from})" if shape_from else "")
+            raise CheckpointError(f"checkpoint {path}: its {name} does not fit its config's model{shape}: {why}") \
+                from None
     return RunModels(Path(run_dir), cfg, state["step"], G.to(device), D.to(device))
 
 
@@ -167,7 +171,8 @@ def cross_test_runs(run_a, run_b, *, samples: int = 10000, device="cpu", seed: i
     g = torch.Generator(device=device).manual_seed(seed)
     real, where = held_out_real(cfgs[0].data, samples, device, g, others=[cfgs[1].data])
     shape = tuple(real.shape[1:])
-    a, b = (load_run(run, shape, device, _state=r) for run, r in ((run_a, read[0]), (run_b, read[1])))
+    a, b = (load_run(run, shape, device, _state=r, shape_from=f"those of the real samples: {where}")
+            for run, r in ((run_a, read[0]), (run_b, read[1])))
     fakes, z = [], None
     same_prior = (a.G.latent_dim, a.G.latent_dist) == (b.G.latent_dim, b.G.latent_dist)
     for m in (a, b):

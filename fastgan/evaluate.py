@@ -29,6 +29,7 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     if d.name in mixtures.MIXTURES:
         means = mixtures.means(d.name, device=device)
         shape, real = (means.shape[1],), None
+        where = f"the dimension of {d.name}'s modes"
     elif d.name == "fashion_mnist":
         if samples < 20:
             raise ValueError(f"samples: must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at "
@@ -39,7 +40,8 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     else:
         raise ValueError(f"eval: no score for data.name={d.name!r}: fastgan eval scores fashion_mnist runs "
                          f"(its classifier) and the mixtures {', '.join(mixtures.MIXTURES)}")
-    m = load_run(run_dir, shape, device, _state=(state, cfg))
+    m = load_run(run_dir, shape, device, _state=(state, cfg), shape_from=f"from {where}" if real is None else
+                 f"those of the real samples: {where}")
     x, _ = draw(m.G, samples, g, device)
     out = {"run": str(m.path), "step": m.step, "data": d.name, "generated": samples}
     if real is None:

@@ -32,7 +32,9 @@ def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
     n = positive_int(n, "n")
     device = torch.device(device)
     state, cfg = _read(run_dir)
-    m = load_run(run_dir, recorded_data_shape(run_dir), device, _state=(state, cfg))
+    info = Path(run_dir) / "run_info.json"
+    m = load_run(run_dir, recorded_data_shape(run_dir), device, _state=(state, cfg),
+                 shape_from=f"the data_shape that {info} records")
     x, z = draw(m.G, n, torch.Generator(device=device).manual_seed(seed), device)
     return {"x": x, "z": z, "config": cfg, "step": m.step, "run": str(run_dir)}
 

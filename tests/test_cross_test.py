@@ -260,7 +260,8 @@ def test_a_model_mismatch_names_the_first_problem(two_runs, tmp_path, capsys):
     bad = _damaged_copy(two_runs[0], tmp_path / "missing", drop_a_key)
     assert main(["crosstest", str(bad), str(two_runs[1]), "--samples", "100"]) == 1
     err = capsys.readouterr().err
-    assert "its D does not fit its config's model: Error(s) in loading state_dict for" in err
+    assert "its D does not fit its config's model for samples of shape (3,) (those of the real samples: 100 fresh " \
+        "draws of " in err and "): Error(s) in loading state_dict for" in err
     assert 'Missing key(s) in state_dict: "' in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -498,7 +499,8 @@ def test_steps_are_the_checkpoints_and_a_missing_module_is_named(two_runs, tmp_p
     del state["method"]["modules"]["G"]
     torch.save(state, path)
     assert main(["crosstest", str(two_runs[0]), str(bad), "--samples", "10"]) == 1
-    assert "its G does not fit its config's model: no entry 'G'" in capsys.readouterr().err
+    assert "its G does not fit its config's model for samples of shape (" in (err := capsys.readouterr().err)
+    assert "): no entry 'G'" in err
 
 
 # ------------------------------------------------------------------ errors that name their source (review)
@@ -518,6 +520,16 @@ def test_confusion_refuses_fake_samples_of_another_shape():
     d = nn.Sequential(nn.Flatten(), threshold_d(0.5))  # would classify (N, 1, 2) and (N, 2) alike
     with pytest.raises(ValueError, match=r"^fake: samples of shape \(1, 2\), real samples of shape \(2,\)"):
         confusion(d, points(0, 1), points(0, 1)[:, None])
+
+
+def test_eval_names_where_the_sample_shape_its_checkpoint_does_not_fit_came_from(two_runs, tmp_path, capsys):
+    def drop_a_key(modules):
+        modules["G"].pop(next(iter(modules["G"])))
+    bad = _damaged_copy(two_runs[0], tmp_path / "missing", drop_a_key)
+    assert main(["eval", str(bad), "--samples", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "its G does not fit its config's model for samples of shape (3,) (from the dimension of roth3d's modes): " \
+           "Error(s) in loading state_dict for" in err, err
 
 
 def test_eval_names_the_run_whose_generator_makes_non_finite_samples(tmp_path, capsys):

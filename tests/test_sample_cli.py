@@ -181,6 +181,18 @@ def test_run_info_data_shape_must_be_a_list_of_positive_ints(run_copy, tmp_path,
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_a_data_shape_the_checkpoint_does_not_fit_names_run_info_as_its_source(run_copy, tmp_path, capsys):
+    # a valid shape, not the run's: the checkpoint's weights refuse it, and the error says where the shape came from
+    run = run_copy
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "data_shape": [2]}))
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "its G does not fit its config's model for samples of shape (2,) (the data_shape that " in err
+    assert f"{run / 'run_info.json'} records)" in err
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_run_info_without_data_shape_is_unreadable(run_copy, tmp_path, capsys):
     run = run_copy
     info = json.loads((run / "run_info.json").read_text())
