@@ -6,12 +6,13 @@ gradient: ~10 units of rounding at B=1024 where torch's pairwise sum makes ~2). 
 GEMV/GEMM per contraction, on the assumption that cuBLAS reduces in trees: the `cuda` variants check that, TF32 off
 (cuDNN's default allows it for convolutions, which would measure TF32's rounding instead)."""
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from fastgan.ops import closed_form_maps, mlp_penalty, penalty_jvp
+from fastgan.ops import closed_form_maps, penalty_jvp
 from fastgan.ops.closed_form_maps import batch_contract, bias_grad, channel_sum
 from fastgan.ops.penalty import js_penalty
 
@@ -160,7 +161,7 @@ def test_bias_gradients_where_the_d_losss_parts_cancel(name, rows, joint, device
     the double backward's error for the convolutional D; now torch.sum of the products, as autograd's, over each
     batch apart (the joint pass's one sum over both left a residue where the exact gradient is ~0: seeds 0, 5), the
     output bias too (summed over both in float64, the rounding of 1/100 and 1/156 left 2e-8 there: a review;
-    closed_form_maps.bias_grad, batch_total). Same rule as above."""
+    closed_form_maps.bias_grad, batch_total). The rule above over the seeds' sums (_assert_cancelling_gradients)."""
     _passes(monkeypatch, device, joint)
     _assert_cancelling_gradients(CANCEL_DS[name], name == "conv", rows, device, range(8))
 
@@ -188,41 +189,53 @@ def _cancelling_gradients(make_d, conv, rows, device, seed):
 
 
 def _assert_cancelling_gradients(make_d, conv, rows, device, seeds):
+    """The rule above, per parameter, over the seeds' sums: sum_s err_s <= 2 sum_s ref_s + 4 units of sum_s |truth_s|.
+    One seed's ratio is luck in these cancellations: on this machine (an Intel Xeon) seeds past the ones tested
+    read 1.06-1.2x past the per-seed rule (2.weight at seed 19, 0.bias at seed 10, with code that passes seeds
+    0-7), and with MKL, oneDNN and ATen held to AVX2 (another CPU's GEMMs: ATEN_CPU_CAPABILITY=avx2
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) 0.weight read 1.13x at seed 5 and, in the Tanh MLP's seed
+    12, 2.bias 2.8e-9 where the double backward's exact cancellation left 3e-12 and other seeds' 3e-8. Over the
+    seeds the sums read at most 0.53 of their bound on the three ISA levels (AVX-512, AVX2, SSE4.2), and still fail
+    where the joint pass sums over both batches at once (closed_form_maps._apart false: 4 cases). And the median of
+    the seeds' ratios
+    err_s / ref_s at most 1.5: 1.14 at most on the three ISA levels (a convolution's weight, whose gradient both
+    modes take from the same kernel), 1.64 for 0.bias at 100 + 156 rows with bias_grad's blocked products summed
+    by batch_contract's 64-row blocks (the rows one after another: the defect bias_grad's docstring names), whose
+    sums stay within the first rule."""
+    errs, refs, mags = {}, {}, {}
     for seed in seeds:
         names, truth, plain, closed = _cancelling_gradients(make_d, conv, rows, device, seed)
         for pname, t, p, c in zip(names, truth, plain, closed):
-            if conv and pname == "0.bias":
-                # the convolution's own bias: 1-3e-8 in every seed, 3-30x below the double backward's error but
-                # for seed 4, where that read 4e-9 (1.5x past the rule): not this test's cancellation
-                continue
             # absolute errors: some of these gradients are exactly 0 (all units of a ReLU layer off)
-            err, ref = (c - t).abs().max().item(), (p - t).abs().max().item()
-            assert err <= 2 * ref + 4 * EPS * t.abs().max().item(), (seed, pname, err, ref)
+            errs.setdefault(pname, []).append((c - t).abs().max().item())
+            refs.setdefault(pname, []).append((p - t).abs().max().item())
+            mags.setdefault(pname, []).append(t.abs().max().item())
+    for pname in errs:
+        err, ref = sum(errs[pname]), sum(refs[pname])
+        assert err <= 2 * ref + 4 * EPS * sum(mags[pname]), (pname, errs[pname], refs[pname])
+        ratios = sorted(e / r if r else (1.0 if e == 0 else math.inf) for e, r in zip(errs[pname], refs[pname]))
+        assert ratios[len(ratios) // 2] <= 1.5, (pname, ratios)
 
 
 @pytest.mark.parametrize("joint", [False, True], ids=["two_passes", "joint_pass"])
 @pytest.mark.parametrize("rows", [(128, 128), (100, 156)], ids=["128+128", "100+156"])
 def test_a_folded_mlps_output_weight_where_the_d_losss_parts_cancel(rows, joint, monkeypatch):
     """The fold (mlp_penalty.fold_index) rebuilds the output Linear's weight gradient as sum_i W_oi P_oi + b c
-    after the batch sum. In the cancellation above that read a median 1.4x the double backward's error over 20
-    seeds of the LeakyReLU D (4x in 2 of 40; 3.2x in the test above's seed 2: CI on an Intel Xeon, where the EPYC
-    it was written on had passed). The CPU sums it from the layer's input and tangent (mlp_penalty.direct_output):
-    a median 0.55x there. A single seed's ratio, and the double backward's own error, move with the machine's
-    GEMMs; asserted: the CPU's way's median error ratio over 20 seeds under 0.6x the fold's, both measured here."""
+    after the batch sum. In the cancellation above that read a median 1.04-1.59x the double backward's error over
+    20 seeds of the LeakyReLU D on this machine's AVX-512 GEMMs (4x in 2 of 40 seeds; 3.2x in the test above's
+    seed 2: CI on an Intel Xeon, where the EPYC it was written on had passed). The CPU sums it from the layer's
+    input and tangent (mlp_penalty.direct_output): a median 0.50-0.58x there, 0.36-0.41x with the GEMMs held to
+    AVX2 and 0.32-0.45x to SSE4.2 (the env of _assert_cancelling_gradients' docstring; the fold read 0.45-0.94x
+    and 0.75-1.27x there: comparing the two, as this test first did, failed on AVX2). Asserted: the median ratio
+    over 20 seeds under 0.8 (fails on the fold here)."""
     _passes(monkeypatch, "cpu", joint)
-
-    def median_ratio():
-        ratios = []
-        for seed in range(20):
-            names, truth, plain, closed = _cancelling_gradients(CANCEL_DS["leaky"], False, rows, "cpu", seed)
-            t, p, c = (g[names.index("4.weight")] for g in (truth, plain, closed))
-            ratios.append(((c - t).abs().max() / (p - t).abs().max()).item())
-        return sorted(ratios)[len(ratios) // 2]
-
-    cpus = median_ratio()
-    monkeypatch.setattr(mlp_penalty, "direct_output", lambda w_out: False)  # CUDA's way: read off P
-    folds = median_ratio()
-    assert cpus <= 0.6 * folds, (cpus, folds)
+    ratios = []
+    for seed in range(20):
+        names, truth, plain, closed = _cancelling_gradients(CANCEL_DS["leaky"], False, rows, "cpu", seed)
+        t, p, c = (g[names.index("4.weight")] for g in (truth, plain, closed))
+        ratios.append(((c - t).abs().max() / (p - t).abs().max()).item())
+    median = sorted(ratios)[len(ratios) // 2]
+    assert median <= 0.8, (median, ratios)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -233,7 +246,11 @@ def test_a_smooth_mlps_weights_where_the_d_losss_parts_cancel_in_one_pass(rows, 
     adjoints cancel across the batches: 2.weight read up to 1.6x past the rule at 64 + 200 rows (5.2x the double
     backward's error over 30 seeds, median 1.65x; 2.2x past at 1 + 255 rows; a review), and the output weight's
     one sum over both batches up to 3191x past it at 128 + 128 (seeds 12, 16: 4e-8 where the exact gradient is
-    7e-12; a second review). Now each batch apart on the CPU, as the double backward's two passes."""
+    7e-12; a second review). Now each batch apart on the CPU, as the double backward's two passes. Seeds 12 and 16
+    are exact cancellations of the double backward's: with the GEMMs held to AVX2 the fixed code reads 500-6500x
+    there (2.bias, 4.weight), with one GEMM over both batches on AVX-512 260-630x (2.weight): rounding of the
+    usual size (0.2-0.4x the double backward's mean error over the seeds) where its own was ~0, so no one seed's
+    ratio tells a defect from luck; the rule over the seeds' sums (_assert_cancelling_gradients) does not read it."""
     _passes(monkeypatch, device, joint=True)
     tanh = lambda: nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))  # noqa: E731
     _assert_cancelling_gradients(tanh, False, rows, device, [*range(8), 12, 16])

@@ -29,6 +29,24 @@ def _n_noisy(m, mode):
     return m if mode == "double" else m - m // 2
 
 
+def _assert_outputs_close(names, impl, r32, r64, tag, kind, m, mode, gr, gf, seed=99):
+    """assert_close_to_oracle for each output; a sigma's gradient (kind "sigma" or "channel") with 4 units of
+    float32 rounding of sqrt(sum (g_e z)^2) added to its floor: sum_n g_e z cancels to far below its terms, and a
+    backend's float32 normals z differ from the reference's by an ulp in 5-20% of the draws (their log and cos are
+    not torch's; the Triton interpreter's: 336 of 1584), which moved the Triton backward's sigma gradient 4.7 units
+    of its own magnitude where torch's reference happened to round to 0.14 (F48-rows52, sigma, double, with
+    torch's reductions held to AVX2; 2 x its error plus the default floor covered it by luck on AVX-512)."""
+    for name, a, b, c in zip(names, impl, r32, r64):
+        floor = None
+        if name == "dnoise" and kind in ("sigma", "channel"):
+            dst0 = m if mode == "double" else m // 2
+            ge = (gr[dst0:].double().cpu() + gf[dst0:].double().cpu()).reshape(-1)
+            z = ref.philox_normal(seed, 0, ge.numel(), "cpu").double()
+            eps = torch.finfo(torch.float32).eps
+            floor = 4 * eps * (c.detach().abs().max().item() + ((ge * z) ** 2).sum().sqrt().item())
+        assert_close_to_oracle(a, b, c, floor=floor, name=f"{tag}-{name}")
+
+
 # ------------------------------------------------------------------ the Philox stream
 
 @pytest.mark.parametrize("counter,key,expected", [
@@ -149,8 +167,8 @@ def test_fp32_matches_reference_values_and_grads(backend, kind, mode):
     impl = outputs(backend, leaves)
     r32 = outputs("oracle", leaves)
     r64 = outputs("oracle", [_to64(t) for t in leaves])
-    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
-        assert_close_to_oracle(a, b, c, name=f"{backend}-{kind}-{mode}-{name}")
+    _assert_outputs_close(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64, f"{backend}-{kind}-{mode}",
+                          kind, m, mode, gr, gf)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -748,8 +766,8 @@ def test_triton_forward_paths_match_reference(monkeypatch, layout, kind, mode):
     assert seen == [vec]
     r32 = outputs("oracle", leaves)
     r64 = outputs("oracle", [_to64(t) for t in leaves])
-    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
-        assert_close_to_oracle(a, b, c, name=f"{layout}-{kind}-{mode}-{name}")
+    _assert_outputs_close(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64, f"{layout}-{kind}-{mode}",
+                          kind, m, mode, gr, gf)
 
 
 def test_triton_vector_path_choice():
@@ -831,8 +849,8 @@ def test_triton_backward_paths_match_reference(monkeypatch, layout, kind, mode):
     assert seen == ([] if (mode, kind) == ("half", "float") else [(vec, [strides, strides])])
     r32 = grads("oracle", leaves)
     r64 = grads("oracle", [_to64(t) for t in leaves])
-    for name, a, b, c in zip(["dx_real", "dx_fake", "dnoise"], impl, r32, r64):
-        assert_close_to_oracle(a, b, c, name=f"{layout}-{kind}-{mode}-{name}")
+    _assert_outputs_close(["dx_real", "dx_fake", "dnoise"], impl, r32, r64, f"{layout}-{kind}-{mode}", kind, m, mode,
+                          gr, gf)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -906,8 +924,8 @@ def test_cuda_matches_reference(backend, kind, mode, shape):
     assert backend_calls(OP, backend) == before + 1
     r32 = outputs("oracle", leaves)
     r64 = outputs("oracle", [_to64(t) for t in leaves])
-    for a, b, c in zip(impl, r32, r64):
-        assert_close_to_oracle(a, b, c, name=f"{backend}-{kind}-{mode}")
+    _assert_outputs_close(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64, f"{backend}-{kind}-{mode}",
+                          kind, m, mode, gr, gf)
 
 
 @pytest.mark.cuda
@@ -1088,8 +1106,8 @@ def test_cuda_layouts_match_reference(backend, device, layout, kind, mode):
     assert backend_calls(OP, backend) == before + 1
     r32 = outputs("oracle", leaves)
     r64 = outputs("oracle", [_to64(t) for t in leaves])
-    for name, a, b, c in zip(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64):
-        assert_close_to_oracle(a, b, c, name=f"cuda-{layout}-{kind}-{mode}-{name}")
+    _assert_outputs_close(["real", "fake", "dx_real", "dx_fake", "dnoise"], impl, r32, r64,
+                          f"cuda-{layout}-{kind}-{mode}", kind, m, mode, gr, gf)
 
 
 # ------------------------------------------------------------------ NoiseState's device argument
