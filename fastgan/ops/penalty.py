@@ -387,10 +387,12 @@ def _penalty_of(grad, logits, weight, reduction, backend):
     """grad_norm_penalty on arguments already checked (gradient_penalty's own grad and logits)."""
     acc = _checks.acc_dtype(grad.dtype, logits.dtype)
     B = grad.shape[0]
-    g2 = grad.reshape(B, math.prod(grad.shape[1:]))  # a view whenever the strides allow; the kernels take any 2-D strides
+    # a view whenever the strides allow (the kernels take any 2-D strides); none where the shape is already right: each
+    # view is a node in the graph that the D update's backward runs twice (its double backward's too)
+    g2 = grad if grad.dim() == 2 else grad.reshape(B, math.prod(grad.shape[1:]))
     if g2.dtype != acc and acc == torch.float64:
         g2 = g2.to(acc)
-    psi = logits.reshape(B)
+    psi = logits if logits.dim() == 1 else logits.reshape(B)
     if psi.dtype != acc:
         psi = psi.to(acc)
     if callable(weight):
