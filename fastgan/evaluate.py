@@ -29,19 +29,18 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
     if d.name in mixtures.MIXTURES:
         means = mixtures.means(d.name, device=device)
         shape, real = (means.shape[1],), None
-        where = f"the dimension of {d.name}'s modes"
+        shape_from = f"from the dimension of {d.name}'s modes"
     elif d.name == "fashion_mnist":
         if samples < 20:
             raise ValueError(f"samples: must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at "
                              f"least 2), got {samples}")
         # real images G never trained on: the test split, or the run's data.holdout
         real, where = held_out_real(d, samples, device, g, command="eval")
-        shape = tuple(real.shape[1:])
+        shape, shape_from = tuple(real.shape[1:]), f"those of the real samples: {where}"
     else:
         raise ValueError(f"eval: no score for data.name={d.name!r}: fastgan eval scores fashion_mnist runs "
                          f"(its classifier) and the mixtures {', '.join(mixtures.MIXTURES)}")
-    m = load_run(run_dir, shape, device, _state=(state, cfg), shape_from=f"from {where}" if real is None else
-                 f"those of the real samples: {where}")
+    m = load_run(run_dir, shape, device, _state=(state, cfg), shape_from=shape_from)
     x, _ = draw(m.G, samples, g, device)
     out = {"run": str(m.path), "step": m.step, "data": d.name, "generated": samples}
     if real is None:

@@ -467,15 +467,13 @@ class _MLPPenalty(ClosedForm):
         for i in range(ctx.last, first - 1, -1):
             L = layers[i]
             d = L["delta"]
-            if fold is not None and i == ctx.last:
+            if fold is not None and i == ctx.last:  # the fold layer's product P, read below (and here, unless direct)
                 F = layers[fold]
                 y = torch.addcmul(per_sample(gp, F["h"]) * F["t"], per_sample(a, F["h"]), F["h"])
                 P, c = F["map"].weight_grad(F["S"], y, F["W"], rows), bias_grad(F["S"], a, rows)
-                if ctx.direct:
-                    dW = batch_total(torch.addcmul(per_sample(gp, L["h"]) * L["t"], rho, L["h"]), rows, keepdim=True)
-                else:
-                    dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
-                    dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
+            if fold is not None and i == ctx.last and not ctx.direct:
+                dW = torch.bmm(F["W"].unsqueeze(1), P.unsqueeze(2)).reshape(1, -1)  # sum_i W_oi P_oi, one kernel
+                dW = dW if F["b"] is None else torch.addcmul(dW, F["b"], c)
                 grads.append((batch_total(a, rows, keepdim=True) if L["b"] is not None else None, dW))
             elif i == fold:  # delta_l^T y = diag(w_L) S^T y
                 w = layers[ctx.last]["W"]
@@ -483,7 +481,7 @@ class _MLPPenalty(ClosedForm):
             elif L["kind"] == "linear":
                 h, lin = L["h"], L["map"]
                 gt = per_sample(gp, h) * L["t"]
-                if d is None and not lin.conv:  # the output Linear: delta is a column of ones
+                if d is None and not lin.conv:  # the output Linear (a folded D's too, where ctx.direct): delta is ones
                     dW = batch_total(torch.addcmul(gt, rho, h), rows, keepdim=True)
                     db = batch_total(rho, rows)
                 else:
