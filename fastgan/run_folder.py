@@ -17,6 +17,7 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 LOCK = ".fastgan.lock"
 # How the run's latest session ended: running / finished / stopped (a non-finite loss) / interrupted / failed.
 STATUS = "status.json"
+RUN_INFO = "run_info.json"
 
 
 class RunFolderError(OSError):
@@ -241,10 +242,14 @@ def _not_empty(d: Path) -> RunFolderError:
                           "needs a new or empty folder: pick another run.dir or remove that folder")
 
 
+def run_info_path(run_dir) -> Path:
+    return Path(run_dir) / RUN_INFO
+
+
 def recorded_data_shape(run_dir) -> tuple:
     """The sample shape a run trained on, as its run_info.json records it; FileNotFoundError / ValueError naming the
     file when it is missing or unreadable."""
-    path = Path(run_dir) / "run_info.json"
+    path = run_info_path(run_dir)
     try:
         shape = json.loads(path.read_text())["data_shape"]
         if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
@@ -257,7 +262,7 @@ def recorded_data_shape(run_dir) -> tuple:
 
 
 # the files only the run holding the folder's lock writes (with _atomic.replacing), by folder
-_RUN_WRITES = {".": ("config.yaml", "run_info.json", STATUS, "metrics.csv"), "checkpoints": ("last.pt",)}
+_RUN_WRITES = {".": ("config.yaml", RUN_INFO, STATUS, "metrics.csv"), "checkpoints": ("last.pt",)}
 
 
 def remove_stale_temporaries(d: Path) -> list:

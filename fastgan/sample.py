@@ -12,7 +12,7 @@ from . import config as C
 from ._atomic import replacing
 from .crosstest import _read, load_run
 from .run_commands import add_device_and_seed, cli_device, positive, run
-from .run_folder import recorded_data_shape
+from .run_folder import recorded_data_shape, run_info_path
 
 _FORMATS = (".png", ".npz")
 
@@ -32,9 +32,8 @@ def sample_run(run_dir, n: int = 64, *, device="cpu", seed: int = 0) -> dict:
     n = positive_int(n, "n")
     device = torch.device(device)
     state, cfg = _read(run_dir)
-    info = Path(run_dir) / "run_info.json"
     m = load_run(run_dir, recorded_data_shape(run_dir), device, _state=(state, cfg),
-                 shape_from=f"the data_shape that {info} records")
+                 shape_from=f"the data_shape that {run_info_path(run_dir)} records")
     x, z = draw(m.G, n, torch.Generator(device=device).manual_seed(seed), device)
     return {"x": x, "z": z, "config": cfg, "step": m.step, "run": str(run_dir)}
 

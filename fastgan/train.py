@@ -33,7 +33,7 @@ from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
-from .run_folder import recorded_data_shape
+from .run_folder import RUN_INFO, recorded_data_shape
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
@@ -510,7 +510,7 @@ class _Run:
         }
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
-        self._write_json("run_info.json", info)
+        self._write_json(RUN_INFO, info)
 
     def _write_json(self, name: str, obj: dict) -> None:
         """The run folder's file `name`, written to a temporary file and renamed: readers see it whole or not."""

@@ -420,7 +420,8 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1), got {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"D must return floating-point logits, got {logits.dtype}")
-    return logits.reshape(B)
+    # logits already (B,) pass as they are: a no-op reshape is a view node the update's backward runs twice
+    return logits if logits.dim() == 1 else logits.reshape(B)
 
 
 def input_grad(logits: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
