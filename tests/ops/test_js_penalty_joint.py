@@ -1,0 +1,99 @@
+"""js_penalty's default mode runs both batches' input gradients in one autograd.grad call (_js_double_backward):
+it must give what its two gradient_penalty calls give: Omega, the logits, D's buffers (BatchNorm's running
+statistics, spectral norm's vectors) and a Dropout D's random draws bit for bit, and D's parameter gradients
+through Omega and the logits up to the order in which autograd's engine adds their contributions (the joint
+graph's nodes are numbered otherwise: a convolution's weight gradient then differs in its last bits), i.e. in
+float64 within 1e-12 of their size and in float32 within 2x the two calls' own error against float64; and it
+counts two double-backward penalties. Mutation checks: swapping the batches' weights in _js_double_backward fails
+the 8 comparisons; D's forward on the fake batch before the real one fails the 6 of the Ds with state (BatchNorm,
+Dropout, spectral norm).
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fastgan.ops import _dispatch, gradient_penalty, js_penalty
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _conv_bn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1))
+
+
+def _dropout():
+    return nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+
+def _spectral():
+    return nn.Sequential(nn.utils.spectral_norm(nn.Linear(3, 16)), nn.ReLU(), nn.Linear(16, 1))
+
+
+DS = {"mlp": (_mlp, (3,)), "conv_bn": (_conv_bn, (3, 8, 8)), "dropout": (_dropout, (3,)),
+      "spectral": (_spectral, (3,))}
+
+
+def _separately(D, xr, xf):
+    pen_r, lr = gradient_penalty(D, xr, "js_real", backend="cpu")
+    pen_f, lf = gradient_penalty(D, xf, "js_fake", backend="cpu")
+    return pen_r + pen_f, lr, lf
+
+
+def _step(fn, D, xr, xf, seed):
+    torch.manual_seed(seed)
+    pen, lr, lf = fn(D, xr, xf)
+    loss = nn.functional.softplus(-lr).mean() + nn.functional.softplus(lf).mean() + 0.5 * pen
+    loss.backward()
+    return pen.detach(), lr.detach(), lf.detach(), {n: p.grad for n, p in D.named_parameters()}, \
+        {n: b.clone() for n, b in D.named_buffers()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(DS))
+def test_joint_equals_two_calls_bit_for_bit(name, dtype):
+    make, shape = DS[name]
+    torch.manual_seed(0)
+    D1 = make().to(dtype)
+    D2, D3 = copy.deepcopy(D1), copy.deepcopy(D1).double()
+    xr, xf = torch.randn(24, *shape, dtype=dtype), torch.randn(20, *shape, dtype=dtype)
+    before = dict(_dispatch.counts)
+    joint = _step(lambda D, a, b: js_penalty(D, a, b, backend="cpu"), D1, xr, xf, seed=5)
+    key = ("gradient_penalty", "double_backward")
+    assert _dispatch.counts[key] - before.get(key, 0) == 2
+    apart = _step(_separately, D2, xr, xf, seed=5)
+    for a, b in zip(joint[:3], apart[:3]):
+        assert torch.equal(a, b)
+    assert joint[4].keys() == apart[4].keys()
+    for n in joint[4]:
+        assert torch.equal(joint[4][n], apart[4][n]), (name, n)
+    assert joint[3].keys() == apart[3].keys() and all(g is not None for g in joint[3].values())
+    exact = _step(_separately, D3, xr.double(), xf.double(), seed=5)[3] if dtype == torch.float32 else None
+    for n, g in joint[3].items():
+        other = apart[3][n]
+        if exact is None:
+            assert (g - other).abs().max() <= 1e-12 * other.abs().max(), (name, n)
+        else:
+            err, err_apart = ((t.double() - exact[n]).abs().max() for t in (g, other))
+            assert err <= 2 * err_apart + 4 * torch.finfo(dtype).eps * exact[n].abs().max(), (name, n, err, err_apart)
+
+
+def test_same_batch_twice_and_a_d_ignoring_its_input():
+    torch.manual_seed(1)
+    D = _mlp()
+    x = torch.randn(8, 3)
+    omega, lr, lf = js_penalty(D, x, x)
+    assert torch.equal(lr, lf) and omega.requires_grad
+    with pytest.raises(ValueError, match="do not depend on its input x"):
+        js_penalty(lambda t: D(t.detach()), x, x)
+    # one batch's logits independent of x (a D that detaches its second call's input) is refused the same way
+    calls = []
+
+    def half_detached(t):
+        calls.append(1)
+        return D(t if len(calls) % 2 else t.detach())
+    with pytest.raises(ValueError, match="do not depend on its input x"):
+        js_penalty(half_detached, x, x)
