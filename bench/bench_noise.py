@@ -15,7 +15,7 @@ from fastgan.ops import NoiseState, noisy_clean_batch, nt_losses
 from fastgan.reference import noise as ref_noise
 from fastgan.reference import nt_losses as ref_nt
 
-from benchutil import DEVICES, device_label, fused_backends, sync
+from benchutil import DEVICES, ab, device_label, fused_backends, sync
 
 # (m, sample shape): the 2-d mixture and DCGAN-sized images
 NOISE_SIZES = {"cpu": [(512, (2,)), (64, (3, 32, 32))],
@@ -155,35 +155,6 @@ def _loss_step(impl, n, js):
         torch.autograd.grad(outs, (lr, lf))
 
     return step
-
-
-def ab(steps, reps, calls, warm=0):
-    """Interleaved A/B: each rep times `calls` calls of every impl back to back (order rotated), with
-    time.thread_time (CPU time of this thread: other processes on a shared machine do not count).
-    `warm` untimed calls precede each timed block: without them a block's first calls pay for the caches the
-    previous impl evicted (the reference's 20 calls take ~12 ms), which weighs on an impl by its predecessor.
-    Returns {impl: (median us/call, min us/call)} and the median over reps of the paired ratio to "torch"."""
-    import statistics
-    import time
-
-    names = list(steps)
-    for fn in steps.values():  # warm-up
-        for _ in range(max(3, calls)):
-            fn()
-    per = {k: [] for k in names}
-    for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for k in order:
-            fn = steps[k]
-            for _ in range(warm):
-                fn()
-            t0 = time.thread_time()
-            for _ in range(calls):
-                fn()
-            per[k].append((time.thread_time() - t0) / calls * 1e6)
-    stats = {k: (statistics.median(v), min(v)) for k, v in per.items()}
-    ratios = {k: statistics.median(a / b for a, b in zip(per[k], per["torch"])) for k in names}
-    return stats, ratios
 
 
 def main():

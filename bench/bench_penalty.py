@@ -1,6 +1,8 @@
 """The gradient-norm penalty: low-level op (GB/s) and js_penalty on a D, fused vs reference, same run.
 
 Run: pytest bench/bench_penalty.py --benchmark-only [--benchmark-json out.json]
+CPU A/B of the D updates (interleaved, CPU time of this thread, robust on a shared machine):
+    OMP_NUM_THREADS=1 python bench/bench_penalty.py [--reps 40] [--calls 10] [--warm 1]
 """
 
 import pytest
@@ -11,7 +13,7 @@ import fastgan
 from fastgan.ops import penalty as P
 from fastgan.reference import penalty as ref
 
-from benchutil import DEVICES, device_label, fused_backends, sync
+from benchutil import DEVICES, ab, device_label, fused_backends, sync
 
 # (B, sample shape): the mixture, a mid size, DCGAN images (CPU keeps the small ones)
 SIZES = {"cpu": [(512, (3,)), (65536, (3,)), (256, (3, 32, 32))],
@@ -71,9 +73,9 @@ def _d_cases():
                 yield pytest.param(dev, arch, B, backend, id=f"{dev}-{backend}-{arch}-B{B}")
 
 
-@pytest.mark.parametrize("device,arch,B,backend", list(_d_cases()))
-def test_d_update_with_penalty(benchmark, device, arch, B, backend):
-    """One discriminator update (loss, penalty, backward, Adam). backend='none' is the unregularized update."""
+def d_update_step(device, arch, B, backend):
+    """One discriminator update (loss, penalty, backward, Adam) as a callable, with its own D and optimizer.
+    backend='none' is the unregularized update, 'reference' fastgan/reference's js_penalty, else the op's."""
     torch.manual_seed(0)
     D = (mlp_d() if arch == "mlp" else dcgan32_d(64 if device == "cuda" else 16)).to(device)
     opt = torch.optim.Adam(D.parameters(), 1e-4, betas=(0.5, 0.999))
@@ -95,6 +97,35 @@ def test_d_update_with_penalty(benchmark, device, arch, B, backend):
         loss.backward()
         opt.step()
         sync(device)
+    return step
 
-    benchmark(step)
+
+@pytest.mark.parametrize("device,arch,B,backend", list(_d_cases()))
+def test_d_update_with_penalty(benchmark, device, arch, B, backend):
+    """One discriminator update (loss, penalty, backward, Adam). backend='none' is the unregularized update."""
+    benchmark(d_update_step(device, arch, B, backend))
     benchmark.extra_info.update(device=device_label(device))
+
+
+def main():
+    """The CPU D updates as an interleaved A/B (benchutil.ab: CPU time of this thread, so one torch thread):
+    sequential pytest-benchmark runs on a shared 2-core machine moved these ratios by 0.1-0.3 between runs."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="CPU D update with js_penalty: op vs reference, interleaved A/B")
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--warm", type=int, default=1, help="untimed updates before each timed block")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} x {args.calls} updates, "
+          f"warm {args.warm}; us per D update: median (min); ratio = median of paired per-rep ratios to reference")
+    for arch, B in D_CASES["cpu"]:
+        steps = {b: d_update_step("cpu", arch, B, b) for b in ("reference", "cpu", "none")}
+        stats, ratios = ab(steps, args.reps, args.calls, args.warm, base="reference")
+        cells = "  ".join(f"{k} {stats[k][0]:8.1f} ({stats[k][1]:7.1f}) x{ratios[k]:.3f}" for k in steps)
+        print(f"D update {arch} B={B:<4d} {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

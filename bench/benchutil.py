@@ -30,3 +30,32 @@ def triton_gemm_mode(monkeypatch, mode: str) -> list:
     monkeypatch.setattr(denoiser_gemm, "loss_forward",
                         lambda *a, **k: calls.append(k.get("precision")) or real(*a, **k))
     return calls
+
+
+def ab(steps, reps, calls, warm=0, base="torch"):
+    """Interleaved A/B: each rep times `calls` calls of every impl back to back (order rotated), with
+    time.thread_time (CPU time of this thread: other processes on a shared machine do not count).
+    `warm` untimed calls precede each timed block: without them a block's first calls pay for the caches the
+    previous impl evicted (the reference's 20 calls take ~12 ms), which weighs on an impl by its predecessor.
+    Returns {impl: (median us/call, min us/call)} and the median over reps of the paired ratio to `base`."""
+    import statistics
+    import time
+
+    names = list(steps)
+    for fn in steps.values():  # warm-up
+        for _ in range(max(3, calls)):
+            fn()
+    per = {k: [] for k in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for k in order:
+            fn = steps[k]
+            for _ in range(warm):
+                fn()
+            t0 = time.thread_time()
+            for _ in range(calls):
+                fn()
+            per[k].append((time.thread_time() - t0) / calls * 1e6)
+    stats = {k: (statistics.median(v), min(v)) for k, v in per.items()}
+    ratios = {k: statistics.median(a / b for a, b in zip(per[k], per[base])) for k in names}
+    return stats, ratios
