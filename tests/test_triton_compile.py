@@ -374,8 +374,8 @@ def _launched_on(spec: dict, arch: int) -> bool:
     """Whether a GPU of this architecture launches the recorded specialization, so that the fixture compiles it for
     that architecture: the denoiser's GEMMs only at the tiles and warps `_tiles` picks there for their dtype
     (sm_90's 64 x 64 x 32 at 4 warps never runs on sm_80 or sm_75, nor float32's K-steps of 32 on sm_75). Compiling
-    only those cut the specializations compiled from 2280 to 1680 (880, 880 and 520 a child), most of a cold
-    triton cache's time on a 2-core CPU."""
+    only those cut the specializations compiled from 2280 (880, 880 and 520 a child) to 1680 (670, 670 and 340): the
+    compiles are most of this file's time, and with a cold triton cache (a fresh CI machine) of the suite's."""
     if not spec["module"].endswith(".denoiser_gemm"):
         return True
     from fastgan.kernels import denoiser_gemm
