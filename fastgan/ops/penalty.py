@@ -537,14 +537,26 @@ class _MathAttention:
 
 
 def _double_backward(D, x, weight, reduction, backend, record=True):
-    x = x.detach().requires_grad_(True)
+    return _double_backward_batches(D, (x,), (weight,), reduction, backend, record)[0]
+
+
+def _double_backward_batches(D, xs, weights, reduction, backend, record=True):
+    """[(penalty, logits)] of each batch: D's forwards in the batches' order, then every input gradient from one
+    autograd.grad call (js_penalty's two batches: one engine run instead of two; the same values, logits and
+    buffers as a call per batch bit for bit, parameter gradients up to the order in which the engine adds their
+    contributions, tests/ops/test_js_penalty_joint.py; on a 2-core EPYC the MLP D update's forward phase at
+    B = 512 ran 190-230 us faster so, level with the reference's, docs/benchmarks.md)."""
+    xs = tuple(x.detach().requires_grad_(True) for x in xs)
     with _MathAttention():
-        logits = _logits_of(D, x)
-    grad = input_grad(logits, x, create_graph=True)
-    if record:
-        _dispatch.record("gradient_penalty", "double_backward")
-    # grad has x's shape and dtype, logits are (B,) (_logits_of), weight and reduction were checked by the caller
-    return _penalty_of(grad, logits, weight, reduction, backend), logits
+        logits = tuple(_logits_of(D, x) for x in xs)
+    grads = input_grads(logits, xs, create_graph=True)
+    out = []
+    for grad, psi, weight in zip(grads, logits, weights):
+        if record:
+            _dispatch.record("gradient_penalty", "double_backward")
+        # grad has x's shape and dtype, psi is (B,) (_logits_of), weight and reduction were checked by the caller
+        out.append((_penalty_of(grad, psi, weight, reduction, backend), psi))
+    return out
 
 
 def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]:
@@ -579,25 +591,6 @@ def eager_under_compile(fn):
 _eager_double_backward = eager_under_compile(_double_backward)
 
 
-def _js_double_backward(D, x_real, x_fake, backend):
-    """js_penalty's default mode, eager: the two gradient_penalty calls' work with D's forwards back to back (in
-    their order: D's buffers and random draws advance as there) and both input gradients from one autograd.grad
-    call, one engine run instead of two. The same values, logits and buffers bit for bit, parameter gradients up to
-    the order in which the engine adds their contributions (tests/ops/test_js_penalty_joint.py). On a 2-core EPYC
-    the D update's forward phase (D's forwards, input gradients, penalty) ran 190-230 us faster at MLP B = 512,
-    250-560 us at DCGAN32 B = 16, level with the reference's (docs/benchmarks.md)."""
-    xr = _checks.outside_inference(x_real).detach().requires_grad_(True)
-    xf = _checks.outside_inference(x_fake).detach().requires_grad_(True)
-    with _MathAttention():
-        logits_real = _logits_of(D, xr)
-        logits_fake = _logits_of(D, xf)
-    grad_real, grad_fake = input_grads((logits_real, logits_fake), (xr, xf), create_graph=True)
-    _dispatch.record("gradient_penalty", "double_backward")  # one a batch, as gradient_penalty's
-    _dispatch.record("gradient_penalty", "double_backward")
-    pen_real = _penalty_of(grad_real, logits_real, "js_real", "mean", backend)
-    return pen_real + _penalty_of(grad_fake, logits_fake, "js_fake", "mean", backend), logits_real, logits_fake
-
-
 def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | None = None,
                mode: str = "double_backward"):
     """Roth et al.'s JS regularizer Omega = E_P[(1-sigma(psi))^2 ||grad psi||^2] + E_Q[sigma(psi)^2 ||grad psi||^2].
@@ -629,7 +622,10 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
         if joint is not None:
             return joint
     if mode == "double_backward" and not torch.compiler.is_compiling():
-        return _js_double_backward(D, x_real, x_fake, backend)
+        (pen_real, logits_real), (pen_fake, logits_fake) = _double_backward_batches(
+            D, (_checks.outside_inference(x_real), _checks.outside_inference(x_fake)), ("js_real", "js_fake"), "mean",
+            backend)
+        return pen_real + pen_fake, logits_real, logits_fake
     pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend, mode=mode)
     pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend, mode=mode)
     return pen_real + pen_fake, logits_real, logits_fake

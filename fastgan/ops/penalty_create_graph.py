@@ -20,19 +20,21 @@ MODE_OP = "gradient_penalty"
 PATH = "create_graph"
 
 
-def graph_leaves(t: torch.Tensor) -> list:
-    """The leaf tensors requiring grad that t's graph reaches (the AccumulateGrad nodes' variables)."""
-    seen, stack, leaves = set(), [t.grad_fn], []
+def graph_nodes(t: torch.Tensor):
+    """Each node of t's autograd graph, once."""
+    seen, stack = set(), [t.grad_fn]
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
             continue
         seen.add(fn)
-        var = getattr(fn, "variable", None)
-        if var is not None:
-            leaves.append(var)
+        yield fn
         stack.extend(nxt for nxt, _ in fn.next_functions)
-    return leaves
+
+
+def graph_leaves(t: torch.Tensor) -> list:
+    """The leaf tensors requiring grad that t's graph reaches (the AccumulateGrad nodes' variables)."""
+    return [fn.variable for fn in graph_nodes(t) if getattr(fn, "variable", None) is not None]
 
 
 class CreateGraphTap(torch.autograd.Function):

@@ -1,12 +1,12 @@
-"""js_penalty's default mode runs both batches' input gradients in one autograd.grad call (_js_double_backward):
+"""js_penalty's default mode runs both batches' input gradients in one autograd.grad call (_double_backward_batches):
 it must give what its two gradient_penalty calls give: Omega, the logits, D's buffers (BatchNorm's running
 statistics, spectral norm's vectors) and a Dropout D's random draws bit for bit, and D's parameter gradients
 through Omega and the logits up to the order in which autograd's engine adds their contributions (the joint
 graph's nodes are numbered otherwise: a convolution's weight gradient then differs in its last bits), i.e. in
 float64 within 1e-12 of their size and in float32 within 2x the two calls' own error against float64; and it
-counts two double-backward penalties. Mutation checks: swapping the batches' weights in _js_double_backward fails
-the 8 comparisons; D's forward on the fake batch before the real one fails the 6 of the Ds with state (BatchNorm,
-Dropout, spectral norm).
+counts two double-backward penalties. Mutation checks: swapping the batches' weights js_penalty passes to
+_double_backward_batches fails the 8 comparisons; D's forward on the fake batch before the real one fails the 6 of
+the Ds with state (BatchNorm, Dropout, spectral norm).
 """
 import copy
 

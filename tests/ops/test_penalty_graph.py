@@ -6,18 +6,11 @@ import pytest
 import torch
 
 from fastgan.ops import gradient_penalty, js_penalty
+from fastgan.ops.penalty_create_graph import graph_nodes
 
 
 def _nodes(t: torch.Tensor) -> list[str]:
-    seen, names, todo = set(), [], [t.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        todo.extend(f for f, _ in node.next_functions)
-    return names
+    return [type(node).__name__ for node in graph_nodes(t)]
 
 
 def _views(t: torch.Tensor) -> list[str]:
