@@ -597,7 +597,8 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
 
     Returns (Omega, logits_real, logits_fake); add ``gamma / 2 * Omega`` to the discriminator loss. x_real and
     x_fake are detached (a discriminator term): the logits carry no gradient to G; G's loss needs its own D(G(z)).
-    mode: as in gradient_penalty.
+    mode: as in gradient_penalty. Where the double backward runs for both batches (the default, or "auto" picking
+    it), D runs on the real batch, then the fake one, and both input gradients come from one autograd.grad call.
     """
     _checks.no_differentiating_transform(x_real, x_fake, module=D)
     _checks.tensor("x_real", x_real, min_dim=1)
@@ -621,14 +622,37 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
         joint = penalty_jvp.js_penalty_mlp(D, x_real, x_fake, backend, mode)
         if joint is not None:
             return joint
-    if mode == "double_backward" and not torch.compiler.is_compiling():
-        (pen_real, logits_real), (pen_fake, logits_fake) = _double_backward_batches(
-            D, (_checks.outside_inference(x_real), _checks.outside_inference(x_fake)), ("js_real", "js_fake"), "mean",
-            backend)
-        return pen_real + pen_fake, logits_real, logits_fake
+    if torch.compiler.is_compiling():
+        from . import penalty_jvp
+
+        if not penalty_jvp.js_traced_under_compile(D, x_real, x_fake, mode):
+            # one graph break for both batches: eagerly, the joint pass below (the double backward, or "auto"
+            # taking it), or jvp's two calls
+            return _eager_js_penalty(D, x_real, x_fake, backend, mode)
+    elif mode == "double_backward":
+        return js_double_backward(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake), backend)
+    elif mode == "auto":
+        from . import penalty_jvp
+
+        return penalty_jvp.js_penalty_auto(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake),
+                                           backend)
     pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend, mode=mode)
     pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend, mode=mode)
     return pen_real + pen_fake, logits_real, logits_fake
+
+
+def js_double_backward(D, x_real, x_fake, backend):
+    """js_penalty by the double backward, both batches in one joint pass (_double_backward_batches)."""
+    (pen_real, logits_real), (pen_fake, logits_fake) = _double_backward_batches(
+        D, (x_real, x_fake), ("js_real", "js_fake"), "mean", backend)
+    return pen_real + pen_fake, logits_real, logits_fake
+
+
+def _js_penalty_eagerly(D, x_real, x_fake, backend, mode):
+    return js_penalty(D, x_real, x_fake, backend=backend, mode=mode)
+
+
+_eager_js_penalty = eager_under_compile(_js_penalty_eagerly)
 
 
 def r1_penalty(D, x_real: torch.Tensor, *, backend: str | None = None, mode: str = "double_backward"):

@@ -607,7 +607,7 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     if steps is None:
         return None  # two gradient_penalty calls: "auto" picks another mode, an explicit "mlp" raises there
     if mode == "auto" and not _auto_closed_form(steps, x_real):
-        return None  # "auto" passes the closed form over for this D here (a Tanh MLP on CPU): per-batch calls
+        return None  # "auto" passes the closed form over for this D here (a Tanh MLP on CPU): js_penalty goes on
     if mlp_penalty.uses_batch_stats(steps):
         return None  # batch statistics of the joint batch would differ from each batch's own
     if any(torch.nn.utils.parametrize.is_parametrized(m) for m in D.modules()):
@@ -647,6 +647,11 @@ def _traced_under_compile(D, x, mode) -> bool:
     return _auto_closed_form(mlp_penalty.plan(D, x)[0], x)
 
 
+def js_traced_under_compile(D, x_real, x_fake, mode) -> bool:
+    """Whether torch.compile traces some of js_penalty's per-batch calls (else js_penalty runs eagerly, whole)."""
+    return _traced_under_compile(D, x_real, mode) or _traced_under_compile(D, x_fake, mode)
+
+
 def weight_closes_over_grad(weight, x: torch.Tensor) -> bool:
     """Whether a callable weight's values require grad for logits that do not: it closes over tensors that require
     grad (a learnable scale), whose gradient the jvp and closed-form paths, which differentiate w through psi only,
@@ -677,8 +682,33 @@ def gradient_penalty(D, x, weight, reduction, backend, mode):
     steps = None
     if mode == "auto":
         mode, _, steps = auto_choice(D, x, reduction)
-        if mode == "check":
-            return _checked_jvp(D, x, weight, reduction, backend)
+    return _run_mode(D, x, weight, reduction, backend, mode, steps)
+
+
+def js_penalty_auto(D, x_real, x_fake, backend):
+    """js_penalty's mode "auto" outside torch.compile, after js_penalty_mlp: both batches in the double backward's
+    joint pass where "auto" picks it for both, else a call per batch, each batch's mode chosen as gradient_penalty
+    chooses it (the fake batch's after the real one ran: a jvp check on the real batch decides the fake one's), D
+    planned once per batch (once in all for batches of one shape and dtype, which auto_choice answers alike)."""
+    real = auto_choice(D, x_real, "mean")
+    mode, _, steps = real
+    fake = None
+    if mode == "double_backward":
+        same = x_fake.shape == x_real.shape and x_fake.dtype == x_real.dtype  # and device: js_penalty checked it
+        fake = real if same else auto_choice(D, x_fake, "mean")
+    if fake is not None and fake[0] == "double_backward":
+        return _pen.js_double_backward(D, x_real, x_fake, backend)
+    pen_real, logits_real = _run_mode(D, x_real, "js_real", "mean", backend, mode, steps)
+    mode, _, steps = fake if fake is not None else auto_choice(D, x_fake, "mean")
+    pen_fake, logits_fake = _run_mode(D, x_fake, "js_fake", "mean", backend, mode, steps)
+    return pen_real + pen_fake, logits_real, logits_fake
+
+
+def _run_mode(D, x, weight, reduction, backend, mode, steps):
+    """The penalty in a mode auto_choice may give ("check": jvp, checked against the double backward once), with
+    the closed form's steps planned there."""
+    if mode == "check":
+        return _checked_jvp(D, x, weight, reduction, backend)
     if mode == "double_backward":
         return _pen._double_backward(D, x, weight, reduction, backend)
     if mode == "mlp":

@@ -6,15 +6,18 @@ graph's nodes are numbered otherwise: a convolution's weight gradient then diffe
 float64 within 1e-12 of their size and in float32 within 2x the two calls' own error against float64; and it
 counts two double-backward penalties. Mutation checks: swapping the batches' weights js_penalty passes to
 _double_backward_batches fails the 8 comparisons; D's forward on the fake batch before the real one fails the 6 of
-the Ds with state (BatchNorm, Dropout, spectral norm).
+the Ds with state (BatchNorm, Dropout, spectral norm). mode="auto" takes the joint pass where it runs the double
+backward for both batches, and inside torch.compile js_penalty runs eagerly as a whole, joint pass included
+(mutations: auto's per-batch calls fail 4 tests, compile's per-batch graph breaks 2).
 """
 import copy
+import importlib
 
 import pytest
 import torch
 from torch import nn
 
-from fastgan.ops import _dispatch, gradient_penalty, js_penalty
+from fastgan.ops import _dispatch, gradient_penalty, js_penalty, penalty_mode
 
 
 def _mlp():
@@ -97,3 +100,83 @@ def test_same_batch_twice_and_a_d_ignoring_its_input():
         return D(t if len(calls) % 2 else t.detach())
     with pytest.raises(ValueError, match="do not depend on its input x"):
         js_penalty(half_detached, x, x)
+
+
+def _tanh_mlp():
+    # the closed form handles Tanh, but "auto" passes it over on CPU (not faster there): the double backward runs
+    return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _input_grads_spy(monkeypatch):
+    """The number of logits each input_grads call got: [2] for the joint pass, [1, 1] for a call per batch."""
+    module = importlib.import_module("fastgan.ops.penalty")
+    calls, real = [], module.input_grads
+
+    def spy(logits, xs, create_graph=False):
+        calls.append(len(logits))
+        return real(logits, xs, create_graph)
+    monkeypatch.setattr(module, "input_grads", spy)
+    return calls
+
+
+@pytest.mark.parametrize("make", [_tanh_mlp, _dropout, _spectral], ids=["tanh_mlp", "dropout", "spectral"])
+def test_auto_runs_the_joint_pass_where_it_takes_the_double_backward(monkeypatch, make):
+    torch.manual_seed(2)
+    D1 = make().double()
+    D2 = copy.deepcopy(D1)
+    xr, xf = torch.randn(12, 3, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    assert penalty_mode(D1, xr)[0] == "double_backward"
+    calls = _input_grads_spy(monkeypatch)
+    before = dict(_dispatch.counts)
+    auto = _step(lambda D, a, b: js_penalty(D, a, b, mode="auto", backend="cpu"), D1, xr, xf, seed=3)
+    assert calls == [2]  # the joint pass
+    key = ("gradient_penalty", "double_backward")
+    assert _dispatch.counts[key] - before.get(key, 0) == 2
+    apart = _step(_separately, D2, xr, xf, seed=3)
+    for a, b in zip(auto[:3], apart[:3]):
+        assert torch.equal(a, b)
+    for n in apart[4]:
+        assert torch.equal(auto[4][n], apart[4][n]), n
+    for n, g in auto[3].items():
+        assert (g - apart[3][n]).abs().max() <= 1e-12 * apart[3][n].abs().max(), n
+
+
+def test_auto_keeps_per_batch_calls_where_a_batch_takes_another_mode(monkeypatch):
+    # an empty real batch takes the double backward, the fake one the closed form: neither joint pass applies
+    torch.manual_seed(4)
+    D = nn.Sequential(nn.Linear(3, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)).double()
+    xr, xf = torch.randn(0, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    calls = _input_grads_spy(monkeypatch)
+    before = dict(_dispatch.counts)
+    js_penalty(D, xr, xf, mode="auto", backend="cpu")
+    assert calls == [1]
+    assert _dispatch.counts[("gradient_penalty", "mlp")] - before.get(("gradient_penalty", "mlp"), 0) == 1
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "auto"])
+def test_one_joint_pass_inside_a_compiled_function(monkeypatch, mode):
+    """Inside torch.compile js_penalty runs eagerly as a whole (one graph break), so the joint pass runs there too:
+    the same values, logits and buffers as eager mode's call, bit for bit."""
+    torch.manual_seed(5)
+    D1 = (_conv_bn() if mode == "double_backward" else _tanh_mlp()).double()
+    D2 = copy.deepcopy(D1)
+    shape = (3, 8, 8) if mode == "double_backward" else (3,)
+    xr, xf = torch.randn(8, *shape, dtype=torch.float64), torch.randn(8, *shape, dtype=torch.float64)
+
+    def fn(D, a, b):
+        return js_penalty(D, a, b, mode=mode, backend="cpu")
+    calls = _input_grads_spy(monkeypatch)
+    torch._dynamo.reset()
+    try:
+        got = [_step(torch.compile(fn, backend="eager"), D1, xr, xf, seed=6) for _ in range(2)]
+    finally:
+        torch._dynamo.reset()
+    assert calls == [2, 2]
+    want = [_step(fn, D2, xr, xf, seed=6) for _ in range(2)]
+    for g, w in zip(got, want):
+        for a, b in zip(g[:3], w[:3]):
+            assert torch.equal(a, b)
+        for n in w[4]:
+            assert torch.equal(g[4][n], w[4][n]), n
+        for n in w[3]:
+            torch.testing.assert_close(g[3][n], w[3][n], rtol=1e-12, atol=1e-14)
