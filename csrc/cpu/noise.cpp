@@ -324,7 +324,7 @@ void noisy_forward(const NoisyForwardArgs& a, float* z_out) {
   if (eps == nullptr) {
     seed = uint64_t(rng[0]);
     off = uint64_t(rng[1]);
-    if (a.advance) {
+    if (a.advance && a.used != 0) {  // optional here: a backward that keeps z or needs no noise reads none
       int64_t* used = mptr<int64_t>(a.used);
       used[0] = rng[0];
       used[1] = rng[1];
@@ -497,7 +497,6 @@ void check_forward(const NoisyForwardArgs& a) {
   if (a.m <= 0 || a.F <= 0 || a.C <= 0 || a.F % a.C != 0) throw std::invalid_argument("noisy_forward: bad sizes");
   if (a.x_real == 0 && a.x_fake == 0) throw std::invalid_argument("noisy_forward: no input batch");
   if (a.eps == 0 && a.rng == 0) throw std::invalid_argument("noisy_forward: Gaussian noise needs a state");
-  if (a.advance && a.used == 0) throw std::invalid_argument("noisy_forward: advance needs a `used` buffer");
 }
 
 void check_backward(const NoisyBackwardArgs& a) {
@@ -642,6 +641,8 @@ void bind(py::module_& m) {
 #ifdef FASTGAN_WITH_CUDA
   m.def("noisy_forward_cuda", [](const py::tuple& t, std::uintptr_t stream) {
     const NoisyForwardArgs a = forward_args(t);
+    if (a.eps == 0 && a.advance && a.used == 0)
+      throw std::invalid_argument("noisy_forward_cuda: advance needs a `used` buffer");
     raise_cuda(cuda::noisy_forward(a, stream), "noisy_forward_cuda");
   });
   m.def("noisy_backward_cuda", [](const py::tuple& t, std::uintptr_t stream) {

@@ -89,9 +89,9 @@ def _backward_args(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
             rng.data_ptr() if rng is not None else 0, C, _ext.DTYPE_CODES[g0.dtype], m, g0.shape[1], half)
 
 
-def _fwd_cpu(*args, z=None):
-    # z: float32 buffer of n_noisy * F that receives the draw's standard normals (for the backward)
-    _ext.C().noisy_forward_cpu(_forward_args(*args), z.data_ptr() if z is not None else 0)
+def _fwd_cpu(*args):
+    # a draw's normals for the backward: _draw_cpu
+    _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 
 def _bwd_cpu(*args, z=None):
@@ -142,10 +142,11 @@ def _rows_out(m: int, half: bool) -> int:
     return m if half else 2 * m
 
 
-def _empty_outputs(xr, xf, half):
-    # sizes as separate ints: new_empty parses them faster than a tuple
+def _empty_outputs(xr, xf, half, m=None, F=None):
+    # sizes as separate ints: new_empty parses them faster than a tuple; m, F: x's, where the caller has them
     x0 = xr if xr is not None else xf
-    m, F = x0.shape
+    if m is None:
+        m, F = x0.shape
     rows = m if half else 2 * m
     out_r = x0.new_empty(rows, F) if xr is not None else x0.new_empty(0)
     out_f = x0.new_empty(rows, F) if xf is not None else x0.new_empty(0)
@@ -170,20 +171,49 @@ def _draw_lock(state: torch.Tensor):
     return _CPU_DRAW_LOCK if state.device.type == "cpu" else contextlib.nullcontext()
 
 
-def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend, z=None):
-    """z (cpu backend only): a float32 buffer of n_noisy * F that receives the draw's normals."""
-    out_r, out_f = _empty_outputs(x_real, x_fake, half)
+def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
+    """(out_real, out_fake, used): the draw and its [seed, offset] in `used`, for a backward that draws again."""
     used = state.new_empty(2)
+    C = sigma.numel() if sigma is not None else 1
+    if backend == "cpu":
+        m, F = (x_real if x_real is not None else x_fake).shape
+        return (*_draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used), used)
+    out_r, out_f = _empty_outputs(x_real, x_fake, half)
     args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
-            out_r if x_real is not None else None, out_f if x_fake is not None else None,
-            sigma.numel() if sigma is not None else 1, half)
+            out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half)
     with _draw_lock(state):
-        if z is None:
-            _FORWARD[backend](*args)
-        else:
-            _fwd_cpu(*args, z=z)
+        _FORWARD[backend](*args)
     _dispatch.record(OP, backend)
     return out_r, out_f, used
+
+
+def _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used=None, z=None):
+    """The cpu backend's draw, with the caller's sizes: (out_real, out_fake), the draw's [seed, offset] written to
+    `used` and its float32 normals to `z` where given (the eager path makes them only for a backward that reads
+    them: dsigma's)."""
+    out_r, out_f = _empty_outputs(x_real, x_fake, half, m, F)
+    args = _forward_args(x_real, x_fake, None, sigma, sigma_value, state, True, used,
+                         out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half)
+    # the lock itself, not ForkSafeLock's Python __enter__/__exit__ (0.3 us of a ~50 us call): this block does not
+    # fork, and a lock renewed in a forked child is read here afresh
+    with _CPU_DRAW_LOCK._lock:
+        _ext.C().noisy_forward_cpu(args, z.data_ptr() if z is not None else 0)
+    _dispatch.record(OP, "cpu")
+    return out_r, out_f
+
+
+def _dx_cpu(g_real, g_fake, m):
+    """(dx_real, dx_fake) of a "double" batch on the cpu backend, for the upstream gradients given (None: not
+    wanted): g[:m] + g[m:], no noise read."""
+    g0 = g_real if g_real is not None else g_fake
+    if g0 is None:
+        return None, None
+    F = g0.shape[1]
+    dxr = g0.new_empty(m, F) if g_real is not None else None
+    dxf = g0.new_empty(m, F) if g_fake is not None else None
+    _ext.C().noisy_backward_cpu(_backward_args(g_real, g_fake, None, dxr, dxf, None, None, m, 1, False), 0)
+    _dispatch.record(OP_BACKWARD, "cpu")
+    return dxr, dxf
 
 
 def _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend):

@@ -269,20 +269,56 @@ def test_cpu_large_batch_matches_reference(mode):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_cpu_keeps_the_normals_only_for_a_sigma_gradient():
-    """The eager cpu draw stores z (n_noisy * F floats, as torch's own sigma * randn would) when sigma needs a
-    gradient, so the backward does not draw it again; otherwise it stores nothing more than [seed, offset]."""
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_eager_draw_keeps_the_noise_only_for_a_sigma_gradient(backend):
+    """The eager draw saves the draw's [seed, offset] (`used`) and, on the cpu backend, its normals z (n_noisy * F
+    floats, as torch's own sigma * randn would) when sigma needs a gradient, so the backward does not draw them
+    again; otherwise it saves nothing (the backward forms dx alone), and the state still advances."""
     m, shape = 5, (3, 2)
     xr, xf = _x(m, shape, requires_grad=True)
-    for needs, mode in ((True, "double"), (True, "half"), (False, "double")):
-        sigma = torch.tensor(0.4, requires_grad=needs)
-        r, _ = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(3), backend="cpu")
-        used, z = r.grad_fn.next_functions[0][0].saved_tensors
-        assert used.shape == (2,)
-        if needs:
-            assert z.shape == (_n_noisy(m, mode) * 6,) and z.dtype == torch.float32
-        else:
-            assert z is None
+    for mode in ("double", "half"):
+        for sigma in (torch.tensor(0.4, requires_grad=True), torch.tensor(0.4), 0.4):
+            state = NoiseState(3)
+            r, f = noisy_clean_batch(xr, xf, sigma, mode, state=state, backend=backend)
+            assert state.offset > 0
+            saved = r.grad_fn.next_functions[0][0].saved_tensors
+            if not isinstance(sigma, torch.Tensor) or not sigma.requires_grad:
+                assert saved == ()
+                continue
+            used, z = saved
+            assert torch.equal(used, torch.tensor([3, 0]))
+            if backend == "cpu":
+                assert z.shape == (_n_noisy(m, mode) * 6,) and z.dtype == torch.float32
+            else:
+                assert z is None
+
+
+@pytest.mark.parametrize("wants", ["both", "fake", "real"])
+@pytest.mark.parametrize("sigma", ["float", "tensor"])
+def test_cpu_draw_without_a_sigma_gradient_forms_dx_alone(wants, sigma):
+    """A "double" draw whose sigma needs no gradient: the backward is one cpu kernel call for the wanted dx =
+    g[:m] + g[m:] (noise_runners._dx_cpu), equal to the reference backend's bit for bit, upstream gradients from
+    sum() (stride 0) and full ones alike; with create_graph it stays differentiable (the general path)."""
+    m, shape = 6, (4,)
+    xr, xf = _x(m, shape)
+    xr.requires_grad_(wants in ("both", "real"))
+    xf.requires_grad_(wants in ("both", "fake"))
+    noise = 0.3 if sigma == "float" else torch.tensor(0.3)
+    wrt = [x for x in (xr, xf) if x.requires_grad]
+    grads = {}
+    for backend in ("cpu", "reference"):
+        r, f = noisy_clean_batch(xr, xf, noise, "double", state=NoiseState(2), backend=backend)
+        before = backend_calls(OP + "_backward", backend)
+        upstream = r.sum() + (f * torch.linspace(-1, 1, 2 * m).view(-1, 1)).sum()
+        grads[backend] = torch.autograd.grad(upstream, wrt)
+        assert backend_calls(OP + "_backward", backend) == before + 1
+    for a, b in zip(grads["cpu"], grads["reference"]):
+        assert torch.equal(a, b)
+    r, f = noisy_clean_batch(xr, xf, noise, "double", state=NoiseState(2), backend="cpu")
+    g = torch.autograd.grad((r * r).sum() + (f * f).sum(), wrt, create_graph=True)
+    second = torch.autograd.grad(sum(t.sum() for t in g), wrt)
+    for x, s in zip(wrt, second):  # d/dx of sum(2 (2x + eps)) over both halves: 4 per element
+        assert torch.equal(s, torch.full_like(x, 4.0))
 
 
 def test_cpu_binding_checks_its_argument_tuple():
@@ -1001,14 +1037,12 @@ def test_eager_path_matches_custom_op_path(monkeypatch, kind, mode):
     r_eager, eager = run()
     expected = "_EagerApplyBackward" if kind == "eps" else "_EagerDrawBackward"
     assert type(node(r_eager)).__name__ == expected
-    if kind != "eps":
-        assert node(r_eager).eager is True
     monkeypatch.setattr(N._eager, "ok", lambda *tensors: False)
     r_op, op = run()
     if kind == "eps":
         assert "noisy_batch" in type(node(r_op)).__name__
     else:
-        assert node(r_op).eager is False
+        assert type(node(r_op)).__name__ == "_DrawBackward" and node(r_op).eager is False
     for a, b in zip(torch.utils._pytree.tree_leaves(eager), torch.utils._pytree.tree_leaves(op)):
         assert (a is None) == (b is None)
         if a is not None:
