@@ -78,6 +78,17 @@ def _marked_threads(request):
         torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _subnormals_kept():
+    """torch 2.4's inductor loads its CPU kernels from a library built with -ffast-math, and loading it turns on
+    flush-to-zero for the process (gcc's crtfastmath): every test after an inductor test then ran float32 without
+    subnormals (test_f_penalty_saturated's squared_hellinger at psi = -38 read 17x past its bound after
+    test_penalty.py's inductor test; torch 2.13 leaves them on). Each test leaves them as torch's default has them."""
+    yield
+    if torch.tensor([1e-39]).mul(1.0).item() == 0:
+        torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _triton_memcheck():
     """Every Triton kernel the interpreter runs (the triton backend on CPU tensors) has its loads, stores and atomics
