@@ -26,9 +26,10 @@ def test_a_lock_held_by_another_thread_at_a_fork_is_free_in_the_child(lock):
     t.start()
     held.wait()
     try:
+        assert not lock.plain.acquire(blocking=False)  # `with lock.plain` (the noise draw's) excludes `with lock`
         pid = os.fork()
         if pid == 0:  # the child: exit 0 if the lock can be taken at once
-            ok = lock._lock.acquire(timeout=5)
+            ok = lock.plain.acquire(timeout=5)
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
     finally:
