@@ -328,6 +328,17 @@ def test_cpu_binding_checks_its_argument_tuple():
         fastgan._ext.C().noisy_backward_cpu(())
 
 
+def test_cuda_binding_needs_the_used_buffer_of_a_draw():
+    """The CPU kernel writes a draw's [seed, offset] only where given a buffer (the eager path's fixed sigma needs
+    none); the CUDA binding still requires one, refused before any CUDA call (so on a machine without a driver)."""
+    C = fastgan._ext.C()
+    if not hasattr(C, "noisy_forward_cuda"):
+        pytest.skip("fastgan._C was built without its CUDA kernels")
+    args = (1, 2, 2, 1, 2, 1, 0, 0, 0, 0, 0.5, 1, 5, True, 0, 7, 8, 0, 4, 2, False)  # a draw, used = 0
+    with pytest.raises(ValueError, match="advance needs a `used` buffer"):
+        C.noisy_forward_cuda(args, 0)
+
+
 # ------------------------------------------------------------------ gradcheck / gradgradcheck (float64)
 
 def _fixed_noise_fn(kind, mode, backend):
