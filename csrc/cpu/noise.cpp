@@ -10,6 +10,7 @@
 #endif
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "fastgan/half_cpu.h"
 #include "fastgan/noise_args.h"
@@ -408,9 +409,12 @@ void load_rows(const T* g, int64_t sb, int64_t sf, int64_t row0, int64_t F, int6
 
 constexpr int64_t kBackBlock = 256;  // elements per step of the backward (a multiple of kBatchN)
 
-// z_in (optional): the normals noisy_forward saved in z_out; else they are drawn again from a.rng
+// z_in (optional): the normals noisy_forward saved in z_out; else they are drawn again from a.rng.
+// total: dsigma gets sigma's C gradients, the per-row partials summed here in double in row order (the same
+// bits for any thread count), instead of the n_noisy x C partials a caller reduces (a tensor and a torch sum
+// that cost the eager learned-sigma call more than this kernel at the 2-d mixture's sizes)
 template <typename T, typename A>
-void noisy_backward(const NoisyBackwardArgs& a, const float* z_in) {
+void noisy_backward(const NoisyBackwardArgs& a, const float* z_in, bool total) {
   const T* gr = cptr<T>(a.g_real);
   const T* gf = cptr<T>(a.g_fake);
   T* dxr = mptr<T>(a.dx_real);
@@ -426,6 +430,8 @@ void noisy_backward(const NoisyBackwardArgs& a, const float* z_in) {
     off = uint64_t(rng[1]);
   }
   const int64_t planes = L.n_noisy * C;
+  std::vector<double> partials(dsig != nullptr && total ? planes : 0);
+  double* part = partials.empty() ? nullptr : partials.data();
   // chunks of whole planes (p = i * C + c covers elements [p * inner, (p + 1) * inner)), so each dsigma
   // partial is summed by one thread in element order
   const int64_t per_chunk = std::max<int64_t>(1, (4 * kBackBlock) / inner);
@@ -465,7 +471,10 @@ void noisy_backward(const NoisyBackwardArgs& a, const float* z_in) {
         for (int64_t k = 0; k < n; ++k) {
           acc += double(vr[k] + vf[k]) * double(z[k]);
           if (--left == 0) {
-            dsig[plane++] = A(acc);
+            if (part != nullptr)
+              part[plane++] = acc;
+            else
+              dsig[plane++] = A(acc);
             acc = 0.0;
             left = inner;
           }
@@ -473,15 +482,22 @@ void noisy_backward(const NoisyBackwardArgs& a, const float* z_in) {
       }
     }
   });
+  if (part != nullptr) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (int64_t i = 0; i < L.n_noisy; ++i) s += part[i * C + c];
+      dsig[c] = A(s);
+    }
+  }
 }
 
-template <template <typename, typename> class Fn, typename Args, typename Z>
-void dispatch(int dtype, const Args& a, Z z, const char* what) {
+template <template <typename, typename> class Fn, typename Args, typename... Z>
+void dispatch(int dtype, const Args& a, const char* what, Z... z) {
   switch (dtype) {
-    case kFloat32: return Fn<float, float>::run(a, z);
-    case kFloat64: return Fn<double, double>::run(a, z);
-    case kFloat16: return Fn<half_t, float>::run(a, z);
-    case kBFloat16: return Fn<bf16_t, float>::run(a, z);
+    case kFloat32: return Fn<float, float>::run(a, z...);
+    case kFloat64: return Fn<double, double>::run(a, z...);
+    case kFloat16: return Fn<half_t, float>::run(a, z...);
+    case kBFloat16: return Fn<bf16_t, float>::run(a, z...);
   }
   throw std::invalid_argument(std::string(what) + ": unsupported dtype code " + std::to_string(dtype));
 }
@@ -490,7 +506,7 @@ template <typename T, typename A>
 struct Forward { static void run(const NoisyForwardArgs& a, float* z) { noisy_forward<T, A>(a, z); } };
 template <typename T, typename A>
 struct Backward {
-  static void run(const NoisyBackwardArgs& a, const float* z) { noisy_backward<T, A>(a, z); }
+  static void run(const NoisyBackwardArgs& a, const float* z, bool total) { noisy_backward<T, A>(a, z, total); }
 };
 
 void check_forward(const NoisyForwardArgs& a) {
@@ -628,13 +644,13 @@ void bind(py::module_& m) {
     const NoisyForwardArgs a = forward_args(t);
     if (z_out != 0 && a.eps != 0) throw std::invalid_argument("noisy_forward_cpu: z_out needs a Gaussian draw");
     py::gil_scoped_release nogil;
-    dispatch<Forward>(a.dtype, a, mptr<float>(z_out), "noisy_forward_cpu");
+    dispatch<Forward>(a.dtype, a, "noisy_forward_cpu", mptr<float>(z_out));
   }, "args"_a, "z_out"_a = 0);
-  m.def("noisy_backward_cpu", [](const py::tuple& t, std::uintptr_t z_in) {
+  m.def("noisy_backward_cpu", [](const py::tuple& t, std::uintptr_t z_in, bool total) {
     const NoisyBackwardArgs a = backward_args(t);
     py::gil_scoped_release nogil;
-    dispatch<Backward>(a.dtype, a, cptr<float>(z_in), "noisy_backward_cpu");
-  }, "args"_a, "z_in"_a = 0);
+    dispatch<Backward>(a.dtype, a, "noisy_backward_cpu", cptr<float>(z_in), total);
+  }, "args"_a, "z_in"_a = 0, "total"_a = false);
   m.def("philox_words_cpu", &philox_words_cpu, "seed"_a, "offset"_a, "n"_a, "out"_a, "path"_a = "best");
   m.def("philox_header_cpu", &philox_header_cpu, "seed"_a, "offset"_a, "counters"_a, "words"_a, "normals"_a);
   m.def("philox_normal_cpu", &philox_normal_cpu, "seed"_a, "offset"_a, "n"_a, "out"_a);

@@ -26,7 +26,7 @@ from ..reference import noise as ref
 from . import _checks, _dispatch, _eager, _library
 from .noise_runners import (_CPU_DRAW_LOCK, OP, OP_BACKWARD, _channels,  # noqa: F401  (_CPU_DRAW_LOCK: for tests)
                             _draw_cpu, _draw_lock, _dx_cpu, _empty_outputs, _filled, _n_noisy, _rows_out, _run_apply,
-                            _run_backward, _run_draw)
+                            _run_backward, _run_draw, _sigma_grads_cpu, _used_of, _z_buffer)
 from .noise_state import NoiseState, _check_state_values, _default_state_tensor
 
 MODES = ("double", "half")
@@ -120,9 +120,9 @@ def _backward_op_fake(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, wa
 # ctx.eager says which path built the node: its backward (and the backward's backward) stay on that path.
 
 def _noise_grads(g_r, g_f, used, has_r, has_f, need_r, need_f, need_eps, need_sigma, m, C, half, backend, eager,
-                 z=None, sigma_shape=None):
+                 sigma_shape=None):
     """Gradients (dx_real, dx_fake, dnoise) of a noisy batch for upstream (g_real, g_fake) (None = zero).
-    z, sigma_shape: see _run_backward (the eager path's; dnoise comes back in sigma_shape)."""
+    sigma_shape: see _run_backward (the eager path's; dnoise comes back in sigma_shape)."""
     g_r = g_r if has_r else None
     g_f = g_f if has_f else None
     if g_r is None and g_f is None:
@@ -131,7 +131,7 @@ def _noise_grads(g_r, g_f, used, has_r, has_f, need_r, need_f, need_eps, need_si
     want_f = need_f and g_f is not None
     args = (g_r, g_f, used, m, C, want_r and not half, want_f and not half, need_eps, need_sigma, half, backend)
     if eager and not _needs_graph(g_r, g_f):
-        dx_r, dx_f, dnoise = _run_backward(*args, z, sigma_shape)
+        dx_r, dx_f, dnoise = _run_backward(*args, sigma_shape)
     elif eager:
         dx_r, dx_f, dnoise = _eager_backward(*args)
         if need_sigma and sigma_shape is not None:  # not asked for, dnoise is an empty placeholder
@@ -265,8 +265,9 @@ class _EagerBackward(torch.autograd.Function):
 
 class _EagerDraw(torch.autograd.Function):
     """_Draw's eager counterpart. sigma keeps the caller's shape (no reshape node in the graph). What the backward
-    reads is kept only where it needs it: the draw's state (`used`) and, on the cpu backend, its normals z (drawing
-    them again costs more than storing them) when sigma's gradient is wanted; else dx alone, no noise read."""
+    reads is kept only where it needs it: for sigma's gradient the draw's state (`used`) and, on the cpu backend,
+    its normals z in the same buffer (drawing them again costs more than storing them), which the backward's one
+    kernel call reads; else nothing, and the backward forms dx alone, no noise read."""
 
     @staticmethod
     def forward(ctx, x_real, x_fake, sigma, params):
@@ -274,32 +275,44 @@ class _EagerDraw(torch.autograd.Function):
         # already has (each .shape or .numel() is ~0.1 us, the whole op ~50 us at the 2-d mixture's sizes)
         sigma_value, state, half, backend, m, F, C, sigma_shape = params
         keep = ctx.needs_input_grad[2]
-        used = z = None
+        n_pad = 0
         if backend != "cpu":
             out_r, out_f, used = _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend)
-        else:
             if keep:
-                used = state.new_empty(2)
-                n = _n_noisy(m, half) * F
-                x0 = x_real if x_real is not None else x_fake
-                z = x0.new_empty(n) if x0.dtype is torch.float32 else x0.new_empty(n, dtype=torch.float32)
-            out_r, out_f = _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used, z)
-        if keep:
-            ctx.save_for_backward(used, z)
+                ctx.save_for_backward(used)
+        elif keep:
+            zbuf, n_pad = _z_buffer(x_real if x_real is not None else x_fake, _n_noisy(m, half) * F)
+            zp = zbuf.data_ptr()
+            out_r, out_f = _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, zp + 4 * n_pad, zp)
+            ctx.save_for_backward(zbuf)
+        else:
+            out_r, out_f = _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C)
         # one ctx field: each costs ~0.05 us to set and to read
-        ctx.p = (x_real is not None, x_fake is not None, m, C, half, backend, sigma_shape, keep)
+        ctx.p = (x_real is not None, x_fake is not None, m, C, half, backend, sigma_shape, keep, n_pad)
         return out_r, out_f
 
     @staticmethod
     def backward(ctx, g_r, g_f):
-        has_r, has_f, m, C, half, backend, sigma_shape, keep = ctx.p
+        has_r, has_f, m, C, half, backend, sigma_shape, keep, n_pad = ctx.p
         need = ctx.needs_input_grad
-        if not keep and backend == "cpu" and not half and not _needs_graph(g_r, g_f):
-            dx_r, dx_f = _dx_cpu(g_r if has_r and need[0] else None, g_f if has_f and need[1] else None, m)
-            return dx_r, dx_f, None, None
-        used, z = ctx.saved_tensors if keep else (None, None)
+        if backend == "cpu" and not _needs_graph(g_r, g_f):
+            if not keep:
+                if half:
+                    return (g_r if has_r and need[0] else None), (g_f if has_f and need[1] else None), None, None
+                dx_r, dx_f = _dx_cpu(g_r if has_r and need[0] else None, g_f if has_f and need[1] else None, m)
+                return dx_r, dx_f, None, None
+            if (g_r is not None or not has_r) and (g_f is not None or not has_f):
+                dx_r, dx_f, d_sigma = _sigma_grads_cpu(g_r if has_r else None, g_f if has_f else None,
+                                                       has_r and need[0], has_f and need[1], ctx.saved_tensors[0],
+                                                       n_pad, m, C, half, sigma_shape)
+                return dx_r, dx_f, d_sigma, None
+        used = None
+        if keep:
+            (used,) = ctx.saved_tensors
+            if backend == "cpu":
+                used = _used_of(used, n_pad)
         dx_r, dx_f, d_sigma = _noise_grads(g_r, g_f, used, has_r, has_f, need[0], need[1], False, need[2], m, C,
-                                           half, backend, True, z, sigma_shape)
+                                           half, backend, True, sigma_shape)
         return dx_r, dx_f, d_sigma, None
 
 
@@ -492,8 +505,10 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
         if type(st) is not _Tensor:
             return None
         if _needs_graph(x_real, x_fake, sigma):
+            # a 0-d sigma's shape as (): new_empty takes it faster than a torch.Size
+            nd = sigma.dim() if sigma is not None else 1
             out_r, out_f = _eager_draw(x_real, x_fake, sigma, (
-                sigma_value, st, half, chosen, m, F, 1, None if sigma is None or sigma.dim() == 1 else sigma.shape))
+                sigma_value, st, half, chosen, m, F, 1, None if nd == 1 else () if nd == 0 else sigma.shape))
         else:
             out_r, out_f, _ = _run_draw(x_real, x_fake, sigma, sigma_value, st, half, chosen)
     return (out_r if x_real is not None else None), (out_f if x_fake is not None else None)

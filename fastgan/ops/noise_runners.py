@@ -94,9 +94,9 @@ def _fwd_cpu(*args):
     _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 
-def _bwd_cpu(*args, z=None):
-    # z: the normals _fwd_cpu kept; without it the backward draws them again from rng
-    _ext.C().noisy_backward_cpu(_backward_args(*args), z.data_ptr() if z is not None else 0)
+def _bwd_cpu(*args, total=False):
+    # total: dsigma gets the C sums over the rows, not the n_noisy x C partials the other backends leave
+    _ext.C().noisy_backward_cpu(_backward_args(*args), 0, total)
 
 
 def _fwd_cuda(*args):
@@ -177,7 +177,7 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
     C = sigma.numel() if sigma is not None else 1
     if backend == "cpu":
         m, F = (x_real if x_real is not None else x_fake).shape
-        return (*_draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used), used)
+        return (*_draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used.data_ptr()), used)
     out_r, out_f = _empty_outputs(x_real, x_fake, half)
     args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
             out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half)
@@ -187,17 +187,70 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
     return out_r, out_f, used
 
 
-def _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used=None, z=None):
-    """The cpu backend's draw, with the caller's sizes: (out_real, out_fake), the draw's [seed, offset] written to
-    `used` and its float32 normals to `z` where given (the eager path makes them only for a backward that reads
-    them: dsigma's)."""
-    out_r, out_f = _empty_outputs(x_real, x_fake, half, m, F)
-    args = _forward_args(x_real, x_fake, None, sigma, sigma_value, state, True, used,
-                         out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half)
+def _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used_ptr=0, z_ptr=0):
+    """The cpu backend's draw, with the caller's sizes: (out_real, out_fake; an empty tensor for a side not
+    given), the draw's [seed, offset] written at `used_ptr` (two int64) and its float32 normals at `z_ptr` where
+    given (the eager path keeps them only for a backward that reads them: dsigma's). The argument tuple is built
+    here, not by _forward_args: no eps, and each skipped question is ~0.1 us of a ~55 us call."""
+    x0 = x_real if x_real is not None else x_fake
+    rows = m if half else 2 * m
+    if x_real is not None:
+        out_r = x0.new_empty(rows, F)
+        (sr_b, sr_f), pr, por = x_real.stride(), x_real.data_ptr(), out_r.data_ptr()
+    else:
+        out_r, sr_b, sr_f, pr, por = x0.new_empty(0), 0, 0, 0, 0
+    if x_fake is not None:
+        out_f = x0.new_empty(rows, F)
+        (sf_b, sf_f), pf, pof = x_fake.stride(), x_fake.data_ptr(), out_f.data_ptr()
+    else:
+        out_f, sf_b, sf_f, pf, pof = x0.new_empty(0), 0, 0, 0, 0
+    args = (pr, pf, sr_b, sr_f, sf_b, sf_f, 0, 0, 0, sigma.data_ptr() if sigma is not None else 0, sigma_value, C,
+            state.data_ptr(), True, used_ptr, por, pof, _ext.DTYPE_CODES[x0.dtype], m, F, half)
     with _CPU_DRAW_LOCK.plain:  # 0.3 us of a ~50 us call at the 2-d mixture's sizes
-        _ext.C().noisy_forward_cpu(args, z.data_ptr() if z is not None else 0)
+        _ext.C().noisy_forward_cpu(args, z_ptr)
     _dispatch.record(OP, "cpu")
     return out_r, out_f
+
+
+def _z_buffer(x0, n):
+    """(buffer, n_pad): one float32 allocation for a cpu draw's n normals and, 8-byte aligned after them at
+    float index n_pad, its [seed, offset] (`_used_of`): one tensor to allocate and save instead of two."""
+    n_pad = n + (n & 1)
+    size = n_pad + 4
+    return (x0.new_empty(size) if x0.dtype is torch.float32 else x0.new_empty(size, dtype=torch.float32)), n_pad
+
+
+def _used_of(zbuf, n_pad):
+    """The int64 [seed, offset] that _z_buffer's draw wrote after its normals."""
+    return zbuf[n_pad:].view(torch.int64)
+
+
+def _sigma_grads_cpu(g_real, g_fake, want_r, want_f, zbuf, n_pad, m, C, half, sigma_shape):
+    """(dx_real, dx_fake, dsigma) of a cpu draw that kept its normals in `zbuf` (_z_buffer), for the upstream
+    gradients of the sides drawn (None: no such side), dx only where wanted (else None): one kernel call, which
+    also sums dsigma over the rows. sigma_shape: dsigma's shape (None: (C,))."""
+    g0 = g_real if g_real is not None else g_fake
+    F = g0.shape[1]
+    dxr = dxf = None
+    if not half:
+        dxr = g0.new_empty(m, F) if want_r else None
+        dxf = g0.new_empty(m, F) if want_f else None
+    shape = sigma_shape if sigma_shape is not None else (C,)
+    dt = g0.dtype
+    # new_empty's dtype keyword alone costs ~0.5 us
+    dsig = g0.new_empty(shape) if dt is torch.float32 or dt is torch.float64 else \
+        g0.new_empty(shape, dtype=torch.float32)
+    zp = zbuf.data_ptr()
+    (gr_b, gr_f) = g_real.stride() if g_real is not None else _NO_STRIDES
+    (gf_b, gf_f) = g_fake.stride() if g_fake is not None else _NO_STRIDES
+    args = (g_real.data_ptr() if g_real is not None else 0, g_fake.data_ptr() if g_fake is not None else 0, gr_b,
+            gr_f, gf_b, gf_f, dxr.data_ptr() if dxr is not None else 0, dxf.data_ptr() if dxf is not None else 0,
+            0, dsig.data_ptr(), zp + 4 * n_pad, C, _ext.DTYPE_CODES[g0.dtype], m, F, half)
+    _ext.C().noisy_backward_cpu(args, zp, True)
+    _dispatch.record(OP_BACKWARD, "cpu")
+    if half:  # the clean rows are x's, the noisy ones x's plus noise: dx is the upstream gradient itself
+        return (g_real if want_r else None), (g_fake if want_f else None), dsig
+    return dxr, dxf, dsig
 
 
 def _dx_cpu(g_real, g_fake, m):
@@ -224,32 +277,36 @@ def _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend):
 
 
 def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma, half, backend,
-                  z=None, sigma_shape=None):
-    """z: the draw's normals kept by _EagerDraw (cpu backend only; else they are drawn again from `used`).
-    sigma_shape: the shape of dsigma, when not (C,)."""
+                  sigma_shape=None):
+    """The noise drawn again from `used` where dsigma is wanted. sigma_shape: the shape of dsigma, when not (C,)."""
     g0 = g_real if g_real is not None else g_fake
     F = g0.shape[1]
     n_noisy = _n_noisy(m, half)
     dxr = g0.new_empty(m, F) if want_dx_real else None
     dxf = g0.new_empty(m, F) if want_dx_fake else None
     deps = g0.new_empty(n_noisy, F) if want_deps else None
+    # the cpu kernel sums dsigma over the rows itself (as _sigma_grads_cpu's call does: the same bits); the
+    # others leave per-row partial sums, reduced here so the result does not depend on their thread layout
+    total = backend == "cpu"
     if want_dsigma:
         acc = torch.float64 if g0.dtype is torch.float64 else torch.float32
-        part = g0.new_empty(n_noisy, C) if g0.dtype is acc else g0.new_empty(n_noisy, C, dtype=acc)
+        rows = (C,) if total else (n_noisy, C)
+        part = g0.new_empty(rows) if g0.dtype is acc else g0.new_empty(rows, dtype=acc)
     else:
         part = None
     if want_dx_real or want_dx_fake or want_deps or want_dsigma:
-        if z is None:
-            _BACKWARD[backend](g_real, g_fake, used, dxr, dxf, deps, part, m, C, half)
+        if total:
+            _bwd_cpu(g_real, g_fake, used, dxr, dxf, deps, part, m, C, half, total=True)
         else:
-            _bwd_cpu(g_real, g_fake, used, dxr, dxf, deps, part, m, C, half, z=z)
+            _BACKWARD[backend](g_real, g_fake, used, dxr, dxf, deps, part, m, C, half)
         _dispatch.record(OP_BACKWARD, backend)
-    # per-row partial sums, reduced here so the result does not depend on the kernel's thread layout
     # (for one channel, sum() equals sum(0) bit for bit and saves a view to a 0-d sigma's shape)
     if want_deps:
         dnoise = deps
     elif not want_dsigma:
         dnoise = None
+    elif total:
+        dnoise = part if sigma_shape is None else part.view(sigma_shape)
     elif sigma_shape is None:
         dnoise = part.sum(0)
     elif len(sigma_shape) == 0:

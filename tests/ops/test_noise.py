@@ -269,11 +269,45 @@ def test_cpu_large_batch_matches_reference(mode):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", ["eager", "op"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_dsigma_is_the_float64_sum_rounded_once(monkeypatch, mode, threads, path):
+    """The cpu kernel sums sigma's gradient over the rows itself, in float64 (the eager path's and the custom op's
+    call alike): for float32 batches dsigma is sum(g_noisy * z) over both sides in float64, rounded once, for any
+    thread count, past the kernels' OpenMP threshold (2**15 noisy elements). Float32 partial sums reduced by
+    torch, as the other backends leave them, are one or two ulps off here (1e-7 relative)."""
+    if path == "op":
+        monkeypatch.setattr(N._eager, "ok", lambda *tensors: False)
+    m, shape = 20000, (2,)
+    xr, xf = _x(m, shape, requires_grad=True)
+    sigma = torch.tensor([0.3, 0.7], requires_grad=True)
+    rows = 2 * m if mode == "double" else m
+    gen = torch.Generator().manual_seed(8)
+    gr, gf = torch.randn(rows, *shape, generator=gen), torch.randn(rows, *shape, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        r, f = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(6), backend="cpu")
+        (dsigma,) = torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (sigma,))
+    finally:
+        torch.set_num_threads(before)
+    n_noisy = _n_noisy(m, mode)
+    z = torch.empty(n_noisy * 2)
+    fastgan._ext.C().philox_normal_cpu(6, 0, z.numel(), z.data_ptr())
+    ge = (gr[rows - n_noisy:] + gf[rows - n_noisy:]).double()  # each sum of two floats rounded, as the kernel's
+    want = (ge * z.double().view(n_noisy, 2)).sum(0).float()
+    # float64 sums in another order differ by ~1e-13 relative: the same float32 but within that of a rounding tie
+    assert torch.equal(dsigma, want), (dsigma, want)
+    assert dsigma.dtype == torch.float32 and dsigma.shape == (2,)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_eager_draw_keeps_the_noise_only_for_a_sigma_gradient(backend):
-    """The eager draw saves the draw's [seed, offset] (`used`) and, on the cpu backend, its normals z (n_noisy * F
-    floats, as torch's own sigma * randn would) when sigma needs a gradient, so the backward does not draw them
-    again; otherwise it saves nothing (the backward forms dx alone), and the state still advances."""
+    """The eager draw saves the draw's [seed, offset] (`used`) when sigma needs a gradient, on the cpu backend in
+    one float32 buffer after its normals z (n_noisy * F floats, as torch's own sigma * randn would keep), so the
+    backward does not draw them again; otherwise it saves nothing (the backward forms dx alone), and the state
+    still advances."""
     m, shape = 5, (3, 2)
     xr, xf = _x(m, shape, requires_grad=True)
     for mode in ("double", "half"):
@@ -285,12 +319,17 @@ def test_eager_draw_keeps_the_noise_only_for_a_sigma_gradient(backend):
             if not isinstance(sigma, torch.Tensor) or not sigma.requires_grad:
                 assert saved == ()
                 continue
-            used, z = saved
-            assert torch.equal(used, torch.tensor([3, 0]))
+            (buf,) = saved
+            n = _n_noisy(m, mode) * 6
             if backend == "cpu":
-                assert z.shape == (_n_noisy(m, mode) * 6,) and z.dtype == torch.float32
+                n_pad = n + n % 2  # the int64 pair 8-byte aligned
+                assert buf.shape == (n_pad + 4,) and buf.dtype == torch.float32
+                assert torch.equal(buf[n_pad:].view(torch.int64), torch.tensor([3, 0]))
+                z = torch.empty(n)
+                fastgan._ext.C().philox_normal_cpu(3, 0, n, z.data_ptr())  # the cpu kernels' own stream
+                assert torch.equal(buf[:n], z)
             else:
-                assert z is None
+                assert torch.equal(buf, torch.tensor([3, 0]))
 
 
 @pytest.mark.parametrize("wants", ["both", "fake", "real"])
