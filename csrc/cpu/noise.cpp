@@ -657,19 +657,31 @@ NoisyBackwardArgs backward_args(const py::tuple& t) {
   return a;
 }
 
-// Raw stream access for the tests: n counters' words (int64 buffer (n, 4)) and the first n normals (float32).
-// path picks the Philox implementation, so the tests cover each one the CPU can run: "best" (what the kernels
+// For the tests: the implementation `path` names, so they cover each one the CPU can run: "best" (what the kernels
 // use), "portable", "avx2" or "avx512f" (ValueError where the CPU or the build lacks it).
+#ifdef FG_X86_DISPATCH
+#define FG_SIMD_PATHS(name) name##_avx2, name##_avx512
+#else
+#define FG_SIMD_PATHS(name) nullptr, nullptr
+#endif
+
+template <typename Fn>
+Fn pick_path(const std::string& path, Fn best, Fn portable, Fn avx2, Fn avx512, const char* what) {
+  Fn fn = nullptr;
+  if (path == "best") fn = best;
+  if (path == "portable") fn = portable;
+#ifdef FG_X86_DISPATCH
+  if (path == "avx2" && kHasAvx2) fn = avx2;
+  if (path == "avx512f" && kHasAvx512) fn = avx512;
+#endif
+  if (fn == nullptr) throw std::invalid_argument(std::string(what) + ": path " + path + " is unknown or unsupported here");
+  return fn;
+}
+
+// Raw stream access for the tests: n counters' words (int64 buffer (n, 4)) by `path`'s Philox.
 void philox_words_cpu(uint64_t seed, uint64_t offset, int64_t n, std::uintptr_t out, const std::string& path) {
   using WordsFn = void (*)(uint64_t, uint64_t, uint32_t*);
-  WordsFn fn = nullptr;
-  if (path == "best") fn = words_batch;
-  if (path == "portable") fn = words_portable;
-#ifdef FG_X86_DISPATCH
-  if (path == "avx2" && kHasAvx2) fn = words_avx2;
-  if (path == "avx512f" && kHasAvx512) fn = words_avx512;
-#endif
-  if (fn == nullptr) throw std::invalid_argument("philox_words_cpu: path " + path + " is unknown or unsupported here");
+  const WordsFn fn = pick_path<WordsFn>(path, words_batch, words_portable, FG_SIMD_PATHS(words), "philox_words_cpu");
   int64_t* o = mptr<int64_t>(out);
   uint32_t w[kBatchN];
   for (int64_t g0 = 0; g0 < n; g0 += kBatch) {
@@ -679,20 +691,11 @@ void philox_words_cpu(uint64_t seed, uint64_t offset, int64_t n, std::uintptr_t 
   }
 }
 
-// The draw's interleave step for the tests: out (4 * kBatch floats) from rad, cs, sn (2 * kBatch each), by `path`
-// as philox_words_cpu's ("best", "portable", "avx2", "avx512f"; ValueError where the CPU or the build lacks it).
+// The draw's interleave step by `path`: out (4 * kBatch floats) from rad, cs, sn (2 * kBatch each).
 void philox_interleave_cpu(std::uintptr_t rad, std::uintptr_t cs, std::uintptr_t sn, std::uintptr_t out,
                            const std::string& path) {
   using Fn = void (*)(const float*, const float*, const float*, float*);
-  Fn fn = nullptr;
-  if (path == "best") fn = interleave;
-  if (path == "portable") fn = interleave_portable;
-#ifdef FG_X86_DISPATCH
-  if (path == "avx2" && kHasAvx2) fn = interleave_avx2;
-  if (path == "avx512f" && kHasAvx512) fn = interleave_avx512;
-#endif
-  if (fn == nullptr)
-    throw std::invalid_argument("philox_interleave_cpu: path " + path + " is unknown or unsupported here");
+  const Fn fn = pick_path<Fn>(path, interleave, interleave_portable, FG_SIMD_PATHS(interleave), "philox_interleave_cpu");
   fn(cptr<float>(rad), cptr<float>(cs), cptr<float>(sn), mptr<float>(out));
 }
 
