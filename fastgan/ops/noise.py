@@ -25,8 +25,8 @@ from torch.autograd import forward_ad as _fwAD
 from ..reference import noise as ref
 from . import _checks, _dispatch, _eager, _library
 from .noise_runners import (_CPU_DRAW_LOCK, OP, OP_BACKWARD, _channels,  # noqa: F401  (_CPU_DRAW_LOCK: for tests)
-                            _draw_cpu, _draw_lock, _dx_cpu, _empty_outputs, _filled, _n_noisy, _rows_out, _run_apply,
-                            _run_backward, _run_draw, _sigma_grads_cpu, _used_of, _z_buffer)
+                            _batches_cpu, _draw_lock, _empty_outputs, _filled, _grads_cpu, _n_noisy, _rows_out,
+                            _run_apply, _run_backward, _run_draw, _used_of, _z_buffer)
 from .noise_state import NoiseState, _check_state_values, _default_state_tensor
 
 MODES = ("double", "half")
@@ -283,10 +283,10 @@ class _EagerDraw(torch.autograd.Function):
         elif keep:
             zbuf, n_pad = _z_buffer(x_real if x_real is not None else x_fake, _n_noisy(m, half) * F)
             zp = zbuf.data_ptr()
-            out_r, out_f = _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, zp + 4 * n_pad, zp)
+            out_r, out_f = _batches_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, zp + 4 * n_pad, zp)
             ctx.save_for_backward(zbuf)
         else:
-            out_r, out_f = _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C)
+            out_r, out_f = _batches_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C)
         # one ctx field: each costs ~0.05 us to set and to read
         ctx.p = (x_real is not None, x_fake is not None, m, C, half, backend, sigma_shape, keep, n_pad)
         return out_r, out_f
@@ -296,15 +296,14 @@ class _EagerDraw(torch.autograd.Function):
         has_r, has_f, m, C, half, backend, sigma_shape, keep, n_pad = ctx.p
         need = ctx.needs_input_grad
         if backend == "cpu" and not _needs_graph(g_r, g_f):
-            if not keep:
-                if half:
-                    return (g_r if has_r and need[0] else None), (g_f if has_f and need[1] else None), None, None
-                dx_r, dx_f = _dx_cpu(g_r if has_r and need[0] else None, g_f if has_f and need[1] else None, m)
+            want_r, want_f = has_r and need[0] and g_r is not None, has_f and need[1] and g_f is not None
+            if not keep:  # dx alone, no noise read
+                dx_r, dx_f, _ = _grads_cpu(g_r if want_r else None, g_f if want_f else None, want_r, want_f, m, half)
                 return dx_r, dx_f, None, None
             if (g_r is not None or not has_r) and (g_f is not None or not has_f):
-                dx_r, dx_f, d_sigma = _sigma_grads_cpu(g_r if has_r else None, g_f if has_f else None,
-                                                       has_r and need[0], has_f and need[1], ctx.saved_tensors[0],
-                                                       n_pad, m, C, half, sigma_shape)
+                dx_r, dx_f, d_sigma = _grads_cpu(g_r if has_r else None, g_f if has_f else None, want_r, want_f, m,
+                                                 half, zbuf=ctx.saved_tensors[0], n_pad=n_pad, C=C,
+                                                 sigma_shape=sigma_shape)
                 return dx_r, dx_f, d_sigma, None
         used = None
         if keep:
@@ -322,14 +321,21 @@ class _EagerEps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_real, x_fake, eps, params):
-        half, backend, m = params
+        half, backend, m, F = params
         ctx.p = (half, backend, m, x_real is not None, x_fake is not None)
+        if backend == "cpu":
+            return _batches_cpu(x_real, x_fake, None, 0.0, None, half, m, F, 1, eps=eps)
         return _run_apply(x_real, x_fake, None, 0.0, eps, None, half, backend)
 
     @staticmethod
     def backward(ctx, g_r, g_f):
         half, backend, m, has_r, has_f = ctx.p
         need = ctx.needs_input_grad
+        if (backend == "cpu" and not _needs_graph(g_r, g_f) and (g_r is not None or not has_r)
+                and (g_f is not None or not has_f)):
+            dx_r, dx_f, d_eps = _grads_cpu(g_r if has_r else None, g_f if has_f else None, has_r and need[0],
+                                           has_f and need[1], m, half, want_eps=need[2])
+            return dx_r, dx_f, d_eps, None
         dx_r, dx_f, d_eps = _noise_grads(g_r, g_f, None, has_r, has_f, need[0], need[1], need[2], False, m, 1, half,
                                          backend, True)
         return dx_r, dx_f, d_eps, None
@@ -486,7 +492,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
             return None
         chosen = _dispatch.resolve(OP, x0.device, backend)
         if _needs_graph(x_real, x_fake, noise):
-            out_r, out_f = _eager_eps(x_real, x_fake, noise, (half, chosen, m))
+            out_r, out_f = _eager_eps(x_real, x_fake, noise, (half, chosen, m, F))
         else:
             out_r, out_f = _run_apply(x_real, x_fake, None, 0.0, noise, None, half, chosen)
     else:

@@ -90,7 +90,7 @@ def _backward_args(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
 
 
 def _fwd_cpu(*args):
-    # a draw's normals for the backward: _draw_cpu
+    # a draw's normals for the backward: _batches_cpu
     _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 
@@ -177,7 +177,7 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
     C = sigma.numel() if sigma is not None else 1
     if backend == "cpu":
         m, F = (x_real if x_real is not None else x_fake).shape
-        return (*_draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used.data_ptr()), used)
+        return (*_batches_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used.data_ptr()), used)
     out_r, out_f = _empty_outputs(x_real, x_fake, half)
     args = (x_real, x_fake, None, sigma, sigma_value, state, True, used,
             out_r if x_real is not None else None, out_f if x_fake is not None else None, C, half)
@@ -187,11 +187,12 @@ def _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend):
     return out_r, out_f, used
 
 
-def _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used_ptr=0, z_ptr=0):
-    """The cpu backend's draw, with the caller's sizes: (out_real, out_fake; an empty tensor for a side not
-    given), the draw's [seed, offset] written at `used_ptr` (two int64) and its float32 normals at `z_ptr` where
-    given (the eager path keeps them only for a backward that reads them: dsigma's). The argument tuple is built
-    here, not by _forward_args: no eps, and each skipped question is ~0.1 us of a ~55 us call."""
+def _batches_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used_ptr=0, z_ptr=0, eps=None):
+    """The cpu backend's batches, with the caller's sizes: (out_real, out_fake; an empty tensor for a side not
+    given). A draw from `state` (eps None) writes its [seed, offset] at `used_ptr` (two int64) and its float32
+    normals at `z_ptr` where given (the eager path keeps them only for a backward that reads them: dsigma's); else
+    the noise generator's eps (n_noisy, F) is added. The argument tuple is built here, not by _forward_args: each
+    question skipped is ~0.1 us of a ~55 us call."""
     x0 = x_real if x_real is not None else x_fake
     rows = m if half else 2 * m
     if x_real is not None:
@@ -204,10 +205,15 @@ def _draw_cpu(x_real, x_fake, sigma, sigma_value, state, half, m, F, C, used_ptr
         (sf_b, sf_f), pf, pof = x_fake.stride(), x_fake.data_ptr(), out_f.data_ptr()
     else:
         out_f, sf_b, sf_f, pf, pof = x0.new_empty(0), 0, 0, 0, 0
-    args = (pr, pf, sr_b, sr_f, sf_b, sf_f, 0, 0, 0, sigma.data_ptr() if sigma is not None else 0, sigma_value, C,
-            state.data_ptr(), True, used_ptr, por, pof, _ext.DTYPE_CODES[x0.dtype], m, F, half)
-    with _CPU_DRAW_LOCK.plain:  # 0.3 us of a ~50 us call at the 2-d mixture's sizes
-        _ext.C().noisy_forward_cpu(args, z_ptr)
+    if eps is not None:
+        (se_b, se_f) = eps.stride()
+        _ext.C().noisy_forward_cpu((pr, pf, sr_b, sr_f, sf_b, sf_f, eps.data_ptr(), se_b, se_f, 0, 0.0, 1, 0, False,
+                                    0, por, pof, _ext.DTYPE_CODES[x0.dtype], m, F, half), 0)
+    else:
+        args = (pr, pf, sr_b, sr_f, sf_b, sf_f, 0, 0, 0, sigma.data_ptr() if sigma is not None else 0, sigma_value,
+                C, state.data_ptr(), True, used_ptr, por, pof, _ext.DTYPE_CODES[x0.dtype], m, F, half)
+        with _CPU_DRAW_LOCK.plain:  # 0.3 us of a ~50 us call at the 2-d mixture's sizes
+            _ext.C().noisy_forward_cpu(args, z_ptr)
     _dispatch.record(OP, "cpu")
     return out_r, out_f
 
@@ -225,46 +231,40 @@ def _used_of(zbuf, n_pad):
     return zbuf[n_pad:].view(torch.int64)
 
 
-def _sigma_grads_cpu(g_real, g_fake, want_r, want_f, zbuf, n_pad, m, C, half, sigma_shape):
-    """(dx_real, dx_fake, dsigma) of a cpu draw that kept its normals in `zbuf` (_z_buffer), for the upstream
-    gradients of the sides drawn (None: no such side), dx only where wanted (else None): one kernel call, which
-    also sums dsigma over the rows. sigma_shape: dsigma's shape (None: (C,))."""
+def _grads_cpu(g_real, g_fake, want_r, want_f, m, half, want_eps=False, zbuf=None, n_pad=0, C=1,
+               sigma_shape=None):
+    """(dx_real, dx_fake, dnoise) on the cpu backend in one kernel call, for the upstream gradients it reads (None:
+    not read) and dx where wanted (else None): dnoise is eps's gradient (want_eps), sigma's (zbuf: a draw's kept
+    normals, _z_buffer; the kernel sums it over the rows; sigma_shape: its shape, None for (C,)) or None."""
     g0 = g_real if g_real is not None else g_fake
     F = g0.shape[1]
-    dxr = dxf = None
+    dxr = dxf = dnoise = None
     if not half:
         dxr = g0.new_empty(m, F) if want_r else None
         dxf = g0.new_empty(m, F) if want_f else None
-    shape = sigma_shape if sigma_shape is not None else (C,)
-    dt = g0.dtype
-    # new_empty's dtype keyword alone costs ~0.5 us
-    dsig = g0.new_empty(shape) if dt is torch.float32 or dt is torch.float64 else \
-        g0.new_empty(shape, dtype=torch.float32)
-    zp = zbuf.data_ptr()
-    (gr_b, gr_f) = g_real.stride() if g_real is not None else _NO_STRIDES
-    (gf_b, gf_f) = g_fake.stride() if g_fake is not None else _NO_STRIDES
-    args = (g_real.data_ptr() if g_real is not None else 0, g_fake.data_ptr() if g_fake is not None else 0, gr_b,
-            gr_f, gf_b, gf_f, dxr.data_ptr() if dxr is not None else 0, dxf.data_ptr() if dxf is not None else 0,
-            0, dsig.data_ptr(), zp + 4 * n_pad, C, _ext.DTYPE_CODES[g0.dtype], m, F, half)
-    _ext.C().noisy_backward_cpu(args, zp, True)
-    _dispatch.record(OP_BACKWARD, "cpu")
+    zp = 0
+    if want_eps:
+        dnoise = g0.new_empty(_n_noisy(m, half), F)
+    elif zbuf is not None:
+        shape = sigma_shape if sigma_shape is not None else (C,)
+        dt = g0.dtype
+        # new_empty's dtype keyword alone costs ~0.5 us
+        dnoise = g0.new_empty(shape) if dt is torch.float32 or dt is torch.float64 else \
+            g0.new_empty(shape, dtype=torch.float32)
+        zp = zbuf.data_ptr()
+    if dxr is not None or dxf is not None or dnoise is not None:
+        (gr_b, gr_f) = g_real.stride() if g_real is not None else _NO_STRIDES
+        (gf_b, gf_f) = g_fake.stride() if g_fake is not None else _NO_STRIDES
+        pn = dnoise.data_ptr() if dnoise is not None else 0
+        args = (g_real.data_ptr() if g_real is not None else 0, g_fake.data_ptr() if g_fake is not None else 0,
+                gr_b, gr_f, gf_b, gf_f, dxr.data_ptr() if dxr is not None else 0,
+                dxf.data_ptr() if dxf is not None else 0, pn if want_eps else 0, pn if zp else 0,
+                zp + 4 * n_pad if zp else 0, C, _ext.DTYPE_CODES[g0.dtype], m, F, half)
+        _ext.C().noisy_backward_cpu(args, zp, zp != 0)
+        _dispatch.record(OP_BACKWARD, "cpu")
     if half:  # the clean rows are x's, the noisy ones x's plus noise: dx is the upstream gradient itself
-        return (g_real if want_r else None), (g_fake if want_f else None), dsig
-    return dxr, dxf, dsig
-
-
-def _dx_cpu(g_real, g_fake, m):
-    """(dx_real, dx_fake) of a "double" batch on the cpu backend, for the upstream gradients given (None: not
-    wanted): g[:m] + g[m:], no noise read."""
-    g0 = g_real if g_real is not None else g_fake
-    if g0 is None:
-        return None, None
-    F = g0.shape[1]
-    dxr = g0.new_empty(m, F) if g_real is not None else None
-    dxf = g0.new_empty(m, F) if g_fake is not None else None
-    _ext.C().noisy_backward_cpu(_backward_args(g_real, g_fake, None, dxr, dxf, None, None, m, 1, False), 0)
-    _dispatch.record(OP_BACKWARD, "cpu")
-    return dxr, dxf
+        return (g_real if want_r else None), (g_fake if want_f else None), dnoise
+    return dxr, dxf, dnoise
 
 
 def _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend):
@@ -285,7 +285,7 @@ def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_d
     dxr = g0.new_empty(m, F) if want_dx_real else None
     dxf = g0.new_empty(m, F) if want_dx_fake else None
     deps = g0.new_empty(n_noisy, F) if want_deps else None
-    # the cpu kernel sums dsigma over the rows itself (as _sigma_grads_cpu's call does: the same bits); the
+    # the cpu kernel sums dsigma over the rows itself (as _grads_cpu's call does: the same bits); the
     # others leave per-row partial sums, reduced here so the result does not depend on their thread layout
     total = backend == "cpu"
     if want_dsigma:

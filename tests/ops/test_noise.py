@@ -365,7 +365,7 @@ def test_eager_draw_keeps_the_noise_only_for_a_sigma_gradient(backend):
 @pytest.mark.parametrize("sigma", ["float", "tensor"])
 def test_cpu_draw_without_a_sigma_gradient_forms_dx_alone(wants, sigma):
     """A "double" draw whose sigma needs no gradient: the backward is one cpu kernel call for the wanted dx =
-    g[:m] + g[m:] (noise_runners._dx_cpu), equal to the reference backend's bit for bit, upstream gradients from
+    g[:m] + g[m:] (noise_runners._grads_cpu), equal to the reference backend's bit for bit, upstream gradients from
     sum() (stride 0) and full ones alike; with create_graph it stays differentiable (the general path)."""
     m, shape = 6, (4,)
     xr, xf = _x(m, shape)
