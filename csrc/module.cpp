@@ -22,6 +22,15 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_compiled") = false;
   m.attr("cuda_archs") = "";
 #endif
+  // for `fastgan info`: which of the FG_CPU_CLONES (cpu_clones.h) the loader picks on this machine
+  m.def("cpu_clones", []() -> std::string {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? "avx2" : "default";
+#else
+    return "none (one build)";
+#endif
+  });
 #ifdef FASTGAN_WITH_OPENMP
   m.attr("openmp") = true;
 #else

@@ -47,7 +47,9 @@ def info(print_report: bool = False) -> dict:
         "extension": {"loaded": loaded, "error": why or None,
                       "cuda_compiled": bool(C and C.cuda_compiled),
                       "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
-                      "openmp": bool(C and C.openmp)},
+                      "openmp": bool(C and C.openmp),
+                      # the CPU kernels' multi-versioned clone and the noise draw's SIMD path on this machine
+                      "cpu_simd": ({"kernels": C.cpu_clones(), "noise_draw": C.noise_draw_simd()} if C else None)},
         "cuda_devices": _cuda_devices(C),
         "metrics_classifier": _classifier_status(),
         "compiled_d": _compiled_d_status(),
@@ -127,6 +129,9 @@ def format_report(r: dict) -> str:
     if ext["loaded"]:
         lines.append(f"  CUDA kernels: {'sm_' + ', sm_'.join(ext['cuda_archs']) if ext['cuda_compiled'] else 'not built'}"
                      f"; OpenMP: {'yes' if ext['openmp'] else 'no'}")
+        simd = ext.get("cpu_simd")  # absent from reports made by older versions
+        if simd:
+            lines.append(f"  CPU kernels: {simd['kernels']} clones; noise draw: {simd['noise_draw']}")
     lines.append(f"CUDA devices: {len(r['cuda_devices']) or 'none'}")
     code = {"sass": "machine code for it", "ptx": "JIT-compiled from PTX at the first launch",
             None: "cannot run there (no code for this architecture; see FASTGAN_CUDA_ARCH)"}

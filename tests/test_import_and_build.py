@@ -1,6 +1,7 @@
 """Importing fastgan is lean, the extension loads on a CPU-only machine, and `fastgan info` tells the truth."""
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,21 @@ def test_info_report_fields_match_the_build_and_print_nothing(capsys):
     assert r["metrics_classifier"] == {"ok": True, "reason": None}
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"),
+                    reason="reads the x86 CPU's flags from /proc/cpuinfo")
+def test_info_names_the_cpu_kernels_simd_paths_this_cpu_has():
+    """The CPU kernels' clone (avx2 or the baseline build) and the noise draw's path (AVX-512, AVX2 or portable)
+    are the best this CPU's flags allow, so a slow CPU run can be told apart from a machine without the vectors."""
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    simd = fastgan.info()["extension"]["cpu_simd"]
+    assert simd == {"kernels": "avx2" if "avx2" in flags else "default",
+                    "noise_draw": "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "portable"}
+
+
 def test_info_names_a_damaged_classifier(monkeypatch):
     from fastgan.metrics import classifier
 
@@ -193,6 +209,8 @@ def test_format_report_lines():
     if r["extension"]["cuda_compiled"]:
         assert f"CUDA kernels: sm_{', sm_'.join(r['extension']['cuda_archs'])}" in text
     assert f"; OpenMP: {'yes' if r['extension']['openmp'] else 'no'}" in text
+    simd = r["extension"]["cpu_simd"]
+    assert f"\n  CPU kernels: {simd['kernels']} clones; noise draw: {simd['noise_draw']}\n" in text
     assert "[TRITON_INTERPRET=1]" in format_report({**r, "triton_interpret": True})
     assert "[TRITON_INTERPRET=1]" not in format_report({**r, "triton_interpret": False})
     bad = {**r, "metrics_classifier": {"ok": False, "reason": "x.pt is damaged"}}

@@ -730,6 +730,14 @@ void bind(py::module_& m) {
     dispatch<Backward>(a.dtype, a, "noisy_backward_cpu", cptr<float>(z_in), total);
   }, "args"_a, "z_in"_a = 0, "total"_a = false);
   m.def("philox_words_cpu", &philox_words_cpu, "seed"_a, "offset"_a, "n"_a, "out"_a, "path"_a = "best");
+  // for `fastgan info`: the SIMD path the CPU draw takes on this machine
+  m.def("noise_draw_simd", []() -> std::string {
+#ifdef FG_X86_DISPATCH
+    if (kHasAvx512) return "avx512f";
+    if (kHasAvx2) return "avx2";
+#endif
+    return "portable";
+  });
   m.def("philox_interleave_cpu", &philox_interleave_cpu, "rad"_a, "cs"_a, "sn"_a, "out"_a, "path"_a = "best");
   m.def("philox_header_cpu", &philox_header_cpu, "seed"_a, "offset"_a, "counters"_a, "words"_a, "normals"_a);
   m.def("philox_normal_cpu", &philox_normal_cpu, "seed"_a, "offset"_a, "n"_a, "out"_a);
