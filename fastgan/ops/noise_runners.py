@@ -90,7 +90,7 @@ def _backward_args(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
 
 
 def _fwd_cpu(*args):
-    # a draw's normals for the backward: _batches_cpu
+    # (the eager path's cpu calls, and a draw that keeps its normals for the backward: _batches_cpu)
     _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 
@@ -142,11 +142,10 @@ def _rows_out(m: int, half: bool) -> int:
     return m if half else 2 * m
 
 
-def _empty_outputs(xr, xf, half, m=None, F=None):
-    # sizes as separate ints: new_empty parses them faster than a tuple; m, F: x's, where the caller has them
+def _empty_outputs(xr, xf, half):
+    # sizes as separate ints: new_empty parses them faster than a tuple
     x0 = xr if xr is not None else xf
-    if m is None:
-        m, F = x0.shape
+    m, F = x0.shape
     rows = m if half else 2 * m
     out_r = x0.new_empty(rows, F) if xr is not None else x0.new_empty(0)
     out_f = x0.new_empty(rows, F) if xf is not None else x0.new_empty(0)
@@ -237,6 +236,8 @@ def _grads_cpu(g_real, g_fake, want_r, want_f, m, half, want_eps=False, zbuf=Non
     not read) and dx where wanted (else None): dnoise is eps's gradient (want_eps), sigma's (zbuf: a draw's kept
     normals, _z_buffer; the kernel sums it over the rows; sigma_shape: its shape, None for (C,)) or None."""
     g0 = g_real if g_real is not None else g_fake
+    if g0 is None:
+        return None, None, None
     F = g0.shape[1]
     dxr = dxf = dnoise = None
     if not half:
