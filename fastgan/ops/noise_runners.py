@@ -94,9 +94,10 @@ def _fwd_cpu(*args):
     _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 
-def _bwd_cpu(*args, total=False):
-    # total: dsigma gets the C sums over the rows, not the n_noisy x C partials the other backends leave
-    _ext.C().noisy_backward_cpu(_backward_args(*args), 0, total)
+def _bwd_cpu(*args):
+    # dsigma gets the kernel's C sums over the rows (total=True), not the n_noisy x C partials the other backends
+    # leave (see _run_backward)
+    _ext.C().noisy_backward_cpu(_backward_args(*args), 0, True)
 
 
 def _fwd_cuda(*args):
@@ -296,10 +297,7 @@ def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_d
     else:
         part = None
     if want_dx_real or want_dx_fake or want_deps or want_dsigma:
-        if total:
-            _bwd_cpu(g_real, g_fake, used, dxr, dxf, deps, part, m, C, half, total=True)
-        else:
-            _BACKWARD[backend](g_real, g_fake, used, dxr, dxf, deps, part, m, C, half)
+        _BACKWARD[backend](g_real, g_fake, used, dxr, dxf, deps, part, m, C, half)
         _dispatch.record(OP_BACKWARD, backend)
     # (for one channel, sum() equals sum(0) bit for bit and saves a view to a 0-d sigma's shape)
     if want_deps:
