@@ -13,7 +13,8 @@ def assert_close_to_oracle(impl: torch.Tensor, ref_low: torch.Tensor, ref64: tor
     an implementation may be at most `factor` times as far from the float64 truth as PyTorch's own
     reference computed in the same low precision. `floor` (default: a few ulps of the output dtype times
     the magnitude) covers elements where the reference happens to be exact."""
-    impl, ref_low, ref64 = (t.detach().to(torch.float64) for t in (impl, ref_low, ref64))
+    # on the host: a test may compute its oracles from the CPU tensors it moved to the GPU for the kernel
+    impl, ref_low, ref64 = (t.detach().to("cpu", torch.float64) for t in (impl, ref_low, ref64))
     assert impl.shape == ref64.shape, f"{name}: shape {tuple(impl.shape)} != {tuple(ref64.shape)}"
     err = (impl - ref64).abs().max().item() if impl.numel() else 0.0
     ref_err = (ref_low - ref64).abs().max().item() if impl.numel() else 0.0

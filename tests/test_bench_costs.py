@@ -44,12 +44,14 @@ def test_piecewise_linear_closed_form_shares_the_weight_gradient(counted):
 
 def test_mlp_closed_form_folds_the_last_tangent_gemm(counted):
     # d-n-n-1 LeakyReLU MLP: the tangent's only n x n GEMM is read off the weight gradient's (mlp_penalty.
-    # fold_index), so the update needs the plain update's FLOPs; per-sample terms in one kernel for real and fake
+    # fold_index), so the update needs the plain update's FLOPs; per-sample terms in one kernel for real and fake.
+    # Kernels: 59 against the plain update's 57 until the joint pass contracted each batch apart on CUDA too
+    # (closed_form_maps._apart, 2026-12-06: a GEMM or sum per batch and an add, 69); two passes take 90
     assert _ratio(counted, "mlp_leaky", "mlp", "flops") <= 1.05
     assert _ratio(counted, "mlp_leaky", "double_backward", "flops") >= 1.9
     c = counted[("mlp_leaky", "mlp")]
     assert c.ops["fastgan.grad_norm_penalty_terms"] == 1 and c.ops["fastgan.grad_norm_penalty"] == 0
-    assert _ratio(counted, "mlp_leaky", "mlp", "kernels") <= 1.1
+    assert _ratio(counted, "mlp_leaky", "mlp", "kernels") <= 1.25
 
 
 def test_smooth_activations_need_their_own_chain(counted):

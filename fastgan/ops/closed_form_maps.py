@@ -38,8 +38,10 @@ def _blocked(t) -> bool:
 
 def _apart(rows, t) -> bool:
     """Whether a contraction over the batch of t takes each block of `rows` (js_penalty's real then fake rows in one
-    pass) apart, as the double backward's two passes do: where _blocked(t) and there are several blocks."""
-    return rows is not None and len(rows) > 1 and _blocked(t)
+    pass) apart, as the double backward's two passes do: where there are several blocks, float32/float64 on any
+    device (the blocks' sums cancel as exactly as the double backward's, whatever order a device adds in; half
+    types as _blocked)."""
+    return rows is not None and len(rows) > 1 and t.dtype in _BLOCKED_DTYPES
 
 
 def _sum_apart(fn, rows, *ts):
@@ -89,6 +91,8 @@ class LinearMap:
         second launch, and oneDNN's weight gradient over the doubled batch can be far slower (2 CPU threads, a
         DCGAN32-like first layer at B=256: 12.9 ms concatenated, 2.0 ms as two calls). rows: as weight_grad's."""
         if not self.conv and not _blocked(d1):
+            if _apart(rows, d1):
+                return _sum_apart(lambda *blocks: self.weight_grad2(*blocks, W), rows, d1, h1, d2, h2)
             return torch.addmm(d1.t() @ h1, d2.t(), h2)
         return self.weight_grad(d1, h1, W, rows).add_(self.weight_grad(d2, h2, W, rows))
 
@@ -118,10 +122,10 @@ def bias_grad(d, a, rows=None):
     rows one after another: where a's terms +-1/B of a WGAN-style loss cancel over a batch sharing D's activation
     pattern, 5.6x the double backward's error, 2.8x past the 2x rule), each block of `rows` (the joint pass's real
     then fake rows) apart, as the double backward's two passes: their sums then cancel as exactly as its do."""
-    if not _blocked(d):
-        return d.t() @ a
     if _apart(rows, d):
         return _sum_apart(bias_grad, rows, d, a)
+    if not _blocked(d):
+        return d.t() @ a
     return (d * a.unsqueeze(1)).sum(0)
 
 

@@ -4,7 +4,8 @@ On CPU the closed forms contract over the batch in blocks (closed_form_maps.BLOC
 its GEMMs with few columns add the rows one after another, whose float32 error grows with the batch (a bias
 gradient: ~10 units of rounding at B=1024 where torch's pairwise sum makes ~2). On CUDA they keep one cuBLAS
 GEMV/GEMM per contraction, on the assumption that cuBLAS reduces in trees: the `cuda` variants check that, TF32 off
-(cuDNN's default allows it for convolutions, which would measure TF32's rounding instead)."""
+(cuDNN's default allows it for convolutions, which would measure TF32's rounding instead). js_penalty's one pass
+over both batches contracts each batch apart on every device (closed_form_maps._apart)."""
 import copy
 import math
 
@@ -253,8 +254,31 @@ def test_a_smooth_mlps_weights_where_the_d_losss_parts_cancel_in_one_pass(rows, 
     backward's mean error over the seeds added to its bound), so no one seed's ratio tells a defect from luck; the
     rule over the seeds' sums (_assert_cancelling_gradients) does not read it."""
     _passes(monkeypatch, device, joint=True)
-    tanh = lambda: nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))  # noqa: E731
-    _assert_cancelling_gradients(tanh, False, rows, device, [*range(8), 12, 16])
+    _assert_cancelling_gradients(_tanh_mlp, False, rows, device, [*range(8), 12, 16])
+
+
+def _tanh_mlp():
+    return nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+
+
+@pytest.mark.parametrize("rows", [(128, 128), (100, 156)], ids=["128+128", "100+156"])
+@pytest.mark.parametrize("name", [*CANCEL_DS, "tanh"])
+def test_one_pass_as_accurate_as_two_with_cudas_contractions(name, rows, unblocked, monkeypatch):
+    """CUDA contracts over the batch in one kernel each (BLOCKED_SUM_DEVICES is the CPU's alone). Run so on the
+    CPU, the one-pass form's sums over both batches at once read up to 9.4x the two passes' error (the seeds' sums)
+    in the cancellation above: a ReLU D's output bias at 100 + 156 rows; a convnet's first weight 2.4x, 1.6x at
+    128 + 128; a review found it, from the cuda variants' premise. Each batch is now contracted apart on every
+    device (closed_form_maps._apart), in the same kernels as the two passes': here at most 1.16x their error."""
+    make = _tanh_mlp if name == "tanh" else CANCEL_DS[name]
+    errs = {}
+    for joint in (False, True):
+        _passes(monkeypatch, "cpu", joint)
+        for seed in range(8):
+            names, truth, _, closed = _cancelling_gradients(make, name == "conv", rows, "cpu", seed)
+            for pname, t, c in zip(names, truth, closed):
+                errs[joint, pname] = errs.get((joint, pname), 0.0) + (c - t).abs().max().item()
+    for pname in names:
+        assert errs[True, pname] <= 1.5 * errs[False, pname] + 1e-12, (pname, errs[True, pname], errs[False, pname])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -267,8 +291,8 @@ def test_convnet_float32_error(name, bias_scale, joint, device, monkeypatch):
     weights end, in both modes, in the same weight-gradient kernel, which adds the samples one after another: in the
     joint pass the real rows' partial sum, cancelled by the fake rows', made up to 56 units against the double
     backward's 20 until the CPU contracted each batch apart (closed_form_maps.LinearMap.weight_grad; over seeds 0-5
-    now 6-28 units against 6-33, at most 1.5x). On CUDA the joint pass keeps one cuDNN call, not yet measured
-    against this: 3x plus 8 units there."""
+    now 6-28 units against 6-33, at most 1.5x). On CUDA the joint pass kept one cuDNN call (3x plus 8 units there
+    passed on an H200, 2026-12-04); since 2026-12-06 it contracts each batch apart there too."""
     _passes(monkeypatch, device, joint)
     for seed in (0, 1, 2):
         D = _D(name, seed, bias_scale)
