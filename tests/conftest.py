@@ -123,7 +123,7 @@ def pytest_collection_modifyitems(config, items):
             # those tests are the CPU run's (CUDA_VISIBLE_DEVICES= pytest, or CI)
             skip = pytest.mark.skip(reason="Triton on CPU tensors runs under TRITON_INTERPRET=1, without a GPU")
             for item in items:
-                if item.get_closest_marker("cuda") is None and _runs_the_triton_backend(item):
+                if item.get_closest_marker("cuda") is None and _a_triton_test(item):
                     item.add_marker(skip)
         _skip_triton_where_it_cannot_run(items, torch.device("cuda"))
         return
@@ -147,8 +147,7 @@ def _skip_triton_where_it_cannot_run(items, device):
         raise pytest.UsageError(f"FASTGAN_REQUIRE_TRITON=1, but fastgan's triton backend cannot run here: {why}")
     skip = pytest.mark.skip(reason=f"fastgan's triton backend cannot run here: {why}")
     for item in items:
-        name = getattr(item, "originalname", item.name)
-        if _runs_the_triton_backend(item) or name.startswith("test_triton") or item.get_closest_marker("triton"):
+        if _a_triton_test(item):
             item.add_marker(skip)
 
 
@@ -175,6 +174,13 @@ def _runs_the_triton_backend(item) -> bool:
     """A test parametrized with backend="triton", or named for it (test_..._triton)."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     return params.get("backend") == "triton" or getattr(item, "originalname", item.name).endswith("_triton")
+
+
+def _a_triton_test(item) -> bool:
+    """A test of fastgan's Triton backend or kernels: parametrized or named for it (test_..._triton, test_triton_...)
+    or marked `triton`; without the `cuda` mark, one on CPU tensors (the interpreter's)."""
+    return (_runs_the_triton_backend(item) or getattr(item, "originalname", item.name).startswith("test_triton")
+            or item.get_closest_marker("triton") is not None)
 
 
 # ---------------------------------------------------------------- the CUDA kernels on the CPU

@@ -49,3 +49,19 @@ def test_nothing_skips_where_triton_runs(monkeypatch):
     items = [_Item("test_a", "triton"), _Item("test_d", marker="triton")]
     conftest._skip_triton_where_it_cannot_run(items, torch.device("cpu"))
     assert not any(i.marks for i in items)
+
+
+def test_on_a_gpu_machine_the_triton_tests_of_cpu_tensors_skip_without_the_interpreter(monkeypatch):
+    """A GPU visible, no TRITON_INTERPRET: Triton cannot run on CPU tensors, so every Triton test not marked `cuda`
+    skips, by parameter, name (either end) or mark; `cuda`-marked ones and the rest run. Before, only the backend
+    parameter and the _triton suffix counted: 182 items named test_triton_... or marked `triton` launched Triton
+    on CPU tensors (counted under the interpreter), which fails there, in a plain `pytest` (a review)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "triton_interpret", lambda: False)
+    monkeypatch.setattr(_dispatch, "triton_status", lambda device: (True, ""))
+    items = [_Item("test_a", "triton"), _Item("test_c_triton"), _Item("test_d", marker="triton"),
+             _Item("test_triton_paths"), _Item("test_b", "cpu"), _Item("test_e"), _Item("test_f", marker="cuda")]
+    gpu = _Item("test_triton_on_the_gpu", marker="cuda")
+    conftest.pytest_collection_modifyitems(None, [*items, gpu])
+    assert [len(i.marks) for i in items] == [1, 1, 1, 1, 0, 0, 0]
+    assert "TRITON_INTERPRET=1" in items[2].marks[0].kwargs["reason"] and not gpu.marks

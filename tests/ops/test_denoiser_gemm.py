@@ -175,6 +175,7 @@ def test_empty_batch_in_eval_mode_triton(no_layer_kernels):
         assert torch.equal(b, b_ref), k
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("call", ["loss", "forward"])
 def test_float64_gemms_need_a_triton_whose_dot_takes_float64(monkeypatch, call):
     """triton 3.4 (torch 2.8's) asserts "Unsupported lhs dtype fp64" in tl.dot: the backend says what to use."""
