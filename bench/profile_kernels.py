@@ -48,6 +48,10 @@ def kernels_per_step(step, steps: int, device: str) -> dict:
     for e in prof.events():
         if e.device_type != want or (not cuda and e.cpu_parent is not None):
             continue
+        # not kernels: a synchronize's wait and user ranges, which torch's own profiler-based timing drops too
+        # (torch/_inductor/runtime/benchmarking.py)
+        if cuda and (e.name == "Context Sync" or getattr(e, "is_user_annotation", False)):
+            continue
         table[e.name][0] += 1
         table[e.name][1] += e.time_range.elapsed_us()
     return {name: [calls / steps, us / steps] for name, (calls, us) in table.items()}

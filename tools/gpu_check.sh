@@ -105,7 +105,7 @@ if [[ $what == quick ]]; then
   fi
   left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
   if (( left >= 90 )); then default_job $(( left / 2 < 60 ? left / 2 : 60 )); fi
-  left=$(( ${QUICK_LIMIT:-570} - SECONDS - 15 ))
+  left=$(( ${QUICK_LIMIT:-570} - SECONDS - 45 ))  # stop_at's 30 s before KILL, then the sweep's summary
   if (( left >= 45 )); then TILES_K=${TILES_K:-reference or default or 16x32x32 or (64x64x32 and not x8)} tile_sweep "$left"; fi
 fi
 if [[ $what == tests || $what == all ]]; then
