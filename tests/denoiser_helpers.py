@@ -51,8 +51,9 @@ def assert_within_twice(name, got, base, truth):
     """||got - truth|| <= 2 ||base - truth|| (+ one fp32 ulp of ||truth||). Norms, not max-abs: a single
     element the fp32 reference happens to round exactly would otherwise set the bar; the ulp floor covers
     values the reference gets exactly (eval-mode running stats), where 2x zero would demand bit-equality."""
-    err = (got.double() - truth).norm().item()
-    err_ref = (base.double() - truth).norm().item()
+    got, base, truth = (t.detach().to("cpu", torch.float64) for t in (got, base, truth))  # any device's, on the host
+    err = (got - truth).norm().item()
+    err_ref = (base - truth).norm().item()
     floor = F32_EPS * truth.norm().item()
     assert err <= 2 * err_ref + floor, f"{name}: fused error {err:.3g} vs reference error {err_ref:.3g}"
 
