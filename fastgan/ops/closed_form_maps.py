@@ -22,7 +22,7 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # units; the narrow GEMMs get faster too (B=1024, 128x3: 42 us against 160). A bias gradient is the products'
 # torch.sum instead (as fast as the blocks, 22 us at 1024x128; the blocks' 64 sequential adds still failed where
 # its terms cancel: bias_grad). cuBLAS and torch's CUDA sums reduce in trees, so CUDA keeps one kernel each
-# (bench/costs.py counts that sequence).
+# (bench/costs.py counts that sequence), one per batch in js_penalty's one pass over both (_apart, any device).
 BLOCKED_SUM_DEVICES = {"cpu"}
 _BLOCK = 64
 _NARROW = 8
