@@ -566,7 +566,8 @@ def _check_jvp_once(D, x, weight, reduction, backend):
 
 
 # Device types on which js_penalty runs the real and fake batches of an MLP in one closed-form pass at any size: on
-# a GPU the update is launch-bound and one pass halves the launches (not yet measured there).
+# a GPU the update is launch-bound and one pass takes a quarter of its launches away (bench/costs.py: 69 against 90
+# for the LeakyReLU MLP's update, the contractions over the batch still one per batch; not yet timed there).
 JOINT_MLP_DEVICES = {"cuda"}
 # Device types on which it does so for a D without convolutions up to a number of rows (real + fake). On CPU the
 # doubled intermediates fall out of cache beyond that: one pass took 0.68-1.00 of two up to 1024 rows but 0.90-1.20
