@@ -90,7 +90,7 @@ def _backward_args(gr, gf, rng, dxr, dxf, deps, dsig, m, C, half):
 
 
 def _fwd_cpu(*args):
-    # (the eager path's cpu calls, and a draw that keeps its normals for the backward: _batches_cpu)
+    # the custom op's cpu calls (the eager path's, and a draw that keeps its normals, go through _batches_cpu)
     _ext.C().noisy_forward_cpu(_forward_args(*args), 0)
 
 

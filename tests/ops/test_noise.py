@@ -299,7 +299,7 @@ def test_cpu_large_batch_matches_reference(mode):
 
 
 @pytest.mark.parametrize("path", ["eager", "op"])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [pytest.param(n, marks=pytest.mark.threads(n)) for n in (1, 2)])
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_dsigma_is_the_float64_sum_rounded_once(monkeypatch, mode, threads, path):
     """The cpu kernel sums sigma's gradient over the rows itself, in float64 (the eager path's and the custom op's
@@ -314,13 +314,9 @@ def test_cpu_dsigma_is_the_float64_sum_rounded_once(monkeypatch, mode, threads, 
     rows = 2 * m if mode == "double" else m
     gen = torch.Generator().manual_seed(8)
     gr, gf = torch.randn(rows, *shape, generator=gen), torch.randn(rows, *shape, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        r, f = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(6), backend="cpu")
-        (dsigma,) = torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (sigma,))
-    finally:
-        torch.set_num_threads(before)
+    assert torch.get_num_threads() == threads  # the mark's
+    r, f = noisy_clean_batch(xr, xf, sigma, mode, state=NoiseState(6), backend="cpu")
+    (dsigma,) = torch.autograd.grad((r * gr).sum() + (f * gf).sum(), (sigma,))
     n_noisy = _n_noisy(m, mode)
     z = torch.empty(n_noisy * 2)
     fastgan._ext.C().philox_normal_cpu(6, 0, z.numel(), z.data_ptr())
