@@ -55,6 +55,8 @@ def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16), got {x.dtype}")
+    if x.layout is not torch.strided:  # the kernels read data pointers, which a sparse tensor does not have
+        raise TypeError(f"{name} must be a strided (dense) tensor, got layout {x.layout}; call .to_dense()")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
     return x
@@ -106,3 +108,32 @@ def op_shapes(op: str, *specs) -> None:
         if t.dim() != len(shape) or any(s is not None and d != s for d, s in zip(t.shape, shape)):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
             raise ValueError(f"fastgan::{op}: {name} must have shape {want}, got {tuple(t.shape)}")
+
+
+def _spelled(dtypes) -> str:
+    names = [str(d) for d in dtypes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def op_dtypes(op: str, base, *named, allowed=FLOAT_DTYPES, want=None, why=None) -> torch.dtype:
+    """At a custom op's entry, beside op_shapes: the kernels read every pointer as one element type, so an argument
+    of another dtype was read past its end (a float32 beside float64: heap corruption) or as garbage. base =
+    (name, tensor) with a dtype in `allowed`; each (name, tensor or None) of `named` must have `want` (default:
+    base's dtype; `why` says where it comes from). Returns base's dtype."""
+    bname, b = base
+    if b.dtype not in allowed:
+        raise TypeError(f"fastgan::{op}: {bname} must be {_spelled(allowed)}, got {b.dtype}")
+    want = b.dtype if want is None else want
+    for name, t in named:
+        if t is not None and t.dtype != want:
+            raise TypeError(f"fastgan::{op}: {name} must be {_spelled([want])} ({why or 'as ' + bname}), got "
+                            f"{t.dtype}")
+    return b.dtype
+
+
+def op_code(op: str, name: str, value: int, allowed) -> None:
+    """At a custom op's entry: an integer code (weight, kind, reduction) the kernels switch on, or a count they
+    index with, must be one they know."""
+    if value not in allowed:
+        shown = f"{allowed.start}..{allowed.stop - 1}" if isinstance(allowed, range) else str(tuple(allowed))
+        raise ValueError(f"fastgan::{op}: {name} must be in {shown}, got {value!r}")

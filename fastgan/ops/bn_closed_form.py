@@ -136,19 +136,20 @@ def _run(name: str, backend: str, args: tuple, outs_dtype: torch.dtype):
 
 # ---------------------------------------------------------------- custom ops (torch.compile); eager calls skip them
 
-def _op_shapes(op, base, like_base=(), per_channel=()):
-    """Arguments sized against base = (name, tensor (B, C, ...)): the kernels take raw pointers (see
+def _op_args(op, base, like_base=(), per_channel=()):
+    """Arguments sized against base = (name, tensor (B, C, ...)), of its dtype: the kernels take raw pointers (see
     _checks.op_shapes)."""
     name, x = base
     if x.dim() < 2:
         raise ValueError(f"fastgan::{op}: {name} must have shape (B, C, ...), got {tuple(x.shape)}")
     _checks.op_shapes(op, *((k, v, tuple(x.shape)) for k, v in like_base),
                       *((k, v, (x.shape[1],)) for k, v in per_channel))
+    _checks.op_dtypes(op, base, *like_base, *per_channel)  # the kernels read every pointer as base's type
 
 
 @_library.custom_op("fastgan::bn_cf_stats", mutates_args=())
 def _stats_op(h: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    _op_shapes("bn_cf_stats", ("h", h))
+    _op_args("bn_cf_stats", ("h", h))
     return _run("stats", backend, (h, eps), h.dtype)
 
 
@@ -160,7 +161,7 @@ def _(h, eps, backend):
 @_library.custom_op("fastgan::bn_cf_centered", mutates_args=())
 def _centered_op(xhat: Tensor, t: Tensor, rstd: Tensor, gamma: Optional[Tensor], backend: str
                  ) -> tuple[Tensor, Tensor, Tensor]:
-    _op_shapes("bn_cf_centered", ("xhat", xhat), [("t", t)], [("rstd", rstd), ("gamma", gamma)])
+    _op_args("bn_cf_centered", ("xhat", xhat), [("t", t)], [("rstd", rstd), ("gamma", gamma)])
     return _run("centered", backend, (xhat, t, rstd, gamma), t.dtype)
 
 
@@ -172,7 +173,7 @@ def _(xhat, t, rstd, gamma, backend):
 @_library.custom_op("fastgan::bn_cf_vjp", mutates_args=())
 def _vjp_op(rho: Tensor, lam: Tensor, xhat: Tensor, t: Tensor, rstd: Tensor, gamma: Optional[Tensor], mt: Tensor,
             q: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    _op_shapes("bn_cf_vjp", ("xhat", xhat), [("rho", rho), ("lam", lam), ("t", t)],
+    _op_args("bn_cf_vjp", ("xhat", xhat), [("rho", rho), ("lam", lam), ("t", t)],
                [("rstd", rstd), ("gamma", gamma), ("mt", mt), ("q", q)])
     dh, dgamma, dbeta = _run("vjp", backend, (rho, lam, xhat, t, rstd, gamma, mt, q), xhat.dtype)
     # a custom op returns tensors only: no gamma, an empty d_gamma (vjp() maps it back to None)

@@ -58,6 +58,20 @@ def _check_number(name: str, value, *, low: float | None = None, high: float | N
     return v
 
 
+def _check_counters(counters, device) -> None:
+    """The layers' num_batches_tracked, which the cpu and cuda kernels add 1 to as one int64 (a float32 counter read
+    4e-45 after three steps; an int32 one took an 8-byte write)."""
+    for i, c in enumerate(counters):
+        name = f"net[{3 * i + 1}].num_batches_tracked"
+        if not isinstance(c, Tensor):
+            raise TypeError(f"{name} must be a tensor (BatchNorm1d's counter), got {type(c).__name__}")
+        if c.dtype != torch.int64 or c.dim() != 0:
+            raise TypeError(f"{name} must be a 0-d torch.int64 tensor, as BatchNorm1d makes it, got {c.dtype} of "
+                            f"shape {tuple(c.shape)}")
+        if c.device != device:
+            raise ValueError(f"{name} is on {c.device} but the weights are on {device}; move them to one device")
+
+
 def _check_params(weights, biases, gammas, betas, running_means, running_vars):
     """Validates the parameter lists; returns (n_features, dtype, device)."""
     for name, seq in (("weights", weights), ("biases", biases), ("gammas", gammas), ("betas", betas)):
@@ -103,7 +117,7 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
                 raise ValueError(f"{name} is on {t.device} but weights[0] is on {device}; move them to one device")
         width = out_dim
     if running_means is not None:
-        _check_distinct_running([(f"{kind}[{i}]", seq[i]) for kind, seq in (("running_means", running_means),
+        _check_running([(f"{kind}[{i}]", seq[i]) for kind, seq in (("running_means", running_means),
                                                                            ("running_vars", running_vars))
                                  for i in range(depth)])
     return n_features, dtype, device
@@ -133,9 +147,14 @@ def _check_noise(noise, h: Tensor) -> Tensor:
     return _checks.outside_inference(noise.to(h.dtype).contiguous())
 
 
-def _check_distinct_running(named) -> None:
-    """Running statistics are updated in place, each read before it is written: two of them in one memory
-    would each see the other's update."""
+def _check_running(named) -> None:
+    """Running statistics are buffers updated in place, each element read before it is written: one requiring grad
+    is refused (as F.batch_norm does), and so are elements sharing memory, within one (an expanded tensor: torch
+    raised its own error after the first update) or across two (each would see the other's update)."""
+    for name, t in named:
+        if t.requires_grad:
+            raise ValueError(f"{name} requires grad: running statistics are buffers, updated in place and not "
+                             "differentiated (F.batch_norm refuses them too)")
     # data_ptr is not traceable (compiled calls go unchecked, README), and fake, meta and wrapped tensors have no
     # memory of their own to compare
     if denoiser_eager._custom_ops(*(t for _, t in named)):
@@ -144,14 +163,24 @@ def _check_distinct_running(named) -> None:
     for name, t in named:
         if not t.numel():
             continue
-        # byte spans, not storages: disjoint slices of one buffer are separate statistics
+        if t.numel() > 1 and t.stride(0) == 0:
+            raise ValueError(f"{name} has elements sharing one memory location (stride 0: an expanded tensor?); "
+                             "running statistics are updated in place, element by element")
         start = t.data_ptr()
-        end = start + ((t.numel() - 1) * abs(t.stride(0)) + 1) * t.element_size()
-        for other, (s0, s1) in spans:
-            if start < s1 and s0 < end:
+        end = start + ((t.numel() - 1) * t.stride(0) + 1) * t.element_size()
+        for other, (s0, s1, o) in spans:
+            # byte spans first; where they meet, the elements themselves (interleaved slices of one buffer are
+            # separate statistics)
+            if start < s1 and s0 < end and not _element_addresses(t).isdisjoint(_element_addresses(o)):
                 raise ValueError(f"{name} shares its memory with {other}; running statistics must be separate "
                                  "tensors (each is updated in place)")
-        spans.append((name, (start, end)))
+        spans.append((name, (start, end, t)))
+
+
+def _element_addresses(t: Tensor) -> set:
+    """The first byte of each of a 1-D tensor's elements (running statistics share a dtype: _check_params)."""
+    step = t.stride(0) * t.element_size()
+    return set(range(t.data_ptr(), t.data_ptr() + t.numel() * step, step))
 
 
 def _contig(seq):
@@ -185,6 +214,8 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout is not torch.strided:
+            raise TypeError(f"{name} must be a strided (dense) tensor, got layout {t.layout}; call .to_dense()")
         if t.shape != (N,):
             raise ValueError(f"{name} must have shape ({N},), got {tuple(t.shape)}")
         if t.dtype != dtype:
@@ -195,7 +226,7 @@ def bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, runn
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     if running_mean is not None:
-        _check_distinct_running([("running_mean", running_mean), ("running_var", running_var)])
+        _check_running([("running_mean", running_mean), ("running_var", running_var)])
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var are required in eval mode (training=False)")
     if training and y.shape[0] < 2:
@@ -398,12 +429,14 @@ class Denoiser(nn.Module):
         self._mods, self._linears, self._norms = mods, mods[0::3], norms
         self._eps_momentum = (norms[0].eps, norms[0].momentum) if norms else (1e-5, 0.1)
         weights, biases, gammas, betas, rms, rvs = self._tensors()
+        counters = self._counters()
         if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
             _check_params(weights, biases, gammas, betas, rms, rvs)  # shapes, one dtype and device, own buffers
+            _check_counters(counters, weights[0].device)
         self._types = tuple(map(type, mods))
         # the tensor objects too: a buffer or parameter replaced by another of its shape (say running_mean set to
         # the running_var tensor, or a bias set to None) is validated again
-        objects = [t for seq in (weights, biases, gammas, betas, rms, rvs) for t in seq]
+        objects = [t for seq in (weights, biases, gammas, betas, rms, rvs, counters) for t in seq]
         self._strided = not all(t.is_contiguous() for seq in (biases, gammas, betas) for t in seq)
         if not _eager.ok_on_one_device(objects[0]):
             # traced (export, compile, fake tensors): those tensors are not the module's own, and torch.export
@@ -464,6 +497,9 @@ class Denoiser(nn.Module):
         return ([d["weight"] for d in lin], [d["bias"] for d in lin], [d["weight"] for d in bn_p],
                 [d["bias"] for d in bn_p], [d["running_mean"] for d in bn_b], [d["running_var"] for d in bn_b])
 
+    def _counters(self) -> list:
+        return [m._buffers.get("num_batches_tracked") for m in self._norms]
+
     def _params(self):
         """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked
         (~13 us at depth 3 on the CI machine, mostly reading each tensor's shape, dtype, device and layout): layers
@@ -490,7 +526,7 @@ class Denoiser(nn.Module):
             if (m.eps, m.momentum) != self._eps_momentum or not (m.affine and m.track_running_stats):
                 self._adopt(net)
         tensors = self._tensors()
-        flat = [t for seq in tensors for t in seq]
+        flat = [t for seq in (*tensors, self._counters()) for t in seq]
         if any(a is not b for a, b in zip(flat, self._objects)) or \
                 [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in flat] != self._signature:
             self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers, a missing bias

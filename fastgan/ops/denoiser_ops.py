@@ -23,6 +23,8 @@ from .denoiser_net import (_forward_impl, _grads_through, _layer_backward, _laye
                            _loss_double_backward, _loss_forward_impl, _torch_bn)
 
 Tensor = torch.Tensor
+# the kernels' element types: every tensor of a call in one of them
+_DTYPES = (torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- custom op: one fused layer
@@ -35,9 +37,10 @@ def _bn_relu(y: Tensor, bias: Optional[Tensor], gamma: Tensor, beta: Tensor, run
     running statistics."""
     _checks.op_shapes("bn_relu", ("y", y, (None, None)))
     N = y.shape[1]
-    _checks.op_shapes("bn_relu", *((k, v, (N,)) for k, v in (("bias", bias), ("gamma", gamma), ("beta", beta),
-                                                              ("running_mean", running_mean),
-                                                              ("running_var", running_var))))
+    vectors = (("bias", bias), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+               ("running_var", running_var))
+    _checks.op_shapes("bn_relu", *((k, v, (N,)) for k, v in vectors))
+    _checks.op_dtypes("bn_relu", ("y", y), *vectors, allowed=_DTYPES)
     track = training and running_mean is not None
     out, shift, invstd, rm, rv = _layer_forward(_KERNELS[backend], y, bias, gamma, beta, running_mean, running_var,
                                                 training, track, momentum, eps, relu)
@@ -87,8 +90,10 @@ def _bn_relu_backward_op(dout: Tensor, out: Tensor, y: Tensor, gamma: Tensor, sh
                          training: bool, relu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dy, dgamma, dbeta, dbias) of bn_relu; first order only (second order goes through _torch_bn)."""
     _checks.op_shapes("bn_relu_backward", ("y", y, (None, None)))
+    vectors = (("gamma", gamma), ("shift", shift), ("invstd", invstd))
     _checks.op_shapes("bn_relu_backward", ("dout", dout, y.shape), ("out", out, y.shape),
-                      *((k, v, (y.shape[1],)) for k, v in (("gamma", gamma), ("shift", shift), ("invstd", invstd))))
+                      *((k, v, (y.shape[1],)) for k, v in vectors))
+    _checks.op_dtypes("bn_relu_backward", ("y", y), ("dout", dout), ("out", out), *vectors, allowed=_DTYPES)
     res = _layer_backward(_KERNELS[backend], dout, out, y, gamma, shift, invstd, training, relu)
     _dispatch.record(OP_LAYER + "_backward", backend)
     return res
@@ -105,6 +110,7 @@ def _bn_relu_backward_fake(dout, out, y, gamma, shift, invstd, training, relu, b
 def _recon_shapes(op, y, bias, target, go=None):
     _checks.op_shapes(op, ("y", y, (None, None)))
     _checks.op_shapes(op, ("bias", bias, (y.shape[1],)), ("target", target, y.shape), ("go", go, (y.shape[0],)))
+    _checks.op_dtypes(op, ("y", y), ("bias", bias), ("target", target), ("go", go), allowed=_DTYPES)
 
 
 @_library.custom_op("fastgan::recon_loss", mutates_args=())
@@ -194,6 +200,10 @@ def _net_shapes(op, h, weights, biases, gammas, betas=(), running_means=(), runn
             raise ValueError(f"fastgan::{op}: saved must hold {len(want)} tensors for {len(weights)} weights, got "
                              f"{len(saved)}")
         _checks.op_shapes(op, *((f"saved[{i}]", t, s) for i, (t, s) in enumerate(zip(saved, want))))
+    lists = (("weights", weights), ("biases", biases), ("gammas", gammas), ("betas", betas),
+             ("running_means", running_means), ("running_vars", running_vars), ("saved", saved or ()))
+    _checks.op_dtypes(op, ("h", h), ("noise", noise), ("go", go),
+                      *((f"{k}[{i}]", t) for k, items in lists for i, t in enumerate(items)), allowed=_DTYPES)
 
 
 @_library.custom_op("fastgan::denoiser_loss", mutates_args=())

@@ -46,7 +46,17 @@ def _batch_shapes(op, x_real, x_fake, sigma):
     _checks.op_shapes(op, ("x_fake", x_fake, (m, F)), ("sigma", sigma, (None,)))
     if sigma is not None and (sigma.shape[0] < 1 or F % sigma.shape[0]):
         raise ValueError(f"fastgan::{op}: sigma's {sigma.shape[0]} channels must divide the rows' {F} features")
+    name0 = "x_real" if x_real is not None else "x_fake"
+    _checks.op_dtypes(op, (name0, x0), ("x_fake", x_fake))
+    acc = _checks.acc_dtype(x0.dtype)
+    _checks.op_dtypes(op, (name0, x0), ("sigma", sigma), want=acc,
+                      why=f"the accumulation dtype of {name0}'s {x0.dtype}")
     return m, F
+
+
+def _counters(op, name, t):
+    """state (seed, offset, ...) / used (seed, offset): read and written as int64."""
+    _checks.op_dtypes(op, (name, t), allowed=(torch.int64,))
 
 
 @_library.custom_op("fastgan::noisy_batch_draw", mutates_args=("state",))
@@ -57,6 +67,7 @@ def _draw(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma:
     with used = the [seed, offset] the draw read (for the backward). A missing side gives an empty tensor."""
     _batch_shapes("noisy_batch_draw", x_real, x_fake, sigma)
     _checks.op_shapes("noisy_batch_draw", ("state", state, (3,)))
+    _counters("noisy_batch_draw", "state", state)
     return _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend)
 
 
@@ -73,6 +84,10 @@ def _apply(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma
     """eps given: add it; else replay the Gaussian draw recorded in `used` ([seed, offset]) with sigma."""
     m, F = _batch_shapes("noisy_batch", x_real, x_fake, sigma)
     _checks.op_shapes("noisy_batch", ("eps", eps, (_n_noisy(m, half), F)), ("used", used, (2,)))
+    x0 = x_real if x_real is not None else x_fake
+    _checks.op_dtypes("noisy_batch", ("x_real" if x_real is not None else "x_fake", x0), ("eps", eps))
+    if used is not None:
+        _counters("noisy_batch", "used", used)
     return _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend)
 
 
@@ -94,6 +109,11 @@ def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor],
     g0 = g_real if g_real is not None else g_fake
     if g0 is not None and (C < 1 or g0.shape[1] % C):
         raise ValueError(f"fastgan::noisy_batch_backward: C must divide the rows' {g0.shape[1]} features, got {C}")
+    if g0 is not None:
+        _checks.op_dtypes("noisy_batch_backward", ("g_real" if g_real is not None else "g_fake", g0),
+                          ("g_fake", g_fake))
+    if used is not None:
+        _counters("noisy_batch_backward", "used", used)
     return _filled(g0,
                    _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma,
                                  half, backend))
@@ -351,17 +371,18 @@ _needs_graph = _eager.needs_graph
 # ---------------------------------------------------------------- public API
 
 _FLOAT_DTYPES = frozenset(_checks.FLOAT_DTYPES)
+_STRIDED = torch.strided
 
 
 def _sample_info(x_real, x_fake):
     # per-call hot path: one combined test for valid inputs; the checks below give the errors
     x0 = x_real if x_real is not None else x_fake
-    if isinstance(x0, torch.Tensor) and x0.dtype in _FLOAT_DTYPES:
+    if isinstance(x0, torch.Tensor) and x0.dtype in _FLOAT_DTYPES and x0.layout is _STRIDED:
         shape = x0.shape
         other = x_fake if x0 is x_real else None
         if (len(shape) >= 1 and shape[0] > 0 and (other is None or (
                 isinstance(other, torch.Tensor) and other.dtype is x0.dtype and other.shape == shape
-                and (x0.is_cpu and other.is_cpu or x0.device == other.device)))):
+                and other.layout is _STRIDED and (x0.is_cpu and other.is_cpu or x0.device == other.device)))):
             F = shape[1] if len(shape) == 2 else math.prod(shape[1:])
             if F > 0:
                 return x0, shape[0], F
@@ -394,7 +415,7 @@ def _parse_noise(noise, x0, n_noisy, mode):
     if type(noise) is float:
         if _checks.finite(noise) and noise >= 0:
             return "sigma", noise, 1
-    elif (isinstance(noise, torch.Tensor) and noise.dtype in _FLOAT_DTYPES
+    elif (isinstance(noise, torch.Tensor) and noise.dtype in _FLOAT_DTYPES and noise.layout is _STRIDED
           and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):
         nd, xd = noise.dim(), x0.dim()
         if nd < xd and noise.numel() == 1:
@@ -473,8 +494,8 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
             or not _eager.ok(x0)):
         return None
     shape, dt = x0.shape, x0.dtype
-    if len(shape) != 2 or dt not in _FLOAT_DTYPES or (other is not None and (
-            other.shape != shape or other.dtype is not dt
+    if len(shape) != 2 or dt not in _FLOAT_DTYPES or x0.layout is not _STRIDED or (other is not None and (
+            other.shape != shape or other.dtype is not dt or other.layout is not _STRIDED
             or not (x0.is_cpu and other.is_cpu or x0.device == other.device))):
         return None
     m, F = shape
@@ -487,7 +508,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
     else:
         return None
     if type(noise) is _Tensor and noise.dim() == 2:
-        if noise.dtype is not dt or noise.shape != (n_noisy, F) or not (
+        if noise.dtype is not dt or noise.shape != (n_noisy, F) or noise.layout is not _STRIDED or not (
                 noise.is_cpu and x0.is_cpu or noise.device == x0.device):
             return None
         chosen = _dispatch.resolve(OP, x0.device, backend)
@@ -501,7 +522,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
                 return None
             sigma, sigma_value = None, noise
         elif (type(noise) is _Tensor and noise.dim() < 2 and noise.numel() == 1
-              and noise.dtype is _checks.acc_dtype(dt)
+              and noise.dtype is _checks.acc_dtype(dt) and noise.layout is _STRIDED
               and (noise.is_cpu and x0.is_cpu or noise.device == x0.device)):
             sigma, sigma_value = noise, 0.0
         else:
@@ -567,6 +588,12 @@ def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Ten
         else:
             out_r, out_f = _run_apply(xr2, xf2, None, 0.0, eps2, None, half, chosen)
     else:
+        if _checks.transforms_active():
+            raise NotImplementedError(
+                "noisy_clean_batch's random draw (a sigma given as noise) cannot run under torch.func transforms "
+                "such as vmap: it reads and advances one counter state a call, not one a sample (vmap failed with "
+                "torch's own error about .item() or setup_context); draw eps outside the transform, e.g. sigma * "
+                "torch.randn_like(x), and pass it as noise (an eps tensor), which vmap takes")
         st = _state_tensor(state, x0.device)
         eager = _eager.ok(xr2, xf2, value if isinstance(value, torch.Tensor) else None, st)
         if isinstance(value, torch.Tensor):

@@ -185,11 +185,24 @@ def _run_backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, 
 
 # ---------------------------------------------------------------- custom ops
 
+def _op_args(op, logits_real, logits_fake, mu, kind, reduction, **grads):
+    """The kernels read every tensor as the logits' (accumulation) dtype, mu as one value."""
+    _checks.op_shapes(op, ("logits_real", logits_real, (None,)), ("logits_fake", logits_fake, (None,)),
+                      ("mu", mu, ()))
+    if grads:
+        _checks.op_shapes(op, ("go", grads["go"], ()), ("gw_real", grads["gw_real"], logits_real.shape),
+                          ("gw_fake", grads["gw_fake"], logits_fake.shape))
+    _checks.op_dtypes(op, ("logits_fake", logits_fake), ("logits_real", logits_real), ("mu", mu), *grads.items(),
+                      allowed=(torch.float32, torch.float64))
+    _checks.op_code(op, "kind", kind, KINDS.values())
+    _checks.op_code(op, "reduction", reduction, REDUCTIONS.values())
+
+
 @_library.custom_op("fastgan::nt_losses", mutates_args=())
 def _nt(logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
         kind: int, reduction: int, js: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss 0-d, w_real (Nr,), w_fake (Nf,)); logits 1-D in the accumulation dtype; weights empty unless js."""
-    _checks.op_shapes("nt_losses", ("logits_real", logits_real, (None,)), ("logits_fake", logits_fake, (None,)))
+    _op_args("nt_losses", logits_real, logits_fake, mu, kind, reduction)
     return _run_forward(logits_real, logits_fake, mu, mu_value, kind, reduction, js, backend)
 
 
@@ -203,10 +216,8 @@ def _nt_fake(logits_real, logits_fake, mu, mu_value, kind, reduction, js, backen
 def _nt_backward(go: torch.Tensor, gw_real: Optional[torch.Tensor], gw_fake: Optional[torch.Tensor],
                  logits_real: torch.Tensor, logits_fake: torch.Tensor, mu: Optional[torch.Tensor], mu_value: float,
                  kind: int, reduction: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    _checks.op_shapes("nt_losses_backward", ("logits_real", logits_real, (None,)),
-                      ("logits_fake", logits_fake, (None,)), ("go", go, ()))
-    _checks.op_shapes("nt_losses_backward", ("gw_real", gw_real, logits_real.shape),
-                      ("gw_fake", gw_fake, logits_fake.shape))
+    _op_args("nt_losses_backward", logits_real, logits_fake, mu, kind, reduction, go=go, gw_real=gw_real,
+             gw_fake=gw_fake)
     return _run_backward(go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, kind, reduction, backend)
 
 

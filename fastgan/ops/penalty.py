@@ -144,15 +144,20 @@ _TERMS = {"reference": _terms_reference, "cpu": _terms_cpu, "cuda": _terms_cuda,
 
 # ---------------------------------------------------------------- custom ops
 
-def _op_shapes(op, grad, logits, go=None):
+def _op_args(op, grad, logits, go=None, weights=()):
     _checks.op_shapes(op, ("grad", grad, (None, None)))
     _checks.op_shapes(op, ("logits", logits, (grad.shape[0],)), ("go", go, (grad.shape[0],)))
+    acc = _checks.acc_dtype(grad.dtype)
+    _checks.op_dtypes(op, ("grad", grad), ("logits", logits), ("go", go), want=acc,
+                      why=f"the accumulation dtype of grad's {grad.dtype}")
+    for name, code in weights:
+        _checks.op_code(op, name, code, _WEIGHT_NAMES)
 
 
 @_library.custom_op("fastgan::grad_norm_penalty", mutates_args=(), strided=("grad", "logits"))
 def _penalty(grad: torch.Tensor, logits: torch.Tensor, weight: int, backend: str) -> torch.Tensor:
     """grad (B, F) any float dtype, any strides; logits (B,) in the accumulation dtype -> (B,) per-sample."""
-    _op_shapes("grad_norm_penalty", grad, logits)
+    _op_args("grad_norm_penalty", grad, logits, weights=[("weight", weight)])
     return _run_forward(grad, logits, weight, backend)
 
 
@@ -165,7 +170,7 @@ def _penalty_fake(grad, logits, weight, backend):
 def _penalty_backward(go: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, weight: int,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgrad (B, F) contiguous in grad's dtype, dlogits (B,)) for upstream per-sample gradient go."""
-    _op_shapes("grad_norm_penalty_backward", grad, logits, go)
+    _op_args("grad_norm_penalty_backward", grad, logits, go, weights=[("weight", weight)])
     return _run_backward(go, grad, logits, weight, backend)
 
 
@@ -179,7 +184,8 @@ def _terms_op(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: in
               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per (B,), u (B,), v (B, F) contiguous in grad's dtype), see _terms_reference; no autograd (the closed
     forms' kernels run inside their own autograd.Functions)."""
-    _op_shapes("grad_norm_penalty_terms", grad, logits)
+    _op_args("grad_norm_penalty_terms", grad, logits)
+    _terms_codes("fastgan::grad_norm_penalty_terms: ", grad.shape[0], weight, weight2, split, div)
     return _run_terms(grad, logits, weight, weight2, split, div, backend)
 
 
@@ -262,6 +268,16 @@ def _run_terms(grad, logits, weight, weight2, split, div, backend):
     return per, u, v
 
 
+def _terms_codes(prefix: str, B, weight, weight2, split, div):
+    for name, code in (("weight", weight), ("weight2", weight2)):
+        if code not in _WEIGHT_NAMES:
+            raise ValueError(f"{prefix}{name} must be a weight code in {sorted(_WEIGHT_NAMES)}, got {code!r}")
+    if not 0 <= split <= B:
+        raise ValueError(f"{prefix}split must be in [0, {B}], got {split}")
+    if not isinstance(div, (int, torch.SymInt)) or div < 1:  # SymInt: a batch size under dynamic shapes
+        raise ValueError(f"{prefix}div must be a positive integer, got {div!r}")
+
+
 def terms(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, split: int, div: int, backend: str):
     """(per, u, v) of grad (B, F) and logits (B,) in the accumulation dtype, without autograd: per = w ||g||^2,
     u = w' ||g||^2 / div, v = 2 w g / div, rows [0, split) with weight code `weight`, the rest `weight2`.
@@ -276,13 +292,7 @@ def terms(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, s
     acc = _checks.acc_dtype(grad.dtype)
     if logits.dtype != acc:  # the kernels read logits and write per and u in the accumulation dtype
         raise TypeError(f"logits must be {acc} for {grad.dtype} grad, got {logits.dtype}")
-    for name, code in (("weight", weight), ("weight2", weight2)):
-        if code not in _WEIGHT_NAMES:
-            raise ValueError(f"{name} must be a weight code in {sorted(_WEIGHT_NAMES)}, got {code!r}")
-    if not 0 <= split <= B:
-        raise ValueError(f"split must be in [0, {B}], got {split}")
-    if not isinstance(div, (int, torch.SymInt)) or div < 1:  # SymInt: a batch size under dynamic shapes
-        raise ValueError(f"div must be a positive integer, got {div!r}")
+    _terms_codes("", B, weight, weight2, split, div)
     if _eager.ok(grad, logits):
         return _run_terms(grad, logits, weight, weight2, split, div, backend)
     return torch.ops.fastgan.grad_norm_penalty_terms(grad, logits, weight, weight2, split, div, backend)

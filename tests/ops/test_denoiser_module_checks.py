@@ -423,3 +423,54 @@ def test_numpy_scalars_are_numbers():
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(rm, rm2, atol=1e-7)
     with pytest.raises(TypeError, match=r"^sigma must be a real number, got bool"):
         Denoiser(4, sigma=np.bool_(True))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("counter,error,match", [
+    (torch.tensor(0.0), TypeError, r"0-d torch.int64 tensor, as BatchNorm1d makes it, got torch.float32 of shape \(\)"),
+    (torch.tensor(0, dtype=torch.int32), TypeError, "got torch.int32"),
+    (torch.zeros(3, dtype=torch.int64), TypeError, r"got torch.int64 of shape \(3,\)"),
+    (torch.tensor(0, device="meta"), ValueError, "meta but the weights are on cpu"),
+], ids=["float32", "int32", "shape-3", "meta"])
+def test_a_batch_counter_the_kernels_cannot_add_to_is_refused(backend, counter, error, match):
+    """The cpu kernel added 1 to num_batches_tracked as an int64 whatever it was: a float32 counter read 4e-45
+    after three steps (the reference: 3.0), an int32 one took an 8-byte write, a (3,) one became [3, 0, 0]."""
+    torch.manual_seed(0)
+    den = Denoiser(3, 4, 2, backend=backend)
+    den.norms[1].num_batches_tracked = counter
+    with pytest.raises(error, match=r"^net\[4\]\.num_batches_tracked (must be a|is on) .*" + match):
+        den.loss(torch.randn(4, 3))
+    den.norms[1].num_batches_tracked = torch.tensor(5)  # a right one is adopted
+    den.loss(torch.randn(4, 3))
+    assert [int(m.num_batches_tracked) for m in den.norms] == [1, 6]
+
+
+def test_bn_relu_running_stats_that_require_grad_are_refused():
+    """They were updated in place (F.batch_norm refuses them under grad mode)."""
+    y, gamma, beta = torch.randn(6, 5), torch.ones(5), torch.zeros(5)
+    rm = torch.zeros(5, requires_grad=True)
+    with pytest.raises(ValueError, match="^running_mean requires grad: running statistics are buffers"):
+        bn_relu(y, None, gamma, beta, rm, torch.ones(5))
+    assert not rm.detach().any()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bn_relu_expanded_running_stats_are_refused_before_any_update(backend):
+    """An expanded running_var: torch's own in-place error came after running_mean had been updated."""
+    y, gamma, beta = torch.randn(6, 5), torch.ones(5), torch.zeros(5)
+    rm, rv = torch.zeros(5), torch.ones(1).expand(5)
+    with pytest.raises(ValueError, match="^running_var has elements sharing one memory location"):
+        bn_relu(y, None, gamma, beta, rm, rv, backend=backend)
+    assert not rm.any()
+
+
+def test_bn_relu_running_stats_interleaved_in_one_buffer():
+    """Every other element of one buffer each: separate statistics (F.batch_norm takes them), refused while the
+    overlap test compared byte spans."""
+    flat = torch.zeros(10)
+    flat[1::2] = 1
+    y, gamma, beta = torch.randn(6, 5), torch.ones(5), torch.zeros(5)
+    bn_relu(y, None, gamma, beta, flat[0::2], flat[1::2])
+    rm, rv = torch.zeros(5), torch.ones(5)
+    F.batch_norm(y, rm, rv, gamma, beta, True, 0.1, 1e-5)
+    torch.testing.assert_close((flat[0::2], flat[1::2]), (rm, rv))

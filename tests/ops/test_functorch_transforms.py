@@ -151,3 +151,21 @@ def test_jvp_penalty_of_a_d_calling_an_op_is_refused(monkeypatch):
     with pytest.warns(_dispatch.FallbackWarning, match="no forward-mode derivative"):
         pen, _ = gradient_penalty(D, x, mode="auto")
     assert pen.requires_grad
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("noise", [0.5, "tensor"])
+def test_vmap_over_the_noise_draw_says_what_to_do(backend, noise):
+    """The draw advances one counter state a call: under vmap it failed with torch's error about .item(); an eps
+    drawn outside runs under vmap as a loop over the samples does."""
+    from fastgan.ops import noisy_clean_batch
+
+    x = torch.randn(3, 4, 5)
+    sigma = torch.tensor(0.5) if noise == "tensor" else noise
+    with pytest.raises(NotImplementedError, match=r"random draw .* cannot run under torch\.func transforms such as "
+                                                  r"vmap.*pass it as noise \(an eps tensor\)"):
+        vmap(lambda x_: noisy_clean_batch(x_, x_, sigma, backend=backend)[0], randomness="different")(x)
+    eps = torch.randn(3, 4, 5)
+    got = vmap(lambda x_, e_: noisy_clean_batch(x_, x_, e_, backend=backend)[0])(x, eps)
+    torch.testing.assert_close(got, torch.stack([noisy_clean_batch(x[i], x[i], eps[i], backend=backend)[0]
+                                                 for i in range(3)]))
