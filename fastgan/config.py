@@ -222,7 +222,9 @@ class RunConfig:
     # torch's CPU threads for the run (torch.set_num_threads, restored afterwards); None: torch's default (one a
     # core). On a machine whose cores other processes share, 1 can be many times faster: torch's threads spin at
     # every parallel op's barrier waiting for a thread that is not scheduled.
-    threads: Optional[int] = field(default=None, metadata={"min": 1})
+    threads: Optional[int] = field(default=None, metadata={
+        "min": 1, "max": 1024, "note": "torch's thread pool; larger values overflowed or crashed it after the run "
+                                       "folder was made"})
     # torch.optim's implementation of Adam / SGD: for_loop (one parameter at a time), foreach (torch's _foreach_
     # kernels), fused (one kernel for all), or auto: fused on the CPU (3-4x faster than the for-loop update torch
     # defaults to there, bench/bench_optim.py), torch's default (foreach) on CUDA and in CUDA graphs. May change on
@@ -792,8 +794,20 @@ def parse_override(item: str) -> tuple[str, Any]:
         problem = str(getattr(e, "problem", "") or "")
         if problem.startswith("duplicate key"):  # valid YAML, not text: taken as text it would hide the mistake
             raise ConfigError(f"{key}: {problem.split(' (first at')[0]} in --set {item!r}") from None
-        value = raw
+        return key, raw
+    if "#" in raw and _comment_dropped(raw):
+        # 'run.dir=runs/exp #2' read as runs/exp: a resume then continued another run than the one named
+        raise ConfigError(f"{key}: --set {item!r} holds a '#' that YAML reads as a comment (at the start or after "
+                          f"a space), dropping the rest of the value; quote the value ({key}='\"...\"')")
     return key, value
+
+
+def _comment_dropped(raw: str) -> bool:
+    """Whether YAML read part of `raw` as a comment: its last token ends before the text does."""
+    import yaml
+
+    ends = [t.end_mark.index for t in yaml.scan(raw) if not isinstance(t, yaml.StreamEndToken)]
+    return max(ends, default=0) < len(raw.rstrip())
 
 
 def check_overrides(overrides) -> list:

@@ -749,10 +749,20 @@ class _Run:
                     t_last, s_last = now, step
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()
                                      if k in ("d_loss", "g_loss", "gamma", "sigma", "noise_norm", "denoiser_loss")})
+                checkpoint_due = (r.checkpoint_every and step % r.checkpoint_every == 0) or final
                 if (r.sample_every and step % r.sample_every == 0) or final:
                     monitor.check()
-                    metrics.update(self._samples(step))
-                if (r.checkpoint_every and step % r.checkpoint_every == 0) or final:
+                    try:
+                        metrics.update(self._samples(step))
+                    except OSError as e:
+                        # samples come before the checkpoint: one that cannot be written (a file where the samples
+                        # folder goes, a full disk) lost the steps since the last checkpoint
+                        if checkpoint_due:
+                            self._checkpoint(step)
+                        raise oserror(e, f"writing the samples of step {step} in {self.out / 'samples'}: "
+                                         f"{e.strerror or e}; checkpoint {self.ckpt_path} holds step "
+                                         f"{self.last_ckpt_step}") from e
+                if checkpoint_due:
                     monitor.check()
                     self._checkpoint(step)
                     if final and (r.parzen or r.fd):

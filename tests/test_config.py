@@ -629,6 +629,27 @@ def test_an_override_value_may_hold_an_equals_sign_and_keys_are_stripped():
     assert (cfg.run.name, cfg.run.steps) == ("a=b", 5)
 
 
+@pytest.mark.parametrize("item,key", [("run.dir=runs/exp #2", "run.dir"), ("run.name=exp #1", "run.name"),
+                                      ("model.g_hidden=[16, 8] # wide", "model.g_hidden"), ("run.name=#x", "run.name")])
+def test_an_override_value_yaml_would_cut_at_a_comment_is_refused(item, key):
+    """'run.dir=runs/exp #2' was read as runs/exp: a --resume continued that run instead of the one named."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: --set .* holds a '#' that YAML reads as a comment"):
+        C.coerce(None, [item])
+
+
+def test_a_hash_yaml_keeps_is_text():
+    cfg = C.coerce(None, ["run.name=exp#2", 'run.dir="runs/exp #2"', "data.name=npz", "data.path='a #b.npz'"])
+    assert (cfg.run.name, cfg.run.dir, cfg.data.path) == ("exp#2", "runs/exp #2", "a #b.npz")
+
+
+def test_threads_past_what_torch_takes_are_a_config_error():
+    """run.threads=2**31 overflowed torch.set_num_threads after the run folder was made (and 100000 crashed it)."""
+    with pytest.raises(ConfigError,
+                       match=r"^run\.threads: must be in \[1, 1024\] \(torch's thread pool.*got 2147483648"):
+        C.coerce(None, ["run.threads=2147483648"])
+    assert C.coerce(None, ["run.threads=1024"]).run.threads == 1024
+
+
 def test_a_mapping_as_overrides_is_refused_naming_its_type():
     with pytest.raises(ConfigError, match=r"^overrides: must be a list of 'key=value' strings, got dict$"):
         C.coerce(None, {"run.steps": 2})

@@ -4,6 +4,7 @@ import importlib
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -702,6 +703,22 @@ def test_samples_are_drawn_every_sample_every_steps_and_at_the_last(tmp_path):
     rows = (r.out_dir / "metrics.csv").read_text().splitlines()
     col = rows[0].split(",").index("eval/modes")
     assert [int(x.split(",")[0]) for x in rows[1:] if x.split(",")[col]] == [2, 4, 5]
+
+
+def test_samples_that_cannot_be_written_keep_the_steps_in_the_checkpoint(tmp_path):
+    """Samples are written before the checkpoint of their step: a file where the samples folder goes failed the run
+    with a bare errno line and lost the steps since the last checkpoint (up to 1000 with the defaults)."""
+    run(tmp_path, "run.checkpoint_every=2", steps=3)
+    out = tmp_path / "t"
+    for p in (out / "samples").iterdir():
+        p.unlink()
+    (out / "samples").rmdir()
+    (out / "samples").write_text("x")
+    with pytest.raises(OSError, match=rf"^\[Errno 17\] writing the samples of step 5 in {re.escape(str(out))}/samples: "
+                                      r"File exists; checkpoint .*last\.pt holds step 5$"):
+        run(tmp_path, "run.checkpoint_every=2", steps=5, resume=True)
+    assert ckpt.load(out / "checkpoints" / "last.pt")["step"] == 5
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
 
 
 def test_the_finite_monitor_names_the_first_bad_step_of_those_it_kept():
