@@ -338,11 +338,13 @@ def _coerce(tp, value, path: str):
             raise ConfigError(f"{path}: must be a number, got {_shown(value)}")
         return float(num)
     if tp is str:
-        if isinstance(value, str):
-            return value
         if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):  # a pathlib.Path for run.out_dir
-            return os.fspath(value)
-        raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
+        if "\0" in value:  # no file name or choice holds one: the OS refused it later, naming no field
+            raise ConfigError(f"{path}: must not hold a NUL character, got {_shown(value)}")
+        return value
     return value
 
 

@@ -27,9 +27,20 @@ class RunFolderError(OSError):
 _STAMP = r"\d{8}-\d{6}(-\d+)?"
 
 
+def usable_path(d: Path, field: str) -> Path:
+    """d, once the OS takes it as a path: one it refuses (a name too long) is a RunFolderError naming the field
+    (errno's own "[Errno 36] File name too long" named none)."""
+    try:
+        d.exists()  # ignores a missing path; raises for one the OS cannot look up
+    except OSError as e:
+        shown = str(d) if len(str(d)) <= 120 else str(d)[:117] + "..."
+        raise RunFolderError(f"{field} {shown}: cannot use the path: {e.strerror or e}") from None
+    return d
+
+
 def find_run(cfg: TrainConfig) -> Path:
     if cfg.run.dir:
-        d = Path(cfg.run.dir)
+        d = usable_path(Path(cfg.run.dir), "run.dir")
         if not (d / CHECKPOINT).exists():
             refuse_if_running(d)
             raise FileNotFoundError(f"--resume: {d} holds no checkpoint ({d / CHECKPOINT} not found)")
@@ -179,7 +190,7 @@ def unlock(fd: Optional[int]) -> None:
 def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
     """The new run's folder and the descriptor holding its lock."""
     if cfg.run.dir:
-        d = Path(cfg.run.dir)
+        d = usable_path(Path(cfg.run.dir), "run.dir")
         if d.exists() and not d.is_dir():
             raise RunFolderError(f"run.dir {d} is a file, not a folder")
         if d.is_dir() and not (d / LOCK).exists() and any(d.iterdir()):

@@ -8,6 +8,7 @@ Kept light to import (``import fastgan`` imports this module): data, models, tqd
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -33,7 +34,7 @@ from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
-from .run_folder import RUN_INFO, recorded_data_shape
+from .run_folder import RUN_INFO, recorded_data_shape, usable_path
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
@@ -281,6 +282,22 @@ class _FiniteMonitor:
 
 # ------------------------------------------------------------------------------------------ the trainer
 
+def _sized_by(*fields):
+    """An evaluation whose allocation fails names the fields that size it (the CLI's out-of-memory line): a huge
+    run.parzen_test failed after training, naming the batch and model sizes instead."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (MemoryError, RuntimeError) as e:
+                if not hasattr(e, "sized_by"):
+                    e.sized_by = fields
+                raise
+        return run
+    return wrap
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
@@ -378,7 +395,7 @@ class _Run:
             claim(self.lock)  # only now: a resume refused above leaves the folder as it was, lock file included
             remove_stale_temporaries(run_dir)
         else:
-            made = not (cfg.run.dir and Path(cfg.run.dir).is_dir())
+            made = not (cfg.run.dir and usable_path(Path(cfg.run.dir), "run.dir").is_dir())
             self.out, self.lock = new_run_dir(cfg)
             self._fresh = (made, self.out)  # until setup ends: what a failure removes (_remove_fresh_folder)
         self.ckpt_path = self.out / CHECKPOINT
@@ -584,6 +601,7 @@ class _Run:
                 self._log(step, metrics)
         return metrics
 
+    @_sized_by("run.parzen_test", "run.parzen_samples", "run.parzen_validation")
     def _parzen(self, step) -> dict:
         from .data import load_test_split
         from .metrics import parzen_score
@@ -605,6 +623,7 @@ class _Run:
         self._log(step, out)
         return out
 
+    @_sized_by("run.fd_samples")
     def _fd(self, step) -> dict:
         from .metrics import fmnist_scores
 

@@ -56,6 +56,9 @@ def cmd_train(args) -> int:
         why = _out_of_memory(e)
         if why is None:
             raise
+        fields = getattr(e, "sized_by", None)  # an evaluation's own sizes (train._sized_by)
+        if fields:
+            return _fail(e, 1, f"out of memory: {why}; lower {' or '.join(fields)}")
         return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
                            "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
                            "model.dcgan_g_filters, model.denoiser_hidden)")

@@ -637,6 +637,13 @@ def test_an_override_value_yaml_would_cut_at_a_comment_is_refused(item, key):
         C.coerce(None, [item])
 
 
+@pytest.mark.parametrize("key", ["run.name", "run.dir", "run.out_dir", "data.path"])
+def test_a_nul_character_in_a_string_field_is_named(key):
+    """The OS refused it later with "embedded null byte", naming no field (and exit 1, not a config error's 2)."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must not hold a NUL character, got 'a\\x00b'$"):
+        C.coerce(None, [(key, "a\0b")])
+
+
 def test_a_hash_yaml_keeps_is_text():
     cfg = C.coerce(None, ["run.name=exp#2", 'run.dir="runs/exp #2"', "data.name=npz", "data.path='a #b.npz'"])
     assert (cfg.run.name, cfg.run.dir, cfg.data.path) == ("exp#2", "runs/exp #2", "a #b.npz")

@@ -276,6 +276,17 @@ def test_a_new_run_dir_that_is_a_file_or_crowded_is_refused_by_name(tmp_path):
         _train(d)
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_dir_the_os_cannot_look_up_is_named(tmp_path, resume):
+    """A folder name past the file system's 255 bytes: errno's bare "[Errno 36] File name too long" named no field
+    (run.name's own case was named already)."""
+    d = tmp_path / ("a" * 300)
+    with pytest.raises(train_mod.RunFolderError,
+                       match=r"^run\.dir .*a\.\.\.: cannot use the path: File name too long$"):
+        _train(d, resume=resume)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_resume_of_a_folder_without_a_lock_file_leaves_none(tmp_path):
     # run folders written before 2026-12-01 have no lock file: a refused or no-op resume must not add one
     d = tmp_path / "r"

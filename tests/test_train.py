@@ -575,6 +575,29 @@ def test_cli_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error, why
     assert why in err and "optim.batch_size" in err, err
 
 
+@pytest.mark.parametrize("metric,fields", [
+    ("parzen", "run.parzen_test or run.parzen_samples or run.parzen_validation"),
+    ("fd", "run.fd_samples")])
+def test_an_evaluation_out_of_memory_names_its_own_sizes(tmp_path, capsys, monkeypatch, metric, fields):
+    """run.parzen_test=10**11 failed after training with "lower optim.batch_size, run.num_samples or the model's
+    sizes", none of which it was."""
+    import fastgan.metrics as metrics
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes.")
+
+    if metric == "fd":
+        monkeypatch.setattr(metrics, "fmnist_scores", oom)
+        require_fashion_mnist()
+        data = ["data.name=fashion_mnist", "model.arch=mlp", "run.fd=true", "run.fd_samples=20"]
+    else:
+        monkeypatch.setattr(metrics, "parzen_score", oom)
+        data = ["run.parzen=true"]
+    assert main(["train", "--set", *TINY, *data, "run.steps=2", f"run.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"fastgan train: error: out of memory: could not allocate 745 GiB; lower {fields}\n", err
+
+
 def test_cli_does_not_swallow_unrelated_runtime_errors(tmp_path, monkeypatch):
     from fastgan.methods.step import Method
 

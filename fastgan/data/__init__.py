@@ -97,9 +97,11 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
                              "values are converted to)")
         scale, offset = _value_map(a, cfg, source, integer)
     else:
-        a, scale, offset = a.astype(np.float32), 1.0, 0.0
+        with np.errstate(over="ignore"):  # as for images: the message says what float32 made of them
+            a, scale, offset = a.astype(np.float32), 1.0, 0.0
         if not np.isfinite(a).all():
-            raise ValueError(f"{source}: points contain NaN or infinite values")
+            raise ValueError(f"{source}: points contain NaN or infinite values (in float32, which the stored values "
+                             "are converted to)")
     data = torch.from_numpy(np.ascontiguousarray(a))
     ds = TensorDataset(data, kind, device, scale=scale, offset=offset, keep_on_device=cfg.keep_on_device,
                        source=source)

@@ -133,8 +133,17 @@ def test_an_integer_tensor_is_named(op, backend):
 def test_a_sparse_argument_is_named(op, backend):
     name, key, index = list(_tensor_args(CALLS[op]))[-1]
     kwargs = _replaced(CALLS[op], key, index, lambda t: t.to_sparse())
+    if _TORCH_READS_STORAGES_FIRST:  # its own refusal, before any implementation runs
+        with pytest.raises(NotImplementedError, match="Cannot access storage of SparseTensorImpl"):
+            getattr(ops, op)(**kwargs, backend=backend)
+        return
     with pytest.raises(TypeError, match=rf"^fastgan::{op}: {re.escape(name)} must be a strided \(dense\) tensor"):
         getattr(ops, op)(**kwargs, backend=backend)
+
+
+# torch 2.4's custom_op wrapper reads every tensor argument's storage (to check outputs alias none) before calling
+# the implementation; later ones (2.13 checked) call it first
+_TORCH_READS_STORAGES_FIRST = tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
