@@ -20,7 +20,7 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
     file and the folder, so the rename survives a power cut (checkpoints). name_errors: an OSError that names no
     file (a full disk's, from a write) is raised again naming `path` (off where the caller names it itself)."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = p.with_name(_temporary_name(p.name))
     # (a process killed in the block leaves it: writer_pid names the process, for remove_stale_temporaries)
     try:
         yield tmp
@@ -44,6 +44,14 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
                 os.close(fd)
         except OSError:
             pass
+
+
+def _temporary_name(name: str) -> str:
+    """'.<name>.<pid>-<thread>-<random>.tmp', with name cut so that the whole stays within 255 bytes (a file
+    system's longest name): a target name of 215-255 bytes failed with the temporary's name in the error."""
+    tail = f".{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp"
+    room = 255 - 1 - len(tail.encode())
+    return "." + name.encode()[:room].decode(errors="ignore") + tail
 
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-\d+-[0-9a-f]{8}\.tmp$")

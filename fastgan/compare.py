@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 from . import config as C
@@ -221,13 +222,19 @@ def _cell(metrics: dict, metric: str) -> str:
     return text if std is None or metric not in metrics else f"{text}±{_fmt(std)}"
 
 
+def _natural(name: str) -> list:
+    """name's digit runs as numbers: '-10' after '-2' (text order put it first, and an older run was shown)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def format_grid(rows: list[dict], metric: str) -> str:
     """`metric` with a row per run name less its last '-' part and a column per that part (in the order the run
     folders sort); a run that has not finished shows its state and step; of several runs of one name the latest
-    (by folder name, which the trainer stamps with the time) is shown and the others are listed below."""
+    (by folder name, which the trainer stamps with the time, numbers in it compared as numbers: runs started in one
+    second are <stamp>, <stamp>-2, .., <stamp>-10) is shown and the others are listed below."""
     (metric,) = _logged(rows, [metric], "--grid")
     cells, row_keys, col_keys, hidden = {}, [], [], []
-    for r in sorted(rows, key=lambda r: (Path(r["run"]).name, r["run"])):
+    for r in sorted(rows, key=lambda r: (_natural(Path(r["run"]).name), r["run"])):
         head, _, tail = r["name"].rpartition("-")
         key = (head or r["name"], tail if head else "-")
         row_keys += [key[0]] if key[0] not in row_keys else []
@@ -260,7 +267,9 @@ def _cmd_compare(args) -> int:
             return format_grid(rows, args.grid)
         metrics = None
         if args.metrics:
-            metrics = _logged(rows, [m.strip() for m in args.metrics.split(",") if m.strip()], "--metrics")
+            # each once: --metrics fd,fd printed the column twice
+            metrics = _logged(rows, list(dict.fromkeys(m.strip() for m in args.metrics.split(",") if m.strip())),
+                              "--metrics")
         if args.json:
             return to_json(rows, metrics)
         return format_table(rows, metrics)

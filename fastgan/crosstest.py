@@ -8,6 +8,7 @@ of a built-in mixture.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
 from .run_commands import add_device_and_seed, cli_device, positive, run, strict_json
-from .run_folder import CHECKPOINT
+from .run_folder import CHECKPOINT, recorded_data_path
 from .train import _checkpoint_config, _first_problem
 
 # data fields that do not change which distribution the samples come from (which stored samples each run
@@ -42,7 +43,12 @@ def _read(run_dir) -> tuple[dict, C.TrainConfig]:
         raise FileNotFoundError(f"run folder not found: {d}" if not d.exists() else
                                 f"{d} holds no {CHECKPOINT}: not a run folder, or a run not checkpointed yet")
     state = ckpt.load(path)
-    return state, _checkpoint_config(state, path)
+    cfg = _checkpoint_config(state, path)
+    recorded = recorded_data_path(d)
+    if cfg.data.path and recorded and not Path(cfg.data.path).is_absolute():
+        # the file the run trained on, not one of the same relative name under the folder this command runs in
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=recorded))
+    return state, cfg
 
 
 def load_run(run_dir, data_shape, device="cpu", *, _state=None, shape_from: str = "") -> RunModels:
@@ -75,6 +81,8 @@ def _data_key(cfg: C.TrainConfig) -> dict:
         d["mixture_std"] = mixtures.default_std(d["name"])
     if d["name"] == "fashion_mnist" and d["path"] is None:
         d["path"] = idx.FASHION_MNIST_DIR
+    if d["path"] is not None:  # one file or folder however spelled ('x/', './x', absolute)
+        d["path"] = os.path.abspath(d["path"])
     return d
 
 

@@ -75,6 +75,9 @@ class _Recorder(TorchDispatchMode):
         # the storages of the tensors the ops read or wrote, held (while recording) so that no new tensor can take
         # the address of a freed one
         self.storages: dict[int, object] = {}
+        # tolist()/numpy() of tensors no op had touched yet: host reads if an op reads or writes them later in the
+        # call (_host_conversions_seen); their storages held, as above
+        self.conversions: list[tuple[object, str, str]] = []
 
     def _registered(self, gen: torch.Generator) -> bool:
         # the dispatcher hands ops a new Python wrapper of the same generator: compare what it wraps (a generator's
@@ -119,9 +122,16 @@ def _host_conversions_seen(rec: _Recorder):
         def method(self, *args, **kwargs):
             # not the recorder's own by-value descriptions
             st = _storage(self)
-            if sys._getframe(1).f_code.co_filename != _THIS and st is not None and st._cdata in rec.storages:
+            if sys._getframe(1).f_code.co_filename == _THIS or st is None:
+                return real[name](self, *args, **kwargs)
+            if st._cdata in rec.storages:
                 rec.host_reads.append((f"Tensor.{name}", _caller()))
-            return real[name](self, *args, **kwargs)
+                return real[name](self, *args, **kwargs)
+            # `sched.tolist()` before the step's first op on sched was missed: looked up when the call ends
+            rec.conversions.append((st, f"Tensor.{name}", _caller()))
+            out = real[name](self, *args, **kwargs)
+            rec.storages.pop(st._cdata, None)  # numpy()'s own detach is not the step's op
+            return out
         return method
 
     for name in real:
@@ -131,6 +141,7 @@ def _host_conversions_seen(rec: _Recorder):
     finally:
         for name, fn in real.items():
             setattr(torch.Tensor, name, fn)
+        rec.host_reads += [(op, where) for st, op, where in rec.conversions if st._cdata in rec.storages]
 
 
 @contextlib.contextmanager

@@ -36,14 +36,17 @@ _seed.__name__ = "integer in [-2**63, 2**64 - 1]"  # argparse's "invalid <name> 
 
 
 def positive(text: str) -> int:
-    """A sample count (-n, --samples): refused by argparse naming the option, as --seed is."""
+    """A sample count (-n, --samples): refused by argparse naming the option, as --seed is (past 2**31 - 1, torch's
+    sizes overflowed with a page of C++ frames)."""
     value = int(text)
-    if value < 1:
+    if not 1 <= value <= 2 ** 31 - 1:
         raise ValueError(text)
     return value
 
 
-positive.__name__ = "integer >= 1"
+positive.__name__ = "integer in [1, 2**31 - 1]"
+# the option that sizes each command's draws, named when an allocation fails
+_SIZED_BY = {"sample": "-n", "eval": "--samples", "crosstest": "--samples"}
 
 
 def add_device_and_seed(p, seed_help: str) -> None:
@@ -69,7 +72,18 @@ def run(command: str, body) -> int:
     """body() -> the text to print; errors become one line on stderr."""
     try:
         text = body()
-    except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
+    except (MemoryError, RuntimeError) as e:
+        from .train_cli import _out_of_memory
+
+        oom = _out_of_memory(e)
+        if oom is None and isinstance(e, MemoryError):
+            raise
+        # torch's own errors carry its C++ frames after their first line
+        why = f"out of memory: {oom}; draw fewer samples ({_SIZED_BY.get(command, '-n')})" if oom is not None \
+            else (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"fastgan {command}: error: {why}", file=sys.stderr)
+        return 1
+    except (CheckpointError, OSError, ValueError, TypeError) as e:
         why = str(e)
         why = why[len(command) + 2:] if why.startswith(f"{command}: ") else why  # the Python API's own prefix
         print(f"fastgan {command}: error: {why}", file=sys.stderr)

@@ -272,6 +272,16 @@ def recorded_data_shape(run_dir) -> tuple:
     return tuple(shape)
 
 
+def recorded_data_path(run_dir) -> Optional[str]:
+    """The absolute data.path a run trained on, as its run_info.json records it (since 2026-12-06); None where it
+    records none (a mixture, or a run written before)."""
+    try:
+        path = json.loads(run_info_path(run_dir).read_text()).get("data_path")
+    except (OSError, ValueError, AttributeError):
+        return None  # the commands that need run_info.json say so themselves (recorded_data_shape)
+    return path if isinstance(path, str) and os.path.isabs(path) else None
+
+
 # the files only the run holding the folder's lock writes (with _atomic.replacing), by folder
 _RUN_WRITES = {".": ("config.yaml", RUN_INFO, STATUS, "metrics.csv"), "checkpoints": ("last.pt",)}
 

@@ -47,6 +47,9 @@ def _check_out(out) -> Path:
     out = Path(out)
     if out.suffix.lower() not in _FORMATS:
         raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
+    if len(out.name.encode()) > 255:  # any file system's longest name: refused before the run is read and drawn
+        raise C.ConfigError(f"--out: its file name is {len(out.name.encode())} bytes; a file system takes 255 at "
+                            "most")
     if out.is_dir():
         raise C.ConfigError(f"--out: {str(out)!r} is a folder; give a file in it")
     for parent in out.parents:  # the first that exists must be a folder: mkdir would say "File exists" late

@@ -525,6 +525,10 @@ class _Run:
             "backend": _forced_by(self.cfg),
             "optimizers": {k: step.optimizer_impl(o) for k, o in self.method.optimizers.items()},
         }
+        if self.cfg.data.path:
+            # as this session resolved it: config.yaml keeps data.path as typed, which a command run from another
+            # folder read relative to that one (crosstest then used another file of the same name, silently)
+            info["data_path"] = str(Path(self.cfg.data.path).resolve())
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
         self._write_json(RUN_INFO, info)

@@ -269,6 +269,18 @@ def test_grid_layout_duplicates_and_unfinished_runs(tmp_path):
     assert grid[-1] == f"(older runs of the same name not shown: {tmp_path / 'old' / 't-a-x-1'})"
 
 
+def test_grid_takes_the_tenth_run_of_one_second_as_the_latest(tmp_path):
+    """The trainer names runs started in one second <stamp>, <stamp>-2, .., <stamp>-10: in text order -10 came
+    before -2, and the grid showed -2's value as the latest."""
+    for suffix, fd in (("", 7), ("-2", 8), ("-10", 9)):
+        _fake_run(tmp_path, "t-a", rows=("step,eval/fd", f"10,{fd}"))
+        (tmp_path / "t-a").rename(tmp_path / f"t-a-20261206-120000{suffix}")
+    grid = compare.format_grid(compare.compare([tmp_path]), "fd").splitlines()
+    assert grid[2].split() == ["t", "9"], grid
+    assert grid[-1] == (f"(older runs of the same name not shown: {tmp_path / 't-a-20261206-120000'}, "
+                        f"{tmp_path / 't-a-20261206-120000-2'})")
+
+
 def test_grid_shows_the_last_logged_step_of_a_running_or_killed_run(tmp_path):
     """status.json holds the step a session started at until it ends; a run still training, or killed, is as
     far as metrics.csv has logged (the grid showed running@0 for a run at step 400)."""
@@ -398,6 +410,8 @@ def test_cli_metrics_list_ignores_empty_items(tmp_path, capsys):
     _fake_run(tmp_path, "a", rows=("step,eval/fd,eval/modes", "10,1.5,3"))
     assert main(["compare", str(tmp_path), "--metrics", "fd,,", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["metrics"] == {"fd": 1.5}
+    assert main(["compare", str(tmp_path), "--metrics", "fd,modes,fd"]) == 0  # each column once
+    assert capsys.readouterr().out.splitlines()[0].split().count("fd") == 1
 
 
 def test_a_run_in_its_final_evaluation_has_no_dangling_colon(tmp_path):

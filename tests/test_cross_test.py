@@ -1,6 +1,7 @@
 """Roth et al.'s cross-testing (section 5.5): fastgan.metrics.cross_test on hand-made discriminators, and
 `fastgan crosstest` on two short runs."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -215,7 +216,8 @@ def test_cli_sample_count_and_api_prefix(two_runs, tmp_path, capsys):
     a, b = two_runs
     with pytest.raises(SystemExit) as e:  # argparse's usage error, naming the option
         main(["crosstest", str(a), str(b), "--samples", "0"])
-    assert e.value.code == 2 and "argument --samples: invalid integer >= 1 value: '0'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --samples: invalid integer in [1, 2**31 - 1] value: '0'" in err
     other = tmp_path / "other"
     fastgan.train(None, overrides=["data.name=ring8", "run.steps=1", f"run.dir={other}", "run.sample_every=0",
                                    "run.checkpoint_every=0", "optim.batch_size=16", "run.progress=off"])
@@ -305,6 +307,28 @@ def _fmnist(tmp_path):
     _idx(data / "t10k-images-idx3-ubyte", 6, 1)
     return data, [*TINY[3:-1], "run.steps=1", "data.name=fashion_mnist", f"data.path={data}", "model.arch=dcgan",
                   "model.dcgan_width=4", "model.latent_dim=8", "optim.batch_size=4"]
+
+
+def test_a_relative_data_path_is_the_file_the_run_trained_on(tmp_path, monkeypatch):
+    """config.yaml keeps data.path as typed: run from another folder holding a file of the same name, crosstest read
+    that one and reported samples 'held out' of it (an audit's case, 2026-12-06). run_info.json records the
+    resolved path, and a path spelled another way ('./x.npz', a trailing '/') is the same data."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "other").mkdir()
+    _npz(tmp_path / "train" / "x.npz")
+    _npz(tmp_path / "other" / "x.npz", n=40)
+    monkeypatch.chdir(tmp_path / "train")
+    base = [*TINY[3:-1], "run.steps=1", "data.name=npz", "model.arch=dcgan", "model.dcgan_width=4",
+            "model.latent_dim=8", "optim.batch_size=4", "data.holdout=4"]
+    fastgan.train(None, overrides=[*base, "data.path=x.npz", f"run.dir={tmp_path / 'a'}"])
+    fastgan.train(None, overrides=[*base, "data.path=./x.npz", f"run.dir={tmp_path / 'b'}", "run.seed=1"])
+    assert json.loads((tmp_path / "a" / "run_info.json").read_text())["data_path"] == str(tmp_path / "train" / "x.npz")
+    monkeypatch.chdir(tmp_path / "other")
+    r = crosstest.cross_test_runs(tmp_path / "a", tmp_path / "b", samples=10)
+    assert r["real"] == "stored samples held out of both runs' training (data.holdout=4: 4 from index 8)"
+    key = lambda *path: crosstest._data_key(fastgan.config.coerce(  # noqa: E731
+        None, ["data.name=fashion_mnist", *(f"data.path={p}" for p in path)]))
+    assert key("/usr/share/datasets/fashion-mnist/") == key("/usr/share/datasets/fashion-mnist") == key()
 
 
 def test_fashion_mnist_runs_use_the_test_split(tmp_path):

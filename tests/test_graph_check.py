@@ -291,6 +291,16 @@ def test_ops_added_after_the_captured_calls_are_found():
     assert len(found) == 1 and "the captured call ran 1 ops and the next one 2" in found[0], found
 
 
+@pytest.mark.parametrize("read", [lambda t: t.tolist(), lambda t: t.numpy(), lambda t: np.asarray(t)],
+                         ids=["tolist", "numpy", "np.asarray"])
+def test_a_host_read_before_the_steps_first_op_on_the_tensor_is_found(read):
+    """`sched.tolist()` and then `w * sched`: only tensors an op had touched earlier in the call were looked at, so
+    this one was missed (an audit's case, 2026-12-06)."""
+    sched, w = torch.tensor(0.3), torch.randn(4)
+    found = capture_hazards(lambda: (read(sched), (w * sched).sum()))
+    assert len(found) == 1 and "host read in the captured call: Tensor." in found[0], found
+
+
 def test_host_copies_of_tensors_no_op_touched_are_not_host_reads():
     """torch's RNG state snapshots (CPU tensors on a GPU too) read as bytes, and the sizes repeat_interleave is
     told: nothing a graph would fail on; Tensor.tolist/numpy are themselves again after the check."""

@@ -1,5 +1,6 @@
 """`fastgan sample`: samples of a finished run's G into .npz / .png, atomically, and its errors."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_errors_leave_an_existing_file(mixture_run, tmp_path, capsys):
     out.write_bytes(b"old")
     with pytest.raises(SystemExit) as e:
         cli_main(["sample", str(mixture_run.out_dir), "--out", str(out), "-n", "0"])
-    assert e.value.code == 2 and "argument -n: invalid integer >= 1 value: '0'" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument -n: invalid integer in [1, 2**31 - 1] value: '0'" in capsys.readouterr().err
     assert out.read_bytes() == b"old"
     (tmp_path / "d.png").mkdir()
     assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "d.png")]) == 2
@@ -169,6 +170,55 @@ def test_run_exit_codes_config_2_other_errors_1(capsys):
     for e in (FileNotFoundError("gone"), ValueError("v"), TypeError("t"), RuntimeError("r")):
         assert run("x", raising(e)) == 1
         assert capsys.readouterr().err == f"fastgan x: error: {e}\n"
+
+
+@pytest.mark.parametrize("command,option", [("sample", "-n"), ("eval", "--samples"), ("crosstest", "--samples")])
+def test_an_allocation_that_fails_names_the_commands_size_and_torchs_frames_stay_out(capsys, command, option):
+    """-n 10**13 printed torch's raw allocator message, naming no option; an overflow printed ~20 lines of C++
+    frames."""
+    from fastgan.run_commands import run
+
+    def oom():
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000000 bytes."
+                           "\nframe #0: c10::alloc_cpu")
+
+    assert run(command, oom) == 1
+    assert capsys.readouterr().err == (f"fastgan {command}: error: out of memory: could not allocate 72.8 TiB; draw "
+                                       f"fewer samples ({option})\n")
+
+    def overflow():
+        raise RuntimeError("Overflow when unpacking long long\nException raised from unpack at x.cpp:1\nframe #0: f")
+
+    assert run(command, overflow) == 1
+    assert capsys.readouterr().err == f"fastgan {command}: error: Overflow when unpacking long long\n"
+
+
+@pytest.mark.parametrize("args", [["-n", str(2 ** 31)], ["-n", "0"], ["-n", "99999999999999999999999"]])
+def test_n_outside_what_torch_takes_is_refused_by_the_parser(mixture_run, tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / "x.npz"), *args])
+    assert e.value.code == 2 and "argument -n: invalid integer in [1, 2**31 - 1] value" in capsys.readouterr().err
+
+
+def test_out_names_up_to_255_bytes_are_written_and_longer_ones_refused_first(mixture_run, tmp_path, capsys):
+    """The temporary file's name added ~40 bytes to --out's: a name of 215-255 bytes failed after drawing, naming
+    the temporary."""
+    ok = tmp_path / ("a" * 251 + ".png")
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(ok), "-n", "8"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [ok.name]
+    capsys.readouterr()
+    assert cli_main(["sample", str(mixture_run.out_dir), "--out", str(tmp_path / ("b" * 252 + ".png"))]) == 2
+    assert capsys.readouterr().err == "fastgan sample: error: --out: its file name is 256 bytes; a file system " \
+                                      "takes 255 at most\n"
+
+
+def test_temporary_names_fit_a_file_system_and_name_their_writer():
+    from fastgan._atomic import _temporary_name, writer_pid
+
+    for name in ("x.png", "é" * 127 + ".png", "a" * 255):
+        tmp = _temporary_name(name)
+        assert len(tmp.encode()) <= 255 and writer_pid(tmp) == os.getpid(), tmp
+        tmp.encode().decode()  # whole characters only
 
 
 @pytest.mark.parametrize("shape", [[3, 0], [], [1.5], "3"])
