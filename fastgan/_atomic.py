@@ -27,7 +27,11 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, p)
+        try:
+            os.replace(tmp, p)
+        except IsADirectoryError as e:  # errno's line named the temporary file, not the folder in the way
+            raise IsADirectoryError(e.errno, "a folder is where this file is written; move it away", str(p)) \
+                from None
     except OSError as e:
         if e.filename is not None or not name_errors:
             raise

@@ -107,6 +107,19 @@ def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp
     assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+def test_replacing_a_folder_names_the_folder(tmp_path):
+    """A run's status.json replaced by a folder: errno's line named the temporary file ('[Errno 21] Is a directory:
+    '.status.json.<pid>-...tmp' -> ...')."""
+    from fastgan._atomic import replacing
+
+    (tmp_path / "status.json").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"^\[Errno 21\] a folder is where this file is written; move it "
+                                                r"away: '.*status\.json'$"):
+        with replacing(tmp_path / "status.json") as tmp:
+            tmp.write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"] and (tmp_path / "status.json").is_dir()
+
+
 def test_missing_or_damaged_run_info(run_copy, tmp_path, capsys):
     run = run_copy
     info = json.loads((run / "run_info.json").read_text())
