@@ -282,6 +282,16 @@ def recorded_data_path(run_dir) -> Optional[str]:
     return path if isinstance(path, str) and os.path.isabs(path) else None
 
 
+def recorded_data_samples(run_dir) -> Optional[int]:
+    """How many stored samples the run loaded, as its run_info.json records it (since 2026-12-06); None where it
+    records none (a mixture, or a run written before)."""
+    try:
+        n = json.loads(run_info_path(run_dir).read_text()).get("data_samples")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
 # the files only the run holding the folder's lock writes (with _atomic.replacing), by folder
 _RUN_WRITES = {".": ("config.yaml", RUN_INFO, STATUS, "metrics.csv"), "checkpoints": ("last.pt",)}
 

@@ -34,7 +34,8 @@ from .graph import GraphedStep
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
-from .run_folder import RUN_INFO, recorded_data_shape, usable_path
+from .run_folder import (RUN_INFO, recorded_data_path, recorded_data_samples, recorded_data_shape,
+                         usable_path)
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
@@ -198,25 +199,55 @@ def _first_problem(e: BaseException) -> str:
     return f"{lines[0].rstrip(':')}: {detail}"
 
 
-def _check_resumed_data(run_dir: Path, shape: tuple, source: str, path: Path) -> None:
+def _check_resumed_data(run_dir: Path, dataset, path: Path) -> None:
     """The data a run resumes on must have the sample shape its models were built for (run_info.json's data_shape):
-    a file at data.path changed since would otherwise surface as an optimizer moment's shape."""
+    a file at data.path changed since would otherwise surface as an optimizer moment's shape; and as many stored
+    samples as it loaded (data_samples, recorded since 2026-12-06: more rows moved data.holdout's samples into
+    training)."""
+    source, shape = dataset.source or "the data set", tuple(dataset.shape)
     try:
         saved = recorded_data_shape(run_dir)
     except (OSError, ValueError):
         return  # no readable record: the checkpoint's own shape checks still refuse models that do not fit
-    if saved != tuple(shape):
+    if saved != shape:
         raise CheckpointError(f"checkpoint {path}: its run trained on samples of shape {saved} (run_info.json), but "
-                              f"{source or 'the data set'} now holds samples of shape {tuple(shape)}: the data "
-                              "changed since; resume with the data it trained on, or start a new run")
+                              f"{source} now holds samples of shape {shape}: the data changed since; resume with "
+                              "the data it trained on, or start a new run")
+    count = recorded_data_samples(run_dir)
+    held = getattr(dataset, "held_out", None)
+    now = len(dataset) + (len(held) if held is not None else 0)
+    if count is not None and count != now:
+        raise CheckpointError(f"checkpoint {path}: its run loaded {count} samples (run_info.json), but {source} now "
+                              f"gives {now}: the data changed since (data.holdout's samples would move); resume with "
+                              "the data it trained on, or start a new run")
 
 
-def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> TrainConfig:
-    """The checkpoint's config with the run.* fields a resumed run may change; other differences raise."""
-    bad = []
+def _check_resumed_data_path(cfg: TrainConfig, run_dir: Path) -> None:
+    """A relative data.path is read from the folder the resume runs in: another file of that name there was
+    trained on, silently. It must be the file the run trained on (run_info.json's data_path)."""
+    recorded = recorded_data_path(run_dir)
+    if recorded and cfg.data.path and str(Path(cfg.data.path).resolve()) != recorded:
+        raise ConfigError(f"data.path: {cfg.data.path!r} is {Path(cfg.data.path).resolve()} here, but the run "
+                          f"trained on {recorded} (run_info.json); resume from the folder the run started in, or "
+                          f"--set data.path={recorded}")
+
+
+def _mixtures():
+    from .data import mixtures
+
+    return mixtures
+
+
+def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path, data_path=None) -> TrainConfig:
+    """The checkpoint's config with the run.* fields a resumed run may change; other differences raise. data_path:
+    the file the run trained on (run_info.json), which data.path may name in another spelling."""
+    bad, respelled = [], {}
     for key, old, value in C.diff(saved, new):
         if key in C.RESUMABLE_FIELDS or (key in RESOLVED_FIELDS and value is None) or \
                 _the_architectures_default(saved, key, old, value):
+            continue
+        if key == "data.path" and data_path and value and str(Path(value).resolve()) == data_path:
+            respelled[key] = value  # the same file, e.g. absolute where the run was given a relative path
             continue
         bad.append(f"{key}: checkpoint {old!r}, config {value!r}")
     if bad:
@@ -224,7 +255,7 @@ def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path) -> Train
         raise CheckpointMismatchError(
             "; ".join(bad) + f" (checkpoint {path} was written by a different config, so resuming would not continue "
             f"the same run; only {', '.join(C.RESUMABLE_FIELDS)} may change on resume)")
-    changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS}
+    changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS} | respelled
     return C.replace(saved, **changes) if changes else saved
 
 
@@ -344,7 +375,8 @@ class _Run:
             path = run_dir / CHECKPOINT
             state = ckpt.load(path)
             saved = _checkpoint_config(state, path)
-            cfg = _merge_for_resume(saved, cfg, path)
+            cfg = _merge_for_resume(saved, cfg, path, recorded_data_path(run_dir))
+            _check_resumed_data_path(cfg, run_dir)
         seed = cfg.run.seed
         torch.manual_seed(seed)
         random.seed(seed)
@@ -352,7 +384,7 @@ class _Run:
         self.dataset = build_dataset(cfg.data, self.device)
         shape = tuple(self.dataset.shape)
         if state is not None:
-            _check_resumed_data(run_dir, shape, self.dataset.source, run_dir / CHECKPOINT)
+            _check_resumed_data(run_dir, self.dataset, run_dir / CHECKPOINT)
         if cfg.model.arch == "dcgan" and self.dataset.kind != "images":
             raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r}"
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
@@ -529,6 +561,11 @@ class _Run:
             # as this session resolved it: config.yaml keeps data.path as typed, which a command run from another
             # folder read relative to that one (crosstest then used another file of the same name, silently)
             info["data_path"] = str(Path(self.cfg.data.path).resolve())
+        if self.cfg.data.name not in _mixtures().MIXTURES:
+            # the stored samples loaded (training view and data.holdout's): a resume on a file grown since trained
+            # on the samples held out before
+            held = getattr(self.dataset, "held_out", None)
+            info["data_samples"] = len(self.dataset) + (len(held) if held is not None else 0)
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
         self._write_json(RUN_INFO, info)

@@ -64,6 +64,40 @@ def test_a_resume_on_data_whose_sample_shape_changed_names_the_data(tmp_path):
     assert _files(d) == before
 
 
+def test_a_resume_reads_a_relative_data_path_as_the_run_did(tmp_path, monkeypatch):
+    """data.path=pts.npy resumed from another folder holding a pts.npy trained on that file, silently (an audit's
+    case, 2026-12-06): refused naming both files; the recorded file given by its absolute path resumes."""
+    for name, mean in (("a", 0.0), ("b", 100.0)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "pts.npy", np.random.default_rng(0).normal(mean, size=(64, 2)).astype(np.float32))
+    d = tmp_path / "r"
+    monkeypatch.chdir(tmp_path / "a")
+    _train(d, "data.name=npz", "data.path=pts.npy")
+    before = _files(d)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ConfigError, match=rf"^data\.path: 'pts\.npy' is {tmp_path / 'b' / 'pts.npy'} here, but the run "
+                                          rf"trained on {tmp_path / 'a' / 'pts.npy'} \(run_info\.json\)"):
+        _train(d, "data.name=npz", "data.path=pts.npy", steps=4, resume=True)
+    assert _files(d) == before
+    r = _train(d, "data.name=npz", f"data.path={tmp_path / 'a' / 'pts.npy'}", steps=4, resume=True)
+    assert r.step == 4 and json.loads((d / "run_info.json").read_text())["data_path"] == str(tmp_path / "a" / "pts.npy")
+
+
+def test_a_resume_on_a_file_grown_since_is_refused(tmp_path):
+    """More rows of the same shape: data.holdout's samples moved into training, silently."""
+    pts = tmp_path / "pts.npy"
+    np.save(pts, np.arange(40, dtype=np.float32).reshape(20, 2))
+    d = tmp_path / "r"
+    _train(d, "data.name=npz", f"data.path={pts}", "data.holdout=3")
+    assert json.loads((d / "run_info.json").read_text())["data_samples"] == 20
+    before = _files(d)
+    np.save(pts, np.arange(50, dtype=np.float32).reshape(25, 2))
+    with pytest.raises(train_mod.CheckpointError, match=r"its run loaded 20 samples \(run_info.json\), but .*pts.npy "
+                                                        r"now gives 25: the data changed since"):
+        _train(d, "data.name=npz", f"data.path={pts}", "data.holdout=3", steps=4, resume=True)
+    assert _files(d) == before
+
+
 @pytest.mark.parametrize("damage", ["bytes", "extra_field"])
 def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path, damage):
     """extra_field: a row with more fields than the header was read, trained a step, then failed writing the
