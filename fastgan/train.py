@@ -511,6 +511,10 @@ class _Run:
             raise ConfigError(f"run.parzen: needs a data set with a test split ({', '.join(TEST_SPLIT_DATASETS)}) "
                               f"or a mixture, got data.name={d.name!r}")
         self._check_test_split("run.parzen", "the log-likelihood is of the test split")
+        if read_data:  # a folder without its test file failed after training (hours on the shipped config)
+            from .data import load_test_split
+
+            load_test_split(d, self.device, 1)
         if d.holdout < r.parzen_validation:
             # sigma chosen on samples G was trained to reproduce would favour memorising the training set
             raise ConfigError(f"run.parzen: sigma is cross-validated on training samples held out of training: set "

@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -381,6 +382,17 @@ def test_parzen_on_images_without_enough_held_out_samples_is_refused(tmp_path, t
     with pytest.raises(fastgan.config.ConfigError, match=rf"data\.holdout >= run\.parzen_validation=6, got "
                                                         rf"data\.holdout={holdout}"):
         fastgan.train(None, overrides=_parzen_run(tmp_path, tiny_fashion_mnist, f"data.holdout={holdout}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_parzen_on_a_folder_without_its_test_file_fails_before_the_run_folder_is_made(tmp_path, tiny_fashion_mnist):
+    """The test split was first read in the final evaluation: hours of training (the shipped Goodfellow config) and
+    then the error (an audit's case, 2026-12-06)."""
+    data = tmp_path / "no-test"
+    data.mkdir()
+    shutil.copy(tiny_fashion_mnist / "train-images-idx3-ubyte", data)
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+        fastgan.train(None, overrides=_parzen_run(tmp_path, data, "data.holdout=10"))
     assert not (tmp_path / "run").exists()
 
 
