@@ -1,6 +1,7 @@
 """A numpy .npz (or .npy) array: images (N, H, W), (N, C, H, W), (N, H, W, C) or points (N, D)."""
 from __future__ import annotations
 
+import warnings
 import zipfile
 import zlib
 
@@ -71,6 +72,12 @@ def to_layout(a: np.ndarray, path) -> tuple[np.ndarray, str]:
         return a[:, None], "images"
     if a.ndim == 4:
         if a.shape[1] in (1, 3):
+            if a.shape[3] in (1, 3):
+                # (N, 3, 8, 3): NHWC of height 3 or NCHW of width 3; read silently as the latter, its pixels were
+                # scrambled if it was the former
+                warnings.warn(f"{path}: images of shape {a.shape[1:]} could have 1 or 3 channels first or last; "
+                              f"read as (N, C, H, W) with C = {a.shape[1]} (store (N, H, W, C) arrays of that height "
+                              "transposed to (N, C, H, W))", stacklevel=2)
             return a, "images"
         if a.shape[3] in (1, 3):
             return np.ascontiguousarray(a.transpose(0, 3, 1, 2)), "images"

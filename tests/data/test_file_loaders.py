@@ -3,6 +3,7 @@ import gzip
 import os
 import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -222,6 +223,22 @@ def test_npz_layouts(tmp_path, pixels):
     np.savez(f, a=pixels.astype(np.uint16) * 4)
     ds = build_dataset(DataConfig(name="npz", path=str(f), value_range=(0, 1020)))
     assert torch.allclose(all_samples(ds), expected_pixels(pixels[:, None]), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 8, 3), (4, 1, 8, 1), (4, 3, 8, 1)])
+def test_npz_images_whose_channels_could_be_first_or_last_warn(tmp_path, shape):
+    """(N, 3, 8, 3) is NCHW of width 3 or NHWC of height 3: read as the first, silently, which scrambled the
+    second's pixels (an audit's case, 2026-12-06)."""
+    f = tmp_path / "a.npz"
+    np.savez(f, x=np.zeros(shape, np.uint8))
+    with pytest.warns(UserWarning, match=r"a\.npz: images of shape .* could have 1 or 3 channels first or last; "
+                                         rf"read as \(N, C, H, W\) with C = {shape[1]}"):
+        ds = build_dataset(DataConfig(name="npz", path=str(f)))
+    assert ds.shape == shape[1:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.savez(f, x=np.zeros((4, 3, 8, 5), np.uint8))
+        build_dataset(DataConfig(name="npz", path=str(f)))
 
 
 def test_npz_errors(tmp_path, pixels):
