@@ -9,6 +9,7 @@ and the reduced penalty come back in that accumulation dtype.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Union
 
 import torch
@@ -491,9 +492,10 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
         # "auto" with a weight closing over a learnable tensor goes on as the double backward, below
         if not penalty_jvp.weight_needs_double_backward(weight, x, mode):
             return penalty_jvp.gradient_penalty(D, x, weight, reduction, backend, mode)
-    if torch.compiler.is_compiling():
-        return _eager_double_backward(D, x, weight, reduction, backend)
-    return _double_backward(D, x, weight, reduction, backend)
+    # through the wrapper also where not compiling: after an error inside a compiled step Dynamo runs the frame
+    # that raised eagerly ever after, but still compiles what it calls, and the double backward failed there ("a
+    # leaf Variable that requires grad is being used in an in-place operation") in every later compiled step
+    return _eager_double_backward(D, x, weight, reduction, backend)
 
 
 def _without_graph(call, *xs):
@@ -592,6 +594,8 @@ def eager_under_compile(fn):
 
     def call(*args):
         nonlocal wrapped
+        if "torch._dynamo" not in sys.modules:  # nothing was ever compiled: no frame to keep out of a graph
+            return fn(*args)
         if wrapped is None:
             wrapped = torch.compiler.disable(fn)
         return wrapped(*args)
@@ -639,13 +643,12 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
             # one graph break for both batches: eagerly, the joint pass below (the double backward, or "auto"
             # taking it), or jvp's two calls
             return _eager_js_penalty(D, x_real, x_fake, backend, mode)
-    elif mode == "double_backward":
-        return js_double_backward(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake), backend)
+    elif mode == "double_backward":  # through the wrapper: see gradient_penalty's double backward
+        return _eager_js_double_backward(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake),
+                                         backend)
     elif mode == "auto":
-        from . import penalty_jvp
-
-        return penalty_jvp.js_penalty_auto(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake),
-                                           backend)
+        return _eager_js_penalty_auto(D, _checks.outside_inference(x_real), _checks.outside_inference(x_fake),
+                                      backend)
     pen_real, logits_real = gradient_penalty(D, x_real, "js_real", backend=backend, mode=mode)
     pen_fake, logits_fake = gradient_penalty(D, x_fake, "js_fake", backend=backend, mode=mode)
     return pen_real + pen_fake, logits_real, logits_fake
@@ -663,6 +666,16 @@ def _js_penalty_eagerly(D, x_real, x_fake, backend, mode):
 
 
 _eager_js_penalty = eager_under_compile(_js_penalty_eagerly)
+_eager_js_double_backward = eager_under_compile(js_double_backward)
+
+
+def _js_penalty_auto(D, x_real, x_fake, backend):
+    from . import penalty_jvp
+
+    return penalty_jvp.js_penalty_auto(D, x_real, x_fake, backend)
+
+
+_eager_js_penalty_auto = eager_under_compile(_js_penalty_auto)
 
 
 def r1_penalty(D, x_real: torch.Tensor, *, backend: str | None = None, mode: str = "double_backward"):

@@ -150,26 +150,39 @@ def _guard_for(D, x):
     return None
 
 
+def _named_state(D):
+    """D's buffers, and its frozen Parameters as 'param:<name>': a frozen Parameter may be state D writes in its
+    forward (SN-GAN's widely copied SpectralNorm keeps its power-iteration u and v so, updated by `.data =`); not
+    copied as buffers are, it advanced twice a call and the logits, penalty and gradients were off by 1-12% (an
+    audit's case, 2026-12-06)."""
+    yield from D.named_buffers()
+    for name, p in D.named_parameters():
+        if not p.requires_grad:
+            yield "param:" + name, p
+
+
 def _buffer_clones(D) -> dict:
     if not isinstance(D, nn.Module):
         return {}
-    return {name: b.detach().clone() for name, b in D.named_buffers()}
+    return {name: b.detach().clone() for name, b in _named_state(D)}
 
 
 @contextlib.contextmanager
 def _buffers_replaced(D, values: dict):
-    """D's buffers replaced by `values` (keyed as D.named_buffers() names them) in every module holding them, and
-    put back afterwards. torch.func.functional_call does not put them back in a module D reaches under two names
-    (one BatchNorm used twice, an attribute aliasing a layer): D kept the clones, its running statistics frozen."""
-    by_id = {id(b): values[name] for name, b in D.named_buffers() if name in values}
-    slots = [(m, k, b) for m in D.modules() for k, b in m._buffers.items() if b is not None and id(b) in by_id]
+    """D's buffers and frozen Parameters replaced by `values` (keyed as _named_state names them) in every module
+    holding them, and put back afterwards. torch.func.functional_call does not put them back in a module D reaches
+    under two names (one BatchNorm used twice, an attribute aliasing a layer): D kept the clones, its running
+    statistics frozen."""
+    by_id = {id(b): values[name] for name, b in _named_state(D) if name in values}
+    slots = [(d, k, b) for m in D.modules() for d in (m._buffers, m._parameters) for k, b in d.items()
+             if b is not None and id(b) in by_id]
     try:
-        for m, k, b in slots:
-            m._buffers[k] = by_id[id(b)]
+        for d, k, b in slots:
+            d[k] = by_id[id(b)]
         yield
     finally:
-        for m, k, b in slots:
-            m._buffers[k] = b
+        for d, k, b in slots:
+            d[k] = b
 
 
 def _call_with_buffers(D, values: dict, x):
@@ -376,7 +389,7 @@ def _put_back(D, buffers: dict, guard) -> None:
     if not isinstance(D, nn.Module):
         return
     with torch.no_grad():
-        for name, b in D.named_buffers():
+        for name, b in _named_state(D):
             if name in buffers:
                 b.copy_(buffers[name])
 

@@ -140,6 +140,37 @@ def test_double_backward_alone_fails_in_aot_autograd():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("mode", ["double_backward", "auto"])
+@pytest.mark.parametrize("op", ["js_penalty", "gradient_penalty"])
+def test_a_refusal_inside_a_compiled_step_leaves_later_compiled_steps_working(op, mode):
+    """After an error raised inside a compiled step, Dynamo runs that frame eagerly ever after but still compiles
+    what it calls: every later compiled step taking the double backward failed ("a leaf Variable that requires grad
+    is being used in an in-place operation"), whatever its D and inputs (an audit's case, 2026-12-06)."""
+    from fastgan import ops
+
+    torch.manual_seed(0)
+    D = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.LeakyReLU(0.2),
+                            torch.nn.Linear(8, 1))
+    xr, xf = torch.randn(6, 3), torch.randn(6, 3)
+    def call(a, b, weight="js_real"):  # a bad weight name or feature width: refused inside fastgan
+        if op == "js_penalty":
+            return ops.js_penalty(D, a, b, mode=mode)[0]
+        return ops.gradient_penalty(D, torch.cat([a, b]), weight, mode=mode)[0]
+
+    torch._dynamo.reset()
+    try:
+        with pytest.raises(ValueError):
+            bad = (xr, torch.randn(6, 4)) if op == "js_penalty" else (xr, xf, "nope")
+            torch.compile(call, backend="aot_eager")(*bad)
+        got = torch.compile(lambda a, b: call(a, b), backend="aot_eager")(xr, xf)
+        (grads,) = [torch.autograd.grad(got, list(D.parameters()))]
+    finally:
+        torch._dynamo.reset()
+    want = torch.autograd.grad(call(xr, xf), list(D.parameters()))
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_counts_inside_a_compiled_function_count_its_traces(monkeypatch):
     """_dispatch.counts gets its key while Dynamo traces (a Counter's __missing__ broke fullgraph on torch 2.8), once
     per trace: recorded inside the compiled code, the += made Dynamo guard on the count's value, so that every call
