@@ -213,9 +213,7 @@ def _check_resumed_data(run_dir: Path, dataset, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: its run trained on samples of shape {saved} (run_info.json), but "
                               f"{source} now holds samples of shape {shape}: the data changed since; resume with "
                               "the data it trained on, or start a new run")
-    count = recorded_data_samples(run_dir)
-    held = getattr(dataset, "held_out", None)
-    now = len(dataset) + (len(held) if held is not None else 0)
+    count, now = recorded_data_samples(run_dir), _stored_samples(dataset)
     if count is not None and count != now:
         raise CheckpointError(f"checkpoint {path}: its run loaded {count} samples (run_info.json), but {source} now "
                               f"gives {now}: the data changed since (data.holdout's samples would move); resume with "
@@ -232,10 +230,10 @@ def _check_resumed_data_path(cfg: TrainConfig, run_dir: Path) -> None:
                           f"--set data.path={recorded}")
 
 
-def _mixtures():
-    from .data import mixtures
-
-    return mixtures
+def _stored_samples(dataset) -> int:
+    """The stored samples a data set loaded: its training view and data.holdout's."""
+    held = getattr(dataset, "held_out", None)
+    return len(dataset) + (len(held) if held is not None else 0)
 
 
 def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path, data_path=None) -> TrainConfig:
@@ -549,6 +547,7 @@ class _Run:
                               f"(or set {key}=false)")
 
     def _write_info(self, shape):
+        from .data import mixtures
         from .methods import step
 
         info = {
@@ -565,11 +564,9 @@ class _Run:
             # as this session resolved it: config.yaml keeps data.path as typed, which a command run from another
             # folder read relative to that one (crosstest then used another file of the same name, silently)
             info["data_path"] = str(Path(self.cfg.data.path).resolve())
-        if self.cfg.data.name not in _mixtures().MIXTURES:
-            # the stored samples loaded (training view and data.holdout's): a resume on a file grown since trained
-            # on the samples held out before
-            held = getattr(self.dataset, "held_out", None)
-            info["data_samples"] = len(self.dataset) + (len(held) if held is not None else 0)
+        if self.cfg.data.name not in mixtures.MIXTURES:
+            # a resume on a file grown since trained on the samples held out before
+            info["data_samples"] = _stored_samples(self.dataset)
         if self.method.denoiser is not None:
             info["lambda_denoise"] = self.method.lambda_dn
         self._write_json(RUN_INFO, info)
