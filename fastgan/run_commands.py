@@ -75,9 +75,7 @@ def run(command: str, body) -> int:
     except (MemoryError, RuntimeError) as e:
         from .train_cli import _out_of_memory
 
-        oom = _out_of_memory(e)
-        if oom is None and isinstance(e, MemoryError):
-            raise
+        oom = _out_of_memory(e)  # every MemoryError is one
         # torch's own errors carry its C++ frames after their first line
         why = f"out of memory: {oom}; draw fewer samples ({_SIZED_BY.get(command, '-n')})" if oom is not None \
             else (str(e).splitlines() or [type(e).__name__])[0]

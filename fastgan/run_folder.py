@@ -272,23 +272,26 @@ def recorded_data_shape(run_dir) -> tuple:
     return tuple(shape)
 
 
+def _run_info_entry(run_dir, key: str):
+    """run_info.json's `key`, None where the file or the entry is missing or unreadable (the commands that need
+    the file say so themselves: recorded_data_shape)."""
+    try:
+        return json.loads(run_info_path(run_dir).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def recorded_data_path(run_dir) -> Optional[str]:
     """The absolute data.path a run trained on, as its run_info.json records it (since 2026-12-06); None where it
     records none (a mixture, or a run written before)."""
-    try:
-        path = json.loads(run_info_path(run_dir).read_text()).get("data_path")
-    except (OSError, ValueError, AttributeError):
-        return None  # the commands that need run_info.json say so themselves (recorded_data_shape)
+    path = _run_info_entry(run_dir, "data_path")
     return path if isinstance(path, str) and os.path.isabs(path) else None
 
 
 def recorded_data_samples(run_dir) -> Optional[int]:
     """How many stored samples the run loaded, as its run_info.json records it (since 2026-12-06); None where it
     records none (a mixture, or a run written before)."""
-    try:
-        n = json.loads(run_info_path(run_dir).read_text()).get("data_samples")
-    except (OSError, ValueError, AttributeError):
-        return None
+    n = _run_info_entry(run_dir, "data_samples")
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
