@@ -224,10 +224,10 @@ def _check_resumed_data_path(cfg: TrainConfig, run_dir: Path) -> None:
     """A relative data.path is read from the folder the resume runs in: another file of that name there was
     trained on, silently. It must be the file the run trained on (run_info.json's data_path)."""
     recorded = recorded_data_path(run_dir)
-    if recorded and cfg.data.path and str(Path(cfg.data.path).resolve()) != recorded:
-        raise ConfigError(f"data.path: {cfg.data.path!r} is {Path(cfg.data.path).resolve()} here, but the run "
-                          f"trained on {recorded} (run_info.json); resume from the folder the run started in, or "
-                          f"--set data.path={recorded}")
+    here = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
+    if recorded and here and here != recorded:
+        raise ConfigError(f"data.path: {cfg.data.path!r} is {here} here, but the run trained on {recorded} "
+                          f"(run_info.json); resume from the folder the run started in, or --set data.path={recorded}")
 
 
 def _stored_samples(dataset) -> int:

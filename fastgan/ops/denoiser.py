@@ -118,8 +118,8 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
         width = out_dim
     if running_means is not None:
         _check_running([(f"{kind}[{i}]", seq[i]) for kind, seq in (("running_means", running_means),
-                                                                           ("running_vars", running_vars))
-                                 for i in range(depth)])
+                                                                   ("running_vars", running_vars))
+                        for i in range(depth)])
     return n_features, dtype, device
 
 

@@ -36,20 +36,19 @@ NoiseArg = Union[float, torch.Tensor]
 
 # ---------------------------------------------------------------- custom ops
 
-def _batch_shapes(op, x_real, x_fake, sigma):
-    """(m, F) of the op's (m, F) batches, checked to agree, and sigma a (C,) vector with C dividing F."""
+def _batch_args(op, x_real, x_fake, sigma, eps=None, half=False):
+    """(m, F) of the op's (m, F) batches, checked to agree in shape and dtype, with sigma a (C,) vector in their
+    accumulation dtype with C dividing F, and eps (given) their noisy rows in their dtype."""
     if x_real is None and x_fake is None:
         raise ValueError(f"fastgan::{op}: x_real and x_fake are both None")
-    x0 = x_real if x_real is not None else x_fake
-    _checks.op_shapes(op, ("x_real" if x_real is not None else "x_fake", x0, (None, None)))
+    name0, x0 = ("x_real", x_real) if x_real is not None else ("x_fake", x_fake)
+    _checks.op_shapes(op, (name0, x0, (None, None)))
     m, F = x0.shape
-    _checks.op_shapes(op, ("x_fake", x_fake, (m, F)), ("sigma", sigma, (None,)))
+    _checks.op_shapes(op, ("x_fake", x_fake, (m, F)), ("sigma", sigma, (None,)), ("eps", eps, (_n_noisy(m, half), F)))
     if sigma is not None and (sigma.shape[0] < 1 or F % sigma.shape[0]):
         raise ValueError(f"fastgan::{op}: sigma's {sigma.shape[0]} channels must divide the rows' {F} features")
-    name0 = "x_real" if x_real is not None else "x_fake"
-    _checks.op_dtypes(op, (name0, x0), ("x_fake", x_fake))
-    acc = _checks.acc_dtype(x0.dtype)
-    _checks.op_dtypes(op, (name0, x0), ("sigma", sigma), want=acc,
+    _checks.op_dtypes(op, (name0, x0), ("x_fake", x_fake), ("eps", eps))
+    _checks.op_dtypes(op, (name0, x0), ("sigma", sigma), want=_checks.acc_dtype(x0.dtype),
                       why=f"the accumulation dtype of {name0}'s {x0.dtype}")
     return m, F
 
@@ -65,7 +64,7 @@ def _draw(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma:
           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gaussian draw: reads (seed, offset) from `state`, advances its offset; returns (real, fake, used)
     with used = the [seed, offset] the draw read (for the backward). A missing side gives an empty tensor."""
-    _batch_shapes("noisy_batch_draw", x_real, x_fake, sigma)
+    _batch_args("noisy_batch_draw", x_real, x_fake, sigma)
     _checks.op_shapes("noisy_batch_draw", ("state", state, (3,)))
     _counters("noisy_batch_draw", "state", state)
     return _run_draw(x_real, x_fake, sigma, sigma_value, state, half, backend)
@@ -82,10 +81,8 @@ def _apply(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Tensor], sigma
            sigma_value: float, eps: Optional[torch.Tensor], used: Optional[torch.Tensor], half: bool,
            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """eps given: add it; else replay the Gaussian draw recorded in `used` ([seed, offset]) with sigma."""
-    m, F = _batch_shapes("noisy_batch", x_real, x_fake, sigma)
-    _checks.op_shapes("noisy_batch", ("eps", eps, (_n_noisy(m, half), F)), ("used", used, (2,)))
-    x0 = x_real if x_real is not None else x_fake
-    _checks.op_dtypes("noisy_batch", ("x_real" if x_real is not None else "x_fake", x0), ("eps", eps))
+    _batch_args("noisy_batch", x_real, x_fake, sigma, eps, half)
+    _checks.op_shapes("noisy_batch", ("used", used, (2,)))
     if used is not None:
         _counters("noisy_batch", "used", used)
     return _run_apply(x_real, x_fake, sigma, sigma_value, eps, used, half, backend)
