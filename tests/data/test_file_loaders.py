@@ -118,7 +118,7 @@ def test_real_fashion_mnist_default_path():
 
 
 # ---- CIFAR-10 --------------------------------------------------------------------------------------------
-def write_cifar(folder, n_per_batch=3):
+def write_cifar(folder, n_per_batch=3, protocol=2):
     folder.mkdir()
     rng = np.random.default_rng(1)
     batches = {}
@@ -126,12 +126,13 @@ def write_cifar(folder, n_per_batch=3):
         data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
         batches[name] = data
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": [0] * n_per_batch, b"data": data}, f, protocol=2)
+            pickle.dump({b"batch_label": name.encode(), b"labels": [0] * n_per_batch, b"data": data}, f, protocol=protocol)
     return batches
 
 
-def test_cifar_folder(tmp_path):
-    batches = write_cifar(tmp_path / "cifar-10-batches-py")
+@pytest.mark.parametrize("protocol", [2, 4, 5])  # 2: the published files; 5 (numpy's _frombuffer): re-saved ones
+def test_cifar_folder(tmp_path, protocol):
+    batches = write_cifar(tmp_path / "cifar-10-batches-py", protocol=protocol)
     train = np.concatenate([batches[f"data_batch_{i}"] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
     check_images(build_dataset(DataConfig(name="cifar10", path=str(tmp_path))), train)  # parent folder works
     ds = build_dataset(DataConfig(name="cifar10", path=str(tmp_path / "cifar-10-batches-py"), split="test"))
