@@ -22,8 +22,10 @@ _ORIENTATION = 0x0112  # the EXIF tag
 def list_images(path) -> list[str]:
     """The image files under path, recursively, symlinked folders included (each real folder once: a link to an
     enclosing folder would loop). Hidden files and folders (a leading dot: macOS's AppleDouble `._name.png`, which
-    is no image, thumbnail caches such as `.cache/`) are left out."""
-    files, seen = [], set()
+    is no image, thumbnail caches such as `.cache/`) are left out. Each real file is listed once, as its first
+    name in walk order, with a warning: a folder of links into a pool beside the pool itself would otherwise train
+    on each image twice, as folders are read once for the same reason."""
+    files, seen, real_files, repeats = [], set(), {}, []
     for root, dirs, names in os.walk(path, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -31,8 +33,18 @@ def list_images(path) -> list[str]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(os.path.join(root, n) for n in sorted(names)
-                     if n.lower().endswith(EXTENSIONS) and not n.startswith("."))
+        for n in sorted(names):
+            if not n.lower().endswith(EXTENSIONS) or n.startswith("."):
+                continue
+            f = os.path.join(root, n)
+            first = real_files.setdefault(os.path.realpath(f), f)
+            if first is f:
+                files.append(f)
+            else:
+                repeats.append((f, first))
+    if repeats:
+        warnings.warn(f"{path}: {len(repeats)} image file name(s) lead to a file already listed (e.g. "
+                      f"{repeats[0][0]} is {repeats[0][1]}); each file is read once", stacklevel=2)
     return files
 
 

@@ -168,6 +168,25 @@ def test_image_folders_follow_symlinked_folders_once(tmp_path):
     assert len(build_dataset(DataConfig(name="image_folder", path=str(root)))) == 3
 
 
+def test_image_folders_read_each_real_file_once(tmp_path):
+    """A folder of links into a pool, beside the pool, read each image twice (once a link)."""
+    from PIL import Image
+
+    from fastgan.data.folder import list_images
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "train").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "pool" / name)
+        os.symlink(tmp_path / "pool" / name, tmp_path / "train" / name)
+    os.symlink(tmp_path / "pool" / "a.png", tmp_path / "pool" / "z.png")  # a second name in the same folder
+    with pytest.warns(UserWarning, match=r"3 image file name\(s\) lead to a file already listed.*pool/z.png is .*pool/a.png"):
+        listed = list_images(tmp_path)
+    assert [os.path.relpath(f, tmp_path) for f in listed] == ["pool/a.png", "pool/b.png"]
+    with pytest.warns(UserWarning, match="read once"):
+        assert len(build_dataset(DataConfig(name="image_folder", path=str(tmp_path)))) == 2
+
+
 def test_image_folders_leave_out_hidden_files_and_folders(tmp_path):
     """macOS's AppleDouble files (`._a.png`, no image) and a thumbnail cache (`.cache/`, other sizes) stopped the
     load on an unreadable file or an image-size mismatch."""
