@@ -120,9 +120,17 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, step: int) -> None:
+def _as_floats(v) -> tuple:
+    return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),)
+
+
+def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, step: int,
+                          scheduled: tuple = ()) -> None:
     """Check a saved optimizer state_dict against opt's parameters before it is loaded: torch accepts moments of
     the wrong shape or a string learning rate and fails steps later with an error naming neither file nor entry.
+    opt is built from the config the checkpoint was written with, so its numeric hyperparameters (lr, betas, eps,
+    weight_decay, ...) must be the saved ones too, but for the keys in `scheduled`, which the run changes as it
+    goes: torch would train on an edited or damaged value (a negative lr: gradient ascent) without a word.
     Raises CheckpointError naming path and the entry (method.optimizers.<name>...)."""
     where = f"checkpoint {path}: method.optimizers.{name}"
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) or \
@@ -153,6 +161,9 @@ def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, st
                 continue  # flags (amsgrad, foreach, ...) are torch's to check
             if not ok:
                 raise CheckpointError(f"{gw}.{key}: must be {want}, got {got!r}")
+            if key not in scheduled and _as_floats(got) != _as_floats(value):
+                raise CheckpointError(f"{gw}.{key}: {got!r}, where the config it was written with gives {value!r} "
+                                      "(an edited or damaged checkpoint)")
         params.update(zip(g["params"], cur["params"]))
     state = saved["state"]
     for pid, entry in state.items():

@@ -452,9 +452,10 @@ class _Run:
         method, step = state["method"], state["step"]
         opts = method.get("optimizers")
         if isinstance(opts, dict):
+            scheduled = ("lr", "momentum") if self.cfg.optim.scheduled else ()
             for k, opt in self.method.optimizers.items():
                 if k in opts:
-                    ckpt.check_optimizer_state(path, k, opts[k], opt, step)
+                    ckpt.check_optimizer_state(path, k, opts[k], opt, step, scheduled)
         try:
             self.method.load_state_dict(method)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:

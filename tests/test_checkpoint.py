@@ -125,6 +125,11 @@ def _d(s):
      r"method\.optimizers\.D\.param_groups\[0\]\.lr: must be a finite number, got 'x'"),
     (lambda s: _opt(s)["param_groups"][0].__setitem__("betas", (0.5,)),
      r"method\.optimizers\.D\.param_groups\[0\]\.betas: must be 2 finite numbers"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("lr", -_opt(s)["param_groups"][0]["lr"]),
+     r"method\.optimizers\.D\.param_groups\[0\]\.lr: -0\.001, where the config it was written with gives 0\.001 "
+     r"\(an edited or damaged checkpoint\)"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("betas", (0.9, 0.999)),
+     r"method\.optimizers\.D\.param_groups\[0\]\.betas: \(0\.9, 0\.999\), where the config .* gives \(0\.5, 0\.999\)"),
     (lambda s: _opt(s)["state"].clear(), r"method\.optimizers\.D\.state: empty \(no Adam moments\).*at step 2"),
     (lambda s: _opt(s)["state"][0].pop("exp_avg"), r"method\.optimizers\.D\.state\[0\]: lacks exp_avg"),
     (lambda s: s.__setitem__("step", -5), r"step must be a non-negative integer, got -5"),
@@ -144,7 +149,8 @@ def _d(s):
     (lambda s: _d(s).__setitem__("zzz", torch.zeros(1)),
      r'MLPDiscriminator: Unexpected key\(s\) in state_dict: "zzz"'),
     (lambda s: _d(s).pop("net.0.bias"), r'MLPDiscriminator: Missing key\(s\) in state_dict: "net\.0\.bias"'),
-], ids=["exp_avg-shape", "exp_avg_sq-dtype", "lr-string", "betas-length", "state-cleared", "moment-missing",
+], ids=["exp_avg-shape", "exp_avg_sq-dtype", "lr-string", "betas-length", "lr-negated", "betas-edited",
+        "state-cleared", "moment-missing",
         "step-negative", "step-float", "step-string", "config-string", "config-invalid", "rng-python-missing",
         "rng-numpy-bad", "rng-python-overflow", "rng-numpy-overflow", "weight-shape", "extra-key", "missing-key"])
 @pytest.mark.parametrize("how", ["run.dir", "folder"])
