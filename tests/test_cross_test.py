@@ -600,7 +600,9 @@ def test_each_d_calls_real_above_its_own_threshold():
     assert (r["model1"]["tp"], r["model2"]["tp"]) == (0.75, 0.0)
     assert (r["model1"]["threshold"], r["model2"]["threshold"]) == (0.0, 0.5)
     assert r["model1"]["cross_fp"] == 1.0 and r["model2"]["cross_fp"] == 0.0
-    for bad, match in ((float("nan"), r"threshold: expected a finite number"), ("0", r"threshold: expected")):
+    assert real_fraction(d, x, threshold=np.float32(0.5)) == real_fraction(d, x, threshold=torch.tensor(0.5)) == 0.0
+    for bad, match in ((float("nan"), r"threshold: expected a finite number"), ("0", r"threshold: expected"),
+                       (torch.tensor([0.5, 0.5]), r"threshold: expected"), (np.bool_(True), r"threshold: expected")):
         with pytest.raises(ValueError, match=match):
             real_fraction(d, x, threshold=bad)
     with pytest.raises(ValueError, match=r"thresholds: expected two numbers"):

@@ -42,13 +42,20 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf)")
 
 
-def positive_float(v, name: str) -> float:
-    """A finite number > 0 (a Python or numpy number, or a one-element tensor)."""
+def real_number(v):
+    """v as a float if it is a real number (a Python or numpy number, or a one-element real tensor), else None."""
     if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        return None
+    return float(v)
+
+
+def positive_float(v, name: str) -> float:
+    """A finite number > 0 (a Python or numpy number, or a one-element tensor)."""
+    if real_number(v) is None:
         raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
-    v = float(v)
+    v = real_number(v)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: must be finite and > 0, got {v!r}")
     return v

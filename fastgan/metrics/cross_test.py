@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._errors import first_line
-from ._args import as_points, check_finite, positive_int
+from ._args import as_points, check_finite, positive_int, real_number
 
 
 def _samples(x, name: str) -> torch.Tensor:
@@ -44,9 +44,10 @@ def real_fraction(D: nn.Module, x, batch_size: int = 1024, *, threshold: float =
 
 
 def _threshold(t, name: str) -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+    v = real_number(t)  # numpy scalars and 0-d tensors too, as the other metrics' numbers
+    if v is None or not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite number (the logit above which D calls a sample real), got {t!r}")
-    return float(t)
+    return v
 
 
 def _real_fraction(D, x: torch.Tensor, batch_size: int, d_name: str, threshold: float) -> float:

@@ -47,14 +47,14 @@ def _stats(v, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if len(v) != 2:
             raise ValueError(f"{name}: expected features (N, D) or a (mean, covariance) pair, got {len(v)} items")
         mu, cov = (as_points(t, name).to(torch.float64) for t in v)
-        if mu.dim() != 1 or cov.shape != (mu.shape[0], mu.shape[0]):
-            raise ValueError(f"{name}: expected mean (D,) and covariance (D, D), got {tuple(mu.shape)} and "
-                             f"{tuple(cov.shape)}")
+        if mu.dim() != 1 or mu.shape[0] == 0 or cov.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{name}: expected mean (D,) and covariance (D, D) with D >= 1, got {tuple(mu.shape)} "
+                             f"and {tuple(cov.shape)}")
         check_finite(mu, name)
         check_finite(cov, name)
         cov = cov.to(mu.device)
         # a covariance is symmetric positive semi-definite; anything else has no Gaussian to compare
-        scale = float(cov.abs().max()) if cov.numel() else 0.0
+        scale = float(cov.abs().max())
         tol = 1e-6 * max(scale, 1e-300)
         if float((cov - cov.T).abs().max()) > tol or float(torch.linalg.eigvalsh(cov).min()) < -tol * cov.shape[0]:
             raise ValueError(f"{name}: the covariance is not symmetric positive semi-definite")

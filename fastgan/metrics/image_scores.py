@@ -72,8 +72,12 @@ def fmnist_scores(samples, real=None, *, classifier: FashionMNISTNet | None = No
     `fd` (Fréchet distance to `real`: images of the same form, or a (mean, covariance) pair from
     `real_stats`; None without real), `score` and `score_std` (classifier score over `splits` parts).
     Values outside [-1, 1] are refused; all values >= 0 (images in [0, 1]?) warn."""
+    splits = positive_int(splits, "splits")
     net = classifier if classifier is not None else load_fmnist_classifier(as_points(samples, "samples").device)
     feats, logits = classify(samples, net, batch_size, "samples")
+    if feats.shape[0] < 2 * splits:  # classifier_score's own error would name its "logits"
+        raise ValueError(f"samples: {feats.shape[0]} images cannot make splits={splits} parts of at least 2 "
+                         f"(give at least {2 * splits} or fewer splits)")
     mean, std = classifier_score(logits, splits)
     out = {"fd": None, "score": mean, "score_std": std, "samples": int(feats.shape[0])}
     if real is not None:

@@ -32,7 +32,11 @@ def mode_metrics(samples, means, std: float, threshold: float = 3.0,
     x = samples.detach().to(torch.float64)
     mu = means.detach().to(device=x.device, dtype=torch.float64)
     finite = torch.isfinite(x).all(1)
-    d = torch.cdist(torch.where(finite[:, None], x, torch.zeros_like(x)), mu)
+    # differences, not cdist's default matrix-product form past 25 rows, which loses ~1e-16 of ||x||^2: points far
+    # from the origin relative to std crossed the threshold (2000 points within 2.9 std of modes at 1000 with
+    # std 1e-5 read 92% high quality); K is a handful of modes, so the exact form costs little
+    d = torch.cdist(torch.where(finite[:, None], x, torch.zeros_like(x)), mu,
+                    compute_mode="donot_use_mm_for_euclid_dist")
     dist, idx = d.min(1)
     good = finite & (dist <= threshold * std)
     k = mu.shape[0]

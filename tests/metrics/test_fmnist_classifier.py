@@ -137,6 +137,14 @@ def test_images_in_0_1_warn():
         fmnist_scores(torch.rand(20, 1, 28, 28), classifier=FashionMNISTNet())
 
 
+def test_too_few_samples_for_the_splits_are_named_as_samples():
+    with pytest.raises(ValueError, match=r"^samples: 19 images cannot make splits=10 parts of at least 2"):
+        fmnist_scores(torch.zeros(19, 1, 28, 28) - 0.5, classifier=FashionMNISTNet())
+    with pytest.raises(ValueError, match=r"^samples: 5 images cannot make splits=3"):
+        fmnist_scores(torch.zeros(5, 1, 28, 28) - 0.5, classifier=FashionMNISTNet(), splits=3)
+    assert fmnist_scores(torch.zeros(6, 1, 28, 28) - 0.5, classifier=FashionMNISTNet(), splits=3)["samples"] == 6
+
+
 def test_bad_real_and_classifier():
     x = torch.zeros(20, 1, 28, 28) - 0.5
     with pytest.raises(ValueError, match=r"^real: expected Fashion-MNIST images"):

@@ -71,6 +71,7 @@ def test_statistics_pair_equals_features():
     ([[0.0, 1.0]], torch.zeros(10, 2), ValueError, r"^a: expected features \(N, D\) or a \(mean, covariance\)"),
     ((torch.zeros(3), torch.zeros(2, 2)), torch.zeros(10, 3), ValueError, r"^a: expected mean \(D,\) and covariance"),
     ((torch.zeros(2), -torch.eye(2)), torch.zeros(10, 2), ValueError, r"^a: the covariance is not symmetric positive"),
+    ((torch.zeros(0), torch.zeros(0, 0)), (torch.zeros(0), torch.zeros(0, 0)), ValueError, r"^a: .* with D >= 1"),
     (torch.zeros(10, 2), (torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])), ValueError,
      r"^b: the covariance is not symmetric positive"),
     ("x", torch.zeros(10, 3), TypeError, r"^a: expected a tensor or numpy array"),
