@@ -10,8 +10,11 @@ transforms, which all need an op they can see or re-dispatch.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
+_modules = sys.modules
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
@@ -32,7 +35,48 @@ def ok(*tensors) -> bool:
     for t in tensors:
         if t is not None and (type(t) not in _PLAIN or t.is_meta or _is_wrapped(t)):
             return False
+    if not _backwards_skipped and "torch._dynamo" in _modules:
+        dynamo_loaded()
     return True
+
+
+# The Functions below run where Dynamo does not trace (outside compiled code, or in the eager parts of a compiled
+# step: penalty.eager_under_compile), but a compiled function's loss.backward() runs their backward with Dynamo's
+# frame callback still set, and Dynamo compiles each as a new frame, breaking at the first kernel call: a second of
+# compiling and a warning naming fastgan._C for a js_penalty step on a conv D, ~10% of each later step at B = 4.
+# Once Dynamo is loaded (by then nothing has compiled them yet) their backwards' code is marked to be skipped,
+# nested calls included: no cost to a call, compiled or not. torch versions without the per-code strategy (2.4)
+# keep Dynamo's default.
+_FUNCTIONS: list = []
+_backwards_skipped = False
+
+
+def function(cls):
+    """Class decorator for the eager torch.autograd.Functions (see _FUNCTIONS)."""
+    _FUNCTIONS.append(cls)
+    if _backwards_skipped:
+        _skip_backward(cls)
+    return cls
+
+
+def dynamo_loaded() -> None:
+    """Mark the Functions' backwards (once; called where Dynamo is found loaded)."""
+    global _backwards_skipped
+    if _backwards_skipped:
+        return
+    _backwards_skipped = True
+    for cls in _FUNCTIONS:
+        _skip_backward(cls)
+
+
+def _skip_backward(cls) -> None:
+    try:
+        from torch._dynamo.eval_frame import set_code_exec_strategy
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
+
+        set_code_exec_strategy(cls.backward.__code__, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+    except (ImportError, AttributeError, TypeError, RuntimeError):  # a private API: where it differs, the default
+        pass
 
 
 def refuse_differentiating_transforms(tensors, module=None) -> None:

@@ -28,6 +28,7 @@ _GO_DIV = {"mean": lambda B: max(B, 1), "sum": lambda B: 1, "none": lambda B: 0}
 # the 2-core CI machine, more than the whole reference step at small sizes). Eagerly, a plain
 # autograd.Function calls the same implementations; under torch.compile the custom ops of denoiser_ops.py are used.
 
+@_eager.function
 class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, h, noise, *params):
@@ -63,6 +64,7 @@ class _EagerLoss(torch.autograd.Function):
         return (None, dh, dnoise, *dweights, *dbiases, *dgammas, *dbetas)
 
 
+@_eager.function
 class _EagerRecon(torch.autograd.Function):
     """l_n = ||h_n - target_n||^2 with target a constant (the generator's term): gradient into h only.
     The kernels' first operand is h, so their dy is dl/dh as it stands."""
@@ -90,6 +92,7 @@ class _EagerRecon(torch.autograd.Function):
         return None, dh, None, None
 
 
+@_eager.function
 class _EagerBnRelu(torch.autograd.Function):
     """The public bn_relu called eagerly: the custom op's kernels without torch.library's autograd wrapper, which
     cost more than the whole torch layer (F.batch_norm + relu and their backward) at small sizes."""
@@ -121,6 +124,7 @@ class _EagerBnRelu(torch.autograd.Function):
         return None, dy, dbias if bias is not None else None, dgamma, dbeta
 
 
+@_eager.function
 class _EagerForward(torch.autograd.Function):
     """r(h) with gradients: the whole network in one Function (its layers' kernels, one walk down in the
     backward), where the per-layer custom op would pay torch.library's autograd wrapper once per layer."""

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, _dispatch, _hooks
+from . import _checks, _dispatch, _eager, _hooks
 from .compiled_d import uncompiled
 from .closed_form_maps import (CONVS, LinearMap, _blocked, batch_total, bias_grad, channel_sum, per_channel,
                                per_sample)
@@ -274,6 +274,7 @@ def load_layers(ctx):
     return layers, extra, inputs
 
 
+@_eager.function
 class ClosedForm(torch.autograd.Function):
     """The backward of both MLP closed forms (this module's and mlp_penalty_bn's): ctx.grads(ctx, layers, extra,
     g_per, g_psi) -> [(d_bias, d_weight)] from the last Linear/BatchNorm to the first, or, in a backward with

@@ -235,6 +235,7 @@ def _backward_backward(ctx, a_dxr, a_dxf, a_noise):
 _backward_op.register_autograd(_backward_backward, setup_context=_setup_backward_op)
 
 
+@_eager.function
 class _Draw(torch.autograd.Function):
     """Autograd for the state-mutating draw through torch.ops.fastgan.noisy_batch_draw (torch.library refuses
     register_autograd on mutating ops); the eager path has _EagerDraw."""
@@ -259,6 +260,7 @@ class _Draw(torch.autograd.Function):
 # Outside tracing (_eager.ok) the kernels run through these plain autograd.Functions, skipping the custom-op
 # dispatcher's ~100 us a call; same runners, same backward formulas, same dispatch counts.
 
+@_eager.function
 class _EagerApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_real, x_fake, sigma, sigma_value, eps, used, half, backend):
@@ -268,6 +270,7 @@ class _EagerApply(torch.autograd.Function):
     backward = staticmethod(_backward_apply)
 
 
+@_eager.function
 class _EagerBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma, half, backend):
@@ -280,6 +283,7 @@ class _EagerBackward(torch.autograd.Function):
     backward = staticmethod(_backward_backward)
 
 
+@_eager.function
 class _EagerDraw(torch.autograd.Function):
     """_Draw's eager counterpart. sigma keeps the caller's shape (no reshape node in the graph). What the backward
     reads is kept only where it needs it: for sigma's gradient the draw's state (`used`) and, on the cpu backend,
@@ -332,6 +336,7 @@ class _EagerDraw(torch.autograd.Function):
         return dx_r, dx_f, d_sigma, None
 
 
+@_eager.function
 class _EagerEps(torch.autograd.Function):
     """_EagerApply for the noise generator's eps on the plain path (_plain_call): the non-tensor arguments in one
     tuple and one ctx field (Function.apply and each ctx attribute cost per item, at a call of ~40 us)."""

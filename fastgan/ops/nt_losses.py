@@ -303,6 +303,7 @@ _nt_backward.register_autograd(_backward_backward, setup_context=_setup_backward
 # Outside tracing (_eager.ok) the kernels run through these plain autograd.Functions, skipping the custom-op
 # dispatcher's ~100 us a call; same runners, same backward formulas, same dispatch counts.
 
+@_eager.function
 class _EagerNT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits_real, logits_fake, mu, mu_value, kind, reduction, js, backend):
@@ -312,6 +313,7 @@ class _EagerNT(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
+@_eager.function
 class _EagerNTBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, go, gw_real, gw_fake, logits_real, logits_fake, mu, mu_value, kind, reduction, backend):

@@ -299,6 +299,7 @@ def terms(grad: torch.Tensor, logits: torch.Tensor, weight: int, weight2: int, s
     return torch.ops.fastgan.grad_norm_penalty_terms(grad, logits, weight, weight2, split, div, backend)
 
 
+@_eager.function
 class _EagerPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, logits, weight, backend):
@@ -317,6 +318,7 @@ class _EagerPenalty(torch.autograd.Function):
         return dgrad, dlogits, None, None
 
 
+@_eager.function
 class _EagerPenaltyBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, go, grad, logits, weight, backend):
@@ -598,6 +600,7 @@ def eager_under_compile(fn):
             return fn(*args)
         if wrapped is None:
             wrapped = torch.compiler.disable(fn)
+            _eager.dynamo_loaded()
         return wrapped(*args)
     return call
 

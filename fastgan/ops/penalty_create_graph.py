@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _dispatch, _eager
 from .closed_form_maps import dense_affine, per_channel, reduce_dims
 
 MODE_OP = "gradient_penalty"
@@ -37,6 +37,7 @@ def graph_leaves(t: torch.Tensor) -> list:
     return [fn.variable for fn in graph_nodes(t) if getattr(fn, "variable", None) is not None]
 
 
+@_eager.function
 class CreateGraphTap(torch.autograd.Function):
     """Zero, with the gradient of s - s.detach() for the jvp surrogate `diff` = s (its value taken as zero: s itself
     is inf or nan where a logit is infinite, and inf - inf would make the penalty nan). A first-order backward

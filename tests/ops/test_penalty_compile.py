@@ -123,6 +123,39 @@ def test_other_modes_run_eagerly_inside_a_compiled_function(name, mode, auto_jvp
     assert _dispatch.counts[("gradient_penalty", ran)] > before
 
 
+@pytest.mark.parametrize("mode", ["double_backward"])  # jvp's backward runs no eager Function of fastgan's
+def test_dynamo_leaves_the_eager_functions_backwards_alone(mode):
+    """A compiled step's loss.backward() runs the eager Functions' backwards with Dynamo's frame callback still set:
+    Dynamo compiled each as a new frame and broke at its first kernel call (a warning naming fastgan._C, a second
+    of compiling); their code is now marked to be skipped (_eager.function)."""
+    from torch._dynamo import eval_frame
+    from torch._dynamo.utils import counters
+
+    if not hasattr(eval_frame, "set_code_exec_strategy"):
+        pytest.skip(f"torch {torch.__version__} has no per-code frame strategy: Dynamo's default there")
+    factory, make_x, _ = DS["conv_bn_train"]
+    torch.manual_seed(0)
+    D = factory().double()
+    xr, xf = make_x(4).double(), make_x(4).double()
+    want = _grads_and_buffers(copy.deepcopy(D), _loss(mode), xr, xf, calls=1)
+
+    def step(D, xr, xf):
+        _loss(mode)(D, xr, xf).backward()
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        D.zero_grad()
+        torch.compile(step, backend="aot_eager")(D, xr, xf)
+        breaks = "\n".join(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+    assert "backward" in breaks  # the premise: the step's own loss.backward() is a graph break
+    assert "fastgan._C" not in breaks and "lru_cache" not in breaks, breaks
+    for g, w in zip([p.grad for p in D.parameters()], want[0]):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
 def test_double_backward_alone_fails_in_aot_autograd():
     """What the graph break avoids: the same double backward traced by AOT autograd is refused."""
     factory, make_x, _ = DS["conv_bn"]
