@@ -440,8 +440,11 @@ def _parse_noise(noise, x0, n_noisy, mode):
     if noise.dim() == x0.dim():
         want = (n_noisy, *S)
         if tuple(noise.shape) != want:
+            per_channel = (S[0],) + (1,) * (len(S) - 1) if S else ()
             hint = (f"; a sigma tensor has fewer dimensions than x ({x0.dim()}), e.g. shape () or (1,)"
-                    if noise.numel() == 1 else "")
+                    if noise.numel() == 1 else
+                    f"; a per-channel sigma has x's sample dimensions without the batch's: shape {per_channel}"
+                    if noise.shape[0] == 1 and tuple(noise.shape[1:]) == per_channel else "")
             raise ValueError(f"noise (eps) must have shape {want} (the noisy rows of mode {mode!r}), got "
                              f"{tuple(noise.shape)}{hint}")
         return "eps", noise, 1

@@ -621,8 +621,10 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.tensor("x_real", x_real, min_dim=1)
     _checks.tensor("x_fake", x_fake, min_dim=1)
     _checks.same_device(x_real=x_real, x_fake=x_fake)
-    if x_real.shape[1:] != x_fake.shape[1:]:
-        raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}")
+    if x_real.dim() != x_fake.dim() or x_real.shape[1:2] != x_fake.shape[1:2]:
+        # sizes past the channels may differ: a fully convolutional D takes two resolutions, as two calls would
+        raise ValueError(f"x_real has sample shape {tuple(x_real.shape[1:])} but x_fake has {tuple(x_fake.shape[1:])}"
+                         f": their ranks and features/channels (dim 1) must match")
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)

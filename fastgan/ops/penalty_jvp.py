@@ -607,8 +607,8 @@ def js_penalty_mlp(D, x_real, x_fake, backend, mode):
     ("auto" runs that one by the double backward; an explicit "mlp" raises, naming it)."""
     _pen.require_samples("x_real", x_real, mode)
     _pen.require_samples("x_fake", x_fake, mode)
-    if not (x_real.shape[0] and x_fake.shape[0]):
-        return None
+    if not (x_real.shape[0] and x_fake.shape[0]) or x_real.shape[1:] != x_fake.shape[1:]:
+        return None  # a fully convolutional D may take two sizes: no one joint batch then
     device = x_real.device.type
     # conv: looked for only where the rule asks (a module walk, cheaper than plan())
     conv = device not in JOINT_MLP_DEVICES and isinstance(D, nn.Module) and \

@@ -180,3 +180,34 @@ def test_one_joint_pass_inside_a_compiled_function(monkeypatch, mode):
             assert torch.equal(g[4][n], w[4][n]), n
         for n in w[3]:
             torch.testing.assert_close(g[3][n], w[3][n], rtol=1e-12, atol=1e-14)
+
+
+def _fully_convolutional():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
+def test_a_fully_convolutional_d_takes_batches_of_two_resolutions(mode):
+    """js_penalty is what two gradient_penalty calls give, and those take a D that pools globally over real and
+    fake images of different sizes: js_penalty refused them ("x_real has sample shape (3, 8, 8) but x_fake has
+    (3, 12, 12)"). Only the rank and dim 1 (features, channels) must match."""
+    torch.manual_seed(0)
+    D = _fully_convolutional().double()
+    xr, xf = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    a, b = copy.deepcopy(D), copy.deepcopy(D)
+    pen, lr, lf = js_penalty(a, xr, xf, mode=mode)
+    (pen + lr.sum() - lf.sum()).backward()
+    (pr, wr), (pf, wf) = (gradient_penalty(b, xr, "js_real", mode=mode), gradient_penalty(b, xf, "js_fake", mode=mode))
+    (pr + pf + wr.sum() - wf.sum()).backward()
+    torch.testing.assert_close(pen, pr + pf, rtol=1e-12, atol=0)
+    torch.testing.assert_close((lr, lf), (wr, wf), rtol=0, atol=0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-15)
+    for p, q in zip(a.buffers(), b.buffers()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"x_real has sample shape \(3, 8, 8\) but x_fake has \(4, 8, 8\): their "
+                                         r"ranks and features/channels \(dim 1\) must match"):
+        js_penalty(D, xr, torch.randn(2, 4, 8, 8, dtype=torch.float64), mode=mode)
+    with pytest.raises(ValueError, match=r"x_real has sample shape \(3, 8, 8\) but x_fake has \(3, 64\)"):
+        js_penalty(D, xr, torch.randn(2, 3, 64, dtype=torch.float64), mode=mode)

@@ -806,6 +806,9 @@ _Z = torch.zeros(4, 3)
      r"\(6, 3, 4, 4\) here"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.ones(1, 1)), ValueError,
      r"noise \(eps\) must have shape \(4, 3\) .* got \(1, 1\); a sigma tensor has fewer dimensions than x"),
+    (lambda: noisy_clean_batch(torch.zeros(4, 3, 2, 2), None, torch.full((1, 3, 1, 1), 0.5)), ValueError,
+     r"noise \(eps\) must have shape \(4, 3, 2, 2\) .* got \(1, 3, 1, 1\); a per-channel sigma has x's sample "
+     r"dimensions without the batch's: shape \(3, 1, 1\)"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, 4, 3)), ValueError, "noise has 3 dimensions"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(4, 3, dtype=torch.int32)), TypeError, "noise must be a floating"),
     (lambda: noisy_clean_batch(_Z, _Z, torch.zeros(1, device="meta")), ValueError, "noise is on meta"),
