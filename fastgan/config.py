@@ -469,9 +469,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     parts = m.name.split("+")
     for u in parts:
         if u not in UNITS:
-            raise ConfigError(f"method.name: units must be '+'-joined names from {UNITS}, got {u!r} in {m.name!r}")
+            raise ConfigError(f"method.name: units must be '+'-joined names from {UNITS}, got {_shown(u)} in {_shown(m.name)}")
     if len(set(parts)) != len(parts):
-        raise ConfigError(f"method.name: a unit appears twice in {m.name!r}")
+        raise ConfigError(f"method.name: a unit appears twice in {_shown(m.name)}")
     units = m.units
     if "roth" in units:
         if m.roth.penalty == "js" and m.loss != "minimax":
@@ -568,18 +568,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "replayed by run.cuda_graph (the graph holds the values it was captured with); set "
                           "run.cuda_graph=false")
     if not _DEVICE.match(r.device):
-        raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {r.device!r}")
+        raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {_shown(r.device)}")
     if r.parzen and r.parzen_test < 2:
         raise ConfigError(f"run.parzen_test: must be >= 2 with run.parzen (the log-likelihood's standard error), got "
                           f"{r.parzen_test}")
     if r.cuda_graph and not r.device.startswith(("cuda", "auto")):
         raise ConfigError(f"run.cuda_graph: CUDA graphs need run.device='cuda' (or 'cuda:N', 'auto'), got "
-                          f"{r.device!r}")
+                          f"{_shown(r.device)}")
     if cfg.data.image_size is not None and cfg.data.image_size > C_INT_MAX:
         raise ConfigError(f"data.image_size: must be <= {C_INT_MAX} (2**31 - 1, the largest size PIL's resize "
                           f"takes), got {cfg.data.image_size}")
     if not r.name or "/" in r.name or r.name.strip() != r.name:
-        raise ConfigError(f"run.name: must be a non-empty name without '/' or surrounding spaces, got {r.name!r}")
+        raise ConfigError(f"run.name: must be a non-empty name without '/' or surrounding spaces, got {_shown(r.name)}")
     return cfg
 
 
@@ -785,21 +785,21 @@ def parse_override(item: str) -> tuple[str, Any]:
     import yaml
 
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. method.roth.gamma=0.5")
+        raise ConfigError(f"--set {_shown(item)}: expected key=value, e.g. method.roth.gamma=0.5")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set {item!r}: empty key")
+        raise ConfigError(f"--set {_shown(item)}: empty key")
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         problem = str(getattr(e, "problem", "") or "")
         if problem.startswith("duplicate key"):  # valid YAML, not text: taken as text it would hide the mistake
-            raise ConfigError(f"{key}: {problem.split(' (first at')[0]} in --set {item!r}") from None
+            raise ConfigError(f"{key}: {problem.split(' (first at')[0]} in --set {_shown(item)}") from None
         return key, raw
     if "#" in raw and _comment_dropped(raw):
         # 'run.dir=runs/exp #2' read as runs/exp: a resume then continued another run than the one named
-        raise ConfigError(f"{key}: --set {item!r} holds a '#' that YAML reads as a comment (at the start or after "
+        raise ConfigError(f"{key}: --set {_shown(item)} holds a '#' that YAML reads as a comment (at the start or after "
                           f"a space), dropping the rest of the value; quote the value ({key}='\"...\"')")
     return key, value
 
@@ -818,7 +818,7 @@ def check_overrides(overrides) -> list:
     if overrides is None:
         return []
     if isinstance(overrides, (str, bytes)):
-        raise ConfigError(f"overrides: must be a list of 'key=value' strings, got the string {overrides!r}")
+        raise ConfigError(f"overrides: must be a list of 'key=value' strings, got the string {_shown(overrides)}")
     if isinstance(overrides, Mapping) or not isinstance(overrides, Iterable):
         raise ConfigError(f"overrides: must be a list of 'key=value' strings, got {type(overrides).__name__}")
     items = list(overrides)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig
+from .config import TrainConfig, _shown
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Held (flock) by the run writing the folder for its whole life; the file stays, the lock goes with the process.
@@ -220,7 +220,7 @@ def new_run_dir(cfg: TrainConfig) -> tuple[Path, Optional[int]]:
             d = root / f"{base}-{n}"
             continue
         except OSError as e:  # a name too long for the file system, say
-            raise RunFolderError(f"run.name {cfg.run.name!r}: cannot make the run folder {d} "
+            raise RunFolderError(f"run.name {_shown(cfg.run.name)}: cannot make the run folder {d} "
                                  f"({e.strerror or e})") from None
         fd = lock(d)
         claim(fd)

@@ -198,6 +198,21 @@ def test_bad_values_name_the_field(data, message):
         C.from_dict(data)
 
 
+_LONG = "x" * 500
+
+
+@pytest.mark.parametrize("overrides", [
+    [f"run.device={_LONG}"], [f"run.name=/{_LONG}"], [f"run.progress={_LONG}"], [f"method.name=roth+{_LONG}"],
+    [f"run.steps{_LONG}"], [f"={_LONG}"], [f"run.name=a #{_LONG}"], f"run.name={_LONG}",
+])
+def test_an_error_quotes_a_long_value_cut_short(overrides):
+    """docs/training.md: a string at 200 characters, the whole quote at 300; run.device's, run.name's,
+    method.name's and --set's own messages quoted all 500."""
+    with pytest.raises(ConfigError) as e:
+        C.coerce(None, overrides)
+    assert "x" * 90 in str(e.value) and "x" * 201 not in str(e.value) and len(str(e.value)) < 500, str(e.value)
+
+
 def test_numbers_from_yaml_strings_and_ints():
     cfg = C.from_dict({"optim": {"lr_d": "1e-4", "lr_g": 1}, "run": {"steps": "2e3"}})
     assert cfg.optim.lr_d == 1e-4 and isinstance(cfg.optim.lr_g, float) and cfg.run.steps == 2000

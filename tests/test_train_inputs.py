@@ -212,7 +212,7 @@ def test_folder_and_file_errors_name_the_field_and_the_path_at_fault(tmp_path, m
                                                    "file"),
         "link_parent": (f"run.out_dir={link / 'sub'}", f"^run.out_dir {link / 'sub'}: cannot make the folder: {link} "
                                                        "is a link to a missing folder"),
-        "long_name": ("run.name=" + "n" * 300, r"^run.name 'n+': cannot make the run folder .*name too long"),
+        "long_name": ("run.name=" + "n" * 300, r"^run.name 'n+\.\.\.n+': cannot make the run folder .*name too long"),
         "full_disk": (f"run.dir={tmp_path / 'r'}", f"{tmp_path / 'r' / 'config.yaml'}: could not be written \\(No "
                                                    "space left on device\\)"),
     }[case]
