@@ -68,22 +68,31 @@ def _distance(a, b, name_a: str, name_b: str) -> float:
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"{name_b}: has {mu_b.shape[0]} features, {name_a} has {mu_a.shape[0]}")
     mu_b, s_b = mu_b.to(mu_a.device), s_b.to(mu_a.device)
-    # FD(c x, c y) = c^2 FD(x, y): covariances beyond 2^200 (features near 1e30 and up) are scaled down by a power
-    # of 4 (exact in binary) so that the product in S_a^(1/2) S_b S_a^(1/2) cannot overflow, and the distance
-    # scaled back up; smaller ones are left as they are
-    scale = max(float(s_a.abs().max()), float(s_b.abs().max()))
-    k = 4.0 ** (math.frexp(scale)[1] // 2) if scale > 2.0 ** 200 else 1.0
-    if k != 1.0:
-        mu_a, mu_b, s_a, s_b = mu_a / math.sqrt(k), mu_b / math.sqrt(k), s_a / k, s_b / k
+    # FD(c x, c y) = c^2 FD(x, y): inputs whose second-order values (covariance entries, squared means) reach
+    # past 2^200 (features near 1e30 and up) are scaled down by a power of 2 (exact) so that the product in
+    # S_a^(1/2) S_b S_a^(1/2) cannot overflow, those all below 2^-200 (features near 1e-30 and below: at 1e-90 the
+    # product underflowed and the distance read 15x its value) scaled up, and the distance scaled back
+    half = _half_exponent(mu_a, mu_b, s_a, s_b)
+    if half:
+        f = 2.0 ** -half
+        mu_a, mu_b, s_a, s_b = mu_a * f, mu_b * f, s_a * f * f, s_b * f * f
     root_a = _sqrt_psd(s_a)
     m = root_a @ s_b @ root_a
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    fd = ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt) * k
+    fd = ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt) * 2.0 ** half * 2.0 ** half
     if not math.isfinite(float(fd)):
         raise ValueError(f"{name_a}, {name_b}: their distance overflows float64: features too large for float64; "
                          f"divide both by a common factor (the distance scales with its square)")
     # equal inputs can land a rounding error below zero
     return max(float(fd), 0.0)
+
+
+def _half_exponent(mu_a, mu_b, s_a, s_b) -> int:
+    """Half the binary exponent of the largest nonzero covariance entry or squared mean where it lies beyond
+    2^+-200, else 0 (clamped to +-1000: 2^+-1000 and its square's halves stay normal floats)."""
+    tops = ((float(t.abs().max()), p) for t, p in ((s_a, 1), (s_b, 1), (mu_a, 2), (mu_b, 2)))
+    e = max((math.frexp(v)[1] * p for v, p in tops if v > 0), default=0)
+    return max(-1000, min(1000, e // 2)) if abs(e) > 200 else 0
 
 
 def _sqrt_psd(s: torch.Tensor) -> torch.Tensor:

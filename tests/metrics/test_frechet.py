@@ -140,8 +140,9 @@ def test_features_whose_covariance_overflows_are_named(scale):
         frechet_distance(a + 1e200, a)  # finite statistics, a distance beyond float64
 
 
-@pytest.mark.parametrize("scale", [1e40, 1e100, 1e150])
+@pytest.mark.parametrize("scale", [1e40, 1e100, 1e150, 1e-40, 1e-90, 1e-150])
 def test_large_finite_covariances_scale_with_the_square(scale):
-    # S_a^(1/2) S_b S_a^(1/2) overflowed (eigh failed) from features near 1e77 on; FD(c x, c y) = c^2 FD(x, y)
+    # S_a^(1/2) S_b S_a^(1/2) overflowed (eigh failed) from features near 1e77 on, and underflowed from ~1e-80
+    # (15x the distance at 1e-90); FD(c x, c y) = c^2 FD(x, y)
     a, b = _correlated(40, 5, 8), _correlated(50, 5, 9, shift=0.5, scale=1.5)
-    assert frechet_distance(a * scale, b * scale) == pytest.approx(frechet_distance(a, b) * scale ** 2, rel=1e-9)
+    assert frechet_distance(a * scale, b * scale) == pytest.approx(frechet_distance(a, b) * scale ** 2, rel=1e-9, abs=0)
