@@ -485,12 +485,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               f"NTGAN's learned noise (method.nt.noise={m.nt.noise!r}) needs D's logits "
                               "differentiable w.r.t. the noisy inputs; use 'double_backward' or 'auto' (which "
                               "runs the double backward there)")
+        d_bn = [f"model.{k}" for k in ("d_batchnorm", "d_input_batchnorm") if cfg.model.resolved(k)]
         if m.roth.penalty == "f" and m.f_divergence not in LINEAR_F_DIVERGENCES and m.roth.mode in ("jvp", "mlp") \
-                and cfg.model.resolved("d_batchnorm"):
+                and d_bn:
             # Omega_f differentiates T = g_f(psi); the modes differentiate psi (fastgan.methods.roth)
             raise ConfigError(f"method.roth.mode: {m.roth.mode!r} differentiates D's logits psi, but Omega_f for "
                               f"method.f_divergence={m.f_divergence!r} needs the gradient of T = g_f(psi), which "
-                              "model.d_batchnorm's batch statistics make differ from g_f'(psi) grad psi; use "
+                              f"{' and '.join(d_bn)}'s batch statistics make differ from g_f'(psi) grad psi; use "
                               "'double_backward' or 'auto' (which runs it), or a divergence with g_f(psi) = psi "
                               f"{LINEAR_F_DIVERGENCES}")
         if m.roth.mode == "mlp" and cfg.model.arch == "goodfellow":

@@ -76,7 +76,8 @@ def build_discriminator(cfg: ModelConfig, data_shape: tuple) -> Discriminator:
         d = MaxoutDiscriminator(shape, cfg.resolved("d_hidden"), cfg.maxout_pieces, cfg.d_input_dropout,
                                 cfg.d_dropout, bn)
     else:
-        d = DCGANDiscriminator(shape, cfg.dcgan_width, bn, cfg.leaky_slope, activation_name=cfg.dcgan_activation)
+        d = DCGANDiscriminator(shape, cfg.dcgan_width, bn, cfg.leaky_slope, activation_name=cfg.dcgan_activation,
+                               input_batchnorm=cfg.d_input_batchnorm)
     d = _paper_init(cfg, d, "D")
     if cfg.spectral_norm:  # after init: the parametrization keeps the initialised weight as its original
         apply_spectral_norm(d)

@@ -24,7 +24,8 @@ ARCH_DEFAULTS = {
 
 # fields only some architectures read (dcgan_activation, leaky_slope and the hidden widths: see unread_fields)
 ARCH_ONLY = {"mlp_activation": ("mlp",), "maxout_pieces": ("goodfellow",), "d_input_dropout": ("goodfellow",),
-             "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",), "g_output_bias": ("mlp", "goodfellow")}
+             "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",), "g_output_bias": ("mlp", "goodfellow"),
+             "d_input_batchnorm": ("dcgan",)}
 
 
 def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
@@ -70,6 +71,9 @@ class ModelConfig:
     # BatchNorm in G's hidden layers / in D's hidden layers except the first; None: the arch default.
     g_batchnorm: Optional[bool] = None
     d_batchnorm: Optional[bool] = None
+    # dcgan D: BatchNorm on D's input images, before its first conv (NTGAN 6.3: "When combining SNGAN with NT we
+    # achieved the best results when batch-normalizing the inputs to the discriminator").
+    d_input_batchnorm: bool = False
     # goodfellow D: pieces per maxout unit (1 turns maxout into plain linear + ReLU).
     maxout_pieces: int = field(default=5, metadata={"min": 1})
     # goodfellow D dropout: rate on D's input and on its hidden layers (mnist.yaml: 0.2 and 0.5).

@@ -107,13 +107,14 @@ class DCGANDiscriminator(Discriminator):
     """Features: the last conv block's output, flattened (the input of the final FC)."""
 
     def __init__(self, data_shape: tuple, width: int = 64, batchnorm: bool = True, slope: float = 0.2,
-                 activation_name: str = "relu"):
+                 activation_name: str = "relu", input_batchnorm: bool = False):
         super().__init__()
         _check_activation(activation_name)
         self.data_shape = tuple(data_shape)
         p = plan(self.data_shape)
         act = "leaky_relu" if activation_name == "relu" else "tanh"
-        layers, ch = [nn.Conv2d(p["channels"], width, 3, stride=1, padding=1), activation(act, slope)], width
+        layers = [nn.BatchNorm2d(p["channels"])] if input_batchnorm else []  # NTGAN 6.3's SNGAN + NT
+        layers, ch = layers + [nn.Conv2d(p["channels"], width, 3, stride=1, padding=1), activation(act, slope)], width
         for i in range(p["n_down"]):
             out = width * 2 ** i
             layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1)]

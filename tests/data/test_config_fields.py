@@ -230,16 +230,16 @@ def test_which_data_sets_read_which_fields_is_the_readmes_table():
 def test_which_architectures_read_which_fields_is_the_readmes_table():
     """docs/config.md (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
     goodfellow; `dcgan_width` only for dcgan; `g_output_bias` only for mlp and goodfellow; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
-    g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation only for dcgan."""
+    g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation / d_input_batchnorm only for dcgan."""
     from fastgan.models.config import unread_fields
 
     good = {"maxout_pieces", "d_input_dropout", "d_dropout"}
     assert set(unread_fields("mlp", "tanh")) == good | {"dcgan_width", "dcgan_g_filters", "dcgan_activation",
-                                                        "leaky_slope"}
+                                                        "leaky_slope", "d_input_batchnorm"}
     assert set(unread_fields("mlp", "relu")) == set(unread_fields("mlp", "tanh"))
     assert set(unread_fields("mlp", "leaky_relu")) == set(unread_fields("mlp", "tanh")) - {"leaky_slope"}
     assert set(unread_fields("goodfellow")) == {"mlp_activation", "dcgan_width", "dcgan_g_filters",
-                                                "dcgan_activation", "leaky_slope"}
+                                                "dcgan_activation", "leaky_slope", "d_input_batchnorm"}
     assert set(unread_fields("dcgan", dcgan_activation="relu")) == good | {"mlp_activation", "g_hidden", "d_hidden",
                                                                            "g_output_bias"}
     assert set(unread_fields("dcgan", dcgan_activation="tanh")) == good | {"mlp_activation", "g_hidden", "d_hidden",

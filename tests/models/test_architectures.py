@@ -1,4 +1,6 @@
 """Output shapes and the published layer structure of every architecture."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -189,6 +191,24 @@ def test_batchnorm_and_init_options():
     a = build_generator(ModelConfig(init="torch"), (3,))
     w = a.net[0].weight
     assert (w.abs() > 0.2).any()  # PyTorch default (bound 1/sqrt(2)) exceeds the paper's 2-std cut
+
+
+def test_dcgan_input_batchnorm_normalises_ds_input_images():
+    """NTGAN 6.3: SNGAN + NT batch-normalizes D's inputs; the shipped config does, and other archs refuse it."""
+    from fastgan.config import load_config
+
+    D = build_discriminator(ModelConfig(arch="dcgan", d_batchnorm=False, d_input_batchnorm=True), (1, 28, 28))
+    assert isinstance(D.net[0], nn.BatchNorm2d) and D.net[0].num_features == 1 and isinstance(D.net[1], nn.Conv2d)
+    assert len(_convs(D, nn.BatchNorm2d)) == 1
+    x = torch.randn(6, 1, 28, 28) * 3 + 5
+    D.train()
+    a = D(x)
+    torch.testing.assert_close(D(x * 2 - 1), a)  # batch statistics: the logits ignore an affine map of the input
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "ntgan-fmnist-table3-sngan-nt.yaml")
+    D = build_discriminator(cfg.model, (1, 28, 28))
+    assert isinstance(D.net[0], nn.BatchNorm2d) and len(_convs(D, nn.BatchNorm2d)) == 1
+    with pytest.raises(ValueError, match=r"model\.d_input_batchnorm: only used by arch 'dcgan', got arch 'mlp'"):
+        ModelConfig(arch="mlp", d_input_batchnorm=True)
 
 
 def test_bad_inputs_name_the_argument():

@@ -75,17 +75,19 @@ def test_spectral_norm_option():
     assert convs and all(parametrize.is_parametrized(m, "weight") for m in convs)
 
 
-@pytest.mark.parametrize("batchnorm,sn", [(False, False), (False, True), (True, False)])
-def test_dcgan_discriminator_runs_the_closed_form(batchnorm, sn):
+@pytest.mark.parametrize("batchnorm,sn,input_bn", [(False, False, False), (False, True, False), (True, False, False),
+                                                   (False, True, True)])
+def test_dcgan_discriminator_runs_the_closed_form(batchnorm, sn, input_bn):
     """fastgan's DCGAN D opts into the penalty's closed form (as_sequential): its gradients equal the double
-    backward's, and "auto" picks it (on CPU also with batch statistics)."""
+    backward's, and "auto" picks it (on CPU also with batch statistics), NTGAN 6.3's input BatchNorm included."""
     import copy
 
     from fastgan.ops import _dispatch, js_penalty, penalty_jvp
 
     torch.manual_seed(0)
-    D = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, d_batchnorm=batchnorm, spectral_norm=sn),
-                            (2, 8, 8)).double()
+    D = build_discriminator(ModelConfig(arch="dcgan", dcgan_width=2, d_batchnorm=batchnorm, spectral_norm=sn,
+                                        d_input_batchnorm=input_bn), (2, 8, 8)).double()
+    assert isinstance(D.net[0], torch.nn.BatchNorm2d) == input_bn
     xr, xf = torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.randn(5, 2, 8, 8, dtype=torch.float64)
     assert penalty_jvp.auto_mode(D, xr, "mean") == "mlp"
     grads = []
