@@ -106,7 +106,7 @@ def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_p
     tl.store(dbeta_ptr + cols, s1.to(T), mask=cmask)
     tl.store(dgamma_ptr + cols, s2.to(T), mask=cmask)
     if TRAINING:
-        tl.store(dbias_ptr + cols, (s1 * 0.0).to(T), mask=cmask)
+        tl.store(dbias_ptr + cols, tl.zeros_like(s1).to(T), mask=cmask)  # not s1 * 0: NaN where s1 is
     else:
         tl.store(dbias_ptr + cols, (scale.to(tl.float64) * s1).to(T), mask=cmask)
     m1 = (s1 / B).to(T)

@@ -302,7 +302,7 @@ def _dw_gemm(go_ptr, go_stride, go_div, z_ptr, bias_ptr, h_ptr,
         tl.store(dbeta_ptr + ns, s1.to(T), mask=lead)
         tl.store(dgamma_ptr + ns, s2.to(T), mask=lead)
         if TRAINING:  # the Linear bias cancels in the batch statistics
-            tl.store(db_ptr + ns, (s1 * 0.0).to(T), mask=lead)
+            tl.store(db_ptr + ns, tl.zeros_like(s1).to(T), mask=lead)  # not s1 * 0: NaN where s1 is
         else:
             tl.store(db_ptr + ns, (scale.to(tl.float64) * s1).to(T), mask=lead)
 

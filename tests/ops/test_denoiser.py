@@ -730,3 +730,21 @@ def test_functional_reference_corrupts_with_sigma():
     got = ref.functional_denoiser_loss(h, noise, 0.3, [m.weight for m in lin], [m.bias for m in lin],
                                        [b.weight for b in bns], [b.bias for b in bns], None, None, True)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,gemm", [(b, "torch") for b in CPU_BACKENDS] + [("triton", "tl.dot")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_hidden_biases_get_exact_zeros_beside_non_finite_features(backend, gemm, bad, monkeypatch):
+    """Training-mode BatchNorm cancels a hidden Linear's bias, so its gradient is 0 (docs/ops/denoiser.md) also
+    where a feature is NaN or inf: Triton stored s1 * 0, NaN there, on both GEMM paths (an audit, 2026-12-06)."""
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", gemm)
+    torch.manual_seed(11)
+    den = Denoiser(3, 4, 2, dtype=torch.float64)
+    den.backend = backend
+    h = torch.randn(4, 3, dtype=torch.float64)
+    h[2, 1] = bad
+    before = _dispatch.counts[("denoiser_loss", backend)]
+    den.loss(h, torch.randn(4, 3, dtype=torch.float64)).backward()
+    assert _dispatch.counts[("denoiser_loss", backend)] == before + 1
+    hidden = [m for m in den.net[:-1] if isinstance(m, nn.Linear)]
+    assert len(hidden) == 2 and all(torch.equal(m.bias.grad, torch.zeros(4, dtype=torch.float64)) for m in hidden)
