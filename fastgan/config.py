@@ -469,7 +469,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     parts = m.name.split("+")
     for u in parts:
         if u not in UNITS:
-            raise ConfigError(f"method.name: units must be '+'-joined names from {UNITS}, got {_shown(u)} in {_shown(m.name)}")
+            raise ConfigError(f"method.name: units must be '+'-joined names from {UNITS}, got {_shown(u)} in "
+                              f"{_shown(m.name)}")
     if len(set(parts)) != len(parts):
         raise ConfigError(f"method.name: a unit appears twice in {_shown(m.name)}")
     units = m.units
@@ -800,8 +801,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, raw
     if "#" in raw and _comment_dropped(raw):
         # 'run.dir=runs/exp #2' read as runs/exp: a resume then continued another run than the one named
-        raise ConfigError(f"{key}: --set {_shown(item)} holds a '#' that YAML reads as a comment (at the start or after "
-                          f"a space), dropping the rest of the value; quote the value ({key}='\"...\"')")
+        raise ConfigError(f"{key}: --set {_shown(item)} holds a '#' that YAML reads as a comment (at the start or "
+                          f"after a space), dropping the rest of the value; quote the value ({key}='\"...\"')")
     return key, value
 
 

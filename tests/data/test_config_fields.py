@@ -180,7 +180,8 @@ def test_image_folders_read_each_real_file_once(tmp_path):
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "pool" / name)
         os.symlink(tmp_path / "pool" / name, tmp_path / "train" / name)
     os.symlink(tmp_path / "pool" / "a.png", tmp_path / "pool" / "z.png")  # a second name in the same folder
-    with pytest.warns(UserWarning, match=r"3 image file name\(s\) lead to a file already listed.*pool/z.png is .*pool/a.png"):
+    with pytest.warns(UserWarning, match=r"3 image file name\(s\) lead to a file already listed.*pool/z.png is "
+                                         r".*pool/a.png"):
         listed = list_images(tmp_path)
     assert [os.path.relpath(f, tmp_path) for f in listed] == ["pool/a.png", "pool/b.png"]
     with pytest.warns(UserWarning, match="read once"):

@@ -126,7 +126,8 @@ def write_cifar(folder, n_per_batch=3, protocol=2):
         data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
         batches[name] = data
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": [0] * n_per_batch, b"data": data}, f, protocol=protocol)
+            pickle.dump({b"batch_label": name.encode(), b"labels": [0] * n_per_batch, b"data": data}, f,
+                        protocol=protocol)
     return batches
 
 
