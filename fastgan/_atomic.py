@@ -50,11 +50,14 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
             pass
 
 
+NAME_MAX = 255  # bytes in a file name: ext4's, XFS's, APFS's and NTFS's longest
+
+
 def _temporary_name(name: str) -> str:
-    """'.<name>.<pid>-<thread>-<random>.tmp', with name cut so that the whole stays within 255 bytes (a file
-    system's longest name): a target name of 215-255 bytes failed with the temporary's name in the error."""
+    """'.<name>.<pid>-<thread>-<random>.tmp', with name cut so that the whole stays within NAME_MAX bytes: a
+    target name of 215-255 bytes failed with the temporary's name in the error."""
     tail = f".{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp"
-    room = 255 - 1 - len(tail.encode())
+    room = NAME_MAX - 1 - len(tail.encode())
     return "." + name.encode()[:room].decode(errors="ignore") + tail
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import config as C
-from ._atomic import replacing
+from ._atomic import NAME_MAX, replacing
 from .crosstest import _read, load_run
 from .run_commands import add_device_and_seed, cli_device, positive, run
 from .run_folder import recorded_data_shape, run_info_path
@@ -47,9 +47,9 @@ def _check_out(out) -> Path:
     out = Path(out)
     if out.suffix.lower() not in _FORMATS:
         raise C.ConfigError(f"--out: must end in {' or '.join(_FORMATS)}, got {str(out)!r}")
-    if len(out.name.encode()) > 255:  # any file system's longest name: refused before the run is read and drawn
-        raise C.ConfigError(f"--out: its file name is {len(out.name.encode())} bytes; a file system takes 255 at "
-                            "most")
+    if len(out.name.encode()) > NAME_MAX:  # refused before the run is read and drawn
+        raise C.ConfigError(f"--out: its file name is {len(out.name.encode())} bytes; a file system takes "
+                            f"{NAME_MAX} at most")
     if out.is_dir():
         raise C.ConfigError(f"--out: {str(out)!r} is a folder; give a file in it")
     for parent in out.parents:  # the first that exists must be a folder: mkdir would say "File exists" late

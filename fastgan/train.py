@@ -220,10 +220,9 @@ def _check_resumed_data(run_dir: Path, dataset, path: Path) -> None:
                               "the data it trained on, or start a new run")
 
 
-def _check_resumed_data_path(cfg: TrainConfig, run_dir: Path) -> None:
+def _check_resumed_data_path(cfg: TrainConfig, recorded: Optional[str]) -> None:
     """A relative data.path is read from the folder the resume runs in: another file of that name there was
-    trained on, silently. It must be the file the run trained on (run_info.json's data_path)."""
-    recorded = recorded_data_path(run_dir)
+    trained on, silently. It must be the file the run trained on (`recorded`: run_info.json's data_path)."""
     here = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
     if recorded and here and here != recorded:
         raise ConfigError(f"data.path: {cfg.data.path!r} is {here} here, but the run trained on {recorded} "
@@ -373,8 +372,9 @@ class _Run:
             path = run_dir / CHECKPOINT
             state = ckpt.load(path)
             saved = _checkpoint_config(state, path)
-            cfg = _merge_for_resume(saved, cfg, path, recorded_data_path(run_dir))
-            _check_resumed_data_path(cfg, run_dir)
+            recorded = recorded_data_path(run_dir)
+            cfg = _merge_for_resume(saved, cfg, path, recorded)
+            _check_resumed_data_path(cfg, recorded)
         seed = cfg.run.seed
         torch.manual_seed(seed)
         random.seed(seed)

@@ -437,10 +437,10 @@ def _parse_noise(noise, x0, n_noisy, mode):
         return "sigma", value, 1
     _checks.tensor("noise", noise)
     _checks.same_device(x=x0, noise=noise)
+    per_channel = (S[0],) + (1,) * (len(S) - 1) if S else ()  # a per-channel sigma's shape
     if noise.dim() == x0.dim():
         want = (n_noisy, *S)
         if tuple(noise.shape) != want:
-            per_channel = (S[0],) + (1,) * (len(S) - 1) if S else ()
             hint = (f"; a sigma tensor has fewer dimensions than x ({x0.dim()}), e.g. shape () or (1,)"
                     if noise.numel() == 1 else
                     f"; a per-channel sigma has x's sample dimensions without the batch's: shape {per_channel}"
@@ -451,7 +451,6 @@ def _parse_noise(noise, x0, n_noisy, mode):
     if noise.dim() < x0.dim():
         if noise.numel() == 1:
             return "sigma", noise, 1
-        per_channel = (S[0],) + (1,) * (len(S) - 1)
         if len(S) >= 1 and tuple(noise.shape) == per_channel:
             return "sigma", noise, S[0]
         raise ValueError(f"noise (sigma) must have one element or the per-channel shape {per_channel}, got "
