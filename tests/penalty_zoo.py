@@ -75,6 +75,13 @@ def conv_bn_eval_conv_head():
     return D.eval()
 
 
+def dcgan_unflattened():
+    """The DCGAN tutorial's D: strided convolutions, BatchNorm2d batch statistics, and a one-channel convolution as
+    the output layer with no Flatten after it, so D returns (B, 1, 1, 1)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1, bias=False), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1, bias=False),
+                         nn.BatchNorm2d(16), nn.LeakyReLU(0.2), nn.Conv2d(16, 1, 2, 1, 0, bias=False))
+
+
 def conv1d_dilated():
     """Conv1d with stride, dilation and padding, BatchNorm1d on (B, C, L) with batch statistics."""
     return nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2), nn.BatchNorm1d(4), nn.LeakyReLU(0.2),
@@ -183,6 +190,7 @@ DS = {
     "conv_bn_eval_conv_head": (conv_bn_eval_conv_head, IMG, "mlp"),
     "conv_spectral": (conv_spectral, IMG, "mlp"),
     "conv_bn_train": (conv_bn_train, IMG, "jvp"),  # batch statistics, as mlp_bn_train
+    "dcgan_unflattened": (dcgan_unflattened, IMG, "jvp"),  # logits (B, 1, 1, 1); batch statistics
     "conv1d_dilated": (conv1d_dilated, SEQ, "jvp"),
     "conv3d_bn_train": (conv3d_bn_train, VOL, "jvp"),
     "conv_bn": (lambda: models.ConvBND(3, 8, 8), IMG, "jvp"),
@@ -191,5 +199,5 @@ DS = {
     "attention": (AttentionD, IMG, "jvp"),
 }
 # the Ds mode="mlp" (the closed form) runs: on CUDA "auto" picks it for all but those with batch statistics
-MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "conv1d_dilated",
-                                                     "conv3d_bn_train"]
+MLPS = [k for k, v in DS.items() if v[2] == "mlp"] + ["mlp_bn_train", "conv_bn_train", "dcgan_unflattened",
+                                                     "conv1d_dilated", "conv3d_bn_train"]

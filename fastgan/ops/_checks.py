@@ -62,6 +62,12 @@ def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
     return x
 
 
+def one_per_sample(logits: torch.Tensor) -> bool:
+    """Whether logits hold one value per sample: (B,), or (B, 1, ..., 1) as a D ending in a one-channel
+    convolution returns (B, 1, 1, 1)."""
+    return logits.dim() >= 1 and all(n == 1 for n in logits.shape[1:])
+
+
 def same_device(**tensors: torch.Tensor) -> None:
     items = list(tensors.items())
     first_name, first = items[0]

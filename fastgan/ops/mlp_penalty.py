@@ -155,8 +155,6 @@ def plan(D, x: torch.Tensor | None = None):
                                                         else last.out_channels)
     if width != 1:
         return None, f"D's output has {width} values per sample, not 1"
-    if rank is not None and rank > 2:
-        return None, f"D's output has rank {rank}: logits must be (B,) or (B, 1) (end with nn.Flatten())"
     return steps, ""
 
 
@@ -322,8 +320,8 @@ def primal_chain(x, steps, tensors, norm):
             act = _Act(kind, m)
             h, key = act.forward(h)
             layers.append({"kind": kind, "act": act, "key": key})
-    if h.numel() != B or h.dim() > 2:
-        raise ValueError(f"D's output has shape {tuple(h.shape)}: logits must be (B,) or (B, 1)")
+    if h.shape[:1] != (B,) or not _checks.one_per_sample(h):
+        raise ValueError(f"D's output has shape {tuple(h.shape)}: logits must be (B,) or (B, 1, ..., 1)")
     layers[-1]["out_shape"] = tuple(h.shape)
     return h.reshape(B), layers
 

@@ -331,8 +331,8 @@ _eager_backward = _eager.apply_of(_EagerNTBackward)
 
 def _logits(name: str, t) -> torch.Tensor:
     _checks.tensor(name, t)
-    if not (t.dim() == 1 or (t.dim() == 2 and t.shape[1] == 1)):
-        raise ValueError(f"{name} must have shape (N,) or (N, 1), got {tuple(t.shape)}")
+    if not _checks.one_per_sample(t):
+        raise ValueError(f"{name} must have shape (N,) or (N, 1, ..., 1), got {tuple(t.shape)}")
     return t if t.dim() == 1 else t.reshape(t.shape[0])
 
 

@@ -354,8 +354,8 @@ def _check_inputs(grad, logits, weight, reduction):
     _checks.tensor("logits", logits)
     _checks.same_device(grad=grad, logits=logits)
     B = grad.shape[0]
-    if not (logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)):
-        raise ValueError(f"logits must have shape (B,) or (B, 1), got {tuple(logits.shape)}")
+    if not _checks.one_per_sample(logits):
+        raise ValueError(f"logits must have shape (B,) or (B, 1, ..., 1), got {tuple(logits.shape)}")
     if logits.shape[0] != B:
         raise ValueError(f"logits has batch size {logits.shape[0]} but grad has batch size {B}")
     _check_weight(weight)
@@ -366,7 +366,7 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
                       reduction: str = "mean", backend: str | None = None) -> torch.Tensor:
     """Per-sample w(psi_n) * ||grad_n||^2 over all non-batch dims, reduced with `reduction`.
 
-    grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1).
+    grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1, ..., 1).
     weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), or a callable psi -> w(psi)
     (runs on the reference path; the general f-GAN weighting). Differentiable w.r.t. grad and logits, to
     any order. Returns float32 (float64 when an input is float64).
@@ -429,8 +429,9 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"D must return a tensor of logits, got {type(logits).__name__}")
     B = x.shape[0]
-    if logits.shape not in ((B,), (B, 1)):
-        raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1), got {tuple(logits.shape)}")
+    if logits.shape[:1] != (B,) or not _checks.one_per_sample(logits):
+        raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1, ..., 1), got "
+                         f"{tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"D must return floating-point logits, got {logits.dtype}")
     # logits already (B,) pass as they are: a no-op reshape is a view node the update's backward runs twice
@@ -459,7 +460,7 @@ PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
 
 def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",
                      backend: str | None = None, mode: str = "double_backward"):
-    """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1).
+    """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1, ..., 1).
 
     penalty = reduction over n of w(psi_n) * ||d psi_n / d x_n||^2, differentiable w.r.t. D's parameters:
     backpropagating it gives exactly the gradients of the straightforward double-backward implementation.

@@ -276,12 +276,14 @@ def test_b1_logits_accepted():
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("loss,js", [("d", False), ("d", True), ("g", False)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("shapes", [("N", "N"), ("N1", "N1"), ("N1", "N"), ("N", "N1")])
+@pytest.mark.parametrize("shapes", [("N", "N"), ("N1", "N1"), ("N1", "N"), ("N", "N1"), ("N111", "N111"),
+                                    ("N", "N111")])
 def test_output_shapes_and_values_are_the_references_for_n_and_n1_logits(backend, loss, js, reduction, shapes):
-    """Every output in the reference's shape ((N, 1) logits give (N, 1) weights, each side its own), its values in
-    float64, and the logits' gradients in the logits' shapes."""
+    """Every output in the reference's shape ((N, 1) logits give (N, 1) weights, each side its own; (N, 1, 1, 1),
+    a D ending in a one-channel convolution, likewise), its values in float64, and the logits' gradients in the
+    logits' shapes."""
     lr, lf = _logits(6, 8, torch.float64)
-    lr, lf = [(t[:, None] if s == "N1" else t).requires_grad_(True) for t, s in zip((lr, lf), shapes)]
+    lr, lf = [t.reshape(-1, *[1] * (len(s) - 1)).requires_grad_(True) for t, s in zip((lr, lf), shapes)]
     want = ref.nt_losses(lr, lf, 0.3, loss, reduction, js)
     got = nt_losses(lr, lf, 0.3, loss=loss, reduction=reduction, js_weights=js, backend=backend)
     want, got = (list(want), list(got)) if js else ([want], [got])
@@ -357,7 +359,7 @@ _L = torch.zeros(4)
     (lambda: nt_losses(_L, [0.0], 0.5), TypeError, "logits_fake must be a torch.Tensor"),
     (lambda: nt_losses(_L, _L.long(), 0.5), TypeError, "logits_fake must be a floating"),
     (lambda: nt_losses(_L.int(), _L, 0.5), TypeError, "logits_real must be a floating"),
-    (lambda: nt_losses(_L, torch.zeros(4, 2), 0.5), ValueError, r"logits_fake must have shape \(N,\) or \(N, 1\)"),
+    (lambda: nt_losses(_L, torch.zeros(4, 2), 0.5), ValueError, r"logits_fake must have shape \(N,\) or \(N, 1, \.\.\., 1\)"),
     (lambda: nt_losses(torch.zeros(3), _L, 0.5), ValueError, "logits_real has 3 logits, but mode='double'"),
     (lambda: nt_losses(_L, torch.zeros(0), 0.5, mode="half"), ValueError, "logits_fake is empty"),
     (lambda: nt_losses(None, _L, 0.5), ValueError, "logits_real is None but loss='d'"),

@@ -466,14 +466,14 @@ def test_opcheck():
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32)), TypeError, "logits must be a floating"),
     (lambda: P.grad_norm_penalty(torch.zeros(()), torch.zeros(1)), ValueError, "grad must have at least 1"),
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(3)), ValueError, "logits has batch size 3 but grad has batch size 2"),
-    (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2, 2)), ValueError, r"logits must have shape \(B,\) or \(B, 1\)"),
+    (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2, 2)), ValueError, r"logits must have shape \(B,\) or \(B, 1, \.\.\., 1\)"),
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2, device="meta")), ValueError, "logits is on meta"),
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2), "js"), ValueError, "weight must be one of"),
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2), reduction="avg"), ValueError, "reduction must be one of"),
     (lambda: P.grad_norm_penalty(torch.zeros(2, 3), torch.zeros(2), backend="tpu"), ValueError, "backend must be one of"),
     (lambda: fastgan.ops.js_penalty(models.mlp_d(3), torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, r"x_real has sample shape \(3,\) but x_fake has \(4,\)"),
     (lambda: fastgan.ops.js_penalty(models.mlp_d(3), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), TypeError, "x_real must be a floating"),
-    (lambda: fastgan.ops.r1_penalty(torch.nn.Linear(3, 2), torch.zeros(2, 3)), ValueError, r"logits of shape \(2,\) or \(2, 1\)"),
+    (lambda: fastgan.ops.r1_penalty(torch.nn.Linear(3, 2), torch.zeros(2, 3)), ValueError, r"logits of shape \(2,\) or \(2, 1, \.\.\., 1\)"),
     (lambda: fastgan.ops.r1_penalty(lambda x: (x, x), torch.zeros(2, 3)), TypeError, "D must return a tensor"),
 ])
 def test_bad_inputs(call, exc, match):
