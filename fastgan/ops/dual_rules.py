@@ -63,7 +63,10 @@ def _normalized(input, dims, eps, weight, bias, shape):
     y = _affine(xhat, weight, bias, shape)
     if t is None:
         return y
-    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True))
+    # xhat * mean(xhat * dx) read through xc: without affine parameters y is xhat itself, which an in-place
+    # activation after the norm (InstanceNorm2d, LeakyReLU(0.2, True)) overwrites, while the tangent's backward
+    # would still need it
+    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xc * (rstd * rstd * (xc * t).mean(dims, keepdim=True)))
     return fwAD.make_dual(y, _affine(dxhat, weight, None, shape))
 
 

@@ -244,6 +244,27 @@ def test_norms_and_softmax_whose_forward_ad_reverse_is_wrong(mode, auto_jvp_on_c
     _assert_buffers_equal(D_new, D_ref)
 
 
+@pytest.mark.parametrize("norm", [lambda c: nn.InstanceNorm2d(c), lambda c: nn.BatchNorm2d(c, affine=False),
+                                  lambda c: nn.GroupNorm(2, c, affine=False),
+                                  lambda c: nn.LayerNorm([c, 4, 4], elementwise_affine=False)],
+                         ids=["instance", "batch", "group", "layer"])
+def test_affine_free_norm_before_an_inplace_activation(norm):
+    """pix2pix's PatchGAN block InstanceNorm2d(c) (affine=False by default), LeakyReLU(0.2, True): the jvp pass's
+    norm returned the very tensor its tangent's backward had saved, which the in-place activation then overwrote
+    (torch's "modified by an inplace operation" at the D update's backward)."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(3, 4, 4, 2, 1), norm(4), nn.LeakyReLU(0.2, True), nn.Flatten(),
+                      nn.Linear(64, 1)).double()
+    xr, xf = IMG(4).double(), IMG(4).double()
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "jvp")]
+    _run_js(D_new, xr, xf, "jvp")
+    assert _dispatch.counts[(MODE_OP, "jvp")] == before + 2
+    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_buffers_equal(D_new, D_ref)
+
+
 def test_dropout_masks_replayed_and_rng_advanced_once():
     torch.manual_seed(0)
     D = DropoutConvD().double()
