@@ -7,13 +7,18 @@ captured one. `capture_hazards(fn)` runs `fn` as `GraphedStep` would (eager warm
 capture) on any device, the CPU included, records every ATen op of the captured call and of the call after it under
 a dispatch mode, and reports host reads, draws from torch.Generators not registered with the graph, and any op
 whose non-tensor arguments or tensor shapes differ between the two, with the line of the caller that issued it.
-The kernels fastgan calls through raw pointers (its C++/CUDA backends) are invisible to the mode; their launch
-arguments are sizes and pointers of tensors the mode does see.
+The kernels fastgan launches itself (its C++/CUDA backends through raw pointers, its Triton kernels) are invisible
+to the mode: their launches are recorded beside the ops with their Python floats (a sigma or mu given as a number),
+the rest of their arguments being pointers, strides and sizes of tensors the mode sees.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
+import importlib.util
 import numbers
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -38,17 +43,38 @@ _MASK_INDEXING = {"aten::index.Tensor", "aten::index_put_.default", "aten::index
 _FROM_HOST = {"aten::lift_fresh.default", "aten::lift_fresh_copy.default"}
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 _THIS = str(Path(__file__).resolve())
+_FASTGAN_DIR = str(Path(__file__).resolve().parent) + os.sep
+_LIBRARY_DIRS = (_TORCH_DIR, os.sep + "triton" + os.sep)  # torch's frames, and triton's launch glue
+
+
+@functools.lru_cache(maxsize=None)
+def _fastgan_dirs() -> tuple:
+    """fastgan's package folder and its Triton kernels' (fastgan.kernels: beside the package in an editable
+    install), found without importing the kernels."""
+    spec = importlib.util.find_spec("fastgan.kernels")
+    kernels = () if spec is None or not spec.submodule_search_locations else tuple(
+        str(Path(d).resolve()) + os.sep for d in spec.submodule_search_locations)
+    return (_FASTGAN_DIR, *kernels)
 
 
 def _caller() -> str:
-    """The innermost frame outside torch and this module: the line of user or fastgan code that issued the op."""
+    """The line that issued the op: the innermost frame outside torch, triton and this module, and where that is
+    fastgan's code, the step's line that called into fastgan before it (`step.py:12 (step), inside
+    .../fastgan/reference/nt_losses.py:26 (_tempered)`). Frames above the checker's call of fn are not the step's."""
     f = sys._getframe(2)
+    inner = None
     while f is not None:
         name = f.f_code.co_filename
-        if not (name.startswith(_TORCH_DIR) or name == _THIS or name.startswith("<")):
-            return f"{name}:{f.f_lineno} ({f.f_code.co_name})"
+        if name == _THIS and f.f_code.co_name == "capture_hazards":
+            break
+        if not (name.startswith(_LIBRARY_DIRS[0]) or _LIBRARY_DIRS[1] in name or name == _THIS
+                or name.startswith("<")):
+            here = f"{name}:{f.f_lineno} ({f.f_code.co_name})"
+            if not name.startswith(_fastgan_dirs()):
+                return here if inner is None else f"{here}, inside {inner}"
+            inner = inner or here
         f = f.f_back
-    return "?"
+    return inner or "?"
 
 
 def _describe(leaf, by_value: bool = False) -> object:
@@ -78,11 +104,30 @@ class _Recorder(TorchDispatchMode):
         # tolist()/numpy() of tensors no op had touched yet: host reads if an op reads or writes them later in the
         # call (_host_conversions_seen); their storages held, as above
         self.conversions: list[tuple[object, str, str]] = []
+        self.optimizers: dict[int, str] = {}  # id -> the problem of an optimizer stepped without capturable=True
 
     def _registered(self, gen: torch.Generator) -> bool:
-        # the dispatcher hands ops a new Python wrapper of the same generator: compare what it wraps (a generator's
-        # state is its own; two distinct generators in the same state are not told apart)
-        return any(g.device == gen.device and torch.equal(g.get_state(), gen.get_state()) for g in self.generators)
+        # the dispatcher hands ops a new Python wrapper of the same generator: what it wraps is compared (the
+        # default generators, passed explicitly, need no registration either)
+        defaults = [torch.default_generator]
+        if gen.device.type == "cuda":
+            defaults += list(torch.cuda.default_generators)
+        return any(_same_generator(g, gen) for g in (*self.generators, *defaults))
+
+    def launch(self, name: str, args, kwargs) -> None:
+        """A kernel launch the dispatcher does not see, with the Python floats it bakes in (the rest of a launch's
+        arguments: pointers, strides and sizes of tensors the recorder sees, launch flags)."""
+        floats = tuple(repr(x) for x in tree_flatten((args, kwargs))[0] if type(x) is float)
+        self.ops.append((name, floats, _caller()))
+
+    def optimizer_step(self, opt, args, kwargs) -> None:
+        if id(opt) in self.optimizers:
+            return
+        groups = [g for g in opt.param_groups if "capturable" in g and not g["capturable"]]
+        if groups:
+            self.optimizers[id(opt)] = (f"{type(opt).__name__} steps with capturable=False at {_caller()}: torch "
+                                        "refuses to capture its step() (its step count is read on the host); make "
+                                        "it with capturable=True")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -104,6 +149,22 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+def _same_generator(a: torch.Generator, b: torch.Generator) -> bool:
+    """Whether a and b are one generator (two Python wrappers of it, or the same one): equal states, and a change to
+    b's state shows in a's; b's state is put back."""
+    if a.device != b.device or not torch.equal(a.get_state(), b.get_state()):
+        return False
+    saved = b.get_state()
+    try:
+        for seed in (0x5EED, 0xC0FFEE):  # a second probe where a's state happened to be the first's
+            b.manual_seed(seed)
+            if not torch.equal(b.get_state(), saved):
+                return torch.equal(a.get_state(), b.get_state())
+        return True  # b's state is a seeded one whatever the probe: indistinguishable, as before
+    finally:
+        b.set_state(saved)
+
+
 def _storage(t: torch.Tensor):
     try:
         return t.untyped_storage()
@@ -113,26 +174,37 @@ def _storage(t: torch.Tensor):
 
 @contextlib.contextmanager
 def _host_conversions_seen(rec: _Recorder):
-    """Tensor.tolist() and .numpy() (np.asarray's path too) of a CPU tensor dispatch no op the recorder sees, where on
-    a GPU they copy to the host: recorded as host reads while `rec` records, for tensors the step's ops read or
-    wrote (not those no op touched, host tensors on a GPU too: torch's RNG state snapshots, say)."""
-    real = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
+    """Tensor.tolist(), .numpy() (np.asarray's path too) and .cpu() of a CPU tensor dispatch no op the recorder sees,
+    and printing a tensor runs with the modes off, where on a GPU each copies to the host: recorded as host reads
+    while `rec` records, for tensors the step's ops read or wrote (not those no op touched, host tensors on a GPU
+    too: torch's RNG state snapshots, say). Not .to(device): on the CPU a step's .to(device) names the CPU, to be a
+    GPU on the GPU."""
+    real = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy", "cpu", "__repr__")}
+    inside = []  # the conversion running: printing calls tolist() itself
 
     def seen(name):
         def method(self, *args, **kwargs):
             # not the recorder's own by-value descriptions
             st = _storage(self)
-            if sys._getframe(1).f_code.co_filename == _THIS or st is None:
+            if sys._getframe(1).f_code.co_filename == _THIS or st is None or inside:
                 return real[name](self, *args, **kwargs)
-            if st._cdata in rec.storages:
-                rec.host_reads.append((f"Tensor.{name}", _caller()))
-                return real[name](self, *args, **kwargs)
-            # `sched.tolist()` before the step's first op on sched was missed: looked up when the call ends
-            rec.conversions.append((st, f"Tensor.{name}", _caller()))
-            out = real[name](self, *args, **kwargs)
-            rec.storages.pop(st._cdata, None)  # numpy()'s own detach is not the step's op
-            return out
+            inside.append(name)
+            try:
+                return _converted(self, st, "Tensor.__repr__ (print)" if name == "__repr__" else f"Tensor.{name}",
+                                  real[name], args, kwargs)
+            finally:
+                inside.pop()
         return method
+
+    def _converted(self, st, name_shown, real_method, args, kwargs):
+        if st._cdata in rec.storages:
+            rec.host_reads.append((name_shown, _caller()))
+            return real_method(self, *args, **kwargs)
+        # `sched.tolist()` before the step's first op on sched was missed: looked up when the call ends
+        rec.conversions.append((st, name_shown, _caller()))
+        out = real_method(self, *args, **kwargs)
+        rec.storages.pop(st._cdata, None)  # numpy()'s own detach is not the step's op
+        return out
 
     for name in real:
         setattr(torch.Tensor, name, seen(name))
@@ -161,6 +233,60 @@ def _eager_path_while_recording(recorder: type = _Recorder):
         _eager._dispatch_modes = real
 
 
+class _Launching:
+    """fastgan._C as the backends call it, each function recorded by `rec` as a kernel launch."""
+
+    def __init__(self, module, rec: _Recorder):
+        self._module, self._rec = module, rec
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+        if not callable(fn):
+            return fn
+
+        def launch(*args, **kwargs):
+            self._rec.launch(f"fastgan._C.{name}", args, kwargs)
+            return fn(*args, **kwargs)
+        return launch
+
+
+@contextlib.contextmanager
+def _launches_seen(rec: _Recorder):
+    """Kernel launches the dispatcher never sees, recorded with their floats while `rec` records: fastgan's C++/CUDA
+    functions (fastgan._ext.C()) and Triton kernels (fastgan's, or the step's own: JITFunction.run, the
+    interpreter's too); the optimizers' step() (torch refuses to capture one made without capturable=True)."""
+    from . import _ext
+
+    real_c = _ext.C
+    _ext.C = lambda: _Launching(real_c(), rec)
+    runs = []
+    if "triton" in sys.modules:
+        for mod, cls in (("triton.runtime.jit", "JITFunction"), ("triton.runtime.interpreter", "InterpretedFunction")):
+            klass = getattr(sys.modules.get(mod), cls, None)
+            if klass is not None and "run" in vars(klass):
+                runs.append((klass, klass.run))
+
+    def traced(real_run):
+        def run(self, *args, **kwargs):
+            rec.launch(f"Triton kernel {getattr(getattr(self, 'fn', None), '__name__', type(self).__name__)}", args,
+                       kwargs)
+            return real_run(self, *args, **kwargs)
+        return run
+
+    for klass, real_run in runs:
+        klass.run = traced(real_run)
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    hook = register_optimizer_step_pre_hook(rec.optimizer_step)
+    try:
+        yield
+    finally:
+        hook.remove()
+        for klass, real_run in runs:
+            klass.run = real_run
+        _ext.C = real_c
+
+
 @contextlib.contextmanager
 def _capturable_optimizers_on_any_device():
     """Capturable Adam (what the graphed trainer uses: its step count stays on the device) refuses CPU tensors;
@@ -176,6 +302,12 @@ def _capturable_optimizers_on_any_device():
         yield
     finally:
         adam._get_capturable_supported_devices = real
+
+
+def _short(value, width: int = 160) -> str:
+    """repr of an argument's description, its middle cut where long (a host tensor's values)."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:width // 2]} ... {text[-width // 2:]} ({len(text)} characters)"
 
 
 def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Optional[Callable[[int], None]] = None,
@@ -214,35 +346,49 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
             if i <= warmup:
                 fn()
                 continue
-            with _Recorder(generators) as rec, _host_conversions_seen(rec):
+            with _Recorder(generators) as rec, _host_conversions_seen(rec), _launches_seen(rec):
                 fn()
             traces.append(rec)
     captured, later = (rec.ops for rec in traces)
     unregistered = traces[0].unregistered
-    problems = [f"host read in the captured call: {op} at {where} (a sync; a CUDA graph capture fails on it"
-                f"{'; boolean-mask indexing runs nonzero' if op in _MASK_INDEXING else ''})"
-                for op, where in traces[0].host_reads]
+    problems = list(traces[0].optimizers.values())
+    # a read repeated at one line (a loop over parameters, a non-capturable optimizer's per-parameter step count)
+    # is one problem
+    reads = collections.Counter(traces[0].host_reads)
+    mask = "; boolean-mask indexing runs nonzero"
+    problems += [f"host read in the captured call{f' ({n} times)' if n > 1 else ''}: {op} at {where} (a sync; a "
+                 f"CUDA graph capture fails on it{mask if op in _MASK_INDEXING else ''})"
+                 for (op, where), n in reads.items()]
     problems += [f"random draw from a torch.Generator not in `generators`: {op} (a generator other than the "
                  "default one must be registered with the graph: GraphedStep(generators=...))"
                  for op in unregistered[:limit]]
     diverged = False
+    at_line: dict[str, list] = {}  # a line's first differing op: [its problem's index, how many more differ there]
     for k, (a, b) in enumerate(zip(captured, later)):
         if len(problems) >= cap:
             break
+        if a[1] != b[1] and a[0] == b[0] and a[2] in at_line:  # one problem a line (a loader's indexing: 8 ops)
+            at_line[a[2]][1] += 1
+            continue
         if a[0] != b[0]:
             problems.append(f"op {k}: the captured call ran {a[0]} at {a[2]}, the next call {b[0]} at {b[2]} "
                             "(control flow that depends on the call: a replay repeats the captured path)")
             diverged = True
             break  # the traces are out of step from here on
         if a[1] != b[1]:
+            at_line[a[2]] = [len(problems), 0]
             diff = next(((x, y) for x, y in zip(a[1], b[1]) if x != y), None)
             if diff is None:  # a list argument of another length (dim=[0] vs [0, 1], cat of 1 vs 2 tensors)
                 problems.append(f"op {k} ({a[0]}) at {a[2]}: its arguments held {len(a[1])} values in the captured "
                                 f"call and {len(b[1])} in the next (a list that changes length is baked into the "
                                 "graph at capture)")
             else:
-                problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {diff[0]!r} in the captured call and "
-                                f"{diff[1]!r} in the next (baked into the graph at capture; make it a device tensor)")
+                problems.append(f"op {k} ({a[0]}) at {a[2]}: an argument was {_short(diff[0])} in the captured "
+                                f"call and {_short(diff[1])} in the next (baked into the graph at capture; make it a "
+                                "device tensor)")
+    for index, more in at_line.values():
+        if more:
+            problems[index] += f"; {more} more op{'s' * (more > 1)} issued there differ{'s' * (more == 1)} too"
     if len(captured) != len(later) and not diverged:
         problems.append(f"the captured call ran {len(captured)} ops and the next one {len(later)} (control flow "
                         "that depends on the call: a replay repeats the captured path)")

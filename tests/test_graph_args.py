@@ -78,7 +78,9 @@ def test_capture_hazards_limit_none_lists_everything_and_warmup_0_is_allowed():
 
     def step():
         calls.append(1)
-        return x * float(x.sum()) + float(x[0]) + float(x[1])  # three host reads
+        a = float(x.sum())  # three host reads, on three lines (reads at one line are one problem)
+        b = float(x[0])
+        return x * a + b + float(x[1])
 
     assert len(capture_hazards(step, warmup=0, limit=None)) == 3 and len(calls) == 2
     assert len(capture_hazards(step, limit=2)) == 2

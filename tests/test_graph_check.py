@@ -379,3 +379,89 @@ def test_cuda_graph_refuses_the_reference_noise_op(monkeypatch, noise):
     usable["triton"] = False
     for fine in (["method.nt.fused=false"], ["method.nt.noise=generator"], ["run.cuda_graph=false"]):
         _check_graph_noise_backend(C.coerce(cfg, fine), cuda)
+
+
+# ------------------------------------------------------------------ from an audit by use, 2026-12-06
+
+def _changing(make_step):
+    """capture_hazards of make_step(value) with value a Python float that changes every call, and with it fixed."""
+    val = {"v": 0.5}
+    step = make_step(val)
+    changing = capture_hazards(step, before=lambda i: val.update(v=0.9 ** i))
+    fixed = capture_hazards(step, before=lambda i: val.update(v=0.5))
+    return changing, fixed
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("op", ["nt_losses", "noisy_clean_batch", "denoiser_sigma"])
+def test_a_python_float_given_to_a_fused_op_is_found(op, backend):
+    """The fused ops' eager path hands a float mu / sigma to the kernel itself, which no dispatch mode sees: a sigma
+    annealed in Python, or Denoiser.sigma set between steps, was silently baked in (an audit's finding)."""
+    lr, lf, x = torch.randn(8), torch.randn(8), torch.randn(8, 3)
+    den = fastgan.ops.Denoiser(3, 16, depth=2, backend=backend)
+    state = fastgan.ops.NoiseState(0)
+    if op == "nt_losses":
+        def make(val):
+            return lambda: fastgan.ops.nt_losses(lr, lf, val["v"], backend=backend)
+    elif op == "noisy_clean_batch":
+        def make(val):
+            return lambda: fastgan.ops.noisy_clean_batch(x, x, val["v"], state=state, backend=backend)
+    else:
+        def make(val):
+            def step():
+                den.sigma = val["v"]
+                return den.loss(x)
+            return step
+    changing, fixed = _changing(make)
+    assert fixed == [], fixed
+    assert len(changing) == 1 and "baked into the graph" in changing[0], changing
+    kernel = "fastgan._C." if backend == "cpu" else "Triton kernel "
+    assert kernel in changing[0] and "test_graph_check.py:" in changing[0] and ", inside " in changing[0]
+
+
+def test_printing_and_cpu_copies_are_host_reads():
+    w = torch.randn(8)
+    for read in (lambda t: print(t), lambda t: t.cpu(), lambda t: f"{t}"):
+        found = capture_hazards(lambda: read(w * 2))
+        assert len(found) == 1 and "host read in the captured call: Tensor." in found[0], found
+    assert capture_hazards(lambda: (w * 2).to(torch.float64)) == []  # not a copy to the host
+
+
+@pytest.mark.parametrize("kw", [{}, {"fused": True}, {"foreach": True}])
+def test_an_optimizer_without_capturable_is_named(kw):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 1)
+    x = torch.randn(8, 3)
+    opt = torch.optim.Adam(lin.parameters(), **kw)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        lin(x).square().mean().backward()
+        opt.step()
+    found = capture_hazards(step)
+    assert found[0].startswith("Adam steps with capturable=False at ") and "test_graph_check.py:" in found[0]
+    assert sum("capturable=False" in p for p in found) == 1
+    # a non-capturable Adam's host reads of its step count: one problem for the line, with the count
+    assert all("host read in the captured call:" not in p for p in found), found
+
+
+def test_a_generator_in_the_registered_ones_state_is_still_another_generator():
+    registered, other = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = torch.zeros(4)
+    found = capture_hazards(lambda: x + torch.randn(4, generator=other), generators=(registered,))
+    assert len(found) == 1 and "not in `generators`" in found[0], found
+    assert torch.equal(other.get_state(), torch.Generator().manual_seed(3).get_state()) is False  # it drew
+    assert capture_hazards(lambda: x + torch.randn(4, generator=registered), generators=(registered,)) == []
+    assert capture_hazards(lambda: x + torch.randn(4, generator=torch.default_generator)) == []
+
+
+def test_a_long_value_is_cut_and_repeated_differences_at_a_line_are_one_problem():
+    w, sched = torch.randn(8, 8), {"g": 1.0}
+    found = capture_hazards(lambda: w * torch.full((8, 8), 1.0).mul_(torch.tensor([[sched["g"]] * 8] * 8)),
+                            before=lambda i: sched.update(g=0.5 ** i))
+    assert len(found) == 1 and " ... " in found[0] and len(found[0]) < 600, found
+    idx = {"i": 0}
+    data = torch.randn(100, 3)
+    found = capture_hazards(lambda: torch.stack([data[idx["i"] + k] for k in range(4)]).sum(),
+                            before=lambda i: idx.update(i=i))
+    assert len(found) == 1 and "3 more ops issued there differ too" in found[0], found
