@@ -33,6 +33,9 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
             raise IsADirectoryError(e.errno, "a folder is where this file is written; move it away", str(p)) \
                 from None
     except OSError as e:
+        if e.filename is not None and os.fspath(e.filename) == os.fspath(tmp) and e.errno is not None:
+            # creating the temporary file failed (an unwritable folder): the error named a file the user never gave
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from None
         if e.filename is not None or not name_errors:
             raise
         # a write's error (a full disk) names no file: "[Errno 28] No space left on device" said nothing of which

@@ -100,6 +100,8 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
         return 0, {}, None
     except csv.Error as e:
         raise ValueError(f"{path}: not a CSV file ({e})") from None
+    except UnicodeDecodeError as e:  # named no file (a CLI audit: bytes appended to metrics.csv)
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     # lines of NUL bytes: what a power cut leaves where rows were being appended; left out, as a bad last row
     damaged = [f"{nul_lines} line(s) of NUL bytes"] if nul_lines else []
     damaged += ["a last row without its line end"] if torn else []

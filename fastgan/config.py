@@ -919,6 +919,17 @@ def coerce(cfg, overrides=None) -> TrainConfig:
         if not overrides:
             return load_config(cfg)
         data = _read_yaml(Path(cfg))
+        merged = apply_overrides(data, overrides)
+        try:
+            return from_dict(merged)
+        except ConfigError as e:
+            # the file's own error (the file alone fails the same way) names the file, as without overrides
+            try:
+                from_dict(data)
+            except ConfigError as alone:
+                if str(alone) == str(e):
+                    raise ConfigError(f"{Path(cfg)}: {e}") from None
+            raise
     else:
         raise ConfigError(f"config: must be a TrainConfig, a dict, a YAML path or None, got {type(cfg).__name__}")
     return from_dict(apply_overrides(data, overrides))

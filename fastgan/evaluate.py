@@ -32,8 +32,8 @@ def evaluate_run(run_dir, *, samples: int = 10000, device="cpu", seed: int = 0) 
         shape_from = f"from the dimension of {d.name}'s modes"
     elif d.name == "fashion_mnist":
         if samples < 20:
-            raise ValueError(f"samples: must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at "
-                             f"least 2), got {samples}")
+            raise ValueError(f"samples (--samples): must be >= 20 for a Fashion-MNIST run (the classifier score's 10 "
+                             f"parts of at least 2), got {samples}")
         # real images G never trained on: the test split, or the run's data.holdout
         real, where = held_out_real(d, samples, device, g, command="eval")
         shape, shape_from = tuple(real.shape[1:]), f"those of the real samples: {where}"

@@ -262,12 +262,18 @@ def recorded_data_shape(run_dir) -> tuple:
     file when it is missing or unreadable."""
     path = run_info_path(run_dir)
     try:
-        shape = json.loads(path.read_text())["data_shape"]
+        info = json.loads(path.read_text())
+        # a KeyError or TypeError said only "('data_shape')" or "list indices must be integers" (a CLI audit)
+        if not isinstance(info, dict):
+            raise ValueError(f"the top level is a JSON {type(info).__name__}, not an object of entries")
+        if "data_shape" not in info:
+            raise ValueError("it has no data_shape entry")
+        shape = info["data_shape"]
         if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
             raise ValueError(f"data_shape {shape!r} is not a list of positive ints")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found (the run folder's record of its data shape)") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except ValueError as e:  # bad JSON and undecodable bytes too
         raise ValueError(f"{path}: unreadable ({e})") from None
     return tuple(shape)
 

@@ -492,3 +492,13 @@ def test_a_last_row_without_its_line_end_is_flagged_not_taken(tmp_path):
     assert (r["state"], r["step"], r["metrics"]) == ("finished", 10, {"fd": 2.0})
     assert r["warning"] == ("metrics.csv's last row is damaged (a last row without its line end): left out, the "
                             "values shown are from the rows before it")
+
+
+def test_undecodable_metrics_csv_is_named(tmp_path):
+    """Bytes that are not UTF-8 in metrics.csv: the reason said only "'utf-8' codec can't decode byte 0xff ..."
+    (an audit of the CLI, 2026-12-06)."""
+    d = _fake_run(tmp_path, "u", rows=("step,eval/fd", "5,3"))
+    with open(d / "metrics.csv", "ab") as f:
+        f.write(b"\xff\xfe10,2\n")
+    r = compare.summarize(d)
+    assert r["state"] == "unreadable" and r["reason"].startswith(f"{d / 'metrics.csv'}: not UTF-8 text ("), r

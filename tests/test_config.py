@@ -319,6 +319,21 @@ def test_top_level_list_names_the_file_with_and_without_overrides(tmp_path):
         C.coerce(str(bad), ["run.steps=1"])
 
 
+def test_a_bad_value_in_the_file_is_named_with_the_file_with_and_without_overrides(tmp_path):
+    """With any --set, an error in the file lost the file's name (an audit of the CLI, 2026-12-06); one that an
+    override causes is not blamed on the file."""
+    f = tmp_path / "lr.yaml"
+    f.write_text("optim:\n  lr_g: fast\n")
+    msg = rf"^{re.escape(str(f))}: optim\.lr_g: must be a number, got 'fast'$"
+    for call in (lambda: load_config(f), lambda: C.coerce(f, ["run.seed=1"])):
+        with pytest.raises(ConfigError, match=msg):
+            call()
+    assert C.coerce(f, ["optim.lr_g=0.01"]).optim.lr_g == 0.01
+    f.write_text("optim:\n  lr_g: 0.01\n")
+    with pytest.raises(ConfigError, match=r"^optim\.lr_g: must be a number, got 'fast'$"):
+        C.coerce(f, ["optim.lr_g=fast"])
+
+
 def test_invalid_yaml_is_one_line_with_the_file_line_and_column(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: [1, 2\n  steps: \n")

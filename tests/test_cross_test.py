@@ -106,6 +106,11 @@ def test_a_d_that_calls_everything_fake_wins_with_a_warning():
     assert r["warnings"] == ["D2 calls 100.0% of the real samples fake (TP 0.0000 < 0.05): its low cross-testing "
                              "FP says only that it calls almost everything fake, not that model 2 is better"]
     assert cross_test(threshold_d(0.5), fake, threshold_d(0.5), fake, real)["warnings"] == []
+    # a degenerate D whose model is not called better is not warned about (it was, beside the winner or on a tie)
+    loses = cross_test(threshold_d(0.5), fake, threshold_d(5.0), points(0, 0, 0, 0), real)
+    assert loses["better"] == 1 and loses["model2"]["tp"] == 0 and loses["warnings"] == []
+    tie = cross_test(threshold_d(5.0), points(0, 0, 0, 0), threshold_d(5.0), points(0, 0, 0, 0), real)
+    assert tie["better"] is None and tie["warnings"] == []
     text = crosstest.format_report({**r, "real": "r", "generated": 4, "runs": ["a", "b"], "steps": [1, 1]})
     assert text.splitlines()[-1].startswith("warning: D2 calls 100.0% of the real samples fake")
 

@@ -107,6 +107,29 @@ def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp
     assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+@pytest.mark.parametrize("errno_", [13, 2])
+def test_a_temporary_file_that_cannot_be_made_is_named_as_the_target(tmp_path, monkeypatch, errno_):
+    """An --out in a folder it cannot write (/sys, /proc) failed naming '.x.npz.<pid>-...tmp', a name the user never
+    gave (an audit of the CLI, 2026-12-06): the error keeps its errno and type and names the target."""
+    import builtins
+
+    from fastgan._atomic import replacing
+
+    real_open = builtins.open
+
+    def refusing(file, *a, **k):
+        if str(file).endswith(".tmp"):
+            raise OSError(errno_, "refused", str(file))
+        return real_open(file, *a, **k)
+    monkeypatch.setattr(builtins, "open", refusing)
+    target = tmp_path / "x.npz"
+    with pytest.raises(OSError) as info:
+        with replacing(target) as tmp, open(tmp, "wb") as f:
+            f.write(b"x")
+    assert info.value.errno == errno_ and info.value.filename == str(target) and ".tmp" not in str(info.value)
+    assert isinstance(info.value, PermissionError if errno_ == 13 else FileNotFoundError)
+
+
 def test_replacing_a_folder_names_the_folder(tmp_path):
     """A run's status.json replaced by a folder: errno's line named the temporary file ('[Errno 21] Is a directory:
     '.status.json.<pid>-...tmp' -> ...')."""
@@ -126,6 +149,12 @@ def test_missing_or_damaged_run_info(run_copy, tmp_path, capsys):
     (run / "run_info.json").write_text(json.dumps({**info, "data_shape": [3, -1]}))
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
     assert "run_info.json: unreadable (data_shape [3, -1] is not a list of positive ints)" in capsys.readouterr().err
+    # said "('data_shape')" and "list indices must be integers or slices, not str" (an audit of the CLI)
+    for content, why in (({k: v for k, v in info.items() if k != "data_shape"}, "it has no data_shape entry"),
+                         ([info], "the top level is a JSON list, not an object of entries")):
+        (run / "run_info.json").write_text(json.dumps(content))
+        assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+        assert f"run_info.json: unreadable ({why})" in capsys.readouterr().err
     (run / "run_info.json").unlink()
     assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
     assert "run_info.json not found" in capsys.readouterr().err

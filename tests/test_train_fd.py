@@ -224,8 +224,8 @@ def test_eval_command_errors(tmp_path, tiny_fashion_mnist, capsys):
     over = [o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="t") if not o.startswith("run.fd")]
     r = fastgan.train(None, overrides=[*over, f"run.dir={tmp_path / 'f'}"])
     assert cli_main(["eval", str(r.out_dir), "--samples", "5"]) == 1
-    assert ("samples: must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at least 2), got 5"
-            in capsys.readouterr().err)
+    assert ("samples (--samples): must be >= 20 for a Fashion-MNIST run (the classifier score's 10 parts of at "
+            "least 2), got 5" in capsys.readouterr().err)
     r = fastgan.train(None, overrides=[*over, "data.split=test"])
     assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 1
     assert "fastgan eval: error: data.split='test' trains on the test split" in capsys.readouterr().err
@@ -282,7 +282,7 @@ def test_eval_command_seed_and_every_score_of_a_fashion_mnist_run(tmp_path, tiny
     assert got["real_classifier_score"] == pytest.approx(fmnist_scores(test, classifier=net)["score"], rel=1e-9)
     # 19 samples cannot make the classifier score's 10 parts of 2
     assert cli_main(["eval", str(r.out_dir), "--samples", "19"]) == 1
-    assert "samples: must be >= 20 for a Fashion-MNIST run" in capsys.readouterr().err
+    assert "samples (--samples): must be >= 20 for a Fashion-MNIST run" in capsys.readouterr().err
 
 
 def test_eval_command_on_few_held_out_images(tmp_path, tiny_fashion_mnist, capsys):

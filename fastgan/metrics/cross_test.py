@@ -122,9 +122,9 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
 
     Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
     None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
-    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names a
-    D whose TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule). names: how errors and
-    warnings name the two discriminators (a NaN logit, a logit count that is not one per sample); thresholds: the
+    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names the
+    better model's D where its TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule).
+    names: how errors and warnings name the two discriminators (a NaN logit, a logit count that is not one per sample); thresholds: the
     logit above which each D calls a sample real (its loss's indifference point, 0 for a minimax GAN).
     """
     real = _samples(real, "real")
@@ -146,7 +146,7 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
     out["warnings"] = [f"{names[i - 1]} calls {1 - out[f'model{i}']['tp']:.1%} of the real samples fake (TP "
                        f"{out[f'model{i}']['tp']:.4f} < {DEGENERATE_TP}): its low cross-testing FP says only that it "
                        f"calls almost everything fake, not that model {i} is better"
-                       for i in (1, 2) if out[f"model{i}"]["tp"] < DEGENERATE_TP]
+                       for i in (1, 2) if out["better"] == i and out[f"model{i}"]["tp"] < DEGENERATE_TP]
     return out
 
 
