@@ -162,10 +162,22 @@ def _noise_grads(g_r, g_f, used, has_r, has_f, need_r, need_f, need_eps, need_si
     return dx_r, dx_f, (dnoise if need_eps or need_sigma else None)
 
 
+def _save_used(ctx, used) -> None:
+    # nothing saved where there is no draw state (eps given): a saved None is freed with the graph all the same, and a
+    # second backward through the node (errD_real.backward(), then errD_fake.backward()) raised where torch's ops run
+    ctx.has_used = used is not None
+    if ctx.has_used:
+        ctx.save_for_backward(used)
+
+
+def _saved_used(ctx):
+    return ctx.saved_tensors[0] if ctx.has_used else None
+
+
 def _save_forward(ctx, x_real, x_fake, sigma, used, half, backend, eager):
     # _EagerDraw.forward sets the same fields
     x0 = x_real if x_real is not None else x_fake
-    ctx.save_for_backward(used)
+    _save_used(ctx, used)
     ctx.has_r, ctx.has_f = x_real is not None, x_fake is not None
     ctx.m, ctx.C, ctx.half, ctx.backend, ctx.eager = x0.shape[0], _channels(sigma), half, backend, eager
 
@@ -176,7 +188,7 @@ def _setup_apply(ctx, inputs, output):
 
 
 def _backward_apply(ctx, g_r, g_f):
-    (used,) = ctx.saved_tensors
+    used = _saved_used(ctx)
     need = ctx.needs_input_grad
     dx_r, dx_f, dnoise = _noise_grads(g_r, g_f, used, ctx.has_r, ctx.has_f, need[0], need[1], need[4], need[2],
                                       ctx.m, ctx.C, ctx.half, ctx.backend, ctx.eager)
@@ -189,7 +201,7 @@ _apply.register_autograd(_backward_apply, setup_context=_setup_apply)
 
 
 def _save_backward(ctx, g_real, g_fake, used, m, C, wants, half, backend, eager):
-    ctx.save_for_backward(used)
+    _save_used(ctx, used)
     g0 = g_real if g_real is not None else g_fake
     ctx.shape, ctx.has_r, ctx.has_f = (m, g0.shape[1]), g_real is not None, g_fake is not None
     ctx.wants = wants
@@ -206,7 +218,7 @@ def _setup_backward_op(ctx, inputs, output):
 def _backward_backward(ctx, a_dxr, a_dxf, a_noise):
     # The backward is linear in (g_real, g_fake): its adjoint is the forward map applied to the cotangents
     # (x <- a_dx, noise <- a_noise), with the same recorded z.
-    (used,) = ctx.saved_tensors
+    used = _saved_used(ctx)
     want_dxr, want_dxf, want_deps, want_dsig = ctx.wants
     apply = _eager_apply if ctx.eager else _apply
 

@@ -1326,3 +1326,29 @@ def test_negative_float_sigma_is_refused(sigma):
     negative value; eps = sigma * z with sigma < 0 would flip the noise silently."""
     with pytest.raises(ValueError, match=r"noise \(sigma\) must be >= 0"):
         noisy_clean_batch(_Z4, _Z4, sigma, state=NoiseState(0))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("case", ["eps-4d", "eps-float64", "eps-constant-4d"])
+def test_real_and_fake_batches_backpropagated_one_after_the_other(backend, case):
+    """errD_real.backward() then errD_fake.backward() on one call's two batches (the DCGAN tutorial's loop): with
+    eps given as a tensor the second raised 'Trying to backward through the graph a second time' where plain torch
+    ops run (a saved None freed with the graph; an audit of the ops in users' modules, 2026-12-06)."""
+    torch.manual_seed(0)
+    xr = torch.randn(4, 3, 2, 2, requires_grad=True)
+    xf = torch.randn(4, 3, 2, 2, requires_grad=True)
+    eps = torch.randn(4, 3, 2, 2, dtype=torch.float64 if case == "eps-float64" else torch.float32,
+                      requires_grad=case != "eps-constant-4d")
+    if case == "eps-float64":
+        xr, xf, eps = (t.detach().reshape(4, 12).requires_grad_(t.requires_grad) for t in (xr, xf, eps))
+    leaves = [t for t in (xr, xf, eps) if t.requires_grad]
+    r, f = noisy_clean_batch(xr, xf, eps, backend=backend)
+    (r * 2).sum().backward()
+    (f * 3).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    r, f = noisy_clean_batch(xr, xf, eps, backend=backend)
+    want = torch.autograd.grad((r * 2).sum() + (f * 3).sum(), leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
