@@ -1,4 +1,9 @@
-"""One line of an exception for messages that wrap it (no imports: every package of fastgan may use it)."""
+"""Exceptions and helpers for messages that wrap them (no imports: every package of fastgan may use it)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid; the message names the field (fastgan.config.ConfigError:
+    defined here so that the sections' own dataclasses, fastgan.models and fastgan.data, raise it too)."""
 
 
 def first_line(e: BaseException, default: str | None = None) -> str:

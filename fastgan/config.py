@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ._errors import ConfigError
 from ._limits import FLOAT32_MAX, NONNEG_F32
 from .data.config import DataConfig
 from .models.config import ModelConfig
@@ -32,10 +33,6 @@ F_DIVERGENCES = ("gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger"
 LINEAR_F_DIVERGENCES = ("kl", "pearson")  # output activation g_f(v) = v (fastgan.methods.fdiv)
 # the built-in mixtures: data.name values that are points whatever data.path says (npz may be either)
 POINT_DATASETS = ("roth3d", "ring8", "grid25")
-
-
-class ConfigError(ValueError):
-    """A configuration value, key or file is invalid; the message names the field."""
 
 
 # a value as error messages quote it, cut to a line: YAML aliases can nest a few hundred bytes of config into a
@@ -344,7 +341,7 @@ def _coerce(tp, value, path: str):
             raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
         if "\0" in value:  # no file name or choice holds one: the OS refused it later, naming no field
             raise ConfigError(f"{path}: must not hold a NUL character, got {_shown(value)}")
-        return value
+        return value if type(value) is str else str(value)  # np.str_: YAML cannot write it
     return value
 
 
@@ -653,6 +650,26 @@ def yaml_load(text: str):
         raise yaml.YAMLError("nested too deeply to parse (past Python's recursion limit)") from None
 
 
+_DUMPER = None
+
+
+def yaml_dump(data) -> str:
+    """yaml.safe_dump for yaml_load: a string that YAML 1.2 reads as a number (a run named 1e-4 or 0o17, which
+    YAML 1.1's rules write plain) is quoted, so that what fastgan writes reads back equal."""
+    global _DUMPER
+    import yaml
+
+    if _DUMPER is None:
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        # the dumper quotes a string wherever an implicit resolver would read it as another type: add yaml_load's
+        Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _YAML12_INT, list("-+0123456789"))
+        Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+        _DUMPER = Dumper
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False)
+
+
 # ------------------------------------------------------------------------------------------ public API
 
 def from_dict(data: Mapping) -> TrainConfig:
@@ -715,8 +732,41 @@ def to_dict(cfg) -> dict:
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
-        return v
+        return _builtin(v)
     return conv(cfg)
+
+
+def _builtin(v):
+    """numpy's scalars and str subclasses as the builtins, Paths as strings (a TrainConfig built in Python may hold
+    them: YAML cannot write them); anything else as it is."""
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, os.PathLike) and isinstance(os.fspath(v), str):
+        return os.fspath(v)
+    return v
+
+
+def _with_builtins(cfg):
+    """cfg with _builtin applied to every leaf (a section that is not a dataclass is left for validate to name)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            new = _with_builtins(v)
+        elif isinstance(v, (tuple, list)):
+            items = [_builtin(x) for x in v]
+            new = v if all(a is b for a, b in zip(items, v)) else type(v)(items)
+        else:
+            new = _builtin(v)
+        if new is not v:  # (not !=: np.int32(8) == 8, and a section holding it equals the converted one)
+            changes[f.name] = new
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _yaml_problem(p: Path, e) -> str:
@@ -772,13 +822,11 @@ def load_config(path, *, stored: bool = False) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, path) -> Path:
     """Write cfg as YAML (atomically) and return the path."""
-    import yaml
-
     from ._atomic import replacing
 
     p = Path(path)
     with replacing(p) as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        tmp.write_text(yaml_dump(to_dict(cfg)))
     return p
 
 
@@ -910,6 +958,9 @@ def coerce(cfg, overrides=None) -> TrainConfig:
     if cfg is None:
         data = {}
     elif isinstance(cfg, TrainConfig):
+        # numpy scalars and Paths set on a TrainConfig in Python are taken as a dict's are (validate alone refused
+        # np.int64 and passed np.float64 on, which the run folder's YAML could not write)
+        cfg = _with_builtins(cfg)
         if not overrides:
             return validate(cfg)
         data = to_dict(cfg)

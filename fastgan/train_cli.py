@@ -43,9 +43,7 @@ def cmd_train(args) -> int:
     try:
         if args.print_config:
             cfg = _config_to_print(config, overrides, args.resume)
-            import yaml
-
-            print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
+            print(C.yaml_dump(C.to_dict(cfg)), end="")
             return 0
         result = train(config, overrides=overrides, resume=args.resume)
     except ConfigError as e:

@@ -773,3 +773,40 @@ def test_yaml_aliases_and_deep_nesting_give_one_short_error(tmp_path):
     deep.write_text("run:\n  name: " + "[" * 3000 + "]" * 3000 + "\n")
     with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: nested too deeply to parse"):
         load_config(deep)
+
+
+# ------------------------------------------------------------------ from an audit of the Python API, 2026-12-06
+
+@pytest.mark.parametrize("name", ["1e-4", "1e5", "0o17", "0x1F", "1E-4", "+1", ".5", "-.inf", "010", "plain"])
+def test_what_fastgan_writes_reads_back_equal(tmp_path, name):
+    """A run named 1e-4 (a learning rate) wrote `name: 1e-4`, plain by YAML 1.1's rules, which fastgan's YAML 1.2
+    reading took for a number: the run folder's config.yaml was unreadable (compare listed it 'unreadable')."""
+    cfg = C.coerce(None, [("run.name", name)])
+    assert C.load_config(C.save_config(cfg, tmp_path / "c.yaml")) == cfg
+    assert C.from_dict(C.yaml_load(C.yaml_dump(C.to_dict(cfg)))).run.name == name
+
+
+def test_numpy_scalars_and_paths_in_a_trainconfig_built_in_python(tmp_path):
+    """np.int64 / np.float32 / a Path set on a TrainConfig were refused (a dict's were taken), and np.float64 /
+    np.str_ passed validate and then failed YAML's writing with a RepresenterError naming no field."""
+    np = pytest.importorskip("numpy")
+    cfg = dataclasses.replace(TrainConfig(), run=C.RunConfig(steps=np.int64(2), name=np.str_("sweep"),
+                                                             out_dir=tmp_path),
+                              optim=C.OptimConfig(lr_g=np.float64(1e-3), lr_d=np.float32(0.5), batch_size=np.int32(8)))
+    got = C.coerce(cfg)
+    assert (got.run.steps, got.run.name, got.run.out_dir, got.optim.lr_g, got.optim.lr_d, got.optim.batch_size) == \
+        (2, "sweep", str(tmp_path), 1e-3, 0.5, 8)
+    assert all(type(v) in (int, float, str) for v in (got.run.steps, got.run.name, got.run.out_dir, got.optim.lr_g,
+                                                        got.optim.lr_d, got.optim.batch_size))
+    assert C.load_config(C.save_config(cfg, tmp_path / "c.yaml")) == got  # to_dict writes them as builtins
+    assert C.coerce({"run": {"name": np.str_("sweep")}}).run.name.__class__ is str
+
+
+def test_a_section_built_directly_raises_config_error():
+    from fastgan.data import DataConfig
+    from fastgan.models import ModelConfig
+
+    with pytest.raises(ConfigError, match=r"^model\.leaky_slope: only used by leaky ReLUs"):
+        ModelConfig(leaky_slope=0.3)
+    with pytest.raises(ConfigError, match=r"^data\.path: not used by data\.name='roth3d'"):
+        DataConfig(path="/tmp/x.npz")

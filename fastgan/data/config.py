@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .._errors import ConfigError
 from .._limits import NONNEG_F32
 
 DATASETS = ("roth3d", "ring8", "grid25", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
@@ -64,15 +65,15 @@ class DataConfig:
         if isinstance(self.value_range, list):
             object.__setattr__(self, "value_range", tuple(self.value_range))
         if self.holdout and self.name not in FILE_DATASETS:
-            raise ValueError(f"data.holdout: the built-in mixture {self.name!r} draws fresh samples every batch and "
+            raise ConfigError(f"data.holdout: the built-in mixture {self.name!r} draws fresh samples every batch and "
                              f"has none to hold out; leave data.holdout at 0")
         # a field this data set does not read would be recorded in config.yaml and silently ignored: a
         # data.path given without data.name=npz trained on the default mixture
         for key, why in unread_fields(self.name).items():
             if getattr(self, key) != type(self).__dataclass_fields__[key].default:
-                raise ValueError(f"data.{key}: {why}; got {getattr(self, key)!r}")
+                raise ConfigError(f"data.{key}: {why}; got {getattr(self, key)!r}")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
-            raise ValueError(f"data.path: required for data.name={self.name!r}")
+            raise ConfigError(f"data.path: required for data.name={self.name!r}")
         if self.value_range is not None:
             if len(self.value_range) != 2 or not float(self.value_range[0]) < float(self.value_range[1]):
-                raise ValueError(f"data.value_range: must be (lo, hi) with lo < hi, got {self.value_range!r}")
+                raise ConfigError(f"data.value_range: must be (lo, hi) with lo < hi, got {self.value_range!r}")

@@ -4,6 +4,7 @@ training config. Fields left at None take the paper default of the chosen archit
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .._errors import ConfigError
 from .._limits import NONNEG_F32
 
 ARCHS = ("mlp", "goodfellow", "dcgan")
@@ -111,14 +112,14 @@ class ModelConfig:
                 continue
             if not isinstance(v, (tuple, list)) or not v or not all(
                     isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
-                raise ValueError(f"model.{name}: must be a non-empty list of positive ints, got {v!r}")
+                raise ConfigError(f"model.{name}: must be a non-empty list of positive ints, got {v!r}")
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
         # a field the architecture does not read, set away from its default, would be recorded in config.yaml
         # and silently ignored
         for name, why in unread_fields(self.arch, self.mlp_activation, self.dcgan_activation).items():
             if getattr(self, name) != type(self).__dataclass_fields__[name].default:
-                raise ValueError(f"model.{name}: {why}")
+                raise ConfigError(f"model.{name}: {why}")
 
     def resolved(self, key: str):
         """The field's value, or the architecture's default when the field is None."""
