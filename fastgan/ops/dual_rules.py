@@ -60,13 +60,15 @@ def _normalized(input, dims, eps, weight, bias, shape):
     xc = p - mean
     rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
     xhat = xc * rstd
-    y = _affine(xhat, weight, bias, shape)
+    if t is not None and weight is None and bias is None:
+        # the primal apart from the xhat the tangent's backward saves: an in-place activation after an affine-free
+        # norm (InstanceNorm2d, LeakyReLU(0.2, True)) overwrote it, and the D update's backward failed
+        y = xc * rstd
+    else:
+        y = _affine(xhat, weight, bias, shape)
     if t is None:
         return y
-    # xhat * mean(xhat * dx) read through xc: without affine parameters y is xhat itself, which an in-place
-    # activation after the norm (InstanceNorm2d, LeakyReLU(0.2, True)) overwrites, while the tangent's backward
-    # would still need it
-    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xc * (rstd * rstd * (xc * t).mean(dims, keepdim=True)))
+    dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True))
     return fwAD.make_dual(y, _affine(dxhat, weight, None, shape))
 
 
