@@ -40,14 +40,28 @@ def _record(benchmark, fn, nbytes, **info):
     gbs = nbytes / sec / 1e9
     benchmark.extra_info.update(device=device_label("cuda"), bytes_moved=nbytes, event_ms=sec * 1e3,
                                 GB_per_s=gbs, **info)
-    if "copy" in _copy_gbs:
-        benchmark.extra_info["fraction_of_copy"] = gbs / _copy_gbs["copy"]
+    if info.get("op") != "copy":
+        benchmark.extra_info["fraction_of_copy"] = gbs / _copy_rate()
     return gbs
 
 
-def test_00_device_copy(benchmark):
+def _copy_args():
     x = torch.randn(1 << 28, device="cuda")  # 1 GiB
-    y = torch.empty_like(x)
+    return x, torch.empty_like(x)
+
+
+def _copy_rate() -> float:
+    """GB/s of a device copy: test_00_device_copy's, or measured here where it did not run in this process (a -k
+    selection, another xdist worker), so that no row goes without its fraction_of_copy (goals.py drops such rows)."""
+    if "copy" not in _copy_gbs:
+        x, y = _copy_args()
+        _copy_gbs["copy"] = 2 * x.numel() * 4 / _do_bench(lambda: y.copy_(x)) / 1e9
+        del x, y
+    return _copy_gbs["copy"]
+
+
+def test_00_device_copy(benchmark):
+    x, y = _copy_args()
     _copy_gbs["copy"] = _record(benchmark, lambda: y.copy_(x), 2 * x.numel() * 4, op="copy")
 
 

@@ -9,8 +9,9 @@ GPU work of the penalty.
 Each round replays the graph REPLAYS times and synchronises once; extra_info holds ms per update (median) and
 the ratio to the unregularized update of the same model from the same session. A probe of the host's cost of
 one tiny eager op (launch + dispatch) is recorded too, to say how host-bound the eager numbers are. A fused
-denoiser step whose GEMMs are torch's runs the reference's GEMMs (the reference adds its biases in them) and fuses
-the rest, so it cannot beat reference time / time of those GEMMs alone: the "gemms" rows hold that ceiling
+denoiser step whose GEMMs are torch's runs GEMMs of the reference's FLOPs (laid out its own way: 7 mm and a bmm at
+depth 3 where the reference runs 4 addmm, adding its biases in them, and 7 mm) and fuses the rest, so it cannot
+beat reference time / time of its GEMMs alone (the "gemms" step replays them): the "gemms" rows hold that ceiling
 (ceiling_vs_reference; not a row of the goal), the fused rows the same number beside their speed-up (gemm_ceiling).
 """
 from __future__ import annotations
