@@ -20,6 +20,7 @@ import importlib.util
 import numbers
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -105,6 +106,8 @@ class _Recorder(TorchDispatchMode):
         # call (_host_conversions_seen); their storages held, as above
         self.conversions: list[tuple[object, str, str]] = []
         self.optimizers: dict[int, str] = {}  # id -> the problem of an optimizer stepped without capturable=True
+        # the checking thread: the patches below are process-wide, and other threads' calls are not the step's
+        self.thread = threading.get_ident()
 
     def _registered(self, gen: torch.Generator) -> bool:
         # the dispatcher hands ops a new Python wrapper of the same generator: what it wraps is compared (the
@@ -117,11 +120,13 @@ class _Recorder(TorchDispatchMode):
     def launch(self, name: str, args, kwargs) -> None:
         """A kernel launch the dispatcher does not see, with the Python floats it bakes in (the rest of a launch's
         arguments: pointers, strides and sizes of tensors the recorder sees, launch flags)."""
+        if threading.get_ident() != self.thread:
+            return
         floats = tuple(repr(x) for x in tree_flatten((args, kwargs))[0] if type(x) is float)
         self.ops.append((name, floats, _caller()))
 
     def optimizer_step(self, opt, args, kwargs) -> None:
-        if id(opt) in self.optimizers:
+        if id(opt) in self.optimizers or threading.get_ident() != self.thread:
             return
         groups = [g for g in opt.param_groups if "capturable" in g and not g["capturable"]]
         if groups:
@@ -186,7 +191,8 @@ def _host_conversions_seen(rec: _Recorder):
         def method(self, *args, **kwargs):
             # not the recorder's own by-value descriptions
             st = _storage(self)
-            if sys._getframe(1).f_code.co_filename == _THIS or st is None or inside:
+            if (sys._getframe(1).f_code.co_filename == _THIS or st is None or inside
+                    or threading.get_ident() != rec.thread):
                 return real[name](self, *args, **kwargs)
             inside.append(name)
             try:
@@ -297,11 +303,16 @@ def _capturable_optimizers_on_any_device():
     if real is None:
         yield
         return
-    adam._get_capturable_supported_devices = lambda *a, **k: [*real(*a, **k), "cpu"]
+    checking = threading.get_ident()  # other threads' capturable Adam keeps refusing CPU tensors
+    adam._get_capturable_supported_devices = lambda *a, **k: (
+        [*real(*a, **k), "cpu"] if threading.get_ident() == checking else real(*a, **k))
     try:
         yield
     finally:
         adam._get_capturable_supported_devices = real
+
+
+_CHECKING = threading.RLock()
 
 
 def _short(value, width: int = 160) -> str:
@@ -339,7 +350,9 @@ def capture_hazards(fn: Callable[[], object], *, warmup: int = 3, before: Option
     generators = _as_generators(generators)
     cap = limit if limit is not None else float("inf")
     traces = []
-    with _capturable_optimizers_on_any_device(), _eager_path_while_recording():
+    # one check at a time: its patches are process-wide, and two checks' saves and restores interleaved left them
+    # patched for good
+    with _CHECKING, _capturable_optimizers_on_any_device(), _eager_path_while_recording():
         for i in range(1, warmup + 3):
             if before is not None:
                 before(i)

@@ -465,3 +465,69 @@ def test_a_long_value_is_cut_and_repeated_differences_at_a_line_are_one_problem(
     found = capture_hazards(lambda: torch.stack([data[idx["i"] + k] for k in range(4)]).sum(),
                             before=lambda i: idx.update(i=i))
     assert len(found) == 1 and "3 more ops issued there differ too" in found[0], found
+
+
+def _nt_step(seed, capturable=True):
+    torch.manual_seed(seed)
+    D = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(D.parameters(), lr=1e-3, capturable=capturable)
+    st, x, mu = fastgan.ops.NoiseState(seed), torch.randn(16, 8), torch.full((), 0.5)
+
+    def step():
+        rb, fb = fastgan.ops.noisy_clean_batch(x, x * 0.5, 1.0, state=st)
+        loss = fastgan.ops.nt_losses(D(rb), D(fb), mu)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def test_checks_in_threads_and_other_threads_work_are_kept_apart():
+    """The checker's patches are process-wide: another thread's kernel launches and optimizer steps were reported
+    as the step's, its capturable Adam on CPU tensors was accepted, and two checks at once restored each other's
+    patches out of order, leaving them for good (an audit of the ops in threads, 2026-12-06)."""
+    import threading
+
+    import torch.optim.adam as adam
+    from fastgan import _ext
+
+    real = (_ext.C, torch.Tensor.tolist, torch.Tensor.__repr__, adam._get_capturable_supported_devices)
+    steps, results, errors = [_nt_step(0), _nt_step(1)], [None, None], []
+    stop = threading.Event()
+    refused = []
+
+    def background():  # another model trained meanwhile, with an Adam that is not capturable
+        other = _nt_step(2, capturable=False)  # an eager run: its Adam is not capturable
+        while not stop.is_set():
+            other()
+            p = torch.nn.Parameter(torch.zeros(2))
+            p.grad = torch.ones(2)
+            try:
+                torch.optim.Adam([p], capturable=True).step()
+            except (AssertionError, RuntimeError):  # torch refuses capturable Adam on CPU tensors
+                refused.append(1)
+            else:
+                errors.append("capturable Adam on CPU tensors accepted in another thread")
+
+    def check(i):
+        try:
+            results[i] = capture_hazards(steps[i])
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    bg = threading.Thread(target=background)
+    bg.start()
+    try:
+        for _ in range(3):
+            checks = [threading.Thread(target=check, args=(i,)) for i in range(2)]
+            for t in checks:
+                t.start()
+            for t in checks:
+                t.join()
+            assert results == [[], []], results
+    finally:
+        stop.set()
+        bg.join()
+    assert not errors, errors[:3]
+    assert refused
+    assert (_ext.C, torch.Tensor.tolist, torch.Tensor.__repr__, adam._get_capturable_supported_devices) == real

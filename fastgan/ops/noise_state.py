@@ -48,18 +48,22 @@ class NoiseState:
 
     def manual_seed(self, seed: int) -> "NoiseState":
         """Restart the stream at `seed` (offset 0), in place."""
-        self.tensor.copy_(torch.tensor([_check_seed(seed), 0, 0], dtype=torch.int64))
+        new = torch.tensor([_check_seed(seed), 0, 0], dtype=torch.int64)
+        with _held(self.tensor):
+            self.tensor.copy_(new)
         return self
 
     def get_state(self) -> torch.Tensor:
         """CPU copy of [seed, offset, ticket], for checkpoints."""
-        return self.tensor.detach().cpu().clone()
+        with _held(self.tensor):
+            return self.tensor.detach().cpu().clone()
 
     def set_state(self, state: torch.Tensor) -> "NoiseState":
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
             raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
         _check_state_values(state)  # a host copy, as get_state's own; set_state is rare
-        self.tensor.copy_(state)
+        with _held(self.tensor):
+            self.tensor.copy_(state)
         return self
 
     def clone(self) -> "NoiseState":
@@ -70,6 +74,15 @@ class NoiseState:
 
     def __repr__(self) -> str:
         return f"NoiseState(device={self.device})"
+
+
+def _held(state: torch.Tensor):
+    """The draws' lock (noise_runners._draw_lock): a CPU draw from another thread reads the seed and writes the
+    offset with the GIL released, so a manual_seed or set_state between the two left the new seed with the old
+    stream's offset (an audit of the ops in threads, 2026-12-06)."""
+    from .noise_runners import _draw_lock
+
+    return _draw_lock(state)
 
 
 def _check_device(device) -> Optional[torch.device]:

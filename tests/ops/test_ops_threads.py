@@ -170,3 +170,40 @@ def test_triton_interpreter_launches_from_threads_match_one_thread():
     alone = [work(i, make(i)) for i in range(3)]
     for got, want in zip(_in_threads(work, 3), alone):
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_set_state_and_manual_seed_while_other_threads_draw():
+    """A CPU draw reads the seed and writes the offset with the GIL released: a set_state or manual_seed between
+    the two left the new seed with the old stream's offset (184 of 300 resets torn in an audit, 2026-12-06). Each
+    reset now waits for the draw in flight: every state read back is the reset's plus whole draws."""
+    import time
+
+    m, f = 256, 256
+    per_draw = (m * f + 3) // 4  # counters a draw of m * f normals takes
+    st, x, stop, errors = NoiseState(1), torch.zeros(m, f), threading.Event(), []
+
+    def drawer():
+        try:
+            while not stop.is_set():
+                noisy_clean_batch(None, x, 1.0, state=st, backend="cpu")
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=drawer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    bases, torn = {}, []
+    try:
+        for k in range(60):
+            seed, base = 1000 + k, (10**9 + k * 10**6 if k % 2 else 0)
+            st.set_state(torch.tensor([seed, base, 0])) if k % 2 else st.manual_seed(seed)
+            bases[seed] = base
+            time.sleep(0.002)  # not a timing: the drawers run meanwhile, some across the next reset
+            s, off, ticket = st.get_state().tolist()
+            if ticket != 0 or s not in bases or off < bases[s] or (off - bases[s]) % per_draw:
+                torn.append((seed, base, s, off))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors and not torn, (errors, torn[:3])
