@@ -212,13 +212,17 @@ def _host_conversions_seen(rec: _Recorder):
         rec.storages.pop(st._cdata, None)  # numpy()'s own detach is not the step's op
         return out
 
+    own = {name for name in real if name in vars(torch.Tensor)}  # tolist, numpy, cpu: inherited from TensorBase
     for name in real:
         setattr(torch.Tensor, name, seen(name))
     try:
         yield
     finally:
         for name, fn in real.items():
-            setattr(torch.Tensor, name, fn)
+            if name in own:
+                setattr(torch.Tensor, name, fn)
+            else:  # inherited: set back, it would stay as a copy in torch.Tensor's own namespace
+                delattr(torch.Tensor, name)
         rec.host_reads += [(op, where) for st, op, where in rec.conversions if st._cdata in rec.storages]
 
 

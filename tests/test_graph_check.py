@@ -531,3 +531,15 @@ def test_checks_in_threads_and_other_threads_work_are_kept_apart():
     assert not errors, errors[:3]
     assert refused
     assert (_ext.C, torch.Tensor.tolist, torch.Tensor.__repr__, adam._get_capturable_supported_devices) == real
+
+
+def test_the_tensor_methods_it_patches_are_put_back_as_they_were():
+    """tolist, numpy and cpu are inherited from torch._C.TensorBase: set back with setattr, each stayed behind as a
+    copy in torch.Tensor's own namespace (an audit for memory and patches, 2026-12-06)."""
+    before = {n: n in vars(torch.Tensor) for n in ("tolist", "numpy", "cpu", "__repr__")}
+    w = torch.randn(4)
+    assert capture_hazards(lambda: w * 2) == []
+    with pytest.raises(RuntimeError, match="planted"):
+        capture_hazards(lambda: (_ for _ in ()).throw(RuntimeError("planted")), warmup=0)
+    assert {n: n in vars(torch.Tensor) for n in before} == before == {"tolist": False, "numpy": False, "cpu": False,
+                                                                        "__repr__": True}
