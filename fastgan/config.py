@@ -341,7 +341,8 @@ def _coerce(tp, value, path: str):
             raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
         if "\0" in value:  # no file name or choice holds one: the OS refused it later, naming no field
             raise ConfigError(f"{path}: must not hold a NUL character, got {_shown(value)}")
-        return value if type(value) is str else str(value)  # np.str_: YAML cannot write it
+        return value if type(value) is str else str.__str__(value)  # np.str_, a str Enum's value: YAML cannot write
+    # them (str() of a (str, Enum) member is 'Name.member' on Python 3.11+)
     return value
 
 
@@ -742,7 +743,7 @@ def _builtin(v):
     if v is None or type(v) in (bool, int, float, str):
         return v
     if isinstance(v, str):
-        return str(v)
+        return str.__str__(v)  # the characters (str() of a (str, Enum) member is 'Name.member')
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return int(v)
     if isinstance(v, numbers.Real) and not isinstance(v, bool):

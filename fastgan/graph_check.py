@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import importlib
 import importlib.util
 import numbers
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_flatten
 
 from .graph import _as_generators
@@ -106,27 +107,33 @@ class _Recorder(TorchDispatchMode):
         # call (_host_conversions_seen); their storages held, as above
         self.conversions: list[tuple[object, str, str]] = []
         self.optimizers: dict[int, str] = {}  # id -> the problem of an optimizer stepped without capturable=True
-        # the checking thread: the patches below are process-wide, and other threads' calls are not the step's
-        self.thread = threading.get_ident()
+
+    def active(self) -> bool:
+        """Whether the calling thread runs the step: this recorder is on its dispatch-mode stack (which torch hands
+        on to the step's own worker threads, autograd's on a GPU); the patches are process-wide, and another
+        thread's calls meanwhile are not the step's."""
+        return self in _get_current_dispatch_mode_stack()
 
     def _registered(self, gen: torch.Generator) -> bool:
-        # the dispatcher hands ops a new Python wrapper of the same generator: what it wraps is compared (the
-        # default generators, passed explicitly, need no registration either)
+        # the dispatcher hands ops a new Python wrapper of the same generator: what it wraps is compared, by a probe
+        # for the registered ones (the step's own), by state for the default generators (passed explicitly, they
+        # need no registration either; not probed: other threads draw from them)
         defaults = [torch.default_generator]
         if gen.device.type == "cuda":
             defaults += list(torch.cuda.default_generators)
-        return any(_same_generator(g, gen) for g in (*self.generators, *defaults))
+        return (any(_same_generator(g, gen) for g in self.generators)
+                or any(g.device == gen.device and torch.equal(g.get_state(), gen.get_state()) for g in defaults))
 
     def launch(self, name: str, args, kwargs) -> None:
         """A kernel launch the dispatcher does not see, with the Python floats it bakes in (the rest of a launch's
         arguments: pointers, strides and sizes of tensors the recorder sees, launch flags)."""
-        if threading.get_ident() != self.thread:
+        if not self.active():
             return
         floats = tuple(repr(x) for x in tree_flatten((args, kwargs))[0] if type(x) is float)
         self.ops.append((name, floats, _caller()))
 
     def optimizer_step(self, opt, args, kwargs) -> None:
-        if id(opt) in self.optimizers or threading.get_ident() != self.thread:
+        if id(opt) in self.optimizers or not self.active():
             return
         groups = [g for g in opt.param_groups if "capturable" in g and not g["capturable"]]
         if groups:
@@ -192,7 +199,7 @@ def _host_conversions_seen(rec: _Recorder):
             # not the recorder's own by-value descriptions
             st = _storage(self)
             if (sys._getframe(1).f_code.co_filename == _THIS or st is None or inside
-                    or threading.get_ident() != rec.thread):
+                    or not rec.active()):
                 return real[name](self, *args, **kwargs)
             inside.append(name)
             try:
@@ -231,8 +238,6 @@ def _eager_path_while_recording(recorder: type = _Recorder):
     """fastgan's fused ops take their custom-op path under any dispatch mode (fastgan.ops._eager.ok), the recorder
     included, while a real run takes the eager path: the recorder would see each op as one opaque call and miss
     what its Python does (a host read in a backend's runner, say). Here modes of type `recorder` do not count."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
     from .ops import _eager
 
     real = _eager._dispatch_modes
@@ -241,6 +246,18 @@ def _eager_path_while_recording(recorder: type = _Recorder):
         yield
     finally:
         _eager._dispatch_modes = real
+
+
+def _triton_module(name: str):
+    """triton's module `name`, imported where triton is installed (None where not): a step whose first call imports
+    triton (fastgan's Triton backend does, lazily) would otherwise have its launches recorded in the next call only,
+    a difference between the two calls that is the checker's (warmup=0)."""
+    if name not in sys.modules and importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 class _Launching:
@@ -270,11 +287,10 @@ def _launches_seen(rec: _Recorder):
     real_c = _ext.C
     _ext.C = lambda: _Launching(real_c(), rec)
     runs = []
-    if "triton" in sys.modules:
-        for mod, cls in (("triton.runtime.jit", "JITFunction"), ("triton.runtime.interpreter", "InterpretedFunction")):
-            klass = getattr(sys.modules.get(mod), cls, None)
-            if klass is not None and "run" in vars(klass):
-                runs.append((klass, klass.run))
+    for mod, cls in (("triton.runtime.jit", "JITFunction"), ("triton.runtime.interpreter", "InterpretedFunction")):
+        klass = getattr(_triton_module(mod), cls, None)
+        if klass is not None and "run" in vars(klass):
+            runs.append((klass, klass.run))
 
     def traced(real_run):
         def run(self, *args, **kwargs):

@@ -802,6 +802,18 @@ def test_numpy_scalars_and_paths_in_a_trainconfig_built_in_python(tmp_path):
     assert C.coerce({"run": {"name": np.str_("sweep")}}).run.name.__class__ is str
 
 
+def test_a_str_enum_value_is_taken_as_its_characters():
+    """str() of a (str, Enum) member is 'Name.member' on Python 3.11+: a run name given as one was renamed so."""
+    import enum
+
+    class Name(str, enum.Enum):
+        baseline = "baseline"
+
+    assert C.coerce({"run": {"name": Name.baseline}}).run.name == "baseline"
+    cfg = dataclasses.replace(TrainConfig(), run=C.RunConfig(name=Name.baseline))
+    assert C.coerce(cfg).run.name == "baseline" and type(C.coerce(cfg).run.name) is str
+
+
 def test_a_section_built_directly_raises_config_error():
     from fastgan.data import DataConfig
     from fastgan.models import ModelConfig

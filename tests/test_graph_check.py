@@ -543,3 +543,22 @@ def test_the_tensor_methods_it_patches_are_put_back_as_they_were():
         capture_hazards(lambda: (_ for _ in ()).throw(RuntimeError("planted")), warmup=0)
     assert {n: n in vars(torch.Tensor) for n in before} == before == {"tolist": False, "numpy": False, "cpu": False,
                                                                         "__repr__": True}
+
+
+def test_a_first_call_that_imports_triton_is_compared_with_the_next():
+    """fastgan imports triton on its Triton backend's first call: with warmup=0 the captured call imported it, so
+    only the next call's launches were recorded, a difference reported as the step's control flow (a review,
+    2026-12-06). In a fresh process, where triton is not imported yet."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, fastgan.ops\n"
+            "from fastgan.graph_check import capture_hazards\n"
+            "assert 'triton' not in sys.modules\n"
+            "lr, lf = torch.randn(8), torch.randn(8)\n"
+            "print(capture_hazards(lambda: fastgan.ops.nt_losses(lr, lf, 0.5, backend='triton'), warmup=0))\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]

@@ -122,10 +122,11 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
 
     Returns {"model1": {tp, fn, fp, tn, cross_fp, tp_se, fp_se, cross_fp_se}, "model2": {...}, "better": 1 | 2 |
     None, "cross_fp_difference_se"}, where model i's cross_fp is the fraction of the other model's samples its D
-    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names the
-    better model's D where its TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule).
-    names: how errors and warnings name the two discriminators (a NaN logit, a logit count that is not one per sample); thresholds: the
-    logit above which each D calls a sample real (its loss's indifference point, 0 for a minimax GAN).
+    calls real; "better" is the model with the lower cross_fp, then the lower fn (None on a tie); "warnings" names
+    the better model's D where its TP is below DEGENERATE_TP (one calling almost everything fake wins by the rule).
+    names: how errors and warnings name the two discriminators (a NaN logit, a logit count that is not one per
+    sample); thresholds: the logit above which each D calls a sample real (its loss's indifference point, 0 for a
+    minimax GAN).
     """
     real = _samples(real, "real")
     fake1, fake2 = _samples(fake1, "fake1"), _samples(fake2, "fake2")

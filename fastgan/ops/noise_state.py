@@ -68,7 +68,7 @@ class NoiseState:
 
     def clone(self) -> "NoiseState":
         other = NoiseState.__new__(NoiseState)
-        with torch.inference_mode(False):  # as in __init__
+        with torch.inference_mode(False), _held(self.tensor):  # as in __init__; whole, as get_state
             other.tensor = self.tensor.clone()
         return other
 
