@@ -545,6 +545,7 @@ def test_the_tensor_methods_it_patches_are_put_back_as_they_were():
                                                                         "__repr__": True}
 
 
+@pytest.mark.triton
 def test_a_first_call_that_imports_triton_is_compared_with_the_next():
     """fastgan imports triton on its Triton backend's first call: with warmup=0 the captured call imported it, so
     only the next call's launches were recorded, a difference reported as the step's control flow (a review,
