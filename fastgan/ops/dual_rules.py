@@ -56,6 +56,11 @@ def _normalized(input, dims, eps, weight, bias, shape):
     p, t = _dual(input)
     if not _plain(weight, bias):
         p, t = input, None  # parameters with tangents: plain composite ops under forward AD
+    dtype = p.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # normalized in float32 and rounded once, as torch's kernels do: statistics and the tangent's cancellation in
+        # half precision (autocast) put a BatchNorm D's jvp gradients up to 263x the double backward's error
+        p, t = p.float(), (None if t is None else t.float())
     mean = p.mean(dims, keepdim=True)
     xc = p - mean
     rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
@@ -66,10 +71,12 @@ def _normalized(input, dims, eps, weight, bias, shape):
         y = xc * rstd
     else:
         y = _affine(xhat, weight, bias, shape)
+    if y.dtype != dtype and dtype in (torch.float16, torch.bfloat16):
+        y = y.to(dtype)
     if t is None:
         return y
     dxhat = rstd * (t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True))
-    return fwAD.make_dual(y, _affine(dxhat, weight, None, shape))
+    return fwAD.make_dual(y, _affine(dxhat, weight, None, shape).to(y.dtype))
 
 
 def _channel_shape(x):

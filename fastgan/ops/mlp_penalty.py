@@ -102,6 +102,9 @@ def plan(D, x: torch.Tensor | None = None):
     if not isinstance(D, nn.Sequential) or type(D).forward is not nn.Sequential.forward:
         return None, "D is not an nn.Sequential (and has no as_sequential())"
     steps = []
+    # outside autocast (which the closed form meets by casting x to D's dtype) a layer of another dtype than x is
+    # refused here, naming both: the GEMMs said "mat1 and mat2 must have the same dtype", naming neither
+    dtype = None if x is None or _dispatch.autocast_enabled(x.device) else x.dtype
     # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
     shape = None if x is None else tuple(x.shape[1:])
     rank = None if x is None else x.dim()
@@ -112,6 +115,11 @@ def plan(D, x: torch.Tensor | None = None):
         if kind is None or type(m).forward is not kind.forward:
             return None, f"layer {i} ({type(m).__name__}) is not a supported layer"
         where = f"layer {i} ({type(m).__name__})"
+        if kind is nn.Linear or kind in CONVS:
+            # its parameters, not m.weight: a parametrized weight (spectral norm) would run its power iteration
+            w = next(m.parameters(), None)
+            if dtype is not None and w is not None and w.dtype != dtype:
+                return None, f"{where} has {w.dtype} weights but x is {dtype}"
         if kind is nn.Linear:
             if rank not in (None, 2):
                 return None, f"{where} gets a rank-{rank} input; flatten it first (nn.Flatten())"
