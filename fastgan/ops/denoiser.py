@@ -49,7 +49,7 @@ def _check_number(name: str, value, *, low: float | None = None, high: float | N
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    if not math.isfinite(v):
+    if not abs(v) < math.inf:  # not math.isfinite: Dynamo traces a comparison of the SymFloat a default becomes
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if (low is not None and (v < low or (open_low and v == low))) or (high is not None and v > high):
         lo = "" if low is None else (f"> {low}" if open_low else f">= {low}")

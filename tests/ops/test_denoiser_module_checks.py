@@ -261,6 +261,19 @@ def test_bn_relu_with_running_stats_under_compile_fullgraph():
     torch.testing.assert_close((rm, rv), (rm2, rv2))
 
 
+def test_bn_relu_with_its_defaults_under_compile_dynamic_fullgraph():
+    """Under dynamic=True the float defaults (momentum, eps) are symbolic, and their check's math.isfinite was not
+    traceable: fullgraph=True failed (an audit of the ops under torch.compile, 2026-12-06)."""
+    torch._dynamo.reset()
+    b, g, be = torch.randn(5), torch.rand(5) + 0.5, torch.randn(5)
+    rm, rv = torch.zeros(5), torch.ones(5)
+    f = torch.compile(lambda y: bn_relu(y, b, g, be, rm, rv, training=True), backend="aot_eager", fullgraph=True,
+                      dynamic=True)
+    for B in (8, 16):
+        y = torch.randn(B, 5)
+        torch.testing.assert_close(f(y), F.relu(F.batch_norm(y + b, None, None, g, be, True, 0.1, 1e-5)))
+
+
 def test_bn_relu_running_stats_in_disjoint_slices_of_one_buffer():
     flat = torch.zeros(10)
     flat[5:] = 1
