@@ -546,7 +546,7 @@ def test_the_tensor_methods_it_patches_are_put_back_as_they_were():
 
 
 @pytest.mark.triton
-def test_a_first_call_that_imports_triton_is_compared_with_the_next():
+def test_a_first_call_that_imports_triton_is_compared_with_the_next(tmp_path):
     """fastgan imports triton on its Triton backend's first call: with warmup=0 the captured call imported it, so
     only the next call's launches were recorded, a difference reported as the step's control flow (a review,
     2026-12-06). In a fresh process, where triton is not imported yet."""
@@ -560,6 +560,8 @@ def test_a_first_call_that_imports_triton_is_compared_with_the_next():
             "lr, lf = torch.randn(8), torch.randn(8)\n"
             "print(capture_hazards(lambda: fastgan.ops.nt_losses(lr, lf, 0.5, backend='triton'), warmup=0))\n")
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    # run from elsewhere: from a checkout's root `-c` would import its source tree, not the installed package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
