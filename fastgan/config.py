@@ -341,8 +341,7 @@ def _coerce(tp, value, path: str):
             raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
         if "\0" in value:  # no file name or choice holds one: the OS refused it later, naming no field
             raise ConfigError(f"{path}: must not hold a NUL character, got {_shown(value)}")
-        return value if type(value) is str else str.__str__(value)  # np.str_, a str Enum's value: YAML cannot write
-    # them (str() of a (str, Enum) member is 'Name.member' on Python 3.11+)
+        return _builtin(value)  # np.str_, a (str, Enum) member: their characters
     return value
 
 

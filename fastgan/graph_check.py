@@ -46,7 +46,7 @@ _FROM_HOST = {"aten::lift_fresh.default", "aten::lift_fresh_copy.default"}
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 _THIS = str(Path(__file__).resolve())
 _FASTGAN_DIR = str(Path(__file__).resolve().parent) + os.sep
-_LIBRARY_DIRS = (_TORCH_DIR, os.sep + "triton" + os.sep)  # torch's frames, and triton's launch glue
+_TRITON_PART = os.sep + "triton" + os.sep  # in the path of triton's launch glue
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,8 +69,7 @@ def _caller() -> str:
         name = f.f_code.co_filename
         if name == _THIS and f.f_code.co_name == "capture_hazards":
             break
-        if not (name.startswith(_LIBRARY_DIRS[0]) or _LIBRARY_DIRS[1] in name or name == _THIS
-                or name.startswith("<")):
+        if not (name.startswith(_TORCH_DIR) or _TRITON_PART in name or name == _THIS or name.startswith("<")):
             here = f"{name}:{f.f_lineno} ({f.f_code.co_name})"
             if not name.startswith(_fastgan_dirs()):
                 return here if inner is None else f"{here}, inside {inner}"
@@ -121,8 +120,7 @@ class _Recorder(TorchDispatchMode):
         defaults = [torch.default_generator]
         if gen.device.type == "cuda":
             defaults += list(torch.cuda.default_generators)
-        return (any(_same_generator(g, gen) for g in self.generators)
-                or any(g.device == gen.device and torch.equal(g.get_state(), gen.get_state()) for g in defaults))
+        return any(_same_generator(g, gen) for g in self.generators) or any(_same_state(g, gen) for g in defaults)
 
     def launch(self, name: str, args, kwargs) -> None:
         """A kernel launch the dispatcher does not see, with the Python floats it bakes in (the rest of a launch's
@@ -161,10 +159,14 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+def _same_state(a: torch.Generator, b: torch.Generator) -> bool:
+    return a.device == b.device and torch.equal(a.get_state(), b.get_state())
+
+
 def _same_generator(a: torch.Generator, b: torch.Generator) -> bool:
     """Whether a and b are one generator (two Python wrappers of it, or the same one): equal states, and a change to
     b's state shows in a's; b's state is put back."""
-    if a.device != b.device or not torch.equal(a.get_state(), b.get_state()):
+    if not _same_state(a, b):
         return False
     saved = b.get_state()
     try:

@@ -62,9 +62,11 @@ def tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
     return x
 
 
-def one_per_sample(logits: torch.Tensor) -> bool:
-    """Whether logits hold one value per sample: (B,), or (B, 1, ..., 1) as a D ending in a one-channel
-    convolution returns (B, 1, 1, 1)."""
+def one_per_sample(logits: torch.Tensor, batch: int | None = None) -> bool:
+    """Whether logits hold one value per sample (of a batch of `batch`, where given): (B,), or (B, 1, ..., 1) as a D
+    ending in a one-channel convolution returns (B, 1, 1, 1)."""
+    if batch is not None and logits.shape[:1] != (batch,):
+        return False
     d = logits.dim()
     if d == 1:  # the common shapes without the generator's ~0.4 us: nt_losses checks two a call
         return True

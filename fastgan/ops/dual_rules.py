@@ -57,7 +57,8 @@ def _normalized(input, dims, eps, weight, bias, shape):
     if not _plain(weight, bias):
         p, t = input, None  # parameters with tangents: plain composite ops under forward AD
     dtype = p.dtype
-    if dtype in (torch.float16, torch.bfloat16):
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half:
         # normalized in float32 and rounded once, as torch's kernels do: statistics and the tangent's cancellation in
         # half precision (autocast) put a BatchNorm D's jvp gradients up to 263x the double backward's error
         p, t = p.float(), (None if t is None else t.float())
@@ -71,7 +72,7 @@ def _normalized(input, dims, eps, weight, bias, shape):
         y = xc * rstd
     else:
         y = _affine(xhat, weight, bias, shape)
-    if y.dtype != dtype and dtype in (torch.float16, torch.bfloat16):
+    if half and y.dtype != dtype:
         y = y.to(dtype)
     if t is None:
         return y

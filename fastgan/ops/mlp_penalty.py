@@ -328,7 +328,7 @@ def primal_chain(x, steps, tensors, norm):
             act = _Act(kind, m)
             h, key = act.forward(h)
             layers.append({"kind": kind, "act": act, "key": key})
-    if h.shape[:1] != (B,) or not _checks.one_per_sample(h):
+    if not _checks.one_per_sample(h, B):
         raise ValueError(f"D's output has shape {tuple(h.shape)}: logits must be (B,) or (B, 1, ..., 1)")
     layers[-1]["out_shape"] = tuple(h.shape)
     return h.reshape(B), layers

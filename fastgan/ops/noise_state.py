@@ -11,6 +11,10 @@ import torch
 from .._errors import first_line
 from . import _dispatch
 from ._locks import ForkSafeLock
+# the draws' lock, which manual_seed, set_state, get_state and clone take too: a CPU draw from another thread reads
+# the seed and writes the offset with the GIL released, and a reset between the two left the new seed with the old
+# stream's offset (an audit of the ops in threads, 2026-12-06)
+from .noise_runners import _draw_lock
 
 
 class NoiseState:
@@ -49,40 +53,31 @@ class NoiseState:
     def manual_seed(self, seed: int) -> "NoiseState":
         """Restart the stream at `seed` (offset 0), in place."""
         new = torch.tensor([_check_seed(seed), 0, 0], dtype=torch.int64)
-        with _held(self.tensor):
+        with _draw_lock(self.tensor):
             self.tensor.copy_(new)
         return self
 
     def get_state(self) -> torch.Tensor:
         """CPU copy of [seed, offset, ticket], for checkpoints."""
-        with _held(self.tensor):
+        with _draw_lock(self.tensor):
             return self.tensor.detach().cpu().clone()
 
     def set_state(self, state: torch.Tensor) -> "NoiseState":
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
             raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
         _check_state_values(state)  # a host copy, as get_state's own; set_state is rare
-        with _held(self.tensor):
+        with _draw_lock(self.tensor):
             self.tensor.copy_(state)
         return self
 
     def clone(self) -> "NoiseState":
         other = NoiseState.__new__(NoiseState)
-        with torch.inference_mode(False), _held(self.tensor):  # as in __init__; whole, as get_state
+        with torch.inference_mode(False), _draw_lock(self.tensor):  # as in __init__; whole, as get_state
             other.tensor = self.tensor.clone()
         return other
 
     def __repr__(self) -> str:
         return f"NoiseState(device={self.device})"
-
-
-def _held(state: torch.Tensor):
-    """The draws' lock (noise_runners._draw_lock): a CPU draw from another thread reads the seed and writes the
-    offset with the GIL released, so a manual_seed or set_state between the two left the new seed with the old
-    stream's offset (an audit of the ops in threads, 2026-12-06)."""
-    from .noise_runners import _draw_lock
-
-    return _draw_lock(state)
 
 
 def _check_device(device) -> Optional[torch.device]:

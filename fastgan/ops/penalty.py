@@ -429,7 +429,7 @@ def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"D must return a tensor of logits, got {type(logits).__name__}")
     B = x.shape[0]
-    if logits.shape[:1] != (B,) or not _checks.one_per_sample(logits):
+    if not _checks.one_per_sample(logits, B):
         raise ValueError(f"D must map a batch of {B} to logits of shape ({B},) or ({B}, 1, ..., 1), got "
                          f"{tuple(logits.shape)}")
     if not logits.is_floating_point():
