@@ -1352,4 +1352,3 @@ def test_real_and_fake_batches_backpropagated_one_after_the_other(backend, case)
     want = torch.autograd.grad((r * 2).sum() + (f * 3).sum(), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
-
