@@ -42,7 +42,9 @@ def test_every_shipped_config_loads(path):
 def test_shipped_configs_cover_the_paper_experiments():
     names = {p.stem for p in CONFIGS}
     for required in ["roth-mixture-unregularized", "roth-mixture-gamma-fixed", "roth-mixture-gamma-annealed",
-                     "dfm-fmnist", "dfm-fmnist-baseline", "goodfellow-mlp-fmnist", "ntgan-fmnist-standard"]:
+                     "roth-mixture-unregularized-5d", "roth-mixture-gamma-fixed-5d", "ntgan-2d-standard",
+                     "ntgan-2d-gaussian", "dfm-fmnist", "dfm-fmnist-baseline", "goodfellow-mlp-fmnist",
+                     "ntgan-fmnist-standard"]:
         assert required in names
     rows = {n.split("-")[2] for n in names if n.startswith("ntgan-fmnist-") and len(n.split("-")[2]) == 1}
     assert rows == set("abcdefghi")
@@ -75,6 +77,46 @@ def test_the_goodfellow_authors_config_differs_from_algorithm_1s_in_the_authors_
         "model.g_output_bias": "marginals", "method.update": "simultaneous", "optim.lr_decay": 1.000004,
         "optim.min_lr": 1e-6, "optim.momentum_final": 0.7, "optim.momentum_ramp_steps": 249 * 500,
         "run.name": "goodfellow-mlp-fmnist-authors"}
+
+
+def _flat(cfg) -> dict:
+    return {f"{s.name}.{f.name}": getattr(getattr(cfg, s.name), f.name) for s in dataclasses.fields(cfg)
+            for f in dataclasses.fields(getattr(cfg, s.name))}
+
+
+def _differences(name: str, base: str) -> dict:
+    a, b = _flat(load_config(REPO / "configs" / f"{name}.yaml")), _flat(load_config(REPO / "configs" / f"{base}.yaml"))
+    return {k: a[k] for k in a if a[k] != b[k]}
+
+
+@pytest.mark.parametrize("base", ["roth-mixture-unregularized", "roth-mixture-gamma-fixed"])
+def test_the_roth_figure_6_configs_are_figure_1s_with_five_d_steps(base):
+    """Roth et al. 5.1: "even more pronounced when the GANs are trained with five discriminator updates per
+    generator update step, as shown in Fig. 6"; nothing else differs from Figure 1's configs."""
+    assert _differences(f"{base}-5d", base) == {"method.d_steps": 5, "run.name": f"{base}-5d"}
+
+
+def test_the_ntgan_2d_configs_follow_appendix_6_1():
+    """NTGAN 6.1: three fully-connected layers, hidden size 512, ReLU, BatchNorm in all but D's first layer and the
+    output layers, Adam at 1e-4, 20K iterations; the NTGAN run adds Gaussian noise to real and fake, clean and
+    noisy batches weighted by mu, and differs from the standard GAN in nothing else."""
+    from fastgan.models import build_discriminator, build_generator
+
+    std = load_config(REPO / "configs" / "ntgan-2d-standard.yaml")
+    m = std.model
+    assert (m.arch, m.g_hidden, m.d_hidden, m.mlp_activation) == ("mlp", (512, 512), (512, 512), "relu")
+    assert (std.optim.optimizer, std.optim.lr_g, std.optim.lr_d, std.run.steps) == ("adam", 1e-4, 1e-4, 20000)
+    assert std.data.name in ("ring8", "grid25") and std.method.name == "gan"
+    G, D = build_generator(m, (2,)), build_discriminator(m, (2,))
+
+    def layers(net):
+        return [type(x).__name__ for x in net.modules() if not list(x.children()) and type(x).__name__ != "Identity"]
+
+    assert layers(G) == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert layers(D) == ["Linear", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    nt = load_config(REPO / "configs" / "ntgan-2d-gaussian.yaml").method.nt
+    assert (nt.noise, nt.clean, nt.batch) == ("fixed", True, "full")
+    assert set(_differences("ntgan-2d-gaussian", "ntgan-2d-standard")) <= {"method.name", "method.nt", "run.name"}
 
 
 # NTGAN Table 4 as the paper's text prints it (../shared/papers/ntgan-noise-tempered.txt): learning rate,
