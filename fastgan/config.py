@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Union
 from ._errors import ConfigError
 from ._limits import FLOAT32_MAX, NONNEG_F32
 from .data.config import DataConfig
-from .models.config import ModelConfig
+from .models.config import CONV_ARCHS, ModelConfig
 
 UNITS = ("gan", "roth", "nt", "dfm")
 LOSSES = ("minimax", "least_squares", "wgan_gp", "fgan")
@@ -492,10 +492,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               f"{' and '.join(d_bn)}'s batch statistics make differ from g_f'(psi) grad psi; use "
                               "'double_backward' or 'auto' (which runs it), or a divergence with g_f(psi) = psi "
                               f"{LINEAR_F_DIVERGENCES}")
-        if m.roth.mode == "mlp" and cfg.model.arch == "goodfellow":
+        if m.roth.mode == "mlp" and cfg.model.arch in ("goodfellow", "resnet"):
             # caught by Method too, but only after the data loaded, and as a run error (exit 1)
+            what = {"goodfellow": "has maxout units and dropout",
+                    "resnet": "adds residual shortcuts, which no single chain of layers holds"}[cfg.model.arch]
             raise ConfigError("method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, activations, "
-                              "BatchNorm and Flatten; model.arch='goodfellow' has maxout units and dropout: use "
+                              f"BatchNorm and Flatten; model.arch={cfg.model.arch!r} {what}: use "
                               "'auto', 'jvp' or 'double_backward'")
     if m.g_loss == "saturating" and m.loss in ("least_squares", "wgan_gp"):
         raise ConfigError(f"method.g_loss: 'saturating' is a form of the minimax and f-GAN generator losses; "
@@ -515,7 +517,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"optim.batch_size: DFM's denoiser trains on the m // 2 clean rows of NT's half batches "
                               f"(method.nt.batch='half'), and its training-mode BatchNorm needs 2: batch_size >= 4, "
                               f"got {o.batch_size}")
-        if m.nt.batch == "half" and m.nt.noise == "generator" and cfg.model.arch != "dcgan" and \
+        if m.nt.batch == "half" and m.nt.noise == "generator" and cfg.model.arch not in CONV_ARCHS and \
                 cfg.model.resolved("g_batchnorm") and o.batch_size < 3:
             # the noise generator (G's architecture) draws eps for the m - m // 2 noisy rows only
             raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', G's "
@@ -524,15 +526,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if m.nt.sigma_anneal != "none" and m.nt.noise != "fixed":
             raise ConfigError(f"method.nt.sigma_anneal: annealing applies to fixed noise, got "
                               f"method.nt.noise={m.nt.noise!r}")
-    if cfg.model.arch == "dcgan" and cfg.data.name in POINT_DATASETS:
-        raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r} is a mixture of "
-                          "points; use model.arch=mlp or goodfellow, or an image data.name")
+    if cfg.model.arch in CONV_ARCHS and cfg.data.name in POINT_DATASETS:
+        raise ConfigError(f"model.arch: {cfg.model.arch!r} needs an image data set, data.name={cfg.data.name!r} is a "
+                          "mixture of points; use model.arch=mlp or goodfellow, or an image data.name")
     if o.batch_size < 2:
         # training-mode BatchNorm cannot normalise one sample: the first step would fail, after the run folder
         # was written
         bn = [f for f, on in ((f"method.name={m.name!r}: DFM's denoiser", "dfm" in units),
-                              ("model.g_batchnorm", cfg.model.arch != "dcgan" and cfg.model.resolved("g_batchnorm")),
-                              ("model.d_batchnorm", cfg.model.arch != "dcgan" and cfg.model.resolved("d_batchnorm")))
+                              ("model.g_batchnorm", cfg.model.arch not in CONV_ARCHS and
+                               cfg.model.resolved("g_batchnorm")),
+                              ("model.d_batchnorm", cfg.model.arch not in CONV_ARCHS and
+                               cfg.model.resolved("d_batchnorm")))
               if on]
         if bn:
             raise ConfigError(f"optim.batch_size: training-mode BatchNorm ({', '.join(bn)}) needs a batch of at "

@@ -31,6 +31,7 @@ from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
+from .models.config import CONV_ARCHS
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
@@ -103,20 +104,43 @@ def _check_forced_backend(cfg: TrainConfig, device: torch.device) -> None:
         raise ConfigError(f"{named}: cannot run on {device} (run.device): {why}")
 
 
-def _check_dcgan_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
-    """DCGAN's G starts at a 1x1 map on 1x1 images, where its training-mode BatchNorm sees one value a channel per
-    sample: a call of one row fails at step 1 (config.py lets DCGAN take a batch of one for its other shapes)."""
-    from .models.dcgan import plan
+def _check_resnet_images(cfg: TrainConfig, shape: tuple) -> None:
+    """The ResNet's four x2 resamplings need square power-of-two images >= 16: a ConfigError before the run folder
+    is made (build_generator's ValueError names data_shape, which a config does not have)."""
+    from .models.resnet import check_image_shape
 
-    m, o = cfg.method, cfg.optim
-    if cfg.model.arch != "dcgan" or not cfg.model.resolved("g_batchnorm") or plan(shape)["g_start"] != (1, 1):
+    if cfg.model.arch != "resnet":
         return
+    try:
+        check_image_shape(shape)
+    except ValueError:
+        hint = ("set data.image_size to a power of two >= 16 (64: Roth et al.'s runs)"
+                if cfg.data.name == "image_folder"
+                else "use an image folder with data.image_size, or model.arch=dcgan, which takes any image size")
+        raise ConfigError(f"model.arch: 'resnet' needs square images whose side is a power of two >= 16 (four x2 "
+                          f"resamplings from side / 16), data.name={cfg.data.name!r} holds images of shape {shape}; "
+                          f"{hint}") from None
+
+
+def _check_dcgan_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
+    """DCGAN's G starts at a 1x1 map on 1x1 images (the ResNet's on 16x16 ones), where its training-mode BatchNorm
+    sees one value a channel per sample: a call of one row fails at step 1 (config.py lets the convolutional
+    architectures take a batch of one for their other shapes)."""
+    from .models.dcgan import plan
+    from .models.resnet import start_size
+
+    m, o, arch = cfg.method, cfg.optim, cfg.model.arch
+    if arch not in CONV_ARCHS or not cfg.model.resolved("g_batchnorm"):
+        return
+    if (plan(shape)["g_start"] if arch == "dcgan" else (start_size(shape),) * 2) != (1, 1):
+        return
+    name = {"dcgan": "DCGAN", "resnet": "the ResNet"}[arch]
     if o.batch_size < 2:
-        raise ConfigError(f"optim.batch_size: model.arch='dcgan' on {shape[1]}x{shape[2]} images starts G at a 1x1 "
+        raise ConfigError(f"optim.batch_size: model.arch={arch!r} on {shape[1]}x{shape[2]} images starts G at a 1x1 "
                           f"map, where its training-mode BatchNorm (model.g_batchnorm) needs a batch of at least 2 "
                           f"samples, got {o.batch_size}")
     if "nt" in m.units and m.nt.batch == "half" and m.nt.noise == "generator" and o.batch_size < 3:
-        raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', DCGAN's G on "
+        raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', {name}'s G on "
                           f"{shape[1]}x{shape[2]} images: a 1x1 map under training-mode BatchNorm) draws eps for the "
                           f"m - m // 2 noisy rows of half batches: batch_size >= 3, got {o.batch_size}")
 
@@ -383,10 +407,11 @@ class _Run:
         shape = tuple(self.dataset.shape)
         if state is not None:
             _check_resumed_data(run_dir, self.dataset, run_dir / CHECKPOINT)
-        if cfg.model.arch == "dcgan" and self.dataset.kind != "images":
-            raise ConfigError(f"model.arch: 'dcgan' needs an image data set, data.name={cfg.data.name!r}"
+        if cfg.model.arch in CONV_ARCHS and self.dataset.kind != "images":
+            raise ConfigError(f"model.arch: {cfg.model.arch!r} needs an image data set, data.name={cfg.data.name!r}"
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
                               f"{shape}; use model.arch=mlp or goodfellow")
+        _check_resnet_images(cfg, shape)
         _check_dcgan_one_by_one(cfg, shape)
         self.G = build_generator(cfg.model, shape).to(self.device)
         if state is None and cfg.model.g_output_bias == "marginals":

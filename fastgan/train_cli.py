@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
             return _fail(e, 1, f"out of memory: {why}; lower {' or '.join(fields)}")
         return _fail(e, 1, f"out of memory: {why}; lower optim.batch_size, run.num_samples or the model's sizes "
                            "(model.latent_dim, model.g_hidden, model.d_hidden, model.dcgan_width, "
-                           "model.dcgan_g_filters, model.denoiser_hidden)")
+                           "model.dcgan_g_filters, model.resnet_width, model.denoiser_hidden)")
     except KeyboardInterrupt as e:
         print(f"fastgan train: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130  # 128 + the signal's number, as a shell reports it

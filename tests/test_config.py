@@ -42,14 +42,55 @@ def test_every_shipped_config_loads(path):
 def test_shipped_configs_cover_the_paper_experiments():
     names = {p.stem for p in CONFIGS}
     for required in ["roth-mixture-unregularized", "roth-mixture-gamma-fixed", "roth-mixture-gamma-annealed",
-                     "roth-mixture-unregularized-5d", "roth-mixture-gamma-fixed-5d", "ntgan-2d-standard",
-                     "ntgan-2d-gaussian", "dfm-fmnist", "dfm-fmnist-baseline", "goodfellow-mlp-fmnist",
-                     "ntgan-fmnist-standard"]:
+                     "roth-mixture-unregularized-5d", "roth-mixture-gamma-fixed-5d", "roth-resnet-lsun-annealed",
+                     "roth-resnet-celeba-annealed", "ntgan-2d-standard", "ntgan-2d-gaussian", "dfm-fmnist",
+                     "dfm-fmnist-baseline", "goodfellow-mlp-fmnist", "ntgan-fmnist-standard"]:
         assert required in names
     rows = {n.split("-")[2] for n in names if n.startswith("ntgan-fmnist-") and len(n.split("-")[2]) == 1}
     assert rows == set("abcdefghi")
     table4 = {tuple(n.split("-")[3:]) for n in names if n.startswith("ntgan-fmnist-table4-")}
     assert table4 == {(r, m) for r in "abcdefg" for m in ("standard", "gp", "sngan", "ntgan")}
+
+
+@pytest.mark.parametrize("name,steps", [("roth-resnet-lsun-annealed", 200_000),
+                                        ("roth-resnet-celeba-annealed", 100_000)])
+def test_the_roth_resnet_configs_follow_the_paper(name, steps):
+    """Roth et al. 2017 (section 5.2, appendix 7.4, Figs. 2, 3, 8): Gulrajani's 64x64 ResNet with BatchNorm in G and D,
+    z ~ N(0, I) in R^128, batch 64, Adam at 2e-4 (beta1 0.5, beta2 0.999: our reading of "standard"), Algorithm 1
+    with the alternative G loss, gamma annealed exponentially from 2.0 to 0.01 over 200K (LSUN) / 100K (CelebA)
+    G iterations, on a folder of images resized to 64x64 that the user names."""
+    import math
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.method.roth
+    assert (m.arch, m.resnet_width, m.resolved("latent_dim"), m.latent_dist) == ("resnet", 64, 128, "normal")
+    assert m.resolved("g_batchnorm") and m.resolved("d_batchnorm") and not m.spectral_norm and m.init == "paper"
+    assert (d.name, d.image_size, d.channels) == ("image_folder", 64, 3) and d.path
+    assert (o.optimizer, o.lr_g, o.lr_d, o.beta1, o.beta2, o.batch_size) == ("adam", 2e-4, 2e-4, 0.5, 0.999, 64)
+    assert cfg.method.units == {"roth"} and (cfg.method.loss, cfg.method.g_loss) == ("minimax", "nonsaturating")
+    assert cfg.method.d_steps == 1 and cfg.run.steps == steps
+    assert (r.penalty, r.schedule, r.gamma0, r.anneal_steps) == ("js", "anneal", 2.0, None)
+    assert math.isclose(r.gamma0 * r.alpha, 0.01)  # gammaT (Fig. 8)
+    from fastgan.methods.roth import GammaSchedule
+
+    g = GammaSchedule("anneal", r.gamma, r.gamma0, r.alpha, cfg.run.steps)
+    assert math.isclose(g.update(0).item(), 2.0, rel_tol=1e-6)
+    assert math.isclose(g.update(steps).item(), 0.01, rel_tol=1e-5)
+    # exponential: halfway it is the geometric mean of gamma0 and gammaT
+    assert math.isclose(g.update(steps // 2).item(), math.sqrt(2.0 * 0.01), rel_tol=1e-5)
+
+
+def test_the_roth_resnet_configs_name_their_missing_folder(tmp_path, monkeypatch):
+    """The data folder is the user's: with the shipped placeholder path the run stops before its run folder is made,
+    naming the path and the field to set."""
+    import fastgan
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("roth-resnet-lsun-annealed", "roth-resnet-celeba-annealed"):
+        path = load_config(REPO / "configs" / f"{name}.yaml").data.path
+        with pytest.raises(FileNotFoundError, match=rf"image folder not found: '{re.escape(path)}'; point data\.path"):
+            fastgan.train(REPO / "configs" / f"{name}.yaml", overrides=[f"run.dir={tmp_path / 'run'}"])
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", ["dfm-fmnist", "dfm-fmnist-baseline"])
@@ -201,7 +242,7 @@ def test_table4_transcription_is_the_papers():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"model": {"arch": "foo"}}, r"model\.arch: must be one of \('mlp', 'goodfellow', 'dcgan'\), got 'foo'"),
+    ({"model": {"arch": "foo"}}, r"model\.arch: must be one of \('mlp', 'goodfellow', 'dcgan', 'resnet'\), got 'foo'"),
     ({"method": {"loss": "hinge"}}, r"method\.loss: must be one of \('minimax', 'least_squares', 'wgan_gp', 'fgan'\)"),
     ({"method": {"rothh": {}}}, r"method\.rothh: unknown key; allowed keys: .*did you mean 'roth'"),
     ({"optimm": {}}, r"optimm: unknown key; allowed keys: model, data, method, optim, run"),
@@ -457,15 +498,18 @@ def test_batch_of_one_is_fine_without_batchnorm():
     ("model", {"arch": "dcgan"}, "g_hidden"),
     ("model", {"arch": "dcgan", "dcgan_activation": "tanh"}, "leaky_slope"),
     ("model", {"arch": "goodfellow"}, "dcgan_activation"),
+    ("model", {"arch": "resnet"}, "dcgan_width"),
+    ("model", {"arch": "resnet"}, "g_hidden"),
+    ("model", {"arch": "dcgan"}, "resnet_width"),
 ])
 def test_stored_configs_drop_what_their_run_did_not_read(section, fields, unread):
     """A config fastgan wrote before a field was refused where it is not read (a checkpoint's, a run folder's
     config.yaml) loads with that field at its default, which the run used; the same mapping given as a new config
     is refused, naming the field."""
     value = {"split": "test", "path": "/elsewhere", "npz_key": "x", "leaky_slope": 0.1, "dcgan_width": 32,
-             "g_hidden": [8], "dcgan_activation": "tanh"}[unread]
+             "g_hidden": [8], "dcgan_activation": "tanh", "resnet_width": 32}[unread]
     data = {section: {**fields, unread: value}}
-    if fields.get("arch") == "dcgan":
+    if fields.get("arch") in ("dcgan", "resnet"):
         data["data"] = {"name": "fashion_mnist"}  # an image data set
     with pytest.raises(ConfigError, match=rf"^{section}\.{unread}: (not|only) used by"):
         C.from_dict(data)
@@ -509,7 +553,7 @@ def test_unread_fields_are_exactly_what_the_config_refuses(section):
              "image_size": 8, "channels": 1, "npz_key": "k", "value_range": (0.0, 2.0), "g_hidden": (8,),
              "d_hidden": (8,), "mlp_activation": "relu", "leaky_slope": 0.1, "maxout_pieces": 2,
              "d_input_dropout": 0.1, "d_dropout": 0.1, "dcgan_width": 8, "dcgan_g_filters": (8, 8, 8),
-             "dcgan_activation": "tanh", "g_output_bias": "marginals"}
+             "dcgan_activation": "tanh", "g_output_bias": "marginals", "resnet_width": 8}
     if section == "data":
         cases = [((n,), {"name": n, **({"path": "/p"} if n in ("mnist", "cifar10", "image_folder", "npz") else {})},
                   DataConfig, data_unread) for n in DATASETS]
@@ -588,19 +632,22 @@ def test_config_doc_default_tables_are_the_dataclass_defaults():
 
 def test_defaults_the_config_doc_gives_in_its_prose():
     """Defaults docs/config.md's tables give in their meaning column (Roth's gamma, Adam's betas) and the arch
-    defaults (`latent_dim` 2 / 100 / 128, mlp tanh 128-128, goodfellow 1200-1200 / 240x5, BatchNorm on for dcgan)."""
+    defaults (`latent_dim` 2 / 100 / 128 / 128, mlp tanh 128-128, goodfellow 1200-1200 / 240x5, BatchNorm on for dcgan
+    and resnet, resnet_width 64)."""
     cfg = TrainConfig()
     r, o = cfg.method.roth, cfg.optim
     assert (r.gamma, r.gamma0, r.alpha) == (0.1, 2.0, 0.01)
     assert (o.beta1, o.beta2, o.momentum) == (0.5, 0.999, 0.0)
     from fastgan.models.config import ModelConfig
 
-    mlp, good, dc = ModelConfig(), ModelConfig(arch="goodfellow"), ModelConfig(arch="dcgan")
-    assert [m.resolved("latent_dim") for m in (mlp, good, dc)] == [2, 100, 128]
+    mlp, good, dc, res = (ModelConfig(), ModelConfig(arch="goodfellow"), ModelConfig(arch="dcgan"),
+                          ModelConfig(arch="resnet"))
+    assert [m.resolved("latent_dim") for m in (mlp, good, dc, res)] == [2, 100, 128, 128]
     assert (mlp.resolved("g_hidden"), mlp.resolved("d_hidden")) == ((128, 128), (128, 128))
     assert (good.resolved("g_hidden"), good.resolved("d_hidden")) == ((1200, 1200), (240, 240))
-    assert [(m.resolved("g_batchnorm"), m.resolved("d_batchnorm")) for m in (mlp, good, dc)] == [
-        (False, False), (False, False), (True, True)]
+    assert [(m.resolved("g_batchnorm"), m.resolved("d_batchnorm")) for m in (mlp, good, dc, res)] == [
+        (False, False), (False, False), (True, True), (True, True)]
+    assert res.resnet_width == 64
 # ------------------------------------------------------------------------------------------ range edges, types
 
 @pytest.mark.parametrize("data", [
@@ -662,6 +709,10 @@ def test_values_just_outside_a_range_or_type_name_the_field(data, message):
     (["method.name=nt", "method.nt.batch=half", "model.g_batchnorm=true", "optim.batch_size=2"],
      r"^optim\.batch_size: NT's noise generator .*batch_size >= 3, got 2"),
     (["model.arch=dcgan", "data.name=grid25"], r"^model\.arch: 'dcgan' needs an image data set, data\.name='grid25'"),
+    (["model.arch=resnet"], r"^model\.arch: 'resnet' needs an image data set, data\.name='roth3d'"),
+    (["model.arch=resnet", "data.name=fashion_mnist", "method.roth.mode=mlp"],
+     r"^method\.roth\.mode: 'mlp' needs .*model\.arch='resnet' adds residual shortcuts.*use 'auto', 'jvp' or "
+     r"'double_backward'$"),
     (["method.name=dfm", "optim.batch_size=1"], r"^optim\.batch_size: training-mode BatchNorm \(method\.name='dfm': "
                                                 r"DFM's denoiser\) needs a batch of at least 2 samples, got 1$"),
 ])
@@ -676,6 +727,11 @@ def test_rules_between_fields_leave_what_they_do_not_cover():
     C.coerce(None, ["method.name=nt", "method.nt.batch=half", "optim.batch_size=2", "model.arch=dcgan",
                     "data.name=fashion_mnist"])
     C.coerce(None, ["method.name=roth+nt", "method.roth.mode=jvp", "method.nt.noise=fixed"])  # fixed noise: fine
+    # the ResNet's BatchNorm normalises over each map, as DCGAN's: a batch of one passes the config (1x1 maps, on
+    # 16x16 images, are the trainer's to refuse: tests/test_train_inputs.py)
+    for extra in (["optim.batch_size=1"], ["method.name=nt", "method.nt.batch=half", "optim.batch_size=2"],
+                  ["method.roth.mode=jvp"], ["method.roth.mode=auto"]):
+        C.coerce(None, ["model.arch=resnet", "data.name=image_folder", "data.path=d", *extra])
     C.coerce(None, ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear"])
 
 

@@ -309,13 +309,27 @@ def tiny_fashion_mnist(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def tiny_image_folder(tmp_path_factory):
+    """12 RGB images of 20x24 pixels (the configs' data.image_size resizes and crops them)."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)).save(d / f"im{i:02d}.png")
+    return d
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist):
+def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist, tiny_image_folder):
     cfg = fastgan.config.load_config(path)
     shrink = ["run.steps=2", f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0",
               "run.checkpoint_every=0", "run.num_samples=16", "optim.batch_size=8", "run.progress=off"]
     if cfg.data.name == "fashion_mnist":
         shrink.append(f"data.path={tiny_fashion_mnist}")
+    if cfg.data.name == "image_folder":  # the shipped path is a placeholder for the user's folder
+        shrink.append(f"data.path={tiny_image_folder}")
+    if cfg.model.arch == "resnet":  # at the config's own 64x64
+        shrink += ["model.resnet_width=2", "model.latent_dim=8"]
     if cfg.model.arch == "dcgan":
         shrink += ["model.dcgan_width=4", "model.latent_dim=8"]
         if cfg.model.dcgan_g_filters is not None:
@@ -423,6 +437,24 @@ def test_dcgan_discriminator_penalty_modes(tmp_path, tiny_fashion_mnist, batchno
     before = _dispatch.counts[("gradient_penalty", ran)]
     r = fastgan.train(None, overrides=[*dcgan_roth(tiny_fashion_mnist, batchnorm, mode), "run.steps=2",
                                        f"run.dir={tmp_path / 'run'}", "run.log_every=1"])
+    assert r.step == 2 and math.isfinite(r.losses["penalty"]) and r.losses["penalty"] > 0
+    assert _dispatch.counts[("gradient_penalty", ran)] == before + 4  # real and fake terms, two D updates
+    assert r.penalty_modes == (ran,)
+
+
+@pytest.mark.parametrize("mode,ran", [("auto", "double_backward"), ("jvp", "jvp"),
+                                      ("double_backward", "double_backward")])
+def test_resnet_discriminator_penalty_modes(tmp_path, tiny_image_folder, mode, ran):
+    """The ResNet D (residual shortcuts: no closed form) in the trainer: "auto" takes the double backward on CPU,
+    "jvp" runs through its BatchNorm and resamplings; mode "mlp" is refused by the config (tests/test_config.py)."""
+    from fastgan.ops import _dispatch
+
+    before = _dispatch.counts[("gradient_penalty", ran)]
+    r = fastgan.train(None, overrides=[
+        "method.name=roth", f"method.roth.mode={mode}", "data.name=image_folder", f"data.path={tiny_image_folder}",
+        "data.image_size=16", "model.arch=resnet", "model.resnet_width=2", "model.latent_dim=8", "run.steps=2",
+        f"run.dir={tmp_path / 'run'}", "run.log_every=1", "run.sample_every=0", "run.checkpoint_every=0",
+        "run.num_samples=16", "optim.batch_size=8", "run.progress=off"])
     assert r.step == 2 and math.isfinite(r.losses["penalty"]) and r.losses["penalty"] > 0
     assert _dispatch.counts[("gradient_penalty", ran)] == before + 4  # real and fake terms, two D updates
     assert r.penalty_modes == (ran,)

@@ -261,6 +261,41 @@ def test_dcgan_on_one_by_one_images_refuses_single_rows_before_the_run_folder(tm
     fastgan.train(None, overrides=[*args, "optim.batch_size=3", *overrides[1:], f"run.dir={tmp_path / 'ok'}"])
 
 
+def _resnet_images(tmp_path, side: int, n: int = 12):
+    path = tmp_path / f"px{side}.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (n, 3, side, side), dtype=np.uint8))
+    return ["data.name=npz", f"data.path={path}", "model.arch=resnet", "model.resnet_width=2", "model.latent_dim=8",
+            "run.steps=2", "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=8", "run.progress=off"]
+
+
+@pytest.mark.parametrize("side", [28, 8, 48])
+def test_resnet_on_images_its_resamplings_do_not_fit_is_refused_before_the_run_folder(tmp_path, side):
+    """The ResNet's four x2 resamplings need a square power-of-two side >= 16 (Fashion-MNIST's 28 is not): a config
+    error naming model.arch and the images' shape, not the builder's ValueError about data_shape."""
+    with pytest.raises(ConfigError, match=rf"^model\.arch: 'resnet' needs square images whose side is a power of two "
+                                          rf">= 16 .*holds images of shape \(3, {side}, {side}\)"):
+        fastgan.train(None, overrides=[*_resnet_images(tmp_path, side), f"run.dir={tmp_path / 'r'}"])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["optim.batch_size=1"], r"optim\.batch_size: model\.arch='resnet' on 16x16 images starts G at a 1x1 map.*got 1"),
+    (["optim.batch_size=2", "method.name=nt", "method.nt.batch=half", "method.nt.noise=generator"],
+     r"optim\.batch_size: NT's noise generator \(.*the ResNet's G on 16x16 images.*batch_size >= 3, got 2"),
+])
+def test_resnet_on_16x16_images_refuses_single_rows_before_the_run_folder(tmp_path, overrides, match):
+    """At 16x16 the ResNet's G starts at a 1x1 map, as DCGAN's on 1x1 images; at 32x32 (a 2x2 start) one row
+    trains."""
+    args = _resnet_images(tmp_path, 16)
+    with pytest.raises(ConfigError, match=match):
+        fastgan.train(None, overrides=[*args, *overrides, f"run.dir={tmp_path / 'r'}"])
+    assert not (tmp_path / "r").exists()
+    r = fastgan.train(None, overrides=[*args, "optim.batch_size=3", *overrides[1:], f"run.dir={tmp_path / 'ok'}"])
+    assert r.step == 2
+    r = fastgan.train(None, overrides=[*_resnet_images(tmp_path, 32), *overrides, f"run.dir={tmp_path / 'ok32'}"])
+    assert r.step == 2 and all(np.isfinite(v) for v in r.losses.values())
+
+
 @pytest.mark.parametrize("field", ["lr_g", "lr_d", "lr_noise", "lr_denoiser"])
 def test_a_learning_rate_past_float32_is_a_config_error(tmp_path, field):
     with pytest.raises(ConfigError, match=rf"optim\.{field}: must be in \(0\.0, 3\.40"):

@@ -79,7 +79,7 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = require_exists(path, "image folder")
+    path = require_exists(path, "image folder", "point data.path at a folder of images (--set data.path=DIR)")
     if not os.path.isdir(path):
         raise ValueError(f"{path}: image_folder data.path must be a folder")
     files = list_images(path)

@@ -20,8 +20,11 @@ from .denoiser import Denoiser
 from .goodfellow import GoodfellowGenerator, Maxout, MaxoutDiscriminator
 from .mlp import MLPDiscriminator, MLPGenerator
 from .noise import noise_generator
+from .resnet import ResidualBlock, ResNetDiscriminator, ResNetGenerator
+from .resnet import check_image_shape as check_resnet_shape
 
 __all__ = ["ModelConfig", "ARCHS", "ARCH_DEFAULTS", "Generator", "Discriminator", "Denoiser", "Maxout",
+           "ResidualBlock", "ResNetGenerator", "ResNetDiscriminator",
            "build_generator", "build_discriminator", "build_noise_generator", "build_denoiser",
            "build_denoiser_from_config"]
 
@@ -35,6 +38,8 @@ def _check(cfg, data_shape):
     shape = check_data_shape(data_shape)
     if cfg.arch == "dcgan" and len(shape) != 3:
         raise ValueError(f"data_shape: arch 'dcgan' needs images (C, H, W), got {tuple(data_shape)}")
+    if cfg.arch == "resnet":
+        check_resnet_shape(shape)  # square, a power of two >= 16: a ValueError naming data_shape
     return shape
 
 
@@ -49,6 +54,8 @@ def _paper_init(cfg: ModelConfig, module: nn.Module, role: str) -> nn.Module:
         return init_weights(module, "trunc_normal", std=0.1)
     if cfg.arch == "goodfellow":  # mnist.yaml irange: 0.05 (G), 0.005 (D)
         return init_weights(module, "uniform", bound=0.05 if role == "G" else 0.005)
+    if cfg.arch == "resnet":  # Gulrajani et al.'s tflib init (fastgan/models/resnet.py)
+        return module.paper_init()
     return init_weights(module, "dcgan")  # Radford et al. 2015
 
 
@@ -61,6 +68,8 @@ def build_generator(cfg: ModelConfig, data_shape: tuple) -> Generator:
     elif cfg.arch == "goodfellow":
         g = GoodfellowGenerator(z, shape, cfg.resolved("g_hidden"), bn, out=_out_kind(shape),
                                 latent_dist=cfg.latent_dist)
+    elif cfg.arch == "resnet":
+        g = ResNetGenerator(z, shape, cfg.resnet_width, bn, latent_dist=cfg.latent_dist)
     else:
         g = DCGANGenerator(z, shape, cfg.dcgan_width, bn, latent_dist=cfg.latent_dist,
                            filters=dcgan_filters(cfg, shape), activation_name=cfg.dcgan_activation)
@@ -75,6 +84,8 @@ def build_discriminator(cfg: ModelConfig, data_shape: tuple) -> Discriminator:
     elif cfg.arch == "goodfellow":
         d = MaxoutDiscriminator(shape, cfg.resolved("d_hidden"), cfg.maxout_pieces, cfg.d_input_dropout,
                                 cfg.d_dropout, bn)
+    elif cfg.arch == "resnet":
+        d = ResNetDiscriminator(shape, cfg.resnet_width, bn)
     else:
         d = DCGANDiscriminator(shape, cfg.dcgan_width, bn, cfg.leaky_slope, activation_name=cfg.dcgan_activation,
                                input_batchnorm=cfg.d_input_batchnorm)

@@ -7,7 +7,7 @@ from typing import Optional
 from .._errors import ConfigError
 from .._limits import NONNEG_F32
 
-ARCHS = ("mlp", "goodfellow", "dcgan")
+ARCHS = ("mlp", "goodfellow", "dcgan", "resnet")
 
 # Paper defaults per architecture (see the modules for the sources).
 ARCH_DEFAULTS = {
@@ -20,13 +20,18 @@ ARCH_DEFAULTS = {
                    "d_batchnorm": False},
     # NTGAN Table 1 (DCGAN-like): z in R^128, BatchNorm in G and in D after its first layer.
     "dcgan": {"latent_dim": 128, "g_hidden": None, "d_hidden": None, "g_batchnorm": True, "d_batchnorm": True},
+    # Roth et al. 2017's CelebA / LSUN ResNet (Gulrajani et al.'s 64x64 ResNet): z ~ N(0, I) in R^128 ("128-dimensional
+    # normal-(0,1) distribution (Gulrajani)", appendix 7.4), BatchNorm in G and D.
+    "resnet": {"latent_dim": 128, "g_hidden": None, "d_hidden": None, "g_batchnorm": True, "d_batchnorm": True},
 }
 
 
 # fields only some architectures read (dcgan_activation, leaky_slope and the hidden widths: see unread_fields)
 ARCH_ONLY = {"mlp_activation": ("mlp",), "maxout_pieces": ("goodfellow",), "d_input_dropout": ("goodfellow",),
              "d_dropout": ("goodfellow",), "dcgan_width": ("dcgan",), "g_output_bias": ("mlp", "goodfellow"),
-             "d_input_batchnorm": ("dcgan",)}
+             "d_input_batchnorm": ("dcgan",), "resnet_width": ("resnet",)}
+# the convolutional architectures: image data only, g_hidden / d_hidden unread
+CONV_ARCHS = ("dcgan", "resnet")
 
 
 def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
@@ -37,8 +42,12 @@ def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
     if arch == "dcgan":
         for name in ("g_hidden", "d_hidden"):
             out[name] = "not used by arch 'dcgan' (set model.dcgan_width or model.dcgan_g_filters instead)"
-    else:
-        out["dcgan_g_filters"] = f"only used by arch 'dcgan', got arch {arch!r} (set model.g_hidden instead)"
+    elif arch == "resnet":
+        for name in ("g_hidden", "d_hidden"):
+            out[name] = "not used by arch 'resnet' (set model.resnet_width instead)"
+    if arch != "dcgan":
+        width = "model.resnet_width" if arch == "resnet" else "model.g_hidden"
+        out["dcgan_g_filters"] = f"only used by arch 'dcgan', got arch {arch!r} (set {width} instead)"
         hint = " (set model.mlp_activation instead)" if arch == "mlp" else ""
         out["dcgan_activation"] = f"only used by arch 'dcgan', got arch {arch!r}{hint}"
     leaky = (arch == "mlp" and mlp_activation == "leaky_relu") or \
@@ -58,7 +67,7 @@ def unread_fields(arch, mlp_activation="tanh", dcgan_activation="relu") -> dict:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = field(default="mlp", metadata={"choices": ARCHS})
-    # Latent size; None: mlp 2, goodfellow 100, dcgan 128.
+    # Latent size; None: mlp 2, goodfellow 100, dcgan 128, resnet 128.
     latent_dim: Optional[int] = field(default=None, metadata={"min": 1})
     # Latent prior: standard normal, or uniform on [-1, 1] (Roth's --uniform_prior).
     latent_dist: str = field(default="normal", metadata={"choices": ("normal", "uniform")})
@@ -69,7 +78,8 @@ class ModelConfig:
     mlp_activation: str = field(default="tanh", metadata={"choices": ("tanh", "relu", "leaky_relu")})
     # Negative slope of every leaky ReLU (DCGAN D, mlp with leaky_relu).
     leaky_slope: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
-    # BatchNorm in G's hidden layers / in D's hidden layers except the first; None: the arch default.
+    # BatchNorm in G's hidden layers / in D's hidden layers except the first (resnet: in every residual block, and
+    # before G's output conv); None: the arch default.
     g_batchnorm: Optional[bool] = None
     d_batchnorm: Optional[bool] = None
     # dcgan D: BatchNorm on D's input images, before its first conv (NTGAN 6.3: "When combining SNGAN with NT we
@@ -89,6 +99,9 @@ class ModelConfig:
     dcgan_g_filters: Optional[tuple[int, ...]] = None
     # dcgan hidden activations: relu (Table 1: ReLU in G, leaky ReLU in D) or tanh (both; NTGAN Table 4 (b)).
     dcgan_activation: str = field(default="relu", metadata={"choices": ("relu", "tanh")})
+    # resnet: Gulrajani et al.'s dim (64 in their 64x64 ResNet): G's channels 8*width (the linear layer's output)
+    # -> 8, 4, 2, 1 * width through its four up blocks; D's width after its input conv -> 2, 4, 8, 8 * width.
+    resnet_width: int = field(default=64, metadata={"min": 1})
     # Spectral normalization (Miyato et al. 2018) on every linear / conv layer of D.
     spectral_norm: bool = False
     # Weight init: "paper" (each architecture's published init) or "torch" (PyTorch's defaults).

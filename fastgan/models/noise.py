@@ -10,6 +10,7 @@ from .config import ModelConfig
 from .dcgan import DCGANGenerator, dcgan_filters
 from .goodfellow import GoodfellowGenerator
 from .mlp import MLPGenerator
+from .resnet import ResNetGenerator, generator_channels
 
 
 def _shrink(widths, divisor: int) -> tuple[int, ...]:
@@ -24,5 +25,8 @@ def noise_generator(cfg: ModelConfig, data_shape: tuple, latent_dim: int):
                             cfg.leaky_slope, bn, **common)
     if cfg.arch == "goodfellow":
         return GoodfellowGenerator(latent_dim, data_shape, _shrink(cfg.resolved("g_hidden"), div), bn, **common)
+    if cfg.arch == "resnet":  # each of G's channel counts divided (not the width before it is multiplied)
+        return ResNetGenerator(latent_dim, data_shape, cfg.resnet_width, bn, **common,
+                               channels=_shrink(generator_channels(cfg.resnet_width), div))
     return DCGANGenerator(latent_dim, data_shape, cfg.dcgan_width, bn, **common,  # the width counts at div 1 only
                           filters=dcgan_filters(cfg, data_shape, div), activation_name=cfg.dcgan_activation)

@@ -42,13 +42,30 @@ def test_data_fields_the_data_set_does_not_read_are_refused(fields, message):
                                                 ("goodfellow", "mlp_activation", "leaky_relu"),
                                                 ("mlp", "maxout_pieces", 3), ("dcgan", "d_dropout", 0.3),
                                                 ("mlp", "d_input_dropout", 0.0), ("goodfellow", "dcgan_width", 32),
-                                                ("dcgan", "g_output_bias", "marginals")])
+                                                ("dcgan", "g_output_bias", "marginals"),
+                                                ("resnet", "dcgan_width", 32), ("dcgan", "resnet_width", 32),
+                                                ("mlp", "resnet_width", 8), ("resnet", "mlp_activation", "relu"),
+                                                ("resnet", "d_input_batchnorm", True),
+                                                ("resnet", "g_output_bias", "marginals")])
 def test_model_fields_the_architecture_does_not_read_are_refused(arch, field, value):
     with pytest.raises(ValueError, match=rf"^model\.{field}: only used by arch .* got arch '{arch}'"):
         ModelConfig(arch=arch, **{field: value})
     ModelConfig(arch=dict(mlp_activation="mlp", maxout_pieces="goodfellow", d_dropout="goodfellow",
-                          d_input_dropout="goodfellow", dcgan_width="dcgan", g_output_bias="goodfellow")[field],
+                          d_input_dropout="goodfellow", dcgan_width="dcgan", g_output_bias="goodfellow",
+                          resnet_width="resnet", d_input_batchnorm="dcgan")[field],
                 **{field: value})
+
+
+def test_resnet_refuses_the_other_architectures_widths_naming_its_own():
+    for field, value in (("g_hidden", (8,)), ("d_hidden", (8,)), ("dcgan_g_filters", (8, 8, 8))):
+        with pytest.raises(ValueError, match=rf"^model\.{field}: .*arch 'resnet' \(set model\.resnet_width instead\)$"):
+            ModelConfig(arch="resnet", **{field: value})
+    with pytest.raises(ValueError, match=r"^model\.dcgan_activation: only used by arch 'dcgan', got arch 'resnet'$"):
+        ModelConfig(arch="resnet", dcgan_activation="tanh")
+    with pytest.raises(ValueError, match=r"^model\.leaky_slope: only used by leaky ReLUs .* got arch 'resnet'$"):
+        ModelConfig(arch="resnet", leaky_slope=0.1)
+    cfg = ModelConfig(arch="resnet", resnet_width=8, g_batchnorm=False, spectral_norm=True, latent_dist="uniform")
+    assert (cfg.resolved("latent_dim"), cfg.resolved("g_batchnorm"), cfg.resolved("d_batchnorm")) == (128, False, True)
 
 
 @pytest.mark.parametrize("fields, where", [(dict(arch="mlp"), " with activation 'tanh'"),
@@ -231,20 +248,26 @@ def test_which_data_sets_read_which_fields_is_the_readmes_table():
 def test_which_architectures_read_which_fields_is_the_readmes_table():
     """docs/config.md (Models): `mlp_activation` only for mlp; `maxout_pieces`, `d_input_dropout`, `d_dropout` only for
     goodfellow; `dcgan_width` only for dcgan; `g_output_bias` only for mlp and goodfellow; `leaky_slope` only for mlp with leaky_relu and dcgan with relu;
-    g_hidden / d_hidden not for dcgan; dcgan_g_filters / dcgan_activation / d_input_batchnorm only for dcgan."""
+    g_hidden / d_hidden not for dcgan or resnet; dcgan_g_filters / dcgan_activation / d_input_batchnorm only for dcgan;
+    `resnet_width` only for resnet."""
     from fastgan.models.config import unread_fields
 
     good = {"maxout_pieces", "d_input_dropout", "d_dropout"}
     assert set(unread_fields("mlp", "tanh")) == good | {"dcgan_width", "dcgan_g_filters", "dcgan_activation",
-                                                        "leaky_slope", "d_input_batchnorm"}
+                                                        "leaky_slope", "d_input_batchnorm", "resnet_width"}
     assert set(unread_fields("mlp", "relu")) == set(unread_fields("mlp", "tanh"))
     assert set(unread_fields("mlp", "leaky_relu")) == set(unread_fields("mlp", "tanh")) - {"leaky_slope"}
     assert set(unread_fields("goodfellow")) == {"mlp_activation", "dcgan_width", "dcgan_g_filters",
-                                                "dcgan_activation", "leaky_slope", "d_input_batchnorm"}
+                                                "dcgan_activation", "leaky_slope", "d_input_batchnorm", "resnet_width"}
     assert set(unread_fields("dcgan", dcgan_activation="relu")) == good | {"mlp_activation", "g_hidden", "d_hidden",
-                                                                           "g_output_bias"}
+                                                                           "g_output_bias", "resnet_width"}
     assert set(unread_fields("dcgan", dcgan_activation="tanh")) == good | {"mlp_activation", "g_hidden", "d_hidden",
-                                                                           "g_output_bias", "leaky_slope"}
+                                                                           "g_output_bias", "leaky_slope",
+                                                                           "resnet_width"}
+    # resnet reads resnet_width, the BatchNorm switches and the shared fields only
+    assert set(unread_fields("resnet")) == good | {"mlp_activation", "g_hidden", "d_hidden", "g_output_bias",
+                                                   "leaky_slope", "dcgan_width", "dcgan_g_filters",
+                                                   "dcgan_activation", "d_input_batchnorm"}
 
 
 @pytest.mark.parametrize("fields, message", [

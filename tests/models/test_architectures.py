@@ -1,17 +1,22 @@
 """Output shapes and the published layer structure of every architecture."""
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from torch.nn.utils import parametrize
+
 from fastgan.config import ConfigError
 from fastgan.models import (Maxout, ModelConfig, build_discriminator, build_generator, build_noise_generator)
+from fastgan.models.base import ScaledTanh
 
 CASES = [
     ("mlp", (3,)), ("mlp", (2,)), ("mlp", (1, 28, 28)),
     ("goodfellow", (1, 28, 28)), ("goodfellow", (2,)),
     ("dcgan", (3, 32, 32)), ("dcgan", (1, 28, 28)),
+    ("resnet", (3, 64, 64)), ("resnet", (3, 32, 32)), ("resnet", (1, 16, 16)),
 ]
 
 
@@ -37,6 +42,7 @@ def test_latent_defaults_follow_papers():
     assert build_generator(ModelConfig(arch="mlp"), (3,)).latent_dim == 2  # Roth et al.: 2-d latent
     assert build_generator(ModelConfig(arch="goodfellow"), (1, 28, 28)).latent_dim == 100
     assert build_generator(ModelConfig(arch="dcgan"), (3, 32, 32)).latent_dim == 128  # NTGAN Table 1
+    assert build_generator(ModelConfig(arch="resnet"), (3, 32, 32)).latent_dim == 128  # Gulrajani / Roth 7.4
     assert build_generator(ModelConfig(latent_dim=15), (3,)).latent_dim == 15
 
 
@@ -231,7 +237,7 @@ def test_bad_inputs_name_the_argument():
 
 
 def test_noise_generator_same_latent_as_g():
-    for arch, shape in (("mlp", (3,)), ("dcgan", (3, 32, 32))):
+    for arch, shape in (("mlp", (3,)), ("dcgan", (3, 32, 32)), ("resnet", (3, 32, 32))):
         cfg = ModelConfig(arch=arch)
         assert build_noise_generator(cfg, shape).latent_dim == build_generator(cfg, shape).latent_dim
 
@@ -347,3 +353,218 @@ def test_fully_connected_generator_batchnorm_in_every_hidden_layer(arch):
     # model.g_batchnorm: "BatchNorm in G's hidden layers"
     G = build_generator(ModelConfig(arch=arch, g_batchnorm=True, g_hidden=(8, 8, 8)), (3,))
     assert [m.num_features for m in G.modules() if isinstance(m, nn.BatchNorm1d)] == [8, 8, 8]
+
+
+# ------------------------------------------------------------------ resnet (Roth et al. 7.4, Gulrajani's 64x64 ResNet)
+
+def _blocks(module):
+    from fastgan.models import ResidualBlock
+
+    return [m for m in module.modules() if isinstance(m, ResidualBlock)]
+
+
+def _shapes_through(module, x, kinds):
+    """Output shapes of every submodule of the given kinds, in call order, for one forward of x."""
+    seen, hooks = [], [m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, tuple(o.shape))))
+                       for m in module.modules() if isinstance(m, kinds)]
+    try:
+        module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_resnet_shapes_follow_gulrajanis_64x64_plan(side):
+    """G: linear to (8dim, s, s), s = side / 16, four up blocks 8dim -> 8dim -> 4dim -> 2dim -> dim, each doubling the
+    side, BN-ReLU-conv3x3 to the image; D: conv3x3 to dim, four down blocks dim -> 2dim -> 4dim -> 8dim -> 8dim, each
+    halving it, a linear layer on the flattened (8dim, s, s)."""
+    from fastgan.models import ResidualBlock
+
+    w, s, b = 3, side // 16, 2
+    cfg = ModelConfig(arch="resnet", resnet_width=w)
+    G, D = build_generator(cfg, (3, side, side)), build_discriminator(cfg, (3, side, side))
+    assert G.start == s and G.fc.out_features == 8 * w * s * s and D.feature_dim == 8 * w * s * s
+    z = G.sample_latent(b, torch.Generator().manual_seed(0))
+    assert _shapes_through(G, z, ResidualBlock) == [
+        ("ResidualBlock", (b, 8 * w, 2 * s, 2 * s)), ("ResidualBlock", (b, 4 * w, 4 * s, 4 * s)),
+        ("ResidualBlock", (b, 2 * w, 8 * s, 8 * s)), ("ResidualBlock", (b, w, 16 * s, 16 * s))]
+    x = G(z)
+    assert x.shape == (b, 3, side, side) and x.abs().max() <= 1
+    assert _shapes_through(D, x, ResidualBlock) == [
+        ("ResidualBlock", (b, 2 * w, 8 * s, 8 * s)), ("ResidualBlock", (b, 4 * w, 4 * s, 4 * s)),
+        ("ResidualBlock", (b, 8 * w, 2 * s, 2 * s)), ("ResidualBlock", (b, 8 * w, s, s))]
+    logits, feats = D.forward_features(x)
+    assert logits.shape == (b,) and feats.shape == (b, 8 * w * s * s) and D.out.in_features == D.feature_dim
+    assert [(blk.cin, blk.cout, blk.resample) for blk in _blocks(G)] == [
+        (8 * w, 8 * w, "up"), (8 * w, 4 * w, "up"), (4 * w, 2 * w, "up"), (2 * w, w, "up")]
+    assert [(blk.cin, blk.cout, blk.resample) for blk in _blocks(D)] == [
+        (w, 2 * w, "down"), (2 * w, 4 * w, "down"), (4 * w, 8 * w, "down"), (8 * w, 8 * w, "down")]
+    # G ends BN-ReLU-conv3x3-tanh; D starts with a 3x3 conv and has no BatchNorm outside its blocks
+    assert [_layer(m) for m in G.out] == [("bn", w), ("relu",), ("conv", w, 3, 3, 1, 1), ("tanh",)]
+    assert _layer(D.conv_in) == ("conv", 3, w, 3, 1, 1)
+    assert len(_convs(G, nn.BatchNorm2d)) == 4 * 2 + 1 and len(_convs(D, nn.BatchNorm2d)) == 4 * 2
+
+
+@pytest.mark.parametrize("resample,cin,cout", [("up", 3, 5), ("down", 3, 5), ("up", 4, 4), ("down", 4, 4)])
+def test_resnet_residual_block_shapes_and_formula(resample, cin, cout):
+    """Each block is Gulrajani's pre-activation ResidualBlock: up: conv3x3(cout->cout)(ReLU(BN(conv3x3(cin->cout)
+    (up(ReLU(BN(x))))))) + conv1x1(up(x)); down: pool(conv3x3(cin->cout)(ReLU(BN(conv3x3(cin->cin)(ReLU(BN(x)))))))
+    + conv1x1(pool(x)); up = depth_to_space of four copies (nearest neighbour), pool = the mean of each 2x2 window."""
+    import torch.nn.functional as F
+
+    from fastgan.models import ResidualBlock
+
+    torch.manual_seed(0)
+    blk = ResidualBlock(cin, cout, resample).double()
+    for m in blk.modules():  # non-trivial affine BatchNorm parameters
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.3), nn.init.normal_(m.bias, 0.0, 0.3)
+    x = torch.randn(3, cin, 6, 6, dtype=torch.float64)
+    y = blk(x)
+    assert y.shape == ((3, cout, 12, 12) if resample == "up" else (3, cout, 3, 3))
+    mid = cout if resample == "up" else cin
+    assert [_layer(m) for m in (blk.conv1, blk.conv2, blk.shortcut)] == [
+        ("conv", cin, mid, 3, 1, 1), ("conv", mid, cout, 3, 1, 1), ("conv", cin, cout, 1, 1, 0)]
+    assert blk.conv1.bias is None and blk.conv2.bias is not None and blk.shortcut.bias is not None
+
+    def depth_to_space_of_copies(t):  # Gulrajani's UpsampleConv: concat 4 copies, NHWC depth_to_space(2)
+        n, c, h, w = t.shape
+        nhwc = torch.cat([t] * 4, dim=1).permute(0, 2, 3, 1)  # (n, h, w, 4c): channel (i*2 + j)*c + k
+        return nhwc.reshape(n, h, w, 2, 2, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, 2 * h, 2 * w)
+
+    def mean_pool(t):  # Gulrajani's add_n of the four strided slices / 4
+        return (t[:, :, ::2, ::2] + t[:, :, 1::2, ::2] + t[:, :, ::2, 1::2] + t[:, :, 1::2, 1::2]) / 4
+
+    def bn_relu(bn, t):
+        return F.relu(F.batch_norm(t, None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+
+    h = bn_relu(blk.bn1, x)
+    if resample == "up":
+        want = F.conv2d(depth_to_space_of_copies(x), blk.shortcut.weight, blk.shortcut.bias)
+        h = F.conv2d(depth_to_space_of_copies(h), blk.conv1.weight, None, padding=1)
+        want = want + F.conv2d(bn_relu(blk.bn2, h), blk.conv2.weight, blk.conv2.bias, padding=1)
+    else:
+        want = F.conv2d(mean_pool(x), blk.shortcut.weight, blk.shortcut.bias)
+        h = F.conv2d(h, blk.conv1.weight, None, padding=1)
+        want = want + mean_pool(F.conv2d(bn_relu(blk.bn2, h), blk.conv2.weight, blk.conv2.bias, padding=1))
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+
+
+def _hand_count_resnet(width, c, side, latent, batchnorm=True):
+    """Parameters of Gulrajani's ResNet counted from the block structure (not from the modules)."""
+    def bn(n):
+        return 2 * n if batchnorm else 0
+
+    def conv(cin, cout, k, bias=True):
+        return cin * cout * k * k + (cout if bias else 0)
+
+    def up(cin, cout):  # BN(cin) conv3x3 cin->cout (bias only without BN) BN(cout) conv3x3 cout->cout, shortcut 1x1
+        return bn(cin) + conv(cin, cout, 3, not batchnorm) + bn(cout) + conv(cout, cout, 3) + conv(cin, cout, 1)
+
+    def down(cin, cout):  # BN(cin) conv3x3 cin->cin BN(cin) conv3x3 cin->cout, shortcut 1x1
+        return bn(cin) + conv(cin, cin, 3, not batchnorm) + bn(cin) + conv(cin, cout, 3) + conv(cin, cout, 1)
+
+    s, w = side // 16, width
+    g = (latent * 8 * w * s * s + 8 * w * s * s) + up(8 * w, 8 * w) + up(8 * w, 4 * w) + up(4 * w, 2 * w) \
+        + up(2 * w, w) + bn(w) + conv(w, c, 3)
+    d = conv(c, w, 3) + down(w, 2 * w) + down(2 * w, 4 * w) + down(4 * w, 8 * w) + down(8 * w, 8 * w) \
+        + (8 * w * s * s + 1)
+    return g, d
+
+
+@pytest.mark.parametrize("width,shape,batchnorm", [(64, (3, 64, 64), True), (64, (3, 32, 32), True),
+                                                   (5, (1, 16, 16), True), (3, (3, 32, 32), False)])
+def test_resnet_parameter_count_matches_a_count_by_hand(width, shape, batchnorm):
+    cfg = ModelConfig(arch="resnet", resnet_width=width, latent_dim=128, g_batchnorm=batchnorm, d_batchnorm=batchnorm)
+    G, D = build_generator(cfg, shape), build_discriminator(cfg, shape)
+    g, d = _hand_count_resnet(width, shape[0], shape[1], 128, batchnorm)
+    assert (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())) == (g, d)
+    if (width, shape, batchnorm) == (64, (3, 64, 64), True):
+        assert (g, d) == (8_540_483, 7_491_841)  # Gulrajani's dim = 64 at 64x64 (Roth et al.'s LSUN / CelebA runs)
+
+
+def test_resnet_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="resnet", resnet_width=2, latent_dim=8)
+    G, D = build_generator(cfg, (3, 32, 32)), build_discriminator(cfg, (3, 32, 32))
+    x_real = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss = nn.functional.softplus(-D(x_real)).mean() + nn.functional.softplus(D(G(G.sample_latent(4)))).mean()
+    loss.backward()
+    for name, p in [*G.named_parameters(prefix="G"), *D.named_parameters(prefix="D")]:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_resnet_paper_init_is_tflibs():
+    """model.init=paper: tflib's uniform init, std sqrt(4 / (fan_in + fan_out)) for the blocks' convs and G's output
+    conv (he_init), sqrt(2 / (fan_in + fan_out)) for the shortcuts, D's input conv and the linear layers; zero
+    biases; BatchNorm scale 1, offset 0."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="resnet", resnet_width=16)
+    G, D = build_generator(cfg, (3, 32, 32)), build_discriminator(cfg, (3, 32, 32))
+
+    def check(w, std):
+        bound = std * 3 ** 0.5
+        assert w.abs().max() <= bound * (1 + 1e-6) and w.abs().max() > 0.9 * bound
+        assert abs(w.std().item() - std) < 0.15 * std
+
+    def conv_std(m, he):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        return ((4.0 if he else 2.0) / (m.in_channels * k + m.out_channels * k)) ** 0.5
+
+    for blk in _blocks(G) + _blocks(D):
+        check(blk.conv1.weight, conv_std(blk.conv1, True))
+        check(blk.conv2.weight, conv_std(blk.conv2, True))
+        check(blk.shortcut.weight, conv_std(blk.shortcut, False))
+    check(G.out[2].weight, conv_std(G.out[2], True))
+    check(D.conv_in.weight, conv_std(D.conv_in, False))
+    for lin in (G.fc, D.out):
+        check(lin.weight, (2.0 / (lin.in_features + lin.out_features)) ** 0.5)
+    for m in [*G.modules(), *D.modules()]:
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            assert (m.bias == 0).all()
+        if isinstance(m, nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    torch.manual_seed(0)
+    plain = build_generator(ModelConfig(arch="resnet", resnet_width=16, init="torch"), (3, 32, 32))
+    assert not torch.equal(plain.fc.weight, G.fc.weight)  # PyTorch's default init instead
+
+
+def test_resnet_batchnorm_switches_and_spectral_norm():
+    cfg = ModelConfig(arch="resnet", resnet_width=2, g_batchnorm=False, d_batchnorm=False, spectral_norm=True)
+    G, D = build_generator(cfg, (3, 16, 16)), build_discriminator(cfg, (3, 16, 16))
+    assert not _convs(G, nn.BatchNorm2d) and not _convs(D, nn.BatchNorm2d)
+    assert all(blk.conv1.bias is not None for blk in _blocks(G) + _blocks(D))  # no BatchNorm offset to stand in
+    layers = _convs(D, (nn.Conv2d, nn.Linear))
+    assert len(layers) == 1 + 4 * 3 + 1 and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    assert not any(parametrize.is_parametrized(m, "weight") for m in _convs(G, (nn.Conv2d, nn.Linear)))
+    assert D(G(torch.randn(2, 128))).shape == (2,)
+
+
+@pytest.mark.parametrize("width", [8, 12, 64])
+def test_resnet_noise_generator_is_gs_architecture_with_channels_over_8(width):
+    shape = (3, 32, 32)
+    cfg = ModelConfig(arch="resnet", resnet_width=width)
+    G, N = build_generator(cfg, shape), build_noise_generator(cfg, shape)
+    assert G.channels == (8 * width, 8 * width, 4 * width, 2 * width, width)
+    assert N.channels == tuple(max(1, c // 8) for c in G.channels)  # each of G's counts divided, not the width
+    assert isinstance(N.out[-1], ScaledTanh) and N.out[-1].scale == 2.0 and N.latent_dim == G.latent_dim
+    assert N(N.sample_latent(2)).shape == (2, *shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (3, 48, 48), (3, 64, 32), (3, 8, 8), (1, 1, 1), (3,), (12,)])
+def test_resnet_refuses_sizes_its_resamplings_do_not_fit(shape):
+    from fastgan.models.resnet import ResNetDiscriminator, ResNetGenerator
+
+    cfg = ModelConfig(arch="resnet", resnet_width=2)
+    for build in (build_generator, build_discriminator, build_noise_generator):
+        with pytest.raises(ValueError, match=r"^data_shape: arch 'resnet' needs square images whose side is a power "
+                                             rf"of two >= 16 .*got {re.escape(str(tuple(shape)))}"):
+            build(cfg, shape)
+    with pytest.raises(ValueError, match=r"^data_shape: arch 'resnet'"):
+        ResNetGenerator(8, shape)
+    with pytest.raises(ValueError, match=r"^data_shape: arch 'resnet'"):
+        ResNetDiscriminator(shape)
+    with pytest.raises(ValueError, match=r"^channels: 5 positive channel counts"):
+        ResNetGenerator(8, (3, 16, 16), channels=[4, 4, 4, 4])

@@ -12,6 +12,7 @@ SMALL = [
     ("mlp", (2,), dict(d_hidden=(6, 5), mlp_activation="leaky_relu")),  # BatchNorm: covered by dcgan
     ("goodfellow", (4,), dict(d_hidden=(5, 4), maxout_pieces=3)),
     ("dcgan", (2, 8, 8), dict(dcgan_width=2)),
+    ("resnet", (2, 16, 16), dict(resnet_width=1)),
 ]
 
 
@@ -100,3 +101,41 @@ def test_dcgan_discriminator_runs_the_closed_form(batchnorm, sn, input_bn):
         grads.append(torch.cat([p.grad.reshape(-1) for p in Dm.parameters()]))
     assert grads[0].norm() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("batchnorm,sn", [(True, False), (False, False), (True, True)])
+def test_resnet_discriminator_penalty_in_every_mode(batchnorm, sn):
+    """The ResNet D (Roth et al.'s CelebA / LSUN runs) under js_penalty: "jvp" and "auto" give the double backward's
+    parameter gradients, every parameter gets one; it has no closed form (residual shortcuts are not one chain of
+    layers), so "auto" takes the double backward on CPU and an explicit "mlp" raises, naming why."""
+    import copy
+
+    from fastgan.ops import _dispatch, js_penalty, penalty_jvp
+
+    torch.manual_seed(0)
+    D = build_discriminator(ModelConfig(arch="resnet", resnet_width=2, d_batchnorm=batchnorm, spectral_norm=sn),
+                            (2, 16, 16)).double()
+    xr, xf = torch.randn(5, 2, 16, 16, dtype=torch.float64), torch.randn(5, 2, 16, 16, dtype=torch.float64)
+    assert penalty_jvp.auto_mode(D, xr, "mean") == "double_backward"
+    results = {}
+    for mode, ran in (("double_backward", "double_backward"), ("jvp", "jvp"), ("auto", "double_backward")):
+        Dm = copy.deepcopy(D)
+        before = _dispatch.counts[("gradient_penalty", ran)]
+        pen, lr, lf = js_penalty(Dm, xr, xf, mode=mode)
+        assert _dispatch.counts[("gradient_penalty", ran)] == before + 2
+        (lr.mean() - lf.mean() + pen).backward()
+        named = list(Dm.named_parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in named), \
+            [n for n, p in named if p.grad is None or p.grad.abs().sum() == 0]
+        results[mode] = (pen.detach(), torch.cat([p.grad.reshape(-1) for _, p in named]),
+                         [b.clone() for b in Dm.buffers()])
+    pen0, grad0, buffers0 = results["double_backward"]
+    assert pen0 > 0 and grad0.norm() > 0
+    for mode in ("jvp", "auto"):
+        pen, grad, buffers = results[mode]
+        torch.testing.assert_close(pen, pen0, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grad, grad0, rtol=1e-8, atol=1e-10)
+        for b, b0 in zip(buffers, buffers0):  # BatchNorm statistics and power iterations advance alike
+            torch.testing.assert_close(b, b0, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"mode='mlp' cannot run this D: D is not an nn\.Sequential"):
+        js_penalty(copy.deepcopy(D), xr, xf, mode="mlp")

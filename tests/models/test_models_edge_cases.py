@@ -11,7 +11,7 @@ BUILDERS = [build_generator, build_discriminator, build_noise_generator]
 
 @pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize("fields,message", [
-    (dict(arch="resnet"), r"model\.arch: must be one of \('mlp', 'goodfellow', 'dcgan'\), got 'resnet'"),
+    (dict(arch="vgg"), r"model\.arch: must be one of \('mlp', 'goodfellow', 'dcgan', 'resnet'\), got 'vgg'"),
     (dict(arch="DCGAN"), r"model\.arch: must be one of"),
     (dict(latent_dim=0), r"model\.latent_dim: must be >= 1, got 0"),
     (dict(latent_dim="2"), r"model\.latent_dim: must be an integer, got '2'"),

@@ -71,7 +71,7 @@ def test_denoiser_on_discriminator_features():
 
 def test_config_metadata_and_hooks():
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    assert fields["arch"].metadata["choices"] == ARCHS == ("mlp", "goodfellow", "dcgan")
+    assert fields["arch"].metadata["choices"] == ARCHS == ("mlp", "goodfellow", "dcgan", "resnet")
     assert fields["latent_dist"].metadata["choices"] == ("normal", "uniform")
     assert fields["init"].metadata["choices"] == ("paper", "torch")
     assert fields["mlp_activation"].metadata["choices"] == ("tanh", "relu", "leaky_relu")
@@ -101,6 +101,7 @@ def test_sample_latent():
 def test_noise_generator_keeps_g_batchnorm_and_hidden_activation():
     # "equivalent to the generator architecture with the number of filters reduced by a factor of eight"
     for cfg, shape in ((ModelConfig(arch="dcgan", dcgan_width=8), (1, 16, 16)),
+                       (ModelConfig(arch="resnet", resnet_width=8), (1, 16, 16)),
                        (ModelConfig(arch="mlp", g_batchnorm=True, mlp_activation="relu"), (3,)),
                        (ModelConfig(arch="goodfellow", g_batchnorm=True), (2,))):
         G, N = build_generator(cfg, shape), build_noise_generator(cfg, shape)
