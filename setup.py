@@ -23,26 +23,41 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_CUDA_ARCH = "75;80;90"
 
 
-def find_nvcc():
+def find_nvcc(required=False):
     """CUDACXX, then CUDA_HOME's nvcc (a toolkit named on purpose, as torch's builds take it), then nvcc on PATH,
-    CUDA_PATH's, /usr/local/cuda's."""
+    CUDA_PATH's, /usr/local/cuda's. A CUDACXX or CUDA_HOME that names no nvcc is said, not skipped silently (a typo
+    would build with another toolkit, or none): an error when CUDA is required (FASTGAN_CUDA=1), else a note."""
     def in_home(home):
         return str(Path(home) / "bin" / "nvcc") if home else None
 
-    for cand in (os.environ.get("CUDACXX"), in_home(os.environ.get("CUDA_HOME")), shutil.which("nvcc"),
-                 in_home(os.environ.get("CUDA_PATH")), in_home("/usr/local/cuda")):
+    for var, cand in (("CUDACXX", os.environ.get("CUDACXX")), ("CUDA_HOME", in_home(os.environ.get("CUDA_HOME")))):
+        if not cand:
+            continue
+        if Path(cand).exists():
+            return cand
+        why = f"{var}={os.environ[var]} names no nvcc ({cand} does not exist)"
+        if required:
+            raise RuntimeError(f"FASTGAN_CUDA=1 but {why}")
+        print(f"fastgan: {why}; looking for nvcc on PATH and in /usr/local/cuda instead", flush=True)
+    for cand in (shutil.which("nvcc"), in_home(os.environ.get("CUDA_PATH")), in_home("/usr/local/cuda")):
         if cand and Path(cand).exists():
             return cand
     return None
 
 
-def nvcc_major(nvcc):
+def nvcc_release(nvcc):
+    """"13.0" from `nvcc --version`, or None."""
     try:
         out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    m = re.search(r"release (\d+)\.", out)
-    return int(m.group(1)) if m else None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def nvcc_major(nvcc):
+    release = nvcc_release(nvcc)
+    return int(release.split(".")[0]) if release else None
 
 
 # One entry of CMake's CUDA_ARCHITECTURES as fastgan._ext.arch_runs_on reads it back at run time to tell whether the
@@ -119,7 +134,7 @@ class CMakeBuild(build_ext):
         mode = os.environ.get("FASTGAN_CUDA", "auto").lower()
         if mode not in ("auto", "0", "1"):
             raise RuntimeError(f"FASTGAN_CUDA must be auto, 0 or 1, got {mode!r}")
-        nvcc = find_nvcc() if mode != "0" else None
+        nvcc = find_nvcc(required=mode == "1") if mode != "0" else None
         if mode == "1" and nvcc is None:
             raise RuntimeError("FASTGAN_CUDA=1 but nvcc was not found (set CUDACXX or CUDA_HOME)")
         with_cuda = nvcc is not None
@@ -132,7 +147,8 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DFASTGAN_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
-        archs = cuda_archs(nvcc_major(nvcc)) if with_cuda else ""
+        release = nvcc_release(nvcc) if with_cuda else None
+        archs = cuda_archs(int(release.split(".")[0]) if release else None) if with_cuda else ""
         if with_cuda:
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DFASTGAN_CUDA_ARCH={archs}"]
         if shutil.which("ninja"):
@@ -141,17 +157,19 @@ class CMakeBuild(build_ext):
         cache = build_temp / "CMakeCache.txt"
         if cache.exists():
             cache.unlink()
-        print(f"fastgan: building _C (CUDA: {'yes, ' + archs if with_cuda else 'no'})", flush=True)
+        cuda = f"yes, sm {archs}, {nvcc} (CUDA {release or '?'})" if with_cuda else "no"
+        print(f"fastgan: building _C (CUDA: {cuda})", flush=True)
         subprocess.run([cmake, str(ROOT), *args], cwd=build_temp, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run([cmake, "--build", ".", "--config", cfg, "-j", jobs], cwd=build_temp, check=True)
 
 
 setup(
-    packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels"],
-    package_dir={"fastgan.kernels": "kernels"},
+    # configs/ is installed as fastgan.configs (data only): `fastgan train NAME` finds a shipped config by name
+    packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels", "fastgan.configs"],
+    package_dir={"fastgan.kernels": "kernels", "fastgan.configs": "configs"},
     # the classifier behind fastgan.metrics.fmnist_scores (made by tools/train_fmnist_classifier.py)
-    package_data={"fastgan.metrics": ["fmnist_classifier.pt"]},
+    package_data={"fastgan.metrics": ["fmnist_classifier.pt"], "fastgan.configs": ["*.yaml", "*/*.yaml"]},
     ext_modules=[CMakeExtension("fastgan._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

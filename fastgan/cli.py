@@ -1,6 +1,6 @@
-"""Command line: `python -m fastgan info`, `python -m fastgan train CONFIG [--set key=value ...] [--resume]`,
-`python -m fastgan crosstest RUN_A RUN_B`, `python -m fastgan eval RUN`, `python -m fastgan sample RUN --out FILE`,
-`python -m fastgan compare RUNS...`."""
+"""Command line: `python -m fastgan info`, `python -m fastgan configs`,
+`python -m fastgan train CONFIG [--set key=value ...] [--resume]`, `python -m fastgan crosstest RUN_A RUN_B`,
+`python -m fastgan eval RUN`, `python -m fastgan sample RUN --out FILE`, `python -m fastgan compare RUNS...`."""
 from __future__ import annotations
 
 import argparse
@@ -17,12 +17,34 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_configs(args) -> int:
+    from . import shipped_configs
+
+    found = shipped_configs.names()
+    if not found:
+        print("fastgan configs: no shipped configs found (fastgan.configs is not installed, and this is no checkout)",
+              file=sys.stderr)
+        return 1
+    if args.path:
+        print("\n".join(str(p) for p in found.values()))
+        return 0
+    width = max(map(len, found))
+    for name, path in found.items():
+        print(f"{name:{width}s}  {shipped_configs.summary(path)}")
+    print(f"\n{len(found)} configs in {shipped_configs.folder()}; run one with `fastgan train NAME [--set key=value "
+          "...]`, see all its fields with `fastgan train NAME --print-config`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastgan", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser("info", help="versions, built kernels and usable backends")
     pi.add_argument("--json", action="store_true", help="print the report as JSON")
     pi.set_defaults(func=_cmd_info)
+    pc = sub.add_parser("configs", help="list the shipped paper configs, which `fastgan train NAME` runs")
+    pc.add_argument("--path", action="store_true", help="print each config's file path instead")
+    pc.set_defaults(func=_cmd_configs)
     try:
         from .train_cli import add_cli  # the trainer registers its own sub-command
     except ImportError:

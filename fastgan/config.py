@@ -813,10 +813,25 @@ def _read_yaml(p: Path) -> Mapping:
     return data
 
 
-def load_config(path, *, stored: bool = False) -> TrainConfig:
-    """Read and validate a YAML config file; stored=True for one fastgan wrote (a run folder's config.yaml), read
-    as from_stored reads it."""
+def config_path(path) -> Path:
+    """`path`, or where it does not exist the shipped config it names (fastgan.shipped_configs: a bare name, or
+    configs/<name>.yaml from outside a checkout); else FileNotFoundError."""
     p = Path(path)
+    if p.exists():
+        return p
+    from . import shipped_configs
+
+    found = shipped_configs.find(p)
+    if found is None:
+        raise FileNotFoundError(f"config file not found: {p} (a shipped config goes by its name, e.g. "
+                                f"roth-mixture-gamma-annealed: `fastgan configs` lists them)")
+    return found
+
+
+def load_config(path, *, stored: bool = False) -> TrainConfig:
+    """Read and validate a YAML config file (or a shipped config by name: config_path); stored=True for one fastgan
+    wrote (a run folder's config.yaml), read as from_stored reads it."""
+    p = Path(path) if stored else config_path(path)
     data = _read_yaml(p)
     try:
         return (from_stored if stored else from_dict)(data)
@@ -973,7 +988,8 @@ def coerce(cfg, overrides=None) -> TrainConfig:
     elif isinstance(cfg, (str, Path)):
         if not overrides:
             return load_config(cfg)
-        data = _read_yaml(Path(cfg))
+        cfg = config_path(cfg)
+        data = _read_yaml(cfg)
         merged = apply_overrides(data, overrides)
         try:
             return from_dict(merged)

@@ -28,6 +28,7 @@ from ._atomic import replacing
 from ._errors import oserror
 from ._version import __version__
 from . import config as C
+from . import shipped_configs
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
@@ -995,7 +996,7 @@ def _requested(cfg, overrides, resume: bool) -> TrainConfig:
         saved = _checkpoint_config(state, run_dir / CHECKPOINT)
         return C.coerce(saved, overrides + [("run.dir", str(run_dir))])
     if resume and isinstance(cfg, (str, Path)) and not Path(cfg).exists() and \
-            Path(cfg).suffix.lower() not in C.CONFIG_SUFFIXES:
+            Path(cfg).suffix.lower() not in C.CONFIG_SUFFIXES and shipped_configs.find(cfg) is None:
         # --resume takes a run folder or a config: "config file not found" would name the wrong one
         raise FileNotFoundError(f"--resume: no run folder or config file {cfg}")
     return C.coerce(cfg, overrides)

@@ -17,6 +17,7 @@ from .config import ConfigError, TrainConfig
 from .graph import GraphCaptureError
 from .interrupts import Terminated
 from .ops._dispatch import BackendUnavailable
+from . import shipped_configs
 from .run_folder import CHECKPOINT, find_run
 from .train import NonFiniteLossError, _checkpoint_config, _merge_for_resume, _requested, train
 
@@ -36,7 +37,8 @@ def cmd_train(args) -> int:
     overrides, config = [], args.config
     for item in args.overrides:
         # a path that is not there yet (a typo) is recognised by its suffix, so its error is "config file not found"
-        if "=" not in item and config is None and (Path(item).exists() or item.endswith(C.CONFIG_SUFFIXES)):
+        if "=" not in item and config is None and (Path(item).exists() or item.endswith(C.CONFIG_SUFFIXES)
+                                                   or shipped_configs.find(item) is not None):
             config = item  # `fastgan train --set a=1 CONFIG`: the config was swallowed by --set
         else:
             overrides.append(item)
@@ -140,7 +142,8 @@ def add_cli(subparsers) -> None:
                     "their 3-D submanifold mixture, a short run). Output: <run.out_dir>/<run.name>-<timestamp>/ "
                     "with config.yaml, metrics.csv, tb/, samples/, checkpoints/last.pt.")
     p.add_argument("config", nargs="?", default=None,
-                   help="YAML config file (see configs/), or a run folder to continue with --resume")
+                   help="YAML config file, a shipped config's name (`fastgan configs` lists them), or a run folder "
+                        "to continue with --resume")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override a config field, e.g. --set method.roth.gamma=0.5 run.steps=200 (values are YAML)")
     p.add_argument("--resume", action="store_true",

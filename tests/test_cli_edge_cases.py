@@ -82,3 +82,30 @@ def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["info"]) == 130
     assert capsys.readouterr().err == "fastgan: interrupted\n"
+
+
+def test_the_installed_package_lists_and_runs_the_shipped_configs_by_name(tmp_path):
+    """`pip install .` (CI's, not editable) ships configs/ as fastgan.configs: from a folder that holds no configs/,
+    `fastgan configs` lists every one and `fastgan train NAME` reads it, and a config swallowed by --set is still
+    taken as the config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+    def fastgan(*args):
+        r = subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    paths = [Path(p) for p in fastgan("configs", "--path").splitlines()]
+    assert sorted(p.stem for p in paths) == repo and all(p.is_file() for p in paths)
+    listed = fastgan("configs").splitlines()
+    assert any(line.startswith("ntgan-2d-gaussian ") and "NTGAN appendix 6.1" in line for line in listed)
+    assert listed[-1].startswith(f"{len(repo)} configs in ")
+    for args in (["roth-mixture-gamma-fixed-5d", "--print-config"],
+                 ["--print-config", "--set", "run.steps=3", "configs/roth-mixture-gamma-fixed-5d.yaml"]):
+        cfg = yaml.safe_load(fastgan("train", *args))
+        assert cfg["run"]["name"] == "roth-mixture-gamma-fixed-5d" and cfg["method"]["d_steps"] == 5

@@ -330,6 +330,31 @@ def test_a_mapping_given_to_a_section_sets_those_fields_only():
         C.coerce(base, ["run=3"])
 
 
+def test_a_shipped_config_is_found_by_name_where_no_such_file_exists(tmp_path, monkeypatch):
+    """From any folder (an installed fastgan: the configs are its data package fastgan.configs) a shipped config goes
+    by its name, with or without .yaml, or by the README's configs/... path; a missing path elsewhere stays an
+    error, so a typo never trains another config."""
+    from fastgan import shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert sorted(shipped_configs.names()) == sorted(p.stem for p in CONFIGS)
+    for given in ("roth-mixture-gamma-fixed", "roth-mixture-gamma-fixed.yaml", "configs/roth-mixture-gamma-fixed.yaml",
+                  Path("configs") / "roth-mixture-gamma-fixed.yaml"):
+        assert load_config(given) == load_config(REPO / "configs" / "roth-mixture-gamma-fixed.yaml"), given
+    table4 = "ntgan-fmnist-table4-c-gp"
+    assert C.config_path(f"configs/ntgan-table4/{table4}.yaml").samefile(REPO / "configs" / "ntgan-table4" /
+                                                                        f"{table4}.yaml")
+    assert C.config_path(table4).name == f"{table4}.yaml"
+    assert C.coerce("ntgan-2d-gaussian", ["run.steps=7"]).run.steps == 7
+    for missing in ("configs/roth-mixture-gamma-fixd.yaml", "elsewhere/roth-mixture-gamma-fixed.yaml",
+                    "configs/ntgan-table4/roth-mixture-gamma-fixed.yaml", tmp_path / "roth-mixture-gamma-fixed.yaml",
+                    "configs/a/b/roth-mixture-gamma-fixed.yaml", "../roth-mixture-gamma-fixed"):
+        with pytest.raises(FileNotFoundError, match=r"config file not found: .*`fastgan configs` lists them"):
+            load_config(missing)
+    (tmp_path / "roth-mixture-gamma-fixed.yaml").write_text("run:\n  name: mine\n")
+    assert load_config("roth-mixture-gamma-fixed.yaml").run.name == "mine"  # a file that exists is read first
+
+
 def test_load_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

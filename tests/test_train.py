@@ -221,7 +221,8 @@ def test_resume_finds_the_latest_run_by_name(tmp_path):
         fastgan.train(None, overrides=[*TINY, f"run.out_dir={tmp_path}", "run.name=other"], resume=True)
     with pytest.raises(FileNotFoundError, match="^--resume: no run folder or config file .*rn-typo$"):
         fastgan.train(tmp_path / "rn-typo", overrides=["run.steps=5"], resume=True)
-    with pytest.raises(FileNotFoundError, match="^config file not found: .*typo.yaml$"):
+    with pytest.raises(FileNotFoundError, match=r"^config file not found: .*typo.yaml \(a shipped config goes by its "
+                                                r"name.*`fastgan configs` lists them\)$"):
         fastgan.train(tmp_path / "typo.yaml", overrides=["run.steps=5"], resume=True)
 
 
