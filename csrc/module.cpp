@@ -1,4 +1,5 @@
 #include <pybind11/pybind11.h>
+#include <string>
 #include "fastgan/registry.h"
 
 #ifdef FASTGAN_WITH_CUDA
@@ -12,6 +13,9 @@ PYBIND11_MODULE(_C, m) {
 #ifdef FASTGAN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   m.attr("cuda_archs") = FASTGAN_CUDA_ARCHS;
+  // "13.0": the CUDA runtime linked statically into _C, which needs a driver supporting that version
+  m.attr("cuda_runtime") = std::to_string(fastgan::cuda::runtime_version() / 1000) + "." +
+                           std::to_string(fastgan::cuda::runtime_version() % 1000 / 10);
   // Called only on request (fastgan.info, backend checks), never at import: importing must not touch CUDA.
   m.def("cuda_device_count", []() {
     int n = 0;
@@ -21,6 +25,7 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("cuda_compiled") = false;
   m.attr("cuda_archs") = "";
+  m.attr("cuda_runtime") = "";
 #endif
   // for `fastgan info`: which of the FG_CPU_CLONES (cpu_clones.h) the loader picks on this machine
   m.def("cpu_clones", []() -> std::string {

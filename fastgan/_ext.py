@@ -93,6 +93,26 @@ def _device_capability(device: torch.device) -> tuple[tuple[int, int], str]:
     return _capabilities[index]
 
 
+_runtime: list = []  # (device count, error) of _C's own CUDA runtime, asked once
+
+
+def runtime_status(mod) -> tuple[bool, str]:
+    """Whether the CUDA runtime linked statically into _C reaches a GPU. torch's runtime may while it does not: a
+    driver older than the CUDA version _C was built with (torch built for CUDA 12 runs there, _C built by nvcc 13
+    does not). Asked once a process, and only where torch has found a device (its own query has initialised the
+    driver by then)."""
+    if not _runtime:
+        _runtime.append(mod.cuda_device_count())
+    n, err = _runtime[0]
+    if err or n < 1:
+        built = getattr(mod, "cuda_runtime", "") or "?"
+        return False, (f"fastgan._C's CUDA runtime (CUDA {built}, linked into it) finds no GPU where torch (CUDA "
+                       f"{torch.version.cuda}) does: {err or 'no device'}; update the NVIDIA driver to one that "
+                       f"supports CUDA {built}, or rebuild fastgan with the CUDA toolkit torch uses "
+                       f"(CUDA_HOME=<that toolkit> pip install .)")
+    return True, ""
+
+
 def cuda_status(device: torch.device | None = None) -> tuple[bool, str]:
     """Whether the extension's CUDA kernels can run here (on `device`'s GPU when given, checking that the build
     holds code for its architecture), and why not when they can't."""
@@ -103,6 +123,9 @@ def cuda_status(device: torch.device | None = None) -> tuple[bool, str]:
         return False, "fastgan._C was built without CUDA (no nvcc at build time, or FASTGAN_CUDA=0)"
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
+    ok, why = runtime_status(mod)
+    if not ok:
+        return False, why
     if device is None:
         return True, ""
     capability, name = _device_capability(device)

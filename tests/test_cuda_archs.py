@@ -52,8 +52,10 @@ def test_status_names_the_build_and_the_gpu():
 def fake_gpu(monkeypatch):
     """A CUDA build for `archs` and one visible GPU of `capability`, without touching CUDA."""
     def make(archs: str, capability: tuple[int, int], name: str):
-        module = types.SimpleNamespace(cuda_compiled=True, cuda_archs=archs)
+        module = types.SimpleNamespace(cuda_compiled=True, cuda_archs=archs, cuda_runtime="13.0",
+                                       cuda_device_count=lambda: (1, ""))
         monkeypatch.setattr(_ext, "_load", lambda: (module, None))
+        monkeypatch.setattr(_ext, "_runtime", [])
         monkeypatch.setattr(_ext, "_capabilities", {})
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -86,6 +88,25 @@ def test_cuda_backend_taken_where_the_build_runs(fake_gpu, capability):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _dispatch.resolve("grad_norm_penalty", torch.device("cuda"), None) == "cuda"
+
+
+def test_cuda_backend_refused_where_the_extensions_own_runtime_finds_no_gpu(fake_gpu, monkeypatch):
+    """_C links nvcc 13's runtime statically: on a driver too old for it torch (built for CUDA 12) sees the GPU and
+    fastgan's kernels cannot run, so the backend is unusable, with the reason, and asked once a process."""
+    module = fake_gpu("80,90", (9, 0), "H100")
+    calls = []
+    module.cuda_device_count = lambda: calls.append(1) or (0, "CUDA driver version is insufficient for CUDA "
+                                                              "runtime version")
+    gpu = torch.device("cuda")
+    ok, why = _dispatch.status("cuda", gpu)
+    assert not ok and "fastgan._C's CUDA runtime (CUDA 13.0" in why and "driver version is insufficient" in why
+    assert "update the NVIDIA driver" in why and "CUDA_HOME" in why
+    with pytest.raises(_dispatch.BackendUnavailable, match=r"backend 'cuda' cannot run here: .*insufficient"):
+        _dispatch.resolve("grad_norm_penalty", gpu, "cuda")
+    monkeypatch.setattr(_dispatch, "triton_status", lambda device: (True, ""))
+    assert _dispatch.resolve("grad_norm_penalty", gpu, None) == "triton"
+    assert _ext.cuda_status() == (False, why)
+    assert calls == [1]
 
 
 def test_capability_is_read_once_per_device(fake_gpu, monkeypatch):
@@ -235,3 +256,23 @@ def test_cuda_home_comes_before_an_nvcc_on_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDACXX", str(path_dir / "nvcc"))
     monkeypatch.setenv("CUDA_HOME", str(home))
     assert setup.find_nvcc() == str(path_dir / "nvcc")
+
+
+@pytest.mark.parametrize("var", ["CUDACXX", "CUDA_HOME"])
+def test_a_cuda_variable_naming_no_nvcc_is_said(monkeypatch, capsys, tmp_path, var):
+    """CUDACXX / CUDA_HOME name the toolkit on purpose: one that names no nvcc (a typo) fails a build that needs
+    CUDA and is noted in any other, where it was skipped in silence (another toolkit built, or none)."""
+    setup = _setup_module(monkeypatch)
+    for other in ("CUDACXX", "CUDA_HOME"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(var, str(tmp_path / "nope"))
+    with pytest.raises(RuntimeError, match=rf"FASTGAN_CUDA=1 but {var}=.*nope names no nvcc"):
+        setup.find_nvcc(required=True)
+    found = setup.find_nvcc()
+    assert f"{var}={tmp_path / 'nope'} names no nvcc" in capsys.readouterr().out
+    assert found is None or Path(found).exists()
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("")
+    monkeypatch.setenv(var, str(nvcc if var == "CUDACXX" else tmp_path / "cuda"))
+    assert setup.find_nvcc(required=True) == str(nvcc) and capsys.readouterr().out == ""

@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,30 @@ def test_import_does_not_import_triton_or_initialise_cuda():
              "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
              "print('ok')")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("version,ok", [("2.3.1", False), ("1.13.1+cu117", False), ("2.4.0", True),
+                                        ("2.4.0a0+git1234", True), ("2.13.0+cpu", True), ("2.11.0+cu130", True),
+                                        ("3.0.0", True), ("10.1", True)])
+def test_torch_older_than_2_4_is_refused_by_name(version, ok):
+    from fastgan import _torch_version
+
+    if ok:
+        _torch_version.check(version)
+    else:
+        with pytest.raises(ImportError, match=rf"fastgan needs torch >= 2\.4 .*found torch {re.escape(version)}"):
+            _torch_version.check(version)
+
+
+def test_import_names_an_old_or_missing_torch():
+    """A --no-deps install skips pip's torch>=2.4: the import says so instead of an AttributeError from deep inside
+    (torch.library.custom_op); without torch it says to install torch first."""
+    old = _run("import torch; torch.__version__ = '2.3.1'; import fastgan")
+    assert old.returncode != 0 and "ImportError: fastgan needs torch >= 2.4" in old.stderr, old.stderr
+    assert "found torch 2.3.1" in old.stderr and "AttributeError" not in old.stderr
+    missing = _run("import sys; sys.modules['torch'] = None; import fastgan")
+    assert missing.returncode != 0 and "fastgan needs torch >= 2.4, which is not installed" in missing.stderr, \
+        missing.stderr
 
 
 def test_extension_loads_and_reports_build():

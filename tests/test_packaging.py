@@ -1,5 +1,7 @@
 """The sdist carries what building _C and the README's commands need: every tracked file (bar .gitignore), so that
 a wheel built from it (`python -m build`'s default, a published sdist) finds CMakeLists.txt and csrc/."""
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,3 +45,33 @@ def test_the_package_version_is_the_distributions():
 
     text = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^version = "([^"]+)"$', text, flags=re.M).group(1) == fastgan.__version__
+
+
+def _compile_flags(build: Path, build_type: str, cuda: bool) -> dict:
+    """{source file name: its compile command} of a CMake configuration of fastgan (nothing compiled)."""
+    pybind11 = pytest.importorskip("pybind11")
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("no cmake")
+    args = [cmake, str(ROOT), f"-DCMAKE_BUILD_TYPE={build_type}", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+            f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DFASTGAN_WITH_CUDA={'ON' if cuda else 'OFF'}"]
+    if cuda:
+        args.append(f"-DCMAKE_CUDA_COMPILER={cuda}")
+    proc = subprocess.run(args, cwd=build, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {Path(c["file"]).name: c["command"] for c in json.loads((build / "compile_commands.json").read_text())}
+
+
+@pytest.mark.parametrize("build_type", ["Debug", "Release"])
+def test_only_a_debug_build_is_unoptimised(tmp_path, build_type):
+    """FASTGAN_BUILD_TYPE=Debug (setup.py's CMAKE_BUILD_TYPE) compiles without -O3, for stepping through the
+    kernels; every other type with it. The CUDA sources too, where there is an nvcc."""
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    flags = _compile_flags(tmp_path, build_type, nvcc)
+    checked = ["module.cpp"] + (["runtime.cu"] if nvcc else [])
+    for name in checked:
+        words = flags[name].split()
+        assert ("-O3" in words) == (build_type != "Debug"), (name, flags[name])
+        if build_type == "Debug":
+            assert "-g" in words, (name, flags[name])

@@ -13,5 +13,9 @@ int device_count(int* count) {
 
 int get_device(int* device) { return static_cast<int>(cudaGetDevice(device)); }
 
+// the toolkit's version at build time (no driver call): the runtime linked into _C, which needs a driver of
+// its CUDA version or newer
+int runtime_version() { return CUDART_VERSION; }
+
 }  // namespace cuda
 }  // namespace fastgan

@@ -10,6 +10,7 @@ namespace cuda {
 const char* error_string(int code);
 int device_count(int* count);
 int get_device(int* device);
+int runtime_version();
 
 // Weighted gradient-norm penalty, see penalty_math.h. grad: (B, F) with strides (sb, sf) in elements;
 // logits: (B,) with stride sl; out/sq: accumulation dtype (float64 iff grad is float64, else float32).
