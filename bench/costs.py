@@ -8,6 +8,9 @@ per plain update, 1.8 ms on the H100), the kernel ratio what a launch-bound one 
 
     python bench/costs.py [--models mlp_leaky,dcgan32,...] [--width 64] [--json bench/results/costs-<date>.json]
 
+Models: bench_penalty_modes.py's Ds ("resnet32", Roth et al.'s ResNet D, since 2026-12-06: not a case of the
+issue's goals, counted without mode "mlp", which cannot run its residual shortcuts; --width is its resnet_width).
+
 The count runs the op sequence a GPU runs: js_penalty's joint real+fake closed-form pass (penalty_jvp.
 JOINT_MLP_DEVICES: on CUDA at any size, on CPU for MLPs up to JOINT_MLP_MAX_ROWS) is switched on, the CPU-only
 blocked batch contractions (closed_form_maps.BLOCKED_SUM_DEVICES) off, and Adam steps with foreach=True (CUDA's
@@ -30,7 +33,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_penalty_modes import _case, d_update_fn  # noqa: E402
 
 MODES = ("unregularized", "double_backward", "jvp", "mlp")
-MODELS = ("mlp_leaky", "mlp_tanh", "dcgan32", "dcgan32_b256", "dcgan32_nobn")
+MODELS = ("mlp_leaky", "mlp_tanh", "dcgan32", "dcgan32_b256", "dcgan32_nobn", "resnet32")
+NO_CLOSED_FORM = ("resnet32",)  # Ds that mode "mlp" refuses (residual shortcuts): counted in the other modes
+
+
+def modes_of(model: str) -> tuple[str, ...]:
+    return tuple(m for m in MODES if m != "mlp") if model in NO_CLOSED_FORM else MODES
 # ops that launch no kernel of their own: allocation, aliasing, host reads (a graph-captured update has none)
 _NO_KERNEL = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
               "aten.detach", "aten.lift_fresh", "aten.alias", "aten._local_scalar_dense", "aten.set_",
@@ -89,10 +97,11 @@ def table(models=MODELS, width: int = 64, batch: int | None = None) -> list[dict
     rows = []
     for model in models:
         base = None
-        for mode in MODES:
+        for mode in modes_of(model):
             c = update_costs(model, mode, width, batch)
             base = base or c
-            rows.append({"model": model, "mode": mode, "width": width if model.startswith("dcgan") else None,
+            rows.append({"model": model, "mode": mode,
+                         "width": width if model.startswith(("dcgan", "resnet")) else None,
                          "gflop": c.flops / 1e9, "kernels": c.kernels,
                          "flops_vs_unregularized": c.flops / base.flops,
                          "kernels_vs_unregularized": c.kernels / base.kernels,

@@ -1,7 +1,8 @@
 """The GPU-only denoiser benchmarks' bodies run on CPU tensors, graph capture and replay replaced by direct calls:
 each impl sets up the path it is named for (the Triton backend's tl.dot GEMMs where asked, checked inside the
 benchmark), records the extra_info goals.py reads, and leaves the environment as it found it. Named *_triton: Triton
-on CPU tensors, run where the interpreter is (tests/conftest.py)."""
+on CPU tensors, run where the interpreter is (tests/conftest.py). The graphed D updates' body likewise, on small
+CPU Ds with the C++ kernels standing in for the cuda backend's."""
 import os
 
 import pytest
@@ -80,3 +81,45 @@ def test_tile_sweep_rows_triton(on_cpu):
         assert ENV not in os.environ
         assert b.extra_info["tiles"] == ("default" if tiles is None else "16x16x16")
         assert ("speedup_vs_reference" in b.extra_info) == (impl == "triton")
+
+
+@pytest.fixture
+def d_update_on_cpu(on_cpu, monkeypatch):
+    """bench_graph_step's D-update body on CPU: the benchmark's Ds at width 4, B=4, Adam not capturable (torch
+    refuses capturable=True on CPU), the cuda backend's penalty on the cpu kernels."""
+    graph, _ = on_cpu
+    case, d_update_fn = graph._case, graph.d_update_fn
+    monkeypatch.setattr(graph, "_case", lambda model, device: case(model, "cpu", width=4, batch=4))
+    monkeypatch.setattr(graph, "_adam", lambda D: graph.torch.optim.Adam(D.parameters(), lr=1e-4))
+    monkeypatch.setattr(graph, "d_update_fn", lambda D, opt, xr, xf, mode, backend=None, **kw: d_update_fn(
+        D, opt, xr, xf, mode, "cpu" if backend == "cuda" else backend, **kw))
+    return graph
+
+
+def test_graphed_d_update_rows_of_the_resnet_d_are_information(d_update_on_cpu):
+    """The ResNet D's rows (test_graphed_d_update_info): every mode listed runs, trains D and records its ratio to
+    the unregularized update of the same session, marked penalty_goal=False (goals.py's information table)."""
+    graph = d_update_on_cpu
+    assert [m for m, _, _ in graph.INFO_CASES] == ["resnet32"] * 3
+    assert all(mode != "mlp" for _, mode, _ in graph.INFO_CASES)  # the closed form refuses residual shortcuts
+    assert graph.INFO_CASES[0][1] == "unregularized"  # first: the others' ratios need it
+    infos = {}
+    for model, mode, backend in graph.INFO_CASES:
+        b = _Benchmark()
+        graph.test_graphed_d_update_info(b, model, mode, backend)
+        infos[mode] = b.extra_info
+    for mode, info in infos.items():
+        assert info["penalty_goal"] is False and info["model"] == "resnet32" and info["batch"] == 4
+        assert info["ms_per_update"] == 1.0
+        assert ("ratio_vs_unregularized" in info) == (mode != "unregularized"), mode
+    assert infos["jvp"]["ratio_vs_unregularized"] == 1.0
+
+
+def test_graphed_d_update_goal_rows_keep_their_extra_info(d_update_on_cpu):
+    """The goal's cases through the same body: no penalty_goal key (goals.py holds them to the goal)."""
+    graph = d_update_on_cpu
+    for model, mode, backend in [("dcgan32", "unregularized", None), ("dcgan32", "double_backward", "cuda")]:
+        b = _Benchmark()
+        graph.test_graphed_d_update(b, model, mode, backend)
+        assert "penalty_goal" not in b.extra_info
+    assert b.extra_info["ratio_vs_unregularized"] == 1.0

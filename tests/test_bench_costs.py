@@ -77,6 +77,20 @@ def test_the_joint_pass_is_counted_as_on_cuda(counted):
     assert "cpu" in closed_form_maps.BLOCKED_SUM_DEVICES  # switched off only while counting
 
 
+def test_the_resnet_d_is_counted_without_the_closed_form():
+    """Roth et al.'s ResNet D (bench_penalty_modes.py's "resnet32", width 4 and B=4 here): counted in every mode but
+    "mlp", which cannot run its residual shortcuts; its double backward needs a second backward through D (>= 1.9x
+    the plain update's FLOPs) and jvp the tangent pass's GEMMs on top."""
+    assert "resnet32" in costs.MODELS and costs.modes_of("resnet32") == ("unregularized", "double_backward", "jvp")
+    assert costs.modes_of("dcgan32") == costs.MODES
+    rows = costs.table(["resnet32"], width=4, batch=4)
+    assert [r["mode"] for r in rows] == ["unregularized", "double_backward", "jvp"]
+    assert all(r["width"] == 4 for r in rows)
+    by = {r["mode"]: r for r in rows}
+    assert by["double_backward"]["flops_vs_unregularized"] >= 1.9
+    assert by["jvp"]["gflop"] > by["double_backward"]["gflop"]
+
+
 @pytest.mark.skipif(not triton_interpret(), reason="counts Triton launches under the interpreter")
 @pytest.mark.triton
 @pytest.mark.parametrize("depth", [1, 3])

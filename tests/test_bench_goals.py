@@ -541,3 +541,49 @@ def test_the_h200_denoiser_cases_at_n_h_2048_and_b_512_ask_more_than_its_fma_pea
     rows = {c: (need, peak) for c, _, _, _, need, peak in goals.denoiser_rate_rows(_rows_of("h200-2026-12-04.json"))}
     assert len(rows) == 8 and all(peak == 66.9 for _, peak in rows.values())
     assert {c for c, (need, peak) in rows.items() if need > peak} == {"nh2048-d3-B512", "nh2048-d6-B512"}
+
+
+def test_ds_outside_the_goal_are_information():
+    """bench_graph_step.py's ResNet D rows (penalty_goal=False; names and cases off its parametrize mark) are listed
+    apart from the goal, with no verdict and no gap of the goal; a CPU "auto" row names the mode it ran."""
+    graph = _bench_module("bench_graph_step")
+    gpu = "NVIDIA H200"
+    run = [_bench("test_graphed_d_update[dcgan32-jvp-cuda]", 1, model="dcgan32", mode="jvp", backend="cuda",
+                  batch=64, device=gpu, ratio_vs_unregularized=2.0, ms_per_update=3.0)]
+    for i, case in _parametrized(graph.test_graphed_d_update_info):
+        info = dict(case, device=gpu, batch=64, ms_per_update=20.0, penalty_goal=False)
+        if case["mode"] != "unregularized":
+            info["ratio_vs_unregularized"] = 1.2
+        run.append(_bench(f"test_graphed_d_update_info[{i}]", 1e-3, **info))
+    assert {case["model"] for _, case in _parametrized(graph.test_graphed_d_update_info)} == {"resnet32"}
+    assert [n for n, *_ in goals.graph_rows(run)] == ["test_graphed_d_update[dcgan32-jvp-cuda]"]
+    info = goals.graph_info_rows(run)
+    assert [n for n, *_ in info] == ["test_graphed_d_update_info[resnet32-double_backward-cuda]",
+                                     "test_graphed_d_update_info[resnet32-jvp-cuda]"]
+    assert all(ok for *_, ok in info)
+    text = goals.report(run)
+    assert "Ds outside the goal's cases (information: the ResNet D)" in text
+    assert "| test_graphed_d_update_info[resnet32-jvp-cuda] | 20.000 | 1.20 | yes |" in text
+    assert text.count(" met |") == 0 and text.count("**not met**") == 1  # the DCGAN32 row only
+    gaps = dict(goals.missing(run))["D update with the penalty"]
+    assert not any("resnet" in g.lower() for g in gaps) and "DCGAN32 B=64 jvp" not in gaps
+    costs = {"rows": [{"model": "resnet32", "mode": "jvp", "flops_vs_unregularized": 2.7,
+                       "kernels_vs_unregularized": 3.0}]}
+    assert goals.cost_rows(run, costs) == [("test_graphed_d_update_info[resnet32-jvp-cuda]", 1.2, 2.7, 3.0)]
+    cpu = [_bench("test_d_update[resnet32-auto-cpu]", 1, device="cpu", mode="auto", auto_mode="double_backward",
+                  ratio_vs_double_backward_median=1.01)]
+    assert goals.cpu_mode_rows(cpu) == [("test_d_update[resnet32-auto-cpu]", "auto (double_backward)", 1.01, False)]
+
+
+def test_the_resnet_d_update_cases_of_the_cpu_benchmark():
+    """bench_penalty_modes.py's ResNet D: no closed form (mode "mlp" refuses residual shortcuts), "auto" beside the
+    others; its D is model.arch=resnet's at 32x32, B=64 as dcgan32's."""
+    modes = _bench_module("bench_penalty_modes")
+    assert [mode for m, mode in modes.CASES if m == "resnet32"] == ["unregularized", "double_backward", "jvp",
+                                                                    "auto"]
+    from fastgan.models import ResNetDiscriminator
+
+    D, xr, xf = modes._case("resnet32", "cpu", width=2)
+    assert isinstance(D, ResNetDiscriminator) and D.channels == (2, 4, 8, 16, 16)
+    assert xr.shape == xf.shape == (64, 3, 32, 32)
+    assert modes._case("resnet32", "cpu")[0].channels[0] == 8  # the CPU width, as dcgan32's

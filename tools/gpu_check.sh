@@ -87,8 +87,8 @@ if [[ $what == quick ]]; then
     -k "${BW_K:-not reference and (not bn_closed_form or large)}" "${bench_args[@]}" \
     --benchmark-json "$OUT/bench-bandwidth.json" 2>&1 | tail -40
   echo "bandwidth benchmarks: $(said "${PIPESTATUS[0]}")"
-  # the graphed D updates (penalty goal), the graphed denoiser (denoiser goal), then lazy regularization (last in
-  # the file: information only, the first to go when the limit cuts the run short)
+  # the graphed D updates (penalty goal), the graphed denoiser (denoiser goal), then lazy regularization and the
+  # ResNet D (last in the file: information only, the first to go when the limit cuts the run short)
   lim=$(cap "$graph_limit" 5)
   echo "graphed benchmarks: limit $lim s"
   stop_at "$lim" python3 -m pytest bench/bench_graph_step.py "${bench_args[@]}" \
