@@ -30,7 +30,12 @@ def find_nvcc(required=False):
     def in_home(home):
         return str(Path(home) / "bin" / "nvcc") if home else None
 
-    for var, cand in (("CUDACXX", os.environ.get("CUDACXX")), ("CUDA_HOME", in_home(os.environ.get("CUDA_HOME")))):
+    def as_command(c):  # CUDACXX may be a command name, as CMake takes it
+        bare = c and os.sep not in c and (os.altsep is None or os.altsep not in c)
+        return (shutil.which(c) or c) if bare else c
+
+    for var, cand in (("CUDACXX", as_command(os.environ.get("CUDACXX"))),
+                      ("CUDA_HOME", in_home(os.environ.get("CUDA_HOME")))):
         if not cand:
             continue
         if Path(cand).exists():
@@ -38,7 +43,7 @@ def find_nvcc(required=False):
         why = f"{var}={os.environ[var]} names no nvcc ({cand} does not exist)"
         if required:
             raise RuntimeError(f"FASTGAN_CUDA=1 but {why}")
-        print(f"fastgan: {why}; looking for nvcc on PATH and in /usr/local/cuda instead", flush=True)
+        print(f"fastgan: {why}; looking for nvcc on PATH, in CUDA_PATH and in /usr/local/cuda instead", flush=True)
     for cand in (shutil.which("nvcc"), in_home(os.environ.get("CUDA_PATH")), in_home("/usr/local/cuda")):
         if cand and Path(cand).exists():
             return cand
@@ -55,9 +60,13 @@ def nvcc_release(nvcc):
     return m.group(1) if m else None
 
 
-def nvcc_major(nvcc):
-    release = nvcc_release(nvcc)
+def release_major(release):
+    """13 of "13.0"; None for None."""
     return int(release.split(".")[0]) if release else None
+
+
+def nvcc_major(nvcc):
+    return release_major(nvcc_release(nvcc))
 
 
 # One entry of CMake's CUDA_ARCHITECTURES as fastgan._ext.arch_runs_on reads it back at run time to tell whether the
@@ -148,7 +157,7 @@ class CMakeBuild(build_ext):
             f"-DFASTGAN_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
         release = nvcc_release(nvcc) if with_cuda else None
-        archs = cuda_archs(int(release.split(".")[0]) if release else None) if with_cuda else ""
+        archs = cuda_archs(release_major(release)) if with_cuda else ""
         if with_cuda:
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DFASTGAN_CUDA_ARCH={archs}"]
         if shutil.which("ninja"):
@@ -169,7 +178,7 @@ setup(
     packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels", "fastgan.configs"],
     package_dir={"fastgan.kernels": "kernels", "fastgan.configs": "configs"},
     # the classifier behind fastgan.metrics.fmnist_scores (made by tools/train_fmnist_classifier.py)
-    package_data={"fastgan.metrics": ["fmnist_classifier.pt"], "fastgan.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"fastgan.metrics": ["fmnist_classifier.pt"], "fastgan.configs": ["*.yaml", "*/*.yaml", "*.yml", "*/*.yml"]},
     ext_modules=[CMakeExtension("fastgan._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

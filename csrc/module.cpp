@@ -17,10 +17,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_runtime") = std::to_string(fastgan::cuda::runtime_version() / 1000) + "." +
                            std::to_string(fastgan::cuda::runtime_version() % 1000 / 10);
   // Called only on request (fastgan.info, backend checks), never at import: importing must not touch CUDA.
+  // (count, error message or "", cudaError_t code)
   m.def("cuda_device_count", []() {
     int n = 0;
     int err = fastgan::cuda::device_count(&n);
-    return py::make_tuple(n, err == 0 ? std::string() : std::string(fastgan::cuda::error_string(err)));
+    return py::make_tuple(n, err == 0 ? std::string() : std::string(fastgan::cuda::error_string(err)), err);
   });
 #else
   m.attr("cuda_compiled") = false;

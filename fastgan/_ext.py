@@ -93,24 +93,28 @@ def _device_capability(device: torch.device) -> tuple[tuple[int, int], str]:
     return _capabilities[index]
 
 
-_runtime: list = []  # (device count, error) of _C's own CUDA runtime, asked once
+_runtime: list = []  # (device count, error, code) of _C's own CUDA runtime: a count, or a too old driver, is kept
+_INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver
 
 
 def runtime_status(mod) -> tuple[bool, str]:
     """Whether the CUDA runtime linked statically into _C reaches a GPU. torch's runtime may while it does not: a
     driver older than the CUDA version _C was built with (torch built for CUDA 12 runs there, _C built by nvcc 13
-    does not). Asked once a process, and only where torch has found a device (its own query has initialised the
-    driver by then)."""
-    if not _runtime:
-        _runtime.append(mod.cuda_device_count())
-    n, err = _runtime[0]
-    if err or n < 1:
-        built = getattr(mod, "cuda_runtime", "") or "?"
-        return False, (f"fastgan._C's CUDA runtime (CUDA {built}, linked into it) finds no GPU where torch (CUDA "
-                       f"{torch.version.cuda}) does: {err or 'no device'}; update the NVIDIA driver to one that "
-                       f"supports CUDA {built}, or rebuild fastgan with the CUDA toolkit torch uses "
-                       f"(CUDA_HOME=<that toolkit> pip install .)")
-    return True, ""
+    does not). Asked where torch has found a device (its own query has initialised the driver by then); a count or
+    a too old driver is kept for the process, any other error asked again at the next call."""
+    result = _runtime[0] if _runtime else mod.cuda_device_count()
+    n, err, code = result
+    if not err and n >= 1 or code == _INSUFFICIENT_DRIVER:
+        _runtime[:] = [result]
+    if not err and n >= 1:
+        return True, ""
+    built = getattr(mod, "cuda_runtime", "") or "?"
+    where = (f"fastgan._C's CUDA runtime (CUDA {built}, linked into it) finds no GPU where torch (CUDA "
+             f"{torch.version.cuda}) does: {err or 'no device'}")
+    if code == _INSUFFICIENT_DRIVER:
+        return False, (f"{where}; update the NVIDIA driver to one that supports CUDA {built}, or rebuild fastgan with "
+                       f"the CUDA toolkit torch uses (CUDA_HOME=<that toolkit> pip install .)")
+    return False, where
 
 
 def cuda_status(device: torch.device | None = None) -> tuple[bool, str]:

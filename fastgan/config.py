@@ -819,9 +819,12 @@ def config_path(path) -> Path:
     p = Path(path)
     if p.exists():
         return p
+    if os.path.lexists(p):  # a link to nothing: the user's file, not a shipped config of that name
+        raise FileNotFoundError(f"config file not found: {p} is a symbolic link to {os.readlink(p)}, which does not "
+                                "exist")
     from . import shipped_configs
 
-    found = shipped_configs.find(p)
+    found = shipped_configs.find(path)  # as given: Path() drops a leading ./ and a trailing /
     if found is None:
         raise FileNotFoundError(f"config file not found: {p} (a shipped config goes by its name, e.g. "
                                 f"roth-mixture-gamma-annealed: `fastgan configs` lists them)")

@@ -5,10 +5,11 @@ after `pip install`, not only from a checkout's root. `fastgan configs` lists th
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path, PurePath
 from typing import Optional
 
-_SUFFIXES = (".yaml", ".yml")
+from .config import CONFIG_SUFFIXES
 
 
 def folder() -> Optional[Path]:
@@ -30,19 +31,24 @@ def names() -> dict[str, Path]:
     root = folder()
     if root is None:
         return {}
-    return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
+    return {p.stem: p for p in sorted(p for suffix in CONFIG_SUFFIXES for p in root.rglob(f"*{suffix}"))}
 
 
 def find(path) -> Optional[Path]:
     """The shipped config that `path`, which does not exist, names: a bare name (`roth-mixture-gamma-annealed`, with
     or without .yaml) or a path under configs/ as the README writes them (`configs/ntgan-table4/<name>.yaml`).
-    None for anything else: a path elsewhere with a typo must say "not found", not train another config."""
-    parts = PurePath(path).parts
+    None for anything else: a path elsewhere with a typo must say "not found", not train another config (so also
+    for ./NAME and NAME/, which pathlib would reduce to the name)."""
+    raw = os.fspath(path)
+    seps = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    if raw.startswith(tuple("." + s for s in seps)) or raw.endswith(seps):
+        return None
+    parts = PurePath(raw).parts
     if parts[:1] == ("configs",):
         parts = parts[1:]
     if not parts or len(parts) > 2 or any(p in ("..", ".") or p.startswith("/") for p in parts):
         return None
-    stem = parts[-1][:-len(Path(parts[-1]).suffix)] if parts[-1].endswith(_SUFFIXES) else parts[-1]
+    stem = parts[-1][:-len(Path(parts[-1]).suffix)] if parts[-1].endswith(CONFIG_SUFFIXES) else parts[-1]
     found = names().get(stem)
     if found is None or (len(parts) == 2 and found.parent.name != parts[0]):
         return None

@@ -349,9 +349,14 @@ def test_a_shipped_config_is_found_by_name_where_no_such_file_exists(tmp_path, m
     assert C.coerce("ntgan-2d-gaussian", ["run.steps=7"]).run.steps == 7
     for missing in ("configs/roth-mixture-gamma-fixd.yaml", "elsewhere/roth-mixture-gamma-fixed.yaml",
                     "configs/ntgan-table4/roth-mixture-gamma-fixed.yaml", tmp_path / "roth-mixture-gamma-fixed.yaml",
-                    "configs/a/b/roth-mixture-gamma-fixed.yaml", "../roth-mixture-gamma-fixed"):
+                    "configs/a/b/roth-mixture-gamma-fixed.yaml", "../roth-mixture-gamma-fixed",
+                    "./roth-mixture-gamma-fixed.yaml", "roth-mixture-gamma-fixed/", "./configs/roth-mixture-gamma-fixed"):
         with pytest.raises(FileNotFoundError, match=r"config file not found: .*`fastgan configs` lists them"):
             load_config(missing)
+    (tmp_path / "roth-mixture-gamma-fixed.yaml").symlink_to(tmp_path / "gone.yaml")  # the user's link, broken
+    with pytest.raises(FileNotFoundError, match=r"roth-mixture-gamma-fixed.yaml is a symbolic link to .*gone.yaml"):
+        load_config("roth-mixture-gamma-fixed.yaml")
+    (tmp_path / "roth-mixture-gamma-fixed.yaml").unlink()
     (tmp_path / "roth-mixture-gamma-fixed.yaml").write_text("run:\n  name: mine\n")
     assert load_config("roth-mixture-gamma-fixed.yaml").run.name == "mine"  # a file that exists is read first
 

@@ -53,7 +53,7 @@ def fake_gpu(monkeypatch):
     """A CUDA build for `archs` and one visible GPU of `capability`, without touching CUDA."""
     def make(archs: str, capability: tuple[int, int], name: str):
         module = types.SimpleNamespace(cuda_compiled=True, cuda_archs=archs, cuda_runtime="13.0",
-                                       cuda_device_count=lambda: (1, ""))
+                                       cuda_device_count=lambda: (1, "", 0))
         monkeypatch.setattr(_ext, "_load", lambda: (module, None))
         monkeypatch.setattr(_ext, "_runtime", [])
         monkeypatch.setattr(_ext, "_capabilities", {})
@@ -92,11 +92,12 @@ def test_cuda_backend_taken_where_the_build_runs(fake_gpu, capability):
 
 def test_cuda_backend_refused_where_the_extensions_own_runtime_finds_no_gpu(fake_gpu, monkeypatch):
     """_C links nvcc 13's runtime statically: on a driver too old for it torch (built for CUDA 12) sees the GPU and
-    fastgan's kernels cannot run, so the backend is unusable, with the reason, and asked once a process."""
+    fastgan's kernels cannot run, so the backend is unusable, with the reason and its remedy, asked once a process;
+    another error is quoted as it is, without that remedy, and asked again at the next call (it may pass)."""
     module = fake_gpu("80,90", (9, 0), "H100")
     calls = []
     module.cuda_device_count = lambda: calls.append(1) or (0, "CUDA driver version is insufficient for CUDA "
-                                                              "runtime version")
+                                                              "runtime version", 35)
     gpu = torch.device("cuda")
     ok, why = _dispatch.status("cuda", gpu)
     assert not ok and "fastgan._C's CUDA runtime (CUDA 13.0" in why and "driver version is insufficient" in why
@@ -107,6 +108,14 @@ def test_cuda_backend_refused_where_the_extensions_own_runtime_finds_no_gpu(fake
     assert _dispatch.resolve("grad_norm_penalty", gpu, None) == "triton"
     assert _ext.cuda_status() == (False, why)
     assert calls == [1]
+
+    monkeypatch.setattr(_ext, "_runtime", [])
+    answers = [(0, "initialization error", 3), (1, "", 0)]
+    module.cuda_device_count = lambda: calls.append(2) or answers.pop(0)
+    ok, why = _ext.cuda_status(gpu)
+    assert not ok and why.endswith("does: initialization error") and "driver" not in why
+    assert _ext.cuda_status(gpu) == (True, "") and _ext.cuda_status(gpu) == (True, "")
+    assert calls == [1, 2, 2]
 
 
 def test_capability_is_read_once_per_device(fake_gpu, monkeypatch):
@@ -276,3 +285,8 @@ def test_a_cuda_variable_naming_no_nvcc_is_said(monkeypatch, capsys, tmp_path, v
     nvcc.write_text("")
     monkeypatch.setenv(var, str(nvcc if var == "CUDACXX" else tmp_path / "cuda"))
     assert setup.find_nvcc(required=True) == str(nvcc) and capsys.readouterr().out == ""
+    if var == "CUDACXX":  # a command name, as CMake takes it: found on PATH
+        nvcc.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{nvcc.parent}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("CUDACXX", "nvcc")
+        assert setup.find_nvcc(required=True) == str(nvcc) and capsys.readouterr().out == ""

@@ -70,8 +70,8 @@ def test_extension_loads_and_reports_build():
     assert hasattr(C, "penalty_forward_cpu") and hasattr(C, "penalty_backward_cpu")
     if C.cuda_compiled:
         assert C.cuda_archs  # e.g. "80,90"
-        n, err = C.cuda_device_count()  # statically linked cudart: an error string, never a crash
-        assert isinstance(n, int) and isinstance(err, str)
+        n, err, code = C.cuda_device_count()  # statically linked cudart: an error string and code, never a crash
+        assert isinstance(n, int) and isinstance(err, str) and (code == 0) == (err == "")
         assert hasattr(C, "penalty_forward_cuda")
 
 
