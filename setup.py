@@ -178,7 +178,8 @@ setup(
     packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels", "fastgan.configs"],
     package_dir={"fastgan.kernels": "kernels", "fastgan.configs": "configs"},
     # the classifier behind fastgan.metrics.fmnist_scores (made by tools/train_fmnist_classifier.py)
-    package_data={"fastgan.metrics": ["fmnist_classifier.pt"], "fastgan.configs": ["*.yaml", "*/*.yaml", "*.yml", "*/*.yml"]},
+    package_data={"fastgan.metrics": ["fmnist_classifier.pt"],
+                  "fastgan.configs": ["*.yaml", "*/*.yaml", "*.yml", "*/*.yml"]},
     ext_modules=[CMakeExtension("fastgan._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

@@ -350,7 +350,8 @@ def test_a_shipped_config_is_found_by_name_where_no_such_file_exists(tmp_path, m
     for missing in ("configs/roth-mixture-gamma-fixd.yaml", "elsewhere/roth-mixture-gamma-fixed.yaml",
                     "configs/ntgan-table4/roth-mixture-gamma-fixed.yaml", tmp_path / "roth-mixture-gamma-fixed.yaml",
                     "configs/a/b/roth-mixture-gamma-fixed.yaml", "../roth-mixture-gamma-fixed",
-                    "./roth-mixture-gamma-fixed.yaml", "roth-mixture-gamma-fixed/", "./configs/roth-mixture-gamma-fixed"):
+                    "./roth-mixture-gamma-fixed.yaml", "roth-mixture-gamma-fixed/",
+                    "./configs/roth-mixture-gamma-fixed"):
         with pytest.raises(FileNotFoundError, match=r"config file not found: .*`fastgan configs` lists them"):
             load_config(missing)
     (tmp_path / "roth-mixture-gamma-fixed.yaml").symlink_to(tmp_path / "gone.yaml")  # the user's link, broken
