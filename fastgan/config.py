@@ -857,7 +857,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     import yaml
 
     if "=" not in item:
-        raise ConfigError(f"--set {_shown(item)}: expected key=value, e.g. method.roth.gamma=0.5")
+        raise ConfigError(f"--set {_shown(item)}: expected key=value, e.g. method.roth.gamma=0.5 (a config, a file "
+                          "or a shipped config's name from `fastgan configs`, goes before --set)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:

@@ -868,6 +868,12 @@ def test_cli_a_config_swallowed_by_set_is_the_config_only_when_none_was_given(tm
     # a mistyped config after --set: its error is the missing file, not a malformed override
     assert main(["train", "--print-config", "--set", "run.steps=7", str(tmp_path / "tow.yaml")]) == 1
     assert "config file not found" in capsys.readouterr().err
+    # a shipped config's name is taken there too; a mistyped one is an override, its error naming where configs go
+    assert main(["train", "--print-config", "--set", "run.steps=7", "roth-mixture-gamma-fixed-5d"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["run"]["name"], cfg["run"]["steps"]) == ("roth-mixture-gamma-fixed-5d", 7)
+    assert main(["train", "--print-config", "--set", "run.steps=7", "roth-mixture-gamma-fixd-5d"]) == 2
+    assert "shipped config's name from `fastgan configs`, goes before --set" in capsys.readouterr().err
 
 
 def test_fields_left_null_are_resolved_into_the_saved_config(tmp_path):
