@@ -100,15 +100,15 @@ def statistic_mode_refusal(mode: str, f: str) -> str:
             "makes differ from g_f'(psi) grad psi; use 'double_backward' or 'auto' (which runs it)")
 
 
-_BASE_WEIGHTS = {"one": lambda psi: torch.ones_like(psi),
-                 "js_real": lambda psi: torch.sigmoid(-psi).pow(2),
-                 "js_fake": lambda psi: torch.sigmoid(psi).pow(2)}
-
-
 def _weighted(weight, coef: torch.Tensor, scale: float):
     """psi -> coef_n * scale * w(psi_n): a per-sample weighted expectation as one penalty weight, so the
-    "jvp" mode (which needs a scalar reduction) forms the weighted sum with reduction="sum"."""
-    base = _BASE_WEIGHTS[weight] if isinstance(weight, str) else weight
+    "jvp" mode (which needs a scalar reduction) forms the weighted sum with reduction="sum"; for a named weight on
+    the fused kernels (SampleWeighted)."""
+    if isinstance(weight, str):
+        from ..ops.penalty_jvp import SampleWeighted
+
+        return SampleWeighted(weight, coef, scale)
+    base = weight
     coef = coef.detach()
 
     def w(psi):

@@ -232,6 +232,24 @@ class _Rng:
 
 # ---------------------------------------------------------------- shared per-sample terms
 
+class SampleWeighted:
+    """psi -> coef_n * scale * w(psi_n) for a named weight w: a per-sample weighted expectation as one penalty weight
+    (jvp takes a scalar reduction only; NTGAN's mu-weighted rows). A callable, as every mode takes one; penalty_terms
+    runs it on the fused kernels (the named weight's terms, then the factors), where a plain callable's weight runs
+    on the reference backend."""
+    __slots__ = ("name", "coef", "scale")
+
+    def __init__(self, name: str, coef: torch.Tensor, scale: float = 1.0):
+        if name not in _pen.WEIGHTS:
+            raise ValueError(f"SampleWeighted: weight must be one of {tuple(_pen.WEIGHTS)}, got {name!r}")
+        self.name, self.coef, self.scale = name, coef.detach(), float(scale)
+
+    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
+        from ..reference.penalty import WEIGHT_FNS
+
+        return self.coef.to(psi.dtype) * (self.scale * WEIGHT_FNS[self.name](psi))
+
+
 def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend, split=None):
     """(per, u, v), all without graph: per_n = w(psi_n)||g_n||^2 (acc dtype), u = d(sum per)/dpsi / div
     (acc dtype, g held fixed), v = 2 * w(psi) * g / div (g2's dtype, the JVP direction).
@@ -242,6 +260,10 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
     B = psi.shape[0]
     if not isinstance(div, (int, torch.SymInt)) or div < 1:  # the upstream is 1 / div: an int, not the scale
         raise ValueError(f"div must be a positive integer, got {div!r}")
+    if isinstance(weight, SampleWeighted) and backend != "reference":
+        per, u, v = penalty_terms(g2, psi, weight.name, div, backend)
+        c = weight.coef.to(per.dtype).reshape(B) * weight.scale
+        return per * c, u * c, v * c.to(v.dtype)[:, None]
     if callable(weight):
         if backend not in (None, "reference"):
             raise _dispatch.BackendUnavailable(f"{_pen.OP}: a callable weight runs on the reference backend only, "
