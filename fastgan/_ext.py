@@ -104,9 +104,10 @@ def runtime_status(mod) -> tuple[bool, str]:
     a too old driver is kept for the process, any other error asked again at the next call."""
     result = _runtime[0] if _runtime else mod.cuda_device_count()
     n, err, code = result
-    if not err and n >= 1 or code == _INSUFFICIENT_DRIVER:
+    found = not err and n >= 1
+    if found or code == _INSUFFICIENT_DRIVER:
         _runtime[:] = [result]
-    if not err and n >= 1:
+    if found:
         return True, ""
     built = getattr(mod, "cuda_runtime", "") or "?"
     where = (f"fastgan._C's CUDA runtime (CUDA {built}, linked into it) finds no GPU where torch (CUDA "

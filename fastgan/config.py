@@ -492,10 +492,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               f"{' and '.join(d_bn)}'s batch statistics make differ from g_f'(psi) grad psi; use "
                               "'double_backward' or 'auto' (which runs it), or a divergence with g_f(psi) = psi "
                               f"{LINEAR_F_DIVERGENCES}")
-        if m.roth.mode == "mlp" and cfg.model.arch in ("goodfellow", "resnet"):
+        what = {"goodfellow": "has maxout units and dropout",
+                "resnet": "adds residual shortcuts, which no single chain of layers holds"}.get(cfg.model.arch)
+        if m.roth.mode == "mlp" and what is not None:
             # caught by Method too, but only after the data loaded, and as a run error (exit 1)
-            what = {"goodfellow": "has maxout units and dropout",
-                    "resnet": "adds residual shortcuts, which no single chain of layers holds"}[cfg.model.arch]
             raise ConfigError("method.roth.mode: 'mlp' needs a discriminator made of Linear/Conv layers, activations, "
                               f"BatchNorm and Flatten; model.arch={cfg.model.arch!r} {what}: use "
                               "'auto', 'jvp' or 'double_backward'")

@@ -43,10 +43,11 @@ def find(path) -> Optional[Path]:
     seps = tuple(s for s in (os.sep, os.altsep, "/") if s)
     if raw.startswith(tuple("." + s for s in seps)) or raw.endswith(seps):
         return None
-    parts = PurePath(raw).parts
-    if parts[:1] == ("configs",):
-        parts = parts[1:]
-    if not parts or len(parts) > 2 or any(p in ("..", ".") or p.startswith("/") for p in parts):
+    given = PurePath(raw)
+    if given.anchor or ".." in given.parts:  # absolute, or climbing out: a path of the user's
+        return None
+    parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+    if not parts or len(parts) > 2:
         return None
     stem = parts[-1][:-len(Path(parts[-1]).suffix)] if parts[-1].endswith(CONFIG_SUFFIXES) else parts[-1]
     found = names().get(stem)

@@ -123,7 +123,7 @@ def _check_resnet_images(cfg: TrainConfig, shape: tuple) -> None:
                           f"{hint}") from None
 
 
-def _check_dcgan_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
+def _check_g_starts_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
     """DCGAN's G starts at a 1x1 map on 1x1 images (the ResNet's on 16x16 ones), where its training-mode BatchNorm
     sees one value a channel per sample: a call of one row fails at step 1 (config.py lets the convolutional
     architectures take a batch of one for their other shapes)."""
@@ -413,7 +413,7 @@ class _Run:
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
                               f"{shape}; use model.arch=mlp or goodfellow")
         _check_resnet_images(cfg, shape)
-        _check_dcgan_one_by_one(cfg, shape)
+        _check_g_starts_one_by_one(cfg, shape)
         self.G = build_generator(cfg.model, shape).to(self.device)
         if state is None and cfg.model.g_output_bias == "marginals":
             self.G.init_output_bias(self.dataset.feature_mean())

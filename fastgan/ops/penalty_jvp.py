@@ -40,6 +40,7 @@ from torch import nn
 from torch.autograd import forward_ad as fwAD
 
 from .._errors import first_line
+from ..reference.penalty import WEIGHT_FNS
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
 from ._locks import ForkSafeLock
@@ -245,8 +246,6 @@ class SampleWeighted:
         self.name, self.coef, self.scale = name, coef.detach(), float(scale)
 
     def __call__(self, psi: torch.Tensor) -> torch.Tensor:
-        from ..reference.penalty import WEIGHT_FNS
-
         return self.coef.to(psi.dtype) * (self.scale * WEIGHT_FNS[self.name](psi))
 
 
