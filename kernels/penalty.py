@@ -9,7 +9,7 @@ import triton.language as tl
 
 from .logistic import _js, _logistic
 
-ONE, JS_REAL, JS_FAKE = 0, 1, 2
+ONE, JS_REAL, JS_FAKE, SIGMOID, EXP = 0, 1, 2, 3, 4
 
 
 @triton.jit
@@ -17,6 +17,13 @@ def _weight_and_slope(psi, WEIGHT: tl.constexpr):
     if WEIGHT == 1 or WEIGHT == 2:
         e, s, q = _logistic(psi, True)
         w, dw = _js(s, q, WEIGHT == 1)
+    elif WEIGHT == 3:
+        e, s, q = _logistic(psi, True)
+        w = s
+        dw = s * q
+    elif WEIGHT == 4:
+        w = tl.exp(psi)
+        dw = w
     else:
         # not psi * 0 + 1: an infinite or NaN logit must not make R1/R2's constant weight NaN (CPU/CUDA give 1, 0)
         w = tl.full(psi.shape, 1.0, psi.dtype)

@@ -114,6 +114,9 @@ def _run_every_op():
             grad = torch.randn(B, F, generator=g).to(dtype).requires_grad_(True)
             logits = torch.randn(B, generator=g, requires_grad=True)
             ops.grad_norm_penalty(grad, logits, "js_real", "mean", backend="triton").backward()
+            if dtype == torch.float32 and F == 3:  # the f-GAN weights (a logistic and an exponential)
+                for weight in ("sigmoid", "exp"):
+                    ops.grad_norm_penalty(grad, logits, weight, "mean", backend="triton").backward()
             # the closed forms' terms: the backward kernel with a constant upstream, per written, two weights
             for div in (1, B):  # mode="mlp" divides by 1, mode="jvp" by the batch
                 ops.penalty.terms(grad.detach(), logits.detach(), 1, 2, B // 2, div, "triton")

@@ -85,6 +85,12 @@ __attribute__((always_inline)) inline void weights_impl(const double* __restrict
     if constexpr (CODE == penalty::kOne) {
       w[i] = 1.0;
       dw[i] = 0.0;
+    } else if constexpr (CODE == penalty::kSigmoid) {
+      const poly::Logistic l = poly::logistic(psi[i]);
+      w[i] = l.s;
+      dw[i] = l.s * l.q;
+    } else if constexpr (CODE == penalty::kExp) {
+      penalty::weight_and_slope(CODE, psi[i], &w[i], &dw[i]);  // poly's exp covers x <= 0 only
     } else {
       poly::js_weight(CODE == penalty::kJsReal, poly::logistic(psi[i]), &w[i], &dw[i]);
     }
@@ -97,6 +103,10 @@ FG_CPU_CLONES void block_weights(int code, const double* psi, int64_t cnt, doubl
     weights_impl<penalty::kJsReal>(psi, cnt, w, dw);
   else if (code == penalty::kJsFake)
     weights_impl<penalty::kJsFake>(psi, cnt, w, dw);
+  else if (code == penalty::kSigmoid)
+    weights_impl<penalty::kSigmoid>(psi, cnt, w, dw);
+  else if (code == penalty::kExp)
+    weights_impl<penalty::kExp>(psi, cnt, w, dw);
   else
     weights_impl<penalty::kOne>(psi, cnt, w, dw);
 }
@@ -228,7 +238,8 @@ void backward_cpu(const A* go, double go_scale, const T* g, const A* logits, T* 
 void check_sizes(int64_t B, int64_t F, int weight, int weight2 = penalty::kOne, int64_t split = 0) {
   if (B < 0 || F < 0) throw std::invalid_argument("penalty: negative size");
   for (int code : {weight, weight2})
-    if (code < penalty::kOne || code > penalty::kJsFake) throw std::invalid_argument("penalty: unknown weight code");
+    if (code < penalty::kOne || code > penalty::kLastWeight)
+      throw std::invalid_argument("penalty: unknown weight code");
   if (split < 0 || split > B) throw std::invalid_argument("penalty: split outside [0, B]");
 }
 

@@ -105,9 +105,7 @@ def _weighted(weight, coef: torch.Tensor, scale: float):
     "jvp" mode (which needs a scalar reduction) forms the weighted sum with reduction="sum"; for a named weight on
     the fused kernels (SampleWeighted)."""
     if isinstance(weight, str):
-        from ..ops.penalty_jvp import SampleWeighted
-
-        return SampleWeighted(weight, coef, scale)
+        return ops.penalty.SampleWeighted(weight, coef, scale)
     base = weight
     coef = coef.detach()
 

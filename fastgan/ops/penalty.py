@@ -21,7 +21,7 @@ from .compiled_d import eager_compiled_code, uncompiled
 
 OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
-WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2}
+WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2, "sigmoid": 3, "exp": 4}
 _WEIGHT_NAMES = {v: k for k, v in WEIGHTS.items()}
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -32,8 +32,13 @@ WeightArg = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 def _weight_derivatives(code: int, psi: torch.Tensor):
     """w, w', w'' in torch ops (differentiable), for the backward of the backward."""
+    if code == WEIGHTS["exp"]:
+        e = torch.exp(psi)
+        return e, e, e
     s = torch.sigmoid(psi)
     q = torch.sigmoid(-psi)
+    if code == WEIGHTS["sigmoid"]:
+        return s, s * q, s * q * (q - s)
     if code == WEIGHTS["js_real"]:
         return q * q, -2 * s * q * q, -2 * s * q * q * (1 - 3 * s)
     if code == WEIGHTS["js_fake"]:
@@ -342,6 +347,22 @@ def _per_sample(grad, logits, weight: int, backend: str):
 
 # ---------------------------------------------------------------- public API
 
+class SampleWeighted:
+    """psi -> coef_n * scale * w(psi_n) for a named weight w: a per-sample weighted expectation as one penalty weight
+    (jvp takes a scalar reduction only; NTGAN's mu-weighted rows). A callable, as every mode takes one; the penalty
+    (_penalty_of) and jvp's terms (penalty_jvp.penalty_terms) run it on the fused kernels (the named weight's values,
+    then the factors), where a plain callable's weight runs on the reference backend."""
+    __slots__ = ("name", "coef", "scale")
+
+    def __init__(self, name: str, coef: torch.Tensor, scale: float = 1.0):
+        if name not in WEIGHTS:
+            raise ValueError(f"SampleWeighted: weight must be one of {tuple(WEIGHTS)}, got {name!r}")
+        self.name, self.coef, self.scale = name, coef.detach(), float(scale)
+
+    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
+        return self.coef.to(psi.dtype) * (self.scale * ref.WEIGHT_FNS[self.name](psi))
+
+
 def _check_weight(weight) -> None:
     if callable(weight):
         return
@@ -367,9 +388,10 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
     """Per-sample w(psi_n) * ||grad_n||^2 over all non-batch dims, reduced with `reduction`.
 
     grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1, ..., 1).
-    weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), or a callable psi -> w(psi)
-    (runs on the reference path; the general f-GAN weighting). Differentiable w.r.t. grad and logits, to
-    any order. Returns float32 (float64 when an input is float64).
+    weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), "sigmoid" (sigma: the GAN and JS
+    f-divergences' weight, Roth et al. eq. 19), "exp" (e^psi: KL's and squared Hellinger's, up to a constant factor),
+    or a callable psi -> w(psi) (runs on the reference path; any other weighting). Differentiable w.r.t. grad and
+    logits, to any order. Returns float32 (float64 when an input is float64).
     backend: None (best available), "reference", "cpu", "cuda" or "triton"; a named backend that cannot
     run raises ``BackendUnavailable``.
     """
@@ -408,6 +430,9 @@ def _penalty_of(grad, logits, weight, reduction, backend):
     psi = logits if logits.dim() == 1 else logits.reshape(B)
     if psi.dtype != acc:
         psi = psi.to(acc)
+    if isinstance(weight, SampleWeighted) and backend != "reference":
+        coef = weight.coef.to(acc).reshape(B) * weight.scale
+        return _reduced(_penalty_of(g2, psi, weight.name, "none", backend) * coef, reduction)
     if callable(weight):
         if backend not in (None, "reference"):
             raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
@@ -415,7 +440,10 @@ def _penalty_of(grad, logits, weight, reduction, backend):
         _dispatch.record(OP, "reference")
         return ref.grad_norm_penalty(g2.to(acc), psi, lambda p: weight_values(weight(p), B), reduction)
     chosen = _dispatch.resolve(OP, grad.device, backend)
-    per_sample = _per_sample(g2, psi, WEIGHTS[weight], chosen)
+    return _reduced(_per_sample(g2, psi, WEIGHTS[weight], chosen), reduction)
+
+
+def _reduced(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":

@@ -40,7 +40,6 @@ from torch import nn
 from torch.autograd import forward_ad as fwAD
 
 from .._errors import first_line
-from ..reference.penalty import WEIGHT_FNS
 from . import _checks, _dispatch, _hooks
 from . import mlp_penalty, penalty_create_graph
 from ._locks import ForkSafeLock
@@ -233,20 +232,7 @@ class _Rng:
 
 # ---------------------------------------------------------------- shared per-sample terms
 
-class SampleWeighted:
-    """psi -> coef_n * scale * w(psi_n) for a named weight w: a per-sample weighted expectation as one penalty weight
-    (jvp takes a scalar reduction only; NTGAN's mu-weighted rows). A callable, as every mode takes one; penalty_terms
-    runs it on the fused kernels (the named weight's terms, then the factors), where a plain callable's weight runs
-    on the reference backend."""
-    __slots__ = ("name", "coef", "scale")
-
-    def __init__(self, name: str, coef: torch.Tensor, scale: float = 1.0):
-        if name not in _pen.WEIGHTS:
-            raise ValueError(f"SampleWeighted: weight must be one of {tuple(_pen.WEIGHTS)}, got {name!r}")
-        self.name, self.coef, self.scale = name, coef.detach(), float(scale)
-
-    def __call__(self, psi: torch.Tensor) -> torch.Tensor:
-        return self.coef.to(psi.dtype) * (self.scale * WEIGHT_FNS[self.name](psi))
+SampleWeighted = _pen.SampleWeighted
 
 
 def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend, split=None):

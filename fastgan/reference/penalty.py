@@ -21,7 +21,18 @@ def weight_js_fake(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) ** 2
 
 
-WEIGHT_FNS = {"one": weight_one, "js_real": weight_js_real, "js_fake": weight_js_fake}
+def weight_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """sigma(psi): f*''(T) g_f'(psi)^2 of the GAN and JS f-divergences (Roth et al. eq. 19)."""
+    return torch.sigmoid(logits)
+
+
+def weight_exp(logits: torch.Tensor) -> torch.Tensor:
+    """exp(psi): the KL (times e^-1) and squared Hellinger (times 2) f-divergences' weight in eq. 19."""
+    return torch.exp(logits)
+
+
+WEIGHT_FNS = {"one": weight_one, "js_real": weight_js_real, "js_fake": weight_js_fake, "sigmoid": weight_sigmoid,
+              "exp": weight_exp}
 
 
 def grad_norm_penalty(grad, logits, weight="one", reduction="mean"):

@@ -87,7 +87,12 @@ def test_mlp_discriminator_as_sequential_is_its_forward():
     ["method.name=roth+nt", "method.nt.noise=fixed", "method.roth.penalty=r1"],
     ["method.name=roth+nt", "method.nt.noise=fixed", "method.roth.penalty=f", "method.loss=fgan",
      "method.f_divergence=pearson"],
-], ids=["js", "r1", "r2", "f-kl", "js-nt", "js-nt-half", "r1-nt", "f-pearson-nt"])
+    ["method.name=roth", "method.roth.penalty=f", "method.loss=fgan", "method.f_divergence=gan"],
+    ["method.name=roth", "method.roth.penalty=f", "method.loss=fgan", "method.f_divergence=squared_hellinger"],
+    ["method.name=roth+nt", "method.nt.noise=fixed", "method.roth.penalty=f", "method.loss=fgan",
+     "method.f_divergence=js"],
+], ids=["js", "r1", "r2", "f-kl", "js-nt", "js-nt-half", "r1-nt", "f-pearson-nt", "f-gan", "f-hellinger",
+        "f-js-nt"])
 def test_penalty_mode_matches_double_backward(case, mode, ran, act):
     _, M = make(case[0].split("=")[1], *case[1:], f"method.roth.mode={mode}", f"model.mlp_activation={act}")
     assert M.penalty_mode == mode
@@ -96,10 +101,10 @@ def test_penalty_mode_matches_double_backward(case, mode, ran, act):
     before = counted(("gradient_penalty", ran), ("grad_norm_penalty", "reference"))
     out = M.d_objective(x, fake, d)
     assert _dispatch.counts[("gradient_penalty", ran)] > before[("gradient_penalty", ran)]
-    if ran == "jvp" and "method.roth.penalty=f" not in case:
-        # NT's mu-weighted rows too: a named weight's terms on the fused kernel, scaled per sample (SampleWeighted),
-        # where they ran on the reference backend until 2026-12-06
-        assert _dispatch.counts[("grad_norm_penalty", "reference")] == before[("grad_norm_penalty", "reference")]
+    # NT's mu-weighted rows too: a named weight's terms on the fused kernel, scaled per sample (SampleWeighted),
+    # where under jvp they ran on the reference backend until 2026-12-06; and every f-divergence's weight is a named
+    # one (the non-constant ones, callables until 2026-12-07, ran on the reference backend in every mode)
+    assert _dispatch.counts[("grad_norm_penalty", "reference")] == before[("grad_norm_penalty", "reference")]
     got = grads(out.d_loss, P)
     M.penalty_mode = "double_backward"
     want_out = M.d_objective(x, fake, d)

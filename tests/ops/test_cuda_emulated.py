@@ -111,6 +111,25 @@ def test_penalty_terms_variants_float64(emulated, B, F, layout):
         _close(a, b, torch.float64)
 
 
+@pytest.mark.parametrize("weight", ["sigmoid", "exp"])
+@pytest.mark.parametrize("B,F", [(37, 3), (9, 300)])
+def test_penalty_f_gan_weights(emulated, weight, B, F):
+    """The f-GAN weights (penalty_math.h's kSigmoid and kExp) in the forward, the backward and the terms (each beside
+    a JS weight in one launch), against the cpu kernels."""
+    from fastgan.ops import penalty as P
+
+    for dtype in (torch.float64, torch.float32):
+        grad, logits, _ = _penalty_case(B, F, dtype, "aligned")
+        for a, b in zip(_penalty_run("cuda", grad, logits, weight), _penalty_run("cpu", grad, logits, weight)):
+            assert torch.isfinite(a).all()
+            _close(a, b, dtype)
+        code = P.WEIGHTS[weight]
+        for w, w2 in ((code, P.WEIGHTS["js_fake"]), (P.WEIGHTS["js_real"], code)):
+            want = P.terms(grad, logits, w, w2, B // 2, B, "cpu")
+            for a, b in zip(P.terms(grad, logits, w, w2, B // 2, B, "cuda"), want):
+                _close(a, b, dtype)
+
+
 # ---------------------------------------------------------------- noisy / clean batch
 
 def _noise_case(kind, m, shape, mode, dtype, layout):

@@ -14,7 +14,7 @@ from helpers import assert_close_to_oracle, backend_calls, gpu_division
 
 
 CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
-WEIGHTS = ["one", "js_real", "js_fake"]
+WEIGHTS = ["one", "js_real", "js_fake", "sigmoid", "exp"]
 OP = "grad_norm_penalty"
 
 
@@ -105,7 +105,7 @@ def test_fp32_matches_reference(backend, weight, B, shape):
 
 
 @pytest.mark.parametrize("ulps", [-2, 2])
-@pytest.mark.parametrize("weight", ["js_real", "js_fake"])
+@pytest.mark.parametrize("weight", ["js_real", "js_fake", "sigmoid"])
 def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, weight):
     """Triton's float32 `/` as a GPU rounds it (div.full, within 2 ulp; helpers.gpu_division): the JS weight's
     1 / (1 + e), rounded by div_rn, keeps the logit gradient within the 2x rule (with `/` 2 ulp off, dlogits missed
@@ -168,7 +168,7 @@ def test_low_precision_and_float64_inputs(backend, dtype):
 def test_extreme_logits_stay_finite(backend):
     grad = torch.ones(4, 3)
     logits = torch.tensor([-100.0, -30.0, 30.0, 100.0], requires_grad=True)
-    for w in ("js_real", "js_fake"):
+    for w in ("js_real", "js_fake", "sigmoid"):
         out = P.grad_norm_penalty(grad, logits, w, "none", backend=backend)
         (dl,) = torch.autograd.grad(out.sum(), logits)
         assert torch.isfinite(out).all() and torch.isfinite(dl).all()
@@ -554,7 +554,7 @@ def test_gpu_auto_prefers_cuda_kernel_and_js_penalty_matches():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-@pytest.mark.parametrize("weight", ["js_real", "js_fake", "one"])  # "one": Triton's was psi * 0 + 1, NaN at inf
+@pytest.mark.parametrize("weight", ["js_real", "js_fake", "one", "sigmoid", "exp"])  # "one": Triton's was psi * 0 + 1
 def test_non_finite_and_far_negative_logits_match_the_reference(backend, weight):
     """The CPU's polynomial weights (poly_math.h) on NaN, +-inf and logits below -708, float64."""
     logits = torch.tensor([float("nan"), float("inf"), float("-inf"), -720.0, 720.0, -1e4, 0.0, 2.0],

@@ -100,12 +100,12 @@ def test_a_row_of_millions_of_features_within_twice_the_references_error(backend
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,g,psi", [(torch.float64, 1e200, 800.0), (torch.float64, 1e200, float("inf"))])
-@pytest.mark.parametrize("weight", ["js_real", "js_fake"])
+@pytest.mark.parametrize("weight", ["js_real", "js_fake", "sigmoid"])
 def test_a_weight_saturated_at_one_has_slope_zero_where_norms_overflow(backend, dtype, g, psi, weight):
-    """js_real at psi -> -inf and js_fake at +inf (past where exp(-|psi|) rounds to 0 in double): the weight is 1
-    and does not move. The cpu kernel held exp(-|psi|) at exp(-708), so the slope was ~1e-307, not 0, and times an
-    overflowed ||g||^2 the logit gradient was +-inf where the reference's is 0."""
-    psi_t = torch.full((2,), psi if weight == "js_fake" else -psi, dtype=dtype, requires_grad=True)
+    """js_real at psi -> -inf and js_fake and sigmoid at +inf (past where exp(-|psi|) rounds to 0 in double): the
+    weight is 1 and does not move. The cpu kernel held exp(-|psi|) at exp(-708), so the slope was ~1e-307, not 0, and
+    times an overflowed ||g||^2 the logit gradient was +-inf where the reference's is 0."""
+    psi_t = torch.full((2,), -psi if weight == "js_real" else psi, dtype=dtype, requires_grad=True)
     pen = grad_norm_penalty(torch.full((2, 3), g, dtype=dtype), psi_t, weight, backend=backend)
     (d,) = torch.autograd.grad(pen, psi_t)
     assert torch.equal(d, torch.zeros_like(d))

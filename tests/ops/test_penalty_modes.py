@@ -315,6 +315,24 @@ def test_general_callable_weight(wname, reduction, name, mode):
     _assert_grads_close(D_new, D_ref, 1e-9)
 
 
+@pytest.mark.parametrize("weight", ["sigmoid", "exp"])
+@pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_bn_eval", "mlp"), ("mlp_leaky", "jvp"),
+                                       ("mlp_bn_train", "mlp"), ("conv_bn", "double_backward")])
+def test_f_gan_named_weights_on_the_fused_op(weight, name, mode):
+    """The f-GAN weights (sigma, e^psi) by name: the double backward's penalty and parameter gradients, and no call of
+    the reference backend (as callables they ran there in every mode)."""
+    D, x, _ = _make(name, torch.float64)
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    pen_r, l_r = ref.gradient_penalty(D_ref, x, weight, "mean")
+    (l_r.sum() * 0.1 + pen_r).backward()
+    on_reference = _dispatch.counts[("grad_norm_penalty", "reference")]
+    pen, l = gradient_penalty(D_new, x, weight, mode=mode)
+    (l.sum() * 0.1 + pen).backward()
+    assert _dispatch.counts[("grad_norm_penalty", "reference")] == on_reference
+    torch.testing.assert_close(pen, pen_r, rtol=1e-12, atol=0)
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
 @pytest.mark.parametrize("weight", ["js_fake", "coupled"])
 @pytest.mark.parametrize("name", ["mlp_bn_eval", "mlp_bn_train"])
 def test_mlp_reduction_none_with_any_upstream(weight, name):

@@ -8,8 +8,13 @@
 namespace fastgan {
 namespace penalty {
 
-// Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table).
-enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2 };
+// Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table). kSigmoid (sigmoid(psi))
+// and kExp (exp(psi)) are the f-GAN weights of Roth et al. eq. 19 (fastgan/methods/fdiv.py: GAN and JS, KL and
+// squared Hellinger up to a constant factor).
+enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2, kSigmoid = 3, kExp = 4 };
+constexpr int kLastWeight = kExp;
+
+FG_HD bool is_logistic_weight(int code) { return code == kJsReal || code == kJsFake || code == kSigmoid; }
 
 // sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) from one e = exp(-|psi|) and r = 1 / (1 + e): no overflow, and
 // no cancellation in 1 - sigmoid for large psi.
@@ -25,9 +30,15 @@ FG_HD Sigmoids<A> sigmoids_from(A psi, A e, A r) {
 
 // w(psi) and dw/dpsi from e = exp(-|psi|) and r = 1 / (1 + e), which the caller computes (nt_losses' CUDA backward
 // shares them with the loss's slope).
+// kExp takes its own exponential of psi (e is of -|psi|).
 template <typename A>
 FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
-  if (code != kJsReal && code != kJsFake) {
+  if (code == kExp) {
+    *w = fg_exp(psi);
+    *dw = *w;
+    return;
+  }
+  if (!is_logistic_weight(code)) {
     *w = A(1);
     *dw = A(0);
     return;
@@ -37,15 +48,23 @@ FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
   if (code == kJsReal) {
     *w = q * q;                 // (1 - s)^2
     *dw = A(-2) * s * q * q;    // -2 s (1 - s)^2
-  } else {
+  } else if (code == kJsFake) {
     *w = s * s;
     *dw = A(2) * s * s * q;     // 2 s^2 (1 - s)
+  } else {
+    *w = s;
+    *dw = s * q;                // s (1 - s)
   }
 }
 
 template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
-  if (code != kJsReal && code != kJsFake) {  // the constant weight: no exponential
+  if (code == kExp) {
+    *w = fg_exp(psi);
+    *dw = *w;
+    return;
+  }
+  if (!is_logistic_weight(code)) {  // the constant weight: no exponential
     *w = A(1);
     *dw = A(0);
     return;
