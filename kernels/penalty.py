@@ -9,7 +9,7 @@ import triton.language as tl
 
 from .logistic import _js, _logistic
 
-ONE, JS_REAL, JS_FAKE, SIGMOID, EXP = 0, 1, 2, 3, 4
+ONE, JS_REAL, JS_FAKE, SIGMOID, EXP, KL = 0, 1, 2, 3, 4, 5
 
 
 @triton.jit
@@ -23,6 +23,9 @@ def _weight_and_slope(psi, WEIGHT: tl.constexpr):
         dw = s * q
     elif WEIGHT == 4:
         w = tl.exp(psi)
+        dw = w
+    elif WEIGHT == 5:
+        w = tl.exp(psi - 1.0)
         dw = w
     else:
         # not psi * 0 + 1: an infinite or NaN logit must not make R1/R2's constant weight NaN (CPU/CUDA give 1, 0)
@@ -93,7 +96,7 @@ def _backward_kernel(go_ptr, go_div, g_ptr, l_ptr, dg_ptr, dl_ptr, per_ptr, B, F
         w2, dw2 = _weight_and_slope(psi, WEIGHT2)
         w = tl.where(rows < split, w, w2)
         dw = tl.where(rows < split, dw, dw2)
-    scale = 2.0 * w * go
+    scale = w * (2.0 * go)  # w last, as penalty_math.h's grad_scale: 2 w overflows for e^psi past 1.7e38
     if ONE_TILE:
         acc = _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, 0, F, sb, sf, scale, ACC, BLOCK_F)
     else:

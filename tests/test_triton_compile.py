@@ -115,7 +115,7 @@ def _run_every_op():
             logits = torch.randn(B, generator=g, requires_grad=True)
             ops.grad_norm_penalty(grad, logits, "js_real", "mean", backend="triton").backward()
             if dtype == torch.float32 and F == 3:  # the f-GAN weights (a logistic and an exponential)
-                for weight in ("sigmoid", "exp"):
+                for weight in ("sigmoid", "exp", "kl"):
                     ops.grad_norm_penalty(grad, logits, weight, "mean", backend="triton").backward()
             # the closed forms' terms: the backward kernel with a constant upstream, per written, two weights
             for div in (1, B):  # mode="mlp" divides by 1, mode="jvp" by the batch

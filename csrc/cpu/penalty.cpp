@@ -89,7 +89,7 @@ __attribute__((always_inline)) inline void weights_impl(const double* __restrict
       const poly::Logistic l = poly::logistic(psi[i]);
       w[i] = l.s;
       dw[i] = l.s * l.q;
-    } else if constexpr (CODE == penalty::kExp) {
+    } else if constexpr (penalty::is_exp_weight(CODE)) {
       penalty::weight_and_slope(CODE, psi[i], &w[i], &dw[i]);  // poly's exp covers x <= 0 only
     } else {
       poly::js_weight(CODE == penalty::kJsReal, poly::logistic(psi[i]), &w[i], &dw[i]);
@@ -107,8 +107,16 @@ FG_CPU_CLONES void block_weights(int code, const double* psi, int64_t cnt, doubl
     weights_impl<penalty::kSigmoid>(psi, cnt, w, dw);
   else if (code == penalty::kExp)
     weights_impl<penalty::kExp>(psi, cnt, w, dw);
+  else if (code == penalty::kKl)
+    weights_impl<penalty::kKl>(psi, cnt, w, dw);
   else
     weights_impl<penalty::kOne>(psi, cnt, w, dw);
+  if (!penalty::is_logistic_weight(code)) return;
+  // poly's exp(-|psi|) is held at exp(-708) below -708 (poly_math.h), which made a far logit's sigmoid (its weight
+  // or slope) ~3e-308 where the true value is subnormal (by 1e8 in a float64 penalty with ||g||^2 ~ 1e300): those
+  // rows again with penalty_math.h's scalar exp (a float32 result rounds either to 0)
+  for (int64_t i = 0; i < cnt; ++i)
+    if (psi[i] < -708.0 || psi[i] > 708.0) penalty::weight_and_slope(code, psi[i], &w[i], &dw[i]);
 }
 
 // Squared norms of a block of rows. Short contiguous float rows get loops with the row length known at

@@ -63,9 +63,9 @@ def penalty_weight(f: str):
     """(weight, scale) with scale * weight(v) = f*''(g_f(v)) g_f'(v)^2, for fastgan.ops.grad_norm_penalty.
 
     Every divergence's weight is one of the op's named weights, so each runs on the fused kernels: "one"
-    (reverse KL, Pearson), "sigmoid" (GAN, JS), "exp" (KL: e^(v - 1) = e^-1 e^v; squared Hellinger: 2 e^v). KL's
-    weight as e^-1 e^v overflows float32 at v > 88.7 rather than 89.7, where ||grad v||^2 >= 1 overflows the
-    penalty either way.
+    (reverse KL, Pearson), "sigmoid" (GAN, JS), "kl" (KL: e^(v - 1), its own form: e^-1 e^v would overflow float32
+    from v ~ 88.7 where e^(v - 1) does from 89.7), "exp" (squared Hellinger: 2 e^v, as the factor 2 applied after
+    the op overflows no sooner than 2 e^v itself).
     """
     _check(f)
     return _WEIGHTS[f]
@@ -92,5 +92,5 @@ def conjugate_curvature_root(f: str, v: torch.Tensor) -> torch.Tensor:
     return math.sqrt(2.0) * torch.exp(1.5 * v)  # squared_hellinger
 
 
-_WEIGHTS = {"gan": ("sigmoid", 1.0), "js": ("sigmoid", 1.0), "kl": ("exp", math.exp(-1.0)),
+_WEIGHTS = {"gan": ("sigmoid", 1.0), "js": ("sigmoid", 1.0), "kl": ("kl", 1.0),
             "reverse_kl": ("one", 1.0), "pearson": ("one", 0.5), "squared_hellinger": ("exp", 2.0)}

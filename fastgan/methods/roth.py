@@ -5,7 +5,8 @@ F - gamma/2 Omega); the generator's objective stays unregularized (section 4.1).
 - "js": Omega_JS = E_P[(1 - D(x))^2 ||grad psi||^2] + E_Q[D(x)^2 ||grad psi||^2], D = sigmoid(psi), the
   gradient taken of the logit psi (eq. 20);
 - "f": Omega_f = E_Q[f*''(T) ||grad T||^2] for the f-GAN with T = g_f(psi) (eq. 19, fastgan.methods.fdiv), taken
-  as g_f'(psi)^2 ||grad psi||^2 per sample, or from T's own gradient where BatchNorm couples the samples;
+  as f*''(g_f(psi)) g_f'(psi)^2 ||grad psi||^2 per sample (the op's named weights, fdiv.penalty_weight), or from
+  T's own gradient where BatchNorm couples the samples;
 - "r1" / "r2": E_P / E_Q [||grad psi||^2].
 All of them run through fastgan.ops (the fused gradient-norm op), and the D loss uses the logits of the same
 forward pass.

@@ -21,7 +21,7 @@ from .compiled_d import eager_compiled_code, uncompiled
 
 OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
-WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2, "sigmoid": 3, "exp": 4}
+WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2, "sigmoid": 3, "exp": 4, "kl": 5}
 _WEIGHT_NAMES = {v: k for k, v in WEIGHTS.items()}
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -32,8 +32,8 @@ WeightArg = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 def _weight_derivatives(code: int, psi: torch.Tensor):
     """w, w', w'' in torch ops (differentiable), for the backward of the backward."""
-    if code == WEIGHTS["exp"]:
-        e = torch.exp(psi)
+    if code in (WEIGHTS["exp"], WEIGHTS["kl"]):
+        e = torch.exp(psi - 1 if code == WEIGHTS["kl"] else psi)
         return e, e, e
     s = torch.sigmoid(psi)
     q = torch.sigmoid(-psi)
@@ -62,7 +62,7 @@ def _bwd_reference(go, g, l, w, dg, dl):
     acc = dl.dtype
     wt, dw, _ = _weight_derivatives(w, l.to(acc))
     ga = g.to(acc)
-    dg.copy_((2 * wt * go)[:, None] * ga)
+    dg.copy_((wt * (2 * go))[:, None] * ga)  # w last, as penalty_math.h's grad_scale
     dl.copy_(_zero_or(dw, dw * ga.pow(2).sum(1) * go))
 
 
@@ -119,7 +119,7 @@ def _terms_reference(g, l, w, w2, split, div, per, u, v):
     s = ga.pow(2).sum(1)
     per.copy_(wt * s)
     u.copy_(_zero_or(dw, dw * s / div))
-    v.copy_((2 * wt / div)[:, None] * ga)
+    v.copy_((wt * (2.0 / div))[:, None] * ga)
 
 
 def _terms_cpu(g, l, w, w2, split, div, per, u, v):
@@ -235,8 +235,8 @@ def _backward_backward(ctx, g_dgrad, g_dlogits):
     G = g_dgrad.to(acc)
     dot = (G * g).sum(1)
     # the second-order terms as the first-order one (_zero_or): the penalty does not depend on the logits there
-    d_go = 2 * w * dot + _zero_or(dw, g_dlogits * dw * s)
-    d_grad = (2 * w * go)[:, None] * G + (2 * g_dlogits * dw * go)[:, None] * g
+    d_go = w * (2 * dot) + _zero_or(dw, g_dlogits * dw * s)
+    d_grad = (w * (2 * go))[:, None] * G + (dw * (2 * g_dlogits * go))[:, None] * g
     d_logits = _zero_or(dw, 2 * dw * go * dot) + _zero_or(d2w, g_dlogits * d2w * go * s)
     return d_go, d_grad.to(grad.dtype), d_logits, None, None
 
@@ -389,7 +389,7 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
 
     grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1, ..., 1).
     weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), "sigmoid" (sigma: the GAN and JS
-    f-divergences' weight, Roth et al. eq. 19), "exp" (e^psi: KL's and squared Hellinger's, up to a constant factor),
+    f-divergences' weight, Roth et al. eq. 19), "exp" (e^psi: squared Hellinger's, times 2), "kl" (e^(psi - 1): KL's),
     or a callable psi -> w(psi) (runs on the reference path; any other weighting). Differentiable w.r.t. grad and
     logits, to any order. Returns float32 (float64 when an input is float64).
     backend: None (best available), "reference", "cpu", "cuda" or "triton"; a named backend that cannot

@@ -27,12 +27,17 @@ def weight_sigmoid(logits: torch.Tensor) -> torch.Tensor:
 
 
 def weight_exp(logits: torch.Tensor) -> torch.Tensor:
-    """exp(psi): the KL (times e^-1) and squared Hellinger (times 2) f-divergences' weight in eq. 19."""
+    """exp(psi): the squared Hellinger f-divergence's weight in eq. 19, times 2."""
     return torch.exp(logits)
 
 
+def weight_kl(logits: torch.Tensor) -> torch.Tensor:
+    """exp(psi - 1): the KL f-divergence's weight in eq. 19."""
+    return torch.exp(logits - 1)
+
+
 WEIGHT_FNS = {"one": weight_one, "js_real": weight_js_real, "js_fake": weight_js_fake, "sigmoid": weight_sigmoid,
-              "exp": weight_exp}
+              "exp": weight_exp, "kl": weight_kl}
 
 
 def grad_norm_penalty(grad, logits, weight="one", reduction="mean"):

@@ -104,6 +104,6 @@ def test_penalty_bindings_reject_bad_sizes():
     with pytest.raises(ValueError, match="negative size"):
         C.penalty_terms_cpu(0, 0, 0, 0, 0, 0, 0, -1, 1, 1, 1, 0, 0, 0, 1.0)
     with pytest.raises(ValueError, match="unknown weight code"):
-        C.penalty_forward_cpu(0, 0, 0, 0, 0, 1, 1, 1, 1, 5)
+        C.penalty_forward_cpu(0, 0, 0, 0, 0, 1, 1, 1, 1, 6)
     with pytest.raises(ValueError, match=r"split outside \[0, B\]"):
         C.penalty_terms_cpu(0, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 0, 0, 3, 1.0)

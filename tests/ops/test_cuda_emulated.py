@@ -111,11 +111,11 @@ def test_penalty_terms_variants_float64(emulated, B, F, layout):
         _close(a, b, torch.float64)
 
 
-@pytest.mark.parametrize("weight", ["sigmoid", "exp"])
+@pytest.mark.parametrize("weight", ["sigmoid", "exp", "kl"])
 @pytest.mark.parametrize("B,F", [(37, 3), (9, 300)])
 def test_penalty_f_gan_weights(emulated, weight, B, F):
-    """The f-GAN weights (penalty_math.h's kSigmoid and kExp) in the forward, the backward and the terms (each beside
-    a JS weight in one launch), against the cpu kernels."""
+    """The f-GAN weights (penalty_math.h's kSigmoid, kExp and kKl) in the forward, the backward and the terms (each
+    beside a JS weight in one launch), against the cpu kernels."""
     from fastgan.ops import penalty as P
 
     for dtype in (torch.float64, torch.float32):

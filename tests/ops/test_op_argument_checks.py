@@ -172,9 +172,9 @@ def test_the_cuda_backend_refuses_cpu_tensors(op):
 
 
 CODES = [
-    ("grad_norm_penalty", "weight", 7, r"weight must be in \(0, 1, 2, 3, 4\), got 7"),
-    ("grad_norm_penalty_backward", "weight", -1, r"weight must be in \(0, 1, 2, 3, 4\), got -1"),
-    ("grad_norm_penalty_terms", "weight2", 5, r"weight2 must be a weight code in \[0, 1, 2, 3, 4\], got 5"),
+    ("grad_norm_penalty", "weight", 7, r"weight must be in \(0, 1, 2, 3, 4, 5\), got 7"),
+    ("grad_norm_penalty_backward", "weight", -1, r"weight must be in \(0, 1, 2, 3, 4, 5\), got -1"),
+    ("grad_norm_penalty_terms", "weight2", 6, r"weight2 must be a weight code in \[0, 1, 2, 3, 4, 5\], got 6"),
     ("grad_norm_penalty_terms", "split", 99, r"split must be in \[0, 6\], got 99"),
     ("grad_norm_penalty_terms", "div", 0, "div must be a positive integer, got 0"),
     ("nt_losses", "kind", 5, r"kind must be in \(0, 1\), got 5"),

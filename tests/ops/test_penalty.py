@@ -14,7 +14,7 @@ from helpers import assert_close_to_oracle, backend_calls, gpu_division
 
 
 CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
-WEIGHTS = ["one", "js_real", "js_fake", "sigmoid", "exp"]
+WEIGHTS = ["one", "js_real", "js_fake", "sigmoid", "exp", "kl"]
 OP = "grad_norm_penalty"
 
 
@@ -554,7 +554,7 @@ def test_gpu_auto_prefers_cuda_kernel_and_js_penalty_matches():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-@pytest.mark.parametrize("weight", ["js_real", "js_fake", "one", "sigmoid", "exp"])  # "one": Triton's was psi * 0 + 1
+@pytest.mark.parametrize("weight", ["js_real", "js_fake", "one", "sigmoid", "exp", "kl"])  # "one": Triton's was psi*0+1
 def test_non_finite_and_far_negative_logits_match_the_reference(backend, weight):
     """The CPU's polynomial weights (poly_math.h) on NaN, +-inf and logits below -708, float64."""
     logits = torch.tensor([float("nan"), float("inf"), float("-inf"), -720.0, 720.0, -1e4, 0.0, 2.0],

@@ -109,3 +109,48 @@ def test_a_weight_saturated_at_one_has_slope_zero_where_norms_overflow(backend, 
     pen = grad_norm_penalty(torch.full((2, 3), g, dtype=dtype), psi_t, weight, backend=backend)
     (d,) = torch.autograd.grad(pen, psi_t)
     assert torch.equal(d, torch.zeros_like(d))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight,psi", [("exp", 88.5), ("exp", 88.7), ("kl", 89.5)])
+def test_an_exponential_weight_near_float32s_top_keeps_finite_gradients(backend, weight, psi):
+    """e^psi past 1.7e38: the backward's 2 w overflowed before the mean's 1 / B brought dgrad back in range (inf
+    where the float64 oracle's is ~1e35; cpu, working in double, was finite), in the backward and in the terms."""
+    g = torch.tensor([[0.01, -0.01, 0.005]] * 64)
+    psi_t = torch.full((64,), psi)
+    gg, pp = g.clone().requires_grad_(True), psi_t.clone().requires_grad_(True)
+    got = grad_norm_penalty(gg, pp, weight, "mean", backend=backend)
+    dg, dl = torch.autograd.grad(got, (gg, pp))
+    g64, p64 = g.double().requires_grad_(True), psi_t.double().requires_grad_(True)
+    want = ref.grad_norm_penalty(g64, p64, weight, "mean")
+    dg64, dl64 = torch.autograd.grad(want, (g64, p64))
+    for name, a, b in (("value", got, want), ("dgrad", dg, dg64), ("dlogits", dl, dl64)):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=0, msg=name)
+    from fastgan.ops import penalty as P
+
+    per, u, v = P.terms(g, psi_t, P.WEIGHTS[weight], P.WEIGHTS[weight], 64, 64, backend)
+    torch.testing.assert_close(v.double(), dg64, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])  # the reference backend's torch.sigmoid gives 0
+@pytest.mark.parametrize("weight", ["sigmoid", "js_real", "js_fake"])
+@pytest.mark.parametrize("psi", [-710.0, -740.0, 712.0])
+def test_far_logits_sigmoids_are_their_subnormal_values(backend, weight, psi):
+    """float64 logits past |psi| = 708, where a sigmoid or its slope is subnormal: the cpu kernel's polynomial exp
+    is held at exp(-708) there, which made sigmoid(-710)'s weight 3.3e-308 (1e-8 times ||g||^2 = 2.25e300, not
+    7.4e-8). The truth from the exact exp (math.exp: torch.sigmoid rounds a subnormal result to 0)."""
+    import math
+
+    g = torch.full((1, 3), 1.5e150 / math.sqrt(3), dtype=torch.float64)
+    s2 = (g * g).sum().item()
+    e = math.exp(-abs(psi))  # subnormal
+    small, big = e / (1 + e), 1 / (1 + e)  # sigmoid(-|psi|), sigmoid(|psi|)
+    s, q = (small, big) if psi < 0 else (big, small)
+    w, dw = {"sigmoid": (s, s * q), "js_real": (q * q, -2 * s * q * q), "js_fake": (s * s, 2 * s * s * q)}[weight]
+    p = torch.full((1,), psi, dtype=torch.float64, requires_grad=True)
+    got = grad_norm_penalty(g, p, weight, "sum", backend=backend)
+    (dl,) = torch.autograd.grad(got, p)
+    # against products of subnormals: their few significant bits bound the agreement
+    torch.testing.assert_close(got.item(), w * s2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(dl.item(), dw * s2, rtol=1e-6, atol=0)

@@ -315,12 +315,12 @@ def test_general_callable_weight(wname, reduction, name, mode):
     _assert_grads_close(D_new, D_ref, 1e-9)
 
 
-@pytest.mark.parametrize("weight", ["sigmoid", "exp"])
+@pytest.mark.parametrize("weight", ["sigmoid", "exp", "kl"])
 @pytest.mark.parametrize("name,mode", [("conv_bn", "jvp"), ("mlp_bn_eval", "mlp"), ("mlp_leaky", "jvp"),
                                        ("mlp_bn_train", "mlp"), ("conv_bn", "double_backward")])
 def test_f_gan_named_weights_on_the_fused_op(weight, name, mode):
-    """The f-GAN weights (sigma, e^psi) by name: the double backward's penalty and parameter gradients, and no call of
-    the reference backend (as callables they ran there in every mode)."""
+    """The f-GAN weights (sigma, e^psi, e^(psi - 1)) by name: the double backward's penalty and parameter gradients,
+    and no call of the reference backend (as callables they ran there in every mode)."""
     D, x, _ = _make(name, torch.float64)
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
     pen_r, l_r = ref.gradient_penalty(D_ref, x, weight, "mean")

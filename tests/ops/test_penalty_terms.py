@@ -31,7 +31,7 @@ def _run(backend, grad, logits, w, w2, split, div):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("w,w2", [("js_real", "js_fake"), ("one", "one"), ("js_fake", "js_real"), ("sigmoid", "exp"),
-                                  ("exp", "sigmoid")])
+                                  ("exp", "sigmoid"), ("kl", "js_fake")])
 @pytest.mark.parametrize("B,F,split", CASES)
 @pytest.mark.parametrize("div", [1, 7])
 def test_fp32_matches_the_reference(backend, w, w2, B, F, split, div):
@@ -114,8 +114,8 @@ G, L = torch.zeros(4, 3), torch.zeros(4)
     ((G, L, 1, 2, -1, 1), ValueError, r"split must be in \[0, 4\], got -1"),
     ((G, L, 1, 2, 2, 0), ValueError, "div must be a positive integer, got 0"),
     ((G, L, 1, 2, 2, 2.5), ValueError, "div must be a positive integer, got 2.5"),
-    ((G, L, 1, 7, 2, 1), ValueError, r"weight2 must be a weight code in \[0, 1, 2, 3, 4\], got 7"),
-    ((G, L, -1, 2, 2, 1), ValueError, r"weight must be a weight code in \[0, 1, 2, 3, 4\], got -1"),
+    ((G, L, 1, 7, 2, 1), ValueError, r"weight2 must be a weight code in \[0, 1, 2, 3, 4, 5\], got 7"),
+    ((G, L, -1, 2, 2, 1), ValueError, r"weight must be a weight code in \[0, 1, 2, 3, 4, 5\], got -1"),
     ((G[None], L, 1, 2, 2, 1), ValueError, r"grad must have shape \(B, F\), got \(1, 4, 3\)"),
     ((G, L[:3], 1, 2, 2, 1), ValueError, r"logits must have shape \(4,\), got \(3,\)"),
     ((G, L.double(), 1, 2, 2, 1), TypeError, "logits must be torch.float32 for torch.float32 grad, got torch.float64"),

@@ -8,13 +8,16 @@
 namespace fastgan {
 namespace penalty {
 
-// Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table). kSigmoid (sigmoid(psi))
-// and kExp (exp(psi)) are the f-GAN weights of Roth et al. eq. 19 (fastgan/methods/fdiv.py: GAN and JS, KL and
-// squared Hellinger up to a constant factor).
-enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2, kSigmoid = 3, kExp = 4 };
-constexpr int kLastWeight = kExp;
+// Weight codes passed from Python (fastgan/ops/penalty.py WEIGHTS keeps the same table). kSigmoid (sigmoid(psi)),
+// kExp (exp(psi)) and kKl (exp(psi - 1)) are the f-GAN weights of Roth et al. eq. 19 (fastgan/methods/fdiv.py: GAN
+// and JS; squared Hellinger, times 2; KL, whose own form stays finite up to psi ~ 89.7 where e^-1 exp(psi) would
+// overflow float32 from 88.7).
+enum Weight : int { kOne = 0, kJsReal = 1, kJsFake = 2, kSigmoid = 3, kExp = 4, kKl = 5 };
+constexpr int kLastWeight = kKl;
 
-FG_HD bool is_logistic_weight(int code) { return code == kJsReal || code == kJsFake || code == kSigmoid; }
+FG_HD constexpr bool is_exp_weight(int code) { return code == kExp || code == kKl; }
+
+FG_HD constexpr bool is_logistic_weight(int code) { return code == kJsReal || code == kJsFake || code == kSigmoid; }
 
 // sigmoid(psi) and 1 - sigmoid(psi) = sigmoid(-psi) from one e = exp(-|psi|) and r = 1 / (1 + e): no overflow, and
 // no cancellation in 1 - sigmoid for large psi.
@@ -30,11 +33,11 @@ FG_HD Sigmoids<A> sigmoids_from(A psi, A e, A r) {
 
 // w(psi) and dw/dpsi from e = exp(-|psi|) and r = 1 / (1 + e), which the caller computes (nt_losses' CUDA backward
 // shares them with the loss's slope).
-// kExp takes its own exponential of psi (e is of -|psi|).
+// kExp and kKl take their own exponential of psi (e is of -|psi|).
 template <typename A>
 FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
-  if (code == kExp) {
-    *w = fg_exp(psi);
+  if (is_exp_weight(code)) {
+    *w = fg_exp(code == kKl ? psi - A(1) : psi);
     *dw = *w;
     return;
   }
@@ -59,8 +62,8 @@ FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
 
 template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
-  if (code == kExp) {
-    *w = fg_exp(psi);
+  if (is_exp_weight(code)) {
+    *w = fg_exp(code == kKl ? psi - A(1) : psi);
     *dw = *w;
     return;
   }
@@ -95,9 +98,11 @@ FG_HD A weight(int code, A psi) {
 // (js_penalty's real and fake rows in one pass; split = B for one weight).
 FG_HD int row_code(int64_t n, int64_t split, int weight, int weight2) { return n < split ? weight : weight2; }
 
-// Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * ||g||^2 * go.
+// Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * ||g||^2 * go. w last: an exponential
+// weight near the top of float32's range (e^psi past 1.7e38) must not overflow as 2 w where the upstream (a mean's
+// 1 / B) brings the product back in range.
 template <typename A>
-FG_HD A grad_scale(A w, A go) { return A(2) * w * go; }
+FG_HD A grad_scale(A w, A go) { return w * (A(2) * go); }
 
 template <typename A>
 // dw = 0 (weight "one", or a saturated weight) gives 0 even where ||g||^2 overflowed to inf (0 * inf = nan)
