@@ -9,11 +9,20 @@ import triton.language as tl
 
 from .logistic import _js, _logistic
 
-ONE, JS_REAL, JS_FAKE, SIGMOID, EXP, KL = 0, 1, 2, 3, 4, 5
+# WEIGHT codes, penalty_math.h's table: 0 one, 1 js_real, 2 js_fake, 3 sigmoid, 4 exp, 5 kl
 
 
 @triton.jit
 def _weight_and_slope(psi, WEIGHT: tl.constexpr):
+    # in float64 (one exponential a row): a GPU's float32 tl.exp is ex2.approx of psi * log2(e) rounded to float32,
+    # ~30 ulp off at |psi| ~ 60, which an exponential weight (e^psi, a JS weight's e = e^-|psi| for psi < 0) carries
+    # whole: past the 2x rule (tests' helpers.gpu_exp); libdevice's float64 exp is within an ulp
+    w, dw = _weight_and_slope_f64(psi.to(tl.float64), WEIGHT)
+    return w.to(psi.dtype), dw.to(psi.dtype)
+
+
+@triton.jit
+def _weight_and_slope_f64(psi, WEIGHT: tl.constexpr):
     if WEIGHT == 1 or WEIGHT == 2:
         e, s, q = _logistic(psi, True)
         w, dw = _js(s, q, WEIGHT == 1)

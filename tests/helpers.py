@@ -183,3 +183,38 @@ def _divided_once(a: float, b: float) -> float:
     out = torch.empty(1)
     kernel[(1,)](torch.tensor([a]), torch.tensor([b]), out)
     return out.item()
+
+
+def gpu_exp(monkeypatch) -> None:
+    """Triton's float32 tl.exp as a GPU computes it, under the interpreter (numpy's exact exp): sm_90's lowering is
+    ex2.approx of psi * log2(e) rounded to float32, whose rounding alone errs ~30 ulp at |psi| ~ 60 (emulated here
+    with an exact exp2: the best case). float64 exp (libdevice's on a GPU) stays exact."""
+    import numpy as np
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    exact = InterpreterBuilder.create_exp
+    log2e = np.float32(np.log2(np.e))
+
+    def ex2_of_product(self, arg):
+        out = exact(self, arg)
+        if out.data.dtype == np.float32:
+            out.data = np.exp2((arg.data * log2e).astype(np.float32).astype(np.float64)).astype(np.float32)
+        return out
+
+    monkeypatch.setattr(InterpreterBuilder, "create_exp", ex2_of_product)
+    assert _exp_once(60.0) != torch.tensor(60.0, dtype=torch.float64).exp().float().item(), \
+        "the interpreter's float32 exp is unpatched"
+
+
+def _exp_once(a: float) -> float:
+    """exp(a) in float32 by a one-element Triton kernel (the interpreter, on CPU tensors)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(a_ptr, o_ptr):
+        tl.store(o_ptr, tl.exp(tl.load(a_ptr)))
+
+    out = torch.empty(1)
+    kernel[(1,)](torch.tensor([a]), out)
+    return out.item()

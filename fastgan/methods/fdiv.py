@@ -60,7 +60,8 @@ def conjugate_of_activation(f: str, v: torch.Tensor) -> torch.Tensor:
 
 
 def penalty_weight(f: str):
-    """(weight, scale) with scale * weight(v) = f*''(g_f(v)) g_f'(v)^2, for fastgan.ops.grad_norm_penalty.
+    """(weight, scale): the name of fastgan.ops.grad_norm_penalty's weight w and the factor with
+    scale * w(v) = f*''(g_f(v)) g_f'(v)^2.
 
     Every divergence's weight is one of the op's named weights, so each runs on the fused kernels: "one"
     (reverse KL, Pearson), "sigmoid" (GAN, JS), "kl" (KL: e^(v - 1), its own form: e^-1 e^v would overflow float32

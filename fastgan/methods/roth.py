@@ -101,33 +101,22 @@ def statistic_mode_refusal(mode: str, f: str) -> str:
             "makes differ from g_f'(psi) grad psi; use 'double_backward' or 'auto' (which runs it)")
 
 
-def _weighted(weight, coef: torch.Tensor, scale: float):
-    """psi -> coef_n * scale * w(psi_n): a per-sample weighted expectation as one penalty weight, so the
-    "jvp" mode (which needs a scalar reduction) forms the weighted sum with reduction="sum"; for a named weight on
-    the fused kernels (SampleWeighted)."""
-    if isinstance(weight, str):
-        return ops.penalty.SampleWeighted(weight, coef, scale)
-    base = weight
-    coef = coef.detach()
-
-    def w(psi):
-        return coef.to(psi.dtype) * (scale * base(psi))
-    return w
-
-
-def penalty_by_mode(D, x: torch.Tensor, weight, mode: str, coef: Optional[torch.Tensor] = None,
+def penalty_by_mode(D, x: torch.Tensor, weight: str, mode: str, coef: Optional[torch.Tensor] = None,
                     scale: float = 1.0):
     """(Omega part, logits) through fastgan.ops.gradient_penalty(mode=...): the batch mean of
-    scale * w(psi) ||grad psi||^2, or the coef-weighted sum when per-sample weights coef are given.
-    x must not carry a graph (these modes differentiate the penalty w.r.t. D only)."""
+    scale * w(psi) ||grad psi||^2 for the op's named weight w, or the coef-weighted sum when per-sample weights coef
+    are given. x must not carry a graph (these modes differentiate the penalty w.r.t. D only)."""
     if coef is None:
         pen, logits = ops.gradient_penalty(D, x, weight, mode=mode)
         return (pen * scale if scale != 1.0 else pen), logits.reshape(x.shape[0])
-    if mode == "mlp" and isinstance(weight, str):
+    if mode == "mlp":
         # the closed form works per sample: the fused weight kernel, then the weighted sum
         pen, logits = ops.gradient_penalty(D, x, weight, reduction="none", mode=mode)
         return reduce(pen * scale if scale != 1.0 else pen, coef), logits.reshape(x.shape[0])
-    pen, logits = ops.gradient_penalty(D, x, _weighted(weight, coef, scale), reduction="sum", mode=mode)
+    # the weighted expectation as one weight, psi -> coef_n * scale * w(psi_n), so that "jvp" (which needs a scalar
+    # reduction) forms the weighted sum with reduction="sum"; on the fused kernels
+    pen, logits = ops.gradient_penalty(D, x, ops.penalty.SampleWeighted(weight, coef, scale), reduction="sum",
+                                       mode=mode)
     return pen, logits.reshape(x.shape[0])
 
 

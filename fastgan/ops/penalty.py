@@ -235,9 +235,10 @@ def _backward_backward(ctx, g_dgrad, g_dlogits):
     G = g_dgrad.to(acc)
     dot = (G * g).sum(1)
     # the second-order terms as the first-order one (_zero_or): the penalty does not depend on the logits there
-    d_go = w * (2 * dot) + _zero_or(dw, g_dlogits * dw * s)
+    # the weight's factors last, as the first-order ones (an exponential weight near float32's top)
+    d_go = w * (2 * dot) + _zero_or(dw, dw * (g_dlogits * s))
     d_grad = (w * (2 * go))[:, None] * G + (dw * (2 * g_dlogits * go))[:, None] * g
-    d_logits = _zero_or(dw, 2 * dw * go * dot) + _zero_or(d2w, g_dlogits * d2w * go * s)
+    d_logits = _zero_or(dw, dw * (2 * go * dot)) + _zero_or(d2w, d2w * (g_dlogits * go * s))
     return d_go, d_grad.to(grad.dtype), d_logits, None, None
 
 
@@ -362,6 +363,10 @@ class SampleWeighted:
     def __call__(self, psi: torch.Tensor) -> torch.Tensor:
         return self.coef.to(psi.dtype) * (self.scale * ref.WEIGHT_FNS[self.name](psi))
 
+    def factors(self, B: int, dtype: torch.dtype) -> torch.Tensor:
+        """coef_n * scale, (B,): what the named weight's per-sample values are multiplied by."""
+        return self.coef.to(dtype).reshape(B) * self.scale
+
 
 def _check_weight(weight) -> None:
     if callable(weight):
@@ -431,8 +436,7 @@ def _penalty_of(grad, logits, weight, reduction, backend):
     if psi.dtype != acc:
         psi = psi.to(acc)
     if isinstance(weight, SampleWeighted) and backend != "reference":
-        coef = weight.coef.to(acc).reshape(B) * weight.scale
-        return _reduced(_penalty_of(g2, psi, weight.name, "none", backend) * coef, reduction)
+        return _reduced(_penalty_of(g2, psi, weight.name, "none", backend) * weight.factors(B, acc), reduction)
     if callable(weight):
         if backend not in (None, "reference"):
             raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "

@@ -232,9 +232,6 @@ class _Rng:
 
 # ---------------------------------------------------------------- shared per-sample terms
 
-SampleWeighted = _pen.SampleWeighted
-
-
 def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend, split=None):
     """(per, u, v), all without graph: per_n = w(psi_n)||g_n||^2 (acc dtype), u = d(sum per)/dpsi / div
     (acc dtype, g held fixed), v = 2 * w(psi) * g / div (g2's dtype, the JVP direction).
@@ -245,9 +242,9 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
     B = psi.shape[0]
     if not isinstance(div, (int, torch.SymInt)) or div < 1:  # the upstream is 1 / div: an int, not the scale
         raise ValueError(f"div must be a positive integer, got {div!r}")
-    if isinstance(weight, SampleWeighted) and backend != "reference":
+    if isinstance(weight, _pen.SampleWeighted) and backend != "reference":
         per, u, v = penalty_terms(g2, psi, weight.name, div, backend)
-        c = weight.coef.to(per.dtype).reshape(B) * weight.scale
+        c = weight.factors(B, per.dtype)
         return per * c, u * c, v * c.to(v.dtype)[:, None]
     if callable(weight):
         if backend not in (None, "reference"):
@@ -262,7 +259,7 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
             u = _pen.weight_vjp(w, p, s / div)
         w = w.detach().to(psi.dtype)
         u = torch.zeros_like(psi) if u is None else u
-        return w * s, u, (2 * w / div)[:, None] * ga
+        return w * s, u, (w * (2.0 / div))[:, None] * ga
     first, second = weight if split is not None else (weight, weight)
     chosen = _dispatch.resolve(_pen.OP, g2.device, backend)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from fastgan.ops import BackendUnavailable, FallbackWarning, _dispatch
 from fastgan.ops import penalty as P
 from fastgan.reference import penalty as ref
 import models_for_tests as models
-from helpers import assert_close_to_oracle, backend_calls, gpu_division
+from helpers import assert_close_to_oracle, backend_calls, gpu_division, gpu_exp
 
 
 CPU_BACKENDS = ["reference", "cpu", "triton", "cuda"]
@@ -81,8 +81,8 @@ SHAPES = [(512, (3,)), (7, (1,)), (1, (5,)), (64, (3, 8, 8)), (4, (3, 64, 64))]
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("weight", WEIGHTS)
 @pytest.mark.parametrize("B,shape", SHAPES)
-def test_fp32_matches_reference(backend, weight, B, shape):
-    grad, logits = _inputs(B, shape)
+def test_fp32_matches_reference(backend, weight, B, shape, scale=3.0):
+    grad, logits = _inputs(B, shape, scale=scale)
     g32, l32 = grad.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     g64, l64 = grad.double().requires_grad_(True), logits.double().requires_grad_(True)
     gr, lr = grad.clone().requires_grad_(True), logits.clone().requires_grad_(True)
@@ -113,6 +113,16 @@ def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, weight):
     gpu_division(monkeypatch, ulps)
     for B, shape in SHAPES:
         test_fp32_matches_reference("triton", weight, B, shape)
+
+
+@pytest.mark.parametrize("weight", WEIGHTS)
+def test_fp32_with_a_gpus_exp_triton(monkeypatch, weight):
+    """Triton's float32 tl.exp as a GPU lowers it (helpers.gpu_exp: ~30 ulp at |psi| ~ 60), logits to ~60: the
+    exponential weights ("exp", "kl"), whose e^psi is the weight itself, missed the 2x rule (kl: 1.5e21 against a
+    bound of 4.8e20) until they took their exponential in float64."""
+    gpu_exp(monkeypatch)
+    for B, shape in SHAPES:
+        test_fp32_matches_reference("triton", weight, B, shape, scale=20.0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

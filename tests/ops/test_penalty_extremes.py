@@ -131,11 +131,27 @@ def test_an_exponential_weight_near_float32s_top_keeps_finite_gradients(backend,
 
     per, u, v = P.terms(g, psi_t, P.WEIGHTS[weight], P.WEIGHTS[weight], 64, 64, backend)
     torch.testing.assert_close(v.double(), dg64, rtol=1e-5, atol=0)
+    # jvp's terms of NT's mu-weighted rows (a callable on the reference backend)
+    from fastgan.ops.penalty_jvp import penalty_terms
+
+    per, u, v = penalty_terms(g, psi_t, P.SampleWeighted(weight, torch.ones(64)), 64, backend)
+    torch.testing.assert_close(v.double(), dg64, rtol=1e-5, atol=0)
+    # the second order (the op's backward's own backward, shared by every backend): d(dgrad . t)/dpsi
+    gg, pp = g.clone().requires_grad_(True), psi_t.clone().requires_grad_(True)
+    (dg2,) = torch.autograd.grad(grad_norm_penalty(gg, pp, weight, "mean", backend=backend), gg, create_graph=True)
+    t = torch.linspace(-1, 1, 3)
+    (d2,) = torch.autograd.grad((dg2 * t).sum(), pp)
+    g64, p64 = g.double().requires_grad_(True), psi_t.double().requires_grad_(True)
+    (dg2_64,) = torch.autograd.grad(ref.grad_norm_penalty(g64, p64, weight, "mean"), g64, create_graph=True)
+    (d2_64,) = torch.autograd.grad((dg2_64 * t.double()).sum(), p64)
+    assert torch.isfinite(d2).all()
+    torch.testing.assert_close(d2.double(), d2_64, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])  # the reference backend's torch.sigmoid gives 0
-@pytest.mark.parametrize("weight", ["sigmoid", "js_real", "js_fake"])
-@pytest.mark.parametrize("psi", [-710.0, -740.0, 712.0])
+# where the weight or its slope is subnormal (js_fake's at psi < -708 and js_real's at psi > 708 are 0 in double)
+@pytest.mark.parametrize("weight,psi", [("sigmoid", -710.0), ("sigmoid", -740.0), ("sigmoid", 712.0),
+                                        ("js_real", -710.0), ("js_real", -740.0), ("js_fake", 712.0)])
 def test_far_logits_sigmoids_are_their_subnormal_values(backend, weight, psi):
     """float64 logits past |psi| = 708, where a sigmoid or its slope is subnormal: the cpu kernel's polynomial exp
     is held at exp(-708) there, which made sigmoid(-710)'s weight 3.3e-308 (1e-8 times ||g||^2 = 2.25e300, not
@@ -148,6 +164,7 @@ def test_far_logits_sigmoids_are_their_subnormal_values(backend, weight, psi):
     small, big = e / (1 + e), 1 / (1 + e)  # sigmoid(-|psi|), sigmoid(|psi|)
     s, q = (small, big) if psi < 0 else (big, small)
     w, dw = {"sigmoid": (s, s * q), "js_real": (q * q, -2 * s * q * q), "js_fake": (s * s, 2 * s * s * q)}[weight]
+    assert 0 < abs(dw) < 2.3e-308  # a subnormal slope: the held exp gave ~3e-308
     p = torch.full((1,), psi, dtype=torch.float64, requires_grad=True)
     got = grad_norm_penalty(g, p, weight, "sum", backend=backend)
     (dl,) = torch.autograd.grad(got, p)

@@ -62,14 +62,8 @@ FG_HD void weight_and_slope_recip(int code, A psi, A e, A r, A* w, A* dw) {
 
 template <typename A>
 FG_HD void weight_and_slope(int code, A psi, A* w, A* dw) {
-  if (is_exp_weight(code)) {
-    *w = fg_exp(code == kKl ? psi - A(1) : psi);
-    *dw = *w;
-    return;
-  }
-  if (!is_logistic_weight(code)) {  // the constant weight: no exponential
-    *w = A(1);
-    *dw = A(0);
+  if (!is_logistic_weight(code)) {  // e and r unused
+    weight_and_slope_recip(code, psi, A(0), A(1), w, dw);
     return;
   }
   const A e = fg_exp(psi >= A(0) ? -psi : psi);
