@@ -23,6 +23,7 @@ OP = "grad_norm_penalty"
 # Same table as csrc/include/fastgan/penalty_math.h and kernels/penalty.py
 WEIGHTS = {"one": 0, "js_real": 1, "js_fake": 2, "sigmoid": 3, "exp": 4, "kl": 5}
 _WEIGHT_NAMES = {v: k for k, v in WEIGHTS.items()}
+_LOGISTIC_CODES = (WEIGHTS["js_real"], WEIGHTS["js_fake"], WEIGHTS["sigmoid"])  # penalty_math.h's is_logistic_weight
 REDUCTIONS = ("mean", "sum", "none")
 
 WeightArg = Union[str, Callable[[torch.Tensor], torch.Tensor]]
@@ -35,16 +36,16 @@ def _weight_derivatives(code: int, psi: torch.Tensor):
     if code in (WEIGHTS["exp"], WEIGHTS["kl"]):
         e = torch.exp(psi - 1 if code == WEIGHTS["kl"] else psi)
         return e, e, e
+    if code not in _LOGISTIC_CODES:  # "one": no sigmoids (R1/R2's double backward runs this every step)
+        zero = torch.zeros_like(psi)
+        return torch.ones_like(psi), zero, zero
     s = torch.sigmoid(psi)
     q = torch.sigmoid(-psi)
     if code == WEIGHTS["sigmoid"]:
         return s, s * q, s * q * (q - s)
     if code == WEIGHTS["js_real"]:
         return q * q, -2 * s * q * q, -2 * s * q * q * (1 - 3 * s)
-    if code == WEIGHTS["js_fake"]:
-        return s * s, 2 * s * s * q, 2 * s * s * q * (2 - 3 * s)
-    zero = torch.zeros_like(psi)
-    return torch.ones_like(psi), zero, zero
+    return s * s, 2 * s * s * q, 2 * s * s * q * (2 - 3 * s)  # js_fake
 
 
 def _fwd_reference(g, l, w, out):

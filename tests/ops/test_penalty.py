@@ -117,9 +117,9 @@ def test_fp32_with_a_gpus_division_triton(monkeypatch, ulps, weight):
 
 @pytest.mark.parametrize("weight", WEIGHTS)
 def test_fp32_with_a_gpus_exp_triton(monkeypatch, weight):
-    """Triton's float32 tl.exp as a GPU lowers it (helpers.gpu_exp: ~30 ulp at |psi| ~ 60), logits to ~60: the
-    exponential weights ("exp", "kl"), whose e^psi is the weight itself, missed the 2x rule (kl: 1.5e21 against a
-    bound of 4.8e20) until they took their exponential in float64."""
+    """Triton's float32 tl.exp as a GPU lowers it (helpers.gpu_exp: ~30 ulp at |psi| ~ 60), logits to ~60: every
+    non-constant weight missed the 2x rule (kl: 1.5e21 against a bound of 4.8e20; the JS and sigmoid weights through
+    e^-|psi| for psi < 0) until the kernels formed their weights in float64."""
     gpu_exp(monkeypatch)
     for B, shape in SHAPES:
         test_fp32_matches_reference("triton", weight, B, shape, scale=20.0)

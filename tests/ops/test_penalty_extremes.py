@@ -3,11 +3,15 @@
 - input gradients whose squares overflow float32: the CPU kernel's float lanes for contiguous rows made the result
   depend on F and the layout, and a weight whose slope is 0 ("one", or saturated) gave 0 * inf = nan logit
   gradients where the reference has none."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from fastgan.ops import grad_norm_penalty, js_penalty, r1_penalty
+from fastgan.ops import penalty as P
+from fastgan.ops.penalty_jvp import penalty_terms
 from fastgan.reference import penalty as ref
 
 from helpers import assert_close_to_oracle
@@ -127,13 +131,9 @@ def test_an_exponential_weight_near_float32s_top_keeps_finite_gradients(backend,
     for name, a, b in (("value", got, want), ("dgrad", dg, dg64), ("dlogits", dl, dl64)):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=0, msg=name)
-    from fastgan.ops import penalty as P
-
     per, u, v = P.terms(g, psi_t, P.WEIGHTS[weight], P.WEIGHTS[weight], 64, 64, backend)
     torch.testing.assert_close(v.double(), dg64, rtol=1e-5, atol=0)
     # jvp's terms of NT's mu-weighted rows (a callable on the reference backend)
-    from fastgan.ops.penalty_jvp import penalty_terms
-
     per, u, v = penalty_terms(g, psi_t, P.SampleWeighted(weight, torch.ones(64)), 64, backend)
     torch.testing.assert_close(v.double(), dg64, rtol=1e-5, atol=0)
     # the second order (the op's backward's own backward, shared by every backend): d(dgrad . t)/dpsi
@@ -156,8 +156,6 @@ def test_far_logits_sigmoids_are_their_subnormal_values(backend, weight, psi):
     """float64 logits past |psi| = 708, where a sigmoid or its slope is subnormal: the cpu kernel's polynomial exp
     is held at exp(-708) there, which made sigmoid(-710)'s weight 3.3e-308 (1e-8 times ||g||^2 = 2.25e300, not
     7.4e-8). The truth from the exact exp (math.exp: torch.sigmoid rounds a subnormal result to 0)."""
-    import math
-
     g = torch.full((1, 3), 1.5e150 / math.sqrt(3), dtype=torch.float64)
     s2 = (g * g).sum().item()
     e = math.exp(-abs(psi))  # subnormal
