@@ -18,7 +18,8 @@ from . import config as C
 from .checkpoint import CheckpointError
 from .run_commands import add_device_and_seed, cli_device, positive, run, strict_json
 from .run_folder import CHECKPOINT, recorded_data_path
-from .train import _checkpoint_config, _first_problem
+from .train import _checkpoint_config
+from .train_resume import _first_problem
 
 # data fields that do not change which distribution the samples come from (which stored samples each run
 # trained on, max_samples and holdout, held_out_real takes into account)

@@ -11,7 +11,7 @@ import torch
 
 from . import config as C
 from .checkpoint import CheckpointError
-from .train import _device
+from .train_checks import _device
 
 
 def cli_device(text: str) -> torch.device:

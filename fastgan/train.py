@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import random
-import re
 import shutil
 import sys
 import time
@@ -29,19 +28,19 @@ from ._errors import oserror
 from ._version import __version__
 from . import config as C
 from . import shipped_configs
-from .checkpoint import CheckpointError, CheckpointMismatchError
+from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .models.config import CONV_ARCHS
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
-from .run_folder import (RUN_INFO, recorded_data_path, recorded_data_samples, recorded_data_shape,
-                         usable_path)
+from .run_folder import RUN_INFO, recorded_data_path, usable_path
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
-
-# Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
-RESOLVED_FIELDS = ("method.roth.anneal_steps", "method.nt.anneal_steps", "method.dfm.lambda_denoise")
+from .train_checks import (_check_forced_backend, _check_g_starts_one_by_one, _check_graph_data,
+                           _check_graph_noise_backend, _check_resnet_images, _device, _forced_by)
+from .train_resume import (_check_resumed_data, _check_resumed_data_path, _first_problem, _merge_for_resume,
+                           _stored_samples)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -73,131 +72,10 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def _run_backend(cfg: TrainConfig) -> tuple[str | None, str]:
-    """(the backend the run's fused ops are forced to, None for each op's best; how it was asked for): run.backend,
-    or when it is auto the caller's use_backend block or FASTGAN_BACKEND. An unknown FASTGAN_BACKEND is a
-    ConfigError naming it."""
-    from .ops import _dispatch
-
-    if cfg.run.backend != "auto":
-        return cfg.run.backend, f"run.backend={cfg.run.backend!r}"
-    try:
-        return _dispatch.requested_backend()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _forced_by(cfg: TrainConfig) -> str:
-    forced, named = _run_backend(cfg)
-    return "auto" if forced is None else named
-
-
-def _check_forced_backend(cfg: TrainConfig, device: torch.device) -> None:
-    """A backend forced on every op (run.backend, use_backend, FASTGAN_BACKEND) that cannot run on the run's device
-    fails here, before the run folder is made, not at the first op of step 1."""
-    from .ops import _dispatch
-
-    forced, named = _run_backend(cfg)
-    if forced is None:
-        return
-    ok, why = _dispatch.status(forced, device)
-    if not ok:
-        raise ConfigError(f"{named}: cannot run on {device} (run.device): {why}")
-
-
-def _check_resnet_images(cfg: TrainConfig, shape: tuple) -> None:
-    """The ResNet's four x2 resamplings need square power-of-two images >= 16: a ConfigError before the run folder
-    is made (build_generator's ValueError names data_shape, which a config does not have)."""
-    from .models.resnet import check_image_shape
-
-    if cfg.model.arch != "resnet":
-        return
-    try:
-        check_image_shape(shape)
-    except ValueError:
-        hint = ("set data.image_size to a power of two >= 16 (64: Roth et al.'s runs)"
-                if cfg.data.name == "image_folder"
-                else "use an image folder with data.image_size, or model.arch=dcgan, which takes any image size")
-        raise ConfigError(f"model.arch: 'resnet' needs square images whose side is a power of two >= 16 (four x2 "
-                          f"resamplings from side / 16), data.name={cfg.data.name!r} holds images of shape {shape}; "
-                          f"{hint}") from None
-
-
-def _check_g_starts_one_by_one(cfg: TrainConfig, shape: tuple) -> None:
-    """DCGAN's G starts at a 1x1 map on 1x1 images (the ResNet's on 16x16 ones), where its training-mode BatchNorm
-    sees one value a channel per sample: a call of one row fails at step 1 (config.py lets the convolutional
-    architectures take a batch of one for their other shapes)."""
-    from .models.dcgan import plan
-    from .models.resnet import start_size
-
-    m, o, arch = cfg.method, cfg.optim, cfg.model.arch
-    if arch not in CONV_ARCHS or not cfg.model.resolved("g_batchnorm"):
-        return
-    if (plan(shape)["g_start"] if arch == "dcgan" else (start_size(shape),) * 2) != (1, 1):
-        return
-    name = {"dcgan": "DCGAN", "resnet": "the ResNet"}[arch]
-    if o.batch_size < 2:
-        raise ConfigError(f"optim.batch_size: model.arch={arch!r} on {shape[1]}x{shape[2]} images starts G at a 1x1 "
-                          f"map, where its training-mode BatchNorm (model.g_batchnorm) needs a batch of at least 2 "
-                          f"samples, got {o.batch_size}")
-    if "nt" in m.units and m.nt.batch == "half" and m.nt.noise == "generator" and o.batch_size < 3:
-        raise ConfigError(f"optim.batch_size: NT's noise generator (method.nt.noise='generator', {name}'s G on "
-                          f"{shape[1]}x{shape[2]} images: a 1x1 map under training-mode BatchNorm) draws eps for the "
-                          f"m - m // 2 noisy rows of half batches: batch_size >= 3, got {o.batch_size}")
-
-
-def _check_graph_data(cfg: TrainConfig, dataset) -> None:
-    """A captured step cannot copy a batch from host memory (the copy and the index draw would be baked in, or
-    the capture fails on them): refused before the run folder is made, not after the warm-up steps."""
-    if cfg.run.cuda_graph and not getattr(dataset, "on_device", True):
-        why = ("data.keep_on_device=no" if cfg.data.keep_on_device == "no" else
-               "data.keep_on_device=auto and it does not fit in half the free GPU memory")
-        raise ConfigError(f"run.cuda_graph: the data set stays in host memory ({why}); a captured step cannot copy "
-                          "its batches from there: set data.keep_on_device=yes (it must fit) or run.cuda_graph=false")
-
-
-def _check_graph_noise_backend(cfg: TrainConfig, device: torch.device) -> None:
-    """The reference backend of the fused NT noise reads its Philox counter on the host (the oracle's plain
-    torch), which a capture fails on: refused before the run folder is made, not at the capture after three
-    steps. It runs there when forced (run.backend, use_backend or FASTGAN_BACKEND=reference) or when no fused
-    backend can (no CUDA build of fastgan._C, no usable triton)."""
-    m = cfg.method
-    if not (cfg.run.cuda_graph and device.type == "cuda" and "nt" in m.units and m.nt.fused
-            and m.nt.noise in ("fixed", "learned_sigma")):
-        return
-    from .ops import _dispatch
-
-    forced, named = _run_backend(cfg)
-    if forced is not None and forced != "reference":
-        return  # _check_forced_backend has checked that it runs here
-    if forced is None:
-        best, reasons = _dispatch.best_fused(device)
-        if best is not None:
-            return
-        why = "no fused backend runs here (" + "; ".join(reasons) + ")"
-    else:
-        why = named
-    raise ConfigError(f"run.cuda_graph: method.nt.fused would draw its noise on the reference backend ({why}), "
-                      "which reads its Philox counter on the host, and a CUDA graph cannot capture that; set "
-                      "method.nt.fused=false, run.cuda_graph=false, or make the cuda or triton backend available")
-
 
 class ResumedOnAnotherDevice(UserWarning):
     """A run resumed on another kind of device (CPU <-> CUDA) than its checkpoint's: its random draws go on from a
     new stream (seeded by run.seed and the step), not the one it would have drawn."""
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {name!r} requested but torch sees no CUDA device; use run.device=cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        # torch would fail later with "invalid device ordinal", naming no field
-        raise ConfigError(f"run.device: {name!r} requested but torch sees {torch.cuda.device_count()} CUDA "
-                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return dev
 
 
 def _resolve(cfg: TrainConfig, feature_dim: int) -> TrainConfig:
@@ -209,86 +87,6 @@ def _resolve(cfg: TrainConfig, feature_dim: int) -> TrainConfig:
     if "dfm" in m.units and m.dfm.lambda_denoise is None:
         changes["method.dfm.lambda_denoise"] = 0.03 / feature_dim
     return C.replace(cfg, **changes) if changes else cfg
-
-
-def _first_problem(e: BaseException) -> str:
-    """torch's load_state_dict error cut to its first line plus its first problem (a missing or unexpected key, a
-    size mismatch): the full list can run to hundreds of keys."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-    if len(lines) == 1:
-        return lines[0]
-    detail = lines[1].rstrip(".")  # torch ends the line with ". "; an ellipsis added below is kept
-    m = re.match(r'^([^:]*:\s*"[^"]*")(,)?', detail)
-    if m and not detail.startswith("size mismatch"):
-        detail = m.group(1) + (", ..." if m.group(2) else "")
-    return f"{lines[0].rstrip(':')}: {detail}"
-
-
-def _check_resumed_data(run_dir: Path, dataset, path: Path) -> None:
-    """The data a run resumes on must have the sample shape its models were built for (run_info.json's data_shape):
-    a file at data.path changed since would otherwise surface as an optimizer moment's shape; and as many stored
-    samples as it loaded (data_samples, recorded since 2026-12-06: more rows moved data.holdout's samples into
-    training)."""
-    source, shape = dataset.source or "the data set", tuple(dataset.shape)
-    try:
-        saved = recorded_data_shape(run_dir)
-    except (OSError, ValueError):
-        return  # no readable record: the checkpoint's own shape checks still refuse models that do not fit
-    if saved != shape:
-        raise CheckpointError(f"checkpoint {path}: its run trained on samples of shape {saved} (run_info.json), but "
-                              f"{source} now holds samples of shape {shape}: the data changed since; resume with "
-                              "the data it trained on, or start a new run")
-    count, now = recorded_data_samples(run_dir), _stored_samples(dataset)
-    if count is not None and count != now:
-        raise CheckpointError(f"checkpoint {path}: its run loaded {count} samples (run_info.json), but {source} now "
-                              f"gives {now}: the data changed since (data.holdout's samples would move); resume with "
-                              "the data it trained on, or start a new run")
-
-
-def _check_resumed_data_path(cfg: TrainConfig, recorded: Optional[str]) -> None:
-    """A relative data.path is read from the folder the resume runs in: another file of that name there was
-    trained on, silently. It must be the file the run trained on (`recorded`: run_info.json's data_path)."""
-    here = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
-    if recorded and here and here != recorded:
-        raise ConfigError(f"data.path: {cfg.data.path!r} is {here} here, but the run trained on {recorded} "
-                          f"(run_info.json); resume from the folder the run started in, or --set data.path={recorded}")
-
-
-def _stored_samples(dataset) -> int:
-    """The stored samples a data set loaded: its training view and data.holdout's."""
-    held = getattr(dataset, "held_out", None)
-    return len(dataset) + (len(held) if held is not None else 0)
-
-
-def _merge_for_resume(saved: TrainConfig, new: TrainConfig, path: Path, data_path=None) -> TrainConfig:
-    """The checkpoint's config with the run.* fields a resumed run may change; other differences raise. data_path:
-    the file the run trained on (run_info.json), which data.path may name in another spelling."""
-    bad, respelled = [], {}
-    for key, old, value in C.diff(saved, new):
-        if key in C.RESUMABLE_FIELDS or (key in RESOLVED_FIELDS and value is None) or \
-                _the_architectures_default(saved, key, old, value):
-            continue
-        if key == "data.path" and data_path and value and str(Path(value).resolve()) == data_path:
-            respelled[key] = value  # the same file, e.g. absolute where the run was given a relative path
-            continue
-        bad.append(f"{key}: checkpoint {old!r}, config {value!r}")
-    if bad:
-        # the fields first: the config is what the user changes to fix this
-        raise CheckpointMismatchError(
-            "; ".join(bad) + f" (checkpoint {path} was written by a different config, so resuming would not continue "
-            f"the same run; only {', '.join(C.RESUMABLE_FIELDS)} may change on resume)")
-    changes = {k: v for k, _, v in C.diff(saved, new) if k in C.RESUMABLE_FIELDS} | respelled
-    return C.replace(saved, **changes) if changes else saved
-
-
-def _the_architectures_default(saved: TrainConfig, key: str, old, value) -> bool:
-    """A model field the checkpoint's config left to its architecture (None), given now as the value that
-    architecture gives it (`--set model.latent_dim=2` on an MLP run): the same run, not a change."""
-    from .models.config import ARCH_DEFAULTS
-
-    defaults = ARCH_DEFAULTS.get(saved.model.arch, {})
-    name = key[len("model."):] if key.startswith("model.") else None
-    return old is None and name in defaults and defaults[name] is not None and defaults[name] == value
 
 
 def _finite_scalars(stats: dict) -> bool:

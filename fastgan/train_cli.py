@@ -19,7 +19,8 @@ from .interrupts import Terminated
 from .ops._dispatch import BackendUnavailable
 from . import shipped_configs
 from .run_folder import CHECKPOINT, find_run
-from .train import NonFiniteLossError, _checkpoint_config, _merge_for_resume, _requested, train
+from .train import NonFiniteLossError, _checkpoint_config, _requested, train
+from .train_resume import _merge_for_resume
 
 
 def _config_to_print(config, overrides, resume: bool) -> TrainConfig:

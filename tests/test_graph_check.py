@@ -237,7 +237,7 @@ def test_cuda_graph_refuses_data_kept_in_host_memory(keep):
     """A captured step cannot copy its batch from the host: refused before the run folder, naming the field."""
     from types import SimpleNamespace
 
-    from fastgan.train import _check_graph_data
+    from fastgan.train_checks import _check_graph_data
 
     cfg = C.coerce(None, [f"data.keep_on_device={keep}", "run.cuda_graph=true", "run.device=cuda"])
     with pytest.raises(C.ConfigError, match=rf"^run\.cuda_graph: the data set stays in host memory "
@@ -359,7 +359,7 @@ def test_cuda_graph_refuses_the_reference_noise_op(monkeypatch, noise):
     """The fused NT noise on the reference backend reads its Philox counter on the host (int(state[0])): a
     graphed run failed at the capture after three steps; now refused at setup, naming why it runs there."""
     from fastgan.ops import _dispatch
-    from fastgan.train import _check_graph_noise_backend
+    from fastgan.train_checks import _check_graph_noise_backend
 
     cuda = torch.device("cuda", 0)
     cfg = C.coerce(None, ["method.name=nt", f"method.nt.noise={noise}", "method.nt.fused=true",

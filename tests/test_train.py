@@ -20,6 +20,7 @@ from fastgan import checkpoint as ckpt
 from fastgan.checkpoint import CheckpointError
 from fastgan.cli import main
 from fastgan.logging_utils import read_events
+from fastgan.train_resume import RESOLVED_FIELDS
 from helpers import require_fashion_mnist
 
 train_mod = importlib.import_module("fastgan.train")
@@ -344,7 +345,7 @@ def test_every_shipped_config_trains(path, tmp_path, tiny_fashion_mnist, tiny_im
     r = fastgan.train(path, overrides=shrink)
     assert r.step == 2
     changed = {k for k, _, _ in fastgan.config.diff(cfg, r.config)}
-    assert changed <= {o.split("=")[0] for o in shrink} | set(train_mod.RESOLVED_FIELDS)
+    assert changed <= {o.split("=")[0] for o in shrink} | set(RESOLVED_FIELDS)
     assert (r.out_dir / "samples" / "step_0000002.png").exists()
     if cfg.run.parzen:
         assert math.isfinite(r.metrics["eval/parzen_ll"]) and r.metrics["eval/parzen_sigma"] > 0
