@@ -584,17 +584,19 @@ class _MathAttention:
             self._MATH[1](False)
 
 
-def _double_backward(D, x, weight, reduction, backend, record=True):
-    return _double_backward_batches(D, (x,), (weight,), reduction, backend, record)[0]
+def _double_backward(D, x, weight, reduction, backend, record=True, leaves=None):
+    return _double_backward_batches(D, (x,), (weight,), reduction, backend, record, leaves)[0]
 
 
-def _double_backward_batches(D, xs, weights, reduction, backend, record=True):
+def _double_backward_batches(D, xs, weights, reduction, backend, record=True, leaves=None):
     """[(penalty, logits)] of each batch: D's forwards in the batches' order, then every input gradient from one
     autograd.grad call (js_penalty's two batches: one engine run instead of two; the same values, logits and
     buffers as a call per batch bit for bit, parameter gradients up to the order in which the engine adds their
     contributions, tests/ops/test_js_penalty_joint.py; on a 2-core EPYC the MLP D update's forward phase at
     B = 512 ran 190-230 us faster so, level with the reference's, docs/benchmarks.md)."""
     xs = tuple(x.detach().requires_grad_(True) for x in xs)
+    if leaves is not None:  # for a caller that tells these leaves from D's inputs in the penalty's graph
+        leaves.extend(xs)
     with _MathAttention():
         logits = tuple(_logits_of(D, x) for x in xs)
     grads = input_grads(logits, xs, create_graph=True)
@@ -693,10 +695,10 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     return pen_real + pen_fake, logits_real, logits_fake
 
 
-def js_double_backward(D, x_real, x_fake, backend):
+def js_double_backward(D, x_real, x_fake, backend, record=True, leaves=None):
     """js_penalty by the double backward, both batches in one joint pass (_double_backward_batches)."""
     (pen_real, logits_real), (pen_fake, logits_fake) = _double_backward_batches(
-        D, (x_real, x_fake), ("js_real", "js_fake"), "mean", backend)
+        D, (x_real, x_fake), ("js_real", "js_fake"), "mean", backend, record, leaves)
     return pen_real + pen_fake, logits_real, logits_fake
 
 

@@ -39,36 +39,36 @@ def graph_leaves(t: torch.Tensor) -> list:
 
 @_eager.function
 class CreateGraphTap(torch.autograd.Function):
-    """Zero, with the gradient of s - s.detach() for the jvp surrogate `diff` = s (its value taken as zero: s itself
-    is inf or nan where a logit is infinite, and inf - inf would make the penalty nan). A first-order backward
-    passes the gradient on into s's graph (the fast reverse-over-forward path); a backward with create_graph=True
-    instead returns, for `params`, the gradient of replay() (the penalty recomputed by the double backward) with a
-    graph."""
+    """Zero, with the gradient of s - s.detach() for a surrogate `diff` = s (jvp's, or the penalty itself where
+    "auto" ran the double backward; its value taken as zero: s itself is inf or nan where a logit is infinite, and
+    inf - inf would make the penalty nan). A first-order backward passes the gradient on into s's graph (the fast
+    path); a backward with create_graph=True instead returns, for `params`, the gradient of replay() (the penalty
+    recomputed by the double backward, exact to any order) with a graph. `own`: leaves of s's graph that are not
+    D's inputs to differentiate (the double backward's own copy of x)."""
 
     @staticmethod
-    def forward(ctx, diff, replay, *params):
+    def forward(ctx, diff, replay, own, *params):
         # inputs kept as plain attributes (only a create_graph backward reads them): save_for_backward's
         # per-tensor bookkeeping would cost every first-order step
-        ctx.replay, ctx.diff, ctx.params = replay, diff, params
+        ctx.replay, ctx.diff, ctx.own, ctx.params = replay, diff, own, params
         return torch.zeros_like(diff)
 
     @staticmethod
     def backward(ctx, grad):
         if not torch.is_grad_enabled():
-            return (grad, None) + (None,) * len(ctx.params)
+            return (grad, None, None) + (None,) * len(ctx.params)
         diff, params = ctx.diff, ctx.params
-        known = {id(p) for p in params}
+        known = {id(p) for p in params} | {id(t) for t in ctx.own}
         stray = [leaf for leaf in graph_leaves(diff) if id(leaf) not in known]
         if stray:
-            raise ValueError(f"gradient_penalty(mode='jvp', or 'auto' choosing it) with create_graph=True: D's output "
-                             f"depends on "
+            raise ValueError(f"gradient_penalty(mode='jvp' or 'auto') with create_graph=True: D's output depends on "
                              f"{len(stray)} tensor(s) requiring grad that are not D's parameters (shape "
                              f"{tuple(stray[0].shape)}); pass D as a function of those tensors or use "
                              "mode='double_backward'")
         _dispatch.record(MODE_OP, PATH)
         pen = ctx.replay()
         grads = torch.autograd.grad(pen, params, grad, create_graph=True, allow_unused=True) if params else ()
-        return (None, None) + tuple(grads)
+        return (None, None, None) + tuple(grads)
 
 
 # ---------------------------------------------------------------- mode "mlp"

@@ -382,7 +382,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
                                            any_order=True, guard=guard)
 
     # the tap is zero, so the value stays Omega bit for bit
-    return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, *params), logits
+    return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, (), *params), logits
 
 
 def _put_back(D, buffers: dict, guard) -> None:
@@ -404,10 +404,11 @@ def _from_start(guard, x):
     return contextlib.nullcontext() if guard is None else rerun_from(guard.saved, own=(x,))
 
 
-def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False, guard=None):
+def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False, guard=None,
+                            x_fake=None):
     """The penalty by the double backward (with its graph), from D's buffers and the random-number state as they
     were at `start`; D's own buffers and the current random-number state are left alone (a function D's state:
-    as `guard` caught it in D's first forward).
+    as `guard` caught it in D's first forward). x_fake: js_penalty's joint pass of (x, x_fake), its penalty.
 
     any_order: normalizations with batch statistics run through DualRules' ordinary ops: torch's fused
     batch/instance/layer norm backward treats its saved statistics as constants when differentiated again, so
@@ -425,9 +426,66 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
         rng.restore(start)
         try:
             with DualRules() if any_order else contextlib.nullcontext(), _from_start(guard, x):
+                if x_fake is not None:
+                    return _pen.js_double_backward(D_at_start, x, x_fake, backend, record=False)[0]
                 return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
         finally:
             rng.restore(now)
+
+
+# ---------------------------------------------------------------- auto's double backward, exact to any order
+
+def wrong_third_order_norms(D) -> bool:
+    """Whether the nn.Module D holds a normalization whose torch kernel has wrong third derivatives
+    (pytorch/pytorch#186256, #175754): BatchNorm or InstanceNorm normalizing with batch statistics, LayerNorm (a
+    Hessian-vector product of the penalty through one was 13-40% off in float64; GroupNorm's and RMSNorm's matched
+    the same norms written in ordinary ops)."""
+    for m in D.modules():
+        if isinstance(m, nn.LayerNorm):
+            return True
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            return True
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and (m.training or not m.track_running_stats):
+            return True
+    return False
+
+
+def _third_order_replayed(D, x) -> bool:
+    """Whether auto's double backward of D on x carries a create_graph replay (_double_backward_any_order)."""
+    return (isinstance(D, nn.Module) and torch.is_grad_enabled() and not _capturing(x.device)
+            and wrong_third_order_norms(D) and not _state_outside_buffers(D))
+
+
+def _double_backward_any_order(D, x, weight, reduction, backend, x_fake=None):
+    """The double backward as "auto" runs it: _pen._double_backward, whose graph a plain backward differentiates,
+    and, for an nn.Module D with a norm torch differentiates wrongly a third time (wrong_third_order_norms), a
+    backward with create_graph=True differentiating a replay instead (from D's buffers and random-number state as
+    they were at the call, the norms in ordinary ops: DualRules), as "jvp" and "mlp" do. Not under CUDA graph
+    capture (the generators' state cannot be read there) nor for a module holding tensors outside its buffers (the
+    replay could not start from their values at the call): there it is the double backward alone. x_fake:
+    js_penalty's joint pass of both batches (x the real one), returning (penalty, logits_real, logits_fake)."""
+    joint = x_fake is not None
+    if not _third_order_replayed(D, x):
+        return _pen.js_double_backward(D, x, x_fake, backend) if joint else \
+            _pen._double_backward(D, x, weight, reduction, backend)
+    x, x_fake = x.detach(), (x_fake.detach() if joint else None)
+    buffers, rng, own = _buffer_clones(D), _Rng(x.device), []
+    with _REPLAY_LOCK:
+        start = rng.save()
+        out = _pen.js_double_backward(D, x, x_fake, backend, leaves=own) if joint else \
+            _pen._double_backward(D, x, weight, reduction, backend, leaves=own)
+    pen = out[0]
+    if not pen.requires_grad:
+        return out
+    params = [p for p in D.parameters() if p.requires_grad]
+    request = _dispatch.requested_backend()
+
+    def replay():
+        with _dispatch.pin(request):
+            return _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=True,
+                                           x_fake=x_fake)
+
+    return (pen.detach() + penalty_create_graph.CreateGraphTap.apply(pen, replay, tuple(own), *params),) + out[1:]
 
 
 # ---------------------------------------------------------------- auto: pick, and check jvp once per D
@@ -579,7 +637,7 @@ def _check_jvp_once(D, x, weight, reduction, backend):
                   stacklevel=_dispatch.caller_stacklevel())
     _put_back(D, start_buffers, guards[0] if guards else None)
     rng.restore(start)
-    return _pen._double_backward(D, x, weight, reduction, backend)
+    return _double_backward_any_order(D, x, weight, reduction, backend)
 
 
 # Device types on which js_penalty runs the real and fake batches of an MLP in one closed-form pass at any size: on
@@ -715,7 +773,7 @@ def js_penalty_auto(D, x_real, x_fake, backend):
         same = x_fake.shape == x_real.shape and x_fake.dtype == x_real.dtype  # and device: js_penalty checked it
         fake = real if same else auto_choice(D, x_fake, "mean")
     if fake is not None and fake[0] == "double_backward":
-        return _pen.js_double_backward(D, x_real, x_fake, backend)
+        return _double_backward_any_order(D, x_real, None, "mean", backend, x_fake=x_fake)
     pen_real, logits_real = _run_mode(D, x_real, "js_real", "mean", backend, mode, steps)
     mode, _, steps = fake if fake is not None else auto_choice(D, x_fake, "mean")
     pen_fake, logits_fake = _run_mode(D, x_fake, "js_fake", "mean", backend, mode, steps)
@@ -728,7 +786,7 @@ def _run_mode(D, x, weight, reduction, backend, mode, steps):
     if mode == "check":
         return _checked_jvp(D, x, weight, reduction, backend)
     if mode == "double_backward":
-        return _pen._double_backward(D, x, weight, reduction, backend)
+        return _double_backward_any_order(D, x, weight, reduction, backend)
     if mode == "mlp":
         out = mlp_penalty.mlp_penalty(D, x, weight, reduction, backend, steps)
     else:
