@@ -71,7 +71,8 @@ def info(print_report: bool = False) -> dict:
         report["forced_backend"] = {"backend": forced, "by": named if forced else None, "error": None}
     except ValueError as e:
         report["forced_backend"] = {"backend": None, "by": None, "error": str(e)}
-    # the backend an op given no backend= runs on, per device type (None: it raises BackendUnavailable)
+    # the backend an op given no backend= runs on, per device type (None: it raises BackendUnavailable, or
+    # ValueError for an unknown FASTGAN_BACKEND)
     report["chosen"] = {}
     for dev in (d.type for d in devices):
         backends = report["backends"][dev]
@@ -170,5 +171,6 @@ def format_report(r: dict) -> str:
             mark = " (ops run here)" if chosen.get(dev) == name else ""
             lines.append(f"  {name:<10} {'usable' if st['usable'] else 'unusable: ' + st['reason']}{mark}")
         if dev in chosen and chosen[dev] is None:
-            lines.append("  ops given no backend= raise BackendUnavailable: the forced backend cannot run here")
+            lines.append("  ops given no backend= raise ValueError: FASTGAN_BACKEND names no backend" if fb.get("error")
+                         else "  ops given no backend= raise BackendUnavailable: the forced backend cannot run here")
     return "\n".join(lines)

@@ -312,3 +312,8 @@ def test_info_says_which_backend_ops_run_on_and_what_forces_it(monkeypatch):
     assert r["chosen"] == {d: None for d in r["chosen"]} and "FASTGAN_BACKEND: must be one of" in \
         r["forced_backend"]["error"]
     assert "forced backend: FASTGAN_BACKEND: must be one of" in format_report(r)
+    # what the ops raise then (an audit found the report naming BackendUnavailable, which the ops do not raise)
+    assert "  ops given no backend= raise ValueError: FASTGAN_BACKEND names no backend" in format_report(r)
+    assert "raise BackendUnavailable" not in format_report(r)
+    with pytest.raises(ValueError, match="FASTGAN_BACKEND: must be one of"):
+        fastgan.ops.grad_norm_penalty(torch.ones(2, 3), torch.zeros(2))
