@@ -41,7 +41,12 @@ def replacing(path, durable: bool = False, name_errors: bool = True) -> Iterator
         # a write's error (a full disk) names no file: "[Errno 28] No space left on device" said nothing of which
         raise oserror(e, f"{p}: could not be written ({e.strerror or e})") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            # nothing was made there (a read-only file system refuses the unlink with EROFS, not ENOENT): the
+            # block's error, naming `path`, is the one to raise
+            pass
     if durable:
         try:
             fd = os.open(p.parent, os.O_RDONLY)

@@ -40,8 +40,22 @@ def save(path, state: Mapping) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "fastgan": __version__, **state}
     with replacing(p, durable=True, name_errors=False) as tmp, open(tmp, "wb") as f:  # train.py names the file
-        torch.save(payload, f)
+        _torch_save(payload, f)
     return p
+
+
+def _torch_save(payload, f) -> None:
+    """torch.save, raising what stopped the write: when a write fails (a full disk's OSError) or is interrupted
+    (a second Ctrl-C or SIGTERM), torch's zip writer, closing, raises its own RuntimeError ("[enforce fail at
+    inline_container.cc] unexpected pos ...") over it, which named neither cause (a traceback, exit 1 and status
+    "failed" where the CLI names the full disk, or exits 130 / 143 as interrupted)."""
+    try:
+        torch.save(payload, f)
+    except RuntimeError as e:
+        cause = e.__context__
+        if isinstance(cause, (OSError, KeyboardInterrupt)):
+            raise cause from None
+        raise
 
 
 REQUIRED = ("step", "config", "method", "rng")

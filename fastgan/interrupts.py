@@ -27,12 +27,14 @@ class InterruptAtStepEnd:
 
     DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
-    def __init__(self):
+    def __init__(self, at_once: bool = False):
+        """at_once: every signal interrupts at once (a run setting up, which has no step to end: SIGTERM's
+        default would kill the process, leaving what the run had written)."""
         self.requested, self.previous = 0, {}
         if threading.current_thread() is threading.main_thread():
             for sig, default in self.DEFAULTS.items():
                 if signal.getsignal(sig) is default:
-                    self.previous[sig] = signal.signal(sig, self._handle)
+                    self.previous[sig] = signal.signal(sig, _interrupt_now if at_once else self._handle)
 
     def _handle(self, signum, frame):
         self.requested = signum

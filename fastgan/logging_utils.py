@@ -2,6 +2,7 @@
 PNG sample pictures (image grids, scatter plots of point samples)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -196,21 +197,40 @@ class TensorBoardWriter:
             n += 1
             self.path = self.dir / f"{name}.{n}"
         self._f = open(self.path, "ab")
-        self._write(_event(time.time(), 0, file_version="brain.Event:2"))
-        if resume_step is not None:
-            self._write(_event(time.time(), resume_step, session_start=True))
-        self.flush()
+        try:
+            self._write(_event(time.time(), 0, file_version="brain.Event:2"))
+            if resume_step is not None:
+                self._write(_event(time.time(), resume_step, session_start=True))
+            self.flush()
+        except OSError:
+            # the file this writer made, left empty or torn by a full disk: removed, not left among the run's
+            self._f.close()
+            self.path.unlink(missing_ok=True)
+            raise
 
     def _write(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))
-        self._f.write(header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data)))
+        with self._naming_the_file():
+            self._f.write(header + struct.pack("<I", _masked_crc(header)) + data +
+                          struct.pack("<I", _masked_crc(data)))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if values:
             self._write(_event(time.time(), step, summary=_scalar_summary(values)))
 
     def flush(self) -> None:
-        self._f.flush()
+        with self._naming_the_file():
+            self._f.flush()
+
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        try:
+            yield
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            # a full disk's error from a file object's write or flush names no file, as CSVLogger.log's
+            raise oserror(e, f"writing {self.path}: {e.strerror or e}") from e
 
     def close(self) -> None:
         if not self._f.closed:

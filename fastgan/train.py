@@ -153,14 +153,21 @@ class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
         _check_forced_backend(cfg, self.device)
-        self.lock, self._fresh = None, None
+        self.lock, self._fresh, self._fresh_run = None, None, None
+        signals = InterruptAtStepEnd(at_once=True)  # SIGTERM too: it killed the process, the folder half made
         try:
             self._setup(cfg, resume, progress)
         except BaseException:
-            discard_created_lock(self.lock)  # a refused resume of a folder that had no lock file leaves none
-            self._remove_fresh_folder()
-            unlock(self.lock)
+            self._discard_start()
             raise
+        finally:
+            signals.restore()
+
+    def _discard_start(self) -> None:
+        discard_created_lock(self.lock)  # a refused resume of a folder that had no lock file leaves none
+        self._remove_fresh_folder()
+        unlock(self.lock)
+        self.lock = None
 
     def _remove_fresh_folder(self) -> None:
         """A new run that failed while starting (an allocation, a full disk), before training a step: what it wrote
@@ -262,7 +269,9 @@ class _Run:
             self.csv.drop(self.start, FINAL_EVALUATION_KEYS)
         C.save_config(cfg, self.out / "config.yaml")
         self._write_info(shape)
-        self._fresh = None  # set up: from here a failure is the run's, recorded in status.json
+        # set up: from here a failure is the run's, recorded in status.json; an interrupt before the first
+        # checkpoint still removes a new run's folder (run())
+        self._fresh_run, self._fresh = self._fresh, None
 
     # ---------------------------------------------------------------- setup
 
@@ -557,6 +566,10 @@ class _Run:
         return step
 
     def run(self) -> TrainResult:
+        # first: a signal from here on lets the step in progress, or the first one, finish and be checkpointed (one
+        # before the training loop's own handler was taken at once: a run folder without a checkpoint, which
+        # blocked its run.dir, or for SIGTERM a killed process)
+        self.stop = InterruptAtStepEnd()
         try:
             if self.done:
                 return self._run()
@@ -568,6 +581,12 @@ class _Run:
                 self._status("stopped", str(e))
                 raise
             except KeyboardInterrupt as e:
+                if self._fresh_run is not None and self.last_ckpt_step is None and self.at <= 1:
+                    # a second signal in a new run's first step: nothing to resume or keep, what it wrote goes
+                    self._fresh = self._fresh_run
+                    self._discard_start()
+                    raise interruption(isinstance(e, Terminated), "in the new run's first step: its folder "
+                                       f"{self.out} was removed") from None
                 self._status("interrupted", str(e))
                 raise
             except BaseException as e:
@@ -576,6 +595,7 @@ class _Run:
             self._status("finished", backends=result.backends)
             return result
         finally:
+            self.stop.restore()
             unlock(self.lock)
             self.lock = None
 
@@ -618,7 +638,7 @@ class _Run:
         metrics = {}
         t_last, s_last = time.perf_counter(), self.start
         step = self.start
-        stop = InterruptAtStepEnd()
+        stop = self.stop
         try:
             for step in range(self.start + 1, r.steps + 1):
                 self.at = step

@@ -107,27 +107,36 @@ def test_replacing_keeps_the_old_file_on_failure_and_names_temporaries_apart(tmp
     assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
-@pytest.mark.parametrize("errno_", [13, 2])
+@pytest.mark.parametrize("errno_", [13, 2, 30])
 def test_a_temporary_file_that_cannot_be_made_is_named_as_the_target(tmp_path, monkeypatch, errno_):
     """An --out in a folder it cannot write (/sys, /proc) failed naming '.x.npz.<pid>-...tmp', a name the user never
-    gave (an audit of the CLI, 2026-12-06): the error keeps its errno and type and names the target."""
+    gave (an audit of the CLI, 2026-12-06): the error keeps its errno and type and names the target. On a read-only
+    file system (30, EROFS) the clean-up's unlink of the temporary file fails with EROFS too, not ENOENT, and its
+    error replaced the one naming the target (an audit, 2026-12-07)."""
     import builtins
+    from pathlib import Path
 
     from fastgan._atomic import replacing
 
-    real_open = builtins.open
+    real_open, real_unlink = builtins.open, Path.unlink
 
     def refusing(file, *a, **k):
         if str(file).endswith(".tmp"):
             raise OSError(errno_, "refused", str(file))
         return real_open(file, *a, **k)
+
+    def read_only_unlink(self, missing_ok=False):
+        if errno_ == 30 and self.name.endswith(".tmp"):
+            raise OSError(30, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
     monkeypatch.setattr(builtins, "open", refusing)
+    monkeypatch.setattr(Path, "unlink", read_only_unlink)
     target = tmp_path / "x.npz"
     with pytest.raises(OSError) as info:
         with replacing(target) as tmp, open(tmp, "wb") as f:
             f.write(b"x")
     assert info.value.errno == errno_ and info.value.filename == str(target) and ".tmp" not in str(info.value)
-    assert isinstance(info.value, PermissionError if errno_ == 13 else FileNotFoundError)
+    assert isinstance(info.value, {13: PermissionError, 2: FileNotFoundError, 30: OSError}[errno_])
 
 
 def test_replacing_a_folder_names_the_folder(tmp_path):

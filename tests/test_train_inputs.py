@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,18 +167,66 @@ def test_a_resume_removes_the_temporaries_of_killed_writers_only(tmp_path):
     assert [p.exists() for p in stale + kept] == [False, False, True, True, True]
 
 
-@pytest.mark.parametrize("what", ["checkpoint", "metrics.csv"])
+class _FullAfter:
+    """A file whose writes fail with ENOSPC once `room` bytes are written (a write's error names no file)."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, b):
+        import errno
+
+        n = memoryview(b).nbytes
+        if n > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "checkpoint-midway", "metrics.csv", "tensorboard",
+                                  "tensorboard-setup"])
 def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, what):
-    """A file object's ENOSPC names no file: the run said only "[Errno 28] No space left on device"."""
+    """A file object's ENOSPC names no file: the run said only "[Errno 28] No space left on device" (TensorBoard's
+    event file's writes until 2026-12-07, an audit's finding; a resume failing so in setup left an empty event
+    file behind)."""
+    import builtins
     import errno
 
     d = tmp_path / "r"
     _train(d, steps=2)
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if what == "checkpoint":
-        def save(*a, **k):
-            raise full
-        monkeypatch.setattr(sys.modules["fastgan.checkpoint"].torch, "save", save)
+    if what.startswith("tensorboard"):
+        room = 0 if what == "tensorboard-setup" else 200  # the header events fit, the first scalars do not
+
+        def open_(file, *a, **k):
+            f = builtins.open(file, *a, **k)
+            return _FullAfter(f, room) if Path(file).name.startswith("events.out.tfevents") else f
+        monkeypatch.setattr(sys.modules["fastgan.logging_utils"], "open", open_, raising=False)
+        before = sorted(p.name for p in (d / "tb").iterdir())
+        with pytest.raises(OSError, match=rf"writing {re.escape(str(d / 'tb'))}/events\.out\.tfevents\.\S+: "
+                                          r"No space left on device$") as e:
+            _train(d, steps=4, resume=True)
+        assert e.value.errno == errno.ENOSPC
+        if what == "tensorboard-setup":
+            assert sorted(p.name for p in (d / "tb").iterdir()) == before, "the resume's empty event file stayed"
+        return
+    if what.startswith("checkpoint"):
+        if what == "checkpoint":
+            def save(*a, **k):
+                raise full
+            monkeypatch.setattr(sys.modules["fastgan.checkpoint"].torch, "save", save)
+        else:  # the disk fills up inside torch.save, whose zip writer then raised its own RuntimeError over it
+            monkeypatch.setattr(sys.modules["fastgan.checkpoint"], "open",
+                                lambda *a, **k: _FullAfter(builtins.open(*a, **k), 600), raising=False)
         message = (rf"writing checkpoint {d / 'checkpoints' / 'last.pt'} at step 4: No space left on device; "
                    r"the previous checkpoint \(step 2\) is intact")
     else:
@@ -438,6 +487,67 @@ def train_mod_args(d):
                               print_config=False)
 
 
+def _signal_now(sig):
+    """What the signal's handler does, called directly: Python's SIGTERM default would kill the test process, so
+    that handler (an int, SIG_DFL) fails here instead."""
+    handler = signal.getsignal(sig)
+    assert callable(handler), f"no handler of the run's for {signal.Signals(sig).name}: its default is in place"
+    handler(sig, None)
+
+
+@MAIN_THREAD_ONLY
+@pytest.mark.parametrize("sig, default, raised", [
+    (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt),
+    (signal.SIGTERM, signal.SIG_DFL, train_mod.Terminated)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["setting up", "starting", "first step twice"])
+def test_signals_before_the_first_step(tmp_path, monkeypatch, sig, default, raised, when):
+    """An audit's findings (2026-12-07): a signal between the run's setup and its training loop's handler was taken
+    at once, leaving a run folder with no checkpoint, which blocked its run.dir (`--resume`: "holds no
+    checkpoint"), and SIGTERM there, or while setting up, killed the process (status.json left "running"). Now a
+    signal while setting up stops it at once, removing the new folder; one after lets step 1 finish and
+    checkpoints it; a second one in step 1 stops at once, removing the folder (nothing to resume)."""
+    from fastgan.methods.step import Method
+
+    d = tmp_path / "r"
+    if when == "setting up":
+        real = train_mod._Run._write_info
+
+        def patched(self, shape):
+            real(self, shape)
+            _signal_now(sig)
+        monkeypatch.setattr(train_mod._Run, "_write_info", patched)
+    elif when == "starting":
+        real = train_mod._Run._status
+
+        def patched(self, state, *a, **k):
+            real(self, state, *a, **k)
+            if state == "running" and self.at == 0:
+                _signal_now(sig)
+        monkeypatch.setattr(train_mod._Run, "_status", patched)
+    else:
+        def patched(self, t, sample_real):
+            _signal_now(sig)
+            _signal_now(sig)
+            raise AssertionError("the step went on after the second signal")
+        monkeypatch.setattr(Method, "train_step", patched)
+    previous = signal.signal(sig, default)
+    try:
+        with pytest.raises(raised) as e:
+            _train(d, "run.checkpoint_every=0", steps=5)
+        assert signal.getsignal(sig) is default, "the run's handler is removed"
+    finally:
+        signal.signal(sig, previous)
+    monkeypatch.undo()
+    if when == "starting":  # the first step finished and was checkpointed: --resume continues
+        assert f"checkpoint {d / 'checkpoints' / 'last.pt'} holds step 1" in str(e.value)
+        status = json.loads((d / "status.json").read_text())
+        assert status["state"] == "interrupted" and status["last_checkpoint_step"] == 1
+        assert _train(d, steps=2, resume=True).step == 2
+    else:
+        assert not d.exists(), sorted(p.name for p in d.rglob("*"))
+        _train(d, steps=1)  # run.dir is free for a new run
+
+
 @MAIN_THREAD_ONLY
 @pytest.mark.parametrize("sig, default, raised, message", [
     (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt, ""),
@@ -447,7 +557,11 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, monkeypatc
     the half-done step, none at all here (run.checkpoint_every=0)."""
     from fastgan.methods.step import Method
 
+    real_step = Method.train_step
+
     def twice(self, t, sample_real):
+        if t == 1:  # in the first step the run's folder goes (test_signals_before_the_first_step)
+            return real_step(self, t, sample_real)
         for _ in range(2):
             os.kill(os.getpid(), sig)
             for _ in range(100):  # the handler runs between bytecodes
