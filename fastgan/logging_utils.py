@@ -196,7 +196,7 @@ class TensorBoardWriter:
         while self.path.exists():
             n += 1
             self.path = self.dir / f"{name}.{n}"
-        self._f = open(self.path, "ab")
+        self._f, self._failed = open(self.path, "ab"), False
         try:
             self._write(_event(time.time(), 0, file_version="brain.Event:2"))
             if resume_step is not None:
@@ -204,8 +204,9 @@ class TensorBoardWriter:
             self.flush()
         except OSError:
             # the file this writer made, left empty or torn by a full disk: removed, not left among the run's
-            self._f.close()
-            self.path.unlink(missing_ok=True)
+            self.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
             raise
 
     def _write(self, data: bytes) -> None:
@@ -227,13 +228,22 @@ class TensorBoardWriter:
         try:
             yield
         except OSError as e:
+            self._failed = True
             if e.filename is not None:
                 raise
             # a full disk's error from a file object's write or flush names no file, as CSVLogger.log's
             raise oserror(e, f"writing {self.path}: {e.strerror or e}") from e
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f.closed:
+            return
+        if self._failed:
+            # closing flushes what the failed write left buffered, failing again: the first error is the one
+            # raised (close runs in the trainer's finally, where a second error would replace it)
+            with contextlib.suppress(OSError):
+                self._f.close()
+            return
+        with self._naming_the_file():
             self._f.close()
 
 

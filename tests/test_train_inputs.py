@@ -2,6 +2,7 @@
 config.yaml and run_info.json as they were; an unreadable metrics.csv, an out_dir that is a dangling link, Parzen
 windows on a file of points, images of strings, a learning rate past float32, a run name with glob characters or
 a date, a folder that is neither a config nor a run, a seed past 64 bits; and Ctrl-C in the final evaluation."""
+import io
 import json
 import os
 import re
@@ -192,6 +193,30 @@ class _FullAfter:
         self.f.close()
 
 
+class _FullRaw(io.RawIOBase):
+    """A raw file whose writes fail with ENOSPC once `room` bytes are written, under a buffered writer as open()
+    gives: the failure shows at a flush, and again at the close that flushes what stayed buffered."""
+
+    def __init__(self, raw, room):
+        self.raw, self.room = raw, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        import errno
+
+        n = memoryview(b).nbytes
+        if n > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return self.raw.write(b)
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
 @pytest.mark.parametrize("what", ["checkpoint", "checkpoint-midway", "metrics.csv", "tensorboard",
                                   "tensorboard-setup"])
 def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, what):
@@ -207,9 +232,10 @@ def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, wh
     if what.startswith("tensorboard"):
         room = 0 if what == "tensorboard-setup" else 200  # the header events fit, the first scalars do not
 
-        def open_(file, *a, **k):
-            f = builtins.open(file, *a, **k)
-            return _FullAfter(f, room) if Path(file).name.startswith("events.out.tfevents") else f
+        def open_(file, mode="r", *a, **k):
+            if not Path(file).name.startswith("events.out.tfevents"):
+                return builtins.open(file, mode, *a, **k)
+            return io.BufferedWriter(_FullRaw(builtins.open(file, mode, buffering=0), room))
         monkeypatch.setattr(sys.modules["fastgan.logging_utils"], "open", open_, raising=False)
         before = sorted(p.name for p in (d / "tb").iterdir())
         with pytest.raises(OSError, match=rf"writing {re.escape(str(d / 'tb'))}/events\.out\.tfevents\.\S+: "
