@@ -638,3 +638,12 @@ def test_runs_are_cross_tested_at_their_losss_threshold(two_runs, tmp_path, caps
     text = crosstest.format_report(r)
     assert ("real: a logit > 0.5" in text) == (want == 0.5) and ("real: a logit > 1" in text) == (want == 1.0)
     assert "model 1: " + str(a) + " (step 5)\n" in text
+
+
+@pytest.mark.parametrize("tp,shown", [(0.0, "0.0000"), (0.0123, "0.0123"), (0.04995, "0.04995"),
+                                      (0.0499999, "0.0499999")])
+def test_a_degenerate_tp_is_shown_below_the_bound(tp, shown):
+    """The warning printed "TP 0.0500 < 0.05" for a TP of 0.04995 (4 decimals; an audit, 2026-12-07)."""
+    from fastgan.metrics.cross_test import DEGENERATE_TP, _shown_below
+
+    assert _shown_below(tp, DEGENERATE_TP) == shown and float(shown) < DEGENERATE_TP

@@ -145,7 +145,8 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
     out["better"] = None if key[1] == key[2] else min((1, 2), key=key.get)
     out["cross_fp_difference_se"] = math.hypot(out["model1"]["cross_fp_se"], out["model2"]["cross_fp_se"])
     out["warnings"] = [f"{names[i - 1]} calls {1 - out[f'model{i}']['tp']:.1%} of the real samples fake (TP "
-                       f"{out[f'model{i}']['tp']:.4f} < {DEGENERATE_TP}): its low cross-testing FP says only that it "
+                       f"{_shown_below(out[f'model{i}']['tp'], DEGENERATE_TP)} < {DEGENERATE_TP}): its low "
+                       "cross-testing FP says only that it "
                        f"calls almost everything fake, not that model {i} is better"
                        for i in (1, 2) if out["better"] == i and out[f"model{i}"]["tp"] < DEGENERATE_TP]
     return out
@@ -154,3 +155,13 @@ def cross_test(D1: nn.Module, fake1, D2: nn.Module, fake2, real, batch_size: int
 # A D that calls nearly every sample fake (a flat D that never learned, e.g. under a large gamma) wins the cross-test
 # by the rule while saying nothing about the models: flagged below this true-positive rate.
 DEGENERATE_TP = 0.05
+
+
+def _shown_below(x: float, bound: float) -> str:
+    """x to 4 decimals, or to as many significant digits as show it below `bound` (0.04995 read "0.0500 < 0.05")."""
+    text = f"{x:.4f}"
+    digits = 4
+    while float(text) >= bound and digits < 17:
+        digits += 1
+        text = f"{x:.{digits}g}"
+    return text

@@ -68,18 +68,19 @@ def _distance(a, b, name_a: str, name_b: str) -> float:
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"{name_b}: has {mu_b.shape[0]} features, {name_a} has {mu_a.shape[0]}")
     mu_b, s_b = mu_b.to(mu_a.device), s_b.to(mu_a.device)
-    # FD(c x, c y) = c^2 FD(x, y): inputs whose second-order values (covariance entries, squared means) reach
-    # past 2^200 (features near 1e30 and up) are scaled down by a power of 2 (exact) so that the product in
-    # S_a^(1/2) S_b S_a^(1/2) cannot overflow, those all below 2^-200 (features near 1e-30 and below: at 1e-90 the
-    # product underflowed and the distance read 15x its value) scaled up, and the distance scaled back
-    half = _half_exponent(mu_a, mu_b, s_a, s_b)
+    # FD(c x, c y) = c^2 FD(x, y): covariances whose entries reach past 2^200 (features near 1e30 and up) are
+    # scaled down by a power of 2 (exact) so that the product in S_a^(1/2) S_b S_a^(1/2) cannot overflow, those all
+    # below 2^-200 (features near 1e-30 and below: at 1e-90 the product underflowed and the distance read 15x its
+    # value) scaled up, and their part of the distance scaled back. The means' part is apart: a scale chosen from
+    # them too (means 1e100, covariances ~1) underflowed the product, the distance missing its cross term.
+    half = _half_exponent(s_a, s_b)
     if half:
         f = 2.0 ** -half
-        mu_a, mu_b, s_a, s_b = mu_a * f, mu_b * f, s_a * f * f, s_b * f * f
+        s_a, s_b = s_a * f * f, s_b * f * f
     root_a = _sqrt_psd(s_a)
     m = root_a @ s_b @ root_a
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    fd = ((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt) * 2.0 ** half * 2.0 ** half
+    fd = (mu_a - mu_b).pow(2).sum() + (s_a.trace() + s_b.trace() - 2 * tr_sqrt) * 2.0 ** half * 2.0 ** half
     if not math.isfinite(float(fd)):
         raise ValueError(f"{name_a}, {name_b}: their distance overflows float64: features too large for float64; "
                          f"divide both by a common factor (the distance scales with its square)")
@@ -87,11 +88,11 @@ def _distance(a, b, name_a: str, name_b: str) -> float:
     return max(float(fd), 0.0)
 
 
-def _half_exponent(mu_a, mu_b, s_a, s_b) -> int:
-    """Half the binary exponent of the largest nonzero covariance entry or squared mean where it lies beyond
-    2^+-200, else 0 (clamped to +-1000: 2^+-1000 and its square's halves stay normal floats)."""
-    tops = ((float(t.abs().max()), p) for t, p in ((s_a, 1), (s_b, 1), (mu_a, 2), (mu_b, 2)))
-    e = max((math.frexp(v)[1] * p for v, p in tops if v > 0), default=0)
+def _half_exponent(s_a, s_b) -> int:
+    """Half the binary exponent of the largest nonzero covariance entry where it lies beyond 2^+-200, else 0
+    (clamped to +-1000: 2^+-1000 and its square's halves stay normal floats)."""
+    tops = (float(t.abs().max()) for t in (s_a, s_b))
+    e = max((math.frexp(v)[1] for v in tops if v > 0), default=0)
     return max(-1000, min(1000, e // 2)) if abs(e) > 200 else 0
 
 
@@ -125,7 +126,8 @@ def classifier_score(logits, splits: int = 10) -> tuple[float, float]:
     for i in range(splits):
         part = logp[i * n // splits:(i + 1) * n // splits]
         log_marginal = torch.logsumexp(part, 0) - math.log(part.shape[0])
-        kl = (part.exp() * (part - log_marginal)).sum(1).mean()
+        # p log(p / marginal) is 0 where p is: logits ~1e308 apart make log p -inf there, and 0 * -inf NaN
+        kl = torch.where(part == -math.inf, 0.0, part.exp() * (part - log_marginal)).sum(1).mean()
         scores.append(math.exp(float(kl)))
     t = torch.tensor(scores, dtype=torch.float64)
     return float(t.mean()), float(t.std(unbiased=False)) if splits > 1 else 0.0

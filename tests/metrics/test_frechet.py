@@ -56,6 +56,17 @@ def test_invariances():
     assert frechet_distance(a, a) >= 0.0
 
 
+@pytest.mark.parametrize("offset,spread", [(1e100, 1.0), (1.0, 1e-170), (1e150, 1e-10)])
+def test_means_far_above_the_spread(offset, spread):
+    """(mean, covariance) pairs whose squared means dwarf the covariances: the exact rescaling was chosen from both,
+    so the covariances' product underflowed and the distance lost its cross term (12 for 0.686 at means 1e100;
+    an audit of the metrics, 2026-12-07). A shared offset changes nothing: 4 (3 - 2 sqrt 2) times the spread."""
+    eye = torch.eye(4, dtype=torch.float64)
+    mu = torch.full((4,), offset, dtype=torch.float64)
+    want = 4 * (3 - 2 * math.sqrt(2)) * spread
+    assert frechet_distance((mu, spread * eye), (mu, 2 * spread * eye)) == pytest.approx(want, rel=1e-9, abs=0)
+
+
 def test_statistics_pair_equals_features():
     a, b = _correlated(300, 6, 5), _correlated(500, 6, 6, scale=2.0)
     mu, cov = gaussian_stats(b)
@@ -112,6 +123,10 @@ def test_classifier_score_extremes():
     collapsed = torch.full((100, 4), -50.0)
     collapsed[:, 2] = 50.0                                              # confident, one class: mode collapse
     assert classifier_score(collapsed)[0] == pytest.approx(1.0, rel=1e-6)
+    # finite float64 logits ~2e308 apart: log p is -inf where p is 0, and p log p was 0 * -inf = NaN (an audit)
+    far = np.tile([[1e308, -1e308]], (10, 1))
+    far[::2] = far[::2, ::-1]
+    assert classifier_score(far, 1) == pytest.approx((2.0, 0.0))
 
 
 @pytest.mark.parametrize("logits,splits,exc,match", [
