@@ -1352,3 +1352,20 @@ def test_real_and_fake_batches_backpropagated_one_after_the_other(backend, case)
     want = torch.autograd.grad((r * 2).sum() + (f * 3).sum(), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_backward_op_gives_dx_in_half_mode(backend):
+    """torch.ops.fastgan.noisy_batch_backward in half mode returned uninitialized memory for a dx asked for (the
+    kernels write dx in double mode only; the autograd paths never ask for it there): in half mode every output
+    row is x's own, dx = g (a zero upstream given as None: zeros). A CUDA kernel review, 2026-12-07."""
+    m, F = 7, 5
+    g = torch.randn(m, F)
+    used = NoiseState(3).tensor[:2].clone()
+    dxr, dxf, dsigma = torch.ops.fastgan.noisy_batch_backward(g, None, used, m, 1, True, True, False, True, True,
+                                                              backend)
+    assert torch.equal(dxr, g) and dxr.data_ptr() != g.data_ptr()
+    assert torch.equal(dxf, torch.zeros(m, F))
+    _, _, want = torch.ops.fastgan.noisy_batch_backward(g, None, used, m, 1, False, False, False, True, True,
+                                                        backend)
+    assert torch.equal(dsigma, want)
