@@ -34,12 +34,12 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     c = tl.program_id(0).to(tl.int64)
     T = h_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK], dtype=tl.float64)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         acc += tl.load(h_ptr + o, mask=m, other=0.0).to(tl.float64)
     mean = tl.sum(acc, axis=0) / n
     acc = tl.zeros([BLOCK], dtype=tl.float64)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         d = tl.load(h_ptr + o, mask=m, other=0.0).to(tl.float64) - mean
         acc += tl.where(m, d * d, 0.0)
@@ -50,7 +50,7 @@ def _stats_kernel(h_ptr, xhat_ptr, rstd_ptr, C, S, n, eps: tl.float64, BLOCK: tl
     # alone errs by half its ulp (bncf::split_shift in csrc/include/fastgan/bn_closed_form_math.h)
     sx = mean.to(T)
     sx_lo = _low_part(mean, sx).to(T)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         tl.store(xhat_ptr + o, cx * ((tl.load(h_ptr + o, mask=m, other=0.0) - sx) - sx_lo), mask=m)
 
@@ -62,7 +62,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     T = t_ptr.dtype.element_ty
     s_t = tl.zeros([BLOCK], dtype=tl.float64)
     s_xt = tl.zeros([BLOCK], dtype=tl.float64)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         tv = tl.load(t_ptr + o, mask=m, other=0.0)
         s_t += tv.to(tl.float64)
@@ -78,7 +78,7 @@ def _centered_kernel(xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, out_ptr, mt_ptr, q_pt
     ct = scale.to(T)
     st = mt.to(T)
     st_lo = _low_part(mt, st).to(T)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * ((tl.load(t_ptr + o, mask=m, other=0.0) - st) - st_lo)
         tl.store(out_ptr + o, v, mask=m)
@@ -95,7 +95,7 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     s_lx = tl.zeros([BLOCK], dtype=tl.float64)
     s_lt = tl.zeros([BLOCK], dtype=tl.float64)  # of lam (t - mt): sum(lam t) - mt sum(lam) would cancel
     mt_t = tl.load(mt_ptr + c).to(tl.float64)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         r = tl.load(rho_ptr + o, mask=m, other=0.0).to(tl.float64)
         lv = tl.load(lam_ptr + o, mask=m, other=0.0).to(tl.float64)
@@ -135,7 +135,7 @@ def _vjp_kernel(rho_ptr, lam_ptr, xhat_ptr, t_ptr, rstd_ptr, gamma_ptr, mt_ptr, 
     sr_lo = _low_part(mr, sr_hi).to(T)
     sl_hi = ml.to(T)
     sl_lo = _low_part(ml, sl_hi).to(T)
-    for i0 in range(0, n, BLOCK):
+    for i0 in range(0, tl.cast(n, tl.int64), BLOCK):  # int64: an i32 counter wraps within BLOCK of 2**31
         o, m = _chunk(i0, c, C, S, n, BLOCK)
         v = cx * tl.load(xhat_ptr + o, mask=m, other=0.0) + ct * (tl.load(t_ptr + o, mask=m, other=0.0) - st) \
             + cr * ((tl.load(rho_ptr + o, mask=m, other=0.0) - sr_hi) - sr_lo) \

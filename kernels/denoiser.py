@@ -34,13 +34,13 @@ def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out
         bias = zero
     if TRAINING:
         s = zero
-        for r0 in range(0, B, BLOCK_B):
+        for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):  # int64 counters: an i32 one wraps within a block of 2**31
             rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
             m = (rows[:, None] < B) & cmask[None, :]
             s += tl.sum(tl.load(y_ptr + rows[:, None] * N + cols[None, :], mask=m, other=0.0).to(tl.float64), axis=0)
         mean = s / B
         q = zero
-        for r0 in range(0, B, BLOCK_B):
+        for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):
             rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
             m = (rows[:, None] < B) & cmask[None, :]
             d = tl.load(y_ptr + rows[:, None] * N + cols[None, :], mask=m, other=0.0).to(tl.float64) - mean[None, :]
@@ -64,7 +64,7 @@ def _bn_forward_kernel(y_ptr, bias_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, out
     tl.store(shift_ptr + cols, shift, mask=cmask)
     tl.store(invstd_ptr + cols, invstd.to(T), mask=cmask)
     beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0)
-    for r0 in range(0, B, BLOCK_B):
+    for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         m = (rows[:, None] < B) & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
@@ -95,7 +95,7 @@ def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_p
     scale = tl.load(gamma_ptr + cols, mask=cmask, other=0.0) * invstd
     s1 = tl.zeros([BLOCK_N], dtype=tl.float64)
     s2 = tl.zeros([BLOCK_N], dtype=tl.float64)
-    for r0 in range(0, B, BLOCK_B):
+    for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         m = (rows[:, None] < B) & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
@@ -111,7 +111,7 @@ def _bn_backward_kernel(dout_ptr, out_ptr, y_ptr, gamma_ptr, shift_ptr, invstd_p
         tl.store(dbias_ptr + cols, (scale.to(tl.float64) * s1).to(T), mask=cmask)
     m1 = (s1 / B).to(T)
     m2 = (s2 / B).to(T)
-    for r0 in range(0, B, BLOCK_B):
+    for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         m = (rows[:, None] < B) & cmask[None, :]
         offs = rows[:, None] * N + cols[None, :]
@@ -130,7 +130,7 @@ def _recon_forward_kernel(y_ptr, bias_ptr, t_ptr, out_ptr, B, N, HAS_BIAS: tl.co
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     rmask = rows < B
     acc = tl.zeros([BLOCK_B], dtype=tl.float64)
-    for c0 in range(0, N, BLOCK_N):
+    for c0 in range(0, tl.cast(N, tl.int64), BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < N
         m = rmask[:, None] & cmask[None, :]
@@ -155,7 +155,7 @@ def _recon_backward_kernel(go_ptr, y_ptr, bias_ptr, t_ptr, dy_ptr, dbias_ptr, B,
         bias = tl.zeros([BLOCK_N], dtype=y_ptr.dtype.element_ty)
     g_all = shared_go(go_ptr, go_div, SHARED_GO, RECIP)
     acc = tl.zeros([BLOCK_N], dtype=tl.float64)
-    for r0 in range(0, B, BLOCK_B):
+    for r0 in range(0, tl.cast(B, tl.int64), BLOCK_B):
         rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         rmask = rows < B
         m = rmask[:, None] & cmask[None, :]

@@ -44,8 +44,10 @@ def _recip(x):
 def _rsqrt(x):
     """1/sqrt(x) in float64: the hardware's approximation refined by two Newton steps (within an ulp or two)."""
     r = tl.math.rsqrt(x)
-    r = r * (1.5 - 0.5 * x * r * r)
-    return r * (1.5 - 0.5 * x * r * r)
+    r2 = r * (1.5 - 0.5 * x * r * r)
+    # rsqrt(inf) = 0 as torch's, where the Newton step's inf * 0 is NaN (an infinite running variance); no
+    # finite float64 has a zero rsqrt
+    return tl.where(r == 0.0, r, r2 * (1.5 - 0.5 * x * r2 * r2))
 
 
 @triton.jit

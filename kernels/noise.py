@@ -76,7 +76,7 @@ def _forward_kernel(xr_ptr, xf_ptr, eps_ptr, sig_ptr, sigma_value: tl.float64, r
     # access is contiguous (VEC: 4-element vectors, see vector_path).
     pid = tl.program_id(0)
     if WIDE:  # M and F arrive as i32: past 2**31 elements M * F would wrap (nothing written), so int64 sizes
-        M = M.to(tl.int64)
+        M = tl.cast(M, tl.int64)  # not M.to: a launch makes an M of 1 a constant, which has no .to
         pid = pid.to(tl.int64)
     if HALF:
         n_clean = M // 2
@@ -158,7 +158,7 @@ def _backward_kernel(gr_ptr, gf_ptr, dxr_ptr, dxf_ptr, deps_ptr, dsig_ptr, rng_p
                      VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, WIDE: tl.constexpr):
     # A program owns BLOCK_P whole (noisy row, channel) planes, so each plane's dsigma sum is written once.
     if WIDE:  # as in the forward: n_noisy * C and the offsets past 2**31
-        M = M.to(tl.int64)
+        M = tl.cast(M, tl.int64)  # not M.to: a launch makes an M of 1 a constant, which has no .to
     if HALF:
         n_noisy = M - M // 2
         dst0 = M // 2

@@ -78,7 +78,7 @@ def _forward_kernel(g_ptr, l_ptr, out_ptr, B, F, sb, sf, sl,
         # the chunks' sums added in float64: in float32 a row of millions of features (3 x 1024 x 1024) erred
         # 6-7 ulp, past twice the reference's error; one add a row a chunk
         acc = tl.zeros([BLOCK_B], dtype=tl.float64)
-        for f0 in range(0, F, BLOCK_F):
+        for f0 in range(0, tl.cast(F, tl.int64), BLOCK_F):  # int64: an i32 counter wraps within a block of 2**31
             acc += _sum_sq(g_ptr, rows, rmask, f0, F, sb, sf, ACC, BLOCK_F).to(tl.float64)
         acc = acc.to(ACC)
     psi = tl.load(l_ptr + rows * sl, mask=rmask, other=0.0).to(ACC)
@@ -110,7 +110,7 @@ def _backward_kernel(go_ptr, go_div, g_ptr, l_ptr, dg_ptr, dl_ptr, per_ptr, B, F
         acc = _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, 0, F, sb, sf, scale, ACC, BLOCK_F)
     else:
         acc = tl.zeros([BLOCK_B], dtype=tl.float64)  # as the forward's
-        for f0 in range(0, F, BLOCK_F):
+        for f0 in range(0, tl.cast(F, tl.int64), BLOCK_F):  # int64: an i32 counter wraps within a block of 2**31
             acc += _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, f0, F, sb, sf, scale, ACC, BLOCK_F).to(tl.float64)
         acc = acc.to(ACC)
     # dw = 0 (weight "one", a saturated weight) gives 0 even where acc overflowed to inf (0 * inf = nan)

@@ -748,3 +748,22 @@ def test_hidden_biases_get_exact_zeros_beside_non_finite_features(backend, gemm,
     assert _dispatch.counts[("denoiser_loss", backend)] == before + 1
     hidden = [m for m in den.net[:-1] if isinstance(m, nn.Linear)]
     assert len(hidden) == 2 and all(torch.equal(m.bias.grad, torch.zeros(4, dtype=torch.float64)) for m in hidden)
+
+
+@pytest.mark.parametrize("backend,gemm", [(b, "torch") for b in CPU_BACKENDS] + [("triton", "tl.dot")])
+def test_an_infinite_running_variance_in_eval_mode(backend, gemm, monkeypatch):
+    """rsqrt(inf) is 0 in torch: the feature's normalized value is 0 (times gamma, plus beta). The fused tl.dot
+    GEMMs refined the hardware's rsqrt by Newton steps, inf * 0 = NaN there, and the loss read NaN (a Triton
+    review, 2026-12-07)."""
+    from denoiser_helpers import make_pair
+
+    monkeypatch.setenv("FASTGAN_DENOISER_TRITON_GEMM", gemm)
+    den, net = make_pair(4, 6, 1, dtype=torch.float32, backend=backend, training=False)
+    with torch.no_grad():
+        den.net[1].running_var[0] = float("inf")
+        net[1].running_var[0] = float("inf")
+    torch.manual_seed(0)
+    h, noise = torch.randn(3, 4), torch.randn(3, 4)
+    want = ((net(h + noise) - h) ** 2).sum(1).mean()
+    assert torch.isfinite(want)
+    torch.testing.assert_close(den.loss(h, noise), want, rtol=1e-5, atol=1e-6)
