@@ -218,3 +218,36 @@ def _exp_once(a: float) -> float:
     out = torch.empty(1)
     kernel[(1,)](torch.tensor([a]), out)
     return out.item()
+
+
+def full_disk() -> OSError:
+    """A full disk's error as a file object's write raises it: ENOSPC, naming no file."""
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class StoppingFile:
+    """A file object whose writes stop with `error` (default: a full disk's) once `room` bytes are written: a disk
+    filling up, or a signal's exception arriving mid-write. Over a buffered file (what open() gives) it fails at
+    the write; over a raw one (`open(..., buffering=0)`, wrapped by io.BufferedWriter) at the flush, as a disk does."""
+
+    def __init__(self, f, room, error=None):
+        self.f, self.room, self.error = f, room, error if error is not None else full_disk()
+
+    def write(self, b):
+        n = memoryview(b).nbytes
+        if n > self.room:
+            raise self.error
+        self.room -= n
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()

@@ -10,6 +10,7 @@ import torch
 
 from fastgan import checkpoint as ckpt
 from fastgan.checkpoint import CheckpointError
+from helpers import StoppingFile
 
 
 def _state(step=3):
@@ -41,30 +42,6 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert ckpt.load(p)["step"] == 1
 
 
-class _StoppingFile:
-    """A file whose writes stop with `error` once `room` bytes are written: a disk filling up, or a signal's
-    exception arriving mid-write (torch.save writes through the file object's write)."""
-
-    def __init__(self, f, room, error):
-        self.f, self.room, self.error = f, room, error
-
-    def write(self, b):
-        n = memoryview(b).nbytes
-        if n > self.room:
-            raise self.error
-        self.room -= n
-        return self.f.write(b)
-
-    def flush(self):
-        return self.f.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 @pytest.mark.parametrize("stop", ["full disk", "second signal"])
 def test_a_write_stopped_midway_raises_its_cause(tmp_path, monkeypatch, stop):
     """torch's zip writer, closing after the write failed, raised its own RuntimeError ("unexpected pos ...")
@@ -78,7 +55,7 @@ def test_a_write_stopped_midway_raises_its_cause(tmp_path, monkeypatch, stop):
     p = ckpt.save(tmp_path / "last.pt", _state(1))
     before = p.read_bytes()
     error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if stop == "full disk" else interruption(True, "")
-    monkeypatch.setattr(ckpt, "open", lambda *a, **k: _StoppingFile(builtins.open(*a, **k), 600, error),
+    monkeypatch.setattr(ckpt, "open", lambda *a, **k: StoppingFile(builtins.open(*a, **k), 600, error),
                         raising=False)
     with pytest.raises(OSError if stop == "full disk" else Terminated) as e:
         ckpt.save(p, {**_state(2), "big": torch.zeros(10000)})

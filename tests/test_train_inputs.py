@@ -18,6 +18,7 @@ import pytest
 import fastgan
 from fastgan.config import ConfigError
 from fastgan.train_cli import cmd_train
+from helpers import StoppingFile
 
 train_mod = sys.modules["fastgan.train"]
 MAIN_THREAD_ONLY = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
@@ -168,52 +169,21 @@ def test_a_resume_removes_the_temporaries_of_killed_writers_only(tmp_path):
     assert [p.exists() for p in stale + kept] == [False, False, True, True, True]
 
 
-class _FullAfter:
-    """A file whose writes fail with ENOSPC once `room` bytes are written (a write's error names no file)."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, b):
-        import errno
-
-        n = memoryview(b).nbytes
-        if n > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= n
-        return self.f.write(b)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-class _FullRaw(io.RawIOBase):
-    """A raw file whose writes fail with ENOSPC once `room` bytes are written, under a buffered writer as open()
-    gives: the failure shows at a flush, and again at the close that flushes what stayed buffered."""
+class _RawFillingUp(io.RawIOBase):
+    """A raw file (open(..., buffering=0)) that StoppingFile fills up, for io.BufferedWriter: a disk's failure shows
+    at a flush, and again at the close that flushes what stayed buffered."""
 
     def __init__(self, raw, room):
-        self.raw, self.room = raw, room
+        self.stopping = StoppingFile(raw, room)
 
     def writable(self):
         return True
 
     def write(self, b):
-        import errno
-
-        n = memoryview(b).nbytes
-        if n > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= n
-        return self.raw.write(b)
+        return self.stopping.write(b)
 
     def close(self):
-        self.raw.close()
+        self.stopping.f.close()
         super().close()
 
 
@@ -235,7 +205,7 @@ def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, wh
         def open_(file, mode="r", *a, **k):
             if not Path(file).name.startswith("events.out.tfevents"):
                 return builtins.open(file, mode, *a, **k)
-            return io.BufferedWriter(_FullRaw(builtins.open(file, mode, buffering=0), room))
+            return io.BufferedWriter(_RawFillingUp(builtins.open(file, mode, buffering=0), room))
         monkeypatch.setattr(sys.modules["fastgan.logging_utils"], "open", open_, raising=False)
         before = sorted(p.name for p in (d / "tb").iterdir())
         with pytest.raises(OSError, match=rf"writing {re.escape(str(d / 'tb'))}/events\.out\.tfevents\.\S+: "
@@ -252,7 +222,7 @@ def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, wh
             monkeypatch.setattr(sys.modules["fastgan.checkpoint"].torch, "save", save)
         else:  # the disk fills up inside torch.save, whose zip writer then raised its own RuntimeError over it
             monkeypatch.setattr(sys.modules["fastgan.checkpoint"], "open",
-                                lambda *a, **k: _FullAfter(builtins.open(*a, **k), 600), raising=False)
+                                lambda *a, **k: StoppingFile(builtins.open(*a, **k), 600), raising=False)
         message = (rf"writing checkpoint {d / 'checkpoints' / 'last.pt'} at step 4: No space left on device; "
                    r"the previous checkpoint \(step 2\) is intact")
     else:
