@@ -153,7 +153,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
         _check_forced_backend(cfg, self.device)
-        self.lock, self._fresh, self._fresh_run = None, None, None
+        self.lock, self._fresh = None, None
         signals = InterruptAtStepEnd(at_once=True)  # SIGTERM too: it killed the process, the folder half made
         try:
             self._setup(cfg, resume, progress)
@@ -258,7 +258,8 @@ class _Run:
         else:
             made = not (cfg.run.dir and usable_path(Path(cfg.run.dir), "run.dir").is_dir())
             self.out, self.lock = new_run_dir(cfg)
-            self._fresh = (made, self.out)  # until setup ends: what a failure removes (_remove_fresh_folder)
+            # what a failure in setup, or an interrupt in the first step, removes (_remove_fresh_folder)
+            self._fresh = (made, self.out)
         self.ckpt_path = self.out / CHECKPOINT
         self.last_ckpt_step = self.start if state is not None else None
         # what can still fail (allocations, reading metrics.csv) before config.yaml and run_info.json are
@@ -269,9 +270,6 @@ class _Run:
             self.csv.drop(self.start, FINAL_EVALUATION_KEYS)
         C.save_config(cfg, self.out / "config.yaml")
         self._write_info(shape)
-        # set up: from here a failure is the run's, recorded in status.json; an interrupt before the first
-        # checkpoint still removes a new run's folder (run())
-        self._fresh_run, self._fresh = self._fresh, None
 
     # ---------------------------------------------------------------- setup
 
@@ -581,9 +579,9 @@ class _Run:
                 self._status("stopped", str(e))
                 raise
             except KeyboardInterrupt as e:
-                if self._fresh_run is not None and self.last_ckpt_step is None and self.at <= 1:
+                if self._fresh is not None and self.last_ckpt_step is None and self.at <= 1:
                     # a second signal in a new run's first step: nothing to resume or keep, what it wrote goes
-                    self._fresh = self._fresh_run
+                    # (any other failure from here is the run's, recorded in status.json)
                     self._discard_start()
                     raise interruption(isinstance(e, Terminated), "in the new run's first step: its folder "
                                        f"{self.out} was removed") from None

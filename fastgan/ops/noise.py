@@ -111,9 +111,17 @@ def _backward_op(g_real: Optional[torch.Tensor], g_fake: Optional[torch.Tensor],
                           ("g_fake", g_fake))
     if used is not None:
         _counters("noisy_batch_backward", "used", used)
-    return _filled(g0,
-                   _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_deps, want_dsigma,
-                                 half, backend))
+    dx_r, dx_f, dnoise = _run_backward(g_real, g_fake, used, m, C, want_dx_real and not half,
+                                       want_dx_fake and not half, want_deps, want_dsigma, half, backend)
+    if half:
+        # the kernels write dx in double mode only (the autograd paths take g itself there): every row is x's own,
+        # dx = g (a None upstream: zeros), where this op returned uninitialized memory when asked for it
+        def dx(g, want):
+            if not want:
+                return None
+            return g.clone(memory_format=torch.contiguous_format) if g is not None else g0.new_zeros(m, g0.shape[1])
+        dx_r, dx_f = dx(g_real, want_dx_real), dx(g_fake, want_dx_fake)
+    return _filled(g0, (dx_r, dx_f, dnoise))
 
 
 @_backward_op.register_fake

@@ -284,12 +284,6 @@ def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_d
     g0 = g_real if g_real is not None else g_fake
     F = g0.shape[1]
     n_noisy = _n_noisy(m, half)
-    if half:
-        # the kernels write dx in double mode only: in half mode every row is x's own (dx = g), which
-        # torch.ops.fastgan.noisy_batch_backward returned as uninitialized memory when asked for it
-        copies = (_copy_or_zeros(g_real, m, F, g0) if want_dx_real else None,
-                  _copy_or_zeros(g_fake, m, F, g0) if want_dx_fake else None)
-        want_dx_real = want_dx_fake = False
     dxr = g0.new_empty(m, F) if want_dx_real else None
     dxf = g0.new_empty(m, F) if want_dx_fake else None
     deps = g0.new_empty(n_noisy, F) if want_deps else None
@@ -318,11 +312,7 @@ def _run_backward(g_real, g_fake, used, m, C, want_dx_real, want_dx_fake, want_d
         dnoise = part.sum()
     else:
         dnoise = part.sum(0).view(sigma_shape)
-    return (*copies, dnoise) if half else (dxr, dxf, dnoise)
-
-
-def _copy_or_zeros(g, m, F, g0):
-    return g.clone(memory_format=torch.contiguous_format) if g is not None else g0.new_zeros(m, F)
+    return dxr, dxf, dnoise
 
 
 def _filled(g0, outs):

@@ -464,16 +464,17 @@ def _double_backward_any_order(D, x, weight, reduction, backend, x_fake=None):
     capture (the generators' state cannot be read there) nor for a module holding tensors outside its buffers (the
     replay could not start from their values at the call): there it is the double backward alone. x_fake:
     js_penalty's joint pass of both batches (x the real one), returning (penalty, logits_real, logits_fake)."""
-    joint = x_fake is not None
+    def double_backward(leaves=None):
+        if x_fake is not None:
+            return _pen.js_double_backward(D, x, x_fake, backend, leaves=leaves)
+        return _pen._double_backward(D, x, weight, reduction, backend, leaves=leaves)
+
     if not _third_order_replayed(D, x):
-        return _pen.js_double_backward(D, x, x_fake, backend) if joint else \
-            _pen._double_backward(D, x, weight, reduction, backend)
-    x, x_fake = x.detach(), (x_fake.detach() if joint else None)
+        return double_backward()
     buffers, rng, own = _buffer_clones(D), _Rng(x.device), []
     with _REPLAY_LOCK:
         start = rng.save()
-        out = _pen.js_double_backward(D, x, x_fake, backend, leaves=own) if joint else \
-            _pen._double_backward(D, x, weight, reduction, backend, leaves=own)
+        out = double_backward(own)
     pen = out[0]
     if not pen.requires_grad:
         return out
