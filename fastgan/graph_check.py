@@ -33,7 +33,10 @@ from .graph import _as_generators
 
 # ops whose result the host must see (a sync; inside a capture, an error)
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
-               "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero"}
+               "aten::unique_consecutive", "aten::unique_dim", "aten::equal", "aten::is_nonzero",
+               # linalg's error check (inv, solve, cholesky, ...; not their _ex forms) reads the info codes back
+               # below the dispatcher (pytorch/pytorch#96632)
+               "aten::_linalg_check_errors"}
 # ops whose output size is the data's: their CUDA kernels read it back below the dispatcher (repeat_interleave only
 # without output_size)
 _SIZED_BY_VALUES = {"aten::bincount", "aten::repeat_interleave.Tensor"}
@@ -122,13 +125,16 @@ class _Recorder(TorchDispatchMode):
             defaults += list(torch.cuda.default_generators)
         return any(_same_generator(g, gen) for g in self.generators) or any(_same_state(g, gen) for g in defaults)
 
-    def launch(self, name: str, args, kwargs) -> None:
+    def launch(self, name: str, args, kwargs, ints: bool = False) -> None:
         """A kernel launch the dispatcher does not see, with the Python floats it bakes in (the rest of a launch's
-        arguments: pointers, strides and sizes of tensors the recorder sees, launch flags)."""
+        arguments: pointers, strides and sizes of tensors the recorder sees, launch flags). ints: its Python ints
+        and bools too (a Triton launch, whose tensors are passed as tensors: a step count or seed given as an int
+        is baked in at capture like a float; fastgan._C's ints include raw pointers, which differ by call)."""
         if not self.active():
             return
-        floats = tuple(repr(x) for x in tree_flatten((args, kwargs))[0] if type(x) is float)
-        self.ops.append((name, floats, _caller()))
+        kinds = (float, int, bool) if ints else (float,)
+        values = tuple(repr(x) for x in tree_flatten((args, kwargs))[0] if type(x) in kinds)
+        self.ops.append((name, values, _caller()))
 
     def optimizer_step(self, opt, args, kwargs) -> None:
         if id(opt) in self.optimizers or not self.active():
@@ -297,7 +303,7 @@ def _launches_seen(rec: _Recorder):
     def traced(real_run):
         def run(self, *args, **kwargs):
             rec.launch(f"Triton kernel {getattr(getattr(self, 'fn', None), '__name__', type(self).__name__)}", args,
-                       kwargs)
+                       kwargs, ints=True)
             return real_run(self, *args, **kwargs)
         return run
 

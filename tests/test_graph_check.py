@@ -256,8 +256,11 @@ def test_a_nan_argument_is_the_same_in_every_call():
     lambda w: w * (2.0 if w.sum().tolist() > 0 else 0.5), lambda w: w * float(w.sum().numpy()),
     lambda w: w * float(np.asarray(w.sum())),
     lambda w: torch.repeat_interleave(torch.arange(4), (w[:4] > 0).long() + 1).sum(),
-    lambda w: torch.bincount((w > 0).long()).sum()],
-    ids=["equal", "nonzero", "uint8-mask", "tolist", "numpy", "np.asarray", "repeat_interleave", "bincount"])
+    lambda w: torch.bincount((w > 0).long()).sum(),
+    # linalg's error check, inside the op (found in an audit, 2026-12-07)
+    lambda w: torch.linalg.inv(torch.diag(w.abs() + 1)).sum()],
+    ids=["equal", "nonzero", "uint8-mask", "tolist", "numpy", "np.asarray", "repeat_interleave", "bincount",
+         "linalg.inv"])
 def test_other_host_reads_are_found(read):
     w = torch.randn(8)
     with warnings.catch_warnings():
@@ -565,3 +568,29 @@ def test_a_first_call_that_imports_triton_is_compared_with_the_next(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+
+
+def test_an_int_given_to_a_triton_kernel_is_compared(tmp_path):
+    """A Python int handed to a Triton launch (a step count, a seed) is a kernel argument baked in at capture, as a
+    float is; only floats were recorded, so a step count given as an int was missed (an audit, 2026-12-07). In a
+    fresh process under the interpreter, as the test above."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, triton, triton.language as tl\n"
+            "from fastgan.graph_check import capture_hazards\n"
+            "@triton.jit\n"
+            "def k(x_ptr, n, step, BLOCK: tl.constexpr):\n"
+            "    i = tl.arange(0, BLOCK)\n"
+            "    tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) + step, mask=i < n)\n"
+            "x, t = torch.zeros(8), {'i': 0}\n"
+            "def step():\n"
+            "    k[(1,)](x, 8, t['i'], BLOCK=8)\n"
+            "print(len(capture_hazards(step, before=lambda i: t.update(i=i))),"
+            " capture_hazards(step, before=lambda i: t.update(i=3)))\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 []", out.stdout[-2000:]

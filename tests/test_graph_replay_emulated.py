@@ -54,6 +54,8 @@ def _assert_same_run(graphed, eager, steps):
     assert graphed.penalty_modes == eager.penalty_modes
 
 
+DROPOUT_D = ["model.arch=goodfellow", "model.maxout_pieces=2", "model.g_hidden=[16]", "model.d_hidden=[16,16]",
+             "model.latent_dim=4"]
 CONFIGS = {
     "roth-double-backward": ["method.name=roth"],
     "roth-mlp-anneal": ["method.name=roth", "method.roth.mode=mlp", "method.roth.schedule=anneal"],
@@ -66,6 +68,9 @@ CONFIGS = {
     "nt-fixed-anneal-half": ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear",
                              "method.nt.batch=half"],
     "roth+nt+dfm": ["method.name=roth+nt+dfm", "method.nt.noise=learned_sigma"],
+    # noise-only batches with DFM: D's features of the clean batches in forwards of their own, whose dropout masks
+    # are drawn from the stream as any forward's (a restore of the generator's state is not replayed)
+    "nt+dfm-noise-only-dropout": ["method.name=nt+dfm", "method.nt.clean=false", *DROPOUT_D],
     "wgan-gp": ["method.name=gan", "method.loss=wgan_gp"],
     # run.optim_impl=fused under a graph: the fused kernels advance Adam's step counts on the device
     "roth-fused-adam": ["method.name=roth", "run.optim_impl=fused"],
@@ -107,9 +112,11 @@ def test_auto_takes_jvp_in_the_warm_up_and_replays_it(tmp_path, emulated, monkey
     _assert_same_run(graphed, eager, 12)
 
 
-def test_a_graphed_run_resumed_graphed_follows_the_eager_run(tmp_path, emulated):
-    overrides = ["method.name=roth", "method.roth.every=4", "method.roth.schedule=anneal",
-                 "method.roth.anneal_steps=12"]
+@pytest.mark.parametrize("overrides", [
+    ["method.name=roth", "method.roth.every=4", "method.roth.schedule=anneal", "method.roth.anneal_steps=12"],
+    # the warm-ups after the resume run eagerly: their features forwards draw dropout masks as the replays' do
+    ["method.name=nt+dfm", "method.nt.clean=false", *DROPOUT_D]], ids=["roth-lazy-anneal", "nt+dfm-dropout"])
+def test_a_graphed_run_resumed_graphed_follows_the_eager_run(tmp_path, emulated, overrides):
     eager = _run(tmp_path / "e", overrides, False, "reference")
     _run(tmp_path / "g", overrides, True, "reference", steps=6)
     graphed = _run(tmp_path / "g", overrides, True, "reference", resume=True)

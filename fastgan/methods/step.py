@@ -57,33 +57,38 @@ class _FeatureTap:
         return logits
 
 
-def _features_without_side_effects(D, x, grad: bool = False):
+def _features_without_side_effects(D, x, grad: bool = False, same_masks: bool = False):
     """Phi(x) from a forward of D that leaves D's buffers (BatchNorm running statistics, spectral-norm
-    vectors) and the global RNG (dropout) as they were: the features of the penalty's own forward on x,
-    for penalty modes that do not run D's forward_features, and of batches D does not train on (DFM's clean
-    pass beside noise-only NTGAN batches). grad=True keeps the graph to x. The buffers are put back through
+    vectors) as they were: the features of the penalty's own forward on x, for penalty modes that do not run D's
+    forward_features (same_masks=True: the global RNG put back too, so that the penalty's forward draws the
+    dropout masks this one drew), and of batches D does not train on (DFM's clean pass beside noise-only NTGAN
+    batches: its masks drawn from the stream as any forward's, since a graph's replay cannot put a generator's
+    state back, and a graphed run, whose warm-ups after a resume run eagerly, would otherwise leave the eager
+    run's trajectory). grad=True keeps the graph to x. The buffers are put back through
     .data, past autograd's version counter: this forward's graph and D's earlier ones in the step save
     BatchNorm's running statistics (which the forward's own update does not count as a change), whose values a
     training-mode backward never reads (it reads the batch statistics; an eval-mode forward does not change
     them), and spectral norm differentiates clones of its vectors."""
     buffers = [(b, b.detach().clone()) for b in D.buffers()]
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(x.device) if _cuda_rng_to_restore(x.device) else None
+    cpu = torch.get_rng_state() if same_masks else None
+    cuda = torch.cuda.get_rng_state(x.device) if same_masks and _cuda_rng_to_restore(x.device) else None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         phi = D.features(x)
     with torch.no_grad():
         for b, saved in buffers:
             b.data.copy_(saved)
-    torch.set_rng_state(cpu)
+    if cpu is not None:
+        torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, x.device)
     return phi
 
 
 def _cuda_rng_to_restore(device: torch.device) -> bool:
-    """Whether the CUDA generator's state is saved around the features' forward (D's dropout draws from it):
-    not while a CUDA graph captures, where get_rng_state raises ("current_seed during CUDA graph capture"); there
-    a dropout D's extra forward advances the graph's Philox offset (a D without dropout draws nothing)."""
+    """Whether the CUDA generator's state is saved around the features' forward of same_masks (D's dropout draws
+    from it): not while a CUDA graph captures, where get_rng_state raises ("current_seed during CUDA graph
+    capture"). A graphed step draws nothing there: that forward runs for the penalty modes jvp and mlp, and a
+    graphed run refuses jvp for a D with active dropout (auto takes the double backward), mlp such a D."""
     return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
 
 
@@ -422,7 +427,7 @@ class Method:
         phi = None
         if self.denoiser is not None and not tap and clean is not None:
             # the fused penalty modes do not call D.forward_features: Phi of the same batch, taken beforehand
-            phi = _features_without_side_effects(self.D, xr)[clean]
+            phi = _features_without_side_effects(self.D, xr, same_masks=True)[clean]
         if regularize:
             omega, lr, lf = roth_mod.regularizer(D, m.roth.penalty, xr, xf, wr, wf, self.f, self.penalty_mode)
         else:
@@ -458,7 +463,7 @@ class Method:
             out.noise_loss = -adv + m.nt.lam * self.noise.penalty(eps)
         if self.denoiser is not None:
             if clean is None:  # noise-only batches hold no clean real sample: a separate pass for Phi(x), which
-                # D does not train on, so it must not move D's running statistics (nor spectral-norm vectors, RNG)
+                # D does not train on, so it must not move D's running statistics (nor spectral-norm vectors)
                 phi = _features_without_side_effects(self.D, x_real)
             elif tap:
                 phi = D.features[0][clean]
