@@ -244,7 +244,8 @@ class Method:
         # the fused denoiser shares self.denoiser's layers (parameters, buffers, state_dict keys)
         self.fused_denoiser = None
         if self.denoiser is not None and m.dfm.fused:
-            net = getattr(self.denoiser, "net", None)
+            # fastgan's Denoiser holds its layers in .net; a plain nn.Sequential (the reference architecture) is them
+            net = self.denoiser if isinstance(self.denoiser, nn.Sequential) else getattr(self.denoiser, "net", None)
             try:
                 self.fused_denoiser = ops.Denoiser.from_sequential(net, sigma=m.dfm.sigma)
             except (TypeError, ValueError) as e:

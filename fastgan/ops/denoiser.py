@@ -89,6 +89,8 @@ def _check_params(weights, biases, gammas, betas, running_means, running_vars):
     if (running_means is None) != (running_vars is None):
         raise ValueError("running_means and running_vars must be given together")
     w0 = _checks.tensor("weights[0]", weights[0], min_dim=2)
+    if w0.dim() != 2:  # its shape[1] is n_features: a 3-D weight was reported against a shape made from itself
+        raise ValueError(f"weights[0] must be a 2-D (out, in) matrix, got shape {tuple(w0.shape)}")
     dtype, device = w0.dtype, w0.device
     if dtype not in PARAM_DTYPES:
         raise TypeError(f"weights[0] must be float32 or float64, got {dtype}")
@@ -343,8 +345,10 @@ class Denoiser(nn.Module):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
             if v < low:
                 raise ValueError(f"{name} must be >= {low}, got {v}")
-        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
-            raise ValueError(f"hidden must be a positive int or None, got {hidden!r}")
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int)):
+            raise TypeError(f"hidden must be an int or None, got {type(hidden).__name__}")
+        if hidden is not None and hidden < 1:
+            raise ValueError(f"hidden must be >= 1 or None, got {hidden}")
         if momentum is not None:  # as floats: a numpy scalar would reach the BatchNorm layers as one
             momentum = _check_number("momentum", momentum, low=0.0, high=1.0)
         eps = _check_number("eps", eps, low=0.0, open_low=True)
@@ -352,6 +356,7 @@ class Denoiser(nn.Module):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the parameters' dtype; features of "
                             f"another dtype are cast to it), got {dtype}")
         net = ref.make_denoiser(n_features, hidden, depth, momentum, eps)
+        self._eps_momentum = (eps, momentum)  # what a depth-0 denoiser, with no BatchNorm layer, reports
         self._init(net.to(device=device, dtype=dtype), sigma, backend)
 
     def _init(self, net: nn.Sequential, sigma: float, backend: str | None) -> None:
@@ -427,7 +432,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"net maps {mods[0].in_features} features to {mods[-1].out_features}; a denoiser "
                              "reconstructs its input")
         self._mods, self._linears, self._norms = mods, mods[0::3], norms
-        self._eps_momentum = (norms[0].eps, norms[0].momentum) if norms else (1e-5, 0.1)
+        self._eps_momentum = (norms[0].eps, norms[0].momentum) if norms else \
+            self.__dict__.get("_eps_momentum", (1e-5, 0.1))
         weights, biases, gammas, betas, rms, rvs = self._tensors()
         counters = self._counters()
         if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
@@ -527,8 +533,11 @@ class Denoiser(nn.Module):
                 self._adopt(net)
         tensors = self._tensors()
         flat = [t for seq in (*tensors, self._counters()) for t in seq]
+        # a running statistic made to require grad is checked here too (the kernels write it in place); the
+        # parameters' requires_grad is not part of the signature: a loop freezing them each step would re-adopt
         if any(a is not b for a, b in zip(flat, self._objects)) or \
-                [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in flat] != self._signature:
+                [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in flat] != self._signature or \
+                any(t.requires_grad for t in tensors[4]) or any(t.requires_grad for t in tensors[5]):
             self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers, a missing bias
         if self._strided:  # GEMM operands may be strided; the kernels' vectors may not (buffers must not be)
             weights, biases, gammas, betas, rms, rvs = tensors
@@ -563,7 +572,11 @@ class Denoiser(nn.Module):
             _checks.no_differentiating_transform(h, list(self.parameters()))
         else:
             _checks.no_dual(h)
-        w = self.net[0].weight
+        net = self.net
+        first = next(iter(net._modules.values()), None) if isinstance(net, nn.Sequential) else None
+        if not isinstance(first, nn.Linear):
+            self._adopt(net)  # net replaced by something else: raises, naming what is wrong
+        w = first.weight
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")

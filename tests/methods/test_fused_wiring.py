@@ -378,3 +378,18 @@ def test_the_fused_denoiser_follows_the_denoisers_mode_whole_or_one_layer():
     M.denoiser.eval()
     M.d_objective(x, fake, d)
     assert not any(m.training for m in M.fused_denoiser.modules())
+
+
+def test_method_wraps_a_plain_sequential_denoiser_in_the_fused_op():
+    # Method(denoiser=<the reference architecture, an nn.Sequential>) with dfm.fused was refused (it looked for .net)
+    from fastgan.config import coerce
+    from fastgan.methods.step import Method
+    from fastgan.models import build_discriminator, build_generator
+    from fastgan.reference.denoiser import make_denoiser
+
+    cfg = coerce(None, ["method.name=dfm", "optim.batch_size=6", "model.g_hidden=[7]", "model.d_hidden=[6,5]"])
+    G, D = build_generator(cfg.model, (3,)), build_discriminator(cfg.model, (3,))
+    net = make_denoiser(D.feature_dim, 8, 2)
+    M = Method(cfg, G, D, device="cpu", denoiser=net)
+    assert M.fused_denoiser is not None and M.fused_denoiser.net is net
+    M.train_step(1, lambda m: torch.randn(m, 3))

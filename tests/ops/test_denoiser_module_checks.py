@@ -4,6 +4,7 @@ subclasses, hooks, parametrizations, layers in another mode than the module, sha
 layers replaced after construction are used; sigma is checked when set; an empty batch works everywhere."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -487,3 +488,46 @@ def test_bn_relu_running_stats_interleaved_in_one_buffer():
     rm, rv = torch.zeros(5), torch.ones(5)
     F.batch_norm(y, rm, rv, gamma, beta, True, 0.1, 1e-5)
     torch.testing.assert_close((flat[0::2], flat[1::2]), (rm, rv))
+
+
+# found by a DFM audit (2026-12-07); each failed before its fix
+@pytest.mark.parametrize("net,exc,match", [
+    (nn.Identity(), TypeError, r"^Denoiser\.net must be an nn\.Sequential, got Identity"),
+    (nn.Sequential(nn.ReLU()), ValueError, r"^net\[0\] must be Linear, got ReLU"),
+    (nn.Sequential(), ValueError, r"^net must be \(Linear, BatchNorm1d, ReLU\) x depth followed by a Linear"),
+])
+def test_a_replaced_net_is_named_before_its_first_layer_is_read(net, exc, match):
+    # the call read net[0].weight first: "'Identity' object is not subscriptable", an AttributeError, an IndexError
+    den = Denoiser(4, 5, 2)
+    den.net = net
+    with pytest.raises(exc, match=match):
+        den.loss(torch.randn(6, 4))
+
+
+def test_a_running_statistic_made_to_require_grad_after_construction_is_refused():
+    # refused at construction, by bn_relu and denoiser_loss (and by F.batch_norm); the module took it at a call
+    den = Denoiser(4, 5, 2)
+    den.loss(torch.randn(6, 4))
+    den.net[1].running_mean.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"^running_means\[0\] requires grad"):
+        den.loss(torch.randn(6, 4))
+
+
+def test_a_weight_of_more_than_two_dimensions_is_named_as_such():
+    # the message read "weights[0] must have shape (1, 5), got (1, 5, 4)": a shape made from the bad weight itself
+    h = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"^weights\[0\] must be a 2-D \(out, in\) matrix, got shape \(1, 5, 4\)"):
+        denoiser_loss(h, [torch.randn(1, 5, 4), torch.randn(4, 5)], [torch.randn(5), torch.randn(4)],
+                      [torch.ones(5)], [torch.zeros(5)])
+
+
+def test_hidden_of_another_type_is_a_type_error():
+    with pytest.raises(TypeError, match="^hidden must be an int or None, got int64"):
+        Denoiser(4, np.int64(8))
+    with pytest.raises(ValueError, match="^hidden must be >= 1 or None, got 0"):
+        Denoiser(4, 0)
+
+
+def test_a_depth_0_denoiser_reports_the_eps_and_momentum_it_was_given():
+    den = Denoiser(4, depth=0, momentum=0.5, eps=1e-3)
+    assert (den.momentum, den.eps) == (0.5, 1e-3)
