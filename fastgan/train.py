@@ -37,8 +37,8 @@ from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, 
                          read_status, refuse_if_running, remove_stale_temporaries, unlock)
 from .run_folder import RUN_INFO, recorded_data_path, usable_path
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
-from .train_checks import (_check_forced_backend, _check_g_starts_one_by_one, _check_graph_data,
-                           _check_graph_noise_backend, _check_resnet_images, _device, _forced_by)
+from .train_checks import (_check_dcgan_images, _check_forced_backend, _check_g_starts_one_by_one,
+                           _check_graph_data, _check_graph_noise_backend, _check_resnet_images, _device, _forced_by)
 from .train_resume import (_check_resumed_data, _check_resumed_data_path, _first_problem, _merge_for_resume,
                            _stored_samples)
 
@@ -218,6 +218,7 @@ class _Run:
                               f"{f' (data.path={cfg.data.path!r})' if cfg.data.path else ''} holds points of shape "
                               f"{shape}; use model.arch=mlp or goodfellow")
         _check_resnet_images(cfg, shape)
+        _check_dcgan_images(cfg, shape)
         _check_g_starts_one_by_one(cfg, shape)
         self.G = build_generator(cfg.model, shape).to(self.device)
         if state is None and cfg.model.g_output_bias == "marginals":

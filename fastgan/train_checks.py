@@ -53,10 +53,36 @@ def _check_resnet_images(cfg: TrainConfig, shape: tuple) -> None:
     except ValueError:
         hint = ("set data.image_size to a power of two >= 16 (64: Roth et al.'s runs)"
                 if cfg.data.name == "image_folder"
-                else "use an image folder with data.image_size, or model.arch=dcgan, which takes any image size")
+                else "use an image folder with data.image_size, or model.arch=dcgan, which takes sides halving to 8 or less")
         raise ConfigError(f"model.arch: 'resnet' needs square images whose side is a power of two >= 16 (four x2 "
                           f"resamplings from side / 16), data.name={cfg.data.name!r} holds images of shape {shape}; "
                           f"{hint}") from None
+
+
+# DCGAN's G starts where halving stops (an odd side): past this side its FC layer holds most of the network, e.g.
+# 160M parameters on raw 218x178 CelebA images (109x89 after one halving), and D has next to no convolutions
+DCGAN_LARGEST_START = 8
+
+
+def _check_dcgan_images(cfg: TrainConfig, shape: tuple) -> None:
+    """DCGAN halves the image side while it stays even (down to 4 in G): sides that halve to no more than
+    DCGAN_LARGEST_START, or a ConfigError before the run folder is made (a 33x33 image had no upsampling at all)."""
+    from .models.dcgan import plan
+
+    if cfg.model.arch != "dcgan":
+        return
+    p = plan(shape)
+    if max(p["g_start"]) <= DCGAN_LARGEST_START:
+        return
+    hint = ("set data.image_size to a side whose halvings reach 8 or less (32 or 64 as NTGAN's Table 1, 28 as "
+            "Fashion-MNIST)" if cfg.data.name == "image_folder" else
+            "resize the images to sides whose halvings reach 8 or less (e.g. 32 or 64), or use an image folder with "
+            "data.image_size")
+    raise ConfigError(f"model.arch: 'dcgan' halves the image side while it is even, and images of shape {shape} "
+                      f"(data.name={cfg.data.name!r}) halve {p['n_up']} time(s) to a {p['g_start'][0]}x"
+                      f"{p['g_start'][1]} start: G's first layer would be a fully connected map to that size (its "
+                      f"parameters growing with the image's area) with {p['n_up']} upsampling(s), not Table 1's "
+                      f"network; {hint}")
 
 
 def _check_g_starts_one_by_one(cfg: TrainConfig, shape: tuple) -> None:

@@ -323,6 +323,23 @@ def test_resnet_on_images_its_resamplings_do_not_fit_is_refused_before_the_run_f
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("hw,start", [((33, 33), "33x33"), ((218, 178), "109x89"), ((36, 20), "9x5")])
+def test_dcgan_on_images_that_do_not_halve_to_a_small_start_is_refused_before_the_run_folder(tmp_path, hw, start):
+    """DCGAN halves the side while it is even: on 33x33 images G had no upsampling at all, on raw CelebA's 218x178
+    one, from a 160M-parameter FC layer (an audit, 2026-12-07); sides halving to 8 or less train (28 -> 7)."""
+    path = tmp_path / "px.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (6, 3, *hw), dtype=np.uint8))
+    args = ["data.name=npz", f"data.path={path}", "model.arch=dcgan", "model.dcgan_width=2", "run.steps=1",
+            "run.sample_every=0", "run.checkpoint_every=0", "run.num_samples=4", "run.progress=off",
+            "optim.batch_size=4"]
+    with pytest.raises(ConfigError, match=rf"^model\.arch: 'dcgan' halves the image side while it is even, and images "
+                                          rf"of shape \(3, {hw[0]}, {hw[1]}\) .* to a {start} start: .*resize the"):
+        fastgan.train(None, overrides=[*args, f"run.dir={tmp_path / 'r'}"])
+    assert not (tmp_path / "r").exists()
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (6, 3, 32, 24), dtype=np.uint8))  # 4x3: trains
+    assert fastgan.train(None, overrides=[*args, f"run.dir={tmp_path / 'ok'}"]).step == 1
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["optim.batch_size=1"], r"optim\.batch_size: model\.arch='resnet' on 16x16 images starts G at a 1x1 map.*got 1"),
     (["optim.batch_size=2", "method.name=nt", "method.nt.batch=half", "method.nt.noise=generator"],

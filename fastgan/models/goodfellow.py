@@ -5,7 +5,11 @@ hidden layers' inputs; pylearn2 rescales kept units by 1/keep, as nn.Dropout doe
 ±0.05 (G) and ±0.005 (D).
 
 The paper's MNIST G ends in a sigmoid on [0, 1] data; our images live in [-1, 1], where the same family is
-tanh (2·sigmoid(a) − 1 = tanh(a/2)). Points get a linear output.
+tanh (2·sigmoid(a) − 1 = tanh(a/2)). Points get a linear output. The init ranges are the authors' numbers, not
+rescaled for [-1, 1]: mapped back to [0, 1], G's tanh output layer with ±0.05 weights is a sigmoid one with ±0.1
+((1 + tanh a) / 2 = sigmoid(2a); the marginals bias, atanh(2p − 1) = logit(p) / 2, is rescaled), and D's first
+layer with ±0.005 on 2x − 1 is one with ±0.01 on x plus a random bias −Σ w (std ≈ 0.08 at 784 inputs): twice the
+authors' effective scale on those two layers (an audit, 2026-12-07; the hidden layers are unchanged).
 """
 from __future__ import annotations
 

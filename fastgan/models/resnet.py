@@ -21,8 +21,11 @@ upsample: nearest neighbour x2 (Gulrajani's UpsampleConv concatenates four copie
 and applies depth_to_space, which is nearest-neighbour upsampling); meanpool: the mean of each 2x2 window
 (his ConvMeanPool / MeanPoolConv add the four strided slices and divide by 4).
 
-Written from memory of Gulrajani's code, which is not in this repository; what we are sure of is what Roth et al.
-state (quoted above), the channel plan and the 4x4 start / end at 64x64. Where we were unsure, or chose:
+Written from memory of Gulrajani's code, which is not in this repository, then checked (2026-12-07) against the
+copy in Roth et al.'s repository (rothk/Stabilizing_GANs: igul222_GANs/gan_64x64.py's ResidualBlock,
+ResNetGenerator, ResNetDiscriminator, UpsampleConv, ConvMeanPool, MeanPoolConv; tflib/ops/conv2d.py's init): the
+block order, shortcuts, biases, which conv changes the channels, the channel plan, G's output layer, D's end and the
+init below match it. The choices we had been unsure of, or made:
 - The order of convolution and pooling in 'down' (convolve at full resolution, then pool: ConvMeanPool for the
   second conv; pool, then convolve: MeanPoolConv for the shortcut) and of upsampling and convolution in 'up'
   (upsample, then convolve, for the first conv and the shortcut) is our recollection of his code.
@@ -39,7 +42,7 @@ state (quoted above), the channel plan and the 4x4 start / end at 64x64. Where w
 - G's output layer is a 3x3 stride-1 convolution (Gulrajani's Conv2D 'Generator.Output'; Roth et al. call it "one
   deconvolutional layer": a stride-1 deconvolution is a convolution).
 - BatchNorm: PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1); his tflib Batchnorm's epsilon and moving-
-  average rate may differ. Train/eval mode follows fastgan's trainer, as for the other architectures.
+  average rate may differ (not checked). Train/eval mode follows fastgan's trainer, as for the other architectures.
 - Init (model.init=paper) is tflib's as we recall it: every weight uniform with std sqrt(4 / (fan_in + fan_out))
   for convs with he_init (both convs of a block, G's output conv), sqrt(2 / (fan_in + fan_out)) (Glorot) for the
   shortcuts, D's input conv and both linear layers, fan_in = cin * k * k, fan_out = cout * k * k; biases 0,
