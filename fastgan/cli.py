@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -77,14 +78,41 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
+        if sys.stdout is not None:  # None: started with descriptor 1 closed (`... >&-`), where print writes nothing
+            sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
         return rc
     except BrokenPipeError:
         # the reader went away (`fastgan info --json | head -1`): nothing left to say to it, and Python's flush at
         # exit would print another traceback, so point stdout at /dev/null (as Python's signal docs advise)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return 1
+    except OSError as e:
+        # a write to stdout that failed (`> /dev/full`, a full disk, a read-only descriptor) names no file; the
+        # commands' own OSErrors are handled there or name their file
+        if e.filename is not None or e.errno not in _WRITE_ERRORS or _stdout_writes():
+            raise
+        print(f"fastgan {args.command}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+        _discard_stdout()  # its buffer would fail again in Python's flush at exit ("Exception ignored", exit 120)
+        return 1
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EPERM,
+                 errno.EACCES}
+
+
+def _stdout_writes() -> bool:
+    """Whether stdout takes what it buffers (an OSError of the same errno from elsewhere is not stdout's)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return True
+    except OSError:
+        return False
+
+
+def _discard_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

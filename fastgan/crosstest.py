@@ -60,14 +60,28 @@ def load_run(run_dir, data_shape, device="cpu", *, _state=None, shape_from: str 
 
     path = Path(run_dir) / CHECKPOINT
     state, cfg = _state if _state is not None else _read(run_dir)
-    G, D = build_generator(cfg.model, data_shape), build_discriminator(cfg.model, data_shape)
+    shape = f" for samples of shape {tuple(data_shape)}" + (f" ({shape_from})" if shape_from else "")
+    try:
+        G, D = build_generator(cfg.model, data_shape), build_discriminator(cfg.model, data_shape)
+    except ValueError as e:
+        # a shape the config's model cannot take (a hand-edited run_info.json): "data_shape: arch 'dcgan' needs
+        # images" named neither the shape's source nor the checkpoint
+        raise CheckpointError(f"checkpoint {path}: its config's model cannot be built{shape}: {e}") from None
+    except (MemoryError, RuntimeError) as e:
+        from .train_cli import _out_of_memory
+
+        why = _out_of_memory(e)
+        if why is None:
+            raise
+        # the models' size, not the draws': the commands' advice ("draw fewer samples (-n)") was wrong here
+        raise CheckpointError(f"checkpoint {path}: out of memory building its config's model{shape}: {why}") \
+            from None
     modules = state["method"].get("modules") if isinstance(state["method"], dict) else None
     for name, module in (("G", G), ("D", D)):
         try:
             module.load_state_dict(modules[name])
         except (TypeError, KeyError, RuntimeError) as e:
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
-            shape = f" for samples of shape {tuple(data_shape)}" + (f" ({shape_from})" if shape_from else "")
             raise CheckpointError(f"checkpoint {path}: its {name} does not fit its config's model{shape}: {why}") \
                 from None
     return RunModels(Path(run_dir), cfg, state["step"], G.to(device), D.to(device))

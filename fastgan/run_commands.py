@@ -72,6 +72,11 @@ def run(command: str, body) -> int:
     """body() -> the text to print; errors become one line on stderr."""
     try:
         text = body()
+    except CheckpointError as e:
+        # a RuntimeError, but fastgan's own, whole in its first line: not read as torch's (one naming an allocation
+        # that failed while a run's models were built carries its own advice)
+        print(f"fastgan {command}: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as e:
         from .train_cli import _out_of_memory
 

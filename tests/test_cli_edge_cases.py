@@ -72,6 +72,28 @@ def test_a_closed_pipe_is_exit_1_without_a_traceback():
     assert p.wait(timeout=120) == 1 and err == "", err
 
 
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed", "read-only"])
+def test_a_stdout_that_cannot_be_written_is_one_line(stdout):
+    """`fastgan info > /dev/full` (a full disk) printed an OSError traceback, and with stdout closed (`>&-`, where
+    sys.stdout is None) every command, a finished `fastgan train` too, ended in an AttributeError traceback, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv = [sys.executable, "-m", "fastgan", "info"]
+    if stdout == "closed":
+        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=120,
+                           preexec_fn=lambda: os.close(1))
+        assert p.returncode == 0 and p.stderr.decode() == "", p.stderr.decode()
+        return
+    with open("/dev/full" if stdout == "/dev/full" else os.devnull, "w" if stdout == "/dev/full" else "r") as f:
+        p = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE, env=env, timeout=120)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.startswith("fastgan info: error: cannot write to standard output: "), err
+    assert err.count("\n") == 1, err
+
+
 def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     """A SIGINT in the second or two the sub-commands' modules take to import printed a traceback."""
     from fastgan import cli

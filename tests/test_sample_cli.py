@@ -294,6 +294,35 @@ def test_a_data_shape_the_checkpoint_does_not_fit_names_run_info_as_its_source(r
     assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.parametrize("shape", [[1, 28], [1, 2, 3, 4]])
+def test_a_data_shape_the_model_cannot_take_names_run_info_as_its_source(run_copy, tmp_path, capsys, shape):
+    # a shape no model of the config builds (an MLP given (1, 28)): the error named only "data_shape: expected ..."
+    run = run_copy
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "data_shape": shape}))
+    assert cli_main(["sample", str(run), "--out", str(tmp_path / "x.npz")]) == 1
+    err = capsys.readouterr().err
+    assert f"its config's model cannot be built for samples of shape {tuple(shape)} (the data_shape that " in err
+    assert f"{run / 'run_info.json'} records)" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_allocation_that_fails_building_the_models_names_the_shape_not_n(run_copy, tmp_path, capsys,
+                                                                              monkeypatch):
+    # a data_shape of [10**9] (a hand edit) made the models' weights too large: the advice was "draw fewer samples
+    # (-n)" for -n 4
+    import fastgan.models
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 512000000000 bytes.")
+
+    monkeypatch.setattr(fastgan.models, "build_generator", oom)
+    assert cli_main(["sample", str(run_copy), "--out", str(tmp_path / "x.npz"), "-n", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory building its config's model for samples of shape (3,) (the data_shape that " in err, err
+    assert "could not allocate 477 GiB" in err and "-n" not in err and err.count("\n") == 1, err
+
+
 def test_run_info_without_data_shape_is_unreadable(run_copy, tmp_path, capsys):
     run = run_copy
     info = json.loads((run / "run_info.json").read_text())
