@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _dispatch, _eager
 from .denoiser_backends import OP_FORWARD, OP_LOSS, _IN_PLACE, _gemm, _launch, dot_precision, fused_gemms
 
 Tensor = torch.Tensor
@@ -322,5 +322,12 @@ def _copy_running(running_means, running_vars, new_running) -> None:
     if not new_running:
         return
     dst = [t for pair in zip(running_means, running_vars) for t in pair]
+    if not torch.compiler.is_compiling() and _eager._functorch_active() and _eager._is_wrapped(new_running[0]) \
+            and not _eager._is_wrapped(dst[0]):
+        # statistics batched by vmap into unbatched buffers: torch's "Batching rule not implemented for
+        # aten::_foreach_copy_" said nothing of the cause
+        from .denoiser_ops import RUNNING_UNDER_VMAP
+
+        raise RuntimeError(f"running statistics: {RUNNING_UNDER_VMAP}")
     with torch.no_grad():
         torch._foreach_copy_(dst, new_running)

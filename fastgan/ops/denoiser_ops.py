@@ -303,3 +303,42 @@ def _denoiser_forward_fake(h, weights, biases, gammas, betas, running_means, run
                            momentum, eps, backend):
     track = track and training and len(running_means) > 0
     return torch.empty_like(h), ([h.new_empty(w.shape[0]) for w in weights[:-1] for _ in range(2)] if track else [])
+
+
+# ---------------------------------------------------------------- vmap
+RUNNING_UNDER_VMAP = ("under vmap a training-mode BatchNorm would update the running statistics once per vmapped "
+                      "sample (torch's batch_norm refuses this too); use eval mode or call it without vmap")
+# torch.func.vmap's per-sample fallback, which runs the other custom ops under vmap, refuses any op with a Tensor[]
+# argument ("Batching rule not implemented for fastgan::denoiser_loss. We could not generate a fallback"): these
+# three take the layers' lists, so Denoiser.loss, generator_loss and a no-grad forward failed under vmap, in eval
+# mode too. Their rule is that fallback's loop: the op once per vmapped sample, the outputs stacked.
+
+
+def _per_sample(op, name, running_at):
+    """op's vmap rule (name: its qualified name); running_at: the argument positions of (training, track or None,
+    running_means), for the refusal of running statistics updated once per vmapped sample."""
+    import torch.utils._pytree as pytree
+
+    def take(a, d, i):
+        if isinstance(a, (list, tuple)):
+            return [take(t, None if d is None else d[j], i) for j, t in enumerate(a)]
+        return a if d is None else a.select(d, i)
+
+    def rule(info, in_dims, *args):
+        if running_at is not None:
+            training, track, running = (args[k] if k is not None else True for k in running_at)
+            if training and track and len(running):
+                raise RuntimeError(f"{name}: {RUNNING_UNDER_VMAP}")
+        if info.batch_size == 0:
+            raise ValueError(f"{name}: vmap over a dimension of size 0")
+        outs = [op(*(take(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)]
+        leaves, spec = pytree.tree_flatten(outs[0])
+        stacked = [torch.stack(ts) for ts in zip(*(pytree.tree_leaves(o) for o in outs))]
+        return pytree.tree_unflatten(stacked, spec), pytree.tree_unflatten([0] * len(leaves), spec)
+    return rule
+
+
+if hasattr(torch.library, "register_vmap"):  # torch >= 2.5
+    for _op, _running in ((_denoiser_loss, (9, None, 7)), (_denoiser_forward, (7, 8, 5)),
+                          (_denoiser_loss_backward, None)):
+        torch.library.register_vmap(_op, _per_sample(_op, f"fastgan::{_op._name}", _running))

@@ -80,6 +80,50 @@ def test_vmap_over_bn_relu_and_the_denoiser_matches_a_loop():
         torch.testing.assert_close(g, net(y))
 
 
+@pytest.mark.skipif(not hasattr(torch.library, "register_vmap"), reason="torch < 2.5: no torch.library.register_vmap")
+def test_vmap_over_the_denoisers_list_taking_ops_matches_a_loop():
+    """fastgan::denoiser_loss, denoiser_forward and denoiser_loss_backward take the layers as Tensor[], which torch's
+    per-sample vmap fallback refuses ("We could not generate a fallback"): Denoiser.loss, generator_loss and a no-grad
+    forward failed under vmap even in eval mode (an audit, 2026-12-07). Their vmap rule loops over the samples."""
+    ys, noise = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 5, 4, dtype=torch.float64)
+    den, net = make_pair(n=4, hidden=6, depth=2, training=False)
+    loop = lambda f, *xs: torch.stack([f(*x) for x in zip(*xs)])
+    for f, xs in ((lambda h, e: den.loss(h, e), (ys, noise)), (den.generator_loss, (ys,))):
+        torch.testing.assert_close(torch.func.vmap(f)(*xs), loop(f, *xs))
+    got = torch.func.vmap(lambda h, e: den.loss(h, e))(ys, noise)
+    got.sum().backward()  # the loop's gradients, taken outside vmap
+    dw = den.net[0].weight.grad.clone()
+    den.zero_grad()
+    loop(lambda h, e: den.loss(h, e), ys, noise).sum().backward()
+    torch.testing.assert_close(dw, den.net[0].weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.func.vmap(den)(ys), loop(net, ys))
+    den.train()
+    torch.testing.assert_close(torch.func.vmap(den.generator_loss)(ys), loop(den.generator_loss, ys))
+    # weights batched too, vmapped over dim 1 of the features
+    w, b, g, be, rm, rv = _layers(n=4, depth=1)
+    ws = torch.randn(3, 4, 4)
+    f = lambda h, e, w0: denoiser_loss(h, [w0, w[1]], b, g, be, rm, rv, noise=e, training=False)
+    hs, es = ys.float(), noise.float()
+    torch.testing.assert_close(torch.func.vmap(f, in_dims=(1, 1, 0))(hs.transpose(0, 1), es.transpose(0, 1), ws),
+                               loop(f, hs, es, ws))
+
+
+def test_vmap_over_running_statistics_in_training_mode_says_why():
+    """A training-mode BatchNorm under vmap would update its (unbatched) running statistics once per sample; torch's
+    batch_norm refuses it, and so does fastgan, saying so (it was torch's "Batching rule not implemented for
+    aten::_foreach_copy_", or for fastgan::denoiser_loss)."""
+    ys = torch.randn(2, 5, 3, dtype=torch.float64)
+    den, _ = make_pair(n=3, hidden=4, depth=1, training=True)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    calls = [lambda y: bn_relu(y, None, torch.ones_like(rm), torch.zeros_like(rm), rm, rv), den]
+    if hasattr(torch.library, "register_vmap"):
+        calls.append(lambda y: den.loss(y, torch.zeros_like(y)))
+    for call in calls:
+        with pytest.raises(RuntimeError, match="under vmap a training-mode BatchNorm would update the running"):
+            torch.func.vmap(call)(ys)
+
+
 def test_plain_tensors_keep_the_eager_functions(monkeypatch):
     """The custom-op path is for what needs it: plain CPU tensors still skip the dispatcher."""
     from fastgan.ops import denoiser_eager
