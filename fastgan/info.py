@@ -7,6 +7,7 @@ import importlib.util
 import torch
 
 from . import _ext
+from ._version import __version__
 from .ops import _dispatch
 
 
@@ -39,7 +40,9 @@ def info(print_report: bool = False) -> dict:
     loaded, why = _ext.available()
     C = _ext.C() if loaded else None
     report = {
-        "fastgan": _version("fastgan"),
+        # the imported package's version, as run_info.json records it (the installed metadata's may be another
+        # checkout's: an editable install, or PYTHONPATH pointing elsewhere)
+        "fastgan": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "triton": _version("triton") if importlib.util.find_spec("triton") else None,

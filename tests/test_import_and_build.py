@@ -182,10 +182,17 @@ def test_extension_import_error_says_whether_the_source_tree_holds_a_build(tmp_p
 # ------------------------------------------------------------------ what info() reports, field by field
 
 
-def test_info_report_fields_match_the_build_and_print_nothing(capsys):
+def test_info_report_fields_match_the_build_and_print_nothing(capsys, monkeypatch):
     import fastgan._C as C
+    info_mod = sys.modules["fastgan.info"]  # fastgan.info is the function
 
+    # the imported package's version, not the installed metadata's (an editable install of another checkout
+    # reported that one's: an audit, 2026-12-07)
+    monkeypatch.setattr(info_mod, "__version__", "9.9.9.dev0")
+    assert fastgan.info()["fastgan"] == "9.9.9.dev0"
+    monkeypatch.undo()
     r = fastgan.info()
+    assert r["fastgan"] == fastgan.__version__
     assert capsys.readouterr().out == ""  # print_report defaults to False
     ext = r["extension"]
     assert ext["cuda_compiled"] is bool(C.cuda_compiled) and ext["openmp"] is bool(C.openmp)
