@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections import defaultdict
 
@@ -76,9 +77,29 @@ def _median(b: dict) -> float:
     return b["stats"]["median"]
 
 
+# A ratio, fraction or time that is not a finite positive number (a zero median, a NaN or an infinity in the JSON:
+# a broken timer, a failed copy baseline, a hand-edited file) is no measurement: its row says so rather than
+# "met" (a zero time, an infinite speed-up) or "not met" (a NaN), and a zero baseline does not abort the report.
+INVALID = "invalid"
+
+
+def _measured(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _judged(value, ok):
+    """ok(value), or INVALID where value is not a finite positive number."""
+    return ok(value) if _measured(value) else INVALID
+
+
+def _ratio(num, den) -> float:
+    """num / den of two medians, NaN unless both are finite positive numbers."""
+    return num / den if _measured(num) and _measured(den) else math.nan
+
+
 def _info_rows(benchmarks, key, also, ok):
     """(name, extra_info[also], extra_info[key], ok(value)) for each benchmark whose extra_info has `key`."""
-    return [(b["name"], b["extra_info"].get(also), b["extra_info"][key], ok(b["extra_info"][key]))
+    return [(b["name"], b["extra_info"].get(also), b["extra_info"][key], _judged(b["extra_info"][key], ok))
             for b in benchmarks if key in b.get("extra_info", {})]
 
 
@@ -160,7 +181,7 @@ def _eager_denoiser(benchmarks):
     for (test, dev, case), impls in sorted(_groups(benchmarks).items()):
         if dev != "cuda" or not test.startswith("test_denoiser") or "reference" not in impls:
             continue
-        out += [(test, case, impl, impls[impl] * 1e3, impls["reference"] / impls[impl]) for impl in FUSED
+        out += [(test, case, impl, impls[impl] * 1e3, _ratio(impls["reference"], impls[impl])) for impl in FUSED
                 if impl in impls]
     return out
 
@@ -182,7 +203,7 @@ def _ceiling_and_verdict(info: dict):
     tl.dot GEMMs: information (not a case of the goal; torch's GEMMs do not bound it): neither."""
     if str(info.get("impl")).startswith(TL_DOT):
         return None, None
-    return info.get("gemm_ceiling"), info["speedup_vs_reference"] >= DENOISER_SPEEDUP_GOAL
+    return info.get("gemm_ceiling"), _judged(info["speedup_vs_reference"], lambda s: s >= DENOISER_SPEEDUP_GOAL)
 
 
 def denoiser_rows(benchmarks):
@@ -192,7 +213,7 @@ def denoiser_rows(benchmarks):
              *_ceiling_and_verdict(b["extra_info"])) for b in benchmarks if _denoiser_goal_row(b)]
     if rows:
         return rows
-    return [(f"{test}[cuda-{impl}-{case}] (eager)", ms, s, None, s >= DENOISER_SPEEDUP_GOAL)
+    return [(f"{test}[cuda-{impl}-{case}] (eager)", ms, s, None, _judged(s, lambda v: v >= DENOISER_SPEEDUP_GOAL))
             for test, case, impl, ms, s in _eager_denoiser(benchmarks)]
 
 
@@ -224,8 +245,8 @@ def cpu_rows(benchmarks):
         base = "torch" if "torch" in impls else "reference" if "reference" in impls else None
         if dev != "cpu" or base is None or "cpu" not in impls:
             continue
-        r = impls["cpu"] / impls[base]
-        rows.append((f"{test}[{case}]", base, r, r <= CPU_RATIO_GOAL))
+        r = _ratio(impls["cpu"], impls[base])
+        rows.append((f"{test}[{case}]", base, r, _judged(r, lambda v: v <= CPU_RATIO_GOAL)))
     return rows
 
 
@@ -306,7 +327,14 @@ def missing_report(benchmarks, device: str = "") -> str:
 
 
 def _verdict(ok) -> str:
+    if ok is INVALID:
+        return "**invalid** (not a finite positive measurement)"
     return "baseline" if ok is None else "met" if ok else "**not met**"
+
+
+def _yes(ok) -> str:
+    """An information table's "<= goal" column."""
+    return "invalid" if ok is INVALID else "yes" if ok else "no"
 
 
 def _denoiser_verdict(ok, ceiling) -> str:
@@ -314,7 +342,7 @@ def _denoiser_verdict(ok, ceiling) -> str:
     GEMMs can meet it there."""
     if ok is None:
         return "information (tl.dot GEMMs)"
-    if not ok and ceiling is not None and ceiling < DENOISER_SPEEDUP_GOAL:
+    if ok is not INVALID and not ok and ceiling is not None and ceiling < DENOISER_SPEEDUP_GOAL:
         return f"**not met** (its GEMMs alone allow {ceiling:.2f}x: beyond reach with torch's GEMMs)"
     return _verdict(ok)
 
@@ -326,7 +354,7 @@ CPU_PARITY = 1.05
 
 def _cpu_verdict(r: float, ok: bool) -> str:
     return _verdict(ok) + (f" (within {CPU_PARITY - 1:.0%}: parity within run-to-run noise)"
-                           if not ok and r <= CPU_PARITY else "")
+                           if ok is not INVALID and not ok and r <= CPU_PARITY else "")
 
 
 def _counted_where(costs: dict | None, commit: str | None) -> str:
@@ -347,18 +375,18 @@ def report(benchmarks, costs: dict | None = None, commit: str | None = None) -> 
          [(n, f"{g:.0f}" if g else "", f"{f:.2f}", _verdict(ok)) for n, g, f, ok in bandwidth_rows(benchmarks)]),
         ("Bandwidth replayed from a CUDA graph (information: the same kernels without the call's host work)",
          ["benchmark", "GB/s", "of copy", f">= {BANDWIDTH_GOAL}"],
-         [(n, f"{g:.0f}" if g else "", f"{f:.2f}", "yes" if ok else "no")
+         [(n, f"{g:.0f}" if g else "", f"{f:.2f}", _yes(ok))
           for n, g, f, ok in bandwidth_rows(benchmarks, graphed=True)]),
         (f"D update with the penalty, graphed (goal: <= {PENALTY_RATIO_GOAL}x unregularized)",
          ["benchmark", "ms", "ratio", "goal"],
          [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", _verdict(ok)) for n, ms, r, ok in graph_rows(benchmarks)]),
         ("D update with the penalty, graphed, Ds outside the goal's cases (information: the ResNet D)",
          ["benchmark", "ms", "ratio", f"<= {PENALTY_RATIO_GOAL}"],
-         [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", "yes" if ok else "no")
+         [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", _yes(ok))
           for n, ms, r, ok in graph_info_rows(benchmarks)]),
         ("Lazy regularization, graphed: amortized ratio per update (information: a different algorithm, not the "
          "goal)", ["benchmark", "ms", "amortized ratio", f"<= {PENALTY_RATIO_GOAL}"],
-         [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", "yes" if ok else "no") for n, ms, r, ok in lazy_rows(benchmarks)]),
+         [(n, f"{ms:.3f}" if ms else "", f"{r:.2f}", _yes(ok)) for n, ms, r, ok in lazy_rows(benchmarks)]),
         (f"Denoiser (goal: >= {DENOISER_SPEEDUP_GOAL}x the reference on a GPU)",
          ["benchmark", "ms", "speed-up", "ceiling (reference / its GEMMs)", "goal"],
          [(n, f"{ms:.3f}" if ms else "", f"{s:.2f}", f"{c:.2f}" if c else "", _denoiser_verdict(ok, c))
@@ -374,7 +402,7 @@ def report(benchmarks, costs: dict | None = None, commit: str | None = None) -> 
         ("CPU, D update per penalty mode against the double backward (\"auto\" takes \"mlp\" where the D allows it, "
          "batch statistics included, except MLPs with Tanh/Sigmoid; else the double backward: jvp is not used on CPU)",
          ["benchmark", "mode", "time / double backward", "<= 1"],
-         [(n, mode, f"{r:.2f}", "yes" if ok else "no") for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
+         [(n, mode, f"{r:.2f}", _yes(ok)) for n, mode, r, ok in cpu_mode_rows(benchmarks)]),
         ("Graphed D update against its counted costs (bench/costs.py; ratios to the unregularized update)",
          ["benchmark", "measured", "FLOPs", "kernel launches"],
          [(n, f"{m:.2f}", f"{fl:.2f}", f"{k:.2f}") for n, m, fl, k in cost_rows(benchmarks, costs)]),
@@ -403,7 +431,9 @@ def main(argv=None) -> int:
         if not any("model" in r and "mode" in r for r in costs.get("rows", [])):
             ap.error(f"--costs {args.costs}: not bench/costs.py's JSON (no rows with a model and a mode; "
                      "bench/costs_denoiser.py's file counts the denoiser, not the D updates)")
-    per_gpu = defaultdict(list)  # the runs of one GPU, across files (tools/gpu_check.sh quick writes two)
+    # the runs of one GPU at one commit, across files (tools/gpu_check.sh quick writes two): an older file of the same
+    # GPU given beside a new run does not hide the new run's gaps
+    per_gpu = defaultdict(list)
     for path in args.files:
         try:
             with open(path) as f:
@@ -421,11 +451,15 @@ def main(argv=None) -> int:
             device = run.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
             gpu = gpu_label(run["benchmarks"])
             if gpu is not None:
-                per_gpu[gpu] += run["benchmarks"]
+                per_gpu[(gpu, run.get("commit_info", {}).get("id"))] += run["benchmarks"]
             print(f"## {path}: {gpu or device} ({run.get('datetime', '')})\n")
             print(report(run["benchmarks"], costs, run.get("commit_info", {}).get("id")))
-    for gpu, benchmarks in per_gpu.items():  # one GPU's gaps are not hidden by another's results
-        print(missing_report(benchmarks, gpu))
+    commits = defaultdict(set)
+    for gpu, commit in per_gpu:
+        commits[gpu].add(commit)
+    for (gpu, commit), benchmarks in per_gpu.items():  # one GPU's gaps are not hidden by another's results
+        label = gpu if len(commits[gpu]) == 1 else f"{gpu} at commit {(commit or 'unrecorded')[:8]}"
+        print(missing_report(benchmarks, label))
     return 0
 
 

@@ -288,6 +288,49 @@ def test_gpu_check_quick_writes_no_more_files_than_the_device_tool_returns():
             "train.log", "tiles.json"} <= written and len(written) <= 8, sorted(written)
 
 
+def _stub_bin(tmp_path, rc: int):
+    """python3 (pip passes, every pytest run and bench/profile_kernels.py exits rc, bench/goals.py runs), nvidia-smi
+    and fastgan (its train exits rc) stand-ins: gpu_check.sh's flow on a machine without a GPU."""
+    import sys
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python3").write_text(f"""#!/bin/bash
+case "$1 $2" in
+  "-m pip") exit 0;;
+  "-m pytest") echo "stub pytest"; exit {rc};;
+  "-c "*) case "$2" in *pytest_timeout*) exit 1;; *) exit 0;; esac;;
+esac
+case "$1" in bench/profile_kernels.py) exit {rc};; esac
+exec {sys.executable} "$@"
+""")
+    (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: stub'\n")
+    (bin_ / "fastgan").write_text(f"#!/bin/bash\necho stub; [[ $1 == info ]] || exit {rc}\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return bin_
+
+
+@pytest.mark.parametrize("rc", [0, 1, 124])
+def test_gpu_check_exits_1_when_a_stage_fails(tmp_path, rc):
+    """Every stage runs whatever the one before gave, and the script's own exit status says whether they all ran
+    through: it exited 0 with the cuda tests, every benchmark file and the default job failed, the device tool's
+    rc then reading as a clean run. A stage stopped at its time limit (124) is not a failure (goals.py names
+    what it did not measure)."""
+    bin_ = _stub_bin(tmp_path, rc)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"), "QUICK_LIMIT": "300"}
+    out = subprocess.run(["bash", "tools/gpu_check.sh", "quick"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    if rc == 1:
+        assert out.returncode == 1, out.stdout[-3000:]
+        for stage in ("cuda tests", "bandwidth benchmarks", "graphed benchmarks", "kernel profile", "default job",
+                      "tile sweep"):
+            assert f"FAILED: {stage} (exit 1)" in out.stdout, stage
+    else:
+        assert out.returncode == 0 and "FAILED" not in out.stdout, out.stdout[-3000:]
+        assert "cuda tests: exit 0" in out.stdout or "cuda tests: exit 124" in out.stdout
+
+
 @pytest.mark.parametrize("elapsed,want,reserve,limit", [(60, 240, 215, 240), (400, 240, 215, 30), (300, 240, 215, 55),
                                                         (500, 140, 5, 65), (0, 3, 215, 3), (560, 20, 5, 20)])
 def test_gpu_check_quick_cuts_its_limits_to_end_in_time(elapsed, want, reserve, limit):
@@ -587,3 +630,47 @@ def test_the_resnet_d_update_cases_of_the_cpu_benchmark():
     assert isinstance(D, ResNetDiscriminator) and D.channels == (2, 4, 8, 16, 16)
     assert xr.shape == xf.shape == (64, 3, 32, 32)
     assert modes._case("resnet32", "cpu")[0].channels[0] == 8  # the CPU width, as dcgan32's
+
+
+def test_a_zero_or_non_finite_measurement_is_no_verdict():
+    """A zero median, a NaN or an infinity (a broken timer, a hand-edited file) is neither "met" (a zero fused time
+    read 0.00, met; an infinite speed-up, met) nor "not met" (NaN), and a zero baseline does not abort the report
+    (it raised ZeroDivisionError, losing every table)."""
+    nan, inf = float("nan"), float("inf")
+    run = [_bench("test_op_forward_backward[cpu-cpu-B512-F3]", 0.0),
+           _bench("test_op_forward_backward[cpu-reference-B512-F3]", 1e-3),
+           _bench("test_nt_losses_forward_backward[cpu-cpu-N512]", 1e-3),
+           _bench("test_nt_losses_forward_backward[cpu-torch-N512]", 0.0),
+           _bench("test_noisy_clean_batch_forward_backward[cpu-cpu-m512-F2-double]", nan),
+           _bench("test_noisy_clean_batch_forward_backward[cpu-torch-m512-F2-double]", 1e-3),
+           _bench("test_graphed_d_update[mlp_leaky-mlp-cuda]", 1, ratio_vs_unregularized=0.0, ms_per_update=0.0),
+           _bench("test_graphed_denoiser_loss[nh512-d3-B64-cuda]", 1, speedup_vs_reference=inf, impl="cuda"),
+           _bench("test_noisy_clean_batch[forward-cuda]", 1, fraction_of_copy=nan, GB_per_s=nan, backend="cuda"),
+           _bench("test_denoiser_loss_forward_backward[cuda-cuda-nh512-d3-B64]", 0.0),
+           _bench("test_denoiser_loss_forward_backward[cuda-reference-nh512-d3-B64]", 1e-3)]
+    assert {ok for *_, ok in goals.cpu_rows(run)} == {goals.INVALID}
+    assert [ok for *_, ok in goals.graph_rows(run)] == [goals.INVALID]
+    assert [ok for *_, ok in goals.denoiser_rows(run)] == [goals.INVALID]
+    assert [ok for *_, ok in goals.bandwidth_rows(run)] == [goals.INVALID]
+    eager = [b for b in run if "graphed" not in b["name"]]
+    assert [ok for *_, ok in goals.denoiser_rows(eager)] == [goals.INVALID]
+    text = goals.report(run)
+    assert " met |" not in text and "not met" not in text
+    assert text.count("**invalid** (not a finite positive measurement)") == 6
+
+
+def test_an_older_file_of_the_same_gpu_does_not_hide_a_new_run_s_gaps(tmp_path, capsys):
+    """The committed H200 run beside a new one at another commit whose denoiser benchmarks all failed: the gaps are
+    per GPU and commit (the old file's denoiser rows read as the new run's: "every case measured" but its
+    nt_losses backward)."""
+    doc = json.loads((ROOT / "bench" / "results" / "h200-2026-12-04.json").read_text())
+    new = json.loads(json.dumps(doc["suite"]))
+    new["commit_info"] = {"id": "f" * 40}
+    new["benchmarks"] = [b for b in new["benchmarks"] if "denoiser" not in b["name"]]
+    path = tmp_path / "new.json"
+    path.write_text(json.dumps(new))
+    assert goals.main([str(ROOT / "bench" / "results" / "h200-2026-12-04.json"), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU goals on NVIDIA H200 at commit 7baeddd5" in out
+    tail = out[out.index("GPU goals on NVIDIA H200 at commit ffffffff"):]
+    assert "- denoiser: nh512-d3-B64 cuda, nh512-d3-B64 triton" in tail
