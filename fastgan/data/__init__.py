@@ -70,8 +70,9 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
     if cfg.name in mixtures.MIXTURES:
         return MixtureDataset(cfg.name, device, std=cfg.mixture_std, nominal_size=cfg.nominal_size)
     a, kind, source = load_arrays(cfg)
-    if cfg.max_samples is not None:
-        a = a[:cfg.max_samples]
+    if cfg.max_samples is not None and cfg.max_samples < a.shape[0]:
+        # a copy, not a view: a view kept the whole file's array in memory for the run (CPU runs train on it)
+        a = a[:cfg.max_samples].copy()
     if a.shape[0] == 0:
         raise ValueError(f"{source}: holds no samples")
     if 0 in a.shape[1:]:
@@ -90,7 +91,8 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         integer = np.issubdtype(a.dtype, np.integer)
         if a.dtype != np.uint8:
             with np.errstate(over="ignore"):
-                a = a.astype(np.float32)  # the finite check below sees what float32 made of float64 values
+                # the finite check below sees what float32 made of float64 values; float32 is not copied again
+                a = a.astype(np.float32, copy=False)
         if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
             # checked before the range: NaN compares false, so _value_map would pass an all-NaN set
             raise ValueError(f"{source}: images contain NaN or infinite values (in float32, which the stored "
@@ -98,7 +100,7 @@ def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu"):
         scale, offset = _value_map(a, cfg, source, integer)
     else:
         with np.errstate(over="ignore"):  # as for images: the message says what float32 made of them
-            a, scale, offset = a.astype(np.float32), 1.0, 0.0
+            a, scale, offset = a.astype(np.float32, copy=False), 1.0, 0.0
         if not np.isfinite(a).all():
             raise ValueError(f"{source}: points contain NaN or infinite values (in float32, which the stored values "
                              "are converted to)")

@@ -1,5 +1,6 @@
 """DataConfig: which data set to train on and how to hold it. Nested as `data:` in the training config."""
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -74,6 +75,10 @@ class DataConfig:
                 raise ConfigError(f"data.{key}: {why}; got {getattr(self, key)!r}")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
             raise ConfigError(f"data.path: required for data.name={self.name!r}")
-        if self.value_range is not None:
-            if len(self.value_range) != 2 or not float(self.value_range[0]) < float(self.value_range[1]):
-                raise ConfigError(f"data.value_range: must be (lo, hi) with lo < hi, got {self.value_range!r}")
+        vr = self.value_range
+        if vr is not None:
+            pair = hasattr(vr, "__len__") and len(vr) == 2
+            if pair and not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in vr):
+                pass  # validate() (build_dataset's check_section) names the entry: float('a') raised, naming no field
+            elif not pair or not float(vr[0]) < float(vr[1]):
+                raise ConfigError(f"data.value_range: must be (lo, hi) with lo < hi, got {vr!r}")

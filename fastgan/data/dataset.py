@@ -44,7 +44,7 @@ class TensorDataset:
         self.kind, self.source = kind, source
         self.shape = tuple(data.shape[1:])
         if data.dtype == torch.float32 and (scale != 1.0 or offset != 0.0):
-            data = data * scale + offset
+            data = data.mul(scale).add_(offset)  # the same float32 rounding as data * scale + offset, one copy
         elif data.dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"{source or 'data'}: stored samples must be uint8 or float32, got {data.dtype}")
         self.scale, self.offset = float(scale), float(offset)

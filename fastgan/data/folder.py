@@ -87,9 +87,9 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
         raise ValueError(f"{path}: no image files found (extensions {', '.join(EXTENSIONS)})")
     if max_samples is not None:
         files = files[:max_samples]
-    out, first_size = [], None
+    out, first_size = None, None  # allocated at the first image: a list of images and np.stack held the set twice
     inferred_from, warned = None, False
-    for f in files:
+    for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
                 mode = im.mode
@@ -125,5 +125,8 @@ def load_image_folder(path, image_size: int | None = None, channels: int = 0,
             raise ValueError(f"{f}: image size {im.size} differs from the first image's {first_size} "
                              f"(set data.image_size to resize)")
         a = np.asarray(im, dtype=np.uint8)
-        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    return np.stack(out)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if out is None:
+            out = np.empty((len(files), *a.shape), dtype=np.uint8)
+        out[i] = a  # every image has the first one's channels and size (checked above)
+    return out

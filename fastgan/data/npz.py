@@ -1,19 +1,28 @@
 """A numpy .npz (or .npy) array: images (N, H, W), (N, C, H, W), (N, H, W, C) or points (N, D)."""
 from __future__ import annotations
 
+import math
+import os
+import tokenize
 import warnings
 import zipfile
 import zlib
 
 import numpy as np
 
+from .._errors import ConfigError
 from ._io import require_exists
 
 _PREFERRED_KEYS = ("x", "images", "data", "arr_0")
 
 
 def _pick_key(npz, path, key):
-    keys = list(npz.files)
+    # only the .npy members are arrays: np.load lists every member of a zip, and reads the others as bytes (a zip
+    # of PNGs was "several arrays ['a.png', 'b.png']", and a key naming one an array of shape ())
+    keys = [n[:-len(".npy")] for n in npz.zip.namelist() if n.endswith(".npy")]
+    if not keys and npz.files:
+        raise ValueError(f"{path}: not an npz file: it is a zip holding no .npy arrays (members: {npz.files[:5]}"
+                         f"{', ...' if len(npz.files) > 5 else ''})")
     if key is not None:
         if key not in keys:
             raise ValueError(f"{path}: no array named {key!r} (arrays: {keys})")
@@ -28,6 +37,13 @@ def _pick_key(npz, path, key):
     raise ValueError(f"{path}: holds several arrays {keys}; set data.npz_key to choose one")
 
 
+# what reading a damaged file raises: numpy's header parser lets a tokenize.TokenError through (an unbalanced
+# bracket in a .npy header: one flipped byte), zipfile a RuntimeError for an encrypted member and a
+# NotImplementedError for an unsupported compression method (Deflate64) or zip version
+_BAD = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, RuntimeError,
+        NotImplementedError)
+
+
 def _refuse_objects(e: Exception, path, what: str) -> None:
     """An intact file whose array has dtype object: numpy refuses it without pickle, which fastgan never allows
     for data files (unpickling runs code), and says so in terms that read as a damaged file."""
@@ -36,9 +52,29 @@ def _refuse_objects(e: Exception, path, what: str) -> None:
                          "would have to unpickle them); save the samples as a numeric array") from None
 
 
+def _size_problem(f, available: int) -> str | None:
+    """f at the start of a .npy holding `available` bytes: what is wrong when its header declares more data than
+    that, else None. numpy allocates the declared size before it reads (a header that lies, or a file cut short,
+    made a MemoryError of "1.00 TiB", which the CLI read as a batch too large). A header it cannot parse is left
+    to np.load."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    except _BAD:
+        return None
+    if dtype.hasobject:
+        return None  # refused by np.load without pickle
+    need, have = math.prod(shape) * dtype.itemsize, available - f.tell()
+    if need <= have:
+        return None
+    return (f"is truncated or its header is wrong: it declares shape {shape} of {dtype} ({need} bytes), but "
+            f"holds {max(have, 0)} bytes of data")
+
+
 def load_array(path, key: str | None = None) -> np.ndarray:
     path = require_exists(path, "npz file")
-    bad = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+    bad = _BAD
     try:
         with open(path, "rb") as f:
             head = f.read(6)
@@ -48,6 +84,15 @@ def load_array(path, key: str | None = None) -> np.ndarray:
         # np.load reads anything else as a pickle and says to allow_pickle: misleading for a text or image file
         raise ValueError(f"{path}: not an npz/npy file (it starts with neither a zip's nor a .npy's magic bytes: "
                          f"{head!r})")
+    if head == b"\x93NUMPY":
+        if key is not None:
+            # a .npy holds one unnamed array: the key would be recorded in config.yaml and ignored
+            raise ConfigError(f"data.npz_key: {path} is a .npy file, which holds one unnamed array; leave "
+                              f"data.npz_key unset (got {key!r})")
+        with open(path, "rb") as f:
+            problem = _size_problem(f, os.path.getsize(path))
+        if problem:
+            raise ValueError(f"{path}: the .npy file {problem}")
     try:
         obj = np.load(path, allow_pickle=False)
     except bad as e:
@@ -58,10 +103,16 @@ def load_array(path, key: str | None = None) -> np.ndarray:
     with obj:
         name = _pick_key(obj, path, key)
         try:
-            return np.array(obj[name])
+            member = obj.zip.getinfo(name + ".npy")
+            with obj.zip.open(member) as f:
+                problem = _size_problem(f, member.file_size)
+            a = None if problem else np.asarray(obj[name])  # read whole from the zip: a fresh array, no copy
         except bad as e:
             _refuse_objects(e, path, f"array {name!r}")
             raise ValueError(f"{path}: array {name!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    if problem:
+        raise ValueError(f"{path}: array {name!r} {problem}")
+    return a
 
 
 def to_layout(a: np.ndarray, path) -> tuple[np.ndarray, str]:

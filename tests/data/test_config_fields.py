@@ -281,6 +281,16 @@ def test_dataconfig_rules(fields, message):
         DataConfig(**fields)
 
 
+@pytest.mark.parametrize("value, message", [(("a", "b"), r"data\.value_range\[0\]: must be a number, got 'a'"),
+                                            ((0, None), r"data\.value_range\[1\]: must be a number, got None"),
+                                            (5, r"data\.value_range: must be \(lo, hi\)")])
+def test_a_value_range_of_non_numbers_made_in_python_names_the_field(value, message):
+    """DataConfig compared float(lo) < float(hi) before any type check: ValueError "could not convert string to
+    float: 'a'" or a TypeError, naming no field."""
+    with pytest.raises(C.ConfigError, match=message):
+        build_dataset(DataConfig(name="npz", path="x.npz", value_range=value))
+
+
 def test_data_choices_and_what_they_accept():
     assert C.coerce(None, ["data.name=mnist", "data.path=d", "data.split=all"]).data.split == "all"
     assert C.coerce(None, ["data.name=fashion_mnist"]).data.path is None  # its default folder

@@ -165,6 +165,48 @@ def test_cifar_errors(tmp_path):
         build_dataset(DataConfig(name="cifar10", path=str(tmp_path / "nothere")))
 
 
+def py2_cifar_batch(data: np.ndarray) -> bytes:
+    """A batch pickled as the published files are (Python 2's cPickle, protocol 2): str, and so the dtype's name
+    'u1' and byte order '|', load as bytes; numpy's dtype is rebuilt from dtype('u1', 0, 1) and an 8-tuple state."""
+    n, raw = data.shape[0], data.tobytes()
+    return (b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00"
+            b"\x85q\x04U\x01bq\x05\x87q\x06Rq\x07(K\x01K" + bytes([n]) + b"M\x00\x0c\x86q\x08cnumpy\ndtype\nq\tU\x02u1q\n"
+            b"K\x00K\x01\x87q\x0bRq\x0c(K\x03U\x01|q\rNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0eb\x89T"
+            + struct.pack("<I", len(raw)) + raw + b"q\x0ftq\x10bU\x06labelsq\x11]q\x12(" + b"K\x01" * n + b"eu.")
+
+
+def test_cifar_batch_pickled_by_python2_as_published(tmp_path):
+    from fastgan.data.cifar import read_batch
+
+    data = np.random.default_rng(3).integers(0, 256, (4, 3072), dtype=np.uint8)
+    (tmp_path / "b").write_bytes(py2_cifar_batch(data))
+    assert np.array_equal(read_batch(tmp_path / "b"), data.reshape(-1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("flip", ["dtype-state", "fortran-flag", "shape"])
+def test_cifar_batch_with_a_flipped_byte_is_an_error_not_a_crash(tmp_path, flip):
+    """numpy's dtype.__setstate__ (C) takes a malformed state unchecked: one byte of a batch changed from N (None)
+    to q (BINPUT) left a 6-tuple, and the process died of SIGSEGV while unpickling. Run in a child process, so a
+    crash fails this test rather than the session."""
+    import subprocess
+    import sys
+
+    raw = bytearray(py2_cifar_batch(np.zeros((4, 3072), np.uint8)))
+    if flip == "dtype-state":
+        raw[raw.index(b"NNN")] = ord("q")  # None, BINPUT 78 (eating the next None), None
+    elif flip == "fortran-flag":
+        raw[raw.index(b"\x89T")] = ord("K")  # is_fortran: BININT1 84 (the 'T' opcode byte)
+    else:
+        raw[raw.index(b"M\x00\x0c")] = ord("K")  # the shape's 3072 becomes 0 and a stray byte
+    (tmp_path / "b").write_bytes(bytes(raw))
+    code = ("import sys; from fastgan.data.cifar import read_batch\n"
+            "try:\n    read_batch(sys.argv[1])\nexcept ValueError as e:\n    print('ValueError:', e)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
+    assert r.stdout.startswith("ValueError:") and str(tmp_path / "b") in r.stdout
+
+
 # ---- image folder ----------------------------------------------------------------------------------------
 def test_image_folder(tmp_path):
     from PIL import Image
@@ -306,3 +348,59 @@ def test_an_object_array_is_named_as_such_not_as_a_damaged_file(tmp_path, suffix
     with pytest.raises(ValueError, match=r"holds Python objects \(dtype object\), which fastgan does not load") as e:
         build_dataset(DataConfig(name="npz", path=str(f)))
     assert "corrupt" not in str(e.value) and "not a readable" not in str(e.value)
+
+
+# ---- memory ----------------------------------------------------------------------------------------------
+def test_max_samples_keeps_only_those_samples(monkeypatch):
+    """data.max_samples took a view of the loaded array: a CPU run kept the whole file's samples in memory."""
+    import gc
+    import weakref
+
+    import fastgan.data as fd
+
+    loaded = [np.zeros((1000, 1, 4, 4), np.uint8)]
+    whole = weakref.ref(loaded[0])
+    monkeypatch.setattr(fd, "load_arrays", lambda cfg: (loaded.pop(), "images", "x.npz"))
+    ds = build_dataset(DataConfig(name="npz", path="x.npz", max_samples=10))
+    gc.collect()
+    assert len(ds) == 10
+    assert whole() is None, "the whole loaded array is still held"
+
+
+def _traced_peak(fn):
+    """fn()'s result and the most memory numpy (and Python) held at once while it ran, after a first call
+    (imports and caches)."""
+    import tracemalloc
+
+    fn()
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_image_folder_is_read_into_one_array(tmp_path):
+    """The images were gathered in a list and np.stack'ed: the set was held twice while loading."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.bmp")
+    ds, peak = _traced_peak(lambda: build_dataset(DataConfig(name="image_folder", path=str(tmp_path))))
+    size = 40 * 3 * 64 * 64
+    assert len(ds) == 40
+    assert peak < 1.5 * size, (peak, size)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_float32_npz_images_are_not_copied_while_loading(tmp_path, suffix):
+    """np.array(npz[key]) and astype(np.float32) each copied an array numpy had just read (3x the set at once,
+    with the scaling)."""
+    a = np.random.default_rng(0).random((4000, 1, 16, 16), dtype=np.float32)  # 4 MiB: numpy reads 256 KiB at once
+    f = tmp_path / f"a{suffix}"
+    np.save(f, a) if suffix == ".npy" else np.savez(f, x=a)
+    ds, peak = _traced_peak(lambda: build_dataset(DataConfig(name="npz", path=str(f))))
+    assert torch.equal(all_samples(ds), torch.from_numpy(a) * 2 - 1)
+    assert peak < 1.5 * a.nbytes, (peak, a.nbytes)

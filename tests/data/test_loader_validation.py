@@ -128,6 +128,105 @@ def test_npy_of_objects_is_refused(tmp_path):
     build_error(DataConfig(name="npz", path=str(f)), f, match=r"its array holds Python objects \(dtype object\)")
 
 
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def _npy_header(shape, descr="|u1") -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": False, "shape": shape})
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(2**40,), (2**20, 2**20), (1000, 28, 28)])
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npz_header_declaring_more_data_than_the_file_holds_is_named(tmp_path, shape, suffix):
+    """numpy allocates what a .npy header declares before reading: a header that lies (or a file cut short) made a
+    MemoryError of "1.00 TiB", which the CLI read as a batch too large ("lower optim.batch_size")."""
+    import zipfile
+
+    data = _npy_header(shape) + bytes(100)
+    f = tmp_path / f"a{suffix}"
+    if suffix == ".npy":
+        f.write_bytes(data)
+    else:
+        with zipfile.ZipFile(f, "w") as z:
+            z.writestr("x.npy", data)
+    msg = build_error(DataConfig(name="npz", path=str(f)), f, match="truncated or its header is wrong")
+    assert str(shape) in msg and "holds 100 bytes" in msg
+
+
+def _zip_fields(raw: bytes, **fields) -> bytes:
+    """raw (a one-member zip) with 2-byte fields of its local and central headers replaced."""
+    import struct as st
+
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+    b = bytearray(raw)
+    offsets = {"flags": (6, 8), "method": (8, 10), "version": (None, 6)}  # in the local, the central header
+    for name, value in fields.items():
+        for base, off in zip((local, central), offsets[name]):
+            if off is not None:
+                b[base + off:base + off + 2] = st.pack("<H", value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("damage", ["header-bracket", "encrypted", "deflate64", "zip-version"])
+def test_npz_damage_numpy_or_zipfile_raise_outside_valueerror_is_named(tmp_path, damage):
+    """One flipped byte in a .npy header made numpy's parser raise tokenize.TokenError; an encrypted member,
+    a compression method zipfile lacks (Windows' Deflate64) or a newer zip version a RuntimeError or
+    NotImplementedError: each a traceback from the CLI, which names ValueErrors and OSErrors only."""
+    import io
+    import zipfile
+
+    npy = bytearray(_npy_bytes(np.zeros((4, 8, 8), np.float32)))
+    if damage == "header-bracket":
+        npy[npy.index(b"}")] = ord(" ")
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as z:
+        z.writestr("x.npy", bytes(npy))
+    raw = {"header-bracket": b.getvalue(), "encrypted": _zip_fields(b.getvalue(), flags=1),
+           "deflate64": _zip_fields(b.getvalue(), method=9), "zip-version": _zip_fields(b.getvalue(), version=99)}
+    f = tmp_path / "a.npz"
+    f.write_bytes(raw[damage])
+    build_error(DataConfig(name="npz", path=str(f)), f)
+    if damage == "header-bracket":
+        f = tmp_path / "a.npy"
+        f.write_bytes(bytes(npy))
+        build_error(DataConfig(name="npz", path=str(f)), f)
+
+
+def test_a_zip_holding_no_npy_member_is_not_read_as_arrays(tmp_path):
+    """np.load lists every member of a zip and reads a non-.npy one as bytes: a zip of PNGs held "several arrays
+    ['a.png', 'b.png']", and npz_key=a.png gave an array of shape ()."""
+    import zipfile
+
+    f = tmp_path / "images.zip"
+    with zipfile.ZipFile(f, "w") as z:
+        z.writestr("a.png", b"\x89PNG...")
+        z.writestr("b.png", b"\x89PNG...")
+    for key in (None, "a.png"):
+        build_error(DataConfig(name="npz", path=str(f), npz_key=key), f, match=r"holding no \.npy arrays")
+    with zipfile.ZipFile(f, "w") as z:  # beside an array, another member is left alone
+        z.writestr("README", b"text")
+        z.writestr("x.npy", _npy_bytes(np.zeros((3, 2), np.float32)))
+    assert build_dataset(DataConfig(name="npz", path=str(f))).shape == (2,)
+
+
+def test_npz_key_on_a_npy_file_is_refused(tmp_path):
+    """A .npy holds one unnamed array: data.npz_key was recorded in config.yaml and ignored."""
+    from fastgan.config import ConfigError
+
+    f = tmp_path / "a.npy"
+    np.save(f, np.zeros((3, 2), np.float32))
+    build_error(DataConfig(name="npz", path=str(f), npz_key="x"), f, exc=ConfigError, match=r"^data\.npz_key: ")
+
+
 # ---- IDX: sizes ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dims", [(3, 0, 5), (3, 5, 0), (0, 5, 5)])
 def test_idx_zero_dimension(tmp_path, dims):
