@@ -80,3 +80,59 @@ def worker(rank, world, port, out):
         out.put((rank, result))
     finally:
         dist.destroy_process_group()
+
+
+def make_bn_d():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+
+def edge_worker(rank, world, port, out):
+    """DDP options the penalty refuses or routes, and "auto" (choosing as on CUDA) whose one-time jvp check fails on
+    rank 1 only; puts ((rank, "options"), {case: what happened}), then ((rank, "diverging"), ...) on `out`."""
+    import warnings
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        xr, xf = batches()
+        xr, xf = xr[rank::world], xf[rank::world]
+        result = {}
+        for name, kw, mode in (("static_graph", {"static_graph": True}, "double_backward"),
+                               ("find_unused jvp", {"find_unused_parameters": True}, "jvp")):
+            D = nn.parallel.DistributedDataParallel(make_d(), **kw)
+            try:
+                loss(D, xr, xf, mode).backward()
+                result[name] = "ran"
+            except (ValueError, NotImplementedError) as e:
+                result[name] = str(e)
+        for name, value in auto_rules_as_on_cuda().items():
+            setattr(penalty_jvp, name, value)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            before = dict(_dispatch.counts)
+            D = nn.parallel.DistributedDataParallel(make_d(), find_unused_parameters=True)
+            loss(D, xr, xf, "auto").backward()
+        result["find_unused auto ran"] = sorted(m for (op, m), n in _dispatch.counts.items()
+                                                if op == "gradient_penalty" and n > before.get((op, m), 0))
+        result["find_unused auto warned"] = [str(w.message) for w in caught if "jvp path" in str(w.message)]
+        result["find_unused auto grads"] = [p.grad.tolist() for p in D.parameters()]
+        out.put(((rank, "options"), result))
+        result = {}
+        if rank == 1:  # this rank's check fails (as a float32/TF32 comparison near the tolerance may on its batch)
+            penalty_jvp._RTOL = {torch.float64: -1.0, torch.float32: -1.0}
+        before = dict(_dispatch.counts)
+        D = nn.parallel.DistributedDataParallel(make_bn_d())  # buffers, broadcast in each forward
+        opt = torch.optim.SGD(D.parameters(), lr=0.1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(2):
+                opt.zero_grad()
+                loss(D, xr, xf, "auto").backward()
+                opt.step()
+        result["diverging check ran"] = sorted(m for (op, m), n in _dispatch.counts.items()
+                                               if op == "gradient_penalty" and n > before.get((op, m), 0))
+        result["diverging check"] = [p.detach().tolist() for p in D.parameters()]
+        out.put(((rank, "diverging"), result))
+    finally:
+        dist.destroy_process_group()

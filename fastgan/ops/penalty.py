@@ -491,6 +491,17 @@ def input_grads(logits: tuple, xs: tuple, create_graph: bool = False) -> tuple:
 PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
 
 
+def refuse_static_graph(D) -> None:
+    """ValueError for a DistributedDataParallel(static_graph=True) D. Every mode takes an input gradient through D's
+    forward (torch.autograd.grad) before the loss's backward, and with static_graph=True DDP then averages wrong
+    gradients, silently, in every iteration (the parameters' gradients 17-90% off the mean of the ranks' in an
+    audit, 2026-12-07; plain torch, a D and one autograd.grad w.r.t. its input, does the same)."""
+    if isinstance(D, torch.nn.parallel.DistributedDataParallel) and getattr(D, "static_graph", False):
+        raise ValueError("D is DistributedDataParallel(static_graph=True), which averages wrong gradients when "
+                         "torch.autograd.grad runs through its forward, as every penalty mode does (the input "
+                         "gradient); construct it with static_graph=False (the default)")
+
+
 def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction: str = "mean",
                      backend: str | None = None, mode: str = "double_backward"):
     """(penalty, logits) for any module D mapping a batch to logits (B,) or (B, 1, ..., 1).
@@ -517,6 +528,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
     D = uncompiled(D)
+    refuse_static_graph(D)
     out = _without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
                          x)
     if out is not None:
@@ -665,6 +677,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
     D = uncompiled(D)
+    refuse_static_graph(D)
     out = _without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
     if out is not None:
         return out

@@ -87,11 +87,22 @@ def _multihead_attention(D) -> str | None:
     return None
 
 
+def _ddp_sink(D) -> str | None:
+    """Why a DistributedDataParallel D's forward cannot run in forward mode (None: it can). With
+    find_unused_parameters=True DDP passes D's output through its own autograd.Function (_DDPSink), which has no
+    forward-mode rule: jvp failed there with torch's "You must implement the jvp function for custom
+    autograd.Function", which fastgan blamed on a Function in D, and "auto" (CUDA) warned so once per D."""
+    if isinstance(D, nn.parallel.DistributedDataParallel) and getattr(D, "find_unused_parameters", False):
+        return ("D is DistributedDataParallel(find_unused_parameters=True), which passes D's output through an "
+                "autograd.Function of its own without a forward-mode rule (torch's _DDPSink)")
+    return None
+
+
 def jvp_refusal(D) -> str | None:
     """Why mode="jvp" cannot run D exactly as the double backward does, or None."""
     if not isinstance(D, nn.Module):
         return None
-    return _backward_hooks(D) or _multihead_attention(D)
+    return _ddp_sink(D) or _backward_hooks(D) or _multihead_attention(D)
 
 
 # Types of a module's attributes that hold no tensor (its sizes, flags, names): skipped by type alone, since the
@@ -603,8 +614,28 @@ def _checked_jvp(D, x, weight, reduction, backend):
         return _check_jvp_once(D, x, weight, reduction, backend)
 
 
+def _agreed(D, reason: str | None, device) -> str | None:
+    """A DistributedDataParallel D's check verdict agreed by every rank of its process group (one all_reduce):
+    each rank checks on its own batch, and ranks taking different modes ran different numbers of forwards through
+    the wrapper, whose buffer broadcasts (broadcast_buffers=True, a D with BatchNorm) then paired with each other's
+    other collectives: the ranks hung (a verdict differing per rank, e.g. a float32/TF32 comparison near the
+    tolerance on one rank's batch)."""
+    import torch.distributed as dist
+
+    ok = torch.tensor([0 if reason is not None else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=getattr(D, "process_group", None))
+    if reason is None and not ok.item():
+        return "it did not match the double backward on another DistributedDataParallel rank's batch"
+    return reason
+
+
 def _check_jvp_once(D, x, weight, reduction, backend):
     key = _key(D, x)
+    # Under DistributedDataParallel the check runs on the wrapped module, without the wrapper's collectives (its
+    # buffer broadcast in each forward), so that every rank reaches the agreement after the same collectives
+    # whatever its check ran into; the mode agreed then runs through the wrapper.
+    ddp = isinstance(D, nn.parallel.DistributedDataParallel)
+    wrapper, D = D, (D.module if ddp else D)
     start_buffers = _buffer_clones(D)
     rng = _Rng(x.device)
     start = rng.save()
@@ -629,16 +660,22 @@ def _check_jvp_once(D, x, weight, reduction, backend):
             reason = f"gradients differ from the double backward (relative error {err / max(size, 1e-30):.2e})"
     except (RuntimeError, NotImplementedError) as e:
         reason = f"{type(e).__name__}: {e}"
-    _verdicts.setdefault(D, {})[key] = reason is None
+    if ddp:
+        reason = _agreed(wrapper, reason, x.device)
+    _verdicts.setdefault(wrapper, {})[key] = reason is None
     if reason is None:
         _dispatch.record(MODE_OP, "jvp")
-        return pen, logits
-    warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
-                  "using the double backward for it from now on", _dispatch.FallbackWarning,
-                  stacklevel=_dispatch.caller_stacklevel())
+        if not ddp:
+            return pen, logits
+    else:
+        warnings.warn(f"gradient_penalty(mode='auto'): the jvp path does not support this discriminator ({reason}); "
+                      "using the double backward for it from now on", _dispatch.FallbackWarning,
+                      stacklevel=_dispatch.caller_stacklevel())
     _put_back(D, start_buffers, guards[0] if guards else None)
     rng.restore(start)
-    return _double_backward_any_order(D, x, weight, reduction, backend)
+    if reason is None:  # DDP: the checked jvp again, through the wrapper (from the same state and draws)
+        return jvp_penalty(wrapper, x, weight, reduction, backend)
+    return _double_backward_any_order(wrapper, x, weight, reduction, backend)
 
 
 # Device types on which js_penalty runs the real and fake batches of an MLP in one closed-form pass at any size: on

@@ -75,3 +75,60 @@ def test_penalty_modes_under_ddp():
         assert "DistributedDataParallel" in results[rank]["mlp"] and "mode='jvp'" in results[rank]["mlp"]
         for got, want in zip(results[rank]["denoiser"], den_ref):
             torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-6, msg=f"rank {rank}, denoiser")
+
+
+def _run_workers(target, messages, deadline=90):
+    """{key: result} of `target` in two spawned processes, each putting `messages` (key, result) pairs on its queue;
+    an AssertionError rather than a wait past `deadline` seconds (ranks running different collectives hang), with
+    what arrived until then."""
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results, start = {}, time.monotonic()
+    try:
+        while len(results) < messages * len(procs):
+            try:
+                key, result = out.get(timeout=5)
+                results[key] = result
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() - start > deadline:
+                    results["failed"] = f"a DDP worker exited with {dead}" if dead else "the DDP workers hung"
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return results
+
+
+def test_penalty_ddp_options_and_a_check_failing_on_one_rank():
+    """static_graph=True (DDP then averages wrong gradients after torch.autograd.grad through its forward, in every
+    mode) is refused saying so; find_unused_parameters=True (its _DDPSink has no forward-mode rule) makes "jvp" say
+    so and "auto" take the double backward without a warning; and "auto"'s one-time jvp check failing on one rank
+    only makes every rank take the double backward (the ranks ran different numbers of forwards, whose buffer
+    broadcasts then hung, before)."""
+    results = _run_workers(W.edge_worker, messages=2)
+    (xr, xf), D = W.batches(), W.make_d()
+    (0.5 * sum(W.loss(D, xr[r::2], xf[r::2], "double_backward") for r in range(2))).backward()
+    for rank in (0, 1):
+        got = results.get((rank, "options"))
+        assert got is not None, results.get("failed")
+        assert "static_graph=True" in got["static_graph"] and "static_graph=False" in got["static_graph"]
+        assert "find_unused_parameters=True" in got["find_unused jvp"] and "_DDPSink" in got["find_unused jvp"]
+        assert got["find_unused auto ran"] == ["double_backward"] and got["find_unused auto warned"] == []
+        for g, p in zip(got["find_unused auto grads"], D.parameters()):
+            torch.testing.assert_close(torch.tensor(g), p.grad, rtol=1e-5, atol=1e-6)
+    diverging = [results.get((rank, "diverging")) for rank in (0, 1)]
+    assert None not in diverging, results.get("failed")
+    assert diverging[0]["diverging check ran"] == diverging[1]["diverging check ran"] == ["double_backward"]
+    assert diverging[0]["diverging check"] == diverging[1]["diverging check"]
