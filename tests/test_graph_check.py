@@ -553,31 +553,33 @@ def test_a_first_call_that_imports_triton_is_compared_with_the_next(tmp_path):
     """fastgan imports triton on its Triton backend's first call: with warmup=0 the captured call imported it, so
     only the next call's launches were recorded, a difference reported as the step's control flow (a review,
     2026-12-06). In a fresh process, where triton is not imported yet."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import sys, torch, fastgan.ops\n"
             "from fastgan.graph_check import capture_hazards\n"
             "assert 'triton' not in sys.modules\n"
             "lr, lf = torch.randn(8), torch.randn(8)\n"
             "print(capture_hazards(lambda: fastgan.ops.nt_losses(lr, lf, 0.5, backend='triton'), warmup=0))\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    # run from elsewhere: from a checkout's root `-c` would import its source tree, not the installed package
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+    assert _last_line_interpreted(code, tmp_path) == "[]"
 
 
-def test_an_int_given_to_a_triton_kernel_is_compared(tmp_path):
-    """A Python int handed to a Triton launch (a step count, a seed) is a kernel argument baked in at capture, as a
-    float is; only floats were recorded, so a step count given as an int was missed (an audit, 2026-12-07). In a
-    fresh process under the interpreter, as the test above."""
+def _last_line_interpreted(code: str, tmp_path) -> str:
+    """The last line `code` prints in a fresh process under the Triton interpreter, run from tmp_path (from a
+    checkout's root `-c` would import its source tree, not the installed package)."""
     import os
     import subprocess
     import sys
 
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.triton
+def test_an_int_given_to_a_triton_kernel_is_compared(tmp_path):
+    """A Python int handed to a Triton launch (a step count, a seed) is a kernel argument baked in at capture, as a
+    float is; only floats were recorded, so a step count given as an int was missed (an audit, 2026-12-07). In a
+    fresh process under the interpreter, as the test above."""
     code = ("import torch, triton, triton.language as tl\n"
             "from fastgan.graph_check import capture_hazards\n"
             "@triton.jit\n"
@@ -589,8 +591,4 @@ def test_an_int_given_to_a_triton_kernel_is_compared(tmp_path):
             "    k[(1,)](x, 8, t['i'], BLOCK=8)\n"
             "print(len(capture_hazards(step, before=lambda i: t.update(i=i))),"
             " capture_hazards(step, before=lambda i: t.update(i=3)))\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "1 []", out.stdout[-2000:]
+    assert _last_line_interpreted(code, tmp_path) == "1 []"
