@@ -53,7 +53,8 @@ def _check_resnet_images(cfg: TrainConfig, shape: tuple) -> None:
     except ValueError:
         hint = ("set data.image_size to a power of two >= 16 (64: Roth et al.'s runs)"
                 if cfg.data.name == "image_folder"
-                else "use an image folder with data.image_size, or model.arch=dcgan, which takes sides halving to 8 or less")
+                else "use an image folder with data.image_size, or model.arch=dcgan, which takes sides halving to 8 "
+                     "or less")
         raise ConfigError(f"model.arch: 'resnet' needs square images whose side is a power of two >= 16 (four x2 "
                           f"resamplings from side / 16), data.name={cfg.data.name!r} holds images of shape {shape}; "
                           f"{hint}") from None
