@@ -127,6 +127,41 @@ def test_cpu_normals_match_reference_to_float_rounding(seed, offset):
     assert (out == r).float().mean() > 0.3
 
 
+# Counters of seed 0 (found by scanning the stream) whose Box-Muller u1 (word 0 or 2) folds to a uniform below the
+# log guard's 1e-7: word 2 of 2330056 is 0xFFFFFF45 (a negative word, folded to 186), word 0 of 14883995 is 147 and
+# word 0 of 38471471 is 0xFFFFFFEC (19). A random draw meets one in ~5M counters, so no other test reaches the guard.
+GUARDED_COUNTERS = [2330056, 14883995, 38471471]
+
+
+@pytest.mark.parametrize("counter", GUARDED_COUNTERS)
+def test_cpu_draw_clamps_a_uniform_below_the_log_guard(counter):
+    """The CPU draw (a partial batch through its buffer, a whole batch written in place) and philox.h's scalar
+    normals4 (the CUDA kernels' math) clamp u1 to 1e-7 as Triton and the reference do: radius sqrt(-2 ln 1e-7) =
+    5.68, where the log of the tiny uniform itself gives up to 6.1."""
+    u = ref.uniform_from_words(ref.philox_words(0, counter, 1)).view(4)
+    assert min(u[0].item(), u[2].item()) < ref.U_MIN
+    C = fastgan._ext.C()
+    for first, n in ((counter, 4), (counter - 5, 64)):
+        out = torch.full((n,), float("nan"))
+        C.philox_normal_cpu(0, first, n, out.data_ptr())
+        torch.testing.assert_close(out, ref.philox_normal(0, first, n), rtol=4e-6, atol=4e-6)
+    words = torch.empty(1, 4, dtype=torch.int64)
+    normals = torch.full((4,), float("nan"))
+    C.philox_header_cpu(0, counter, 1, words.data_ptr(), normals.data_ptr())
+    torch.testing.assert_close(normals, ref.philox_normal(0, counter, 4), rtol=4e-6, atol=4e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_every_backend_clamps_a_uniform_below_the_log_guard(backend):
+    """The same counters drawn by each backend's op (x = 0, sigma = 1: the noisy rows are the stream)."""
+    for counter in GUARDED_COUNTERS:
+        z = torch.zeros(3, 4)
+        state = NoiseState(0)
+        state.tensor[1] = counter - 1
+        r, _ = noisy_clean_batch(z, None, 1.0, state=state, backend=backend)
+        torch.testing.assert_close(r[3:], ref.philox_normal(0, counter - 1, 12).view(3, 4), rtol=4e-6, atol=4e-6)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_every_backend_draws_the_reference_stream(backend):
     """x = 0 and sigma = 1: the noisy rows are the stream itself (Triton's tl.randn4x included)."""
