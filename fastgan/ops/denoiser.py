@@ -573,7 +573,8 @@ class Denoiser(nn.Module):
         else:
             _checks.no_dual(h)
         net = self.net
-        first = next(iter(net._modules.values()), None) if isinstance(net, nn.Sequential) else None
+        # net[0], not next(iter(...), None): Dynamo on torch 2.4 cannot trace next() with a default
+        first = net[0] if isinstance(net, nn.Sequential) and len(net) > 0 else None
         if not isinstance(first, nn.Linear):
             self._adopt(net)  # net replaced by something else: raises, naming what is wrong
         w = first.weight

@@ -257,6 +257,26 @@ def test_dfm_denoiser_loss_corrupts_with_sigma_times_the_noise():
     assert ref.dfm_denoiser_loss(torch.nn.Identity(), phi, n, 0.5).item() == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_dfm_generator_term_holds_the_target_constant(training):
+    # Eq. 4 with r(Phi(G(z))) "treated as constant with respect to gradient computations": the term's gradient is
+    # 2 (Phi - r(Phi)) / B into Phi alone, and none reaches r's parameters (the Method restricts its backward to G's
+    # parameters, so only the unit shows a gradient leaking into r)
+    import copy
+
+    from fastgan.methods import dfm
+
+    torch.manual_seed(0)
+    r = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                            torch.nn.Linear(4, 3)).double().train(training)
+    phi = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        target = copy.deepcopy(r)(phi)
+    dfm.generator_term(r, phi).backward()
+    assert all(p.grad is None for p in r.parameters())
+    torch.testing.assert_close(phi.grad, 2 * (phi.detach() - target) / 5, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", ["double_backward", "auto", "jvp", "mlp"])
 def test_roth_f_penalty_pearson_hand_value(mode):
     from fastgan.methods.roth import regularizer
@@ -269,3 +289,18 @@ def test_roth_f_penalty_pearson_hand_value(mode):
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     omega, _, _ = regularizer(D, "f", x, x, f="pearson", mode=mode)
     assert omega.item() == pytest.approx(12.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("f, want", [("pearson", 12.5), ("reverse_kl", 25.0)])
+def test_the_oracles_f_penalty_hand_values(f, want):
+    # Eq. 19 on psi = a . x, a = (3, 4): Pearson, T = psi, f*'' = 1/2: 25 / 2; reverse KL, T = -e^-psi, f*(t) =
+    # -1 - log(-t), f*''(T) = 1/T^2 = e^(2 psi) and ||grad T||^2 = e^(-2 psi) 25: 25 at every x (the oracle takes
+    # f*'' by differentiating f* twice and T's own gradient: a first derivative, or psi's gradient, reads otherwise)
+    from fastgan.methods.roth import regularizer
+
+    D = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        D[0].weight.copy_(T(3.0, 4.0)[None])
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
+    assert ref.roth_f_penalty(D, x, f).item() == pytest.approx(want, rel=1e-12)
+    assert regularizer(D, "f", x, x, f=f)[0].item() == pytest.approx(want, rel=1e-12)

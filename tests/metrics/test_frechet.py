@@ -32,6 +32,17 @@ def test_closed_form_for_diagonal_gaussians():
     assert frechet_distance((mu_a, torch.diag(va)), (mu_b, torch.diag(vb))) == pytest.approx(want, rel=1e-12)
 
 
+def test_the_reference_closed_form_for_features_with_diagonal_covariances():
+    # features whose sample means and covariances (N - 1) are exact: a's 0 and diag(2/3, 8/3), b's (1, -1) and
+    # diag(6, 2/3); FD = ||mu_a - mu_b||^2 + sum (sqrt(va) - sqrt(vb))^2, for the oracle as for frechet_distance
+    a = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    b = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) + np.array([1.0, -1.0])
+    va, vb = np.array([2 / 3, 8 / 3]), np.array([6.0, 2 / 3])
+    want = 2.0 + float(((np.sqrt(va) - np.sqrt(vb)) ** 2).sum())
+    assert ref.frechet_distance(a, b) == pytest.approx(want, rel=1e-12)
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-12)
+
+
 def test_non_commuting_covariances_against_an_explicit_square_root():
     """tr((S_a S_b)^(1/2)) for 2x2 covariances with different eigenvectors, by the 2x2 formula
     tr(sqrt(M)) = sqrt(tr M + 2 sqrt(det M))."""
