@@ -130,5 +130,7 @@ def test_penalty_ddp_options_and_a_check_failing_on_one_rank():
             torch.testing.assert_close(torch.tensor(g), p.grad, rtol=1e-5, atol=1e-6)
     diverging = [results.get((rank, "diverging")) for rank in (0, 1)]
     assert None not in diverging, results.get("failed")
+    if "unsupported" in diverging[0]:
+        pytest.skip(f"this torch's DDP cannot run a BatchNorm D's plain double backward: {diverging[0]['unsupported']}")
     assert diverging[0]["diverging check ran"] == diverging[1]["diverging check ran"] == ["double_backward"]
     assert diverging[0]["diverging check"] == diverging[1]["diverging check"]
