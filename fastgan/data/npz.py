@@ -74,28 +74,28 @@ def _size_problem(f, available: int) -> str | None:
 
 def load_array(path, key: str | None = None) -> np.ndarray:
     path = require_exists(path, "npz file")
-    bad = _BAD
+    problem = None
     try:
         with open(path, "rb") as f:
             head = f.read(6)
+            if head == b"\x93NUMPY" and key is None:  # its header read in the same open
+                f.seek(0)
+                problem = _size_problem(f, os.fstat(f.fileno()).st_size)
     except OSError as e:
         raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None
     if not (head.startswith(b"PK") or head == b"\x93NUMPY"):
         # np.load reads anything else as a pickle and says to allow_pickle: misleading for a text or image file
         raise ValueError(f"{path}: not an npz/npy file (it starts with neither a zip's nor a .npy's magic bytes: "
                          f"{head!r})")
-    if head == b"\x93NUMPY":
-        if key is not None:
-            # a .npy holds one unnamed array: the key would be recorded in config.yaml and ignored
-            raise ConfigError(f"data.npz_key: {path} is a .npy file, which holds one unnamed array; leave "
-                              f"data.npz_key unset (got {key!r})")
-        with open(path, "rb") as f:
-            problem = _size_problem(f, os.path.getsize(path))
-        if problem:
-            raise ValueError(f"{path}: the .npy file {problem}")
+    if head == b"\x93NUMPY" and key is not None:
+        # a .npy holds one unnamed array: the key would be recorded in config.yaml and ignored
+        raise ConfigError(f"data.npz_key: {path} is a .npy file, which holds one unnamed array; leave "
+                          f"data.npz_key unset (got {key!r})")
+    if problem:
+        raise ValueError(f"{path}: the .npy file {problem}")
     try:
         obj = np.load(path, allow_pickle=False)
-    except bad as e:
+    except _BAD as e:
         _refuse_objects(e, path, "its array")
         raise ValueError(f"{path}: not a readable npz/npy file ({type(e).__name__}: {e})") from None
     if isinstance(obj, np.ndarray):  # a plain .npy
@@ -107,7 +107,7 @@ def load_array(path, key: str | None = None) -> np.ndarray:
             with obj.zip.open(member) as f:
                 problem = _size_problem(f, member.file_size)
             a = None if problem else np.asarray(obj[name])  # read whole from the zip: a fresh array, no copy
-        except bad as e:
+        except _BAD as e:
             _refuse_objects(e, path, f"array {name!r}")
             raise ValueError(f"{path}: array {name!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
     if problem:
