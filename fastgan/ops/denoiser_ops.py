@@ -314,10 +314,14 @@ RUNNING_UNDER_VMAP = ("under vmap a training-mode BatchNorm would update the run
 # mode too. Their rule is that fallback's loop: the op once per vmapped sample, the outputs stacked.
 
 
-def _per_sample(op, name, running_at):
-    """op's vmap rule (name: its qualified name); running_at: the argument positions of (training, track or None,
-    running_means), for the refusal of running statistics updated once per vmapped sample."""
+def _per_sample(op, name):
+    """op's vmap rule (name: its qualified name). An op taking running_means updates them where training (and
+    track, if it has that argument) is true: refused, as that would be once per vmapped sample."""
     import torch.utils._pytree as pytree
+
+    names = [a.name for a in op._opoverload._schema.arguments]
+    running_at = ((names.index("training"), names.index("track") if "track" in names else None,
+                   names.index("running_means")) if "running_means" in names else None)
 
     def take(a, d, i):
         if isinstance(a, (list, tuple)):
@@ -339,6 +343,5 @@ def _per_sample(op, name, running_at):
 
 
 if hasattr(torch.library, "register_vmap"):  # torch >= 2.5
-    for _op, _running in ((_denoiser_loss, (9, None, 7)), (_denoiser_forward, (7, 8, 5)),
-                          (_denoiser_loss_backward, None)):
-        torch.library.register_vmap(_op, _per_sample(_op, f"fastgan::{_op._name}", _running))
+    for _op in (_denoiser_loss, _denoiser_forward, _denoiser_loss_backward):
+        torch.library.register_vmap(_op, _per_sample(_op, f"fastgan::{_op._name}"))
