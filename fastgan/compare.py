@@ -68,6 +68,8 @@ def _state(run_dir: Path) -> tuple[str, str, int | None]:
 
 
 def _row_values(row: dict) -> tuple[int, dict]:
+    if None in row:  # csv's place for fields past the header's: the trainer refuses such a log on resume
+        raise ValueError(f"it has {len(row) - 1 + len(row[None])} fields, the header {len(row) - 1}")
     try:
         step = int(float(row.get("step") or 0))
     except (ValueError, OverflowError):
@@ -90,7 +92,14 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
     try:
         with open(path, newline="") as f:
             text, nul_lines = without_nul_lines(f.read())
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        if reader.fieldnames and "step" not in reader.fieldnames:
+            # another program's file (a JSON record, a ;-separated table): its rows read as step 0 without a value,
+            # and the run was shown as logging nothing, no word of the file
+            shown = ",".join(reader.fieldnames)
+            raise ValueError(f"{path}: not a fastgan metrics log (its header, {shown[:60]!r}"
+                             f"{'...' if len(shown) > 60 else ''}, has no step column)")
         # a row being written (or a killed append's) may parse with values cut short ("6,1.3" of "6,1.35"): left
         # out, as a resume leaves it out
         torn = bool(rows) and cut_short(text)

@@ -35,6 +35,9 @@ class CSVLogger:
                     text, nul_lines = without_nul_lines(f.read())
                 reader = csv.DictReader(io.StringIO(text, newline=""))
                 self.columns = list(reader.fieldnames or [])
+                if self.columns and "step" not in self.columns:
+                    # another program's file: its header's fields became columns of the continued log, beside step
+                    raise csv.Error(f"its header, {','.join(self.columns)[:60]!r}, has no step column")
                 for r in reader:
                     if None in r:  # more fields than the header: the first row logged could not write them
                         raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
@@ -164,14 +167,16 @@ def _len_field(num: int, payload: bytes) -> bytes:
 def _event(wall_time: float, step: int, *, file_version: str = None, summary: bytes = None,
            session_start: bool = False) -> bytes:
     """Serialized tensorflow.Event: wall_time (1, double), step (2, int64), file_version (3), summary (5),
-    session_log (6; status START = 1 makes TensorBoard drop later steps of an earlier session)."""
+    session_log (7; status START = 1 makes TensorBoard drop the steps >= its own of an earlier session). Field 6 is
+    the deprecated log_message: a START written there (as until 2026-12-07) was a LogMessage TensorBoard ignores,
+    and a resumed run's earlier session showed its steps past the checkpoint beside the new ones."""
     msg = _field(1, 1) + struct.pack("<d", wall_time) + _field(2, 0) + _varint(step)
     if file_version is not None:
         msg += _len_field(3, file_version.encode())
     if summary is not None:
         msg += _len_field(5, summary)
     if session_start:
-        msg += _len_field(6, _field(1, 0) + _varint(1))
+        msg += _len_field(7, _field(1, 0) + _varint(1))
     return msg
 
 
@@ -200,7 +205,10 @@ class TensorBoardWriter:
         try:
             self._write(_event(time.time(), 0, file_version="brain.Event:2"))
             if resume_step is not None:
-                self._write(_event(time.time(), resume_step, session_start=True))
+                # at the first step this session logs: TensorBoard keeps only the steps below a START's, and the
+                # checkpoint's own step (its losses, samples' mode metrics, FD) belongs to the kept past, as
+                # metrics.csv keeps its rows
+                self._write(_event(time.time(), resume_step + 1, session_start=True))
             self.flush()
         except OSError:
             # the file this writer made, left empty or torn by a full disk: removed, not left among the run's
@@ -254,6 +262,9 @@ def read_events(path) -> list[dict]:
     pos, out = 0, []
     while pos < len(data):
         header = data[pos:pos + 8]
+        if len(header) < 8 or len(data) < pos + 16 + struct.unpack("<Q", header)[0]:
+            # a killed writer's last record: struct's "unpack requires a buffer of 4 bytes" named neither
+            raise ValueError(f"{path}: the record at byte {pos} is cut short (a write cut short)")
         (n,) = struct.unpack("<Q", header)
         (hcrc,) = struct.unpack("<I", data[pos + 8:pos + 12])
         body = data[pos + 12:pos + 12 + n]
@@ -304,7 +315,7 @@ def _decode_event(body: bytes) -> dict:
             ev["step"] = v
         elif num == 3:
             ev["file_version"] = v.decode()
-        elif num == 6:
+        elif num == 7:
             ev["session_log"] = dict((n, x) for n, _, x in _fields(v))
         elif num == 5:
             for n, _, value in _fields(v):

@@ -259,6 +259,26 @@ def test_damaged_files_mark_only_their_run(tmp_path):
     assert "unreadable" in grid and "1.5" not in grid  # not shown as if it had finished
 
 
+def test_foreign_metrics_and_rows_past_the_header_are_named(tmp_path):
+    """A metrics.csv without a step column (another program's file) read as a run that logged nothing at step 0, and
+    a row with more fields than the header (which the trainer refuses on resume) was read without a word."""
+    _fake_run(tmp_path, "json", rows=('{"fd": 1.5}',))
+    _fake_run(tmp_path, "semicolons", rows=("step;eval/fd", "10;1.5"))
+    _fake_run(tmp_path, "extra", rows=("step,eval/fd", "5,1,9", "10,2"))
+    _fake_run(tmp_path, "extra-last", rows=("step,eval/fd", "5,1", "10,2,9"))
+    rows = {r["name"]: r for r in compare.compare(tmp_path)}
+    for name, header in (("json", '{"fd": 1.5}'), ("semicolons", "step;eval/fd")):
+        assert rows[name]["state"] == "unreadable", rows[name]
+        assert rows[name]["reason"] == (f"{tmp_path / name / 'metrics.csv'}: not a fastgan metrics log (its header, "
+                                        f"{header!r}, has no step column)")
+    assert rows["extra"]["state"] == "unreadable"
+    assert rows["extra"]["reason"].endswith("metrics.csv: row 1: it has 3 fields, the header 2")
+    # a last row is left out with a warning, as any damaged last row
+    assert (rows["extra-last"]["state"], rows["extra-last"]["step"], rows["extra-last"]["metrics"]) == \
+        ("finished", 5, {"fd": 1.0})
+    assert "row 2: it has 3 fields, the header 2" in rows["extra-last"]["warning"]
+
+
 def test_grid_layout_duplicates_and_unfinished_runs(tmp_path):
     _fake_run(tmp_path / "old", "t-a-x", rows=("step,eval/fd", "10,9"))
     _fake_run(tmp_path / "new", "t-a-x", rows=("step,eval/fd", "10,1"))

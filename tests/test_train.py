@@ -720,9 +720,10 @@ def test_image_grid_places_and_quantizes_each_image(tmp_path):
 
 
 def test_tensorboard_resume_marks_a_session_start_even_at_step_0(tmp_path):
-    """A resumed run's event file starts with SessionLog(status=START) at the resume step, which makes TensorBoard
-    drop the earlier session's later steps; nothing is written for an empty set of scalars."""
-    from fastgan.logging_utils import TensorBoardWriter
+    """A resumed run's event file starts with SessionLog(status=START) at the step after the resume step, which makes
+    TensorBoard drop the earlier session's steps from there on (it keeps those below a START's step: the checkpoint's
+    own stays, as in metrics.csv); nothing is written for an empty set of scalars."""
+    from fastgan.logging_utils import TensorBoardWriter, _fields
 
     for step in (0, 7):
         w = TensorBoardWriter(tmp_path / str(step), resume_step=step)
@@ -730,10 +731,55 @@ def test_tensorboard_resume_marks_a_session_start_even_at_step_0(tmp_path):
         w.close()
         events = read_events(w.path)
         assert len(events) == 2 and events[0]["file_version"] == "brain.Event:2"
-        assert events[1]["step"] == step and events[1]["session_log"] == {1: 1}   # status (field 1) START = 1
+        assert events[1]["step"] == step + 1 and events[1]["session_log"] == {1: 1}   # status (field 1) START = 1
+        # checked apart from read_events, which shares the writer's field numbers: tensorflow.Event's session_log is
+        # field 7 (6 is the deprecated log_message, which TensorBoard ignores: until 2026-12-07 it purged nothing)
+        data = w.path.read_bytes()
+        first = 16 + int.from_bytes(data[:8], "little")   # TFRecord framing: length, its CRC, body, the body's CRC
+        body = data[first + 12:-4]
+        assert [(num, wire, v) for num, wire, v in _fields(body) if num > 2] == [(7, 2, b"\x08\x01")]
     w = TensorBoardWriter(tmp_path / "fresh")
     w.close()
     assert len(read_events(w.path)) == 1
+
+
+def test_read_events_names_a_record_cut_short(tmp_path):
+    """A killed writer's file ends inside a record: read_events raised struct's "unpack requires a buffer of 4
+    bytes", naming neither the file nor the cause."""
+    from fastgan.logging_utils import TensorBoardWriter
+
+    w = TensorBoardWriter(tmp_path)
+    w.scalars(1, {"loss": 1.0})
+    w.close()
+    data = w.path.read_bytes()
+    first = 16 + int.from_bytes(data[:8], "little")
+    for cut in (len(data) - 3, first + 5):
+        w.path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=rf"{re.escape(str(w.path))}: the record at byte {first} is cut short"):
+            read_events(w.path)
+
+
+def test_tensorboard_drops_the_earlier_sessions_steps_past_the_checkpoint(tmp_path):
+    """TensorBoard's own reader (where installed) on a run killed at step 20 with its checkpoint at 10 and resumed
+    from there: steps 1..10 of the first session, then the second's; not the first's 11..20 beside them."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastgan.logging_utils import TensorBoardWriter
+
+    w = TensorBoardWriter(tmp_path)
+    for s in range(1, 21):
+        w.scalars(s, {"loss": float(s)})
+    w.close()
+    w2 = TensorBoardWriter(tmp_path, resume_step=10)
+    assert sorted(tmp_path.iterdir())[-1] == w2.path   # read after the first session's file
+    for s in range(11, 16):
+        w2.scalars(s, {"loss": 100.0 + s})
+    w2.close()
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("loss")] == \
+        [(s, float(s)) for s in range(1, 11)] + [(s, 100.0 + s) for s in range(11, 16)]
 
 
 def _start_of_training(tmp_path, seed, name):

@@ -101,20 +101,24 @@ def test_a_resume_on_a_file_grown_since_is_refused(tmp_path):
     assert _files(d) == before
 
 
-@pytest.mark.parametrize("damage", ["bytes", "extra_field"])
+@pytest.mark.parametrize("damage", ["bytes", "extra_field", "foreign"])
 def test_an_unreadable_metrics_csv_is_named_and_nothing_is_written(tmp_path, damage):
     """extra_field: a row with more fields than the header was read, trained a step, then failed writing the
-    first row logged ("dict contains fields not in fieldnames: None"), config.yaml rewritten."""
+    first row logged ("dict contains fields not in fieldnames: None"), config.yaml rewritten. foreign: another
+    program's file (no step column) was continued, its header's fields made columns beside step's."""
     d = tmp_path / "r"
     _train(d)
     if damage == "bytes":
         (d / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    elif damage == "foreign":
+        (d / "metrics.csv").write_text('{"loss": [0.5, 0.4]}\n')
     else:
         lines = (d / "metrics.csv").read_text().splitlines()
         (d / "metrics.csv").write_text("\n".join([lines[0], lines[1] + ",7", *lines[2:]]) + "\n")
     before = _files(d)
     with pytest.raises(ValueError, match=f"{d / 'metrics.csv'} is not a readable CSV log"
-                       + (r" \(line 2 has" if damage == "extra_field" else "")):
+                       + {"bytes": "", "extra_field": r" \(line 2 has",
+                          "foreign": r" \(its header, '\{\"loss\": \[0.5, 0.4\]\}', has no step column\)"}[damage]):
         _train(d, steps=4, resume=True)
     assert _files(d) == before
 
