@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 
 import torch
 
@@ -16,6 +17,34 @@ def _version(pkg: str) -> str | None:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _triton_version() -> str | None:
+    """The installed triton's version: the `triton` distribution's, or `pytorch-triton`'s (torch's nightly builds
+    install triton under that name); None when triton is not installed."""
+    if not _dispatch.triton_installed():
+        return None
+    return _version("triton") or _version("pytorch-triton") or "(version unknown)"
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))  # this fastgan's folder (not resolved: a link tree is one)
+
+
+def _elsewhere(origin: str | None, *homes: str) -> str | None:
+    """origin's folder where it lies in none of `homes`: a module that another checkout's editable install resolved
+    (its finder maps fastgan._C and fastgan.kernels to that checkout where this fastgan's folder lacks them)."""
+    if not origin:
+        return None
+    folder = os.path.dirname(os.path.abspath(origin))
+    return None if folder in homes else folder
+
+
+def _kernels_elsewhere() -> str | None:
+    """The folder fastgan.kernels comes from where it is not this fastgan's (fastgan/kernels installed, kernels/
+    beside fastgan/ in a checkout); found without importing it (it imports triton)."""
+    spec = importlib.util.find_spec("fastgan.kernels") if _dispatch.kernels_installed() else None
+    return _elsewhere(spec and spec.origin, os.path.join(_PACKAGE, "kernels"),
+                      os.path.join(os.path.dirname(_PACKAGE), "kernels"))
 
 
 def _cuda_devices(C) -> list[dict]:
@@ -43,11 +72,18 @@ def info(print_report: bool = False) -> dict:
         # the imported package's version, as run_info.json records it (the installed metadata's may be another
         # checkout's: an editable install, or PYTHONPATH pointing elsewhere)
         "fastgan": __version__,
+        "package": _PACKAGE,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "triton": _version("triton") if importlib.util.find_spec("triton") else None,
+        "triton": _triton_version(),
+        # set where triton is installed but does not import (the Triton backend is unusable then)
+        "triton_error": (_dispatch.triton_import_error() or None) if _dispatch.triton_installed() else None,
         "triton_interpret": _dispatch.triton_interpret(),
+        # the folder fastgan.kernels comes from where it is another checkout's, not this fastgan's
+        "kernels_elsewhere": _kernels_elsewhere(),
         "extension": {"loaded": loaded, "error": why or None,
+                      # its folder where it is not this fastgan's (another checkout's editable install resolved it)
+                      "elsewhere": _elsewhere(getattr(C, "__file__", None), _PACKAGE) if C else None,
                       "cuda_compiled": bool(C and C.cuda_compiled),
                       "cuda_archs": (C.cuda_archs.split(",") if C and C.cuda_archs else []),
                       "openmp": bool(C and C.openmp),
@@ -127,9 +163,17 @@ def format_report(r: dict) -> str:
     lines = [
         f"fastgan {r['fastgan']}",
         f"torch {r['torch']} (CUDA {r['torch_cuda'] or 'none'})",
-        f"triton {r['triton'] or 'not installed'}" + (" [TRITON_INTERPRET=1]" if r["triton_interpret"] else ""),
-        "fastgan._C: " + ("loaded" if ext["loaded"] else f"NOT loaded: {ext['error']}"),
+        f"triton {r['triton'] or 'not installed'}" + (" [TRITON_INTERPRET=1]" if r["triton_interpret"] else "")
+        + (f": does not import ({r['triton_error']})" if r.get("triton_error") else ""),
     ]
+    # a module of another checkout (an editable install of it, this fastgan lacking its own): ops run its code
+    elsewhere = "  WARNING: {} comes from {}, not from this fastgan ({}): another checkout's or install's; {}"
+    if r.get("kernels_elsewhere"):
+        lines.append(elsewhere.format("fastgan.kernels", r["kernels_elsewhere"], r["package"],
+                                      "install this checkout (pip install -e .)"))
+    lines.append("fastgan._C: " + ("loaded" if ext["loaded"] else f"NOT loaded: {ext['error']}"))
+    if ext.get("elsewhere"):
+        lines.append(elsewhere.format("it", ext["elsewhere"], r["package"], "build this checkout's (pip install -e .)"))
     if ext["loaded"]:
         lines.append(f"  CUDA kernels: {'sm_' + ', sm_'.join(ext['cuda_archs']) if ext['cuda_compiled'] else 'not built'}"
                      f"; OpenMP: {'yes' if ext['openmp'] else 'no'}")

@@ -324,3 +324,78 @@ def test_info_says_which_backend_ops_run_on_and_what_forces_it(monkeypatch):
     assert "raise BackendUnavailable" not in format_report(r)
     with pytest.raises(ValueError, match="FASTGAN_BACKEND: must be one of"):
         fastgan.ops.grad_norm_penalty(torch.ones(2, 3), torch.zeros(2))
+
+
+def test_info_names_triton_installed_as_pytorch_triton(monkeypatch):
+    """torch's nightly builds install triton as the `pytorch-triton` distribution: `fastgan info` said "triton not
+    installed" above a Triton backend it called usable (an audit of info and packaging, 2026-12-07)."""
+    from fastgan.info import format_report
+    from fastgan.ops import _dispatch
+
+    info_mod = sys.modules["fastgan.info"]
+    monkeypatch.setattr(_dispatch, "triton_installed", lambda: True)
+    monkeypatch.setattr(info_mod, "_version", {"pytorch-triton": "3.6.0+git1234"}.get)
+    r = fastgan.info()
+    assert r["triton"] == "3.6.0+git1234"
+    assert "\ntriton 3.6.0+git1234" in format_report(r) and "triton not installed" not in format_report(r)
+    monkeypatch.setattr(info_mod, "_version", {}.get)
+    assert fastgan.info()["triton"] == "(version unknown)"
+    monkeypatch.setattr(_dispatch, "triton_installed", lambda: False)
+    assert fastgan.info()["triton"] is None
+
+
+def test_a_triton_that_does_not_import_is_unusable_and_named():
+    """A triton that is installed but fails to import (a build for another torch, a missing library): `fastgan
+    info` called the Triton backend usable, and ops on it failed with the ImportError from deep inside fastgan's
+    kernels instead of BackendUnavailable (an audit of info and packaging, 2026-12-07). In a fresh process, whose
+    triton is broken by a finder that fails its import."""
+    r = _run("import sys, importlib.abc, importlib.machinery\n"
+             "class Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        return (importlib.machinery.ModuleSpec(name, self, is_package=True)\n"
+             "                if name == 'triton' else None)\n"
+             "    def create_module(self, spec): raise ImportError('libtriton.so: planted')\n"
+             "    def exec_module(self, m): pass\n"
+             "sys.meta_path.insert(0, Broken())\n"
+             "import torch, fastgan\n"
+             "from fastgan.ops import _dispatch\n"
+             "from fastgan.info import format_report\n"
+             "ok, why = _dispatch.status('triton', torch.device('cpu'))\n"
+             "assert not ok, why\n"
+             "assert why == 'triton is installed but does not import (ImportError: libtriton.so: planted)', why\n"
+             "try:\n"
+             "    fastgan.ops.nt_losses(torch.randn(4), torch.randn(4), 0.5, backend='triton')\n"
+             "except _dispatch.BackendUnavailable as e:\n"
+             "    assert 'does not import (ImportError: libtriton.so: planted)' in str(e), e\n"
+             "else:\n"
+             "    raise AssertionError('nt_losses ran on a triton that does not import')\n"
+             "r = fastgan.info()\n"
+             "assert r['triton_error'] == 'ImportError: libtriton.so: planted'\n"
+             "assert not r['backends']['cpu']['triton']['usable']\n"
+             "assert ': does not import (ImportError: libtriton.so: planted)' in format_report(r).splitlines()[2]\n"
+             "print('ok')", TRITON_INTERPRET="1")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    from fastgan.ops import _dispatch
+
+    if _dispatch.triton_installed():
+        assert _dispatch.triton_import_error() == ""  # the premise: this machine's triton imports
+
+
+def test_info_warns_of_an_extension_and_kernels_from_another_checkout(monkeypatch):
+    """fastgan imported from one checkout (PYTHONPATH) beside an editable install of another: that install's finder
+    resolved fastgan._C and fastgan.kernels, missing from this checkout, to the other one's, and `fastgan info` said
+    "loaded" of a build this checkout never made (an audit of info and packaging, 2026-12-07)."""
+    import fastgan._C as C
+    from fastgan.info import format_report
+    from fastgan.ops import _dispatch
+
+    info_mod = sys.modules["fastgan.info"]
+    assert fastgan.info()["extension"]["elsewhere"] is None  # this fastgan's own build
+    monkeypatch.setattr(info_mod, "_PACKAGE", os.path.join(os.sep, "elsewhere", "fastgan"))
+    r = fastgan.info()
+    assert r["extension"]["elsewhere"] == os.path.dirname(os.path.abspath(C.__file__))
+    text = format_report(r)
+    assert f"\n  WARNING: it comes from {r['extension']['elsewhere']}, not from this fastgan (/elsewhere/fastgan): " \
+        "another checkout's or install's; build this checkout's (pip install -e .)" in text
+    if _dispatch.kernels_installed():
+        assert r["kernels_elsewhere"] and f"\n  WARNING: fastgan.kernels comes from {r['kernels_elsewhere']}" in text

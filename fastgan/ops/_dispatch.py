@@ -95,6 +95,17 @@ def triton_installed() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def triton_import_error() -> str:
+    """Why the installed triton fails to import ("" when it imports: a build for another torch or CUDA, a missing
+    library), once per process. Asked only where the Triton backend would run: importing triton is slow."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # an ImportError (a missing symbol or library), or what triton's own start-up raises
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
 def kernels_installed() -> bool:
     """Whether fastgan's Triton kernels (the package's fastgan.kernels, kernels/ in the source tree) can be found:
     not when fastgan is imported from a source checkout that is not installed in editable mode."""
@@ -113,13 +124,14 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
         return False, (f"triton {'.'.join(map(str, version))} is older than {need} (its random normals and "
                        f"float64 scalars differ from fastgan's other backends); pip install 'triton>={need}' "
                        "(with --no-deps beside a torch that pins an older one) or use backend='cuda'")
-    if device.type == "cuda":
-        return True, ""
-    if device.type == "cpu" and triton_interpret():
-        return True, ""
-    if device.type == "cpu":
+    if device.type == "cpu" and not triton_interpret():
         return False, "triton runs on CPU tensors only under TRITON_INTERPRET=1"
-    return False, f"triton does not support device type {device.type!r}"
+    if device.type not in ("cuda", "cpu"):
+        return False, f"triton does not support device type {device.type!r}"
+    broken = triton_import_error()
+    if broken:
+        return False, f"triton is installed but does not import ({broken})"
+    return True, ""
 
 
 # Triton's interpreter swaps triton.language's functions for its own around each launch and back after it
