@@ -157,6 +157,22 @@ def _method_softmax(self, dim, dtype=None):
     return _softmax(self, dim, dtype=dtype)
 
 
+def _softmin(input, dim=None, _stacklevel=3, dtype=None):
+    # F.softmin calls Tensor.softmax inside itself, where this mode is off: torch's softmax formula raised then
+    if dim is None or _dual(input)[1] is None:
+        return NotImplemented
+    return _softmax(-input, dim, dtype=dtype)
+
+
+def _glu(input, dim=-1):
+    # torch's formula is the op glu_jvp, which has no derivative: the backward raised "derivative for
+    # aten::glu_jvp is not implemented"
+    if _dual(input)[1] is None or input.dim() == 0 or input.shape[dim] % 2:
+        return NotImplemented  # (torch's own error for an odd or missing dimension)
+    a, b = input.chunk(2, dim)
+    return a * torch.sigmoid(b)
+
+
 def _method_log_softmax(self, dim, dtype=None):
     return _log_softmax(self, dim, dtype=dtype)
 
@@ -200,6 +216,8 @@ _RULES = {
     F.layer_norm: _layer_norm,
     F.group_norm: _group_norm,
     F.softmax: _softmax,
+    F.softmin: _softmin,
+    F.glu: _glu,
     F.log_softmax: _log_softmax,
     torch.softmax: _method_softmax,
     torch.log_softmax: _method_log_softmax,
@@ -213,6 +231,22 @@ for _f in (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_tr
 # Called directly (not through the functionals above), these would bypass the rules.
 _UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.native_batch_norm,
                 torch.native_layer_norm)
+# Refused where an argument carries a tangent: torch's forward-mode formula for these is wrong in reverse mode,
+# silently (det/logdet/slogdet, solve, cholesky_inverse, householder_product: their formulas read the forward's LU
+# or other factors as constants; parameter gradients 6-270% off, torch 2.13), or its backward raises torch's
+# "modified by an inplace operation" (logcumsumexp, and cross_entropy and gumbel_softmax, which call torch's softmax
+# inside themselves, where this mode is off)
+_WRONG_IN_REVERSE = tuple(f for f in (
+    torch.det, torch.logdet, torch.slogdet, torch.Tensor.det, torch.Tensor.logdet, torch.Tensor.slogdet,
+    torch.linalg.det, torch.linalg.slogdet, torch.linalg.solve, torch.linalg.solve_ex, torch.cholesky_inverse,
+    torch.Tensor.cholesky_inverse, torch.linalg.householder_product, torch.logcumsumexp, torch.Tensor.logcumsumexp,
+    F.cross_entropy, F.gumbel_softmax))
+
+
+def _any_dual(args, kwargs) -> bool:
+    items = list(args) + list(kwargs.values())
+    items += [e for a in items if isinstance(a, (list, tuple)) for e in a]
+    return any(isinstance(a, torch.Tensor) and _dual(a)[1] is not None for a in items)
 
 
 def _primals(a):
@@ -246,6 +280,11 @@ class DualRules(TorchFunctionMode):
             raise ForwardModeRefused(f"jvp penalty: {func.__name__} called directly has a forward-mode formula "
                                      "that reverse mode differentiates wrongly; call torch.nn.functional's "
                                      "version or use mode='double_backward'")
+        if func in _WRONG_IN_REVERSE and _any_dual(args, kwargs):
+            name = getattr(func, "__name__", None) or repr(func)
+            raise ForwardModeRefused(f"jvp penalty: torch's forward-mode formula of {name} is not differentiable "
+                                     "correctly in reverse mode (wrong gradients, or an error in backward); use "
+                                     "mode='double_backward'")
         rule = _RULES.get(func)
         if rule is not None:
             out = rule(*args, **kwargs)

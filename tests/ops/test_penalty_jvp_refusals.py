@@ -653,3 +653,57 @@ def test_a_runtime_error_outside_forward_mode_passes_through_unchanged():
     with pytest.raises(RuntimeError, match="^CUDA error: an illegal memory access") as e:
         gradient_penalty(D_watch, VEC(4).double(), "one", mode="jvp")
     assert not isinstance(e.value, NotImplementedError)
+
+
+class _OpD(nn.Module):
+    """A D applying `op` to its hidden (B, 4, 4) activations, after a training-mode BatchNorm (state to put back)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.bn, self.w = nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Parameter(torch.randn(16))
+        self.op = op
+
+    def forward(self, x):
+        y = self.op(self.bn(self.a(x)).view(-1, 4, 4)).reshape(x.shape[0], -1)
+        return (y * self.w[:y.shape[1]]).sum(1)
+
+
+_EYE = torch.eye(4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("op", [
+    lambda h: torch.linalg.det(h + 3 * _EYE)[:, None],
+    lambda h: torch.logdet(h @ h.transpose(1, 2) + _EYE)[:, None],
+    lambda h: torch.linalg.solve(h + 3 * _EYE, h),
+    lambda h: torch.cholesky_inverse(torch.linalg.cholesky(h @ h.transpose(1, 2) + _EYE)),
+    lambda h: torch.logcumsumexp(h, -1),
+    lambda h: F.gumbel_softmax(h, tau=1.0),
+    lambda h: F.cross_entropy(h, torch.zeros(h.shape[0], 4, dtype=torch.long), reduction="none"),
+], ids=["det", "logdet", "solve", "cholesky_inverse", "logcumsumexp", "gumbel_softmax", "cross_entropy"])
+def test_ops_whose_forward_mode_formula_reverse_mode_gets_wrong_are_refused(op):
+    """torch's forward-mode formulas of these gave jvp silently wrong parameter gradients (det, logdet, solve,
+    cholesky_inverse: 6-90% off) or failed in loss.backward() with "modified by an inplace operation" (an audit,
+    2026-12-07): refused before backward, D's state as before, and "auto" takes the double backward."""
+    torch.manual_seed(0)
+    D = _OpD(op).double()
+    xr, xf = VEC(6).double(), VEC(5).double()
+    before = copy.deepcopy(D.state_dict())
+    with pytest.raises(NotImplementedError, match=r"forward-mode formula of \w+ is not differentiable correctly"):
+        js_penalty(D, xr, xf, mode="jvp")
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("op", [lambda h: F.softmin(h, -1), lambda h: F.glu(h, 1)],
+                         ids=["softmin", "glu"])
+def test_softmin_and_glu_run_jvp_with_the_double_backward_s_gradients(op):
+    """F.softmin (torch's softmax called inside it, out of the rules' reach) failed in backward with "modified by an
+    inplace operation", F.glu with "derivative for aten::glu_jvp is not implemented" (an audit, 2026-12-07)."""
+    torch.manual_seed(0)
+    D = _OpD(op).double()
+    oracle = copy.deepcopy(D)
+    xr, xf = VEC(6).double(), VEC(5).double()
+    got = _grads(D, *js_penalty(D, xr, xf, mode="jvp"))
+    _assert_same(got, _grads(oracle, *ref.js_penalty(oracle, xr, xf)))
+    for k, v in D.state_dict().items():
+        torch.testing.assert_close(v, oracle.state_dict()[k], rtol=1e-12, atol=0)

@@ -520,7 +520,8 @@ class DirectBatchNorm(nn.Module):
 
 
 class GluD(nn.Module):
-    """F.glu's forward-mode formula has no derivative: the jvp path fails in backward, which auto's check catches."""
+    """glu's forward-mode formula has no derivative: the jvp path fails in backward, which auto's check catches (torch's
+    binding called directly: F.glu has a rule of the jvp pass since 2026-12-07)."""
 
     def __init__(self):
         super().__init__()
@@ -528,7 +529,7 @@ class GluD(nn.Module):
         self.l2 = nn.Linear(8, 1)
 
     def forward(self, x):
-        return self.l2(F.glu(self.l1(x), -1))
+        return self.l2(torch._C._nn.glu(self.l1(x), -1))
 
 
 @pytest.mark.parametrize("cls,make_x", [(DirectBatchNorm, IMG), (GluD, VEC)], ids=["direct_batch_norm", "glu"])
@@ -755,7 +756,8 @@ def test_closed_form_refuses_an_active_dropout():
 
 
 class _GluDropoutD(nn.Module):
-    """GluD (F.glu: the jvp path fails, auto's check falls back) with an active Dropout: D draws random numbers."""
+    """GluD (torch's glu binding: the jvp path fails, auto's check falls back) with an active Dropout: D draws random
+    numbers."""
 
     def __init__(self):
         super().__init__()
@@ -764,7 +766,7 @@ class _GluDropoutD(nn.Module):
         self.l2 = nn.Linear(8, 1)
 
     def forward(self, x):
-        return self.l2(torch.nn.functional.glu(self.drop(self.l1(x)), -1))
+        return self.l2(torch._C._nn.glu(self.drop(self.l1(x)), -1))
 
 
 def test_auto_fallback_draws_the_double_backwards_dropout_masks(auto_jvp_on_cpu):
