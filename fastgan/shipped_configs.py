@@ -68,6 +68,6 @@ def summary(path: Path, width: int = 100) -> str:
         if len(text) + 1 + len(w) > width:
             return text + " ..."
         text = f"{text} {w}" if text else w
-        if w.endswith(".") and not w.endswith(("al.", "Fig.", "e.g.", "i.e.", "vs.")):
+        if w.endswith(".") and not w.endswith(("al.", "Fig.", "e.g.", "i.e.", "vs.", "eq.")):
             break
     return text

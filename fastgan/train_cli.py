@@ -26,6 +26,8 @@ from .train_resume import _merge_for_resume
 def _config_to_print(config, overrides, resume: bool) -> TrainConfig:
     if not resume:
         if config and Path(config).is_dir():  # a run folder's config.yaml, read as its checkpoint's config is
+            if not (Path(config) / "config.yaml").exists():  # the error `fastgan train DIR` gives, not a file's
+                return _requested(config, overrides, False)
             return C.coerce(C.load_config(Path(config) / "config.yaml", stored=True), overrides)
         return C.coerce(config, overrides)
     # what --resume would continue: the checkpoint's config with the run.* fields it lets change

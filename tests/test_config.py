@@ -39,6 +39,16 @@ def test_every_shipped_config_loads(path):
     assert cfg.run.name == path.stem  # one run name per file, so runs do not mix in runs/
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_fastgan_configs_summarises_each_config_by_its_whole_first_sentence(path):
+    """`fastgan configs`' line is the header's first sentence: an abbreviation's period ("eq. 20") does not end it
+    (roth-mixture-gamma-fixed's read "... (Algorithm 1, JS regularizer, eq.")."""
+    from fastgan import shipped_configs
+
+    text = shipped_configs.summary(path, width=10 ** 6)
+    assert text.endswith(".") and all(text.count(a) == text.count(b) for a, b in ("()", "[]", "{}")), text
+
+
 def test_shipped_configs_cover_the_paper_experiments():
     names = {p.stem for p in CONFIGS}
     for required in ["roth-mixture-unregularized", "roth-mixture-gamma-fixed", "roth-mixture-gamma-annealed",

@@ -995,6 +995,16 @@ def test_cli_print_config_of_a_run_folder_applies_the_overrides(tmp_path, capsys
     assert cfg["method"]["roth"]["gamma"] == 0.3 and cfg["run"]["steps"] == 9
 
 
+def test_cli_print_config_of_a_folder_that_is_no_run_says_so_as_training_it_does(tmp_path, capsys):
+    """`--print-config DIR` for a folder without a run's config.yaml: `fastgan train DIR`'s config error (exit 2),
+    where it said "config file not found: DIR/config.yaml" (exit 1), naming a file the user never gave."""
+    (tmp_path / "d").mkdir()
+    for args in ([str(tmp_path / "d")], ["--print-config", str(tmp_path / "d")]):
+        assert main(["train", *args]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder, not a YAML config" in err and "config.yaml" in err and err.count("\n") == 1, err
+
+
 def test_cli_summary_line_names_the_losses_and_the_metrics_short(tmp_path, capsys):
     import re
 
