@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
@@ -104,7 +105,11 @@ def load(path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {p} is empty (a truncated write?)")
     _check_crcs(p)
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a file that is a pickle, not a zip (another program's, or damage), printed torch's warning of its
+            # protocol, two lines quoting torch's source, above the one error that names the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for damaged zips / pickles
         raise CheckpointError(f"checkpoint {p} is corrupt or not a fastgan checkpoint "
                               f"({type(e).__name__}: {_load_error_cause(e)})") from None

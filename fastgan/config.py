@@ -625,7 +625,7 @@ def apply_overrides(data: Mapping, overrides) -> dict:
     import copy
 
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"config: must be a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"config: must be a mapping of keys to values, got {_shown(data)}")
     out = copy.deepcopy(dict(data or {}))
     for key, value, item in override_items(overrides):
         parts = key.split(".")
@@ -654,7 +654,7 @@ def apply_overrides(data: Mapping, overrides) -> dict:
                 if child is None:
                     child = {}
                 if not isinstance(child, dict):
-                    raise ConfigError(f"{full}: must be a mapping, got {child!r}")
+                    raise ConfigError(f"{full}: must be a mapping, got {_shown(child)}")
                 node[part] = child
                 node, cls = child, tp
             path = full

@@ -23,7 +23,13 @@ SHOWN_MAX = 300
 
 
 def _shown(value) -> str:
-    text = _REPR.repr(value)
+    try:
+        text = _REPR.repr(value)
+    except ValueError:
+        # an integer past Python's 4300 digits of text (0x followed by 5000 f's): repr raised over the field's
+        # error, which then named no field
+        text = (f"an integer of {value.bit_length()} bits" if isinstance(value, int) else
+                f"a {type(value).__name__} holding an integer too long to print")
     return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX - 3]}..."
 
 
@@ -81,7 +87,7 @@ def _coerce(tp, value, path: str):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {len(value)} values {list(value)!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {len(value)} values {_shown(list(value))}")
         return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if isinstance(value, bool):
@@ -102,7 +108,11 @@ def _coerce(tp, value, path: str):
         num = _number(value)
         if num is None:
             raise ConfigError(f"{path}: must be a number, got {_shown(value)}")
-        return float(num)
+        try:
+            return float(num)
+        except OverflowError:  # an integer past float's range (10**400): a traceback naming no field
+            raise ConfigError(f"{path}: must be a finite number (a float: within about ±1.8e308), got "
+                              f"{_shown(value)}") from None
     if tp is str:
         if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):  # a pathlib.Path for run.out_dir
             value = os.fspath(value)
@@ -133,7 +143,7 @@ def _from_dict(cls, data, path: str):
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: must be a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"{path or 'config'}: must be a mapping of keys to values, got {_shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     kwargs = {}

@@ -13,10 +13,18 @@ _YAML12_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+
 
 
 def _yaml12_int(loader, node) -> int:
+    import yaml
+
     v = loader.construct_scalar(node)
-    if v.startswith(("0o", "0x")):
-        return int(v[2:], 8 if v[1] == "o" else 16)
-    return int(v, 10)  # 010 is ten (YAML 1.1: eight)
+    try:
+        if v.startswith(("0o", "0x")):
+            return int(v[2:], 8 if v[1] == "o" else 16)
+        return int(v, 10)  # 010 is ten (YAML 1.1: eight)
+    except ValueError as e:
+        # past Python's limit on the digits of an integer's text (4300): its ValueError is no YAMLError, so it
+        # named neither file, line nor field ("Exceeds the limit (4300 digits) for integer string conversion")
+        raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(v)} characters: {e}",
+                                                node.start_mark) from None
 
 
 def _no_duplicate_keys(loader, node, deep=False):

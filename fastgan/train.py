@@ -39,8 +39,8 @@ from .run_folder import RUN_INFO, recorded_data_path, usable_path
 from .run_folder import RunFolderError  # noqa: F401 (users catch it as fastgan.train's, with Terminated)
 from .train_checks import (_check_dcgan_images, _check_forced_backend, _check_g_starts_one_by_one,
                            _check_graph_data, _check_graph_noise_backend, _check_resnet_images, _device, _forced_by)
-from .train_resume import (_check_resumed_data, _check_resumed_data_path, _first_problem, _merge_for_resume,
-                           _stored_samples)
+from .train_resume import (_check_folder_config, _check_resumed_data, _check_resumed_data_path, _first_problem,
+                           _merge_for_resume, _stored_samples)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -202,6 +202,7 @@ class _Run:
             path = run_dir / CHECKPOINT
             state = ckpt.load(path)
             saved = _checkpoint_config(state, path)
+            _check_folder_config(run_dir, saved, path)
             recorded = recorded_data_path(run_dir)
             cfg = _merge_for_resume(saved, cfg, path, recorded)
             _check_resumed_data_path(cfg, recorded)

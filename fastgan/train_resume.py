@@ -93,3 +93,32 @@ def _the_architectures_default(saved: TrainConfig, key: str, old, value) -> bool
     defaults = ARCH_DEFAULTS.get(saved.model.arch, {})
     name = key[len("model."):] if key.startswith("model.") else None
     return old is None and name in defaults and defaults[name] is not None and defaults[name] == value
+
+
+def _check_folder_config(run_dir: Path, saved: TrainConfig, path: Path) -> None:
+    """The checkpoint must be the folder's run's: config.yaml records that run's config (each session writes it
+    from the config its checkpoints hold). Another run's checkpoint put in its place was resumed as that run, over
+    the folder's: config.yaml and run_info.json rewritten, its losses appended to this run's metrics.csv. Only the
+    fields a resume may change can differ (and data.path's spelling, which _check_resumed_data_path checks); no
+    readable config.yaml: nothing to compare."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # from_stored's upgrade warnings: the checkpoint's own config warns once
+            warnings.simplefilter("ignore")
+            recorded = C.load_config(run_dir / "config.yaml", stored=True)
+    except (OSError, ValueError):
+        return
+    bad = [f"{key}: checkpoint {_short(new)}, config.yaml {_short(old)}" for key, old, new in C.diff(recorded, saved)
+           if key not in C.RESUMABLE_FIELDS and key != "data.path"
+           and not (key in RESOLVED_FIELDS and None in (old, new))]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is not the checkpoint of the run in {run_dir}: " + "; ".join(bad[:3])
+                              + ("; ..." if len(bad) > 3 else "") + " (its config.yaml records the run's config: a "
+                              "checkpoint copied from another run?); put the run's own checkpoint back, or resume "
+                              "that run from its own folder")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -312,3 +312,21 @@ def test_a_flipped_bit_is_refused_naming_the_damaged_entry(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"last\.pt is corrupt: its entry {info.filename} fails its CRC-32"):
         ckpt.load(p)
+
+
+def test_a_pickle_that_is_no_zip_is_refused_without_torchs_protocol_warning(tmp_path, recwarn):
+    """A plain pickle where the checkpoint goes (protocol 4, Python's default) printed torch's UserWarning of its
+    protocol, two lines quoting torch's source, above the one error naming the file (an audit, 2026-12-07); its
+    reduce (here os.system) is never called: weights_only."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    p = tmp_path / "last.pt"
+    p.write_bytes(pickle.dumps(Evil(), protocol=4))
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or not a fastgan checkpoint \(UnpicklingError"):
+        ckpt.load(p)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    assert not (tmp_path / "ran").exists()

@@ -953,3 +953,41 @@ def test_a_section_built_directly_raises_config_error():
         ModelConfig(leaky_slope=0.3)
     with pytest.raises(ConfigError, match=r"^data\.path: not used by data\.name='roth3d'"):
         DataConfig(path="/tmp/x.npz")
+
+
+# ------------------------------------------------------------------ from an audit of the trainer's inputs, 2026-12-07
+
+def test_a_section_that_is_aliased_list_gives_one_short_error(tmp_path):
+    """A section given as a list of aliases (`run: [&a [...], [*a, ...]]`) was quoted whole in its error, 141 KB
+    from 200 bytes of YAML (run.name's value was cut to a line, a section's was not); with a --set, the same."""
+    x, a, b = (", ".join([s] * 30) for s in ("x", "*a", "*b"))
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(f"run: [&a [{x}], &b [{a}], [{b}]]\n")
+    with pytest.raises(ConfigError, match=r"run: must be a mapping of keys to values, got \[\[") as e:
+        load_config(laughs)
+    assert len(str(e.value)) < 1000
+    with pytest.raises(ConfigError, match=r"^run: must be a mapping, got \[\[") as e:
+        C.coerce(laughs, ["run.steps=1"])
+    assert len(str(e.value)) < 1000
+
+
+@pytest.mark.parametrize("text, match", [
+    # float() of an integer past float's range raised OverflowError: a traceback naming no field
+    ("method:\n  roth:\n    gamma: 1" + "0" * 400, r"method\.roth\.gamma: must be a finite number .*got 1000"),
+    ("optim:\n  lr_g: '-1" + "0" * 400 + "'", r"optim\.lr_g: must be a finite number .*got '-1000"),
+    # past Python's 4300 digits of an integer's text: int()'s ValueError, no YAMLError, named neither file nor field
+    ("run:\n  steps: " + "9" * 5000, r"big\.yaml:2:10: not valid YAML: an integer of 5000 characters: Exceeds the "
+                                     r"limit"),
+    # a hex integer reads (no limit for base 16), but repr() of it raised over the field's own error
+    ("run:\n  steps: 0x" + "f" * 5000, r"run\.steps: must be <= 9223372036854775807 .*got an integer of 20000 bits$"),
+    ("model:\n  g_hidden: [0x" + "f" * 5000 + "]", r"model\.g_hidden\[0\]: must be <= .*got an integer of 20000 bits$"),
+    ("run: 0x" + "f" * 5000, r"run: must be a mapping of keys to values, got an integer of 20000 bits$"),
+], ids=["float-field", "float-field-quoted", "decimal-digits", "hex-int-field", "hex-list-item", "hex-section"])
+def test_integers_past_float_range_or_python_digits_name_the_field(tmp_path, text, match):
+    p = tmp_path / "big.yaml"
+    p.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(p)
+    assert len(str(e.value)) < 1000
+    with pytest.raises(ConfigError, match=r"^method\.roth\.gamma: must be a finite number"):
+        C.coerce({"method": {"roth": {"gamma": 10 ** 400}}})  # fastgan.train's dict

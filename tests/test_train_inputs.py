@@ -645,3 +645,23 @@ def test_run_threads_holds_for_the_run_and_is_put_back(tmp_path, monkeypatch):
     assert seen == [1, 3, before] and torch.get_num_threads() == before
     with pytest.raises(ConfigError, match=r"run\.threads: must be in \[1, 1024\] .*, got 0"):
         _train(tmp_path / "z", "run.threads=0")
+
+
+def test_another_runs_checkpoint_in_a_run_folder_is_refused_and_nothing_written(tmp_path):
+    """A resume of run folder a whose checkpoint is run b's (another architecture, copied over it) took the
+    checkpoint's config as the run's: it trained b's models in a, rewrote a's config.yaml and run_info.json and
+    appended b's losses to a's metrics.csv (an audit, 2026-12-07). Resumed by a's config and run.dir, it named b's
+    fields as the config's changes, where the config is a's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _train(a)
+    _train(b, "model.g_hidden=[8,8]")
+    (a / "checkpoints" / "last.pt").write_bytes((b / "checkpoints" / "last.pt").read_bytes())
+    before = _files(a)
+    message = rf"checkpoint {re.escape(str(a))}/checkpoints/last\.pt is not the checkpoint of the run in " \
+              rf"{re.escape(str(a))}: model\.g_hidden: checkpoint \(8, 8\), config\.yaml \(16,\) \("
+    with pytest.raises(train_mod.CheckpointError, match=message):
+        fastgan.train(a, resume=True, overrides=["run.steps=4"])
+    with pytest.raises(train_mod.CheckpointError, match=message):
+        _train(a, steps=4, resume=True)
+    assert _files(a) == before
+    assert _train(b, "model.g_hidden=[8,8]", steps=3, resume=True).step == 3  # b's own folder still resumes
