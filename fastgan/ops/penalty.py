@@ -395,9 +395,9 @@ def grad_norm_penalty(grad: torch.Tensor, logits: torch.Tensor, weight: WeightAr
 
     grad: (B, ...) gradients of the logits w.r.t. the inputs; logits: (B,) or (B, 1, ..., 1).
     weight: "one" (R1/R2), "js_real" ((1 - sigma)^2), "js_fake" (sigma^2), "sigmoid" (sigma: the GAN and JS
-    f-divergences' weight, Roth et al. eq. 19), "exp" (e^psi: squared Hellinger's, times 2), "kl" (e^(psi - 1): KL's),
-    or a callable psi -> w(psi) (runs on the reference path; any other weighting). Differentiable w.r.t. grad and
-    logits, to any order. Returns float32 (float64 when an input is float64).
+    f-divergences' weight, Roth et al. eq. 19), "exp" (e^psi: half of squared Hellinger's 2 e^psi), "kl"
+    (e^(psi - 1): KL's), or a callable psi -> w(psi) (runs on the reference path; any other weighting).
+    Differentiable w.r.t. grad and logits, to any order. Returns float32 (float64 when an input is float64).
     backend: None (best available), "reference", "cpu", "cuda" or "triton"; a named backend that cannot
     run raises ``BackendUnavailable``.
     """
