@@ -236,11 +236,11 @@ _UNSUPPORTED = (torch.batch_norm, torch.instance_norm, torch.layer_norm, torch.n
 # or other factors as constants; parameter gradients 6-270% off, torch 2.13), or its backward raises torch's
 # "modified by an inplace operation" (logcumsumexp, and cross_entropy and gumbel_softmax, which call torch's softmax
 # inside themselves, where this mode is off)
-_WRONG_IN_REVERSE = tuple(f for f in (
+_WRONG_IN_REVERSE = frozenset((
     torch.det, torch.logdet, torch.slogdet, torch.Tensor.det, torch.Tensor.logdet, torch.Tensor.slogdet,
     torch.linalg.det, torch.linalg.slogdet, torch.linalg.solve, torch.linalg.solve_ex, torch.cholesky_inverse,
     torch.Tensor.cholesky_inverse, torch.linalg.householder_product, torch.logcumsumexp, torch.Tensor.logcumsumexp,
-    F.cross_entropy, F.gumbel_softmax))
+    F.cross_entropy, F.gumbel_softmax))  # a set: every op D calls under the pass is looked up
 
 
 def _any_dual(args, kwargs) -> bool:
