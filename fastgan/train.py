@@ -164,10 +164,21 @@ class _Run:
             signals.restore()
 
     def _discard_start(self) -> None:
+        self._close_tb()  # before the folder goes: Windows removes no open file
         discard_created_lock(self.lock)  # a refused resume of a folder that had no lock file leaves none
         self._remove_fresh_folder()
         unlock(self.lock)
         self.lock = None
+
+    def _close_tb(self) -> None:
+        """The TensorBoard event file closed, where _open_logs opened it and _run's own finally did not run (a
+        failure later in setup, or in run() before the loop): it stayed open, its descriptor held (a deleted file's
+        space too), for as long as the error was kept (a notebook keeps the last one). A failing close (the disk
+        that failed the run) does not replace the run's error."""
+        tb = getattr(self, "tb", None)
+        if tb is not None:
+            with contextlib.suppress(OSError):
+                tb.close()
 
     def _remove_fresh_folder(self) -> None:
         """A new run that failed while starting (an allocation, a full disk), before training a step: what it wrote
@@ -596,6 +607,7 @@ class _Run:
             return result
         finally:
             self.stop.restore()
+            self._close_tb()  # closed by _run's finally unless run() failed before it (the first status write)
             unlock(self.lock)
             self.lock = None
 

@@ -368,3 +368,28 @@ def test_a_new_run_that_fails_while_starting_leaves_no_folder_behind(tmp_path, m
         assert [p.name for p in d.iterdir()] == [run_folder.LOCK]
     monkeypatch.undo()
     assert fastgan.train(None, overrides=[*TINY, "run.steps=2", *target]).step == 2  # the same run.dir, reusable
+
+
+@pytest.mark.parametrize("where", ["_write_info", "_status"])
+def test_a_run_failing_outside_the_loop_closes_its_tensorboard_file(tmp_path, monkeypatch, where):
+    """A full disk after the TensorBoard event file was opened, while starting (run_info.json) or at run()'s first
+    status write, before the loop whose finally closes it: the file stayed open (its descriptor, and a removed new
+    folder's space) for as long as the error was kept, e.g. a notebook's last exception."""
+    from fastgan import logging_utils
+
+    writers = []
+
+    class Recorded(logging_utils.TensorBoardWriter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            writers.append(self)
+
+    def full_disk(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logging_utils, "TensorBoardWriter", Recorded)
+    monkeypatch.setattr(train_mod._Run, where, full_disk)
+    with pytest.raises(OSError, match="No space left") as failure:
+        _train(tmp_path / "r", "run.tensorboard=true")
+    assert failure.value.__traceback__ is not None  # the error, and the run its frames hold, still alive here
+    assert len(writers) == 1 and writers[0]._f.closed

@@ -40,9 +40,13 @@ class _EagerLoss(torch.autograd.Function):
                                                             rvs, training, momentum, eps, backend,
                                                             running_in_place=True, stack=True, counts=counts)
         assert not new_running  # written in place
-        ctx.save_for_backward(h, noise, *params)
-        ctx.saved = saved
+        # the activations saved as torch saves them, not kept in a ctx attribute: autograd frees saved tensors after
+        # the backward (unless retain_graph), an attribute lives as long as the graph, so a loss kept after
+        # backward() (the last step's until reassigned, a list of logged losses) held all of them (384 MiB at
+        # B = 32768, 512 features, depth 2)
+        ctx.save_for_backward(h, noise, *params, *saved)
         ctx.meta = (sigma, training, eps, backend, depth)
+        ctx.n_params = len(params)
         ctx.go_div = _GO_DIV[reduction](h.shape[0])
         return reduce_batch(per_sample, reduction)
 
@@ -50,15 +54,16 @@ class _EagerLoss(torch.autograd.Function):
     @_dispatch.autocast_off
     def backward(ctx, go):
         sigma, training, eps, backend, depth = ctx.meta
-        h, noise, *params = ctx.saved_tensors
+        h, noise, *rest = ctx.saved_tensors
+        params, saved = rest[:ctx.n_params], rest[ctx.n_params:]
         d = depth + 1
         weights, biases = params[:d], params[d:2 * d]
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
             grads = _loss_double_backward(per_row_go(go, ctx.go_div, h.shape[0]), h, noise, sigma, weights, biases,
-                                          gammas, betas, ctx.saved, training, eps)
+                                          gammas, betas, saved, training, eps)
         else:
-            grads = _loss_backward_impl(go.contiguous(), h, sigma, weights, biases, gammas, ctx.saved, training,
+            grads = _loss_backward_impl(go.contiguous(), h, sigma, weights, biases, gammas, saved, training,
                                         ctx.needs_input_grad[1], ctx.needs_input_grad[2], backend, ctx.go_div)
         dh, dnoise, dweights, dbiases, dgammas, dbetas = grads
         return (None, dh, dnoise, *dweights, *dbiases, *dgammas, *dbetas)
@@ -140,29 +145,30 @@ class _EagerForward(torch.autograd.Function):
                                saved, None, slots, counts)
         r = torch.addmm(biases[-1], x, weights[-1].t())
         _dispatch.record(OP_FORWARD, backend)
-        ctx.save_for_backward(h, *params)
-        ctx.saved = saved
+        ctx.save_for_backward(h, *params, *saved[1:])  # saved[0] is h; not an attribute: see _EagerLoss
         ctx.meta = (training, eps, backend, depth)
+        ctx.n_params = len(params)
         return r
 
     @staticmethod
     @_dispatch.autocast_off
     def backward(ctx, gr):
         training, eps, backend, depth = ctx.meta
-        h, *params = ctx.saved_tensors
+        h, *rest = ctx.saved_tensors
+        params, saved = rest[:ctx.n_params], [h, *rest[ctx.n_params:]]
         weights, biases, gammas, betas = _split(params, depth)
         if torch.is_grad_enabled():  # create_graph=True: differentiable recomputation
-            shifts, invstds = ctx.saved[3::4], ctx.saved[4::4]
+            shifts, invstds = saved[3::4], saved[4::4]
             fn = lambda h_, *p: _torch_net(h_, *_split(p, depth), training, eps, shifts, invstds)
             grads = _grads_through(fn, [h, *params], gr)
             _dispatch.record(OP_FORWARD + "_backward", "reference")
             return (None, *grads)
         gr = gr.contiguous()
         need_weights = any(ctx.needs_input_grad[2:3 + depth])
-        batch = batched_backward(weights, ctx.saved, 1, depth - 1, gr) if need_weights else None
+        batch = batched_backward(weights, saved, 1, depth - 1, gr) if need_weights else None
         with _launch(backend, gr) as kern:
             dh, dweights, dbiases, dgammas, dbetas = _net_backward(
-                kern, gr, ctx.saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights, batch)
+                kern, gr, saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights, batch)
         dbiases.append(gr.sum(0))
         _dispatch.record(OP_FORWARD + "_backward", backend)
         return (None, dh, *dweights, *dbiases, *dgammas, *dbetas)
