@@ -244,7 +244,9 @@ RESUMABLE_FIELDS = ("run.steps", "run.device", "run.backend", "run.log_every", "
                     "run.fd", "run.fd_samples", "run.fd_every")
 
 
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+# matched whole (fullmatch: "$" let "cpu\n" through) and ASCII digits without leading zeros (torch.device refuses
+# "cuda:01" and other digits with a RuntimeError, a traceback from the CLI)
+_DEVICE = re.compile(r"cpu|auto|cuda(:(0|[1-9][0-9]*))?")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -360,7 +362,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("optim.lr_decay / optim.momentum_final: a schedule of the optimizers' settings is not "
                           "replayed by run.cuda_graph (the graph holds the values it was captured with); set "
                           "run.cuda_graph=false")
-    if not _DEVICE.match(r.device):
+    if not _DEVICE.fullmatch(r.device):
         raise ConfigError(f"run.device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {_shown(r.device)}")
     if r.parzen and r.parzen_test < 2:
         raise ConfigError(f"run.parzen_test: must be >= 2 with run.parzen (the log-likelihood's standard error), got "

@@ -16,7 +16,7 @@ from .train_checks import _device
 
 def cli_device(text: str) -> torch.device:
     """A command's --device, checked as run.device is (a ConfigError naming --device)."""
-    if not C._DEVICE.match(text):
+    if not C._DEVICE.fullmatch(text):
         raise C.ConfigError(f"--device: must be one of ('cpu', 'cuda', 'cuda:N', 'auto'), got {text!r}")
     try:
         return _device(text)

@@ -150,9 +150,11 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {name!r} requested but torch sees no CUDA device; use run.device=cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        # torch would fail later with "invalid device ordinal", naming no field
+    index = int(name.split(":")[1]) if ":" in name else None
+    if index is not None and index >= torch.cuda.device_count():
+        # torch would fail later with "invalid device ordinal", naming no field; checked on the number as written,
+        # before torch.device, which keeps the index in 8 bits: cuda:256 became cuda:0 and cuda:255 plain "cuda"
+        # (the current device), silently, and cuda:128 cuda:-128, which passed this check
         raise ConfigError(f"run.device: {name!r} requested but torch sees {torch.cuda.device_count()} CUDA "
                           f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return dev
+    return torch.device(name)

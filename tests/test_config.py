@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastgan import config as C
 from fastgan.config import ConfigError, TrainConfig, load_config, save_config
@@ -266,6 +267,10 @@ def test_table4_transcription_is_the_papers():
     ({"run": {"tensorboard": "yes"}}, r"run\.tensorboard: must be true or false, got 'yes'"),
     ({"run": {"steps": None}}, r"run\.steps: must be an integer, got null"),
     ({"run": {"device": "tpu"}}, r"run\.device: must be one of \('cpu', 'cuda', 'cuda:N', 'auto'\), got 'tpu'"),
+    # torch.device refuses these with a RuntimeError: a traceback from `fastgan train`, where "$" let "cpu\n" in
+    ({"run": {"device": "cpu\n"}}, r"run\.device: must be one of .*got 'cpu\\n'"),
+    ({"run": {"device": "cuda:01"}}, r"run\.device: must be one of .*got 'cuda:01'"),
+    ({"run": {"device": "cuda:\u0663"}}, r"run\.device: must be one of"),
     ({"method": {"name": "roth+wgan"}}, r"method\.name: units must be '\+'-joined names from .*got 'wgan'"),
     ({"method": {"name": "roth+roth"}}, r"method\.name: a unit appears twice"),
     ({"method": {"name": "roth", "loss": "least_squares"}}, r"method\.roth\.penalty: 'js' .* needs method\.loss='minimax'"),
@@ -280,6 +285,23 @@ def test_table4_transcription_is_the_papers():
 def test_bad_values_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message):
         C.from_dict(data)
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cuda:128", "cuda:255", "cuda:256", "cuda:" + "9" * 20])
+def test_a_cuda_index_past_the_visible_devices_is_refused(monkeypatch, device):
+    """torch.device keeps the index in 8 bits: with one GPU visible, run.device=cuda:256 ran on cuda:0 and
+    cuda:255 on the current device, silently, and cuda:128 (index -128) passed the check."""
+    from fastgan.run_commands import cli_device
+    from fastgan.train_checks import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    C.from_dict({"run": {"device": device}})
+    with pytest.raises(ConfigError, match=rf"^run\.device: '{device}' requested but torch sees 1 CUDA device"):
+        _device(device)
+    with pytest.raises(ConfigError, match=rf"^--device: '{device}' requested but torch sees 1 CUDA device"):
+        cli_device(device)
+    assert _device("cuda:0") == torch.device("cuda", 0)
 
 
 _LONG = "x" * 500
