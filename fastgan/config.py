@@ -180,9 +180,9 @@ class RunConfig:
                                            "note": "a signed 64-bit integer, as torch.manual_seed takes"})
     # cpu, cuda, cuda:N or auto (cuda when available).
     device: str = "cpu"
-    # The fastgan.ops backend every fused op of the run uses (fastgan.ops.use_backend): cuda, triton, cpu or
-    # reference, checked against run.device before the run starts; auto: FASTGAN_BACKEND when set, else each op's
-    # fastest usable one.
+    # The fastgan.ops backend every fused op of the run uses (as fastgan.ops.use_backend, but for the run's thread
+    # only): cuda, triton, cpu or reference, checked against run.device before the run starts; auto: FASTGAN_BACKEND
+    # when set, else each op's fastest usable one.
     backend: str = field(default="auto", metadata={"choices": ("auto", "reference", "cpu", "cuda", "triton")})
     # The run folder is <out_dir>/<name>-<timestamp> unless dir is given.
     out_dir: str = "runs"

@@ -60,7 +60,8 @@ class TrainResult:
     # "auto" resolved), read off fastgan.ops._dispatch.counts around the run
     penalty_modes: tuple = ()
     # {fastgan op: the backends its calls ran on} in this session (read off fastgan.ops._dispatch.counts; a
-    # graphed run's replays are not counted, its warm-up and capture are)
+    # graphed run's replays are not counted, its warm-up and capture are; the counts are process-wide: ops other
+    # threads ran meanwhile are included)
     backends: dict = field(default_factory=dict)
     # the step training began at (the checkpoint's on resume); step == start_step: the checkpoint was already at
     # run.steps or past it, so nothing was trained (and, unless final_evaluation_only, nothing written)
@@ -780,7 +781,10 @@ def train(cfg=None, *, resume: bool = False, overrides=None, progress: Optional[
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected True, False or None (run.progress decides), got {progress!r}")
     cfg = _requested(cfg, overrides, resume)
-    with contextlib.nullcontext() if cfg.run.backend == "auto" else _dispatch.use_backend(cfg.run.backend):
+    # run.backend pins this thread's ops: a use_backend block is process-wide, and two runs in two threads each
+    # ran the other's run.backend (the block opened last won for both)
+    with contextlib.nullcontext() if cfg.run.backend == "auto" else \
+            _dispatch.pin((cfg.run.backend, f"run.backend={cfg.run.backend!r}")):
         run = _Run(cfg, resume, progress)
         with _threads(run.cfg.run.threads):  # the resumed run's value: run.threads may change on resume
             return run.run()

@@ -65,6 +65,31 @@ def test_the_config_field_lists_every_backend():
     assert meta["choices"] == ("auto", *_dispatch.BACKENDS)
 
 
+def test_it_holds_the_run_s_thread_only(tmp_path, monkeypatch):
+    """run.backend was a use_backend block, which is process-wide: two runs in two threads, run.backend=reference
+    and run.backend=cpu, both ran on the block opened last (an audit of threads, 2026-12-07). Now another thread's
+    ops resolve as they would without the run."""
+    import sys
+    import threading
+
+    train_mod = sys.modules["fastgan.train"]  # fastgan.train is the function
+    monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    real_run, seen = train_mod._Run.run, []
+
+    def run(self):  # inside the run's blocks
+        other = threading.Thread(target=lambda: seen.append(_dispatch.requested_backend()))
+        other.start()
+        other.join()
+        seen.append(_dispatch.requested_backend())
+        return real_run(self)
+
+    monkeypatch.setattr(train_mod._Run, "run", run)
+    with fastgan.ops.use_backend("cpu"):  # a caller's block still reaches the other thread, the run wins in its own
+        r = _train(tmp_path / "a", "run.backend=reference")
+    assert seen == [("cpu", "use_backend('cpu')"), ("reference", "run.backend='reference'")]
+    assert r.backends == {"grad_norm_penalty_terms": ("reference",)}
+
+
 def test_the_command_names_the_backends_that_ran(tmp_path, capsys):
     args = ["train", "--set", *TINY, "run.steps=2", f"run.dir={tmp_path / 'r'}", "run.backend=reference"]
     assert main(args) == 0

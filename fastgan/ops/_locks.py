@@ -18,28 +18,25 @@ class ThreadStack(threading.local):
 class ForkSafeLock:
     """threading.Lock (or `factory`'s lock) for `with` blocks, replaced by a new one in a forked child."""
 
-    __slots__ = ("_factory", "_lock", "_held", "__weakref__")
+    __slots__ = ("_factory", "_lock", "__weakref__")
 
     def __init__(self, factory=threading.Lock):
         self._factory = factory
         self._lock = factory()
-        self._held = ThreadStack()  # the locks this thread entered: a block that forks leaves its own
         _LOCKS.add(self)
 
-    def __enter__(self):
-        lock = self._lock
-        lock.acquire()
-        self._held.stack.append(lock)
-        return self
-
-    def __exit__(self, *exc):
-        # the lock this block entered, not self._lock: in a child forked inside the block that is a fresh one
-        self._held.stack.pop().release()
+    # Properties, not methods: `with` looks both up before it enters, so a block runs the lock's own C __enter__
+    # and __exit__. A Python __enter__ that a KeyboardInterrupt reached between its acquire and its return left the
+    # lock held with no block to release it (the next draw hung; 1 of 2 interrupts in an audit of signals,
+    # 2026-12-07); and the __exit__ is the lock's that the block entered, which a child forked inside the block
+    # must release (a first version released the renewed one: "cannot release un-acquired lock").
+    __enter__ = property(lambda self: self._lock.__enter__)
+    __exit__ = property(lambda self: self._lock.__exit__)
 
     @property
     def plain(self):
-        """The lock itself, for a `with` block that does not fork (its C __enter__/__exit__ save ~0.3 us against
-        this class's; a child forked elsewhere reads its renewed lock here)."""
+        """The lock itself, for a `with` block in a hot path (it skips this class's two Python lookups; a child
+        forked elsewhere reads its renewed lock here)."""
         return self._lock
 
 

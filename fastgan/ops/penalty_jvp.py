@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import re
 import threading
 import warnings
@@ -216,6 +217,41 @@ def _active_dropout(D) -> bool:
 # from the global generators meanwhile are rewound with D's draws, as around torch.utils.checkpoint's replay.
 _REPLAY_LOCK = ForkSafeLock(threading.RLock)
 
+# The thread inside jvp's dual level, None when none is. A child forked meanwhile by another thread gets the replay
+# lock fresh, but the level open (the process's one) and not the thread that would close it: each of its jvp
+# penalties failed ("Nested forward mode AD is not supported at the moment", an audit of forks, 2026-12-07). Its
+# first jvp penalty closes the level instead.
+_dual_owner = None
+_orphaned_level = False
+
+
+def _after_fork_in_child() -> None:
+    global _dual_owner, _orphaned_level
+    if _dual_owner is not None and _dual_owner != threading.get_ident():
+        _dual_owner, _orphaned_level = None, True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _DualLevel:
+    """fwAD.dual_level(), recording the thread inside it for a child forked meanwhile (above)."""
+
+    def __enter__(self):
+        global _dual_owner, _orphaned_level
+        if _orphaned_level:
+            _orphaned_level = False
+            if fwAD._current_level >= 0:  # (a fork as the level was being opened or closed left none)
+                fwAD.exit_dual_level()
+        level = fwAD.enter_dual_level()
+        _dual_owner = threading.get_ident()
+        return level
+
+    def __exit__(self, *exc):
+        global _dual_owner
+        fwAD.exit_dual_level()
+        _dual_owner = None
+
 
 class _Rng:
     """Snapshots of the generators D may draw from (CPU, and x's CUDA device), so a forward can be replayed. Not
@@ -341,7 +377,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         if replay:
             rng.restore(start)
         try:
-            with fwAD.dual_level(), DualRules():
+            with _DualLevel(), DualRules():
                 with warnings.catch_warnings():
                     # torch's first make_dual imports torch._decomp.decompositions_for_jvp, which torch.jit.scripts
                     # its rules: a DeprecationWarning on torch 2.13, a FutureWarning (shown to users) from 2.14

@@ -45,18 +45,90 @@ def test_a_lock_held_by_another_thread_at_a_fork_is_free_in_the_child(lock):
 def test_a_block_that_forks_leaves_its_own_lock_in_the_child(factory):
     """The child of a fork inside the block gets a fresh lock, but its `with` must release the one it entered (a
     first version released the fresh one: "cannot release un-acquired lock")."""
-    lock = ForkSafeLock(factory)
-    with lock:
-        pid = os.fork()
+    lock, pid = ForkSafeLock(factory), -1
+    try:
+        with lock:
+            pid = os.fork()
+        if pid == 0:  # the child left the block: it takes the renewed lock
+            with lock:
+                pass
+    except BaseException:  # noqa: BLE001 - the child's, reported through the exit status
         if pid == 0:
-            try:
-                lock.__exit__(None, None, None)  # the child leaves the block...
-                with lock:  # ...and takes the renewed lock
-                    pass
-            except BaseException:  # noqa: BLE001 - reported through the exit status
-                os._exit(1)
-            os._exit(0)
+            os._exit(1)
+        raise
+    if pid == 0:
+        os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert lock._lock.acquire(timeout=5)  # the parent released its own
     lock._lock.release()
+
+
+@pytest.mark.parametrize("factory", [threading.Lock, threading.RLock], ids=["Lock", "RLock"])
+def test_an_interrupt_as_the_acquire_returns_leaves_the_lock_free(factory):
+    """A KeyboardInterrupt raised where the acquire returns (Ctrl-C's handler runs at such points) inside a Python
+    __enter__ left the lock held with no block to release it: the next draw hung (reproduced with SIGINTs sent to
+    a loop of `with` blocks). A profile hook raises it here where any C call made for the `with` returns."""
+    import sys
+
+    lock = ForkSafeLock(factory)
+    inner = lock._lock
+
+    def interrupt(frame, event, arg):
+        if event == "c_return" and getattr(arg, "__self__", None) is inner:
+            raise KeyboardInterrupt
+
+    sys.setprofile(interrupt)
+    try:
+        with lock:
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    free = []
+    t = threading.Thread(target=lambda: free.append(inner.acquire(timeout=5) and inner.release() is None))
+    t.start()
+    t.join()
+    assert free == [True]
+
+
+def test_a_jvp_dual_level_another_thread_had_open_at_a_fork_is_closed_in_the_child():
+    """A thread inside a jvp penalty's dual pass at the fork: the child got the replay lock fresh but torch's dual
+    level (one per process) still open, and its jvp penalties failed ("Nested forward mode AD is not supported at
+    the moment") until the first one closed the level the parent's thread had left."""
+    import torch
+    from torch import nn
+    from torch.autograd import forward_ad as fwAD
+
+    from fastgan.ops import gradient_penalty
+
+    inside, release = threading.Event(), threading.Event()
+
+    class WaitsInTheDualPass(nn.Linear):
+        def forward(self, x):
+            if fwAD._current_level >= 0:
+                inside.set()
+                release.wait(timeout=20)
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    D, x = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)), torch.randn(4, 3)
+    want = gradient_penalty(D, x, mode="double_backward")[0].detach()
+    t = threading.Thread(target=lambda: gradient_penalty(WaitsInTheDualPass(3, 1), x, mode="jvp"))
+    t.start()
+    try:
+        assert inside.wait(timeout=20)
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 if its jvp penalties run (twice: the level is closed once) and are right
+            try:
+                ok = all(torch.allclose(gradient_penalty(D, x, mode="jvp")[0], want) for _ in range(2))
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                os._exit(2)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        t.join()
+    assert os.WEXITSTATUS(status) == 0
+    assert gradient_penalty(D, x, mode="jvp")[0].allclose(want)  # the parent's level was closed by its thread
