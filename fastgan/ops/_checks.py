@@ -85,7 +85,9 @@ def same_device(**tensors: torch.Tensor) -> None:
 
 
 def choice(name: str, value, allowed) -> None:
-    if value not in allowed:
+    # a str first: `in` compares a numpy array elementwise, whose truth is ambiguous (numpy's ValueError, naming
+    # nothing) or, for one element, that element's (np.array(["sum"]) passed, then failed as a dict key)
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 

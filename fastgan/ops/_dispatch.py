@@ -251,7 +251,7 @@ def use_backend(backend: str):
     """Ops called inside with no backend= of their own run on `backend` (checked at each call: one that cannot run
     raises BackendUnavailable naming use_backend). It wins over FASTGAN_BACKEND; an explicit backend= wins over it.
     A torch.compile'd function keeps the backend it was traced with (the choice is baked into its graph)."""
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:  # a str first: see _checks.choice
         raise ValueError(f"use_backend: backend must be one of {BACKENDS}, got {backend!r}")
     entry = _Override(backend)
     _overrides.append(entry)

@@ -35,6 +35,7 @@ from . import denoiser_ops  # noqa: F401  (registers torch.ops.fastgan.bn_relu, 
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_LOSS, OP_RECON  # noqa: F401  (importable from here)
 from .denoiser_eager import _EagerBnRelu, _EagerForward, _run_forward, _run_loss, _run_target_loss
 from .denoiser_net import _copy_running, count_batches
+from .noise_state import _check_device
 
 REDUCTIONS = ("mean", "sum", "none")
 PARAM_DTYPES = (torch.float32, torch.float64)
@@ -355,6 +356,9 @@ class Denoiser(nn.Module):
         if dtype is not None and dtype not in PARAM_DTYPES:  # else accepted here and refused at the first call
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the parameters' dtype; features of "
                             f"another dtype are cast to it), got {dtype}")
+        # as NoiseState's: nn.Module.to raised torch's own errors, naming no argument ("Expected one of cpu, cuda, ...
+        # device type at start of device string: gpu"; an AssertionError "Torch not compiled with CUDA enabled")
+        device = _check_device(device)
         net = ref.make_denoiser(n_features, hidden, depth, momentum, eps)
         self._eps_momentum = (eps, momentum)  # what a depth-0 denoiser, with no BatchNorm layer, reports
         self._init(net.to(device=device, dtype=dtype), sigma, backend)

@@ -105,6 +105,9 @@ def plan(D, x: torch.Tensor | None = None):
     # outside autocast (which the closed form meets by casting x to D's dtype) a layer of another dtype than x is
     # refused here, naming both: the GEMMs said "mat1 and mat2 must have the same dtype", naming neither
     dtype = None if x is None or _dispatch.autocast_enabled(x.device) else x.dtype
+    # and a layer on another device than x, which the closed form never runs (torch's "Tensor on device cpu is not
+    # on the expected device meta!" from its GEMMs, naming neither): D's forward would refuse it, as D's own error
+    device = None if x is None else x.device
     # the per-sample shape flowing through D (None: unknown, x not given) and its rank (with the batch dim)
     shape = None if x is None else tuple(x.shape[1:])
     rank = None if x is None else x.dim()
@@ -120,6 +123,8 @@ def plan(D, x: torch.Tensor | None = None):
             w = next(m.parameters(), None)
             if dtype is not None and w is not None and w.dtype != dtype:
                 return None, f"{where} has {w.dtype} weights but x is {dtype}"
+            if device is not None and w is not None and w.device != device:
+                return None, f"{where} has weights on {w.device} but x is on {device}"
         if kind is nn.Linear:
             if rank not in (None, 2):
                 return None, f"{where} gets a rank-{rank} input; flatten it first (nn.Flatten())"

@@ -523,7 +523,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
             or not (x0.is_cpu and other.is_cpu or x0.device == other.device))):
         return None
     m, F = shape
-    if m == 0 or F == 0:
+    if m == 0 or F == 0 or type(mode) is not str:  # not a str: the general path names it (see _checks.choice)
         return None
     if mode == "double":
         half, n_noisy = False, m
@@ -591,7 +591,7 @@ def noisy_clean_batch(x_real: Optional[torch.Tensor], x_fake: Optional[torch.Ten
         return plain
     _checks.no_differentiating_transform(x_real, x_fake, noise)
     x0, m, F = _sample_info(x_real, x_fake)
-    if mode != "double" and mode != "half":
+    if not isinstance(mode, str) or (mode != "double" and mode != "half"):
         _checks.choice("mode", mode, MODES)
     half = mode == "half"
     n_noisy = _n_noisy(m, half)

@@ -491,6 +491,14 @@ def input_grads(logits: tuple, xs: tuple, create_graph: bool = False) -> tuple:
 PENALTY_MODES = ("double_backward", "jvp", "mlp", "auto")
 
 
+def check_D(D) -> None:
+    """TypeError naming D when it cannot be called: "double_backward", "jvp" and "auto" raised Python's own
+    "'NoneType' object is not callable" from inside the penalty, naming no argument, and penalty_mode answered
+    for it."""
+    if not callable(D):
+        raise TypeError(f"D must be an nn.Module or a callable mapping a batch to logits, got {type(D).__name__}")
+
+
 def refuse_static_graph(D) -> None:
     """ValueError for a DistributedDataParallel(static_graph=True) D. Every mode takes an input gradient through D's
     forward (torch.autograd.grad) before the loss's backward, and with static_graph=True DDP then averages wrong
@@ -522,6 +530,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     the same call with grad enabled (D's buffers advance as there), detached.
     """
     _checks.no_differentiating_transform(x, module=D)
+    check_D(D)
     _checks.tensor("x", x, min_dim=1)
     _check_weight(weight)
     _checks.choice("reduction", reduction, REDUCTIONS)
@@ -625,6 +634,7 @@ def penalty_mode(D, x: torch.Tensor, reduction: str = "mean") -> tuple[str, str]
     """(mode, why): the gradient mode that gradient_penalty / js_penalty(..., mode="auto") would run for D on a batch
     like x now ("mlp", "jvp" or "double_backward"), and why: e.g. which layer keeps D out of the closed form, or
     that jvp is used on CUDA only. Runs nothing."""
+    check_D(D)
     _checks.tensor("x", x, min_dim=1)
     _checks.choice("reduction", reduction, REDUCTIONS)
     D = uncompiled(D)
@@ -666,6 +676,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     it), D runs on the real batch, then the fake one, and both input gradients come from one autograd.grad call.
     """
     _checks.no_differentiating_transform(x_real, x_fake, module=D)
+    check_D(D)
     _checks.tensor("x_real", x_real, min_dim=1)
     _checks.tensor("x_fake", x_fake, min_dim=1)
     _checks.same_device(x_real=x_real, x_fake=x_fake)
