@@ -6,6 +6,11 @@ class ConfigError(ValueError):
     defined here so that the sections' own dataclasses, fastgan.models and fastgan.data, raise it too)."""
 
 
+class ClassifierWeightsError(RuntimeError):
+    """The Fashion-MNIST classifier's weights file is damaged (its SHA-256) or not a FashionMNISTNet state dict:
+    `fastgan train` (run.fd) reports it in one line, as `fastgan eval` does, not as an unexpected error's traceback."""
+
+
 def first_line(e: BaseException, default: str | None = None) -> str:
     """The first line of str(e), stripped; `default` (None: the exception's type name) when it has none."""
     lines = str(e).strip().splitlines()

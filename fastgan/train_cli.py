@@ -12,6 +12,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import config as C
+from ._errors import ClassifierWeightsError
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .graph import GraphCaptureError
@@ -53,7 +54,8 @@ def cmd_train(args) -> int:
         result = train(config, overrides=overrides, resume=args.resume)
     except ConfigError as e:
         return _fail(e, 2)
-    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError, BackendUnavailable) as e:
+    except (CheckpointError, NonFiniteLossError, OSError, ValueError, GraphCaptureError, BackendUnavailable,
+            ClassifierWeightsError) as e:
         return _fail(e, 1)
     except (MemoryError, RuntimeError) as e:
         why = _out_of_memory(e)

@@ -165,6 +165,30 @@ def test_missing_classifier_weights_fail_before_the_run_folder(tmp_path, tiny_fa
     assert not (tmp_path / "run").exists()
 
 
+def test_damaged_classifier_weights_are_one_line_errors_of_train_and_eval(tmp_path, tiny_fashion_mnist, monkeypatch,
+                                                                          capsys):
+    """A damaged shipped file is `fastgan eval`'s one-line error, and `fastgan train`'s with run.fd (it was an
+    unexpected RuntimeError there: Python's traceback)."""
+    import shutil
+
+    from fastgan.metrics import classifier
+
+    r = fastgan.train(None, overrides=[o for o in _fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1", name="done")
+                                       if not o.startswith("run.fd")])
+    copy = tmp_path / "w.pt"
+    shutil.copy(classifier.WEIGHTS, copy)
+    copy.write_bytes(copy.read_bytes()[:-1000])  # truncated
+    monkeypatch.setattr(classifier, "WEIGHTS", copy)
+    monkeypatch.delenv("FASTGAN_DEBUG", raising=False)
+    want = (f"error: classifier weights {copy} are damaged (SHA-256 differs from the shipped file's); "
+            "reinstall fastgan\n")
+    assert cli_main(["eval", str(r.out_dir), "--samples", "20"]) == 1
+    assert capsys.readouterr().err == "fastgan eval: " + want
+    assert cli_main(["train", "--set", *_fd_run(tmp_path, tiny_fashion_mnist, "run.steps=1")]) == 1
+    assert capsys.readouterr().err == "fastgan train: " + want
+    assert not (tmp_path / "run").exists()
+
+
 def _eval_scores(r, seed):
     """What `fastgan eval --samples 20 --seed SEED` should report for run r: its test images, the classifier and
     the scores of 20 samples of G (eval mode) drawn from SEED, computed here."""

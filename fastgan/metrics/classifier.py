@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._errors import first_line
+from .._errors import ClassifierWeightsError, first_line
 
 WEIGHTS = Path(__file__).with_name("fmnist_classifier.pt")
 WEIGHTS_SHA256 = "0d415d5c462f359dd2cffe83e12235cd91507b2b658c46bef7c247e3e171a123"
@@ -69,15 +69,16 @@ def labelled_fashion_mnist(split: str, n: int | None = None, root=None) -> tuple
 
 def load_fmnist_classifier(device="cpu", path=None) -> FashionMNISTNet:
     """The shipped classifier (or the weights at `path`, e.g. one retrained with the tool), in eval mode, with
-    gradients off, on `device`. A missing or damaged shipped file raises RuntimeError naming it."""
+    gradients off, on `device`. A missing file raises FileNotFoundError naming it, a damaged or unreadable one
+    ClassifierWeightsError (a RuntimeError)."""
     p = WEIGHTS if path is None else Path(path)
     problem = shipped_weights_problem() if path is None else (None if p.is_file() else "missing")
     if problem == "missing":
         raise FileNotFoundError(f"classifier weights {p} not found" + (
             " (the package was installed without its data files; reinstall fastgan)" if path is None else ""))
     if problem == "damaged":
-        raise RuntimeError(f"classifier weights {p} are damaged (SHA-256 differs from the shipped file's); "
-                           "reinstall fastgan")
+        raise ClassifierWeightsError(f"classifier weights {p} are damaged (SHA-256 differs from the shipped "
+                                     "file's); reinstall fastgan")
     # torch's default init draws from the global generator, which the weights loaded next overwrite anyway: a
     # trainer building this (run.fd) after seeding would otherwise shift its own draws (D's dropout masks) and
     # its checkpointed generator state, so that run.fd changed the trained weights and broke resume equivalence
@@ -87,7 +88,7 @@ def load_fmnist_classifier(device="cpu", path=None) -> FashionMNISTNet:
         state = torch.load(p, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file gets the same one-line error
-        raise RuntimeError(f"classifier weights {p}: not a FashionMNISTNet state dict ({first_line(e)})") \
-            from None
+        raise ClassifierWeightsError(f"classifier weights {p}: not a FashionMNISTNet state dict "
+                                     f"({first_line(e)})") from None
     net.eval().requires_grad_(False)
     return net.to(device)
