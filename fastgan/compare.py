@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from . import config as C
-from .logging_utils import cut_short, without_nul_lines
+from .logging_utils import cut_short, no_step_column, without_nul_lines
 from .run_commands import run, strict_json
 from .run_folder import lock_held, read_status
 
@@ -94,12 +94,10 @@ def _last_values(run_dir: Path) -> tuple[int, dict, str | None]:
             text, nul_lines = without_nul_lines(f.read())
         reader = csv.DictReader(io.StringIO(text, newline=""))
         rows = list(reader)
-        if reader.fieldnames and "step" not in reader.fieldnames:
-            # another program's file (a JSON record, a ;-separated table): its rows read as step 0 without a value,
-            # and the run was shown as logging nothing, no word of the file
-            shown = ",".join(reader.fieldnames)
-            raise ValueError(f"{path}: not a fastgan metrics log (its header, {shown[:60]!r}"
-                             f"{'...' if len(shown) > 60 else ''}, has no step column)")
+        problem = no_step_column(reader.fieldnames)
+        if problem:
+            # its rows read as step 0 without a value, and the run was shown as logging nothing, no word of the file
+            raise ValueError(f"{path}: not a fastgan metrics log ({problem})")
         # a row being written (or a killed append's) may parse with values cut short ("6,1.3" of "6,1.35"): left
         # out, as a resume leaves it out
         torn = bool(rows) and cut_short(text)

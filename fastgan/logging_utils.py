@@ -35,9 +35,10 @@ class CSVLogger:
                     text, nul_lines = without_nul_lines(f.read())
                 reader = csv.DictReader(io.StringIO(text, newline=""))
                 self.columns = list(reader.fieldnames or [])
-                if self.columns and "step" not in self.columns:
+                problem = no_step_column(self.columns)
+                if problem:
                     # another program's file: its header's fields became columns of the continued log, beside step
-                    raise csv.Error(f"its header, {','.join(self.columns)[:60]!r}, has no step column")
+                    raise csv.Error(problem)
                 for r in reader:
                     if None in r:  # more fields than the header: the first row logged could not write them
                         raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
@@ -102,6 +103,15 @@ def without_nul_lines(text: str) -> tuple[str, int]:
     lines = text.splitlines(keepends=True)
     kept = [ln for ln in lines if "\0" not in ln]
     return "".join(kept), len(lines) - len(kept)
+
+
+def no_step_column(fieldnames) -> Optional[str]:
+    """Why a CSV header is not a metrics log's (another program's file: a JSON record, a ;-separated table), or None:
+    the trainer's resume (CSVLogger) and `fastgan compare` refuse such a file alike."""
+    if fieldnames and "step" not in fieldnames:
+        shown = ",".join(fieldnames)
+        return f"its header, {shown[:60]!r}{'...' if len(shown) > 60 else ''}, has no step column"
+    return None
 
 
 def cut_short(text: str) -> bool:
@@ -262,10 +272,10 @@ def read_events(path) -> list[dict]:
     pos, out = 0, []
     while pos < len(data):
         header = data[pos:pos + 8]
-        if len(header) < 8 or len(data) < pos + 16 + struct.unpack("<Q", header)[0]:
+        n = struct.unpack("<Q", header)[0] if len(header) == 8 else None
+        if n is None or len(data) < pos + 16 + n:
             # a killed writer's last record: struct's "unpack requires a buffer of 4 bytes" named neither
             raise ValueError(f"{path}: the record at byte {pos} is cut short (a write cut short)")
-        (n,) = struct.unpack("<Q", header)
         (hcrc,) = struct.unpack("<I", data[pos + 8:pos + 12])
         body = data[pos + 12:pos + 12 + n]
         (bcrc,) = struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])

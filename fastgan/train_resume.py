@@ -9,6 +9,7 @@ from typing import Optional
 from . import config as C
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import ConfigError, TrainConfig
+from .config_types import _shown
 from .run_folder import recorded_data_samples, recorded_data_shape
 
 # Config fields the trainer fills in when left at None; a resumed run keeps the checkpoint's values.
@@ -109,7 +110,7 @@ def _check_folder_config(run_dir: Path, saved: TrainConfig, path: Path) -> None:
             recorded = C.load_config(run_dir / "config.yaml", stored=True)
     except (OSError, ValueError):
         return
-    bad = [f"{key}: checkpoint {_short(new)}, config.yaml {_short(old)}" for key, old, new in C.diff(recorded, saved)
+    bad = [f"{key}: checkpoint {_shown(new)}, config.yaml {_shown(old)}" for key, old, new in C.diff(recorded, saved)
            if key not in C.RESUMABLE_FIELDS and key != "data.path"
            and not (key in RESOLVED_FIELDS and None in (old, new))]
     if bad:
@@ -118,7 +119,3 @@ def _check_folder_config(run_dir: Path, saved: TrainConfig, path: Path) -> None:
                               "checkpoint copied from another run?); put the run's own checkpoint back, or resume "
                               "that run from its own folder")
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

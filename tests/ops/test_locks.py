@@ -11,6 +11,19 @@ from fastgan.ops._locks import ForkSafeLock
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
+def _in_child(check) -> int:
+    """The exit status of a forked child that runs check(): 0 where it returns true, 1 false, 2 where it raises."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = check()
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            os._exit(2)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status)
+
+
 @pytest.mark.parametrize("lock", [noise._CPU_DRAW_LOCK, noise_state._default_lock, penalty_jvp._REPLAY_LOCK,
                                   _dispatch._INTERPRETER_LOCK, ForkSafeLock()],
                          ids=["noise-draw", "default-state", "jvp-replay", "interpreter", "new"])
@@ -27,15 +40,11 @@ def test_a_lock_held_by_another_thread_at_a_fork_is_free_in_the_child(lock):
     held.wait()
     try:
         assert not lock.plain.acquire(blocking=False)  # `with lock.plain` (the noise draw's) excludes `with lock`
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 if the lock can be taken at once
-            ok = lock.plain.acquire(timeout=5)
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
+        status = _in_child(lambda: lock.plain.acquire(timeout=5))  # the child can take the lock at once
     finally:
         release.set()
         t.join()
-    assert os.WEXITSTATUS(status) == 0
+    assert status == 0
     assert lock._lock.acquire(timeout=5)  # the parent's, released by its thread
     lock._lock.release()
 
@@ -119,16 +128,10 @@ def test_a_jvp_dual_level_another_thread_had_open_at_a_fork_is_closed_in_the_chi
     t.start()
     try:
         assert inside.wait(timeout=20)
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 if its jvp penalties run (twice: the level is closed once) and are right
-            try:
-                ok = all(torch.allclose(gradient_penalty(D, x, mode="jvp")[0], want) for _ in range(2))
-            except BaseException:  # noqa: BLE001 - reported through the exit status
-                os._exit(2)
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
+        # the child's jvp penalties run (twice: the level is closed once) and are right
+        status = _in_child(lambda: all(torch.allclose(gradient_penalty(D, x, mode="jvp")[0], want) for _ in range(2)))
     finally:
         release.set()
         t.join()
-    assert os.WEXITSTATUS(status) == 0
+    assert status == 0
     assert gradient_penalty(D, x, mode="jvp")[0].allclose(want)  # the parent's level was closed by its thread
