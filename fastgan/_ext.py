@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -28,11 +29,24 @@ def _load():
         return None, msg
 
 
+# OpenMP keeps its thread count per OS thread: a thread's first team takes OMP_NUM_THREADS or every logical core,
+# whatever torch.set_num_threads said, until torch itself runs a parallel op there (ATen sets the count then,
+# lazily, per thread). The kernels' parallel loops run on the caller's thread, so a training loop in a fresh
+# thread whose first parallel op was one of ours oversubscribed the CPU. torch.get_num_threads() runs ATen's lazy
+# setup in the calling thread: once a thread, before its first kernel.
+_thread = threading.local()
+
+
 def C():
     """The extension module, or raise RuntimeError saying why it is unavailable."""
     mod, err = _load()
     if mod is None:
         raise RuntimeError(err)
+    try:
+        _thread.omp_set
+    except AttributeError:
+        torch.get_num_threads()
+        _thread.omp_set = True
     return mod
 
 

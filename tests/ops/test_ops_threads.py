@@ -4,6 +4,9 @@ state got the same noise, the first draws from several threads made several defa
 penalties failed inside torch's one-per-process dual level."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -207,3 +210,37 @@ def test_set_state_and_manual_seed_while_other_threads_draw():
         for t in threads:
             t.join()
     assert not errors and not torn, (errors, torn[:3])
+
+
+_FRESH_THREAD_SCRIPT = r"""
+import os, sys, threading, torch
+import fastgan.ops as ops
+torch.set_num_threads(1)
+r, f = torch.randn(400000), torch.randn(400000)
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+out = {}
+def work():
+    before = tasks()
+    ops.nt_losses(r, f, 0.5, backend="cpu")  # large enough for its parallel loop
+    out["new"] = tasks() - before
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(out["new"])
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads in /proc")
+def test_a_fresh_thread_runs_the_kernels_with_torchs_thread_count():
+    """OpenMP's count is per OS thread: a fresh thread's first team took OMP_NUM_THREADS (4 here), not
+    torch.set_num_threads(1), when one of our kernels was its first parallel op (3 OpenMP workers started)."""
+    from fastgan import _ext
+
+    if not getattr(_ext.C(), "openmp", False):
+        pytest.skip("fastgan._C was built without OpenMP")
+    env = dict(os.environ, OMP_NUM_THREADS="4")
+    res = subprocess.run([sys.executable, "-c", _FRESH_THREAD_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "0", f"OpenMP workers started in the fresh thread: {res.stdout}"
