@@ -367,8 +367,8 @@ class Denoiser(nn.Module):
         self.net = net
         self._adopt(net)
         self.sigma = sigma
-        if backend is not None and backend not in _dispatch.BACKENDS:
-            raise ValueError(f"backend must be one of {_dispatch.BACKENDS} or None, got {backend!r}")
+        if backend is not None:
+            _checks.choice("backend", backend, _dispatch.BACKENDS)  # a str first (numpy arrays)
         self.backend = backend
 
     @classmethod

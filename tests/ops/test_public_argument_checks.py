@@ -70,11 +70,31 @@ ARRAYS = [np.array(["mean", "sum"]), np.array(["sum"])]
     ("mode", lambda v: O.noisy_clean_batch(torch.ones(4, 3), torch.ones(4, 3), torch.ones(4, 3), mode=v)),
     ("reduction", lambda v: O.Denoiser(3, depth=1).loss(torch.randn(4, 3), reduction=v)),
     ("backend", lambda v: O.use_backend(v).__enter__()),
+    # a call's backend= (np.array(["cpu"]) == "cpu" is truthy: the one-element array ran, or failed as a dict key)
+    ("backend", lambda v: O.nt_losses(torch.zeros(4), torch.zeros(4), 0.5, backend=v)),
+    ("backend", lambda v: O.noisy_clean_batch(torch.ones(4, 3), torch.ones(4, 3), 0.5, backend=v)),
+    ("backend", lambda v: O.noisy_clean_batch(torch.ones(4, 3), torch.ones(4, 3), torch.ones(4, 3), backend=v)),
+    ("backend", lambda v: O.grad_norm_penalty(torch.ones(4, 3), torch.zeros(4), backend=v)),
+    ("backend", lambda v: O.js_penalty(_mlp(), torch.randn(4, 3), torch.randn(4, 3), backend=v)),
+    ("backend", lambda v: O.Denoiser(3, depth=1, backend=v).loss(torch.randn(4, 3))),
 ], ids=["nt_reduction", "nt_loss", "penalty_reduction", "penalty_mode", "noise_mode", "noise_eps_mode",
-        "denoiser_reduction", "use_backend"])
+        "denoiser_reduction", "use_backend", "nt_backend", "noise_backend", "noise_eps_backend", "penalty_backend",
+        "js_backend", "denoiser_backend"])
 def test_a_numpy_array_of_strings_is_named(name, call, value):
     with pytest.raises(ValueError, match=rf"(^|: ){name} must be one of .*got array\("):
         call(value)
+
+
+@pytest.mark.parametrize("call", [
+    lambda v: O.nt_losses(torch.zeros(4), torch.zeros(4), 0.5, backend=v),
+    lambda v: O.noisy_clean_batch(torch.ones(4, 3), torch.ones(4, 3), 0.5, backend=v),
+    lambda v: O.grad_norm_penalty(torch.ones(4, 3), torch.zeros(4), backend=v),
+    lambda v: O.Denoiser(3, depth=1, backend=v),
+], ids=["nt_losses", "noisy_clean_batch", "grad_norm_penalty", "Denoiser"])
+def test_a_one_element_array_naming_a_backend_is_refused(call):
+    """np.array(["cpu"]) == "cpu" is a truthy one-element array: noisy_clean_batch ran with it."""
+    with pytest.raises(ValueError, match=r"backend must be one of .*got array\(\['cpu'\]"):
+        call(np.array(["cpu"]))
 
 
 def test_a_numpy_str_is_a_str():
