@@ -65,6 +65,8 @@ class NoiseState:
     def set_state(self, state: torch.Tensor) -> "NoiseState":
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (3,):
             raise ValueError("state must be an int64 tensor of shape (3,) from NoiseState.get_state()")
+        if state.is_meta:  # holds no values to set (torch's "Cannot copy out of meta tensor" otherwise)
+            raise ValueError("state is a meta tensor, which holds no values: give NoiseState.get_state()'s tensor")
         _check_state_values(state)  # a host copy, as get_state's own; set_state is rare
         with _draw_lock(self.tensor):
             self.tensor.copy_(state)

@@ -73,6 +73,14 @@ def test_set_state_refuses_what_get_state_never_returns(bad):
     assert st.get_state().tolist() == [1, 0, 0]
 
 
+def test_set_state_names_a_meta_tensor():
+    """torch's 'Cannot copy out of meta tensor; no data!' (a NotImplementedError) named no argument."""
+    st = NoiseState(1)
+    with pytest.raises(ValueError, match="^state is a meta tensor"):
+        st.set_state(torch.zeros(3, dtype=torch.int64, device="meta"))
+    assert st.get_state().tolist() == [1, 0, 0]
+
+
 # ------------------------------------------------------------------ nt_losses
 
 @pytest.mark.parametrize("mu", [math.nan, math.inf, -math.inf, -0.25, 1.5])
