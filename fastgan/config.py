@@ -373,8 +373,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.image_size is not None and cfg.data.image_size > C_INT_MAX:
         raise ConfigError(f"data.image_size: must be <= {C_INT_MAX} (2**31 - 1, the largest size PIL's resize "
                           f"takes), got {cfg.data.image_size}")
-    if not r.name or "/" in r.name or r.name.strip() != r.name:
-        raise ConfigError(f"run.name: must be a non-empty name without '/' or surrounding spaces, got {_shown(r.name)}")
+    # control characters: a name with a newline or tab made a folder ls and shells show mangled; NUL failed in mkdir
+    if not r.name or "/" in r.name or r.name.strip() != r.name or any(c < " " or c == "\x7f" for c in r.name):
+        raise ConfigError(f"run.name: must be a non-empty name without '/', control characters or surrounding "
+                          f"spaces, got {_shown(r.name)}")
     return cfg
 
 

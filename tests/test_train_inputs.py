@@ -2,6 +2,7 @@
 config.yaml and run_info.json as they were; an unreadable metrics.csv, an out_dir that is a dangling link, Parzen
 windows on a file of points, images of strings, a learning rate past float32, a run name with glob characters or
 a date, a folder that is neither a config nor a run, a seed past 64 bits; and Ctrl-C in the final evaluation."""
+import dataclasses
 import io
 import json
 import os
@@ -382,6 +383,18 @@ def test_a_date_is_a_run_name(text):
 
     assert C.coerce(None, [f"run.name={text}"]).run.name == text
     assert C.coerce({"run": {"name": C.yaml_load(f"x: {text}")["x"]}}).run.name == text
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", "a\x00b", "a\x7fb"], ids=["newline", "tab", "nul", "del"])
+def test_a_run_name_with_a_control_character_is_refused(name, tmp_path):
+    """A newline or tab made a run folder that ls and shells show mangled; a NUL failed in mkdir."""
+    from fastgan import config as C
+
+    cfg = C.coerce(None, [*TINY, f"run.out_dir={tmp_path}"])
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))  # frozen: train checks it
+    with pytest.raises(ConfigError, match=r"^run.name: must be a non-empty name without '/', control characters"):
+        fastgan.train(cfg)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_folder_that_is_neither_a_config_nor_a_run(tmp_path):
