@@ -388,6 +388,7 @@ _eager_eps = _eager.apply_of(_EagerEps)
 _eager_draw = _eager.apply_of(_EagerDraw)
 _eager_backward = _eager.apply_of(_EagerBackward)
 _needs_graph = _eager.needs_graph
+_resolve_cpu = _dispatch.resolve_cpu
 
 
 # ---------------------------------------------------------------- public API
@@ -535,7 +536,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
         if noise.dtype is not dt or noise.shape != (n_noisy, F) or noise.layout is not _STRIDED or not (
                 noise.is_cpu and x0.is_cpu or noise.device == x0.device):
             return None
-        chosen = _dispatch.resolve(OP, x0.device, backend)
+        chosen = _resolve_cpu(OP, backend) if x0.is_cpu else _dispatch.resolve(OP, x0.device, backend)
         if _needs_graph(x_real, x_fake, noise):
             out_r, out_f = _eager_eps(x_real, x_fake, noise, (half, chosen, m, F))
         else:
@@ -551,7 +552,7 @@ def _plain_call(x_real, x_fake, noise, mode, state, backend):
             sigma, sigma_value = noise, 0.0
         else:
             return None
-        chosen = _dispatch.resolve(OP, x0.device, backend)
+        chosen = _resolve_cpu(OP, backend) if x0.is_cpu else _dispatch.resolve(OP, x0.device, backend)
         st = _state_tensor(state, x0.device)
         if type(st) is not _Tensor:
             return None

@@ -405,7 +405,7 @@ def nt_losses(logits_real: Optional[torch.Tensor], logits_fake: torch.Tensor, mu
     lf = lf.to(acc)
     lr = lr.to(acc) if lr is not None else lf.new_empty(0)
     mu_t = mu_t.reshape(()).to(acc) if mu_t is not None else None
-    chosen = _dispatch.resolve(OP, lf.device, backend)
+    chosen = _dispatch.resolve_cpu(OP, backend) if lf.is_cpu else _dispatch.resolve(OP, lf.device, backend)
     args = (lr, lf, mu_t, mu_value, KINDS[loss], REDUCTIONS[reduction], bool(js_weights), chosen)
     if not _eager.ok(lr, lf, mu_t):
         value, w_r, w_f = torch.ops.fastgan.nt_losses(*args)

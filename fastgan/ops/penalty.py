@@ -444,7 +444,7 @@ def _penalty_of(grad, logits, weight, reduction, backend):
                                                f"got backend={backend!r}")
         _dispatch.record(OP, "reference")
         return ref.grad_norm_penalty(g2.to(acc), psi, lambda p: weight_values(weight(p), B), reduction)
-    chosen = _dispatch.resolve(OP, grad.device, backend)
+    chosen = _dispatch.resolve_cpu(OP, backend) if grad.is_cpu else _dispatch.resolve(OP, grad.device, backend)
     return _reduced(_per_sample(g2, psi, WEIGHTS[weight], chosen), reduction)
 
 

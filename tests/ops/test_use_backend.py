@@ -131,3 +131,69 @@ def test_blocks_stay_blocks_for_the_penalty_modes(mode):
     pen.backward()
     with ops.use_backend("cuda"), pytest.raises(_dispatch.BackendUnavailable, match=r"use_backend\('cuda'\)"):
         ops.js_penalty(D, x, x, mode=mode)
+
+
+def _outcome(fn):
+    try:
+        return ("ok", fn())
+    except Exception as e:  # noqa: BLE001 - the error is what is compared
+        return (type(e).__name__, str(e))
+
+
+_BACKENDS = [None, "cpu", "reference", "cuda", "triton", "tpu", 3]
+
+
+@pytest.mark.parametrize("context", ["plain", "block_cpu", "block_reference", "env_reference", "env_cpu", "pin_ref",
+                                     "pin_best", "no_C"])
+def test_resolve_cpu_answers_as_resolve_does(context, monkeypatch):
+    """The ops' plain paths take _dispatch.resolve_cpu for CPU tensors (resolve's layers cost ~5 us of a ~75 us
+    noisy_clean_batch call inside a training step): the same backend or the same error as resolve(op, cpu, ...)
+    for every backend= under every way of asking for one, and where _C does not load."""
+    import warnings
+
+    ctx = contextlib.ExitStack()
+    if context.startswith("block_"):
+        ctx.enter_context(ops.use_backend(context[6:]))
+    elif context.startswith("env_"):
+        monkeypatch.setenv("FASTGAN_BACKEND", context[4:])
+    elif context == "pin_ref":
+        ctx.enter_context(_dispatch.pin(("reference", "use_backend('reference')")))
+    elif context == "pin_best":
+        ctx.enter_context(_dispatch.pin((None, "")))
+    elif context == "no_C":
+        from fastgan import _ext
+
+        monkeypatch.setattr(_ext, "available", lambda: (False, "pretend it failed to build"))
+    cpu = torch.device("cpu")
+    with ctx, warnings.catch_warnings():
+        warnings.simplefilter("ignore", _dispatch.FallbackWarning)
+        for backend in [*_BACKENDS, __import__("numpy").array(["cpu"])]:
+            fast = _outcome(lambda: _dispatch.resolve_cpu("nt_losses", backend))
+            slow = _outcome(lambda: _dispatch.resolve("nt_losses", cpu, backend))
+            assert fast == slow, (backend, fast, slow)
+
+
+def test_the_plain_paths_record_the_backend_resolve_picks(monkeypatch):
+    """noisy_clean_batch's plain path, nt_losses and grad_norm_penalty on CPU tensors: the cpu kernels by default,
+    the reference inside use_backend('reference') and under FASTGAN_BACKEND, the reference with a FallbackWarning
+    where _C does not load."""
+    from fastgan import _ext
+
+    x = torch.randn(8, 2, requires_grad=True)
+    calls = {
+        "noisy_clean_batch": lambda: ops.noisy_clean_batch(x, x, torch.randn(8, 2)),
+        "nt_losses": lambda: ops.nt_losses(x[:, 0], x[:, 1], 0.5),
+        "grad_norm_penalty": lambda: ops.grad_norm_penalty(x, x[:, 0]),
+    }
+    for op, call in calls.items():
+        assert _ran(call, op) == ["cpu"]
+        with ops.use_backend("reference"):
+            assert _ran(call, op) == ["reference"]
+        monkeypatch.setenv("FASTGAN_BACKEND", "reference")
+        assert _ran(call, op) == ["reference"]
+        monkeypatch.delenv("FASTGAN_BACKEND")
+        with monkeypatch.context() as m:
+            m.setattr(_ext, "available", lambda: (False, "pretend it failed to build"))
+            m.setattr(_dispatch, "_warned", set())
+            with pytest.warns(_dispatch.FallbackWarning, match=f"{op}: no fused backend for cpu tensors"):
+                assert _ran(call, op) == ["reference"]
