@@ -328,8 +328,8 @@ _CPU = torch.device("cpu")
 @_constant_under_compile
 def resolve_cpu(op: str, backend: str | None) -> str:
     """resolve(op, <CPU>, backend) for CPU tensors, the same answer and errors: backend="cpu", or None with no pin,
-    use_backend block or FASTGAN_BACKEND, where _C loads, is answered without resolve's layers. For the ops' plain
-    paths, where these were measured: inside a training step a Python call costs 2-4x what it costs timed alone
+    use_backend block or FASTGAN_BACKEND, where _C loads, is answered without resolve's layers. For the ops' calls on
+    CPU tensors, where these were measured: inside a training step a Python call costs 2-4x what it costs timed alone
     (caches the step's torch work evicts), and resolve's ~0.5 us alone was ~5 us of a ~75 us noisy_clean_batch
     forward and backward (2026-12-07, interleaved A/B on the 2-core EPYC)."""
     if (((backend is None and not _overrides and not _pins.stack and forced_backend() is None)
