@@ -232,7 +232,7 @@ print(out["new"])
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads in /proc")
-def test_a_fresh_thread_runs_the_kernels_with_torchs_thread_count():
+def test_a_fresh_thread_runs_the_kernels_with_torchs_thread_count(tmp_path):
     """OpenMP's count is per OS thread: a fresh thread's first team took OMP_NUM_THREADS (4 here), not
     torch.set_num_threads(1), when one of our kernels was its first parallel op (3 OpenMP workers started)."""
     from fastgan import _ext
@@ -240,7 +240,8 @@ def test_a_fresh_thread_runs_the_kernels_with_torchs_thread_count():
     if not getattr(_ext.C(), "openmp", False):
         pytest.skip("fastgan._C was built without OpenMP")
     env = dict(os.environ, OMP_NUM_THREADS="4")
+    # cwd: not the checkout, whose unbuilt fastgan/ `python -c` would import first under a non-editable install
     res = subprocess.run([sys.executable, "-c", _FRESH_THREAD_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[-1] == "0", f"OpenMP workers started in the fresh thread: {res.stdout}"
