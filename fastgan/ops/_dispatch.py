@@ -327,13 +327,13 @@ _CPU = torch.device("cpu")
 
 @_constant_under_compile
 def resolve_cpu(op: str, backend: str | None) -> str:
-    """resolve(op, <CPU>, backend) for CPU tensors, the same answer and errors: backend="cpu", or None with no pin,
-    use_backend block or FASTGAN_BACKEND, where _C loads, is answered without resolve's layers. For the ops' calls on
-    CPU tensors, where these were measured: inside a training step a Python call costs 2-4x what it costs timed alone
-    (caches the step's torch work evicts), and resolve's ~0.5 us alone was ~5 us of a ~75 us noisy_clean_batch
-    forward and backward (2026-12-07, interleaved A/B on the 2-core EPYC)."""
-    if (((backend is None and not _overrides and not _pins.stack and forced_backend() is None)
-            or (type(backend) is str and backend == "cpu")) and _ext.available()[0]):
+    """resolve(op, <CPU>, backend) for CPU tensors, the same answer and errors: the cpu backend, named, asked for
+    (requested_backend) or taken as the best, where _C loads, is answered without resolve's layers. For the ops'
+    calls on CPU tensors, where these were measured: inside a training step a Python call costs 2-4x what it costs
+    timed alone (caches the step's torch work evicts), and resolve's ~0.5 us alone was ~5 us of a ~75 us
+    noisy_clean_batch forward and backward (2026-12-07, interleaved A/B on the 2-core EPYC)."""
+    asked = backend if backend is not None else requested_backend()[0]  # None: the best, "cpu" on CPU tensors
+    if (asked is None or (type(asked) is str and asked == "cpu")) and _ext.available()[0]:
         return "cpu"
     return resolve(op, _CPU, backend)
 
