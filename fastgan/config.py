@@ -276,14 +276,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               "differentiable w.r.t. the noisy inputs; use 'double_backward' or 'auto' (which "
                               "runs the double backward there)")
         d_bn = [f"model.{k}" for k in ("d_batchnorm", "d_input_batchnorm") if cfg.model.resolved(k)]
-        if m.roth.penalty == "f" and m.f_divergence not in LINEAR_F_DIVERGENCES and m.roth.mode in ("jvp", "mlp") \
-                and d_bn:
-            # Omega_f differentiates T = g_f(psi); the modes differentiate psi (fastgan.methods.roth)
-            raise ConfigError(f"method.roth.mode: {m.roth.mode!r} differentiates D's logits psi, but Omega_f for "
+        if m.roth.penalty == "f" and m.f_divergence not in LINEAR_F_DIVERGENCES and m.roth.mode == "mlp" and d_bn:
+            # Omega_f differentiates T = g_f(psi); the closed form differentiates psi (fastgan.methods.roth)
+            raise ConfigError(f"method.roth.mode: 'mlp' differentiates D's logits psi, but Omega_f for "
                               f"method.f_divergence={m.f_divergence!r} needs the gradient of T = g_f(psi), which "
                               f"{' and '.join(d_bn)}'s batch statistics make differ from g_f'(psi) grad psi; use "
-                              "'double_backward' or 'auto' (which runs it), or a divergence with g_f(psi) = psi "
-                              f"{LINEAR_F_DIVERGENCES}")
+                              "'jvp', 'double_backward' or 'auto' (which runs the double backward), or a divergence "
+                              f"with g_f(psi) = psi {LINEAR_F_DIVERGENCES}")
         what = {"goodfellow": "has maxout units and dropout",
                 "resnet": "adds residual shortcuts, which no single chain of layers holds"}.get(cfg.model.arch)
         if m.roth.mode == "mlp" and what is not None:

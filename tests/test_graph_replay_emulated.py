@@ -63,6 +63,10 @@ CONFIGS = {
                             "method.d_steps=2"],
     "roth-f-kl-batchnorm": ["method.name=roth", "method.loss=fgan", "method.roth.penalty=f",
                             "method.f_divergence=kl", "model.d_batchnorm=true"],
+    # T = g_f(psi)'s own gradient by reverse-over-forward (fastgan.ops.penalty_statistic): its slope and root taken
+    # with autograd inside the step
+    "roth-f-js-batchnorm-jvp": ["method.name=roth", "method.loss=fgan", "method.roth.penalty=f",
+                                "method.f_divergence=js", "model.d_batchnorm=true", "method.roth.mode=jvp"],
     "nt-generator-k2": ["method.name=nt", "method.nt.noise=generator", "method.d_steps=2"],
     "nt-learned-sigma": ["method.name=nt", "method.nt.noise=learned_sigma"],
     "nt-fixed-anneal-half": ["method.name=nt", "method.nt.noise=fixed", "method.nt.sigma_anneal=linear",

@@ -98,7 +98,26 @@ def needs_statistic_gradient(D, f: str) -> bool:
 def statistic_mode_refusal(mode: str, f: str) -> str:
     return (f"method.roth.mode: {mode!r} differentiates D's logits psi, but Omega_f for "
             f"method.f_divergence={f!r} needs the gradient of T = g_f(psi), which BatchNorm with batch statistics "
-            "makes differ from g_f'(psi) grad psi; use 'double_backward' or 'auto' (which runs it)")
+            "makes differ from g_f'(psi) grad psi; use 'jvp', 'double_backward' or 'auto' (which runs the double "
+            "backward)")
+
+
+def statistic(f: str):
+    """T = g_f(psi) with eq. 19's weight f*''(T) as the root taken into grad_x T (fdiv.conjugate_curvature_root)."""
+    from ..ops.penalty_statistic import Statistic
+
+    return Statistic(lambda v: fdiv.activation(f, v), lambda v: fdiv.conjugate_curvature_root(f, v))
+
+
+def statistic_penalty_jvp(D, x: torch.Tensor, f: str, coef: Optional[torch.Tensor] = None):
+    """(Omega_f part, logits) of a batch-coupled D by reverse-over-forward (fastgan.ops.penalty_statistic): the
+    batch mean of f*''(T) ||grad_x sum T||^2, or its coef-weighted sum."""
+    from ..ops import penalty_jvp
+
+    weight, reduction = ("one", "mean") if coef is None else (ops.penalty.SampleWeighted("one", coef), "sum")
+    pen, logits = penalty_jvp.jvp_penalty(D, x, weight, reduction, stat=statistic(f))
+    ops._dispatch.record(penalty_jvp.MODE_OP, "jvp")
+    return pen, logits.reshape(x.shape[0])
 
 
 def penalty_by_mode(D, x: torch.Tensor, weight: str, mode: str, coef: Optional[torch.Tensor] = None,
@@ -154,9 +173,12 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
         raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
                          "graph (NTGAN's learned noise); use 'double_backward' or 'auto'")
     if penalty == "f" and needs_statistic_gradient(D, f):
-        if mode in ("jvp", "mlp"):
+        if mode == "mlp":
             raise ValueError(statistic_mode_refusal(mode, f))
         lr = D(x_real).reshape(x_real.shape[0])
+        if mode == "jvp":
+            pf, lf = statistic_penalty_jvp(D, x_fake, f, w_fake)
+            return pf, lr, lf
         # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
         # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
         # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have

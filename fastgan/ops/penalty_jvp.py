@@ -320,10 +320,11 @@ def _div(reduction: str, B: int) -> int:
 
 # ---------------------------------------------------------------- the jvp penalty
 
-def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, _guards=None):
+def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backend=None, _guards=None, stat=None):
     """(penalty, logits) as gradient_penalty(..., mode="jvp"); reduction "mean" or "sum". _guards: a list that
     receives the StateGuard of D's first forward (None where D's buffer copies cover its state), for auto's check
-    to replay from the same state."""
+    to replay from the same state. stat: a Statistic, whose gradient is penalized instead of psi's (Roth's f-GAN
+    regularizer where D's samples are coupled: see Statistic)."""
     if reduction == "none":
         raise ValueError("mode='jvp' needs reduction 'mean' or 'sum' (a per-sample penalty has no single JVP "
                          "direction); use mode='double_backward' or 'mlp' for reduction='none'")
@@ -356,16 +357,26 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         with guard if guard is not None else contextlib.nullcontext():
             psi0 = _pen._logits_of(D, x)
         after = rng.save()
-        g = _pen.input_grad(psi0, x)
+        g = _pen.input_grad(psi0 if stat is None else stat.fn(psi0), x)
         acc = _checks.acc_dtype(g.dtype, psi0.dtype)
         g2 = g.reshape(B, math.prod(g.shape[1:]))
         if acc == torch.float64 and g2.dtype != acc:
             g2 = g2.to(acc)
         psi = psi0.detach().to(acc)
+        r = stat.root_values(psi) if stat is not None and stat.root is not None else None
+        if r is not None:
+            g2 = g2.to(r.dtype) * r[:, None]
         per, u, v = penalty_terms(g2, psi, weight, div, backend)
         value = per.mean() if reduction == "mean" else per.sum()
         direction, scale = v, None
-        if x.dtype == torch.float16 or _dispatch.autocast_float16(x.device):
+        if r is not None:
+            # the root's own dependence on psi (g held): d/dpsi (w r^2 ||grad T||^2) / div = (log r)' <v, r grad T>,
+            # and the tangent's direction r v, normalized: r grows like 1 / ||grad T|| (up to e^87 in float32)
+            u = u + stat.log_root_slope(psi) * (v.to(acc) * g2.to(acc)).sum(1)
+            direction = v * r[:, None].to(v.dtype)
+            scale = direction.detach().abs().amax().clamp_min(torch.finfo(direction.dtype).tiny)
+            direction = direction / scale
+        elif x.dtype == torch.float16 or _dispatch.autocast_float16(x.device):
             # In float16 the backward's cotangent into D's tangent graph is the penalty's upstream gradient itself,
             # which GradScaler's 2**16 already overflows (the double backward's carries 2w(psi)g/B, small): the
             # direction is normalized to max |v| = 1 and the tangent scaled back in float32, so that cotangent is
@@ -410,10 +421,12 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     logits = out.reshape(B)
     surrogate = None
     if jv is not None:
-        surrogate = jv.sum().to(acc)
+        # <grad T, d> = <J d, T'(psi)> (J: psi's Jacobian in x, across the batch where D couples its samples);
+        # T'(psi) of the dual forward's primal, so that its dependence on the parameters is differentiated too
+        surrogate = (jv.sum() if stat is None else (stat.slope(logits.to(acc)) * jv.reshape(B)).sum()).to(acc)
         if scale is not None:
             surrogate = surrogate * scale.to(acc)
-    if weight != "one":
+    if weight != "one" or r is not None:
         term = (u * logits.to(acc)).sum()
         surrogate = term if surrogate is None else surrogate + term
     if surrogate is None or not surrogate.requires_grad:
@@ -426,7 +439,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
     def replay():
         with _dispatch.pin(request):
             return _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start,
-                                           any_order=True, guard=guard)
+                                           any_order=True, guard=guard, stat=stat)
 
     # the tap is zero, so the value stays Omega bit for bit
     return value + penalty_create_graph.CreateGraphTap.apply(surrogate, replay, (), *params), logits
@@ -452,7 +465,7 @@ def _from_start(guard, x):
 
 
 def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=False, guard=None,
-                            x_fake=None):
+                            x_fake=None, stat=None):
     """The penalty by the double backward (with its graph), from D's buffers and the random-number state as they
     were at `start`; D's own buffers and the current random-number state are left alone (a function D's state:
     as `guard` caught it in D's first forward). x_fake: js_penalty's joint pass of (x, x_fake), its penalty.
@@ -475,6 +488,8 @@ def _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, star
             with DualRules() if any_order else contextlib.nullcontext(), _from_start(guard, x):
                 if x_fake is not None:
                     return _pen.js_double_backward(D_at_start, x, x_fake, backend, record=False)[0]
+                if stat is not None:
+                    return stat.double_backward(D_at_start, x, weight, reduction, backend)
                 return _pen._double_backward(D_at_start, x, weight, reduction, backend, record=False)[0]
         finally:
             rng.restore(now)

@@ -36,19 +36,21 @@ def _omega64(D, x, f):
 @pytest.mark.parametrize("f,bias", [("gan", 2), ("gan", 60), ("gan", -60), ("js", 60), ("reverse_kl", 2),
                                     ("reverse_kl", 60), ("reverse_kl", -60), ("squared_hellinger", 2),
                                     ("squared_hellinger", 38), ("squared_hellinger", -38)])
-def test_f_penalty_of_a_batchnorm_d_at_logits_far_from_zero(f, bias):
+@pytest.mark.parametrize("mode", ["double_backward", "jvp"])
+def test_f_penalty_of_a_batchnorm_d_at_logits_far_from_zero(f, bias, mode):
     """f*''(T) overflows float32 at |psi| ~ 44 (squared_hellinger: 30) and ||grad T||^2 at psi ~ -44: taken
     apart, Omega_f was inf or NaN where it is 0.08 (gan at +60, reverse_kl at +-60) or 1e16 (squared_hellinger at
     38); its root is taken into the gradient before squaring (fdiv.conjugate_curvature_root). gan, js and
     reverse_kl now hold to |psi| ~ 87; squared_hellinger, whose penalty's gradient with respect to grad T is
-    2 f*''(T) grad T ~ e^(2 psi), to ~40."""
+    2 f*''(T) grad T ~ e^(2 psi), to ~40. mode "jvp" (penalty_statistic) holds as far: its tangent's direction is
+    normalized."""
     g = torch.Generator().manual_seed(1)
     xr, xf = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
     D64 = _d(bias, torch.float64)
     want = _omega64(D64, xf, f)
     want_grads = torch.autograd.grad(want, list(D64.parameters()))
     D = _d(bias, torch.float32)
-    omega, _, lf = regularizer(D, "f", xr.float(), xf.float(), f=f)
+    omega, _, lf = regularizer(D, "f", xr.float(), xf.float(), f=f, mode=mode)
     assert (lf - bias).abs().max() < 3
     got_grads = torch.autograd.grad(omega, list(D.parameters()))
     assert omega.item() == pytest.approx(want.item(), rel=2e-5)
@@ -70,12 +72,13 @@ def test_conjugate_curvature_root(f):
 
 
 @pytest.mark.parametrize("f,bias", [("gan", 12), ("reverse_kl", 12), ("squared_hellinger", 8)])
-def test_f_penalty_of_a_float16_batchnorm_d(f, bias):
+@pytest.mark.parametrize("mode", ["double_backward", "jvp"])
+def test_f_penalty_of_a_float16_batchnorm_d(f, bias, mode):
     """The root and its product with grad T in float32, as grad_norm_penalty accumulates a half D's penalty: in
     float16 the root overflowed at psi ~ 11 (gan, reverse_kl; squared_hellinger ~ 7) and Omega_f read NaN or inf
     where it is 0.08 or 525 (a review)."""
     g = torch.Generator().manual_seed(1)
     xr, xf = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
     want = _omega64(_d(bias, torch.float64), xf, f)
-    omega, _, _ = regularizer(_d(bias, torch.float16), "f", xr.half(), xf.half(), f=f)
+    omega, _, _ = regularizer(_d(bias, torch.float16), "f", xr.half(), xf.half(), f=f, mode=mode)
     assert omega.item() == pytest.approx(want.item(), rel=0.01)  # float16's logits: ~1e-2 relative at |psi| ~ 12

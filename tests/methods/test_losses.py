@@ -128,14 +128,14 @@ def test_conjugate_curvature_and_the_linear_activations(f):
     assert (f in fdiv.LINEAR) == torch.equal(fdiv.activation(f, v), v)
 
 
-@pytest.mark.parametrize("mode", ["jvp", "mlp"])
-def test_f_penalty_refuses_the_logit_modes_where_batchnorm_couples_the_samples(mode):
+def test_f_penalty_refuses_the_closed_form_where_batchnorm_couples_the_samples():
     from fastgan.methods.roth import regularizer
 
+    mode = "mlp"
     D = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(),
                             torch.nn.Linear(3, 1)).double()
     x = torch.randn(4, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match=rf"method.roth.mode: '{mode}' .*gradient of T = g_f\(psi\)"):
+    with pytest.raises(ValueError, match=r"method.roth.mode: 'mlp' .*gradient of T = g_f\(psi\).*use 'jvp'"):
         regularizer(D, "f", x, x, f="gan", mode=mode)
     # g_f(v) = v: T's gradient is psi's, and the modes run; in eval mode the samples are independent again
     regularizer(D, "f", x, x, f="kl", mode=mode)

@@ -78,8 +78,8 @@ def test_roth_r1_r2_match_reference(penalty, loss):
     assert_close(grads(M.d_objective(x, fake, d).d_loss, P), grads(want, P), "D")
 
 
-@pytest.mark.parametrize("bn,mode", [(False, "double_backward"), (True, "double_backward"), (True, "auto")],
-                         ids=["", "batchnorm", "batchnorm-auto"])
+@pytest.mark.parametrize("bn,mode", [(False, "double_backward"), (True, "double_backward"), (True, "auto"),
+                                     (True, "jvp")], ids=["", "batchnorm", "batchnorm-auto", "batchnorm-jvp"])
 @pytest.mark.parametrize("f", ["gan", "js", "kl", "reverse_kl", "pearson", "squared_hellinger"])
 def test_roth_general_f_gan_matches_reference(f, bn, mode):
     """Eq. 19 differentiates the statistic T = g_f(psi): with training-mode BatchNorm, which couples a batch's

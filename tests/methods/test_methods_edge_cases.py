@@ -28,6 +28,16 @@ def test_penalty_modes_report_every_double_backward(tmp_path, overrides):
     assert r.penalty_modes == ("double_backward",)
 
 
+@pytest.mark.parametrize("overrides", [[], ["method.name=roth+nt", "method.nt.noise=fixed"]], ids=["roth", "roth+nt"])
+def test_f_penalty_of_a_batchnorm_d_trains_in_jvp_mode(tmp_path, overrides):
+    """Omega_f of a non-linear g_f with D's batch statistics (T's own gradient) by reverse-over-forward
+    (fastgan.ops.penalty_statistic), NT's mu-weighted rows included: reported as jvp, no double backward."""
+    r = train(tmp_path, "method.loss=fgan", "method.roth.penalty=f", "method.f_divergence=js",
+              "model.d_batchnorm=true", "method.roth.mode=jvp", *overrides)
+    assert r.penalty_modes == ("jvp",)
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in r.losses.values())
+
+
 def test_nt_half_batches_with_dfm_need_two_clean_rows(tmp_path):
     # the denoiser trains on the m // 2 clean rows of a half batch, through training-mode BatchNorm
     with pytest.raises(ConfigError, match=r"^optim\.batch_size: .*half.*>= 4, got 3"):
@@ -73,19 +83,19 @@ def test_mlp_mode_with_maxout_discriminator_is_a_config_error():
     coerce(None, ["method.roth.mode=auto", "model.arch=goodfellow"])
 
 
-@pytest.mark.parametrize("mode", ["jvp", "mlp"])
-def test_f_penalty_of_a_non_linear_g_f_with_batchnorm_refuses_the_logit_modes(mode):
+def test_f_penalty_of_a_non_linear_g_f_with_batchnorm_refuses_the_closed_form():
     """Omega_f differentiates T = g_f(psi); with D's batch statistics that is not g_f'(psi) grad psi, which the
-    jvp and closed-form modes give: a config error before any data loads."""
-    f_gan = ["method.loss=fgan", "method.roth.penalty=f", f"method.roth.mode={mode}"]
-    with pytest.raises(ConfigError, match=rf"^method\.roth\.mode: '{mode}' differentiates D's logits psi, but Omega_f "
-                                          r"for method\.f_divergence='gan' .*model\.d_batchnorm"):
+    closed form gives: a config error before any data loads. jvp differentiates T (fastgan.ops.penalty_statistic)."""
+    f_gan = ["method.loss=fgan", "method.roth.penalty=f", "method.roth.mode=mlp"]
+    with pytest.raises(ConfigError, match=r"^method\.roth\.mode: 'mlp' differentiates D's logits psi, but Omega_f "
+                                          r"for method\.f_divergence='gan' .*model\.d_batchnorm.*use 'jvp'"):
         coerce(None, [*f_gan, "model.d_batchnorm=true"])
     with pytest.raises(ConfigError, match=r"method\.f_divergence='reverse_kl'"):
         coerce(None, [*f_gan, "model.arch=dcgan", "method.f_divergence=reverse_kl"])  # DCGAN's D: BatchNorm
     coerce(None, [*f_gan, "model.d_batchnorm=true", "method.f_divergence=kl"])  # g_f(psi) = psi
     coerce(None, [*f_gan, "model.d_batchnorm=false"])
-    coerce(None, [*f_gan[:2], "method.roth.mode=auto", "model.d_batchnorm=true"])
+    for mode in ("auto", "jvp", "double_backward"):
+        coerce(None, [*f_gan[:2], f"method.roth.mode={mode}", "model.d_batchnorm=true"])
 
 
 @pytest.mark.parametrize("loss", ["least_squares", "wgan_gp"])
