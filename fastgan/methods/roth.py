@@ -109,12 +109,32 @@ def statistic(f: str):
     return Statistic(lambda v: fdiv.activation(f, v), lambda v: fdiv.conjugate_curvature_root(f, v))
 
 
-def statistic_penalty_jvp(D, x: torch.Tensor, f: str, coef: Optional[torch.Tensor] = None):
-    """(Omega_f part, logits) of a batch-coupled D by reverse-over-forward (fastgan.ops.penalty_statistic): the
-    batch mean of f*''(T) ||grad_x sum T||^2, or its coef-weighted sum."""
+def _weighting(coef: Optional[torch.Tensor]):
+    return ("one", "mean") if coef is None else (ops.penalty.SampleWeighted("one", coef), "sum")
+
+
+def statistic_mode(D, x_fake: torch.Tensor, mode: str, coef: Optional[torch.Tensor] = None) -> str:
+    """How Omega_f of a batch-coupled D is taken: "jvp", "check" (jvp once it has matched the double backward on
+    D's first batch) or "double_backward". "auto" takes jvp where it would for psi's gradient (CUDA); where it
+    would take the closed form, which differentiates psi only, the double backward."""
+    if mode != "auto":
+        return mode
     from ..ops import penalty_jvp
 
-    weight, reduction = ("one", "mean") if coef is None else (ops.penalty.SampleWeighted("one", coef), "sum")
+    choice = penalty_jvp.auto_mode(D, x_fake, _weighting(coef)[1])
+    return choice if choice in ("jvp", "check") else "double_backward"
+
+
+def statistic_penalty_jvp(D, x: torch.Tensor, f: str, coef: Optional[torch.Tensor] = None, check: bool = False):
+    """(Omega_f part, logits) of a batch-coupled D by reverse-over-forward (fastgan.ops.penalty_statistic): the
+    batch mean of f*''(T) ||grad_x sum T||^2, or its coef-weighted sum. check: verified against the double backward
+    first (statistic_mode's "check"); None where it did not match, D's state and draws as at the call."""
+    from ..ops import penalty_jvp
+
+    weight, reduction = _weighting(coef)
+    if check:
+        out = penalty_jvp._checked_jvp(D, x, weight, reduction, None, stat=statistic(f))  # records jvp itself
+        return None if out is None else (out[0], out[1].reshape(x.shape[0]))
     pen, logits = penalty_jvp.jvp_penalty(D, x, weight, reduction, stat=statistic(f))
     ops._dispatch.record(penalty_jvp.MODE_OP, "jvp")
     return pen, logits.reshape(x.shape[0])
@@ -175,10 +195,22 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
     if penalty == "f" and needs_statistic_gradient(D, f):
         if mode == "mlp":
             raise ValueError(statistic_mode_refusal(mode, f))
+        how = statistic_mode(D, x_fake, mode, w_fake)
+        if how == "check":
+            from ..ops import penalty_jvp
+
+            # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are
+            # taken again then, from the same state and draws
+            start = (penalty_jvp._buffer_clones(D), penalty_jvp._Rng(x_real.device))
+            start += (start[1].save(),)
         lr = D(x_real).reshape(x_real.shape[0])
-        if mode == "jvp":
-            pf, lf = statistic_penalty_jvp(D, x_fake, f, w_fake)
-            return pf, lr, lf
+        if how in ("jvp", "check"):
+            out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
+            if out is not None:
+                return out[0], lr, out[1]
+            penalty_jvp._put_back(D, start[0], None)
+            start[1].restore(start[2])
+            lr = D(x_real).reshape(x_real.shape[0])
         # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
         # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
         # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have

@@ -658,11 +658,13 @@ def _flat(grads, params):
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(grads, params)])
 
 
-def _checked_jvp(D, x, weight, reduction, backend):
+def _checked_jvp(D, x, weight, reduction, backend, stat=None):
     """jvp_penalty, verified once against the double backward on the same batch (gradients of the penalty
-    alone, side-effect free); on a mismatch or an error, D is marked and the double backward runs instead."""
+    alone, side-effect free); on a mismatch or an error, D is marked and the double backward runs instead (with
+    a Statistic: None is returned, D's state and the generators as at the call, for the caller's double
+    backward)."""
     with _REPLAY_LOCK:  # its replays and its final rewind of the generators, as one
-        return _check_jvp_once(D, x, weight, reduction, backend)
+        return _check_jvp_once(D, x, weight, reduction, backend, stat)
 
 
 def _agreed(D, reason: str | None, device) -> str | None:
@@ -680,7 +682,7 @@ def _agreed(D, reason: str | None, device) -> str | None:
     return reason
 
 
-def _check_jvp_once(D, x, weight, reduction, backend):
+def _check_jvp_once(D, x, weight, reduction, backend, stat=None):
     key = _key(D, x)
     # Under DistributedDataParallel the check runs on the wrapped module, without the wrapper's collectives (its
     # buffer broadcast in each forward), so that every rank reaches the agreement after the same collectives
@@ -694,13 +696,14 @@ def _check_jvp_once(D, x, weight, reduction, backend):
     reason = None
     guards: list = []
     try:
-        pen, logits = jvp_penalty(D, x, weight, reduction, backend, _guards=guards)
+        pen, logits = jvp_penalty(D, x, weight, reduction, backend, _guards=guards, stat=stat)
         got = torch.autograd.grad(pen, params, retain_graph=True, allow_unused=True) if pen.requires_grad \
             else [None] * len(params)
         # from the state jvp's first forward started from, also outside D's buffers (its guard's copies), and
         # leaving the state as that forward left it
         guard = guards[0] if guards else None
-        ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, guard=guard)
+        ref_pen = _replay_double_backward(D, x, weight, reduction, backend, start_buffers, rng, start, guard=guard,
+                                          stat=stat)
         want = torch.autograd.grad(ref_pen, params, allow_unused=True) if ref_pen.requires_grad \
             else [None] * len(params)
         a, b = _flat(got, params), _flat(want, params)
@@ -725,7 +728,9 @@ def _check_jvp_once(D, x, weight, reduction, backend):
     _put_back(D, start_buffers, guards[0] if guards else None)
     rng.restore(start)
     if reason is None:  # DDP: the checked jvp again, through the wrapper (from the same state and draws)
-        return jvp_penalty(wrapper, x, weight, reduction, backend)
+        return jvp_penalty(wrapper, x, weight, reduction, backend, stat=stat)
+    if stat is not None:
+        return None
     return _double_backward_any_order(wrapper, x, weight, reduction, backend)
 
 

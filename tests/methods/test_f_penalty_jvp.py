@@ -115,3 +115,56 @@ def test_a_root_of_the_wrong_shape_is_refused():
         penalty_jvp.jvp_penalty(D, torch.randn(4, 3, dtype=torch.float64), "one", "mean", stat=stat)
     with pytest.raises(TypeError, match="Statistic: fn and root must be callables"):
         type(stat)(torch.sigmoid, 2.0)
+
+
+class _NoJvp(torch.autograd.Function):
+    """An activation without a forward-mode rule: jvp cannot run D, auto's check falls back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class _NoJvpTanh(nn.Module):
+    def forward(self, x):
+        return _NoJvp.apply(x)
+
+
+@pytest.mark.parametrize("jvp_runs", [True, False], ids=["jvp", "falls-back"])
+def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs):
+    """Where "auto" takes jvp for D (CUDA: stood in for by the CPU here), Omega_f of a batch-coupled D does too,
+    after one check against the double backward of T's gradient; where jvp cannot run D, a FallbackWarning and the
+    double backward, then and on later calls. The CPU's own choice stays the double backward."""
+    g = torch.Generator().manual_seed(11)
+    xr, xf = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    D = _mlp().double()
+    if not jvp_runs:
+        D[2] = _NoJvpTanh()
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    _dispatch.counts.clear()
+    want = _run(D, "auto", xr, xf, "js", None)
+    assert _dispatch.counts.get(("gradient_penalty", "double_backward")) == 1  # the CPU's choice
+    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
+    monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES", set())
+    for call in range(2):
+        D.load_state_dict(start)
+        _dispatch.counts.clear()
+        if jvp_runs or call:
+            got = _run(D, "auto", xr, xf, "js", None)
+        else:
+            with pytest.warns(_dispatch.FallbackWarning, match="jvp path does not support this discriminator"):
+                got = _run(D, "auto", xr, xf, "js", None)
+        ran = "jvp" if jvp_runs else "double_backward"
+        assert _dispatch.counts.get(("gradient_penalty", ran)) == 1, (call, dict(_dispatch.counts))
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0)
+        for a, b in zip(got[1], want[1]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * max(t.abs().max().item() for t in want[1]))
+        for a, b in zip(got[2], want[2]):
+            assert torch.equal(a, b)
