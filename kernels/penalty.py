@@ -113,8 +113,9 @@ def _backward_kernel(go_ptr, go_div, g_ptr, l_ptr, dg_ptr, dl_ptr, per_ptr, B, F
         for f0 in range(0, tl.cast(F, tl.int64), BLOCK_F):  # int64: an i32 counter wraps within a block of 2**31
             acc += _sum_sq_and_dgrad(g_ptr, dg_ptr, rows, rmask, f0, F, sb, sf, scale, ACC, BLOCK_F).to(tl.float64)
         acc = acc.to(ACC)
-    # dw = 0 (weight "one", a saturated weight) gives 0 even where acc overflowed to inf (0 * inf = nan)
-    tl.store(dl_ptr + rows, tl.where(dw == 0.0, 0.0, dw * acc * go), mask=rmask)
+    # dw = 0 (weight "one", a saturated weight) gives 0 even where acc overflowed to inf (0 * inf = nan); dw last,
+    # as penalty_math.h's logit_grad
+    tl.store(dl_ptr + rows, tl.where(dw == 0.0, 0.0, dw * (acc * go)), mask=rmask)
     if HAS_PER:
         tl.store(per_ptr + rows, w * acc, mask=rmask)
 

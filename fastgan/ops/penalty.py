@@ -64,7 +64,7 @@ def _bwd_reference(go, g, l, w, dg, dl):
     wt, dw, _ = _weight_derivatives(w, l.to(acc))
     ga = g.to(acc)
     dg.copy_((wt * (2 * go))[:, None] * ga)  # w last, as penalty_math.h's grad_scale
-    dl.copy_(_zero_or(dw, dw * ga.pow(2).sum(1) * go))
+    dl.copy_(_zero_or(dw, dw * (ga.pow(2).sum(1) * go)))  # dw last, as penalty_math.h's logit_grad
 
 
 def _fwd_cpu(g, l, w, out):
@@ -119,7 +119,7 @@ def _terms_reference(g, l, w, w2, split, div, per, u, v):
     wt, dw = (torch.where(first, a, b) for a, b in zip(_weight_derivatives(w, la)[:2], _weight_derivatives(w2, la)[:2]))
     s = ga.pow(2).sum(1)
     per.copy_(wt * s)
-    u.copy_(_zero_or(dw, dw * s / div))
+    u.copy_(_zero_or(dw, dw * (s / div)))
     v.copy_((wt * (2.0 / div))[:, None] * ga)
 
 

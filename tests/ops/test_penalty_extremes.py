@@ -169,3 +169,25 @@ def test_far_logits_sigmoids_are_their_subnormal_values(backend, weight, psi):
     # against products of subnormals: their few significant bits bound the agreement
     torch.testing.assert_close(got.item(), w * s2, rtol=1e-6, atol=0)
     torch.testing.assert_close(dl.item(), dw * s2, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight,psi,reduction", [("exp", 80.0, "mean"), ("kl", 81.0, "mean"), ("exp", 80.0, "sum")])
+def test_a_penalty_past_float32s_top_keeps_its_logit_gradient_finite(backend, weight, psi, reduction):
+    """w ||g||^2 = e^80 * 1e4 overflows (the value is inf on every backend), while its logit gradient through a
+    mean (or a sum's upstream below 1) is back in range: formed as dw (||g||^2 go), as torch's autograd of the
+    formula does, not (dw ||g||^2) go, which was inf on the Triton and CUDA kernels (a fuzzer's finding)."""
+    g = torch.full((4, 100), 10.0)
+    pp = torch.full((4,), psi, requires_grad=True)
+    go = torch.tensor(0.25) if reduction == "sum" else None
+    got = grad_norm_penalty(g, pp, weight, reduction, backend=backend)
+    assert torch.isinf(got)
+    (dl,) = torch.autograd.grad(got, pp, grad_outputs=go)
+    p64 = pp.detach().double().requires_grad_(True)
+    (dl64,) = torch.autograd.grad(ref.grad_norm_penalty(g.double(), p64, weight, reduction), p64,
+                                  grad_outputs=None if go is None else go.double())
+    assert dl64.abs().max() < torch.finfo(torch.float32).max
+    torch.testing.assert_close(dl.double(), dl64, rtol=1e-5, atol=0)
+    if reduction == "mean":  # the closed forms' and jvp's terms: u = dw ||g||^2 / B
+        per, u, v = P.terms(g, pp.detach(), P.WEIGHTS[weight], P.WEIGHTS[weight], 4, 4, backend)
+        torch.testing.assert_close(u.double(), dl64, rtol=1e-5, atol=0)

@@ -92,15 +92,16 @@ FG_HD A weight(int code, A psi) {
 // (js_penalty's real and fake rows in one pass; split = B for one weight).
 FG_HD int row_code(int64_t n, int64_t split, int weight, int weight2) { return n < split ? weight : weight2; }
 
-// Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * ||g||^2 * go. w last: an exponential
-// weight near the top of float32's range (e^psi past 1.7e38) must not overflow as 2 w where the upstream (a mean's
-// 1 / B) brings the product back in range.
+// Backward of p_n for upstream gradient go_n: dgrad = scale * g, dlogit = dw * (||g||^2 * go). w and dw last: an
+// exponential weight near the top of float32's range (e^psi past 1.7e38) must not overflow as 2 w, nor a penalty
+// past it (w ||g||^2, inf) as dw ||g||^2, where the upstream (a mean's 1 / B) brings the product back in range, as
+// torch's autograd of the formula does.
 template <typename A>
 FG_HD A grad_scale(A w, A go) { return w * (A(2) * go); }
 
 template <typename A>
 // dw = 0 (weight "one", or a saturated weight) gives 0 even where ||g||^2 overflowed to inf (0 * inf = nan)
-FG_HD A logit_grad(A dw, A sq_norm, A go) { return dw == A(0) ? A(0) : dw * sq_norm * go; }
+FG_HD A logit_grad(A dw, A sq_norm, A go) { return dw == A(0) ? A(0) : dw * (sq_norm * go); }
 
 }  // namespace penalty
 }  // namespace fastgan
