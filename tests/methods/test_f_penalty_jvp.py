@@ -54,17 +54,21 @@ def test_jvp_matches_the_double_backward_of_the_statistic(net, shape, weighted, 
         assert torch.equal(a, b)
 
 
+def _mlp_case(seed: int, B: int):
+    """(generator, x, D, D's state at the start, D's parameters)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    D = _mlp().double()
+    return g, x, D, {k: v.clone() for k, v in D.state_dict().items()}, list(D.parameters())
+
+
 @pytest.mark.parametrize("f", ["gan", "squared_hellinger"])
 def test_a_create_graph_backward_differentiates_the_statistic_penalty(f):
     """A second-order gradient (a Hessian-vector product of Omega_f in D's parameters) through the jvp penalty
     replays the double backward of T's gradient, not psi's (BatchNorm in ordinary ops there and here: torch's
     fused kernel has wrong third derivatives, pytorch/pytorch#186256)."""
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(10, 3, generator=g, dtype=torch.float64)
-    torch.manual_seed(0)
-    D = _mlp().double()
-    start = {k: v.clone() for k, v in D.state_dict().items()}
-    P = list(D.parameters())
+    g, x, D, start, P = _mlp_case(5, 10)
     vec = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in P]
 
     def hvp(pen):
@@ -86,12 +90,7 @@ def test_a_create_graph_backward_differentiates_the_statistic_penalty(f):
 def test_the_jvp_terms_of_the_statistic_are_each_needed():
     """Without T's slope differentiated through the dual forward (only its value) the gradients are off: the test
     above could fail."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
-    torch.manual_seed(0)
-    D = _mlp().double()
-    start = {k: v.clone() for k, v in D.state_dict().items()}
-    P = list(D.parameters())
+    _, x, D, start, P = _mlp_case(7, 12)
     stat = statistic("gan")
     want = torch.autograd.grad(stat.double_backward(D, x, "one", "mean", None), P, allow_unused=True)
     D.load_state_dict(start)
