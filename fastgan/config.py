@@ -281,7 +281,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"method.roth.mode: 'mlp' differentiates D's logits psi, but Omega_f for "
                               f"method.f_divergence={m.f_divergence!r} needs the gradient of T = g_f(psi), which "
                               f"{' and '.join(d_bn)}'s batch statistics make differ from g_f'(psi) grad psi; use "
-                              "'jvp', 'double_backward' or 'auto' (which runs the double backward), or a divergence "
+                              "'jvp', 'double_backward' or 'auto', or a divergence "
                               f"with g_f(psi) = psi {LINEAR_F_DIVERGENCES}")
         what = {"goodfellow": "has maxout units and dropout",
                 "resnet": "adds residual shortcuts, which no single chain of layers holds"}.get(cfg.model.arch)

@@ -98,8 +98,7 @@ def needs_statistic_gradient(D, f: str) -> bool:
 def statistic_mode_refusal(mode: str, f: str) -> str:
     return (f"method.roth.mode: {mode!r} differentiates D's logits psi, but Omega_f for "
             f"method.f_divergence={f!r} needs the gradient of T = g_f(psi), which BatchNorm with batch statistics "
-            "makes differ from g_f'(psi) grad psi; use 'jvp', 'double_backward' or 'auto' (which runs the double "
-            "backward)")
+            "makes differ from g_f'(psi) grad psi; use 'jvp', 'double_backward' or 'auto'")
 
 
 def statistic(f: str):
