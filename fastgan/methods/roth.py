@@ -55,11 +55,11 @@ class GammaSchedule:
         return self.value
 
 
-def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic=None, root=None):
-    """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D; with `statistic`
-    (psi -> T), the gradient is T's, grad_{x_n} sum_m T(psi_m), and w still a function of psi; with `root` (psi ->
-    r), ||r(psi_n) grad_n||^2 times w: r^2 as a weight taken into the gradient before squaring (where r^2 or the
-    squared norm overflows, their product need not).
+def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, stat=None):
+    """(per-sample scale * w(psi_n) ||d psi_n / d x_n||^2, logits psi) from one forward pass of D; with `stat` (a
+    fastgan.ops.penalty_statistic.Statistic, psi -> T), the gradient is T's, grad_{x_n} sum_m T(psi_m), and w
+    still a function of psi; with its root (psi -> r), ||r(psi_n) grad_n||^2 times w: r^2 as a weight taken into the
+    gradient before squaring (where r^2 or the squared norm overflows, their product need not).
 
     Unlike fastgan.ops.gradient_penalty, an x that carries a graph (NTGAN's learned noise) keeps it, so the
     logits stay differentiable with respect to whatever produced x.
@@ -67,11 +67,10 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, statistic
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     logits = D(x).reshape(x.shape[0])
-    (g,) = torch.autograd.grad((logits if statistic is None else statistic(logits)).sum(), x, create_graph=True)
-    if root is not None:
-        # in float32 for half types, as grad_norm_penalty accumulates (in float16 the root overflows at psi ~ 11)
-        r = root(logits.to(ops._checks.acc_dtype(logits.dtype)))
-        g = g.to(r.dtype) * r.reshape((-1,) + (1,) * (g.dim() - 1))
+    if stat is None:
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    else:
+        g = stat.input_grad(logits, x)
     # a double backward as gradient_penalty's: counted alike, so TrainResult.penalty_modes shows that it ran
     ops._dispatch.record("gradient_penalty", "double_backward")
     pen = ops.grad_norm_penalty(g, logits, weight, reduction="none")
@@ -200,22 +199,21 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
 
             # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are
             # taken again then, from the same state and draws
-            start = (penalty_jvp._buffer_clones(D), penalty_jvp._Rng(x_real.device))
-            start += (start[1].save(),)
+            buffers, rng = penalty_jvp._buffer_clones(D), penalty_jvp._Rng(x_real.device)
+            draws = rng.save()
         lr = D(x_real).reshape(x_real.shape[0])
         if how in ("jvp", "check"):
             out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
             if out is not None:
                 return out[0], lr, out[1]
-            penalty_jvp._put_back(D, start[0], None)
-            start[1].restore(start[2])
+            penalty_jvp._put_back(D, buffers, None)
+            rng.restore(draws)
             lr = D(x_real).reshape(x_real.shape[0])
         # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
         # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
         # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have
         # a modest Omega_f (0.08 for the test MLP's; NaN before)
-        pf, lf = penalty_and_logits(D, x_fake, "one", statistic=lambda v: fdiv.activation(f, v),
-                                    root=lambda v: fdiv.conjugate_curvature_root(f, v))
+        pf, lf = penalty_and_logits(D, x_fake, "one", stat=statistic(f))
         return reduce(pf, w_fake), lr, lf
     if mode != "double_backward" and not graph:
         return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)

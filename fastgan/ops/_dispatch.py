@@ -189,7 +189,7 @@ def autocast_off(backward):
 
 def status(backend: str, device: torch.device) -> tuple[bool, str]:
     """Whether `backend` can run on tensors of `device`, and the reason when it cannot."""
-    if type(backend) is not str and not isinstance(backend, str):
+    if not isinstance(backend, str):
         # before any ==: np.array(["cpu"]) == "cpu" is a one-element array, truthy, so it ran (and then failed as a
         # dict key in some ops, numpy's "unhashable type" naming nothing)
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")

@@ -12,8 +12,6 @@ float32 at |psi| ~ 44 where r ||grad T|| stays finite to ~87).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _checks
@@ -52,17 +50,20 @@ class Statistic:
             (d,) = torch.autograd.grad(log_r.sum(), p)
         return d
 
+    def input_grad(self, psi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """grad_x sum T(psi), x's shape, with r(psi) multiplied into each sample's gradient (in the accumulation
+        dtype: in float16 the root overflows at psi ~ 11), with its graph: the double backward's gradient."""
+        (g,) = torch.autograd.grad(self.fn(psi).sum(), x, create_graph=True)
+        if self.root is None:
+            return g
+        r = _values(self.root(psi.to(_checks.acc_dtype(psi.dtype))), psi)
+        return g.to(r.dtype) * r.reshape((-1,) + (1,) * (g.dim() - 1))
+
     def double_backward(self, D, x: torch.Tensor, weight, reduction: str, backend) -> torch.Tensor:
         """The penalty as written, by the double backward (with its graph): what mode "jvp" must agree with."""
         x = x.detach().requires_grad_(True)
         psi = _pen._logits_of(D, x)
-        (g,) = torch.autograd.grad(self.fn(psi).sum(), x, create_graph=True)
-        B = x.shape[0]
-        g2 = g.reshape(B, math.prod(g.shape[1:]))
-        if self.root is not None:
-            r = _values(self.root(psi.to(_checks.acc_dtype(psi.dtype))), psi)
-            g2 = g2.to(r.dtype) * r[:, None]
-        return _pen._penalty_of(g2, psi, weight, reduction, backend)
+        return _pen._penalty_of(self.input_grad(psi, x), psi, weight, reduction, backend)
 
 
 def _values(r, psi: torch.Tensor) -> torch.Tensor:
