@@ -15,7 +15,7 @@ beat reference time / time of its GEMMs alone (the "gemms" step replays them): t
 (ceiling_vs_reference; not a row of the goal), the fused rows the same number beside their speed-up (gemm_ceiling).
 Last in the file, information (extra_info penalty_goal=False; not a case of the issue's goal): the D update of Roth
 et al.'s ResNet D ("resnet32", bench_penalty_modes.py's case, width 64 at 32x32, B=64), double backward and jvp
-(the closed form cannot run its residual shortcuts).
+(the closed form cannot run its residual shortcuts), then the DCGAN D's update with the f-GAN loss and Omega_f.
 """
 from __future__ import annotations
 
@@ -80,13 +80,13 @@ def test_graphed_d_update(benchmark, model, mode, backend):
     _graphed_d_update(benchmark, model, mode, backend)
 
 
-def _graphed_d_update(benchmark, model, mode, backend, goal=True):
-    """goal=False: a D outside the issue's goal cases, marked penalty_goal=False in extra_info (goals.py lists it
-    for information)."""
+def _graphed_d_update(benchmark, model, mode, backend, goal=True, f=None):
+    """goal=False: a case outside the issue's goal cases, marked penalty_goal=False in extra_info (goals.py lists
+    it for information). f: the f-GAN loss and Omega_f (bench_penalty_modes.d_update_fn), extra_info's f."""
     D, x_real, x_fake = _case(model, "cuda")
     opt = _adam(D)
 
-    step = d_update_fn(D, opt, x_real, x_fake, mode, backend)
+    step = d_update_fn(D, opt, x_real, x_fake, mode, backend, f=f)
     before = _dispatch.counts[("gradient_penalty", mode)]
     g = _capture(step)
     if mode != "unregularized":
@@ -100,11 +100,13 @@ def _graphed_d_update(benchmark, model, mode, backend, goal=True):
                                 batch=x_real.shape[0], replays_per_round=REPLAYS)
     if not goal:
         benchmark.extra_info["penalty_goal"] = False
+    if f is not None:
+        benchmark.extra_info["f"] = f
     if ms is None:
         return
-    _ms[(model, mode, backend)] = ms
+    _ms[(model, mode, backend, f)] = ms
     benchmark.extra_info["ms_per_update"] = ms
-    base = _ms.get((model, "unregularized", None))
+    base = _ms.get((model, "unregularized", None, f))
     if base and mode != "unregularized":
         benchmark.extra_info["ratio_vs_unregularized"] = ms / base
 
@@ -219,7 +221,7 @@ def test_graphed_d_update_lazy(benchmark, model, mode, every):
         return
     ms = st.stats.median / (cycles * every) * 1e3
     benchmark.extra_info["ms_per_update"] = ms
-    base = _ms.get((model, "unregularized", None))
+    base = _ms.get((model, "unregularized", None, None))
     if base:
         benchmark.extra_info["amortized_ratio_vs_unregularized"] = ms / base
 
@@ -235,3 +237,15 @@ INFO_CASES = [("resnet32", mode, backend) for mode, backend in (("unregularized"
 def test_graphed_d_update_info(benchmark, model, mode, backend):
     """test_graphed_d_update's body on a D the goal does not name: extra_info penalty_goal=False."""
     _graphed_d_update(benchmark, model, mode, backend, goal=False)
+
+
+# Last: Roth et al.'s f-GAN regularizer (f = "gan") on the BatchNorm DCGAN D, information (penalty_goal=False):
+# Omega_f of a batch-coupled D by the double backward or by jvp (penalty_statistic.py), the choice "auto" makes on
+# CUDA after a check; whether that choice pays on a GPU is what these rows say. backend None: Omega_f runs no
+# fastgan kernel of a backend (the statistic's weighting is in ordinary ops).
+F_CASES = [(m, mode) for m in ("dcgan32", "dcgan32_b256") for mode in ("unregularized", "double_backward", "jvp")]
+
+
+@pytest.mark.parametrize("model,mode", F_CASES, ids=[f"{m}-f_gan-{mode}" for m, mode in F_CASES])
+def test_graphed_d_update_f_gan(benchmark, model, mode):
+    _graphed_d_update(benchmark, model, mode, None, goal=False, f="gan")

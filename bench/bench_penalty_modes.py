@@ -15,6 +15,8 @@ residual shortcuts keep the closed form out (mode "mlp" refuses D), so its modes
 extra_info holds ms (min, median) and the ratios to the unregularized update and to the double backward of the
 same case, from min and from median times (filled when those ran earlier in the same session with timing on).
 Each case asserts that the requested mode is the one that ran ("auto": the mode it picked).
+test_d_update_f_gan: the same DCGAN updates with the f-GAN D loss and Roth et al.'s Omega_f (f = "gan"), whose
+batch-coupled D needs the input gradient of g_f(psi) (double backward or jvp), with extra_info's f set.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgan.methods.fdiv import activation, conjugate_of_activation
+from fastgan.methods.roth import regularizer
 from fastgan.models import ModelConfig, build_discriminator
 from fastgan.ops import _dispatch, js_penalty
 from fastgan.ops.penalty_jvp import auto_mode
@@ -76,16 +80,23 @@ def _case(model: str, device: str, width: int | None = None, batch: int | None =
     return D.to(device), x_real, x_fake
 
 
-def d_update_fn(D, opt, x_real, x_fake, mode, backend=None, gamma=GAMMA):
-    """One D update: zero_grad, logits (and the JS penalty unless unregularized), backward, optimizer step."""
+def d_update_fn(D, opt, x_real, x_fake, mode, backend=None, gamma=GAMMA, f=None):
+    """One D update: zero_grad, logits (and the JS penalty unless unregularized), backward, optimizer step.
+    f (an f-divergence of fastgan.methods.fdiv): the f-GAN D loss and Roth et al.'s Omega_f (eq. 19,
+    method.roth.penalty=f) instead, as the trainer computes them; `backend` is the JS penalty's only."""
     def update():
         opt.zero_grad(set_to_none=True)
         if mode == "unregularized":
             lr, lf = D(x_real).reshape(-1), D(x_fake).reshape(-1)
             pen = 0.0
+        elif f is not None:
+            pen, lr, lf = regularizer(D, "f", x_real, x_fake, f=f, mode=mode)
         else:
             pen, lr, lf = js_penalty(D, x_real, x_fake, mode=mode, backend=backend)
-        loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + gamma / 2 * pen
+        if f is not None:
+            loss = conjugate_of_activation(f, lf).mean() - activation(f, lr).mean() + gamma / 2 * pen
+        else:
+            loss = F.softplus(-lr).mean() + F.softplus(lf).mean() + gamma / 2 * pen
         loss.backward()
         opt.step()
     return update
@@ -102,9 +113,27 @@ PENALTY_MODES = ("double_backward", "jvp", "mlp")  # what _dispatch counts: "aut
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model,mode", CASES, ids=[f"{m}-{mode}" for m, mode in CASES])
 def test_d_update(benchmark, model, mode, device):
+    _d_update(benchmark, model, mode, device)
+
+
+# Roth et al.'s f-GAN regularizer (method.roth.penalty=f) on the BatchNorm DCGAN D: where D couples its samples and
+# g_f is not the identity, Omega_f needs the input gradient of g_f(psi) summed over the batch, which the double
+# backward and jvp form (penalty_statistic.py; the closed form refuses it). Information beside the JS cases, with
+# their own unregularized f-GAN update for the ratios.
+F_CASES = [(m, f, mode) for m in ("dcgan32", "dcgan32_b256") for f in ("gan",)
+           for mode in ("unregularized", "double_backward", "jvp")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model,f,mode", F_CASES, ids=[f"{m}-f_{f}-{mode}" for m, f, mode in F_CASES])
+def test_d_update_f_gan(benchmark, model, f, mode, device):
+    _d_update(benchmark, model, mode, device, f=f)
+
+
+def _d_update(benchmark, model, mode, device, f=None):
     D, x_real, x_fake = _case(model, device)
     opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    update = d_update_fn(D, opt, x_real, x_fake, mode)
+    update = d_update_fn(D, opt, x_real, x_fake, mode, f=f)
 
     def step():
         update()
@@ -113,6 +142,8 @@ def test_d_update(benchmark, model, mode, device):
     before = {m: _dispatch.counts[("gradient_penalty", m)] for m in PENALTY_MODES}
     benchmark.extra_info.update(model=model, mode=mode, device=device_label(device), batch=x_real.shape[0],
                                 torch=torch.__version__, threads=torch.get_num_threads())
+    if f is not None:
+        benchmark.extra_info["f"] = f
     benchmark(step)
     ran = mode
     if mode == "auto":  # its choice for the timed calls (a jvp check, where auto makes one, ran in the warm-up)
@@ -123,10 +154,10 @@ def test_d_update(benchmark, model, mode, device):
     if stats is None or getattr(stats, "stats", None) is None:
         return  # --benchmark-disable: nothing was timed
     st = stats.stats
-    _means[(model, device, mode)] = (st.min, st.median)
+    _means[(model, device, mode, f)] = (st.min, st.median)
     benchmark.extra_info.update(ms_min=st.min * 1e3, ms_median=st.median * 1e3)
     for base in ("unregularized", "double_backward"):
-        ref = _means.get((model, device, base))
+        ref = _means.get((model, device, base, f))
         if ref and base != mode:
             # min is the steadiest statistic on a shared machine; the median is kept beside it
             benchmark.extra_info[f"ratio_vs_{base}_min"] = st.min / ref[0]
@@ -163,7 +194,7 @@ def test_d_update_lazy(benchmark, model, mode, every, device):
         return
     st = stats.stats
     benchmark.extra_info.update(ms_min=st.min / every * 1e3, ms_median=st.median / every * 1e3)
-    ref = _means.get((model, device, "unregularized"))
+    ref = _means.get((model, device, "unregularized", None))
     if ref:
         benchmark.extra_info["ratio_vs_unregularized_min"] = st.min / every / ref[0]
         benchmark.extra_info["ratio_vs_unregularized_median"] = st.median / every / ref[1]

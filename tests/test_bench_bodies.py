@@ -123,3 +123,25 @@ def test_graphed_d_update_goal_rows_keep_their_extra_info(d_update_on_cpu):
         graph.test_graphed_d_update(b, model, mode, backend)
         assert "penalty_goal" not in b.extra_info
     assert b.extra_info["ratio_vs_unregularized"] == 1.0
+
+
+def test_graphed_d_update_rows_of_the_f_gan_regularizer_are_information(d_update_on_cpu, monkeypatch):
+    """The f-GAN rows (test_graphed_d_update_f_gan): Omega_f of the BatchNorm DCGAN D runs in the mode named, trains
+    D and records its ratio to the unregularized f-GAN update (not the JS one), extra_info f and penalty_goal=False."""
+    graph = d_update_on_cpu
+    from fastgan.ops import _dispatch
+
+    assert {mode for _, mode in graph.F_CASES} == {"unregularized", "double_backward", "jvp"}
+    # a JS update's time: no f-GAN ratio may read it
+    monkeypatch.setitem(graph._ms, ("dcgan32", "unregularized", None, None), 1e9)
+    infos = {}
+    for model, mode in [c for c in graph.F_CASES if c[0] == "dcgan32"]:
+        b = _Benchmark()
+        _dispatch.counts.clear()
+        graph.test_graphed_d_update_f_gan(b, model, mode)
+        if mode != "unregularized":
+            assert _dispatch.counts.get(("gradient_penalty", mode)), (mode, dict(_dispatch.counts))
+        infos[mode] = b.extra_info
+    for mode, info in infos.items():
+        assert info["penalty_goal"] is False and info["f"] == "gan" and info["model"] == "dcgan32"
+        assert info.get("ratio_vs_unregularized") == (None if mode == "unregularized" else 1.0), mode

@@ -605,7 +605,7 @@ def test_ds_outside_the_goal_are_information():
                                      "test_graphed_d_update_info[resnet32-jvp-cuda]"]
     assert all(ok for *_, ok in info)
     text = goals.report(run)
-    assert "Ds outside the goal's cases (information: the ResNet D)" in text
+    assert "cases outside the goal (information: the ResNet D, the f-GAN regularizer)" in text
     assert "| test_graphed_d_update_info[resnet32-jvp-cuda] | 20.000 | 1.20 | yes |" in text
     assert text.count(" met |") == 0 and text.count("**not met**") == 1  # the DCGAN32 row only
     gaps = dict(goals.missing(run))["D update with the penalty"]
@@ -616,6 +616,36 @@ def test_ds_outside_the_goal_are_information():
     cpu = [_bench("test_d_update[resnet32-auto-cpu]", 1, device="cpu", mode="auto", auto_mode="double_backward",
                   ratio_vs_double_backward_median=1.01)]
     assert goals.cpu_mode_rows(cpu) == [("test_d_update[resnet32-auto-cpu]", "auto (double_backward)", 1.01, False)]
+
+
+def test_f_gan_rows_are_information_and_fill_no_gap_of_the_js_goal():
+    """bench_graph_step.py's f-GAN rows (Omega_f on the DCGAN D; extra_info f and penalty_goal=False, model and mode
+    the JS cases' own) are listed apart from the goal, take no counted costs of the JS penalty and leave the goal's
+    DCGAN32 cases missing where only they ran."""
+    graph = _bench_module("bench_graph_step")
+    gpu = "NVIDIA H200"
+    run = []
+    for i, case in _parametrized(graph.test_graphed_d_update_f_gan):
+        info = dict(case, device=gpu, batch=256 if "b256" in case["model"] else 64, ms_per_update=4.0,
+                    penalty_goal=False, f="gan", backend=None)
+        if case["mode"] != "unregularized":
+            info["ratio_vs_unregularized"] = 1.5 if case["mode"] == "jvp" else 2.5
+        run.append(_bench(f"test_graphed_d_update_f_gan[{i}]", 1e-3, **info))
+    assert {case["model"] for _, case in _parametrized(graph.test_graphed_d_update_f_gan)} == {"dcgan32",
+                                                                                             "dcgan32_b256"}
+    assert goals.graph_rows(run) == []
+    assert [(n, r, ok) for n, _, r, ok in goals.graph_info_rows(run)] == [
+        ("test_graphed_d_update_f_gan[dcgan32-f_gan-double_backward]", 2.5, False),
+        ("test_graphed_d_update_f_gan[dcgan32-f_gan-jvp]", 1.5, False),
+        ("test_graphed_d_update_f_gan[dcgan32_b256-f_gan-double_backward]", 2.5, False),
+        ("test_graphed_d_update_f_gan[dcgan32_b256-f_gan-jvp]", 1.5, False)]
+    costs = {"rows": [{"model": "dcgan32", "mode": "jvp", "flops_vs_unregularized": 2.7,
+                       "kernels_vs_unregularized": 3.0}]}
+    assert goals.cost_rows(run, costs) == []
+    gaps = dict(goals.missing(run))["D update with the penalty"]
+    assert "DCGAN32 B=64 jvp" in gaps and "DCGAN32 B=256 jvp" in gaps
+    assert "| test_graphed_d_update_f_gan[dcgan32-f_gan-jvp] | 4.000 | 1.50 | no |" in goals.report(run)
+
 
 
 def test_the_resnet_d_update_cases_of_the_cpu_benchmark():

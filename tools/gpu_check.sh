@@ -81,10 +81,10 @@ if [[ $what == quick ]]; then
   cap() { local want=$1 left=$(( ${QUICK_LIMIT:-570} - SECONDS - $2 )) floor=$(( $1 < 30 ? $1 : 30 ))
           (( left < want )) && want=$(( left > floor ? left : floor )); echo "$want"; }
   bw_limit=${BW_LIMIT:-60}; graph_limit=${GRAPH_LIMIT:-240}  # 140 ran every case on an H200 before the 24 denoiser cases of 2026-12-04 (GEMMs alone, tl.dot)
-  # the graphed benchmarks keep at least graph_min s (63 s for their 63 cases on an H200, 94 cases now, the last 12
-  # information only), the bandwidth ones bw_limit s before them
+  # the graphed benchmarks keep at least graph_min s (63 s for their 63 cases on an H200, 100 cases now, the last 21
+  # information only: lazy updates, the ResNet D, the f-GAN regularizer), the bandwidth ones bw_limit s before them
   graph_min=150
-  # the tests first: 421 cuda tests since 2026-12-06 (325 took 87-100 s on an H200), most of the code they check
+  # the tests first: 439 cuda tests since 2026-12-07 (325 took 87-100 s on an H200), most of the code they check
   # never run on a GPU
   lim=$(cap ${TEST_LIMIT:-240} $(( bw_limit + graph_min + 15 )))
   echo "cuda tests: limit $lim s"

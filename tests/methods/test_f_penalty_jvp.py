@@ -10,6 +10,8 @@ from fastgan.ops import _dispatch, penalty_jvp
 from fastgan.ops.dual_rules import DualRules
 
 NONLINEAR = [f for f in fdiv.DIVERGENCES if f not in fdiv.LINEAR]
+# on a GPU the same float64 comparisons run with CUDA's BatchNorm and convolution kernels (and auto's own choice)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def _mlp():
@@ -29,17 +31,18 @@ def _run(D, mode, xr, xf, f, coef):
     return omega.detach(), [p.grad.clone() for p in D.parameters()], [b.clone() for b in D.buffers()]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("net,shape", [(_mlp, (3,)), (_convnet, (2, 8, 8))], ids=["mlp", "convnet"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
 @pytest.mark.parametrize("f", NONLINEAR)
-def test_jvp_matches_the_double_backward_of_the_statistic(net, shape, weighted, f):
+def test_jvp_matches_the_double_backward_of_the_statistic(net, shape, weighted, f, device):
     g = torch.Generator().manual_seed(3)
-    xr = torch.randn(12, *shape, generator=g, dtype=torch.float64)
-    xf = 1.5 * torch.randn(12, *shape, generator=g, dtype=torch.float64)
-    coef = torch.rand(12, generator=g, dtype=torch.float64) if weighted else None
+    xr = torch.randn(12, *shape, generator=g, dtype=torch.float64).to(device)
+    xf = 1.5 * torch.randn(12, *shape, generator=g, dtype=torch.float64).to(device)
+    coef = torch.rand(12, generator=g, dtype=torch.float64).to(device) if weighted else None
     coef = coef / coef.sum() if weighted else None
     torch.manual_seed(0)
-    D = net().double()
+    D = net().double().to(device)
     start = {k: v.clone() for k, v in D.state_dict().items()}
     want = _run(D, "double_backward", xr, xf, f, coef)
     D.load_state_dict(start)
@@ -135,23 +138,30 @@ class _NoJvpTanh(nn.Module):
         return _NoJvp.apply(x)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("jvp_runs", [True, False], ids=["jvp", "falls-back"])
-def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs):
-    """Where "auto" takes jvp for D (CUDA: stood in for by the CPU here), Omega_f of a batch-coupled D does too,
-    after one check against the double backward of T's gradient; where jvp cannot run D, a FallbackWarning and the
-    double backward, then and on later calls. The CPU's own choice stays the double backward."""
+def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs, device):
+    """Where "auto" takes jvp for D (CUDA; stood in for by the CPU with AUTO_JVP_DEVICES patched), Omega_f of a
+    batch-coupled D does too, after one check against the double backward of T's gradient; where jvp cannot run D, a
+    FallbackWarning and the double backward, then and on later calls. The CPU's own choice stays the double
+    backward."""
     g = torch.Generator().manual_seed(11)
-    xr, xf = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 3, generator=g, dtype=torch.float64)
+    xr = torch.randn(12, 3, generator=g, dtype=torch.float64).to(device)
+    xf = torch.randn(12, 3, generator=g, dtype=torch.float64).to(device)
     torch.manual_seed(0)
-    D = _mlp().double()
+    D = _mlp().double().to(device)
     if not jvp_runs:
         D[2] = _NoJvpTanh()
     start = {k: v.clone() for k, v in D.state_dict().items()}
     _dispatch.counts.clear()
-    want = _run(D, "auto", xr, xf, "js", None)
-    assert _dispatch.counts.get(("gradient_penalty", "double_backward")) == 1  # the CPU's choice
-    monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
-    monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES", set())
+    want = _run(D, "double_backward", xr, xf, "js", None)
+    if device == "cpu":
+        D.load_state_dict(start)
+        _dispatch.counts.clear()
+        torch.testing.assert_close(_run(D, "auto", xr, xf, "js", None)[0], want[0], rtol=0, atol=0)
+        assert _dispatch.counts.get(("gradient_penalty", "double_backward")) == 1  # the CPU's choice
+        monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
+        monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES", set())
     for call in range(2):
         D.load_state_dict(start)
         _dispatch.counts.clear()
