@@ -199,15 +199,13 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
 
             # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are
             # taken again then, from the same state and draws
-            buffers, rng = penalty_jvp._buffer_clones(D), penalty_jvp._Rng(x_real.device)
-            draws = rng.save()
+            start = penalty_jvp.Snapshot(D, x_real.device)
         lr = D(x_real).reshape(x_real.shape[0])
         if how in ("jvp", "check"):
             out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
             if out is not None:
                 return out[0], lr, out[1]
-            penalty_jvp._put_back(D, buffers, None)
-            rng.restore(draws)
+            start.restore()
             lr = D(x_real).reshape(x_real.shape[0])
         # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
         # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for

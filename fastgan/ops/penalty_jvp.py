@@ -458,6 +458,22 @@ def _put_back(D, buffers: dict, guard) -> None:
                 b.copy_(buffers[name])
 
 
+class Snapshot:
+    """An nn.Module D's buffers (and frozen Parameters) and the generators D may draw from (_Rng), as at
+    construction; restore() puts them back in place, for a forward to be run again from the same state and draws
+    (methods.roth: the real logits after auto's check failed and put back the buffers their graph saved)."""
+
+    __slots__ = ("_D", "_buffers", "_rng", "_draws")
+
+    def __init__(self, D, device: torch.device):
+        self._D, self._buffers, self._rng = D, _buffer_clones(D), _Rng(device)
+        self._draws = self._rng.save()
+
+    def restore(self) -> None:
+        _put_back(self._D, self._buffers, None)
+        self._rng.restore(self._draws)
+
+
 def _from_start(guard, x):
     """For a function D (its first forward run under `guard`, on x): the state it wrote put back as it was before
     that forward for the block, and left afterwards as the block found it."""
