@@ -127,8 +127,11 @@ GRAPH_RUNS = {
     # against the double backward in the eager warm-ups (GRAPH_AUTO_MODES: which ran)
     "roth-auto": ["method.name=roth", "method.roth.mode=auto"],
     "roth-auto-batchnorm": ["method.name=roth", "method.roth.mode=auto", "model.d_batchnorm=true"],
+    # Roth's Omega_f of that D: T = g_f(psi)'s gradient by jvp after auto's check of the statistic
+    "roth-f-auto-batchnorm": ["method.name=roth", "method.loss=fgan", "method.roth.penalty=f",
+                              "method.f_divergence=js", "method.roth.mode=auto", "model.d_batchnorm=true"],
 }
-GRAPH_AUTO_MODES = {"roth-auto": ("mlp",), "roth-auto-batchnorm": ("jvp",)}
+GRAPH_AUTO_MODES = {"roth-auto": ("mlp",), "roth-auto-batchnorm": ("jvp",), "roth-f-auto-batchnorm": ("jvp",)}
 
 
 @pytest.mark.cuda

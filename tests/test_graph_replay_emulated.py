@@ -56,6 +56,8 @@ def _assert_same_run(graphed, eager, steps):
 
 DROPOUT_D = ["model.arch=goodfellow", "model.maxout_pieces=2", "model.g_hidden=[16]", "model.d_hidden=[16,16]",
              "model.latent_dim=4"]
+# Roth's f-GAN regularizer where D's BatchNorm couples the samples: T = g_f(psi)'s own gradient
+F_JVP = ["method.loss=fgan", "method.roth.penalty=f", "method.f_divergence=js"]
 CONFIGS = {
     "roth-double-backward": ["method.name=roth"],
     "roth-mlp-anneal": ["method.name=roth", "method.roth.mode=mlp", "method.roth.schedule=anneal"],
@@ -101,15 +103,17 @@ def test_replays_follow_the_eager_run(tmp_path, emulated, monkeypatch, name):
     _assert_same_run(graphed, eager, 12)
 
 
-def test_auto_takes_jvp_in_the_warm_up_and_replays_it(tmp_path, emulated, monkeypatch):
+@pytest.mark.parametrize("penalty", [[], F_JVP], ids=["js", "f"])
+def test_auto_takes_jvp_in_the_warm_up_and_replays_it(tmp_path, emulated, monkeypatch, penalty):
     """`auto` as on a GPU: its one-time check (a host read) runs in the eager warm-up and picks jvp for a BatchNorm
-    MLP D; while capturing it would take the double backward."""
+    MLP D; while capturing it would take the double backward. Likewise for Roth's Omega_f of that D ("f"), whose
+    check compares the statistic's jvp with its double backward."""
     monkeypatch.setattr(penalty_jvp, "AUTO_JVP_DEVICES", {"cuda", "cpu"})
     monkeypatch.setattr(penalty_jvp, "AUTO_CLOSED_FORM_BATCH_STATS_DEVICES", set())
     monkeypatch.setattr(penalty_jvp, "_capturing", lambda device: any(
         isinstance(m, Recorder) for m in torch.utils._python_dispatch._get_current_dispatch_mode_stack()))
     overrides = ["method.name=roth", "method.roth.mode=auto", "model.d_batchnorm=true", "method.roth.every=2",
-                 "method.d_steps=2"]
+                 "method.d_steps=2", *penalty]
     eager = _run(tmp_path / "e", overrides, False, "reference")
     graphed = _run(tmp_path / "g", overrides, True, "reference")
     assert graphed.penalty_modes == ("jvp",)

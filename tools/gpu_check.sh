@@ -84,7 +84,7 @@ if [[ $what == quick ]]; then
   # the graphed benchmarks keep at least graph_min s (63 s for their 63 cases on an H200, 100 cases now, the last 21
   # information only: lazy updates, the ResNet D, the f-GAN regularizer), the bandwidth ones bw_limit s before them
   graph_min=150
-  # the tests first: 439 cuda tests since 2026-12-07 (325 took 87-100 s on an H200), most of the code they check
+  # the tests first: 440 cuda tests since 2026-12-07 (325 took 87-100 s on an H200), most of the code they check
   # never run on a GPU
   lim=$(cap ${TEST_LIMIT:-240} $(( bw_limit + graph_min + 15 )))
   echo "cuda tests: limit $lim s"
