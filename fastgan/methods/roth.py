@@ -80,12 +80,20 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, stat=None
 MODES = ops.penalty.PENALTY_MODES
 
 
+# modules of these packages do not mix a batch's samples, but for BatchNorm with batch statistics
+_KNOWN_FORWARDS = ("torch.nn.", "fastgan.")
+
+
 def couples_samples(D) -> bool:
-    """Whether D normalizes with batch statistics (BatchNorm in training mode, or without running statistics), so
-    that a sample's logit depends on the other samples of its batch."""
-    return isinstance(D, nn.Module) and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-        for m in D.modules())
+    """Whether a sample's logit may depend on the other samples of its batch: D normalizes with batch statistics
+    (BatchNorm in training mode, or without running statistics), or D's forward is one fastgan cannot vouch for (a
+    function, or a module of a class from outside torch.nn and fastgan, whose forward may take a functional
+    batch_norm or a minibatch standard deviation; Omega_f of such a D by g_f'(psi) grad psi was silently off, 1-50%
+    in an audit's cases). Where the answer is wrongly yes, T's gradient is still exact, at about the same cost."""
+    if not isinstance(D, nn.Module):
+        return True
+    return any((isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None))
+               or not type(m).__module__.startswith(_KNOWN_FORWARDS) for m in D.modules())
 
 
 def needs_statistic_gradient(D, f: str) -> bool:
@@ -97,7 +105,8 @@ def needs_statistic_gradient(D, f: str) -> bool:
 def statistic_mode_refusal(mode: str, f: str) -> str:
     return (f"method.roth.mode: {mode!r} differentiates D's logits psi, but Omega_f for "
             f"method.f_divergence={f!r} needs the gradient of T = g_f(psi), which BatchNorm with batch statistics "
-            "makes differ from g_f'(psi) grad psi; use 'jvp', 'double_backward' or 'auto'")
+            "(or a forward fastgan does not know, which may mix the batch's samples) makes differ from g_f'(psi) "
+            "grad psi; use 'jvp', 'double_backward' or 'auto'")
 
 
 def statistic(f: str):
@@ -131,7 +140,7 @@ def statistic_penalty_jvp(D, x: torch.Tensor, f: str, coef: Optional[torch.Tenso
 
     weight, reduction = _weighting(coef)
     if check:
-        out = penalty_jvp._checked_jvp(D, x, weight, reduction, None, stat=statistic(f))  # records jvp itself
+        out = penalty_jvp.checked_jvp(D, x, weight, reduction, None, stat=statistic(f))  # records jvp itself
         return None if out is None else (out[0], out[1].reshape(x.shape[0]))
     pen, logits = penalty_jvp.jvp_penalty(D, x, weight, reduction, stat=statistic(f))
     ops._dispatch.record(penalty_jvp.MODE_OP, "jvp")
@@ -174,45 +183,71 @@ def _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode):
     return pf, lr, lf
 
 
+def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: bool):
+    """regularizer's (Omega_f, logits_real, logits_fake) where D couples its samples and g_f is not the identity:
+    eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it."""
+    from ..ops import penalty_jvp
+
+    if mode == "mlp":
+        raise ValueError(statistic_mode_refusal(mode, f))
+    # an x_fake that carries a graph (NTGAN's learned noise) keeps it: the double backward (the checked jvp
+    # "auto" took there detached x: the noise got no gradient through Omega_f nor the fake logits)
+    how = "double_backward" if graph else statistic_mode(D, x_fake, mode, w_fake)
+    if how in ("jvp", "check"):
+        # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are taken
+        # again then, from the same state and draws; a jvp that refuses D leaves D's state and the draws as at the
+        # call, the real batch's forward undone too
+        start = penalty_jvp.Snapshot(D, x_real.device)
+    lr = D(x_real).reshape(x_real.shape[0])
+    if how in ("jvp", "check"):
+        try:
+            out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
+        except (ValueError, NotImplementedError):
+            start.restore()
+            raise
+        if out is not None:
+            return out[0], lr, out[1]
+        start.restore()
+        lr = D(x_real).reshape(x_real.shape[0])
+    if mode == "auto" and not graph:
+        # as "auto" runs psi's double backward: a create_graph backward differentiates a replay with the norms in
+        # ordinary ops (torch's fused batch_norm has wrong third derivatives: a Hessian-vector product of Omega_f
+        # took them, 9% off for a BatchNorm MLP)
+        weight, reduction = _weighting(w_fake)
+        pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, weight, reduction, None, stat=statistic(f))
+        return pf, lr, lf.reshape(x_fake.shape[0])
+    # f*''(T) taken into T's gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
+    # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have a
+    # modest Omega_f (0.08 for the test MLP's; NaN before)
+    pf, lf = penalty_and_logits(D, x_fake, "one", stat=statistic(f))
+    return reduce(pf, w_fake), lr, lf
+
+
 def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
                 w_real: Optional[torch.Tensor] = None, w_fake: Optional[torch.Tensor] = None, f: str = "gan",
                 mode: str = "double_backward"):
     """(Omega, logits_real, logits_fake), with weighted expectations when per-sample weights are given.
 
     mode: fastgan.ops.gradient_penalty's mode (method.roth.mode). Inputs that carry a graph (NTGAN's learned
-    noise) need the double backward: "auto" runs it for them, "jvp" / "mlp" raise.
+    noise) need the double backward: "auto" runs it for them, "jvp" / "mlp" raise. Under torch.no_grad() or
+    torch.inference_mode(): the values of the same call with grad enabled (D's buffers advance as there), detached.
     """
     if penalty not in PENALTIES:
         raise ValueError(f"method.roth.penalty: must be one of {PENALTIES}, got {penalty!r}")
     if mode not in MODES:
         raise ValueError(f"method.roth.mode: must be one of {MODES}, got {mode!r}")
+    # under no_grad / inference_mode the values of the call with grad enabled, detached, as the ops' penalties
+    # give them (a penalty is formed from an input gradient: Omega_f's paths raised, jvp's naming a wrong cause)
+    out = ops.penalty.without_graph(lambda *a: regularizer(D, penalty, *a, f=f, mode=mode), x_real, x_fake,
+                                    w_real, w_fake)
+    if out is not None:
+        return out
     graph = x_real.requires_grad or x_fake.requires_grad
     if mode in ("jvp", "mlp") and graph:
         raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
                          "graph (NTGAN's learned noise); use 'double_backward' or 'auto'")
     if penalty == "f" and needs_statistic_gradient(D, f):
-        if mode == "mlp":
-            raise ValueError(statistic_mode_refusal(mode, f))
-        how = statistic_mode(D, x_fake, mode, w_fake)
-        if how == "check":
-            from ..ops import penalty_jvp
-
-            # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are
-            # taken again then, from the same state and draws
-            start = penalty_jvp.Snapshot(D, x_real.device)
-        lr = D(x_real).reshape(x_real.shape[0])
-        if how in ("jvp", "check"):
-            out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
-            if out is not None:
-                return out[0], lr, out[1]
-            start.restore()
-            lr = D(x_real).reshape(x_real.shape[0])
-        # eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it; f*''(T)
-        # taken into that gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
-        # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have
-        # a modest Omega_f (0.08 for the test MLP's; NaN before)
-        pf, lf = penalty_and_logits(D, x_fake, "one", stat=statistic(f))
-        return reduce(pf, w_fake), lr, lf
+        return _statistic_regularizer(D, x_real, x_fake, w_fake, f, mode, graph)
     if mode != "double_backward" and not graph:
         return _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode)
     plain = w_real is None and w_fake is None and not graph

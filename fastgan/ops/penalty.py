@@ -538,11 +538,11 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     require_samples("x", x, mode)
     D = uncompiled(D)
     refuse_static_graph(D)
-    out = _without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
+    out = without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
                          x)
     if out is not None:
         return out
-    x = _checks.outside_inference(x)  # inference mode itself is off here (_without_graph); "mlp" took such an x
+    x = _checks.outside_inference(x)  # inference mode itself is off here (without_graph); "mlp" took such an x
     if mode != "double_backward":
         from . import penalty_jvp
 
@@ -555,14 +555,14 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     return _eager_double_backward(D, x, weight, reduction, backend)
 
 
-def _without_graph(call, *xs):
+def without_graph(call, *xs):
     """None when grad is enabled (the usual call). Under no_grad or inference_mode: call(*xs) run as with grad
     enabled, its outputs detached. Every mode forms the penalty from an input gradient, i.e. with autograd; so the
-    values and D's buffer updates are those of the call with grad enabled."""
+    values and D's buffer updates are those of the call with grad enabled. xs: tensors or None."""
     if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():  # Dynamo cannot trace the query
         # inference tensors cannot be saved for a backward: normal copies of the inputs, inference mode off
         with torch.inference_mode(False):
-            out = call(*(x.clone() for x in xs))
+            out = call(*(x.clone() if x is not None else None for x in xs))
     elif not torch.is_grad_enabled():
         with torch.enable_grad():
             out = call(*xs)
@@ -689,7 +689,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     require_samples("x_fake", x_fake, mode)
     D = uncompiled(D)
     refuse_static_graph(D)
-    out = _without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
+    out = without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)
     if out is not None:
         return out
     # mixed dtypes only under autocast, where the closed form casts its input to D's dtype: mlp_js_penalty joins

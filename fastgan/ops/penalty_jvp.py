@@ -454,14 +454,18 @@ def _put_back(D, buffers: dict, guard) -> None:
         return
     with torch.no_grad():
         for name, b in _named_state(D):
-            if name in buffers:
+            # an unchanged one (an eval-mode BatchNorm's statistics, a frozen weight) is left alone: a copy bumps its
+            # version, and a graph that saved it (methods.roth's real logits, taken before a failed check put the
+            # state back) failed in backward ("modified by an inplace operation")
+            if name in buffers and not torch.equal(b, buffers[name]):
                 b.copy_(buffers[name])
 
 
 class Snapshot:
     """An nn.Module D's buffers (and frozen Parameters) and the generators D may draw from (_Rng), as at
     construction; restore() puts them back in place, for a forward to be run again from the same state and draws
-    (methods.roth: the real logits after auto's check failed and put back the buffers their graph saved)."""
+    (methods.roth: the real logits after auto's check failed and put back the buffers their graph saved), or a
+    refused call to leave them as it found them."""
 
     __slots__ = ("_D", "_buffers", "_rng", "_draws")
 
@@ -529,12 +533,12 @@ def wrong_third_order_norms(D) -> bool:
 
 
 def _third_order_replayed(D, x) -> bool:
-    """Whether auto's double backward of D on x carries a create_graph replay (_double_backward_any_order)."""
+    """Whether auto's double backward of D on x carries a create_graph replay (double_backward_any_order)."""
     return (isinstance(D, nn.Module) and torch.is_grad_enabled() and not _capturing(x.device)
             and wrong_third_order_norms(D) and not _state_outside_buffers(D))
 
 
-def _double_backward_any_order(D, x, weight, reduction, backend, x_fake=None):
+def double_backward_any_order(D, x, weight, reduction, backend, x_fake=None, stat=None):
     """The double backward as "auto" runs it: _pen._double_backward, whose graph a plain backward differentiates,
     and, for an nn.Module D with a norm torch differentiates wrongly a third time (wrong_third_order_norms), a
     backward with create_graph=True differentiating a replay instead (from D's buffers and random-number state as
@@ -545,6 +549,9 @@ def _double_backward_any_order(D, x, weight, reduction, backend, x_fake=None):
     def double_backward(leaves=None):
         if x_fake is not None:
             return _pen.js_double_backward(D, x, x_fake, backend, leaves=leaves)
+        if stat is not None:  # a Statistic's gradient (methods.roth's Omega_f of a batch-coupled D)
+            _dispatch.record(MODE_OP, "double_backward")
+            return stat.double_backward(D, x, weight, reduction, backend, leaves=leaves, logits=True)
         return _pen._double_backward(D, x, weight, reduction, backend, leaves=leaves)
 
     if not _third_order_replayed(D, x):
@@ -562,7 +569,7 @@ def _double_backward_any_order(D, x, weight, reduction, backend, x_fake=None):
     def replay():
         with _dispatch.pin(request):
             return _replay_double_backward(D, x, weight, reduction, backend, buffers, rng, start, any_order=True,
-                                           x_fake=x_fake)
+                                           x_fake=x_fake, stat=stat)
 
     return (pen.detach() + penalty_create_graph.CreateGraphTap.apply(pen, replay, tuple(own), *params),) + out[1:]
 
@@ -674,7 +681,7 @@ def _flat(grads, params):
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(grads, params)])
 
 
-def _checked_jvp(D, x, weight, reduction, backend, stat=None):
+def checked_jvp(D, x, weight, reduction, backend, stat=None):
     """jvp_penalty, verified once against the double backward on the same batch (gradients of the penalty
     alone, side-effect free); on a mismatch or an error, D is marked and the double backward runs instead (with
     a Statistic: None is returned, D's state and the generators as at the call, for the caller's double
@@ -747,7 +754,7 @@ def _check_jvp_once(D, x, weight, reduction, backend, stat=None):
         return jvp_penalty(wrapper, x, weight, reduction, backend, stat=stat)
     if stat is not None:
         return None
-    return _double_backward_any_order(wrapper, x, weight, reduction, backend)
+    return double_backward_any_order(wrapper, x, weight, reduction, backend)
 
 
 # Device types on which js_penalty runs the real and fake batches of an MLP in one closed-form pass at any size: on
@@ -883,7 +890,7 @@ def js_penalty_auto(D, x_real, x_fake, backend):
         same = x_fake.shape == x_real.shape and x_fake.dtype == x_real.dtype  # and device: js_penalty checked it
         fake = real if same else auto_choice(D, x_fake, "mean")
     if fake is not None and fake[0] == "double_backward":
-        return _double_backward_any_order(D, x_real, None, "mean", backend, x_fake=x_fake)
+        return double_backward_any_order(D, x_real, None, "mean", backend, x_fake=x_fake)
     pen_real, logits_real = _run_mode(D, x_real, "js_real", "mean", backend, mode, steps)
     mode, _, steps = fake if fake is not None else auto_choice(D, x_fake, "mean")
     pen_fake, logits_fake = _run_mode(D, x_fake, "js_fake", "mean", backend, mode, steps)
@@ -894,9 +901,9 @@ def _run_mode(D, x, weight, reduction, backend, mode, steps):
     """The penalty in a mode auto_choice may give ("check": jvp, checked against the double backward once), with
     the closed form's steps planned there."""
     if mode == "check":
-        return _checked_jvp(D, x, weight, reduction, backend)
+        return checked_jvp(D, x, weight, reduction, backend)
     if mode == "double_backward":
-        return _double_backward_any_order(D, x, weight, reduction, backend)
+        return double_backward_any_order(D, x, weight, reduction, backend)
     if mode == "mlp":
         out = mlp_penalty.mlp_penalty(D, x, weight, reduction, backend, steps)
     else:

@@ -41,14 +41,17 @@ class Statistic:
             return _values(self.root(psi), psi)
 
     def log_root_slope(self, psi: torch.Tensor) -> torch.Tensor:
-        """(log r)'(psi) = r'/r without graph: finite where r and r' overflow apart."""
+        """(log r)'(psi) = r'/r without graph: finite where r and r' overflow apart. Taken in float64: in float32 r
+        underflows (squared_hellinger's at psi ~ -58, gan's and js's at ~ -174) where r ||grad T|| does not, and 1/r
+        made the slope inf or NaN, and with it jvp's gradients, where the double backward's were finite. Where r is 0
+        even in float64, r ||grad T|| is too and the slope multiplies 0: taken as 0 there."""
         with torch.enable_grad():
-            p = psi.detach().requires_grad_(True)
+            p = psi.detach().to(torch.float64).requires_grad_(True)
             log_r = torch.log(_values(self.root(p), p))
             if not log_r.requires_grad:  # a constant root
                 return torch.zeros_like(psi)
             (d,) = torch.autograd.grad(log_r.sum(), p)
-        return d
+        return torch.where(torch.isfinite(d), d, 0.0).to(psi.dtype)
 
     def input_grad(self, psi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """grad_x sum T(psi), x's shape, with r(psi) multiplied into each sample's gradient (in the accumulation
@@ -59,11 +62,16 @@ class Statistic:
         r = _values(self.root(psi.to(_checks.acc_dtype(psi.dtype))), psi)
         return g.to(r.dtype) * r.reshape((-1,) + (1,) * (g.dim() - 1))
 
-    def double_backward(self, D, x: torch.Tensor, weight, reduction: str, backend) -> torch.Tensor:
-        """The penalty as written, by the double backward (with its graph): what mode "jvp" must agree with."""
+    def double_backward(self, D, x: torch.Tensor, weight, reduction: str, backend, leaves=None, logits=False):
+        """The penalty as written, by the double backward (with its graph): what mode "jvp" must agree with.
+        leaves: a list that receives the input leaf (penalty_jvp.double_backward_any_order); logits: return
+        (penalty, psi)."""
         x = x.detach().requires_grad_(True)
+        if leaves is not None:
+            leaves.append(x)
         psi = _pen._logits_of(D, x)
-        return _pen._penalty_of(self.input_grad(psi, x), psi, weight, reduction, backend)
+        pen = _pen._penalty_of(self.input_grad(psi, x), psi, weight, reduction, backend)
+        return (pen, psi) if logits else pen
 
 
 def _values(r, psi: torch.Tensor) -> torch.Tensor:

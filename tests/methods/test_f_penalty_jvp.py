@@ -177,3 +177,176 @@ def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs, de
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * max(t.abs().max().item() for t in want[1]))
         for a, b in zip(got[2], want[2]):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- an audit's differential fuzzing (2026-12)
+
+def _hvp(omega, P, vec):
+    gs = torch.autograd.grad(omega, P, create_graph=True)
+    return torch.autograd.grad(sum((a * v).sum() for a, v in zip(gs, vec)), P)
+
+
+def test_auto_on_the_cpu_differentiates_omega_f_to_second_order():
+    """"auto" on the CPU runs Omega_f of a BatchNorm D by the double backward, exact to any order as for psi's
+    penalty (a replay with the norms in ordinary ops): it took torch's fused BatchNorm third derivatives, a
+    Hessian-vector product 9% off."""
+    g, x, D, start, P = _mlp_case(5, 10)
+    xr = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    vec = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in P]
+    with DualRules():
+        want = _hvp(statistic("gan").double_backward(D, x, "one", "mean", None), P, vec)
+    D.load_state_dict(start)
+    omega, _, _ = regularizer(D, "f", xr, x, f="gan", mode="auto")
+    scale = max(t.abs().max().item() for t in want)
+    for a, b in zip(_hvp(omega, P, vec), want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("f,bias", [("squared_hellinger", -60.0), ("gan", -180.0), ("js", -180.0)])
+def test_jvp_where_the_root_underflows_in_float32(f, bias):
+    """(log r)' was taken in float32, where r underflows (squared_hellinger at psi ~ -58, gan/js at ~ -174): inf or
+    NaN, and with it every parameter gradient of mode "jvp", where the double backward's are finite."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+    with torch.no_grad():
+        D[3].bias.fill_(bias)
+    g = torch.Generator().manual_seed(1)
+    xr, xf = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    grads = {}
+    for mode in ("double_backward", "jvp"):
+        D.load_state_dict(start)
+        omega, _, _ = regularizer(D, "f", xr, xf, f=f, mode=mode)
+        grads[mode] = torch.autograd.grad(omega, list(D.parameters()))
+    scale = max(t.abs().max().item() for t in grads["double_backward"])
+    for a, b in zip(grads["jvp"], grads["double_backward"]):
+        assert a.isfinite().all()
+        assert (a - b).abs().max().item() <= 1e-4 * scale + 1e-45
+
+
+def _no_jvp_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), _NoJvpTanh(), nn.Linear(8, 1)).double()
+
+
+def test_a_refused_jvp_leaves_d_and_the_generators_as_at_the_call():
+    """mode "jvp" refusing D: the real batch's forward, run before the fake batch's jvp, is undone too (its
+    BatchNorm statistics and dropout draws had stayed advanced)."""
+    D = _no_jvp_mlp()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(NotImplementedError, match="forward-mode AD cannot run D's forward"):
+        regularizer(D, "f", x, x + 1, f="gan", mode="jvp")
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_auto_keeps_the_graph_of_an_x_fake_that_carries_one(monkeypatch):
+    """Where "auto" takes the checked jvp (CUDA, stood in for by the CPU), an x_fake carrying a graph (NTGAN's
+    learned noise) takes the double backward, as for psi's penalty: the jvp detached it, and the noise got no
+    gradient from Omega_f nor from the fake logits."""
+    from helpers import auto_as_on_cuda
+
+    auto_as_on_cuda(monkeypatch)
+    g, xf, D, start, _ = _mlp_case(3, 8)
+    xr = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    got = {}
+    for mode in ("double_backward", "auto"):
+        D.load_state_dict(start)
+        noise = torch.zeros_like(xf, requires_grad=True)
+        omega, _, lf = regularizer(D, "f", xr, xf + noise, f="gan", mode=mode)
+        got[mode] = torch.autograd.grad(omega + lf.sum(), noise)[0]
+    torch.testing.assert_close(got["auto"], got["double_backward"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("f", ["gan", "kl"])
+@pytest.mark.parametrize("held", ["eval-batchnorm", "frozen-weight"])
+def test_auto_falling_back_leaves_the_real_logits_differentiable(monkeypatch, held, f):
+    """A failed check puts D's state back; a copy into an unchanged tensor the real logits' graph saved (an eval-mode
+    BatchNorm's statistics, a frozen weight) bumped its version, and the D update's backward failed ("modified by
+    an inplace operation")."""
+    from helpers import auto_as_on_cuda
+
+    auto_as_on_cuda(monkeypatch)
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 8), _NoJvpTanh(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double()
+    if held == "eval-batchnorm":
+        D[3].eval()
+    else:
+        D[3] = nn.Identity()
+        D[2].weight.requires_grad_(False)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    P = [p for p in D.parameters() if p.requires_grad]
+
+    def grads():
+        omega, lr, lf = regularizer(D, "f", x, x + 0.5, f=f, mode=mode)
+        return torch.autograd.grad(omega + 0.3 * lf.sum() - 0.2 * lr.sum(), P)
+
+    mode = "double_backward"
+    want = grads()
+    D.load_state_dict(start)
+    mode = "auto"
+    with pytest.warns(_dispatch.FallbackWarning):
+        got = grads()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class _FunctionalBatchNormD(nn.Module):
+    """A D whose forward normalizes with F.batch_norm (no BatchNorm module to find)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(nn.functional.batch_norm(self.l1(x), None, None, training=True)))
+
+
+class _MinibatchStdD(nn.Module):
+    """ProGAN/StyleGAN's minibatch standard deviation, appended as a feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 8), nn.Linear(9, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        std = h.std(0).mean().expand(h.shape[0], 1)
+        return self.l2(torch.cat([h, std], 1))
+
+
+def _standardizing_function_d():
+    """A function D (no module at all) standardizing its features over the batch: (D, its parameters)."""
+    m = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+    def D(x):
+        h = m[1](m[0](x))
+        return m[2]((h - h.mean(0)) / (h.std(0) + 1e-3))
+
+    return D, list(m.parameters())
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
+@pytest.mark.parametrize("make", [lambda: _FunctionalBatchNormD().double(), lambda: _MinibatchStdD().double(),
+                                  _standardizing_function_d], ids=["F.batch_norm", "minibatch-std", "function"])
+def test_a_d_mixing_samples_in_its_own_forward_gets_eq_19(make, mode):
+    """Without a BatchNorm module to tell that D couples its samples, Omega_f was taken per sample
+    (g_f'(psi) grad psi): the same in every mode, and off eq. 19 (36% for the F.batch_norm D). A forward outside
+    torch.nn and fastgan takes T's own gradient, as the oracle."""
+    from fastgan.reference import methods as ref
+
+    g = torch.Generator().manual_seed(2)
+    xr, xf = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    D = make()
+    D, P = D if isinstance(D, tuple) else (D, list(D.parameters()))
+    want = ref.roth_f_penalty(D, xf, "gan")
+    want_grads = torch.autograd.grad(want, P)
+    omega, _, _ = regularizer(D, "f", xr, xf, f="gan", mode=mode)
+    torch.testing.assert_close(omega, want, rtol=1e-10, atol=0)
+    for a, b in zip(torch.autograd.grad(omega, P), want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

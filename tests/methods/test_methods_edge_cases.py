@@ -222,3 +222,37 @@ def test_a_parameter_frozen_after_the_first_step_gets_no_gradient(name):
     for p, b in zip(frozen, before):
         assert p.grad is None and torch.equal(p, b)
     assert all(p.grad is not None for p in M.D.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("grad_off", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "auto"])
+@pytest.mark.parametrize("penalty,f,batchnorm,weighted", [
+    ("js", "gan", False, False), ("js", "gan", True, True), ("r1", "gan", True, True), ("r2", "gan", False, True),
+    ("f", "kl", False, True), ("f", "gan", True, False), ("f", "gan", True, True)],
+    ids=["js", "js-bn-weighted", "r1-bn-weighted", "r2-weighted", "f-kl-weighted", "f-gan-bn", "f-gan-bn-weighted"])
+def test_the_regularizer_without_grad_gives_the_values_of_the_call_with_it(penalty, f, batchnorm, weighted, mode,
+                                                                         grad_off):
+    """Under no_grad / inference_mode regularizer returns the detached values of the call with grad enabled, and D's
+    buffers advance as there, in every mode and penalty, as the ops' penalties do: Omega_f of a BatchNorm D raised
+    there (jvp naming a wrong cause: "D's logits do not depend on its input x"), weighted penalties by the double
+    backward too."""
+    from fastgan.methods.roth import regularizer
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 8)] + ([nn.BatchNorm1d(8)] if batchnorm else []) + [nn.Tanh(), nn.Linear(8, 1)]
+    D = nn.Sequential(*layers).double()
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    g = torch.Generator().manual_seed(4)
+    xr, xf = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    w = (torch.rand(6, generator=g, dtype=torch.float64) / 6) if weighted else None
+    want = regularizer(D, penalty, xr, xf, w, w, f=f, mode=mode)
+    after = {k: v.clone() for k, v in D.state_dict().items()}
+    D.load_state_dict(start)
+    with grad_off():
+        got = regularizer(D, penalty, xr.clone(), xf.clone(), None if w is None else w.clone(),
+                          None if w is None else w.clone(), f=f, mode=mode)
+    for a, b in zip(got, want):
+        assert not a.requires_grad
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=0)
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, after[k]), k
