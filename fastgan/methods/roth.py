@@ -120,6 +120,12 @@ def _weighting(coef: Optional[torch.Tensor]):
     return ("one", "mean") if coef is None else (ops.penalty.SampleWeighted("one", coef), "sum")
 
 
+def _per_sample_weights(mode: str, coef: Optional[torch.Tensor]) -> bool:
+    """Whether the penalty is taken per sample and then weighted by coef (reduce): the closed form's way, and "auto"'s
+    for weights that require grad (SampleWeighted, the fused weighting, holds them constant)."""
+    return coef is not None and (mode == "mlp" or (mode == "auto" and coef.requires_grad))
+
+
 def statistic_mode(D, x_fake: torch.Tensor, mode: str, coef: Optional[torch.Tensor] = None) -> str:
     """How Omega_f of a batch-coupled D is taken: "jvp", "check" (jvp once it has matched the double backward on
     D's first batch) or "double_backward". "auto" takes jvp where it would for psi's gradient (CUDA); where it
@@ -155,8 +161,9 @@ def penalty_by_mode(D, x: torch.Tensor, weight: str, mode: str, coef: Optional[t
     if coef is None:
         pen, logits = ops.gradient_penalty(D, x, weight, mode=mode)
         return (pen * scale if scale != 1.0 else pen), logits.reshape(x.shape[0])
-    if mode == "mlp":
-        # the closed form works per sample: the fused weight kernel, then the weighted sum
+    if _per_sample_weights(mode, coef):
+        # the closed form works per sample: the fused weight kernel, then the weighted sum (reduction "none": "auto"
+        # takes the closed form or the double backward, both differentiable w.r.t. coef through reduce)
         pen, logits = ops.gradient_penalty(D, x, weight, reduction="none", mode=mode)
         return reduce(pen * scale if scale != 1.0 else pen, coef), logits.reshape(x.shape[0])
     # the weighted expectation as one weight, psi -> coef_n * scale * w(psi_n), so that "jvp" (which needs a scalar
@@ -166,20 +173,55 @@ def penalty_by_mode(D, x: torch.Tensor, weight: str, mode: str, coef: Optional[t
     return pen, logits.reshape(x.shape[0])
 
 
+def _real_then_fake(D, x_real, x_fake, real, fake, mode: str, fake_reduction: str):
+    """(real(), fake()): the real batch's forward first (the double backward's order of forwards), its graph saving
+    D's buffers. A refusal of the fake batch ("mlp"/"jvp" cannot run D) leaves D's state and the draws as at the call,
+    the real forward undone; where "auto" checks jvp on the fake batch and the check fails (it puts back in place
+    the buffers the real logits' graph saved: their backward raised "modified by an inplace operation"), both are
+    taken again from the state and draws at the call."""
+    from ..ops import penalty_jvp
+
+    def checking():
+        return mode == "auto" and penalty_jvp.check_pending(D, x_fake, fake_reduction)
+
+    start = penalty_jvp.Snapshot(D, x_real.device) if mode in ("jvp", "mlp") or checking() else None
+    out_real = real()
+    check = start is not None and checking()  # not where the real batch's own check gave the verdict
+    try:
+        out_fake = fake()
+    except (ValueError, TypeError, NotImplementedError):
+        if start is not None:
+            start.restore()
+        raise
+    if check and penalty_jvp.auto_mode(D, x_fake, fake_reduction) != "jvp":
+        start.restore()
+        out_real = real()
+        out_fake = fake()
+    return out_real, out_fake
+
+
+def _reduction(mode: str, coef: Optional[torch.Tensor]) -> str:
+    """The reduction penalty_by_mode asks gradient_penalty for."""
+    return "none" if _per_sample_weights(mode, coef) else _weighting(coef)[1]
+
+
 def _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode):
     if penalty == "js":
         if w_real is None and w_fake is None:
             omega, lr, lf = ops.js_penalty(D, x_real, x_fake, mode=mode)
             return omega, lr.reshape(x_real.shape[0]), lf.reshape(x_fake.shape[0])
-        pr, lr = penalty_by_mode(D, x_real, "js_real", mode, w_real)
-        pf, lf = penalty_by_mode(D, x_fake, "js_fake", mode, w_fake)
+        (pr, lr), (pf, lf) = _real_then_fake(D, x_real, x_fake,
+                                             lambda: penalty_by_mode(D, x_real, "js_real", mode, w_real),
+                                             lambda: penalty_by_mode(D, x_fake, "js_fake", mode, w_fake),
+                                             mode, _reduction(mode, w_fake))
         return pr + pf, lr, lf
     if penalty == "r1":
         pr, lr = penalty_by_mode(D, x_real, "one", mode, w_real)
         return pr, lr, D(x_fake).reshape(x_fake.shape[0])
-    lr = D(x_real).reshape(x_real.shape[0])
     weight, scale = ("one", 1.0) if penalty == "r2" else fdiv.penalty_weight(f)
-    pf, lf = penalty_by_mode(D, x_fake, weight, mode, w_fake, scale)
+    lr, (pf, lf) = _real_then_fake(D, x_real, x_fake, lambda: D(x_real).reshape(x_real.shape[0]),
+                                   lambda: penalty_by_mode(D, x_fake, weight, mode, w_fake, scale),
+                                   mode, _reduction(mode, w_fake))
     return pf, lr, lf
 
 
@@ -192,7 +234,8 @@ def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: 
         raise ValueError(statistic_mode_refusal(mode, f))
     # an x_fake that carries a graph (NTGAN's learned noise) keeps it: the double backward (the checked jvp
     # "auto" took there detached x: the noise got no gradient through Omega_f nor the fake logits)
-    how = "double_backward" if graph else statistic_mode(D, x_fake, mode, w_fake)
+    per_sample = _per_sample_weights(mode, w_fake)  # "auto" with weights that require grad
+    how = "double_backward" if graph or per_sample else statistic_mode(D, x_fake, mode, w_fake)
     if how in ("jvp", "check"):
         # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are taken
         # again then, from the same state and draws; a jvp that refuses D leaves D's state and the draws as at the
@@ -213,6 +256,9 @@ def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: 
         # as "auto" runs psi's double backward: a create_graph backward differentiates a replay with the norms in
         # ordinary ops (torch's fused batch_norm has wrong third derivatives: a Hessian-vector product of Omega_f
         # took them, 9% off for a BatchNorm MLP)
+        if per_sample:
+            pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, "one", "none", None, stat=statistic(f))
+            return reduce(pf, w_fake), lr, lf.reshape(x_fake.shape[0])
         weight, reduction = _weighting(w_fake)
         pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, weight, reduction, None, stat=statistic(f))
         return pf, lr, lf.reshape(x_fake.shape[0])
@@ -246,6 +292,13 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
     if mode in ("jvp", "mlp") and graph:
         raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
                          "graph (NTGAN's learned noise); use 'double_backward' or 'auto'")
+    # per-sample weights that require grad: the fused weighting (ops.penalty.SampleWeighted) holds them constant, so
+    # "jvp" (and "auto" taking a mode through it) gave them no gradient, silently; "auto" takes the per-sample
+    # penalties then (the closed form's or the double backward's, _per_sample_weights) and their weighted sum
+    if any(w is not None and w.requires_grad for w in (w_real, w_fake)):
+        if mode == "jvp":
+            raise ValueError("method.roth.mode: 'jvp' cannot differentiate Omega w.r.t. per-sample weights "
+                             "(w_real/w_fake) that require grad; use 'double_backward', 'auto' or 'mlp'")
     if penalty == "f" and needs_statistic_gradient(D, f):
         return _statistic_regularizer(D, x_real, x_fake, w_fake, f, mode, graph)
     if mode != "double_backward" and not graph:

@@ -614,6 +614,13 @@ AUTO_CLOSED_FORM_BATCH_STATS_DEVICES = {"cpu"}
 AUTO_CLOSED_FORM_SMOOTH_DEVICES = {"cuda"}
 
 
+def check_pending(D, x: torch.Tensor, reduction: str) -> bool:
+    """Whether "auto" would run its one-time jvp check on (D, x) now. The cheap tests first: it checks on
+    AUTO_JVP_DEVICES only, once per D (its verdict kept); auto_mode plans D, which every call would pay."""
+    return (x.device.type in AUTO_JVP_DEVICES and isinstance(D, nn.Module)
+            and _verdicts.get(D, {}).get(_key(D, x)) is None and auto_mode(D, x, reduction) == "check")
+
+
 def auto_mode(D, x: torch.Tensor, reduction: str) -> str:
     """The mode "auto" runs for (D, x): "mlp", "jvp", "double_backward", or "check" (jvp not yet verified).
 
