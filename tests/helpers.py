@@ -251,3 +251,24 @@ class StoppingFile:
 
     def __exit__(self, *exc):
         self.f.close()
+
+
+class _NoJvp(torch.autograd.Function):
+    """tanh without a forward-mode rule: jvp cannot run a D holding it, auto's check fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class NoJvpTanh(torch.nn.Module):
+    """An activation module jvp cannot run (_NoJvp)."""
+
+    def forward(self, x):
+        return _NoJvp.apply(x)

@@ -9,6 +9,8 @@ from fastgan.methods.roth import regularizer, statistic
 from fastgan.ops import _dispatch, penalty_jvp
 from fastgan.ops.dual_rules import DualRules
 
+from helpers import NoJvpTanh
+
 NONLINEAR = [f for f in fdiv.DIVERGENCES if f not in fdiv.LINEAR]
 # on a GPU the same float64 comparisons run with CUDA's BatchNorm and convolution kernels (and auto's own choice)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -119,25 +121,6 @@ def test_a_root_of_the_wrong_shape_is_refused():
         type(stat)(torch.sigmoid, 2.0)
 
 
-class _NoJvp(torch.autograd.Function):
-    """An activation without a forward-mode rule: jvp cannot run D, auto's check falls back."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 - torch.tanh(x) ** 2)
-
-
-class _NoJvpTanh(nn.Module):
-    def forward(self, x):
-        return _NoJvp.apply(x)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("jvp_runs", [True, False], ids=["jvp", "falls-back"])
 def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs, device):
@@ -151,7 +134,7 @@ def test_auto_takes_checked_jvp_where_it_would_for_psi(monkeypatch, jvp_runs, de
     torch.manual_seed(0)
     D = _mlp().double().to(device)
     if not jvp_runs:
-        D[2] = _NoJvpTanh()
+        D[2] = NoJvpTanh()
     start = {k: v.clone() for k, v in D.state_dict().items()}
     _dispatch.counts.clear()
     want = _run(D, "double_backward", xr, xf, "js", None)
@@ -226,7 +209,7 @@ def test_jvp_where_the_root_underflows_in_float32(f, bias):
 
 def _no_jvp_mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), _NoJvpTanh(), nn.Linear(8, 1)).double()
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), NoJvpTanh(), nn.Linear(8, 1)).double()
 
 
 def test_a_refused_jvp_leaves_d_and_the_generators_as_at_the_call():
@@ -271,7 +254,7 @@ def test_auto_falling_back_leaves_the_real_logits_differentiable(monkeypatch, he
 
     auto_as_on_cuda(monkeypatch)
     torch.manual_seed(0)
-    D = nn.Sequential(nn.Linear(3, 8), _NoJvpTanh(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double()
+    D = nn.Sequential(nn.Linear(3, 8), NoJvpTanh(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)).double()
     if held == "eval-batchnorm":
         D[3].eval()
     else:

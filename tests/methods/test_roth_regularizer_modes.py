@@ -10,31 +10,12 @@ from torch import nn
 from fastgan.methods.roth import regularizer
 from fastgan.ops import _dispatch
 
-from helpers import auto_as_on_cuda
-
-
-class _NoJvp(torch.autograd.Function):
-    """tanh without a forward-mode rule: jvp cannot run D, auto's check fails."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 - torch.tanh(x) ** 2)
-
-
-class _NoJvpTanh(nn.Module):
-    def forward(self, x):
-        return _NoJvp.apply(x)
+from helpers import NoJvpTanh, auto_as_on_cuda
 
 
 def _no_jvp_bn_mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), _NoJvpTanh(), nn.Linear(8, 1)).double()
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), NoJvpTanh(), nn.Linear(8, 1)).double()
 
 
 def _batches(B=6, Bf=5):
