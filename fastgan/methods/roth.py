@@ -184,9 +184,10 @@ def _real_then_fake(D, x_real, x_fake, real, fake, mode: str, fake_reduction: st
     def checking():
         return mode == "auto" and penalty_jvp.check_pending(D, x_fake, fake_reduction)
 
-    start = penalty_jvp.Snapshot(D, x_real.device) if mode in ("jvp", "mlp") or checking() else None
+    pending = checking()  # once a call where no check is pending (every call after D's first)
+    start = penalty_jvp.Snapshot(D, x_real.device) if mode in ("jvp", "mlp") or pending else None
     out_real = real()
-    check = start is not None and checking()  # not where the real batch's own check gave the verdict
+    check = pending and checking()  # not where the real batch's own check gave the verdict
     try:
         out_fake = fake()
     except (ValueError, TypeError, NotImplementedError):
@@ -256,12 +257,10 @@ def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: 
         # as "auto" runs psi's double backward: a create_graph backward differentiates a replay with the norms in
         # ordinary ops (torch's fused batch_norm has wrong third derivatives: a Hessian-vector product of Omega_f
         # took them, 9% off for a BatchNorm MLP)
-        if per_sample:
-            pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, "one", "none", None, stat=statistic(f))
-            return reduce(pf, w_fake), lr, lf.reshape(x_fake.shape[0])
-        weight, reduction = _weighting(w_fake)
-        pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, weight, reduction, None, stat=statistic(f))
-        return pf, lr, lf.reshape(x_fake.shape[0])
+        # per sample, then reduce: the double backward's own weighting below, differentiable in weights requiring
+        # grad
+        pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, "one", "none", None, stat=statistic(f))
+        return reduce(pf, w_fake), lr, lf.reshape(x_fake.shape[0])
     # f*''(T) taken into T's gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
     # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have a
     # modest Omega_f (0.08 for the test MLP's; NaN before)
