@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..ops.compiled_d import uncompiled
+from ..ops.penalty import logits_of
 from . import fdiv
 
 LOSSES = ("minimax", "least_squares", "wgan_gp", "fgan")
@@ -89,6 +91,7 @@ def gp_per_sample(D, x_real: torch.Tensor, x_fake: torch.Tensor, u: torch.Tensor
     """
     shape = (-1,) + (1,) * (x_real.dim() - 1)
     x_hat = (u.view(shape) * x_real + (1 - u.view(shape)) * x_fake).detach().requires_grad_(True)
-    logits = D(x_hat).reshape(x_hat.shape[0])
+    # compiled code in D runs as its Python source: a compiled forward has no double backward
+    logits = logits_of(uncompiled(D), x_hat)
     (g,) = torch.autograd.grad(logits.sum(), x_hat, create_graph=True)
     return (g.reshape(g.shape[0], -1).norm(dim=1) - 1).pow(2)

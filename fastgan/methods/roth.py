@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops.compiled_d import uncompiled
 from . import fdiv
 from .losses import reduce
 
@@ -66,7 +67,7 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, stat=None
     """
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
-    logits = D(x).reshape(x.shape[0])
+    logits = _logits(D, x)
     if stat is None:
         (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     else:
@@ -78,6 +79,12 @@ def penalty_and_logits(D, x: torch.Tensor, weight, scale: float = 1.0, stat=None
 
 
 MODES = ops.penalty.PENALTY_MODES
+
+
+def _logits(D, x: torch.Tensor) -> torch.Tensor:
+    """D's logits (B,) as the ops take them: a D returning another shape (e.g. (1, B)) refused, compiled code in D
+    run as its Python source (a compiled forward has no double backward, and the penalty's paths take it)."""
+    return ops.penalty.logits_of(D, x)
 
 
 # modules of these packages do not mix a batch's samples, but for BatchNorm with batch statistics
@@ -218,9 +225,9 @@ def _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode):
         return pr + pf, lr, lf
     if penalty == "r1":
         pr, lr = penalty_by_mode(D, x_real, "one", mode, w_real)
-        return pr, lr, D(x_fake).reshape(x_fake.shape[0])
+        return pr, lr, _logits(D, x_fake)
     weight, scale = ("one", 1.0) if penalty == "r2" else fdiv.penalty_weight(f)
-    lr, (pf, lf) = _real_then_fake(D, x_real, x_fake, lambda: D(x_real).reshape(x_real.shape[0]),
+    lr, (pf, lf) = _real_then_fake(D, x_real, x_fake, lambda: _logits(D, x_real),
                                    lambda: penalty_by_mode(D, x_fake, weight, mode, w_fake, scale),
                                    mode, _reduction(mode, w_fake))
     return pf, lr, lf
@@ -242,7 +249,7 @@ def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: 
         # again then, from the same state and draws; a jvp that refuses D leaves D's state and the draws as at the
         # call, the real batch's forward undone too
         start = penalty_jvp.Snapshot(D, x_real.device)
-    lr = D(x_real).reshape(x_real.shape[0])
+    lr = _logits(D, x_real)
     if how in ("jvp", "check"):
         try:
             out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
@@ -252,7 +259,7 @@ def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: 
         if out is not None:
             return out[0], lr, out[1]
         start.restore()
-        lr = D(x_real).reshape(x_real.shape[0])
+        lr = _logits(D, x_real)
     if mode == "auto" and not graph:
         # as "auto" runs psi's double backward: a create_graph backward differentiates a replay with the norms in
         # ordinary ops (torch's fused batch_norm has wrong third derivatives: a Hessian-vector product of Omega_f
@@ -287,6 +294,8 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
                                     w_real, w_fake)
     if out is not None:
         return out
+    # a torch.compile'd D runs as the module it wraps, as under the ops (torch's AOT autograd has no double backward)
+    D = uncompiled(D)
     graph = x_real.requires_grad or x_fake.requires_grad
     if mode in ("jvp", "mlp") and graph:
         raise ValueError(f"method.roth.mode: {mode!r} cannot differentiate D's logits w.r.t. inputs that carry a "
@@ -311,14 +320,14 @@ def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,
         return reduce(pr, w_real) + reduce(pf, w_fake), lr, lf
     if penalty == "r1":
         pr, lr = penalty_and_logits(D, x_real, "one")
-        return reduce(pr, w_real), lr, D(x_fake).reshape(x_fake.shape[0])
+        return reduce(pr, w_real), lr, _logits(D, x_fake)
     if penalty == "r2":
-        lr = D(x_real).reshape(x_real.shape[0])
+        lr = _logits(D, x_real)
         pf, lf = penalty_and_logits(D, x_fake, "one")
         return reduce(pf, w_fake), lr, lf
     if penalty == "f":
         weight, scale = fdiv.penalty_weight(f)
-        lr = D(x_real).reshape(x_real.shape[0])
+        lr = _logits(D, x_real)
         pf, lf = penalty_and_logits(D, x_fake, weight, scale)
         return reduce(pf, w_fake), lr, lf
     raise ValueError(f"method.roth.penalty: must be one of {PENALTIES}, got {penalty!r}")

@@ -456,7 +456,7 @@ def _reduced(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample
 
 
-def _logits_of(D, x: torch.Tensor) -> torch.Tensor:
+def logits_of(D, x: torch.Tensor) -> torch.Tensor:
     with eager_compiled_code():
         logits = D(x)
     if not isinstance(logits, torch.Tensor):
@@ -619,13 +619,13 @@ def _double_backward_batches(D, xs, weights, reduction, backend, record=True, le
     if leaves is not None:  # for a caller that tells these leaves from D's inputs in the penalty's graph
         leaves.extend(xs)
     with _MathAttention():
-        logits = tuple(_logits_of(D, x) for x in xs)
+        logits = tuple(logits_of(D, x) for x in xs)
     grads = input_grads(logits, xs, create_graph=True)
     out = []
     for grad, psi, weight in zip(grads, logits, weights):
         if record:
             _dispatch.record("gradient_penalty", "double_backward")
-        # grad has x's shape and dtype, psi is (B,) (_logits_of), weight and reduction were checked by the caller
+        # grad has x's shape and dtype, psi is (B,) (logits_of), weight and reduction were checked by the caller
         out.append((_penalty_of(grad, psi, weight, reduction, backend), psi))
     return out
 

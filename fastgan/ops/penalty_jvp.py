@@ -355,7 +355,7 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
             _guards.append(guard)
         # this forward only yields psi and g (and advances D's buffers once): its graph is freed by the grad call
         with guard if guard is not None else contextlib.nullcontext():
-            psi0 = _pen._logits_of(D, x)
+            psi0 = _pen.logits_of(D, x)
         after = rng.save()
         g = _pen.input_grad(psi0 if stat is None else stat.fn(psi0), x)
         acc = _checks.acc_dtype(g.dtype, psi0.dtype)

@@ -69,7 +69,7 @@ class Statistic:
         x = x.detach().requires_grad_(True)
         if leaves is not None:
             leaves.append(x)
-        psi = _pen._logits_of(D, x)
+        psi = _pen.logits_of(D, x)
         pen = _pen._penalty_of(self.input_grad(psi, x), psi, weight, reduction, backend)
         return (pen, psi) if logits else pen
 

@@ -122,3 +122,62 @@ def test_weights_that_require_grad_get_their_gradient(monkeypatch, penalty, f, b
         _assert_same(_run(D, start, penalty, f, "auto", xr, xf, wr, wf), want)
     with pytest.raises(ValueError, match="'jvp' cannot differentiate Omega w.r.t. per-sample weights"):
         regularizer(D, penalty, xr, xf, wr, wf, f=f, mode="jvp")
+
+
+def _bn_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
+@pytest.mark.parametrize("penalty,f", [("js", "gan"), ("r1", "gan"), ("r2", "gan"), ("f", "kl"), ("f", "gan")])
+@pytest.mark.parametrize("mode", ["double_backward", "auto", "jvp"])
+def test_a_compiled_d_gives_the_values_of_the_module_it_wraps(penalty, f, mode, weighted):
+    """A torch.compile'd D (AOT autograd, which has no double backward) runs as its module, as under the ops: the
+    weighted penalties, r1, r2 and f by the double backward raised "does not currently support double backward"
+    (only the plain js went through fastgan.ops.js_penalty); "f" with "gan" on this BatchNorm D takes T's gradient."""
+    D = _bn_mlp()
+    start = {k: v.clone() for k, v in D.state_dict().items()}
+    xr, xf, w = _batches()
+    wr = torch.full((xr.shape[0],), 1.0 / xr.shape[0], dtype=torch.float64) if weighted else None
+    wf = w if weighted else None
+    want = _run(D, start, penalty, f, mode, xr, xf, wr, wf)
+    compiled_start = {f"_orig_mod.{k}": v for k, v in start.items()}
+    got = _run(torch.compile(D, backend="aot_eager"), compiled_start, penalty, f, mode, xr, xf, wr, wf)
+    _assert_same(got, want)
+
+
+def test_wgan_gp_of_a_compiled_d_gives_the_values_of_its_module():
+    from fastgan.methods.losses import gp_per_sample
+
+    D = _bn_mlp().eval()
+    xr, xf, _ = _batches(5, 5)
+    u = torch.rand(5, dtype=torch.float64)
+    params = list(D.parameters())[:-1]  # the output bias does not reach the input gradient
+    want = torch.autograd.grad(gp_per_sample(D, xr, xf, u).sum(), params)
+    got = torch.autograd.grad(gp_per_sample(torch.compile(D, backend="aot_eager"), xr, xf, u).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+class _RowLogits(nn.Module):
+    """Logits (1, B): one per sample, but not in the shape the ops take."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _bn_mlp()
+
+    def forward(self, x):
+        return self.net(x).reshape(1, -1)
+
+
+@pytest.mark.parametrize("penalty,f", [("js", "gan"), ("r1", "gan"), ("r2", "gan"), ("f", "kl"), ("f", "gan")])
+@pytest.mark.parametrize("mode", ["double_backward", "auto", "jvp"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
+def test_logits_of_another_shape_are_refused_by_every_mode(penalty, f, mode, weighted):
+    """Omega_f's and the weighted penalties' double backward reshaped D's (1, B) logits to (B,) where jvp and the ops
+    refuse them: every path refuses them alike."""
+    xr, xf, w = _batches()
+    wf = w if weighted else None
+    with pytest.raises(ValueError, match=r"logits of shape \(6,\) or \(6, 1, \.\.\., 1\), got \(1, 6\)"):
+        regularizer(_RowLogits(), penalty, xr, xf, None, wf, f=f, mode=mode)
