@@ -236,43 +236,40 @@ def _regularizer_by_mode(D, penalty, x_real, x_fake, w_real, w_fake, f, mode):
 def _statistic_regularizer(D, x_real, x_fake, w_fake, f: str, mode: str, graph: bool):
     """regularizer's (Omega_f, logits_real, logits_fake) where D couples its samples and g_f is not the identity:
     eq. 19 with T = g_f(psi)'s own gradient, as fastgan.reference.methods.roth_f_penalty takes it."""
-    from ..ops import penalty_jvp
-
     if mode == "mlp":
         raise ValueError(statistic_mode_refusal(mode, f))
     # an x_fake that carries a graph (NTGAN's learned noise) keeps it: the double backward (the checked jvp
-    # "auto" took there detached x: the noise got no gradient through Omega_f nor the fake logits)
-    per_sample = _per_sample_weights(mode, w_fake)  # "auto" with weights that require grad
-    how = "double_backward" if graph or per_sample else statistic_mode(D, x_fake, mode, w_fake)
+    # "auto" took there detached x: the noise got no gradient through Omega_f nor the fake logits); so do weights
+    # that require grad under "auto" (per sample, then reduce)
+    forced = graph or _per_sample_weights(mode, w_fake)
+    lr, (pf, lf) = _real_then_fake(D, x_real, x_fake, lambda: _logits(D, x_real),
+                                   lambda: _statistic_fake(D, x_fake, w_fake, f, mode, forced, graph),
+                                   "double_backward" if forced else mode, _weighting(w_fake)[1])
+    return pf, lr, lf
+
+
+def _statistic_fake(D, x_fake, w_fake, f: str, mode: str, forced: bool, graph: bool):
+    """(Omega_f, logits_fake) for _statistic_regularizer, or (None, None) where auto's jvp check failed (then
+    _real_then_fake takes both batches again, and this runs the double backward)."""
+    how = "double_backward" if forced else statistic_mode(D, x_fake, mode, w_fake)
     if how in ("jvp", "check"):
-        # a check that fails puts D's buffers back in place, which the real logits' graph saved: they are taken
-        # again then, from the same state and draws; a jvp that refuses D leaves D's state and the draws as at the
-        # call, the real batch's forward undone too
-        start = penalty_jvp.Snapshot(D, x_real.device)
-    lr = _logits(D, x_real)
-    if how in ("jvp", "check"):
-        try:
-            out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
-        except (ValueError, NotImplementedError):
-            start.restore()
-            raise
-        if out is not None:
-            return out[0], lr, out[1]
-        start.restore()
-        lr = _logits(D, x_real)
+        out = statistic_penalty_jvp(D, x_fake, f, w_fake, check=how == "check")
+        return (None, None) if out is None else out
     if mode == "auto" and not graph:
         # as "auto" runs psi's double backward: a create_graph backward differentiates a replay with the norms in
         # ordinary ops (torch's fused batch_norm has wrong third derivatives: a Hessian-vector product of Omega_f
         # took them, 9% off for a BatchNorm MLP)
         # per sample, then reduce: the double backward's own weighting below, differentiable in weights requiring
         # grad
+        from ..ops import penalty_jvp
+
         pf, lf = penalty_jvp.double_backward_any_order(D, x_fake, "one", "none", None, stat=statistic(f))
-        return reduce(pf, w_fake), lr, lf.reshape(x_fake.shape[0])
+        return reduce(pf, w_fake), lf.reshape(x_fake.shape[0])
     # f*''(T) taken into T's gradient as its root: alone, f*'' overflows float32 at |psi| ~ 44 (~30 for
     # squared_hellinger) and ||grad T||^2 at psi ~ -44, where a D whose fake logits all passed that can have a
     # modest Omega_f (0.08 for the test MLP's; NaN before)
     pf, lf = penalty_and_logits(D, x_fake, "one", stat=statistic(f))
-    return reduce(pf, w_fake), lr, lf
+    return reduce(pf, w_fake), lf
 
 
 def regularizer(D, penalty: str, x_real: torch.Tensor, x_fake: torch.Tensor,

@@ -244,6 +244,26 @@ def test_auto_keeps_the_graph_of_an_x_fake_that_carries_one(monkeypatch):
     torch.testing.assert_close(got["auto"], got["double_backward"], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("forced_by", ["x_fake-graph", "weights-requiring-grad"])
+def test_auto_forced_to_the_double_backward_runs_each_batch_once(monkeypatch, forced_by):
+    """Where "auto" (as on CUDA, before D's check) must take Omega_f's double backward (an x_fake carrying a graph,
+    per-sample weights requiring grad), no check runs, so neither batch is taken again: one forward each."""
+    from helpers import auto_as_on_cuda
+
+    auto_as_on_cuda(monkeypatch)
+    g, xf, D, start, _ = _mlp_case(3, 8)
+    xr = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    wf = None
+    if forced_by == "x_fake-graph":
+        xf = xf + torch.zeros_like(xf, requires_grad=True)
+    else:
+        wf = torch.full((xf.shape[0],), 1.0 / xf.shape[0], dtype=torch.float64, requires_grad=True)
+    calls = []
+    D.register_forward_hook(lambda *_: calls.append(1))
+    regularizer(D, "f", xr, xf, None, wf, f="gan", mode="auto")
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("f", ["gan", "kl"])
 @pytest.mark.parametrize("held", ["eval-batchnorm", "frozen-weight"])
 def test_auto_falling_back_leaves_the_real_logits_differentiable(monkeypatch, held, f):
