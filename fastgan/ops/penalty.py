@@ -499,6 +499,26 @@ def check_D(D) -> None:
         raise TypeError(f"D must be an nn.Module or a callable mapping a batch to logits, got {type(D).__name__}")
 
 
+def check_backend(backend, device: torch.device, weight: WeightArg = "one") -> None:
+    """BackendUnavailable (or ValueError for an unknown name) before D runs, where the penalty's kernel could not
+    run on `device`: raised from inside the penalty, after D's forward, it left D's BatchNorm running statistics,
+    spectral-norm u and v and the random-number state advanced by a call that returned nothing (a fuzz audit,
+    2026-12-07). A plain callable weight runs on the reference backend only: an explicit other backend is refused
+    as _penalty_of and penalty_jvp.penalty_terms refuse it, and a use_backend block or FASTGAN_BACKEND, which such a
+    weight ignores, is not checked here. The same resolution as the kernels' own, so the same errors and messages."""
+    if callable(weight) and not isinstance(weight, SampleWeighted):
+        if backend not in (None, "reference"):
+            raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
+                                               f"got backend={backend!r}")
+        return
+    if backend is None and _dispatch.requested_backend()[0] is None:  # the best usable: always one (or a fallback)
+        return
+    if device.type == "cpu":
+        _dispatch.resolve_cpu(OP, backend)
+    else:
+        _dispatch.resolve(OP, device, backend)
+
+
 def refuse_static_graph(D) -> None:
     """ValueError for a DistributedDataParallel(static_graph=True) D. Every mode takes an input gradient through D's
     forward (torch.autograd.grad) before the loss's backward, and with static_graph=True DDP then averages wrong
@@ -536,6 +556,7 @@ def gradient_penalty(D, x: torch.Tensor, weight: WeightArg = "one", *, reduction
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x", x, mode)
+    check_backend(backend, x.device, weight)
     D = uncompiled(D)
     refuse_static_graph(D)
     out = without_graph(lambda x_: gradient_penalty(D, x_, weight, reduction=reduction, backend=backend, mode=mode),
@@ -687,6 +708,7 @@ def js_penalty(D, x_real: torch.Tensor, x_fake: torch.Tensor, *, backend: str | 
     _checks.choice("mode", mode, PENALTY_MODES)
     require_samples("x_real", x_real, mode)
     require_samples("x_fake", x_fake, mode)
+    check_backend(backend, x_real.device)
     D = uncompiled(D)
     refuse_static_graph(D)
     out = without_graph(lambda xr, xf: js_penalty(D, xr, xf, backend=backend, mode=mode), x_real, x_fake)

@@ -244,6 +244,25 @@ def test_norms_and_softmax_whose_forward_ad_reverse_is_wrong(mode, auto_jvp_on_c
     _assert_buffers_equal(D_new, D_ref)
 
 
+@pytest.mark.parametrize("mode", ["jvp", "auto"])
+def test_prelu_at_a_zero_input(mode, auto_jvp_on_cpu):
+    """PReLU where its input is exactly 0 (a bias-free convolution over a black border): torch's forward-mode
+    formula takes slope 1 there, its backward kernel, which forms g, slope a; the jvp tangent's derivative took
+    torch's, the first convolution's weight gradient 15% off the double backward's (a fuzz audit)."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1, bias=False), nn.PReLU(4, init=0.25), nn.Conv2d(4, 4, 3, 2, 1),
+                      nn.PReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 1)).double()
+    xr, xf = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    xr[..., :3] = 0
+    xf[..., 2:5, :] = 0
+    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
+    _run_js(D_ref, xr, xf, "reference")
+    before = _dispatch.counts[(MODE_OP, "jvp")]
+    _run_js(D_new, xr, xf, mode)
+    assert _dispatch.counts[(MODE_OP, "jvp")] > before
+    _assert_grads_close(D_new, D_ref, 1e-9)
+
+
 @pytest.mark.parametrize("norm", [lambda c: nn.InstanceNorm2d(c), lambda c: nn.BatchNorm2d(c, affine=False),
                                   lambda c: nn.GroupNorm(2, c, affine=False),
                                   lambda c: nn.LayerNorm([c, 4, 4], elementwise_affine=False)],

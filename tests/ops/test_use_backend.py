@@ -197,3 +197,27 @@ def test_the_plain_paths_record_the_backend_resolve_picks(monkeypatch):
             m.setattr(_dispatch, "_warned", set())
             with pytest.warns(_dispatch.FallbackWarning, match=f"{op}: no fused backend for cpu tensors"):
                 assert _ran(call, op) == ["reference"]
+
+
+@pytest.mark.parametrize("mode", ["double_backward", "jvp", "mlp", "auto"])
+def test_a_refused_backend_leaves_d_and_the_rng_as_they_were(mode):
+    """A backend the penalty's kernel cannot take (an explicit backend='cpu' with a callable weight, backend='cuda' or
+    a use_backend('cuda') block on CPU tensors) is refused before D runs: raised after D's forward, it left the
+    BatchNorm's running statistics, spectral norm's u and v and the random-number state advanced (a fuzz audit)."""
+    torch.manual_seed(0)
+    D = torch.nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(3, 8)),
+                            torch.nn.BatchNorm1d(8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1))
+    x = torch.randn(6, 3)
+    calls = [lambda: ops.gradient_penalty(D, x, lambda p: torch.sigmoid(p), backend="cpu", mode=mode),
+             lambda: ops.gradient_penalty(D, x, "js_real", backend="cuda", mode=mode),
+             lambda: ops.js_penalty(D, x, x, backend="cuda", mode=mode)]
+    for call in calls:
+        before, rng = {k: v.clone() for k, v in D.state_dict().items()}, torch.get_rng_state()
+        with pytest.raises(_dispatch.BackendUnavailable):
+            call()
+        assert all(torch.equal(v, before[k]) for k, v in D.state_dict().items())
+        assert torch.equal(rng, torch.get_rng_state())
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    with ops.use_backend("cuda"), pytest.raises(_dispatch.BackendUnavailable, match=r"use_backend\('cuda'\)"):
+        ops.js_penalty(D, x, x, mode=mode)
+    assert all(torch.equal(v, before[k]) for k, v in D.state_dict().items())
