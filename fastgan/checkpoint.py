@@ -143,6 +143,29 @@ def _as_floats(v) -> tuple:
     return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),)
 
 
+def check_module_state(path, name: str, saved: Mapping, module: torch.nn.Module) -> None:
+    """Each saved tensor of a model's state_dict must have its tensor's dtype (the shapes, missing and unexpected
+    keys are load_state_dict's to name): load_state_dict casts what it copies, so an int64 or bool weight loaded
+    as whole numbers, a complex one lost its imaginary part, and the run went on from weights the checkpoint did
+    not hold, without a word. Raises CheckpointError naming path and the entry (method.modules.<name>.<key>)."""
+    current = module.state_dict()
+    for key, v in saved.items():
+        cur = current.get(key)
+        if not isinstance(cur, torch.Tensor):
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: method.modules.{name}.{key}: must be a tensor, got "
+                                  f"{type(v).__name__}")
+        if v.dtype != cur.dtype:
+            raise CheckpointError(f"checkpoint {path}: method.modules.{name}.{key}: dtype {v.dtype}, the model's is "
+                                  f"{cur.dtype} (an edited or damaged checkpoint)")
+
+
+# the implementation flags the resumed run sets from its own run.optim_impl / run.cuda_graph (methods.step._set_flags),
+# whatever the checkpoint holds
+_IMPL_FLAGS = ("foreach", "fused", "capturable")
+
+
 def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, step: int,
                           scheduled: tuple = ()) -> None:
     """Check a saved optimizer state_dict against opt's parameters before it is loaded: torch accepts moments of
@@ -171,6 +194,16 @@ def check_optimizer_state(path, name: str, saved, opt: torch.optim.Optimizer, st
             if key == "params":
                 continue
             got = g.get(key, "<missing>")
+            if isinstance(value, bool) and key not in _IMPL_FLAGS:
+                # what the update computes (amsgrad, maximize: gradient ascent, differentiable, nesterov,
+                # decoupled_weight_decay): load_state_dict takes the saved value over the config's, and torch
+                # trained on it without a word or failed in the first step (amsgrad without its max_exp_avg_sq:
+                # KeyError; differentiable with fused: RuntimeError), tracebacks after the run folder was rewritten.
+                # Missing: an older torch's state, which the optimizer fills with its default.
+                if got != "<missing>" and (not isinstance(got, bool) or got != value):
+                    raise CheckpointError(f"{gw}.{key}: {got!r}, where the config it was written with gives "
+                                          f"{value!r} (an edited or damaged checkpoint)")
+                continue
             if _is_number(value):
                 ok, want = _is_number(got), "a finite number"
             elif isinstance(value, tuple) and value and all(map(_is_number, value)):  # betas

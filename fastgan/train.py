@@ -31,6 +31,7 @@ from . import shipped_configs
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
+from .methods.dfm import check_denoiser_width
 from .models.config import CONV_ARCHS
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
@@ -237,10 +238,8 @@ class _Run:
         if state is None and cfg.model.g_output_bias == "marginals":
             self.G.init_output_bias(self.dataset.feature_mean())
         self.D = build_discriminator(cfg.model, shape).to(self.device)
-        hidden = cfg.model.denoiser_hidden
-        if "dfm" in cfg.method.units and hidden is not None and hidden < self.D.feature_dim:
-            raise ConfigError(f"model.denoiser_hidden: the DFM denoiser needs a width >= the discriminator's feature "
-                              f"width {self.D.feature_dim} (its last hidden layer), got {hidden}")
+        if "dfm" in cfg.method.units:
+            check_denoiser_width(cfg.model.denoiser_hidden, self.D.feature_dim)
         if not resume:
             cfg = _resolve(cfg, self.D.feature_dim)
         self.cfg = cfg
@@ -301,6 +300,11 @@ class _Run:
             for k, opt in self.method.optimizers.items():
                 if k in opts:
                     ckpt.check_optimizer_state(path, k, opts[k], opt, step, scheduled)
+        mods = method.get("modules")
+        if isinstance(mods, dict):
+            for k, mod in self.method.modules.items():
+                if isinstance(mods.get(k), dict):
+                    ckpt.check_module_state(path, k, mods[k], mod)
         try:
             self.method.load_state_dict(method)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:

@@ -171,10 +171,26 @@ def _d(s):
     (lambda s: _d(s).__setitem__("zzz", torch.zeros(1)),
      r'MLPDiscriminator: Unexpected key\(s\) in state_dict: "zzz"'),
     (lambda s: _d(s).pop("net.0.bias"), r'MLPDiscriminator: Missing key\(s\) in state_dict: "net\.0\.bias"'),
+    # flags that change the update: torch took the saved ones over the config's (amsgrad: a KeyError in the first
+    # step; differentiable: a RuntimeError with the fused CPU Adam; maximize: gradient ascent, silently)
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("amsgrad", True),
+     r"method\.optimizers\.D\.param_groups\[0\]\.amsgrad: True, where the config .* gives False"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("maximize", True),
+     r"method\.optimizers\.D\.param_groups\[0\]\.maximize: True, where the config .* gives False"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("differentiable", True),
+     r"method\.optimizers\.D\.param_groups\[0\]\.differentiable: True, where the config .* gives False"),
+    (lambda s: _opt(s)["param_groups"][0].__setitem__("amsgrad", "x"),
+     r"method\.optimizers\.D\.param_groups\[0\]\.amsgrad: 'x', where the config .* gives False"),
+    # load_state_dict casts: an int64 weight loaded as whole numbers, silently
+    (lambda s: _d(s).__setitem__("net.0.weight", _d(s)["net.0.weight"].long()),
+     r"method\.modules\.D\.net\.0\.weight: dtype torch\.int64, the model's is torch\.float32"),
+    (lambda s: _d(s).__setitem__("net.0.weight", _d(s)["net.0.weight"].to(torch.complex64)),
+     r"method\.modules\.D\.net\.0\.weight: dtype torch\.complex64, the model's is torch\.float32"),
 ], ids=["exp_avg-shape", "exp_avg_sq-dtype", "lr-string", "betas-length", "lr-negated", "betas-edited",
         "state-cleared", "moment-missing",
         "step-negative", "step-float", "step-string", "config-string", "config-invalid", "rng-python-missing",
-        "rng-numpy-bad", "rng-python-overflow", "rng-numpy-overflow", "weight-shape", "extra-key", "missing-key"])
+        "rng-numpy-bad", "rng-python-overflow", "rng-numpy-overflow", "weight-shape", "extra-key", "missing-key",
+        "amsgrad", "maximize", "differentiable", "amsgrad-string", "weight-int64", "weight-complex"])
 @pytest.mark.parametrize("how", ["run.dir", "folder"])
 def test_damaged_checkpoint_is_refused_at_load_naming_file_and_entry(trained, tmp_path, damage, message, how):
     """Caught before any training step (torch would load most of these and fail steps later, naming nothing)."""

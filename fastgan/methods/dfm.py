@@ -12,6 +12,16 @@ from typing import Optional
 
 import torch
 
+from .._errors import ConfigError
+
+
+def check_denoiser_width(hidden: Optional[int], feature_dim: int) -> None:
+    """ConfigError naming model.denoiser_hidden where the denoiser would be narrower than D's features (its first
+    layer maps feature_dim to hidden; the Denoiser's own error named no config key)."""
+    if hidden is not None and hidden < feature_dim:
+        raise ConfigError(f"model.denoiser_hidden: the DFM denoiser needs a width >= the discriminator's feature "
+                          f"width {feature_dim} (its last hidden layer), got {hidden}")
+
 
 def default_lambda_denoise(n_h: int, value: Optional[float] = None) -> float:
     """lambda_denoise, 0.03 / n_h unless given (section 5: "this division decouples the scale ... from the

@@ -238,6 +238,7 @@ class Method:
             if denoiser is None:
                 from ..models import build_denoiser_from_config
 
+                dfm_mod.check_denoiser_width(cfg.model.denoiser_hidden, D.feature_dim)  # the trainer's check too
                 denoiser = build_denoiser_from_config(cfg.model, D.feature_dim).to(self.dtype)
             self.denoiser = denoiser.to(self.device)
             self.lambda_dn = dfm_mod.default_lambda_denoise(D.feature_dim, m.dfm.lambda_denoise)

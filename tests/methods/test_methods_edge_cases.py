@@ -256,3 +256,12 @@ def test_the_regularizer_without_grad_gives_the_values_of_the_call_with_it(penal
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=0)
     for k, v in D.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+def test_method_names_a_denoiser_narrower_than_ds_features():
+    """model.denoiser_hidden below D's feature width: Method refuses it naming the key, as the trainer does (it raised
+    the Denoiser's own 'hidden: ...' ValueError, naming no config key)."""
+    cfg = coerce(None, ["method.name=dfm", "model.d_hidden=[6,5]", "model.denoiser_hidden=2", "optim.batch_size=4"])
+    G, D = build_generator(cfg.model, (3,)), build_discriminator(cfg.model, (3,))
+    with pytest.raises(ValueError, match=r"^model\.denoiser_hidden: .* feature width 5 .*got 2"):
+        Method(cfg, G, D, device="cpu")
