@@ -372,6 +372,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.image_size is not None and cfg.data.image_size > C_INT_MAX:
         raise ConfigError(f"data.image_size: must be <= {C_INT_MAX} (2**31 - 1, the largest size PIL's resize "
                           f"takes), got {cfg.data.image_size}")
+    # "--set run.dir=$DIR" with DIR unset: read as no run.dir, a new timestamped folder (a resume: the latest run of
+    # run.name's), silently
+    if r.dir is not None and not r.dir.strip():
+        raise ConfigError(f"run.dir: an empty path {_shown(r.dir)}; leave run.dir unset (null) for a new folder "
+                          f"under run.out_dir, or name the run's folder")
     # control characters: a name with a newline or tab made a folder ls and shells show mangled; NUL failed in mkdir
     if not r.name or "/" in r.name or r.name.strip() != r.name or any(c < " " or c == "\x7f" for c in r.name):
         raise ConfigError(f"run.name: must be a non-empty name without '/', control characters or surrounding "
@@ -406,6 +411,10 @@ def from_stored(data: Mapping) -> TrainConfig:
         _upgrade_stored_run_fields(r)
     if isinstance(o, dict) and o.get("optimizer", _default(OptimConfig, "optimizer")) == "adam":
         o.pop("momentum", None)  # SGD's, which Adam never read (refused with Adam since 2026-12-04)
+    for section, key in ((r, "dir"), (d, "path")):
+        # accepted until 2026-12-07 and read as unset, what the run used
+        if isinstance(section, dict) and isinstance(section.get(key), str) and not section[key].strip():
+            section[key] = None
     if isinstance(d, dict):
         for key in data_unread(d.get("name", _default(DataConfig, "name"))):
             d.pop(key, None)

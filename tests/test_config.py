@@ -1013,3 +1013,19 @@ def test_integers_past_float_range_or_python_digits_name_the_field(tmp_path, tex
     assert len(str(e.value)) < 1000
     with pytest.raises(ConfigError, match=r"^method\.roth\.gamma: must be a finite number"):
         C.coerce({"method": {"roth": {"gamma": 10 ** 400}}})  # fastgan.train's dict
+
+
+@pytest.mark.parametrize("item,key,name", [("run.dir=", "run.dir", "roth3d"), ("run.dir=' '", "run.dir", "roth3d"),
+                                           ("data.path=", "data.path", "fashion_mnist"),
+                                           ("data.path=''", "data.path", "npz")])
+def test_an_empty_path_is_refused(item, key, name):
+    """'--set run.dir=$DIR' with DIR unset was read as no run.dir (a new timestamped folder; a resume continued the
+    latest run of run.name's), data.path= as the system's Fashion-MNIST, silently (a fuzz audit, 2026-12-07)."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: an empty path"):
+        C.coerce(None, [item, f"data.name={name}"])
+
+
+def test_a_stored_empty_path_reads_as_unset():
+    """Accepted until 2026-12-07 and read as unset then: a stored config keeps reading so (resume, eval, sample)."""
+    cfg = C.from_stored({"run": {"dir": ""}, "data": {"name": "fashion_mnist", "path": " "}})
+    assert (cfg.run.dir, cfg.data.path) == (None, None)

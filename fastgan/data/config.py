@@ -73,6 +73,10 @@ class DataConfig:
         for key, why in unread_fields(self.name).items():
             if getattr(self, key) != type(self).__dataclass_fields__[key].default:
                 raise ConfigError(f"data.{key}: {why}; got {getattr(self, key)!r}")
+        if isinstance(self.path, str) and not self.path.strip():
+            # "--set data.path=$DIR" with DIR unset: Fashion-MNIST read as no path, the system's copy, silently
+            unset = ", or leave it unset (null) for the system's copy" if self.name == "fashion_mnist" else ""
+            raise ConfigError(f"data.path: an empty path {self.path!r}; name the data set's file or folder{unset}")
         if self.name in FILE_DATASETS and self.name not in ("fashion_mnist",) and not self.path:
             raise ConfigError(f"data.path: required for data.name={self.name!r}")
         vr = self.value_range
