@@ -189,3 +189,24 @@ def test_bool_points_are_refused_naming_the_argument(to_bool):
         mode_metrics(to_bool(_data()), means, 0.02)
     with pytest.raises(TypeError, match="^means: expected numbers, got dtype torch.bool"):
         mode_metrics(_data(), to_bool(means), 0.02)
+
+
+def test_an_int_beyond_float64_is_refused_naming_the_argument():
+    # 10**400 raised a bare OverflowError ("int too large to convert to float") naming nothing
+    from torch import nn
+
+    from fastgan.metrics import real_fraction
+
+    x, means, big = _data(), mixtures.means("ring8"), 10 ** 400
+    with pytest.raises(ValueError, match="^sigma: must be finite"):
+        parzen_log_likelihood(x, x, big)
+    with pytest.raises(ValueError, match=r"^sigmas: must be finite"):
+        select_sigma(x, x, big)
+    with pytest.raises(ValueError, match="^std: must be finite"):
+        mode_metrics(means, means, big)
+    with pytest.raises(ValueError, match="^threshold: must be finite"):
+        mode_metrics(means, means, 0.02, big)
+    with pytest.raises(ValueError, match="^threshold: expected a finite number"):
+        real_fraction(nn.Linear(2, 1), x, threshold=big)
+    # a min_count no mode can reach covers none (torch's comparison overflowed)
+    assert mode_metrics(means, means, 0.02, min_count=big)["modes"] == 0

@@ -16,7 +16,9 @@ Where the numbers come from:
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 MIXTURES = ("roth3d", "ring8", "grid25")
@@ -30,7 +32,7 @@ _ROTH_SHIFT = 1.0 / math.sqrt(3.0)
 
 
 def _check_name(name: str) -> tuple[int, int, float]:
-    if name not in _SPECS:
+    if not isinstance(name, str) or name not in _SPECS:  # a list or array name raised "unhashable type"
         raise ValueError(f"mixture name: must be one of {MIXTURES}, got {name!r}")
     return _SPECS[name]
 
@@ -113,6 +115,24 @@ def _randn(shape, generator, device, dtype) -> torch.Tensor:
     return x if x.device == device else x.to(device)
 
 
+def _check_std(std, dtype) -> float:
+    """std as a float: a real number (not bool), finite, >= 0 and representable in dtype. An inf std drew all-inf
+    samples without a word, True drew with std 1, and 1e300 in float32 raised torch's bare RuntimeError."""
+    if isinstance(std, torch.Tensor) and std.numel() == 1 and not std.is_complex():
+        std = std.item()
+    if isinstance(std, (bool, np.bool_)) or not isinstance(std, numbers.Real):
+        raise TypeError(f"std: expected a number (the components' standard deviation), got {type(std).__name__}")
+    try:
+        v = float(std)
+    except OverflowError:
+        v = math.inf
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"std: must be finite and >= 0, got {std!r}")
+    if v > torch.finfo(dtype).max:
+        raise ValueError(f"std: {std!r} exceeds the largest {dtype} ({torch.finfo(dtype).max:g})")
+    return v
+
+
 class Sampler:
     """A mixture's constants held on one device, so that drawing a batch copies nothing from the host (and
     can be captured in a CUDA graph)."""
@@ -120,9 +140,7 @@ class Sampler:
     def __init__(self, name: str, device=None, std: float | None = None, dtype=torch.float32):
         k, _, std0 = _check_name(name)
         self.name, self.k = name, k
-        self.std = std0 if std is None else float(std)
-        if not self.std >= 0:
-            raise ValueError(f"std: must be >= 0, got {std!r}")
+        self.std = std0 if std is None else _check_std(std, dtype)
         self.device, self.dtype = torch.device(device or "cpu"), dtype
         self.planar = _planar_means(name, torch.float64).to(device=self.device, dtype=dtype)
         self.embed = None

@@ -48,7 +48,10 @@ def real_number(v):
         v = v.item()
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float64 (10**400): as large as inf, which the callers refuse by name
+        return math.inf if v > 0 else -math.inf
 
 
 def positive_float(v, name: str) -> float:

@@ -48,6 +48,7 @@ def mode_metrics(samples, means, std: float, threshold: float = 3.0,
         kl = float((p[nz] * (p[nz] * k).log()).sum())
     else:
         kl = math.nan
-    return {"modes": int((counts >= min_count).sum()), "num_modes": k,
+    # compared as Python ints: a min_count beyond int64 (10**400) overflowed torch's comparison
+    return {"modes": sum(c >= min_count for c in counts.tolist()), "num_modes": k,
             "high_quality": float(good.to(torch.float64).mean()) if x.shape[0] else 0.0,
             "kl_modes": kl, "counts": counts.tolist()}

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,31 @@ def test_roth_samples_stay_on_plane_under_tf32():
         torch.backends.cuda.matmul.allow_tf32 = old
     centre, normal = mixtures.roth_plane()
     assert ((x - centre) @ normal).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("std, exc, match", [(math.inf, ValueError, "must be finite and >= 0"),
+                                             (math.nan, ValueError, "must be finite and >= 0"),
+                                             (-0.1, ValueError, "must be finite and >= 0"),
+                                             pytest.param(10 ** 400, ValueError, "must be finite and >= 0",
+                                                          id="int-1e400"),
+                                             (1e300, ValueError, "exceeds the largest torch.float32"),
+                                             (True, TypeError, "expected a number"),
+                                             ("0.1", TypeError, "expected a number"),
+                                             ([0.1, 0.2], TypeError, "expected a number")])
+def test_sampler_std_is_checked_naming_it(std, exc, match):
+    # std=inf drew all-inf samples and True drew with std 1 without a word; 1e300 raised torch's RuntimeError
+    with pytest.raises(exc, match=f"^std: .*{match}"):
+        mixtures.sample("ring8", 3, std=std)
+
+
+def test_sampler_std_accepts_numpy_and_tensor_numbers():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    want = mixtures.sample("ring8", 5, g(), std=0.1)
+    for std in (np.float32(0.1), torch.tensor(0.1, dtype=torch.float64), 0):
+        x = mixtures.sample("ring8", 5, g(), std=std)
+        assert x.shape == (5, 2) and (std == 0 or torch.allclose(x, want))
+
+
+def test_an_unhashable_mixture_name_is_named():
+    with pytest.raises(ValueError, match="mixture name"):
+        mixtures.sample(["ring8"], 3)
