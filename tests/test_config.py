@@ -1029,3 +1029,51 @@ def test_a_stored_empty_path_reads_as_unset():
     """Accepted until 2026-12-07 and read as unset then: a stored config keeps reading so (resume, eval, sample)."""
     cfg = C.from_stored({"run": {"dir": ""}, "data": {"name": "fashion_mnist", "path": " "}})
     assert (cfg.run.dir, cfg.data.path) == (None, None)
+
+
+# NTGAN Table 2 (ablation rows on Fashion-MNIST here): (noise, clean, lam, batch, sigma_anneal); "lambda" of rows
+# (b), (e) and the annealed row's start sigma are not given by the paper (1, as the configs say)
+TABLE2 = {"a-noise-only-gaussian": ("fixed", False, 1.0, "full", "none"),
+          "b-noise-only-learned": ("generator", False, 1.0, "full", "none"),
+          "c-noise-only-annealed": ("fixed", False, 1.0, "full", "linear"),  # "linearly annealed during the 100K"
+          "d-clean-noise-gaussian": ("fixed", True, 1.0, "full", "none"),
+          "e-clean-noise-learned-sigma": ("learned_sigma", True, 1.0, "full", "none"),
+          "f-ntgan-lambda-0.1": ("generator", True, 0.1, "full", "none"),
+          "g-ntgan-lambda-1": ("generator", True, 1.0, "full", "none"),
+          "h-ntgan-lambda-10": ("generator", True, 10.0, "full", "none"),
+          "i-ntgan-half-batch": ("generator", True, 1.0, "half", "none")}  # the alternative mini-batch, lambda = 1
+
+
+@pytest.mark.parametrize("row", sorted(TABLE2))
+def test_ntgan_table2_configs_follow_the_paper(row):
+    """Section 3: "100K generator iterations", "mini-batch size of 64", Adam "learning rate of 10^-4 and
+    beta1 = 0.5"; each ablation row's noise, clean samples, lambda and mini-batch scheme (Table 2)."""
+    cfg = load_config(REPO / "configs" / f"ntgan-fmnist-{row}.yaml")
+    o, nt = cfg.optim, cfg.method.nt
+    assert cfg.method.units == {"nt"} and cfg.model.arch == "dcgan" and cfg.model.latent_dim == 128
+    assert (o.optimizer, o.lr_g, o.lr_d, o.beta1, o.batch_size, cfg.run.steps) == ("adam", 1e-4, 1e-4, 0.5, 64,
+                                                                                    100_000)
+    assert (nt.noise, nt.clean, nt.lam, nt.batch, nt.sigma_anneal) == TABLE2[row] and nt.sigma == 1.0
+    assert cfg.run.fd and cfg.method.loss == "minimax" and cfg.method.g_loss == "nonsaturating"
+
+
+@pytest.mark.parametrize("name,loss,g_loss,lam", [("lsgan", "least_squares", "nonsaturating", 10.0),
+                                                  ("mmgan", "minimax", "saturating", 0.1),
+                                                  ("sngan", "minimax", "nonsaturating", 1.0)])
+def test_ntgan_table3_configs_take_the_papers_lambdas(name, loss, g_loss, lam):
+    """Table 3: MMGAN+NT lambda = 0.1, LSGAN+NT lambda = 10, SNGAN+NT lambda = 1 (the noise generator)."""
+    cfg = load_config(REPO / "configs" / f"ntgan-fmnist-table3-{name}-nt.yaml")
+    nt = cfg.method.nt
+    assert (cfg.method.loss, cfg.method.g_loss, nt.noise, nt.clean, nt.lam) == (loss, g_loss, "generator", True, lam)
+    assert cfg.model.spectral_norm == (name == "sngan")
+
+
+def test_dfm_config_follows_the_paper():
+    """DFM section 5: "sigma = 1", "lambda_denoise to 0.03/n_h", "fix lambda_adv to 1", Adam "learning rate of 10^-4
+    and beta1 = 0.5", all parameters updated simultaneously; 10 groups of 5,000 samples for the score."""
+    cfg = load_config(REPO / "configs" / "dfm-fmnist.yaml")
+    d, o = cfg.method.dfm, cfg.optim
+    assert cfg.method.units == {"dfm"} and cfg.method.update == "simultaneous"
+    assert (d.sigma, d.lambda_denoise, d.lambda_adv) == (1.0, None, 1.0)  # None: 0.03 / n_h at the start
+    assert (o.optimizer, o.lr_g, o.lr_d, o.beta1) == ("adam", 1e-4, 1e-4, 0.5)
+    assert cfg.run.fd and cfg.run.fd_samples == 50_000
