@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import config as C
 from .logging_utils import cut_short, no_step_column, without_nul_lines
+from .run_commands import path as path_arg
 from .run_commands import run, strict_json
 from .run_folder import lock_held, read_status
 
@@ -33,7 +34,7 @@ def find_runs(paths) -> list[Path]:
         if (p / "config.yaml").is_file():
             found.append(p)
         elif p.is_dir():
-            runs = sorted(q for q in p.iterdir() if (q / "config.yaml").is_file())
+            runs = sorted(q for q in p.iterdir() if _may_be_run(q))
             if not runs:
                 raise FileNotFoundError(f"{p}: neither a run folder (config.yaml) nor a folder of run folders")
             found += runs
@@ -48,6 +49,16 @@ def find_runs(paths) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _may_be_run(q: Path) -> bool:
+    """Whether sub-folder q of a folder of runs is listed: it holds a config.yaml, or it cannot be looked into (another
+    user's run, lost+found), which summarize shows as unreadable with the reason: one such folder made `compare runs/`
+    fail as a whole ("[Errno 13] Permission denied: 'runs/lost+found/config.yaml'"), hiding every other run."""
+    try:
+        return (q / "config.yaml").is_file()
+    except PermissionError:
+        return True
 
 
 def _state(run_dir: Path) -> tuple[str, str, int | None]:
@@ -285,17 +296,28 @@ def _cmd_compare(args) -> int:
     return run("compare", body)
 
 
+def _metric_name(text: str) -> str:
+    """--grid's metric: an empty one (a shell variable left unset) printed the whole table, as without --grid."""
+    if not text.strip():
+        raise ValueError(text)
+    return text
+
+
+_metric_name.__name__ = "non-empty metric name"
+
+
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="the runs of a study side by side (state, step, evaluations)",
         description="Read run folders (or folders of run folders) and print one row per run: how its latest "
                     "session ended, its step, and the last value of each evaluation it logged.")
-    p.add_argument("paths", nargs="+", help="run folders, or folders holding run folders (e.g. runs/)")
+    p.add_argument("paths", nargs="+", type=path_arg, help="run folders, or folders holding run folders (e.g. runs/)")
     p.add_argument("--metrics", help="comma-separated eval metrics to show, e.g. fd_tail_mean,fd (default: all)")
     p.add_argument("--sort", help="sort by this eval metric, ascending (default: by run name)")
     p.add_argument("--descending", action="store_true",
                    help="with --sort: highest first (classifier score, Parzen log-likelihood)")
-    p.add_argument("--grid", metavar="METRIC", help="one metric as a grid: rows the run names less their last "
-                                                    "'-' part, columns that part (NTGAN Figure 3's layout)")
+    p.add_argument("--grid", metavar="METRIC", type=_metric_name,
+                   help="one metric as a grid: rows the run names less their last '-' part, columns that part (NTGAN "
+                        "Figure 3's layout)")
     p.add_argument("--json", action="store_true", help="print every run's summary as JSON")
     p.set_defaults(func=_cmd_compare)

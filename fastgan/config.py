@@ -534,6 +534,10 @@ def load_config(path, *, stored: bool = False) -> TrainConfig:
     wrote (a run folder's config.yaml), read as from_stored reads it."""
     p = Path(path) if stored else config_path(path)
     data = _read_yaml(p)
+    if stored and not data:
+        # fastgan writes every field: an empty one is damaged (compare read it as the defaults, another run's name,
+        # steps and method, without a word)
+        raise ConfigError(f"{p}: empty, where the config.yaml fastgan writes holds every field (a damaged file)")
     try:
         return (from_stored if stored else from_dict)(data)
     except ConfigError as e:

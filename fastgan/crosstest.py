@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
-from .run_commands import add_device_and_seed, cli_device, positive, run, strict_json
+from .run_commands import add_device_and_seed, cli_device, path, positive, run, strict_json
 from .run_folder import CHECKPOINT, recorded_data_path
 from .train import _checkpoint_config
 from .train_resume import _first_problem
@@ -79,7 +80,14 @@ def load_run(run_dir, data_shape, device="cpu", *, _state=None, shape_from: str 
     modules = state["method"].get("modules") if isinstance(state["method"], dict) else None
     for name, module in (("G", G), ("D", D)):
         try:
-            module.load_state_dict(modules[name])
+            saved = modules[name]
+            if isinstance(saved, Mapping):
+                # load_state_dict casts what it copies: an int64 weight was used as whole numbers, a complex one lost
+                # its imaginary part (torch's two-line UserWarning), where a resume refuses the checkpoint
+                ckpt.check_module_state(path, name, saved, module)
+            module.load_state_dict(saved)
+        except CheckpointError:
+            raise
         except (TypeError, KeyError, RuntimeError) as e:
             why = f"no entry {e}" if isinstance(e, KeyError) else _first_problem(e)
             raise CheckpointError(f"checkpoint {path}: its {name} does not fit its config's model{shape}: {why}") \
@@ -259,8 +267,8 @@ def add_cli(subparsers) -> None:
         description="Cross-test two finished runs trained on the same data (Roth et al. 2017, section 5.5): each "
                     "D classifies held-out real samples, its own G's samples and the other G's samples; the D "
                     "that calls fewer of the other's samples real defines the better model.")
-    p.add_argument("run_a", help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
-    p.add_argument("run_b", help="the other run folder, e.g. the regularized run")
+    p.add_argument("run_a", type=path, help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
+    p.add_argument("run_b", type=path, help="the other run folder, e.g. the regularized run")
     p.add_argument("--samples", type=positive, default=10000, help="real and generated samples per model (10000)")
     add_device_and_seed(p, "seed of the latents and of mixture draws")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -273,7 +273,7 @@ def recorded_data_shape(run_dir) -> tuple:
             raise ValueError(f"data_shape {shape!r} is not a list of positive ints")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found (the run folder's record of its data shape)") from None
-    except ValueError as e:  # bad JSON and undecodable bytes too
+    except (ValueError, RecursionError) as e:  # bad JSON, undecodable bytes, arrays nested past the recursion limit
         raise ValueError(f"{path}: unreadable ({e})") from None
     return tuple(shape)
 
@@ -283,7 +283,7 @@ def _run_info_entry(run_dir, key: str):
     the file say so themselves: recorded_data_shape)."""
     try:
         return json.loads(run_info_path(run_dir).read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 

@@ -57,6 +57,17 @@ def test_no_command_is_a_usage_error(capsys):
     assert e.value.code == 2 and "required: command" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,arg", [(["eval", ""], "run"), (["sample", " ", "--out", "x.png"], "run"),
+                                      (["crosstest", "runs/a", ""], "run_b"), (["compare", "runs", ""], "paths"),
+                                      (["compare", "--grid", "", "runs"], "--grid")])
+def test_an_empty_path_or_metric_is_a_usage_error(capsys, argv, arg):
+    """A shell variable left unset: an empty run folder was read as the current folder (eval, sample, compare ran on
+    whatever run the shell stood in), an empty --grid printed the whole table (a fuzz audit, 2026-12-07)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {arg}: invalid non-empty" in capsys.readouterr().err
+
+
 def test_a_closed_pipe_is_exit_1_without_a_traceback():
     """`fastgan info --json | head -0`: the reader is gone before anything is written; the flush in main meets the
     broken pipe (exit 1, nothing on stderr) rather than Python's flush at exit ("Exception ignored", exit 120)."""

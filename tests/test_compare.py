@@ -163,6 +163,18 @@ def test_sort_and_grid(study):
     assert grid[3].split() == ["study-b", "stopped@3", "failed@1"]  # where they stopped, not their last values
 
 
+@pytest.mark.parametrize("text", ["", "\n# nothing\n"])
+def test_an_empty_config_yaml_is_unreadable_not_the_defaults(study, tmp_path, text):
+    """A zero-byte config.yaml was read as the default config: the run shown as 'roth-mixture', 2/3000 (a fuzz
+    audit, 2026-12-07)."""
+    import shutil
+
+    shutil.copytree(study / "study-a-x", tmp_path / "study-a-x")
+    (tmp_path / "study-a-x" / "config.yaml").write_text(text)
+    (r,) = compare.compare(tmp_path)
+    assert r["state"] == "unreadable" and "config.yaml: empty" in r["reason"]
+
+
 def test_unfinished_and_damaged_runs(study, tmp_path):
     import shutil
 
@@ -526,3 +538,21 @@ def test_undecodable_metrics_csv_is_named(tmp_path):
         f.write(b"\xff\xfe10,2\n")
     r = compare.summarize(d)
     assert r["state"] == "unreadable" and r["reason"].startswith(f"{d / 'metrics.csv'}: not UTF-8 text ("), r
+
+
+def test_a_sub_folder_that_cannot_be_looked_into_does_not_hide_the_runs(tmp_path, monkeypatch):
+    # `compare runs/` with one sub-folder it may not search (another user's run, lost+found) failed as a whole with
+    # "[Errno 13] Permission denied: 'runs/lost+found/config.yaml'" (a helper's fuzzing of the commands)
+    _fake_run(tmp_path, "ok")
+    locked = tmp_path / "lost+found"
+    locked.mkdir()
+    is_file = Path.is_file
+
+    def denied(self):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+    monkeypatch.setattr(Path, "is_file", denied)
+    rows = {r["name"]: r for r in compare.compare(tmp_path)}
+    assert rows["ok"]["state"] == "finished"
+    assert rows["lost+found"]["state"] == "unreadable" and str(locked) in rows["lost+found"]["reason"]

@@ -430,3 +430,29 @@ def test_a_png_of_any_non_finite_sample_is_refused(tmp_path, x, bad):
     with pytest.raises(ValueError, match=rf"the generator of r \(step 3\) made {bad} non-finite samples of 2 "):
         write_samples({"x": x, "z": torch.zeros(2, 2), "config": None, "step": 3, "run": "r"}, tmp_path / "s.png")
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64, torch.complex64])
+def test_weights_of_another_dtype_are_refused_as_resume_refuses_them(run_copy, tmp_path, capsys, dtype):
+    # load_state_dict casts what it copies: an edited int64 / float64 weight was scored as whole numbers or rounded,
+    # a complex one lost its imaginary part behind torch's two-line UserWarning (a helper's fuzzing of the commands)
+    path = run_copy / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    G = state["method"]["modules"]["G"]
+    key = next(k for k in G if k.endswith("weight"))
+    G[key] = G[key].to(dtype)
+    torch.save(state, path)
+    for args in (["sample", str(run_copy), "--out", str(tmp_path / "x.npz")], ["eval", str(run_copy), "--samples", "20"]):
+        assert cli_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"method.modules.G.{key}: dtype {dtype}" in err, err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_run_info_nested_past_the_recursion_limit_is_named(run_copy, tmp_path, capsys):
+    # json's RecursionError said "maximum recursion depth exceeded while decoding a JSON array ..." naming no file,
+    # and eval, which does not need run_info.json, failed on it (a helper's fuzzing of the commands)
+    (run_copy / "run_info.json").write_text("[" * 100000 + "]" * 100000)
+    assert cli_main(["sample", str(run_copy), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "run_info.json: unreadable (" in capsys.readouterr().err
+    assert cli_main(["eval", str(run_copy), "--samples", "20"]) == 0
