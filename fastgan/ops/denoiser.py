@@ -504,11 +504,20 @@ class Denoiser(nn.Module):
         lin = [m._parameters for m in self._linears]
         bn_p = [m._parameters for m in self._norms]
         bn_b = [m._buffers for m in self._norms]
-        return ([d["weight"] for d in lin], [d["bias"] for d in lin], [d["weight"] for d in bn_p],
-                [d["bias"] for d in bn_p], [d["running_mean"] for d in bn_b], [d["running_var"] for d in bn_b])
+        try:
+            return ([d["weight"] for d in lin], [d["bias"] for d in lin], [d["weight"] for d in bn_p],
+                    [d["bias"] for d in bn_p], [d["running_mean"] for d in bn_b], [d["running_var"] for d in bn_b])
+        except KeyError:
+            # a tensor held otherwise than as the layer's own parameter or buffer, which the layers' forwards read
+            # all the same: a DataParallel replica's (torch's replicate sets its parameters as plain attributes,
+            # "no longer leaves"), a weight deleted and set to a computed tensor, or registered as a buffer
+            lins, norms = self._linears, self._norms
+            return ([m.weight for m in lins], [m.bias for m in lins], [m.weight for m in norms],
+                    [m.bias for m in norms], [m.running_mean for m in norms], [m.running_var for m in norms])
 
     def _counters(self) -> list:
-        return [m._buffers.get("num_batches_tracked") for m in self._norms]
+        return [m._buffers["num_batches_tracked"] if "num_batches_tracked" in m._buffers else
+                getattr(m, "num_batches_tracked", None) for m in self._norms]
 
     def _params(self):
         """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked

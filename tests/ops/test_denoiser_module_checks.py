@@ -132,6 +132,44 @@ def test_a_layer_replaced_after_construction_is_used(backend):
         den(h)
 
 
+def _replicate_on_cpu(module, monkeypatch):
+    """A replica as torch's replicate() makes it for DataParallel (its parameters plain non-leaf attributes, its
+    _parameters empty), with only its CUDA broadcast replaced by a differentiable copy."""
+    import importlib
+
+    rep = importlib.import_module("torch.nn.parallel.replicate")
+    monkeypatch.setattr(rep, "_broadcast_coalesced_reshape", lambda tensors, devices, detach=False: [
+        [t.detach().clone() if detach else t * 1 for t in tensors] for _ in devices])
+    return rep.replicate(module, [0, 1], detach=False)[1]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_layers_holding_tensors_that_are_not_their_parameters(backend, training, monkeypatch):
+    """A DataParallel replica holds its parameters as plain attributes, and a user may delete a weight and set a
+    computed tensor (or a buffer) in its place: nn.Linear's forward reads them all the same, and the Denoiser did not
+    (KeyError: 'weight')."""
+    den, net = make_pair(backend=backend, training=training)
+    h = torch.randn(6, 12, dtype=torch.float64)
+    r_den, r_net = _replicate_on_cpu(den, monkeypatch)(h), _replicate_on_cpu(net, monkeypatch)(h)
+    torch.testing.assert_close(r_den, r_net, rtol=1e-12, atol=1e-12)
+    r_den.pow(2).sum().backward()
+    r_net.pow(2).sum().backward()
+    for (k, p), q in zip(den.named_parameters(), net.parameters()):  # the originals' gradients, through the copies
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=k)
+    w = torch.randn(16, 12, dtype=torch.float64)
+    for lin in (den.net[0], net[0]):
+        del lin.weight
+        lin.weight = w
+    torch.testing.assert_close(den(h), net(h), rtol=1e-12, atol=1e-12)
+    for lin in (den.net[0], net[0]):
+        del lin.weight
+        lin.register_buffer("weight", 2 * w)
+    torch.testing.assert_close(den(h), net(h), rtol=1e-12, atol=1e-12)
+    for (k, a), b in zip(den.net.state_dict().items(), net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=k)
+
+
 def test_running_statistics_sharing_memory_are_refused():
     y = torch.randn(6, 5, dtype=torch.float64)
     p = torch.ones(5, dtype=torch.float64)
