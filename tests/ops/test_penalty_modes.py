@@ -252,15 +252,17 @@ def test_prelu_at_a_zero_input(mode, auto_jvp_on_cpu):
     torch.manual_seed(0)
     D = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1, bias=False), nn.PReLU(4, init=0.25), nn.Conv2d(4, 4, 3, 2, 1),
                       nn.PReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 1)).double()
+    _assert_jvp_on_black_borders(D, mode)
+
+
+def _assert_jvp_on_black_borders(D, mode):
+    """js_penalty by `mode` (taking jvp for both batches) against the reference, on images with exact-zero borders
+    (a bias-free first convolution gives exact zeros there)."""
+    torch.manual_seed(0)
     xr, xf = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
     xr[..., :3] = 0
     xf[..., 2:5, :] = 0
-    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
-    _run_js(D_ref, xr, xf, "reference")
-    before = _dispatch.counts[(MODE_OP, "jvp")]
-    _run_js(D_new, xr, xf, mode)
-    assert _dispatch.counts[(MODE_OP, "jvp")] > before
-    _assert_grads_close(D_new, D_ref, 1e-9)
+    _closed_form_matches_the_reference(D, xr, xf, mode, ran="jvp")
 
 
 class _FmaxD(nn.Module):
@@ -285,16 +287,7 @@ def test_fmax_at_a_tie(order):
     the first; the jvp tangent's derivative took torch's, the layers' gradients 1-5% off the double backward's
     (a fuzz audit over op_db)."""
     torch.manual_seed(0)
-    D = _FmaxD(order).double()
-    xr, xf = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
-    xr[..., :3] = 0
-    xf[..., 2:5, :] = 0
-    D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
-    _run_js(D_ref, xr, xf, "reference")
-    before = _dispatch.counts[(MODE_OP, "jvp")]
-    _run_js(D_new, xr, xf, "jvp")
-    assert _dispatch.counts[(MODE_OP, "jvp")] == before + 2
-    _assert_grads_close(D_new, D_ref, 1e-9)
+    _assert_jvp_on_black_borders(_FmaxD(order).double(), "jvp")
 
 
 @pytest.mark.parametrize("norm", [lambda c: nn.InstanceNorm2d(c), lambda c: nn.BatchNorm2d(c, affine=False),
@@ -403,14 +396,14 @@ def test_mlp_reduction_none_with_any_upstream(weight, name):
     _assert_grads_close(D_new, D_ref, 1e-9)
 
 
-def _closed_form_matches_the_reference(D, xr, xf, mode):
-    """js_penalty(mode=mode) on a copy of D runs the closed form for both terms, with the reference's gradients and
-    buffers."""
+def _closed_form_matches_the_reference(D, xr, xf, mode, ran="mlp"):
+    """js_penalty(mode=mode) on a copy of D runs the closed form (or `ran`) for both terms, with the reference's
+    gradients and buffers."""
     D_ref, D_new = copy.deepcopy(D), copy.deepcopy(D)
     _run_js(D_ref, xr, xf, "reference")
-    before = _dispatch.counts[(MODE_OP, "mlp")]
+    before = _dispatch.counts[(MODE_OP, ran)]
     _run_js(D_new, xr, xf, mode)
-    assert _dispatch.counts[(MODE_OP, "mlp")] == before + 2
+    assert _dispatch.counts[(MODE_OP, ran)] == before + 2
     _assert_grads_close(D_new, D_ref, 1e-9)
     for a, b in zip(D_new.buffers(), D_ref.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
