@@ -15,8 +15,7 @@ from pathlib import Path
 
 from . import config as C
 from .logging_utils import cut_short, no_step_column, without_nul_lines
-from .run_commands import path as path_arg
-from .run_commands import run, strict_json
+from .run_commands import folder_arg, run, strict_json
 from .run_folder import lock_held, read_status
 
 # the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
@@ -311,7 +310,7 @@ def add_cli(subparsers) -> None:
         "compare", help="the runs of a study side by side (state, step, evaluations)",
         description="Read run folders (or folders of run folders) and print one row per run: how its latest "
                     "session ended, its step, and the last value of each evaluation it logged.")
-    p.add_argument("paths", nargs="+", type=path_arg, help="run folders, or folders holding run folders (e.g. runs/)")
+    p.add_argument("paths", nargs="+", type=folder_arg, help="run folders, or folders holding run folders (e.g. runs/)")
     p.add_argument("--metrics", help="comma-separated eval metrics to show, e.g. fd_tail_mean,fd (default: all)")
     p.add_argument("--sort", help="sort by this eval metric, ascending (default: by run name)")
     p.add_argument("--descending", action="store_true",

@@ -17,7 +17,7 @@ import torch
 from . import checkpoint as ckpt
 from . import config as C
 from .checkpoint import CheckpointError
-from .run_commands import add_device_and_seed, cli_device, path, positive, run, strict_json
+from .run_commands import add_device_and_seed, cli_device, folder_arg, positive, run, strict_json
 from .run_folder import CHECKPOINT, recorded_data_path
 from .train import _checkpoint_config
 from .train_resume import _first_problem
@@ -267,8 +267,8 @@ def add_cli(subparsers) -> None:
         description="Cross-test two finished runs trained on the same data (Roth et al. 2017, section 5.5): each "
                     "D classifies held-out real samples, its own G's samples and the other G's samples; the D "
                     "that calls fewer of the other's samples real defines the better model.")
-    p.add_argument("run_a", type=path, help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
-    p.add_argument("run_b", type=path, help="the other run folder, e.g. the regularized run")
+    p.add_argument("run_a", type=folder_arg, help="run folder (with checkpoints/last.pt), e.g. the unregularized run")
+    p.add_argument("run_b", type=folder_arg, help="the other run folder, e.g. the regularized run")
     p.add_argument("--samples", type=positive, default=10000, help="real and generated samples per model (10000)")
     add_device_and_seed(p, "seed of the latents and of mixture draws")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .crosstest import _read, held_out_real, load_run
-from .run_commands import add_device_and_seed, cli_device, path, positive, run, strict_json
+from .run_commands import add_device_and_seed, cli_device, folder_arg, positive, run, strict_json
 from .sample import draw
 
 
@@ -90,7 +90,7 @@ def add_cli(subparsers) -> None:
         description="Score a finished run's generator from its checkpoint: Fashion-MNIST runs get the Fréchet "
                     "distance to the test split and the classifier score (FID's and the Inception score's formulas "
                     "on fastgan's shipped Fashion-MNIST classifier), mixture runs their mode coverage.")
-    p.add_argument("run", type=path, help="run folder (with checkpoints/last.pt)")
+    p.add_argument("run", type=folder_arg, help="run folder (with checkpoints/last.pt)")
     p.add_argument("--samples", type=positive, default=10000,
                    help="generated (and at most as many real) samples: >= 20 for Fashion-MNIST runs, >= 1 for "
                         "mixtures (10000, as NTGAN)")

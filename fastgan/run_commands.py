@@ -47,14 +47,15 @@ def positive(text: str) -> int:
 positive.__name__ = "integer in [1, 2**31 - 1]"
 
 
-def path(text: str) -> str:
+def folder_arg(text: str) -> str:
     """A run folder argument: an empty one (a shell variable left unset) was read as the current folder."""
     if not text.strip():
         raise ValueError(text)
     return text
 
 
-path.__name__ = "non-empty path"
+folder_arg.__name__ = "non-empty path"
+
 # the option that sizes each command's draws, named when an allocation fails
 _SIZED_BY = {"sample": "-n", "eval": "--samples", "crosstest": "--samples"}
 

@@ -11,7 +11,7 @@ import torch
 from . import config as C
 from ._atomic import NAME_MAX, replacing
 from .crosstest import _read, load_run
-from .run_commands import add_device_and_seed, cli_device, path, positive, run
+from .run_commands import add_device_and_seed, cli_device, folder_arg, positive, run
 from .run_folder import recorded_data_shape, run_info_path
 
 _FORMATS = (".png", ".npz")
@@ -101,7 +101,7 @@ def add_cli(subparsers) -> None:
         "sample", help="draw samples from a finished run",
         description="Draw samples from a finished run's generator (eval mode, from its checkpoint) into a PNG "
                     "(image grid, or scatter plot of points) or an .npz (arrays x: samples, z: latents).")
-    p.add_argument("run", type=path, help="run folder (with checkpoints/last.pt)")
+    p.add_argument("run", type=folder_arg, help="run folder (with checkpoints/last.pt)")
     p.add_argument("--out", required=True, help="output file: .png or .npz (its missing parent folders are made)")
     p.add_argument("-n", type=positive, default=64, help="number of samples (64)")
     add_device_and_seed(p, "seed of the latents")
