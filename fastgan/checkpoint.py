@@ -101,6 +101,8 @@ def load(path, map_location="cpu") -> dict:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.is_dir():  # the OS's "[Errno 21] Is a directory" named no cause a user would look for
+        raise CheckpointError(f"checkpoint {p} is a folder, not a checkpoint file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {p} is empty (a truncated write?)")
     _check_crcs(p)

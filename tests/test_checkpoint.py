@@ -251,6 +251,10 @@ def test_empty_and_corrupt_checkpoints_name_the_cause(tmp_path):
     p.write_bytes(data[: len(data) // 2][::-1])  # no zip at all: torch.load's own reason, cut to its line
     with pytest.raises(CheckpointError, match=r"last\.pt is corrupt .*\(\w+Error: \S.*\)$"):
         ckpt.load(p)
+    # a folder in its place: the OS's "[Errno 21] Is a directory" named no cause (a fuzz audit, 2026-12-07)
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"dir\.pt is a folder, not a checkpoint file$"):
+        ckpt.load(tmp_path / "dir.pt")
 
 
 def test_rng_round_trip_keeps_cached_gaussians(tmp_path):
