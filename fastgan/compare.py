@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import config as C
 from .logging_utils import cut_short, no_step_column, without_nul_lines
-from .run_commands import folder_arg, run, strict_json
+from .run_commands import folder_arg, non_empty, run, strict_json
 from .run_folder import lock_held, read_status
 
 # the metrics worth reading first, when a run logged them; any other eval/* column follows in log order
@@ -295,16 +295,6 @@ def _cmd_compare(args) -> int:
     return run("compare", body)
 
 
-def _metric_name(text: str) -> str:
-    """--grid's metric: an empty one (a shell variable left unset) printed the whole table, as without --grid."""
-    if not text.strip():
-        raise ValueError(text)
-    return text
-
-
-_metric_name.__name__ = "non-empty metric name"
-
-
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="the runs of a study side by side (state, step, evaluations)",
@@ -315,7 +305,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--sort", help="sort by this eval metric, ascending (default: by run name)")
     p.add_argument("--descending", action="store_true",
                    help="with --sort: highest first (classifier score, Parzen log-likelihood)")
-    p.add_argument("--grid", metavar="METRIC", type=_metric_name,
+    p.add_argument("--grid", metavar="METRIC", type=non_empty("metric name"),
                    help="one metric as a grid: rows the run names less their last '-' part, columns that part (NTGAN "
                         "Figure 3's layout)")
     p.add_argument("--json", action="store_true", help="print every run's summary as JSON")

@@ -47,14 +47,19 @@ def positive(text: str) -> int:
 positive.__name__ = "integer in [1, 2**31 - 1]"
 
 
-def folder_arg(text: str) -> str:
-    """A run folder argument: an empty one (a shell variable left unset) was read as the current folder."""
-    if not text.strip():
-        raise ValueError(text)
-    return text
+def non_empty(what: str):
+    """An argparse type refusing empty text, named "non-empty <what>" in argparse's error: a shell variable left unset
+    gave a run folder argument that was read as the current folder, a --grid that was ignored."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise ValueError(text)
+        return text
+
+    check.__name__ = f"non-empty {what}"
+    return check
 
 
-folder_arg.__name__ = "non-empty path"
+folder_arg = non_empty("path")
 
 # the option that sizes each command's draws, named when an allocation fails
 _SIZED_BY = {"sample": "-n", "eval": "--samples", "crosstest": "--samples"}

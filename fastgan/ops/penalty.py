@@ -513,10 +513,7 @@ def check_backend(backend, device: torch.device, weight: WeightArg = "one") -> N
         return
     if backend is None and _dispatch.requested_backend()[0] is None:  # the best usable: always one (or a fallback)
         return
-    if device.type == "cpu":
-        _dispatch.resolve_cpu(OP, backend)
-    else:
-        _dispatch.resolve(OP, device, backend)
+    _dispatch.resolve(OP, device, backend)  # resolve_cpu is its fast path for CPU tensors: the same answer and errors
 
 
 def refuse_static_graph(D) -> None:
