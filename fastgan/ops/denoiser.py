@@ -64,6 +64,8 @@ def _check_counters(counters, device) -> None:
     4e-45 after three steps; an int32 one took an 8-byte write)."""
     for i, c in enumerate(counters):
         name = f"net[{3 * i + 1}].num_batches_tracked"
+        if c is None:  # none counted, as nn.BatchNorm1d counts none (track_running_stats=False)
+            continue
         if not isinstance(c, Tensor):
             raise TypeError(f"{name} must be a tensor (BatchNorm1d's counter), got {type(c).__name__}")
         if c.dtype != torch.int64 or c.dim() != 0:
@@ -317,6 +319,23 @@ def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, 
 # ---------------------------------------------------------------- module
 
 _LAYER_KINDS = (nn.Linear, nn.BatchNorm1d, nn.ReLU)
+# a BatchNorm1d layer's (track_running_stats, running_mean is None, running_var is None), as nn.BatchNorm1d acts on
+# it; a layer holding one statistic without the other is refused before this is read
+_RUNNING_STATES = {(True, False, False): "uses and updates running statistics",
+                   (False, False, False): "keeps its running statistics frozen (track_running_stats=False)",
+                   (True, True, True): "has no running statistics (None)",
+                   (False, True, True): "has no running statistics (track_running_stats=False)"}
+
+
+def _running_flags(m: nn.BatchNorm1d) -> tuple:
+    b = m._buffers  # the layer's own dict first, as Denoiser._tensors reads it; a replica's attributes otherwise
+    mean = b["running_mean"] if "running_mean" in b else getattr(m, "running_mean", None)
+    var = b["running_var"] if "running_var" in b else getattr(m, "running_var", None)
+    return bool(m.track_running_stats), mean is None, var is None
+
+
+def _held(*seqs) -> list:
+    return [t for seq in seqs for t in seq if t is not None]
 
 
 class Denoiser(nn.Module):
@@ -377,8 +396,8 @@ class Denoiser(nn.Module):
         parameters and buffers) in its current train/eval mode. The layers must be exactly those classes (no
         subclasses, hooks (on net too, nor a forward of its own) or parametrizations such as spectral norm: the
         fused kernels compute what those classes compute and would ignore anything else), BatchNorm layers affine,
-        tracking running stats and sharing eps and momentum, widths chained, and the output width equal to the
-        input width."""
+        sharing eps and momentum and alike in their running statistics (tracked, frozen by track_running_stats=False,
+        or none: each as nn.BatchNorm1d treats it), widths chained, and the output width equal to the input width."""
         if not isinstance(net, nn.Sequential):
             raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
         modes = {net.training} | {m.training for m in net}
@@ -425,13 +444,22 @@ class Denoiser(nn.Module):
                     raise ValueError(f"net[{i}] takes {m.in_features} features but the layer before gives {width}")
                 width = m.out_features
             elif kind is nn.BatchNorm1d:
-                if not (m.affine and m.track_running_stats):
-                    raise ValueError(f"net[{i}]: BatchNorm1d must have affine=True and track_running_stats=True")
+                if not m.affine:
+                    raise ValueError(f"net[{i}]: BatchNorm1d must have affine=True")
+                if (m.running_mean is None) != (m.running_var is None):
+                    raise ValueError(f"net[{i}]: running_mean and running_var must both be tensors or both be None")
                 if m.num_features != width:
                     raise ValueError(f"net[{i}] normalises {m.num_features} features but net[{i - 1}] gives {width}")
         norms = mods[1::3]
         if len({(m.eps, m.momentum) for m in norms}) > 1:
             raise ValueError("net: all BatchNorm1d layers must share eps and momentum")
+        flags = [_running_flags(m) for m in norms]
+        other = next((i for i, f in enumerate(flags) if f != flags[0]), None)
+        if other is not None:  # the kernels take one training flag and one list of statistics for every layer
+            raise ValueError(f"net[{3 * other + 1}] {_RUNNING_STATES[flags[other]]} but net[1] "
+                             f"{_RUNNING_STATES[flags[0]]}; set track_running_stats (or the statistics) alike in "
+                             "every BatchNorm1d layer: the fused kernels run every layer alike")
+        self._running_flags = flags[0] if norms else (True, False, False)
         if mods[0].in_features != mods[-1].out_features:
             raise ValueError(f"net maps {mods[0].in_features} features to {mods[-1].out_features}; a denoiser "
                              "reconstructs its input")
@@ -441,12 +469,13 @@ class Denoiser(nn.Module):
         weights, biases, gammas, betas, rms, rvs = self._tensors()
         counters = self._counters()
         if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
-            _check_params(weights, biases, gammas, betas, rms, rvs)  # shapes, one dtype and device, own buffers
+            held = None if self._running_flags[1] else rms, None if self._running_flags[1] else rvs
+            _check_params(weights, biases, gammas, betas, *held)  # shapes, one dtype and device, own buffers
             _check_counters(counters, weights[0].device)
         self._types = tuple(map(type, mods))
         # the tensor objects too: a buffer or parameter replaced by another of its shape (say running_mean set to
         # the running_var tensor, or a bias set to None) is validated again
-        objects = [t for seq in (weights, biases, gammas, betas, rms, rvs, counters) for t in seq]
+        objects = _held(weights, biases, gammas, betas, rms, rvs, counters)
         self._strided = not all(t.is_contiguous() for seq in (biases, gammas, betas) for t in seq)
         if not _eager.ok_on_one_device(objects[0]):
             # traced (export, compile, fake tensors): those tensors are not the module's own, and torch.export
@@ -519,6 +548,10 @@ class Denoiser(nn.Module):
         return [m._buffers["num_batches_tracked"] if "num_batches_tracked" in m._buffers else
                 getattr(m, "num_batches_tracked", None) for m in self._norms]
 
+    def _updates(self) -> bool:
+        """Whether a call adds to num_batches_tracked (nn.BatchNorm1d: training and tracking, statistics or not)."""
+        return self.training and self._running_flags[0]
+
     def _params(self):
         """(weights, biases, gammas, betas, running means, running vars) of the layers as they are now, checked
         (~13 us at depth 3 on the CI machine, mostly reading each tensor's shape, dtype, device and layout): layers
@@ -540,27 +573,42 @@ class Denoiser(nn.Module):
                 raise ValueError(f"net[{3 * i + 1}] is in {'training' if m.training else 'eval'} mode but the "
                                  f"Denoiser in {'training' if training else 'eval'} mode; call train() or eval() "
                                  "on the Denoiser (the fused ops run every layer in its mode)")
-            # affine / track_running_stats flipped after construction (a usual way to freeze BatchNorm's
-            # statistics): the kernels would still update them; _adopt refuses it, naming the layer
-            if (m.eps, m.momentum) != self._eps_momentum or not (m.affine and m.track_running_stats):
+            # affine off, or track_running_stats turned off after construction (a usual way to freeze BatchNorm's
+            # statistics, which the kernels would still have updated): validated again; statistics set to None
+            # shorten `flat` below
+            if (m.eps, m.momentum) != self._eps_momentum or not m.affine or \
+                    m.track_running_stats != self._running_flags[0]:
                 self._adopt(net)
         tensors = self._tensors()
-        flat = [t for seq in (*tensors, self._counters()) for t in seq]
+        flat = _held(*tensors, self._counters())
         # a running statistic made to require grad is checked here too (the kernels write it in place); the
         # parameters' requires_grad is not part of the signature: a loop freezing them each step would re-adopt
-        if any(a is not b for a, b in zip(flat, self._objects)) or \
+        if len(flat) != len(self._objects) or any(a is not b for a, b in zip(flat, self._objects)) or \
                 [(t.shape, t.dtype, t.device, t.is_contiguous()) for t in flat] != self._signature or \
-                any(t.requires_grad for t in tensors[4]) or any(t.requires_grad for t in tensors[5]):
+                any(t is not None and t.requires_grad for t in (*tensors[4], *tensors[5])):
             self._adopt(net)  # raises for a wrong shape, mixed dtypes or devices, shared buffers, a missing bias
+        weights, biases, gammas, betas, rms, rvs = tensors
         if self._strided:  # GEMM operands may be strided; the kernels' vectors may not (buffers must not be)
-            weights, biases, gammas, betas, rms, rvs = tensors
-            return weights, _contig(biases), _contig(gammas), _contig(betas), rms, rvs
-        return tensors
+            biases, gammas, betas = _contig(biases), _contig(gammas), _contig(betas)
+        return weights, biases, gammas, betas, *self._statistics(rms, rvs)
+
+    def _statistics(self, rms, rvs) -> tuple[list, list]:
+        """The running statistics the kernels read (eval mode) or update (training mode): none (empty lists) where
+        nn.BatchNorm1d uses neither (no statistics, or training with track_running_stats=False)."""
+        track, no_statistics = self._running_flags[:2]
+        if no_statistics or (self.training and not track):
+            return [], []
+        return rms, rvs
+
+    def _batch_statistics(self) -> bool:
+        """Whether the layers normalise by the batch's statistics: in training mode, and in eval mode without
+        running statistics (nn.BatchNorm1d's bn_training)."""
+        return self.training or self._running_flags[1]
 
     def _factor(self) -> float:
         """nn.BatchNorm1d's exponential_average_factor, before this batch is counted (_counts: by the kernels)."""
         bns = self.norms
-        if not (self.training and bns):
+        if not (self._updates() and bns) or self._running_flags[1]:  # nothing averaged
             return 0.0
         counts = None
         if self.momentum is None:  # cumulative average: 1 / the batch count (a host read, as in nn.BatchNorm1d)
@@ -578,7 +626,7 @@ class Denoiser(nn.Module):
     def _counts(self) -> list:
         """The num_batches_tracked a training-mode call adds 1 to, as nn.BatchNorm1d does: each layer's BatchNorm
         kernel adds it (eagerly; the custom ops' callers in one _foreach_add_)."""
-        return [m.num_batches_tracked for m in self.norms] if self.training else []
+        return [c for c in self._counters() if c is not None] if self._updates() else []
 
     def _input(self, name: str, h) -> Tensor:
         if _checks.transforms_active():  # the parameters are listed only then
@@ -594,7 +642,8 @@ class Denoiser(nn.Module):
         if w.dtype not in PARAM_DTYPES:
             raise TypeError(f"Denoiser parameters must be float32 or float64, got {w.dtype}; keep the module in "
                             "fp32 (under autocast it runs in fp32 by itself)")
-        return _check_features(name, h, self.n_features, w.dtype, w.device, self.training and self.depth > 0)
+        batch_stats = self._batch_statistics() and self.depth > 0
+        return _check_features(name, h, self.n_features, w.dtype, w.device, batch_stats)
 
     # -- API
     def forward(self, h: Tensor) -> Tensor:
@@ -602,24 +651,24 @@ class Denoiser(nn.Module):
         h = self._input("h", h)
         weights, biases, gammas, betas, rms, rvs = self._params()
         chosen = _dispatch.resolve(OP_LAYER, h.device, self.backend)
-        factor, counts = self._factor(), self._counts()
+        factor, counts, training = self._factor(), self._counts(), self._batch_statistics()
         needs_grad = torch.is_grad_enabled() and (
             h.requires_grad or any(p.requires_grad for ps in (weights, biases, gammas, betas) for p in ps))
         if not needs_grad:
-            return _run_forward(h, weights, biases, gammas, betas, rms, rvs, self.training, True, factor, self.eps,
+            return _run_forward(h, weights, biases, gammas, betas, rms, rvs, training, True, factor, self.eps,
                                 chosen, counts)
         with _dispatch.no_autocast(h.device):
             if not denoiser_eager._custom_ops(h, *weights, *biases, *gammas, *betas, *rms, *rvs, *counts):
-                meta = (self.training, self.training and self.depth > 0, factor, self.eps, chosen, self.depth,
-                        rms, rvs, counts)
+                meta = (training, training and bool(rms), factor, self.eps, chosen, self.depth, rms, rvs, counts)
                 return _EagerForward.apply(meta, h, *weights, *biases, *gammas, *betas)
             count_batches(counts)
             x, new_running = h, []
             for i in range(self.depth):
                 y = torch.mm(x, weights[i].t())
-                x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i], rms[i], rvs[i],
-                                                            self.training, factor, self.eps, True, chosen)
-                if self.training:
+                x, _, _, rm, rv = torch.ops.fastgan.bn_relu(y, biases[i], gammas[i], betas[i],
+                                                            rms[i] if rms else None, rvs[i] if rvs else None,
+                                                            training, factor, self.eps, True, chosen)
+                if training and rms:
                     new_running += [rm, rv]
             _copy_running(rms, rvs, new_running)
             return F.linear(x, weights[-1], biases[-1])
@@ -638,8 +687,8 @@ class Denoiser(nn.Module):
         _checks.choice("reduction", reduction, REDUCTIONS)
         noise = _check_noise(noise, h)
         chosen = _dispatch.resolve(OP_LOSS, h.device, self.backend)
-        return _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs, self.training,
-                         self._factor(), self.eps, chosen, reduction, self._counts())
+        return _run_loss(h, noise, float(self.sigma), weights, biases, gammas, betas, rms, rvs,
+                         self._batch_statistics(), self._factor(), self.eps, chosen, reduction, self._counts())
 
     def generator_loss(self, h_fake: Tensor, *, reduction: str = "mean") -> Tensor:
         """||h_fake - r(h_fake)||^2 summed over features, reduced over the batch, with r(h_fake) a constant
@@ -648,7 +697,7 @@ class Denoiser(nn.Module):
         h_fake = self._input("h_fake", h_fake)
         _checks.choice("reduction", reduction, REDUCTIONS)
         chosen = _dispatch.resolve(OP_LOSS, h_fake.device, self.backend)
-        return _generator_loss(h_fake, *self._params(), self.training, self.eps, reduction, chosen)
+        return _generator_loss(h_fake, *self._params(), self._batch_statistics(), self.eps, reduction, chosen)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, backend={self.backend!r}"
