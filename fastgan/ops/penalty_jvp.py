@@ -430,6 +430,10 @@ def jvp_penalty(D, x: torch.Tensor, weight="one", reduction: str = "mean", backe
         term = (u * logits.to(acc)).sum()
         surrogate = term if surrogate is None else surrogate + term
     if surrogate is None or not surrogate.requires_grad:
+        if logits.requires_grad and not value.requires_grad:
+            # a trainable parameter reaches psi but not Omega (r1 of a D with only its last bias trainable): Omega
+            # requires grad as the double backward's does, its graph reaching no parameter (x * 1: bit for bit)
+            value = value.detach().requires_grad_() * 1
         return value, logits
     params = [p for p in D.parameters() if p.requires_grad] if isinstance(D, nn.Module) \
         else penalty_create_graph.graph_leaves(surrogate)

@@ -181,3 +181,22 @@ def test_logits_of_another_shape_are_refused_by_every_mode(penalty, f, mode, wei
     wf = w if weighted else None
     with pytest.raises(ValueError, match=r"logits of shape \(6,\) or \(6, 1, \.\.\., 1\), got \(1, 6\)"):
         regularizer(_RowLogits(), penalty, xr, xf, None, wf, f=f, mode=mode)
+
+
+@pytest.mark.parametrize("penalty", ["r1", "r2"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_omega_reached_by_no_trainable_parameter_still_requires_grad(penalty, batchnorm):
+    """Only D's last bias trainable: psi depends on it, Omega (r1/r2) does not; jvp's Omega requires grad as the
+    double backward's does (it had no graph: Omega.backward() raised)."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 8)] + ([nn.BatchNorm1d(8)] if batchnorm else []) + [nn.LeakyReLU(0.2), nn.Linear(8, 1)]
+    D = nn.Sequential(*layers).double().requires_grad_(False)
+    D[-1].bias.requires_grad_(True)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    want = regularizer(D, penalty, x, y, mode="double_backward")
+    got = regularizer(D, penalty, x, y, mode="jvp")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+        assert a.requires_grad
+    got[0].backward()
+    assert D[-1].bias.grad is None

@@ -912,3 +912,25 @@ def test_a_frozen_d_gets_the_same_values_and_the_documented_graphs():
         assert not any(t.requires_grad for t in got), mode
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b.detach())
+
+
+@pytest.mark.parametrize("penalty", ["r1", "gradient"])
+@pytest.mark.parametrize("mode", ["jvp", "mlp", "auto"])
+def test_a_trainable_parameter_that_reaches_psi_but_not_omega(penalty, mode):
+    """Only the last bias trainable: psi depends on it, its input gradient (so Omega, unweighted) does not. Omega
+    requires grad as the double backward's does, giving the parameter no gradient (None, or mlp's zero):
+    Omega.backward() alone runs (jvp returned an Omega without a graph, on which it raised)."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)).double().requires_grad_(False)
+    D[2].bias.requires_grad_(True)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    call = (lambda m: r1_penalty(D, x, mode=m)) if penalty == "r1" else \
+        (lambda m: gradient_penalty(D, x, "one", mode=m))
+    want, got = call("double_backward"), call(mode)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+        assert a.requires_grad and b.requires_grad
+    none_or_zero = lambda g: g is None or not g.any()
+    assert none_or_zero(torch.autograd.grad(got[0], [D[2].bias], allow_unused=True, retain_graph=True)[0])
+    got[0].mul_(2).backward()  # in place, as any non-leaf result takes it
+    assert none_or_zero(D[2].bias.grad)
