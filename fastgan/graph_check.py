@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 from torch.utils._pytree import tree_flatten
 
 from .graph import _as_generators
+from .ops._locks import ForkSafeLock
 
 # ops whose result the host must see (a sync; inside a capture, an error)
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
@@ -340,7 +341,9 @@ def _capturable_optimizers_on_any_device():
         adam._get_capturable_supported_devices = real
 
 
-_CHECKING = threading.RLock()
+# held for a whole check (seconds): a plain RLock that another thread held at a fork stayed held in the child, whose
+# every capture_hazards then blocked for good (an audit of forks, 2026-12-07)
+_CHECKING = ForkSafeLock(threading.RLock)
 
 
 def _short(value, width: int = 160) -> str:

@@ -9,10 +9,13 @@ penalty calls D (`eager_compiled_code`), through torch.compile's "force_eager" s
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 
 import torch
+
+from ._locks import ForkSafeLock
 
 # torch.compile's stance is process-wide: set for the duration of D's forward it also makes compiled code other
 # threads run meanwhile take the eager path (slower, same values)
@@ -52,29 +55,59 @@ class _Stance:
     """force_eager while any thread is inside D's call: the stance is one process-wide value, so entries are
     counted (under a lock) and the stance found at the first entry is put back at the last exit. Saving and
     restoring per entry let two threads' interleaved calls leave it at force_eager for good, or reset it under a
-    thread still inside D."""
+    thread still inside D. Entries are counted per thread: a child forked while other threads were inside D keeps
+    only the forking thread's (_after_fork_in_child); with the process-wide count it kept the stance at
+    force_eager for good, so torch.compile'd code in the child never compiled."""
     __slots__ = ("eval_frame", "stance")
-    _lock = threading.Lock()
+    _lock = ForkSafeLock()
     _depth = 0
+    _owners: dict = {}  # thread ident -> that thread's open entries
     _saved = None
+    _set = None  # (eval_frame, the force_eager stance) the first entry set, for the fork handler
 
     def __init__(self, eval_frame, stance):
         self.eval_frame, self.stance = eval_frame, stance
 
     def __enter__(self):
+        me = threading.get_ident()
         with _Stance._lock:
             if _Stance._depth == 0:
                 _Stance._saved = self.eval_frame._stance
+                _Stance._set = (self.eval_frame, self.stance)
                 self.eval_frame._stance = self.stance
             _Stance._depth += 1
+            _Stance._owners[me] = _Stance._owners.get(me, 0) + 1
 
     def __exit__(self, *exc):
+        me = threading.get_ident()
         with _Stance._lock:
             _Stance._depth -= 1
+            left = _Stance._owners.get(me, 1) - 1
+            if left > 0:
+                _Stance._owners[me] = left
+            else:
+                _Stance._owners.pop(me, None)
             if _Stance._depth == 0:
                 if self.eval_frame._stance is self.stance:  # not set by someone else meanwhile
                     self.eval_frame._stance = _Stance._saved
-                _Stance._saved = None
+                _Stance._saved = _Stance._set = None
+
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread survives a fork: the entries of the others, which will never exit, are dropped, and
+    the stance they kept at force_eager is put back when the forking thread holds none itself."""
+    me = threading.get_ident()
+    mine = _Stance._owners.get(me, 0)
+    _Stance._owners = {me: mine} if mine else {}
+    if not mine and _Stance._set is not None:  # (_set, not _depth: a fork inside another thread's last exit)
+        eval_frame, stance = _Stance._set
+        if eval_frame._stance is stance:
+            eval_frame._stance = _Stance._saved
+        _Stance._saved = _Stance._set = None
+    _Stance._depth = mine
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _NO_OP = contextlib.nullcontext()

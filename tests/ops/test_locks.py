@@ -1,10 +1,12 @@
 """fastgan.ops._locks.ForkSafeLock: the module locks (noise draws, default noise states, jvp replays, interpreted
-Triton launches) are fresh in a forked child, so a lock another thread held at the fork does not hang it."""
+Triton launches, graph_check's checks) are fresh in a forked child, so a lock another thread held at the fork does
+not hang it."""
 import os
 import threading
 
 import pytest
 
+from fastgan import graph_check
 from fastgan.ops import _dispatch, noise, noise_state, penalty_jvp
 from fastgan.ops._locks import ForkSafeLock
 
@@ -25,8 +27,8 @@ def _in_child(check) -> int:
 
 
 @pytest.mark.parametrize("lock", [noise._CPU_DRAW_LOCK, noise_state._default_lock, penalty_jvp._REPLAY_LOCK,
-                                  _dispatch._INTERPRETER_LOCK, ForkSafeLock()],
-                         ids=["noise-draw", "default-state", "jvp-replay", "interpreter", "new"])
+                                  _dispatch._INTERPRETER_LOCK, graph_check._CHECKING, ForkSafeLock()],
+                         ids=["noise-draw", "default-state", "jvp-replay", "interpreter", "graph-check", "new"])
 def test_a_lock_held_by_another_thread_at_a_fork_is_free_in_the_child(lock):
     held, release = threading.Event(), threading.Event()
 
@@ -135,3 +137,49 @@ def test_a_jvp_dual_level_another_thread_had_open_at_a_fork_is_closed_in_the_chi
         t.join()
     assert status == 0
     assert gradient_penalty(D, x, mode="jvp")[0].allclose(want)  # the parent's level was closed by its thread
+
+
+def test_a_child_forked_while_another_thread_is_inside_d_compiles():
+    """A thread inside a penalty's call of D at the fork (Dynamo loaded: the call runs under torch.compile's
+    process-wide force_eager stance, its entries counted): the child inherited the count and the stance, which no
+    thread of its own would ever exit, so torch.compile'd code in the child never compiled (half of the children
+    forked beside a thread looping js_penalty, an audit of forks, 2026-12-07)."""
+    import torch
+    import torch._dynamo  # loaded: the penalties set the stance around D's calls
+    from torch import nn
+
+    from fastgan.ops import compiled_d, gradient_penalty
+
+    if compiled_d._stance_setter() is None:
+        pytest.skip("this torch has no torch.compile stances")
+    inside, release = threading.Event(), threading.Event()
+
+    class WaitsInD(nn.Linear):
+        def forward(self, x):
+            inside.set()
+            release.wait(timeout=20)
+            return super().forward(x)
+
+    def child_compiles():
+        calls = []
+
+        def backend(gm, inputs):
+            calls.append(gm)
+            return gm.forward
+
+        f = torch.compile(lambda a: a * 2 + 1, backend=backend)
+        return torch.equal(f(torch.ones(3)), torch.full((3,), 3.0)) and len(calls) == 1
+
+    x = torch.randn(4, 3)
+    t = threading.Thread(target=lambda: gradient_penalty(WaitsInD(3, 1), x))
+    t.start()
+    try:
+        assert inside.wait(timeout=20)
+        eval_frame = compiled_d._stance_setter()[0]
+        assert eval_frame._stance.stance == "force_eager"  # the parent's thread is inside D
+        status = _in_child(child_compiles)
+    finally:
+        release.set()
+        t.join()
+    assert status == 0
+    assert compiled_d._Stance._depth == 0 and eval_frame._stance.stance != "force_eager"  # put back in the parent

@@ -1,5 +1,5 @@
 """Bad arguments to the public ops that raised an error naming no argument (an audit fuzzing every public op's
-arguments on the reference, cpu and triton backends, 2026-12-08): a D that is not callable ("'NoneType' object is
+arguments on the reference, cpu and triton backends, 2026-12-07): a D that is not callable ("'NoneType' object is
 not callable" from inside the penalty; penalty_mode answered for it), mode="mlp" on an x of another device than D's
 layers (torch's "Tensor on device cpu is not on the expected device meta!" from the closed form's GEMMs, which the
 dtype had been checked against already), Denoiser(device=...) (torch's RuntimeError, or an AssertionError "Torch not
