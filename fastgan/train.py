@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .graph import GraphedStep
 from .methods.dfm import check_denoiser_width
+from .ops._locks import ForkSafeLock
 from .models.config import CONV_ARCHS
 from .interrupts import InterruptAtStepEnd, Terminated, interruption
 from .run_folder import (CHECKPOINT, LOCK, STATUS, claim, discard_created_lock, find_run, lock, new_run_dir,
@@ -151,6 +152,9 @@ def _sized_by(*fields):
     return wrap
 
 
+_SETUP_LOCK = ForkSafeLock()
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, resume: bool, progress: Optional[bool]):
         self.device = _device(cfg.run.device)
@@ -158,7 +162,10 @@ class _Run:
         self.lock, self._fresh = None, None
         signals = InterruptAtStepEnd(at_once=True)  # SIGTERM too: it killed the process, the folder half made
         try:
-            self._setup(cfg, resume, progress)
+            # seeding the global generators and building the models from them: two runs in two threads raced there
+            # (one's G built from the other's seed), so setups run one at a time; the steps use their own generators
+            with _SETUP_LOCK:
+                self._setup(cfg, resume, progress)
         except BaseException:
             self._discard_start()
             raise

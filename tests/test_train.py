@@ -1037,3 +1037,40 @@ def test_resume_takes_a_model_field_given_as_its_architectures_default(tmp_path)
     assert run(tmp_path, "model.latent_dim=2", steps=3, resume=True).step == 3
     with pytest.raises(fastgan.config.ConfigError, match=r"model\.latent_dim: checkpoint None, config 3"):
         run(tmp_path, "model.latent_dim=3", steps=4, resume=True)
+
+
+def test_two_runs_in_two_threads_each_build_from_their_own_seed(tmp_path, monkeypatch):
+    """train seeds the global generators and builds the models from them: two runs started together in two threads
+    raced there (one's G built from the other's seed: 5 of 12 concurrent runs ended with other weights than alone,
+    an audit of threads, 2026-12-07). Here the first run waits, between its seed and its G, for the other to reach
+    its G too (up to 2 s): the setups run one at a time, so it never does, and each run equals itself alone."""
+    import threading
+
+    alone = {s: run(tmp_path, f"run.seed={s}", "run.threads=1", name=f"alone{s}").generator.state_dict()
+             for s in (1, 2)}
+    models = importlib.import_module("fastgan.models")
+    real, first_at_g, second_at_g = models.build_generator, threading.Event(), threading.Event()
+
+    def build_generator(*a, **k):
+        if threading.current_thread().name == "first":
+            first_at_g.set()
+            second_at_g.wait(timeout=2)  # the other run's seed lands here unless the setups are serialised
+        else:
+            second_at_g.set()
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "build_generator", build_generator)
+    out = {}
+
+    def one(seed):
+        out[seed] = run(tmp_path, f"run.seed={seed}", "run.threads=1", name=f"both{seed}").generator.state_dict()
+
+    first = threading.Thread(target=one, args=(1,), name="first")
+    first.start()
+    assert first_at_g.wait(timeout=60)
+    second = threading.Thread(target=one, args=(2,), name="second")
+    second.start()
+    first.join(), second.join()
+    for s in (1, 2):
+        assert out[s].keys() == alone[s].keys()
+        assert all(torch.equal(out[s][k], alone[s][k]) for k in alone[s]), s
