@@ -22,44 +22,53 @@ from ._errors import oserror
 class CSVLogger:
     """Rows of scalars keyed by step. New columns rewrite the file with the union of columns; on resume, rows
     past the checkpoint's step are dropped so the log matches the restored state. An existing file is read here
-    and rewritten at the first row logged, not before: a resume that fails in between leaves it as it was."""
+    and rewritten at the first row logged, not before: a resume that fails in between leaves it as it was. Rows the
+    file holds are not kept in memory (a run logging every step kept ~920 bytes a row: ~0.9 GB a million steps):
+    a rewrite, `drop`, `logged` and `rows` read them back."""
 
     def __init__(self, path, resume_step: Optional[int] = None):
         self.path = Path(path)
         self.columns: list[str] = []
-        self.rows: list[dict] = []
-        self._stale = False  # the file on disk differs from columns/rows until rewritten
+        self._held: Optional[list[dict]] = None  # the rows while the file differs from them (None: the file's)
         if self.path.exists():
-            try:
-                with open(self.path, newline="") as f:
-                    text, nul_lines = without_nul_lines(f.read())
-                reader = csv.DictReader(io.StringIO(text, newline=""))
-                self.columns = list(reader.fieldnames or [])
-                problem = no_step_column(self.columns)
-                if problem:
-                    # another program's file: its header's fields became columns of the continued log, beside step
-                    raise csv.Error(problem)
-                for r in reader:
-                    if None in r:  # more fields than the header: the first row logged could not write them
-                        raise csv.Error(f"line {reader.line_num} has {len(self.columns) + len(r[None])} "
-                                        f"fields, the header {len(self.columns)}")
-                    self.rows.append(r)
-            except (UnicodeDecodeError, csv.Error) as e:
-                raise ValueError(f"{self.path} is not a readable CSV log ({e}); move it aside to continue the run "
-                                 "with a new one") from None
-            # what a killed append leaves (rows are appended, not replaced): a last row without its line end, cut
-            # anywhere (its step "1" of a "12"), and blocks of NULs or junk where no step parses; kept, they would
-            # be rows of the continued log, and `fastgan compare` would call the run unreadable
-            torn = [self.rows.pop()] if self.rows and cut_short(text) else []
-            junk = [r for r in self.rows if _int(r.get("step")) < 0]
-            if torn or junk or nul_lines:
-                self.rows = [r for r in self.rows if _int(r.get("step")) >= 0]
-                print(f"fastgan: warning: {self.path}: left out {len(torn) + len(junk) + nul_lines} damaged "
+            self.columns, rows, damaged = self._read()
+            if damaged:
+                print(f"fastgan: warning: {self.path}: left out {damaged} damaged "
                       "row(s) (a write cut short: a last row without its line end, rows whose step is not a number "
                       "or that hold NUL bytes)", file=sys.stderr)
             if resume_step is not None:
-                self.rows = [r for r in self.rows if _int(r.get("step")) <= resume_step]
-            self._stale = True
+                rows = [r for r in rows if _int(r.get("step")) <= resume_step]
+            self._held = rows
+
+    def _read(self) -> tuple[list, list, int]:
+        """(columns, rows, damaged rows left out) of the file."""
+        try:
+            with open(self.path, newline="") as f:
+                text, nul_lines = without_nul_lines(f.read())
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            columns, rows = list(reader.fieldnames or []), []
+            problem = no_step_column(columns)
+            if problem:
+                # another program's file: its header's fields became columns of the continued log, beside step
+                raise csv.Error(problem)
+            for r in reader:
+                if None in r:  # more fields than the header: the first row logged could not write them
+                    raise csv.Error(f"line {reader.line_num} has {len(columns) + len(r[None])} "
+                                    f"fields, the header {len(columns)}")
+                rows.append(r)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{self.path} is not a readable CSV log ({e}); move it aside to continue the run "
+                             "with a new one") from None
+        # what a killed append leaves (rows are appended, not replaced): a last row without its line end, cut
+        # anywhere (its step "1" of a "12"), and blocks of NULs or junk where no step parses; kept, they would
+        # be rows of the continued log, and `fastgan compare` would call the run unreadable
+        torn = 1 if rows and cut_short(text) else 0
+        kept = [r for r in rows[:len(rows) - torn] if _int(r.get("step")) >= 0]
+        return columns, kept, len(rows) - len(kept) + nul_lines
+
+    @property
+    def rows(self) -> list[dict]:
+        return self._held if self._held is not None else self._read()[1] if self.path.exists() else []
 
     def logged(self, step: int, key: str) -> bool:
         """Whether a row at `step` holds a value of `key`."""
@@ -68,18 +77,17 @@ class CSVLogger:
     def drop(self, step: int, keys) -> None:
         """The rows at `step` holding a value of any of `keys`, dropped (from the file at the next row logged)."""
         keys = set(keys)
-        self.rows = [r for r in self.rows
-                     if _int(r.get("step")) != step or not any(r.get(k) not in (None, "") for k in keys)]
-        self._stale = True
+        self._held = [r for r in self.rows
+                      if _int(r.get("step")) != step or not any(r.get(k) not in (None, "") for k in keys)]
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _fmt(v) for k, v in values.items()}}
         new = [k for k in row if k not in self.columns]
-        self.rows.append(row)
         try:
-            if new or self._stale:
+            if new or self._held is not None:
+                rows = self.rows + [row]
                 self.columns += new
-                self._rewrite()
+                self._rewrite(rows)
             else:
                 with open(self.path, "a", newline="") as f:
                     csv.DictWriter(f, self.columns).writerow(row)
@@ -87,12 +95,13 @@ class CSVLogger:
             msg = f"writing {self.path}: {e.strerror or e}"
             raise oserror(e, msg) from e
 
-    def _rewrite(self) -> None:
+    def _rewrite(self, rows) -> None:
+        self._held = rows  # until the file holds them: a failed write leaves them to the next row's rewrite
         with replacing(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, self.columns)
             w.writeheader()
-            w.writerows(self.rows)
-        self._stale = False
+            w.writerows(rows)
+        self._held = None
 
 
 def without_nul_lines(text: str) -> tuple[str, int]:

@@ -231,7 +231,7 @@ def test_a_full_disk_names_the_file_and_what_is_intact(tmp_path, monkeypatch, wh
         message = (rf"writing checkpoint {d / 'checkpoints' / 'last.pt'} at step 4: No space left on device; "
                    r"the previous checkpoint \(step 2\) is intact")
     else:
-        def rewrite(self):
+        def rewrite(self, rows):
             raise full
         monkeypatch.setattr(sys.modules["fastgan.logging_utils"].CSVLogger, "_rewrite", rewrite)
         message = rf"writing {d / 'metrics.csv'}: No space left on device"
