@@ -356,6 +356,8 @@ class Denoiser(nn.Module):
     standard deviation (the paper: 1) and may be changed between steps for annealing.
     """
 
+    _running_flags = (True, False, False)  # _RUNNING_STATES' key of the layers (a module pickled before it: tracked)
+
     def __init__(self, n_features: int, hidden: int | None = None, depth: int = 3, *, sigma: float = 1.0,
                  momentum: float | None = 0.1, eps: float = 1e-5, backend: str | None = None, device=None,
                  dtype=None):

@@ -128,3 +128,15 @@ def test_under_compile_fullgraph(kind):
     torch.testing.assert_close(step(h), ref.denoiser_loss(net, h, torch.zeros_like(h)) + net(h).sum())
     for k, v in state(den.net).items():
         torch.testing.assert_close(v, state(net)[k], rtol=1e-9, atol=1e-11, msg=k)
+
+
+def test_a_denoiser_pickled_before_the_flags_runs_as_tracked():
+    """A whole module saved (torch.save) by an earlier fastgan has no _running_flags of its own: the class's default,
+    tracked statistics, is what its layers hold."""
+    den = Denoiser(5, 7, 2, dtype=torch.float64, backend="cpu")
+    del den.__dict__["_running_flags"]
+    h = torch.randn(6, 5, dtype=torch.float64)
+    net = copy.deepcopy(den.net)
+    torch.testing.assert_close(den.loss(h, torch.zeros_like(h)), ref.denoiser_loss(net, h, torch.zeros_like(h)))
+    for k, v in state(den.net).items():
+        torch.testing.assert_close(v, state(net)[k], rtol=1e-9, atol=1e-11, msg=k)
