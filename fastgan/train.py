@@ -572,6 +572,25 @@ class _Run:
             raise oserror(e, msg) from e
         self.last_ckpt_step = step
 
+    def _checkpoint_at(self, step, final: bool) -> None:
+        """The checkpoint of a periodic or the last step, and status.json "running" at it (a run killed later then
+        says which step its checkpoint holds)."""
+        r = self.cfg.run
+        if final and (r.parzen or r.fd):
+            # the final evaluation (the last step's FD, Parzen, the FD tail) starts with the last step's checkpoint:
+            # status.json says so before that checkpoint is renamed into place, so that a run stopped or killed once
+            # it is there (a second signal in the write's folder fsync, SIGKILL, OOM; a samples write that failed)
+            # gets the evaluation on --resume (_final_evaluation_pending), where status.json still said "training"
+            # at an earlier step and the resume trained and evaluated nothing; a run stopped before the rename
+            # resumes from the earlier checkpoint, whose step is not this one (a failed write, a full disk, fails
+            # the checkpoint's write or the one after it, naming its file, as before)
+            self.phase = "final evaluation"
+            with contextlib.suppress(OSError):
+                self._status("running")
+        self._checkpoint(step)
+        if not final or self.phase == "final evaluation":
+            self._status("running")
+
     # ---------------------------------------------------------------- loop
 
     def _graphed_step(self, sample_real):
@@ -688,20 +707,13 @@ class _Run:
                         # samples come before the checkpoint: one that cannot be written (a file where the samples
                         # folder goes, a full disk) lost the steps since the last checkpoint
                         if checkpoint_due:
-                            self._checkpoint(step)
+                            self._checkpoint_at(step, final)
                         raise oserror(e, f"writing the samples of step {step} in {self.out / 'samples'}: "
                                          f"{e.strerror or e}; checkpoint {self.ckpt_path} holds step "
                                          f"{self.last_ckpt_step}") from e
                 if checkpoint_due:
                     monitor.check()
-                    self._checkpoint(step)
-                    if final and (r.parzen or r.fd):
-                        # the final evaluation (the last step's FD, Parzen, the FD tail) starts here: a run killed
-                        # in it (SIGKILL, OOM, power) gets it on --resume (_final_evaluation_pending)
-                        self.phase = "final evaluation"
-                    if not final or self.phase == "final evaluation":
-                        # a run killed later then says which step its checkpoint holds
-                        self._status("running")
+                    self._checkpoint_at(step, final)
                 if r.fd and ((r.fd_every and step % r.fd_every == 0) or final):
                     monitor.check()  # a non-finite loss is named as such, not as non-finite samples
                     metrics.update(self._fd(step))

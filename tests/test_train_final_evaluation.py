@@ -151,3 +151,43 @@ def test_a_run_killed_in_its_final_evaluation_gets_it_on_resume(tmp_path):
     want = _train(tmp_path / "whole").metrics["eval/parzen_ll"]  # the same seed, never stopped
     assert r.metrics["eval/parzen_ll"] == pytest.approx(want, rel=1e-6)
     assert _status(d)["state"] == "finished"
+
+
+@pytest.mark.parametrize("how", ["second signal", "killed"])
+def test_a_run_stopped_once_its_last_checkpoint_is_written_gets_its_final_evaluation(tmp_path, monkeypatch, how):
+    """A stop after the last step's checkpoint was renamed into place and before status.json said "final
+    evaluation" (a second Ctrl-C or SIGTERM in the durable write's folder fsync; SIGKILL there) left status.json at
+    phase "training", an earlier step: the resume found the checkpoint at run.steps, trained and evaluated nothing,
+    and the run's Parzen estimate was lost."""
+    d = tmp_path / "r"
+    if how == "killed":
+        code = ("import os, sys, fastgan\n"
+                "train = sys.modules['fastgan.train']\n"
+                "orig = train.ckpt.save\n"
+                "def save(path, state, *a, **k):\n"
+                "    orig(path, state, *a, **k)\n"
+                "    if state['step'] == 2:\n"
+                "        os._exit(137)\n"
+                "train.ckpt.save = save\n"
+                f"fastgan.train(None, overrides={[*TINY, 'run.steps=2', 'run.checkpoint_every=1', f'run.dir={d}']!r})\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 137, p.stderr[-3000:]
+    else:
+        orig = train_mod.ckpt.save
+
+        def save(path, state, *a, **k):
+            orig(path, state, *a, **k)
+            if state["step"] == 2:
+                raise KeyboardInterrupt()
+
+        monkeypatch.setattr(train_mod.ckpt, "save", save)
+        with pytest.raises(KeyboardInterrupt):
+            _train(d, "run.checkpoint_every=1")
+        monkeypatch.undo()
+    assert _status(d)["phase"] == "final evaluation"
+    r = _train(d, "run.checkpoint_every=1", resume=True)
+    assert r.final_evaluation_only and set(r.metrics) == {"eval/parzen_ll", "eval/parzen_stderr", "eval/parzen_sigma"}
+    want = _train(tmp_path / "whole", "run.checkpoint_every=1").metrics["eval/parzen_ll"]
+    assert r.metrics["eval/parzen_ll"] == want
+    assert [int(row["step"]) for row in _rows(d) if row.get("eval/parzen_ll")] == [2]
+    assert _status(d)["state"] == "finished"
