@@ -161,6 +161,7 @@ def test_a_run_stopped_once_its_last_checkpoint_is_written_gets_its_final_evalua
     and the run's Parzen estimate was lost."""
     d = tmp_path / "r"
     if how == "killed":
+        overrides = [*TINY, "run.steps=2", "run.checkpoint_every=1", f"run.dir={d}"]
         code = ("import os, sys, fastgan\n"
                 "train = sys.modules['fastgan.train']\n"
                 "orig = train.ckpt.save\n"
@@ -169,7 +170,7 @@ def test_a_run_stopped_once_its_last_checkpoint_is_written_gets_its_final_evalua
                 "    if state['step'] == 2:\n"
                 "        os._exit(137)\n"
                 "train.ckpt.save = save\n"
-                f"fastgan.train(None, overrides={[*TINY, 'run.steps=2', 'run.checkpoint_every=1', f'run.dir={d}']!r})\n")
+                f"fastgan.train(None, overrides={overrides!r})\n")
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert p.returncode == 137, p.stderr[-3000:]
     else:
