@@ -439,9 +439,7 @@ def _penalty_of(grad, logits, weight, reduction, backend):
     if isinstance(weight, SampleWeighted) and backend != "reference":
         return _reduced(_penalty_of(g2, psi, weight.name, "none", backend) * weight.factors(B, acc), reduction)
     if callable(weight):
-        if backend not in (None, "reference"):
-            raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
-                                               f"got backend={backend!r}")
+        callable_weight_backend(backend)
         _dispatch.record(OP, "reference")
         return ref.grad_norm_penalty(g2.to(acc), psi, lambda p: weight_values(weight(p), B), reduction)
     chosen = _dispatch.resolve_cpu(OP, backend) if grad.is_cpu else _dispatch.resolve(OP, grad.device, backend)
@@ -499,17 +497,23 @@ def check_D(D) -> None:
         raise TypeError(f"D must be an nn.Module or a callable mapping a batch to logits, got {type(D).__name__}")
 
 
+def callable_weight_backend(backend) -> None:
+    """A callable weight (a function of psi) runs on the reference backend only: another explicit backend is refused
+    (before D runs, in check_backend; and where the per-sample terms are formed)."""
+    if backend not in (None, "reference"):
+        raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
+                                           f"got backend={backend!r}")
+
+
 def check_backend(backend, device: torch.device, weight: WeightArg = "one") -> None:
     """BackendUnavailable (or ValueError for an unknown name) before D runs, where the penalty's kernel could not
     run on `device`: raised from inside the penalty, after D's forward, it left D's BatchNorm running statistics,
     spectral-norm u and v and the random-number state advanced by a call that returned nothing (a fuzz audit,
-    2026-12-07). A plain callable weight runs on the reference backend only: an explicit other backend is refused
-    as _penalty_of and penalty_jvp.penalty_terms refuse it, and a use_backend block or FASTGAN_BACKEND, which such a
+    2026-12-07). A plain callable weight runs on the reference backend only (callable_weight_backend, which
+    _penalty_of and penalty_jvp.penalty_terms call too); a use_backend block or FASTGAN_BACKEND, which such a
     weight ignores, is not checked here. The same resolution as the kernels' own, so the same errors and messages."""
     if callable(weight) and not isinstance(weight, SampleWeighted):
-        if backend not in (None, "reference"):
-            raise _dispatch.BackendUnavailable(f"{OP}: a callable weight runs on the reference backend only, "
-                                               f"got backend={backend!r}")
+        callable_weight_backend(backend)
         return
     if backend is None and _dispatch.requested_backend()[0] is None:  # the best usable: always one (or a fallback)
         return

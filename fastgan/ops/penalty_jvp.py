@@ -294,9 +294,7 @@ def penalty_terms(g2: torch.Tensor, psi: torch.Tensor, weight, div: int, backend
         c = weight.factors(B, per.dtype)
         return per * c, u * c, v * c.to(v.dtype)[:, None]
     if callable(weight):
-        if backend not in (None, "reference"):
-            raise _dispatch.BackendUnavailable(f"{_pen.OP}: a callable weight runs on the reference backend only, "
-                                               f"got backend={backend!r}")
+        _pen.callable_weight_backend(backend)
         _dispatch.record(_pen.OP, "reference")
         ga = g2.to(psi.dtype)
         s = (ga * ga).sum(1)
