@@ -16,9 +16,7 @@ Where the numbers come from:
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
 import torch
 
 MIXTURES = ("roth3d", "ring8", "grid25")
@@ -118,14 +116,11 @@ def _randn(shape, generator, device, dtype) -> torch.Tensor:
 def _check_std(std, dtype) -> float:
     """std as a float: a real number (not bool), finite, >= 0 and representable in dtype. An inf std drew all-inf
     samples without a word, True drew with std 1, and 1e300 in float32 raised torch's bare RuntimeError."""
-    if isinstance(std, torch.Tensor) and std.numel() == 1 and not std.is_complex():
-        std = std.item()
-    if isinstance(std, (bool, np.bool_)) or not isinstance(std, numbers.Real):
+    from ..metrics._args import real_number  # here: the metrics package loads only where a std is given
+
+    v = real_number(std)
+    if v is None:
         raise TypeError(f"std: expected a number (the components' standard deviation), got {type(std).__name__}")
-    try:
-        v = float(std)
-    except OverflowError:
-        v = math.inf
     if not (math.isfinite(v) and v >= 0):
         raise ValueError(f"std: must be finite and >= 0, got {std!r}")
     if v > torch.finfo(dtype).max:
