@@ -319,19 +319,18 @@ def _generator_loss(h_fake, weights, biases, gammas, betas, rms, rvs, training, 
 # ---------------------------------------------------------------- module
 
 _LAYER_KINDS = (nn.Linear, nn.BatchNorm1d, nn.ReLU)
-# a BatchNorm1d layer's (track_running_stats, running_mean is None, running_var is None), as nn.BatchNorm1d acts on
-# it; a layer holding one statistic without the other is refused before this is read
-_RUNNING_STATES = {(True, False, False): "uses and updates running statistics",
-                   (False, False, False): "keeps its running statistics frozen (track_running_stats=False)",
-                   (True, True, True): "has no running statistics (None)",
-                   (False, True, True): "has no running statistics (track_running_stats=False)"}
+# a BatchNorm1d layer's (track_running_stats, running statistics None), as nn.BatchNorm1d acts on it; a layer holding
+# one statistic without the other is refused before this is read
+_RUNNING_STATES = {(True, False): "uses and updates running statistics",
+                   (False, False): "keeps its running statistics frozen (track_running_stats=False)",
+                   (True, True): "has no running statistics (None)",
+                   (False, True): "has no running statistics (track_running_stats=False)"}
 
 
-def _running_flags(m: nn.BatchNorm1d) -> tuple:
+def _running_state(m: nn.BatchNorm1d) -> tuple:
     b = m._buffers  # the layer's own dict first, as Denoiser._tensors reads it; a replica's attributes otherwise
     mean = b["running_mean"] if "running_mean" in b else getattr(m, "running_mean", None)
-    var = b["running_var"] if "running_var" in b else getattr(m, "running_var", None)
-    return bool(m.track_running_stats), mean is None, var is None
+    return bool(m.track_running_stats), mean is None
 
 
 def _held(*seqs) -> list:
@@ -356,7 +355,7 @@ class Denoiser(nn.Module):
     standard deviation (the paper: 1) and may be changed between steps for annealing.
     """
 
-    _running_flags = (True, False, False)  # _RUNNING_STATES' key of the layers (a module pickled before it: tracked)
+    _running_flags = (True, False)  # _RUNNING_STATES' key of the layers (a module pickled before it: tracked)
 
     def __init__(self, n_features: int, hidden: int | None = None, depth: int = 3, *, sigma: float = 1.0,
                  momentum: float | None = 0.1, eps: float = 1e-5, backend: str | None = None, device=None,
@@ -455,13 +454,13 @@ class Denoiser(nn.Module):
         norms = mods[1::3]
         if len({(m.eps, m.momentum) for m in norms}) > 1:
             raise ValueError("net: all BatchNorm1d layers must share eps and momentum")
-        flags = [_running_flags(m) for m in norms]
+        flags = [_running_state(m) for m in norms]
         other = next((i for i, f in enumerate(flags) if f != flags[0]), None)
         if other is not None:  # the kernels take one training flag and one list of statistics for every layer
             raise ValueError(f"net[{3 * other + 1}] {_RUNNING_STATES[flags[other]]} but net[1] "
                              f"{_RUNNING_STATES[flags[0]]}; set track_running_stats (or the statistics) alike in "
                              "every BatchNorm1d layer: the fused kernels run every layer alike")
-        self._running_flags = flags[0] if norms else (True, False, False)
+        self._running_flags = flags[0] if norms else (True, False)
         if mods[0].in_features != mods[-1].out_features:
             raise ValueError(f"net maps {mods[0].in_features} features to {mods[-1].out_features}; a denoiser "
                              "reconstructs its input")
@@ -471,7 +470,7 @@ class Denoiser(nn.Module):
         weights, biases, gammas, betas, rms, rvs = self._tensors()
         counters = self._counters()
         if weights[0].dtype in PARAM_DTYPES:  # other dtypes are refused by each call, naming the module's dtype
-            held = None if self._running_flags[1] else rms, None if self._running_flags[1] else rvs
+            held = (None, None) if self._running_flags[1] else (rms, rvs)
             _check_params(weights, biases, gammas, betas, *held)  # shapes, one dtype and device, own buffers
             _check_counters(counters, weights[0].device)
         self._types = tuple(map(type, mods))
@@ -597,7 +596,7 @@ class Denoiser(nn.Module):
     def _statistics(self, rms, rvs) -> tuple[list, list]:
         """The running statistics the kernels read (eval mode) or update (training mode): none (empty lists) where
         nn.BatchNorm1d uses neither (no statistics, or training with track_running_stats=False)."""
-        track, no_statistics = self._running_flags[:2]
+        track, no_statistics = self._running_flags
         if no_statistics or (self.training and not track):
             return [], []
         return rms, rvs
