@@ -276,12 +276,26 @@ def rng_state(generators: Optional[Mapping[str, torch.Generator]] = None,
     return out
 
 
+def _is_device_type(name: str) -> bool:
+    try:
+        return torch.device(name).type == name
+    except (RuntimeError, ValueError):
+        return False
+
+
 def _saved_device_type(state: Mapping, key: str) -> str:
     """The device type of a saved generator's state (checkpoints before 2026-12-03 did not record it: a CUDA
     generator's state is its 16 bytes of seed and offset, a CPU one's the Mersenne Twister's 5056)."""
-    kinds = state.get("generator_devices")
-    if isinstance(kinds, Mapping) and isinstance(kinds.get(key), str):
-        return kinds[key]
+    if "generator_devices" in state:
+        # written beside every generator's state since then: a damaged entry is a damaged checkpoint, not a run
+        # resumed on another device (which would reseed the generator with a warning)
+        kinds = state["generator_devices"]
+        kind = kinds.get(key) if isinstance(kinds, Mapping) else None
+        if not isinstance(kind, str) or not _is_device_type(kind):
+            where = f"rng.generator_devices.{key}" if isinstance(kinds, Mapping) else "rng.generator_devices"
+            raise CheckpointError(f"{where}: {kind if isinstance(kinds, Mapping) else kinds!r} is not a device type; "
+                                  "the checkpoint is corrupt")
+        return kind
     saved = state["generators"][key]
     return "cuda" if isinstance(saved, torch.Tensor) and saved.numel() == 16 else "cpu"
 

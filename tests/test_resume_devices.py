@@ -86,3 +86,28 @@ def test_an_old_checkpoints_per_gpu_states_restore_where_fewer_gpus_are_visible(
     rng.set.clear()
     ckpt.set_rng_state(state, cuda_device=torch.device("cuda", 3))  # no saved entry for it: left as seeded
     assert rng.set == []
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda d: d.__setitem__("train", "gpu0"), r"rng\.generator_devices\.train: 'gpu0'"),
+    (lambda d: d.__setitem__("train", 3), r"rng\.generator_devices\.train: 3"),
+    (lambda d: d.__setitem__("train", "cuda:0"), r"rng\.generator_devices\.train: 'cuda:0'"),
+    (lambda d: d.pop("train"), r"rng\.generator_devices\.train: None"),
+    (None, r"rng\.generator_devices: \[\]"),
+])
+def test_a_damaged_generator_device_entry_is_a_corrupt_checkpoint_not_another_device(tmp_path, recwarn, damage,
+                                                                                    named):
+    # before 2026-12-07 such an entry read as "resumed on another device": a warning, and the generator reseeded
+    r = fastgan.train(None, overrides=TINY + ["run.steps=2", f"run.dir={tmp_path / 'run'}"])
+    path = r.out_dir / "checkpoints" / "last.pt"
+    s = torch.load(path, weights_only=True)
+    if damage is None:
+        s["rng"]["generator_devices"] = []
+    else:
+        damage(s["rng"]["generator_devices"])
+    torch.save(s, path)
+    saved = path.read_bytes()
+    with pytest.raises(ckpt.CheckpointError, match=named + r".*not a device type; the checkpoint is corrupt"):
+        fastgan.train(r.out_dir, resume=True, overrides=["run.steps=4"])
+    assert path.read_bytes() == saved
+    assert not [w for w in recwarn if issubclass(w.category, ResumedOnAnotherDevice)]
