@@ -18,10 +18,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-NOISE_MODELS = ("fixed", "learned_sigma", "generator")
-BATCHES = ("full", "half")
-
-
 class NoiseModel(nn.Module):
     """eps from standard-normal draws. `draw` makes the draws, `forward(draws)` maps them to eps (with a graph
     to the learnable parameters, if any), `penalty(eps)` is the term that lambda multiplies."""
