@@ -42,8 +42,10 @@ def test_op_forward_backward(benchmark, device, backend, B, shape):
         sync(device)
 
     benchmark(step)
-    # forward reads g; backward reads g and writes dgrad: three passes over B*F elements
-    nbytes = 3 * grad.numel() * grad.element_size()
+    # forward reads g and the logits (the mean is one scalar); backward reads g and the logits and writes dgrad and
+    # dlogits: three passes over the B*F gradient and three over the B logits (bench_bandwidth.py counts each pass's
+    # per-row vectors too: at F = 3 the logits are a quarter of the traffic)
+    nbytes = 3 * grad.numel() * grad.element_size() + 3 * logits.numel() * logits.element_size()
     benchmark.extra_info.update(device=device_label(device),
                                 bytes_moved=nbytes)
     if benchmark.stats is not None and benchmark.stats.stats.mean > 0:
