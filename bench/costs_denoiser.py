@@ -2,8 +2,10 @@
 it), counted on CPU with the op sequence a GPU runs, per implementation:
 
   * reference: the nn.Sequential (Linear, BatchNorm1d, ReLU) and torch autograd: torch ops that launch a kernel;
-  * torch GEMMs + fused layers (the "cpu" and "cuda" backends, and "triton" by default: same structure): torch
-    ops + fastgan's kernels (Triton launches counted under the interpreter);
+  * torch GEMMs + fused layers (the "cuda" backend, and "triton" by default: same structure, counted as "triton";
+    the "cpu" backend the same but for its weight gradients, a GEMM a layer where the GPU backends batch those of
+    layers sharing a shape into one bmm): torch ops + fastgan's kernels (Triton launches counted under the
+    interpreter);
   * Triton, fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot, kernels/denoiser_gemm.py): torch ops + Triton
     launches.
 
@@ -26,8 +28,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from costs import Costs, write_rows  # noqa: E402
 
 IMPLS = ("reference", "cpu", "triton", "triton-tl.dot")
-LABELS = {"reference": "reference (nn.Sequential)", "cpu": "torch GEMMs + fused layers (cpu / cuda backends)",
-          "triton": "torch GEMMs + Triton layers (triton backend)",
+LABELS = {"reference": "reference (nn.Sequential)",
+          "cpu": "torch GEMMs + fused layers (cpu backend: a dW GEMM a layer)",
+          "triton": "torch GEMMs + fused layers (cuda backend; triton's default)",
           "triton-tl.dot": "Triton, fused GEMMs (FASTGAN_DENOISER_TRITON_GEMM=tl.dot)"}
 TL_DOT = "triton-tl.dot"
 GPU_TILES = (132, 9)  # (SMs, compute capability major) of the GPU whose tile rule the fused GEMMs count with: an H200

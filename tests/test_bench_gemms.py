@@ -1,6 +1,7 @@
 """bench_denoiser.gemms_step runs the GEMMs of the fused denoiser's loss step and nothing else: bench_graph_step.py
 divides the reference's time by its time to bound what the fused step can gain, which holds only while the two
-run the same GEMMs. Checked on CPU, where the "cpu" backend's step calls torch.mm as the "cuda" one does."""
+run the same GEMMs. Checked on CPU, for the "cpu" backend and the "cuda" one (its kernels emulated; its GEMMs are
+torch's, as on a GPU)."""
 import pytest
 import torch
 from helpers import bench_module
@@ -39,18 +40,20 @@ def _recorded(step, monkeypatch):
     return mode.calls
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])  # cuda: its C++ kernels emulated on CPU, its GEMMs torch's
 @pytest.mark.parametrize("n_h,hidden,depth,B", [(16, None, 1, 8), (24, None, 3, 40), (12, 20, 2, 6)])
-def test_gemms_step_runs_the_fused_loss_step_s_gemms(monkeypatch, n_h, hidden, depth, B):
+def test_gemms_step_runs_the_fused_loss_step_s_gemms(monkeypatch, n_h, hidden, depth, B, backend):
     torch.manual_seed(0)
-    den = Denoiser(n_h, hidden, depth=depth, backend="cpu")
+    den = Denoiser(n_h, hidden, depth=depth, backend=backend)
     h, noise = torch.randn(B, n_h), torch.randn(B, n_h)
-    fused = _recorded(lambda: bd.loss_step("cpu", den, None, h, noise), monkeypatch)
-    # a forward GEMM per layer, an input gradient per hidden layer, the weight gradients: one bmm when two or
-    # more weights share a shape (n_features == n_h: all of them), else one GEMM each
-    batched = depth + 1 if hidden is None else 0
+    fused = _recorded(lambda: bd.loss_step(backend, den, None, h, noise), monkeypatch)
+    # a forward GEMM per layer, an input gradient per hidden layer, the weight gradients: on the cuda backend one
+    # bmm when two or more weights share a shape (n_features == n_h: all of them), else (and on the cpu backend)
+    # one GEMM each
+    batched = depth + 1 if hidden is None and backend == "cuda" else 0
     assert len(fused) == (depth + 1) + depth + (depth + 1 - batched) + bool(batched)
     assert [c[0] for c in fused].count("aten.bmm") == bool(batched)
-    assert _recorded(bd.gemms_step(den, h), monkeypatch) == fused
+    assert _recorded(bd.gemms_step(den, h, backend), monkeypatch) == fused
 
 
 def test_the_benchmark_setup_s_step_too(monkeypatch):

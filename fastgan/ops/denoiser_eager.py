@@ -14,7 +14,8 @@ from . import denoiser_ops  # noqa: F401  (registers the torch.ops.fastgan.* the
 from .denoiser_backends import OP_FORWARD, OP_LAYER, OP_RECON, _KERNELS, _launch, per_row_go
 from .denoiser_net import (_copy_running, _forward_impl, _grads_through, _hidden_layers, _layer_backward,
                            _layer_forward, _loss_backward_impl, _loss_double_backward, _loss_forward_impl,
-                           _net_backward, _torch_bn, _torch_net, batched_backward, count_batches, input_slots)
+                           _net_backward, _torch_bn, _torch_net, batched_backward, count_batches, input_slots,
+                           stacks_inputs)
 
 
 # ---------------------------------------------------------------- eager path
@@ -38,7 +39,8 @@ class _EagerLoss(torch.autograd.Function):
         gammas, betas = params[2 * d:2 * d + depth], params[2 * d + depth:]
         per_sample, saved, new_running = _loss_forward_impl(h, noise, sigma, weights, biases, gammas, betas, rms,
                                                             rvs, training, momentum, eps, backend,
-                                                            running_in_place=True, stack=True, counts=counts)
+                                                            running_in_place=True, stack=stacks_inputs(backend),
+                                                            counts=counts)
         assert not new_running  # written in place
         # the activations saved as torch saves them, not kept in a ctx attribute: autograd frees saved tensors after
         # the backward (unless retain_graph), an attribute lives as long as the graph, so a loss kept after
@@ -139,7 +141,8 @@ class _EagerForward(torch.autograd.Function):
         training, track, momentum, eps, backend, depth, rms, rvs, counts = meta
         weights, biases, gammas, betas = _split(params, depth)
         saved: list = [h]
-        slots = input_slots(weights, 1, depth - 1, h)  # h and the output's gradient are the caller's
+        # h and the output's gradient are the caller's: the hidden layers' only
+        slots = input_slots(weights, 1, depth - 1, h) if stacks_inputs(backend) else {}
         with _launch(backend, h) as kern:
             x = _hidden_layers(kern, h, weights, biases, gammas, betas, rms, rvs, training, track, momentum, eps,
                                saved, None, slots, counts)
@@ -165,7 +168,7 @@ class _EagerForward(torch.autograd.Function):
             return (None, *grads)
         gr = gr.contiguous()
         need_weights = any(ctx.needs_input_grad[2:3 + depth])
-        batch = batched_backward(weights, saved, 1, depth - 1, gr) if need_weights else None
+        batch = batched_backward(weights, saved, 1, depth - 1, gr) if need_weights and stacks_inputs(backend) else None
         with _launch(backend, gr) as kern:
             dh, dweights, dbiases, dgammas, dbetas = _net_backward(
                 kern, gr, saved, weights, gammas, training, ctx.needs_input_grad[1], need_weights, batch)

@@ -61,6 +61,13 @@ def batched_layers(weights, first: int, last: int) -> list:
     return chosen if len(chosen) >= 2 else []
 
 
+def stacks_inputs(backend: str) -> bool:
+    """Whether an eager forward on this backend writes the batched_layers' inputs into one buffer for the backward's
+    one bmm: not on the cpu backend, where the bmm saves no launch and MKL's batched g_i^T x_i (K = B) took twice
+    the per-layer GEMMs' time at n_h 2048, B 64 (the loss step 1.34x the nn.Sequential's, 1.00 without it)."""
+    return backend != "cpu"
+
+
 def input_slots(weights, first: int, last: int, like) -> dict:
     """{layer i: its (B, in) slice of one new buffer} for the batched_layers(weights, first, last), where the
     forward writes their GEMM inputs; B and dtype like's."""
@@ -225,7 +232,7 @@ def _loss_backward_impl(go, h, sigma, weights, biases, gammas, saved, training, 
         return out
     with _launch(backend, h) as kern:
         z = saved[-1]
-        batch = batched_backward(weights, saved, 0, len(weights) - 1, z)
+        batch = batched_backward(weights, saved, 0, len(weights) - 1, z) if stacks_inputs(backend) else None
         dz = batch.grads.get(len(weights) - 1) if batch else None
         dz = torch.empty_like(z) if dz is None else dz
         db_out = z.new_empty(z.shape[1])
