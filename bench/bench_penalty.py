@@ -16,7 +16,7 @@ from fastgan.reference import penalty as ref
 from benchutil import DEVICES, ab, device_label, fused_backends, sync
 
 # (B, sample shape): the mixture, a mid size, DCGAN images (CPU keeps the small ones; and rows of 64 features, which
-# the C++ kernel summed in a double chain until 2026-12-07: 1.57x the reference's time)
+# the C++ kernel summed in a double chain until 2026-12-08: 1.57x the reference's time)
 SIZES = {"cpu": [(512, (3,)), (65536, (3,)), (4096, (64,)), (256, (3, 32, 32))],
          "cuda": [(512, (3,)), (1 << 20, (3,)), (256, (3, 32, 32)), (4096, (3, 32, 32)), (1024, (3, 64, 64))]}
 

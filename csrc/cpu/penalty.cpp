@@ -47,7 +47,7 @@ double row_sq_norm(const T* row, int64_t F, int64_t sf) {
 // would depend on F and the layout: the strided path is finite there).
 // Rows shorter than 256 and a row's last F % 256 take the lanes over their whole groups of 16 too: summed one
 // element at a time in double (a dependent chain), rows of 16-255 floats made
-// the op 1.2-2.3x torch's time at B = 4096 (2026-12-07). Only the last F % 16 are summed in double.
+// the op 1.2-2.3x torch's time at B = 4096 (2026-12-08). Only the last F % 16 are summed in double.
 inline double row_sq_norm(const float* row, int64_t F) {
   constexpr int kLanes = 16;
   constexpr int64_t kFlush = 256;

@@ -1,6 +1,6 @@
 """The cpu backend's squared row norms of float32 rows take 16 float lanes over every whole group of 16 elements,
 flushed into a double sum every 256: rows of 16-255 elements (and a row's last F % 256) were summed one element at
-a time in double until 2026-12-07, a dependent chain that made the op 1.2-2.3x torch's time at B = 4096. The lanes
+a time in double until 2026-12-08, a dependent chain that made the op 1.2-2.3x torch's time at B = 4096. The lanes
 are seen by what a float lane loses (a square below half an ulp of the lane's sum), and their error is held to
 the rule every op meets: at most 2x torch's own float32 error against float64."""
 import pytest
