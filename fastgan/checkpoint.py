@@ -293,8 +293,9 @@ def _saved_device_type(state: Mapping, key: str) -> str:
         kind = kinds.get(key) if isinstance(kinds, Mapping) else None
         if not isinstance(kind, str) or not _is_device_type(kind):
             where = f"rng.generator_devices.{key}" if isinstance(kinds, Mapping) else "rng.generator_devices"
-            raise CheckpointError(f"{where}: {kind if isinstance(kinds, Mapping) else kinds!r} is not a device type; "
-                                  "the checkpoint is corrupt")
+            what = (f"a {type(kinds).__name__}, not a mapping of device types" if not isinstance(kinds, Mapping) else
+                    "missing" if kind is None else f"{kind!r} is not a device type")
+            raise CheckpointError(f"{where}: {what}; the checkpoint is corrupt")
         return kind
     saved = state["generators"][key]
     return "cuda" if isinstance(saved, torch.Tensor) and saved.numel() == 16 else "cpu"

@@ -45,9 +45,9 @@ double row_sq_norm(const T* row, int64_t F, int64_t sf) {
 // flushed into the double sum every 256 elements, so the error stays far below torch's own. A float square
 // overflows from |g| ~ 1.8e19: a block whose lanes are not finite is summed again in double (else the result
 // would depend on F and the layout: the strided path is finite there).
-// Rows shorter than 256 and a row's last F % 256 take the lanes over their whole groups of 16 too: summed one
-// element at a time in double (a dependent chain), rows of 16-255 floats made
-// the op 1.2-2.3x torch's time at B = 4096 (2026-12-08). Only the last F % 16 are summed in double.
+// Rows shorter than 256 and a row's last F % 256 take the lanes over their whole groups of 16 too (summed one
+// element at a time in double, a dependent chain, rows of 16-255 floats made the op 1.2-2.3x torch's time at
+// B = 4096 until 2026-12-08); only the last F % 16 are summed in double.
 inline double row_sq_norm(const float* row, int64_t F) {
   constexpr int kLanes = 16;
   constexpr int64_t kFlush = 256;
