@@ -17,7 +17,7 @@ from fastgan.reference import denoiser as ref
 from benchutil import DEVICES, device_label, fused_backends, sync
 
 # (n_h, depth, B)
-# the CPU's n_h 2048 case: where MKL's batched weight-gradient GEMM had made the cpu backend 1.34x slower
+# the CPU's n_h 2048 case: where torch's batched weight-gradient GEMM (bmm) had made the cpu backend 1.34x slower
 SIZES = {"cpu": [(512, 3, 64), (512, 3, 256), (2048, 3, 64)],
          "cuda": [(n_h, depth, B) for n_h in (512, 2048) for depth in (3, 6) for B in (64, 512)]}
 
