@@ -4,6 +4,7 @@ the tensors its step reads and writes."""
 import pytest
 import torch
 
+from denoiser_helpers import state
 from helpers import bench_module
 
 
@@ -73,15 +74,12 @@ def test_d_update_arms_compute_the_same_gradients(monkeypatch, arch, B):
 
 def test_denoiser_loss_step_arms_compute_the_same_gradients():
     bd = bench_module("bench_denoiser", "arms_bench_denoiser")
-    grads, buffers = {}, {}
+    out = {}
     for impl in ("reference", "cpu"):
         den, net, h, noise = bd._setup("cpu", impl, 16, 2, 8)
         bd.loss_step(impl, den, net, h, noise)
-        mod = net if impl == "reference" else den.net
-        grads[impl] = _grads(mod)
-        buffers[impl] = {n: b.clone() for n, b in mod.named_buffers()}
-    _close(grads["cpu"], grads["reference"])
-    _close(buffers["cpu"], buffers["reference"])
+        out[impl] = state(net if impl == "reference" else den.net)  # every gradient and buffer
+    _close(out["cpu"], out["reference"])
 
 
 def test_nt_losses_arms_compute_the_same_gradients():
